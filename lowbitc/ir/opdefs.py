@@ -1,0 +1,361 @@
+"""Every tile-IR opcode: its attribute dataclass, how many regions it has, and its type rule.
+
+The type rule (`infer`) maps operand types and attributes to result types or raises
+`VerifyError`; the builder uses it to type new ops and the verifier to re-check them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+from lowbitc.errors import VerifyError
+from lowbitc.ir.core import Attrs
+from lowbitc.ir.types import (
+    ScalarType,
+    TensorType,
+    TileType,
+    Type,
+    is_float,
+    is_int,
+    is_machine,
+)
+
+# ---------------------------------------------------------------- attribute dataclasses
+
+
+@dataclass(frozen=True, slots=True)
+class ConstAttrs(Attrs):
+    dtype: str
+    value: int | float | bool
+
+
+@dataclass(frozen=True, slots=True)
+class AxisAttrs(Attrs):
+    axis: int
+
+
+@dataclass(frozen=True, slots=True)
+class FullAttrs(Attrs):
+    dtype: str
+    shape: tuple[int, ...]
+    value: int | float
+
+
+@dataclass(frozen=True, slots=True)
+class ArangeAttrs(Attrs):
+    dtype: str
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class CastAttrs(Attrs):
+    dtype: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeAttrs(Attrs):
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PermAttrs(Attrs):
+    perm: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReduceAttrs(Attrs):
+    axis: int
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemAttrs(Attrs):
+    """`load`/`store` window: one size per tensor dim; size 0 indexes a single element
+    and drops that dim from the tile. `layout` is an explicit register layout ("" = inferred)."""
+
+    sizes: tuple[int, ...]
+    layout: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CodesAttrs(Attrs):
+    """`load_codes`: a window of a packed tensor, unpacked to integer codes of `bits` each."""
+
+    bits: int
+    dtype: str
+    sizes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ForAttrs(Attrs):
+    unroll: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LutAttrs(Attrs):
+    dtype: str
+    values: tuple[float, ...]
+
+
+# ---------------------------------------------------------------- type rules
+
+Infer = Callable[[tuple[Type, ...], Attrs], tuple[Type, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class OpDef:
+    name: str
+    attrs: type[Attrs]
+    infer: Infer
+    regions: int = 0
+
+
+def _fail(op: str, msg: str) -> VerifyError:
+    return VerifyError(f"{op}: {msg}")
+
+
+def broadcast_shapes(op: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """numpy broadcasting of tile shapes (scalars are shape ())."""
+    rank = max(len(s) for s in shapes)
+    out = []
+    for i in range(rank):
+        dims = {s[i - rank + len(s)] for s in shapes if i - rank + len(s) >= 0} - {1}
+        if len(dims) > 1:
+            raise _fail(op, f"shapes {' and '.join(str(list(s)) for s in shapes)} do not broadcast")
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+def _value_type(dtype: str, shape: tuple[int, ...], like: tuple[Type, ...]) -> Type:
+    if not shape and all(isinstance(t, ScalarType) for t in like):
+        return ScalarType(dtype)
+    space = next((t.space for t in like if isinstance(t, TileType)), "reg")
+    return TileType(dtype, shape, "reg" if space == "shared" else space)
+
+
+def _shape(t: Type) -> tuple[int, ...]:
+    return t.shape if isinstance(t, TileType) else ()
+
+
+def _elementwise(_name: str, result_dtype: Callable[[str], str] | None, need: str = "") -> Infer:
+    def infer(ts: tuple[Type, ...], a: Attrs) -> tuple[Type, ...]:
+        if any(isinstance(t, TensorType) for t in ts):
+            raise _fail(_name, "operands must be scalars or tiles, not tensors")
+        dts = {t.dtype for t in ts}
+        if len(dts) != 1:
+            raise _fail(_name, f"operand formats differ: {', '.join(sorted(dts))}")
+        dt = dts.pop()
+        if not is_machine(dt):
+            raise _fail(_name, f"arithmetic on {dt} codes needs a cast to a machine type first")
+        if need == "int" and not (is_int(dt) or dt == "bool"):
+            raise _fail(_name, f"needs integer operands, got {dt}")
+        if need == "float" and not is_float(dt):
+            raise _fail(_name, f"needs float operands, got {dt}")
+        shape = broadcast_shapes(_name, *(_shape(t) for t in ts))
+        return (_value_type(result_dtype(dt) if result_dtype else dt, shape, ts),)
+
+    return infer
+
+
+def _const(ts, a):
+    return (ScalarType(a.dtype),)
+
+
+def _block_id(ts, a):
+    if not 0 <= a.axis < 3:
+        raise _fail("block_id", f"axis must be 0, 1 or 2, got {a.axis}")
+    return (ScalarType("i64"),)
+
+
+def _full(ts, a):
+    if any(d < 1 for d in a.shape):
+        raise _fail("full", f"tile dims must be >= 1, got {list(a.shape)}")
+    return (TileType(a.dtype, tuple(a.shape)),)
+
+
+def _arange(ts, a):
+    return (TileType(a.dtype, (a.n,)),)
+
+
+def _cast(ts, a):
+    (t,) = ts
+    if isinstance(t, TileType):
+        return (TileType(a.dtype, t.shape),)
+    return (ScalarType(a.dtype),)
+
+
+def _codes(ts, a):
+    (t,) = ts
+    if is_machine(t.dtype):
+        raise _fail("codes", f"operand is already a machine type ({t.dtype})")
+    return _cast(ts, a)
+
+
+def _where(ts, a):
+    c, x, y = ts
+    if c.dtype != "bool":
+        raise _fail("where", f"condition must be bool, got {c.dtype}")
+    if x.dtype != y.dtype:
+        raise _fail("where", f"branches differ: {x.dtype} and {y.dtype}")
+    shape = broadcast_shapes("where", _shape(c), _shape(x), _shape(y))
+    return (_value_type(x.dtype, shape, ts),)
+
+
+def _reshape(ts, a):
+    (t,) = ts
+    n = 1
+    for d in a.shape:
+        n *= d
+    if not isinstance(t, TileType) or n != t.size:
+        raise _fail("reshape", f"cannot reshape {t} to {list(a.shape)}")
+    return (TileType(t.dtype, tuple(a.shape)),)
+
+
+def _broadcast(ts, a):
+    (t,) = ts
+    if broadcast_shapes("broadcast", _shape(t), a.shape) != tuple(a.shape):
+        raise _fail("broadcast", f"cannot broadcast {t} to {list(a.shape)}")
+    return (TileType(t.dtype, tuple(a.shape)),)
+
+
+def _transpose(ts, a):
+    (t,) = ts
+    if not isinstance(t, TileType) or sorted(a.perm) != list(range(len(t.shape))):
+        raise _fail("transpose", f"perm {list(a.perm)} does not fit {t}")
+    return (TileType(t.dtype, tuple(t.shape[p] for p in a.perm)),)
+
+
+def _reduce(ts, a):
+    (t,) = ts
+    if a.kind not in ("sum", "max", "min"):
+        raise _fail("reduce", f"kind must be sum, max or min, got {a.kind!r}")
+    if not isinstance(t, TileType) or not 0 <= a.axis < len(t.shape):
+        raise _fail("reduce", f"axis {a.axis} out of range for {t}")
+    shape = t.shape[: a.axis] + t.shape[a.axis + 1 :]
+    return (TileType(t.dtype, shape) if shape else ScalarType(t.dtype),)
+
+
+def _dot(ts, a):
+    x, y, acc = ts
+    if not all(isinstance(t, TileType) and len(t.shape) == 2 for t in ts):
+        raise _fail("dot", f"needs 2-D tiles, got {x}, {y}, {acc}")
+    m, k = x.shape
+    k2, n = y.shape
+    if k != k2 or acc.shape != (m, n):
+        raise _fail("dot", f"shapes do not chain: {x} @ {y} + {acc}")
+    if not (is_machine(x.dtype) and is_machine(y.dtype)):
+        raise _fail("dot", "operands must be cast to machine types first")
+    return (acc,)
+
+
+def _window(t: Type, sizes: tuple[int, ...], nstarts: int, op: str) -> tuple[int, ...]:
+    if not isinstance(t, TensorType):
+        raise _fail(op, f"first operand must be a tensor, got {t}")
+    if len(sizes) != len(t.shape) or nstarts != len(t.shape):
+        raise _fail(op, f"{t} has {len(t.shape)} dims; got {nstarts} starts, {len(sizes)} sizes")
+    if any(s < 0 for s in sizes):
+        raise _fail(op, f"sizes must be >= 0, got {list(sizes)}")
+    return tuple(s for s in sizes if s > 0)
+
+
+def _load(ts, a):
+    shape = _window(ts[0], a.sizes, len(ts) - 1, "load")
+    return (TileType(ts[0].dtype, shape, "reg", a.layout) if shape else ScalarType(ts[0].dtype),)
+
+
+def _load_codes(ts, a):
+    shape = _window(ts[0], a.sizes, len(ts) - 1, "load_codes")
+    return (TileType(a.dtype, shape),)
+
+
+def _store(ts, a):
+    shape = _window(ts[0], a.sizes, len(ts) - 2, "store")
+    v = ts[-1]
+    if v.dtype != ts[0].dtype:
+        raise _fail("store", f"value is {v.dtype}, tensor holds {ts[0].dtype}")
+    if broadcast_shapes("store", _shape(v), shape) != shape:
+        raise _fail("store", f"value {v} does not fit window {list(shape)}")
+    return ()
+
+
+def _lut(ts, a):
+    (t,) = ts
+    if not is_int(t.dtype):
+        raise _fail("lut", f"index must be an integer tile, got {t}")
+    return _cast(ts, a)
+
+
+def _for(ts, a):
+    if any(t != ScalarType("i64") for t in ts[:3]):
+        raise _fail("for", "start, stop and step must be i64")
+    return ts[3:]
+
+
+def _if(ts, a):
+    if ts[0] != ScalarType("bool"):
+        raise _fail("if", f"condition must be a bool scalar, got {ts[0]}")
+    return ts[1:]
+
+
+def _none(ts, a):
+    return ()
+
+
+_BINARY = ("add", "sub", "mul", "div", "rem", "min", "max", "pow")
+_BITWISE = ("and", "or", "xor", "shl", "shr")
+_COMPARE = ("lt", "le", "gt", "ge", "eq", "ne")
+_UNARY = ("neg", "abs")
+_UNARY_FLOAT = ("exp", "log", "sqrt", "rsqrt", "tanh", "sin", "cos", "floor", "erf", "sigmoid")
+
+OPS: dict[str, OpDef] = {}
+
+
+def _def(name: str, attrs: type[Attrs], infer: Infer, regions: int = 0) -> None:
+    OPS[name] = OpDef(name, attrs, infer, regions)
+
+
+for _n in _BINARY + _UNARY:
+    _def(_n, Attrs, _elementwise(_n, None))
+for _n in _BITWISE + ("bnot",):
+    _def(_n, Attrs, _elementwise(_n, None, "int"))
+for _n in _UNARY_FLOAT:
+    _def(_n, Attrs, _elementwise(_n, None, "float"))
+for _n in _COMPARE:
+    _def(_n, Attrs, _elementwise(_n, lambda dt: "bool"))
+_def("const", ConstAttrs, _const)
+_def("block_id", AxisAttrs, _block_id)
+_def("full", FullAttrs, _full)
+_def("arange", ArangeAttrs, _arange)
+_def("cast", CastAttrs, _cast)
+_def("bitcast", CastAttrs, _cast)
+_def("codes", CastAttrs, _codes)
+_def("where", Attrs, _where)
+_def("reshape", ShapeAttrs, _reshape)
+_def("broadcast", ShapeAttrs, _broadcast)
+_def("transpose", PermAttrs, _transpose)
+_def("reduce", ReduceAttrs, _reduce)
+_def("dot", Attrs, _dot)
+_def("load", MemAttrs, _load)
+_def("load_codes", CodesAttrs, _load_codes)
+_def("store", MemAttrs, _store)
+_def("lut", LutAttrs, _lut)
+_def("for", ForAttrs, _for, regions=1)
+_def("if", Attrs, _if, regions=2)
+_def("yield", Attrs, _none)
+
+ELEMENTWISE = frozenset(_BINARY + _UNARY + _BITWISE + ("bnot",) + _UNARY_FLOAT + _COMPARE)
+BINARY = frozenset(_BINARY + _BITWISE + _COMPARE)
+
+
+def attr_items(a: Attrs) -> list[tuple[str, object]]:
+    """The attributes of an op, sorted by name (the printed order)."""
+    return sorted((f.name, getattr(a, f.name)) for f in fields(a))
+
+
+def make_attrs(opcode: str, values: dict[str, object]) -> Attrs:
+    cls = OPS[opcode].attrs
+    names = {f.name for f in fields(cls)}
+    if set(values) - names:
+        raise VerifyError(f"{opcode}: unknown attributes {sorted(set(values) - names)}")
+    return cls(**values)
