@@ -1,0 +1,4 @@
+"""lowbitc: a compiler for arbitrary-bitwidth (1-8 bit) kernels."""
+__version__ = "0.1.0"
+
+from lowbitc import layout  # noqa: E402,F401
