@@ -1,0 +1,1 @@
+"""lowbitc benchmarks: timing harness, named baselines and the runner."""

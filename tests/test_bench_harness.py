@@ -1,0 +1,105 @@
+"""Functional checks of the benchmark harness and baselines (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+
+from benchmarks import baselines, harness  # noqa: E402
+
+
+def _counter():
+    calls = []
+    return calls, lambda: calls.append(1)
+
+
+def test_timeit_counts_runs_and_orders_percentiles():
+    calls, fn = _counter()
+    stats = harness.timeit(fn, warmup=2, repeat=7)
+    assert stats["runs"] >= 7
+    assert stats["p10"] <= stats["median"] <= stats["p90"]
+    assert stats["number"] >= 1
+    assert len(calls) >= 2 + 7 * stats["number"]
+
+
+def test_timeit_min_time_extends_runs():
+    stats = harness.timeit(lambda: sum(range(2000)), warmup=0, repeat=1, min_time=0.02)
+    assert stats["runs"] * stats["number"] * stats["median"] >= 0.005
+
+
+def test_timeit_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="repeat"):
+        harness.timeit(lambda: None, repeat=0)
+
+
+def test_interleaved_calls_every_candidate_in_every_round():
+    order: list[str] = []
+    cands = {name: (lambda n=name: order.append(n)) for name in ("a", "b", "c")}
+    medians = harness.interleaved(cands, rounds=6, warmup=0)
+    assert set(medians) == {"a", "b", "c"} and all(v >= 0 for v in medians.values())
+    order.clear()
+    stats = harness.interleaved_stats(cands, rounds=4, warmup=1)
+    for name in "abc":
+        assert stats[name]["runs"] == 4
+        # one warmup call, one calibration call, then `number` calls in each of 4 rounds
+        assert order.count(name) == 2 + 4 * stats[name]["number"]
+
+
+def test_summarize_percentiles():
+    s = harness.summarize([float(i) for i in range(1, 102)])
+    assert (s["p10"], s["median"], s["p90"], s["runs"]) == (11.0, 51.0, 91.0, 101)
+
+
+def test_machine_info_has_the_facts_a_result_needs():
+    info = harness.machine_info()
+    for key in ("cpu_model", "cpu_count", "cpu_flags", "numpy_blas", "versions", "llvm_host"):
+        assert key in info
+    assert info["versions"]["numpy"] == np.__version__
+    json.dumps(info)  # serialisable as is
+
+
+def test_write_json_round_trips_numpy_values(tmp_path):
+    path = harness.write_json(
+        tmp_path / "sub" / "r.json", {"x": np.float32(1.5), "a": np.arange(3), "n": np.int64(4)}
+    )
+    assert json.loads(path.read_text()) == {"x": 1.5, "a": [0, 1, 2], "n": 4}
+    with pytest.raises(TypeError, match="cannot serialise"):
+        harness.write_json(tmp_path / "bad.json", {"f": object()})
+
+
+def test_copy_baseline_copies_every_byte():
+    for threads in (1, 2, 3):
+        base = baselines.copy_baseline(nbytes=1 << 16, threads=threads)
+        base.fn()
+        assert base.bytes_moved == 2 * (1 << 16)
+    assert baselines.copy_bandwidth(nbytes=1 << 20, threads=2, repeat=2) > 0
+
+
+def test_numpy_gemm_baseline_computes_x_wt():
+    base = baselines.numpy_gemm(3, 40, 17)
+    x, w = base.data["x"], base.data["w"]
+    np.testing.assert_allclose(base.fn(), x @ w.T, rtol=1e-5)
+    assert base.flops == 2 * 3 * 40 * 17
+    assert baselines.numpy_gemv(40, 17).fn().shape == (1, 17)
+    json.dumps(base.info)
+
+
+@pytest.mark.torch
+def test_torch_int4_baseline_matches_its_dequantized_weights():
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    base = baselines.torch_int4_gemv(256, 48, M=2, group_size=128)
+    codes, sz, x = base.data["codes"], base.data["scales_zeros"], base.data["x"]
+    scale = sz[..., 0].float().T.repeat_interleave(128, dim=1)
+    zero = sz[..., 1].float().T.repeat_interleave(128, dim=1)
+    expected = x.float() @ ((codes.float() - 8) * scale + zero).T
+    got = base.fn().float()
+    assert got.shape == (2, 48)
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        baselines.torch_int4_gemv(200, 48)
