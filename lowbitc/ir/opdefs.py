@@ -76,6 +76,7 @@ class MemAttrs(Attrs):
 
     sizes: tuple[int, ...]
     layout: str = ""
+    masked: bool = False  # load: a last operand, a bool tile; False lanes read 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,7 @@ class CodesAttrs(Attrs):
     bits: int
     dtype: str
     sizes: tuple[int, ...]
+    masked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,13 +261,23 @@ def _window(t: Type, sizes: tuple[int, ...], nstarts: int, op: str) -> tuple[int
     return tuple(s for s in sizes if s > 0)
 
 
+def _mask(ts, a, shape: tuple[int, ...], op: str) -> None:
+    if not a.masked:
+        return
+    m = ts[-1]
+    if m.dtype != "bool" or broadcast_shapes(op, _shape(m), shape) != shape:
+        raise _fail(op, f"mask must be a bool tile that broadcasts to {list(shape)}, got {m}")
+
+
 def _load(ts, a):
-    shape = _window(ts[0], a.sizes, len(ts) - 1, "load")
+    shape = _window(ts[0], a.sizes, len(ts) - 1 - a.masked, "load")
+    _mask(ts, a, shape, "load")
     return (TileType(ts[0].dtype, shape, "reg", a.layout) if shape else ScalarType(ts[0].dtype),)
 
 
 def _load_codes(ts, a):
-    shape = _window(ts[0], a.sizes, len(ts) - 1, "load_codes")
+    shape = _window(ts[0], a.sizes, len(ts) - 1 - a.masked, "load_codes")
+    _mask(ts, a, shape, "load_codes")
     return (TileType(a.dtype, shape),)
 
 

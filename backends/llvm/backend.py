@@ -1,0 +1,66 @@
+"""The LLVM CPU backend: render (pure) and compile (MCJIT) a lowered kernel; run its grid
+over the thread pool with arguments checked before any native code runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lowbitc.interp import grid_of_bound
+from lowbitc.ir.core import Kernel
+from lowbitc.ir.types import TensorType
+from lowbitc.passes import CPU_PIPELINE
+from lowbitc.signature import bind
+from lowbitc.backends.llvm import jit
+from lowbitc.backends.llvm.codegen import render
+from lowbitc.backends.llvm.launch import ArgPacker, ArrayArg, GridLauncher, ScalarArg
+from lowbitc.signature import storage_dtype
+
+_SCALAR_KIND = {"i64": "i64", "i32": "i32", "f32": "f32", "f64": "f64"}
+
+
+class Executable:
+    """A JIT-compiled kernel: checks and binds arguments, evaluates the grid, launches."""
+
+    def __init__(self, k: Kernel, llvm_ir: str, symbol: str):
+        self.k = k
+        self.llvm_ir = llvm_ir
+        self.module = jit.compile_ir(llvm_ir, symbol)
+        sig = []
+        for p in k.params:
+            if isinstance(p.type, TensorType):
+                sig.append(ArrayArg(p.name, storage_dtype(p.type.dtype), len(p.type.shape)))
+            else:
+                sig.append(ScalarArg(p.name, _SCALAR_KIND[p.type.dtype]))
+        sig += [ScalarArg(d.name, "i64") for d in k.dims]
+        sig += [ScalarArg("grid.x", "i64"), ScalarArg("grid.y", "i64")]
+        self.packer = ArgPacker(sig)
+        self.launcher = GridLauncher(self.module.address(symbol), 0)
+
+    def __call__(self, *args, **kwargs) -> None:
+        b = bind(self.k, args, kwargs)
+        gx, gy, gz = grid_of_bound(self.k, b)
+        packed = self.packer(b.ordered(self.k) + [gx, gy])
+        self.launcher(packed, gx * gy * gz)
+
+    def text(self, stage: str) -> str:
+        if stage == "llvm":
+            return self.llvm_ir
+        if stage == "asm":
+            return jit.assembly(self.llvm_ir)
+        raise ValueError(f"stage: expected ir, lowered, llvm or asm, got {stage!r}")
+
+
+@dataclass(frozen=True)
+class LLVMBackend:
+    name: str = "llvm"
+    pipeline: tuple[str, ...] = CPU_PIPELINE
+
+    def emit(self, k: Kernel) -> str:
+        return render(k).text
+
+    def compile(self, k: Kernel) -> Executable:
+        r = render(k)
+        return Executable(k, r.text, r.name)
+
+
+BACKEND = LLVMBackend()

@@ -1,0 +1,168 @@
+"""Render a lowered tile-IR kernel (after the CPU pipeline) as LLVM IR text.
+
+Entry point: `void @NAME(ptr args, i64 begin, i64 end)` running linearised blocks
+[begin, end) (see backends/llvm/launch.py). `args` holds the params in order, then the dims,
+then the grid's x and y block counts (i64), each as a pointer (arrays: their data; scalars:
+a small buffer). Ops dispatch through `HANDLERS`; an op without a handler is an error that
+names it, its types and its source line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lowbitc.errors import BackendError
+from lowbitc.ir.core import Kernel, Op, Region
+from lowbitc.ir.types import ScalarType, TensorType, TileType, is_machine
+from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
+from lowbitc.backends.llvm import ops_elementwise, ops_memory  # noqa: F401  (fill HANDLERS)
+from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg
+
+SCALAR_ARG = {"i64": "i64", "i32": "i32", "f32": "float", "f64": "double"}
+
+
+@dataclass(frozen=True)
+class Rendered:
+    name: str
+    text: str
+
+
+def _name_ok(name: str) -> str:
+    if not name.replace("_", "a").isalnum() or not name[0].isalpha() and name[0] != "_":
+        raise BackendError(f"llvm: kernel name {name!r} is not a valid identifier")
+    return name
+
+
+def render(k: Kernel) -> Rendered:
+    """LLVM IR text for the kernel (pure: no compilation)."""
+    name = _name_ok(f"lbk_{k.name}")
+    em = Emitter()
+    env = Env(em)
+    nargs = len(k.params) + len(k.dims)
+    for i, v in enumerate(k.params + k.dims):
+        p = em.val(f"getelementptr inbounds ptr, ptr %args, i64 {i}", "pa")
+        ptr = em.val(f"load ptr, ptr {p}", "arg")
+        if isinstance(v.type, TensorType):
+            env.tensors[v.id] = TensorArg(ptr, v.type)
+        else:
+            t = SCALAR_ARG.get(v.type.dtype)
+            if t is None:
+                raise BackendError(f"llvm: scalar parameter {v.name} of type {v.type} is not "
+                                   "supported (use i64, i32, f32 or f64)", k.loc)
+            env.scalars[v.id] = em.val(f"load {t}, ptr {ptr}", "s")
+    dim_of = {d.name: env.scalars[d.id] for d in k.dims}
+    for t in env.tensors.values():
+        t.bind_dims(dim_of)
+        t.ensure_strides(em)  # at entry, so every use is dominated
+    gxy = []
+    for j in range(2):
+        p = em.val(f"getelementptr inbounds ptr, ptr %args, i64 {nargs + j}", "pa")
+        gxy.append(em.val(f"load i64, ptr {em.val(f'load ptr, ptr {p}', 'arg')}", "g"))
+
+    def block(bid: str) -> None:
+        bx = em.val(f"srem i64 {bid}, {gxy[0]}", "bx")
+        q = em.val(f"sdiv i64 {bid}, {gxy[0]}")
+        by = em.val(f"srem i64 {q}, {gxy[1]}", "by")
+        bz = em.val(f"sdiv i64 {q}, {gxy[1]}", "bz")
+        env.block = (bx, by, bz)
+        emit_region(env, k.body)
+
+    em.loop("%begin", "%end", block)
+    em.emit("ret void")
+    body = "\n".join(em.entry + em.lines)
+    text = "\n".join(
+        ["; lowbitc kernel " + k.name, 'target triple = "x86_64-unknown-linux-gnu"', ""]
+        + em.globals
+        + sorted(em.declares)
+        + ["", f"define void @{name}(ptr noalias %args, i64 %begin, i64 %end) nounwind {{",
+           "entry:", body, "}", ""]
+    )
+    return Rendered(name, text)
+
+
+def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
+    """Emit a region's ops; returns the yielded values (scalars or buffers)."""
+    for a, v in zip(r.args, args):
+        env.bind(a, v)
+    for op in r.ops:
+        if op.opcode == "yield":
+            return [env.get(v) for v in op.operands]
+        if op.opcode == "for":
+            _for(env, op)
+        elif op.opcode == "if":
+            _if(env, op)
+        else:
+            h = HANDLERS.get(op.opcode)
+            if h is None:
+                types = ", ".join(str(v.type) for v in op.operands)
+                raise BackendError(f"llvm backend: no handler for op {op.opcode}({types})", op.loc)
+            h(env, op)
+    return []
+
+
+def _for(env: Env, op: Op) -> None:
+    em = env.em
+    lo, hi, step = (env.get(v) for v in op.operands[:3])
+    inits = [env.get(v) for v in op.operands[3:]]
+    body = op.regions[0]
+    # carried tiles live in one buffer for the whole loop; carried scalars are phis
+    bufs = {}
+    for j, (res, init) in enumerate(zip(op.results, inits)):
+        if isinstance(res.type, TileType):
+            b = em.alloc(res.type.dtype, res.type.shape)
+            em.copy(init, b)
+            bufs[j] = b
+    sc = [(j, lltype(r.type.dtype), inits[j]) for j, r in enumerate(op.results) if j not in bufs]
+
+    def run(i: str, phis: list[str]) -> list[str]:
+        vals: list = []
+        it = iter(phis)
+        for j in range(len(op.results)):
+            vals.append(bufs[j] if j in bufs else next(it))
+        outs = emit_region(env, body, (i, *vals))
+        for j, b in bufs.items():
+            em.copy(outs[j], b)
+        return [outs[j] for j, _, _ in sc]
+
+    phis = em.loop(lo, hi, None, step=step, carried=[(t, init) for _, t, init in sc],
+                   body_carried=run)
+    it = iter(phis)
+    for j, r in enumerate(op.results):
+        env.bind(r, bufs[j] if j in bufs else next(it))
+
+
+def _if(env: Env, op: Op) -> None:
+    em = env.em
+    cond = env.get(op.operands[0])
+    then_l, else_l, end_l = em.label("then"), em.label("else"), em.label("endif")
+    bufs = {j: em.alloc(r.type.dtype, r.type.shape) for j, r in enumerate(op.results)
+            if isinstance(r.type, TileType)}
+    em.emit(f"br i1 {cond}, label %{then_l}, label %{else_l}")
+    incoming = []
+    for label, region in ((then_l, op.regions[0]), (else_l, op.regions[1])):
+        em.start_block(label)
+        outs = emit_region(env, region)
+        for j, b in bufs.items():
+            em.copy(outs[j], b)
+        incoming.append((outs, em.block))
+        em.br(end_l)
+    em.start_block(end_l)
+    for j, r in enumerate(op.results):
+        if j in bufs:
+            env.bind(r, bufs[j])
+            continue
+        (o1, b1), (o2, b2) = incoming
+        t = lltype(r.type.dtype)
+        env.bind(r, em.val(f"phi {t} [ {o1[j]}, %{b1} ], [ {o2[j]}, %{b2} ]"))
+
+
+def check_supported(k: Kernel) -> None:
+    """Raise if a tensor element type cannot be addressed by this backend."""
+    for p in k.params:
+        if isinstance(p.type, TensorType) and not is_machine(p.type.dtype):
+            continue
+        if isinstance(p.type, TensorType) and p.type.dtype not in MEMTYPE:
+            raise BackendError(f"llvm: tensor {p.name} of {p.type} is not supported", k.loc)
+
+
+__all__ = ["Buf", "Rendered", "render", "check_supported", "ScalarType"]

@@ -1,0 +1,196 @@
+"""The LLVM text emitter: SSA names, basic blocks, loop nests and tile buffers.
+
+Scalars live in LLVM registers; every tile is a stack buffer (hoisted to the entry block) of
+its element type laid out row-major. Loops are emitted as head/body/exit blocks with phis so
+LLVM's vectorisers see canonical counted loops.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lowbitc.errors import BackendError
+
+LLTYPE = {
+    "bool": "i1", "i8": "i8", "i16": "i16", "i32": "i32", "i64": "i64",
+    "u8": "i8", "u16": "i16", "u32": "i32", "u64": "i64",
+    "f16": "half", "bf16": "bfloat", "f32": "float", "f64": "double",
+}
+MEMTYPE = dict(LLTYPE, bool="i8")  # how an element is stored in a buffer
+
+
+def lltype(dtype: str) -> str:
+    try:
+        return LLTYPE[dtype]
+    except KeyError:
+        raise BackendError(f"llvm: no register type for {dtype!r}") from None
+
+
+def float_literal(v: float, dtype: str) -> str:
+    """An exact LLVM literal for a float constant of `dtype`."""
+    if dtype == "f64":
+        d = float(v)
+    elif dtype in ("f32", "f16", "bf16"):
+        d = float(np.float32(v)) if dtype == "f32" else float(v)
+    else:
+        raise BackendError(f"llvm: {dtype} is not a float type")
+    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", d))[0]
+
+
+@dataclass(frozen=True)
+class Buf:
+    """A tile in memory: pointer name, element dtype, static shape."""
+
+    ptr: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+class Emitter:
+    """Accumulates one function's instructions; `tmp()` hands out fresh SSA names."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.entry: list[str] = []  # allocas, hoisted to the entry block
+        self.globals: list[str] = []
+        self.declares: set[str] = set()
+        self._n = 0
+        self.block = "entry"
+
+    def tmp(self, hint: str = "t") -> str:
+        self._n += 1
+        return f"%{hint}{self._n}"
+
+    def label(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}{self._n}"
+
+    def emit(self, line: str) -> None:
+        self.lines.append("  " + line)
+
+    def val(self, rhs: str, hint: str = "t") -> str:
+        name = self.tmp(hint)
+        self.emit(f"{name} = {rhs}")
+        return name
+
+    def start_block(self, name: str) -> None:
+        self.lines.append(f"{name}:")
+        self.block = name
+
+    def br(self, target: str) -> None:
+        self.emit(f"br label %{target}")
+
+    def alloc(self, dtype: str, shape: Sequence[int]) -> Buf:
+        n = 1
+        for d in shape:
+            n *= d
+        name = self.tmp("buf")
+        self.entry.append(f"  {name} = alloca [{max(n, 1)} x {MEMTYPE[dtype]}], align 64")
+        return Buf(name, dtype, tuple(shape))
+
+    def declare(self, decl: str) -> None:
+        self.declares.add(decl)
+
+    # ---------------------------------------------------------------- buffers
+    def gep(self, buf: Buf, index: str) -> str:
+        return self.val(f"getelementptr inbounds {MEMTYPE[buf.dtype]}, ptr {buf.ptr}, i64 {index}",
+                        "p")
+
+    def load_elem(self, buf: Buf, index: str) -> str:
+        p = self.gep(buf, index)
+        v = self.val(f"load {MEMTYPE[buf.dtype]}, ptr {p}")
+        return self.val(f"trunc i8 {v} to i1") if buf.dtype == "bool" else v
+
+    def store_elem(self, buf: Buf, index: str, value: str) -> None:
+        p = self.gep(buf, index)
+        if buf.dtype == "bool":
+            value = self.val(f"zext i1 {value} to i8")
+        self.emit(f"store {MEMTYPE[buf.dtype]} {value}, ptr {p}")
+
+    # ---------------------------------------------------------------- loops
+    def loop(self, lo: str, hi: str, body: Callable[[str], None], step: str = "1",
+             carried: Sequence[tuple[str, str]] = (),
+             body_carried: Callable[[str, list[str]], list[str]] | None = None) -> list[str]:
+        """A counted loop i = lo; i < hi; i += step. With `carried` ((type, init) pairs) the
+        body is `body_carried(i, values) -> next values` and the final values are returned."""
+        head, bodyl, exit_ = self.label("head"), self.label("body"), self.label("exit")
+        pre = self.block
+        self.br(head)
+        self.start_block(head)
+        i = self.tmp("i")
+        phis = [self.tmp("c") for _ in carried]
+        latch_marker = len(self.lines)
+        self.lines.append("")  # placeholder for the phis, filled once the latch is known
+        cond = self.val(f"icmp slt i64 {i}, {hi}")
+        self.emit(f"br i1 {cond}, label %{bodyl}, label %{exit_}")
+        self.start_block(bodyl)
+        if body_carried is not None:
+            nxt = body_carried(i, phis)
+        else:
+            body(i)
+            nxt = []
+        inc = self.val(f"add i64 {i}, {step}")
+        latch = self.block
+        self.br(head)
+        phi_lines = [f"  {i} = phi i64 [ {lo}, %{pre} ], [ {inc}, %{latch} ]"]
+        for (t, init), p, n in zip(carried, phis, nxt):
+            phi_lines.append(f"  {p} = phi {t} [ {init}, %{pre} ], [ {n}, %{latch} ]")
+        self.lines[latch_marker] = "\n".join(phi_lines)
+        self.start_block(exit_)
+        return phis
+
+    def nest(self, shape: Sequence[int], body: Callable[[list[str]], None]) -> None:
+        """Loops over every index of `shape` (row-major; the last dim innermost)."""
+        idx: list[str] = []
+
+        def level(d: int) -> None:
+            if d == len(shape):
+                body(list(idx))
+                return
+
+            def inner(i: str) -> None:
+                idx.append(i)
+                level(d + 1)
+                idx.pop()
+
+            self.loop("0", str(shape[d]), inner)
+
+        level(0)
+
+    def flat_index(self, idx: Sequence[str], shape: Sequence[int]) -> str:
+        """Row-major linear index of `idx` in `shape` (broadcast dims of size 1 read 0)."""
+        acc = "0"
+        for i, d in zip(idx, shape):
+            if d == 1:
+                term = "0"
+            else:
+                term = i
+            if acc == "0":
+                acc = term
+            else:
+                acc = self.val(f"mul i64 {acc}, {d}")
+                acc = self.val(f"add i64 {acc}, {term}") if term != "0" else acc
+        return acc
+
+    def copy(self, src: Buf, dst: Buf) -> None:
+        if src.ptr == dst.ptr:
+            return
+        self.emit(f"call void @llvm.memcpy.p0.p0.i64(ptr align 64 {dst.ptr}, ptr align 64 "
+                  f"{src.ptr}, i64 {src.size * _bytes(src.dtype)}, i1 false)")
+        self.declare("declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)")
+
+
+def _bytes(dtype: str) -> int:
+    return {"i1": 1, "i8": 1, "i16": 2, "i32": 4, "i64": 8, "half": 2, "bfloat": 2, "float": 4,
+            "double": 8}[MEMTYPE[dtype]]

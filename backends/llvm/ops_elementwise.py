@@ -1,0 +1,160 @@
+"""LLVM handlers for scalar and elementwise tile ops (arithmetic, bits, compares, casts)."""
+
+from __future__ import annotations
+
+from lowbitc.errors import BackendError
+from lowbitc.ir.core import Op
+from lowbitc.ir.types import TileType, is_float, is_signed_int
+from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
+from lowbitc.backends.llvm.handlers import Env, const_literal, convert, handles
+
+_INT = {"add": "add", "sub": "sub", "mul": "mul", "and": "and", "or": "or", "xor": "xor",
+        "shl": "shl"}
+_SIGNED = {"div": ("sdiv", "udiv"), "rem": ("srem", "urem"), "shr": ("ashr", "lshr")}
+_ICMP = {"lt": ("slt", "ult"), "le": ("sle", "ule"), "gt": ("sgt", "ugt"),
+         "ge": ("sge", "uge"), "eq": ("eq", "eq"), "ne": ("ne", "ne")}
+_FLOAT = {"add": "fadd", "sub": "fsub", "mul": "fmul", "div": "fdiv", "rem": "frem"}
+_FCMP = {"lt": "olt", "le": "ole", "gt": "ogt", "ge": "oge", "eq": "oeq", "ne": "une"}
+_FINTR = {"exp": "exp", "log": "log", "sqrt": "sqrt", "sin": "sin", "cos": "cos",
+          "floor": "floor", "tanh": "tanh", "abs": "fabs"}
+_SUFFIX = {"half": "f16", "bfloat": "bf16", "float": "f32", "double": "f64"}
+
+
+def _intrinsic(em: Emitter, name: str, t: str, args: list[str]) -> str:
+    fn = f"llvm.{name}.{_SUFFIX.get(t, t)}"
+    em.declare(f"declare {t} @{fn}({', '.join([t] * len(args))})")
+    return em.val(f"call {t} @{fn}({', '.join(f'{t} {a}' for a in args)})")
+
+
+def scalar_op(em: Emitter, opcode: str, dtype: str, args: list[str]) -> str:
+    """One elementwise op on register values of `dtype` (the operands' dtype)."""
+    t = lltype(dtype)
+    if is_float(dtype):
+        if opcode in _FLOAT:
+            return em.val(f"{_FLOAT[opcode]} {t} {args[0]}, {args[1]}")
+        if opcode in _FCMP:
+            return em.val(f"fcmp {_FCMP[opcode]} {t} {args[0]}, {args[1]}")
+        if opcode in ("min", "max", "pow"):
+            return _intrinsic(em, {"min": "minnum", "max": "maxnum", "pow": "pow"}[opcode], t,
+                              args)
+        if opcode == "neg":
+            return em.val(f"fneg {t} {args[0]}")
+        if opcode in _FINTR:
+            return _intrinsic(em, _FINTR[opcode], t, args)
+        one = float_literal(1.0, "f64" if t == "double" else "f32")
+        if t in ("half", "bfloat"):
+            wide = convert(em, args[0], dtype, "f32")
+            return convert(em, scalar_op(em, opcode, "f32", [wide]), "f32", dtype)
+        if opcode == "rsqrt":
+            return em.val(f"fdiv {t} {one}, {_intrinsic(em, 'sqrt', t, args)}")
+        if opcode == "sigmoid":
+            e = _intrinsic(em, "exp", t, [em.val(f"fneg {t} {args[0]}")])
+            return em.val(f"fdiv {t} {one}, {em.val(f'fadd {t} {one}, {e}')}")
+        if opcode == "erf":
+            fn = "erff" if t == "float" else "erf"
+            em.declare(f"declare {t} @{fn}({t})")
+            return em.val(f"call {t} @{fn}({t} {args[0]})")
+    else:
+        signed = is_signed_int(dtype)
+        if opcode in _INT:
+            return em.val(f"{_INT[opcode]} {t} {args[0]}, {args[1]}")
+        if opcode in _SIGNED:
+            return em.val(f"{_SIGNED[opcode][0 if signed else 1]} {t} {args[0]}, {args[1]}")
+        if opcode in _ICMP:
+            return em.val(f"icmp {_ICMP[opcode][0 if signed else 1]} {t} {args[0]}, {args[1]}")
+        if opcode in ("min", "max"):
+            pred = ("s" if signed else "u") + ("lt" if opcode == "min" else "gt")
+            c = em.val(f"icmp {pred} {t} {args[0]}, {args[1]}")
+            return em.val(f"select i1 {c}, {t} {args[0]}, {t} {args[1]}")
+        if opcode == "neg":
+            return em.val(f"sub {t} 0, {args[0]}")
+        if opcode == "bnot":
+            return em.val(f"xor {t} {args[0]}, {'true' if t == 'i1' else '-1'}")
+        if opcode == "abs":
+            em.declare(f"declare {t} @llvm.abs.{t}({t}, i1)")
+            return em.val(f"call {t} @llvm.abs.{t}({t} {args[0]}, i1 false)")
+    raise BackendError(f"llvm: op {opcode} is not defined on {dtype}")
+
+
+def _operand_reader(env: Env, v, shape: tuple[int, ...]):
+    """A function idx -> register value for an operand broadcast to `shape`."""
+    x = env.get(v)
+    if not isinstance(x, Buf):
+        return lambda idx, flat: x
+    em = env.em
+    if x.shape == shape:
+        return lambda idx, flat: em.load_elem(x, flat)
+    pad = (1,) * (len(shape) - len(x.shape)) + x.shape
+
+    def read(idx, flat):
+        return em.load_elem(x, em.flat_index(idx, pad))
+
+    return read
+
+
+def elementwise(env: Env, op: Op, fn) -> None:
+    """Emit `fn(values) -> register` over the result tile (or once for scalars)."""
+    em = env.em
+    res = op.results[0].type
+    if not isinstance(res, TileType):
+        env.bind(op.results[0], fn([env.get(v) for v in op.operands]))
+        return
+    out = env.result_buf(op)
+    readers = [_operand_reader(env, v, res.shape) for v in op.operands]
+    flat_ok = all(not isinstance(env.get(v), Buf) or env.get(v).shape == res.shape
+                  for v in op.operands)
+    if flat_ok:
+        def body(i: str) -> None:
+            em.store_elem(out, i, fn([r(None, i) for r in readers]))
+        em.loop("0", str(out.size), body)
+        return
+
+    def nbody(idx: list[str]) -> None:
+        flat = em.flat_index(idx, res.shape)
+        em.store_elem(out, flat, fn([r(idx, flat) for r in readers]))
+    em.nest(res.shape, nbody)
+
+
+@handles("add", "sub", "mul", "div", "rem", "min", "max", "pow", "and", "or", "xor", "shl",
+         "shr", "lt", "le", "gt", "ge", "eq", "ne", "neg", "abs", "bnot", "exp", "log", "sqrt",
+         "rsqrt", "tanh", "sin", "cos", "floor", "erf", "sigmoid")
+def _arith(env: Env, op: Op) -> None:
+    dt = op.operands[0].type.dtype
+    elementwise(env, op, lambda xs: scalar_op(env.em, op.opcode, dt, xs))
+
+
+@handles("cast")
+def _cast(env: Env, op: Op) -> None:
+    src, dst = op.operands[0].type.dtype, op.attrs.dtype
+    if not (lltype(src) and lltype(dst)):
+        raise BackendError(f"llvm: cast {src} -> {dst}", op.loc)
+    elementwise(env, op, lambda xs: convert(env.em, xs[0], src, dst))
+
+
+@handles("bitcast")
+def _bitcast(env: Env, op: Op) -> None:
+    src, dst = lltype(op.operands[0].type.dtype), lltype(op.attrs.dtype)
+    elementwise(env, op, lambda xs: env.em.val(f"bitcast {src} {xs[0]} to {dst}"))
+
+
+@handles("where")
+def _where(env: Env, op: Op) -> None:
+    t = lltype(op.results[0].type.dtype)
+    elementwise(env, op, lambda xs: env.em.val(f"select i1 {xs[0]}, {t} {xs[1]}, {t} {xs[2]}"))
+
+
+@handles("const")
+def _const(env: Env, op: Op) -> None:
+    env.bind(op.results[0], const_literal(env.em, op.attrs.value, op.attrs.dtype))
+
+
+@handles("block_id")
+def _block_id(env: Env, op: Op) -> None:
+    env.bind(op.results[0], env.block[op.attrs.axis])
+
+
+@handles("codes")
+def _codes(env: Env, op: Op) -> None:
+    raise BackendError(
+        f"llvm: {op.operands[0].type} codes must come straight from a load of a packed tensor "
+        "(the bitpack pass turns those into load_codes)", op.loc)

@@ -1,0 +1,112 @@
+"""Passes: named kernel -> kernel transforms, a registry, pipelines as lists of names,
+and `rewrite`, the op-by-op rebuilding that local rewrite rules are written against."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from lowbitc.errors import LoweringError
+from lowbitc.ir.builder import Builder
+from lowbitc.ir.core import Kernel, Op, Region, Value, renumber, walk
+from lowbitc.ir.verify import verify
+
+# A rule sees an op (operands already rewritten) and either returns None (keep it) or
+# emits replacement ops through the builder and returns the values that replace its results.
+Rule = Callable[[Op, Builder, "Defs"], "Sequence[Value] | None"]
+
+
+@dataclass
+class Defs:
+    """The defining op of every value rewritten so far (for rules that look at producers)."""
+
+    ops: dict[int, Op] = field(default_factory=dict)
+
+    def of(self, v: Value) -> Op | None:
+        return self.ops.get(v.id)
+
+
+def _max_id(k: Kernel) -> int:
+    ids = [v.id for v in k.params + k.dims]
+    for r in (k.grid, k.body):
+        for op in walk(r.ops):
+            ids += [v.id for v in op.results]
+            for reg in op.regions:
+                ids += [a.id for a in reg.args]
+    return max(ids, default=-1)
+
+
+def rewrite(k: Kernel, rule: Rule) -> Kernel:
+    """Rebuild the kernel, letting `rule` replace ops; the result is renumbered."""
+    b = Builder(first_id=_max_id(k) + 1)
+    env: dict[int, Value] = {}
+    defs = Defs()
+
+    def m(v: Value) -> Value:
+        return env.get(v.id, v)
+
+    def region(r: Region) -> Region:
+        with b.block() as ops:
+            for op in r.ops:
+                one(op)
+        return Region(r.args, tuple(ops))
+
+    def one(op: Op) -> None:
+        new = replace(op, operands=tuple(m(v) for v in op.operands),
+                      regions=tuple(region(r) for r in op.regions))
+        b.loc = op.loc
+        out = rule(new, b, defs)
+        if out is None:
+            b._blocks[-1].append(new)
+            for r in new.results:
+                defs.ops[r.id] = new
+            return
+        out = tuple(out)
+        if len(out) != len(op.results):
+            raise LoweringError(f"rewrite of {op.opcode} gave {len(out)} values", op.loc)
+        for old, nv in zip(op.results, out):
+            if old.type != nv.type:
+                raise LoweringError(
+                    f"rewrite of {op.opcode} changed a result type: {old.type} -> {nv.type}",
+                    op.loc)
+            env[old.id] = nv
+
+    grid, body = region(k.grid), region(k.body)
+    return renumber(replace(k, grid=grid, body=body))
+
+
+@dataclass(frozen=True)
+class Pass:
+    """A named transform. `run` must return a new, valid kernel."""
+
+    name: str
+    fn: Callable[[Kernel], Kernel]
+    doc: str = ""
+
+    def run(self, k: Kernel) -> Kernel:
+        return self.fn(k)
+
+
+PASSES: dict[str, Pass] = {}
+
+
+def register(name: str, doc: str = "") -> Callable[[Callable[[Kernel], Kernel]], Callable]:
+    def deco(fn: Callable[[Kernel], Kernel]) -> Callable[[Kernel], Kernel]:
+        PASSES[name] = Pass(name, fn, doc or (fn.__doc__ or "").strip().splitlines()[0])
+        return fn
+    return deco
+
+
+def run_pipeline(k: Kernel, names: Sequence[str], verify_each: bool = True,
+                 trace: list[tuple[str, Kernel]] | None = None) -> Kernel:
+    """Run the named passes in order (verifying after each); `trace` collects snapshots."""
+    for name in names:
+        p = PASSES.get(name)
+        if p is None:
+            raise LoweringError(f"unknown pass {name!r}; known: {', '.join(sorted(PASSES))}")
+        k = p.run(k)
+        if verify_each:
+            verify(k)
+        if trace is not None:
+            trace.append((name, k))
+    return k

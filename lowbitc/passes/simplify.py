@@ -1,0 +1,56 @@
+"""Clean-ups: common-subexpression elimination and dead-code elimination."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from lowbitc.ir.core import Kernel, Region, renumber, walk
+from lowbitc.passes.base import register
+
+EFFECTS = frozenset({"store", "yield", "for", "if"})  # never removed or merged
+_NO_CSE = EFFECTS | {"load", "load_codes"}
+
+
+@register("cse")
+def cse(k: Kernel) -> Kernel:
+    """Reuse the result of an identical pure op computed earlier in an enclosing scope."""
+    env: dict[int, object] = {}
+
+    def region(r: Region, outer: dict) -> Region:
+        table = dict(outer)  # values of enclosing regions are in scope; inner ones are not
+        ops = []
+        for op in r.ops:
+            op = replace(op, operands=tuple(env.get(v.id, v) for v in op.operands))
+            op = replace(op, regions=tuple(region(x, table) for x in op.regions))
+            if op.opcode not in _NO_CSE and not op.regions:
+                key = (op.opcode, tuple(v.id for v in op.operands), op.attrs,
+                       tuple(x.type for x in op.results))
+                prev = table.get(key)
+                if prev is not None:
+                    env.update({a.id: b for a, b in zip(op.results, prev.results)})
+                    continue
+                table[key] = op
+            ops.append(op)
+        return Region(r.args, tuple(ops))
+
+    return renumber(replace(k, grid=region(k.grid, {}), body=region(k.body, {})))
+
+
+@register("dce")
+def dce(k: Kernel) -> Kernel:
+    """Drop pure ops whose results are never used (to a fixed point)."""
+    while True:
+        used = {v.id for r in (k.grid, k.body) for op in walk(r.ops) for v in op.operands}
+
+        def prune(r: Region) -> Region:
+            ops = []
+            for op in r.ops:
+                if op.opcode not in EFFECTS and not any(x.id in used for x in op.results):
+                    continue
+                ops.append(replace(op, regions=tuple(prune(x) for x in op.regions)))
+            return Region(r.args, tuple(ops))
+
+        new = replace(k, grid=prune(k.grid), body=prune(k.body))
+        if new == k:
+            return k
+        k = new

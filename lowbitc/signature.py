@@ -1,0 +1,138 @@
+"""Check and bind a compiled kernel's call arguments before any code runs.
+
+Tensor parameters of a machine dtype take numpy arrays of that dtype and shape. Tensor
+parameters of a lowbitc format take the canonical packing (DESIGN.md): uint32 words, the last
+dim holding ceil(n * bits / 32) words. Symbolic dims are read off the arrays (or given by
+keyword when only packed tensors mention them) and must agree everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lowbitc.dtypes import dtype as format_of
+from lowbitc.errors import UserArgumentError
+from lowbitc.ir.core import Kernel, Value
+from lowbitc.ir.types import ScalarType, TensorType, is_float, is_machine, numpy_dtype
+
+
+def storage_dtype(dtype: str) -> np.dtype:
+    """The numpy dtype a tensor of `dtype` is passed as (uint32 words for packed formats)."""
+    return numpy_dtype(dtype) if is_machine(dtype) else np.dtype(np.uint32)
+
+
+def format_bits(dtype: str) -> int:
+    return format_of(dtype).bits
+
+
+def words_for(n: int, bits: int) -> int:
+    return (n * bits + 31) // 32
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Arguments checked against a kernel: arrays/scalars by param name, dim values by name."""
+
+    values: dict[str, object]
+    dims: dict[str, int]
+
+    def ordered(self, k: Kernel) -> list[object]:
+        return [self.values[p.name] for p in k.params] + [self.dims[d.name] for d in k.dims]
+
+
+def _bind_dim(dims: dict[str, int], name: str, value: int, where: str) -> None:
+    if name in dims and dims[name] != value:
+        raise UserArgumentError(
+            f"dim {name} is {dims[name]} elsewhere but {value} from {where}"
+        )
+    dims[name] = value
+
+
+def _check_tensor(p: Value, a: object, dims: dict[str, int], deferred: list) -> None:
+    t = p.type
+    assert isinstance(t, TensorType)
+    if not isinstance(a, np.ndarray):
+        raise UserArgumentError(
+            f"argument {p.name!r}: expected a numpy array for {t}, got {type(a).__name__}"
+        )
+    want = storage_dtype(t.dtype)
+    if a.dtype != want:
+        raise UserArgumentError(
+            f"argument {p.name!r}: expected dtype {want} for {t}, got {a.dtype}"
+            + ("" if is_machine(t.dtype) else " (packed formats are passed as uint32 words)")
+        )
+    if a.ndim != len(t.shape):
+        raise UserArgumentError(
+            f"argument {p.name!r}: expected {len(t.shape)} dims for {t}, got shape {a.shape}"
+        )
+    if not a.flags.c_contiguous:
+        raise UserArgumentError(f"argument {p.name!r}: array must be C-contiguous")
+    for i, (d, n) in enumerate(zip(t.shape, a.shape)):
+        packed_last = not is_machine(t.dtype) and i == len(t.shape) - 1
+        if packed_last:
+            deferred.append((p, d, n))
+        elif isinstance(d, int):
+            if d != n:
+                raise UserArgumentError(f"argument {p.name!r}: dim {i} must be {d}, got {n}")
+        else:
+            _bind_dim(dims, d, n, f"argument {p.name!r} dim {i}")
+
+
+def bind(k: Kernel, args: tuple, kwargs: dict) -> Bound:
+    """Match positional/keyword arguments to the kernel's params; infer and check dims."""
+    names = [p.name for p in k.params]
+    if len(args) > len(names):
+        raise UserArgumentError(f"kernel {k.name} takes {len(names)} arguments, got {len(args)}")
+    values = dict(zip(names, args))
+    dims: dict[str, int] = {}
+    dim_names = {d.name for d in k.dims}
+    for key, v in kwargs.items():
+        if key in values:
+            raise UserArgumentError(f"kernel {k.name}: argument {key!r} given twice")
+        if key in names:
+            values[key] = v
+        elif key in dim_names:
+            _bind_dim(dims, key, int(v), "keyword")
+        else:
+            raise UserArgumentError(f"kernel {k.name} has no parameter or dim {key!r}")
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise UserArgumentError(f"kernel {k.name}: missing arguments {missing}")
+    deferred: list = []
+    for p in k.params:
+        a = values[p.name]
+        if isinstance(p.type, TensorType):
+            _check_tensor(p, a, dims, deferred)
+        else:
+            values[p.name] = _scalar(p, a)
+    for p, d, n in deferred:
+        bits = format_bits(p.type.dtype)
+        if isinstance(d, str) and d not in dims:
+            raise UserArgumentError(
+                f"dim {d} appears only in packed argument {p.name!r}; pass it by keyword, "
+                f"e.g. {d}=..."
+            )
+        size = dims[d] if isinstance(d, str) else d
+        if words_for(size, bits) != n:
+            raise UserArgumentError(
+                f"argument {p.name!r}: {size} {p.type.dtype} codes per row need "
+                f"{words_for(size, bits)} uint32 words, got {n}"
+            )
+    for d in k.dims:
+        if d.name not in dims:
+            raise UserArgumentError(f"kernel {k.name}: dim {d.name} is not determined; pass it")
+    return Bound(values, dims)
+
+
+def _scalar(p: Value, a: object) -> object:
+    t = p.type
+    assert isinstance(t, ScalarType)
+    if is_float(t.dtype):
+        if not isinstance(a, (int, float, np.integer, np.floating)) or isinstance(a, bool):
+            raise UserArgumentError(f"argument {p.name!r}: expected a number, got {a!r}")
+        return float(a)
+    if not isinstance(a, (int, np.integer)) or isinstance(a, bool):
+        raise UserArgumentError(f"argument {p.name!r}: expected an integer, got {a!r}")
+    return int(a)
