@@ -134,6 +134,7 @@ class IntFormat(_Format):
     def _encode_exact(self, x: np.ndarray) -> np.ndarray:
         n = self.bits
         if self.kind == "bipolar":  # nearest odd value 2k+1 with k = floor(x/2); x == 2k ties
+            x = np.clip(x, -(1 << n), 1 << n)
             k = np.floor(x / 2)
             k = np.where(2 * k > x, k - 1, k)  # x/2 can underflow to -0 for tiny negatives
             lo, hi = k + (1 << (n - 1)) - 1, k + (1 << (n - 1))  # codes of 2k-1 and 2k+1
@@ -229,7 +230,8 @@ class FloatFormat(_Format):
             code |= sign.astype(code.dtype) << (self.bits - 1)
         if bad.any():
             code = np.where(inf, self._inf_code(sign), code)
-            code = np.where(nan, self._nan_code(sign), code)
+            if nan.any():
+                code = np.where(nan, self._nan_code(sign), code)
         return code.astype(_code_dtype(self.bits))
 
     def _inf_code(self, sign: np.ndarray) -> np.ndarray:
@@ -259,7 +261,8 @@ def _round_float(fmt: FloatFormat, x: np.ndarray) -> np.ndarray:
     e = ((x.view(ut) >> mb) & (2 * eb + 1)).astype(np.int32) - eb  # subnormal input: -eb
     eq = np.clip(e, emin, emax)
     scale = ((eb + m - eq).astype(ut) << mb).view(ft)  # exactly 2^(m - eq)
-    n = np.minimum(np.rint(np.abs(x) * scale), float(1 << (m + 2)))
+    with np.errstate(over="ignore"):  # huge |x| saturates anyway
+        n = np.minimum(np.rint(np.abs(x) * scale), float(1 << (m + 2)))
     code = ((eq - emin) << m) + n.astype(np.int32)
     if fmt.special == "e8m0":  # no zero code: code 0 is 2^emin
         code -= 1
