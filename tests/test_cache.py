@@ -117,7 +117,7 @@ def test_codegen_hash_changes_when_a_compiler_file_changes(tmp_path, monkeypatch
     (pkg / "a.py").write_text("x = 1\n")
     (pkg / "sub" / "g.lark").write_text("start: 'a'\n")
     (pkg / "notes.txt").write_text("not code")
-    monkeypatch.setattr(key_module, "_package_dirs", lambda: [pkg])
+    monkeypatch.setattr(key_module, "_package_dirs", lambda: [str(pkg)])
     compute = key_module.codegen_hash.__wrapped__
     before = compute()
     (pkg / "notes.txt").write_text("still not code")
@@ -175,6 +175,21 @@ def test_damaged_entry_is_detected_discarded_and_rebuilt(cache, damage):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert cache.get(k) == data
+
+
+def test_corrupt_index_is_set_aside_and_the_cache_starts_empty(tmp_path):
+    cache = Cache(tmp_path / "c")
+    cache.put(make_key(), b"old")
+    cache.close()
+    for leftover in (tmp_path / "c").glob("index.sqlite-*"):
+        leftover.unlink()
+    (tmp_path / "c" / "index.sqlite").write_bytes(b"this is not a database" * 100)
+    fresh = Cache(tmp_path / "c")
+    with pytest.warns(CacheWarning, match="index was unreadable"):
+        assert fresh.get(make_key()) is None
+    fresh.put(make_key(), b"new")
+    assert fresh.get(make_key()) == b"new"
+    assert (tmp_path / "c" / "index.sqlite.corrupt").exists()
 
 
 def test_lru_eviction_removes_least_recently_used_first(tmp_path):

@@ -14,6 +14,7 @@ import importlib.metadata
 import importlib.util
 import json
 import math
+import os
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -78,35 +79,46 @@ def canonical_json(value: Any, what: str = "value") -> str:
     return json.dumps(canonical(value, what), sort_keys=True, separators=(",", ":"))
 
 
-def _package_dirs() -> list[Path]:
+def _package_dirs() -> list[str]:
     dirs = []
     for name in CODEGEN_PACKAGES:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.submodule_search_locations:
-            dirs.extend(Path(p).resolve() for p in spec.submodule_search_locations)
+            dirs.extend(os.path.realpath(p) for p in spec.submodule_search_locations)
     return dirs
+
+
+def _walk(root: str, rel: str, out: dict[str, str]) -> None:
+    with os.scandir(root) as entries:
+        for e in entries:
+            name = f"{rel}/{e.name}"
+            if e.is_dir(follow_symlinks=False):
+                if e.name != "__pycache__":
+                    _walk(e.path, name, out)
+            elif e.name.endswith(CODEGEN_SUFFIXES) and e.is_file():
+                out.setdefault(os.path.realpath(e.path), name)
+
+
+def _codegen_sources() -> dict[str, str]:
+    """Real path -> stable name ("<package dir>/<relative path>") of each compiler source."""
+    out: dict[str, str] = {}
+    for root in _package_dirs():
+        _walk(root, os.path.basename(root), out)
+    return out
 
 
 def codegen_files() -> list[Path]:
     """Every compiler source file that codegen_hash() covers, sorted and without duplicates."""
-    files: set[Path] = set()
-    for root in _package_dirs():
-        for path in root.rglob("*"):
-            if path.suffix in CODEGEN_SUFFIXES and "__pycache__" not in path.parts:
-                if path.is_file():
-                    files.add(path.resolve())
-    return sorted(files)
+    return sorted(Path(p) for p in _codegen_sources())
 
 
 @functools.lru_cache(maxsize=1)
 def codegen_hash() -> str:
     """sha256 over lowbitc's compiler source files (computed once per process)."""
     digest = hashlib.sha256()
-    roots = _package_dirs()
-    for path in codegen_files():
-        root = next(r for r in roots if path.is_relative_to(r))
-        rel = f"{root.name}/{path.relative_to(root).as_posix()}"
-        digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    for path, name in sorted(_codegen_sources().items(), key=lambda item: item[1]):
+        with open(path, "rb") as f:
+            digest.update(name.encode() + b"\0" + f.read() + b"\0")
     return digest.hexdigest()
 
 

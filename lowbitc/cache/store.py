@@ -81,16 +81,45 @@ class Cache:
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
             try:
-                conn = sqlite3.connect(self.path / INDEX_NAME, timeout=60, isolation_level=None)
-                conn.execute("PRAGMA busy_timeout = 60000")
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = NORMAL")
-                conn.executescript(_SCHEMA)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            except sqlite3.DatabaseError as e:
+                conn = self._open()
+            except sqlite3.OperationalError as e:  # locked for too long, read-only, disk full
                 raise CacheError(f"cache index {self.path / INDEX_NAME}: {e}") from e
+            except sqlite3.DatabaseError as e:  # not a database any more: start a fresh one
+                self._set_aside_index(str(e))
+                conn = self._open()
             local.conn, local.pid = conn, os.getpid()
         return local.conn
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path / INDEX_NAME, timeout=60, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 60000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version != SCHEMA_VERSION:
+                conn.executescript(_SCHEMA)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _set_aside_index(self, reason: str) -> None:
+        """Move a corrupt index out of the way; its content files go with it."""
+        index = self.path / INDEX_NAME
+        with contextlib.suppress(OSError):
+            os.replace(index, index.with_name(f"{INDEX_NAME}.corrupt"))
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                index.with_name(INDEX_NAME + suffix).unlink()
+        shutil.rmtree(self.path / "objects", ignore_errors=True)
+        warnings.warn(
+            f"lowbitc cache {self.path}: the index was unreadable ({reason}); "
+            f"moved it to {INDEX_NAME}.corrupt and started an empty cache",
+            CacheWarning,
+            stacklevel=4,
+        )
 
     @contextlib.contextmanager
     def _write(self):
@@ -127,7 +156,10 @@ class Cache:
             return None, f"content file {rel} has {len(data)} bytes, not {size} (truncated)", rel
         if hashlib.sha256(data).hexdigest() != sha:
             return None, f"content file {rel} fails its sha256 check (corrupt)", rel
-        conn.execute("UPDATE entries SET accessed = ? WHERE digest = ?", (time.time_ns(), digest))
+        with contextlib.suppress(sqlite3.OperationalError):  # a read-only cache still serves
+            conn.execute(
+                "UPDATE entries SET accessed = ? WHERE digest = ?", (time.time_ns(), digest)
+            )
         return data, None, rel
 
     def _discard(self, digest: str, rel: str, reason: str) -> None:
