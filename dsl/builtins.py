@@ -279,24 +279,30 @@ def _load(ctx: Ctx, e: A.Call) -> Value:
     layout = str(ctx.eval(a["layout"])) if "layout" in a else ""
     operands = w.operands(ctx)
     if "mask" in a:
-        m = _value(ctx, a["mask"], "mask")
-        if m.type.dtype != "bool":
-            raise DSLTypeError(f"load: mask must be a bool tile, got {m.type}", a["mask"].loc)
-        operands.append(m)
+        operands.append(_mask_arg(ctx, a["mask"], "load"))
     attrs = MemAttrs(w.sizes, layout, "mask" in a)
     return ctx.b.emit("load", *operands, attrs=attrs, loc=e.loc)
 
 
 def _store(ctx: Ctx, e: A.Call) -> None:
-    a = _args(e, ("dst", "value"), 2)
+    a = _args(e, ("dst", "value", "mask"), 2)
     w = _window_arg(ctx, a["dst"], "store")
     v = ctx.eval(a["value"])
     want = w.tensor.type.dtype
     if isinstance(v, Value) and v.type.dtype != want:
         raise DSLTypeError(f"store: the value is {v.type.dtype} but {w.tensor.name} holds {want}; "
                            f"cast it with cast(value, {want})", a["value"].loc)
-    v = ctx.materialize(v, want, a["value"].loc)
-    ctx.b.op("store", w.operands(ctx) + [v], MemAttrs(w.sizes), loc=e.loc)
+    operands = w.operands(ctx) + [ctx.materialize(v, want, a["value"].loc)]
+    if "mask" in a:
+        operands.append(_mask_arg(ctx, a["mask"], "store"))
+    ctx.b.op("store", operands, MemAttrs(w.sizes, "", "mask" in a), loc=e.loc)
+
+
+def _mask_arg(ctx: Ctx, e: A.Expr, fname: str) -> Value:
+    m = _value(ctx, e, "mask")
+    if m.type.dtype != "bool":
+        raise DSLTypeError(f"{fname}: mask must be a bool tile, got {m.type}", e.loc)
+    return m
 
 
 def _cast(ctx: Ctx, e: A.Call) -> Value:

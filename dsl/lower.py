@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from lowbitc.dsl import ast as A
 from lowbitc.dsl.builtins import BUILTINS, Ctx, Window, materialize
-from lowbitc.dtypes import dtype as lookup_format
+from lowbitc.formats import lookup as lookup_format
+from lowbitc.formats import register as register_format
 from lowbitc.errors import DSLNameError, DSLTypeError, LowbitcError, SourceLoc
 from lowbitc.ir.builder import Builder
 from lowbitc.ir.core import Kernel, Region, Value, renumber
@@ -73,6 +74,8 @@ class _Lowering:
 
     def _coerce_cparam(self, c: A.CParam, v: object) -> object:
         if c.kind == "dtype":
+            if getattr(v, "kind", None) == "codebook":
+                register_format(v)
             name = v.name if isinstance(v, Format) else getattr(v, "name", v)
             if not isinstance(name, str):
                 raise DSLTypeError(f"{c.name} must be a format name, got {v!r}", c.loc)

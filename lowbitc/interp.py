@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lowbitc.dtypes import dtype as format_of
+from lowbitc.formats import lookup as format_of
 from lowbitc.errors import LowbitcError
 from lowbitc.ir.core import Kernel, Op, Region
 from lowbitc.ir.types import TensorType, TileType, is_machine, numpy_dtype
@@ -147,11 +147,14 @@ def _eval_op(op: Op, env: dict, block: tuple[int, int, int], mem: dict) -> None:
                 out = np.where(ins[-1], out, 0)
         elif o == "store":
             arr = mem[op.operands[0].id]
-            starts = [int(s) for s in ins[1:-1]]
+            value = ins[-1 - a.masked]
+            starts = [int(s) for s in ins[1:len(ins) - 1 - a.masked]]
             idx, mask, keep = _window(arr, starts, a.sizes)
             full_shape = mask.shape
             tile_shape = tuple(n for s, n in zip(a.sizes, full_shape) if s > 0)
-            val = np.broadcast_to(ins[-1], tile_shape).reshape(full_shape)
+            val = np.broadcast_to(value, tile_shape).reshape(full_shape)
+            if a.masked:
+                mask = mask & np.broadcast_to(ins[-1], tile_shape).reshape(full_shape)
             sel = tuple(g[mask] if g.ndim else g for g in np.broadcast_arrays(*idx))
             arr[sel] = np.asarray(val)[mask].astype(arr.dtype)
             return

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lowbitc.dtypes import dtype as format_of
+from lowbitc.formats import lookup as format_of
 from lowbitc.errors import UserArgumentError
 from lowbitc.ir.core import Kernel, Value
 from lowbitc.ir.types import ScalarType, TensorType, is_float, is_machine, numpy_dtype

@@ -250,12 +250,14 @@ def _store(env: Env, op: Op) -> None:
     t = env.get(op.operands[0])
     if t.packed:
         raise BackendError(f"llvm: storing {t.type.dtype} codes is not supported yet", op.loc)
-    starts = [env.get(v) for v in op.operands[1:-1]]
-    val = env.get(op.operands[-1])
+    nst = len(op.operands) - 2 - op.attrs.masked
+    starts = [env.get(v) for v in op.operands[1:1 + nst]]
+    val = env.get(op.operands[1 + nst])
     shape = tuple(s for s in op.attrs.sizes if s > 0)
 
     def body(idx: list[str]) -> None:
         clamped, ok = _window_index(env, op, t, starts, op.attrs.sizes, idx, False)
+        ok = _masked(env, op, ok, idx, shape)
         if isinstance(val, Buf):
             pad = (1,) * (len(shape) - len(val.shape)) + val.shape
             v = em.load_elem(val, em.flat_index(idx, pad))

@@ -76,7 +76,7 @@ class MemAttrs(Attrs):
 
     sizes: tuple[int, ...]
     layout: str = ""
-    masked: bool = False  # load: a last operand, a bool tile; False lanes read 0
+    masked: bool = False  # a last operand, a bool tile: False lanes read 0 / are not written
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,8 +282,9 @@ def _load_codes(ts, a):
 
 
 def _store(ts, a):
-    shape = _window(ts[0], a.sizes, len(ts) - 2, "store")
-    v = ts[-1]
+    shape = _window(ts[0], a.sizes, len(ts) - 2 - a.masked, "store")
+    _mask(ts, a, shape, "store")
+    v = ts[-1 - a.masked]
     if v.dtype != ts[0].dtype:
         raise _fail("store", f"value is {v.dtype}, tensor holds {ts[0].dtype}")
     if broadcast_shapes("store", _shape(v), shape) != shape:

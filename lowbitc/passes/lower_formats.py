@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lowbitc.dtypes import dtype as format_of
+from lowbitc.formats import lookup as format_of
 from lowbitc.ir.builder import Builder
 from lowbitc.ir.core import Op, Value
 from lowbitc.ir.opdefs import CastAttrs, ConstAttrs, LutAttrs

@@ -1,0 +1,106 @@
+"""Ready-made ops on quantized weights, compiled from the shipped .lbk kernels.
+
+`matmul(x, qw)` = x @ qw.dequantize().T and `dequantize(qw)` (bit-identical to
+QTensor.dequantize()), for every format, any shapes, zero points and partial groups.
+Compiled kernels are kept per (kernel, backend, parameters) for the life of the process.
+"""
+
+from __future__ import annotations
+
+import threading
+from importlib import resources
+
+import numpy as np
+
+from lowbitc.compiler import Kernel, compile
+from lowbitc.errors import UserArgumentError
+from lowbitc.ir.types import is_machine, numpy_dtype
+from lowbitc.quant import QTensor
+
+_ACTIVATIONS = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16",
+                numpy_dtype("bf16"): "bf16"}
+_KERNELS: dict[tuple, Kernel] = {}
+_LOCK = threading.Lock()
+_NO_ZEROS = np.zeros((1, 1), np.float32)
+
+
+def kernel_source(name: str) -> str:
+    """The text of a shipped kernel (`matmul`, `dequantize`)."""
+    return resources.files("lowbitc.kernels").joinpath(f"{name}.lbk").read_text("utf-8")
+
+
+def kernel_path(name: str) -> str:
+    return str(resources.files("lowbitc.kernels").joinpath(f"{name}.lbk"))
+
+
+def get_kernel(name: str, backend: str = "llvm", **params) -> Kernel:
+    """A shipped kernel compiled for `backend` with `params` (cached in this process)."""
+    key = (name, backend, tuple(sorted(params.items())))
+    k = _KERNELS.get(key)
+    if k is None:
+        with _LOCK:
+            k = _KERNELS.get(key)
+            if k is None:
+                k = compile(kernel_path(name), backend=backend, **params)
+                _KERNELS[key] = k
+    return k
+
+
+def weight_storage(qw: QTensor) -> np.ndarray:
+    """What a kernel's weight parameter takes: the canonical packed words, or for u8/i8
+    (which are also machine types) the codes as a plain byte array."""
+    if is_machine(qw.dtype.name):
+        return np.ascontiguousarray(qw.codes).view(numpy_dtype(qw.dtype.name))
+    return qw.packed
+
+
+def _check_qtensor(qw: object) -> QTensor:
+    if not isinstance(qw, QTensor):
+        raise UserArgumentError(f"qw: expected a lowbitc QTensor, got {type(qw).__name__}")
+    return qw
+
+
+def matmul_params(M: int, qw: QTensor, act: str) -> dict:
+    """Default tile parameters by problem shape (GEMV for M = 1, GEMM tiles otherwise)."""
+    bm = 1 if M == 1 else 4 if M <= 4 else 16
+    return {"W": qw.dtype.name, "A": act, "BM": bm, "BN": 32, "BK": 64,
+            "ZP": qw.zeros is not None}
+
+
+def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm") -> np.ndarray:
+    """x[M, K] (float32, float16 or bfloat16) @ qw.dequantize().T -> float32 [M, N]."""
+    qw = _check_qtensor(qw)
+    if not isinstance(x, np.ndarray):
+        raise UserArgumentError(f"x: expected a numpy array, got {type(x).__name__}")
+    act = _ACTIVATIONS.get(x.dtype)
+    if act is None:
+        raise UserArgumentError(f"x: expected float32, float16 or bfloat16, got {x.dtype}")
+    if x.ndim != 2:
+        raise UserArgumentError(f"x: expected a 2-D array [M, K], got shape {x.shape}")
+    N, K = qw.shape
+    if x.shape[1] != K:
+        raise UserArgumentError(f"x: expected K = {K} columns to match qw {qw.shape}, "
+                                f"got shape {x.shape}")
+    x = np.ascontiguousarray(x)
+    M = x.shape[0]
+    y = np.empty((M, N), np.float32)
+    if M == 0 or N == 0:
+        return y
+    k = get_kernel("matmul", backend, **matmul_params(M, qw, act))
+    zeros = qw.zeros if qw.zeros is not None else _NO_ZEROS
+    k(x, weight_storage(qw), qw.scales, zeros, y, qw.group_size, K=K)
+    return y
+
+
+def dequantize(qw: QTensor, backend: str = "llvm") -> np.ndarray:
+    """qw's float32 weights [N, K], bit-identical to qw.dequantize()."""
+    qw = _check_qtensor(qw)
+    N, K = qw.shape
+    y = np.empty((N, K), np.float32)
+    if N == 0 or K == 0:
+        return y
+    params = {"W": qw.dtype.name, "ZP": qw.zeros is not None}
+    k = get_kernel("dequantize", backend, **params)
+    zeros = qw.zeros if qw.zeros is not None else _NO_ZEROS
+    k(weight_storage(qw), qw.scales, zeros, y, qw.group_size, K=K)
+    return y
