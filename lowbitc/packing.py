@@ -61,8 +61,9 @@ def pack(codes, bits: int) -> np.ndarray:
         out[:, :, word] |= v << np.uint32(shift)
         if shift + bits > WORD_BITS:  # the code straddles two words
             out[:, :, word + 1] |= v >> np.uint32(WORD_BITS - shift)
-    words = out.reshape(rows, groups * wp)[:, : words_per_row(k, bits)]
-    return np.ascontiguousarray(words, dtype="<u4").reshape(*lead, -1)
+    need = words_per_row(k, bits)
+    words = out.reshape(rows, groups * wp)[:, :need]
+    return np.ascontiguousarray(words, dtype="<u4").reshape(*lead, need)
 
 
 def unpack(words, bits: int, count: int) -> np.ndarray:
