@@ -137,8 +137,9 @@ class Evaluator:
         if isinstance(self.executor, ProcessPoolExecutor):
             _check_picklable(build, measurer)
         show = sys.stderr.isatty() if progress is None else progress
-        self.bar = tqdm(total=total, desc="tuning", unit="cfg", disable=not show or tqdm is None,
-                        leave=False, file=sys.stderr) if tqdm else None  # fmt: skip
+        self.bar = None
+        if show and tqdm is not None:
+            self.bar = tqdm(total=total, desc="tuning", unit="cfg", leave=False, file=sys.stderr)
         self.count = 0
         self.trials: list[Trial] = []
 
