@@ -32,7 +32,8 @@ from lowbitc.layout.layout import (
 )
 from lowbitc.layout.mma import MMA_FRAGMENTS, mma_m16n8k16_a, mma_m16n8k16_b, mma_m16n8k16_c
 from lowbitc.layout.swizzle import ComposedLayout, Swizzle
-from lowbitc.layout.tv import TVLayout, divide, from_cute, kron, local, replicated, spatial
+from lowbitc.layout.tv import TVLayout, divide, kron, local, replicated, spatial
+from lowbitc.layout.tv_cute import from_cute
 
 __all__ = [
     "Layout", "make_layout", "size", "cosize", "rank", "depth", "flatten", "coalesce",
