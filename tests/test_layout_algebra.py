@@ -333,3 +333,21 @@ def test_blocked_and_raked_products_reassociate_modes(a, b):
             want = p(i, k)
             assert blocked(i0 + a0 * k0, i1 + a1 * k1) == want
             assert raked(k0 + b0 * i0, k1 + b1 * i1) == want
+
+
+def test_layout_package_is_pure():
+    """lowbitc.layout imports nothing from lowbitc except errors (and itself)."""
+    import ast
+    import pathlib
+
+    import lowbitc.layout
+
+    root = pathlib.Path(lowbitc.layout.__file__).parent
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                if name.startswith("lowbitc"):
+                    assert name == "lowbitc.errors" or name.startswith("lowbitc.layout"), (
+                        f"{path.name} imports {name}")
