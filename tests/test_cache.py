@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import multiprocessing as mp
 import os
@@ -26,6 +27,7 @@ from lowbitc.cache import (
     canonical_json,
     codegen_files,
     codegen_hash,
+    toolchain_versions,
 )
 from lowbitc.cache import (
     key as key_module,
@@ -109,6 +111,17 @@ def test_codegen_hash_covers_the_compiler_sources():
     roots = {p.parent.name for p in codegen_files()}
     assert {"dsl", "backends"} & roots, "dsl/ and backends/ must be hashed too"
     assert len(codegen_hash()) == 64 and codegen_hash() == codegen_hash()
+
+
+def test_toolchain_versions_match_the_installed_distributions():
+    versions = dict(toolchain_versions())
+    for dist in ("llvmlite", "numba", "numba-cuda", "numpy"):
+        try:
+            expected = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            expected = "absent"
+        assert versions[dist] == expected
+    assert versions["llvm"].count(".") == 2
 
 
 def test_codegen_hash_changes_when_a_compiler_file_changes(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ of lowbitc's own compiler sources, so upgrading lowbitc or its toolchain never s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -29,8 +30,10 @@ from lowbitc.errors import UserArgumentError
 # packages whose source files make up "the compiler" for codegen_hash()
 CODEGEN_PACKAGES = ("lowbitc", "lowbitc.dsl", "lowbitc.backends")
 CODEGEN_SUFFIXES = (".py", ".lark", ".lbk")
-# distributions whose versions can change generated code
-TOOLCHAIN_DISTRIBUTIONS = ("llvmlite", "numba", "numba-cuda", "numpy")
+# distributions whose versions can change generated code, with their import names
+TOOLCHAIN_DISTRIBUTIONS = {
+    "llvmlite": "llvmlite", "numba": "numba", "numba-cuda": "numba_cuda", "numpy": "numpy"
+}  # fmt: skip
 
 
 def _type_name(value: Any) -> str:
@@ -122,16 +125,36 @@ def codegen_hash() -> str:
     return digest.hexdigest()
 
 
+def _dist_version(dist: str, module: str) -> str:
+    """The installed version of `dist`, read from its dist-info directory name next to the
+    package (a directory listing, not a metadata parse); importlib.metadata as the fallback."""
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        return "absent"
+    if spec.origin and spec.submodule_search_locations:
+        site = os.path.dirname(os.path.dirname(spec.origin))
+        prefix = dist.replace("-", "_").lower() + "-"
+        with contextlib.suppress(OSError):
+            found = [
+                name[len(prefix) : -len(".dist-info")]
+                for name in os.listdir(site)
+                if name.lower().startswith(prefix) and name.endswith(".dist-info")
+            ]
+            if len(found) == 1:
+                return found[0]
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
 @functools.lru_cache(maxsize=1)
 def toolchain_versions() -> tuple[tuple[str, str], ...]:
-    """(name, version) of Python, LLVM and each installed code-generating distribution."""
+    """(name, version) of Python, LLVM and each code-generating distribution ("absent" if
+    not installed)."""
     versions = [("python", platform.python_version())]
     versions.append(("llvm", ".".join(map(str, llvm.llvm_version_info))))
-    for dist in TOOLCHAIN_DISTRIBUTIONS:
-        try:
-            versions.append((dist, importlib.metadata.version(dist)))
-        except importlib.metadata.PackageNotFoundError:
-            versions.append((dist, "absent"))
+    versions.extend((d, _dist_version(d, m)) for d, m in TOOLCHAIN_DISTRIBUTIONS.items())
     return tuple(versions)
 
 

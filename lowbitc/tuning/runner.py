@@ -68,7 +68,8 @@ def _describe(e: BaseException) -> str:
 
 def run_task(task: Task, lock: Any = None) -> Trial:
     """Build and measure one candidate; any exception becomes an error Trial."""
-    base = {"config": task.config, "rung": task.rung, "repeats": task.repeats}
+    repeats = task.repeats or getattr(task.measurer, "repeats", None)
+    base = {"config": task.config, "rung": task.rung, "repeats": repeats}
     t0 = time.perf_counter()
     try:
         run = task.build(dict(task.config))
