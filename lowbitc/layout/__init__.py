@@ -31,6 +31,7 @@ from lowbitc.layout.layout import (
     size,
 )
 from lowbitc.layout.mma import MMA_FRAGMENTS, mma_m16n8k16_a, mma_m16n8k16_b, mma_m16n8k16_c
+from lowbitc.layout.picture import ascii_picture, save_png
 from lowbitc.layout.swizzle import ComposedLayout, Swizzle
 from lowbitc.layout.tv import TVLayout, divide, kron, local, replicated, spatial
 from lowbitc.layout.tv_cute import from_cute
@@ -42,4 +43,5 @@ __all__ = [
     "zipped_product", "tiled_product", "flat_product", "blocked_product", "raked_product",
     "Swizzle", "ComposedLayout", "TVLayout", "spatial", "local", "replicated", "kron", "divide",
     "from_cute", "mma_m16n8k16_a", "mma_m16n8k16_b", "mma_m16n8k16_c", "MMA_FRAGMENTS",
+    "ascii_picture", "save_png",
 ]
