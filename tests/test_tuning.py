@@ -242,7 +242,8 @@ def test_the_default_config_is_always_measured():
     for strategy in ("random", "halving"):
         r = tune(build, BIG, budget=5, strategy=strategy, default=default, **fake())
         assert default in [t.config for t in r.trials if t.rung == 0]
-        assert r.seconds <= cost(default)
+        assert r.seconds <= cost(default) == r.time_of(default)
+    assert r.time_of({"BM": 3}) is None
 
 
 # -- buckets and the cache record -----------------------------------------------------------------

@@ -119,7 +119,7 @@ def make_executor(kind: str, max_workers: int | None = None) -> tuple[Executor, 
 
 
 class Evaluator:
-    """Evaluates batches of configurations on an executor, counting trials for the budget."""
+    """Evaluates batches of configurations on an executor; `trials` collects every result."""
 
     def __init__(
         self,
@@ -141,7 +141,6 @@ class Evaluator:
         self.bar = None
         if show and tqdm is not None:
             self.bar = tqdm(total=total, desc="tuning", unit="cfg", leave=False, file=sys.stderr)
-        self.count = 0
         self.trials: list[Trial] = []
 
     def __call__(self, configs: list[Config], repeats: int | None, rung: int = 0) -> list[Trial]:
@@ -153,7 +152,6 @@ class Evaluator:
         trials = [self._outcome(t, f) for t, f in zip(tasks, futures, strict=True)]
         if self._owned and sum(t.error_type == "BrokenProcessPool" for t in trials) > 1:
             trials = self._isolate_crash(tasks, trials)
-        self.count += len(trials)
         self.trials.extend(trials)
         return trials
 

@@ -66,6 +66,14 @@ class TuneResult:
                 last[k] = t
         return sorted(last.values(), key=lambda t: (-t.rung, t.sort_key()))
 
+    def time_of(self, config: Config) -> float | None:
+        """The time `config` measured at the highest fidelity it reached (None: not measured
+        or failed), e.g. to compare the kernel's default with the winner."""
+        for t in self.final_trials():
+            if t.config == config:
+                return t.seconds if t.ok else None
+        return None
+
     def table(self, limit: int | None = None) -> str:
         """A plain-text table: one row per configuration, time or first line of the error."""
         rows = self.final_trials()[:limit]
