@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lowbitc.backends.llvm import jit, launch
+from lowbitc.backends.llvm import jit, launch, pool
 from lowbitc.backends.llvm.launch import ArgPacker, ArrayArg, GridLauncher, ScalarArg
 
 from lowbitc.errors import BackendError, UserArgumentError
@@ -252,6 +252,77 @@ def test_concurrent_launches_from_python_threads(saxpy_module):
         np.testing.assert_array_equal(y, 5 * x)
 
 
+COUNT_IR = """
+; counts[b] += 1 for every block b in [begin, end): checks each block runs exactly once
+define void @count(ptr noalias %args, i64 %begin, i64 %end) {
+entry:
+  %pc = load ptr, ptr %args
+  %any = icmp slt i64 %begin, %end
+  br i1 %any, label %loop, label %done
+loop:
+  %b = phi i64 [%begin, %entry], [%b.next, %loop]
+  %p = getelementptr inbounds i64, ptr %pc, i64 %b
+  %old = atomicrmw add ptr %p, i64 1 monotonic
+  %b.next = add i64 %b, 1
+  %again = icmp slt i64 %b.next, %end
+  br i1 %again, label %loop, label %done
+done:
+  ret void
+}
+"""
+COUNT_SIG = (ArrayArg("counts", np.int64, 1, output=True),)
+
+
+@pytest.fixture(scope="module")
+def count_address() -> int:
+    return jit.compile_ir(COUNT_IR, "test_count").address("count")
+
+
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_every_block_runs_exactly_once_over_many_launches(count_address, kind):
+    if kind == "native" and not pool.available():
+        pytest.skip("no native pool on this platform")
+    the_pool = pool.NativePool() if kind == "native" else pool.PythonPool()
+    rng = np.random.default_rng(3)
+    counts = np.zeros(600, np.int64)
+    packed = ArgPacker(COUNT_SIG)((counts,))
+    expected = np.zeros_like(counts)
+    for _ in range(400):
+        nblocks = int(rng.integers(1, 600))
+        parts = int(rng.integers(1, min(nblocks, 6) + 1))
+        assert the_pool.run(count_address, packed, nblocks, parts)
+        expected[:nblocks] += 1
+    np.testing.assert_array_equal(counts, expected)
+    assert the_pool.workers >= 1
+
+
+def test_launch_in_a_forked_child(count_address):
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    counts = np.zeros(64, np.int64)
+    grid = GridLauncher(count_address, 64, threads=2)
+    grid(ArgPacker(COUNT_SIG)((counts,)))  # the parent's pool exists before the fork
+    pid = os.fork()
+    if pid == 0:  # child: a fresh pool must be built, not the parent's dead workers used
+        try:
+            child = np.zeros(64, np.int64)
+            GridLauncher(count_address, 64, threads=2)(ArgPacker(COUNT_SIG)((child,)))
+            os._exit(0 if (child == 1).all() else 1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert (counts == 1).all()
+
+
+def test_pool_kind_env(monkeypatch):
+    monkeypatch.setenv("LOWBITC_THREAD_POOL", "python")
+    assert pool.pool_kind() == "python"
+    monkeypatch.setenv("LOWBITC_THREAD_POOL", "openmp")
+    with pytest.raises(UserArgumentError, match="LOWBITC_THREAD_POOL"):
+        pool.pool_kind()
+
+
 def _good_args():
     x = np.ones(10, np.float32)
     return [2.0, x, np.zeros(10, np.float32), 10]
@@ -380,7 +451,7 @@ def test_object_code_round_trips_into_a_fresh_process(tmp_path, saxpy_module):
         f"""
         import time
         import numpy as np
-        from lowbitc.backends.llvm import jit, launch
+        from lowbitc.backends.llvm import jit, launch, pool
         t = time.perf_counter()
         mod = jit.load_object(open({str(path)!r}, "rb").read(), "cached")
         fn = mod.address("saxpy")

@@ -7,7 +7,8 @@ Calling convention of every kernel entry point (C):
 It runs the linearised grid blocks [block_begin, block_end) itself. `args[i]` is, for an array
 parameter, the address of its first element (C-contiguous, no copy); for a scalar parameter,
 the address of an 8-byte (i64, f64) or 4-byte (i32, f32) buffer holding the value.
-ctypes releases the GIL for the call, so blocks split over Python threads run in parallel.
+Grids of more than one part run on the process's thread pool (`pool.get_pool()`: native
+pthreads by default, Python threads with LOWBITC_THREAD_POOL=python); ctypes releases the GIL.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from lowbitc.backends.llvm.pool import KERNEL_CFUNC, get_pool, split_blocks
 
 from lowbitc.errors import UserArgumentError
 
@@ -34,7 +35,6 @@ __all__ = [
     "split_blocks",
 ]
 
-KERNEL_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 
 _SCALAR_CTYPES: dict[str, type] = {
     "i64": ctypes.c_int64,
@@ -235,91 +235,16 @@ def num_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def split_blocks(nblocks: int, parts: int) -> list[tuple[int, int]]:
-    """[0, nblocks) cut into `parts` contiguous ranges whose sizes differ by at most one."""
-    parts = max(1, min(parts, nblocks))
-    return [(nblocks * p // parts, nblocks * (p + 1) // parts) for p in range(parts)]
-
-
-class _Worker:
-    """A daemon thread that runs one block range per `go` release and then releases `done`."""
-
-    def __init__(self, index: int):
-        self.go = threading.Lock()
-        self.go.acquire()
-        self.done = threading.Lock()
-        self.done.acquire()
-        self.job: tuple = ()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._loop, name=f"lowbitc-grid-{index}", daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        go, done = self.go, self.done
-        while True:
-            go.acquire()
-            try:
-                fn, args, begin, end = self.job
-                fn(args, begin, end)
-            except BaseException as exc:  # noqa: BLE001 - handed back to the launching thread
-                self.error = exc
-            finally:
-                self.job = ()
-                done.release()
-
-
-class _Pool:
-    """Persistent workers; the launching thread runs the first range itself."""
-
-    def __init__(self) -> None:
-        self.workers: list[_Worker] = []
-        self.busy = threading.Lock()
-
-    def run(self, fn: object, args: object, ranges: Sequence[tuple[int, int]]) -> None:
-        if not self.busy.acquire(blocking=False):
-            # Another thread is launching (or a kernel launches from inside one): run inline.
-            fn(args, ranges[0][0], ranges[-1][1])
-            return
-        try:
-            while len(self.workers) < len(ranges) - 1:
-                self.workers.append(_Worker(len(self.workers)))
-            used = self.workers[: len(ranges) - 1]
-            for worker, (begin, end) in zip(used, ranges[1:], strict=True):
-                worker.job = (fn, args, begin, end)
-                worker.go.release()
-            try:
-                fn(args, ranges[0][0], ranges[0][1])
-            finally:
-                for worker in used:
-                    worker.done.acquire()
-            for worker in used:
-                if worker.error is not None:
-                    error, worker.error = worker.error, None
-                    raise error
-        finally:
-            self.busy.release()
-
-
-_POOL = _Pool()
-
-
-def _reset_pool_after_fork() -> None:
-    global _POOL
-    _POOL = _Pool()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_pool_after_fork)
-
-
 class GridLauncher:
     """Calls `void NAME(void**, i64 begin, i64 end)` at `fn_address` over a grid of blocks.
 
     Grids smaller than `2 * min_blocks_per_thread` blocks run on the calling thread; larger
-    ones are cut into `threads` contiguous ranges (default `num_threads()`), one per thread.
+    ones are cut into `threads` contiguous ranges (default `num_threads()`) that the launching
+    thread and the pool's workers claim. A launch made while the pool is busy (from another
+    Python thread, or from inside a kernel) runs on its own thread instead.
     """
 
-    __slots__ = ("fn", "nblocks", "threads", "min_blocks_per_thread", "_ranges")
+    __slots__ = ("fn", "address", "nblocks", "threads", "min_blocks_per_thread", "_parts")
 
     def __init__(
         self,
@@ -337,25 +262,25 @@ class GridLauncher:
                 f"min_blocks_per_thread: expected a positive integer, got {min_blocks_per_thread!r}"
             )
         self.fn = KERNEL_CFUNC(fn_address)
+        self.address = fn_address
         self.threads = num_threads() if threads is None else threads
         self.min_blocks_per_thread = min_blocks_per_thread
         self.nblocks = -1
-        self._ranges: list[tuple[int, int]] = []
+        self._parts = 1
         self._set_grid(nblocks)
 
     def _set_grid(self, nblocks: int) -> None:
         if isinstance(nblocks, bool) or not isinstance(nblocks, (int, np.integer)) or nblocks < 0:
             raise UserArgumentError(f"nblocks: expected an integer >= 0, got {nblocks!r}")
         self.nblocks = int(nblocks)
-        parts = min(self.threads, self.nblocks // self.min_blocks_per_thread)
-        self._ranges = split_blocks(self.nblocks, parts) if parts > 1 else []
+        self._parts = max(1, min(self.threads, self.nblocks // self.min_blocks_per_thread))
 
     def __call__(self, args: ctypes.Array, nblocks: int | None = None) -> None:
         """Run every block once on `args` (from `pack_args`); `nblocks` resizes the grid."""
         if nblocks is not None and nblocks != self.nblocks:
             self._set_grid(nblocks)
-        if not self._ranges:
+        if self._parts == 1:
             if self.nblocks:
                 self.fn(args, 0, self.nblocks)
-            return
-        _POOL.run(self.fn, args, self._ranges)
+        elif not get_pool().run(self.address, args, self.nblocks, self._parts):
+            self.fn(args, 0, self.nblocks)  # the pool is busy with another launch: run inline

@@ -1,0 +1,371 @@
+"""Thread pools for grid launches; the default one is LLVM IR, JIT-compiled on first use.
+
+Python-level pools pay several GIL hand-offs per launch (about 20-30 us here); this pool
+costs one ctypes call. Workers are pthreads that spin on a generation counter for a short
+while after each job (so back-to-back launches find them awake) and then sleep on a futex.
+Each worker has its own wake word, bumped only when a launch wants it; all threads, the
+launching one included, claim parts from one atomic counter. Linux x86-64 only; elsewhere
+`available()` is False and callers fall back to the Python pool.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+import threading
+
+from lowbitc.backends.llvm import jit
+
+from lowbitc.errors import BackendError, UserArgumentError
+
+__all__ = [
+    "KERNEL_CFUNC",
+    "MAX_WORKERS",
+    "NativePool",
+    "PythonPool",
+    "available",
+    "get_pool",
+    "pool_kind",
+    "split_blocks",
+]
+
+MAX_WORKERS = 255
+SPIN_CYCLES = 200_000  # ~60 us of spinning (timestamp counter) before a worker sleeps
+_SYS_FUTEX, _SYS_SCHED_YIELD = 202, 24
+_FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 128, 129
+_SLOT = f"[{MAX_WORKERS} x [16 x i32]]"  # per worker, one cache line: {wake, sleeping, pad}
+
+_POOL_IR = f"""
+@slots = internal global {_SLOT} zeroinitializer, align 64
+@claim = internal global i64 0, align 64
+@done = internal global i64 0, align 64
+@nworkers = internal global i64 0, align 64
+@job_fn = internal global ptr null, align 64
+@job_args = internal global ptr null
+@job_nblocks = internal global i64 0
+@spin_cycles = internal global i64 {SPIN_CYCLES}
+@threads = internal global [{MAX_WORKERS} x i64] zeroinitializer
+
+declare i64 @syscall(i64, ...)
+declare i32 @pthread_create(ptr, ptr, ptr, ptr)
+declare i64 @llvm.readcyclecounter()
+declare void @llvm.x86.sse2.pause()
+
+; blocks [nblocks*p/nparts, nblocks*(p+1)/nparts) of the current job
+define internal void @run_part(i64 %p, i64 %k) {{
+  %fn = load ptr, ptr @job_fn
+  %args = load ptr, ptr @job_args
+  %n = load i64, ptr @job_nblocks
+  %p1 = add i64 %p, 1
+  %lo.x = mul i64 %n, %p
+  %lo = udiv i64 %lo.x, %k
+  %hi.x = mul i64 %n, %p1
+  %hi = udiv i64 %hi.x, %k
+  call void %fn(ptr %args, i64 %lo, i64 %hi)
+  ret void
+}}
+
+; Claim and run parts until none is left. @claim = (nparts << 32) | next part, so a claim
+; made late (after its launch finished) can never run a part of the wrong launch.
+define internal void @run_parts() {{
+entry:
+  br label %claim
+claim:
+  %word = atomicrmw add ptr @claim, i64 1 acq_rel
+  %p = and i64 %word, 4294967295
+  %k = lshr i64 %word, 32
+  %left = icmp ult i64 %p, %k
+  br i1 %left, label %run, label %out
+run:
+  call void @run_part(i64 %p, i64 %k)
+  %d = atomicrmw add ptr @done, i64 1 acq_rel
+  br label %claim
+out:
+  ret void
+}}
+
+; Worker i helps with the current launch each time its wake word changes; the launcher bumps
+; the words of the workers it wants, so the others are never disturbed.
+define internal ptr @worker(ptr %arg) {{
+entry:
+  %idx = ptrtoint ptr %arg to i64
+  %wake = getelementptr inbounds {_SLOT}, ptr @slots, i64 0, i64 %idx, i64 0
+  %sleeping = getelementptr inbounds {_SLOT}, ptr @slots, i64 0, i64 %idx, i64 1
+  br label %wait
+wait:
+  %seen = phi i32 [0, %entry], [%cur, %run]
+  %t0 = call i64 @llvm.readcyclecounter()
+  %budget = load i64, ptr @spin_cycles
+  br label %spin
+spin:
+  %cur = load atomic i32, ptr %wake acquire, align 4
+  %changed = icmp ne i32 %cur, %seen
+  br i1 %changed, label %run, label %spin.more
+spin.more:
+  call void @llvm.x86.sse2.pause()
+  %t = call i64 @llvm.readcyclecounter()
+  %spent = sub i64 %t, %t0
+  %tired = icmp ugt i64 %spent, %budget
+  br i1 %tired, label %sleep, label %spin
+sleep:
+  store atomic i32 1, ptr %sleeping seq_cst, align 4
+  %seen64 = zext i32 %seen to i64
+  %r = call i64 (i64, ...) @syscall(i64 {_SYS_FUTEX}, ptr %wake, i64 {_FUTEX_WAIT_PRIVATE},
+                                    i64 %seen64, ptr null)
+  store atomic i32 0, ptr %sleeping seq_cst, align 4
+  br label %spin
+run:
+  call void @run_parts()
+  br label %wait
+}}
+
+; start workers until there are `n`; returns 0 or the first pthread_create error
+define i32 @lowbitc_pool_grow(i64 %n) {{
+entry:
+  %have = load i64, ptr @nworkers
+  br label %loop
+loop:
+  %i = phi i64 [%have, %entry], [%i.next, %made]
+  %more = icmp ult i64 %i, %n
+  br i1 %more, label %make, label %done
+make:
+  %arg = inttoptr i64 %i to ptr
+  %slot = getelementptr inbounds [{MAX_WORKERS} x i64], ptr @threads, i64 0, i64 %i
+  %err = call i32 @pthread_create(ptr %slot, ptr null, ptr @worker, ptr %arg)
+  %bad = icmp ne i32 %err, 0
+  br i1 %bad, label %fail, label %made
+made:
+  %i.next = add i64 %i, 1
+  store i64 %i.next, ptr @nworkers
+  br label %loop
+fail:
+  ret i32 %err
+done:
+  ret i32 0
+}}
+
+define i64 @lowbitc_pool_workers() {{
+  %n = load i64, ptr @nworkers
+  ret i64 %n
+}}
+
+; run fn(args, lo, hi) over nparts ranges of [0, nblocks), waking nparts-1 workers; the
+; calling thread claims parts too, so a slow-to-wake worker only costs parallelism.
+; nparts must be 1..nworkers+1; launches must not overlap (the caller serialises them).
+define void @lowbitc_pool_launch(ptr %fn, ptr %args, i64 %nblocks, i64 %nparts) {{
+entry:
+  store ptr %fn, ptr @job_fn
+  store ptr %args, ptr @job_args
+  store i64 %nblocks, ptr @job_nblocks
+  store atomic i64 0, ptr @done seq_cst, align 8
+  %k.hi = shl i64 %nparts, 32
+  store atomic i64 %k.hi, ptr @claim seq_cst, align 8
+  %helpers = sub i64 %nparts, 1
+  br label %notify
+notify:
+  %i = phi i64 [0, %entry], [%i.next, %notified]
+  %go = icmp ult i64 %i, %helpers
+  br i1 %go, label %bump, label %mine
+bump:
+  %wake = getelementptr inbounds {_SLOT}, ptr @slots, i64 0, i64 %i, i64 0
+  %sleeping = getelementptr inbounds {_SLOT}, ptr @slots, i64 0, i64 %i, i64 1
+  %old = load atomic i32, ptr %wake monotonic, align 4
+  %new = add i32 %old, 1
+  store atomic i32 %new, ptr %wake seq_cst, align 4
+  %asleep = load atomic i32, ptr %sleeping seq_cst, align 4
+  %must = icmp ne i32 %asleep, 0
+  br i1 %must, label %wakeup, label %notified
+wakeup:
+  %w = call i64 (i64, ...) @syscall(i64 {_SYS_FUTEX}, ptr %wake, i64 {_FUTEX_WAKE_PRIVATE}, i64 1)
+  br label %notified
+notified:
+  %i.next = add i64 %i, 1
+  br label %notify
+mine:
+  call void @run_parts()
+  br label %join
+join:
+  %tries = phi i64 [0, %mine], [%tries.next, %pause], [%tries.next, %yield]
+  %finished.n = load atomic i64, ptr @done acquire, align 8
+  %finished = icmp uge i64 %finished.n, %nparts
+  br i1 %finished, label %done, label %again
+again:
+  %tries.next = add i64 %tries, 1
+  %patient = icmp ult i64 %tries, 4096
+  br i1 %patient, label %pause, label %yield
+pause:
+  call void @llvm.x86.sse2.pause()
+  br label %join
+yield:
+  %y = call i64 (i64, ...) @syscall(i64 {_SYS_SCHED_YIELD})
+  br label %join
+done:
+  ret void
+}}
+"""
+
+KERNEL_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+_LAUNCH = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+_GROW = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64)
+_WORKERS = ctypes.CFUNCTYPE(ctypes.c_int64)
+
+
+def available() -> bool:
+    """Whether this platform can run the native pool (Linux on x86-64)."""
+    return sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
+
+
+def split_blocks(nblocks: int, parts: int) -> list[tuple[int, int]]:
+    """[0, nblocks) cut into `parts` contiguous ranges whose sizes differ by at most one."""
+    parts = max(1, min(parts, nblocks))
+    return [(nblocks * p // parts, nblocks * (p + 1) // parts) for p in range(parts)]
+
+
+class NativePool:
+    """The native pool: pthread workers; launches from Python threads are serialised."""
+
+    kind = "native"
+
+    def __init__(self) -> None:
+        module = jit.compile_ir(_POOL_IR, "lowbitc_thread_pool")
+        self.launch = _LAUNCH(module.address("lowbitc_pool_launch"))
+        self._grow = _GROW(module.address("lowbitc_pool_grow"))
+        self._workers = _WORKERS(module.address("lowbitc_pool_workers"))
+        self.busy = threading.Lock()
+        self._module = module
+
+    @property
+    def workers(self) -> int:
+        return int(self._workers())
+
+    def _ensure_workers(self, n: int) -> int:
+        n = min(n, MAX_WORKERS)
+        have = self._workers()
+        if n > have:
+            err = self._grow(n)
+            if err:
+                raise BackendError(f"cannot start thread-pool workers: pthread_create error {err}")
+            have = self._workers()
+        return have
+
+    def run(self, fn_address: int, args: ctypes.Array, nblocks: int, nparts: int) -> bool:
+        """Run `nparts` ranges of the grid in parallel; False (nothing run) if busy."""
+        if not self.busy.acquire(blocking=False):
+            return False
+        try:
+            have = self._ensure_workers(nparts - 1)
+            self.launch(fn_address, args, nblocks, min(nparts, have + 1))
+        finally:
+            self.busy.release()
+        return True
+
+
+class _PyWorker:
+    """A daemon thread that runs one block range per `go` release and then releases `done`."""
+
+    def __init__(self, index: int):
+        self.go = threading.Lock()
+        self.go.acquire()
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.job: tuple = ()
+        self.error: BaseException | None = None
+        name = f"lowbitc-grid-{index}"
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        go, done = self.go, self.done
+        while True:
+            go.acquire()
+            try:
+                fn, args, begin, end = self.job
+                fn(args, begin, end)
+            except BaseException as exc:  # handed back to the launching thread
+                self.error = exc
+            finally:
+                self.job = ()
+                done.release()
+
+
+class PythonPool:
+    """Portable fallback: Python threads (ctypes drops the GIL); ~20-30 us per launch here."""
+
+    kind = "python"
+
+    def __init__(self) -> None:
+        self.workers_: list[_PyWorker] = []
+        self.busy = threading.Lock()
+        self._cfuncs: dict[int, object] = {}
+
+    @property
+    def workers(self) -> int:
+        return len(self.workers_)
+
+    def run(self, fn_address: int, args: ctypes.Array, nblocks: int, nparts: int) -> bool:
+        """Run `nparts` ranges of the grid in parallel; False (nothing run) if busy."""
+        if not self.busy.acquire(blocking=False):
+            return False
+        try:
+            fn = self._cfuncs.get(fn_address)
+            if fn is None:
+                fn = self._cfuncs.setdefault(fn_address, KERNEL_CFUNC(fn_address))
+            ranges = split_blocks(nblocks, min(nparts, MAX_WORKERS + 1))
+            while len(self.workers_) < len(ranges) - 1:
+                self.workers_.append(_PyWorker(len(self.workers_)))
+            used = self.workers_[: len(ranges) - 1]
+            for worker, (begin, end) in zip(used, ranges[1:], strict=True):
+                worker.job = (fn, args, begin, end)
+                worker.go.release()
+            try:
+                fn(args, *ranges[0])
+            finally:
+                for worker in used:
+                    worker.done.acquire()
+            for worker in used:
+                if worker.error is not None:
+                    error, worker.error = worker.error, None
+                    raise error
+        finally:
+            self.busy.release()
+        return True
+
+
+_POOL: NativePool | PythonPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def pool_kind() -> str:
+    """ "native" or "python": LOWBITC_THREAD_POOL if set, else native where available."""
+    kind = os.environ.get("LOWBITC_THREAD_POOL", "").strip().lower() or (
+        "native" if available() else "python"
+    )
+    if kind not in ("native", "python"):
+        raise UserArgumentError(f"LOWBITC_THREAD_POOL: expected 'native' or 'python', got {kind!r}")
+    if kind == "native" and not available():
+        raise UserArgumentError(
+            f"LOWBITC_THREAD_POOL=native: no native pool on {sys.platform}/{platform.machine()}"
+        )
+    return kind
+
+
+def get_pool() -> NativePool | PythonPool:
+    """The process's thread pool (kind from `pool_kind()`), built on first use."""
+    global _POOL
+    if _POOL is None:
+        with _POOL_LOCK:
+            if _POOL is None:
+                _POOL = NativePool() if pool_kind() == "native" else PythonPool()
+    return _POOL
+
+
+def _forget_pool_after_fork() -> None:
+    # The child has none of the parent's worker threads: build a fresh pool when needed.
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
