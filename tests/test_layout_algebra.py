@@ -29,7 +29,7 @@ from lowbitc.layout import (
 )
 
 L = Layout
-SETTINGS = settings(max_examples=150, deadline=None,
+SETTINGS = settings(max_examples=100, deadline=None,
                     suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 
 

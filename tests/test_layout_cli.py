@@ -40,7 +40,7 @@ def test_show_mma_fragment_and_replication(capsys):
 def test_show_writes_png(tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="--png needs matplotlib (the `plot` extra)")
     path = tmp_path / "a.png"
-    assert main(["layout", "show", "mma_m16n8k16_a()", "--png", str(path)]) == 0
+    assert main(["layout", "show", "mma_m16n8k16_c()", "--png", str(path)]) == 0
     assert f"wrote {path}" in capsys.readouterr().out
     data = path.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 1000
