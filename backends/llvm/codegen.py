@@ -120,8 +120,16 @@ def _for(env: Env, op: Op) -> None:
         for j in range(len(op.results)):
             vals.append(bufs[j] if j in bufs else next(it))
         outs = emit_region(env, body, (i, *vals))
+        # a yielded view of a carried buffer must be read before any carried buffer is written
+        carried = {b.ptr for b in bufs.values()}
+        staged = {}
         for j, b in bufs.items():
-            em.copy(outs[j], b)
+            o = outs[j]
+            if o.ptr in carried and (o.ptr != b.ptr or o.strides != b.strides):
+                staged[j] = em.alloc(o.dtype, o.shape)
+                em.copy(o, staged[j])
+        for j, b in bufs.items():
+            em.copy(staged.get(j, outs[j]), b)
         return [outs[j] for j, _, _ in sc]
 
     phis = em.loop(lo, hi, None, step=step, carried=[(t, init) for _, t, init in sc],

@@ -16,9 +16,19 @@ import numpy as np
 from lowbitc.errors import BackendError
 
 LLTYPE = {
-    "bool": "i1", "i8": "i8", "i16": "i16", "i32": "i32", "i64": "i64",
-    "u8": "i8", "u16": "i16", "u32": "i32", "u64": "i64",
-    "f16": "half", "bf16": "bfloat", "f32": "float", "f64": "double",
+    "bool": "i1",
+    "i8": "i8",
+    "i16": "i16",
+    "i32": "i32",
+    "i64": "i64",
+    "u8": "i8",
+    "u16": "i16",
+    "u32": "i32",
+    "u64": "i64",
+    "f16": "half",
+    "bf16": "bfloat",
+    "f32": "float",
+    "f64": "double",
 }
 MEMTYPE = dict(LLTYPE, bool="i8")  # how an element is stored in a buffer
 
@@ -41,13 +51,27 @@ def float_literal(v: float, dtype: str) -> str:
     return "0x%016X" % struct.unpack("<Q", struct.pack("<d", d))[0]
 
 
+def row_major(shape: Sequence[int]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for d in reversed(shape):
+        strides.append(acc)
+        acc *= d
+    return tuple(reversed(strides))
+
+
 @dataclass(frozen=True)
 class Buf:
-    """A tile in memory: pointer name, element dtype, static shape."""
+    """A tile in memory: pointer name, element dtype, static shape and element strides.
+    Transposes, reshapes of contiguous tiles and broadcasts are views (no copy)."""
 
     ptr: str
     dtype: str
     shape: tuple[int, ...]
+    strides: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.strides is None:
+            object.__setattr__(self, "strides", row_major(self.shape))
 
     @property
     def size(self) -> int:
@@ -55,6 +79,11 @@ class Buf:
         for d in self.shape:
             n *= d
         return n
+
+    @property
+    def contiguous(self) -> bool:
+        return all(st == rm or d == 1 for d, st, rm in
+                   zip(self.shape, self.strides, row_major(self.shape)))
 
 
 class Emitter:
@@ -104,8 +133,9 @@ class Emitter:
 
     # ---------------------------------------------------------------- buffers
     def gep(self, buf: Buf, index: str) -> str:
-        return self.val(f"getelementptr inbounds {MEMTYPE[buf.dtype]}, ptr {buf.ptr}, i64 {index}",
-                        "p")
+        return self.val(
+            f"getelementptr inbounds {MEMTYPE[buf.dtype]}, ptr {buf.ptr}, i64 {index}", "p"
+        )
 
     def load_elem(self, buf: Buf, index: str) -> str:
         p = self.gep(buf, index)
@@ -119,9 +149,15 @@ class Emitter:
         self.emit(f"store {MEMTYPE[buf.dtype]} {value}, ptr {p}")
 
     # ---------------------------------------------------------------- loops
-    def loop(self, lo: str, hi: str, body: Callable[[str], None], step: str = "1",
-             carried: Sequence[tuple[str, str]] = (),
-             body_carried: Callable[[str, list[str]], list[str]] | None = None) -> list[str]:
+    def loop(
+        self,
+        lo: str,
+        hi: str,
+        body: Callable[[str], None],
+        step: str = "1",
+        carried: Sequence[tuple[str, str]] = (),
+        body_carried: Callable[[str, list[str]], list[str]] | None = None,
+    ) -> list[str]:
         """A counted loop i = lo; i < hi; i += step. With `carried` ((type, init) pairs) the
         body is `body_carried(i, values) -> next values` and the final values are returned."""
         head, bodyl, exit_ = self.label("head"), self.label("body"), self.label("exit")
@@ -170,27 +206,45 @@ class Emitter:
 
     def flat_index(self, idx: Sequence[str], shape: Sequence[int]) -> str:
         """Row-major linear index of `idx` in `shape` (broadcast dims of size 1 read 0)."""
-        acc = "0"
-        for i, d in zip(idx, shape):
-            if d == 1:
-                term = "0"
-            else:
-                term = i
-            if acc == "0":
-                acc = term
-            else:
-                acc = self.val(f"mul i64 {acc}, {d}")
-                acc = self.val(f"add i64 {acc}, {term}") if term != "0" else acc
-        return acc
+        return self.offset(idx, shape, row_major(shape))
+
+    def offset(self, idx: Sequence[str], shape: Sequence[int], strides: Sequence[int]) -> str:
+        """Element offset of `idx` given strides (size-1 and stride-0 dims contribute 0)."""
+        acc = None
+        for i, d, st in zip(idx, shape, strides):
+            if d == 1 or st == 0:
+                continue
+            term = i if st == 1 else self.val(f"mul i64 {i}, {st}")
+            acc = term if acc is None else self.val(f"add i64 {acc}, {term}")
+        return acc or "0"
+
+    def at(self, buf: Buf, idx: Sequence[str]) -> str:
+        """Load element `idx` of a (possibly strided or broadcast) tile."""
+        return self.load_elem(buf, self.offset(idx, buf.shape, buf.strides))
 
     def copy(self, src: Buf, dst: Buf) -> None:
-        if src.ptr == dst.ptr:
+        if src.ptr == dst.ptr and src.strides == dst.strides:
             return
-        self.emit(f"call void @llvm.memcpy.p0.p0.i64(ptr align 64 {dst.ptr}, ptr align 64 "
-                  f"{src.ptr}, i64 {src.size * _bytes(src.dtype)}, i1 false)")
+        if not src.contiguous or src.shape != dst.shape:
+            self.nest(dst.shape, lambda idx: self.store_elem(
+                dst, self.flat_index(idx, dst.shape), self.at(src, idx)))
+            return
+        self.emit(
+            f"call void @llvm.memcpy.p0.p0.i64(ptr align 64 {dst.ptr}, ptr align 64 "
+            f"{src.ptr}, i64 {src.size * _bytes(src.dtype)}, i1 false)"
+        )
         self.declare("declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)")
 
 
 def _bytes(dtype: str) -> int:
-    return {"i1": 1, "i8": 1, "i16": 2, "i32": 4, "i64": 8, "half": 2, "bfloat": 2, "float": 4,
-            "double": 8}[MEMTYPE[dtype]]
+    return {
+        "i1": 1,
+        "i8": 1,
+        "i16": 2,
+        "i32": 4,
+        "i64": 8,
+        "half": 2,
+        "bfloat": 2,
+        "float": 4,
+        "double": 8,
+    }[MEMTYPE[dtype]]

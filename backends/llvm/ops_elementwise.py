@@ -76,42 +76,34 @@ def scalar_op(em: Emitter, opcode: str, dtype: str, args: list[str]) -> str:
     raise BackendError(f"llvm: op {opcode} is not defined on {dtype}")
 
 
-def _operand_reader(env: Env, v, shape: tuple[int, ...]):
-    """A function idx -> register value for an operand broadcast to `shape`."""
-    x = env.get(v)
-    if not isinstance(x, Buf):
-        return lambda idx, flat: x
-    em = env.em
-    if x.shape == shape:
-        return lambda idx, flat: em.load_elem(x, flat)
-    pad = (1,) * (len(shape) - len(x.shape)) + x.shape
-
-    def read(idx, flat):
-        return em.load_elem(x, em.flat_index(idx, pad))
-
-    return read
+def broadcast_view(x: Buf, shape: tuple[int, ...]) -> Buf:
+    """`x` seen with `shape` (numpy broadcasting): missing and size-1 dims get stride 0."""
+    pad = len(shape) - len(x.shape)
+    strides = (0,) * pad + tuple(0 if d == 1 and n != 1 else st
+                                 for d, st, n in zip(x.shape, x.strides, shape[pad:]))
+    return Buf(x.ptr, x.dtype, tuple(shape), strides)
 
 
 def elementwise(env: Env, op: Op, fn) -> None:
     """Emit `fn(values) -> register` over the result tile (or once for scalars)."""
     em = env.em
     res = op.results[0].type
+    xs = [env.get(v) for v in op.operands]
     if not isinstance(res, TileType):
-        env.bind(op.results[0], fn([env.get(v) for v in op.operands]))
+        env.bind(op.results[0], fn(xs))
         return
     out = env.result_buf(op)
-    readers = [_operand_reader(env, v, res.shape) for v in op.operands]
-    flat_ok = all(not isinstance(env.get(v), Buf) or env.get(v).shape == res.shape
-                  for v in op.operands)
-    if flat_ok:
+    if all(not isinstance(x, Buf) or (x.shape == res.shape and x.contiguous) for x in xs):
         def body(i: str) -> None:
-            em.store_elem(out, i, fn([r(None, i) for r in readers]))
+            em.store_elem(out, i, fn([em.load_elem(x, i) if isinstance(x, Buf) else x
+                                      for x in xs]))
         em.loop("0", str(out.size), body)
         return
+    views = [broadcast_view(x, res.shape) if isinstance(x, Buf) else x for x in xs]
 
     def nbody(idx: list[str]) -> None:
-        flat = em.flat_index(idx, res.shape)
-        em.store_elem(out, flat, fn([r(idx, flat) for r in readers]))
+        vals = [em.at(x, idx) if isinstance(x, Buf) else x for x in views]
+        em.store_elem(out, em.flat_index(idx, res.shape), fn(vals))
     em.nest(res.shape, nbody)
 
 

@@ -7,7 +7,7 @@ from lowbitc.ir.core import Op
 from lowbitc.ir.types import TileType, is_float
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
 from lowbitc.backends.llvm.handlers import Env, TensorArg, const_literal, convert, handles
-from lowbitc.backends.llvm.ops_elementwise import elementwise, scalar_op
+from lowbitc.backends.llvm.ops_elementwise import broadcast_view, elementwise, scalar_op
 
 
 @handles("full")
@@ -27,41 +27,32 @@ def _arange(env: Env, op: Op) -> None:
 @handles("reshape")
 def _reshape(env: Env, op: Op) -> None:
     src = env.get(op.operands[0])
+    shape = op.results[0].type.shape
+    if src.contiguous:
+        env.bind(op.results[0], Buf(src.ptr, src.dtype, shape))
+        return
     out = env.result_buf(op)
-    env.em.copy(Buf(src.ptr, src.dtype, out.shape), out)
-
-
-def _gather(env: Env, op: Op, src_index) -> None:
-    """out[idx] = src[src_index(idx)] over the result tile."""
-    em = env.em
-    src = env.get(op.operands[0])
-    out = env.result_buf(op)
-
-    def body(idx: list[str]) -> None:
-        v = em.load_elem(src, src_index(idx))
-        em.store_elem(out, em.flat_index(idx, out.shape), v)
-    em.nest(out.shape, body)
+    env.em.nest(src.shape, lambda idx: env.em.store_elem(
+        out, env.em.flat_index(idx, src.shape), env.em.at(src, idx)))
 
 
 @handles("broadcast")
 def _broadcast(env: Env, op: Op) -> None:
     src = env.get(op.operands[0])
-    if not isinstance(src, Buf):  # scalar -> tile
-        out = env.result_buf(op)
-        env.em.loop("0", str(out.size), lambda i: env.em.store_elem(out, i, src))
-        return
     shape = op.results[0].type.shape
-    pad = (1,) * (len(shape) - len(src.shape)) + src.shape
-    _gather(env, op, lambda idx: env.em.flat_index(idx, pad))
+    if isinstance(src, Buf):
+        env.bind(op.results[0], broadcast_view(src, shape))
+        return
+    out = env.result_buf(op)  # scalar -> tile
+    env.em.loop("0", str(out.size), lambda i: env.em.store_elem(out, i, src))
 
 
 @handles("transpose")
 def _transpose(env: Env, op: Op) -> None:
     src = env.get(op.operands[0])
     perm = op.attrs.perm
-    inv = [perm.index(d) for d in range(len(perm))]
-    _gather(env, op, lambda idx: env.em.flat_index([idx[inv[d]] for d in range(len(perm))],
-                                                   src.shape))
+    env.bind(op.results[0], Buf(src.ptr, src.dtype, tuple(src.shape[p] for p in perm),
+                                tuple(src.strides[p] for p in perm)))
 
 
 _IDENTITY = {"sum": 0.0, "max": float("-inf"), "min": float("inf")}
@@ -87,7 +78,7 @@ def _reduce(env: Env, op: Op) -> None:
     def body(idx: list[str]) -> None:
         o = em.flat_index(idx[:axis] + idx[axis + 1:], out_shape) if out_shape else "0"
         acc = em.load_elem(out, o)
-        x = em.load_elem(src, em.flat_index(idx, src.shape))
+        x = em.at(src, idx)
         em.store_elem(out, o, scalar_op(em, fn, dt, [acc, x]))
     em.nest(src.shape, body)
     if out_shape:
@@ -98,6 +89,9 @@ def _reduce(env: Env, op: Op) -> None:
 
 @handles("dot")
 def _dot(env: Env, op: Op) -> None:
+    """out = acc + a @ b. When b is contiguous along k (e.g. a transposed [N, K] tile) the
+    reduction over k is innermost and register-carried (vectorised with reassociation);
+    otherwise the k loop is outside an axpy over n."""
     em = env.em
     a, b, acc = (env.get(v) for v in op.operands)
     out = env.result_buf(op)
@@ -106,29 +100,39 @@ def _dot(env: Env, op: Op) -> None:
     n = b.shape[1]
     dt = out.dtype
     t = lltype(dt)
-    fma = is_float(dt)
-    if fma:
-        em.declare(f"declare {t} @llvm.fmuladd.{_sfx(t)}({t}, {t}, {t})")
+    fl = is_float(dt)
+    mul = f"fmul reassoc contract {t}" if fl else f"mul {t}"
+    add = f"fadd reassoc contract {t}" if fl else f"add {t}"
 
-    def row(i: str) -> None:
+    def elem(buf: Buf, i: str, j: str) -> str:
+        return convert(em, em.at(buf, [i, j]), buf.dtype, dt)
+
+    if b.strides[0] == 1 and k > 1:
+        def row(i: str) -> None:
+            def col(j: str) -> None:
+                oi = em.flat_index([i, j], out.shape)
+
+                def red(p: str, vals: list[str]) -> list[str]:
+                    prod = em.val(f"{mul} {elem(a, i, p)}, {elem(b, p, j)}")
+                    return [em.val(f"{add} {vals[0]}, {prod}")]
+                (s_,) = em.loop("0", str(k), None, carried=[(t, em.load_elem(out, oi))],
+                                body_carried=red)
+                em.store_elem(out, oi, s_)
+            em.loop("0", str(n), col)
+        em.loop("0", str(m), row)
+        return
+
+    def row2(i: str) -> None:
         def kk(p: str) -> None:
-            ai = em.flat_index([i, p], a.shape)
-            av = convert(em, em.load_elem(a, ai), a.dtype, dt)
-            brow = em.val(f"mul i64 {p}, {n}")
-            orow = em.val(f"mul i64 {i}, {n}")
+            av = elem(a, i, p)
 
             def col(j: str) -> None:
-                bv = convert(em, em.load_elem(b, em.val(f"add i64 {brow}, {j}")), b.dtype, dt)
-                oi = em.val(f"add i64 {orow}, {j}")
-                cur = em.load_elem(out, oi)
-                if fma:
-                    nv = em.val(f"call {t} @llvm.fmuladd.{_sfx(t)}({t} {av}, {t} {bv}, {t} {cur})")
-                else:
-                    nv = em.val(f"add {t} {cur}, {em.val(f'mul {t} {av}, {bv}')}")
-                em.store_elem(out, oi, nv)
+                oi = em.flat_index([i, j], out.shape)
+                prod = em.val(f"{mul} {av}, {elem(b, p, j)}")
+                em.store_elem(out, oi, em.val(f"{add} {em.load_elem(out, oi)}, {prod}"))
             em.loop("0", str(n), col)
         em.loop("0", str(k), kk)
-    em.loop("0", str(m), row)
+    em.loop("0", str(m), row2)
 
 
 def _sfx(t: str) -> str:
@@ -164,8 +168,7 @@ def _masked(env: Env, op: Op, ok: str, idx: list[str], shape) -> str:
     m = env.get(op.operands[-1])
     em = env.em
     if isinstance(m, Buf):
-        pad = (1,) * (len(shape) - len(m.shape)) + m.shape
-        mv = em.load_elem(m, em.flat_index(idx, pad))
+        mv = em.at(broadcast_view(m, tuple(shape)), idx)
     else:
         mv = m
     return em.val(f"and i1 {ok}, {mv}")
@@ -205,7 +208,95 @@ def _load_common(env: Env, op: Op, t: TensorArg) -> None:
         env.bind(op.results[0], element([]))
         return
     out = env.result_buf(op)
-    em.nest(shape, lambda idx: em.store_elem(out, em.flat_index(idx, shape), element(idx)))
+
+    def generic() -> None:
+        em.nest(shape, lambda idx: em.store_elem(out, em.flat_index(idx, shape), element(idx)))
+
+    if t.packed and op.attrs.sizes[-1] % 32 == 0:
+        _packed_fast_path(env, op, t, starts, out, generic)
+    else:
+        generic()
+
+
+def _vec(items) -> str:
+    return "<" + ", ".join(f"i32 {v}" for v in items) + ">"
+
+
+def _unpack32(em, ptr: str, bits: int) -> str:
+    """32 codes of `bits` each from the `bits` words at ptr, as a <32 x i32> vector: one
+    vector load, two constant shuffles and a funnel shift (codes may straddle words)."""
+    words = em.val(f"load <{bits} x i32>, ptr {ptr}, align 4")
+    lo_idx = [(j * bits) >> 5 for j in range(32)]
+    hi_idx = [min(i + 1, bits - 1) for i in lo_idx]
+    shifts = [(j * bits) & 31 for j in range(32)]
+    lo = em.val(f"shufflevector <{bits} x i32> {words}, <{bits} x i32> poison, <32 x i32> {_vec(lo_idx)}")
+    hi = em.val(f"shufflevector <{bits} x i32> {words}, <{bits} x i32> poison, <32 x i32> {_vec(hi_idx)}")
+    em.declare("declare <32 x i32> @llvm.fshr.v32i32(<32 x i32>, <32 x i32>, <32 x i32>)")
+    v = em.val(f"call <32 x i32> @llvm.fshr.v32i32(<32 x i32> {hi}, <32 x i32> {lo}, "
+               f"<32 x i32> {_vec(shifts)})")
+    return em.val(f"and <32 x i32> {v}, {_vec([(1 << bits) - 1] * 32)}")
+
+
+def _packed_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, generic) -> None:
+    """Aligned, in-bounds windows of packed codes: every 32 codes of a row are exactly `bits`
+    words, so each code's word and shift are constants; LLVM vectorises the straight-line
+    extraction. Windows at the edges (or unaligned) take the generic path."""
+    em = env.em
+    sizes, bits = op.attrs.sizes, op.attrs.bits
+    ok = em.val(f"icmp eq i64 {em.val(f'and i64 {starts[-1]}, 31')}, 0")
+    for st, sz, dim in zip(starts, sizes, t.dims):
+        end = em.val(f"add i64 {st}, {max(sz, 1)}")
+        inb = em.val(f"icmp sle i64 {end}, {dim}")
+        nonneg = em.val(f"icmp sge i64 {st}, 0")
+        ok = em.val(f"and i1 {ok}, {em.val(f'and i1 {inb}, {nonneg}')}")
+    fast, slow, done = em.label("fast"), em.label("slow"), em.label("unpacked")
+    em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
+    em.start_block(fast)
+    rows = out.shape[:-1]
+    ncols = out.shape[-1]
+    dt = out.dtype
+
+    def row(idx: list[str]) -> None:
+        it = iter(idx)
+        tidx = [st if sz == 0 else em.val(f"add i64 {st}, {next(it)}")
+                for st, sz in zip(starts[:-1], sizes[:-1])]
+        first = em.val(f"mul i64 {em.val(f'lshr i64 {starts[-1]}, 5')}, {bits}")
+        base = em.val(f"add i64 {_offset(env, t, tidx + ['0'])}, {first}")
+        obase = em.flat_index(list(idx) + ["0"], out.shape) if rows else "0"
+
+        def group(g: str) -> None:
+            wbase = em.val(f"add i64 {base}, {em.val(f'mul i64 {g}, {bits}')}")
+            p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wbase}")
+            o0 = em.val(f"add i64 {obase}, {em.val(f'mul i64 {g}, 32')}")
+            codes = _unpack32(em, p, bits)
+            if dt in ("i32", "u32"):
+                vec, vt = codes, "i32"
+            else:
+                vt = lltype(dt)
+                op_ = "uitofp" if is_float(dt) else "trunc"
+                vec = em.val(f"{op_} <32 x i32> {codes} to <32 x {vt}>")
+            q = em.gep(out, o0)
+            em.emit(f"store <32 x {vt}> {vec}, ptr {q}, align 4")
+        em.loop("0", str(ncols // 32), group)
+
+    if rows:
+        em.nest(rows, row)
+    else:
+        row([])
+    if op.attrs.masked:
+        m = env.get(op.operands[-1])
+        if isinstance(m, Buf):
+            mv = broadcast_view(m, out.shape)
+            zero = const_literal(em, 0, dt)
+            em.nest(out.shape, lambda idx: em.store_elem(
+                out, em.flat_index(idx, out.shape),
+                em.val(f"select i1 {em.at(mv, idx)}, {lltype(dt)} "
+                       f"{em.load_elem(out, em.flat_index(idx, out.shape))}, {lltype(dt)} {zero}")))
+    em.br(done)
+    em.start_block(slow)
+    generic()
+    em.br(done)
+    em.start_block(done)
 
 
 def _read(env: Env, t: TensorArg, idx: list[str]) -> str:
@@ -259,8 +350,7 @@ def _store(env: Env, op: Op) -> None:
         clamped, ok = _window_index(env, op, t, starts, op.attrs.sizes, idx, False)
         ok = _masked(env, op, ok, idx, shape)
         if isinstance(val, Buf):
-            pad = (1,) * (len(shape) - len(val.shape)) + val.shape
-            v = em.load_elem(val, em.flat_index(idx, pad))
+            v = em.at(broadcast_view(val, shape), idx)
         else:
             v = val
         yes, no = em.label("st"), em.label("skip")
