@@ -1,0 +1,151 @@
+"""Single-instruction device helpers for generated kernels, each with a simulator twin.
+
+On the GPU target each helper is a numba intrinsic emitting one PTX instruction (inline
+asm) or one vector memory access; under NUMBA_ENABLE_CUDASIM=1 the same name is a plain
+Python function with the PTX semantics, so generated source runs unchanged in both.
+Values travel as uint32 bit patterns (an f16x2 pair is one uint32).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba.cuda import config
+
+SIMULATOR = bool(config.ENABLE_CUDASIM)
+
+_U32 = 0xFFFFFFFF
+
+
+def prmt_py(a: int, b: int, sel: int) -> np.uint32:
+    """PTX prmt.b32 (default mode): byte k of the result is byte sel[k] of b:a (msb-replicate
+    when bit 3 of the selector nibble is set)."""
+    pool = (int(b) & _U32) << 32 | (int(a) & _U32)
+    out = 0
+    for k in range(4):
+        nib = (int(sel) >> (4 * k)) & 0xF
+        byte = (pool >> (8 * (nib & 7))) & 0xFF
+        if nib & 8:
+            byte = 0xFF if byte & 0x80 else 0
+        out |= byte << (8 * k)
+    return np.uint32(out)
+
+
+def lop3_py(a: int, b: int, c: int, lut: int) -> np.uint32:
+    """PTX lop3.b32: each result bit is bit (a<<2 | b<<1 | c) of lut, as in the F0/CC/AA rule."""
+    a, b, c = int(a) & _U32, int(b) & _U32, int(c) & _U32
+    out = 0
+    for k in range(8):
+        if int(lut) >> k & 1:
+            ta = a if k & 4 else ~a
+            tb = b if k & 2 else ~b
+            tc = c if k & 1 else ~c
+            out |= ta & tb & tc
+    return np.uint32(out & _U32)
+
+
+def _halves(x: int) -> np.ndarray:
+    return np.array([int(x) & _U32], dtype=np.uint32).view(np.float16).astype(np.float64)
+
+
+def hfma2_py(a: int, b: int, c: int) -> np.uint32:
+    """PTX fma.rn.f16x2: a*b+c per 16-bit half, one rounding (exact in float64 first)."""
+    with np.errstate(over="ignore"):  # overflow to inf, as on the GPU
+        res = (_halves(a) * _halves(b) + _halves(c)).astype(np.float16)
+    return np.uint32(res.view(np.uint32)[0])
+
+
+def ld_u32x4_py(words: np.ndarray, i: int) -> tuple[np.uint32, ...]:
+    """Four consecutive uint32 from index i (a multiple of 4): one 128-bit load on the GPU."""
+    i = int(i)
+    return (words[i], words[i + 1], words[i + 2], words[i + 3])
+
+
+def st_u32x4_py(words: np.ndarray, i: int, a: int, b: int, c: int, d: int) -> None:
+    """Store four uint32 at index i (a multiple of 4): one 128-bit store on the GPU."""
+    i = int(i)
+    words[i], words[i + 1], words[i + 2], words[i + 3] = a, b, c, d
+
+
+if SIMULATOR:
+    prmt, hfma2, lop3 = prmt_py, hfma2_py, lop3_py
+    ld_u32x4, st_u32x4 = ld_u32x4_py, st_u32x4_py
+else:
+    from llvmlite import ir
+    from numba.cuda import types
+    from numba.cuda.extending import intrinsic
+
+    _I32 = ir.IntType(32)
+    _V4 = ir.VectorType(_I32, 4)
+
+    def _asm(builder: ir.IRBuilder, text: str, args: list) -> ir.Value:
+        fnty = ir.FunctionType(_I32, [_I32] * len(args))
+        constraint = "=r," + ",".join("r" for _ in args)
+        return builder.call(ir.InlineAsm(fnty, text, constraint), args)
+
+    def _asm3(name: str, text: str):
+        """An intrinsic u32 f(u32, u32, u32) that is the one PTX instruction `text`."""
+
+        def impl(typingctx, a, b, c):  # noqa: ARG001
+            sig = types.uint32(types.uint32, types.uint32, types.uint32)
+
+            def codegen(context, builder, signature, args):
+                return _asm(builder, text, list(args))
+
+            return sig, codegen
+
+        impl.__name__ = name
+        return intrinsic(impl)
+
+    prmt = _asm3("prmt", "prmt.b32 $0, $1, $2, $3;")
+    hfma2 = _asm3("hfma2", "fma.rn.f16x2 $0, $1, $2, $3;")
+
+    @intrinsic
+    def lop3(typingctx, a, b, c, lut):  # noqa: ARG001
+        """One LOP3: keeps two constants in one instruction (ptxas splits `(a & m) | k`)."""
+        if not isinstance(lut, types.IntegerLiteral):
+            return None
+        u32 = types.uint32
+        sig = u32(u32, u32, u32, lut)
+        text = f"lop3.b32 $0, $1, $2, $3, {int(lut.literal_value) & 0xFF};"
+
+        def codegen(context, builder, signature, args):
+            return _asm(builder, text, list(args[:3]))
+
+        return sig, codegen
+
+    def _vec_ptr(context, builder, aryty, ary, index):
+        data = context.make_array(aryty)(context, builder, ary).data
+        ptr = builder.gep(data, [index])
+        return builder.bitcast(ptr, _V4.as_pointer())
+
+    @intrinsic
+    def ld_u32x4(typingctx, words, i):  # noqa: ARG001
+        if not (isinstance(words, types.Array) and words.dtype == types.uint32):
+            return None
+        ret = types.UniTuple(types.uint32, 4)
+        sig = ret(words, types.uint64)
+
+        def codegen(context, builder, signature, args):
+            ptr = _vec_ptr(context, builder, signature.args[0], args[0], args[1])
+            vec = builder.load(ptr, align=16)
+            items = [builder.extract_element(vec, ir.Constant(_I32, k)) for k in range(4)]
+            return context.make_tuple(builder, ret, items)
+
+        return sig, codegen
+
+    @intrinsic
+    def st_u32x4(typingctx, words, i, a, b, c, d):  # noqa: ARG001
+        if not (isinstance(words, types.Array) and words.dtype == types.uint32):
+            return None
+        u32 = types.uint32
+        sig = types.void(words, types.uint64, u32, u32, u32, u32)
+
+        def codegen(context, builder, signature, args):
+            ptr = _vec_ptr(context, builder, signature.args[0], args[0], args[1])
+            vec = ir.Constant(_V4, None)
+            for k, value in enumerate(args[2:]):
+                vec = builder.insert_element(vec, value, ir.Constant(_I32, k))
+            builder.store(vec, ptr, align=16)
+            return context.get_dummy_value()
+
+        return sig, codegen
