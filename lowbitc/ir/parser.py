@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 from lowbitc.errors import DSLSyntaxError, SourceLoc
@@ -138,6 +139,8 @@ class _Parser:
         if k == "id" and v in ("true", "false"):
             return v == "true"
         if k == "num":
+            if v.lstrip("-") == "nan":
+                return math.nan  # one NaN object, so attributes holding NaN compare equal
             return int(v) if re.fullmatch(r"-?\d+", v) else float(v)
         self.lx._error(f"expected an attribute value but found {v!r}", ln, col)
 

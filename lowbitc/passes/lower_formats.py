@@ -11,6 +11,8 @@ per format):
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from lowbitc.formats import lookup as format_of
@@ -27,7 +29,8 @@ def _k(b: Builder, like: Value, value: int | float, dtype: str) -> Value:
 
 
 def _table(fmt) -> tuple[float, ...]:
-    return tuple(float(v) for v in np.asarray(fmt.values(), np.float32))
+    # NaN is always math.nan, so equal tables compare (and hash) equal, as after parsing
+    return tuple(math.nan if v != v else float(v) for v in np.asarray(fmt.values(), np.float32))
 
 
 def decode_codes(b: Builder, c: Value, fmt) -> Value:

@@ -52,5 +52,5 @@ def dce(k: Kernel) -> Kernel:
 
         new = replace(k, grid=prune(k.grid), body=prune(k.body))
         if new == k:
-            return k
+            return renumber(k)  # canonical ids again, so the text parses back
         k = new

@@ -1,0 +1,101 @@
+"""Compile and run every example kernel in this folder and check it against numpy.
+
+    python examples/run_examples.py            # LLVM backend and the reference interpreter
+    python examples/run_examples.py --formats u4 i3 nf4
+
+Each example has a case here: a function that builds random inputs for it, runs the kernel
+through a caller-chosen runner, and returns (result, numpy expectation). tests/test_examples.py
+uses the same cases, and fails if an examples/*.lbk file has none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+import lowbitc
+from lowbitc.compiler import Kernel, compile
+from lowbitc.packing import pack
+
+HERE = Path(__file__).resolve().parent
+
+# run(kernel, *args, **kwargs) executes a compiled kernel one way (native code or interpreter)
+Runner = Callable[..., None]
+
+
+def native(k: Kernel, *args, **kwargs) -> None:
+    k(*args, **kwargs)
+
+
+def interpreted(k: Kernel, *args, **kwargs) -> None:
+    k.interpret(*args, **kwargs)
+
+
+def q4_0_dequant(run: Runner, rng: np.random.Generator, N: int = 5, K: int = 100,
+                 **params) -> tuple[np.ndarray, np.ndarray]:
+    """GGUF Q4_0-style blocks: (code - 8) * d per block of 32 codes, f16 scales."""
+    kb = -(-K // 32)
+    codes = rng.integers(0, 16, (N, K)).astype(np.uint8)
+    d = rng.standard_normal((N, kb)).astype(np.float16)
+    y = np.full((N, K), np.nan, np.float32)
+    run(compile(HERE / "q4_0_dequant.lbk", **params), pack(codes, 4), d, y)
+    scale = np.repeat(d.astype(np.float32), 32, axis=1)[:, :K]
+    return y, (codes.astype(np.float32) - 8.0) * scale
+
+
+def dequant_silu(run: Runner, rng: np.random.Generator, N: int = 6, K: int = 90,
+                 group: int = 16, W: str = "u4", ZP: bool = True,
+                 **params) -> tuple[np.ndarray, np.ndarray]:
+    """silu((decode(w) - z) * s) with group-wise scales and zero points."""
+    fmt = lowbitc.dtype(W)
+    g = -(-K // group)
+    codes = rng.integers(0, fmt.num_codes, (N, K)).astype(np.uint8)
+    s = rng.uniform(0.1, 1.0, (N, g)).astype(np.float32)
+    z = rng.uniform(0.0, 3.0, (N, g)).astype(np.float32)
+    y = np.full((N, K), np.nan, np.float32)
+    k = compile(HERE / "dequant_silu.lbk", W=W, ZP=ZP, **params)
+    run(k, pack(codes, fmt.bits), s, z, y, group, K=K)
+    col_group = np.arange(K) // group
+    x = fmt.decode(codes).astype(np.float64)
+    x = (x - (z[:, col_group] if ZP else 0.0)) * s[:, col_group]
+    return y, (x / (1.0 + np.exp(-x))).astype(np.float32)
+
+
+CASES: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
+    "q4_0_dequant.lbk": q4_0_dequant,
+    "dequant_silu.lbk": dequant_silu,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--formats", nargs="*", default=["u4", "i3", "b2", "f6e3m2", "f4e2m1", "nf4"],
+                    help="weight formats for dequant_silu.lbk")
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    failed = 0
+    runs: list[tuple[str, Callable]] = [("q4_0_dequant.lbk", q4_0_dequant)]
+    runs += [(f"dequant_silu.lbk W={w}", lambda r, g, w=w: dequant_silu(r, g, W=w))
+             for w in args.formats]
+    print(f"{'example':<28} {'runner':<12} {'max |err|':>10} {'time':>9}")
+    for name, case in runs:
+        for rname, runner in (("llvm", native), ("interpreter", interpreted)):
+            t0 = time.perf_counter()
+            got, want = case(runner, rng)
+            dt = time.perf_counter() - t0
+            err = float(np.max(np.abs(got - want)))
+            ok = np.allclose(got, want, rtol=1e-5, atol=1e-5)
+            failed += not ok
+            print(f"{name:<28} {rname:<12} {err:>10.2e} {dt * 1e3:>7.1f}ms"
+                  + ("" if ok else "  MISMATCH"))
+    print("all examples match numpy" if not failed else f"{failed} mismatches")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
