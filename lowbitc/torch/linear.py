@@ -1,0 +1,254 @@
+"""QuantLinear: an nn.Linear whose weight is a lowbitc QTensor, `quantize_` to swap a model's
+linear layers in place, and safetensors save/load that rebuilds a quantized model without
+quantizing again.
+
+The weight lives in buffers (`qdata`: kernel storage, `scales`, optional `zeros`), so the
+module moves between devices and its state_dict holds exactly what the kernels read.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from lowbitc import formats
+from lowbitc.dtypes import Format
+from lowbitc.dtypes import codebook as make_codebook
+from lowbitc.dtypes import dtype as lookup_dtype
+from lowbitc.errors import UserArgumentError
+from lowbitc.packing import unpack
+from lowbitc.quant import QTensor, quantize
+from lowbitc.torch import ops as tops
+
+META_KEY = "lowbitc.quantized"  # safetensors metadata: JSON {module name: QuantLinear config}
+Skip = Callable[[str, nn.Module], bool] | Iterable[str] | None
+
+
+def _format(fmt: str | Format) -> Format:
+    f = fmt if isinstance(fmt, Format) else lookup_dtype(fmt)
+    formats.register(f)  # code books become findable by name for the ops
+    return f
+
+
+def _eager(x: torch.Tensor) -> bool:
+    """True when the kernel can be called directly: a plain tensor, no autograd, no tracing,
+    no dispatch modes (the op's Python dispatch costs tens of microseconds per call)."""
+    return (type(x) is torch.Tensor
+            and not (x.requires_grad and torch.is_grad_enabled())
+            and not torch.compiler.is_compiling()
+            and torch._C._len_torch_dispatch_stack() == 0)
+
+
+class QuantLinear(nn.Module):
+    """y = x @ dequantize(qweight).T + bias for x of shape [..., in_features] in float32,
+    float16 or bfloat16 (the output has x's dtype; accumulation is float32)."""
+
+    def __init__(self, in_features: int, out_features: int, dtype: str | Format,
+                 group_size: int = 128, bias: bool = True, zero_point: bool = False,
+                 scale_dtype: str = "f32", device: torch.device | str | None = None):
+        super().__init__()
+        fmt = _format(dtype)
+        if group_size < 1:
+            raise UserArgumentError(f"group_size: expected an int >= 1, got {group_size}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.format, self.group_size = fmt, int(group_size)
+        self.scale_dtype = scale_dtype
+        width = tops.storage_width(fmt.name, self.in_features)
+        groups = (self.out_features, -(-self.in_features // self.group_size))
+        self.register_buffer("qdata", torch.zeros((self.out_features, width),
+                                                  dtype=tops.storage_dtype(fmt.name),
+                                                  device=device))
+        self.register_buffer("scales", torch.ones(groups, dtype=torch.float32, device=device))
+        self.register_buffer("zeros", torch.zeros(groups, dtype=torch.float32, device=device)
+                             if zero_point else None)
+        self.bias = nn.Parameter(torch.zeros(self.out_features, device=device)) if bias else None
+        self._qtensor: QTensor | None = None
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_qtensor(cls, qw: QTensor, bias: torch.Tensor | None = None) -> QuantLinear:
+        """Wrap an existing QTensor (its storage is shared, not copied)."""
+        if not isinstance(qw, QTensor):
+            raise UserArgumentError(f"qw: expected a lowbitc QTensor, got {type(qw).__name__}")
+        n, k = qw.shape
+        m = cls(k, n, qw.dtype, qw.group_size, bias is not None, qw.zeros is not None,
+                qw.scale_dtype)
+        m.qdata = tops.weight_tensor(qw)
+        m.scales = torch.from_numpy(qw.scales)
+        m.zeros = None if qw.zeros is None else torch.from_numpy(qw.zeros)
+        if bias is not None:
+            m.bias = nn.Parameter(bias.detach().to(torch.float32).reshape(n).clone(),
+                                  requires_grad=bias.requires_grad)
+        m._qtensor = qw
+        return m
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, dtype: str | Format, group_size: int = 128,
+                    zero_point: bool | None = None, scale_dtype: str = "f32") -> QuantLinear:
+        """Quantize `linear`'s weight group-wise along in_features. `zero_point=None` means
+        True for unsigned integer formats (u1..u8, which cannot hold negative weights
+        otherwise) and False for the rest."""
+        if not isinstance(linear, nn.Linear):
+            raise UserArgumentError(f"linear: expected a torch.nn.Linear, "
+                                    f"got {type(linear).__name__}")
+        fmt = _format(dtype)
+        if zero_point is None:
+            zero_point = fmt.kind == "uint"
+        w = linear.weight.detach().to("cpu", torch.float32).numpy()
+        qw = quantize(w, fmt, group_size, zero_point=zero_point, scale_dtype=scale_dtype)
+        return cls.from_qtensor(qw, linear.bias).to(linear.weight.device)
+
+    @classmethod
+    def from_config(cls, config: dict, device: torch.device | str | None = None) -> QuantLinear:
+        """An empty module of the shape `config()` describes, ready for load_state_dict."""
+        fmt = (make_codebook(config["codebook"], name=config["format"])
+               if config.get("codebook") else config["format"])
+        return cls(config["in_features"], config["out_features"], fmt, config["group_size"],
+                   config["bias"], config["zero_point"], config["scale_dtype"], device)
+
+    def config(self) -> dict:
+        """Everything besides the tensors needed to rebuild this module (JSON-friendly)."""
+        table = self.format.table if self.format.kind == "codebook" else None
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "format": self.format.name, "group_size": self.group_size,
+                "zero_point": self.zeros is not None, "scale_dtype": self.scale_dtype,
+                "bias": self.bias is not None,
+                "codebook": None if table is None else [float(v) for v in table]}
+
+    # ------------------------------------------------------------ the weight
+    @property
+    def qweight(self) -> QTensor:
+        """The weight as a QTensor (rebuilt from the buffers after a load or a move)."""
+        if self._qtensor is None:
+            words = self.qdata.detach().cpu().numpy()
+            k = self.in_features
+            if tops.storage_dtype(self.format.name) == torch.int32:
+                codes = unpack(words.view(np.uint32), self.format.bits, k)
+            else:
+                codes = np.ascontiguousarray(words.view(np.uint8))
+            zeros = None if self.zeros is None else self.zeros.detach().cpu().numpy()
+            self._qtensor = QTensor(self.format, (self.out_features, k), self.group_size,
+                                    codes, self.scales.detach().cpu().numpy(), zeros,
+                                    self.scale_dtype)
+        return self._qtensor
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight [out_features, in_features] the kernels compute with."""
+        return torch.ops.lowbitc.dequantize(self.qdata, self.scales, self.zeros,
+                                            self.format.name, self.group_size,
+                                            self.in_features)
+
+    # ------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.in_features
+        if x.shape[-1:] != (k,):
+            raise UserArgumentError(f"QuantLinear: x: expected a last dim of in_features = {k}, "
+                                    f"got shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, k)
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        args = (self.qdata, self.scales, self.zeros, self.format.name, self.group_size, k)
+        if _eager(x2):
+            y = tops.matmul_impl(x2, *args)
+            if self.bias is not None:
+                y.add_(self.bias.detach())
+        else:
+            y = torch.ops.lowbitc.matmul(x2, *args)
+            if self.bias is not None:
+                y = y + self.bias
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
+        return y.reshape(*lead, self.out_features)
+
+    # ------------------------------------------------------------ module plumbing
+    def _apply(self, fn, recurse=True):
+        """Moves follow `fn`; scales and zeros stay float32 (model.half() must not round them)."""
+        keep = {n: self._buffers[n] for n in ("scales", "zeros") if self._buffers[n] is not None}
+        super()._apply(fn, recurse)
+        for n, old in keep.items():
+            if self._buffers[n].dtype != torch.float32:
+                self._buffers[n] = old.to(self._buffers[n].device)
+        self._qtensor = None
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._qtensor = None
+
+    def extra_repr(self) -> str:
+        zp = ", zero_point=True" if self.zeros is not None else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, dtype={self.format.name}, "
+                f"group_size={self.group_size}{zp}")
+
+
+# ---------------------------------------------------------------- whole models
+def _skipper(skip: Skip) -> Callable[[str, nn.Module], bool]:
+    if skip is None:
+        return lambda name, mod: False
+    if callable(skip):
+        return skip
+    if isinstance(skip, str):
+        skip = [skip]
+    patterns = list(skip)
+    return lambda name, mod: any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def quantize_(model: nn.Module, dtype: str | Format, group_size: int = 128, skip: Skip = None,
+              zero_point: bool | None = None, scale_dtype: str = "f32") -> int:
+    """Replace every nn.Linear in `model` (in place) by a QuantLinear; returns how many.
+
+    `skip` is a callable (qualified name, module) -> bool, or fnmatch patterns of names to
+    leave alone. Linear layers whose weight other modules read directly (the out_proj of
+    nn.MultiheadAttention) are always left alone.
+    """
+    drop = _skipper(skip)
+    targets = [(name, m) for name, m in model.named_modules()
+               if isinstance(m, nn.Linear)
+               and not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear)
+               and name and not drop(name, m)]
+    for name, m in targets:
+        _set_child(model, name, QuantLinear.from_linear(m, dtype, group_size, zero_point,
+                                                        scale_dtype))
+    return len(targets)
+
+
+def save_quantized(model: nn.Module, path: str) -> None:
+    """Write `model`'s state_dict and its QuantLinear configs to one safetensors file."""
+    configs = {name: m.config() for name, m in model.named_modules()
+               if isinstance(m, QuantLinear)}
+    save_model(model, str(path), metadata={META_KEY: json.dumps(configs)})
+
+
+def load_quantized(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
+    """Load a file from `save_quantized` into `model`, a float model of the same architecture:
+    its layers are swapped for empty QuantLinear modules as recorded, then filled (no
+    quantization runs). Returns `model`."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = (f.metadata() or {}).get(META_KEY)
+    if meta is None:
+        raise UserArgumentError(f"path: {path} has no {META_KEY!r} metadata; write it with "
+                                "lowbitc.torch.save_quantized")
+    for name, config in json.loads(meta).items():
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            raise UserArgumentError(f"path: {path} holds a quantized layer {name!r} that "
+                                    f"model has no module for") from None
+        device = next((t.device for t in old.parameters()), None)
+        _set_child(model, name, QuantLinear.from_config(config, device))
+    load_model(model, str(path), strict=strict)
+    return model

@@ -1,0 +1,260 @@
+"""PyTorch custom ops over lowbitc's compiled kernels: `torch.ops.lowbitc.matmul` and
+`torch.ops.lowbitc.dequantize`.
+
+torch.library ops cannot take a QTensor, so both take its pieces as plain tensors: the weight
+storage (canonical packed words as int32 `[N, ceil(K*bits/32)]`, or for u8/i8 the codes as
+uint8/int8 `[N, K]`), float32 scales and optional zeros `[N, ceil(K/G)]`, and the format
+name, group size and K as static arguments. The CPU kernel runs lowbitc's compiled LLVM code
+directly on the tensors' memory (no copies); CUDA tensors go to the CUDA backend. Fake kernels
+make the ops traceable by torch.compile; matmul has a gradient for its activations only.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import ml_dtypes
+import numpy as np
+import torch
+
+from lowbitc import formats
+from lowbitc import ops as lops
+from lowbitc.errors import BackendError, LowbitcError, UserArgumentError
+from lowbitc.ir.types import is_machine
+from lowbitc.quant import QTensor
+from lowbitc.signature import words_for
+
+ACTIVATIONS = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+_MACHINE_STORAGE = {"u8": torch.uint8, "i8": torch.int8}
+_NO_ZEROS = np.zeros((1, 1), np.float32)
+_KERNELS: dict[tuple, object] = {}
+_LOCK = threading.Lock()
+
+
+class DeviceError(BackendError, NotImplementedError):
+    """Tensors live on a device lowbitc has no usable kernels for."""
+
+
+_LIB = torch.library.Library("lowbitc", "DEF")
+_LIB.define("matmul(Tensor x, Tensor weight, Tensor scales, Tensor? zeros, str fmt, "
+            "int group_size, int k) -> Tensor")
+_LIB.define("dequantize(Tensor weight, Tensor scales, Tensor? zeros, str fmt, "
+            "int group_size, int k) -> Tensor")
+
+
+# ---------------------------------------------------------------- storage
+def storage_dtype(fmt: str) -> torch.dtype:
+    """The torch dtype of a weight of format `fmt`: uint8/int8 for u8/i8, else int32 words."""
+    return _MACHINE_STORAGE.get(fmt, torch.int32)
+
+
+def storage_width(fmt: str, k: int) -> int:
+    """Columns of a weight's storage for K codes per row."""
+    return k if is_machine(fmt) else words_for(k, formats.lookup(fmt).bits)
+
+
+def weight_tensor(qw: QTensor) -> torch.Tensor:
+    """qw's kernel storage as a CPU tensor sharing its memory (uint32 words viewed as int32)."""
+    a = lops.weight_storage(qw)
+    if a.dtype == np.uint32:
+        a = a.view(np.int32)
+    return torch.from_numpy(a)
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a contiguous CPU tensor (no copy); int32 words read as uint32."""
+    if t.requires_grad:
+        t = t.detach()
+    if t.dtype is torch.bfloat16:
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    a = t.numpy()
+    return a.view(np.uint32) if a.dtype == np.int32 else a
+
+
+# ---------------------------------------------------------------- argument checks
+def _fail(op: str, arg: str, want: str, got: object) -> UserArgumentError:
+    return UserArgumentError(f"lowbitc::{op}: {arg}: expected {want}, got {got}")
+
+
+def _check_tensor(op: str, name: str, t: object, dtypes: tuple, shape: tuple,
+                  device: torch.device) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise _fail(op, name, "a torch.Tensor", type(t).__name__)
+    if t.dtype not in dtypes:
+        raise _fail(op, name, " or ".join(str(d) for d in dtypes), t.dtype)
+    if tuple(t.shape) != shape:
+        raise _fail(op, name, f"shape {shape}", tuple(t.shape))
+    if t.device != device:
+        raise _fail(op, name, f"a tensor on {device} (like the others)", t.device)
+    if not t.is_contiguous():
+        raise _fail(op, name, "a contiguous tensor", f"strides {t.stride()} (call .contiguous())")
+
+
+def check_weight(op: str, weight: torch.Tensor, scales: torch.Tensor,
+                 zeros: torch.Tensor | None, fmt: str, group_size: int, k: int,
+                 device: torch.device) -> int:
+    """Check a weight's tensors and static arguments; returns N."""
+    if not isinstance(fmt, str):
+        raise _fail(op, "fmt", "a format name", repr(fmt))
+    try:
+        formats.lookup(fmt)
+    except ValueError as e:
+        raise _fail(op, "fmt", "a lowbitc format name", f"{fmt!r} ({e})") from None
+    if group_size < 1:
+        raise _fail(op, "group_size", "an int >= 1", group_size)
+    if k < 0:
+        raise _fail(op, "k", "an int >= 0", k)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise _fail(op, "weight", "a 2-D tensor [N, words]",
+                    tuple(weight.shape) if isinstance(weight, torch.Tensor) else weight)
+    n = weight.shape[0]
+    _check_tensor(op, "weight", weight, (storage_dtype(fmt),), (n, storage_width(fmt, k)),
+                  device)
+    groups = (n, -(-k // group_size))
+    _check_tensor(op, "scales", scales, (torch.float32,), groups, device)
+    if zeros is not None:
+        _check_tensor(op, "zeros", zeros, (torch.float32,), groups, device)
+    return n
+
+
+def check_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
+                 zeros: torch.Tensor | None, fmt: str, group_size: int, k: int) -> int:
+    """Check lowbitc::matmul's arguments; returns N."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        raise _fail("matmul", "x", "a 2-D tensor [M, K]",
+                    tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__)
+    if x.dtype not in ACTIVATIONS:
+        raise _fail("matmul", "x", "float32, float16 or bfloat16", x.dtype)
+    if x.shape[1] != k:
+        raise _fail("matmul", "x", f"K = {k} columns (the weight's in_features)",
+                    f"shape {tuple(x.shape)}")
+    if not x.is_contiguous():
+        raise _fail("matmul", "x", "a contiguous tensor",
+                    f"strides {x.stride()} (call .contiguous())")
+    return check_weight("matmul", weight, scales, zeros, fmt, group_size, k, x.device)
+
+
+# ---------------------------------------------------------------- kernels
+def _backend(device: torch.device) -> str:
+    if device.type == "cpu":
+        return "llvm"
+    if device.type == "cuda":
+        return "cuda"
+    raise DeviceError(f"lowbitc.torch: no kernels for tensors on device {device}; "
+                      "use cpu or cuda tensors")
+
+
+def _kernel(name: str, backend: str, device: torch.device, params: dict):
+    key = (name, backend, *params.values())
+    k = _KERNELS.get(key)
+    if k is not None:
+        return k
+    try:
+        k = lops.get_kernel(name, backend, **params)
+    except (ImportError, LowbitcError) as e:
+        if backend == "llvm":
+            raise
+        raise DeviceError(f"lowbitc.torch: tensors on device {device} need the lowbitc "
+                          f"{backend!r} backend, which is not available here: {e}") from e
+    with _LOCK:
+        _KERNELS[key] = k
+    return k
+
+
+class _Spec:
+    """What `lowbitc.ops.matmul_params` reads from a QTensor: its format and zero points."""
+
+    __slots__ = ("dtype", "zeros")
+
+    def __init__(self, fmt: str, has_zeros: bool):
+        self.dtype = formats.lookup(fmt)
+        self.zeros = _NO_ZEROS if has_zeros else None
+
+
+def _operand(t: torch.Tensor | None, backend: str):
+    if t is None:
+        return _NO_ZEROS
+    if backend == "llvm":
+        return _array(t)
+    from numba import cuda  # imported only when CUDA tensors are seen (numba-cuda is heavy)
+
+    return cuda.as_cuda_array(t.detach())
+
+
+def matmul_into(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
+                zeros: torch.Tensor | None, fmt: str, group_size: int, k: int) -> None:
+    """y[M, N] = x @ dequant(weight).T on checked, contiguous tensors (no copies)."""
+    m, n = y.shape
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        y.zero_()
+        return
+    backend = _backend(x.device)
+    params = lops.matmul_params(m, _Spec(fmt, zeros is not None), ACTIVATIONS[x.dtype])
+    kern = _kernel("matmul", backend, x.device, params)
+    kern(_operand(x, backend), _operand(weight, backend), _operand(scales, backend),
+         _operand(zeros, backend), _operand(y, backend), group_size, K=k)
+
+
+# ---------------------------------------------------------------- lowbitc::matmul
+def matmul_impl(x, weight, scales, zeros, fmt, group_size, k):
+    n = check_matmul(x, weight, scales, zeros, fmt, group_size, k)
+    y = torch.empty((x.shape[0], n), dtype=torch.float32, device=x.device)
+    matmul_into(y, x, weight, scales, zeros, fmt, group_size, k)
+    return y
+
+
+_LIB.impl("matmul", matmul_impl, "CPU")
+_LIB.impl("matmul", matmul_impl, "CUDA")
+
+
+@torch.library.register_fake("lowbitc::matmul")
+def _matmul_fake(x, weight, scales, zeros, fmt, group_size, k):
+    n = check_matmul(x, weight, scales, zeros, fmt, group_size, k)
+    return x.new_empty((x.shape[0], n), dtype=torch.float32)
+
+
+def _matmul_setup(ctx, inputs, output) -> None:
+    x, weight, scales, zeros, fmt, group_size, k = inputs
+    ctx.save_for_backward(weight, scales, zeros)
+    ctx.static = (fmt, group_size, k)
+    ctx.x_dtype = x.dtype
+
+
+def _matmul_backward(ctx, grad: torch.Tensor):
+    """d(x @ W_hat.T)/dx = grad @ W_hat; the quantized weights are frozen (no gradient)."""
+    gx = None
+    if ctx.needs_input_grad[0]:
+        weight, scales, zeros = ctx.saved_tensors
+        w_hat = torch.ops.lowbitc.dequantize(weight, scales, zeros, *ctx.static)
+        gx = (grad.to(torch.float32) @ w_hat).to(ctx.x_dtype)
+    return gx, None, None, None, None, None, None
+
+
+torch.library.register_autograd("lowbitc::matmul", _matmul_backward,
+                                setup_context=_matmul_setup)
+
+
+# ---------------------------------------------------------------- lowbitc::dequantize
+def dequantize_impl(weight, scales, zeros, fmt, group_size, k):
+    dev = weight.device if isinstance(weight, torch.Tensor) else torch.device("cpu")
+    n = check_weight("dequantize", weight, scales, zeros, fmt, group_size, k, dev)
+    y = torch.empty((n, k), dtype=torch.float32, device=dev)
+    if n == 0 or k == 0:
+        return y
+    backend = _backend(dev)
+    kern = _kernel("dequantize", backend, dev, {"W": fmt, "ZP": zeros is not None})
+    kern(_operand(weight, backend), _operand(scales, backend), _operand(zeros, backend),
+         _operand(y, backend), group_size, K=k)
+    return y
+
+
+_LIB.impl("dequantize", dequantize_impl, "CPU")
+_LIB.impl("dequantize", dequantize_impl, "CUDA")
+
+
+@torch.library.register_fake("lowbitc::dequantize")
+def _dequantize_fake(weight, scales, zeros, fmt, group_size, k):
+    n = check_weight("dequantize", weight, scales, zeros, fmt, group_size, k, weight.device)
+    return weight.new_empty((n, k), dtype=torch.float32)
