@@ -1,0 +1,299 @@
+"""Golden textual-IR tests for each pass (the lines that matter), pipelines with a trace and
+verification after every pass, and each pass keeping the interpreter's results."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from lowbitc.dsl.lower import lower_kernel
+from lowbitc.dsl.modules import load_source
+
+import lowbitc
+from lowbitc.errors import LoweringError, VerifyError
+from lowbitc.interp import run
+from lowbitc.ir import Kernel, print_kernel, walk
+from lowbitc.packing import pack
+from lowbitc.passes import CPU_PIPELINE, PASSES, run_pipeline
+from lowbitc.passes.base import Pass
+
+DEQUANT = """kernel dq[W: dtype](w: W[R, C], y: f32[R, C]) {
+  store(y[0 :+ 2, 0 :+ 8], cast(load(w[0 :+ 2, 0 :+ 8]), f32))
+}
+"""
+
+
+def ir(source: str, **params) -> Kernel:
+    module = load_source(source, "t.lbk")
+    return lower_kernel(module, module.kernels[0], params)
+
+
+def body(k: Kernel) -> list[str]:
+    """The body's lines without source locations."""
+    text = print_kernel(k).split("body:\n", 1)[1]
+    return [re.sub(r' loc\("[^"]*":\d+:\d+\)', "", line) for line in text.splitlines()[:-1]]
+
+
+def opcodes(k: Kernel) -> list[str]:
+    return [op.opcode for op in walk(k.body.ops)]
+
+
+LOAD = ('  %7 = load %w, %5, %6 {layout="", masked=false, sizes=[2, 8]} : tile<{W}[2,8]>')
+STORE = ('  store %y, %{a}, %{b}, %{v} {{layout="", masked=false, sizes=[2, 8]}}')
+
+
+def test_dsl_lowering_gives_a_cast_of_the_loaded_codes():
+    assert body(ir(DEQUANT, W="u3")) == [
+        '  %5 = const {dtype="i64", value=0} : i64',
+        '  %6 = const {dtype="i64", value=0} : i64',
+        LOAD.replace("{W}", "u3"),
+        '  %8 = cast %7 {dtype="f32"} : tile<f32[2,8]>',
+        '  %9 = const {dtype="i64", value=0} : i64',
+        '  %10 = const {dtype="i64", value=0} : i64',
+        STORE.format(a=9, b=10, v=8),
+    ]
+
+
+# ------------------------------------------------------------------- lower-formats
+
+def formats_lines(fmt: str) -> list[str]:
+    """The lines lower-formats puts between the load and the store's index constants."""
+    lines = body(run_pipeline(ir(DEQUANT, W=fmt), ["lower-formats"]))
+    assert lines[2] == LOAD.replace("{W}", fmt)
+    return lines[3:-3]
+
+
+def test_lower_formats_unsigned_is_codes_then_convert():
+    assert formats_lines("u3") == [
+        '  %8 = codes %7 {dtype="i32"} : tile<i32[2,8]>',
+        '  %9 = cast %8 {dtype="f32"} : tile<f32[2,8]>',
+    ]
+
+
+def test_lower_formats_signed_sign_extends_with_two_shifts():
+    assert formats_lines("i3") == [
+        '  %8 = codes %7 {dtype="i32"} : tile<i32[2,8]>',
+        '  %9 = const {dtype="i32", value=29} : i32',
+        '  %10 = shl %8, %9 : tile<i32[2,8]>',
+        '  %11 = shr %10, %9 : tile<i32[2,8]>',
+        '  %12 = cast %11 {dtype="f32"} : tile<f32[2,8]>',
+    ]
+
+
+def test_lower_formats_bipolar_is_two_c_minus_levels():
+    assert formats_lines("b2") == [
+        '  %8 = codes %7 {dtype="i32"} : tile<i32[2,8]>',
+        '  %9 = const {dtype="i32", value=1} : i32',
+        '  %10 = shl %8, %9 : tile<i32[2,8]>',
+        '  %11 = const {dtype="i32", value=3} : i32',
+        '  %12 = sub %10, %11 : tile<i32[2,8]>',
+        '  %13 = cast %12 {dtype="f32"} : tile<f32[2,8]>',
+    ]
+
+
+def test_lower_formats_small_float_is_bit_placement_bitcast_and_one_multiply():
+    assert formats_lines("f6e3m2") == [
+        '  %8 = codes %7 {dtype="i32"} : tile<i32[2,8]>',
+        '  %9 = const {dtype="i32", value=31} : i32',          # magnitude mask (5 bits)
+        '  %10 = and %8, %9 : tile<i32[2,8]>',
+        '  %11 = const {dtype="i32", value=5} : i32',          # sign bit position
+        '  %12 = shr %8, %11 : tile<i32[2,8]>',
+        '  %13 = const {dtype="i32", value=31} : i32',
+        '  %14 = shl %12, %13 : tile<i32[2,8]>',              # sign to bit 31
+        '  %15 = const {dtype="i32", value=21} : i32',         # 23 - 2 mantissa bits
+        '  %16 = shl %10, %15 : tile<i32[2,8]>',
+        '  %17 = or %16, %14 : tile<i32[2,8]>',
+        '  %18 = bitcast %17 {dtype="f32"} : tile<f32[2,8]>',
+        f'  %19 = const {{dtype="f32", value={2.0 ** (127 - 3)!r}}} : f32',  # 2^(127 - bias)
+        '  %20 = mul %18, %19 : tile<f32[2,8]>',
+    ]
+
+
+def test_lower_formats_float_with_nan_codes_patches_them_from_a_table():
+    lines = formats_lines("f8e4m3fn")
+    assert '  %18 = bitcast %17 {dtype="f32"} : tile<f32[2,8]>' in lines
+    assert lines[-4:-1] == [
+        '  %21 = const {dtype="i32", value=127} : i32',      # S.1111.111 is NaN
+        '  %22 = eq %10, %21 : tile<bool[2,8]>',
+        lines[-2],
+    ]
+    assert lines[-2].startswith('  %23 = lut %8 {dtype="f32", values=[0.0, 0.001953125, ')
+    assert lines[-1] == '  %24 = where %22, %23, %20 : tile<f32[2,8]>'
+
+
+def test_lower_formats_codebook_is_one_lookup():
+    values = ", ".join(repr(float(v)) for v in lowbitc.dtype("nf4").values().astype(np.float32))
+    assert formats_lines("nf4") == [
+        '  %8 = codes %7 {dtype="i32"} : tile<i32[2,8]>',
+        f'  %9 = lut %8 {{dtype="f32", values=[{values}]}} : tile<f32[2,8]>',
+    ]
+
+
+def test_lower_formats_to_a_narrow_float_converts_after_decoding():
+    src = DEQUANT.replace("f32[R, C]", "f16[R, C]").replace("), f32))", "), f16))")
+    lines = body(run_pipeline(ir(src, W="u4"), ["lower-formats"]))
+    assert lines[3:6] == [
+        '  %8 = codes %7 {dtype="i32"} : tile<i32[2,8]>',
+        '  %9 = cast %8 {dtype="f32"} : tile<f32[2,8]>',
+        '  %10 = cast %9 {dtype="f16"} : tile<f16[2,8]>',
+    ]
+
+
+def test_lower_formats_leaves_machine_casts_alone():
+    src = """kernel c(x: i32[N], y: f32[N]) { store(y[0 :+ 4], cast(load(x[0 :+ 4]), f32)) }"""
+    k = ir(src)
+    assert run_pipeline(k, ["lower-formats"]) == k
+
+
+# ------------------------------------------------------------------- bitpack
+
+def test_bitpack_turns_load_plus_codes_into_load_codes():
+    k = run_pipeline(ir(DEQUANT, W="u3"), ["lower-formats", "bitpack"])
+    lines = body(k)
+    assert lines[3] == ('  %8 = load_codes %w, %5, %6 {bits=3, dtype="i32", masked=false, '
+                        'sizes=[2, 8]} : tile<i32[2,8]>')
+    assert "codes" not in opcodes(k)
+    after_dce = run_pipeline(k, ["dce"])
+    assert opcodes(after_dce) == ["const", "const", "load_codes", "cast", "const", "const",
+                                  "store"]
+
+
+def test_bitpack_keeps_the_mask_of_a_masked_load():
+    src = """kernel m[W: dtype](w: W[N], y: f32[N]) {
+  inside = arange(16) < N
+  store(y[0 :+ 16], cast(load(w[0 :+ 16], mask=inside), f32), mask=inside)
+}"""
+    k = run_pipeline(ir(src, W="u5"), ["lower-formats", "bitpack", "dce"])
+    (lc,) = [op for op in walk(k.body.ops) if op.opcode == "load_codes"]
+    assert (lc.attrs.bits, lc.attrs.masked, lc.attrs.sizes) == (5, True, (16,))
+    assert str(lc.operands[-1].type) == "tile<bool[16]>"
+
+
+def test_bitpack_leaves_machine_loads_alone():
+    src = """kernel c(x: u8[N], y: f32[N]) { store(y[0 :+ 4], cast(load(x[0 :+ 4]), f32)) }"""
+    k = run_pipeline(ir(src), ["lower-formats", "bitpack"])
+    assert "load_codes" not in opcodes(k) and "load" in opcodes(k)
+
+
+# ------------------------------------------------------------------- cse / dce
+
+CSE_SRC = """kernel c(x: f32[N], y: f32[N]) {
+  a = load(x[0 :+ 8])
+  b = load(x[0 :+ 8])
+  p = a * 2.0
+  q = a * 2.0
+  for i in range(0, 4) {
+    r = a * 2.0
+    t = exp(b)
+    store(y[i :+ 8], r + t)
+  }
+  u = exp(b)
+  store(y[0 :+ 8], p + q + u)
+}"""
+
+
+def test_cse_merges_pure_ops_but_never_loads_or_inner_results():
+    k = ir(CSE_SRC)
+    after = run_pipeline(k, ["cse"])
+    before_ops, after_ops = opcodes(k), opcodes(after)
+    assert before_ops.count("load") == after_ops.count("load") == 2
+    assert before_ops.count("mul") == 3 and after_ops.count("mul") == 1
+    assert before_ops.count("exp") == after_ops.count("exp") == 2  # inner exp is not visible
+    lines = body(after)
+    (mul,) = [x for x in lines if " mul " in x]
+    m = mul.split(" = ")[0].strip()
+    assert any(f"= add {m}, {m} :" in x for x in lines)  # p + q became m + m
+    assert after_ops.count("const") < before_ops.count("const")
+
+
+def test_dce_drops_unused_pure_ops_and_keeps_effects():
+    src = """kernel d(x: f32[N], y: f32[N]) {
+  a = load(x[0 :+ 8])
+  unused = exp(a) * 3.0
+  for i in range(0, 2) { junk = a + 1.0 }
+  store(y[0 :+ 8], a)
+}"""
+    k = ir(src)
+    after = run_pipeline(k, ["dce"])
+    assert "exp" in opcodes(k) and "exp" not in opcodes(after)
+    assert "mul" not in opcodes(after) and "add" not in opcodes(after)
+    assert opcodes(after).count("store") == 1 and "for" in opcodes(after)
+    assert run_pipeline(after, ["dce"]) == after  # a fixed point
+
+
+def test_dce_removes_a_chain_to_a_fixed_point():
+    src = """kernel d(x: f32[N], y: f32[N]) {
+  a = load(x[0 :+ 8])
+  b = a + 1.0
+  c = b * 2.0
+  d = exp(c)
+  store(y[0 :+ 8], a)
+}"""
+    after = run_pipeline(ir(src), ["dce"])
+    assert not {"add", "mul", "exp"} & set(opcodes(after))
+
+
+# ------------------------------------------------------------------- pipelines
+
+def test_pipeline_trace_names_every_pass_and_each_snapshot_verifies():
+    k = ir(DEQUANT, W="f6e3m2")
+    trace: list[tuple[str, Kernel]] = []
+    out = run_pipeline(k, CPU_PIPELINE, trace=trace)
+    assert [name for name, _ in trace] == list(CPU_PIPELINE)
+    assert trace[-1][1] == out
+    assert "cast" in opcodes(trace[0][1]) and "codes" not in opcodes(trace[0][1])
+    assert "codes" in opcodes(trace[1][1])                        # after lower-formats
+    assert "load_codes" in opcodes(trace[2][1])                    # after bitpack
+    consts = [op for op in walk(trace[3][1].body.ops) if op.opcode == "const"]
+    assert len({(op.attrs, op.results[0].type) for op in consts}) == len(consts)  # after cse
+    assert "load" not in opcodes(out) and "codes" not in opcodes(out)           # after dce
+
+
+def test_every_registered_pass_has_a_name_and_doc():
+    assert set(CPU_PIPELINE) <= set(PASSES)
+    for name, p in PASSES.items():
+        assert p.name == name and p.doc
+
+
+def test_unknown_pass_is_named_in_the_error():
+    with pytest.raises(LoweringError, match="unknown pass 'vectorise'; known: .*bitpack"):
+        run_pipeline(ir(DEQUANT, W="u4"), ["cse", "vectorise"])
+
+
+def test_verify_after_every_pass_catches_a_broken_pass(monkeypatch):
+    def breaks(k: Kernel) -> Kernel:  # drops the loads but keeps their users
+        return replace(k, body=replace(k.body, ops=tuple(
+            op for op in k.body.ops if op.opcode != "load")))
+
+    monkeypatch.setitem(PASSES, "broken", Pass("broken", breaks, "test"))
+    k = ir(DEQUANT, W="u4")
+    trace: list = []
+    with pytest.raises(VerifyError, match="used before it is defined"):
+        run_pipeline(k, ["cse", "broken", "dce"], trace=trace)
+    assert [n for n, _ in trace] == ["cse"]
+    run_pipeline(k, ["broken"], verify_each=False)  # the caller may opt out
+
+
+@pytest.mark.parametrize("fmt", ["u3", "i5", "b1", "f6e2m3", "f8e5m2", "f8e8m0fnu", "nf4"])
+def test_every_prefix_of_the_cpu_pipeline_keeps_the_interpreters_results(fmt):
+    f = lowbitc.dtype(fmt)
+    src = """kernel dq[W: dtype](w: W[R, C], s: f32[R], y: f32[R, C]) grid (cdiv(R, 2)) {
+  r = block.x * 2
+  q = cast(load(w[r :+ 2, 0 :+ 8]), f32) * reshape(load(s[r :+ 2]), [2, 1])
+  store(y[r :+ 2, 0 :+ 8], where(q == q, q, -1.0))
+}"""
+    k = ir(src, W=fmt)
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, f.num_codes, (5, 8)).astype(np.uint8)
+    s = rng.uniform(-2, 2, 5).astype(np.float32)
+    outs = []
+    for n in range(len(CPU_PIPELINE) + 1):
+        y = np.zeros((5, 8), np.float32)
+        run(run_pipeline(k, CPU_PIPELINE[:n]), pack(codes, f.bits), s, y)
+        outs.append(y)
+    want = f.decode(codes) * s[:, None]
+    want = np.where(np.isnan(want), -1.0, want).astype(np.float32)
+    for y in outs:
+        np.testing.assert_array_equal(y, want)
