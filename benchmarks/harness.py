@@ -184,6 +184,8 @@ def machine_info() -> dict:
         "numpy_blas": _numpy_blas(),
         "versions": _versions(),
         "thread_env": {k: os.environ.get(k) for k in env},
+        # other processes share these cores: a high load average explains noisy figures
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "git_commit": _git_commit(),
     }
 
