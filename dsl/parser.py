@@ -117,9 +117,7 @@ def parse(source: str, filename: str = "<string>") -> ast.Module:
     except _Pending as e:
         raise DSLSyntaxError(e.message, loc(e.line, e.col)) from None
     except UnexpectedCharacters as e:
-        char = source[e.pos_in_stream]
-        message = ("unterminated string" if char == '"'
-                   else f"unexpected character {char!r}")
+        message = _bad_character(source, e.pos_in_stream)
         raise DSLSyntaxError(message, loc(e.line, e.column)) from None
     except UnexpectedToken as e:
         line, col, message = _describe_unexpected(source, e)
@@ -133,6 +131,16 @@ def parse(source: str, filename: str = "<string>") -> ast.Module:
         if isinstance(e.orig_exc, LowbitcError):
             raise e.orig_exc from None
         raise
+
+
+def _bad_character(source: str, pos: int) -> str:
+    char = source[pos]
+    if char != '"':
+        return f"unexpected character {char!r}"
+    rest = source[pos + 1:].split("\n", 1)[0]
+    if '"' in rest and "\\" in rest[: rest.index('"')]:
+        return "a string cannot contain '\\'"
+    return "unterminated string"
 
 
 def parse_file(path: str | Path) -> ast.Module:
@@ -177,6 +185,8 @@ def _describe_unexpected(source: str, e: UnexpectedToken) -> tuple[int, int, str
         if _after_postfix(e):
             return tok.line, tok.column, ("only a name can be assigned to; write to a tensor "
                                           "with store(...)")
+    if tok.type == "STRING" and "STRING" not in expected:
+        return tok.line, tok.column, "a string may appear only after 'import'"
     if tok.type in _COMPARE and _after_comparison(e):
         return tok.line, tok.column, "comparisons cannot be chained; combine them with 'and'"
     found = "end of line" if tok.type == "_NL" else f"'{tok}'"

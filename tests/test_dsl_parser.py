@@ -4,6 +4,8 @@ trips (on sample kernels and on random ASTs), golden syntax errors, and import r
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -455,6 +457,8 @@ def test_golden_syntax_errors(source, message):
     ("kernel k() {" + " if a {" * 40 + " }" * 40 + "}", "blocks nested too deeply"),
     ("kernel k() { a = c ** 2 }", "expected an expression but found '*'"),
     ("kernel k() { b //= 3 }", "expected an expression but found '='"),
+    ('kernel k() { a = "s" }', "a string may appear only after 'import'"),
+    ('import "a\\b.lbk"', "a string cannot contain '\\'"),
 ])
 def test_other_syntax_errors(source, message):
     if message is None:
@@ -556,3 +560,13 @@ def test_load_source_resolves_against_base_dir(tmp_path):
 
 def test_every_error_is_a_lowbitc_error():
     assert issubclass(DSLSyntaxError, LowbitcError) and issubclass(DSLNameError, LowbitcError)
+
+
+def test_docs_examples_parse():
+    """Every ```lbk block of docs/dsl.md is a complete file that parses and round trips."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "dsl.md").read_text()
+    blocks = re.findall(r"^```lbk\n(.*?)^```", text, re.S | re.M)
+    assert len(blocks) >= 8
+    for block in blocks:
+        module = parse(block, "dsl.md")
+        assert strip(parse(to_source(module))) == strip(module)
