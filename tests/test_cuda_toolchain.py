@@ -71,6 +71,7 @@ def test_parse_ptxas_log():
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
 def test_lop3_and_prmt_twins(a, b, c):
+    intrinsics = pytest.importorskip("lowbitc.backends.numba_cuda.intrinsics")
     lop3 = intrinsics.lop3_py
     assert lop3(a, b, c, 0xF0) == a and lop3(a, b, c, 0xCC) == b and lop3(a, b, c, 0xAA) == c
     assert lop3(a, b, c, 0xEA) == (a & b) | c and lop3(a, b, c, 0x96) == a ^ b ^ c
@@ -85,6 +86,7 @@ def test_lop3_and_prmt_twins(a, b, c):
 @given(st.lists(st.integers(0, 0xFFFF).filter(lambda h: (h & 0x7C00) != 0x7C00), min_size=6,
                 max_size=6))
 def test_hfma2_twin_rounds_once(h):
+    intrinsics = pytest.importorskip("lowbitc.backends.numba_cuda.intrinsics")
     a, b, c = (np.uint32(h[i] | h[i + 3] << 16) for i in range(3))
     got = np.array([intrinsics.hfma2_py(a, b, c)], dtype=np.uint32).view(np.float16)
     f = [np.array([x], dtype=np.uint32).view(np.float16).astype(np.float64) for x in (a, b, c)]
