@@ -49,7 +49,8 @@ def materialize(b: Builder, v: object, dtype: str, loc: SourceLoc) -> Value:
         if is_int(dtype) and isinstance(v, float):
             raise DSLTypeError(f"expected an integer ({dtype}), got {v!r}", loc)
         if not (is_int(dtype) or is_float(dtype)):
-            raise DSLTypeError(f"a number cannot be a {dtype} value", loc)
+            raise DSLTypeError(f"a number cannot be a {dtype} value; cast the {dtype} codes "
+                               "to a machine type first, e.g. cast(q, f32)", loc)
         return b.const(float(v) if is_float(dtype) else int(v), dtype)
     raise DSLTypeError(f"expected a {dtype} value, got {_kind(v)}", loc)
 

@@ -14,7 +14,7 @@ from lowbitc.dsl import ast as A
 from lowbitc.dsl.builtins import BUILTINS, Ctx, Window, materialize
 from lowbitc.formats import lookup as lookup_format
 from lowbitc.formats import register as register_format
-from lowbitc.errors import DSLNameError, DSLTypeError, LowbitcError, SourceLoc
+from lowbitc.errors import DSLNameError, DSLTypeError, LowbitcError, SourceLoc, VerifyError
 from lowbitc.ir.builder import Builder
 from lowbitc.ir.core import Kernel, Region, Value, renumber
 from lowbitc.ir.opdefs import AxisAttrs, ForAttrs
@@ -238,6 +238,8 @@ class _Lowering:
     def eval(self, e: A.Expr) -> object:
         try:
             return self._eval(e)
+        except VerifyError as err:  # an op's type rule rejected the operands the user wrote
+            raise DSLTypeError(err.message, err.loc or e.loc) from None
         except LowbitcError as err:
             if err.loc is None:
                 raise type(err)(err.message, e.loc) from None
