@@ -59,7 +59,8 @@ def timeit(
 ) -> dict:
     """Seconds per call of `fn()`: at least `repeat` runs and `min_time` seconds of runs.
 
-    Returns median, p10, p90, runs, and `number`, the calls looped inside one run.
+    Returns median, p10, p90, runs, `number` (the calls looped inside one run) and `total`
+    (seconds spent in timed runs).
     """
     if repeat < 1 or warmup < 0 or min_time < 0:
         raise ValueError(
@@ -75,7 +76,7 @@ def timeit(
         per_call = _run(fn, number)
         samples.append(per_call)
         spent += per_call * number
-    return {**summarize(samples), "number": number}
+    return {**summarize(samples), "number": number, "total": spent}
 
 
 def interleaved_stats(
