@@ -19,9 +19,6 @@ from lowbitc.dsl.tree_to_ast import ToAst
 
 from lowbitc.errors import DSLSyntaxError, LowbitcError, SourceLoc, UserArgumentError
 
-MAX_BLOCK_DEPTH = 32
-"""Deeper nesting of { } blocks is rejected (keeps recursive passes off Python's stack limit)."""
-
 KEYWORDS = ("kernel", "func", "import", "for", "in", "if", "elif", "else", "return", "grid",
             "threads", "tune", "require", "and", "or", "not", "true", "false")
 
@@ -60,25 +57,10 @@ class NewlinePostLexer:
             parens = max(parens + _OPEN.get(kind, 0), 0)
             if kind == "LBRACE":
                 braces += 1
-                if braces > MAX_BLOCK_DEPTH:
-                    raise _token_error(tok, f"blocks nested too deeply (more than "
-                                            f"{MAX_BLOCK_DEPTH} levels)")
             elif kind == "RBRACE":
                 braces = max(braces - 1, 0)
             prev = kind
             yield tok
-
-
-class _Pending(Exception):
-    """Raised by the post-lexer; parse() attaches the filename and source line."""
-
-    def __init__(self, line: int, col: int, message: str):
-        super().__init__(message)
-        self.line, self.col, self.message = line, col, message
-
-
-def _token_error(tok: Token, message: str) -> _Pending:
-    return _Pending(tok.line, tok.column, message)
 
 
 @functools.cache
@@ -116,8 +98,6 @@ def parse(source: str, filename: str = "<string>") -> ast.Module:
 
     try:
         tree = _lark().parse(source)
-    except _Pending as e:
-        raise DSLSyntaxError(e.message, loc(e.line, e.col)) from None
     except UnexpectedCharacters as e:
         message = _bad_character(source, e.pos_in_stream)
         raise DSLSyntaxError(message, loc(e.line, e.column)) from None
@@ -247,7 +227,7 @@ def _previous_token(source: str, tok: Token) -> Token | None:
                 break
             if t.type != "_NL":
                 prev = t
-    except (UnexpectedCharacters, _Pending):
+    except UnexpectedCharacters:
         pass
     return prev
 

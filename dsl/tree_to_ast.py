@@ -15,6 +15,10 @@ from lowbitc.errors import DSLSyntaxError, SourceLoc
 MAX_EXPR_DEPTH = 100
 """Deeper expressions are rejected so that recursive passes never hit Python's stack limit."""
 
+MAX_BLOCK_DEPTH = 64
+"""Deeper nesting of statements (each elif counts as one level) is rejected, for the same
+reason."""
+
 _RANGES = {"range": False, "static_range": True}
 
 
@@ -55,6 +59,16 @@ class ToAst(Transformer_NonRecursive):
         if depth > MAX_EXPR_DEPTH:
             raise self.error(f"expression nested too deeply (more than {MAX_EXPR_DEPTH} "
                              "levels); split it with assignments", node.loc)
+        self._depth[id(node)] = depth
+        return node
+
+    def _stmt(self, node: ast.Node, *bodies: tuple) -> ast.Node:
+        """Record a compound statement's nesting depth and reject over-deep nesting."""
+        depth = 1 + max((self._depth.get(id(s), 0) for body in bodies for s in body),
+                        default=0)
+        if depth > MAX_BLOCK_DEPTH:
+            raise self.error(f"blocks nested too deeply (more than {MAX_BLOCK_DEPTH} levels)",
+                             node.loc)
         self._depth[id(node)] = depth
         return node
 
@@ -197,15 +211,17 @@ class ToAst(Transformer_NonRecursive):
         zero, one = ast.Int(0, loc=loc), ast.Int(1, loc=loc)
         start, stop, step = ((zero, args[0], one) if len(args) == 1 else
                              (args[0], args[1], one) if len(args) == 2 else tuple(args))
-        return ast.For(str(var), start, stop, step, _RANGES[rng], body, loc=loc)
+        return self._stmt(ast.For(str(var), start, stop, step, _RANGES[rng], body, loc=loc),
+                          body)
 
     @v_args(meta=True)
     def if_(self, meta, children):
         cond, then, *elifs, orelse = children
         orelse = orelse or ()
         for elif_cond, elif_body, elif_loc in reversed(elifs):
-            orelse = (ast.If(elif_cond, elif_body, orelse, loc=elif_loc),)
-        return ast.If(cond, then, orelse, loc=self.loc(meta))
+            orelse = (self._stmt(ast.If(elif_cond, elif_body, orelse, loc=elif_loc),
+                                 elif_body, orelse),)
+        return self._stmt(ast.If(cond, then, orelse, loc=self.loc(meta)), then, orelse)
 
     @v_args(meta=True)
     def elif_(self, meta, children):
