@@ -340,6 +340,8 @@ def _good_args():
         (3, True, "'n': expected an integer (i64), got bool"),
         (3, 2**63, "'n': 9223372036854775808 does not fit in i64"),
         (0, "2", "'a': expected a real number (f32), got str"),
+        (0, 1e300, "'a': 1e+300 does not fit in f32"),
+        (0, 10**400, "does not fit in f32"),
     ],
 )
 def test_bad_arguments_raise_before_native_code(saxpy_module, index, bad, needle):

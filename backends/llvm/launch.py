@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,14 +37,9 @@ __all__ = [
 ]
 
 
-_SCALAR_CTYPES: dict[str, type] = {
-    "i64": ctypes.c_int64,
-    "i32": ctypes.c_int32,
-    "f64": ctypes.c_double,
-    "f32": ctypes.c_float,
-}
-_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
-_INT_RANGE = {"i64": (_I64_MIN, _I64_MAX), "i32": (-(2**31), 2**31 - 1)}
+_INT_RANGE = {"i64": (-(2**63), 2**63 - 1), "i32": (-(2**31), 2**31 - 1)}
+# Each scalar takes one 8-byte slot (little-endian, value at the slot's start).
+_SLOT_FORMAT = {"i64": "q", "f64": "d", "i32": "i4x", "f32": "f4x"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +63,8 @@ class ScalarArg:
     kind: str
 
     def __post_init__(self) -> None:
-        if self.kind not in _SCALAR_CTYPES:
-            raise ValueError(f"scalar kind must be one of {sorted(_SCALAR_CTYPES)}: {self.kind!r}")
+        if self.kind not in _SLOT_FORMAT:
+            raise ValueError(f"scalar kind must be one of {sorted(_SLOT_FORMAT)}: {self.kind!r}")
 
 
 Param = ArrayArg | ScalarArg
@@ -138,7 +134,8 @@ def _check_array(param: ArrayArg, value: object) -> np.ndarray:
     return value
 
 
-def _scalar_buffer(param: ScalarArg, value: object) -> ctypes._SimpleCData:
+def _check_scalar(param: ScalarArg, value: object) -> None:
+    """Raise UserArgumentError naming `param` unless `value` fits its kind's slot."""
     kind = param.kind
     if kind in _INT_RANGE:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -148,12 +145,16 @@ def _scalar_buffer(param: ScalarArg, value: object) -> ctypes._SimpleCData:
         lo, hi = _INT_RANGE[kind]
         if not lo <= int(value) <= hi:
             raise UserArgumentError(f"argument {param.name!r}: {value} does not fit in {kind}")
-        return _SCALAR_CTYPES[kind](int(value))
+        return
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise UserArgumentError(
             f"argument {param.name!r}: expected a real number ({kind}), got {type(value).__name__}"
         )
-    return _SCALAR_CTYPES[kind](float(value))
+    try:
+        struct.pack("<" + _SLOT_FORMAT[kind], value)
+    except (OverflowError, struct.error):
+        message = f"argument {param.name!r}: {value} does not fit in {kind}"
+        raise UserArgumentError(message) from None
 
 
 class ArgPacker:
@@ -161,54 +162,65 @@ class ArgPacker:
 
     Build one per kernel and call it per launch: the common case (right types) takes a fast
     path; anything else goes through the checks that raise UserArgumentError naming the
-    argument, always before native code runs. Arrays are never copied.
+    argument, always before native code runs. Arrays are never copied. Scalars live in
+    8-byte slots after the pointers, in the same ctypes array (one allocation per call).
     """
 
-    __slots__ = ("signature", "_array_type", "_plan")
+    __slots__ = ("signature", "_array_type", "_arrays", "_scalars", "_struct", "_offsets")
 
     def __init__(self, signature: Sequence[Param]):
         self.signature = tuple(signature)
         for param in self.signature:
             if not isinstance(param, (ArrayArg, ScalarArg)):
                 raise TypeError(f"signature entries must be ArrayArg or ScalarArg: {param!r}")
-        self._array_type = _packed_type(len(self.signature))
-        self._plan = tuple(
-            (True, p, p.dtype, p.ndim, p.output)
+        n = len(self.signature)
+        self._arrays = tuple(
+            (i, p, p.dtype, p.ndim, p.output)
+            for i, p in enumerate(self.signature)
             if isinstance(p, ArrayArg)
-            else (False, p, _SCALAR_CTYPES[p.kind], None, p.kind == "i64")
-            for p in self.signature
         )
+        self._scalars = tuple(
+            (i, p) for i, p in enumerate(self.signature) if isinstance(p, ScalarArg)
+        )
+        self._array_type = _packed_type(n + len(self._scalars))
+        self._struct = struct.Struct("<" + "".join(_SLOT_FORMAT[p.kind] for _, p in self._scalars))
+        size = ctypes.sizeof(ctypes.c_void_p)
+        self._offsets = tuple((i, (n + j) * size) for j, (i, _) in enumerate(self._scalars))
 
     def __call__(self, values: Sequence[object]) -> ctypes.Array:
-        """The packed `void*[]`; its `.keep` holds what it points at (keep it for the call)."""
-        if len(values) != len(self._plan):
+        """The packed `void*[]`; its `.keep` holds the arrays it points at (keep it alive)."""
+        if len(values) != len(self.signature):
             names = ", ".join(p.name for p in self.signature)
             raise UserArgumentError(
-                f"expected {len(self._plan)} arguments ({names}), got {len(values)}"
+                f"expected {len(self.signature)} arguments ({names}), got {len(values)}"
             )
         packed = self._array_type()
-        keep = list(values)
-        i = 0
-        for (is_array, param, dtype, ndim, output), value in zip(self._plan, values, strict=True):
-            if is_array:
-                if not (
-                    type(value) is np.ndarray
-                    and value.dtype == dtype
-                    and (ndim is None or value.ndim == ndim)
-                    and value.flags.c_contiguous
-                    and (not output or value.flags.writeable)
-                ):
-                    value = _check_array(param, value)
-                packed[i] = _data_address(value)
-            else:
-                if dtype is ctypes.c_int64 and type(value) is int and _I64_MIN <= value <= _I64_MAX:
-                    buf = dtype(value)
-                else:
-                    buf = _scalar_buffer(param, value)
-                keep[i] = buf
-                packed[i] = ctypes.addressof(buf)
-            i += 1
-        packed.keep = keep
+        for i, param, dtype, ndim, output in self._arrays:
+            value = values[i]
+            if not (
+                type(value) is np.ndarray
+                and value.dtype == dtype
+                and (ndim is None or value.ndim == ndim)
+                and value.flags.c_contiguous
+                and (not output or value.flags.writeable)
+            ):
+                value = _check_array(param, value)
+            packed[i] = _data_address(value)
+        if self._scalars:
+            scalars = [values[i] for i, _ in self._scalars]
+            try:
+                for v in scalars:
+                    if type(v) is bool:
+                        raise TypeError
+                self._struct.pack_into(packed, self._offsets[0][1], *scalars)
+            except (struct.error, TypeError, OverflowError):
+                for (_, param), v in zip(self._scalars, scalars, strict=True):
+                    _check_scalar(param, v)  # raises, naming the argument
+                raise UserArgumentError(f"scalar arguments {scalars!r} do not fit") from None
+            base = ctypes.addressof(packed)
+            for i, offset in self._offsets:
+                packed[i] = base + offset
+        packed.keep = values
         return packed
 
 
