@@ -4,7 +4,7 @@ They are what the renderer should produce for `dequant`, and the yardstick for i
 - every width 1..8 (`u<b>`): each f16x2 output pair is one `prmt` (bring the two codes'
   bytes into the two halves), one LOP3 (mask the codes, OR the magic exponent: a code at bit
   o of a half becomes 2^(10-o) + code) and one HFMA2 (subtract the magic, times the scale);
-  b = 8 needs no mask, b = 7 falls back to funnel shifts where a code sits above bit 3;
+  b = 8 needs no mask, b = 7 reads codes above bit 3 of a byte from a copy shifted down 4 bits;
 - `u4` with `order="interleaved"`: words pre-shuffled on the host (nibble order 0,2,4,6,1,3,
   5,7, as FasterTransformer/Marlin) so a pair is one LOP3 on the word, no prmt;
 - `e2m1` (fp4): even/odd codes are re-spaced so sign and exponent-mantissa sit 6 bits apart
@@ -105,10 +105,41 @@ def _u_pairs(bits: int, interleaved: bool) -> list[tuple[str, tuple[int, int]]]:
             magic = (25 - o_lo) << 10 | (25 - o_hi) << 26
             window = f"prmt(w{i}, {second}, U({sel:#x}))"
             out.append((f"lop3({window}, U({m:#x}), U({magic:#x}), 0xEA)", (o_lo, o_hi)))
-        else:  # a code too high in its byte for the magic: funnel-shift it to bit 0
-            lo, hi = _funnel(p_lo, bits), _funnel(p_hi, bits)
-            out.append((f"({lo} | ({hi} << U(16)) | U(0x64006400))", (0, 0)))
+        else:  # a code too high in its byte: read it from v, the stream shifted down 4 bits
+            out.append(_shifted_pair(p_lo, p_hi, bits))
     return out
+
+
+def _window(pos: int, bits: int, stream: str) -> tuple[list[tuple[str, int]], int] | None:
+    """Bytes (register, byte) holding the code at `pos` of `stream`, and its bit offset."""
+    if pos < 0 or pos % 8 + bits > 10:
+        return None
+    first = pos // 8
+    needed = [first] if pos % 8 + bits <= 8 else [first, first + 1]
+    return [(f"{stream}{i // 4}", i % 4) for i in needed], pos % 8
+
+
+def _shifted_pair(p_lo: int, p_hi: int, bits: int) -> tuple[str, tuple[int, int]]:
+    """A pair whose codes come from w or v (v = w >> 4 across words): one prmt, one lop3."""
+    for lo in (_window(p_lo, bits, "w"), _window(p_lo - 4, bits, "v")):
+        for hi in (_window(p_hi, bits, "w"), _window(p_hi - 4, bits, "v")):
+            if lo is None or hi is None:
+                continue
+            regs = list(dict.fromkeys(reg for reg, _ in lo[0] + hi[0]))
+            if len(regs) > 2:
+                continue
+            slot = {reg: 4 * k for k, reg in enumerate(regs)}
+            lo_n = [slot[r] + j for r, j in lo[0]]
+            hi_n = [slot[r] + j for r, j in hi[0]]
+            nib = [lo_n[0], lo_n[-1], hi_n[0], hi_n[-1]]
+            sel = sum(n << 4 * k for k, n in enumerate(nib))
+            mask = (1 << bits) - 1
+            m = mask << lo[1] | mask << (16 + hi[1])
+            magic = (25 - lo[1]) << 10 | (25 - hi[1]) << 26
+            window = f"prmt({regs[0]}, {regs[-1]}, U({sel:#x}))"
+            return f"lop3({window}, U({m:#x}), U({magic:#x}), 0xEA)", (lo[1], hi[1])
+    lo_val, hi_val = _funnel(p_lo, bits), _funnel(p_hi, bits)  # rare: shift both to bit 0
+    return f"({lo_val} | ({hi_val} << U(16)) | U(0x64006400))", (0, 0)
 
 
 def _funnel(p: int, bits: int) -> str:
@@ -150,6 +181,10 @@ def dequant_source(spec: DequantSpec) -> str:
         bias_of = ["U(0)"] * 16
     else:
         prologue, found = [], _u_pairs(b, spec.order == "interleaved")
+        if any(" v" in e or "(v" in e for e, _ in found):
+            prologue = [
+                f"    v{i} = (w{i} >> U(4)) | (w{i + 1} << U(28))" for i in range(b - 1)
+            ] + [f"    v{b - 1} = w{b - 1} >> U(4)"]
         exprs = [e for e, _ in found]
         keys = sorted({key for _, key in found})
         bias_of = [_bias_name(key) for _, key in found]
