@@ -473,3 +473,32 @@ def test_object_code_round_trips_into_a_fresh_process(tmp_path, saxpy_module):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("ok")
+
+
+EXTERN_IR = """
+declare <8 x float> @llvm.exp.v8f32(<8 x float>)
+@table = internal constant [4 x float] [float 1.0, float 2.0, float 3.0, float 4.0]
+
+; x[0:8] = exp(x + 0.5 + lane), then x[0] = table[2]: a libm call and a constant pool
+define void @expk(ptr %args, i64 %begin, i64 %end) {
+  %px = load ptr, ptr %args
+  %v = load <8 x float>, ptr %px, align 4
+  %c = fadd <8 x float> %v, <float 0.5, float 1.5, float 2.5, float 3.5,
+                             float 4.5, float 5.5, float 6.5, float 7.5>
+  %r = call <8 x float> @llvm.exp.v8f32(<8 x float> %c)
+  %t = load float, ptr getelementptr (float, ptr @table, i64 2)
+  %out = insertelement <8 x float> %r, float %t, i64 0
+  store <8 x float> %out, ptr %px, align 4
+  ret void
+}
+"""
+
+
+def test_loaded_object_resolves_libm_calls_and_constants():
+    module = jit.load_object(jit.object_code(EXTERN_IR, "extern"), "extern")
+    x = np.zeros(8, np.float32)
+    sig = [ArrayArg("x", np.float32, 1, output=True)]
+    GridLauncher(module.address("expk"), 1)(launch.pack_args(sig, [x]))
+    expected = np.exp(np.arange(8, dtype=np.float32) + np.float32(0.5))
+    expected[0] = 3.0
+    np.testing.assert_allclose(x, expected, rtol=1e-6)
