@@ -136,7 +136,10 @@ def parse_file(path: str | Path) -> ast.Module:
 
 
 def decode_source(data: bytes, filename: str) -> str:
-    """UTF-8 text of a .lbk file; invalid bytes are a DSLSyntaxError at their line."""
+    """UTF-8 text of a .lbk file (a leading BOM is dropped); invalid bytes are a
+    DSLSyntaxError at their line."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -494,6 +494,9 @@ def test_parse_file_and_bad_utf8(tmp_path):
     good = tmp_path / "g.lbk"
     good.write_text(GEMV)
     assert parse_file(good).kernels[0].loc.file == str(good)
+    bom = tmp_path / "bom.lbk"
+    bom.write_bytes(b"\xef\xbb\xbfkernel k() {}")
+    assert parse_file(bom).kernels[0].loc.col == 1
     bad = tmp_path / "b.lbk"
     bad.write_bytes(b"kernel k() {\n  a = \xff\n}")
     with pytest.raises(DSLSyntaxError, match="not valid UTF-8") as info:
