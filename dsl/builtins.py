@@ -383,7 +383,11 @@ def _elementwise2(ctx: Ctx, opcode: str, e: A.Call) -> object:
 def _where(ctx: Ctx, e: A.Call) -> Value:
     a = _args(e, ("cond", "a", "b"), 3)
     c = _value(ctx, a["cond"], "cond")
-    x, y = _unify(ctx, ctx.eval(a["a"]), ctx.eval(a["b"]), e.loc)
+    x, y = ctx.eval(a["a"]), ctx.eval(a["b"])
+    if not isinstance(x, Value) and not isinstance(y, Value):  # two literals: f32, i64 or bool
+        dt = "bool" if isinstance(x, bool) else "f32" if float in (type(x), type(y)) else "i64"
+        x = ctx.materialize(x, dt, a["a"].loc)
+    x, y = _unify(ctx, x, y, e.loc)
     return ctx.b.emit("where", c, x, y, loc=e.loc)
 
 

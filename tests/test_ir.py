@@ -111,6 +111,10 @@ def check(body: str) -> Kernel:
 
 def test_the_well_formed_skeleton_verifies_and_round_trips():
     assert_round_trip(check(""))
+    # an if with results (its types come from the branches' yields)
+    assert_round_trip(check('  %6 = lt %4, %4 : bool\n'
+                            "  %7 = if %6 : i64 region() {\n    yield %4\n  } region() {\n"
+                            "    %8 = const {dtype=\"i64\", value=3} : i64\n    yield %8\n  }\n"))
 
 
 REJECTIONS = [
@@ -153,6 +157,9 @@ REJECTIONS = [
      " {\n    yield %8\n  }\n",
      VerifyError, "for: yield types differ from the op's results"),
     ("  yield\n", VerifyError, "yield must be the last op of its region"),
+    ('  %6 = lt %4, %4 : bool\n'
+     "  %7 = if %6 : i64 region() {\n    yield %4\n  } region() {\n    yield %5\n  }\n",
+     VerifyError, "if: yield types differ from the op's results"),
     ('  %6 = lt %4, %4 : bool\n'
      "  if %6 region() {\n    yield\n  }\n",
      VerifyError, "if: needs 2 regions, has 1"),
