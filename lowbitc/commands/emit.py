@@ -1,0 +1,95 @@
+"""`lowbitc emit KERNEL --wtype T --backend llvm|cuda [--arch sm_80] --format FMT`.
+
+KERNEL is a shipped kernel (`matmul`, `dequantize`) or a .lbk path; `--wtype` binds the
+kernel's weight format parameter `W`. Formats: `ir`, `lowered`, `llvm`, `asm`, `stats` (an
+instruction mix of the generated code) and, for the CUDA backend, `ptx`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import re
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+
+from lowbitc.commands.compile import add_define_argument, compile_file, parse_defines
+from lowbitc.compiler import Kernel
+from lowbitc.errors import UserArgumentError
+from lowbitc.ir import walk
+
+NAME = "emit"
+HELP = "print a kernel's IR, lowered IR, LLVM IR, assembly, PTX or code statistics"
+SHIPPED = ("matmul", "dequantize")
+FORMATS = ("ir", "lowered", "llvm", "asm", "ptx", "stats")
+CUDA_MODULE = "lowbitc.backends.numba_cuda.backend"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kernel", metavar="KERNEL",
+                        help=f"a shipped kernel ({', '.join(SHIPPED)}) or a .lbk file")
+    parser.add_argument("--name", metavar="NAME", default=None,
+                        help="which kernel of a .lbk file that defines several")
+    parser.add_argument("--wtype", metavar="T", default=None,
+                        help="weight format for the kernel's W parameter (u4, i3, nf4, ...)")
+    parser.add_argument("--backend", choices=("llvm", "cuda"), default="llvm")
+    parser.add_argument("--arch", default=None, help="CUDA architecture (cuda only), e.g. sm_80")
+    parser.add_argument("--format", choices=FORMATS, default="ir", help="what to print")
+    add_define_argument(parser)
+
+
+def kernel_file(name: str) -> str:
+    """A shipped kernel's path, or name itself if it is a .lbk file."""
+    if name in SHIPPED:
+        return str(resources.files("lowbitc.kernels").joinpath(f"{name}.lbk"))
+    if name.endswith(".lbk") and Path(name).is_file():
+        return name
+    raise UserArgumentError(f"KERNEL: expected one of {', '.join(SHIPPED)} or a .lbk file, "
+                            f"got {name!r}")
+
+
+def cuda_available() -> bool:
+    try:
+        return importlib.util.find_spec(CUDA_MODULE) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def stats(k: Kernel) -> str:
+    """Op counts of the lowered IR and the x86 instruction mix of the LLVM backend's code."""
+    ops = Counter(op.opcode for op in walk(k.lowered.body.ops))
+    lines = [f"kernel {k.name} ({k.backend})",
+             "lowered ops: " + ", ".join(f"{o} {n}" for o, n in sorted(ops.items()))]
+    if k.backend == "llvm":
+        asm = [ln.split()[0] for ln in k.text("asm").splitlines()
+               if ln.startswith("\t") and not ln.strip().startswith((".", "#"))]
+        body = "\n".join(k.text("asm").splitlines())
+        regs = {r: len(re.findall(rf"%{r}mm\d+", body)) for r in ("z", "y", "x")}
+        top = Counter(asm).most_common(12)
+        lines += [f"instructions: {len(asm)} (calls {sum(i.startswith('call') for i in asm)})",
+                  f"vector register uses: zmm {regs['z']}, ymm {regs['y']}, xmm {regs['x']}",
+                  "most common: " + ", ".join(f"{i} {n}" for i, n in top)]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.backend == "cuda" and not cuda_available():
+        raise UserArgumentError("--backend cuda: the CUDA backend is not available yet "
+                                "(use --backend llvm)")
+    if args.arch is not None and args.backend != "cuda":
+        raise UserArgumentError(f"--arch {args.arch}: only the cuda backend takes an arch")
+    if args.format == "ptx" and args.backend != "cuda":
+        raise UserArgumentError("--format ptx: PTX comes from --backend cuda")
+    params = parse_defines(args.defines)
+    if args.wtype is not None:
+        params["W"] = args.wtype
+    compiled = compile_file(kernel_file(args.kernel), args.name, params, backend=args.backend)
+    if len(compiled) != 1:
+        raise UserArgumentError(f"KERNEL: {args.kernel} defines several kernels ("
+                                + ", ".join(k.name for k, _ in compiled) + "); pick one with "
+                                "--name")
+    k = compiled[0][0]
+    text = stats(k) if args.format == "stats" else k.text(args.format)
+    print(text, end="" if text.endswith("\n") else "\n")
+    return 0
