@@ -63,8 +63,10 @@ def _check_qtensor(qw: object) -> QTensor:
 def matmul_params(M: int, qw: QTensor, act: str) -> dict:
     """Default tile parameters by problem shape (GEMV for M = 1, GEMM tiles otherwise)."""
     bm = 1 if M == 1 else 4 if M <= 4 else 16
-    return {"W": qw.dtype.name, "A": act, "BM": bm, "BN": 32, "BK": 64,
-            "ZP": qw.zeros is not None}
+    # scaling after the dot needs sum |code value * x| to stay far inside f32's range
+    early = float(np.max(np.abs(qw.dtype.values()[np.isfinite(qw.dtype.values())]))) > 2.0**40
+    return {"W": qw.dtype, "A": act, "BM": bm, "BN": 32, "BK": 64,
+            "ZP": qw.zeros is not None, "EARLY": early}
 
 
 def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm") -> np.ndarray:
@@ -99,7 +101,7 @@ def dequantize(qw: QTensor, backend: str = "llvm") -> np.ndarray:
     y = np.empty((N, K), np.float32)
     if N == 0 or K == 0:
         return y
-    params = {"W": qw.dtype.name, "ZP": qw.zeros is not None}
+    params = {"W": qw.dtype, "ZP": qw.zeros is not None}
     k = get_kernel("dequantize", backend, **params)
     zeros = qw.zeros if qw.zeros is not None else _NO_ZEROS
     k(weight_storage(qw), qw.scales, zeros, y, qw.group_size, K=K)

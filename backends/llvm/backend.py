@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lowbitc.cache import CacheKey, default_cache
 from lowbitc.interp import grid_of_bound
 from lowbitc.ir.core import Kernel
 from lowbitc.ir.types import TensorType
@@ -18,13 +19,25 @@ from lowbitc.signature import storage_dtype
 _SCALAR_KIND = {"i64": "i64", "i32": "i32", "f32": "f32", "f64": "f64"}
 
 
+def _load(llvm_ir: str, symbol: str) -> jit.CompiledModule:
+    """JIT the module, reusing object code from the persistent cache when it has it (the key
+    covers the IR text, the host CPU and features, toolchain versions and lowbitc's codegen)."""
+    cache = default_cache()
+    if cache is None:
+        return jit.compile_ir(llvm_ir, symbol)
+    key = CacheKey.make(llvm_ir, {"symbol": symbol}, backend="llvm",
+                        target=jit.host_target_id())
+    obj = cache.get_or_build(key, lambda: jit.object_code(llvm_ir, symbol))
+    return jit.load_object(obj, symbol)
+
+
 class Executable:
     """A JIT-compiled kernel: checks and binds arguments, evaluates the grid, launches."""
 
     def __init__(self, k: Kernel, llvm_ir: str, symbol: str):
         self.k = k
         self.llvm_ir = llvm_ir
-        self.module = jit.compile_ir(llvm_ir, symbol)
+        self.module = _load(llvm_ir, symbol)
         sig = []
         for p in k.params:
             if isinstance(p.type, TensorType):

@@ -1,0 +1,91 @@
+"""lowbitc.ops on every DESIGN.md format: odd shapes, partial groups, zero points, activation
+dtypes; against a float64 reference and (dequantize) bit for bit against QTensor.dequantize."""
+
+import numpy as np
+import pytest
+
+import lowbitc
+from lowbitc import ops
+from lowbitc.errors import UserArgumentError
+from lowbitc.ir.types import numpy_dtype
+from lowbitc.quant import quantize
+
+FORMATS = sorted(lowbitc.dtypes())
+N, K, GROUP = 37, 200, 64  # N, K not multiples of any tile; K % GROUP != 0
+
+
+def _qw(name: str, seed: int = 0, n: int = N, k: int = K, group: int = GROUP):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    zp = lowbitc.dtype(name).kind == "uint" and name != "u1"
+    return quantize(w, name, group, zero_point=zp)
+
+
+def _check_matmul(qw, m: int, dtype=np.float32, seed: int = 1) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, qw.shape[1])).astype(dtype)
+    ref = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
+    y = ops.matmul(x, qw)
+    assert y.dtype == np.float32 and y.shape == (m, qw.shape[0])
+    scale = max(np.abs(ref).max(), 1e-30)
+    assert np.abs(y - ref).max() / scale < 2e-5, f"{qw.dtype.name} M={m}"
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_dequantize_bit_exact(name):
+    qw = _qw(name)
+    got = ops.dequantize(qw)
+    want = qw.dequantize()
+    assert got.shape == want.shape
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize("m", [1, 17])
+def test_matmul_every_format(name, m):
+    _check_matmul(_qw(name), m)
+
+
+@pytest.mark.parametrize("name", ["u4", "i3", "f4e2m1fn", "nf4", "b2"])
+def test_matmul_m3_and_other_groups(name):
+    for n, k, g in [(5, 33, 7), (64, 256, 128), (3, 1, 1)]:
+        _check_matmul(_qw(name, n=n, k=k, group=g), 3)
+
+
+@pytest.mark.parametrize("act", [np.float16, "bf16"])
+def test_half_activations(act):
+    dtype = numpy_dtype(act) if isinstance(act, str) else act
+    _check_matmul(_qw("u4"), 3, dtype=dtype)
+
+
+def test_codebook_weights():
+    cb = lowbitc.codebook(np.linspace(-1, 1, 8).astype(np.float32), name="lin8_ops")
+    qw = quantize(np.random.default_rng(3).standard_normal((N, K)).astype(np.float32), cb, GROUP)
+    _check_matmul(qw, 2)
+    assert np.array_equal(ops.dequantize(qw), qw.dequantize())
+
+
+def test_mx_and_nv_scales():
+    w = np.random.default_rng(4).standard_normal((N, K)).astype(np.float32)
+    for fmt, sd, g in [("f4e2m1fn", "f8e8m0fnu", 32), ("f4e2m1fn", "f8e4m3fn", 16)]:
+        qw = quantize(w, fmt, g, scale_dtype=sd)
+        _check_matmul(qw, 1)
+
+
+def test_bad_arguments():
+    qw = _qw("u4")
+    with pytest.raises(UserArgumentError, match="x: expected K = 200"):
+        ops.matmul(np.zeros((1, 199), np.float32), qw)
+    with pytest.raises(UserArgumentError, match="x: expected float32"):
+        ops.matmul(np.zeros((1, K), np.float64), qw)
+    with pytest.raises(UserArgumentError, match="x: expected a 2-D"):
+        ops.matmul(np.zeros((K,), np.float32), qw)
+    with pytest.raises(UserArgumentError, match="qw: expected a lowbitc QTensor"):
+        ops.matmul(np.zeros((1, K), np.float32), "u4")
+
+
+def test_non_contiguous_activations_are_accepted():
+    qw = _qw("u4")
+    x = np.random.default_rng(5).standard_normal((K, 4)).astype(np.float32).T  # F-order view
+    ref = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
+    assert np.allclose(ops.matmul(x, qw), ref, rtol=1e-4, atol=1e-4)
