@@ -80,6 +80,8 @@ def test_copy_baseline_copies_every_byte():
         base.fn()
         assert base.bytes_moved == 2 * (1 << 16)
     assert baselines.copy_bandwidth(nbytes=1 << 20, threads=2, repeat=2) > 0
+    bw = baselines.copy_bandwidths(nbytes=1 << 20, repeat=2)
+    assert bw["best"] == max(bw["1_thread"], bw["2_threads"]) > 0
 
 
 def test_numpy_gemm_baseline_computes_x_wt():
