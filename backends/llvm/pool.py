@@ -1,10 +1,11 @@
 """Thread pools for grid launches; the default one is LLVM IR, JIT-compiled on first use.
 
 Python-level pools pay several GIL hand-offs per launch (about 20-30 us here); this pool
-costs one ctypes call. Workers are pthreads that spin on a generation counter for a short
-while after each job (so back-to-back launches find them awake) and then sleep on a futex.
-Each worker has its own wake word, bumped only when a launch wants it; all threads, the
-launching one included, claim parts from one atomic counter. Linux x86-64 only; elsewhere
+costs one ctypes call (~1-3 us more than a single-threaded call). Workers are pthreads that
+spin on their own wake word for a short while after each job (so back-to-back launches find
+them awake), then sleep on it with a futex; a launch bumps the words of the workers it wants.
+All threads, the launching one included, claim parts from one atomic counter, so a worker
+that is slow to wake costs parallelism, never latency. Linux x86-64 only; elsewhere
 `available()` is False and callers fall back to the Python pool.
 """
 
