@@ -1,0 +1,90 @@
+"""Fuzz the whole compiler with mutated kernels: token deletes, duplicates, swaps, number and
+name changes applied to the shipped and example kernels, run through `lowbitc.compile`.
+The only exceptions allowed are LowbitcError subclasses (UserArgumentError among them);
+anything else (AttributeError, KeyError, an llvmlite RuntimeError, ...) is a compiler bug."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lowbitc.compiler import compile
+from lowbitc.errors import LowbitcError
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = sorted([*(ROOT / "lowbitc" / "kernels").glob("*.lbk"), *(ROOT / "examples").glob("*.lbk")])
+TEXTS = {p.name: p.read_text() for p in SOURCES}
+
+# names, numbers, multi-character operators, single characters, newlines (comments dropped)
+_TOKEN = re.compile(r"#[^\n]*|[A-Za-z_]\w*|\d+\.\d*|\d+|:\+|//|<<|>>|==|!=|<=|>=|[-+*/]=|\n|\S")
+NUMBERS = ("0", "1", "2", "3", "5", "17", "33", "64", "0.5", "-1")
+EXTRA = ("(", ")", "[", "]", "{", "}", ",", ":+", ":", "=", "+", "*", "/", "<", "==", "and",
+         "not", "if", "for", "in", "range", "static_range", "return", "load", "store", "cast",
+         "f32", "u4", "i3", "nf4", "f16", "dot", "sum", "where", "reshape", "transpose",
+         "block", ".", "x", "true", "1e400")
+
+
+def tokens(text: str) -> list[str]:
+    return [t for t in _TOKEN.findall(text) if not t.startswith("#")]
+
+
+def join(toks: list[str]) -> str:
+    return " ".join(toks).replace(" \n ", "\n")
+
+
+TOKEN_EDITS = ("delete", "duplicate", "swap", "number", "name", "insert")
+VALUE_EDITS = ("number", "name")  # keep the syntax, change the meaning
+FORMATS = ("u4", "u3", "i2", "b1", "f6e3m2", "f8e4m3fn", "f8e8m0fnu", "nf4", "u8", "f16")
+
+
+@st.composite
+def mutated(draw, edits: tuple[str, ...] = TOKEN_EDITS) -> str:
+    toks = tokens(TEXTS[draw(st.sampled_from(sorted(TEXTS)))])
+    names = sorted({t for t in toks if t[0].isalpha() or t[0] == "_"})
+    for _ in range(draw(st.integers(1, 3))):
+        i = draw(st.integers(0, len(toks) - 1))
+        kind = draw(st.sampled_from(edits))
+        if kind == "delete":
+            del toks[i]
+        elif kind == "duplicate":
+            toks.insert(i, toks[i])
+        elif kind == "swap" and i + 1 < len(toks):
+            toks[i], toks[i + 1] = toks[i + 1], toks[i]
+        elif kind == "number":
+            nums = [j for j, t in enumerate(toks) if t[0].isdigit()]
+            if nums:
+                toks[draw(st.sampled_from(nums))] = draw(st.sampled_from(NUMBERS))
+        elif kind == "name":
+            spots = [j for j, t in enumerate(toks) if t in names]
+            toks[draw(st.sampled_from(spots))] = draw(st.sampled_from(names))
+        else:
+            toks.insert(i, draw(st.sampled_from(EXTRA)))
+    return join(toks)
+
+
+def compile_or_reject(source: str, **params) -> None:
+    try:
+        compile(source, **params)
+    except LowbitcError:
+        pass  # a clean rejection (DSL, verify, lowering, backend or user-argument error)
+
+
+def test_unmutated_token_streams_still_compile():
+    for name, text in TEXTS.items():
+        compile(join(tokens(text)))  # the tokenizer round trip keeps every kernel valid
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated())
+def test_mutated_kernels_fail_only_with_lowbitc_errors(source):
+    compile_or_reject(source)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated(VALUE_EDITS), st.sampled_from(FORMATS))
+def test_kernels_with_changed_numbers_and_names_fail_only_with_lowbitc_errors(source, wtype):
+    params = {"W": wtype} if "W: dtype" in source else {}
+    compile_or_reject(source, **params)
