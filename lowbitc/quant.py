@@ -260,8 +260,8 @@ def _pick(cand: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _search_symmetric(fmt: Format, sfmt: Format, wg: np.ndarray):
     """Best scale per group wg[M, gs] over the clipping grid, then a finer grid around it."""
     amax = np.abs(wg).max(axis=1).astype(np.float64)
-    t = fmt.values()
-    vmax = float(np.abs(t[np.isfinite(t)]).max())
+    lo, hi = fmt.min, fmt.max  # the largest magnitude reachable on both sides, if any
+    vmax = min(hi, -lo) if lo < 0 < hi else max(hi, -lo)
     s0 = np.where(amax > 0, amax / vmax, 2.0**-20)
     uniform = fmt.kind in ("uint", "int", "bipolar")
     coarse, fine = (COARSE, FINE) if uniform else (COARSE[1::2], FINE[::2])
