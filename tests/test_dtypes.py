@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import json
 from fractions import Fraction
 
 import ml_dtypes
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lowbitc
+from lowbitc.cli import main
 from lowbitc.dtypes import NF4, TABLE_MIN_SIZE, FloatFormat
 
 ML = {  # our name -> ml_dtypes type
@@ -328,3 +330,19 @@ def test_bad_codes_and_inputs():
             lowbitc.dtype(name).encode(np.array([1.0, np.nan]))
     with pytest.raises(TypeError, match="dtype"):
         lowbitc.dtype(4)
+
+
+# ---------------------------------------------------------------- `lowbitc formats`
+def test_formats_command(capsys):
+    assert main(["formats"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["name", "bits", "kind", "min"]
+    rows = {ln.split()[0]: ln.split() for ln in lines[1:]}
+    assert set(rows) == set(ALL)
+    assert rows["f8e4m3fn"][1:7] == ["8", "float", "-448", "448", "0.015625", "0.001953125"]
+    assert rows["u3"][1:5] == ["3", "uint", "0", "7"] and rows["b2"][3:5] == ["-3", "3"]
+    assert "NaN = 0x80" in " ".join(rows["f8e5m2fnuz"]) and "IEEE" in rows["f8e5m2"][7]
+    assert rows["nf4"][2] == "codebook"
+    assert main(["formats", "--json", "--all"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {r["name"]: r["max"] for r in data}["f16"] == 65504.0
