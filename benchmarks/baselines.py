@@ -17,7 +17,7 @@ try:
 except ImportError:  # the torch baseline is optional
     torch = None
 
-from benchmarks.harness import timeit
+from .harness import timeit
 
 __all__ = [
     "Baseline",
