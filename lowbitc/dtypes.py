@@ -67,16 +67,19 @@ class _Format:
 
     def decode(self, codes) -> np.ndarray:
         """float32 values of `codes` (an integer array of codes of this format)."""
-        return _table(self)[_check_codes(self, codes)]
+        return np.asarray(_table(self)[_check_codes(self, codes)])
 
     def encode(self, x) -> np.ndarray:
-        """Codes of the float array `x`: RNE, saturating, NaN to the NaN code (else ValueError)."""
+        """Codes of the float array `x`: RNE, saturating, NaN to the NaN code (else ValueError).
+
+        Returns an array of x's shape: uint8 (uint16/uint32 for f16, bf16 and f32)."""
         x = _as_float(x, "x")
         if not self.has_nan:
             _reject_nan(self, x)
+        flat = x.reshape(-1)
         if self.bits <= 8 and x.size >= TABLE_MIN_SIZE:
-            return _encode_by_table(self, x)
-        return self._encode_exact(x)
+            return _encode_by_table(self, flat).reshape(x.shape)
+        return np.asarray(self._encode_exact(flat)).reshape(x.shape)
 
     def _finite(self) -> np.ndarray:
         t = _table(self)
@@ -213,7 +216,7 @@ class FloatFormat(_Format):
     def decode(self, codes) -> np.ndarray:
         if self.bits == 32:
             return _check_codes(self, codes).astype(np.uint32).view(np.float32)
-        return _table(self)[_check_codes(self, codes)]
+        return np.asarray(_table(self)[_check_codes(self, codes)])
 
     def _encode_exact(self, x: np.ndarray) -> np.ndarray:
         """Codes (uint8; uint16/uint32 for the 16/32-bit formats) of NaN-checked `x`."""

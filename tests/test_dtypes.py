@@ -346,3 +346,15 @@ def test_formats_command(capsys):
     assert main(["formats", "--json", "--all"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {r["name"]: r["max"] for r in data}["f16"] == 65504.0
+
+
+@pytest.mark.parametrize("name", ["f8e4m3fn", "u4", "b3", "nf4", "f16", "f32"])
+def test_shapes_are_kept(name):
+    fmt = lowbitc.dtype(name)
+    assert fmt.encode(1.25).shape == () and fmt.decode(np.array(1)).shape == ()
+    x = np.linspace(-2, 2, 24, dtype=np.float32).reshape(2, 3, 4)
+    assert fmt.encode(x).shape == (2, 3, 4)
+    assert np.array_equal(fmt.encode(x[:, ::2].T), fmt.encode(x)[:, ::2].T)  # strided input
+    big = np.tile(x, (TABLE_MIN_SIZE // 24 + 1, 1, 1))
+    assert np.array_equal(fmt.encode(big)[:2], fmt.encode(x))
+    assert fmt.decode(fmt.encode(x)).shape == (2, 3, 4)
