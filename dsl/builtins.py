@@ -6,6 +6,7 @@ Python, runtime ones become ops. Literals take the dtype of the value they meet.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,6 +168,9 @@ def binop(ctx: Ctx, e: A.BinOp | A.Compare | A.BoolOp) -> object:
     if not isinstance(a, Value) and not isinstance(b, Value):
         if e.op in ("/", "//"):
             return _py_div(a, b, e.op, e.loc)
+        if e.op == "%":  # C's remainder, as at run time: the sign of the dividend
+            q = _py_div(a, b, "/", e.loc)
+            return a - b * q if isinstance(q, int) else math.fmod(a, b)
         if e.op in _PY_CMP:
             return _PY_CMP[e.op](a, b)
         if e.op in ("and", "or"):

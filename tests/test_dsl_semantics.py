@@ -77,14 +77,20 @@ def test_integer_division_and_remainder_truncate_toward_zero():
           exact=True)
 
 
-def test_compile_time_arithmetic_folds_like_python_except_truncating_division():
+def test_compile_time_arithmetic_folds_like_run_time_arithmetic():
     src = """kernel k[A: int = -7, B: int = 2](y: i64[8]) {
   store(y[0 :+ 8], arange(8) * 0 + (A / B) * 100 + A % B + (A << 2) - (A & 3) + cdiv(7, B))
 }"""
     k = check(src, [np.zeros(8, np.int64)],
-              {0: np.full(8, -3 * 100 + (-7 % 2) + (-7 << 2) - (-7 & 3) + 4, np.int64)},
+              {0: np.full(8, -3 * 100 + (-1) + (-7 << 2) - (-7 & 3) + 4, np.int64)},
               exact=True)
     assert not any(op.opcode == "div" for op in walk(k.ir.body.ops))
+    # the same expression at run time gives the same value (C's / and %, not Python's)
+    rt = """kernel k(y: i64[8], a: int, b: int) {
+  store(y[0 :+ 8], arange(8) * 0 + (a / b) * 100 + a % b + (a << 2) - (a & 3) + cdiv(7, b))
+}"""
+    check(rt, [np.zeros(8, np.int64), -7, 2], {0: np.full(8, -300 - 1 - 28 - 1 + 4, np.int64)},
+          exact=True)
 
 
 def test_unary_math_functions():
