@@ -1,28 +1,48 @@
 """`lowbitc.compile`: .lbk source -> parse -> lower (with compile-time params) -> passes ->
-backend. The result is a `Kernel` callable on numpy arrays."""
+backend. The result is a `Kernel` callable on numpy arrays.
+
+Compiled kernels persist in the compile cache (`lowbitc.cache`, `LOWBITC_NO_CACHE=1` turns it
+off). The key covers the source text and every file it imports, the parameters (code-book
+formats by their values), the backend and target, the toolchain and lowbitc's codegen hash.
+An entry holds the tile IR before and after the passes as printed text (the IR parser reads
+it back exactly) and what the backend's `save` returns to rebuild its executable from object
+code, so a cache hit neither imports the DSL front end nor runs a pass or LLVM.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lowbitc.dsl import ast as A
-from lowbitc.dsl.lower import lower_kernel
-from lowbitc.dsl.modules import load_module, load_source
-from lowbitc.errors import DSLNameError, UserArgumentError
+from lowbitc.backends import get_backend
+from lowbitc.cache import CacheKey, CacheWarning, default_cache
+from lowbitc.errors import DSLNameError, LowbitcError, UserArgumentError
+from lowbitc.formats import register as register_format
 from lowbitc.interp import run as interpret
 from lowbitc.ir.core import Kernel as IRKernel
+from lowbitc.ir.parser import parse as parse_ir
 from lowbitc.ir.printer import print_kernel
-from lowbitc.passes import run_pipeline
-from lowbitc.backends import get_backend
+
+if TYPE_CHECKING:
+    from lowbitc.dsl import ast as A
+
+ARTIFACT_VERSION = 1
+# `import "path"` anywhere in the text (comments too: a superset only widens the key)
+_IMPORT = re.compile(r'\bimport\s*"([^"\\\n]*)"')
 
 
 def load(source_or_path: str | Path) -> tuple[A.Module, str]:
     """Parse a .lbk file (a path) or source text; returns the module and its source text."""
-    if isinstance(source_or_path, Path) or (
-        isinstance(source_or_path, str) and source_or_path.endswith(".lbk")
-        and "\n" not in source_or_path
-    ):
+    # the front end (Lark) loads on first use: a cache hit never needs it
+    from lowbitc.dsl.modules import load_module, load_source
+
+    if _is_path(source_or_path):
         path = Path(source_or_path)
         return load_module(path), path.read_text(encoding="utf-8")
     if not isinstance(source_or_path, str):
@@ -80,11 +100,134 @@ class Kernel:
 
 def compile(source_or_path: str | Path, backend: str = "llvm", kernel: str | None = None,
             **params) -> Kernel:
-    """Compile a .lbk kernel for `backend` with compile-time `params` (defaults fill the rest)."""
+    """Compile a .lbk kernel for `backend` with compile-time `params` (defaults fill the rest).
+
+    Served from the persistent compile cache when an identical compile was done before (in any
+    process); concurrent processes missing the same key build it once.
+    """
     be = get_backend(backend)
+    cache = default_cache() if hasattr(be, "save") and hasattr(be, "load") else None
+    src = _read(source_or_path) if cache is not None else None
+    key = _key(src, backend, kernel, params) if src is not None else None
+    if key is None:
+        return _build(source_or_path, be, backend, kernel, params)
+    built: list[Kernel] = []
+
+    def build() -> bytes:
+        built.append(_build(source_or_path, be, backend, kernel, params))
+        return _artifact(built[0], be)
+
+    data = cache.get_or_build(key, build, kind="kernel")
+    if built:
+        return built[0]
+    k = _from_artifact(data, be, backend, src.text, params)
+    if k is None:  # unusable entry (it passed its checksum, so written by other code): replace
+        warnings.warn(f"lowbitc cache {cache.path}: the cached {backend} kernel {key.digest[:16]} "
+                      "could not be loaded; rebuilding it", CacheWarning, stacklevel=2)
+        k = _build(source_or_path, be, backend, kernel, params)
+        cache.put(key, _artifact(k, be), kind="kernel")
+    return k
+
+
+def _build(source_or_path: str | Path, be, backend: str, kernel: str | None,
+           params: dict) -> Kernel:
+    """The uncached compile: parse, lower, run the backend's pipeline, compile."""
+    from lowbitc.dsl.lower import lower_kernel  # front end and passes load on first use
+    from lowbitc.passes import run_pipeline
+
     module, source = load(source_or_path)
     ast_kernel = pick_kernel(module, kernel)
     ir = lower_kernel(module, ast_kernel, params)
     lowered = run_pipeline(ir, be.pipeline)
     exe = be.compile(lowered)
     return Kernel(ir.name, backend, ir, lowered, source, dict(params), exe)
+
+
+# ---- the compile cache -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Source:
+    text: str
+    filename: str
+    base: Path  # imports resolve against it
+
+
+def _is_path(source_or_path: object) -> bool:
+    return isinstance(source_or_path, Path) or (
+        isinstance(source_or_path, str) and source_or_path.endswith(".lbk")
+        and "\n" not in source_or_path
+    )
+
+
+def _read(source_or_path: object) -> _Source | None:
+    """The text `load` would parse, or None where only `load` can say what is wrong."""
+    if not _is_path(source_or_path):
+        if not isinstance(source_or_path, str):
+            return None
+        return _Source(source_or_path, "<string>", Path.cwd())
+    path = Path(source_or_path)
+    try:
+        data = path.read_bytes()
+        text = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return _Source(text, os.path.realpath(path), path.parent)
+
+
+def merged_source(text: str, base: Path) -> str:
+    """`text` followed by the path and sha256 of every file it imports, transitively: what a
+    compile of `text` depends on (an import that cannot be read is named as missing)."""
+    parts, seen = [text], set()
+    pending = [(text, base)]
+    while pending:
+        body, where = pending.pop()
+        for rel in _IMPORT.findall(body):
+            path = Path(os.path.realpath(where / rel))
+            if path in seen:
+                continue
+            seen.add(path)
+            try:
+                data = path.read_bytes()
+            except OSError:
+                parts.append(f"\n#import {path} missing")
+                continue
+            parts.append(f"\n#import {path} sha256:{hashlib.sha256(data).hexdigest()}")
+            pending.append((data.decode("utf-8", "replace"), path.parent))
+    return "".join(parts)
+
+
+def _key(src: _Source, backend: str, kernel: str | None, params: dict) -> CacheKey | None:
+    """The compile cache key, or None when params are not plain data (then no caching)."""
+    try:
+        return CacheKey.make(merged_source(src.text, src.base),
+                             {"file": src.filename, "kernel": kernel, "params": params},
+                             backend=backend)
+    except UserArgumentError:
+        return None
+
+
+def _artifact(k: Kernel, be) -> bytes:
+    """One JSON header line (name, both IR texts, the backend's data), then its blob."""
+    meta, blob = be.save(k._exe)
+    head = {"version": ARTIFACT_VERSION, "name": k.name, "ir": print_kernel(k.ir),
+            "lowered": print_kernel(k.lowered), "backend": meta}
+    return json.dumps(head, separators=(",", ":")).encode() + b"\n" + bytes(blob)
+
+
+def _from_artifact(data: bytes, be, backend: str, source: str, params: dict) -> Kernel | None:
+    """The Kernel an artifact describes, or None if it is not one this code wrote."""
+    line, _, blob = data.partition(b"\n")
+    try:
+        head = json.loads(line)
+        if not isinstance(head, dict) or head.get("version") != ARTIFACT_VERSION:
+            return None
+        for value in params.values():  # the IR names code books; lowering registered them
+            if getattr(value, "kind", None) == "codebook":
+                register_format(value)
+        ir = parse_ir(head["ir"], "<cached ir>")
+        lowered = parse_ir(head["lowered"], "<cached ir>")
+        exe = be.load(lowered, head["backend"], blob)
+    except (ValueError, KeyError, TypeError, LowbitcError):
+        return None
+    return Kernel(head["name"], backend, ir, lowered, source, dict(params), exe)

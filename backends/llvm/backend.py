@@ -34,10 +34,11 @@ def _load(llvm_ir: str, symbol: str) -> jit.CompiledModule:
 class Executable:
     """A JIT-compiled kernel: checks and binds arguments, evaluates the grid, launches."""
 
-    def __init__(self, k: Kernel, llvm_ir: str, symbol: str):
+    def __init__(self, k: Kernel, llvm_ir: str, symbol: str,
+                 module: jit.CompiledModule | None = None):
         self.k = k
         self.llvm_ir = llvm_ir
-        self.module = _load(llvm_ir, symbol)
+        self.module = module if module is not None else _load(llvm_ir, symbol)
         sig = []
         for p in k.params:
             if isinstance(p.type, TensorType):
@@ -74,6 +75,17 @@ class LLVMBackend:
     def compile(self, k: Kernel) -> Executable:
         r = render(k)
         return Executable(k, r.text, r.name)
+
+    def save(self, exe: Executable) -> tuple[dict, bytes]:
+        """What `load` needs to rebuild `exe` (for lowbitc.compile's cache): JSON-able data
+        (the symbol, the LLVM IR text for `text("llvm")`) and the object code."""
+        return {"symbol": exe.module.name, "llvm": exe.llvm_ir}, exe.module.object_code
+
+    def load(self, k: Kernel, meta: dict, obj: bytes) -> Executable:
+        """The Executable that `save` described, from its object code: no rendering and no
+        LLVM passes. A bad `meta` or `obj` raises BackendError/KeyError."""
+        symbol = meta["symbol"]
+        return Executable(k, meta["llvm"], symbol, jit.load_object(obj, symbol))
 
 
 BACKEND = LLVMBackend()
