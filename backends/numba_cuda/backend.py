@@ -1,0 +1,123 @@
+"""The numba-cuda backend: `emit` renders Python source (pure), `compile` jit-compiles it with
+numba-cuda (on a GPU, or in Numba's CUDA simulator under NUMBA_ENABLE_CUDASIM=1) and returns
+an `Executable` that takes numpy arrays (copied to and from the device) or device arrays
+(anything with `__cuda_array_interface__`, torch CUDA tensors included)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from lowbitc.backends.numba_cuda import toolchain
+from lowbitc.backends.numba_cuda.render import Rendered, render
+
+from lowbitc.errors import UserArgumentError
+from lowbitc.interp import grid_of_bound
+from lowbitc.ir.core import Kernel, walk
+from lowbitc.ir.types import TensorType
+from lowbitc.passes import CPU_PIPELINE
+from lowbitc.signature import bind
+
+_SCALAR = {"i64": np.int64, "i32": np.int32, "f32": np.float32, "f64": np.float64}
+
+
+def _shape_proxy(a: object) -> np.ndarray:
+    """A numpy array with a device array's dtype and shape (no memory) for argument checks."""
+    cai = a.__cuda_array_interface__
+    dtype, shape = np.dtype(cai["typestr"]), tuple(cai["shape"])
+    if cai.get("strides") is not None:
+        want = np.empty((0,), dtype).itemsize * np.array([int(np.prod(shape[i + 1:]))
+                                                         for i in range(len(shape))])
+        if tuple(cai["strides"]) != tuple(int(s) for s in want):
+            raise UserArgumentError("device array arguments must be C-contiguous")
+    strides = tuple(dtype.itemsize * int(np.prod(shape[i + 1:])) for i in range(len(shape)))
+    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, strides)
+
+
+class Executable:
+    """A compiled kernel: checks and binds arguments, evaluates the grid on the host,
+    launches one CUDA block of `threads` threads per grid block."""
+
+    def __init__(self, k: Kernel, rendered: Rendered, threads: int):
+        from numba import cuda
+
+        self.k = k
+        self.rendered = rendered
+        self.threads = threads
+        self.kernel = cuda.jit(toolchain.load_source(rendered.source, rendered.name))
+        stored = {op.operands[0].id for op in walk(k.body.ops) if op.opcode == "store"}
+        self.outputs = {p.name for p in k.params if p.id in stored}
+
+    def __call__(self, *args, **kwargs) -> None:
+        from numba import cuda
+
+        names = [p.name for p in self.k.params]
+        given = dict(zip(names, args, strict=False))
+        given |= {n: v for n, v in kwargs.items() if n in names}
+        dims = {n: v for n, v in kwargs.items() if n not in names}
+        checked = {n: (_shape_proxy(v) if not isinstance(v, np.ndarray)
+                       and hasattr(v, "__cuda_array_interface__") else v)
+                   for n, v in given.items()}
+        b = bind(self.k, (), checked | dims)
+        gx, gy, gz = grid_of_bound(self.k, b)
+        launch, copies = [], []
+        for p in self.k.params:
+            v = given[p.name]
+            if not isinstance(p.type, TensorType):
+                launch.append(_SCALAR[p.type.dtype](b.values[p.name]))
+            elif isinstance(v, np.ndarray):
+                d = cuda.to_device(v)
+                launch.append(d)
+                if p.name in self.outputs:
+                    copies.append((d, v))
+            else:
+                launch.append(cuda.as_cuda_array(v))
+        launch += [np.int64(b.dims[d.name]) for d in self.k.dims]
+        if gx * gy * gz == 0:
+            return
+        self.kernel[(gx, gy, gz), self.threads](*launch)
+        for d, host in copies:
+            d.copy_to_host(host)
+
+    def text(self, stage: str) -> str:
+        if stage == "python":
+            return self.rendered.source
+        if stage == "ptx":
+            return toolchain.ptx_for(self.rendered.source, self.rendered.signature,
+                                     name=self.rendered.name)
+        raise ValueError(f"stage: expected ir, lowered, python or ptx, got {stage!r}")
+
+
+@dataclass(frozen=True)
+class CudaBackend:
+    """`threads`: CUDA block size when the kernel has no `threads` clause (or says 1);
+    `sim_threads` replaces it in the simulator, where every thread is a Python thread."""
+
+    name: str = "cuda"
+    pipeline: tuple[str, ...] = CPU_PIPELINE
+    threads: int = 128
+    sim_threads: int = 16
+
+    def emit(self, k: Kernel) -> str:
+        return render(k).source
+
+    def rendered(self, k: Kernel) -> Rendered:
+        return render(k)
+
+    def block_size(self, k: Kernel) -> int:
+        from numba.cuda import config
+
+        if k.threads > 1:
+            return k.threads
+        return self.sim_threads if config.ENABLE_CUDASIM else self.threads
+
+    def ptx(self, k: Kernel, arch: str = "sm_80") -> str:
+        """Standalone PTX (fp16 shims linked in) with one `.entry`."""
+        r = render(k)
+        return toolchain.ptx_for(r.source, r.signature, arch, name=r.name)
+
+    def compile(self, k: Kernel) -> Executable:
+        return Executable(k, render(k), self.block_size(k))
+
+
+BACKEND = CudaBackend()

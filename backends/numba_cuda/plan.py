@@ -1,0 +1,62 @@
+"""Which tiles the CUDA renderer materializes in shared memory, decided before rendering.
+
+Tiles are lazy by default: an element is computed where a consumer (a store, a dot, a
+reduction, a loop-carried update) needs it, so a whole dequantize chain fuses into the loop
+that stores it. A tile is materialized (written once per block to shared memory, then read)
+when:
+- it feeds `dot` (through reshape/transpose/broadcast views): every output element reads a
+  row and a column, so recomputing would repeat the decode BM or BN times; the base of the
+  view chain is stored, so global reads stay coalesced;
+- it is a `load` of a tensor that the kernel also stores to (a lazy read could move past the
+  store).
+Results of dot, reduce, for and if are always buffers, as are loop-carried tiles.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from lowbitc.ir.core import Kernel, Op, walk
+from lowbitc.ir.types import TileType
+
+VIEWS = frozenset({"reshape", "transpose", "broadcast"})
+BUFFER_RESULTS = frozenset({"dot", "reduce", "for", "if"})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """`materialize`: tile value ids stored at their definition; `uses`: operand counts."""
+
+    materialize: frozenset[int]
+    uses: Counter
+
+
+def make_plan(k: Kernel) -> Plan:
+    defs: dict[int, Op] = {}
+    region_args: set[int] = set()
+    stored: set[int] = set()
+    uses: Counter = Counter()
+    for op in walk(k.body.ops):
+        for r in op.results:
+            defs[r.id] = op
+        for reg in op.regions:
+            region_args.update(a.id for a in reg.args)
+        uses.update(v.id for v in op.operands)
+        if op.opcode == "store":
+            stored.add(op.operands[0].id)
+    marked: set[int] = set()
+    for op in walk(k.body.ops):
+        if op.opcode == "dot":
+            for v in op.operands[:2]:
+                base = v
+                while base.id in defs and defs[base.id].opcode in VIEWS:
+                    base = defs[base.id].operands[0]
+                d = defs.get(base.id)
+                if base.id in region_args or d is None or d.opcode in BUFFER_RESULTS:
+                    continue
+                marked.add(base.id)
+        if op.opcode in ("load", "load_codes") and op.operands[0].id in stored:
+            if isinstance(op.results[0].type, TileType):
+                marked.add(op.results[0].id)
+    return Plan(frozenset(marked), uses)

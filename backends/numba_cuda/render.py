@@ -1,0 +1,321 @@
+"""Render a lowered tile-IR kernel as numba-cuda Python source (pure: no compilation).
+
+One CUDA block runs one grid block of the kernel; its threads share every tile op. A tile
+is lazy (computed per element where consumed, see `elements`) or a buffer in shared memory
+(see `plan`). Each consumer is a loop over its elements strided by the thread count
+(`e = tid; while e < size: ...; e += nthr`), with `cuda.syncthreads()` around every loop that
+writes shared memory. Scalars are plain locals, uniform across the block. The launch grid is
+evaluated on the host (the grid region is not rendered).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from lowbitc.backends.numba_cuda.elements import ELEMENT, fail, reg_dtype, shape_of
+from lowbitc.backends.numba_cuda.plan import make_plan
+from lowbitc.backends.numba_cuda.source import (
+    HEADER,
+    SHARED_BYTES,
+    SHARED_TYPE,
+    SIG_TYPE,
+    Source,
+    f32_bits,
+    numba_type,
+)
+from lowbitc.backends.numba_cuda.statements import STATEMENTS
+
+from lowbitc.errors import BackendError
+from lowbitc.ir.core import Kernel, Op, Region, Value
+from lowbitc.ir.types import ScalarType, TensorType, is_machine
+from lowbitc.signature import format_bits
+
+MAX_SHARED = 48 * 1024  # static shared memory per block
+SCALAR_PARAMS = ("i64", "i32", "f32", "f64")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Generated source, its function name, the numba signature for offline compilation,
+    and the static shared memory the kernel uses."""
+
+    name: str
+    source: str
+    signature: str
+    shared_bytes: int
+
+
+@dataclass(frozen=True)
+class Buf:
+    """A tile in shared memory: flat array `name` of `size` elements, row-major `shape`."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """A kernel tensor argument: array name, extents (expressions), bits if packed."""
+
+    name: str
+    dims: tuple[str, ...]
+    bits: int
+
+
+def kernel_name(k: Kernel) -> str:
+    name = f"lbk_{k.name}"
+    if not (name.isascii() and name.isidentifier()):
+        raise BackendError(f"cuda: kernel name {k.name!r} is not an ASCII identifier", k.loc)
+    return name
+
+
+class Renderer:
+    """State while rendering one kernel; handlers in `elements`/`statements` call into it."""
+
+    def __init__(self, k: Kernel):
+        self.k = k
+        self.plan = make_plan(k)
+        self.src = Source()
+        self.scalars: dict[int, str] = {}
+        self.bufs: dict[int, Buf] = {}
+        self.lazy: dict[int, Op] = {}
+        self.tensors: dict[int, TensorRef] = {}
+        self.memo: list[dict] = [{}]
+        self.reads: list[tuple[str, tuple[str, ...]]] = []
+        self.shared: list[tuple[str, int, str]] = []
+        self.luts: dict[tuple[float, ...], str] = {}
+
+    # ------------------------------------------------------------ values
+
+    def elem(self, v: Value, idx: tuple[str, ...]) -> str:
+        """The value of element `idx` of v (a scalar's name for scalars)."""
+        if v.id in self.scalars:
+            return self.scalars[v.id]
+        buf = self.bufs.get(v.id)
+        if buf is not None:
+            self.reads.append((buf.name, tuple(idx)))
+            at = f"{buf.name}[{self.linear(idx, buf.shape)}]"
+            return f"({at} != 0)" if buf.dtype == "bool" else at
+        op = self.lazy.get(v.id)
+        if op is None:
+            raise BackendError(f"cuda: value {v} has no code (a compiler bug)")
+        key = (v.id, tuple(idx))
+        for scope in reversed(self.memo):
+            if key in scope:
+                return scope[key]
+        name = ELEMENT[op.opcode](self, op, tuple(idx))
+        self.memo[-1][key] = name
+        return name
+
+    def operand(self, op: Op, i: int, idx: tuple[str, ...]) -> str:
+        v = op.operands[i]
+        return self.elem(v, self.bcast(idx, shape_of(op.results[0].type), shape_of(v.type)))
+
+    def tensor(self, v: Value) -> TensorRef:
+        return self.tensors[v.id]
+
+    @staticmethod
+    def bcast(idx: tuple[str, ...], shape: tuple[int, ...], to: tuple[int, ...]):
+        """Index into a tile of shape `to` broadcast (numpy rules) to `shape`."""
+        if not to:
+            return ()
+        tail = idx[len(shape) - len(to):]
+        return tuple("0" if d == 1 else i for i, d in zip(tail, to, strict=False))
+
+    def linear(self, idx: tuple[str, ...], shape: tuple[int, ...]) -> str:
+        terms, stride = [], 1
+        for i, d in zip(reversed(idx), reversed(shape), strict=False):
+            if d != 1 and i != "0":
+                terms.append(i if stride == 1 else f"{i} * {stride}")
+            stride *= d
+        return " + ".join(reversed(terms)) or "0"
+
+    def unravel(self, lin: str, shape: tuple[int, ...]) -> tuple[str, ...]:
+        if len(shape) <= 1:
+            return (lin,) * len(shape)
+        out, rest = [], lin
+        for d in reversed(shape[1:]):
+            if d == 1:
+                out.append("0")
+                continue
+            q = self.src.tmp(f"{rest} // {d}", "q")
+            out.append(self.src.tmp(f"{rest} - {q} * {d}", "i"))
+            rest = q
+        out.append(rest if shape[0] != 1 else "0")
+        return tuple(reversed(out))
+
+    def window(self, starts, sizes, idx, dims):
+        """Global indices of a load/store window element and the in-bounds conditions."""
+        it = iter(idx)
+        where, conds = [], []
+        for s, size, n in zip(starts, sizes, dims, strict=False):
+            g = self.src.tmp(f"{s} + {next(it)}", "g") if size > 0 else s
+            where.append(g)
+            conds.append(f"0 <= {g} < {n}")
+        return where, conds
+
+    def lut_table(self, values: tuple[float, ...]) -> str:
+        name = self.luts.get(values)
+        if name is None:
+            name = self.luts[values] = f"lut{len(self.luts)}"
+        return name
+
+    # ------------------------------------------------------------ shared buffers and loops
+
+    def alloc(self, dtype: str, shape: tuple[int, ...]) -> Buf:
+        dtype = reg_dtype(dtype)
+        size = 1
+        for d in shape:
+            size *= d
+        buf = Buf(self.src.fresh("sb"), dtype, tuple(shape))
+        self.shared.append((buf.name, size, SHARED_TYPE[dtype] if dtype in SHARED_TYPE
+                            else numba_type(dtype)))
+        return buf
+
+    @contextmanager
+    def scope(self):
+        self.memo.append({})
+        try:
+            yield
+        finally:
+            self.memo.pop()
+
+    def each(self, shape: tuple[int, ...], body: Callable[[tuple[str, ...], str], None]):
+        """A loop over the elements of `shape`, strided by the thread count."""
+        size = 1
+        for d in shape:
+            size *= d
+        e = self.src.fresh("e")
+        self.src.line(f"{e} = tid")
+        with self.src.block(f"while {e} < {size}:"), self.scope():
+            body(self.unravel(e, shape), e)
+            self.src.line(f"{e} += nthr")
+
+    def write(self, buf: Buf, v: Value):
+        """Store every element of v into buf (barriers around); returns the buffer reads
+        (name, index) it made and the loop's own element index."""
+        self.src.sync()
+        start = len(self.reads)
+        own: list = []
+
+        def body(idx, e):
+            own.append(idx)
+            x = self.elem(v, self.bcast(idx, buf.shape, shape_of(v.type)))
+            self.src.line(f"{buf.name}[{e}] = {SHARED_TYPE.get(buf.dtype, 'F32')}({x})")
+
+        self.each(buf.shape, body)
+        self.src.sync()
+        return self.reads[start:], own[0]
+
+    def materialize(self, op: Op) -> None:
+        v = op.results[0]
+        self.lazy[v.id] = op
+        buf = self.alloc(v.type.dtype, v.type.shape)
+        self.write(buf, v)
+        del self.lazy[v.id]
+        self.bufs[v.id] = buf
+
+    def bind(self, v: Value, x) -> None:
+        if isinstance(x, Buf):
+            self.bufs[v.id] = x
+        else:
+            self.scalars[v.id] = x
+
+    # ------------------------------------------------------------ regions
+
+    def region(self, r: Region, args: tuple = ()) -> list[Value]:
+        """Render a region's ops; returns the values it yields."""
+        for a, x in zip(r.args, args, strict=False):
+            self.bind(a, x)
+        for op in r.ops:
+            if op.opcode == "yield":
+                return list(op.operands)
+            self.op(op)
+        return []
+
+    def op(self, op: Op) -> None:
+        stmt = STATEMENTS.get(op.opcode)
+        if stmt is not None:
+            stmt(self, op)
+            return
+        if op.opcode not in ELEMENT:
+            raise fail(op, "no handler for this op")
+        res = op.results[0]
+        if isinstance(res.type, ScalarType):
+            with self.scope():
+                self.scalars[res.id] = self.src.tmp(ELEMENT[op.opcode](self, op, ()), "s")
+        elif res.id in self.plan.materialize:
+            self.materialize(op)
+        else:
+            self.lazy[res.id] = op
+
+    # ------------------------------------------------------------ kernel
+
+    def render(self) -> Rendered:
+        k = self.k
+        name = kernel_name(k)
+        args, sig = [], []
+        for i, p in enumerate(k.params + k.dims):
+            a = f"a{i}"
+            args.append(a)
+            if isinstance(p.type, TensorType):
+                sig.append(self._tensor_param(p, a))
+            else:
+                dt = p.type.dtype
+                if dt not in SCALAR_PARAMS:
+                    raise BackendError(f"cuda: scalar parameter {p.name} of type {dt} is not "
+                                       "supported (use i64, i32, f32 or f64)", k.loc)
+                self.scalars[p.id] = self.src.tmp(f"{numba_type(dt)}({a})", "p")
+                sig.append(SIG_TYPE[dt])
+        self._bind_dims()
+        self.region(k.body)
+        return self._assemble(name, args, sig)
+
+    def _tensor_param(self, p: Value, a: str) -> str:
+        t = p.type
+        rank = len(t.shape)
+        bits = 0 if is_machine(t.dtype) else format_bits(t.dtype)
+        elem = SIG_TYPE.get(t.dtype, "uint32") if bits == 0 else "uint32"
+        if bits == 0 and t.dtype not in SIG_TYPE:
+            raise BackendError(f"cuda: tensor {p.name} of {t} is not supported", self.k.loc)
+        self.tensors[p.id] = TensorRef(a, tuple(str(d) for d in t.shape), bits)
+        return f"{elem}[{', '.join([':'] * (rank - 1) + ['::1'])}]"
+
+    def _bind_dims(self) -> None:
+        dim_of = {d.name: self.scalars[d.id] for d in self.k.dims}
+        for vid, t in list(self.tensors.items()):
+            dims = tuple(dim_of.get(d, d) for d in t.dims)
+            self.tensors[vid] = TensorRef(t.name, dims, t.bits)
+
+    def _assemble(self, name: str, args: list[str], sig: list[str]) -> Rendered:
+        top = ["    tid = I64(cuda.threadIdx.x)", "    nthr = I64(cuda.blockDim.x)"]
+        total = 0
+        for buf, size, ty in self.shared:
+            top.append(f"    {buf} = cuda.shared.array({size}, {ty})")
+            total += size * SHARED_BYTES.get(_dtype_of(ty), 4)
+        if total > MAX_SHARED:
+            raise BackendError(f"cuda: kernel {self.k.name} needs {total} bytes of shared "
+                               f"memory (limit {MAX_SHARED}); use smaller tiles", self.k.loc)
+        tables = []
+        for values, lut in self.luts.items():
+            words = ", ".join(f"{w:#x}" for w in f32_bits(values))
+            tables.append(f"_{lut.upper()} = np.array([{words}], dtype=np.uint32)"
+                          f".view(np.float32)")
+            top.append(f"    {lut} = cuda.const.array_like(_{lut.upper()})")
+        text = "\n".join([HEADER, *tables, "", "", f"def {name}({', '.join(args)}):", *top,
+                          *self.src.lines, "    return", ""])
+        return Rendered(name, text, f"void({', '.join(sig)})", total)
+
+
+def _dtype_of(numba_name: str) -> str:
+    return next((d for d, n in SHARED_TYPE.items() if n == numba_name and d != "bool"), "f32")
+
+
+def render(k: Kernel) -> Rendered:
+    """numba-cuda source of the kernel (see the module docstring)."""
+    return Renderer(k).render()
+
+

@@ -1,0 +1,204 @@
+"""Region-level handlers of the CUDA renderer: ops that are not per-element expressions
+(block ids, stores, dot, reductions, loops, branches). Each gets the renderer and the op."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from lowbitc.backends.numba_cuda.elements import fail, shape_of
+from lowbitc.backends.numba_cuda.source import literal, numba_type
+
+from lowbitc.ir.core import Op, Value
+from lowbitc.ir.types import TileType, is_float, numpy_dtype
+
+STATEMENTS: dict[str, Callable] = {}
+
+
+def handles(*opcodes: str) -> Callable:
+    def deco(fn: Callable) -> Callable:
+        for o in opcodes:
+            STATEMENTS[o] = fn
+        return fn
+    return deco
+
+
+@handles("block_id")
+def _block_id(ctx, op: Op) -> None:
+    axis = "xyz"[op.attrs.axis]
+    ctx.scalars[op.results[0].id] = ctx.src.tmp(f"I64(cuda.blockIdx.{axis})", "b")
+
+
+@handles("store")
+def _store(ctx, op: Op) -> None:
+    a = op.attrs
+    t = ctx.tensor(op.operands[0])
+    if t.bits:
+        raise fail(op, "stores to packed formats are not supported")
+    nstart = len(op.operands) - 2 - a.masked
+    starts = [ctx.elem(v, ()) for v in op.operands[1:1 + nstart]]
+    value = op.operands[1 + nstart]
+    shape = tuple(s for s in a.sizes if s > 0)
+
+    def body(idx, e):
+        where, conds = ctx.window(starts, a.sizes, idx, t.dims)
+        if a.masked:
+            m = op.operands[-1]
+            conds.insert(0, ctx.elem(m, ctx.bcast(idx, shape, shape_of(m.type))))
+        with ctx.src.block(f"if {' and '.join(conds)}:"), ctx.scope():
+            x = ctx.elem(value, ctx.bcast(idx, shape, shape_of(value.type)))
+            ctx.src.line(f"{t.name}[{', '.join(where)}] = {x}")
+
+    if shape:
+        ctx.each(shape, body)
+    else:
+        with ctx.src.block("if tid == 0:"), ctx.scope():
+            body((), "0")
+
+
+@handles("dot")
+def _dot(ctx, op: Op) -> None:
+    """Each thread computes whole output elements: a K-long f32 (acc dtype) loop."""
+    a, b, c = op.operands
+    res = op.results[0]
+    M, N = res.type.shape
+    K = a.type.shape[1]
+    R = numba_type(res.type.dtype)
+    cbuf = ctx.bufs.get(c.id)
+    inplace = cbuf is not None and ctx.plan.uses[c.id] == 1 and cbuf.shape == (M, N)
+    out = cbuf if inplace else ctx.alloc(res.type.dtype, (M, N))
+    ctx.src.sync()
+
+    def body(idx, e):
+        i, j = idx
+        acc = ctx.src.tmp(f"{R}({ctx.elem(c, (i, j))})", "acc")
+        kk = ctx.src.fresh("k")
+        ctx.src.line(f"{kk} = 0")
+        with ctx.src.block(f"while {kk} < {K}:"), ctx.scope():
+            x, y = ctx.elem(a, (i, kk)), ctx.elem(b, (kk, j))
+            ctx.src.line(f"{acc} = {R}({acc} + {R}({x}) * {R}({y}))")
+            ctx.src.line(f"{kk} += 1")
+        ctx.src.line(f"{out.name}[{e}] = {acc}")
+
+    ctx.each((M, N), body)
+    ctx.src.sync()
+    ctx.bufs[res.id] = out
+
+
+def _identity(kind: str, dtype: str) -> str:
+    if kind == "sum":
+        return literal(0, dtype)
+    if is_float(dtype):
+        return literal(float("-inf") if kind == "max" else float("inf"), dtype)
+    info = np.iinfo(numpy_dtype(dtype))
+    return literal(int(info.min if kind == "max" else info.max), dtype)
+
+
+@handles("reduce")
+def _reduce(ctx, op: Op) -> None:
+    src = op.operands[0]
+    res = op.results[0]
+    ax, kind, n = op.attrs.axis, op.attrs.kind, src.type.shape[op.attrs.axis]
+    dt = res.type.dtype
+    if dt == "bool":
+        raise fail(op, "reductions of bool tiles are not supported")
+    R = numba_type(dt)
+
+    def compute(idx: tuple[str, ...]) -> str:
+        acc = ctx.src.tmp(_identity(kind, dt), "acc")
+        r = ctx.src.fresh("r")
+        ctx.src.line(f"{r} = 0")
+        with ctx.src.block(f"while {r} < {n}:"), ctx.scope():
+            x = ctx.elem(src, idx[:ax] + (r,) + idx[ax:])
+            expr = f"{acc} + {x}" if kind == "sum" else f"{kind}({acc}, {x})"
+            ctx.src.line(f"{acc} = {R}({expr})")
+            ctx.src.line(f"{r} += 1")
+        return acc
+
+    if not isinstance(res.type, TileType):
+        with ctx.scope():
+            ctx.scalars[res.id] = compute(())
+        return
+    out = ctx.alloc(dt, res.type.shape)
+    ctx.src.sync()
+    ctx.each(res.type.shape, lambda idx, e: ctx.src.line(f"{out.name}[{e}] = {compute(idx)}"))
+    ctx.src.sync()
+    ctx.bufs[res.id] = out
+
+
+# ---------------------------------------------------------------- control flow
+
+
+def _targets(ctx, results: tuple[Value, ...]) -> list:
+    return [ctx.alloc(r.type.dtype, r.type.shape) if isinstance(r.type, TileType)
+            else ctx.src.fresh("c") for r in results]
+
+
+@handles("for")
+def _for(ctx, op: Op) -> None:
+    lo, hi, step = (ctx.elem(v, ()) for v in op.operands[:3])
+    carried = _targets(ctx, op.results)
+    for x, init in zip(carried, op.operands[3:], strict=False):
+        if isinstance(x, str):
+            ctx.src.line(f"{x} = {ctx.elem(init, ())}")
+        else:
+            ctx.write(x, init)
+    i = ctx.src.fresh("i")
+    ctx.src.line(f"{i} = {lo}")
+    with ctx.src.block(f"while {i} < {hi}:"):
+        outs = ctx.region(op.regions[0], (i, *carried))
+        update(ctx, carried, outs)
+        ctx.src.line(f"{i} += {step}")
+    for r, x in zip(op.results, carried, strict=False):
+        ctx.bind(r, x)
+
+
+@handles("if")
+def _if(ctx, op: Op) -> None:
+    cond = ctx.elem(op.operands[0], ())
+    targets = _targets(ctx, op.results)
+    for head, region in ((f"if {cond}:", op.regions[0]), ("else:", op.regions[1])):
+        with ctx.src.block(head):
+            outs = ctx.region(region)
+            for x, v in zip(targets, outs, strict=False):
+                if isinstance(x, str):
+                    ctx.src.line(f"{x} = {ctx.elem(v, ())}")
+                else:
+                    ctx.write(x, v)
+    for r, x in zip(op.results, targets, strict=False):
+        ctx.bind(r, x)
+
+
+def update(ctx, carried: list, outs: list[Value]) -> None:
+    """Write a loop iteration's yields into the carried locals and buffers.
+
+    A buffer is updated in place when its new value reads only itself at the same element
+    and no buffer already updated; otherwise every new value goes to a staging buffer first.
+    """
+    news = [(x, ctx.src.tmp(ctx.elem(v, ()), "n")) for x, v in zip(carried, outs, strict=False)
+            if isinstance(x, str)]
+    for x, n in news:
+        ctx.src.line(f"{x} = {n}")
+    pairs = [(x, v) for x, v in zip(carried, outs, strict=False)
+             if not isinstance(x, str) and ctx.bufs.get(v.id) is not x]
+    start = len(ctx.src.lines)
+    written: set[str] = set()
+    for buf, v in pairs:
+        reads, idx = ctx.write(buf, v)
+        if any(name in written or (name == buf.name and at != idx) for name, at in reads):
+            break
+        written.add(buf.name)
+    else:
+        return
+    del ctx.src.lines[start:]
+    ctx.src.synced = False
+    staged = []
+    for buf, v in pairs:
+        tmp = ctx.alloc(buf.dtype, buf.shape)
+        ctx.write(tmp, v)
+        staged.append((buf, tmp))
+    for buf, tmp in staged:
+        ctx.src.fresh()
+        fake = Value(-ctx.src.counter, TileType(buf.dtype, buf.shape))
+        ctx.bufs[fake.id] = tmp
+        ctx.write(buf, fake)
