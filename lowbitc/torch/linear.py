@@ -33,7 +33,13 @@ Skip = Callable[[str, nn.Module], bool] | Iterable[str] | None
 
 def _format(fmt: str | Format) -> Format:
     f = fmt if isinstance(fmt, Format) else lookup_dtype(fmt)
-    formats.register(f)  # code books become findable by name for the ops
+    if f.kind == "codebook":  # code books become findable by name for the ops
+        try:
+            known = formats.lookup(f.name)
+        except ValueError:
+            known = None
+        if getattr(known, "table", None) != f.table:
+            formats.register(f)
     return f
 
 
