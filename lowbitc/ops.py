@@ -3,6 +3,8 @@
 `matmul(x, qw)` = x @ qw.dequantize().T and `dequantize(qw)` (bit-identical to
 QTensor.dequantize()), for every format, any shapes, zero points and partial groups.
 Compiled kernels are kept per (kernel, backend, parameters) for the life of the process.
+Tile parameters come from `lowbitc.tune`'s stored winner for the shape's bucket when there is
+one, else from the defaults below.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from lowbitc.compiler import Kernel, compile
 from lowbitc.errors import UserArgumentError
 from lowbitc.ir.types import is_machine, numpy_dtype
 from lowbitc.quant import QTensor
+from lowbitc.tuned import tuned_config
 
 _ACTIVATIONS = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16",
                 numpy_dtype("bf16"): "bf16"}
@@ -60,13 +63,23 @@ def _check_qtensor(qw: object) -> QTensor:
     return qw
 
 
+def matmul_fixed(wtype, act: str, zero_point: bool) -> dict:
+    """The matmul parameters that follow from the operands (never tuned)."""
+    values = wtype.values()
+    # scaling after the dot needs sum |code value * x| to stay far inside f32's range
+    early = float(np.max(np.abs(values[np.isfinite(values)]))) > 2.0**40
+    return {"W": wtype, "A": act, "ZP": bool(zero_point), "EARLY": early}
+
+
 def matmul_params(M: int, qw: QTensor, act: str) -> dict:
     """Default tile parameters by problem shape (GEMV for M = 1, GEMM tiles otherwise)."""
     bm = 1 if M == 1 else 4 if M <= 4 else 16
-    # scaling after the dot needs sum |code value * x| to stay far inside f32's range
-    early = float(np.max(np.abs(qw.dtype.values()[np.isfinite(qw.dtype.values())]))) > 2.0**40
-    return {"W": qw.dtype, "A": act, "BM": bm, "BN": 32, "BK": 64,
-            "ZP": qw.zeros is not None, "EARLY": early}
+    return {**matmul_fixed(qw.dtype, act, qw.zeros is not None), "BM": bm, "BN": 32, "BK": 64}
+
+
+def tuned_params(name: str, fixed: dict, group: int, shape: dict, backend: str) -> dict:
+    """`lowbitc.tune`'s winner for this shipped kernel and shape bucket ({} if none)."""
+    return tuned_config(kernel_path(name), None, fixed, {"group": group}, shape, backend) or {}
 
 
 def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm") -> np.ndarray:
@@ -88,7 +101,10 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm") -> np.ndarray:
     y = np.empty((M, N), np.float32)
     if M == 0 or N == 0:
         return y
-    k = get_kernel("matmul", backend, **matmul_params(M, qw, act))
+    params = matmul_params(M, qw, act)
+    fixed = {n: params[n] for n in ("W", "A", "ZP", "EARLY")}
+    params.update(tuned_params("matmul", fixed, qw.group_size, {"M": M, "N": N, "K": K}, backend))
+    k = get_kernel("matmul", backend, **params)
     zeros = qw.zeros if qw.zeros is not None else _NO_ZEROS
     k(x, weight_storage(qw), qw.scales, zeros, y, qw.group_size, K=K)
     return y
@@ -102,6 +118,8 @@ def dequantize(qw: QTensor, backend: str = "llvm") -> np.ndarray:
     if N == 0 or K == 0:
         return y
     params = {"W": qw.dtype, "ZP": qw.zeros is not None}
+    params.update(tuned_params("dequantize", dict(params), qw.group_size, {"N": N, "K": K},
+                               backend))
     k = get_kernel("dequantize", backend, **params)
     zeros = qw.zeros if qw.zeros is not None else _NO_ZEROS
     k(weight_storage(qw), qw.scales, zeros, y, qw.group_size, K=K)
