@@ -1,0 +1,179 @@
+"""Timed callables for the CPU benchmark: lowbitc calls checked against numpy, and baselines.
+
+Every lowbitc call is run once and compared with a float64 numpy reference before it is timed;
+`Timed.check` records the error, and a call whose result is wrong is never timed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lowbitc import ops
+from lowbitc.ir.types import numpy_dtype
+from lowbitc.quant import QTensor, quantize
+
+from .baselines import Baseline, torch_int4_gemv
+
+__all__ = [
+    "MATMUL_TOLERANCE",
+    "Timed",
+    "activations",
+    "dequant_case",
+    "dequant_kernel_case",
+    "from_baseline",
+    "matmul_case",
+    "quantized",
+    "torch_case",
+    "weight_bytes",
+    "weights",
+]
+
+# max |y - ref| / max |ref| allowed for a matmul with exact (f32 or bf16) activations
+MATMUL_TOLERANCE = 1e-4
+# torch's int4 kernel rounds its dequantized weights and its output to bf16
+TORCH_TOLERANCE = 2e-2
+
+
+@dataclass
+class Timed:
+    """A no-argument call to time, the work one call does, and how its output was checked."""
+
+    name: str
+    fn: Callable[[], object]
+    flops: float = 0.0
+    bytes_moved: float = 0.0  # weights + scales + zeros + activations + output, one call
+    weight_bytes: float = 0.0  # packed weights + scales + zeros
+    check: dict | None = None  # {"ok", "max_abs_error", "max_rel_error", "tolerance"}
+    info: dict = field(default_factory=dict)
+
+    @property
+    def correct(self) -> bool:
+        return self.check is None or bool(self.check["ok"])
+
+
+def weights(N: int, K: int, seed: int = 0) -> np.ndarray:
+    """Random normal float32 weights [N, K] (nn.Linear orientation)."""
+    return np.random.default_rng(seed).standard_normal((N, K), dtype=np.float32)
+
+
+def activations(M: int, K: int, seed: int = 1, dtype: str = "f32") -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((M, K), dtype=np.float32)
+    return x if dtype == "f32" else x.astype(numpy_dtype(dtype))
+
+
+def quantized(w: np.ndarray, fmt: str, group_size: int) -> QTensor:
+    """`w` quantized to `fmt`; unsigned integer formats get group-wise zero points."""
+    return quantize(w, fmt, group_size, zero_point=fmt.startswith("u"))
+
+
+def weight_bytes(qw: QTensor) -> int:
+    """Bytes a kernel reads for the weight: its storage, scales and zero points."""
+    zeros = 0 if qw.zeros is None else qw.zeros.nbytes
+    return int(ops.weight_storage(qw).nbytes + qw.scales.nbytes + zeros)
+
+
+def _compare(got: np.ndarray, ref: np.ndarray, tolerance: float, exact: bool = False) -> dict:
+    got64 = np.asarray(got, dtype=np.float64)
+    if got64.shape != ref.shape:
+        return {"ok": False, "max_abs_error": None, "max_rel_error": None,
+                "tolerance": tolerance, "detail": f"shape {got64.shape} != {ref.shape}"}
+    diff = np.abs(got64 - ref)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    max_rel = max_abs / max(scale, 1e-30)
+    finite = bool(np.isfinite(got64).all())
+    ok = finite and (max_abs == 0.0 if exact else max_rel <= tolerance)
+    return {"ok": ok, "max_abs_error": max_abs, "max_rel_error": max_rel,
+            "tolerance": 0.0 if exact else tolerance}
+
+
+def _first_call(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def matmul_case(name: str, x: np.ndarray, qw: QTensor) -> Timed:
+    """`ops.matmul(x, qw)` as a user calls it (allocation and Python overhead included)."""
+    N, K = qw.shape
+    M = x.shape[0]
+    y, first = _first_call(lambda: ops.matmul(x, qw))
+    ref = x.astype(np.float32).astype(np.float64) @ qw.dequantize().astype(np.float64).T
+    wbytes = weight_bytes(qw)
+    return Timed(
+        name=name,
+        fn=lambda: ops.matmul(x, qw),
+        flops=2.0 * M * N * K,
+        bytes_moved=wbytes + x.nbytes + 4.0 * M * N,
+        weight_bytes=wbytes,
+        check=_compare(y, ref, MATMUL_TOLERANCE),
+        info={"activations": str(x.dtype), "first_call_seconds": first,
+              "zero_point": qw.zeros is not None},
+    )
+
+
+def dequant_case(name: str, qw: QTensor) -> Timed:
+    """`ops.dequantize(qw)`: reads the packed weights, scales, zeros; writes fp32 [N, K]."""
+    N, K = qw.shape
+    y, first = _first_call(lambda: ops.dequantize(qw))
+    wbytes = weight_bytes(qw)
+    return Timed(
+        name=name,
+        fn=lambda: ops.dequantize(qw),
+        bytes_moved=wbytes + 4.0 * N * K,
+        weight_bytes=wbytes,
+        check=_compare(y, qw.dequantize().astype(np.float64), 0.0, exact=True),
+        info={"first_call_seconds": first, "output": "allocated by each call"},
+    )
+
+
+def dequant_kernel_case(name: str, qw: QTensor) -> Timed:
+    """The compiled dequantize kernel writing into one preallocated output (no allocation)."""
+    N, K = qw.shape
+    ops.dequantize(qw)  # compiles (or fetches) the kernel below
+    kernel = ops.get_kernel("dequantize", "llvm", W=qw.dtype, ZP=qw.zeros is not None)
+    zeros = qw.zeros if qw.zeros is not None else np.zeros((1, 1), np.float32)
+    storage = ops.weight_storage(qw)
+    y = np.zeros((N, K), np.float32)
+
+    def run() -> np.ndarray:
+        kernel(storage, qw.scales, zeros, y, qw.group_size, K=K)
+        return y
+
+    run()
+    wbytes = weight_bytes(qw)
+    return Timed(
+        name=name,
+        fn=run,
+        bytes_moved=wbytes + 4.0 * N * K,
+        weight_bytes=wbytes,
+        check=_compare(y, qw.dequantize().astype(np.float64), 0.0, exact=True),
+        info={"output": "preallocated, reused"},
+    )
+
+
+def from_baseline(b: Baseline, weight_bytes: float = 0.0) -> Timed:
+    """A baseline from `baselines` as a Timed entry (trusted: not checked)."""
+    return Timed(name=b.name, fn=b.fn, flops=b.flops, bytes_moved=b.bytes_moved,
+                 weight_bytes=weight_bytes, info=dict(b.info))
+
+
+def torch_case(K: int, N: int, group_size: int, M: int = 1) -> Timed | None:
+    """torch's int4 CPU GEMV (bf16 activations), checked against its own dequantized weights;
+    None when torch is missing."""
+    b = torch_int4_gemv(K, N, M=M, group_size=group_size)
+    if b is None:
+        return None
+    codes, sz, x = b.data["codes"], b.data["scales_zeros"], b.data["x"]
+    scale = np.repeat(sz[..., 0].float().numpy().T, group_size, axis=1).astype(np.float64)
+    zero = np.repeat(sz[..., 1].float().numpy().T, group_size, axis=1).astype(np.float64)
+    w = (codes.numpy().astype(np.float64) - 8.0) * scale + zero
+    ref = x.float().numpy().astype(np.float64) @ w.T
+    got = b.fn().float().numpy()
+    t = from_baseline(b, weight_bytes=N * K / 2 + sz.numel() * 2)
+    t.check = _compare(got, ref, TORCH_TOLERANCE)
+    return t

@@ -1,0 +1,130 @@
+"""Rows of the benchmark's JSON from measured statistics, and the tables printed from them."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from .cases import RowSpec
+
+__all__ = ["format_markdown", "format_table", "make_row", "summarize_rows"]
+
+
+def _rates(t, median: float) -> dict:
+    """Throughput and bandwidths of one timed call whose median time is `median` seconds."""
+    out = {"bandwidth_gbs": t.bytes_moved / median / 1e9}
+    if t.flops:
+        out["gflops"] = t.flops / median / 1e9
+    if t.weight_bytes:
+        out["weight_bandwidth_gbs"] = t.weight_bytes / median / 1e9
+    return out
+
+
+def _entry(key: str, grp, stats: dict) -> dict:
+    """What was measured for one timed call: statistics, rates, check and facts."""
+    if key in grp.problems:
+        return {"name": key, **grp.problems[key]}
+    t = grp.timed[key]
+    out = {"name": key, "check": t.check, "flops": t.flops, "bytes_moved": t.bytes_moved,
+           "weight_bytes": t.weight_bytes, "info": t.info}
+    if key in stats:
+        out["time"] = stats[key]
+        out.update(_rates(t, stats[key]["median"]))
+    return out
+
+
+def _failure(row: dict, status: str, reason: str) -> dict:
+    row.update(status=status, passed=False, reason=reason)
+    return row
+
+
+def make_row(spec: RowSpec, cfg, grp, stats: dict, key: str, base_key: str | None,
+             extras: tuple[str, ...], load: list[float]) -> dict:
+    """One row of the results: times, baseline, ratio, goal and pass/fail (see cases.Goal)."""
+    size = cfg.small if spec.kind == "small" else cfg.size
+    row = {"name": spec.name, "case": spec.case, "kind": spec.kind, "format": spec.fmt,
+           "M": spec.M or None, "K": size, "N": size, "group_size": cfg.group_size,
+           "goal": spec.goal.to_json(), "load_average": load}
+    cand = _entry(key, grp, stats)
+    row["lowbitc"] = cand
+    row["extra"] = [_entry(k, grp, stats) for k in extras]
+    if key in grp.problems:
+        return _failure(row, grp.problems[key]["status"], f"{key}: {grp.problems[key]['reason']}")
+    if not grp.timed[key].correct:
+        c = grp.timed[key].check
+        return _failure(row, "wrong", f"output differs from numpy: max rel error "
+                        f"{c['max_rel_error']} > {c['tolerance']} ({c.get('detail', '')})")
+    if base_key is None:
+        return _failure(row, "error", "baseline was not measured")
+    base = _entry(base_key, grp, stats)
+    row["baseline"] = base
+    if base_key in grp.problems:
+        return _failure(row, grp.problems[base_key]["status"],
+                        f"{base_key}: {grp.problems[base_key]['reason']}")
+    if not grp.timed[base_key].correct:
+        return _failure(row, "error", f"baseline {base_key} gave a wrong result")
+    t, b = stats[key]["median"], stats[base_key]["median"]
+    row["time"] = stats[key]
+    row["baseline_time"] = stats[base_key]
+    metric = spec.goal.metric
+    if metric == "bandwidth_fraction":
+        row["ratio"] = cand["bandwidth_gbs"] / base["bandwidth_gbs"]
+        measured = row["ratio"]
+    else:
+        row["ratio"] = b / t  # speedup over the baseline
+        measured = t if metric == "seconds" else row["ratio"]
+    row["measured"] = measured
+    row["passed"] = spec.goal.holds(measured)
+    row["status"] = "pass" if row["passed"] else "fail"
+    row["reason"] = "" if row["passed"] else f"{metric} {measured:.4g} misses {spec.goal.text}"
+    return row
+
+
+def summarize_rows(rows: list[dict]) -> dict:
+    counts = Counter(r["status"] for r in rows)
+    return {"rows": len(rows), **{s: counts.get(s, 0) for s in
+                                  ("pass", "fail", "wrong", "error", "skipped")},
+            "all_passed": bool(rows) and all(r["status"] == "pass" for r in rows)}
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} us"
+    return f"{s * 1e3:.3f} ms"
+
+
+def _cells(r: dict) -> list[str]:
+    t, b = r.get("time"), r.get("baseline_time")
+    base_name = r.get("baseline", {}).get("name", "-")
+    if r["goal"]["metric"] == "bandwidth_fraction" and "ratio" in r:
+        ratio = (f"{r['lowbitc']['bandwidth_gbs']:.1f}/{r['baseline']['bandwidth_gbs']:.1f} "
+                 f"GB/s = {r['ratio']:.2f}")
+    else:
+        ratio = f"{r['ratio']:.2f}x" if "ratio" in r else "-"
+    spread = f"{_seconds(t['p10'])}-{_seconds(t['p90'])}" if t else "-"
+    status = r["status"].upper() if r["status"] != "pass" else "pass"
+    return [r["name"], _seconds(t["median"]) if t else "-", spread, base_name,
+            _seconds(b["median"]) if b else "-", ratio, r["goal"]["text"], status]
+
+
+_HEAD = ["row", "lowbitc", "p10-p90", "baseline", "baseline time", "ratio", "goal", "status"]
+
+
+def format_table(results: dict) -> str:
+    """A plain-text table of every row, for the terminal."""
+    lines = [_HEAD] + [_cells(r) for r in results["rows"]]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(_HEAD))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+            for line in lines]
+    for r in results["rows"]:
+        if r["status"] != "pass":
+            text.append(f"  {r['name']}: {r['reason']}")
+    return "\n".join(text)
+
+
+def format_markdown(results: dict) -> str:
+    """The same table in Markdown (for the README)."""
+    lines = ["| " + " | ".join(_HEAD) + " |", "|" + "---|" * len(_HEAD)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in results["rows"]]
+    return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""`lowbitc bench`: measure the CPU kernels against numpy, torch and the copy bandwidth.
+
+Runs every row of issue 5's table (or those named by --rows) in one process, prints the table
+and writes `<out>/cpu.json` and `<out>/cpu.png` (`cpu-quick.*` with --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from lowbitc.benchmarks import runner
+from lowbitc.benchmarks.cases import row_names, select_rows
+from lowbitc.benchmarks.report import format_table
+
+NAME = "bench"
+HELP = "benchmark the CPU GEMV/GEMM/dequant kernels against numpy, torch and memory copy"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true",
+                   help="small shapes and few rounds: a smoke run (results in cpu-quick.*)")
+    p.add_argument("--rows", default=None,
+                   help="comma-separated rows or patterns (e.g. 'gemv_*,dequant_u3'); "
+                        f"default all: {', '.join(row_names())}")
+    p.add_argument("--out", default="benchmarks/results",
+                   help="directory for the JSON and PNG (default benchmarks/results)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads for lowbitc, numpy's BLAS and torch (default: every usable CPU)")
+    p.add_argument("--size", type=int, default=None,
+                   help="K = N of the GEMV/GEMM/dequant rows (default 4096; 512 with --quick)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds per group (default 40; 5 with --quick)")
+    p.add_argument("--copy-mib", type=int, default=None,
+                   help="MiB copied by the copy-bandwidth baseline (default 128; 16 with --quick)")
+
+
+def config_from_args(args: argparse.Namespace) -> runner.Config:
+    overrides = {"rows": select_rows(args.rows), "threads": args.threads}
+    for name in ("size", "rounds", "copy_mib"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    return runner.quick_config(**overrides) if args.quick else runner.Config(**overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    results = runner.run(cfg)
+    results["command"] = "lowbitc bench " + shlex.join(sys.argv[2:] if len(sys.argv) > 2 else [])
+    stem = "cpu-quick" if cfg.quick else "cpu"
+    path, png = runner.write_results(results, args.out, stem)
+    print(format_table(results))
+    s = results["summary"]
+    load = results["load_average"]
+    print(f"{s['pass']}/{s['rows']} rows meet their goal ({s['fail']} fail, {s['wrong']} wrong, "
+          f"{s['error']} error, {s['skipped']} skipped); {results['config']['threads']} threads; "
+          f"load average {load['start'][0]:.2f} -> {load['end'][0]:.2f}")
+    print(f"wrote {path}" + (f" and {png}" if png else " (no PNG: matplotlib is not installed)"))
+    return 1 if s["wrong"] or s["error"] else 0
+

@@ -1,0 +1,153 @@
+"""The CPU benchmark runner (`lowbitc bench`): JSON schema, every row, PNG, checks (no timing
+asserts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from lowbitc.benchmarks import candidates as cand
+from lowbitc.benchmarks import runner
+from lowbitc.benchmarks.cases import ROWS, Goal, row_names, select_rows
+from lowbitc.benchmarks.report import format_markdown, format_table, make_row
+
+from lowbitc.errors import UserArgumentError
+
+STATUSES = {"pass", "fail", "wrong", "error", "skipped"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    done = subprocess.run(
+        [sys.executable, "-m", "lowbitc.cli", "bench", "--quick", "--size", "256",
+         "--rounds", "2", "--copy-mib", "4", "--threads", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    return done, out
+
+
+@pytest.mark.slow
+def test_quick_run_writes_json_and_png(quick_run):
+    done, out = quick_run
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "cpu-quick.json").read_text())
+    png = (out / "cpu-quick.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    for key in ("schema", "config", "threads", "load_average", "git", "machine",
+                "copy_bandwidth", "rows", "summary", "command"):
+        assert key in results, key
+    assert results["quick"] is True and results["config"]["size"] == 256
+    assert results["threads"]["lowbitc"] == 2 and results["threads"]["requested"] == 2
+    assert len(results["load_average"]["start"]) == 3 and len(results["load_average"]["end"]) == 3
+    assert results["git"]["commit"] and results["machine"]["cpu_count"] >= 1
+    assert results["copy_bandwidth"]["best_gbs"] > 0
+    assert [r["name"] for r in results["rows"]] == row_names()
+    # every row of the table is printed
+    for name in row_names():
+        assert name in done.stdout
+
+
+@pytest.mark.slow
+def test_quick_run_rows_are_complete(quick_run):
+    _, out = quick_run
+    results = json.loads((out / "cpu-quick.json").read_text())
+    for r in results["rows"]:
+        assert r["status"] in STATUSES
+        assert set(r["goal"]) == {"text", "metric", "op", "value"}
+        if r["status"] == "skipped":  # only torch may be missing
+            assert r["kind"] == "torch" and "torch" in r["reason"]
+            continue
+        assert r["status"] in ("pass", "fail"), (r["name"], r.get("reason"))
+        assert r["lowbitc"]["check"]["ok"]
+        assert r["lowbitc"]["check"]["max_rel_error"] <= r["lowbitc"]["check"]["tolerance"]
+        t, b = r["time"], r["baseline_time"]
+        assert 0 < t["p10"] <= t["median"] <= t["p90"] and t["runs"] == 2
+        assert b["median"] > 0 and r["ratio"] > 0
+        assert r["passed"] == Goal(**r["goal"]).holds(r["measured"])
+        assert r["lowbitc"]["bandwidth_gbs"] > 0
+        if r["kind"] in ("gemv", "torch", "gemm"):
+            assert r["lowbitc"]["gflops"] > 0
+    dequant = next(r for r in results["rows"] if r["name"] == "dequant_u3")
+    assert dequant["lowbitc"]["check"]["max_abs_error"] == 0.0  # bit-exact
+    assert dequant["baseline"]["name"].startswith("copy_")
+
+
+def test_select_rows_by_name_and_pattern():
+    assert select_rows(None) == ROWS
+    gemv = select_rows("gemv_u*")
+    assert [r.name for r in gemv] == [f"gemv_u{b}" for b in range(1, 9)] + ["gemv_u4_vs_torch"]
+    assert [r.name for r in select_rows("dequant_u3, gemm_*")] == [
+        "gemm_u4_M16", "gemm_u4_M128", "dequant_u3"]
+    with pytest.raises(UserArgumentError, match="--rows"):
+        select_rows("gemv_u9")
+
+
+def test_bad_rows_argument_is_a_cli_error(capsys):
+    from lowbitc.cli import main
+
+    assert main(["bench", "--quick", "--rows", "nope"]) == 2
+    assert "--rows" in capsys.readouterr().err
+
+
+def test_goal_operators():
+    assert Goal("x", "speedup", ">=", 4.0).holds(4.0)
+    assert not Goal("x", "speedup", ">", 1.0).holds(1.0)
+    assert Goal("x", "seconds", "<=", 5e-5).holds(4e-5)
+    assert not Goal("x", "seconds", "<=", 5e-5).holds(6e-5)
+
+
+def test_a_wrong_result_fails_its_row_and_is_not_timed():
+    spec = next(r for r in ROWS if r.name == "gemv_u4")
+    grp = runner.Group("t")
+    grp.add("numpy_fp32_M1", lambda: cand.Timed("numpy_fp32_M1", lambda: None, flops=2.0,
+                                                bytes_moved=8.0))
+    check = cand._compare(np.ones(4), np.zeros(4) + 0.5, cand.MATMUL_TOLERANCE)
+    assert not check["ok"] and check["max_abs_error"] == 0.5
+    grp.add("bad", lambda: cand.Timed("bad", lambda: None, flops=2.0, bytes_moved=8.0,
+                                      check=check))
+    stats = runner._measure(grp, rounds=2)
+    assert set(stats) == {"numpy_fp32_M1"}
+    row = make_row(spec, runner.quick_config(size=8), grp, stats, "bad", "numpy_fp32_M1", (),
+                   [0.0, 0.0, 0.0])
+    assert row["status"] == "wrong" and row["passed"] is False and "time" not in row
+    results = {"rows": [row]}
+    assert "WRONG" in format_table(results) and "WRONG" in format_markdown(results)
+
+
+def test_a_failing_build_is_recorded_not_raised():
+    grp = runner.Group("t")
+    grp.add("boom", lambda: 1 / 0)
+    grp.add("none", lambda: None, missing="torch is not installed")
+    assert grp.problems["boom"]["status"] == "error"
+    assert "ZeroDivisionError" in grp.problems["boom"]["reason"]
+    assert grp.problems["none"] == {"status": "skipped", "reason": "torch is not installed"}
+
+
+def test_matmul_case_checks_against_numpy():
+    w = cand.weights(24, 40)
+    qw = cand.quantized(w, "u3", 16)
+    t = cand.matmul_case("c", cand.activations(2, 40), qw)
+    assert t.correct and t.check["max_rel_error"] <= cand.MATMUL_TOLERANCE
+    assert t.flops == 2 * 2 * 24 * 40
+    assert t.weight_bytes == cand.weight_bytes(qw) > 0
+    d = cand.dequant_case("d", qw)
+    assert d.correct and d.check["max_abs_error"] == 0.0
+
+
+def test_thread_limits_restore_the_environment():
+    before = os.environ.get("LOWBITC_NUM_THREADS")
+    with runner.thread_limits(1) as info:
+        assert os.environ["LOWBITC_NUM_THREADS"] == "1" and info["lowbitc"] == 1
+    assert os.environ.get("LOWBITC_NUM_THREADS") == before
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(UserArgumentError, match="size"):
+        runner.Config(size=0)
+    with pytest.raises(UserArgumentError, match="threads"):
+        runner.Config(threads=-1)
