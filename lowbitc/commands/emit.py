@@ -8,7 +8,9 @@ instruction mix of the generated code) and, for the CUDA backend, `ptx`.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
+import json
 import re
 from collections import Counter
 from importlib import resources
@@ -73,6 +75,16 @@ def stats(k: Kernel) -> str:
     return "\n".join(lines)
 
 
+def cuda_text(k: Kernel, fmt: str, arch: str) -> str:
+    """Standalone PTX for `arch`, or JSON figures from ptxas and nvdisasm (`stats`)."""
+    backend = importlib.import_module(CUDA_MODULE).BACKEND
+    toolchain = importlib.import_module("lowbitc.backends.numba_cuda.toolchain")
+    ptx = backend.ptx(k.lowered, arch)
+    if fmt == "ptx":
+        return ptx
+    return json.dumps(toolchain.stats(toolchain.assemble(ptx, arch)), indent=2)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.backend == "cuda" and not cuda_available():
         raise UserArgumentError("--backend cuda: the CUDA backend is not available yet "
@@ -90,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
                                 + ", ".join(k.name for k, _ in compiled) + "); pick one with "
                                 "--name")
     k = compiled[0][0]
-    text = stats(k) if args.format == "stats" else k.text(args.format)
+    if args.backend == "cuda" and args.format in ("ptx", "stats"):
+        text = cuda_text(k, args.format, args.arch or "sm_80")
+    else:
+        text = stats(k) if args.format == "stats" else k.text(args.format)
     print(text, end="" if text.endswith("\n") else "\n")
     return 0
