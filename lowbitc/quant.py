@@ -236,18 +236,35 @@ def _uniform_errors(w, scales, zeros, lo, top, step, err):  # pragma: no cover (
             err[c, i] = e * (s * step) ** 2
 
 
-def _table_errors(fmt: Format, wg, scales, zeros, chunk: int = 2048) -> np.ndarray:
-    """As `_errors`, for non-uniform levels: encode/decode a cache-sized block at a time."""
+def _table_errors(fmt: Format, wg, scales, zeros, block: int = 1 << 17) -> np.ndarray:
+    """As `_errors`, for non-uniform levels, a cache-sized block at a time. The nearest level
+    comes from a table indexed by the top 16 bits of the float32 (exact except within 2^-8
+    relative of a midpoint, which only nudges the ranking)."""
+    lut = _value_lut(fmt)
     err = np.empty(scales.shape, np.float64)
+    chunk = max(1, block // max(wg.shape[1], 1))
+    idx = np.empty((min(chunk, wg.shape[0]), wg.shape[1]), np.intp)
     for a in range(0, wg.shape[0], chunk):
         w = wg[a: a + chunk]
         for c in range(scales.shape[0]):
             s = scales[c, a: a + chunk]
             y = w * (1 / s)[:, None]
-            y += zeros[c, a: a + chunk, None]
-            y -= fmt.decode(fmt.encode(y))
+            if zeros[c, a] != 0 or zeros[c, a: a + chunk].any():
+                y += zeros[c, a: a + chunk, None]
+            i = idx[: len(w)]
+            np.right_shift(y.view(np.uint32), 16, out=i, casting="unsafe")
+            y -= np.take(lut, i)
             err[c, a: a + chunk] = np.einsum("ij,ij->i", y, y) * s.astype(np.float64) ** 2
     return err
+
+
+@functools.cache
+def _value_lut(fmt: Format) -> np.ndarray:
+    """float32 value nearest to each float32 bucket (inputs sharing their top 16 bits)."""
+    top = (np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)) | np.uint32(0x8000)
+    x = top.view(np.float32)
+    x = np.where(np.isfinite(x), x, 0).astype(np.float32)
+    return fmt.decode(fmt.encode(x)).astype(np.float32)
 
 
 def _pick(cand: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -268,16 +285,31 @@ def _search_symmetric(fmt: Format, sfmt: Format, wg: np.ndarray):
     if sfmt.bits < 32 or not uniform:  # rounded scales, or sparse top levels (fp4: 4, 6)
         coarse = np.concatenate([coarse, OVERSHOOT])
     step = coarse[1] - coarse[0]
-    ratios = coarse[:, None] * np.ones_like(s0)
-    ratio, _ = _pick(ratios, _sym_errors(fmt, sfmt, wg, ratios, s0))
-    ratios = np.clip(ratio[None] + fine[:, None] * step, 0.01, None)
-    ratio, _ = _pick(ratios, _sym_errors(fmt, sfmt, wg, ratios, s0))
-    return _round_scale(ratio * s0, sfmt), np.zeros(len(s0), np.float32)
+    best_s, best_e = _best_scale(fmt, sfmt, wg, coarse[:, None] * s0)
+    ratios = np.clip(best_s / s0 + fine[:, None] * step, 0.01, None)
+    s2, e2 = _best_scale(fmt, sfmt, wg, ratios * s0)
+    return np.where(e2 < best_e, s2, best_s), np.zeros(len(s0), np.float32)
 
 
-def _sym_errors(fmt, sfmt, wg, ratios, s0):
-    scales = _round_scale(ratios * s0[None], sfmt)
-    return _errors(fmt, wg, scales, np.zeros_like(scales))
+def _best_scale(fmt, sfmt, wg, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per group, the best of the candidate scales [C, M] (ascending along C) once rounded."""
+    scales = _distinct(_round_scale(cands, sfmt))
+    return _pick(scales, _errors(fmt, wg, scales, np.zeros_like(scales)))
+
+
+def _distinct(c: np.ndarray) -> np.ndarray:
+    """Candidates [C, M], sorted along C -> [C', M]: each column's distinct values (padded
+    with its largest), so coarse scale formats (f8e8m0fnu) evaluate each scale once."""
+    rank = np.zeros(c.shape, np.int32)
+    for i in range(1, len(c)):
+        rank[i] = rank[i - 1] + (c[i] != c[i - 1])
+    k = int(rank[-1].max()) + 1
+    if k == len(c):
+        return c
+    out = np.repeat(c[-1:], k, axis=0)
+    for i in range(len(c)):
+        np.put_along_axis(out, rank[i][None], c[i][None], axis=0)
+    return out
 
 
 def _search_affine(fmt: Format, sfmt: Format, wg: np.ndarray):
