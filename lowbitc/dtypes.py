@@ -222,6 +222,8 @@ class FloatFormat(_Format):
         """Codes (uint8; uint16/uint32 for the 16/32-bit formats) of NaN-checked `x`."""
         if self.bits == 32 or self.name == "f16":
             return _encode_by_cast(self, x)
+        if self.name == "bf16" and x.dtype == np.float32:
+            return self._encode_bf16(x)
         nan = np.isnan(x)
         inf = np.isinf(x)
         bad = nan | inf
@@ -236,6 +238,18 @@ class FloatFormat(_Format):
             if nan.any():
                 code = np.where(nan, self._nan_code(sign), code)
         return code.astype(_code_dtype(self.bits))
+
+    def _encode_bf16(self, x: np.ndarray) -> np.ndarray:
+        """float32 -> bf16 by rounding the low 16 bits away (RNE), then saturating."""
+        u = np.ascontiguousarray(x).view(np.uint32)
+        with np.errstate(over="ignore"):  # only NaN bit patterns wrap
+            r = (u + np.uint32(0x7FFF) + ((u >> 16) & 1)) >> 16
+        over = ((r & 0x7FFF) == 0x7F80) & np.isfinite(x)
+        r = np.where(over, (r & 0x8000) | 0x7F7F, r)
+        nan = np.isnan(x)
+        if nan.any():
+            r = np.where(nan, self._nan_code(np.signbit(x)), r)
+        return r.astype(np.uint16)
 
     def _inf_code(self, sign: np.ndarray) -> np.ndarray:
         """Code of +-inf: the inf code, else saturated to +-max (unsigned: max or min)."""

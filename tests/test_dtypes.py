@@ -269,6 +269,12 @@ def test_machine_formats():
     mids = ((f16.values()[:-1].astype(np.float64) + f16.values()[1:]) / 2).astype(np.float32)
     for pts in (x, mids[np.isfinite(mids)]):
         assert np.array_equal(f16.encode(pts), generic.encode(pts))
+    generic_bf16 = FloatFormat("xb16", 16, 8, 7, 127, True, "ieee")
+    bmid = ((bf16.values()[:-1].astype(np.float64) + bf16.values()[1:]) / 2).astype(np.float32)
+    special = np.array([3.4e38, -3.4e38, np.inf, -np.inf, np.nan, -np.nan, 1e-40, -0.0], np.float32)
+    for pts in (x, bmid[np.isfinite(bmid)], special, np.nextafter(bmid, np.float32(0))):
+        assert np.array_equal(bf16.encode(pts), generic_bf16.encode(pts))
+        assert np.array_equal(bf16.encode(pts), generic_bf16.encode(pts.astype(np.float64)))
     inrange = x[np.abs(x) <= bf16.max]
     assert np.array_equal(bf16.encode(inrange), inrange.astype(ml_dtypes.bfloat16).view(np.uint16))
     assert np.array_equal(bf16.decode(bf16.encode(x[:5])), x[:5].astype(ml_dtypes.bfloat16))
