@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lowbitc.cache import CacheKey, default_cache
+from lowbitc.cache import CacheKey, default_cache, default_cache_dir
 from lowbitc.compiler import merged_source
 from lowbitc.errors import LowbitcError
 from lowbitc.tuning import lookup, shape_bucket, tuning_key
@@ -37,8 +37,8 @@ def tuned_config(path: str, kernel: str | None, fixed: Mapping[str, Any],
                  backend: str) -> dict[str, Any] | None:
     """The stored winner for this kernel and `shape`'s bucket, or None (also with the cache
     off). Each distinct question reads the cache once per process."""
-    memo = (path, kernel, _frozen(fixed), _frozen(scalars), str(shape_bucket(dict(shape))),
-            backend)
+    memo = (str(default_cache_dir()), path, kernel, _frozen(fixed), _frozen(scalars),
+            str(shape_bucket(dict(shape))), backend)
     if memo in _MEMO:
         return _MEMO[memo]
     cache = default_cache()
