@@ -21,17 +21,24 @@ from lowbitc.signature import bind
 _SCALAR = {"i64": np.int64, "i32": np.int32, "f32": np.float32, "f64": np.float64}
 
 
+def _is_device(a: object) -> bool:
+    """A CUDA array interface object, or a numba device array (the simulator's have no
+    interface dict, only the device-array methods)."""
+    return not isinstance(a, np.ndarray) and (
+        hasattr(a, "__cuda_array_interface__") or hasattr(a, "copy_to_host"))
+
+
 def _shape_proxy(a: object) -> np.ndarray:
     """A numpy array with a device array's dtype and shape (no memory) for argument checks."""
-    cai = a.__cuda_array_interface__
-    dtype, shape = np.dtype(cai["typestr"]), tuple(cai["shape"])
-    if cai.get("strides") is not None:
-        want = np.empty((0,), dtype).itemsize * np.array([int(np.prod(shape[i + 1:]))
-                                                         for i in range(len(shape))])
-        if tuple(cai["strides"]) != tuple(int(s) for s in want):
-            raise UserArgumentError("device array arguments must be C-contiguous")
-    strides = tuple(dtype.itemsize * int(np.prod(shape[i + 1:])) for i in range(len(shape)))
-    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, strides)
+    cai = getattr(a, "__cuda_array_interface__", None)
+    if cai is not None:
+        dtype, shape, strides = np.dtype(cai["typestr"]), tuple(cai["shape"]), cai.get("strides")
+    else:  # a numba device array (the simulator's have no interface dict)
+        dtype, shape, strides = np.dtype(a.dtype), tuple(a.shape), None
+    dense = tuple(dtype.itemsize * int(np.prod(shape[i + 1:])) for i in range(len(shape)))
+    if strides is not None and tuple(strides) != dense:
+        raise UserArgumentError("device array arguments must be C-contiguous")
+    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, dense)
 
 
 class Executable:
@@ -55,9 +62,7 @@ class Executable:
         given = dict(zip(names, args, strict=False))
         given |= {n: v for n, v in kwargs.items() if n in names}
         dims = {n: v for n, v in kwargs.items() if n not in names}
-        checked = {n: (_shape_proxy(v) if not isinstance(v, np.ndarray)
-                       and hasattr(v, "__cuda_array_interface__") else v)
-                   for n, v in given.items()}
+        checked = {n: _shape_proxy(v) if _is_device(v) else v for n, v in given.items()}
         b = bind(self.k, (), checked | dims)
         gx, gy, gz = grid_of_bound(self.k, b)
         launch, copies = [], []
@@ -70,8 +75,10 @@ class Executable:
                 launch.append(d)
                 if p.name in self.outputs:
                     copies.append((d, v))
-            else:
+            elif hasattr(v, "__cuda_array_interface__"):
                 launch.append(cuda.as_cuda_array(v))
+            else:
+                launch.append(v)
         launch += [np.int64(b.dims[d.name]) for d in self.k.dims]
         if gx * gy * gz == 0:
             return

@@ -1,0 +1,167 @@
+"""The numba-cuda backend: rendering (pure, no GPU), its errors, the shipped kernels' PTX
+through `lowbitc emit` and ptxas (no spills, every width, sm_80 and sm_90), and the simulator
+suite (tests/cudasim/test_sim_backend.py) in a process of its own."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lowbitc.errors import BackendError
+from lowbitc.ops import kernel_path
+
+T = pytest.importorskip("lowbitc.backends.numba_cuda.toolchain")
+from lowbitc.backends.numba_cuda import elements  # noqa: E402
+from lowbitc.backends.numba_cuda.backend import BACKEND  # noqa: E402
+from lowbitc.dsl.lower import lower_kernel  # noqa: E402
+
+from lowbitc.commands import emit  # noqa: E402
+from lowbitc.commands.compile import compile_file  # noqa: E402
+from lowbitc.compiler import load, pick_kernel  # noqa: E402
+from lowbitc.ir.core import walk  # noqa: E402
+from lowbitc.passes import run_pipeline  # noqa: E402
+
+MISSING = T.toolchain_missing()
+needs_toolchain = pytest.mark.skipif(MISSING is not None, reason=f"CUDA toolchain: {MISSING}")
+
+FORMATS = ["u1", "u3", "u4", "u7", "u8", "i5", "b2", "f4e2m1fn", "f6e3m2fn", "f8e4m3fn",
+           "f8e8m0fnu", "nf4"]
+
+
+def _lowered(name: str, **params):
+    module, _ = load(kernel_path(name) if not name.startswith("kernel") else name)
+    ir = lower_kernel(module, pick_kernel(module, None), params)
+    return run_pipeline(ir, BACKEND.pipeline)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("kernel", ["matmul", "dequantize"])
+def test_emit_is_python_built_from_generated_names(kernel, fmt):
+    src = BACKEND.emit(_lowered(kernel, W=fmt, ZP=True))
+    tree = ast.parse(src)
+    (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert fn.name == f"lbk_{kernel}"
+    args = [a.arg for a in fn.args.args]
+    assert args == [f"a{i}" for i in range(len(args))]  # never the user's parameter names
+    names = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name)}
+    assert not names & {"x", "w", "s", "z", "y", "group", "K", "N", "M"}
+    assert "cuda.syncthreads()" in src or kernel == "dequantize"
+    compile(src, "<generated>", "exec")
+
+
+def test_dequantize_fuses_into_one_loop_without_shared_memory():
+    r = BACKEND.rendered(_lowered("dequantize", W="u4", ZP=True))
+    assert r.shared_bytes == 0 and "syncthreads" not in r.source
+    assert r.source.count("while e") == 1  # decode, zero point, scale and store: one loop
+
+
+def test_matmul_stages_dot_operands_in_shared_memory():
+    r = BACKEND.rendered(_lowered("matmul", W="u3", BM=4, BN=32, BK=64))
+    # activations [4, 64] and decoded weights [32, 64] in f32, accumulators [4, 32] x 2,
+    # the (unused without ZP) row sums [4]
+    assert r.shared_bytes == 4 * (4 * 64 + 32 * 64 + 2 * 4 * 32 + 4)
+
+
+SRC = """kernel k(x: f32[N], y: f32[N]) {
+  store(y[0 :+ 16], exp(load(x[0 :+ 16])))
+}
+"""
+
+
+def test_missing_handler_names_op_types_and_line(monkeypatch):
+    monkeypatch.delitem(elements.ELEMENT, "exp")
+    with pytest.raises(BackendError) as err:
+        BACKEND.emit(_lowered(SRC))
+    msg = str(err.value)
+    assert "exp(tile<f32[16]>)" in msg and "no handler" in msg and ":2:" in msg
+
+
+def test_encoding_cast_and_bf16_are_clear_errors():
+    enc = """kernel k(x: f32[N], y: f32[N]) {
+  store(y[0 :+ 8], cast(cast(load(x[0 :+ 8]), f4e2m1fn), f32) + 0.0)
+}
+"""
+    k = _lowered(enc)
+    if any(op.opcode == "cast" and op.attrs.dtype == "f4e2m1fn" for op in walk(k.body.ops)):
+        with pytest.raises(BackendError, match="encoding to format f4e2m1fn"):
+            BACKEND.emit(k)
+    bf = "kernel k(x: bf16[N], y: f32[N]) {\n  store(y[0 :+ 8], cast(load(x[0 :+ 8]), f32))\n}\n"
+    with pytest.raises(BackendError, match="bf16"):
+        BACKEND.emit(_lowered(bf))
+
+
+def test_shared_memory_limit_is_checked():
+    big = """kernel k(a: f32[M, K], b: f32[K, N], y: f32[M, N]) {
+  acc = dot(load(a[0 :+ 128, 0 :+ 64]), load(b[0 :+ 64, 0 :+ 128]), zeros(f32, [128, 128]))
+  store(y[0 :+ 128, 0 :+ 128], acc)
+}
+"""
+    with pytest.raises(BackendError, match="shared memory"):
+        BACKEND.emit(_lowered(big))
+
+
+# ---------------------------------------------------------------- PTX through `lowbitc emit`
+
+FAST = [("dequantize", "u4", "sm_80"), ("matmul", "u4", "sm_90")]
+SWEEP = [(k, f"u{b}", arch) for k in ("dequantize", "matmul") for b in range(1, 9)
+         for arch in ("sm_80", "sm_90") if (k, f"u{b}", arch) not in FAST]
+
+
+def _emit(kernel: str, fmt: str, arch: str, what: str) -> str:
+    (k, _), = compile_file(emit.kernel_file(kernel), None, {"W": fmt}, backend="cuda")
+    return emit.cuda_text(k, what, arch)
+
+
+def _check_ptx(kernel: str, fmt: str, arch: str) -> None:
+    ptx = _emit(kernel, fmt, arch, "ptx")
+    assert ptx.count(".entry") == 1 and f".target {arch}" in ptx
+    asm = T.assemble(ptx, arch)
+    assert asm.spill_store_bytes == 0 and asm.spill_load_bytes == 0, asm.log
+
+
+@needs_toolchain
+@pytest.mark.cuda_toolchain
+@pytest.mark.parametrize("kernel,fmt,arch", FAST)
+def test_shipped_kernel_ptx_assembles_without_spills(kernel, fmt, arch):
+    _check_ptx(kernel, fmt, arch)
+
+
+@needs_toolchain
+@pytest.mark.cuda_toolchain
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel,fmt,arch", SWEEP)
+def test_every_width_assembles_without_spills(kernel, fmt, arch):
+    _check_ptx(kernel, fmt, arch)
+
+
+@needs_toolchain
+@pytest.mark.cuda_toolchain
+def test_emit_stats_is_json_with_resources():
+    stats = json.loads(_emit("dequantize", "f4e2m1fn", "sm_80", "stats"))
+    assert stats["arch"] == "sm_80" and stats["spill_bytes"] == 0
+    assert stats["registers"] > 0 and stats["shared_bytes"] == 0
+    assert stats["sass_mix"].get("STG", 0) >= 1 and stats["inner_loop"]["instructions"] > 0
+
+
+# ---------------------------------------------------------------- the simulator suite
+
+
+@pytest.mark.cudasim
+def test_simulator_suite_in_its_own_process():
+    pytest.importorskip("numba.cuda")
+    sim = Path(__file__).parent / "cudasim" / "test_sim_backend.py"
+    proc = T.run_in_simulator(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(sim)])
+    report = proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, report
+    assert " passed" in proc.stdout and "failed" not in proc.stdout, report
+    assert os.environ.get("NUMBA_ENABLE_CUDASIM") != "1"
+
+
+def test_backend_is_registered():
+    from lowbitc.backends import get_backend
+
+    assert get_backend("cuda") is BACKEND and BACKEND.name == "cuda"
