@@ -12,8 +12,9 @@ try:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 except ImportError:
-    plt = None
+    plt = Patch = None
 
 __all__ = ["plot_results"]
 
@@ -46,6 +47,16 @@ def _colors(rows: list[dict]) -> list[str]:
     return ["tab:green" if r["status"] == "pass" else "tab:red" for r in rows]
 
 
+def _legend(ax) -> None:
+    """Line labels plus what the bar colours mean (the row's goal met or missed)."""
+    handles, labels = ax.get_legend_handles_labels()
+    for color, text in (("tab:green", "lowbitc: row meets its goal"),
+                        ("tab:red", "lowbitc: row misses its goal")):
+        handles.append(Patch(color=color))
+        labels.append(text)
+    ax.legend(handles, labels, fontsize=8, loc="upper left")
+
+
 def plot_results(results: dict, path: str | Path) -> Path | None:
     """Write the two-panel PNG to `path`; None (nothing written) without matplotlib."""
     if plt is None:
@@ -62,7 +73,7 @@ def plot_results(results: dict, path: str | Path) -> Path | None:
     _hline(ax1, torch_b and torch_b["gflops"], "torch int4, bf16 act.", ":", "tab:purple")
     ax1.set_ylabel("GFLOP/s (2*N*K / median time)")
     ax1.set_title("GEMV M=1 throughput per weight format")
-    ax1.legend(fontsize=8, loc="upper left")
+    _legend(ax1)
 
     deq = [r for r in results["rows"] if r["kind"] == "dequant" and "time" in r]
     bw_rows = gemv + deq
@@ -76,7 +87,7 @@ def plot_results(results: dict, path: str | Path) -> Path | None:
            "tab:blue")
     ax2.set_ylabel("GB/s (weight + scale + zero bytes / time)")
     ax2.set_title("Effective weight bandwidth (dequant: bytes read + written)")
-    ax2.legend(fontsize=8, loc="upper left")
+    _legend(ax2)
 
     cfg, load = results["config"], results["load_average"]
     git = results.get("git", {}).get("describe") or "?"

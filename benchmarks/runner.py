@@ -52,6 +52,8 @@ class Config:
     copy_mib: int = 128  # bytes copied by the copy-bandwidth baseline (src size)
     quick: bool = False
     rows: tuple[RowSpec, ...] = ROWS
+    wait_load: float = 0.0  # > 0: first wait (up to wait_seconds) for a 1-min load this low
+    wait_seconds: float = 600.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -109,6 +111,53 @@ def thread_limits(threads: int) -> Iterator[dict]:
                 os.environ["LOWBITC_NUM_THREADS"] = old_env
             if old_torch is not None:
                 torch.set_num_threads(old_torch)
+
+
+def cpu_mhz() -> float | None:
+    """The clock /proc/cpuinfo reports for the first CPU (nominal on VMs), or None."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "cpu MHz":
+            return float(value)
+    return None
+
+
+def _cpu_jiffies() -> list[int] | None:
+    """The machine's aggregate CPU counters from /proc/stat (user nice system idle ...)."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    return [int(v) for v in first[1:]]
+
+
+@contextmanager
+def cpu_usage() -> Iterator[dict]:
+    """Fills the yielded dict with how busy the machine was, and with whose work.
+
+    `others_cpus`: CPUs' worth of time other processes used on average while the block ran
+    (0 on a quiet machine; near the CPU count when the figures are measured under contention).
+    """
+    out: dict = {}
+    j0, p0, w0 = _cpu_jiffies(), os.times(), time.perf_counter()
+    try:
+        yield out
+    finally:
+        wall = time.perf_counter() - w0
+        p1, j1 = os.times(), _cpu_jiffies()
+        ours = (p1.user - p0.user) + (p1.system - p0.system)
+        out.update(wall_seconds=wall, process_cpus=ours / wall if wall else None)
+        if j0 and j1 and wall:
+            d = [b - a for a, b in zip(j0, j1, strict=False)]
+            hz = os.sysconf("SC_CLK_TCK")
+            busy = (sum(d[:3]) + sum(d[5:8])) / hz  # user nice system irq softirq steal
+            out.update(machine_busy_cpus=busy / wall,
+                       others_cpus=max(0.0, busy - ours) / wall,
+                       steal_cpus=(d[7] if len(d) > 7 else 0) / hz / wall)
 
 
 def _git(*args: str) -> str | None:
@@ -257,9 +306,23 @@ def _copy_summary(stats: dict, timed: dict[str, cand.Timed]) -> dict:
             "bytes_per_call": timed[best].bytes_moved}
 
 
+def wait_for_load(max_load: float, timeout: float, log: Callable[[str], None]) -> dict:
+    """Sleep until the 1-minute load average is <= max_load or `timeout` seconds pass."""
+    start = time.perf_counter()
+    if max_load > 0:
+        log(f"[bench] waiting up to {timeout:.0f} s for the load average to drop to {max_load}")
+    while max_load > 0 and os.getloadavg()[0] > max_load:
+        if time.perf_counter() - start >= timeout:
+            break
+        time.sleep(5)
+    return {"max_load": max_load, "waited_seconds": time.perf_counter() - start,
+            "reached": max_load <= 0 or os.getloadavg()[0] <= max_load}
+
+
 def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
     """Measure every selected row; returns the JSON-ready results (schema `SCHEMA`)."""
     started = time.perf_counter()
+    waited = wait_for_load(cfg.wait_load, cfg.wait_seconds, log)
     cfg = dataclasses.replace(cfg, threads=cfg.threads or _usable_cpus())
     load_start = list(os.getloadavg())
     rows: list[dict] = []
@@ -270,15 +333,19 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
             grp = build()
             log(f"[bench] {grp.title}: {len(grp.timed)} calls x {cfg.rounds} rounds")
             load = list(os.getloadavg())
-            stats = _measure(grp, cfg.rounds)
+            with cpu_usage() as usage:
+                stats = _measure(grp, cfg.rounds)
             if any(k.startswith("copy_") for k in stats):
                 copy = _copy_summary(stats, grp.timed)
             for spec, key, base, extras in grp.bindings:
                 base_key = copy.get("best") if base == "copy" else base
                 rows.append(make_row(spec, cfg, grp, stats, key, base_key, extras, load))
+                rows[-1]["cpu_usage"] = usage
                 log(f"[bench]   {spec.name}: {rows[-1]['status']}")
-            groups_out.append({"title": grp.title, "load_average": load, "stats": stats,
-                               "problems": grp.problems})
+            groups_out.append({"title": grp.title, "load_average": load, "cpu_usage": usage,
+                               "stats": stats, "problems": grp.problems})
+            log(f"[bench]   other processes used {usage.get('others_cpus', float('nan')):.2f} "
+                f"CPUs on average while this group ran")
     order = {s.name: i for i, s in enumerate(ROWS)}
     rows.sort(key=lambda r: order[r["name"]])
     return {
@@ -286,9 +353,10 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
         "quick": cfg.quick,
         "config": cfg.to_json(),
         "threads": thread_info,
-        "load_average": {"start": load_start, "end": list(os.getloadavg())},
+        "load_average": {"start": load_start, "end": list(os.getloadavg()), "wait": waited},
         "git": git_state(),
         "machine": machine_info(),
+        "cpu_mhz": cpu_mhz(),
         "copy_bandwidth": copy,
         "rows": rows,
         "groups": groups_out,

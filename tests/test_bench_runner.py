@@ -46,6 +46,8 @@ def test_quick_run_writes_json_and_png(quick_run):
     assert len(results["load_average"]["start"]) == 3 and len(results["load_average"]["end"]) == 3
     assert results["git"]["commit"] and results["machine"]["cpu_count"] >= 1
     assert results["copy_bandwidth"]["best_gbs"] > 0
+    for g in results["groups"]:
+        assert g["cpu_usage"]["wall_seconds"] > 0 and g["cpu_usage"]["others_cpus"] >= 0
     assert [r["name"] for r in results["rows"]] == row_names()
     # every row of the table is printed
     for name in row_names():
@@ -144,6 +146,12 @@ def test_thread_limits_restore_the_environment():
     with runner.thread_limits(1) as info:
         assert os.environ["LOWBITC_NUM_THREADS"] == "1" and info["lowbitc"] == 1
     assert os.environ.get("LOWBITC_NUM_THREADS") == before
+
+
+def test_wait_for_load_returns_at_once_when_not_asked_or_timed_out():
+    assert runner.wait_for_load(0.0, 100.0, print)["reached"] is True
+    waited = runner.wait_for_load(1e-9, 0.0, print)  # an impossible load, no time to wait
+    assert waited["waited_seconds"] < 5 and waited["max_load"] == 1e-9
 
 
 def test_config_rejects_bad_values():

@@ -34,10 +34,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="interleaved rounds per group (default 40; 5 with --quick)")
     p.add_argument("--copy-mib", type=int, default=None,
                    help="MiB copied by the copy-bandwidth baseline (default 128; 16 with --quick)")
+    p.add_argument("--wait-load", type=float, default=0.0, metavar="L",
+                   help="first wait (up to --wait-seconds) until the 1-minute load average <= L")
+    p.add_argument("--wait-seconds", type=float, default=600.0,
+                   help="longest wait for --wait-load (default 600)")
 
 
 def config_from_args(args: argparse.Namespace) -> runner.Config:
-    overrides = {"rows": select_rows(args.rows), "threads": args.threads}
+    overrides = {"rows": select_rows(args.rows), "threads": args.threads,
+                 "wait_load": args.wait_load, "wait_seconds": args.wait_seconds}
     for name in ("size", "rounds", "copy_mib"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
@@ -56,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{s['pass']}/{s['rows']} rows meet their goal ({s['fail']} fail, {s['wrong']} wrong, "
           f"{s['error']} error, {s['skipped']} skipped); {results['config']['threads']} threads; "
           f"load average {load['start'][0]:.2f} -> {load['end'][0]:.2f}")
+    others = [g["cpu_usage"].get("others_cpus") for g in results["groups"]]
+    others = [o for o in others if o is not None]
+    if others:
+        print(f"other processes kept {min(others):.2f}-{max(others):.2f} CPUs busy while the "
+              "groups ran (0 = quiet machine)")
     print(f"wrote {path}" + (f" and {png}" if png else " (no PNG: matplotlib is not installed)"))
     return 1 if s["wrong"] or s["error"] else 0
 

@@ -1,0 +1,98 @@
+"""Roofline table of a CPU benchmark run: bytes moved per GEMV, bandwidth reached, cycles per
+weight and what bounds each format.
+
+    python -m lowbitc.benchmarks.roofline benchmarks/results/cpu.json
+
+A GEMV reads every weight once, so its memory floor is bytes / copy bandwidth. A format whose
+time is far above that floor is bound by the instructions that unpack, convert and multiply
+each weight; `cycles_per_weight` (per core, at the nominal clock) is that cost.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["MEMORY_BOUND_FRACTION", "roofline_markdown", "roofline_rows"]
+
+# a run reaching this fraction of the copy bandwidth is called memory bound
+MEMORY_BOUND_FRACTION = 0.6
+
+
+def _bits(fmt: str) -> int:
+    return int(fmt[1])  # u4 -> 4, f4e2m1fn -> 4
+
+
+def _entry(name: str, fmt: str, bits: float, e: dict, n: int, k: int, copy_gbs: float,
+           clock_ghz: float | None, threads: int) -> dict:
+    t = e["time"]["median"]
+    weights = float(n * k)
+    out = {
+        "name": name, "format": fmt, "bits": bits,
+        "weight_bytes_per_weight": e["weight_bytes"] / weights,
+        "bytes_per_call": e["bytes_moved"],
+        "time": t,
+        "bandwidth_gbs": e["bytes_moved"] / t / 1e9,
+        "copy_fraction": e["bytes_moved"] / t / 1e9 / copy_gbs,
+        "memory_floor": e["bytes_moved"] / (copy_gbs * 1e9),
+    }
+    out["time_over_floor"] = t / out["memory_floor"]
+    out["cycles_per_weight"] = t * clock_ghz * 1e9 * threads / weights if clock_ghz else None
+    out["bound"] = ("memory" if out["copy_fraction"] >= MEMORY_BOUND_FRACTION
+                    else "instructions (unpack + convert + FMA)")
+    return out
+
+
+def roofline_rows(results: dict) -> list[dict]:
+    """One entry per measured GEMV format, plus numpy fp32, torch int4 and the u3 dequant."""
+    copy = results["copy_bandwidth"]["best_gbs"]
+    clock = results.get("cpu_mhz")
+    clock = clock / 1e3 if clock else None
+    threads = results["config"]["threads"]
+    out: list[dict] = []
+    for r in results["rows"]:
+        if "time" not in r:
+            continue
+        n, k = r["N"], r["K"]
+        if r["kind"] == "gemv":
+            out.append(_entry(r["name"], r["format"], _bits(r["format"]), r["lowbitc"], n, k,
+                              copy, clock, threads))
+            if r["format"] == "u1":  # the baseline, once
+                out.insert(0, _entry("numpy fp32", "f32", 32, r["baseline"], n, k, copy, clock,
+                                     threads))
+        elif r["kind"] == "torch":
+            out.append(_entry("torch int4 (bf16 act.)", "u4", 4, r["baseline"], n, k, copy,
+                              clock, threads))
+        elif r["kind"] == "dequant":
+            e = _entry(r["name"], r["format"], _bits(r["format"]), r["lowbitc"], n, k, copy,
+                       clock, threads)
+            e["bound"] = "memory" if e["copy_fraction"] >= MEMORY_BOUND_FRACTION else (
+                "instructions or the output allocation (see kernel-only figure)")
+            out.append(e)
+    return out
+
+
+def _fmt_time(s: float) -> str:
+    return f"{s * 1e3:.3f} ms"
+
+
+def roofline_markdown(results: dict) -> str:
+    """The roofline table in Markdown."""
+    head = ["case", "bits", "bytes/weight", "bytes per call", "median time", "bandwidth",
+            "of copy bw", "memory floor", "time / floor", "cycles/weight/core", "bound"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in roofline_rows(results):
+        cyc = f"{e['cycles_per_weight']:.2f}" if e["cycles_per_weight"] is not None else "-"
+        lines.append("| " + " | ".join([
+            e["name"], str(e["bits"]), f"{e['weight_bytes_per_weight']:.4f}",
+            f"{e['bytes_per_call'] / 1e6:.2f} MB", _fmt_time(e["time"]),
+            f"{e['bandwidth_gbs']:.1f} GB/s", f"{e['copy_fraction'] * 100:.0f}%",
+            _fmt_time(e["memory_floor"]), f"{e['time_over_floor']:.1f}x", cyc, e["bound"],
+        ]) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/cpu.json")
+    print(roofline_markdown(json.loads(path.read_text())))
