@@ -19,7 +19,7 @@ def register(fmt) -> str:
         return fmt.name
     with _LOCK:
         old = _CODEBOOKS.get(fmt.name)
-        if old is not None and tuple(old.values()) != tuple(fmt.values()):
+        if old is not None and old != fmt:
             raise UserArgumentError(
                 f"code book name {fmt.name!r} is already bound to other values; pick another name")
         _CODEBOOKS[fmt.name] = fmt

@@ -15,7 +15,9 @@ from lowbitc.errors import BackendError
 from lowbitc.ir.core import Kernel, Op, Region
 from lowbitc.ir.types import ScalarType, TensorType, TileType, is_machine
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
-from lowbitc.backends.llvm import ops_elementwise, ops_memory  # noqa: F401  (fill HANDLERS)
+from lowbitc.backends.llvm import ops_elementwise  # noqa: F401  (fill HANDLERS)
+from lowbitc.backends.llvm.fusion import emit_fused_dot, plan_fusion
+from lowbitc.backends.llvm.ops_memory import dot_into
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg
 
 SCALAR_ARG = {"i64": "i64", "i32": "i32", "f32": "float", "f64": "double"}
@@ -84,10 +86,16 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
     """Emit a region's ops; returns the yielded values (scalars or buffers)."""
     for a, v in zip(r.args, args):
         env.bind(a, v)
+    plans = plan_fusion(r)
+    deferred = {id(d) for p in plans.values() for d in p.deferred}
     for op in r.ops:
+        if id(op) in deferred:
+            continue
         if op.opcode == "yield":
             return [env.get(v) for v in op.operands]
-        if op.opcode == "for":
+        if op.opcode == "dot" and op.results[0].id in plans:
+            emit_fused_dot(env, plans[op.results[0].id], dot_into)
+        elif op.opcode == "for":
             _for(env, op)
         elif op.opcode == "if":
             _if(env, op)

@@ -98,36 +98,71 @@ def const_literal(em: Emitter, value, dtype: str) -> str:
     return str(int(value))
 
 
-def convert(em: Emitter, v: str, src: str, dst: str) -> str:
-    """Convert a register value between machine dtypes (C semantics)."""
+def vtype(dtype: str, width: int = 0) -> str:
+    """The LLVM type of a `dtype` value, or of a <width x ...> vector of them."""
+    t = lltype(dtype)
+    return f"<{width} x {t}>" if width else t
+
+
+def splat(literal: str, dtype: str, width: int = 0) -> str:
+    """A constant operand: the literal itself, or `splat (T literal)` for a vector."""
+    return f"splat ({lltype(dtype)} {literal})" if width else literal
+
+
+def convert(em: Emitter, v: str, src: str, dst: str, width: int = 0) -> str:
+    """Convert a register value (or a vector of `width`) between machine dtypes (C semantics)."""
     if src == dst:
         return v
-    ts, td = lltype(src), lltype(dst)
+    ts, td = vtype(src, width), vtype(dst, width)
+    zero = "zeroinitializer" if width else None
     if src == "bool":
         if is_float(dst):
-            return em.val(f"uitofp i1 {v} to {td}")
-        return em.val(f"zext i1 {v} to {td}")
+            return em.val(f"uitofp {ts} {v} to {td}")
+        return em.val(f"zext {ts} {v} to {td}")
     if dst == "bool":
         if is_float(src):
-            return em.val(f"fcmp une {ts} {v}, 0.0")
-        return em.val(f"icmp ne {ts} {v}, 0")
+            return em.val(f"fcmp une {ts} {v}, {zero or '0.0'}")
+        return em.val(f"icmp ne {ts} {v}, {zero or '0'}")
     fs, fd = is_float(src), is_float(dst)
+    ls, ld = lltype(src), lltype(dst)
     if fs and fd:
-        if ts == td:
+        if ls == ld:
             return v
         wide = {"half": 16, "bfloat": 16, "float": 32, "double": 64}
-        if {ts, td} == {"half", "bfloat"}:
-            v = em.val(f"fpext {ts} {v} to float")
-            return em.val(f"fptrunc float {v} to {td}")
-        op = "fpext" if wide[td] > wide[ts] else "fptrunc"
+        if ld == "bfloat":  # inline RNE: LLVM would call __truncsfbf2, which MCJIT lacks
+            if ls != "float":
+                v = convert(em, v, src, "f32", width)
+            return _f32_to_bf16(em, v, width)
+        if {ls, ld} == {"half", "bfloat"}:
+            v = em.val(f"fpext {ts} {v} to {vtype('f32', width)}")
+            return em.val(f"fptrunc {vtype('f32', width)} {v} to {td}")
+        op = "fpext" if wide[ld] > wide[ls] else "fptrunc"
         return em.val(f"{op} {ts} {v} to {td}")
     if fs:
         return em.val(f"{'fptosi' if is_signed_int(dst) else 'fptoui'} {ts} {v} to {td}")
     if fd:
         return em.val(f"{'sitofp' if is_signed_int(src) else 'uitofp'} {ts} {v} to {td}")
-    ws, wd = int(ts[1:]), int(td[1:])
+    ws, wd = int(ls[1:]), int(ld[1:])
     if ws == wd:
         return v
     if wd < ws:
         return em.val(f"trunc {ts} {v} to {td}")
     return em.val(f"{'sext' if is_signed_int(src) else 'zext'} {ts} {v} to {td}")
+
+
+def _f32_to_bf16(em: Emitter, v: str, width: int = 0) -> str:
+    """f32 -> bf16, round to nearest even, NaN kept quiet (what numpy/ml_dtypes do)."""
+    i32, i16, b1 = vtype("i32", width), vtype("i16", width), vtype("bool", width)
+    k16, k1 = splat("16", "i32", width), splat("1", "i32", width)
+    kbias, kquiet = splat("32767", "i32", width), splat("64", "i32", width)
+    zero = "zeroinitializer" if width else "0.0"
+    bits = em.val(f"bitcast {vtype('f32', width)} {v} to {i32}")
+    high = em.val(f"lshr {i32} {bits}, {k16}")
+    odd = em.val(f"and {i32} {high}, {k1}")
+    bias = em.val(f"add {i32} {odd}, {kbias}")
+    rounded = em.val(f"lshr {i32} {em.val(f'add {i32} {bits}, {bias}')}, {k16}")
+    quiet = em.val(f"or {i32} {high}, {kquiet}")
+    isnan = em.val(f"fcmp uno {vtype('f32', width)} {v}, {zero}")
+    pick = em.val(f"select {b1} {isnan}, {i32} {quiet}, {i32} {rounded}")
+    narrow = em.val(f"trunc {i32} {pick} to {i16}")
+    return em.val(f"bitcast {i16} {narrow} to {vtype('bf16', width)}")

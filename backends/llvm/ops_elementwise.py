@@ -6,7 +6,7 @@ from lowbitc.errors import BackendError
 from lowbitc.ir.core import Op
 from lowbitc.ir.types import TileType, is_float, is_signed_int
 from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
-from lowbitc.backends.llvm.handlers import Env, const_literal, convert, handles
+from lowbitc.backends.llvm.handlers import Env, const_literal, convert, handles, splat, vtype
 
 _INT = {"add": "add", "sub": "sub", "mul": "mul", "and": "and", "or": "or", "xor": "xor",
         "shl": "shl"}
@@ -20,38 +20,43 @@ _FINTR = {"exp": "exp", "log": "log", "sqrt": "sqrt", "sin": "sin", "cos": "cos"
 _SUFFIX = {"half": "f16", "bfloat": "bf16", "float": "f32", "double": "f64"}
 
 
-def _intrinsic(em: Emitter, name: str, t: str, args: list[str]) -> str:
-    fn = f"llvm.{name}.{_SUFFIX.get(t, t)}"
-    em.declare(f"declare {t} @{fn}({', '.join([t] * len(args))})")
-    return em.val(f"call {t} @{fn}({', '.join(f'{t} {a}' for a in args)})")
+def _intrinsic(em: Emitter, name: str, t: str, args: list[str], width: int = 0) -> str:
+    sfx = _SUFFIX.get(t, t)
+    full = f"<{width} x {t}>" if width else t
+    fn = f"llvm.{name}.{'v%d' % width if width else ''}{sfx}"
+    em.declare(f"declare {full} @{fn}({', '.join([full] * len(args))})")
+    return em.val(f"call {full} @{fn}({', '.join(f'{full} {a}' for a in args)})")
 
 
-def scalar_op(em: Emitter, opcode: str, dtype: str, args: list[str]) -> str:
-    """One elementwise op on register values of `dtype` (the operands' dtype)."""
-    t = lltype(dtype)
+def scalar_op(em: Emitter, opcode: str, dtype: str, args: list[str], width: int = 0) -> str:
+    """One elementwise op on register values of `dtype` (the operands' dtype); with `width`,
+    on <width x dtype> vectors (constants then must be splats)."""
+    lt = lltype(dtype)
+    t = vtype(dtype, width)
+    bt = vtype("bool", width)
     if is_float(dtype):
         if opcode in _FLOAT:
             return em.val(f"{_FLOAT[opcode]} {t} {args[0]}, {args[1]}")
         if opcode in _FCMP:
             return em.val(f"fcmp {_FCMP[opcode]} {t} {args[0]}, {args[1]}")
         if opcode in ("min", "max", "pow"):
-            return _intrinsic(em, {"min": "minnum", "max": "maxnum", "pow": "pow"}[opcode], t,
-                              args)
+            return _intrinsic(em, {"min": "minnum", "max": "maxnum", "pow": "pow"}[opcode], lt,
+                              args, width)
         if opcode == "neg":
             return em.val(f"fneg {t} {args[0]}")
         if opcode in _FINTR:
-            return _intrinsic(em, _FINTR[opcode], t, args)
-        one = float_literal(1.0, "f64" if t == "double" else "f32")
-        if t in ("half", "bfloat"):
-            wide = convert(em, args[0], dtype, "f32")
-            return convert(em, scalar_op(em, opcode, "f32", [wide]), "f32", dtype)
+            return _intrinsic(em, _FINTR[opcode], lt, args, width)
+        one = splat(float_literal(1.0, "f64" if lt == "double" else "f32"), dtype, width)
+        if lt in ("half", "bfloat"):
+            wide = convert(em, args[0], dtype, "f32", width)
+            return convert(em, scalar_op(em, opcode, "f32", [wide], width), "f32", dtype, width)
         if opcode == "rsqrt":
-            return em.val(f"fdiv {t} {one}, {_intrinsic(em, 'sqrt', t, args)}")
+            return em.val(f"fdiv {t} {one}, {_intrinsic(em, 'sqrt', lt, args, width)}")
         if opcode == "sigmoid":
-            e = _intrinsic(em, "exp", t, [em.val(f"fneg {t} {args[0]}")])
+            e = _intrinsic(em, "exp", lt, [em.val(f"fneg {t} {args[0]}")], width)
             return em.val(f"fdiv {t} {one}, {em.val(f'fadd {t} {one}, {e}')}")
-        if opcode == "erf":
-            fn = "erff" if t == "float" else "erf"
+        if opcode == "erf" and not width:
+            fn = "erff" if lt == "float" else "erf"
             em.declare(f"declare {t} @{fn}({t})")
             return em.val(f"call {t} @{fn}({t} {args[0]})")
     else:
@@ -65,15 +70,23 @@ def scalar_op(em: Emitter, opcode: str, dtype: str, args: list[str]) -> str:
         if opcode in ("min", "max"):
             pred = ("s" if signed else "u") + ("lt" if opcode == "min" else "gt")
             c = em.val(f"icmp {pred} {t} {args[0]}, {args[1]}")
-            return em.val(f"select i1 {c}, {t} {args[0]}, {t} {args[1]}")
+            return em.val(f"select {bt} {c}, {t} {args[0]}, {t} {args[1]}")
         if opcode == "neg":
-            return em.val(f"sub {t} 0, {args[0]}")
+            return em.val(f"sub {t} {'zeroinitializer' if width else '0'}, {args[0]}")
         if opcode == "bnot":
-            return em.val(f"xor {t} {args[0]}, {'true' if t == 'i1' else '-1'}")
+            ones = splat("true" if lt == "i1" else "-1", dtype, width)
+            return em.val(f"xor {t} {args[0]}, {ones}")
         if opcode == "abs":
-            em.declare(f"declare {t} @llvm.abs.{t}({t}, i1)")
-            return em.val(f"call {t} @llvm.abs.{t}({t} {args[0]}, i1 false)")
-    raise BackendError(f"llvm: op {opcode} is not defined on {dtype}")
+            return em.val(f"call {t} @{_abs_decl(em, lt, width)}({t} {args[0]}, i1 false)")
+    raise BackendError(f"llvm: op {opcode} is not defined on {dtype}"
+                       + (f" vectors of {width}" if width else ""))
+
+
+def _abs_decl(em: Emitter, lt: str, width: int) -> str:
+    name = f"llvm.abs.{'v%d' % width if width else ''}{lt}"
+    t = f"<{width} x {lt}>" if width else lt
+    em.declare(f"declare {t} @{name}({t}, i1)")
+    return name
 
 
 def broadcast_view(x: Buf, shape: tuple[int, ...]) -> Buf:

@@ -89,13 +89,16 @@ def _reduce(env: Env, op: Op) -> None:
 
 @handles("dot")
 def _dot(env: Env, op: Op) -> None:
-    """out = acc + a @ b. When b is contiguous along k (e.g. a transposed [N, K] tile) the
-    reduction over k is innermost and register-carried (vectorised with reassociation);
-    otherwise the k loop is outside an axpy over n."""
-    em = env.em
     a, b, acc = (env.get(v) for v in op.operands)
     out = env.result_buf(op)
-    em.copy(acc, out)
+    env.em.copy(acc, out)
+    dot_into(env.em, a, b, out)
+
+
+def dot_into(em, a: Buf, b: Buf, out: Buf) -> None:
+    """out += a @ b. When b is contiguous along k (e.g. a transposed [N, K] tile) the
+    reduction over k is innermost and register-carried (vectorised with reassociation);
+    otherwise the k loop is outside an axpy over n."""
     m, k = a.shape
     n = b.shape[1]
     dt = out.dtype
@@ -214,15 +217,79 @@ def _load_common(env: Env, op: Op, t: TensorArg) -> None:
 
     if t.packed and op.attrs.sizes[-1] % 32 == 0:
         _packed_fast_path(env, op, t, starts, out, generic)
+    elif not t.packed and op.attrs.sizes[-1] > 0 and t.type.dtype != "bool":
+        _dense_fast_path(env, op, t, starts, out, generic)
     else:
         generic()
+
+
+def _in_bounds(em, t: TensorArg, starts: list, sizes) -> str:
+    ok = "true"
+    for st, sz, dim in zip(starts, sizes, t.dims):
+        end = em.val(f"add i64 {st}, {max(sz, 1)}")
+        inb = em.val(f"and i1 {em.val(f'icmp sle i64 {end}, {dim}')}, "
+                     f"{em.val(f'icmp sge i64 {st}, 0')}")
+        ok = inb if ok == "true" else em.val(f"and i1 {ok}, {inb}")
+    return ok
+
+
+def _apply_mask(env: Env, op: Op, out: Buf) -> None:
+    """out = where(mask, out, 0), the mask being the op's last operand (broadcast)."""
+    em = env.em
+    m = env.get(op.operands[-1])
+    zero = const_literal(em, 0, out.dtype)
+    t_ = lltype(out.dtype)
+    mv = broadcast_view(m, out.shape) if isinstance(m, Buf) else None
+
+    def apply(i: str, c: str) -> None:
+        em.store_elem(out, i, em.val(f"select i1 {c}, {t_} {em.load_elem(out, i)}, {t_} {zero}"))
+
+    if mv is None or mv.contiguous:
+        em.loop("0", str(out.size), lambda i: apply(i, em.load_elem(mv, i) if mv else m))
+    else:
+        em.nest(out.shape, lambda idx: apply(em.flat_index(idx, out.shape), em.at(mv, idx)))
+
+
+def _dense_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, generic) -> None:
+    """In-bounds windows: each tile row is one contiguous copy; a mask is one select pass."""
+    em = env.em
+    sizes = op.attrs.sizes
+    fast, slow, done = em.label("inb"), em.label("edge"), em.label("loaded")
+    em.emit(f"br i1 {_in_bounds(em, t, starts, sizes)}, label %{fast}, label %{slow}")
+    em.start_block(fast)
+    rows, ncols = out.shape[:-1], out.shape[-1]
+    nbytes = ncols * {"i8": 1, "i16": 2, "i32": 4, "i64": 8, "half": 2, "bfloat": 2,
+                      "float": 4, "double": 8}[MEMTYPE[out.dtype]]
+    em.declare("declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)")
+
+    def row(idx: list[str]) -> None:
+        it = iter(idx)
+        tidx = [st if sz == 0 else em.val(f"add i64 {st}, {next(it)}")
+                for st, sz in zip(starts[:-1], sizes[:-1])] + [starts[-1]]
+        src = em.val(f"getelementptr inbounds {MEMTYPE[t.type.dtype]}, ptr {t.ptr}, "
+                     f"i64 {_offset(env, t, tidx)}")
+        dst = em.gep(out, em.flat_index(list(idx) + ["0"], out.shape) if rows else "0")
+        em.emit(f"call void @llvm.memcpy.p0.p0.i64(ptr align 4 {dst}, ptr align 4 {src}, "
+                f"i64 {nbytes}, i1 false)")
+
+    if rows:
+        em.nest(rows, row)
+    else:
+        row([])
+    if op.attrs.masked:
+        _apply_mask(env, op, out)
+    em.br(done)
+    em.start_block(slow)
+    generic()
+    em.br(done)
+    em.start_block(done)
 
 
 def _vec(items) -> str:
     return "<" + ", ".join(f"i32 {v}" for v in items) + ">"
 
 
-def _unpack32(em, ptr: str, bits: int) -> str:
+def unpack32(em, ptr: str, bits: int) -> str:
     """32 codes of `bits` each from the `bits` words at ptr, as a <32 x i32> vector: one
     vector load, two constant shuffles and a funnel shift (codes may straddle words)."""
     words = em.val(f"load <{bits} x i32>, ptr {ptr}, align 4")
@@ -230,10 +297,14 @@ def _unpack32(em, ptr: str, bits: int) -> str:
     hi_idx = [min(i + 1, bits - 1) for i in lo_idx]
     shifts = [(j * bits) & 31 for j in range(32)]
     lo = em.val(f"shufflevector <{bits} x i32> {words}, <{bits} x i32> poison, <32 x i32> {_vec(lo_idx)}")
-    hi = em.val(f"shufflevector <{bits} x i32> {words}, <{bits} x i32> poison, <32 x i32> {_vec(hi_idx)}")
-    em.declare("declare <32 x i32> @llvm.fshr.v32i32(<32 x i32>, <32 x i32>, <32 x i32>)")
-    v = em.val(f"call <32 x i32> @llvm.fshr.v32i32(<32 x i32> {hi}, <32 x i32> {lo}, "
-               f"<32 x i32> {_vec(shifts)})")
+    if 32 % bits == 0:  # no code straddles two words: one shift
+        v = em.val(f"lshr <32 x i32> {lo}, {_vec(shifts)}")
+    else:
+        hi = em.val(f"shufflevector <{bits} x i32> {words}, <{bits} x i32> poison, "
+                    f"<32 x i32> {_vec(hi_idx)}")
+        em.declare("declare <32 x i32> @llvm.fshr.v32i32(<32 x i32>, <32 x i32>, <32 x i32>)")
+        v = em.val(f"call <32 x i32> @llvm.fshr.v32i32(<32 x i32> {hi}, <32 x i32> {lo}, "
+                   f"<32 x i32> {_vec(shifts)})")
     return em.val(f"and <32 x i32> {v}, {_vec([(1 << bits) - 1] * 32)}")
 
 
@@ -268,7 +339,7 @@ def _packed_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, ge
             wbase = em.val(f"add i64 {base}, {em.val(f'mul i64 {g}, {bits}')}")
             p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wbase}")
             o0 = em.val(f"add i64 {obase}, {em.val(f'mul i64 {g}, 32')}")
-            codes = _unpack32(em, p, bits)
+            codes = unpack32(em, p, bits)
             if dt in ("i32", "u32"):
                 vec, vt = codes, "i32"
             else:
@@ -370,15 +441,21 @@ def _store(env: Env, op: Op) -> None:
         body([])
 
 
-@handles("lut")
-def _lut(env: Env, op: Op) -> None:
-    em = env.em
+def lut_global(em, op: Op) -> tuple[str, str]:
+    """A private constant table for a `lut` op: (its name, its element type)."""
     dt = op.attrs.dtype
     t = MEMTYPE[dt]
     name = f"@lut{len(em.globals)}"
     items = ", ".join(f"{t} {const_literal(em, v, dt)}" for v in op.attrs.values)
     em.globals.append(f"{name} = private unnamed_addr constant [{len(op.attrs.values)} x {t}] "
                       f"[{items}], align 64")
+    return name, t
+
+
+@handles("lut")
+def _lut(env: Env, op: Op) -> None:
+    em = env.em
+    name, t = lut_global(em, op)
     src_dt = op.operands[0].type.dtype
 
     def fn(xs: list[str]) -> str:

@@ -1,0 +1,259 @@
+"""Dequantization fused into `dot`: the weight tile is never materialised.
+
+Pattern: `dot(a, transpose(E), acc)` where E is a tree of elementwise ops over exactly one
+`load_codes` (the packed weights) plus leaves computed elsewhere (scales, zero points,
+constants). For a window that is 32-code aligned and inside the tensor, each 32 codes of a
+weight row are unpacked in registers (`<bits x i32>` load, shuffles, funnel shift), E is
+evaluated on <32 x ...> vectors, and the products accumulate in vector registers for every
+row of `a` (<= MAX_ROWS); other windows run the deferred ops and the generic dot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lowbitc.ir.core import Op, Region, Value
+from lowbitc.ir.opdefs import ELEMENTWISE
+from lowbitc.ir.types import TileType, is_float
+from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
+from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert, splat, vtype
+from lowbitc.backends.llvm.ops_elementwise import broadcast_view, scalar_op
+from lowbitc.backends.llvm.ops_memory import lut_global, unpack32
+
+W = 32  # codes per step: every 32 codes of a row are exactly `bits` whole words
+MAX_ROWS = 4  # rows of `a` that share one decoded weight vector (vector accumulators)
+FUSIBLE = ELEMENTWISE | {"cast", "bitcast", "where", "lut"}
+
+
+@dataclass
+class Plan:
+    dot: Op
+    transpose: Op
+    codes: Op  # the load_codes leaf
+    tree: list[Op]  # E's ops in program order (load_codes excluded)
+    deferred: list[Op] = field(default_factory=list)  # everything skipped until the dot
+
+
+def _uses(r: Region) -> dict[int, int]:
+    counts: dict[int, int] = {}
+
+    def walk(ops):
+        for op in ops:
+            for v in op.operands:
+                counts[v.id] = counts.get(v.id, 0) + 1
+            for reg in op.regions:
+                walk(reg.ops)
+    walk(r.ops)
+    return counts
+
+
+def plan_fusion(r: Region) -> dict[int, Plan]:
+    """Dots of this region (keyed by their result id) whose weight operand can be fused."""
+    defs = {res.id: op for op in r.ops for res in op.results}
+    uses = _uses(r)
+    plans: dict[int, Plan] = {}
+    for op in r.ops:
+        if op.opcode != "dot":
+            continue
+        a, b, acc = op.operands
+        tr = defs.get(b.id)
+        if tr is None or tr.opcode != "transpose" or tr.attrs.perm != (1, 0) or uses[b.id] != 1:
+            continue
+        plan = _tree(defs, uses, tr.operands[0])
+        if plan is None:
+            continue
+        tree, codes = plan
+        e = tr.operands[0].type
+        if not (isinstance(e, TileType) and e.shape[1] % W == 0 and is_float(e.dtype)
+                and a.type.shape[0] <= MAX_ROWS and acc.type.dtype == "f32"
+                and codes.attrs.sizes == e.shape and not codes.attrs.masked
+                and len(codes.attrs.sizes) == 2):
+            continue
+        order = {id(o): i for i, o in enumerate(r.ops)}
+        tree = sorted(tree, key=lambda o: order[id(o)])  # program order: operands first
+        plans[op.results[0].id] = Plan(op, tr, codes, tree, sorted(
+            tree + [codes, tr], key=lambda o: order[id(o)]))
+    return plans
+
+
+def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value):
+    """E's fusible ops (each used only inside E) and its one load_codes, or None."""
+    seen: dict[int, Op] = {}
+    codes: list[Op] = []
+    stack = [root]
+    while stack:
+        v = stack.pop()
+        op = defs.get(v.id)
+        if op is None or not isinstance(v.type, TileType):
+            continue  # a parameter, region argument or scalar: a leaf
+        if op.opcode == "load_codes":
+            if uses[v.id] != 1:
+                return None
+            codes.append(op)
+            continue
+        if op.opcode not in FUSIBLE:
+            continue  # a leaf computed elsewhere (scales, zero points, ...)
+        if id(op) in seen:
+            continue
+        if v is not root and uses[v.id] != 1:
+            return None
+        seen[id(op)] = op
+        stack.extend(op.operands)
+    if len(codes) != 1:
+        return None
+    return list(seen.values()), codes[0]
+
+
+def emit_fused_dot(env: Env, plan: Plan, generic_dot) -> None:
+    """The fused fast path with a runtime fallback; binds the dot's result buffer."""
+    em = env.em
+    op = plan.dot
+    a, _, acc = op.operands
+    out = env.result_buf(op)
+    em.copy(env.get(acc), out)
+    abuf = env.get(a)
+    codes = plan.codes
+    t = env.get(codes.operands[0])
+    starts = [env.get(v) for v in codes.operands[1:3]]
+    fast, slow, done = em.label("fused"), em.label("unfused"), em.label("dotted")
+    if isinstance(abuf, Buf) and abuf.contiguous:
+        em.emit(f"br i1 {_window_ok(em, t, starts, codes.attrs.sizes)}, label %{fast}, "
+                f"label %{slow}")
+        em.start_block(fast)
+        _fused(env, plan, abuf, out, t, starts)
+        em.br(done)
+    else:
+        em.br(slow)
+    em.start_block(slow)
+    for d in plan.deferred:
+        HANDLERS[d.opcode](env, d)
+    generic_dot(em, abuf, env.get(plan.transpose.results[0]), out)
+    em.br(done)
+    em.start_block(done)
+
+
+def _window_ok(em: Emitter, t, starts: list[str], sizes) -> str:
+    ok = em.val(f"icmp eq i64 {em.val(f'and i64 {starts[1]}, {W - 1}')}, 0")
+    for st, sz, dim in zip(starts, sizes, t.dims):
+        end = em.val(f"add i64 {st}, {sz}")
+        inb = em.val(f"and i1 {em.val(f'icmp sle i64 {end}, {dim}')}, "
+                     f"{em.val(f'icmp sge i64 {st}, 0')}")
+        ok = em.val(f"and i1 {ok}, {inb}")
+    return ok
+
+
+def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
+    em = env.em
+    m = abuf.shape[0]
+    bn, bk = plan.codes.attrs.sizes
+    bits = plan.codes.attrs.bits
+    vf = f"<{W} x float>"
+    zero = "zeroinitializer"
+
+    def row(j: str) -> None:
+        n = em.val(f"add i64 {starts[0]}, {j}")
+        first = em.val(f"mul i64 {em.val(f'lshr i64 {starts[1]}, 5')}, {bits}")
+        base = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {first}")
+
+        def step(c: str, accs: list[str]) -> list[str]:
+            wi = em.val(f"add i64 {base}, {em.val(f'mul i64 {c}, {bits}')}")
+            p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}")
+            w = _eval_tree(env, plan, unpack32(em, p, bits), j, c)
+            k0 = em.val(f"mul i64 {c}, {W}")
+            nxt = []
+            for i in range(m):
+                ai = em.val(f"add i64 {em.val(f'mul i64 {i}, {abuf.strides[0]}')}, {k0}")
+                av = _vload(em, abuf, ai)
+                prod = em.val(f"fmul reassoc contract {vf} {av}, {w}")
+                nxt.append(em.val(f"fadd reassoc contract {vf} {accs[i]}, {prod}"))
+            return nxt
+
+        accs = em.loop("0", str(bk // W), None, carried=[(vf, zero)] * m, body_carried=step)
+        em.declare(f"declare float @llvm.vector.reduce.fadd.v{W}f32(float, {vf})")
+        for i in range(m):
+            s = em.val(f"call reassoc float @llvm.vector.reduce.fadd.v{W}f32(float "
+                       f"{float_literal(-0.0, 'f32')}, {vf} {accs[i]})")
+            oi = em.flat_index([str(i), j], out.shape)
+            em.store_elem(out, oi, em.val(f"fadd float {em.load_elem(out, oi)}, {s}"))
+
+    em.loop("0", str(bn), row)
+
+
+def _vload(em: Emitter, buf: Buf, index: str) -> str:
+    p = em.gep(buf, index)
+    v = em.val(f"load <{W} x {lltype(buf.dtype)}>, ptr {p}, align 4")
+    return convert(em, v, buf.dtype, "f32", W) if buf.dtype != "f32" else v
+
+
+def _splat_value(em: Emitter, v: str, dtype: str) -> str:
+    t = lltype(dtype)
+    ins = em.val(f"insertelement <{W} x {t}> poison, {t} {v}, i64 0")
+    return em.val(f"shufflevector <{W} x {t}> {ins}, <{W} x {t}> poison, <{W} x i32> "
+                  "zeroinitializer")
+
+
+def _leaf(env: Env, v: Value, shape, j: str, c: str) -> str:
+    """A leaf of E as a <W x T> vector for row j, codes c*W .. c*W+W-1."""
+    em = env.em
+    x = env.get(v)
+    dt = v.type.dtype
+    if not isinstance(x, Buf):
+        return _splat_value(em, x, dt)
+    bv = broadcast_view(x, tuple(shape))
+    sj, sk = bv.strides
+    k0 = em.val(f"mul i64 {c}, {W}")
+    if sk == 0:
+        return _splat_value(em, em.load_elem(bv, em.val(f"mul i64 {j}, {sj}")), dt)
+    idx = em.val(f"add i64 {em.val(f'mul i64 {j}, {sj}')}, {em.val(f'mul i64 {k0}, {sk}')}")
+    if sk == 1 and dt != "bool":
+        return em.val(f"load <{W} x {lltype(dt)}>, ptr {em.gep(bv, idx)}, align 4")
+    vec = "poison"
+    for lane in range(W):
+        li = em.val(f"add i64 {idx}, {lane * sk}")
+        vec = em.val(f"insertelement {vtype(dt, W)} {vec}, {lltype(dt)} "
+                     f"{em.load_elem(bv, li)}, i64 {lane}")
+    return vec
+
+
+def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str) -> str:
+    em = env.em
+    vals: dict[int, str] = {plan.codes.results[0].id: _retype(em, codes, plan.codes.attrs.dtype)}
+    shape = plan.codes.attrs.sizes
+    for op in plan.tree:
+        args = []
+        for v in op.operands:
+            if v.id not in vals:
+                vals[v.id] = _leaf(env, v, shape, j, c)
+            args.append(vals[v.id])
+        vals[op.results[0].id] = _vector_op(env, op, args)
+    return vals[plan.transpose.operands[0].id]
+
+
+def _retype(em: Emitter, codes: str, dtype: str) -> str:
+    return codes if dtype in ("i32", "u32") else convert(em, codes, "u32", dtype, W)
+
+
+def _vector_op(env: Env, op: Op, args: list[str]) -> str:
+    em = env.em
+    src = op.operands[0].type.dtype
+    o = op.opcode
+    if o == "cast":
+        return convert(em, args[0], src, op.attrs.dtype, W)
+    if o == "bitcast":
+        return em.val(f"bitcast {vtype(src, W)} {args[0]} to {vtype(op.attrs.dtype, W)}")
+    if o == "where":
+        t = vtype(op.results[0].type.dtype, W)
+        return em.val(f"select {vtype('bool', W)} {args[0]}, {t} {args[1]}, {t} {args[2]}")
+    if o == "lut":
+        name, et = lut_global(em, op)
+        idx = convert(em, args[0], src, "i64", W)
+        ptrs = em.val(f"getelementptr inbounds {et}, ptr {name}, <{W} x i64> {idx}")
+        em.declare(f"declare <{W} x {et}> @llvm.masked.gather.v{W}{_sfx(et)}.v{W}p0"
+                   f"(<{W} x ptr>, i32, <{W} x i1>, <{W} x {et}>)")
+        return em.val(f"call <{W} x {et}> @llvm.masked.gather.v{W}{_sfx(et)}.v{W}p0(<{W} x ptr> "
+                      f"{ptrs}, i32 4, <{W} x i1> {splat('true', 'bool', W)}, <{W} x {et}> poison)")
+    return scalar_op(em, o, src, args, W)
+
+
+def _sfx(et: str) -> str:
+    return {"float": "f32", "double": "f64", "half": "f16", "i32": "i32"}.get(et, et)
