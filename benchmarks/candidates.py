@@ -76,6 +76,35 @@ def weight_bytes(qw: QTensor) -> int:
     return int(ops.weight_storage(qw).nbytes + qw.scales.nbytes + zeros)
 
 
+def _json_params(params: dict) -> dict:
+    return {k: v if isinstance(v, (bool, int, float)) else str(getattr(v, "name", v))
+            for k, v in params.items()}
+
+
+def _activation_name(x: np.ndarray) -> str:
+    return {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}.get(x.dtype, "bf16")
+
+
+def matmul_kernel_params(x: np.ndarray, qw: QTensor) -> dict:
+    """The tile parameters `ops.matmul` picks for this call: its defaults, then a stored
+    `lowbitc.tune` winner (the persistent cache can change them; results record them)."""
+    M, (N, K) = x.shape[0], qw.shape
+    params = ops.matmul_params(M, qw, _activation_name(x))
+    fixed = {n: params[n] for n in ("W", "A", "ZP", "EARLY")}
+    params.update(ops.tuned_params("matmul", fixed, qw.group_size, {"M": M, "N": N, "K": K},
+                                   "llvm"))
+    return params
+
+
+def dequant_kernel_params(qw: QTensor) -> dict:
+    """The parameters `ops.dequantize` picks (defaults, then a stored tuning winner)."""
+    N, K = qw.shape
+    params = {"W": qw.dtype, "ZP": qw.zeros is not None}
+    params.update(ops.tuned_params("dequantize", dict(params), qw.group_size,
+                                   {"N": N, "K": K}, "llvm"))
+    return params
+
+
 def _compare(got: np.ndarray, ref: np.ndarray, tolerance: float, exact: bool = False) -> dict:
     got64 = np.asarray(got, dtype=np.float64)
     if got64.shape != ref.shape:
@@ -112,7 +141,8 @@ def matmul_case(name: str, x: np.ndarray, qw: QTensor) -> Timed:
         weight_bytes=wbytes,
         check=_compare(y, ref, MATMUL_TOLERANCE),
         info={"activations": str(x.dtype), "first_call_seconds": first,
-              "zero_point": qw.zeros is not None},
+              "zero_point": qw.zeros is not None,
+              "kernel_params": _json_params(matmul_kernel_params(x, qw))},
     )
 
 
@@ -127,15 +157,16 @@ def dequant_case(name: str, qw: QTensor) -> Timed:
         bytes_moved=wbytes + 4.0 * N * K,
         weight_bytes=wbytes,
         check=_compare(y, qw.dequantize().astype(np.float64), 0.0, exact=True),
-        info={"first_call_seconds": first, "output": "allocated by each call"},
+        info={"first_call_seconds": first, "output": "allocated by each call",
+              "kernel_params": _json_params(dequant_kernel_params(qw))},
     )
 
 
 def dequant_kernel_case(name: str, qw: QTensor) -> Timed:
     """The compiled dequantize kernel writing into one preallocated output (no allocation)."""
     N, K = qw.shape
-    ops.dequantize(qw)  # compiles (or fetches) the kernel below
-    kernel = ops.get_kernel("dequantize", "llvm", W=qw.dtype, ZP=qw.zeros is not None)
+    params = dequant_kernel_params(qw)
+    kernel = ops.get_kernel("dequantize", "llvm", **params)
     zeros = qw.zeros if qw.zeros is not None else np.zeros((1, 1), np.float32)
     storage = ops.weight_storage(qw)
     y = np.zeros((N, K), np.float32)
@@ -152,7 +183,7 @@ def dequant_kernel_case(name: str, qw: QTensor) -> Timed:
         bytes_moved=wbytes + 4.0 * N * K,
         weight_bytes=wbytes,
         check=_compare(y, qw.dequantize().astype(np.float64), 0.0, exact=True),
-        info={"output": "preallocated, reused"},
+        info={"output": "preallocated, reused", "kernel_params": _json_params(params)},
     )
 
 

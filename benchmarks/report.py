@@ -123,8 +123,13 @@ def format_table(results: dict) -> str:
     return "\n".join(text)
 
 
-def format_markdown(results: dict) -> str:
-    """The same table in Markdown (for the README)."""
-    lines = ["| " + " | ".join(_HEAD) + " |", "|" + "---|" * len(_HEAD)]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in results["rows"]]
+_COMPACT = (0, 1, 3, 4, 5, 6, 7)  # the columns a README table keeps (no p10-p90)
+
+
+def format_markdown(results: dict, compact: bool = False) -> str:
+    """The same table in Markdown (for the README and docs); `compact` drops p10-p90."""
+    keep = _COMPACT if compact else range(len(_HEAD))
+    rows = [_HEAD] + [_cells(r) for r in results["rows"]]
+    lines = ["| " + " | ".join(row[i] for i in keep) + " |" for row in rows]
+    lines.insert(1, "|" + "---|" * len(keep))
     return "\n".join(lines)

@@ -72,6 +72,7 @@ def test_quick_run_rows_are_complete(quick_run):
         assert b["median"] > 0 and r["ratio"] > 0
         assert r["passed"] == Goal(**r["goal"]).holds(r["measured"])
         assert r["lowbitc"]["bandwidth_gbs"] > 0
+        assert r["lowbitc"]["info"]["kernel_params"]["W"] == r["format"]
         if r["kind"] in ("gemv", "torch", "gemm"):
             assert r["lowbitc"]["gflops"] > 0
     dequant = next(r for r in results["rows"] if r["name"] == "dequant_u3")
@@ -119,6 +120,7 @@ def test_a_wrong_result_fails_its_row_and_is_not_timed():
     assert row["status"] == "wrong" and row["passed"] is False and "time" not in row
     results = {"rows": [row]}
     assert "WRONG" in format_table(results) and "WRONG" in format_markdown(results)
+    assert "p10-p90" not in format_markdown(results, compact=True)
 
 
 def test_a_failing_build_is_recorded_not_raised():
