@@ -106,10 +106,10 @@ class CudaBackend:
     sim_threads: int = 16
 
     def emit(self, k: Kernel) -> str:
-        return render(k).source
+        return render(k, self.block_size(k)).source
 
     def rendered(self, k: Kernel) -> Rendered:
-        return render(k)
+        return render(k, self.block_size(k))
 
     def block_size(self, k: Kernel) -> int:
         from numba.cuda import config
@@ -120,11 +120,12 @@ class CudaBackend:
 
     def ptx(self, k: Kernel, arch: str = "sm_80") -> str:
         """Standalone PTX (fp16 shims linked in) with one `.entry`."""
-        r = render(k)
+        r = render(k, self.block_size(k))
         return toolchain.ptx_for(r.source, r.signature, arch, name=r.name)
 
     def compile(self, k: Kernel) -> Executable:
-        return Executable(k, render(k), self.block_size(k))
+        threads = self.block_size(k)
+        return Executable(k, render(k, threads), threads)
 
 
 BACKEND = CudaBackend()

@@ -75,8 +75,10 @@ def kernel_name(k: Kernel) -> str:
 class Renderer:
     """State while rendering one kernel; handlers in `elements`/`statements` call into it."""
 
-    def __init__(self, k: Kernel):
+    def __init__(self, k: Kernel, threads: int):
         self.k = k
+        self.threads = threads
+        self.hoist: tuple[int, int, frozenset[str], dict] | None = None
         self.plan = make_plan(k)
         self.src = Source()
         self.scalars: dict[int, str] = {}
@@ -106,8 +108,25 @@ class Renderer:
         for scope in reversed(self.memo):
             if key in scope:
                 return scope[key]
+        if self.hoist is not None and all(i in self.hoist[2] for i in idx):
+            return self._hoisted(op, key)
         name = ELEMENT[op.opcode](self, op, tuple(idx))
         self.memo[-1][key] = name
+        return name
+
+    def _hoisted(self, op: Op, key) -> str:
+        """Compute an element that depends only on outer loop indices before the inner loop."""
+        pos, depth, outer, scope = self.hoist
+        self.hoist = None
+        lines, saved_depth = self.src.lines, self.src.depth
+        self.src.lines, self.src.depth = [], depth
+        try:
+            name = ELEMENT[op.opcode](self, op, key[1])
+        finally:
+            new, self.src.lines, self.src.depth = self.src.lines, lines, saved_depth
+        lines[pos:pos] = new
+        scope[key] = name
+        self.hoist = (pos + len(new), depth, outer, scope)
         return name
 
     def operand(self, op: Op, i: int, idx: tuple[str, ...]) -> str:
@@ -184,15 +203,40 @@ class Renderer:
             self.memo.pop()
 
     def each(self, shape: tuple[int, ...], body: Callable[[tuple[str, ...], str], None]):
-        """A loop over the elements of `shape`, strided by the thread count."""
+        """A loop over the elements of `shape`, strided by the thread count.
+
+        When the last dim is a multiple of the block size, rows are an outer loop and each
+        thread strides along the row; elements that depend only on the row (a group's scale,
+        row bounds) are computed once per row, before the inner loop.
+        """
         size = 1
         for d in shape:
             size *= d
+        if len(shape) >= 2 and shape[-1] % self.threads == 0 and self.hoist is None:
+            self._rows_then_columns(shape, body)
+            return
         e = self.src.fresh("e")
         self.src.line(f"{e} = tid")
         with self.src.block(f"while {e} < {size}:"), self.scope():
             body(self.unravel(e, shape), e)
             self.src.line(f"{e} += nthr")
+
+    def _rows_then_columns(self, shape, body) -> None:
+        rows, cols = size_of(shape[:-1]), shape[-1]
+        r, c = self.src.fresh("r"), self.src.fresh("c")
+        self.src.line(f"{r} = 0")
+        with self.src.block(f"while {r} < {rows}:"), self.scope():
+            lead = self.unravel(r, shape[:-1])
+            self.src.line(f"{c} = tid")
+            with self.src.block(f"while {c} < {cols}:"), self.scope():
+                outer = frozenset(("0", *lead))
+                self.hoist = (len(self.src.lines) - 1, self.src.depth - 1, outer, self.memo[-2])
+                try:
+                    body((*lead, c), f"{r} * {cols} + {c}")
+                finally:
+                    self.hoist = None
+                self.src.line(f"{c} += nthr")
+            self.src.line(f"{r} += 1")
 
     def write(self, buf: Buf, v: Value):
         """Store every element of v into buf (barriers around); returns the buffer reads
@@ -291,7 +335,7 @@ class Renderer:
             self.tensors[vid] = TensorRef(t.name, dims, t.bits)
 
     def _assemble(self, name: str, args: list[str], sig: list[str]) -> Rendered:
-        top = ["    tid = I64(cuda.threadIdx.x)", "    nthr = I64(cuda.blockDim.x)"]
+        top = ["    tid = I64(cuda.threadIdx.x)", f"    nthr = {self.threads}"]
         total = 0
         for buf, size, ty in self.shared:
             top.append(f"    {buf} = cuda.shared.array({size}, {ty})")
@@ -314,8 +358,16 @@ def _dtype_of(numba_name: str) -> str:
     return next((d for d, n in SHARED_TYPE.items() if n == numba_name and d != "bool"), "f32")
 
 
-def render(k: Kernel) -> Rendered:
-    """numba-cuda source of the kernel (see the module docstring)."""
-    return Renderer(k).render()
+def size_of(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def render(k: Kernel, threads: int = 128) -> Rendered:
+    """numba-cuda source of the kernel for blocks of `threads` threads (see the module
+    docstring)."""
+    return Renderer(k, threads).render()
 
 
