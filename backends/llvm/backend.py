@@ -12,7 +12,6 @@ from lowbitc.ir.types import TensorType
 from lowbitc.passes import CPU_PIPELINE
 from lowbitc.signature import bind
 from lowbitc.backends.llvm import jit
-from lowbitc.backends.llvm.codegen import render
 from lowbitc.backends.llvm.launch import ArgPacker, ArrayArg, GridLauncher, ScalarArg
 from lowbitc.signature import storage_dtype
 
@@ -29,6 +28,13 @@ def _load(llvm_ir: str, symbol: str) -> jit.CompiledModule:
                         target=jit.host_target_id())
     obj = cache.get_or_build(key, lambda: jit.object_code(llvm_ir, symbol))
     return jit.load_object(obj, symbol)
+
+
+def _render(k: Kernel):
+    # codegen loads on first use: a kernel loaded by `load` (compile cache hit) never renders
+    from lowbitc.backends.llvm.codegen import render
+
+    return render(k)
 
 
 class Executable:
@@ -70,10 +76,10 @@ class LLVMBackend:
     pipeline: tuple[str, ...] = CPU_PIPELINE
 
     def emit(self, k: Kernel) -> str:
-        return render(k).text
+        return _render(k).text
 
     def compile(self, k: Kernel) -> Executable:
-        r = render(k)
+        r = _render(k)
         return Executable(k, r.text, r.name)
 
     def save(self, exe: Executable) -> tuple[dict, bytes]:

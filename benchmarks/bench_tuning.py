@@ -1,0 +1,89 @@
+"""Tuning goal: the tuned matmul config is never slower than ops' default (within noise) and
+at least 1.2x faster on some shape class.
+
+For each class (M = 1, 16, 128; N = K = 1024; u4 weights, group 128) `lowbitc.tune` searches
+the kernel's `tune` space (exhaustive, process pool), then ops' default tiles and the stored
+winner (what `ops.matmul` now picks) are timed in interleaved rounds on the same inputs.
+Load averages are recorded: other engineers' test runs share these 2 cores.
+Run: `python -m benchmarks.bench_tuning`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+import lowbitc
+from benchmarks.harness import interleaved_stats, machine_info, write_json
+from lowbitc import ops
+
+RESULTS = Path(__file__).parent / "results" / "tuning.json"
+CLASSES = (1, 16, 128)
+N = K = 1024
+WTYPE, GROUP = "u4", 128
+NOISE = 0.05  # ratios within 5% count as "not slower"
+
+
+def bench_class(m: int, qw, rounds: int) -> dict:
+    t0 = time.perf_counter()
+    result = lowbitc.tune("matmul", (m, N, K), wtype=WTYPE, group=GROUP, executor="process",
+                          progress=False, force=True)
+    tune_seconds = time.perf_counter() - t0
+    x = np.random.default_rng(m).standard_normal((m, K)).astype(np.float32)
+    default = ops.matmul_params(m, qw, "f32")
+    tuned = {**default, **result.best}
+    kernels = {name: ops.get_kernel("matmul", **p) for name, p in
+               (("default", default), ("tuned", tuned))}
+    zeros = np.zeros((1, 1), np.float32)
+    w = ops.weight_storage(qw)
+    outs = {name: np.empty((m, N), np.float32) for name in kernels}
+    calls = {name: (lambda k=k, y=outs[name]: k(x, w, qw.scales, zeros, y, GROUP, K=K))
+             for name, k in kernels.items()}
+    ops_y = ops.matmul(x, qw)  # what ops picks now: the stored winner
+    stats = interleaved_stats(calls, rounds=rounds)
+    np.testing.assert_allclose(outs["tuned"], outs["default"], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(ops_y, outs["tuned"], rtol=1e-4, atol=1e-3)
+    speedup = stats["default"]["median"] / stats["tuned"]["median"]
+    return {
+        "M": m, "N": N, "K": K, "wtype": WTYPE, "group": GROUP,
+        "default": {k: default[k] for k in ("BM", "BN", "BK")}, "tuned": result.best,
+        "default_s": stats["default"], "tuned_s": stats["tuned"],
+        "speedup": speedup, "not_slower": speedup >= 1 - NOISE,
+        "search": {"seconds": tune_seconds, "trials": len(result.trials),
+                   "strategy": result.strategy, "failed": len(result.errors),
+                   "search_time_of_default": result.time_of(
+                       {k: default[k] for k in ("BM", "BN", "BK")}),
+                   "search_time_of_best": result.seconds},
+        "load_average": list(os.getloadavg()),
+    }
+
+
+def main(rounds: int = 40) -> dict:
+    rng = np.random.default_rng(0)
+    qw = lowbitc.quantize(rng.standard_normal((N, K)).astype(np.float32), WTYPE, GROUP)
+    load_before = list(os.getloadavg())
+    rows = [bench_class(m, qw, rounds) for m in CLASSES]
+    results = {
+        "classes": rows,
+        "goals": {"never_slower_within": NOISE, "some_class_speedup": 1.2},
+        "goals_met": {"never_slower": all(r["not_slower"] for r in rows),
+                      "some_class_1.2x": any(r["speedup"] >= 1.2 for r in rows)},
+        "load_average_before": load_before,
+        "load_average_after": list(os.getloadavg()),
+        "machine": machine_info(),
+    }
+    write_json(RESULTS, results)
+    return results
+
+
+if __name__ == "__main__":
+    r = main()
+    for row in r["classes"]:
+        print(f"M={row['M']:4d} default {row['default']} {row['default_s']['median'] * 1e6:9.1f} us"
+              f"  tuned {row['tuned']} {row['tuned_s']['median'] * 1e6:9.1f} us"
+              f"  speedup {row['speedup']:.2f}x  (search {row['search']['seconds']:.0f} s)")
+    print("goals met:", r["goals_met"], "load", r["load_average_before"], "->",
+          r["load_average_after"])
