@@ -39,9 +39,25 @@ def _entry(name: str, fmt: str, bits: float, e: dict, n: int, k: int, copy_gbs: 
     }
     out["time_over_floor"] = t / out["memory_floor"]
     out["cycles_per_weight"] = t * clock_ghz * 1e9 * threads / weights if clock_ghz else None
-    out["bound"] = ("memory" if out["copy_fraction"] >= MEMORY_BOUND_FRACTION
-                    else "instructions (unpack + convert + FMA)")
+    out["incache_cycles_per_weight"] = None
+    out["bound"] = ("memory bandwidth" if out["copy_fraction"] >= MEMORY_BOUND_FRACTION
+                    else "below the copy bandwidth")
     return out
+
+
+def _classify(e: dict, incache: dict | None) -> None:
+    """Memory if the copy bandwidth is (nearly) reached; else instructions if a weight costs
+    about as much from DRAM as from cache; else something in between (latency, contention)."""
+    if not incache or not incache.get("reliable") or incache.get("cycles_per_weight_core") is None:
+        return
+    cached = incache["cycles_per_weight_core"]
+    e["incache_cycles_per_weight"] = cached
+    if e["copy_fraction"] >= MEMORY_BOUND_FRACTION or not e["cycles_per_weight"]:
+        return
+    if cached > 0 and e["cycles_per_weight"] <= 1.5 * cached:
+        e["bound"] = "instructions (unpack + convert + FMA): as slow in cache"
+    else:
+        e["bound"] = "neither bandwidth nor in-cache cost: latency, prefetch or contention"
 
 
 def roofline_rows(results: dict) -> list[dict]:
@@ -58,6 +74,7 @@ def roofline_rows(results: dict) -> list[dict]:
         if r["kind"] == "gemv":
             out.append(_entry(r["name"], r["format"], _bits(r["format"]), r["lowbitc"], n, k,
                               copy, clock, threads))
+            _classify(out[-1], results.get("incache", {}).get(r["format"]))
             if r["format"] == "u1":  # the baseline, once
                 out.insert(0, _entry("numpy fp32", "f32", 32, r["baseline"], n, k, copy, clock,
                                      threads))
@@ -80,15 +97,18 @@ def _fmt_time(s: float) -> str:
 def roofline_markdown(results: dict) -> str:
     """The roofline table in Markdown."""
     head = ["case", "bits", "bytes/weight", "bytes per call", "median time", "bandwidth",
-            "of copy bw", "memory floor", "time / floor", "cycles/weight/core", "bound"]
+            "of copy bw", "memory floor", "time / floor", "cycles/weight/core",
+            "in cache", "bound"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in roofline_rows(results):
         cyc = f"{e['cycles_per_weight']:.2f}" if e["cycles_per_weight"] is not None else "-"
+        inc = e["incache_cycles_per_weight"]
+        inc = f"{inc:.2f}" if inc is not None else "-"
         lines.append("| " + " | ".join([
             e["name"], str(e["bits"]), f"{e['weight_bytes_per_weight']:.4f}",
             f"{e['bytes_per_call'] / 1e6:.2f} MB", _fmt_time(e["time"]),
             f"{e['bandwidth_gbs']:.1f} GB/s", f"{e['copy_fraction'] * 100:.0f}%",
-            _fmt_time(e["memory_floor"]), f"{e['time_over_floor']:.1f}x", cyc, e["bound"],
+            _fmt_time(e["memory_floor"]), f"{e['time_over_floor']:.1f}x", cyc, inc, e["bound"],
         ]) + " |")
     return "\n".join(lines)
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 from lowbitc.benchmarks import candidates as cand
-from lowbitc.benchmarks import runner
+from lowbitc.benchmarks import environment, groups, runner
 from lowbitc.benchmarks.cases import ROWS, Goal, row_names, select_rows
 from lowbitc.benchmarks.report import format_markdown, format_table, make_row
 
@@ -106,14 +106,14 @@ def test_goal_operators():
 
 def test_a_wrong_result_fails_its_row_and_is_not_timed():
     spec = next(r for r in ROWS if r.name == "gemv_u4")
-    grp = runner.Group("t")
+    grp = groups.Group("t")
     grp.add("numpy_fp32_M1", lambda: cand.Timed("numpy_fp32_M1", lambda: None, flops=2.0,
                                                 bytes_moved=8.0))
     check = cand._compare(np.ones(4), np.zeros(4) + 0.5, cand.MATMUL_TOLERANCE)
     assert not check["ok"] and check["max_abs_error"] == 0.5
     grp.add("bad", lambda: cand.Timed("bad", lambda: None, flops=2.0, bytes_moved=8.0,
                                       check=check))
-    stats = runner._measure(grp, rounds=2)
+    stats = groups.measure(grp, rounds=2)
     assert set(stats) == {"numpy_fp32_M1"}
     row = make_row(spec, runner.quick_config(size=8), grp, stats, "bad", "numpy_fp32_M1", (),
                    [0.0, 0.0, 0.0])
@@ -124,7 +124,7 @@ def test_a_wrong_result_fails_its_row_and_is_not_timed():
 
 
 def test_a_failing_build_is_recorded_not_raised():
-    grp = runner.Group("t")
+    grp = groups.Group("t")
     grp.add("boom", lambda: 1 / 0)
     grp.add("none", lambda: None, missing="torch is not installed")
     assert grp.problems["boom"]["status"] == "error"
@@ -145,14 +145,14 @@ def test_matmul_case_checks_against_numpy():
 
 def test_thread_limits_restore_the_environment():
     before = os.environ.get("LOWBITC_NUM_THREADS")
-    with runner.thread_limits(1) as info:
+    with environment.thread_limits(1) as info:
         assert os.environ["LOWBITC_NUM_THREADS"] == "1" and info["lowbitc"] == 1
     assert os.environ.get("LOWBITC_NUM_THREADS") == before
 
 
 def test_wait_for_load_returns_at_once_when_not_asked_or_timed_out():
-    assert runner.wait_for_load(0.0, 100.0, print)["reached"] is True
-    waited = runner.wait_for_load(1e-9, 0.0, print)  # an impossible load, no time to wait
+    assert environment.wait_for_load(0.0, 100.0, print)["reached"] is True
+    waited = environment.wait_for_load(1e-9, 0.0, print)  # an impossible load, no time to wait
     assert waited["waited_seconds"] < 5 and waited["max_load"] == 1e-9
 
 

@@ -1,0 +1,53 @@
+"""What one benchmark run measures: shapes, rounds, threads, rows."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from lowbitc.errors import UserArgumentError
+
+from .cases import ROWS, RowSpec
+
+__all__ = ["Config", "quick_config"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Shapes and effort of one run; the defaults are issue 5's (K = N = 4096, group 128)."""
+
+    size: int = 4096  # K = N
+    small: int = 256  # K = N of the per-call overhead row
+    group_size: int = 128
+    rounds: int = 40
+    threads: int = 0  # 0: every usable CPU
+    copy_mib: int = 128  # bytes copied by the copy-bandwidth baseline (src size)
+    incache_sizes: tuple[int, int] = (1024, 256)  # K = N of the in-cache GEMVs (big, small)
+    quick: bool = False
+    rows: tuple[RowSpec, ...] = ROWS
+    wait_load: float = 0.0  # > 0: first wait (up to wait_seconds) for a 1-min load this low
+    wait_seconds: float = 600.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("size", "small", "group_size", "rounds", "copy_mib"):
+            if getattr(self, name) < 1:
+                raise UserArgumentError(f"{name}: expected a positive integer, "
+                                        f"got {getattr(self, name)}")
+        big, small = self.incache_sizes
+        if not 1 <= small < big:
+            raise UserArgumentError(f"incache_sizes: expected (big, small) with big > small "
+                                    f">= 1, got {self.incache_sizes}")
+        if self.threads < 0:
+            raise UserArgumentError(f"threads: expected >= 1 (or 0 for all CPUs), "
+                                    f"got {self.threads}")
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["rows"] = [r.name for r in self.rows]
+        return out
+
+
+def quick_config(**overrides) -> Config:
+    """Small shapes and few rounds: a smoke run of every row in well under a minute."""
+    base = {"size": 512, "rounds": 5, "copy_mib": 16, "incache_sizes": (256, 128), "quick": True}
+    return Config(**{**base, **overrides})

@@ -1,0 +1,186 @@
+"""Groups of timed calls: each group's calls and baselines run in the same interleaved rounds.
+
+A group also says which row reads which of its calls (`bindings`: row, lowbitc call, baseline,
+extra calls recorded with the row).
+"""
+
+from __future__ import annotations
+
+import functools
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from . import candidates as cand
+from .baselines import copy_baseline, numpy_gemm
+from .cases import GEMV_FORMATS, RowSpec
+from .config import Config
+from .harness import interleaved_stats
+
+__all__ = ["Group", "copy_summary", "groups", "incache_summary", "measure"]
+
+MIB = 1 << 20
+
+
+@dataclass
+class Group:
+    """Timed calls measured together, and which row reads which of them."""
+
+    title: str
+    kind: str = "rows"  # "rows": feeds table rows; "incache": the roofline's compute figures
+    timed: dict[str, cand.Timed] = field(default_factory=dict)
+    problems: dict[str, dict] = field(default_factory=dict)  # key -> {"status", "reason"}
+    bindings: list[tuple[RowSpec, str, str | None, tuple[str, ...]]] = field(default_factory=list)
+
+    def add(self, key: str, build: Callable[[], cand.Timed | None], missing: str = "") -> None:
+        """Build one timed call; a failure or a missing optional piece is recorded, not raised."""
+        if key in self.timed or key in self.problems:
+            return
+        try:
+            made = build()
+        except Exception as e:  # a kernel that fails to build fails its rows, not the run
+            self.problems[key] = {"status": "error", "reason": f"{type(e).__name__}: {e}",
+                                  "traceback": traceback.format_exc(limit=4)}
+            return
+        if made is None:
+            self.problems[key] = {"status": "skipped", "reason": missing}
+        else:
+            self.timed[key] = made
+
+
+def _numpy(m: int, n: int, seed: int, name: str | None = None) -> cand.Timed:
+    """numpy fp32 x[m, n] @ W[n, n].T; its weight bytes are the fp32 matrix."""
+    t = cand.from_baseline(numpy_gemm(m, n, n, seed), weight_bytes=4.0 * n * n)
+    t.name = name or t.name
+    return t
+
+
+def _gemv_group(cfg: Config, specs: list[RowSpec]) -> Group:
+    n, g = cfg.size, cfg.group_size
+    grp = Group(f"GEMV M=1, K=N={n}")
+    w, x = cand.weights(n, n, cfg.seed), cand.activations(1, n, cfg.seed + 1)
+    qw = functools.cache(lambda fmt: cand.quantized(w, fmt, g))
+
+    grp.add("numpy_fp32_M1", lambda: _numpy(1, n, cfg.seed))
+    for spec in specs:
+        key = f"lowbitc_gemv_{spec.fmt}"
+        grp.add(key, lambda f=spec.fmt, k=key: cand.matmul_case(k, x, qw(f)))
+        if spec.kind == "torch":
+            grp.add("torch_int4_bf16_M1", lambda: cand.torch_case(n, n, g),
+                    missing="torch is not installed")
+            xb = cand.activations(1, n, cfg.seed + 1, "bf16")
+            extra = "lowbitc_gemv_u4_bf16"
+            grp.add(extra, lambda e=extra, x1=xb: cand.matmul_case(e, x1, qw("u4")))
+            grp.bindings.append((spec, key, "torch_int4_bf16_M1", (extra,)))
+        else:
+            grp.bindings.append((spec, key, "numpy_fp32_M1", ()))
+    return grp
+
+
+def _gemm_group(cfg: Config, spec: RowSpec) -> Group:
+    n, m = cfg.size, spec.M
+    grp = Group(f"GEMM M={m}, K=N={n}")
+    w, x = cand.weights(n, n, cfg.seed), cand.activations(m, n, cfg.seed + 1)
+    base = f"numpy_fp32_M{m}"
+    grp.add(base, lambda: _numpy(m, n, cfg.seed))
+    key = f"lowbitc_gemm_{spec.fmt}_M{m}"
+    grp.add(key, lambda: cand.matmul_case(key, x, cand.quantized(w, spec.fmt, cfg.group_size)))
+    grp.bindings.append((spec, key, base, ()))
+    return grp
+
+
+def _dequant_group(cfg: Config, specs: list[RowSpec]) -> Group:
+    """Copy bandwidth on 1 and on `threads` threads, and the dequantize rows, interleaved."""
+    n = cfg.size
+    grp = Group(f"dequantize {n}x{n} and copy bandwidth")
+    nbytes = cfg.copy_mib * MIB
+    grp.add("copy_1t", lambda: cand.from_baseline(copy_baseline(nbytes, threads=1)))
+    if cfg.threads > 1:
+        grp.add(f"copy_{cfg.threads}t",
+                lambda: cand.from_baseline(copy_baseline(nbytes, threads=cfg.threads)))
+    w = cand.weights(n, n, cfg.seed)
+    qw = functools.cache(lambda fmt: cand.quantized(w, fmt, cfg.group_size))
+    for spec in specs:
+        key, extra = f"lowbitc_dequant_{spec.fmt}", f"lowbitc_dequant_{spec.fmt}_kernel"
+        grp.add(key, lambda k=key, f=spec.fmt: cand.dequant_case(k, qw(f)))
+        grp.add(extra, lambda k=extra, f=spec.fmt: cand.dequant_kernel_case(k, qw(f)))
+        grp.bindings.append((spec, key, "copy", (extra,)))
+    return grp
+
+
+def _small_group(cfg: Config, spec: RowSpec) -> Group:
+    n = cfg.small
+    grp = Group(f"ops.matmul call overhead, M=1 K=N={n}")
+    w, x = cand.weights(n, n, cfg.seed), cand.activations(1, n, cfg.seed + 1)
+    grp.add("numpy_fp32_small", lambda: _numpy(1, n, cfg.seed, "numpy_fp32_small"))
+    key = "lowbitc_small_u4"
+    grp.add(key, lambda: cand.matmul_case(key, x, cand.quantized(w, spec.fmt, cfg.group_size)))
+    grp.bindings.append((spec, key, "numpy_fp32_small", ()))
+    return grp
+
+
+def incache_group(cfg: Config, fmts: list[str]) -> Group:
+    """Each GEMV format at two sizes whose weights stay in cache: the time difference per
+    weight is what a weight costs in instructions, free of DRAM and of per-call overhead."""
+    grp = Group(f"in-cache GEMV M=1, K=N={cfg.incache_sizes}", kind="incache")
+    for n in cfg.incache_sizes:
+        w, x = cand.weights(n, n, cfg.seed), cand.activations(1, n, cfg.seed + 1)
+        for f in fmts:
+            key = f"incache_{f}_{n}"
+            grp.add(key, lambda k=key, f=f, w=w, x=x:
+                    cand.matmul_case(k, x, cand.quantized(w, f, cfg.group_size)))
+    return grp
+
+
+def incache_summary(grp: Group, stats: dict, cfg: Config, clock_mhz: float | None) -> dict:
+    """Per format: seconds and cycles (per core, nominal clock) one weight costs in cache."""
+    big, small = cfg.incache_sizes
+    out = {}
+    for f in GEMV_FORMATS:
+        kb, ks = f"incache_{f}_{big}", f"incache_{f}_{small}"
+        if kb not in stats or ks not in stats:
+            continue
+        tb, ts = stats[kb]["median"], stats[ks]["median"]
+        per_weight = (tb - ts) / (big * big - small * small)
+        # the difference must stand well above the noise of the small call to mean anything
+        out[f] = {"time": {str(big): tb, str(small): ts}, "seconds_per_weight": per_weight,
+                  "reliable": tb - ts > 0.5 * ts,
+                  "cycles_per_weight_core": per_weight * clock_mhz * 1e6 * cfg.threads
+                  if clock_mhz else None}
+    return out
+
+
+def groups(cfg: Config) -> Iterator[Callable[[], Group]]:
+    """Group builders in run order (built lazily so big operands are freed between groups)."""
+    by_kind: dict[str, list[RowSpec]] = {}
+    for spec in cfg.rows:
+        by_kind.setdefault(spec.kind, []).append(spec)
+    gemv = by_kind.get("gemv", []) + by_kind.get("torch", [])
+    gemv.sort(key=lambda s: (s.kind == "torch", GEMV_FORMATS.index(s.fmt)))
+    if gemv:
+        yield lambda: _gemv_group(cfg, gemv)
+        fmts = [s.fmt for s in gemv if s.kind == "gemv"]
+        if fmts:
+            yield lambda: incache_group(cfg, fmts)
+    for spec in by_kind.get("gemm", []):
+        yield lambda s=spec: _gemm_group(cfg, s)
+    yield lambda: _dequant_group(cfg, by_kind.get("dequant", []))  # copy bandwidth: always
+    for spec in by_kind.get("small", []):
+        yield lambda s=spec: _small_group(cfg, s)
+
+
+def measure(grp: Group, rounds: int) -> dict:
+    """Time every correct call of the group in the same interleaved rounds."""
+    fns = {k: t.fn for k, t in grp.timed.items() if t.correct}
+    stats = interleaved_stats(fns, rounds) if fns else {}
+    return stats
+
+
+def copy_summary(stats: dict, timed: dict[str, cand.Timed]) -> dict:
+    bw = {k: timed[k].bytes_moved / s["median"] / 1e9 for k, s in stats.items()
+          if k.startswith("copy_")}
+    if not bw:
+        return {}
+    best = max(bw, key=bw.get)
+    return {"per_threads_gbs": bw, "best_gbs": bw[best], "best": best,
+            "bytes_per_call": timed[best].bytes_moved}
