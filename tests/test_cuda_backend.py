@@ -9,8 +9,10 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from lowbitc import ops
 from lowbitc.errors import BackendError
 from lowbitc.ops import kernel_path
 
@@ -22,8 +24,10 @@ from lowbitc.dsl.lower import lower_kernel  # noqa: E402
 from lowbitc.commands import emit  # noqa: E402
 from lowbitc.commands.compile import compile_file  # noqa: E402
 from lowbitc.compiler import load, pick_kernel  # noqa: E402
+from lowbitc.interp import run as interpret  # noqa: E402
 from lowbitc.ir.core import walk  # noqa: E402
 from lowbitc.passes import run_pipeline  # noqa: E402
+from lowbitc.quant import quantize  # noqa: E402
 
 MISSING = T.toolchain_missing()
 needs_toolchain = pytest.mark.skipif(MISSING is not None, reason=f"CUDA toolchain: {MISSING}")
@@ -56,7 +60,8 @@ def test_emit_is_python_built_from_generated_names(kernel, fmt):
 def test_dequantize_fuses_into_one_loop_without_shared_memory():
     r = BACKEND.rendered(_lowered("dequantize", W="u4", ZP=True))
     assert r.shared_bytes == 0 and "syncthreads" not in r.source
-    assert r.source.count("while e") == 1  # decode, zero point, scale and store: one loop
+    # decode, zero point, scale and store: one element loop (rows outside, columns inside)
+    assert r.source.count("while c") == 1 and "while e" not in r.source
 
 
 def test_matmul_stages_dot_operands_in_shared_memory():
@@ -165,3 +170,17 @@ def test_backend_is_registered():
     from lowbitc.backends import get_backend
 
     assert get_backend("cuda") is BACKEND and BACKEND.name == "cuda"
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_magic_convert_keeps_interpreter_results(bits):
+    qw = quantize(np.random.default_rng(bits).standard_normal((5, 45)).astype(np.float32),
+                  f"u{bits}", 16, zero_point=True)
+    k = _lowered("dequantize", W=f"u{bits}", ZP=True)
+    ops_ = [op.opcode for op in walk(k.body.ops)]
+    assert "magic-convert" in BACKEND.pipeline
+    if bits < 8:  # u8 is also a machine type: plain bytes, converted with one cast
+        assert "bitcast" in ops_ and "cast" not in ops_
+    y = np.zeros((5, 45), np.float32)
+    interpret(k, ops.weight_storage(qw), qw.scales, qw.zeros, y, 16, K=45)
+    assert np.array_equal(y.view(np.uint32), qw.dequantize().view(np.uint32))

@@ -15,9 +15,11 @@ from lowbitc.errors import UserArgumentError
 from lowbitc.interp import grid_of_bound
 from lowbitc.ir.core import Kernel, walk
 from lowbitc.ir.types import TensorType
-from lowbitc.passes import CPU_PIPELINE
+from lowbitc.passes import magic_convert  # noqa: F401  (registers magic-convert)
 from lowbitc.signature import bind
 
+# the CPU pipeline plus the magic-number code conversion
+CUDA_PIPELINE = ("cse", "lower-formats", "bitpack", "magic-convert", "cse", "dce")
 _SCALAR = {"i64": np.int64, "i32": np.int32, "f32": np.float32, "f64": np.float64}
 
 
@@ -101,7 +103,7 @@ class CudaBackend:
     `sim_threads` replaces it in the simulator, where every thread is a Python thread."""
 
     name: str = "cuda"
-    pipeline: tuple[str, ...] = CPU_PIPELINE
+    pipeline: tuple[str, ...] = CUDA_PIPELINE
     threads: int = 128
     sim_threads: int = 16
 
