@@ -19,7 +19,8 @@ import threading
 
 from lowbitc.backends.llvm import jit
 
-from lowbitc.errors import BackendError, UserArgumentError
+from lowbitc.cache import CacheKey, default_cache
+from lowbitc.errors import BackendError, LowbitcError, UserArgumentError
 
 __all__ = [
     "KERNEL_CFUNC",
@@ -224,13 +225,30 @@ def split_blocks(nblocks: int, parts: int) -> list[tuple[int, int]]:
     return [(nblocks * p // parts, nblocks * (p + 1) // parts) for p in range(parts)]
 
 
+def _pool_module() -> jit.CompiledModule:
+    """The pool's machine code, from the persistent compile cache when there is one."""
+    name = "lowbitc_thread_pool"
+    cache = default_cache()
+    if cache is not None:
+        try:
+            key = CacheKey.make(
+                _POOL_IR, {"symbol": name}, backend="llvm", target=jit.host_target_id()
+            )
+            return jit.load_object(
+                cache.get_or_build(key, lambda: jit.object_code(_POOL_IR, name)), name
+            )
+        except (LowbitcError, OSError):
+            pass  # an unusable cache only costs the compile below
+    return jit.compile_ir(_POOL_IR, name)
+
+
 class NativePool:
     """The native pool: pthread workers; launches from Python threads are serialised."""
 
     kind = "native"
 
     def __init__(self) -> None:
-        module = jit.compile_ir(_POOL_IR, "lowbitc_thread_pool")
+        module = _pool_module()
         self.launch = _LAUNCH(module.address("lowbitc_pool_launch"))
         self._grow = _GROW(module.address("lowbitc_pool_grow"))
         self._workers = _WORKERS(module.address("lowbitc_pool_workers"))
