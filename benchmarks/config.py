@@ -21,7 +21,7 @@ class Config:
     rounds: int = 40
     threads: int = 0  # 0: every usable CPU
     copy_mib: int = 128  # bytes copied by the copy-bandwidth baseline (src size)
-    incache_sizes: tuple[int, int] = (1024, 256)  # K = N of the in-cache GEMVs (big, small)
+    incache_sizes: tuple[int, int] = (2048, 512)  # K = N of the in-cache (L2/L3) GEMVs
     quick: bool = False
     rows: tuple[RowSpec, ...] = ROWS
     wait_load: float = 0.0  # > 0: first wait (up to wait_seconds) for a 1-min load this low

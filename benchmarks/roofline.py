@@ -26,7 +26,7 @@ def _bits(fmt: str) -> int:
 
 def _entry(name: str, fmt: str, bits: float, e: dict, n: int, k: int, copy_gbs: float,
            clock_ghz: float | None, threads: int) -> dict:
-    t = e["time"]["median"]
+    t, t10 = e["time"]["median"], e["time"]["p10"]
     weights = float(n * k)
     out = {
         "name": name, "format": fmt, "bits": bits,
@@ -39,25 +39,43 @@ def _entry(name: str, fmt: str, bits: float, e: dict, n: int, k: int, copy_gbs: 
     }
     out["time_over_floor"] = t / out["memory_floor"]
     out["cycles_per_weight"] = t * clock_ghz * 1e9 * threads / weights if clock_ghz else None
+    out["cycles_per_weight_p10"] = (t10 * clock_ghz * 1e9 * threads / weights if clock_ghz
+                                    else None)
     out["incache_cycles_per_weight"] = None
     out["bound"] = ("memory bandwidth" if out["copy_fraction"] >= MEMORY_BOUND_FRACTION
                     else "below the copy bandwidth")
     return out
 
 
-def _classify(e: dict, incache: dict | None) -> None:
+def _classify(e: dict, incache: dict | None, others_cpus: float | None) -> None:
     """Memory if the copy bandwidth is (nearly) reached; else instructions if a weight costs
-    about as much from DRAM as from cache; else something in between (latency, contention)."""
-    if not incache or not incache.get("reliable") or incache.get("cycles_per_weight_core") is None:
+    about as much from DRAM as from cache (both from p10 times); else something in between."""
+    best = (incache or {}).get("p10", {})
+    if not best.get("reliable") or best.get("cycles_per_weight_core") is None:
         return
-    cached = incache["cycles_per_weight_core"]
+    cached = best["cycles_per_weight_core"]
     e["incache_cycles_per_weight"] = cached
-    if e["copy_fraction"] >= MEMORY_BOUND_FRACTION or not e["cycles_per_weight"]:
+    if e["copy_fraction"] >= MEMORY_BOUND_FRACTION or not e["cycles_per_weight_p10"]:
         return
-    if cached > 0 and e["cycles_per_weight"] <= 1.5 * cached:
-        e["bound"] = "instructions (unpack + convert + FMA): as slow in cache"
+    if cached > 0 and e["cycles_per_weight_p10"] <= 1.5 * cached:
+        e["bound"] = "instructions (unpack, convert, FMA): as slow as in cache"
     else:
-        e["bound"] = "neither bandwidth nor in-cache cost: latency, prefetch or contention"
+        busy = f"; others held {others_cpus:.1f} CPUs" if others_cpus else ""
+        e["bound"] = (f"{e['cycles_per_weight_p10'] / cached:.1f}x its in-cache cost, far "
+                      f"below bandwidth: contention or latency{busy}")
+
+
+def _dequant_bound(e: dict, row: dict) -> str:
+    """Memory, or else whether the output allocation or the kernel itself is the cost."""
+    if e["copy_fraction"] >= MEMORY_BOUND_FRACTION:
+        return "memory bandwidth"
+    kernel = next((x for x in row.get("extra", []) if "time" in x), None)
+    if kernel is None:
+        return "below the copy bandwidth"
+    bw = kernel["bandwidth_gbs"]
+    if e["time"] > 1.3 * kernel["time"]["median"]:
+        return f"the output allocation: into a reused buffer the kernel reaches {bw:.1f} GB/s"
+    return f"the kernel (into a reused buffer it reaches {bw:.1f} GB/s, no better)"
 
 
 def roofline_rows(results: dict) -> list[dict]:
@@ -74,7 +92,8 @@ def roofline_rows(results: dict) -> list[dict]:
         if r["kind"] == "gemv":
             out.append(_entry(r["name"], r["format"], _bits(r["format"]), r["lowbitc"], n, k,
                               copy, clock, threads))
-            _classify(out[-1], results.get("incache", {}).get(r["format"]))
+            _classify(out[-1], results.get("incache", {}).get(r["format"]),
+                      r.get("cpu_usage", {}).get("others_cpus"))
             if r["format"] == "u1":  # the baseline, once
                 out.insert(0, _entry("numpy fp32", "f32", 32, r["baseline"], n, k, copy, clock,
                                      threads))
@@ -84,8 +103,7 @@ def roofline_rows(results: dict) -> list[dict]:
         elif r["kind"] == "dequant":
             e = _entry(r["name"], r["format"], _bits(r["format"]), r["lowbitc"], n, k, copy,
                        clock, threads)
-            e["bound"] = "memory" if e["copy_fraction"] >= MEMORY_BOUND_FRACTION else (
-                "instructions or the output allocation (see kernel-only figure)")
+            e["bound"] = _dequant_bound(e, r)
             out.append(e)
     return out
 
@@ -97,11 +115,12 @@ def _fmt_time(s: float) -> str:
 def roofline_markdown(results: dict) -> str:
     """The roofline table in Markdown."""
     head = ["case", "bits", "bytes/weight", "bytes per call", "median time", "bandwidth",
-            "of copy bw", "memory floor", "time / floor", "cycles/weight/core",
-            "in cache", "bound"]
+            "of copy bw", "memory floor", "time / floor", "cycles/weight/core (median; p10)",
+            "in cache (p10)", "bound"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in roofline_rows(results):
-        cyc = f"{e['cycles_per_weight']:.2f}" if e["cycles_per_weight"] is not None else "-"
+        cyc = (f"{e['cycles_per_weight']:.2f}; {e['cycles_per_weight_p10']:.2f}"
+               if e["cycles_per_weight"] is not None else "-")
         inc = e["incache_cycles_per_weight"]
         inc = f"{inc:.2f}" if inc is not None else "-"
         lines.append("| " + " | ".join([

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from lowbitc.benchmarks import candidates as cand
 from lowbitc.benchmarks import environment, groups, runner
-from lowbitc.benchmarks.cases import ROWS, Goal, row_names, select_rows
+from lowbitc.benchmarks.cases import GEMV_FORMATS, ROWS, Goal, row_names, select_rows
 from lowbitc.benchmarks.report import format_markdown, format_table, make_row
+from lowbitc.benchmarks.roofline import roofline_markdown, roofline_rows
 
 from lowbitc.errors import UserArgumentError
 
@@ -78,6 +79,24 @@ def test_quick_run_rows_are_complete(quick_run):
     dequant = next(r for r in results["rows"] if r["name"] == "dequant_u3")
     assert dequant["lowbitc"]["check"]["max_abs_error"] == 0.0  # bit-exact
     assert dequant["baseline"]["name"].startswith("copy_")
+
+
+@pytest.mark.slow
+def test_roofline_from_the_quick_run(quick_run):
+    _, out = quick_run
+    results = json.loads((out / "cpu-quick.json").read_text())
+    entries = roofline_rows(results)
+    names = [e["name"] for e in entries]
+    assert names[0] == "numpy fp32" and "dequant_u3" in names
+    assert [n for n in names if n.startswith("gemv_")] == [f"gemv_{f}" for f in GEMV_FORMATS]
+    for e in entries:
+        # bytes per call / time is the bandwidth; the floor is bytes / copy bandwidth
+        assert e["bandwidth_gbs"] == pytest.approx(e["bytes_per_call"] / e["time"] / 1e9)
+        assert e["time_over_floor"] == pytest.approx(e["time"] / e["memory_floor"])
+    u4 = next(e for e in entries if e["name"] == "gemv_u4")
+    assert u4["weight_bytes_per_weight"] == pytest.approx(4 / 8 + 8 / 128)  # codes, scale, zero
+    assert set(results["incache"]) == set(GEMV_FORMATS)
+    assert len(roofline_markdown(results).splitlines()) == len(entries) + 2
 
 
 def test_select_rows_by_name_and_pattern():
