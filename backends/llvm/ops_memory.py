@@ -71,9 +71,12 @@ def _reduce(env: Env, op: Op) -> None:
         ident = {"sum": 0, "max": -(2**31) if dt.startswith("i") else 0, "min": 2**31 - 1}[
             op.attrs.kind]
     init = const_literal(em, ident, dt)
-    em.loop("0", str(out.size), lambda i: em.store_elem(out, i, init))
     fn = {"sum": "add", "max": "max", "min": "min"}[op.attrs.kind]
     axis = op.attrs.axis
+    if axis == len(src.shape) - 1 and src.strides[-1] == 1:
+        _reduce_rows(env, op, src, out, out_shape, init, fn)
+        return
+    em.loop("0", str(out.size), lambda i: em.store_elem(out, i, init))
 
     def body(idx: list[str]) -> None:
         o = em.flat_index(idx[:axis] + idx[axis + 1:], out_shape) if out_shape else "0"
@@ -84,6 +87,33 @@ def _reduce(env: Env, op: Op) -> None:
     if out_shape:
         env.bind(op.results[0], out)
     else:
+        env.bind(op.results[0], em.load_elem(out, "0"))
+
+
+def _reduce_rows(env: Env, op: Op, src: Buf, out: Buf, out_shape, init: str, fn: str) -> None:
+    """Reduce along a contiguous last axis: one register-carried loop per output element
+    (float sums reassociate so LLVM vectorises them)."""
+    em = env.em
+    dt = src.dtype
+    t = lltype(dt)
+    n = src.shape[-1]
+
+    def one(idx: list[str]) -> None:
+        base = em.offset(list(idx) + ["0"], src.shape, src.strides)
+
+        def step(p: str, acc: list[str]) -> list[str]:
+            x = em.load_elem(src, em.val(f"add i64 {base}, {p}"))
+            if fn == "add" and is_float(dt):
+                return [em.val(f"fadd reassoc {t} {acc[0]}, {x}")]
+            return [scalar_op(em, fn, dt, [acc[0], x])]
+        (r,) = em.loop("0", str(n), None, carried=[(t, init)], body_carried=step)
+        em.store_elem(out, em.flat_index(idx, out_shape) if out_shape else "0", r)
+
+    if out_shape:
+        em.nest(out_shape, one)
+        env.bind(op.results[0], out)
+    else:
+        one([])
         env.bind(op.results[0], em.load_elem(out, "0"))
 
 
@@ -217,7 +247,7 @@ def _load_common(env: Env, op: Op, t: TensorArg) -> None:
 
     if t.packed and op.attrs.sizes[-1] % 32 == 0:
         _packed_fast_path(env, op, t, starts, out, generic)
-    elif not t.packed and op.attrs.sizes[-1] > 0 and t.type.dtype != "bool":
+    elif not t.packed and t.type.dtype != "bool":
         _dense_fast_path(env, op, t, starts, out, generic)
     else:
         generic()
@@ -272,7 +302,15 @@ def _dense_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, gen
         em.emit(f"call void @llvm.memcpy.p0.p0.i64(ptr align 4 {dst}, ptr align 4 {src}, "
                 f"i64 {nbytes}, i1 false)")
 
-    if rows:
+    def element(idx: list[str]) -> None:  # a strided window (last dim indexed): no clamps
+        it = iter(idx)
+        tidx = [st if sz == 0 else em.val(f"add i64 {st}, {next(it)}")
+                for st, sz in zip(starts, sizes)]
+        em.store_elem(out, em.flat_index(idx, out.shape), _read(env, t, tidx))
+
+    if sizes[-1] == 0:
+        em.nest(out.shape, element)
+    elif rows:
         em.nest(rows, row)
     else:
         row([])
