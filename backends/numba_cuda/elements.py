@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lowbitc.backends.numba_cuda.source import literal, numba_type
+from lowbitc.backends.numba_cuda.units import unit_codes, window_in_unit
 
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Op
@@ -209,12 +210,21 @@ def _load(ctx, op: Op, idx) -> str:
     t = ctx.tensor(op.operands[0])
     nstart = len(op.operands) - 1 - a.masked
     starts = [ctx.elem(v, ()) for v in op.operands[1:1 + nstart]]
-    where, conds = ctx.window(starts, a.sizes, idx, t.dims)
+    mask = None
     if a.masked:
         mshape = shape_of(op.operands[-1].type)
-        conds.insert(0, ctx.elem(op.operands[-1], ctx.bcast(idx, shape_of(op.results[0].type),
-                                                            mshape)))
+        mask = ctx.elem(op.operands[-1], ctx.bcast(idx, shape_of(op.results[0].type), mshape))
     R = rtype(op)
+    where = window_in_unit(ctx, starts, a.sizes, idx, t.dims)
+    if where is not None:  # bounds checked once per unit; whole words loaded once
+        val = (unit_codes(ctx, t, starts, where, ctx.unit.cols[idx[-1]]) if t.bits
+               else f"{t.name}[{', '.join(where)}]")
+        if mask is None:
+            return ctx.src.tmp(f"{R}({val})", "v")
+        return ctx.src.tmp(f"({R}({val}) if {mask} else {R}(0))", "v")
+    where, conds = ctx.window(starts, a.sizes, idx, t.dims)
+    if mask is not None:
+        conds.insert(0, mask)
     out = ctx.src.tmp(f"{R}(0)", "v")
     with ctx.src.block(f"if {' and '.join(conds) or 'True'}:"):
         if t.bits:

@@ -26,6 +26,7 @@ from lowbitc.backends.numba_cuda.source import (
     numba_type,
 )
 from lowbitc.backends.numba_cuda.statements import STATEMENTS
+from lowbitc.backends.numba_cuda.units import Unit, packed_bits, unit_loop, unit_width
 
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Kernel, Op, Region, Value
@@ -79,6 +80,7 @@ class Renderer:
         self.k = k
         self.threads = threads
         self.hoist: tuple[int, int, frozenset[str], dict] | None = None
+        self.unit: Unit | None = None
         self.plan = make_plan(k)
         self.src = Source()
         self.scalars: dict[int, str] = {}
@@ -202,16 +204,23 @@ class Renderer:
         finally:
             self.memo.pop()
 
-    def each(self, shape: tuple[int, ...], body: Callable[[tuple[str, ...], str], None]):
+    def each(self, shape: tuple[int, ...], body: Callable[[tuple[str, ...], str], None],
+             values: tuple[Value, ...] = ()):
         """A loop over the elements of `shape`, strided by the thread count.
 
-        When the last dim is a multiple of the block size, rows are an outer loop and each
-        thread strides along the row; elements that depend only on the row (a group's scale,
-        row bounds) are computed once per row, before the inner loop.
+        When `values` (what the body computes) read packed codes along the last dim, the loop
+        runs over word-aligned units of columns (see `units`). Otherwise, when the last dim is
+        a multiple of the block size, rows are an outer loop and each thread strides along
+        the row; elements that depend only on the row (a group's scale, row bounds) are
+        computed once per row, before the inner loop.
         """
         size = 1
         for d in shape:
             size *= d
+        p = unit_width(packed_bits(self, list(values))) if values and self.unit is None else 0
+        if p and shape[-1] % p == 0 and self.hoist is None:
+            unit_loop(self, shape, p, body)
+            return
         if len(shape) >= 2 and shape[-1] % self.threads == 0 and self.hoist is None:
             self._rows_then_columns(shape, body)
             return
@@ -238,21 +247,24 @@ class Renderer:
                 self.src.line(f"{c} += nthr")
             self.src.line(f"{r} += 1")
 
-    def write(self, buf: Buf, v: Value):
-        """Store every element of v into buf (barriers around); returns the buffer reads
-        (name, index) it made and the loop's own element index."""
+    def write(self, buf: Buf, v: Value) -> tuple[set[str], bool]:
+        """Store every element of v into buf (barriers around). Returns the buffers it read
+        and whether every read of buf itself was of the element being written."""
         self.src.sync()
-        start = len(self.reads)
-        own: list = []
+        read: set[str] = set()
+        own = [True]
 
         def body(idx, e):
-            own.append(idx)
+            start = len(self.reads)
             x = self.elem(v, self.bcast(idx, buf.shape, shape_of(v.type)))
+            for name, at in self.reads[start:]:
+                read.add(name)
+                own[0] = own[0] and (name != buf.name or at == tuple(idx))
             self.src.line(f"{buf.name}[{e}] = {SHARED_TYPE.get(buf.dtype, 'F32')}({x})")
 
-        self.each(buf.shape, body)
+        self.each(buf.shape, body, (v,))
         self.src.sync()
-        return self.reads[start:], own[0]
+        return read, own[0]
 
     def materialize(self, op: Op) -> None:
         v = op.results[0]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 from lowbitc.backends.numba_cuda.elements import fail, shape_of
 from lowbitc.backends.numba_cuda.source import literal, numba_type
+from lowbitc.backends.numba_cuda.units import window_in_unit
 
 from lowbitc.ir.core import Op, Value
 from lowbitc.ir.types import TileType, is_float, numpy_dtype
@@ -41,16 +42,25 @@ def _store(ctx, op: Op) -> None:
     shape = tuple(s for s in a.sizes if s > 0)
 
     def body(idx, e):
-        where, conds = ctx.window(starts, a.sizes, idx, t.dims)
+        where = window_in_unit(ctx, starts, a.sizes, idx, t.dims)
+        conds = []
+        if where is None:
+            where, conds = ctx.window(starts, a.sizes, idx, t.dims)
         if a.masked:
             m = op.operands[-1]
             conds.insert(0, ctx.elem(m, ctx.bcast(idx, shape, shape_of(m.type))))
-        with ctx.src.block(f"if {' and '.join(conds)}:"), ctx.scope():
-            x = ctx.elem(value, ctx.bcast(idx, shape, shape_of(value.type)))
+        vidx = ctx.bcast(idx, shape, shape_of(value.type))
+        if ctx.unit is not None:  # in a unit, row values (scales) are shared by its elements
+            x = ctx.elem(value, vidx)
+            with ctx.src.block(f"if {' and '.join(conds) or 'True'}:"):
+                ctx.src.line(f"{t.name}[{', '.join(where)}] = {x}")
+            return
+        with ctx.src.block(f"if {' and '.join(conds) or 'True'}:"), ctx.scope():
+            x = ctx.elem(value, vidx)
             ctx.src.line(f"{t.name}[{', '.join(where)}] = {x}")
 
     if shape:
-        ctx.each(shape, body)
+        ctx.each(shape, body, (value,))
     else:
         with ctx.src.block("if tid == 0:"), ctx.scope():
             body((), "0")
@@ -184,8 +194,8 @@ def update(ctx, carried: list, outs: list[Value]) -> None:
     start = len(ctx.src.lines)
     written: set[str] = set()
     for buf, v in pairs:
-        reads, idx = ctx.write(buf, v)
-        if any(name in written or (name == buf.name and at != idx) for name, at in reads):
+        read, own = ctx.write(buf, v)
+        if not own or read & written:
             break
         written.add(buf.name)
     else:

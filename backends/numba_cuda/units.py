@@ -1,0 +1,163 @@
+"""Word-aligned units: how the CUDA renderer turns element loops over packed codes into
+whole-word loads with constant shifts.
+
+A root loop (a store, or a tile written to shared memory) whose value reads packed codes
+along its last dim runs over *units* of P consecutive columns, P = 32 / gcd(bits, 32) (one
+uint32 word for u4, 3 words for 32 codes of u3). When the window starts on a word boundary
+and the whole unit is inside every tensor it touches (one check per unit, uniform in the
+row), each unit loads its words once and every code is a constant shift and mask of them;
+bounds checks vanish from the elements (masks still apply). Otherwise the unit falls back to
+the generic per-element code. The handlers of `load`, `load_codes` and `store` ask
+`window_in_unit` whether they may take the fast path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import gcd
+
+from lowbitc.ir.core import Value
+
+
+@dataclass
+class Unit:
+    """The unit being rendered: first column `c0`, width `p`, column names -> offset,
+    conditions that make the fast path valid, word loads to emit before the elements."""
+
+    c0: str
+    p: int
+    cols: dict[str, int]
+    outer: frozenset[str]
+    depth: int
+    conds: list[str] = field(default_factory=list)
+    prologue: list[str] = field(default_factory=list)
+    words: dict[tuple, str] = field(default_factory=dict)
+
+
+def unit_width(bits: list[int]) -> int:
+    """Columns per unit for packed formats of these widths (0 if there are none)."""
+    p = 0
+    for b in bits:
+        q = 32 // gcd(b, 32)
+        p = q if p == 0 else p * q // gcd(p, q)
+    return p if p <= 32 else 0
+
+
+def packed_bits(ctx, values: list[Value]) -> list[int]:
+    """Widths of the packed tensors whose codes the lazy values read (load_codes)."""
+    seen, out, todo = set(), [], list(values)
+    while todo:
+        v = todo.pop()
+        op = ctx.lazy.get(v.id)
+        if op is None or v.id in seen:
+            continue
+        seen.add(v.id)
+        if op.opcode == "load_codes":
+            out.append(op.attrs.bits)
+        todo.extend(op.operands)
+    return out
+
+
+def window_in_unit(ctx, starts: list[str], sizes, idx, dims) -> list[str] | None:
+    """Global indices of an element whose window is checked once per unit (the unit's
+    conditions are recorded), or None when the element is not on the unit's columns."""
+    u = ctx.unit
+    if u is None or not idx or sizes[-1] == 0 or idx[-1] not in u.cols:
+        return None
+    if not all(i in u.outer for i in idx[:-1]):  # rows must be known before the unit
+        return None
+    lead = list(idx[:-1])
+    where, k = [], 0
+    for s, size, n in zip(starts[:-1], sizes[:-1], dims[:-1], strict=True):
+        if size > 0:
+            g = f"{s} + {lead[k]}"
+            k += 1
+            cond = f"0 <= {g} < {n}"
+        else:
+            g, cond = s, f"0 <= {s} < {n}"
+        where.append(g)
+        if cond not in u.conds:
+            u.conds.append(cond)
+    first = f"{starts[-1]} + {u.c0}"
+    cond = f"0 <= {first} and {first} + {u.p} <= {dims[-1]}"
+    if cond not in u.conds:
+        u.conds.append(cond)
+    where.append(f"{first} + {u.cols[idx[-1]]}")
+    return where
+
+
+def unit_codes(ctx, t, starts: list[str], where: list[str], col: int) -> str:
+    """Code `col` of the unit, a constant shift and mask of the unit's words (loaded once)."""
+    u = ctx.unit
+    b = t.bits
+    first = f"{starts[-1]} + {u.c0}"
+    aligned = f"({starts[-1]} * {b}) & 31 == 0"
+    if aligned not in u.conds:
+        u.conds.append(aligned)
+    rows = where[:-1]
+
+    def word(k: int) -> str:
+        key = (t.name, tuple(rows), starts[-1], k)
+        name = u.words.get(key)
+        if name is None:
+            name = u.words[key] = ctx.src.fresh("w")
+            at = ", ".join([*rows, f"(({first}) * {b} >> 5) + {k}"])
+            u.prologue.append(f"{name} = U32({t.name}[{at}])")
+        return name
+
+    bit = col * b
+    k, o = bit // 32, bit % 32
+    mask = (1 << b) - 1
+    x = word(k) if o == 0 else f"({word(k)} >> U32({o}))"
+    if o + b > 32:
+        x = f"({x} | ({word(k + 1)} << U32({32 - o})))"
+    return x if o + b == 32 else f"({x} & U32({mask:#x}))"
+
+
+def unit_loop(ctx, shape: tuple[int, ...], p: int, body) -> None:
+    """Loop over units of p columns (strided by the thread count); see the module doc."""
+    src = ctx.src
+    rows, cols = 1, shape[-1]
+    for d in shape[:-1]:
+        rows *= d
+    per_row = cols // p
+    e = src.fresh("e")
+    src.line(f"{e} = tid")
+    with src.block(f"while {e} < {rows * per_row}:"), ctx.scope():
+        if len(shape) > 1:
+            q = src.tmp(f"{e} // {per_row}", "q")
+            u = src.tmp(f"{e} - {q} * {per_row}", "u")
+            lead = ctx.unravel(q, shape[:-1])
+        else:
+            q, u, lead = "0", e, ()
+        c0 = src.tmp(f"{u} * {p}", "c")
+        names = [src.tmp(f"{c0} + {j}", "c") for j in range(p)]
+        unit = Unit(c0, p, {n: j for j, n in enumerate(names)}, frozenset(("0", *lead)),
+                    src.depth)
+        start = len(src.lines)
+        src.depth += 1
+        ctx.unit = unit
+        try:
+            with ctx.scope():
+                for n in names:
+                    body((*lead, n), f"{q} * {cols} + {n}" if lead else n)
+        finally:
+            ctx.unit = None
+            src.depth -= 1
+        fast = src.lines[start:]
+        del src.lines[start:]
+        if not unit.conds:
+            pad = "    " * unit.depth
+            src.lines += [pad + line for line in unit.prologue] + [x[4:] for x in fast]
+        else:
+            src.line(f"if {' and '.join(unit.conds)}:")
+            pad = "    " * (unit.depth + 1)
+            src.lines += [pad + line for line in unit.prologue] + fast
+            with src.block("else:"):
+                j = src.fresh("j")
+                src.line(f"{j} = 0")
+                with src.block(f"while {j} < {p}:"), ctx.scope():
+                    n = src.tmp(f"{c0} + {j}", "c")
+                    body((*lead, n), f"{q} * {cols} + {n}" if lead else n)
+                    src.line(f"{j} += 1")
+        src.line(f"{e} += nthr")
