@@ -60,8 +60,10 @@ def test_emit_is_python_built_from_generated_names(kernel, fmt):
 def test_dequantize_fuses_into_one_loop_without_shared_memory():
     r = BACKEND.rendered(_lowered("dequantize", W="u4", ZP=True))
     assert r.shared_bytes == 0 and "syncthreads" not in r.source
-    # decode, zero point, scale and store: one element loop (rows outside, columns inside)
-    assert r.source.count("while c") == 1 and "while e" not in r.source
+    # decode, zero point, scale and store: one loop over word-aligned units of 8 codes, each
+    # loading its word once (a0 is the packed weight), with a per-code fallback at the edges
+    assert r.source.count("while e") == 1 and r.source.count("while j") == 1
+    assert r.source.count("= U32(a0[") == 1 and "(w" in r.source
 
 
 def test_matmul_stages_dot_operands_in_shared_memory():
