@@ -115,15 +115,16 @@ def _git(*args: str) -> str | None:
                               cwd=Path(__file__).resolve().parent)
     except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
+    return done.stdout if done.returncode == 0 else None
 
 
 def git_state() -> dict:
     """The commit measured and the tracked files that differed from it (others' edits count)."""
     status = _git("status", "--porcelain", "--untracked-files=no")
     modified = [line[3:] for line in status.splitlines()] if status else []
-    return {"commit": _git("rev-parse", "HEAD"), "describe": _git("describe", "--always",
-            "--dirty"), "modified_tracked_files": modified}
+    commit, describe = _git("rev-parse", "HEAD"), _git("describe", "--always", "--dirty")
+    return {"commit": commit and commit.strip(), "describe": describe and describe.strip(),
+            "modified_tracked_files": modified}
 
 
 def wait_for_load(max_load: float, timeout: float, log: Callable[[str], None]) -> dict:
