@@ -63,7 +63,7 @@ def test_dequantize_fuses_into_one_loop_without_shared_memory():
     # decode, zero point, scale and store: one loop over word-aligned units of 8 codes, each
     # loading its word once (a0 is the packed weight), with a per-code fallback at the edges
     assert r.source.count("while e") == 1 and r.source.count("while j") == 1
-    assert r.source.count("= U32(a0[") == 1 and "(w" in r.source
+    assert sum(" >> 5) + " in line for line in r.source.splitlines()) == 1  # one word
 
 
 def test_matmul_stages_dot_operands_in_shared_memory():
