@@ -14,7 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["MEMORY_BOUND_FRACTION", "roofline_markdown", "roofline_rows"]
+__all__ = ["MEMORY_BOUND_FRACTION", "context_markdown", "incache_markdown", "roofline_markdown",
+           "roofline_rows"]
 
 # a run reaching this fraction of the copy bandwidth is called memory bound
 MEMORY_BOUND_FRACTION = 0.6
@@ -132,6 +133,43 @@ def roofline_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def context_markdown(results: dict) -> str:
+    """When, where and under what load the figures were measured (one paragraph)."""
+    load, cfg, copy = results["load_average"], results["config"], results["copy_bandwidth"]
+    others = [g["cpu_usage"]["others_cpus"] for g in results.get("groups", [])
+              if g.get("cpu_usage", {}).get("others_cpus") is not None]
+    busy = (f" Other processes kept {min(others):.2f}-{max(others):.2f} of the CPUs busy "
+            "while the groups were measured." if others else "")
+    per = ", ".join(f"{k} {v:.1f}" for k, v in copy.get("per_threads_gbs", {}).items())
+    git = results.get("git", {})
+    dirty = git.get("modified_tracked_files") or []
+    return (
+        f"Measured {results['machine'].get('date')} on {results['machine'].get('cpu_model')} "
+        f"({cfg['threads']} threads, clock reported {results.get('cpu_mhz')} MHz), git "
+        f"{git.get('describe')}" + (f" (uncommitted edits in {', '.join(dirty)})" if dirty
+                                    else "") + ". "
+        f"Load average {load['start'][0]:.2f} at the start, {load['end'][0]:.2f} at the end."
+        f"{busy} Copy bandwidth in the same run: {per} GB/s (best "
+        f"{copy.get('best_gbs', 0):.1f}). Medians of {cfg['rounds']} interleaved rounds."
+    )
+
+
+def incache_markdown(results: dict) -> str:
+    """Instruction cost per weight of each format, from the in-cache GEMVs."""
+    sizes = results["config"]["incache_sizes"]
+    lines = [f"| format | K=N={sizes[0]} median | K=N={sizes[1]} median | "
+             "cycles/weight/core (p10) | (median) |", "|---|---|---|---|---|"]
+    for f, e in results.get("incache", {}).items():
+        cells = [f, *(_fmt_time(e["time"][str(n)]["median"]) for n in sizes)]
+        for stat in ("p10", "median"):
+            c = e[stat]
+            cells.append(f"{c['cycles_per_weight_core']:.2f}" + ("" if c["reliable"]
+                                                                else " (noise)"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/cpu.json")
-    print(roofline_markdown(json.loads(path.read_text())))
+    data = json.loads(path.read_text())
+    print(context_markdown(data), roofline_markdown(data), incache_markdown(data), sep="\n\n")

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,12 @@ from lowbitc.benchmarks import candidates as cand
 from lowbitc.benchmarks import environment, groups, runner
 from lowbitc.benchmarks.cases import GEMV_FORMATS, ROWS, Goal, row_names, select_rows
 from lowbitc.benchmarks.report import format_markdown, format_table, make_row
-from lowbitc.benchmarks.roofline import roofline_markdown, roofline_rows
+from lowbitc.benchmarks.roofline import (
+    context_markdown,
+    incache_markdown,
+    roofline_markdown,
+    roofline_rows,
+)
 
 from lowbitc.errors import UserArgumentError
 
@@ -45,7 +51,10 @@ def test_quick_run_writes_json_and_png(quick_run):
     assert results["quick"] is True and results["config"]["size"] == 256
     assert results["threads"]["lowbitc"] == 2 and results["threads"]["requested"] == 2
     assert len(results["load_average"]["start"]) == 3 and len(results["load_average"]["end"]) == 3
-    assert results["git"]["commit"] and results["machine"]["cpu_count"] >= 1
+    assert len(results["git"]["commit"]) == 40 and results["machine"]["cpu_count"] >= 1
+    repo = Path(__file__).resolve().parents[1]
+    for path in results["git"]["modified_tracked_files"]:  # whole paths, first letter kept
+        assert (repo / path.split("/")[0]).exists(), path
     assert results["copy_bandwidth"]["best_gbs"] > 0
     for g in results["groups"]:
         assert g["cpu_usage"]["wall_seconds"] > 0 and g["cpu_usage"]["others_cpus"] >= 0
@@ -97,6 +106,8 @@ def test_roofline_from_the_quick_run(quick_run):
     assert u4["weight_bytes_per_weight"] == pytest.approx(4 / 8 + 8 / 128)  # codes, scale, zero
     assert set(results["incache"]) == set(GEMV_FORMATS)
     assert len(roofline_markdown(results).splitlines()) == len(entries) + 2
+    assert "Load average" in context_markdown(results)
+    assert len(incache_markdown(results).splitlines()) == len(GEMV_FORMATS) + 2
 
 
 def test_select_rows_by_name_and_pattern():
