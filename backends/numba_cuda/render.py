@@ -98,18 +98,20 @@ class Renderer:
         """The value of element `idx` of v (a scalar's name for scalars)."""
         if v.id in self.scalars:
             return self.scalars[v.id]
-        buf = self.bufs.get(v.id)
-        if buf is not None:
-            self.reads.append((buf.name, tuple(idx)))
-            at = f"{buf.name}[{self.linear(idx, buf.shape)}]"
-            return f"({at} != 0)" if buf.dtype == "bool" else at
-        op = self.lazy.get(v.id)
-        if op is None:
-            raise BackendError(f"cuda: value {v} has no code (a compiler bug)")
         key = (v.id, tuple(idx))
         for scope in reversed(self.memo):
             if key in scope:
                 return scope[key]
+        buf = self.bufs.get(v.id)
+        if buf is not None:
+            self.reads.append((buf.name, tuple(idx)))
+            at = f"{buf.name}[{self.linear(idx, buf.shape)}]"
+            name = self.src.tmp(f"({at} != 0)" if buf.dtype == "bool" else at, "x")
+            self.memo[-1][key] = name
+            return name
+        op = self.lazy.get(v.id)
+        if op is None:
+            raise BackendError(f"cuda: value {v} has no code (a compiler bug)")
         if self.hoist is not None and all(i in self.hoist[2] for i in idx):
             return self._hoisted(op, key)
         name = ELEMENT[op.opcode](self, op, tuple(idx))

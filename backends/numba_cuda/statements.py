@@ -66,9 +66,14 @@ def _store(ctx, op: Op) -> None:
             body((), "0")
 
 
+MAX_ACCUMULATORS = 16  # outputs one thread keeps in registers through a dot's K loop
+
+
 @handles("dot")
 def _dot(ctx, op: Op) -> None:
-    """Each thread computes whole output elements: a K-long f32 (acc dtype) loop."""
+    """A K-long f32 (acc dtype) loop per output element. When the block's threads tile the
+    output evenly, each thread keeps all its outputs in registers through one K loop, so an
+    operand element shared by its outputs (a column of b, or a row of a) is read once."""
     a, b, c = op.operands
     res = op.results[0]
     M, N = res.type.shape
@@ -78,21 +83,53 @@ def _dot(ctx, op: Op) -> None:
     inplace = cbuf is not None and ctx.plan.uses[c.id] == 1 and cbuf.shape == (M, N)
     out = cbuf if inplace else ctx.alloc(res.type.dtype, (M, N))
     ctx.src.sync()
-
-    def body(idx, e):
-        i, j = idx
-        acc = ctx.src.tmp(f"{R}({ctx.elem(c, (i, j))})", "acc")
-        kk = ctx.src.fresh("k")
-        ctx.src.line(f"{kk} = 0")
-        with ctx.src.block(f"while {kk} < {K}:"), ctx.scope():
-            x, y = ctx.elem(a, (i, kk)), ctx.elem(b, (kk, j))
-            ctx.src.line(f"{acc} = {R}({acc} + {R}({x}) * {R}({y}))")
-            ctx.src.line(f"{kk} += 1")
-        ctx.src.line(f"{out.name}[{e}] = {acc}")
-
-    ctx.each((M, N), body)
+    owned = _owned_outputs(ctx, M, N)
+    if owned is None:
+        ctx.each((M, N), lambda idx, e: _dot_outputs(ctx, op, [idx], [e], out, R, K))
+    else:
+        with ctx.scope():
+            idxs = owned()
+            _dot_outputs(ctx, op, idxs, [f"{i} * {N} + {j}" for i, j in idxs], out, R, K)
     ctx.src.sync()
     ctx.bufs[res.id] = out
+
+
+def _owned_outputs(ctx, M: int, N: int):
+    """A function emitting the (row, column) names of the outputs each thread owns, when
+    threads divide the output evenly (else None)."""
+    T = ctx.threads
+    if T % N == 0 and M % (T // N) == 0 and M // (T // N) <= MAX_ACCUMULATORS:
+        step = T // N
+
+        def rows_share_column():
+            j = ctx.src.tmp(f"tid % {N}", "j")
+            i0 = ctx.src.tmp(f"tid // {N}", "i")
+            return [(i0 if t == 0 else ctx.src.tmp(f"{i0} + {t * step}", "i"), j)
+                    for t in range(M // step)]
+
+        return rows_share_column
+    if N % T == 0 and M * (N // T) <= MAX_ACCUMULATORS:
+
+        def columns_share_row():
+            js = [ctx.src.tmp(f"tid + {s * T}", "j") for s in range(N // T)]
+            return [(str(i), j) for i in range(M) for j in js]
+
+        return columns_share_row
+    return None
+
+
+def _dot_outputs(ctx, op: Op, idxs: list, lins: list, out, R: str, K: int) -> None:
+    a, b, c = op.operands
+    accs = [ctx.src.tmp(f"{R}({ctx.elem(c, idx)})", "acc") for idx in idxs]
+    kk = ctx.src.fresh("k")
+    ctx.src.line(f"{kk} = 0")
+    with ctx.src.block(f"while {kk} < {K}:"), ctx.scope():
+        for acc, (i, j) in zip(accs, idxs, strict=True):
+            x, y = ctx.elem(a, (i, kk)), ctx.elem(b, (kk, j))
+            ctx.src.line(f"{acc} = {R}({acc} + {R}({x}) * {R}({y}))")
+        ctx.src.line(f"{kk} += 1")
+    for acc, lin in zip(accs, lins, strict=True):
+        ctx.src.line(f"{out.name}[{lin}] = {acc}")
 
 
 def _identity(kind: str, dtype: str) -> str:
