@@ -49,6 +49,8 @@ def test_quick_run_writes_json_and_png(quick_run):
                 "copy_bandwidth", "rows", "summary", "command"):
         assert key in results, key
     assert results["quick"] is True and results["config"]["size"] == 256
+    assert results["command"].startswith("lowbitc bench --quick --out ")
+    assert "--size 256 --rounds 2 --copy-mib 4" in results["command"]
     assert results["threads"]["lowbitc"] == 2 and results["threads"]["requested"] == 2
     assert len(results["load_average"]["start"]) == 3 and len(results["load_average"]["end"]) == 3
     assert len(results["git"]["commit"]) == 40 and results["machine"]["cpu_count"] >= 1

@@ -49,10 +49,21 @@ def config_from_args(args: argparse.Namespace) -> runner.Config:
     return runner.quick_config(**overrides) if args.quick else runner.Config(**overrides)
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The `lowbitc bench` command that reproduces this run (options given, in order)."""
+    words = ["lowbitc", "bench"] + (["--quick"] if args.quick else [])
+    for name in ("rows", "out", "threads", "size", "rounds", "copy_mib", "wait_load"):
+        value = getattr(args, name)
+        if value not in (None, 0, 0.0):
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    return shlex.join(words)
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     results = runner.run(cfg)
-    results["command"] = "lowbitc bench " + shlex.join(sys.argv[2:] if len(sys.argv) > 2 else [])
+    results["command"] = command_line(args)
+    results["argv"] = list(sys.argv)
     stem = "cpu-quick" if cfg.quick else "cpu"
     path, png = runner.write_results(results, args.out, stem)
     print(format_table(results))
