@@ -10,6 +10,7 @@ import functools
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import candidates as cand
 from .baselines import copy_baseline, numpy_gemm
@@ -17,9 +18,19 @@ from .cases import GEMV_FORMATS, RowSpec
 from .config import Config
 from .harness import interleaved_stats
 
-__all__ = ["Group", "copy_summary", "groups", "incache_summary", "measure"]
+__all__ = ["Binding", "Group", "copy_summary", "groups", "incache_summary", "measure"]
 
 MIB = 1 << 20
+
+
+class Binding(NamedTuple):
+    """Row `spec` reads call `candidate` against `baseline` ("copy": the best copy bandwidth)
+    and records `extras` beside it."""
+
+    spec: RowSpec
+    candidate: str
+    baseline: str
+    extras: tuple[str, ...] = ()
 
 
 @dataclass
@@ -30,7 +41,7 @@ class Group:
     kind: str = "rows"  # "rows": feeds table rows; "incache": the roofline's compute figures
     timed: dict[str, cand.Timed] = field(default_factory=dict)
     problems: dict[str, dict] = field(default_factory=dict)  # key -> {"status", "reason"}
-    bindings: list[tuple[RowSpec, str, str | None, tuple[str, ...]]] = field(default_factory=list)
+    bindings: list[Binding] = field(default_factory=list)
 
     def add(self, key: str, build: Callable[[], cand.Timed | None], missing: str = "") -> None:
         """Build one timed call; a failure or a missing optional piece is recorded, not raised."""
@@ -71,9 +82,9 @@ def _gemv_group(cfg: Config, specs: list[RowSpec]) -> Group:
             xb = cand.activations(1, n, cfg.seed + 1, "bf16")
             extra = "lowbitc_gemv_u4_bf16"
             grp.add(extra, lambda e=extra, x1=xb: cand.matmul_case(e, x1, qw("u4")))
-            grp.bindings.append((spec, key, "torch_int4_bf16_M1", (extra,)))
+            grp.bindings.append(Binding(spec, key, "torch_int4_bf16_M1", (extra,)))
         else:
-            grp.bindings.append((spec, key, "numpy_fp32_M1", ()))
+            grp.bindings.append(Binding(spec, key, "numpy_fp32_M1"))
     return grp
 
 
@@ -85,7 +96,7 @@ def _gemm_group(cfg: Config, spec: RowSpec) -> Group:
     grp.add(base, lambda: _numpy(m, n, cfg.seed))
     key = f"lowbitc_gemm_{spec.fmt}_M{m}"
     grp.add(key, lambda: cand.matmul_case(key, x, cand.quantized(w, spec.fmt, cfg.group_size)))
-    grp.bindings.append((spec, key, base, ()))
+    grp.bindings.append(Binding(spec, key, base))
     return grp
 
 
@@ -104,7 +115,7 @@ def _dequant_group(cfg: Config, specs: list[RowSpec]) -> Group:
         key, extra = f"lowbitc_dequant_{spec.fmt}", f"lowbitc_dequant_{spec.fmt}_kernel"
         grp.add(key, lambda k=key, f=spec.fmt: cand.dequant_case(k, qw(f)))
         grp.add(extra, lambda k=extra, f=spec.fmt: cand.dequant_kernel_case(k, qw(f)))
-        grp.bindings.append((spec, key, "copy", (extra,)))
+        grp.bindings.append(Binding(spec, key, "copy", (extra,)))
     return grp
 
 
@@ -115,7 +126,7 @@ def _small_group(cfg: Config, spec: RowSpec) -> Group:
     grp.add("numpy_fp32_small", lambda: _numpy(1, n, cfg.seed, "numpy_fp32_small"))
     key = "lowbitc_small_u4"
     grp.add(key, lambda: cand.matmul_case(key, x, cand.quantized(w, spec.fmt, cfg.group_size)))
-    grp.bindings.append((spec, key, "numpy_fp32_small", ()))
+    grp.bindings.append(Binding(spec, key, "numpy_fp32_small"))
     return grp
 
 
