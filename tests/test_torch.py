@@ -117,7 +117,8 @@ def test_mixed_and_unsupported_devices():
     except Exception:
         pass
     with pytest.raises(lt.DeviceError, match=r"device cuda:0 need the lowbitc 'cuda' backend"):
-        tops._kernel("matmul", "cuda", torch.device("cuda:0"), {"W": "u4"})
+        tops._kernel("matmul", "cuda", torch.device("cuda:0"), ("test", "cuda"),
+                     lambda: {"W": "u4"})
 
 
 def test_meta_tensors_give_shapes_without_running():

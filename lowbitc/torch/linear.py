@@ -26,6 +26,7 @@ from lowbitc.errors import UserArgumentError
 from lowbitc.packing import unpack
 from lowbitc.quant import QTensor, quantize
 from lowbitc.torch import ops as tops
+from lowbitc.torch.gptq import collect_hessians, gptq_quantize
 
 META_KEY = "lowbitc.quantized"  # safetensors metadata: JSON {module name: QuantLinear config}
 Skip = Callable[[str, nn.Module], bool] | Iterable[str] | None
@@ -214,21 +215,32 @@ def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def quantize_(model: nn.Module, dtype: str | Format, group_size: int = 128, skip: Skip = None,
-              zero_point: bool | None = None, scale_dtype: str = "f32") -> int:
+              zero_point: bool | None = None, scale_dtype: str = "f32",
+              calibrate: Callable[[nn.Module], object] | None = None) -> int:
     """Replace every nn.Linear in `model` (in place) by a QuantLinear; returns how many.
 
     `skip` is a callable (qualified name, module) -> bool, or fnmatch patterns of names to
     leave alone. Linear layers whose weight other modules read directly (the out_proj of
-    nn.MultiheadAttention) are always left alone.
+    nn.MultiheadAttention) are always left alone. With `calibrate` (a function that runs the
+    float model on sample inputs), weights are quantized with GPTQ on the inputs' statistics
+    instead of round-to-nearest; see lowbitc.torch.gptq.
     """
     drop = _skipper(skip)
     targets = [(name, m) for name, m in model.named_modules()
                if isinstance(m, nn.Linear)
                and not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear)
                and name and not drop(name, m)]
+    if calibrate is None:
+        for name, m in targets:
+            _set_child(model, name, QuantLinear.from_linear(m, dtype, group_size, zero_point,
+                                                            scale_dtype))
+        return len(targets)
+    fmt = _format(dtype)
+    zp = fmt.kind == "uint" if zero_point is None else zero_point
+    hessians = collect_hessians(model, [name for name, _ in targets], calibrate)
     for name, m in targets:
-        _set_child(model, name, QuantLinear.from_linear(m, dtype, group_size, zero_point,
-                                                        scale_dtype))
+        qw = gptq_quantize(m.weight, hessians[name], fmt, group_size, zp, scale_dtype)
+        _set_child(model, name, QuantLinear.from_qtensor(qw, m.bias).to(m.weight.device))
     return len(targets)
 
 

@@ -12,6 +12,7 @@ make the ops traceable by torch.compile; matmul has a gradient for its activatio
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import ml_dtypes
 import numpy as np
@@ -28,6 +29,7 @@ ACTIVATIONS = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16
 _MACHINE_STORAGE = {"u8": torch.uint8, "i8": torch.int8}
 _NO_ZEROS = np.zeros((1, 1), np.float32)
 _KERNELS: dict[tuple, object] = {}
+_MAX_KERNELS = 4096  # one entry per (format, dtype, shape): forgotten wholesale past this
 _LOCK = threading.Lock()
 
 
@@ -144,31 +146,51 @@ def _backend(device: torch.device) -> str:
                       "use cpu or cuda tensors")
 
 
-def _kernel(name: str, backend: str, device: torch.device, params: dict):
-    key = (name, backend, *params.values())
+def _kernel(name: str, backend: str, device: torch.device, key: tuple,
+            params: Callable[[], dict]):
+    """The compiled kernel for `key` (memoised here; `params()` runs on a miss only)."""
     k = _KERNELS.get(key)
     if k is not None:
         return k
     try:
-        k = lops.get_kernel(name, backend, **params)
+        k = lops.get_kernel(name, backend, **params())
     except (ImportError, LowbitcError) as e:
         if backend == "llvm":
             raise
         raise DeviceError(f"lowbitc.torch: tensors on device {device} need the lowbitc "
                           f"{backend!r} backend, which is not available here: {e}") from e
     with _LOCK:
+        if len(_KERNELS) > _MAX_KERNELS:
+            _KERNELS.clear()
         _KERNELS[key] = k
     return k
 
 
 class _Spec:
-    """What `lowbitc.ops.matmul_params` reads from a QTensor: its format and zero points."""
+    """What `lowbitc.ops.matmul_params` reads from a QTensor: format, groups, zero points."""
 
-    __slots__ = ("dtype", "zeros")
+    __slots__ = ("dtype", "group_size", "zeros")
 
-    def __init__(self, fmt: str, has_zeros: bool):
+    def __init__(self, fmt: str, group_size: int, has_zeros: bool):
         self.dtype = formats.lookup(fmt)
+        self.group_size = group_size
         self.zeros = _NO_ZEROS if has_zeros else None
+
+
+def _matmul_params(fmt: str, act: str, zp: bool, group: int, m: int, n: int, k: int,
+                   backend: str) -> dict:
+    """The tiles lowbitc.ops.matmul would pick: its defaults, then lowbitc.tune's winner."""
+    params = lops.matmul_params(m, _Spec(fmt, group, zp), act)
+    fixed = {p: params[p] for p in ("W", "A", "ZP", "EARLY")}
+    params.update(lops.tuned_params("matmul", fixed, group, {"M": m, "N": n, "K": k}, backend))
+    return params
+
+
+def _dequantize_params(fmt: str, zp: bool, group: int, n: int, k: int, backend: str) -> dict:
+    params = {"W": formats.lookup(fmt), "ZP": zp}
+    params.update(lops.tuned_params("dequantize", dict(params), group, {"N": n, "K": k},
+                                    backend))
+    return params
 
 
 def _operand(t: torch.Tensor | None, backend: str):
@@ -191,8 +213,10 @@ def matmul_into(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scales: 
         y.zero_()
         return
     backend = _backend(x.device)
-    params = lops.matmul_params(m, _Spec(fmt, zeros is not None), ACTIVATIONS[x.dtype])
-    kern = _kernel("matmul", backend, x.device, params)
+    act, zp = ACTIVATIONS[x.dtype], zeros is not None
+    kern = _kernel("matmul", backend, x.device, ("matmul", backend, fmt, act, zp, group_size,
+                                                 m, n, k),
+                   lambda: _matmul_params(fmt, act, zp, group_size, m, n, k, backend))
     kern(_operand(x, backend), _operand(weight, backend), _operand(scales, backend),
          _operand(zeros, backend), _operand(y, backend), group_size, K=k)
 
@@ -244,7 +268,9 @@ def dequantize_impl(weight, scales, zeros, fmt, group_size, k):
     if n == 0 or k == 0:
         return y
     backend = _backend(dev)
-    kern = _kernel("dequantize", backend, dev, {"W": fmt, "ZP": zeros is not None})
+    zp = zeros is not None
+    kern = _kernel("dequantize", backend, dev, ("dequantize", backend, fmt, zp, group_size, n, k),
+                   lambda: _dequantize_params(fmt, zp, group_size, n, k, backend))
     kern(_operand(weight, backend), _operand(scales, backend), _operand(zeros, backend),
          _operand(y, backend), group_size, K=k)
     return y

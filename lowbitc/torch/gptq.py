@@ -1,0 +1,99 @@
+"""GPTQ (Frantar et al., 2022) for any lowbitc format: quantize a weight column by column and
+push each column's rounding error onto the columns not yet quantized, weighted by the inverse
+Hessian of the layer's inputs (H = X^T X over calibration data). Each group's scale (and zero
+point) comes from `lowbitc.quantize` on the error-corrected group when the group starts, so
+the result is an ordinary QTensor that every kernel runs unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from lowbitc.dtypes import Format
+from lowbitc.errors import UserArgumentError
+from lowbitc.quant import QTensor, quantize
+
+
+def collect_hessians(model: nn.Module, names: Iterable[str],
+                     calibrate: Callable[[nn.Module], object]) -> dict[str, torch.Tensor]:
+    """Run `calibrate(model)` with hooks on the named nn.Linear layers; returns, per name, the
+    mean of x^T x over every input row seen (float64 [K, K])."""
+    sums: dict[str, list] = {}
+    handles = []
+
+    def hook(name):
+        def record(module, inputs, output):
+            x = inputs[0].detach().reshape(-1, module.in_features).to(torch.float64)
+            h, n = sums.get(name, (None, 0))
+            xtx = x.T @ x
+            sums[name] = (xtx if h is None else h + xtx, n + x.shape[0])
+        return record
+
+    try:
+        for name in names:
+            handles.append(model.get_submodule(name).register_forward_hook(hook(name)))
+        with torch.no_grad():
+            calibrate(model)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in names if n not in sums]
+    if missing:
+        raise UserArgumentError(f"calibration: the calibration run never reached {missing}")
+    return {name: h / max(n, 1) for name, (h, n) in sums.items()}
+
+
+def _inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of H^-1 after damping (the form GPTQ's updates use)."""
+    h = h.clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    h += damp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype)
+    hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    return torch.linalg.cholesky(hinv, upper=True)
+
+
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: Format, group_size: int,
+                  zero_point: bool = False, scale_dtype: str = "f32", damp: float = 0.01,
+                  block: int = 128) -> QTensor:
+    """Quantize `weight` [N, K] with GPTQ given its inputs' Hessian [K, K]."""
+    w = weight.detach().to("cpu", torch.float32).numpy().copy()
+    n, k = w.shape
+    if tuple(hessian.shape) != (k, k):
+        raise UserArgumentError(f"hessian: expected shape {(k, k)}, got {tuple(hessian.shape)}")
+    h = hessian.to("cpu", torch.float64)
+    u = _inverse_hessian_factor(h, damp).to(torch.float32).numpy()
+    w[:, (torch.diag(h) == 0).numpy()] = 0
+    g = group_size
+    codes = np.zeros((n, k), np.uint8)
+    scales = np.zeros((n, -(-k // g)), np.float32)
+    zeros = np.zeros_like(scales) if zero_point else None
+    s = z = None
+    for b0 in range(0, k, block):
+        b1 = min(b0 + block, k)
+        wb = w[:, b0:b1].copy()
+        err = np.zeros_like(wb)
+        for i in range(b1 - b0):
+            col = b0 + i
+            if col % g == 0:  # a new group: its scale from the error-corrected weights
+                width = min(g, k - col)
+                piece = np.concatenate([wb[:, i:], w[:, b1:]], axis=1)[:, :width]
+                qg = quantize(piece, fmt, g, zero_point=zero_point, scale_dtype=scale_dtype)
+                s, z = qg.scales[:, 0], (qg.zeros[:, 0] if zero_point else None)
+                scales[:, col // g] = s
+                if zero_point:
+                    zeros[:, col // g] = z
+            y = wb[:, i] / s if z is None else wb[:, i] / s + z
+            c = fmt.encode(y)
+            codes[:, col] = c
+            v = fmt.decode(c)
+            q = v * s if z is None else (v - z) * s
+            e = (wb[:, i] - q) / u[col, col]
+            wb[:, i:] -= np.outer(e, u[col, col:b1])
+            err[:, i] = e
+        w[:, b1:] -= err @ u[b0:b1, b1:]
+    return QTensor(fmt, (n, k), g, codes, scales, zeros, scale_dtype)
