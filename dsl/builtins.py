@@ -15,16 +15,27 @@ from lowbitc.dsl import ast as A
 from lowbitc.errors import DSLTypeError, SourceLoc
 from lowbitc.ir.builder import Builder
 from lowbitc.ir.core import Value
+from lowbitc.ir.layouts import layout_text
 from lowbitc.ir.opdefs import (
     ArangeAttrs,
     CastAttrs,
     FullAttrs,
+    LayoutAttrs,
     MemAttrs,
     PermAttrs,
     ReduceAttrs,
     ShapeAttrs,
 )
 from lowbitc.ir.types import ScalarType, TensorType, TileType, is_float, is_int, is_machine
+from lowbitc.layout import (
+    TVLayout,
+    local,
+    mma_m16n8k16_a,
+    mma_m16n8k16_b,
+    mma_m16n8k16_c,
+    replicated,
+    spatial,
+)
 
 
 @dataclass
@@ -34,6 +45,7 @@ class Ctx:
     b: Builder
     eval: Callable[[A.Expr], object]
     materialize: Callable[[object, str, SourceLoc], Value]
+    threads: int = 0  # the kernel's thread count (0 while it is not known yet)
 
 
 def materialize(b: Builder, v: object, dtype: str, loc: SourceLoc) -> Value:
@@ -159,6 +171,12 @@ def _unify(ctx: Ctx, a: object, b: object, loc: SourceLoc) -> tuple[Value, Value
 
 def binop(ctx: Ctx, e: A.BinOp | A.Compare | A.BoolOp) -> object:
     a, b = ctx.eval(e.left), ctx.eval(e.right)
+    if isinstance(a, TVLayout) and isinstance(b, TVLayout) and e.op in ("*", "/"):
+        try:
+            return a * b if e.op == "*" else a / b
+        except ValueError as err:
+            raise DSLTypeError(f"layout {'product' if e.op == '*' else 'division'}: {err}",
+                               e.loc) from None
     for v, side in ((a, e.left), (b, e.right)):
         if not isinstance(v, (int, float, bool, Value)) or (
                 isinstance(v, Value) and isinstance(v.type, TensorType)):
@@ -281,7 +299,8 @@ def _window_arg(ctx: Ctx, e: A.Expr, fname: str) -> Window:
 def _load(ctx: Ctx, e: A.Call) -> Value:
     a = _args(e, ("src", "mask", "layout"), 1)
     w = _window_arg(ctx, a["src"], "load")
-    layout = str(ctx.eval(a["layout"])) if "layout" in a else ""
+    shape = tuple(sz for sz in w.sizes if sz > 0)
+    layout = _layout_arg(ctx, a["layout"], shape) if "layout" in a else ""
     operands = w.operands(ctx)
     if "mask" in a:
         operands.append(_mask_arg(ctx, a["mask"], "load"))
@@ -301,6 +320,44 @@ def _store(ctx: Ctx, e: A.Call) -> None:
     if "mask" in a:
         operands.append(_mask_arg(ctx, a["mask"], "store"))
     ctx.b.op("store", operands, MemAttrs(w.sizes, "", "mask" in a), loc=e.loc)
+
+
+def _layout_arg(ctx: Ctx, e: A.Expr, shape: tuple[int, ...]) -> str:
+    """A thread-value layout for a tile of `shape`, as its printed form (checked to fit)."""
+    lay = ctx.eval(e)
+    if not isinstance(lay, TVLayout):
+        raise DSLTypeError(f"layout= takes a thread-value layout such as spatial(4, 8) * "
+                           f"local(1, 4), got {_kind(lay)}", e.loc)
+    if tuple(lay.shape) != tuple(shape):
+        raise DSLTypeError(f"layout {layout_text(lay)} covers a {list(lay.shape)} tile, but the "
+                           f"tile is {list(shape)}", e.loc)
+    if ctx.threads and lay.num_threads != ctx.threads:
+        raise DSLTypeError(f"layout {layout_text(lay)} uses {lay.num_threads} threads, but the "
+                           f"kernel runs {ctx.threads} (see its `threads` clause)", e.loc)
+    return layout_text(lay)
+
+
+def _relayout(ctx: Ctx, e: A.Call) -> Value:
+    a = _args(e, ("x", "layout"), 2)
+    v = _value(ctx, a["x"], "x")
+    if not isinstance(v.type, TileType):
+        raise DSLTypeError(f"relayout() takes a tile, got {v.type}", a["x"].loc)
+    lay = _layout_arg(ctx, a["layout"], v.type.shape)
+    return ctx.b.emit("relayout", v, attrs=LayoutAttrs(lay), loc=e.loc)
+
+
+def _layout_fn(fn: Callable) -> Callable:
+    def f(ctx: Ctx, e: A.Call) -> TVLayout:
+        if e.kwargs:
+            raise DSLTypeError(f"{e.func.id}() takes positional ints only", e.loc)
+        args = [ctx.eval(x) for x in e.args]
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in args):
+            raise DSLTypeError(f"{e.func.id}() takes compile-time ints, got {args!r}", e.loc)
+        try:
+            return fn(*args)
+        except ValueError as err:
+            raise DSLTypeError(f"{e.func.id}(): {err}", e.loc) from None
+    return f
 
 
 def _mask_arg(ctx: Ctx, e: A.Expr, fname: str) -> Value:
@@ -420,6 +477,9 @@ BUILTINS: dict[str, Callable] = {
     "zeros": _zeros, "full": _full, "arange": _arange, "load": _load, "store": _store,
     "cast": _cast, "dot": _dot_call, "transpose": _transpose,
     "reshape": _reshape_like("reshape"), "broadcast": _reshape_like("broadcast"),
+    "relayout": _relayout, "spatial": _layout_fn(spatial), "local": _layout_fn(local),
+    "replicated": _layout_fn(replicated), "mma_m16n8k16_a": _layout_fn(mma_m16n8k16_a),
+    "mma_m16n8k16_b": _layout_fn(mma_m16n8k16_b), "mma_m16n8k16_c": _layout_fn(mma_m16n8k16_c),
     "sum": _reduce_or_elementwise("sum"), "max": _reduce_or_elementwise("max"),
     "min": _reduce_or_elementwise("min"), "where": _where, "cdiv": _cdiv,
     **{n: _unary_fn(n) for n in ("exp", "log", "sqrt", "rsqrt", "tanh", "sin", "cos", "floor",

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 from lowbitc.dsl import ast as A
 from lowbitc.dsl.builtins import BUILTINS, Ctx, Window, materialize
+from lowbitc.errors import DSLNameError, DSLTypeError, LowbitcError, SourceLoc, VerifyError
 from lowbitc.formats import lookup as lookup_format
 from lowbitc.formats import register as register_format
-from lowbitc.errors import DSLNameError, DSLTypeError, LowbitcError, SourceLoc, VerifyError
 from lowbitc.ir.builder import Builder
 from lowbitc.ir.core import Kernel, Region, Value, renumber
 from lowbitc.ir.opdefs import AxisAttrs, ForAttrs
-from lowbitc.ir.types import ScalarType, TensorType, is_machine
+from lowbitc.ir.types import ScalarType, TensorType, is_machine, strip_layout
 from lowbitc.ir.verify import verify
 
 SCALAR_ALIASES = {"int": "i64", "float": "f32", "bool": "bool"}
@@ -69,7 +69,8 @@ class _Lowering:
             elif c.default is not None:
                 v = self._static(c.default)
             else:
-                raise DSLTypeError(f"compile-time parameter {c.name} has no default; pass it", c.loc)
+                raise DSLTypeError(
+                    f"compile-time parameter {c.name} has no default; pass it", c.loc)
             self.env[c.name] = self._coerce_cparam(c, v)
 
     def _coerce_cparam(self, c: A.CParam, v: object) -> object:
@@ -114,7 +115,7 @@ class _Lowering:
                 dt = resolve_dtype(p.dtype, p.loc, self.env)
                 v = self.b.value(TensorType(dt, tuple(shape)), p.name)
             params.append(v)
-        for name, v in dims.items():
+        for name in dims:
             if name in self.env:
                 raise DSLNameError(f"dim {name} clashes with a compile-time parameter", self.k.loc)
         for v in params + list(dims.values()):
@@ -132,6 +133,7 @@ class _Lowering:
         threads = 1 if self.k.threads is None else self._static(self.k.threads)
         if not isinstance(threads, int) or threads < 1:
             raise DSLTypeError(f"threads must be a positive int, got {threads!r}", self.k.loc)
+        self.ctx.threads = threads
         grid_exprs = self.k.grid or (A.Int(1, loc=self.k.loc),)
         if len(grid_exprs) > 3:
             raise DSLTypeError("grid takes 1 to 3 block counts", grid_exprs[3].loc)
@@ -204,7 +206,7 @@ class _Lowering:
 
     def _carried_out(self, name: str, arg: Value, loc: SourceLoc) -> Value:
         v = self.materialize(self.env[name], arg.type.dtype, loc)
-        if v.type != arg.type:
+        if strip_layout(v.type) != strip_layout(arg.type):
             raise DSLTypeError(
                 f"{name} changes type in the loop: {arg.type} before, {v.type} after", loc)
         return v
@@ -228,7 +230,7 @@ class _Lowering:
                 self.b.op("yield", outs)
             branches.append(Region((), tuple(ops)))
             results.append([o.type for o in outs])
-        if results[0] != results[1]:
+        if [strip_layout(t) for t in results[0]] != [strip_layout(t) for t in results[1]]:
             raise DSLTypeError("the branches of an if give variables different types", s.loc)
         self.env = saved
         op = self.b.op("if", [c], regions=branches, loc=s.loc, result_types=results[0])

@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lowbitc.formats import lookup as format_of
 from lowbitc.errors import LowbitcError
+from lowbitc.formats import lookup as format_of
 from lowbitc.ir.core import Kernel, Op, Region
 from lowbitc.ir.types import TensorType, TileType, is_machine, numpy_dtype
 from lowbitc.packing import pack, unpack
@@ -122,6 +122,8 @@ def _eval_op(op: Op, env: dict, block: tuple[int, int, int], mem: dict) -> None:
             out = np.arange(a.n)
         elif o == "cast":
             out = _cast(ins[0], op.operands[0].type.dtype, a.dtype)
+        elif o == "relayout":
+            out = ins[0]
         elif o == "codes":
             out = np.asarray(ins[0], np.uint8)
         elif o == "bitcast":

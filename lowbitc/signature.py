@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lowbitc.formats import lookup as format_of
 from lowbitc.errors import UserArgumentError
+from lowbitc.formats import lookup as format_of
 from lowbitc.ir.core import Kernel, Value
 from lowbitc.ir.types import ScalarType, TensorType, is_float, is_machine, numpy_dtype
 

@@ -243,10 +243,15 @@ def test_pipeline_trace_names_every_pass_and_each_snapshot_verifies():
     out = run_pipeline(k, CPU_PIPELINE, trace=trace)
     assert [name for name, _ in trace] == list(CPU_PIPELINE)
     assert trace[-1][1] == out
-    assert "cast" in opcodes(trace[0][1]) and "codes" not in opcodes(trace[0][1])
-    assert "codes" in opcodes(trace[1][1])                        # after lower-formats
-    assert "load_codes" in opcodes(trace[2][1])                    # after bitpack
-    consts = [op for op in walk(trace[3][1].body.ops) if op.opcode == "const"]
+    names = [name for name, _ in trace]
+
+    def after(name: str, nth: int = 0) -> Kernel:
+        return trace[[i for i, n in enumerate(names) if n == name][nth]][1]
+
+    assert "cast" in opcodes(after("cse")) and "codes" not in opcodes(after("cse"))
+    assert "codes" in opcodes(after("lower-formats"))
+    assert "load_codes" in opcodes(after("bitpack"))
+    consts = [op for op in walk(after("cse", 1).body.ops) if op.opcode == "const"]
     assert len({(op.attrs, op.results[0].type) for op in consts}) == len(consts)  # after cse
     assert "load" not in opcodes(out) and "codes" not in opcodes(out)           # after dce
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lowbitc.backends.llvm import jit
+from lowbitc.backends.llvm.launch import ArgPacker, ArrayArg, GridLauncher, ScalarArg
 from lowbitc.cache import CacheKey, default_cache
 from lowbitc.interp import grid_of_bound
 from lowbitc.ir.core import Kernel
 from lowbitc.ir.types import TensorType
 from lowbitc.passes import CPU_PIPELINE
-from lowbitc.signature import bind
-from lowbitc.backends.llvm import jit
-from lowbitc.backends.llvm.launch import ArgPacker, ArrayArg, GridLauncher, ScalarArg
-from lowbitc.signature import storage_dtype
+from lowbitc.signature import bind, storage_dtype
 
 _SCALAR_KIND = {"i64": "i64", "i32": "i32", "f32": "f32", "f64": "f64"}
 

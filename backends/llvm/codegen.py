@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lowbitc.backends.llvm import ops_elementwise  # noqa: F401  (fill HANDLERS)
+from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
+from lowbitc.backends.llvm.fusion import emit_fused_dot, plan_fusion
+from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg
+from lowbitc.backends.llvm.ops_memory import dot_into
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Kernel, Op, Region
 from lowbitc.ir.types import ScalarType, TensorType, TileType, is_machine
-from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
-from lowbitc.backends.llvm import ops_elementwise  # noqa: F401  (fill HANDLERS)
-from lowbitc.backends.llvm.fusion import emit_fused_dot, plan_fusion
-from lowbitc.backends.llvm.ops_memory import dot_into
-from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg
 
 SCALAR_ARG = {"i64": "i64", "i32": "i32", "f32": "float", "f64": "double"}
 

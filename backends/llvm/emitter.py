@@ -48,7 +48,7 @@ def float_literal(v: float, dtype: str) -> str:
         d = float(np.float32(v)) if dtype == "f32" else float(v)
     else:
         raise BackendError(f"llvm: {dtype} is not a float type")
-    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", d))[0]
+    return f"0x{struct.unpack('<Q', struct.pack('<d', d))[0]:016X}"
 
 
 def row_major(shape: Sequence[int]) -> tuple[int, ...]:

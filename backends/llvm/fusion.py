@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lowbitc.ir.core import Op, Region, Value
-from lowbitc.ir.opdefs import ELEMENTWISE
-from lowbitc.ir.types import TileType, is_float
 from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert, splat, vtype
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view, scalar_op
 from lowbitc.backends.llvm.ops_memory import lut_global, unpack32
+from lowbitc.ir.core import Op, Region, Value
+from lowbitc.ir.opdefs import ELEMENTWISE
+from lowbitc.ir.types import TileType, is_float
 
 W = 32  # codes per step: every 32 codes of a row are exactly `bits` whole words
 MAX_ROWS = 4  # rows of `a` that share one decoded weight vector (vector accumulators)

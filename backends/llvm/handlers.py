@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Op, Value
 from lowbitc.ir.types import TensorType, TileType, is_float, is_machine, is_signed_int
-from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
 from lowbitc.signature import format_bits
 
 HANDLERS: dict[str, Callable[[Env, Op], None]] = {}

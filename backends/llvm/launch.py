@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from lowbitc.backends.llvm.pool import KERNEL_CFUNC, get_pool, split_blocks
 
+from lowbitc.backends.llvm.pool import KERNEL_CFUNC, get_pool, split_blocks
 from lowbitc.errors import UserArgumentError
 
 __all__ = [

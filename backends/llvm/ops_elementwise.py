@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
+from lowbitc.backends.llvm.handlers import Env, const_literal, convert, handles, splat, vtype
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Op
 from lowbitc.ir.types import TileType, is_float, is_signed_int
-from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
-from lowbitc.backends.llvm.handlers import Env, const_literal, convert, handles, splat, vtype
 
 _INT = {"add": "add", "sub": "sub", "mul": "mul", "and": "and", "or": "or", "xor": "xor",
         "shl": "shl"}
@@ -23,7 +23,7 @@ _SUFFIX = {"half": "f16", "bfloat": "bf16", "float": "f32", "double": "f64"}
 def _intrinsic(em: Emitter, name: str, t: str, args: list[str], width: int = 0) -> str:
     sfx = _SUFFIX.get(t, t)
     full = f"<{width} x {t}>" if width else t
-    fn = f"llvm.{name}.{'v%d' % width if width else ''}{sfx}"
+    fn = f"llvm.{name}.{f'v{width}' if width else ''}{sfx}"
     em.declare(f"declare {full} @{fn}({', '.join([full] * len(args))})")
     return em.val(f"call {full} @{fn}({', '.join(f'{full} {a}' for a in args)})")
 
@@ -83,7 +83,7 @@ def scalar_op(em: Emitter, opcode: str, dtype: str, args: list[str], width: int 
 
 
 def _abs_decl(em: Emitter, lt: str, width: int) -> str:
-    name = f"llvm.abs.{'v%d' % width if width else ''}{lt}"
+    name = f"llvm.abs.{f'v{width}' if width else ''}{lt}"
     t = f"<{width} x {lt}>" if width else lt
     em.declare(f"declare {t} @{name}({t}, i1)")
     return name

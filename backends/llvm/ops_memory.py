@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from lowbitc.errors import BackendError
-from lowbitc.ir.core import Op
-from lowbitc.ir.types import TileType, is_float
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
 from lowbitc.backends.llvm.handlers import Env, TensorArg, const_literal, convert, handles
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view, elementwise, scalar_op
+from lowbitc.errors import BackendError
+from lowbitc.ir.core import Op
+from lowbitc.ir.types import TileType, is_float
 
 
 @handles("full")
@@ -334,7 +334,8 @@ def unpack32(em, ptr: str, bits: int) -> str:
     lo_idx = [(j * bits) >> 5 for j in range(32)]
     hi_idx = [min(i + 1, bits - 1) for i in lo_idx]
     shifts = [(j * bits) & 31 for j in range(32)]
-    lo = em.val(f"shufflevector <{bits} x i32> {words}, <{bits} x i32> poison, <32 x i32> {_vec(lo_idx)}")
+    lo = em.val(f"shufflevector <{bits} x i32> {words}, <{bits} x i32> poison, "
+                f"<32 x i32> {_vec(lo_idx)}")
     if 32 % bits == 0:  # no code straddles two words: one shift
         v = em.val(f"lshr <32 x i32> {lo}, {_vec(shifts)}")
     else:

@@ -18,7 +18,6 @@ import sys
 import threading
 
 from lowbitc.backends.llvm import jit
-
 from lowbitc.cache import CacheKey, default_cache
 from lowbitc.errors import BackendError, LowbitcError, UserArgumentError
 

@@ -8,8 +8,8 @@ meaningful and `parse(print(k)) == k`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from lowbitc.errors import SourceLoc
 from lowbitc.ir.types import Type

@@ -95,6 +95,13 @@ class ForAttrs(Attrs):
 
 
 @dataclass(frozen=True, slots=True)
+class LayoutAttrs(Attrs):
+    """`relayout`: the thread-value layout a tile must have from here on (printed form)."""
+
+    layout: str
+
+
+@dataclass(frozen=True, slots=True)
 class LutAttrs(Attrs):
     dtype: str
     values: tuple[float, ...]
@@ -292,6 +299,13 @@ def _store(ts, a):
     return ()
 
 
+def _relayout(ts, a):
+    (t,) = ts
+    if not isinstance(t, TileType):
+        raise _fail("relayout", f"needs a tile, got {t}")
+    return (TileType(t.dtype, t.shape, t.space, a.layout),)
+
+
 def _lut(ts, a):
     (t,) = ts
     if not is_int(t.dtype):
@@ -353,6 +367,7 @@ _def("load", MemAttrs, _load)
 _def("load_codes", CodesAttrs, _load_codes)
 _def("store", MemAttrs, _store)
 _def("lut", LutAttrs, _lut)
+_def("relayout", LayoutAttrs, _relayout)
 _def("for", ForAttrs, _for, regions=1)
 _def("if", Attrs, _if, regions=2)
 _def("yield", Attrs, _none)

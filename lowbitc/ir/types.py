@@ -7,6 +7,7 @@ memory in the canonical packing (DESIGN.md) and are turned into machine values b
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -82,7 +83,7 @@ class TileType:
     def __str__(self) -> str:
         dims = ",".join(str(d) for d in self.shape)
         extra = "" if self.space == "reg" else f", {self.space}"
-        extra += f", layout={self.layout}" if self.layout else ""
+        extra += f", layout={json.dumps(self.layout)}" if self.layout else ""
         return f"tile<{self.dtype}[{dims}]{extra}>"
 
     @property
@@ -108,6 +109,11 @@ class TensorType:
 
 
 Type = ScalarType | TileType | TensorType
+
+
+def strip_layout(t: Type) -> Type:
+    """A type without its layout (a layout refines a tile type; it never changes its values)."""
+    return TileType(t.dtype, t.shape, t.space) if isinstance(t, TileType) else t
 
 
 def element_dtype(t: Type) -> str:

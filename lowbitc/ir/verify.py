@@ -5,7 +5,7 @@ from __future__ import annotations
 from lowbitc.errors import VerifyError
 from lowbitc.ir.core import Kernel, Op, Region, Value, walk
 from lowbitc.ir.opdefs import OPS
-from lowbitc.ir.types import ScalarType
+from lowbitc.ir.types import ScalarType, strip_layout
 
 
 def _check_op(op: Op, scope: set[int]) -> None:
@@ -22,7 +22,8 @@ def _check_op(op: Op, scope: set[int]) -> None:
     except VerifyError as e:
         raise VerifyError(e.message, op.loc) from None
     got = tuple(r.type for r in op.results)
-    if tuple(expected) != got and op.opcode != "if":  # an if's results: its yields, below
+    if tuple(map(_plain, expected)) != tuple(map(_plain, got)) and op.opcode != "if":
+        # (an if's results are checked against its yields, below)
         raise VerifyError(
             f"{op.opcode}: result types {', '.join(map(str, got)) or '()'} but the op gives "
             f"{', '.join(map(str, expected)) or '()'}",
@@ -33,8 +34,9 @@ def _check_op(op: Op, scope: set[int]) -> None:
     if op.opcode == "for":
         (body,) = op.regions
         want = (ScalarType("i64"),) + got
-        if tuple(a.type for a in body.args) != want:
-            raise VerifyError("for: body arguments must be the index then the carried values", op.loc)
+        if tuple(map(_plain, (a.type for a in body.args))) != tuple(map(_plain, want)):
+            raise VerifyError("for: body arguments must be the index then the carried values",
+                              op.loc)
         _check_yield(op, body, got, scope)
     elif op.opcode == "if":
         for r in op.regions:
@@ -43,13 +45,17 @@ def _check_op(op: Op, scope: set[int]) -> None:
             _check_yield(op, r, got, scope)
 
 
+# types compare without layouts: inference refines layouts after ops are typed
+_plain = strip_layout
+
+
 def _check_yield(op: Op, r: Region, types: tuple, scope: set[int]) -> None:
     inner = set(scope) | {a.id for a in r.args}
     _check_region(r, inner)
     last = r.ops[-1] if r.ops else None
     if last is None or last.opcode != "yield":
         raise VerifyError(f"{op.opcode}: region must end in yield", op.loc)
-    if tuple(v.type for v in last.operands) != types:
+    if tuple(_plain(v.type) for v in last.operands) != tuple(map(_plain, types)):
         raise VerifyError(f"{op.opcode}: yield types differ from the op's results", last.loc)
 
 
@@ -68,7 +74,8 @@ def verify(k: Kernel) -> Kernel:
     """Raise VerifyError at the first broken invariant; return the kernel unchanged."""
     names = [v.name for v in k.params + k.dims]
     if len(set(names)) != len(names) or not all(names):
-        raise VerifyError(f"kernel {k.name}: parameter and dim names must be unique: {names}", k.loc)
+        raise VerifyError(
+            f"kernel {k.name}: parameter and dim names must be unique: {names}", k.loc)
     if k.threads < 1:
         raise VerifyError(f"kernel {k.name}: threads must be >= 1, got {k.threads}", k.loc)
     scope = {v.id for v in k.params + k.dims}

@@ -1,9 +1,14 @@
 """Compiler passes (one per module) and the named pipelines built from them."""
 
-from lowbitc.passes import bitpack, lower_formats, simplify  # noqa: F401  (registers passes)
+from lowbitc.passes import (  # noqa: F401  (registers passes)
+    bitpack,
+    infer_layouts,
+    lower_formats,
+    simplify,
+)
 from lowbitc.passes.base import PASSES, Pass, rewrite, run_pipeline
 
 # the pipeline every CPU kernel goes through before the LLVM backend renders it
-CPU_PIPELINE = ("cse", "lower-formats", "bitpack", "cse", "dce")
+CPU_PIPELINE = ("infer-layouts", "cse", "lower-formats", "bitpack", "cse", "dce")
 
 __all__ = ["CPU_PIPELINE", "PASSES", "Pass", "rewrite", "run_pipeline"]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from lowbitc.errors import LoweringError
 from lowbitc.ir.builder import Builder
 from lowbitc.ir.core import Kernel, Op, Region, Value, renumber, walk
+from lowbitc.ir.types import strip_layout
 from lowbitc.ir.verify import verify
 
 # A rule sees an op (operands already rewritten) and either returns None (keep it) or
@@ -65,7 +66,7 @@ def rewrite(k: Kernel, rule: Rule) -> Kernel:
         if len(out) != len(op.results):
             raise LoweringError(f"rewrite of {op.opcode} gave {len(out)} values", op.loc)
         for old, nv in zip(op.results, out):
-            if old.type != nv.type:
+            if strip_layout(old.type) != strip_layout(nv.type):
                 raise LoweringError(
                     f"rewrite of {op.opcode} changed a result type: {old.type} -> {nv.type}",
                     op.loc)
@@ -73,6 +74,24 @@ def rewrite(k: Kernel, rule: Rule) -> Kernel:
 
     grid, body = region(k.grid), region(k.body)
     return renumber(replace(k, grid=grid, body=body))
+
+
+def retype(k: Kernel, types: dict[int, object]) -> Kernel:
+    """The kernel with the values whose ids are in `types` given those types (same ids)."""
+    def v(x: Value) -> Value:
+        t = types.get(x.id)
+        return x if t is None else Value(x.id, t, x.name)
+
+    def region(r: Region) -> Region:
+        return Region(tuple(v(a) for a in r.args), tuple(op_(o) for o in r.ops))
+
+    def op_(o: Op) -> Op:
+        return replace(o, results=tuple(v(x) for x in o.results),
+                       operands=tuple(v(x) for x in o.operands),
+                       regions=tuple(region(r) for r in o.regions))
+
+    return replace(k, params=tuple(v(p) for p in k.params), grid=region(k.grid),
+                   body=region(k.body))
 
 
 @dataclass(frozen=True)

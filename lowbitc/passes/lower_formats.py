@@ -36,7 +36,10 @@ def _table(fmt) -> tuple[float, ...]:
 def decode_codes(b: Builder, c: Value, fmt) -> Value:
     """Ops turning i32 codes `c` of format `fmt` into f32 values (exactly fmt.decode)."""
     n = fmt.bits
-    f32 = (lambda v: b.emit("cast", v, attrs=CastAttrs("f32")))
+
+    def f32(v: Value) -> Value:
+        return b.emit("cast", v, attrs=CastAttrs("f32"))
+
     kind = fmt.kind
     if kind == "uint":
         return f32(c)

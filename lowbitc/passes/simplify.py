@@ -42,7 +42,7 @@ def dce(k: Kernel) -> Kernel:
     while True:
         used = {v.id for r in (k.grid, k.body) for op in walk(r.ops) for v in op.operands}
 
-        def prune(r: Region) -> Region:
+        def prune(r: Region, used: set[int] = used) -> Region:
             ops = []
             for op in r.ops:
                 if op.opcode not in EFFECTS and not any(x.id in used for x in op.results):
