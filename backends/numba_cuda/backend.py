@@ -94,7 +94,8 @@ class Executable:
         if stage == "ptx":
             return toolchain.ptx_for(self.rendered.source, self.rendered.signature,
                                      name=self.rendered.name)
-        raise ValueError(f"stage: expected ir, lowered, python or ptx, got {stage!r}")
+        raise UserArgumentError(f"stage: the cuda backend emits ir, lowered, python or ptx, "
+                                f"got {stage!r}")
 
 
 @dataclass(frozen=True)
