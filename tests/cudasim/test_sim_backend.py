@@ -54,14 +54,20 @@ def test_dequantize_is_bit_exact(name, n, k, group, zp):
     assert _same_bits(got, qw.dequantize()), name
 
 
-@pytest.mark.parametrize("name,m,n,k,group,zp", MATMUL)
-def test_matmul_matches_reference(name, m, n, k, group, zp):
-    qw = _qw(name, n, k, group, zp, seed=1)
-    x = np.random.default_rng(2).standard_normal((m, k)).astype(np.float32)
+@pytest.mark.parametrize("name,m,n,k_,group,zp", MATMUL)
+def test_matmul_matches_reference_and_interpreter(name, m, n, k_, group, zp):
+    qw = _qw(name, n, k_, group, zp, seed=1)
+    x = np.random.default_rng(2).standard_normal((m, k_)).astype(np.float32)
     y = ops.matmul(x, qw, backend="cuda")
     ref = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
     assert y.shape == (m, n) and y.dtype == np.float32
     assert np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-30) < 2e-5, name
+    k = ops.get_kernel("matmul", "cuda", **ops.matmul_params(m, qw, "f32"))
+    interp = np.zeros((m, n), np.float32)
+    zeros = qw.zeros if zp else np.zeros((1, 1), np.float32)
+    k.interpret(x, ops.weight_storage(qw), qw.scales, zeros, interp, group, K=k_)
+    # the interpreter accumulates dot products in f64, the GPU in f32
+    assert np.abs(y - interp).max() / max(np.abs(interp).max(), 1e-30) < 2e-5, name
 
 
 def test_matmul_f16_activations_and_interpreter():
