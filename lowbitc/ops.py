@@ -14,6 +14,7 @@ from importlib import resources
 
 import numpy as np
 
+from lowbitc import tuned
 from lowbitc.compiler import Kernel, compile
 from lowbitc.errors import UserArgumentError
 from lowbitc.ir.types import is_machine, numpy_dtype
@@ -82,6 +83,23 @@ def matmul_params(M: int, qw: QTensor, act: str) -> dict:
     return {**matmul_fixed(qw.dtype, act, qw.zeros is not None), "BM": bm, "BN": bn, "BK": bk}
 
 
+_PLANS: dict[tuple, Kernel] = {}
+_PLANS_GENERATION = [-1]
+
+
+def _plan(key: tuple) -> Kernel | None:
+    """The kernel chosen before for this exact call signature (until a new tuning result)."""
+    if _PLANS_GENERATION[0] != tuned.GENERATION:
+        _PLANS.clear()
+        _PLANS_GENERATION[0] = tuned.GENERATION
+    return _PLANS.get(key)
+
+
+def _remember(key: tuple, k: Kernel) -> Kernel:
+    _PLANS[key] = k
+    return k
+
+
 def tuned_params(name: str, fixed: dict, group: int, shape: dict, backend: str) -> dict:
     """`lowbitc.tune`'s winner for this shipped kernel and shape bucket ({} if none)."""
     return tuned_config(kernel_path(name), None, fixed, {"group": group}, shape, backend) or {}
@@ -106,10 +124,14 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm") -> np.ndarray:
     y = np.empty((M, N), np.float32)
     if M == 0 or N == 0:
         return y
-    params = matmul_params(M, qw, act)
-    fixed = {n: params[n] for n in ("W", "A", "ZP", "EARLY")}
-    params.update(tuned_params("matmul", fixed, qw.group_size, {"M": M, "N": N, "K": K}, backend))
-    k = get_kernel("matmul", backend, **params)
+    plan = ("matmul", backend, qw.dtype, act, qw.zeros is not None, qw.group_size, M, N, K)
+    k = _plan(plan)
+    if k is None:
+        params = matmul_params(M, qw, act)
+        fixed = {n: params[n] for n in ("W", "A", "ZP", "EARLY")}
+        params.update(tuned_params("matmul", fixed, qw.group_size, {"M": M, "N": N, "K": K},
+                                   backend))
+        k = _remember(plan, get_kernel("matmul", backend, **params))
     zeros = qw.zeros if qw.zeros is not None else _NO_ZEROS
     k(x, weight_storage(qw), qw.scales, zeros, y, qw.group_size, K=K)
     return y
@@ -122,10 +144,13 @@ def dequantize(qw: QTensor, backend: str = "llvm") -> np.ndarray:
     y = np.empty((N, K), np.float32)
     if N == 0 or K == 0:
         return y
-    params = {"W": qw.dtype, "ZP": qw.zeros is not None}
-    params.update(tuned_params("dequantize", dict(params), qw.group_size, {"N": N, "K": K},
-                               backend))
-    k = get_kernel("dequantize", backend, **params)
+    plan = ("dequantize", backend, qw.dtype, qw.zeros is not None, qw.group_size, N, K)
+    k = _plan(plan)
+    if k is None:
+        params = {"W": qw.dtype, "ZP": qw.zeros is not None}
+        params.update(tuned_params("dequantize", dict(params), qw.group_size, {"N": N, "K": K},
+                                   backend))
+        k = _remember(plan, get_kernel("dequantize", backend, **params))
     zeros = qw.zeros if qw.zeros is not None else _NO_ZEROS
     k(weight_storage(qw), qw.scales, zeros, y, qw.group_size, K=K)
     return y

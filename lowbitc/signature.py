@@ -136,3 +136,58 @@ def _scalar(p: Value, a: object) -> object:
     if not isinstance(a, (int, np.integer)) or isinstance(a, bool):
         raise UserArgumentError(f"argument {p.name!r}: expected an integer, got {a!r}")
     return int(a)
+
+
+class Binder:
+    """`bind` for one kernel with the checks precomputed: the common, correct call takes a
+    fast path; anything unusual goes through `bind`, which gives the error messages."""
+
+    def __init__(self, k: Kernel):
+        self.k = k
+        self.names = [p.name for p in k.params]
+        self.dim_names = frozenset(d.name for d in k.dims)
+        self.specs = []
+        for p in k.params:
+            if isinstance(p.type, TensorType):
+                packed = not is_machine(p.type.dtype)
+                bits = format_bits(p.type.dtype) if packed else 0
+                dims = tuple((i, d, packed and i == len(p.type.shape) - 1)
+                             for i, d in enumerate(p.type.shape))
+                self.specs.append((True, storage_dtype(p.type.dtype), len(dims), dims, bits))
+            else:
+                self.specs.append((False, is_float(p.type.dtype), 0, (), 0))
+
+    def __call__(self, args: tuple, kwargs: dict) -> Bound:
+        if len(args) != len(self.names) or not self.dim_names.issuperset(kwargs):
+            return bind(self.k, args, kwargs)
+        dims = dict(kwargs)
+        values = {}
+        packed_rows = []
+        for name, (tensor, dt, ndim, dspec, bits), a in zip(self.names, self.specs, args):
+            if tensor:
+                if (type(a) is not np.ndarray or a.dtype != dt or a.ndim != ndim
+                        or not a.flags.c_contiguous):
+                    return bind(self.k, args, kwargs)
+                for i, d, packed_last in dspec:
+                    n = a.shape[i]
+                    if packed_last:
+                        packed_rows.append((d, n, bits))
+                    elif d.__class__ is int:
+                        if d != n:
+                            return bind(self.k, args, kwargs)
+                    elif dims.setdefault(d, n) != n:
+                        return bind(self.k, args, kwargs)
+                values[name] = a
+            else:
+                ok = (isinstance(a, (int, float)) if dt else isinstance(a, int)) \
+                    and not isinstance(a, bool)
+                if not ok:
+                    return bind(self.k, args, kwargs)
+                values[name] = float(a) if dt else a
+        for d, n, bits in packed_rows:
+            size = d if d.__class__ is int else dims.get(d)
+            if size is None or (size * bits + 31) // 32 != n:
+                return bind(self.k, args, kwargs)
+        if len(dims) != len(self.dim_names):
+            return bind(self.k, args, kwargs)
+        return Bound(values, dims)

@@ -15,6 +15,7 @@ from lowbitc.errors import LowbitcError
 from lowbitc.tuning import lookup, shape_bucket, tuning_key
 
 _MEMO: dict[tuple, dict[str, Any] | None] = {}
+GENERATION = 0  # bumped by forget(): memos built on tuned configs compare it
 _LOCK = threading.Lock()
 
 
@@ -58,8 +59,10 @@ def tuned_config(path: str, kernel: str | None, fixed: Mapping[str, Any],
 
 def forget() -> None:
     """Drop the memo (after `lowbitc.tune` stores a new winner in this process)."""
+    global GENERATION
     with _LOCK:
         _MEMO.clear()
+        GENERATION += 1
 
 
 def _frozen(values: Mapping[str, Any]) -> tuple:

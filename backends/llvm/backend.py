@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from lowbitc.backends.llvm import jit
 from lowbitc.backends.llvm.launch import ArgPacker, ArrayArg, GridLauncher, ScalarArg
 from lowbitc.cache import CacheKey, default_cache
-from lowbitc.interp import grid_of_bound
+from lowbitc.interp import compile_grid, grid_of_bound
 from lowbitc.ir.core import Kernel
 from lowbitc.ir.types import TensorType
 from lowbitc.passes import CPU_PIPELINE
-from lowbitc.signature import bind, storage_dtype
+from lowbitc.signature import Binder, storage_dtype
 
 _SCALAR_KIND = {"i64": "i64", "i32": "i32", "f32": "f32", "f64": "f64"}
 
@@ -53,11 +53,14 @@ class Executable:
         sig += [ScalarArg(d.name, "i64") for d in k.dims]
         sig += [ScalarArg("grid.x", "i64"), ScalarArg("grid.y", "i64")]
         self.packer = ArgPacker(sig)
-        self.launcher = GridLauncher(self.module.address(symbol), 0)
+        # grids of fewer than 8 blocks run on the calling thread: waking a worker costs more
+        self.launcher = GridLauncher(self.module.address(symbol), 0, min_blocks_per_thread=4)
+        self.grid = compile_grid(k)
+        self.binder = Binder(k)
 
     def __call__(self, *args, **kwargs) -> None:
-        b = bind(self.k, args, kwargs)
-        gx, gy, gz = grid_of_bound(self.k, b)
+        b = self.binder(args, kwargs)
+        gx, gy, gz = grid_of_bound(self.k, b, self.grid)
         packed = self.packer(b.ordered(self.k) + [gx, gy])
         self.launcher(packed, gx * gy * gz)
 
