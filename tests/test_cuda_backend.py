@@ -19,11 +19,10 @@ from lowbitc.ops import kernel_path
 T = pytest.importorskip("lowbitc.backends.numba_cuda.toolchain")
 from lowbitc.backends.numba_cuda import elements  # noqa: E402
 from lowbitc.backends.numba_cuda.backend import BACKEND  # noqa: E402
-from lowbitc.dsl.lower import lower_kernel  # noqa: E402
-
 from lowbitc.commands import emit  # noqa: E402
 from lowbitc.commands.compile import compile_file  # noqa: E402
 from lowbitc.compiler import load, pick_kernel  # noqa: E402
+from lowbitc.dsl.lower import lower_kernel  # noqa: E402
 from lowbitc.interp import run as interpret  # noqa: E402
 from lowbitc.ir.core import walk  # noqa: E402
 from lowbitc.passes import run_pipeline  # noqa: E402
@@ -64,6 +63,8 @@ def test_dequantize_fuses_into_one_loop_without_shared_memory():
     # loading its word once (a0 is the packed weight), with a per-code fallback at the edges
     assert r.source.count("while e") == 1 and r.source.count("while j") == 1
     assert sum(" >> 5) + " in line for line in r.source.splitlines()) == 1  # one word
+    # the edge mask arange(BK) + k < k1 is checked once per unit (for its last column)
+    assert "+ 7 < " in r.source and "if True" not in r.source  # units of 8 u4 codes
 
 
 def test_matmul_stages_dot_operands_in_shared_memory():

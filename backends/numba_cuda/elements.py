@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 from lowbitc.backends.numba_cuda.source import literal, numba_type
 from lowbitc.backends.numba_cuda.units import unit_codes, window_in_unit
-
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Op
 from lowbitc.ir.types import TileType, is_float, is_machine, is_signed_int
@@ -219,7 +218,7 @@ def _load(ctx, op: Op, idx) -> str:
     if where is not None:  # bounds checked once per unit; whole words loaded once
         val = (unit_codes(ctx, t, starts, where, ctx.unit.cols[idx[-1]]) if t.bits
                else f"{t.name}[{', '.join(where)}]")
-        if mask is None:
+        if mask in (None, "True"):
             return ctx.src.tmp(f"{R}({val})", "v")
         return ctx.src.tmp(f"({R}({val}) if {mask} else {R}(0))", "v")
     where, conds = ctx.window(starts, a.sizes, idx, t.dims)

@@ -26,8 +26,13 @@ from lowbitc.backends.numba_cuda.source import (
     numba_type,
 )
 from lowbitc.backends.numba_cuda.statements import STATEMENTS
-from lowbitc.backends.numba_cuda.units import Unit, packed_bits, unit_loop, unit_width
-
+from lowbitc.backends.numba_cuda.units import (
+    Unit,
+    packed_bits,
+    unit_edge_mask,
+    unit_loop,
+    unit_width,
+)
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Kernel, Op, Region, Value
 from lowbitc.ir.types import ScalarType, TensorType, is_machine
@@ -114,6 +119,11 @@ class Renderer:
             raise BackendError(f"cuda: value {v} has no code (a compiler bug)")
         if self.hoist is not None and all(i in self.hoist[2] for i in idx):
             return self._hoisted(op, key)
+        if self.unit is not None:
+            mask = unit_edge_mask(self, op, tuple(idx))
+            if mask is not None:
+                self.memo[-1][key] = mask
+                return mask
         name = ELEMENT[op.opcode](self, op, tuple(idx))
         self.memo[-1][key] = name
         return name
@@ -220,6 +230,8 @@ class Renderer:
         for d in shape:
             size *= d
         p = unit_width(packed_bits(self, list(values))) if values and self.unit is None else 0
+        while p and p < 32 and shape[-1] % (2 * p) == 0 and size // (2 * p) >= self.threads:
+            p *= 2  # wider units amortise their checks, while every thread still has one
         if p and shape[-1] % p == 0 and self.hoist is None:
             unit_loop(self, shape, p, body)
             return

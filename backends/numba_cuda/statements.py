@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
 from lowbitc.backends.numba_cuda.elements import fail, shape_of
 from lowbitc.backends.numba_cuda.source import literal, numba_type
 from lowbitc.backends.numba_cuda.units import window_in_unit
-
 from lowbitc.ir.core import Op, Value
 from lowbitc.ir.types import TileType, is_float, numpy_dtype
 
@@ -50,9 +50,13 @@ def _store(ctx, op: Op) -> None:
             m = op.operands[-1]
             conds.insert(0, ctx.elem(m, ctx.bcast(idx, shape, shape_of(m.type))))
         vidx = ctx.bcast(idx, shape, shape_of(value.type))
+        conds = [c for c in conds if c != "True"]
         if ctx.unit is not None:  # in a unit, row values (scales) are shared by its elements
             x = ctx.elem(value, vidx)
-            with ctx.src.block(f"if {' and '.join(conds) or 'True'}:"):
+            if not conds:
+                ctx.src.line(f"{t.name}[{', '.join(where)}] = {x}")
+                return
+            with ctx.src.block(f"if {' and '.join(conds)}:"):
                 ctx.src.line(f"{t.name}[{', '.join(where)}] = {x}")
             return
         with ctx.src.block(f"if {' and '.join(conds) or 'True'}:"), ctx.scope():

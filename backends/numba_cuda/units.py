@@ -161,3 +161,30 @@ def unit_loop(ctx, shape: tuple[int, ...], p: int, body) -> None:
                     body((*lead, n), f"{q} * {cols} + {n}" if lead else n)
                     src.line(f"{j} += 1")
         src.line(f"{e} += nthr")
+
+
+def unit_edge_mask(ctx, op, idx) -> str | None:
+    """`True` for an edge mask `arange + k < lim` (or `<=`) on the unit's columns, with the
+    unit condition that its last column passes: the mask grows with the column, so one
+    compare per unit replaces one per element. None when `op` is no such mask."""
+    u = ctx.unit
+    if op.opcode not in ("lt", "le") or not idx or idx[-1] not in u.cols:
+        return None
+    x, lim = op.operands
+    add = ctx.lazy.get(x.id)
+    if lim.id not in ctx.scalars or add is None or add.opcode != "add" or x.type.dtype != "i64":
+        return None
+    ar, k = add.operands
+    if ar.id in ctx.scalars:
+        ar, k = k, ar
+    ar_op = ctx.lazy.get(ar.id)
+    if k.id not in ctx.scalars or ar_op is None or ar_op.opcode != "arange":
+        return None
+    shape = op.results[0].type.shape
+    if ctx.bcast(idx, shape, ar.type.shape) != (idx[-1],) or x.type.shape != shape:
+        return None
+    last = f"{ctx.scalars[k.id]} + {u.c0} + {u.p - 1}"
+    cond = f"{last} {'<' if op.opcode == 'lt' else '<='} {ctx.scalars[lim.id]}"
+    if cond not in u.conds:
+        u.conds.append(cond)
+    return "True"
