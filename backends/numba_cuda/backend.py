@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from lowbitc.backends.numba_cuda import toolchain
 from lowbitc.backends.numba_cuda.render import Rendered, render
-
 from lowbitc.errors import UserArgumentError
 from lowbitc.interp import grid_of_bound
 from lowbitc.ir.core import Kernel, walk
