@@ -279,3 +279,32 @@ def test_load_rejects_a_plain_file(tmp_path):
     save_file({"a": torch.zeros(2)}, str(path))
     with bad("has no 'lowbitc.quantized' metadata"):
         lt.load_quantized(Tiny(), path)
+
+
+# ---------------------------------------------------------------- GPTQ
+@pytest.mark.parametrize("fmt,zp", [("u4", True), ("nf4", False)])
+def test_gptq_lowers_output_error_on_the_calibration_inputs(fmt, zp):
+    """GPTQ trades weight error for output error: on correlated inputs its ||X W_hat^T - X W^T||
+    beats round-to-nearest, and the QTensor it returns is an ordinary one."""
+    from lowbitc.dtypes import dtype
+    from lowbitc.torch.gptq import gptq_quantize
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(512, 16, generator=gen) @ torch.randn(16, 64, generator=gen)  # low rank
+    x += 0.1 * torch.randn(512, 64, generator=gen)
+    w = torch.randn(24, 64, generator=gen)
+    h = (x.double().T @ x.double()) / x.shape[0]
+    qg = gptq_quantize(w, h, dtype(fmt), 32, zero_point=zp)
+    qr = quantize(w.numpy(), fmt, 32, zero_point=zp)
+    err = {name: float(torch.linalg.norm(x @ (torch.from_numpy(q.dequantize()) - w).T))
+           for name, q in (("gptq", qg), ("rtn", qr))}
+    assert err["gptq"] < 0.9 * err["rtn"], err
+    assert qg.codes.shape == (24, 64) and (qg.zeros is not None) == zp
+
+
+def test_quantize_with_calibration_uses_gptq():
+    torch.manual_seed(4)
+    model = Tiny()
+    xs = [torch.randn(16, K) for _ in range(4)]
+    n = lt.quantize_(model, "u4", G, calibrate=lambda m: [m(x) for x in xs])
+    assert n == 2 and isinstance(model.a, lt.QuantLinear) and model.a.zeros is not None
