@@ -337,6 +337,14 @@ def _layout_arg(ctx: Ctx, e: A.Expr, shape: tuple[int, ...]) -> str:
     return layout_text(lay)
 
 
+def _view(ctx: Ctx, e: A.Call) -> Value:
+    a = _args(e, ("x", "dtype"), 2)
+    v = _value(ctx, a["x"], "x")
+    if not isinstance(v.type, TileType):
+        raise DSLTypeError(f"view() takes a tile, got {v.type}", a["x"].loc)
+    return ctx.b.emit("view", v, attrs=CastAttrs(_format(ctx, a["dtype"])), loc=e.loc)
+
+
 def _relayout(ctx: Ctx, e: A.Call) -> Value:
     a = _args(e, ("x", "layout"), 2)
     v = _value(ctx, a["x"], "x")
@@ -477,7 +485,8 @@ BUILTINS: dict[str, Callable] = {
     "zeros": _zeros, "full": _full, "arange": _arange, "load": _load, "store": _store,
     "cast": _cast, "dot": _dot_call, "transpose": _transpose,
     "reshape": _reshape_like("reshape"), "broadcast": _reshape_like("broadcast"),
-    "relayout": _relayout, "spatial": _layout_fn(spatial), "local": _layout_fn(local),
+    "relayout": _relayout, "view": _view,
+    "spatial": _layout_fn(spatial), "local": _layout_fn(local),
     "replicated": _layout_fn(replicated), "mma_m16n8k16_a": _layout_fn(mma_m16n8k16_a),
     "mma_m16n8k16_b": _layout_fn(mma_m16n8k16_b), "mma_m16n8k16_c": _layout_fn(mma_m16n8k16_c),
     "sum": _reduce_or_elementwise("sum"), "max": _reduce_or_elementwise("max"),

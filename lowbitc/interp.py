@@ -92,6 +92,28 @@ class Interpreter:
         run(self.k, *args, **kwargs)
 
 
+def _bits(dtype: str) -> int:
+    return format_of(dtype).bits if not is_machine(dtype) else np.dtype(_nd(dtype)).itemsize * 8
+
+
+def view_bits(x: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """Reinterpret each row's bits (an LSB-first stream along the last dim) as `dst` values."""
+    sb, db = _bits(src), _bits(dst)
+    lead = x.shape[:-1]
+    if is_machine(src):
+        raw = np.ascontiguousarray(x).view(np.uint8).reshape(lead + (-1,))
+        stream = np.unpackbits(raw, axis=-1, bitorder="little")
+    else:
+        codes = np.asarray(x, np.uint8)[..., None] >> np.arange(sb, dtype=np.uint8) & 1
+        stream = codes.reshape(lead + (-1,))
+    n = stream.shape[-1] // db
+    if is_machine(dst):
+        packed = np.packbits(stream, axis=-1, bitorder="little")
+        return np.ascontiguousarray(packed).view(_nd(dst)).reshape(lead + (n,))
+    weights = (1 << np.arange(db)).astype(np.uint16)
+    return (stream.reshape(lead + (n, db)) * weights).sum(-1).astype(np.uint8)
+
+
 def _cast(v, src: str, dst: str):
     if not is_machine(src):
         v = format_of(src).decode(np.asarray(v, np.uint8))
@@ -124,6 +146,8 @@ def _eval_op(op: Op, env: dict, block: tuple[int, int, int], mem: dict) -> None:
             out = _cast(ins[0], op.operands[0].type.dtype, a.dtype)
         elif o == "relayout":
             out = ins[0]
+        elif o == "view":
+            out = view_bits(np.asarray(ins[0]), op.operands[0].type.dtype, a.dtype)
         elif o == "codes":
             out = np.asarray(ins[0], np.uint8)
         elif o == "bitcast":

@@ -160,6 +160,10 @@ def _block_id(env: Env, op: Op) -> None:
 
 @handles("codes")
 def _codes(env: Env, op: Op) -> None:
+    x = env.get(op.operands[0])
+    if isinstance(x, Buf) and x.dtype == op.attrs.dtype:  # a format tile held as its codes
+        env.bind(op.results[0], x)
+        return
     raise BackendError(
         f"llvm: {op.operands[0].type} codes must come straight from a load of a packed tensor "
         "(the bitpack pass turns those into load_codes)", op.loc)

@@ -7,7 +7,8 @@ from lowbitc.backends.llvm.handlers import Env, TensorArg, const_literal, conver
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view, elementwise, scalar_op
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Op
-from lowbitc.ir.types import TileType, is_float
+from lowbitc.ir.types import TileType, is_float, is_machine
+from lowbitc.signature import format_bits
 
 
 @handles("full")
@@ -34,6 +35,53 @@ def _reshape(env: Env, op: Op) -> None:
     out = env.result_buf(op)
     env.em.nest(src.shape, lambda idx: env.em.store_elem(
         out, env.em.flat_index(idx, src.shape), env.em.at(src, idx)))
+
+
+@handles("view")
+def _view(env: Env, op: Op) -> None:
+    """Same bytes, another element type. Machine types alias the buffer; a format's codes are
+    extracted from the byte stream into an i32 code buffer (how format tiles are held)."""
+    em = env.em
+    src = env.get(op.operands[0])
+    rt = op.results[0].type
+    if not isinstance(src, Buf) or not is_machine(src.dtype) or src.dtype == "bool":
+        raise BackendError(f"llvm: view of {op.operands[0].type} as {rt.dtype} is not "
+                           "supported yet (views start from machine-typed tiles)", op.loc)
+    if not src.contiguous:
+        tmp = em.alloc(src.dtype, src.shape)
+        em.copy(src, tmp)
+        src = tmp
+    if is_machine(rt.dtype):
+        env.bind(op.results[0], Buf(src.ptr, rt.dtype, rt.shape))
+        return
+    bits = format_bits(rt.dtype)
+    out = em.alloc("i32", rt.shape)
+    env.tiles[op.results[0].id] = out
+    row_bytes = src.shape[-1] * {"i8": 1, "i16": 2, "i32": 4, "i64": 8, "half": 2, "bfloat": 2,
+                                 "float": 4, "double": 8}[MEMTYPE[src.dtype]]
+    ncols = rt.shape[-1]
+
+    def one(idx: list[str]) -> None:
+        row = em.flat_index(idx[:-1], rt.shape[:-1]) if len(rt.shape) > 1 else "0"
+        base = em.val(f"mul i64 {row}, {row_bytes}")
+        bitpos = em.val(f"mul i64 {idx[-1]}, {bits}")
+        byte = em.val(f"add i64 {base}, {em.val(f'lshr i64 {bitpos}, 3')}")
+        last = em.val(f"add i64 {base}, {row_bytes - 1}")
+        nxt = em.val(f"add i64 {byte}, 1")
+        nxt = em.val(f"select i1 {em.val(f'icmp ult i64 {nxt}, {last}')}, i64 {nxt}, "
+                     f"i64 {last}")
+        lo = em.val(f"zext i8 {em.val(f'load i8, ptr {_byte_ptr(em, src, byte)}')} to i32")
+        hi = em.val(f"zext i8 {em.val(f'load i8, ptr {_byte_ptr(em, src, nxt)}')} to i32")
+        both = em.val(f"or i32 {lo}, {em.val(f'shl i32 {hi}, 8')}")
+        sh = em.val(f"trunc i64 {em.val(f'and i64 {bitpos}, 7')} to i32")
+        code = em.val(f"and i32 {em.val(f'lshr i32 {both}, {sh}')}, {(1 << bits) - 1}")
+        em.store_elem(out, em.flat_index(idx, rt.shape), code)
+
+    em.nest(rt.shape[:-1] + (ncols,), one)
+
+
+def _byte_ptr(em, src: Buf, index: str) -> str:
+    return em.val(f"getelementptr inbounds i8, ptr {src.ptr}, i64 {index}")
 
 
 @handles("broadcast")

@@ -10,12 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from lowbitc.errors import VerifyError
+from lowbitc.formats import lookup as lookup_format
 from lowbitc.ir.core import Attrs
 from lowbitc.ir.types import (
     ScalarType,
     TensorType,
     TileType,
     Type,
+    bit_width,
     is_float,
     is_int,
     is_machine,
@@ -118,6 +120,13 @@ class OpDef:
     attrs: type[Attrs]
     infer: Infer
     regions: int = 0
+
+
+def _bits_of(dtype: str) -> int:
+    """Storage bits of one value: machine types by width, formats by their code width."""
+    if is_machine(dtype):
+        return bit_width(dtype) if dtype != "bool" else 8
+    return lookup_format(dtype).bits
 
 
 def _fail(op: str, msg: str) -> VerifyError:
@@ -299,6 +308,19 @@ def _store(ts, a):
     return ()
 
 
+def _view(ts, a):
+    """Same bits, another element type: the last dim rescales so the bit count is kept."""
+    (t,) = ts
+    if not isinstance(t, TileType):
+        raise _fail("view", f"needs a tile, got {t}")
+    src, dst = _bits_of(t.dtype), _bits_of(a.dtype)
+    total = t.shape[-1] * src
+    if total % dst:
+        raise _fail("view", f"{t} has {total} bits per row, not a whole number of "
+                    f"{a.dtype} ({dst}-bit) values")
+    return (TileType(a.dtype, t.shape[:-1] + (total // dst,)),)
+
+
 def _relayout(ts, a):
     (t,) = ts
     if not isinstance(t, TileType):
@@ -368,6 +390,7 @@ _def("load_codes", CodesAttrs, _load_codes)
 _def("store", MemAttrs, _store)
 _def("lut", LutAttrs, _lut)
 _def("relayout", LayoutAttrs, _relayout)
+_def("view", CastAttrs, _view)
 _def("for", ForAttrs, _for, regions=1)
 _def("if", Attrs, _if, regions=2)
 _def("yield", Attrs, _none)
