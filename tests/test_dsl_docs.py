@@ -118,7 +118,15 @@ def _sem_dot():
     return [a, b, np.zeros((4, 8), f32)], {2: want}, {}
 
 
-CHECKS = {"sem_broadcast": _sem_broadcast, "sem_edges": _sem_edges, "sem_masks": _sem_masks,
+def _sem_layouts():
+    x = RNG.standard_normal((8, 8)).astype(f32)
+    codes = RNG.integers(0, 8, (8, 32)).astype(np.uint8)
+    words = lowbitc.pack(codes, 3)
+    return ([x, words, np.zeros((8, 8), f32), np.zeros((8, 32), f32)],
+            {2: x * 2, 3: codes.astype(f32)}, {})
+
+
+CHECKS = {"sem_layouts": _sem_layouts, "sem_broadcast": _sem_broadcast, "sem_edges": _sem_edges, "sem_masks": _sem_masks,
           "sem_dequant": _sem_dequant, "sem_casts": _sem_casts, "sem_loops": _sem_loops,
           "sem_cparams": _sem_cparams, "sem_funcs": _sem_funcs, "sem_dot": _sem_dot}
 
