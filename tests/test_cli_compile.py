@@ -140,3 +140,15 @@ def test_emit_cuda_reports_that_the_backend_is_missing(capsys, monkeypatch):
     assert (code, out) == (2, "")
     assert err.strip() == ("lowbitc emit: error: --backend cuda: the CUDA backend is not "
                            "available yet (use --backend llvm)")
+
+
+def test_compile_takes_several_files(capsys):
+    from pathlib import Path
+
+    from lowbitc.cli import main
+
+    files = sorted(str(p) for p in (Path(__file__).resolve().parents[1] / "examples").glob("*.lbk"))
+    assert len(files) >= 2
+    assert main(["compile", *files]) == 0
+    out = capsys.readouterr().out
+    assert "dequant_silu:" in out and "q4_0_dequant:" in out

@@ -22,7 +22,8 @@ STAGES = ("ir", "lowered", "llvm", "asm")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="FILE.lbk", help="the kernel source file")
+    parser.add_argument("files", metavar="FILE.lbk", nargs="+",
+                        help="kernel source files (each is compiled in turn)")
     parser.add_argument("--kernel", metavar="NAME", default=None,
                         help="compile only this kernel (default: every kernel in the file)")
     add_define_argument(parser)
@@ -98,7 +99,8 @@ def summary(k: Kernel, seconds: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    compiled = compile_file(args.file, args.kernel, parse_defines(args.defines))
+    defines = parse_defines(args.defines)
+    compiled = [c for f in args.files for c in compile_file(f, args.kernel, defines)]
     for i, (k, seconds) in enumerate(compiled):
         if args.emit is None:
             print(summary(k, seconds))
