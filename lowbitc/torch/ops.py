@@ -12,6 +12,7 @@ make the ops traceable by torch.compile; matmul has a gradient for its activatio
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 
 import ml_dtypes
@@ -71,6 +72,21 @@ def _array(t: torch.Tensor) -> np.ndarray:
         return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     a = t.numpy()
     return a.view(np.uint32) if a.dtype == np.int32 else a
+
+
+_VIEWS: dict[int, tuple] = {}  # id(tensor) -> (weakref, data_ptr, numpy view)
+
+
+def _weight_array(t: torch.Tensor) -> np.ndarray:
+    """`_array` memoised per weight tensor: a fresh numpy view of a torch tensor costs
+    10-20 us inside a kernel call here, and weights stay put across calls."""
+    hit = _VIEWS.get(id(t))
+    if hit is not None and hit[0]() is t and hit[1] == t.data_ptr():
+        return hit[2]
+    a = _array(t)
+    key = id(t)
+    _VIEWS[key] = (weakref.ref(t, lambda _, key=key: _VIEWS.pop(key, None)), t.data_ptr(), a)
+    return a
 
 
 # ---------------------------------------------------------------- argument checks
@@ -193,11 +209,11 @@ def _dequantize_params(fmt: str, zp: bool, group: int, n: int, k: int, backend: 
     return params
 
 
-def _operand(t: torch.Tensor | None, backend: str):
+def _operand(t: torch.Tensor | None, backend: str, weight: bool = True):
     if t is None:
         return _NO_ZEROS
     if backend == "llvm":
-        return _array(t)
+        return _weight_array(t) if weight else _array(t)
     from numba import cuda  # imported only when CUDA tensors are seen (numba-cuda is heavy)
 
     return cuda.as_cuda_array(t.detach())
@@ -217,8 +233,8 @@ def matmul_into(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scales: 
     kern = _kernel("matmul", backend, x.device, ("matmul", backend, fmt, act, zp, group_size,
                                                  m, n, k),
                    lambda: _matmul_params(fmt, act, zp, group_size, m, n, k, backend))
-    kern(_operand(x, backend), _operand(weight, backend), _operand(scales, backend),
-         _operand(zeros, backend), _operand(y, backend), group_size, K=k)
+    kern(_operand(x, backend, False), _operand(weight, backend), _operand(scales, backend),
+         _operand(zeros, backend), _operand(y, backend, False), group_size, K=k)
 
 
 # ---------------------------------------------------------------- lowbitc::matmul
@@ -272,7 +288,7 @@ def dequantize_impl(weight, scales, zeros, fmt, group_size, k):
     kern = _kernel("dequantize", backend, dev, ("dequantize", backend, fmt, zp, group_size, n, k),
                    lambda: _dequantize_params(fmt, zp, group_size, n, k, backend))
     kern(_operand(weight, backend), _operand(scales, backend), _operand(zeros, backend),
-         _operand(y, backend), group_size, K=k)
+         _operand(y, backend, False), group_size, K=k)
     return y
 
 
