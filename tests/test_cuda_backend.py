@@ -70,8 +70,9 @@ def test_dequantize_fuses_into_one_loop_without_shared_memory():
 def test_matmul_stages_dot_operands_in_shared_memory():
     r = BACKEND.rendered(_lowered("matmul", W="u3", BM=4, BN=32, BK=64))
     # activations [4, 64] and decoded weights [32, 64] in f32, accumulators [4, 32] x 2,
-    # the (unused without ZP) row sums [4]
-    assert r.shared_bytes == 4 * (4 * 64 + 32 * 64 + 2 * 4 * 32 + 4)
+    # the (unused without ZP) row sums [4]; rows of 32k floats padded by one (bank conflicts)
+    assert r.shared_bytes == 4 * (4 * 65 + 32 * 65 + 2 * 4 * 33 + 4)
+    assert "[j" in r.source and " * 65 + k" in r.source  # the transposed read, padded
 
 
 SRC = """kernel k(x: f32[N], y: f32[N]) {

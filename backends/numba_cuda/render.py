@@ -55,11 +55,25 @@ class Rendered:
 
 @dataclass(frozen=True)
 class Buf:
-    """A tile in shared memory: flat array `name` of `size` elements, row-major `shape`."""
+    """A tile in shared memory: flat array `name`, row-major `shape`, rows `row` elements
+    apart (one more than the last dim when that is a multiple of 32, so a column read by a
+    warp, as in `dot(a, transpose(w))`, hits 32 different banks)."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
+    row: int = 0
+
+    def strides(self) -> tuple[int, ...]:
+        out = [1] * len(self.shape)
+        for k in range(len(self.shape) - 2, -1, -1):
+            last = k == len(self.shape) - 2
+            out[k] = (self.row or self.shape[-1]) if last else out[k + 1] * self.shape[k + 1]
+        return tuple(out)
+
+    @property
+    def size(self) -> int:
+        return self.shape[0] * self.strides()[0] if self.shape else 1
 
 
 @dataclass(frozen=True)
@@ -110,7 +124,7 @@ class Renderer:
         buf = self.bufs.get(v.id)
         if buf is not None:
             self.reads.append((buf.name, tuple(idx)))
-            at = f"{buf.name}[{self.linear(idx, buf.shape)}]"
+            at = self.addr(buf, idx)
             name = self.src.tmp(f"({at} != 0)" if buf.dtype == "bool" else at, "x")
             self.memo[-1][key] = name
             return name
@@ -158,6 +172,13 @@ class Renderer:
         tail = idx[len(shape) - len(to):]
         return tuple("0" if d == 1 else i for i, d in zip(tail, to, strict=False))
 
+    def addr(self, buf: Buf, idx: tuple[str, ...]) -> str:
+        """`name[offset]` of element idx of a shared buffer."""
+        terms = [i if st == 1 else f"{i} * {st}"
+                 for i, d, st in zip(idx, buf.shape, buf.strides(), strict=True)
+                 if d != 1 and i != "0"]
+        return f"{buf.name}[{' + '.join(terms) or '0'}]"
+
     def linear(self, idx: tuple[str, ...], shape: tuple[int, ...]) -> str:
         terms, stride = [], 1
         for i, d in zip(reversed(idx), reversed(shape), strict=False):
@@ -200,11 +221,9 @@ class Renderer:
 
     def alloc(self, dtype: str, shape: tuple[int, ...]) -> Buf:
         dtype = reg_dtype(dtype)
-        size = 1
-        for d in shape:
-            size *= d
-        buf = Buf(self.src.fresh("sb"), dtype, tuple(shape))
-        self.shared.append((buf.name, size, SHARED_TYPE[dtype] if dtype in SHARED_TYPE
+        row = shape[-1] + 1 if len(shape) >= 2 and shape[-1] % 32 == 0 else 0
+        buf = Buf(self.src.fresh("sb"), dtype, tuple(shape), row)
+        self.shared.append((buf.name, buf.size, SHARED_TYPE[dtype] if dtype in SHARED_TYPE
                             else numba_type(dtype)))
         return buf
 
@@ -274,7 +293,7 @@ class Renderer:
             for name, at in self.reads[start:]:
                 read.add(name)
                 own[0] = own[0] and (name != buf.name or at == tuple(idx))
-            self.src.line(f"{buf.name}[{e}] = {SHARED_TYPE.get(buf.dtype, 'F32')}({x})")
+            self.src.line(f"{self.addr(buf, idx)} = {SHARED_TYPE.get(buf.dtype, 'F32')}({x})")
 
         self.each(buf.shape, body, (v,))
         self.src.sync()

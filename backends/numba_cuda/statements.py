@@ -89,11 +89,10 @@ def _dot(ctx, op: Op) -> None:
     ctx.src.sync()
     owned = _owned_outputs(ctx, M, N)
     if owned is None:
-        ctx.each((M, N), lambda idx, e: _dot_outputs(ctx, op, [idx], [e], out, R, K))
+        ctx.each((M, N), lambda idx, e: _dot_outputs(ctx, op, [idx], out, R, K))
     else:
         with ctx.scope():
-            idxs = owned()
-            _dot_outputs(ctx, op, idxs, [f"{i} * {N} + {j}" for i, j in idxs], out, R, K)
+            _dot_outputs(ctx, op, owned(), out, R, K)
     ctx.src.sync()
     ctx.bufs[res.id] = out
 
@@ -122,7 +121,7 @@ def _owned_outputs(ctx, M: int, N: int):
     return None
 
 
-def _dot_outputs(ctx, op: Op, idxs: list, lins: list, out, R: str, K: int) -> None:
+def _dot_outputs(ctx, op: Op, idxs: list, out, R: str, K: int) -> None:
     a, b, c = op.operands
     accs = [ctx.src.tmp(f"{R}({ctx.elem(c, idx)})", "acc") for idx in idxs]
     kk = ctx.src.fresh("k")
@@ -132,8 +131,8 @@ def _dot_outputs(ctx, op: Op, idxs: list, lins: list, out, R: str, K: int) -> No
             x, y = ctx.elem(a, (i, kk)), ctx.elem(b, (kk, j))
             ctx.src.line(f"{acc} = {R}({acc} + {R}({x}) * {R}({y}))")
         ctx.src.line(f"{kk} += 1")
-    for acc, lin in zip(accs, lins, strict=True):
-        ctx.src.line(f"{out.name}[{lin}] = {acc}")
+    for acc, idx in zip(accs, idxs, strict=True):
+        ctx.src.line(f"{ctx.addr(out, idx)} = {acc}")
 
 
 def _identity(kind: str, dtype: str) -> str:
@@ -172,7 +171,8 @@ def _reduce(ctx, op: Op) -> None:
         return
     out = ctx.alloc(dt, res.type.shape)
     ctx.src.sync()
-    ctx.each(res.type.shape, lambda idx, e: ctx.src.line(f"{out.name}[{e}] = {compute(idx)}"))
+    ctx.each(res.type.shape,
+             lambda idx, e: ctx.src.line(f"{ctx.addr(out, idx)} = {compute(idx)}"))
     ctx.src.sync()
     ctx.bufs[res.id] = out
 
