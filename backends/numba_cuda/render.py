@@ -14,6 +14,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from lowbitc.backends.numba_cuda.buffers import Buf, TensorRef
 from lowbitc.backends.numba_cuda.elements import ELEMENT, fail, reg_dtype, shape_of
 from lowbitc.backends.numba_cuda.plan import make_plan
 from lowbitc.backends.numba_cuda.source import (
@@ -51,38 +52,6 @@ class Rendered:
     source: str
     signature: str
     shared_bytes: int
-
-
-@dataclass(frozen=True)
-class Buf:
-    """A tile in shared memory: flat array `name`, row-major `shape`, rows `row` elements
-    apart (one more than the last dim when that is a multiple of 32, so a column read by a
-    warp, as in `dot(a, transpose(w))`, hits 32 different banks)."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    row: int = 0
-
-    def strides(self) -> tuple[int, ...]:
-        out = [1] * len(self.shape)
-        for k in range(len(self.shape) - 2, -1, -1):
-            last = k == len(self.shape) - 2
-            out[k] = (self.row or self.shape[-1]) if last else out[k + 1] * self.shape[k + 1]
-        return tuple(out)
-
-    @property
-    def size(self) -> int:
-        return self.shape[0] * self.strides()[0] if self.shape else 1
-
-
-@dataclass(frozen=True)
-class TensorRef:
-    """A kernel tensor argument: array name, extents (expressions), bits if packed."""
-
-    name: str
-    dims: tuple[str, ...]
-    bits: int
 
 
 def kernel_name(k: Kernel) -> str:

@@ -1,0 +1,38 @@
+"""What the CUDA renderer binds IR values to besides scalar locals: shared-memory buffers
+and kernel tensor arguments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Buf:
+    """A tile in shared memory: flat array `name`, row-major `shape`, rows `row` elements
+    apart (one more than the last dim when that is a multiple of 32, so a column read by a
+    warp, as in `dot(a, transpose(w))`, hits 32 different banks)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    row: int = 0
+
+    def strides(self) -> tuple[int, ...]:
+        out = [1] * len(self.shape)
+        for k in range(len(self.shape) - 2, -1, -1):
+            last = k == len(self.shape) - 2
+            out[k] = (self.row or self.shape[-1]) if last else out[k + 1] * self.shape[k + 1]
+        return tuple(out)
+
+    @property
+    def size(self) -> int:
+        return self.shape[0] * self.strides()[0] if self.shape else 1
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """A kernel tensor argument: array name, extents (expressions), bits if packed."""
+
+    name: str
+    dims: tuple[str, ...]
+    bits: int
