@@ -74,12 +74,13 @@ def matmul_fixed(wtype, act: str, zero_point: bool) -> dict:
 
 def matmul_params(M: int, qw: QTensor, act: str) -> dict:
     """Default tile parameters by problem shape (GEMV for M = 1, GEMM tiles otherwise)."""
-    bm = 1 if M == 1 else 4 if M <= 4 else 16
+    # up to 8 rows share each decoded weight vector in registers (the backend's fused dot)
+    bm = 1 if M == 1 else 2 if M == 2 else 4 if M <= 4 else 8
     g = qw.group_size
     # the K tile should not run past a group (the rest of it would be masked away) and stays
     # a multiple of 32 so the backend can decode whole words in registers
     bk = 128 if g % 128 == 0 else 64 if g % 64 == 0 else 32
-    bn = 64 if M <= 4 else 32
+    bn = 64 if M <= 8 else 32
     return {**matmul_fixed(qw.dtype, act, qw.zeros is not None), "BM": bm, "BN": bn, "BK": bk}
 
 

@@ -21,7 +21,13 @@ from lowbitc.ir.opdefs import ELEMENTWISE
 from lowbitc.ir.types import TileType, is_float
 
 W = 32  # codes per step: every 32 codes of a row are exactly `bits` whole words
-MAX_ROWS = 4  # rows of `a` that share one decoded weight vector (vector accumulators)
+MAX_ROWS = 8  # rows of `a` that share one decoded weight vector (vector accumulators)
+
+
+def acc_lanes(rows: int) -> int:
+    """Accumulator width per row: wide (independent chains) for one or two rows, narrow enough
+    for every row's accumulator to stay in a register when more rows share the weights."""
+    return 32 if rows <= 2 else 16 if rows <= 4 else 8
 FUSIBLE = ELEMENTWISE | {"cast", "bitcast", "where", "lut"}
 
 
@@ -147,7 +153,8 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
     m = abuf.shape[0]
     bn, bk = plan.codes.attrs.sizes
     bits = plan.codes.attrs.bits
-    vf = f"<{W} x float>"
+    lanes = acc_lanes(m)
+    va = f"<{lanes} x float>"
     zero = "zeroinitializer"
 
     def row(j: str) -> None:
@@ -160,29 +167,37 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
             p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}")
             w = _eval_tree(env, plan, unpack32(em, p, bits), j, c)
             k0 = em.val(f"mul i64 {c}, {W}")
-            nxt = []
-            for i in range(m):
-                ai = em.val(f"add i64 {em.val(f'mul i64 {i}, {abuf.strides[0]}')}, {k0}")
-                av = _vload(em, abuf, ai)
-                prod = em.val(f"fmul reassoc contract {vf} {av}, {w}")
-                nxt.append(em.val(f"fadd reassoc contract {vf} {accs[i]}, {prod}"))
+            nxt = list(accs)
+            for part in range(W // lanes):  # lanes of the accumulator hold k mod `lanes`
+                if lanes == W:
+                    ws = w
+                else:
+                    sel = ", ".join(f"i32 {part * lanes + q}" for q in range(lanes))
+                    ws = em.val(f"shufflevector <{W} x float> {w}, <{W} x float> poison, "
+                                f"<{lanes} x i32> <{sel}>")
+                for i in range(m):
+                    ai = em.val(f"add i64 {em.val(f'mul i64 {i}, {abuf.strides[0]}')}, "
+                                f"{em.val(f'add i64 {k0}, {part * lanes}')}")
+                    av = _vload(em, abuf, ai, lanes)
+                    prod = em.val(f"fmul reassoc contract {va} {av}, {ws}")
+                    nxt[i] = em.val(f"fadd reassoc contract {va} {nxt[i]}, {prod}")
             return nxt
 
-        accs = em.loop("0", str(bk // W), None, carried=[(vf, zero)] * m, body_carried=step)
-        em.declare(f"declare float @llvm.vector.reduce.fadd.v{W}f32(float, {vf})")
+        accs = em.loop("0", str(bk // W), None, carried=[(va, zero)] * m, body_carried=step)
+        em.declare(f"declare float @llvm.vector.reduce.fadd.v{lanes}f32(float, {va})")
         for i in range(m):
-            s = em.val(f"call reassoc float @llvm.vector.reduce.fadd.v{W}f32(float "
-                       f"{float_literal(-0.0, 'f32')}, {vf} {accs[i]})")
+            s = em.val(f"call reassoc float @llvm.vector.reduce.fadd.v{lanes}f32(float "
+                       f"{float_literal(-0.0, 'f32')}, {va} {accs[i]})")
             oi = em.flat_index([str(i), j], out.shape)
             em.store_elem(out, oi, em.val(f"fadd float {em.load_elem(out, oi)}, {s}"))
 
     em.loop("0", str(bn), row)
 
 
-def _vload(em: Emitter, buf: Buf, index: str) -> str:
+def _vload(em: Emitter, buf: Buf, index: str, width: int = W) -> str:
     p = em.gep(buf, index)
-    v = em.val(f"load <{W} x {lltype(buf.dtype)}>, ptr {p}, align 4")
-    return convert(em, v, buf.dtype, "f32", W) if buf.dtype != "f32" else v
+    v = em.val(f"load <{width} x {lltype(buf.dtype)}>, ptr {p}, align 4")
+    return convert(em, v, buf.dtype, "f32", width) if buf.dtype != "f32" else v
 
 
 def _splat_value(em: Emitter, v: str, dtype: str) -> str:
