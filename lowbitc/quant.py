@@ -14,7 +14,6 @@ import importlib.metadata
 import json
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
@@ -215,15 +214,30 @@ def _errors(fmt: Format, wg: np.ndarray, scales: np.ndarray, zeros: np.ndarray) 
     step = 2.0 if fmt.kind == "bipolar" else 1.0
     err = np.empty(scales.shape, np.float64)
     top = round((levels[-1] - levels[0]) / step)
-    _uniform_errors(wg, scales.astype(np.float32), zeros.astype(np.float32), levels[0], top,
-                    step, err)
+    _uniform_kernel()(wg, scales.astype(np.float32), zeros.astype(np.float32), levels[0], top,
+                      step, err)
     return err
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
+prange = range  # numba.prange once _uniform_kernel has compiled the search
+_UNIFORM: list = []
+
+
+def _uniform_kernel():
+    """`_uniform_errors` compiled by numba on first use: importing numba costs ~0.4 s, which
+    processes that only run kernels (not quantize) should not pay."""
+    global prange
+    if not _UNIFORM:
+        import numba  # noqa: PLC0415 - deliberate: lazy for start-up time, not for a cycle
+
+        prange = numba.prange
+        _UNIFORM.append(numba.njit(parallel=True, fastmath=True, cache=True)(_uniform_errors))
+    return _UNIFORM[0]
+
+
 def _uniform_errors(w, scales, zeros, lo, top, step, err):  # pragma: no cover (compiled)
     """Levels lo + step*i, i = 0..top: error in units of steps, scaled back at the end."""
-    for i in numba.prange(w.shape[0]):
+    for i in prange(w.shape[0]):
         for c in range(scales.shape[0]):
             s = scales[c, i]
             a = np.float32(1.0 / (s * step))
