@@ -116,17 +116,18 @@ def test_shared_memory_limit_is_checked():
 # ---------------------------------------------------------------- PTX through `lowbitc emit`
 
 FAST = [("dequantize", "u4", "sm_80"), ("matmul", "u4", "sm_90")]
+PARAMS = {"f16": {"A": "f16", "ZP": True}}  # f16 activations: numba's fp16 shims linked in
 SWEEP = [(k, f"u{b}", arch) for k in ("dequantize", "matmul") for b in range(1, 9)
          for arch in ("sm_80", "sm_90") if (k, f"u{b}", arch) not in FAST]
 
 
-def _emit(kernel: str, fmt: str, arch: str, what: str) -> str:
-    (k, _), = compile_file(emit.kernel_file(kernel), None, {"W": fmt}, backend="cuda")
+def _emit(kernel: str, fmt: str, arch: str, what: str, **params) -> str:
+    (k, _), = compile_file(emit.kernel_file(kernel), None, {"W": fmt, **params}, backend="cuda")
     return emit.cuda_text(k, what, arch)
 
 
-def _check_ptx(kernel: str, fmt: str, arch: str) -> None:
-    ptx = _emit(kernel, fmt, arch, "ptx")
+def _check_ptx(kernel: str, fmt: str, arch: str, **params) -> None:
+    ptx = _emit(kernel, fmt, arch, "ptx", **params)
     assert ptx.count(".entry") == 1 and f".target {arch}" in ptx
     asm = T.assemble(ptx, arch)
     assert asm.spill_store_bytes == 0 and asm.spill_load_bytes == 0, asm.log
@@ -137,6 +138,12 @@ def _check_ptx(kernel: str, fmt: str, arch: str) -> None:
 @pytest.mark.parametrize("kernel,fmt,arch", FAST)
 def test_shipped_kernel_ptx_assembles_without_spills(kernel, fmt, arch):
     _check_ptx(kernel, fmt, arch)
+
+
+@needs_toolchain
+@pytest.mark.cuda_toolchain
+def test_f16_activation_matmul_links_the_fp16_shims():
+    _check_ptx("matmul", "nf4", "sm_80", **PARAMS["f16"])
 
 
 @needs_toolchain

@@ -94,6 +94,19 @@ def test_device_arrays_in_and_out():
     assert _same_bits(out.copy_to_host(), qw.dequantize())
 
 
+def test_device_array_arguments_are_checked():
+    from numba import cuda
+
+    from lowbitc.errors import UserArgumentError
+
+    qw = _qw("u4", 4, 32, 16, False)
+    k = ops.get_kernel("dequantize", "cuda", W=qw.dtype, ZP=False)
+    out = cuda.device_array((4, 32), np.float64)
+    with pytest.raises(UserArgumentError, match="'y'.*float32"):
+        k(cuda.to_device(qw.packed), cuda.to_device(qw.scales),
+          cuda.to_device(np.zeros((1, 1), np.float32)), out, 16, K=32)
+
+
 KERNELS = """
 kernel mixed(x: f32[R, C], y: f32[R, C], t: f32[C, R], m: f32[R], c: i32[R, C], lim: f32) {
   a = load(x[0 :+ 8, 0 :+ 8])
