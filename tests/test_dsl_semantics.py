@@ -492,3 +492,28 @@ def test_odd_shapes_one_row_one_column_and_tiles_larger_than_tensors():
         for m, n in ((1, 1), (1, 13), (13, 1), (7, 5)):
             x = rand(m, n)
             check(k, [x, np.zeros((m, n), np.float32)], {1: np.sqrt(np.abs(x))}, exact=True)
+
+
+def test_bf16_arithmetic_reductions_and_dot_compute_in_f32_and_round():
+    # bf16 values are held as their bits in the LLVM backend; every op goes through f32
+    src = """kernel k(a: bf16[4, 8], b: bf16[8, 4], s: bf16[4], y: bf16[4, 4], m: f32[4, 4]) {
+  x = load(a[0 :+ 4, 0 :+ 8])
+  w = load(b[0 :+ 8, 0 :+ 4])
+  store(s[0 :+ 4], sum(x + x, axis=1))
+  store(y[0 :+ 4, 0 :+ 4], dot(x, w, zeros(bf16, [4, 4])))
+  store(m[0 :+ 4, 0 :+ 4], dot(cast(x, f32), cast(w, f32)))
+}"""
+    k = compile(src)
+    a = rand(4, 8).astype(ml_dtypes.bfloat16)
+    b = rand(8, 4).astype(ml_dtypes.bfloat16)
+    outs = []
+    for runner in (k, k.interpret):
+        s, y = np.zeros(4, ml_dtypes.bfloat16), np.zeros((4, 4), ml_dtypes.bfloat16)
+        m = np.zeros((4, 4), np.float32)
+        runner(a, b, s, y, m)
+        outs.append((s.astype(np.float32), y.astype(np.float32), m))
+    af, bf = a.astype(np.float64), b.astype(np.float64)
+    for s, y, m in outs:
+        np.testing.assert_allclose(s, (2 * af).sum(1), rtol=2e-2)
+        np.testing.assert_allclose(y, af @ bf, rtol=3e-2, atol=3e-2)
+        np.testing.assert_allclose(m, af @ bf, rtol=1e-5, atol=1e-5)

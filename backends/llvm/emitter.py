@@ -26,7 +26,7 @@ LLTYPE = {
     "u32": "i32",
     "u64": "i64",
     "f16": "half",
-    "bf16": "bfloat",
+    "bf16": "i16",  # bf16 values live as their 16 bits (see convert)
     "f32": "float",
     "f64": "double",
 }

@@ -5,10 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Op, Value
-from lowbitc.ir.types import TensorType, TileType, is_float, is_machine, is_signed_int
+from lowbitc.ir.types import (
+    TensorType,
+    TileType,
+    is_float,
+    is_machine,
+    is_signed_int,
+    numpy_dtype,
+)
 from lowbitc.signature import format_bits
 
 HANDLERS: dict[str, Callable[[Env, Op], None]] = {}
@@ -88,12 +97,13 @@ class Env:
 
 
 def const_literal(em: Emitter, value, dtype: str) -> str:
-    """An LLVM operand for a constant (half/bfloat go through a float and a truncation)."""
+    """An LLVM operand for a constant (f16 as an exact 0xH literal, bf16 as its 16 bits)."""
     if dtype == "bool":
         return "true" if value else "false"
+    if dtype in ("f16", "bf16"):  # exact bit literals: no conversion code (or libcall)
+        bits = int(np.asarray(value, numpy_dtype(dtype)).view(np.uint16))
+        return f"0xH{bits:04X}" if dtype == "f16" else str(bits - 65536 * (bits >= 32768))
     if is_float(dtype):
-        if dtype in ("f16", "bf16"):
-            return em.val(f"fptrunc float {float_literal(value, 'f32')} to {lltype(dtype)}")
         return float_literal(value, dtype)
     return str(int(value))
 
@@ -110,9 +120,22 @@ def splat(literal: str, dtype: str, width: int = 0) -> str:
 
 
 def convert(em: Emitter, v: str, src: str, dst: str, width: int = 0) -> str:
-    """Convert a register value (or a vector of `width`) between machine dtypes (C semantics)."""
+    """Convert a register value (or a vector of `width`) between machine dtypes (C semantics).
+    bf16 (held as its 16 bits) goes through f32 both ways, with no libcalls."""
     if src == dst:
         return v
+    if src == "bf16":  # its bits are the top half of an f32
+        i32 = vtype("i32", width)
+        wide = em.val(f"shl {i32} {em.val(f'zext {vtype(src, width)} {v} to {i32}')}, "
+                      f"{splat('16', 'i32', width)}")
+        return convert(em, em.val(f"bitcast {i32} {wide} to {vtype('f32', width)}"), "f32",
+                       dst, width)
+    if dst == "bf16":
+        if src == "bool" or not is_float(src) or src == "f64":
+            v = convert(em, v, src, "f32", width)  # (f64 -> f32 -> bf16 rounds twice)
+        elif src == "f16":
+            v = convert(em, v, src, "f32", width)
+        return _f32_to_bf16(em, v, width)
     ts, td = vtype(src, width), vtype(dst, width)
     zero = "zeroinitializer" if width else None
     if src == "bool":
@@ -126,16 +149,7 @@ def convert(em: Emitter, v: str, src: str, dst: str, width: int = 0) -> str:
     fs, fd = is_float(src), is_float(dst)
     ls, ld = lltype(src), lltype(dst)
     if fs and fd:
-        if ls == ld:
-            return v
-        wide = {"half": 16, "bfloat": 16, "float": 32, "double": 64}
-        if ld == "bfloat":  # inline RNE: LLVM would call __truncsfbf2, which MCJIT lacks
-            if ls != "float":
-                v = convert(em, v, src, "f32", width)
-            return _f32_to_bf16(em, v, width)
-        if {ls, ld} == {"half", "bfloat"}:
-            v = em.val(f"fpext {ts} {v} to {vtype('f32', width)}")
-            return em.val(f"fptrunc {vtype('f32', width)} {v} to {td}")
+        wide = {"half": 16, "float": 32, "double": 64}
         op = "fpext" if wide[ld] > wide[ls] else "fptrunc"
         return em.val(f"{op} {ts} {v} to {td}")
     if fs:
@@ -164,5 +178,4 @@ def _f32_to_bf16(em: Emitter, v: str, width: int = 0) -> str:
     quiet = em.val(f"or {i32} {high}, {kquiet}")
     isnan = em.val(f"fcmp uno {vtype('f32', width)} {v}, {zero}")
     pick = em.val(f"select {b1} {isnan}, {i32} {quiet}, {i32} {rounded}")
-    narrow = em.val(f"trunc {i32} {pick} to {i16}")
-    return em.val(f"bitcast {i16} {narrow} to {vtype('bf16', width)}")
+    return em.val(f"trunc {i32} {pick} to {i16}")

@@ -31,6 +31,10 @@ def _intrinsic(em: Emitter, name: str, t: str, args: list[str], width: int = 0) 
 def scalar_op(em: Emitter, opcode: str, dtype: str, args: list[str], width: int = 0) -> str:
     """One elementwise op on register values of `dtype` (the operands' dtype); with `width`,
     on <width x dtype> vectors (constants then must be splats)."""
+    if dtype == "bf16":  # held as bits: compute in f32 and round back (compares need not)
+        wide = [convert(em, a, "bf16", "f32", width) for a in args]
+        r = scalar_op(em, opcode, "f32", wide, width)
+        return r if opcode in _FCMP else convert(em, r, "f32", "bf16", width)
     lt = lltype(dtype)
     t = vtype(dtype, width)
     bt = vtype("bool", width)
@@ -47,7 +51,7 @@ def scalar_op(em: Emitter, opcode: str, dtype: str, args: list[str], width: int 
         if opcode in _FINTR:
             return _intrinsic(em, _FINTR[opcode], lt, args, width)
         one = splat(float_literal(1.0, "f64" if lt == "double" else "f32"), dtype, width)
-        if lt in ("half", "bfloat"):
+        if lt == "half":
             wide = convert(em, args[0], dtype, "f32", width)
             return convert(em, scalar_op(em, opcode, "f32", [wide], width), "f32", dtype, width)
         if opcode == "rsqrt":
@@ -113,11 +117,42 @@ def elementwise(env: Env, op: Op, fn) -> None:
         em.loop("0", str(out.size), body)
         return
     views = [broadcast_view(x, res.shape) if isinstance(x, Buf) else x for x in xs]
+    if len(res.shape) > 1 and all(not isinstance(v, Buf) or v.strides[-1] in (0, 1)
+                                  for v in views):
+        _rowwise(env, out, views, fn)
+        return
 
     def nbody(idx: list[str]) -> None:
         vals = [em.at(x, idx) if isinstance(x, Buf) else x for x in views]
         em.store_elem(out, em.flat_index(idx, res.shape), fn(vals))
     em.nest(res.shape, nbody)
+
+
+def _rowwise(env: Env, out: Buf, views: list, fn) -> None:
+    """Leading dims outside, the last dim in a plain counted loop: operands are contiguous
+    along it or constant over it (row-broadcast scales), so LLVM vectorises the inner loop."""
+    em = env.em
+    shape = out.shape
+    n = shape[-1]
+
+    def row(idx: list[str]) -> None:
+        obase = em.flat_index(list(idx) + ["0"], shape)
+        bases = []
+        for v in views:
+            if not isinstance(v, Buf):
+                bases.append(("scalar", v))
+            elif v.strides[-1] == 0:
+                bases.append(("scalar", em.at(v, list(idx) + ["0"])))
+            else:
+                bases.append(("row", (v, em.offset(list(idx) + ["0"], shape, v.strides))))
+
+        def col(j: str) -> None:
+            vals = [x if kind == "scalar" else
+                    em.load_elem(x[0], em.val(f"add i64 {x[1]}, {j}")) for kind, x in bases]
+            em.store_elem(out, em.val(f"add i64 {obase}, {j}"), fn(vals))
+        em.loop("0", str(n), col)
+
+    em.nest(shape[:-1], row)
 
 
 @handles("add", "sub", "mul", "div", "rem", "min", "max", "pow", "and", "or", "xor", "shl",

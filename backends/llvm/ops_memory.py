@@ -151,7 +151,7 @@ def _reduce_rows(env: Env, op: Op, src: Buf, out: Buf, out_shape, init: str, fn:
 
         def step(p: str, acc: list[str]) -> list[str]:
             x = em.load_elem(src, em.val(f"add i64 {base}, {p}"))
-            if fn == "add" and is_float(dt):
+            if fn == "add" and is_float(dt) and dt != "bf16":
                 return [em.val(f"fadd reassoc {t} {acc[0]}, {x}")]
             return [scalar_op(em, fn, dt, [acc[0], x])]
         (r,) = em.loop("0", str(n), None, carried=[(t, init)], body_carried=step)
@@ -184,6 +184,8 @@ def dot_into(em, a: Buf, b: Buf, out: Buf) -> None:
     fl = is_float(dt)
     mul = f"fmul reassoc contract {t}" if fl else f"mul {t}"
     add = f"fadd reassoc contract {t}" if fl else f"add {t}"
+    if dt == "bf16":  # held as bits: accumulate through scalar_op, which computes in f32
+        mul = add = None
 
     def elem(buf: Buf, i: str, j: str) -> str:
         return convert(em, em.at(buf, [i, j]), buf.dtype, dt)
@@ -194,8 +196,7 @@ def dot_into(em, a: Buf, b: Buf, out: Buf) -> None:
                 oi = em.flat_index([i, j], out.shape)
 
                 def red(p: str, vals: list[str]) -> list[str]:
-                    prod = em.val(f"{mul} {elem(a, i, p)}, {elem(b, p, j)}")
-                    return [em.val(f"{add} {vals[0]}, {prod}")]
+                    return [_mac(em, mul, add, dt, elem(a, i, p), elem(b, p, j), vals[0])]
                 (s_,) = em.loop("0", str(k), None, carried=[(t, em.load_elem(out, oi))],
                                 body_carried=red)
                 em.store_elem(out, oi, s_)
@@ -209,11 +210,18 @@ def dot_into(em, a: Buf, b: Buf, out: Buf) -> None:
 
             def col(j: str) -> None:
                 oi = em.flat_index([i, j], out.shape)
-                prod = em.val(f"{mul} {av}, {elem(b, p, j)}")
-                em.store_elem(out, oi, em.val(f"{add} {em.load_elem(out, oi)}, {prod}"))
+                em.store_elem(out, oi, _mac(em, mul, add, dt, av, elem(b, p, j),
+                                            em.load_elem(out, oi)))
             em.loop("0", str(n), col)
         em.loop("0", str(k), kk)
     em.loop("0", str(m), row2)
+
+
+def _mac(em, mul: str | None, add: str | None, dt: str, x: str, y: str, acc: str) -> str:
+    """acc + x * y with the given instructions (None: through scalar_op, e.g. for bf16)."""
+    if mul is None:
+        return scalar_op(em, "add", dt, [acc, scalar_op(em, "mul", dt, [x, y])])
+    return em.val(f"{add} {acc}, {em.val(f'{mul} {x}, {y}')}")
 
 
 def _sfx(t: str) -> str:
@@ -522,10 +530,80 @@ def _store(env: Env, op: Op) -> None:
         em.br(no)
         em.start_block(no)
 
-    if shape:
+    if (shape and op.attrs.sizes[-1] > 0 and isinstance(val, Buf) and val.contiguous
+            and val.shape == shape and t.type.dtype != "bool"):
+        _store_rows_fast_path(env, op, t, starts, val, shape, body)
+    elif shape:
         em.nest(shape, body)
     else:
         body([])
+
+
+def _store_rows_fast_path(env: Env, op: Op, t: TensorArg, starts: list, val: Buf,
+                          shape: tuple[int, ...], generic_body) -> None:
+    """In-bounds windows: each tile row is one contiguous copy into the tensor, or, under a
+    mask, one llvm.masked.store (masked lanes are never written, so blocks that share a row
+    stay independent). Other windows take the per-element path."""
+    em = env.em
+    sizes = op.attrs.sizes
+    fast, slow, done = em.label("stinb"), em.label("stedge"), em.label("stored")
+    em.emit(f"br i1 {_in_bounds(em, t, starts, sizes)}, label %{fast}, label %{slow}")
+    em.start_block(fast)
+    rows, ncols = shape[:-1], shape[-1]
+    # rows move as bits: 16-bit floats as i16 (vectors of half would be legalised through
+    # conversion calls that MCJIT cannot resolve)
+    et = {"half": "i16", "bfloat": "i16"}.get(MEMTYPE[t.type.dtype], MEMTYPE[t.type.dtype])
+    vt = f"<{ncols} x {et}>"
+    mask = None
+    if op.attrs.masked:
+        m = env.get(op.operands[-1])
+        mask = broadcast_view(m, shape) if isinstance(m, Buf) else m
+        if isinstance(mask, Buf) and mask.strides[-1] not in (0, 1):
+            em.br(slow)
+            mask = "unusable"
+    if mask != "unusable":
+        def row(idx: list[str]) -> None:
+            it = iter(idx)
+            tidx = [st if sz == 0 else em.val(f"add i64 {st}, {next(it)}")
+                    for st, sz in zip(starts[:-1], sizes[:-1])] + [starts[-1]]
+            dst = em.val(f"getelementptr inbounds {MEMTYPE[t.type.dtype]}, ptr {t.ptr}, "
+                         f"i64 {_offset(env, t, tidx)}")
+            src = em.gep(val, em.flat_index(list(idx) + ["0"], shape) if rows else "0")
+            v = em.val(f"load {vt}, ptr {src}, align 4")
+            if mask is None:
+                em.emit(f"store {vt} {v}, ptr {dst}, align 4")
+                return
+            if isinstance(mask, Buf):
+                mrow = em.offset(list(idx) + ["0"], shape, mask.strides)
+                if mask.strides[-1] == 1:
+                    raw = em.val(f"load <{ncols} x i8>, ptr {em.gep(mask, mrow)}, align 1")
+                    mv = em.val(f"trunc <{ncols} x i8> {raw} to <{ncols} x i1>")
+                else:  # one flag for the whole row
+                    one = em.load_elem(mask, mrow)
+                    ins = em.val(f"insertelement <{ncols} x i1> poison, i1 {one}, i64 0")
+                    mv = em.val(f"shufflevector <{ncols} x i1> {ins}, <{ncols} x i1> poison, "
+                                f"<{ncols} x i32> zeroinitializer")
+            else:
+                ins = em.val(f"insertelement <{ncols} x i1> poison, i1 {mask}, i64 0")
+                mv = em.val(f"shufflevector <{ncols} x i1> {ins}, <{ncols} x i1> poison, "
+                            f"<{ncols} x i32> zeroinitializer")
+            fn = f"llvm.masked.store.v{ncols}{_vsfx(et)}.p0"
+            em.declare(f"declare void @{fn}({vt}, ptr, i32, <{ncols} x i1>)")
+            em.emit(f"call void @{fn}({vt} {v}, ptr {dst}, i32 4, <{ncols} x i1> {mv})")
+
+        if rows:
+            em.nest(rows, row)
+        else:
+            row([])
+        em.br(done)
+    em.start_block(slow)
+    em.nest(shape, generic_body)
+    em.br(done)
+    em.start_block(done)
+
+
+def _vsfx(et: str) -> str:
+    return {"float": "f32", "double": "f64", "half": "f16", "bfloat": "bf16"}.get(et, et)
 
 
 def lut_global(em, op: Op) -> tuple[str, str]:

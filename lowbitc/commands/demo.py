@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
         tc = time.perf_counter() - t0
         exact = np.array_equal(deq.view(np.uint32), wd.view(np.uint32))
         failures += not exact
-        td = _median_time(lambda: ops.dequantize(qw), args.repeat)
-        tn = _median_time(lambda: wd.copy(), args.repeat)
+        td = _median_time(lambda qw=qw: ops.dequantize(qw), args.repeat)
+        tn = _median_time(lambda wd=wd: wd.copy(), args.repeat)
         print(f"{name:<10} {'dequant':<10} {'':>4} {'bit-exact' if exact else 'MISMATCH':>12} "
               f"{tc:>7.2f}s {td * 1e3:>8.2f}ms {tn * 1e3:>9.2f}ms {tn / td:>6.2f}x")
         for m in ms:
@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
             err = float(np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-30))
             ok = err < 1e-4
             failures += not ok
-            tk = _median_time(lambda: ops.matmul(x, qw), args.repeat)
-            tn = _median_time(lambda: x @ wd.T, args.repeat)
+            tk = _median_time(lambda x=x, qw=qw: ops.matmul(x, qw), args.repeat)
+            tn = _median_time(lambda x=x, wd=wd: x @ wd.T, args.repeat)
             kind = "gemv" if m == 1 else "gemm"
             print(f"{name:<10} {kind:<10} {m:>4} {err:>12.1e} {tc:>7.2f}s {tk * 1e3:>8.2f}ms "
                   f"{tn * 1e3:>9.2f}ms {tn / tk:>6.2f}x" + ("" if ok else "  <- WRONG"))
