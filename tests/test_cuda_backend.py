@@ -75,6 +75,11 @@ def test_matmul_stages_dot_operands_in_shared_memory():
     assert "[j" in r.source and " * 65 + k" in r.source  # the transposed read, padded
 
 
+def test_gemv_tile_splits_k_among_threads():
+    src = BACKEND.emit(_lowered("matmul", W="u4", BM=1, BN=32, BK=64))
+    assert "tid // 32" in src and " += 4" in src  # 4 threads per output, every 4th k
+
+
 SRC = """kernel k(x: f32[N], y: f32[N]) {
   store(y[0 :+ 16], exp(load(x[0 :+ 16])))
 }

@@ -77,7 +77,8 @@ MAX_ACCUMULATORS = 16  # outputs one thread keeps in registers through a dot's K
 def _dot(ctx, op: Op) -> None:
     """A K-long f32 (acc dtype) loop per output element. When the block's threads tile the
     output evenly, each thread keeps all its outputs in registers through one K loop, so an
-    operand element shared by its outputs (a column of b, or a row of a) is read once."""
+    operand element shared by its outputs (a column of b, or a row of a) is read once; when
+    there are fewer outputs than threads, K is split among threads (split_k)."""
     a, b, c = op.operands
     res = op.results[0]
     M, N = res.type.shape
@@ -88,13 +89,47 @@ def _dot(ctx, op: Op) -> None:
     out = cbuf if inplace else ctx.alloc(res.type.dtype, (M, N))
     ctx.src.sync()
     owned = _owned_outputs(ctx, M, N)
-    if owned is None:
-        ctx.each((M, N), lambda idx, e: _dot_outputs(ctx, op, [idx], out, R, K))
-    else:
+    T = ctx.threads
+    if owned is not None:
         with ctx.scope():
             _dot_outputs(ctx, op, owned(), out, R, K)
+    elif M * N < T and T % (M * N) == 0 and T // (M * N) <= K:
+        _dot_split_k(ctx, op, out, R, T // (M * N))
+    else:
+        ctx.each((M, N), lambda idx, e: _dot_outputs(ctx, op, [idx], out, R, K))
     ctx.src.sync()
     ctx.bufs[res.id] = out
+
+
+def _dot_split_k(ctx, op: Op, out, R: str, parts: int) -> None:
+    """Fewer outputs than threads (a GEMV tile): `parts` threads per output each sum every
+    parts-th k into shared scratch, then one thread per output adds the parts and c."""
+    a, b, c = op.operands
+    M, N = op.results[0].type.shape
+    K, outs = a.type.shape[1], M * N
+    scratch = ctx.alloc(op.results[0].type.dtype, (parts, outs))
+    src = ctx.src
+    with ctx.scope():
+        o = src.tmp(f"tid % {outs}", "o")
+        part = src.tmp(f"tid // {outs}", "p")
+        i = src.tmp(f"{o} // {N}", "i")
+        j = src.tmp(f"{o} - {i} * {N}", "j")
+        acc = src.tmp(f"{R}(0)", "acc")
+        kk = src.fresh("k")
+        src.line(f"{kk} = {part}")
+        with src.block(f"while {kk} < {K}:"), ctx.scope():
+            x, y = ctx.elem(a, (i, kk)), ctx.elem(b, (kk, j))
+            src.line(f"{acc} = {R}({acc} + {R}({x}) * {R}({y}))")
+            src.line(f"{kk} += {parts}")
+        src.line(f"{ctx.addr(scratch, (part, o))} = {acc}")
+    src.sync()
+    with src.block(f"if tid < {outs}:"), ctx.scope():
+        i = src.tmp(f"tid // {N}", "i")
+        j = src.tmp(f"tid - {i} * {N}", "j")
+        acc = src.tmp(f"{R}({ctx.elem(c, (i, j))})", "acc")
+        for p in range(parts):
+            src.line(f"{acc} = {R}({acc} + {ctx.addr(scratch, (str(p), 'tid'))})")
+        src.line(f"{ctx.addr(out, (i, j))} = {acc}")
 
 
 def _owned_outputs(ctx, M: int, N: int):

@@ -167,20 +167,21 @@ def test_loop_carried_swap_is_staged():
 
 
 DOT = """
-kernel mm(a: f32[M, K], b: f32[K, N], y: f32[M, N]) grid (cdiv(M, 8), cdiv(N, NB)) {
-  acc = zeros(f32, [8, NB])
+kernel mm(a: f32[M, K], b: f32[K, N], y: f32[M, N]) grid (cdiv(M, MB), cdiv(N, NB)) {
+  acc = zeros(f32, [MB, NB])
   for k in range(0, K, 16) {
-    acc = dot(load(a[block.x * 8 :+ 8, k :+ 16]), load(b[k :+ 16, block.y * NB :+ NB]), acc)
+    acc = dot(load(a[block.x * MB :+ MB, k :+ 16]), load(b[k :+ 16, block.y * NB :+ NB]), acc)
   }
-  store(y[block.x * 8 :+ 8, block.y * NB :+ NB], acc)
+  store(y[block.x * MB :+ MB, block.y * NB :+ NB], acc)
 }
 """
 
 
-@pytest.mark.parametrize("nb", [8, 32, 12])  # rows share a column / columns share a row / neither
-def test_dot_register_tiles_match_interpreter(nb):
-    k = lowbitc.compile(DOT.replace("NB", str(nb)), backend="cuda")
-    rng = np.random.default_rng(nb)
+# (16 threads) rows share a column / columns share a row / K split 4 ways / per element
+@pytest.mark.parametrize("mb,nb", [(8, 8), (8, 32), (1, 4), (8, 12)])
+def test_dot_register_tiles_match_interpreter(mb, nb):
+    k = lowbitc.compile(DOT.replace("MB", str(mb)).replace("NB", str(nb)), backend="cuda")
+    rng = np.random.default_rng(nb + mb)
     a = rng.standard_normal((11, 37)).astype(np.float32)
     b = rng.standard_normal((37, 29)).astype(np.float32)
     y, want = np.zeros((11, 29), np.float32), np.zeros((11, 29), np.float32)
