@@ -319,6 +319,16 @@ def _in_bounds(em, t: TensorArg, starts: list, sizes) -> str:
     return ok
 
 
+def _row_start(env: Env, t: TensorArg, starts: list, sizes, idx: list[str]) -> str:
+    """Address of the first element of tile row `idx` (leading tile indices) in the tensor."""
+    em = env.em
+    it = iter(idx)
+    tidx = [st if sz == 0 else em.val(f"add i64 {st}, {next(it)}")
+            for st, sz in zip(starts[:-1], sizes[:-1])] + [starts[-1]]
+    return em.val(f"getelementptr inbounds {MEMTYPE[t.type.dtype]}, ptr {t.ptr}, "
+                  f"i64 {_offset(env, t, tidx)}")
+
+
 def _apply_mask(env: Env, op: Op, out: Buf) -> None:
     """out = where(mask, out, 0), the mask being the op's last operand (broadcast)."""
     em = env.em
@@ -349,11 +359,7 @@ def _dense_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, gen
     em.declare("declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)")
 
     def row(idx: list[str]) -> None:
-        it = iter(idx)
-        tidx = [st if sz == 0 else em.val(f"add i64 {st}, {next(it)}")
-                for st, sz in zip(starts[:-1], sizes[:-1])] + [starts[-1]]
-        src = em.val(f"getelementptr inbounds {MEMTYPE[t.type.dtype]}, ptr {t.ptr}, "
-                     f"i64 {_offset(env, t, tidx)}")
+        src = _row_start(env, t, starts, sizes, idx)
         dst = em.gep(out, em.flat_index(list(idx) + ["0"], out.shape) if rows else "0")
         em.emit(f"call void @llvm.memcpy.p0.p0.i64(ptr align 4 {dst}, ptr align 4 {src}, "
                 f"i64 {nbytes}, i1 false)")
@@ -563,11 +569,7 @@ def _store_rows_fast_path(env: Env, op: Op, t: TensorArg, starts: list, val: Buf
             mask = "unusable"
     if mask != "unusable":
         def row(idx: list[str]) -> None:
-            it = iter(idx)
-            tidx = [st if sz == 0 else em.val(f"add i64 {st}, {next(it)}")
-                    for st, sz in zip(starts[:-1], sizes[:-1])] + [starts[-1]]
-            dst = em.val(f"getelementptr inbounds {MEMTYPE[t.type.dtype]}, ptr {t.ptr}, "
-                         f"i64 {_offset(env, t, tidx)}")
+            dst = _row_start(env, t, starts, sizes, idx)
             src = em.gep(val, em.flat_index(list(idx) + ["0"], shape) if rows else "0")
             v = em.val(f"load {vt}, ptr {src}, align 4")
             if mask is None:
