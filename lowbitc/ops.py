@@ -106,8 +106,10 @@ def tuned_params(name: str, fixed: dict, group: int, shape: dict, backend: str) 
     return tuned_config(kernel_path(name), None, fixed, {"group": group}, shape, backend) or {}
 
 
-def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm") -> np.ndarray:
-    """x[M, K] (float32, float16 or bfloat16) @ qw.dequantize().T -> float32 [M, N]."""
+def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
+           out: np.ndarray | None = None) -> np.ndarray:
+    """x[M, K] (float32, float16 or bfloat16) @ qw.dequantize().T -> float32 [M, N]
+    (written to `out` if given)."""
     qw = _check_qtensor(qw)
     if not isinstance(x, np.ndarray):
         raise UserArgumentError(f"x: expected a numpy array, got {type(x).__name__}")
@@ -122,7 +124,7 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm") -> np.ndarray:
                                 f"got shape {x.shape}")
     x = np.ascontiguousarray(x)
     M = x.shape[0]
-    y = np.empty((M, N), np.float32)
+    y = _out(out, (M, N))
     if M == 0 or N == 0:
         return y
     plan = ("matmul", backend, qw.dtype, act, qw.zeros is not None, qw.group_size, M, N, K)
@@ -138,11 +140,24 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm") -> np.ndarray:
     return y
 
 
-def dequantize(qw: QTensor, backend: str = "llvm") -> np.ndarray:
-    """qw's float32 weights [N, K], bit-identical to qw.dequantize()."""
+def _out(out: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """The result array: `out` when given (checked), else a new one. Reusing an output saves
+    the page faults of a fresh large array on every call."""
+    if out is None:
+        return np.empty(shape, np.float32)
+    if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == shape
+            and out.flags.c_contiguous and out.flags.writeable):
+        got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+        raise UserArgumentError(f"out: expected a writeable C-contiguous float32 array of shape "
+                                f"{shape}, got {got}")
+    return out
+
+
+def dequantize(qw: QTensor, backend: str = "llvm", out: np.ndarray | None = None) -> np.ndarray:
+    """qw's float32 weights [N, K], bit-identical to qw.dequantize() (written to `out` if given)."""
     qw = _check_qtensor(qw)
     N, K = qw.shape
-    y = np.empty((N, K), np.float32)
+    y = _out(out, (N, K))
     if N == 0 or K == 0:
         return y
     plan = ("dequantize", backend, qw.dtype, qw.zeros is not None, qw.group_size, N, K)

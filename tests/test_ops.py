@@ -89,3 +89,18 @@ def test_non_contiguous_activations_are_accepted():
     x = np.random.default_rng(5).standard_normal((K, 4)).astype(np.float32).T  # F-order view
     ref = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
     assert np.allclose(ops.matmul(x, qw), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_out_arrays_are_filled_and_checked():
+    qw = _qw("u3")
+    out = np.full(qw.shape, np.nan, np.float32)
+    assert ops.dequantize(qw, out=out) is out
+    assert np.array_equal(out.view(np.uint32), qw.dequantize().view(np.uint32))
+    x = np.random.default_rng(9).standard_normal((2, K)).astype(np.float32)
+    y = np.zeros((2, N), np.float32)
+    assert ops.matmul(x, qw, out=y) is y
+    np.testing.assert_allclose(y, x.astype(np.float64) @ qw.dequantize().T, rtol=1e-4, atol=1e-4)
+    with pytest.raises(UserArgumentError, match="out: expected a writeable C-contiguous float32"):
+        ops.dequantize(qw, out=np.zeros(qw.shape, np.float64))
+    with pytest.raises(UserArgumentError, match="out: expected"):
+        ops.matmul(x, qw, out=np.zeros((3, N), np.float32))

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 from lowbitc.backends.llvm import ops_elementwise  # noqa: F401  (fill HANDLERS)
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
-from lowbitc.backends.llvm.fusion import emit_fused_dot, plan_fusion
+from lowbitc.backends.llvm.fusion import (
+    emit_fused_dot,
+    emit_fused_store,
+    plan_fusion,
+    plan_store_fusion,
+)
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg
 from lowbitc.backends.llvm.ops_memory import dot_into
 from lowbitc.errors import BackendError
@@ -87,7 +92,8 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
     for a, v in zip(r.args, args):
         env.bind(a, v)
     plans = plan_fusion(r)
-    deferred = {id(d) for p in plans.values() for d in p.deferred}
+    stores = plan_store_fusion(r)
+    deferred = {id(d) for p in (*plans.values(), *stores.values()) for d in p.deferred}
     for op in r.ops:
         if id(op) in deferred:
             continue
@@ -95,6 +101,8 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
             return [env.get(v) for v in op.operands]
         if op.opcode == "dot" and op.results[0].id in plans:
             emit_fused_dot(env, plans[op.results[0].id], dot_into)
+        elif op.opcode == "store" and id(op) in stores:
+            emit_fused_store(env, stores[id(op)])
         elif op.opcode == "for":
             _for(env, op)
         elif op.opcode == "if":

@@ -28,16 +28,19 @@ def acc_lanes(rows: int) -> int:
     """Accumulator width per row: wide (independent chains) for one or two rows, narrow enough
     for every row's accumulator to stay in a register when more rows share the weights."""
     return 32 if rows <= 2 else 16 if rows <= 4 else 8
+
+
 FUSIBLE = ELEMENTWISE | {"cast", "bitcast", "where", "lut"}
 
 
 @dataclass
 class Plan:
-    dot: Op
-    transpose: Op
+    dot: Op  # the consumer: a dot (weights transposed) or a store
+    transpose: Op | None
     codes: Op  # the load_codes leaf
     tree: list[Op]  # E's ops in program order (load_codes excluded)
-    deferred: list[Op] = field(default_factory=list)  # everything skipped until the dot
+    deferred: list[Op] = field(default_factory=list)  # everything skipped until the consumer
+    root: Value | None = None  # E itself
 
 
 def _uses(r: Region) -> dict[int, int]:
@@ -78,7 +81,33 @@ def plan_fusion(r: Region) -> dict[int, Plan]:
         order = {id(o): i for i, o in enumerate(r.ops)}
         tree = sorted(tree, key=lambda o: order[id(o)])  # program order: operands first
         plans[op.results[0].id] = Plan(op, tr, codes, tree, sorted(
-            tree + [codes, tr], key=lambda o: order[id(o)]))
+            tree + [codes, tr], key=lambda o: order[id(o)]), tr.operands[0])
+    return plans
+
+
+def plan_store_fusion(r: Region) -> dict[int, Plan]:
+    """Unmasked stores of this region (keyed by id(op)) whose value is a fusible tree over one
+    aligned load_codes of the same shape: dequantize-to-memory without a materialised tile."""
+    defs = {res.id: op for op in r.ops for res in op.results}
+    uses = _uses(r)
+    order = {id(o): i for i, o in enumerate(r.ops)}
+    plans: dict[int, Plan] = {}
+    for op in r.ops:
+        if op.opcode != "store" or op.attrs.masked or len(op.attrs.sizes) != 2:
+            continue
+        v = op.operands[-1]
+        if not (isinstance(v.type, TileType) and v.type.shape == tuple(op.attrs.sizes)
+                and v.type.shape[1] % W == 0 and uses[v.id] == 1 and v.id in defs):
+            continue
+        found = _tree(defs, uses, v)
+        if found is None:
+            continue
+        tree, codes = found
+        if codes.attrs.sizes != v.type.shape or codes.attrs.masked or not tree:
+            continue
+        tree = sorted(tree, key=lambda o: order[id(o)])
+        plans[id(op)] = Plan(op, None, codes, tree,
+                             sorted(tree + [codes], key=lambda o: order[id(o)]), v)
     return plans
 
 
@@ -138,8 +167,55 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot) -> None:
     em.start_block(done)
 
 
-def _window_ok(em: Emitter, t, starts: list[str], sizes) -> str:
-    ok = em.val(f"icmp eq i64 {em.val(f'and i64 {starts[1]}, {W - 1}')}, 0")
+def emit_fused_store(env: Env, plan: Plan) -> None:
+    """Dequantize straight to memory for aligned, in-bounds windows; otherwise the deferred
+    ops and the generic store."""
+    em = env.em
+    op = plan.dot
+    codes = plan.codes
+    t = env.get(codes.operands[0])
+    cst = [env.get(v) for v in codes.operands[1:3]]
+    dst = env.get(op.operands[0])
+    dst_starts = [env.get(v) for v in op.operands[1:3]]
+    bn, bk = plan.root.type.shape
+    fast, slow, done = em.label("dqfused"), em.label("dqgeneric"), em.label("dqstored")
+    ok = em.val(f"and i1 {_window_ok(em, t, cst, codes.attrs.sizes)}, "
+                f"{_window_ok(em, dst, dst_starts, op.attrs.sizes, aligned=False)}")
+    em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
+    em.start_block(fast)
+    bits = codes.attrs.bits
+    et = vtype(plan.root.type.dtype, W)
+
+    def row(j: str) -> None:
+        n = em.val(f"add i64 {cst[0]}, {j}")
+        first = em.val(f"mul i64 {em.val(f'lshr i64 {cst[1]}, 5')}, {bits}")
+        base = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {first}")
+        drow = em.val(f"mul i64 {em.val(f'add i64 {dst_starts[0]}, {j}')}, {dst.strides[0]}")
+        dbase = em.val(f"add i64 {drow}, {dst_starts[1]}")
+
+        def step(c: str) -> None:
+            wi = em.val(f"add i64 {base}, {em.val(f'mul i64 {c}, {bits}')}")
+            p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}")
+            w = _eval_tree(env, plan, unpack32(em, p, bits), j, c)
+            di = em.val(f"add i64 {dbase}, {em.val(f'mul i64 {c}, {W}')}")
+            q = em.val(f"getelementptr inbounds {lltype(plan.root.type.dtype)}, ptr {dst.ptr}, "
+                       f"i64 {di}")
+            em.emit(f"store {et} {w}, ptr {q}, align 4")
+        em.loop("0", str(bk // W), step)
+
+    em.loop("0", str(bn), row)
+    em.br(done)
+    em.start_block(slow)
+    for d in plan.deferred:
+        HANDLERS[d.opcode](env, d)
+    HANDLERS["store"](env, op)
+    em.br(done)
+    em.start_block(done)
+
+
+def _window_ok(em: Emitter, t, starts: list[str], sizes, aligned: bool = True) -> str:
+    ok = em.val(f"icmp eq i64 {em.val(f'and i64 {starts[1]}, {W - 1}')}, 0") if aligned \
+        else "true"
     for st, sz, dim in zip(starts, sizes, t.dims):
         end = em.val(f"add i64 {st}, {sz}")
         inb = em.val(f"and i1 {em.val(f'icmp sle i64 {end}, {dim}')}, "
@@ -241,7 +317,7 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str) -> str:
                 vals[v.id] = _leaf(env, v, shape, j, c)
             args.append(vals[v.id])
         vals[op.results[0].id] = _vector_op(env, op, args)
-    return vals[plan.transpose.operands[0].id]
+    return vals[plan.root.id]
 
 
 def _retype(em: Emitter, codes: str, dtype: str) -> str:
