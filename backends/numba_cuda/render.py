@@ -349,7 +349,7 @@ class Renderer:
             self.tensors[vid] = TensorRef(t.name, dims, t.bits)
 
     def _assemble(self, name: str, args: list[str], sig: list[str]) -> Rendered:
-        top = ["    tid = I64(cuda.threadIdx.x)", f"    nthr = {self.threads}"]
+        top = ["    tid = I64(U32(cuda.threadIdx.x))", f"    nthr = {self.threads}"]
         total = 0
         for buf, size, ty in self.shared:
             top.append(f"    {buf} = cuda.shared.array({size}, {ty})")
