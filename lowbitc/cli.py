@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from lowbitc.errors import LowbitcError
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return int(args._run(args) or 0)
+    except BrokenPipeError:  # `lowbitc formats | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (LowbitcError, ValueError, TypeError, FileNotFoundError) as e:
         print(f"lowbitc {args.command}: error: {e}", file=sys.stderr)
         return 2

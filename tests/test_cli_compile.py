@@ -152,3 +152,9 @@ def test_compile_takes_several_files(capsys):
     assert main(["compile", *files]) == 0
     out = capsys.readouterr().out
     assert "dequant_silu:" in out and "q4_0_dequant:" in out
+
+
+def test_output_cut_short_by_a_pipe_is_not_an_error():
+    r = subprocess.run(f"{sys.executable} -m lowbitc.cli formats | head -1", shell=True,
+                       capture_output=True, text=True, timeout=120)
+    assert r.stdout.startswith("name") and "Traceback" not in r.stderr
