@@ -23,7 +23,6 @@ __all__ = [
     "Timed",
     "activations",
     "dequant_case",
-    "dequant_kernel_case",
     "from_baseline",
     "matmul_case",
     "quantized",
@@ -146,36 +145,16 @@ def matmul_case(name: str, x: np.ndarray, qw: QTensor) -> Timed:
     )
 
 
-def dequant_case(name: str, qw: QTensor) -> Timed:
-    """`ops.dequantize(qw)`: reads the packed weights, scales, zeros; writes fp32 [N, K]."""
+def dequant_case(name: str, qw: QTensor, reuse_output: bool) -> Timed:
+    """`ops.dequantize(qw, out=buffer)` into one reused fp32 [N, K] buffer (as the copy
+    baseline writes into an existing one), or `ops.dequantize(qw)` allocating each time."""
     N, K = qw.shape
-    y, first = _first_call(lambda: ops.dequantize(qw))
-    wbytes = weight_bytes(qw)
-    return Timed(
-        name=name,
-        fn=lambda: ops.dequantize(qw),
-        bytes_moved=wbytes + 4.0 * N * K,
-        weight_bytes=wbytes,
-        check=_compare(y, qw.dequantize().astype(np.float64), 0.0, exact=True),
-        info={"first_call_seconds": first, "output": "allocated by each call",
-              "kernel_params": _json_params(dequant_kernel_params(qw))},
-    )
-
-
-def dequant_kernel_case(name: str, qw: QTensor) -> Timed:
-    """The compiled dequantize kernel writing into one preallocated output (no allocation)."""
-    N, K = qw.shape
-    params = dequant_kernel_params(qw)
-    kernel = ops.get_kernel("dequantize", "llvm", **params)
-    zeros = qw.zeros if qw.zeros is not None else np.zeros((1, 1), np.float32)
-    storage = ops.weight_storage(qw)
-    y = np.zeros((N, K), np.float32)
+    buffer = np.zeros((N, K), np.float32) if reuse_output else None
 
     def run() -> np.ndarray:
-        kernel(storage, qw.scales, zeros, y, qw.group_size, K=K)
-        return y
+        return ops.dequantize(qw, out=buffer)
 
-    run()
+    y, first = _first_call(run)
     wbytes = weight_bytes(qw)
     return Timed(
         name=name,
@@ -183,7 +162,9 @@ def dequant_kernel_case(name: str, qw: QTensor) -> Timed:
         bytes_moved=wbytes + 4.0 * N * K,
         weight_bytes=wbytes,
         check=_compare(y, qw.dequantize().astype(np.float64), 0.0, exact=True),
-        info={"output": "preallocated, reused", "kernel_params": _json_params(params)},
+        info={"first_call_seconds": first,
+              "output": "one reused buffer (out=)" if reuse_output else "allocated by each call",
+              "kernel_params": _json_params(dequant_kernel_params(qw))},
     )
 
 

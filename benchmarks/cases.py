@@ -80,7 +80,7 @@ ROWS: tuple[RowSpec, ...] = (
     RowSpec(
         "dequant_u3", "dequant", "u3", 0,
         Goal(">= 50% of the copy bandwidth", "bandwidth_fraction", ">=", 0.5),
-        "ops.dequantize u3 to fp32: (bytes read + written) / time vs np.copyto bandwidth",
+        "ops.dequantize(qw, out=) u3 to fp32: (bytes read + written) / time vs np.copyto",
     ),
     RowSpec(
         "ops_matmul_small", "small", "u4", 1,

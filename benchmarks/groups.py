@@ -112,9 +112,9 @@ def _dequant_group(cfg: Config, specs: list[RowSpec]) -> Group:
     w = cand.weights(n, n, cfg.seed)
     qw = functools.cache(lambda fmt: cand.quantized(w, fmt, cfg.group_size))
     for spec in specs:
-        key, extra = f"lowbitc_dequant_{spec.fmt}", f"lowbitc_dequant_{spec.fmt}_kernel"
-        grp.add(key, lambda k=key, f=spec.fmt: cand.dequant_case(k, qw(f)))
-        grp.add(extra, lambda k=extra, f=spec.fmt: cand.dequant_kernel_case(k, qw(f)))
+        key, extra = f"lowbitc_dequant_{spec.fmt}", f"lowbitc_dequant_{spec.fmt}_alloc"
+        grp.add(key, lambda k=key, f=spec.fmt: cand.dequant_case(k, qw(f), reuse_output=True))
+        grp.add(extra, lambda k=extra, f=spec.fmt: cand.dequant_case(k, qw(f), False))
         grp.bindings.append(Binding(spec, key, "copy", (extra,)))
     return grp
 

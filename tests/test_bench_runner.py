@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lowbitc.benchmarks import candidates as cand
 from lowbitc.benchmarks import environment, groups, runner
 from lowbitc.benchmarks.cases import GEMV_FORMATS, ROWS, Goal, row_names, select_rows
@@ -21,7 +22,6 @@ from lowbitc.benchmarks.roofline import (
     roofline_markdown,
     roofline_rows,
 )
-
 from lowbitc.errors import UserArgumentError
 
 STATUSES = {"pass", "fail", "wrong", "error", "skipped"}
@@ -171,8 +171,11 @@ def test_matmul_case_checks_against_numpy():
     assert t.correct and t.check["max_rel_error"] <= cand.MATMUL_TOLERANCE
     assert t.flops == 2 * 2 * 24 * 40
     assert t.weight_bytes == cand.weight_bytes(qw) > 0
-    d = cand.dequant_case("d", qw)
+    d = cand.dequant_case("d", qw, reuse_output=True)
     assert d.correct and d.check["max_abs_error"] == 0.0
+    assert d.fn() is d.fn()  # one buffer, reused by every call
+    a = cand.dequant_case("a", qw, reuse_output=False)
+    assert a.correct and a.fn() is not a.fn()
 
 
 def test_thread_limits_restore_the_environment():
