@@ -12,7 +12,7 @@ saturating); `dot` accumulates in float64 and rounds once to the accumulator's t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -202,6 +202,14 @@ def _eval_op(op: Op, env: dict, block: tuple[int, int, int], mem: dict) -> None:
     if rt is not None:
         env[op.results[0].id] = _as(out, rt.dtype) if isinstance(rt, TileType) or is_machine(
             rt.dtype) else np.asarray(out, np.uint8)
+
+
+def evaluate(ops: Sequence[Op], env: dict) -> dict:
+    """Run straight-line ops that touch no memory over the numpy values in `env` (updated in
+    place and returned): compile-time evaluation, e.g. a decode tree for every code."""
+    for op in ops:
+        _eval_op(op, env, (0, 0, 0), {})
+    return env
 
 
 def _run_region(r: Region, args: tuple, env: dict, block, mem) -> list:

@@ -93,7 +93,8 @@ def test_lower_formats_bipolar_is_two_c_minus_levels():
     ]
 
 
-def test_lower_formats_small_float_is_bit_placement_bitcast_and_one_multiply():
+def test_lower_formats_small_float_rebiases_normals_by_an_integer_add_and_scales_subnormals():
+    # no step forms a denormal f32 (Intel CPUs take a microcode assist on each)
     assert formats_lines("f6e3m2") == [
         '  %8 = codes %7 {dtype="i32"} : tile<i32[2,8]>',
         '  %9 = const {dtype="i32", value=31} : i32',          # magnitude mask (5 bits)
@@ -104,23 +105,45 @@ def test_lower_formats_small_float_is_bit_placement_bitcast_and_one_multiply():
         '  %14 = shl %12, %13 : tile<i32[2,8]>',              # sign to bit 31
         '  %15 = const {dtype="i32", value=21} : i32',         # 23 - 2 mantissa bits
         '  %16 = shl %10, %15 : tile<i32[2,8]>',
-        '  %17 = or %16, %14 : tile<i32[2,8]>',
-        '  %18 = bitcast %17 {dtype="f32"} : tile<f32[2,8]>',
-        f'  %19 = const {{dtype="f32", value={2.0 ** (127 - 3)!r}}} : f32',  # 2^(127 - bias)
-        '  %20 = mul %18, %19 : tile<f32[2,8]>',
+        f'  %17 = const {{dtype="i32", value={(127 - 3) << 23}}} : i32',  # (127 - bias) << 23
+        '  %18 = add %16, %17 : tile<i32[2,8]>',              # normal codes
+        '  %19 = cast %10 {dtype="f32"} : tile<f32[2,8]>',
+        f'  %20 = const {{dtype="f32", value={2.0 ** (1 - 3 - 2)!r}}} : f32',  # 2^(1-bias-m)
+        '  %21 = mul %19, %20 : tile<f32[2,8]>',              # subnormal codes, exactly
+        '  %22 = bitcast %21 {dtype="i32"} : tile<i32[2,8]>',
+        '  %23 = const {dtype="i32", value=4} : i32',          # exponent field 0: mag < 2^m
+        '  %24 = lt %10, %23 : tile<bool[2,8]>',
+        '  %25 = where %24, %22, %18 : tile<i32[2,8]>',
+        '  %26 = or %25, %14 : tile<i32[2,8]>',
+        '  %27 = bitcast %26 {dtype="f32"} : tile<f32[2,8]>',
     ]
 
 
-def test_lower_formats_float_with_nan_codes_patches_them_from_a_table():
+def test_lower_formats_float_with_nan_codes_patches_them_with_a_select():
     lines = formats_lines("f8e4m3fn")
-    assert '  %18 = bitcast %17 {dtype="f32"} : tile<f32[2,8]>' in lines
-    assert lines[-4:-1] == [
-        '  %21 = const {dtype="i32", value=127} : i32',      # S.1111.111 is NaN
-        '  %22 = eq %10, %21 : tile<bool[2,8]>',
-        lines[-2],
+    assert '  %26 = or %25, %14 : tile<i32[2,8]>' in lines
+    assert lines[-5:] == [
+        '  %27 = const {dtype="i32", value=127} : i32',      # S.1111.111 is NaN
+        '  %28 = eq %10, %27 : tile<bool[2,8]>',
+        f'  %29 = const {{dtype="i32", value={0x7FC00000}}} : i32',
+        '  %30 = where %28, %29, %26 : tile<i32[2,8]>',
+        '  %31 = bitcast %30 {dtype="f32"} : tile<f32[2,8]>',
     ]
-    assert lines[-2].startswith('  %23 = lut %8 {dtype="f32", values=[0.0, 0.001953125, ')
-    assert lines[-1] == '  %24 = where %22, %23, %20 : tile<f32[2,8]>'
+
+
+def test_lower_formats_ieee_float_patches_signed_inf_and_nan():
+    lines = formats_lines("f8e5m2")
+    assert lines[-9:] == [
+        '  %27 = const {dtype="i32", value=124} : i32',      # exponent all ones: 11111.00
+        f'  %28 = const {{dtype="i32", value={0x7F800000}}} : i32',
+        '  %29 = or %14, %28 : tile<i32[2,8]>',              # signed inf
+        '  %30 = eq %10, %27 : tile<bool[2,8]>',
+        f'  %31 = const {{dtype="i32", value={0x7FC00000}}} : i32',
+        '  %32 = where %30, %29, %31 : tile<i32[2,8]>',
+        '  %33 = ge %10, %27 : tile<bool[2,8]>',
+        '  %34 = where %33, %32, %26 : tile<i32[2,8]>',
+        '  %35 = bitcast %34 {dtype="f32"} : tile<f32[2,8]>',
+    ]
 
 
 def test_lower_formats_codebook_is_one_lookup():

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lowbitc.backends.llvm.decode import code_tables, gather, lookup
 from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
-from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert, splat, vtype
+from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert, vtype
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view, scalar_op
 from lowbitc.backends.llvm.ops_memory import lut_global, unpack32
 from lowbitc.ir.core import Op, Region, Value
@@ -41,6 +42,7 @@ class Plan:
     tree: list[Op]  # E's ops in program order (load_codes excluded)
     deferred: list[Op] = field(default_factory=list)  # everything skipped until the consumer
     root: Value | None = None  # E itself
+    tables: dict = field(default_factory=dict)  # value id -> its value for every code (decode.py)
 
 
 def _uses(r: Region) -> dict[int, int]:
@@ -81,7 +83,8 @@ def plan_fusion(r: Region) -> dict[int, Plan]:
         order = {id(o): i for i, o in enumerate(r.ops)}
         tree = sorted(tree, key=lambda o: order[id(o)])  # program order: operands first
         plans[op.results[0].id] = Plan(op, tr, codes, tree, sorted(
-            tree + [codes, tr], key=lambda o: order[id(o)]), tr.operands[0])
+            tree + [codes, tr], key=lambda o: order[id(o)]), tr.operands[0],
+            code_tables(tree, codes, tr.operands[0], defs))
     return plans
 
 
@@ -107,14 +110,16 @@ def plan_store_fusion(r: Region) -> dict[int, Plan]:
             continue
         tree = sorted(tree, key=lambda o: order[id(o)])
         plans[id(op)] = Plan(op, None, codes, tree,
-                             sorted(tree + [codes], key=lambda o: order[id(o)]), v)
+                             sorted(tree + [codes], key=lambda o: order[id(o)]), v,
+                             code_tables(tree, codes, v, defs))
     return plans
 
 
 def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value):
-    """E's fusible ops (each used only inside E) and its one load_codes, or None."""
+    """E's fusible ops and its one load_codes, or None. Values may be shared inside E (a
+    decode reuses the magnitude bits), but none of them may be used outside it."""
     seen: dict[int, Op] = {}
-    codes: list[Op] = []
+    codes: dict[int, Op] = {}
     stack = [root]
     while stack:
         v = stack.pop()
@@ -122,21 +127,23 @@ def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value):
         if op is None or not isinstance(v.type, TileType):
             continue  # a parameter, region argument or scalar: a leaf
         if op.opcode == "load_codes":
-            if uses[v.id] != 1:
-                return None
-            codes.append(op)
+            codes[id(op)] = op
             continue
-        if op.opcode not in FUSIBLE:
-            continue  # a leaf computed elsewhere (scales, zero points, ...)
-        if id(op) in seen:
-            continue
-        if v is not root and uses[v.id] != 1:
-            return None
+        if op.opcode not in FUSIBLE or id(op) in seen:
+            continue  # not fusible: a leaf computed elsewhere (scales, zero points, ...)
         seen[id(op)] = op
         stack.extend(op.operands)
     if len(codes) != 1:
         return None
-    return list(seen.values()), codes[0]
+    inside: dict[int, int] = {}
+    for op in seen.values():
+        for v in op.operands:
+            inside[v.id] = inside.get(v.id, 0) + 1
+    for op in [*seen.values(), *codes.values()]:
+        r = op.results[0]
+        if r is not root and inside.get(r.id, 0) != uses[r.id]:
+            return None
+    return list(seen.values()), next(iter(codes.values()))
 
 
 def emit_fused_dot(env: Env, plan: Plan, generic_dot) -> None:
@@ -311,6 +318,10 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str) -> str:
     vals: dict[int, str] = {plan.codes.results[0].id: _retype(em, codes, plan.codes.attrs.dtype)}
     shape = plan.codes.attrs.sizes
     for op in plan.tree:
+        table = plan.tables.get(op.results[0].id)
+        if table is not None:  # a function of the code alone: one in-register lookup
+            vals[op.results[0].id] = lookup(em, codes, table, op.results[0].type.dtype)
+            continue
         args = []
         for v in op.operands:
             if v.id not in vals:
@@ -337,14 +348,5 @@ def _vector_op(env: Env, op: Op, args: list[str]) -> str:
         return em.val(f"select {vtype('bool', W)} {args[0]}, {t} {args[1]}, {t} {args[2]}")
     if o == "lut":
         name, et = lut_global(em, op)
-        idx = convert(em, args[0], src, "i64", W)
-        ptrs = em.val(f"getelementptr inbounds {et}, ptr {name}, <{W} x i64> {idx}")
-        em.declare(f"declare <{W} x {et}> @llvm.masked.gather.v{W}{_sfx(et)}.v{W}p0"
-                   f"(<{W} x ptr>, i32, <{W} x i1>, <{W} x {et}>)")
-        return em.val(f"call <{W} x {et}> @llvm.masked.gather.v{W}{_sfx(et)}.v{W}p0(<{W} x ptr> "
-                      f"{ptrs}, i32 4, <{W} x i1> {splat('true', 'bool', W)}, <{W} x {et}> poison)")
+        return gather(em, name, et, convert(em, args[0], src, "i64", W))
     return scalar_op(em, o, src, args, W)
-
-
-def _sfx(et: str) -> str:
-    return {"float": "f32", "double": "f64", "half": "f16", "i32": "i32"}.get(et, et)

@@ -3,9 +3,12 @@ and bit arithmetic on the codes, generated from the format's description (never 
 per format):
 
 - unsigned / two's complement / bipolar integers: sign-extend or 2c - (2^n - 1), then convert;
-- every (e, m) float: the sign, exponent and mantissa bits shift into an f32's bit positions
-  and one multiply by 2^(127 - bias) rebiases (subnormals come out right, as in FP6-LLM);
-  codes that mean NaN/inf (fn, fnuz, ieee) are patched with one compare and a table select;
+- every (e, m) float: the exponent and mantissa bits shift into an f32's bit positions and an
+  integer add of (127 - bias) << 23 rebiases normal codes; subnormal codes are their mantissa
+  converted to f32 times 2^(1 - bias - m); the sign is OR-ed in. No step ever forms a
+  denormal f32 (the multiply-by-2^(127 - bias) trick of FP6-LLM would, and Intel CPUs take a
+  microcode assist on each); codes that mean NaN/inf (fn, fnuz, ieee) are patched by compares
+  and selects of constant bit patterns;
 - code books (and exponent-only e8m0): a table lookup.
 """
 
@@ -33,6 +36,10 @@ def _table(fmt) -> tuple[float, ...]:
     return tuple(math.nan if v != v else float(v) for v in np.asarray(fmt.values(), np.float32))
 
 
+_NAN_BITS = 0x7FC00000  # the quiet NaN fmt.decode gives (math.nan as f32)
+_INF_BITS = 0x7F800000
+
+
 def decode_codes(b: Builder, c: Value, fmt) -> Value:
     """Ops turning i32 codes `c` of format `fmt` into f32 values (exactly fmt.decode)."""
     n = fmt.bits
@@ -49,34 +56,41 @@ def decode_codes(b: Builder, c: Value, fmt) -> Value:
     if kind == "bipolar":
         twice = b.emit("shl", c, _k(b, c, 1, "i32"))
         return f32(b.emit("sub", twice, _k(b, c, (1 << n) - 1, "i32")))
-    if kind == "float" and fmt.signed and fmt.exp_bits <= 8 and n <= 8:
-        m = fmt.man_bits
-        mag = b.emit("and", c, _k(b, c, (1 << (n - 1)) - 1, "i32"))
-        sign = b.emit("shl", b.emit("shr", c, _k(b, c, n - 1, "i32")), _k(b, c, 31, "i32"))
-        bits = b.emit("or", b.emit("shl", mag, _k(b, c, 23 - m, "i32")), sign)
-        v = b.emit("mul", b.emit("bitcast", bits, attrs=CastAttrs("f32")),
-                   _k(b, c, float(2.0 ** (127 - fmt.bias)), "f32"))
-        special = _special_mask(b, c, mag, fmt)
-        if special is None:
-            return v
-        table = b.emit("lut", c, attrs=LutAttrs("f32", _table(fmt)))
-        return b.emit("where", special, table, v)
+    if kind == "float" and fmt.signed and 0 <= fmt.bias <= 126 and n <= 8:
+        return b.emit("bitcast", _float_bits(b, c, fmt), attrs=CastAttrs("f32"))
     return b.emit("lut", c, attrs=LutAttrs("f32", _table(fmt)))
 
 
-def _special_mask(b: Builder, c: Value, mag: Value, fmt) -> Value | None:
-    """A bool tile marking the codes whose value is NaN or inf, or None if there are none."""
-    n, m, e = fmt.bits, fmt.man_bits, fmt.exp_bits
-    if fmt.special == "finite":
-        return None
+def _float_bits(b: Builder, c: Value, fmt) -> Value:
+    """The f32 bit patterns of (e, m) float codes, computed without ever forming a denormal
+    (Intel CPUs take a ~100-cycle assist on denormal operands): normal codes rebias by an
+    integer add into the exponent field, subnormal codes (exponent 0) are their mantissa
+    converted exactly and scaled by a normal power of two; NaN/inf codes are patched last."""
+    n, m = fmt.bits, fmt.man_bits
+
+    def k(value: int | float, dtype: str = "i32") -> Value:
+        return _k(b, c, value, dtype)
+
+    mag = b.emit("and", c, k((1 << (n - 1)) - 1))
+    sign = b.emit("shl", b.emit("shr", c, k(n - 1)), k(31))
+    normal = b.emit("add", b.emit("shl", mag, k(23 - m)), k((127 - fmt.bias) << 23))
+    scaled = b.emit(
+        "mul",
+        b.emit("cast", mag, attrs=CastAttrs("f32")),
+        k(float(2.0 ** (1 - fmt.bias - m)), "f32"),
+    )
+    subnormal = b.emit("bitcast", scaled, attrs=CastAttrs("i32"))
+    bits = b.emit("or", b.emit("where", b.emit("lt", mag, k(1 << m)), subnormal, normal), sign)
     if fmt.special == "fn":  # S.1111.111 is NaN
-        return b.emit("eq", mag, _k(b, c, (1 << (n - 1)) - 1, "i32"))
+        return b.emit("where", b.emit("eq", mag, k((1 << (n - 1)) - 1)), k(_NAN_BITS), bits)
     if fmt.special == "fnuz":  # only the negative zero code is NaN
-        return b.emit("eq", c, _k(b, c, 1 << (n - 1), "i32"))
-    if fmt.special == "ieee":  # exponent all ones
-        exp = b.emit("shr", mag, _k(b, c, m, "i32"))
-        return b.emit("eq", exp, _k(b, c, (1 << e) - 1, "i32"))
-    return b.emit("ne", c, c)  # unknown policy: never special (kept total)
+        return b.emit("where", b.emit("eq", c, k(1 << (n - 1))), k(_NAN_BITS), bits)
+    if fmt.special == "ieee":  # exponent all ones: inf (mantissa 0, signed) or NaN
+        inf = k(((1 << fmt.exp_bits) - 1) << m)
+        inf_bits = b.emit("or", sign, k(_INF_BITS))
+        special = b.emit("where", b.emit("eq", mag, inf), inf_bits, k(_NAN_BITS))
+        return b.emit("where", b.emit("ge", mag, inf), special, bits)
+    return bits  # finite: every code is a number
 
 
 def _rule(op: Op, b: Builder, defs: Defs):

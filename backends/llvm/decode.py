@@ -1,0 +1,185 @@
+"""Decode tables: the code-only part of a fused decode tree, looked up in registers.
+
+In a fused tree (see fusion.py) every op whose inputs are only the codes of one `load_codes`
+(at most MAX_BITS bits) and scalar constants is a function of the code, so it is evaluated at
+compile time by the reference interpreter, for every code, into a table. Such a table is
+looked up with vector permutes -- one `vpermd` per 16 lanes for up to 16 entries, one
+`vpermi2d` for 32, two and a select for 64 -- so decoding any small float, code book or
+integer format costs about one instruction per 16 codes, whatever arithmetic its lowering
+spelled. Without AVX-512 the lookup is a gather from a constant table (same values).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import llvmlite.binding as llvm
+import numpy as np
+
+from lowbitc.backends.llvm.emitter import Emitter
+from lowbitc.interp import evaluate
+from lowbitc.ir.core import Op, Value
+from lowbitc.ir.types import TileType, numpy_dtype
+
+MAX_BITS = 6  # tables of up to 64 entries (four 16-lane registers)
+W = 32  # lanes of a fused step (fusion.W)
+# ops whose numpy (interpreter) and LLVM results agree bit for bit: integer and bit
+# arithmetic, compares, selects, conversions and correctly rounded f32 add/sub/mul/div
+EXACT = frozenset(
+    {
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "min",
+        "max",
+        "neg",
+        "abs",
+        "and",
+        "or",
+        "xor",
+        "bnot",
+        "shl",
+        "shr",
+        "eq",
+        "ne",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+        "cast",
+        "bitcast",
+        "where",
+        "lut",
+    }
+)
+WORD = {"f32": np.float32, "i32": np.int32, "u32": np.uint32}  # dtypes a table may hold
+
+
+@cache
+def permutes() -> bool:
+    """Whether the host has AVX-512 (vpermd/vpermi2d on 16 lanes)."""
+    return bool(llvm.get_host_cpu_features().get("avx512f", False))
+
+
+def code_tables(
+    tree: list[Op], codes: Op, root: Value, defs: dict[int, Op]
+) -> dict[int, np.ndarray]:
+    """Tables (uint32 bit patterns, one per code) for the values of `tree` (program order)
+    that depend only on `codes` and constants and are used by the rest of the tree or are
+    its root; {} when the codes are too wide or nothing is code-only."""
+    bits = codes.attrs.bits
+    src = codes.results[0]
+    if bits > MAX_BITS:
+        return {}
+    pure: dict[int, Op] = {}
+    consts: dict[int, Op] = {}
+
+    def known(v: Value) -> bool:
+        if v.id == src.id or v.id in pure:
+            return True
+        d = defs.get(v.id)
+        if isinstance(v.type, TileType) or d is None or d.opcode != "const":
+            return False
+        consts[v.id] = d
+        return True
+
+    for op in tree:
+        if op.opcode in EXACT and len(op.results) == 1 and all(known(v) for v in op.operands):
+            pure[op.results[0].id] = op
+    used = {v.id for op in tree if op.results[0].id not in pure for v in op.operands}
+    wanted = [
+        rid
+        for rid, op in pure.items()
+        if (rid in used or rid == root.id) and op.results[0].type.dtype in WORD
+    ]
+    if not wanted:
+        return {}
+    env = {src.id: np.arange(1 << bits).astype(numpy_dtype(src.type.dtype))}
+    evaluate(list(consts.values()) + list(pure.values()), env)
+    return {
+        rid: np.asarray(env[rid])
+        .astype(WORD[pure[rid].results[0].type.dtype])
+        .reshape(-1)
+        .view(np.uint32)
+        for rid in wanted
+    }
+
+
+def lookup(em: Emitter, codes: str, table: np.ndarray, dtype: str) -> str:
+    """table[codes] for a <W x i32> vector of codes in range, as a <W x dtype> vector."""
+    words = lookup_words(em, codes, table) if permutes() else gather_words(em, codes, table)
+    if dtype == "f32":
+        return em.val(f"bitcast <{W} x i32> {words} to <{W} x float>")
+    return words
+
+
+def _const(words) -> str:
+    return "<" + ", ".join(f"i32 {int(np.int32(np.uint32(w)))}" for w in words) + ">"
+
+
+def _lanes(n: int, first: int) -> str:
+    return "<" + ", ".join(f"i32 {first + i}" for i in range(n)) + ">"
+
+
+def lookup_words(em: Emitter, codes: str, table: np.ndarray) -> str:
+    """The permute lookup (AVX-512): tables of <= 16 entries repeat to 16 (the permute reads
+    each index's low 4 bits); 32 entries take two registers, 64 a select on bit 5."""
+    n = max(16, len(table))
+    t = np.resize(table, n)
+    regs = [_const(t[i : i + 16]) for i in range(0, n, 16)]
+    v16 = "<16 x i32>"
+    em.declare(f"declare {v16} @llvm.x86.avx512.permvar.si.512({v16}, {v16})")
+    em.declare(f"declare {v16} @llvm.x86.avx512.vpermi2var.d.512({v16}, {v16}, {v16})")
+
+    def half(idx: str) -> str:
+        if len(regs) == 1:
+            return em.val(
+                f"call {v16} @llvm.x86.avx512.permvar.si.512({v16} {regs[0]}, {v16} {idx})"
+            )
+        parts = [
+            em.val(
+                f"call {v16} @llvm.x86.avx512.vpermi2var.d.512({v16} {regs[i]}, "
+                f"{v16} {idx}, {v16} {regs[i + 1]})"
+            )
+            for i in range(0, len(regs), 2)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        high = em.val(f"icmp ugt {v16} {idx}, <{', '.join(['i32 31'] * 16)}>")
+        return em.val(f"select <16 x i1> {high}, {v16} {parts[1]}, {v16} {parts[0]}")
+
+    halves = [
+        half(
+            em.val(
+                f"shufflevector <{W} x i32> {codes}, <{W} x i32> poison, <16 x i32> {_lanes(16, h)}"
+            )
+        )
+        for h in range(0, W, 16)
+    ]
+    return em.val(f"shufflevector {v16} {halves[0]}, {v16} {halves[1]}, <{W} x i32> {_lanes(W, 0)}")
+
+
+def gather_words(em: Emitter, codes: str, table: np.ndarray) -> str:
+    """The portable lookup: a masked gather from a private constant table."""
+    name = f"@dtab{len(em.globals)}"
+    items = ", ".join(f"i32 {int(np.int32(w))}" for w in table.view(np.int32))
+    em.globals.append(
+        f"{name} = private unnamed_addr constant [{len(table)} x i32] [{items}], align 64"
+    )
+    return gather(em, name, "i32", em.val(f"zext <{W} x i32> {codes} to <{W} x i64>"))
+
+
+def gather(em: Emitter, name: str, et: str, idx: str) -> str:
+    """<W x et> loaded from table `name` at the <W x i64> indices `idx`."""
+    sfx = {"float": "f32", "double": "f64", "half": "f16"}.get(et, et)
+    ptrs = em.val(f"getelementptr inbounds {et}, ptr {name}, <{W} x i64> {idx}")
+    em.declare(
+        f"declare <{W} x {et}> @llvm.masked.gather.v{W}{sfx}.v{W}p0"
+        f"(<{W} x ptr>, i32, <{W} x i1>, <{W} x {et}>)"
+    )
+    true = "<" + ", ".join(["i1 true"] * W) + ">"
+    return em.val(
+        f"call <{W} x {et}> @llvm.masked.gather.v{W}{sfx}.v{W}p0(<{W} x ptr> "
+        f"{ptrs}, i32 4, <{W} x i1> {true}, <{W} x {et}> poison)"
+    )
