@@ -64,11 +64,24 @@ def _check_qtensor(qw: object) -> QTensor:
     return qw
 
 
-def matmul_fixed(wtype, act: str, zero_point: bool) -> dict:
+GEMM_ROWS = 8  # more activation rows than this take the dequantize-then-GEMM path
+
+
+def gemm_rows(M: int) -> int:
+    """The row tile of the GEMM path: at most 128 rows (each weight tile is decoded once per
+    row tile), a multiple of 16, as few padding rows as the number of row tiles allows."""
+    tiles = -(-M // 128)
+    rows = -(-M // tiles)
+    return min(128, (rows + 15) // 16 * 16)
+
+
+def matmul_fixed(wtype, act: str, zero_point: bool, M: int = 1) -> dict:
     """The matmul parameters that follow from the operands (never tuned)."""
     values = wtype.values()
-    # scaling after the dot needs sum |code value * x| to stay far inside f32's range
-    early = float(np.max(np.abs(values[np.isfinite(values)]))) > 2.0**40
+    # scaling after the dot needs sum |code value * x| to stay far inside f32's range; with
+    # more than GEMM_ROWS rows each weight tile is dequantized to f32 once and the dot is one
+    # of f32 tiles (the backend's register-blocked microkernel)
+    early = float(np.max(np.abs(values[np.isfinite(values)]))) > 2.0**40 or M > GEMM_ROWS
     return {"W": wtype, "A": act, "ZP": bool(zero_point), "EARLY": early}
 
 
@@ -80,8 +93,11 @@ def matmul_params(M: int, qw: QTensor, act: str) -> dict:
     # the K tile should not run past a group (the rest of it would be masked away) and stays
     # a multiple of 32 so the backend can decode whole words in registers
     bk = 128 if g % 128 == 0 else 64 if g % 64 == 0 else 32
-    bn = 64 if M <= 8 else 32
-    return {**matmul_fixed(qw.dtype, act, qw.zeros is not None), "BM": bm, "BN": bn, "BK": bk}
+    bn = 64
+    if M > GEMM_ROWS:
+        bm = gemm_rows(M)
+    return {**matmul_fixed(qw.dtype, act, qw.zeros is not None, M), "BM": bm, "BN": bn,
+            "BK": bk}
 
 
 _PLANS: dict[tuple, Kernel] = {}

@@ -13,14 +13,10 @@ from dataclasses import dataclass
 
 from lowbitc.backends.llvm import ops_elementwise  # noqa: F401  (fill HANDLERS)
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
-from lowbitc.backends.llvm.fusion import (
-    emit_fused_dot,
-    emit_fused_store,
-    plan_fusion,
-    plan_store_fusion,
-)
+from lowbitc.backends.llvm.fusion import emit_fused_store, plan_fusion, plan_store_fusion
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg
 from lowbitc.backends.llvm.ops_memory import dot_into
+from lowbitc.backends.llvm.panel import emit_planned_dot
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Kernel, Op, Region
 from lowbitc.ir.types import ScalarType, TensorType, TileType, is_machine
@@ -91,7 +87,7 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
     """Emit a region's ops; returns the yielded values (scalars or buffers)."""
     for a, v in zip(r.args, args):
         env.bind(a, v)
-    plans = plan_fusion(r)
+    plans = plan_fusion(r, max_rows=None)
     stores = plan_store_fusion(r)
     deferred = {id(d) for p in (*plans.values(), *stores.values()) for d in p.deferred}
     for op in r.ops:
@@ -100,7 +96,7 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
         if op.opcode == "yield":
             return [env.get(v) for v in op.operands]
         if op.opcode == "dot" and op.results[0].id in plans:
-            emit_fused_dot(env, plans[op.results[0].id], dot_into)
+            emit_planned_dot(env, plans[op.results[0].id], dot_into)
         elif op.opcode == "store" and id(op) in stores:
             emit_fused_store(env, stores[id(op)])
         elif op.opcode == "for":

@@ -58,8 +58,9 @@ def _uses(r: Region) -> dict[int, int]:
     return counts
 
 
-def plan_fusion(r: Region) -> dict[int, Plan]:
-    """Dots of this region (keyed by their result id) whose weight operand can be fused."""
+def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS) -> dict[int, Plan]:
+    """Dots of this region (keyed by their result id) whose weight operand can be fused, with
+    at most `max_rows` rows of `a` (None: any; backends/llvm/panel.py takes the larger ones)."""
     defs = {res.id: op for op in r.ops for res in op.results}
     uses = _uses(r)
     plans: dict[int, Plan] = {}
@@ -76,7 +77,8 @@ def plan_fusion(r: Region) -> dict[int, Plan]:
         tree, codes = plan
         e = tr.operands[0].type
         if not (isinstance(e, TileType) and e.shape[1] % W == 0 and is_float(e.dtype)
-                and a.type.shape[0] <= MAX_ROWS and acc.type.dtype == "f32"
+                and (max_rows is None or a.type.shape[0] <= max_rows)
+                and acc.type.dtype == "f32"
                 and codes.attrs.sizes == e.shape and not codes.attrs.masked
                 and len(codes.attrs.sizes) == 2):
             continue
@@ -146,8 +148,10 @@ def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value):
     return list(seen.values()), next(iter(codes.values()))
 
 
-def emit_fused_dot(env: Env, plan: Plan, generic_dot) -> None:
-    """The fused fast path with a runtime fallback; binds the dot's result buffer."""
+def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
+    """The fused fast path with a runtime fallback; binds the dot's result buffer.
+    `fast_path(env, plan, a, out, codes, starts)` emits the fused code (default: the
+    register-resident dot of up to MAX_ROWS rows; panel.py passes the panel's)."""
     em = env.em
     op = plan.dot
     a, _, acc = op.operands
@@ -162,7 +166,7 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot) -> None:
         em.emit(f"br i1 {_window_ok(em, t, starts, codes.attrs.sizes)}, label %{fast}, "
                 f"label %{slow}")
         em.start_block(fast)
-        _fused(env, plan, abuf, out, t, starts)
+        (fast_path or _fused)(env, plan, abuf, out, t, starts)
         em.br(done)
     else:
         em.br(slow)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lowbitc.backends.llvm import microkernel
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
 from lowbitc.backends.llvm.handlers import Env, TensorArg, const_literal, convert, handles
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view, elementwise, scalar_op
@@ -176,7 +177,11 @@ def _dot(env: Env, op: Op) -> None:
 def dot_into(em, a: Buf, b: Buf, out: Buf) -> None:
     """out += a @ b. When b is contiguous along k (e.g. a transposed [N, K] tile) the
     reduction over k is innermost and register-carried (vectorised with reassociation);
-    otherwise the k loop is outside an axpy over n."""
+    otherwise the k loop is outside an axpy over n. Float tiles into an f32 `out` take the
+    register-blocked microkernel (backends/llvm/microkernel.py)."""
+    if microkernel.applies(a, b, out):
+        microkernel.emit_dot(em, a, b, out)
+        return
     m, k = a.shape
     n = b.shape[1]
     dt = out.dtype

@@ -1,0 +1,115 @@
+"""Dequantization fused into the GEMM microkernel's weight panel.
+
+Pattern (planned by fusion.plan_fusion): `dot(a, transpose(E), acc)` with E an elementwise
+tree over one `load_codes` [BN, BK], here with more rows of `a` than the register-resident
+fused dot serves. For a window that is 32-code aligned and inside the tensor, E is evaluated
+on <32 x float> vectors for `lanes` weight rows at a time (each row's codes unpacked in
+registers), the lanes x 32 block is transposed in registers and stored as 32 rows of the
+f32 panel [BK][BN] that the register-blocked microkernel reads (microkernel.py). So each
+weight is decoded once per dot, straight into the order the microkernel wants, and E is never
+materialised. Other windows run the deferred ops and the generic dot.
+"""
+
+from __future__ import annotations
+
+from lowbitc.backends.llvm import microkernel
+from lowbitc.backends.llvm.emitter import Buf, Emitter
+from lowbitc.backends.llvm.fusion import (
+    MAX_ROWS,
+    Plan,
+    W,
+    _eval_tree,
+    emit_fused_dot,
+)
+from lowbitc.backends.llvm.handlers import HANDLERS, Env
+from lowbitc.backends.llvm.ops_memory import unpack32
+
+
+def emit_planned_dot(env: Env, plan: Plan, generic_dot) -> None:
+    """A dot planned by fusion.plan_fusion: up to MAX_ROWS rows of `a` take the
+    register-resident fused dot, more rows the fused panel (or, where the microkernel does not
+    apply, the deferred ops and the generic dot)."""
+    abuf = env.get(plan.dot.operands[0])
+    if abuf.shape[0] <= MAX_ROWS:
+        emit_fused_dot(env, plan, generic_dot)
+    elif (plan.root.type.dtype == "f32" and abuf.dtype in microkernel.FLOATS
+          and plan.root.type.shape[0] >= microkernel.host_vector()[0] // 2):
+        emit_fused_dot(env, plan, generic_dot, _panel)
+    else:
+        for d in plan.deferred:
+            HANDLERS[d.opcode](env, d)
+        HANDLERS["dot"](env, plan.dot)
+
+
+def _panel(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
+    """The fast path of emit_fused_dot for an aligned, in-bounds window: decode E into the
+    panel, then the microkernel."""
+    em = env.em
+    start = em.label("panel")  # (a named block, so the path can be found in the IR)
+    em.br(start)
+    em.start_block(start)
+    lanes = microkernel.host_vector()[0]
+    bn, bk = plan.codes.attrs.sizes
+    npad = -(-bn // lanes) * lanes
+    panel = em.alloc("f32", (bk, npad))
+    if npad != bn:  # the padding columns are read by the microkernel: keep them finite
+        em.declare("declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)")
+        em.emit(f"call void @llvm.memset.p0.i64(ptr align 64 {panel.ptr}, i8 0, "
+                f"i64 {bk * npad * 4}, i1 false)")
+    _decode_panel(env, plan, t, starts, panel.ptr, npad, lanes)
+    microkernel.emit_panel_dot(em, abuf, panel.ptr, npad, out)
+
+
+def _decode_panel(env: Env, plan: Plan, t, starts: list[str], panel: str, npad: int,
+                  lanes: int) -> None:
+    """panel[k][j] = E[j, k]: blocks of `lanes` rows x 32 codes decoded in registers and
+    transposed; rows past the last whole block are stored lane by lane."""
+    em = env.em
+    bn, bk = plan.codes.attrs.sizes
+    bits = plan.codes.attrs.bits
+
+    def decoded(j: str, c: str) -> str:
+        n = em.val(f"add i64 {starts[0]}, {j}")
+        first = em.val(f"mul i64 {em.val(f'lshr i64 {starts[1]}, 5')}, {bits}")
+        row = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {first}")
+        wi = em.val(f"add i64 {row}, {em.val(f'mul i64 {c}, {bits}')}")
+        p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}")
+        return _eval_tree(env, plan, unpack32(em, p, bits), j, c)
+
+    def block(jb: str) -> None:
+        j0 = em.val(f"mul i64 {jb}, {lanes}")
+
+        def chunk(c: str) -> None:
+            rows = [decoded(em.val(f"add i64 {j0}, {r}"), c) for r in range(lanes)]
+            for h in range(W // lanes):  # each lanes x lanes square of the lanes x 32 block
+                sel = ", ".join(f"i32 {h * lanes + q}" for q in range(lanes))
+                part = [em.val(f"shufflevector <{W} x float> {r}, <{W} x float> poison, "
+                               f"<{lanes} x i32> <{sel}>") for r in rows]
+                for q, v in enumerate(microkernel.transpose_vectors(em, part, lanes)):
+                    k = em.val(f"add i64 {em.val(f'mul i64 {c}, {W}')}, {h * lanes + q}")
+                    _store(em, panel, em.val(f"add i64 {em.val(f'mul i64 {k}, {npad}')}, {j0}"),
+                           f"<{lanes} x float>", v)
+        em.loop("0", str(bk // W), chunk)
+
+    if bn // lanes:
+        em.loop("0", str(bn // lanes), block)
+
+    def rest(jr: str) -> None:
+        j = em.val(f"add i64 {jr}, {bn // lanes * lanes}")
+
+        def chunk(c: str) -> None:
+            v = decoded(j, c)
+            for q in range(W):
+                k = em.val(f"add i64 {em.val(f'mul i64 {c}, {W}')}, {q}")
+                x = em.val(f"extractelement <{W} x float> {v}, i64 {q}")
+                _store(em, panel, em.val(f"add i64 {em.val(f'mul i64 {k}, {npad}')}, {j}"),
+                       "float", x)
+        em.loop("0", str(bk // W), chunk)
+
+    if bn % lanes:
+        em.loop("0", str(bn % lanes), rest)
+
+
+def _store(em: Emitter, panel: str, index: str, t: str, v: str) -> None:
+    p = em.val(f"getelementptr inbounds float, ptr {panel}, i64 {index}")
+    em.emit(f"store {t} {v}, ptr {p}, align 4")
