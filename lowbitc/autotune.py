@@ -28,7 +28,7 @@ from lowbitc.dsl.lower import lower_kernel
 from lowbitc.dtypes import dtype as to_dtype
 from lowbitc.errors import DSLTypeError, LowbitcError, UserArgumentError
 from lowbitc.ir.types import TensorType, is_float, is_machine, numpy_dtype
-from lowbitc.ops import kernel_path, matmul_fixed
+from lowbitc.ops import GEMM_ROWS, gemm_rows, kernel_path, matmul_fixed
 from lowbitc.packing import pack
 from lowbitc.signature import format_bits, storage_dtype, words_for
 from lowbitc.tuned import forget, kernel_key, record_key
@@ -164,8 +164,9 @@ def _op_target(op: str, shapes: object, wtype: Any, group: int, zero_point: bool
         raise UserArgumentError(f"group: expected a positive group size, got {group!r}")
     if op == "matmul":
         m = dims["M"]
-        default = {"BM": 1 if m == 1 else 4 if m <= 4 else 16, **_MATMUL_DEFAULT}
-        return Target(kernel_path(op), None, matmul_fixed(fmt, act, zero_point),
+        default = {"BM": 1 if m == 1 else 4 if m <= 4 else 8 if m <= GEMM_ROWS else gemm_rows(m),
+                   **_MATMUL_DEFAULT}
+        return Target(kernel_path(op), None, matmul_fixed(fmt, act, zero_point, m),
                       {"group": group}, dims, default, op)
     G = math.ceil(dims["K"] / group)
     derived = {"G": G, "NZ": dims["N"] if zero_point else 1, "GZ": G if zero_point else 1}
