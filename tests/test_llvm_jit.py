@@ -296,6 +296,25 @@ def test_every_block_runs_exactly_once_over_many_launches(count_address, kind):
     assert the_pool.workers >= 1
 
 
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_more_parts_than_threads(count_address, kind):
+    """Parts are claimed by at most `threads` threads (no more workers are started), and every
+    block still runs once."""
+    if kind == "native" and not pool.available():
+        pytest.skip("no native pool on this platform")
+    the_pool = pool.NativePool() if kind == "native" else pool.PythonPool()
+    rng = np.random.default_rng(5)
+    counts = np.zeros(300, np.int64)
+    packed = ArgPacker(COUNT_SIG)((counts,))
+    expected = np.zeros_like(counts)
+    for _ in range(200):
+        nblocks = int(rng.integers(1, 300))
+        assert the_pool.run(count_address, packed, nblocks, int(rng.integers(1, 17)), 2)
+        expected[:nblocks] += 1
+    np.testing.assert_array_equal(counts, expected)
+    assert the_pool.workers == 1
+
+
 def test_launch_in_a_forked_child(count_address):
     if not hasattr(os, "fork"):
         pytest.skip("no fork on this platform")

@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 
+PARTS_PER_THREAD = 4  # ranges per thread in a launch: balance under contention, few claims
 _INT_RANGE = {"i64": (-(2**63), 2**63 - 1), "i32": (-(2**31), 2**31 - 1)}
 # Each scalar takes one 8-byte slot (little-endian, value at the slot's start).
 _SLOT_FORMAT = {"i64": "q", "f64": "d", "i32": "i4x", "f32": "f4x"}
@@ -251,9 +252,11 @@ class GridLauncher:
     """Calls `void NAME(void**, i64 begin, i64 end)` at `fn_address` over a grid of blocks.
 
     Grids smaller than `2 * min_blocks_per_thread` blocks run on the calling thread; larger
-    ones are cut into `threads` contiguous ranges (default `num_threads()`) that the launching
-    thread and the pool's workers claim. A launch made while the pool is busy (from another
-    Python thread, or from inside a kernel) runs on its own thread instead.
+    ones are cut into up to PARTS_PER_THREAD * `threads` contiguous ranges (threads: default
+    `num_threads()`) that the launching thread and `threads - 1` pool workers claim as they go,
+    so a thread slowed by other work on its core (another library's spinning BLAS threads, say)
+    runs fewer of them. A launch made while the pool is busy (from another Python thread, or
+    from inside a kernel) runs on its own thread instead.
     """
 
     __slots__ = ("fn", "address", "nblocks", "threads", "min_blocks_per_thread", "_parts")
@@ -285,7 +288,8 @@ class GridLauncher:
         if isinstance(nblocks, bool) or not isinstance(nblocks, (int, np.integer)) or nblocks < 0:
             raise UserArgumentError(f"nblocks: expected an integer >= 0, got {nblocks!r}")
         self.nblocks = int(nblocks)
-        self._parts = max(1, min(self.threads, self.nblocks // self.min_blocks_per_thread))
+        parts = PARTS_PER_THREAD * self.threads if self.threads > 1 else 1
+        self._parts = max(1, min(parts, self.nblocks // self.min_blocks_per_thread))
 
     def __call__(self, args: ctypes.Array, nblocks: int | None = None) -> None:
         """Run every block once on `args` (from `pack_args`); `nblocks` resizes the grid."""
@@ -294,5 +298,5 @@ class GridLauncher:
         if self._parts == 1:
             if self.nblocks:
                 self.fn(args, 0, self.nblocks)
-        elif not get_pool().run(self.address, args, self.nblocks, self._parts):
+        elif not get_pool().run(self.address, args, self.nblocks, self._parts, self.threads):
             self.fn(args, 0, self.nblocks)  # the pool is busy with another launch: run inline

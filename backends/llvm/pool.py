@@ -152,10 +152,12 @@ define i64 @lowbitc_pool_workers() {{
   ret i64 %n
 }}
 
-; run fn(args, lo, hi) over nparts ranges of [0, nblocks), waking nparts-1 workers; the
-; calling thread claims parts too, so a slow-to-wake worker only costs parallelism.
-; nparts must be 1..nworkers+1; launches must not overlap (the caller serialises them).
-define void @lowbitc_pool_launch(ptr %fn, ptr %args, i64 %nblocks, i64 %nparts) {{
+; run fn(args, lo, hi) over nparts ranges of [0, nblocks), waking `helpers` workers; the
+; calling thread claims parts too, so a slow-to-wake worker only costs parallelism, and with
+; more parts than threads a thread slowed by other work on its core runs fewer of them.
+; helpers must be 0..nworkers; launches must not overlap (the caller serialises them).
+define void @lowbitc_pool_launch(ptr %fn, ptr %args, i64 %nblocks, i64 %nparts,
+                                 i64 %helpers) {{
 entry:
   store ptr %fn, ptr @job_fn
   store ptr %args, ptr @job_args
@@ -163,7 +165,6 @@ entry:
   store atomic i64 0, ptr @done seq_cst, align 8
   %k.hi = shl i64 %nparts, 32
   store atomic i64 %k.hi, ptr @claim seq_cst, align 8
-  %helpers = sub i64 %nparts, 1
   br label %notify
 notify:
   %i = phi i64 [0, %entry], [%i.next, %notified]
@@ -208,7 +209,8 @@ done:
 """
 
 KERNEL_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
-_LAUNCH = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+_LAUNCH = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                           ctypes.c_int64)
 _GROW = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64)
 _WORKERS = ctypes.CFUNCTYPE(ctypes.c_int64)
 
@@ -268,13 +270,17 @@ class NativePool:
             have = self._workers()
         return have
 
-    def run(self, fn_address: int, args: ctypes.Array, nblocks: int, nparts: int) -> bool:
-        """Run `nparts` ranges of the grid in parallel; False (nothing run) if busy."""
+    def run(self, fn_address: int, args: ctypes.Array, nblocks: int, nparts: int,
+            threads: int | None = None) -> bool:
+        """Run `nparts` ranges of the grid on `threads` threads (default one per part; the
+        caller is one of them) claiming parts as they go; False (nothing run) if busy."""
         if not self.busy.acquire(blocking=False):
             return False
         try:
-            have = self._ensure_workers(nparts - 1)
-            self.launch(fn_address, args, nblocks, min(nparts, have + 1))
+            nparts = max(1, min(nparts, nblocks))
+            helpers = min(nparts if threads is None else threads, nparts) - 1
+            have = self._ensure_workers(helpers)
+            self.launch(fn_address, args, nblocks, nparts, min(helpers, have))
         finally:
             self.busy.release()
         return True
@@ -322,14 +328,17 @@ class PythonPool:
     def workers(self) -> int:
         return len(self.workers_)
 
-    def run(self, fn_address: int, args: ctypes.Array, nblocks: int, nparts: int) -> bool:
-        """Run `nparts` ranges of the grid in parallel; False (nothing run) if busy."""
+    def run(self, fn_address: int, args: ctypes.Array, nblocks: int, nparts: int,
+            threads: int | None = None) -> bool:
+        """Run the grid in parallel on min(`nparts`, `threads`) threads, one contiguous range
+        each; False (nothing run) if busy."""
         if not self.busy.acquire(blocking=False):
             return False
         try:
             fn = self._cfuncs.get(fn_address)
             if fn is None:
                 fn = self._cfuncs.setdefault(fn_address, KERNEL_CFUNC(fn_address))
+            nparts = nparts if threads is None else min(nparts, threads)
             ranges = split_blocks(nblocks, min(nparts, MAX_WORKERS + 1))
             while len(self.workers_) < len(ranges) - 1:
                 self.workers_.append(_PyWorker(len(self.workers_)))
