@@ -4,9 +4,11 @@ backend. The result is a `Kernel` callable on numpy arrays.
 Compiled kernels persist in the compile cache (`lowbitc.cache`, `LOWBITC_NO_CACHE=1` turns it
 off). The key covers the source text and every file it imports, the parameters (code-book
 formats by their values), the backend and target, the toolchain and lowbitc's codegen hash.
-An entry holds the tile IR before and after the passes as printed text (the IR parser reads
-it back exactly) and what the backend's `save` returns to rebuild its executable from object
-code, so a cache hit neither imports the DSL front end nor runs a pass or LLVM.
+An entry holds what the backend's `save` returns to rebuild its executable from object code
+(for the LLVM backend: the object code and the kernel's `lowbitc.abi.ABI`) and the tile IR
+before and after the passes as printed text, parsed only when `Kernel.ir`/`.lowered` is first
+read. So a cache hit imports neither the DSL front end, the passes nor the IR's op table and
+parser, and runs no pass and no LLVM optimisation (benchmarks/bench_compile.py times it).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,15 +26,12 @@ from lowbitc.backends import get_backend
 from lowbitc.cache import CacheKey, CacheWarning, default_cache
 from lowbitc.errors import DSLNameError, LowbitcError, UserArgumentError
 from lowbitc.formats import register as register_format
-from lowbitc.interp import run as interpret
-from lowbitc.ir.core import Kernel as IRKernel
-from lowbitc.ir.parser import parse as parse_ir
-from lowbitc.ir.printer import print_kernel
 
 if TYPE_CHECKING:
     from lowbitc.dsl import ast as A
+    from lowbitc.ir.core import Kernel as IRKernel
 
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2
 # `import "path"` anywhere in the text (comments too: a superset only widens the key)
 _IMPORT = re.compile(r'\bimport\s*"([^"\\\n]*)"')
 
@@ -70,32 +69,62 @@ def _ambiguous(module: A.Module) -> A.Kernel:
         + ", ".join(k.name for k in module.kernels) + "); pass kernel=NAME")
 
 
-@dataclass
 class Kernel:
-    """A compiled kernel. Call it with numpy arrays (outputs are written in place)."""
+    """A compiled kernel. Call it with numpy arrays (outputs are written in place).
 
-    name: str
-    backend: str
-    ir: IRKernel  # after lowering from the DSL, before passes
-    lowered: IRKernel  # after the backend's pipeline
-    source: str
-    params: dict[str, object]
-    _exe: object = field(repr=False, default=None)
+    `ir` is the tile IR after lowering from the DSL, `lowered` after the backend's pipeline;
+    a kernel from the compile cache holds their printed text and parses it on first access.
+    """
+
+    def __init__(self, name: str, backend: str, ir: IRKernel | str, lowered: IRKernel | str,
+                 source: str, params: dict[str, object], exe: object):
+        self.name = name
+        self.backend = backend
+        self._ir = ir
+        self._lowered = lowered
+        self.source = source
+        self.params = params
+        self._exe = exe
+
+    @property
+    def ir(self) -> IRKernel:
+        if isinstance(self._ir, str):
+            self._ir = _parse_ir(self._ir)
+        return self._ir
+
+    @property
+    def lowered(self) -> IRKernel:
+        if isinstance(self._lowered, str):
+            self._lowered = _parse_ir(self._lowered)
+        return self._lowered
+
+    def __repr__(self) -> str:
+        return f"Kernel(name={self.name!r}, backend={self.backend!r}, params={self.params!r})"
 
     def __call__(self, *args, **kwargs) -> None:
         self._exe(*args, **kwargs)
 
     def interpret(self, *args, **kwargs) -> None:
         """Run the numpy reference interpreter on the same arguments (the semantics)."""
-        interpret(self.ir, *args, **kwargs)
+        from lowbitc.interp import run  # the interpreter loads on first use
+
+        run(self.ir, *args, **kwargs)
 
     def text(self, stage: str = "ir") -> str:
         """`ir` (tile IR), `lowered` (after passes) or the backend's own text (`llvm`, `ptx`)."""
-        if stage == "ir":
-            return print_kernel(self.ir)
-        if stage == "lowered":
-            return print_kernel(self.lowered)
+        if stage in ("ir", "lowered"):
+            from lowbitc.ir.printer import print_kernel
+
+            return print_kernel(self.ir if stage == "ir" else self.lowered)
         return self._exe.text(stage)
+
+
+def _parse_ir(text: str) -> IRKernel:
+    # the IR's parser (and op table) load on first use: a cache hit that is only called never
+    # needs them
+    from lowbitc.ir.parser import parse
+
+    return parse(text, "<cached ir>")
 
 
 def compile(source_or_path: str | Path, backend: str = "llvm", kernel: str | None = None,
@@ -209,6 +238,8 @@ def _key(src: _Source, backend: str, kernel: str | None, params: dict) -> CacheK
 
 def _artifact(k: Kernel, be) -> bytes:
     """One JSON header line (name, both IR texts, the backend's data), then its blob."""
+    from lowbitc.ir.printer import print_kernel
+
     meta, blob = be.save(k._exe)
     head = {"version": ARTIFACT_VERSION, "name": k.name, "ir": print_kernel(k.ir),
             "lowered": print_kernel(k.lowered), "backend": meta}
@@ -225,9 +256,9 @@ def _from_artifact(data: bytes, be, backend: str, source: str, params: dict) -> 
         for value in params.values():  # the IR names code books; lowering registered them
             if getattr(value, "kind", None) == "codebook":
                 register_format(value)
-        ir = parse_ir(head["ir"], "<cached ir>")
-        lowered = parse_ir(head["lowered"], "<cached ir>")
-        exe = be.load(lowered, head["backend"], blob)
+        k = Kernel(str(head["name"]), backend, str(head["ir"]), str(head["lowered"]), source,
+                   dict(params), None)
+        k._exe = be.load(head["backend"], blob, lambda: k.lowered)
     except (ValueError, KeyError, TypeError, LowbitcError):
         return None
-    return Kernel(head["name"], backend, ir, lowered, source, dict(params), exe)
+    return k

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from lowbitc.abi import grid_of as grid_with
+from lowbitc.abi import grid_program, grid_runner
 from lowbitc.errors import LowbitcError
 from lowbitc.formats import lookup as format_of
 from lowbitc.ir.core import Kernel, Op, Region
@@ -232,47 +234,17 @@ def _run_for(op: Op, ins: list, env: dict, block, mem) -> list:
     return carried
 
 
-_INT_OPS: dict[str, Callable] = {
-    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-    "div": lambda a, b: 0 if b == 0 else (abs(a) // abs(b)) * (1 if (a >= 0) == (b >= 0) else -1),
-    "rem": lambda a, b: 0 if b == 0 else a - b * (abs(a) // abs(b)) * (1 if (a >= 0) == (b >= 0)
-                                                                      else -1),
-    "min": min, "max": max,
-}
-
-
 def compile_grid(k: Kernel) -> Callable[[dict], tuple[int, int, int]] | None:
     """The grid region as straight-line integer arithmetic over {value id: int} (None when it
     uses an op this fast path does not know; `grid_of` interprets those)."""
-    steps = []
-    for op in k.grid.ops[:-1]:
-        if op.opcode == "const" and isinstance(op.attrs.value, int):
-            steps.append((op.results[0].id, None, (), int(op.attrs.value)))
-        elif op.opcode in _INT_OPS and op.results[0].type.dtype in ("i64", "i32"):
-            steps.append((op.results[0].id, _INT_OPS[op.opcode],
-                          tuple(v.id for v in op.operands), None))
-        else:
-            return None
-    out = tuple(v.id for v in k.grid.ops[-1].operands)
-
-    def run_grid(env: dict) -> tuple[int, int, int]:
-        for rid, fn, args, value in steps:
-            env[rid] = value if fn is None else fn(*(env[a] for a in args))
-        counts = [env[i] for i in out]
-        return tuple(counts + [1] * (3 - len(counts)))  # type: ignore[return-value]
-
-    return run_grid
+    program = grid_program(k)
+    return None if program is None else grid_runner(*program)
 
 
 def grid_of_bound(k: Kernel, b, fast: Callable | None = None) -> tuple[int, int, int]:
     """The grid for bound arguments (`signature.bind`): block counts along x, y, z."""
     if fast is not None:
-        env = {p.id: b.values[p.name] for p in k.params if not isinstance(p.type, TensorType)}
-        env.update({d.id: b.dims[d.name] for d in k.dims})
-        g = fast(env)
-        if min(g) < 0:
-            raise LowbitcError(f"kernel {k.name}: the grid {g} has a negative count")
-        return g
+        return grid_with(k, b.values, b.dims, fast)
     env: dict = {}
     for p in k.params:
         if not isinstance(p.type, TensorType):

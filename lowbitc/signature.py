@@ -9,13 +9,16 @@ keyword when only packed tensors mention them) and must agree everywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lowbitc.errors import UserArgumentError
 from lowbitc.formats import lookup as format_of
-from lowbitc.ir.core import Kernel, Value
 from lowbitc.ir.types import ScalarType, TensorType, is_float, is_machine, numpy_dtype
+
+if TYPE_CHECKING:  # `k` below is an IR kernel or a lowbitc.abi.ABI (same name/params/dims)
+    from lowbitc.ir.core import Kernel, Value
 
 
 def storage_dtype(dtype: str) -> np.dtype:

@@ -17,6 +17,7 @@ import pytest
 
 import lowbitc
 from lowbitc import compiler
+from lowbitc.abi import ABI
 from lowbitc.cache import CacheWarning, default_cache
 from lowbitc.cache import key as cache_key
 from lowbitc.compiler import compile
@@ -74,14 +75,19 @@ CHILD = textwrap.dedent("""
     from lowbitc.cache import default_cache
     print(json.dumps({"err": err, "front_end": "lark" in sys.modules,
                       "passes_ran": "lowbitc.dsl.lower" in sys.modules,
+                      "loaded": sorted(m for m in sys.argv[2].split(",") if m in sys.modules),
                       "stats": default_cache().stats}))
 """)
+# what a compile-cache hit (loading and calling the kernel) must not import
+NOT_ON_A_HIT = ("lark", "networkx", "numba", "ml_dtypes", "importlib.metadata", "lowbitc.dsl",
+                "lowbitc.passes", "lowbitc.interp", "lowbitc.ir.opdefs", "lowbitc.ir.parser",
+                "lowbitc.ir.printer", "lowbitc.ir.builder", "lowbitc.backends.llvm.codegen")
 
 
 def child(cache: Path) -> dict:
     env = {**os.environ, "LOWBITC_CACHE_DIR": str(cache)}
-    out = subprocess.run([sys.executable, "-c", CHILD, MATMUL], env=env, capture_output=True,
-                         text=True, timeout=300, check=True)
+    out = subprocess.run([sys.executable, "-c", CHILD, MATMUL, ",".join(NOT_ON_A_HIT)], env=env,
+                         capture_output=True, text=True, timeout=300, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -89,6 +95,8 @@ def test_second_process_loads_the_shipped_gemm_without_the_front_end(cache_dir):
     first, second = child(cache_dir), child(cache_dir)
     assert first["front_end"] and first["stats"]["builds"] >= 1
     assert not second["front_end"] and not second["passes_ran"]
+    assert second["loaded"] == []  # nor the passes, the IR's op table and parser, numba...
+    assert "lark" in first["loaded"] and "lowbitc.passes" in first["loaded"]
     assert second["stats"]["builds"] == 0 and second["stats"]["hits"] >= 1
     assert first["err"] < 1e-3 and second["err"] < 1e-3
 
@@ -182,9 +190,45 @@ def test_the_cache_can_be_turned_off(cache_dir, monkeypatch):
 
 def test_two_processes_compiling_at_once_build_once(cache_dir, built):
     env = {**os.environ, "LOWBITC_CACHE_DIR": str(cache_dir)}
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, MATMUL], env=env, text=True,
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, MATMUL, ""], env=env, text=True,
                               stdout=subprocess.PIPE) for _ in range(2)]
     results = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
     assert sorted(r["front_end"] for r in results) == [False, True]
     assert all(r["err"] < 1e-3 for r in results)
     assert kernel_entries() == 1
+
+
+SHIFT_GRID = SOURCE.replace("grid (cdiv(N, BN),)", "grid ((N + BN - 1) >> 6,)")
+
+
+@pytest.mark.parametrize("source", [SOURCE, SHIFT_GRID], ids=["int-grid", "shift-grid"])
+def test_a_hit_launches_from_its_abi_and_parses_the_ir_only_when_asked(cache_dir, source):
+    fresh = compile(source)
+    hit = compile(source)
+    assert isinstance(hit._ir, str) and isinstance(hit._lowered, str)  # not parsed yet
+    run_scale(hit)  # a grid beyond integer arithmetic (>>) asks for the lowered IR
+    assert (hit._exe.grid is None) == (source is SHIFT_GRID)
+    assert isinstance(hit._lowered, str) == (source is SOURCE)
+    assert hit.ir == fresh.ir and hit.lowered == fresh.lowered
+
+
+def test_the_abi_round_trips_through_json_and_rejects_garbage():
+    k = compile(SOURCE).lowered
+    abi = ABI.of(k)
+    assert abi.grid is not None and [p.name for p in abi.params] == ["x", "y"]
+    assert ABI.from_json(json.loads(json.dumps(abi.to_json()))) == abi
+    assert ABI.from_json(ABI.of(compile(SHIFT_GRID).lowered).to_json()).grid is None
+    bad = abi.to_json()
+    bad["grid"][0][0][1] = "pow"
+    for data in ({"name": "k"}, bad, {**abi.to_json(), "params": [[0, "x", "f32", [1.5]]]}):
+        with pytest.raises(LowbitcError, match="malformed kernel ABI"):
+            ABI.from_json(data)
+
+
+def test_the_ir_package_loads_its_parts_on_first_use():
+    code = ("import sys, lowbitc.ir.core; assert 'lowbitc.ir.opdefs' not in sys.modules; "
+            "import lowbitc.ir.verify; from lowbitc.ir import verify, parse, OPS; "
+            "import lowbitc.ir as ir; print(callable(verify), ir.verify is verify, len(OPS) > 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.split() == ["True", "True", "True"]

@@ -3,16 +3,19 @@ over the thread pool with arguments checked before any native code runs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from lowbitc.abi import ABI, grid_of
 from lowbitc.backends.llvm import jit
 from lowbitc.backends.llvm.launch import ArgPacker, ArrayArg, GridLauncher, ScalarArg
 from lowbitc.cache import CacheKey, default_cache
-from lowbitc.interp import compile_grid, grid_of_bound
-from lowbitc.ir.core import Kernel
 from lowbitc.ir.types import TensorType
-from lowbitc.passes import CPU_PIPELINE
 from lowbitc.signature import Binder, storage_dtype
+
+if TYPE_CHECKING:
+    from lowbitc.ir.core import Kernel
 
 _SCALAR_KIND = {"i64": "i64", "i32": "i32", "f32": "f32", "f64": "f64"}
 
@@ -37,31 +40,41 @@ def _render(k: Kernel):
 
 
 class Executable:
-    """A JIT-compiled kernel: checks and binds arguments, evaluates the grid, launches."""
+    """A JIT-compiled kernel: checks and binds arguments, evaluates the grid, launches.
 
-    def __init__(self, k: Kernel, llvm_ir: str, symbol: str,
-                 module: jit.CompiledModule | None = None):
-        self.k = k
+    Built from the kernel's `ABI` alone; `kernel` returns the lowered IR, asked for only when
+    the grid is not plain integer arithmetic (the interpreter evaluates it then).
+    """
+
+    def __init__(self, abi: ABI, llvm_ir: str, module: jit.CompiledModule,
+                 kernel: Callable[[], Kernel]):
+        self.abi = abi
         self.llvm_ir = llvm_ir
-        self.module = module if module is not None else _load(llvm_ir, symbol)
+        self.module = module
+        self._kernel = kernel
         sig = []
-        for p in k.params:
+        for p in abi.params:
             if isinstance(p.type, TensorType):
                 sig.append(ArrayArg(p.name, storage_dtype(p.type.dtype), len(p.type.shape)))
             else:
                 sig.append(ScalarArg(p.name, _SCALAR_KIND[p.type.dtype]))
-        sig += [ScalarArg(d.name, "i64") for d in k.dims]
+        sig += [ScalarArg(d.name, "i64") for d in abi.dims]
         sig += [ScalarArg("grid.x", "i64"), ScalarArg("grid.y", "i64")]
         self.packer = ArgPacker(sig)
         # grids of fewer than 8 blocks run on the calling thread: waking a worker costs more
-        self.launcher = GridLauncher(self.module.address(symbol), 0, min_blocks_per_thread=4)
-        self.grid = compile_grid(k)
-        self.binder = Binder(k)
+        self.launcher = GridLauncher(module.address(module.name), 0, min_blocks_per_thread=4)
+        self.grid = abi.grid_function()
+        self.binder = Binder(abi)
 
     def __call__(self, *args, **kwargs) -> None:
         b = self.binder(args, kwargs)
-        gx, gy, gz = grid_of_bound(self.k, b, self.grid)
-        packed = self.packer(b.ordered(self.k) + [gx, gy])
+        if self.grid is not None:
+            gx, gy, gz = grid_of(self.abi, b.values, b.dims, self.grid)
+        else:
+            from lowbitc.interp import grid_of_bound  # the interpreter, for unusual grids only
+
+            gx, gy, gz = grid_of_bound(self._kernel(), b)
+        packed = self.packer(b.ordered(self.abi) + [gx, gy])
         self.launcher(packed, gx * gy * gz)
 
     def text(self, stage: str) -> str:
@@ -75,25 +88,33 @@ class Executable:
 @dataclass(frozen=True)
 class LLVMBackend:
     name: str = "llvm"
-    pipeline: tuple[str, ...] = CPU_PIPELINE
+
+    @property
+    def pipeline(self) -> tuple[str, ...]:
+        # the passes load on first use: a kernel served by `load` never runs them
+        from lowbitc.passes import CPU_PIPELINE
+
+        return CPU_PIPELINE
 
     def emit(self, k: Kernel) -> str:
         return _render(k).text
 
     def compile(self, k: Kernel) -> Executable:
         r = _render(k)
-        return Executable(k, r.text, r.name)
+        return Executable(ABI.of(k), r.text, _load(r.text, r.name), lambda: k)
 
     def save(self, exe: Executable) -> tuple[dict, bytes]:
         """What `load` needs to rebuild `exe` (for lowbitc.compile's cache): JSON-able data
-        (the symbol, the LLVM IR text for `text("llvm")`) and the object code."""
-        return {"symbol": exe.module.name, "llvm": exe.llvm_ir}, exe.module.object_code
+        (the symbol, the ABI, the LLVM IR text for `text("llvm")`) and the object code."""
+        meta = {"symbol": exe.module.name, "abi": exe.abi.to_json(), "llvm": exe.llvm_ir}
+        return meta, exe.module.object_code
 
-    def load(self, k: Kernel, meta: dict, obj: bytes) -> Executable:
-        """The Executable that `save` described, from its object code: no rendering and no
-        LLVM passes. A bad `meta` or `obj` raises BackendError/KeyError."""
-        symbol = meta["symbol"]
-        return Executable(k, meta["llvm"], symbol, jit.load_object(obj, symbol))
+    def load(self, meta: dict, obj: bytes, kernel: Callable[[], Kernel]) -> Executable:
+        """The Executable that `save` described, from its object code and ABI: no IR, no
+        rendering, no LLVM passes (`kernel` gives the lowered IR if the grid needs it). A bad
+        `meta` or `obj` raises BackendError, LowbitcError or KeyError."""
+        return Executable(ABI.from_json(meta["abi"]), meta["llvm"],
+                          jit.load_object(obj, meta["symbol"]), kernel)
 
 
 BACKEND = LLVMBackend()

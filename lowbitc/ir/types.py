@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 # machine dtype -> (kind, bits); kind is "b" bool, "i" signed, "u" unsigned, "f" float
@@ -51,6 +50,8 @@ def bit_width(dtype: str) -> int:
 def numpy_dtype(dtype: str) -> np.dtype:
     """The numpy dtype holding values of a machine dtype (bf16 via ml_dtypes)."""
     if dtype == "bf16":
+        import ml_dtypes  # loads on first use: most kernels never pass bf16 arrays
+
         return np.dtype(ml_dtypes.bfloat16)
     try:
         return np.dtype(_NUMPY[dtype])
