@@ -25,6 +25,7 @@ from lowbitc.ir.opdefs import (
     PermAttrs,
     ReduceAttrs,
     ShapeAttrs,
+    SharedAttrs,
 )
 from lowbitc.ir.types import ScalarType, TensorType, TileType, is_float, is_int, is_machine
 from lowbitc.layout import (
@@ -36,6 +37,7 @@ from lowbitc.layout import (
     replicated,
     spatial,
 )
+from lowbitc.layout.swizzle import Swizzle
 
 
 @dataclass
@@ -69,14 +71,22 @@ def materialize(b: Builder, v: object, dtype: str, loc: SourceLoc) -> Value:
 
 
 def _kind(v: object) -> str:
+    if is_shared(v):
+        return f"shared tile {v.type} (memory: read it with load(s[...]))"
     if isinstance(v, Value):
         return str(v.type)
     return type(v).__name__ if not hasattr(v, "name") else f"format {v.name}"
 
 
+def is_shared(v: object) -> bool:
+    """A shared tile: per-block memory that only load/store/copy touch."""
+    return isinstance(v, Value) and isinstance(v.type, TileType) and v.type.space == "shared"
+
+
 @dataclass(frozen=True)
 class Window:
-    """`tensor[items]`: per dim a start (int or i64 value) and a size (0 = single index)."""
+    """`tensor[items]` (or `shared_tile[items]`): per dim a start (int or i64 value) and a
+    size (0 = single index)."""
 
     tensor: Value
     starts: tuple[object, ...]
@@ -86,8 +96,9 @@ class Window:
     @staticmethod
     def from_subscript(ctx: Ctx, e: A.Subscript) -> Window:
         t = ctx.eval(e.base)
-        if not (isinstance(t, Value) and isinstance(t.type, TensorType)):
-            raise DSLTypeError(f"only tensor parameters can be sliced, not {_kind(t)}", e.loc)
+        if not (isinstance(t, Value) and isinstance(t.type, TensorType) or is_shared(t)):
+            raise DSLTypeError(f"only tensor parameters can be sliced (and shared tiles), not "
+                               f"{_kind(t)}", e.loc)
         shape = t.type.shape
         if len(e.items) != len(shape):
             raise DSLTypeError(
@@ -98,6 +109,19 @@ class Window:
             starts.append(start)
             sizes.append(size)
         return Window(t, tuple(starts), tuple(sizes), e.loc)
+
+    @staticmethod
+    def whole(t: Value, loc: SourceLoc) -> Window:
+        """Every element of a shared tile."""
+        return Window(t, (0,) * len(t.type.shape), tuple(t.type.shape), loc)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(s for s in self.sizes if s > 0)
+
+    @property
+    def shared(self) -> bool:
+        return is_shared(self.tensor)
 
     def operands(self, ctx: Ctx) -> list[Value]:
         return [self.tensor] + [ctx.materialize(s, "i64", self.loc) for s in self.starts]
@@ -178,7 +202,7 @@ def binop(ctx: Ctx, e: A.BinOp | A.Compare | A.BoolOp) -> object:
             raise DSLTypeError(f"layout {'product' if e.op == '*' else 'division'}: {err}",
                                e.loc) from None
     for v, side in ((a, e.left), (b, e.right)):
-        if not isinstance(v, (int, float, bool, Value)) or (
+        if not isinstance(v, (int, float, bool, Value)) or is_shared(v) or (
                 isinstance(v, Value) and isinstance(v.type, TensorType)):
             raise DSLTypeError(f"cannot use {_kind(v)} in arithmetic", side.loc)
     if e.op == "@":
@@ -243,7 +267,7 @@ def _args(e: A.Call, names: tuple[str, ...], required: int) -> dict[str, A.Expr]
 
 def _value(ctx: Ctx, e: A.Expr, what: str) -> Value:
     v = ctx.eval(e)
-    if not isinstance(v, Value) or isinstance(v.type, TensorType):
+    if not isinstance(v, Value) or isinstance(v.type, TensorType) or is_shared(v):
         raise DSLTypeError(f"{what} must be a tile or scalar value, got {_kind(v)}", e.loc)
     return v
 
@@ -290,36 +314,106 @@ def _arange(ctx: Ctx, e: A.Call) -> Value:
 
 def _window_arg(ctx: Ctx, e: A.Expr, fname: str) -> Window:
     w = ctx.eval(e)
+    if is_shared(w):
+        return Window.whole(w, e.loc)
     if not isinstance(w, Window):
-        raise DSLTypeError(f"{fname}() takes a tensor slice such as x[i :+ 16, :], got {_kind(w)}",
-                           e.loc)
+        raise DSLTypeError(f"{fname}() takes a tensor slice such as x[i :+ 16, :] or a shared "
+                           f"tile, got {_kind(w)}", e.loc)
     return w
 
 
 def _load(ctx: Ctx, e: A.Call) -> Value:
     a = _args(e, ("src", "mask", "layout"), 1)
     w = _window_arg(ctx, a["src"], "load")
-    shape = tuple(sz for sz in w.sizes if sz > 0)
-    layout = _layout_arg(ctx, a["layout"], shape) if "layout" in a else ""
-    operands = w.operands(ctx)
-    if "mask" in a:
-        operands.append(_mask_arg(ctx, a["mask"], "load"))
-    attrs = MemAttrs(w.sizes, layout, "mask" in a)
-    return ctx.b.emit("load", *operands, attrs=attrs, loc=e.loc)
+    layout = _layout_arg(ctx, a["layout"], w.shape) if "layout" in a else ""
+    mask = _mask_arg(ctx, a["mask"], "load") if "mask" in a else None
+    return _emit_load(ctx, w, mask, layout, e.loc)
+
+
+def _emit_load(ctx: Ctx, w: Window, mask: Value | None, layout: str, loc: SourceLoc) -> Value:
+    operands = w.operands(ctx) + ([mask] if mask is not None else [])
+    attrs = MemAttrs(w.sizes, layout, mask is not None)
+    return ctx.b.emit("load_shared" if w.shared else "load", *operands, attrs=attrs, loc=loc)
 
 
 def _store(ctx: Ctx, e: A.Call) -> None:
     a = _args(e, ("dst", "value", "mask"), 2)
     w = _window_arg(ctx, a["dst"], "store")
-    v = ctx.eval(a["value"])
+    mask = _mask_arg(ctx, a["mask"], "store") if "mask" in a else None
+    _emit_store(ctx, w, ctx.eval(a["value"]), a["value"].loc, mask, e.loc, "store")
+
+
+def _emit_store(ctx: Ctx, w: Window, v: object, vloc: SourceLoc, mask: Value | None,
+                loc: SourceLoc, fname: str) -> None:
     want = w.tensor.type.dtype
+    where = "the shared tile" if w.shared else w.tensor.name
+    if is_shared(v) or isinstance(v, Value) and isinstance(v.type, TensorType):
+        raise DSLTypeError(f"{fname}: the value must be a tile or scalar, got {_kind(v)}", vloc)
     if isinstance(v, Value) and v.type.dtype != want:
-        raise DSLTypeError(f"store: the value is {v.type.dtype} but {w.tensor.name} holds {want}; "
-                           f"cast it with cast(value, {want})", a["value"].loc)
-    operands = w.operands(ctx) + [ctx.materialize(v, want, a["value"].loc)]
-    if "mask" in a:
-        operands.append(_mask_arg(ctx, a["mask"], "store"))
-    ctx.b.op("store", operands, MemAttrs(w.sizes, "", "mask" in a), loc=e.loc)
+        raise DSLTypeError(f"{fname}: the value is {v.type.dtype} but {where} holds {want}; "
+                           f"cast it with cast(value, {want})", vloc)
+    operands = w.operands(ctx) + [ctx.materialize(v, want, vloc)]
+    operands += [mask] if mask is not None else []
+    opcode = "store_shared" if w.shared else "store"
+    ctx.b.op(opcode, operands, MemAttrs(w.sizes, "", mask is not None), loc=loc)
+
+
+def _copy(ctx: Ctx, e: A.Call) -> None:
+    """copy(dst, src): src (a tensor slice, a shared tile or slice, or a register tile) into
+    dst (a tensor slice or a shared tile or slice), element for element."""
+    a = _args(e, ("dst", "src", "mask"), 2)
+    dst = _window_arg(ctx, a["dst"], "copy")
+    mask = _mask_arg(ctx, a["mask"], "copy") if "mask" in a else None
+    src = ctx.eval(a["src"])
+    if is_shared(src):
+        src = Window.whole(src, a["src"].loc)
+    if isinstance(src, Window):
+        shape = src.shape
+        value: object = _emit_load(ctx, src, mask, "", e.loc)
+    elif isinstance(src, Value) and isinstance(src.type, TileType):
+        shape, value = src.type.shape, src
+    else:
+        raise DSLTypeError(f"copy() copies from a tensor slice, a shared tile or a register "
+                           f"tile, got {_kind(src)}", a["src"].loc)
+    if shape != dst.shape:
+        raise DSLTypeError(f"copy: the source is {list(shape)} but the destination is "
+                           f"{list(dst.shape)}; both sides must have the same shape", e.loc)
+    _emit_store(ctx, dst, value, a["src"].loc, mask, e.loc, "copy")
+
+
+def _shared(ctx: Ctx, e: A.Call) -> Value:
+    a = _args(e, ("dtype", "shape", "layout"), 2)
+    dt = _format(ctx, a["dtype"])
+    shape = _shape(ctx, a["shape"])
+    layout = ""
+    if "layout" in a:
+        sw = ctx.eval(a["layout"])
+        if not isinstance(sw, Swizzle):
+            raise DSLTypeError(f"a shared tile's layout= is a swizzle such as swizzle(3, 2, 3), "
+                               f"got {_kind(sw)}", a["layout"].loc)
+        size = math.prod(shape)
+        if size % sw.size():
+            raise DSLTypeError(f"swizzle{(sw.bits, sw.base, sw.shift)} permutes blocks of "
+                               f"{sw.size()} elements, but the tile {list(shape)} has {size}",
+                               a["layout"].loc)
+        layout = str(sw)
+    return ctx.b.emit("alloc_shared", attrs=SharedAttrs(dt, shape, layout), loc=e.loc)
+
+
+def _swizzle(ctx: Ctx, e: A.Call) -> Swizzle:
+    a = _args(e, ("bits", "base", "shift"), 3)
+    vals = [ctx.eval(a[n]) for n in ("bits", "base", "shift")]
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in vals):
+        raise DSLTypeError(f"swizzle() takes compile-time ints, got {vals!r}", e.loc)
+    try:
+        return Swizzle(*vals)
+    except ValueError as err:
+        raise DSLTypeError(f"swizzle(): {err}", e.loc) from None
+
+
+def _sync(ctx: Ctx, e: A.Call) -> None:
+    _args(e, (), 0)
+    ctx.b.op("sync", [], loc=e.loc)
 
 
 def _layout_arg(ctx: Ctx, e: A.Expr, shape: tuple[int, ...]) -> str:
@@ -485,7 +579,8 @@ BUILTINS: dict[str, Callable] = {
     "zeros": _zeros, "full": _full, "arange": _arange, "load": _load, "store": _store,
     "cast": _cast, "dot": _dot_call, "transpose": _transpose,
     "reshape": _reshape_like("reshape"), "broadcast": _reshape_like("broadcast"),
-    "relayout": _relayout, "view": _view,
+    "relayout": _relayout, "view": _view, "shared": _shared, "copy": _copy, "sync": _sync,
+    "swizzle": _swizzle,
     "spatial": _layout_fn(spatial), "local": _layout_fn(local),
     "replicated": _layout_fn(replicated), "mma_m16n8k16_a": _layout_fn(mma_m16n8k16_a),
     "mma_m16n8k16_b": _layout_fn(mma_m16n8k16_b), "mma_m16n8k16_c": _layout_fn(mma_m16n8k16_c),

@@ -66,9 +66,45 @@ def dequant_silu(run: Runner, rng: np.random.Generator, N: int = 6, K: int = 90,
     return y, (x / (1.0 + np.exp(-x))).astype(np.float32)
 
 
+def quantize_rows(run: Runner, rng: np.random.Generator, N: int = 5, K: int = 70,
+                  group: int = 32, W: str = "u4", ZP: bool = True,
+                  **params) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group min-max (or absmax) scales and RTN codes, packed: returns the kernel's
+    [codes | scale bits | zero bits] and numpy's, which must be identical."""
+    fmt = lowbitc.dtype(W)
+    g = -(-K // group)
+    x = (rng.standard_normal((N, K)) * rng.uniform(0.1, 4.0, (N, 1))).astype(np.float32)
+    q = np.zeros((N, -(-K * fmt.bits // 32)), np.uint32)
+    s, z = np.zeros((N, g), np.float32), np.zeros((N, g), np.float32)
+    k = compile(HERE / "quantize_rows.lbk", W=W, GROUP=group, ZP=ZP, QMIN=fmt.min,
+                QMAX=fmt.max, **params)
+    run(k, x, q, s, z)
+    pad = np.pad(x, ((0, 0), (0, g * group - K)), constant_values=np.nan).reshape(N, g, group)
+    hi, lo = np.nanmax(pad, axis=2), np.nanmin(pad, axis=2)
+    f32 = np.float32
+    if ZP:
+        ws = (hi - lo) / f32(fmt.max - fmt.min)
+        ws = np.where(ws > 0, ws, f32(1))
+        wz = f32(fmt.min) - lo / ws
+    else:
+        ws = np.maximum(np.abs(hi), np.abs(lo)) / f32(fmt.max)
+        ws = np.where(ws > 0, ws, f32(1))
+        wz = np.zeros_like(ws)
+    cols = np.arange(K) // group
+    codes = fmt.encode((x / ws[:, cols] + wz[:, cols]).astype(np.float32))  # RTN, given scales
+    got = np.concatenate([unpack_codes(q, fmt.bits, K), s.view(np.uint32), z.view(np.uint32)], 1)
+    want = np.concatenate([codes.astype(np.uint32), ws.view(np.uint32), wz.view(np.uint32)], 1)
+    return got, want
+
+
+def unpack_codes(q: np.ndarray, bits: int, count: int) -> np.ndarray:
+    return lowbitc.unpack(q, bits, count).astype(np.uint32)
+
+
 CASES: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
     "q4_0_dequant.lbk": q4_0_dequant,
     "dequant_silu.lbk": dequant_silu,
+    "quantize_rows.lbk": quantize_rows,
 }
 
 
@@ -81,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     runs: list[tuple[str, Callable]] = [("q4_0_dequant.lbk", q4_0_dequant)]
     runs += [(f"dequant_silu.lbk W={w}", lambda r, g, w=w: dequant_silu(r, g, W=w))
+             for w in args.formats]
+    runs += [(f"quantize_rows.lbk W={w}", lambda r, g, w=w: quantize_rows(r, g, W=w))
              for w in args.formats]
     print(f"{'example':<28} {'runner':<12} {'max |err|':>10} {'time':>9}")
     for name, case in runs:

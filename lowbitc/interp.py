@@ -6,7 +6,9 @@ packed tensors are unpacked to codes on entry and re-packed on exit; each block 
 Semantics worth stating: integer `div`/`rem` truncate toward zero (C); shifts are logical for
 unsigned and arithmetic for signed types; loads outside a tensor read 0 and stores outside it
 are dropped; `cast` from a format decodes its codes, `cast` to a format encodes (RNE,
-saturating); `dot` accumulates in float64 and rounds once to the accumulator's type.
+saturating); `dot` accumulates in float64 and rounds once to the accumulator's type. A
+shared tile is an array made afresh (zeroed) each time its `alloc_shared` runs, so once per
+block; `sync` does nothing, since a block runs as one program.
 """
 
 from __future__ import annotations
@@ -166,14 +168,21 @@ def _eval_op(op: Op, env: dict, block: tuple[int, int, int], mem: dict) -> None:
             out = {"sum": np.sum, "max": np.max, "min": np.min}[a.kind](ins[0], axis=a.axis)
         elif o == "dot":
             out = np.asarray(ins[0], np.float64) @ np.asarray(ins[1], np.float64) + ins[2]
-        elif o in ("load", "load_codes"):
+        elif o == "alloc_shared":  # per block: every run of the body gets fresh memory
+            env[op.results[0].id] = mem[op.results[0].id] = np.zeros(a.shape, _nd(a.dtype))
+            return
+        elif o == "sync":  # a block is one program here: its threads never race
+            return
+        elif o == "from_codes":
+            out = ins[0]
+        elif o in ("load", "load_codes", "load_shared"):
             arr = mem[op.operands[0].id]
             starts = [int(s) for s in ins[1:len(ins) - a.masked]]
             idx, mask, keep = _window(arr, starts, a.sizes)
             out = np.where(mask, arr[idx], 0)[keep]
             if a.masked:
                 out = np.where(ins[-1], out, 0)
-        elif o == "store":
+        elif o in ("store", "store_shared", "store_codes"):
             arr = mem[op.operands[0].id]
             value = ins[-1 - a.masked]
             starts = [int(s) for s in ins[1:len(ins) - 1 - a.masked]]

@@ -47,6 +47,21 @@ def test_dequant_silu(runner, W, N, K, group, ZP):
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
 
 
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize(("W", "N", "K", "group", "ZP"), [
+    ("u4", 5, 70, 32, True),           # whole-word groups, a partial last group
+    ("u3", 3, 45, 10, True),           # groups share words: programs update their own bits
+    ("i4", 4, 50, 16, False),
+    ("f4e2m1", 2, 64, 32, False),
+    ("nf4", 3, 40, 16, False),
+    ("f8e4m3fn", 1, 37, 8, False),
+])
+def test_quantize_rows(runner, W, N, K, group, ZP):
+    got, want = run_examples.quantize_rows(RUNNERS[runner], np.random.default_rng(K), N, K,
+                                           group, W=W, ZP=ZP)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_run_examples_script_reports_success(capsys):
     assert run_examples.main(["--formats", "u4"]) == 0
     out = capsys.readouterr().out

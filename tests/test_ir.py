@@ -36,6 +36,8 @@ CONFIGS = [
     (EXAMPLES / "q4_0_dequant.lbk", {}),
     (EXAMPLES / "dequant_silu.lbk", {"W": "u4"}),
     (EXAMPLES / "dequant_silu.lbk", {"W": "nf4", "ZP": False}),
+    (EXAMPLES / "quantize_rows.lbk", {"W": "u3", "GROUP": 10}),
+    (EXAMPLES / "quantize_rows.lbk", {"W": "nf4", "ZP": False, "QMIN": -1.0, "QMAX": 1.0}),
 ]
 IDS = [f"{p.stem}-{'-'.join(f'{k}={v}' for k, v in c.items()) or 'defaults'}" for p, c in CONFIGS]
 

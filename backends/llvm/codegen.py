@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lowbitc.backends.llvm import ops_elementwise  # noqa: F401  (fill HANDLERS)
+from lowbitc.backends.llvm import (  # noqa: F401  (fill HANDLERS)
+    ops_elementwise,
+    ops_encode,
+    ops_shared,
+)
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
 from lowbitc.backends.llvm.fusion import emit_fused_store, plan_fusion, plan_store_fusion
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg

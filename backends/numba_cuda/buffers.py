@@ -16,6 +16,7 @@ class Buf:
     dtype: str
     shape: tuple[int, ...]
     row: int = 0
+    swizzle: tuple[int, int, int] | None = None  # a shared tile's Swizzle<bits, base, shift>
 
     def strides(self) -> tuple[int, ...]:
         out = [1] * len(self.shape)

@@ -8,7 +8,7 @@ when:
   row and a column, so recomputing would repeat the decode BM or BN times; the base of the
   view chain is stored, so global reads stay coalesced;
 - it is a `load` of a tensor that the kernel also stores to (a lazy read could move past the
-  store).
+  store), or a `load_shared` of a shared tile stored to later in its region.
 Results of dot, reduce, for and if are always buffers, as are loop-carried tiles.
 """
 
@@ -59,4 +59,21 @@ def make_plan(k: Kernel) -> Plan:
         if op.opcode in ("load", "load_codes") and op.operands[0].id in stored:
             if isinstance(op.results[0].type, TileType):
                 marked.add(op.results[0].id)
+    marked |= _overwritten_shared_reads(k.body.ops)
     return Plan(frozenset(marked), uses)
+
+
+def _overwritten_shared_reads(ops) -> set[int]:
+    """`load_shared` tiles whose shared tile is stored to later in the same region (or in an
+    op nested after it): a lazy read could see the new contents, so they are materialized."""
+    out: set[int] = set()
+    for i, op in enumerate(ops):
+        for r in op.regions:
+            out |= _overwritten_shared_reads(r.ops)
+        if op.opcode != "load_shared" or not isinstance(op.results[0].type, TileType):
+            continue
+        later = {o.operands[0].id for after in ops[i + 1:] for o in walk((after,))
+                 if o.opcode == "store_shared"}
+        if op.operands[0].id in later:
+            out.add(op.results[0].id)
+    return out

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from lowbitc.backends.numba_cuda.buffers import Buf, TensorRef
 from lowbitc.backends.numba_cuda.elements import ELEMENT, fail, reg_dtype, shape_of
 from lowbitc.backends.numba_cuda.plan import make_plan
+from lowbitc.backends.numba_cuda.shared import check_shared_memory, swizzled
 from lowbitc.backends.numba_cuda.source import (
     HEADER,
     SHARED_BYTES,
@@ -146,6 +147,8 @@ class Renderer:
         terms = [i if st == 1 else f"{i} * {st}"
                  for i, d, st in zip(idx, buf.shape, buf.strides(), strict=True)
                  if d != 1 and i != "0"]
+        if buf.swizzle is not None:
+            return f"{buf.name}[{swizzled(self, ' + '.join(terms) or '0', buf.swizzle)}]"
         return f"{buf.name}[{' + '.join(terms) or '0'}]"
 
     def linear(self, idx: tuple[str, ...], shape: tuple[int, ...]) -> str:
@@ -382,6 +385,7 @@ def size_of(shape: tuple[int, ...]) -> int:
 def render(k: Kernel, threads: int = 128) -> Rendered:
     """numba-cuda source of the kernel for blocks of `threads` threads (see the module
     docstring)."""
+    check_shared_memory(k)
     return Renderer(k, threads).render()
 
 

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from lowbitc.errors import SourceLoc, VerifyError
 from lowbitc.ir.core import Attrs, Op, Region, Value
-from lowbitc.ir.opdefs import OPS, ConstAttrs
+from lowbitc.ir.opdefs import OPS, ConstAttrs, check_shared_operands
 from lowbitc.ir.types import ScalarType, Type
 
 
@@ -40,6 +40,7 @@ class Builder:
         attrs = attrs if attrs is not None else d.attrs()
         if result_types is None:
             try:
+                check_shared_operands(opcode, tuple(v.type for v in operands))
                 result_types = d.infer(tuple(v.type for v in operands), attrs)
             except VerifyError as e:
                 raise type(e)(e.message, loc or self.loc) from None

@@ -109,6 +109,16 @@ class LutAttrs(Attrs):
     values: tuple[float, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class SharedAttrs(Attrs):
+    """`alloc_shared`: a per-block shared tile; `layout` is its memory layout ("" row-major,
+    or a swizzle such as "Sw<3,2,3>" applied to the row-major offset)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    layout: str = ""
+
+
 # ---------------------------------------------------------------- type rules
 
 Infer = Callable[[tuple[Type, ...], Attrs], tuple[Type, ...]]
@@ -268,7 +278,10 @@ def _dot(ts, a):
 
 
 def _window(t: Type, sizes: tuple[int, ...], nstarts: int, op: str) -> tuple[int, ...]:
-    if not isinstance(t, TensorType):
+    if op.endswith("_shared"):  # load_shared / store_shared: a window of a shared tile
+        if not (isinstance(t, TileType) and t.space == "shared"):
+            raise _fail(op, f"first operand must be a shared tile, got {t}")
+    elif not isinstance(t, TensorType):
         raise _fail(op, f"first operand must be a tensor, got {t}")
     if len(sizes) != len(t.shape) or nstarts != len(t.shape):
         raise _fail(op, f"{t} has {len(t.shape)} dims; got {nstarts} starts, {len(sizes)} sizes")
@@ -285,10 +298,16 @@ def _mask(ts, a, shape: tuple[int, ...], op: str) -> None:
         raise _fail(op, f"mask must be a bool tile that broadcasts to {list(shape)}, got {m}")
 
 
-def _load(ts, a):
-    shape = _window(ts[0], a.sizes, len(ts) - 1 - a.masked, "load")
-    _mask(ts, a, shape, "load")
-    return (TileType(ts[0].dtype, shape, "reg", a.layout) if shape else ScalarType(ts[0].dtype),)
+def _loader(op: str) -> Infer:
+    def infer(ts, a):
+        shape = _window(ts[0], a.sizes, len(ts) - 1 - a.masked, op)
+        _mask(ts, a, shape, op)
+        return (TileType(ts[0].dtype, shape, "reg", a.layout) if shape
+                else ScalarType(ts[0].dtype),)
+    return infer
+
+
+_load = _loader("load")
 
 
 def _load_codes(ts, a):
@@ -297,15 +316,21 @@ def _load_codes(ts, a):
     return (TileType(a.dtype, shape),)
 
 
-def _store(ts, a):
-    shape = _window(ts[0], a.sizes, len(ts) - 2 - a.masked, "store")
-    _mask(ts, a, shape, "store")
-    v = ts[-1 - a.masked]
-    if v.dtype != ts[0].dtype:
-        raise _fail("store", f"value is {v.dtype}, tensor holds {ts[0].dtype}")
-    if broadcast_shapes("store", _shape(v), shape) != shape:
-        raise _fail("store", f"value {v} does not fit window {list(shape)}")
-    return ()
+def _storer(op: str) -> Infer:
+    def infer(ts, a):
+        shape = _window(ts[0], a.sizes, len(ts) - 2 - a.masked, op)
+        _mask(ts, a, shape, op)
+        v = ts[-1 - a.masked]
+        if v.dtype != ts[0].dtype:
+            where = "the shared tile" if op == "store_shared" else "tensor"
+            raise _fail(op, f"value is {v.dtype}, {where} holds {ts[0].dtype}")
+        if broadcast_shapes(op, _shape(v), shape) != shape:
+            raise _fail(op, f"value {v} does not fit window {list(shape)}")
+        return ()
+    return infer
+
+
+_store = _storer("store")
 
 
 def _view(ts, a):
@@ -348,6 +373,29 @@ def _if(ts, a):
 
 
 def _none(ts, a):
+    return ()
+
+
+def _alloc_shared(ts, a):
+    if not a.shape or any(d < 1 for d in a.shape):
+        raise _fail("alloc_shared", f"tile dims must be >= 1, got {list(a.shape)}")
+    return (TileType(a.dtype, tuple(a.shape), "shared", a.layout),)
+
+
+
+
+def _from_codes(ts, a):
+    (t,) = ts
+    if not is_int(t.dtype) or is_machine(a.dtype):
+        raise _fail("from_codes", f"needs integer codes and a format, got {t} -> {a.dtype}")
+    return _cast(ts, a)
+
+
+def _store_codes(ts, a):
+    shape = _window(ts[0], a.sizes, len(ts) - 2 - a.masked, "store_codes")
+    _mask(ts, a, shape, "store_codes")
+    if is_machine(ts[0].dtype) or not is_int(ts[-1 - a.masked].dtype):
+        raise _fail("store_codes", f"needs a packed tensor and integer codes, got {ts[0]}")
     return ()
 
 
@@ -394,6 +442,23 @@ _def("view", CastAttrs, _view)
 _def("for", ForAttrs, _for, regions=1)
 _def("if", Attrs, _if, regions=2)
 _def("yield", Attrs, _none)
+_def("alloc_shared", SharedAttrs, _alloc_shared)
+_def("load_shared", MemAttrs, _loader("load_shared"))
+_def("store_shared", MemAttrs, _storer("store_shared"))
+_def("sync", Attrs, _none)
+_def("from_codes", CastAttrs, _from_codes)
+_def("store_codes", CodesAttrs, _store_codes)
+
+# the only ops that take a shared tile (memory, not a value) as an operand: their first
+SHARED_OPERAND = frozenset({"load_shared", "store_shared"})
+
+
+def check_shared_operands(opcode: str, types: tuple[Type, ...]) -> None:
+    """Raise unless shared tiles appear only where an op reads or writes them as memory."""
+    for t in types[1:] if opcode in SHARED_OPERAND else types:
+        if isinstance(t, TileType) and t.space == "shared":
+            raise _fail(opcode, f"an operand is a shared tile ({t}), which is memory, not a "
+                        "value; read it with load(s[...]) first")
 
 ELEMENTWISE = frozenset(_BINARY + _UNARY + _BITWISE + ("bnot",) + _UNARY_FLOAT + _COMPARE)
 BINARY = frozenset(_BINARY + _BITWISE + _COMPARE)

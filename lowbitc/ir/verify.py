@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lowbitc.errors import VerifyError
 from lowbitc.ir.core import Kernel, Op, Region, Value, walk
-from lowbitc.ir.opdefs import OPS
+from lowbitc.ir.opdefs import OPS, check_shared_operands
 from lowbitc.ir.types import ScalarType, strip_layout
 
 
@@ -18,6 +18,7 @@ def _check_op(op: Op, scope: set[int]) -> None:
     if not isinstance(op.attrs, d.attrs):
         raise VerifyError(f"{op.opcode}: attributes must be {d.attrs.__name__}", op.loc)
     try:
+        check_shared_operands(op.opcode, tuple(v.type for v in op.operands))
         expected = d.infer(tuple(v.type for v in op.operands), op.attrs)
     except VerifyError as e:
         raise VerifyError(e.message, op.loc) from None

@@ -3,12 +3,14 @@
 from lowbitc.passes import (  # noqa: F401  (registers passes)
     bitpack,
     infer_layouts,
+    lower_encode,
     lower_formats,
     simplify,
 )
 from lowbitc.passes.base import PASSES, Pass, rewrite, run_pipeline
 
 # the pipeline every CPU kernel goes through before the LLVM backend renders it
-CPU_PIPELINE = ("infer-layouts", "cse", "lower-formats", "bitpack", "cse", "dce")
+CPU_PIPELINE = ("infer-layouts", "cse", "lower-formats", "bitpack", "lower-encode", "cse",
+                "dce")
 
 __all__ = ["CPU_PIPELINE", "PASSES", "Pass", "rewrite", "run_pipeline"]

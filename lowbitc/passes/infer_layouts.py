@@ -50,7 +50,8 @@ def _constraints(op: Op, tie, anchors: dict) -> None:
     if o in SAME_LAYOUT:
         for v in op.operands:
             tie(op.results[0], v)
-    elif o == "relayout" or (o in ("load", "load_codes") and getattr(op.attrs, "layout", "")):
+    elif o == "relayout" or (o in ("load", "load_codes", "load_shared")
+                             and getattr(op.attrs, "layout", "")):
         anchors[op.results[0].id] = (op.attrs.layout, op.loc)
     elif o == "dot":
         tie(op.operands[2], op.results[0])

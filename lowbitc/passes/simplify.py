@@ -7,8 +7,9 @@ from dataclasses import replace
 from lowbitc.ir.core import Kernel, Region, renumber, walk
 from lowbitc.passes.base import register
 
-EFFECTS = frozenset({"store", "yield", "for", "if"})  # never removed or merged
-_NO_CSE = EFFECTS | {"load", "load_codes"}
+# never removed or merged
+EFFECTS = frozenset({"store", "yield", "for", "if", "store_shared", "store_codes", "sync"})
+_NO_CSE = EFFECTS | {"load", "load_codes", "load_shared", "alloc_shared"}
 
 
 @register("cse")

@@ -1,0 +1,161 @@
+"""Quantization lowering: `cast` to a lowbitc format becomes a search over the format's sorted
+values, and tiles of codes move to and from packed tensors as integer codes.
+
+- `cast(x, F)` (x of a machine type): code = the code of the value nearest x, exactly as
+  `lowbitc.dtype(F).encode` rounds (ties to even, finite overflow saturating). The encoding
+  is generated from the format's value table, never one path per format: between each pair
+  of neighbouring values a threshold (the midpoint, nudged up one ulp when the tie goes down)
+  is kept in a table, and a branch-free binary search (`lut` + compare + `where`, 8 steps
+  for 256 codes) counts the thresholds x reaches; a second table maps that index to its
+  code. Signed zero, NaN and infinities are patched with selects where the format has codes
+  for them. `encode` itself is the oracle for every tie and special case.
+- a `load` of a packed tensor that is not a decode becomes `load_codes` (i32 codes);
+- `store` of a format tile into a packed tensor becomes `store_codes` of its i32 codes.
+
+Run after `bitpack`: decodes have become `load_codes` by then.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from lowbitc.formats import lookup as format_of
+from lowbitc.ir.builder import Builder
+from lowbitc.ir.core import Op, Value
+from lowbitc.ir.opdefs import CastAttrs, CodesAttrs, ConstAttrs, LutAttrs
+from lowbitc.ir.types import TensorType, TileType, is_machine
+from lowbitc.passes.base import Defs, register, rewrite
+from lowbitc.signature import format_bits
+
+
+@dataclass(frozen=True)
+class EncodePlan:
+    """Tables for encoding into one format (all derived from `encode`, the oracle)."""
+
+    thresholds: tuple[float, ...]  # x >= thresholds[j] means x rounds above value j
+    codes: tuple[int, ...]  # the code of the j-th smallest value
+    steps: tuple[int, ...]  # binary-search steps, largest first
+    zero: int  # index of the value 0 (or -1)
+    neg_zero: int  # code of -0 (-1 when the format has none)
+    nan: tuple[int, int]  # codes of +NaN and -NaN (-1 when the format has no NaN)
+    inf: tuple[int, int]  # codes of +inf and -inf when not the saturated ends (else -1)
+
+
+def _enc(fmt, x: float) -> int:
+    return int(fmt.encode(np.array([x], np.float64))[0])
+
+
+def encode_plan(fmt, dtype: str) -> EncodePlan:
+    """The tables for encoding values compared as `dtype` ("f32" or "f64")."""
+    ft = np.float32 if dtype == "f32" else np.float64
+    table = fmt.values().astype(np.float64)
+    finite = table[np.isfinite(table)]
+    values = np.unique(np.where(finite == 0, 0.0, finite))  # -0 and 0 are one value
+    codes = tuple(_enc(fmt, v) for v in values)
+    thresholds = []
+    for j in range(len(values) - 1):
+        mid = (values[j] + values[j + 1]) / 2
+        up = _enc(fmt, mid) != codes[j]  # (the upper one may be 0, whose code has two signs)
+        t = ft(mid)
+        thresholds.append(float(t if up else np.nextafter(t, ft(np.inf))))
+    size = 1 << max(1, math.ceil(math.log2(len(values))))
+    thresholds += [math.nan] * (size - 1 - len(thresholds))
+    steps = tuple(size >> k for k in range(1, size.bit_length()))
+    zero = int(np.flatnonzero(values == 0)[0]) if (values == 0).any() else -1
+    neg_zero = _enc(fmt, -0.0)
+    neg_zero = neg_zero if zero >= 0 and neg_zero != codes[zero] else -1
+    nan = (_enc(fmt, math.nan), _enc(fmt, -math.nan)) if fmt.has_nan else (-1, -1)
+    inf = (_enc(fmt, math.inf), _enc(fmt, -math.inf))
+    inf = inf if inf != (codes[-1], codes[0]) else (-1, -1)
+    return EncodePlan(tuple(thresholds), codes, steps, zero, neg_zero, nan, inf)
+
+
+def compare_dtype(fmt, src: str) -> str:
+    """f32 when every threshold is an f32 and x is an f32 (or narrower float), else f64."""
+    if src not in ("f32", "f16", "bf16"):
+        return "f64"
+    table = fmt.values().astype(np.float64)
+    v = np.unique(table[np.isfinite(table)])
+    mids = (v[:-1] + v[1:]) / 2
+    return "f32" if np.array_equal(mids.astype(np.float32).astype(np.float64), mids) else "f64"
+
+
+def encode_codes(b: Builder, x: Value, fmt) -> Value:
+    """Ops turning machine values x into i32 codes of `fmt` (exactly fmt.encode)."""
+    src = x.type.dtype
+    dt = compare_dtype(fmt, src)
+    plan = encode_plan(fmt, dt)
+    xv = x if src == dt else b.emit("cast", x, attrs=CastAttrs(dt))
+
+    def k(value, dtype: str = "i32") -> Value:
+        return b.emit("const", attrs=ConstAttrs(dtype, value))
+
+    idx = None
+    for step in plan.steps:
+        cand = k(step - 1) if idx is None else b.emit("add", idx, k(step - 1))
+        t = b.emit("lut", cand, attrs=LutAttrs(dt, plan.thresholds))
+        base = k(0) if idx is None else idx
+        idx = b.emit("where", b.emit("ge", xv, t), b.emit("add", base, k(step)), base)
+    code = b.emit("lut", idx, attrs=LutAttrs("i32", tuple(float(c) for c in plan.codes)))
+    if plan.neg_zero >= 0 or -1 not in plan.nan or plan.inf[0] >= 0:
+        bits = "i32" if dt == "f32" else "i64"
+        neg = b.emit("lt", b.emit("bitcast", xv, attrs=CastAttrs(bits)), k(0, bits))
+
+        def signed(pos: int, negc: int) -> Value:
+            return k(pos) if pos == negc else b.emit("where", neg, k(negc), k(pos))
+
+    if plan.neg_zero >= 0:
+        at_zero = b.emit("and", b.emit("eq", idx, k(plan.zero)), neg)
+        code = b.emit("where", at_zero, k(plan.neg_zero), code)
+    if plan.inf[0] >= 0:
+        is_inf = b.emit("eq", b.emit("abs", xv), k(math.inf, dt))
+        code = b.emit("where", is_inf, signed(*plan.inf), code)
+    if -1 not in plan.nan:
+        code = b.emit("where", b.emit("ne", xv, xv), signed(*plan.nan), code)
+    return code
+
+
+def _is_packed(v: Value) -> bool:
+    return isinstance(v.type, TensorType) and not is_machine(v.type.dtype)
+
+
+def _codes_of(b: Builder, v: Value, defs: Defs) -> Value:
+    d = defs.of(v)
+    if d is not None and d.opcode == "from_codes":
+        return d.operands[0]
+    return b.emit("codes", v, attrs=CastAttrs("i32"))
+
+
+def _rule(op: Op, b: Builder, defs: Defs):
+    o = op.opcode
+    if o == "cast" and not is_machine(op.attrs.dtype) and is_machine(op.operands[0].type.dtype):
+        fmt = format_of(op.attrs.dtype)
+        codes = encode_codes(b, op.operands[0], fmt)
+        return (b.emit("from_codes", codes, attrs=CastAttrs(fmt.name)),)
+    if o == "load" and _is_packed(op.operands[0]) and isinstance(op.results[0].type, TileType):
+        t = op.operands[0].type
+        attrs = CodesAttrs(format_bits(t.dtype), "i32", op.attrs.sizes, op.attrs.masked)
+        c = b.emit("load_codes", *op.operands, attrs=attrs)
+        return (b.emit("from_codes", c, attrs=CastAttrs(t.dtype)),)
+    if o == "store" and _is_packed(op.operands[0]):
+        a = op.attrs
+        nst = len(op.operands) - 2 - a.masked
+        value = _codes_of(b, op.operands[1 + nst], defs)
+        operands = [*op.operands[: 1 + nst], value, *op.operands[2 + nst :]]
+        attrs = CodesAttrs(format_bits(op.operands[0].type.dtype), "i32", a.sizes, a.masked)
+        b.op("store_codes", operands, attrs)
+        return ()
+    if o == "codes" and op.attrs.dtype == "i32":
+        d = defs.of(op.operands[0])
+        if d is not None and d.opcode == "from_codes" and d.operands[0].type.dtype == "i32":
+            return (d.operands[0],)
+    return None
+
+
+@register("lower-encode")
+def lower_encode(k):
+    """Quantization lowering: casts to formats become a threshold search; packed stores."""
+    return rewrite(k, _rule)
