@@ -1,0 +1,111 @@
+"""Decoding in the LLVM backend's fused paths, on every code of every format.
+
+A fused decode tree's code-only part is looked up in a table held in registers (vpermd /
+vpermi2d with AVX-512, a gather without); the float decode lower-formats spells never forms a
+denormal. Dequantize-to-memory must equal fmt.decode bit for bit (NaN for NaN, signed zeros
+kept), and the fused dot must pick exactly the decoded weight its one-hot activation selects.
+"""
+
+import numpy as np
+import pytest
+
+import lowbitc
+from lowbitc.backends.llvm import decode
+from lowbitc.compiler import compile
+from lowbitc.ir.types import is_machine, numpy_dtype
+from lowbitc.packing import pack
+
+STORE = """
+kernel dq[W: dtype](w: W[R, C], y: f32[R, C]) grid (1) {
+  store(y[0 :+ 2, 0 :+ 256], cast(load(w[0 :+ 2, 0 :+ 256]), f32))
+}
+"""
+
+DOT = """
+kernel gemv[W: dtype](x: f32[M, K], w: W[N, K], y: f32[M, N]) grid (1) {
+  q = cast(load(w[0 :+ 32, 0 :+ 64]), f32)
+  store(y[0 :+ 8, 0 :+ 32], dot(load(x[0 :+ 8, 0 :+ 64]), transpose(q), zeros(f32, [8, 32])))
+}
+"""
+
+FORMATS = sorted(lowbitc.dtypes())
+TABLED = [f for f in FORMATS if not is_machine(f) and lowbitc.dtype(f).bits <= decode.MAX_BITS]
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    nan = np.isnan(a)
+    return bool(np.array_equal(nan, np.isnan(b))
+                and np.array_equal(a[~nan].view(np.uint32), b[~nan].view(np.uint32)))
+
+
+def _words(fmt, codes: np.ndarray) -> np.ndarray:
+    return codes.view(numpy_dtype(fmt.name)) if is_machine(fmt.name) else pack(codes, fmt.bits)
+
+
+def _dequantize_every_code(fmt_name) -> str:
+    fmt = lowbitc.dtype(fmt_name)  # a name or a format object (code books)
+    row = np.arange(256) % fmt.num_codes
+    codes = np.stack([row, row[::-1]]).astype(np.uint8)
+    k = compile(STORE, W=fmt)
+    y = np.full((2, 256), 7.0, np.float32)
+    k(_words(fmt, codes), y)
+    assert _same(y, fmt.decode(codes)), f"{fmt.name}: {y} vs {fmt.decode(codes)}"
+    return k.text("llvm")
+
+
+def _dot_every_code(fmt_name) -> None:
+    fmt = lowbitc.dtype(fmt_name)
+    values = fmt.decode(np.arange(fmt.num_codes, dtype=np.uint8))
+    finite = np.flatnonzero(np.isfinite(values))  # 0 * inf or NaN would not stay exact
+    codes = finite[np.arange(32 * 64) % len(finite)].reshape(32, 64).astype(np.uint8)
+    want = fmt.decode(codes)
+    k = compile(DOT, W=fmt)
+    for first in range(0, 64, 8):  # row i of x picks column first + i of the weights
+        x = np.zeros((8, 64), np.float32)
+        x[np.arange(8), first + np.arange(8)] = 1.0
+        y = np.full((8, 32), 7.0, np.float32)
+        k(x, _words(fmt, codes), y)
+        np.testing.assert_array_equal(y, want[:, first:first + 8].T, err_msg=fmt.name)
+
+
+@pytest.mark.parametrize("fmt_name", FORMATS)
+def test_fused_dequantize_of_every_code_is_bit_exact(fmt_name):
+    text = _dequantize_every_code(fmt_name)
+    if fmt_name in TABLED and decode.permutes():
+        assert "@llvm.x86.avx512.permvar.si.512" in text or "vpermi2var" in text
+
+
+@pytest.mark.parametrize("fmt_name", FORMATS)
+def test_fused_dot_decodes_every_finite_code_exactly(fmt_name):
+    _dot_every_code(fmt_name)
+
+
+@pytest.mark.parametrize("fmt_name", TABLED)
+def test_without_avx512_the_table_is_a_gather_with_the_same_values(fmt_name, monkeypatch):
+    monkeypatch.setenv("LOWBITC_NO_CACHE", "1")  # the IR differs: never serve the other build
+    monkeypatch.setattr(decode, "permutes", lambda: False)
+    text = _dequantize_every_code(fmt_name)
+    assert "@dtab" in text and "avx512" not in text
+    _dot_every_code(fmt_name)
+
+
+def test_codebook_decodes_through_a_table():
+    cb = lowbitc.codebook([-1.5, -0.25, 0.0, 0.125, 0.5, 0.75, 1.0, 3.0], name="cb_decode8")
+    text = _dequantize_every_code(cb)
+    _dot_every_code(cb)
+    if decode.permutes():
+        assert "@llvm.x86.avx512.permvar.si.512" in text
+
+
+def test_tables_hold_the_decoded_bits_of_every_code():
+    # the table of f4e2m1fn's decode is fmt.decode's bit patterns, subnormal 0.5 and -0.0 kept
+    from lowbitc.backends.llvm.fusion import plan_store_fusion
+    from lowbitc.passes import CPU_PIPELINE, run_pipeline
+
+    fmt = lowbitc.dtype("f4e2m1fn")
+    low = run_pipeline(compile(STORE, W="f4e2m1fn").ir, CPU_PIPELINE)
+    (plan,) = plan_store_fusion(low.body).values()
+    (table,) = plan.tables.values()
+    want = fmt.decode(np.arange(16, dtype=np.uint8)).view(np.uint32)
+    np.testing.assert_array_equal(table, want)
+    assert want[1] == np.float32(0.5).view(np.uint32) and want[8] == 0x80000000
