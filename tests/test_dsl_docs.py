@@ -126,7 +126,25 @@ def _sem_layouts():
             {2: x * 2, 3: codes.astype(f32)}, {})
 
 
-CHECKS = {"sem_layouts": _sem_layouts, "sem_broadcast": _sem_broadcast, "sem_edges": _sem_edges, "sem_masks": _sem_masks,
+def _sem_quantize():
+    x = RNG.uniform(-3, 20, 37).astype(f32)
+    s = np.float32([1.5])
+    codes = lowbitc.dtype("u4").encode(x / s[0])
+    return ([x, s, np.zeros(5, np.uint32), np.zeros(37, f32)],
+            {2: lowbitc.pack(codes, 4), 3: codes.astype(f32) * s[0]}, {})
+
+
+def _sem_shared():
+    x = RNG.standard_normal((13, 10)).astype(f32)
+    t = np.zeros((16, 16), f32)
+    t[:13, :10] = x
+    for i in range(0, 16, 8):
+        t[i] = 2 * t[i + 1]
+    return [x, np.zeros((10, 13), f32)], {1: t[:13, :10].T.copy()}, {}
+
+
+CHECKS = {"sem_quantize": _sem_quantize, "sem_shared": _sem_shared,
+          "sem_layouts": _sem_layouts, "sem_broadcast": _sem_broadcast, "sem_edges": _sem_edges, "sem_masks": _sem_masks,
           "sem_dequant": _sem_dequant, "sem_casts": _sem_casts, "sem_loops": _sem_loops,
           "sem_cparams": _sem_cparams, "sem_funcs": _sem_funcs, "sem_dot": _sem_dot}
 
