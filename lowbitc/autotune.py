@@ -28,7 +28,7 @@ from lowbitc.dsl.lower import lower_kernel
 from lowbitc.dtypes import dtype as to_dtype
 from lowbitc.errors import DSLTypeError, LowbitcError, UserArgumentError
 from lowbitc.ir.types import TensorType, is_float, is_machine, numpy_dtype
-from lowbitc.ops import GEMM_ROWS, gemm_rows, kernel_path, matmul_fixed
+from lowbitc.ops import kernel_path, matmul_params
 from lowbitc.packing import pack
 from lowbitc.signature import format_bits, storage_dtype, words_for
 from lowbitc.tuned import forget, kernel_key, record_key
@@ -37,8 +37,15 @@ from lowbitc.tuning import tune as search
 from lowbitc.tuning.trials import record
 
 OPS = {"matmul": ("M", "N", "K"), "dequantize": ("N", "K")}
-# the tile defaults ops.matmul_params picks by M (the tuned winner must beat them)
-_MATMUL_DEFAULT = {"BN": 32, "BK": 64}
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """What `ops.matmul_params` reads from a QTensor: format, group size, zero points."""
+
+    dtype: Any
+    group_size: int
+    zeros: object = None
 
 
 class TuningWarning(UserWarning):
@@ -98,12 +105,14 @@ def tune(kernel_or_op: str | Path, shapes: Mapping[str, int] | Sequence, budget:
         text, base = target.text_and_base()
         key = record_key(kernel_key(text, base, None if target.op else target.kernel,
                                     target.fixed, target.scalars, backend), target.dims)
-    default = target.default or declared
-    default = default if space.find(default) else None
+    # the point the kernel runs without tuning (ops: what ops picks; the declared defaults
+    # fill the rest); it need not be a point of the space to be re-timed against the winner
+    default = {**declared, **target.default}
+    default = {n: default[n] for n in space.names} if set(space.names) <= set(default) else None
     result = search(Candidate(target, backend, seed), space, context=target.dims,
                     budget=budget, strategy=strategy, measurer=measurer, executor=executor,
-                    progress=progress, cache=cache, key=key, default=default, force=force,
-                    seed=seed)
+                    progress=progress, cache=cache, key=key, force=force, seed=seed,
+                    default=default if default is not None and space.find(default) else None)
     if default is not None and not result.from_cache and result.best != default:
         result = _confirm(result, Candidate(target, backend, seed), default,
                           measurer or WallClock(), cache, key, target.dims)
@@ -163,11 +172,12 @@ def _op_target(op: str, shapes: object, wtype: Any, group: int, zero_point: bool
     if isinstance(group, bool) or not isinstance(group, int) or group < 1:
         raise UserArgumentError(f"group: expected a positive group size, got {group!r}")
     if op == "matmul":
-        m = dims["M"]
-        default = {"BM": 1 if m == 1 else 4 if m <= 4 else 8 if m <= GEMM_ROWS else gemm_rows(m),
-                   **_MATMUL_DEFAULT}
-        return Target(kernel_path(op), None, matmul_fixed(fmt, act, zero_point, m),
-                      {"group": group}, dims, default, op)
+        # ops' own choice for these operands: its tuned names are the default to beat
+        params = matmul_params(dims["M"], WeightSpec(fmt, group, () if zero_point else None), act)
+        tuned = _tuned_names(kernel_path(op))
+        return Target(kernel_path(op), None, {n: v for n, v in params.items() if n not in tuned},
+                      {"group": group}, dims, {n: v for n, v in params.items() if n in tuned},
+                      op)
     G = math.ceil(dims["K"] / group)
     derived = {"G": G, "NZ": dims["N"] if zero_point else 1, "GZ": G if zero_point else 1}
     return Target(kernel_path(op), None, {"W": fmt, "ZP": bool(zero_point)}, {"group": group},
@@ -183,6 +193,11 @@ def _literal(e: A.Expr) -> Any:
     if isinstance(e, A.Name):
         return e.id
     raise DSLTypeError("tune choices must be literals (numbers, true/false or names)", e.loc)
+
+
+def _tuned_names(source_or_path: str, kernel: str | None = None) -> set[str]:
+    module, _ = load(source_or_path)
+    return {t.name for t in pick_kernel(module, kernel).tunes}
 
 
 def space_of(target: Target) -> tuple[SearchSpace, dict[str, Any]]:

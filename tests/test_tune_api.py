@@ -118,9 +118,10 @@ class PreferTiles:
 def test_ops_use_the_winner_for_the_shape_bucket():
     r = lowbitc.tune("matmul", (3, 64, 256), wtype="u3", group=64, budget=6, strategy="random",
                      measurer=PreferTiles(), executor="inline", progress=False)
-    assert r.best != {"BM": 4, "BN": 32, "BK": 64}  # the default, always measured
     w = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
     qw = lowbitc.quantize(w, "u3", 64)
+    default = ops.matmul_params(3, qw, "f32")
+    assert r.best["BN"] == 16 != default["BN"]  # beat the default (always measured)
     for m, tuned in ((4, True), (1, False)):  # 4 is in the bucket 2-4, 1 is not
         ops._KERNELS.clear()
         x = np.random.default_rng(m).standard_normal((m, 256)).astype(np.float32)
@@ -129,6 +130,34 @@ def test_ops_use_the_winner_for_the_shape_bucket():
         (key,) = [key for key in ops._KERNELS if key[0] == "matmul"]
         params = dict(key[2])
         assert ({n: params[n] for n in r.best} == r.best) == tuned
+
+
+@dataclass(frozen=True)
+class PreferOpsChoice:
+    """Fastest at exactly the tiles ops.matmul picks, even one outside the `tune` space."""
+
+    tiles: tuple
+
+    def measure(self, run, repeats=None) -> float:
+        p = run.func.params
+        return 1e-3 * (1 + sum(p[n] != v for n, v in self.tiles))
+
+
+def test_the_winner_is_re_timed_against_what_ops_would_pick():
+    w = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
+    qw = lowbitc.quantize(w, "u3", 64)
+    params = ops.matmul_params(33, qw, "f32")
+    tiles = {n: params[n] for n in ("BM", "BN", "BK")}
+    assert tiles["BM"] == 48  # not one of the kernel's BM choices
+    r = lowbitc.tune("matmul", (33, 64, 256), wtype="u3", group=64, budget=4,
+                     strategy="random", measurer=PreferOpsChoice(tuple(tiles.items())),
+                     executor="inline", progress=False)
+    assert r.best == tiles  # every searched point was slower: the default stays
+    ops._KERNELS.clear()
+    x = np.random.default_rng(1).standard_normal((33, 256)).astype(np.float32)
+    np.testing.assert_allclose(ops.matmul(x, qw), x @ qw.dequantize().T, rtol=1e-4, atol=1e-3)
+    (key,) = [key for key in ops._KERNELS if key[0] == "matmul"]
+    assert {n: dict(key[2])[n] for n in tiles} == tiles
 
 
 def test_cli_prints_a_table_and_the_winner(tmp_path, capsys):
