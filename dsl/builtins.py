@@ -564,6 +564,9 @@ def _unary_fn(opcode: str) -> Callable:
 def _cdiv(ctx: Ctx, e: A.Call) -> object:
     a = _args(e, ("a", "b"), 2)
     x, y = ctx.eval(a["a"]), ctx.eval(a["b"])
+    for v, side in ((x, a["a"]), (y, a["b"])):
+        if not isinstance(v, (int, Value)) or isinstance(v, bool):
+            raise DSLTypeError(f"cdiv() takes integers, got {_kind(v)}", side.loc)
     if not isinstance(x, Value) and not isinstance(y, Value):
         if y == 0:
             raise DSLTypeError("cdiv by zero", e.loc)

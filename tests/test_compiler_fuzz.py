@@ -18,6 +18,23 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(ROOT / "lowbitc" / "kernels").glob("*.lbk"),
                   *(ROOT / "examples").glob("*.lbk")])
 TEXTS = {p.name: p.read_text() for p in SOURCES}
+# shared tiles, copies and barriers (the shipped kernels have none)
+TEXTS["<staged>"] = """
+kernel staged[BM: int = 4, BK: int = 8, W: dtype = u4](x: f32[M, K], w: W[M, K], y: f32[M, K])
+  threads 32 grid (cdiv(M, BM), cdiv(K, BK))
+{
+  s = shared(f32, [BM, BK], layout=swizzle(1, 1, 2))
+  c = shared(W, [BM, BK])
+  copy(s, x[block.x * BM :+ BM, block.y * BK :+ BK])
+  copy(c, w[block.x * BM :+ BM, block.y * BK :+ BK], mask=arange(BK) < 5)
+  sync()
+  t = load(s[1 :+ 2, :]) + cast(load(c[0 :+ 2, :]), f32)
+  store(s[0 :+ 2, :], t * 2.0)
+  sync()
+  store(w[block.x * BM :+ BM, block.y * BK :+ BK], cast(load(s), W))
+  copy(y[block.x * BM :+ BM, block.y * BK :+ BK], s)
+}
+"""
 
 # names, numbers, multi-character operators, single characters, newlines (comments dropped)
 _TOKEN = re.compile(r"#[^\n]*|[A-Za-z_]\w*|\d+\.\d*|\d+|:\+|//|<<|>>|==|!=|<=|>=|[-+*/]=|\n|\S")
@@ -25,7 +42,7 @@ NUMBERS = ("0", "1", "2", "3", "5", "17", "33", "64", "0.5", "-1")
 EXTRA = ("(", ")", "[", "]", "{", "}", ",", ":+", ":", "=", "+", "*", "/", "<", "==", "and",
          "not", "if", "for", "in", "range", "static_range", "return", "load", "store", "cast",
          "f32", "u4", "i3", "nf4", "f16", "dot", "sum", "where", "reshape", "transpose",
-         "block", ".", "x", "true", "1e400")
+         "block", ".", "x", "true", "1e400", "shared", "copy", "sync", "swizzle", "view")
 
 
 def tokens(text: str) -> list[str]:

@@ -1,0 +1,56 @@
+"""Shared tiles in the numba-cuda backend without a GPU: the rendered source (swizzled
+`cuda.shared.array` indexing, barriers), PTX that ptxas assembles, and the simulator suite
+(tests/cudasim/test_sim_shared.py) in a process of its own."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+import lowbitc
+
+T = pytest.importorskip("lowbitc.backends.numba_cuda.toolchain")
+from lowbitc.backends.numba_cuda.backend import BACKEND  # noqa: E402
+
+MISSING = T.toolchain_missing()
+needs_toolchain = pytest.mark.skipif(MISSING is not None, reason=f"CUDA toolchain: {MISSING}")
+SIM = Path(__file__).parent / "cudasim" / "test_sim_shared.py"
+
+
+def _sim_kernel(name: str) -> str:
+    text = SIM.read_text()
+    return re.search(rf'^{name} = """\n(.*?)^"""', text, re.S | re.M).group(1)
+
+
+def test_rendered_source_declares_swizzled_shared_arrays_and_barriers():
+    k = lowbitc.compile(_sim_kernel("GEMM"), backend="cuda")
+    src = BACKEND.rendered(k.lowered).source
+    assert src.count("cuda.shared.array(32, F32)") >= 2  # the two user tiles
+    assert "& 24) >> 3)" in src  # Swizzle<2,0,3>: bits 3-4 xor-ed into bits 0-1
+    assert "cuda.syncthreads()" in src
+
+
+@needs_toolchain
+@pytest.mark.cuda_toolchain
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("name", ["STAGED", "CODES", "GEMM"])
+def test_shared_tile_kernels_assemble_without_spills(name, arch):
+    k = lowbitc.compile(_sim_kernel(name), backend="cuda")
+    ptx = BACKEND.ptx(k.lowered, arch)
+    assert ".shared" in ptx and "bar.sync" in ptx
+    asm = T.assemble(ptx, arch)
+    assert asm.spill_store_bytes == 0 and asm.spill_load_bytes == 0, asm.log
+    assert asm.shared_bytes > 0 and asm.barriers >= 1
+
+
+@pytest.mark.cudasim
+def test_shared_simulator_suite_in_its_own_process():
+    pytest.importorskip("numba.cuda")
+    proc = T.run_in_simulator(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(SIM)])
+    report = proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, report
+    assert "3 passed" in proc.stdout and "failed" not in proc.stdout, report
+    assert os.environ.get("NUMBA_ENABLE_CUDASIM") != "1"
