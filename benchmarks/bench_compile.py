@@ -1,10 +1,21 @@
 """Compile-cache goals: first compile of the shipped GEMM for one format (<= 2 s) and loading
 it from the cache in a new process (<= 50 ms), each in fresh subprocesses.
 
-A child process times itself from its first statement (interpreter start-up excluded):
-`import numpy`, `import lowbitc`, then `lowbitc.compile(matmul.lbk, W=...)` until the kernel
-is ready. Figures are medians over several children; load averages are recorded because
-other processes share these 2 cores. Run: `python -m benchmarks.bench_compile`.
+What is timed, in each child (`python -c`, interpreter start-up excluded from all but `wall`):
+- `import_numpy`, `import_lowbitc`: the imports before the call;
+- `call`: `lowbitc.compile(matmul.lbk, W=...)` until the kernel is ready to run. For a cache
+  hit this is the load: key (source, params, target, toolchain, codegen hash), index lookup,
+  checksum, object code into MCJIT, ABI; it must not import the DSL, the passes, networkx or
+  numba, and each child reports whether it did; `call_cpu` is the CPU time the process
+  spent in it (less inflated than wall time when other processes hold the cores);
+- `first_run`: the kernel's first call on a small problem (M=1, N=K=256), after `call`;
+- `wall`: the whole `python -c` process as the parent sees it (start-up, imports, call, exit).
+Python's bytecode cache is warm, as in an installed package: children write .pyc files under
+a private PYTHONPYCACHEPREFIX, and one uncounted child fills it first (this tree's shells set
+PYTHONDONTWRITEBYTECODE, which would make every child recompile lowbitc from source).
+Figures are medians; each child records the load average, since other processes share the
+2 cores. A cached child that had to build (another engineer's edit changed the codegen hash
+mid-run) is a miss, reported and left out. Run: `python -m benchmarks.bench_compile`.
 """
 
 from __future__ import annotations
@@ -15,69 +26,95 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from benchmarks.harness import machine_info, write_json
 
 RESULTS = Path(__file__).parent / "results" / "compile.json"
 MATMUL = Path(__file__).resolve().parents[1] / "lowbitc" / "kernels" / "matmul.lbk"
+HEAVY = ("lark", "networkx", "numba", "lowbitc.dsl", "lowbitc.passes", "lowbitc.ir.parser")
 CHILD = """
 import time
 t0 = time.perf_counter()
-import numpy
+import os, sys
+import numpy as np
 t1 = time.perf_counter()
 import lowbitc
-t2 = time.perf_counter()
+t2, c2 = time.perf_counter(), time.process_time()
 k = lowbitc.compile({path!r}, W=lowbitc.dtype({wtype!r}))
-t3 = time.perf_counter()
-import json, sys
-print(json.dumps({{"numpy": t1 - t0, "import_lowbitc": t2 - t1, "compile": t3 - t2,
-                  "total": t3 - t0, "lowbitc": t3 - t1, "front_end": "lark" in sys.modules}}))
+t3, c3 = time.perf_counter(), time.process_time()
+heavy = sorted(m for m in {heavy!r} if m in sys.modules)
+x, y = np.ones((1, 256), np.float32), np.empty((1, 256), np.float32)
+w = np.zeros((256, 256 * {bits} // 32), np.uint32)
+k(x, w, np.ones((256, 2), np.float32), np.zeros((1, 1), np.float32), y, 128, K=256)
+t4 = time.perf_counter()
+from lowbitc.cache import default_cache
+import json
+print(json.dumps({{"import_numpy": t1 - t0, "import_lowbitc": t2 - t1, "call": t3 - t2,
+                  "call_cpu": c3 - c2, "first_run": t4 - t3, "heavy_modules_loaded": heavy,
+                  "built": default_cache().stats["builds"] > 0,
+                  "load_average": os.getloadavg()[0]}}))
 """
+KEYS = ("import_numpy", "import_lowbitc", "call", "call_cpu", "first_run", "wall")
 
 
-def child(cache: str, wtype: str) -> dict:
-    env = {**os.environ, "LOWBITC_CACHE_DIR": cache}
-    env.pop("LOWBITC_NO_CACHE", None)
-    code = CHILD.format(path=str(MATMUL), wtype=wtype)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True, timeout=600)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def child(cache: str, wtype: str, pycache: str) -> dict:
+    env = {**os.environ, "LOWBITC_CACHE_DIR": cache, "PYTHONPYCACHEPREFIX": pycache}
+    for name in ("LOWBITC_NO_CACHE", "PYTHONDONTWRITEBYTECODE"):
+        env.pop(name, None)
+    bits = int(wtype[1:])
+    code = CHILD.format(path=str(MATMUL), wtype=wtype, heavy=HEAVY, bits=bits)
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    wall = time.perf_counter() - t0
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "wall": wall}
 
 
 def medians(runs: list[dict]) -> dict:
-    keys = ("numpy", "import_lowbitc", "compile", "lowbitc", "total")
-    return {k: statistics.median(r[k] for r in runs) for k in keys}
+    return {k: statistics.median(r[k] for r in runs) for k in KEYS}
 
 
-def main(first_runs: int = 3, cached_runs: int = 9, wtype: str = "u4") -> dict:
+def main(first_runs: int = 5, cached_per_first: int = 3, wtype: str = "u4") -> dict:
     load_before = os.getloadavg()
-    first, cached = [], []
+    first, cached, misses = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
+        pycache = str(Path(tmp) / "pycache")
+        child(str(Path(tmp) / "warm"), wtype, pycache)  # fills the bytecode cache: not counted
         for i in range(first_runs):  # interleaved: a fresh cache, then loads from it
             cache = str(Path(tmp) / f"c{i}")
-            first.append(child(cache, wtype))
-            for _ in range(cached_runs // first_runs):
-                cached.append(child(cache, wtype))
-    # another engineer's edit changes the codegen hash mid-run: such a load is a miss, not a hit
-    misses = [r for r in cached if r["front_end"]]
-    cached = [r for r in cached if not r["front_end"]] or misses
+            first.append(child(cache, wtype, pycache))
+            for _ in range(cached_per_first):
+                r = child(cache, wtype, pycache)
+                (misses if r["built"] else cached).append(r)
+    hit, compile_ = medians(cached), medians(first)
     results = {
-        "kernel": "lowbitc/kernels/matmul.lbk", "wtype": wtype,
-        "definition": "seconds from the child's first statement (interpreter start-up "
-                      "excluded); lowbitc = import lowbitc + compile, total adds import numpy",
-        "first_compile": {"median": medians(first), "runs": first},
-        "cached_load": {"median": medians(cached), "runs": cached,
-                        "misses_excluded": len(misses)},
-        "goals": {"first_compile_total_s": 2.0, "cached_load_s": 0.050},
+        "kernel": "lowbitc/kernels/matmul.lbk",
+        "wtype": wtype,
+        "definition": __doc__.split("What is timed", 1)[1].split("Run:", 1)[0].strip(),
+        "first_compile": {"median": compile_, "runs": first},
+        "cached_load": {"median": hit, "runs": cached, "misses_excluded": len(misses)},
+        "goals": {"first_compile_s": 2.0, "cached_load_call_s": 0.050},
+        "goals_met": {
+            "first_compile (import lowbitc + call)": compile_["import_lowbitc"] + compile_["call"]
+            <= 2.0,
+            "first_compile (whole process)": compile_["wall"] <= 2.0,
+            "cached_load (call)": hit["call"] <= 0.050,
+            "cached_load (import lowbitc + call)": hit["import_lowbitc"] + hit["call"] <= 0.050,
+        },
+        "cached_load_imports_front_end": sorted(
+            {m for r in cached for m in r["heavy_modules_loaded"]}
+        ),
         "load_average_before": list(load_before),
         "load_average_after": list(os.getloadavg()),
         "machine": machine_info(),
-    }
-    results["goals_met"] = {
-        "first_compile_total": results["first_compile"]["median"]["total"] <= 2.0,
-        "cached_load_total": results["cached_load"]["median"]["total"] <= 0.050,
-        "cached_load_lowbitc_only": results["cached_load"]["median"]["lowbitc"] <= 0.050,
     }
     write_json(RESULTS, results)
     return results
@@ -87,7 +124,16 @@ if __name__ == "__main__":
     r = main()
     for what in ("first_compile", "cached_load"):
         m = r[what]["median"]
-        print(f"{what:14s} total {m['total'] * 1e3:7.1f} ms (numpy {m['numpy'] * 1e3:.1f}, "
-              f"import lowbitc {m['import_lowbitc'] * 1e3:.1f}, compile {m['compile'] * 1e3:.1f})")
+        print(
+            f"{what:14s} call {m['call'] * 1e3:7.1f} ms  (import numpy "
+            f"{m['import_numpy'] * 1e3:.1f}, import lowbitc {m['import_lowbitc'] * 1e3:.1f}, "
+            f"first run {m['first_run'] * 1e3:.1f}, whole process {m['wall'] * 1e3:.0f})"
+        )
+    print(
+        "front end on a hit:",
+        r["cached_load_imports_front_end"] or "none",
+        " misses excluded:",
+        r["cached_load"]["misses_excluded"],
+    )
     print("load average", r["load_average_before"], "->", r["load_average_after"])
     print("goals met:", r["goals_met"])

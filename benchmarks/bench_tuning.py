@@ -1,10 +1,14 @@
 """Tuning goal: the tuned matmul config is never slower than ops' default (within noise) and
 at least 1.2x faster on some shape class.
 
-For each class (M = 1, 16, 128; N = K = 1024; u4 weights, group 128) `lowbitc.tune` searches
-the kernel's `tune` space (exhaustive, process pool), then ops' default tiles and the stored
-winner (what `ops.matmul` now picks) are timed in interleaved rounds on the same inputs.
-Load averages are recorded: other engineers' test runs share these 2 cores.
+For each class (u4 weights, group 128): square-ish GEMV/GEMM (M = 1, 16, 128; N = K = 1024)
+and narrow outputs with a long K (N = 256), where ops' default BN = 64 makes a grid of 4
+blocks, which runs on one thread (grids under 8 blocks do), leaving the other core idle.
+`lowbitc.tune` searches the kernel's `tune` space (process pool; successive halving when the
+space is large) and re-times its winner against ops' default, keeping the default unless the
+winner is faster; then ops' default tiles and the stored winner (what `ops.matmul` now picks)
+are timed in interleaved rounds on the same inputs (medians). Load averages are recorded:
+other engineers' test runs share these 2 cores.
 Run: `python -m benchmarks.bench_tuning`.
 """
 
@@ -21,13 +25,16 @@ from benchmarks.harness import interleaved_stats, machine_info, write_json
 from lowbitc import ops
 
 RESULTS = Path(__file__).parent / "results" / "tuning.json"
-CLASSES = (1, 16, 128)
-N = K = 1024
+CLASSES = ((1, 1024, 1024), (16, 1024, 1024), (128, 1024, 1024), (1, 256, 8192),
+           (64, 256, 4096))
 WTYPE, GROUP = "u4", 128
 NOISE = 0.05  # ratios within 5% count as "not slower"
 
 
-def bench_class(m: int, qw, rounds: int) -> dict:
+def bench_class(shape: tuple[int, int, int], rounds: int) -> dict:
+    m, N, K = shape
+    rng = np.random.default_rng(0)
+    qw = lowbitc.quantize(rng.standard_normal((N, K)).astype(np.float32), WTYPE, GROUP)
     t0 = time.perf_counter()
     result = lowbitc.tune("matmul", (m, N, K), wtype=WTYPE, group=GROUP, executor="process",
                           progress=False, force=True)
@@ -50,6 +57,8 @@ def bench_class(m: int, qw, rounds: int) -> dict:
     return {
         "M": m, "N": N, "K": K, "wtype": WTYPE, "group": GROUP,
         "default": {k: default[k] for k in ("BM", "BN", "BK")}, "tuned": result.best,
+        "blocks": {name: -(-m // p["BM"]) * -(-N // p["BN"]) for name, p in
+                   (("default", default), ("tuned", tuned))},
         "default_s": stats["default"], "tuned_s": stats["tuned"],
         "speedup": speedup, "not_slower": speedup >= 1 - NOISE,
         "search": {"seconds": tune_seconds, "trials": len(result.trials),
@@ -62,10 +71,8 @@ def bench_class(m: int, qw, rounds: int) -> dict:
 
 
 def main(rounds: int = 40) -> dict:
-    rng = np.random.default_rng(0)
-    qw = lowbitc.quantize(rng.standard_normal((N, K)).astype(np.float32), WTYPE, GROUP)
     load_before = list(os.getloadavg())
-    rows = [bench_class(m, qw, rounds) for m in CLASSES]
+    rows = [bench_class(shape, rounds) for shape in CLASSES]
     results = {
         "classes": rows,
         "goals": {"never_slower_within": NOISE, "some_class_speedup": 1.2},
@@ -82,7 +89,8 @@ def main(rounds: int = 40) -> dict:
 if __name__ == "__main__":
     r = main()
     for row in r["classes"]:
-        print(f"M={row['M']:4d} default {row['default']} {row['default_s']['median'] * 1e6:9.1f} us"
+        print(f"M={row['M']:4d} N={row['N']:5d} K={row['K']:5d} default {row['default']} "
+              f"{row['default_s']['median'] * 1e6:9.1f} us"
               f"  tuned {row['tuned']} {row['tuned_s']['median'] * 1e6:9.1f} us"
               f"  speedup {row['speedup']:.2f}x  (search {row['search']['seconds']:.0f} s)")
     print("goals met:", r["goals_met"], "load", r["load_average_before"], "->",
