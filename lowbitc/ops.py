@@ -96,6 +96,7 @@ def matmul_params(M: int, qw: QTensor, act: str) -> dict:
     bn = 64
     if M > GEMM_ROWS:
         bm = gemm_rows(M)
+        bn = 128 if bm >= 64 else 64  # tall row tiles amortise their activation loads wider
     return {**matmul_fixed(qw.dtype, act, qw.zeros is not None, M), "BM": bm, "BN": bn,
             "BK": bk}
 

@@ -65,7 +65,7 @@ def test_gemm_params_and_code():
     qw = _qw("u4", n=256, k=256)
     assert [ops.gemm_rows(m) for m in (9, 16, 33, 128, 130, 1000)] == [16, 16, 48, 128, 80, 128]
     params = ops.matmul_params(16, qw, "f32")
-    assert params["EARLY"] and params["BM"] == 16
+    assert params["EARLY"] and params["BM"] == 16 and params["BN"] == 64
     assert not ops.matmul_params(8, qw, "f32")["EARLY"]
     text = ops.get_kernel("matmul", **params).text("llvm")
     lanes = microkernel.host_vector()[0]

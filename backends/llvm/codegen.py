@@ -20,7 +20,7 @@ from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
 from lowbitc.backends.llvm.fusion import emit_fused_store, plan_fusion, plan_store_fusion
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg
 from lowbitc.backends.llvm.ops_memory import dot_into
-from lowbitc.backends.llvm.panel import emit_planned_dot
+from lowbitc.backends.llvm.panel import defer_activations, emit_planned_dot
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Kernel, Op, Region
 from lowbitc.ir.types import ScalarType, TensorType, TileType, is_machine
@@ -91,7 +91,7 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
     """Emit a region's ops; returns the yielded values (scalars or buffers)."""
     for a, v in zip(r.args, args):
         env.bind(a, v)
-    plans = plan_fusion(r, max_rows=None)
+    plans = defer_activations(r, plan_fusion(r, max_rows=None))
     stores = plan_store_fusion(r)
     deferred = {id(d) for p in (*plans.values(), *stores.values()) for d in p.deferred}
     for op in r.ops:
