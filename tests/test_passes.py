@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from lowbitc.dsl.lower import lower_kernel
-from lowbitc.dsl.modules import load_source
 
 import lowbitc
+from lowbitc.dsl.lower import lower_kernel
+from lowbitc.dsl.modules import load_source
 from lowbitc.errors import LoweringError, VerifyError
 from lowbitc.interp import run
 from lowbitc.ir import Kernel, print_kernel, walk
@@ -325,3 +325,51 @@ def test_every_prefix_of_the_cpu_pipeline_keeps_the_interpreters_results(fmt):
     want = np.where(np.isnan(want), -1.0, want).astype(np.float32)
     for y in outs:
         np.testing.assert_array_equal(y, want)
+
+
+# ------------------------------------------------------------------- lower-encode
+
+QUANT = """kernel q[F: dtype](x: f32[R, C], w: F[R, C]) {
+  store(w[0 :+ 2, 0 :+ 8], cast(load(x[0 :+ 2, 0 :+ 8]), F))
+}
+"""
+
+
+def test_lower_encode_searches_thresholds_and_stores_codes():
+    # u2: 4 values, 3 midpoints; a tie goes to the even code, so 0.5 and 2.5 are nudged up
+    # one ulp (they round down) and 1.5 is not (it rounds up to 2)
+    assert body(run_pipeline(ir(QUANT, F="u2"), ["lower-encode"]))[3:] == [
+        '  %8 = const {dtype="f32", value=1.5} : f32',
+        '  %9 = ge %7, %8 : tile<bool[2,8]>',
+        '  %10 = const {dtype="i32", value=2} : i32',
+        '  %11 = const {dtype="i32", value=0} : i32',
+        '  %12 = where %9, %10, %11 : tile<i32[2,8]>',
+        '  %13 = lut %12 {dtype="f32", values=[0.5000000596046448, 1.5, 2.500000238418579]}'
+        ' : tile<f32[2,8]>',
+        '  %14 = ge %7, %13 : tile<bool[2,8]>',
+        '  %15 = const {dtype="i32", value=1} : i32',
+        '  %16 = add %12, %15 : tile<i32[2,8]>',
+        '  %17 = where %14, %16, %12 : tile<i32[2,8]>',
+        '  %18 = from_codes %17 {dtype="u2"} : tile<u2[2,8]>',
+        '  %19 = const {dtype="i64", value=0} : i64',
+        '  %20 = const {dtype="i64", value=0} : i64',
+        '  store_codes %w, %19, %20, %17 {bits=2, dtype="i32", masked=false, sizes=[2, 8]}',
+    ]
+
+
+def test_lower_encode_float_patches_negative_zero_and_keeps_the_code_table():
+    lines = body(run_pipeline(ir(QUANT, F="f4e2m1"), ["lower-encode", "dce"]))
+    text = "\n".join(lines)
+    assert text.count(" lut ") == 4  # 3 search steps after a constant first one, 1 code table
+    assert 'bitcast %7 {dtype="i32"}' in text  # the sign of x, for -0 (code 8)
+    assert re.search(r'const \{dtype="i32", value=8\}', text) and " cast " not in text
+
+
+def test_lower_encode_turns_packed_loads_that_are_not_decoded_into_load_codes():
+    src = """kernel c(w: u3[R, C], v: u3[R, C]) {
+  store(v[0 :+ 2, 0 :+ 8], load(w[0 :+ 2, 0 :+ 8]))
+}"""
+    lines = body(run_pipeline(ir(src), ["lower-encode", "dce"]))
+    assert lines[2] == ('  %7 = load_codes %w, %5, %6 {bits=3, dtype="i32", masked=false, '
+                        'sizes=[2, 8]} : tile<i32[2,8]>')
+    assert lines[-1].startswith("  store_codes %v, %") and lines[-1].count("%7") == 1

@@ -87,12 +87,12 @@ def _value_index(b: Builder, xv: Value, plan: EncodePlan, dt: str, k) -> Value:
     """How many thresholds x reaches (the index of its nearest value), by a branch-free
     binary search: log2(#values) steps of table load, compare and select. (Counting with one
     compare per threshold needs 3x the ops for 16 values and measured slower here.)"""
-    idx = None
-    for step in plan.steps:
-        cand = k(step - 1) if idx is None else b.emit("add", idx, k(step - 1))
+    first, *rest = plan.steps
+    idx = b.emit("where", b.emit("ge", xv, k(plan.thresholds[first - 1], dt)), k(first), k(0))
+    for step in rest:
+        cand = idx if step == 1 else b.emit("add", idx, k(step - 1))
         t = b.emit("lut", cand, attrs=LutAttrs(dt, plan.thresholds))
-        base = k(0) if idx is None else idx
-        idx = b.emit("where", b.emit("ge", xv, t), b.emit("add", base, k(step)), base)
+        idx = b.emit("where", b.emit("ge", xv, t), b.emit("add", idx, k(step)), idx)
     return idx
 
 
@@ -139,6 +139,13 @@ def _is_packed(v: Value) -> bool:
     return isinstance(v.type, TensorType) and not is_machine(v.type.dtype)
 
 
+def _from_codes(b: Builder, codes: Value, fmt: str, defs: Defs) -> Value:
+    """A format tile holding `codes`, recorded so later `codes` of it fold back to them."""
+    op = b.op("from_codes", [codes], CastAttrs(fmt))
+    defs.ops[op.result.id] = op
+    return op.result
+
+
 def _codes_of(b: Builder, v: Value, defs: Defs) -> Value:
     d = defs.of(v)
     if d is not None and d.opcode == "from_codes":
@@ -150,13 +157,12 @@ def _rule(op: Op, b: Builder, defs: Defs):
     o = op.opcode
     if o == "cast" and not is_machine(op.attrs.dtype) and is_machine(op.operands[0].type.dtype):
         fmt = format_of(op.attrs.dtype)
-        codes = encode_codes(b, op.operands[0], fmt)
-        return (b.emit("from_codes", codes, attrs=CastAttrs(fmt.name)),)
+        return (_from_codes(b, encode_codes(b, op.operands[0], fmt), fmt.name, defs),)
     if o == "load" and _is_packed(op.operands[0]) and isinstance(op.results[0].type, TileType):
         t = op.operands[0].type
         attrs = CodesAttrs(format_bits(t.dtype), "i32", op.attrs.sizes, op.attrs.masked)
         c = b.emit("load_codes", *op.operands, attrs=attrs)
-        return (b.emit("from_codes", c, attrs=CastAttrs(t.dtype)),)
+        return (_from_codes(b, c, t.dtype, defs),)
     if o == "store" and _is_packed(op.operands[0]):
         a = op.attrs
         nst = len(op.operands) - 2 - a.masked
