@@ -93,6 +93,18 @@ def test_a_real_dsl_error_reaches_the_user_with_its_position():
     assert "slice size must be >= 1" in r.table()
 
 
+def test_an_error_in_a_worker_process_keeps_its_position_and_caret():
+    with pytest.warns(TuningWarning, match="<string>:7:"):
+        r = lowbitc.tune(BROKEN.replace("[16, 32, 64, 128], U in [1, 2]", "[16, 32], U in [1]"),
+                         {"N": 512}, executor="process", progress=False)  # real timing
+    (failed,) = r.errors
+    lines = failed.error.splitlines()
+    assert failed.config == {"BN": 16, "U": 1} and lines[0].startswith("<string>:7:")
+    assert "slice size must be >= 1" in lines[0] and "load(x[0 :+ BN - 16])" in lines[1]
+    assert lines[2].strip() and set(lines[2].strip()) <= {"^", "~"}  # the caret line
+    assert r.best in ({"BN": 32, "U": 1}, {"BN": 64, "U": 1})  # 64: the declared default
+
+
 def test_when_every_candidate_fails_the_error_quotes_them():
     only_bad = BROKEN.replace("[16, 32, 64, 128]", "[16]")
     with pytest.raises(TuningError, match=r"(?s)all 2 candidates failed.*<string>:7:.*slice"):
