@@ -160,6 +160,39 @@ def test_quantlinear_qweight_and_non_contiguous_input():
         q(torch.randn(3, 36))
 
 
+def test_eager_path_follows_replaced_buffers_and_copies():
+    """Eager inference binds the kernel to the weight buffers; replacing one rebinds, and a
+    used module still deep-copies and pickles (the binding is not part of its state)."""
+    import copy
+    import io
+
+    q = lt.QuantLinear.from_linear(linear(seed=1), "u4", G)
+    other = lt.QuantLinear.from_linear(linear(seed=2), "u4", G)
+    x = torch.randn(3, K)
+    with torch.no_grad():
+        first = q(x)
+        assert q._bound is not None  # the eager path ran
+        torch.testing.assert_close(first, reference(x, q.qweight) + q.bias)
+        q.qdata, q.scales, q.zeros = other.qdata, other.scales, other.zeros
+        torch.testing.assert_close(q(x), other(x) - other.bias + q.bias)
+        clone = copy.deepcopy(q)
+        buf = io.BytesIO()
+        torch.save(q, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        for m in (clone, loaded):
+            torch.testing.assert_close(m(x), q(x))
+
+
+def test_jit_trace_records_the_op_not_the_eager_call():
+    q = lt.QuantLinear.from_linear(linear(), "u4", G)
+    with torch.no_grad():
+        traced = torch.jit.trace(q, torch.randn(2, K))
+        assert "lowbitc::matmul" in str(traced.graph)
+        x = torch.randn(2, K)
+        torch.testing.assert_close(traced(x), q(x))
+
+
 def test_half_and_device_moves_keep_scales_float32():
     q = lt.QuantLinear.from_linear(linear(), "u4", G)
     x = torch.randn(3, K, dtype=torch.bfloat16)

@@ -45,12 +45,15 @@ def _format(fmt: str | Format) -> Format:
 
 
 def _eager(x: torch.Tensor) -> bool:
-    """True when the kernel can be called directly: a plain tensor, no autograd, no tracing,
-    no dispatch modes (the op's Python dispatch costs tens of microseconds per call)."""
+    """True when the kernel can be called directly: a plain CPU tensor, no autograd, no
+    tracing (torch.compile, torch.jit.trace), no dispatch modes (the op's Python dispatch
+    costs tens of microseconds per call)."""
     return (type(x) is torch.Tensor
+            and x.is_cpu
             and not (x.requires_grad and torch.is_grad_enabled())
             and not torch.compiler.is_compiling()
-            and torch._C._len_torch_dispatch_stack() == 0)
+            and torch._C._len_torch_dispatch_stack() == 0
+            and torch._C._get_tracing_state() is None)
 
 
 class QuantLinear(nn.Module):
@@ -77,6 +80,7 @@ class QuantLinear(nn.Module):
                              if zero_point else None)
         self.bias = nn.Parameter(torch.zeros(self.out_features, device=device)) if bias else None
         self._qtensor: QTensor | None = None
+        self._bound: tops.BoundMatmul | None = None
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -162,20 +166,35 @@ class QuantLinear(nn.Module):
         x2 = x.reshape(-1, k)
         if not x2.is_contiguous():
             x2 = x2.contiguous()
-        args = (self.qdata, self.scales, self.zeros, self.format.name, self.group_size, k)
         if _eager(x2):
-            y = tops.matmul_impl(x2, *args)
-            if self.bias is not None:
-                y.add_(self.bias.detach())
+            y = self._matmul()(x2)
+            bias = self._parameters.get("bias")  # None lives in __dict__, not here
+            if bias is not None:
+                y.add_(bias.detach())
         else:
-            y = torch.ops.lowbitc.matmul(x2, *args)
+            y = torch.ops.lowbitc.matmul(x2, self.qdata, self.scales, self.zeros,
+                                         self.format.name, self.group_size, k)
             if self.bias is not None:
                 y = y + self.bias
         if y.dtype != x.dtype:
             y = y.to(x.dtype)
         return y.reshape(*lead, self.out_features)
 
+    def _matmul(self) -> tops.BoundMatmul:
+        """The kernel bound to the current weight buffers (rebound when one is replaced)."""
+        b, bound = self._buffers, self._bound
+        if (bound is None or bound.tensors[0] is not b["qdata"]
+                or bound.tensors[1] is not b["scales"] or bound.tensors[2] is not b["zeros"]):
+            bound = self._bound = tops.BoundMatmul(b["qdata"], b["scales"], b["zeros"],
+                                                   self.format.name, self.group_size,
+                                                   self.in_features)
+        return bound
+
     # ------------------------------------------------------------ module plumbing
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        return {**state, "_bound": None}  # compiled kernels are rebound, not copied
+
     def _apply(self, fn, recurse=True):
         """Moves follow `fn`; scales and zeros stay float32 (model.half() must not round them)."""
         keep = {n: self._buffers[n] for n in ("scales", "zeros") if self._buffers[n] is not None}
@@ -183,7 +202,7 @@ class QuantLinear(nn.Module):
         for n, old in keep.items():
             if self._buffers[n].dtype != torch.float32:
                 self._buffers[n] = old.to(self._buffers[n].device)
-        self._qtensor = None
+        self._qtensor = self._bound = None
         return self
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:

@@ -237,6 +237,49 @@ def matmul_into(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scales: 
          _operand(zeros, backend), _operand(y, backend, False), group_size, K=k)
 
 
+class BoundMatmul:
+    """lowbitc::matmul's CPU kernel bound to one weight, for eager calls (no autograd, no
+    tracing): the checks, the kernel lookup and the weight's numpy views are done once per
+    activation dtype and shape, so a call is the launch plus a fresh output tensor."""
+
+    __slots__ = ("tensors", "_static", "_plans")
+
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                 fmt: str, group_size: int, k: int):
+        self.tensors = (weight, scales, zeros)
+        self._static = (fmt, group_size, k)
+        self._plans: dict[tuple, tuple | None] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x [M, K] (a contiguous CPU tensor) @ W_hat.T -> float32 [M, N]."""
+        plan = self._plans.get((x.dtype, x.shape), False)
+        if plan is False:
+            plan = self._plan(x)
+        if plan is None:  # an empty dimension, a CUDA tensor: the op's own function
+            return matmul_impl(x, *self.tensors, *self._static)
+        kern, w, s, z, shape, g, k = plan
+        y = torch.empty(shape, dtype=torch.float32)
+        kern(_array(x), w, s, z, y.numpy(), g, K=k)
+        return y
+
+    def _plan(self, x: torch.Tensor) -> tuple | None:
+        weight, scales, zeros = self.tensors
+        fmt, g, k = self._static
+        n = check_matmul(x, weight, scales, zeros, fmt, g, k)
+        m = x.shape[0]
+        plan = None
+        if x.device.type == "cpu" and m and n and k:
+            act, zp = ACTIVATIONS[x.dtype], zeros is not None
+            kern = _kernel("matmul", "llvm", x.device, ("matmul", "llvm", fmt, act, zp, g, m, n, k),
+                           lambda: _matmul_params(fmt, act, zp, g, m, n, k, "llvm"))
+            plan = (kern, _array(weight), _array(scales), _operand(zeros, "llvm", False),
+                    (m, n), g, k)
+        if len(self._plans) > 64:  # many batch shapes: keep the cache small
+            self._plans.clear()
+        self._plans[(x.dtype, x.shape)] = plan
+        return plan
+
+
 # ---------------------------------------------------------------- lowbitc::matmul
 def matmul_impl(x, weight, scales, zeros, fmt, group_size, k):
     n = check_matmul(x, weight, scales, zeros, fmt, group_size, k)
