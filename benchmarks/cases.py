@@ -52,7 +52,9 @@ def _faster(x: float) -> Goal:
     return Goal(f">= {x:g}x faster than numpy fp32", "speedup", ">=", x)
 
 
-GEMV_FORMATS = ("u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8", "f4e2m1fn")
+GEMV_FORMATS = (
+    "u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8", "f4e2m1fn", "f6e3m2fn", "f8e4m3fn", "nf4",
+)
 _GEMV_GOALS = {"u2": 6.0, "u3": 4.5, "u4": 4.0, "f4e2m1fn": 3.5}
 
 ROWS: tuple[RowSpec, ...] = (

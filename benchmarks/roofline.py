@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from lowbitc.dtypes import dtype
+
 __all__ = ["MEMORY_BOUND_FRACTION", "context_markdown", "incache_markdown", "roofline_markdown",
            "roofline_rows"]
 
@@ -22,7 +24,7 @@ MEMORY_BOUND_FRACTION = 0.6
 
 
 def _bits(fmt: str) -> int:
-    return int(fmt[1])  # u4 -> 4, f4e2m1fn -> 4
+    return dtype(fmt).bits  # u4 -> 4, f4e2m1fn -> 4, nf4 -> 4
 
 
 def _entry(name: str, fmt: str, bits: float, e: dict, n: int, k: int, copy_gbs: float,
