@@ -26,6 +26,8 @@ _ACTIVATIONS = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16",
 _KERNELS: dict[tuple, Kernel] = {}
 _LOCK = threading.Lock()
 _NO_ZEROS = np.zeros((1, 1), np.float32)
+_OUT_DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
+_F32 = np.dtype(np.float32)
 
 
 def kernel_source(name: str) -> str:
@@ -157,30 +159,44 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
     return y
 
 
-def _out(out: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+def _out(out: np.ndarray | None, shape: tuple[int, int],
+         dtype: np.dtype = _F32) -> np.ndarray:
     """The result array: `out` when given (checked), else a new one. Reusing an output saves
     the page faults of a fresh large array on every call."""
     if out is None:
-        return np.empty(shape, np.float32)
-    if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == shape
+        return np.empty(shape, dtype)
+    if not (isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == shape
             and out.flags.c_contiguous and out.flags.writeable):
         got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
-        raise UserArgumentError(f"out: expected a writeable C-contiguous float32 array of shape "
+        raise UserArgumentError(f"out: expected a writeable C-contiguous {dtype} array of shape "
                                 f"{shape}, got {got}")
     return out
 
 
-def dequantize(qw: QTensor, backend: str = "llvm", out: np.ndarray | None = None) -> np.ndarray:
-    """qw's float32 weights [N, K], bit-identical to qw.dequantize() (written to `out` if given)."""
+def dequantize(qw: QTensor, backend: str = "llvm", out: np.ndarray | None = None,
+               out_dtype=np.float32) -> np.ndarray:
+    """qw's float32 weights [N, K], bit-identical to qw.dequantize() (written to `out` if given).
+
+    `out_dtype=np.float16` returns float16 weights instead (`backend="cuda"`: the f16 path
+    of docs/cuda.md, within 2^-10 of |scale * value| + |zero term| plus half an f16 ulp of
+    the float32 result)."""
     qw = _check_qtensor(qw)
     N, K = qw.shape
-    y = _out(out, (N, K))
+    try:
+        odt = _OUT_DTYPES.get(np.dtype(out_dtype))
+    except TypeError:
+        odt = None
+    if odt is None:
+        raise UserArgumentError(f"out_dtype: expected float32 or float16, got {out_dtype!r}")
+    y = _out(out, (N, K), np.dtype(out_dtype))
     if N == 0 or K == 0:
         return y
-    plan = ("dequantize", backend, qw.dtype, qw.zeros is not None, qw.group_size, N, K)
+    plan = ("dequantize", backend, qw.dtype, qw.zeros is not None, qw.group_size, N, K, odt)
     k = _plan(plan)
     if k is None:
         params = {"W": qw.dtype, "ZP": qw.zeros is not None}
+        if odt != "f32":
+            params["O"] = odt
         params.update(tuned_params("dequantize", dict(params), qw.group_size, {"N": N, "K": K},
                                    backend))
         k = _remember(plan, get_kernel("dequantize", backend, **params))

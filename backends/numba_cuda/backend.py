@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lowbitc.backends.numba_cuda import toolchain
+from lowbitc.backends.numba_cuda.interleave import HOST_WORDS, device_words, interleaved_params
 from lowbitc.backends.numba_cuda.render import Rendered, render
 from lowbitc.errors import UserArgumentError
 from lowbitc.interp import grid_of_bound
@@ -56,6 +57,8 @@ class Executable:
         self.kernel = cuda.jit(toolchain.load_source(rendered.source, rendered.name))
         stored = {op.operands[0].id for op in walk(k.body.ops) if op.opcode == "store"}
         self.outputs = {p.name for p in k.params if p.id in stored}
+        order = interleaved_params(k)
+        self.interleaved = {p.name: order[p.id] for p in k.params if p.id in order}
 
     def __call__(self, *args, **kwargs) -> None:
         from numba import cuda
@@ -73,14 +76,15 @@ class Executable:
             if not isinstance(p.type, TensorType):
                 launch.append(_SCALAR[p.type.dtype](b.values[p.name]))
             elif isinstance(v, np.ndarray):
-                d = cuda.to_device(v)
+                bits = self.interleaved.get(p.name)
+                d = cuda.to_device(v if bits is None else HOST_WORDS.get(v, bits))
                 launch.append(d)
                 if p.name in self.outputs:
                     copies.append((d, v))
-            elif hasattr(v, "__cuda_array_interface__"):
-                launch.append(cuda.as_cuda_array(v))
             else:
-                launch.append(v)
+                d = cuda.as_cuda_array(v) if hasattr(v, "__cuda_array_interface__") else v
+                bits = self.interleaved.get(p.name)
+                launch.append(d if bits is None else device_words(d, bits))
         launch += [np.int64(b.dims[d.name]) for d in self.k.dims]
         if gx * gy * gz == 0:
             return

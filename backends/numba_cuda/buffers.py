@@ -32,8 +32,10 @@ class Buf:
 
 @dataclass(frozen=True)
 class TensorRef:
-    """A kernel tensor argument: array name, extents (expressions), bits if packed."""
+    """A kernel tensor argument: array name, extents (expressions), bits if packed, and
+    whether its words are in the backend's interleaved order (`interleave`)."""
 
     name: str
     dims: tuple[str, ...]
     bits: int
+    interleaved: bool = False

@@ -238,6 +238,11 @@ def _codes(ctx, t, where: list[str]) -> str:
     """Extract code `where[-1]` of a packed row from the canonical LSB-first uint32 stream."""
     b = t.bits
     rows = where[:-1]
+    if t.interleaved:  # 4-bit codes in slot order (interleave.py): even codes, then odd
+        j = ctx.src.tmp(f"{where[-1]} & 7")
+        wi = ctx.src.tmp(f"{where[-1]} >> 3")
+        off = ctx.src.tmp(f"U32((({j} >> 1) | (({j} & 1) << 2)) * 4)")
+        return f"U32({t.name}[{', '.join(rows + [wi])}] >> {off}) & U32(15)"
     bit = ctx.src.tmp(f"{where[-1]} * {b}")
     wi = ctx.src.tmp(f"{bit} >> 5")
     off = ctx.src.tmp(f"U32({bit} & 31)")

@@ -66,12 +66,36 @@ def st_u32x4_py(words: np.ndarray, i: int, a: int, b: int, c: int, d: int) -> No
     words[i], words[i + 1], words[i + 2], words[i + 3] = a, b, c, d
 
 
+def ld_row_u32x4_py(a: np.ndarray, i: int, j: int) -> tuple[np.uint32, ...]:
+    """16 bytes of row i of a 2-D uint32 or uint8 array from element j (16-byte aligned),
+    as four uint32: one 128-bit load on the GPU."""
+    row = np.ascontiguousarray(a[int(i)])
+    size = row.dtype.itemsize
+    words = row[int(j):int(j) + 16 // size].view(np.uint32)
+    return tuple(np.uint32(w) for w in words)
+
+
+def st_row_f16x8_py(a: np.ndarray, i: int, j: int, p: int, q: int, r: int, s: int) -> None:
+    """Store four f16x2 pairs (uint32 bits) as halves j..j+7 of row i of a 2-D f16 array."""
+    pairs = np.array([int(p), int(q), int(r), int(s)], dtype=np.uint32).view(np.float16)
+    a[int(i), int(j):int(j) + 8] = pairs
+
+
+def pack_f16x2_py(lo: float, hi: float) -> np.uint32:
+    """PTX cvt.rn.f16x2.f32: two f32 rounded to f16, `lo` in the low half."""
+    with np.errstate(over="ignore"):
+        halves = np.array([lo, hi], dtype=np.float32).astype(np.float16)
+    return np.uint32(halves.view(np.uint32)[0])
+
+
 if SIMULATOR:
+    pack_f16x2 = pack_f16x2_py
     prmt, hfma2, lop3 = prmt_py, hfma2_py, lop3_py
     ld_u32x4, st_u32x4 = ld_u32x4_py, st_u32x4_py
+    ld_row_u32x4, st_row_f16x8 = ld_row_u32x4_py, st_row_f16x8_py
 else:
     from llvmlite import ir
-    from numba.cuda import types
+    from numba.cuda import cgutils, types
     from numba.cuda.extending import intrinsic
 
     _I32 = ir.IntType(32)
@@ -95,6 +119,19 @@ else:
 
         impl.__name__ = name
         return intrinsic(impl)
+
+    @intrinsic
+    def pack_f16x2(typingctx, lo, hi):  # noqa: ARG001
+        """One F2FP: two f32 rounded to an f16x2 pair (`lo` in the low half)."""
+        sig = types.uint32(types.float32, types.float32)
+
+        def codegen(context, builder, signature, args):
+            f32 = ir.FloatType()
+            fnty = ir.FunctionType(_I32, [f32, f32])
+            asm = ir.InlineAsm(fnty, "cvt.rn.f16x2.f32 $0, $1, $2;", "=r,f,f")
+            return builder.call(asm, [args[1], args[0]])
+
+        return sig, codegen
 
     prmt = _asm3("prmt", "prmt.b32 $0, $1, $2, $3;")
     hfma2 = _asm3("hfma2", "fma.rn.f16x2 $0, $1, $2, $3;")
@@ -144,6 +181,53 @@ else:
             ptr = _vec_ptr(context, builder, signature.args[0], args[0], args[1])
             vec = ir.Constant(_V4, None)
             for k, value in enumerate(args[2:]):
+                vec = builder.insert_element(vec, value, ir.Constant(_I32, k))
+            builder.store(vec, ptr, align=16)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    def _row_ptr(context, builder, aryty, ary, i, j):
+        """Pointer to element [i, j] of a C-contiguous 2-D array, as <4 x i32>*."""
+        intp = context.get_value_type(types.intp)
+        idx = [builder.zext(i, intp) if i.type.width < intp.width else i,
+               builder.zext(j, intp) if j.type.width < intp.width else j]
+        arr = context.make_array(aryty)(context, builder, ary)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, arr, idx)
+        return builder.bitcast(ptr, _V4.as_pointer())
+
+    def _is_2d(a, dtypes) -> bool:
+        return isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" and (
+            a.dtype in dtypes)
+
+    @intrinsic
+    def ld_row_u32x4(typingctx, a, i, j):  # noqa: ARG001
+        """16 bytes of a row from element j, 16-byte aligned (one LDG.E.128)."""
+        if not _is_2d(a, (types.uint32, types.uint8, types.int8)):
+            return None
+        ret = types.UniTuple(types.uint32, 4)
+        sig = ret(a, types.uint64, types.uint64)
+
+        def codegen(context, builder, signature, args):
+            ptr = _row_ptr(context, builder, signature.args[0], args[0], args[1], args[2])
+            vec = builder.load(ptr, align=16)
+            items = [builder.extract_element(vec, ir.Constant(_I32, k)) for k in range(4)]
+            return context.make_tuple(builder, ret, items)
+
+        return sig, codegen
+
+    @intrinsic
+    def st_row_f16x8(typingctx, a, i, j, p, q, r, s):  # noqa: ARG001
+        """Store 8 halves (four f16x2 pairs) at row i from element j (one STG.E.128)."""
+        if not _is_2d(a, (types.float16,)):
+            return None
+        u32, u64 = types.uint32, types.uint64
+        sig = types.void(a, u64, u64, u32, u32, u32, u32)
+
+        def codegen(context, builder, signature, args):
+            ptr = _row_ptr(context, builder, signature.args[0], args[0], args[1], args[2])
+            vec = ir.Constant(_V4, None)
+            for k, value in enumerate(args[3:]):
                 vec = builder.insert_element(vec, value, ir.Constant(_I32, k))
             builder.store(vec, ptr, align=16)
             return context.get_dummy_value()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from lowbitc.backends.numba_cuda.buffers import Buf, TensorRef
 from lowbitc.backends.numba_cuda.elements import ELEMENT, fail, reg_dtype, shape_of
+from lowbitc.backends.numba_cuda.interleave import interleaved_params
 from lowbitc.backends.numba_cuda.plan import make_plan
 from lowbitc.backends.numba_cuda.shared import check_shared_memory, swizzled
 from lowbitc.backends.numba_cuda.source import (
@@ -80,6 +81,7 @@ class Renderer:
         self.reads: list[tuple[str, tuple[str, ...]]] = []
         self.shared: list[tuple[str, int, str]] = []
         self.luts: dict[tuple[float, ...], str] = {}
+        self.word_tables: dict[tuple[int, ...], str] = {}
 
     # ------------------------------------------------------------ values
 
@@ -187,6 +189,13 @@ class Renderer:
         name = self.luts.get(values)
         if name is None:
             name = self.luts[values] = f"lut{len(self.luts)}"
+        return name
+
+    def word_table(self, words: tuple[int, ...]) -> str:
+        """A constant-memory uint32 table (f16x2 pairs of a code book)."""
+        name = self.word_tables.get(words)
+        if name is None:
+            name = self.word_tables[words] = f"wt{len(self.word_tables)}"
         return name
 
     # ------------------------------------------------------------ shared buffers and loops
@@ -342,14 +351,15 @@ class Renderer:
         elem = SIG_TYPE.get(t.dtype, "uint32") if bits == 0 else "uint32"
         if bits == 0 and t.dtype not in SIG_TYPE:
             raise BackendError(f"cuda: tensor {p.name} of {t} is not supported", self.k.loc)
-        self.tensors[p.id] = TensorRef(a, tuple(str(d) for d in t.shape), bits)
+        self.tensors[p.id] = TensorRef(a, tuple(str(d) for d in t.shape), bits,
+                                       p.id in interleaved_params(self.k))
         return f"{elem}[{', '.join([':'] * (rank - 1) + ['::1'])}]"
 
     def _bind_dims(self) -> None:
         dim_of = {d.name: self.scalars[d.id] for d in self.k.dims}
         for vid, t in list(self.tensors.items()):
             dims = tuple(dim_of.get(d, d) for d in t.dims)
-            self.tensors[vid] = TensorRef(t.name, dims, t.bits)
+            self.tensors[vid] = TensorRef(t.name, dims, t.bits, t.interleaved)
 
     def _assemble(self, name: str, args: list[str], sig: list[str]) -> Rendered:
         top = ["    tid = I64(U32(cuda.threadIdx.x))", f"    nthr = {self.threads}"]
@@ -366,6 +376,10 @@ class Renderer:
             tables.append(f"_{lut.upper()} = np.array([{words}], dtype=np.uint32)"
                           f".view(np.float32)")
             top.append(f"    {lut} = cuda.const.array_like(_{lut.upper()})")
+        for words, table in self.word_tables.items():
+            tables.append(f"_{table.upper()} = np.array([{', '.join(f'{w:#x}' for w in words)}], "
+                          "dtype=np.uint32)")
+            top.append(f"    {table} = cuda.const.array_like(_{table.upper()})")
         text = "\n".join([HEADER, *tables, "", "", f"def {name}({', '.join(args)}):", *top,
                           *self.src.lines, "    return", ""])
         return Rendered(name, text, f"void({', '.join(sig)})", total)

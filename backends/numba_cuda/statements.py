@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from lowbitc.backends.numba_cuda.elements import fail, shape_of
+from lowbitc.backends.numba_cuda.halves import store_pairs
 from lowbitc.backends.numba_cuda.source import literal, numba_type
 from lowbitc.backends.numba_cuda.units import window_in_unit
 from lowbitc.ir.core import Op, Value
@@ -63,6 +64,8 @@ def _store(ctx, op: Op) -> None:
             x = ctx.elem(value, vidx)
             ctx.src.line(f"{t.name}[{', '.join(where)}] = {x}")
 
+    if shape and store_pairs(ctx, op, starts, body):
+        return
     if shape:
         ctx.each(shape, body, (value,))
     else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from math import gcd
 
+from lowbitc.backends.numba_cuda.interleave import code_bit
 from lowbitc.ir.core import Value
 
 
@@ -105,7 +106,7 @@ def unit_codes(ctx, t, starts: list[str], where: list[str], col: int) -> str:
             u.prologue.append(f"{name} = U32({t.name}[{at}])")
         return name
 
-    bit = col * b
+    bit = code_bit(b, col) if t.interleaved else col * b
     k, o = bit // 32, bit % 32
     mask = (1 << b) - 1
     x = word(k) if o == 0 else f"({word(k)} >> U32({o}))"

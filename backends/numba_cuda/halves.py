@@ -1,0 +1,503 @@
+"""The f16 store path: decoded codes stored to an f16 tensor, two weights per instruction.
+
+A store qualifies when its value is affine in one format's decoded codes, per row:
+`y = A * v(code) + B` where `v` reads only the codes (and constants) and A, B only values
+that are constant along the row (a group's scale and zero point), e.g. `(v - z) * s` =
+`s * v + (-z * s)`. `recipes.recipe_for` picks the conversion from `v` evaluated for every
+code. The store then runs over units of 32-128 columns: when a unit is inside both tensors,
+16-byte aligned and its scale in f16's normal range, its words come in with 16-byte loads,
+each f16x2 pair is the recipe's prmt/lop3 (or table load) plus one or two HFMA2, and 8 halves
+go out per 16-byte store; other units take the per-element path.
+
+Rounding: A and B are rounded to f16 once per unit and each pair is one fused f16 multiply-add,
+so an output is within 2^-10 * (|A v| + |B|) + half an f16 ulp of the f32 result (exact
+f16(A v) when B is statically zero and the format is a magic one with beta = 0).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from math import gcd
+
+import numpy as np
+
+from lowbitc.backends.numba_cuda.elements import shape_of
+from lowbitc.backends.numba_cuda.recipes import (
+    Recipe,
+    magic_pairs,
+    recipe_for,
+    shift_pairs,
+    table_indices,
+)
+from lowbitc.interp import _eval_op
+from lowbitc.ir.core import Op, Value, walk
+
+F16_MIN_NORMAL = 2.0**-14
+ONE_PAIR = 0x3C003C00  # f16x2 (1.0, 1.0)
+FALLBACK = "# per-element fallback"  # marks the else branch `steady_state` cuts
+_BYTES = ("u8", "i8")
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """The code load, the format's recipe, and y = A * v + B as row expressions
+    (("v", Value) | ("k", float) | (opcode, x, y) | ("neg", x))."""
+
+    leaf: Op
+    recipe: Recipe
+    a: tuple
+    b: tuple
+
+
+# ---------------------------------------------------------------- analysis
+
+
+class _Deps:
+    """What a lazy value depends on: "leaf" (the codes), "const", "row" (uniform per row)."""
+
+    def __init__(self, ctx, leaf: Op):
+        self.ctx, self.leaf, self.memo = ctx, leaf, {}
+        self.consts = _scalar_consts(ctx)
+
+    def __call__(self, v: Value) -> frozenset[str]:
+        got = self.memo.get(v.id)
+        if got is None:
+            got = self.memo[v.id] = self._deps(v)
+        return got
+
+    def _deps(self, v: Value) -> frozenset[str]:
+        ctx = self.ctx
+        if v.id == self.leaf.results[0].id:
+            return frozenset({"leaf"})
+        if v.id in self.consts:
+            return frozenset({"const"})
+        if v.id in ctx.scalars or v.id in ctx.bufs:
+            return frozenset({"row"})
+        op = ctx.lazy.get(v.id)
+        if op is None or op.opcode == "arange":
+            return frozenset({"other"})
+        if op.opcode in ("const", "full"):
+            return frozenset({"const"})
+        operands = op.operands[1:] if op.opcode in ("load", "load_codes") else op.operands
+        out = frozenset({"row"}) if op.opcode in ("load", "load_codes") else frozenset()
+        for x in operands:
+            out |= self(x)
+        return out
+
+    def row(self, v: Value) -> bool:
+        shape = shape_of(v.type)
+        return self(v) <= {"row", "const"} and (not shape or shape[-1] == 1)
+
+    def code(self, v: Value) -> bool:
+        return "leaf" in self(v) and self(v) <= {"leaf", "const"}
+
+
+def _scalar_consts(ctx) -> dict[int, Op]:
+    """Scalar constants of the kernel (rendered as locals, so not in ctx.lazy)."""
+    return {op.results[0].id: op for op in walk(ctx.k.body.ops) if op.opcode == "const"}
+
+
+def _leaf(ctx, v: Value, seen: set) -> list[Op]:
+    """Code loads in v's lazy graph: load_codes, or loads of u8/i8 bytes."""
+    op = ctx.lazy.get(v.id)
+    if op is None or v.id in seen:
+        return []
+    seen.add(v.id)
+    if op.opcode == "load_codes" or (op.opcode == "load" and op.operands[0].type.dtype in _BYTES):
+        return [op]
+    return [x for o in op.operands for x in _leaf(ctx, o, seen)]
+
+
+def _affine(ctx, deps: _Deps, v: Value, roots: list) -> tuple[tuple, tuple] | None:
+    if deps.code(v):
+        roots.append(v)
+        return ("k", 1.0), ("k", 0.0)
+    op = ctx.lazy.get(v.id)
+    if op is None:
+        return None
+    o = op.opcode
+    if (
+        o == "cast"
+        and op.attrs.dtype in ("f16", "f32")
+        and op.operands[0].type.dtype in ("f16", "f32")
+    ):
+        return _affine(ctx, deps, op.operands[0], roots)
+    if o == "neg":
+        got = _affine(ctx, deps, op.operands[0], roots)
+        return None if got is None else (("neg", got[0]), ("neg", got[1]))
+    if o not in ("add", "sub", "mul", "div") or not deps(v) <= {"leaf", "row", "const"}:
+        return None
+    x, y = op.operands
+    if "leaf" in deps(y) and o in ("add", "mul", "sub") and deps.row(x):
+        got = _affine(ctx, deps, y, roots)
+        if got is None:
+            return None
+        r = ("v", x)
+        if o == "add":
+            return got[0], ("add", got[1], r)
+        if o == "mul":
+            return ("mul", got[0], r), ("mul", got[1], r)
+        return ("neg", got[0]), ("sub", r, got[1])
+    if "leaf" not in deps(x) or not deps.row(y):
+        return None
+    got = _affine(ctx, deps, x, roots)
+    if got is None:
+        return None
+    r = ("v", y)
+    if o in ("add", "sub"):
+        return got[0], (o, got[1], r)
+    return (o, got[0], r), (o, got[1], r)
+
+
+def _simplify(e: tuple) -> tuple:
+    if e[0] in ("v", "k"):
+        return e
+    args = [_simplify(x) for x in e[1:]]
+    consts = [x[1] for x in args if x[0] == "k"]
+    if len(consts) == len(args):
+        with np.errstate(all="ignore"):
+            f = {
+                "neg": lambda a: -a,
+                "add": np.add,
+                "sub": np.subtract,
+                "mul": np.multiply,
+                "div": np.divide,
+            }[e[0]]
+            return ("k", float(f(*[np.float32(c) for c in consts])))
+    if e[0] == "mul" and ("k", 0.0) in args:
+        return ("k", 0.0)
+    if e[0] in ("mul", "div") and args[1] == ("k", 1.0):
+        return args[0]
+    if e[0] == "mul" and args[0] == ("k", 1.0):
+        return args[1]
+    if e[0] in ("add", "sub") and args[1] == ("k", 0.0):
+        return args[0]
+    if e[0] == "add" and args[0] == ("k", 0.0):
+        return args[1]
+    return (e[0], *args)
+
+
+def _code_values(ctx, leaf: Op, root: Value) -> np.ndarray:
+    """v for every code: the ops between the code load and `root`, run by the interpreter."""
+    bits = leaf.attrs.bits if leaf.opcode == "load_codes" else 8
+    codes = np.arange(1 << bits)
+    if leaf.opcode == "load_codes":
+        env = {leaf.results[0].id: codes.astype(np.int32)}
+    else:
+        dt = np.int8 if leaf.operands[0].type.dtype == "i8" else np.uint8
+        env = {leaf.results[0].id: codes.astype(np.uint8).view(dt)}
+    order: list[Op] = []
+    consts = _scalar_consts(ctx)
+
+    def visit(v: Value) -> None:
+        op = ctx.lazy.get(v.id) or consts.get(v.id)
+        if v.id in env or op is None or op in order:
+            return
+        for x in op.operands:
+            visit(x)
+        order.append(op)
+
+    visit(root)
+    for op in order:
+        if op.opcode in ("broadcast", "reshape", "relayout"):
+            env[op.results[0].id] = env[op.operands[0].id]
+        else:
+            _eval_op(op, env, (0, 0, 0), {})
+    return np.broadcast_to(np.asarray(env[root.id], np.float64), codes.shape)
+
+
+def plan_pairs(ctx, op: Op) -> PairPlan | None:
+    """The pair plan of a store, or None when it does not qualify (see the module doc)."""
+    a = op.attrs
+    target = op.operands[0]
+    if target.type.dtype != "f16" or a.masked or len(a.sizes) != 2 or 0 in a.sizes:
+        return None
+    if a.sizes[-1] % 32 or ctx.unit is not None or ctx.hoist is not None:
+        return None
+    value = op.operands[-1]
+    leaves = _leaf(ctx, value, set())
+    if len(leaves) != 1:
+        return None
+    leaf = leaves[0]
+    if leaf.attrs.masked or tuple(leaf.attrs.sizes) != tuple(a.sizes):
+        return None
+    if len(shape_of(leaf.results[0].type)) != 2 or len(leaf.operands[0].type.shape) != 2:
+        return None
+    deps, roots = _Deps(ctx, leaf), []
+    got = _affine(ctx, deps, value, roots)
+    if got is None or len(roots) != 1 or shape_of(roots[0].type) != tuple(a.sizes):
+        return None
+    bits = leaf.attrs.bits if leaf.opcode == "load_codes" else 8
+    recipe = recipe_for(_code_values(ctx, leaf, roots[0]), bits)
+    if recipe is None:
+        return None
+    return PairPlan(leaf, recipe, _simplify(got[0]), _simplify(got[1]))
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _row_value(ctx, e: tuple, idx: tuple[str, ...], shape) -> str:
+    """f32 source of a row expression for the unit's row."""
+    if e[0] == "k":
+        return f"F32({float(np.float32(e[1]))!r})"
+    if e[0] == "v":
+        return f"F32({ctx.elem(e[1], ctx.bcast(idx, shape, shape_of(e[1].type)))})"
+    args = [_row_value(ctx, x, idx, shape) for x in e[1:]]
+    if e[0] == "neg":
+        return ctx.src.tmp(f"F32(-{args[0]})", "r")
+    sym = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[e[0]]
+    return ctx.src.tmp(f"F32({args[0]} {sym} {args[1]})", "r")
+
+
+def _rename(expr: str, names: dict[str, str]) -> str:
+    return re.sub(r"\b([wv]\d+)\b", lambda m: names[m.group(1)], expr)
+
+
+class _Emit:
+    """Source of one unit's fast path: words in, pairs converted, halves out."""
+
+    def __init__(self, ctx, plan: PairPlan, p: int, interleaved: bool):
+        self.ctx, self.plan, self.p = ctx, plan, p
+        self.r = plan.recipe
+        self.b = self.r.bits
+        self.interleaved = interleaved
+
+    def scale_factor(self) -> float:
+        r = self.r
+        if r.kind == "magic":
+            return 1.0 if self.three_op() else r.alpha
+        return r.factor if r.kind == "shift" else 1.0
+
+    def one_op(self) -> bool:
+        """(M + c) * A + (-M * A): exact when B is statically 0, beta 0, alpha 2^k."""
+        r = self.r
+        return (
+            r.kind == "magic"
+            and self.plan.b == ("k", 0.0)
+            and r.beta == 0.0
+            and _power_of_two(r.alpha)
+        )
+
+    def three_op(self) -> bool:
+        """v = (c - M) * alpha + beta first (exact), when A * beta + B would round."""
+        r = self.r
+        return (
+            r.kind == "magic"
+            and r.beta != 0.0
+            and not (_power_of_two(r.beta) and self.plan.b == ("k", 0.0))
+        )
+
+    def limit(self) -> float:
+        return 63.0 if self.one_op() else 65504.0
+
+    def words(self, w: str, wr: str, wc: str, machine: bool) -> list[str]:
+        """Load the unit's words; returns their names."""
+        src, n = self.ctx.src, self.p * self.b // 32
+        names = [src.fresh("w") for _ in range(n)]
+        if machine:
+            for t in range(0, n, 4):
+                src.line(
+                    f"{', '.join(names[t : t + 4])} = ld_row_u32x4({w}, U64({wr}), "
+                    f"U64({wc} + {4 * t}))"
+                )
+            return names
+        base = src.tmp(f"({wc} * {self.b}) >> 5", "wb")
+        if n % 4 == 0:
+            for t in range(0, n, 4):
+                src.line(
+                    f"{', '.join(names[t : t + 4])} = ld_row_u32x4({w}, U64({wr}), "
+                    f"U64({base} + {t}))"
+                )
+        else:
+            for t in range(n):
+                src.line(f"{names[t]} = U32({w}[{wr}, {base} + {t}])")
+        return names
+
+    def group(self, words: list[str], consts: dict) -> list[str]:
+        """The 16 converted pairs of 32 codes in `words`."""
+        src, r, b = self.ctx.src, self.r, self.b
+        names = {f"w{i}": x for i, x in enumerate(words)}
+        if r.kind == "magic":
+            exprs, uses_v = magic_pairs(b, r.flip, self.interleaved)
+            if uses_v:
+                for i in range(b):
+                    names[f"v{i}"] = v = src.fresh("v")
+                    if self.interleaved:
+                        src.line(f"{v} = U32({words[i]} >> U32(8))")
+                        continue
+                    nxt = f" | ({words[i + 1]} << U32(28))" if i + 1 < b else ""
+                    src.line(f"{v} = U32(({words[i]} >> U32(4)){nxt})")
+            out = []
+            for e, key in exprs:
+                m = _rename(e, names)
+                if self.one_op():
+                    out.append(src.tmp(f"hfma2({m}, {consts['s']}, {consts[key]})", "h"))
+                else:
+                    t = src.tmp(f"hfma2({m}, U32({ONE_PAIR:#x}), U32({_neg_magic(key):#x}))")
+                    if self.three_op():
+                        t = src.tmp(
+                            f"hfma2({t}, U32({_pair(r.alpha):#x}), U32({_pair(r.beta):#x}))"
+                        )
+                    out.append(src.tmp(f"hfma2({t}, {consts['s']}, {consts['b']})", "h"))
+            return out
+        if r.kind == "shift":
+            exprs = [_rename(e, names) for e in shift_pairs()]
+        else:
+            exprs = [f"{consts['t']}[{_rename(e, names)}]" for e in table_indices(b)]
+        return [src.tmp(f"hfma2(U32({e}), {consts['s']}, {consts['b']})", "h") for e in exprs]
+
+    def constants(self, af: str, bf: str) -> dict:
+        src, r = self.ctx.src, self.r
+        out = {"s": src.tmp(f"pack_f16x2({af}, {af})", "s")}
+        if self.one_op():
+            for _, key in magic_pairs(self.b, r.flip, self.interleaved)[0]:
+                if key not in out:  # -2^(10-o) * A, exact in f16
+                    out[key] = src.tmp(f"hfma2({out['s']}, U32({_neg_magic(key):#x}), U32(0))", "m")
+        else:
+            out["b"] = src.tmp(f"pack_f16x2({bf}, {bf})", "s")
+        if r.kind == "table":
+            out["t"] = self.ctx.word_table(r.table)
+        return out
+
+
+def _power_of_two(x: float) -> bool:
+    return x != 0 and float(np.log2(abs(x))).is_integer()
+
+
+def _pair(x: float) -> int:
+    """f16x2 bits of (x, x)."""
+    return int(np.array(x, np.float16).view(np.uint16)) * 0x10001
+
+
+def _neg_magic(key: tuple[int, int]) -> int:
+    lo, hi = (int(np.array(-(2.0 ** (10 - o)), np.float16).view(np.uint16)) for o in key)
+    return lo | hi << 16
+
+
+def store_pairs(ctx, op: Op, starts: list[str], body) -> bool:
+    """Render the store through the pair path if it qualifies (else False, nothing emitted);
+    `body(idx, e)` renders one element on the generic path (for units that fail a check)."""
+    plan = plan_pairs(ctx, op)
+    if plan is None or (
+        ctx.tensor(plan.leaf.operands[0]).interleaved and plan.recipe.kind != "magic"
+    ):
+        return False
+    shape = tuple(op.attrs.sizes)
+    rows, cols = shape
+    p = next(w for w in (128, 64, 32) if cols % w == 0)
+    y, w = ctx.tensor(op.operands[0]), ctx.tensor(plan.leaf.operands[0])
+    wstarts = [ctx.elem(v, ()) for v in plan.leaf.operands[1:]]
+    machine = plan.leaf.opcode == "load"
+    em = _Emit(ctx, plan, p, w.interleaved)
+    src, per_row = ctx.src, cols // p
+    e = src.fresh("e")
+    src.line(f"{e} = tid")
+    with src.block(f"while {e} < {rows * per_row}:"), ctx.scope():
+        q = src.tmp(f"{e} // {per_row}", "q")
+        c0 = src.tmp(f"({e} - {q} * {per_row}) * {p}", "c")
+        yr, yc = src.tmp(f"{starts[0]} + {q}", "g"), src.tmp(f"{starts[1]} + {c0}", "g")
+        wr = yr if wstarts[0] == starts[0] else src.tmp(f"{wstarts[0]} + {q}", "g")
+        wc = yc if wstarts[1] == starts[1] else src.tmp(f"{wstarts[1]} + {c0}", "g")
+        b = em.b
+        # word alignment: 16-byte loads (or whole words) and 16-byte stores
+        wstep = 16 if machine else (128 if p * b // 32 % 4 == 0 else 32) // gcd(b, 128)
+        conds = [
+            f"0 <= {yr} < {y.dims[0]}",
+            f"0 <= {yc}",
+            f"{yc} + {p} <= {y.dims[1]}",
+            f"({y.dims[1]} & 7) == 0",
+        ]
+        wdims = {"16": f"{w.dims[1]} & 15", "128": f"({w.dims[1]} * {b}) & 127"}
+        if wr != yr:
+            conds.append(f"0 <= {wr} < {w.dims[0]}")
+        if wc != yc:
+            conds += [f"0 <= {wc}", f"({yc} & 7) == 0"]
+        if wc != yc or w.dims[1] != y.dims[1]:
+            conds.append(f"{wc} + {p} <= {w.dims[1]}")
+        mask = max(wstep, 8) - 1 if wc == yc else wstep - 1
+        conds.append(f"({wc} & {mask}) == 0")
+        key = "16" if machine else "128" if wstep * b % 128 == 0 and p * b // 32 % 4 == 0 else ""
+        if key:
+            conds.append(f"({wdims[key]}) == 0")
+        ok, af, bf = src.fresh("ok"), src.fresh("af"), src.fresh("bf")
+        src.line(f"{ok} = {' and '.join(conds)}")
+        src.line(f"{af} = F32(0)")
+        src.line(f"{bf} = F32(0)")
+        # row values (scale, zero) only for units in bounds, which makes their own bounds
+        # checks redundant; a scale outside f16's normal range takes the fallback
+        with src.block(f"if {ok}:"), ctx.scope():
+            idx = (q, c0)
+            a_row = _row_value(ctx, plan.a, idx, shape)
+            src.line(f"{af} = F32({a_row} * F32({em.scale_factor()!r}))")
+            r = plan.recipe
+            b_row = _row_value(ctx, plan.b, idx, shape)
+            if r.kind == "magic" and r.beta != 0.0 and not em.three_op():
+                b_row = f"F32({a_row} * F32({r.beta!r}) + {b_row})"
+            src.line(f"{bf} = F32({b_row})")
+            src.line(
+                f"{ok} = abs({af}) < {em.limit()!r} and (abs({af}) >= {F16_MIN_NORMAL!r} "
+                f"or {af} == 0)"
+            )
+        with src.block(f"if {ok}:"):
+            consts = em.constants(af, bf)
+            words = em.words(w.name, wr, wc, machine)
+            for g in range(p // 32):
+                pairs = em.group(words[g * b : (g + 1) * b], consts)
+                for s in range(4):
+                    src.line(
+                        f"st_row_f16x8({y.name}, U64({yr}), U64({yc} + {32 * g + 8 * s}), "
+                        f"{', '.join(pairs[4 * s : 4 * s + 4])})"
+                    )
+        with src.block(f"elif 0 <= {yr} < {y.dims[0]}:  {FALLBACK}"):
+            j = src.fresh("j")
+            src.line(f"{j} = 0")
+            with src.block(f"while {j} < {p}:"), ctx.scope():
+                body((q, src.tmp(f"{c0} + {j}", "c")), "")
+                src.line(f"{j} += 1")
+        src.line(f"{e} += nthr")
+    return True
+
+
+def steady_state(source: str) -> str:
+    """What runs when every chunk is a full one and every unit passes its checks: the source
+    with each pair loop's per-element fallback, and the `else` branch of each `if` whose
+    then-branch holds a pair loop (the masked partial chunk), replaced by `pass`. For
+    counting the steady-state SASS only."""
+    lines = source.splitlines()
+    cut = set()
+    for i, line in enumerate(lines):
+        if line.rstrip().endswith(FALLBACK):
+            cut.add(i)
+            depth = _depth(line)
+            for j in range(i - 1, -1, -1):  # the enclosing `if` blocks' else branches
+                if lines[j].strip() and _depth(lines[j]) < depth:
+                    depth = _depth(lines[j])
+                    if lines[j].lstrip().startswith("if "):
+                        cut.update(_else_of(lines, j))
+    out, skip = [], None
+    for i, line in enumerate(lines):
+        if skip is not None:
+            if line.strip() and _depth(line) <= skip:
+                skip = None
+            else:
+                continue
+        out.append(line)
+        if i in cut:
+            out.append(" " * (_depth(line) + 4) + "pass")
+            skip = _depth(line)
+    return "\n".join(out) + "\n"
+
+
+def _depth(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _else_of(lines: list[str], i: int) -> list[int]:
+    """Index of the `else:` line closing the `if` at line i (empty when it has none)."""
+    d = _depth(lines[i])
+    for j in range(i + 1, len(lines)):
+        if lines[j].strip() and _depth(lines[j]) <= d:
+            return [j] if _depth(lines[j]) == d and lines[j].strip().startswith("else:") else []
+    return []
