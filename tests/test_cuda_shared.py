@@ -1,6 +1,6 @@
-"""Shared tiles in the numba-cuda backend without a GPU: the rendered source (swizzled
-`cuda.shared.array` indexing, barriers), PTX that ptxas assembles, and the simulator suite
-(tests/cudasim/test_sim_shared.py) in a process of its own."""
+"""Shared tiles and quantizing stores in the numba-cuda backend without a GPU: the rendered
+source (swizzled `cuda.shared.array` indexing, barriers), PTX that ptxas assembles, and the
+simulator suite (tests/cudasim/test_sim_shared.py) in a process of its own."""
 
 from __future__ import annotations
 
@@ -36,14 +36,17 @@ def test_rendered_source_declares_swizzled_shared_arrays_and_barriers():
 @needs_toolchain
 @pytest.mark.cuda_toolchain
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("name", ["STAGED", "CODES", "GEMM"])
+@pytest.mark.parametrize("name", ["STAGED", "CODES", "GEMM", "QUANT"])
 def test_shared_tile_kernels_assemble_without_spills(name, arch):
     k = lowbitc.compile(_sim_kernel(name), backend="cuda")
     ptx = BACKEND.ptx(k.lowered, arch)
-    assert ".shared" in ptx and "bar.sync" in ptx
     asm = T.assemble(ptx, arch)
     assert asm.spill_store_bytes == 0 and asm.spill_load_bytes == 0, asm.log
-    assert asm.shared_bytes > 0 and asm.barriers >= 1
+    if name == "QUANT":  # codes go into shared words with atomics
+        assert "atom.global.and.b32" in ptx and "atom.global.or.b32" in ptx
+    else:
+        assert ".shared" in ptx and "bar.sync" in ptx
+        assert asm.shared_bytes > 0 and asm.barriers >= 1
 
 
 @pytest.mark.cudasim
@@ -52,5 +55,21 @@ def test_shared_simulator_suite_in_its_own_process():
     proc = T.run_in_simulator(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(SIM)])
     report = proc.stdout[-6000:] + proc.stderr[-3000:]
     assert proc.returncode == 0, report
-    assert "3 passed" in proc.stdout and "failed" not in proc.stdout, report
+    assert "10 passed" in proc.stdout and "failed" not in proc.stdout, report
     assert os.environ.get("NUMBA_ENABLE_CUDASIM") != "1"
+
+
+def test_encode_needing_f64_thresholds_is_an_error_on_the_gpu():
+    import numpy as np
+
+    from lowbitc.errors import BackendError
+    from lowbitc.passes import run_pipeline
+
+    book = lowbitc.codebook(np.float32([1e-30, 0.1, 1.0000001, 7.0]), name="gpu_f64_book")
+    src = """kernel q[F: dtype](x: f32[N], w: F[N]) {
+      store(w[0 :+ 8], cast(load(x[0 :+ 8]), F))
+    }"""
+    k = lowbitc.compile(src, F=book)
+    with pytest.raises(BackendError, match="GPU tables are float32") as err:
+        BACKEND.emit(run_pipeline(k.ir, BACKEND.pipeline))
+    assert err.value.loc.line == 2

@@ -43,7 +43,7 @@ def make_plan(k: Kernel) -> Plan:
         for reg in op.regions:
             region_args.update(a.id for a in reg.args)
         uses.update(v.id for v in op.operands)
-        if op.opcode == "store":
+        if op.opcode in ("store", "store_codes"):
             stored.add(op.operands[0].id)
     marked: set[int] = set()
     for op in walk(k.body.ops):

@@ -1,6 +1,7 @@
 """Shared tiles in the numba-cuda backend, run in Numba's CUDA simulator against the reference
 interpreter: staged copies through swizzled shared memory, re-reads after stores, format codes
-in shared memory, and a K loop that refills one shared tile per iteration between syncs.
+in shared memory, a K loop that refills one shared tile per iteration between syncs; and casts
+to formats stored into packed tensors whose words several threads and blocks share.
 
 Run only in a process with NUMBA_ENABLE_CUDASIM=1 (tests/test_cuda_shared.py starts one).
 """
@@ -92,3 +93,34 @@ def test_k_loop_refills_shared_tiles_between_syncs():
     b = rng.standard_normal((6, 19)).astype(np.float32)
     got = _both(GEMM, [a, b, np.zeros((5, 6), np.float32)], [2])
     np.testing.assert_allclose(got[2], a @ b.T, rtol=1e-5, atol=1e-5)
+
+
+QUANT = """
+kernel quant[F: dtype = u4, B: int = 32](x: f32[N, K], q: F[N, K], y: f32[N, K])
+  threads 16 grid (N, cdiv(K, B))
+{
+  c = cast(load(x[block.x, block.y * B :+ B]), F)
+  store(q[block.x, block.y * B :+ B], c)               # tiles of B codes share words
+  store(y[block.x, block.y * B :+ B], cast(c, f32))
+}
+"""
+
+
+@pytest.mark.parametrize(
+    "fmt,B",
+    [
+        ("u3", 5),
+        ("i4", 13),
+        ("f6e3m2", 32),
+        ("f4e2m1", 7),
+        ("nf4", 9),
+        ("f8e4m3fn", 16),
+        ("b1", 11),
+    ],
+)
+def test_quantizing_stores_match_encode(fmt, B):
+    f = lowbitc.dtype(fmt)
+    x = (np.random.default_rng(B).standard_normal((3, 45)) * f.max).astype(np.float32)
+    q = np.zeros((3, -(-45 * f.bits // 32)), np.uint32)
+    got = _both(QUANT, [x, q, np.zeros_like(x)], [1, 2], F=fmt, B=B)
+    assert np.array_equal(lowbitc.unpack(got[1], f.bits, 45), f.encode(x))
