@@ -20,7 +20,8 @@ from lowbitc.passes import magic_convert  # noqa: F401  (registers magic-convert
 from lowbitc.signature import bind
 
 # the CPU pipeline plus the magic-number code conversion
-CUDA_PIPELINE = ("cse", "lower-formats", "bitpack", "magic-convert", "cse", "dce")
+CUDA_PIPELINE = ("cse", "lower-formats", "bitpack", "lower-encode", "magic-convert", "cse",
+                 "dce")
 _SCALAR = {"i64": np.int64, "i32": np.int32, "f32": np.float32, "f64": np.float64}
 
 
@@ -55,7 +56,8 @@ class Executable:
         self.rendered = rendered
         self.threads = threads
         self.kernel = cuda.jit(toolchain.load_source(rendered.source, rendered.name))
-        stored = {op.operands[0].id for op in walk(k.body.ops) if op.opcode == "store"}
+        stored = {op.operands[0].id for op in walk(k.body.ops)
+                  if op.opcode in ("store", "store_codes")}
         self.outputs = {p.name for p in k.params if p.id in stored}
         order = interleaved_params(k)
         self.interleaved = {p.name: order[p.id] for p in k.params if p.id in order}
