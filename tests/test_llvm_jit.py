@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from lowbitc.backends.llvm import jit, launch, pool
 from lowbitc.backends.llvm.launch import ArgPacker, ArrayArg, GridLauncher, ScalarArg
-
 from lowbitc.errors import BackendError, UserArgumentError
 
 BLOCK = 64  # saxpy elements per grid block
@@ -279,7 +279,9 @@ def count_address() -> int:
 
 
 @pytest.mark.parametrize("kind", ["native", "python"])
-def test_every_block_runs_exactly_once_over_many_launches(count_address, kind):
+@pytest.mark.parametrize("threads", [None, 2])
+def test_every_block_runs_exactly_once_over_many_launches(count_address, kind, threads):
+    """Also when parts outnumber `threads`: then no more workers than threads - 1 start."""
     if kind == "native" and not pool.available():
         pytest.skip("no native pool on this platform")
     the_pool = pool.NativePool() if kind == "native" else pool.PythonPool()
@@ -289,30 +291,11 @@ def test_every_block_runs_exactly_once_over_many_launches(count_address, kind):
     expected = np.zeros_like(counts)
     for _ in range(400):
         nblocks = int(rng.integers(1, 600))
-        parts = int(rng.integers(1, min(nblocks, 6) + 1))
-        assert the_pool.run(count_address, packed, nblocks, parts)
+        parts = int(rng.integers(1, min(nblocks, 6 if threads is None else 16) + 1))
+        assert the_pool.run(count_address, packed, nblocks, parts, threads)
         expected[:nblocks] += 1
     np.testing.assert_array_equal(counts, expected)
-    assert the_pool.workers >= 1
-
-
-@pytest.mark.parametrize("kind", ["native", "python"])
-def test_more_parts_than_threads(count_address, kind):
-    """Parts are claimed by at most `threads` threads (no more workers are started), and every
-    block still runs once."""
-    if kind == "native" and not pool.available():
-        pytest.skip("no native pool on this platform")
-    the_pool = pool.NativePool() if kind == "native" else pool.PythonPool()
-    rng = np.random.default_rng(5)
-    counts = np.zeros(300, np.int64)
-    packed = ArgPacker(COUNT_SIG)((counts,))
-    expected = np.zeros_like(counts)
-    for _ in range(200):
-        nblocks = int(rng.integers(1, 300))
-        assert the_pool.run(count_address, packed, nblocks, int(rng.integers(1, 17)), 2)
-        expected[:nblocks] += 1
-    np.testing.assert_array_equal(counts, expected)
-    assert the_pool.workers == 1
+    assert the_pool.workers >= 1 if threads is None else the_pool.workers == threads - 1
 
 
 def test_launch_in_a_forked_child(count_address):
