@@ -143,7 +143,7 @@ def test_views_from_format_tiles():
 def test_lower_encode_pass_is_a_table_search():
     k = lowbitc.compile(QUANT, F="f4e2m1")
     text = print_kernel(run_pipeline(k.ir, ["lower-formats", "bitpack", "lower-encode", "dce"]))
-    assert "from_codes" in text and "store_codes" in text and " cast " not in text
+    assert "store_codes" in text and " cast " not in text  # (from_codes folds away)
     assert text.count(" lut ") == 4 + 1  # 15 values: 4 search steps, then the code table
     u4 = lowbitc.compile(QUANT, F="i4").ir
     text = print_kernel(run_pipeline(u4, ["lower-formats", "bitpack", "lower-encode", "dce"]))
