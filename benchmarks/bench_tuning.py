@@ -23,6 +23,7 @@ import numpy as np
 import lowbitc
 from benchmarks.harness import interleaved_stats, machine_info, write_json
 from lowbitc import ops
+from lowbitc.autotune import kernel_weights
 
 RESULTS = Path(__file__).parent / "results" / "tuning.json"
 CLASSES = ((1, 1024, 1024), (16, 1024, 1024), (128, 1024, 1024), (1, 256, 8192),
@@ -45,10 +46,10 @@ def bench_class(shape: tuple[int, int, int], rounds: int) -> dict:
     kernels = {name: ops.get_kernel("matmul", **p) for name, p in
                (("default", default), ("tuned", tuned))}
     zeros = np.zeros((1, 1), np.float32)
-    w = ops.weight_storage(qw)
     outs = {name: np.empty((m, N), np.float32) for name in kernels}
-    calls = {name: (lambda k=k, y=outs[name]: k(x, w, qw.scales, zeros, y, GROUP, K=K))
-             for name, k in kernels.items()}
+    ws = {name: kernel_weights(qw, k) for name, k in kernels.items()}
+    calls = {name: (lambda k=k, y=outs[name], w=ws[name]:
+                    k(x, w, qw.scales, zeros, y, GROUP, K=K)) for name, k in kernels.items()}
     ops_y = ops.matmul(x, qw)  # what ops picks now: the stored winner
     stats = interleaved_stats(calls, rounds=rounds)
     np.testing.assert_allclose(outs["tuned"], outs["default"], rtol=1e-4, atol=1e-3)

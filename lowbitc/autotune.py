@@ -28,8 +28,8 @@ from lowbitc.dsl.lower import lower_kernel
 from lowbitc.dtypes import dtype as to_dtype
 from lowbitc.errors import DSLTypeError, LowbitcError, UserArgumentError
 from lowbitc.ir.types import TensorType, is_float, is_machine, numpy_dtype
-from lowbitc.ops import kernel_path, matmul_params
-from lowbitc.packing import pack
+from lowbitc.ops import kernel_path, matmul_params, weight_storage
+from lowbitc.quant import QTensor
 from lowbitc.signature import format_bits, storage_dtype, words_for
 from lowbitc.tuned import forget, kernel_key, record_key
 from lowbitc.tuning import Constraint, Measurer, SearchSpace, TuneResult, WallClock
@@ -259,7 +259,7 @@ class Candidate:
         k = compile(t.source_or_path, self.backend, t.kernel, **t.fixed, **config)
         rng = np.random.default_rng(self.seed)
         if t.op == "matmul":
-            args, kwargs, check = _matmul_inputs(t, rng)
+            args, kwargs, check = _matmul_inputs(t, k, rng)
         else:
             args, kwargs, check = *_generic_inputs(k.lowered, t, rng), None
         k(*args, **kwargs)
@@ -302,7 +302,17 @@ def _random_tensor(dt: str, shape: list[int], rng: np.random.Generator) -> np.nd
     return rng.integers(0, 4, shape).astype(storage_dtype(dt))
 
 
-def _matmul_inputs(t: Target, rng: np.random.Generator):
+def kernel_weights(qw: QTensor, k) -> object:
+    """The weights as ops.matmul passes them to kernel `k`: in the kernel's own packing where
+    ops.weight_storage takes the kernel (docs/packing.md), else the canonical words (so a
+    candidate is timed on what ops would run, not on a per-call repacking)."""
+    try:
+        return weight_storage(qw, k)
+    except TypeError:
+        return weight_storage(qw)
+
+
+def _matmul_inputs(t: Target, k, rng: np.random.Generator):
     """x, packed weights, scales, zeros, y and group for ops' matmul, plus a check of y
     against numpy on the decoded weights."""
     M, N, K = t.dims["M"], t.dims["N"], t.dims["K"]
@@ -311,9 +321,9 @@ def _matmul_inputs(t: Target, rng: np.random.Generator):
     values = fmt.values()
     finite = np.flatnonzero(np.isfinite(values) & (np.abs(values) < 2.0**20))
     codes = rng.choice(finite, (N, K)).astype(np.uint8)
-    w = codes.view(numpy_dtype(fmt.name)) if is_machine(fmt.name) else pack(codes, fmt.bits)
     s = rng.uniform(0.5, 1.5, (N, G)).astype(np.float32)
     z = rng.uniform(0, 2, (N, G) if t.fixed["ZP"] else (1, 1)).astype(np.float32)
+    w = kernel_weights(QTensor(fmt, (N, K), group, codes, s, z if t.fixed["ZP"] else None), k)
     x32 = rng.uniform(-1, 1, (M, K)).astype(np.float32)
     x = x32.astype(numpy_dtype(t.fixed["A"]))
     y = np.empty((M, N), np.float32)
