@@ -28,6 +28,9 @@ _LOCK = threading.Lock()
 _NO_ZEROS = np.zeros((1, 1), np.float32)
 _OUT_DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 _F32 = np.dtype(np.float32)
+# CUDA dequantize rows per block for f16 outputs (docs/cuda.md): 128-code units, two per
+# thread of a 128-thread block (f32 outputs keep the kernel's default)
+CUDA_DEQUANT_BN = {"f16": 256}
 
 
 def kernel_source(name: str) -> str:
@@ -177,9 +180,9 @@ def dequantize(qw: QTensor, backend: str = "llvm", out: np.ndarray | None = None
                out_dtype=np.float32) -> np.ndarray:
     """qw's float32 weights [N, K], bit-identical to qw.dequantize() (written to `out` if given).
 
-    `out_dtype=np.float16` returns float16 weights instead (`backend="cuda"`: the f16 path
-    of docs/cuda.md, within 2^-10 of |scale * value| + |zero term| plus half an f16 ulp of
-    the float32 result)."""
+    `out_dtype=np.float16` returns float16 weights instead: on "llvm" the float32 result
+    rounded once; on "cuda" the f16 path of docs/cuda.md (within 2^-10 * (|scale * value| +
+    |zero term|) plus half an f16 ulp of the float32 result)."""
     qw = _check_qtensor(qw)
     N, K = qw.shape
     try:
@@ -197,8 +200,11 @@ def dequantize(qw: QTensor, backend: str = "llvm", out: np.ndarray | None = None
         params = {"W": qw.dtype, "ZP": qw.zeros is not None}
         if odt != "f32":
             params["O"] = odt
-        params.update(tuned_params("dequantize", dict(params), qw.group_size, {"N": N, "K": K},
-                                   backend))
+        tuned = tuned_params("dequantize", dict(params), qw.group_size, {"N": N, "K": K},
+                             backend)
+        if backend == "cuda" and odt in CUDA_DEQUANT_BN:
+            params["BN"] = CUDA_DEQUANT_BN[odt]
+        params.update(tuned)
         k = _remember(plan, get_kernel("dequantize", backend, **params))
     zeros = qw.zeros if qw.zeros is not None else _NO_ZEROS
     k(weight_storage(qw), qw.scales, zeros, y, qw.group_size, K=K)

@@ -171,6 +171,13 @@ def test_dequantize_out_dtype_is_checked():
         ops.dequantize(qw, out=np.zeros((2, 32), np.float32), out_dtype=np.float16)
 
 
+def test_f16_dequantize_on_the_cpu_rounds_the_f32_result_once():
+    w = np.random.default_rng(5).standard_normal((6, 200)).astype(np.float32)
+    qw = quantize(w, "u3", 64, zero_point=True)
+    got = ops.dequantize(qw, out_dtype=np.float16)
+    np.testing.assert_array_equal(got, qw.dequantize().astype(np.float16))
+
+
 def _sass_per_weight(w: str, arch: str, **params) -> tuple[float, dict]:
     r = _rendered(w, BN=256, **params)
     st = T.stats(steady_state(r.source), r.signature, arch, name=r.name, weights_per_iteration=128)
