@@ -162,12 +162,21 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
     return y
 
 
+def _line_aligned(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a 64-byte cache line."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + 64, np.uint8)
+    first = -raw.ctypes.data % 64
+    return raw[first:first + nbytes].view(dtype).reshape(shape)
+
+
 def _out(out: np.ndarray | None, shape: tuple[int, int],
          dtype: np.dtype = _F32) -> np.ndarray:
     """The result array: `out` when given (checked), else a new one. Reusing an output saves
-    the page faults of a fresh large array on every call."""
+    the page faults of a fresh large array on every call. A new array starts on a 64-byte
+    line, so dequantize can write it with streaming stores."""
     if out is None:
-        return np.empty(shape, dtype)
+        return _line_aligned(shape, dtype)
     if not (isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == shape
             and out.flags.c_contiguous and out.flags.writeable):
         got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__

@@ -109,3 +109,30 @@ def test_tables_hold_the_decoded_bits_of_every_code():
     want = fmt.decode(np.arange(16, dtype=np.uint8)).view(np.uint32)
     np.testing.assert_array_equal(table, want)
     assert want[1] == np.float32(0.5).view(np.uint32) and want[8] == 0x80000000
+
+
+# ------------------------------------------------------------------- streaming stores
+
+def _misaligned(shape, by_bytes: int) -> np.ndarray:
+    n = int(np.prod(shape))
+    raw = np.zeros(n + 32, np.float32)
+    first = ((by_bytes - raw.ctypes.data) % 64) // 4
+    return raw[first:first + n].reshape(shape)
+
+
+@pytest.mark.parametrize("K", [512, 536])  # row strides of whole lines, and not
+def test_dequantize_streams_line_aligned_rows_and_stores_others_plainly(K):
+    from lowbitc import ops
+
+    rng = np.random.default_rng(5)
+    qw = lowbitc.quantize(rng.standard_normal((40, K)).astype(np.float32), "u3", 128,
+                          zero_point=True)
+    want = qw.dequantize()
+    fresh = ops.dequantize(qw)
+    assert fresh.ctypes.data % 64 == 0  # new outputs start on a line
+    for y in (fresh, _misaligned((40, K), 16), _misaligned((40, K), 0)):
+        ops.dequantize(qw, out=y)
+        assert np.array_equal(y.view(np.uint32), want.view(np.uint32))
+    text = ops.get_kernel("dequantize", W="u3", ZP=True).text("llvm")
+    if decode.permutes():
+        assert "!nontemporal" in text and "call void @llvm.x86.sse.sfence()" in text

@@ -17,7 +17,7 @@ from lowbitc.backends.llvm import (  # noqa: F401  (fill HANDLERS)
     ops_shared,
 )
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
-from lowbitc.backends.llvm.fusion import emit_fused_store, plan_fusion, plan_store_fusion
+from lowbitc.backends.llvm.fusion import SFENCE, emit_fused_store, plan_fusion, plan_store_fusion
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg
 from lowbitc.backends.llvm.ops_memory import dot_into
 from lowbitc.backends.llvm.panel import defer_activations, emit_planned_dot
@@ -75,6 +75,8 @@ def render(k: Kernel) -> Rendered:
         emit_region(env, k.body)
 
     em.loop("%begin", "%end", block)
+    if SFENCE in em.declares:  # streaming stores are ordered once, before the part returns
+        em.emit("call void @llvm.x86.sse.sfence()")
     em.emit("ret void")
     body = "\n".join(em.entry + em.lines)
     text = "\n".join(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lowbitc.backends.llvm.decode import code_tables, gather, lookup
+from lowbitc.backends.llvm.decode import code_tables, gather, lookup, permutes
 from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert, vtype
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view, scalar_op
@@ -195,33 +195,63 @@ def emit_fused_store(env: Env, plan: Plan) -> None:
     em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
     em.start_block(fast)
     bits = codes.attrs.bits
-    et = vtype(plan.root.type.dtype, W)
+    dt = plan.root.type.dtype
+    et = vtype(dt, W)
+    # rows that start on a cache line take streaming stores (no read-for-ownership of the
+    # output: half the memory traffic)
+    stream = permutes() and W * _BYTES.get(dt, 0) % 64 == 0
+    if stream:
+        nt, plain = em.label("dqstream"), em.label("dqplain")
+        em.emit(f"br i1 {_lines_aligned(em, dst, dst_starts, _BYTES[dt])}, label %{nt}, "
+                f"label %{plain}")
+        em.start_block(nt)
 
-    def row(j: str) -> None:
-        n = em.val(f"add i64 {cst[0]}, {j}")
-        first = em.val(f"mul i64 {em.val(f'lshr i64 {cst[1]}, 5')}, {bits}")
-        base = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {first}")
-        drow = em.val(f"mul i64 {em.val(f'add i64 {dst_starts[0]}, {j}')}, {dst.strides[0]}")
-        dbase = em.val(f"add i64 {drow}, {dst_starts[1]}")
+    def rows(streaming: bool) -> None:
+        def row(j: str) -> None:
+            n = em.val(f"add i64 {cst[0]}, {j}")
+            first = em.val(f"mul i64 {em.val(f'lshr i64 {cst[1]}, 5')}, {bits}")
+            base = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {first}")
+            drow = em.val(f"mul i64 {em.val(f'add i64 {dst_starts[0]}, {j}')}, {dst.strides[0]}")
+            dbase = em.val(f"add i64 {drow}, {dst_starts[1]}")
 
-        def step(c: str) -> None:
-            wi = em.val(f"add i64 {base}, {em.val(f'mul i64 {c}, {bits}')}")
-            p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}")
-            w = _eval_tree(env, plan, unpack32(em, p, bits), j, c)
-            di = em.val(f"add i64 {dbase}, {em.val(f'mul i64 {c}, {W}')}")
-            q = em.val(f"getelementptr inbounds {lltype(plan.root.type.dtype)}, ptr {dst.ptr}, "
-                       f"i64 {di}")
-            em.emit(f"store {et} {w}, ptr {q}, align 4")
-        em.loop("0", str(bk // W), step)
+            def step(c: str) -> None:
+                wi = em.val(f"add i64 {base}, {em.val(f'mul i64 {c}, {bits}')}")
+                p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}")
+                w = _eval_tree(env, plan, unpack32(em, p, bits), j, c)
+                di = em.val(f"add i64 {dbase}, {em.val(f'mul i64 {c}, {W}')}")
+                q = em.val(f"getelementptr inbounds {lltype(dt)}, ptr {dst.ptr}, i64 {di}")
+                how = "align 64, !nontemporal !{i32 1}" if streaming else "align 4"
+                em.emit(f"store {et} {w}, ptr {q}, {how}")
+            em.loop("0", str(bk // W), step)
 
-    em.loop("0", str(bn), row)
-    em.br(done)
+        em.loop("0", str(bn), row)
+        if streaming:  # the kernel ends with one sfence (codegen), not one per block
+            em.declare(SFENCE)
+        em.br(done)
+
+    if stream:
+        rows(True)
+        em.start_block(plain)
+    rows(False)
     em.start_block(slow)
     for d in plan.deferred:
         HANDLERS[d.opcode](env, d)
     HANDLERS["store"](env, op)
     em.br(done)
     em.start_block(done)
+
+
+_BYTES = {"f32": 4, "i32": 4, "u32": 4, "f16": 2, "bf16": 2}
+SFENCE = "declare void @llvm.x86.sse.sfence()"  # declared by kernels with streaming stores
+
+
+def _lines_aligned(em: Emitter, dst, starts: list[str], nbytes: int) -> str:
+    """Whether every row of the window starts on a 64-byte line (base, row stride, column)."""
+    base = em.val(f"ptrtoint ptr {dst.ptr} to i64")
+    first = em.val(f"add i64 {em.val(f'mul i64 {starts[0]}, {dst.strides[0]}')}, {starts[1]}")
+    addr = em.val(f"add i64 {base}, {em.val(f'mul i64 {first}, {nbytes}')}")
+    both = em.val(f"or i64 {addr}, {em.val(f'mul i64 {dst.strides[0]}, {nbytes}')}")
+    return em.val(f"icmp eq i64 {em.val(f'and i64 {both}, 63')}, 0")
 
 
 def _window_ok(em: Emitter, t, starts: list[str], sizes, aligned: bool = True) -> str:
