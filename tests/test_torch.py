@@ -175,6 +175,9 @@ def test_eager_path_follows_replaced_buffers_and_copies():
         torch.testing.assert_close(first, reference(x, q.qweight) + q.bias)
         q.qdata, q.scales, q.zeros = other.qdata, other.scales, other.zeros
         torch.testing.assert_close(q(x), other(x) - other.bias + q.bias)
+        third = lt.QuantLinear.from_linear(linear(seed=3), "u4", G)
+        q.load_state_dict(third.state_dict())  # copied into the same memory
+        torch.testing.assert_close(q(x), third(x))
         clone = copy.deepcopy(q)
         buf = io.BytesIO()
         torch.save(q, buf)
@@ -191,6 +194,13 @@ def test_jit_trace_records_the_op_not_the_eager_call():
         assert "lowbitc::matmul" in str(traced.graph)
         x = torch.randn(2, K)
         torch.testing.assert_close(traced(x), q(x))
+
+
+def test_vmap_goes_through_the_op():
+    q = lt.QuantLinear.from_linear(linear(), "u4", G)
+    x = torch.randn(4, 3, K)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.func.vmap(q)(x), q(x))
 
 
 def test_half_and_device_moves_keep_scales_float32():

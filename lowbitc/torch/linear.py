@@ -46,14 +46,15 @@ def _format(fmt: str | Format) -> Format:
 
 def _eager(x: torch.Tensor) -> bool:
     """True when the kernel can be called directly: a plain CPU tensor, no autograd, no
-    tracing (torch.compile, torch.jit.trace), no dispatch modes (the op's Python dispatch
-    costs tens of microseconds per call)."""
+    tracing (torch.compile, torch.jit.trace), no dispatch modes, no torch.func transform (the
+    op's Python dispatch costs tens of microseconds per call)."""
     return (type(x) is torch.Tensor
             and x.is_cpu
             and not (x.requires_grad and torch.is_grad_enabled())
             and not torch.compiler.is_compiling()
             and torch._C._len_torch_dispatch_stack() == 0
-            and torch._C._get_tracing_state() is None)
+            and torch._C._get_tracing_state() is None
+            and torch._C._functorch.peek_interpreter_stack() is None)
 
 
 class QuantLinear(nn.Module):
@@ -185,9 +186,11 @@ class QuantLinear(nn.Module):
         b, bound = self._buffers, self._bound
         if (bound is None or bound.tensors[0] is not b["qdata"]
                 or bound.tensors[1] is not b["scales"] or bound.tensors[2] is not b["zeros"]):
+            if bound is not None:  # a buffer was replaced: so is the weight
+                self._qtensor = None
             bound = self._bound = tops.BoundMatmul(b["qdata"], b["scales"], b["zeros"],
                                                    self.format.name, self.group_size,
-                                                   self.in_features)
+                                                   self.in_features, lambda: self.qweight)
         return bound
 
     # ------------------------------------------------------------ module plumbing
@@ -207,7 +210,7 @@ class QuantLinear(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        self._qtensor = None
+        self._qtensor = self._bound = None  # loaded in place: repacked words would be stale
 
     def extra_repr(self) -> str:
         zp = ", zero_point=True" if self.zeros is not None else ""

@@ -242,13 +242,17 @@ class BoundMatmul:
     tracing): the checks, the kernel lookup and the weight's numpy views are done once per
     activation dtype and shape, so a call is the launch plus a fresh output tensor."""
 
-    __slots__ = ("tensors", "_static", "_plans")
+    __slots__ = ("tensors", "_static", "_plans", "_qtensor")
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
-                 fmt: str, group_size: int, k: int):
+                 fmt: str, group_size: int, k: int,
+                 qtensor: Callable[[], QTensor] | None = None):
+        """`qtensor` gives the same weight as a QTensor, for kernels that read it in a
+        layout-specific packing (transformed once here instead of on every call)."""
         self.tensors = (weight, scales, zeros)
         self._static = (fmt, group_size, k)
         self._plans: dict[tuple, tuple | None] = {}
+        self._qtensor = qtensor
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [M, K] (a contiguous CPU tensor) @ W_hat.T -> float32 [M, N]."""
@@ -272,12 +276,21 @@ class BoundMatmul:
             act, zp = ACTIVATIONS[x.dtype], zeros is not None
             kern = _kernel("matmul", "llvm", x.device, ("matmul", "llvm", fmt, act, zp, g, m, n, k),
                            lambda: _matmul_params(fmt, act, zp, g, m, n, k, "llvm"))
-            plan = (kern, _array(weight), _array(scales), _operand(zeros, "llvm", False),
-                    (m, n), g, k)
+            plan = (kern, self._kernel_weight(kern), _array(scales),
+                    _operand(zeros, "llvm", False), (m, n), g, k)
         if len(self._plans) > 64:  # many batch shapes: keep the cache small
             self._plans.clear()
         self._plans[(x.dtype, x.shape)] = plan
         return plan
+
+
+    def _kernel_weight(self, kern):
+        """The weight as `kern` reads it: the canonical words, or (for a kernel compiled with
+        a layout-specific packing of its weight `w`) the words in that packing."""
+        packing = getattr(kern, "packings", {}).get("w")
+        if packing is None or self._qtensor is None:
+            return _array(self.tensors[0])
+        return self._qtensor().packed_as(packing)
 
 
 # ---------------------------------------------------------------- lowbitc::matmul
