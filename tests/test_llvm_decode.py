@@ -34,8 +34,10 @@ TABLED = [f for f in FORMATS if not is_machine(f) and lowbitc.dtype(f).bits <= d
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
     nan = np.isnan(a)
-    return bool(np.array_equal(nan, np.isnan(b))
-                and np.array_equal(a[~nan].view(np.uint32), b[~nan].view(np.uint32)))
+    return bool(
+        np.array_equal(nan, np.isnan(b))
+        and np.array_equal(a[~nan].view(np.uint32), b[~nan].view(np.uint32))
+    )
 
 
 def _words(fmt, codes: np.ndarray) -> np.ndarray:
@@ -65,7 +67,7 @@ def _dot_every_code(fmt_name) -> None:
         x[np.arange(8), first + np.arange(8)] = 1.0
         y = np.full((8, 32), 7.0, np.float32)
         k(x, _words(fmt, codes), y)
-        np.testing.assert_array_equal(y, want[:, first:first + 8].T, err_msg=fmt.name)
+        np.testing.assert_array_equal(y, want[:, first : first + 8].T, err_msg=fmt.name)
 
 
 @pytest.mark.parametrize("fmt_name", FORMATS)
@@ -113,11 +115,12 @@ def test_tables_hold_the_decoded_bits_of_every_code():
 
 # ------------------------------------------------------------------- streaming stores
 
+
 def _misaligned(shape, by_bytes: int) -> np.ndarray:
     n = int(np.prod(shape))
     raw = np.zeros(n + 32, np.float32)
     first = ((by_bytes - raw.ctypes.data) % 64) // 4
-    return raw[first:first + n].reshape(shape)
+    return raw[first : first + n].reshape(shape)
 
 
 @pytest.mark.parametrize("K", [512, 536])  # row strides of whole lines, and not
@@ -125,8 +128,9 @@ def test_dequantize_streams_line_aligned_rows_and_stores_others_plainly(K):
     from lowbitc import ops
 
     rng = np.random.default_rng(5)
-    qw = lowbitc.quantize(rng.standard_normal((40, K)).astype(np.float32), "u3", 128,
-                          zero_point=True)
+    qw = lowbitc.quantize(
+        rng.standard_normal((40, K)).astype(np.float32), "u3", 128, zero_point=True
+    )
     want = qw.dequantize()
     fresh = ops.dequantize(qw)
     assert fresh.ctypes.data % 64 == 0  # new outputs start on a line
