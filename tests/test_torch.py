@@ -60,6 +60,18 @@ def test_matmul_reads_tensor_memory_in_place():
     s.mul_(2)  # scales are shared with qw.scales: no copy anywhere
     torch.testing.assert_close(torch.ops.lowbitc.matmul(x, w, s, z, fmt, g, k), 2 * y0)
     assert np.shares_memory(s.numpy(), qw.scales)
+    # weight words written in place are seen too (also by kernels that read a repacked copy)
+    other, (w2, *_) = pieces("u4", True, seed=1)
+    xs = [torch.randn(m, K) for m in (1, 2)]
+    for xm in xs:
+        torch.testing.assert_close(torch.ops.lowbitc.matmul(xm, w, s, z, fmt, g, k),
+                                   reference(xm, qw))
+    w.copy_(w2)
+    codes = torch.from_numpy(other.codes.astype(np.float32))
+    w_hat = (codes - z.repeat_interleave(g, 1)[:, :K]) * s.repeat_interleave(g, 1)[:, :K]
+    for xm in xs:
+        torch.testing.assert_close(torch.ops.lowbitc.matmul(xm, w, s, z, fmt, g, k),
+                                   xm @ w_hat.T, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("fmt,zp,act", CASES[:4])

@@ -190,7 +190,7 @@ class QuantLinear(nn.Module):
                 self._qtensor = None
             bound = self._bound = tops.BoundMatmul(b["qdata"], b["scales"], b["zeros"],
                                                    self.format.name, self.group_size,
-                                                   self.in_features, lambda: self.qweight)
+                                                   self.in_features)
         return bound
 
     # ------------------------------------------------------------ module plumbing

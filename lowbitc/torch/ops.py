@@ -23,6 +23,7 @@ from lowbitc import formats
 from lowbitc import ops as lops
 from lowbitc.errors import BackendError, LowbitcError, UserArgumentError
 from lowbitc.ir.types import is_machine
+from lowbitc.packing import unpack
 from lowbitc.quant import QTensor
 from lowbitc.signature import words_for
 
@@ -87,6 +88,33 @@ def _weight_array(t: torch.Tensor) -> np.ndarray:
     key = id(t)
     _VIEWS[key] = (weakref.ref(t, lambda _, key=key: _VIEWS.pop(key, None)), t.data_ptr(), a)
     return a
+
+
+_REPACKED: dict[int, tuple] = {}  # id(weight) -> (weakref, data_ptr, version, packing, words)
+
+
+def _kernel_weight(kern, weight: torch.Tensor, scales: torch.Tensor,
+                   zeros: torch.Tensor | None, fmt: str, group_size: int, k: int):
+    """`weight` as `kern` reads it: the canonical words, or, for a kernel compiled with a
+    layout-specific packing of its `w`, the words in that packing, transformed once per weight
+    tensor and in-place version (the kernel would otherwise transform them on every call)."""
+    packing = getattr(kern, "packings", {}).get("w")
+    if packing is None:
+        return _weight_array(weight)
+    version = 0 if weight.is_inference() else weight._version  # inference tensors have none
+    state = (weight.data_ptr(), version, packing)
+    hit = _REPACKED.get(id(weight))
+    if hit is not None and hit[0]() is weight and hit[1:4] == state:
+        return hit[4]
+    n = weight.shape[0]
+    codes = unpack(_array(weight), formats.lookup(fmt).bits, k)
+    qw = QTensor(formats.lookup(fmt), (n, k), group_size, codes, _array(scales),
+                 None if zeros is None else _array(zeros))
+    words = qw.packed_as(packing)
+    key = id(weight)
+    _REPACKED[key] = (weakref.ref(weight, lambda _, key=key: _REPACKED.pop(key, None)), *state,
+                      words)
+    return words
 
 
 # ---------------------------------------------------------------- argument checks
@@ -233,7 +261,9 @@ def matmul_into(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scales: 
     kern = _kernel("matmul", backend, x.device, ("matmul", backend, fmt, act, zp, group_size,
                                                  m, n, k),
                    lambda: _matmul_params(fmt, act, zp, group_size, m, n, k, backend))
-    kern(_operand(x, backend, False), _operand(weight, backend), _operand(scales, backend),
+    w = (_kernel_weight(kern, weight, scales, zeros, fmt, group_size, k) if backend == "llvm"
+         else _operand(weight, backend))
+    kern(_operand(x, backend, False), w, _operand(scales, backend),
          _operand(zeros, backend), _operand(y, backend, False), group_size, K=k)
 
 
@@ -242,17 +272,13 @@ class BoundMatmul:
     tracing): the checks, the kernel lookup and the weight's numpy views are done once per
     activation dtype and shape, so a call is the launch plus a fresh output tensor."""
 
-    __slots__ = ("tensors", "_static", "_plans", "_qtensor")
+    __slots__ = ("tensors", "_static", "_plans")
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
-                 fmt: str, group_size: int, k: int,
-                 qtensor: Callable[[], QTensor] | None = None):
-        """`qtensor` gives the same weight as a QTensor, for kernels that read it in a
-        layout-specific packing (transformed once here instead of on every call)."""
+                 fmt: str, group_size: int, k: int):
         self.tensors = (weight, scales, zeros)
         self._static = (fmt, group_size, k)
         self._plans: dict[tuple, tuple | None] = {}
-        self._qtensor = qtensor
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [M, K] (a contiguous CPU tensor) @ W_hat.T -> float32 [M, N]."""
@@ -276,21 +302,13 @@ class BoundMatmul:
             act, zp = ACTIVATIONS[x.dtype], zeros is not None
             kern = _kernel("matmul", "llvm", x.device, ("matmul", "llvm", fmt, act, zp, g, m, n, k),
                            lambda: _matmul_params(fmt, act, zp, g, m, n, k, "llvm"))
-            plan = (kern, self._kernel_weight(kern), _array(scales),
-                    _operand(zeros, "llvm", False), (m, n), g, k)
+            plan = (kern, _kernel_weight(kern, weight, scales, zeros, fmt, g, k),
+                    _array(scales), _operand(zeros, "llvm", False), (m, n), g, k)
         if len(self._plans) > 64:  # many batch shapes: keep the cache small
             self._plans.clear()
         self._plans[(x.dtype, x.shape)] = plan
         return plan
 
-
-    def _kernel_weight(self, kern):
-        """The weight as `kern` reads it: the canonical words, or (for a kernel compiled with
-        a layout-specific packing of its weight `w`) the words in that packing."""
-        packing = getattr(kern, "packings", {}).get("w")
-        if packing is None or self._qtensor is None:
-            return _array(self.tensors[0])
-        return self._qtensor().packed_as(packing)
 
 
 # ---------------------------------------------------------------- lowbitc::matmul
@@ -343,8 +361,10 @@ def dequantize_impl(weight, scales, zeros, fmt, group_size, k):
     zp = zeros is not None
     kern = _kernel("dequantize", backend, dev, ("dequantize", backend, fmt, zp, group_size, n, k),
                    lambda: _dequantize_params(fmt, zp, group_size, n, k, backend))
-    kern(_operand(weight, backend), _operand(scales, backend), _operand(zeros, backend),
-         _operand(y, backend, False), group_size, K=k)
+    w = (_kernel_weight(kern, weight, scales, zeros, fmt, group_size, k) if backend == "llvm"
+         else _operand(weight, backend))
+    kern(w, _operand(scales, backend), _operand(zeros, backend), _operand(y, backend, False),
+         group_size, K=k)
     return y
 
 
