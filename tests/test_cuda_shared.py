@@ -59,14 +59,14 @@ def test_shared_simulator_suite_in_its_own_process():
     assert os.environ.get("NUMBA_ENABLE_CUDASIM") != "1"
 
 
-def test_encode_needing_f64_thresholds_is_an_error_on_the_gpu():
+def test_encoding_f64_values_is_an_error_on_the_gpu():
     import numpy as np
 
     from lowbitc.errors import BackendError
     from lowbitc.passes import run_pipeline
 
     book = lowbitc.codebook(np.float32([1e-30, 0.1, 1.0000001, 7.0]), name="gpu_f64_book")
-    src = """kernel q[F: dtype](x: f32[N], w: F[N]) {
+    src = """kernel q[F: dtype](x: f64[N], w: F[N]) {
       store(w[0 :+ 8], cast(load(x[0 :+ 8]), F))
     }"""
     k = lowbitc.compile(src, F=book)

@@ -4,11 +4,12 @@ values, and tiles of codes move to and from packed tensors as integer codes.
 - `cast(x, F)` (x of a machine type): code = the code of the value nearest x, exactly as
   `lowbitc.dtype(F).encode` rounds (ties to even, finite overflow saturating). The encoding
   is generated from the format's value table, never one path per format: between each pair
-  of neighbouring values a threshold (the midpoint, nudged up one ulp when the tie goes down)
-  is kept in a table, and a branch-free binary search (`lut` + compare + `where`, 8 steps
-  for 256 codes) counts the thresholds x reaches; a second table maps that index to its
-  code. Signed zero, NaN and infinities are patched with selects where the format has codes
-  for them. `encode` itself is the oracle for every tie and special case.
+  of neighbouring values a threshold (the smallest number of the compared type that rounds to
+  the upper one: the midpoint, or the next number up) is kept in a table, and a branch-free
+  binary search (`lut` + compare + `where`, 8 steps for 256 codes) counts the thresholds x
+  reaches; a second table (or, for integers, an add) maps that index to its code. Signed
+  zero, NaN and infinities are patched with selects where the format has codes for them.
+  `encode` itself is the oracle for every tie and special case.
 - a `load` of a packed tensor that is not a decode becomes `load_codes` (i32 codes);
 - `store` of a format tile into a packed tensor becomes `store_codes` of its i32 codes.
 
@@ -58,9 +59,12 @@ def encode_plan(fmt, dtype: str) -> EncodePlan:
     thresholds = []
     for j in range(len(values) - 1):
         mid = (values[j] + values[j + 1]) / 2
-        up = _enc(fmt, mid) != codes[j]  # (the upper one may be 0, whose code has two signs)
         t = ft(mid)
-        thresholds.append(float(t if up else np.nextafter(t, ft(np.inf))))
+        if float(t) < mid:  # not a `dtype` number: x >= (the next one up) means x > mid
+            t = np.nextafter(t, ft(np.inf))
+        elif float(t) == mid and _enc(fmt, mid) == codes[j]:  # a tie that rounds down
+            t = np.nextafter(t, ft(np.inf))  # (compared with codes[j]: 0 has two codes)
+        thresholds.append(float(t))
     size = 1 << max(1, math.ceil(math.log2(len(values))))
     thresholds += [math.nan] * (size - 1 - len(thresholds))
     steps = tuple(size >> k for k in range(1, size.bit_length()))
@@ -73,14 +77,10 @@ def encode_plan(fmt, dtype: str) -> EncodePlan:
     return EncodePlan(tuple(thresholds), codes, steps, zero, neg_zero, nan, inf)
 
 
-def compare_dtype(fmt, src: str) -> str:
-    """f32 when every threshold is an f32 and x is an f32 (or narrower float), else f64."""
-    if src not in ("f32", "f16", "bf16"):
-        return "f64"
-    table = fmt.values().astype(np.float64)
-    v = np.unique(table[np.isfinite(table)])
-    mids = (v[:-1] + v[1:]) / 2
-    return "f32" if np.array_equal(mids.astype(np.float32).astype(np.float64), mids) else "f64"
+def compare_dtype(src: str) -> str:
+    """f32 for f32 (and narrower float) values: each threshold is then the f32 at or above
+    the midpoint, exact for them even where the midpoint is no f32 (code books); else f64."""
+    return "f32" if src in ("f32", "f16", "bf16") else "f64"
 
 
 def _value_index(b: Builder, xv: Value, plan: EncodePlan, dt: str, k) -> Value:
@@ -108,7 +108,7 @@ def _code_of_index(b: Builder, idx: Value, plan: EncodePlan, bits: int, k) -> Va
 def encode_codes(b: Builder, x: Value, fmt) -> Value:
     """Ops turning machine values x into i32 codes of `fmt` (exactly fmt.encode)."""
     src = x.type.dtype
-    dt = compare_dtype(fmt, src)
+    dt = compare_dtype(src)
     plan = encode_plan(fmt, dt)
     xv = x if src == dt else b.emit("cast", x, attrs=CastAttrs(dt))
 
