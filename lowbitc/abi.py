@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lowbitc.errors import LowbitcError
-from lowbitc.ir.core import Value
+from lowbitc.ir.core import Value, walk
 from lowbitc.ir.types import ScalarType, TensorType
+from lowbitc.repack import Packing, parse
 
 if TYPE_CHECKING:
     from lowbitc.ir.core import Kernel
@@ -70,10 +71,16 @@ class ABI:
     params: tuple[Value, ...]
     dims: tuple[Value, ...]
     grid: tuple[tuple[Step, ...], tuple[int, ...]] | None
+    # (param name, packing name, bits) of the params read in a layout-specific packing
+    packed: tuple[tuple[str, str, int], ...] = ()
 
     @classmethod
     def of(cls, k: Kernel) -> ABI:
-        return cls(k.name, k.params, k.dims, grid_program(k))
+        return cls(k.name, k.params, k.dims, grid_program(k), packed_params(k))
+
+    def packings(self) -> dict[str, Packing]:
+        """{param name: packing} of the params whose words are not canonical."""
+        return {name: parse(packing, bits) for name, packing, bits in self.packed}
 
     def grid_function(self) -> Callable[[dict], tuple[int, int, int]] | None:
         return None if self.grid is None else grid_runner(*self.grid)
@@ -87,6 +94,7 @@ class ABI:
             "grid": None
             if self.grid is None
             else [[list(s[:2]) + [list(s[2]), s[3]] for s in self.grid[0]], list(self.grid[1])],
+            "packed": [list(x) for x in self.packed],
         }
 
     @classmethod
@@ -102,9 +110,21 @@ class ABI:
                 tuple(_value(v) for v in data["params"]),
                 tuple(_value(v) for v in data["dims"]),
                 grid,
+                tuple((str(n), str(p), int(b)) for n, p, b in data.get("packed", [])),
             )
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise LowbitcError(f"malformed kernel ABI record: {exc!r}") from None
+
+
+def packed_params(k: Kernel) -> tuple[tuple[str, str, int], ...]:
+    """(param name, packing, bits) for every param a `load_codes` reads in a packing other
+    than the canonical one (the bitpack-lanes pass records it on the loads)."""
+    names = {p.id: p.name for p in k.params}
+    out = {}
+    for op in walk(k.body.ops):
+        if op.opcode == "load_codes" and op.attrs.packing:
+            out[names[op.operands[0].id]] = (op.attrs.packing, op.attrs.bits)
+    return tuple((n, p, b) for n, (p, b) in sorted(out.items()))
 
 
 def grid_of(

@@ -19,6 +19,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ from lowbitc.backends import get_backend
 from lowbitc.cache import CacheKey, CacheWarning, default_cache
 from lowbitc.errors import DSLNameError, LowbitcError, UserArgumentError
 from lowbitc.formats import register as register_format
+from lowbitc.repack import PackedWords, Packing
 
 if TYPE_CHECKING:
     from lowbitc.dsl import ast as A
@@ -104,11 +106,21 @@ class Kernel:
     def __call__(self, *args, **kwargs) -> None:
         self._exe(*args, **kwargs)
 
+    @cached_property
+    def packings(self) -> dict[str, Packing]:
+        """{param name: packing} of the params this kernel reads in a layout-specific packing
+        (chosen by the bitpack-lanes pass, docs/packing.md). Such a param takes canonical
+        words (transformed on every call) or `PackedWords` in that packing
+        (`QTensor.packed_as(packing)`, transformed once and cached)."""
+        abi = getattr(self._exe, "abi", None)
+        return abi.packings() if abi is not None else {}
+
     def interpret(self, *args, **kwargs) -> None:
         """Run the numpy reference interpreter on the same arguments (the semantics)."""
         from lowbitc.interp import run  # the interpreter loads on first use
 
-        run(self.ir, *args, **kwargs)
+        args = tuple(_canonical(a) for a in args)
+        run(self.ir, *args, **{n: _canonical(a) for n, a in kwargs.items()})
 
     def text(self, stage: str = "ir") -> str:
         """`ir` (tile IR), `lowered` (after passes) or the backend's own text (`llvm`, `ptx`)."""
@@ -125,6 +137,10 @@ def _parse_ir(text: str) -> IRKernel:
     from lowbitc.ir.parser import parse
 
     return parse(text, "<cached ir>")
+
+
+def _canonical(a: object) -> object:
+    return a.packing.to_canonical(a.words, a.count) if isinstance(a, PackedWords) else a
 
 
 def compile(source_or_path: str | Path, backend: str = "llvm", kernel: str | None = None,

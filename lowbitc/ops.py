@@ -55,12 +55,14 @@ def get_kernel(name: str, backend: str = "llvm", **params) -> Kernel:
     return k
 
 
-def weight_storage(qw: QTensor) -> np.ndarray:
+def weight_storage(qw: QTensor, k: Kernel | None = None, param: str = "w"):
     """What a kernel's weight parameter takes: the canonical packed words, or for u8/i8
-    (which are also machine types) the codes as a plain byte array."""
+    (which are also machine types) the codes as a plain byte array; for a kernel `k` that
+    reads `param` in a layout-specific packing, the words in it (cached on the QTensor)."""
     if is_machine(qw.dtype.name):
         return np.ascontiguousarray(qw.codes).view(numpy_dtype(qw.dtype.name))
-    return qw.packed
+    packing = k.packings.get(param) if k is not None else None
+    return qw.packed if packing is None else qw.packed_as(packing)
 
 
 def _check_qtensor(qw: object) -> QTensor:
@@ -158,7 +160,7 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
                                    backend))
         k = _remember(plan, get_kernel("matmul", backend, **params))
     zeros = qw.zeros if qw.zeros is not None else _NO_ZEROS
-    k(x, weight_storage(qw), qw.scales, zeros, y, qw.group_size, K=K)
+    k(x, weight_storage(qw, k), qw.scales, zeros, y, qw.group_size, K=K)
     return y
 
 
@@ -216,5 +218,5 @@ def dequantize(qw: QTensor, backend: str = "llvm", out: np.ndarray | None = None
         params.update(tuned)
         k = _remember(plan, get_kernel("dequantize", backend, **params))
     zeros = qw.zeros if qw.zeros is not None else _NO_ZEROS
-    k(weight_storage(qw), qw.scales, zeros, y, qw.group_size, K=K)
+    k(weight_storage(qw, k), qw.scales, zeros, y, qw.group_size, K=K)
     return y

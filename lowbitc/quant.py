@@ -24,6 +24,7 @@ from lowbitc.dtypes import Format, codebook
 from lowbitc.dtypes import dtype as get_dtype
 from lowbitc.errors import UserArgumentError
 from lowbitc.packing import pack, unpack
+from lowbitc.repack import PackedWords, Packing
 
 # Search grids: clipping ratios (of the largest magnitude, or of the half range), then a
 # finer grid in units of the coarse step around the best. Non-uniform formats (floats, code
@@ -79,6 +80,16 @@ class QTensor:
     def packed(self) -> np.ndarray:
         """Canonical packed codes: uint32 [N, ceil(K * bits / 32)] (see lowbitc.packing)."""
         return pack(self.codes, self.dtype.bits)
+
+    def packed_as(self, packing: Packing) -> PackedWords:
+        """The codes in a kernel's layout-specific packing (`Kernel.packings`), transformed
+        once and cached on this QTensor (never saved in its file)."""
+        cache = self.__dict__.setdefault("_repacked", {})
+        words = cache.get(packing)
+        if words is None:
+            words = cache[packing] = PackedWords(packing.from_codes(self.codes), packing,
+                                                 self.shape[1])
+        return words
 
     def dequantize(self) -> np.ndarray:
         """float32 [N, K] reconstruction, bit-exact with the formula in the class docstring."""

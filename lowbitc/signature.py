@@ -16,6 +16,7 @@ import numpy as np
 from lowbitc.errors import UserArgumentError
 from lowbitc.formats import lookup as format_of
 from lowbitc.ir.types import ScalarType, TensorType, is_float, is_machine, numpy_dtype
+from lowbitc.repack import PackedWords, Packing
 
 if TYPE_CHECKING:  # `k` below is an IR kernel or a lowbitc.abi.ABI (same name/params/dims)
     from lowbitc.ir.core import Kernel, Value
@@ -83,8 +84,12 @@ def _check_tensor(p: Value, a: object, dims: dict[str, int], deferred: list) -> 
             _bind_dim(dims, d, n, f"argument {p.name!r} dim {i}")
 
 
-def bind(k: Kernel, args: tuple, kwargs: dict) -> Bound:
-    """Match positional/keyword arguments to the kernel's params; infer and check dims."""
+def bind(k: Kernel, args: tuple, kwargs: dict,
+         packings: dict[str, Packing] | None = None) -> Bound:
+    """Match positional/keyword arguments to the kernel's params; infer and check dims.
+    A param read in a layout-specific packing (`packings`, by name) takes the canonical words
+    (transformed here, on every call) or a `PackedWords` already in that packing."""
+    packings = packings or {}
     names = [p.name for p in k.params]
     if len(args) > len(names):
         raise UserArgumentError(f"kernel {k.name} takes {len(names)} arguments, got {len(args)}")
@@ -104,8 +109,15 @@ def bind(k: Kernel, args: tuple, kwargs: dict) -> Bound:
     if missing:
         raise UserArgumentError(f"kernel {k.name}: missing arguments {missing}")
     deferred: list = []
+    repacked: dict[str, int] = {}  # params given as PackedWords: their code count per row
     for p in k.params:
         a = values[p.name]
+        if isinstance(a, PackedWords) and p.name in packings:
+            if a.packing != packings[p.name]:
+                raise UserArgumentError(f"argument {p.name!r}: expected words in packing "
+                                        f"{packings[p.name]}, got {a.packing}")
+            repacked[p.name] = a.count
+            a = values[p.name] = a.words
         if isinstance(p.type, TensorType):
             _check_tensor(p, a, dims, deferred)
         else:
@@ -118,11 +130,20 @@ def bind(k: Kernel, args: tuple, kwargs: dict) -> Bound:
                 f"e.g. {d}=..."
             )
         size = dims[d] if isinstance(d, str) else d
+        packing = packings.get(p.name)
+        if p.name in repacked:
+            if repacked[p.name] != size or packing.words_per_row(size) != n:
+                raise UserArgumentError(
+                    f"argument {p.name!r}: PackedWords of {repacked[p.name]} codes per row "
+                    f"({n} words) given for {size} codes per row")
+            continue
         if words_for(size, bits) != n:
             raise UserArgumentError(
                 f"argument {p.name!r}: {size} {p.type.dtype} codes per row need "
                 f"{words_for(size, bits)} uint32 words, got {n}"
             )
+        if packing is not None:  # canonical words for a kernel reading another packing
+            values[p.name] = packing.from_canonical(values[p.name], size)
     for d in k.dims:
         if d.name not in dims:
             raise UserArgumentError(f"kernel {k.name}: dim {d.name} is not determined; pass it")
@@ -145,8 +166,9 @@ class Binder:
     """`bind` for one kernel with the checks precomputed: the common, correct call takes a
     fast path; anything unusual goes through `bind`, which gives the error messages."""
 
-    def __init__(self, k: Kernel):
+    def __init__(self, k: Kernel, packings: dict[str, Packing] | None = None):
         self.k = k
+        self.packings = packings or {}
         self.names = [p.name for p in k.params]
         self.dim_names = frozenset(d.name for d in k.dims)
         self.specs = []
@@ -156,41 +178,56 @@ class Binder:
                 bits = format_bits(p.type.dtype) if packed else 0
                 dims = tuple((i, d, packed and i == len(p.type.shape) - 1)
                              for i, d in enumerate(p.type.shape))
-                self.specs.append((True, storage_dtype(p.type.dtype), len(dims), dims, bits))
+                self.specs.append((True, storage_dtype(p.type.dtype), len(dims), dims,
+                                   self.packings.get(p.name, bits)))
             else:
                 self.specs.append((False, is_float(p.type.dtype), 0, (), 0))
 
     def __call__(self, args: tuple, kwargs: dict) -> Bound:
         if len(args) != len(self.names) or not self.dim_names.issuperset(kwargs):
-            return bind(self.k, args, kwargs)
+            return self.slow(args, kwargs)
         dims = dict(kwargs)
         values = {}
         packed_rows = []
         for name, (tensor, dt, ndim, dspec, bits), a in zip(self.names, self.specs, args):
             if tensor:
+                if bits.__class__ is Packing:  # only words already in the kernel's packing
+                    if a.__class__ is not PackedWords or a.packing != bits:
+                        return self.slow(args, kwargs)
+                    bits, count, a = a.packing, a.count, a.words
+                    packed_rows.append((dspec[-1][1], count, None))
                 if (type(a) is not np.ndarray or a.dtype != dt or a.ndim != ndim
                         or not a.flags.c_contiguous):
-                    return bind(self.k, args, kwargs)
+                    return self.slow(args, kwargs)
                 for i, d, packed_last in dspec:
                     n = a.shape[i]
                     if packed_last:
                         packed_rows.append((d, n, bits))
                     elif d.__class__ is int:
                         if d != n:
-                            return bind(self.k, args, kwargs)
+                            return self.slow(args, kwargs)
                     elif dims.setdefault(d, n) != n:
-                        return bind(self.k, args, kwargs)
+                        return self.slow(args, kwargs)
                 values[name] = a
             else:
                 ok = (isinstance(a, (int, float)) if dt else isinstance(a, int)) \
                     and not isinstance(a, bool)
                 if not ok:
-                    return bind(self.k, args, kwargs)
+                    return self.slow(args, kwargs)
                 values[name] = float(a) if dt else a
         for d, n, bits in packed_rows:
             size = d if d.__class__ is int else dims.get(d)
-            if size is None or (size * bits + 31) // 32 != n:
-                return bind(self.k, args, kwargs)
+            if bits is None:  # a PackedWords' count
+                ok = size == n
+            elif bits.__class__ is Packing:
+                ok = size is not None and bits.words_per_row(size) == n
+            else:
+                ok = size is not None and (size * bits + 31) // 32 == n
+            if not ok:
+                return self.slow(args, kwargs)
         if len(dims) != len(self.dim_names):
-            return bind(self.k, args, kwargs)
+            return self.slow(args, kwargs)
         return Bound(values, dims)
+
+    def slow(self, args: tuple, kwargs: dict) -> Bound:
+        return bind(self.k, args, kwargs, self.packings)

@@ -176,7 +176,7 @@ def test_bitpack_turns_load_plus_codes_into_load_codes():
     k = run_pipeline(ir(DEQUANT, W="u3"), ["lower-formats", "bitpack"])
     lines = body(k)
     assert lines[3] == ('  %8 = load_codes %w, %5, %6 {bits=3, dtype="i32", masked=false, '
-                        'sizes=[2, 8]} : tile<i32[2,8]>')
+                        'packing="", sizes=[2, 8]} : tile<i32[2,8]>')
     assert "codes" not in opcodes(k)
     after_dce = run_pipeline(k, ["dce"])
     assert opcodes(after_dce) == ["const", "const", "load_codes", "cast", "const", "const",

@@ -64,7 +64,7 @@ class Executable:
         # grids of fewer than 8 blocks run on the calling thread: waking a worker costs more
         self.launcher = GridLauncher(module.address(module.name), 0, min_blocks_per_thread=4)
         self.grid = abi.grid_function()
-        self.binder = Binder(abi)
+        self.binder = Binder(abi, abi.packings())
 
     def __call__(self, *args, **kwargs) -> None:
         b = self.binder(args, kwargs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lowbitc.abi import packed_params
 from lowbitc.backends.llvm import (  # noqa: F401  (fill HANDLERS)
     ops_elementwise,
     ops_encode,
@@ -24,6 +25,7 @@ from lowbitc.backends.llvm.panel import defer_activations, emit_planned_dot
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Kernel, Op, Region
 from lowbitc.ir.types import ScalarType, TensorType, TileType, is_machine
+from lowbitc.repack import parse as parse_packing
 
 SCALAR_ARG = {"i64": "i64", "i32": "i32", "f32": "float", "f64": "double"}
 
@@ -58,6 +60,10 @@ def render(k: Kernel) -> Rendered:
                                    "supported (use i64, i32, f32 or f64)", k.loc)
             env.scalars[v.id] = em.val(f"load {t}, ptr {ptr}", "s")
     dim_of = {d.name: env.scalars[d.id] for d in k.dims}
+    packings = {name: parse_packing(p, bits) for name, p, bits in packed_params(k)}
+    for v in k.params:
+        if v.id in env.tensors:
+            env.tensors[v.id].packing = packings.get(v.name)
     for t in env.tensors.values():
         t.bind_dims(dim_of)
         t.ensure_strides(em)  # at entry, so every use is dominated

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lowbitc.backends.llvm import lanes as lanes_packing
 from lowbitc.backends.llvm.decode import code_tables, gather, lookup, permutes
 from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert, vtype
+from lowbitc.backends.llvm.lanes import ROWS, row_sums
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view, scalar_op
 from lowbitc.backends.llvm.ops_memory import lut_global, unpack32
 from lowbitc.ir.core import Op, Region, Value
@@ -163,8 +165,9 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
     starts = [env.get(v) for v in codes.operands[1:3]]
     fast, slow, done = em.label("fused"), em.label("unfused"), em.label("dotted")
     if isinstance(abuf, Buf) and abuf.contiguous:
-        em.emit(f"br i1 {_window_ok(em, t, starts, codes.attrs.sizes)}, label %{fast}, "
-                f"label %{slow}")
+        ok = _window_ok(em, t, starts, codes.attrs.sizes) if t.packing is None else \
+            lanes_packing.window_ok(em, t, starts, codes.attrs.sizes, t.packing)
+        em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
         em.start_block(fast)
         (fast_path or _fused)(env, plan, abuf, out, t, starts)
         em.br(done)
@@ -274,15 +277,24 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
     va = f"<{lanes} x float>"
     zero = "zeroinitializer"
 
-    def row(j: str) -> None:
+    def sums(j: str) -> list[str]:
+        """Row j's vector accumulators, one per row of `a`."""
         n = em.val(f"add i64 {starts[0]}, {j}")
-        first = em.val(f"mul i64 {em.val(f'lshr i64 {starts[1]}, 5')}, {bits}")
-        base = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {first}")
+        if t.packing is not None:
+            base = lanes_packing.row_start(em, t, n, starts[1], t.packing)
+        else:
+            first = em.val(f"mul i64 {em.val(f'lshr i64 {starts[1]}, 5')}, {bits}")
+            base = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {first}")
+
+        def unpack(c: str) -> str:
+            if t.packing is not None:  # c is a constant here (the steps are unrolled)
+                return lanes_packing.unpack_lanes(em, t.ptr, base, t.packing, int(c))
+            wi = em.val(f"add i64 {base}, {em.val(f'mul i64 {c}, {bits}')}")
+            return unpack32(em, em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}"),
+                            bits)
 
         def step(c: str, accs: list[str]) -> list[str]:
-            wi = em.val(f"add i64 {base}, {em.val(f'mul i64 {c}, {bits}')}")
-            p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}")
-            w = _eval_tree(env, plan, unpack32(em, p, bits), j, c)
+            w = _eval_tree(env, plan, unpack(c), j, c)
             k0 = em.val(f"mul i64 {c}, {W}")
             nxt = list(accs)
             for part in range(W // lanes):  # lanes of the accumulator hold k mod `lanes`
@@ -300,7 +312,17 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
                     nxt[i] = em.val(f"fadd reassoc contract {va} {nxt[i]}, {prod}")
             return nxt
 
-        accs = em.loop("0", str(bk // W), None, carried=[(va, zero)] * m, body_carried=step)
+        if t.packing is None:
+            accs = em.loop("0", str(bk // W), None, carried=[(va, zero)] * m,
+                           body_carried=step)
+        else:  # constant shifts per unit: unrolled
+            accs = [zero] * m
+            for c in range(bk // W):
+                accs = step(str(c), accs)
+        return accs
+
+    def row(j: str) -> None:
+        accs = sums(j)
         em.declare(f"declare float @llvm.vector.reduce.fadd.v{lanes}f32(float, {va})")
         for i in range(m):
             s = em.val(f"call reassoc float @llvm.vector.reduce.fadd.v{lanes}f32(float "
@@ -308,7 +330,20 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
             oi = em.flat_index([str(i), j], out.shape)
             em.store_elem(out, oi, em.val(f"fadd float {em.load_elem(out, oi)}, {s}"))
 
-    em.loop("0", str(bn), row)
+    def rows(g: str) -> None:  # ROWS weight rows at a time: one joint horizontal sum
+        j0 = em.val(f"mul i64 {g}, {ROWS}")
+        accs = [sums(em.val(f"add i64 {j0}, {r}")) for r in range(ROWS)]
+        vt = f"<{ROWS} x float>"
+        for i in range(m):
+            total = row_sums(em, [a[i] for a in accs], lanes)
+            p = em.gep(out, em.flat_index([str(i), j0], out.shape))
+            old = em.val(f"load {vt}, ptr {p}, align 4")
+            em.emit(f"store {vt} {em.val(f'fadd {vt} {old}, {total}')}, ptr {p}, align 4")
+
+    if t.packing is not None and m <= 2 and bn % ROWS == 0:
+        em.loop("0", str(bn // ROWS), rows)
+    else:
+        em.loop("0", str(bn), row)
 
 
 def _vload(em: Emitter, buf: Buf, index: str, width: int = W) -> str:

@@ -18,6 +18,7 @@ from lowbitc.ir.types import (
     is_signed_int,
     numpy_dtype,
 )
+from lowbitc.repack import Packing
 from lowbitc.signature import format_bits
 
 HANDLERS: dict[str, Callable[[Env, Op], None]] = {}
@@ -41,6 +42,7 @@ class TensorArg:
     dims: list[str] = field(default_factory=list)
     strides: list[str] = field(default_factory=list)
     words: str = ""
+    packing: Packing | None = None  # a layout-specific packing (lowbitc.repack), else canonical
 
     def bind_dims(self, dim_of: dict[str, str]) -> None:
         self.dims = [dim_of[d] if isinstance(d, str) else str(d) for d in self.type.shape]
@@ -50,7 +52,12 @@ class TensorArg:
         if self.strides:
             return
         shape = list(self.dims)
-        if self.packed:
+        if self.packing is not None:  # whole steps per row
+            steps = em.val(f"udiv i64 {em.val(f'add i64 {shape[-1]}, {self.packing.step - 1}')}, "
+                           f"{self.packing.step}")
+            self.words = em.val(f"mul i64 {steps}, {self.packing.step_words}", "wpr")
+            shape[-1] = self.words
+        elif self.packed:
             bits = format_bits(self.type.dtype)
             t = em.val(f"mul i64 {shape[-1]}, {bits}")
             t = em.val(f"add i64 {t}, 31")

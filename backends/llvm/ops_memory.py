@@ -5,6 +5,7 @@ from __future__ import annotations
 from lowbitc.backends.llvm import microkernel
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
 from lowbitc.backends.llvm.handlers import Env, TensorArg, const_literal, convert, handles
+from lowbitc.backends.llvm.lanes import read_lanes
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view, elementwise, scalar_op
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Op
@@ -306,7 +307,9 @@ def _load_common(env: Env, op: Op, t: TensorArg) -> None:
     def generic() -> None:
         em.nest(shape, lambda idx: em.store_elem(out, em.flat_index(idx, shape), element(idx)))
 
-    if t.packed and op.attrs.sizes[-1] % 32 == 0:
+    if t.packing is not None:  # read code by code (the fused dot decodes aligned windows)
+        generic()
+    elif t.packed and op.attrs.sizes[-1] % 32 == 0:
         _packed_fast_path(env, op, t, starts, out, generic)
     elif not t.packed and t.type.dtype != "bool":
         _dense_fast_path(env, op, t, starts, out, generic)
@@ -485,8 +488,12 @@ def _read(env: Env, t: TensorArg, idx: list[str]) -> str:
 
 
 def _read_packed(env: Env, t: TensorArg, idx: list[str], bits: int, dt: str) -> str:
-    """Code idx[-1] of row idx[:-1] from the LSB-first uint32 stream (may straddle words)."""
+    """Code idx[-1] of row idx[:-1] from the LSB-first uint32 stream (may straddle words),
+    or from the tensor's lanes packing."""
     em = env.em
+    if t.packing is not None:
+        code = read_lanes(em, t, idx, t.packing)
+        return convert(em, code, "u32", dt) if dt not in ("i32", "u32") else code
     bitpos = em.val(f"mul i64 {idx[-1]}, {bits}")
     word = em.val(f"lshr i64 {bitpos}, 5")
     sh = em.val(f"and i64 {bitpos}, 31")

@@ -89,6 +89,7 @@ class CodesAttrs(Attrs):
     dtype: str
     sizes: tuple[int, ...]
     masked: bool = False
+    packing: str = ""  # "" = canonical; else a layout-specific packing (lowbitc.repack)
 
 
 @dataclass(frozen=True, slots=True)

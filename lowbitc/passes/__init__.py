@@ -2,6 +2,7 @@
 
 from lowbitc.passes import (  # noqa: F401  (registers passes)
     bitpack,
+    bitpack_lanes,
     infer_layouts,
     lower_encode,
     lower_formats,
@@ -11,6 +12,6 @@ from lowbitc.passes.base import PASSES, Pass, rewrite, run_pipeline
 
 # the pipeline every CPU kernel goes through before the LLVM backend renders it
 CPU_PIPELINE = ("infer-layouts", "cse", "lower-formats", "bitpack", "lower-encode", "cse",
-                "dce")
+                "dce", "bitpack-lanes")
 
 __all__ = ["CPU_PIPELINE", "PASSES", "Pass", "rewrite", "run_pipeline"]

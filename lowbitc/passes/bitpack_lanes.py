@@ -1,0 +1,94 @@
+"""Bit-packing, the CPU's choice of packing: a packed tensor whose every read is a `load_codes`
+window [BN, BK] feeding the weight side of a `dot` with few activation rows (a GEMV-like
+reduction along K) is stored in the lanes packing (lowbitc.repack): each 16-code sub-vector
+of a row then comes from one aligned vector load with a shift and a mask per lane, and odd
+widths split into power-of-two bit planes. The choice is recorded on the loads
+(`load_codes {packing="lanes16x128"}`); the compiled kernel transforms canonical words on
+the host once per QTensor (`QTensor.packed_as`). Other tensors keep the canonical packing.
+Run after `bitpack`, `lower-encode` and `dce` (every live packed read is a load_codes then).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from lowbitc.ir.core import Kernel, Op, walk
+from lowbitc.ir.opdefs import ELEMENTWISE
+from lowbitc.ir.types import TensorType, is_machine
+from lowbitc.passes.base import register, rewrite
+from lowbitc.repack import Packing
+
+# rows of `a` up to which the LLVM backend's fused dot decodes weights in registers (its
+# MAX_ROWS); dots with more rows decode into a panel that reads the canonical packing
+MAX_ROWS = 8
+MAX_STEP = 128  # codes per step: one 512-bit vector of a 4-bit plane
+_FUSIBLE = ELEMENTWISE | {"cast", "bitcast", "where", "lut"}
+
+
+def _feeds_dot(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> bool:
+    """Whether value v reaches `dot(a, transpose(.), acc)` as the weights through elementwise
+    ops only, with at most MAX_ROWS rows of `a`."""
+    stack, seen = [v_id], set()
+    found = False
+    while stack:
+        vid = stack.pop()
+        if vid in seen:
+            continue
+        seen.add(vid)
+        for op, _ in users.get(vid, []):
+            if op.opcode in _FUSIBLE:
+                stack.extend(r.id for r in op.results)
+            elif op.opcode == "transpose" and op.attrs.perm == (1, 0):
+                for d, dpos in users.get(op.results[0].id, []):
+                    a = d.operands[0].type if d.opcode == "dot" else None
+                    if a is None or dpos != 1 or a.shape[0] > MAX_ROWS:
+                        return False
+                    found = True
+            else:
+                return False
+    return found
+
+
+def choose(k: Kernel) -> dict[int, Packing]:
+    """{param id: packing} for the packed tensor params that take the lanes packing."""
+    users: dict[int, list[tuple[Op, int]]] = {}
+    for op in walk(k.body.ops):
+        for i, v in enumerate(op.operands):
+            users.setdefault(v.id, []).append((op, i))
+    out = {}
+    for p in k.params:
+        t = p.type
+        if not isinstance(t, TensorType) or is_machine(t.dtype) or len(t.shape) != 2:
+            continue
+        loads = users.get(p.id, [])
+        if not loads or any(
+            op.opcode != "load_codes"
+            or pos != 0
+            or op.attrs.masked
+            or len(op.attrs.sizes) != 2
+            or op.attrs.sizes[1] % 32
+            or not op.attrs.sizes[0]
+            or not _feeds_dot(op.results[0].id, users)
+            for op, pos in loads
+        ):
+            continue
+        step = math.gcd(MAX_STEP, *(op.attrs.sizes[1] for op, _ in loads))
+        out[p.id] = Packing(loads[0][0].attrs.bits, step)
+    return out
+
+
+@register("bitpack-lanes")
+def bitpack_lanes(k: Kernel) -> Kernel:
+    """Weights read by GEMV-like dots take the lanes packing (recorded on their load_codes)."""
+    chosen = choose(k)
+    if not chosen:
+        return k
+
+    def rule(op: Op, b, defs):
+        if op.opcode != "load_codes" or op.operands[0].id not in chosen:
+            return None
+        attrs = replace(op.attrs, packing=chosen[op.operands[0].id].name)
+        return (b.emit("load_codes", *op.operands, attrs=attrs),)
+
+    return rewrite(k, rule)

@@ -1,0 +1,152 @@
+"""Layout-specific packings of b-bit codes, and the host-side transforms to and from the
+canonical packing (DESIGN.md "Storage and quantization"; described in docs/packing.md).
+
+`Packing(bits, step)`, "lanes" packing: each row is cut into steps of `step` codes (the last
+step padded with code 0), and every step stores its codes as bit planes of power-of-two
+widths (3 = 2+1, 5 = 4+1, 6 = 4+2, 7 = 4+2+1; the first plane holds the low bits), one after
+the other. A plane of width p keeps code i = 16*t + l of the step (t = i // 16 the sub-vector,
+l = i % 16 the lane) in a word chosen so that one vector load of the plane's words feeds lane
+l of every sub-vector with a shift and a mask, never a cross-lane shuffle:
+- when a lane's codes of the step fit in one word (T*p <= 32, T = step // 16), the plane has
+  n = T*p/2 words; lane l uses word l % n, slot (l // n)*T + t (bit slot*p);
+- otherwise lane l's codes fill whole words: word 16*(t // s) + l, slot t % s (s = 32 // p).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from lowbitc.errors import UserArgumentError
+from lowbitc.packing import pack, unpack
+
+LANES = 16  # i32 lanes of a 512-bit vector
+_NAME = re.compile(r"lanes(\d+)x(\d+)")
+
+
+def planes(bits: int) -> tuple[int, ...]:
+    """Power-of-two plane widths of a `bits`-bit code, widest (low bits) first."""
+    return tuple(p for p in (8, 4, 2, 1) if bits & p)
+
+
+@dataclass(frozen=True)
+class Plane:
+    """One bit plane of a step: its width, its first code bit, its first word in the step and
+    `slots[w, s]`, the index in the step of the code held at slot s of word w."""
+
+    width: int
+    shift: int
+    offset: int
+    slots: np.ndarray
+
+    @property
+    def words(self) -> int:
+        return self.slots.shape[0]
+
+
+def _slots(width: int, step: int) -> np.ndarray:
+    t_count = step // LANES
+    per_word = 32 // width
+    if t_count * width <= 32:
+        n = t_count * width // 2
+        w, s = np.meshgrid(np.arange(n), np.arange(per_word), indexing="ij")
+        lane = (s // t_count) * n + w
+        return (s % t_count) * LANES + lane
+    w, s = np.meshgrid(np.arange(step * width // 32), np.arange(per_word), indexing="ij")
+    return ((w // LANES) * per_word + s) * LANES + w % LANES
+
+
+@dataclass(frozen=True)
+class Packing:
+    """The lanes packing of `bits`-bit codes in steps of `step` codes (a multiple of 32)."""
+
+    bits: int
+    step: int = 128
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.bits <= 8 or self.step % 32 or not 32 <= self.step <= 512:
+            raise UserArgumentError(
+                f"packing: expected bits in 1..8 and a step multiple of 32 "
+                f"in 32..512, got bits={self.bits}, step={self.step}"
+            )
+
+    @property
+    def name(self) -> str:
+        """The packing's name as the IR records it (`load_codes {packing=...}`)."""
+        return f"lanes{LANES}x{self.step}"
+
+    @cached_property
+    def planes(self) -> tuple[Plane, ...]:
+        out, shift, offset = [], 0, 0
+        for p in planes(self.bits):
+            out.append(Plane(p, shift, offset, _slots(p, self.step)))
+            shift += p
+            offset += self.step * p // 32
+        return tuple(out)
+
+    @property
+    def step_words(self) -> int:
+        return self.step * self.bits // 32
+
+    def words_per_row(self, count: int) -> int:
+        """uint32 words of a row of `count` codes (whole steps)."""
+        return -(-count // self.step) * self.step_words
+
+    def from_codes(self, codes: np.ndarray) -> np.ndarray:
+        """uint8 codes [N, K] -> words [N, words_per_row(K)]."""
+        n, k = codes.shape
+        steps = -(-k // self.step)
+        c = np.zeros((n, steps, self.step), np.uint32)
+        c.reshape(n, steps * self.step)[:, :k] = codes
+        out = np.zeros((n, steps, self.step_words), np.uint32)
+        for pl in self.planes:
+            v = (c >> np.uint32(pl.shift)) & np.uint32((1 << pl.width) - 1)
+            dst = out[:, :, pl.offset : pl.offset + pl.words]
+            for s in range(pl.slots.shape[1]):
+                dst |= v[:, :, pl.slots[:, s]] << np.uint32(s * pl.width)
+        return out.reshape(n, steps * self.step_words)
+
+    def to_codes(self, words: np.ndarray, count: int) -> np.ndarray:
+        """Inverse of `from_codes`: words [N, words_per_row(count)] -> uint8 codes [N, count]."""
+        n = words.shape[0]
+        steps = -(-count // self.step)
+        w = np.asarray(words, np.uint32).reshape(n, steps, self.step_words)
+        c = np.zeros((n, steps, self.step), np.uint32)
+        for pl in self.planes:
+            src = w[:, :, pl.offset : pl.offset + pl.words]
+            mask = np.uint32((1 << pl.width) - 1)
+            for s in range(pl.slots.shape[1]):
+                c[:, :, pl.slots[:, s]] |= ((src >> np.uint32(s * pl.width)) & mask) << np.uint32(
+                    pl.shift
+                )
+        return c.reshape(n, steps * self.step)[:, :count].astype(np.uint8)
+
+    def from_canonical(self, words: np.ndarray, count: int) -> np.ndarray:
+        """Canonical words [N, ceil(count*bits/32)] -> this packing's words."""
+        return self.from_codes(unpack(words, self.bits, count).reshape(-1, count))
+
+    def to_canonical(self, words: np.ndarray, count: int) -> np.ndarray:
+        return pack(self.to_codes(words, count), self.bits)
+
+
+def parse(name: str, bits: int) -> Packing | None:
+    """The Packing an IR `packing` attribute names ("" is the canonical packing: None)."""
+    if not name:
+        return None
+    m = _NAME.fullmatch(name)
+    if m is None or int(m.group(1)) != LANES:
+        raise UserArgumentError(f"packing: expected '' or 'lanes{LANES}xSTEP', got {name!r}")
+    return Packing(bits, int(m.group(2)))
+
+
+@dataclass(frozen=True, eq=False)
+class PackedWords:
+    """Codes already in a kernel's packing: what a kernel's packed parameter takes to skip
+    the transform from canonical words (QTensor.packed_as returns one, cached)."""
+
+    words: np.ndarray
+    packing: Packing
+    count: int
