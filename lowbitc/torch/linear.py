@@ -168,10 +168,7 @@ class QuantLinear(nn.Module):
         if not x2.is_contiguous():
             x2 = x2.contiguous()
         if _eager(x2):
-            y = self._matmul()(x2)
-            bias = self._parameters.get("bias")  # None lives in __dict__, not here
-            if bias is not None:
-                y.add_(bias.detach())
+            y = self._matmul()(x2, self._parameters.get("bias"))  # None is not kept there
         else:
             y = torch.ops.lowbitc.matmul(x2, self.qdata, self.scales, self.zeros,
                                          self.format.name, self.group_size, k)
