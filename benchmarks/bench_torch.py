@@ -27,6 +27,18 @@ CASES = ((1, 4096, 4096, "u4", 128), (1, 384, 384, "u4", 64), (16, 4096, 4096, "
 GOAL_OVERHEAD_US, GOAL_RATIO = 30.0, 1.2
 
 
+def _batched(candidates: dict, reps: int) -> dict:
+    """Each candidate called `reps` times per timed run (short calls: a run of ~1 ms is less
+    at the mercy of one preemption than a run of one call)."""
+    return {name: (lambda fn=fn: [fn() for _ in range(reps)]) for name, fn in candidates.items()}
+
+
+def _per_call(stats: dict, reps: int) -> dict:
+    per = {"median", "p10", "p90"}
+    return {name: {key: v / reps if key in per else v for key, v in s.items()} | {"reps": reps}
+            for name, s in stats.items()}
+
+
 def measure(m: int, n: int, k: int, fmt: str, group: int, rounds: int) -> dict:
     torch.manual_seed(0)
     lin = torch.nn.Linear(k, n)
@@ -46,13 +58,13 @@ def measure(m: int, n: int, k: int, fmt: str, group: int, rounds: int) -> dict:
         "QuantLinear, x requires grad": lambda: q(xg),
         "nn.Linear fp32": lambda: lin(x),
     }
+    reps = max(1, round(2e6 / (m * n * k)))  # ~1 ms runs for small layers, 1 call at 4096^2
     with torch.no_grad():
-        stats_nograd = interleaved_stats({k_: v for k_, v in candidates.items()
-                                          if "grad" not in k_}, rounds)
-    stats = {**stats_nograd,
-             **interleaved_stats({"QuantLinear, x requires grad": candidates[
-                 "QuantLinear, x requires grad"], "lowbitc.ops.matmul (same rounds)":
-                 candidates["lowbitc.ops.matmul"]}, rounds)}
+        stats_nograd = interleaved_stats(_batched({k_: v for k_, v in candidates.items()
+                                                   if "grad" not in k_}, reps), rounds)
+    grad = {"QuantLinear, x requires grad": candidates["QuantLinear, x requires grad"],
+            "lowbitc.ops.matmul (same rounds)": candidates["lowbitc.ops.matmul"]}
+    stats = _per_call({**stats_nograd, **interleaved_stats(_batched(grad, reps), rounds)}, reps)
     base = stats["lowbitc.ops.matmul"]["median"]
     ql = stats["QuantLinear"]["median"]
     grad_base = stats["lowbitc.ops.matmul (same rounds)"]["median"]
