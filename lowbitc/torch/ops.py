@@ -224,7 +224,7 @@ class _Spec:
 def _matmul_params(fmt: str, act: str, zp: bool, group: int, m: int, n: int, k: int,
                    backend: str) -> dict:
     """The tiles lowbitc.ops.matmul would pick: its defaults, then lowbitc.tune's winner."""
-    params = lops.matmul_params(m, _Spec(fmt, group, zp), act)
+    params = lops.matmul_params(m, _Spec(fmt, group, zp), act, backend)
     fixed = {p: params[p] for p in ("W", "A", "ZP", "EARLY")}
     params.update(lops.tuned_params("matmul", fixed, group, {"M": m, "N": n, "K": k}, backend))
     return params
@@ -269,8 +269,9 @@ def matmul_into(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scales: 
 
 class BoundMatmul:
     """lowbitc::matmul's CPU kernel bound to one weight, for eager calls (no autograd, no
-    tracing): the checks, the kernel lookup and the weight's numpy views are done once per
-    activation dtype and shape, so a call is the launch plus a fresh output tensor."""
+    tracing): the checks, the kernel lookup and the weight's numpy views (or repacked words)
+    are done once per activation dtype and shape, so a call is the launch plus a fresh output
+    tensor. Bind again after writing the weight in place."""
 
     __slots__ = ("tensors", "_static", "_plans")
 
@@ -317,7 +318,6 @@ class BoundMatmul:
             self._plans.clear()
         self._plans[(x.dtype, x.shape)] = plan
         return plan
-
 
 
 # ---------------------------------------------------------------- lowbitc::matmul
