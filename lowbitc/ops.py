@@ -92,8 +92,9 @@ def matmul_fixed(wtype, act: str, zero_point: bool, M: int = 1) -> dict:
     return {"W": wtype, "A": act, "ZP": bool(zero_point), "EARLY": early}
 
 
-def matmul_params(M: int, qw: QTensor, act: str) -> dict:
-    """Default tile parameters by problem shape (GEMV for M = 1, GEMM tiles otherwise)."""
+def matmul_params(M: int, qw: QTensor, act: str, backend: str = "llvm") -> dict:
+    """Default tile parameters by problem shape (GEMV for M = 1, GEMM tiles otherwise); the
+    LLVM backend's GEMM path (M > 8) takes tall row tiles, other backends keep 8 x 32."""
     # up to 8 rows share each decoded weight vector in registers (the backend's fused dot)
     bm = 1 if M == 1 else 2 if M == 2 else 4 if M <= 4 else 8
     g = qw.group_size
@@ -101,9 +102,11 @@ def matmul_params(M: int, qw: QTensor, act: str) -> dict:
     # a multiple of 32 so the backend can decode whole words in registers
     bk = 128 if g % 128 == 0 else 64 if g % 64 == 0 else 32
     bn = 64
-    if M > GEMM_ROWS:
+    if M > GEMM_ROWS and backend == "llvm":
         bm = gemm_rows(M)
         bn = 128 if bm >= 64 else 64  # tall row tiles amortise their activation loads wider
+    elif M > GEMM_ROWS:
+        bn = 32  # the tiles the CUDA backend's figures (docs/cuda.md) were taken with
     return {**matmul_fixed(qw.dtype, act, qw.zeros is not None, M), "BM": bm, "BN": bn,
             "BK": bk}
 
@@ -154,7 +157,7 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
     plan = ("matmul", backend, qw.dtype, act, qw.zeros is not None, qw.group_size, M, N, K)
     k = _plan(plan)
     if k is None:
-        params = matmul_params(M, qw, act)
+        params = matmul_params(M, qw, act, backend)
         fixed = {n: params[n] for n in ("W", "A", "ZP", "EARLY")}
         params.update(tuned_params("matmul", fixed, qw.group_size, {"M": M, "N": N, "K": K},
                                    backend))

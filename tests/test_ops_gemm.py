@@ -67,6 +67,8 @@ def test_gemm_params_and_code():
     params = ops.matmul_params(16, qw, "f32")
     assert params["EARLY"] and params["BM"] == 16 and params["BN"] == 64
     assert not ops.matmul_params(8, qw, "f32")["EARLY"]
+    cuda = ops.matmul_params(16, qw, "f32", "cuda")
+    assert cuda["EARLY"] and (cuda["BM"], cuda["BN"]) == (8, 32)
     text = ops.get_kernel("matmul", **params).text("llvm")
     lanes = microkernel.host_vector()[0]
     assert f"@llvm.fmuladd.v{lanes}f32" in text
