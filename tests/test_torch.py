@@ -65,7 +65,7 @@ def test_matmul_reads_tensor_memory_in_place():
     xs = [torch.randn(m, K) for m in (1, 2)]
     for xm in xs:
         torch.testing.assert_close(torch.ops.lowbitc.matmul(xm, w, s, z, fmt, g, k),
-                                   reference(xm, qw))
+                                   reference(xm, qw), rtol=1e-4, atol=1e-4)
     w.copy_(w2)
     codes = torch.from_numpy(other.codes.astype(np.float32))
     w_hat = (codes - z.repeat_interleave(g, 1)[:, :K]) * s.repeat_interleave(g, 1)[:, :K]
