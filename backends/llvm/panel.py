@@ -28,8 +28,9 @@ from lowbitc.backends.llvm.ops_memory import unpack32
 from lowbitc.ir.core import Region
 from lowbitc.ir.types import TileType
 
-# activation tiles of up to this many rows are read in place by the panel path (measured,
-# u4 K = 4096: 16-64 rows 10-20 % faster than copying the tile; 128 rows ~7 % slower)
+# activation tiles of up to this many rows are read in place by the panel path (measured one
+# thread, u4 N = 1024, K = 4096: 16-64 rows 10-20 % faster than copying the tile, 128 rows ~7 %
+# slower; at N = K = 4096, M = 16 the difference was within this machine's noise)
 IN_PLACE_ROWS = 64
 
 
