@@ -277,6 +277,9 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
     va = f"<{lanes} x float>"
     zero = "zeroinitializer"
 
+    # E is one table permute of the codes: they need not be masked to their width
+    clean = not (plan.root.id in plan.tables and permutes())
+
     def sums(j: str) -> list[str]:
         """Row j's vector accumulators, one per row of `a`."""
         n = em.val(f"add i64 {starts[0]}, {j}")
@@ -288,7 +291,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
 
         def unpack(c: str) -> str:
             if t.packing is not None:  # c is a constant here (the steps are unrolled)
-                return lanes_packing.unpack_lanes(em, t.ptr, base, t.packing, int(c))
+                return lanes_packing.unpack_lanes(em, t.ptr, base, t.packing, int(c), clean)
             wi = em.val(f"add i64 {base}, {em.val(f'mul i64 {c}, {bits}')}")
             return unpack32(em, em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}"),
                             bits)

@@ -57,7 +57,7 @@ def _shift(em: Emitter, v: str, amount: str, rotate: bool) -> str:
     return em.val(f"call {v16} @llvm.fshr.v{LANES}i32({v16} {v}, {v16} {v}, {v16} {amount})")
 
 
-def _sub_vector(em: Emitter, ptr: str, base: str, packing: Packing, t: int) -> str:
+def _sub_vector(em: Emitter, ptr: str, base: str, packing: Packing, t: int, clean: bool) -> str:
     """Codes 16t .. 16t+15 of the step whose first word is `base`, as <16 x i32>. The first
     plane is shifted down and masked; a higher plane is rotated so that its bits land at
     their place in the code (one op, no shift back), masked and or-ed in."""
@@ -76,18 +76,25 @@ def _sub_vector(em: Emitter, ptr: str, base: str, packing: Packing, t: int) -> s
         v = words
         if shift:
             v = em.val(f"lshr {v16} {v}, {_vec([shift] * LANES)}")
-        code = em.val(f"and {v16} {v}, {mask}") if masked else v
+        # a single plane feeding only a 16-entry table permute (which reads the low 4 bits
+        # of each index; the table repeats) needs no mask
+        if masked and (clean or len(packing.planes) > 1):
+            v = em.val(f"and {v16} {v}, {mask}")
+        code = v
     return code
 
 
-def unpack_lanes(em: Emitter, ptr: str, row: str, packing: Packing, unit: int) -> str:
+def unpack_lanes(
+    em: Emitter, ptr: str, row: str, packing: Packing, unit: int, clean: bool = True
+) -> str:
     """Codes 32*unit .. 32*unit+31 of the window whose row's first step starts at word `row`
-    (a step-aligned window), as <32 x i32>."""
+    (a step-aligned window), as <32 x i32>; with `clean` False, a one-plane code of < 4 bits
+    may carry other codes' bits above it (for a consumer that reads only the low 4 bits)."""
     per_step = packing.step // 32
     base = em.val(f"add i64 {row}, {(unit // per_step) * packing.step_words}")
     t = 2 * (unit % per_step)
-    lo = _sub_vector(em, ptr, base, packing, t)
-    hi = _sub_vector(em, ptr, base, packing, t + 1)
+    lo = _sub_vector(em, ptr, base, packing, t, clean)
+    hi = _sub_vector(em, ptr, base, packing, t + 1, clean)
     return em.val(
         f"shufflevector <{LANES} x i32> {lo}, <{LANES} x i32> {hi}, <32 x i32> {_vec(range(32))}"
     )
