@@ -196,3 +196,14 @@ def test_config_rejects_bad_values():
         runner.Config(size=0)
     with pytest.raises(UserArgumentError, match="threads"):
         runner.Config(threads=-1)
+
+
+def test_bench_reruns_itself_once_with_blas_threads_sleeping():
+    from lowbitc.commands import bench
+
+    argv = ["/bin/lowbitc", "bench", "--rows", "gemv_u4", "--rounds", "3"]
+    again = bench.blas_sleep_argv(argv, {})
+    assert again[0] == sys.executable and again[-5:] == argv[1:]
+    # run as `python -c ...` it reaches the same CLI with the same arguments
+    assert "from lowbitc.cli import main" in again[2]
+    assert bench.blas_sleep_argv(argv, dict(bench.BLAS_SLEEP)) is None
