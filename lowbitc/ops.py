@@ -168,8 +168,10 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
 
 
 def _line_aligned(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array whose data starts on a 64-byte cache line."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    """An uninitialised C-contiguous array; from 64 KiB on, its data starts on a 64-byte line."""
+    nbytes = shape[0] * shape[1] * np.dtype(dtype).itemsize
+    if nbytes < 1 << 16:  # too small for streaming stores to matter: skip the extra work
+        return np.empty(shape, dtype)
     raw = np.empty(nbytes + 64, np.uint8)
     first = -raw.ctypes.data % 64
     return raw[first:first + nbytes].view(dtype).reshape(shape)
@@ -178,8 +180,8 @@ def _line_aligned(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
 def _out(out: np.ndarray | None, shape: tuple[int, int],
          dtype: np.dtype = _F32) -> np.ndarray:
     """The result array: `out` when given (checked), else a new one. Reusing an output saves
-    the page faults of a fresh large array on every call. A new array starts on a 64-byte
-    line, so dequantize can write it with streaming stores."""
+    the page faults of a fresh large array on every call. A new array of 64 KiB or more
+    starts on a 64-byte line, so dequantize can write it with streaming stores."""
     if out is None:
         return _line_aligned(shape, dtype)
     if not (isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == shape
