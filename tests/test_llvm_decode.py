@@ -55,7 +55,7 @@ def _dequantize_every_code(fmt_name) -> str:
     return k.text("llvm")
 
 
-def _dot_every_code(fmt_name) -> None:
+def _dot_every_code(fmt_name) -> str:
     fmt = lowbitc.dtype(fmt_name)
     values = fmt.decode(np.arange(fmt.num_codes, dtype=np.uint8))
     finite = np.flatnonzero(np.isfinite(values))  # 0 * inf or NaN would not stay exact
@@ -68,6 +68,7 @@ def _dot_every_code(fmt_name) -> None:
         y = np.full((8, 32), 7.0, np.float32)
         k(x, _words(fmt, codes), y)
         np.testing.assert_array_equal(y, want[:, first : first + 8].T, err_msg=fmt.name)
+    return k.text("llvm")
 
 
 @pytest.mark.parametrize("fmt_name", FORMATS)
@@ -88,7 +89,10 @@ def test_without_avx512_the_table_is_a_gather_with_the_same_values(fmt_name, mon
     monkeypatch.setattr(decode, "permutes", lambda: False)
     text = _dequantize_every_code(fmt_name)
     assert "@dtab" in text and "avx512" not in text
-    _dot_every_code(fmt_name)
+    dot = _dot_every_code(fmt_name)
+    # a gather reads memory at its indices: the codes must be masked to their width first
+    # (only a 16-lane permute, which reads the low 4 bits, may take them unmasked)
+    assert "@dtab" in dot and " and <16 x i32>" in dot
 
 
 def test_codebook_decodes_through_a_table():

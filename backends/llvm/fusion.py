@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lowbitc.backends.llvm import decode
 from lowbitc.backends.llvm import lanes as lanes_packing
-from lowbitc.backends.llvm.decode import code_tables, gather, lookup, permutes
+from lowbitc.backends.llvm.decode import code_tables, gather, lookup
 from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert, vtype
 from lowbitc.backends.llvm.lanes import ROWS, row_sums
@@ -202,7 +203,7 @@ def emit_fused_store(env: Env, plan: Plan) -> None:
     et = vtype(dt, W)
     # rows that start on a cache line take streaming stores (no read-for-ownership of the
     # output: half the memory traffic)
-    stream = permutes() and W * _BYTES.get(dt, 0) % 64 == 0
+    stream = decode.permutes() and W * _BYTES.get(dt, 0) % 64 == 0
     if stream:
         nt, plain = em.label("dqstream"), em.label("dqplain")
         em.emit(f"br i1 {_lines_aligned(em, dst, dst_starts, _BYTES[dt])}, label %{nt}, "
@@ -278,7 +279,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
     zero = "zeroinitializer"
 
     # E is one table permute of the codes: they need not be masked to their width
-    clean = not (plan.root.id in plan.tables and permutes())
+    clean = not (plan.root.id in plan.tables and decode.permutes())
 
     def sums(j: str) -> list[str]:
         """Row j's vector accumulators, one per row of `a`."""
