@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lowbitc.backends.numba_cuda.recipes import byte_window
 from lowbitc.errors import UserArgumentError
 
 CHUNK = 128  # codes per loop iteration and thread
@@ -110,19 +111,10 @@ def _u_pairs(bits: int, interleaved: bool) -> list[tuple[str, tuple[int, int]]]:
     return out
 
 
-def _window(pos: int, bits: int, stream: str) -> tuple[list[tuple[str, int]], int] | None:
-    """Bytes (register, byte) holding the code at `pos` of `stream`, and its bit offset."""
-    if pos < 0 or pos % 8 + bits > 10:
-        return None
-    first = pos // 8
-    needed = [first] if pos % 8 + bits <= 8 else [first, first + 1]
-    return [(f"{stream}{i // 4}", i % 4) for i in needed], pos % 8
-
-
 def _shifted_pair(p_lo: int, p_hi: int, bits: int) -> tuple[str, tuple[int, int]]:
     """A pair whose codes come from w or v (v = w >> 4 across words): one prmt, one lop3."""
-    for lo in (_window(p_lo, bits, "w"), _window(p_lo - 4, bits, "v")):
-        for hi in (_window(p_hi, bits, "w"), _window(p_hi - 4, bits, "v")):
+    for lo in (byte_window(p_lo, bits, "w"), byte_window(p_lo - 4, bits, "v")):
+        for hi in (byte_window(p_hi, bits, "w"), byte_window(p_hi - 4, bits, "v")):
             if lo is None or hi is None:
                 continue
             regs = list(dict.fromkeys(reg for reg, _ in lo[0] + hi[0]))

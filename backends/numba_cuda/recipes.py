@@ -102,7 +102,7 @@ def recipe_for(values: np.ndarray, bits: int) -> Recipe | None:
 # ---------------------------------------------------------------- pair expressions
 
 
-def _window(pos: int, bits: int, stream: str) -> tuple[list[tuple[str, int]], int] | None:
+def byte_window(pos: int, bits: int, stream: str) -> tuple[list[tuple[str, int]], int] | None:
     """Bytes (register, byte) holding the code at `pos` of `stream`, and its bit offset."""
     if pos < 0 or pos % 8 + bits > 10:
         return None
@@ -117,8 +117,8 @@ def _prmt_pair(p_lo: int, p_hi: int, bits: int, streams: tuple[str, ...]):
     shift = {"w": 0, "v": 4}
     for s_lo in streams:
         for s_hi in streams:
-            lo = _window(p_lo - shift[s_lo], bits, s_lo)
-            hi = _window(p_hi - shift[s_hi], bits, s_hi)
+            lo = byte_window(p_lo - shift[s_lo], bits, s_lo)
+            hi = byte_window(p_hi - shift[s_hi], bits, s_hi)
             if lo is None or hi is None:
                 continue
             regs = list(dict.fromkeys(reg for reg, _ in lo[0] + hi[0]))
