@@ -14,7 +14,10 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from lowbitc.backends.numba_cuda import encode  # noqa: F401  (from_codes, store_codes)
+from lowbitc.backends.numba_cuda import (
+    encode,  # noqa: F401  (from_codes, store_codes)
+    reinterpret,  # noqa: F401  (view)
+)
 from lowbitc.backends.numba_cuda.buffers import Buf, TensorRef
 from lowbitc.backends.numba_cuda.elements import ELEMENT, fail, reg_dtype, shape_of
 from lowbitc.backends.numba_cuda.interleave import interleaved_params
