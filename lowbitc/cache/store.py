@@ -94,7 +94,7 @@ class Cache:
         conn = sqlite3.connect(self.path / INDEX_NAME, timeout=60, isolation_level=None)
         try:
             conn.execute("PRAGMA busy_timeout = 60000")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
             conn.execute("PRAGMA synchronous = NORMAL")
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version != SCHEMA_VERSION:
@@ -328,3 +328,17 @@ def default_cache() -> Cache | None:
     if path not in _default:
         _default[path] = Cache(path)
     return _default[path]
+
+
+def _retry_locked(run, seconds: float = 60.0):
+    """`run()`, retried while SQLite says the database is locked: switching a new index to
+    WAL takes an exclusive lock and reports SQLITE_BUSY at once, without the busy handler,
+    when another process opens it at the same moment."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return run()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
