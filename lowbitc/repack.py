@@ -10,6 +10,15 @@ l of every sub-vector with a shift and a mask, never a cross-lane shuffle:
 - when a lane's codes of the step fit in one word (T*p <= 32, T = step // 16), the plane has
   n = T*p/2 words; lane l uses word l % n, slot (l // n)*T + t (bit slot*p);
 - otherwise lane l's codes fill whole words: word 16*(t // s) + l, slot t % s (s = 32 // p).
+
+`RowsPacking(bits)`, "rows" packing ("rows16"): 16 consecutive rows share every vector, one
+row per lane, so a dot with few activation rows accumulates 16 outputs per vector with no
+horizontal sums. Rows are cut into steps of 32 codes (the last padded with code 0); a step
+of one row is `bits` words: per bit plane of width p (as above), p words, word w holding codes
+w*(32/p) .. of the step, code at bit slot*p. Within a block of 16 rows (the last block of a
+tensor may have fewer, L), word j of step s of row r is stored at
+block*16*wpr + (s*bits + j)*L + r % 16 (wpr: words per row), so the block's words for one step
+are `bits` consecutive 64-byte vectors.
 """
 
 from __future__ import annotations
@@ -132,13 +141,108 @@ class Packing:
         return pack(self.to_codes(words, count), self.bits)
 
 
-def parse(name: str, bits: int) -> Packing | None:
-    """The Packing an IR `packing` attribute names ("" is the canonical packing: None)."""
+@dataclass(frozen=True)
+class RowsPacking:
+    """The rows packing of `bits`-bit codes: 16 rows interleaved per vector, steps of 32."""
+
+    bits: int
+    step = 32  # codes per step of a row: `bits` words
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.bits <= 8:
+            raise UserArgumentError(f"packing: expected bits in 1..8, got bits={self.bits}")
+
+    @property
+    def name(self) -> str:
+        return f"rows{LANES}"
+
+    @cached_property
+    def planes(self) -> tuple[tuple[int, int, int], ...]:
+        """(width, first code bit, first word in the step) per bit plane, low bits first."""
+        out, shift = [], 0
+        for p in planes(self.bits):
+            out.append((p, shift, shift))  # a plane of width p has p words per step
+            shift += p
+        return tuple(out)
+
+    @property
+    def step_words(self) -> int:
+        return self.bits
+
+    def words_per_row(self, count: int) -> int:
+        return -(-count // self.step) * self.bits
+
+    def _step_words(self, codes: np.ndarray) -> np.ndarray:
+        """uint8 codes [N, K] -> per-row words [N, steps * bits] (rows not interleaved)."""
+        n, k = codes.shape
+        steps = -(-k // self.step)
+        c = np.zeros((n, steps, self.step), np.uint32)
+        c.reshape(n, steps * self.step)[:, :k] = codes
+        out = np.zeros((n, steps, self.bits), np.uint32)
+        for p, shift, first in self.planes:
+            v = (c >> np.uint32(shift)) & np.uint32((1 << p) - 1)
+            per = 32 // p
+            v = v.reshape(n, steps, p, per) << (np.arange(per, dtype=np.uint32) * np.uint32(p))
+            out[:, :, first : first + p] = np.bitwise_or.reduce(v, axis=3)
+        return out.reshape(n, steps * self.bits)
+
+    def _blocks(self, n: int):
+        """(first row, rows) of every block of up to 16 rows."""
+        return ((r, min(LANES, n - r)) for r in range(0, n, LANES))
+
+    def from_codes(self, codes: np.ndarray) -> np.ndarray:
+        """uint8 codes [N, K] -> words [N, words_per_row(K)], 64-byte aligned."""
+        rows = self._step_words(codes)
+        n, wpr = rows.shape
+        out = _aligned_words(n * wpr)
+        for r, cnt in self._blocks(n):
+            out[r * wpr : (r + cnt) * wpr] = rows[r : r + cnt].T.reshape(-1)
+        return out.reshape(n, wpr)
+
+    def to_codes(self, words: np.ndarray, count: int) -> np.ndarray:
+        n = words.shape[0]
+        wpr = self.words_per_row(count)
+        flat = np.asarray(words, np.uint32).reshape(-1)
+        rows = np.empty((n, wpr), np.uint32)
+        for r, cnt in self._blocks(n):
+            rows[r : r + cnt] = flat[r * wpr : (r + cnt) * wpr].reshape(wpr, cnt).T
+        steps = wpr // self.bits
+        w = rows.reshape(n, steps, self.bits)
+        c = np.zeros((n, steps, self.step), np.uint32)
+        for p, shift, first in self.planes:
+            per = 32 // p
+            sh = np.arange(per, dtype=np.uint32) * np.uint32(p)
+            v = (w[:, :, first : first + p, None] >> sh) & np.uint32((1 << p) - 1)
+            c |= v.reshape(n, steps, self.step) << np.uint32(shift)
+        return c.reshape(n, steps * self.step)[:, :count].astype(np.uint8)
+
+    def from_canonical(self, words: np.ndarray, count: int) -> np.ndarray:
+        return self.from_codes(unpack(words, self.bits, count).reshape(-1, count))
+
+    def to_canonical(self, words: np.ndarray, count: int) -> np.ndarray:
+        return pack(self.to_codes(words, count), self.bits)
+
+
+def _aligned_words(count: int) -> np.ndarray:
+    """An uninitialised uint32 array of `count` words starting on a 64-byte line."""
+    raw = np.empty(count * 4 + 64, np.uint8)
+    first = -raw.ctypes.data % 64
+    return raw[first : first + count * 4].view(np.uint32)
+
+
+PACKINGS = (Packing, RowsPacking)  # the layout-specific packings
+
+
+def parse(name: str, bits: int) -> Packing | RowsPacking | None:
+    """The packing an IR `packing` attribute names ("" is the canonical packing: None)."""
     if not name:
         return None
+    if name == f"rows{LANES}":
+        return RowsPacking(bits)
     m = _NAME.fullmatch(name)
     if m is None or int(m.group(1)) != LANES:
-        raise UserArgumentError(f"packing: expected '' or 'lanes{LANES}xSTEP', got {name!r}")
+        raise UserArgumentError(
+            f"packing: expected '', 'rows{LANES}' or 'lanes{LANES}xSTEP', got {name!r}")
     return Packing(bits, int(m.group(2)))
 
 

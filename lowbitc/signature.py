@@ -16,7 +16,7 @@ import numpy as np
 from lowbitc.errors import UserArgumentError
 from lowbitc.formats import lookup as format_of
 from lowbitc.ir.types import ScalarType, TensorType, is_float, is_machine, numpy_dtype
-from lowbitc.repack import PackedWords, Packing
+from lowbitc.repack import PACKINGS, PackedWords, Packing
 
 if TYPE_CHECKING:  # `k` below is an IR kernel or a lowbitc.abi.ABI (same name/params/dims)
     from lowbitc.ir.core import Kernel, Value
@@ -191,7 +191,7 @@ class Binder:
         packed_rows = []
         for name, (tensor, dt, ndim, dspec, bits), a in zip(self.names, self.specs, args):
             if tensor:
-                if bits.__class__ is Packing:  # only words already in the kernel's packing
+                if bits.__class__ in PACKINGS:  # only words already in the kernel's packing
                     if a.__class__ is not PackedWords or a.packing != bits:
                         return self.slow(args, kwargs)
                     bits, count, a = a.packing, a.count, a.words
@@ -219,7 +219,7 @@ class Binder:
             size = d if d.__class__ is int else dims.get(d)
             if bits is None:  # a PackedWords' count
                 ok = size == n
-            elif bits.__class__ is Packing:
+            elif bits.__class__ in PACKINGS:
                 ok = size is not None and bits.words_per_row(size) == n
             else:
                 ok = size is not None and (size * bits + 31) // 32 == n

@@ -96,12 +96,14 @@ def _gemv_kernel(w: str, bm: int, zp: bool = True, bk: int = 128):
 
 
 def test_pass_chooses_lanes_for_gemv_weights_only():
-    k = _gemv_kernel("u3", 1)
-    assert k.packings == {"w": Packing(3, 128)}
+    # (codes of <= 4 bits that feed the dot as a table of the code take the rows packing:
+    # tests/test_packing_rows.py)
+    k = _gemv_kernel("u5", 1)
+    assert k.packings == {"w": Packing(5, 128)}
     loads = [op for op in walk(k.lowered.body.ops) if op.opcode == "load_codes"]
     assert loads and all(op.attrs.packing == "lanes16x128" for op in loads)
     assert 'packing="lanes16x128"' in k.text("lowered")
-    assert _gemv_kernel("u3", 1, bk=64).packings == {"w": Packing(3, 64)}
+    assert _gemv_kernel("u5", 1, bk=64).packings == {"w": Packing(5, 64)}
     # the GEMM panel (more rows than the register-resident dot) and dequantize stay canonical
     assert (
         ops.get_kernel(
@@ -114,13 +116,13 @@ def test_pass_chooses_lanes_for_gemv_weights_only():
 
 
 USER_GEMV = """
-kernel gemv[W: dtype](x: f32[1, K], w: W[N, K], y: f32[1, N]) grid (cdiv(N, 16)) {
-  acc = zeros(f32, [1, 16])
+kernel gemv[W: dtype](x: f32[1, K], w: W[N, K], y: f32[1, N]) grid (cdiv(N, 8)) {
+  acc = zeros(f32, [1, 8])
   for k in range(0, K, 64) {
     a = load(x[0 :+ 1, k :+ 64])
-    acc = dot(a, transpose(cast(load(w[block.x * 16 :+ 16, k :+ 64]), f32)), acc)
+    acc = dot(a, transpose(cast(load(w[block.x * 8 :+ 8, k :+ 64]), f32)), acc)
   }
-  store(y[0 :+ 1, block.x * 16 :+ 16], acc)
+  store(y[0 :+ 1, block.x * 8 :+ 8], acc)
 }
 """
 

@@ -229,11 +229,18 @@ class Emitter:
             self.nest(dst.shape, lambda idx: self.store_elem(
                 dst, self.flat_index(idx, dst.shape), self.at(src, idx)))
             return
-        self.emit(
-            f"call void @llvm.memcpy.p0.p0.i64(ptr align 64 {dst.ptr}, ptr align 64 "
-            f"{src.ptr}, i64 {src.size * _bytes(src.dtype)}, i1 false)"
-        )
-        self.declare("declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)")
+        self.memcpy(dst.ptr, src.ptr, src.size * _bytes(src.dtype), 64)
+
+    def memcpy(self, dst: str, src: str, nbytes: int, align: int) -> None:
+        """Copy `nbytes` (a constant); small copies inline (vector moves: no call, no spills
+        of the vector registers around it)."""
+        fn = "memcpy.inline" if nbytes <= INLINE_COPY else "memcpy"
+        self.declare(f"declare void @llvm.{fn}.p0.p0.i64(ptr, ptr, i64, i1)")
+        self.emit(f"call void @llvm.{fn}.p0.p0.i64(ptr align {align} {dst}, ptr align {align} "
+                  f"{src}, i64 {nbytes}, i1 false)")
+
+
+INLINE_COPY = 2048  # bytes up to which a copy is expanded inline
 
 
 def _bytes(dtype: str) -> int:

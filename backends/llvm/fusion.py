@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from lowbitc.backends.llvm import decode
 from lowbitc.backends.llvm import lanes as lanes_packing
+from lowbitc.backends.llvm import rows as rows_packing
 from lowbitc.backends.llvm.decode import code_tables, gather, lookup
 from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert, vtype
@@ -23,6 +24,7 @@ from lowbitc.backends.llvm.ops_memory import lut_global, unpack32
 from lowbitc.ir.core import Op, Region, Value
 from lowbitc.ir.opdefs import ELEMENTWISE
 from lowbitc.ir.types import TileType, is_float
+from lowbitc.repack import RowsPacking
 
 W = 32  # codes per step: every 32 codes of a row are exactly `bits` whole words
 MAX_ROWS = 8  # rows of `a` that share one decoded weight vector (vector accumulators)
@@ -165,9 +167,17 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
     t = env.get(codes.operands[0])
     starts = [env.get(v) for v in codes.operands[1:3]]
     fast, slow, done = em.label("fused"), em.label("unfused"), em.label("dotted")
-    if isinstance(abuf, Buf) and abuf.contiguous:
-        ok = _window_ok(em, t, starts, codes.attrs.sizes) if t.packing is None else \
-            lanes_packing.window_ok(em, t, starts, codes.attrs.sizes, t.packing)
+    by_rows = isinstance(t.packing, RowsPacking)
+    if by_rows and (fast_path is not None or plan.root.id not in plan.tables):
+        em.br(slow)  # the rows packing's fused dot takes weights that are a table of the code
+    elif isinstance(abuf, Buf) and abuf.contiguous:
+        if by_rows:
+            ok = rows_packing.window_ok(em, t, starts, codes.attrs.sizes)
+            fast_path = rows_packing.fused_dot
+        elif t.packing is None:
+            ok = _window_ok(em, t, starts, codes.attrs.sizes)
+        else:
+            ok = lanes_packing.window_ok(em, t, starts, codes.attrs.sizes, t.packing)
         em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
         em.start_block(fast)
         (fast_path or _fused)(env, plan, abuf, out, t, starts)

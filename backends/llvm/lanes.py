@@ -109,14 +109,14 @@ def row_start(em: Emitter, t, n: str, k0: str, packing: Packing) -> str:
     )
 
 
-def window_ok(em: Emitter, t, starts: list[str], sizes, packing: Packing) -> str:
+def window_ok(em: Emitter, t, starts: list[str], sizes, packing, rows: str = "") -> str:
     """Whether a [BN, BK] window can take the vector path: K start a multiple of the step,
-    rows inside the tensor, K start inside the row (rows are padded to whole steps with code 0,
-    which is what a load past K reads)."""
+    rows inside the tensor (or below `rows`), K start inside the row (rows are padded to whole
+    steps with code 0, which is what a load past K reads)."""
     ok = em.val(f"icmp eq i64 {em.val(f'and i64 {starts[1]}, {packing.step - 1}')}, 0")
     n_end = em.val(f"add i64 {starts[0]}, {sizes[0]}")
     for c in (
-        f"icmp sle i64 {n_end}, {t.dims[0]}",
+        f"icmp sle i64 {n_end}, {rows or t.dims[0]}",
         f"icmp sge i64 {starts[0]}, 0",
         f"icmp sge i64 {starts[1]}, 0",
         f"icmp slt i64 {starts[1]}, {t.dims[1]}",

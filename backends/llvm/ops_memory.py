@@ -7,9 +7,11 @@ from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
 from lowbitc.backends.llvm.handlers import Env, TensorArg, const_literal, convert, handles
 from lowbitc.backends.llvm.lanes import read_lanes
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view, elementwise, scalar_op
+from lowbitc.backends.llvm.rows import read as rows_read
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Op
 from lowbitc.ir.types import TileType, is_float, is_machine
+from lowbitc.repack import RowsPacking
 from lowbitc.signature import format_bits
 
 
@@ -364,13 +366,11 @@ def _dense_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, gen
     rows, ncols = out.shape[:-1], out.shape[-1]
     nbytes = ncols * {"i8": 1, "i16": 2, "i32": 4, "i64": 8, "half": 2, "bfloat": 2,
                       "float": 4, "double": 8}[MEMTYPE[out.dtype]]
-    em.declare("declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)")
 
     def row(idx: list[str]) -> None:
         src = _row_start(env, t, starts, sizes, idx)
         dst = em.gep(out, em.flat_index(list(idx) + ["0"], out.shape) if rows else "0")
-        em.emit(f"call void @llvm.memcpy.p0.p0.i64(ptr align 4 {dst}, ptr align 4 {src}, "
-                f"i64 {nbytes}, i1 false)")
+        em.memcpy(dst, src, nbytes, 4)
 
     def element(idx: list[str]) -> None:  # a strided window (last dim indexed): no clamps
         it = iter(idx)
@@ -488,7 +488,8 @@ def _read_packed(env: Env, t: TensorArg, idx: list[str], bits: int, dt: str) -> 
     or from the tensor's lanes packing."""
     em = env.em
     if t.packing is not None:
-        code = read_lanes(em, t, idx, t.packing)
+        code = rows_read(em, t, idx, t.packing) if isinstance(t.packing, RowsPacking) else \
+            read_lanes(em, t, idx, t.packing)
         return convert(em, code, "u32", dt) if dt not in ("i32", "u32") else code
     bitpos = em.val(f"mul i64 {idx[-1]}, {bits}")
     word = em.val(f"lshr i64 {bitpos}, 5")

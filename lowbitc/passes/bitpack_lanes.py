@@ -5,6 +5,10 @@ of a row then comes from one aligned vector load with a shift and a mask per lan
 widths split into power-of-two bit planes. The choice is recorded on the loads
 (`load_codes {packing="lanes16x128"}`); the compiled kernel transforms canonical words on
 the host once per QTensor (`QTensor.packed_as`). Other tensors keep the canonical packing.
+Codes of up to ROWS_MAX_BITS bits whose dot operand is a function of the code alone (a cast,
+a table: no per-row or per-column operand) and whose windows cover whole blocks of 16 rows
+take the rows packing instead (`packing="rows16"`): 16 rows per vector, so the dot
+accumulates 16 outputs per vector with no horizontal sums.
 Run after `bitpack`, `lower-encode` and `dce` (every live packed read is a load_codes then).
 """
 
@@ -15,14 +19,15 @@ from dataclasses import replace
 
 from lowbitc.ir.core import Kernel, Op, walk
 from lowbitc.ir.opdefs import ELEMENTWISE
-from lowbitc.ir.types import TensorType, is_machine
+from lowbitc.ir.types import TensorType, TileType, is_machine
 from lowbitc.passes.base import register, rewrite
-from lowbitc.repack import Packing
+from lowbitc.repack import LANES, Packing, RowsPacking
 
 # rows of `a` up to which the LLVM backend's fused dot decodes weights in registers (its
 # MAX_ROWS); dots with more rows decode into a panel that reads the canonical packing
 MAX_ROWS = 8
 MAX_STEP = 128  # codes per step: one 512-bit vector of a 4-bit plane
+ROWS_MAX_BITS = 4  # the rows packing's decode is one 16-entry permute per vector
 _FUSIBLE = ELEMENTWISE | {"cast", "bitcast", "where", "lut"}
 
 
@@ -50,7 +55,21 @@ def _feeds_dot(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> bool:
     return found
 
 
-def choose(k: Kernel) -> dict[int, Packing]:
+def _code_only(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> bool:
+    """Whether the ops between value v and the dot take no tile operand that is not itself
+    computed from v: the dot's weight is then a function of the code alone."""
+    derived, stack, ops = {v_id}, [v_id], []
+    while stack:
+        for op, _ in users.get(stack.pop(), []):
+            if op.opcode in _FUSIBLE and op.results[0].id not in derived:
+                ops.append(op)
+                derived.update(r.id for r in op.results)
+                stack.extend(r.id for r in op.results)
+    return all(o.id in derived or not isinstance(o.type, TileType)
+               for op in ops for o in op.operands)
+
+
+def choose(k: Kernel) -> dict[int, Packing | RowsPacking]:
     """{param id: packing} for the packed tensor params that take the lanes packing."""
     users: dict[int, list[tuple[Op, int]]] = {}
     for op in walk(k.body.ops):
@@ -73,8 +92,15 @@ def choose(k: Kernel) -> dict[int, Packing]:
             for op, pos in loads
         ):
             continue
+        bits = loads[0][0].attrs.bits
+        if bits <= ROWS_MAX_BITS and all(
+            op.attrs.sizes[0] % LANES == 0 and _code_only(op.results[0].id, users)
+            for op, _ in loads
+        ):
+            out[p.id] = RowsPacking(bits)
+            continue
         step = math.gcd(MAX_STEP, *(op.attrs.sizes[1] for op, _ in loads))
-        out[p.id] = Packing(loads[0][0].attrs.bits, step)
+        out[p.id] = Packing(bits, step)
     return out
 
 

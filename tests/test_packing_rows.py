@@ -1,0 +1,159 @@
+"""The rows packing (lowbitc.repack.RowsPacking): 16 rows per vector for few-row dots of
+<= 4-bit codes; host transforms, the pass's choice, the fused dot and its scalar edges."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lowbitc
+from lowbitc import ops
+from lowbitc.backends.llvm import decode
+from lowbitc.dtypes import dtype
+from lowbitc.errors import UserArgumentError
+from lowbitc.ir.core import walk
+from lowbitc.packing import pack
+from lowbitc.repack import PackedWords, Packing, RowsPacking, parse
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_round_trip_to_canonical_for_every_width_and_odd_rows(bits):
+    rng = np.random.default_rng(bits)
+    p = RowsPacking(bits)
+    for n, k in ((1, 1), (16, 32), (17, 33), (37, 200), (5, 70)):
+        codes = rng.integers(0, 1 << bits, (n, k), dtype=np.uint8)
+        words = p.from_codes(codes)
+        assert words.shape == (n, p.words_per_row(k)) and words.ctypes.data % 64 == 0
+        assert np.array_equal(p.to_codes(words, k), codes)
+        assert np.array_equal(p.to_canonical(words, k), pack(codes, bits))
+        assert np.array_equal(p.from_canonical(pack(codes, bits), k), words)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 40), st.integers(1, 130), st.integers(0, 2**31))
+def test_round_trip_hypothesis(bits, n, k, seed):
+    codes = np.random.default_rng(seed).integers(0, 1 << bits, (n, k), dtype=np.uint8)
+    p = RowsPacking(bits)
+    assert np.array_equal(p.to_codes(p.from_codes(codes), k), codes)
+
+
+def test_code_positions_follow_the_documented_formula():
+    # word j of step s of row r: block*16*wpr + (s*bits + j)*L + r % 16; u4: 8 codes a word
+    codes = np.zeros((20, 64), np.uint8)
+    codes[5, 40] = 0xA  # step 1, code 8 of the step: word 1, slot 0
+    flat = RowsPacking(4).from_codes(codes).reshape(-1)
+    assert flat[(1 * 4 + 1) * 16 + 5] == 0xA and np.count_nonzero(flat) == 1
+    # the last block has 4 rows (L = 4): row 18 is lane 2
+    codes[:] = 0
+    codes[18, 3] = 0b101  # u3 = 2 + 1: low bits in plane word 0 (slot 3), bit 2 in word 2
+    flat = RowsPacking(3).from_codes(codes).reshape(-1)
+    wpr = 2 * 3
+    base = 16 * wpr  # block 1 starts after 16 rows
+    assert flat[base + 0 * 4 + 2] == 0b01 << 6 and flat[base + 2 * 4 + 2] == 1 << 3
+    assert np.count_nonzero(flat) == 2
+
+
+def test_parse_names_the_rows_packing():
+    assert parse("rows16", 3) == RowsPacking(3) and RowsPacking(3).name == "rows16"
+    with pytest.raises(UserArgumentError, match="rows16"):
+        parse("rows8", 3)
+    with pytest.raises(UserArgumentError, match="bits"):
+        RowsPacking(9)
+
+
+def _gemv(w: str, bm: int = 1, early: bool = False, bn: int = 64):
+    return ops.get_kernel("matmul", "llvm", W=dtype(w), A="f32", ZP=w.startswith("u"),
+                          EARLY=early, BM=bm, BN=bn, BK=128)
+
+
+def test_pass_chooses_rows_for_narrow_code_only_gemv_weights():
+    for w in ("u1", "u2", "u3", "u4", "i4", "nf4", "f4e2m1fn"):
+        k = _gemv(w)
+        assert k.packings == {"w": RowsPacking(dtype(w).bits)}, w
+        loads = [op for op in walk(k.lowered.body.ops) if op.opcode == "load_codes"]
+        assert loads and all(op.attrs.packing == "rows16" for op in loads)
+    assert _gemv("u5").packings == {"w": Packing(5, 128)}  # wider codes keep the lanes
+    # a weight scaled per row inside the dot (EARLY) is not a function of the code alone
+    assert _gemv("u4", 4, early=True).packings == {"w": Packing(4, 128)}
+    # windows that do not cover whole 16-row blocks keep the lanes packing
+    assert _gemv("u4", bn=8).packings == {"w": Packing(4, 128)}
+
+
+USER_GEMV = """
+kernel gemv[W: dtype](x: f32[M, K], w: W[N, K], y: f32[M, N]) grid (cdiv(N, 32)) {
+  acc = zeros(f32, [M, 32])
+  for k in range(0, K, 64) {
+    a = load(x[0 :+ M, k :+ 64])
+    acc = dot(a, transpose(cast(load(w[block.x * 32 :+ 32, k :+ 64]), f32)), acc)
+  }
+  store(y[0 :+ M, block.x * 32 :+ 32], acc)
+}
+"""
+
+
+@pytest.mark.parametrize("w", ["u1", "u3", "i4", "f4e2m1fn", "nf4"])
+def test_user_kernel_gets_the_rows_packing_and_takes_both_forms(w):
+    k = lowbitc.compile(USER_GEMV.replace("M", "3"), W=dtype(w))
+    p = k.packings["w"]
+    assert p == RowsPacking(dtype(w).bits)
+    rng = np.random.default_rng(5)
+    # 70 rows: two whole 32-row windows, then a window past the last whole 16-row block;
+    # 200 columns: a last window past K (steps past the row are skipped)
+    n, kk = 70, 200
+    codes = rng.integers(0, 1 << dtype(w).bits, (n, kk), dtype=np.uint8)
+    x = rng.standard_normal((3, kk)).astype(np.float32)
+    ref = x.astype(np.float64) @ dtype(w).decode(codes).astype(np.float64).T
+    for arg in (pack(codes, dtype(w).bits), PackedWords(p.from_codes(codes), p, kk)):
+        y = np.zeros((3, n), np.float32)
+        k(x, arg, y)
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4)
+    y = np.zeros((3, n), np.float32)
+    k.interpret(x, PackedWords(p.from_codes(codes), p, kk), y)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_words_in_another_packing_are_rejected_before_running():
+    k = lowbitc.compile(USER_GEMV.replace("M", "1"), W=dtype("u4"))
+    codes = np.zeros((32, 64), np.uint8)
+    x, y = np.zeros((1, 64), np.float32), np.zeros((1, 32), np.float32)
+    other = Packing(4, 64)
+    with pytest.raises(UserArgumentError, match="packing"):
+        k(x, PackedWords(other.from_codes(codes), other, 64), y)
+
+
+@pytest.mark.parametrize("w", ["u1", "u2", "u3", "u4", "i3", "b2", "nf4", "f4e2m1fn"])
+@pytest.mark.parametrize("m", [1, 3, 8])
+def test_matmul_on_rows_packed_weights(w, m):
+    rng = np.random.default_rng(m * 11 + dtype(w).bits)
+    zp = w.startswith("u")
+    # odd rows (a partial 16-row block), K tails shorter than the window, partial groups
+    for n, k, g in ((70, 300, 128), (33, 200, 64), (64, 4100, 128), (16, 96, 32)):
+        qw = lowbitc.quantize(rng.standard_normal((n, k)).astype(np.float32), w, g, zero_point=zp)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        ref = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
+        y = ops.matmul(x, qw)
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_fused_rows_dot_is_vector_code(monkeypatch):
+    text = _gemv("u3").text("llvm")
+    assert "@llvm.fma.v16f32" in text
+    if decode.permutes():  # one select per code joins the bit planes
+        assert "@llvm.x86.avx512.pternlog.d.512" in text and "permvar.si.512" in text
+
+
+def test_without_avx512_rows_codes_are_masked_for_the_gather(monkeypatch):
+    monkeypatch.setenv("LOWBITC_NO_CACHE", "1")
+    monkeypatch.setattr(decode, "permutes", lambda: False)
+    k = lowbitc.compile(USER_GEMV.replace("M", "1"), W=dtype("u3"))
+    text = k.text("llvm")
+    assert "avx512" not in text and "@dtab" in text and " and <16 x i32>" in text
+    rng = np.random.default_rng(9)
+    codes = rng.integers(0, 8, (48, 130), dtype=np.uint8)
+    x = rng.standard_normal((1, 130)).astype(np.float32)
+    y = np.zeros((1, 48), np.float32)
+    k(x, pack(codes, 3), y)
+    ref = x.astype(np.float64) @ dtype("u3").decode(codes).astype(np.float64).T
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4)
