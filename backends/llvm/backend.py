@@ -17,6 +17,7 @@ from lowbitc.signature import Binder, storage_dtype
 if TYPE_CHECKING:
     from lowbitc.ir.core import Kernel
 
+GRIDS_KEPT = 64  # grids remembered per kernel (by scalar arguments and dims)
 _SCALAR_KIND = {"i64": "i64", "i32": "i32", "f32": "f32", "f64": "f64"}
 
 
@@ -65,17 +66,30 @@ class Executable:
         self.launcher = GridLauncher(module.address(module.name), 0, min_blocks_per_thread=4)
         self.grid = abi.grid_function()
         self.binder = Binder(abi, abi.packings())
+        # the grid depends only on the scalar arguments and the dims: remembered per value
+        self._grid_of = (tuple(p.name for p in abi.params if not isinstance(p.type, TensorType)),
+                         tuple(d.name for d in abi.dims))
+        self._grids: dict[tuple, tuple[int, int, int]] = {}
 
     def __call__(self, *args, **kwargs) -> None:
         b = self.binder(args, kwargs)
-        if self.grid is not None:
-            gx, gy, gz = grid_of(self.abi, b.values, b.dims, self.grid)
-        else:
-            from lowbitc.interp import grid_of_bound  # the interpreter, for unusual grids only
-
-            gx, gy, gz = grid_of_bound(self._kernel(), b)
+        scalars, dims = self._grid_of
+        key = (*[b.values[n] for n in scalars], *[b.dims[n] for n in dims])
+        g = self._grids.get(key)
+        if g is None:
+            g = self._grid(b)
+            if len(self._grids) < GRIDS_KEPT:
+                self._grids[key] = g
+        gx, gy, gz = g
         packed = self.packer(b.ordered(self.abi) + [gx, gy])
         self.launcher(packed, gx * gy * gz)
+
+    def _grid(self, b) -> tuple[int, int, int]:
+        if self.grid is not None:
+            return grid_of(self.abi, b.values, b.dims, self.grid)
+        from lowbitc.interp import grid_of_bound  # the interpreter, for unusual grids only
+
+        return grid_of_bound(self._kernel(), b)
 
     def text(self, stage: str) -> str:
         if stage == "llvm":
