@@ -17,7 +17,7 @@ kernel fill(y: f32[N], step: int, v: f32) grid (cdiv(N, step)) {
 
 def test_grid_follows_scalar_arguments_and_dims_call_after_call():
     k = lowbitc.compile(FILL)
-    for n, step, v in [(10, 1, 1.0), (10, 2, 2.0), (10, 1, 3.0), (7, 3, 4.0), (30, 1, 5.0),
+    for n, step, v in [(10, 2, 1.0), (10, 1, 2.0), (10, 2, 3.0), (7, 3, 4.0), (30, 1, 5.0),
                        (7, 3, 6.0), (10, 2, 7.0)]:
         y = np.zeros(n, np.float32)
         k(y, step, v)
