@@ -5,9 +5,12 @@ What is timed, in each child (`python -c`, interpreter start-up excluded from al
 - `import_numpy`, `import_lowbitc`: the imports before the call;
 - `call`: `lowbitc.compile(matmul.lbk, W=...)` until the kernel is ready to run. For a cache
   hit this is the load: key (source, params, target, toolchain, codegen hash), index lookup,
-  checksum, object code into MCJIT, ABI; it must not import the DSL, the passes, networkx or
-  numba, and each child reports whether it did; `call_cpu` is the CPU time the process
-  spent in it (less inflated than wall time when other processes hold the cores);
+  checksum, the kernel's shared library dlopened (object code into MCJIT where no linker
+  was found), ABI; it must not import the DSL, the passes, networkx or numba (nor llvmlite
+  when the entry is a shared library), and each child reports whether it did;
+  `call_thread_cpu` is the CPU time of the calling thread in it (less inflated than wall time
+  when other processes hold the cores); `call_cpu` that of the whole process, which also
+  counts OpenBLAS's worker threads spinning after numpy's import;
 - `first_run`: the kernel's first call on a small problem (M=1, N=K=256), after `call`;
 - `wall`: the whole `python -c` process as the parent sees it (start-up, imports, call, exit).
 Python's bytecode cache is warm, as in an installed package: children write .pyc files under
@@ -41,9 +44,9 @@ import os, sys
 import numpy as np
 t1 = time.perf_counter()
 import lowbitc
-t2, c2 = time.perf_counter(), time.process_time()
+t2, c2, h2 = time.perf_counter(), time.process_time(), time.thread_time()
 k = lowbitc.compile({path!r}, W=lowbitc.dtype({wtype!r}))
-t3, c3 = time.perf_counter(), time.process_time()
+t3, c3, h3 = time.perf_counter(), time.process_time(), time.thread_time()
 heavy = sorted(m for m in {heavy!r} if m in sys.modules)
 x, y = np.ones((1, 256), np.float32), np.empty((1, 256), np.float32)
 w = np.zeros((256, 256 * {bits} // 32), np.uint32)
@@ -52,11 +55,22 @@ t4 = time.perf_counter()
 from lowbitc.cache import default_cache
 import json
 print(json.dumps({{"import_numpy": t1 - t0, "import_lowbitc": t2 - t1, "call": t3 - t2,
-                  "call_cpu": c3 - c2, "first_run": t4 - t3, "heavy_modules_loaded": heavy,
+                  "call_cpu": c3 - c2, "call_thread_cpu": h3 - h2, "first_run": t4 - t3,
+                  "heavy_modules_loaded": heavy,
                   "built": default_cache().stats["builds"] > 0,
+                  "llvmlite_loaded": "llvmlite" in sys.modules,
+                  "module": type(k._exe.module).__name__,
                   "load_average": os.getloadavg()[0]}}))
 """
-KEYS = ("import_numpy", "import_lowbitc", "call", "call_cpu", "first_run", "wall")
+KEYS = (
+    "import_numpy",
+    "import_lowbitc",
+    "call",
+    "call_cpu",
+    "call_thread_cpu",
+    "first_run",
+    "wall",
+)
 
 
 def child(cache: str, wtype: str, pycache: str) -> dict:
@@ -112,6 +126,8 @@ def main(first_runs: int = 5, cached_per_first: int = 3, wtype: str = "u4") -> d
         "cached_load_imports_front_end": sorted(
             {m for r in cached for m in r["heavy_modules_loaded"]}
         ),
+        "cached_load_imports_llvmlite": any(r["llvmlite_loaded"] for r in cached),
+        "cached_load_modules": sorted({r["module"] for r in cached}),
         "load_average_before": list(load_before),
         "load_average_after": list(os.getloadavg()),
         "machine": machine_info(),
@@ -130,7 +146,11 @@ if __name__ == "__main__":
             f"first run {m['first_run'] * 1e3:.1f}, whole process {m['wall'] * 1e3:.0f})"
         )
     print(
-        "front end on a hit:",
+        "llvmlite on a hit:",
+        r["cached_load_imports_llvmlite"],
+        " loaded as:",
+        r["cached_load_modules"],
+        " front end on a hit:",
         r["cached_load_imports_front_end"] or "none",
         " misses excluded:",
         r["cached_load"]["misses_excluded"],

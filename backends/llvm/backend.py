@@ -8,29 +8,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lowbitc.abi import ABI, grid_of
-from lowbitc.backends.llvm import jit
+from lowbitc.backends.llvm import native
 from lowbitc.backends.llvm.launch import ArgPacker, ArrayArg, GridLauncher, ScalarArg
-from lowbitc.cache import CacheKey, default_cache
 from lowbitc.ir.types import TensorType
 from lowbitc.signature import Binder, storage_dtype
 
 if TYPE_CHECKING:
+    from lowbitc.backends.llvm.jit import CompiledModule
     from lowbitc.ir.core import Kernel
 
 GRIDS_KEPT = 64  # grids remembered per kernel (by scalar arguments and dims)
 _SCALAR_KIND = {"i64": "i64", "i32": "i32", "f32": "f32", "f64": "f64"}
-
-
-def _load(llvm_ir: str, symbol: str) -> jit.CompiledModule:
-    """JIT the module, reusing object code from the persistent cache when it has it (the key
-    covers the IR text, the host CPU and features, toolchain versions and lowbitc's codegen)."""
-    cache = default_cache()
-    if cache is None:
-        return jit.compile_ir(llvm_ir, symbol)
-    key = CacheKey.make(llvm_ir, {"symbol": symbol}, backend="llvm",
-                        target=jit.host_target_id())
-    obj = cache.get_or_build(key, lambda: jit.object_code(llvm_ir, symbol))
-    return jit.load_object(obj, symbol)
 
 
 def _render(k: Kernel):
@@ -47,7 +35,7 @@ class Executable:
     the grid is not plain integer arithmetic (the interpreter evaluates it then).
     """
 
-    def __init__(self, abi: ABI, llvm_ir: str, module: jit.CompiledModule,
+    def __init__(self, abi: ABI, llvm_ir: str, module: CompiledModule | native.SharedModule,
                  kernel: Callable[[], Kernel]):
         self.abi = abi
         self.llvm_ir = llvm_ir
@@ -95,6 +83,8 @@ class Executable:
         if stage == "llvm":
             return self.llvm_ir
         if stage == "asm":
+            from lowbitc.backends.llvm import jit  # llvmlite: not needed to run a kernel
+
             return jit.assembly(self.llvm_ir)
         raise ValueError(f"stage: expected ir, lowered, llvm or asm, got {stage!r}")
 
@@ -115,20 +105,22 @@ class LLVMBackend:
 
     def compile(self, k: Kernel) -> Executable:
         r = _render(k)
-        return Executable(ABI.of(k), r.text, _load(r.text, r.name), lambda: k)
+        return Executable(ABI.of(k), r.text, native.module(r.text, r.name), lambda: k)
 
     def save(self, exe: Executable) -> tuple[dict, bytes]:
         """What `load` needs to rebuild `exe` (for lowbitc.compile's cache): JSON-able data
-        (the symbol, the ABI, the LLVM IR text for `text("llvm")`) and the object code."""
+        (the symbol, the ABI, the LLVM IR text for `text("llvm")`) and the machine code (a
+        shared library, or an object file where no linker was found)."""
         meta = {"symbol": exe.module.name, "abi": exe.abi.to_json(), "llvm": exe.llvm_ir}
         return meta, exe.module.object_code
 
     def load(self, meta: dict, obj: bytes, kernel: Callable[[], Kernel]) -> Executable:
-        """The Executable that `save` described, from its object code and ABI: no IR, no
-        rendering, no LLVM passes (`kernel` gives the lowered IR if the grid needs it). A bad
-        `meta` or `obj` raises BackendError, LowbitcError or KeyError."""
+        """The Executable that `save` described, from its machine code and ABI: no IR, no
+        rendering, no LLVM passes, and for a shared library no llvmlite (`kernel` gives the
+        lowered IR if the grid needs it). A bad `meta` or `obj` raises BackendError,
+        LowbitcError or KeyError."""
         return Executable(ABI.from_json(meta["abi"]), meta["llvm"],
-                          jit.load_object(obj, meta["symbol"]), kernel)
+                          native.load(obj, meta["symbol"]), kernel)
 
 
 BACKEND = LLVMBackend()

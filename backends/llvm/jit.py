@@ -29,6 +29,8 @@ __all__ = [
 # llvmlite/LLVM state is not safe to mutate from several threads at once.
 _LOCK = threading.RLock()
 _TARGET_MACHINE: llvm.TargetMachine | None = None
+# position-independent code (small code model) for objects linked into shared libraries
+_PIC_TARGET_MACHINE: llvm.TargetMachine | None = None
 # Every engine ever created: dropping one would free the code its function pointers point at.
 _ENGINES: list[CompiledModule] = []
 
@@ -69,6 +71,23 @@ def _target_machine() -> llvm.TargetMachine:
                 jit=True,
             )
         return _TARGET_MACHINE
+
+
+def _pic_target_machine() -> llvm.TargetMachine:
+    """The host target machine for shared-library objects (PIC, default code model)."""
+    global _PIC_TARGET_MACHINE
+    with _LOCK:
+        if _PIC_TARGET_MACHINE is None:
+            jit_tm = _target_machine()
+            target = llvm.Target.from_triple(jit_tm.triple)
+            _PIC_TARGET_MACHINE = target.create_target_machine(
+                cpu=llvm.get_host_cpu_name(),
+                features=llvm.get_host_cpu_features().flatten(),
+                opt=3,
+                reloc="pic",
+                codemodel="default",
+            )
+        return _PIC_TARGET_MACHINE
 
 
 def host_target_id() -> str:
@@ -142,12 +161,13 @@ def load_object(obj: bytes, name: str) -> CompiledModule:
         return _register(name, engine, bytes(obj))
 
 
-def object_code(llvm_ir: str, name: str = "module") -> bytes:
-    """The host object file (ELF bytes) for `llvm_ir` after O3, loadable by `load_object`."""
+def object_code(llvm_ir: str, name: str = "module", pic: bool = False) -> bytes:
+    """The host object file (ELF bytes) for `llvm_ir` after O3, loadable by `load_object`;
+    `pic=True` emits position-independent code for linking into a shared library."""
     with _LOCK:
         module = _parse(llvm_ir, name)
         _optimize(module)
-        return _target_machine().emit_object(module)
+        return (_pic_target_machine() if pic else _target_machine()).emit_object(module)
 
 
 def optimize_ir(llvm_ir: str, name: str = "module") -> str:

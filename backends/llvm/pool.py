@@ -17,8 +17,7 @@ import platform
 import sys
 import threading
 
-from lowbitc.backends.llvm import jit
-from lowbitc.cache import CacheKey, default_cache
+from lowbitc.backends.llvm import native
 from lowbitc.errors import BackendError, LowbitcError, UserArgumentError
 
 __all__ = [
@@ -226,20 +225,16 @@ def split_blocks(nblocks: int, parts: int) -> list[tuple[int, int]]:
     return [(nblocks * p // parts, nblocks * (p + 1) // parts) for p in range(parts)]
 
 
-def _pool_module() -> jit.CompiledModule:
-    """The pool's machine code, from the persistent compile cache when there is one."""
+def _pool_module():
+    """The pool's machine code, from the persistent compile cache when there is one (a shared
+    library where a linker is found: then no llvmlite)."""
     name = "lowbitc_thread_pool"
-    cache = default_cache()
-    if cache is not None:
-        try:
-            key = CacheKey.make(
-                _POOL_IR, {"symbol": name}, backend="llvm", target=jit.host_target_id()
-            )
-            return jit.load_object(
-                cache.get_or_build(key, lambda: jit.object_code(_POOL_IR, name)), name
-            )
-        except (LowbitcError, OSError):
-            pass  # an unusable cache only costs the compile below
+    try:
+        return native.module(_POOL_IR, name, fresh=True)  # each pool has its own globals
+    except (LowbitcError, OSError):
+        pass  # an unusable cache only costs the compile below
+    from lowbitc.backends.llvm import jit
+
     return jit.compile_ir(_POOL_IR, name)
 
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import llvmlite.binding as llvm
 import numpy as np
 
+from lowbitc.cache.host import llvm_host
 from lowbitc.errors import UserArgumentError
 
 # packages whose source files make up "the compiler" for codegen_hash()
@@ -157,15 +157,17 @@ def toolchain_versions() -> tuple[tuple[str, str], ...]:
     """(name, version) of Python, LLVM and each code-generating distribution ("absent" if
     not installed)."""
     versions = [("python", platform.python_version())]
-    versions.append(("llvm", ".".join(map(str, llvm.llvm_version_info))))
+    versions.append(("llvm", llvm_host().llvm))
     versions.extend((d, _dist_version(d, m)) for d, m in TOOLCHAIN_DISTRIBUTIONS.items())
     return tuple(versions)
 
 
 @functools.lru_cache(maxsize=1)
 def host_target() -> str:
-    """The host CPU as a target string: LLVM CPU name and its feature list."""
-    return f"{llvm.get_host_cpu_name()}:{llvm.get_host_cpu_features().flatten()}"
+    """The host CPU as a target string: LLVM CPU name and its feature list (from the record
+    `cache.host` keeps per host fingerprint, so a cache hit does not import llvmlite)."""
+    host = llvm_host()
+    return f"{host.cpu}:{host.features}"
 
 
 @dataclass(frozen=True, slots=True)
