@@ -177,7 +177,7 @@ def _eval_op(op: Op, env: dict, block: tuple[int, int, int], mem: dict) -> None:
             out = ins[0]
         elif o in ("load", "load_codes", "load_shared"):
             arr = mem[op.operands[0].id]
-            starts = [int(s) for s in ins[1:len(ins) - a.masked]]
+            starts = [int(s) for s in ins[1 : 1 + len(a.sizes)]]  # (then linear operands)
             idx, mask, keep = _window(arr, starts, a.sizes)
             out = np.where(mask, arr[idx], 0)[keep]
             if a.masked:
@@ -185,7 +185,7 @@ def _eval_op(op: Op, env: dict, block: tuple[int, int, int], mem: dict) -> None:
         elif o in ("store", "store_shared", "store_codes"):
             arr = mem[op.operands[0].id]
             value = ins[-1 - a.masked]
-            starts = [int(s) for s in ins[1:len(ins) - 1 - a.masked]]
+            starts = [int(s) for s in ins[1 : 1 + len(a.sizes)]]
             idx, mask, keep = _window(arr, starts, a.sizes)
             full_shape = mask.shape
             tile_shape = tuple(n for s, n in zip(a.sizes, full_shape) if s > 0)

@@ -95,10 +95,13 @@ class LLVMBackend:
 
     @property
     def pipeline(self) -> tuple[str, ...]:
+        """CPU_PIPELINE, vectorizing for this host's vector registers."""
         # the passes load on first use: a kernel served by `load` never runs them
+        from lowbitc.backends.llvm.target import host_vector_bits
         from lowbitc.passes import CPU_PIPELINE
 
-        return CPU_PIPELINE
+        vectorize = f"vectorize{{bits={host_vector_bits()}}}"
+        return tuple(vectorize if p == "vectorize" else p for p in CPU_PIPELINE)
 
     def emit(self, k: Kernel) -> str:
         return _render(k).text

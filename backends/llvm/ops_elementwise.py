@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
+from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, float_literal, lltype
 from lowbitc.backends.llvm.handlers import Env, const_literal, convert, handles, splat, vtype
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Op
@@ -101,8 +101,11 @@ def broadcast_view(x: Buf, shape: tuple[int, ...]) -> Buf:
     return Buf(x.ptr, x.dtype, tuple(shape), strides)
 
 
-def elementwise(env: Env, op: Op, fn) -> None:
-    """Emit `fn(values) -> register` over the result tile (or once for scalars)."""
+def elementwise(env: Env, op: Op, fn, vector: bool = False) -> None:
+    """Emit `fn(values) -> register` over the result tile (or once for scalars). With
+    `vector`, fn also takes a width (`fn(values, w)` on <w x T> vectors) and the tile is
+    emitted in vectors of the op's `vec` attribute (the vectorize pass) where its operands
+    are contiguous or constant along rows."""
     em = env.em
     res = op.results[0].type
     xs = [env.get(v) for v in op.operands]
@@ -110,6 +113,13 @@ def elementwise(env: Env, op: Op, fn) -> None:
         env.bind(op.results[0], fn(xs))
         return
     out = env.result_buf(op)
+    width = getattr(op.attrs, "vec", 0) if vector else 0
+    if width > 1:
+        views = [broadcast_view(x, res.shape) if isinstance(x, Buf) else x for x in xs]
+        if all(not isinstance(v, Buf) or v.strides[-1] in (0, 1) for v in views):
+            dtypes = [v.type.dtype for v in op.operands]
+            _vector_rows(env, out, list(zip(views, dtypes)), fn, width)
+            return
     if all(not isinstance(x, Buf) or (x.shape == res.shape and x.contiguous) for x in xs):
         def body(i: str) -> None:
             em.store_elem(out, i, fn([em.load_elem(x, i) if isinstance(x, Buf) else x
@@ -155,12 +165,80 @@ def _rowwise(env: Env, out: Buf, views: list, fn) -> None:
     em.nest(shape[:-1], row)
 
 
+def _vector_rows(env: Env, out: Buf, operands: list, fn, width: int) -> None:
+    """`out` in <width x T> vectors along its rows (the whole tile as one row when every
+    operand is laid out like it); a row length that `width` does not divide ends in scalars."""
+    em = env.em
+    shape = out.shape
+    flat = all(not isinstance(v, Buf) or (v.shape == shape and v.contiguous)
+               for v, _ in operands)
+    rows, n = ((), out.size) if flat else (shape[:-1], shape[-1])
+
+    def row(idx: list[str]) -> None:
+        first = list(idx) + ["0"]
+        obase = em.flat_index(first, shape) if rows else "0"
+        parts = []  # (buffer and row start) or (scalar, its splat)
+        for v, dt in operands:
+            if isinstance(v, Buf) and v.strides[-1] != 0:
+                parts.append((v, em.offset(first, shape, v.strides) if rows else "0"))
+            else:
+                x = em.at(v, first) if isinstance(v, Buf) else v
+                parts.append((x, vsplat(em, x, dt, width)))
+
+        def at(j: str, w: int) -> list[str]:
+            return [(vload(em, x, em.val(f"add i64 {b}, {j}"), w) if w else
+                     em.load_elem(x, em.val(f"add i64 {b}, {j}"))) if isinstance(x, Buf)
+                    else (b if w else x) for x, b in parts]
+
+        whole = n - n % width
+        em.loop("0", str(whole), lambda j: vstore(
+            em, out, em.val(f"add i64 {obase}, {j}"), fn(at(j, width), width), width),
+            step=str(width))
+        if whole < n:
+            em.loop(str(whole), str(n), lambda j: em.store_elem(
+                out, em.val(f"add i64 {obase}, {j}"), fn(at(j, 0))))
+
+    if rows:
+        em.nest(rows, row)
+    else:
+        row([])
+
+
+def vsplat(em: Emitter, x: str, dtype: str, width: int) -> str:
+    """A <width x dtype> vector of the register value x."""
+    t = lltype(dtype)
+    one = em.val(f"insertelement <{width} x {t}> poison, {t} {x}, i64 0")
+    return em.val(f"shufflevector <{width} x {t}> {one}, <{width} x {t}> poison, "
+                  f"<{width} x i32> zeroinitializer")
+
+
+def vload(em: Emitter, buf: Buf, index: str, width: int) -> str:
+    """Elements index .. index + width - 1 of a tile buffer as one vector (bools widened from
+    their bytes)."""
+    mt = MEMTYPE[buf.dtype]
+    v = em.val(f"load <{width} x {mt}>, ptr {em.gep(buf, index)}, align {_align(mt)}")
+    return em.val(f"trunc <{width} x i8> {v} to <{width} x i1>") if buf.dtype == "bool" else v
+
+
+def vstore(em: Emitter, buf: Buf, index: str, value: str, width: int) -> None:
+    """Store a vector at elements index .. index + width - 1 of a tile buffer."""
+    mt = MEMTYPE[buf.dtype]
+    if buf.dtype == "bool":
+        value = em.val(f"zext <{width} x i1> {value} to <{width} x i8>")
+    em.emit(f"store <{width} x {mt}> {value}, ptr {em.gep(buf, index)}, align {_align(mt)}")
+
+
+def _align(memtype: str) -> int:
+    return {"i8": 1, "i16": 2, "half": 2, "i32": 4, "float": 4}.get(memtype, 8)
+
+
 @handles("add", "sub", "mul", "div", "rem", "min", "max", "pow", "and", "or", "xor", "shl",
          "shr", "lt", "le", "gt", "ge", "eq", "ne", "neg", "abs", "bnot", "exp", "log", "sqrt",
          "rsqrt", "tanh", "sin", "cos", "floor", "erf", "sigmoid")
 def _arith(env: Env, op: Op) -> None:
     dt = op.operands[0].type.dtype
-    elementwise(env, op, lambda xs: scalar_op(env.em, op.opcode, dt, xs))
+    elementwise(env, op, lambda xs, w=0: scalar_op(env.em, op.opcode, dt, xs, w),
+                vector=op.opcode != "erf")  # (erf has no vector intrinsic)
 
 
 @handles("cast")
@@ -168,19 +246,22 @@ def _cast(env: Env, op: Op) -> None:
     src, dst = op.operands[0].type.dtype, op.attrs.dtype
     if not (lltype(src) and lltype(dst)):
         raise BackendError(f"llvm: cast {src} -> {dst}", op.loc)
-    elementwise(env, op, lambda xs: convert(env.em, xs[0], src, dst))
+    elementwise(env, op, lambda xs, w=0: convert(env.em, xs[0], src, dst, w), vector=True)
 
 
 @handles("bitcast")
 def _bitcast(env: Env, op: Op) -> None:
-    src, dst = lltype(op.operands[0].type.dtype), lltype(op.attrs.dtype)
-    elementwise(env, op, lambda xs: env.em.val(f"bitcast {src} {xs[0]} to {dst}"))
+    src, dst = op.operands[0].type.dtype, op.attrs.dtype
+    elementwise(env, op, lambda xs, w=0: env.em.val(
+        f"bitcast {vtype(src, w)} {xs[0]} to {vtype(dst, w)}"), vector=True)
 
 
 @handles("where")
 def _where(env: Env, op: Op) -> None:
-    t = lltype(op.results[0].type.dtype)
-    elementwise(env, op, lambda xs: env.em.val(f"select i1 {xs[0]}, {t} {xs[1]}, {t} {xs[2]}"))
+    dt = op.results[0].type.dtype
+    elementwise(env, op, lambda xs, w=0: env.em.val(
+        f"select {vtype('bool', w)} {xs[0]}, {vtype(dt, w)} {xs[1]}, {vtype(dt, w)} {xs[2]}"),
+        vector=True)
 
 
 @handles("const")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from lowbitc.backends.llvm import microkernel
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
 from lowbitc.backends.llvm.handlers import Env, TensorArg, const_literal, convert, handles
@@ -287,8 +289,9 @@ def _load_codes(env: Env, op: Op) -> None:
 
 def _load_common(env: Env, op: Op, t: TensorArg) -> None:
     em = env.em
-    nst = len(op.operands) - 1 - op.attrs.masked
+    nst = len(op.attrs.sizes)
     starts = [env.get(v) for v in op.operands[1:1 + nst]]
+    t = _linear(env, op, t)
     rt = op.results[0].type
     shape = rt.shape if isinstance(rt, TileType) else ()
     dt = rt.dtype
@@ -329,14 +332,45 @@ def _in_bounds(em, t: TensorArg, starts: list, sizes) -> str:
     return ok
 
 
-def _row_start(env: Env, t: TensorArg, starts: list, sizes, idx: list[str]) -> str:
-    """Address of the first element of tile row `idx` (leading tile indices) in the tensor."""
+def _linear(env: Env, op: Op, t: TensorArg) -> TensorArg:
+    """The tensor as a linearized op addresses it: with the row strides of its operands (the
+    linearize pass) in place of the backend's own."""
+    if not getattr(op.attrs, "linear", False):
+        return t
+    n = len(op.attrs.sizes)
+    strides = [env.get(v) for v in op.operands[2 + n : 1 + 2 * n]]
+    return replace(t, strides=[*strides, "1"])
+
+
+def _origin(env: Env, op: Op) -> str | None:
+    """A linearized op's window offset (elements, or words of the first row), else None."""
+    if not getattr(op.attrs, "linear", False):
+        return None
+    return env.get(op.operands[1 + len(op.attrs.sizes)])
+
+
+def _row_offset(env: Env, t: TensorArg, starts: list, sizes, idx: list[str],
+                origin: str | None, last: str) -> str:
+    """Offset of tile row `idx` (leading tile indices): from the window's `origin` when the op
+    is linearized, else from the starts (with `last` as the last dim's index)."""
     em = env.em
     it = iter(idx)
+    if origin is not None:
+        off = origin
+        for sz, st in zip(sizes[:-1], t.strides):
+            if sz:
+                off = em.val(f"add i64 {off}, {em.val(f'mul i64 {next(it)}, {st}')}")
+        return off
     tidx = [st if sz == 0 else em.val(f"add i64 {st}, {next(it)}")
-            for st, sz in zip(starts[:-1], sizes[:-1])] + [starts[-1]]
-    return em.val(f"getelementptr inbounds {MEMTYPE[t.type.dtype]}, ptr {t.ptr}, "
-                  f"i64 {_offset(env, t, tidx)}")
+            for st, sz in zip(starts[:-1], sizes[:-1])] + [last]
+    return _offset(env, t, tidx)
+
+
+def _row_start(env: Env, t: TensorArg, starts: list, sizes, idx: list[str],
+               origin: str | None = None) -> str:
+    """Address of the first element of tile row `idx` (leading tile indices) in the tensor."""
+    off = _row_offset(env, t, starts, sizes, idx, origin, starts[-1])
+    return env.em.val(f"getelementptr inbounds {MEMTYPE[t.type.dtype]}, ptr {t.ptr}, i64 {off}")
 
 
 def _apply_mask(env: Env, op: Op, out: Buf) -> None:
@@ -368,7 +402,7 @@ def _dense_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, gen
                       "float": 4, "double": 8}[MEMTYPE[out.dtype]]
 
     def row(idx: list[str]) -> None:
-        src = _row_start(env, t, starts, sizes, idx)
+        src = _row_start(env, t, starts, sizes, idx, _origin(env, op))
         dst = em.gep(out, em.flat_index(list(idx) + ["0"], out.shape) if rows else "0")
         em.memcpy(dst, src, nbytes, 4)
 
@@ -378,7 +412,11 @@ def _dense_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, gen
                 for st, sz in zip(starts, sizes)]
         em.store_elem(out, em.flat_index(idx, out.shape), _read(env, t, tidx))
 
-    if sizes[-1] == 0:
+    sliced = [d for d, sz in enumerate(sizes) if sz]
+    if (sizes[-1] == 0 and len(sliced) == 1 and out.size >= LANES_GATHER
+            and MEMTYPE[out.dtype] in ("float", "i32") and _GATHER_ON()):
+        _gather_column(env, t, starts, sliced[0], out)
+    elif sizes[-1] == 0:
         em.nest(out.shape, element)
     elif rows:
         em.nest(rows, row)
@@ -433,11 +471,9 @@ def _packed_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, ge
     dt = out.dtype
 
     def row(idx: list[str]) -> None:
-        it = iter(idx)
-        tidx = [st if sz == 0 else em.val(f"add i64 {st}, {next(it)}")
-                for st, sz in zip(starts[:-1], sizes[:-1])]
         first = em.val(f"mul i64 {em.val(f'lshr i64 {starts[-1]}, 5')}, {bits}")
-        base = em.val(f"add i64 {_offset(env, t, tidx + ['0'])}, {first}")
+        row0 = _row_offset(env, t, starts, sizes, idx, _origin(env, op), "0")
+        base = em.val(f"add i64 {row0}, {first}")
         obase = em.flat_index(list(idx) + ["0"], out.shape) if rows else "0"
 
         def group(g: str) -> None:
@@ -522,9 +558,10 @@ def _store(env: Env, op: Op) -> None:
     t = env.get(op.operands[0])
     if t.packed:
         raise BackendError(f"llvm: storing {t.type.dtype} codes is not supported yet", op.loc)
-    nst = len(op.operands) - 2 - op.attrs.masked
+    nst = len(op.attrs.sizes)
     starts = [env.get(v) for v in op.operands[1:1 + nst]]
-    val = env.get(op.operands[1 + nst])
+    val = env.get(op.operands[-1 - op.attrs.masked])
+    t = _linear(env, op, t)
     shape = tuple(s for s in op.attrs.sizes if s > 0)
 
     def body(idx: list[str]) -> None:
@@ -578,7 +615,7 @@ def _store_rows_fast_path(env: Env, op: Op, t: TensorArg, starts: list, val: Buf
             mask = "unusable"
     if mask != "unusable":
         def row(idx: list[str]) -> None:
-            dst = _row_start(env, t, starts, sizes, idx)
+            dst = _row_start(env, t, starts, sizes, idx, _origin(env, op))
             src = em.gep(val, em.flat_index(list(idx) + ["0"], shape) if rows else "0")
             v = em.val(f"load {vt}, ptr {src}, align 4")
             if mask is None:

@@ -7,7 +7,7 @@ The type rule (`infer`) maps operand types and attributes to result types or rai
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from lowbitc.errors import VerifyError
 from lowbitc.formats import lookup as lookup_format
@@ -24,6 +24,23 @@ from lowbitc.ir.types import (
 )
 
 # ---------------------------------------------------------------- attribute dataclasses
+
+# An attribute that later passes add (e.g. `vec` from the vectorize pass): printed only when it
+# differs from its default, so the text of ops that never got one stays as it was.
+LATE = {"late": True}
+
+
+def late(default: object) -> object:
+    """A dataclass field for a late attribute with this default."""
+    return field(default=default, metadata=LATE)
+
+
+@dataclass(frozen=True, slots=True)
+class VecAttrs(Attrs):
+    """Elementwise ops and `where`: `vec` is the vector width a backend emits (0 = undecided),
+    set by the vectorize pass."""
+
+    vec: int = late(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +70,7 @@ class ArangeAttrs(Attrs):
 @dataclass(frozen=True, slots=True)
 class CastAttrs(Attrs):
     dtype: str
+    vec: int = late(0)  # cast, bitcast: vector width (the vectorize pass)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +97,7 @@ class MemAttrs(Attrs):
     sizes: tuple[int, ...]
     layout: str = ""
     masked: bool = False  # a last operand, a bool tile: False lanes read 0 / are not written
+    linear: bool = late(False)  # offset and row strides follow the starts (linearize pass)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +109,7 @@ class CodesAttrs(Attrs):
     sizes: tuple[int, ...]
     masked: bool = False
     packing: str = ""  # "" = canonical; else a layout-specific packing (lowbitc.repack)
+    linear: bool = late(False)  # offset and row strides follow the starts (linearize pass)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +311,17 @@ def _window(t: Type, sizes: tuple[int, ...], nstarts: int, op: str) -> tuple[int
     return tuple(s for s in sizes if s > 0)
 
 
+def _linear(ts, a, op: str) -> int:
+    """How many linear operands (offset, row strides) follow the starts: checked i64 scalars."""
+    if not getattr(a, "linear", False):
+        return 0
+    n = len(ts[0].shape) if isinstance(ts[0], TensorType) else 0
+    extra = ts[1 + n : 1 + 2 * n]
+    if not n or len(extra) != n or any(t != ScalarType("i64") for t in extra):
+        raise _fail(op, f"linear needs {n} i64 scalars (offset, row strides) after the starts")
+    return n
+
+
 def _mask(ts, a, shape: tuple[int, ...], op: str) -> None:
     if not a.masked:
         return
@@ -301,7 +332,7 @@ def _mask(ts, a, shape: tuple[int, ...], op: str) -> None:
 
 def _loader(op: str) -> Infer:
     def infer(ts, a):
-        shape = _window(ts[0], a.sizes, len(ts) - 1 - a.masked, op)
+        shape = _window(ts[0], a.sizes, len(ts) - 1 - a.masked - _linear(ts, a, op), op)
         _mask(ts, a, shape, op)
         return (TileType(ts[0].dtype, shape, "reg", a.layout) if shape
                 else ScalarType(ts[0].dtype),)
@@ -312,14 +343,15 @@ _load = _loader("load")
 
 
 def _load_codes(ts, a):
-    shape = _window(ts[0], a.sizes, len(ts) - 1 - a.masked, "load_codes")
+    nstarts = len(ts) - 1 - a.masked - _linear(ts, a, "load_codes")
+    shape = _window(ts[0], a.sizes, nstarts, "load_codes")
     _mask(ts, a, shape, "load_codes")
     return (TileType(a.dtype, shape),)
 
 
 def _storer(op: str) -> Infer:
     def infer(ts, a):
-        shape = _window(ts[0], a.sizes, len(ts) - 2 - a.masked, op)
+        shape = _window(ts[0], a.sizes, len(ts) - 2 - a.masked - _linear(ts, a, op), op)
         _mask(ts, a, shape, op)
         v = ts[-1 - a.masked]
         if v.dtype != ts[0].dtype:
@@ -414,13 +446,13 @@ def _def(name: str, attrs: type[Attrs], infer: Infer, regions: int = 0) -> None:
 
 
 for _n in _BINARY + _UNARY:
-    _def(_n, Attrs, _elementwise(_n, None))
+    _def(_n, VecAttrs, _elementwise(_n, None))
 for _n in _BITWISE + ("bnot",):
-    _def(_n, Attrs, _elementwise(_n, None, "int"))
+    _def(_n, VecAttrs, _elementwise(_n, None, "int"))
 for _n in _UNARY_FLOAT:
-    _def(_n, Attrs, _elementwise(_n, None, "float"))
+    _def(_n, VecAttrs, _elementwise(_n, None, "float"))
 for _n in _COMPARE:
-    _def(_n, Attrs, _elementwise(_n, lambda dt: "bool"))
+    _def(_n, VecAttrs, _elementwise(_n, lambda dt: "bool"))
 _def("const", ConstAttrs, _const)
 _def("block_id", AxisAttrs, _block_id)
 _def("full", FullAttrs, _full)
@@ -428,7 +460,7 @@ _def("arange", ArangeAttrs, _arange)
 _def("cast", CastAttrs, _cast)
 _def("bitcast", CastAttrs, _cast)
 _def("codes", CastAttrs, _codes)
-_def("where", Attrs, _where)
+_def("where", VecAttrs, _where)
 _def("reshape", ShapeAttrs, _reshape)
 _def("broadcast", ShapeAttrs, _broadcast)
 _def("transpose", PermAttrs, _transpose)
@@ -466,8 +498,10 @@ BINARY = frozenset(_BINARY + _BITWISE + _COMPARE)
 
 
 def attr_items(a: Attrs) -> list[tuple[str, object]]:
-    """The attributes of an op, sorted by name (the printed order)."""
-    return sorted((f.name, getattr(a, f.name)) for f in fields(a))
+    """The attributes of an op, sorted by name (the printed order); late attributes only
+    when set."""
+    return sorted((f.name, getattr(a, f.name)) for f in fields(a)
+                  if not (f.metadata.get("late") and getattr(a, f.name) == f.default))
 
 
 def make_attrs(opcode: str, values: dict[str, object]) -> Attrs:

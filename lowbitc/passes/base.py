@@ -27,7 +27,8 @@ class Defs:
         return self.ops.get(v.id)
 
 
-def _max_id(k: Kernel) -> int:
+def max_id(k: Kernel) -> int:
+    """The largest value id in the kernel (new values must take larger ones)."""
     ids = [v.id for v in k.params + k.dims]
     for r in (k.grid, k.body):
         for op in walk(r.ops):
@@ -39,7 +40,7 @@ def _max_id(k: Kernel) -> int:
 
 def rewrite(k: Kernel, rule: Rule) -> Kernel:
     """Rebuild the kernel, letting `rule` replace ops; the result is renumbered."""
-    b = Builder(first_id=_max_id(k) + 1)
+    b = Builder(first_id=max_id(k) + 1)
     env: dict[int, Value] = {}
     defs = Defs()
 
@@ -96,34 +97,65 @@ def retype(k: Kernel, types: dict[int, object]) -> Kernel:
 
 @dataclass(frozen=True)
 class Pass:
-    """A named transform. `run` must return a new, valid kernel."""
+    """A named transform with integer options (keyword arguments of `fn`, defaults in
+    `options`). `run` must return a new, valid kernel."""
 
     name: str
-    fn: Callable[[Kernel], Kernel]
+    fn: Callable[..., Kernel]
     doc: str = ""
+    options: tuple[tuple[str, int], ...] = ()
 
     def run(self, k: Kernel) -> Kernel:
-        return self.fn(k)
+        return self.fn(k, **dict(self.options))
+
+    def with_options(self, text: str) -> Pass:
+        """This pass with the options of `text` ("bits=256,x=1") replacing the defaults."""
+        known = dict(self.options)
+        given = {}
+        for item in filter(None, (x.strip() for x in text.split(","))):
+            key, _, value = item.partition("=")
+            key, value = key.strip(), value.strip()
+            if key not in known:
+                raise LoweringError(f"pass {self.name}: unknown option {key!r}; known: "
+                                    f"{', '.join(sorted(known)) or 'none'}")
+            if not value.lstrip("-").isdigit():
+                raise LoweringError(f"pass {self.name}: option {key} takes an integer, "
+                                    f"got {value!r}")
+            given[key] = int(value)
+        return replace(self, options=tuple(sorted({**known, **given}.items())))
 
 
 PASSES: dict[str, Pass] = {}
 
 
-def register(name: str, doc: str = "") -> Callable[[Callable[[Kernel], Kernel]], Callable]:
-    def deco(fn: Callable[[Kernel], Kernel]) -> Callable[[Kernel], Kernel]:
-        PASSES[name] = Pass(name, fn, doc or (fn.__doc__ or "").strip().splitlines()[0])
+def register(name: str, doc: str = "",
+             options: dict[str, int] | None = None) -> Callable[[Callable], Callable]:
+    def deco(fn: Callable[..., Kernel]) -> Callable[..., Kernel]:
+        PASSES[name] = Pass(name, fn, doc or (fn.__doc__ or "").strip().splitlines()[0],
+                            tuple(sorted((options or {}).items())))
         return fn
     return deco
 
 
+def lookup(spec: str) -> Pass:
+    """The pass a pipeline entry names: `name` or `name{option=value,...}`."""
+    name, brace, rest = spec.partition("{")
+    p = PASSES.get(name.strip())
+    if p is None:
+        raise LoweringError(f"unknown pass {name!r}; known: {', '.join(sorted(PASSES))}")
+    if not brace:
+        return p
+    if not rest.endswith("}"):
+        raise LoweringError(f"pass options must end in '}}': {spec!r}")
+    return p.with_options(rest[:-1])
+
+
 def run_pipeline(k: Kernel, names: Sequence[str], verify_each: bool = True,
                  trace: list[tuple[str, Kernel]] | None = None) -> Kernel:
-    """Run the named passes in order (verifying after each); `trace` collects snapshots."""
+    """Run the named passes in order (verifying after each); `trace` collects snapshots.
+    An entry may give options: "vectorize{bits=256}"."""
     for name in names:
-        p = PASSES.get(name)
-        if p is None:
-            raise LoweringError(f"unknown pass {name!r}; known: {', '.join(sorted(PASSES))}")
-        k = p.run(k)
+        k = lookup(name).run(k)
         if verify_each:
             verify(k)
         if trace is not None:
