@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lowbitc.errors import LowbitcError
+from lowbitc.errors import LowbitcError, VerifyError
 from lowbitc.ir.core import Value, walk
 from lowbitc.ir.types import ScalarType, TensorType
 from lowbitc.repack import Packing, parse
@@ -124,6 +124,19 @@ def packed_params(k: Kernel) -> tuple[tuple[str, str, int], ...]:
     for op in walk(k.body.ops):
         if op.opcode == "load_codes" and op.attrs.packing:
             out[names[op.operands[0].id]] = (op.attrs.packing, op.attrs.bits)
+    for op in walk(k.body.ops):  # one packing per tensor: every other access must agree
+        for v in op.operands:
+            name = names.get(v.id)
+            if name not in out:
+                continue
+            given = op.attrs.packing if op.opcode == "load_codes" else ""
+            if given != out[name][0]:
+                raise VerifyError(
+                    f"kernel {k.name}: {op.opcode} uses tensor {name!r} in "
+                    f"{given or 'the canonical packing'}, but it is read in packing "
+                    f"{out[name][0]}: a tensor has one packing",
+                    op.loc,
+                )
     return tuple((n, p, b) for n, (p, b) in sorted(out.items()))
 
 

@@ -119,8 +119,12 @@ class Kernel:
         """Run the numpy reference interpreter on the same arguments (the semantics)."""
         from lowbitc.interp import run  # the interpreter loads on first use
 
-        args = tuple(_canonical(a) for a in args)
-        run(self.ir, *args, **{n: _canonical(a) for n, a in kwargs.items()})
+        # it reads canonical words: PackedWords of a param the kernel reads in their packing are
+        # transformed back; any other PackedWords is an argument error, as for the native code
+        packed = self.packings
+        names = [p.name for p in self.ir.params] + [""] * max(0, len(args) - len(self.ir.params))
+        args = tuple(_canonical(a, packed.get(n)) for n, a in zip(names, args))
+        run(self.ir, *args, **{n: _canonical(a, packed.get(n)) for n, a in kwargs.items()})
 
     def text(self, stage: str = "ir") -> str:
         """`ir` (tile IR), `lowered` (after passes) or the backend's own text (`llvm`, `ptx`)."""
@@ -139,8 +143,10 @@ def _parse_ir(text: str) -> IRKernel:
     return parse(text, "<cached ir>")
 
 
-def _canonical(a: object) -> object:
-    return a.packing.to_canonical(a.words, a.count) if isinstance(a, PackedWords) else a
+def _canonical(a: object, packing: Packing | None) -> object:
+    if isinstance(a, PackedWords) and packing is not None and a.packing == packing:
+        return a.packing.to_canonical(a.words, a.count)
+    return a
 
 
 def compile(source_or_path: str | Path, backend: str = "llvm", kernel: str | None = None,

@@ -112,10 +112,13 @@ def bind(k: Kernel, args: tuple, kwargs: dict,
     repacked: dict[str, int] = {}  # params given as PackedWords: their code count per row
     for p in k.params:
         a = values[p.name]
-        if isinstance(a, PackedWords) and p.name in packings:
-            if a.packing != packings[p.name]:
-                raise UserArgumentError(f"argument {p.name!r}: expected words in packing "
-                                        f"{packings[p.name]}, got {a.packing}")
+        if isinstance(a, PackedWords):
+            if a.packing != packings.get(p.name):
+                raise UserArgumentError(
+                    f"argument {p.name!r}: expected words in {_packing_name(packings.get(p.name))}"
+                    f", got PackedWords in {_packing_name(a.packing)} (Kernel.packings names the "
+                    "params read in a layout-specific packing; others take canonical words, "
+                    "e.g. QTensor.packed)")
             repacked[p.name] = a.count
             a = values[p.name] = a.words
         if isinstance(p.type, TensorType):
@@ -148,6 +151,10 @@ def bind(k: Kernel, args: tuple, kwargs: dict,
         if d.name not in dims:
             raise UserArgumentError(f"kernel {k.name}: dim {d.name} is not determined; pass it")
     return Bound(values, dims)
+
+
+def _packing_name(p: Packing | None) -> str:
+    return "the canonical packing" if p is None else f"packing {p.name} of {p.bits}-bit codes"
 
 
 def _scalar(p: Value, a: object) -> object:

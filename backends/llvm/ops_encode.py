@@ -60,6 +60,9 @@ def _store_codes(env: Env, op: Op) -> None:
     em = env.em
     t = env.get(op.operands[0])
     a = op.attrs
+    if a.packing:  # the writes below follow the canonical bit stream
+        raise BackendError(f"llvm: store_codes into a tensor in packing {a.packing}: stores "
+                           "write the canonical packing only", op.loc)
     nst = len(op.operands) - 2 - a.masked
     starts = [env.get(v) for v in op.operands[1 : 1 + nst]]
     val = env.get(op.operands[1 + nst])

@@ -206,6 +206,8 @@ def _reshape(ctx, op: Op, idx) -> str:
 @handles("load", "load_codes")
 def _load(ctx, op: Op, idx) -> str:
     a = op.attrs
+    if getattr(a, "packing", ""):  # (the CPU's lanes packing: this backend reads canonical words)
+        raise fail(op, f"codes in packing {a.packing}: the GPU reads the canonical packing")
     t = ctx.tensor(op.operands[0])
     nstart = len(op.operands) - 1 - a.masked
     starts = [ctx.elem(v, ()) for v in op.operands[1:1 + nstart]]
