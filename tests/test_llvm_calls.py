@@ -24,3 +24,21 @@ def test_grid_follows_scalar_arguments_and_dims_call_after_call():
         want = np.zeros(n, np.float32)
         want[::step] = v
         np.testing.assert_array_equal(y, want)
+
+
+COLUMN = """
+kernel column(s: f32[N, G], y: f32[G, N]) grid (G) {
+  g = block.x
+  store(y[g :+ 1, 0 :+ 37], reshape(load(s[0 :+ 37, g]), [1, 37]))
+}
+"""
+
+
+def test_a_column_window_is_gathered_and_exact():
+    # 37 rows of one column: two 16-lane gathers at the row stride, then 5 single loads
+    k = lowbitc.compile(COLUMN)
+    assert "@llvm.masked.gather.v16f32" in k.text("llvm")
+    s = np.arange(37 * 5, dtype=np.float32).reshape(37, 5)
+    y = np.zeros((5, 37), np.float32)
+    k(s, y)
+    np.testing.assert_array_equal(y, s.T)
