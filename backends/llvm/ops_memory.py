@@ -414,7 +414,7 @@ def _dense_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, gen
 
     sliced = [d for d, sz in enumerate(sizes) if sz]
     if (sizes[-1] == 0 and len(sliced) == 1 and out.size >= LANES_GATHER
-            and MEMTYPE[out.dtype] in ("float", "i32") and _GATHER_ON()):
+            and MEMTYPE[out.dtype] in ("float", "i32")):
         _gather_column(env, t, starts, sliced[0], out)
     elif sizes[-1] == 0:
         em.nest(out.shape, element)
@@ -429,6 +429,41 @@ def _dense_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, gen
     generic()
     em.br(done)
     em.start_block(done)
+
+
+LANES_GATHER = 16  # elements per gather of a strided 1-D window
+
+
+def _gather_column(env: Env, t: TensorArg, starts: list, dim: int, out: Buf) -> None:
+    """A window sliced along one dim that is not the last (a column, e.g. one group's scales
+    of a block of rows): 16-lane gathers at the dim's stride, then the remaining elements."""
+    em = env.em
+    n = out.size
+    et = MEMTYPE[out.dtype]
+    v = f"<{LANES_GATHER} x {et}>"
+    base = _offset(env, t, list(starts))
+    stride = t.strides[dim]
+    lanes = "<" + ", ".join(f"i64 {i}" for i in range(LANES_GATHER)) + ">"
+    ins = em.val(f"insertelement <{LANES_GATHER} x i64> poison, i64 {stride}, i64 0")
+    step = em.val(f"shufflevector <{LANES_GATHER} x i64> {ins}, <{LANES_GATHER} x i64> poison, "
+                  f"<{LANES_GATHER} x i32> zeroinitializer")
+    offs = em.val(f"mul <{LANES_GATHER} x i64> {lanes}, {step}")
+    sfx = "f32" if et == "float" else "i32"
+    em.declare(f"declare {v} @llvm.masked.gather.v{LANES_GATHER}{sfx}.v{LANES_GATHER}p0"
+               f"(<{LANES_GATHER} x ptr>, i32, <{LANES_GATHER} x i1>, {v})")
+    true = "<" + ", ".join(["i1 true"] * LANES_GATHER) + ">"
+    for i in range(0, n - n % LANES_GATHER, LANES_GATHER):
+        first = em.val(f"add i64 {base}, {em.val(f'mul i64 {i}, {stride}')}")
+        p = em.val(f"getelementptr inbounds {et}, ptr {t.ptr}, i64 {first}")
+        ptrs = em.val(f"getelementptr inbounds {et}, ptr {p}, <{LANES_GATHER} x i64> {offs}")
+        g = em.val(f"call {v} @llvm.masked.gather.v{LANES_GATHER}{sfx}.v{LANES_GATHER}p0("
+                   f"<{LANES_GATHER} x ptr> {ptrs}, i32 4, <{LANES_GATHER} x i1> {true}, "
+                   f"{v} poison)")
+        em.emit(f"store {v} {g}, ptr {em.gep(out, str(i))}, align 4")
+    for i in range(n - n % LANES_GATHER, n):
+        off = em.val(f"add i64 {base}, {em.val(f'mul i64 {i}, {stride}')}")
+        p = em.val(f"getelementptr inbounds {et}, ptr {t.ptr}, i64 {off}")
+        em.store_elem(out, str(i), em.val(f"load {et}, ptr {p}"))
 
 
 def _vec(items) -> str:
