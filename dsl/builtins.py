@@ -402,13 +402,17 @@ def _shared(ctx: Ctx, e: A.Call) -> Value:
 
 def _swizzle(ctx: Ctx, e: A.Call) -> Swizzle:
     a = _args(e, ("bits", "base", "shift"), 3)
-    vals = [ctx.eval(a[n]) for n in ("bits", "base", "shift")]
+    return _int_call("swizzle", Swizzle, [ctx.eval(a[n]) for n in ("bits", "base", "shift")], e.loc)
+
+
+def _int_call(name: str, fn: Callable, vals: list, loc: SourceLoc | None) -> object:
+    """fn(*vals) for a builtin taking compile-time ints; its ValueError becomes a DSL error."""
     if not all(isinstance(x, int) and not isinstance(x, bool) for x in vals):
-        raise DSLTypeError(f"swizzle() takes compile-time ints, got {vals!r}", e.loc)
+        raise DSLTypeError(f"{name}() takes compile-time ints, got {vals!r}", loc)
     try:
-        return Swizzle(*vals)
+        return fn(*vals)
     except ValueError as err:
-        raise DSLTypeError(f"swizzle(): {err}", e.loc) from None
+        raise DSLTypeError(f"{name}(): {err}", loc) from None
 
 
 def _sync(ctx: Ctx, e: A.Call) -> None:
@@ -452,13 +456,7 @@ def _layout_fn(fn: Callable) -> Callable:
     def f(ctx: Ctx, e: A.Call) -> TVLayout:
         if e.kwargs:
             raise DSLTypeError(f"{e.func.id}() takes positional ints only", e.loc)
-        args = [ctx.eval(x) for x in e.args]
-        if not all(isinstance(x, int) and not isinstance(x, bool) for x in args):
-            raise DSLTypeError(f"{e.func.id}() takes compile-time ints, got {args!r}", e.loc)
-        try:
-            return fn(*args)
-        except ValueError as err:
-            raise DSLTypeError(f"{e.func.id}(): {err}", e.loc) from None
+        return _int_call(e.func.id, fn, [ctx.eval(x) for x in e.args], e.loc)
     return f
 
 

@@ -166,6 +166,16 @@ CASES = {
 <string>:2:20: DSLTypeError: tensor<f32[N]> is not callable
       store(y[0 :+ 4], x(3))
                        ^"""),
+    "swizzle-of-a-float": (
+        DSLTypeError, K2.format("s = shared(f32, [4, 8], layout=swizzle(1, 1.5, 2))"), {}, """
+<string>:2:34: DSLTypeError: swizzle() takes compile-time ints, got [1, 1.5, 2]
+      s = shared(f32, [4, 8], layout=swizzle(1, 1.5, 2))
+                                     ^"""),
+    "layout-of-a-float": (
+        DSLTypeError, K2.format("t = load(x[0 :+ 8], layout=spatial(8, 0.5))"), {}, """
+<string>:2:30: DSLTypeError: spatial() takes compile-time ints, got [8, 0.5]
+      t = load(x[0 :+ 8], layout=spatial(8, 0.5))
+                                 ^"""),
 }
 
 

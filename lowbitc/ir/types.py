@@ -8,6 +8,7 @@ memory in the canonical packing (DESIGN.md) and are turned into machine values b
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,10 +90,7 @@ class TileType:
 
     @property
     def size(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     def with_dtype(self, dtype: str) -> TileType:
         return TileType(dtype, self.shape, self.space, self.layout)
