@@ -95,13 +95,14 @@ class LLVMBackend:
 
     @property
     def pipeline(self) -> tuple[str, ...]:
-        """CPU_PIPELINE, vectorizing for this host's vector registers."""
+        """CPU_PIPELINE, vectorizing for this host's vector registers and decoding small floats
+        through f16 where they fit (`vcvtph2ps`: see lower_formats)."""
         # the passes load on first use: a kernel served by `load` never runs them
         from lowbitc.backends.llvm.target import host_vector_bits
         from lowbitc.passes import CPU_PIPELINE
 
-        vectorize = f"vectorize{{bits={host_vector_bits()}}}"
-        return tuple(vectorize if p == "vectorize" else p for p in CPU_PIPELINE)
+        options = {"vectorize": f"bits={host_vector_bits()}", "lower-formats": "half=1"}
+        return tuple(f"{p}{{{options[p]}}}" if p in options else p for p in CPU_PIPELINE)
 
     def emit(self, k: Kernel) -> str:
         return _render(k).text

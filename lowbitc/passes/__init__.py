@@ -13,7 +13,7 @@ from lowbitc.passes import (  # noqa: F401  (registers passes)
 from lowbitc.passes.base import PASSES, Pass, rewrite, run_pipeline
 
 # the pipeline every CPU kernel goes through before the LLVM backend renders it
-CPU_PIPELINE = ("infer-layouts", "cse", "lower-formats{half=1}", "bitpack", "lower-encode", "cse",
+CPU_PIPELINE = ("infer-layouts", "cse", "lower-formats", "bitpack", "lower-encode", "cse",
                 "dce", "bitpack-lanes", "linearize",
                 "vectorize")
 
