@@ -182,3 +182,25 @@ def test_cli_prints_a_table_and_the_winner(tmp_path, capsys):
     assert cli_main(["tune", str(path), "--shape", "N=2048", "--executor", "inline"]) == 0
     assert "(stored earlier)" in capsys.readouterr().out
     assert cli_main(["tune", "matmul", "--shape", "1,2"]) == 2
+
+
+@dataclass(frozen=True)
+class PreferDequantTiles:
+    """Fastest at BN=16, BK=32: a K tile that fits a group of 32 (ops' default BK is 128)."""
+
+    def measure(self, run, repeats=None) -> float:
+        p = run.func.params
+        return 1e-3 * (1 + (p["BN"] != 16) + (p["BK"] != 32))
+
+
+def test_dequantize_tunes_its_k_tile_down_to_a_group_of_32_and_ops_use_it():
+    qw = lowbitc.quantize(np.random.default_rng(2).standard_normal((64, 256)).astype(np.float32),
+                          "u4", 32)
+    r = lowbitc.tune("dequantize", (64, 256), wtype="u4", group=32, budget=6, strategy="random",
+                     measurer=PreferDequantTiles(), executor="inline", progress=False)
+    assert not r.errors and any(t.config["BK"] == 32 for t in r.trials)
+    assert r.best["BK"] == 32 and r.best != {"BN": 8, "BK": 128}
+    ops._KERNELS.clear()
+    np.testing.assert_array_equal(ops.dequantize(qw), qw.dequantize())  # still bit-identical
+    (key,) = [key for key in ops._KERNELS if key[0] == "dequantize"]
+    assert {n: dict(key[2])[n] for n in r.best} == r.best

@@ -127,6 +127,13 @@ def codegen_hash() -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=8)
+def _listing(site: str) -> tuple[str, ...]:
+    """The names in a site-packages directory (listed once per process: several
+    distributions live in one)."""
+    return tuple(os.listdir(site))
+
+
 def _dist_version(dist: str, module: str) -> str:
     """The installed version of `dist`, read from its dist-info directory name next to the
     package (a directory listing, not a metadata parse); importlib.metadata as the fallback."""
@@ -139,7 +146,7 @@ def _dist_version(dist: str, module: str) -> str:
         with contextlib.suppress(OSError):
             found = [
                 name[len(prefix) : -len(".dist-info")]
-                for name in os.listdir(site)
+                for name in _listing(site)
                 if name.lower().startswith(prefix) and name.endswith(".dist-info")
             ]
             if len(found) == 1:
