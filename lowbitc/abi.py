@@ -11,15 +11,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from lowbitc.errors import LowbitcError, VerifyError
-from lowbitc.ir.core import Value, walk
 from lowbitc.ir.types import ScalarType, TensorType
 from lowbitc.repack import Packing, parse
 
 if TYPE_CHECKING:
-    from lowbitc.ir.core import Kernel
+    from lowbitc.ir.core import Kernel, Value
+
+
+class Param(NamedTuple):
+    """A kernel parameter or dim as the ABI keeps it: an IR value's id, type and name (a
+    tuple, so a cache hit need not import the IR's core module)."""
+
+    id: int
+    type: TensorType | ScalarType
+    name: str
+
+
+def _params(values: tuple[Value, ...]) -> tuple[Param, ...]:
+    return tuple(Param(v.id, v.type, v.name) for v in values)
 
 # the grid's integer ops, with the IR's semantics (division truncates toward zero, as in C)
 INT_OPS: dict[str, Callable[[int, int], int]] = {
@@ -68,15 +80,15 @@ class ABI:
     """A kernel's calling convention; `grid` is None when the grid needs the interpreter."""
 
     name: str
-    params: tuple[Value, ...]
-    dims: tuple[Value, ...]
+    params: tuple[Param, ...]
+    dims: tuple[Param, ...]
     grid: tuple[tuple[Step, ...], tuple[int, ...]] | None
     # (param name, packing name, bits) of the params read in a layout-specific packing
     packed: tuple[tuple[str, str, int], ...] = ()
 
     @classmethod
     def of(cls, k: Kernel) -> ABI:
-        return cls(k.name, k.params, k.dims, grid_program(k), packed_params(k))
+        return cls(k.name, _params(k.params), _params(k.dims), grid_program(k), packed_params(k))
 
     def packings(self) -> dict[str, Packing]:
         """{param name: packing} of the params whose words are not canonical."""
@@ -119,6 +131,8 @@ class ABI:
 def packed_params(k: Kernel) -> tuple[tuple[str, str, int], ...]:
     """(param name, packing, bits) for every param a `load_codes` reads in a packing other
     than the canonical one (the bitpack-lanes pass records it on the loads)."""
+    from lowbitc.ir.core import walk  # at compile time only: a cache hit reads `packed`
+
     names = {p.id: p.name for p in k.params}
     out = {}
     for op in walk(k.body.ops):
@@ -152,7 +166,7 @@ def grid_of(
     return g
 
 
-def _value_json(v: Value) -> list:
+def _value_json(v: Value | Param) -> list:
     t = v.type
     if isinstance(t, TensorType):
         return [v.id, v.name, t.dtype, list(t.shape)]
@@ -161,15 +175,15 @@ def _value_json(v: Value) -> list:
     raise LowbitcError(f"kernel parameter {v} has type {t}, not a tensor or scalar")
 
 
-def _value(data: list) -> Value:
+def _value(data: list) -> Param:
     vid, name, dtype, shape = data
     if not isinstance(vid, int) or not isinstance(name, str) or not isinstance(dtype, str):
         raise ValueError(f"bad parameter record {data!r}")
     if shape is None:
-        return Value(vid, ScalarType(dtype), name)
+        return Param(vid, ScalarType(dtype), name)
     if not all(isinstance(d, (int, str)) for d in shape):
         raise ValueError(f"bad shape in parameter record {data!r}")
-    return Value(vid, TensorType(dtype, tuple(shape)), name)
+    return Param(vid, TensorType(dtype, tuple(shape)), name)
 
 
 def _step(data: list) -> Step:

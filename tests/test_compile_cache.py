@@ -18,6 +18,7 @@ import pytest
 import lowbitc
 from lowbitc import compiler
 from lowbitc.abi import ABI
+from lowbitc.backends.llvm.native import linker
 from lowbitc.cache import CacheWarning, default_cache
 from lowbitc.cache import key as cache_key
 from lowbitc.compiler import compile
@@ -81,7 +82,10 @@ CHILD = textwrap.dedent("""
 # what a compile-cache hit (loading and calling the kernel) must not import
 NOT_ON_A_HIT = ("lark", "networkx", "numba", "ml_dtypes", "importlib.metadata", "lowbitc.dsl",
                 "lowbitc.passes", "lowbitc.interp", "lowbitc.ir.opdefs", "lowbitc.ir.parser",
-                "lowbitc.ir.printer", "lowbitc.ir.builder", "lowbitc.backends.llvm.codegen")
+                "lowbitc.ir.printer", "lowbitc.ir.builder", "lowbitc.ir.core",
+                "lowbitc.backends.llvm.codegen")
+if linker() is not None:  # the kernel is a shared library: neither MCJIT nor llvmlite
+    NOT_ON_A_HIT += ("lowbitc.backends.llvm.jit", "llvmlite")
 
 
 def child(cache: Path) -> dict:
