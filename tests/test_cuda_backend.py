@@ -6,30 +6,24 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
+from cuda_checks import assemble_without_spills, needs_toolchain, run_simulator_suite
 
 from lowbitc import ops
+from lowbitc.backends.numba_cuda import elements
+from lowbitc.backends.numba_cuda.backend import BACKEND
+from lowbitc.commands import emit
+from lowbitc.commands.compile import compile_file
+from lowbitc.compiler import load, pick_kernel
+from lowbitc.dsl.lower import lower_kernel
 from lowbitc.errors import BackendError
+from lowbitc.interp import run as interpret
+from lowbitc.ir.core import walk
 from lowbitc.ops import kernel_path
-
-T = pytest.importorskip("lowbitc.backends.numba_cuda.toolchain")
-from lowbitc.backends.numba_cuda import elements  # noqa: E402
-from lowbitc.backends.numba_cuda.backend import BACKEND  # noqa: E402
-from lowbitc.commands import emit  # noqa: E402
-from lowbitc.commands.compile import compile_file  # noqa: E402
-from lowbitc.compiler import load, pick_kernel  # noqa: E402
-from lowbitc.dsl.lower import lower_kernel  # noqa: E402
-from lowbitc.interp import run as interpret  # noqa: E402
-from lowbitc.ir.core import walk  # noqa: E402
-from lowbitc.passes import run_pipeline  # noqa: E402
-from lowbitc.quant import quantize  # noqa: E402
-
-MISSING = T.toolchain_missing()
-needs_toolchain = pytest.mark.skipif(MISSING is not None, reason=f"CUDA toolchain: {MISSING}")
+from lowbitc.passes import run_pipeline
+from lowbitc.quant import quantize
 
 FORMATS = ["u1", "u3", "u4", "u7", "u8", "i5", "b2", "f4e2m1fn", "f6e3m2fn", "f8e4m3fn",
            "f8e8m0fnu", "nf4"]
@@ -136,8 +130,7 @@ def _emit(kernel: str, fmt: str, arch: str, what: str, **params) -> str:
 def _check_ptx(kernel: str, fmt: str, arch: str, **params) -> None:
     ptx = _emit(kernel, fmt, arch, "ptx", **params)
     assert ptx.count(".entry") == 1 and f".target {arch}" in ptx
-    asm = T.assemble(ptx, arch)
-    assert asm.spill_store_bytes == 0 and asm.spill_load_bytes == 0, asm.log
+    assemble_without_spills(ptx, arch)
 
 
 @needs_toolchain
@@ -175,13 +168,7 @@ def test_emit_stats_is_json_with_resources():
 
 @pytest.mark.cudasim
 def test_simulator_suite_in_its_own_process():
-    pytest.importorskip("numba.cuda")
-    sim = Path(__file__).parent / "cudasim" / "test_sim_backend.py"
-    proc = T.run_in_simulator(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(sim)])
-    report = proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert proc.returncode == 0, report
-    assert " passed" in proc.stdout and "failed" not in proc.stdout, report
-    assert os.environ.get("NUMBA_ENABLE_CUDASIM") != "1"
+    run_simulator_suite("test_sim_backend.py")
 
 
 def test_backend_is_registered():

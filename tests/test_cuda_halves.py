@@ -5,16 +5,12 @@ weight of the steady-state loop (ptxas), and the simulator suite in its own proc
 
 from __future__ import annotations
 
-import os
-import re
-from pathlib import Path
-
 import numpy as np
 import pytest
+from cuda_checks import T, needs_toolchain, run_simulator_suite
 
 from lowbitc import ops
 from lowbitc.backends.numba_cuda import intrinsics as X
-from lowbitc.backends.numba_cuda import toolchain as T
 from lowbitc.backends.numba_cuda.backend import BACKEND
 from lowbitc.backends.numba_cuda.halves import FALLBACK, steady_state
 from lowbitc.backends.numba_cuda.interleave import (
@@ -36,8 +32,6 @@ from lowbitc.formats import lookup
 from lowbitc.packing import pack
 from lowbitc.quant import quantize
 
-MISSING = T.toolchain_missing()
-needs_toolchain = pytest.mark.skipif(MISSING is not None, reason=f"CUDA toolchain: {MISSING}")
 INTEGERS = [f"{k}{b}" for k in "uib" for b in range(1, 9)]
 
 
@@ -154,13 +148,13 @@ def _rendered(w: str, o: str = "f16", **params):
 
 def test_f16_dequantize_renders_vector_loads_stores_and_fallback():
     src = _rendered("u4", BN=128).source
-    assert src.count("ld_row_u32x4(") == 4 and src.count("st_row_f16x8(") == 16
+    assert src.count("ld_at_u32x4(") == 4 and src.count("st_at_f16x8(") == 16
     assert FALLBACK in src and "hfma2(lop3(" in src
     fast = steady_state(src)
-    assert FALLBACK in fast and fast.count("st_row_f16x8(") == 16
+    assert FALLBACK in fast and fast.count("st_at_f16x8(") == 16
     assert len(fast.splitlines()) < len(src.splitlines())
     compile(fast, "steady", "exec")
-    assert "st_row_f16x8" not in _rendered("u4", "f32").source.split("import st_row_f16x8")[1]
+    assert "st_at_f16x8(" not in _rendered("u4", "f32").source
 
 
 def test_dequantize_out_dtype_is_checked():
@@ -186,10 +180,12 @@ def _sass_per_weight(w: str, arch: str, **params) -> tuple[float, dict]:
 
 @pytest.mark.cuda_toolchain
 @needs_toolchain
-@pytest.mark.parametrize("w,arch,bound", [("u4", "sm_80", 1.65), ("u3", "sm_90", 3.0)])
+@pytest.mark.parametrize(
+    "w,arch,bound", [("u4", "sm_80", 1.5), ("u4", "sm_90", 1.5), ("u3", "sm_90", 3.0)]
+)
 def test_f16_dequant_sass_per_weight(w, arch, bound):
     """The steady-state loop (full chunks, every unit on the fast path) converts 128 weights
-    per thread and iteration; goal: every width <= 3, u4 <= 1.5 (measured 1.61, docs)."""
+    per thread and iteration; goals: every width <= 3, u4 <= 1.5 (docs/cuda.md)."""
     spw, st = _sass_per_weight(w, arch)
     assert spw <= bound, st["inner_loop"]
     assert st["spill_bytes"] == 0
@@ -212,10 +208,4 @@ def test_every_width_f16_sass_per_weight_and_no_spills(w, arch):
 
 @pytest.mark.cudasim
 def test_f16_simulator_suite_in_its_own_process():
-    pytest.importorskip("numba.cuda")
-    sim = Path(__file__).parent / "cudasim" / "test_sim_f16.py"
-    proc = T.run_in_simulator(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(sim)])
-    report = proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert proc.returncode == 0, report
-    assert re.search(r"\d+ passed", proc.stdout) and "failed" not in proc.stdout, report
-    assert os.environ.get("NUMBA_ENABLE_CUDASIM") != "1"
+    run_simulator_suite("test_sim_f16.py")

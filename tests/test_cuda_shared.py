@@ -4,20 +4,15 @@ simulator suite (tests/cudasim/test_sim_shared.py) in a process of its own."""
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
+from cuda_checks import SIM_DIR, assemble_without_spills, needs_toolchain, run_simulator_suite
 
 import lowbitc
+from lowbitc.backends.numba_cuda.backend import BACKEND
 
-T = pytest.importorskip("lowbitc.backends.numba_cuda.toolchain")
-from lowbitc.backends.numba_cuda.backend import BACKEND  # noqa: E402
-
-MISSING = T.toolchain_missing()
-needs_toolchain = pytest.mark.skipif(MISSING is not None, reason=f"CUDA toolchain: {MISSING}")
-SIM = Path(__file__).parent / "cudasim" / "test_sim_shared.py"
+SIM = SIM_DIR / "test_sim_shared.py"
 
 
 def _sim_kernel(name: str) -> str:
@@ -40,8 +35,7 @@ def test_rendered_source_declares_swizzled_shared_arrays_and_barriers():
 def test_shared_tile_kernels_assemble_without_spills(name, arch):
     k = lowbitc.compile(_sim_kernel(name), backend="cuda")
     ptx = BACKEND.ptx(k.lowered, arch)
-    asm = T.assemble(ptx, arch)
-    assert asm.spill_store_bytes == 0 and asm.spill_load_bytes == 0, asm.log
+    asm = assemble_without_spills(ptx, arch)
     if name == "QUANT":  # codes go into shared words with atomics
         assert "atom.global.and.b32" in ptx and "atom.global.or.b32" in ptx
     else:
@@ -51,12 +45,7 @@ def test_shared_tile_kernels_assemble_without_spills(name, arch):
 
 @pytest.mark.cudasim
 def test_shared_simulator_suite_in_its_own_process():
-    pytest.importorskip("numba.cuda")
-    proc = T.run_in_simulator(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(SIM)])
-    report = proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert proc.returncode == 0, report
-    assert "10 passed" in proc.stdout and "failed" not in proc.stdout, report
-    assert os.environ.get("NUMBA_ENABLE_CUDASIM") != "1"
+    run_simulator_suite(SIM.name, passed=10)
 
 
 def test_encoding_f64_values_is_an_error_on_the_gpu():

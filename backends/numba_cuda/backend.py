@@ -5,11 +5,13 @@ an `Executable` that takes numpy arrays (copied to and from the device) or devic
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from lowbitc.backends.numba_cuda import toolchain
+from lowbitc.backends.numba_cuda.halves import UNITS, steady_state
 from lowbitc.backends.numba_cuda.interleave import HOST_WORDS, device_words, interleaved_params
 from lowbitc.backends.numba_cuda.render import Rendered, render
 from lowbitc.errors import UserArgumentError
@@ -131,6 +133,16 @@ class CudaBackend:
         """Standalone PTX (fp16 shims linked in) with one `.entry`."""
         r = render(k, self.block_size(k))
         return toolchain.ptx_for(r.source, r.signature, arch, name=r.name)
+
+    def steady_state_stats(self, k: Kernel, arch: str = "sm_80") -> dict | None:
+        """`toolchain.stats` of the kernel's steady state (`halves.steady_state`: every unit
+        on the f16 pair path) with its unit loop's SASS per weight; None without a pair path."""
+        r = render(k, self.block_size(k))
+        per_unit = re.findall(re.escape(UNITS) + r"(\d+)", r.source)
+        if not per_unit:
+            return None
+        return toolchain.stats(steady_state(r.source), r.signature, arch, name=r.name,
+                               weights_per_iteration=int(per_unit[0]))
 
     def compile(self, k: Kernel) -> Executable:
         threads = self.block_size(k)

@@ -23,6 +23,7 @@ from math import gcd
 import numpy as np
 
 from lowbitc.backends.numba_cuda.elements import shape_of
+from lowbitc.backends.numba_cuda.flat import Flat, row_load
 from lowbitc.backends.numba_cuda.recipes import (
     Recipe,
     magic_pairs,
@@ -36,6 +37,7 @@ from lowbitc.ir.core import Op, Value, walk
 F16_MIN_NORMAL = 2.0**-14
 ONE_PAIR = 0x3C003C00  # f16x2 (1.0, 1.0)
 FALLBACK = "# per-element fallback"  # marks the else branch `steady_state` cuts
+UNITS = "# weights per unit: "  # marks a unit loop (steady_state_stats)
 _BYTES = ("u8", "i8")
 
 
@@ -238,13 +240,15 @@ def plan_pairs(ctx, op: Op) -> PairPlan | None:
 # ---------------------------------------------------------------- rendering
 
 
-def _row_value(ctx, e: tuple, idx: tuple[str, ...], shape) -> str:
-    """f32 source of a row expression for the unit's row."""
+def _row_value(ctx, e: tuple, idx: tuple[str, ...], shape, flat: Flat) -> str:
+    """f32 source of a row expression for the unit's row (planned flat loads unguarded)."""
     if e[0] == "k":
         return f"F32({float(np.float32(e[1]))!r})"
     if e[0] == "v":
+        if e[1].id in flat.loads:
+            return ctx.src.tmp(f"F32({flat.loads[e[1].id]})", "r")
         return f"F32({ctx.elem(e[1], ctx.bcast(idx, shape, shape_of(e[1].type)))})"
-    args = [_row_value(ctx, x, idx, shape) for x in e[1:]]
+    args = [_row_value(ctx, x, idx, shape, flat) for x in e[1:]]
     if e[0] == "neg":
         return ctx.src.tmp(f"F32(-{args[0]})", "r")
     sym = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[e[0]]
@@ -292,27 +296,24 @@ class _Emit:
     def limit(self) -> float:
         return 63.0 if self.one_op() else 65504.0
 
-    def words(self, w: str, wr: str, wc: str, machine: bool) -> list[str]:
-        """Load the unit's words; returns their names."""
+    def words(self, w, wr: str, wc: str, machine: bool) -> list[str]:
+        """Load the unit's words (flat 32-bit offsets, `flat.py`); returns their names."""
         src, n = self.ctx.src, self.p * self.b // 32
         names = [src.fresh("w") for _ in range(n)]
         if machine:
+            row, base, step = f"U32({w.dims[1]})", wc, 16
+        else:
+            row = src.tmp(f"U32(({w.dims[1]} * {self.b} + 31) >> 5)", "wn")
+            base, step = src.tmp(f"U32(({wc} * U32({self.b})) >> U32(5))", "wb"), 4
+        if machine or n % 4 == 0:
             for t in range(0, n, 4):
                 src.line(
-                    f"{', '.join(names[t : t + 4])} = ld_row_u32x4({w}, U64({wr}), "
-                    f"U64({wc} + {4 * t}))"
-                )
-            return names
-        base = src.tmp(f"({wc} * {self.b}) >> 5", "wb")
-        if n % 4 == 0:
-            for t in range(0, n, 4):
-                src.line(
-                    f"{', '.join(names[t : t + 4])} = ld_row_u32x4({w}, U64({wr}), "
-                    f"U64({base} + {t}))"
+                    f"{', '.join(names[t : t + 4])} = ld_at_u32x4({w.name}, {wr}, {row}, "
+                    f"{base}, {step * t // 4})"
                 )
         else:
             for t in range(n):
-                src.line(f"{names[t]} = U32({w}[{wr}, {base} + {t}])")
+                src.line(f"{names[t]} = U32(ld_at({w.name}, {wr}, {row}, {base}, {t}))")
         return names
 
     def group(self, words: list[str], consts: dict) -> list[str]:
@@ -384,80 +385,157 @@ def store_pairs(ctx, op: Op, starts: list[str], body) -> bool:
         ctx.tensor(plan.leaf.operands[0]).interleaved and plan.recipe.kind != "magic"
     ):
         return False
-    shape = tuple(op.attrs.sizes)
-    rows, cols = shape
+    rows, cols = shape = tuple(op.attrs.sizes)
     p = next(w for w in (128, 64, 32) if cols % w == 0)
-    y, w = ctx.tensor(op.operands[0]), ctx.tensor(plan.leaf.operands[0])
-    wstarts = [ctx.elem(v, ()) for v in plan.leaf.operands[1:]]
-    machine = plan.leaf.opcode == "load"
-    em = _Emit(ctx, plan, p, w.interleaved)
-    src, per_row = ctx.src, cols // p
-    e = src.fresh("e")
-    src.line(f"{e} = tid")
-    with src.block(f"while {e} < {rows * per_row}:"), ctx.scope():
-        q = src.tmp(f"{e} // {per_row}", "q")
-        c0 = src.tmp(f"({e} - {q} * {per_row}) * {p}", "c")
-        yr, yc = src.tmp(f"{starts[0]} + {q}", "g"), src.tmp(f"{starts[1]} + {c0}", "g")
-        wr = yr if wstarts[0] == starts[0] else src.tmp(f"{wstarts[0]} + {q}", "g")
-        wc = yc if wstarts[1] == starts[1] else src.tmp(f"{wstarts[1]} + {c0}", "g")
-        b = em.b
-        # word alignment: 16-byte loads (or whole words) and 16-byte stores
-        wstep = 16 if machine else (128 if p * b // 32 % 4 == 0 else 32) // gcd(b, 128)
-        conds = [
-            f"0 <= {yr} < {y.dims[0]}",
-            f"0 <= {yc}",
-            f"{yc} + {p} <= {y.dims[1]}",
-            f"({y.dims[1]} & 7) == 0",
-        ]
-        wdims = {"16": f"{w.dims[1]} & 15", "128": f"({w.dims[1]} * {b}) & 127"}
-        if wr != yr:
-            conds.append(f"0 <= {wr} < {w.dims[0]}")
-        if wc != yc:
-            conds += [f"0 <= {wc}", f"({yc} & 7) == 0"]
-        if wc != yc or w.dims[1] != y.dims[1]:
-            conds.append(f"{wc} + {p} <= {w.dims[1]}")
-        mask = max(wstep, 8) - 1 if wc == yc else wstep - 1
-        conds.append(f"({wc} & {mask}) == 0")
-        key = "16" if machine else "128" if wstep * b % 128 == 0 and p * b // 32 % 4 == 0 else ""
-        if key:
-            conds.append(f"({wdims[key]}) == 0")
-        ok, af, bf = src.fresh("ok"), src.fresh("af"), src.fresh("bf")
-        src.line(f"{ok} = {' and '.join(conds)}")
-        src.line(f"{af} = F32(0)")
-        src.line(f"{bf} = F32(0)")
-        # row values (scale, zero) only for units in bounds, which makes their own bounds
-        # checks redundant; a scale outside f16's normal range takes the fallback
-        with src.block(f"if {ok}:"), ctx.scope():
-            idx = (q, c0)
-            a_row = _row_value(ctx, plan.a, idx, shape)
-            src.line(f"{af} = F32({a_row} * F32({em.scale_factor()!r}))")
-            r = plan.recipe
-            b_row = _row_value(ctx, plan.b, idx, shape)
-            if r.kind == "magic" and r.beta != 0.0 and not em.three_op():
-                b_row = f"F32({a_row} * F32({r.beta!r}) + {b_row})"
-            src.line(f"{bf} = F32({b_row})")
-            src.line(
-                f"{ok} = abs({af}) < {em.limit()!r} and (abs({af}) >= {F16_MIN_NORMAL!r} "
-                f"or {af} == 0)"
-            )
-        with src.block(f"if {ok}:"):
-            consts = em.constants(af, bf)
-            words = em.words(w.name, wr, wc, machine)
-            for g in range(p // 32):
-                pairs = em.group(words[g * b : (g + 1) * b], consts)
-                for s in range(4):
-                    src.line(
-                        f"st_row_f16x8({y.name}, U64({yr}), U64({yc} + {32 * g + 8 * s}), "
-                        f"{', '.join(pairs[4 * s : 4 * s + 4])})"
-                    )
-        with src.block(f"elif 0 <= {yr} < {y.dims[0]}:  {FALLBACK}"):
+    u = _Unit(ctx, plan, op, starts, p)
+    src, per_row, flat = ctx.src, cols // p, Flat()
+    pre = src.fresh("pre")
+    at, depth = len(src.lines), src.depth
+
+    def units(note: str = ""):  # the unit loop; yields each unit's (row, column) index
+        e = src.fresh("e")
+        src.line(f"{e} = U32(tid)")
+        with src.block(f"while {e} < U32({rows * per_row}):{note}"), ctx.scope():
+            if per_row == 1:
+                yield e, "0"
+            else:
+                q = src.tmp(f"U32({e} // U32({per_row}))", "q")
+                yield q, src.tmp(f"U32(({e} - {q} * U32({per_row})) * U32({p}))", "c")
+            src.line(f"{e} = U32({e} + U32(nthr))")
+
+    def fallback(q: str, c0: str, head: str) -> None:
+        with src.block(f"{head} 0 <= {starts[0]} + {q} < {u.y.dims[0]}:  {FALLBACK}"):
             j = src.fresh("j")
             src.line(f"{j} = 0")
             with src.block(f"while {j} < {p}:"), ctx.scope():
                 body((q, src.tmp(f"{c0} + {j}", "c")), "")
                 src.line(f"{j} += 1")
-        src.line(f"{e} += nthr")
+
+    # 32-bit units when `pre` holds (`flat.py`), else every unit element by element
+    with src.block(f"if {pre}:"):
+        for q, c0 in units(f"  {UNITS}{p}"):
+            _unit(ctx, u, flat, (q, c0), shape, fallback)
+    with src.block("else:"):
+        for q, c0 in units():
+            fallback(q, c0, "if")
+    conds = " and ".join(dict.fromkeys(flat.pre + u.pre))
+    src.lines[at:at] = ["    " * depth + x for x in [*u.defs, f"{pre} = {conds}"]]
     return True
+
+
+def _unit(ctx, u: _Unit, flat: Flat, idx: tuple[str, str], shape, fallback) -> None:
+    """One unit: checks, row values, then the pair path or `fallback`."""
+    src, plan, em = ctx.src, u.plan, u.em
+    q, c0 = idx
+    conds = u.conditions(flat, q, c0)
+    for leaf in _leaves(plan.a) + _leaves(plan.b):
+        row = (u.starts[0], u.y.dims[0], q, u.yr)
+        row_load(ctx, flat, leaf, ctx.bcast(idx, shape, shape_of(leaf.type)), row)
+    ok, af, bf = src.fresh("ok"), src.fresh("af"), src.fresh("bf")
+    src.line(f"{ok} = {' and '.join([*flat.unit, *conds])}")
+    src.line(f"{af} = F32(0)")
+    src.line(f"{bf} = F32(0)")
+    # row values (scale, zero) only for units in bounds, which makes their own bounds
+    # checks redundant; a scale outside f16's normal range (or 0) takes the fallback
+    with src.block(f"if {ok}:"), ctx.scope():
+        a_row = _row_value(ctx, plan.a, idx, shape, flat)
+        src.line(f"{af} = F32({a_row} * F32({em.scale_factor()!r}))")
+        r = plan.recipe
+        b_row = _row_value(ctx, plan.b, idx, shape, flat)
+        if r.kind == "magic" and r.beta != 0.0 and not em.three_op():
+            b_row = f"F32({a_row} * F32({r.beta!r}) + {b_row})"
+        src.line(f"{bf} = F32({b_row})")
+        src.line(f"{ok} = {F16_MIN_NORMAL!r} <= abs({af}) < {em.limit()!r}")
+    with src.block(f"if {ok}:"):
+        u.fast(em.constants(af, bf))
+    fallback(q, c0, "elif")
+
+
+def _leaves(e: tuple) -> list[Value]:
+    """The values ("v", Value) of a row expression."""
+    if e[0] == "v":
+        return [e[1]]
+    return [] if e[0] == "k" else [v for x in e[1:] for v in _leaves(x)]
+
+
+class _Unit:
+    """One unit's indices (uint32) and checks: rows and columns of the output `y` and the
+    codes `w`; the block-uniform part of the checks goes to `pre`."""
+
+    def __init__(self, ctx, plan: PairPlan, op: Op, starts: list[str], p: int):
+        self.ctx, self.plan, self.p, self.starts = ctx, plan, p, starts
+        self.y, self.w = ctx.tensor(op.operands[0]), ctx.tensor(plan.leaf.operands[0])
+        self.wstarts = [ctx.elem(v, ()) for v in plan.leaf.operands[1:]]
+        self.machine = plan.leaf.opcode == "load"
+        self.em = _Emit(ctx, plan, p, self.w.interleaved)
+        self.sizes = tuple(op.attrs.sizes)
+        self.pre: list[str] = []
+        self.defs: list[str] = []  # uniform values, computed before the unit loop
+        self.yr = self.yc = self.wr = self.wc = self.key = ""
+
+    def conditions(self, flat: Flat, q: str, c0: str) -> list[str]:
+        """Per-unit conditions (uint32 compares); fills `pre` and `flat.pre` once."""
+        src, y, w, p, b = self.ctx.src, self.y, self.w, self.p, self.em.b
+        first = not self.pre
+        if first:
+            flat.fits(y.dims)
+            flat.fits(w.dims)
+            for s in dict.fromkeys(zip(self.starts + self.wstarts, self.sizes * 2)):
+                flat.window(*s)
+        self.yr = src.tmp(f"U32({self.starts[0]} + {q})", "g")
+        self.yc = src.tmp(f"U32({self.starts[1]} + {c0})", "g")
+        same_r, same_c = self.wstarts[0] == self.starts[0], self.wstarts[1] == self.starts[1]
+        self.wr = self.yr if same_r else src.tmp(f"U32({self.wstarts[0]} + {q})", "g")
+        self.wc = self.yc if same_c else src.tmp(f"U32({self.wstarts[1]} + {c0})", "g")
+        # rows: q below the rows left in the tensor (uniform), so the loop keeps one counter
+        unit = [f"{q} < {self._rows_left(self.starts[0], y.dims[0])}"]
+        if not same_r:
+            unit.append(f"{q} < {self._rows_left(self.wstarts[0], w.dims[0])}")
+        # word alignment: 16-byte loads (or whole words) and 16-byte stores
+        wstep = 16 if self.machine else (128 if p * b // 32 % 4 == 0 else 32) // gcd(b, 128)
+        yc, wc = (  # uniform columns are checked once, before the unit loop
+            (f"U32({self.starts[1]})", f"U32({self.wstarts[1]})")
+            if c0 == "0"
+            else (self.yc, self.wc)
+        )
+        cols = [f"U32({yc} + U32({p})) <= U32({y.dims[1]})"]
+        if not same_c:
+            cols.append(f"({yc} & U32(7)) == 0")
+        if not same_c or w.dims[1] != y.dims[1]:
+            cols.append(f"U32({wc} + U32({p})) <= U32({w.dims[1]})")
+        mask = max(wstep, 8) - 1 if same_c else wstep - 1
+        cols.append(f"({wc} & U32({mask})) == 0")
+        uniform = [f"({y.dims[1]} & 7) == 0"]
+        self.key = (
+            "16"
+            if self.machine
+            else ("128" if wstep * b % 128 == 0 and p * b // 32 % 4 == 0 else "")
+        )
+        if self.key:
+            uniform.append(
+                f"({w.dims[1] if self.machine else f'({w.dims[1]} * {b})'} & "
+                f"{15 if self.machine else 127}) == 0"
+            )
+        if first:
+            self.pre = uniform + (cols if c0 == "0" else ["True"])
+        return unit + ([] if c0 == "0" else cols)
+
+    def _rows_left(self, start: str, n: str) -> str:
+        name = self.ctx.src.fresh("nq")
+        self.defs.append(f"{name} = U32(max(min({n} - {start}, {self.sizes[0]}), 0))")
+        return name
+
+    def fast(self, consts: dict) -> None:
+        """The unit's word loads, converted pairs and 16-byte stores."""
+        src, em, y = self.ctx.src, self.em, self.y
+        words = em.words(self.w, self.wr, self.wc, self.machine)
+        for g in range(self.p // 32):
+            pairs = em.group(words[g * em.b : (g + 1) * em.b], consts)
+            for s in range(4):
+                src.line(
+                    f"st_at_f16x8({y.name}, {self.yr}, U32({y.dims[1]}), {self.yc}, "
+                    f"{32 * g + 8 * s}, {', '.join(pairs[4 * s : 4 * s + 4])})"
+                )
 
 
 def steady_state(source: str) -> str:

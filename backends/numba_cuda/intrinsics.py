@@ -71,14 +71,36 @@ def ld_row_u32x4_py(a: np.ndarray, i: int, j: int) -> tuple[np.uint32, ...]:
     as four uint32: one 128-bit load on the GPU."""
     row = np.ascontiguousarray(a[int(i)])
     size = row.dtype.itemsize
-    words = row[int(j):int(j) + 16 // size].view(np.uint32)
+    words = row[int(j) : int(j) + 16 // size].view(np.uint32)
     return tuple(np.uint32(w) for w in words)
 
 
 def st_row_f16x8_py(a: np.ndarray, i: int, j: int, p: int, q: int, r: int, s: int) -> None:
     """Store four f16x2 pairs (uint32 bits) as halves j..j+7 of row i of a 2-D f16 array."""
     pairs = np.array([int(p), int(q), int(r), int(s)], dtype=np.uint32).view(np.float16)
-    a[int(i), int(j):int(j) + 8] = pairs
+    a[int(i), int(j) : int(j) + 8] = pairs
+
+
+def _flat(a: np.ndarray, i: int, n: int, j: int, k: int) -> tuple[int, ...]:
+    return tuple(int(x) for x in np.unravel_index(int(i) * int(n) + int(j) + int(k), a.shape))
+
+
+def ld_at_py(a: np.ndarray, i: int, n: int, j: int, k: int):
+    """Flat element i * n + j + k of a C-contiguous array (i * n + j below 2^32)."""
+    return a[_flat(a, i, n, j, k)]
+
+
+def ld_at_u32x4_py(a: np.ndarray, i: int, n: int, j: int, k: int) -> tuple[np.uint32, ...]:
+    """16 bytes from flat element i * n + j + k (16-byte aligned, in one row), four uint32."""
+    *row, c = _flat(a, i, n, j, k)
+    words = np.ascontiguousarray(a[tuple(row)])[c : c + 16 // a.dtype.itemsize].view(np.uint32)
+    return tuple(np.uint32(w) for w in words)
+
+
+def st_at_f16x8_py(a, i: int, n: int, j: int, k: int, p: int, q: int, r: int, s: int) -> None:
+    """Store four f16x2 pairs as halves from flat element i * n + j + k (in one row)."""
+    *row, c = _flat(a, i, n, j, k)
+    a[(*row, slice(c, c + 8))] = np.array([p, q, r, s], np.uint32).view(np.float16)
 
 
 def pack_f16x2_py(lo: float, hi: float) -> np.uint32:
@@ -93,6 +115,7 @@ if SIMULATOR:
     prmt, hfma2, lop3 = prmt_py, hfma2_py, lop3_py
     ld_u32x4, st_u32x4 = ld_u32x4_py, st_u32x4_py
     ld_row_u32x4, st_row_f16x8 = ld_row_u32x4_py, st_row_f16x8_py
+    ld_at, ld_at_u32x4, st_at_f16x8 = ld_at_py, ld_at_u32x4_py, st_at_f16x8_py
 else:
     from llvmlite import ir
     from numba.cuda import cgutils, types
@@ -150,6 +173,20 @@ else:
 
         return sig, codegen
 
+    def _load_v4(context, builder, ptr, ret):
+        """One 128-bit load through `ptr` (<4 x i32>*), as a tuple of four uint32."""
+        vec = builder.load(ptr, align=16)
+        items = [builder.extract_element(vec, ir.Constant(_I32, k)) for k in range(4)]
+        return context.make_tuple(builder, ret, items)
+
+    def _store_v4(context, builder, ptr, values):
+        """One 128-bit store of four uint32 through `ptr` (<4 x i32>*)."""
+        vec = ir.Constant(_V4, None)
+        for k, value in enumerate(values):
+            vec = builder.insert_element(vec, value, ir.Constant(_I32, k))
+        builder.store(vec, ptr, align=16)
+        return context.get_dummy_value()
+
     def _vec_ptr(context, builder, aryty, ary, index):
         data = context.make_array(aryty)(context, builder, ary).data
         ptr = builder.gep(data, [index])
@@ -164,9 +201,7 @@ else:
 
         def codegen(context, builder, signature, args):
             ptr = _vec_ptr(context, builder, signature.args[0], args[0], args[1])
-            vec = builder.load(ptr, align=16)
-            items = [builder.extract_element(vec, ir.Constant(_I32, k)) for k in range(4)]
-            return context.make_tuple(builder, ret, items)
+            return _load_v4(context, builder, ptr, ret)
 
         return sig, codegen
 
@@ -179,26 +214,25 @@ else:
 
         def codegen(context, builder, signature, args):
             ptr = _vec_ptr(context, builder, signature.args[0], args[0], args[1])
-            vec = ir.Constant(_V4, None)
-            for k, value in enumerate(args[2:]):
-                vec = builder.insert_element(vec, value, ir.Constant(_I32, k))
-            builder.store(vec, ptr, align=16)
-            return context.get_dummy_value()
+            return _store_v4(context, builder, ptr, args[2:])
 
         return sig, codegen
 
     def _row_ptr(context, builder, aryty, ary, i, j):
         """Pointer to element [i, j] of a C-contiguous 2-D array, as <4 x i32>*."""
         intp = context.get_value_type(types.intp)
-        idx = [builder.zext(i, intp) if i.type.width < intp.width else i,
-               builder.zext(j, intp) if j.type.width < intp.width else j]
+        idx = [
+            builder.zext(i, intp) if i.type.width < intp.width else i,
+            builder.zext(j, intp) if j.type.width < intp.width else j,
+        ]
         arr = context.make_array(aryty)(context, builder, ary)
         ptr = cgutils.get_item_pointer(context, builder, aryty, arr, idx)
         return builder.bitcast(ptr, _V4.as_pointer())
 
     def _is_2d(a, dtypes) -> bool:
-        return isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" and (
-            a.dtype in dtypes)
+        return (
+            isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" and (a.dtype in dtypes)
+        )
 
     @intrinsic
     def ld_row_u32x4(typingctx, a, i, j):  # noqa: ARG001
@@ -210,9 +244,7 @@ else:
 
         def codegen(context, builder, signature, args):
             ptr = _row_ptr(context, builder, signature.args[0], args[0], args[1], args[2])
-            vec = builder.load(ptr, align=16)
-            items = [builder.extract_element(vec, ir.Constant(_I32, k)) for k in range(4)]
-            return context.make_tuple(builder, ret, items)
+            return _load_v4(context, builder, ptr, ret)
 
         return sig, codegen
 
@@ -226,10 +258,64 @@ else:
 
         def codegen(context, builder, signature, args):
             ptr = _row_ptr(context, builder, signature.args[0], args[0], args[1], args[2])
-            vec = ir.Constant(_V4, None)
-            for k, value in enumerate(args[3:]):
-                vec = builder.insert_element(vec, value, ir.Constant(_I32, k))
-            builder.store(vec, ptr, align=16)
-            return context.get_dummy_value()
+            return _store_v4(context, builder, ptr, args[3:])
+
+        return sig, codegen
+
+    def _at_ptr(context, builder, aryty, args, as_vec: bool):
+        """Pointer to flat element i * n + j + k of a C-contiguous array (args: the array,
+        uint32 i, n, j, int64 k): i * n + j in 32 bits (IMAD), zero-extended into the
+        address (IMAD.WIDE.U32), `k` folded into the instruction's offset."""
+        ary, i, n, j, k = args
+        data = context.make_array(aryty)(context, builder, ary).data
+        off = builder.add(builder.mul(i, n, flags=["nuw"]), j, flags=["nuw"])
+        ptr = builder.gep(builder.gep(data, [builder.zext(off, ir.IntType(64))]), [k])
+        return builder.bitcast(ptr, _V4.as_pointer()) if as_vec else ptr
+
+    def _is_flat(a, dtypes=None) -> bool:
+        return (
+            isinstance(a, types.Array) and a.layout == "C" and (dtypes is None or a.dtype in dtypes)
+        )
+
+    _AT = (types.uint32, types.uint32, types.uint32, types.int64)
+
+    @intrinsic
+    def ld_at(typingctx, a, i, n, j, k):  # noqa: ARG001
+        """Flat element i * n + j + k of a C-contiguous array (one LDG)."""
+        if not _is_flat(a):
+            return None
+        sig = a.dtype(a, *_AT)
+
+        def codegen(context, builder, signature, args):
+            return builder.load(_at_ptr(context, builder, signature.args[0], args, False))
+
+        return sig, codegen
+
+    @intrinsic
+    def ld_at_u32x4(typingctx, a, i, n, j, k):  # noqa: ARG001
+        """16 bytes from flat element i * n + j + k, 16-byte aligned (one LDG.E.128)."""
+        if not _is_flat(a, (types.uint32, types.uint8, types.int8)):
+            return None
+        ret = types.UniTuple(types.uint32, 4)
+        sig = ret(a, *_AT)
+
+        def codegen(context, builder, signature, args):
+            return _load_v4(
+                context, builder, _at_ptr(context, builder, signature.args[0], args, True), ret
+            )
+
+        return sig, codegen
+
+    @intrinsic
+    def st_at_f16x8(typingctx, a, i, n, j, k, p, q, r, s):  # noqa: ARG001
+        """Store 8 halves (four f16x2 pairs) from flat element i * n + j + k (one STG.E.128)."""
+        if not _is_flat(a, (types.float16,)):
+            return None
+        u32 = types.uint32
+        sig = types.void(a, *_AT, u32, u32, u32, u32)
+
+        def codegen(context, builder, signature, args):
+            ptr = _at_ptr(context, builder, signature.args[0], args[:5], True)
+            return _store_v4(context, builder, ptr, args[5:])
 
         return sig, codegen

@@ -285,8 +285,9 @@ def run(
     spec: DequantSpec, codes: np.ndarray, scales_f16: np.ndarray, blocks: int = 2, threads: int = 4
 ) -> np.ndarray:
     """Run the kernel with numba-cuda (GPU, or the simulator under NUMBA_ENABLE_CUDASIM=1)."""
-    from lowbitc.backends.numba_cuda.toolchain import load_source
     from numba import cuda
+
+    from lowbitc.backends.numba_cuda.toolchain import load_source
 
     kernel = cuda.jit(load_source(dequant_source(spec), spec.name))
     words, scale_bits, out, n_chunks = host_arrays(codes, scales_f16, spec)

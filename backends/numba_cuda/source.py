@@ -41,7 +41,7 @@ from numba.cuda.types import uint8 as U8, uint16 as U16, uint32 as U32, uint64 a
 from numba.cuda.types import float16 as F16, float32 as F32, float64 as F64
 from lowbitc.backends.numba_cuda.bitcast import f32_from_bits, i32_from_f32, u32_from_f32
 from lowbitc.backends.numba_cuda.intrinsics import hfma2, ld_row_u32x4, lop3, pack_f16x2, prmt
-from lowbitc.backends.numba_cuda.intrinsics import st_row_f16x8
+from lowbitc.backends.numba_cuda.intrinsics import ld_at, ld_at_u32x4, st_at_f16x8, st_row_f16x8
 """
 
 

@@ -23,7 +23,6 @@ from types import SimpleNamespace
 from typing import Any
 
 from lowbitc.backends.numba_cuda import sass
-
 from lowbitc.cache.fsutil import default_cache_dir, ensure_private_dir
 from lowbitc.errors import BackendError, UserArgumentError
 

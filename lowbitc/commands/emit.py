@@ -82,7 +82,13 @@ def cuda_text(k: Kernel, fmt: str, arch: str) -> str:
     ptx = backend.ptx(k.lowered, arch)
     if fmt == "ptx":
         return ptx
-    return json.dumps(toolchain.stats(toolchain.assemble(ptx, arch)), indent=2)
+    out = toolchain.stats(toolchain.assemble(ptx, arch))
+    steady = backend.steady_state_stats(k.lowered, arch)  # f16 pair path: docs/cuda.md
+    if steady is not None:
+        out["steady_state"] = {"registers": steady["registers"],
+                               "spill_bytes": steady["spill_bytes"],
+                               "inner_loop": steady["inner_loop"]}
+    return json.dumps(out, indent=2)
 
 
 def run(args: argparse.Namespace) -> int:
