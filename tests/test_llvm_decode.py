@@ -14,6 +14,7 @@ from lowbitc.backends.llvm import decode
 from lowbitc.compiler import compile
 from lowbitc.ir.types import is_machine, numpy_dtype
 from lowbitc.packing import pack
+from lowbitc.passes.lower_formats import fits_half
 
 STORE = """
 kernel dq[W: dtype](w: W[R, C], y: f32[R, C]) grid (1) {
@@ -115,6 +116,44 @@ def test_tables_hold_the_decoded_bits_of_every_code():
     want = fmt.decode(np.arange(16, dtype=np.uint8)).view(np.uint32)
     np.testing.assert_array_equal(table, want)
     assert want[1] == np.float32(0.5).view(np.uint32) and want[8] == 0x80000000
+
+
+# ------------------------------------------------------------------- through f16
+
+GEMV = """
+kernel gemv1[W: dtype](x: f32[1, K], w: W[N, K], y: f32[1, N]) grid (1) {
+  q = cast(load(w[0 :+ 32, 0 :+ 64]), f32)
+  store(y[0 :+ 1, 0 :+ 32], dot(load(x[0 :+ 1, 0 :+ 64]), transpose(q), zeros(f32, [1, 32])))
+}
+"""
+# the floats the LLVM pipeline decodes through f16 (lower-formats{half=1}); 8 bits: no table
+HALF = [f for f in FORMATS if fits_half(lowbitc.dtype(f))]
+HALF8 = [f for f in HALF if lowbitc.dtype(f).bits == 8]
+
+
+def test_the_floats_that_fit_f16_take_it():
+    assert {"f8e4m3fn", "f8e4m3", "f8e5m2", "f8e4m3fnuz", "f8e3m4", "f6e3m2fn"} <= set(HALF)
+    assert not {"f8e5m2fnuz", "f8e8m0fnu", "nf4", "u8"} & set(HALF)  # f16 inf/NaN, e8, tables
+
+
+@pytest.mark.parametrize("fmt_name", HALF8)
+def test_8_bit_floats_decode_through_f16_exactly(fmt_name):
+    # every code, dequantized (NaN and signed zeros included) and in a one-row fused dot, whose
+    # sums take the 2^(15 - bias) factor once (finite codes: each column picked by a one-hot x)
+    assert "fpext <32 x half>" in _dequantize_every_code(fmt_name)
+    fmt = lowbitc.dtype(fmt_name)
+    values = fmt.decode(np.arange(256, dtype=np.uint8))
+    finite = np.flatnonzero(np.isfinite(values))
+    codes = finite[(np.arange(32 * 64) * 7) % len(finite)].reshape(32, 64).astype(np.uint8)
+    want = fmt.decode(codes)
+    k = compile(GEMV, W=fmt)
+    assert "fpext <32 x half>" in k.text("llvm")
+    for col in range(64):
+        x = np.zeros((1, 64), np.float32)
+        x[0, col] = 1.0
+        y = np.full((1, 32), 7.0, np.float32)
+        k(x, pack(codes, 8), y)
+        np.testing.assert_array_equal(y[0], want[:, col], err_msg=f"{fmt_name} column {col}")
 
 
 # ------------------------------------------------------------------- streaming stores

@@ -113,6 +113,8 @@ def test_pass_chooses_lanes_for_gemv_weights_only():
     )
     assert ops.get_kernel("dequantize", "llvm", W=dtype("u3"), ZP=True).packings == {}
     assert _gemv_kernel("u8", 1).packings == {}  # bytes: no packing to choose
+    # 8-bit codes stay canonical (bytes in order): a widening byte load reads them
+    assert _gemv_kernel("f8e4m3fn", 1).packings == {}
 
 
 USER_GEMV = """

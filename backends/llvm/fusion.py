@@ -10,6 +10,7 @@ row of `a` (<= MAX_ROWS); other windows run the deferred ops and the generic dot
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from lowbitc.backends.llvm import decode
@@ -50,6 +51,9 @@ class Plan:
     tables: dict = field(default_factory=dict)  # value id -> its value for every code (decode.py)
 
 
+    # E = core * 2^k (a constant): the register dot sums core * a and scales each sum once
+    core: Value | None = None
+    factor: float = 1.0
 def _uses(r: Region) -> dict[int, int]:
     counts: dict[int, int] = {}
 
@@ -89,14 +93,32 @@ def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS) -> dict[int, Plan]:
             continue
         order = {id(o): i for i, o in enumerate(r.ops)}
         tree = sorted(tree, key=lambda o: order[id(o)])  # program order: operands first
-        plans[op.results[0].id] = Plan(op, tr, codes, tree, sorted(
-            tree + [codes, tr], key=lambda o: order[id(o)]), tr.operands[0],
-            code_tables(tree, codes, tr.operands[0], defs))
+        plan = Plan(op, tr, codes, tree, sorted(tree + [codes, tr], key=lambda o: order[id(o)]),
+                    tr.operands[0], code_tables(tree, codes, tr.operands[0], defs))
+        plan.core, plan.factor = _scaled(plan, defs)
+        plans[op.results[0].id] = plan
     return plans
 
 
 def plan_store_fusion(r: Region) -> dict[int, Plan]:
     """Unmasked stores of this region (keyed by id(op)) whose value is a fusible tree over one
+def _scaled(plan: Plan, defs: dict[int, Op]) -> tuple[Value | None, float]:
+    """(core, 2^k) when E is core times a power-of-two constant (a decode through f16, see
+    lower_formats) and core is not a table lookup anyway, else (None, 1.0). Scaling the dot's
+    sums instead of every weight is exact unless a product leaves f32's normal range."""
+    op = defs.get(plan.root.id)
+    if op is None or op.opcode != "mul" or plan.root.id in plan.tables:
+        return None, 1.0
+    for core, k in (op.operands, op.operands[::-1]):
+        kd = defs.get(k.id)
+        if (kd is not None and kd.opcode == "const" and not isinstance(k.type, TileType)
+                and core.id not in plan.tables and isinstance(kd.attrs.value, float)):
+            mant, _ = math.frexp(kd.attrs.value)
+            if mant == 0.5 and math.isfinite(kd.attrs.value):
+                return core, kd.attrs.value
+    return None, 1.0
+
+
     aligned load_codes of the same shape: dequantize-to-memory without a materialised tile."""
     defs = {res.id: op for op in r.ops for res in op.results}
     uses = _uses(r)
@@ -308,7 +330,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
                             bits)
 
         def step(c: str, accs: list[str]) -> list[str]:
-            w = _eval_tree(env, plan, unpack(c), j, c)
+            w = _eval_tree(env, plan, unpack(c), j, c, plan.core)
             k0 = em.val(f"mul i64 {c}, {W}")
             nxt = list(accs)
             for part in range(W // lanes):  # lanes of the accumulator hold k mod `lanes`
@@ -333,7 +355,13 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
             accs = [zero] * m
             for c in range(bk // W):
                 accs = step(str(c), accs)
-        return accs
+        if plan.core is None:
+            return accs
+        k = _splat_value(em, float_literal(plan.factor, "f32"), "f32")
+        if lanes != W:
+            k = em.val(f"shufflevector <{W} x float> {k}, <{W} x float> poison, "
+                       f"<{lanes} x i32> zeroinitializer")
+        return [em.val(f"fmul {va} {a}, {k}") for a in accs]
 
     def row(j: str) -> None:
         accs = sums(j)
@@ -354,7 +382,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
             old = em.val(f"load {vt}, ptr {p}, align 4")
             em.emit(f"store {vt} {em.val(f'fadd {vt} {old}, {total}')}, ptr {p}, align 4")
 
-    if t.packing is not None and m <= 2 and bn % ROWS == 0:
+    if m <= 2 and bn % ROWS == 0:
         em.loop("0", str(bn // ROWS), rows)
     else:
         em.loop("0", str(bn), row)
@@ -396,7 +424,10 @@ def _leaf(env: Env, v: Value, shape, j: str, c: str) -> str:
     return vec
 
 
-def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str) -> str:
+def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
+               root: Value | None = None) -> str:
+    """E (or its value `root`) for row j, codes c*W .. c*W+W-1, as a <W x T> vector."""
+    root = root or plan.root
     em = env.em
     vals: dict[int, str] = {plan.codes.results[0].id: _retype(em, codes, plan.codes.attrs.dtype)}
     shape = plan.codes.attrs.sizes
@@ -411,7 +442,7 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str) -> str:
                 vals[v.id] = _leaf(env, v, shape, j, c)
             args.append(vals[v.id])
         vals[op.results[0].id] = _vector_op(env, op, args)
-    return vals[plan.root.id]
+    return vals[root.id]
 
 
 def _retype(em: Emitter, codes: str, dtype: str) -> str:

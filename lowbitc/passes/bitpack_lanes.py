@@ -22,6 +22,7 @@ from lowbitc.ir.opdefs import ELEMENTWISE
 from lowbitc.ir.types import TensorType, TileType, is_machine
 from lowbitc.passes.base import register, rewrite
 from lowbitc.repack import LANES, Packing, RowsPacking
+from lowbitc.signature import format_bits
 
 # rows of `a` up to which the LLVM backend's fused dot decodes weights in registers (its
 # MAX_ROWS); dots with more rows decode into a panel that reads the canonical packing
@@ -78,7 +79,10 @@ def choose(k: Kernel) -> dict[int, Packing | RowsPacking]:
     out = {}
     for p in k.params:
         t = p.type
-        if not isinstance(t, TensorType) or is_machine(t.dtype) or len(t.shape) != 2:
+        # 8-bit codes keep the canonical packing: bytes in order, which a widening byte load
+        # (`vpmovzxbd`) reads as cheaply as one plane's shift and mask
+        if (not isinstance(t, TensorType) or is_machine(t.dtype) or len(t.shape) != 2
+                or format_bits(t.dtype) == 8):
             continue
         loads = users.get(p.id, [])
         if not loads or any(

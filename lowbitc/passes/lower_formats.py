@@ -65,7 +65,7 @@ def decode_codes(b: Builder, c: Value, fmt, half: bool = False) -> Value:
     if kind == "bipolar":
         twice = b.emit("shl", c, _k(b, c, 1, "i32"))
         return f32(b.emit("sub", twice, _k(b, c, (1 << n) - 1, "i32")))
-    if half and _fits_half(fmt):
+    if half and fits_half(fmt):
         return _via_half(b, c, fmt)
     if kind == "float" and fmt.signed and 0 <= fmt.bias <= 126 and n <= 8:
         return b.emit("bitcast", _float_bits(b, c, fmt), attrs=CastAttrs("f32"))
@@ -107,7 +107,7 @@ def _float_bits(b: Builder, c: Value, fmt) -> Value:
 _HALF_NAN, _HALF_INF = 0x7E00, 0x7C00  # f16 patterns that widen to _NAN_BITS / _INF_BITS
 
 
-def _fits_half(fmt) -> bool:
+def fits_half(fmt) -> bool:
     """Whether the codes' sign/exponent/mantissa bits, moved into f16's fields, read as the
     value times 2^(bias - 15) for every number (exponent field <= 5 bits, never all ones
     unless the format's own all-ones exponent means inf/NaN as f16's does), with the value
@@ -120,7 +120,7 @@ def _fits_half(fmt) -> bool:
 
 
 def _via_half(b: Builder, c: Value, fmt) -> Value:
-    """f32 values of (e, m) float codes through f16 bit patterns (`_fits_half` formats)."""
+    """f32 values of (e, m) float codes through f16 bit patterns (`fits_half` formats)."""
     n, m = fmt.bits, fmt.man_bits
 
     def k(value: int | float, dtype: str = "u16") -> Value:
