@@ -14,7 +14,7 @@ from numba import cuda
 
 import lowbitc
 from lowbitc import ops
-from lowbitc.backends.numba_cuda import toolchain
+from lowbitc.backends.numba_cuda import flat, toolchain
 from lowbitc.backends.numba_cuda.backend import BACKEND
 from lowbitc.backends.numba_cuda.halves import steady_state
 from lowbitc.quant import quantize
@@ -124,3 +124,15 @@ def test_f32_contract_unchanged_for_interleaved_formats():
     qw = _qw("i4", 3, 200, 64, False, seed=3)
     got = ops.dequantize(qw, backend="cuda")
     assert np.array_equal(got.view(np.uint32), qw.dequantize().view(np.uint32))
+
+
+def test_units_past_32_bit_offsets_take_the_64_bit_path(monkeypatch):
+    """Tensors of 2^32 elements or more fail the block-uniform precondition (flat.py) and
+    every unit goes element by element: here the limit is lowered to 512 elements."""
+    monkeypatch.setattr(flat, "LIMIT", 512)
+    qw = _qw("u4", 3, 256, 128, True, seed=4)
+    k = ops.get_kernel("dequantize", "cuda", W=qw.dtype, ZP=True, O="f16", BN=32)
+    assert " < 512 and " in k.text("python")
+    y = np.zeros(qw.shape, np.float16)
+    k(ops.weight_storage(qw), qw.scales, qw.zeros, y, 128, K=256)
+    _check(y, qw)
