@@ -49,11 +49,11 @@ class Plan:
     deferred: list[Op] = field(default_factory=list)  # everything skipped until the consumer
     root: Value | None = None  # E itself
     tables: dict = field(default_factory=dict)  # value id -> its value for every code (decode.py)
-
-
     # E = core * 2^k (a constant): the register dot sums core * a and scales each sum once
     core: Value | None = None
     factor: float = 1.0
+
+
 def _uses(r: Region) -> dict[int, int]:
     counts: dict[int, int] = {}
 
@@ -100,8 +100,6 @@ def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS) -> dict[int, Plan]:
     return plans
 
 
-def plan_store_fusion(r: Region) -> dict[int, Plan]:
-    """Unmasked stores of this region (keyed by id(op)) whose value is a fusible tree over one
 def _scaled(plan: Plan, defs: dict[int, Op]) -> tuple[Value | None, float]:
     """(core, 2^k) when E is core times a power-of-two constant (a decode through f16, see
     lower_formats) and core is not a table lookup anyway, else (None, 1.0). Scaling the dot's
@@ -119,6 +117,8 @@ def _scaled(plan: Plan, defs: dict[int, Op]) -> tuple[Value | None, float]:
     return None, 1.0
 
 
+def plan_store_fusion(r: Region) -> dict[int, Plan]:
+    """Unmasked stores of this region (keyed by id(op)) whose value is a fusible tree over one
     aligned load_codes of the same shape: dequantize-to-memory without a materialised tile."""
     defs = {res.id: op for op in r.ops for res in op.results}
     uses = _uses(r)
