@@ -11,7 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from lowbitc.backends.numba_cuda.elements import ELEMENT, fail, shape_of
-from lowbitc.backends.numba_cuda.statements import STATEMENTS
+from lowbitc.backends.numba_cuda.statements import (
+    STATEMENTS,
+    each_element,
+    store_mask,
+    store_operands,
+)
 from lowbitc.ir.core import Op
 
 
@@ -38,28 +43,18 @@ def _put(ctx, name: str, rows: list[str], col: str, code: str, bits: int) -> Non
 
 def _store_codes(ctx, op: Op) -> None:
     a = op.attrs
-    t = ctx.tensor(op.operands[0])
+    t, starts, value, shape = store_operands(ctx, op)
     if getattr(t, "interleaved", False) or getattr(a, "packing", ""):
         raise fail(op, "stores into a re-packed (interleaved) tensor are not supported")
-    nstart = len(op.operands) - 2 - a.masked
-    starts = [ctx.elem(v, ()) for v in op.operands[1 : 1 + nstart]]
-    value = op.operands[1 + nstart]
-    shape = tuple(s for s in a.sizes if s > 0)
 
     def body(idx, e):
         where, conds = ctx.window(starts, a.sizes, idx, t.dims)
-        if a.masked:
-            m = op.operands[-1]
-            conds.insert(0, ctx.elem(m, ctx.bcast(tuple(idx), shape, shape_of(m.type))))
+        conds = store_mask(ctx, op, idx, shape) + conds
         with ctx.src.block(f"if {' and '.join(conds) or 'True'}:"), ctx.scope():
             x = ctx.elem(value, ctx.bcast(tuple(idx), shape, shape_of(value.type)))
             _put(ctx, t.name, where[:-1], where[-1], x, a.bits)
 
-    if shape:
-        ctx.each(shape, body)
-    else:
-        with ctx.src.block("if tid == 0:"), ctx.scope():
-            body((), "0")
+    each_element(ctx, shape, body)
 
 
 _float32_lut = ELEMENT["lut"]  # elements': constant tables are float32 arrays

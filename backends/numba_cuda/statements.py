@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from lowbitc.backends.numba_cuda.buffers import TensorRef
 from lowbitc.backends.numba_cuda.elements import fail, shape_of
 from lowbitc.backends.numba_cuda.halves import store_pairs
 from lowbitc.backends.numba_cuda.source import literal, numba_type
@@ -31,25 +32,46 @@ def _block_id(ctx, op: Op) -> None:
     ctx.scalars[op.results[0].id] = ctx.src.tmp(f"I64(cuda.blockIdx.{axis})", "b")
 
 
+def store_operands(ctx, op: Op) -> tuple[TensorRef, list[str], Value, tuple[int, ...]]:
+    """A store's tensor, window starts, stored value and element shape (stores of values and
+    of codes, `encode.py`)."""
+    a = op.attrs
+    nstart = len(op.operands) - 2 - a.masked
+    starts = [ctx.elem(v, ()) for v in op.operands[1:1 + nstart]]
+    shape = tuple(s for s in a.sizes if s > 0)
+    return ctx.tensor(op.operands[0]), starts, op.operands[1 + nstart], shape
+
+
+def store_mask(ctx, op: Op, idx: tuple[str, ...], shape: tuple[int, ...]) -> list[str]:
+    """The store mask's element at idx as a condition list (empty when unmasked)."""
+    if not op.attrs.masked:
+        return []
+    m = op.operands[-1]
+    return [ctx.elem(m, ctx.bcast(tuple(idx), shape, shape_of(m.type)))]
+
+
+def each_element(ctx, shape: tuple[int, ...], body, values: tuple[Value, ...] = ()) -> None:
+    """`body(idx, e)` for every element of a store (one thread for a scalar store)."""
+    if shape:
+        ctx.each(shape, body, values)
+    else:
+        with ctx.src.block("if tid == 0:"), ctx.scope():
+            body((), "0")
+
+
 @handles("store")
 def _store(ctx, op: Op) -> None:
     a = op.attrs
-    t = ctx.tensor(op.operands[0])
+    t, starts, value, shape = store_operands(ctx, op)
     if t.bits:
         raise fail(op, "stores to packed formats are not supported")
-    nstart = len(op.operands) - 2 - a.masked
-    starts = [ctx.elem(v, ()) for v in op.operands[1:1 + nstart]]
-    value = op.operands[1 + nstart]
-    shape = tuple(s for s in a.sizes if s > 0)
 
     def body(idx, e):
         where = window_in_unit(ctx, starts, a.sizes, idx, t.dims)
         conds = []
         if where is None:
             where, conds = ctx.window(starts, a.sizes, idx, t.dims)
-        if a.masked:
-            m = op.operands[-1]
-            conds.insert(0, ctx.elem(m, ctx.bcast(idx, shape, shape_of(m.type))))
+        conds = store_mask(ctx, op, idx, shape) + conds
         vidx = ctx.bcast(idx, shape, shape_of(value.type))
         conds = [c for c in conds if c != "True"]
         if ctx.unit is not None:  # in a unit, row values (scales) are shared by its elements
@@ -66,11 +88,7 @@ def _store(ctx, op: Op) -> None:
 
     if shape and store_pairs(ctx, op, starts, body):
         return
-    if shape:
-        ctx.each(shape, body, (value,))
-    else:
-        with ctx.src.block("if tid == 0:"), ctx.scope():
-            body((), "0")
+    each_element(ctx, shape, body, (value,))
 
 
 MAX_ACCUMULATORS = 16  # outputs one thread keeps in registers through a dot's K loop
