@@ -4,6 +4,7 @@ follows the arguments of the call."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import lowbitc
 
@@ -42,3 +43,13 @@ def test_a_column_window_is_gathered_and_exact():
     y = np.zeros((5, 37), np.float32)
     k(s, y)
     np.testing.assert_array_equal(y, s.T)
+
+
+@pytest.mark.parametrize("name", ["u1", "b1", "u2"])
+def test_dequantize_of_one_bit_codes_beside_a_float_tensor_of_the_same_shape(name):
+    # linearize shares row strides between tensors of one shape and element kind: the 1-bit
+    # codes' words per row must not be taken for the f32 output's elements per row
+    rng = np.random.default_rng(0)
+    qw = lowbitc.quantize(rng.standard_normal((37, 200)).astype(np.float32), name, 64)
+    got = lowbitc.ops.dequantize(qw)
+    assert np.array_equal(got.view(np.uint32), qw.dequantize().view(np.uint32))

@@ -73,7 +73,9 @@ def linearize(k: Kernel) -> Kernel:
     by_shape: dict[tuple, list[Value]] = {}  # tensors of one shape and element size share
     strides = {}
     for pid, t in tensors.items():
-        key = (is_machine(t.dtype) or format_bits(t.dtype), t.shape)
+        # machine types share element strides; packed ones by width (a 1-bit format's key
+        # must not equal a machine type's: True == 1)
+        key = (0 if is_machine(t.dtype) else format_bits(t.dtype), t.shape)
         if key not in by_shape:
             by_shape[key] = _strides(k, t, b)
         strides[pid] = by_shape[key]
