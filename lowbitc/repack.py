@@ -230,7 +230,34 @@ def _aligned_words(count: int) -> np.ndarray:
     return raw[first : first + count * 4].view(np.uint32)
 
 
-PACKINGS = (Packing, RowsPacking)  # the layout-specific packings
+@dataclass(frozen=True)
+class PlanesPacking(RowsPacking):
+    """The rows packing with every code bit in a plane of its own ("planes16"): bit j of the
+    32 codes of a step is word j of the step, so four consecutive codes' bit j form one
+    nibble (a dot looks up the nibble in a 16-entry table of partial activation sums)."""
+
+    @property
+    def name(self) -> str:
+        return f"planes{LANES}"
+
+    @cached_property
+    def planes(self) -> tuple[tuple[int, int, int], ...]:
+        return tuple((1, j, j) for j in range(self.bits))
+
+
+def affine_bits(values: np.ndarray, bits: int) -> tuple[float, list[float]] | None:
+    """(a, [c_j]) with value(q) = a + sum_j c_j * bit_j(q) exactly for every code q (the
+    integer formats: unsigned, two's complement, bipolar), or None."""
+    v = np.asarray(values, np.float64)
+    if len(v) != 1 << bits or not np.all(np.isfinite(v)):
+        return None
+    a, c = v[0], [v[1 << j] - v[0] for j in range(bits)]
+    q = np.arange(1 << bits)
+    rebuilt = a + sum(cj * ((q >> j) & 1) for j, cj in enumerate(c))
+    return (float(a), [float(x) for x in c]) if np.array_equal(rebuilt, v) else None
+
+
+PACKINGS = (Packing, RowsPacking, PlanesPacking)  # the layout-specific packings
 
 
 def parse(name: str, bits: int) -> Packing | RowsPacking | None:
@@ -239,10 +266,13 @@ def parse(name: str, bits: int) -> Packing | RowsPacking | None:
         return None
     if name == f"rows{LANES}":
         return RowsPacking(bits)
+    if name == f"planes{LANES}":
+        return PlanesPacking(bits)
     m = _NAME.fullmatch(name)
     if m is None or int(m.group(1)) != LANES:
         raise UserArgumentError(
-            f"packing: expected '', 'rows{LANES}' or 'lanes{LANES}xSTEP', got {name!r}")
+            f"packing: expected '', 'rows{LANES}', 'planes{LANES}' or 'lanes{LANES}xSTEP', "
+            f"got {name!r}")
     return Packing(bits, int(m.group(2)))
 
 

@@ -15,13 +15,14 @@ from lowbitc.dtypes import dtype
 from lowbitc.errors import UserArgumentError
 from lowbitc.ir.core import walk
 from lowbitc.packing import pack
-from lowbitc.repack import PackedWords, Packing, RowsPacking, parse
+from lowbitc.repack import PackedWords, Packing, PlanesPacking, RowsPacking, affine_bits, parse
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
-def test_round_trip_to_canonical_for_every_width_and_odd_rows(bits):
+@pytest.mark.parametrize("kind", [RowsPacking, PlanesPacking])
+def test_round_trip_to_canonical_for_every_width_and_odd_rows(bits, kind):
     rng = np.random.default_rng(bits)
-    p = RowsPacking(bits)
+    p = kind(bits)
     for n, k in ((1, 1), (16, 32), (17, 33), (37, 200), (5, 70)):
         codes = rng.integers(0, 1 << bits, (n, k), dtype=np.uint8)
         words = p.from_codes(codes)
@@ -55,8 +56,36 @@ def test_code_positions_follow_the_documented_formula():
     assert np.count_nonzero(flat) == 2
 
 
+def test_planes_packing_puts_every_code_bit_in_its_own_word():
+    # u3: bit j of code i of a step is bit i of word j (lane = row)
+    codes = np.zeros((16, 32), np.uint8)
+    codes[7, 9] = 0b101
+    flat = PlanesPacking(3).from_codes(codes).reshape(-1)
+    assert flat[0 * 16 + 7] == 1 << 9 and flat[2 * 16 + 7] == 1 << 9
+    assert np.count_nonzero(flat) == 2
+
+
+def test_affine_bits_finds_the_integer_formats_only():
+    for w in ("u1", "u2", "u3", "i2", "i3", "b1", "b2", "b3"):
+        f = dtype(w)
+        a, c = affine_bits(f.decode(np.arange(1 << f.bits, dtype=np.uint8)), f.bits)
+        q = np.arange(1 << f.bits)
+        rebuilt = a + sum(cj * ((q >> j) & 1) for j, cj in enumerate(c))
+        assert np.array_equal(rebuilt, f.decode(q.astype(np.uint8))), w
+    for w in ("f4e2m1fn", "nf4", "f3e1m1"):
+        f = dtype(w)
+        assert affine_bits(f.decode(np.arange(1 << f.bits, dtype=np.uint8)), f.bits) is None
+
+
+def test_planes_dot_looks_up_partial_sums():
+    text = _gemv("u2").text("llvm")
+    if decode.permutes():  # per bit plane and 4 codes: one permute of a 16-entry sum table
+        assert "@llvm.x86.avx512.permvar.sf.512" in text
+
+
 def test_parse_names_the_rows_packing():
     assert parse("rows16", 3) == RowsPacking(3) and RowsPacking(3).name == "rows16"
+    assert parse("planes16", 2) == PlanesPacking(2) and PlanesPacking(2) != RowsPacking(2)
     with pytest.raises(UserArgumentError, match="rows16"):
         parse("rows8", 3)
     with pytest.raises(UserArgumentError, match="bits"):
@@ -69,11 +98,16 @@ def _gemv(w: str, bm: int = 1, early: bool = False, bn: int = 64):
 
 
 def test_pass_chooses_rows_for_narrow_code_only_gemv_weights():
-    for w in ("u1", "u2", "u3", "u4", "i4", "nf4", "f4e2m1fn"):
+    for w in ("u4", "i4", "nf4", "f4e2m1fn", "f3e1m1"):
         k = _gemv(w)
         assert k.packings == {"w": RowsPacking(dtype(w).bits)}, w
         loads = [op for op in walk(k.lowered.body.ops) if op.opcode == "load_codes"]
         assert loads and all(op.attrs.packing == "rows16" for op in loads)
+    # <= 3-bit integers (a weight affine in the code bits): one plane per bit
+    for w in ("u1", "u2", "u3", "i2", "i3", "b1", "b3"):
+        k = _gemv(w)
+        assert k.packings == {"w": PlanesPacking(dtype(w).bits)}, w
+        assert 'packing="planes16"' in k.text("lowered")
     assert _gemv("u5").packings == {"w": Packing(5, 128)}  # wider codes keep the lanes
     # a weight scaled per row inside the dot (EARLY) is not a function of the code alone
     assert _gemv("u4", 4, early=True).packings == {"w": Packing(4, 128)}
@@ -93,11 +127,12 @@ kernel gemv[W: dtype](x: f32[M, K], w: W[N, K], y: f32[M, N]) grid (cdiv(N, 32))
 """
 
 
-@pytest.mark.parametrize("w", ["u1", "u3", "i4", "f4e2m1fn", "nf4"])
+@pytest.mark.parametrize("w", ["u1", "u3", "b2", "i3", "i4", "f4e2m1fn", "nf4"])
 def test_user_kernel_gets_the_rows_packing_and_takes_both_forms(w):
     k = lowbitc.compile(USER_GEMV.replace("M", "3"), W=dtype(w))
     p = k.packings["w"]
-    assert p == RowsPacking(dtype(w).bits)
+    kind = PlanesPacking if dtype(w).bits <= 3 and w[0] in "uib" else RowsPacking
+    assert p == kind(dtype(w).bits)
     rng = np.random.default_rng(5)
     # 70 rows: two whole 32-row windows, then a window past the last whole 16-row block;
     # 200 columns: a last window past K (steps past the row are skipped)
@@ -123,7 +158,8 @@ def test_words_in_another_packing_are_rejected_before_running():
         k(x, PackedWords(other.from_codes(codes), other, 64), y)
 
 
-@pytest.mark.parametrize("w", ["u1", "u2", "u3", "u4", "i3", "b2", "nf4", "f4e2m1fn"])
+@pytest.mark.parametrize("w", ["u1", "u2", "u3", "u4", "i3", "b1", "b2", "b3", "nf4",
+                               "f4e2m1fn"])
 @pytest.mark.parametrize("m", [1, 3, 8])
 def test_matmul_on_rows_packed_weights(w, m):
     rng = np.random.default_rng(m * 11 + dtype(w).bits)
@@ -138,7 +174,7 @@ def test_matmul_on_rows_packed_weights(w, m):
 
 
 def test_fused_rows_dot_is_vector_code(monkeypatch):
-    text = _gemv("u3").text("llvm")
+    text = _gemv("f3e1m1").text("llvm")  # 3 bits in planes of 2 + 1, a table of floats
     assert "@llvm.fma.v16f32" in text
     if decode.permutes():  # one select per code joins the bit planes
         assert "@llvm.x86.avx512.pternlog.d.512" in text and "permvar.si.512" in text

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from lowbitc.backends.llvm import decode
 from lowbitc.backends.llvm import lanes as lanes_packing
 from lowbitc.backends.llvm import rows as rows_packing
@@ -25,7 +27,7 @@ from lowbitc.backends.llvm.ops_memory import lut_global, unpack32
 from lowbitc.ir.core import Op, Region, Value
 from lowbitc.ir.opdefs import ELEMENTWISE
 from lowbitc.ir.types import TileType, is_float
-from lowbitc.repack import RowsPacking
+from lowbitc.repack import PlanesPacking, RowsPacking, affine_bits
 
 W = 32  # codes per step: every 32 codes of a row are exactly `bits` whole words
 MAX_ROWS = 8  # rows of `a` that share one decoded weight vector (vector accumulators)
@@ -195,7 +197,8 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
     elif isinstance(abuf, Buf) and abuf.contiguous:
         if by_rows:
             ok = rows_packing.window_ok(em, t, starts, codes.attrs.sizes)
-            fast_path = rows_packing.fused_dot
+            fast_path = rows_packing.fused_planes_dot if _planes_dot(plan, t.packing) \
+                else rows_packing.fused_dot
         elif t.packing is None:
             ok = _window_ok(em, t, starts, codes.attrs.sizes)
         else:
@@ -212,6 +215,15 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
     generic_dot(em, abuf, env.get(plan.transpose.results[0]), out)
     em.br(done)
     em.start_block(done)
+
+
+def _planes_dot(plan: Plan, packing) -> bool:
+    """Whether the planes packing's table dot applies: AVX-512 permutes and an f32 weight
+    affine in the code bits (else the rows dot, which reads any rows-like packing)."""
+    return (isinstance(packing, PlanesPacking) and decode.permutes()
+            and plan.root.type.dtype == "f32"
+            and affine_bits(np.asarray(plan.tables[plan.root.id]).view(np.float32),
+                            packing.bits) is not None)
 
 
 def emit_fused_store(env: Env, plan: Plan) -> None:

@@ -12,10 +12,12 @@ generic paths), `window_ok` tells when a window takes the vector path.
 
 from __future__ import annotations
 
+import numpy as np
+
 from lowbitc.backends.llvm import decode, lanes
-from lowbitc.backends.llvm.emitter import Buf, Emitter
+from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal
 from lowbitc.backends.llvm.handlers import convert
-from lowbitc.repack import LANES, RowsPacking
+from lowbitc.repack import LANES, PlanesPacking, RowsPacking, affine_bits
 
 TERNARY_SELECT = 0xE4  # vpternlogd truth table of c ? a : b (bit 4a + 2b + c)
 CHAINS = 8  # independent FMA chains per block of 16 rows (FMA latency x ports)
@@ -107,17 +109,17 @@ def _codes(em: Emitter, words: list[str], packing: RowsPacking, i: int, clean: b
     return code
 
 
-def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
-    """out[m, :] += a @ E(codes).T for a window of whole 16-row blocks (window_ok held)."""
+def _window_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], per_row: int,
+                body, combine) -> None:
+    """The loops of the rows and planes dots: per 16-row block of the window, a loop over
+    the steps inside the row carrying `per_row` <16 x float> accumulators per row of `a`
+    (`body(words_at, k0, accs) -> accs`, words_at(j) the address of the step's j-th 16-word
+    vector, k0 the step's first code in the window), then out[i, block] += combine(row i's
+    accumulators)."""
     em = env.em
-    packing: RowsPacking = t.packing
     m = abuf.shape[0]
     bn, bk = plan.codes.attrs.sizes
-    table = plan.tables[plan.root.id]
-    dtype = plan.root.type.dtype
-    clean = not (decode.permutes() and len(table) <= 16)
-    chains = max(1, CHAINS // m)
-    bits = packing.bits
+    bits = t.packing.bits
     t.ensure_strides(em)
     # steps of the window inside the row (a K tail shorter than the window skips the rest)
     row_steps = em.val(f"udiv i64 {t.words}, {bits}")
@@ -125,7 +127,6 @@ def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     steps = em.val(f"sub i64 {row_steps}, {first_step}")
     steps = em.val(f"select i1 {em.val(f'icmp slt i64 {steps}, {bk // 32}')}, i64 {steps}, "
                    f"i64 {bk // 32}")
-    zero = "zeroinitializer"
 
     def block(r: str) -> None:
         n0 = em.val(f"add i64 {starts[0]}, {em.val(f'mul i64 {r}, {LANES}')}")
@@ -135,46 +136,72 @@ def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
 
         def step(s: str, accs: list[str]) -> list[str]:
             wbase = em.val(f"add i64 {base}, {em.val(f'mul i64 {s}, {bits * LANES}')}")
-            words = []
-            for j in range(bits):
-                p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 "
-                           f"{em.val(f'add i64 {wbase}, {j * LANES}')}")
-                words.append(em.val(f"load {V16}, ptr {p}, align 4"))
-            k0 = em.val(f"mul i64 {s}, 32")
-            nxt = list(accs)
-            for i in range(0, 32, 2):
-                pair = em.val(f"shufflevector {V16} {_codes(em, words, packing, i, clean)}, "
-                              f"{V16} {_codes(em, words, packing, i + 1, clean)}, <32 x i32> "
-                              "<" + ", ".join(f"i32 {q}" for q in range(32)) + ">")
-                vals = decode.lookup(em, pair, table, dtype)
-                if dtype != "f32":
-                    vals = convert(em, vals, dtype, "f32", 32)
-                for h in range(2):
-                    sel = ", ".join(f"i32 {h * LANES + q}" for q in range(LANES))
-                    wv = em.val(f"shufflevector <32 x float> {vals}, <32 x float> poison, "
-                                f"<{LANES} x i32> <{sel}>")
-                    kk = em.val(f"add i64 {k0}, {i + h}")
-                    for mi in range(m):
-                        ai = em.val(f"add i64 {em.val(f'mul i64 {mi}, {abuf.strides[0]}')}, {kk}")
-                        av = _splat_elem(em, abuf, ai)
-                        c = mi * chains + (i + h) % chains
-                        nxt[c] = em.val(f"call reassoc contract {F16} @llvm.fma.v16f32({F16} "
-                                        f"{wv}, {F16} {av}, {F16} {nxt[c]})")
-            return nxt
 
-        em.declare(f"declare {F16} @llvm.fma.v16f32({F16}, {F16}, {F16})")
-        accs = em.loop("0", steps, None, carried=[(F16, zero)] * (m * chains),
+            def words_at(j: int) -> str:
+                return em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 "
+                              f"{em.val(f'add i64 {wbase}, {j * LANES}')}")
+            return body(words_at, em.val(f"mul i64 {s}, 32"), accs)
+
+        accs = em.loop("0", steps, None, carried=[(F16, "zeroinitializer")] * (m * per_row),
                        body_carried=step)
         col = em.val(f"mul i64 {r}, {LANES}")
         for mi in range(m):
-            total = accs[mi * chains]
-            for c in range(1, chains):
-                total = em.val(f"fadd reassoc contract {F16} {total}, {accs[mi * chains + c]}")
+            total = combine(accs[mi * per_row:(mi + 1) * per_row], mi)
             p = em.gep(out, em.flat_index([str(mi), col], out.shape))
             old = em.val(f"load {F16}, ptr {p}, align 4")
             em.emit(f"store {F16} {em.val(f'fadd {F16} {old}, {total}')}, ptr {p}, align 4")
 
     em.loop("0", str(bn // LANES), block)
+
+
+def _sum(em: Emitter, vecs: list[str]) -> str:
+    total = vecs[0]
+    for v in vecs[1:]:
+        total = em.val(f"fadd reassoc contract {F16} {total}, {v}")
+    return total
+
+
+def _activation(em: Emitter, abuf: Buf, mi: int, k0: str, i: int) -> str:
+    """<16 x float> of a[mi, k0 + i] (one broadcast load)."""
+    kk = em.val(f"add i64 {k0}, {i}")
+    return _splat_elem(em, abuf, em.val(f"add i64 {em.val(f'mul i64 {mi}, {abuf.strides[0]}')}, "
+                                        f"{kk}"))
+
+
+def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
+    """out[m, :] += a @ E(codes).T for a window of whole 16-row blocks (window_ok held):
+    per code, the planes' shifts and select, a table permute, an FMA per row of `a`."""
+    em = env.em
+    packing: RowsPacking = t.packing
+    m = abuf.shape[0]
+    table = plan.tables[plan.root.id]
+    dtype = plan.root.type.dtype
+    clean = not (decode.permutes() and len(table) <= 16)
+    chains = max(1, CHAINS // m)
+    em.declare(f"declare {F16} @llvm.fma.v16f32({F16}, {F16}, {F16})")
+
+    def body(words_at, k0: str, accs: list[str]) -> list[str]:
+        words = [em.val(f"load {V16}, ptr {words_at(j)}, align 4") for j in range(packing.bits)]
+        nxt = list(accs)
+        for i in range(0, 32, 2):
+            pair = em.val(f"shufflevector {V16} {_codes(em, words, packing, i, clean)}, "
+                          f"{V16} {_codes(em, words, packing, i + 1, clean)}, <32 x i32> "
+                          "<" + ", ".join(f"i32 {q}" for q in range(32)) + ">")
+            vals = decode.lookup(em, pair, table, dtype)
+            if dtype != "f32":
+                vals = convert(em, vals, dtype, "f32", 32)
+            for h in range(2):
+                sel = ", ".join(f"i32 {h * LANES + q}" for q in range(LANES))
+                wv = em.val(f"shufflevector <32 x float> {vals}, <32 x float> poison, "
+                            f"<{LANES} x i32> <{sel}>")
+                for mi in range(m):
+                    c = mi * chains + (i + h) % chains
+                    nxt[c] = em.val(f"call reassoc contract {F16} @llvm.fma.v16f32({F16} {wv}, "
+                                    f"{F16} {_activation(em, abuf, mi, k0, i + h)}, {F16} "
+                                    f"{nxt[c]})")
+        return nxt
+
+    _window_dot(env, plan, abuf, out, t, starts, chains, body, lambda accs, mi: _sum(em, accs))
 
 
 def _splat_elem(em: Emitter, buf: Buf, index: str) -> str:
@@ -185,3 +212,79 @@ def _splat_elem(em: Emitter, buf: Buf, index: str) -> str:
     ins = em.val(f"insertelement {F16} poison, float {v}, i64 0")
     return em.val(f"shufflevector {F16} {ins}, {F16} poison, <{LANES} x i32> zeroinitializer")
 
+
+
+TABLE_CODES = 4  # codes whose bits index one 16-entry table of partial activation sums
+
+
+def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
+    """The planes packing's dot for a weight affine in the code bits, w(q) = a + sum_j c_j
+    bit_j(q) (AVX-512): per row of `a` and 4 activations, a table T[e] = sum_i bit_i(e)
+    x[k + i] of the 16 partial sums; then per bit plane, each nibble of 4 codes' bit j picks
+    its partial sum with one permute, added into plane j's accumulator: 3 operations per bit
+    plane and 64 weights. out += sum_j c_j acc_j + a sum_k x (window_ok held)."""
+    em = env.em
+    packing: PlanesPacking = t.packing
+    bits = packing.bits
+    m = abuf.shape[0]
+    bk = plan.codes.attrs.sizes[1]
+    a, coef = affine_bits(np.asarray(plan.tables[plan.root.id]).view(np.float32), bits)
+    groups = bk // TABLE_CODES
+    tab = em.alloc("f32", (m, groups, LANES))
+    em.declare(f"declare {F16} @llvm.x86.avx512.permvar.sf.512({F16}, {V16})")
+    sums = []  # per row of `a`: lane 15 of the summed tables is the window's sum of x
+    for mi in range(m):
+        def build(g: str, carried: list[str], mi: int = mi) -> list[str]:
+            k = em.val(f"mul i64 {g}, {TABLE_CODES}")
+            table = None
+            for i in range(TABLE_CODES):
+                bit = _fvec([float(e >> i & 1) for e in range(LANES)])
+                term = em.val(f"fmul contract {F16} {_activation(em, abuf, mi, k, i)}, {bit}")
+                table = term if table is None else \
+                    em.val(f"fadd contract {F16} {table}, {term}")
+            at = em.val(f"mul i64 {em.val(f'add i64 {g}, {mi * groups}')}, {LANES}")
+            em.emit(f"store {F16} {table}, ptr {em.gep(tab, at)}, align 64")
+            return [em.val(f"fadd {F16} {carried[0]}, {table}")]
+        sums += em.loop("0", str(groups), None, carried=[(F16, "zeroinitializer")],
+                        body_carried=build)
+    chains = max(1, CHAINS // (m * bits))
+    per_row = bits * chains
+
+    def body(words_at, k0: str, accs: list[str]) -> list[str]:
+        words = [em.val(f"load {V16}, ptr {words_at(j)}, align 4") for j in range(bits)]
+        g0 = em.val(f"udiv i64 {k0}, {TABLE_CODES}")
+        nxt = list(accs)
+        for g in range(32 // TABLE_CODES):
+            for j in range(bits):
+                idx = words[j] if g == 0 else \
+                    em.val(f"lshr {V16} {words[j]}, {_splat(g * TABLE_CODES)}")
+                for mi in range(m):
+                    at = em.val(f"mul i64 {em.val(f'add i64 {g0}, {mi * groups + g}')}, {LANES}")
+                    table = em.val(f"load {F16}, ptr {em.gep(tab, at)}, align 64")
+                    part = em.val(f"call {F16} @llvm.x86.avx512.permvar.sf.512({F16} {table}, "
+                                  f"{V16} {idx})")
+                    c = mi * per_row + j * chains + g % chains
+                    nxt[c] = em.val(f"fadd reassoc contract {F16} {nxt[c]}, {part}")
+        return nxt
+
+    def combine(accs: list[str], mi: int) -> str:
+        total = None
+        for j in range(bits):
+            part = em.val(f"fmul {F16} {_sum(em, accs[j * chains:(j + 1) * chains])}, "
+                          f"{_fvec([coef[j]] * LANES)}")
+            total = part if total is None else em.val(f"fadd {F16} {total}, {part}")
+        if a:
+            sx = em.val(f"extractelement {F16} {sums[mi]}, i64 {LANES - 1}")
+            ins = em.val(f"insertelement {F16} poison, float {sx}, i64 0")
+            sxv = em.val(f"shufflevector {F16} {ins}, {F16} poison, <{LANES} x i32> "
+                         "zeroinitializer")
+            offset = em.val(f"fmul {F16} {sxv}, {_fvec([a] * LANES)}")
+            total = em.val(f"fadd {F16} {total}, {offset}")
+        return total
+
+    _window_dot(env, plan, abuf, out, t, starts, per_row, body, combine)
+
+
+def _fvec(values) -> str:
+    return "<" + ", ".join(f"float {float_literal(float(np.float32(v)), 'f32')}"
+                           for v in values) + ">"

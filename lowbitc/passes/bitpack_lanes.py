@@ -8,7 +8,9 @@ the host once per QTensor (`QTensor.packed_as`). Other tensors keep the canonica
 Codes of up to ROWS_MAX_BITS bits whose dot operand is a function of the code alone (a cast,
 a table: no per-row or per-column operand) and whose windows cover whole blocks of 16 rows
 take the rows packing instead (`packing="rows16"`): 16 rows per vector, so the dot
-accumulates 16 outputs per vector with no horizontal sums.
+accumulates 16 outputs per vector with no horizontal sums. Codes of up to PLANES_MAX_BITS bits
+whose weight is affine in the code bits (unsigned, two's complement and bipolar integers) take
+the planes packing (`packing="planes16"`): every code bit in a plane of its own.
 Run after `bitpack`, `lower-encode` and `dce` (every live packed read is a load_codes then).
 """
 
@@ -17,11 +19,14 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
+
+from lowbitc.interp import evaluate
 from lowbitc.ir.core import Kernel, Op, walk
 from lowbitc.ir.opdefs import ELEMENTWISE
-from lowbitc.ir.types import TensorType, TileType, is_machine
+from lowbitc.ir.types import TensorType, TileType, is_machine, numpy_dtype
 from lowbitc.passes.base import register, rewrite
-from lowbitc.repack import LANES, Packing, RowsPacking
+from lowbitc.repack import LANES, Packing, PlanesPacking, RowsPacking, affine_bits
 from lowbitc.signature import format_bits
 
 # rows of `a` up to which the LLVM backend's fused dot decodes weights in registers (its
@@ -29,6 +34,9 @@ from lowbitc.signature import format_bits
 MAX_ROWS = 8
 MAX_STEP = 128  # codes per step: one 512-bit vector of a 4-bit plane
 ROWS_MAX_BITS = 4  # the rows packing's decode is one 16-entry permute per vector
+# up to this width, a weight affine in the code bits (integer formats) goes bit plane by bit
+# plane: one table permute and add per plane and 4 codes, against one per code above
+PLANES_MAX_BITS = 3
 _FUSIBLE = ELEMENTWISE | {"cast", "bitcast", "where", "lut"}
 
 
@@ -56,9 +64,9 @@ def _feeds_dot(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> bool:
     return found
 
 
-def _code_only(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> bool:
-    """Whether the ops between value v and the dot take no tile operand that is not itself
-    computed from v: the dot's weight is then a function of the code alone."""
+def _code_ops(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> list[Op] | None:
+    """The ops between value v and the dot, if none takes a tile operand that is not itself
+    computed from v (the dot's weight is then a function of the code alone), else None."""
     derived, stack, ops = {v_id}, [v_id], []
     while stack:
         for op, _ in users.get(stack.pop(), []):
@@ -66,14 +74,42 @@ def _code_only(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> bool:
                 ops.append(op)
                 derived.update(r.id for r in op.results)
                 stack.extend(r.id for r in op.results)
-    return all(o.id in derived or not isinstance(o.type, TileType)
-               for op in ops for o in op.operands)
+    if all(o.id in derived or not isinstance(o.type, TileType) for op in ops for o in op.operands):
+        return ops
+    return None
+
+
+def _weight_values(load: Op, ops: list[Op], order: dict[int, int], defs: dict[int, Op],
+                   users: dict[int, list[tuple[Op, int]]]) -> np.ndarray | None:
+    """The dot's weight for every code (the ops between the codes and the dot evaluated at
+    compile time), or None when a scalar operand is not a constant."""
+    src = load.results[0]
+    inside = {src.id} | {r.id for op in ops for r in op.results}
+    consts = []
+    for op in ops:
+        for o in op.operands:
+            if o.id in inside:
+                continue
+            d = defs.get(o.id)
+            if d is None or d.opcode != "const":
+                return None
+            consts.append(d)
+    roots = [v for v in inside if any(u.opcode == "transpose" for u, _ in users.get(v, []))]
+    if len(roots) != 1:
+        return None
+    env = {src.id: np.arange(1 << load.attrs.bits).astype(numpy_dtype(src.type.dtype))}
+    evaluate(consts + sorted(ops, key=lambda o: order[id(o)]), env)
+    return np.asarray(env[roots[0]]).reshape(-1)
 
 
 def choose(k: Kernel) -> dict[int, Packing | RowsPacking]:
     """{param id: packing} for the packed tensor params that take the lanes packing."""
     users: dict[int, list[tuple[Op, int]]] = {}
+    order: dict[int, int] = {}
+    defs: dict[int, Op] = {}
     for op in walk(k.body.ops):
+        order[id(op)] = len(order)
+        defs.update((r.id, op) for r in op.results)
         for i, v in enumerate(op.operands):
             users.setdefault(v.id, []).append((op, i))
     out = {}
@@ -97,11 +133,16 @@ def choose(k: Kernel) -> dict[int, Packing | RowsPacking]:
         ):
             continue
         bits = loads[0][0].attrs.bits
+        trees = [_code_ops(op.results[0].id, users) for op, _ in loads]
         if bits <= ROWS_MAX_BITS and all(
-            op.attrs.sizes[0] % LANES == 0 and _code_only(op.results[0].id, users)
-            for op, _ in loads
+            op.attrs.sizes[0] % LANES == 0 and tree is not None
+            for (op, _), tree in zip(loads, trees, strict=True)
         ):
-            out[p.id] = RowsPacking(bits)
+            affine = bits <= PLANES_MAX_BITS and all(
+                (vals := _weight_values(op, tree, order, defs, users)) is not None
+                and affine_bits(vals, bits) is not None
+                for (op, _), tree in zip(loads, trees, strict=True))
+            out[p.id] = PlanesPacking(bits) if affine else RowsPacking(bits)
             continue
         step = math.gcd(MAX_STEP, *(op.attrs.sizes[1] for op, _ in loads))
         out[p.id] = Packing(bits, step)
