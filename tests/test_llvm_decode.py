@@ -136,24 +136,44 @@ def test_the_floats_that_fit_f16_take_it():
     assert not {"f8e5m2fnuz", "f8e8m0fnu", "nf4", "u8"} & set(HALF)  # f16 inf/NaN, e8, tables
 
 
-@pytest.mark.parametrize("fmt_name", HALF8)
-def test_8_bit_floats_decode_through_f16_exactly(fmt_name):
-    # every code, dequantized (NaN and signed zeros included) and in a one-row fused dot, whose
-    # sums take the 2^(15 - bias) factor once (finite codes: each column picked by a one-hot x)
-    assert "fpext <32 x half>" in _dequantize_every_code(fmt_name)
+def _gemv_every_code(fmt_name) -> str:
+    """A one-row fused dot (the GEMV's joint row sums) picking every finite code's value."""
     fmt = lowbitc.dtype(fmt_name)
-    values = fmt.decode(np.arange(256, dtype=np.uint8))
+    values = fmt.decode(np.arange(fmt.num_codes, dtype=np.uint8))
     finite = np.flatnonzero(np.isfinite(values))
     codes = finite[(np.arange(32 * 64) * 7) % len(finite)].reshape(32, 64).astype(np.uint8)
     want = fmt.decode(codes)
     k = compile(GEMV, W=fmt)
-    assert "fpext <32 x half>" in k.text("llvm")
     for col in range(64):
         x = np.zeros((1, 64), np.float32)
         x[0, col] = 1.0
         y = np.full((1, 32), 7.0, np.float32)
-        k(x, pack(codes, 8), y)
+        k(x, _words(fmt, codes), y)
         np.testing.assert_array_equal(y[0], want[:, col], err_msg=f"{fmt_name} column {col}")
+    return k.text("llvm")
+
+
+@pytest.mark.parametrize("fmt_name", HALF8)
+def test_8_bit_floats_decode_through_f16_exactly(fmt_name):
+    # every code, dequantized (NaN and signed zeros included) and in a one-row fused dot, whose
+    # sums take the 2^(15 - bias) factor once
+    assert "fpext <32 x half>" in _dequantize_every_code(fmt_name)
+    assert "fpext <32 x half>" in _gemv_every_code(fmt_name)
+
+
+@pytest.mark.parametrize("fmt_name", ["u8", "i8"])
+def test_byte_weights_are_read_by_the_fused_paths(fmt_name):
+    # u8/i8 are machine types (a plain load, no load_codes): the fused dot, the GEMM panel and
+    # the dequantize store still read them, 32 bytes at a time, widened in registers
+    from lowbitc.backends.llvm.fusion import plan_fusion, plan_store_fusion
+
+    dot = plan_fusion(compile(GEMV, W=fmt_name).lowered.body)
+    assert [p.codes.opcode for p in dot.values()] == ["load"]
+    store = plan_store_fusion(compile(STORE, W=fmt_name).lowered.body)
+    assert [p.codes.opcode for p in store.values()] == ["load"]
+    for text in (_gemv_every_code(fmt_name), _dot_every_code(fmt_name)):
+        assert "load <32 x i8>" in text
+    assert "load <32 x i8>" in _dequantize_every_code(fmt_name)
 
 
 # ------------------------------------------------------------------- streaming stores

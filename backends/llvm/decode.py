@@ -68,8 +68,8 @@ def code_tables(
     """Tables (uint32 bit patterns, one per code) for the values of `tree` (program order)
     that depend only on `codes` and constants and are used by the rest of the tree or are
     its root; {} when the codes are too wide or nothing is code-only."""
-    bits = codes.attrs.bits
     src = codes.results[0]
+    bits = codes.attrs.bits if codes.opcode == "load_codes" else 8  # or u8/i8 bytes
     if bits > MAX_BITS:
         return {}
     pure: dict[int, Op] = {}

@@ -40,6 +40,31 @@ def acc_lanes(rows: int) -> int:
 
 
 FUSIBLE = ELEMENTWISE | {"cast", "bitcast", "where", "lut"}
+BYTE_CODES = ("u8", "i8")  # machine integers whose loads the fused paths read like codes
+
+
+def reads_codes(op: Op) -> bool:
+    """Whether `op` is the codes leaf of a fused tree: a load_codes, or a 2-D load of 8-bit
+    machine integers (read 32 bytes at a time and widened, like 8-bit codes)."""
+    t = op.results[0].type if op.results else None
+    return op.opcode == "load_codes" or (
+        op.opcode == "load" and isinstance(t, TileType) and t.dtype in BYTE_CODES
+        and len(op.attrs.sizes) == 2)
+
+
+def codes_at(em: Emitter, plan: Plan, t, starts: list[str], n: str, c: str) -> str:
+    """Codes starts[1] + 32c .. + 31 of row n in the canonical packing (<32 x i32>), or the
+    bytes of a u8/i8 tensor (<32 x i8>): what _eval_tree takes as its codes."""
+    if plan.codes.opcode == "load":
+        i = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {starts[1]}")
+        i = em.val(f"add i64 {i}, {em.val(f'mul i64 {c}, {W}')}")
+        p = em.val(f"getelementptr inbounds i8, ptr {t.ptr}, i64 {i}")
+        return em.val(f"load <{W} x i8>, ptr {p}, align 1")
+    bits = plan.codes.attrs.bits
+    first = em.val(f"mul i64 {em.val(f'lshr i64 {starts[1]}, 5')}, {bits}")
+    row = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {first}")
+    wi = em.val(f"add i64 {row}, {em.val(f'mul i64 {c}, {bits}')}")
+    return unpack32(em, em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}"), bits)
 
 
 @dataclass
@@ -157,7 +182,7 @@ def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value):
         op = defs.get(v.id)
         if op is None or not isinstance(v.type, TileType):
             continue  # a parameter, region argument or scalar: a leaf
-        if op.opcode == "load_codes":
+        if reads_codes(op):
             codes[id(op)] = op
             continue
         if op.opcode not in FUSIBLE or id(op) in seen:
@@ -242,7 +267,6 @@ def emit_fused_store(env: Env, plan: Plan) -> None:
                 f"{_window_ok(em, dst, dst_starts, op.attrs.sizes, aligned=False)}")
     em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
     em.start_block(fast)
-    bits = codes.attrs.bits
     dt = plan.root.type.dtype
     et = vtype(dt, W)
     # rows that start on a cache line take streaming stores (no read-for-ownership of the
@@ -257,15 +281,11 @@ def emit_fused_store(env: Env, plan: Plan) -> None:
     def rows(streaming: bool) -> None:
         def row(j: str) -> None:
             n = em.val(f"add i64 {cst[0]}, {j}")
-            first = em.val(f"mul i64 {em.val(f'lshr i64 {cst[1]}, 5')}, {bits}")
-            base = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {first}")
             drow = em.val(f"mul i64 {em.val(f'add i64 {dst_starts[0]}, {j}')}, {dst.strides[0]}")
             dbase = em.val(f"add i64 {drow}, {dst_starts[1]}")
 
             def step(c: str) -> None:
-                wi = em.val(f"add i64 {base}, {em.val(f'mul i64 {c}, {bits}')}")
-                p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}")
-                w = _eval_tree(env, plan, unpack32(em, p, bits), j, c)
+                w = _eval_tree(env, plan, codes_at(em, plan, t, cst, n, c), j, c)
                 di = em.val(f"add i64 {dbase}, {em.val(f'mul i64 {c}, {W}')}")
                 q = em.val(f"getelementptr inbounds {lltype(dt)}, ptr {dst.ptr}, i64 {di}")
                 how = "align 64, !nontemporal !{i32 1}" if streaming else "align 4"
@@ -317,7 +337,6 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
     em = env.em
     m = abuf.shape[0]
     bn, bk = plan.codes.attrs.sizes
-    bits = plan.codes.attrs.bits
     lanes = acc_lanes(m)
     va = f"<{lanes} x float>"
     zero = "zeroinitializer"
@@ -330,16 +349,11 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
         n = em.val(f"add i64 {starts[0]}, {j}")
         if t.packing is not None:
             base = lanes_packing.row_start(em, t, n, starts[1], t.packing)
-        else:
-            first = em.val(f"mul i64 {em.val(f'lshr i64 {starts[1]}, 5')}, {bits}")
-            base = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {first}")
 
         def unpack(c: str) -> str:
             if t.packing is not None:  # c is a constant here (the steps are unrolled)
                 return lanes_packing.unpack_lanes(em, t.ptr, base, t.packing, int(c), clean)
-            wi = em.val(f"add i64 {base}, {em.val(f'mul i64 {c}, {bits}')}")
-            return unpack32(em, em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}"),
-                            bits)
+            return codes_at(em, plan, t, starts, n, c)
 
         def step(c: str, accs: list[str]) -> list[str]:
             w = _eval_tree(env, plan, unpack(c), j, c, plan.core)
@@ -441,7 +455,9 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
     """E (or its value `root`) for row j, codes c*W .. c*W+W-1, as a <W x T> vector."""
     root = root or plan.root
     em = env.em
-    vals: dict[int, str] = {plan.codes.results[0].id: _retype(em, codes, plan.codes.attrs.dtype)}
+    leaf = plan.codes.results[0]
+    vals = {leaf.id: codes if plan.codes.opcode == "load" else
+            _retype(em, codes, plan.codes.attrs.dtype)}
     shape = plan.codes.attrs.sizes
     for op in plan.tree:
         table = plan.tables.get(op.results[0].id)

@@ -21,10 +21,10 @@ from lowbitc.backends.llvm.fusion import (
     _eval_tree,
     _uses,
     _window_ok,
+    codes_at,
     emit_fused_dot,
 )
 from lowbitc.backends.llvm.handlers import HANDLERS, Env
-from lowbitc.backends.llvm.ops_memory import unpack32
 from lowbitc.ir.core import Region
 from lowbitc.ir.types import TileType
 
@@ -134,15 +134,10 @@ def _decode_panel(env: Env, plan: Plan, t, starts: list[str], panel: str, npad: 
     transposed; rows past the last whole block are stored lane by lane."""
     em = env.em
     bn, bk = plan.codes.attrs.sizes
-    bits = plan.codes.attrs.bits
 
     def decoded(j: str, c: str) -> str:
         n = em.val(f"add i64 {starts[0]}, {j}")
-        first = em.val(f"mul i64 {em.val(f'lshr i64 {starts[1]}, 5')}, {bits}")
-        row = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {first}")
-        wi = em.val(f"add i64 {row}, {em.val(f'mul i64 {c}, {bits}')}")
-        p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}")
-        return _eval_tree(env, plan, unpack32(em, p, bits), j, c)
+        return _eval_tree(env, plan, codes_at(em, plan, t, starts, n, c), j, c)
 
     def block(jb: str) -> None:
         j0 = em.val(f"mul i64 {jb}, {lanes}")
