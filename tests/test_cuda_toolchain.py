@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lowbitc.backends.numba_cuda import sass
 
+from lowbitc.backends.numba_cuda import sass
 from lowbitc.errors import UserArgumentError
 
 intrinsics = pytest.importorskip("lowbitc.backends.numba_cuda.intrinsics")
