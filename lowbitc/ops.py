@@ -220,6 +220,10 @@ def dequantize(qw: QTensor, backend: str = "llvm", out: np.ndarray | None = None
                              backend)
         if backend == "cuda" and odt in CUDA_DEQUANT_BN:
             params["BN"] = CUDA_DEQUANT_BN[odt]
+        elif backend == "llvm" and qw.group_size % 128:
+            # a K tile that fits the group (MX formats use 32): every chunk whole, none a
+            # masked group end
+            params["BK"] = 64 if qw.group_size % 64 == 0 else 32
         params.update(tuned)
         k = _remember(plan, get_kernel("dequantize", backend, **params))
     zeros = qw.zeros if qw.zeros is not None else _NO_ZEROS
