@@ -333,6 +333,27 @@ def _window_ok(em: Emitter, t, starts: list[str], sizes, aligned: bool = True) -
     return ok
 
 
+def _prefetch_next(em: Emitter, plan: Plan, t, starts: list[str], n: str, bk: int,
+                   lanes_base: str | None = None) -> None:
+    """Prefetch row n's codes two K windows ahead (two steps of the grid's K loop later)."""
+    em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
+    if lanes_base is not None:
+        nbytes = bk * plan.codes.attrs.bits // 8
+        first = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {lanes_base}")
+    elif plan.codes.opcode == "load":
+        nbytes, i = bk, em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {starts[1]}")
+        first = em.val(f"getelementptr inbounds i8, ptr {t.ptr}, i64 {i}")
+    else:
+        bits = plan.codes.attrs.bits
+        nbytes = bk * bits // 8
+        w0 = em.val(f"mul i64 {em.val(f'lshr i64 {starts[1]}, 5')}, {bits}")
+        i = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {w0}")
+        first = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {i}")
+    for line in range(0, nbytes, 64):
+        q = em.val(f"getelementptr i8, ptr {first}, i64 {2 * nbytes + line}")
+        em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 3, i32 1)")
+
+
 def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     em = env.em
     m = abuf.shape[0]
@@ -349,6 +370,10 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
         n = em.val(f"add i64 {starts[0]}, {j}")
         if t.packing is not None:
             base = lanes_packing.row_start(em, t, n, starts[1], t.packing)
+        # the window's rows are pages apart: the hardware prefetchers lose track of them, and
+        # a row's next windows are read only after the block's other rows (measured one thread,
+        # 4096^2: u5-u7 and f8 GEMV 1.4-2x faster, u8 1.1-1.6x)
+        _prefetch_next(em, plan, t, starts, n, bk, base if t.packing is not None else None)
 
         def unpack(c: str) -> str:
             if t.packing is not None:  # c is a constant here (the steps are unrolled)
