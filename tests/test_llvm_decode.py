@@ -30,7 +30,13 @@ kernel gemv[W: dtype](x: f32[M, K], w: W[N, K], y: f32[M, N]) grid (1) {
 """
 
 FORMATS = sorted(lowbitc.dtypes())
-TABLED = [f for f in FORMATS if not is_machine(f) and lowbitc.dtype(f).bits <= decode.MAX_BITS]
+# a code of more than 5 bits that is only converted (u6) converts: cheaper than 64 entries
+CONVERTED = [f for f in FORMATS if f[0] == "u" and 5 < lowbitc.dtype(f).bits <= decode.MAX_BITS]
+TABLED = [
+    f
+    for f in FORMATS
+    if not is_machine(f) and lowbitc.dtype(f).bits <= decode.MAX_BITS and f not in CONVERTED
+]
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -116,6 +122,15 @@ def test_tables_hold_the_decoded_bits_of_every_code():
     want = fmt.decode(np.arange(16, dtype=np.uint8)).view(np.uint32)
     np.testing.assert_array_equal(table, want)
     assert want[1] == np.float32(0.5).view(np.uint32) and want[8] == 0x80000000
+
+
+@pytest.mark.parametrize("fmt_name", ["u6", "u5"])
+def test_wide_integer_codes_convert_rather_than_look_up_64_entries(fmt_name):
+    text = _gemv_every_code(fmt_name)
+    assert "@llvm.prefetch" in text  # the next windows' codes (pages apart) are prefetched
+    if decode.permutes():
+        assert ("vpermi2var" in text) == (fmt_name == "u5")  # 32 entries: one permute
+        assert ("itofp <32 x i32>" in text) == (fmt_name == "u6")
 
 
 # ------------------------------------------------------------------- through f16
