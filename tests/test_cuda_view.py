@@ -4,19 +4,12 @@ simulator suite (tests/cudasim/test_sim_view.py) in a process of its own."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from cuda_checks import assemble_without_spills, needs_toolchain, run_simulator_suite
 
 import lowbitc
+from lowbitc.backends.numba_cuda.backend import BACKEND
 from lowbitc.errors import BackendError
-
-T = pytest.importorskip("lowbitc.backends.numba_cuda.toolchain")
-from lowbitc.backends.numba_cuda.backend import BACKEND  # noqa: E402
-
-MISSING = T.toolchain_missing()
-needs_toolchain = pytest.mark.skipif(MISSING is not None, reason=f"CUDA toolchain: {MISSING}")
-SIM = Path(__file__).parent / "cudasim" / "test_sim_view.py"
 
 WORDS_TO_CODES = """kernel k(w: u32[R, WD], y: f32[R, C]) {{
   store(y[0 :+ 4, 0 :+ 32], cast(view(load(w[0 :+ 4, 0 :+ {bits}]), {fmt}), f32))
@@ -67,12 +60,9 @@ def test_views_assemble_without_spills(fmt):
     bits = lowbitc.dtype(fmt).bits
     for text in (WORDS_TO_CODES, CODES_TO_WORDS):
         k = lowbitc.compile(text.format(bits=bits, fmt=fmt), backend="cuda")
-        asm = T.assemble(BACKEND.ptx(k.lowered, "sm_80"), "sm_80")
-        assert asm.spill_store_bytes == 0 and asm.spill_load_bytes == 0, asm.log
+        assemble_without_spills(BACKEND.ptx(k.lowered, "sm_80"), "sm_80")
 
 
 @pytest.mark.cudasim
 def test_view_simulator_suite_in_its_own_process():
-    pytest.importorskip("numba.cuda")
-    proc = T.run_in_simulator(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(SIM)])
-    assert proc.returncode == 0 and " passed" in proc.stdout, proc.stdout[-6000:] + proc.stderr
+    run_simulator_suite("test_sim_view.py", passed=24)
