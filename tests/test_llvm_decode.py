@@ -133,6 +133,19 @@ def test_wide_integer_codes_convert_rather_than_look_up_64_entries(fmt_name):
         assert ("itofp <32 x i32>" in text) == (fmt_name == "u6")
 
 
+def test_6_bit_float_tables_split_off_the_sign():
+    # a 64-entry table whose upper half is the lower half negated is looked up in 32 entries
+    # (one vpermi2d) with the code's bit 5 moved to the sign: no select between two lookups
+    def bits(name: str) -> np.ndarray:
+        return lowbitc.dtype(name).decode(np.arange(64, dtype=np.uint8)).view(np.uint32)
+
+    assert decode._sign_split(bits("f6e3m2fn")) and decode._sign_split(bits("f6e2m3fn"))
+    assert not decode._sign_split(bits("i6"))  # two's complement: -32 .. -1 above
+    text = _gemv_every_code("f6e3m2fn")
+    if decode.permutes():
+        assert "vpermi2var" in text and "icmp ugt <16 x i32>" not in text
+
+
 # ------------------------------------------------------------------- through f16
 
 GEMV = """

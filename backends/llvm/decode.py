@@ -131,9 +131,25 @@ def _lanes(n: int, first: int) -> str:
     return "<" + ", ".join(f"i32 {first + i}" for i in range(n)) + ">"
 
 
+SIGN = np.uint32(0x80000000)
+
+
+def _sign_split(table: np.ndarray) -> bool:
+    """Whether the table's upper half is its lower half with the sign bit set (a sign-magnitude
+    code whose top bit is the value's sign, as every (e, m) float)."""
+    lo, hi = np.split(table.astype(np.uint32), 2)
+    return not (lo & SIGN).any() and np.array_equal(hi, lo | SIGN)
+
+
 def lookup_words(em: Emitter, codes: str, table: np.ndarray) -> str:
     """The permute lookup (AVX-512): tables of <= 16 entries repeat to 16 (the permute reads
-    each index's low 4 bits); 32 entries take two registers, 64 a select on bit 5."""
+    each index's low 4 bits); 32 entries take two registers, 64 a select on bit 5, or (a
+    sign-split table, 6-bit floats) a 32-entry lookup with the code's bit 5 moved to bit 31."""
+    if len(table) == 64 and _sign_split(table):
+        mag = lookup_words(em, codes, table[:32])
+        sign = em.val(f"shl <{W} x i32> {codes}, {_const([26] * W)}")
+        sign = em.val(f"and <{W} x i32> {sign}, {_const([SIGN] * W)}")
+        return em.val(f"or <{W} x i32> {mag}, {sign}")
     n = max(16, len(table))
     t = np.resize(table, n)
     regs = [_const(t[i : i + 16]) for i in range(0, n, 16)]
