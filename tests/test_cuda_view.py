@@ -39,15 +39,15 @@ def test_codes_packed_into_words_shift_at_constant_offsets_for_u4():
     assert all(f"<< U64({4 * k}))" in src for k in range(1, 8))
 
 
-def test_views_of_types_without_gpu_bit_casts_are_errors():
+def test_views_of_bool_tiles_are_errors():
     with pytest.raises(
         BackendError,
-        match=r"view to u16: the GPU views formats, integers and "
-        r"f32, not f16",
+        match=r"view to u8: the GPU views formats, integers and "
+        r"floats, not bool",
     ):
         lowbitc.compile(
-            """kernel h(x: f16[2, 8], y: u16[2, 8]) {
-  store(y[0 :+ 2, 0 :+ 8], view(load(x[0 :+ 2, 0 :+ 8]), u16))
+            """kernel h(x: f32[2, 8], y: u8[2, 8]) {
+  store(y[0 :+ 2, 0 :+ 8], view(load(x[0 :+ 2, 0 :+ 8]) > 0.0, u8))
 }""",
             backend="cuda",
         )
@@ -55,7 +55,7 @@ def test_views_of_types_without_gpu_bit_casts_are_errors():
 
 @needs_toolchain
 @pytest.mark.cuda_toolchain
-@pytest.mark.parametrize("fmt", ["u3", "u5", "u7", "f6e3m2fn"])
+@pytest.mark.parametrize("fmt", ["u3", "u5", "u7", "f6e3m2fn", "f16"])
 def test_views_assemble_without_spills(fmt):
     bits = lowbitc.dtype(fmt).bits
     for text in (WORDS_TO_CODES, CODES_TO_WORDS):
@@ -65,4 +65,4 @@ def test_views_assemble_without_spills(fmt):
 
 @pytest.mark.cudasim
 def test_view_simulator_suite_in_its_own_process():
-    run_simulator_suite("test_sim_view.py", passed=24)
+    run_simulator_suite("test_sim_view.py", passed=25)

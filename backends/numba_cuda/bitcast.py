@@ -29,8 +29,38 @@ def u32_from_f32_py(x: float) -> np.uint32:
     return np.array([x], dtype=np.float32).view(np.uint32)[0]
 
 
+def _float_bits_py(x: float, fdt, udt) -> np.integer:
+    return np.array([x], dtype=fdt).view(udt)[0]
+
+
+def _float_from_bits_py(x: int, fdt, udt) -> np.floating:
+    return np.array([int(x) & int(np.iinfo(udt).max)], dtype=udt).view(fdt)[0]
+
+
+def u16_from_f16_py(x: float) -> np.uint16:
+    """The bit pattern of f16 x."""
+    return _float_bits_py(x, np.float16, np.uint16)
+
+
+def f16_from_bits_py(x: int) -> np.float16:
+    """The f16 whose bit pattern is the low 16 bits of x."""
+    return _float_from_bits_py(x, np.float16, np.uint16)
+
+
+def u64_from_f64_py(x: float) -> np.uint64:
+    """The bit pattern of f64 x."""
+    return _float_bits_py(x, np.float64, np.uint64)
+
+
+def f64_from_bits_py(x: int) -> np.float64:
+    """The f64 whose bit pattern is x."""
+    return _float_from_bits_py(x, np.float64, np.uint64)
+
+
 if SIMULATOR:
     f32_from_bits, i32_from_f32, u32_from_f32 = f32_from_bits_py, i32_from_f32_py, u32_from_f32_py
+    u16_from_f16, f16_from_bits = u16_from_f16_py, f16_from_bits_py
+    u64_from_f64, f64_from_bits = u64_from_f64_py, f64_from_bits_py
 else:
     from llvmlite import ir
     from numba.cuda import types
@@ -61,3 +91,35 @@ else:
 
     i32_from_f32 = intrinsic(_to_bits(types.int32))
     u32_from_f32 = intrinsic(_to_bits(types.uint32))
+
+    def _cast(builder, value, to):
+        """A bit cast, or nothing where numba already holds the float as an integer (f16)."""
+        return value if value.type == to else builder.bitcast(value, to)
+
+    def _float_bits(ftype, utype):
+        """u<w>_from_f<w> and f<w>_from_bits for one float type: one LLVM bitcast each."""
+
+        def to_bits(typingctx, x):  # noqa: ARG001
+            if x != ftype:
+                return None
+
+            def codegen(context, builder, signature, args):
+                return _cast(builder, args[0], ir.IntType(utype.bitwidth))
+
+            return utype(x), codegen
+
+        def from_bits(typingctx, x):  # noqa: ARG001
+            if not (isinstance(x, types.Integer) and x.bitwidth == utype.bitwidth):
+                return None
+
+            def codegen(context, builder, signature, args):
+                return _cast(builder, args[0], context.get_value_type(ftype))
+
+            return ftype(x), codegen
+
+        to_bits.__name__ = f"{utype}_from_{ftype}"
+        from_bits.__name__ = f"{ftype}_from_bits"
+        return intrinsic(to_bits), intrinsic(from_bits)
+
+    u16_from_f16, f16_from_bits = _float_bits(types.float16, types.uint16)
+    u64_from_f64, f64_from_bits = _float_bits(types.float64, types.uint64)

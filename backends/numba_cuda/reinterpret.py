@@ -18,18 +18,13 @@ from lowbitc.formats import lookup as format_of
 from lowbitc.ir.core import Op
 from lowbitc.ir.types import is_machine, is_signed_int
 
-# machine types a view reads or writes on the GPU (bit patterns: integers and f32)
-_MACHINE_BITS = {
-    "i8": 8,
-    "u8": 8,
-    "i16": 16,
-    "u16": 16,
-    "i32": 32,
-    "u32": 32,
-    "i64": 64,
-    "u64": 64,
-    "f32": 32,
-}
+# machine types a view reads or writes on the GPU: bits, and for floats the bit-cast helpers
+# (bitcast.py) to and from an unsigned integer of their width
+_MACHINE_BITS = {"i8": 8, "u8": 8, "i16": 16, "u16": 16, "i32": 32, "u32": 32, "i64": 64,
+                 "u64": 64, "f16": 16, "f32": 32, "f64": 64}  # fmt: skip
+_FLOAT_BITS = {"f16": ("u16_from_f16", "f16_from_bits", "U16"),
+               "f32": ("u32_from_f32", "f32_from_bits", "U32"),
+               "f64": ("u64_from_f64", "f64_from_bits", "U64")}  # fmt: skip
 
 
 def _bits(op: Op, dtype: str) -> int:
@@ -37,15 +32,15 @@ def _bits(op: Op, dtype: str) -> int:
         return format_of(dtype).bits
     if dtype not in _MACHINE_BITS:
         raise fail(
-            op, f"view to {op.attrs.dtype}: the GPU views formats, integers and f32, not {dtype}"
+            op, f"view to {op.attrs.dtype}: the GPU views formats, integers and floats, not {dtype}"
         )
     return _MACHINE_BITS[dtype]
 
 
 def _pattern(x: str, dtype: str, bits: int) -> str:
     """The uint64 bit pattern of value x (only its low `bits` bits set)."""
-    if dtype == "f32":
-        return f"U64(u32_from_f32({x}))"
+    if dtype in _FLOAT_BITS:
+        return f"U64({_FLOAT_BITS[dtype][0]}({x}))"
     if is_machine(dtype) and not is_signed_int(dtype):
         return f"U64({x})"
     if bits == 64:
@@ -55,8 +50,9 @@ def _pattern(x: str, dtype: str, bits: int) -> str:
 
 def _value(bits_expr: str, dtype: str) -> str:
     """A value of `dtype` from the uint64 holding its bits."""
-    if dtype == "f32":
-        return f"f32_from_bits(U32({bits_expr}))"
+    if dtype in _FLOAT_BITS:
+        _, from_bits, width = _FLOAT_BITS[dtype]
+        return f"{from_bits}({width}({bits_expr}))"
     return f"{numba_type(dtype if is_machine(dtype) else 'u8')}({bits_expr})"
 
 

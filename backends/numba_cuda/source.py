@@ -40,6 +40,8 @@ from numba.cuda.types import boolean as B1, int8 as I8, int16 as I16, int32 as I
 from numba.cuda.types import uint8 as U8, uint16 as U16, uint32 as U32, uint64 as U64
 from numba.cuda.types import float16 as F16, float32 as F32, float64 as F64
 from lowbitc.backends.numba_cuda.bitcast import f32_from_bits, i32_from_f32, u32_from_f32
+from lowbitc.backends.numba_cuda.bitcast import f16_from_bits, f64_from_bits, u16_from_f16
+from lowbitc.backends.numba_cuda.bitcast import u64_from_f64
 from lowbitc.backends.numba_cuda.intrinsics import hfma2, ld_row_u32x4, lop3, pack_f16x2, prmt
 from lowbitc.backends.numba_cuda.intrinsics import ld_at, ld_at_u32x4, st_at_f16x8, st_row_f16x8
 """

@@ -108,3 +108,31 @@ def test_machine_views_keep_bit_patterns():
     for g, w in zip(got[3:], want[3:], strict=True):
         np.testing.assert_array_equal(g, w)
     assert np.array_equal(got[3], x.view(np.int32)) and np.array_equal(got[5], s.view(np.uint32))
+
+
+def test_half_and_double_views_keep_bit_patterns():
+    """f16 as u16 and as u32 words, u16 back as f16; f64 as u32 and u32 words as f64."""
+    src = """kernel fd(h: f16[2, 8], d: f64[2, 4], a: u16[2, 8], b: u32[2, 4], c: f16[2, 8],
+                  e: u32[2, 8], f: f64[2, 4]) {
+  t = load(h[0 :+ 2, 0 :+ 8])
+  store(a[0 :+ 2, 0 :+ 8], view(t, u16))
+  store(b[0 :+ 2, 0 :+ 4], view(t, u32))
+  store(c[0 :+ 2, 0 :+ 8], view(view(t, u16), f16))
+  w = view(load(d[0 :+ 2, 0 :+ 4]), u32)
+  store(e[0 :+ 2, 0 :+ 8], w)
+  store(f[0 :+ 2, 0 :+ 4], view(w, f64))
+}"""
+    h = RNG.standard_normal((2, 8)).astype(np.float16)
+    d = RNG.standard_normal((2, 4))
+    outs = [
+        np.zeros((2, 8), np.uint16),
+        np.zeros((2, 4), np.uint32),
+        np.zeros((2, 8), np.float16),
+        np.zeros((2, 8), np.uint32),
+        np.zeros((2, 4), np.float64),
+    ]
+    got, want = _both(src, [h, d, *outs])
+    for g, w in zip(got[2:], want[2:], strict=True):
+        np.testing.assert_array_equal(g, w)
+    assert np.array_equal(got[2], h.view(np.uint16)) and np.array_equal(got[3], h.view(np.uint32))
+    assert np.array_equal(got[4], h) and np.array_equal(got[6], d)
