@@ -133,6 +133,7 @@ def _window_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], per_row: i
         # word 0 of the window's first step in this block (whole blocks: 16 lanes)
         base = em.val(f"add i64 {em.val(f'mul i64 {n0}, {t.words}')}, "
                       f"{em.val(f'mul i64 {first_step}, {bits * LANES}')}")
+        _prefetch(em, t, base, (bk // 32) * bits)
 
         def step(s: str, accs: list[str]) -> list[str]:
             wbase = em.val(f"add i64 {base}, {em.val(f'mul i64 {s}, {bits * LANES}')}")
@@ -152,6 +153,21 @@ def _window_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], per_row: i
             em.emit(f"store {F16} {em.val(f'fadd {F16} {old}, {total}')}, ptr {p}, align 4")
 
     em.loop("0", str(bn // LANES), block)
+
+
+PREFETCH_WINDOWS = 2  # windows ahead whose words a block asks for
+
+
+def _prefetch(em: Emitter, t, base: str, lines: int) -> None:
+    """Prefetch the block's words PREFETCH_WINDOWS windows further along K (a window's words
+    are `lines` consecutive 64-byte lines; a prefetch past the tensor does not fault): the
+    blocks of a launch are 16 rows x K apart, too far for the hardware prefetchers."""
+    em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
+    ahead = em.val(f"add i64 {base}, {PREFETCH_WINDOWS * lines * LANES}")
+    for line in range(lines):
+        at = em.val(f"add i64 {ahead}, {line * LANES}")
+        q = em.val(f"getelementptr i32, ptr {t.ptr}, i64 {at}")
+        em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 3, i32 1)")
 
 
 def _sum(em: Emitter, vecs: list[str]) -> str:
