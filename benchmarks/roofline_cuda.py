@@ -28,6 +28,8 @@ import math
 import subprocess
 import sys
 
+from lowbitc.benchmarks.harness import write_json
+
 # Published figures: NVIDIA A100 datasheet (SXM4 80GB) and H100 datasheet (SXM5); clocks are
 # the ones the dense f16 tensor peaks are quoted at (A100 1410 MHz; H100 1830 MHz).
 GPUS = {
@@ -146,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     text, rows = table(ratios)
     print(text)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        write_json(args.json, {"gpus": GPUS, "rows": rows})
     return 0
 
 

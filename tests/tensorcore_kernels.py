@@ -4,6 +4,7 @@ tests/cudasim/test_sim_tensorcore.py (launch them with one block of 32 threads).
 
 import ml_dtypes
 import numpy as np
+import pytest
 from numba import cuda
 
 from lowbitc.backends.numba_cuda.tensorcore import (
@@ -28,65 +29,41 @@ CP_SIG = "void(uint32[::1], uint32[::1], uint32[::1])"
 SMEM_HALVES = 1024  # the ldmatrix kernels' shared tile: 2 KiB
 
 
-def k_mma_f16(a, b, c, d):
-    t = cuda.threadIdx.x
-    r = mma_f16(a[t, 0], a[t, 1], a[t, 2], a[t, 3], b[t, 0], b[t, 1],
+def _mma_kernel(mma):
+    """A kernel: lane t passes row t of a, b, c to `mma` and stores its result in row t of d."""
+
+    def kernel(a, b, c, d):
+        t = cuda.threadIdx.x
+        r = mma(a[t, 0], a[t, 1], a[t, 2], a[t, 3], b[t, 0], b[t, 1],
                 c[t, 0], c[t, 1], c[t, 2], c[t, 3])
-    d[t, 0], d[t, 1], d[t, 2], d[t, 3] = r[0], r[1], r[2], r[3]
+        for i in range(4):
+            d[t, i] = r[i]
+
+    return kernel
 
 
-def k_mma_bf16(a, b, c, d):
-    t = cuda.threadIdx.x
-    r = mma_bf16(a[t, 0], a[t, 1], a[t, 2], a[t, 3], b[t, 0], b[t, 1],
-                 c[t, 0], c[t, 1], c[t, 2], c[t, 3])
-    d[t, 0], d[t, 1], d[t, 2], d[t, 3] = r[0], r[1], r[2], r[3]
+def _ldsm_kernel(ldmatrix, num):
+    """A kernel: stage `src` in shared memory, lane t gives row start rows[t] to `ldmatrix`
+    and stores its `num` registers in row t of out."""
+
+    def kernel(src, rows, out):
+        sh = cuda.shared.array(SMEM_HALVES, np.uint16)
+        t = cuda.threadIdx.x
+        for i in range(t, SMEM_HALVES, 32):
+            sh[i] = src[i]
+        cuda.syncthreads()
+        r = ldmatrix(sh, rows[t])
+        for i in range(num):
+            out[t, i] = r[i]
+
+    return kernel
 
 
-def k_mma_s8(a, b, c, d):
-    t = cuda.threadIdx.x
-    r = mma_s8(a[t, 0], a[t, 1], a[t, 2], a[t, 3], b[t, 0], b[t, 1],
-               c[t, 0], c[t, 1], c[t, 2], c[t, 3])
-    d[t, 0], d[t, 1], d[t, 2], d[t, 3] = r[0], r[1], r[2], r[3]
-
-
-def k_ldsm_x4(src, rows, out):
-    sh = cuda.shared.array(SMEM_HALVES, np.uint16)
-    t = cuda.threadIdx.x
-    for i in range(t, SMEM_HALVES, 32):  # stage the global halves in shared memory
-        sh[i] = src[i]
-    cuda.syncthreads()
-    r = ldmatrix_x4(sh, rows[t])
-    out[t, 0], out[t, 1], out[t, 2], out[t, 3] = r[0], r[1], r[2], r[3]
-
-
-def k_ldsm_x4_trans(src, rows, out):
-    sh = cuda.shared.array(SMEM_HALVES, np.uint16)
-    t = cuda.threadIdx.x
-    for i in range(t, SMEM_HALVES, 32):  # stage the global halves in shared memory
-        sh[i] = src[i]
-    cuda.syncthreads()
-    r = ldmatrix_x4_trans(sh, rows[t])
-    out[t, 0], out[t, 1], out[t, 2], out[t, 3] = r[0], r[1], r[2], r[3]
-
-
-def k_ldsm_x2(src, rows, out):
-    sh = cuda.shared.array(SMEM_HALVES, np.uint16)
-    t = cuda.threadIdx.x
-    for i in range(t, SMEM_HALVES, 32):  # stage the global halves in shared memory
-        sh[i] = src[i]
-    cuda.syncthreads()
-    r = ldmatrix_x2(sh, rows[t])
-    out[t, 0], out[t, 1] = r[0], r[1]
-
-
-def k_ldsm_x2_trans(src, rows, out):
-    sh = cuda.shared.array(SMEM_HALVES, np.uint16)
-    t = cuda.threadIdx.x
-    for i in range(t, SMEM_HALVES, 32):  # stage the global halves in shared memory
-        sh[i] = src[i]
-    cuda.syncthreads()
-    r = ldmatrix_x2_trans(sh, rows[t])
-    out[t, 0], out[t, 1] = r[0], r[1]
+k_mma_f16, k_mma_bf16, k_mma_s8 = (_mma_kernel(f) for f in (mma_f16, mma_bf16, mma_s8))
+k_ldsm_x4 = _ldsm_kernel(ldmatrix_x4, 4)
+k_ldsm_x4_trans = _ldsm_kernel(ldmatrix_x4_trans, 4)
+k_ldsm_x2 = _ldsm_kernel(ldmatrix_x2, 2)
+k_ldsm_x2_trans = _ldsm_kernel(ldmatrix_x2_trans, 2)
 
 
 def k_cp_async(src, nbytes, out):
@@ -127,11 +104,14 @@ def from_lanes(vals: np.ndarray, tv) -> np.ndarray:
     return tile
 
 
-# -- checks run by the simulator suite and, on a GPU, natively (tests/test_gpu_tensorcore.py) ---
+# -- tests shared by the simulator suite (tests/cudasim/test_sim_tensorcore.py) and the native
+# run (tests/test_gpu_tensorcore.py): those modules import them, so pytest collects them there;
+# this module's name keeps pytest from collecting them here.
 RNG = np.random.default_rng(13)
 
 
-def check_mma_m16n8k16_float(kind):
+@pytest.mark.parametrize("kind", ["f16", "bf16"])
+def test_mma_m16n8k16_float(kind):
     dtype = np.float16 if kind == "f16" else ml_dtypes.bfloat16
     kernel = cuda.jit(k_mma_f16 if kind == "f16" else k_mma_bf16)
     tiles = []
@@ -151,7 +131,7 @@ def check_mma_m16n8k16_float(kind):
         np.testing.assert_allclose(got, want, rtol=2**-22, atol=1e-6)  # one f32 rounding
 
 
-def check_mma_m16n8k32_s8_wraps_like_int32():
+def test_mma_m16n8k32_s8_wraps_like_int32():
     a = RNG.integers(-128, 128, (16, 32)).astype(np.int8)
     b = RNG.integers(-128, 128, (32, 8)).astype(np.int8)
     c = RNG.integers(-(2**31), 2**31, (16, 8)).astype(np.int32)
@@ -165,7 +145,9 @@ def check_mma_m16n8k32_s8_wraps_like_int32():
     np.testing.assert_array_equal(got, want)
 
 
-def check_ldmatrix_against_isa_maps(name, num, trans):
+@pytest.mark.parametrize("name,num,trans", [("k_ldsm_x4", 4, False), ("k_ldsm_x4_trans", 4, True),
+                                            ("k_ldsm_x2", 2, False), ("k_ldsm_x2_trans", 2, True)])
+def test_ldmatrix_against_isa_maps(name, num, trans):
     src = RNG.integers(0, 2**16, SMEM_HALVES).astype(np.uint16)
     starts = RNG.permutation(SMEM_HALVES // 8)[:32] * 8  # 32 distinct 16-byte rows
     rows = starts.astype(np.uint32)
@@ -182,7 +164,7 @@ def check_ldmatrix_against_isa_maps(name, num, trans):
         np.testing.assert_array_equal(out[:, m], want)
 
 
-def check_ldmatrix_x4_loads_the_mma_a_fragment():
+def test_ldmatrix_x4_loads_the_mma_a_fragment():
     """Lane l pointing at row l % 16, columns 8 * (l // 16).. of a row-major 16x16 tile gives
     exactly the m16n8k16 A registers (the usual ldmatrix -> mma pairing)."""
     a = RNG.standard_normal((16, 64)).astype(np.float16)  # a 16x16 tile inside 64-wide rows
@@ -195,7 +177,7 @@ def check_ldmatrix_x4_loads_the_mma_a_fragment():
     np.testing.assert_array_equal(out, to_registers(a[:, 16:32], mma.mma_m16n8k16_a()))
 
 
-def check_cp_async_copies_and_zero_fills():
+def test_cp_async_copies_and_zero_fills():
     src = RNG.integers(0, 2**32, 256, dtype=np.uint64).astype(np.uint32)
     nbytes = RNG.integers(0, 17, 32).astype(np.uint32)
     nbytes[:3] = (0, 16, 5)

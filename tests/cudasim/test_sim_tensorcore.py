@@ -11,35 +11,18 @@ import numpy as np
 import pytest
 import tensorcore_kernels as K
 from numba import cuda
+from tensorcore_kernels import (  # noqa: F401  (collected here)
+    test_cp_async_copies_and_zero_fills,
+    test_ldmatrix_against_isa_maps,
+    test_ldmatrix_x4_loads_the_mma_a_fragment,
+    test_mma_m16n8k16_float,
+    test_mma_m16n8k32_s8_wraps_like_int32,
+)
 
 from lowbitc.errors import BackendError
 
 pytestmark = pytest.mark.cudasim
 assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run through tests/test_cuda_tensorcore.py"
-LDSM = [("k_ldsm_x4", 4, False), ("k_ldsm_x4_trans", 4, True), ("k_ldsm_x2", 2, False),
-        ("k_ldsm_x2_trans", 2, True)]
-
-
-@pytest.mark.parametrize("kind", ["f16", "bf16"])
-def test_mma_m16n8k16_float(kind):
-    K.check_mma_m16n8k16_float(kind)
-
-
-def test_mma_m16n8k32_s8_wraps_like_int32():
-    K.check_mma_m16n8k32_s8_wraps_like_int32()
-
-
-@pytest.mark.parametrize("name,num,trans", LDSM)
-def test_ldmatrix_against_isa_maps(name, num, trans):
-    K.check_ldmatrix_against_isa_maps(name, num, trans)
-
-
-def test_ldmatrix_x4_loads_the_mma_a_fragment():
-    K.check_ldmatrix_x4_loads_the_mma_a_fragment()
-
-
-def test_cp_async_copies_and_zero_fills():
-    K.check_cp_async_copies_and_zero_fills()
 
 
 def test_collective_twin_needs_whole_warps():
