@@ -120,4 +120,4 @@ def test_primitive_assembles_to_its_sass_opcode(name, sig, opcodes, arch):
 @pytest.mark.cuda_toolchain
 @pytest.mark.cudasim
 def test_simulator_suite():
-    run_simulator_suite("test_sim_tensorcore.py", passed=10)
+    run_simulator_suite("test_sim_tensorcore.py", passed=11)

@@ -30,3 +30,10 @@ def test_collective_twin_needs_whole_warps():
     with pytest.raises(BackendError, match="whole warps"):
         cuda.jit(K.k_mma_f16)[1, 16](regs, regs[:, :2].copy(), np.zeros((16, 4), np.float32),
                                      np.zeros((16, 4), np.float32))
+
+
+def test_an_error_in_a_collective_reaches_the_kernel():
+    src = np.zeros(K.SMEM_HALVES, np.uint16)
+    rows = np.full(32, 4, np.uint32)  # 8-byte aligned rows: ldmatrix needs 16
+    with pytest.raises(BackendError, match="16-byte aligned"):
+        cuda.jit(K.k_ldsm_x4)[1, 32](src, rows, np.zeros((32, 4), np.uint32))
