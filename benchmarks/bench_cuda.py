@@ -96,25 +96,27 @@ def _time(fn: Callable[[], object], sync: Callable[[], None], rounds: int) -> di
     return summarize(samples) | {"reps": reps}
 
 
-def _lowbitc_candidate(qw, x16: np.ndarray):
-    """(label, callable returning a host array) for lowbitc: QuantLinear on CUDA tensors when
-    that path runs, else ops.matmul on host arrays."""
+def _lowbitc_candidates(qw, device: str):
+    """(label, make, notes) for lowbitc, `make(x16)` giving a callable: QuantLinear on tensors
+    on `device` when that path runs, else ops.matmul on host arrays (transfers included)."""
     import torch
 
     from lowbitc import ops
     from lowbitc.torch import QuantLinear
 
-    errors = []
     try:
-        layer = QuantLinear.from_qtensor(qw).to("cuda")
-        xt = torch.from_numpy(x16).to("cuda")
-        layer(xt)
-        return "lowbitc QuantLinear (CUDA tensors)", lambda: layer(xt), errors
+        layer = QuantLinear.from_qtensor(qw).to(device)
+        layer(torch.zeros((1, qw.shape[1]), dtype=torch.float16, device=device))
+
+        def on_device(x16):
+            xt = torch.from_numpy(x16).to(device)
+            return lambda: layer(xt)
+
+        return f"lowbitc QuantLinear ({device} tensors)", on_device, []
     except Exception as exc:  # the device path is not available on this build
-        errors.append(f"QuantLinear on CUDA: {type(exc).__name__}: {exc}")
-    ops.matmul(x16, qw, backend="cuda")
-    return "lowbitc ops.matmul (host arrays, transfers included)", \
-        lambda: ops.matmul(x16, qw, backend="cuda"), errors
+        note = f"QuantLinear on {device}: {type(exc).__name__}: {exc}"
+    return ("lowbitc ops.matmul (host arrays, transfers included)",
+            lambda x16: lambda: ops.matmul(x16, qw, backend="cuda"), [note])
 
 
 def _error(got, ref: np.ndarray) -> float:
@@ -124,49 +126,61 @@ def _error(got, ref: np.ndarray) -> float:
     return float(np.abs(g.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
 
 
-def bench_case(m: int, n: int, fmt: str, rounds: int, rng) -> dict:
+def bench_weight(n: int, fmt: str, ms, rounds: int, rng, device: str = "cuda") -> list[dict]:
+    """One N = K weight in `fmt`, quantized and moved to the device once, at every M (device
+    "cpu" exercises the same code without a GPU: tests)."""
     import torch
 
     from lowbitc.quant import quantize
 
     w = (rng.standard_normal((n, n)) * 0.02).astype(np.float32)
     qw = quantize(w, fmt, GROUP, zero_point=fmt.startswith("u"))
-    x16 = rng.standard_normal((m, n)).astype(np.float16)
     wd = qw.dequantize()
-    ref = x16.astype(np.float64) @ wd.T.astype(np.float64) if m <= CHECK_MAX_M else None
-    row: dict = {"M": m, "N": n, "K": n, "format": fmt, "group": GROUP, "times": {},
-                 "rel_error": {}, "errors": []}
-
-    def run(name: str, fn: Callable[[], object]) -> None:
-        try:
-            out = fn()
-            row["times"][name] = _time(fn, torch.cuda.synchronize, rounds)
-            if ref is not None:
-                row["rel_error"][name] = _error(out, ref)
-        except Exception as exc:  # keep timing the other candidates
-            row["errors"].append(f"{name}: {type(exc).__name__}: {exc}")
-
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    wt = torch.from_numpy(wd.astype(np.float16)).to(device)
+    packed = None
     try:
-        label, fn, errs = _lowbitc_candidate(qw, x16)
-        row["errors"] += errs
-        row["lowbitc_path"] = label
-        run("lowbitc", fn)
+        label, make, notes = _lowbitc_candidates(qw, device)
     except Exception as exc:
-        row["errors"].append(f"lowbitc: {type(exc).__name__}: {exc}")
-    xt = torch.from_numpy(x16).to("cuda")
-    wt = torch.from_numpy(wd.astype(np.float16)).to("cuda")
-    run("torch_f16", lambda: xt @ wt.T)
+        label, make, notes = None, None, [f"lowbitc: {type(exc).__name__}: {exc}"]
     if fmt == "u4":
         pairs, sz = int4pack_inputs(qw)
-        packed = torch.ops.aten._convert_weight_to_int4pack(torch.from_numpy(pairs).cuda(), 8)
-        szt = torch.from_numpy(sz).to("cuda", torch.bfloat16)
-        xb = xt.to(torch.bfloat16)
-        run("torch_int4pack_mm", lambda: torch.ops.aten._weight_int4pack_mm(xb, packed, GROUP,
-                                                                            szt))
-    t = row["times"]
-    if "lowbitc" in t:
-        row["speedup"] = {k: t[k]["median"] / t["lowbitc"]["median"] for k in t if k != "lowbitc"}
-    return row
+        szt = torch.from_numpy(sz).to(device, torch.bfloat16)
+        try:
+            packed = torch.ops.aten._convert_weight_to_int4pack(
+                torch.from_numpy(pairs).to(device), 8)
+        except Exception as exc:  # e.g. a CPU tensor: torch's CPU int4 op takes other inputs
+            notes.append(f"torch_int4pack_mm: {type(exc).__name__}: {exc}")
+    rows = []
+    for m in ms:
+        x16 = rng.standard_normal((m, n)).astype(np.float16)
+        ref = x16.astype(np.float64) @ wd.T.astype(np.float64) if m <= CHECK_MAX_M else None
+        row: dict = {"M": m, "N": n, "K": n, "format": fmt, "group": GROUP, "times": {},
+                     "rel_error": {}, "errors": list(notes), "lowbitc_path": label}
+
+        def run(name: str, fn: Callable[[], object], row=row, ref=ref) -> None:
+            try:
+                out = fn()
+                row["times"][name] = _time(fn, sync, rounds)
+                if ref is not None:
+                    row["rel_error"][name] = _error(out, ref)
+            except Exception as exc:  # keep timing the other candidates
+                row["errors"].append(f"{name}: {type(exc).__name__}: {exc}")
+
+        if make is not None:
+            run("lowbitc", make(x16))
+        xt = torch.from_numpy(x16).to(device)
+        run("torch_f16", lambda xt=xt: xt @ wt.T)
+        if packed is not None:
+            xb = xt.to(torch.bfloat16)
+            run("torch_int4pack_mm",
+                lambda xb=xb: torch.ops.aten._weight_int4pack_mm(xb, packed, GROUP, szt))
+        t = row["times"]
+        if "lowbitc" in t:
+            row["speedup"] = {k: t[k]["median"] / t["lowbitc"]["median"] for k in t
+                              if k != "lowbitc"}
+        rows.append(row)
+    return rows
 
 
 def run(quick: bool, rounds: int) -> dict:
@@ -174,7 +188,7 @@ def run(quick: bool, rounds: int) -> dict:
 
     rng = np.random.default_rng(0)
     ms, sizes = ((1, 16), (4096,)) if quick else (MS, SIZES)
-    rows = [bench_case(m, n, fmt, rounds, rng) for n in sizes for fmt in FORMATS for m in ms]
+    rows = [row for n in sizes for fmt in FORMATS for row in bench_weight(n, fmt, ms, rounds, rng)]
     props = torch.cuda.get_device_properties(0)
     return {"device": {"name": props.name, "capability": list(torch.cuda.get_device_capability()),
                        "sms": props.multi_processor_count, "memory_bytes": props.total_memory},

@@ -39,3 +39,18 @@ def test_int4pack_inputs_reject_other_formats():
     qw = quantize(np.ones((2, 64), np.float32), "u3", 32)
     with pytest.raises(ValueError, match="u4 weight"):
         B.int4pack_inputs(qw)
+
+
+def test_bench_weight_runs_its_candidates_on_cpu_tensors():
+    """The GPU benchmark's code path with device="cpu": rows, times, errors recorded, no crash
+    (torch's int4 op takes other inputs on the CPU: recorded as an error, not raised)."""
+    rows = B.bench_weight(128, "u4", (1, 3), 2, np.random.default_rng(0), device="cpu")
+    assert [r["M"] for r in rows] == [1, 3]
+    for r in rows:
+        assert {"lowbitc", "torch_f16"} <= set(r["times"]) and r["times"]["lowbitc"]["median"] > 0
+        assert r["lowbitc_path"] == "lowbitc QuantLinear (cpu tensors)"
+        # f16 outputs: within an f16 ulp (2^-10) of the largest |y| for both
+        assert r["rel_error"]["lowbitc"] < 2**-10 and r["rel_error"]["torch_f16"] < 2**-10
+        assert set(r["speedup"]) == set(r["times"]) - {"lowbitc"}
+        assert "torch_int4pack_mm" in r["times"] or any("torch_int4pack_mm" in e
+                                                          for e in r["errors"])
