@@ -5,6 +5,7 @@ fragment layouts and numpy. Marked `gpu`: skipped, with the reason, where there 
 import pytest
 
 pytest.importorskip("numba.cuda")
+from tensorcore_gemm import test_u4_warp_gemm_from_every_primitive  # noqa: E402, F401
 from tensorcore_kernels import (  # noqa: E402, F401  (collected here)
     test_cp_async_copies_and_zero_fills,
     test_ldmatrix_against_isa_maps,

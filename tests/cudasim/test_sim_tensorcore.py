@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorcore_kernels as K
 from numba import cuda
+from tensorcore_gemm import test_u4_warp_gemm_from_every_primitive  # noqa: F401
 from tensorcore_kernels import (  # noqa: F401  (collected here)
     test_cp_async_copies_and_zero_fills,
     test_ldmatrix_against_isa_maps,
