@@ -15,6 +15,7 @@ from lowbitc.kv.store import quantize_params
 
 KERNELS = [
     ("attention", "attention_split", dict(WK="u4", WV="u4", QH=1, D=128, G=32, VG=32)),
+    ("attention", "attention_split", dict(WK="u2", WV="u4", QH=2, D=128, G=32, VG=128)),
     ("attention", "attention_split", dict(WK="f8e4m3fn", WV="u2", QH=4, D=64, G=32, VG=32,
                                           KZP=False)),
     ("attention", "attention_split", dict(WK="f32", WV="f32", QH=2, D=128, G=32, VG=128,

@@ -90,8 +90,10 @@ def test_quantize_on_append_matches_a_numpy_kivi_reference():
 @pytest.mark.parametrize("fk, fv", [("u1", "i3"), ("b2", "u5"), ("f6e3m2fn", "u7"),
                                     ("nf4", "f4e2m1fn"), ("u8", "i8"), ("i4", "f8e5m2")])
 def test_any_format_for_keys_and_values(fk, fv):
+    # values: one scale per token over all 32 channels (scales fold into the weights) for the
+    # formats of even bit widths, groups of 16 channels for the others
     cache = QuantKVCache(num_heads=2, head_dim=32, dtype_k=fk, dtype_v=fv, group=16,
-                         residual=16)
+                         group_v=32 if lowbitc.dtype(fv).bits % 2 == 0 else 16, residual=16)
     k, v = tokens(70, 2, 32), tokens(70, 2, 32)
     cache.append(k, v)
     kd, vd = cache.dequantize()

@@ -27,13 +27,14 @@ def _sdpa(q, k, v):
     return np.einsum("ht,thd->hd", p / p.sum(axis=1, keepdims=True), v)
 
 
-@pytest.mark.parametrize("fk, fv, extra", [
-    ("u4", "u4", {}), ("u2", "f8e4m3fn", {}),
-    ("u2", "u2", {"important_dtype_k": "u8", "important_dtype_v": "u4"})])
-def test_cache_and_attention_on_the_gpu(fk, fv, extra):
+@pytest.mark.parametrize("fk, fv, group_v, extra", [
+    ("u4", "u4", 16, {}), ("u2", "f8e4m3fn", 32, {}),
+    ("u2", "u2", 16, {"important_dtype_k": "u8", "important_dtype_v": "u4"})])
+def test_cache_and_attention_on_the_gpu(fk, fv, group_v, extra):
     k, v = RNG.standard_normal((2, 27, 2, 32)).astype(np.float32)
     caches = [QuantKVCache(num_heads=2, head_dim=32, dtype_k=fk, dtype_v=fv, group=8,
-                           group_v=16, residual=4, backend=b, **extra) for b in ("cuda", "llvm")]
+                           group_v=group_v, residual=4, backend=b, **extra)
+              for b in ("cuda", "llvm")]
     for c in caches:
         c.append(k[:25], v[:25])
         c.append(k[25:], v[25:])
