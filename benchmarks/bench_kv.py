@@ -9,8 +9,9 @@ baselines the issue names, measured interleaved in one run:
   length (heads x tokens x head_dim keys and values, as a model without a quantized cache
   holds them).
 
-Default row: 32768 tokens, 8 heads of 128, u4 keys and values (KIVI: keys per channel over
-32 tokens, values per token over 32 channels; the newest 128 tokens float32). Ratios are per
+Default rows: 32768 tokens, 8 heads of 128, u4 keys and values (KIVI: keys per channel over
+32 tokens, the newest 128 tokens float32), values per token over groups of 32 channels, and
+over all 128 (one scale per token, which folds into the softmax weights). Ratios are per
 round (each round times all three back to back) and the medians and minima of the ratios
 are reported, with the load average: other processes share the 2 cores. The process CPU
 time of each (all threads) is reported too: with the cores oversubscribed, wall time
@@ -36,9 +37,10 @@ from lowbitc.kv import QuantKVCache
 RESULTS = Path(__file__).parent / "results" / "kv.json"
 
 
-def bench(tokens: int, heads: int, dim: int, fmt: str, rounds: int) -> dict:
+def bench(tokens: int, heads: int, dim: int, fmt: str, rounds: int, group_v: int) -> dict:
     rng = np.random.default_rng(0)
-    cache = QuantKVCache(num_heads=heads, head_dim=dim, dtype_k=fmt, dtype_v=fmt)
+    cache = QuantKVCache(num_heads=heads, head_dim=dim, dtype_k=fmt, dtype_v=fmt,
+                         group_v=group_v)
     chunk = 4096
     for t in range(0, tokens, chunk):  # a long prompt, appended in pieces
         n = min(chunk, tokens - t)
@@ -71,6 +73,7 @@ def bench(tokens: int, heads: int, dim: int, fmt: str, rounds: int) -> dict:
     med = {n: statistics.median(v) * 1e3 for n, v in times.items()}
     return {
         "tokens": tokens, "heads": heads, "head_dim": dim, "dtype_k": fmt, "dtype_v": fmt,
+        "group": cache.group, "group_v": group_v, "residual": cache.residual,
         "cache_bytes": nbytes, "f32_cache_bytes": 2 * tokens * heads * dim * 4,
         "ms_median": {n: round(v, 3) for n, v in med.items()},
         "ms_min": {n: round(min(v) * 1e3, 3) for n, v in times.items()},
@@ -94,11 +97,15 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--format", default="u4")
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--group-v", type=int, nargs="+", default=[32, 128],
+                    help="value groups (channels) to run: KIVI's 32, and per token")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
-    row = bench(args.tokens, args.heads, args.dim, args.format, args.rounds)
-    print(row)
-    write_json(args.out, {"machine": machine_info(), "rows": [row]})
+    rows = [bench(args.tokens, args.heads, args.dim, args.format, args.rounds, g)
+            for g in args.group_v]
+    for row in rows:
+        print(row)
+    write_json(args.out, {"machine": machine_info(), "rows": rows})
 
 
 if __name__ == "__main__":
