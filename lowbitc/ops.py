@@ -22,6 +22,7 @@ from lowbitc.kernels import (  # noqa: F401 (re-exported: ops.get_kernel, ops._K
     kernel_source,
 )
 from lowbitc.kv.attention import attention_decode as kv_attention_decode
+from lowbitc.offset import OffsetQTensor, finish_dequantize, permute_input, subtract_offsets
 from lowbitc.quant import QTensor
 from lowbitc.tuned import tuned_config
 
@@ -129,6 +130,9 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
         raise UserArgumentError(f"x: expected K = {K} columns to match qw {qw.shape}, "
                                 f"got shape {x.shape}")
     x = np.ascontiguousarray(x)
+    if isinstance(qw, OffsetQTensor):  # the plain part through the kernel, then the offsets
+        xs = permute_input(qw, x)
+        return subtract_offsets(qw, xs, matmul(xs, qw.base, backend, out))
     M = x.shape[0]
     y = _out(out, (M, N))
     if M == 0 or N == 0:
@@ -179,6 +183,11 @@ def dequantize(qw: QTensor, backend: str = "llvm", out: np.ndarray | None = None
     rounded once; on "cuda" the f16 path of docs/cuda.md (within 2^-10 * (|scale * value| +
     |zero term|) plus half an f16 ulp of the float32 result)."""
     qw = _check_qtensor(qw)
+    if isinstance(qw, OffsetQTensor):
+        w = finish_dequantize(qw, dequantize(qw.base, backend))
+        y = _out(out, qw.shape, np.dtype(out_dtype))
+        y[...] = w  # float16: the float32 result rounded once
+        return y
     N, K = qw.shape
     try:
         odt = _OUT_DTYPES.get(np.dtype(out_dtype))
