@@ -1,0 +1,47 @@
+"""Quantized checkpoints other tools write, as lowbitc tensors (one module per source format).
+
+`read(path_or_state_dict, format=None)` -> {name: Imported}; `write(path, tensors, format)`
+writes them back byte for byte; `inspect(path)` lists what a file holds without decoding it.
+Formats register a `Codec` (sniff, read, write, inspect) in `CODECS`; see docs/interop.md.
+"""
+
+from __future__ import annotations
+
+from lowbitc.errors import UserArgumentError
+from lowbitc.interop import gguffile  # noqa: F401  (codecs register themselves on import)
+from lowbitc.interop.base import CODECS, Codec, Imported, register, row
+
+__all__ = ["CODECS", "Codec", "Imported", "inspect", "read", "register", "row", "write"]
+
+
+def _codec(source, format: str | None) -> Codec:
+    if format is not None:
+        if format not in CODECS:
+            raise UserArgumentError(f"format: expected one of {sorted(CODECS)}, got {format!r}")
+        return CODECS[format]
+    for c in CODECS.values():
+        if c.sniff(source):
+            return c
+    what = source if isinstance(source, str) else type(source).__name__
+    raise UserArgumentError(f"source: {what} is none of the formats lowbitc reads "
+                            f"({', '.join(sorted(CODECS))})")
+
+
+def read(source, format: str | None = None) -> dict[str, Imported]:
+    """Every tensor of a file path or state dict (format sniffed when None)."""
+    return _codec(source, format).read(source)
+
+
+def write(path: str, tensors: dict[str, Imported], format: str) -> None:
+    c = _codec(None, format)
+    if c.write is None:
+        raise UserArgumentError(f"format: lowbitc does not write {format!r} files")
+    c.write(str(path), tensors)
+
+
+def inspect(path: str) -> list[dict]:
+    """Rows (name, shape, format, group, bytes, bits per weight) without decoding weights."""
+    c = _codec(str(path), None)
+    if c.inspect is None:
+        return [row(t) for t in c.read(str(path)).values()]
+    return c.inspect(str(path))
