@@ -8,7 +8,9 @@ Formats register a `Codec` (sniff, read, write, inspect) in `CODECS`; see docs/i
 from __future__ import annotations
 
 from lowbitc.errors import UserArgumentError
-from lowbitc.interop import gguffile  # noqa: F401  (codecs register themselves on import)
+
+# the codecs register themselves on import, in sniffing order
+from lowbitc.interop import awq, compressed, gguffile, gptq  # noqa: F401
 from lowbitc.interop.base import CODECS, Codec, Imported, register, row
 
 __all__ = ["CODECS", "Codec", "Imported", "inspect", "read", "register", "row", "write"]
