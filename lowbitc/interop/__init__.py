@@ -10,7 +10,7 @@ from __future__ import annotations
 from lowbitc.errors import UserArgumentError
 
 # the codecs register themselves on import, in sniffing order
-from lowbitc.interop import awq, compressed, gguffile, gptq  # noqa: F401
+from lowbitc.interop import awq, bnb, compressed, gguffile, gptq, hqq  # noqa: F401
 from lowbitc.interop.base import CODECS, Codec, Imported, register, row
 
 __all__ = ["CODECS", "Codec", "Imported", "inspect", "read", "register", "row", "write"]

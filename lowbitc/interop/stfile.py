@@ -60,6 +60,11 @@ def words_u32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a).view(np.uint32)
 
 
+def state_key(name: str, part: str) -> str:
+    """The state-dict key of a layer's part ("" is the layer's own key)."""
+    return f"{name}.{part}" if part else name
+
+
 def read_state(source, build, suffix: str, parts) -> dict[str, Imported]:
     """Every quantized layer (found by `suffix`) through `build(name, parts)`; other tensors
     come back as float arrays (raw kept), so writing reproduces the whole file."""
@@ -67,8 +72,8 @@ def read_state(source, build, suffix: str, parts) -> dict[str, Imported]:
     out = {}
     taken = set()
     for name in prefixes(state, suffix):
-        mine = {p: state[f"{name}.{p}"] for p in parts if f"{name}.{p}" in state}
-        taken.update(f"{name}.{p}" for p in mine)
+        mine = {p: state[state_key(name, p)] for p in parts if state_key(name, p) in state}
+        taken.update(state_key(name, p) for p in mine)
         out[name] = build(name, mine)
     for key, a in state.items():
         if key not in taken:
@@ -86,7 +91,7 @@ def write_state(path: str, tensors: dict) -> None:
             meta = t.raw["meta"]
             continue
         for part, a in t.raw.items():
-            flat[f"{name}.{part}" if part else name] = np.ascontiguousarray(a)
+            flat[state_key(name, part)] = np.ascontiguousarray(a)
     save_file(flat, str(path), metadata=meta)
 
 
