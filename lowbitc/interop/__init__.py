@@ -7,6 +7,8 @@ Formats register a `Codec` (sniff, read, write, inspect) in `CODECS`; see docs/i
 
 from __future__ import annotations
 
+import os
+
 from lowbitc.errors import UserArgumentError
 
 # the codecs register themselves on import, in sniffing order
@@ -41,9 +43,11 @@ def write(path: str, tensors: dict[str, Imported], format: str) -> None:
     c.write(str(path), tensors)
 
 
-def inspect(path: str) -> list[dict]:
-    """Rows (name, shape, format, group, bytes, bits per weight) without decoding weights."""
-    c = _codec(str(path), None)
+def inspect(path: str, format: str | None = None) -> list[dict]:
+    """Rows (name, shape, format, group, bytes, bits per weight); GGUF without decoding."""
+    if not os.path.isfile(path):
+        raise UserArgumentError(f"file: {path} does not exist")
+    c = _codec(str(path), format)
     if c.inspect is None:
         return [row(t) for t in c.read(str(path)).values()]
     return c.inspect(str(path))
