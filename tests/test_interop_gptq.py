@@ -91,11 +91,14 @@ def test_gptq_file_round_trip_and_sniff(tmp_path):
     assert a.read_bytes() == b.read_bytes()
 
 
-def test_gptq_from_lowbitc_weights():
+def test_gptq_from_lowbitc_weights(tmp_path):
     w = np.random.default_rng(1).standard_normal((64, 256)).astype(np.float32)
     qw = gptq.gptq_quantize(w, 4, 64)
     t = gptq.gptq_tensor("l", gptq.gptq_parts(qw))
     assert np.array_equal(t.dequantize(), qw.dequantize())
+    save_file({f"l.{k}": v for k, v in gptq.gptq_parts(qw).items()}, str(tmp_path / "g.st"))
+    assert np.array_equal(interop.read(str(tmp_path / "g.st"))["l"].dequantize(),
+                          qw.dequantize())
     assert np.sqrt(np.mean((qw.dequantize() - w) ** 2)) < 0.1
 
 

