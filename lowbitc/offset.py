@@ -91,8 +91,16 @@ def group_sums(x: np.ndarray, group_size: int, groups: int) -> np.ndarray:
     return xf.reshape(m, groups, group_size).sum(axis=2, dtype=np.float32)
 
 
+SMALL_M = 8  # up to this many rows the offset product skips BLAS (its threads' start-up
+# costs tens of milliseconds on a loaded machine for a [1, G] x [G, N] product)
+
+
 def subtract_offsets(qw: OffsetQTensor, xs: np.ndarray, y: np.ndarray) -> np.ndarray:
     """y -= group_sums(xs) @ offsets.T (xs in the stored column order)."""
     if qw.offsets is not None:
-        y -= group_sums(xs, qw.group_size, qw.num_groups) @ qw.offsets.T
+        sums = group_sums(xs, qw.group_size, qw.num_groups)
+        if xs.shape[0] <= SMALL_M:
+            y -= np.einsum("mg,ng->mn", sums, qw.offsets)
+        else:
+            y -= sums @ qw.offsets.T
     return y

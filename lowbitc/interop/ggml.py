@@ -5,7 +5,7 @@ Every supported type maps onto an (Offset)QTensor whose dequantization is bit-id
 
 | type | codes | group | scale | zero / offset |
 |---|---|---|---|---|
-| Q4_0, Q5_0 | u4, u5 | 32 | d | zero 8, 16 |
+| Q4_0, Q5_0 | i4, i5 (q - 8, q - 16) | 32 | d | - |
 | Q4_1, Q5_1 | u4, u5 | 32 | d | offset -m |
 | Q8_0 | i8 | 32 | d | - |
 | Q2_K | u2 | 16 | d * sc | offset dmin * m |
@@ -51,9 +51,9 @@ class BlockType:
 
 
 BLOCK_TYPES = {t.name: t for t in (
-    BlockType("Q4_0", 32, 18, "u4", 32, (0,)),
+    BlockType("Q4_0", 32, 18, "i4", 32, (0,)),
     BlockType("Q4_1", 32, 20, "u4", 32, (0, 2)),
-    BlockType("Q5_0", 32, 22, "u5", 32, (0,)),
+    BlockType("Q5_0", 32, 22, "i5", 32, (0,)),
     BlockType("Q5_1", 32, 24, "u5", 32, (0, 2)),
     BlockType("Q8_0", 32, 34, "i8", 32, (0,)),
     BlockType("Q2_K", QK_K, 84, "u2", 16, (80, 82)),
@@ -128,19 +128,21 @@ def q3k_scale_bytes(sc: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- blocks -> fields
 def decode_blocks(t: BlockType, b: np.ndarray):
     """Blocks uint8 [nb, nbytes] -> (codes [nb, block], scales [nb, block / group],
-    zero (a constant or None), offsets [nb, block / group] or None)."""
+    zero (always None: every type's zero is in its codes or offsets), offsets or None)."""
     n = t.name
     if n in ("Q4_0", "Q4_1", "IQ4_NL"):
         at = 2 if n != "Q4_1" else 4
         codes = split_bits(b[:, at:], 16, (0, 4), 15)
-        d = _f16(b, 0)
-        return codes, d, (8.0 if n == "Q4_0" else None), (-_f16(b, 2) if n == "Q4_1" else None)
+        if n == "Q4_0":
+            codes ^= np.uint8(8)  # the i4 code of q - 8
+        return codes, _f16(b, 0), None, (-_f16(b, 2) if n == "Q4_1" else None)
     if n in ("Q5_0", "Q5_1"):
         at = 2 if n == "Q5_0" else 4
         high = split_bits(b[:, at:at + 4], 1, range(8), 1)
         codes = split_bits(b[:, at + 4:], 16, (0, 4), 15) | (high << 4)
-        d = _f16(b, 0)
-        return codes, d, (16.0 if n == "Q5_0" else None), (-_f16(b, 2) if n == "Q5_1" else None)
+        if n == "Q5_0":
+            codes ^= np.uint8(16)  # the i5 code of q - 16
+        return codes, _f16(b, 0), None, (-_f16(b, 2) if n == "Q5_1" else None)
     if n == "Q8_0":
         return b[:, 2:].copy(), _f16(b, 0), None, None
     if n == "MXFP4":
@@ -205,7 +207,7 @@ def encode_blocks(t: BlockType, codes: np.ndarray, d: np.ndarray, sc: np.ndarray
     n = t.name
     if n in ("Q4_0", "IQ4_NL"):
         _put_f16(b, 0, d)
-        b[:, 2:] = join_bits(codes, 16, (0, 4))
+        b[:, 2:] = join_bits(codes ^ np.uint8(8 if n == "Q4_0" else 0), 16, (0, 4))
     elif n == "Q8_0":
         _put_f16(b, 0, d)
         b[:, 2:] = codes
