@@ -167,3 +167,14 @@ def test_compressed_tensors_against_its_unpack(bits, symmetric):
     for p in ("weight_packed", "weight_zero_point"):
         if p in parts:
             assert np.array_equal(again[p], parts[p])
+
+
+def test_sniffing_tells_gptq_without_g_idx_from_awq(tmp_path):
+    parts, *_ = gptq_layer(4)
+    del parts["g_idx"]  # old AutoGPTQ files may lack it
+    save_file({f"l.{k}": v for k, v in parts.items()}, str(tmp_path / "g.safetensors"))
+    assert interop.read(str(tmp_path / "g.safetensors"))["l"].format == "gptq"
+    rows = interop.inspect(str(tmp_path / "g.safetensors"))
+    assert rows[0]["name"] == "l" and rows[0]["shape"] == (64, 256) and rows[0]["group"] == 64
+    with pytest.raises(UserArgumentError, match="none of the formats lowbitc reads"):
+        interop.read({"w": np.zeros(3, np.float32)})

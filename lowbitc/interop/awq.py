@@ -13,8 +13,8 @@ from lowbitc.errors import UserArgumentError
 from lowbitc.interop.base import Codec, Imported, register
 from lowbitc.interop.stfile import (
     is_safetensors,
-    keys_of,
     read_state,
+    shapes_of,
     words_u32,
     write_state,
 )
@@ -70,11 +70,15 @@ def awq_parts(qw: QTensor) -> dict:
 
 
 def sniff(source) -> bool:
+    """AWQ's qweight is [K, N / 8] beside scales [G, N] (GPTQ's is [K * bits / 32, N])."""
     if not is_safetensors(source):
         return False
-    keys = set(source.keys() if isinstance(source, dict) else keys_of(source))
-    return any(k.endswith(".qweight") for k in keys) and not any(k.endswith(".g_idx")
-                                                                 for k in keys)
+    shapes = shapes_of(source)
+    for key, shape in shapes.items():
+        if key.endswith(".qweight"):
+            scales = shapes.get(key[: -len("qweight")] + "scales")
+            return len(shape) == 2 and scales is not None and shape[1] * 8 == scales[-1]
+    return False
 
 
 def read(source) -> dict[str, Imported]:

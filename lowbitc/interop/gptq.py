@@ -17,8 +17,8 @@ from lowbitc.errors import UserArgumentError
 from lowbitc.interop.base import Codec, Imported, register
 from lowbitc.interop.stfile import (
     is_safetensors,
-    keys_of,
     read_state,
+    shapes_of,
     words_u32,
     write_state,
 )
@@ -81,8 +81,12 @@ def gptq_tensor(name: str, parts: dict, version: int = 1) -> Imported:
 def sniff(source) -> bool:
     if not is_safetensors(source):
         return False
-    keys = source.keys() if isinstance(source, dict) else keys_of(source)
-    return any(k.endswith(".qweight") for k in keys) and any(k.endswith(".g_idx") for k in keys)
+    shapes = shapes_of(source)
+    for key, shape in shapes.items():  # GPTQ's qweight is [K * bits / 32, N], scales [G, N]
+        if key.endswith(".qweight"):
+            scales = shapes.get(key[: -len("qweight")] + "scales")
+            return len(shape) == 2 and scales is not None and shape[1] == scales[-1]
+    return False
 
 
 def read(source, version: int = 1) -> dict[str, Imported]:

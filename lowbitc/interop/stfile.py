@@ -96,8 +96,15 @@ def write_state(path: str, tensors: dict) -> None:
 
 
 def keys_of(path) -> list[str]:
+    return list(shapes_of(path))
+
+
+def shapes_of(source) -> dict[str, tuple[int, ...]]:
+    """{key: shape} of a state dict or a safetensors file's header ({} if unreadable)."""
+    if isinstance(source, dict):
+        return {k: tuple(np.shape(v)) for k, v in source.items()}
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            return list(f.keys())
-    except Exception:
-        return []
+        with safe_open(str(source), framework="numpy") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception:  # not safetensors: the sniffers answer no
+        return {}
