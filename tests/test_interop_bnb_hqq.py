@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from lowbitc import interop, ops
-from lowbitc.interop import bnb, hqq
 
 torch = pytest.importorskip("torch")
 
@@ -33,7 +32,7 @@ def test_bitsandbytes_rejects_blocks_straddling_rows():
     q, st = F.quantize_4bit(w, blocksize=64, quant_type="nf4")
     state = {"l.weight": q, **{f"l.weight.{k}": v for k, v in st.as_dict(packed=True).items()}}
     with pytest.raises(ValueError, match="'l.weight': blocks of 64 straddle rows of 96"):
-        bnb.read(state)
+        interop.read(state, "bitsandbytes")
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
@@ -46,7 +45,7 @@ def test_hqq_matches_its_dequantize(bits, axis):
                   compute_dtype=torch.float32, device="cpu")
     ref = m.dequantize().numpy()
     state = {f"blk.{k}": v for k, v in m.state_dict().items()}
-    t = hqq.read(state)["blk"]
+    t = interop.read(state, "hqq")["blk"]
     assert t.format == f"hqq:axis{axis}"
     assert np.array_equal(t.dequantize().view(np.uint32), ref.view(np.uint32))
     x = np.random.default_rng(0).standard_normal((3, 320)).astype(np.float32)

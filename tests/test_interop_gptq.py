@@ -24,24 +24,16 @@ def autogptq_pack(intweight: np.ndarray, bits: int) -> np.ndarray:
                 q[row] |= iw[j] << np.uint64(bits * (j - i))
             i += 32 // bits
             row += 1
-        else:  # 3 bits: 32 values in 3 words
-            for j in range(i, i + 10):
-                q[row] |= iw[j] << np.uint64(3 * (j - i))
-            i += 10
-            q[row] |= iw[i] << np.uint64(30)
-            row += 1
-            q[row] |= (iw[i] >> np.uint64(2)) & np.uint64(1)
-            i += 1
-            for j in range(i, i + 10):
-                q[row] |= iw[j] << np.uint64(3 * (j - i) + 1)
-            i += 10
-            q[row] |= iw[i] << np.uint64(31)
-            row += 1
-            q[row] |= (iw[i] >> np.uint64(1)) & np.uint64(3)
-            i += 1
-            for j in range(i, i + 10):
-                q[row] |= iw[j] << np.uint64(3 * (j - i) + 2)
-            i += 10
+        else:  # 3 bits: 32 values in 3 words; values 10 and 21 straddle a word boundary
+            for part in range(3):
+                for j in range(i, i + 10):
+                    q[row] |= iw[j] << np.uint64(3 * (j - i) + part)
+                i += 10
+                if part < 2:
+                    q[row] |= iw[i] << np.uint64(30 + part)
+                    row += 1
+                    q[row] |= (iw[i] >> np.uint64(2 - part)) & np.uint64((1 << (part + 1)) - 1)
+                    i += 1
             row += 1
     return (q & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.int32)
 

@@ -17,8 +17,8 @@ import numpy as np
 from lowbitc.dtypes import codebook
 from lowbitc.dtypes import dtype as get_dtype
 from lowbitc.errors import UserArgumentError
-from lowbitc.interop.base import Codec, Imported, register
-from lowbitc.interop.stfile import is_safetensors, keys_of, read_state, write_state
+from lowbitc.interop.base import Imported
+from lowbitc.interop.stfile import state_codec
 from lowbitc.quant import QTensor
 
 STATE = "quant_state.bitsandbytes__"
@@ -71,16 +71,4 @@ def bnb_tensor(name: str, parts: dict) -> Imported:
     return Imported(name, f"bnb:{state['quant_type']}", w, dict(parts), bs)
 
 
-def sniff(source) -> bool:
-    if not is_safetensors(source):
-        return False
-    keys = source.keys() if isinstance(source, dict) else keys_of(source)
-    return any(STATE in k for k in keys)
-
-
-def read(source) -> dict[str, Imported]:
-    out = read_state(source, bnb_tensor, ".absmax", PARTS)
-    return out
-
-
-CODEC = register(Codec("bitsandbytes", sniff, read, write_state))
+CODEC = state_codec("bitsandbytes", STATE, bnb_tensor, PARTS, suffix=".absmax")

@@ -12,8 +12,8 @@ import numpy as np
 
 from lowbitc.dtypes import dtype as get_dtype
 from lowbitc.errors import UserArgumentError
-from lowbitc.interop.base import Codec, Imported, register
-from lowbitc.interop.stfile import is_safetensors, keys_of, read_state, words_u32, write_state
+from lowbitc.interop.base import Imported
+from lowbitc.interop.stfile import state_codec, words_u32
 from lowbitc.packing import pack, unpack
 from lowbitc.quant import QTensor
 
@@ -80,15 +80,4 @@ def packed_parts(qw: QTensor, scale_dtype=np.float16) -> dict:
     return parts
 
 
-def sniff(source) -> bool:
-    if not is_safetensors(source):
-        return False
-    keys = source.keys() if isinstance(source, dict) else keys_of(source)
-    return any(k.endswith(".weight_packed") for k in keys)
-
-
-def read(source) -> dict[str, Imported]:
-    return read_state(source, packed_tensor, ".weight_packed", PARTS)
-
-
-CODEC = register(Codec("compressed-tensors", sniff, read, write_state))
+CODEC = state_codec("compressed-tensors", ".weight_packed", packed_tensor, PARTS)

@@ -14,8 +14,8 @@ import numpy as np
 
 from lowbitc.dtypes import dtype as get_dtype
 from lowbitc.errors import UserArgumentError
-from lowbitc.interop.base import Codec, Imported, register
-from lowbitc.interop.stfile import is_safetensors, keys_of, read_state, write_state
+from lowbitc.interop.base import Imported
+from lowbitc.interop.stfile import state_codec
 from lowbitc.quant import QTensor
 
 PARTS = ("W_q", "scale", "zero", "shape", "nbits", "group_size", "axis", "packing",
@@ -71,15 +71,4 @@ def hqq_tensor(name: str, parts: dict) -> Imported:
     return Imported(name, f"hqq:axis{axis}", w, dict(parts), g)
 
 
-def sniff(source) -> bool:
-    if not is_safetensors(source):
-        return False
-    keys = source.keys() if isinstance(source, dict) else keys_of(source)
-    return any(k.endswith(".W_q") for k in keys)
-
-
-def read(source) -> dict[str, Imported]:
-    return read_state(source, hqq_tensor, ".W_q", PARTS)
-
-
-CODEC = register(Codec("hqq", sniff, read, write_state))
+CODEC = state_codec("hqq", ".W_q", hqq_tensor, PARTS)

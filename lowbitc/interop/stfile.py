@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from lowbitc.errors import UserArgumentError
-from lowbitc.interop.base import Imported
+from lowbitc.interop.base import Codec, Imported, register
 from lowbitc.ir.types import numpy_dtype
 
 METADATA = "__metadata__"
@@ -108,3 +108,18 @@ def shapes_of(source) -> dict[str, tuple[int, ...]]:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception:  # not safetensors: the sniffers answer no
         return {}
+
+
+def state_codec(name: str, marker: str, build, parts, suffix: str | None = None) -> Codec:
+    """Register a safetensors codec whose layers are found by keys ending in `suffix`
+    (default: `marker`) and whose files are recognised by a key containing `marker`."""
+    suffix = suffix or marker
+
+    def sniff(source) -> bool:
+        return is_safetensors(source) and any(marker in k for k in shapes_of(source))
+
+    def read(source) -> dict[str, Imported]:
+        return read_state(source, build, suffix, parts)
+
+    return register(Codec(name, sniff, read, write_state))
+
