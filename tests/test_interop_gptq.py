@@ -81,6 +81,8 @@ def test_gptq_file_round_trip_and_sniff(tmp_path):
     assert back["m.0"].format == "gptq" and back["m.0"].group == 64
     interop.write(str(b), back, "gptq")
     assert a.read_bytes() == b.read_bytes()
+    rows = {r["name"]: r for r in interop.inspect(str(a))}  # the file's metadata is no row
+    assert set(rows) == {"m.0", "m.0.bias"} and rows["m.0"]["format"] == "gptq"
 
 
 def test_gptq_from_lowbitc_weights(tmp_path):

@@ -49,5 +49,5 @@ def inspect(path: str, format: str | None = None) -> list[dict]:
         raise UserArgumentError(f"file: {path} does not exist")
     c = _codec(str(path), format)
     if c.inspect is None:
-        return [row(t) for t in c.read(str(path)).values()]
+        return [row(t) for name, t in c.read(str(path)).items() if not name.startswith("__")]
     return c.inspect(str(path))
