@@ -183,11 +183,6 @@ def dequantize(qw: QTensor, backend: str = "llvm", out: np.ndarray | None = None
     rounded once; on "cuda" the f16 path of docs/cuda.md (within 2^-10 * (|scale * value| +
     |zero term|) plus half an f16 ulp of the float32 result)."""
     qw = _check_qtensor(qw)
-    if isinstance(qw, OffsetQTensor):
-        w = finish_dequantize(qw, dequantize(qw.base, backend))
-        y = _out(out, qw.shape, np.dtype(out_dtype))
-        y[...] = w  # float16: the float32 result rounded once
-        return y
     N, K = qw.shape
     try:
         odt = _OUT_DTYPES.get(np.dtype(out_dtype))
@@ -195,6 +190,10 @@ def dequantize(qw: QTensor, backend: str = "llvm", out: np.ndarray | None = None
         odt = None
     if odt is None:
         raise UserArgumentError(f"out_dtype: expected float32 or float16, got {out_dtype!r}")
+    if isinstance(qw, OffsetQTensor):  # the plain part through the kernel, then the offsets
+        y = _out(out, qw.shape, np.dtype(out_dtype))
+        y[...] = finish_dequantize(qw, dequantize(qw.base, backend))  # f16: rounded once
+        return y
     y = _out(out, (N, K), np.dtype(out_dtype))
     if N == 0 or K == 0:
         return y

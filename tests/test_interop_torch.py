@@ -130,3 +130,18 @@ def test_minilm_gguf_round_trip_meets_the_goals():
     assert rows["Q8_0"]["cosine_mean"] >= mi.GOALS["Q8_0"]
     assert rows["Q4_K"]["cosine_mean"] >= mi.GOALS["Q4_K"]
     assert rows["Q4_K"]["types"]["Q4_K"] > 0.3 and rows["Q8_0"]["layers"] == 37
+
+
+def test_offset_layers_survive_save_and_load_quantized(tmp_path):
+    from lowbitc.torch import load_quantized, save_quantized
+    m = model()
+    tensors = {"0.weight": to_gguf("0.weight", m[0].weight.detach().numpy(), "Q4_K")}
+    write(tmp_path / "m.gguf", tensors)
+    load_pretrained_quantized(m, str(tmp_path / "m.gguf"), strict=False)
+    m[0].perm = torch.from_numpy(np.random.default_rng(0).permutation(256))  # act-order too
+    save_quantized(m, str(tmp_path / "q.safetensors"))
+    fresh = load_quantized(model(), str(tmp_path / "q.safetensors"))
+    assert isinstance(fresh[0], OffsetQuantLinear) and torch.equal(fresh[0].perm, m[0].perm)
+    x = torch.randn(4, 256)
+    assert torch.equal(fresh(x), m(x))
+    assert torch.equal(fresh[0].dequantize(), m[0].dequantize())

@@ -57,3 +57,8 @@ def test_bad_offsets_and_perm():
     with pytest.raises(UserArgumentError, match=r"perm: expected a permutation of range\(200\)"):
         OffsetQTensor(qw.dtype, qw.shape, 32, qw.codes, qw.scales,
                       perm=np.zeros(200, np.int64))
+
+
+def test_bad_out_dtype_named():
+    with pytest.raises(UserArgumentError, match="out_dtype: expected float32 or float16"):
+        ops.dequantize(make(), out_dtype=np.int32)

@@ -16,7 +16,7 @@ from lowbitc import interop
 from lowbitc.errors import UserArgumentError
 from lowbitc.offset import OffsetQTensor
 from lowbitc.quant import QTensor
-from lowbitc.torch.linear import QuantLinear, _set_child
+from lowbitc.torch.linear import KINDS, QuantLinear, _set_child
 
 
 class OffsetQuantLinear(QuantLinear):
@@ -37,6 +37,20 @@ class OffsetQuantLinear(QuantLinear):
         m.perm = None if qw.perm is None else torch.from_numpy(qw.perm)
         m._offset_qtensor = qw
         return m
+
+    @classmethod
+    def from_config(cls, config: dict, device=None) -> OffsetQuantLinear:
+        """An empty module with offsets / column order buffers when `config` records them."""
+        m = super().from_config(config, device)
+        if config.get("offsets"):
+            m.offsets = torch.zeros_like(m.scales)
+        if config.get("perm"):
+            m.perm = torch.zeros(m.in_features, dtype=torch.int64, device=device)
+        return m
+
+    def config(self) -> dict:
+        return {**super().config(), "kind": "offset", "offsets": self.offsets is not None,
+                "perm": self.perm is not None}
 
     @property
     def qweight(self) -> OffsetQTensor:
@@ -78,6 +92,9 @@ class OffsetQuantLinear(QuantLinear):
         if keep is not None and self._buffers["offsets"].dtype != torch.float32:
             self._buffers["offsets"] = keep.to(self._buffers["offsets"].device)
         return self
+
+
+KINDS["offset"] = OffsetQuantLinear
 
 
 def linear_for(qw: QTensor, bias: torch.Tensor | None) -> QuantLinear:
