@@ -146,11 +146,12 @@ def _interop_group(cfg: Config, specs: list[RowSpec]) -> Group:
     grp = Group(f"interop GEMV M=1, K=N={n}")
     w, x = cand.weights(n, n, cfg.seed), cand.activations(1, n, cfg.seed + 1)
     base = "lowbitc_gemv_u4_ref"
-    grp.add(base, lambda: cand.matmul_case(base, x, cand.quantized(w, "u4", g)))
+    _streamed(cfg, grp, base, x, functools.cache(lambda: cand.quantized(w, "u4", g)))
     for spec in specs:
         key = f"lowbitc_interop_{spec.fmt}"
-        grp.add(key, lambda k=key, f=spec.fmt: cand.matmul_case(k, x, cand.imported(w, f, g)))
-        grp.bindings.append(Binding(spec, key, base))
+        one = _streamed(cfg, grp, key, x,
+                        functools.cache(lambda f=spec.fmt: cand.imported(w, f, g)))
+        grp.bindings.append(Binding(spec, key, base, one))
     return grp
 
 

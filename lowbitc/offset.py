@@ -53,6 +53,13 @@ class OffsetQTensor(QTensor):
         return QTensor(self.dtype, self.shape, self.group_size, self.codes, self.scales,
                        self.zeros, self.scale_dtype)
 
+    def replica(self) -> OffsetQTensor:
+        """QTensor.replica, offsets copied too (the kernels' packings are made per `base`)."""
+        t = super().replica()
+        return OffsetQTensor(t.dtype, t.shape, t.group_size, t.codes, t.scales, t.zeros,
+                             t.scale_dtype, offsets=None if self.offsets is None
+                             else self.offsets.copy(), perm=self.perm)
+
     def dequantize(self) -> np.ndarray:
         """float32 [N, K], bit-exact with the formula in the module docstring."""
         return finish_dequantize(self, self.base.dequantize())

@@ -62,3 +62,12 @@ def test_bad_offsets_and_perm():
 def test_bad_out_dtype_named():
     with pytest.raises(UserArgumentError, match="out_dtype: expected float32 or float16"):
         ops.dequantize(make(), out_dtype=np.int32)
+
+
+def test_replica_keeps_offsets_and_order():
+    qw = make(zeros=True)
+    twin = qw.replica()
+    assert isinstance(twin, OffsetQTensor) and twin.offsets is not qw.offsets
+    assert np.array_equal(twin.dequantize(), qw.dequantize())
+    x = np.ones((1, 200), np.float32)
+    assert np.allclose(ops.matmul(x, twin), ops.matmul(x, qw), rtol=1e-6, atol=1e-6)
