@@ -21,6 +21,7 @@ from lowbitc.backends.numba_cuda import (
 from lowbitc.backends.numba_cuda.buffers import Buf, TensorRef
 from lowbitc.backends.numba_cuda.elements import ELEMENT, fail, reg_dtype, shape_of
 from lowbitc.backends.numba_cuda.interleave import interleaved_params
+from lowbitc.backends.numba_cuda.mma_dot import MMA_IMPORT
 from lowbitc.backends.numba_cuda.plan import make_plan
 from lowbitc.backends.numba_cuda.shared import check_shared_memory, swizzled
 from lowbitc.backends.numba_cuda.source import (
@@ -86,6 +87,7 @@ class Renderer:
         self.shared: list[tuple[str, int, str]] = []
         self.luts: dict[tuple[float, ...], str] = {}
         self.word_tables: dict[tuple[int, ...], str] = {}
+        self.uses_mma = False
 
     # ------------------------------------------------------------ values
 
@@ -384,7 +386,8 @@ class Renderer:
             tables.append(f"_{table.upper()} = np.array([{', '.join(f'{w:#x}' for w in words)}], "
                           "dtype=np.uint32)")
             top.append(f"    {table} = cuda.const.array_like(_{table.upper()})")
-        text = "\n".join([HEADER, *tables, "", "", f"def {name}({', '.join(args)}):", *top,
+        header = HEADER + (MMA_IMPORT + "\n" if self.uses_mma else "")
+        text = "\n".join([header, *tables, "", "", f"def {name}({', '.join(args)}):", *top,
                           *self.src.lines, "    return", ""])
         return Rendered(name, text, f"void({', '.join(sig)})", total)
 
