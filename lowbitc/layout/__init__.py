@@ -30,7 +30,18 @@ from lowbitc.layout.layout import (
     rank,
     size,
 )
-from lowbitc.layout.mma import MMA_FRAGMENTS, mma_m16n8k16_a, mma_m16n8k16_b, mma_m16n8k16_c
+from lowbitc.layout.mma import (
+    MMA_FRAGMENTS,
+    ldmatrix_dst,
+    ldmatrix_dst_trans,
+    ldmatrix_src_row,
+    mma_m16n8k16_a,
+    mma_m16n8k16_b,
+    mma_m16n8k16_c,
+    mma_m16n8k32_a,
+    mma_m16n8k32_b,
+    mma_m16n8k32_c,
+)
 from lowbitc.layout.picture import ascii_picture, save_png
 from lowbitc.layout.swizzle import ComposedLayout, Swizzle
 from lowbitc.layout.tv import TVLayout, divide, kron, local, replicated, spatial
@@ -43,5 +54,7 @@ __all__ = [
     "zipped_product", "tiled_product", "flat_product", "blocked_product", "raked_product",
     "Swizzle", "ComposedLayout", "TVLayout", "spatial", "local", "replicated", "kron", "divide",
     "from_cute", "mma_m16n8k16_a", "mma_m16n8k16_b", "mma_m16n8k16_c", "MMA_FRAGMENTS",
+    "mma_m16n8k32_a", "mma_m16n8k32_b", "mma_m16n8k32_c", "ldmatrix_dst", "ldmatrix_dst_trans",
+    "ldmatrix_src_row",
     "ascii_picture", "save_png",
 ]
