@@ -16,7 +16,7 @@ modes). The warp grid is the squarest WM x WN that divides the tile grid.
 The dot is taken off this path (the SIMT dot of `statements.py` runs instead) when an operand
 is not f16 or the accumulator not f32, M, N, K are not multiples of 16, 8, 16, the block is
 not whole warps, or the warps cannot share the 16 x 8 tiles evenly (every warp issues the
-same number of mma, which `mma.sync`'s simulator twin needs).
+same number of mma).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from lowbitc.layout.mma import mma_m16n8k16_a, mma_m16n8k16_b, mma_m16n8k16_c
 from lowbitc.layout.tv import TVLayout, local, replicated, spatial
 
-MMA_IMPORT = "from lowbitc.backends.numba_cuda.mma_stub import mma_f16"
+MMA_IMPORT = "from lowbitc.backends.numba_cuda.tensorcore import mma_f16"
 MMA_M, MMA_N, MMA_K = 16, 8, 16
 
 
