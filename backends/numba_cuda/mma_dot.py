@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from lowbitc.layout.mma import mma_m16n8k16_a, mma_m16n8k16_b, mma_m16n8k16_c
 from lowbitc.layout.tv import TVLayout, local, replicated, spatial
 
-MMA_IMPORT = "from lowbitc.backends.numba_cuda.tensorcore import mma_f16"
+MMA_IMPORT = ("from lowbitc.backends.numba_cuda.tensorcore import ldmatrix_x2, ldmatrix_x4, "
+              "mma_f16")
 MMA_M, MMA_N, MMA_K = 16, 8, 16
 
 
@@ -128,40 +129,21 @@ def render_mma_dot(ctx, op, tiling: Tiling, out) -> None:
     src = ctx.src
     ctx.uses_mma = True
     with ctx.scope():
+        lda = ldmatrix_rows(ctx, a, la, tiling.TM, 8, ctx.threads, 1)
+        ldb = ldmatrix_rows(ctx, b, lb, tiling.TN, 4, ctx.threads, 0)
         ar, ac = (src.tmp(e, "fa") for e in thread_coords(la, "tid"))
         br, bc = (src.tmp(e, "fb") for e in thread_coords(lb, "tid"))
         cr, cc = (src.tmp(e, "fc") for e in thread_coords(lc, "tid"))
 
-        def at(base: tuple[str, str], off: tuple[int, int], k: str = "", kdim: int = -1):
-            out_ = []
-            for d, (b_, o) in enumerate(zip(base, off, strict=True)):
-                e = b_ if o == 0 else f"{b_} + {o}"
-                if d == kdim:
-                    e = f"{e} + {k}"
-                out_.append(src.tmp(e, "q"))
-            return tuple(out_)
-
         accs = []
         for v in range(lc.num_values):
-            idx = at((cr, cc), lc(0, v))
+            idx = _at(src, (cr, cc), lc(0, v))
             accs.append((idx, src.tmp(f"F32({ctx.elem(c, idx)})", "acc")))
         ks = src.fresh("ks")
         src.line(f"{ks} = 0")
         with src.block(f"while {ks} < {tiling.K}:"), ctx.scope():
-            afrag = []
-            for t in range(tiling.TM):
-                regs = []
-                for r in range(4):
-                    lo, hi = (at((ar, ac), la(0, t * 8 + 2 * r + h), ks, 1) for h in (0, 1))
-                    regs.append(_pair(ctx, a, lo, hi))
-                afrag.append(regs)
-            bfrag = []
-            for t in range(tiling.TN):
-                regs = []
-                for r in range(2):
-                    lo, hi = (at((br, bc), lb(0, t * 4 + 2 * r + h), ks, 0) for h in (0, 1))
-                    regs.append(_pair(ctx, b, lo, hi))
-                bfrag.append(regs)
+            afrag = [_fragment(ctx, a, la, t, 8, (ar, ac), ks, 1, lda) for t in range(tiling.TM)]
+            bfrag = [_fragment(ctx, b, lb, t, 4, (br, bc), ks, 0, ldb) for t in range(tiling.TN)]
             for i in range(tiling.TM):
                 for j in range(tiling.TN):
                     tile = accs[(i * tiling.TN + j) * 4:(i * tiling.TN + j + 1) * 4]
@@ -171,3 +153,109 @@ def render_mma_dot(ctx, op, tiling: Tiling, out) -> None:
             src.line(f"{ks} += {MMA_K}")
         for idx, name in accs:
             src.line(f"{ctx.addr(out, idx)} = {name}")
+
+
+def _at(src, base: tuple[str, str], off: tuple[int, int], k: str = "", kdim: int = -1):
+    """Names of base + off (+ k along kdim)."""
+    out = []
+    for d, (b, o) in enumerate(zip(base, off, strict=True)):
+        e = b if o == 0 else f"{b} + {o}"
+        out.append(src.tmp(f"{e} + {k}" if d == kdim else e, "q"))
+    return tuple(out)
+
+
+def _fragment(ctx, v, tv: TVLayout, t: int, per_tile: int, base, ks: str, kdim: int,
+              rows) -> list[str]:
+    """Tile t's registers of operand v (pairs of f16 as uint32): one ldmatrix when `rows`
+    (from `ldmatrix_rows`) says the buffer allows it, else two element reads per register."""
+    nregs = per_tile // 2
+    if rows is not None:
+        buf, index, offsets, kstride = rows
+        at = f"{index} + {offsets[t]}" if offsets[t] else index
+        words = ctx.src.tmp(f"ldmatrix_x{nregs}({buf.name}, U32({at} + {ks} * {kstride}))",
+                            "lm")
+        return [f"{words}[{r}]" for r in range(nregs)]
+    regs = []
+    for r in range(nregs):
+        lo, hi = (_at(ctx.src, base, tv(0, t * per_tile + 2 * r + h), ks, kdim) for h in (0, 1))
+        regs.append(_pair(ctx, v, lo, hi))
+    return regs
+
+
+def shared_source(ctx, v):
+    """(buffer, transposed) when v is a 2-D f16 shared buffer or its transpose whose rows
+    are 16-byte aligned (what ldmatrix reads), else None."""
+    buf, transposed = ctx.bufs.get(v.id), False
+    if buf is None:
+        op = ctx.lazy.get(v.id)
+        if op is None or op.opcode != "transpose" or tuple(op.attrs.perm) != (1, 0):
+            return None
+        buf, transposed = ctx.bufs.get(op.operands[0].id), True
+    if buf is None or buf.dtype != "f16" or len(buf.shape) != 2 or buf.swizzle is not None:
+        return None
+    return (buf, transposed) if buf.strides()[0] % 8 == 0 else None
+
+
+def ldmatrix_rows(ctx, v, tv: TVLayout, tiles: int, per_tile: int, threads: int, kdim: int):
+    """When every register of v's fragments is an 8 x 8 matrix of a shared buffer as ldmatrix
+    leaves it (checked for every thread against `ldmatrix_dst`), the row each thread supplies:
+    (buffer, name of its element index for tile 0 at k = 0, per-tile constant offsets, the
+    element stride of K, the operand's dim `kdim`). None otherwise (the fragment is read
+    element by element)."""
+    found = shared_source(ctx, v)
+    if found is None:
+        return None
+    buf, transposed = found
+    stride = buf.strides()[0]
+    nregs = per_tile // 2
+
+    def coord(tid: int, value: int) -> tuple[int, int]:
+        r, c = tv(tid, value)
+        return (c, r) if transposed else (r, c)
+
+    def supplied(tid: int, t: int) -> int:  # element index of the row `tid` gives ldmatrix
+        lane = tid % 32
+        r, c = coord(tid - lane + 4 * (lane % 8), t * per_tile + 2 * ((lane // 8) % nregs))
+        return r * stride + c
+
+    for tid in range(threads):
+        lane = tid % 32
+        for t in range(tiles):
+            for reg in range(nregs):
+                start = coord(tid - lane + 4 * (lane // 4), t * per_tile + 2 * reg)
+                for h in (0, 1):
+                    want = (start[0], start[1] + 2 * (lane % 4) + h)
+                    if coord(tid, t * per_tile + 2 * reg + h) != want:
+                        return None
+    index = bit_linear([supplied(tid, 0) for tid in range(threads)], "tid")
+    offsets = [supplied(0, t) - supplied(0, 0) for t in range(tiles)]
+    if index is None or any(supplied(tid, t) - supplied(tid, 0) != offsets[t]
+                            for tid in range(threads) for t in range(tiles)):
+        return None
+    kstride = 1 if (1 - kdim if transposed else kdim) == 1 else stride  # elements per k
+    return buf, ctx.src.tmp(index, "li"), offsets, kstride
+
+
+def bit_linear(values: list[int], name: str) -> str | None:
+    """An expression of `name` (0 <= name < len(values), a power of two) equal to values[name]
+    when values is a sum of per-bit constants; None otherwise."""
+    n = len(values)
+    bits = n.bit_length() - 1
+    if 1 << bits != n:
+        return None
+    per_bit = [values[1 << b] - values[0] for b in range(bits)]
+    for x in range(n):
+        if values[x] != values[0] + sum(per_bit[b] for b in range(bits) if x >> b & 1):
+            return None
+    terms, b = [str(values[0])] if values[0] else [], 0
+    while b < bits:
+        if per_bit[b] == 0:
+            b += 1
+            continue
+        e = b + 1  # a run of bits whose constants double: one mask and one multiply
+        while e < bits and per_bit[e] == 2 * per_bit[e - 1]:
+            e += 1
+        field = f"(({name} >> {b}) & {(1 << (e - b)) - 1})" if b else f"({name} & {(1 << e) - 1})"
+        terms.append(field if per_bit[b] == 1 else f"{field} * {per_bit[b]}")
+        b = e
+    return " + ".join(terms) or "0"

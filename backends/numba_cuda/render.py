@@ -21,6 +21,7 @@ from lowbitc.backends.numba_cuda import (
 from lowbitc.backends.numba_cuda.buffers import Buf, TensorRef
 from lowbitc.backends.numba_cuda.elements import ELEMENT, fail, reg_dtype, shape_of
 from lowbitc.backends.numba_cuda.interleave import interleaved_params
+from lowbitc.backends.numba_cuda.intrinsics import SIMULATOR
 from lowbitc.backends.numba_cuda.mma_dot import MMA_IMPORT
 from lowbitc.backends.numba_cuda.plan import make_plan
 from lowbitc.backends.numba_cuda.shared import check_shared_memory, swizzled
@@ -208,7 +209,11 @@ class Renderer:
 
     def alloc(self, dtype: str, shape: tuple[int, ...]) -> Buf:
         dtype = reg_dtype(dtype)
-        row = shape[-1] + 1 if len(shape) >= 2 and shape[-1] % 32 == 0 else 0
+        row = 0
+        if len(shape) >= 2 and shape[-1] % 32 == 0:
+            # f16 rows stay 16-byte aligned for ldmatrix: 8 halves of padding (rows 4 banks
+            # apart, so ldmatrix's 8 rows hit all 32 banks); others one element
+            row = shape[-1] + (8 if dtype == "f16" else 1)
         buf = Buf(self.src.fresh("sb"), dtype, tuple(shape), row)
         self.shared.append((buf.name, buf.size, SHARED_TYPE[dtype] if dtype in SHARED_TYPE
                             else numba_type(dtype)))
@@ -371,7 +376,8 @@ class Renderer:
         top = ["    tid = I64(U32(cuda.threadIdx.x))", f"    nthr = {self.threads}"]
         total = 0
         for buf, size, ty in self.shared:
-            top.append(f"    {buf} = cuda.shared.array({size}, {ty})")
+            align = "" if SIMULATOR or ty != "F16" else ", 16"  # ldmatrix rows: 16 bytes
+            top.append(f"    {buf} = cuda.shared.array({size}, {ty}{align})")
             total += size * SHARED_BYTES.get(_dtype_of(ty), 4)
         if total > MAX_SHARED:
             raise BackendError(f"cuda: kernel {self.k.name} needs {total} bytes of shared "
