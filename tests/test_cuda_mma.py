@@ -131,7 +131,7 @@ def test_mma_matmul_sass_has_hmma_and_ldsm_and_no_spills(w, arch, capsys):
 
 
 def test_simulator_suite():
-    run_simulator_suite("test_sim_mma.py", passed=23)
+    run_simulator_suite("test_sim_mma.py", passed=24)
 
 
 def test_mma_path_choice_on_the_host():

@@ -85,3 +85,25 @@ def test_formats_beyond_f16_keep_the_simt_kernel():
     qw = _qw("f8e8m0fnu", 3, 64, 32, False)
     assert ops.matmul_choice(2, 3, 64, qw, "f16", "cuda")[0] == "matmul"
     assert ops.matmul_choice(2, 3, 64, _qw("u4", 3, 64, 32, False), "f32", "cuda")[0] == "matmul"
+
+
+def test_tutorial_example_runs_on_tensor_cores():
+    """examples/tc_gemm.lbk (docs/tutorial.md section 7) on backend="cuda": the mma path,
+    against float64 numpy within K f32 roundings of sum |x * w| (its values are exact f16)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "run_examples.py"
+    spec = importlib.util.spec_from_file_location("run_examples", path)
+    run_examples = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_examples)
+    seen = []
+
+    def run(k, *args, **kwargs):
+        seen.append(k.text("python"))
+        k(*args, **kwargs)
+
+    got, want = run_examples.tc_gemm(run, np.random.default_rng(0), 5, 37, 70, 32,
+                                     backend="cuda")
+    assert "mma_f16(" in seen[0] and "ldmatrix_x4(" in seen[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=70 * 2.0**-24 * 8)
