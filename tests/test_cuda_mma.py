@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
-from cuda_checks import needs_toolchain, run_simulator_suite
+from cuda_checks import T, assemble_without_spills, needs_toolchain, run_simulator_suite
 
+import lowbitc
 from lowbitc import ops
 from lowbitc.backends.numba_cuda import mma_dot
+from lowbitc.backends.numba_cuda.backend import BACKEND
 from lowbitc.cli import main
 from lowbitc.layout.banks import ldmatrix_access
 from lowbitc.layout.mma import ldmatrix_dst
@@ -24,7 +27,8 @@ from lowbitc.quant import quantize
                                          (16, 8, 32), (48, 24, 96)])
 def test_thread_coords_reproduce_the_composed_layouts(M, N, threads):
     t = mma_dot.Tiling(M, N, 64, *_grid(M, N, threads))
-    for tv in t.layouts():
+    s8 = mma_dot.Tiling(M, N, 64, t.WM, t.WN, mma_dot.KINDS["s8"])
+    for tv in t.layouts() + s8.layouts():
         assert tv.num_threads == threads and mma_dot.separable(tv)
         exprs = mma_dot.thread_coords(tv, "tid")
         for tid in range(threads):
@@ -63,6 +67,10 @@ def test_dots_that_stay_off_the_mma_path():
     assert mma_dot.mma_tiling(op(K=40), 128) is None  # K not a multiple of 16
     assert mma_dot.mma_tiling(op(), 16) is None  # not whole warps
     assert mma_dot.mma_tiling(op(N=8), 128) is None  # 1 tile, 4 warps: not evenly shared
+    s8 = mma_dot.mma_tiling(op(a="i8", b="i8", acc="i32"), 128)
+    assert s8 is not None and s8.kind.fn == "mma_s8" and s8.kind.k == 32
+    assert mma_dot.mma_tiling(op(a="i8", b="i8", acc="i32", K=48), 128) is None  # K % 32
+    assert mma_dot.mma_tiling(op(a="i8", b="i8", acc="f32"), 128) is None
 
 
 def test_bit_linear_expressions():
@@ -130,8 +138,17 @@ def test_mma_matmul_sass_has_hmma_and_ldsm_and_no_spills(w, arch, capsys):
                                               / loop["hmma"], 2)
 
 
+@pytest.mark.cuda_toolchain
+@needs_toolchain
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_i8_dot_assembles_to_imma_without_spills(arch):
+    k = lowbitc.compile(str(Path(__file__).parent / "cudasim" / "idot.lbk"), backend="cuda")
+    asm = assemble_without_spills(BACKEND.ptx(k.lowered, arch), arch)
+    assert "IMMA" in T.sass_mix(asm.cubin)
+
+
 def test_simulator_suite():
-    run_simulator_suite("test_sim_mma.py", passed=24)
+    run_simulator_suite("test_sim_mma.py", passed=26)
 
 
 def test_mma_path_choice_on_the_host():

@@ -1,34 +1,70 @@
 """`dot` on tensor cores: a dot of f16 tiles into an f32 accumulator becomes
-`mma.sync.aligned.m16n8k16` (PTX ISA 9.7.14.5.8) when the block's warps tile its output.
+`mma.sync.aligned.m16n8k16` and one of i8 tiles into i32 `mma.sync.aligned.m16n8k32 .s8`
+(PTX ISA 9.7.14.5.8 and .10) when the block's warps tile its output.
 
 Which thread holds which element is not written here: the operands' thread-value layouts
-are the m16n8k16 fragments of `lowbitc.layout.mma` composed (Kronecker product) with the
-block's warp tiling,
+are the fragments of `lowbitc.layout.mma` composed (Kronecker product) with the block's
+warp tiling,
 
     C [M, N]  = local(TM, TN) * spatial(WM, WN)             * mma_c   (warp w = wi * WN + wj)
-    A [M, 16] = local(TM, 1)  * spatial(WM, 1) * repl(WN)    * mma_a   (one K step)
-    B [16, N] = local(1, TN)  * repl(WM) * spatial(1, WN)    * mma_b
+    A [M, k]  = local(TM, 1)  * spatial(WM, 1) * repl(WN)    * mma_a   (one K step of k)
+    B [k, N]  = local(1, TN)  * repl(WM) * spatial(1, WN)    * mma_b
 
 and the renderer turns each layout into the thread's base coordinate (an expression of the
 thread id, from the layout's spatial modes) plus a constant offset per register (its local
 modes). The warp grid is the squarest WM x WN that divides the tile grid.
 
-The dot is taken off this path (the SIMT dot of `statements.py` runs instead) when an operand
-is not f16 or the accumulator not f32, M, N, K are not multiples of 16, 8, 16, the block is
-not whole warps, or the warps cannot share the 16 x 8 tiles evenly (every warp issues the
-same number of mma).
+The dot is taken off this path (the SIMT dot of `statements.py` runs instead) when the
+operands are not both f16 (f32 accumulator) or both i8 (i32 accumulator), M, N, K are not
+multiples of 16, 8 and the instruction's k (16, 32), the block is not whole warps, or the
+warps cannot share the 16 x 8 tiles evenly (every warp issues the same number of mma).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lowbitc.layout.mma import mma_m16n8k16_a, mma_m16n8k16_b, mma_m16n8k16_c
+from lowbitc.layout.mma import (
+    mma_m16n8k16_a,
+    mma_m16n8k16_b,
+    mma_m16n8k16_c,
+    mma_m16n8k32_a,
+    mma_m16n8k32_b,
+    mma_m16n8k32_c,
+)
 from lowbitc.layout.tv import TVLayout, local, replicated, spatial
 
 MMA_IMPORT = ("from lowbitc.backends.numba_cuda.tensorcore import ldmatrix_x2, ldmatrix_x4, "
-              "mma_f16")
-MMA_M, MMA_N, MMA_K = 16, 8, 16
+              "mma_f16, mma_s8")
+MMA_M, MMA_N = 16, 8
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One mma shape: operand and accumulator dtypes, K per instruction, the device helper,
+    its fragments, elements per 32-bit register, the accumulator's numba type, and how one
+    element becomes its bits in a register."""
+
+    dtypes: tuple[str, str, str]
+    k: int
+    fn: str
+    fragments: tuple
+    per_reg: int
+    acc: str
+    bits: str  # format string of one element's register bits, {x} the element
+
+    def layouts(self):
+        return tuple(f() for f in self.fragments)
+
+
+KINDS = {
+    "f16": Kind(("f16", "f16", "f32"), 16, "mma_f16",
+                (mma_m16n8k16_a, mma_m16n8k16_b, mma_m16n8k16_c), 2, "F32",
+                "U32(u16_from_f16({x}))"),
+    "s8": Kind(("i8", "i8", "i32"), 32, "mma_s8",
+               (mma_m16n8k32_a, mma_m16n8k32_b, mma_m16n8k32_c), 4, "I32",
+               "U32(I32({x}) & I32(255))"),
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +76,7 @@ class Tiling:
     K: int
     WM: int
     WN: int
+    kind: Kind = KINDS["f16"]
 
     @property
     def TM(self) -> int:
@@ -51,9 +88,10 @@ class Tiling:
 
     def layouts(self) -> tuple[TVLayout, TVLayout, TVLayout]:
         """(A per K step, B per K step, C) thread-value layouts of the block."""
-        a = local(self.TM, 1) * spatial(self.WM, 1) * replicated(self.WN, 2) * mma_m16n8k16_a()
-        b = local(1, self.TN) * replicated(self.WM, 2) * spatial(1, self.WN) * mma_m16n8k16_b()
-        c = local(self.TM, self.TN) * spatial(self.WM, self.WN) * mma_m16n8k16_c()
+        fa, fb, fc = self.kind.layouts()
+        a = local(self.TM, 1) * spatial(self.WM, 1) * replicated(self.WN, 2) * fa
+        b = local(1, self.TN) * replicated(self.WM, 2) * spatial(1, self.WN) * fb
+        c = local(self.TM, self.TN) * spatial(self.WM, self.WN) * fc
         return a, b, c
 
 
@@ -61,12 +99,14 @@ def mma_tiling(op, threads: int) -> Tiling | None:
     """The warp tiling when `op` (a dot) takes the mma path, else None (see module doc)."""
     a, b, c = op.operands
     res = op.results[0]
-    if (a.type.dtype, b.type.dtype, c.type.dtype, res.type.dtype) != ("f16", "f16", "f32",
-                                                                       "f32"):
+    kind = next((k for k in KINDS.values()
+                 if (a.type.dtype, b.type.dtype, c.type.dtype) == k.dtypes
+                 and res.type.dtype == k.dtypes[2]), None)
+    if kind is None:
         return None
     M, N = res.type.shape
     K = a.type.shape[1]
-    if M % MMA_M or N % MMA_N or K % MMA_K or threads % 32:
+    if M % MMA_M or N % MMA_N or K % kind.k or threads % 32:
         return None
     warps, tm, tn = threads // 32, M // MMA_M, N // MMA_N
     best = None
@@ -77,7 +117,7 @@ def mma_tiling(op, threads: int) -> Tiling | None:
         score = abs(tm // wm * MMA_M - tn // wn * MMA_N)  # squarest warp tile: fewest loads
         if best is None or score < best[0]:
             best = (score, wm, wn)
-    return None if best is None else Tiling(M, N, K, best[1], best[2])
+    return None if best is None else Tiling(M, N, K, best[1], best[2], kind)
 
 
 def thread_coords(tv: TVLayout, tid: str) -> tuple[str, ...]:
@@ -113,14 +153,18 @@ def separable(tv: TVLayout) -> bool:
                for t in range(tv.num_threads) for v in range(tv.num_values))
 
 
-def _pair(ctx, v, lo: tuple[str, str], hi: tuple[str, str]) -> str:
-    """Two f16 elements of v as one f16x2 word (lo in the low half)."""
-    x, y = ctx.elem(v, lo), ctx.elem(v, hi)
-    return ctx.src.tmp(f"U32(u16_from_f16({x})) | (U32(u16_from_f16({y})) << U32(16))", "w")
+def _register(ctx, v, kind: Kind, idxs: list) -> str:
+    """kind.per_reg elements of v as one 32-bit register (the first in the low bits)."""
+    width = 32 // kind.per_reg
+    parts = []
+    for n, idx in enumerate(idxs):
+        bits = kind.bits.format(x=ctx.elem(v, idx))
+        parts.append(bits if n == 0 else f"({bits} << U32({n * width}))")
+    return ctx.src.tmp(" | ".join(parts), "w")
 
 
 def render_mma_dot(ctx, op, tiling: Tiling, out) -> None:
-    """Emit the dot: accumulators in registers, one mma per 16 x 8 tile per K step of 16."""
+    """Emit the dot: accumulators in registers, one mma per 16 x 8 tile per K step."""
     a, b, c = op.operands
     la, lb, lc = tiling.layouts()
     for tv in (la, lb, lc):
@@ -129,8 +173,10 @@ def render_mma_dot(ctx, op, tiling: Tiling, out) -> None:
     src = ctx.src
     ctx.uses_mma = True
     with ctx.scope():
-        lda = ldmatrix_rows(ctx, a, la, tiling.TM, 8, ctx.threads, 1)
-        ldb = ldmatrix_rows(ctx, b, lb, tiling.TN, 4, ctx.threads, 0)
+        kind = tiling.kind
+        va, vb = la.num_values // tiling.TM, lb.num_values // tiling.TN  # values per tile
+        lda = ldmatrix_rows(ctx, a, la, tiling.TM, va, ctx.threads, 1)
+        ldb = ldmatrix_rows(ctx, b, lb, tiling.TN, vb, ctx.threads, 0)
         ar, ac = (src.tmp(e, "fa") for e in thread_coords(la, "tid"))
         br, bc = (src.tmp(e, "fb") for e in thread_coords(lb, "tid"))
         cr, cc = (src.tmp(e, "fc") for e in thread_coords(lc, "tid"))
@@ -138,19 +184,21 @@ def render_mma_dot(ctx, op, tiling: Tiling, out) -> None:
         accs = []
         for v in range(lc.num_values):
             idx = _at(src, (cr, cc), lc(0, v))
-            accs.append((idx, src.tmp(f"F32({ctx.elem(c, idx)})", "acc")))
+            accs.append((idx, src.tmp(f"{kind.acc}({ctx.elem(c, idx)})", "acc")))
         ks = src.fresh("ks")
         src.line(f"{ks} = 0")
         with src.block(f"while {ks} < {tiling.K}:"), ctx.scope():
-            afrag = [_fragment(ctx, a, la, t, 8, (ar, ac), ks, 1, lda) for t in range(tiling.TM)]
-            bfrag = [_fragment(ctx, b, lb, t, 4, (br, bc), ks, 0, ldb) for t in range(tiling.TN)]
+            afrag = [_fragment(ctx, a, la, kind, t, va, (ar, ac), ks, 1, lda)
+                     for t in range(tiling.TM)]
+            bfrag = [_fragment(ctx, b, lb, kind, t, vb, (br, bc), ks, 0, ldb)
+                     for t in range(tiling.TN)]
             for i in range(tiling.TM):
                 for j in range(tiling.TN):
                     tile = accs[(i * tiling.TN + j) * 4:(i * tiling.TN + j + 1) * 4]
                     names = ", ".join(n for _, n in tile)
                     args = ", ".join(afrag[i] + bfrag[j]) + ", " + names
-                    src.line(f"{names} = mma_f16({args})")
-            src.line(f"{ks} += {MMA_K}")
+                    src.line(f"{names} = {kind.fn}({args})")
+            src.line(f"{ks} += {kind.k}")
         for idx, name in accs:
             src.line(f"{ctx.addr(out, idx)} = {name}")
 
@@ -164,11 +212,11 @@ def _at(src, base: tuple[str, str], off: tuple[int, int], k: str = "", kdim: int
     return tuple(out)
 
 
-def _fragment(ctx, v, tv: TVLayout, t: int, per_tile: int, base, ks: str, kdim: int,
-              rows) -> list[str]:
-    """Tile t's registers of operand v (pairs of f16 as uint32): one ldmatrix when `rows`
-    (from `ldmatrix_rows`) says the buffer allows it, else two element reads per register."""
-    nregs = per_tile // 2
+def _fragment(ctx, v, tv: TVLayout, kind: Kind, t: int, per_tile: int, base, ks: str,
+              kdim: int, rows) -> list[str]:
+    """Tile t's registers of operand v (as uint32): one ldmatrix when `rows` (from
+    `ldmatrix_rows`) says the buffer allows it, else element reads."""
+    nregs = per_tile // kind.per_reg
     if rows is not None:
         buf, index, offsets, kstride = rows
         at = f"{index} + {offsets[t]}" if offsets[t] else index
@@ -177,8 +225,9 @@ def _fragment(ctx, v, tv: TVLayout, t: int, per_tile: int, base, ks: str, kdim: 
         return [f"{words}[{r}]" for r in range(nregs)]
     regs = []
     for r in range(nregs):
-        lo, hi = (_at(ctx.src, base, tv(0, t * per_tile + 2 * r + h), ks, kdim) for h in (0, 1))
-        regs.append(_pair(ctx, v, lo, hi))
+        first = t * per_tile + kind.per_reg * r
+        idxs = [_at(ctx.src, base, tv(0, first + h), ks, kdim) for h in range(kind.per_reg)]
+        regs.append(_register(ctx, v, kind, idxs))
     return regs
 
 

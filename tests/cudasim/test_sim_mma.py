@@ -107,3 +107,19 @@ def test_tutorial_example_runs_on_tensor_cores():
                                      backend="cuda")
     assert "mma_f16(" in seen[0] and "ldmatrix_x4(" in seen[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=70 * 2.0**-24 * 8)
+
+
+IDOT = os.path.join(os.path.dirname(__file__), "idot.lbk")
+
+
+@pytest.mark.parametrize("m,n,k", [(20, 13, 100), (33, 16, 64)])
+def test_i8_dot_runs_on_s8_tensor_cores_exactly(m, n, k):
+    """A dot of i8 tiles into i32 is mma.sync m16n8k32 .s8: exact integer sums (edges read 0)."""
+    kern = lowbitc.compile(IDOT, backend="cuda")
+    assert "mma_s8(" in kern.text("python")
+    rng = np.random.default_rng(k)
+    x = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    w = rng.integers(-128, 128, (n, k)).astype(np.int8)
+    y = np.zeros((m, n), np.int32)
+    kern(x, w, y)
+    np.testing.assert_array_equal(y, x.astype(np.int64) @ w.astype(np.int64).T)
