@@ -11,8 +11,8 @@ of 8 fragments after another. The codes are stored as bit planes of power-of-two
 warp-wide 128-bit loads: load j gives lane l four words holding its codes c = j*128/p ..
 (j+1)*128/p - 1, 32/p per word. Inside a word the codes sit in the order of
 `backends/numba_cuda/interleave.order` (even codes, then odd) when `interleaved`, so codes 2m
-and 2m+1 (one f16x2 register of the fragment) land p*32/(2p) = 16 bits apart and one LOP3
-(or a shift and a LOP3) moves the pair into an f16x2 register; otherwise in order.
+and 2m+1 (one f16x2 register of the fragment) land 16 bits apart and one LOP3 (after a shift)
+moves the pair into an f16x2 register; otherwise in order.
 Tiles are stored N-tile-major, K-tile next (a warp owning 64 columns streams along K), planes
 in order inside a tile, then loads, lanes, words: see `mma_code_index`.
 """

@@ -14,6 +14,7 @@ from lowbitc.layout import mma
 
 W = pytest.importorskip("lowbitc.backends.numba_cuda.warpsim")
 K = pytest.importorskip("tensorcore_kernels")
+G = pytest.importorskip("tensorcore_gemm")
 RNG = np.random.default_rng(7)
 
 
@@ -118,6 +119,38 @@ def test_primitive_assembles_to_its_sass_opcode(name, sig, opcodes, arch):
 
 @needs_toolchain
 @pytest.mark.cuda_toolchain
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_warp_gemm_assembles_to_32_hmma_from_registers(arch):
+    """tests/tensorcore_gemm.py's 16x64x64 u4 warp GEMM: 32 HMMA fed by 4 LDSM and 4 LDGSTS,
+    B decoded in registers (2 HFMA2 per HMMA), nothing spilled, no stack."""
+    T = pytest.importorskip("lowbitc.backends.numba_cuda.toolchain")
+    from lowbitc.backends.numba_cuda import sass
+
+    asm = assemble_without_spills(T.ptx_for(G.k_gemm_u4, G.SIG, arch), arch)
+    mix = sass.opcode_mix(sass.parse(T.disassemble(asm.cubin)))
+    assert asm.stack_bytes == 0
+    assert (mix["HMMA"], mix["LDSM"], mix["LDGSTS"], mix["HFMA2"]) == (32, 4, 4, 64), mix
+
+
+def test_warp_gemm_shared_accesses_are_conflict_free():
+    """The warp GEMM's cp.async stores and ldmatrix reads, evaluated per warp (lowbitc.layout.
+    banks), on its swizzled tile; unswizzled, the ldmatrix reads would conflict 8-way."""
+    from lowbitc.layout.banks import ldmatrix_access, warp_access
+
+    G.test_swizzle_spelled_out_matches_the_layout_swizzle()
+    lanes = range(32)
+    for i in range(4):
+        stores = [G.a_offset((t + 32 * i) // 8, (t + 32 * i) % 8) for t in lanes]
+        assert warp_access(stores, 16).conflicts == 0
+    for kf in range(4):
+        reads = [G.a_offset(t % 16, 2 * kf + t // 16) for t in lanes]
+        assert ldmatrix_access(reads, 4).conflicts == 0
+        plain = [(t % 16) * 128 + (2 * kf + t // 16) * 16 for t in lanes]
+        assert ldmatrix_access(plain, 4).conflicts == 28
+
+
+@needs_toolchain
+@pytest.mark.cuda_toolchain
 @pytest.mark.cudasim
 def test_simulator_suite():
-    run_simulator_suite("test_sim_tensorcore.py", passed=10)
+    run_simulator_suite("test_sim_tensorcore.py", passed=12)

@@ -18,8 +18,9 @@ int32. Fragment ownership: lowbitc/layout/mma.py.
   pending). The simulator twins copy synchronously, so commit and wait are no-ops there.
 
 Traps (docs TOOLCHAIN): only mma is side-effect free (ldmatrix and cp.async are marked as
-having side effects so LLVM does not hoist or merge them); the shared address is the element
-pointer cast to addrspace(3) and truncated to 32 bits, the global one cast to addrspace(1).
+having side effects so LLVM does not hoist or merge them); mma and ldmatrix calls are
+`convergent` (warp-collective); the shared address is the element pointer cast to
+addrspace(3) and truncated to 32 bits, the global one cast to addrspace(1).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ else:
 
     _I32, _I64, _F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
     _SHARED, _GLOBAL = 3, 1  # NVPTX address spaces
+    # .sync.aligned: the whole warp executes the same instruction, so LLVM must not make the
+    # call control-dependent on more values (no duplication into divergent branches)
+    _COLLECTIVE = ("convergent",)
 
     def _mma(name: str, text: str, acc):
         """An intrinsic (4 x u32 A, 2 x u32 B, 4 x acc C) -> 4 x acc D: one mma.sync."""
@@ -65,7 +69,8 @@ else:
 
             def codegen(context, builder, signature, args):
                 fnty = ir.FunctionType(ir.LiteralStructType([llacc] * 4), [_I32] * 6 + [llacc] * 4)
-                res = builder.call(ir.InlineAsm(fnty, text + _MMA_OPERANDS, constraint), args)
+                asm = ir.InlineAsm(fnty, text + _MMA_OPERANDS, constraint)
+                res = builder.call(asm, args, attrs=_COLLECTIVE)
                 items = [builder.extract_value(res, k) for k in range(4)]
                 return context.make_tuple(builder, ret, items)
 
@@ -105,7 +110,8 @@ else:
                 addr = _address(context, builder, signature.args[0], args[0], args[1], _SHARED,
                                 _I32)
                 fnty = ir.FunctionType(ir.LiteralStructType([_I32] * num), [_I32])
-                res = builder.call(ir.InlineAsm(fnty, text, constraint, side_effect=True), [addr])
+                asm = ir.InlineAsm(fnty, text, constraint, side_effect=True)
+                res = builder.call(asm, [addr], attrs=_COLLECTIVE)
                 items = [builder.extract_value(res, k) for k in range(num)]
                 return context.make_tuple(builder, ret, items)
 

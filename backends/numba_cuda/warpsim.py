@@ -3,11 +3,12 @@ cp.async, with the PTX ISA's warp semantics.
 
 Numba's CUDA simulator runs one Python thread per CUDA thread and has no warp operations. A
 collective twin posts its lane's operands into a per-warp slot list kept on the simulator's
-block (its BlockManager), meets the other 31 lanes at a `threading.Barrier(32)` (with a
-timeout), computes the whole warp's result with the `*_warp` function and returns its lane's
-part. The `*_warp` functions are plain numpy over all 32 lanes and are the executable statement
-of the ISA tables (PTX ISA 9.7.14.5.8, 9.7.14.5.10 and 9.7.14.5.15 "ldmatrix"); they run
-anywhere, the per-lane twins only inside a simulated kernel whose blocks are whole warps.
+block (its BlockManager) and meets the other 31 lanes at a `threading.Barrier(32)` (with a
+timeout) whose action computes the whole warp's result once with the `*_warp` function; each
+lane returns its row. The `*_warp` functions are plain numpy over all 32 lanes and are the
+executable statement of the ISA tables (PTX ISA 9.7.14.5.8, 9.7.14.5.10 and 9.7.14.5.15
+"ldmatrix"); they run anywhere, the per-lane twins only inside a simulated kernel whose blocks
+are whole warps.
 """
 
 from __future__ import annotations
@@ -108,9 +109,33 @@ def ldmatrix_warp(mem: np.ndarray, addrs, num: int, trans: bool) -> np.ndarray:
 
 
 # -- per-lane twins inside a simulated kernel --------------------------------------------------
-def _lane_and_warp():
-    """(lane, slots) of the calling simulator thread: the per-warp exchange state lives on the
-    simulator's BlockManager, keyed by (block index, warp)."""
+class _Warp:
+    """Exchange state of one simulated warp. Collective g uses buffer g % 2: the lanes post
+    their operands, meet at one barrier whose action (run by the last lane to arrive) computes
+    the warp's result once, and read their rows. A lane can only post collective g + 1 while
+    others still read g, never g + 2, so two buffers need no second barrier."""
+
+    def __init__(self) -> None:
+        self.calls = [0] * WARP  # collectives each lane has entered
+        self.gen = 0  # collectives completed
+        self.slots: list[list] = [[None] * WARP, [None] * WARP]
+        self.compute: list = [None, None]
+        self.result: list = [None, None]
+        self.error: list[Exception | None] = [None, None]
+        self.done = threading.Barrier(WARP, action=self._run)
+
+    def _run(self) -> None:
+        buf = self.gen & 1
+        self.gen += 1
+        try:
+            self.result[buf], self.error[buf] = self.compute[buf](list(self.slots[buf])), None
+        except Exception as exc:  # re-raised in every lane
+            self.result[buf], self.error[buf] = None, exc
+
+
+def _lane_and_warp() -> tuple[int, _Warp]:
+    """(lane, warp state) of the calling simulator thread: the state lives on the simulator's
+    BlockManager, keyed by (block index, warp)."""
     thread = threading.current_thread()
     manager = getattr(thread, "_manager", None)
     if manager is None:
@@ -122,57 +147,73 @@ def _lane_and_warp():
                            f"{WARP} threads); this block has {size}")
     tid = thread.thread_id
     key = (tuple(thread.blockIdx), tid // WARP)
-    with _CREATE:
-        warps = manager.__dict__.setdefault("_lowbitc_warps", {})
-        state = warps.get(key)
-        if state is None:
-            state = warps[key] = (threading.Barrier(WARP), [None] * WARP)
+    warps = manager.__dict__.get("_lowbitc_warps")
+    state = warps.get(key) if warps is not None else None
+    if state is None:
+        with _CREATE:
+            warps = manager.__dict__.setdefault("_lowbitc_warps", {})
+            state = warps.setdefault(key, _Warp())
     return tid % WARP, state
 
 
-def exchange(value):
-    """All 32 lanes' `value`s (a list indexed by lane), once every lane of the warp posted."""
-    lane, (barrier, slots) = _lane_and_warp()
+def collective(value, compute):
+    """This lane's row of `compute(values)`, where `values` lists the 32 lanes' `value`s by
+    lane; `compute` (the same for every lane) runs once per warp-collective instruction."""
+    lane, warp = _lane_and_warp()
+    buf = warp.calls[lane] & 1
+    warp.calls[lane] += 1
+    warp.slots[buf][lane] = value
+    warp.compute[buf] = compute
     try:
-        barrier.wait(TIMEOUT)  # the previous collective has been read by every lane
-        slots[lane] = value
-        barrier.wait(TIMEOUT)
-        return list(slots)
+        warp.done.wait(TIMEOUT)
     except threading.BrokenBarrierError:
         raise BackendError(f"lane {lane}: the rest of its warp did not reach the same "
                            f"warp-collective instruction within {TIMEOUT:.0f} s (divergent "
                            f"control flow or an exited lane)") from None
+    if warp.error[buf] is not None:
+        raise warp.error[buf]
+    return warp.result[buf][lane]
 
 
 def _u32(x) -> int:
     return int(x) & 0xFFFFFFFF
 
 
-def mma_f16_py(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, kind: str = "f16"):
+def _mma_compute(kind: str):
+    def compute(lanes):
+        a = np.array([x[0] for x in lanes], np.uint32)
+        b = np.array([x[1] for x in lanes], np.uint32)
+        if kind == "s8":
+            c = np.array([x[2] for x in lanes], np.int64).astype(np.int32)
+            return mma_m16n8k32_s8_warp(a, b, c)
+        return mma_m16n8k16_warp(a, b, np.array([x[2] for x in lanes], np.float32), kind)
+
+    return compute
+
+
+_MMA = {kind: _mma_compute(kind) for kind in ("f16", "bf16", "s8")}
+
+
+def _mma_py(kind, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+    acc = int if kind == "s8" else float
+    value = ((_u32(a0), _u32(a1), _u32(a2), _u32(a3)), (_u32(b0), _u32(b1)),
+             (acc(c0), acc(c1), acc(c2), acc(c3)))
+    return tuple(collective(value, _MMA[kind]))
+
+
+def mma_f16_py(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
     """One lane's part of mma.sync m16n8k16 .f32.f16.f16.f32 (warp-collective)."""
-    lanes = exchange(([_u32(a0), _u32(a1), _u32(a2), _u32(a3)], [_u32(b0), _u32(b1)],
-                      [float(c0), float(c1), float(c2), float(c3)]))
-    lane = threading.current_thread().thread_id % WARP
-    a = np.array([x[0] for x in lanes], np.uint32)
-    b = np.array([x[1] for x in lanes], np.uint32)
-    c = np.array([x[2] for x in lanes], np.float32)
-    return tuple(mma_m16n8k16_warp(a, b, c, kind)[lane])
+    return _mma_py("f16", a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
 
 
 def mma_bf16_py(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
     """One lane's part of mma.sync m16n8k16 .f32.bf16.bf16.f32 (warp-collective)."""
-    return mma_f16_py(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, kind="bf16")
+    return _mma_py("bf16", a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
 
 
 def mma_s8_py(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
     """One lane's part of mma.sync m16n8k32 .s32.s8.s8.s32 (warp-collective)."""
-    lanes = exchange(([_u32(a0), _u32(a1), _u32(a2), _u32(a3)], [_u32(b0), _u32(b1)],
-                      [int(c0), int(c1), int(c2), int(c3)]))
-    lane = threading.current_thread().thread_id % WARP
-    a = np.array([x[0] for x in lanes], np.uint32)
-    b = np.array([x[1] for x in lanes], np.uint32)
-    c = np.array([x[2] for x in lanes], np.int64).astype(np.int32)
-    return tuple(mma_m16n8k32_s8_warp(a, b, c)[lane])
+    return _mma_py("s8", a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
 
 
 def host_array(a) -> np.ndarray:
@@ -194,9 +235,10 @@ def _ldmatrix(smem, index, num: int, trans: bool):
     if arr.dtype.itemsize not in (2, 4):
         raise BackendError(f"ldmatrix: shared array of 16- or 32-bit elements expected, got "
                            f"{arr.dtype}")
-    lanes = exchange(int(index) * arr.dtype.itemsize)
-    lane = threading.current_thread().thread_id % WARP
-    return tuple(np.uint32(x) for x in ldmatrix_warp(_bytes_of(arr), lanes, num, trans)[lane])
+    mem = _bytes_of(arr)
+    row = collective(int(index) * arr.dtype.itemsize,
+                     lambda addrs: ldmatrix_warp(mem, addrs, num, trans))
+    return tuple(np.uint32(x) for x in row)
 
 
 def ldmatrix_x4_py(smem, index):
