@@ -24,14 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lowbitc.layout.mma import (
-    mma_m16n8k16_a,
-    mma_m16n8k16_b,
-    mma_m16n8k16_c,
-    mma_m16n8k32_a,
-    mma_m16n8k32_b,
-    mma_m16n8k32_c,
-)
+from lowbitc.layout import mma as frag
 from lowbitc.layout.tv import TVLayout, local, replicated, spatial
 
 MMA_IMPORT = ("from lowbitc.backends.numba_cuda.tensorcore import ldmatrix_x2, ldmatrix_x4, "
@@ -59,10 +52,10 @@ class Kind:
 
 KINDS = {
     "f16": Kind(("f16", "f16", "f32"), 16, "mma_f16",
-                (mma_m16n8k16_a, mma_m16n8k16_b, mma_m16n8k16_c), 2, "F32",
+                (frag.mma_m16n8k16_a, frag.mma_m16n8k16_b, frag.mma_m16n8k16_c), 2, "F32",
                 "U32(u16_from_f16({x}))"),
     "s8": Kind(("i8", "i8", "i32"), 32, "mma_s8",
-               (mma_m16n8k32_a, mma_m16n8k32_b, mma_m16n8k32_c), 4, "I32",
+               (frag.mma_m16n8k32_a, frag.mma_m16n8k32_b, frag.mma_m16n8k32_c), 4, "I32",
                "U32(I32({x}) & I32(255))"),
 }
 
