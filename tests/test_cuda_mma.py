@@ -133,7 +133,11 @@ def test_mma_matmul_sass_has_hmma_and_ldsm_and_no_spills(w, arch, capsys):
     st = _stats(w, arch, capsys)
     assert st["spill_bytes"] == 0 and st["stack_bytes"] == 0
     loop = st["mma_loop"]
-    assert loop["hmma"] >= 4 and loop["sass_mix"].get("LDSM", 0) >= 8, loop
+    # A by ldmatrix; u4's B decoded in registers (LOP3 + HFMA2 per f16x2 pair), u3's from
+    # shared memory by ldmatrix (its codes straddle words)
+    assert loop["hmma"] >= 4 and loop["sass_mix"].get("LDSM", 0) >= 4, loop
+    if w == "u4":
+        assert loop["sass_mix"].get("HFMA2", 0) >= 8 and loop["sass_mix"].get("STS", 0) < 20
     assert loop["non_hmma_per_hmma"] == round((loop["instructions"] - loop["hmma"])
                                               / loop["hmma"], 2)
 
@@ -149,6 +153,17 @@ def test_i8_dot_assembles_to_imma_without_spills(arch):
 
 def test_simulator_suite():
     run_simulator_suite("test_sim_mma.py", passed=26)
+
+
+def test_weights_decode_into_b_registers():
+    """u4 (interleaved) and u2 codes reach the B fragment from one word per register: the
+    codes OR'ed into 1024's mantissas and one HFMA2, no shared tile for the weights; u3 (codes
+    straddle words) keeps the shared tile and ldmatrix; i4 adds the affine HFMA2."""
+    for w, direct in (("u4", True), ("u2", True), ("i4", True), ("u3", False)):
+        src = _rendered(w)
+        assert ("hfma2(" in src and "ldmatrix_x2(" not in src) == direct, w
+    assert "U32(0x64006400), 0xEA)" in _rendered("u4")  # interleaved: one lop3 per pair
+    assert "^ U32(0x80008)" in _rendered("i4")  # two's complement: flip the sign bit
 
 
 def test_mma_path_choice_on_the_host():

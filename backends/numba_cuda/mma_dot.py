@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lowbitc.backends.numba_cuda.mma_weights import codes_by_word
 from lowbitc.layout import mma as frag
 from lowbitc.layout.tv import TVLayout, local, replicated, spatial
 
@@ -220,7 +221,11 @@ def _fragment(ctx, v, tv: TVLayout, kind: Kind, t: int, per_tile: int, base, ks:
     for r in range(nregs):
         first = t * per_tile + kind.per_reg * r
         idxs = [_at(ctx.src, base, tv(0, first + h), ks, kdim) for h in range(kind.per_reg)]
-        regs.append(_register(ctx, v, kind, idxs))
+        direct = None
+        if kdim == 0:
+            direct = codes_by_word(ctx, v, [tv(0, first + h) for h in range(kind.per_reg)],
+                                    idxs)
+        regs.append(direct or _register(ctx, v, kind, idxs))
     return regs
 
 

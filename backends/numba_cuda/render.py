@@ -77,7 +77,7 @@ class Renderer:
         self.threads = threads
         self.hoist: tuple[int, int, frozenset[str], dict] | None = None
         self.unit: Unit | None = None
-        self.plan = make_plan(k)
+        self.plan = make_plan(k, threads)
         self.src = Source()
         self.scalars: dict[int, str] = {}
         self.bufs: dict[int, Buf] = {}
