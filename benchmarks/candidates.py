@@ -14,9 +14,11 @@ import numpy as np
 
 from lowbitc import ops
 from lowbitc.ir.types import numpy_dtype
+from lowbitc.memory import weight_bytes
 from lowbitc.quant import QTensor, quantize
 
 from .baselines import Baseline, torch_int4_gemv
+from .harness import in_turn
 
 __all__ = [
     "MATMUL_TOLERANCE",
@@ -69,12 +71,6 @@ def quantized(w: np.ndarray, fmt: str, group_size: int) -> QTensor:
     return quantize(w, fmt, group_size, zero_point=fmt.startswith("u"))
 
 
-def weight_bytes(qw: QTensor) -> int:
-    """Bytes a kernel reads for the weight: its storage, scales and zero points."""
-    zeros = 0 if qw.zeros is None else qw.zeros.nbytes
-    return int(ops.weight_storage(qw).nbytes + qw.scales.nbytes + zeros)
-
-
 def _json_params(params: dict) -> dict:
     return {k: v if isinstance(v, (bool, int, float)) else str(getattr(v, "name", v))
             for k, v in params.items()}
@@ -125,21 +121,23 @@ def _first_call(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
     return out, time.perf_counter() - start
 
 
-def matmul_case(name: str, x: np.ndarray, qw: QTensor) -> Timed:
-    """`ops.matmul(x, qw)` as a user calls it (allocation and Python overhead included)."""
+def matmul_case(name: str, x: np.ndarray, qw: QTensor, copies: int = 1) -> Timed:
+    """`ops.matmul(x, qw)` as a user calls it (allocation and Python overhead included); with
+    `copies` > 1 each call reads the next of that many replicas of qw (QTensor.replica)."""
     N, K = qw.shape
     M = x.shape[0]
     y, first = _first_call(lambda: ops.matmul(x, qw))
     ref = x.astype(np.float32).astype(np.float64) @ qw.dequantize().astype(np.float64).T
     wbytes = weight_bytes(qw)
+    weights = [qw] + [qw.replica() for _ in range(copies - 1)]  # after the first call: packed
     return Timed(
         name=name,
-        fn=lambda: ops.matmul(x, qw),
+        fn=in_turn([lambda q=q: ops.matmul(x, q) for q in weights]),
         flops=2.0 * M * N * K,
         bytes_moved=wbytes + x.nbytes + 4.0 * M * N,
         weight_bytes=wbytes,
         check=_compare(y, ref, MATMUL_TOLERANCE),
-        info={"activations": str(x.dtype), "first_call_seconds": first,
+        info={"activations": str(x.dtype), "first_call_seconds": first, "weights_in_turn": copies,
               "zero_point": qw.zeros is not None,
               "kernel_params": _json_params(matmul_kernel_params(x, qw))},
     )
@@ -175,10 +173,10 @@ def from_baseline(b: Baseline, weight_bytes: float = 0.0) -> Timed:
                  weight_bytes=weight_bytes, info=dict(b.info))
 
 
-def torch_case(K: int, N: int, group_size: int, M: int = 1) -> Timed | None:
+def torch_case(K: int, N: int, group_size: int, M: int = 1, copies: int = 1) -> Timed | None:
     """torch's int4 CPU GEMV (bf16 activations), checked against its own dequantized weights;
     None when torch is missing."""
-    b = torch_int4_gemv(K, N, M=M, group_size=group_size)
+    b = torch_int4_gemv(K, N, M=M, group_size=group_size, copies=copies)
     if b is None:
         return None
     codes, sz, x = b.data["codes"], b.data["scales_zeros"], b.data["x"]

@@ -14,7 +14,7 @@ import numpy as np
 from lowbitc import tuned
 from lowbitc.compiler import Kernel
 from lowbitc.errors import UserArgumentError
-from lowbitc.ir.types import is_machine, numpy_dtype
+from lowbitc.ir.types import is_bfloat16, is_machine, numpy_dtype
 from lowbitc.kernels import (  # noqa: F401 (re-exported: ops.get_kernel, ops._KERNELS)
     _KERNELS,
     get_kernel,
@@ -26,8 +26,7 @@ from lowbitc.mma_plan import mma_format, mma_params
 from lowbitc.quant import QTensor
 from lowbitc.tuned import tuned_config
 
-_ACTIVATIONS = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16",
-                numpy_dtype("bf16"): "bf16"}
+_ACTIVATIONS = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 _NO_ZEROS = np.zeros((1, 1), np.float32)
 _OUT_DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 _F32 = np.dtype(np.float32)
@@ -142,7 +141,7 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
     qw = _check_qtensor(qw)
     if not isinstance(x, np.ndarray):
         raise UserArgumentError(f"x: expected a numpy array, got {type(x).__name__}")
-    act = _ACTIVATIONS.get(x.dtype)
+    act = _ACTIVATIONS.get(x.dtype) or ("bf16" if is_bfloat16(x.dtype) else None)
     if act is None:
         raise UserArgumentError(f"x: expected float32, float16 or bfloat16, got {x.dtype}")
     if x.ndim != 2:
