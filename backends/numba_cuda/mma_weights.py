@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from lowbitc.backends.numba_cuda.elements import reg_dtype
-from lowbitc.backends.numba_cuda.halves import ONE_PAIR, _code_values
+from lowbitc.backends.numba_cuda.halves import ONE_PAIR
+from lowbitc.backends.numba_cuda.halves_plan import _code_values
 from lowbitc.backends.numba_cuda.source import numba_type
 
 
