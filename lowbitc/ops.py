@@ -22,6 +22,7 @@ from lowbitc.kernels import (  # noqa: F401 (re-exported: ops.get_kernel, ops._K
     kernel_source,
 )
 from lowbitc.kv.attention import attention_decode as kv_attention_decode
+from lowbitc.mma_plan import mma_format, mma_params
 from lowbitc.offset import OffsetQTensor, finish_dequantize, permute_input, subtract_offsets
 from lowbitc.quant import QTensor
 from lowbitc.tuned import tuned_config
@@ -91,6 +92,27 @@ def matmul_params(M: int, qw: QTensor, act: str, backend: str = "llvm") -> dict:
             "BK": bk}
 
 
+def matmul_kernel_name(wtype, act: str, backend: str) -> str:
+    """`matmul_mma` (tensor cores) for f16 activations on cuda when every code value of the
+    format is an f16 (`lowbitc.mma_plan`), else `matmul`."""
+    return "matmul_mma" if backend == "cuda" and act == "f16" and mma_format(wtype) else "matmul"
+
+
+def matmul_choice(M: int, N: int, K: int, qw, act: str, backend: str) -> tuple[str, dict]:
+    """The shipped kernel and its parameters for a matmul: `matmul_mma` (tensor cores,
+    `lowbitc.mma_plan`) for f16 activations on cuda when the format allows, else `matmul`
+    with its defaults; then `lowbitc.tune`'s winner for the shape's bucket."""
+    name = matmul_kernel_name(qw.dtype, act, backend)
+    if name == "matmul_mma":
+        params = mma_params(M, qw.dtype, qw.group_size, qw.zeros is not None)
+        fixed = {n: params[n] for n in ("W", "ZP", "TH")}
+    else:
+        params = matmul_params(M, qw, act, backend)
+        fixed = {n: params[n] for n in ("W", "A", "ZP", "EARLY")}
+    params.update(tuned_params(name, fixed, qw.group_size, {"M": M, "N": N, "K": K}, backend))
+    return name, params
+
+
 _PLANS: dict[tuple, Kernel] = {}
 _PLANS_GENERATION = [-1]
 
@@ -140,11 +162,8 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
     plan = ("matmul", backend, qw.dtype, act, qw.zeros is not None, qw.group_size, M, N, K)
     k = _plan(plan)
     if k is None:
-        params = matmul_params(M, qw, act, backend)
-        fixed = {n: params[n] for n in ("W", "A", "ZP", "EARLY")}
-        params.update(tuned_params("matmul", fixed, qw.group_size, {"M": M, "N": N, "K": K},
-                                   backend))
-        k = _remember(plan, get_kernel("matmul", backend, **params))
+        name, params = matmul_choice(M, N, K, qw, act, backend)
+        k = _remember(plan, get_kernel(name, backend, **params))
     zeros = qw.zeros if qw.zeros is not None else _NO_ZEROS
     k(x, weight_storage(qw, k), qw.scales, zeros, y, qw.group_size, K=K)
     return y

@@ -258,9 +258,16 @@ def matmul_into(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scales: 
         return
     backend = _backend(x.device)
     act, zp = ACTIVATIONS[x.dtype], zeros is not None
-    kern = _kernel("matmul", backend, x.device, ("matmul", backend, fmt, act, zp, group_size,
+    if backend == "llvm":
+        kern = _kernel("matmul", backend, x.device, ("matmul", backend, fmt, act, zp,
+                                                     group_size, m, n, k),
+                       lambda: _matmul_params(fmt, act, zp, group_size, m, n, k, backend))
+    else:  # the shipped choice: tensor cores for f16 activations (lowbitc.mma_plan)
+        spec = _Spec(fmt, group_size, zp)
+        name = lops.matmul_kernel_name(spec.dtype, act, backend)
+        kern = _kernel(name, backend, x.device, ("matmul", backend, fmt, act, zp, group_size,
                                                  m, n, k),
-                   lambda: _matmul_params(fmt, act, zp, group_size, m, n, k, backend))
+                       lambda: lops.matmul_choice(m, n, k, spec, act, backend)[1])
     w = (_kernel_weight(kern, weight, scales, zeros, fmt, group_size, k) if backend == "llvm"
          else _operand(weight, backend))
     kern(_operand(x, backend, False), w, _operand(scales, backend),
