@@ -53,6 +53,12 @@ class OffsetQTensor(QTensor):
         return QTensor(self.dtype, self.shape, self.group_size, self.codes, self.scales,
                        self.zeros, self.scale_dtype)
 
+    @functools.cached_property
+    def offsets_by_group(self) -> np.ndarray:
+        """offsets transposed to group-major, C-contiguous float32 [G, N] (what the CPU matmul
+        kernel reads beside QTensor.group_major's scales)."""
+        return np.ascontiguousarray(self.offsets.T)
+
     def replica(self) -> OffsetQTensor:
         """QTensor.replica, offsets copied too (the kernels' packings are made per `base`)."""
         t = super().replica()

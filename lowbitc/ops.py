@@ -52,6 +52,7 @@ def _check_qtensor(qw: object) -> QTensor:
     return qw
 
 
+FUSED_OFFSETS = False  # OffsetQTensor offsets subtracted in the kernel (OFF) on "llvm"
 GEMM_ROWS = 8  # more activation rows than this take the dequantize-then-GEMM path
 
 
@@ -152,20 +153,30 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
         raise UserArgumentError(f"x: expected K = {K} columns to match qw {qw.shape}, "
                                 f"got shape {x.shape}")
     x = np.ascontiguousarray(x)
-    if isinstance(qw, OffsetQTensor):  # the plain part through the kernel, then the offsets
-        xs = permute_input(qw, x)
-        return subtract_offsets(qw, xs, matmul(xs, qw.base, backend, out))
+    offsets = None  # an OffsetQTensor's offsets, group-major, for the kernel to subtract
+    if isinstance(qw, OffsetQTensor):  # the plain part through the kernel, and the offsets
+        x = permute_input(qw, x)
+        if qw.offsets is not None and (backend != "llvm" or qw.zeros is not None
+                                       or not FUSED_OFFSETS):
+            return subtract_offsets(qw, x, matmul(x, qw.base, backend, out))
+        offsets = None if qw.offsets is None else qw.offsets_by_group
+        qw = qw.base
     M = x.shape[0]
     y = _out(out, (M, N))
     if M == 0 or N == 0:
         return y
-    plan = ("matmul", backend, qw.dtype, act, qw.zeros is not None, qw.group_size, M, N, K)
+    plan = ("matmul", backend, qw.dtype, act, qw.zeros is not None, qw.group_size, M, N, K,
+            offsets is not None)
     k = _plan(plan)
     if k is None:
         name, params = matmul_choice(M, N, K, qw, act, backend)
+        if name == "matmul" and backend == "llvm":
+            # group-major scales and zeros (QTensor.group_major), offsets in the kernel
+            params.update(GM=True, OFF=offsets is not None)
         k = _remember(plan, get_kernel(name, backend, **params))
-    zeros = qw.zeros if qw.zeros is not None else _NO_ZEROS
-    k(x, weight_storage(qw, k), qw.scales, zeros, y, qw.group_size, K=K)
+    scales, zeros = qw.group_major if k.params.get("GM") else (qw.scales, qw.zeros)
+    zeros = offsets if offsets is not None else zeros if zeros is not None else _NO_ZEROS
+    k(x, weight_storage(qw, k), scales, zeros, y, qw.group_size, K=K)
     return y
 
 

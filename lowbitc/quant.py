@@ -92,6 +92,14 @@ class QTensor:
                                                  self.shape[1])
         return words
 
+    @functools.cached_property
+    def group_major(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """scales and zeros (or None) transposed to group-major, C-contiguous float32 [G, N]:
+        what the CPU matmul reads (one group's scales of consecutive rows are one contiguous
+        load); made once and cached (never saved)."""
+        zeros = None if self.zeros is None else np.ascontiguousarray(self.zeros.T)
+        return np.ascontiguousarray(self.scales.T), zeros
+
     def replica(self) -> QTensor:
         """The same weight in fresh memory for what kernels read: scales, zero points and every
         packing made so far copied (codes too for u8/i8, which kernels read as bytes; other
@@ -103,6 +111,9 @@ class QTensor:
                        self.scale_dtype)
         if "packed" in self.__dict__:
             twin.__dict__["packed"] = self.packed.copy()
+        if "group_major" in self.__dict__:
+            twin.__dict__["group_major"] = tuple(
+                None if a is None else a.copy() for a in self.group_major)
         twin.__dict__["_repacked"] = {
             p: PackedWords(w.words.copy(), w.packing, w.count)
             for p, w in self.__dict__.get("_repacked", {}).items()}
