@@ -54,7 +54,7 @@ class OffsetQTensor(QTensor):
                        self.zeros, self.scale_dtype)
 
     @functools.cached_property
-    def offsets_by_group(self) -> np.ndarray:
+    def by_group(self) -> np.ndarray:
         """offsets transposed to group-major, C-contiguous float32 [G, N] (what the CPU matmul
         kernel reads beside QTensor.group_major's scales)."""
         return np.ascontiguousarray(self.offsets.T)

@@ -52,7 +52,6 @@ def _check_qtensor(qw: object) -> QTensor:
     return qw
 
 
-FUSED_OFFSETS = False  # OffsetQTensor offsets subtracted in the kernel (OFF) on "llvm"
 GEMM_ROWS = 8  # more activation rows than this take the dequantize-then-GEMM path
 
 
@@ -153,13 +152,12 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
         raise UserArgumentError(f"x: expected K = {K} columns to match qw {qw.shape}, "
                                 f"got shape {x.shape}")
     x = np.ascontiguousarray(x)
-    offsets = None  # an OffsetQTensor's offsets, group-major, for the kernel to subtract
+    offsets = None  # an OffsetQTensor whose offsets the kernel subtracts (OFF)
     if isinstance(qw, OffsetQTensor):  # the plain part through the kernel, and the offsets
         x = permute_input(qw, x)
-        if qw.offsets is not None and (backend != "llvm" or qw.zeros is not None
-                                       or not FUSED_OFFSETS):
+        if qw.offsets is not None and (backend != "llvm" or qw.zeros is not None):
             return subtract_offsets(qw, x, matmul(x, qw.base, backend, out))
-        offsets = None if qw.offsets is None else qw.offsets_by_group
+        offsets = None if qw.offsets is None else qw
         qw = qw.base
     M = x.shape[0]
     y = _out(out, (M, N))
@@ -171,11 +169,15 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
     if k is None:
         name, params = matmul_choice(M, N, K, qw, act, backend)
         if name == "matmul" and backend == "llvm":
-            # group-major scales and zeros (QTensor.group_major), offsets in the kernel
-            params.update(GM=True, OFF=offsets is not None)
+            # the GEMV path reads scales and zeros group-major (QTensor.group_major); offsets
+            # are subtracted in the kernel
+            params.update(GM=not params["EARLY"], OFF=offsets is not None)
         k = _remember(plan, get_kernel(name, backend, **params))
-    scales, zeros = qw.group_major if k.params.get("GM") else (qw.scales, qw.zeros)
-    zeros = offsets if offsets is not None else zeros if zeros is not None else _NO_ZEROS
+    gm = k.params.get("GM")
+    scales, zeros = qw.group_major if gm else (qw.scales, qw.zeros)
+    if offsets is not None:
+        zeros = offsets.by_group if gm else offsets.offsets
+    zeros = zeros if zeros is not None else _NO_ZEROS
     k(x, weight_storage(qw, k), scales, zeros, y, qw.group_size, K=K)
     return y
 

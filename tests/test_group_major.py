@@ -1,0 +1,60 @@
+"""Small groups on the CPU GEMV path (docs/performance.md): group-major scales and zero points
+(matmul GM, QTensor.group_major), OffsetQTensor offsets subtracted in the kernel (OFF), and
+the vector row sums the zero-point path takes."""
+
+import numpy as np
+import pytest
+
+import lowbitc
+from lowbitc import ops
+from lowbitc.ops import get_kernel, matmul_choice, weight_storage
+
+
+def _run(qw, x, gm: bool) -> np.ndarray:
+    m, (n, k) = x.shape[0], qw.shape
+    _, params = matmul_choice(m, n, k, qw, "f32", "llvm")
+    kern = get_kernel("matmul", "llvm", **{**params, "GM": gm})
+    s, z = qw.group_major if gm else (qw.scales, qw.zeros)
+    y = np.empty((m, n), np.float32)
+    kern(x, weight_storage(qw, kern), s, z if z is not None else np.zeros((1, 1), np.float32),
+         y, qw.group_size, K=k)
+    return y
+
+
+@pytest.mark.parametrize("fmt,group,zp", [("i4", 32, False), ("u4", 32, True),
+                                          ("u4", 128, True), ("f4e2m1fn", 32, False)])
+@pytest.mark.parametrize("m", [1, 3])
+def test_group_major_gemv_equals_column_reads(fmt, group, zp, m):
+    rng = np.random.default_rng(m)
+    w = rng.standard_normal((77, 200)).astype(np.float32)  # partial row block and group
+    qw = lowbitc.quantize(w, fmt, group, zero_point=zp)
+    x = rng.standard_normal((m, 200)).astype(np.float32)
+    got = _run(qw, x, True)
+    assert np.array_equal(got, _run(qw, x, False))  # the same operations, the same order
+    assert np.array_equal(ops.matmul(x, qw), got)  # what ops.matmul runs
+    ref = x.astype(np.float64) @ qw.dequantize().T.astype(np.float64)
+    assert np.allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_group_major_cached_and_replicated():
+    qw = lowbitc.quantize(np.ones((5, 64), np.float32), "u4", 32, zero_point=True)
+    s, z = qw.group_major
+    assert s.shape == (2, 5) and s.flags.c_contiguous and np.array_equal(s, qw.scales.T)
+    assert np.array_equal(z, qw.zeros.T) and qw.group_major[0] is s
+    twin = qw.replica()
+    assert np.array_equal(twin.group_major[0], s) and twin.group_major[0] is not s
+
+
+@pytest.mark.parametrize("n", [16, 32, 48, 80])
+def test_row_sums_in_vectors(n):
+    src = f"""
+    kernel rs(x: f32[R, C], y: f32[R]) grid (cdiv(R, 4)) {{
+      r = block.x * 4
+      store(y[r :+ 4], sum(load(x[r :+ 4, 0 :+ {n}]), axis=1))
+    }}
+    """
+    k = lowbitc.compile(src)
+    x = np.random.default_rng(n).standard_normal((6, n)).astype(np.float32)
+    y = np.zeros(6, np.float32)
+    k(x, y)
+    assert np.allclose(y, x.sum(axis=1, dtype=np.float64), rtol=1e-5, atol=1e-5)
