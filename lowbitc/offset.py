@@ -60,11 +60,16 @@ class OffsetQTensor(QTensor):
         return np.ascontiguousarray(self.offsets.T)
 
     def replica(self) -> OffsetQTensor:
-        """QTensor.replica, offsets copied too (the kernels' packings are made per `base`)."""
-        t = super().replica()
-        return OffsetQTensor(t.dtype, t.shape, t.group_size, t.codes, t.scales, t.zeros,
+        """QTensor.replica of `base` (its packings and group-major scales, which the kernels
+        read, copied) with the offsets (and their group-major copy) copied too."""
+        t = self.base.replica()
+        twin = OffsetQTensor(t.dtype, t.shape, t.group_size, t.codes, t.scales, t.zeros,
                              t.scale_dtype, offsets=None if self.offsets is None
                              else self.offsets.copy(), perm=self.perm)
+        twin.__dict__["base"] = t  # the same arrays as twin's
+        if "by_group" in self.__dict__:
+            twin.__dict__["by_group"] = self.by_group.copy()
+        return twin
 
     def dequantize(self) -> np.ndarray:
         """float32 [N, K], bit-exact with the formula in the module docstring."""

@@ -7,6 +7,7 @@ import pytest
 
 import lowbitc
 from lowbitc import ops
+from lowbitc.offset import OffsetQTensor
 from lowbitc.ops import get_kernel, matmul_choice, weight_storage
 
 
@@ -58,3 +59,20 @@ def test_row_sums_in_vectors(n):
     y = np.zeros(6, np.float32)
     k(x, y)
     assert np.allclose(y, x.sum(axis=1, dtype=np.float64), rtol=1e-5, atol=1e-5)
+
+
+def test_offset_replica_keeps_what_the_kernel_reads():
+    rng = np.random.default_rng(0)
+    base = lowbitc.quantize(rng.standard_normal((32, 64)).astype(np.float32), "u4", 32)
+    qw = OffsetQTensor(base.dtype, base.shape, 32, base.codes, base.scales,
+                       offsets=rng.uniform(-1, 1, (32, 2)).astype(np.float32))
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    y = ops.matmul(x, qw)  # packs the codes and makes the group-major copies
+    twin = qw.replica()
+    packed = qw.base.__dict__["_repacked"]
+    assert packed and twin.base.__dict__["_repacked"].keys() == packed.keys()
+    assert twin.by_group is not qw.by_group and np.array_equal(twin.by_group, qw.by_group)
+    assert twin.base.scales is twin.scales
+    assert np.array_equal(ops.matmul(x, twin), y)
+    ref = x.astype(np.float64) @ qw.dequantize().T.astype(np.float64)
+    assert np.allclose(y, ref, rtol=1e-4, atol=1e-4)
