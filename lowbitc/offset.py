@@ -10,8 +10,9 @@ where `base` is the plain QTensor formula (codes, scales, zeros) evaluated as QT
 (one float32 product, exact for the integer formats these sources use) and the offset is one
 float32 subtraction. `perm` (int64 [K], None = identity) lists, for each stored column, the
 input column it multiplies. ops.matmul/ops.dequantize run `base` through the shipped kernels
-and apply the offset (matmul: minus per-group sums of x times the offsets, a [M, G] x [G, N]
-product) and the column order around them.
+and apply the offset and the column order around them (matmul on the CPU: the kernel
+subtracts each group's offset times the group's sum of x, `OFF`; elsewhere
+`subtract_offsets`, a [M, G] x [G, N] product).
 """
 
 from __future__ import annotations
