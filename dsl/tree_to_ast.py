@@ -335,6 +335,10 @@ class ToAst(Transformer_NonRecursive):
         (tok,) = children
         return ast.Float(float(tok.replace("_", "")), loc=self.tok_loc(tok))
 
+    def string_(self, children):
+        (tok,) = children
+        return ast.Str(str(tok)[1:-1], loc=self.tok_loc(tok))
+
     @v_args(meta=True)
     def true_(self, meta, children):
         return ast.Bool(True, loc=self.loc(meta))

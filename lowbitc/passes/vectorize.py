@@ -22,7 +22,7 @@ from lowbitc.ir.opdefs import ELEMENTWISE
 from lowbitc.ir.types import TileType, bit_width, is_machine
 from lowbitc.passes.base import register, rewrite
 
-VECTOR_OPS = ELEMENTWISE | {"cast", "bitcast", "where"}
+VECTOR_OPS = ELEMENTWISE | {"cast", "bitcast", "where", "philox"}
 SCALAR_DTYPES = frozenset({"f16"})
 _COMPUTE_BITS = {"bool": 8, "bf16": 32}  # bytes in memory; bf16 arithmetic runs in f32
 
