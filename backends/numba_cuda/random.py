@@ -1,0 +1,32 @@
+"""`philox` in the CUDA renderer: Philox 4x32-10 (word 0 of counter (index, 0) under the seed
+as key) written out per element in uint64 arithmetic, so numba-cuda and the simulator compute
+exactly what lowbitc.rounding.philox4x32 computes for the same index.
+"""
+
+from __future__ import annotations
+
+from lowbitc.backends.numba_cuda.elements import ELEMENT
+from lowbitc.ir.core import Op
+from lowbitc.rounding import PHILOX_M, PHILOX_ROUNDS, PHILOX_W
+
+_LO = "U64(4294967295)"
+
+
+def _philox(ctx, op: Op, idx) -> str:
+    src = ctx.src
+    seed, index = ctx.operand(op, 0, idx), ctx.operand(op, 1, idx)
+    k0, k1 = src.tmp(f"(U64({seed}) & {_LO})"), src.tmp(f"(U64({seed}) >> U64(32))")
+    c0, c1 = src.tmp(f"(U64({index}) & {_LO})"), src.tmp(f"(U64({index}) >> U64(32))")
+    c2 = c3 = "U64(0)"
+    for r in range(PHILOX_ROUNDS):
+        if r:
+            k0 = src.tmp(f"(({k0} + U64({PHILOX_W[0]})) & {_LO})")
+            k1 = src.tmp(f"(({k1} + U64({PHILOX_W[1]})) & {_LO})")
+        p0 = src.tmp(f"({c0} * U64({PHILOX_M[0]}))")
+        p1 = src.tmp(f"({c2} * U64({PHILOX_M[1]}))")
+        c0, c1, c2, c3 = (src.tmp(f"(({p1} >> U64(32)) ^ {c1} ^ {k0})"), src.tmp(f"({p1} & {_LO})"),
+                          src.tmp(f"(({p0} >> U64(32)) ^ {c3} ^ {k1})"), src.tmp(f"({p0} & {_LO})"))
+    return src.tmp(f"U32({c0})")
+
+
+ELEMENT["philox"] = _philox
