@@ -6,9 +6,9 @@ packed tensors are unpacked to codes on entry and re-packed on exit; each block 
 Semantics worth stating: integer `div`/`rem` truncate toward zero (C); shifts are logical for
 unsigned and arithmetic for signed types; loads outside a tensor read 0 and stores outside it
 are dropped; `cast` from a format decodes its codes, `cast` to a format encodes (RNE unless
-its `rounding` says otherwise, saturating); `dot` accumulates in float64 and rounds once to the accumulator's type. A
-shared tile is an array made afresh (zeroed) each time its `alloc_shared` runs, so once per
-block; `sync` does nothing, since a block runs as one program.
+its `rounding` says otherwise, saturating); `dot` accumulates in float64 and rounds once to
+the accumulator's type. A shared tile is an array made afresh (zeroed) each time its
+`alloc_shared` runs, so once per block; `sync` does nothing, since a block runs as one program.
 """
 
 from __future__ import annotations

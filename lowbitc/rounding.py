@@ -9,8 +9,9 @@ Each deterministic mode is a table of thresholds between neighbouring values (x 
 means x rounds above value j), so the host (`searchsorted`) and the kernels (a branch-free
 binary search, `lowbitc.passes.lower_encode`) use the same numbers. Stochastic rounding takes
 the "down" neighbour, then rounds up when `u * gap < x - lower` in the compared type, with
-u = (philox(seed, index)[0] >> 8) * 2^-24: the random bits depend only on the seed and the
-element's flat index, never on tiling, threads or backend.
+u = (philox(seed, index)[0] >> 8) * 2^-24 (computed as (bits >> 8) * (gap * 2^-24)): the
+random bits depend only on the seed and the element's flat index, never on tiling, threads or
+backend.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class Plan:
     values: np.ndarray  # sorted distinct finite values (-0 merged into 0)
     codes: np.ndarray  # int64 code of each value
     thresholds: np.ndarray  # len(values) - 1: x >= thresholds[j] rounds above values[j]
-    gaps: np.ndarray  # values[j + 1] - values[j] computed in the compared type
+    gaps: np.ndarray  # (values[j + 1] - values[j]) * 2^-24 in the compared type; NaN last
 
 
 def _smallest_at_least(mid: np.ndarray, ft: type, strict: np.ndarray) -> np.ndarray:
@@ -129,7 +130,8 @@ def plan(fmt, mode: str, compare: str) -> Plan:
     if mode == "nearest_even":
         raise UserArgumentError("rounding: nearest_even uses the format's own encoder")
     t = mode_thresholds(values, mode, ft)
-    gaps = (values[1:].astype(ft) - values[:-1].astype(ft)).astype(ft)
+    gaps = (values[1:].astype(ft) - values[:-1].astype(ft)).astype(ft) * ft(U24_SCALE)
+    gaps = np.append(gaps, ft(np.nan)).astype(ft)  # the top value never rounds up
     for arr in (values, codes, t, gaps):
         arr.flags.writeable = False
     return Plan(values, codes, t, gaps)
@@ -173,13 +175,12 @@ def _index(index, size: int) -> np.ndarray:
 
 
 def _stochastic_step(p: Plan, xs, idx, seed: int, index, ft) -> np.ndarray:
-    """Round the "down" neighbour up with probability (x - lower) / gap, as kernels do."""
-    top = len(p.values) - 1
-    j = np.minimum(idx, top - 1)
-    lower = p.values[j].astype(ft)
-    d = (xs - lower).astype(ft)
-    u = uniform(seed, index, ft)
-    go = ((u * p.gaps[j].astype(ft)).astype(ft) < d) & (idx < top)
+    """Round the "down" neighbour up with probability (x - lower) / gap, as kernels do:
+    up where (bits >> 8) * (gap * 2^-24) < x - lower (= u * gap, both exact scalings)."""
+    d = (xs - p.values[idx].astype(ft)).astype(ft)
+    u24 = (random_bits(seed, index) >> np.uint32(8)).astype(ft)
+    with np.errstate(invalid="ignore"):
+        go = (u24 * p.gaps[idx]).astype(ft) < d
     return idx + go
 
 

@@ -31,7 +31,6 @@ from lowbitc.ir.core import Op, Value
 from lowbitc.ir.opdefs import CastAttrs, CodesAttrs, ConstAttrs, LutAttrs
 from lowbitc.ir.types import TensorType, TileType, is_machine
 from lowbitc.passes.base import Defs, register, rewrite
-from lowbitc.rounding import U24_SCALE
 from lowbitc.rounding import plan as rounding_plan
 from lowbitc.signature import format_bits
 
@@ -116,14 +115,11 @@ def _stochastic_step(b: Builder, xv: Value, idx: Value, fmt, dt: str, rnd: tuple
     """Move the "down" neighbour's index up by one where `u * gap < x - lower`, u from Philox
     of (seed, index): exactly lowbitc.rounding's host rule, in the same type."""
     p = rounding_plan(fmt, "stochastic", dt)
-    top = len(p.values) - 1
-    j = b.emit("min", idx, k(top - 1))
-    lower = b.emit("lut", j, attrs=LutAttrs(dt, tuple(float(v) for v in p.values)))
-    gap = b.emit("lut", j, attrs=LutAttrs(dt, tuple(float(g) for g in p.gaps)))
+    lower = b.emit("lut", idx, attrs=LutAttrs(dt, tuple(float(v) for v in p.values)))
+    gap = b.emit("lut", idx, attrs=LutAttrs(dt, tuple(float(g) for g in p.gaps)))  # * 2^-24
     bits = b.emit("shr", b.emit("philox", *rnd), k(8, "u32"))
-    u = b.emit("mul", b.emit("cast", bits, attrs=CastAttrs(dt)), k(U24_SCALE, dt))
-    go = b.emit("lt", b.emit("mul", u, gap), b.emit("sub", xv, lower))
-    go = b.emit("and", go, b.emit("lt", idx, k(top)))
+    u24 = b.emit("cast", bits, attrs=CastAttrs(dt))
+    go = b.emit("lt", b.emit("mul", u24, gap), b.emit("sub", xv, lower))  # NaN gap at the top
     return b.emit("where", go, b.emit("add", idx, k(1)), idx)
 
 
