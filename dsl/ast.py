@@ -50,7 +50,7 @@ class Float(Node):
 
 @dataclass(frozen=True, slots=True)
 class Str(Node):
-    """A string literal (only as a keyword value: `cast(x, u4, rounding="up")`)."""
+    """A string literal: only a keyword argument's value (`cast(x, u4, rounding="up")`)."""
 
     value: str
 

@@ -33,6 +33,8 @@ CONFIGS = [
     (SHIPPED / "dequantize.lbk", {"W": "f8e5m2"}),
     (SHIPPED / "dequantize.lbk", {"W": "f8e4m3fn"}),
     (SHIPPED / "dequantize.lbk", {"W": "f8e8m0fnu"}),
+    (SHIPPED / "chop.lbk", {"F": "f4e2m1fn", "MODE": 5}),
+    (SHIPPED / "chop.lbk", {"F": "nf4", "MODE": 3, "SC": True, "FTZ": True, "SAT": False}),
     (EXAMPLES / "q4_0_dequant.lbk", {}),
     (EXAMPLES / "dequant_silu.lbk", {"W": "u4"}),
     (EXAMPLES / "dequant_silu.lbk", {"W": "nf4", "ZP": False}),
