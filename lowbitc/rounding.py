@@ -148,9 +148,13 @@ def encode_rounded(fmt, x: np.ndarray, mode: str, seed: int = 0,
     """
     if fmt.bits == 32:
         return _encode_f32(fmt, x, mode, seed, index)
-    compare = "f32" if x.dtype == np.float32 else "f64"
+    if fmt.name == "bf16" and mode == "stochastic" and x.dtype == np.float32:
+        return _stochastic_bf16(fmt, x, seed, index)
+    # kernels compare f32 inputs as f32 (<= 8-bit formats only); the 16-bit formats, whose
+    # gaps * 2^-24 can fall below f32's range, always compare in f64 (exact for f32 inputs)
+    compare = "f32" if x.dtype == np.float32 and fmt.bits <= 8 else "f64"
     p = plan(fmt, mode, compare)
-    ft = x.dtype.type
+    ft = np.float32 if compare == "f32" else np.float64
     flat = x.reshape(-1)
     finite = np.isfinite(flat)
     xs = np.where(finite, flat, 0).astype(ft)
@@ -182,6 +186,26 @@ def _stochastic_step(p: Plan, xs, idx, seed: int, index, ft) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         go = (u24 * p.gaps[idx]).astype(ft) < d
     return idx + go
+
+
+def _stochastic_bf16(fmt, x: np.ndarray, seed: int, index) -> np.ndarray:
+    """float32 -> bf16 codes on the bits, exactly the table rule: the low 16 bits are the
+    distance to the truncated neighbour in units of gap * 2^-16, so a positive x rounds up
+    (magnitude + 1) where (bits >> 16) < low and a negative one down where bits + low carries;
+    overflow past max saturates, NaN and infinities keep their codes."""
+    u = np.ascontiguousarray(x).reshape(-1).view(np.uint32)
+    low, trunc = u & np.uint32(0xFFFF), (u >> np.uint32(16)).astype(np.uint32)
+    r16 = random_bits(seed, _index(index, u.size)) >> np.uint32(16)
+    neg = (u >> np.uint32(31)).astype(bool)
+    inc = np.where(neg, r16 + low >= np.uint32(1 << 16), r16 < low) & np.isfinite(x.reshape(-1))
+    code = trunc + inc
+    over = (code & np.uint32(0x7FFF)) == np.uint32(0x7F80)
+    code = np.where(over & inc, (code & np.uint32(0x8000)) | np.uint32(0x7F7F), code)
+    code = code.astype(np.uint16)
+    nan = np.isnan(x.reshape(-1))
+    if nan.any():
+        code[nan] = fmt.encode(x.reshape(-1)[nan])
+    return code.reshape(x.shape)
 
 
 def _special_codes(fmt, x: np.ndarray) -> np.ndarray:
