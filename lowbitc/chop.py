@@ -34,16 +34,16 @@ def chop(x, fmt: str | Format, rounding: str = "nearest_even", subnormals: bool 
         if not isinstance(flag, bool):
             raise UserArgumentError(f"{name}: expected True or False, got {flag!r}")
     s = check_seed(seed) if mode == "stochastic" else 0
-    a = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    a = np.asarray(x, dtype=np.float32)
+    shape, flat = a.shape, np.ascontiguousarray(a).reshape(-1)
     if f.bits > 8:
-        return _chop_on_host(a, f, mode, subnormals, saturate, s)
-    flat = a.reshape(-1)
+        return _chop_on_host(flat, f, mode, subnormals, saturate, s).reshape(shape)
     if flat.size == 0:
-        return a.copy()
+        return flat.reshape(shape)
     two_d = flat.reshape(-1, ROW) if flat.size % ROW == 0 else flat.reshape(1, -1)
     y = np.empty_like(two_d)
     run_chop(two_d, f, mode, subnormals, saturate, s, y, backend=backend)
-    return y.reshape(a.shape)
+    return y.reshape(shape)
 
 
 def run_chop(x: np.ndarray, f: Format, mode: str, subnormals: bool, saturate: bool, seed: int,
