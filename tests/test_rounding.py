@@ -3,12 +3,9 @@ stochastic rounding unbiased and reproducible."""
 
 from __future__ import annotations
 
-import bisect
-from fractions import Fraction
-
 import numpy as np
 import pytest
-from test_dtypes import ALL, Model, probe
+from test_dtypes import ALL, Model, model_code, model_neighbours, probe
 
 import lowbitc
 from lowbitc.rounding import ROUNDINGS, philox4x32, random_bits, uniform
@@ -28,27 +25,18 @@ def model_round(model: Model, x: float, mode: str) -> int:
     """The code of finite `x` in `mode`, from the exact values of the format's codes."""
     if mode == "nearest_even":
         return model.encode(x)
-    fin, q = model.fin, Fraction(x)
-    q = min(max(q, fin[0]), fin[-1])
-    i = bisect.bisect_left(fin, q)
-    if fin[i] == q:
-        v = q
-    else:
-        lo, hi = fin[i - 1], fin[i]
-        neg = np.signbit(x)
-        if mode == "down":
-            v = lo
-        elif mode == "up":
-            v = hi
-        elif mode == "toward_zero":
-            v = (hi if hi <= 0 else lo) if neg and x != 0 else (lo if lo >= 0 else hi)
-        else:  # nearest_away
-            dl, dh = q - lo, hi - q
-            v = lo if dl < dh else hi if dh < dl else (lo if abs(lo) > abs(hi) else hi)
-    codes = model.codes[v]
-    if v == 0 and len(codes) > 1:
-        return codes[1] if np.signbit(x) else codes[0]
-    return codes[0]
+    q, lo, hi = model_neighbours(model.fin, x)
+    neg = np.signbit(x) and x != 0
+    if lo == hi or mode == "down":
+        v = lo
+    elif mode == "up":
+        v = hi
+    elif mode == "toward_zero":
+        v = (hi if hi <= 0 else lo) if neg else (lo if lo >= 0 else hi)
+    else:  # nearest_away
+        dl, dh = q - lo, hi - q
+        v = lo if dl < dh else hi if dh < dl else (lo if abs(lo) > abs(hi) else hi)
+    return model_code(model.codes, v, x)
 
 
 @pytest.mark.parametrize("name", ALL)
