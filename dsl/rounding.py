@@ -80,6 +80,8 @@ def element_index(ctx, x: Value, loc: SourceLoc) -> Value:
         if stride is not None:
             part = b.emit("mul", part, stride, loc=loc)
         index = part if index is None else b.emit("add", index, part, loc=loc)
+        if d == 0:
+            break
         dim = t.shape[d]
         dv = dim if isinstance(dim, int) else ctx.eval(A.Name(dim, loc=loc))
         dv = dv if isinstance(dv, Value) else ctx.materialize(dv, "i64", loc)

@@ -174,3 +174,17 @@ kernel ix[F: dtype = u4](x: f32[N], y: F[N], seed: i64) grid (cdiv(N, 16)) {
     text = print_kernel(k.ir).replace('rounding="stochastic"', 'rounding="sideways"')
     with pytest.raises(VerifyError, match="rounding must be one of"):
         verify(parse(text))
+
+
+@pytest.mark.cuda_toolchain
+def test_stochastic_chop_ptx_assembles_without_spills():
+    checks = pytest.importorskip("cuda_checks")
+    if checks.MISSING:
+        pytest.skip(f"CUDA toolchain: {checks.MISSING}")
+    from lowbitc.commands import emit
+    from lowbitc.commands.compile import compile_file
+
+    (k, _), = compile_file(lowbitc.ops.kernel_path("chop"), None,
+                           {"F": "f8e4m3fn", "MODE": 5}, backend="cuda")
+    for arch in ("sm_80", "sm_90"):
+        checks.assemble_without_spills(emit.cuda_text(k, "ptx", arch), arch)

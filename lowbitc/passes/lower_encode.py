@@ -116,7 +116,8 @@ def _stochastic_step(b: Builder, xv: Value, idx: Value, fmt, dt: str, rnd: tuple
     of (seed, index): exactly lowbitc.rounding's host rule, in the same type."""
     p = rounding_plan(fmt, "stochastic", dt)
     lower = b.emit("lut", idx, attrs=LutAttrs(dt, tuple(float(v) for v in p.values)))
-    gap = b.emit("lut", idx, attrs=LutAttrs(dt, tuple(float(g) for g in p.gaps)))  # * 2^-24
+    gaps = tuple(math.nan if g != g else float(g) for g in p.gaps)  # (one NaN: equal attrs)
+    gap = b.emit("lut", idx, attrs=LutAttrs(dt, gaps))  # gap * 2^-24, NaN at the top
     bits = b.emit("shr", b.emit("philox", *rnd), k(8, "u32"))
     u24 = b.emit("cast", bits, attrs=CastAttrs(dt))
     go = b.emit("lt", b.emit("mul", u24, gap), b.emit("sub", xv, lower))  # NaN gap at the top
