@@ -16,7 +16,7 @@ import numpy as np
 
 from lowbitc.benchmarks.environment import cpu_usage
 from lowbitc.benchmarks.harness import interleaved_stats, machine_info, write_json
-from lowbitc.chop import chop
+from lowbitc.emulate import chop
 
 SIZE, FORMAT = 1 << 24, "f8e4m3fn"
 GOAL_RATIO = 2.0  # stochastic / deterministic time <= 2

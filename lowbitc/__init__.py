@@ -15,7 +15,7 @@ _LAZY = {
     "load": ("lowbitc.quant", "load"),
     "quantize": ("lowbitc.quant", "quantize"),
     "compile": ("lowbitc.compiler", "compile"),
-    "chop": ("lowbitc.chop", "chop"),
+    "chop": ("lowbitc.emulate", "chop"),
     "tune": ("lowbitc.autotune", "tune"),
 }
 

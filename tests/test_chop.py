@@ -8,7 +8,7 @@ import pytest
 from test_compiler_encode import probe_values
 
 import lowbitc
-from lowbitc.chop import ROW, chop
+from lowbitc.emulate import ROW, chop
 
 # lowbitc mode -> Pychop rmode
 PYCHOP_MODES = {"nearest_even": 1, "up": 2, "down": 3, "toward_zero": 4, "nearest_away": 8}
@@ -106,3 +106,9 @@ def test_bad_arguments():
         chop([1.0], "q4")
     with pytest.raises(ValueError, match="seed: expected an int"):
         chop([1.0], "u4", rounding="stochastic", seed=1.5)
+
+
+def test_lowbitc_chop_is_the_function_after_any_import():
+    import lowbitc.torch  # noqa: F401  (imports lowbitc.emulate)
+
+    assert callable(lowbitc.chop) and lowbitc.chop([2.6], "u4").tolist() == [3.0]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lowbitc import formats
-from lowbitc.chop import chop, run_chop
+from lowbitc.emulate import chop, run_chop
 from lowbitc.errors import UserArgumentError
 from lowbitc.quant import quantize
 from lowbitc.rounding import check_rounding, check_seed

@@ -1,4 +1,6 @@
-"""`chop(x, F, rounding=...)`: round values to a format and carry them on in float32.
+"""`lowbitc.chop(x, F, rounding=...)`: round values to a format and carry them on in float32
+(emulated low-precision arithmetic; the module is not called `chop`, which would shadow the
+function on the package once imported).
 
 Pychop's `chop` semantics for the modes it shares (nearest_even = rmode 1, up = 2, down = 3,
 toward_zero = 4, stochastic = 5, nearest_away = 8): `subnormals=False` flushes inputs below
