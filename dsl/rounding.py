@@ -31,17 +31,9 @@ def rounding_arg(e: A.Expr | None) -> str:
     return e.value
 
 
-def _defining_op(b, v: Value) -> Op | None:
-    for block in b._blocks:
-        for op in block:
-            if v in op.results:
-                return op
-    return None
-
-
 def _source_load(b, v: Value) -> Op | None:
     """The `load` of a tensor window whose elements `v`'s elements come from, or None."""
-    op = _defining_op(b, v)
+    op = b.defining_op(v)
     if op is None:
         return None
     if op.opcode == "load" and isinstance(op.operands[0].type, TensorType):
