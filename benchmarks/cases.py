@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 from lowbitc.errors import UserArgumentError
 
-__all__ = ["GEMV_FORMATS", "ROWS", "Goal", "RowSpec", "row_names", "select_rows"]
+__all__ = ["GEMV_FORMATS", "INTEROP_FORMATS", "ROWS", "Goal", "RowSpec", "row_names", "select_rows"]
 
 _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le}
 
@@ -36,7 +36,7 @@ class Goal:
 
 @dataclass(frozen=True)
 class RowSpec:
-    """One row: `kind` picks the measurement (gemv, torch, gemm, dequant, small)."""
+    """One row: `kind` picks the measurement (gemv, torch, gemm, dequant, small, interop)."""
 
     name: str
     kind: str
@@ -55,6 +55,7 @@ def _faster(x: float) -> Goal:
 GEMV_FORMATS = (
     "u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8", "f4e2m1fn", "f6e3m2fn", "f8e4m3fn", "nf4",
 )
+INTEROP_FORMATS = ("Q4_0", "Q4_K", "GPTQ4")  # GGUF types and a 4-bit GPTQ layer
 _GEMV_GOALS = {"u2": 6.0, "u3": 4.5, "u4": 4.0, "f4e2m1fn": 3.5}
 
 ROWS: tuple[RowSpec, ...] = (
@@ -103,6 +104,15 @@ ROWS: tuple[RowSpec, ...] = (
         )
         for which, fmt in (("b2_act", "b2"), ("q8_0", "i8"), ("gptq", "u4"))
         for m in (1, 16)
+    ),
+    *(
+        RowSpec(
+            f"interop_{f.lower()}", "interop", f, 1,
+            Goal("within 1.5x of lowbitc's own u4 GEMV", "speedup", ">=", 1 / 1.5),
+            f"ops.matmul M=1 on a {f} tensor read as lowbitc does (docs/interop.md) "
+            "vs ops.matmul u4 with zero points",
+        )
+        for f in INTEROP_FORMATS
     ),
     RowSpec(
         "ops_matmul_small", "small", "u4", 1,

@@ -145,6 +145,21 @@ def _dequant_group(cfg: Config, specs: list[RowSpec]) -> Group:
     return grp
 
 
+def _interop_group(cfg: Config, specs: list[RowSpec]) -> Group:
+    """Other tools' 4-bit layers (exact lowbitc tensors) against lowbitc's own u4, same w, x."""
+    n, g = cfg.size, cfg.group_size
+    grp = Group(f"interop GEMV M=1, K=N={n}")
+    w, x = cand.weights(n, n, cfg.seed), cand.activations(1, n, cfg.seed + 1)
+    base = "lowbitc_gemv_u4_ref"
+    _streamed(cfg, grp, base, x, functools.cache(lambda: cand.quantized(w, "u4", g)))
+    for spec in specs:
+        key = f"lowbitc_interop_{spec.fmt}"
+        one = _streamed(cfg, grp, key, x,
+                        functools.cache(lambda f=spec.fmt: cand.imported(w, f, g)))
+        grp.bindings.append(Binding(spec, key, base, one))
+    return grp
+
+
 def _small_group(cfg: Config, spec: RowSpec) -> Group:
     n = cfg.small
     grp = Group(f"ops.matmul call overhead, M=1 K=N={n}")
@@ -250,6 +265,8 @@ def groups(cfg: Config) -> Iterator[Callable[[], Group]]:
             yield lambda: incache_group(cfg, fmts)
     for spec in by_kind.get("gemm", []):
         yield lambda s=spec: _gemm_group(cfg, s)
+    if by_kind.get("interop"):
+        yield lambda: _interop_group(cfg, by_kind["interop"])
     yield lambda: _dequant_group(cfg, by_kind.get("dequant", []))  # copy bandwidth: always
     for spec in by_kind.get("user", []):
         yield lambda s=spec: _user_group(cfg, s)

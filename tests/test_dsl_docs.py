@@ -142,6 +142,15 @@ def _sem_quantize():
             {2: lowbitc.pack(codes, 4), 3: codes.astype(f32) * s[0]}, {})
 
 
+def _sem_rounding():
+    x = RNG.uniform(-1, 9, 37).astype(f32)
+    u4 = lowbitc.dtype("u4")
+    down = u4.encode(x * 2, rounding="down")
+    sto = u4.encode(x * 2, rounding="stochastic", seed=5)
+    return ([x, np.zeros(5, np.uint32), np.zeros(5, np.uint32), 5],
+            {1: lowbitc.pack(down, 4), 2: lowbitc.pack(sto, 4)}, {})
+
+
 def _sem_shared():
     x = RNG.standard_normal((13, 10)).astype(f32)
     t = np.zeros((16, 16), f32)
@@ -152,6 +161,7 @@ def _sem_shared():
 
 
 CHECKS = {"sem_quantize": _sem_quantize, "sem_shared": _sem_shared,
+          "sem_rounding": _sem_rounding,
           "sem_layouts": _sem_layouts, "sem_broadcast": _sem_broadcast, "sem_edges": _sem_edges,
           "sem_masks": _sem_masks,
           "sem_dequant": _sem_dequant, "sem_casts": _sem_casts, "sem_loops": _sem_loops,

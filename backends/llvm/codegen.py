@@ -16,6 +16,7 @@ from lowbitc.backends.llvm import (  # noqa: F401  (fill HANDLERS)
     ops_elementwise,
     ops_encode,
     ops_memory,
+    ops_random,
     ops_shared,
 )
 from lowbitc.backends.llvm.columns import emit_column_dot, plan_columns
