@@ -87,6 +87,26 @@ ROWS: tuple[RowSpec, ...] = (
     ),
     *(
         RowSpec(
+            f"repack_{f}", "repack", f, 1,
+            Goal("every call after the first within 1.2x of prepared words", "speedup", ">=",
+                 1 / 1.2),
+            f"user GEMV M=1 {f} on canonical words (cached transform, content digest per call) "
+            "vs on Kernel.prepare words",
+        )
+        for f in ("b2", "u4")
+    ),
+    *(
+        RowSpec(
+            f"user_{which}_M{m}", "user", fmt, m,
+            Goal("within 1.5x of ops.matmul on a QTensor of the same bytes", "speedup", ">=",
+                 1 / 1.5),
+            f"examples/user {which} kernel M={m} vs ops.matmul on a {fmt} QTensor",
+        )
+        for which, fmt in (("b2_act", "b2"), ("q8_0", "i8"), ("gptq", "u4"))
+        for m in (1, 16)
+    ),
+    *(
+        RowSpec(
             f"interop_{f.lower()}", "interop", f, 1,
             Goal("within 1.5x of lowbitc's own u4 GEMV", "speedup", ">=", 1 / 1.5),
             f"ops.matmul M=1 on a {f} tensor read as lowbitc does (docs/interop.md) "
