@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 from lowbitc.backends.numba_cuda import (
     encode,  # noqa: F401  (from_codes, store_codes)
+    random,  # noqa: F401  (philox)
     reinterpret,  # noqa: F401  (view)
 )
 from lowbitc.backends.numba_cuda.buffers import Buf, TensorRef
