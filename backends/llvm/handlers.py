@@ -126,8 +126,16 @@ def splat(literal: str, dtype: str, width: int = 0) -> str:
     return f"splat ({lltype(dtype)} {literal})" if width else literal
 
 
+QUANTIZING = ("i8", "u8")  # float -> these rounds and saturates (docs/dsl.md, casts)
+
+
+def _sfx(t: str) -> str:
+    return {"half": "f16", "float": "f32", "double": "f64"}[t]
+
+
 def convert(em: Emitter, v: str, src: str, dst: str, width: int = 0) -> str:
-    """Convert a register value (or a vector of `width`) between machine dtypes (C semantics).
+    """Convert a register value (or a vector of `width`) between machine dtypes (C semantics,
+    except that floats to i8/u8 quantize: round to nearest even, saturating, NaN to 0).
     bf16 (held as its 16 bits) goes through f32 both ways, with no libcalls."""
     if src == dst:
         return v
@@ -159,6 +167,13 @@ def convert(em: Emitter, v: str, src: str, dst: str, width: int = 0) -> str:
         wide = {"half": 16, "float": 32, "double": 64}
         op = "fpext" if wide[ld] > wide[ls] else "fptrunc"
         return em.val(f"{op} {ts} {v} to {td}")
+    if fs and dst in QUANTIZING:  # quantize: round to nearest even, saturate (NaN -> 0)
+        sfx = f"v{width}" if width else ""
+        sat = "fptosi" if is_signed_int(dst) else "fptoui"
+        em.declare(f"declare {ts} @llvm.roundeven.{sfx}{_sfx(ls)}({ts})")
+        em.declare(f"declare {td} @llvm.{sat}.sat.{sfx}i8.{sfx}{_sfx(ls)}({ts})")
+        r = em.val(f"call {ts} @llvm.roundeven.{sfx}{_sfx(ls)}({ts} {v})")
+        return em.val(f"call {td} @llvm.{sat}.sat.{sfx}i8.{sfx}{_sfx(ls)}({ts} {r})")
     if fs:
         return em.val(f"{'fptosi' if is_signed_int(dst) else 'fptoui'} {ts} {v} to {td}")
     if fd:
