@@ -6,9 +6,11 @@ packed tensors are unpacked to codes on entry and re-packed on exit; each block 
 Semantics worth stating: integer `div`/`rem` truncate toward zero (C); shifts are logical for
 unsigned and arithmetic for signed types; loads outside a tensor read 0 and stores outside it
 are dropped; `cast` from a format decodes its codes, `cast` to a format encodes (RNE,
-saturating), and so does a cast of floats to `i8`/`u8` (NaN gives 0); `dot` accumulates in float64 and rounds once to the accumulator's type. A
-shared tile is an array made afresh (zeroed) each time its `alloc_shared` runs, so once per
-block; `sync` does nothing, since a block runs as one program.
+saturating), and so does a cast of floats to `i8`/`u8` (NaN gives 0); `dot` accumulates in
+float64 and rounds once to the accumulator's type (into an integer accumulator: exactly, in
+int64, wrapping to its type). A shared tile is an array made afresh
+(zeroed) each time its `alloc_shared` runs, so once per block; `sync` does nothing, since a
+block runs as one program.
 """
 
 from __future__ import annotations

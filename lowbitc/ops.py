@@ -14,7 +14,7 @@ from importlib import resources
 
 import numpy as np
 
-from lowbitc import tuned
+from lowbitc import a8, tuned
 from lowbitc.compiler import Kernel, compile
 from lowbitc.errors import UserArgumentError
 from lowbitc.ir.types import is_machine, numpy_dtype
@@ -133,15 +133,34 @@ def tuned_params(name: str, fixed: dict, group: int, shape: dict, backend: str) 
     return tuned_config(kernel_path(name), None, fixed, {"group": group}, shape, backend) or {}
 
 
+def matmul_choice(M: int, N: int, K: int, qw, adt: str, act: str = "f32",
+                  backend: str = "llvm") -> tuple[str, dict]:
+    """(shipped kernel, parameters) of a matmul: matmul_a8 for int8 activations where the
+    format allows (LLVM only), else matmul with its defaults and lowbitc.tune's winner. `qw`
+    needs .dtype, .group_size and .zeros (None or not)."""
+    if backend == "llvm":
+        p = a8.params(qw.dtype, qw.group_size, qw.zeros is not None, M, act)
+        if p is not None:
+            return "matmul_a8", {**p, "A": adt}
+    params = matmul_params(M, qw, adt, backend)
+    fixed = {n: params[n] for n in ("W", "A", "ZP", "EARLY")}
+    params.update(tuned_params("matmul", fixed, qw.group_size, {"M": M, "N": N, "K": K},
+                               backend))
+    return "matmul", params
+
+
 def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
-           out: np.ndarray | None = None) -> np.ndarray:
+           out: np.ndarray | None = None, act: str = "f32") -> np.ndarray:
     """x[M, K] (float32, float16 or bfloat16) @ qw.dequantize().T -> float32 [M, N]
-    (written to `out` if given)."""
+    (written to `out` if given). `act="i8"` quantizes the activations to int8 in the kernel
+    (per row and block, lowbitc/a8.py) and multiplies integers (VNNI) for the formats that
+    allow it on the LLVM backend; other formats and backends keep exact f32 activations."""
     qw = _check_qtensor(qw)
+    act = a8.check_act(act)
     if not isinstance(x, np.ndarray):
         raise UserArgumentError(f"x: expected a numpy array, got {type(x).__name__}")
-    act = _ACTIVATIONS.get(x.dtype)
-    if act is None:
+    adt = _ACTIVATIONS.get(x.dtype)
+    if adt is None:
         raise UserArgumentError(f"x: expected float32, float16 or bfloat16, got {x.dtype}")
     if x.ndim != 2:
         raise UserArgumentError(f"x: expected a 2-D array [M, K], got shape {x.shape}")
@@ -154,14 +173,12 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
     y = _out(out, (M, N))
     if M == 0 or N == 0:
         return y
-    plan = ("matmul", backend, qw.dtype, act, qw.zeros is not None, qw.group_size, M, N, K)
+    plan = ("matmul", backend, qw.dtype, adt, qw.zeros is not None, qw.group_size, M, N, K,
+            act)
     k = _plan(plan)
     if k is None:
-        params = matmul_params(M, qw, act, backend)
-        fixed = {n: params[n] for n in ("W", "A", "ZP", "EARLY")}
-        params.update(tuned_params("matmul", fixed, qw.group_size, {"M": M, "N": N, "K": K},
-                                   backend))
-        k = _remember(plan, get_kernel("matmul", backend, **params))
+        name, params = matmul_choice(M, N, K, qw, adt, act, backend)
+        k = _remember(plan, get_kernel(name, backend, **params))
     zeros = qw.zeros if qw.zeros is not None else _NO_ZEROS
     k(x, weight_storage(qw, k), qw.scales, zeros, y, qw.group_size, K=K)
     return y

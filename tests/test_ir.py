@@ -8,9 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from lowbitc.dsl.lower import lower_kernel
 
 from lowbitc.compiler import load, pick_kernel
+from lowbitc.dsl.lower import lower_kernel
 from lowbitc.errors import DSLSyntaxError, LowbitcError, VerifyError
 from lowbitc.ir import Kernel, parse, print_kernel, verify, walk
 from lowbitc.passes import CPU_PIPELINE, PASSES, run_pipeline
@@ -28,6 +28,8 @@ CONFIGS = [
     (SHIPPED / "matmul.lbk", {"W": "nf4", "A": "bf16", "BM": 1}),
     (SHIPPED / "matmul.lbk", {"W": "b1", "BN": 16}),
     (SHIPPED / "matmul.lbk", {"W": "i8"}),
+    (SHIPPED / "matmul_a8.lbk", {"W": "u4"}),
+    (SHIPPED / "matmul_a8.lbk", {"W": "f4e2m1fn", "SC": 2.0, "LO": -12.0, "ZP": True}),
     (SHIPPED / "dequantize.lbk", {"W": "u4"}),
     (SHIPPED / "dequantize.lbk", {"W": "i3", "ZP": True}),
     (SHIPPED / "dequantize.lbk", {"W": "f8e5m2"}),

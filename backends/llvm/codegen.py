@@ -17,6 +17,7 @@ from lowbitc.backends.llvm import (  # noqa: F401  (fill HANDLERS)
     ops_encode,
     ops_shared,
 )
+from lowbitc.backends.llvm.bytedot import emit_byte_dot, plan_byte_dots
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
 from lowbitc.backends.llvm.fusion import SFENCE, emit_fused_store, plan_fusion, plan_store_fusion
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg
@@ -101,13 +102,17 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
         env.bind(a, v)
     plans = defer_activations(r, plan_fusion(r, max_rows=None))
     stores = plan_store_fusion(r)
-    deferred = {id(d) for p in (*plans.values(), *stores.values()) for d in p.deferred}
+    bytes_ = plan_byte_dots(r)
+    deferred = {id(d) for p in (*plans.values(), *stores.values(), *bytes_.values())
+                for d in p.deferred}
     for op in r.ops:
         if id(op) in deferred:
             continue
         if op.opcode == "yield":
             return [env.get(v) for v in op.operands]
-        if op.opcode == "dot" and op.results[0].id in plans:
+        if op.opcode == "dot" and op.results[0].id in bytes_:
+            emit_byte_dot(env, bytes_[op.results[0].id])
+        elif op.opcode == "dot" and op.results[0].id in plans:
             emit_planned_dot(env, plans[op.results[0].id], dot_into)
         elif op.opcode == "store" and id(op) in stores:
             emit_fused_store(env, stores[id(op)])

@@ -126,7 +126,7 @@ def splat(literal: str, dtype: str, width: int = 0) -> str:
     return f"splat ({lltype(dtype)} {literal})" if width else literal
 
 
-QUANTIZING = ("i8", "u8")  # float -> these rounds and saturates (docs/dsl.md, casts)
+QUANTIZING = {"i8": (-128, 127), "u8": (0, 255)}  # floats to these quantize (docs/dsl.md)
 
 
 def _sfx(t: str) -> str:
@@ -167,13 +167,23 @@ def convert(em: Emitter, v: str, src: str, dst: str, width: int = 0) -> str:
         wide = {"half": 16, "float": 32, "double": 64}
         op = "fpext" if wide[ld] > wide[ls] else "fptrunc"
         return em.val(f"{op} {ts} {v} to {td}")
-    if fs and dst in QUANTIZING:  # quantize: round to nearest even, saturate (NaN -> 0)
+    if fs and dst in QUANTIZING:  # quantize: round to nearest even, saturate, NaN -> 0
+        lo, hi = QUANTIZING[dst]
         sfx = f"v{width}" if width else ""
-        sat = "fptosi" if is_signed_int(dst) else "fptoui"
-        em.declare(f"declare {ts} @llvm.roundeven.{sfx}{_sfx(ls)}({ts})")
-        em.declare(f"declare {td} @llvm.{sat}.sat.{sfx}i8.{sfx}{_sfx(ls)}({ts})")
-        r = em.val(f"call {ts} @llvm.roundeven.{sfx}{_sfx(ls)}({ts} {v})")
-        return em.val(f"call {td} @llvm.{sat}.sat.{sfx}i8.{sfx}{_sfx(ls)}({ts} {r})")
+        f = f"{sfx}{_sfx(ls)}"
+        for fn in ("roundeven", "maxnum", "minnum"):
+            args = ", ".join([ts] * (1 if fn == "roundeven" else 2))
+            em.declare(f"declare {ts} @llvm.{fn}.{f}({args})")
+        # clamped in float, then converted exactly (vector min/max and vcvttps2dq: LLVM's
+        # fptosi.sat of a vector is scalarised)
+        r = em.val(f"call {ts} @llvm.roundeven.{f}({ts} {v})")
+        for fn, bound in (("maxnum", lo), ("minnum", hi)):
+            c = splat(float_literal(bound, src), src, width)
+            r = em.val(f"call {ts} @llvm.{fn}.{f}({ts} {r}, {ts} {c})")
+        ok = em.val(f"fcmp ord {ts} {v}, {zero or '0.0'}")
+        r = em.val(f"select {vtype('bool', width)} {ok}, {ts} {r}, {ts} {zero or '0.0'}")
+        i32 = vtype("i32", width)
+        return em.val(f"trunc {i32} {em.val(f'fptosi {ts} {r} to {i32}')} to {td}")
     if fs:
         return em.val(f"{'fptosi' if is_signed_int(dst) else 'fptoui'} {ts} {v} to {td}")
     if fd:

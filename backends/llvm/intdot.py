@@ -44,7 +44,8 @@ def _maddwd(em: Emitter, acc: str, u: str, s: str, lanes: int) -> str:
         idx = "<" + ", ".join(f"i32 {i}" for i in half) + ">"
         uh = em.val(f"shufflevector <32 x i16> {uw}, <32 x i16> poison, <16 x i32> {idx}")
         sh = em.val(f"shufflevector <32 x i16> {sw}, <32 x i16> poison, <16 x i32> {idx}")
-        acc = em.val(f"add {v8} {acc}, {em.val(f'call {v8} @llvm.x86.avx2.pmadd.wd({v16} {uh}, {v16} {sh})')}")
+        prod = em.val(f"call {v8} @llvm.x86.avx2.pmadd.wd({v16} {uh}, {v16} {sh})")
+        acc = em.val(f"add {v8} {acc}, {prod}")
     return acc
 
 

@@ -64,6 +64,25 @@ def _feeds_dot(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> bool:
     return found
 
 
+def _dot_dtype(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> str | None:
+    """The accumulator dtype of the dot value v feeds through elementwise ops (the first
+    found), or None."""
+    stack, seen = [v_id], set()
+    while stack:
+        vid = stack.pop()
+        if vid in seen:
+            continue
+        seen.add(vid)
+        for op, _ in users.get(vid, []):
+            if op.opcode in _FUSIBLE:
+                stack.extend(r.id for r in op.results)
+            elif op.opcode == "transpose":
+                for d, _ in users.get(op.results[0].id, []):
+                    if d.opcode == "dot":
+                        return d.results[0].type.dtype
+    return None
+
+
 def _code_ops(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> list[Op] | None:
     """The ops between value v and the dot, if none takes a tile operand that is not itself
     computed from v (the dot's weight is then a function of the code alone), else None."""
@@ -134,6 +153,11 @@ def choose(k: Kernel) -> dict[int, Packing | RowsPacking]:
             continue
         bits = loads[0][0].attrs.bits
         trees = [_code_ops(op.results[0].id, users) for op, _ in loads]
+        whole = all(op.attrs.sizes[0] % LANES == 0 and tree is not None
+                    for (op, _), tree in zip(loads, trees, strict=True))
+        if whole and all(_dot_dtype(op.results[0].id, users) == "i32" for op, _ in loads):
+            out[p.id] = RowsPacking(bits)  # the byte dot (VNNI) reads rows of any width
+            continue
         if bits <= ROWS_MAX_BITS and all(
             op.attrs.sizes[0] % LANES == 0 and tree is not None
             for (op, _), tree in zip(loads, trees, strict=True)

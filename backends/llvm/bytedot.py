@@ -1,0 +1,262 @@
+"""The byte dot fused with the weights' decode: `dot(xq, transpose(E), acc)` with xq an i8
+tile, E a u8 tile that is a function of the code alone over one load_codes in the rows
+packing (16 rows per vector, lowbitc.repack.RowsPacking), acc i32.
+
+Per block of 16 rows and step of 32 codes, each bit plane's words are `p` aligned 64-byte
+vectors (one i32 word per row); byte j of a word holds `8 / p` codes of width p, so one shift
+and one mask give four codes per row (bytes of each i32 lane) and one `vpdpbusd` adds their
+products with four activations broadcast to all 16 lanes: 16 outputs per accumulator, no
+horizontal sums. The four codes of a byte extraction are not consecutive along k: the
+activations are permuted once per call to match (a constant shuffle per 32 of them). A plane
+above the first lands at its place in the byte by the same shift, so planes sum in the same
+accumulator. E(code) = code ^ X (unsigned integers, two's complement through the bias 2^(b-1),
+bipolar) xors the words first; a single 1-, 2- or 4-bit plane may instead look E up in a
+16-byte table (`vpshufb`: f4e2m1fn times two plus 12). Needs AVX-512 VNNI (the widest recipe
+of intdot.py); other hosts and windows take the generic path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lowbitc.backends.llvm import intdot
+from lowbitc.backends.llvm import rows as rows_packing
+from lowbitc.backends.llvm.emitter import Buf, Emitter
+from lowbitc.backends.llvm.fusion import _tree, _uses
+from lowbitc.backends.llvm.handlers import HANDLERS, Env
+from lowbitc.interp import evaluate
+from lowbitc.ir.core import Op, Region
+from lowbitc.ir.types import TileType, numpy_dtype
+from lowbitc.repack import LANES, RowsPacking
+
+V16 = f"<{LANES} x i32>"
+B64 = "<64 x i8>"
+CHAINS = 4  # independent vpdpbusd chains per block of 16 rows (latency x ports)
+
+
+@dataclass
+class BytePlan:
+    dot: Op
+    transpose: Op
+    codes: Op  # the load_codes leaf
+    deferred: list[Op]  # the ops the fused path skips (run by the fallback)
+    table: np.ndarray  # E for every code (0..255)
+    xor: int | None  # E(code) = code ^ xor, else None (a table lookup)
+
+
+def plan_byte_dots(r: Region) -> dict[int, BytePlan]:
+    """Integer dots of this region (keyed by result id) whose u8 weight operand is a
+    function of one load_codes' code alone."""
+    defs = {res.id: op for op in r.ops for res in op.results}
+    uses = _uses(r)
+    order = {id(o): i for i, o in enumerate(r.ops)}
+    plans: dict[int, BytePlan] = {}
+    for op in r.ops:
+        if op.opcode != "dot" or op.results[0].type.dtype != "i32":
+            continue
+        a, b, _ = op.operands
+        tr = defs.get(b.id)
+        if (a.type.dtype != "i8" or tr is None or tr.opcode != "transpose"
+                or tr.attrs.perm != (1, 0) or uses[b.id] != 1):
+            continue
+        e = tr.operands[0]
+        found = _tree(defs, uses, e)
+        if found is None or not isinstance(e.type, TileType) or e.type.dtype != "u8":
+            continue
+        tree, codes = found
+        if (codes.opcode != "load_codes" or codes.attrs.masked or codes.attrs.sizes != e.type.shape
+                or e.type.shape[1] % 32 or e.type.shape[0] % LANES):
+            continue
+        tree = sorted(tree, key=lambda o: order[id(o)])
+        table = _table(tree, codes, e, defs)
+        if table is None:
+            continue
+        n = np.arange(len(table))
+        x = int(table[0])
+        xor = x if np.array_equal(table, n ^ x) else None
+        if xor is None and codes.attrs.bits not in (1, 2, 4):
+            continue
+        plans[op.results[0].id] = BytePlan(
+            op, tr, codes, sorted(tree + [codes, tr], key=lambda o: order[id(o)]), table, xor)
+    return plans
+
+
+def _table(tree: list[Op], codes: Op, root, defs: dict) -> np.ndarray | None:
+    """E for every code, evaluated at compile time (None if E reads anything but the code
+    and constants)."""
+    inside = {codes.results[0].id} | {r.id for op in tree for r in op.results}
+    consts = []
+    for op in tree:
+        for v in op.operands:
+            if v.id in inside:
+                continue
+            d = defs.get(v.id)
+            if d is None or d.opcode != "const":
+                return None
+            consts.append(d)
+    src = codes.results[0]
+    env = {src.id: np.arange(1 << codes.attrs.bits).astype(numpy_dtype(src.type.dtype))}
+    evaluate(consts + tree, env)
+    return np.asarray(env[root.id]).astype(np.uint8).reshape(-1)
+
+
+def applies() -> bool:
+    """Whether this host has the 64-byte vpdpbusd the fused path is written with."""
+    dots = intdot.host_int_dots()
+    return bool(dots) and dots[0].step == 64 and dots[0].emit is intdot._vnni
+
+
+def emit_byte_dot(env: Env, plan: BytePlan) -> None:
+    """The fused path for windows of whole 16-row blocks in the rows packing, else the
+    deferred ops and the generic integer dot; binds the dot's result buffer."""
+    em = env.em
+    a, _, acc = plan.dot.operands
+    out = env.result_buf(plan.dot)
+    em.copy(env.get(acc), out)
+    abuf = env.get(a)
+    t = env.get(plan.codes.operands[0])
+    starts = [env.get(v) for v in plan.codes.operands[1:3]]
+    fast, slow, done = em.label("bytedot"), em.label("bytegeneric"), em.label("bytedotted")
+    if (applies() and isinstance(t.packing, RowsPacking) and type(t.packing) is RowsPacking
+            and isinstance(abuf, Buf) and abuf.contiguous):
+        ok = rows_packing.window_ok(em, t, starts, plan.codes.attrs.sizes)
+        em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
+        em.start_block(fast)
+        _fused(em, plan, abuf, out, t, starts)
+        em.br(done)
+    else:
+        em.br(slow)
+    em.start_block(slow)
+    for d in plan.deferred:
+        HANDLERS[d.opcode](env, d)
+    intdot.emit_dot(em, abuf, env.get(plan.transpose.results[0]), out)
+    em.br(done)
+    em.start_block(done)
+
+
+def _order(p: int) -> list[int]:
+    """The step's codes in the order the extractions of a p-bit plane see them: word w,
+    extraction t (shift t*p), byte j holds code (32/p)*w + (8/p)*j + t."""
+    return [(32 // p) * w + (8 // p) * j + t for w in range(p) for t in range(8 // p)
+            for j in range(4)]
+
+
+def _i32(v: int) -> int:
+    """A 32-bit pattern as the signed literal LLVM prints."""
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def _rep(byte: int) -> str:
+    """A <16 x i32> constant with `byte` in each of its 64 bytes."""
+    return f"splat (i32 {_i32(byte * 0x01010101)})"
+
+
+def _permuted(em: Emitter, abuf: Buf, widths: set[int]) -> dict[int, Buf]:
+    """Per plane width, a copy of the activations with every 32 of them in that plane's
+    extraction order."""
+    m, k = abuf.shape
+    out = {}
+    for p in sorted(widths):
+        buf = em.alloc("i8", [m, k])
+        mask = "<" + ", ".join(f"i32 {i}" for i in _order(p)) + ">"
+        for i in range(m):
+            for c in range(k // 32):
+                src = em.gep(abuf, str(i * abuf.strides[0] + 32 * c))
+                v = em.val(f"load <32 x i8>, ptr {src}, align 1")
+                v = em.val(f"shufflevector <32 x i8> {v}, <32 x i8> poison, <32 x i32> {mask}")
+                em.emit(f"store <32 x i8> {v}, ptr {em.gep(buf, str(i * k + 32 * c))}, "
+                        "align 1")
+        out[p] = buf
+    return out
+
+
+def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
+    packing: RowsPacking = t.packing
+    m, k = abuf.shape
+    bn, bk = plan.codes.attrs.sizes
+    bits = packing.bits
+    xs = _permuted(em, abuf, {p for p, _, _ in packing.planes})
+    chains = max(1, CHAINS // m)
+    t.ensure_strides(em)
+    row_steps = em.val(f"udiv i64 {t.words}, {bits}")
+    first_step = em.val(f"lshr i64 {starts[1]}, 5")
+    steps = em.val(f"sub i64 {row_steps}, {first_step}")
+    steps = em.val(f"select i1 {em.val(f'icmp slt i64 {steps}, {bk // 32}')}, i64 {steps}, "
+                   f"i64 {bk // 32}")
+    table = None
+    if plan.xor is None:  # a 16-byte table, repeated in each 128-bit lane for vpshufb
+        vals = [int(plan.table[i % len(plan.table)]) for i in range(16)] * 4
+        table = "<" + ", ".join(f"i8 {v}" for v in vals) + ">"
+        em.declare(f"declare {B64} @llvm.x86.avx512.pshuf.b.512({B64}, {B64})")
+
+    def block(r: str) -> None:
+        n0 = em.val(f"add i64 {starts[0]}, {em.val(f'mul i64 {r}, {LANES}')}")
+        base = em.val(f"add i64 {em.val(f'mul i64 {n0}, {t.words}')}, "
+                      f"{em.val(f'mul i64 {first_step}, {bits * LANES}')}")
+        rows_packing._prefetch(em, t, base, (bk // 32) * bits)
+
+        def step(s: str, accs: list[str]) -> list[str]:
+            wbase = em.val(f"add i64 {base}, {em.val(f'mul i64 {s}, {bits * LANES}')}")
+            k0 = em.val(f"mul i64 {s}, 32")
+            nxt = list(accs)
+            n = 0
+            for p, shift, first in packing.planes:
+                xp = xs[p]
+                for w in range(p):
+                    q = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 "
+                               f"{em.val(f'add i64 {wbase}, {(first + w) * LANES}')}")
+                    word = em.val(f"load {V16}, ptr {q}, align 64")
+                    if plan.xor:
+                        x = (plan.xor >> shift) & ((1 << p) - 1)
+                        rep = sum(x << (p * i) for i in range(32 // p))
+                        word = em.val(f"xor {V16} {word}, splat (i32 {_i32(rep)})")
+                    for e in range(8 // p):
+                        v = _extract(em, word, e * p, shift, p, table)
+                        for i in range(m):
+                            off = em.val(f"add i64 {k0}, {i * k + (w * (8 // p) + e) * 4}")
+                            xq = em.val(f"load i32, ptr {em.gep(xp, off)}, align 1")
+                            ins = em.val(f"insertelement {V16} poison, i32 {xq}, i64 0")
+                            bx = em.val(f"shufflevector {V16} {ins}, {V16} poison, "
+                                        f"<{LANES} x i32> zeroinitializer")
+                            c = i * chains + n % chains
+                            nxt[c] = _dpbusd(em, nxt[c], v, bx)
+                        n += 1
+            return nxt
+
+        accs = em.loop("0", steps, None, carried=[(V16, "zeroinitializer")] * (m * chains),
+                       body_carried=step)
+        col = em.val(f"mul i64 {r}, {LANES}")
+        for i in range(m):
+            total = accs[i * chains]
+            for c in range(1, chains):
+                total = em.val(f"add {V16} {total}, {accs[i * chains + c]}")
+            p_ = em.gep(out, em.flat_index([str(i), col], out.shape))
+            old = em.val(f"load {V16}, ptr {p_}, align 4")
+            em.emit(f"store {V16} {em.val(f'add {V16} {old}, {total}')}, ptr {p_}, align 4")
+
+    em.loop("0", str(bn // LANES), block)
+
+
+def _extract(em: Emitter, word: str, at: int, shift: int, p: int, table: str | None) -> str:
+    """The byte codes at bit `at` of every byte, moved to bit `shift` (their plane's place in
+    the code) and masked; with a table, looked up instead."""
+    amount = at - shift
+    v = word
+    if amount > 0:
+        v = em.val(f"lshr {V16} {v}, splat (i32 {amount})")
+    elif amount < 0:
+        v = em.val(f"shl {V16} {v}, splat (i32 {-amount})")
+    v = em.val(f"and {V16} {v}, {_rep(((1 << p) - 1) << shift)}")
+    if table is None:
+        return v
+    b = em.val(f"bitcast {V16} {v} to {B64}")
+    looked = em.val(f"call {B64} @llvm.x86.avx512.pshuf.b.512({B64} {table}, {B64} {b})")
+    return em.val(f"bitcast {B64} {looked} to {V16}")
+
+
+def _dpbusd(em: Emitter, acc: str, u: str, s: str) -> str:
+    """acc + vpdpbusd(u, s) on <16 x i32> operands."""
+    em.declare(f"declare {V16} @llvm.x86.avx512.vpdpbusd.512({V16}, {V16}, {V16})")
+    return em.val(f"call {V16} @llvm.x86.avx512.vpdpbusd.512({V16} {acc}, {V16} {u}, {V16} {s})")
