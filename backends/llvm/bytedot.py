@@ -7,7 +7,8 @@ vectors (one i32 word per row); byte j of a word holds `8 / p` codes of width p,
 and one mask give four codes per row (bytes of each i32 lane) and one `vpdpbusd` adds their
 products with four activations broadcast to all 16 lanes: 16 outputs per accumulator, no
 horizontal sums. The four codes of a byte extraction are not consecutive along k: the
-activations are permuted once per call to match (a constant shuffle per 32 of them). A plane
+activations are permuted once per call to match (a constant shuffle per 32 of them), and
+each dword of them stored repeated over the 16 lanes, which vpdpbusd reads as its operand. A plane
 above the first lands at its place in the byte by the same shift, so planes sum in the same
 accumulator. E(code) = code ^ X (unsigned integers, two's complement through the bias 2^(b-1),
 bipolar) xors the words first; a single 1-, 2- or 4-bit plane may instead look E up in a
@@ -153,21 +154,28 @@ def _rep(byte: int) -> str:
     return f"splat (i32 {_i32(byte * 0x01010101)})"
 
 
-def _permuted(em: Emitter, abuf: Buf, widths: set[int]) -> dict[int, Buf]:
-    """Per plane width, a copy of the activations with every 32 of them in that plane's
-    extraction order."""
+def _broadcasts(em: Emitter, abuf: Buf, widths: set[int]) -> dict[int, Buf]:
+    """Per plane width, the activations' dwords in that plane's extraction order, each
+    repeated over 16 lanes ([m, k / 4, 16] i32): vpdpbusd then reads its activations as one
+    aligned load (no shuffle per instruction), once per 16-row block."""
     m, k = abuf.shape
     out = {}
     for p in sorted(widths):
-        buf = em.alloc("i8", [m, k])
+        buf = em.alloc("i32", [m, k // 4, LANES])
         mask = "<" + ", ".join(f"i32 {i}" for i in _order(p)) + ">"
         for i in range(m):
             for c in range(k // 32):
                 src = em.gep(abuf, str(i * abuf.strides[0] + 32 * c))
                 v = em.val(f"load <32 x i8>, ptr {src}, align 1")
                 v = em.val(f"shufflevector <32 x i8> {v}, <32 x i8> poison, <32 x i32> {mask}")
-                em.emit(f"store <32 x i8> {v}, ptr {em.gep(buf, str(i * k + 32 * c))}, "
-                        "align 1")
+                v = em.val(f"bitcast <32 x i8> {v} to <8 x i32>")
+                for d in range(8):
+                    x = em.val(f"extractelement <8 x i32> {v}, i64 {d}")
+                    ins = em.val(f"insertelement {V16} poison, i32 {x}, i64 0")
+                    bx = em.val(f"shufflevector {V16} {ins}, {V16} poison, "
+                                f"<{LANES} x i32> zeroinitializer")
+                    at = str(((i * k // 4) + 8 * c + d) * LANES)
+                    em.emit(f"store {V16} {bx}, ptr {em.gep(buf, at)}, align 64")
         out[p] = buf
     return out
 
@@ -177,7 +185,7 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
     m, k = abuf.shape
     bn, bk = plan.codes.attrs.sizes
     bits = packing.bits
-    xs = _permuted(em, abuf, {p for p, _, _ in packing.planes})
+    xs = _broadcasts(em, abuf, {p for p, _, _ in packing.planes})
     chains = max(1, CHAINS // m)
     t.ensure_strides(em)
     row_steps = em.val(f"udiv i64 {t.words}, {bits}")
@@ -215,11 +223,10 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
                     for e in range(8 // p):
                         v = _extract(em, word, e * p, shift, p, table)
                         for i in range(m):
-                            off = em.val(f"add i64 {k0}, {i * k + (w * (8 // p) + e) * 4}")
-                            xq = em.val(f"load i32, ptr {em.gep(xp, off)}, align 1")
-                            ins = em.val(f"insertelement {V16} poison, i32 {xq}, i64 0")
-                            bx = em.val(f"shufflevector {V16} {ins}, {V16} poison, "
-                                        f"<{LANES} x i32> zeroinitializer")
+                            d = i * k // 4 + w * (8 // p) + e  # the dword, k0 / 4 further
+                            off = em.val(f"mul i64 {em.val(f'add i64 {k0}, {4 * d}')}, "
+                                         f"{LANES // 4}")
+                            bx = em.val(f"load {V16}, ptr {em.gep(xp, off)}, align 64")
                             c = i * chains + n % chains
                             nxt[c] = _dpbusd(em, nxt[c], v, bx)
                         n += 1
