@@ -25,8 +25,9 @@ import numpy as np
 from lowbitc.backends.llvm import intdot
 from lowbitc.backends.llvm import rows as rows_packing
 from lowbitc.backends.llvm.emitter import Buf, Emitter
-from lowbitc.backends.llvm.fusion import _tree, _uses
+from lowbitc.backends.llvm.fusion import _tree, _uses, _window_ok
 from lowbitc.backends.llvm.handlers import HANDLERS, Env
+from lowbitc.backends.llvm.lanes import row_sums
 from lowbitc.interp import evaluate
 from lowbitc.ir.core import Op, Region
 from lowbitc.ir.types import TileType, numpy_dtype
@@ -67,8 +68,9 @@ def plan_byte_dots(r: Region) -> dict[int, BytePlan]:
         if found is None or not isinstance(e.type, TileType) or e.type.dtype != "u8":
             continue
         tree, codes = found
-        if (codes.opcode != "load_codes" or codes.attrs.masked or codes.attrs.sizes != e.type.shape
-                or e.type.shape[1] % 32 or e.type.shape[0] % LANES):
+        if (codes.attrs.masked or tuple(codes.attrs.sizes) != e.type.shape
+                or e.type.shape[0] % LANES
+                or e.type.shape[1] % (32 if codes.opcode == "load_codes" else 64)):
             continue
         tree = sorted(tree, key=lambda o: order[id(o)])
         table = _table(tree, codes, e, defs)
@@ -77,7 +79,7 @@ def plan_byte_dots(r: Region) -> dict[int, BytePlan]:
         n = np.arange(len(table))
         x = int(table[0])
         xor = x if np.array_equal(table, n ^ x) else None
-        if xor is None and codes.attrs.bits not in (1, 2, 4):
+        if xor is None and (codes.opcode != "load_codes" or codes.attrs.bits not in (1, 2, 4)):
             continue
         plans[op.results[0].id] = BytePlan(
             op, tr, codes, sorted(tree + [codes, tr], key=lambda o: order[id(o)]), table, xor)
@@ -98,7 +100,8 @@ def _table(tree: list[Op], codes: Op, root, defs: dict) -> np.ndarray | None:
                 return None
             consts.append(d)
     src = codes.results[0]
-    env = {src.id: np.arange(1 << codes.attrs.bits).astype(numpy_dtype(src.type.dtype))}
+    bits = codes.attrs.bits if codes.opcode == "load_codes" else 8  # or u8/i8 bytes
+    env = {src.id: np.arange(1 << bits).astype(numpy_dtype(src.type.dtype))}
     evaluate(consts + tree, env)
     return np.asarray(env[root.id]).astype(np.uint8).reshape(-1)
 
@@ -120,9 +123,18 @@ def emit_byte_dot(env: Env, plan: BytePlan) -> None:
     t = env.get(plan.codes.operands[0])
     starts = [env.get(v) for v in plan.codes.operands[1:3]]
     fast, slow, done = em.label("bytedot"), em.label("bytegeneric"), em.label("bytedotted")
-    if (applies() and isinstance(t.packing, RowsPacking) and type(t.packing) is RowsPacking
-            and isinstance(abuf, Buf) and abuf.contiguous):
-        ok = rows_packing.window_ok(em, t, starts, plan.codes.attrs.sizes)
+    sizes = plan.codes.attrs.sizes
+    t.ensure_strides(em)  # here: the branches below both use them
+    if not (applies() and isinstance(abuf, Buf) and abuf.contiguous):
+        em.br(slow)
+    elif plan.codes.opcode == "load":  # u8/i8 weights, rows in memory order
+        em.emit(f"br i1 {_window_ok(em, t, starts, sizes, aligned=False)}, label %{fast}, "
+                f"label %{slow}")
+        em.start_block(fast)
+        _fused_bytes(em, plan, abuf, out, t, starts)
+        em.br(done)
+    elif type(t.packing) is RowsPacking:
+        ok = rows_packing.window_ok(em, t, starts, sizes)
         em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
         em.start_block(fast)
         _fused(em, plan, abuf, out, t, starts)
@@ -239,6 +251,47 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
             total = accs[i * chains]
             for c in range(1, chains):
                 total = em.val(f"add {V16} {total}, {accs[i * chains + c]}")
+            p_ = em.gep(out, em.flat_index([str(i), col], out.shape))
+            old = em.val(f"load {V16}, ptr {p_}, align 4")
+            em.emit(f"store {V16} {em.val(f'add {V16} {old}, {total}')}, ptr {p_}, align 4")
+
+    em.loop("0", str(bn // LANES), block)
+
+
+def _fused_bytes(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
+    """Byte weights in memory order (u8/i8 tensors): per weight row and activation row, one
+    vpdpbusd per 64 bytes into a vector of partial sums; 16 weight rows' vectors then fold
+    into one vector of their 16 sums (lanes.row_sums)."""
+    m, k = abuf.shape
+    bn, bk = plan.codes.attrs.sizes
+    flip = _i32((plan.xor or 0) * 0x01010101)
+
+    def block(r: str) -> None:
+        n0 = em.val(f"add i64 {starts[0]}, {em.val(f'mul i64 {r}, {LANES}')}")
+        col = em.val(f"mul i64 {r}, {LANES}")
+        em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
+        for j in range(LANES):  # each row's bytes two K windows ahead (rows are pages apart)
+            row = em.val(f"mul i64 {em.val(f'add i64 {n0}, {j}')}, {t.strides[0]}")
+            ahead = em.val(f"add i64 {row}, {em.val(f'add i64 {starts[1]}, {2 * bk}')}")
+            for line in range(0, bk, 64):
+                q = em.val(f"getelementptr i8, ptr {t.ptr}, i64 {ahead}")
+                q = em.val(f"getelementptr i8, ptr {q}, i64 {line}")
+                em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 3, i32 1)")
+        for i in range(m):
+            sums = []
+            for j in range(LANES):
+                row = em.val(f"mul i64 {em.val(f'add i64 {n0}, {j}')}, {t.strides[0]}")
+                acc = "zeroinitializer"
+                for c in range(bk // 64):
+                    at = em.val(f"add i64 {row}, {em.val(f'add i64 {starts[1]}, {64 * c}')}")
+                    q = em.val(f"getelementptr inbounds i8, ptr {t.ptr}, i64 {at}")
+                    w = em.val(f"load {V16}, ptr {q}, align 1")
+                    if flip:
+                        w = em.val(f"xor {V16} {w}, splat (i32 {flip})")
+                    x = em.val(f"load {V16}, ptr {em.gep(abuf, str(i * k + 64 * c))}, align 1")
+                    acc = _dpbusd(em, acc, w, x)
+                sums.append(acc)
+            total = row_sums(em, sums, LANES, "i32")
             p_ = em.gep(out, em.flat_index([str(i), col], out.shape))
             old = em.val(f"load {V16}, ptr {p_}, align 4")
             em.emit(f"store {V16} {em.val(f'add {V16} {old}, {total}')}, ptr {p_}, align 4")
