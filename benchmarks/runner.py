@@ -8,11 +8,13 @@ them alike. `run` returns one JSON-ready dict; `write_results` writes it with a 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .a8 import a8_groups
 from .cases import ROWS
 from .config import Config, quick_config
 from .environment import cpu_mhz, cpu_usage, git_state, thread_limits, usable_cpus, wait_for_load
@@ -38,7 +40,8 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
     incache: dict = {}
     clock = cpu_mhz()
     with thread_limits(cfg.threads) as thread_info:
-        for build in groups(cfg):
+        a8_rows = [s for s in cfg.rows if s.kind == "a8"]
+        for build in itertools.chain(groups(cfg), a8_groups(cfg, a8_rows)):
             grp = build()
             log(f"[bench] {grp.title}: {len(grp.timed)} calls x {cfg.rounds} rounds")
             load = list(os.getloadavg())
