@@ -63,12 +63,24 @@ def block(group: int) -> int:
     return 32
 
 
-def params(wtype, group: int, zero_point: bool, M: int, act: str) -> dict | None:
-    """matmul_a8's parameters for this weight and M, or None for the f32 path."""
+def rows_tile(M: int, N: int) -> int:
+    """Weight rows per program: wide tiles share each quantized activation block (256 when
+    several activation rows do), a divisor of N where one exists, so that every window is
+    whole 16-row blocks (the fused byte dot's condition)."""
+    widest = 128 if M == 1 else 256
+    for bn in (256, 128, 64, 32, 16):
+        if bn <= widest and N % bn == 0:
+            return bn
+    return widest
+
+
+def params(wtype, group: int, zero_point: bool, M: int, act: str,
+           N: int = 4096) -> dict | None:
+    """matmul_a8's parameters for this weight and shape, or None for the f32 path."""
     m = byte_map(wtype) if act == "i8" else None
     if m is None:
         return None
     sc, lo = m
     bm = 1 if M == 1 else min(16, 1 << (M - 1).bit_length())
     return {"W": wtype, "SC": sc, "LO": lo, "ZP": bool(zero_point), "QB": block(group),
-            "BM": bm, "BN": 128 if M <= 4 else 64}
+            "BM": bm, "BN": rows_tile(M, N)}

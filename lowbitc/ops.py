@@ -139,7 +139,7 @@ def matmul_choice(M: int, N: int, K: int, qw, adt: str, act: str = "f32",
     format allows (LLVM only), else matmul with its defaults and lowbitc.tune's winner. `qw`
     needs .dtype, .group_size and .zeros (None or not)."""
     if backend == "llvm":
-        p = a8.params(qw.dtype, qw.group_size, qw.zeros is not None, M, act)
+        p = a8.params(qw.dtype, qw.group_size, qw.zeros is not None, M, act, N)
         if p is not None:
             return "matmul_a8", {**p, "A": adt}
     params = matmul_params(M, qw, adt, backend)

@@ -140,6 +140,10 @@ def choose(k: Kernel) -> dict[int, Packing | RowsPacking]:
                 or format_bits(t.dtype) == 8):
             continue
         loads = users.get(p.id, [])
+        # integer (i32) dots: the byte dot reads the rows packing for any number of rows
+        int_dot = bool(loads) and all(op.opcode == "load_codes"
+                                      and _dot_dtype(op.results[0].id, users) == "i32"
+                                      for op, _ in loads)
         if not loads or any(
             op.opcode != "load_codes"
             or pos != 0
@@ -147,7 +151,7 @@ def choose(k: Kernel) -> dict[int, Packing | RowsPacking]:
             or len(op.attrs.sizes) != 2
             or op.attrs.sizes[1] % 32
             or not op.attrs.sizes[0]
-            or not _feeds_dot(op.results[0].id, users)
+            or not (int_dot or _feeds_dot(op.results[0].id, users))
             for op, pos in loads
         ):
             continue
@@ -155,7 +159,7 @@ def choose(k: Kernel) -> dict[int, Packing | RowsPacking]:
         trees = [_code_ops(op.results[0].id, users) for op, _ in loads]
         whole = all(op.attrs.sizes[0] % LANES == 0 and tree is not None
                     for (op, _), tree in zip(loads, trees, strict=True))
-        if whole and all(_dot_dtype(op.results[0].id, users) == "i32" for op, _ in loads):
+        if whole and int_dot:
             out[p.id] = RowsPacking(bits)  # the byte dot (VNNI) reads rows of any width
             continue
         if bits <= ROWS_MAX_BITS and all(
