@@ -10,13 +10,14 @@ import argparse
 import os
 import shlex
 import sys
+from typing import TYPE_CHECKING
 
-from lowbitc.benchmarks import runner
 from lowbitc.benchmarks.cases import row_names, select_rows
-from lowbitc.benchmarks.report import format_table
+
+if TYPE_CHECKING:
+    from lowbitc.benchmarks import runner
 
 NAME = "bench"
-HELP = "benchmark the CPU GEMV/GEMM/dequant kernels against numpy, torch and memory copy"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> runner.Config:
+    from lowbitc.benchmarks import runner  # noqa: PLC0415 - lazy: it imports torch (~2 s)
+
     overrides = {"rows": select_rows(args.rows), "threads": args.threads,
                  "wait_load": args.wait_load, "wait_seconds": args.wait_seconds}
     for name in ("size", "rounds", "copy_mib"):
@@ -80,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
     if again is not None and sys.argv[1:2] == ["bench"]:
         sys.stdout.flush()
         os.execve(sys.executable, again, {**os.environ, **BLAS_SLEEP})
+    from lowbitc.benchmarks import runner  # noqa: PLC0415 - lazy: it imports torch (~2 s)
+    from lowbitc.benchmarks.report import format_table  # noqa: PLC0415
+
     cfg = config_from_args(args)
     results = runner.run(cfg)
     results["command"] = command_line(args)

@@ -12,7 +12,6 @@ from lowbitc import ops
 from lowbitc.quant import quantize
 
 NAME = "demo"
-HELP = "compile and run the shipped GEMV/GEMM/dequant kernels for a spread of formats"
 
 DEFAULT_FORMATS = ("u1", "u2", "u3", "u4", "i4", "b2", "u5", "u8", "f4e2m1fn", "f6e3m2fn",
                    "f8e4m3fn", "nf4")
