@@ -8,9 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from lowbitc.dsl.lower import lower_kernel
 
 from lowbitc.compiler import load, pick_kernel
+from lowbitc.dsl.lower import lower_kernel
 from lowbitc.errors import DSLSyntaxError, LowbitcError, VerifyError
 from lowbitc.ir import Kernel, parse, print_kernel, verify, walk
 from lowbitc.passes import CPU_PIPELINE, PASSES, run_pipeline
