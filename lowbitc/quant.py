@@ -91,6 +91,20 @@ class QTensor:
                                                  self.shape[1])
         return words
 
+    def replica(self) -> QTensor:
+        """The same weight in fresh memory: codes, scales, zero points and every packing made
+        so far copied. Timings rotate through replicas to read weights from DRAM, as a
+        model's layers are read in decoding (lowbitc.memory)."""
+        twin = QTensor(self.dtype, self.shape, self.group_size, self.codes.copy(),
+                       self.scales.copy(), None if self.zeros is None else self.zeros.copy(),
+                       self.scale_dtype)
+        if "packed" in self.__dict__:
+            twin.__dict__["packed"] = self.packed.copy()
+        twin.__dict__["_repacked"] = {
+            p: PackedWords(w.words.copy(), w.packing, w.count)
+            for p, w in self.__dict__.get("_repacked", {}).items()}
+        return twin
+
     def dequantize(self) -> np.ndarray:
         """float32 [N, K] reconstruction, bit-exact with the formula in the class docstring."""
         v = self.dtype.decode(self.codes)
