@@ -12,6 +12,9 @@ every format:
   without infinities. Negative zero and negatives rounding to zero keep the sign where a
   -0 code exists.
 - NaN becomes the format's NaN code (sign kept where NaN is signed), or raises ValueError.
+
+One piece (just over 400 lines): the format classes, their code tables and the name registry
+that builds them; the rounding machinery lives in lowbitc.encoding.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ has, and its type rule.
 
 The type rule (`infer`) maps operand types and attributes to result types or raises
 `VerifyError`; the builder uses it to type new ops and the verifier to re-check them.
+One piece (just over 400 lines): the opcode table and its type rules are read together by
+the builder, verifier and parser; the attribute dataclasses live in lowbitc.ir.attrs.
 """
 
 from __future__ import annotations
