@@ -26,6 +26,7 @@ __all__ = [
     "copy_baseline",
     "numpy_gemm",
     "numpy_gemv",
+    "read_baseline",
     "torch_available",
     "torch_int4_gemv",
 ]
@@ -75,6 +76,32 @@ def copy_baseline(nbytes: int = 256 * MIB, threads: int = 2) -> Baseline:
         fn=run,
         bytes_moved=2.0 * src.nbytes,
         info={"nbytes": src.nbytes, "threads": threads},
+    )
+
+
+def read_baseline(nbytes: int = 512 * MIB, threads: int = 2) -> Baseline:
+    """A streaming read of `nbytes` (float64 ones) split into `threads` contiguous slices on
+    a thread pool, each reduced by BLAS `dot(s, s)` (one load per element: what a GEMV's
+    weights cost at best). bytes_moved counts the bytes read once."""
+    if nbytes < 4096 or threads < 1:
+        raise ValueError(
+            f"read_baseline: need nbytes >= 4096 and threads >= 1, got "
+            f"nbytes={nbytes}, threads={threads}"
+        )
+    src = np.ones(nbytes // 8, dtype=np.float64)
+    cuts = [src.size * t // threads for t in range(threads + 1)]
+    parts = [src[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="read-bw")
+
+    def run() -> float:
+        return sum(f.result() for f in [pool.submit(np.dot, p, p) for p in parts])
+
+    return Baseline(
+        name=f"read_{threads}t",
+        fn=run,
+        bytes_moved=float(src.nbytes),
+        info={"nbytes": src.nbytes, "threads": threads, "how": "BLAS dot(s, s) per thread slice"},
+        data={"expected": float(src.size)},
     )
 
 

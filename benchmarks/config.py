@@ -21,6 +21,7 @@ class Config:
     rounds: int = 40
     threads: int = 0  # 0: every usable CPU
     copy_mib: int = 128  # bytes copied by the copy-bandwidth baseline (src size)
+    read_mib: int = 512  # bytes the read-bandwidth baseline streams (issue 14: >= 512 MiB)
     incache_sizes: tuple[int, int] = (2048, 512)  # K = N of the in-cache (L2/L3) GEMVs
     quick: bool = False
     rows: tuple[RowSpec, ...] = ROWS
@@ -29,7 +30,7 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("size", "small", "group_size", "rounds", "copy_mib"):
+        for name in ("size", "small", "group_size", "rounds", "copy_mib", "read_mib"):
             if getattr(self, name) < 1:
                 raise UserArgumentError(f"{name}: expected a positive integer, "
                                         f"got {getattr(self, name)}")
@@ -49,5 +50,6 @@ class Config:
 
 def quick_config(**overrides) -> Config:
     """Small shapes and few rounds: a smoke run of every row in well under a minute."""
-    base = {"size": 512, "rounds": 5, "copy_mib": 16, "incache_sizes": (256, 128), "quick": True}
+    base = {"size": 512, "rounds": 5, "copy_mib": 16, "read_mib": 32, "incache_sizes": (256, 128),
+            "quick": True}
     return Config(**{**base, **overrides})

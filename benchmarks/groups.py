@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from . import candidates as cand
-from .baselines import copy_baseline, numpy_gemm
+from .baselines import copy_baseline, numpy_gemm, read_baseline
 from .cases import GEMV_FORMATS, RowSpec
 from .config import Config
 from .harness import interleaved_stats
 
-__all__ = ["Binding", "Group", "copy_summary", "groups", "incache_summary", "measure"]
+__all__ = ["Binding", "Group", "copy_summary", "groups", "incache_summary", "measure",
+           "read_summary"]
 
 MIB = 1 << 20
 
@@ -101,9 +102,13 @@ def _gemm_group(cfg: Config, spec: RowSpec) -> Group:
 
 
 def _dequant_group(cfg: Config, specs: list[RowSpec]) -> Group:
-    """Copy bandwidth on 1 and on `threads` threads, and the dequantize rows, interleaved."""
+    """Copy bandwidth on 1 and on `threads` threads, the read bandwidth on `threads` threads
+    (what the GEMV rows' fraction of it is taken against), and the dequantize rows,
+    interleaved."""
     n = cfg.size
-    grp = Group(f"dequantize {n}x{n} and copy bandwidth")
+    grp = Group(f"dequantize {n}x{n}, copy and read bandwidth")
+    grp.add(f"read_{cfg.threads}t",
+            lambda: cand.from_baseline(read_baseline(cfg.read_mib * MIB, threads=cfg.threads)))
     nbytes = cfg.copy_mib * MIB
     grp.add("copy_1t", lambda: cand.from_baseline(copy_baseline(nbytes, threads=1)))
     if cfg.threads > 1:
@@ -194,6 +199,16 @@ def measure(grp: Group, rounds: int) -> dict:
     fns = {k: t.fn for k, t in grp.timed.items() if t.correct}
     stats = interleaved_stats(fns, rounds) if fns else {}
     return stats
+
+
+def read_summary(stats: dict, timed: dict[str, cand.Timed]) -> dict:
+    """The read bandwidth (GB/s) from the read_<threads>t baseline, if it was measured."""
+    keys = [k for k in stats if k.startswith("read_")]
+    if not keys:
+        return {}
+    k = keys[0]
+    return {"gbs": timed[k].bytes_moved / stats[k]["median"] / 1e9, "name": k,
+            "bytes_per_call": timed[k].bytes_moved, "threads": timed[k].info.get("threads")}
 
 
 def copy_summary(stats: dict, timed: dict[str, cand.Timed]) -> dict:

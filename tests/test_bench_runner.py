@@ -32,7 +32,8 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     done = subprocess.run(
         [sys.executable, "-m", "lowbitc.cli", "bench", "--quick", "--size", "256",
-         "--rounds", "2", "--copy-mib", "4", "--threads", "2", "--out", str(out)],
+         "--rounds", "2", "--copy-mib", "4", "--read-mib", "8", "--threads", "2",
+         "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     return done, out
@@ -58,6 +59,9 @@ def test_quick_run_writes_json_and_png(quick_run):
     for path in results["git"]["modified_tracked_files"]:  # whole paths, first letter kept
         assert (repo / path.split("/")[0]).exists(), path
     assert results["copy_bandwidth"]["best_gbs"] > 0
+    read = results["read_bandwidth"]
+    assert read["gbs"] > 0 and read["threads"] == 2 and read["bytes_per_call"] == 8 << 20
+    assert "read bandwidth (2 threads, 8 MiB streamed)" in done.stdout
     for g in results["groups"]:
         assert g["cpu_usage"]["wall_seconds"] > 0 and g["cpu_usage"]["others_cpus"] >= 0
     assert [r["name"] for r in results["rows"]] == row_names()
@@ -87,6 +91,11 @@ def test_quick_run_rows_are_complete(quick_run):
         assert r["lowbitc"]["info"]["kernel_params"]["W"] == r["format"]
         if r["kind"] in ("gemv", "torch", "gemm"):
             assert r["lowbitc"]["gflops"] > 0
+        if r["kind"] in ("gemv", "torch"):  # weight bytes / time / the read bandwidth
+            want = r["lowbitc"]["weight_bandwidth_gbs"] / results["read_bandwidth"]["gbs"]
+            assert r["read_bandwidth_fraction"] == pytest.approx(want)
+        else:
+            assert "read_bandwidth_fraction" not in r
     dequant = next(r for r in results["rows"] if r["name"] == "dequant_u3")
     assert dequant["lowbitc"]["check"]["max_abs_error"] == 0.0  # bit-exact
     assert dequant["baseline"]["name"].startswith("copy_")

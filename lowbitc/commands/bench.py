@@ -36,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="interleaved rounds per group (default 40; 5 with --quick)")
     p.add_argument("--copy-mib", type=int, default=None,
                    help="MiB copied by the copy-bandwidth baseline (default 128; 16 with --quick)")
+    p.add_argument("--read-mib", type=int, default=None,
+                   help="MiB the read-bandwidth baseline streams (default 512; 32 with --quick)")
     p.add_argument("--wait-load", type=float, default=0.0, metavar="L",
                    help="first wait (up to --wait-seconds) until the 1-minute load average <= L")
     p.add_argument("--wait-seconds", type=float, default=600.0,
@@ -47,7 +49,7 @@ def config_from_args(args: argparse.Namespace) -> runner.Config:
 
     overrides = {"rows": select_rows(args.rows), "threads": args.threads,
                  "wait_load": args.wait_load, "wait_seconds": args.wait_seconds}
-    for name in ("size", "rounds", "copy_mib"):
+    for name in ("size", "rounds", "copy_mib", "read_mib"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     return runner.quick_config(**overrides) if args.quick else runner.Config(**overrides)
@@ -56,7 +58,7 @@ def config_from_args(args: argparse.Namespace) -> runner.Config:
 def command_line(args: argparse.Namespace) -> str:
     """The `lowbitc bench` command that reproduces this run (options given, in order)."""
     words = ["lowbitc", "bench"] + (["--quick"] if args.quick else [])
-    for name in ("rows", "out", "threads", "size", "rounds", "copy_mib", "wait_load"):
+    for name in ("rows", "out", "threads", "size", "rounds", "copy_mib", "read_mib", "wait_load"):
         value = getattr(args, name)
         if value not in (None, 0, 0.0):
             words += [f"--{name.replace('_', '-')}", str(value)]
@@ -99,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{s['pass']}/{s['rows']} rows meet their goal ({s['fail']} fail, {s['wrong']} wrong, "
           f"{s['error']} error, {s['skipped']} skipped); {results['config']['threads']} threads; "
           f"load average {load['start'][0]:.2f} -> {load['end'][0]:.2f}")
+    read = results.get("read_bandwidth") or {}
+    if read:
+        print(f"read bandwidth ({read['threads']} threads, {read['bytes_per_call'] / 2**20:.0f} "
+              f"MiB streamed): {read['gbs']:.1f} GB/s; 'of read BW': a GEMV row's code, scale "
+              "and zero-point bytes / time / that")
     others = [g["cpu_usage"].get("others_cpus") for g in results["groups"]]
     others = [o for o in others if o is not None]
     if others:
