@@ -17,6 +17,7 @@ from lowbitc.ir.types import numpy_dtype
 from lowbitc.quant import QTensor, quantize
 
 from .baselines import Baseline, torch_int4_gemv
+from .harness import in_turn
 
 __all__ = [
     "MATMUL_TOLERANCE",
@@ -125,21 +126,23 @@ def _first_call(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
     return out, time.perf_counter() - start
 
 
-def matmul_case(name: str, x: np.ndarray, qw: QTensor) -> Timed:
-    """`ops.matmul(x, qw)` as a user calls it (allocation and Python overhead included)."""
+def matmul_case(name: str, x: np.ndarray, qw: QTensor, copies: int = 1) -> Timed:
+    """`ops.matmul(x, qw)` as a user calls it (allocation and Python overhead included); with
+    `copies` > 1 each call reads the next of that many replicas of qw (QTensor.replica)."""
     N, K = qw.shape
     M = x.shape[0]
     y, first = _first_call(lambda: ops.matmul(x, qw))
     ref = x.astype(np.float32).astype(np.float64) @ qw.dequantize().astype(np.float64).T
     wbytes = weight_bytes(qw)
+    weights = [qw] + [qw.replica() for _ in range(copies - 1)]  # after the first call: packed
     return Timed(
         name=name,
-        fn=lambda: ops.matmul(x, qw),
+        fn=in_turn([lambda q=q: ops.matmul(x, q) for q in weights]),
         flops=2.0 * M * N * K,
         bytes_moved=wbytes + x.nbytes + 4.0 * M * N,
         weight_bytes=wbytes,
         check=_compare(y, ref, MATMUL_TOLERANCE),
-        info={"activations": str(x.dtype), "first_call_seconds": first,
+        info={"activations": str(x.dtype), "first_call_seconds": first, "weights_in_turn": copies,
               "zero_point": qw.zeros is not None,
               "kernel_params": _json_params(matmul_kernel_params(x, qw))},
     )
@@ -175,10 +178,10 @@ def from_baseline(b: Baseline, weight_bytes: float = 0.0) -> Timed:
                  weight_bytes=weight_bytes, info=dict(b.info))
 
 
-def torch_case(K: int, N: int, group_size: int, M: int = 1) -> Timed | None:
+def torch_case(K: int, N: int, group_size: int, M: int = 1, copies: int = 1) -> Timed | None:
     """torch's int4 CPU GEMV (bf16 activations), checked against its own dequantized weights;
     None when torch is missing."""
-    b = torch_int4_gemv(K, N, M=M, group_size=group_size)
+    b = torch_int4_gemv(K, N, M=M, group_size=group_size, copies=copies)
     if b is None:
         return None
     codes, sz, x = b.data["codes"], b.data["scales_zeros"], b.data["x"]

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from lowbitc.quant import QTensor
+
 from . import candidates as cand
 from .baselines import copy_baseline, numpy_gemm, read_baseline
 from .cases import GEMV_FORMATS, RowSpec
@@ -60,11 +62,22 @@ class Group:
             self.timed[key] = made
 
 
-def _numpy(m: int, n: int, seed: int, name: str | None = None) -> cand.Timed:
+def _numpy(m: int, n: int, seed: int, name: str | None = None, copies: int = 1) -> cand.Timed:
     """numpy fp32 x[m, n] @ W[n, n].T; its weight bytes are the fp32 matrix."""
-    t = cand.from_baseline(numpy_gemm(m, n, n, seed), weight_bytes=4.0 * n * n)
+    t = cand.from_baseline(numpy_gemm(m, n, n, seed, copies), weight_bytes=4.0 * n * n)
     t.name = name or t.name
     return t
+
+
+def _streamed(cfg: Config, grp: Group, key: str, x, qw: Callable[[], QTensor]) -> tuple[str, ...]:
+    """The lowbitc call `key` rotating through copies of qw(), and (the extra key returned)
+    the same call on the one weight, which may stay in cache."""
+    grp.add(key, lambda: cand.matmul_case(key, x, qw(), cfg.copies(cand.weight_bytes(qw()))))
+    if cfg.stream == 0:
+        return ()
+    one = f"{key}_one_weight"
+    grp.add(one, lambda: cand.matmul_case(one, x, qw()))
+    return (one,)
 
 
 def _gemv_group(cfg: Config, specs: list[RowSpec]) -> Group:
@@ -73,19 +86,21 @@ def _gemv_group(cfg: Config, specs: list[RowSpec]) -> Group:
     w, x = cand.weights(n, n, cfg.seed), cand.activations(1, n, cfg.seed + 1)
     qw = functools.cache(lambda fmt: cand.quantized(w, fmt, g))
 
-    grp.add("numpy_fp32_M1", lambda: _numpy(1, n, cfg.seed))
+    grp.add("numpy_fp32_M1", lambda: _numpy(1, n, cfg.seed, copies=cfg.copies(4.0 * n * n)))
     for spec in specs:
         key = f"lowbitc_gemv_{spec.fmt}"
-        grp.add(key, lambda f=spec.fmt, k=key: cand.matmul_case(k, x, qw(f)))
+        one = _streamed(cfg, grp, key, x, lambda f=spec.fmt: qw(f))
         if spec.kind == "torch":
-            grp.add("torch_int4_bf16_M1", lambda: cand.torch_case(n, n, g),
+            grp.add("torch_int4_bf16_M1",
+                    lambda: cand.torch_case(n, n, g, copies=cfg.copies(n * n / 2 + n * n / g * 4)),
                     missing="torch is not installed")
             xb = cand.activations(1, n, cfg.seed + 1, "bf16")
             extra = "lowbitc_gemv_u4_bf16"
-            grp.add(extra, lambda e=extra, x1=xb: cand.matmul_case(e, x1, qw("u4")))
-            grp.bindings.append(Binding(spec, key, "torch_int4_bf16_M1", (extra,)))
+            grp.add(extra, lambda e=extra, x1=xb: cand.matmul_case(
+                e, x1, qw("u4"), cfg.copies(cand.weight_bytes(qw("u4")))))
+            grp.bindings.append(Binding(spec, key, "torch_int4_bf16_M1", (extra, *one)))
         else:
-            grp.bindings.append(Binding(spec, key, "numpy_fp32_M1"))
+            grp.bindings.append(Binding(spec, key, "numpy_fp32_M1", one))
     return grp
 
 
@@ -94,10 +109,11 @@ def _gemm_group(cfg: Config, spec: RowSpec) -> Group:
     grp = Group(f"GEMM M={m}, K=N={n}")
     w, x = cand.weights(n, n, cfg.seed), cand.activations(m, n, cfg.seed + 1)
     base = f"numpy_fp32_M{m}"
-    grp.add(base, lambda: _numpy(m, n, cfg.seed))
+    grp.add(base, lambda: _numpy(m, n, cfg.seed, copies=cfg.copies(4.0 * n * n)))
     key = f"lowbitc_gemm_{spec.fmt}_M{m}"
-    grp.add(key, lambda: cand.matmul_case(key, x, cand.quantized(w, spec.fmt, cfg.group_size)))
-    grp.bindings.append(Binding(spec, key, base))
+    qw = functools.cache(lambda: cand.quantized(w, spec.fmt, cfg.group_size))
+    one = _streamed(cfg, grp, key, x, qw)
+    grp.bindings.append(Binding(spec, key, base, one))
     return grp
 
 

@@ -93,10 +93,12 @@ class QTensor:
         return words
 
     def replica(self) -> QTensor:
-        """The same weight in fresh memory: codes, scales, zero points and every packing made
-        so far copied. Timings rotate through replicas to read weights from DRAM, as a
+        """The same weight in fresh memory for what kernels read: scales, zero points and every
+        packing made so far copied (codes too for u8/i8, which kernels read as bytes; other
+        formats share them). Timings rotate through replicas to read weights from DRAM, as a
         model's layers are read in decoding (lowbitc.memory)."""
-        twin = QTensor(self.dtype, self.shape, self.group_size, self.codes.copy(),
+        codes = self.codes.copy() if self.dtype.name in ("u8", "i8") else self.codes
+        twin = QTensor(self.dtype, self.shape, self.group_size, codes,
                        self.scales.copy(), None if self.zeros is None else self.zeros.copy(),
                        self.scale_dtype)
         if "packed" in self.__dict__:

@@ -57,8 +57,11 @@ def test_a_replica_is_the_same_weight_in_fresh_memory():
     x = rng.standard_normal((1, 96)).astype(np.float32)
     y = ops.matmul(x, qw)  # makes the kernel's packing, which the replica copies
     twin = qw.replica()
-    for a, b in [(qw.codes, twin.codes), (qw.scales, twin.scales), (qw.zeros, twin.zeros)]:
+    for a, b in [(qw.scales, twin.scales), (qw.zeros, twin.zeros)]:
         assert np.array_equal(a, b) and not np.shares_memory(a, b)
+    assert twin.codes is qw.codes  # not read by u3 kernels: shared
+    u8 = quantize(rng.standard_normal((8, 96)).astype(np.float32), "u8", 32, zero_point=True)
+    assert not np.shares_memory(u8.codes, u8.replica().codes)  # read as bytes: copied
     for p, words in qw.__dict__["_repacked"].items():
         assert not np.shares_memory(words.words, twin.packed_as(p).words)
     np.testing.assert_array_equal(ops.matmul(x, twin), y)

@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="interleaved rounds per group (default 40; 5 with --quick)")
     p.add_argument("--copy-mib", type=int, default=None,
                    help="MiB copied by the copy-bandwidth baseline (default 128; 16 with --quick)")
+    p.add_argument("--stream", type=float, default=None, metavar="F",
+                   help="GEMV/GEMM weights rotate through copies totalling F x the last-level "
+                        "cache, for lowbitc and every baseline (default 4; 0: one weight)")
     p.add_argument("--read-mib", type=int, default=None,
                    help="MiB the read-bandwidth baseline streams (default 512; 32 with --quick)")
     p.add_argument("--wait-load", type=float, default=0.0, metavar="L",
@@ -49,7 +52,7 @@ def config_from_args(args: argparse.Namespace) -> runner.Config:
 
     overrides = {"rows": select_rows(args.rows), "threads": args.threads,
                  "wait_load": args.wait_load, "wait_seconds": args.wait_seconds}
-    for name in ("size", "rounds", "copy_mib", "read_mib"):
+    for name in ("size", "rounds", "copy_mib", "read_mib", "stream"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     return runner.quick_config(**overrides) if args.quick else runner.Config(**overrides)
@@ -58,9 +61,10 @@ def config_from_args(args: argparse.Namespace) -> runner.Config:
 def command_line(args: argparse.Namespace) -> str:
     """The `lowbitc bench` command that reproduces this run (options given, in order)."""
     words = ["lowbitc", "bench"] + (["--quick"] if args.quick else [])
-    for name in ("rows", "out", "threads", "size", "rounds", "copy_mib", "read_mib", "wait_load"):
+    for name in ("rows", "out", "threads", "size", "rounds", "copy_mib", "read_mib", "stream",
+                 "wait_load"):
         value = getattr(args, name)
-        if value not in (None, 0, 0.0):
+        if value not in (None, 0, 0.0) or (name == "stream" and value is not None):
             words += [f"--{name.replace('_', '-')}", str(value)]
     return shlex.join(words)
 
