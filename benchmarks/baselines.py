@@ -17,7 +17,7 @@ try:
 except ImportError:  # the torch baseline is optional
     torch = None
 
-from .harness import timeit
+from .harness import in_turn, timeit
 
 __all__ = [
     "Baseline",
@@ -26,6 +26,7 @@ __all__ = [
     "copy_baseline",
     "numpy_gemm",
     "numpy_gemv",
+    "read_baseline",
     "torch_available",
     "torch_int4_gemv",
 ]
@@ -78,6 +79,32 @@ def copy_baseline(nbytes: int = 256 * MIB, threads: int = 2) -> Baseline:
     )
 
 
+def read_baseline(nbytes: int = 512 * MIB, threads: int = 2) -> Baseline:
+    """A streaming read of `nbytes` (float64 ones) split into `threads` contiguous slices on
+    a thread pool, each reduced by BLAS `dot(s, s)` (one load per element: what a GEMV's
+    weights cost at best). bytes_moved counts the bytes read once."""
+    if nbytes < 4096 or threads < 1:
+        raise ValueError(
+            f"read_baseline: need nbytes >= 4096 and threads >= 1, got "
+            f"nbytes={nbytes}, threads={threads}"
+        )
+    src = np.ones(nbytes // 8, dtype=np.float64)
+    cuts = [src.size * t // threads for t in range(threads + 1)]
+    parts = [src[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="read-bw")
+
+    def run() -> float:
+        return sum(f.result() for f in [pool.submit(np.dot, p, p) for p in parts])
+
+    return Baseline(
+        name=f"read_{threads}t",
+        fn=run,
+        bytes_moved=float(src.nbytes),
+        info={"nbytes": src.nbytes, "threads": threads, "how": "BLAS dot(s, s) per thread slice"},
+        data={"expected": float(src.size)},
+    )
+
+
 def copy_bandwidth(nbytes: int = 256 * MIB, threads: int = 2, repeat: int = 10) -> float:
     """Memory copy bandwidth in GB/s (read + write bytes per second), median of `repeat`."""
     baseline = copy_baseline(nbytes, threads)
@@ -96,19 +123,21 @@ def copy_bandwidths(nbytes: int = 256 * MIB, repeat: int = 10) -> dict[str, floa
     return {"1_thread": one, "2_threads": two, "best": max(one, two)}
 
 
-def numpy_gemm(M: int, K: int, N: int, seed: int = 0) -> Baseline:
-    """numpy (OpenBLAS) fp32 `x @ W.T` with x [M, K] and W [N, K] (nn.Linear orientation)."""
+def numpy_gemm(M: int, K: int, N: int, seed: int = 0, copies: int = 1) -> Baseline:
+    """numpy (OpenBLAS) fp32 `x @ W.T` with x [M, K] and W [N, K] (nn.Linear orientation);
+    with `copies` > 1 each call reads the next of that many distinct copies of W."""
     if min(M, K, N) < 1:
         raise ValueError(f"numpy_gemm: M, K, N must be >= 1, got {(M, K, N)}")
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((M, K), dtype=np.float32)
     w = rng.standard_normal((N, K), dtype=np.float32)
+    ws = [w] + [w.copy() for _ in range(copies - 1)]
     return Baseline(
         name=f"numpy_fp32_M{M}",
-        fn=lambda: x @ w.T,
+        fn=in_turn([lambda w=w: x @ w.T for w in ws]),
         flops=2.0 * M * N * K,
         bytes_moved=4.0 * (M * K + N * K + M * N),
-        info={"M": M, "K": K, "N": N},
+        info={"M": M, "K": K, "N": N, "weights_in_turn": copies},
         data={"x": x, "w": w},
     )
 
@@ -124,13 +153,14 @@ def torch_available() -> bool:
 
 
 def torch_int4_gemv(
-    K: int, N: int, M: int = 1, group_size: int = 128, seed: int = 0
+    K: int, N: int, M: int = 1, group_size: int = 128, seed: int = 0, copies: int = 1
 ) -> Baseline | None:
     """torch's CPU int4 kernel `_weight_int4pack_mm_for_cpu`, bf16 activations; None without torch.
 
     Weights are random codes 0..15 in [N, K] packed by `_convert_weight_to_int4pack_for_cpu`
     (inner-k tiles of 2); scales and zeros are bf16 [K / group_size, N, 2], and the kernel
-    computes x @ ((q - 8) * scale + zero).T. K must be a multiple of group_size.
+    computes x @ ((q - 8) * scale + zero).T. K must be a multiple of group_size. With
+    `copies` > 1 each call reads the next of that many copies of the packed weights and scales.
     """
     if torch is None:
         return None
@@ -148,8 +178,10 @@ def torch_int4_gemv(
     scales_zeros = torch.stack([scales, zeros], dim=-1).to(torch.bfloat16).contiguous()
     x = torch.randn(M, K, generator=gen).to(torch.bfloat16)
 
-    def run() -> object:
-        return torch._weight_int4pack_mm_for_cpu(x, packed, group_size, scales_zeros)
+    weights = [(packed, scales_zeros)] + [(packed.clone(), scales_zeros.clone())
+                                          for _ in range(copies - 1)]
+    run = in_turn([lambda p=p, sz=sz: torch._weight_int4pack_mm_for_cpu(x, p, group_size, sz)
+                   for p, sz in weights])
 
     return Baseline(
         name=f"torch_int4_bf16_M{M}",
@@ -162,6 +194,7 @@ def torch_int4_gemv(
             "N": N,
             "group_size": group_size,
             "torch_threads": torch.get_num_threads(),
+            "weights_in_turn": copies,
         },
         data={"codes": codes, "scales_zeros": scales_zeros, "x": x, "packed": packed},
     )

@@ -84,15 +84,14 @@ ROWS: tuple[RowSpec, ...] = (
     *(
         RowSpec(
             f"a8_gemv_{f}", "a8", f, 1, _faster(x),
-            f"ops.matmul M=1 {f}, act=\"i8\" vs numpy fp32 x @ W.T, both rotating weights "
-            "totalling >= 4x the LLC",
+            f"ops.matmul M=1 {f}, act=\"i8\" vs numpy fp32 x @ W.T",
         )
         for f, x in A8_GEMV_GOALS.items()
     ),
     *(
         RowSpec(
             f"a8_gemm_u4_M{m}", "a8", "u4", m, _faster(x),
-            f"ops.matmul M={m} u4, act=\"i8\" vs numpy fp32 x @ W.T, both rotating weights",
+            f"ops.matmul M={m} u4, act=\"i8\" vs numpy fp32 x @ W.T",
         )
         for m, x in ((16, 4.0), (128, 1.5))
     ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from lowbitc.errors import UserArgumentError
+from lowbitc.memory import copies_for
 
 from .cases import ROWS, RowSpec
 
@@ -21,6 +22,11 @@ class Config:
     rounds: int = 40
     threads: int = 0  # 0: every usable CPU
     copy_mib: int = 128  # bytes copied by the copy-bandwidth baseline (src size)
+    read_mib: int = 512  # bytes the read-bandwidth baseline streams (issue 14: >= 512 MiB)
+    # GEMV/GEMM weights (lowbitc's and every baseline's) rotate through distinct copies that
+    # total this many times the last-level cache (0: one weight, which may stay in cache)
+    stream: float = 4.0
+    max_copies: int = 64  # at most this many copies of one weight (small quick-run weights)
     incache_sizes: tuple[int, int] = (2048, 512)  # K = N of the in-cache (L2/L3) GEMVs
     quick: bool = False
     rows: tuple[RowSpec, ...] = ROWS
@@ -29,7 +35,7 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("size", "small", "group_size", "rounds", "copy_mib"):
+        for name in ("size", "small", "group_size", "rounds", "copy_mib", "read_mib"):
             if getattr(self, name) < 1:
                 raise UserArgumentError(f"{name}: expected a positive integer, "
                                         f"got {getattr(self, name)}")
@@ -37,9 +43,18 @@ class Config:
         if not 1 <= small < big:
             raise UserArgumentError(f"incache_sizes: expected (big, small) with big > small "
                                     f">= 1, got {self.incache_sizes}")
+        if self.stream < 0 or self.max_copies < 1:
+            raise UserArgumentError(f"stream, max_copies: expected >= 0 and >= 1, got "
+                                    f"{self.stream}, {self.max_copies}")
         if self.threads < 0:
             raise UserArgumentError(f"threads: expected >= 1 (or 0 for all CPUs), "
                                     f"got {self.threads}")
+
+    def copies(self, weight_bytes: float) -> int:
+        """How many distinct copies of a weight the timed calls rotate through."""
+        if self.stream == 0:
+            return 1
+        return min(self.max_copies, copies_for(weight_bytes, self.stream))
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -49,5 +64,6 @@ class Config:
 
 def quick_config(**overrides) -> Config:
     """Small shapes and few rounds: a smoke run of every row in well under a minute."""
-    base = {"size": 512, "rounds": 5, "copy_mib": 16, "incache_sizes": (256, 128), "quick": True}
+    base = {"size": 512, "rounds": 5, "copy_mib": 16, "read_mib": 32, "incache_sizes": (256, 128),
+            "quick": True}
     return Config(**{**base, **overrides})

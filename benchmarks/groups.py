@@ -12,13 +12,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from lowbitc.quant import QTensor
+
 from . import candidates as cand
-from .baselines import copy_baseline, numpy_gemm
+from .baselines import copy_baseline, numpy_gemm, read_baseline
 from .cases import GEMV_FORMATS, RowSpec
 from .config import Config
 from .harness import interleaved_stats
 
-__all__ = ["Binding", "Group", "copy_summary", "groups", "incache_summary", "measure"]
+__all__ = ["Binding", "Group", "copy_summary", "groups", "incache_summary", "measure",
+           "read_summary"]
 
 MIB = 1 << 20
 
@@ -59,11 +62,44 @@ class Group:
             self.timed[key] = made
 
 
-def _numpy(m: int, n: int, seed: int, name: str | None = None) -> cand.Timed:
+def _numpy(m: int, n: int, seed: int, name: str | None = None, copies: int = 1) -> cand.Timed:
     """numpy fp32 x[m, n] @ W[n, n].T; its weight bytes are the fp32 matrix."""
-    t = cand.from_baseline(numpy_gemm(m, n, n, seed), weight_bytes=4.0 * n * n)
+    t = cand.from_baseline(numpy_gemm(m, n, n, seed, copies), weight_bytes=4.0 * n * n)
     t.name = name or t.name
     return t
+
+
+def _streamed(cfg: Config, grp: Group, key: str, x, qw: Callable[[], QTensor],
+              act: str = "f32") -> tuple[str, ...]:
+    """The lowbitc call `key` rotating through copies of qw(), and (the extra key returned)
+    the same call on the one weight, which may stay in cache."""
+    grp.add(key, lambda: cand.matmul_case(key, x, qw(), cfg.copies(cand.weight_bytes(qw())),
+                                          act))
+    if cfg.stream == 0:
+        return ()
+    one = f"{key}_one_weight"
+    grp.add(one, lambda: cand.matmul_case(one, x, qw(), act=act))
+    return (one,)
+
+
+def _a8_group(cfg: Config, specs: list[RowSpec]) -> Group:
+    """The W*A8 rows of one M (issue 14): ops.matmul(act="i8") against numpy fp32 and torch
+    int4 (recorded beside the u4 row), weights streaming as in the other rows."""
+    n, g, m = cfg.size, cfg.group_size, specs[0].M
+    grp = Group(f"W*A8 M={m}, K=N={n}")
+    w, x = cand.weights(n, n, cfg.seed), cand.activations(m, n, cfg.seed + 1)
+    qw = functools.cache(lambda fmt: cand.quantized(w, fmt, g))
+    base, torch_key = f"numpy_fp32_M{m}", f"torch_int4_bf16_M{m}"
+    grp.add(base, lambda: _numpy(m, n, cfg.seed, copies=cfg.copies(4.0 * n * n)))
+    grp.add(torch_key, lambda: cand.torch_case(n, n, g, M=m,
+                                               copies=cfg.copies(n * n / 2 + n * n / g * 4)),
+            missing="torch is not installed")
+    for spec in specs:
+        key = f"lowbitc_a8_{spec.fmt}_M{m}"
+        one = _streamed(cfg, grp, key, x, lambda f=spec.fmt: qw(f), act="i8")
+        extras = (torch_key, *one) if spec.fmt == "u4" else one
+        grp.bindings.append(Binding(spec, key, base, extras))
+    return grp
 
 
 def _gemv_group(cfg: Config, specs: list[RowSpec]) -> Group:
@@ -72,19 +108,21 @@ def _gemv_group(cfg: Config, specs: list[RowSpec]) -> Group:
     w, x = cand.weights(n, n, cfg.seed), cand.activations(1, n, cfg.seed + 1)
     qw = functools.cache(lambda fmt: cand.quantized(w, fmt, g))
 
-    grp.add("numpy_fp32_M1", lambda: _numpy(1, n, cfg.seed))
+    grp.add("numpy_fp32_M1", lambda: _numpy(1, n, cfg.seed, copies=cfg.copies(4.0 * n * n)))
     for spec in specs:
         key = f"lowbitc_gemv_{spec.fmt}"
-        grp.add(key, lambda f=spec.fmt, k=key: cand.matmul_case(k, x, qw(f)))
+        one = _streamed(cfg, grp, key, x, lambda f=spec.fmt: qw(f))
         if spec.kind == "torch":
-            grp.add("torch_int4_bf16_M1", lambda: cand.torch_case(n, n, g),
+            grp.add("torch_int4_bf16_M1",
+                    lambda: cand.torch_case(n, n, g, copies=cfg.copies(n * n / 2 + n * n / g * 4)),
                     missing="torch is not installed")
             xb = cand.activations(1, n, cfg.seed + 1, "bf16")
             extra = "lowbitc_gemv_u4_bf16"
-            grp.add(extra, lambda e=extra, x1=xb: cand.matmul_case(e, x1, qw("u4")))
-            grp.bindings.append(Binding(spec, key, "torch_int4_bf16_M1", (extra,)))
+            grp.add(extra, lambda e=extra, x1=xb: cand.matmul_case(
+                e, x1, qw("u4"), cfg.copies(cand.weight_bytes(qw("u4")))))
+            grp.bindings.append(Binding(spec, key, "torch_int4_bf16_M1", (extra, *one)))
         else:
-            grp.bindings.append(Binding(spec, key, "numpy_fp32_M1"))
+            grp.bindings.append(Binding(spec, key, "numpy_fp32_M1", one))
     return grp
 
 
@@ -93,17 +131,22 @@ def _gemm_group(cfg: Config, spec: RowSpec) -> Group:
     grp = Group(f"GEMM M={m}, K=N={n}")
     w, x = cand.weights(n, n, cfg.seed), cand.activations(m, n, cfg.seed + 1)
     base = f"numpy_fp32_M{m}"
-    grp.add(base, lambda: _numpy(m, n, cfg.seed))
+    grp.add(base, lambda: _numpy(m, n, cfg.seed, copies=cfg.copies(4.0 * n * n)))
     key = f"lowbitc_gemm_{spec.fmt}_M{m}"
-    grp.add(key, lambda: cand.matmul_case(key, x, cand.quantized(w, spec.fmt, cfg.group_size)))
-    grp.bindings.append(Binding(spec, key, base))
+    qw = functools.cache(lambda: cand.quantized(w, spec.fmt, cfg.group_size))
+    one = _streamed(cfg, grp, key, x, qw)
+    grp.bindings.append(Binding(spec, key, base, one))
     return grp
 
 
 def _dequant_group(cfg: Config, specs: list[RowSpec]) -> Group:
-    """Copy bandwidth on 1 and on `threads` threads, and the dequantize rows, interleaved."""
+    """Copy bandwidth on 1 and on `threads` threads, the read bandwidth on `threads` threads
+    (what the GEMV rows' fraction of it is taken against), and the dequantize rows,
+    interleaved."""
     n = cfg.size
-    grp = Group(f"dequantize {n}x{n} and copy bandwidth")
+    grp = Group(f"dequantize {n}x{n}, copy and read bandwidth")
+    grp.add(f"read_{cfg.threads}t",
+            lambda: cand.from_baseline(read_baseline(cfg.read_mib * MIB, threads=cfg.threads)))
     nbytes = cfg.copy_mib * MIB
     grp.add("copy_1t", lambda: cand.from_baseline(copy_baseline(nbytes, threads=1)))
     if cfg.threads > 1:
@@ -185,6 +228,11 @@ def groups(cfg: Config) -> Iterator[Callable[[], Group]]:
     for spec in by_kind.get("gemm", []):
         yield lambda s=spec: _gemm_group(cfg, s)
     yield lambda: _dequant_group(cfg, by_kind.get("dequant", []))  # copy bandwidth: always
+    a8_by_m: dict[int, list[RowSpec]] = {}
+    for spec in by_kind.get("a8", []):
+        a8_by_m.setdefault(spec.M, []).append(spec)
+    for specs in a8_by_m.values():
+        yield lambda s=specs: _a8_group(cfg, s)
     for spec in by_kind.get("small", []):
         yield lambda s=spec: _small_group(cfg, s)
 
@@ -194,6 +242,16 @@ def measure(grp: Group, rounds: int) -> dict:
     fns = {k: t.fn for k, t in grp.timed.items() if t.correct}
     stats = interleaved_stats(fns, rounds) if fns else {}
     return stats
+
+
+def read_summary(stats: dict, timed: dict[str, cand.Timed]) -> dict:
+    """The read bandwidth (GB/s) from the read_<threads>t baseline, if it was measured."""
+    keys = [k for k in stats if k.startswith("read_")]
+    if not keys:
+        return {}
+    k = keys[0]
+    return {"gbs": timed[k].bytes_moved / stats[k]["median"] / 1e9, "name": k,
+            "bytes_per_call": timed[k].bytes_moved, "threads": timed[k].info.get("threads")}
 
 
 def copy_summary(stats: dict, timed: dict[str, cand.Timed]) -> dict:

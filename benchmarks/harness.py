@@ -20,7 +20,8 @@ from pathlib import Path
 import llvmlite.binding as llvm
 import numpy as np
 
-__all__ = ["interleaved", "interleaved_stats", "machine_info", "summarize", "timeit", "write_json"]
+__all__ = ["in_turn", "interleaved", "interleaved_stats", "machine_info", "summarize", "timeit",
+           "write_json"]
 
 # A timed run lasts at least this long: short calls are looped so timer noise stays small.
 _MIN_RUN_SECONDS = 2e-4
@@ -35,6 +36,21 @@ def summarize(samples: list[float]) -> dict:
         raise ValueError("summarize: no samples")
     p10, median, p90 = np.percentile(arr, [10, 50, 90])
     return {"median": float(median), "p10": float(p10), "p90": float(p90), "runs": int(arr.size)}
+
+
+def in_turn(fns: list[Callable[[], object]]) -> Callable[[], object]:
+    """One callable that calls `fns` in turn, one per call: each call of a GEMV reads the
+    next of several distinct weights, so none stays in cache (lowbitc.memory)."""
+    if len(fns) == 1:
+        return fns[0]
+    state = {"i": 0}
+
+    def call() -> object:
+        i = state["i"]
+        state["i"] = (i + 1) % len(fns)
+        return fns[i]()
+
+    return call
 
 
 def _calls_per_run(fn: Callable[[], object]) -> int:

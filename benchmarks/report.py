@@ -104,11 +104,16 @@ def _cells(r: dict) -> list[str]:
         ratio = f"{r['ratio']:.2f}x" if "ratio" in r else "-"
     spread = f"{_seconds(t['p10'])}-{_seconds(t['p90'])}" if t else "-"
     status = r["status"].upper() if r["status"] != "pass" else "pass"
+    read = r.get("read_bandwidth_fraction")
+    one = next((e.get("time", {}).get("median") for e in r.get("extra", [])
+                if e["name"].endswith("_one_weight")), None)
     return [r["name"], _seconds(t["median"]) if t else "-", spread, base_name,
-            _seconds(b["median"]) if b else "-", ratio, r["goal"]["text"], status]
+            _seconds(b["median"]) if b else "-", ratio, r["goal"]["text"], status,
+            f"{read:.0%}" if read is not None else "-", _seconds(one) if one else "-"]
 
 
-_HEAD = ["row", "lowbitc", "p10-p90", "baseline", "baseline time", "ratio", "goal", "status"]
+_HEAD = ["row", "lowbitc", "p10-p90", "baseline", "baseline time", "ratio", "goal", "status",
+         "of read BW", "one weight (in cache)"]
 
 
 def format_table(results: dict) -> str:
@@ -123,7 +128,7 @@ def format_table(results: dict) -> str:
     return "\n".join(text)
 
 
-_COMPACT = (0, 1, 3, 4, 5, 6, 7)  # the columns a README table keeps (no p10-p90)
+_COMPACT = (0, 1, 3, 4, 5, 6, 7, 8, 9)  # the columns a README table keeps (no p10-p90)
 
 
 def format_markdown(results: dict, compact: bool = False) -> str:

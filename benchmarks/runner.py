@@ -8,17 +8,15 @@ them alike. `run` returns one JSON-ready dict; `write_results` writes it with a 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .a8 import a8_groups
 from .cases import ROWS
 from .config import Config, quick_config
 from .environment import cpu_mhz, cpu_usage, git_state, thread_limits, usable_cpus, wait_for_load
-from .groups import copy_summary, groups, incache_summary, measure
+from .groups import copy_summary, groups, incache_summary, measure, read_summary
 from .harness import machine_info, write_json
 from .plot import plot_results
 from .report import make_row, summarize_rows
@@ -37,11 +35,11 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
     rows: list[dict] = []
     groups_out: list[dict] = []
     copy: dict = {}
+    read: dict = {}
     incache: dict = {}
     clock = cpu_mhz()
     with thread_limits(cfg.threads) as thread_info:
-        a8_rows = [s for s in cfg.rows if s.kind == "a8"]
-        for build in itertools.chain(groups(cfg), a8_groups(cfg, a8_rows)):
+        for build in groups(cfg):
             grp = build()
             log(f"[bench] {grp.title}: {len(grp.timed)} calls x {cfg.rounds} rounds")
             load = list(os.getloadavg())
@@ -51,6 +49,8 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
                 incache = incache_summary(grp, stats, cfg, clock)
             if any(k.startswith("copy_") for k in stats):
                 copy = copy_summary(stats, grp.timed)
+            if any(k.startswith("read_") for k in stats):
+                read = read_summary(stats, grp.timed)
             for spec, key, base, extras in grp.bindings:
                 base_key = copy.get("best") if base == "copy" else base
                 rows.append(make_row(spec, cfg, grp, stats, key, base_key, extras, load))
@@ -60,6 +60,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
                                "stats": stats, "problems": grp.problems})
             log(f"[bench]   other processes used {usage.get('others_cpus', float('nan')):.2f} "
                 f"CPUs on average while this group ran")
+    add_read_fractions(rows, read)
     order = {s.name: i for i, s in enumerate(ROWS)}
     rows.sort(key=lambda r: order[r["name"]])
     return {
@@ -72,12 +73,22 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
         "machine": machine_info(),
         "cpu_mhz": clock,
         "copy_bandwidth": copy,
+        "read_bandwidth": read,
         "incache": incache,
         "rows": rows,
         "groups": groups_out,
         "summary": summarize_rows(rows),
         "elapsed_seconds": time.perf_counter() - started,
     }
+
+
+def add_read_fractions(rows: list[dict], read: dict) -> None:
+    """Per GEMV row, (code + scale + zero-point bytes) / time / the read bandwidth."""
+    for r in rows:
+        gbs = r.get("lowbitc", {}).get("weight_bandwidth_gbs")
+        gemv = r["kind"] in ("gemv", "torch") or (r["kind"] == "a8" and r["M"] == 1)
+        if gemv and gbs and read.get("gbs"):
+            r["read_bandwidth_fraction"] = gbs / read["gbs"]
 
 
 def write_results(results: dict, out_dir: str | os.PathLike, stem: str) -> tuple[Path, Path | None]:

@@ -1,19 +1,29 @@
-"""The DSL's operators and built-in functions, each lowering its call to tile-IR ops.
+"""The DSL's built-in functions, each lowering its call to tile-IR ops, and the table of every
+handler the lowering dispatches to (operators from dsl/operators.py).
 
-A handler takes the lowering context and the AST call node; compile-time operands fold in
-Python, runtime ones become ops. Literals take the dtype of the value they meet.
+A handler takes the lowering context (dsl/context.py) and the AST call node; compile-time
+operands fold in Python, runtime ones become ops.
 """
 
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from lowbitc.dsl import ast as A
+from lowbitc.dsl.context import (
+    Ctx,
+    Window,
+    _args,
+    _format,
+    _kind,
+    _shape,
+    _unify,
+    _value,
+    is_shared,
+)
+from lowbitc.dsl.operators import _dot, binop, unary
 from lowbitc.errors import DSLTypeError, SourceLoc
-from lowbitc.ir.builder import Builder
 from lowbitc.ir.core import Value
 from lowbitc.ir.layouts import layout_text
 from lowbitc.ir.opdefs import (
@@ -27,7 +37,7 @@ from lowbitc.ir.opdefs import (
     ShapeAttrs,
     SharedAttrs,
 )
-from lowbitc.ir.types import ScalarType, TensorType, TileType, is_float, is_int, is_machine
+from lowbitc.ir.types import TensorType, TileType, is_float, is_machine
 from lowbitc.layout import (
     TVLayout,
     local,
@@ -39,254 +49,7 @@ from lowbitc.layout import (
 )
 from lowbitc.layout.swizzle import Swizzle
 
-
-@dataclass
-class Ctx:
-    """What a handler needs from the lowering: the builder and expression evaluation."""
-
-    b: Builder
-    eval: Callable[[A.Expr], object]
-    materialize: Callable[[object, str, SourceLoc], Value]
-    threads: int = 0  # the kernel's thread count (0 while it is not known yet)
-
-
-def materialize(b: Builder, v: object, dtype: str, loc: SourceLoc) -> Value:
-    """A runtime value of `dtype` for v (a compile-time number becomes a `const`)."""
-    if isinstance(v, Value):
-        if v.type.dtype != dtype:
-            raise DSLTypeError(f"expected a {dtype} value, got {v.type}", loc)
-        return v
-    if isinstance(v, bool):
-        if dtype != "bool":
-            raise DSLTypeError(f"expected a {dtype} value, got {str(v).lower()}", loc)
-        return b.const(v, "bool")
-    if isinstance(v, (int, float)):
-        if is_int(dtype) and isinstance(v, float):
-            raise DSLTypeError(f"expected an integer ({dtype}), got {v!r}", loc)
-        if not (is_int(dtype) or is_float(dtype)):
-            raise DSLTypeError(f"a number cannot be a {dtype} value; cast the {dtype} codes "
-                               "to a machine type first, e.g. cast(q, f32)", loc)
-        return b.const(float(v) if is_float(dtype) else int(v), dtype)
-    raise DSLTypeError(f"expected a {dtype} value, got {_kind(v)}", loc)
-
-
-def _kind(v: object) -> str:
-    if is_shared(v):
-        return f"shared tile {v.type} (memory: read it with load(s[...]))"
-    if isinstance(v, Value):
-        return str(v.type)
-    return type(v).__name__ if not hasattr(v, "name") else f"format {v.name}"
-
-
-def is_shared(v: object) -> bool:
-    """A shared tile: per-block memory that only load/store/copy touch."""
-    return isinstance(v, Value) and isinstance(v.type, TileType) and v.type.space == "shared"
-
-
-@dataclass(frozen=True)
-class Window:
-    """`tensor[items]` (or `shared_tile[items]`): per dim a start (int or i64 value) and a
-    size (0 = single index)."""
-
-    tensor: Value
-    starts: tuple[object, ...]
-    sizes: tuple[int, ...]
-    loc: SourceLoc
-
-    @staticmethod
-    def from_subscript(ctx: Ctx, e: A.Subscript) -> Window:
-        t = ctx.eval(e.base)
-        if not (isinstance(t, Value) and isinstance(t.type, TensorType) or is_shared(t)):
-            raise DSLTypeError(f"only tensor parameters can be sliced (and shared tiles), not "
-                               f"{_kind(t)}", e.loc)
-        shape = t.type.shape
-        if len(e.items) != len(shape):
-            raise DSLTypeError(
-                f"{t.name} has {len(shape)} dims ({t.type}), got {len(e.items)} subscripts", e.loc)
-        starts, sizes = [], []
-        for item, dim in zip(e.items, shape):
-            start, size = _item(ctx, item, dim)
-            starts.append(start)
-            sizes.append(size)
-        return Window(t, tuple(starts), tuple(sizes), e.loc)
-
-    @staticmethod
-    def whole(t: Value, loc: SourceLoc) -> Window:
-        """Every element of a shared tile."""
-        return Window(t, (0,) * len(t.type.shape), tuple(t.type.shape), loc)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(s for s in self.sizes if s > 0)
-
-    @property
-    def shared(self) -> bool:
-        return is_shared(self.tensor)
-
-    def operands(self, ctx: Ctx) -> list[Value]:
-        return [self.tensor] + [ctx.materialize(s, "i64", self.loc) for s in self.starts]
-
-
-def _item(ctx: Ctx, item: object, dim: int | str) -> tuple[object, int]:
-    if isinstance(item, A.SliceAll):
-        if not isinstance(dim, int):
-            raise DSLTypeError(f"':' over symbolic dim {dim} needs a static size; use 'i :+ n'",
-                               item.loc)
-        return 0, dim
-    if isinstance(item, A.SliceSize):
-        size = ctx.eval(item.size)
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise DSLTypeError(f"slice size must be a compile-time int >= 1, got {_kind(size)}"
-                               if not isinstance(size, int) else
-                               f"slice size must be >= 1, got {size}", item.size.loc)
-        return _index(ctx, item.start), size
-    if isinstance(item, A.SliceRange):
-        lo, hi = ctx.eval(item.start), ctx.eval(item.stop)
-        if not (isinstance(lo, int) and isinstance(hi, int)) or hi <= lo:
-            raise DSLTypeError("'a : b' needs compile-time ints with b > a; use 'a :+ n'", item.loc)
-        return lo, hi - lo
-    return _index(ctx, item), 0
-
-
-def _index(ctx: Ctx, e: A.Expr) -> object:
-    v = ctx.eval(e)
-    if isinstance(v, Value) and v.type != ScalarType("i64"):
-        raise DSLTypeError(f"indices must be i64 scalars, got {v.type}", e.loc)
-    if not isinstance(v, (int, Value)) or isinstance(v, bool):
-        raise DSLTypeError(f"indices must be integers, got {_kind(v)}", e.loc)
-    return v
-
-
-# ------------------------------------------------------------------ operators
-
-_PY_BIN: dict[str, Callable] = {
-    "+": operator.add, "-": operator.sub, "*": operator.mul, "%": operator.mod,
-    "|": operator.or_, "^": operator.xor, "&": operator.and_, "<<": operator.lshift,
-    ">>": operator.rshift, "//": operator.floordiv,
-}
-_IR_BIN = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "div", "%": "rem",
-           "|": "or", "^": "xor", "&": "and", "<<": "shl", ">>": "shr",
-           "==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge",
-           "and": "and", "or": "or"}
-_PY_CMP = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
-           ">": operator.gt, ">=": operator.ge}
-
-
-def _py_div(a, b, op: str, loc: SourceLoc):
-    if b == 0:
-        raise DSLTypeError("division by zero in a compile-time expression", loc)
-    if isinstance(a, int) and isinstance(b, int):
-        q = abs(a) // abs(b)
-        return q if (a >= 0) == (b >= 0) else -q
-    return a / b if op == "/" else float(a // b)
-
-
-def _unify(ctx: Ctx, a: object, b: object, loc: SourceLoc) -> tuple[Value, Value]:
-    if isinstance(a, Value) and isinstance(b, Value):
-        if a.type.dtype != b.type.dtype:
-            raise DSLTypeError(
-                f"operands have different types ({a.type.dtype} and {b.type.dtype}); "
-                "cast one with cast(x, T)", loc)
-        return a, b
-    if isinstance(a, Value):
-        return a, ctx.materialize(b, a.type.dtype, loc)
-    return ctx.materialize(a, b.type.dtype, loc), b
-
-
-def binop(ctx: Ctx, e: A.BinOp | A.Compare | A.BoolOp) -> object:
-    a, b = ctx.eval(e.left), ctx.eval(e.right)
-    if isinstance(a, TVLayout) and isinstance(b, TVLayout) and e.op in ("*", "/"):
-        try:
-            return a * b if e.op == "*" else a / b
-        except ValueError as err:
-            raise DSLTypeError(f"layout {'product' if e.op == '*' else 'division'}: {err}",
-                               e.loc) from None
-    for v, side in ((a, e.left), (b, e.right)):
-        if not isinstance(v, (int, float, bool, Value)) or is_shared(v) or (
-                isinstance(v, Value) and isinstance(v.type, TensorType)):
-            raise DSLTypeError(f"cannot use {_kind(v)} in arithmetic", side.loc)
-    if e.op == "@":
-        return _dot(ctx, a, b, None, e.loc)
-    if not isinstance(a, Value) and not isinstance(b, Value):
-        if e.op in ("/", "//"):
-            return _py_div(a, b, e.op, e.loc)
-        if e.op == "%":  # C's remainder, as at run time: the sign of the dividend
-            q = _py_div(a, b, "/", e.loc)
-            return a - b * q if isinstance(q, int) else math.fmod(a, b)
-        if e.op in _PY_CMP:
-            return _PY_CMP[e.op](a, b)
-        if e.op in ("and", "or"):
-            return (a and b) if e.op == "and" else (a or b)
-        try:
-            return _PY_BIN[e.op](a, b)
-        except TypeError:
-            raise DSLTypeError(f"'{e.op}' does not apply to {a!r} and {b!r}", e.loc) from None
-    x, y = _unify(ctx, a, b, e.loc)
-    if e.op in ("and", "or") and x.type.dtype != "bool":
-        raise DSLTypeError(f"'{e.op}' needs bool operands, got {x.type.dtype}", e.loc)
-    if e.op == "//" and is_float(x.type.dtype):
-        return ctx.b.emit("floor", ctx.b.emit("div", x, y, loc=e.loc), loc=e.loc)
-    return ctx.b.emit(_IR_BIN[e.op], x, y, loc=e.loc)
-
-
-def unary(ctx: Ctx, e: A.UnaryOp) -> object:
-    v = ctx.eval(e.operand)
-    if not isinstance(v, Value):
-        if e.op == "-":
-            return -v
-        if e.op == "not":
-            return not v
-        return ~v
-    if e.op == "-":
-        return ctx.b.emit("neg", v, loc=e.loc)
-    if e.op == "not" and v.type.dtype != "bool":
-        raise DSLTypeError(f"'not' needs a bool, got {v.type.dtype}", e.loc)
-    return ctx.b.emit("bnot", v, loc=e.loc)
-
-
 # ------------------------------------------------------------------ functions
-
-def _args(e: A.Call, names: tuple[str, ...], required: int) -> dict[str, A.Expr]:
-    fname = e.func.id if isinstance(e.func, A.Name) else "function"
-    if len(e.args) > len(names):
-        raise DSLTypeError(f"{fname}() takes at most {len(names)} arguments, got {len(e.args)}",
-                           e.loc)
-    out = dict(zip(names, e.args))
-    for k, v in e.kwargs:
-        if k not in names:
-            raise DSLTypeError(f"{fname}() has no argument {k!r} (it takes {', '.join(names)})",
-                               v.loc)
-        if k in out:
-            raise DSLTypeError(f"{fname}() got {k!r} twice", v.loc)
-        out[k] = v
-    missing = [n for n in names[:required] if n not in out]
-    if missing:
-        raise DSLTypeError(f"{fname}() is missing {', '.join(missing)}", e.loc)
-    return out
-
-
-def _value(ctx: Ctx, e: A.Expr, what: str) -> Value:
-    v = ctx.eval(e)
-    if not isinstance(v, Value) or isinstance(v.type, TensorType) or is_shared(v):
-        raise DSLTypeError(f"{what} must be a tile or scalar value, got {_kind(v)}", e.loc)
-    return v
-
-
-def _format(ctx: Ctx, e: A.Expr) -> str:
-    v = ctx.eval(e)
-    name = getattr(v, "name", None)
-    if not isinstance(name, str) or isinstance(v, Value):
-        raise DSLTypeError(f"expected a format name such as f32 or u4, got {_kind(v)}", e.loc)
-    return name
-
-
-def _shape(ctx: Ctx, e: A.Expr) -> tuple[int, ...]:
-    v = ctx.eval(e)
-    v = v if isinstance(v, tuple) else (v,)
-    if not v or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in v):
-        raise DSLTypeError(f"a tile shape is a list of compile-time ints >= 1, got {v!r}", e.loc)
-    return tuple(v)
-
 
 def _zeros(ctx: Ctx, e: A.Call) -> Value:
     a = _args(e, ("dtype", "shape"), 2)
@@ -479,15 +242,6 @@ def _cast(ctx: Ctx, e: A.Call) -> Value:
         raise DSLTypeError(f"cast from {v.type.dtype} to {dt} has no meaning; go through f32",
                            e.loc)
     return ctx.b.emit("cast", v, attrs=CastAttrs(dt), loc=e.loc)
-
-
-def _dot(ctx: Ctx, x: object, y: object, acc: object, loc: SourceLoc) -> Value:
-    for v in (x, y):
-        if not (isinstance(v, Value) and isinstance(v.type, TileType) and len(v.type.shape) == 2):
-            raise DSLTypeError(f"dot needs 2-D tiles, got {_kind(v)}", loc)
-    if acc is None:
-        acc = ctx.b.emit("full", attrs=FullAttrs("f32", (x.type.shape[0], y.type.shape[1]), 0.0))
-    return ctx.b.emit("dot", x, y, acc, loc=loc)
 
 
 def _dot_call(ctx: Ctx, e: A.Call) -> Value:

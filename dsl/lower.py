@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lowbitc.dsl import ast as A
-from lowbitc.dsl.builtins import BUILTINS, Ctx, Window, materialize
+from lowbitc.dsl.builtins import BUILTINS
+from lowbitc.dsl.context import Ctx, Window, materialize
 from lowbitc.errors import DSLNameError, DSLTypeError, LowbitcError, SourceLoc, VerifyError
 from lowbitc.formats import lookup as lookup_format
 from lowbitc.formats import register as register_format

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from lowbitc.dsl import ast
 from lowbitc.dsl.parser import decode_source, parse
-
 from lowbitc.errors import DSLNameError, SourceLoc, UserArgumentError
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken, VisitError
 from lark.lexer import PatternStr
+
 from lowbitc.dsl import ast
 from lowbitc.dsl.tree_to_ast import ToAst
-
 from lowbitc.errors import DSLSyntaxError, LowbitcError, SourceLoc, UserArgumentError
 
 KEYWORDS = ("kernel", "func", "import", "for", "in", "if", "elif", "else", "return", "grid",

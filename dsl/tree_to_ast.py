@@ -8,8 +8,8 @@ expression depth) and reports them as DSLSyntaxError at the offending token.
 from __future__ import annotations
 
 from lark import Token, Transformer_NonRecursive, Tree, v_args
-from lowbitc.dsl import ast
 
+from lowbitc.dsl import ast
 from lowbitc.errors import DSLSyntaxError, SourceLoc
 
 MAX_EXPR_DEPTH = 100

@@ -17,12 +17,11 @@ import numpy as np
 from lowbitc import a8, tuned
 from lowbitc.compiler import Kernel, compile
 from lowbitc.errors import UserArgumentError
-from lowbitc.ir.types import is_machine, numpy_dtype
+from lowbitc.ir.types import is_bfloat16, is_machine, numpy_dtype
 from lowbitc.quant import QTensor
 from lowbitc.tuned import tuned_config
 
-_ACTIVATIONS = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16",
-                numpy_dtype("bf16"): "bf16"}
+_ACTIVATIONS = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 _KERNELS: dict[tuple, Kernel] = {}
 _LOCK = threading.Lock()
 _NO_ZEROS = np.zeros((1, 1), np.float32)
@@ -159,7 +158,7 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
     act = a8.check_act(act)
     if not isinstance(x, np.ndarray):
         raise UserArgumentError(f"x: expected a numpy array, got {type(x).__name__}")
-    adt = _ACTIVATIONS.get(x.dtype)
+    adt = _ACTIVATIONS.get(x.dtype) or ("bf16" if is_bfloat16(x.dtype) else None)
     if adt is None:
         raise UserArgumentError(f"x: expected float32, float16 or bfloat16, got {x.dtype}")
     if x.ndim != 2:

@@ -1,12 +1,28 @@
-"""Shared pytest configuration."""
+"""Shared pytest configuration.
 
+Every pytest run compiles into a cache directory of its own (removed at exit), so the suite
+never writes to the user's `~/.cache/lowbitc` (or `$LOWBITC_CACHE_DIR`) and never reads kernels
+a different checkout left there. `LOWBITC_TEST_CACHE_DIR` names a directory to use instead
+(to keep compiled kernels between runs). Subprocesses the tests start inherit the variable.
+"""
+
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 # tests/cudasim needs NUMBA_ENABLE_CUDASIM=1, which is process-wide: only the subprocess that
 # tests/test_cuda_toolchain.py starts (with that variable set) collects it.
 collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["cudasim"]
+
+if os.environ.get("LOWBITC_TEST_CACHE_DIR"):
+    os.environ["LOWBITC_CACHE_DIR"] = os.environ["LOWBITC_TEST_CACHE_DIR"]
+elif os.environ.get("LOWBITC_TEST_RUN_CACHE") is None:  # not a pytest started by a test
+    _run_cache = tempfile.mkdtemp(prefix="lowbitc-test-cache-")
+    os.environ["LOWBITC_CACHE_DIR"] = os.environ["LOWBITC_TEST_RUN_CACHE"] = _run_cache
+    atexit.register(shutil.rmtree, _run_cache, True)
 
 
 def cuda_device_missing() -> str | None:

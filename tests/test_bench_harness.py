@@ -84,6 +84,15 @@ def test_copy_baseline_copies_every_byte():
     assert bw["best"] == max(bw["1_thread"], bw["2_threads"]) > 0
 
 
+def test_read_baseline_reads_every_byte_once():
+    for threads in (1, 2, 3):
+        base = baselines.read_baseline(nbytes=1 << 16, threads=threads)
+        assert base.fn() == (1 << 16) // 8  # dot(ones, ones) over every slice
+        assert base.bytes_moved == 1 << 16 and base.name == f"read_{threads}t"
+    with pytest.raises(ValueError, match="read_baseline"):
+        baselines.read_baseline(nbytes=100)
+
+
 def test_numpy_gemm_baseline_computes_x_wt():
     base = baselines.numpy_gemm(3, 40, 17)
     x, w = base.data["x"], base.data["w"]

@@ -15,6 +15,7 @@ import pytest
 from lowbitc.benchmarks import candidates as cand
 from lowbitc.benchmarks import environment, groups, runner
 from lowbitc.benchmarks.cases import GEMV_FORMATS, ROWS, Goal, row_names, select_rows
+from lowbitc.benchmarks.harness import in_turn
 from lowbitc.benchmarks.report import format_markdown, format_table, make_row
 from lowbitc.benchmarks.roofline import (
     context_markdown,
@@ -23,6 +24,7 @@ from lowbitc.benchmarks.roofline import (
     roofline_rows,
 )
 from lowbitc.errors import UserArgumentError
+from lowbitc.memory import copies_for, llc_bytes
 
 STATUSES = {"pass", "fail", "wrong", "error", "skipped"}
 
@@ -32,7 +34,8 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     done = subprocess.run(
         [sys.executable, "-m", "lowbitc.cli", "bench", "--quick", "--size", "256",
-         "--rounds", "2", "--copy-mib", "4", "--threads", "2", "--out", str(out)],
+         "--rounds", "2", "--copy-mib", "4", "--read-mib", "8", "--threads", "2",
+         "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     return done, out
@@ -58,6 +61,9 @@ def test_quick_run_writes_json_and_png(quick_run):
     for path in results["git"]["modified_tracked_files"]:  # whole paths, first letter kept
         assert (repo / path.split("/")[0]).exists(), path
     assert results["copy_bandwidth"]["best_gbs"] > 0
+    read = results["read_bandwidth"]
+    assert read["gbs"] > 0 and read["threads"] == 2 and read["bytes_per_call"] == 8 << 20
+    assert "read bandwidth (2 threads, 8 MiB streamed)" in done.stdout
     for g in results["groups"]:
         assert g["cpu_usage"]["wall_seconds"] > 0 and g["cpu_usage"]["others_cpus"] >= 0
     assert [r["name"] for r in results["rows"]] == row_names()
@@ -87,6 +93,17 @@ def test_quick_run_rows_are_complete(quick_run):
         assert r["lowbitc"]["info"]["kernel_params"]["W"] == r["format"]
         if r["kind"] in ("gemv", "torch", "gemm"):
             assert r["lowbitc"]["gflops"] > 0
+        if r["kind"] in ("gemv", "gemm"):  # weights stream: every side rotates, one weight beside
+            assert r["lowbitc"]["info"]["weights_in_turn"] > 1
+            assert r["baseline"]["info"]["weights_in_turn"] >= 2
+            one = [e for e in r["extra"] if e["name"].endswith("_one_weight")]
+            assert len(one) == 1 and one[0]["info"]["weights_in_turn"] == 1
+            assert one[0]["time"]["median"] > 0
+        if r["kind"] in ("gemv", "torch"):  # weight bytes / time / the read bandwidth
+            want = r["lowbitc"]["weight_bandwidth_gbs"] / results["read_bandwidth"]["gbs"]
+            assert r["read_bandwidth_fraction"] == pytest.approx(want)
+        else:
+            assert "read_bandwidth_fraction" not in r
     dequant = next(r for r in results["rows"] if r["name"] == "dequant_u3")
     assert dequant["lowbitc"]["check"]["max_abs_error"] == 0.0  # bit-exact
     assert dequant["baseline"]["name"].startswith("copy_")
@@ -189,6 +206,19 @@ def test_wait_for_load_returns_at_once_when_not_asked_or_timed_out():
     assert environment.wait_for_load(0.0, 100.0, print)["reached"] is True
     waited = environment.wait_for_load(1e-9, 0.0, print)  # an impossible load, no time to wait
     assert waited["waited_seconds"] < 5 and waited["max_load"] == 1e-9
+
+
+def test_config_copies_cover_the_llc_and_stop_at_max_copies():
+    cfg = runner.Config()
+    llc = llc_bytes()
+    assert cfg.copies(4 << 20) == min(64, copies_for(4 << 20, 4.0, llc))
+    assert cfg.copies(64 << 20) * (64 << 20) >= 4 * llc or cfg.copies(64 << 20) == 64
+    assert runner.Config(stream=0).copies(1) == 1 and runner.Config(max_copies=3).copies(1) == 3
+    calls = []
+    f = in_turn([lambda i=i: calls.append(i) for i in range(3)])
+    for _ in range(7):
+        f()
+    assert calls == [0, 1, 2, 0, 1, 2, 0]
 
 
 def test_config_rejects_bad_values():

@@ -382,9 +382,15 @@ def test_cli_info_and_clear(tmp_path, monkeypatch, capsys):
     assert "entries:      2" in out and str(tmp_path / "c") in out and "tuning:" in out
     assert cli_main(["cache", "info", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["entries"] == 2
+    for extra in ("hosts", "tmp"):  # what the native loader and host records leave
+        (tmp_path / "c" / extra).mkdir()
+        (tmp_path / "c" / extra / "f").write_bytes(b"x")
     assert cli_main(["cache", "clear"]) == 0
     assert "removed 2 entries" in capsys.readouterr().out
+    assert list((tmp_path / "c").iterdir()) == []  # the directory is left empty
     assert cache.get(make_key()) is None and cache.info()["entries"] == 0
+    cache.put(make_key(), b"5678")  # and the cache still works
+    assert cache.get(make_key()) == b"5678"
 
 
 def test_cli_reports_an_unsafe_directory_without_traceback(tmp_path, capsys):

@@ -236,3 +236,19 @@ def test_the_ir_package_loads_its_parts_on_first_use():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
     assert out.stdout.split() == ["True", "True", "True"]
+
+
+def test_ops_matmul_on_a_hit_imports_no_heavy_module(cache_dir):
+    """The user's path (import lowbitc, lowbitc.ops, a cached kernel's first call) loads none
+    of ml_dtypes (0.5 s to import in 0.7.0), torch, llvmlite, lark, networkx or numba."""
+    from benchmarks.bench_compile import OPS_CHILD, OPS_HEAVY
+
+    heavy = OPS_HEAVY + ("benchmarks",) if linker() is not None else tuple(
+        m for m in OPS_HEAVY + ("benchmarks",) if m != "llvmlite")
+    env = {**os.environ, "LOWBITC_CACHE_DIR": str(cache_dir)}
+    runs = [json.loads(subprocess.run([sys.executable, "-c", OPS_CHILD.format(heavy=heavy)],
+                                      env=env, capture_output=True, text=True, timeout=300,
+                                      check=True).stdout.strip().splitlines()[-1])
+            for _ in range(2)]
+    assert runs[0]["built"] and "lark" in runs[0]["heavy_modules_loaded"]
+    assert not runs[1]["built"] and runs[1]["heavy_modules_loaded"] == []

@@ -144,7 +144,8 @@ def _sem_shared():
 
 
 CHECKS = {"sem_quantize": _sem_quantize, "sem_shared": _sem_shared,
-          "sem_layouts": _sem_layouts, "sem_broadcast": _sem_broadcast, "sem_edges": _sem_edges, "sem_masks": _sem_masks,
+          "sem_layouts": _sem_layouts, "sem_broadcast": _sem_broadcast, "sem_edges": _sem_edges,
+          "sem_masks": _sem_masks,
           "sem_dequant": _sem_dequant, "sem_casts": _sem_casts, "sem_loops": _sem_loops,
           "sem_cparams": _sem_cparams, "sem_funcs": _sem_funcs, "sem_dot": _sem_dot}
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lowbitc.dsl import ast, parse, to_source
-from lowbitc.dsl.parser import KEYWORDS
 from test_dsl_parser import SAMPLES
 
+from lowbitc.dsl import ast, parse, to_source
+from lowbitc.dsl.parser import KEYWORDS
 from lowbitc.errors import DSLSyntaxError
 
 ROOT = Path(__file__).resolve().parent.parent

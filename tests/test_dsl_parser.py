@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from lowbitc.dsl import ast, load_module, load_source, parse, parse_file, to_source
 from lowbitc.dsl.parser import KEYWORDS
-
 from lowbitc.errors import DSLNameError, DSLSyntaxError, LowbitcError, UserArgumentError
 
 A = ast

@@ -4,6 +4,7 @@ bad input, and properties over random nested layouts."""
 from __future__ import annotations
 
 import pytest
+from cute_cases import COMPLEMENT, COMPOSITION
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +16,7 @@ from lowbitc.layout import (
     composition,
     cosize,
     depth,
+    filter_layout,
     flat_divide,
     left_inverse,
     logical_divide,
@@ -84,12 +86,18 @@ def test_constructor_rejects_bad_input(shape, stride, what):
 
 
 def test_bad_algebra_input_names_operation_and_layouts():
-    with pytest.raises(ValueError, match=r"composition\(\(3,4\):\(1,5\), 2:2\)"):
-        composition(L((3, 4), (1, 5)), L(2, 2))
+    with pytest.raises(ValueError, match=r"composition\(\(3,4\):\(1,5\), 2:5\).*stride"):
+        composition(L((3, 4), (1, 5)), L(2, 5))  # 5 is neither below 3 nor a multiple of it
+    with pytest.raises(ValueError, match=r"composition\(\(8,8\):\(8,1\), 4:3\).*size 4"):
+        composition(L((8, 8), (8, 1)), L(4, 3))  # CuTe's test: "should fail" (3 does not fill 4)
+    with pytest.raises(ValueError, match="run past that mode"):
+        composition(L((6, 4), (1, 10)), L(4, 4))  # C++ would give (2,2):(4,10): R(2) != A(8)
+    with pytest.raises(ValueError, match="cross that mode's end"):
+        composition(L((3, 4), (1, 5)), L((2, 2), (1, 2)))  # C++: (2,2):(1,2), R(3) != A(3)
     with pytest.raises(ValueError, match=r"complement\(\(2,2\):\(1,1\), 4\).*not injective"):
         complement(L((2, 2), (1, 1)), 4)
-    with pytest.raises(ValueError, match="complement.*multiple"):
-        complement(L((2, 2), (1, 3)), 12)
+    with pytest.raises(ValueError, match=r"complement\(\(2,2\):\(1,3\), 12\).*short of"):
+        complement(L((2, 2), (1, 3)), 12)  # C++ gives 2:6: (A, 2:6) reaches only 10 < 12
     with pytest.raises(ValueError, match="logical_divide.*more modes"):
         logical_divide(L(8), (2, 2))
 
@@ -160,6 +168,67 @@ def test_doc_logical_product():
     assert blocked == L((6, (5, 4)), (5, (1, 30)))  # mode 0 coalesced, as the docs note
     assert all(blocked(i, j) == by_mode(i, j) for i in range(6) for j in range(20))
     assert raked_product(block, L((3, 4))) == L(((3, 2), (4, 5)), ((10, 5), (30, 1)))
+
+
+# -- C++ CuTe's own unit tests (tests/cute_cases.py), with the checks they make -----------
+def _layout(pair) -> Layout:
+    shape, stride = pair
+    return L(shape) if stride is None else L(shape, stride)
+
+
+@pytest.mark.parametrize("a,b", COMPOSITION, ids=str)
+def test_cute_composition_cases(a, b):
+    a, b = _layout(a), _layout(b)
+    r = composition(a, b)
+    assert size(r) == size(b)  # compatible(B, R)
+    assert [r(i) for i in range(size(b))] == [a(b(i)) for i in range(size(b))]
+
+
+def _check_complement(layout: Layout, cotarget) -> Layout:
+    """complement.cpp's checks: cosize of (layout, R) covers the cotarget's size, R is ordered
+    and disjoint from the layout's image (past R(0)), R is at least cotarget / size long."""
+    r = complement(layout, cotarget)
+    n = size(L(cotarget)) if isinstance(cotarget, tuple) else cotarget
+    assert cosize(make_layout(layout, r)) >= n
+    values = [r(i) for i in range(size(r))]
+    assert values == sorted(set(values))
+    assert not {layout(j) for j in range(size(layout))} & set(values[1:])
+    assert size(r) >= n // size(filter_layout(layout))
+    assert size(r) <= cosize(r)
+    return r
+
+
+@pytest.mark.parametrize("layout,cotarget", COMPLEMENT, ids=str)
+def test_cute_complement_cases(layout, cotarget):
+    layout = _layout(layout)
+    _check_complement(layout, cosize(layout) if cotarget is None else cotarget)
+    _check_complement(layout, 1)
+
+
+@pytest.mark.parametrize("a,b,expected", [
+    # strides below a mode's size that do not divide it: all of B lands inside that mode
+    (L((8, 8), (8, 1)), L(2, 3), L(2, 24)),
+    (L((8, 8), (8, 1)), L(3, 3), L(3, 24)),
+    (L((3, 4), (1, 5)), L(2, 2), L(2, 2)),
+])
+def test_relaxed_compositions_give_cute_results(a, b, expected):
+    r = composition(a, b)
+    assert r == expected
+    assert [r(i) for i in range(size(b))] == [a(b(i)) for i in range(size(b))]
+
+
+@pytest.mark.parametrize("layout,cotarget,expected", [
+    # strides that leave gaps: C++ rounds each quotient down (6 // 4, 10 // 4, 10 // 3)
+    (L((4, 6), (1, 6)), 34, L(1, 0)),
+    (L((4, 2), (1, 10)), 14, L(2, 4)),
+    (L((3, 6), (1, 10)), 53, L(3, 3)),
+    (L((4, 6), (1, 6)), 1, L(1, 0)),
+    (L((4, 2), (1, 10)), 1, L(2, 4)),
+    (L((3, 6), (1, 10)), 1, L(3, 3)),
+    (L((2, 2), (1, 3)), 5, L(1, 0)),
+])
+def test_relaxed_complements_give_cute_results(layout, cotarget, expected):
+    assert _check_complement(layout, cotarget) == expected
 
 
 # -- where C++ CuTe and pycute differ ----------------------------------------------------

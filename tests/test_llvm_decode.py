@@ -112,7 +112,7 @@ def test_codebook_decodes_through_a_table():
 
 def test_tables_hold_the_decoded_bits_of_every_code():
     # the table of f4e2m1fn's decode is fmt.decode's bit patterns, subnormal 0.5 and -0.0 kept
-    from lowbitc.backends.llvm.fusion import plan_store_fusion
+    from lowbitc.backends.llvm.fusion_plan import plan_store_fusion
     from lowbitc.passes import CPU_PIPELINE, run_pipeline
 
     fmt = lowbitc.dtype("f4e2m1fn")
@@ -193,7 +193,7 @@ def test_8_bit_floats_decode_through_f16_exactly(fmt_name):
 def test_byte_weights_are_read_by_the_fused_paths(fmt_name):
     # u8/i8 are machine types (a plain load, no load_codes): the fused dot, the GEMM panel and
     # the dequantize store still read them, 32 bytes at a time, widened in registers
-    from lowbitc.backends.llvm.fusion import plan_fusion, plan_store_fusion
+    from lowbitc.backends.llvm.fusion_plan import plan_fusion, plan_store_fusion
 
     dot = plan_fusion(compile(GEMV, W=fmt_name).lowered.body)
     assert [p.codes.opcode for p in dot.values()] == ["load"]

@@ -25,7 +25,8 @@ import numpy as np
 from lowbitc.backends.llvm import intdot
 from lowbitc.backends.llvm import rows as rows_packing
 from lowbitc.backends.llvm.emitter import Buf, Emitter
-from lowbitc.backends.llvm.fusion import _tree, _uses, _window_ok
+from lowbitc.backends.llvm.fusion import _window_ok
+from lowbitc.backends.llvm.fusion_plan import _tree, _uses
 from lowbitc.backends.llvm.handlers import HANDLERS, Env
 from lowbitc.backends.llvm.lanes import row_sums
 from lowbitc.interp import evaluate

@@ -15,13 +15,15 @@ from lowbitc.abi import packed_params
 from lowbitc.backends.llvm import (  # noqa: F401  (fill HANDLERS)
     ops_elementwise,
     ops_encode,
+    ops_memory,
     ops_shared,
 )
 from lowbitc.backends.llvm.bytedot import emit_byte_dot, plan_byte_dots
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
-from lowbitc.backends.llvm.fusion import SFENCE, emit_fused_store, plan_fusion, plan_store_fusion
+from lowbitc.backends.llvm.fusion import SFENCE, emit_fused_store
+from lowbitc.backends.llvm.fusion_plan import plan_fusion, plan_store_fusion
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg
-from lowbitc.backends.llvm.ops_memory import dot_into
+from lowbitc.backends.llvm.ops_tiles import dot_into
 from lowbitc.backends.llvm.panel import defer_activations, emit_planned_dot
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Kernel, Op, Region

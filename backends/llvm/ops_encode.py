@@ -12,10 +12,11 @@ writing the same element race, as with any store.
 
 from __future__ import annotations
 
+from lowbitc.backends.llvm import ops_tiles  # noqa: F401  (registers "view", wrapped below)
 from lowbitc.backends.llvm.emitter import Buf
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg, handles
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view
-from lowbitc.backends.llvm.ops_memory import _in_bounds, _masked, _offset, _window_index
+from lowbitc.backends.llvm.windows import _in_bounds, _masked, _offset, _window_index
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Op
 from lowbitc.ir.types import is_machine
@@ -225,7 +226,7 @@ def _byte(em, base: str, index: str) -> str:
     return em.val(f"getelementptr inbounds i8, ptr {base}, i64 {index}")
 
 
-_view_of_machine_tile = HANDLERS["view"]  # ops_memory's: views starting from machine types
+_view_of_machine_tile = HANDLERS["view"]  # ops_tiles': views starting from machine types
 
 
 @handles("view")

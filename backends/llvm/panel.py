@@ -1,6 +1,6 @@
 """Dequantization fused into the GEMM microkernel's weight panel.
 
-Pattern (planned by fusion.plan_fusion): `dot(a, transpose(E), acc)` with E an elementwise
+Pattern (planned by fusion_plan.plan_fusion): `dot(a, transpose(E), acc)` with E an elementwise
 tree over one `load_codes` [BN, BK], here with more rows of `a` than the register-resident
 fused dot serves. For a window that is 32-code aligned and inside the tensor, E is evaluated
 on <32 x float> vectors for `lanes` weight rows at a time (each row's codes unpacked in
@@ -14,16 +14,8 @@ from __future__ import annotations
 
 from lowbitc.backends.llvm import microkernel
 from lowbitc.backends.llvm.emitter import Buf, Emitter, lltype
-from lowbitc.backends.llvm.fusion import (
-    MAX_ROWS,
-    Plan,
-    W,
-    _eval_tree,
-    _uses,
-    _window_ok,
-    codes_at,
-    emit_fused_dot,
-)
+from lowbitc.backends.llvm.fusion import _eval_tree, _window_ok, codes_at, emit_fused_dot
+from lowbitc.backends.llvm.fusion_plan import MAX_ROWS, Plan, W, _uses
 from lowbitc.backends.llvm.handlers import HANDLERS, Env
 from lowbitc.ir.core import Region
 from lowbitc.ir.types import TileType
@@ -61,7 +53,7 @@ def _panel_plan(plan: Plan, a: TileType) -> bool:
 
 
 def emit_planned_dot(env: Env, plan: Plan, generic_dot) -> None:
-    """A dot planned by fusion.plan_fusion: up to MAX_ROWS rows of `a` take the
+    """A dot planned by fusion_plan.plan_fusion: up to MAX_ROWS rows of `a` take the
     register-resident fused dot, more rows the fused panel (or, where the microkernel does not
     apply, the deferred ops and the generic dot)."""
     a = plan.dot.operands[0]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from lowbitc.backends.numba_cuda import (
     encode,  # noqa: F401  (from_codes, store_codes)
@@ -28,9 +27,13 @@ from lowbitc.backends.numba_cuda.source import (
     SHARED_BYTES,
     SHARED_TYPE,
     SIG_TYPE,
+    Rendered,
     Source,
+    _dtype_of,
     f32_bits,
+    kernel_name,
     numba_type,
+    size_of,
 )
 from lowbitc.backends.numba_cuda.statements import STATEMENTS
 from lowbitc.backends.numba_cuda.units import (
@@ -47,24 +50,6 @@ from lowbitc.signature import format_bits
 
 MAX_SHARED = 48 * 1024  # static shared memory per block
 SCALAR_PARAMS = ("i64", "i32", "f32", "f64")
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """Generated source, its function name, the numba signature for offline compilation,
-    and the static shared memory the kernel uses."""
-
-    name: str
-    source: str
-    signature: str
-    shared_bytes: int
-
-
-def kernel_name(k: Kernel) -> str:
-    name = f"lbk_{k.name}"
-    if not (name.isascii() and name.isidentifier()):
-        raise BackendError(f"cuda: kernel name {k.name!r} is not an ASCII identifier", k.loc)
-    return name
 
 
 class Renderer:
@@ -387,17 +372,6 @@ class Renderer:
         text = "\n".join([HEADER, *tables, "", "", f"def {name}({', '.join(args)}):", *top,
                           *self.src.lines, "    return", ""])
         return Rendered(name, text, f"void({', '.join(sig)})", total)
-
-
-def _dtype_of(numba_name: str) -> str:
-    return next((d for d, n in SHARED_TYPE.items() if n == numba_name and d != "bool"), "f32")
-
-
-def size_of(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def render(k: Kernel, threads: int = 128) -> Rendered:

@@ -1,4 +1,5 @@
-"""Writing numba-cuda Python source: indented lines, fresh names, typed literals, barriers.
+"""Writing numba-cuda Python source: indented lines, fresh names, typed literals, barriers, and
+the rendered result (`Rendered`).
 
 Every name in generated code comes from a counter (`t12`, `sb3`, `a0`) and every literal from
 a validated number, so no user text reaches the source.
@@ -10,9 +11,14 @@ import math
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lowbitc.errors import BackendError
 from lowbitc.ir.types import is_float
+
+if TYPE_CHECKING:
+    from lowbitc.ir.core import Kernel
 
 # machine dtype -> the numba type name the generated module imports (see HEADER)
 NUMBA_TYPE = {
@@ -119,3 +125,32 @@ class Source:
                 self.line("pass")
             self.depth -= 1
             self.synced = False
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Generated source, its function name, the numba signature for offline compilation,
+    and the static shared memory the kernel uses."""
+
+    name: str
+    source: str
+    signature: str
+    shared_bytes: int
+
+
+def kernel_name(k: Kernel) -> str:
+    name = f"lbk_{k.name}"
+    if not (name.isascii() and name.isidentifier()):
+        raise BackendError(f"cuda: kernel name {k.name!r} is not an ASCII identifier", k.loc)
+    return name
+
+
+def _dtype_of(numba_name: str) -> str:
+    return next((d for d, n in SHARED_TYPE.items() if n == numba_name and d != "bool"), "f32")
+
+
+def size_of(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

@@ -296,11 +296,20 @@ class Cache:
         }
 
     def clear(self) -> int:
-        """Remove every entry; returns how many there were."""
+        """Remove every entry and leave the directory empty (index, objects, per-key locks,
+        host records, the native loader's tmp/); returns how many entries there were. A
+        process compiling at the same moment may have to rebuild what it was storing."""
         with self._write() as conn:
             (count,) = conn.execute("SELECT COUNT(*) FROM entries").fetchone()
             conn.execute("DELETE FROM entries")
             shutil.rmtree(self.path / "objects", ignore_errors=True)
+        self.close()  # the next use opens a fresh index
+        for child in self.path.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    child.unlink()
         return count
 
     def close(self) -> None:

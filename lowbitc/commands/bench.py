@@ -10,13 +10,14 @@ import argparse
 import os
 import shlex
 import sys
+from typing import TYPE_CHECKING
 
-from lowbitc.benchmarks import runner
 from lowbitc.benchmarks.cases import row_names, select_rows
-from lowbitc.benchmarks.report import format_table
+
+if TYPE_CHECKING:
+    from lowbitc.benchmarks import runner
 
 NAME = "bench"
-HELP = "benchmark the CPU GEMV/GEMM/dequant kernels against numpy, torch and memory copy"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="interleaved rounds per group (default 40; 5 with --quick)")
     p.add_argument("--copy-mib", type=int, default=None,
                    help="MiB copied by the copy-bandwidth baseline (default 128; 16 with --quick)")
+    p.add_argument("--stream", type=float, default=None, metavar="F",
+                   help="GEMV/GEMM weights rotate through copies totalling F x the last-level "
+                        "cache, for lowbitc and every baseline (default 4; 0: one weight)")
+    p.add_argument("--read-mib", type=int, default=None,
+                   help="MiB the read-bandwidth baseline streams (default 512; 32 with --quick)")
     p.add_argument("--wait-load", type=float, default=0.0, metavar="L",
                    help="first wait (up to --wait-seconds) until the 1-minute load average <= L")
     p.add_argument("--wait-seconds", type=float, default=600.0,
@@ -42,9 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> runner.Config:
+    from lowbitc.benchmarks import runner  # noqa: PLC0415 - lazy: it imports torch (~2 s)
+
     overrides = {"rows": select_rows(args.rows), "threads": args.threads,
                  "wait_load": args.wait_load, "wait_seconds": args.wait_seconds}
-    for name in ("size", "rounds", "copy_mib"):
+    for name in ("size", "rounds", "copy_mib", "read_mib", "stream"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     return runner.quick_config(**overrides) if args.quick else runner.Config(**overrides)
@@ -53,9 +61,10 @@ def config_from_args(args: argparse.Namespace) -> runner.Config:
 def command_line(args: argparse.Namespace) -> str:
     """The `lowbitc bench` command that reproduces this run (options given, in order)."""
     words = ["lowbitc", "bench"] + (["--quick"] if args.quick else [])
-    for name in ("rows", "out", "threads", "size", "rounds", "copy_mib", "wait_load"):
+    for name in ("rows", "out", "threads", "size", "rounds", "copy_mib", "read_mib", "stream",
+                 "wait_load"):
         value = getattr(args, name)
-        if value not in (None, 0, 0.0):
+        if value not in (None, 0, 0.0) or (name == "stream" and value is not None):
             words += [f"--{name.replace('_', '-')}", str(value)]
     return shlex.join(words)
 
@@ -80,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     if again is not None and sys.argv[1:2] == ["bench"]:
         sys.stdout.flush()
         os.execve(sys.executable, again, {**os.environ, **BLAS_SLEEP})
+    from lowbitc.benchmarks import runner  # noqa: PLC0415 - lazy: it imports torch (~2 s)
+    from lowbitc.benchmarks.report import format_table  # noqa: PLC0415
+
     cfg = config_from_args(args)
     results = runner.run(cfg)
     results["command"] = command_line(args)
@@ -93,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{s['pass']}/{s['rows']} rows meet their goal ({s['fail']} fail, {s['wrong']} wrong, "
           f"{s['error']} error, {s['skipped']} skipped); {results['config']['threads']} threads; "
           f"load average {load['start'][0]:.2f} -> {load['end'][0]:.2f}")
+    read = results.get("read_bandwidth") or {}
+    if read:
+        print(f"read bandwidth ({read['threads']} threads, {read['bytes_per_call'] / 2**20:.0f} "
+              f"MiB streamed): {read['gbs']:.1f} GB/s; 'of read BW': a GEMV row's code, scale "
+              "and zero-point bytes / time / that")
     others = [g["cpu_usage"].get("others_cpus") for g in results["groups"]]
     others = [o for o in others if o is not None]
     if others:

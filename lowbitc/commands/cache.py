@@ -8,7 +8,6 @@ import json
 from lowbitc.cache import Cache
 
 NAME = "cache"
-HELP = "show or clear the persistent compile cache (~/.cache/lowbitc, LOWBITC_CACHE_DIR)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,6 @@ from lowbitc.errors import UserArgumentError
 from lowbitc.ir import walk
 
 NAME = "compile"
-HELP = "compile a .lbk file and print a summary per kernel (or its ir/lowered/llvm/asm text)"
 STAGES = ("ir", "lowered", "llvm", "asm")
 
 

@@ -22,7 +22,6 @@ from lowbitc.errors import UserArgumentError
 from lowbitc.ir import walk
 
 NAME = "emit"
-HELP = "print a kernel's IR, lowered IR, LLVM IR, assembly, PTX or code statistics"
 SHIPPED = ("matmul", "dequantize")
 FORMATS = ("ir", "lowered", "llvm", "asm", "ptx", "stats")
 CUDA_MODULE = "lowbitc.backends.numba_cuda.backend"

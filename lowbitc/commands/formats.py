@@ -8,7 +8,6 @@ import json
 from lowbitc.dtypes import Format, dtype, dtypes
 
 NAME = "formats"
-HELP = "list every number format: bits, kind, range, smallest subnormal, NaN/inf policy"
 COLUMNS = ("name", "bits", "kind", "min", "max", "min_normal", "min_subnormal", "policy")
 MACHINE_NAMES = ("f16", "bf16", "f32")
 

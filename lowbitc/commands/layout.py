@@ -9,7 +9,6 @@ from lowbitc.layout.expr import evaluate
 from lowbitc.layout.picture import ascii_picture, save_png
 
 NAME = "layout"
-HELP = "show a CuTe layout or thread-value layout as a grid (e.g. 'spatial(8,4)*local(1,2)')"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

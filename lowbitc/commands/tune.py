@@ -16,7 +16,6 @@ from lowbitc.errors import UserArgumentError
 from lowbitc.tuning.trials import format_seconds
 
 NAME = "tune"
-HELP = "search a kernel's tune choices for the fastest on a shape and remember the winner"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

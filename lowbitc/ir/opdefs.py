@@ -1,16 +1,36 @@
-"""Every tile-IR opcode: its attribute dataclass, how many regions it has, and its type rule.
+"""Every tile-IR opcode: its attribute dataclass (from lowbitc.ir.attrs), how many regions it
+has, and its type rule.
 
 The type rule (`infer`) maps operand types and attributes to result types or raises
 `VerifyError`; the builder uses it to type new ops and the verifier to re-check them.
+One piece (just over 400 lines): the opcode table and its type rules are read together by
+the builder, verifier and parser; the attribute dataclasses live in lowbitc.ir.attrs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from lowbitc.errors import VerifyError
 from lowbitc.formats import lookup as lookup_format
+from lowbitc.ir.attrs import (
+    ArangeAttrs,
+    AxisAttrs,
+    CastAttrs,
+    CodesAttrs,
+    ConstAttrs,
+    ForAttrs,
+    FullAttrs,
+    LayoutAttrs,
+    LutAttrs,
+    MemAttrs,
+    PermAttrs,
+    ReduceAttrs,
+    ShapeAttrs,
+    SharedAttrs,
+    VecAttrs,
+)
 from lowbitc.ir.core import Attrs
 from lowbitc.ir.types import (
     ScalarType,
@@ -22,123 +42,6 @@ from lowbitc.ir.types import (
     is_int,
     is_machine,
 )
-
-# ---------------------------------------------------------------- attribute dataclasses
-
-# An attribute that later passes add (e.g. `vec` from the vectorize pass): printed only when it
-# differs from its default, so the text of ops that never got one stays as it was.
-LATE = {"late": True}
-
-
-def late(default: object) -> object:
-    """A dataclass field for a late attribute with this default."""
-    return field(default=default, metadata=LATE)
-
-
-@dataclass(frozen=True, slots=True)
-class VecAttrs(Attrs):
-    """Elementwise ops and `where`: `vec` is the vector width a backend emits (0 = undecided),
-    set by the vectorize pass."""
-
-    vec: int = late(0)
-
-
-@dataclass(frozen=True, slots=True)
-class ConstAttrs(Attrs):
-    dtype: str
-    value: int | float | bool
-
-
-@dataclass(frozen=True, slots=True)
-class AxisAttrs(Attrs):
-    axis: int
-
-
-@dataclass(frozen=True, slots=True)
-class FullAttrs(Attrs):
-    dtype: str
-    shape: tuple[int, ...]
-    value: int | float
-
-
-@dataclass(frozen=True, slots=True)
-class ArangeAttrs(Attrs):
-    dtype: str
-    n: int
-
-
-@dataclass(frozen=True, slots=True)
-class CastAttrs(Attrs):
-    dtype: str
-    vec: int = late(0)  # cast, bitcast: vector width (the vectorize pass)
-
-
-@dataclass(frozen=True, slots=True)
-class ShapeAttrs(Attrs):
-    shape: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class PermAttrs(Attrs):
-    perm: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ReduceAttrs(Attrs):
-    axis: int
-    kind: str
-
-
-@dataclass(frozen=True, slots=True)
-class MemAttrs(Attrs):
-    """`load`/`store` window: one size per tensor dim; size 0 indexes a single element
-    and drops that dim from the tile. `layout` is an explicit register layout ("" = inferred)."""
-
-    sizes: tuple[int, ...]
-    layout: str = ""
-    masked: bool = False  # a last operand, a bool tile: False lanes read 0 / are not written
-    linear: bool = late(False)  # offset and row strides follow the starts (linearize pass)
-
-
-@dataclass(frozen=True, slots=True)
-class CodesAttrs(Attrs):
-    """`load_codes`: a window of a packed tensor, unpacked to integer codes of `bits` each."""
-
-    bits: int
-    dtype: str
-    sizes: tuple[int, ...]
-    masked: bool = False
-    packing: str = ""  # "" = canonical; else a layout-specific packing (lowbitc.repack)
-    linear: bool = late(False)  # offset and row strides follow the starts (linearize pass)
-
-
-@dataclass(frozen=True, slots=True)
-class ForAttrs(Attrs):
-    unroll: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class LayoutAttrs(Attrs):
-    """`relayout`: the thread-value layout a tile must have from here on (printed form)."""
-
-    layout: str
-
-
-@dataclass(frozen=True, slots=True)
-class LutAttrs(Attrs):
-    dtype: str
-    values: tuple[float, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SharedAttrs(Attrs):
-    """`alloc_shared`: a per-block shared tile; `layout` is its memory layout ("" row-major,
-    or a swizzle such as "Sw<3,2,3>" applied to the row-major offset)."""
-
-    dtype: str
-    shape: tuple[int, ...]
-    layout: str = ""
-
 
 # ---------------------------------------------------------------- type rules
 
@@ -422,8 +325,6 @@ def _alloc_shared(ts, a):
     if not a.shape or any(d < 1 for d in a.shape):
         raise _fail("alloc_shared", f"tile dims must be >= 1, got {list(a.shape)}")
     return (TileType(a.dtype, tuple(a.shape), "shared", a.layout),)
-
-
 
 
 def _from_codes(ts, a):

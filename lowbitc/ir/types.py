@@ -48,8 +48,15 @@ def bit_width(dtype: str) -> int:
     return MACHINE[dtype][1]
 
 
+def is_bfloat16(dt: np.dtype) -> bool:
+    """Whether a numpy dtype is ml_dtypes' bfloat16, decided without importing ml_dtypes (its
+    import costs ~0.5 s in some versions; an array of it means it is loaded already)."""
+    return dt.name == "bfloat16" and dt.itemsize == 2 and dt.kind == "V"
+
+
 def numpy_dtype(dtype: str) -> np.dtype:
-    """The numpy dtype holding values of a machine dtype (bf16 via ml_dtypes)."""
+    """The numpy dtype holding values of a machine dtype (bf16 via ml_dtypes, imported only
+    when asked for bf16: keep it off every path that does not pass bf16 arrays)."""
     if dtype == "bf16":
         import ml_dtypes  # loads on first use: most kernels never pass bf16 arrays
 

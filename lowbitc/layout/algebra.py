@@ -2,9 +2,10 @@
 
 Follows the C++ library (include/cute/layout.hpp) where pycute differs: the left operand of
 a composition is coalesced with its last mode left unbounded, so `A o B` keeps A's behaviour
-past size(A); shape division rounds up (ceil_div) under the weak divisibility condition, and a
-composition that the condition does not allow raises ValueError instead of returning a wrong
-layout; right_inverse follows strides from the stride-1 mode, skipping stride-0 modes.
+past size(A); shape division rounds up (ceil_div) under CuTe's weak divisibility conditions, and
+a composition those conditions (or the one below them) do not allow raises ValueError instead of
+returning a wrong layout; complement rounds gaps down as C++ does; right_inverse follows strides
+from the stride-1 mode, skipping stride-0 modes.
 """
 
 from __future__ import annotations
@@ -40,45 +41,54 @@ def _tiler_str(t: Tiler) -> str:
     return "_" if t is None else str(t)
 
 
-def _compose_leaf(a: Layout, s: int, d: int, b: Layout) -> Layout:
-    """A o s:d for a coalesced (extension-preserving) A and integral s, d."""
+def _compose_leaf(a: Layout, s: int, d: int, b: Layout, alone: bool) -> Layout:
+    """A o s:d for a coalesced (extension-preserving) A and integral s, d: C++ CuTe's
+    composition_impl, one fold over A's modes but the last (which is unbounded). `alone`: s:d
+    is B's only mode that moves (others have size 1 or stride 0)."""
     if d == 0:
         return Layout(s, 0)
     if not it.is_tuple(a.shape):
         return Layout(s, d * a.stride)
     if s == 1:
         return Layout(1, 0)
-    shapes, strides = list(a.shape), list(a.stride)
-    # divide the stride d out of A's shape, left to right
-    res_s, res_d, rest_d = [], [], d
-    for sh, st in zip(shapes[:-1], strides[:-1], strict=False):
-        if rest_d > 1 and sh % rest_d != 0 and rest_d % sh != 0:
+    res_s, res_d, rest_s, rest_d = [], [], s, d
+    for sh, st in zip(a.shape[:-1], a.stride[:-1], strict=False):
+        if rest_s == 1:  # every element placed (rest_d is 1 here): later modes are not reached
+            break
+        if rest_d % sh == 0:  # the stride steps over this whole mode
+            rest_d //= sh
+            continue
+        if rest_d > sh:  # CuTe's stride divisibility condition
             raise UserArgumentError(
                 f"composition({a}, {b}): stride {d} breaks the divisibility condition: "
-                f"mode of size {sh} is neither a multiple nor a divisor of {rest_d}")
-        new = it.ceil_div(sh, rest_d)
-        res_s.append(new)
-        res_d.append(st * it.ceil_div(sh, new))
-        rest_d = it.ceil_div(rest_d, sh)
-    # keep the first s elements, left to right
-    out_s, rest_s = [], s
-    for sh in res_s:
-        if sh < rest_s and rest_s % sh != 0:
+                f"{rest_d} is neither a multiple of the mode size {sh} nor below it")
+        steps = it.ceil_div(sh, rest_d)  # elements of this mode the stride lands on
+        new = min(steps, rest_s)
+        if rest_s % new != 0:  # CuTe's shape divisibility condition
             raise UserArgumentError(
                 f"composition({a}, {b}): size {s} breaks the divisibility condition: "
-                f"{rest_s} remaining elements do not fill a mode of size {sh} evenly")
-        out_s.append(min(sh, rest_s))
-        rest_s = it.ceil_div(rest_s, sh)
-    return bw_coalesce(out_s, res_d, rest_s, rest_d * strides[-1])
+                f"{rest_s} remaining elements do not fill a mode of size {new} evenly")
+        if sh % rest_d != 0 and (rest_s > steps or not alone):  # C++ would be wrong here
+            why = (f"the {rest_s} remaining elements run past that mode" if rest_s > steps
+                   else "B's other modes add offsets that would cross that mode's end")
+            raise UserArgumentError(
+                f"composition({a}, {b}): stride {rest_d} does not divide the mode size {sh} "
+                f"and {why}")
+        res_s.append(new)
+        res_d.append(rest_d * st)
+        rest_s, rest_d = rest_s // new, 1  # ceil_div(rest_d, sh) == 1 as rest_d < sh
+    return bw_coalesce(res_s, res_d, rest_s, rest_d * a.stride[-1])
 
 
 def _compose_layout(a: Layout, b: Layout) -> Layout:
     flat_a = coalesce_x(a)
+    moving = sum(1 for s, d in zip(it.flatten(b.shape), it.flatten(b.stride), strict=False)
+                 if s > 1 and d != 0)
 
     def go(s: IntTuple, d: IntTuple) -> Layout:
         if it.is_tuple(s):
             return make_layout(*(go(si, di) for si, di in zip(s, d, strict=False)))
-        return _compose_leaf(flat_a, s, d, b)
+        return _compose_leaf(flat_a, s, d, b, moving <= 1)
 
     try:
         return go(b.shape, b.stride)
@@ -118,16 +128,19 @@ def complement(layout: Layout, cotarget: IntTuple | None = None) -> Layout:
     modes = sorted(zip(it.flatten(f.stride), it.flatten(f.shape), strict=False))
     res_s, res_d, cur = [], [], 1
     for d, s in modes:
-        if d < cur or d % cur != 0:
-            why = "is not injective" if d < cur else (
-                f"leaves a gap of {d} / {cur} that no layout fills (stride {d} is not a "
-                f"multiple of {cur})")
-            raise UserArgumentError(f"complement({layout}, {it.fmt(cot)}): the layout {why}")
-        res_s.append(d // cur)
+        if d < cur:  # C++ CuTe's static_assert: a mode of size 0
+            raise UserArgumentError(
+                f"complement({layout}, {it.fmt(cot)}): the layout is not injective")
+        res_s.append(d // cur)  # rounds down, as C++ does, where d leaves a gap (d % cur != 0)
         res_d.append(cur)
         cur = d * s
     rest = it.product(it.ceil_div(cot, cur))
-    return coalesce(Layout(tuple(res_s + [rest]), tuple(res_d + [cur])))
+    result = coalesce(Layout(tuple(res_s + [rest]), tuple(res_d + [cur])))
+    if make_layout(layout, result).cosize() < it.product(cot):  # CuTe's postcondition
+        raise UserArgumentError(
+            f"complement({layout}, {it.fmt(cot)}): the layout's strides leave gaps, and C++'s "
+            f"result {result} would leave (layout, complement) short of the cotarget")
+    return result
 
 
 def right_inverse(layout: Layout) -> Layout:

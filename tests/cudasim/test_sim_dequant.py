@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+
 from lowbitc.backends.numba_cuda import prototypes as P
 
 pytestmark = pytest.mark.cudasim

@@ -1,0 +1,170 @@
+"""Which dots and stores take the fused dequantization paths (backends/llvm/fusion.py, panel.py):
+the tree of elementwise ops over one load of packed codes, found by plan_fusion and
+plan_store_fusion, and the constants those paths are built around."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from lowbitc.backends.llvm.decode import code_tables
+from lowbitc.ir.core import Op, Region, Value
+from lowbitc.ir.opdefs import ELEMENTWISE
+from lowbitc.ir.types import TileType, is_float
+
+W = 32  # codes per step: every 32 codes of a row are exactly `bits` whole words
+MAX_ROWS = 8  # rows of `a` that share one decoded weight vector (vector accumulators)
+
+
+def acc_lanes(rows: int) -> int:
+    """Accumulator width per row: wide (independent chains) for one or two rows, narrow enough
+    for every row's accumulator to stay in a register when more rows share the weights."""
+    return 32 if rows <= 2 else 16 if rows <= 4 else 8
+
+
+FUSIBLE = ELEMENTWISE | {"cast", "bitcast", "where", "lut"}
+BYTE_CODES = ("u8", "i8")  # machine integers whose loads the fused paths read like codes
+
+
+def reads_codes(op: Op) -> bool:
+    """Whether `op` is the codes leaf of a fused tree: a load_codes, or a 2-D load of 8-bit
+    machine integers (read 32 bytes at a time and widened, like 8-bit codes)."""
+    t = op.results[0].type if op.results else None
+    return op.opcode == "load_codes" or (
+        op.opcode == "load" and isinstance(t, TileType) and t.dtype in BYTE_CODES
+        and len(op.attrs.sizes) == 2)
+
+
+@dataclass
+class Plan:
+    dot: Op  # the consumer: a dot (weights transposed) or a store
+    transpose: Op | None
+    codes: Op  # the load_codes leaf
+    tree: list[Op]  # E's ops in program order (load_codes excluded)
+    deferred: list[Op] = field(default_factory=list)  # everything skipped until the consumer
+    root: Value | None = None  # E itself
+    tables: dict = field(default_factory=dict)  # value id -> its value for every code (decode.py)
+    # E = core * 2^k (a constant): the register dot sums core * a and scales each sum once
+    core: Value | None = None
+    factor: float = 1.0
+
+
+def _uses(r: Region) -> dict[int, int]:
+    counts: dict[int, int] = {}
+
+    def walk(ops):
+        for op in ops:
+            for v in op.operands:
+                counts[v.id] = counts.get(v.id, 0) + 1
+            for reg in op.regions:
+                walk(reg.ops)
+    walk(r.ops)
+    return counts
+
+
+def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS) -> dict[int, Plan]:
+    """Dots of this region (keyed by their result id) whose weight operand can be fused, with
+    at most `max_rows` rows of `a` (None: any; backends/llvm/panel.py takes the larger ones)."""
+    defs = {res.id: op for op in r.ops for res in op.results}
+    uses = _uses(r)
+    plans: dict[int, Plan] = {}
+    for op in r.ops:
+        if op.opcode != "dot":
+            continue
+        a, b, acc = op.operands
+        tr = defs.get(b.id)
+        if tr is None or tr.opcode != "transpose" or tr.attrs.perm != (1, 0) or uses[b.id] != 1:
+            continue
+        plan = _tree(defs, uses, tr.operands[0])
+        if plan is None:
+            continue
+        tree, codes = plan
+        e = tr.operands[0].type
+        if not (isinstance(e, TileType) and e.shape[1] % W == 0 and is_float(e.dtype)
+                and (max_rows is None or a.type.shape[0] <= max_rows)
+                and acc.type.dtype == "f32"
+                and codes.attrs.sizes == e.shape and not codes.attrs.masked
+                and len(codes.attrs.sizes) == 2):
+            continue
+        order = {id(o): i for i, o in enumerate(r.ops)}
+        tree = sorted(tree, key=lambda o: order[id(o)])  # program order: operands first
+        plan = Plan(op, tr, codes, tree, sorted(tree + [codes, tr], key=lambda o: order[id(o)]),
+                    tr.operands[0], code_tables(tree, codes, tr.operands[0], defs))
+        plan.core, plan.factor = _scaled(plan, defs)
+        plans[op.results[0].id] = plan
+    return plans
+
+
+def _scaled(plan: Plan, defs: dict[int, Op]) -> tuple[Value | None, float]:
+    """(core, 2^k) when E is core times a power-of-two constant (a decode through f16, see
+    lower_formats) and core is not a table lookup anyway, else (None, 1.0). Scaling the dot's
+    sums instead of every weight is exact unless a product leaves f32's normal range."""
+    op = defs.get(plan.root.id)
+    if op is None or op.opcode != "mul" or plan.root.id in plan.tables:
+        return None, 1.0
+    for core, k in (op.operands, op.operands[::-1]):
+        kd = defs.get(k.id)
+        if (kd is not None and kd.opcode == "const" and not isinstance(k.type, TileType)
+                and core.id not in plan.tables and isinstance(kd.attrs.value, float)):
+            mant, _ = math.frexp(kd.attrs.value)
+            if mant == 0.5 and math.isfinite(kd.attrs.value):
+                return core, kd.attrs.value
+    return None, 1.0
+
+
+def plan_store_fusion(r: Region) -> dict[int, Plan]:
+    """Unmasked stores of this region (keyed by id(op)) whose value is a fusible tree over one
+    aligned load_codes of the same shape: dequantize-to-memory without a materialised tile."""
+    defs = {res.id: op for op in r.ops for res in op.results}
+    uses = _uses(r)
+    order = {id(o): i for i, o in enumerate(r.ops)}
+    plans: dict[int, Plan] = {}
+    for op in r.ops:
+        if op.opcode != "store" or op.attrs.masked or len(op.attrs.sizes) != 2:
+            continue
+        v = op.operands[-1]
+        if not (isinstance(v.type, TileType) and v.type.shape == tuple(op.attrs.sizes)
+                and v.type.shape[1] % W == 0 and uses[v.id] == 1 and v.id in defs):
+            continue
+        found = _tree(defs, uses, v)
+        if found is None:
+            continue
+        tree, codes = found
+        if codes.attrs.sizes != v.type.shape or codes.attrs.masked or not tree:
+            continue
+        tree = sorted(tree, key=lambda o: order[id(o)])
+        plans[id(op)] = Plan(op, None, codes, tree,
+                             sorted(tree + [codes], key=lambda o: order[id(o)]), v,
+                             code_tables(tree, codes, v, defs))
+    return plans
+
+
+def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value):
+    """E's fusible ops and its one load_codes, or None. Values may be shared inside E (a
+    decode reuses the magnitude bits), but none of them may be used outside it."""
+    seen: dict[int, Op] = {}
+    codes: dict[int, Op] = {}
+    stack = [root]
+    while stack:
+        v = stack.pop()
+        op = defs.get(v.id)
+        if op is None or not isinstance(v.type, TileType):
+            continue  # a parameter, region argument or scalar: a leaf
+        if reads_codes(op):
+            codes[id(op)] = op
+            continue
+        if op.opcode not in FUSIBLE or id(op) in seen:
+            continue  # not fusible: a leaf computed elsewhere (scales, zero points, ...)
+        seen[id(op)] = op
+        stack.extend(op.operands)
+    if len(codes) != 1:
+        return None
+    inside: dict[int, int] = {}
+    for op in seen.values():
+        for v in op.operands:
+            inside[v.id] = inside.get(v.id, 0) + 1
+    for op in [*seen.values(), *codes.values()]:
+        r = op.results[0]
+        if r is not root and inside.get(r.id, 0) != uses[r.id]:
+            return None
+    return list(seen.values()), next(iter(codes.values()))
