@@ -190,3 +190,14 @@ def test_a8_other_formats_keep_f32_activations():
         np.testing.assert_array_equal(ops.matmul(x, qw, act="i8"), ops.matmul(x, qw))
     with pytest.raises(UserArgumentError, match=r"act: expected one of 'f32', 'i8', got 'i4'"):
         ops.matmul(x, lowbitc.quantize(w, "u4", 32), act="i4")
+
+
+def test_a8_reads_words_off_a_cache_line():
+    """Repacked words copied elsewhere (QTensor.replica) need not start on a 64-byte line."""
+    rng = np.random.default_rng(6)
+    qw = lowbitc.quantize(rng.standard_normal((256, 256)).astype(np.float32), "u4", 128)
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    want = ops.matmul(x, qw, act="i8")
+    twin = qw.replica()
+    for _ in range(3):
+        np.testing.assert_array_equal(ops.matmul(x, twin, act="i8"), want)

@@ -29,9 +29,9 @@ from lowbitc.backends.llvm.fusion import _window_ok
 from lowbitc.backends.llvm.fusion_plan import _tree, _uses
 from lowbitc.backends.llvm.handlers import HANDLERS, Env
 from lowbitc.backends.llvm.lanes import row_sums
-from lowbitc.interp import evaluate
 from lowbitc.ir.core import Op, Region
-from lowbitc.ir.types import TileType, numpy_dtype
+from lowbitc.ir.types import TileType
+from lowbitc.passes.bitpack_lanes import code_values
 from lowbitc.repack import LANES, RowsPacking
 
 V16 = f"<{LANES} x i32>"
@@ -88,23 +88,10 @@ def plan_byte_dots(r: Region) -> dict[int, BytePlan]:
 
 
 def _table(tree: list[Op], codes: Op, root, defs: dict) -> np.ndarray | None:
-    """E for every code, evaluated at compile time (None if E reads anything but the code
-    and constants)."""
-    inside = {codes.results[0].id} | {r.id for op in tree for r in op.results}
-    consts = []
-    for op in tree:
-        for v in op.operands:
-            if v.id in inside:
-                continue
-            d = defs.get(v.id)
-            if d is None or d.opcode != "const":
-                return None
-            consts.append(d)
-    src = codes.results[0]
+    """E for every code as bytes (None if E reads anything but the code and constants)."""
     bits = codes.attrs.bits if codes.opcode == "load_codes" else 8  # or u8/i8 bytes
-    env = {src.id: np.arange(1 << bits).astype(numpy_dtype(src.type.dtype))}
-    evaluate(consts + tree, env)
-    return np.asarray(env[root.id]).astype(np.uint8).reshape(-1)
+    vals = code_values(codes.results[0], bits, tree, root, defs)
+    return None if vals is None else vals.astype(np.uint8)
 
 
 def applies() -> bool:
@@ -228,7 +215,8 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
                 for w in range(p):
                     q = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 "
                                f"{em.val(f'add i64 {wbase}, {(first + w) * LANES}')}")
-                    word = em.val(f"load {V16}, ptr {q}, align 64")
+                    # (align 4: a copy of the words, QTensor.replica, may start off a line)
+                    word = em.val(f"load {V16}, ptr {q}, align 4")
                     if plan.xor:
                         x = (plan.xor >> shift) & ((1 << p) - 1)
                         rep = sum(x << (p * i) for i in range(32 // p))
