@@ -14,6 +14,7 @@ import numpy as np
 
 from lowbitc import ops
 from lowbitc.ir.types import numpy_dtype
+from lowbitc.memory import weight_bytes
 from lowbitc.quant import QTensor, quantize
 
 from .baselines import Baseline, torch_int4_gemv
@@ -70,12 +71,6 @@ def activations(M: int, K: int, seed: int = 1, dtype: str = "f32") -> np.ndarray
 def quantized(w: np.ndarray, fmt: str, group_size: int) -> QTensor:
     """`w` quantized to `fmt`; unsigned integer formats get group-wise zero points."""
     return quantize(w, fmt, group_size, zero_point=fmt.startswith("u"))
-
-
-def weight_bytes(qw: QTensor) -> int:
-    """Bytes a kernel reads for the weight: its storage, scales and zero points."""
-    zeros = 0 if qw.zeros is None else qw.zeros.nbytes
-    return int(ops.weight_storage(qw).nbytes + qw.scales.nbytes + zeros)
 
 
 def _json_params(params: dict) -> dict:

@@ -162,7 +162,9 @@ class _Lowering:
             elif isinstance(s, A.For):
                 self.for_(s)
             elif isinstance(s, A.If):
-                self.if_(s)
+                out = self.if_(s)
+                if out is not None:  # a compile-time branch ended with a return
+                    return out
             elif isinstance(s, A.Return):
                 if self.depth == 0:
                     raise DSLTypeError("return outside a func", s.loc)
@@ -212,11 +214,11 @@ class _Lowering:
                 f"{name} changes type in the loop: {arg.type} before, {v.type} after", loc)
         return v
 
-    def if_(self, s: A.If) -> None:
+    def if_(self, s: A.If) -> object:
+        """An if; for a compile-time condition, the taken branch's return value (or None)."""
         c = self.eval(s.cond)
         if not isinstance(c, Value):
-            self.stmts(s.then if c else s.orelse)
-            return
+            return self.stmts(s.then if c else s.orelse)
         if c.type != ScalarType("bool"):
             raise DSLTypeError(f"if needs a bool scalar condition, got {c.type}", s.cond.loc)
         names = [n for n in dict.fromkeys(_assigned(s.then) + _assigned(s.orelse))
@@ -226,7 +228,9 @@ class _Lowering:
         for block in (s.then, s.orelse):
             self.env = dict(saved)
             with self.b.block() as ops:
-                self.stmts(block)
+                if self.stmts(block) is not None:
+                    raise DSLTypeError("return inside a run-time if: assign the value in both "
+                                       "branches and return it after the if", s.loc)
                 outs = [self.materialize(self.env[n], _dtype_of(saved[n]), s.loc) for n in names]
                 self.b.op("yield", outs)
             branches.append(Region((), tuple(ops)))
@@ -236,6 +240,7 @@ class _Lowering:
         self.env = saved
         op = self.b.op("if", [c], regions=branches, loc=s.loc, result_types=results[0])
         self.env.update(zip(names, op.results))
+        return None
 
     # ---------------------------------------------------------------- expressions
     def eval(self, e: A.Expr) -> object:

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lowbitc.ops import weight_storage
+from lowbitc.quant import QTensor
+
 FALLBACK_LLC = 32 << 20  # the hosts this project runs on (EPYC, Xeon): 32 MiB or more
 _SYSFS = Path("/sys/devices/system/cpu/cpu0/cache")
 
@@ -38,6 +41,12 @@ def llc_bytes(sysfs: Path = _SYSFS) -> int:
         except (OSError, ValueError):
             continue
     return best[1] or FALLBACK_LLC
+
+
+def weight_bytes(qw: QTensor) -> int:
+    """Bytes a kernel reads for the weight: its storage, scales and zero points."""
+    zeros = 0 if qw.zeros is None else qw.zeros.nbytes
+    return int(weight_storage(qw).nbytes + qw.scales.nbytes + zeros)
 
 
 def copies_for(weight_bytes: float, factor: float = 4.0, llc: int | None = None) -> int:

@@ -9,49 +9,29 @@ one, else from the defaults below.
 
 from __future__ import annotations
 
-import threading
-from importlib import resources
-
 import numpy as np
 
 from lowbitc import a8, tuned
-from lowbitc.compiler import Kernel, compile
+from lowbitc.compiler import Kernel
 from lowbitc.errors import UserArgumentError
 from lowbitc.ir.types import is_bfloat16, is_machine, numpy_dtype
+from lowbitc.kernels import (  # noqa: F401 (re-exported: ops.get_kernel, ops._KERNELS)
+    _KERNELS,
+    get_kernel,
+    kernel_path,
+    kernel_source,
+)
+from lowbitc.kv.attention import attention_decode as kv_attention_decode
 from lowbitc.quant import QTensor
 from lowbitc.tuned import tuned_config
 
 _ACTIVATIONS = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
-_KERNELS: dict[tuple, Kernel] = {}
-_LOCK = threading.Lock()
 _NO_ZEROS = np.zeros((1, 1), np.float32)
 _OUT_DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 _F32 = np.dtype(np.float32)
 # CUDA dequantize rows per block for f16 outputs (docs/cuda.md): 128-code units, two per
 # thread of a 128-thread block (f32 outputs keep the kernel's default)
 CUDA_DEQUANT_BN = {"f16": 256}
-
-
-def kernel_source(name: str) -> str:
-    """The text of a shipped kernel (`matmul`, `dequantize`)."""
-    return resources.files("lowbitc.kernels").joinpath(f"{name}.lbk").read_text("utf-8")
-
-
-def kernel_path(name: str) -> str:
-    return str(resources.files("lowbitc.kernels").joinpath(f"{name}.lbk"))
-
-
-def get_kernel(name: str, backend: str = "llvm", **params) -> Kernel:
-    """A shipped kernel compiled for `backend` with `params` (cached in this process)."""
-    key = (name, backend, tuple(sorted(params.items())))
-    k = _KERNELS.get(key)
-    if k is None:
-        with _LOCK:
-            k = _KERNELS.get(key)
-            if k is None:
-                k = compile(kernel_path(name), backend=backend, **params)
-                _KERNELS[key] = k
-    return k
 
 
 def weight_storage(qw: QTensor, k: Kernel | None = None, param: str = "w"):
@@ -245,3 +225,11 @@ def dequantize(qw: QTensor, backend: str = "llvm", out: np.ndarray | None = None
     zeros = qw.zeros if qw.zeros is not None else _NO_ZEROS
     k(weight_storage(qw, k), qw.scales, zeros, y, qw.group_size, K=K)
     return y
+
+
+def attention_decode(q, cache, scale: float | None = None,
+                     backend: str | None = None) -> np.ndarray:
+    """Decode attention of one new query token per sequence over a `lowbitc.kv.QuantKVCache`
+    (`lowbitc.kv.attention_decode`): q [heads, head_dim] (or [batch, heads, head_dim]) ->
+    softmax(q K^T / sqrt(head_dim)) V, float32, computed from the packed cache."""
+    return kv_attention_decode(q, cache, scale, backend)

@@ -443,6 +443,31 @@ kernel k(x: f32[N], y: f32[N], o: f32[N]) {
     assert "square" not in k.text("ir")
 
 
+@pytest.mark.parametrize("flag, want", [(True, 11.0), (False, 2.0)])
+def test_a_return_ends_the_taken_compile_time_branch(flag, want):
+    """`return` as the last statement of a compile-time if's branch returns from the func
+    (the statements after the if are not lowered); inside a run-time if it is an error."""
+    src = f"""func f(x) {{
+  if A {{
+    x = x + 1.0
+    if A {{ return x + 10.0 }}
+    return x
+  }}
+  return x + 2.0
+}}
+kernel k[A: bool = {str(flag).lower()}](y: f32[N]) {{
+  store(y[0 :+ 4], f(zeros(f32, [4])))
+}}"""
+    check(src, [np.zeros(4, np.float32)], {0: np.full(4, want, np.float32)}, exact=True)
+    bad = """func f(x, c) {
+  if c > 0 { return x }
+  return x + 1.0
+}
+kernel k(y: f32[N], c: int) { store(y[0 :+ 4], f(zeros(f32, [4]), c)) }"""
+    with pytest.raises(DSLTypeError, match="return inside a run-time if"):
+        compile(bad)
+
+
 def test_imports_between_lbk_files(tmp_path):
     (tmp_path / "act.lbk").write_text("func silu(v) { return v * sigmoid(v) }\n")
     (tmp_path / "lib").mkdir()

@@ -153,12 +153,12 @@ class Renderer:
     def unravel(self, lin: str, shape: tuple[int, ...]) -> tuple[str, ...]:
         if len(shape) <= 1:
             return (lin,) * len(shape)
-        out, rest = [], lin
+        out, rest = [], lin if lin.isidentifier() or lin.isdigit() else f"({lin})"
         for d in reversed(shape[1:]):
             if d == 1:
                 out.append("0")
                 continue
-            q = self.src.tmp(f"{rest} // {d}", "q")
+            q = self.src.tmp(f"{rest} // {d}", "q")  # rest: a name or parenthesised
             out.append(self.src.tmp(f"{rest} - {q} * {d}", "i"))
             rest = q
         out.append(rest if shape[0] != 1 else "0")

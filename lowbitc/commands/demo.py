@@ -19,7 +19,7 @@ import numpy as np
 
 from lowbitc import ops
 from lowbitc.dtypes import dtype as get_dtype
-from lowbitc.memory import copies_for, llc_bytes, time_in_turn
+from lowbitc.memory import copies_for, llc_bytes, time_in_turn, weight_bytes
 from lowbitc.quant import QTensor, quantize
 
 NAME = "demo"
@@ -40,12 +40,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="timed passes over the rotating weights (median of every call)")
     p.add_argument("--copies", type=int, default=0,
                    help="distinct weights to rotate through (default: enough for 4x the LLC)")
-
-
-def _weight_bytes(qw: QTensor) -> int:
-    """What a GEMV reads per weight: packed codes, scales and zero points."""
-    zeros = 0 if qw.zeros is None else qw.zeros.nbytes
-    return int(ops.weight_storage(qw).nbytes + qw.scales.nbytes + zeros)
 
 
 def _check(name: str, w: np.ndarray, group: int, rng: np.random.Generator) -> tuple[str, bool]:
@@ -86,7 +80,7 @@ def _streaming_row(name: str, args: argparse.Namespace, x: np.ndarray, numpy_tim
     y = ops.matmul(x, qw)  # compiles (or loads) the kernel and makes its packing
     ref = x @ qw.dequantize().T
     ok = float(np.abs(y - ref).max()) <= 1e-3 * max(float(np.abs(ref).max()), 1e-30)
-    nbytes = _weight_bytes(qw)
+    nbytes = weight_bytes(qw)
     copies = [qw] + [qw.replica() for _ in range((args.copies or copies_for(nbytes)) - 1)]
     streaming = time_in_turn([lambda q=q: ops.matmul(x, q) for q in copies], rounds)
     in_cache = time_in_turn([lambda: ops.matmul(x, qw)], rounds * 4)

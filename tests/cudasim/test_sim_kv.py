@@ -1,0 +1,46 @@
+"""The KV cache's kernels (kv_quantize.lbk, attention.lbk) on the numba-cuda backend, run in
+Numba's CUDA simulator: the cache quantized on the GPU holds the same codes as on the CPU, and
+decode attention matches fp64 SDPA over the dequantized cache (small shapes).
+
+Run only in a process with NUMBA_ENABLE_CUDASIM=1 (tests/test_cuda_kv.py starts one).
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from lowbitc import ops
+from lowbitc.kv import QuantKVCache
+
+pytestmark = pytest.mark.cudasim
+assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run through tests/test_cuda_kv.py"
+
+RNG = np.random.default_rng(5)
+
+
+def _sdpa(q, k, v):
+    qh = q.shape[0] // k.shape[1]
+    k, v = (np.repeat(x.astype(np.float64), qh, axis=1) for x in (k, v))
+    s = np.einsum("hd,thd->ht", q, k) / np.sqrt(q.shape[1])
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    return np.einsum("ht,thd->hd", p / p.sum(axis=1, keepdims=True), v)
+
+
+@pytest.mark.parametrize("fk, fv, group_v, extra", [
+    ("u4", "u4", 16, {}), ("u2", "f8e4m3fn", 32, {}),
+    ("u2", "u2", 16, {"important_dtype_k": "u8", "important_dtype_v": "u4"})])
+def test_cache_and_attention_on_the_gpu(fk, fv, group_v, extra):
+    k, v = RNG.standard_normal((2, 27, 2, 32)).astype(np.float32)
+    caches = [QuantKVCache(num_heads=2, head_dim=32, dtype_k=fk, dtype_v=fv, group=8,
+                           group_v=group_v, residual=4, backend=b, **extra)
+              for b in ("cuda", "llvm")]
+    for c in caches:
+        c.append(k[:25], v[:25])
+        c.append(k[25:], v[25:])
+    gpu, cpu = caches
+    for a, b in zip(gpu.dequantize(), cpu.dequantize()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    q = RNG.standard_normal((4, 32)).astype(np.float32)
+    kd, vd = gpu.dequantize()
+    np.testing.assert_allclose(ops.attention_decode(q, gpu), _sdpa(q, kd, vd), atol=2e-5)
