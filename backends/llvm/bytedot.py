@@ -187,12 +187,7 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
     bits = packing.bits
     xs = _broadcasts(em, abuf, {p for p, _, _ in packing.planes})
     chains = max(1, CHAINS // m)
-    t.ensure_strides(em)
-    row_steps = em.val(f"udiv i64 {t.words}, {bits}")
-    first_step = em.val(f"lshr i64 {starts[1]}, 5")
-    steps = em.val(f"sub i64 {row_steps}, {first_step}")
-    steps = em.val(f"select i1 {em.val(f'icmp slt i64 {steps}, {bk // 32}')}, i64 {steps}, "
-                   f"i64 {bk // 32}")
+    first_step, steps = rows_packing.window_steps(em, t, starts, bk)
     table = None
     if plan.xor is None:  # a 16-byte table, repeated in each 128-bit lane for vpshufb
         vals = [int(plan.table[i % len(plan.table)]) for i in range(16)] * 4
