@@ -49,6 +49,13 @@ class Float(Node):
 
 
 @dataclass(frozen=True, slots=True)
+class Str(Node):
+    """A string literal: only a keyword argument's value (`cast(x, u4, rounding="up")`)."""
+
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
 class Bool(Node):
     """`true` or `false`."""
 
@@ -150,7 +157,7 @@ class ListExpr(Node):
     items: tuple[Expr, ...] = ()
 
 
-Expr = (Name | Int | Float | Bool | BinOp | UnaryOp | Compare | BoolOp | Call | Subscript
+Expr = (Name | Int | Float | Str | Bool | BinOp | UnaryOp | Compare | BoolOp | Call | Subscript
         | Attribute | TupleExpr | ListExpr)
 SubscriptItem = Expr | SliceSize | SliceRange | SliceAll
 

@@ -23,6 +23,7 @@ from lowbitc.dsl.context import (
     is_shared,
 )
 from lowbitc.dsl.operators import _dot, binop, unary
+from lowbitc.dsl.rounding import element_index, rounding_arg
 from lowbitc.errors import DSLTypeError, SourceLoc
 from lowbitc.ir.core import Value
 from lowbitc.ir.layouts import layout_text
@@ -231,8 +232,11 @@ def _mask_arg(ctx: Ctx, e: A.Expr, fname: str) -> Value:
 
 
 def _cast(ctx: Ctx, e: A.Call) -> Value:
-    a = _args(e, ("x", "dtype"), 2)
+    a = _args(e, ("x", "dtype", "rounding", "seed", "index"), 2)
     dt = _format(ctx, a["dtype"])
+    mode = rounding_arg(a.get("rounding"))
+    if mode != "nearest_even":
+        return _rounded_cast(ctx, e, a, dt, mode)
     v = ctx.eval(a["x"])
     if not isinstance(v, Value):
         return ctx.materialize(v, dt, a["x"].loc)
@@ -242,6 +246,26 @@ def _cast(ctx: Ctx, e: A.Call) -> Value:
         raise DSLTypeError(f"cast from {v.type.dtype} to {dt} has no meaning; go through f32",
                            e.loc)
     return ctx.b.emit("cast", v, attrs=CastAttrs(dt), loc=e.loc)
+
+
+def _rounded_cast(ctx: Ctx, e: A.Call, a: dict, dt: str, mode: str) -> Value:
+    """cast(x, F, rounding=mode[, seed=s, index=i]): x a machine tile or scalar, F a format."""
+    v = _value(ctx, a["x"], "x")
+    if is_machine(dt) or not is_machine(v.type.dtype):
+        raise DSLTypeError(f"cast(): rounding= applies to casts from a machine type to a "
+                           f"format such as u4 or f8e4m3fn, not {v.type.dtype} -> {dt}", e.loc)
+    extra: list[Value] = []
+    if mode == "stochastic":
+        if "seed" not in a:
+            raise DSLTypeError('cast(): rounding="stochastic" needs seed= (an int)', e.loc)
+        seed = ctx.materialize(ctx.eval(a["seed"]), "i64", a["seed"].loc)
+        index = (_value(ctx, a["index"], "index") if "index" in a
+                 else element_index(ctx, v, e.loc))
+        extra = [seed, index]
+    elif "seed" in a or "index" in a:
+        k = "seed" if "seed" in a else "index"
+        raise DSLTypeError(f'cast(): {k}= applies to rounding="stochastic" only', a[k].loc)
+    return ctx.b.emit("cast", v, *extra, attrs=CastAttrs(dt, rounding=mode), loc=e.loc)
 
 
 def _dot_call(ctx: Ctx, e: A.Call) -> Value:

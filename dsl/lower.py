@@ -256,6 +256,9 @@ class _Lowering:
     def _eval(self, e: A.Expr) -> object:
         if isinstance(e, (A.Int, A.Float, A.Bool)):
             return e.value
+        if isinstance(e, A.Str):
+            raise DSLTypeError('a string is only allowed as a keyword value, e.g. cast(x, u4, '
+                               'rounding="stochastic", seed=s)', e.loc)
         if isinstance(e, A.Name):
             if e.id in self.env:
                 return self.env[e.id]

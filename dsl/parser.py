@@ -171,7 +171,8 @@ def _describe_unexpected(source: str, e: UnexpectedToken) -> tuple[int, int, str
             return tok.line, tok.column, ("only a name can be assigned to; write to a tensor "
                                           "with store(...)")
     if tok.type == "STRING" and "STRING" not in expected:
-        return tok.line, tok.column, "a string may appear only after 'import'"
+        return tok.line, tok.column, ("a string may appear only after 'import' or as a "
+                                      'keyword\'s value (rounding="up")')
     if tok.type in _COMPARE and _after_comparison(e):
         return tok.line, tok.column, "comparisons cannot be chained; combine them with 'and'"
     found = "end of line" if tok.type == "_NL" else f"'{tok}'"

@@ -53,6 +53,8 @@ def expr_source(e: ast.Node) -> str:
         return e.id
     if isinstance(e, ast.Bool):
         return "true" if e.value else "false"
+    if isinstance(e, ast.Str):
+        return f'"{e.value}"'
     if isinstance(e, ast.Int):
         return str(e.value) if e.value >= 0 else f"({e.value})"
     if isinstance(e, ast.Float):

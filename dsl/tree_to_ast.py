@@ -296,6 +296,10 @@ class ToAst(Transformer_NonRecursive):
         name, value = children
         return (str(name), value, self.tok_loc(name))
 
+    def kwarg_str(self, children):  # a string is only ever a keyword's value
+        name, tok = children
+        return (str(name), ast.Str(str(tok)[1:-1], loc=self.tok_loc(tok)), self.tok_loc(name))
+
     @v_args(meta=True)
     def subscript(self, meta, children):
         base, *items = children

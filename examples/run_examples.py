@@ -97,6 +97,24 @@ def quantize_rows(run: Runner, rng: np.random.Generator, N: int = 5, K: int = 70
     return got, want
 
 
+def tc_gemm(run: Runner, rng: np.random.Generator, M: int = 5, N: int = 37, K: int = 70,
+            group: int = 32, W: str = "u4", backend: str = "llvm",
+            **params) -> tuple[np.ndarray, np.ndarray]:
+    """The tensor-core GEMM of docs/tutorial.md: f16 activations, group scales; the
+    expectation in float64 (the kernel sums f16 x f16 products in f32: compare with an
+    f32-sized tolerance)."""
+    fmt = lowbitc.dtype(W)
+    codes = rng.integers(0, fmt.num_codes, (N, K)).astype(np.uint8)
+    s = rng.uniform(0.01, 0.1, (N, -(-K // group))).astype(np.float32)
+    x = rng.standard_normal((M, K)).astype(np.float16)
+    y = np.full((M, N), np.nan, np.float32)
+    run(compile(HERE / "tc_gemm.lbk", backend=backend, W=W, **params), x, pack(codes, fmt.bits),
+        s, y, group)
+    w = fmt.decode(codes).astype(np.float16).astype(np.float64)
+    w = w * np.repeat(s, group, axis=1)[:, :K]
+    return y, x.astype(np.float64) @ w.T
+
+
 def unpack_codes(q: np.ndarray, bits: int, count: int) -> np.ndarray:
     return lowbitc.unpack(q, bits, count).astype(np.uint32)
 
@@ -105,6 +123,7 @@ CASES: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
     "q4_0_dequant.lbk": q4_0_dequant,
     "dequant_silu.lbk": dequant_silu,
     "quantize_rows.lbk": quantize_rows,
+    "tc_gemm.lbk": tc_gemm,
 }
 
 
@@ -120,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
              for w in args.formats]
     runs += [(f"quantize_rows.lbk W={w}", lambda r, g, w=w: quantize_rows(r, g, W=w))
              for w in args.formats]
+    runs += [(f"tc_gemm.lbk W={w}", lambda r, g, w=w: tc_gemm(r, g, W=w)) for w in ("u4", "i3")]
     print(f"{'example':<28} {'runner':<12} {'max |err|':>10} {'time':>9}")
     for name, case in runs:
         for rname, runner in (("llvm", native), ("interpreter", interpreted)):

@@ -15,6 +15,7 @@ _LAZY = {
     "load": ("lowbitc.quant", "load"),
     "quantize": ("lowbitc.quant", "quantize"),
     "compile": ("lowbitc.compiler", "compile"),
+    "chop": ("lowbitc.emulate", "chop"),
     "tune": ("lowbitc.autotune", "tune"),
 }
 

@@ -36,6 +36,7 @@ from lowbitc.encoding import (
     _round_float,
 )
 from lowbitc.errors import UserArgumentError
+from lowbitc.rounding import check_rounding, check_seed, encode_rounded
 
 INT_KINDS = ("uint", "int", "bipolar")
 SPECIALS = ("finite", "fn", "fnuz", "ieee", "e8m0")
@@ -81,13 +82,18 @@ class _Format:
         """float32 values of `codes` (an integer array of codes of this format)."""
         return np.asarray(_table(self)[_check_codes(self, codes)])
 
-    def encode(self, x) -> np.ndarray:
+    def encode(self, x, rounding: str = "nearest_even", seed: int | None = None) -> np.ndarray:
         """Codes of the float array `x`: RNE, saturating, NaN to the NaN code (else ValueError).
 
-        Returns an array of x's shape: uint8 (uint16/uint32 for f16, bf16 and f32)."""
+        `rounding` picks another mode of `lowbitc.rounding` (stochastic draws its bits from
+        `seed` and each element's flat index). Returns an array of x's shape: uint8
+        (uint16/uint32 for f16, bf16 and f32)."""
         x = _as_float(x, "x")
         if not self.has_nan:
             _reject_nan(self, x)
+        if check_rounding(rounding) != "nearest_even":
+            seed = check_seed(seed) if rounding == "stochastic" else 0
+            return encode_rounded(self, np.ascontiguousarray(x), rounding, seed)
         flat = x.reshape(-1)
         if self.bits <= 8 and x.size >= TABLE_MIN_SIZE:
             return _encode_by_table(self, flat).reshape(x.shape)

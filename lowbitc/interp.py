@@ -5,12 +5,12 @@ packed tensors are unpacked to codes on entry and re-packed on exit; each block 
 
 Semantics worth stating: integer `div`/`rem` truncate toward zero (C); shifts are logical for
 unsigned and arithmetic for signed types; loads outside a tensor read 0 and stores outside it
-are dropped; `cast` from a format decodes its codes, `cast` to a format encodes (RNE,
-saturating), and so does a cast of floats to `i8`/`u8` (NaN gives 0); `dot` accumulates in
-float64 and rounds once to the accumulator's type (into an integer accumulator: exactly, in
-int64, wrapping to its type). A shared tile is an array made afresh
-(zeroed) each time its `alloc_shared` runs, so once per block; `sync` does nothing, since a
-block runs as one program.
+are dropped; `cast` from a format decodes its codes, `cast` to a format encodes (RNE unless
+its `rounding` says otherwise, saturating), and so does a cast of floats to `i8`/`u8` (RNE,
+NaN gives 0); `dot` accumulates in float64 and rounds once to the accumulator's type (into an
+integer accumulator: exactly, in int64, wrapping to its type). A shared tile is an array made
+afresh (zeroed) each time its `alloc_shared` runs, so once per block; `sync` does nothing,
+since a block runs as one program.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from lowbitc.formats import lookup as format_of
 from lowbitc.ir.core import Kernel, Op, Region
 from lowbitc.ir.types import TensorType, TileType, is_machine, numpy_dtype
 from lowbitc.packing import pack, unpack
+from lowbitc.rounding import encode_rounded, random_bits
 from lowbitc.signature import bind, format_bits
 
 
@@ -139,6 +140,21 @@ def _cast(v, src: str, dst: str):
         return _as(v, dst)
 
 
+_U64 = (1 << 64) - 1
+
+
+def _cast_rounded(ins: list, src: str, a) -> np.ndarray:
+    """A cast to a format in another rounding mode, compared in the type kernels use (f32 for
+    f32 and narrower floats); stochastic casts draw from (seed, index)."""
+    ft = np.float32 if src in ("f32", "f16", "bf16") else np.float64
+    x = np.ascontiguousarray(np.asarray(ins[0], ft))
+    seed, index = 0, None
+    if a.rounding == "stochastic":
+        seed = int(ins[1]) & _U64
+        index = np.broadcast_to(np.asarray(ins[2], np.int64), x.shape).reshape(-1)
+    return encode_rounded(format_of(a.dtype), x, a.rounding, seed, index)
+
+
 def _eval_op(op: Op, env: dict, block: tuple[int, int, int], mem: dict) -> None:
     o = op.opcode
     ins = [env[v.id] for v in op.operands]
@@ -157,8 +173,12 @@ def _eval_op(op: Op, env: dict, block: tuple[int, int, int], mem: dict) -> None:
             out = np.full(a.shape, a.value)
         elif o == "arange":
             out = np.arange(a.n)
+        elif o == "cast" and a.rounding != "nearest_even":
+            out = _cast_rounded(ins, op.operands[0].type.dtype, a)
         elif o == "cast":
             out = _cast(ins[0], op.operands[0].type.dtype, a.dtype)
+        elif o == "philox":
+            out = random_bits(int(ins[0]) & _U64, np.asarray(ins[1], np.int64).view(np.uint64))
         elif o == "relayout":
             out = ins[0]
         elif o == "view":

@@ -22,6 +22,8 @@ from lowbitc.kernels import (  # noqa: F401 (re-exported: ops.get_kernel, ops._K
     kernel_source,
 )
 from lowbitc.kv.attention import attention_decode as kv_attention_decode
+from lowbitc.mma_plan import mma_format, mma_params
+from lowbitc.offset import OffsetQTensor, finish_dequantize, permute_input, subtract_offsets
 from lowbitc.quant import QTensor
 from lowbitc.tuned import tuned_config
 
@@ -90,6 +92,34 @@ def matmul_params(M: int, qw: QTensor, act: str, backend: str = "llvm") -> dict:
             "BK": bk}
 
 
+def matmul_kernel_name(wtype, act: str, backend: str) -> str:
+    """`matmul_mma` (tensor cores) for f16 activations on cuda when every code value of the
+    format is an f16 (`lowbitc.mma_plan`), else `matmul`."""
+    return "matmul_mma" if backend == "cuda" and act == "f16" and mma_format(wtype) else "matmul"
+
+
+def matmul_choice(M: int, N: int, K: int, qw, adt: str, act: str = "f32",
+                  backend: str = "llvm") -> tuple[str, dict]:
+    """(shipped kernel, parameters) of a matmul with `adt` activations: matmul_a8 for int8
+    activations (`act="i8"`) where the format allows (LLVM only, lowbitc/a8.py); matmul_mma
+    (tensor cores, `lowbitc.mma_plan`) for f16 activations on cuda when the format allows;
+    else matmul with its defaults; then lowbitc.tune's winner for the shape's bucket. `qw`
+    needs .dtype, .group_size and .zeros (None or not)."""
+    if backend == "llvm":
+        p = a8.params(qw.dtype, qw.group_size, qw.zeros is not None, M, act, N)
+        if p is not None:
+            return "matmul_a8", {**p, "A": adt}
+    name = matmul_kernel_name(qw.dtype, adt, backend)
+    if name == "matmul_mma":
+        params = mma_params(M, qw.dtype, qw.group_size, qw.zeros is not None)
+        fixed = {n: params[n] for n in ("W", "ZP", "TH")}
+    else:
+        params = matmul_params(M, qw, adt, backend)
+        fixed = {n: params[n] for n in ("W", "A", "ZP", "EARLY")}
+    params.update(tuned_params(name, fixed, qw.group_size, {"M": M, "N": N, "K": K}, backend))
+    return name, params
+
+
 _PLANS: dict[tuple, Kernel] = {}
 _PLANS_GENERATION = [-1]
 
@@ -112,22 +142,6 @@ def tuned_params(name: str, fixed: dict, group: int, shape: dict, backend: str) 
     return tuned_config(kernel_path(name), None, fixed, {"group": group}, shape, backend) or {}
 
 
-def matmul_choice(M: int, N: int, K: int, qw, adt: str, act: str = "f32",
-                  backend: str = "llvm") -> tuple[str, dict]:
-    """(shipped kernel, parameters) of a matmul: matmul_a8 for int8 activations where the
-    format allows (LLVM only), else matmul with its defaults and lowbitc.tune's winner. `qw`
-    needs .dtype, .group_size and .zeros (None or not)."""
-    if backend == "llvm":
-        p = a8.params(qw.dtype, qw.group_size, qw.zeros is not None, M, act, N)
-        if p is not None:
-            return "matmul_a8", {**p, "A": adt}
-    params = matmul_params(M, qw, adt, backend)
-    fixed = {n: params[n] for n in ("W", "A", "ZP", "EARLY")}
-    params.update(tuned_params("matmul", fixed, qw.group_size, {"M": M, "N": N, "K": K},
-                               backend))
-    return "matmul", params
-
-
 def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
            out: np.ndarray | None = None, act: str = "f32") -> np.ndarray:
     """x[M, K] (float32, float16 or bfloat16) @ qw.dequantize().T -> float32 [M, N]
@@ -148,6 +162,9 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
         raise UserArgumentError(f"x: expected K = {K} columns to match qw {qw.shape}, "
                                 f"got shape {x.shape}")
     x = np.ascontiguousarray(x)
+    if isinstance(qw, OffsetQTensor):  # the plain part through the kernel, then the offsets
+        xs = permute_input(qw, x)
+        return subtract_offsets(qw, xs, matmul(xs, qw.base, backend, out))
     M = x.shape[0]
     y = _out(out, (M, N))
     if M == 0 or N == 0:
@@ -203,6 +220,10 @@ def dequantize(qw: QTensor, backend: str = "llvm", out: np.ndarray | None = None
         odt = None
     if odt is None:
         raise UserArgumentError(f"out_dtype: expected float32 or float16, got {out_dtype!r}")
+    if isinstance(qw, OffsetQTensor):  # the plain part through the kernel, then the offsets
+        y = _out(out, qw.shape, np.dtype(out_dtype))
+        y[...] = finish_dequantize(qw, dequantize(qw.base, backend))  # f16: rounded once
+        return y
     y = _out(out, (N, K), np.dtype(out_dtype))
     if N == 0 or K == 0:
         return y

@@ -81,7 +81,8 @@ ERRORS = [
     (["compile", str(EXAMPLES / "q4_0_dequant.lbk"), "-D", "BN"],
      "lowbitc compile: error: -D: expected NAME=VALUE (e.g. -D BM=16), got 'BN'"),
     (["emit", "gemm", "--wtype", "u4"],
-     "lowbitc emit: error: KERNEL: expected one of matmul, dequantize or a .lbk file, got 'gemm'"),
+     "lowbitc emit: error: KERNEL: expected one of matmul, matmul_mma, dequantize or a .lbk "
+     "file, got 'gemm'"),
     (["emit", "matmul", "--wtype", "u4", "--arch", "sm_80"],
      "lowbitc emit: error: --arch sm_80: only the cuda backend takes an arch"),
     (["emit", "matmul", "--wtype", "u4", "--format", "ptx"],

@@ -76,23 +76,30 @@ class Model:
         return model_encode(self.fmt, self.vals, self.fin, self.codes, x)
 
 
-def model_encode(fmt, vals: list, fin: list, code_of: dict, x: float) -> int:
-    """RNE code of the finite float `x`, from the model's values (see Model)."""
-    q = Fraction(x)
-    q = min(max(q, fin[0]), fin[-1])
+def model_neighbours(fin: list, x: float) -> tuple:
+    """(q, lo, hi): x as a Fraction clamped to the finite values `fin`, and its neighbours
+    there (lo == hi == q when q is a value)."""
+    q = min(max(Fraction(x), fin[0]), fin[-1])
     i = bisect.bisect_left(fin, q)
-    if fin[i] == q:
-        v = q
-    else:
-        lo, hi = fin[i - 1], fin[i]
-        if q - lo != hi - q:
-            v = lo if q - lo < hi - q else hi
-        else:
-            v = _tie(fmt, vals, lo, hi)
+    return (q, q, q) if fin[i] == q else (q, fin[i - 1], fin[i])
+
+
+def model_code(code_of: dict, v: Fraction, x: float) -> int:
+    """The code of value v (+0 or -0 by the sign of x where both exist)."""
     codes = code_of[v]
     if v == 0 and len(codes) > 1:  # +0 and -0: the sign of x decides
         return codes[1] if np.signbit(x) else codes[0]
     return codes[0]
+
+
+def model_encode(fmt, vals: list, fin: list, code_of: dict, x: float) -> int:
+    """RNE code of the finite float `x`, from the model's values (see Model)."""
+    q, lo, hi = model_neighbours(fin, x)
+    if lo == hi or q - lo != hi - q:
+        v = lo if q - lo <= hi - q else hi
+    else:
+        v = _tie(fmt, vals, lo, hi)
+    return model_code(code_of, v, x)
 
 
 def _tie(fmt, vals, lo, hi):

@@ -62,7 +62,29 @@ def test_quantize_rows(runner, W, N, K, group, ZP):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize(("W", "M", "N", "K", "group"), [
+    ("u4", 5, 37, 70, 32),             # partial row tile, odd N, a partial last group
+    ("i3", 17, 8, 64, 64),
+    ("nf4", 1, 9, 40, 16),
+])
+def test_tc_gemm(runner, W, M, N, K, group):
+    got, want = run_examples.tc_gemm(RUNNERS[runner], np.random.default_rng(K), M, N, K,
+                                     group, W=W)
+    # f32 sums of exact f16 products: K terms within K * 2^-24 of sum |x * w|
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=K * 2.0**-24 * 8)
+
+
 def test_run_examples_script_reports_success(capsys):
     assert run_examples.main(["--formats", "u4"]) == 0
     out = capsys.readouterr().out
     assert "all examples match numpy" in out and "MISMATCH" not in out
+
+
+def test_tutorial_tensor_core_kernel_is_the_example():
+    """docs/tutorial.md section 7 writes examples/tc_gemm.lbk's kernel, word for word."""
+    text = (EXAMPLES.parent / "docs" / "tutorial.md").read_text()
+    block = text[text.index("# file: tc_gemm.lbk\n"):]
+    block = block[block.index("kernel tc_gemm"):block.index("```")]
+    example = (EXAMPLES / "tc_gemm.lbk").read_text()
+    assert block == example[example.index("kernel tc_gemm"):]

@@ -35,6 +35,15 @@ CONFIGS = [
     (SHIPPED / "dequantize.lbk", {"W": "f8e5m2"}),
     (SHIPPED / "dequantize.lbk", {"W": "f8e4m3fn"}),
     (SHIPPED / "dequantize.lbk", {"W": "f8e8m0fnu"}),
+    (SHIPPED / "chop.lbk", {"F": "f4e2m1fn", "MODE": 5}),
+    (SHIPPED / "chop.lbk", {"F": "nf4", "MODE": 3, "SC": True, "FTZ": True, "SAT": False}),
+    (SHIPPED / "matmul_mma.lbk", {"W": "u4"}),
+    (SHIPPED / "matmul_mma.lbk", {"W": "u3", "ZP": True}),
+    (SHIPPED / "attention.lbk", {"kernel": "attention_split", "WK": "u2", "WV": "u4"}),
+    (SHIPPED / "attention.lbk", {"kernel": "attention_combine"}),
+    (SHIPPED / "kv_quantize.lbk", {"kernel": "quantize_keys", "W": "u4"}),
+    (SHIPPED / "kv_quantize.lbk", {"kernel": "quantize_values", "W": "f8e4m3fn", "ZP": False}),
+    (EXAMPLES / "tc_gemm.lbk", {"W": "u4"}),
     (EXAMPLES / "q4_0_dequant.lbk", {}),
     (EXAMPLES / "dequant_silu.lbk", {"W": "u4"}),
     (EXAMPLES / "dequant_silu.lbk", {"W": "nf4", "ZP": False}),
@@ -45,8 +54,11 @@ IDS = [f"{p.stem}-{'-'.join(f'{k}={v}' for k, v in c.items()) or 'defaults'}" fo
 
 
 def lowered_ir(path: Path, params: dict) -> Kernel:
+    """The lowered IR of `path`'s kernel (params["kernel"] names it in a file of several)."""
+    params = dict(params)
+    name = params.pop("kernel", None)
     module, _ = load(path)
-    return lower_kernel(module, pick_kernel(module, None), params)
+    return lower_kernel(module, pick_kernel(module, name), params)
 
 
 def assert_round_trip(k: Kernel) -> None:

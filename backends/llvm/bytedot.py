@@ -29,6 +29,7 @@ from lowbitc.backends.llvm.fusion import _window_ok
 from lowbitc.backends.llvm.fusion_plan import _tree, _uses
 from lowbitc.backends.llvm.handlers import HANDLERS, Env
 from lowbitc.backends.llvm.lanes import row_sums
+from lowbitc.explain import note, subject_of
 from lowbitc.ir.core import Op, Region
 from lowbitc.ir.types import TileType
 from lowbitc.passes.bitpack_lanes import code_values
@@ -110,6 +111,11 @@ def emit_byte_dot(env: Env, plan: BytePlan) -> None:
     abuf = env.get(a)
     t = env.get(plan.codes.operands[0])
     starts = [env.get(v) for v in plan.codes.operands[1:3]]
+    note("dot", subject_of(plan.codes.operands[0]), "fused integer byte dot (codes widened to "
+         "bytes, vpdpbusd over 16 rows per vector)", "windows at the tensor's edges take the "
+         "generic integer dot", loc=plan.dot.loc)
+    note("load", subject_of(plan.codes.operands[0]), f"fused into the dot at {plan.dot.loc}: "
+         "never materialised", loc=plan.codes.loc)
     fast, slow, done = em.label("bytedot"), em.label("bytegeneric"), em.label("bytedotted")
     sizes = plan.codes.attrs.sizes
     t.ensure_strides(em)  # here: the branches below both use them

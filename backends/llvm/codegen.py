@@ -16,9 +16,11 @@ from lowbitc.backends.llvm import (  # noqa: F401  (fill HANDLERS)
     ops_elementwise,
     ops_encode,
     ops_memory,
+    ops_random,
     ops_shared,
 )
 from lowbitc.backends.llvm.bytedot import emit_byte_dot, plan_byte_dots
+from lowbitc.backends.llvm.columns import emit_column_dot, plan_columns
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
 from lowbitc.backends.llvm.fusion import SFENCE, emit_fused_store
 from lowbitc.backends.llvm.fusion_plan import plan_fusion, plan_store_fusion
@@ -26,6 +28,7 @@ from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg
 from lowbitc.backends.llvm.ops_tiles import dot_into
 from lowbitc.backends.llvm.panel import defer_activations, emit_planned_dot
 from lowbitc.errors import BackendError
+from lowbitc.explain import note, subject_of
 from lowbitc.ir.core import Kernel, Op, Region
 from lowbitc.ir.types import ScalarType, TensorType, TileType, is_machine
 from lowbitc.repack import parse as parse_packing
@@ -102,11 +105,19 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
     """Emit a region's ops; returns the yielded values (scalars or buffers)."""
     for a, v in zip(r.args, args):
         env.bind(a, v)
-    plans = defer_activations(r, plan_fusion(r, max_rows=None))
+    cols = plan_columns(r)
+    plans = defer_activations(r, plan_fusion(r, max_rows=None, skip=frozenset(cols)))
     stores = plan_store_fusion(r)
     bytes_ = plan_byte_dots(r)
-    deferred = {id(d) for p in (*plans.values(), *stores.values(), *bytes_.values())
+    deferred = {id(d) for p in (*plans.values(), *stores.values(), *cols.values(),
+                                *bytes_.values())
                 for d in p.deferred}
+    for p in (*plans.values(), *stores.values()):
+        for d in p.deferred:
+            if d.opcode in ("load", "load_codes"):
+                note("load", subject_of(d.operands[0]),
+                     f"fused into the {p.dot.opcode} at {p.dot.loc}: never materialised",
+                     loc=d.loc)
     for op in r.ops:
         if id(op) in deferred:
             continue
@@ -114,6 +125,8 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
             return [env.get(v) for v in op.operands]
         if op.opcode == "dot" and op.results[0].id in bytes_:
             emit_byte_dot(env, bytes_[op.results[0].id])
+        elif op.opcode == "dot" and op.results[0].id in cols:
+            emit_column_dot(env, cols[op.results[0].id], dot_into)
         elif op.opcode == "dot" and op.results[0].id in plans:
             emit_planned_dot(env, plans[op.results[0].id], dot_into)
         elif op.opcode == "store" and id(op) in stores:

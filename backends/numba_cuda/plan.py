@@ -32,7 +32,29 @@ class Plan:
     uses: Counter
 
 
-def make_plan(k: Kernel) -> Plan:
+def codes_leaf(v, defs: dict):
+    """The one unmasked `load_codes` of 1, 2, 4 or 8-bit codes that v's elementwise chain reads
+    (and nothing else from memory), else None."""
+    leaf, todo, seen = None, [v], set()
+    while todo:
+        x = todo.pop()
+        d = defs.get(x.id)
+        if x.id in seen or d is None:
+            continue
+        seen.add(x.id)
+        if d.opcode == "load_codes":
+            if leaf is not None or d.attrs.masked or 32 % max(d.attrs.bits, 1):
+                return None
+            leaf = d
+        elif d.opcode in ("load", "load_shared", "dot", "reduce", "for", "if"):
+            return None
+        todo.extend(d.operands)
+    return leaf
+
+
+def make_plan(k: Kernel, threads: int = 0) -> Plan:
+    """`threads`: the block size, which decides whether a dot runs on tensor cores; the weight
+    operand of such a dot (`codes_leaf`) is then decoded in registers, not in shared memory."""
     defs: dict[int, Op] = {}
     region_args: set[int] = set()
     stored: set[int] = set()
@@ -49,6 +71,11 @@ def make_plan(k: Kernel) -> Plan:
     for op in walk(k.body.ops):
         if op.opcode == "dot":
             for v in op.operands[:2]:
+                if threads and v is op.operands[1] and codes_leaf(v, defs) is not None:
+                    from lowbitc.backends.numba_cuda.mma_dot import mma_tiling
+
+                    if mma_tiling(op, threads) is not None:
+                        continue
                 base = v
                 while base.id in defs and defs[base.id].opcode in VIEWS:
                     base = defs[base.id].operands[0]

@@ -15,11 +15,14 @@ from contextlib import contextmanager
 
 from lowbitc.backends.numba_cuda import (
     encode,  # noqa: F401  (from_codes, store_codes)
+    random,  # noqa: F401  (philox)
     reinterpret,  # noqa: F401  (view)
 )
 from lowbitc.backends.numba_cuda.buffers import Buf, TensorRef
 from lowbitc.backends.numba_cuda.elements import ELEMENT, fail, reg_dtype, shape_of
 from lowbitc.backends.numba_cuda.interleave import interleaved_params
+from lowbitc.backends.numba_cuda.intrinsics import SIMULATOR
+from lowbitc.backends.numba_cuda.mma_dot import MMA_IMPORT
 from lowbitc.backends.numba_cuda.plan import make_plan
 from lowbitc.backends.numba_cuda.shared import check_shared_memory, swizzled
 from lowbitc.backends.numba_cuda.source import (
@@ -60,7 +63,7 @@ class Renderer:
         self.threads = threads
         self.hoist: tuple[int, int, frozenset[str], dict] | None = None
         self.unit: Unit | None = None
-        self.plan = make_plan(k)
+        self.plan = make_plan(k, threads)
         self.src = Source()
         self.scalars: dict[int, str] = {}
         self.bufs: dict[int, Buf] = {}
@@ -71,6 +74,7 @@ class Renderer:
         self.shared: list[tuple[str, int, str]] = []
         self.luts: dict[tuple[float, ...], str] = {}
         self.word_tables: dict[tuple[int, ...], str] = {}
+        self.uses_mma = False
 
     # ------------------------------------------------------------ values
 
@@ -191,7 +195,11 @@ class Renderer:
 
     def alloc(self, dtype: str, shape: tuple[int, ...]) -> Buf:
         dtype = reg_dtype(dtype)
-        row = shape[-1] + 1 if len(shape) >= 2 and shape[-1] % 32 == 0 else 0
+        row = 0
+        if len(shape) >= 2 and shape[-1] % 32 == 0:
+            # f16 rows stay 16-byte aligned for ldmatrix: 8 halves of padding (rows 4 banks
+            # apart, so ldmatrix's 8 rows hit all 32 banks); others one element
+            row = shape[-1] + (8 if dtype == "f16" else 1)
         buf = Buf(self.src.fresh("sb"), dtype, tuple(shape), row)
         self.shared.append((buf.name, buf.size, SHARED_TYPE[dtype] if dtype in SHARED_TYPE
                             else numba_type(dtype)))
@@ -354,7 +362,8 @@ class Renderer:
         top = ["    tid = I64(U32(cuda.threadIdx.x))", f"    nthr = {self.threads}"]
         total = 0
         for buf, size, ty in self.shared:
-            top.append(f"    {buf} = cuda.shared.array({size}, {ty})")
+            align = "" if SIMULATOR or ty != "F16" else ", 16"  # ldmatrix rows: 16 bytes
+            top.append(f"    {buf} = cuda.shared.array({size}, {ty}{align})")
             total += size * SHARED_BYTES.get(_dtype_of(ty), 4)
         if total > MAX_SHARED:
             raise BackendError(f"cuda: kernel {self.k.name} needs {total} bytes of shared "
@@ -369,7 +378,8 @@ class Renderer:
             tables.append(f"_{table.upper()} = np.array([{', '.join(f'{w:#x}' for w in words)}], "
                           "dtype=np.uint32)")
             top.append(f"    {table} = cuda.const.array_like(_{table.upper()})")
-        text = "\n".join([HEADER, *tables, "", "", f"def {name}({', '.join(args)}):", *top,
+        header = HEADER + (MMA_IMPORT + "\n" if self.uses_mma else "")
+        text = "\n".join([header, *tables, "", "", f"def {name}({', '.join(args)}):", *top,
                           *self.src.lines, "    return", ""])
         return Rendered(name, text, f"void({', '.join(sig)})", total)
 

@@ -10,6 +10,7 @@ import numpy as np
 from lowbitc.backends.numba_cuda.buffers import TensorRef
 from lowbitc.backends.numba_cuda.elements import fail, shape_of
 from lowbitc.backends.numba_cuda.halves import store_pairs
+from lowbitc.backends.numba_cuda.mma_dot import mma_tiling, render_mma_dot
 from lowbitc.backends.numba_cuda.source import literal, numba_type
 from lowbitc.backends.numba_cuda.units import window_in_unit
 from lowbitc.ir.core import Op, Value
@@ -109,6 +110,12 @@ def _dot(ctx, op: Op) -> None:
     inplace = cbuf is not None and ctx.plan.uses[c.id] == 1 and cbuf.shape == (M, N)
     out = cbuf if inplace else ctx.alloc(res.type.dtype, (M, N))
     ctx.src.sync()
+    tiling = mma_tiling(op, ctx.threads)
+    if tiling is not None:
+        render_mma_dot(ctx, op, tiling, out)
+        ctx.src.sync()
+        ctx.bufs[res.id] = out
+        return
     owned = _owned_outputs(ctx, M, N)
     T = ctx.threads
     if owned is not None:

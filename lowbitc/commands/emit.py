@@ -1,8 +1,11 @@
 """`lowbitc emit KERNEL --wtype T --backend llvm|cuda [--arch sm_80] --format FMT`.
 
-KERNEL is a shipped kernel (`matmul`, `dequantize`) or a .lbk path; `--wtype` binds the
-kernel's weight format parameter `W`. Formats: `ir`, `lowered`, `llvm`, `asm`, `stats` (an
-instruction mix of the generated code) and, for the CUDA backend, `ptx`.
+KERNEL is a shipped kernel (`matmul`, `matmul_mma`, `dequantize`) or a .lbk path; `--wtype`
+binds the kernel's weight format parameter `W`. On cuda, `matmul -D A=f16` is the kernel
+`ops.matmul` runs for f16 activations (`matmul_mma`, tensor cores, when the format
+allows). Formats: `ir`, `lowered`, `llvm`, `asm`, `stats` (an instruction mix of the
+generated code; on cuda ptxas/nvdisasm figures, with `mma_loop` for tensor-core kernels)
+and, for the CUDA backend, `ptx`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from lowbitc.errors import UserArgumentError
 from lowbitc.ir import walk
 
 NAME = "emit"
-SHIPPED = ("matmul", "dequantize")
+SHIPPED = ("matmul", "matmul_mma", "dequantize")
 FORMATS = ("ir", "lowered", "llvm", "asm", "ptx", "stats")
 CUDA_MODULE = "lowbitc.backends.numba_cuda.backend"
 
@@ -81,13 +84,51 @@ def cuda_text(k: Kernel, fmt: str, arch: str) -> str:
     ptx = backend.ptx(k.lowered, arch)
     if fmt == "ptx":
         return ptx
-    out = toolchain.stats(toolchain.assemble(ptx, arch))
+    asm = toolchain.assemble(ptx, arch)
+    out = toolchain.stats(asm)
+    out["_cubin"] = asm.cubin
     steady = backend.steady_state_stats(k.lowered, arch)  # f16 pair path: docs/cuda.md
+    loop = mma_loop(toolchain, out)
+    if loop is not None:
+        out["mma_loop"] = loop
     if steady is not None:
         out["steady_state"] = {"registers": steady["registers"],
                                "spill_bytes": steady["spill_bytes"],
                                "inner_loop": steady["inner_loop"]}
     return json.dumps(out, indent=2)
+
+
+def mma_loop(toolchain, out: dict) -> dict | None:
+    """The steady-state K loop of a tensor-core kernel: the innermost SASS loop holding HMMA
+    (its body counted statically, nested staging loops once), HMMA count and non-HMMA
+    instructions per HMMA. None without HMMA."""
+    sass = importlib.import_module("lowbitc.backends.numba_cuda.sass")
+    instrs = sass.parse(toolchain.disassemble(out.pop("_cubin")))
+    spans = [(a, b) for a, b in sass.loops(instrs)
+             if any(ins.base == "HMMA" for ins in instrs[a:b + 1])]
+    if not spans:
+        return None
+    a, b = min(spans, key=lambda s: s[1] - s[0])
+    body = instrs[a:b + 1]
+    total, hmma = sass.count(body), sum(ins.base == "HMMA" for ins in body)
+    return {"instructions": total, "hmma": hmma,
+            "non_hmma_per_hmma": round((total - hmma) / hmma, 2),
+            "nested_loops": sum(1 for c, d in sass.loops(instrs) if a <= c and d <= b) - 1,
+            "sass_mix": sass.opcode_mix(body)}
+
+
+def shipped_choice(kernel: str, backend: str, params: dict) -> str:
+    """`matmul` with f16 activations on cuda is `matmul_mma` when ops.matmul would run it."""
+    if kernel != "matmul" or backend != "cuda" or params.get("A") != "f16":
+        return kernel
+    from lowbitc.formats import lookup
+    from lowbitc.mma_plan import mma_format
+
+    if not mma_format(lookup(str(params.get("W", "u4")))):
+        return kernel
+    for name in ("A", "EARLY"):
+        params.pop(name, None)
+    return "matmul_mma"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     params = parse_defines(args.defines)
     if args.wtype is not None:
         params["W"] = args.wtype
-    compiled = compile_file(kernel_file(args.kernel), args.name, params, backend=args.backend)
+    kernel = shipped_choice(args.kernel, args.backend, params)
+    compiled = compile_file(kernel_file(kernel), args.name, params, backend=args.backend)
     if len(compiled) != 1:
         raise UserArgumentError(f"KERNEL: {args.kernel} defines several kernels ("
                                 + ", ".join(k.name for k, _ in compiled) + "); pick one with "

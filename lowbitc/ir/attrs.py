@@ -53,8 +53,13 @@ class ArangeAttrs(Attrs):
 
 @dataclass(frozen=True, slots=True)
 class CastAttrs(Attrs):
+    """`rounding` (cast to a format only; printed when not the default) is a mode of
+    `lowbitc.rounding`; "stochastic" casts take two more operands: the seed (i64 scalar) and
+    each element's flat index (i64, broadcast to the value's shape)."""
+
     dtype: str
     vec: int = late(0)  # cast, bitcast: vector width (the vectorize pass)
+    rounding: str = late("nearest_even")
 
 
 @dataclass(frozen=True, slots=True)

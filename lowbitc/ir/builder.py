@@ -76,6 +76,15 @@ class Builder:
         finally:
             self._blocks.pop()
 
+    def defining_op(self, v: Value) -> Op | None:
+        """The op of an open block that defines `v` (None for arguments and values of blocks
+        already closed, such as a finished loop's body)."""
+        for ops in self._blocks:
+            for op in ops:
+                if v in op.results:
+                    return op
+        return None
+
     def take(self) -> tuple[Op, ...]:
         """The ops of the outermost block so far (and clear it)."""
         ops = tuple(self._blocks[0])

@@ -42,6 +42,7 @@ from lowbitc.ir.types import (
     is_int,
     is_machine,
 )
+from lowbitc.rounding import ROUNDINGS
 
 # ---------------------------------------------------------------- type rules
 
@@ -135,6 +136,32 @@ def _cast(ts, a):
     if isinstance(t, TileType):
         return (TileType(a.dtype, t.shape),)
     return (ScalarType(a.dtype),)
+
+
+def _cast_op(ts, a):
+    if a.rounding not in ROUNDINGS:
+        raise _fail("cast", f"rounding must be one of {', '.join(ROUNDINGS)}, got {a.rounding!r}")
+    want = 3 if a.rounding == "stochastic" else 1
+    if len(ts) != want:
+        raise _fail("cast", f"a {a.rounding} cast takes {want} operand(s), got {len(ts)}")
+    if a.rounding != "nearest_even" and (is_machine(a.dtype) or not is_machine(ts[0].dtype)):
+        raise _fail("cast", f"rounding={a.rounding} needs a cast from a machine type to a "
+                    f"format, got {ts[0].dtype} -> {a.dtype}")
+    if want == 3:
+        seed, index = ts[1], ts[2]
+        if seed != ScalarType("i64") or index.dtype != "i64":
+            raise _fail("cast", f"stochastic cast needs an i64 seed and i64 index, got {seed}, "
+                        f"{index}")
+        if broadcast_shapes("cast", _shape(index), _shape(ts[0])) != _shape(ts[0]):
+            raise _fail("cast", f"index {index} does not broadcast to {ts[0]}")
+    return _cast(ts[:1], a)
+
+
+def _philox(ts, a):
+    """Philox 4x32-10 word 0, keyed by the seed, of counter (index, 0): u32 random bits."""
+    if len(ts) != 2 or ts[0] != ScalarType("i64") or ts[1].dtype != "i64":
+        raise _fail("philox", f"needs an i64 seed and i64 indices, got {', '.join(map(str, ts))}")
+    return _cast(ts[1:], CastAttrs("u32"))
 
 
 def _codes(ts, a):
@@ -367,7 +394,7 @@ _def("const", ConstAttrs, _const)
 _def("block_id", AxisAttrs, _block_id)
 _def("full", FullAttrs, _full)
 _def("arange", ArangeAttrs, _arange)
-_def("cast", CastAttrs, _cast)
+_def("cast", CastAttrs, _cast_op)
 _def("bitcast", CastAttrs, _cast)
 _def("codes", CastAttrs, _codes)
 _def("where", VecAttrs, _where)
@@ -390,6 +417,7 @@ _def("load_shared", MemAttrs, _loader("load_shared"))
 _def("store_shared", MemAttrs, _storer("store_shared"))
 _def("sync", Attrs, _none)
 _def("from_codes", CastAttrs, _from_codes)
+_def("philox", VecAttrs, _philox)
 _def("store_codes", CodesAttrs, _store_codes)
 
 # the only ops that take a shared tile (memory, not a value) as an operand: their first

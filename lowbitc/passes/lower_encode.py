@@ -9,7 +9,9 @@ values, and tiles of codes move to and from packed tensors as integer codes.
   binary search (`lut` + compare + `where`, 8 steps for 256 codes) counts the thresholds x
   reaches; a second table (or, for integers, an add) maps that index to its code. Signed
   zero, NaN and infinities are patched with selects where the format has codes for them.
-  `encode` itself is the oracle for every tie and special case.
+  `encode` itself is the oracle for every tie and special case. Other rounding modes
+  (`cast(x, F, rounding=...)`) swap in their thresholds (lowbitc.rounding); stochastic casts
+  add one step: the "down" neighbour moves up where `u * gap < x - lower`, u from `philox`.
 - a `load` of a packed tensor that is not a decode becomes `load_codes` (i32 codes);
 - `store` of a format tile into a packed tensor becomes `store_codes` of its i32 codes.
 
@@ -29,6 +31,7 @@ from lowbitc.ir.core import Op, Value
 from lowbitc.ir.opdefs import CastAttrs, CodesAttrs, ConstAttrs, LutAttrs
 from lowbitc.ir.types import TensorType, TileType, is_machine
 from lowbitc.passes.base import Defs, register, rewrite
+from lowbitc.rounding import plan as rounding_plan
 from lowbitc.signature import format_bits
 
 
@@ -49,15 +52,18 @@ def _enc(fmt, x: float) -> int:
     return int(fmt.encode(np.array([x], np.float64))[0])
 
 
-def encode_plan(fmt, dtype: str) -> EncodePlan:
-    """The tables for encoding values compared as `dtype` ("f32" or "f64")."""
+def encode_plan(fmt, dtype: str, rounding: str = "nearest_even") -> EncodePlan:
+    """The tables for encoding values compared as `dtype` ("f32" or "f64") in a rounding mode
+    (stochastic: the "down" thresholds; see lowbitc.rounding)."""
     ft = np.float32 if dtype == "f32" else np.float64
     table = fmt.values().astype(np.float64)
     finite = table[np.isfinite(table)]
     values = np.unique(np.where(finite == 0, 0.0, finite))  # -0 and 0 are one value
     codes = tuple(_enc(fmt, v) for v in values)
     thresholds = []
-    for j in range(len(values) - 1):
+    if rounding != "nearest_even":
+        thresholds = [float(t) for t in rounding_plan(fmt, rounding, dtype).thresholds]
+    for j in range(len(values) - 1 if rounding == "nearest_even" else 0):
         mid = (values[j] + values[j + 1]) / 2
         t = ft(mid)
         if float(t) < mid:  # not a `dtype` number: x >= (the next one up) means x > mid
@@ -105,17 +111,34 @@ def _code_of_index(b: Builder, idx: Value, plan: EncodePlan, bits: int, k) -> Va
     return b.emit("lut", idx, attrs=LutAttrs("i32", tuple(float(x) for x in plan.codes)))
 
 
-def encode_codes(b: Builder, x: Value, fmt) -> Value:
-    """Ops turning machine values x into i32 codes of `fmt` (exactly fmt.encode)."""
+def _stochastic_step(b: Builder, xv: Value, idx: Value, fmt, dt: str, rnd: tuple, k) -> Value:
+    """Move the "down" neighbour's index up by one where `u * gap < x - lower`, u from Philox
+    of (seed, index): exactly lowbitc.rounding's host rule, in the same type."""
+    p = rounding_plan(fmt, "stochastic", dt)
+    lower = b.emit("lut", idx, attrs=LutAttrs(dt, tuple(float(v) for v in p.values)))
+    gaps = tuple(math.nan if g != g else float(g) for g in p.gaps)  # (one NaN: equal attrs)
+    gap = b.emit("lut", idx, attrs=LutAttrs(dt, gaps))  # gap * 2^-24, NaN at the top
+    bits = b.emit("shr", b.emit("philox", *rnd), k(8, "u32"))
+    u24 = b.emit("cast", bits, attrs=CastAttrs(dt))
+    go = b.emit("lt", b.emit("mul", u24, gap), b.emit("sub", xv, lower))  # NaN gap at the top
+    return b.emit("where", go, b.emit("add", idx, k(1)), idx)
+
+
+def encode_codes(b: Builder, x: Value, fmt, rounding: str = "nearest_even",
+                 rnd: tuple[Value, Value] = ()) -> Value:
+    """Ops turning machine values x into i32 codes of `fmt` (exactly fmt.encode in that
+    rounding mode; `rnd` = (seed, index) operands of a stochastic cast)."""
     src = x.type.dtype
     dt = compare_dtype(src)
-    plan = encode_plan(fmt, dt)
+    plan = encode_plan(fmt, dt, rounding)
     xv = x if src == dt else b.emit("cast", x, attrs=CastAttrs(dt))
 
     def k(value, dtype: str = "i32") -> Value:
         return b.emit("const", attrs=ConstAttrs(dtype, value))
 
     idx = _value_index(b, xv, plan, dt, k)
+    if rounding == "stochastic":
+        idx = _stochastic_step(b, xv, idx, fmt, dt, rnd, k)
     code = _code_of_index(b, idx, plan, fmt.bits, k)
     if plan.neg_zero >= 0 or -1 not in plan.nan or plan.inf[0] >= 0:
         bits = "i32" if dt == "f32" else "i64"
@@ -157,7 +180,8 @@ def _rule(op: Op, b: Builder, defs: Defs):
     o = op.opcode
     if o == "cast" and not is_machine(op.attrs.dtype) and is_machine(op.operands[0].type.dtype):
         fmt = format_of(op.attrs.dtype)
-        return (_from_codes(b, encode_codes(b, op.operands[0], fmt), fmt.name, defs),)
+        codes = encode_codes(b, op.operands[0], fmt, op.attrs.rounding, op.operands[1:])
+        return (_from_codes(b, codes, fmt.name, defs),)
     if o == "load" and _is_packed(op.operands[0]) and isinstance(op.results[0].type, TileType):
         t = op.operands[0].type
         attrs = CodesAttrs(format_bits(t.dtype), "i32", op.attrs.sizes, op.attrs.masked)

@@ -22,7 +22,7 @@ from lowbitc.ir.opdefs import ELEMENTWISE
 from lowbitc.ir.types import TileType, bit_width, is_machine
 from lowbitc.passes.base import register, rewrite
 
-VECTOR_OPS = ELEMENTWISE | {"cast", "bitcast", "where"}
+VECTOR_OPS = ELEMENTWISE | {"cast", "bitcast", "where", "philox"}
 SCALAR_DTYPES = frozenset({"f16"})
 _COMPUTE_BITS = {"bool": 8, "bf16": 32}  # bytes in memory; bf16 arithmetic runs in f32
 
@@ -43,6 +43,8 @@ def vector_width(op: Op, bits: int) -> int:
     """The width (>= 1) of the vectors `op` is emitted with on a `bits`-bit vector target."""
     res = op.results[0].type
     dtypes = {v.type.dtype for v in op.operands + op.results}
+    if op.opcode == "philox":  # 32-bit lanes; the i64 seed and index are only split in two
+        dtypes = {"u32"}
     if any(not is_machine(d) or d in SCALAR_DTYPES for d in dtypes):
         return 1
     widest = max(_COMPUTE_BITS.get(d, bit_width(d)) for d in dtypes)

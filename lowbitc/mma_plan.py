@@ -1,0 +1,43 @@
+"""When the shipped matmul runs on tensor cores (`kernels/matmul_mma.lbk`), and its tiles.
+
+On backend="cuda", f16 activations take the mma kernel when every code value of the weight
+format is a finite f16 (|v| <= 65504, nonzero values >= 2^-24: codes enter the dot as f16);
+group scales and zero points are applied in f32 to each group's partial sums. Other formats
+(f8e8m0fnu, code books with values beyond f16) and f32 activations keep `matmul.lbk`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F16_MAX = 65504.0
+F16_TINY = 2.0**-24
+# threads per block: 4 warps on a GPU; one warp in the simulator (each thread is a Python
+# thread there)
+MMA_THREADS, MMA_SIM_THREADS = 128, 32
+
+
+def mma_format(wtype) -> bool:
+    """Every code value of `wtype` is a finite f16 (so the dot of f16 tiles is exact in it)."""
+    v = np.asarray(wtype.values(), np.float64)
+    if not np.all(np.isfinite(v)):
+        v = v[np.isfinite(v)]  # NaN codes (fn formats) are never produced by quantize
+    nz = np.abs(v[v != 0])
+    return bool(np.all(np.abs(v) <= F16_MAX) and np.all(nz >= F16_TINY))
+
+
+def simulator() -> bool:
+    try:
+        from numba.cuda import config
+    except ImportError:
+        return False
+    return bool(config.ENABLE_CUDASIM)
+
+
+def mma_params(M: int, wtype, group: int, zero_point: bool) -> dict:
+    """Tiles of matmul_mma: 16 x 8 x 16 multiples; BK the largest of 128/64/32/16 dividing the
+    group (the rest of a K tile past the group would be masked away); BM 16 (M <= 16), 32, 64."""
+    bk = next(b for b in (128, 64, 32, 16) if group % b == 0 or b == 16)
+    bm = 16 if M <= 16 else 32 if M <= 32 else 64
+    threads = MMA_SIM_THREADS if simulator() else MMA_THREADS
+    return {"W": wtype, "ZP": bool(zero_point), "BM": bm, "BN": 32, "BK": bk, "TH": threads}

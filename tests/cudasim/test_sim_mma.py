@@ -1,0 +1,126 @@
+"""The tensor-core matmul (kernels/matmul_mma.lbk: `dot` of f16 tiles lowered to
+mma.sync m16n8k16) in Numba's CUDA simulator, through the shipped `ops.matmul` with f16
+activations, against float64 numpy and the interpreter.
+
+Tolerance, derived: activations are f16 and every code value of these formats is exactly an
+f16 except nf4's and the code book's (rounded once to f16: relative error <= 2^-11 per
+weight); f16 x f16 products are exact in f32 and mma accumulates in f32, so K terms in
+any order are within K * 2^-24 (relative, of sum |x * v|) of the exact sum; the group scale
+and zero point are applied in f32 (a few more 2^-24). Per output:
+  |y - exact| <= (2^-11 [rounded formats] + (K + 8) * 2^-24) * sum_k |x_k * s_k * v_k|
+where v is the code value, s the group's scale (zero point terms are added to the budget as
+|s * z * sum x|). Against the interpreter (which rounds values to f16 the same way and sums
+in float64) the 2^-11 term drops out.
+
+Run only in a process with NUMBA_ENABLE_CUDASIM=1 (tests/test_cuda_mma.py starts one).
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+import lowbitc
+from lowbitc import ops
+from lowbitc.quant import quantize
+
+pytestmark = pytest.mark.cudasim
+assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run through tests/test_cuda_mma.py"
+
+BOOK = lowbitc.codebook([-1.5, -0.5, 0.0, 0.25, 0.5, 1.0, 1.000244140625, 2.0], name="mmabook")
+ROUNDED = {"nf4", "mmabook"}  # code values not exact in f16
+# (format, M, N, K, group, zero points): N and K odd or not multiples of the 32 x 16 tiles,
+# K % group != 0 gives a partial last group
+CASES = [
+    ("u1", 5, 9, 70, 32, False), ("u2", 1, 33, 96, 32, True), ("u3", 16, 7, 45, 32, True),
+    ("u4", 1, 40, 200, 64, False), ("u4", 5, 11, 80, 32, True), ("u4", 33, 9, 150, 128, True),
+    ("u4", 16, 32, 128, 64, False), ("u5", 5, 6, 45, 32, False), ("u6", 1, 6, 70, 64, True),
+    ("u7", 5, 5, 45, 32, False), ("u8", 16, 5, 33, 32, True), ("i2", 5, 7, 64, 32, False),
+    ("i4", 33, 6, 96, 64, False), ("b1", 5, 9, 45, 32, False), ("b3", 1, 5, 70, 64, False),
+    ("f4e2m1fn", 5, 9, 45, 32, False), ("f6e3m2fn", 16, 5, 45, 32, False),
+    ("f6e2m3fn", 5, 5, 64, 32, False), ("f8e4m3fn", 1, 9, 45, 32, False),
+    ("f8e5m2", 5, 4, 37, 32, False), ("nf4", 5, 6, 130, 128, False),
+    ("mmabook", 1, 4, 40, 32, False),
+]
+
+
+def _qw(name, n, k, group, zp, seed=0):
+    w = np.random.default_rng(seed).standard_normal((n, k)).astype(np.float32)
+    return quantize(w, BOOK if name == "mmabook" else name, group, zero_point=zp)
+
+
+def _budget(x, qw, rounded: bool) -> np.ndarray:
+    """The per-output error bound of the module docstring."""
+    n, k = qw.shape
+    g = qw.group_size
+    cols = np.arange(k) // g
+    values = qw.dtype.values()[qw.codes.astype(np.int64)]  # code values [N, K]
+    s = qw.scales[:, cols].astype(np.float64)
+    mass = np.abs(x.astype(np.float64)) @ np.abs(values * s).T
+    if qw.zeros is not None:
+        mass += np.abs(x.astype(np.float64)) @ np.abs(qw.zeros[:, cols] * s).T
+    rel = (2.0**-11 if rounded else 0.0) + (k + 8) * 2.0**-24
+    return rel * mass + 1e-30
+
+
+@pytest.mark.parametrize("name,m,n,k,group,zp", CASES)
+def test_mma_matmul_matches_numpy_and_interpreter(name, m, n, k, group, zp):
+    qw = _qw(name, n, k, group, zp)
+    x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float16)
+    name_, params = ops.matmul_choice(m, n, k, qw, "f16", backend="cuda")
+    assert name_ == "matmul_mma"
+    y = ops.matmul(x, qw, backend="cuda")
+    exact = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
+    err = np.abs(y - exact)
+    assert np.all(err <= _budget(x, qw, name in ROUNDED)), (name, err.max())
+    kern = ops.get_kernel("matmul_mma", "cuda", **params)
+    assert "mma_f16(" in kern.text("python")
+    want = np.zeros((m, n), np.float32)
+    zeros = qw.zeros if zp else np.zeros((1, 1), np.float32)
+    kern.interpret(x, ops.weight_storage(qw, kern), qw.scales, zeros, want, group, K=k)
+    assert np.all(np.abs(y - want) <= _budget(x, qw, False)), name
+
+
+def test_formats_beyond_f16_keep_the_simt_kernel():
+    qw = _qw("f8e8m0fnu", 3, 64, 32, False)
+    assert ops.matmul_choice(2, 3, 64, qw, "f16", backend="cuda")[0] == "matmul"
+    assert ops.matmul_choice(2, 3, 64, _qw("u4", 3, 64, 32, False), "f32",
+                              backend="cuda")[0] == "matmul"
+
+
+def test_tutorial_example_runs_on_tensor_cores():
+    """examples/tc_gemm.lbk (docs/tutorial.md section 7) on backend="cuda": the mma path,
+    against float64 numpy within K f32 roundings of sum |x * w| (its values are exact f16)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "run_examples.py"
+    spec = importlib.util.spec_from_file_location("run_examples", path)
+    run_examples = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_examples)
+    seen = []
+
+    def run(k, *args, **kwargs):
+        seen.append(k.text("python"))
+        k(*args, **kwargs)
+
+    got, want = run_examples.tc_gemm(run, np.random.default_rng(0), 5, 37, 70, 32,
+                                     backend="cuda")
+    assert "mma_f16(" in seen[0] and "ldmatrix_x4(" in seen[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=70 * 2.0**-24 * 8)
+
+
+IDOT = os.path.join(os.path.dirname(__file__), "idot.lbk")
+
+
+@pytest.mark.parametrize("m,n,k", [(20, 13, 100), (33, 16, 64)])
+def test_i8_dot_runs_on_s8_tensor_cores_exactly(m, n, k):
+    """A dot of i8 tiles into i32 is mma.sync m16n8k32 .s8: exact integer sums (edges read 0)."""
+    kern = lowbitc.compile(IDOT, backend="cuda")
+    assert "mma_s8(" in kern.text("python")
+    rng = np.random.default_rng(k)
+    x = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    w = rng.integers(-128, 128, (n, k)).astype(np.int8)
+    y = np.zeros((m, n), np.int32)
+    kern(x, w, y)
+    np.testing.assert_array_equal(y, x.astype(np.int64) @ w.astype(np.int64).T)

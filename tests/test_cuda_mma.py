@@ -1,0 +1,173 @@
+"""`dot` on tensor cores (backends/numba_cuda/mma_dot.py): the fragment layouts composed with
+the warp tiling, the ldmatrix rows and their bank conflicts (evaluated from the generated
+source), the shipped kernel's SASS through `lowbitc emit` (HMMA and LDSM present, no spills),
+and the simulator suite (tests/cudasim/test_sim_mma.py) in a process of its own."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cuda_checks import T, assemble_without_spills, needs_toolchain, run_simulator_suite
+
+import lowbitc
+from lowbitc import ops
+from lowbitc.backends.numba_cuda import mma_dot
+from lowbitc.backends.numba_cuda.backend import BACKEND
+from lowbitc.cli import main
+from lowbitc.layout.banks import ldmatrix_access
+from lowbitc.layout.mma import ldmatrix_dst
+from lowbitc.quant import quantize
+
+
+@pytest.mark.parametrize("M,N,threads", [(16, 32, 128), (64, 32, 128), (32, 64, 64),
+                                         (16, 8, 32), (48, 24, 96)])
+def test_thread_coords_reproduce_the_composed_layouts(M, N, threads):
+    t = mma_dot.Tiling(M, N, 64, *_grid(M, N, threads))
+    s8 = mma_dot.Tiling(M, N, 64, t.WM, t.WN, mma_dot.KINDS["s8"])
+    for tv in t.layouts() + s8.layouts():
+        assert tv.num_threads == threads and mma_dot.separable(tv)
+        exprs = mma_dot.thread_coords(tv, "tid")
+        for tid in range(threads):
+            assert tuple(eval(e, {"tid": tid}) for e in exprs) == tv(tid, 0)  # noqa: S307
+    a, b, c = t.layouts()
+    assert c.shape == (M, N) and a.shape == (M, 16) and b.shape == (16, N)
+    # every output element has exactly one owner; A and B rows are shared by the warp grid
+    assert sorted(c(tid, v) for tid in range(threads) for v in range(c.num_values)) == \
+        [(i, j) for i in range(M) for j in range(N)]
+
+
+def _grid(M, N, threads):
+    class _V:
+        def __init__(self, dtype, shape):
+            self.type = type("T", (), {"dtype": dtype, "shape": shape})()
+
+    op = type("Op", (), {"operands": (_V("f16", (M, 64)), _V("f16", (64, N)), _V("f32", (M, N))),
+                         "results": (_V("f32", (M, N)),)})()
+    t = mma_dot.mma_tiling(op, threads)
+    assert t is not None and t.WM * t.WN == threads // 32
+    return t.WM, t.WN
+
+
+def test_dots_that_stay_off_the_mma_path():
+    def op(a="f16", b="f16", acc="f32", M=16, N=32, K=64):
+        class _V:
+            def __init__(self, dtype, shape):
+                self.type = type("T", (), {"dtype": dtype, "shape": shape})()
+        return type("Op", (), {"operands": (_V(a, (M, K)), _V(b, (K, N)), _V(acc, (M, N))),
+                               "results": (_V(acc, (M, N)),)})()
+
+    assert mma_dot.mma_tiling(op(), 128) is not None
+    assert mma_dot.mma_tiling(op(a="f32", b="f32"), 128) is None  # not f16 operands
+    assert mma_dot.mma_tiling(op(acc="f16"), 128) is None  # not an f32 accumulator
+    assert mma_dot.mma_tiling(op(M=8), 128) is None  # M not a multiple of 16
+    assert mma_dot.mma_tiling(op(K=40), 128) is None  # K not a multiple of 16
+    assert mma_dot.mma_tiling(op(), 16) is None  # not whole warps
+    assert mma_dot.mma_tiling(op(N=8), 128) is None  # 1 tile, 4 warps: not evenly shared
+    s8 = mma_dot.mma_tiling(op(a="i8", b="i8", acc="i32"), 128)
+    assert s8 is not None and s8.kind.fn == "mma_s8" and s8.kind.k == 32
+    assert mma_dot.mma_tiling(op(a="i8", b="i8", acc="i32", K=48), 128) is None  # K % 32
+    assert mma_dot.mma_tiling(op(a="i8", b="i8", acc="f32"), 128) is None
+
+
+def test_bit_linear_expressions():
+    vals = [(t & 7) * 72 + ((t >> 3) & 1) * 8 + (t >> 5) * 576 for t in range(128)]
+    e = mma_dot.bit_linear(vals, "tid")
+    assert [eval(e, {"tid": t}) for t in range(128)] == vals  # noqa: S307
+    assert mma_dot.bit_linear([0, 1, 1, 0], "tid") is None  # xor: not a sum of bit terms
+    assert mma_dot.bit_linear([0, 1, 2], "tid") is None
+
+
+def _rendered(w="u4", **params):
+    k = ops.get_kernel("matmul_mma", "cuda", W=w, **params)
+    return k.text("python")
+
+
+@pytest.mark.parametrize("params", [{}, {"BM": 64, "BN": 64, "BK": 32}, {"TH": 64, "BN": 64}])
+def test_ldmatrix_rows_are_free_of_bank_conflicts(params):
+    """Evaluate each generated ldmatrix's element index for every thread of every warp and
+    k step: byte addresses of its 16-byte rows, counted by layout.banks (0 extra wavefronts),
+    and what the 32 lanes receive equals the fragment (checked against ldmatrix_dst)."""
+    src = _rendered(**params)
+    th = int(re.search(r"nthr = (\d+)", src).group(1))
+    bk = params.get("BK", 64)
+    sizes = dict(re.findall(r"(sb\d+) = cuda\.shared\.array\((\d+), F16", src))
+    defs = dict(re.findall(r"(li\d+) = (.+)", src))
+    calls = re.findall(r"ldmatrix_x(\d) *\((sb\d+), U32\((li\d+)(?: \+ (\d+))? \+ (ks\d+) \* 1\)\)",
+                       src)
+    assert calls and "mma_f16(" in src
+    for num, buf, li, off, _ in calls:
+        assert buf in sizes
+        for warp in range(th // 32):
+            for ks in range(0, bk, 16):
+                rows = [eval(defs[li], {"tid": warp * 32 + lane}) + int(off or 0) + ks  # noqa: S307
+                        for lane in range(32)]
+                assert all(0 <= r and r + 8 <= int(sizes[buf]) for r in rows)
+                assert ldmatrix_access([2 * r for r in rows], int(num)).conflicts == 0
+    assert ldmatrix_dst()(5, 1) == (1, 3)  # lane 5 holds row 1, halves 2 and 3 of a matrix
+
+
+@pytest.mark.parametrize("w,act,want", [("u4", "f16", "matmul_mma"), ("u4", "f32", "matmul"),
+                                         ("f8e8m0fnu", "f16", "matmul")])
+def test_emit_matmul_is_the_kernel_ops_runs(w, act, want, capsys):
+    argv = ["emit", "matmul", "--wtype", w, "--backend", "cuda", "-D", f"A={act}",
+            "--format", "ir"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith(f"kernel @{want}(")
+
+
+def _stats(w: str, arch: str, capsys) -> dict:
+    argv = ["emit", "matmul", "--wtype", w, "--backend", "cuda", "-D", "A=f16", "--arch", arch,
+            "--format", "stats"]
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.cuda_toolchain
+@needs_toolchain
+@pytest.mark.parametrize("w,arch", [("u4", "sm_80"), ("u4", "sm_90"), ("u3", "sm_90")])
+def test_mma_matmul_sass_has_hmma_and_ldsm_and_no_spills(w, arch, capsys):
+    st = _stats(w, arch, capsys)
+    assert st["spill_bytes"] == 0 and st["stack_bytes"] == 0
+    loop = st["mma_loop"]
+    # A by ldmatrix; u4's B decoded in registers (LOP3 + HFMA2 per f16x2 pair), u3's from
+    # shared memory by ldmatrix (its codes straddle words)
+    assert loop["hmma"] >= 4 and loop["sass_mix"].get("LDSM", 0) >= 4, loop
+    if w == "u4":
+        assert loop["sass_mix"].get("HFMA2", 0) >= 8 and loop["sass_mix"].get("STS", 0) < 20
+    assert loop["non_hmma_per_hmma"] == round((loop["instructions"] - loop["hmma"])
+                                              / loop["hmma"], 2)
+
+
+@pytest.mark.cuda_toolchain
+@needs_toolchain
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_i8_dot_assembles_to_imma_without_spills(arch):
+    k = lowbitc.compile(str(Path(__file__).parent / "cudasim" / "idot.lbk"), backend="cuda")
+    asm = assemble_without_spills(BACKEND.ptx(k.lowered, arch), arch)
+    assert "IMMA" in T.sass_mix(asm.cubin)
+
+
+def test_simulator_suite():
+    run_simulator_suite("test_sim_mma.py", passed=26)
+
+
+def test_weights_decode_into_b_registers():
+    """u4 (interleaved) and u2 codes reach the B fragment from one word per register: the
+    codes OR'ed into 1024's mantissas and one HFMA2, no shared tile for the weights; u3 (codes
+    straddle words) keeps the shared tile and ldmatrix; i4 adds the affine HFMA2."""
+    for w, direct in (("u4", True), ("u2", True), ("i4", True), ("u3", False)):
+        src = _rendered(w)
+        assert ("hfma2(" in src and "ldmatrix_x2(" not in src) == direct, w
+    assert "U32(0x64006400), 0xEA)" in _rendered("u4")  # interleaved: one lop3 per pair
+    assert "^ U32(0x80008)" in _rendered("i4")  # two's complement: flip the sign bit
+
+
+def test_mma_path_choice_on_the_host():
+    qw = quantize(np.ones((4, 64), np.float32), "u4", 32)
+    assert ops.matmul_kernel_name(qw.dtype, "f16", "cuda") == "matmul_mma"
+    assert ops.matmul_kernel_name(qw.dtype, "f32", "cuda") == "matmul"
+    assert ops.matmul_kernel_name(qw.dtype, "f16", "llvm") == "matmul"
