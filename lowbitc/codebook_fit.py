@@ -103,6 +103,13 @@ class CodebookFactory:
         return codebook(values, name)
 
     fit = staticmethod(fit)
+
+    @staticmethod
+    def fitter(bits: int, per: str = "row", group_size: int | None = None):
+        """A per-layer dtype for lowbitc.torch.quantize_: (weight, column weights) -> the
+        code book(s) `fit` gives, weighted by the layer's Hessian diagonal when calibrating."""
+        return lambda w, weights=None: fit(w, bits, weights, per, group_size)
+
     kmeans_1d = staticmethod(kmeans_1d)
 
     def __repr__(self) -> str:

@@ -106,11 +106,22 @@ def outlier_mask(w: np.ndarray, outliers, column_weights: np.ndarray | None = No
     """bool [N, K]: the weights `outliers=` keeps in float (None when it keeps none)."""
     how, amount = check_outliers(outliers)
     n, k = w.shape
+    cw = None
+    if column_weights is not None:
+        cw = np.asarray(column_weights, np.float64).ravel()
+        if cw.shape != (k,) or not (cw >= 0).all():
+            raise UserArgumentError(f"column_weights: expected [{k}] non-negative values, got "
+                                    f"shape {cw.shape}")
     if how == "fraction":
         count = int(round(amount * w.size))
         if count == 0:
             return None
-        flat = np.abs(w).ravel()
+        # the squared output error a weight's rounding can cause: w^2 times its input's
+        # mean square when known, else w^2 relative to its row's mean square
+        score = np.square(w.astype(np.float64))
+        score = score * cw if cw is not None else score / np.maximum(
+            score.mean(axis=1, keepdims=True), 1e-30)
+        flat = score.ravel()
         keep = np.argpartition(flat, flat.size - count)[flat.size - count:]
         mask = np.zeros(w.size, bool)
         mask[keep] = True
@@ -118,10 +129,7 @@ def outlier_mask(w: np.ndarray, outliers, column_weights: np.ndarray | None = No
     if amount > k:
         raise UserArgumentError(f"outliers: asked for {amount} columns of a weight with K = {k}")
     score = np.square(w.astype(np.float64)).sum(axis=0)
-    if column_weights is not None:
-        cw = np.asarray(column_weights, np.float64).ravel()
-        if cw.shape != (k,):
-            raise UserArgumentError(f"column_weights: expected [{k}], got shape {cw.shape}")
+    if cw is not None:
         score = score * cw
     cols = np.argsort(score, kind="stable")[k - amount:]
     mask = np.zeros((n, k), bool)

@@ -46,7 +46,12 @@ def test_fraction_keeps_the_largest_magnitudes_and_columns_keep_whole_columns():
     w = _weight()
     mask = outlier_mask(w, 0.01)
     assert mask.sum() == round(0.01 * w.size)
-    assert np.abs(w[mask]).min() >= np.abs(w[~mask]).max()
+    score = w.astype(np.float64) ** 2 / (w.astype(np.float64) ** 2).mean(axis=1, keepdims=True)
+    assert score[mask].min() >= score[~mask].max()  # largest relative to their row
+    cw = np.random.default_rng(3).uniform(0, 2, w.shape[1])
+    mask = outlier_mask(w, 0.01, cw)
+    score = w.astype(np.float64) ** 2 * cw  # largest output error with these activations
+    assert score[mask].min() >= score[~mask].max()
     cw = np.ones(w.shape[1])
     cw[7] = 1e6  # the activations make column 7 the most important
     cols = outlier_mask(w, "columns:2", cw)
