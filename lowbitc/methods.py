@@ -10,8 +10,8 @@ import dataclasses
 
 import numpy as np
 
-from lowbitc import hqq, mixture, outliers as out
-from lowbitc import quant
+from lowbitc import hqq, mixture, quant
+from lowbitc import outliers as out
 from lowbitc.codebook_fit import RowCodebooks
 from lowbitc.errors import UserArgumentError
 

@@ -18,6 +18,7 @@ import numpy as np
 from lowbitc.errors import UserArgumentError
 
 MAX_FRACTION = 0.1
+_prange = range  # numba.prange once _csr_kernel has compiled the sparse pass
 VALUE_DTYPES = {"f16": np.float16, "f32": np.float32}
 
 
@@ -68,12 +69,11 @@ class Sparse:
             from lowbitc.backends.numba_cuda import sparse  # noqa: PLC0415
             return sparse.matmul_add(self, x, y)
         if self.nnz:
-            prod = x[:, self.indices].astype(np.float32, copy=False)
-            prod *= self.values.astype(np.float32)
-            starts = self.indptr[:-1]
-            filled = np.diff(self.indptr) > 0
-            sums = np.add.reduceat(prod, starts[filled], axis=1)
-            y[:, filled] += sums
+            values = self.__dict__.get("_f32")
+            if values is None:  # converted once per weight, not per call
+                values = self.__dict__["_f32"] = self.values.astype(np.float32)
+            _csr_kernel()(np.ascontiguousarray(x, np.float32), self.indptr, self.indices,
+                          values, y)
         return y
 
     @property
@@ -154,3 +154,28 @@ def residual(w: np.ndarray, dense: np.ndarray, mask: np.ndarray,
     indptr = np.zeros(w.shape[0] + 1, np.int32)
     np.cumsum(np.bincount(rows, minlength=w.shape[0]), out=indptr[1:])
     return Sparse(w.shape, indptr, cols.astype(np.int32), values)
+
+
+_KERNEL: list = []
+
+
+def _csr_kernel():
+    """`_csr_matmul_add` compiled by numba on first use (numba's import is kept off the
+    import of lowbitc, as in lowbitc.quant)."""
+    global _prange
+    if not _KERNEL:
+        import numba  # noqa: PLC0415 - deliberate: lazy for start-up time, not for a cycle
+
+        _prange = numba.prange
+        _KERNEL.append(numba.njit(parallel=True, fastmath=True, cache=True)(_csr_matmul_add))
+    return _KERNEL[0]
+
+
+def _csr_matmul_add(x, indptr, indices, values, y):  # pragma: no cover (compiled)
+    """y[m, n] += sum over row n's entries j of values[j] * x[m, indices[j]]."""
+    for n in _prange(y.shape[1]):
+        for m in range(y.shape[0]):
+            acc = np.float32(0.0)
+            for j in range(indptr[n], indptr[n + 1]):
+                acc += values[j] * x[m, indices[j]]
+            y[m, n] += acc

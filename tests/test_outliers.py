@@ -3,14 +3,13 @@ matrix, ops.matmul's second pass on CPU and CUDA, save/load, bad input."""
 
 import numpy as np
 import pytest
+from cuda_checks import assemble_without_spills, needs_toolchain, run_simulator_suite
 
 import lowbitc
 from lowbitc import ops
 from lowbitc.errors import UserArgumentError
 from lowbitc.outliers import outlier_mask
 from lowbitc.quant import load
-
-from cuda_checks import assemble_without_spills, needs_toolchain, run_simulator_suite
 
 
 def _weight(n=48, k=160, seed=0):

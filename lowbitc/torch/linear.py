@@ -19,12 +19,12 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from lowbitc import formats
+from lowbitc.codebook_fit import RowCodebooks
 from lowbitc.dtypes import Format
 from lowbitc.dtypes import codebook as make_codebook
 from lowbitc.dtypes import dtype as lookup_dtype
 from lowbitc.errors import UserArgumentError
 from lowbitc.methods import quantize
-from lowbitc.codebook_fit import RowCodebooks
 from lowbitc.outliers import Sparse, outlier_mask
 from lowbitc.packing import unpack
 from lowbitc.quant import QTensor
