@@ -18,7 +18,6 @@ import numpy as np
 from lowbitc.errors import UserArgumentError
 
 MAX_FRACTION = 0.1
-_prange = range  # numba.prange once _csr_kernel has compiled the sparse pass
 VALUE_DTYPES = {"f16": np.float16, "f32": np.float32}
 
 
@@ -75,6 +74,9 @@ class Sparse:
             _csr_kernel()(np.ascontiguousarray(x, np.float32), self.indptr, self.indices,
                           values, y)
         return y
+
+    def copy(self) -> Sparse:
+        return Sparse(self.shape, self.indptr.copy(), self.indices.copy(), self.values.copy())
 
     @property
     def nbytes(self) -> int:
@@ -161,19 +163,18 @@ _KERNEL: list = []
 
 def _csr_kernel():
     """`_csr_matmul_add` compiled by numba on first use (numba's import is kept off the
-    import of lowbitc, as in lowbitc.quant)."""
-    global _prange
+    import of lowbitc, as in lowbitc.quant). One thread: numba's own pool would fight the
+    kernels' thread pool, whose workers still spin right after the dense pass."""
     if not _KERNEL:
         import numba  # noqa: PLC0415 - deliberate: lazy for start-up time, not for a cycle
 
-        _prange = numba.prange
-        _KERNEL.append(numba.njit(parallel=True, fastmath=True, cache=True)(_csr_matmul_add))
+        _KERNEL.append(numba.njit(fastmath=True, cache=True)(_csr_matmul_add))
     return _KERNEL[0]
 
 
 def _csr_matmul_add(x, indptr, indices, values, y):  # pragma: no cover (compiled)
     """y[m, n] += sum over row n's entries j of values[j] * x[m, indices[j]]."""
-    for n in _prange(y.shape[1]):
+    for n in range(y.shape[1]):
         for m in range(y.shape[0]):
             acc = np.float32(0.0)
             for j in range(indptr[n], indptr[n + 1]):

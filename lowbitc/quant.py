@@ -106,7 +106,7 @@ class QTensor:
         codes = self.codes.copy() if self.dtype.name in ("u8", "i8") else self.codes
         twin = QTensor(self.dtype, self.shape, self.group_size, codes,
                        self.scales.copy(), None if self.zeros is None else self.zeros.copy(),
-                       self.scale_dtype)
+                       self.scale_dtype, None if self.sparse is None else self.sparse.copy())
         if "packed" in self.__dict__:
             twin.__dict__["packed"] = self.packed.copy()
         twin.__dict__["_repacked"] = {
