@@ -74,7 +74,7 @@ ROWS: tuple[RowSpec, ...] = (
     ),
     *(
         RowSpec(
-            f"gemv_{f}_outliers", "outliers", f, 1,
+            f"outliers_gemv_{f}", "outliers", f, 1,
             Goal("within 1.3x of the same format without outliers", "speedup", ">=", 1 / 1.3),
             f"ops.matmul M=1 {f} g64 + 0.5% outliers (CSR second pass) vs {f} without",
         )
