@@ -19,6 +19,7 @@ from lowbitc.backends.llvm import (  # noqa: F401  (fill HANDLERS)
     ops_random,
     ops_shared,
 )
+from lowbitc.backends.llvm.bytedot import emit_byte_dot, plan_byte_dots
 from lowbitc.backends.llvm.columns import emit_column_dot, plan_columns
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
 from lowbitc.backends.llvm.fusion import SFENCE, emit_fused_store
@@ -107,7 +108,9 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
     cols = plan_columns(r)
     plans = defer_activations(r, plan_fusion(r, max_rows=None, skip=frozenset(cols)))
     stores = plan_store_fusion(r)
-    deferred = {id(d) for p in (*plans.values(), *stores.values(), *cols.values())
+    bytes_ = plan_byte_dots(r)
+    deferred = {id(d) for p in (*plans.values(), *stores.values(), *cols.values(),
+                                *bytes_.values())
                 for d in p.deferred}
     for p in (*plans.values(), *stores.values()):
         for d in p.deferred:
@@ -120,7 +123,9 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
             continue
         if op.opcode == "yield":
             return [env.get(v) for v in op.operands]
-        if op.opcode == "dot" and op.results[0].id in cols:
+        if op.opcode == "dot" and op.results[0].id in bytes_:
+            emit_byte_dot(env, bytes_[op.results[0].id])
+        elif op.opcode == "dot" and op.results[0].id in cols:
             emit_column_dot(env, cols[op.results[0].id], dot_into)
         elif op.opcode == "dot" and op.results[0].id in plans:
             emit_planned_dot(env, plans[op.results[0].id], dot_into)

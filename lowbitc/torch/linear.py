@@ -20,6 +20,7 @@ from torch import nn
 
 from lowbitc import formats
 from lowbitc.codebook_fit import RowCodebooks
+from lowbitc.a8 import check_act
 from lowbitc.dtypes import Format
 from lowbitc.dtypes import codebook as make_codebook
 from lowbitc.dtypes import dtype as lookup_dtype
@@ -66,13 +67,15 @@ def _eager(x: torch.Tensor) -> bool:
 
 class QuantLinear(nn.Module):
     """y = x @ dequantize(qweight).T + bias for x of shape [..., in_features] in float32,
-    float16 or bfloat16 (the output has x's dtype; accumulation is float32)."""
+    float16 or bfloat16 (the output has x's dtype; accumulation is float32). `act="i8"`
+    quantizes the activations to int8 in the kernel (lowbitc.ops.matmul's `act`)."""
 
     def __init__(self, in_features: int, out_features: int, dtype: str | Format,
                  group_size: int = 128, bias: bool = True, zero_point: bool = False,
                  scale_dtype: str = "f32", device: torch.device | str | None = None,
-                 outliers: int = 0, outlier_dtype: str = "f16"):
+                 outliers: int = 0, outlier_dtype: str = "f16", act: str = "f32"):
         super().__init__()
+        self.act = check_act(act)
         fmt = _format(dtype)
         if group_size < 1:
             raise UserArgumentError(f"group_size: expected an int >= 1, got {group_size}")
@@ -100,13 +103,14 @@ class QuantLinear(nn.Module):
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def from_qtensor(cls, qw: QTensor, bias: torch.Tensor | None = None) -> QuantLinear:
+    def from_qtensor(cls, qw: QTensor, bias: torch.Tensor | None = None,
+                     act: str = "f32") -> QuantLinear:
         """Wrap an existing QTensor (its storage is shared, not copied)."""
         if not isinstance(qw, QTensor):
             raise UserArgumentError(f"qw: expected a lowbitc QTensor, got {type(qw).__name__}")
         n, k = qw.shape
         m = cls(k, n, qw.dtype, qw.group_size, bias is not None, qw.zeros is not None,
-                qw.scale_dtype)
+                qw.scale_dtype, act=act)
         m.qdata = tops.weight_tensor(qw)
         m.scales = torch.from_numpy(qw.scales)
         m.zeros = None if qw.zeros is None else torch.from_numpy(qw.zeros)
@@ -122,7 +126,8 @@ class QuantLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, dtype: str | Format, group_size: int = 128,
-                    zero_point: bool | None = None, scale_dtype: str = "f32") -> QuantLinear:
+                    zero_point: bool | None = None, scale_dtype: str = "f32",
+                    act: str = "f32") -> QuantLinear:
         """Quantize `linear`'s weight group-wise along in_features. `zero_point=None` means
         True for unsigned integer formats (u1..u8, which cannot hold negative weights
         otherwise) and False for the rest."""
@@ -134,7 +139,7 @@ class QuantLinear(nn.Module):
             zero_point = fmt.kind == "uint"
         w = linear.weight.detach().to("cpu", torch.float32).numpy()
         qw = quantize(w, fmt, group_size, zero_point=zero_point, scale_dtype=scale_dtype)
-        return cls.from_qtensor(qw, linear.bias).to(linear.weight.device)
+        return cls.from_qtensor(qw, linear.bias, act).to(linear.weight.device)
 
     @classmethod
     def from_config(cls, config: dict, device: torch.device | str | None = None) -> QuantLinear:
@@ -143,7 +148,8 @@ class QuantLinear(nn.Module):
                if config.get("codebook") else config["format"])
         return cls(config["in_features"], config["out_features"], fmt, config["group_size"],
                    config["bias"], config["zero_point"], config["scale_dtype"], device,
-                   config.get("outliers", 0), config.get("outlier_dtype", "f16"))
+                   config.get("outliers", 0), config.get("outlier_dtype", "f16"),
+                   config.get("act", "f32"))
 
     def config(self) -> dict:
         """Everything besides the tensors needed to rebuild this module (JSON-friendly)."""
@@ -151,7 +157,7 @@ class QuantLinear(nn.Module):
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "format": self.format.name, "group_size": self.group_size,
                 "zero_point": self.zeros is not None, "scale_dtype": self.scale_dtype,
-                "bias": self.bias is not None,
+                "bias": self.bias is not None, "act": self.act,
                 "codebook": None if table is None else [float(v) for v in table],
                 "outliers": 0 if self.outlier_values is None else self.outlier_values.numel(),
                 "outlier_dtype": "f32" if getattr(self.outlier_values, "dtype", None)
@@ -206,7 +212,7 @@ class QuantLinear(nn.Module):
             y = self._matmul()(x2, self._parameters.get("bias"))  # None is not kept there
         else:
             y = torch.ops.lowbitc.matmul(x2, self.qdata, self.scales, self.zeros,
-                                         self.format.name, self.group_size, k)
+                                         self.format.name, self.group_size, k, self.act)
             if self.bias is not None:
                 y = y + self.bias
         if self.outlier_values is not None:  # the second pass: y += x @ outliers.T
@@ -224,7 +230,7 @@ class QuantLinear(nn.Module):
                 self._qtensor = None
             bound = self._bound = tops.BoundMatmul(b["qdata"], b["scales"], b["zeros"],
                                                    self.format.name, self.group_size,
-                                                   self.in_features)
+                                                   self.in_features, self.act)
         return bound
 
     # ------------------------------------------------------------ module plumbing
@@ -248,9 +254,10 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         zp = ", zero_point=True" if self.zeros is not None else ""
+        act = f", act={self.act!r}" if self.act != "f32" else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, dtype={self.format.name}, "
-                f"group_size={self.group_size}{zp}")
+                f"group_size={self.group_size}{zp}{act}")
 
 
 # ---------------------------------------------------------------- whole models
@@ -273,7 +280,7 @@ def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
 def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
               zero_point: bool | None = None, scale_dtype: str = "f32",
               calibrate: Callable[[nn.Module], object] | None = None, outliers=None,
-              method: str = "rtn", outlier_dtype: str = "f16") -> int:
+              method: str = "rtn", outlier_dtype: str = "f16", act: str = "f32") -> int:
     """Replace every nn.Linear in `model` (in place) by a QuantLinear; returns how many.
 
     `skip` is a callable (qualified name, module) -> bool, or fnmatch patterns of names to
@@ -283,8 +290,10 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
     instead of round-to-nearest; see lowbitc.torch.gptq. `dtype`, `outliers` and `method` are
     lowbitc.quantize's (a list of formats or per-row code books give TableLinear layers);
     `dtype` may also be a function (weight [N, K], column weights [K] or None) -> dtype, e.g.
-    `lowbitc.codebook.fitter(3, per="row")`, called per layer.
+    `lowbitc.codebook.fitter(3, per="row")`, called per layer. `act="i8"`: the layers quantize
+    their activations to int8 (QuantLinear's `act`; TableLinear layers keep f32).
     """
+    check_act(act)
     drop = _skipper(skip)
     targets = [(name, m) for name, m in model.named_modules()
                if isinstance(m, nn.Linear)
@@ -296,13 +305,13 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
         h = hessians.get(name)
         new = _quantized(m, dtype, group_size, zero_point, scale_dtype, h,
                          {"outliers": outliers, "method": method,
-                          "outlier_dtype": outlier_dtype})
+                          "outlier_dtype": outlier_dtype}, act)
         _set_child(model, name, new.to(m.weight.device))
     return len(targets)
 
 
 def _quantized(m: nn.Linear, dtype, group_size, zero_point, scale_dtype, hessian,
-               options: dict) -> nn.Module:
+               options: dict, act: str = "f32") -> nn.Module:
     """One layer's replacement: GPTQ when there is a Hessian and one format, else quantize."""
     w = m.weight.detach().to("cpu", torch.float32).numpy()
     diag = None if hessian is None else torch.diagonal(hessian).numpy()
@@ -320,7 +329,7 @@ def _quantized(m: nn.Linear, dtype, group_size, zero_point, scale_dtype, hessian
         mask = outlier_mask(w, options["outliers"], diag)
         qw = gptq_quantize(m.weight, hessian, fmt, group_size, zp, scale_dtype, mask=mask,
                            outlier_dtype=options["outlier_dtype"])
-    return QuantLinear.from_qtensor(qw, m.bias)
+    return QuantLinear.from_qtensor(qw, m.bias, act)
 
 
 def save_quantized(model: nn.Module, path: str) -> None:
