@@ -19,8 +19,8 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from lowbitc import formats
-from lowbitc.codebook_fit import RowCodebooks
 from lowbitc.a8 import check_act
+from lowbitc.codebook_fit import RowCodebooks
 from lowbitc.dtypes import Format
 from lowbitc.dtypes import codebook as make_codebook
 from lowbitc.dtypes import dtype as lookup_dtype
