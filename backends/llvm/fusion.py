@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lowbitc.backends.llvm import decode
+from lowbitc.backends.llvm import decode, window
 from lowbitc.backends.llvm import lanes as lanes_packing
 from lowbitc.backends.llvm import rows as rows_packing
 from lowbitc.backends.llvm.decode import gather, lookup
@@ -57,7 +57,17 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
     starts = [env.get(v) for v in codes.operands[1:3]]
     fast, slow, done = em.label("fused"), em.label("unfused"), em.label("dotted")
     by_rows = isinstance(t.packing, RowsPacking)
-    if by_rows and (fast_path is not None or plan.root.id not in plan.tables):
+    if len(codes.attrs.sizes) != 2:  # a 2-D window of a higher-rank tensor: canonical only
+        if t.packing is not None or fast_path is not None or not isinstance(abuf, Buf) \
+                or not abuf.contiguous:
+            em.br(slow)
+        else:
+            t, starts, ok = window.view(env, codes, t)
+            em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
+            em.start_block(fast)
+            _fused(env, plan, abuf, out, t, starts)
+            em.br(done)
+    elif by_rows and (fast_path is not None or plan.root.id not in plan.tables):
         em.br(slow)  # the rows packing's fused dot takes weights that are a table of the code
     elif isinstance(abuf, Buf) and abuf.contiguous:
         if by_rows:
@@ -197,7 +207,7 @@ def _prefetch_next(em: Emitter, plan: Plan, t, starts: list[str], n: str, bk: in
 def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     em = env.em
     m = abuf.shape[0]
-    bn, bk = plan.codes.attrs.sizes
+    bn, bk = window.kept(plan.codes.attrs.sizes)
     lanes = acc_lanes(m)
     va = f"<{lanes} x float>"
     zero = "zeroinitializer"
@@ -323,7 +333,7 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
     leaf = plan.codes.results[0]
     vals = {leaf.id: codes if plan.codes.opcode == "load" else
             _retype(em, codes, plan.codes.attrs.dtype)}
-    shape = plan.codes.attrs.sizes
+    shape = window.kept(plan.codes.attrs.sizes)
     for op in plan.tree:
         table = plan.tables.get(op.results[0].id)
         if table is not None:  # a function of the code alone: one in-register lookup
