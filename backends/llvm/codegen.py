@@ -19,6 +19,7 @@ from lowbitc.backends.llvm import (  # noqa: F401  (fill HANDLERS)
     ops_random,
     ops_shared,
 )
+from lowbitc.backends.llvm.axpy import emit_axpy, plan_axpy
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
 from lowbitc.backends.llvm.fusion import SFENCE, emit_fused_store
 from lowbitc.backends.llvm.fusion_plan import plan_fusion, plan_store_fusion
@@ -103,8 +104,10 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
     for a, v in zip(r.args, args):
         env.bind(a, v)
     plans = defer_activations(r, plan_fusion(r, max_rows=None))
+    axpys = {k: p for k, p in plan_axpy(r).items() if k not in plans}
     stores = plan_store_fusion(r)
-    deferred = {id(d) for p in (*plans.values(), *stores.values()) for d in p.deferred}
+    deferred = {id(d) for p in (*plans.values(), *axpys.values(), *stores.values())
+                for d in p.deferred}
     for op in r.ops:
         if id(op) in deferred:
             continue
@@ -112,6 +115,8 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
             return [env.get(v) for v in op.operands]
         if op.opcode == "dot" and op.results[0].id in plans:
             emit_planned_dot(env, plans[op.results[0].id], dot_into)
+        elif op.opcode == "dot" and op.results[0].id in axpys:
+            emit_axpy(env, axpys[op.results[0].id], dot_into)
         elif op.opcode == "store" and id(op) in stores:
             emit_fused_store(env, stores[id(op)])
         elif op.opcode == "for":
