@@ -15,7 +15,8 @@ from __future__ import annotations
 from lowbitc.backends.llvm import window
 from lowbitc.backends.llvm.decode import code_tables
 from lowbitc.backends.llvm.emitter import Buf
-from lowbitc.backends.llvm.fusion import Plan, W, _eval_tree, _tree, _uses, codes_at
+from lowbitc.backends.llvm.fusion import _eval_tree, codes_at
+from lowbitc.backends.llvm.fusion_plan import Plan, W, _tree, _uses
 from lowbitc.backends.llvm.handlers import HANDLERS, Env
 from lowbitc.ir.core import Region
 from lowbitc.ir.types import TileType, is_float
