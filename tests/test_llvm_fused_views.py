@@ -36,14 +36,14 @@ kernel weighted[W: dtype = u4, D: int = 96](p: f32[H, T], v: W[T, H, D], y: f32[
 
 GEMV_KN = """
 kernel gemv_kn[W: dtype = u4](x: f32[2, K], w: W[K, N], y: f32[2, N])
-  grid (cdiv(N, 64))
+  grid (cdiv(N, 128))
 {
-  n = block.x * 64
-  acc = zeros(f32, [2, 64])
+  n = block.x * 128
+  acc = zeros(f32, [2, 128])
   for k in range(0, K, 32) {
-    acc = dot(load(x[:, k :+ 32]), cast(load(w[k :+ 32, n :+ 64]), f32), acc)
+    acc = dot(load(x[:, k :+ 32]), cast(load(w[k :+ 32, n :+ 128]), f32) * 0.5 - 3.0, acc)
   }
-  store(y[:, n :+ 64], acc)
+  store(y[:, n :+ 128], acc)
 }
 """
 
@@ -79,10 +79,12 @@ def test_a_window_of_3d_pages_takes_the_fused_dot(fmt):
     assert "fused" in k.text("llvm")  # the register dot's label: the fast path was emitted
 
 
-@pytest.mark.parametrize("fmt", ["u4", "u2", "u5"])
-def test_untransposed_codes_take_the_axpy_dot(fmt):
+# rows of 384 bits take the 32-code steps; whole 512-bit rows of 2 or 4 bits the lanes form
+@pytest.mark.parametrize("fmt,d", [("u4", 96), ("u2", 96), ("u5", 96), ("u4", 128),
+                                   ("u4", 256), ("u2", 256)])
+def test_untransposed_codes_take_the_axpy_dot(fmt, d):
     rng = np.random.default_rng(2)
-    t, h, d = 48, 2, 96
+    t, h = 48, 2
     codes, words = _codes(rng, fmt, (t, h, d))
     p = rng.random((h, t)).astype(np.float32)
     k = compile(WEIGHTED, W=fmt, D=d)
@@ -95,13 +97,13 @@ def test_untransposed_codes_take_the_axpy_dot(fmt):
 
 def test_axpy_dot_of_a_2d_weight_with_edge_windows():
     rng = np.random.default_rng(3)
-    kk, n = 64, 160  # the last block's window runs past N: the generic dot takes it
+    kk, n = 64, 320  # the last block's window runs past N: the generic dot takes it
     codes, words = _codes(rng, "u4", (kk, n))
     x = rng.standard_normal((2, kk)).astype(np.float32)
     k = compile(GEMV_KN, W="u4")
     y = np.zeros((2, n), np.float32)
     k(x, words, y)
-    np.testing.assert_allclose(y, x @ codes, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(y, x @ (codes * 0.5 - 3.0), rtol=1e-5, atol=1e-4)
     assert "axpy" in k.text("llvm")
 
 

@@ -12,7 +12,9 @@ windows run the deferred ops and the generic dot.
 
 from __future__ import annotations
 
-from lowbitc.backends.llvm import window
+import numpy as np
+
+from lowbitc.backends.llvm import decode, window
 from lowbitc.backends.llvm.decode import code_tables
 from lowbitc.backends.llvm.emitter import Buf
 from lowbitc.backends.llvm.fusion import _eval_tree, codes_at
@@ -73,7 +75,7 @@ def emit_axpy(env: Env, plan: Plan, generic_dot) -> None:
         t, starts, ok = window.view(env, codes, t)
         em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
         em.start_block(fast)
-        _fused(env, plan, abuf, out, t, starts)
+        (_fused_lanes if _by_lanes(plan, abuf) else _fused)(env, plan, abuf, out, t, starts)
         em.br(done)
     em.start_block(slow)
     for d in plan.deferred:
@@ -115,3 +117,78 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
             old = em.val(f"load {va}, ptr {p}, align 4")
             em.emit(f"store {va} {em.val(f'fadd {va} {old}, {accs[i * chunks + c]}')}, "
                     f"ptr {p}, align 4")
+
+
+def _by_lanes(plan: Plan, abuf: Buf) -> bool:
+    """Whether the lanes form applies: AVX-512, E a table of codes of 1, 2 or 4 bits, rows of
+    whole 512-bit registers, and every accumulator in a register."""
+    codes = plan.codes
+    if codes.opcode != "load_codes" or plan.root.id not in plan.tables or not decode.permutes():
+        return False
+    bits = codes.attrs.bits
+    n_cols = window.kept(codes.attrs.sizes)[1]
+    regs = abuf.shape[0] * n_cols // 16
+    return bits in (1, 2, 4) and n_cols * bits % 512 == 0 and regs <= 16
+
+
+def _fused_lanes(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
+    """The lanes form: a register of 16 words holds codes at P = 32 / bits positions per word;
+    shifting it right by `bits * pos` puts position pos of every word in the low bits, which a
+    16-entry permute of E's table (repeated to 16, so the bits above the code do not matter)
+    turns into 16 values at once: 3 instructions (shift, permute, FMA) per 16 codes. Lane j of
+    position pos accumulates output column 16 P z + P j + pos; one shuffle per row of `a`
+    puts the outputs in order at the end."""
+    em = env.em
+    m = abuf.shape[0]
+    bits = plan.codes.attrs.bits
+    k_rows, n_cols = window.kept(plan.codes.attrs.sizes)
+    per = 32 // bits  # codes per word
+    regs = n_cols * bits // 512  # 16-word registers per row
+    v16, i16 = "<16 x float>", "<16 x i32>"
+    table = np.resize(np.asarray(plan.tables[plan.root.id], np.uint32), 16)
+    tab = "<" + ", ".join(f"i32 {int(np.int32(w))}" for w in table) + ">"
+    em.declare(f"declare {i16} @llvm.x86.avx512.permvar.si.512({i16}, {i16})")
+    first = em.val(f"mul i64 {em.val(f'lshr i64 {starts[1]}, 5')}, {bits}")
+
+    def step(k: str, accs: list[str]) -> list[str]:
+        n = em.val(f"add i64 {starts[0]}, {k}")
+        row = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {first}")
+        splats = []
+        for i in range(m):
+            x = em.load_elem(abuf, em.offset([str(i), k], abuf.shape, abuf.strides))
+            ins = em.val(f"insertelement {v16} poison, float {x}, i64 0")
+            splats.append(em.val(f"shufflevector {v16} {ins}, {v16} poison, <16 x i32> "
+                                 "zeroinitializer"))
+        nxt = list(accs)
+        for z in range(regs):
+            p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 "
+                       f"{em.val(f'add i64 {row}, {16 * z}')}")
+            words = em.val(f"load {i16}, ptr {p}, align 4")
+            for pos in range(per):
+                idx = em.val(f"lshr {i16} {words}, splat (i32 {pos * bits})") if pos else words
+                w = em.val(f"call {i16} @llvm.x86.avx512.permvar.si.512({i16} {tab}, "
+                           f"{i16} {idx})")
+                w = em.val(f"bitcast {i16} {w} to {v16}")
+                for i in range(m):
+                    j = (i * regs + z) * per + pos
+                    prod = em.val(f"fmul reassoc contract {v16} {splats[i]}, {w}")
+                    nxt[j] = em.val(f"fadd reassoc contract {v16} {accs[j]}, {prod}")
+        return nxt
+
+    accs = em.loop("0", str(k_rows), None, carried=[(v16, "zeroinitializer")] * (m * regs * per),
+                   body_carried=step)
+    wide = 16 * per
+    vw = f"<{wide} x float>"
+    order = ", ".join(f"i32 {(c % per) * 16 + c // per}" for c in range(wide))
+    for i in range(m):
+        for z in range(regs):
+            vs = accs[(i * regs + z) * per:(i * regs + z + 1) * per]
+            while len(vs) > 1:  # concatenate the positions' registers, position-major
+                n = 16 * (per // len(vs)) * 2
+                lanes = ", ".join(f"i32 {q}" for q in range(n))
+                vs = [em.val(f"shufflevector <{n // 2} x float> {vs[q]}, <{n // 2} x float> "
+                             f"{vs[q + 1]}, <{n} x i32> <{lanes}>") for q in range(0, len(vs), 2)]
+            cols = em.val(f"shufflevector {vw} {vs[0]}, {vw} poison, <{wide} x i32> <{order}>")
+            q = em.gep(out, em.flat_index([str(i), str(z * wide)], out.shape))
+            old = em.val(f"load {vw}, ptr {q}, align 4")
+            em.emit(f"store {vw} {em.val(f'fadd {vw} {old}, {cols}')}, ptr {q}, align 4")
