@@ -64,10 +64,11 @@ def _codes(rng, fmt: str, shape) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.float32), words.reshape(*shape[:-1], -1)
 
 
-@pytest.mark.parametrize("fmt", ["u4", "u3"])
-def test_a_window_of_3d_pages_takes_the_fused_dot(fmt):
+# 64 codes of 3 or 4 bits: the 32-code steps; whole 512-bit rows of 2, 4 bits: the lanes form
+@pytest.mark.parametrize("fmt,d", [("u4", 64), ("u3", 64), ("u4", 128), ("u2", 256)])
+def test_a_window_of_3d_pages_takes_the_fused_dot(fmt, d):
     rng = np.random.default_rng(1)
-    t, h, d = 96, 3, 64
+    t, h = 96, 3
     codes, words = _codes(rng, fmt, (t, h, d))
     x = rng.standard_normal((1, d)).astype(np.float32)
     s = rng.standard_normal((h, d)).astype(np.float32)

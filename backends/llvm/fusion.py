@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lowbitc.backends.llvm import decode, window
+from lowbitc.backends.llvm import decode, lanes_dot, window
 from lowbitc.backends.llvm import lanes as lanes_packing
 from lowbitc.backends.llvm import rows as rows_packing
 from lowbitc.backends.llvm.decode import gather, lookup
@@ -65,7 +65,8 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
             t, starts, ok = window.view(env, codes, t)
             em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
             em.start_block(fast)
-            _fused(env, plan, abuf, out, t, starts)
+            fused = lanes_dot.emit if lanes_dot.applies(plan, abuf) else _fused
+            fused(env, plan, abuf, out, t, starts)
             em.br(done)
     elif by_rows and (fast_path is not None or plan.root.id not in plan.tables):
         em.br(slow)  # the rows packing's fused dot takes weights that are a table of the code
