@@ -124,3 +124,22 @@ def test_vector_exp_is_within_2_ulp_and_keeps_the_edges():
         want = np.exp(edges).astype(np.float32)
     want[2] = want[10] = 0.0  # e^-100 is subnormal in expf; 0 here (documented)
     np.testing.assert_array_equal(y, np.where(np.arange(64) % 8 == 2, 0.0, want))
+
+
+COLUMN = """
+kernel column(x: f32[H, T, C], y: f32[H, 8])
+  grid (H)
+{
+  h = block.x
+  store(y[h :+ 1, :], reshape(load(x[h, 4 :+ 8, 0 :+ 1]), [1, 8]))
+}
+"""
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_a_window_of_whole_rows_and_of_strided_rows_loads_the_same(c):
+    # c = 1: the 8 rows lie back to back (one copy); c = 3: a copy per row
+    x = np.random.default_rng(4).standard_normal((3, 16, c)).astype(np.float32)
+    y = np.zeros((3, 8), np.float32)
+    compile(COLUMN)(x, y)
+    np.testing.assert_array_equal(y, x[:, 4:12, 0])
