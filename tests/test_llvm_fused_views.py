@@ -1,5 +1,5 @@
 """The LLVM backend's fused paths beyond the transposed 2-D weight tile: 2-D windows of
-higher-rank packed tensors (backends/llvm/window.py), dots over untransposed codes
+higher-rank packed tensors (backends/llvm/fused_view.py), dots over untransposed codes
 (backends/llvm/axpy.py) and exp of f32 vectors in registers (backends/llvm/vexp.py)."""
 
 import numpy as np

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lowbitc.backends.llvm import decode, window
+from lowbitc.backends.llvm import decode, fused_view
 from lowbitc.backends.llvm.decode import code_tables
 from lowbitc.backends.llvm.emitter import Buf
 from lowbitc.backends.llvm.fusion import _eval_tree, codes_at
@@ -47,8 +47,8 @@ def plan_axpy(r: Region) -> dict[int, Plan]:
         tree, codes = found
         if not (e.shape[1] % W == 0 and is_float(e.dtype) and a.type.dtype == "f32"
                 and acc.type.dtype == "f32" and a.type.shape[0] * e.shape[1] <= MAX_OUT
-                and window.kept(codes.attrs.sizes) == e.shape and not codes.attrs.masked
-                and window.viewable(codes)):
+                and fused_view.kept(codes.attrs.sizes) == e.shape and not codes.attrs.masked
+                and fused_view.viewable(codes)):
             continue
         tree = sorted(tree, key=lambda o: order[id(o)])
         plans[op.results[0].id] = Plan(op, None, codes, tree,
@@ -72,7 +72,7 @@ def emit_axpy(env: Env, plan: Plan, generic_dot) -> None:
     if t.packing is not None or not isinstance(abuf, Buf):
         em.br(slow)
     else:
-        t, starts, ok = window.view(env, codes, t)
+        t, starts, ok = fused_view.view(env, codes, t)
         em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
         em.start_block(fast)
         (_fused_lanes if _by_lanes(plan, abuf) else _fused)(env, plan, abuf, out, t, starts)
@@ -88,7 +88,7 @@ def emit_axpy(env: Env, plan: Plan, generic_dot) -> None:
 def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     em = env.em
     m = abuf.shape[0]
-    k_rows, n_cols = window.kept(plan.codes.attrs.sizes)
+    k_rows, n_cols = fused_view.kept(plan.codes.attrs.sizes)
     chunks = n_cols // W
     va = f"<{W} x float>"
 
@@ -126,7 +126,7 @@ def _by_lanes(plan: Plan, abuf: Buf) -> bool:
     if codes.opcode != "load_codes" or plan.root.id not in plan.tables or not decode.permutes():
         return False
     bits = codes.attrs.bits
-    n_cols = window.kept(codes.attrs.sizes)[1]
+    n_cols = fused_view.kept(codes.attrs.sizes)[1]
     regs = abuf.shape[0] * n_cols // 16
     return bits in (1, 2, 4) and n_cols * bits % 512 == 0 and regs <= 16
 
@@ -141,7 +141,7 @@ def _fused_lanes(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]
     em = env.em
     m = abuf.shape[0]
     bits = plan.codes.attrs.bits
-    k_rows, n_cols = window.kept(plan.codes.attrs.sizes)
+    k_rows, n_cols = fused_view.kept(plan.codes.attrs.sizes)
     per = 32 // bits  # codes per word
     regs = n_cols * bits // 512  # 16-word registers per row
     v16, i16 = "<16 x float>", "<16 x i32>"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from lowbitc.backends.llvm import window
+from lowbitc.backends.llvm import fused_view
 from lowbitc.backends.llvm.decode import code_tables
 from lowbitc.ir.core import Op, Region, Value
 from lowbitc.ir.opdefs import ELEMENTWISE
@@ -84,8 +84,8 @@ def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS) -> dict[int, Plan]:
         if not (isinstance(e, TileType) and e.shape[1] % W == 0 and is_float(e.dtype)
                 and (max_rows is None or a.type.shape[0] <= max_rows)
                 and acc.type.dtype == "f32"
-                and window.kept(codes.attrs.sizes) == e.shape and not codes.attrs.masked
-                and window.viewable(codes)):
+                and fused_view.kept(codes.attrs.sizes) == e.shape and not codes.attrs.masked
+                and fused_view.viewable(codes)):
             continue
         order = {id(o): i for i, o in enumerate(r.ops)}
         tree = sorted(tree, key=lambda o: order[id(o)])  # program order: operands first

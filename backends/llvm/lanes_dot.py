@@ -1,5 +1,5 @@
 """The lanes form of the fused transposed dot (fusion.py) for 2-D windows of higher-rank
-packed tensors (window.py; a KV cache's keys `dot(q, transpose(K tile))`), the counterpart of
+packed tensors (fused_view.py; a KV cache's keys `dot(q, transpose(K tile))`), the counterpart of
 axpy.py's lanes form.
 
 A register of 16 words holds codes at P = 32 / bits positions per word; shifting it right by
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lowbitc.backends.llvm import decode, window
+from lowbitc.backends.llvm import decode, fused_view
 from lowbitc.backends.llvm.emitter import Buf
 from lowbitc.backends.llvm.fusion_plan import Plan
 from lowbitc.backends.llvm.handlers import Env
@@ -36,7 +36,7 @@ def applies(plan: Plan, abuf: Buf) -> bool:
             or not decode.permutes() or abuf.dtype != "f32" or not abuf.contiguous):
         return False
     bits = codes.attrs.bits
-    bn, bk = window.kept(codes.attrs.sizes)
+    bn, bk = fused_view.kept(codes.attrs.sizes)
     m = abuf.shape[0]
     return (bits in (1, 2, 4) and bk * bits % 512 == 0 and bn % _rows(m) == 0
             and m <= 2 and m * (bk * bits // 512) * (32 // bits) <= REGS)
@@ -47,7 +47,7 @@ def emit(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> Non
     m = abuf.shape[0]
     rows = _rows(m)
     bits = plan.codes.attrs.bits
-    bn, bk = window.kept(plan.codes.attrs.sizes)
+    bn, bk = fused_view.kept(plan.codes.attrs.sizes)
     per = 32 // bits
     regs = bk * bits // 512
     v16, i16 = "<16 x float>", "<16 x i32>"

@@ -1,4 +1,4 @@
-"""A packed load's window as a 2-D view, for the fused paths (fusion.py, axpy.py).
+"""A packed load's window as a 2-D view, for the fused paths (fusion.py, axpy.py, lanes_dot.py).
 
 The fused paths address codes as rows of one 2-D tensor: row n starts `n * strides[0]` words
 (bytes for u8/i8) from the pointer and column c at word `(c >> 5) * bits`. A window of a
