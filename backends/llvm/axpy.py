@@ -85,6 +85,18 @@ def emit_axpy(env: Env, plan: Plan, generic_dot) -> None:
     em.start_block(done)
 
 
+def _column(em, abuf: Buf, k: str, width: int) -> list[str]:
+    """Column k of `a`, each row's value broadcast to a <width x float> vector."""
+    vt = f"<{width} x float>"
+    out = []
+    for i in range(abuf.shape[0]):
+        x = em.load_elem(abuf, em.offset([str(i), k], abuf.shape, abuf.strides))
+        ins = em.val(f"insertelement {vt} poison, float {x}, i64 0")
+        out.append(em.val(f"shufflevector {vt} {ins}, {vt} poison, <{width} x i32> "
+                          "zeroinitializer"))
+    return out
+
+
 def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     em = env.em
     m = abuf.shape[0]
@@ -95,12 +107,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
     def step(k: str, accs: list[str]) -> list[str]:
         row = em.val(f"add i64 {starts[0]}, {k}")
         nxt = list(accs)
-        splats = []
-        for i in range(m):
-            x = em.load_elem(abuf, em.offset([str(i), k], abuf.shape, abuf.strides))
-            ins = em.val(f"insertelement {va} poison, float {x}, i64 0")
-            splats.append(em.val(f"shufflevector {va} {ins}, {va} poison, <{W} x i32> "
-                                 "zeroinitializer"))
+        splats = _column(em, abuf, k, W)
         for c in range(chunks):
             w = _eval_tree(env, plan, codes_at(em, plan, t, starts, row, str(c)), k, str(c))
             for i in range(m):
@@ -153,12 +160,7 @@ def _fused_lanes(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]
     def step(k: str, accs: list[str]) -> list[str]:
         n = em.val(f"add i64 {starts[0]}, {k}")
         row = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {first}")
-        splats = []
-        for i in range(m):
-            x = em.load_elem(abuf, em.offset([str(i), k], abuf.shape, abuf.strides))
-            ins = em.val(f"insertelement {v16} poison, float {x}, i64 0")
-            splats.append(em.val(f"shufflevector {v16} {ins}, {v16} poison, <16 x i32> "
-                                 "zeroinitializer"))
+        splats = _column(em, abuf, k, 16)
         nxt = list(accs)
         for z in range(regs):
             p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 "
