@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lowbitc import ops
+from lowbitc.interop import gptq
+from lowbitc.interop.ggml import ggml_to_qtensor
+from lowbitc.interop.kquants import quantize_blocks
 from lowbitc.ir.types import numpy_dtype
 from lowbitc.memory import weight_bytes
 from lowbitc.quant import QTensor, quantize
@@ -69,6 +72,15 @@ def activations(M: int, K: int, seed: int = 1, dtype: str = "f32") -> np.ndarray
 def quantized(w: np.ndarray, fmt: str, group_size: int) -> QTensor:
     """`w` quantized to `fmt`; unsigned integer formats get group-wise zero points."""
     return quantize(w, fmt, group_size, zero_point=fmt.startswith("u"))
+
+
+def imported(w: np.ndarray, source: str, group_size: int) -> QTensor:
+    """`w` written in another tool's format and read back as lowbitc does: a GGUF type name
+    (Q4_0, Q4_K, ...) or "GPTQ4" (4 bits, zero points, `group_size`)."""
+    if source == "GPTQ4":
+        return gptq.gptq_tensor("w", gptq.gptq_parts(gptq.gptq_quantize(w, 4, group_size)))\
+            .weight
+    return ggml_to_qtensor(source, quantize_blocks(w, source), w.shape[1])
 
 
 def _json_params(params: dict) -> dict:

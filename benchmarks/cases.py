@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 from lowbitc.errors import UserArgumentError
 
-__all__ = ["GEMV_FORMATS", "ROWS", "Goal", "RowSpec", "row_names", "select_rows"]
+__all__ = ["GEMV_FORMATS", "INTEROP_FORMATS", "ROWS", "Goal", "RowSpec", "row_names", "select_rows"]
 
 _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le}
 
@@ -36,7 +36,7 @@ class Goal:
 
 @dataclass(frozen=True)
 class RowSpec:
-    """One row: `kind` picks the measurement (gemv, torch, gemm, dequant, small)."""
+    """One row: `kind` picks the measurement (gemv, torch, gemm, dequant, small, interop)."""
 
     name: str
     kind: str
@@ -55,6 +55,7 @@ def _faster(x: float) -> Goal:
 GEMV_FORMATS = (
     "u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8", "f4e2m1fn", "f6e3m2fn", "f8e4m3fn", "nf4",
 )
+INTEROP_FORMATS = ("Q4_0", "Q4_K", "GPTQ4")  # GGUF types and a 4-bit GPTQ layer
 _GEMV_GOALS = {"u2": 6.0, "u3": 4.5, "u4": 4.0, "f4e2m1fn": 3.5}
 
 ROWS: tuple[RowSpec, ...] = (
@@ -83,6 +84,35 @@ ROWS: tuple[RowSpec, ...] = (
         "dequant_u3", "dequant", "u3", 0,
         Goal(">= 50% of the copy bandwidth", "bandwidth_fraction", ">=", 0.5),
         "ops.dequantize(qw, out=) u3 to fp32: (bytes read + written) / time vs np.copyto",
+    ),
+    *(
+        RowSpec(
+            f"repack_{f}", "repack", f, 1,
+            Goal("every call after the first within 1.2x of prepared words", "speedup", ">=",
+                 1 / 1.2),
+            f"user GEMV M=1 {f} on canonical words (cached transform, content digest per call) "
+            "vs on Kernel.prepare words",
+        )
+        for f in ("b2", "u4")
+    ),
+    *(
+        RowSpec(
+            f"user_{which}_M{m}", "user", fmt, m,
+            Goal("within 1.5x of ops.matmul on a QTensor of the same bytes", "speedup", ">=",
+                 1 / 1.5),
+            f"examples/user {which} kernel M={m} vs ops.matmul on a {fmt} QTensor",
+        )
+        for which, fmt in (("b2_act", "b2"), ("q8_0", "i8"), ("gptq", "u4"))
+        for m in (1, 16)
+    ),
+    *(
+        RowSpec(
+            f"interop_{f.lower()}", "interop", f, 1,
+            Goal("within 1.5x of lowbitc's own u4 GEMV", "speedup", ">=", 1 / 1.5),
+            f"ops.matmul M=1 on a {f} tensor read as lowbitc does (docs/interop.md) "
+            "vs ops.matmul u4 with zero points",
+        )
+        for f in INTEROP_FORMATS
     ),
     RowSpec(
         "ops_matmul_small", "small", "u4", 1,

@@ -12,6 +12,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
+
+import lowbitc
+from lowbitc import dtype, pack
 from lowbitc.quant import QTensor
 
 from . import candidates as cand
@@ -19,6 +23,7 @@ from .baselines import copy_baseline, numpy_gemm, read_baseline
 from .cases import GEMV_FORMATS, RowSpec
 from .config import Config
 from .harness import interleaved_stats
+from .user_cases import USER_GEMV, user_case, user_gemv_case
 
 __all__ = ["Binding", "Group", "copy_summary", "groups", "incache_summary", "measure",
            "read_summary"]
@@ -140,6 +145,21 @@ def _dequant_group(cfg: Config, specs: list[RowSpec]) -> Group:
     return grp
 
 
+def _interop_group(cfg: Config, specs: list[RowSpec]) -> Group:
+    """Other tools' 4-bit layers (exact lowbitc tensors) against lowbitc's own u4, same w, x."""
+    n, g = cfg.size, cfg.group_size
+    grp = Group(f"interop GEMV M=1, K=N={n}")
+    w, x = cand.weights(n, n, cfg.seed), cand.activations(1, n, cfg.seed + 1)
+    base = "lowbitc_gemv_u4_ref"
+    _streamed(cfg, grp, base, x, functools.cache(lambda: cand.quantized(w, "u4", g)))
+    for spec in specs:
+        key = f"lowbitc_interop_{spec.fmt}"
+        one = _streamed(cfg, grp, key, x,
+                        functools.cache(lambda f=spec.fmt: cand.imported(w, f, g)))
+        grp.bindings.append(Binding(spec, key, base, one))
+    return grp
+
+
 def _small_group(cfg: Config, spec: RowSpec) -> Group:
     n = cfg.small
     grp = Group(f"ops.matmul call overhead, M=1 K=N={n}")
@@ -148,6 +168,46 @@ def _small_group(cfg: Config, spec: RowSpec) -> Group:
     key = "lowbitc_small_u4"
     grp.add(key, lambda: cand.matmul_case(key, x, cand.quantized(w, spec.fmt, cfg.group_size)))
     grp.bindings.append(Binding(spec, key, "numpy_fp32_small"))
+    return grp
+
+
+def _repack_group(cfg: Config, specs: list[RowSpec]) -> Group:
+    """Per format: the user GEMV on canonical words vs on words prepared once."""
+    n = cfg.size
+    grp = Group(f"user GEMV on canonical vs prepared words, K=N={n}")
+    rng = np.random.default_rng(cfg.seed)
+    x = cand.activations(1, n, cfg.seed + 1)
+    for spec in specs:
+        fmt = dtype(spec.fmt)
+        codes = rng.integers(0, 1 << fmt.bits, (n, n), dtype=np.uint8)
+        canon = pack(codes, fmt.bits)
+        ref = x.astype(np.float64) @ fmt.decode(codes).astype(np.float64).T
+        k = lowbitc.compile(USER_GEMV, W=fmt)
+        prepared = k.prepare("w", canon)
+        key, base = f"user_canonical_{spec.fmt}", f"user_prepared_{spec.fmt}"
+        grp.add(key, lambda k=k, c=canon, r=ref, key=key:
+                user_gemv_case(key, k, x, c, r, c.nbytes))
+        grp.add(base, lambda k=k, p=prepared, r=ref, c=canon, base=base:
+                user_gemv_case(base, k, x, p, r, c.nbytes))
+        grp.bindings.append(Binding(spec, key, base))
+    return grp
+
+
+def _user_group(cfg: Config, spec: RowSpec) -> Group:
+    """An examples/user kernel and ops.matmul on a QTensor of the same format and bytes."""
+    which = spec.name[len("user_"):].rsplit("_M", 1)[0]
+    grp = Group(f"user kernel {which}, M={spec.M}, K=N={cfg.size}")
+    key, base = f"{spec.name}_kernel", f"{spec.name}_ops_matmul"
+    made: dict = {}
+
+    def kernel() -> cand.Timed:
+        made["t"], made["qw"], made["x"] = user_case(key, which, cfg.size, spec.M, cfg.seed)
+        return made["t"]
+
+    grp.add(key, kernel)
+    if "qw" in made:
+        grp.add(base, lambda: cand.matmul_case(base, made["x"], made["qw"]))
+    grp.bindings.append(Binding(spec, key, base))
     return grp
 
 
@@ -205,7 +265,13 @@ def groups(cfg: Config) -> Iterator[Callable[[], Group]]:
             yield lambda: incache_group(cfg, fmts)
     for spec in by_kind.get("gemm", []):
         yield lambda s=spec: _gemm_group(cfg, s)
+    if by_kind.get("interop"):
+        yield lambda: _interop_group(cfg, by_kind["interop"])
     yield lambda: _dequant_group(cfg, by_kind.get("dequant", []))  # copy bandwidth: always
+    for spec in by_kind.get("user", []):
+        yield lambda s=spec: _user_group(cfg, s)
+    if by_kind.get("repack"):
+        yield lambda: _repack_group(cfg, by_kind["repack"])
     for spec in by_kind.get("small", []):
         yield lambda s=spec: _small_group(cfg, s)
 

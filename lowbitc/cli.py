@@ -27,6 +27,8 @@ COMMANDS = {
     "bench": "benchmark the CPU GEMV/GEMM/dequant kernels against numpy, torch and memory copy",
     "tune": "search a kernel's tune choices for the fastest on a shape and remember the winner",
     "cache": "show or clear the persistent compile cache (~/.cache/lowbitc, LOWBITC_CACHE_DIR)",
+    "inspect": "list a GGUF / safetensors checkpoint's tensors: name, shape, format, group, "
+               "bytes, bits",
 }
 
 

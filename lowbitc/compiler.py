@@ -23,6 +23,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from lowbitc.backends import get_backend
 from lowbitc.cache import CacheKey, CacheWarning, default_cache
 from lowbitc.errors import DSLNameError, LowbitcError, UserArgumentError
@@ -110,10 +112,34 @@ class Kernel:
     def packings(self) -> dict[str, Packing]:
         """{param name: packing} of the params this kernel reads in a layout-specific packing
         (chosen by the bitpack-lanes pass, docs/packing.md). Such a param takes canonical
-        words (transformed on every call) or `PackedWords` in that packing
-        (`QTensor.packed_as(packing)`, transformed once and cached)."""
+        words (transformed on the first call with that array, then reused while a digest of
+        its contents is unchanged) or `PackedWords` in that packing (`prepare`)."""
         abi = getattr(self._exe, "abi", None)
         return abi.packings() if abi is not None else {}
+
+    def prepare(self, name: str, words: np.ndarray, count: int | None = None) -> object:
+        """The argument to pass for param `name` given its canonical words: `PackedWords` in
+        the kernel's packing for a param in `packings` (transformed now, once: calls with it
+        check nothing and transform nothing), else `words` unchanged. `count`: codes per row
+        (default: every code the last axis holds)."""
+        packing = self.packings.get(name)
+        if packing is None:
+            if name not in {p.name for p in self.ir.params}:
+                raise UserArgumentError(f"name: kernel {self.name} has no parameter {name!r}")
+            return words
+        if not isinstance(words, np.ndarray) or words.dtype != np.uint32 or words.ndim < 1:
+            raise UserArgumentError(
+                f"words: expected the canonical uint32 words of {name!r}, got "
+                f"{getattr(words, 'dtype', type(words).__name__)}")
+        most = words.shape[-1] * 32 // packing.bits
+        count = most if count is None else count
+        if not isinstance(count, int) or -(-count * packing.bits // 32) != words.shape[-1]:
+            raise UserArgumentError(
+                f"count: expected the number of {packing.bits}-bit codes per row that "
+                f"{words.shape[-1]} uint32 words hold (at most {most}), got {count!r}")
+        canon = np.ascontiguousarray(words).reshape(-1, words.shape[-1])
+        packed = packing.from_canonical(canon, count)
+        return PackedWords(packed.reshape(*words.shape[:-1], packed.shape[-1]), packing, count)
 
     def interpret(self, *args, **kwargs) -> None:
         """Run the numpy reference interpreter on the same arguments (the semantics)."""
@@ -125,6 +151,18 @@ class Kernel:
         names = [p.name for p in self.ir.params] + [""] * max(0, len(args) - len(self.ir.params))
         args = tuple(_canonical(a, packed.get(n)) for n, a in zip(names, args))
         run(self.ir, *args, **{n: _canonical(a, packed.get(n)) for n, a in kwargs.items()})
+
+    def explain(self) -> str:
+        """Per packed parameter the packing chosen, and per `dot`, `load` and `store` the path
+        the backend took, each fallback with its reason and source position (the passes and
+        the backend are run again, recording their decisions: lowbitc.explain)."""
+        from lowbitc.explain import recording, report
+        from lowbitc.passes import run_pipeline
+
+        be = get_backend(self.backend)
+        with recording() as notes:
+            be.emit(run_pipeline(self.ir, be.pipeline))
+        return report(self.name, self.backend, notes)
 
     def text(self, stage: str = "ir") -> str:
         """`ir` (tile IR), `lowered` (after passes) or the backend's own text (`llvm`, `ptx`)."""

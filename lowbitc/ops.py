@@ -23,6 +23,7 @@ from lowbitc.kernels import (  # noqa: F401 (re-exported: ops.get_kernel, ops._K
 )
 from lowbitc.kv.attention import attention_decode as kv_attention_decode
 from lowbitc.mma_plan import mma_format, mma_params
+from lowbitc.offset import OffsetQTensor, finish_dequantize, permute_input, subtract_offsets
 from lowbitc.quant import QTensor
 from lowbitc.tuned import tuned_config
 
@@ -151,6 +152,9 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
         raise UserArgumentError(f"x: expected K = {K} columns to match qw {qw.shape}, "
                                 f"got shape {x.shape}")
     x = np.ascontiguousarray(x)
+    if isinstance(qw, OffsetQTensor):  # the plain part through the kernel, then the offsets
+        xs = permute_input(qw, x)
+        return subtract_offsets(qw, xs, matmul(xs, qw.base, backend, out))
     M = x.shape[0]
     y = _out(out, (M, N))
     if M == 0 or N == 0:
@@ -205,6 +209,10 @@ def dequantize(qw: QTensor, backend: str = "llvm", out: np.ndarray | None = None
         odt = None
     if odt is None:
         raise UserArgumentError(f"out_dtype: expected float32 or float16, got {out_dtype!r}")
+    if isinstance(qw, OffsetQTensor):  # the plain part through the kernel, then the offsets
+        y = _out(out, qw.shape, np.dtype(out_dtype))
+        y[...] = finish_dequantize(qw, dequantize(qw.base, backend))  # f16: rounded once
+        return y
     y = _out(out, (N, K), np.dtype(out_dtype))
     if N == 0 or K == 0:
         return y

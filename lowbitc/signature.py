@@ -8,6 +8,7 @@ keyword when only packed tensors mention them) and must agree everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -84,11 +85,20 @@ def _check_tensor(p: Value, a: object, dims: dict[str, int], deferred: list) -> 
             _bind_dim(dims, d, n, f"argument {p.name!r} dim {i}")
 
 
+Repack = Callable[[Packing, np.ndarray, int], np.ndarray]
+
+
+def transform(packing: Packing, words: np.ndarray, count: int) -> np.ndarray:
+    """Canonical words -> `packing`, with no cache (the default `repack` of `bind`)."""
+    return packing.from_canonical(words, count)
+
+
 def bind(k: Kernel, args: tuple, kwargs: dict,
-         packings: dict[str, Packing] | None = None) -> Bound:
+         packings: dict[str, Packing] | None = None, repack: Repack = transform) -> Bound:
     """Match positional/keyword arguments to the kernel's params; infer and check dims.
     A param read in a layout-specific packing (`packings`, by name) takes the canonical words
-    (transformed here, on every call) or a `PackedWords` already in that packing."""
+    (given to `repack`, by default transformed on every call; a backend passes
+    `WordsCache.get`) or a `PackedWords` already in that packing."""
     packings = packings or {}
     names = [p.name for p in k.params]
     if len(args) > len(names):
@@ -146,7 +156,7 @@ def bind(k: Kernel, args: tuple, kwargs: dict,
                 f"{words_for(size, bits)} uint32 words, got {n}"
             )
         if packing is not None:  # canonical words for a kernel reading another packing
-            values[p.name] = packing.from_canonical(values[p.name], size)
+            values[p.name] = repack(packing, values[p.name], size)
     for d in k.dims:
         if d.name not in dims:
             raise UserArgumentError(f"kernel {k.name}: dim {d.name} is not determined; pass it")
@@ -173,9 +183,11 @@ class Binder:
     """`bind` for one kernel with the checks precomputed: the common, correct call takes a
     fast path; anything unusual goes through `bind`, which gives the error messages."""
 
-    def __init__(self, k: Kernel, packings: dict[str, Packing] | None = None):
+    def __init__(self, k: Kernel, packings: dict[str, Packing] | None = None,
+                 repack: Repack = transform):
         self.k = k
         self.packings = packings or {}
+        self.repack = repack
         self.names = [p.name for p in k.params]
         self.dim_names = frozenset(d.name for d in k.dims)
         self.specs = []
@@ -196,13 +208,16 @@ class Binder:
         dims = dict(kwargs)
         values = {}
         packed_rows = []
+        canonical = []  # (name, packing, dim) of canonical words for a packed param
         for name, (tensor, dt, ndim, dspec, bits), a in zip(self.names, self.specs, args):
             if tensor:
-                if bits.__class__ in PACKINGS:  # only words already in the kernel's packing
-                    if a.__class__ is not PackedWords or a.packing != bits:
-                        return self.slow(args, kwargs)
-                    bits, count, a = a.packing, a.count, a.words
-                    packed_rows.append((dspec[-1][1], count, None))
+                if bits.__class__ in PACKINGS:
+                    if a.__class__ is PackedWords and a.packing == bits:  # in its packing
+                        bits, count, a = a.packing, a.count, a.words
+                        packed_rows.append((dspec[-1][1], count, None))
+                    else:  # canonical words: checked below, then transformed
+                        canonical.append((name, bits, dspec[-1][1]))
+                        bits = bits.bits
                 if (type(a) is not np.ndarray or a.dtype != dt or a.ndim != ndim
                         or not a.flags.c_contiguous):
                     return self.slow(args, kwargs)
@@ -234,7 +249,9 @@ class Binder:
                 return self.slow(args, kwargs)
         if len(dims) != len(self.dim_names):
             return self.slow(args, kwargs)
+        for name, packing, d in canonical:
+            values[name] = self.repack(packing, values[name], d if d.__class__ is int else dims[d])
         return Bound(values, dims)
 
     def slow(self, args: tuple, kwargs: dict) -> Bound:
-        return bind(self.k, args, kwargs, self.packings)
+        return bind(self.k, args, kwargs, self.packings, self.repack)

@@ -55,4 +55,5 @@ def test_every_command_module_matches_its_table_entry():
 def _required(name: str) -> list[str]:
     """The fewest arguments each command's parser accepts."""
     return {"compile": ["x.lbk"], "emit": ["matmul"], "layout": ["show", "(4,8):(8,1)"],
-            "tune": ["matmul", "--shape", "1,64,64"], "cache": ["info"]}.get(name, [])
+            "tune": ["matmul", "--shape", "1,64,64"], "cache": ["info"],
+            "inspect": ["model.gguf"]}.get(name, [])

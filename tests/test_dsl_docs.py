@@ -118,6 +118,14 @@ def _sem_dot():
     return [a, b, np.zeros((4, 8), f32)], {2: want}, {}
 
 
+def _perf_gemv():
+    codes = RNG.integers(0, 4, (40, 128)).astype(np.uint8)
+    x = RNG.standard_normal((1, 128)).astype(f32)
+    want = x.astype(np.float64) @ lowbitc.dtype("b2").decode(codes).astype(np.float64).T
+    return ([x, lowbitc.pack(codes, 2), np.zeros((1, 40), f32)], {2: want.astype(f32)},
+            {"W": lowbitc.dtype("b2")})
+
+
 def _sem_layouts():
     x = RNG.standard_normal((8, 8)).astype(f32)
     codes = RNG.integers(0, 8, (8, 32)).astype(np.uint8)
@@ -157,7 +165,8 @@ CHECKS = {"sem_quantize": _sem_quantize, "sem_shared": _sem_shared,
           "sem_layouts": _sem_layouts, "sem_broadcast": _sem_broadcast, "sem_edges": _sem_edges,
           "sem_masks": _sem_masks,
           "sem_dequant": _sem_dequant, "sem_casts": _sem_casts, "sem_loops": _sem_loops,
-          "sem_cparams": _sem_cparams, "sem_funcs": _sem_funcs, "sem_dot": _sem_dot}
+          "sem_cparams": _sem_cparams, "sem_funcs": _sem_funcs, "sem_dot": _sem_dot,
+          "gemv": _perf_gemv}
 
 
 def test_every_semantics_example_has_a_check():

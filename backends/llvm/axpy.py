@@ -42,7 +42,7 @@ def plan_axpy(r: Region) -> dict[int, Plan]:
                 or len(e.shape) != 2:
             continue
         found = _tree(defs, uses, b)
-        if found is None:
+        if not isinstance(found, tuple):  # no codes, or not fusible (a line saying why)
             continue
         tree, codes = found
         if not (e.shape[1] % W == 0 and is_float(e.dtype) and a.type.dtype == "f32"

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from lowbitc.abi import ABI, grid_of
 from lowbitc.backends.llvm import native
+from lowbitc.backends.llvm.digest import WORDS
 from lowbitc.backends.llvm.launch import ArgPacker, ArrayArg, GridLauncher, ScalarArg
 from lowbitc.ir.types import TensorType
 from lowbitc.signature import Binder, storage_dtype
@@ -53,7 +54,7 @@ class Executable:
         # grids of fewer than 8 blocks run on the calling thread: waking a worker costs more
         self.launcher = GridLauncher(module.address(module.name), 0, min_blocks_per_thread=4)
         self.grid = abi.grid_function()
-        self.binder = Binder(abi, abi.packings())
+        self.binder = Binder(abi, abi.packings(), WORDS.get)
         # the grid depends only on the scalar arguments and the dims: remembered per value
         self._grid_of = (tuple(p.name for p in abi.params if not isinstance(p.type, TensorType)),
                          tuple(d.name for d in abi.dims))

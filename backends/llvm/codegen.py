@@ -20,6 +20,7 @@ from lowbitc.backends.llvm import (  # noqa: F401  (fill HANDLERS)
     ops_shared,
 )
 from lowbitc.backends.llvm.axpy import emit_axpy, plan_axpy
+from lowbitc.backends.llvm.columns import emit_column_dot, plan_columns
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
 from lowbitc.backends.llvm.fusion import SFENCE, emit_fused_store
 from lowbitc.backends.llvm.fusion_plan import plan_fusion, plan_store_fusion
@@ -27,6 +28,7 @@ from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg
 from lowbitc.backends.llvm.ops_tiles import dot_into
 from lowbitc.backends.llvm.panel import defer_activations, emit_planned_dot
 from lowbitc.errors import BackendError
+from lowbitc.explain import note, subject_of
 from lowbitc.ir.core import Kernel, Op, Region
 from lowbitc.ir.types import ScalarType, TensorType, TileType, is_machine
 from lowbitc.repack import parse as parse_packing
@@ -103,17 +105,26 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
     """Emit a region's ops; returns the yielded values (scalars or buffers)."""
     for a, v in zip(r.args, args):
         env.bind(a, v)
-    plans = defer_activations(r, plan_fusion(r, max_rows=None))
-    axpys = {k: p for k, p in plan_axpy(r).items() if k not in plans}
+    cols = plan_columns(r)
+    axpys = {k: p for k, p in plan_axpy(r).items() if k not in cols}  # untransposed weights
+    plans = defer_activations(r, plan_fusion(r, max_rows=None, skip=frozenset(cols) | set(axpys)))
     stores = plan_store_fusion(r)
-    deferred = {id(d) for p in (*plans.values(), *axpys.values(), *stores.values())
-                for d in p.deferred}
+    deferred = {id(d) for p in (*plans.values(), *stores.values(), *cols.values(),
+                                 *axpys.values()) for d in p.deferred}
+    for p in (*plans.values(), *stores.values(), *axpys.values()):
+        for d in p.deferred:
+            if d.opcode in ("load", "load_codes"):
+                note("load", subject_of(d.operands[0]),
+                     f"fused into the {p.dot.opcode} at {p.dot.loc}: never materialised",
+                     loc=d.loc)
     for op in r.ops:
         if id(op) in deferred:
             continue
         if op.opcode == "yield":
             return [env.get(v) for v in op.operands]
-        if op.opcode == "dot" and op.results[0].id in plans:
+        if op.opcode == "dot" and op.results[0].id in cols:
+            emit_column_dot(env, cols[op.results[0].id], dot_into)
+        elif op.opcode == "dot" and op.results[0].id in plans:
             emit_planned_dot(env, plans[op.results[0].id], dot_into)
         elif op.opcode == "dot" and op.results[0].id in axpys:
             emit_axpy(env, axpys[op.results[0].id], dot_into)

@@ -23,6 +23,7 @@ from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert, vtype
 from lowbitc.backends.llvm.lanes import ROWS, row_sums
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view, scalar_op
 from lowbitc.backends.llvm.ops_memory import lut_global, unpack32
+from lowbitc.explain import muted, note, subject_of
 from lowbitc.ir.core import Op, Value
 from lowbitc.repack import PlanesPacking, RowsPacking, affine_bits
 
@@ -57,6 +58,7 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
     starts = [env.get(v) for v in codes.operands[1:3]]
     fast, slow, done = em.label("fused"), em.label("unfused"), em.label("dotted")
     by_rows = isinstance(t.packing, RowsPacking)
+    weights = subject_of(codes.operands[0])
     if len(codes.attrs.sizes) != 2:  # a 2-D window of a higher-rank tensor: canonical only
         if t.packing is not None or fast_path is not None or not isinstance(abuf, Buf) \
                 or not abuf.contiguous:
@@ -70,25 +72,41 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
             em.br(done)
     elif by_rows and (fast_path is not None or plan.root.id not in plan.tables):
         em.br(slow)  # the rows packing's fused dot takes weights that are a table of the code
+        note("dot", weights, "generic dot", f"{t.packing.name} words with a weight that is "
+             "not a function of the code alone", fallback=True, loc=op.loc)
     elif isinstance(abuf, Buf) and abuf.contiguous:
         if by_rows:
             ok = rows_packing.window_ok(em, t, starts, codes.attrs.sizes)
-            fast_path = rows_packing.fused_planes_dot if _planes_dot(plan, t.packing) \
-                else rows_packing.fused_dot
+            planes = _planes_dot(plan, t.packing)
+            fast_path = rows_packing.fused_planes_dot if planes else rows_packing.fused_dot
+            path = (f"fused {t.packing.name} table dot over bit planes" if planes
+                    else f"{t.packing.name} fused register dot (16 rows per vector)")
         elif t.packing is None:
-            ok = _window_ok(em, t, starts, codes.attrs.sizes)
+            # bytes (u8/i8) are addressed directly: any K start; packed words need 32-code steps
+            ok = _window_ok(em, t, starts, codes.attrs.sizes,
+                            aligned=codes.opcode == "load_codes")
+            path = "panel microkernel, weights decoded into the panel" if fast_path \
+                else "fused register dot (bytes widened in registers)" \
+                if codes.opcode == "load" else \
+                "fused register dot (canonical words unpacked in registers)"
         else:
             ok = lanes_packing.window_ok(em, t, starts, codes.attrs.sizes, t.packing)
+            path = f"fused register dot ({t.packing.name} vector unpack)"
+        note("dot", weights, path, "windows at the tensor's edges take the generic dot",
+             loc=op.loc)
         em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
         em.start_block(fast)
         (fast_path or _fused)(env, plan, abuf, out, t, starts)
         em.br(done)
     else:
         em.br(slow)
+        note("dot", weights, "generic dot", "the activation tile is not contiguous",
+             fallback=True, loc=op.loc)
     em.start_block(slow)
-    for d in plan.deferred:
-        HANDLERS[d.opcode](env, d)
-    generic_dot(em, abuf, env.get(plan.transpose.results[0]), out)
+    with muted():  # the runtime fallback of the path just noted
+        for d in plan.deferred:
+            HANDLERS[d.opcode](env, d)
+        generic_dot(em, abuf, env.get(plan.transpose.results[0]), out)
     em.br(done)
     em.start_block(done)
 
@@ -113,6 +131,9 @@ def emit_fused_store(env: Env, plan: Plan) -> None:
     dst = env.get(op.operands[0])
     dst_starts = [env.get(v) for v in op.operands[1:3]]
     bn, bk = plan.root.type.shape
+    note("store", subject_of(op.operands[0]), "fused dequantize-to-memory (32 codes per vector"
+         f"{', streaming stores' if decode.permutes() else ''})",
+         "unaligned windows or windows at the edges store element by element", loc=op.loc)
     fast, slow, done = em.label("dqfused"), em.label("dqgeneric"), em.label("dqstored")
     ok = em.val(f"and i1 {_window_ok(em, t, cst, codes.attrs.sizes)}, "
                 f"{_window_ok(em, dst, dst_starts, op.attrs.sizes, aligned=False)}")
@@ -153,9 +174,10 @@ def emit_fused_store(env: Env, plan: Plan) -> None:
         em.start_block(plain)
     rows(False)
     em.start_block(slow)
-    for d in plan.deferred:
-        HANDLERS[d.opcode](env, d)
-    HANDLERS["store"](env, op)
+    with muted():
+        for d in plan.deferred:
+            HANDLERS[d.opcode](env, d)
+        HANDLERS["store"](env, op)
     em.br(done)
     em.start_block(done)
 
@@ -316,12 +338,19 @@ def _leaf(env: Env, v: Value, shape, j: str, c: str) -> str:
     if sk == 0:
         return _splat_value(em, em.load_elem(bv, em.val(f"mul i64 {j}, {sj}")), dt)
     idx = em.val(f"add i64 {em.val(f'mul i64 {j}, {sj}')}, {em.val(f'mul i64 {k0}, {sk}')}")
-    if sk == 1 and dt != "bool":
-        return em.val(f"load <{W} x {lltype(dt)}>, ptr {em.gep(bv, idx)}, align 4")
+    return vector_at(em, bv, idx, sk, W)
+
+
+def vector_at(em: Emitter, bv: Buf, index: str, step: int, width: int) -> str:
+    """<width x T> of the elements index, index + step, ... of `bv`: one load when they are
+    contiguous, else element by element."""
+    dt = bv.dtype
+    if step == 1 and dt != "bool":
+        return em.val(f"load <{width} x {lltype(dt)}>, ptr {em.gep(bv, index)}, align 4")
     vec = "poison"
-    for lane in range(W):
-        li = em.val(f"add i64 {idx}, {lane * sk}")
-        vec = em.val(f"insertelement {vtype(dt, W)} {vec}, {lltype(dt)} "
+    for lane in range(width):
+        li = em.val(f"add i64 {index}, {lane * step}")
+        vec = em.val(f"insertelement {vtype(dt, width)} {vec}, {lltype(dt)} "
                      f"{em.load_elem(bv, li)}, i64 {lane}")
     return vec
 
@@ -345,7 +374,7 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
             if v.id not in vals:
                 vals[v.id] = _leaf(env, v, shape, j, c)
             args.append(vals[v.id])
-        vals[op.results[0].id] = _vector_op(env, op, args)
+        vals[op.results[0].id] = vector_op(env, op, args)
     return vals[root.id]
 
 
@@ -353,18 +382,19 @@ def _retype(em: Emitter, codes: str, dtype: str) -> str:
     return codes if dtype in ("i32", "u32") else convert(em, codes, "u32", dtype, W)
 
 
-def _vector_op(env: Env, op: Op, args: list[str]) -> str:
+def vector_op(env: Env, op: Op, args: list[str], width: int = W) -> str:
+    """One op of E on <width x ...> vectors (its operands already evaluated)."""
     em = env.em
     src = op.operands[0].type.dtype
     o = op.opcode
     if o == "cast":
-        return convert(em, args[0], src, op.attrs.dtype, W)
+        return convert(em, args[0], src, op.attrs.dtype, width)
     if o == "bitcast":
-        return em.val(f"bitcast {vtype(src, W)} {args[0]} to {vtype(op.attrs.dtype, W)}")
+        return em.val(f"bitcast {vtype(src, width)} {args[0]} to {vtype(op.attrs.dtype, width)}")
     if o == "where":
-        t = vtype(op.results[0].type.dtype, W)
-        return em.val(f"select {vtype('bool', W)} {args[0]}, {t} {args[1]}, {t} {args[2]}")
+        t = vtype(op.results[0].type.dtype, width)
+        return em.val(f"select {vtype('bool', width)} {args[0]}, {t} {args[1]}, {t} {args[2]}")
     if o == "lut":
         name, et = lut_global(em, op)
-        return gather(em, name, et, convert(em, args[0], src, "i64", W))
-    return scalar_op(em, o, src, args, W)
+        return gather(em, name, et, convert(em, args[0], src, "i64", width))
+    return scalar_op(em, o, src, args, width)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from lowbitc.backends.llvm import fused_view
 from lowbitc.backends.llvm.decode import code_tables
+from lowbitc.explain import note
 from lowbitc.ir.core import Op, Region, Value
 from lowbitc.ir.opdefs import ELEMENTWISE
 from lowbitc.ir.types import TileType, is_float
@@ -63,30 +64,25 @@ def _uses(r: Region) -> dict[int, int]:
     return counts
 
 
-def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS) -> dict[int, Plan]:
+def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS,
+                skip: frozenset[int] = frozenset()) -> dict[int, Plan]:
     """Dots of this region (keyed by their result id) whose weight operand can be fused, with
-    at most `max_rows` rows of `a` (None: any; backends/llvm/panel.py takes the larger ones)."""
+    at most `max_rows` rows of `a` (None: any; backends/llvm/panel.py takes the larger ones).
+    Each dot left out is noted (lowbitc.explain) with the reason."""
     defs = {res.id: op for op in r.ops for res in op.results}
     uses = _uses(r)
     plans: dict[int, Plan] = {}
     for op in r.ops:
-        if op.opcode != "dot":
+        if op.opcode != "dot" or op.results[0].id in skip:  # (planned elsewhere: columns.py)
             continue
-        a, b, acc = op.operands
-        tr = defs.get(b.id)
-        if tr is None or tr.opcode != "transpose" or tr.attrs.perm != (1, 0) or uses[b.id] != 1:
+        found = _dot_tree(op, defs, uses, max_rows)
+        if found is None:
             continue
-        plan = _tree(defs, uses, tr.operands[0])
-        if plan is None:
+        if isinstance(found, str):
+            note("dot", "", "not fused: the weight tile is built, then a generic dot", found,
+                 fallback=True, loc=op.loc)
             continue
-        tree, codes = plan
-        e = tr.operands[0].type
-        if not (isinstance(e, TileType) and e.shape[1] % W == 0 and is_float(e.dtype)
-                and (max_rows is None or a.type.shape[0] <= max_rows)
-                and acc.type.dtype == "f32"
-                and fused_view.kept(codes.attrs.sizes) == e.shape and not codes.attrs.masked
-                and fused_view.viewable(codes)):
-            continue
+        tr, tree, codes = found
         order = {id(o): i for i, o in enumerate(r.ops)}
         tree = sorted(tree, key=lambda o: order[id(o)])  # program order: operands first
         plan = Plan(op, tr, codes, tree, sorted(tree + [codes, tr], key=lambda o: order[id(o)]),
@@ -94,6 +90,38 @@ def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS) -> dict[int, Plan]:
         plan.core, plan.factor = _scaled(plan, defs)
         plans[op.results[0].id] = plan
     return plans
+
+
+def _dot_tree(op: Op, defs: dict[int, Op], uses: dict[int, int], max_rows: int | None):
+    """(transpose, E's ops, the codes load) of a dot whose weights fuse, or why not."""
+    a, b, acc = op.operands
+    tr = defs.get(b.id)
+    transposed = tr is not None and tr.opcode == "transpose" and tr.attrs.perm == (1, 0)
+    found = _tree(defs, uses, tr.operands[0] if transposed else b, moved=True)
+    if found == NO_CODES:
+        return None  # a dot of tiles of machine types: nothing to fuse
+    if not transposed:
+        return "the weight operand is not transpose(E) of a [N, K] tile (codes along K)"
+    if uses[b.id] != 1:
+        return "transpose(E) is used by more than this dot"
+    if isinstance(found, str):
+        return found
+    tree, codes = found
+    e = tr.operands[0].type
+    if not (isinstance(e, TileType) and is_float(e.dtype)):
+        return "E is not a float tile"
+    if e.shape[1] % W:
+        return f"the K window ({e.shape[1]}) is not a multiple of {W}"
+    if max_rows is not None and a.type.shape[0] > max_rows:
+        return f"more than {max_rows} rows of a"
+    if acc.type.dtype != "f32":
+        return f"the accumulator is {acc.type.dtype}, not f32"
+    if codes.attrs.masked:
+        return f"the codes load at {codes.loc} is masked (a mask= or data-dependent select)"
+    if not fused_view.viewable(codes) or fused_view.kept(codes.attrs.sizes) != e.shape:
+        return (f"the codes load at {codes.loc} is not a [N, K] window of E's shape "
+                "(a broadcast, reshape or single index in between)")
+    return tr, tree, codes
 
 
 def _scaled(plan: Plan, defs: dict[int, Op]) -> tuple[Value | None, float]:
@@ -128,10 +156,18 @@ def plan_store_fusion(r: Region) -> dict[int, Plan]:
                 and v.type.shape[1] % W == 0 and uses[v.id] == 1 and v.id in defs):
             continue
         found = _tree(defs, uses, v)
-        if found is None:
+        if isinstance(found, str):
+            if found != NO_CODES:  # a store of codes that does not fuse: say why
+                note("store", "", "not fused: the tile is built, then stored", found,
+                     fallback=True, loc=op.loc)
             continue
         tree, codes = found
         if codes.attrs.sizes != v.type.shape or codes.attrs.masked or not tree:
+            why = ("the codes load is masked" if codes.attrs.masked else
+                   "the value is the codes themselves" if not tree else
+                   "the codes window is not the stored window's shape")
+            note("store", "", "not fused: the tile is built, then stored", why, fallback=True,
+                 loc=op.loc)
             continue
         tree = sorted(tree, key=lambda o: order[id(o)])
         plans[id(op)] = Plan(op, None, codes, tree,
@@ -140,11 +176,22 @@ def plan_store_fusion(r: Region) -> dict[int, Plan]:
     return plans
 
 
-def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value):
-    """E's fusible ops and its one load_codes, or None. Values may be shared inside E (a
-    decode reuses the magnitude bits), but none of them may be used outside it."""
+NO_CODES = "E reads no packed codes"
+
+
+# data movement (and codes read out of a view of words): not fused; how explain names them
+RESHAPING = {"view": "view", "reshape": "reshape", "transpose": "transpose",
+             "broadcast": "broadcast", "codes": "a view of words as codes"}
+
+
+def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value, moved: bool = False):
+    """E's fusible ops and its one load_codes, or why not (a line). Values may be shared
+    inside E (a decode reuses the magnitude bits), but none of them may be used outside it.
+    `moved`: a tree without codes that views, reshapes or transposes loaded data is a
+    fallback too (its reason names those ops), not a plain float operand."""
     seen: dict[int, Op] = {}
     codes: dict[int, Op] = {}
+    movers: list[Op] = []
     stack = [root]
     while stack:
         v = stack.pop()
@@ -154,12 +201,22 @@ def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value):
         if reads_codes(op):
             codes[id(op)] = op
             continue
+        if op.opcode in RESHAPING and op not in movers and (
+                v is root or not is_float(v.type.dtype)):  # E itself, or its codes
+            movers.append(op)
         if op.opcode not in FUSIBLE or id(op) in seen:
             continue  # not fusible: a leaf computed elsewhere (scales, zero points, ...)
         seen[id(op)] = op
         stack.extend(op.operands)
-    if len(codes) != 1:
-        return None
+    if not codes and moved and movers:
+        return ("E is built through "
+                + ", ".join(f"{RESHAPING[o.opcode]} at {o.loc}" for o in movers[:3])
+                + ": only elementwise ops over one 2-D load of codes (or u8/i8 bytes) fuse")
+    if not codes:
+        return NO_CODES
+    if len(codes) > 1:
+        return (f"E reads {len(codes)} loads of codes ("
+                + ", ".join(str(o.loc) for o in codes.values()) + "); a fused E reads one")
     inside: dict[int, int] = {}
     for op in seen.values():
         for v in op.operands:
@@ -167,5 +224,5 @@ def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value):
     for op in [*seen.values(), *codes.values()]:
         r = op.results[0]
         if r is not root and inside.get(r.id, 0) != uses[r.id]:
-            return None
+            return f"the value of {op.opcode} at {op.loc} inside E is also used outside it"
     return list(seen.values()), next(iter(codes.values()))

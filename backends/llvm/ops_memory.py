@@ -21,6 +21,7 @@ from lowbitc.backends.llvm.windows import (
     unpack32,
 )
 from lowbitc.errors import BackendError
+from lowbitc.explain import note, subject_of
 from lowbitc.ir.core import Op
 from lowbitc.ir.types import TileType, is_float
 
@@ -64,13 +65,23 @@ def _load_common(env: Env, op: Op, t: TensorArg) -> None:
     def generic() -> None:
         em.nest(shape, lambda idx: em.store_elem(out, em.flat_index(idx, shape), element(idx)))
 
+    name = subject_of(op.operands[0])
     if t.packing is not None:  # read code by code (the fused dot decodes aligned windows)
+        note("load", name, "per-element reads", f"{t.packing.name} words outside a fused dot",
+             fallback=True, loc=op.loc)
         generic()
     elif t.packed and op.attrs.sizes[-1] % 32 == 0:
+        note("load", name, "vectorized unpack (32 codes from whole words)",
+             "unaligned windows or windows at the edges read element by element", loc=op.loc)
         _packed_fast_path(env, op, t, starts, out, generic)
     elif not t.packed and t.type.dtype != "bool":
+        note("load", name, "row copies" if op.attrs.sizes[-1] else "strided reads",
+             "windows at the edges read element by element", loc=op.loc)
         _dense_fast_path(env, op, t, starts, out, generic)
     else:
+        note("load", name, "per-element reads", "bool tensor" if not t.packed else
+             f"{op.attrs.sizes[-1]} codes per row, not a multiple of 32", fallback=True,
+             loc=op.loc)
         generic()
 
 
@@ -257,10 +268,18 @@ def _store(env: Env, op: Op) -> None:
         em.br(no)
         em.start_block(no)
 
+    name = subject_of(op.operands[0])
     if (shape and op.attrs.sizes[-1] > 0 and isinstance(val, Buf) and val.contiguous
             and val.shape == shape and t.type.dtype != "bool"):
+        note("store", name, "row copies" + (" (masked vector stores)" if op.attrs.masked else ""),
+             "windows at the edges store element by element", loc=op.loc)
         _store_rows_fast_path(env, op, t, starts, val, shape, body)
     elif shape:
+        note("store", name, "per-element stores",
+             "a bool tensor" if t.type.dtype == "bool" else "a broadcast value" if not (
+                 isinstance(val, Buf) and val.shape == shape) else "a window of single indices"
+             if op.attrs.sizes[-1] == 0 else "a value that is not contiguous",
+             fallback=True, loc=op.loc)
         em.nest(shape, body)
     else:
         body([])

@@ -8,6 +8,7 @@ from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
 from lowbitc.backends.llvm.handlers import Env, const_literal, convert, handles
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view, scalar_op
 from lowbitc.errors import BackendError
+from lowbitc.explain import note
 from lowbitc.ir.core import Op
 from lowbitc.ir.types import TileType, is_float, is_machine
 from lowbitc.signature import format_bits
@@ -172,6 +173,12 @@ def _dot(env: Env, op: Op) -> None:
     a, b, acc = (env.get(v) for v in op.operands)
     out = env.result_buf(op)
     env.em.copy(acc, out)
+    if microkernel.applies(a, b, out):
+        note("dot", "", "panel microkernel (register-blocked)", loc=op.loc)
+    else:
+        note("dot", "", "per-element loops (LLVM vectorises the k reduction)",
+             "the microkernel takes float tiles into an f32 result with at least "
+             f"{microkernel.MIN_ROWS} rows", fallback=True, loc=op.loc)
     dot_into(env.em, a, b, out)
 
 

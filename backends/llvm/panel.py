@@ -17,6 +17,7 @@ from lowbitc.backends.llvm.emitter import Buf, Emitter, lltype
 from lowbitc.backends.llvm.fusion import _eval_tree, _window_ok, codes_at, emit_fused_dot
 from lowbitc.backends.llvm.fusion_plan import MAX_ROWS, Plan, W, _uses
 from lowbitc.backends.llvm.handlers import HANDLERS, Env
+from lowbitc.explain import muted, note, subject_of
 from lowbitc.ir.core import Region
 from lowbitc.ir.types import TileType
 
@@ -60,10 +61,17 @@ def emit_planned_dot(env: Env, plan: Plan, generic_dot) -> None:
     if a.type.shape[0] <= MAX_ROWS:
         emit_fused_dot(env, plan, generic_dot)
     elif not _panel_plan(plan, a.type):
+        note("dot", subject_of(plan.codes.operands[0]), "not fused: the weight tile is built",
+             f"more than {MAX_ROWS} rows of a, and the panel needs float activations and an "
+             f"f32 E of at least {microkernel.host_vector()[0] // 2} rows", fallback=True,
+             loc=plan.dot.loc)
         for d in plan.deferred:
             HANDLERS[d.opcode](env, d)
         HANDLERS["dot"](env, plan.dot)
     elif any(d.results and d.results[0] is a for d in plan.deferred):
+        note("dot", subject_of(plan.codes.operands[0]), "panel microkernel, weights decoded "
+             "into the panel, activations read in place",
+             "windows at the tensor's edges take the generic dot", loc=plan.dot.loc)
         _emit_in_place(env, plan, generic_dot)
     else:
         emit_fused_dot(env, plan, generic_dot, _panel)
@@ -94,9 +102,10 @@ def _emit_in_place(env: Env, plan: Plan, generic_dot) -> None:
     _panel(env, plan, Buf(ptr, a.type.dtype, a.type.shape, (x.strides[0], 1)), out, t, starts)
     em.br(done)
     em.start_block(slow)
-    for d in plan.deferred:
-        HANDLERS[d.opcode](env, d)
-    generic_dot(em, env.get(a), env.get(b), out)
+    with muted():
+        for d in plan.deferred:
+            HANDLERS[d.opcode](env, d)
+        generic_dot(em, env.get(a), env.get(b), out)
     em.br(done)
     em.start_block(done)
 

@@ -2,7 +2,8 @@
 
 Compiles every kernel of a .lbk file (or the one named) for the LLVM CPU backend and prints
 one summary line per kernel, or the text of one stage: `ir` (tile IR from the DSL), `lowered`
-(after the pass pipeline), `llvm` (LLVM IR) or `asm` (x86 assembly). `-D` sets compile-time
+(after the pass pipeline), `llvm` (LLVM IR) or `asm` (x86 assembly); `--explain` prints the
+path each dot, load and store took (`Kernel.explain`). `-D` sets compile-time
 parameters; a kernel only takes the ones it declares.
 """
 
@@ -28,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_define_argument(parser)
     parser.add_argument("--emit", choices=STAGES, default=None,
                         help="print this stage's text instead of the summary")
+    parser.add_argument("--explain", action="store_true",
+                        help="print the path each dot, load and store took and the packing "
+                             "of each parameter, with the reason and position of every "
+                             "fallback (docs/dsl.md, Performance)")
 
 
 def add_define_argument(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
     defines = parse_defines(args.defines)
     compiled = [c for f in args.files for c in compile_file(f, args.kernel, defines)]
     for i, (k, seconds) in enumerate(compiled):
+        if args.explain:
+            print(("" if i == 0 else "\n") + k.explain())
+            continue
         if args.emit is None:
             print(summary(k, seconds))
             continue

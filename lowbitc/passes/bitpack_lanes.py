@@ -21,6 +21,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from lowbitc.explain import note
 from lowbitc.interp import evaluate
 from lowbitc.ir.core import Kernel, Op, walk
 from lowbitc.ir.opdefs import ELEMENTWISE
@@ -115,22 +116,17 @@ def choose(k: Kernel) -> dict[int, Packing | RowsPacking]:
     out = {}
     for p in k.params:
         t = p.type
-        # 8-bit codes keep the canonical packing: bytes in order, which a widening byte load
-        # (`vpmovzxbd`) reads as cheaply as one plane's shift and mask
-        if (not isinstance(t, TensorType) or is_machine(t.dtype) or len(t.shape) != 2
-                or format_bits(t.dtype) == 8):
+        if not isinstance(t, TensorType) or is_machine(t.dtype) or len(t.shape) != 2:
             continue
         loads = users.get(p.id, [])
-        if not loads or any(
-            op.opcode != "load_codes"
-            or pos != 0
-            or op.attrs.masked
-            or len(op.attrs.sizes) != 2
-            or op.attrs.sizes[1] % 32
-            or not op.attrs.sizes[0]
-            or not _feeds_dot(op.results[0].id, users)
-            for op, pos in loads
-        ):
+        where = loads[0][0].loc if loads else k.loc
+        # 8-bit codes keep the canonical packing: bytes in order, which a widening byte load
+        # (`vpmovzxbd`) reads as cheaply as one plane's shift and mask
+        why = ("8-bit codes: bytes in order are read as fast" if format_bits(t.dtype) == 8
+               else "not read by the kernel" if not loads
+               else next(filter(None, (_blocker(op, pos, users) for op, pos in loads)), ""))
+        if why:
+            note("param", p.name, "canonical packing", why, loc=where)
             continue
         bits = loads[0][0].attrs.bits
         trees = [_code_ops(op.results[0].id, users) for op, _ in loads]
@@ -143,10 +139,35 @@ def choose(k: Kernel) -> dict[int, Packing | RowsPacking]:
                 and affine_bits(vals, bits) is not None
                 for (op, _), tree in zip(loads, trees, strict=True))
             out[p.id] = PlanesPacking(bits) if affine else RowsPacking(bits)
+            note("param", p.name, f"{out[p.id].name} packing",
+                 "a weight affine in the code bits: table dot over bit planes" if affine else
+                 "a function of the code alone, whole 16-row blocks: 16 rows per vector",
+                 loc=where)
             continue
         step = math.gcd(MAX_STEP, *(op.attrs.sizes[1] for op, _ in loads))
         out[p.id] = Packing(bits, step)
+        note("param", p.name, f"{out[p.id].name} packing",
+             f"{bits}-bit codes" if bits > ROWS_MAX_BITS else
+             "the weight takes tile operands besides the codes (scales, zero points)"
+             if any(tree is None for tree in trees) else "windows of rows not whole 16-row blocks",
+             loc=where)
     return out
+
+
+def _blocker(op: Op, pos: int, users: dict[int, list[tuple[Op, int]]]) -> str:
+    """Why a read of a packed param keeps the canonical packing, or '' if it does not."""
+    if op.opcode != "load_codes" or pos != 0:
+        return f"also used by {op.opcode} at {op.loc}" if op.loc else f"also used by {op.opcode}"
+    if op.attrs.masked:
+        return f"the load at {op.loc} is masked"
+    if len(op.attrs.sizes) != 2 or not op.attrs.sizes[0]:
+        return f"the load at {op.loc} is not a 2-D window"
+    if op.attrs.sizes[1] % 32:
+        return f"the load at {op.loc} reads {op.attrs.sizes[1]} codes per row, not a multiple of 32"
+    if not _feeds_dot(op.results[0].id, users):
+        return (f"the load at {op.loc} does not feed dot(a, transpose(E)) through elementwise "
+                f"ops with at most {MAX_ROWS} rows of a")
+    return ""
 
 
 @register("bitpack-lanes")

@@ -29,6 +29,9 @@ from lowbitc.torch import ops as tops
 from lowbitc.torch.gptq import collect_hessians, gptq_quantize
 
 META_KEY = "lowbitc.quantized"  # safetensors metadata: JSON {module name: QuantLinear config}
+# QuantLinear subclasses by their config's "kind" (registered where they are defined), so
+# load_quantized rebuilds the class save_quantized saw
+KINDS: dict[str, type] = {}
 Skip = Callable[[str, nn.Module], bool] | Iterable[str] | None
 
 
@@ -286,6 +289,7 @@ def load_quantized(model: nn.Module, path: str, strict: bool = True) -> nn.Modul
             raise UserArgumentError(f"path: {path} holds a quantized layer {name!r} that "
                                     f"model has no module for") from None
         device = next((t.device for t in old.parameters()), None)
-        _set_child(model, name, QuantLinear.from_config(config, device))
+        kind = KINDS.get(config.get("kind", ""), QuantLinear)
+        _set_child(model, name, kind.from_config(config, device))
     load_model(model, str(path), strict=strict)
     return model

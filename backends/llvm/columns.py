@@ -1,0 +1,307 @@
+"""Codes packed along the other axis, fused into `dot`: the weights of a checkpoint that packs
+codes along K inside words laid out along N (GPTQ's `qweight: i32[K / 8, N]`), read as a
+view of a transposed word tile.
+
+Pattern: `dot(a, transpose(E), acc)` where E [BN, BK] is a tree of elementwise ops over one
+`codes(view(transpose(load(words[j :+ BK / per, n :+ BN])), F))` (F a format of `bits` bits,
+per = 32 / bits codes per word) plus leaves computed elsewhere (scales, zero points). For an
+in-bounds window with BN a multiple of 16, every word row is one 16-lane vector load per 16
+outputs; code s of each word is one shift and mask, E is evaluated on 16-lane vectors along N,
+and the products accumulate in registers along N (no horizontal sums), for up to MAX_ROWS
+rows of `a`. Other windows run the deferred ops and the generic dot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lowbitc.backends.llvm.emitter import Buf, lltype
+from lowbitc.backends.llvm.fusion import vector_at, vector_op
+from lowbitc.backends.llvm.fusion_plan import FUSIBLE, MAX_ROWS, _uses
+from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert
+from lowbitc.backends.llvm.ops_elementwise import broadcast_view
+from lowbitc.explain import muted, note, subject_of
+from lowbitc.ir.core import Op, Region, Value
+from lowbitc.ir.types import TileType, is_float, is_machine
+from lowbitc.signature import format_bits
+
+L = 16  # lanes along N
+CHAINS = 8  # accumulators in flight (FMA latency x ports), shared by the rows of `a`
+
+
+@dataclass
+class ColumnPlan:
+    dot: Op
+    load: Op  # the word load [BKW, BN]
+    codes: Op  # codes(view(transpose(load)))
+    tree: list[Op]  # E's ops in program order
+    deferred: list[Op]  # everything skipped until the dot (its fallback runs them)
+    root: Value
+    bits: int
+    # E = (Y - U) * V with U, V constant along K ([BN, 1] tiles or scalars): the dot sums
+    # a * Y only and applies V * (sum - U * sum(a)) once per window (the zero-point fold)
+    fold: tuple[Value, Value, Value] | None = None
+
+
+def _column_codes(op: Op, defs: dict[int, Op], uses: dict[int, int]) -> list[Op] | None:
+    """[load, transpose, view, codes] when `op` reads codes out of a transposed word tile."""
+    if op.opcode != "codes" or uses[op.operands[0].id] != 1:
+        return None
+    view = defs.get(op.operands[0].id)
+    if view is None or view.opcode != "view" or is_machine(view.attrs.dtype):
+        return None
+    tr = defs.get(view.operands[0].id)
+    if tr is None or tr.opcode != "transpose" or tr.attrs.perm != (1, 0) \
+            or uses[view.operands[0].id] != 1:
+        return None
+    ld = defs.get(tr.operands[0].id)
+    if (ld is None or ld.opcode != "load" or ld.attrs.masked or len(ld.attrs.sizes) != 2
+            or ld.results[0].type.dtype not in ("u32", "i32") or uses[tr.operands[0].id] != 1
+            or 32 % format_bits(view.attrs.dtype)):
+        return None
+    return [ld, tr, view, op]
+
+
+def plan_columns(r: Region) -> dict[int, ColumnPlan]:
+    """Dots of this region (keyed by their result id) whose weights are codes of a transposed
+    word tile under elementwise ops, with at most MAX_ROWS rows of `a`."""
+    defs = {res.id: op for op in r.ops for res in op.results}
+    uses = _uses(r)
+    order = {id(o): i for i, o in enumerate(r.ops)}
+    plans: dict[int, ColumnPlan] = {}
+    for op in r.ops:
+        if op.opcode != "dot":
+            continue
+        a, b, acc = op.operands
+        tr = defs.get(b.id)
+        if tr is None or tr.opcode != "transpose" or tr.attrs.perm != (1, 0) or uses[b.id] != 1:
+            continue
+        e = tr.operands[0]
+        found = _tree(defs, uses, e)
+        if found is None:
+            continue
+        tree, chain = found
+        if not (isinstance(e.type, TileType) and is_float(e.type.dtype)
+                and a.type.shape[0] <= MAX_ROWS and acc.type.dtype == "f32"
+                and e.type.shape[0] % L == 0 and chain[3].results[0].type.shape == e.type.shape):
+            continue
+        tree = sorted(tree, key=lambda o: order[id(o)])
+        deferred = sorted(tree + chain + [tr], key=lambda o: order[id(o)])
+        plans[op.results[0].id] = ColumnPlan(op, chain[0], chain[3], tree, deferred, e,
+                                             format_bits(chain[2].attrs.dtype),
+                                             _fold(tree, e))
+    return plans
+
+
+def _k_invariant(v: Value) -> bool:
+    return not isinstance(v.type, TileType) or v.type.shape[-1] == 1
+
+
+def _fold(tree: list[Op], root: Value) -> tuple[Value, Value, Value] | None:
+    """(Y, U, V) when E = (Y - U) * V (either order of the product) with U and V leaves of E
+    that are constant along K and float, else None."""
+    made = {op.results[0].id: op for op in tree}
+    mul = made.get(root.id)
+    if mul is None or mul.opcode != "mul" or root.type.dtype != "f32":
+        return None
+    for x, v in (mul.operands, mul.operands[::-1]):
+        sub = made.get(x.id)
+        if (sub is not None and sub.opcode == "sub" and v.id not in made and _k_invariant(v)
+                and sub.operands[0].type.dtype == "f32"
+                and sub.operands[1].id not in made and _k_invariant(sub.operands[1])):
+            return sub.operands[0], sub.operands[1], v
+    return None
+
+
+def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value):
+    """(E's fusible ops, the load..codes chain) or None; no value inside E used outside it."""
+    seen: dict[int, Op] = {}
+    chains = []
+    stack = [root]
+    while stack:
+        v = stack.pop()
+        op = defs.get(v.id)
+        if op is None or not isinstance(v.type, TileType) or id(op) in seen:
+            continue
+        chain = _column_codes(op, defs, uses)
+        if chain is not None:
+            if all(c[3] is not op for c in chains):
+                chains.append(chain)
+            continue
+        if op.opcode not in FUSIBLE or op.opcode == "lut":
+            continue  # a leaf computed elsewhere
+        seen[id(op)] = op
+        stack.extend(op.operands)
+    if len(chains) != 1:
+        return None
+    # ops of E that do not depend on the codes (a zero point plus a constant, ...) are leaves,
+    # computed once on their small tiles before the dot rather than per code
+    derived, grew = {chains[0][3].results[0].id}, True
+    while grew:
+        grew = False
+        for op in seen.values():
+            r = op.results[0].id
+            if r not in derived and any(v.id in derived for v in op.operands):
+                derived.add(r)
+                grew = True
+    seen = {k: op for k, op in seen.items() if op.results[0].id in derived}
+    inside: dict[int, int] = {}
+    for op in seen.values():
+        for v in op.operands:
+            inside[v.id] = inside.get(v.id, 0) + 1
+    for op in [*seen.values(), chains[0][3]]:
+        r = op.results[0]
+        if r is not root and inside.get(r.id, 0) != uses[r.id]:
+            return None
+    return list(seen.values()), chains[0]
+
+
+def emit_column_dot(env: Env, plan: ColumnPlan, generic_dot) -> None:
+    em = env.em
+    op = plan.dot
+    a, b, acc = op.operands
+    out = env.result_buf(op)
+    em.copy(env.get(acc), out)
+    abuf = env.get(a)
+    t = env.get(plan.load.operands[0])
+    starts = [env.get(v) for v in plan.load.operands[1:3]]
+    bkw, bn = plan.load.attrs.sizes
+    note("dot", subject_of(plan.load.operands[0]), "fused column dot (codes of a transposed "
+         "word tile, 16 outputs per vector)", "windows at the tensor's edges take the generic "
+         "dot", loc=op.loc)
+    note("load", subject_of(plan.load.operands[0]), f"fused into the dot at {op.loc}: never "
+         "materialised", loc=plan.load.loc)
+    fast, slow, done = em.label("colfused"), em.label("colgeneric"), em.label("coldone")
+    ok = "true"
+    for st, sz, dim in zip(starts, (bkw, bn), t.dims):
+        end = em.val(f"add i64 {st}, {sz}")
+        inb = em.val(f"and i1 {em.val(f'icmp sle i64 {end}, {dim}')}, "
+                     f"{em.val(f'icmp sge i64 {st}, 0')}")
+        ok = em.val(f"and i1 {ok}, {inb}")
+    if isinstance(abuf, Buf) and abuf.contiguous:
+        em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
+        em.start_block(fast)
+        _fast(env, plan, abuf, out, t, starts)
+        em.br(done)
+    else:
+        em.br(slow)
+    em.start_block(slow)
+    with muted():
+        for d in plan.deferred:
+            HANDLERS[d.opcode](env, d)
+        generic_dot(em, abuf, env.get(b), out)
+    em.br(done)
+    em.start_block(done)
+
+
+def _fast(env: Env, plan: ColumnPlan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
+    em = env.em
+    m = abuf.shape[0]
+    bkw, bn = plan.load.attrs.sizes
+    per = 32 // plan.bits
+    vf, vi = f"<{L} x float>", f"<{L} x i32>"
+    mask = "<" + ", ".join([f"i32 {(1 << plan.bits) - 1}"] * L) + ">"
+
+    # independent accumulators per row of `a` (by code slot), so the FMAs do not wait on each
+    # other's latency; summed once per chunk
+    chains = max(1, min(per, CHAINS // m))
+
+    def chunk(c: str) -> None:
+        col = em.val(f"add i64 {starts[1]}, {em.val(f'mul i64 {c}, {L}')}")
+
+        def step(jj: str, accs: list[str]) -> list[str]:
+            row = em.val(f"add i64 {starts[0]}, {jj}")
+            wi = em.val(f"add i64 {em.val(f'mul i64 {row}, {t.strides[0]}')}, {col}")
+            p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}")
+            words = em.val(f"load {vi}, ptr {p}, align 4")
+            # word rows are a row of N apart: prefetch this row two K windows ahead (the
+            # hardware prefetchers lose track of such strides, as in fusion._prefetch_next)
+            em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
+            ahead = em.val(f"getelementptr i32, ptr {p}, i64 "
+                           f"{em.val(f'mul i64 {t.strides[0]}, {2 * bkw}')}")
+            em.emit(f"call void @llvm.prefetch.p0(ptr {ahead}, i32 0, i32 3, i32 1)")
+            nxt = list(accs)
+            for s in range(per):
+                sh = "<" + ", ".join([f"i32 {s * plan.bits}"] * L) + ">"
+                codes = em.val(f"and {vi} {em.val(f'lshr {vi} {words}, {sh}')}, {mask}")
+                k = em.val(f"add i64 {em.val(f'mul i64 {jj}, {per}')}, {s}")
+                w = _eval(env, plan, codes, k, c, plan.fold[0] if plan.fold else None)
+                for i in range(m):
+                    ai = em.val(f"add i64 {em.val(f'mul i64 {i}, {abuf.strides[0]}')}, {k}")
+                    av = convert(em, em.load_elem(abuf, ai), abuf.dtype, "f32")
+                    ins = em.val(f"insertelement {vf} poison, float {av}, i64 0")
+                    splat = em.val(f"shufflevector {vf} {ins}, {vf} poison, <{L} x i32> "
+                                   "zeroinitializer")
+                    prod = em.val(f"fmul contract {vf} {splat}, {w}")
+                    a_ = i * chains + s % chains
+                    nxt[a_] = em.val(f"fadd contract {vf} {nxt[a_]}, {prod}")
+            return nxt
+
+        parts = em.loop("0", str(bkw), None, carried=[(vf, "zeroinitializer")] * (m * chains),
+                        body_carried=step)
+        accs = []
+        for i in range(m):
+            total = parts[i * chains]
+            for q in range(1, chains):
+                total = em.val(f"fadd {vf} {total}, {parts[i * chains + q]}")
+            accs.append(total)
+        if plan.fold is not None:  # acc = V * (sum a*Y - U * sum a)
+            _, u, v = plan.fold
+            uv, vv = (_leaf(env, x, plan.root.type.shape, "0", c) for x in (u, v))
+            for i in range(m):
+                sa = em.val(f"insertelement {vf} poison, float {sums[i]}, i64 0")
+                sa = em.val(f"shufflevector {vf} {sa}, {vf} poison, <{L} x i32> zeroinitializer")
+                shifted = em.val(f"fsub {vf} {accs[i]}, {em.val(f'fmul {vf} {uv}, {sa}')}")
+                accs[i] = em.val(f"fmul {vf} {vv}, {shifted}")
+        for i in range(m):
+            p = em.gep(out, em.val(f"add i64 {i * out.shape[1]}, "
+                                   f"{em.val(f'mul i64 {c}, {L}')}"))
+            old = em.val(f"load {vf}, ptr {p}, align 4")
+            em.emit(f"store {vf} {em.val(f'fadd {vf} {old}, {accs[i]}')}, ptr {p}, align 4")
+
+    sums = []
+    if plan.fold is not None:  # sum over the window of each row of `a`
+        for i in range(m):
+            def add(k: str, acc: list[str], i: int = i) -> list[str]:
+                ai = em.val(f"add i64 {i * abuf.strides[0]}, {k}")
+                x = convert(em, em.load_elem(abuf, ai), abuf.dtype, "f32")
+                return [em.val(f"fadd float {acc[0]}, {x}")]
+            sums += em.loop("0", str(bkw * per), None, carried=[("float", "0.0")],
+                            body_carried=add)
+    em.loop("0", str(bn // L), chunk)
+
+
+def _eval(env: Env, plan: ColumnPlan, codes: str, k: str, c: str,
+          root: Value | None = None) -> str:
+    """E[16c .. 16c + 15, k] (or E's value `root`) as a <16 x T> vector (column k of E, 16
+    rows along N)."""
+    em = env.em
+    vals = {plan.codes.results[0].id: codes if plan.codes.results[0].type.dtype in ("i32", "u32")
+            else convert(em, codes, "u32", plan.codes.results[0].type.dtype, L)}
+    shape = plan.root.type.shape
+    for op in plan.tree:
+        args = []
+        for v in op.operands:
+            if v.id not in vals:
+                vals[v.id] = _leaf(env, v, shape, k, c)
+            args.append(vals[v.id])
+        vals[op.results[0].id] = vector_op(env, op, args, L)
+        if root is not None and op.results[0].id == root.id:
+            break  # (program order: what follows is not needed)
+    return vals[(root or plan.root).id]
+
+
+def _leaf(env: Env, v: Value, shape, k: str, c: str) -> str:
+    em = env.em
+    x = env.get(v)
+    dt = v.type.dtype
+    t = lltype(dt)
+    if not isinstance(x, Buf):
+        ins = em.val(f"insertelement <{L} x {t}> poison, {t} {x}, i64 0")
+        return em.val(f"shufflevector <{L} x {t}> {ins}, <{L} x {t}> poison, <{L} x i32> "
+                      "zeroinitializer")
+    bv = broadcast_view(x, tuple(shape))
+    sn, sk = bv.strides
+    n0 = em.val(f"mul i64 {c}, {L}")
+    base = em.val(f"add i64 {em.val(f'mul i64 {n0}, {sn}')}, {em.val(f'mul i64 {k}, {sk}')}")
+    return vector_at(em, bv, base, sn, L)

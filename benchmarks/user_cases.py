@@ -1,0 +1,115 @@
+"""Timed calls of kernels a user writes (issue 15's rows): the `repack_*` rows call a user
+GEMV with canonical words (the words cache checks and reuses the transform) against the same
+call with the words prepared once (`Kernel.prepare`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+import lowbitc
+from lowbitc import pack
+from lowbitc.quant import quantize
+
+from . import candidates as cand
+
+__all__ = ["USER_GEMV", "USER_KERNELS", "user_case", "user_gemv_case"]
+
+# the natural user GEMV of the DSL tour: codes along K, one dot, no scales
+USER_GEMV = """
+kernel gemv[W: dtype](x: f32[1, K], w: W[N, K], y: f32[1, N]) grid (cdiv(N, 32)) {
+  acc = zeros(f32, [1, 32])
+  for k in range(0, K, 64) {
+    a = load(x[0 :+ 1, k :+ 64])
+    acc = dot(a, transpose(cast(load(w[block.x * 32 :+ 32, k :+ 64]), f32)), acc)
+  }
+  store(y[0 :+ 1, block.x * 32 :+ 32], acc)
+}
+"""
+
+
+def user_gemv_case(name: str, kernel, x: np.ndarray, w: object, ref: np.ndarray,
+               wbytes: int) -> cand.Timed:
+    """`kernel(x, w, y)` into one reused y, checked against the float64 `ref`."""
+    n = ref.shape[1]
+    y = np.zeros((1, n), np.float32)
+
+    def run() -> np.ndarray:
+        kernel(x, w, y)
+        return y
+
+    got, first = cand._first_call(run)
+    return cand.Timed(name=name, fn=run, flops=2.0 * n * x.shape[1],
+                      bytes_moved=wbytes + x.nbytes + 4.0 * n, weight_bytes=wbytes,
+                      check=cand._compare(got, ref, cand.MATMUL_TOLERANCE),
+                      info={"first_call_seconds": first,
+                            "kernel_params": cand._json_params(kernel.params),
+                            "packings": {k: p.name for k, p in kernel.packings.items()}})
+
+
+def _examples() -> Path:
+    return Path(__file__).resolve().parents[1] / "examples" / "user"
+
+
+def _gemv_b2(n: int, m: int, w: np.ndarray, x: np.ndarray):
+    """The fused b2 GEMV + scale + bias + SiLU + residual, and its baseline's QTensor (b2, one
+    scale per row: the same code and scale bytes)."""
+    qw = quantize(w, "b2", n)
+    k = lowbitc.compile(_examples() / "gemv_b2_act.lbk", BM=min(m, 8) if m <= 8 else 16)
+    s = np.ascontiguousarray(qw.scales[:, 0])
+    bias = np.zeros(n, np.float32)
+    res = np.zeros((m, n), np.float32)
+    v = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
+    return k, [x, k.prepare("w", qw.packed), s, bias, res], v / (1 + np.exp(-v)), qw
+
+
+def _gemv_q8_0(n: int, m: int, w: np.ndarray, x: np.ndarray):
+    """GGUF Q8_0 from its raw bytes, and an i8 QTensor with groups of 32 (the same code bytes;
+    f32 scales where Q8_0 has f16)."""
+    import gguf  # the test extra; a missing package skips the row
+
+    raw = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0)
+    w_hat = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q8_0)
+    k = lowbitc.compile(_examples() / "gguf_q8_0_gemv.lbk", BM=min(m, 8) if m <= 8 else 16)
+    return k, [x, raw], x.astype(np.float64) @ w_hat.astype(np.float64).T, quantize(w, "i8", 32)
+
+
+def _gemv_gptq(n: int, m: int, w: np.ndarray, x: np.ndarray):
+    """The GPTQ checkpoint layout (K-packed qweight, N-packed qzeros, f16 scales) of a u4
+    QTensor with zero points and groups of 128, and that QTensor."""
+    qw = quantize(w, "u4", 128, zero_point=True)
+    zeros = np.clip(np.rint(qw.zeros), 1, 15).astype(np.uint8)
+    scales = qw.scales.astype(np.float16)
+    qweight = np.ascontiguousarray(pack(qw.codes, 4).T)  # [K/8, N]: codes packed along K
+    w_hat = (qw.codes.astype(np.float64) - np.repeat(zeros, 128, 1)) * np.repeat(
+        scales.astype(np.float64), 128, 1)
+    k = lowbitc.compile(_examples() / "gptq_gemv.lbk", BM=min(m, 8))  # the column dot: <= 8
+    args = [x, qweight, pack(np.ascontiguousarray(zeros.T) - 1, 4),
+            np.ascontiguousarray(scales.T)]
+    return k, args, x.astype(np.float64) @ w_hat.T, qw
+
+
+USER_KERNELS = {"b2_act": _gemv_b2, "q8_0": _gemv_q8_0, "gptq": _gemv_gptq}
+
+
+def user_case(name: str, which: str, n: int, m: int, seed: int):
+    """(the example kernel's Timed call, its baseline QTensor) at N = K = n, M = m."""
+    w = cand.weights(n, n, seed)
+    x = cand.activations(m, n, seed + 1)
+    k, args, ref, qw = USER_KERNELS[which](n, m, w, x)
+    y = np.zeros((m, n), np.float32)
+    full = [*args, y]
+
+    def run() -> np.ndarray:
+        k(*full)
+        return y
+
+    got, first = cand._first_call(run)
+    wbytes = sum(a.nbytes for a in args[1:] if isinstance(a, np.ndarray))
+    t = cand.Timed(name=name, fn=run, flops=2.0 * m * n * n, bytes_moved=wbytes + x.nbytes,
+                   weight_bytes=wbytes, check=cand._compare(got, ref, 1e-3),
+                   info={"first_call_seconds": first,
+                         "kernel_params": cand._json_params({"W": qw.dtype.name,
+                                                             **k.params})})
+    return t, qw, x

@@ -1,0 +1,123 @@
+"""Canonical words given to a kernel that reads another packing are transformed once per
+array and reused while its contents are unchanged (issue 15); `Kernel.prepare` does it ahead."""
+
+import gc
+
+import numpy as np
+import pytest
+
+import lowbitc
+from lowbitc import dtype, pack
+from lowbitc.backends.llvm.digest import CHUNK, WORDS, digest
+from lowbitc.benchmarks.user_cases import USER_GEMV
+from lowbitc.errors import UserArgumentError
+from lowbitc.repack import PackedWords
+from lowbitc.repack_cache import WordsCache, blake2_digest
+
+GEMV = USER_GEMV  # the natural user GEMV of the DSL tour (also the repack_* bench rows)
+RNG = np.random.default_rng(15)
+_G = 0x9E3779B97F4A7C15
+
+
+def _reference_digest(a: np.ndarray) -> bytes:
+    """The documented digest in Python integers: per chunk, sum x_i * (2 i G + 1) mod 2^64."""
+    raw = a.reshape(-1).view(np.uint8)
+    whole = raw.size // 8
+    words = [int(v) for v in raw[: whole * 8].view(np.uint64)]
+    sums = [sum(x * (2 * i * _G + 1) for i, x in enumerate(words[c : c + CHUNK])) % 2**64
+            for c in range(0, whole, CHUNK)]
+    return np.array(sums, np.uint64).tobytes() + raw[whole * 8 :].tobytes()
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (40, 333), (2, CHUNK + 7), (1, 1)])
+def test_native_digest_is_the_documented_sum(shape):
+    a = RNG.integers(0, 2**32, shape, dtype=np.uint32)
+    assert digest(a) == _reference_digest(a)
+
+
+def test_every_single_bit_flip_changes_the_digest():
+    a = RNG.integers(0, 2**32, (7, 19), dtype=np.uint32)  # a 4-byte tail past the 8-byte words
+    base = digest(a)
+    flat = a.reshape(-1)
+    for i in range(flat.size):
+        for b in range(32):
+            flat[i] ^= np.uint32(1 << b)
+            assert digest(a) != base, (i, b)
+            flat[i] ^= np.uint32(1 << b)
+    swapped = a.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    assert digest(swapped) != base
+
+
+@pytest.mark.parametrize("w", ["b2", "u4", "u3"])
+def test_canonical_words_are_transformed_once_and_writes_are_seen(w):
+    k = lowbitc.compile(GEMV, W=dtype(w))
+    assert k.packings  # the kernel reads a layout-specific packing
+    bits = dtype(w).bits
+    n, kk = 70, 200
+    codes = RNG.integers(0, 1 << bits, (n, kk), dtype=np.uint8)
+    canon = pack(codes, bits)
+    x = RNG.standard_normal((1, kk)).astype(np.float32)
+
+    def call() -> np.ndarray:
+        y = np.zeros((1, n), np.float32)
+        k(x, canon, y, K=kk)
+        return y
+
+    def ref() -> np.ndarray:
+        c = lowbitc.unpack(canon, bits, kk).reshape(n, kk)
+        return x.astype(np.float64) @ dtype(w).decode(c).astype(np.float64).T
+
+    before = WORDS.transforms
+    np.testing.assert_allclose(call(), ref(), rtol=1e-5, atol=1e-4)
+    call()
+    call()
+    assert WORDS.transforms == before + 1  # one transform for three calls
+    canon[5, 3] ^= np.uint32(1 << 7)  # written in place: the next call sees it
+    got = call()
+    np.testing.assert_allclose(got, ref(), rtol=1e-5, atol=1e-4)
+    assert WORDS.transforms == before + 2
+    canon[:] = canon[::-1].copy()  # every row moved, same multiset of words
+    np.testing.assert_allclose(call(), ref(), rtol=1e-5, atol=1e-4)
+
+
+def test_the_cache_forgets_an_array_when_it_dies():
+    cache = WordsCache(blake2_digest)
+    k = lowbitc.compile(GEMV, W=dtype("u4"))
+    p = k.packings["w"]
+    words = pack(RNG.integers(0, 16, (32, 64), dtype=np.uint8), 4)
+    out = cache.get(p, words, 64)
+    assert np.array_equal(out, p.from_canonical(words, 64))
+    assert cache.get(p, words, 64) is out and cache.transforms == 1
+    assert len(cache) == 1
+    del words
+    gc.collect()
+    assert len(cache) == 0
+
+
+def test_prepare_gives_packed_words_equal_to_the_transform():
+    k = lowbitc.compile(GEMV, W=dtype("b2"))
+    p = k.packings["w"]
+    codes = RNG.integers(0, 4, (64, 128), dtype=np.uint8)
+    canon = pack(codes, 2)
+    pw = k.prepare("w", canon)
+    assert isinstance(pw, PackedWords) and pw.packing == p and pw.count == 128
+    assert np.array_equal(pw.words, p.from_codes(codes))
+    x = RNG.standard_normal((1, 128)).astype(np.float32)
+    y1, y2 = np.zeros((1, 64), np.float32), np.zeros((1, 64), np.float32)
+    k(x, pw, y1)
+    k(x, canon, y2)
+    assert np.array_equal(y1, y2)
+    assert k.prepare("x", x) is x  # a param read as given comes back unchanged
+    assert k.prepare("w", pack(codes[:, :100], 2), count=100).count == 100
+
+
+def test_prepare_names_the_bad_argument():
+    k = lowbitc.compile(GEMV, W=dtype("b2"))
+    canon = pack(np.zeros((32, 128), np.uint8), 2)
+    with pytest.raises(UserArgumentError, match="no parameter 'v'"):
+        k.prepare("v", canon)
+    with pytest.raises(UserArgumentError, match="count: .* 8 uint32 words .* got 200"):
+        k.prepare("w", canon, count=200)
+    with pytest.raises(UserArgumentError, match="words: expected the canonical uint32"):
+        k.prepare("w", canon.astype(np.int64))
