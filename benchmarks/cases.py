@@ -57,6 +57,8 @@ GEMV_FORMATS = (
 )
 INTEROP_FORMATS = ("Q4_0", "Q4_K", "GPTQ4")  # GGUF types and a 4-bit GPTQ layer
 _GEMV_GOALS = {"u2": 6.0, "u3": 4.5, "u4": 4.0, "f4e2m1fn": 3.5}
+# issue 14: int8 activations, weights streaming from memory
+A8_GEMV_GOALS = {"u2": 8.0, "u3": 8.0, "u4": 7.0, "u8": 3.5, "f4e2m1fn": 6.0}
 
 ROWS: tuple[RowSpec, ...] = (
     *(
@@ -79,6 +81,20 @@ ROWS: tuple[RowSpec, ...] = (
         "gemm_u4_M128", "gemm", "u4", 128,
         Goal("at least half the speed of numpy fp32 (sgemm)", "speedup", ">=", 0.5),
         "ops.matmul M=128 u4 vs numpy fp32 x @ W.T",
+    ),
+    *(
+        RowSpec(
+            f"a8_gemv_{f}", "a8", f, 1, _faster(x),
+            f"ops.matmul M=1 {f}, act=\"i8\" vs numpy fp32 x @ W.T",
+        )
+        for f, x in A8_GEMV_GOALS.items()
+    ),
+    *(
+        RowSpec(
+            f"a8_gemm_u4_M{m}", "a8", "u4", m, _faster(x),
+            f"ops.matmul M={m} u4, act=\"i8\" vs numpy fp32 x @ W.T",
+        )
+        for m, x in ((16, 4.0), (128, 1.5))
     ),
     RowSpec(
         "dequant_u3", "dequant", "u3", 0,

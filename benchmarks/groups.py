@@ -74,15 +74,37 @@ def _numpy(m: int, n: int, seed: int, name: str | None = None, copies: int = 1) 
     return t
 
 
-def _streamed(cfg: Config, grp: Group, key: str, x, qw: Callable[[], QTensor]) -> tuple[str, ...]:
+def _streamed(cfg: Config, grp: Group, key: str, x, qw: Callable[[], QTensor],
+              act: str = "f32") -> tuple[str, ...]:
     """The lowbitc call `key` rotating through copies of qw(), and (the extra key returned)
     the same call on the one weight, which may stay in cache."""
-    grp.add(key, lambda: cand.matmul_case(key, x, qw(), cfg.copies(cand.weight_bytes(qw()))))
+    grp.add(key, lambda: cand.matmul_case(key, x, qw(), cfg.copies(cand.weight_bytes(qw())),
+                                          act))
     if cfg.stream == 0:
         return ()
     one = f"{key}_one_weight"
-    grp.add(one, lambda: cand.matmul_case(one, x, qw()))
+    grp.add(one, lambda: cand.matmul_case(one, x, qw(), act=act))
     return (one,)
+
+
+def _a8_group(cfg: Config, specs: list[RowSpec]) -> Group:
+    """The W*A8 rows of one M (issue 14): ops.matmul(act="i8") against numpy fp32 and torch
+    int4 (recorded beside the u4 row), weights streaming as in the other rows."""
+    n, g, m = cfg.size, cfg.group_size, specs[0].M
+    grp = Group(f"W*A8 M={m}, K=N={n}")
+    w, x = cand.weights(n, n, cfg.seed), cand.activations(m, n, cfg.seed + 1)
+    qw = functools.cache(lambda fmt: cand.quantized(w, fmt, g))
+    base, torch_key = f"numpy_fp32_M{m}", f"torch_int4_bf16_M{m}"
+    grp.add(base, lambda: _numpy(m, n, cfg.seed, copies=cfg.copies(4.0 * n * n)))
+    grp.add(torch_key, lambda: cand.torch_case(n, n, g, M=m,
+                                               copies=cfg.copies(n * n / 2 + n * n / g * 4)),
+            missing="torch is not installed")
+    for spec in specs:
+        key = f"lowbitc_a8_{spec.fmt}_M{m}"
+        one = _streamed(cfg, grp, key, x, lambda f=spec.fmt: qw(f), act="i8")
+        extras = (torch_key, *one) if spec.fmt == "u4" else one
+        grp.bindings.append(Binding(spec, key, base, extras))
+    return grp
 
 
 def _gemv_group(cfg: Config, specs: list[RowSpec]) -> Group:
@@ -268,6 +290,11 @@ def groups(cfg: Config) -> Iterator[Callable[[], Group]]:
     if by_kind.get("interop"):
         yield lambda: _interop_group(cfg, by_kind["interop"])
     yield lambda: _dequant_group(cfg, by_kind.get("dequant", []))  # copy bandwidth: always
+    a8_by_m: dict[int, list[RowSpec]] = {}
+    for spec in by_kind.get("a8", []):
+        a8_by_m.setdefault(spec.M, []).append(spec)
+    for specs in a8_by_m.values():
+        yield lambda s=specs: _a8_group(cfg, s)
     for spec in by_kind.get("user", []):
         yield lambda s=spec: _user_group(cfg, s)
     if by_kind.get("repack"):

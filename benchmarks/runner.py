@@ -86,7 +86,8 @@ def add_read_fractions(rows: list[dict], read: dict) -> None:
     """Per GEMV row, (code + scale + zero-point bytes) / time / the read bandwidth."""
     for r in rows:
         gbs = r.get("lowbitc", {}).get("weight_bandwidth_gbs")
-        if r["kind"] in ("gemv", "torch") and gbs and read.get("gbs"):
+        gemv = r["kind"] in ("gemv", "torch") or (r["kind"] == "a8" and r["M"] == 1)
+        if gemv and gbs and read.get("gbs"):
             r["read_bandwidth_fraction"] = gbs / read["gbs"]
 
 

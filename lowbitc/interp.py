@@ -6,9 +6,11 @@ packed tensors are unpacked to codes on entry and re-packed on exit; each block 
 Semantics worth stating: integer `div`/`rem` truncate toward zero (C); shifts are logical for
 unsigned and arithmetic for signed types; loads outside a tensor read 0 and stores outside it
 are dropped; `cast` from a format decodes its codes, `cast` to a format encodes (RNE unless
-its `rounding` says otherwise, saturating); `dot` accumulates in float64 and rounds once to
-the accumulator's type. A shared tile is an array made afresh (zeroed) each time its
-`alloc_shared` runs, so once per block; `sync` does nothing, since a block runs as one program.
+its `rounding` says otherwise, saturating), and so does a cast of floats to `i8`/`u8` (RNE,
+NaN gives 0); `dot` accumulates in float64 and rounds once to the accumulator's type (into an
+integer accumulator: exactly, in int64, wrapping to its type). A shared tile is an array made
+afresh (zeroed) each time its `alloc_shared` runs, so once per block; `sync` does nothing,
+since a block runs as one program.
 """
 
 from __future__ import annotations
@@ -119,12 +121,21 @@ def view_bits(x: np.ndarray, src: str, dst: str) -> np.ndarray:
     return (stream.reshape(lead + (n, db)) * weights).sum(-1).astype(np.uint8)
 
 
+# float -> 8-bit integer casts quantize (the issue-14 rule; wider integers truncate as in C)
+QUANTIZING = {"i8": (-128, 127), "u8": (0, 255)}
+
+
 def _cast(v, src: str, dst: str):
     if not is_machine(src):
         v = format_of(src).decode(np.asarray(v, np.uint8))
         src = "f32"
     if not is_machine(dst):
         return format_of(dst).encode(np.asarray(v, np.float64))
+    if dst in QUANTIZING and np.issubdtype(np.asarray(v).dtype, np.floating):
+        # like every other iN/uN format: round to nearest even, saturate; NaN gives 0
+        lo, hi = QUANTIZING[dst]
+        r = np.clip(np.rint(np.asarray(v, np.float64)), lo, hi)
+        return _as(np.where(np.isnan(r), 0, r), dst)
     with np.errstate(all="ignore"):
         return _as(v, dst)
 
@@ -186,6 +197,11 @@ def _eval_op(op: Op, env: dict, block: tuple[int, int, int], mem: dict) -> None:
             out = np.transpose(ins[0], a.perm)
         elif o == "reduce":
             out = {"sum": np.sum, "max": np.max, "min": np.min}[a.kind](ins[0], axis=a.axis)
+        elif o == "dot" and np.issubdtype(np.asarray(ins[2]).dtype, np.integer):
+            # integer dots are exact and wrap to the accumulator's type
+            acc = np.asarray(ins[2])
+            out = (np.asarray(ins[0], np.int64) @ np.asarray(ins[1], np.int64)
+                   + acc.astype(np.int64)).astype(acc.dtype)
         elif o == "dot":
             out = np.asarray(ins[0], np.float64) @ np.asarray(ins[1], np.float64) + ins[2]
         elif o == "alloc_shared":  # per block: every run of the body gets fresh memory

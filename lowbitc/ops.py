@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lowbitc import tuned
+from lowbitc import a8, tuned
 from lowbitc.compiler import Kernel
 from lowbitc.errors import UserArgumentError
 from lowbitc.ir.types import is_bfloat16, is_machine, numpy_dtype
@@ -98,16 +98,23 @@ def matmul_kernel_name(wtype, act: str, backend: str) -> str:
     return "matmul_mma" if backend == "cuda" and act == "f16" and mma_format(wtype) else "matmul"
 
 
-def matmul_choice(M: int, N: int, K: int, qw, act: str, backend: str) -> tuple[str, dict]:
-    """The shipped kernel and its parameters for a matmul: `matmul_mma` (tensor cores,
-    `lowbitc.mma_plan`) for f16 activations on cuda when the format allows, else `matmul`
-    with its defaults; then `lowbitc.tune`'s winner for the shape's bucket."""
-    name = matmul_kernel_name(qw.dtype, act, backend)
+def matmul_choice(M: int, N: int, K: int, qw, adt: str, act: str = "f32",
+                  backend: str = "llvm") -> tuple[str, dict]:
+    """(shipped kernel, parameters) of a matmul with `adt` activations: matmul_a8 for int8
+    activations (`act="i8"`) where the format allows (LLVM only, lowbitc/a8.py); matmul_mma
+    (tensor cores, `lowbitc.mma_plan`) for f16 activations on cuda when the format allows;
+    else matmul with its defaults; then lowbitc.tune's winner for the shape's bucket. `qw`
+    needs .dtype, .group_size and .zeros (None or not)."""
+    if backend == "llvm":
+        p = a8.params(qw.dtype, qw.group_size, qw.zeros is not None, M, act, N)
+        if p is not None:
+            return "matmul_a8", {**p, "A": adt}
+    name = matmul_kernel_name(qw.dtype, adt, backend)
     if name == "matmul_mma":
         params = mma_params(M, qw.dtype, qw.group_size, qw.zeros is not None)
         fixed = {n: params[n] for n in ("W", "ZP", "TH")}
     else:
-        params = matmul_params(M, qw, act, backend)
+        params = matmul_params(M, qw, adt, backend)
         fixed = {n: params[n] for n in ("W", "A", "ZP", "EARLY")}
     params.update(tuned_params(name, fixed, qw.group_size, {"M": M, "N": N, "K": K}, backend))
     return name, params
@@ -136,14 +143,17 @@ def tuned_params(name: str, fixed: dict, group: int, shape: dict, backend: str) 
 
 
 def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
-           out: np.ndarray | None = None) -> np.ndarray:
+           out: np.ndarray | None = None, act: str = "f32") -> np.ndarray:
     """x[M, K] (float32, float16 or bfloat16) @ qw.dequantize().T -> float32 [M, N]
-    (written to `out` if given)."""
+    (written to `out` if given). `act="i8"` quantizes the activations to int8 in the kernel
+    (per row and block, lowbitc/a8.py) and multiplies integers (VNNI) for the formats that
+    allow it on the LLVM backend; other formats and backends keep exact f32 activations."""
     qw = _check_qtensor(qw)
+    act = a8.check_act(act)
     if not isinstance(x, np.ndarray):
         raise UserArgumentError(f"x: expected a numpy array, got {type(x).__name__}")
-    act = _ACTIVATIONS.get(x.dtype) or ("bf16" if is_bfloat16(x.dtype) else None)
-    if act is None:
+    adt = _ACTIVATIONS.get(x.dtype) or ("bf16" if is_bfloat16(x.dtype) else None)
+    if adt is None:
         raise UserArgumentError(f"x: expected float32, float16 or bfloat16, got {x.dtype}")
     if x.ndim != 2:
         raise UserArgumentError(f"x: expected a 2-D array [M, K], got shape {x.shape}")
@@ -159,10 +169,11 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
     y = _out(out, (M, N))
     if M == 0 or N == 0:
         return y
-    plan = ("matmul", backend, qw.dtype, act, qw.zeros is not None, qw.group_size, M, N, K)
+    plan = ("matmul", backend, qw.dtype, adt, qw.zeros is not None, qw.group_size, M, N, K,
+            act)
     k = _plan(plan)
     if k is None:
-        name, params = matmul_choice(M, N, K, qw, act, backend)
+        name, params = matmul_choice(M, N, K, qw, adt, act, backend)
         k = _remember(plan, get_kernel(name, backend, **params))
     zeros = qw.zeros if qw.zeros is not None else _NO_ZEROS
     k(x, weight_storage(qw, k), qw.scales, zeros, y, qw.group_size, K=K)

@@ -93,15 +93,16 @@ def test_quick_run_rows_are_complete(quick_run):
         # interop rows name the source format; the kernel runs its exact lowbitc codes
         want_w = {"Q4_0": "i4", "Q4_K": "u4", "GPTQ4": "u4"}.get(r["format"], r["format"])
         assert r["lowbitc"]["info"]["kernel_params"]["W"] == want_w
-        if r["kind"] in ("gemv", "torch", "gemm"):
+        if r["kind"] in ("gemv", "torch", "gemm", "a8"):
             assert r["lowbitc"]["gflops"] > 0
-        if r["kind"] in ("gemv", "gemm"):  # weights stream: every side rotates, one weight beside
+        if r["kind"] in ("gemv", "gemm", "a8"):  # weights stream; one weight beside
             assert r["lowbitc"]["info"]["weights_in_turn"] > 1
             assert r["baseline"]["info"]["weights_in_turn"] >= 2
             one = [e for e in r["extra"] if e["name"].endswith("_one_weight")]
             assert len(one) == 1 and one[0]["info"]["weights_in_turn"] == 1
             assert one[0]["time"]["median"] > 0
-        if r["kind"] in ("gemv", "torch"):  # weight bytes / time / the read bandwidth
+        if r["kind"] in ("gemv", "torch") or (r["kind"] == "a8" and r["M"] == 1):
+            # weight bytes / time / the read bandwidth
             want = r["lowbitc"]["weight_bandwidth_gbs"] / results["read_bandwidth"]["gbs"]
             assert r["read_bandwidth_fraction"] == pytest.approx(want)
         else:

@@ -28,6 +28,8 @@ CONFIGS = [
     (SHIPPED / "matmul.lbk", {"W": "nf4", "A": "bf16", "BM": 1}),
     (SHIPPED / "matmul.lbk", {"W": "b1", "BN": 16}),
     (SHIPPED / "matmul.lbk", {"W": "i8"}),
+    (SHIPPED / "matmul_a8.lbk", {"W": "u4"}),
+    (SHIPPED / "matmul_a8.lbk", {"W": "f4e2m1fn", "SC": 2.0, "LO": -12.0, "ZP": True}),
     (SHIPPED / "dequantize.lbk", {"W": "u4"}),
     (SHIPPED / "dequantize.lbk", {"W": "i3", "ZP": True}),
     (SHIPPED / "dequantize.lbk", {"W": "f8e5m2"}),

@@ -49,6 +49,16 @@ def test_u4_group64_with_gptq_meets_the_goal():
     assert rows[1]["cosine_mean"] >= mq.GOALS["u4"]
 
 
+def test_int8_activations_lose_at_most_0_002_of_cosine():
+    """quantize_(..., act="i8") against the same weights with f32 activations (issue 14)."""
+    rows = mq.evaluate(SENTENCES, (("u8", 64, False), ("u4", 64, False), ("u3", 32, False)),
+                       repeats=1, acts=("f32", "i8"))
+    by = {(r["format"], r["act"]): r["cosine_mean"] for r in rows[1:]}
+    for fmt in ("u8", "u4", "u3"):
+        assert by[fmt, "f32"] - by[fmt, "i8"] <= 0.002, (fmt, by)
+        assert by[fmt, "i8"] != by[fmt, "f32"]  # the layers did take int8 activations
+
+
 def test_example_prints_a_table(capsys):
     mq.print_table([{"format": "fp32", "group_size": None, "gptq": False, "cosine_mean": 1.0,
                      "cosine_min": 1.0, "linear_bytes": 8e6, "model_bytes": 9e6,

@@ -20,6 +20,7 @@ from lowbitc.backends.llvm import (  # noqa: F401  (fill HANDLERS)
     ops_shared,
 )
 from lowbitc.backends.llvm.axpy import emit_axpy, plan_axpy
+from lowbitc.backends.llvm.bytedot import emit_byte_dot, plan_byte_dots
 from lowbitc.backends.llvm.columns import emit_column_dot, plan_columns
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
 from lowbitc.backends.llvm.fusion import SFENCE, emit_fused_store
@@ -109,8 +110,9 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
     axpys = {k: p for k, p in plan_axpy(r).items() if k not in cols}  # untransposed weights
     plans = defer_activations(r, plan_fusion(r, max_rows=None, skip=frozenset(cols) | set(axpys)))
     stores = plan_store_fusion(r)
+    bytes_ = plan_byte_dots(r)
     deferred = {id(d) for p in (*plans.values(), *stores.values(), *cols.values(),
-                                 *axpys.values()) for d in p.deferred}
+                                *axpys.values(), *bytes_.values()) for d in p.deferred}
     for p in (*plans.values(), *stores.values(), *axpys.values()):
         for d in p.deferred:
             if d.opcode in ("load", "load_codes"):
@@ -122,7 +124,9 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
             continue
         if op.opcode == "yield":
             return [env.get(v) for v in op.operands]
-        if op.opcode == "dot" and op.results[0].id in cols:
+        if op.opcode == "dot" and op.results[0].id in bytes_:
+            emit_byte_dot(env, bytes_[op.results[0].id])
+        elif op.opcode == "dot" and op.results[0].id in cols:
             emit_column_dot(env, cols[op.results[0].id], dot_into)
         elif op.opcode == "dot" and op.results[0].id in plans:
             emit_planned_dot(env, plans[op.results[0].id], dot_into)

@@ -126,8 +126,16 @@ def splat(literal: str, dtype: str, width: int = 0) -> str:
     return f"splat ({lltype(dtype)} {literal})" if width else literal
 
 
+QUANTIZING = {"i8": (-128, 127), "u8": (0, 255)}  # floats to these quantize (docs/dsl.md)
+
+
+def _sfx(t: str) -> str:
+    return {"half": "f16", "float": "f32", "double": "f64"}[t]
+
+
 def convert(em: Emitter, v: str, src: str, dst: str, width: int = 0) -> str:
-    """Convert a register value (or a vector of `width`) between machine dtypes (C semantics).
+    """Convert a register value (or a vector of `width`) between machine dtypes (C semantics,
+    except that floats to i8/u8 quantize: round to nearest even, saturating, NaN to 0).
     bf16 (held as its 16 bits) goes through f32 both ways, with no libcalls."""
     if src == dst:
         return v
@@ -159,6 +167,23 @@ def convert(em: Emitter, v: str, src: str, dst: str, width: int = 0) -> str:
         wide = {"half": 16, "float": 32, "double": 64}
         op = "fpext" if wide[ld] > wide[ls] else "fptrunc"
         return em.val(f"{op} {ts} {v} to {td}")
+    if fs and dst in QUANTIZING:  # quantize: round to nearest even, saturate, NaN -> 0
+        lo, hi = QUANTIZING[dst]
+        sfx = f"v{width}" if width else ""
+        f = f"{sfx}{_sfx(ls)}"
+        for fn in ("roundeven", "maxnum", "minnum"):
+            args = ", ".join([ts] * (1 if fn == "roundeven" else 2))
+            em.declare(f"declare {ts} @llvm.{fn}.{f}({args})")
+        # clamped in float, then converted exactly (vector min/max and vcvttps2dq: LLVM's
+        # fptosi.sat of a vector is scalarised)
+        r = em.val(f"call {ts} @llvm.roundeven.{f}({ts} {v})")
+        for fn, bound in (("maxnum", lo), ("minnum", hi)):
+            c = splat(float_literal(bound, src), src, width)
+            r = em.val(f"call {ts} @llvm.{fn}.{f}({ts} {r}, {ts} {c})")
+        ok = em.val(f"fcmp ord {ts} {v}, {zero or '0.0'}")
+        r = em.val(f"select {vtype('bool', width)} {ok}, {ts} {r}, {ts} {zero or '0.0'}")
+        i32 = vtype("i32", width)
+        return em.val(f"trunc {i32} {em.val(f'fptosi {ts} {r} to {i32}')} to {td}")
     if fs:
         return em.val(f"{'fptosi' if is_signed_int(dst) else 'fptoui'} {ts} {v} to {td}")
     if fd:

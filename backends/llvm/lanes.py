@@ -158,10 +158,11 @@ def read_lanes(em: Emitter, t, idx: list[str], packing: Packing) -> str:
 ROWS = 4  # weight rows whose dot products are summed across lanes together (row_sums)
 
 
-def row_sums(em: Emitter, vecs: list[str], width: int) -> str:
-    """The lane sums of len(vecs) (a power of two <= 16) <width x float> vectors, as one
-    <len(vecs) x float>: pairs of vectors fold into one holding both rows' half sums, so R
+def row_sums(em: Emitter, vecs: list[str], width: int, elem: str = "float") -> str:
+    """The lane sums of len(vecs) (a power of two <= 16) <width x elem> vectors, as one
+    <len(vecs) x elem>: pairs of vectors fold into one holding both rows' half sums, so R
     rows cost about R + 2 log(16) shuffles and adds instead of R log(16) + R."""
+    add = "fadd reassoc" if elem == "float" else "add"
 
     def fold(x: str, y: str, w: int, groups: int) -> str:
         s = w // groups
@@ -175,21 +176,22 @@ def row_sums(em: Emitter, vecs: list[str], width: int) -> str:
             for h in (0, 1)
         ]
         lo, hi = (
-            em.val(f"shufflevector <{w} x float> {x}, <{w} x float> {y}, <{w} x i32> {_vec(idx)}")
+            em.val(f"shufflevector <{w} x {elem}> {x}, <{w} x {elem}> {y}, <{w} x i32> {_vec(idx)}")
             for idx in halves
         )
-        return em.val(f"fadd reassoc <{w} x float> {lo}, {hi}")
+        return em.val(f"{add} <{w} x {elem}> {lo}, {hi}")
 
     def part(v: str, w: int, idx) -> str:
         return em.val(
-            f"shufflevector <{w} x float> {v}, <{w} x float> poison, <{len(idx)} x i32> {_vec(idx)}"
+            f"shufflevector <{w} x {elem}> {v}, <{w} x {elem}> poison, "
+            f"<{len(idx)} x i32> {_vec(idx)}"
         )
 
     while width > LANES:  # halve each vector first
         half = width // 2
         vecs = [
             em.val(
-                f"fadd reassoc <{half} x float> {part(v, width, range(half))}, "
+                f"{add} <{half} x {elem}> {part(v, width, range(half))}, "
                 f"{part(v, width, range(half, width))}"
             )
             for v in vecs
@@ -203,6 +205,6 @@ def row_sums(em: Emitter, vecs: list[str], width: int) -> str:
     d = s // 2
     while d:  # within each row's block of s lanes
         swap = part(v, width, [i ^ d for i in range(width)])
-        v = em.val(f"fadd reassoc <{width} x float> {v}, {swap}")
+        v = em.val(f"{add} <{width} x {elem}> {v}, {swap}")
         d //= 2
     return part(v, width, [r * s for r in range(groups)])

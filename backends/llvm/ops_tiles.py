@@ -3,7 +3,7 @@ global memory is ops_memory's)."""
 
 from __future__ import annotations
 
-from lowbitc.backends.llvm import microkernel
+from lowbitc.backends.llvm import intdot, microkernel
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
 from lowbitc.backends.llvm.handlers import Env, const_literal, convert, handles
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view, scalar_op
@@ -186,9 +186,13 @@ def dot_into(em, a: Buf, b: Buf, out: Buf) -> None:
     """out += a @ b. When b is contiguous along k (e.g. a transposed [N, K] tile) the
     reduction over k is innermost and register-carried (vectorised with reassociation);
     otherwise the k loop is outside an axpy over n. Float tiles into an f32 `out` take the
-    register-blocked microkernel (backends/llvm/microkernel.py)."""
+    register-blocked microkernel (backends/llvm/microkernel.py); 8-bit integer tiles into i32
+    the byte dot (backends/llvm/intdot.py)."""
     if microkernel.applies(a, b, out):
         microkernel.emit_dot(em, a, b, out)
+        return
+    if intdot.applies(a, b, out):
+        intdot.emit_dot(em, a, b, out)
         return
     m, k = a.shape
     n = b.shape[1]

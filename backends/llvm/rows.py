@@ -109,6 +109,18 @@ def _codes(em: Emitter, words: list[str], packing: RowsPacking, i: int, clean: b
     return code
 
 
+def window_steps(em: Emitter, t, starts: list[str], bk: int) -> tuple[str, str]:
+    """(first step, steps) of a window of bk codes in a row of the rows packing: the steps
+    inside the row (a K tail shorter than the window skips the rest)."""
+    t.ensure_strides(em)
+    row_steps = em.val(f"udiv i64 {t.words}, {t.packing.bits}")
+    first_step = em.val(f"lshr i64 {starts[1]}, 5")
+    steps = em.val(f"sub i64 {row_steps}, {first_step}")
+    steps = em.val(f"select i1 {em.val(f'icmp slt i64 {steps}, {bk // 32}')}, i64 {steps}, "
+                   f"i64 {bk // 32}")
+    return first_step, steps
+
+
 def _window_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], per_row: int,
                 body, combine) -> None:
     """The loops of the rows and planes dots: per 16-row block of the window, a loop over
@@ -120,13 +132,7 @@ def _window_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], per_row: i
     m = abuf.shape[0]
     bn, bk = plan.codes.attrs.sizes
     bits = t.packing.bits
-    t.ensure_strides(em)
-    # steps of the window inside the row (a K tail shorter than the window skips the rest)
-    row_steps = em.val(f"udiv i64 {t.words}, {bits}")
-    first_step = em.val(f"lshr i64 {starts[1]}, 5")
-    steps = em.val(f"sub i64 {row_steps}, {first_step}")
-    steps = em.val(f"select i1 {em.val(f'icmp slt i64 {steps}, {bk // 32}')}, i64 {steps}, "
-                   f"i64 {bk // 32}")
+    first_step, steps = window_steps(em, t, starts, bk)
 
     def block(r: str) -> None:
         n0 = em.val(f"add i64 {starts[0]}, {em.val(f'mul i64 {r}, {LANES}')}")

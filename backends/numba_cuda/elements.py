@@ -137,7 +137,14 @@ def _cast(ctx, op: Op, idx) -> str:
         return a
     if dst == "bool":
         return ctx.src.tmp(f"({a} != 0)")
+    if is_float(src) and dst in _QUANTIZING:  # round to nearest even, saturate, NaN -> 0
+        lo, hi = _QUANTIZING[dst]
+        return ctx.src.tmp(f"({numba_type(dst)}(round(max({lo}.0, min({hi}.0, {a})))) "
+                           f"if {a} == {a} else {numba_type(dst)}(0))")
     return ctx.src.tmp(f"{numba_type(dst)}({a})")
+
+
+_QUANTIZING = {"i8": (-128, 127), "u8": (0, 255)}  # floats to these quantize (docs/dsl.md)
 
 
 _BITCAST = {("i32", "f32"): "f32_from_bits", ("u32", "f32"): "f32_from_bits",

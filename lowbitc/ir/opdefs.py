@@ -225,7 +225,16 @@ def _dot(ts, a):
         raise _fail("dot", f"shapes do not chain: {x} @ {y} + {acc}")
     if not (is_machine(x.dtype) and is_machine(y.dtype)):
         raise _fail("dot", "operands must be cast to machine types first")
+    if is_int(acc.dtype) and not (is_int(x.dtype) and is_int(y.dtype)):
+        raise _fail("dot", f"an integer accumulator ({acc.dtype}) takes integer operands, "
+                           f"got {x.dtype} and {y.dtype}")
+    if x.dtype in BYTES and y.dtype in BYTES and acc.dtype != "i32":
+        raise _fail("dot", f"a dot of 8-bit integers ({x.dtype}, {y.dtype}) accumulates in i32, "
+                           f"got {acc.dtype}")
     return (acc,)
+
+
+BYTES = ("i8", "u8")  # a dot of these into i32 is the integer dot (VNNI on x86)
 
 
 def _window(t: Type, sizes: tuple[int, ...], nstarts: int, op: str) -> tuple[int, ...]:

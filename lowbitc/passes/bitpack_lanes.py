@@ -23,7 +23,7 @@ import numpy as np
 
 from lowbitc.explain import note
 from lowbitc.interp import evaluate
-from lowbitc.ir.core import Kernel, Op, walk
+from lowbitc.ir.core import Kernel, Op, Value, walk
 from lowbitc.ir.opdefs import ELEMENTWISE
 from lowbitc.ir.types import TensorType, TileType, is_machine, numpy_dtype
 from lowbitc.passes.base import register, rewrite
@@ -41,11 +41,10 @@ PLANES_MAX_BITS = 3
 _FUSIBLE = ELEMENTWISE | {"cast", "bitcast", "where", "lut"}
 
 
-def _feeds_dot(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> bool:
-    """Whether value v reaches `dot(a, transpose(.), acc)` as the weights through elementwise
-    ops only, with at most MAX_ROWS rows of `a`."""
-    stack, seen = [v_id], set()
-    found = False
+def _dots_fed(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> list[tuple[Op, int]] | None:
+    """The (dot, operand position) pairs value v reaches through elementwise ops and a
+    transpose, or None when it reaches anything else."""
+    stack, seen, dots = [v_id], set(), []
     while stack:
         vid = stack.pop()
         if vid in seen:
@@ -56,13 +55,26 @@ def _feeds_dot(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> bool:
                 stack.extend(r.id for r in op.results)
             elif op.opcode == "transpose" and op.attrs.perm == (1, 0):
                 for d, dpos in users.get(op.results[0].id, []):
-                    a = d.operands[0].type if d.opcode == "dot" else None
-                    if a is None or dpos != 1 or a.shape[0] > MAX_ROWS:
-                        return False
-                    found = True
+                    if d.opcode != "dot":
+                        return None
+                    dots.append((d, dpos))
             else:
-                return False
-    return found
+                return None
+    return dots
+
+
+def _feeds_dot(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> bool:
+    """Whether value v reaches `dot(a, transpose(.), acc)` as the weights through elementwise
+    ops only, with at most MAX_ROWS rows of `a`."""
+    dots = _dots_fed(v_id, users)
+    return bool(dots) and all(pos == 1 and d.operands[0].type.shape[0] <= MAX_ROWS
+                              for d, pos in dots)
+
+
+def _feeds_int_dot(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> bool:
+    """Whether value v is only the weights of integer (i32) dots, any number of rows."""
+    dots = _dots_fed(v_id, users)
+    return bool(dots) and all(pos == 1 and d.results[0].type.dtype == "i32" for d, pos in dots)
 
 
 def _code_ops(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> list[Op] | None:
@@ -80,11 +92,10 @@ def _code_ops(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> list[Op] | N
     return None
 
 
-def _weight_values(load: Op, ops: list[Op], order: dict[int, int], defs: dict[int, Op],
-                   users: dict[int, list[tuple[Op, int]]]) -> np.ndarray | None:
-    """The dot's weight for every code (the ops between the codes and the dot evaluated at
-    compile time), or None when a scalar operand is not a constant."""
-    src = load.results[0]
+def code_values(src: Value, bits: int, ops: list[Op], root: Value,
+                defs: dict[int, Op]) -> np.ndarray | None:
+    """`root` (computed from the codes `src` by `ops`, in program order) for every code,
+    evaluated at compile time; None when an operand outside them is not a constant."""
     inside = {src.id} | {r.id for op in ops for r in op.results}
     consts = []
     for op in ops:
@@ -95,12 +106,24 @@ def _weight_values(load: Op, ops: list[Op], order: dict[int, int], defs: dict[in
             if d is None or d.opcode != "const":
                 return None
             consts.append(d)
+    env = {src.id: np.arange(1 << bits).astype(numpy_dtype(src.type.dtype))}
+    evaluate(consts + ops, env)
+    return np.asarray(env[root.id]).reshape(-1)
+
+
+def _weight_values(load: Op, ops: list[Op], order: dict[int, int], defs: dict[int, Op],
+                   users: dict[int, list[tuple[Op, int]]]) -> np.ndarray | None:
+    """The dot's weight for every code (the ops between the codes and the dot evaluated at
+    compile time), or None when a scalar operand is not a constant."""
+    src = load.results[0]
+    inside = {src.id} | {r.id for op in ops for r in op.results}
     roots = [v for v in inside if any(u.opcode == "transpose" for u, _ in users.get(v, []))]
     if len(roots) != 1:
         return None
-    env = {src.id: np.arange(1 << load.attrs.bits).astype(numpy_dtype(src.type.dtype))}
-    evaluate(consts + sorted(ops, key=lambda o: order[id(o)]), env)
-    return np.asarray(env[roots[0]]).reshape(-1)
+    root = next(r for op in ops for r in op.results if r.id == roots[0]) if roots[0] != src.id \
+        else src
+    return code_values(src, load.attrs.bits, sorted(ops, key=lambda o: order[id(o)]), root,
+                       defs)
 
 
 def choose(k: Kernel) -> dict[int, Packing | RowsPacking]:
@@ -120,16 +143,29 @@ def choose(k: Kernel) -> dict[int, Packing | RowsPacking]:
             continue
         loads = users.get(p.id, [])
         where = loads[0][0].loc if loads else k.loc
+        # integer (i32) dots: the byte dot reads the rows packing for any number of rows
+        int_dot = bool(loads) and all(op.opcode == "load_codes"
+                                      and _feeds_int_dot(op.results[0].id, users)
+                                      for op, _ in loads)
         # 8-bit codes keep the canonical packing: bytes in order, which a widening byte load
         # (`vpmovzxbd`) reads as cheaply as one plane's shift and mask
         why = ("8-bit codes: bytes in order are read as fast" if format_bits(t.dtype) == 8
                else "not read by the kernel" if not loads
-               else next(filter(None, (_blocker(op, pos, users) for op, pos in loads)), ""))
+               else next(filter(None, (_blocker(op, pos, users, int_dot)
+                                       for op, pos in loads)), ""))
         if why:
             note("param", p.name, "canonical packing", why, loc=where)
             continue
         bits = loads[0][0].attrs.bits
         trees = [_code_ops(op.results[0].id, users) for op, _ in loads]
+        whole = all(op.attrs.sizes[0] % LANES == 0 and tree is not None
+                    for (op, _), tree in zip(loads, trees, strict=True))
+        if whole and int_dot:
+            out[p.id] = RowsPacking(bits)  # the byte dot (VNNI) reads rows of any width
+            note("param", p.name, f"{out[p.id].name} packing",
+                 "the weights of integer dots, whole 16-row blocks: codes widened to bytes "
+                 "for vpdpbusd, 16 rows per vector", loc=where)
+            continue
         if bits <= ROWS_MAX_BITS and all(
             op.attrs.sizes[0] % LANES == 0 and tree is not None
             for (op, _), tree in zip(loads, trees, strict=True)
@@ -154,8 +190,10 @@ def choose(k: Kernel) -> dict[int, Packing | RowsPacking]:
     return out
 
 
-def _blocker(op: Op, pos: int, users: dict[int, list[tuple[Op, int]]]) -> str:
-    """Why a read of a packed param keeps the canonical packing, or '' if it does not."""
+def _blocker(op: Op, pos: int, users: dict[int, list[tuple[Op, int]]],
+             int_dot: bool = False) -> str:
+    """Why a read of a packed param keeps the canonical packing, or '' if it does not
+    (`int_dot`: every read feeds integer dots, which take any number of rows)."""
     if op.opcode != "load_codes" or pos != 0:
         return f"also used by {op.opcode} at {op.loc}" if op.loc else f"also used by {op.opcode}"
     if op.attrs.masked:
@@ -164,7 +202,7 @@ def _blocker(op: Op, pos: int, users: dict[int, list[tuple[Op, int]]]) -> str:
         return f"the load at {op.loc} is not a 2-D window"
     if op.attrs.sizes[1] % 32:
         return f"the load at {op.loc} reads {op.attrs.sizes[1]} codes per row, not a multiple of 32"
-    if not _feeds_dot(op.results[0].id, users):
+    if not (int_dot or _feeds_dot(op.results[0].id, users)):
         return (f"the load at {op.loc} does not feed dot(a, transpose(E)) through elementwise "
                 f"ops with at most {MAX_ROWS} rows of a")
     return ""

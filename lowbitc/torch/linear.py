@@ -19,6 +19,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from lowbitc import formats
+from lowbitc.a8 import check_act
 from lowbitc.dtypes import Format
 from lowbitc.dtypes import codebook as make_codebook
 from lowbitc.dtypes import dtype as lookup_dtype
@@ -62,12 +63,15 @@ def _eager(x: torch.Tensor) -> bool:
 
 class QuantLinear(nn.Module):
     """y = x @ dequantize(qweight).T + bias for x of shape [..., in_features] in float32,
-    float16 or bfloat16 (the output has x's dtype; accumulation is float32)."""
+    float16 or bfloat16 (the output has x's dtype; accumulation is float32). `act="i8"`
+    quantizes the activations to int8 in the kernel (lowbitc.ops.matmul's `act`)."""
 
     def __init__(self, in_features: int, out_features: int, dtype: str | Format,
                  group_size: int = 128, bias: bool = True, zero_point: bool = False,
-                 scale_dtype: str = "f32", device: torch.device | str | None = None):
+                 scale_dtype: str = "f32", device: torch.device | str | None = None,
+                 act: str = "f32"):
         super().__init__()
+        self.act = check_act(act)
         fmt = _format(dtype)
         if group_size < 1:
             raise UserArgumentError(f"group_size: expected an int >= 1, got {group_size}")
@@ -88,13 +92,14 @@ class QuantLinear(nn.Module):
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def from_qtensor(cls, qw: QTensor, bias: torch.Tensor | None = None) -> QuantLinear:
+    def from_qtensor(cls, qw: QTensor, bias: torch.Tensor | None = None,
+                     act: str = "f32") -> QuantLinear:
         """Wrap an existing QTensor (its storage is shared, not copied)."""
         if not isinstance(qw, QTensor):
             raise UserArgumentError(f"qw: expected a lowbitc QTensor, got {type(qw).__name__}")
         n, k = qw.shape
         m = cls(k, n, qw.dtype, qw.group_size, bias is not None, qw.zeros is not None,
-                qw.scale_dtype)
+                qw.scale_dtype, act=act)
         m.qdata = tops.weight_tensor(qw)
         m.scales = torch.from_numpy(qw.scales)
         m.zeros = None if qw.zeros is None else torch.from_numpy(qw.zeros)
@@ -106,7 +111,8 @@ class QuantLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, dtype: str | Format, group_size: int = 128,
-                    zero_point: bool | None = None, scale_dtype: str = "f32") -> QuantLinear:
+                    zero_point: bool | None = None, scale_dtype: str = "f32",
+                    act: str = "f32") -> QuantLinear:
         """Quantize `linear`'s weight group-wise along in_features. `zero_point=None` means
         True for unsigned integer formats (u1..u8, which cannot hold negative weights
         otherwise) and False for the rest."""
@@ -118,7 +124,7 @@ class QuantLinear(nn.Module):
             zero_point = fmt.kind == "uint"
         w = linear.weight.detach().to("cpu", torch.float32).numpy()
         qw = quantize(w, fmt, group_size, zero_point=zero_point, scale_dtype=scale_dtype)
-        return cls.from_qtensor(qw, linear.bias).to(linear.weight.device)
+        return cls.from_qtensor(qw, linear.bias, act).to(linear.weight.device)
 
     @classmethod
     def from_config(cls, config: dict, device: torch.device | str | None = None) -> QuantLinear:
@@ -126,7 +132,8 @@ class QuantLinear(nn.Module):
         fmt = (make_codebook(config["codebook"], name=config["format"])
                if config.get("codebook") else config["format"])
         return cls(config["in_features"], config["out_features"], fmt, config["group_size"],
-                   config["bias"], config["zero_point"], config["scale_dtype"], device)
+                   config["bias"], config["zero_point"], config["scale_dtype"], device,
+                   config.get("act", "f32"))
 
     def config(self) -> dict:
         """Everything besides the tensors needed to rebuild this module (JSON-friendly)."""
@@ -134,7 +141,7 @@ class QuantLinear(nn.Module):
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "format": self.format.name, "group_size": self.group_size,
                 "zero_point": self.zeros is not None, "scale_dtype": self.scale_dtype,
-                "bias": self.bias is not None,
+                "bias": self.bias is not None, "act": self.act,
                 "codebook": None if table is None else [float(v) for v in table]}
 
     # ------------------------------------------------------------ the weight
@@ -174,7 +181,7 @@ class QuantLinear(nn.Module):
             y = self._matmul()(x2, self._parameters.get("bias"))  # None is not kept there
         else:
             y = torch.ops.lowbitc.matmul(x2, self.qdata, self.scales, self.zeros,
-                                         self.format.name, self.group_size, k)
+                                         self.format.name, self.group_size, k, self.act)
             if self.bias is not None:
                 y = y + self.bias
         if y.dtype != x.dtype:
@@ -190,7 +197,7 @@ class QuantLinear(nn.Module):
                 self._qtensor = None
             bound = self._bound = tops.BoundMatmul(b["qdata"], b["scales"], b["zeros"],
                                                    self.format.name, self.group_size,
-                                                   self.in_features)
+                                                   self.in_features, self.act)
         return bound
 
     # ------------------------------------------------------------ module plumbing
@@ -214,9 +221,10 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         zp = ", zero_point=True" if self.zeros is not None else ""
+        act = f", act={self.act!r}" if self.act != "f32" else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, dtype={self.format.name}, "
-                f"group_size={self.group_size}{zp}")
+                f"group_size={self.group_size}{zp}{act}")
 
 
 # ---------------------------------------------------------------- whole models
@@ -238,15 +246,17 @@ def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def quantize_(model: nn.Module, dtype: str | Format, group_size: int = 128, skip: Skip = None,
               zero_point: bool | None = None, scale_dtype: str = "f32",
-              calibrate: Callable[[nn.Module], object] | None = None) -> int:
+              calibrate: Callable[[nn.Module], object] | None = None, act: str = "f32") -> int:
     """Replace every nn.Linear in `model` (in place) by a QuantLinear; returns how many.
 
     `skip` is a callable (qualified name, module) -> bool, or fnmatch patterns of names to
     leave alone. Linear layers whose weight other modules read directly (the out_proj of
     nn.MultiheadAttention) are always left alone. With `calibrate` (a function that runs the
     float model on sample inputs), weights are quantized with GPTQ on the inputs' statistics
-    instead of round-to-nearest; see lowbitc.torch.gptq.
+    instead of round-to-nearest; see lowbitc.torch.gptq. `act="i8"`: the layers quantize
+    their activations to int8 (QuantLinear's `act`).
     """
+    check_act(act)
     drop = _skipper(skip)
     targets = [(name, m) for name, m in model.named_modules()
                if isinstance(m, nn.Linear)
@@ -255,14 +265,15 @@ def quantize_(model: nn.Module, dtype: str | Format, group_size: int = 128, skip
     if calibrate is None:
         for name, m in targets:
             _set_child(model, name, QuantLinear.from_linear(m, dtype, group_size, zero_point,
-                                                            scale_dtype))
+                                                            scale_dtype, act))
         return len(targets)
     fmt = _format(dtype)
     zp = fmt.kind == "uint" if zero_point is None else zero_point
     hessians = collect_hessians(model, [name for name, _ in targets], calibrate)
     for name, m in targets:
         qw = gptq_quantize(m.weight, hessians[name], fmt, group_size, zp, scale_dtype)
-        _set_child(model, name, QuantLinear.from_qtensor(qw, m.bias).to(m.weight.device))
+        _set_child(model, name,
+                   QuantLinear.from_qtensor(qw, m.bias, act).to(m.weight.device))
     return len(targets)
 
 

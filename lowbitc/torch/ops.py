@@ -19,7 +19,7 @@ import ml_dtypes
 import numpy as np
 import torch
 
-from lowbitc import formats
+from lowbitc import a8, formats
 from lowbitc import ops as lops
 from lowbitc.errors import BackendError, LowbitcError, UserArgumentError
 from lowbitc.ir.types import is_machine
@@ -41,7 +41,7 @@ class DeviceError(BackendError, NotImplementedError):
 
 _LIB = torch.library.Library("lowbitc", "DEF")
 _LIB.define("matmul(Tensor x, Tensor weight, Tensor scales, Tensor? zeros, str fmt, "
-            "int group_size, int k) -> Tensor")
+            "int group_size, int k, str act=\"f32\") -> Tensor")
 _LIB.define("dequantize(Tensor weight, Tensor scales, Tensor? zeros, str fmt, "
             "int group_size, int k) -> Tensor")
 
@@ -164,8 +164,11 @@ def check_weight(op: str, weight: torch.Tensor, scales: torch.Tensor,
 
 
 def check_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
-                 zeros: torch.Tensor | None, fmt: str, group_size: int, k: int) -> int:
+                 zeros: torch.Tensor | None, fmt: str, group_size: int, k: int,
+                 act: str = "f32") -> int:
     """Check lowbitc::matmul's arguments; returns N."""
+    if act not in a8.ACTS:
+        raise _fail("matmul", "act", " or ".join(map(repr, a8.ACTS)), repr(act))
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         raise _fail("matmul", "x", "a 2-D tensor [M, K]",
                     tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__)
@@ -221,13 +224,15 @@ class _Spec:
         self.zeros = _NO_ZEROS if has_zeros else None
 
 
-def _matmul_params(fmt: str, act: str, zp: bool, group: int, m: int, n: int, k: int,
-                   backend: str) -> dict:
-    """The tiles lowbitc.ops.matmul would pick: its defaults, then lowbitc.tune's winner."""
-    params = lops.matmul_params(m, _Spec(fmt, group, zp), act, backend)
-    fixed = {p: params[p] for p in ("W", "A", "ZP", "EARLY")}
-    params.update(lops.tuned_params("matmul", fixed, group, {"M": m, "N": n, "K": k}, backend))
-    return params
+def _matmul_kernel(backend: str, device: torch.device, fmt: str, adt: str, zp: bool,
+                   group: int, m: int, n: int, k: int, act: str):
+    """The kernel lowbitc.ops.matmul would pick (memoised per call signature)."""
+    key = ("matmul", backend, fmt, adt, zp, group, m, n, k, act)
+    k_ = _KERNELS.get(key)
+    if k_ is not None:
+        return k_
+    name, params = lops.matmul_choice(m, n, k, _Spec(fmt, group, zp), adt, act, backend)
+    return _kernel(name, backend, device, key, lambda: params)
 
 
 def _dequantize_params(fmt: str, zp: bool, group: int, n: int, k: int, backend: str) -> dict:
@@ -248,8 +253,10 @@ def _operand(t: torch.Tensor | None, backend: str, weight: bool = True):
 
 
 def matmul_into(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
-                zeros: torch.Tensor | None, fmt: str, group_size: int, k: int) -> None:
-    """y[M, N] = x @ dequant(weight).T on checked, contiguous tensors (no copies)."""
+                zeros: torch.Tensor | None, fmt: str, group_size: int, k: int,
+                act: str = "f32") -> None:
+    """y[M, N] = x @ dequant(weight).T on checked, contiguous tensors (no copies); `act`
+    as lowbitc.ops.matmul takes it."""
     m, n = y.shape
     if m == 0 or n == 0:
         return
@@ -257,17 +264,8 @@ def matmul_into(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scales: 
         y.zero_()
         return
     backend = _backend(x.device)
-    act, zp = ACTIVATIONS[x.dtype], zeros is not None
-    if backend == "llvm":
-        kern = _kernel("matmul", backend, x.device, ("matmul", backend, fmt, act, zp,
-                                                     group_size, m, n, k),
-                       lambda: _matmul_params(fmt, act, zp, group_size, m, n, k, backend))
-    else:  # the shipped choice: tensor cores for f16 activations (lowbitc.mma_plan)
-        spec = _Spec(fmt, group_size, zp)
-        name = lops.matmul_kernel_name(spec.dtype, act, backend)
-        kern = _kernel(name, backend, x.device, ("matmul", backend, fmt, act, zp, group_size,
-                                                 m, n, k),
-                       lambda: lops.matmul_choice(m, n, k, spec, act, backend)[1])
+    kern = _matmul_kernel(backend, x.device, fmt, ACTIVATIONS[x.dtype], zeros is not None,
+                          group_size, m, n, k, act)
     w = (_kernel_weight(kern, weight, scales, zeros, fmt, group_size, k) if backend == "llvm"
          else _operand(weight, backend))
     kern(_operand(x, backend, False), w, _operand(scales, backend),
@@ -283,9 +281,9 @@ class BoundMatmul:
     __slots__ = ("tensors", "_static", "_plans")
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
-                 fmt: str, group_size: int, k: int):
+                 fmt: str, group_size: int, k: int, act: str = "f32"):
         self.tensors = (weight, scales, zeros)
-        self._static = (fmt, group_size, k)
+        self._static = (fmt, group_size, k, a8.check_act(act))
         self._plans: dict[tuple, tuple | None] = {}
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -311,14 +309,13 @@ class BoundMatmul:
 
     def _plan(self, x: torch.Tensor) -> tuple | None:
         weight, scales, zeros = self.tensors
-        fmt, g, k = self._static
+        fmt, g, k, act = self._static
         n = check_matmul(x, weight, scales, zeros, fmt, g, k)
         m = x.shape[0]
         plan = None
         if x.device.type == "cpu" and m and n and k:
-            act, zp = ACTIVATIONS[x.dtype], zeros is not None
-            kern = _kernel("matmul", "llvm", x.device, ("matmul", "llvm", fmt, act, zp, g, m, n, k),
-                           lambda: _matmul_params(fmt, act, zp, g, m, n, k, "llvm"))
+            kern = _matmul_kernel("llvm", x.device, fmt, ACTIVATIONS[x.dtype],
+                                  zeros is not None, g, m, n, k, act)
             plan = (kern, _kernel_weight(kern, weight, scales, zeros, fmt, g, k),
                     _array(scales), _operand(zeros, "llvm", False), (m, n), g, k)
         if len(self._plans) > 64:  # many batch shapes: keep the cache small
@@ -328,10 +325,10 @@ class BoundMatmul:
 
 
 # ---------------------------------------------------------------- lowbitc::matmul
-def matmul_impl(x, weight, scales, zeros, fmt, group_size, k):
-    n = check_matmul(x, weight, scales, zeros, fmt, group_size, k)
+def matmul_impl(x, weight, scales, zeros, fmt, group_size, k, act="f32"):
+    n = check_matmul(x, weight, scales, zeros, fmt, group_size, k, act)
     y = torch.empty((x.shape[0], n), dtype=torch.float32, device=x.device)
-    matmul_into(y, x, weight, scales, zeros, fmt, group_size, k)
+    matmul_into(y, x, weight, scales, zeros, fmt, group_size, k, act)
     return y
 
 
@@ -340,13 +337,13 @@ _LIB.impl("matmul", matmul_impl, "CUDA")
 
 
 @torch.library.register_fake("lowbitc::matmul")
-def _matmul_fake(x, weight, scales, zeros, fmt, group_size, k):
-    n = check_matmul(x, weight, scales, zeros, fmt, group_size, k)
+def _matmul_fake(x, weight, scales, zeros, fmt, group_size, k, act="f32"):
+    n = check_matmul(x, weight, scales, zeros, fmt, group_size, k, act)
     return x.new_empty((x.shape[0], n), dtype=torch.float32)
 
 
 def _matmul_setup(ctx, inputs, output) -> None:
-    x, weight, scales, zeros, fmt, group_size, k = inputs
+    x, weight, scales, zeros, fmt, group_size, k, *_ = inputs  # (act: no effect on it)
     ctx.save_for_backward(weight, scales, zeros)
     ctx.static = (fmt, group_size, k)
     ctx.x_dtype = x.dtype
@@ -359,7 +356,7 @@ def _matmul_backward(ctx, grad: torch.Tensor):
         weight, scales, zeros = ctx.saved_tensors
         w_hat = torch.ops.lowbitc.dequantize(weight, scales, zeros, *ctx.static)
         gx = (grad.to(torch.float32) @ w_hat).to(ctx.x_dtype)
-    return gx, None, None, None, None, None, None
+    return gx, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("lowbitc::matmul", _matmul_backward,

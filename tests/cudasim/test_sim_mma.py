@@ -67,7 +67,7 @@ def _budget(x, qw, rounded: bool) -> np.ndarray:
 def test_mma_matmul_matches_numpy_and_interpreter(name, m, n, k, group, zp):
     qw = _qw(name, n, k, group, zp)
     x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float16)
-    name_, params = ops.matmul_choice(m, n, k, qw, "f16", "cuda")
+    name_, params = ops.matmul_choice(m, n, k, qw, "f16", backend="cuda")
     assert name_ == "matmul_mma"
     y = ops.matmul(x, qw, backend="cuda")
     exact = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
@@ -83,8 +83,9 @@ def test_mma_matmul_matches_numpy_and_interpreter(name, m, n, k, group, zp):
 
 def test_formats_beyond_f16_keep_the_simt_kernel():
     qw = _qw("f8e8m0fnu", 3, 64, 32, False)
-    assert ops.matmul_choice(2, 3, 64, qw, "f16", "cuda")[0] == "matmul"
-    assert ops.matmul_choice(2, 3, 64, _qw("u4", 3, 64, 32, False), "f32", "cuda")[0] == "matmul"
+    assert ops.matmul_choice(2, 3, 64, qw, "f16", backend="cuda")[0] == "matmul"
+    assert ops.matmul_choice(2, 3, 64, _qw("u4", 3, 64, 32, False), "f32",
+                              backend="cuda")[0] == "matmul"
 
 
 def test_tutorial_example_runs_on_tensor_cores():

@@ -1,0 +1,312 @@
+"""The byte dot fused with the weights' decode: `dot(xq, transpose(E), acc)` with xq an i8
+tile, E a u8 tile that is a function of the code alone over one load_codes in the rows
+packing (16 rows per vector, lowbitc.repack.RowsPacking), acc i32.
+
+Per block of 16 rows and step of 32 codes, each bit plane's words are `p` aligned 64-byte
+vectors (one i32 word per row); byte j of a word holds `8 / p` codes of width p, so one shift
+and one mask give four codes per row (bytes of each i32 lane) and one `vpdpbusd` adds their
+products with four activations broadcast to all 16 lanes: 16 outputs per accumulator, no
+horizontal sums. The four codes of a byte extraction are not consecutive along k: the
+activations are permuted once per call to match (a constant shuffle per 32 of them), and
+each dword of them stored repeated over the 16 lanes, which vpdpbusd reads as its operand. A plane
+above the first lands at its place in the byte by the same shift, so planes sum in the same
+accumulator. E(code) = code ^ X (unsigned integers, two's complement through the bias 2^(b-1),
+bipolar) xors the words first; a single 1-, 2- or 4-bit plane may instead look E up in a
+16-byte table (`vpshufb`: f4e2m1fn times two plus 12). Needs AVX-512 VNNI (the widest recipe
+of intdot.py); other hosts and windows take the generic path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lowbitc.backends.llvm import intdot
+from lowbitc.backends.llvm import rows as rows_packing
+from lowbitc.backends.llvm.emitter import Buf, Emitter
+from lowbitc.backends.llvm.fusion import _window_ok
+from lowbitc.backends.llvm.fusion_plan import _tree, _uses
+from lowbitc.backends.llvm.handlers import HANDLERS, Env
+from lowbitc.backends.llvm.lanes import row_sums
+from lowbitc.explain import note, subject_of
+from lowbitc.ir.core import Op, Region
+from lowbitc.ir.types import TileType
+from lowbitc.passes.bitpack_lanes import code_values
+from lowbitc.repack import LANES, RowsPacking
+
+V16 = f"<{LANES} x i32>"
+B64 = "<64 x i8>"
+CHAINS = 4  # independent vpdpbusd chains per block of 16 rows (latency x ports)
+
+
+@dataclass
+class BytePlan:
+    dot: Op
+    transpose: Op
+    codes: Op  # the load_codes leaf
+    deferred: list[Op]  # the ops the fused path skips (run by the fallback)
+    table: np.ndarray  # E for every code (0..255)
+    xor: int | None  # E(code) = code ^ xor, else None (a table lookup)
+
+
+def plan_byte_dots(r: Region) -> dict[int, BytePlan]:
+    """Integer dots of this region (keyed by result id) whose u8 weight operand is a
+    function of one load_codes' code alone."""
+    defs = {res.id: op for op in r.ops for res in op.results}
+    uses = _uses(r)
+    order = {id(o): i for i, o in enumerate(r.ops)}
+    plans: dict[int, BytePlan] = {}
+    for op in r.ops:
+        if op.opcode != "dot" or op.results[0].type.dtype != "i32":
+            continue
+        a, b, _ = op.operands
+        tr = defs.get(b.id)
+        if (a.type.dtype != "i8" or tr is None or tr.opcode != "transpose"
+                or tr.attrs.perm != (1, 0) or uses[b.id] != 1):
+            continue
+        e = tr.operands[0]
+        found = _tree(defs, uses, e)
+        if found is None or not isinstance(e.type, TileType) or e.type.dtype != "u8":
+            continue
+        tree, codes = found
+        if (codes.attrs.masked or tuple(codes.attrs.sizes) != e.type.shape
+                or e.type.shape[0] % LANES
+                or e.type.shape[1] % (32 if codes.opcode == "load_codes" else 64)):
+            continue
+        tree = sorted(tree, key=lambda o: order[id(o)])
+        table = _table(tree, codes, e, defs)
+        if table is None:
+            continue
+        n = np.arange(len(table))
+        x = int(table[0])
+        xor = x if np.array_equal(table, n ^ x) else None
+        if xor is None and (codes.opcode != "load_codes" or codes.attrs.bits not in (1, 2, 4)):
+            continue
+        plans[op.results[0].id] = BytePlan(
+            op, tr, codes, sorted(tree + [codes, tr], key=lambda o: order[id(o)]), table, xor)
+    return plans
+
+
+def _table(tree: list[Op], codes: Op, root, defs: dict) -> np.ndarray | None:
+    """E for every code as bytes (None if E reads anything but the code and constants)."""
+    bits = codes.attrs.bits if codes.opcode == "load_codes" else 8  # or u8/i8 bytes
+    vals = code_values(codes.results[0], bits, tree, root, defs)
+    return None if vals is None else vals.astype(np.uint8)
+
+
+def applies() -> bool:
+    """Whether this host has the 64-byte vpdpbusd the fused path is written with."""
+    dots = intdot.host_int_dots()
+    return bool(dots) and dots[0].step == 64 and dots[0].emit is intdot._vnni
+
+
+def emit_byte_dot(env: Env, plan: BytePlan) -> None:
+    """The fused path for windows of whole 16-row blocks in the rows packing, else the
+    deferred ops and the generic integer dot; binds the dot's result buffer."""
+    em = env.em
+    a, _, acc = plan.dot.operands
+    out = env.result_buf(plan.dot)
+    em.copy(env.get(acc), out)
+    abuf = env.get(a)
+    t = env.get(plan.codes.operands[0])
+    starts = [env.get(v) for v in plan.codes.operands[1:3]]
+    note("dot", subject_of(plan.codes.operands[0]), "fused integer byte dot (codes widened to "
+         "bytes, vpdpbusd over 16 rows per vector)", "windows at the tensor's edges take the "
+         "generic integer dot", loc=plan.dot.loc)
+    note("load", subject_of(plan.codes.operands[0]), f"fused into the dot at {plan.dot.loc}: "
+         "never materialised", loc=plan.codes.loc)
+    fast, slow, done = em.label("bytedot"), em.label("bytegeneric"), em.label("bytedotted")
+    sizes = plan.codes.attrs.sizes
+    t.ensure_strides(em)  # here: the branches below both use them
+    if not (applies() and isinstance(abuf, Buf) and abuf.contiguous):
+        em.br(slow)
+    elif plan.codes.opcode == "load":  # u8/i8 weights, rows in memory order
+        em.emit(f"br i1 {_window_ok(em, t, starts, sizes, aligned=False)}, label %{fast}, "
+                f"label %{slow}")
+        em.start_block(fast)
+        _fused_bytes(em, plan, abuf, out, t, starts)
+        em.br(done)
+    elif type(t.packing) is RowsPacking:
+        ok = rows_packing.window_ok(em, t, starts, sizes)
+        em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
+        em.start_block(fast)
+        _fused(em, plan, abuf, out, t, starts)
+        em.br(done)
+    else:
+        em.br(slow)
+    em.start_block(slow)
+    for d in plan.deferred:
+        HANDLERS[d.opcode](env, d)
+    intdot.emit_dot(em, abuf, env.get(plan.transpose.results[0]), out)
+    em.br(done)
+    em.start_block(done)
+
+
+def _order(p: int) -> list[int]:
+    """The step's codes in the order the extractions of a p-bit plane see them: word w,
+    extraction t (shift t*p), byte j holds code (32/p)*w + (8/p)*j + t."""
+    return [(32 // p) * w + (8 // p) * j + t for w in range(p) for t in range(8 // p)
+            for j in range(4)]
+
+
+def _i32(v: int) -> int:
+    """A 32-bit pattern as the signed literal LLVM prints."""
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def _rep(byte: int) -> str:
+    """A <16 x i32> constant with `byte` in each of its 64 bytes."""
+    return f"splat (i32 {_i32(byte * 0x01010101)})"
+
+
+def _broadcasts(em: Emitter, abuf: Buf, widths: set[int]) -> dict[int, Buf]:
+    """Per plane width, the activations' dwords in that plane's extraction order, each
+    repeated over 16 lanes ([m, k / 4, 16] i32): vpdpbusd then reads its activations as one
+    aligned load (no shuffle per instruction), once per 16-row block."""
+    m, k = abuf.shape
+    out = {}
+    for p in sorted(widths):
+        buf = em.alloc("i32", [m, k // 4, LANES])
+        mask = "<" + ", ".join(f"i32 {i}" for i in _order(p)) + ">"
+        for i in range(m):
+            for c in range(k // 32):
+                src = em.gep(abuf, str(i * abuf.strides[0] + 32 * c))
+                v = em.val(f"load <32 x i8>, ptr {src}, align 1")
+                v = em.val(f"shufflevector <32 x i8> {v}, <32 x i8> poison, <32 x i32> {mask}")
+                v = em.val(f"bitcast <32 x i8> {v} to <8 x i32>")
+                for d in range(8):
+                    x = em.val(f"extractelement <8 x i32> {v}, i64 {d}")
+                    ins = em.val(f"insertelement {V16} poison, i32 {x}, i64 0")
+                    bx = em.val(f"shufflevector {V16} {ins}, {V16} poison, "
+                                f"<{LANES} x i32> zeroinitializer")
+                    at = str(((i * k // 4) + 8 * c + d) * LANES)
+                    em.emit(f"store {V16} {bx}, ptr {em.gep(buf, at)}, align 64")
+        out[p] = buf
+    return out
+
+
+def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
+    packing: RowsPacking = t.packing
+    m, k = abuf.shape
+    bn, bk = plan.codes.attrs.sizes
+    bits = packing.bits
+    xs = _broadcasts(em, abuf, {p for p, _, _ in packing.planes})
+    chains = max(1, CHAINS // m)
+    first_step, steps = rows_packing.window_steps(em, t, starts, bk)
+    table = None
+    if plan.xor is None:  # a 16-byte table, repeated in each 128-bit lane for vpshufb
+        vals = [int(plan.table[i % len(plan.table)]) for i in range(16)] * 4
+        table = "<" + ", ".join(f"i8 {v}" for v in vals) + ">"
+        em.declare(f"declare {B64} @llvm.x86.avx512.pshuf.b.512({B64}, {B64})")
+
+    def block(r: str) -> None:
+        n0 = em.val(f"add i64 {starts[0]}, {em.val(f'mul i64 {r}, {LANES}')}")
+        base = em.val(f"add i64 {em.val(f'mul i64 {n0}, {t.words}')}, "
+                      f"{em.val(f'mul i64 {first_step}, {bits * LANES}')}")
+        rows_packing._prefetch(em, t, base, (bk // 32) * bits)
+
+        def step(s: str, accs: list[str]) -> list[str]:
+            wbase = em.val(f"add i64 {base}, {em.val(f'mul i64 {s}, {bits * LANES}')}")
+            k0 = em.val(f"mul i64 {s}, 32")
+            nxt = list(accs)
+            n = 0
+            for p, shift, first in packing.planes:
+                xp = xs[p]
+                for w in range(p):
+                    q = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 "
+                               f"{em.val(f'add i64 {wbase}, {(first + w) * LANES}')}")
+                    # (align 4: a copy of the words, QTensor.replica, may start off a line)
+                    word = em.val(f"load {V16}, ptr {q}, align 4")
+                    if plan.xor:
+                        x = (plan.xor >> shift) & ((1 << p) - 1)
+                        rep = sum(x << (p * i) for i in range(32 // p))
+                        word = em.val(f"xor {V16} {word}, splat (i32 {_i32(rep)})")
+                    for e in range(8 // p):
+                        v = _extract(em, word, e * p, shift, p, table)
+                        for i in range(m):
+                            d = i * k // 4 + w * (8 // p) + e  # the dword, k0 / 4 further
+                            off = em.val(f"mul i64 {em.val(f'add i64 {k0}, {4 * d}')}, "
+                                         f"{LANES // 4}")
+                            bx = em.val(f"load {V16}, ptr {em.gep(xp, off)}, align 64")
+                            c = i * chains + n % chains
+                            nxt[c] = _dpbusd(em, nxt[c], v, bx)
+                        n += 1
+            return nxt
+
+        accs = em.loop("0", steps, None, carried=[(V16, "zeroinitializer")] * (m * chains),
+                       body_carried=step)
+        col = em.val(f"mul i64 {r}, {LANES}")
+        for i in range(m):
+            total = accs[i * chains]
+            for c in range(1, chains):
+                total = em.val(f"add {V16} {total}, {accs[i * chains + c]}")
+            p_ = em.gep(out, em.flat_index([str(i), col], out.shape))
+            old = em.val(f"load {V16}, ptr {p_}, align 4")
+            em.emit(f"store {V16} {em.val(f'add {V16} {old}, {total}')}, ptr {p_}, align 4")
+
+    em.loop("0", str(bn // LANES), block)
+
+
+def _fused_bytes(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
+    """Byte weights in memory order (u8/i8 tensors): per weight row and activation row, one
+    vpdpbusd per 64 bytes into a vector of partial sums; 16 weight rows' vectors then fold
+    into one vector of their 16 sums (lanes.row_sums)."""
+    m, k = abuf.shape
+    bn, bk = plan.codes.attrs.sizes
+    flip = _i32((plan.xor or 0) * 0x01010101)
+
+    def block(r: str) -> None:
+        n0 = em.val(f"add i64 {starts[0]}, {em.val(f'mul i64 {r}, {LANES}')}")
+        col = em.val(f"mul i64 {r}, {LANES}")
+        em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
+        for j in range(LANES):  # each row's bytes two K windows ahead (rows are pages apart)
+            row = em.val(f"mul i64 {em.val(f'add i64 {n0}, {j}')}, {t.strides[0]}")
+            ahead = em.val(f"add i64 {row}, {em.val(f'add i64 {starts[1]}, {2 * bk}')}")
+            for line in range(0, bk, 64):
+                q = em.val(f"getelementptr i8, ptr {t.ptr}, i64 {ahead}")
+                q = em.val(f"getelementptr i8, ptr {q}, i64 {line}")
+                em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 3, i32 1)")
+        for i in range(m):
+            sums = []
+            for j in range(LANES):
+                row = em.val(f"mul i64 {em.val(f'add i64 {n0}, {j}')}, {t.strides[0]}")
+                acc = "zeroinitializer"
+                for c in range(bk // 64):
+                    at = em.val(f"add i64 {row}, {em.val(f'add i64 {starts[1]}, {64 * c}')}")
+                    q = em.val(f"getelementptr inbounds i8, ptr {t.ptr}, i64 {at}")
+                    w = em.val(f"load {V16}, ptr {q}, align 1")
+                    if flip:
+                        w = em.val(f"xor {V16} {w}, splat (i32 {flip})")
+                    x = em.val(f"load {V16}, ptr {em.gep(abuf, str(i * k + 64 * c))}, align 1")
+                    acc = _dpbusd(em, acc, w, x)
+                sums.append(acc)
+            total = row_sums(em, sums, LANES, "i32")
+            p_ = em.gep(out, em.flat_index([str(i), col], out.shape))
+            old = em.val(f"load {V16}, ptr {p_}, align 4")
+            em.emit(f"store {V16} {em.val(f'add {V16} {old}, {total}')}, ptr {p_}, align 4")
+
+    em.loop("0", str(bn // LANES), block)
+
+
+def _extract(em: Emitter, word: str, at: int, shift: int, p: int, table: str | None) -> str:
+    """The byte codes at bit `at` of every byte, moved to bit `shift` (their plane's place in
+    the code) and masked; with a table, looked up instead."""
+    amount = at - shift
+    v = word
+    if amount > 0:
+        v = em.val(f"lshr {V16} {v}, splat (i32 {amount})")
+    elif amount < 0:
+        v = em.val(f"shl {V16} {v}, splat (i32 {-amount})")
+    v = em.val(f"and {V16} {v}, {_rep(((1 << p) - 1) << shift)}")
+    if table is None:
+        return v
+    b = em.val(f"bitcast {V16} {v} to {B64}")
+    looked = em.val(f"call {B64} @llvm.x86.avx512.pshuf.b.512({B64} {table}, {B64} {b})")
+    return em.val(f"bitcast {B64} {looked} to {V16}")
+
+
+def _dpbusd(em: Emitter, acc: str, u: str, s: str) -> str:
+    """acc + vpdpbusd(u, s) on <16 x i32> operands."""
+    em.declare(f"declare {V16} @llvm.x86.avx512.vpdpbusd.512({V16}, {V16}, {V16})")
+    return em.val(f"call {V16} @llvm.x86.avx512.vpdpbusd.512({V16} {acc}, {V16} {u}, {V16} {s})")

@@ -1,0 +1,86 @@
+"""Int8 activations (W*A8, `act="i8"`): which weight formats take the shipped matmul_a8
+kernel, and with which parameters.
+
+A format qualifies when, for one of SC in (1, 1/2, 2), every value v times SC minus the least
+of them is an integer byte: the kernel then multiplies those bytes (u8) with the activations
+quantized to i8 in an integer dot (VNNI). That holds for every unsigned, two's complement
+and bipolar integer format of 1..8 bits (bipolar through SC = 1/2: the byte is the code) and
+for f4e2m1fn (values times 2 are -12..12), not for code books or wider floats: those keep f32
+activations.
+The activations are quantized per row and block of QB columns: the weight group, or its
+largest divisor of at most MAX_BLOCK that is a multiple of 32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lowbitc.errors import UserArgumentError
+
+ACTS = ("f32", "i8")  # what ops.matmul's `act` takes
+MAX_BLOCK = 128  # activation block: at most this many columns share one int8 scale
+# (SC candidates in order of preference: a byte that is the code itself or the code with bits
+# flipped first, since the fused byte dot reads those with no table)
+_SCALES = (1.0, 0.5, 2.0)
+
+
+def check_act(act: object) -> str:
+    """`act` as given, or a UserArgumentError naming the values it takes."""
+    if act not in ACTS:
+        raise UserArgumentError(f"act: expected one of {', '.join(map(repr, ACTS))}, "
+                                f"got {act!r}")
+    return act
+
+
+def byte_map(wtype) -> tuple[float, float] | None:
+    """(SC, LO) with byte = value * SC - LO an integer in 0..255 for every code of the
+    format, or None when no such map exists (the format keeps f32 activations)."""
+    v = np.asarray(wtype.values(), np.float64)
+    if not np.all(np.isfinite(v)):
+        return None
+    found = None
+    codes = np.arange(len(v))
+    for sc in _SCALES:
+        b = v * sc
+        lo = float(b.min())
+        byte = b - lo
+        if not (np.array_equal(byte, np.round(byte)) and byte.max() <= 255):
+            continue
+        if np.array_equal(byte.astype(np.int64), codes ^ int(byte[0])):
+            return sc, lo
+        found = found or (sc, lo)
+    return found
+
+
+def block(group: int) -> int:
+    """Columns per activation block (an int8 scale each): the group, or its largest divisor
+    <= MAX_BLOCK that is a multiple of 32 (a group that is no multiple of 32 is its own block)."""
+    if group <= MAX_BLOCK or group % 32:
+        return group
+    for qb in range(MAX_BLOCK, 31, -32):
+        if group % qb == 0:
+            return qb
+    return 32
+
+
+def rows_tile(M: int, N: int) -> int:
+    """Weight rows per program: wide tiles share each quantized activation block (256 when
+    several activation rows do), a divisor of N where one exists, so that every window is
+    whole 16-row blocks (the fused byte dot's condition)."""
+    widest = 128 if M == 1 else 256
+    for bn in (256, 128, 64, 32, 16):
+        if bn <= widest and N % bn == 0:
+            return bn
+    return widest
+
+
+def params(wtype, group: int, zero_point: bool, M: int, act: str,
+           N: int = 4096) -> dict | None:
+    """matmul_a8's parameters for this weight and shape, or None for the f32 path."""
+    m = byte_map(wtype) if act == "i8" else None
+    if m is None:
+        return None
+    sc, lo = m
+    bm = 1 if M == 1 else min(16, 1 << (M - 1).bit_length())
+    return {"W": wtype, "SC": sc, "LO": lo, "ZP": bool(zero_point), "QB": block(group),
+            "BM": bm, "BN": rows_tile(M, N)}
