@@ -18,7 +18,8 @@ from lowbitc.interop.ggml import ggml_to_qtensor
 from lowbitc.interop.kquants import quantize_blocks
 from lowbitc.ir.types import numpy_dtype
 from lowbitc.memory import weight_bytes
-from lowbitc.quant import QTensor, quantize
+from lowbitc.methods import quantize
+from lowbitc.quant import QTensor
 
 from .baselines import Baseline, torch_int4_gemv
 from .harness import in_turn
@@ -71,9 +72,9 @@ def activations(M: int, K: int, seed: int = 1, dtype: str = "f32") -> np.ndarray
     return x if dtype == "f32" else x.astype(numpy_dtype(dtype))
 
 
-def quantized(w: np.ndarray, fmt: str, group_size: int) -> QTensor:
+def quantized(w: np.ndarray, fmt: str, group_size: int, outliers: float = 0) -> QTensor:
     """`w` quantized to `fmt`; unsigned integer formats get group-wise zero points."""
-    return quantize(w, fmt, group_size, zero_point=fmt.startswith("u"))
+    return quantize(w, fmt, group_size, zero_point=fmt.startswith("u"), outliers=outliers)
 
 
 def imported(w: np.ndarray, source: str, group_size: int) -> QTensor:

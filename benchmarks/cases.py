@@ -36,7 +36,8 @@ class Goal:
 
 @dataclass(frozen=True)
 class RowSpec:
-    """One row: `kind` picks the measurement (gemv, torch, gemm, dequant, small, interop)."""
+    """One row: `kind` picks the measurement (gemv, torch, gemm, dequant, small, interop,
+    outliers)."""
 
     name: str
     kind: str
@@ -72,6 +73,14 @@ ROWS: tuple[RowSpec, ...] = (
         "gemv_u4_vs_torch", "torch", "u4", 1,
         Goal("at least as fast as torch int4 (bf16 activations)", "speedup", ">=", 1.0),
         "ops.matmul M=1 u4, f32 activations vs torch._weight_int4pack_mm_for_cpu, bf16",
+    ),
+    *(
+        RowSpec(
+            f"outliers_gemv_{f}", "outliers", f, 1,
+            Goal("within 1.3x of the same format without outliers", "speedup", ">=", 1 / 1.3),
+            f"ops.matmul M=1 {f} g64 + 0.5% outliers (CSR second pass) vs {f} without",
+        )
+        for f in ("u3", "u4")
     ),
     RowSpec(
         "gemm_u4_M16", "gemm", "u4", 16, _faster(1.5),

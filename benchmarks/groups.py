@@ -131,6 +131,26 @@ def _gemv_group(cfg: Config, specs: list[RowSpec]) -> Group:
     return grp
 
 
+def _rotated(cfg: Config, key: str, x, qw: QTensor) -> cand.Timed:
+    """`key`'s matmul rotating through copies of qw (weights from DRAM, as _streamed)."""
+    return cand.matmul_case(key, x, qw, cfg.copies(cand.weight_bytes(qw)))
+
+
+def _outliers_group(cfg: Config, specs: list[RowSpec]) -> Group:
+    """Each format's GEMV with 0.5% of the weights kept as outliers, against the same format
+    without them, interleaved (issue 18)."""
+    n, g = cfg.size, cfg.group_size
+    grp = Group(f"GEMV M=1, K=N={n}, with and without 0.5% outliers")
+    w, x = cand.weights(n, n, cfg.seed), cand.activations(1, n, cfg.seed + 1)
+    for spec in specs:
+        plain, kept = f"lowbitc_gemv_{spec.fmt}_plain", f"lowbitc_gemv_{spec.fmt}_outliers"
+        for key, share in ((plain, 0), (kept, 0.005)):
+            grp.add(key, lambda k=key, f=spec.fmt, o=share: _rotated(
+                cfg, k, x, cand.quantized(w, f, g, outliers=o)))
+        grp.bindings.append(Binding(spec, kept, plain))
+    return grp
+
+
 def _gemm_group(cfg: Config, spec: RowSpec) -> Group:
     n, m = cfg.size, spec.M
     grp = Group(f"GEMM M={m}, K=N={n}")
@@ -285,6 +305,8 @@ def groups(cfg: Config) -> Iterator[Callable[[], Group]]:
         fmts = [s.fmt for s in gemv if s.kind == "gemv"]
         if fmts:
             yield lambda: incache_group(cfg, fmts)
+    if by_kind.get("outliers"):
+        yield lambda: _outliers_group(cfg, by_kind["outliers"])
     for spec in by_kind.get("gemm", []):
         yield lambda s=spec: _gemm_group(cfg, s)
     if by_kind.get("interop"):

@@ -82,11 +82,11 @@ def bounds(gpu: dict, m: int, n: int, k: int, fmt: str, r: float) -> dict:
 
 
 def ratio_from_stats(stats: dict) -> float | None:
-    """Non-HMMA instructions per HMMA in the steady-state loop, or None without HMMA."""
-    for key in ("non_hmma_per_hmma",):
-        for scope in (stats, stats.get("inner_loop") or {}):
-            if scope.get(key) is not None:
-                return float(scope[key])
+    """Non-HMMA instructions per HMMA in the steady-state loop (`mma_loop`, what `lowbitc emit
+    ... --format stats` reports for a tensor-core kernel), or None without HMMA."""
+    for scope in (stats.get("mma_loop") or {}, stats, stats.get("inner_loop") or {}):
+        if scope.get("non_hmma_per_hmma") is not None:
+            return float(scope["non_hmma_per_hmma"])
     loop = stats.get("inner_loop") or {}
     mix = loop.get("sass_mix") or {}
     hmma = mix.get("HMMA", 0)
@@ -94,10 +94,12 @@ def ratio_from_stats(stats: dict) -> float | None:
 
 
 def measured_ratio(fmt: str, arch: str) -> float | None:
-    """`r` from `lowbitc emit matmul --backend cuda --format stats`, None if no HMMA."""
+    """`r` from `lowbitc emit matmul -D A=f16 --backend cuda --format stats` (the tensor-core
+    kernel ops.matmul runs for f16 activations), None if no HMMA."""
     proc = subprocess.run(
-        [sys.executable, "-m", "lowbitc.cli", "emit", "matmul", "--wtype", fmt, "--backend",
-         "cuda", "--arch", arch, "--format", "stats"], capture_output=True, text=True)
+        [sys.executable, "-m", "lowbitc.cli", "emit", "matmul", "-D", "A=f16", "--wtype", fmt,
+         "--backend", "cuda", "--arch", arch, "--format", "stats"], capture_output=True,
+        text=True)
     if proc.returncode != 0:
         return None
     return ratio_from_stats(json.loads(proc.stdout))

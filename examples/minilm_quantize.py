@@ -6,8 +6,12 @@ mean cosine similarity of sentence embeddings (mean pooling) against the fp32 mo
 weight bytes of the linear layers and of the whole model, and the forward time against fp32.
 `--act f32,i8` adds each format with int8 activations (`quantize_(..., act="i8")`).
 
-    python examples/minilm_quantize.py [--sentences 16] [--repeats 3] [--gptq] [--act f32,i8]
-        [--json out.json]
+    python examples/minilm_quantize.py [--sentences 16] [--repeats 3] [--gptq] [--methods]
+        [--act f32,i8] [--json out.json]
+
+`--methods` adds the accuracy methods of docs/quantization.md (HQQ, outliers, a format
+mixture, per-row fitted code books), with bits per weight including scales, zero points,
+table indices and outliers.
 """
 
 from __future__ import annotations
@@ -29,14 +33,28 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
+import lowbitc  # noqa: E402
 from lowbitc.torch import QuantLinear, quantize_  # noqa: E402
+from lowbitc.torch.tables import TableLinear  # noqa: E402
 
 # (format, group size, GPTQ?): the issue's five formats with round-to-nearest quantize_, then
 # u4 with GPTQ (--gptq). u8/u4/u3 get zero points (quantize_'s default for unsigned formats).
 FORMATS = (("u8", 64, False), ("u4", 64, False), ("nf4", 64, False), ("f4e2m1", 64, False),
            ("u3", 32, False))
 GPTQ_FORMATS = (("u4", 64, True),)
-GOALS = {"u8": 0.999, "u4": 0.97, "u3": 0.90}
+# (label, dtype, group size, GPTQ?, quantize_ keywords): docs/quantization.md's rows
+METHOD_ROWS = (
+    ("u4 HQQ", "u4", 64, False, {"method": "hqq"}),
+    ("u3 +0.5% out", "u3", 64, False, {"outliers": 0.005}),
+    ("u3 +0.5% GPTQ", "u3", 64, True, {"outliers": 0.005}),
+    ("u3 +col:2 GPTQ", "u3", 64, True, {"outliers": "columns:2"}),
+    ("u2 +1% GPTQ", "u2", 32, True, {"outliers": 0.01}),
+    ("mix4", ["u4", "nf4", "f4e2m1", "i4"], 64, False, {}),
+    ("rows3", lowbitc.codebook.fitter(3, per="row"), 64, False, {}),
+)
+METHOD_LABELS = {row[0] for row in METHOD_ROWS}
+GOALS = {"u8": 0.999, "u4": 0.97, "u3": 0.90, "u4 HQQ": 0.975, "u3 +0.5% out": 0.95,
+         "u2 +1% GPTQ": 0.90, "rows3": 0.95}
 # GPTQ's calibration text: deliberately not the sentences the embeddings are compared on
 CALIBRATION = (
     "A quick brown fox jumps over the lazy dog.",
@@ -90,7 +108,10 @@ def weight_bytes(model: nn.Module) -> tuple[int, int]:
     for m in model.modules():
         if isinstance(m, QuantLinear):
             linear += sum(t.numel() * t.element_size()
-                          for t in (m.qdata, m.scales, m.zeros) if t is not None)
+                          for t in (m.qdata, m.scales, m.zeros, m.outlier_indptr,
+                                    m.outlier_indices, m.outlier_values) if t is not None)
+        elif isinstance(m, TableLinear):
+            linear += round(m.bits_per_weight() * m.in_features * m.out_features / 8)
         elif isinstance(m, nn.Linear):
             linear += m.weight.numel() * m.weight.element_size()
     total = sum(t.numel() * t.element_size()
@@ -135,16 +156,18 @@ def evaluate(sentences=SENTENCES, formats=FORMATS, repeats: int = 3,
         for text in CALIBRATION:  # one at a time: no padding tokens in the statistics
             m(**tokenizer(text, return_tensors="pt"))
 
-    for fmt, group, gptq in formats:
+    for row in formats:
+        label, fmt, group, gptq, options = row if len(row) == 5 else (row[0], *row, {})
         quantized = copy.deepcopy(model)
-        layers = quantize_(quantized, fmt, group, calibrate=calibrate if gptq else None)
+        layers = quantize_(quantized, fmt, group, calibrate=calibrate if gptq else None,
+                           **options)
         for act in acts:
             q = quantized if act == "f32" else with_act(quantized, act)
             embed(q, batch)  # compile the kernels this shape needs before timing
             cos = torch.nn.functional.cosine_similarity(embed(q, batch), ref, dim=-1)
             linear, total = weight_bytes(q)
             t = forward_time(q, batch, repeats)
-            rows.append({"format": fmt, "group_size": group, "gptq": gptq, "layers": layers,
+            rows.append({"format": label, "group_size": group, "gptq": gptq, "layers": layers,
                          "act": act, "cosine_mean": float(cos.mean()),
                          "cosine_min": float(cos.min()), "linear_bytes": linear,
                          "model_bytes": total, "forward_s": t, "time_vs_fp32": t / fp32_time})
@@ -153,16 +176,19 @@ def evaluate(sentences=SENTENCES, formats=FORMATS, repeats: int = 3,
 
 def print_table(rows: list[dict], sentences: int) -> None:
     print(f"all-MiniLM-L6-v2, {sentences} sentences, mean pooling; cosine vs fp32")
-    print(f"{'format':13} {'group':>5} {'cos mean':>9} {'cos min':>9} {'linear MB':>10} "
-          f"{'model MB':>9} {'forward ms':>11} {'vs fp32':>8}  goal")
+    print(f"{'format':15} {'group':>5} {'cos mean':>9} {'cos min':>9} {'linear MB':>10} "
+          f"{'bits/w':>6} {'model MB':>9} {'forward ms':>11} {'vs fp32':>8}  goal")
+    weights = rows[0]["linear_bytes"] / 4  # the fp32 row: 4 bytes per weight
     for r in rows:
         goal = GOALS.get(r["format"])
         mark = "" if goal is None else f">= {goal} " + ("ok" if r["cosine_mean"] >= goal
                                                          else "MISSED")
-        name = r["format"] + (" GPTQ" if r["gptq"] else " RTN" if r["group_size"] else "")
+        name = r["format"] if r["format"] in METHOD_LABELS else (
+            r["format"] + (" GPTQ" if r["gptq"] else " RTN" if r["group_size"] else ""))
         name += " A8" if r.get("act") == "i8" else ""
-        print(f"{name:13} {r['group_size'] or '-':>5} {r['cosine_mean']:9.5f} "
+        print(f"{name:15} {r['group_size'] or '-':>5} {r['cosine_mean']:9.5f} "
               f"{r['cosine_min']:9.5f} {r['linear_bytes'] / 1e6:10.2f} "
+              f"{8 * r['linear_bytes'] / weights:6.2f} "
               f"{r['model_bytes'] / 1e6:9.2f} {r['forward_s'] * 1e3:11.1f} "
               f"{r['time_vs_fp32']:7.1f}x  {mark}")
 
@@ -173,12 +199,15 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"how many of the {len(SENTENCES)} fixed sentences to embed")
     ap.add_argument("--repeats", type=int, default=3, help="timed forwards per model")
     ap.add_argument("--gptq", action="store_true", help="add u4 quantized with GPTQ")
+    ap.add_argument("--methods", action="store_true",
+                    help="add HQQ, outliers, a format mixture and per-row code books")
     ap.add_argument("--act", default="f32",
                     help="activation types, comma-separated: f32 (exact), i8 (int8, VNNI)")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
     sentences = SENTENCES[: max(1, args.sentences)]
-    rows = evaluate(sentences, FORMATS + (GPTQ_FORMATS if args.gptq else ()), args.repeats,
+    rows = evaluate(sentences, FORMATS + (GPTQ_FORMATS if args.gptq else ())
+                    + (METHOD_ROWS if args.methods else ()), args.repeats,
                     tuple(args.act.split(",")))
     print_table(rows, len(sentences))
     if args.json:

@@ -3,8 +3,11 @@ __version__ = "0.1.0"
 
 import importlib  # noqa: E402
 
-from lowbitc.dtypes import codebook, dtype, dtypes  # noqa: E402,F401
+from lowbitc.codebook_fit import CodebookFactory  # noqa: E402
+from lowbitc.dtypes import dtype, dtypes  # noqa: E402,F401
 from lowbitc.packing import pack, unpack  # noqa: E402,F401
+
+codebook = CodebookFactory()  # lowbitc.codebook(values) and lowbitc.codebook.fit(w, bits)
 
 # Heavier pieces load on first use (PEP 562), so `import lowbitc` + a cached compile stay fast:
 # attribute -> (module, name in it; None for the module itself)
@@ -13,7 +16,8 @@ _LAZY = {
     "ops": ("lowbitc.ops", None),
     "QTensor": ("lowbitc.quant", "QTensor"),
     "load": ("lowbitc.quant", "load"),
-    "quantize": ("lowbitc.quant", "quantize"),
+    "quantize": ("lowbitc.methods", "quantize"),
+    "TableQTensor": ("lowbitc.mixture", "TableQTensor"),
     "compile": ("lowbitc.compiler", "compile"),
     "chop": ("lowbitc.emulate", "chop"),
     "tune": ("lowbitc.autotune", "tune"),

@@ -44,9 +44,10 @@ def llc_bytes(sysfs: Path = _SYSFS) -> int:
 
 
 def weight_bytes(qw: QTensor) -> int:
-    """Bytes a kernel reads for the weight: its storage, scales and zero points."""
+    """Bytes a kernel reads for the weight: its storage, scales, zero points and outliers."""
     zeros = 0 if qw.zeros is None else qw.zeros.nbytes
-    return int(weight_storage(qw).nbytes + qw.scales.nbytes + zeros)
+    sparse = 0 if qw.sparse is None else qw.sparse.nbytes
+    return int(weight_storage(qw).nbytes + qw.scales.nbytes + zeros + sparse)
 
 
 def copies_for(weight_bytes: float, factor: float = 4.0, llc: int | None = None) -> int:

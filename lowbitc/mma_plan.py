@@ -12,8 +12,8 @@ import numpy as np
 
 F16_MAX = 65504.0
 F16_TINY = 2.0**-24
-# threads per block: 4 warps on a GPU; one warp in the simulator (each thread is a Python
-# thread there)
+# threads per block: 4 warps on a GPU for BM > 16; one warp at BM 16 and in the simulator
+# (each thread is a Python thread there)
 MMA_THREADS, MMA_SIM_THREADS = 128, 32
 
 
@@ -36,8 +36,12 @@ def simulator() -> bool:
 
 def mma_params(M: int, wtype, group: int, zero_point: bool) -> dict:
     """Tiles of matmul_mma: 16 x 8 x 16 multiples; BK the largest of 128/64/32/16 dividing the
-    group (the rest of a K tile past the group would be masked away); BM 16 (M <= 16), 32, 64."""
+    group (the rest of a K tile past the group would be masked away); BM 16 (M <= 16), 32, 64;
+    at BM 16 one warp owning 16 x 64 outputs (8 mma per A fragment and K step: the fragment's
+    ldmatrix and the loop's address arithmetic spread over 8 HMMA), else BN 32 on 4 warps
+    (wider tiles there exceed 48 KiB of shared memory for the formats staged in it)."""
     bk = next(b for b in (128, 64, 32, 16) if group % b == 0 or b == 16)
     bm = 16 if M <= 16 else 32 if M <= 32 else 64
-    threads = MMA_SIM_THREADS if simulator() else MMA_THREADS
-    return {"W": wtype, "ZP": bool(zero_point), "BM": bm, "BN": 32, "BK": bk, "TH": threads}
+    threads = MMA_SIM_THREADS if simulator() or bm == 16 else MMA_THREADS
+    bn = 64 if bm == 16 else 32
+    return {"W": wtype, "ZP": bool(zero_point), "BM": bm, "BN": bn, "BK": bk, "TH": threads}

@@ -22,6 +22,7 @@ from lowbitc.kernels import (  # noqa: F401 (re-exported: ops.get_kernel, ops._K
     kernel_source,
 )
 from lowbitc.kv.attention import attention_decode as kv_attention_decode
+from lowbitc.mixture import TableQTensor
 from lowbitc.mma_plan import mma_format, mma_params
 from lowbitc.offset import OffsetQTensor, finish_dequantize, permute_input, subtract_offsets
 from lowbitc.quant import QTensor
@@ -47,7 +48,7 @@ def weight_storage(qw: QTensor, k: Kernel | None = None, param: str = "w"):
 
 
 def _check_qtensor(qw: object) -> QTensor:
-    if not isinstance(qw, QTensor):
+    if not isinstance(qw, QTensor | TableQTensor):
         raise UserArgumentError(f"qw: expected a lowbitc QTensor, got {type(qw).__name__}")
     return qw
 
@@ -145,9 +146,11 @@ def tuned_params(name: str, fixed: dict, group: int, shape: dict, backend: str) 
 def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
            out: np.ndarray | None = None, act: str = "f32") -> np.ndarray:
     """x[M, K] (float32, float16 or bfloat16) @ qw.dequantize().T -> float32 [M, N]
-    (written to `out` if given). `act="i8"` quantizes the activations to int8 in the kernel
-    (per row and block, lowbitc/a8.py) and multiplies integers (VNNI) for the formats that
-    allow it on the LLVM backend; other formats and backends keep exact f32 activations."""
+    (written to `out` if given). Outliers (`qw.sparse`) are a second pass over the output;
+    a TableQTensor (per-group or per-row tables) has no kernel yet and multiplies its
+    dequantized weights. `act="i8"` quantizes the activations to int8 in the kernel (per row
+    and block, lowbitc/a8.py) and multiplies integers (VNNI) for the formats that allow it on
+    the LLVM backend; other formats and backends keep exact f32 activations."""
     qw = _check_qtensor(qw)
     act = a8.check_act(act)
     if not isinstance(x, np.ndarray):
@@ -169,6 +172,9 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
     y = _out(out, (M, N))
     if M == 0 or N == 0:
         return y
+    if isinstance(qw, TableQTensor):
+        np.matmul(x.astype(np.float32), qw.dequantize().T, out=y)
+        return y
     plan = ("matmul", backend, qw.dtype, adt, qw.zeros is not None, qw.group_size, M, N, K,
             act)
     k = _plan(plan)
@@ -177,6 +183,8 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
         k = _remember(plan, get_kernel(name, backend, **params))
     zeros = qw.zeros if qw.zeros is not None else _NO_ZEROS
     k(x, weight_storage(qw, k), qw.scales, zeros, y, qw.group_size, K=K)
+    if qw.sparse is not None:
+        qw.sparse.matmul_add(x, y, backend)
     return y
 
 
@@ -227,6 +235,9 @@ def dequantize(qw: QTensor, backend: str = "llvm", out: np.ndarray | None = None
     y = _out(out, (N, K), np.dtype(out_dtype))
     if N == 0 or K == 0:
         return y
+    if isinstance(qw, TableQTensor):
+        y[...] = qw.dequantize()
+        return y
     plan = ("dequantize", backend, qw.dtype, qw.zeros is not None, qw.group_size, N, K, odt)
     k = _plan(plan)
     if k is None:
@@ -245,6 +256,8 @@ def dequantize(qw: QTensor, backend: str = "llvm", out: np.ndarray | None = None
         k = _remember(plan, get_kernel("dequantize", backend, **params))
     zeros = qw.zeros if qw.zeros is not None else _NO_ZEROS
     k(weight_storage(qw, k), qw.scales, zeros, y, qw.group_size, K=K)
+    if qw.sparse is not None:
+        y[qw.sparse.rows, qw.sparse.indices] += qw.sparse.values.astype(y.dtype)
     return y
 
 

@@ -23,6 +23,7 @@ from safetensors.numpy import save_file
 from lowbitc.dtypes import Format, codebook
 from lowbitc.dtypes import dtype as get_dtype
 from lowbitc.errors import UserArgumentError
+from lowbitc.outliers import Sparse
 from lowbitc.packing import pack, unpack
 from lowbitc.quant_errors import _affine_sums, _compiled, _errors
 from lowbitc.repack import PackedWords, Packing
@@ -43,7 +44,8 @@ class QTensor:
 
     `dequantize()` is w_hat[n, k] = (decode(codes[n, k]) - zeros[n, g]) * scales[n, g] with
     g = k // group_size, evaluated in float32 in exactly this order: one float32 subtraction
-    (skipped when `zeros` is None), then one float32 multiplication. Compiled kernels match it
+    (skipped when `zeros` is None), then one float32 multiplication; with outliers (`sparse`),
+    then one float32 addition of the sparse value where there is one. Compiled kernels match it
     bit for bit.
     """
 
@@ -54,9 +56,13 @@ class QTensor:
     scales: np.ndarray  # float32 [N, ceil(K / group_size)]
     zeros: np.ndarray | None = None  # float32, same shape as scales
     scale_dtype: str = "f32"
+    sparse: Sparse | None = None  # outliers kept in float (lowbitc.outliers), added on top
 
     def __post_init__(self) -> None:
         n, k = self.shape
+        if self.sparse is not None and self.sparse.shape != (n, k):
+            raise UserArgumentError(f"sparse: expected an outlier matrix of shape {(n, k)}, "
+                                    f"got {self.sparse.shape}")
         groups = (n, -(-k // self.group_size))
         if self.codes.shape != (n, k) or self.codes.dtype != np.uint8:
             raise UserArgumentError(f"codes: expected uint8 {(n, k)}, got "
@@ -100,7 +106,7 @@ class QTensor:
         codes = self.codes.copy() if self.dtype.name in ("u8", "i8") else self.codes
         twin = QTensor(self.dtype, self.shape, self.group_size, codes,
                        self.scales.copy(), None if self.zeros is None else self.zeros.copy(),
-                       self.scale_dtype)
+                       self.scale_dtype, None if self.sparse is None else self.sparse.copy())
         if "packed" in self.__dict__:
             twin.__dict__["packed"] = self.packed.copy()
         twin.__dict__["_repacked"] = {
@@ -114,13 +120,19 @@ class QTensor:
         g = self.group_size
         if self.zeros is not None:
             v = v - np.repeat(self.zeros, g, axis=1)[:, : self.shape[1]]
-        return v * np.repeat(self.scales, g, axis=1)[:, : self.shape[1]]
+        v = v * np.repeat(self.scales, g, axis=1)[:, : self.shape[1]]
+        if self.sparse is not None:
+            v[self.sparse.rows, self.sparse.indices] += self.sparse.values.astype(np.float32)
+        return v
 
     def save(self, path) -> None:
         """Write packed codes, scales, zeros and the metadata to rebuild this to safetensors."""
         tensors = {"packed": self.packed, "scales": self.scales}
         if self.zeros is not None:
             tensors["zeros"] = self.zeros
+        if self.sparse is not None:
+            tensors.update({f"outlier_{k}": getattr(self.sparse, k)
+                            for k in ("indptr", "indices", "values")})
         meta = {
             "format": self.dtype.name,
             "kind": self.dtype.kind,
@@ -150,8 +162,10 @@ def load(path) -> QTensor:
         fmt = get_dtype(meta["format"])
     n, k = json.loads(meta["shape"])
     codes = unpack(t["packed"], fmt.bits, k) if n else np.zeros((0, k), np.uint8)
+    sparse = (Sparse((n, k), t["outlier_indptr"], t["outlier_indices"], t["outlier_values"])
+              if "outlier_indptr" in t else None)
     return QTensor(fmt, (n, k), int(meta["group_size"]), codes, t["scales"], t.get("zeros"),
-                   meta["scale_dtype"])
+                   meta["scale_dtype"], sparse)
 
 
 def _version() -> str:

@@ -135,11 +135,33 @@ def test_mma_matmul_sass_has_hmma_and_ldsm_and_no_spills(w, arch, capsys):
     loop = st["mma_loop"]
     # A by ldmatrix; u4's B decoded in registers (LOP3 + HFMA2 per f16x2 pair), u3's from
     # shared memory by ldmatrix (its codes straddle words)
-    assert loop["hmma"] >= 4 and loop["sass_mix"].get("LDSM", 0) >= 4, loop
+    assert loop["hmma"] >= 8 and loop["sass_mix"].get("LDSM", 0) >= 1, loop
     if w == "u4":
         assert loop["sass_mix"].get("HFMA2", 0) >= 8 and loop["sass_mix"].get("STS", 0) < 20
     assert loop["non_hmma_per_hmma"] == round((loop["instructions"] - loop["hmma"])
                                               / loop["hmma"], 2)
+
+
+# Best achieved non-HMMA per HMMA in the steady-state K loop at the shipped defaults (BM=16,
+# BN=64, one warp owning 16 x 64), with a little slack for ptxas scheduling. NOT yet issue
+# 13's goal (u4 <= 8, every other width <= 16): a regression guard on the way there. u3 (odd:
+# its decoded tile still goes through shared memory) is far from it.
+ACHIEVED = {("u4", "sm_80"): 13.5, ("u4", "sm_90"): 15.0, ("u3", "sm_80"): 80.0,
+            ("u3", "sm_90"): 80.0}
+
+
+@pytest.mark.cuda_toolchain
+@needs_toolchain
+@pytest.mark.parametrize("w,arch", sorted(ACHIEVED))
+def test_mma_loop_non_hmma_per_hmma_bound(w, arch, capsys):
+    """The steady-state loop has no bounds checks (the inside-tile version of the K loop) and
+    8 HMMA per K step per warp; the bound is the best achieved, not the issue's goal."""
+    st = _stats(w, arch, capsys)
+    loop = st["mma_loop"]
+    assert st["spill_bytes"] == 0 and loop["hmma"] >= 8, loop
+    if w == "u4":  # no bounds checks: only the loop's own exit test
+        assert loop["nested_loops"] == 0 and loop["sass_mix"].get("ISETP", 0) <= 2, loop
+    assert loop["non_hmma_per_hmma"] <= ACHIEVED[w, arch], loop
 
 
 @pytest.mark.cuda_toolchain
@@ -152,7 +174,7 @@ def test_i8_dot_assembles_to_imma_without_spills(arch):
 
 
 def test_simulator_suite():
-    run_simulator_suite("test_sim_mma.py", passed=26)
+    run_simulator_suite("test_sim_mma.py", passed=28)
 
 
 def test_weights_decode_into_b_registers():
@@ -163,6 +185,11 @@ def test_weights_decode_into_b_registers():
         src = _rendered(w)
         assert ("hfma2(" in src and "ldmatrix_x2(" not in src) == direct, w
     assert "U32(0x64006400), 0xEA)" in _rendered("u4")  # interleaved: one lop3 per pair
+    # two K loops: the unchecked steady state when the codes tile is inside, the checked edge
+    src = _rendered("u4")
+    fast = src[src.index("if full"):src.index("else:", src.index("if full"))]
+    slow = src[src.index("else:", src.index("if full")):]
+    assert "ld_at(" in fast and "0 <= g" not in fast and "0 <= g" in slow
     assert "^ U32(0x80008)" in _rendered("i4")  # two's complement: flip the sign bit
 
 

@@ -39,6 +39,9 @@ def test_ratio_from_stats():
         is None
     assert R.ratio_from_stats({"inner_loop": None}) is None
     assert R.ratio_from_stats({"inner_loop": {"non_hmma_per_hmma": 6.5}}) == 6.5
+    # the tensor-core kernel's figure (`lowbitc emit ... -D A=f16 --format stats`) wins
+    assert R.ratio_from_stats({"mma_loop": {"non_hmma_per_hmma": 12.6},
+                               "inner_loop": {"non_hmma_per_hmma": 6.5}}) == 12.6
 
 
 def test_table_labels_bounds_and_predictions():

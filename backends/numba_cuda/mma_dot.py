@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lowbitc.backends.numba_cuda.mma_weights import codes_by_word
+from lowbitc.backends.numba_cuda.mma_weights import codes_by_word, inside_condition
 from lowbitc.layout import mma as frag
 from lowbitc.layout.tv import TVLayout, local, replicated, spatial
 
@@ -179,22 +179,39 @@ def render_mma_dot(ctx, op, tiling: Tiling, out) -> None:
         for v in range(lc.num_values):
             idx = _at(src, (cr, cc), lc(0, v))
             accs.append((idx, src.tmp(f"{kind.acc}({ctx.elem(c, idx)})", "acc")))
-        ks = src.fresh("ks")
-        src.line(f"{ks} = 0")
-        with src.block(f"while {ks} < {tiling.K}:"), ctx.scope():
-            afrag = [_fragment(ctx, a, la, kind, t, va, (ar, ac), ks, 1, lda)
-                     for t in range(tiling.TM)]
-            bfrag = [_fragment(ctx, b, lb, kind, t, vb, (br, bc), ks, 0, ldb)
-                     for t in range(tiling.TN)]
-            for i in range(tiling.TM):
-                for j in range(tiling.TN):
-                    tile = accs[(i * tiling.TN + j) * 4:(i * tiling.TN + j + 1) * 4]
-                    names = ", ".join(n for _, n in tile)
-                    args = ", ".join(afrag[i] + bfrag[j]) + ", " + names
-                    src.line(f"{names} = {kind.fn}({args})")
-            src.line(f"{ks} += {kind.k}")
+        opa, opb = (a, la, va, (ar, ac), lda), (b, lb, vb, (br, bc), ldb)
+        full = inside_condition(ctx, b)
+        if full is None:
+            _k_loop(ctx, tiling, opa, opb, accs, False)
+        else:  # the steady state without bounds checks; edge tiles keep them
+            with src.block(f"if {full}:"):
+                _k_loop(ctx, tiling, opa, opb, accs, True)
+            with src.block("else:"):
+                _k_loop(ctx, tiling, opa, opb, accs, False)
         for idx, name in accs:
             src.line(f"{ctx.addr(out, idx)} = {name}")
+
+
+def _k_loop(ctx, tiling: Tiling, opa, opb, accs, inside: bool) -> None:
+    """The K loop: per K step the fragments of A and B, then TM x TN mma. `inside`: B's
+    codes tile is known to lie inside its tensor (`inside_condition`)."""
+    src, kind = ctx.src, tiling.kind
+    ks = src.fresh("ks")
+    src.line(f"{ks} = 0")
+    with src.block(f"while {ks} < {tiling.K}:"), ctx.scope():
+        a, la, va, abase, lda = opa
+        b, lb, vb, bbase, ldb = opb
+        afrag = [_fragment(ctx, a, la, kind, t, va, abase, ks, 1, lda)
+                 for t in range(tiling.TM)]
+        bfrag = [_fragment(ctx, b, lb, kind, t, vb, bbase, ks, 0, ldb, inside)
+                 for t in range(tiling.TN)]
+        for i in range(tiling.TM):
+            for j in range(tiling.TN):
+                tile = accs[(i * tiling.TN + j) * 4:(i * tiling.TN + j + 1) * 4]
+                names = ", ".join(n for _, n in tile)
+                args = ", ".join(afrag[i] + bfrag[j]) + ", " + names
+                src.line(f"{names} = {kind.fn}({args})")
+        src.line(f"{ks} += {kind.k}")
 
 
 def _at(src, base: tuple[str, str], off: tuple[int, int], k: str = "", kdim: int = -1):
@@ -207,9 +224,10 @@ def _at(src, base: tuple[str, str], off: tuple[int, int], k: str = "", kdim: int
 
 
 def _fragment(ctx, v, tv: TVLayout, kind: Kind, t: int, per_tile: int, base, ks: str,
-              kdim: int, rows) -> list[str]:
+              kdim: int, rows, inside: bool = False) -> list[str]:
     """Tile t's registers of operand v (as uint32): one ldmatrix when `rows` (from
-    `ldmatrix_rows`) says the buffer allows it, else element reads."""
+    `ldmatrix_rows`) says the buffer allows it, else element reads (`inside`: weights read
+    by word without bounds checks, `codes_by_word`)."""
     nregs = per_tile // kind.per_reg
     if rows is not None:
         buf, index, offsets, kstride = rows
@@ -223,8 +241,9 @@ def _fragment(ctx, v, tv: TVLayout, kind: Kind, t: int, per_tile: int, base, ks:
         idxs = [_at(ctx.src, base, tv(0, first + h), ks, kdim) for h in range(kind.per_reg)]
         direct = None
         if kdim == 0:
-            direct = codes_by_word(ctx, v, [tv(0, first + h) for h in range(kind.per_reg)],
-                                    idxs)
+            offs = [tv(0, first + h) for h in range(kind.per_reg)]
+            k0 = (base[0], offs[0][0]) if inside else None
+            direct = codes_by_word(ctx, v, offs, idxs, k0, ks)
         regs.append(direct or _register(ctx, v, kind, idxs))
     return regs
 

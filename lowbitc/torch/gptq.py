@@ -15,6 +15,7 @@ from torch import nn
 
 from lowbitc.dtypes import Format
 from lowbitc.errors import UserArgumentError
+from lowbitc.outliers import residual
 from lowbitc.quant import QTensor, quantize
 
 
@@ -58,8 +59,12 @@ def _inverse_hessian_factor(h: np.ndarray, damp: float) -> np.ndarray:
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: Format, group_size: int,
                   zero_point: bool = False, scale_dtype: str = "f32", damp: float = 0.01,
-                  block: int = 128) -> QTensor:
-    """Quantize `weight` [N, K] with GPTQ given its inputs' Hessian [K, K]."""
+                  block: int = 128, mask: np.ndarray | None = None,
+                  outlier_dtype: str = "f16") -> QTensor:
+    """Quantize `weight` [N, K] with GPTQ given its inputs' Hessian [K, K]. Weights where
+    `mask` [N, K] is True are outliers (lowbitc.outliers): kept in float as they stand when
+    their column comes (after the updates so far), so they carry no error forward; the
+    group scales are chosen with them zeroed."""
     w = weight.detach().to("cpu", torch.float32).numpy().copy()
     n, k = w.shape
     if tuple(hessian.shape) != (k, k):
@@ -72,6 +77,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: Format, grou
     scales = np.zeros((n, -(-k // g)), np.float32)
     zeros = np.zeros_like(scales) if zero_point else None
     s = z = None
+    kept = np.zeros((n, k), np.float32)  # the outliers' float values, as GPTQ left them
     for b0 in range(0, k, block):
         b1 = min(b0 + block, k)
         wb = w[:, b0:b1].copy()
@@ -81,6 +87,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: Format, grou
             if col % g == 0:  # a new group: its scale from the error-corrected weights
                 width = min(g, k - col)
                 piece = np.concatenate([wb[:, i:], w[:, b1:]], axis=1)[:, :width]
+                if mask is not None:
+                    piece = np.where(mask[:, col:col + width], np.float32(0), piece)
                 qg = quantize(piece, fmt, g, zero_point=zero_point, scale_dtype=scale_dtype)
                 s, z = qg.scales[:, 0], (qg.zeros[:, 0] if zero_point else None)
                 scales[:, col // g] = s
@@ -91,8 +99,18 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: Format, grou
             codes[:, col] = c
             v = fmt.decode(c)
             q = v * s if z is None else (v - z) * s
+            if mask is not None and mask[:, col].any():
+                hit = mask[:, col]
+                codes[hit, col] = fmt.encode(np.zeros(int(hit.sum()), np.float32)
+                                             if z is None else z[hit])
+                kept[hit, col] = wb[hit, i]
+                q = np.where(hit, wb[:, i], q)
             e = (wb[:, i] - q) / u[col, col]
             wb[:, i:] -= np.outer(e, u[col, col:b1])
             err[:, i] = e
         w[:, b1:] -= err @ u[b0:b1, b1:]
-    return QTensor(fmt, (n, k), g, codes, scales, zeros, scale_dtype)
+    qt = QTensor(fmt, (n, k), g, codes, scales, zeros, scale_dtype)
+    if mask is None:
+        return qt
+    return QTensor(fmt, (n, k), g, codes, scales, zeros, scale_dtype,
+                   residual(kept, qt.dequantize(), mask, outlier_dtype))

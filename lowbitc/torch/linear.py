@@ -20,14 +20,18 @@ from torch import nn
 
 from lowbitc import formats
 from lowbitc.a8 import check_act
+from lowbitc.codebook_fit import RowCodebooks
 from lowbitc.dtypes import Format
 from lowbitc.dtypes import codebook as make_codebook
 from lowbitc.dtypes import dtype as lookup_dtype
 from lowbitc.errors import UserArgumentError
+from lowbitc.methods import quantize
+from lowbitc.outliers import Sparse, outlier_mask
 from lowbitc.packing import unpack
-from lowbitc.quant import QTensor, quantize
+from lowbitc.quant import QTensor
 from lowbitc.torch import ops as tops
 from lowbitc.torch.gptq import collect_hessians, gptq_quantize
+from lowbitc.torch.tables import TableLinear
 
 META_KEY = "lowbitc.quantized"  # safetensors metadata: JSON {module name: QuantLinear config}
 # QuantLinear subclasses by their config's "kind" (registered where they are defined), so
@@ -69,7 +73,7 @@ class QuantLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, dtype: str | Format,
                  group_size: int = 128, bias: bool = True, zero_point: bool = False,
                  scale_dtype: str = "f32", device: torch.device | str | None = None,
-                 act: str = "f32"):
+                 outliers: int = 0, outlier_dtype: str = "f16", act: str = "f32"):
         super().__init__()
         self.act = check_act(act)
         fmt = _format(dtype)
@@ -87,6 +91,13 @@ class QuantLinear(nn.Module):
         self.register_buffer("zeros", torch.zeros(groups, dtype=torch.float32, device=device)
                              if zero_point else None)
         self.bias = nn.Parameter(torch.zeros(self.out_features, device=device)) if bias else None
+        # outliers (lowbitc.outliers): CSR by rows, added after the low-bit matmul
+        vdt = torch.float16 if outlier_dtype == "f16" else torch.float32
+        for name, size, dt in (("outlier_indptr", self.out_features + 1, torch.int32),
+                               ("outlier_indices", outliers, torch.int32),
+                               ("outlier_values", outliers, vdt)):
+            self.register_buffer(name, torch.zeros(size, dtype=dt, device=device)
+                                 if outliers else None)
         self._qtensor: QTensor | None = None
         self._bound: tops.BoundMatmul | None = None
 
@@ -103,6 +114,10 @@ class QuantLinear(nn.Module):
         m.qdata = tops.weight_tensor(qw)
         m.scales = torch.from_numpy(qw.scales)
         m.zeros = None if qw.zeros is None else torch.from_numpy(qw.zeros)
+        if qw.sparse is not None:
+            m.outlier_indptr = torch.from_numpy(qw.sparse.indptr)
+            m.outlier_indices = torch.from_numpy(qw.sparse.indices)
+            m.outlier_values = torch.from_numpy(qw.sparse.values)
         if bias is not None:
             m.bias = nn.Parameter(bias.detach().to(torch.float32).reshape(n).clone(),
                                   requires_grad=bias.requires_grad)
@@ -133,6 +148,7 @@ class QuantLinear(nn.Module):
                if config.get("codebook") else config["format"])
         return cls(config["in_features"], config["out_features"], fmt, config["group_size"],
                    config["bias"], config["zero_point"], config["scale_dtype"], device,
+                   config.get("outliers", 0), config.get("outlier_dtype", "f16"),
                    config.get("act", "f32"))
 
     def config(self) -> dict:
@@ -142,7 +158,10 @@ class QuantLinear(nn.Module):
                 "format": self.format.name, "group_size": self.group_size,
                 "zero_point": self.zeros is not None, "scale_dtype": self.scale_dtype,
                 "bias": self.bias is not None, "act": self.act,
-                "codebook": None if table is None else [float(v) for v in table]}
+                "codebook": None if table is None else [float(v) for v in table],
+                "outliers": 0 if self.outlier_values is None else self.outlier_values.numel(),
+                "outlier_dtype": "f32" if getattr(self.outlier_values, "dtype", None)
+                == torch.float32 else "f16"}
 
     # ------------------------------------------------------------ the weight
     @property
@@ -156,16 +175,28 @@ class QuantLinear(nn.Module):
             else:
                 codes = np.ascontiguousarray(words.view(np.uint8))
             zeros = None if self.zeros is None else self.zeros.detach().cpu().numpy()
+            sparse = None
+            if self.outlier_values is not None:
+                sparse = Sparse((self.out_features, k),
+                                *(t.detach().cpu().numpy() for t in (
+                                    self.outlier_indptr, self.outlier_indices,
+                                    self.outlier_values)))
             self._qtensor = QTensor(self.format, (self.out_features, k), self.group_size,
                                     codes, self.scales.detach().cpu().numpy(), zeros,
-                                    self.scale_dtype)
+                                    self.scale_dtype, sparse)
         return self._qtensor
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight [out_features, in_features] the kernels compute with."""
-        return torch.ops.lowbitc.dequantize(self.qdata, self.scales, self.zeros,
-                                            self.format.name, self.group_size,
-                                            self.in_features)
+        w = torch.ops.lowbitc.dequantize(self.qdata, self.scales, self.zeros,
+                                         self.format.name, self.group_size, self.in_features)
+        return w if self.outlier_values is None else w + self._outliers().to_dense()
+
+    def _outliers(self) -> torch.Tensor:
+        """The outliers as a torch sparse CSR matrix [out_features, in_features] (float32)."""
+        return torch.sparse_csr_tensor(self.outlier_indptr, self.outlier_indices,
+                                       self.outlier_values.float(),
+                                       (self.out_features, self.in_features))
 
     # ------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,6 +215,8 @@ class QuantLinear(nn.Module):
                                          self.format.name, self.group_size, k, self.act)
             if self.bias is not None:
                 y = y + self.bias
+        if self.outlier_values is not None:  # the second pass: y += x @ outliers.T
+            y = y + (self._outliers() @ x2.to(torch.float32).T).T.to(y.dtype)
         if y.dtype != x.dtype:
             y = y.to(x.dtype)
         return y.reshape(*lead, self.out_features)
@@ -244,17 +277,21 @@ def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def quantize_(model: nn.Module, dtype: str | Format, group_size: int = 128, skip: Skip = None,
+def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
               zero_point: bool | None = None, scale_dtype: str = "f32",
-              calibrate: Callable[[nn.Module], object] | None = None, act: str = "f32") -> int:
+              calibrate: Callable[[nn.Module], object] | None = None, outliers=None,
+              method: str = "rtn", outlier_dtype: str = "f16", act: str = "f32") -> int:
     """Replace every nn.Linear in `model` (in place) by a QuantLinear; returns how many.
 
     `skip` is a callable (qualified name, module) -> bool, or fnmatch patterns of names to
     leave alone. Linear layers whose weight other modules read directly (the out_proj of
     nn.MultiheadAttention) are always left alone. With `calibrate` (a function that runs the
     float model on sample inputs), weights are quantized with GPTQ on the inputs' statistics
-    instead of round-to-nearest; see lowbitc.torch.gptq. `act="i8"`: the layers quantize
-    their activations to int8 (QuantLinear's `act`).
+    instead of round-to-nearest; see lowbitc.torch.gptq. `dtype`, `outliers` and `method` are
+    lowbitc.quantize's (a list of formats or per-row code books give TableLinear layers);
+    `dtype` may also be a function (weight [N, K], column weights [K] or None) -> dtype, e.g.
+    `lowbitc.codebook.fitter(3, per="row")`, called per layer. `act="i8"`: the layers quantize
+    their activations to int8 (QuantLinear's `act`; TableLinear layers keep f32).
     """
     check_act(act)
     drop = _skipper(skip)
@@ -262,19 +299,37 @@ def quantize_(model: nn.Module, dtype: str | Format, group_size: int = 128, skip
                if isinstance(m, nn.Linear)
                and not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear)
                and name and not drop(name, m)]
-    if calibrate is None:
-        for name, m in targets:
-            _set_child(model, name, QuantLinear.from_linear(m, dtype, group_size, zero_point,
-                                                            scale_dtype, act))
-        return len(targets)
+    hessians = (collect_hessians(model, [name for name, _ in targets], calibrate)
+                if calibrate is not None else {})
+    for name, m in targets:
+        h = hessians.get(name)
+        new = _quantized(m, dtype, group_size, zero_point, scale_dtype, h,
+                         {"outliers": outliers, "method": method,
+                          "outlier_dtype": outlier_dtype}, act)
+        _set_child(model, name, new.to(m.weight.device))
+    return len(targets)
+
+
+def _quantized(m: nn.Linear, dtype, group_size, zero_point, scale_dtype, hessian,
+               options: dict, act: str = "f32") -> nn.Module:
+    """One layer's replacement: GPTQ when there is a Hessian and one format, else quantize."""
+    w = m.weight.detach().to("cpu", torch.float32).numpy()
+    diag = None if hessian is None else torch.diagonal(hessian).numpy()
+    if callable(dtype) and not isinstance(dtype, Format | str):
+        dtype = dtype(w, diag)
+    if isinstance(dtype, list | tuple | RowCodebooks):
+        zp = True if zero_point is None else zero_point
+        qw = quantize(w, dtype, group_size, zp, scale_dtype, column_weights=diag, **options)
+        return TableLinear(qw, m.bias)
     fmt = _format(dtype)
     zp = fmt.kind == "uint" if zero_point is None else zero_point
-    hessians = collect_hessians(model, [name for name, _ in targets], calibrate)
-    for name, m in targets:
-        qw = gptq_quantize(m.weight, hessians[name], fmt, group_size, zp, scale_dtype)
-        _set_child(model, name,
-                   QuantLinear.from_qtensor(qw, m.bias, act).to(m.weight.device))
-    return len(targets)
+    if hessian is None:
+        qw = quantize(w, fmt, group_size, zp, scale_dtype, **options)
+    else:
+        mask = outlier_mask(w, options["outliers"], diag)
+        qw = gptq_quantize(m.weight, hessian, fmt, group_size, zp, scale_dtype, mask=mask,
+                           outlier_dtype=options["outlier_dtype"])
+    return QuantLinear.from_qtensor(qw, m.bias, act)
 
 
 def save_quantized(model: nn.Module, path: str) -> None:

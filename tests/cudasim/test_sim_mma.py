@@ -41,6 +41,8 @@ CASES = [
     ("f6e2m3fn", 5, 5, 64, 32, False), ("f8e4m3fn", 1, 9, 45, 32, False),
     ("f8e5m2", 5, 4, 37, 32, False), ("nf4", 5, 6, 130, 128, False),
     ("mmabook", 1, 4, 40, 32, False),
+    # N past one 64-wide block: the first block's whole tiles take the unchecked K loop
+    ("u4", 16, 72, 160, 64, True), ("i4", 5, 70, 96, 32, False),
 ]
 
 

@@ -1,0 +1,94 @@
+"""`lowbitc.quantize`: the group-wise search of lowbitc.quant plus the methods that buy
+accuracy at low bits (docs/quantization.md): outliers kept in float (lowbitc.outliers),
+a per-group choice of format (lowbitc.mixture), fitted per-row code books
+(lowbitc.codebook_fit) and HQQ's optimisation of scales and zero points (lowbitc.hqq).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from lowbitc import hqq, mixture, quant
+from lowbitc import outliers as out
+from lowbitc.codebook_fit import RowCodebooks
+from lowbitc.errors import UserArgumentError
+
+METHODS = ("rtn", "hqq")
+
+
+def quantize(w, dtype, group_size: int, zero_point: bool = False, scale_dtype: str = "f32",
+             outliers=None, method: str = "rtn", outlier_dtype: str = "f16",
+             column_weights=None):
+    """Quantize float weight `w[N, K]` group-wise along K (see lowbitc.quant).
+
+    `dtype`: a format, a list of up to 4 same-width formats (per-group choice: a
+    TableQTensor), or `RowCodebooks` from `lowbitc.codebook.fit(..., per="row")`.
+    `outliers`: a fraction in [0, 0.1] of the largest weights, or "columns:C", kept in
+    `outlier_dtype` (f16/f32) beside the dense part; `column_weights` [K] (e.g. mean x^2 of
+    the inputs) ranks the columns. `method`: "rtn" (the MSE scale search) or "hqq".
+    """
+    if method not in METHODS:
+        raise UserArgumentError(f"method: expected one of {METHODS}, got {method!r}")
+    w = quant._check_weight(w)
+    mask = out.outlier_mask(w, outliers, column_weights)
+    dense_w = w if mask is None else out.split(w, mask)
+    if isinstance(dtype, RowCodebooks):
+        qt = mixture.row_tables(dense_w, dtype.tables, dtype.bits)
+    elif isinstance(dtype, list | tuple):
+        members = mixture.check_members(dtype)
+        parts = [_one(dense_w, f, group_size, zero_point and f.kind == "uint", scale_dtype,
+                      method) for f in members]
+        qt = mixture.assemble(dense_w, members, parts)
+    else:
+        qt = _one(dense_w, dtype, group_size, zero_point, scale_dtype, method)
+    if mask is not None:
+        sparse = out.residual(w, qt.dequantize(), mask, outlier_dtype)
+        qt = dataclasses.replace(qt, sparse=sparse)
+    return qt
+
+
+def _one(w, dtype, group_size, zero_point, scale_dtype, method) -> quant.QTensor:
+    qt = quant.quantize(w, dtype, group_size, zero_point, scale_dtype)
+    return hqq_requantize(qt, w) if method == "hqq" else qt
+
+
+def groups(w: np.ndarray, g: int) -> np.ndarray:
+    """w [N, K] as [N * G, g] groups, the last partial group padded with its own mean (so
+    padding changes neither the search nor the fit much)."""
+    n, k = w.shape
+    pad = -k % g
+    if pad:
+        tail = w[:, k - (k % g):]
+        w = np.concatenate([w, np.repeat(tail.mean(axis=1, keepdims=True), pad, axis=1)], 1)
+    return w.reshape(-1, g)
+
+
+def hqq_requantize(qt: quant.QTensor, w: np.ndarray) -> quant.QTensor:
+    """`qt` with HQQ-refined scales (and zeros) and the codes they give (lowbitc.hqq)."""
+    n, k = qt.shape
+    g = qt.group_size
+    if k % g:  # the partial last group keeps the search's result
+        full = (k // g) * g
+        if full == 0:
+            return qt
+        head = quant.QTensor(qt.dtype, (n, full), g, qt.codes[:, :full],
+                             np.ascontiguousarray(qt.scales[:, :-1]),
+                             None if qt.zeros is None else
+                             np.ascontiguousarray(qt.zeros[:, :-1]), qt.scale_dtype)
+        head = hqq_requantize(head, w[:, :full])
+        scales = np.concatenate([head.scales, qt.scales[:, -1:]], axis=1)
+        zeros = None if qt.zeros is None else np.concatenate([head.zeros, qt.zeros[:, -1:]], 1)
+        codes = np.concatenate([head.codes, qt.codes[:, full:]], axis=1)
+        return dataclasses.replace(qt, codes=codes, scales=scales, zeros=zeros)
+    sfmt = quant.get_dtype(qt.scale_dtype)
+    s, z = hqq.refine(qt.dtype, lambda s: quant._round_scale(s, sfmt), groups(w, g),
+                      qt.scales.ravel(), None if qt.zeros is None else qt.zeros.ravel())
+    scales = s.reshape(n, -1).astype(np.float32)
+    y = w / np.repeat(scales, g, axis=1)
+    zeros = None
+    if z is not None:
+        zeros = z.reshape(n, -1).astype(np.float32)
+        y = y + np.repeat(zeros, g, axis=1)
+    return dataclasses.replace(qt, codes=qt.dtype.encode(y), scales=scales, zeros=zeros)
