@@ -19,6 +19,7 @@ from lowbitc.backends.llvm import (  # noqa: F401  (fill HANDLERS)
     ops_random,
     ops_shared,
 )
+from lowbitc.backends.llvm.axpy import emit_axpy, plan_axpy
 from lowbitc.backends.llvm.bytedot import emit_byte_dot, plan_byte_dots
 from lowbitc.backends.llvm.columns import emit_column_dot, plan_columns
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
@@ -106,13 +107,13 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
     for a, v in zip(r.args, args):
         env.bind(a, v)
     cols = plan_columns(r)
-    plans = defer_activations(r, plan_fusion(r, max_rows=None, skip=frozenset(cols)))
+    axpys = {k: p for k, p in plan_axpy(r).items() if k not in cols}  # untransposed weights
+    plans = defer_activations(r, plan_fusion(r, max_rows=None, skip=frozenset(cols) | set(axpys)))
     stores = plan_store_fusion(r)
     bytes_ = plan_byte_dots(r)
     deferred = {id(d) for p in (*plans.values(), *stores.values(), *cols.values(),
-                                *bytes_.values())
-                for d in p.deferred}
-    for p in (*plans.values(), *stores.values()):
+                                *axpys.values(), *bytes_.values()) for d in p.deferred}
+    for p in (*plans.values(), *stores.values(), *axpys.values()):
         for d in p.deferred:
             if d.opcode in ("load", "load_codes"):
                 note("load", subject_of(d.operands[0]),
@@ -129,6 +130,8 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
             emit_column_dot(env, cols[op.results[0].id], dot_into)
         elif op.opcode == "dot" and op.results[0].id in plans:
             emit_planned_dot(env, plans[op.results[0].id], dot_into)
+        elif op.opcode == "dot" and op.results[0].id in axpys:
+            emit_axpy(env, axpys[op.results[0].id], dot_into)
         elif op.opcode == "store" and id(op) in stores:
             emit_fused_store(env, stores[id(op)])
         elif op.opcode == "for":

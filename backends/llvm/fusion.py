@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lowbitc.backends.llvm import decode
+from lowbitc.backends.llvm import decode, fused_view, lanes_dot
 from lowbitc.backends.llvm import lanes as lanes_packing
 from lowbitc.backends.llvm import rows as rows_packing
 from lowbitc.backends.llvm.decode import gather, lookup
@@ -59,7 +59,18 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
     fast, slow, done = em.label("fused"), em.label("unfused"), em.label("dotted")
     by_rows = isinstance(t.packing, RowsPacking)
     weights = subject_of(codes.operands[0])
-    if by_rows and (fast_path is not None or plan.root.id not in plan.tables):
+    if len(codes.attrs.sizes) != 2:  # a 2-D window of a higher-rank tensor: canonical only
+        if t.packing is not None or fast_path is not None or not isinstance(abuf, Buf) \
+                or not abuf.contiguous:
+            em.br(slow)
+        else:
+            t, starts, ok = fused_view.view(env, codes, t)
+            em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
+            em.start_block(fast)
+            fused = lanes_dot.emit if lanes_dot.applies(plan, abuf) else _fused
+            fused(env, plan, abuf, out, t, starts)
+            em.br(done)
+    elif by_rows and (fast_path is not None or plan.root.id not in plan.tables):
         em.br(slow)  # the rows packing's fused dot takes weights that are a table of the code
         note("dot", weights, "generic dot", f"{t.packing.name} words with a weight that is "
              "not a function of the code alone", fallback=True, loc=op.loc)
@@ -219,7 +230,7 @@ def _prefetch_next(em: Emitter, plan: Plan, t, starts: list[str], n: str, bk: in
 def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     em = env.em
     m = abuf.shape[0]
-    bn, bk = plan.codes.attrs.sizes
+    bn, bk = fused_view.kept(plan.codes.attrs.sizes)
     lanes = acc_lanes(m)
     va = f"<{lanes} x float>"
     zero = "zeroinitializer"
@@ -352,7 +363,7 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
     leaf = plan.codes.results[0]
     vals = {leaf.id: codes if plan.codes.opcode == "load" else
             _retype(em, codes, plan.codes.attrs.dtype)}
-    shape = plan.codes.attrs.sizes
+    shape = fused_view.kept(plan.codes.attrs.sizes)
     for op in plan.tree:
         table = plan.tables.get(op.results[0].id)
         if table is not None:  # a function of the code alone: one in-register lookup

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from lowbitc.backends.llvm import fused_view
 from lowbitc.backends.llvm.decode import code_tables
 from lowbitc.explain import note
 from lowbitc.ir.core import Op, Region, Value
@@ -117,7 +118,7 @@ def _dot_tree(op: Op, defs: dict[int, Op], uses: dict[int, int], max_rows: int |
         return f"the accumulator is {acc.type.dtype}, not f32"
     if codes.attrs.masked:
         return f"the codes load at {codes.loc} is masked (a mask= or data-dependent select)"
-    if len(codes.attrs.sizes) != 2 or codes.attrs.sizes != e.shape:
+    if not fused_view.viewable(codes) or fused_view.kept(codes.attrs.sizes) != e.shape:
         return (f"the codes load at {codes.loc} is not a [N, K] window of E's shape "
                 "(a broadcast, reshape or single index in between)")
     return tr, tree, codes

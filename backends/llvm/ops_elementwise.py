@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, float_literal, lltype
 from lowbitc.backends.llvm.handlers import Env, const_literal, convert, handles, splat, vtype
+from lowbitc.backends.llvm.vexp import vexp_f32
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Op
 from lowbitc.ir.types import TileType, is_float, is_signed_int
@@ -48,6 +49,8 @@ def scalar_op(em: Emitter, opcode: str, dtype: str, args: list[str], width: int 
                               args, width)
         if opcode == "neg":
             return em.val(f"fneg {t} {args[0]}")
+        if opcode == "exp" and lt == "float" and width:
+            return vexp_f32(em, args[0], width)
         if opcode in _FINTR:
             return _intrinsic(em, _FINTR[opcode], lt, args, width)
         one = splat(float_literal(1.0, "f64" if lt == "double" else "f32"), dtype, width)

@@ -85,6 +85,24 @@ def _load_common(env: Env, op: Op, t: TensorArg) -> None:
         generic()
 
 
+def _rows_or_block(env: Env, n: int, nbytes: int, row, start, dst: str) -> None:
+    """n window rows of `nbytes` each: one copy when they lie back to back in the tensor (a
+    window over whole rows, e.g. a [tokens, 1] run of per-token scales), else row by row."""
+    em = env.em
+    first, second = start("0"), start("1")
+    gap = em.val(f"sub i64 {em.val(f'ptrtoint ptr {second} to i64')}, "
+                 f"{em.val(f'ptrtoint ptr {first} to i64')}")
+    block, each, joined = em.label("block"), em.label("rows"), em.label("copied")
+    em.emit(f"br i1 {em.val(f'icmp eq i64 {gap}, {nbytes}')}, label %{block}, label %{each}")
+    em.start_block(block)
+    em.memcpy(dst, first, n * nbytes, 4)
+    em.br(joined)
+    em.start_block(each)
+    em.loop("0", str(n), lambda i: row([i]))
+    em.br(joined)
+    em.start_block(joined)
+
+
 def _dense_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, generic) -> None:
     """In-bounds windows: each tile row is one contiguous copy; a mask is one select pass."""
     em = env.em
@@ -113,6 +131,9 @@ def _dense_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, gen
         _gather_column(env, t, starts, sliced[0], out)
     elif sizes[-1] == 0:
         em.nest(out.shape, element)
+    elif len(rows) == 1 and rows[0] > 1:
+        _rows_or_block(env, rows[0], nbytes, row, lambda i: _row_start(
+            env, t, starts, sizes, [i], _origin(env, op)), em.gep(out, "0"))
     elif rows:
         em.nest(rows, row)
     else:

@@ -49,7 +49,7 @@ def _panel_plan(plan: Plan, a: TileType) -> bool:
     """Whether the plan's dot takes the panel (more rows than the register-resident fused dot
     serves; float activations; a decoded f32 tile wide enough for the microkernel)."""
     return (a.shape[0] > MAX_ROWS and a.dtype in microkernel.FLOATS
-            and plan.root.type.dtype == "f32"
+            and len(plan.codes.attrs.sizes) == 2 and plan.root.type.dtype == "f32"
             and plan.root.type.shape[0] >= microkernel.host_vector()[0] // 2)
 
 

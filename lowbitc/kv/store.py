@@ -21,6 +21,7 @@ from lowbitc.packing import unpack
 from lowbitc.signature import words_for
 
 _NONE = np.zeros((1, 1, 1), np.float32)  # the kernels' stand-in for absent zero points
+HEAD_MAJOR = ("vs", "vz")  # [heads, tokens, groups]: the other arrays are token-major
 
 
 def has_zero_point(fmt) -> bool:
@@ -77,8 +78,9 @@ class PackedStore:
             "ks": np.zeros((cap // self.group, h, d), np.float32),
             "kz": np.zeros((cap // self.group, h, d), np.float32) if kzp else None,
             "v": code_array(self.fmt_v, cap, h, d),
-            "vs": np.zeros((cap, h, d // self.group_v), np.float32),
-            "vz": np.zeros((cap, h, d // self.group_v), np.float32) if vzp else None,
+            # value scales head-major: a head's run of tokens is contiguous for attention
+            "vs": np.zeros((h, cap, d // self.group_v), np.float32),
+            "vz": np.zeros((h, cap, d // self.group_v), np.float32) if vzp else None,
         }
 
     @property
@@ -92,7 +94,11 @@ class PackedStore:
         want = max(tokens, 2 * self.cap, 4 * self.group)
         grown = self._allocate(-(-want // self.group) * self.group)
         for name, a in self.arrays.items():
-            if a is not None:
+            if a is None:
+                continue
+            if name in HEAD_MAJOR:
+                grown[name][:, :a.shape[1]] = a
+            else:
                 grown[name][:a.shape[0]] = a
         self.arrays = grown
 
@@ -129,15 +135,16 @@ class PackedStore:
         v = decode_codes(self.fmt_v, a["v"][:n], self.dim).reshape(n, self.heads, -1,
                                                                    self.group_v)
         if a["vz"] is not None:
-            v = v - a["vz"][:n, :, :, None]
-        v = v * a["vs"][:n, :, :, None]
+            v = v - a["vz"][:, :n].transpose(1, 0, 2)[..., None]
+        v = v * a["vs"][:, :n].transpose(1, 0, 2)[..., None]
         return k.astype(np.float32), v.reshape(n, self.heads, self.dim).astype(np.float32)
 
     def nbytes(self) -> int:
         """Bytes of the stored tokens: codes (whole words per row) and scales, zero points."""
         a, n = self.arrays, self.n
         groups = -(-n // self.group)
-        per_token = sum(a[x][0].nbytes for x in ("k", "v", "vs", "vz") if a[x] is not None)
+        per_token = sum((a[x][:, :1] if x in HEAD_MAJOR else a[x][:1]).nbytes
+                        for x in ("k", "v", "vs", "vz") if a[x] is not None)
         per_group = sum(a[x][0].nbytes for x in ("ks", "kz") if a[x] is not None)
         return n * per_token + groups * per_group
 

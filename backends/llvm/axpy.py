@@ -1,0 +1,196 @@
+"""Dequantization fused into a dot whose weight is not transposed: `dot(a, E, acc)` with E
+[K, N] a tree of elementwise ops over one load_codes whose rows run along K, each row N codes
+of one packed row (codes packed along the output dim N: a KV cache's values weighted by the
+softmax probabilities, `p @ V`; `x @ W` for a W stored [K, N]).
+
+For a window that is 32-code aligned and inside the tensor, each row k of E is decoded 32
+codes at a time in registers (fusion.py's codes and tree evaluation) and multiplied by the
+broadcast a[i, k] into one accumulator per 32 outputs and row of `a`: the whole output stays
+in registers over the K loop (at most MAX_OUT floats), and E is never materialised. Other
+windows run the deferred ops and the generic dot.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lowbitc.backends.llvm import decode, fused_view
+from lowbitc.backends.llvm.decode import code_tables
+from lowbitc.backends.llvm.emitter import Buf
+from lowbitc.backends.llvm.fusion import _eval_tree, codes_at
+from lowbitc.backends.llvm.fusion_plan import Plan, W, _tree, _uses
+from lowbitc.backends.llvm.handlers import HANDLERS, Env
+from lowbitc.ir.core import Region
+from lowbitc.ir.types import TileType, is_float
+
+MAX_OUT = 256  # accumulator floats (rows of a x N): 16 AVX-512 registers
+
+
+def plan_axpy(r: Region) -> dict[int, Plan]:
+    """Dots of this region (keyed by their result id) whose untransposed weight operand is a
+    fusible tree over one codes load, with rows x N within MAX_OUT and f32 operands."""
+    defs = {res.id: op for op in r.ops for res in op.results}
+    uses = _uses(r)
+    order = {id(o): i for i, o in enumerate(r.ops)}
+    plans: dict[int, Plan] = {}
+    for op in r.ops:
+        if op.opcode != "dot":
+            continue
+        a, b, acc = op.operands
+        e = b.type
+        if b.id not in defs or uses[b.id] != 1 or not isinstance(e, TileType) \
+                or len(e.shape) != 2:
+            continue
+        found = _tree(defs, uses, b)
+        if not isinstance(found, tuple):  # no codes, or not fusible (a line saying why)
+            continue
+        tree, codes = found
+        if not (e.shape[1] % W == 0 and is_float(e.dtype) and a.type.dtype == "f32"
+                and acc.type.dtype == "f32" and a.type.shape[0] * e.shape[1] <= MAX_OUT
+                and fused_view.kept(codes.attrs.sizes) == e.shape and not codes.attrs.masked
+                and fused_view.viewable(codes)):
+            continue
+        tree = sorted(tree, key=lambda o: order[id(o)])
+        plans[op.results[0].id] = Plan(op, None, codes, tree,
+                                       sorted(tree + [codes], key=lambda o: order[id(o)]), b,
+                                       code_tables(tree, codes, b, defs))
+    return plans
+
+
+def emit_axpy(env: Env, plan: Plan, generic_dot) -> None:
+    """The fused path with a runtime fallback (deferred ops, generic dot); binds the dot's
+    result buffer."""
+    em = env.em
+    op = plan.dot
+    a, b, acc = op.operands
+    out = env.result_buf(op)
+    em.copy(env.get(acc), out)
+    abuf = env.get(a)
+    codes = plan.codes
+    t = env.get(codes.operands[0])
+    fast, slow, done = em.label("axpy"), em.label("unfused"), em.label("dotted")
+    if t.packing is not None or not isinstance(abuf, Buf):
+        em.br(slow)
+    else:
+        t, starts, ok = fused_view.view(env, codes, t)
+        em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
+        em.start_block(fast)
+        (_fused_lanes if _by_lanes(plan, abuf) else _fused)(env, plan, abuf, out, t, starts)
+        em.br(done)
+    em.start_block(slow)
+    for d in plan.deferred:
+        HANDLERS[d.opcode](env, d)
+    generic_dot(em, abuf, env.get(b), out)
+    em.br(done)
+    em.start_block(done)
+
+
+def _column(em, abuf: Buf, k: str, width: int) -> list[str]:
+    """Column k of `a`, each row's value broadcast to a <width x float> vector."""
+    vt = f"<{width} x float>"
+    out = []
+    for i in range(abuf.shape[0]):
+        x = em.load_elem(abuf, em.offset([str(i), k], abuf.shape, abuf.strides))
+        ins = em.val(f"insertelement {vt} poison, float {x}, i64 0")
+        out.append(em.val(f"shufflevector {vt} {ins}, {vt} poison, <{width} x i32> "
+                          "zeroinitializer"))
+    return out
+
+
+def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
+    em = env.em
+    m = abuf.shape[0]
+    k_rows, n_cols = fused_view.kept(plan.codes.attrs.sizes)
+    chunks = n_cols // W
+    va = f"<{W} x float>"
+
+    def step(k: str, accs: list[str]) -> list[str]:
+        row = em.val(f"add i64 {starts[0]}, {k}")
+        nxt = list(accs)
+        splats = _column(em, abuf, k, W)
+        for c in range(chunks):
+            w = _eval_tree(env, plan, codes_at(em, plan, t, starts, row, str(c)), k, str(c))
+            for i in range(m):
+                prod = em.val(f"fmul reassoc contract {va} {splats[i]}, {w}")
+                j = i * chunks + c
+                nxt[j] = em.val(f"fadd reassoc contract {va} {accs[j]}, {prod}")
+        return nxt
+
+    accs = em.loop("0", str(k_rows), None, carried=[(va, "zeroinitializer")] * (m * chunks),
+                   body_carried=step)
+    for i in range(m):
+        for c in range(chunks):
+            p = em.gep(out, em.flat_index([str(i), str(c * W)], out.shape))
+            old = em.val(f"load {va}, ptr {p}, align 4")
+            em.emit(f"store {va} {em.val(f'fadd {va} {old}, {accs[i * chunks + c]}')}, "
+                    f"ptr {p}, align 4")
+
+
+def _by_lanes(plan: Plan, abuf: Buf) -> bool:
+    """Whether the lanes form applies: AVX-512, E a table of codes of 1, 2 or 4 bits, rows of
+    whole 512-bit registers, and every accumulator in a register."""
+    codes = plan.codes
+    if codes.opcode != "load_codes" or plan.root.id not in plan.tables or not decode.permutes():
+        return False
+    bits = codes.attrs.bits
+    n_cols = fused_view.kept(codes.attrs.sizes)[1]
+    regs = abuf.shape[0] * n_cols // 16
+    return bits in (1, 2, 4) and n_cols * bits % 512 == 0 and regs <= 16
+
+
+def _fused_lanes(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
+    """The lanes form: a register of 16 words holds codes at P = 32 / bits positions per word;
+    shifting it right by `bits * pos` puts position pos of every word in the low bits, which a
+    16-entry permute of E's table (repeated to 16, so the bits above the code do not matter)
+    turns into 16 values at once: 3 instructions (shift, permute, FMA) per 16 codes. Lane j of
+    position pos accumulates output column 16 P z + P j + pos; one shuffle per row of `a`
+    puts the outputs in order at the end."""
+    em = env.em
+    m = abuf.shape[0]
+    bits = plan.codes.attrs.bits
+    k_rows, n_cols = fused_view.kept(plan.codes.attrs.sizes)
+    per = 32 // bits  # codes per word
+    regs = n_cols * bits // 512  # 16-word registers per row
+    v16, i16 = "<16 x float>", "<16 x i32>"
+    table = np.resize(np.asarray(plan.tables[plan.root.id], np.uint32), 16)
+    tab = "<" + ", ".join(f"i32 {int(np.int32(w))}" for w in table) + ">"
+    em.declare(f"declare {i16} @llvm.x86.avx512.permvar.si.512({i16}, {i16})")
+    first = em.val(f"mul i64 {em.val(f'lshr i64 {starts[1]}, 5')}, {bits}")
+
+    def step(k: str, accs: list[str]) -> list[str]:
+        n = em.val(f"add i64 {starts[0]}, {k}")
+        row = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {first}")
+        splats = _column(em, abuf, k, 16)
+        nxt = list(accs)
+        for z in range(regs):
+            p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 "
+                       f"{em.val(f'add i64 {row}, {16 * z}')}")
+            words = em.val(f"load {i16}, ptr {p}, align 4")
+            for pos in range(per):
+                idx = em.val(f"lshr {i16} {words}, splat (i32 {pos * bits})") if pos else words
+                w = em.val(f"call {i16} @llvm.x86.avx512.permvar.si.512({i16} {tab}, "
+                           f"{i16} {idx})")
+                w = em.val(f"bitcast {i16} {w} to {v16}")
+                for i in range(m):
+                    j = (i * regs + z) * per + pos
+                    prod = em.val(f"fmul reassoc contract {v16} {splats[i]}, {w}")
+                    nxt[j] = em.val(f"fadd reassoc contract {v16} {accs[j]}, {prod}")
+        return nxt
+
+    accs = em.loop("0", str(k_rows), None, carried=[(v16, "zeroinitializer")] * (m * regs * per),
+                   body_carried=step)
+    wide = 16 * per
+    vw = f"<{wide} x float>"
+    order = ", ".join(f"i32 {(c % per) * 16 + c // per}" for c in range(wide))
+    for i in range(m):
+        for z in range(regs):
+            vs = accs[(i * regs + z) * per:(i * regs + z + 1) * per]
+            while len(vs) > 1:  # concatenate the positions' registers, position-major
+                n = 16 * (per // len(vs)) * 2
+                lanes = ", ".join(f"i32 {q}" for q in range(n))
+                vs = [em.val(f"shufflevector <{n // 2} x float> {vs[q]}, <{n // 2} x float> "
+                             f"{vs[q + 1]}, <{n} x i32> <{lanes}>") for q in range(0, len(vs), 2)]
+            cols = em.val(f"shufflevector {vw} {vs[0]}, {vw} poison, <{wide} x i32> <{order}>")
+            q = em.gep(out, em.flat_index([str(i), str(z * wide)], out.shape))
+            old = em.val(f"load {vw}, ptr {q}, align 4")
+            em.emit(f"store {vw} {em.val(f'fadd {vw} {old}, {cols}')}, ptr {q}, align 4")
