@@ -76,3 +76,19 @@ def test_offset_replica_keeps_what_the_kernel_reads():
     assert np.array_equal(ops.matmul(x, twin), y)
     ref = x.astype(np.float64) @ qw.dequantize().T.astype(np.float64)
     assert np.allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("gm", [False, True])
+def test_scales_of_the_wrong_shape_name_s(gm):
+    """The shipped kernel declares s as [G, N] under GM and [N, G] otherwise, so an array of
+    the other orientation is refused before native code runs (not read as zeros)."""
+    rng = np.random.default_rng(5)
+    qw = lowbitc.quantize(rng.standard_normal((48, 96)).astype(np.float32), "u4", 32)
+    x = rng.standard_normal((1, 96)).astype(np.float32)
+    kern = get_kernel("matmul", "llvm", W="u4", BM=1, GM=gm)
+    s = qw.group_major[0] if gm else qw.scales
+    z, y = np.zeros((1, 1), np.float32), np.empty((1, 48), np.float32)
+    kern(x, weight_storage(qw, kern), s, z, y, 32, K=96)
+    assert np.allclose(y, x @ qw.dequantize().T, rtol=1e-5, atol=1e-5)
+    with pytest.raises(lowbitc.errors.UserArgumentError, match="'s'"):
+        kern(x, weight_storage(qw, kern), np.ascontiguousarray(s.T), z, y, 32, K=96)
