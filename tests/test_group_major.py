@@ -92,3 +92,21 @@ def test_scales_of_the_wrong_shape_name_s(gm):
     assert np.allclose(y, x @ qw.dequantize().T, rtol=1e-5, atol=1e-5)
     with pytest.raises(lowbitc.errors.UserArgumentError, match="'s'"):
         kern(x, weight_storage(qw, kern), np.ascontiguousarray(s.T), z, y, 32, K=96)
+
+
+@pytest.mark.parametrize("fmt,group,zp", [("i4", 32, False), ("u4", 128, True)])
+def test_quantlinear_gemv_reads_scales_group_major(fmt, group, zp):
+    """QuantLinear's eager M = 1 call takes the kernel ops.matmul takes (GM), bit for bit."""
+    torch = pytest.importorskip("torch")
+    from lowbitc.torch import QuantLinear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(200, 77)
+    q = QuantLinear.from_linear(lin, fmt, group, zero_point=zp)
+    x = torch.randn(1, 200)
+    with torch.no_grad():
+        y = q(x)
+    (plan,) = q._matmul()._plans.values()
+    assert plan[0].params.get("GM") and plan[2].shape == (-(-200 // group), 77)
+    want = ops.matmul(x.numpy(), q.qweight) + lin.bias.detach().numpy()
+    assert np.array_equal(y.numpy(), want)
