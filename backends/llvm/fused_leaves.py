@@ -20,6 +20,7 @@ from lowbitc.backends.llvm.emitter import Buf, Emitter, lltype
 from lowbitc.backends.llvm.handlers import Env, vtype
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view
 from lowbitc.ir.core import Value
+from lowbitc.ir.types import TileType
 
 W = 32  # lanes of a fused step (fusion_plan.W)
 
@@ -75,6 +76,33 @@ def leaf(env: Env, v: Value, shape: tuple[int, ...], j: str, c: str) -> str:
         block *= d
     offs = [sum(i * st for i, st in zip(_unravel(q, dims), strides)) for q in range(W)]
     return gathered(em, bv, base, offs)
+
+
+def leaf_at(env: Env, v: Value, shape: tuple[int, ...], j: str, cols: list[int]) -> str:
+    """Leaf `v` as a <len(cols) x T> vector of row j at the static columns `cols` of `shape`
+    (the lanes forms, whose lanes are not consecutive columns)."""
+    em = env.em
+    x = env.get(v)
+    if not isinstance(x, Buf):
+        return splat(em, x, v.type.dtype, len(cols))
+    bv = broadcast_view(x, tuple(shape))
+    offs = [sum(i * st for i, st in zip(_unravel(q, bv.shape[1:]), bv.strides[1:]))
+            for q in cols]
+    return gathered(em, bv, em.val(f"mul i64 {j}, {bv.strides[0]}"), offs)
+
+
+def word_invariant(v: Value, shape: tuple[int, ...], per: int) -> bool:
+    """Whether leaf `v`, read in `shape`, is the same for the `per` columns of every word
+    (a scale per group of a multiple of `per` columns, one per row, or a constant)."""
+    if not isinstance(v.type, TileType):
+        return True
+    dims = tuple(shape[1:])
+    own = (1,) * (len(shape) - len(v.type.shape)) + tuple(v.type.shape)
+
+    def index(col: int) -> list[int]:
+        return [i if d > 1 else 0 for i, d in zip(_unravel(col, dims), own[1:])]
+
+    return all(index(col) == index(col - col % per) for col in range(math.prod(dims)))
 
 
 def gathered(em: Emitter, bv: Buf, base: str, offs: list[int]) -> str:

@@ -68,7 +68,12 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
             t, starts, ok = fused_view.view(env, codes, t)
             em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
             em.start_block(fast)
-            fused = lanes_dot.emit if lanes_dot.applies(plan, abuf) else _fused
+            lanes = lanes_dot.applies(plan, abuf)
+            note("dot", weights, "fused register dot over a 2-D window, " + (
+                "lanes form (one table permute per 16 codes)" if lanes
+                else "32 codes of a row per step"),
+                "windows at the tensor's edges take the generic dot", loc=op.loc)
+            fused = lanes_dot.emit if lanes else _fused
             fused(env, plan, abuf, out, t, starts)
             em.br(done)
     elif by_rows and (fast_path is not None or plan.root.id not in plan.tables):
