@@ -62,11 +62,12 @@ def _codes(rng, fmt: str, shape) -> tuple[np.ndarray, np.ndarray]:
 
 # u4 x 128 / u2 x 256: whole 512-bit rows, groups of whole words: the lanes form; groups of 4
 # u4 codes split a word and 96 codes are no whole register: 32-code steps (with groups of 16,
-# 32 and 96 read as a short load and a shuffle, a splat and a splat)
+# 32 and 96 read as a short load and a shuffle, a splat and a splat; groups of 24 straddle
+# the 32-code steps: lane by lane)
 @pytest.mark.parametrize("fmt,d,g,lanes", [("u4", 128, 32, True), ("u4", 128, 8, True),
                                            ("u2", 256, 64, True), ("u4", 128, 4, False),
                                            ("u3", 96, 16, False), ("u4", 96, 32, False),
-                                           ("u5", 96, 96, False)])
+                                           ("u5", 96, 96, False), ("u4", 96, 24, False)])
 def test_grouped_values_fuse_into_the_axpy_dot(fmt, d, g, lanes):
     rng = np.random.default_rng(4)
     t, h = 48, 2

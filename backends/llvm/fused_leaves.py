@@ -68,12 +68,7 @@ def leaf(env: Env, v: Value, shape: tuple[int, ...], j: str, c: str) -> str:
     if not lanes_split(dims):
         return _by_lane(em, bv, base, c)
     k0 = em.val(f"mul i64 {c}, {W}")
-    block = 1
-    for d, st in zip(reversed(dims), reversed(strides)):  # base += unravel(32c) . strides
-        if st and d > 1:
-            i = em.val(f"urem i64 {em.val(f'udiv i64 {k0}, {block}')}, {d}")
-            base = em.val(f"add i64 {base}, {em.val(f'mul i64 {i}, {st}')}")
-        block *= d
+    base = em.val(f"add i64 {base}, {_dot_unravel(em, k0, dims, strides)}")
     offs = [sum(i * st for i, st in zip(_unravel(q, dims), strides)) for q in range(W)]
     return gathered(em, bv, base, offs)
 
@@ -129,18 +124,27 @@ def gathered(em: Emitter, bv: Buf, base: str, offs: list[int]) -> str:
     return vec
 
 
+def _dot_unravel(em: Emitter, col: str, dims, strides) -> str:
+    """unravel(col, dims) . strides at run time (col < prod(dims): the outermost coordinate
+    needs no remainder)."""
+    out, block = "0", 1
+    for n, (d, st) in enumerate(zip(reversed(dims), reversed(strides))):
+        if st and d > 1:
+            i = em.val(f"udiv i64 {col}, {block}") if block > 1 else col
+            if n < len(dims) - 1:
+                i = em.val(f"urem i64 {i}, {d}")
+            out = em.val(f"add i64 {out}, {em.val(f'mul i64 {i}, {st}')}")
+        block *= d
+    return out
+
+
 def _by_lane(em: Emitter, bv: Buf, base: str, c: str) -> str:
     """The general case: each lane's column unravelled at run time."""
     dims, strides = bv.shape[1:], bv.strides[1:]
     vec = "poison"
     for q in range(W):
         f = em.val(f"add i64 {em.val(f'mul i64 {c}, {W}')}, {q}")
-        idx, block = base, 1
-        for d, st in zip(reversed(dims), reversed(strides)):
-            if st and d > 1:
-                i = em.val(f"urem i64 {em.val(f'udiv i64 {f}, {block}')}, {d}")
-                idx = em.val(f"add i64 {idx}, {em.val(f'mul i64 {i}, {st}')}")
-            block *= d
+        idx = em.val(f"add i64 {base}, {_dot_unravel(em, f, dims, strides)}")
         vec = em.val(f"insertelement {vtype(bv.dtype, W)} {vec}, {lltype(bv.dtype)} "
                      f"{em.load_elem(bv, idx)}, i64 {q}")
     return vec
