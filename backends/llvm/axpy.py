@@ -221,8 +221,8 @@ def _fused_lanes(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]
         cols = _column(em, abuf, k, 16)
         nxt, nz = list(accs), list(zaccs)
         for z in range(regs):
-            splats = cols if s is None else [
-                em.val(f"fmul {v16} {a}, {at(s, k, z)}") for a in cols]
+            sz = None if s is None else at(s, k, z)
+            splats = cols if sz is None else [em.val(f"fmul {v16} {a}, {sz}") for a in cols]
             if u is not None:
                 uz = at(u, k, z)
                 for i in range(m):
