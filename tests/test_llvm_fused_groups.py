@@ -13,19 +13,19 @@ from lowbitc.compiler import compile
 from lowbitc.packing import pack
 
 GROUPED_AXPY = """
-kernel grouped_axpy[W: dtype = u4, D: int = 128, GV: int = 32](p: f32[H, T], v: W[T, H, D],
-    s: f32[H, T, NG], z: f32[H, T, NG], y: f32[H, D])
+kernel grouped_axpy[W: dtype = u4, D: int = 128, GV: int = 32, R: int = 1](p: f32[HR, T],
+    v: W[T, H, D], s: f32[H, T, NG], z: f32[H, T, NG], y: f32[HR, D])
   grid (H)
 {
   h = block.x
-  acc = zeros(f32, [1, D])
+  acc = zeros(f32, [R, D])
   for t in range(0, T, 16) {
     c = reshape(cast(load(v[t :+ 16, h, :]), f32), [16, D / GV, GV])
     zs = reshape(load(z[h, t :+ 16, 0 :+ D / GV]), [16, D / GV, 1])
     e = (c - zs) * reshape(load(s[h, t :+ 16, 0 :+ D / GV]), [16, D / GV, 1])
-    acc = acc + dot(load(p[h :+ 1, t :+ 16]), reshape(e, [16, D]))
+    acc = acc + dot(load(p[h * R :+ R, t :+ 16]), reshape(e, [16, D]))
   }
-  store(y[h :+ 1, :], acc)
+  store(y[h * R :+ R, :], acc)
 }
 """
 
@@ -64,23 +64,26 @@ def _codes(rng, fmt: str, shape) -> tuple[np.ndarray, np.ndarray]:
 # u4 codes split a word and 96 codes are no whole register: 32-code steps (with groups of 16,
 # 32 and 96 read as a short load and a shuffle, a splat and a splat; groups of 24 straddle
 # the 32-code steps: lane by lane)
-@pytest.mark.parametrize("fmt,d,g,lanes", [("u4", 128, 32, True), ("u4", 128, 8, True),
-                                           ("u2", 256, 64, True), ("u4", 128, 4, False),
-                                           ("u3", 96, 16, False), ("u4", 96, 32, False),
-                                           ("u5", 96, 96, False), ("u4", 96, 24, False)])
-def test_grouped_values_fuse_into_the_axpy_dot(fmt, d, g, lanes):
+# (two rows of weights: every accumulator and word-lane sum of the lanes form in registers)
+@pytest.mark.parametrize("fmt,d,g,lanes,rows", [
+    ("u4", 128, 32, True, 1), ("u4", 128, 8, True, 1), ("u2", 256, 64, True, 1),
+    ("u4", 128, 4, False, 1), ("u3", 96, 16, False, 1), ("u4", 96, 32, False, 1),
+    ("u5", 96, 96, False, 1), ("u4", 96, 24, False, 1), ("u4", 128, 32, True, 2),
+    ("u2", 128, 16, False, 2), ("u3", 96, 16, False, 2)])
+def test_grouped_values_fuse_into_the_axpy_dot(fmt, d, g, lanes, rows):
     rng = np.random.default_rng(4)
     t, h = 48, 2
     codes, words = _codes(rng, fmt, (t, h, d))
-    p = rng.random((h, t)).astype(np.float32)
+    p = rng.random((h * rows, t)).astype(np.float32)
     s = rng.random((h, t, d // g)).astype(np.float32) + 0.5
     z = rng.random((h, t, d // g)).astype(np.float32) * 4
-    k = compile(GROUPED_AXPY, W=fmt, D=d, GV=g)
-    y = np.zeros((h, d), np.float32)
+    k = compile(GROUPED_AXPY, W=fmt, D=d, GV=g, R=rows)
+    y = np.zeros((h * rows, d), np.float32)
     k(p, words, s, z, y)
     e = (codes.reshape(t, h, d // g, g) - z.transpose(1, 0, 2)[..., None]) \
         * s.transpose(1, 0, 2)[..., None]
-    want = np.einsum("ht,thd->hd", p, e.reshape(t, h, d))
+    want = np.einsum("hrt,thd->hrd", p.reshape(h, rows, t), e.reshape(t, h, d))
+    want = want.reshape(h * rows, d)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4)
     notes = k.explain()
     assert "FALLBACK" not in notes
