@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from lowbitc.backends.llvm import decode, fused_view
+from lowbitc.backends.llvm import decode, fused_leaves, fused_view
 from lowbitc.backends.llvm.decode import code_tables
 from lowbitc.backends.llvm.emitter import Buf
 from lowbitc.backends.llvm.fusion import _eval_tree, codes_at
-from lowbitc.backends.llvm.fusion_plan import Plan, W, _tree, region_index
+from lowbitc.backends.llvm.fusion_plan import Plan, W, _tree, region_index, row_spaces
 from lowbitc.backends.llvm.handlers import HANDLERS, Env
-from lowbitc.ir.core import Region
+from lowbitc.explain import muted, note, subject_of
+from lowbitc.ir.core import Region, Value
 from lowbitc.ir.types import TileType, is_float
 
 MAX_OUT = 256  # accumulator floats (rows of a x N): 16 AVX-512 registers
@@ -65,18 +66,27 @@ def emit_axpy(env: Env, plan: Plan, generic_dot) -> None:
     codes = plan.codes
     t = env.get(codes.operands[0])
     fast, slow, done = em.label("axpy"), em.label("unfused"), em.label("dotted")
+    weights = subject_of(codes.operands[0])
     if t.packing is not None or not isinstance(abuf, Buf):
         em.br(slow)
+        note("dot", weights, "generic dot", "the codes are repacked" if t.packing is not None
+             else "the activation tile is not in memory", fallback=True, loc=op.loc)
     else:
         t, starts, ok = fused_view.view(env, codes, t)
         em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
         em.start_block(fast)
-        (_fused_lanes if _by_lanes(plan, abuf) else _fused)(env, plan, abuf, out, t, starts)
+        lanes = _by_lanes(plan, abuf)
+        note("dot", weights, "fused untransposed dot: " + (
+            "lanes form (one table permute per 16 codes; scales and zero points per word "
+            "lane fold into the weights)" if lanes else "32 codes of a row per step"),
+            "windows at the tensor's edges take the generic dot", loc=op.loc)
+        (_fused_lanes if lanes else _fused)(env, plan, abuf, out, t, starts)
         em.br(done)
     em.start_block(slow)
-    for d in plan.deferred:
-        HANDLERS[d.opcode](env, d)
-    generic_dot(em, abuf, env.get(b), out)
+    with muted():  # the runtime fallback of the path just noted
+        for d in plan.deferred:
+            HANDLERS[d.opcode](env, d)
+        generic_dot(em, abuf, env.get(b), out)
     em.br(done)
     em.start_block(done)
 
@@ -122,16 +132,55 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
                     f"ptr {p}, align 4")
 
 
+def affine(plan: Plan) -> tuple[Value, Value | None, Value | None] | None:
+    """(Y, U, V) when E = (Y - U) * V, Y * V, Y - U or Y, up to row regroupings
+    (fusion_plan.regroups_rows), with Y a table of the codes and U, V f32 leaves: the lanes
+    form then looks Y up and scales the weights `a` by V instead of every code."""
+    made = {op.results[0].id: op for op in plan.tree}
+
+    def bare(v: Value) -> Value:  # through regroupings (same lanes)
+        while v.id in made and made[v.id].opcode == "reshape":
+            v = made[v.id].operands[0]
+        return v
+
+    def leaf(v: Value) -> bool:
+        return v.id not in made and v.type.dtype == "f32"
+
+    y, u, s = bare(plan.root), None, None
+    op = made.get(y.id)
+    if op is not None and op.opcode == "mul" and y.type.dtype == "f32":
+        for x, w in (op.operands, op.operands[::-1]):
+            if leaf(w) and x.id in made:
+                y, s = bare(x), w
+                break
+    op = made.get(y.id)
+    if op is not None and op.opcode == "sub" and leaf(op.operands[1]) \
+            and op.operands[0].id in made:
+        y, u = bare(op.operands[0]), op.operands[1]
+    return (y, u, s) if y.id in plan.tables else None
+
+
 def _by_lanes(plan: Plan, abuf: Buf) -> bool:
-    """Whether the lanes form applies: AVX-512, E a table of codes of 1, 2 or 4 bits, rows of
-    whole 512-bit registers, and every accumulator in a register."""
+    """Whether the lanes form applies: AVX-512, E affine in a table of codes of 1, 2 or 4
+    bits with U and V the same for the 32 / bits codes of each word, rows of whole 512-bit
+    registers, and every accumulator in a register."""
     codes = plan.codes
-    if codes.opcode != "load_codes" or plan.root.id not in plan.tables or not decode.permutes():
+    split = affine(plan)
+    if codes.opcode != "load_codes" or split is None or not decode.permutes():
         return False
     bits = codes.attrs.bits
     n_cols = fused_view.kept(codes.attrs.sizes)[1]
     regs = abuf.shape[0] * n_cols // 16
-    return bits in (1, 2, 4) and n_cols * bits % 512 == 0 and regs <= 16
+    spaces = row_spaces(plan.tree, plan.root)
+    users = _users(plan)
+    return bits in (1, 2, 4) and n_cols * bits % 512 == 0 and regs <= 16 and all(
+        fused_leaves.word_invariant(v, spaces[users[v.id]], 32 // bits)
+        for v in split[1:] if v is not None)
+
+
+def _users(plan: Plan) -> dict[int, int]:
+    """value id -> the result id of the op of E that reads it (a leaf's shape)."""
+    return {v.id: op.results[0].id for op in plan.tree for v in op.operands}
 
 
 def _fused_lanes(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
@@ -148,17 +197,34 @@ def _fused_lanes(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]
     per = 32 // bits  # codes per word
     regs = n_cols * bits // 512  # 16-word registers per row
     v16, i16 = "<16 x float>", "<16 x i32>"
-    table = np.resize(np.asarray(plan.tables[plan.root.id], np.uint32), 16)
+    y, u, s = affine(plan)
+    spaces, users = row_spaces(plan.tree, plan.root), _users(plan)
+    table = np.resize(np.asarray(plan.tables[y.id], np.uint32), 16)
     tab = "<" + ", ".join(f"i32 {int(np.int32(w))}" for w in table) + ">"
     em.declare(f"declare {i16} @llvm.x86.avx512.permvar.si.512({i16}, {i16})")
     first = em.val(f"mul i64 {em.val(f'lshr i64 {starts[1]}, 5')}, {bits}")
 
-    def step(k: str, accs: list[str]) -> list[str]:
+    def at(v: Value, k: str, z: int) -> str:  # leaf v for the 16 words of register z
+        cols = [16 * per * z + per * j for j in range(16)]
+        return fused_leaves.leaf_at(env, v, spaces[users[v.id]], k, cols)
+
+    zs = m * regs if u is not None else 0  # sum over k of a V U: one per word lane
+
+    def step(k: str, carried: list[str]) -> list[str]:
+        accs, zaccs = carried[:len(carried) - zs], carried[len(carried) - zs:]
         n = em.val(f"add i64 {starts[0]}, {k}")
         row = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {first}")
-        splats = _column(em, abuf, k, 16)
-        nxt = list(accs)
+        cols = _column(em, abuf, k, 16)
+        nxt, nz = list(accs), list(zaccs)
         for z in range(regs):
+            sz = None if s is None else at(s, k, z)
+            splats = cols if sz is None else [em.val(f"fmul {v16} {a}, {sz}") for a in cols]
+            if u is not None:
+                uz = at(u, k, z)
+                for i in range(m):
+                    prod = em.val(f"fmul reassoc contract {v16} {splats[i]}, {uz}")
+                    nz[i * regs + z] = em.val(f"fadd reassoc contract {v16} "
+                                              f"{zaccs[i * regs + z]}, {prod}")
             p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 "
                        f"{em.val(f'add i64 {row}, {16 * z}')}")
             words = em.val(f"load {i16}, ptr {p}, align 4")
@@ -171,10 +237,15 @@ def _fused_lanes(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]
                     j = (i * regs + z) * per + pos
                     prod = em.val(f"fmul reassoc contract {v16} {splats[i]}, {w}")
                     nxt[j] = em.val(f"fadd reassoc contract {v16} {accs[j]}, {prod}")
-        return nxt
+        return nxt + nz
 
-    accs = em.loop("0", str(k_rows), None, carried=[(v16, "zeroinitializer")] * (m * regs * per),
+    accs = em.loop("0", str(k_rows), None,
+                   carried=[(v16, "zeroinitializer")] * (m * regs * per + zs),
                    body_carried=step)
+    if zs:  # every position of a word lane takes its lane's zero-point sum
+        zaccs = accs[m * regs * per:]
+        accs = [em.val(f"fsub {v16} {a}, {zaccs[q // per]}")
+                for q, a in enumerate(accs[:m * regs * per])]
     wide = 16 * per
     vw = f"<{wide} x float>"
     order = ", ".join(f"i32 {(c % per) * 16 + c // per}" for c in range(wide))

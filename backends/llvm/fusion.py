@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from lowbitc.backends.llvm import decode, fused_view, lanes_dot
+from lowbitc.backends.llvm import decode, fused_leaves, fused_view, lanes_dot
 from lowbitc.backends.llvm import lanes as lanes_packing
 from lowbitc.backends.llvm import rows as rows_packing
 from lowbitc.backends.llvm.decode import gather, lookup
 from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
-from lowbitc.backends.llvm.fusion_plan import Plan, W, acc_lanes
+from lowbitc.backends.llvm.fused_leaves import vector_at as vector_at  # (columns.py)
+from lowbitc.backends.llvm.fusion_plan import Plan, W, acc_lanes, row_spaces
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert, vtype
 from lowbitc.backends.llvm.lanes import ROWS, row_sums
-from lowbitc.backends.llvm.ops_elementwise import broadcast_view, scalar_op
+from lowbitc.backends.llvm.ops_elementwise import scalar_op
 from lowbitc.backends.llvm.ops_memory import lut_global, unpack32
 from lowbitc.explain import muted, note, subject_of
 from lowbitc.ir.core import Op, Value
@@ -67,7 +68,12 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
             t, starts, ok = fused_view.view(env, codes, t)
             em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
             em.start_block(fast)
-            fused = lanes_dot.emit if lanes_dot.applies(plan, abuf) else _fused
+            lanes = lanes_dot.applies(plan, abuf)
+            note("dot", weights, "fused register dot over a 2-D window, " + (
+                "lanes form (one table permute per 16 codes)" if lanes
+                else "32 codes of a row per step"),
+                "windows at the tensor's edges take the generic dot", loc=op.loc)
+            fused = lanes_dot.emit if lanes else _fused
             fused(env, plan, abuf, out, t, starts)
             em.br(done)
     elif by_rows and (fast_path is not None or plan.root.id not in plan.tables):
@@ -281,7 +287,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
                 accs = step(str(c), accs)
         if plan.core is None:
             return accs
-        k = _splat_value(em, float_literal(plan.factor, "f32"), "f32")
+        k = fused_leaves.splat(em, float_literal(plan.factor, "f32"), "f32")
         if lanes != W:
             k = em.val(f"shufflevector <{W} x float> {k}, <{W} x float> poison, "
                        f"<{lanes} x i32> zeroinitializer")
@@ -318,43 +324,6 @@ def _vload(em: Emitter, buf: Buf, index: str, width: int = W) -> str:
     return convert(em, v, buf.dtype, "f32", width) if buf.dtype != "f32" else v
 
 
-def _splat_value(em: Emitter, v: str, dtype: str) -> str:
-    t = lltype(dtype)
-    ins = em.val(f"insertelement <{W} x {t}> poison, {t} {v}, i64 0")
-    return em.val(f"shufflevector <{W} x {t}> {ins}, <{W} x {t}> poison, <{W} x i32> "
-                  "zeroinitializer")
-
-
-def _leaf(env: Env, v: Value, shape, j: str, c: str) -> str:
-    """A leaf of E as a <W x T> vector for row j, codes c*W .. c*W+W-1."""
-    em = env.em
-    x = env.get(v)
-    dt = v.type.dtype
-    if not isinstance(x, Buf):
-        return _splat_value(em, x, dt)
-    bv = broadcast_view(x, tuple(shape))
-    sj, sk = bv.strides
-    k0 = em.val(f"mul i64 {c}, {W}")
-    if sk == 0:
-        return _splat_value(em, em.load_elem(bv, em.val(f"mul i64 {j}, {sj}")), dt)
-    idx = em.val(f"add i64 {em.val(f'mul i64 {j}, {sj}')}, {em.val(f'mul i64 {k0}, {sk}')}")
-    return vector_at(em, bv, idx, sk, W)
-
-
-def vector_at(em: Emitter, bv: Buf, index: str, step: int, width: int) -> str:
-    """<width x T> of the elements index, index + step, ... of `bv`: one load when they are
-    contiguous, else element by element."""
-    dt = bv.dtype
-    if step == 1 and dt != "bool":
-        return em.val(f"load <{width} x {lltype(dt)}>, ptr {em.gep(bv, index)}, align 4")
-    vec = "poison"
-    for lane in range(width):
-        li = em.val(f"add i64 {index}, {lane * step}")
-        vec = em.val(f"insertelement {vtype(dt, width)} {vec}, {lltype(dt)} "
-                     f"{em.load_elem(bv, li)}, i64 {lane}")
-    return vec
-
-
 def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
                root: Value | None = None) -> str:
     """E (or its value `root`) for row j, codes c*W .. c*W+W-1, as a <W x T> vector."""
@@ -363,18 +332,27 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
     leaf = plan.codes.results[0]
     vals = {leaf.id: codes if plan.codes.opcode == "load" else
             _retype(em, codes, plan.codes.attrs.dtype)}
-    shape = fused_view.kept(plan.codes.attrs.sizes)
+    leaves: dict[tuple, str] = {}
+    spaces = row_spaces(plan.tree, plan.root)  # a dict: the plan checked it
     for op in plan.tree:
-        table = plan.tables.get(op.results[0].id)
+        rid = op.results[0].id
+        table = plan.tables.get(rid)
         if table is not None:  # a function of the code alone: one in-register lookup
-            vals[op.results[0].id] = lookup(em, codes, table, op.results[0].type.dtype)
+            vals[rid] = lookup(em, codes, table, op.results[0].type.dtype)
+            continue
+        if op.opcode == "reshape":  # a row regrouping: the same lanes
+            vals[rid] = vals[op.operands[0].id]
             continue
         args = []
         for v in op.operands:
             if v.id not in vals:
-                vals[v.id] = _leaf(env, v, shape, j, c)
-            args.append(vals[v.id])
-        vals[op.results[0].id] = vector_op(env, op, args)
+                key = (v.id, spaces[rid])
+                if key not in leaves:
+                    leaves[key] = fused_leaves.leaf(env, v, spaces[rid], j, c)
+                args.append(leaves[key])
+            else:
+                args.append(vals[v.id])
+        vals[rid] = vector_op(env, op, args)
     return vals[root.id]
 
 

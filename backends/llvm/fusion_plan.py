@@ -206,6 +206,7 @@ def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value, moved: bool = 
     seen: dict[int, Op] = {}
     codes: dict[int, Op] = {}
     movers: list[Op] = []
+    below: dict[int, bool] = {}
     stack = [root]
     while stack:
         v = stack.pop()
@@ -214,6 +215,10 @@ def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value, moved: bool = 
             continue  # a parameter, region argument or scalar: a leaf
         if reads_codes(op):
             codes[id(op)] = op
+            continue
+        if regroups_rows(op) and _codes_below(defs, op.operands[0], below):
+            seen[id(op)] = op  # the codes' rows split into groups (or merged back): fused
+            stack.extend(op.operands)
             continue
         if op.opcode in RESHAPING and op not in movers and (
                 v is root or not is_float(v.type.dtype)):  # E itself, or its codes
@@ -239,4 +244,51 @@ def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value, moved: bool = 
         r = op.results[0]
         if r is not root and inside.get(r.id, 0) != uses[r.id]:
             return f"the value of {op.opcode} at {op.loc} inside E is also used outside it"
+    spaces = row_spaces(list(seen.values()), root)
+    if isinstance(spaces, str):
+        return spaces
     return list(seen.values()), next(iter(codes.values()))
+
+
+def regroups_rows(op: Op) -> bool:
+    """A reshape that keeps the first dim (the codes' rows) and regroups the rest, as a
+    per-group scale needs (`reshape(c, [N, K / g, g])` and back to [N, K]): row-major, so a
+    row's columns keep their order and the fused paths read it unchanged."""
+    if op.opcode != "reshape":
+        return False
+    a, r = op.operands[0].type, op.results[0].type
+    return (isinstance(a, TileType) and isinstance(r, TileType) and len(a.shape) >= 2
+            and len(r.shape) >= 2 and a.shape[0] == r.shape[0])
+
+
+def _codes_below(defs: dict[int, Op], v: Value, memo: dict[int, bool]) -> bool:
+    """Whether v is computed from a codes load through fusible ops and row regroupings."""
+    if v.id not in memo:
+        op = defs.get(v.id)
+        memo[v.id] = op is not None and isinstance(v.type, TileType) and (
+            reads_codes(op) or ((op.opcode in FUSIBLE or regroups_rows(op))
+                                and any(_codes_below(defs, u, memo) for u in op.operands)))
+    return memo[v.id]
+
+
+def row_spaces(tree: list[Op], root: Value) -> dict[int, tuple[int, ...]] | str:
+    """The shape each value of E is computed in (and its leaves read in, fused_leaves.py):
+    E's own shape, or for values under a row regrouping the shape it regroups; why not
+    (a line) when a value is read in two shapes."""
+    ops = {op.results[0].id: op for op in tree}
+    space = {root.id: tuple(root.type.shape)}
+    work = [root]
+    while work:
+        v = work.pop()
+        op = ops.get(v.id)
+        if op is None:
+            continue
+        for u in op.operands:
+            if u.id not in ops:
+                continue
+            s = tuple(u.type.shape) if op.opcode == "reshape" else space[v.id]
+            if space.setdefault(u.id, s) != s:
+                return (f"the value of {ops[u.id].opcode} at {ops[u.id].loc} is read at two "
+                        "shapes inside E")
+            work.append(u)
+    return space

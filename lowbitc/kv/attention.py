@@ -28,7 +28,7 @@ def _split(n: int, heads: int, tile: int) -> int:
 def _segments(cache: QuantKVCache) -> list[tuple[dict, list, int]]:
     """(kernel parameters, cache arguments, tokens) of every non-empty segment."""
     segs = [(s.attention_params(), s.attention_args(), s.n) for s in cache.stores if s.n]
-    none = np.zeros((1, cache.heads, cache.head_dim), np.float32)
+    none = np.zeros((cache.heads, 1, cache.head_dim), np.float32)
     dummy = np.zeros((1, 1, 1), np.float32)
     params = {"WK": "f32", "WV": "f32", "QUANT": False, "KZP": False, "VZP": False,
               "G": FLOAT_TILE, "VG": cache.head_dim}

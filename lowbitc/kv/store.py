@@ -21,7 +21,7 @@ from lowbitc.packing import unpack
 from lowbitc.signature import words_for
 
 _NONE = np.zeros((1, 1, 1), np.float32)  # the kernels' stand-in for absent zero points
-HEAD_MAJOR = ("vs", "vz")  # [heads, tokens, groups]: the other arrays are token-major
+HEAD_MAJOR = ("ks", "kz", "vs", "vz")  # [heads, groups or tokens, ...]: codes are token-major
 
 
 def has_zero_point(fmt) -> bool:
@@ -75,10 +75,10 @@ class PackedStore:
         kzp, vzp = has_zero_point(self.fmt_k), has_zero_point(self.fmt_v)
         return {
             "k": code_array(self.fmt_k, cap, h, d),
-            "ks": np.zeros((cap // self.group, h, d), np.float32),
-            "kz": np.zeros((cap // self.group, h, d), np.float32) if kzp else None,
+            # scales head-major: a head's run of groups (of tokens) is contiguous for attention
+            "ks": np.zeros((h, cap // self.group, d), np.float32),
+            "kz": np.zeros((h, cap // self.group, d), np.float32) if kzp else None,
             "v": code_array(self.fmt_v, cap, h, d),
-            # value scales head-major: a head's run of tokens is contiguous for attention
             "vs": np.zeros((h, cap, d // self.group_v), np.float32),
             "vz": np.zeros((h, cap, d // self.group_v), np.float32) if vzp else None,
         }
@@ -130,8 +130,8 @@ class PackedStore:
         k = decode_codes(self.fmt_k, a["k"][:n], self.dim)
         groups = np.arange(n) // g
         if a["kz"] is not None:
-            k = k - a["kz"][groups]
-        k = k * a["ks"][groups]
+            k = k - a["kz"][:, groups].transpose(1, 0, 2)
+        k = k * a["ks"][:, groups].transpose(1, 0, 2)
         v = decode_codes(self.fmt_v, a["v"][:n], self.dim).reshape(n, self.heads, -1,
                                                                    self.group_v)
         if a["vz"] is not None:
@@ -145,7 +145,7 @@ class PackedStore:
         groups = -(-n // self.group)
         per_token = sum((a[x][:, :1] if x in HEAD_MAJOR else a[x][:1]).nbytes
                         for x in ("k", "v", "vs", "vz") if a[x] is not None)
-        per_group = sum(a[x][0].nbytes for x in ("ks", "kz") if a[x] is not None)
+        per_group = sum(a[x][:, :1].nbytes for x in ("ks", "kz") if a[x] is not None)
         return n * per_token + groups * per_group
 
     def allocated(self) -> int:

@@ -4,7 +4,9 @@ through a quantized cache.
 
 torch.library ops cannot take a Python object, so the op takes the cache's handle
 (`cache_handle(cache)`, an int kept in a weak registry); `attention_decode(q, cache)` is the
-convenience wrapper. The fake kernel gives the output's shape and dtype for tracing.
+convenience wrapper. The fake kernel gives the output's shape and dtype for tracing. CPU
+tensors run on the cache's backend, CUDA tensors on the CUDA backend (the cache's pages stay
+in host memory: each launch copies them to the device).
 """
 
 from __future__ import annotations
@@ -53,13 +55,20 @@ def _check_q(q: torch.Tensor) -> None:
                                 f"{getattr(q, 'shape', type(q).__name__)}")
 
 
-def _attention_decode_impl(q: torch.Tensor, cache: int, scale: float | None = None):
+def _attention_decode_impl(q: torch.Tensor, cache: int, scale: float | None = None,
+                           backend: str | None = None):
     _check_q(q)
-    y = kv_attention_decode(q.detach().cpu().float().numpy(), _cache(cache), scale)
+    y = kv_attention_decode(q.detach().cpu().float().numpy(), _cache(cache), scale, backend)
     return torch.from_numpy(y).to(q.device)
 
 
+def _attention_decode_cuda(q: torch.Tensor, cache: int, scale: float | None = None):
+    """CUDA tensors run the kernels on the CUDA backend, whichever backend the cache names."""
+    return _attention_decode_impl(q, cache, scale, backend="cuda")
+
+
 _LIB.impl("attention_decode", _attention_decode_impl, "CPU")
+_LIB.impl("attention_decode", _attention_decode_cuda, "CUDA")
 
 
 @torch.library.register_fake("lowbitc::attention_decode")

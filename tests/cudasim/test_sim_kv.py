@@ -44,3 +44,25 @@ def test_cache_and_attention_on_the_gpu(fk, fv, group_v, extra):
     q = RNG.standard_normal((4, 32)).astype(np.float32)
     kd, vd = gpu.dequantize()
     np.testing.assert_allclose(ops.attention_decode(q, gpu), _sdpa(q, kd, vd), atol=2e-5)
+
+
+def test_the_torch_op_runs_cuda_tensors_on_the_cuda_backend(monkeypatch):
+    """torch.ops.lowbitc.attention_decode has a CUDA kernel, and it launches the cache's
+    kernels on the CUDA backend (called directly: this torch has no CUDA tensors)."""
+    torch = pytest.importorskip("torch")
+    import lowbitc.kv.attention as kv_attention
+    from lowbitc.torch import attention as torch_attention
+
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("lowbitc::attention_decode", "CUDA")
+    k, v = RNG.standard_normal((2, 40, 2, 32)).astype(np.float32)
+    cache = QuantKVCache(num_heads=2, head_dim=32, group=8, residual=4)  # an llvm cache
+    cache.append(k, v)
+    backends = []
+    real = kv_attention.get_kernel
+    monkeypatch.setattr(kv_attention, "get_kernel",
+                        lambda *a, **kw: backends.append(a[1]) or real(*a, **kw))
+    q = torch.from_numpy(RNG.standard_normal((4, 32)).astype(np.float32))
+    handle = torch_attention.cache_handle(cache)
+    y = torch_attention._attention_decode_cuda(q, handle)
+    assert backends and set(backends) == {"cuda"}
+    np.testing.assert_allclose(y.numpy(), ops.attention_decode(q.numpy(), cache), atol=2e-5)
