@@ -1,7 +1,9 @@
 """When the shipped matmul runs on tensor cores (`kernels/matmul_mma.lbk`), and its tiles.
 
-On backend="cuda", f16 activations take the mma kernel when every code value of the weight
-format is a finite f16 (|v| <= 65504, nonzero values >= 2^-24: codes enter the dot as f16);
+On backend="cuda", f16 and bf16 activations take the mma kernel when every code value of the
+weight format is a finite f16 (|v| <= 65504, nonzero values >= 2^-24: codes enter the dot as
+f16, or as bf16 for bf16 activations, rounded to nearest even where they have more than 8
+significant bits: nf4, code books);
 group scales and zero points are applied in f32 to each group's partial sums. Other formats
 (f8e8m0fnu, code books with values beyond f16) and f32 activations keep `matmul.lbk`.
 """
@@ -34,7 +36,10 @@ def simulator() -> bool:
     return bool(config.ENABLE_CUDASIM)
 
 
-def mma_params(M: int, wtype, group: int, zero_point: bool) -> dict:
+MMA_ACTIVATIONS = ("f16", "bf16")  # activation dtypes with an mma kind (m16n8k16 .f16/.bf16)
+
+
+def mma_params(M: int, wtype, group: int, zero_point: bool, act: str = "f16") -> dict:
     """Tiles of matmul_mma: 16 x 8 x 16 multiples; BK the largest of 128/64/32/16 dividing the
     group (the rest of a K tile past the group would be masked away); BM 16 (M <= 16), 32, 64;
     at BM 16 one warp owning 16 x 64 outputs (8 mma per A fragment and K step: the fragment's
@@ -44,4 +49,5 @@ def mma_params(M: int, wtype, group: int, zero_point: bool) -> dict:
     bm = 16 if M <= 16 else 32 if M <= 32 else 64
     threads = MMA_SIM_THREADS if simulator() or bm == 16 else MMA_THREADS
     bn = 64 if bm == 16 else 32
-    return {"W": wtype, "ZP": bool(zero_point), "BM": bm, "BN": bn, "BK": bk, "TH": threads}
+    return {"W": wtype, "A": act, "ZP": bool(zero_point), "BM": bm, "BN": bn, "BK": bk,
+            "TH": threads}

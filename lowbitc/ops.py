@@ -23,7 +23,7 @@ from lowbitc.kernels import (  # noqa: F401 (re-exported: ops.get_kernel, ops._K
 )
 from lowbitc.kv.attention import attention_decode as kv_attention_decode
 from lowbitc.mixture import TableQTensor
-from lowbitc.mma_plan import mma_format, mma_params
+from lowbitc.mma_plan import MMA_ACTIVATIONS, mma_format, mma_params
 from lowbitc.offset import OffsetQTensor, finish_dequantize, permute_input, subtract_offsets
 from lowbitc.quant import QTensor
 from lowbitc.tuned import tuned_config
@@ -94,17 +94,19 @@ def matmul_params(M: int, qw: QTensor, act: str, backend: str = "llvm") -> dict:
 
 
 def matmul_kernel_name(wtype, act: str, backend: str) -> str:
-    """`matmul_mma` (tensor cores) for f16 activations on cuda when every code value of the
-    format is an f16 (`lowbitc.mma_plan`), else `matmul`."""
-    return "matmul_mma" if backend == "cuda" and act == "f16" and mma_format(wtype) else "matmul"
+    """`matmul_mma` (tensor cores) for f16 and bf16 activations on cuda when every code value
+    of the format is an f16 (`lowbitc.mma_plan`), else `matmul`."""
+    if backend == "cuda" and act in MMA_ACTIVATIONS and mma_format(wtype):
+        return "matmul_mma"
+    return "matmul"
 
 
 def matmul_choice(M: int, N: int, K: int, qw, adt: str, act: str = "f32",
                   backend: str = "llvm") -> tuple[str, dict]:
     """(shipped kernel, parameters) of a matmul with `adt` activations: matmul_a8 for int8
     activations (`act="i8"`) where the format allows (LLVM only, lowbitc/a8.py); matmul_mma
-    (tensor cores, `lowbitc.mma_plan`) for f16 activations on cuda when the format allows;
-    else matmul with its defaults; then lowbitc.tune's winner for the shape's bucket. `qw`
+    (tensor cores, `lowbitc.mma_plan`) for f16 and bf16 activations on cuda when the format
+    allows; else matmul with its defaults; then lowbitc.tune's winner for the shape's bucket. `qw`
     needs .dtype, .group_size and .zeros (None or not)."""
     if backend == "llvm":
         p = a8.params(qw.dtype, qw.group_size, qw.zeros is not None, M, act, N)
@@ -112,8 +114,8 @@ def matmul_choice(M: int, N: int, K: int, qw, adt: str, act: str = "f32",
             return "matmul_a8", {**p, "A": adt}
     name = matmul_kernel_name(qw.dtype, adt, backend)
     if name == "matmul_mma":
-        params = mma_params(M, qw.dtype, qw.group_size, qw.zeros is not None)
-        fixed = {n: params[n] for n in ("W", "ZP", "TH")}
+        params = mma_params(M, qw.dtype, qw.group_size, qw.zeros is not None, adt)
+        fixed = {n: params[n] for n in ("W", "A", "ZP", "TH")}
     else:
         params = matmul_params(M, qw, adt, backend)
         fixed = {n: params[n] for n in ("W", "A", "ZP", "EARLY")}

@@ -1,7 +1,9 @@
 """The numba-cuda backend: `emit` renders Python source (pure), `compile` jit-compiles it with
 numba-cuda (on a GPU, or in Numba's CUDA simulator under NUMBA_ENABLE_CUDASIM=1) and returns
 an `Executable` that takes numpy arrays (copied to and from the device) or device arrays
-(anything with `__cuda_array_interface__`, torch CUDA tensors included)."""
+(anything with `__cuda_array_interface__`, torch CUDA tensors included). bf16 tensors travel
+as their 16-bit patterns: a bfloat16 numpy array, or a device array of 2-byte integers (torch
+bf16 tensors have no array interface: pass `t.view(torch.int16)`)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from lowbitc.backends.numba_cuda.render import Rendered, render
 from lowbitc.errors import UserArgumentError
 from lowbitc.interp import grid_of_bound
 from lowbitc.ir.core import Kernel, walk
-from lowbitc.ir.types import TensorType
+from lowbitc.ir.types import TensorType, numpy_dtype
 from lowbitc.passes import magic_convert  # noqa: F401  (registers magic-convert)
 from lowbitc.signature import bind
 
@@ -34,8 +36,9 @@ def _is_device(a: object) -> bool:
         hasattr(a, "__cuda_array_interface__") or hasattr(a, "copy_to_host"))
 
 
-def _shape_proxy(a: object) -> np.ndarray:
-    """A numpy array with a device array's dtype and shape (no memory) for argument checks."""
+def _shape_proxy(a: object, bf16: bool = False) -> np.ndarray:
+    """A numpy array with a device array's dtype and shape (no memory) for argument checks
+    (`bf16`: a parameter of bf16 values, which a 2-byte integer device array holds as bits)."""
     cai = getattr(a, "__cuda_array_interface__", None)
     if cai is not None:
         dtype, shape, strides = np.dtype(cai["typestr"]), tuple(cai["shape"]), cai.get("strides")
@@ -44,6 +47,8 @@ def _shape_proxy(a: object) -> np.ndarray:
     dense = tuple(dtype.itemsize * int(np.prod(shape[i + 1:])) for i in range(len(shape)))
     if strides is not None and tuple(strides) != dense:
         raise UserArgumentError("device array arguments must be C-contiguous")
+    if bf16 and dtype.kind in "iu" and dtype.itemsize == 2:
+        dtype = numpy_dtype("bf16")
     return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, dense)
 
 
@@ -61,6 +66,8 @@ class Executable:
         stored = {op.operands[0].id for op in walk(k.body.ops)
                   if op.opcode in ("store", "store_codes")}
         self.outputs = {p.name for p in k.params if p.id in stored}
+        self.bf16 = {p.name for p in k.params
+                     if isinstance(p.type, TensorType) and p.type.dtype == "bf16"}
         order = interleaved_params(k)
         self.interleaved = {p.name: order[p.id] for p in k.params if p.id in order}
 
@@ -71,7 +78,8 @@ class Executable:
         given = dict(zip(names, args, strict=False))
         given |= {n: v for n, v in kwargs.items() if n in names}
         dims = {n: v for n, v in kwargs.items() if n not in names}
-        checked = {n: _shape_proxy(v) if _is_device(v) else v for n, v in given.items()}
+        checked = {n: _shape_proxy(v, n in self.bf16) if _is_device(v) else v
+                   for n, v in given.items()}
         b = bind(self.k, (), checked | dims)
         gx, gy, gz = grid_of_bound(self.k, b)
         launch, copies = [], []
@@ -80,6 +88,7 @@ class Executable:
             if not isinstance(p.type, TensorType):
                 launch.append(_SCALAR[p.type.dtype](b.values[p.name]))
             elif isinstance(v, np.ndarray):
+                v = v.view(np.uint16) if p.name in self.bf16 else v  # (bind checked the dtype)
                 bits = self.interleaved.get(p.name)
                 d = cuda.to_device(v if bits is None else HOST_WORDS.get(v, bits))
                 launch.append(d)
@@ -87,6 +96,7 @@ class Executable:
                     copies.append((d, v))
             else:
                 d = cuda.as_cuda_array(v) if hasattr(v, "__cuda_array_interface__") else v
+                d = d.view(np.uint16) if p.name in self.bf16 else d
                 bits = self.interleaved.get(p.name)
                 launch.append(d if bits is None else device_words(d, bits))
         launch += [np.int64(b.dims[d.name]) for d in self.k.dims]

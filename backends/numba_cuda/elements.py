@@ -223,6 +223,8 @@ def _load(ctx, op: Op, idx) -> str:
         mshape = shape_of(op.operands[-1].type)
         mask = ctx.elem(op.operands[-1], ctx.bcast(idx, shape_of(op.results[0].type), mshape))
     R = rtype(op)
+    if op.operands[0].type.dtype == "bf16":  # bits in memory, the f32 holding them read
+        R = "bf16_from_bits"
     where = window_in_unit(ctx, starts, a.sizes, idx, t.dims)
     if where is not None:  # bounds checked once per unit; whole words loaded once
         val = (unit_codes(ctx, t, starts, where, ctx.unit.cols[idx[-1]]) if t.bits

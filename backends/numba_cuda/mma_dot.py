@@ -1,6 +1,6 @@
-"""`dot` on tensor cores: a dot of f16 tiles into an f32 accumulator becomes
-`mma.sync.aligned.m16n8k16` and one of i8 tiles into i32 `mma.sync.aligned.m16n8k32 .s8`
-(PTX ISA 9.7.14.5.8 and .10) when the block's warps tile its output.
+"""`dot` on tensor cores: a dot of f16 (or bf16) tiles into an f32 accumulator becomes
+`mma.sync.aligned.m16n8k16` (.f16 or .bf16) and one of i8 tiles into i32
+`mma.sync.aligned.m16n8k32 .s8` (PTX ISA 9.7.14.5.8 and .10) when the block's warps tile its output.
 
 Which thread holds which element is not written here: the operands' thread-value layouts
 are the fragments of `lowbitc.layout.mma` composed (Kronecker product) with the block's
@@ -15,9 +15,9 @@ thread id, from the layout's spatial modes) plus a constant offset per register 
 modes). The warp grid is the squarest WM x WN that divides the tile grid.
 
 The dot is taken off this path (the SIMT dot of `statements.py` runs instead) when the
-operands are not both f16 (f32 accumulator) or both i8 (i32 accumulator), M, N, K are not
-multiples of 16, 8 and the instruction's k (16, 32), the block is not whole warps, or the
-warps cannot share the 16 x 8 tiles evenly (every warp issues the same number of mma).
+operands are not both f16 or both bf16 (f32 accumulator) or both i8 (i32 accumulator),
+M, N, K are not multiples of 16, 8 and the instruction's k (16, 32), the block is not whole
+warps, or the warps cannot share the 16 x 8 tiles evenly (every warp issues the same number of mma).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from lowbitc.layout import mma as frag
 from lowbitc.layout.tv import TVLayout, local, replicated, spatial
 
 MMA_IMPORT = ("from lowbitc.backends.numba_cuda.tensorcore import ldmatrix_x2, ldmatrix_x4, "
-              "mma_f16, mma_s8")
+              "mma_bf16, mma_f16, mma_s8")
 MMA_M, MMA_N = 16, 8
 
 
@@ -55,6 +55,9 @@ KINDS = {
     "f16": Kind(("f16", "f16", "f32"), 16, "mma_f16",
                 (frag.mma_m16n8k16_a, frag.mma_m16n8k16_b, frag.mma_m16n8k16_c), 2, "F32",
                 "U32(u16_from_f16({x}))"),
+    "bf16": Kind(("bf16", "bf16", "f32"), 16, "mma_bf16",
+                 (frag.mma_m16n8k16_a, frag.mma_m16n8k16_b, frag.mma_m16n8k16_c), 2, "F32",
+                 "U32(u16_from_bf16({x}))"),  # (bf16 values are f32 registers, source.py)
     "s8": Kind(("i8", "i8", "i32"), 32, "mma_s8",
                (frag.mma_m16n8k32_a, frag.mma_m16n8k32_b, frag.mma_m16n8k32_c), 4, "I32",
                "U32(I32({x}) & I32(255))"),
@@ -249,7 +252,7 @@ def _fragment(ctx, v, tv: TVLayout, kind: Kind, t: int, per_tile: int, base, ks:
 
 
 def shared_source(ctx, v):
-    """(buffer, transposed) when v is a 2-D f16 shared buffer or its transpose whose rows
+    """(buffer, transposed) when v is a 2-D f16 or bf16 shared buffer or its transpose whose rows
     are 16-byte aligned (what ldmatrix reads), else None."""
     buf, transposed = ctx.bufs.get(v.id), False
     if buf is None:
@@ -257,7 +260,8 @@ def shared_source(ctx, v):
         if op is None or op.opcode != "transpose" or tuple(op.attrs.perm) != (1, 0):
             return None
         buf, transposed = ctx.bufs.get(op.operands[0].id), True
-    if buf is None or buf.dtype != "f16" or len(buf.shape) != 2 or buf.swizzle is not None:
+    if (buf is None or buf.dtype not in ("f16", "bf16") or len(buf.shape) != 2
+            or buf.swizzle is not None):
         return None
     return (buf, transposed) if buf.strides()[0] % 8 == 0 else None
 

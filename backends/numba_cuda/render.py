@@ -35,8 +35,10 @@ from lowbitc.backends.numba_cuda.source import (
     _dtype_of,
     f32_bits,
     kernel_name,
+    loaded,
     numba_type,
     size_of,
+    stored,
 )
 from lowbitc.backends.numba_cuda.statements import STATEMENTS
 from lowbitc.backends.numba_cuda.units import (
@@ -90,7 +92,8 @@ class Renderer:
         if buf is not None:
             self.reads.append((buf.name, tuple(idx)))
             at = self.addr(buf, idx)
-            name = self.src.tmp(f"({at} != 0)" if buf.dtype == "bool" else at, "x")
+            name = self.src.tmp(f"({at} != 0)" if buf.dtype == "bool" else loaded(buf.dtype, at),
+                                "x")
             self.memo[-1][key] = name
             return name
         op = self.lazy.get(v.id)
@@ -199,7 +202,7 @@ class Renderer:
         if len(shape) >= 2 and shape[-1] % 32 == 0:
             # f16 rows stay 16-byte aligned for ldmatrix: 8 halves of padding (rows 4 banks
             # apart, so ldmatrix's 8 rows hit all 32 banks); others one element
-            row = shape[-1] + (8 if dtype == "f16" else 1)
+            row = shape[-1] + (8 if dtype in ("f16", "bf16") else 1)
         buf = Buf(self.src.fresh("sb"), dtype, tuple(shape), row)
         self.shared.append((buf.name, buf.size, SHARED_TYPE[dtype] if dtype in SHARED_TYPE
                             else numba_type(dtype)))
@@ -271,7 +274,7 @@ class Renderer:
             for name, at in self.reads[start:]:
                 read.add(name)
                 own[0] = own[0] and (name != buf.name or at == tuple(idx))
-            self.src.line(f"{self.addr(buf, idx)} = {SHARED_TYPE.get(buf.dtype, 'F32')}({x})")
+            self.src.line(f"{self.addr(buf, idx)} = {stored(buf.dtype, x)}")
 
         self.each(buf.shape, body, (v,))
         self.src.sync()
@@ -362,7 +365,7 @@ class Renderer:
         top = ["    tid = I64(U32(cuda.threadIdx.x))", f"    nthr = {self.threads}"]
         total = 0
         for buf, size, ty in self.shared:
-            align = "" if SIMULATOR or ty != "F16" else ", 16"  # ldmatrix rows: 16 bytes
+            align = "" if SIMULATOR or ty not in ("F16", "U16") else ", 16"  # ldmatrix: 16 B
             top.append(f"    {buf} = cuda.shared.array({size}, {ty}{align})")
             total += size * SHARED_BYTES.get(_dtype_of(ty), 4)
         if total > MAX_SHARED:

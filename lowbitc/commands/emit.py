@@ -1,9 +1,9 @@
 """`lowbitc emit KERNEL --wtype T --backend llvm|cuda [--arch sm_80] --format FMT`.
 
 KERNEL is a shipped kernel (`matmul`, `matmul_mma`, `dequantize`) or a .lbk path; `--wtype`
-binds the kernel's weight format parameter `W`. On cuda, `matmul -D A=f16` is the kernel
-`ops.matmul` runs for f16 activations (`matmul_mma`, tensor cores, when the format
-allows). Formats: `ir`, `lowered`, `llvm`, `asm`, `stats` (an instruction mix of the
+binds the kernel's weight format parameter `W`. On cuda, `matmul -D A=f16` (or `A=bf16`) is
+the kernel `ops.matmul` runs for f16 (bf16) activations (`matmul_mma`, tensor cores, when the
+format allows). Formats: `ir`, `lowered`, `llvm`, `asm`, `stats` (an instruction mix of the
 generated code; on cuda ptxas/nvdisasm figures, with `mma_loop` for tensor-core kernels)
 and, for the CUDA backend, `ptx`.
 """
@@ -118,16 +118,17 @@ def mma_loop(toolchain, out: dict) -> dict | None:
 
 
 def shipped_choice(kernel: str, backend: str, params: dict) -> str:
-    """`matmul` with f16 activations on cuda is `matmul_mma` when ops.matmul would run it."""
-    if kernel != "matmul" or backend != "cuda" or params.get("A") != "f16":
+    """`matmul` with f16 or bf16 activations on cuda is `matmul_mma` when ops.matmul would run
+    it."""
+    from lowbitc.mma_plan import MMA_ACTIVATIONS, mma_format
+
+    if kernel != "matmul" or backend != "cuda" or params.get("A") not in MMA_ACTIVATIONS:
         return kernel
     from lowbitc.formats import lookup
-    from lowbitc.mma_plan import mma_format
 
     if not mma_format(lookup(str(params.get("W", "u4")))):
         return kernel
-    for name in ("A", "EARLY"):
-        params.pop(name, None)
+    params.pop("EARLY", None)
     return "matmul_mma"
 
 

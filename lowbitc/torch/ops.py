@@ -250,9 +250,16 @@ def _operand(t: torch.Tensor | None, backend: str, weight: bool = True):
         return _NO_ZEROS
     if backend == "llvm":
         return _weight_array(t) if weight else _array(t)
+    return cuda_array(t)
+
+
+def cuda_array(t: torch.Tensor):
+    """A CUDA tensor as a numba device array (no copy); bf16 as its 16-bit patterns (int16:
+    torch gives bf16 no array interface), which the CUDA backend reads as bf16."""
     from numba import cuda  # imported only when CUDA tensors are seen (numba-cuda is heavy)
 
-    return cuda.as_cuda_array(t.detach())
+    t = t.detach()
+    return cuda.as_cuda_array(t.view(torch.int16) if t.dtype == torch.bfloat16 else t)
 
 
 def matmul_into(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,

@@ -25,7 +25,7 @@ from lowbitc.compiler import compile as compile_kernel
 from lowbitc.errors import UserArgumentError
 from lowbitc.ir.types import TensorType, is_float, is_machine
 from lowbitc.signature import format_bits, words_for
-from lowbitc.torch.ops import DeviceError, _array, _backend
+from lowbitc.torch.ops import DeviceError, _array, _backend, cuda_array
 
 TORCH_DTYPES = {
     "f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16, "f64": torch.float64,
@@ -145,9 +145,7 @@ class _Runner:
             raise UserArgumentError(f"argument {name!r}: expected a contiguous tensor, got "
                                     f"strides {t.stride()} (call .contiguous())")
         if backend != "llvm":
-            from numba import cuda  # only when CUDA tensors are seen (numba-cuda is heavy)
-
-            return cuda.as_cuda_array(t.detach())
+            return cuda_array(t)
         if output or name not in kernel.packings or t.is_inference():
             return _array(t)  # (an inference tensor has no version: the words cache checks)
         key, state = id(t), (t.data_ptr(), t._version)

@@ -12,6 +12,13 @@ where v is the code value, s the group's scale (zero point terms are added to th
 |s * z * sum x|). Against the interpreter (which rounds values to f16 the same way and sums
 in float64) the 2^-11 term drops out.
 
+bf16 activations (mma m16n8k16 .bf16): the same bound with bf16's unit roundoff 2^-8 (8
+significant bits) in place of f16's 2^-11 for the formats whose code values need more bits
+(nf4, the code book: 1 + 2^-12 rounds to 1); bf16 x bf16 products are exact in f32 (16
+significant bits) and the K sum is the same f32 accumulation, so the (K + 8) 2^-24 term
+stands. Every other format's code values (integers up to 255, floats of at most 3 mantissa
+bits) are exact in bf16.
+
 Run only in a process with NUMBA_ENABLE_CUDASIM=1 (tests/test_cuda_mma.py starts one).
 """
 
@@ -51,8 +58,9 @@ def _qw(name, n, k, group, zp, seed=0):
     return quantize(w, BOOK if name == "mmabook" else name, group, zero_point=zp)
 
 
-def _budget(x, qw, rounded: bool) -> np.ndarray:
-    """The per-output error bound of the module docstring."""
+def _budget(x, qw, rounded: bool, unit: float = 2.0**-11) -> np.ndarray:
+    """The per-output error bound of the module docstring (`unit`: the activation type's unit
+    roundoff, charged once per weight of a rounded format)."""
     n, k = qw.shape
     g = qw.group_size
     cols = np.arange(k) // g
@@ -61,7 +69,7 @@ def _budget(x, qw, rounded: bool) -> np.ndarray:
     mass = np.abs(x.astype(np.float64)) @ np.abs(values * s).T
     if qw.zeros is not None:
         mass += np.abs(x.astype(np.float64)) @ np.abs(qw.zeros[:, cols] * s).T
-    rel = (2.0**-11 if rounded else 0.0) + (k + 8) * 2.0**-24
+    rel = (unit if rounded else 0.0) + (k + 8) * 2.0**-24
     return rel * mass + 1e-30
 
 
@@ -81,6 +89,43 @@ def test_mma_matmul_matches_numpy_and_interpreter(name, m, n, k, group, zp):
     zeros = qw.zeros if zp else np.zeros((1, 1), np.float32)
     kern.interpret(x, ops.weight_storage(qw, kern), qw.scales, zeros, want, group, K=k)
     assert np.all(np.abs(y - want) <= _budget(x, qw, False)), name
+
+
+# bf16 activations: rounded formats (nf4, the book), zero points, M 1/5/16/33, edges
+BF16_CASES = [
+    ("u4", 5, 11, 80, 32, True), ("u8", 16, 5, 33, 32, True), ("nf4", 5, 6, 130, 128, False),
+    ("mmabook", 1, 4, 40, 32, False), ("f8e4m3fn", 33, 9, 45, 32, False),
+    ("i4", 5, 70, 96, 32, False),
+]
+
+
+@pytest.mark.parametrize("name,m,n,k,group,zp", BF16_CASES)
+def test_mma_matmul_bf16_activations(name, m, n, k, group, zp):
+    """bf16 x takes mma .bf16 (the same kernel, A=bf16): against float64 numpy within the
+    module docstring's bf16 bound, and against the interpreter within the f32-sum part."""
+    import ml_dtypes
+
+    qw = _qw(name, n, k, group, zp)
+    x = np.random.default_rng(2).standard_normal((m, k)).astype(ml_dtypes.bfloat16)
+    name_, params = ops.matmul_choice(m, n, k, qw, "bf16", backend="cuda")
+    assert name_ == "matmul_mma" and params["A"] == "bf16"
+    kern = ops.get_kernel("matmul_mma", "cuda", **params)
+    assert "mma_bf16(" in kern.text("python") and "mma_f16(" not in kern.text("python")
+    y = ops.matmul(x, qw, backend="cuda")
+    xf = x.astype(np.float64)
+    err = np.abs(y - xf @ qw.dequantize().astype(np.float64).T)
+    assert np.all(err <= _budget(x, qw, name in ROUNDED, 2.0**-8)), (name, err.max())
+    want = np.zeros((m, n), np.float32)
+    zeros = qw.zeros if zp else np.zeros((1, 1), np.float32)
+    kern.interpret(x, ops.weight_storage(qw, kern), qw.scales, zeros, want, group, K=k)
+    assert np.all(np.abs(y - want) <= _budget(x, qw, False)), name
+    if name == "u4":  # a device array of 2-byte integers holds bf16 bits (torch's bf16 path)
+        from numba import cuda
+
+        dev = np.zeros((m, n), np.float32)
+        kern(cuda.to_device(x.view(np.int16)), ops.weight_storage(qw, kern), qw.scales,
+             qw.zeros, dev, group, K=k)
+        np.testing.assert_array_equal(dev, y)
 
 
 def test_formats_beyond_f16_keep_the_simt_kernel():
