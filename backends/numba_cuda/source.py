@@ -58,8 +58,7 @@ from lowbitc.backends.numba_cuda.intrinsics import ld_at, ld_at_u32x4, st_at_f16
 def numba_type(dtype: str) -> str:
     t = NUMBA_TYPE.get(dtype)
     if t is None:
-        raise BackendError(f"cuda: values of type {dtype} are not supported (bf16 has no numba "
-                           "CUDA type; cast to f32 or f16)")
+        raise BackendError(f"cuda: values of type {dtype} are not supported")
     return t
 
 

@@ -188,3 +188,36 @@ def test_dot_register_tiles_match_interpreter(mb, nb):
     k(a, b, y)
     k.interpret(a, b, want)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+
+
+BF16_KERNEL = """kernel bfk(x: bf16[N], z: f32[N], y: bf16[N], s: f32[N]) threads 32 {
+  a = load(x[0 :+ 64])
+  b = cast(load(z[0 :+ 64]), bf16)
+  c = a * b + a
+  store(y[0 :+ 64], c)
+  store(s[0 :+ 64], cast(c, f32) * 0.5 + cast(a, f32))
+}
+"""
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")  # (the simulator's x * z -> inf)
+def test_bf16_tiles_match_the_interpreter_bit_for_bit():
+    """bf16 values on the GPU (f32 registers, 16-bit storage): loads from bfloat16 arrays,
+    casts from f32 and arithmetic round to nearest even (ties, subnormals, huge values that
+    overflow to inf), stores of bf16 bits; the same bits as the interpreter."""
+    import ml_dtypes
+
+    from lowbitc.compiler import compile as compile_kernel
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(64) * 2.0 ** rng.integers(-130, 120, 64)).astype(ml_dtypes.bfloat16)
+    z = (rng.standard_normal(64) * 2.0 ** rng.integers(-20, 20, 64)).astype(np.float32)
+    z[:4] = [1.00390625, 1.01171875, 3e38, -1e-40]  # ties to even (down, up), overflow, tiny
+    got = {"y": np.zeros(64, ml_dtypes.bfloat16), "s": np.zeros(64, np.float32)}
+    want = {"y": np.zeros(64, ml_dtypes.bfloat16), "s": np.zeros(64, np.float32)}
+    k = compile_kernel(BF16_KERNEL, backend="cuda")
+    with np.errstate(all="ignore"):
+        k(x, z, got["y"], got["s"])
+        k.interpret(x, z, want["y"], want["s"])
+    assert np.array_equal(got["y"].view(np.uint16), want["y"].view(np.uint16))
+    assert np.array_equal(got["s"].view(np.uint32), want["s"].view(np.uint32))
