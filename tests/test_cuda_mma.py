@@ -174,7 +174,7 @@ def test_i8_dot_assembles_to_imma_without_spills(arch):
 
 
 def test_simulator_suite():
-    run_simulator_suite("test_sim_mma.py", passed=34)
+    run_simulator_suite("test_sim_mma.py", passed=38)
 
 
 def test_weights_decode_into_b_registers():
@@ -238,3 +238,17 @@ def test_bf16_rounding_twin_matches_ml_dtypes():
             continue
         assert bitcast.u16_from_bf16_py(got) == w.view(np.uint16), (x, got, w)
         assert bitcast.bf16_from_bits_py(bitcast.u16_from_bf16_py(got)) == got
+
+
+@pytest.mark.parametrize("M,N,threads", [(16, 64, 32), (64, 32, 128), (32, 128, 128)])
+def test_accumulator_tiles_take_a_conflict_free_layout(M, N, threads):
+    """The shared f32 accumulator of an mma dot: no plain row stride serves the C fragment's
+    per-register accesses in one wavefront; 8 words of padding with Swizzle<1, 0, 5> does,
+    row sweeps included, and the renderer allocates such tiles with it."""
+    from lowbitc.backends.numba_cuda import mma_banks
+
+    t = mma_dot.Tiling(M, N, 64, *_grid(M, N, threads))
+    assert not any(mma_banks.conflict_free(t, N + pad, None) for pad in range(33))
+    assert mma_banks.accumulator_layout(t) == (N + 8, (1, 0, 5))
+    src = _rendered(BM=M, BN=N, TH=threads)
+    assert f"* {N + 8} + " in src and "& 32) >> 5)" in src

@@ -75,6 +75,14 @@ def test_cp_async_stores_of_swizzled_rows_are_conflict_free():
         assert warp_access([sw(a) for a in plain], 16).conflicts == 0
 
 
+def test_sub_word_accesses_share_their_word():
+    """2-byte lanes: two lanes per 4-byte word share it (64 consecutive bytes: no conflict); a
+    row stride of 64 halves puts lanes 2 apart in the same bank, different words."""
+    assert warp_access([2 * lane for lane in LANES], 2).conflicts == 0
+    assert warp_access([lane for lane in LANES], 1).conflicts == 0
+    assert warp_access([128 * lane for lane in LANES], 2).wavefronts == 32
+
+
 def test_ldmatrix_x2_ignores_upper_lanes():
     addrs = [16 * lane if lane < 16 else 7 for lane in LANES]  # garbage beyond lane 15 ignored
     rep = ldmatrix_access(addrs, 2)
@@ -84,7 +92,7 @@ def test_ldmatrix_x2_ignores_upper_lanes():
 @pytest.mark.parametrize("call,msg", [
     (lambda: warp_access([0] * 31, 4), "one entry per lane"),
     (lambda: warp_access([2] * 32, 4), "multiple of the access width"),
-    (lambda: warp_access([0] * 32, 2), "width must be 4, 8 or 16"),
+    (lambda: warp_access([0] * 32, 3), "width must be 1, 2, 4, 8 or 16"),
     (lambda: ldmatrix_access([0] * 32, 3), "num must be 1, 2 or 4"),
     (lambda: ldmatrix_access([None] + [0] * 31, 1), "must all give a row address"),
 ])

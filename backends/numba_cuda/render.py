@@ -22,6 +22,7 @@ from lowbitc.backends.numba_cuda.buffers import Buf, TensorRef
 from lowbitc.backends.numba_cuda.elements import ELEMENT, fail, reg_dtype, shape_of
 from lowbitc.backends.numba_cuda.interleave import interleaved_params
 from lowbitc.backends.numba_cuda.intrinsics import SIMULATOR
+from lowbitc.backends.numba_cuda.mma_banks import accumulator_layouts
 from lowbitc.backends.numba_cuda.mma_dot import MMA_IMPORT
 from lowbitc.backends.numba_cuda.plan import make_plan
 from lowbitc.backends.numba_cuda.shared import check_shared_memory, swizzled
@@ -77,6 +78,7 @@ class Renderer:
         self.luts: dict[tuple[float, ...], str] = {}
         self.word_tables: dict[tuple[int, ...], str] = {}
         self.uses_mma = False
+        self.acc_layouts = accumulator_layouts(k, threads)  # mma accumulators' (row, swizzle)
 
     # ------------------------------------------------------------ values
 
@@ -203,7 +205,8 @@ class Renderer:
             # f16 rows stay 16-byte aligned for ldmatrix: 8 halves of padding (rows 4 banks
             # apart, so ldmatrix's 8 rows hit all 32 banks); others one element
             row = shape[-1] + (8 if dtype in ("f16", "bf16") else 1)
-        buf = Buf(self.src.fresh("sb"), dtype, tuple(shape), row)
+        row, swizzle = self.acc_layouts.get((dtype, tuple(shape)), (row, None))
+        buf = Buf(self.src.fresh("sb"), dtype, tuple(shape), row, swizzle)
         self.shared.append((buf.name, buf.size, SHARED_TYPE[dtype] if dtype in SHARED_TYPE
                             else numba_type(dtype)))
         return buf

@@ -4,7 +4,7 @@ Shared memory has 32 banks of 4 bytes; bank = (byte address // 4) % 32. A warp r
 served in phases, and within a phase each wavefront can read or write one 4-byte word per bank
 (lanes touching the same word share it: a broadcast). So a phase needs as many wavefronts as
 the largest number of distinct words any one bank holds among its lanes' bytes:
-- 4-byte accesses: one phase of all 32 lanes;
+- 1-, 2- and 4-byte accesses: one phase of all 32 lanes (lanes in one 4-byte word share it);
 - 8-byte accesses: two phases, lanes 0-15 and 16-31;
 - 16-byte accesses (LDS.128, STS.128, cp.async 16 B into shared): four phases of 8 lanes;
 - ldmatrix .x1/.x2/.x4: one phase per 8x8 matrix, the 8 lanes 8m..8m+7 that supply its rows
@@ -24,7 +24,7 @@ from lowbitc.errors import UserArgumentError
 BANKS = 32
 BANK_BYTES = 4
 WARP = 32
-_PHASE_LANES = {4: 32, 8: 16, 16: 8}
+_PHASE_LANES = {1: 32, 2: 32, 4: 32, 8: 16, 16: 8}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +51,7 @@ def _phase_wavefronts(addresses: Sequence[int], width: int) -> int:
 
 def _check(addresses: Sequence[int | None], width: int, what: str) -> list[int | None]:
     if width not in _PHASE_LANES:
-        raise UserArgumentError(f"{what}: width must be 4, 8 or 16 bytes, got {width!r}")
+        raise UserArgumentError(f"{what}: width must be 1, 2, 4, 8 or 16 bytes, got {width!r}")
     lanes = list(addresses)
     if len(lanes) != WARP:
         raise UserArgumentError(f"{what}: addresses must give one entry per lane (32, None for "
@@ -70,7 +70,8 @@ def _report(phases: list[list[int]], width: int) -> BankReport:
 
 
 def warp_access(addresses: Sequence[int | None], width: int) -> BankReport:
-    """Wavefronts of one warp-wide shared load or store of `width` (4, 8, 16) bytes per lane;
+    """Wavefronts of one warp-wide shared load or store of `width` (1, 2, 4, 8, 16) bytes per
+    lane;
     `addresses` are the 32 lanes' byte addresses (None: the lane does not take part)."""
     lanes = _check(addresses, width, "warp_access")
     n = _PHASE_LANES[width]
