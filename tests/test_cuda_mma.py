@@ -18,6 +18,7 @@ from lowbitc import ops
 from lowbitc.backends.numba_cuda import mma_dot
 from lowbitc.backends.numba_cuda.backend import BACKEND
 from lowbitc.cli import main
+from lowbitc.errors import BackendError
 from lowbitc.layout.banks import ldmatrix_access
 from lowbitc.layout.mma import ldmatrix_dst
 from lowbitc.quant import quantize
@@ -174,7 +175,7 @@ def test_i8_dot_assembles_to_imma_without_spills(arch):
 
 
 def test_simulator_suite():
-    run_simulator_suite("test_sim_mma.py", passed=38)
+    run_simulator_suite("test_sim_mma.py", passed=39)
 
 
 def test_weights_decode_into_b_registers():
@@ -252,3 +253,33 @@ def test_accumulator_tiles_take_a_conflict_free_layout(M, N, threads):
     assert mma_banks.accumulator_layout(t) == (N + 8, (1, 0, 5))
     src = _rendered(BM=M, BN=N, TH=threads)
     assert f"* {N + 8} + " in src and "& 32) >> 5)" in src
+
+
+STATED = """kernel stated(x: f16[M, K], w: f16[N, K], y: f32[M, N])
+  grid (cdiv(M, 16), cdiv(N, 32))
+  threads 32
+{
+  a = load(x[block.x * 16 :+ 16, 0 :+ 32], layout=A_LAYOUT)
+  b = load(w[block.y * 32 :+ 32, 0 :+ 32])
+  acc = relayout(zeros(f32, [16, 32]), C_LAYOUT)
+  y0 = dot(a, transpose(b), acc)
+  store(y[block.x * 16 :+ 16, block.y * 32 :+ 32], y0)
+}
+"""
+
+
+def _stated(a="local(1, 2) * mma_m16n8k16_a()", c="local(1, 4) * mma_m16n8k16_c()"):
+    return STATED.replace("A_LAYOUT", a).replace("C_LAYOUT", c)
+
+
+def test_stated_mma_layouts_are_checked_against_the_fragments():
+    """layout= on a dot's operands (docs/dsl.md): the fragment layouts (A repeated per K
+    step) are accepted; a layout giving an element to another thread is
+    a BackendError at the dot naming the operand, the element and both layouts."""
+    ok = lowbitc.compile(_stated(), backend="cuda").text("python")
+    assert "mma_f16(" in ok and "ldmatrix_x4(" in ok
+    with pytest.raises(BackendError, match=r":8:8: .*result has the stated layout .* element "
+                       r"\[0, 2\] to thread\(s\) \[0\]; the mma fragments give it to \[1\]"):
+        lowbitc.compile(_stated(c="mma_m16n8k16_c() * local(1, 4)"), backend="cuda")
+    with pytest.raises(BackendError, match=r"a \(the left operand\) has the stated layout"):
+        lowbitc.compile(_stated(a="spatial(4, 8) * local(4, 4)"), backend="cuda")

@@ -24,8 +24,8 @@ from lowbitc.passes import magic_convert  # noqa: F401  (registers magic-convert
 from lowbitc.signature import bind
 
 # the CPU pipeline plus the magic-number code conversion
-CUDA_PIPELINE = ("cse", "lower-formats", "bitpack", "lower-encode", "magic-convert", "cse",
-                 "dce")
+CUDA_PIPELINE = ("infer-layouts", "cse", "lower-formats", "bitpack", "lower-encode",
+                 "magic-convert", "cse", "dce")
 _SCALAR = {"i64": np.int64, "i32": np.int32, "f32": np.float32, "f64": np.float64}
 
 

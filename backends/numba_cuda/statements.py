@@ -11,6 +11,7 @@ from lowbitc.backends.numba_cuda.buffers import TensorRef
 from lowbitc.backends.numba_cuda.elements import fail, shape_of
 from lowbitc.backends.numba_cuda.halves import store_pairs
 from lowbitc.backends.numba_cuda.mma_dot import mma_tiling, render_mma_dot
+from lowbitc.backends.numba_cuda.mma_stated import check_stated_layouts
 from lowbitc.backends.numba_cuda.source import literal, numba_type, stored
 from lowbitc.backends.numba_cuda.units import window_in_unit
 from lowbitc.ir.core import Op, Value
@@ -114,6 +115,7 @@ def _dot(ctx, op: Op) -> None:
     ctx.src.sync()
     tiling = mma_tiling(op, ctx.threads)
     if tiling is not None:
+        check_stated_layouts(op, tiling, ctx.threads)
         render_mma_dot(ctx, op, tiling, out)
         ctx.src.sync()
         ctx.bufs[res.id] = out

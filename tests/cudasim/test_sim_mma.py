@@ -209,3 +209,24 @@ def test_every_shared_access_is_free_of_bank_conflicts(name, act, m, zp, extra):
         assert not bad, [(a.text, a.report) for a in bad[:3]]
     exact = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
     assert np.all(np.abs(y - exact) <= _budget(x, qw, False, 2.0**-8))  # (traced = correct)
+
+
+def test_stated_fragment_layouts_run_on_tensor_cores():
+    """A kernel that states the mma fragment layouts (layout=, relayout) runs the mma path
+    and matches numpy (f16 inputs, exact products, f32 sums of 32 terms)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_cuda_mma import _stated
+
+    kern = lowbitc.compile(_stated(), backend="cuda")
+    assert "mma_f16(" in kern.text("python")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((20, 32)).astype(np.float16)
+    w = rng.standard_normal((40, 32)).astype(np.float16)
+    y = np.zeros((20, 40), np.float32)
+    kern(x, w, y)
+    want = x.astype(np.float64) @ w.astype(np.float64).T
+    mass = np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)).T
+    assert np.all(np.abs(y - want) <= 40 * 2.0**-24 * mass)
