@@ -28,7 +28,14 @@ from lowbitc.dsl.lower import lower_kernel
 from lowbitc.dtypes import dtype as to_dtype
 from lowbitc.errors import DSLTypeError, LowbitcError, UserArgumentError
 from lowbitc.ir.types import TensorType, is_float, is_machine, numpy_dtype
-from lowbitc.ops import kernel_path, matmul_params, weight_storage
+from lowbitc.mma_plan import mma_params
+from lowbitc.ops import (
+    kernel_path,
+    launch_matmul,
+    matmul_kernel_name,
+    matmul_params,
+    weight_storage,
+)
 from lowbitc.quant import QTensor
 from lowbitc.signature import format_bits, storage_dtype, words_for
 from lowbitc.tuned import forget, kernel_key, record_key
@@ -94,7 +101,7 @@ def tune(kernel_or_op: str | Path, shapes: Mapping[str, int] | Sequence, budget:
                      scalars=scalars, kernel=kernel, strategy=strategy, measurer=measurer,
                      force=force, seed=seed) for s in shapes]
     if isinstance(kernel_or_op, str) and kernel_or_op in OPS:
-        target = _op_target(kernel_or_op, shapes, wtype, group, zero_point, act)
+        target = _op_target(kernel_or_op, shapes, wtype, group, zero_point, act, backend)
     else:
         target = Target(str(kernel_or_op), kernel, dict(params or {}), dict(scalars or {}),
                         _dims(shapes, None))
@@ -166,16 +173,20 @@ def _dims(shapes: object, names: Sequence[str] | None) -> dict[str, int]:
 
 
 def _op_target(op: str, shapes: object, wtype: Any, group: int, zero_point: bool,
-               act: str) -> Target:
+               act: str, backend: str = "llvm") -> Target:
     dims = _dims(shapes, OPS[op])
     fmt = to_dtype(wtype) if isinstance(wtype, str) else wtype
     if isinstance(group, bool) or not isinstance(group, int) or group < 1:
         raise UserArgumentError(f"group: expected a positive group size, got {group!r}")
     if op == "matmul":
-        # ops' own choice for these operands: its tuned names are the default to beat
-        params = matmul_params(dims["M"], WeightSpec(fmt, group, () if zero_point else None), act)
-        tuned = _tuned_names(kernel_path(op))
-        return Target(kernel_path(op), None, {n: v for n, v in params.items() if n not in tuned},
+        # ops' own choice for these operands (matmul_mma on cuda for f16/bf16 activations):
+        # its tuned names are the default to beat
+        name = matmul_kernel_name(fmt, act, backend)
+        params = (mma_params(dims["M"], fmt, group, zero_point, act) if name == "matmul_mma"
+                  else matmul_params(dims["M"], WeightSpec(fmt, group, () if zero_point else None),
+                                     act))
+        tuned = _tuned_names(kernel_path(name))
+        return Target(kernel_path(name), None, {n: v for n, v in params.items() if n not in tuned},
                       {"group": group}, dims, {n: v for n, v in params.items() if n in tuned},
                       op)
     G = math.ceil(dims["K"] / group)
@@ -258,14 +269,16 @@ class Candidate:
         t = self.target
         k = compile(t.source_or_path, self.backend, t.kernel, **t.fixed, **config)
         rng = np.random.default_rng(self.seed)
-        if t.op == "matmul":
+        if t.op == "matmul":  # (split-K points run both passes: launch_matmul)
             args, kwargs, check = _matmul_inputs(t, k, rng)
+            run = functools.partial(launch_matmul, k, *args, kwargs["K"])
         else:
             args, kwargs, check = *_generic_inputs(k.lowered, t, rng), None
-        k(*args, **kwargs)
+            run = functools.partial(k, *args, **kwargs)
+        run()
         if check is not None:
             check()
-        return functools.partial(k, *args, **kwargs)
+        return run
 
 
 def _generic_inputs(k, t: Target, rng: np.random.Generator) -> tuple[list, dict]:

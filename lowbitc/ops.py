@@ -123,6 +123,20 @@ def matmul_choice(M: int, N: int, K: int, qw, adt: str, act: str = "f32",
     return name, params
 
 
+def launch_matmul(k: Kernel, x, w, scales, zeros, y, group: int, K: int, workspace=None) -> None:
+    """Run a matmul kernel into y; for split-K (`matmul_mma` with SK > 1) the kernel writes
+    the SK slices of partial sums into `workspace` ([SK * M, N] float32, a numpy array unless
+    given: a device array for device operands) and `splitk_sum` adds them into y in order."""
+    sk = k.params.get("SK", 1)
+    if sk == 1:
+        k(x, w, scales, zeros, y, group, K=K)
+        return
+    M, N = y.shape
+    ws = np.empty((sk * M, N), np.float32) if workspace is None else workspace
+    k(x, w, scales, zeros, ws, group, K=K)
+    get_kernel("splitk_sum", k.backend, SK=sk)(ws, y)
+
+
 _PLANS: dict[tuple, Kernel] = {}
 _PLANS_GENERATION = [-1]
 
@@ -197,7 +211,7 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
     if offsets is not None:
         zeros = offsets.by_group if gm else offsets.offsets
     zeros = zeros if zeros is not None else _NO_ZEROS
-    k(x, weight_storage(qw, k), scales, zeros, y, qw.group_size, K=K)
+    launch_matmul(k, x, weight_storage(qw, k), scales, zeros, y, qw.group_size, K)
     if qw.sparse is not None:
         qw.sparse.matmul_add(x, y, backend)
     return y

@@ -175,7 +175,7 @@ def test_i8_dot_assembles_to_imma_without_spills(arch):
 
 
 def test_simulator_suite():
-    run_simulator_suite("test_sim_mma.py", passed=39)
+    run_simulator_suite("test_sim_mma.py", passed=43)
 
 
 def test_weights_decode_into_b_registers():
@@ -283,3 +283,21 @@ def test_stated_mma_layouts_are_checked_against_the_fragments():
         lowbitc.compile(_stated(c="mma_m16n8k16_c() * local(1, 4)"), backend="cuda")
     with pytest.raises(BackendError, match=r"a \(the left operand\) has the stated layout"):
         lowbitc.compile(_stated(a="spatial(4, 8) * local(4, 4)"), backend="cuda")
+
+
+def test_split_k_is_a_tune_choice_of_the_mma_matmul():
+    """`lowbitc.tune("matmul", ..., backend="cuda", act="f16")` searches matmul_mma (what
+    ops.matmul runs), whose space has SK; its fixed names are those ops looks the winner up by.
+    splitk_sum adds the slices in order s = 0, 1, ...: bit for bit the sequential f32 sum."""
+    from lowbitc import autotune
+
+    t = autotune._op_target("matmul", (5, 512, 8192), "u4", 128, False, "f16", "cuda")
+    assert t.source_or_path.endswith("matmul_mma.lbk") and set(t.fixed) == {"W", "A", "ZP", "TH"}
+    space, _ = autotune.space_of(t)
+    assert "SK" in space.names and {p["SK"] for p in space.points(t.dims)} == {1, 2, 4}
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal((3 * 5, 70)).astype(np.float32)
+    y = np.zeros((5, 70), np.float32)
+    ops.get_kernel("splitk_sum", "llvm", SK=3)(p, y)
+    want = (p[0:5] + p[5:10]) + p[10:15]
+    np.testing.assert_array_equal(y, want)

@@ -278,8 +278,11 @@ def matmul_into(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scales: 
                           group_size, m, n, k, act)
     w = (_kernel_weight(kern, weight, scales, zeros, fmt, group_size, k) if backend == "llvm"
          else _operand(weight, backend))
-    kern(_operand(x, backend, False), w, _operand(scales, backend),
-         _operand(zeros, backend), _operand(y, backend, False), group_size, K=k)
+    sk = kern.params.get("SK", 1)  # split-K: partial sums in a device workspace, then summed
+    ws = (None if sk == 1 else
+          _operand(torch.empty((sk * m, n), dtype=torch.float32, device=y.device), backend, False))
+    lops.launch_matmul(kern, _operand(x, backend, False), w, _operand(scales, backend),
+                       _operand(zeros, backend), _operand(y, backend, False), group_size, k, ws)
 
 
 class BoundMatmul:

@@ -230,3 +230,31 @@ def test_stated_fragment_layouts_run_on_tensor_cores():
     want = x.astype(np.float64) @ w.astype(np.float64).T
     mass = np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)).T
     assert np.all(np.abs(y - want) <= 40 * 2.0**-24 * mass)
+
+
+@pytest.mark.parametrize("name,m,n,k,group,zp,sk", [
+    ("u4", 5, 40, 300, 32, True, 2), ("u4", 16, 9, 200, 64, False, 4),
+    ("u3", 1, 6, 70, 32, True, 4)])  # SK > groups: an empty split adds zeros
+def test_split_k_partial_sums_reduced_in_order(name, m, n, k, group, zp, sk):
+    """Split-K (SK > 1): each split's groups into its slice of the workspace, splitk_sum adds
+    the slices in order; the same bound against numpy as one pass (each split is the one-pass
+    kernel over fewer groups; SK - 1 more f32 additions, inside the (K + 8) 2^-24 term)."""
+    qw = _qw(name, n, k, group, zp)
+    x = np.random.default_rng(5).standard_normal((m, k)).astype(np.float16)
+    params = {**ops.matmul_choice(m, n, k, qw, "f16", backend="cuda")[1], "SK": sk}
+    kern = ops.get_kernel("matmul_mma", "cuda", **params)
+    y = np.full((m, n), np.nan, np.float32)
+    zeros = qw.zeros if zp else np.zeros((1, 1), np.float32)
+    ops.launch_matmul(kern, x, ops.weight_storage(qw, kern), qw.scales, zeros, y, group, k)
+    exact = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
+    assert np.all(np.abs(y - exact) <= _budget(x, qw, False)), (name, np.abs(y - exact).max())
+
+
+def test_the_tuner_times_split_k_with_both_passes():
+    """A split-K point of `tune("matmul", backend="cuda")`: the tuner's candidate runs both
+    passes and its result check (against numpy) passes."""
+    from lowbitc import autotune
+
+    t = autotune._op_target("matmul", (5, 40, 256), "u4", 64, True, "f16", "cuda")
+    run = autotune.Candidate(t, "cuda")({"BM": 16, "BN": 32, "BK": 64, "SK": 2})
+    run()
