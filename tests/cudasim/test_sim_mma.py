@@ -173,10 +173,10 @@ def test_i8_dot_runs_on_s8_tensor_cores_exactly(m, n, k):
     np.testing.assert_array_equal(y, x.astype(np.int64) @ w.astype(np.int64).T)
 
 
-# (format, activations, M, zero points, params): one warp (BM 16) and four warps (BM 64, 128
-# threads); u8's decoded tile is staged in shared memory and read by ldmatrix
-TRACED = [("u4", "f16", 16, False, {}), ("u4", "bf16", 33, False, {"TH": 128}),
-          ("u8", "f16", 5, False, {}), ("u4", "f16", 16, True, {})]
+# (format, activations, M, zero points, params): four warps (BM 64, 128 threads) and one
+# (BM 16); u8's decoded tile is staged in shared memory and read by ldmatrix
+TRACED = [("u4", "bf16", 33, False, {"TH": 128}), ("u8", "f16", 5, False, {}),
+          ("u4", "f16", 16, True, {})]
 
 
 @pytest.mark.parametrize("name,act,m,zp,extra", TRACED)
@@ -232,9 +232,9 @@ def test_stated_fragment_layouts_run_on_tensor_cores():
     assert np.all(np.abs(y - want) <= 40 * 2.0**-24 * mass)
 
 
+# u3: SK = 4 > its 3 groups, an empty split adds zeros
 @pytest.mark.parametrize("name,m,n,k,group,zp,sk", [
-    ("u4", 5, 40, 300, 32, True, 2), ("u4", 16, 9, 200, 64, False, 4),
-    ("u3", 1, 6, 70, 32, True, 4)])  # SK > groups: an empty split adds zeros
+    ("u4", 5, 40, 300, 32, True, 2), ("u3", 1, 6, 70, 32, True, 4)])
 def test_split_k_partial_sums_reduced_in_order(name, m, n, k, group, zp, sk):
     """Split-K (SK > 1): each split's groups into its slice of the workspace, splitk_sum adds
     the slices in order; the same bound against numpy as one pass (each split is the one-pass
