@@ -39,6 +39,8 @@ CONFIGS = [
     (SHIPPED / "chop.lbk", {"F": "nf4", "MODE": 3, "SC": True, "FTZ": True, "SAT": False}),
     (SHIPPED / "matmul_mma.lbk", {"W": "u4"}),
     (SHIPPED / "matmul_mma.lbk", {"W": "u3", "ZP": True}),
+    (SHIPPED / "matmul_mma.lbk", {"W": "u4", "A": "bf16", "SK": 2}),
+    (SHIPPED / "splitk_sum.lbk", {"SK": 3}),
     (SHIPPED / "attention.lbk", {"kernel": "attention_split", "WK": "u2", "WV": "u4"}),
     (SHIPPED / "attention.lbk", {"kernel": "attention_combine"}),
     (SHIPPED / "kv_quantize.lbk", {"kernel": "quantize_keys", "W": "u4"}),
