@@ -20,6 +20,7 @@ Run after `bitpack`: decodes have become `load_codes` by then.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -52,6 +53,7 @@ def _enc(fmt, x: float) -> int:
     return int(fmt.encode(np.array([x], np.float64))[0])
 
 
+@functools.cache
 def encode_plan(fmt, dtype: str, rounding: str = "nearest_even") -> EncodePlan:
     """The tables for encoding values compared as `dtype` ("f32" or "f64") in a rounding mode
     (stochastic: the "down" thresholds; see lowbitc.rounding)."""
@@ -59,16 +61,19 @@ def encode_plan(fmt, dtype: str, rounding: str = "nearest_even") -> EncodePlan:
     table = fmt.values().astype(np.float64)
     finite = table[np.isfinite(table)]
     values = np.unique(np.where(finite == 0, 0.0, finite))  # -0 and 0 are one value
-    codes = tuple(_enc(fmt, v) for v in values)
+    codes = tuple(int(c) for c in fmt.encode(values))  # (exact values: RNE is their own code)
     thresholds = []
     if rounding != "nearest_even":
         thresholds = [float(t) for t in rounding_plan(fmt, rounding, dtype).thresholds]
+    if rounding == "nearest_even" and len(values) > 1:
+        mids = (values[:-1] + values[1:]) / 2
+        mid_codes = fmt.encode(mids)
     for j in range(len(values) - 1 if rounding == "nearest_even" else 0):
-        mid = (values[j] + values[j + 1]) / 2
+        mid = mids[j]
         t = ft(mid)
         if float(t) < mid:  # not a `dtype` number: x >= (the next one up) means x > mid
             t = np.nextafter(t, ft(np.inf))
-        elif float(t) == mid and _enc(fmt, mid) == codes[j]:  # a tie that rounds down
+        elif float(t) == mid and mid_codes[j] == codes[j]:  # a tie that rounds down
             t = np.nextafter(t, ft(np.inf))  # (compared with codes[j]: 0 has two codes)
         thresholds.append(float(t))
     size = 1 << max(1, math.ceil(math.log2(len(values))))
