@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_compiler_encode import probe_values
 from test_dtypes import ALL, Model, model_code, model_neighbours, probe
 
 import lowbitc
@@ -42,12 +43,16 @@ def model_round(model: Model, x: float, mode: str) -> int:
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("mode", DETERMINISTIC)
 def test_every_mode_matches_rational_model(name, mode):
-    """Every value, midpoint and the floats around them, both signs, saturating ends."""
+    """Every value, midpoint and the floats around them, both signs, saturating ends (and
+    every point the kernels are checked on, test_rounding_formats.py)."""
     fmt = lowbitc.dtype(name)
     model = Model(fmt)
+    kernel_points = probe_values(fmt)
     for ft in (np.float64, np.float32):
         x = probe(fmt, ft)
         x = np.concatenate([x, -x])
+        if ft is np.float32:
+            x = np.concatenate([x, kernel_points[np.isfinite(kernel_points)]])
         got = fmt.encode(x, rounding=mode)
         want = np.array([model_round(model, float(v), mode) for v in x])
         bad = np.flatnonzero(got != want)
