@@ -161,7 +161,8 @@ BAD = [
     ("cast(t, F, rounding=up)", DSLTypeError, "got a non-string expression"),
     ('cast(t, F, rounding="stochastic")', DSLTypeError, "needs seed="),
     ('cast(t, F, rounding="up", seed=3)', DSLTypeError, 'seed= applies to rounding="stochastic"'),
-    ('cast(t, f16, rounding="up")', DSLTypeError, "not f32 -> f16"),
+    ('cast(t, i16, rounding="up")', DSLTypeError, "not f32 -> i16"),
+    ('cast(cast(t, f16), bf16, rounding="up")', DSLTypeError, "takes f32 values, got f16"),
     ('cast(sum(t), F, rounding="stochastic", seed=1)', DSLTypeError, "pass index="),
     ('cast(acc, F, rounding="stochastic", seed=1)', DSLTypeError, "pass index="),
 ]

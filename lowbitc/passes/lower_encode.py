@@ -32,6 +32,7 @@ from lowbitc.ir.core import Op, Value
 from lowbitc.ir.opdefs import CastAttrs, CodesAttrs, ConstAttrs, LutAttrs
 from lowbitc.ir.types import TensorType, TileType, is_machine
 from lowbitc.passes.base import Defs, register, rewrite
+from lowbitc.passes.round_floats import rounded_bf16, rounded_f16
 from lowbitc.rounding import plan as rounding_plan
 from lowbitc.signature import format_bits
 
@@ -181,8 +182,25 @@ def _codes_of(b: Builder, v: Value, defs: Defs) -> Value:
     return b.emit("codes", v, attrs=CastAttrs("i32"))
 
 
+def _rounded_machine_cast(b: Builder, op: Op) -> Value:
+    """cast(x, u8 | i8 | f16 | bf16, rounding=...) other than nearest_even: the 8-bit integers
+    through their format's codes (i8: two's complement), the 16-bit floats by round_floats."""
+    x, dst, mode, rnd = op.operands[0], op.attrs.dtype, op.attrs.rounding, op.operands[1:]
+    if dst == "bf16":
+        return rounded_bf16(b, x, mode, rnd)
+    if dst == "f16":
+        return rounded_f16(b, x, mode, rnd)
+    codes = encode_codes(b, x, format_of(dst), mode, rnd)
+    if dst == "i8":  # code c in 0..255 is the value c - 256 * (c >= 128)
+        k = lambda v: b.emit("const", attrs=ConstAttrs("i32", v))  # noqa: E731
+        codes = b.emit("sub", codes, b.emit("shl", b.emit("shr", codes, k(7)), k(8)))
+    return b.emit("cast", codes, attrs=CastAttrs(dst))
+
+
 def _rule(op: Op, b: Builder, defs: Defs):
     o = op.opcode
+    if o == "cast" and is_machine(op.attrs.dtype) and op.attrs.rounding != "nearest_even":
+        return (_rounded_machine_cast(b, op),)
     if o == "cast" and not is_machine(op.attrs.dtype) and is_machine(op.operands[0].type.dtype):
         fmt = format_of(op.attrs.dtype)
         codes = encode_codes(b, op.operands[0], fmt, op.attrs.rounding, op.operands[1:])
