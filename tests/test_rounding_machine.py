@@ -117,14 +117,6 @@ def test_native_kernel_every_mode(name):
         check_codes(lowbitc.dtype(name), x, outs, "interpreter")
 
 
-def test_bf16_arithmetic_on_the_gpu_is_refused():
-    src = """kernel add(x: bf16[N], y: bf16[N]) grid (1) {
-  store(y[0 :+ 16], load(x[0 :+ 16]) + load(x[0 :+ 16]))
-}"""
-    with pytest.raises(lowbitc.errors.BackendError, match="bf16 values are carried as their bits"):
-        lowbitc.compile(src, backend="cuda")
-
-
 @pytest.mark.cudasim
 def test_simulator_suite_in_its_own_process():
     from cuda_checks import run_simulator_suite
