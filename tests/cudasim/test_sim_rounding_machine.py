@@ -7,10 +7,16 @@ Run only in a process with NUMBA_ENABLE_CUDASIM=1 (tests/test_rounding_machine.p
 
 import os
 
-import numpy as np
 import pytest
 from test_rounding_kernels import MODES
-from test_rounding_machine import EIGHT, SIXTEEN, check_codes, machine_points, run_machine_modes
+from test_rounding_machine import (
+    EIGHT,
+    SIXTEEN,
+    check_codes,
+    edges_and_sample,
+    machine_points,
+    run_machine_modes,
+)
 
 import lowbitc
 
@@ -23,9 +29,6 @@ SAMPLE = 6000
 def test_every_mode_matches_host_encode(name):
     x = machine_points(name)
     if x.size > SAMPLE:  # every overflow, infinity and NaN point, and a sample of the rest
-        fmt = lowbitc.dtype(name)
-        edge = ~(np.abs(x) <= fmt.max)
-        rest = np.random.default_rng(9).choice(x[~edge], SAMPLE, replace=False)
-        x = np.concatenate([x[edge], rest])
+        x = edges_and_sample(name, x, SAMPLE)
     k = lowbitc.compile(MODES, backend="cuda", F=name, B=128)
     check_codes(lowbitc.dtype(name), x, run_machine_modes(k, name, x), "cuda simulator")
