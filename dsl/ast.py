@@ -252,11 +252,14 @@ CPARAM_KINDS = ("dtype", "int", "float", "bool")
 
 @dataclass(frozen=True, slots=True)
 class TensorParam(Node):
-    """A global tensor parameter `name: dtype[d0, d1, ...]`; dims are Name or Int nodes."""
+    """A global tensor parameter `name: dtype[d0, d1, ...]`; dims are Name or Int nodes.
+    `name: dtype[dims] if cond else [alt]`: the compile-time `cond` picks the declared shape."""
 
     name: str
     dtype: str
     dims: tuple[Name | Int, ...]
+    cond: Expr | None = None
+    alt: tuple[Name | Int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,7 +103,7 @@ class _Lowering:
                 v = self.b.value(ScalarType(resolve_dtype(p.dtype, p.loc, self.env)), p.name)
             else:
                 shape: list[int | str] = []
-                for d in p.dims:
+                for d in self._declared_dims(p):
                     if isinstance(d, A.Int):
                         shape.append(d.value)
                         continue
@@ -122,6 +122,16 @@ class _Lowering:
         for v in params + list(dims.values()):
             self.env[v.name] = v
         return tuple(params), tuple(dims.values())
+
+    def _declared_dims(self, p: A.TensorParam) -> tuple[A.Name | A.Int, ...]:
+        """The dims of `p`, or its `else` dims when its `if` condition is false."""
+        if p.cond is None:
+            return p.dims
+        cond = self._static(p.cond)
+        if not isinstance(cond, bool):
+            raise DSLTypeError(f"the shape condition of {p.name} must be a compile-time bool, "
+                               f"got {cond!r}", p.cond.loc)
+        return p.dims if cond else p.alt
 
     # ---------------------------------------------------------------- entry
     def lower(self) -> Kernel:

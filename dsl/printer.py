@@ -146,6 +146,11 @@ def _func(f: ast.Func) -> list[str]:
     return _join_block(f"func {f.name}({params})", f.body)
 
 
+def _tensor_param(p: ast.TensorParam) -> str:
+    text = f"{p.name}: {p.dtype}[{_items(p.dims)}]"
+    return text if p.cond is None else f"{text} if {expr_source(p.cond)} else [{_items(p.alt)}]"
+
+
 def _kernel(k: ast.Kernel) -> list[str]:
     head = f"kernel {k.name}"
     if k.cparams:
@@ -153,8 +158,8 @@ def _kernel(k: ast.Kernel) -> list[str]:
                                           else f" = {expr_source(c.default)}")
                for c in k.cparams]
         head += f"[{', '.join(cps)}]"
-    params = [f"{p.name}: {p.dtype}[{_items(p.dims)}]" if isinstance(p, ast.TensorParam)
-              else f"{p.name}: {p.dtype}" for p in k.params]
+    params = [_tensor_param(p) if isinstance(p, ast.TensorParam) else f"{p.name}: {p.dtype}"
+              for p in k.params]
     one_line = f"{head}({', '.join(params)})"
     if len(one_line) <= 96:
         lines = [one_line]

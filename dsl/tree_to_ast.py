@@ -140,13 +140,16 @@ class ToAst(Transformer_NonRecursive):
 
     @v_args(meta=True)
     def tensor_param(self, meta, children):
-        name, dtype, *dims = children
-        return ast.TensorParam(str(name), str(dtype), tuple(dims), loc=self.loc(meta))
+        name, dtype, dims, cond, alt = children
+        return ast.TensorParam(str(name), str(dtype), dims, cond, alt or (), loc=self.loc(meta))
 
     @v_args(meta=True)
     def scalar_param(self, meta, children):
         name, dtype = children
         return ast.ScalarParam(str(name), str(dtype), loc=self.loc(meta))
+
+    def dims(self, children):
+        return tuple(children)
 
     def dim(self, children):
         (tok,) = children

@@ -309,7 +309,11 @@ class CodebookFormat(_Format):
         mid = (t[:-1] + t[1:]) / 2  # exact in float64 for float32 entries
         i = np.searchsorted(mid, x, side="left")
         tie = x == mid[np.minimum(i, len(mid) - 1)]
-        return np.where(tie & (i % 2 == 1), i + 1, i).astype(np.uint8)
+        code = np.where(tie & (i % 2 == 1), i + 1, i)
+        z = np.flatnonzero((t[:-1] == 0) & (t[1:] == 0))  # -0.0, 0.0: the sign of x picks
+        if z.size:
+            code = np.where(x == 0, z[0] + ~np.signbit(x), code)
+        return code.astype(np.uint8)
 
 
 Format = IntFormat | FloatFormat | CodebookFormat
@@ -403,14 +407,17 @@ def dtypes() -> list[str]:
 
 
 def codebook(values, name: str | None = None) -> CodebookFormat:
-    """A code-book format over 2..256 strictly increasing finite float32 `values`."""
+    """A code-book format over 2..256 strictly increasing finite float32 `values` (-0.0 may
+    precede 0.0: both zeros keep their sign, as bitsandbytes' FP4 has them)."""
     v = np.asarray(values, dtype=np.float64).ravel()
     f = v.astype(np.float32)
     if not 2 <= f.size <= 256:
         raise UserArgumentError(f"values: expected 2..256 values, got {f.size}")
     if not np.isfinite(f).all() or (f.astype(np.float64) != v).any():
         raise UserArgumentError("values: expected finite values exactly representable in float32")
-    if not (np.diff(f) > 0).all():
+    step = np.diff(f)
+    signed_zeros = (step == 0) & (f[:-1] == 0) & np.signbit(f[:-1]) & ~np.signbit(f[1:])
+    if not ((step > 0) | signed_zeros).all():
         raise UserArgumentError("values: expected strictly increasing values, got " + str(f))
     if name is None:
         name = f"cb{f.size}_" + hashlib.sha1(f.tobytes()).hexdigest()[:8]

@@ -187,6 +187,19 @@ def test_tensor_dims_names_and_ints_trailing_commas():
     assert k.cparams == (A.CParam("A", "int"),)
 
 
+def test_a_condition_chooses_the_declared_shape():
+    src = "kernel k[T: bool = false](s: f32[G, N] if T else [N, G], y: f32[N]) {}"
+    (k,) = strip(parse(src)).kernels
+    assert k.params[0] == A.TensorParam("s", "f32", (A.Name("G"), A.Name("N")), A.Name("T"),
+                                        (A.Name("N"), A.Name("G")))
+    assert to_source(parse(to_source(parse(src)))) == to_source(parse(src))
+    from lowbitc.compiler import compile
+    for t, shape in ((False, ("N", "G")), (True, ("G", "N"))):
+        assert compile(src, T=t).ir.params[0].type.shape == shape
+    with pytest.raises(LowbitcError, match="shape condition of s must be a compile-time bool"):
+        compile(src.replace("if T", "if 3"))
+
+
 def test_statements():
     body = kernel_body("a = 1\na += 2\na -= 3\na *= 4\na /= 5\nsync()")
     assert body == (A.Assign("a", A.Int(1)), A.AugAssign("a", "+", A.Int(2)),

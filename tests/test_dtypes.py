@@ -317,9 +317,20 @@ def test_codebook():
     with pytest.raises(ValueError, match="codes"):
         cb.decode(np.array([5]))
     assert lowbitc.codebook([0, 1], name="bin").name == "bin"
-    for bad in ([1.0], [1.0, 1.0], [2.0, 1.0], [0.0, np.inf], [0.0, 0.1], list(range(257))):
+    for bad in ([1.0], [1.0, 1.0], [2.0, 1.0], [0.0, np.inf], [0.0, 0.1], list(range(257)),
+                [0.0, -0.0], [-0.0, -0.0, 1.0]):
         with pytest.raises(ValueError, match="values"):
             lowbitc.codebook(bad)
+
+
+def test_codebook_signed_zeros():
+    """-0.0 before 0.0 (bitsandbytes' FP4): two codes, each decoding to its own sign bit, and
+    encoding keeps the sign of a zero (a tiny value rounds to the zero of its sign)."""
+    cb = lowbitc.codebook([-1.0, -0.0, 0.0, 1.0])
+    assert cb.decode(np.arange(4, dtype=np.uint8)).view(np.uint32).tolist() == \
+        np.array([-1.0, -0.0, 0.0, 1.0], np.float32).view(np.uint32).tolist()
+    x = np.array([-0.0, 0.0, -1e-30, 1e-30, -0.75, 0.75, -0.25, 0.25], np.float32)
+    assert cb.encode(x).tolist() == [1, 2, 1, 2, 0, 3, 1, 2]
 
 
 @pytest.mark.parametrize("name", ["u0", "u9", "i16", "f8e2m5", "f7e0m6", "f4e1m1", "fp4", ""])

@@ -76,3 +76,37 @@ def test_offset_replica_keeps_what_the_kernel_reads():
     assert np.array_equal(ops.matmul(x, twin), y)
     ref = x.astype(np.float64) @ qw.dequantize().T.astype(np.float64)
     assert np.allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("gm", [False, True])
+def test_scales_of_the_wrong_shape_name_s(gm):
+    """The shipped kernel declares s as [G, N] under GM and [N, G] otherwise, so an array of
+    the other orientation is refused before native code runs (not read as zeros)."""
+    rng = np.random.default_rng(5)
+    qw = lowbitc.quantize(rng.standard_normal((48, 96)).astype(np.float32), "u4", 32)
+    x = rng.standard_normal((1, 96)).astype(np.float32)
+    kern = get_kernel("matmul", "llvm", W="u4", BM=1, GM=gm)
+    s = qw.group_major[0] if gm else qw.scales
+    z, y = np.zeros((1, 1), np.float32), np.empty((1, 48), np.float32)
+    kern(x, weight_storage(qw, kern), s, z, y, 32, K=96)
+    assert np.allclose(y, x @ qw.dequantize().T, rtol=1e-5, atol=1e-5)
+    with pytest.raises(lowbitc.errors.UserArgumentError, match="'s'"):
+        kern(x, weight_storage(qw, kern), np.ascontiguousarray(s.T), z, y, 32, K=96)
+
+
+@pytest.mark.parametrize("fmt,group,zp", [("i4", 32, False), ("u4", 128, True)])
+def test_quantlinear_gemv_reads_scales_group_major(fmt, group, zp):
+    """QuantLinear's eager M = 1 call takes the kernel ops.matmul takes (GM), bit for bit."""
+    torch = pytest.importorskip("torch")
+    from lowbitc.torch import QuantLinear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(200, 77)
+    q = QuantLinear.from_linear(lin, fmt, group, zero_point=zp)
+    x = torch.randn(1, 200)
+    with torch.no_grad():
+        y = q(x)
+    (plan,) = q._matmul()._plans.values()
+    assert plan[0].params.get("GM") and plan[2].shape == (-(-200 // group), 77)
+    want = ops.matmul(x.numpy(), q.qweight) + lin.bias.detach().numpy()
+    assert np.array_equal(y.numpy(), want)

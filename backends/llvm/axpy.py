@@ -18,7 +18,7 @@ from lowbitc.backends.llvm import decode, fused_leaves, fused_view
 from lowbitc.backends.llvm.decode import code_tables
 from lowbitc.backends.llvm.emitter import Buf
 from lowbitc.backends.llvm.fusion import _eval_tree, codes_at
-from lowbitc.backends.llvm.fusion_plan import Plan, W, _tree, _uses, row_spaces
+from lowbitc.backends.llvm.fusion_plan import Plan, W, _tree, region_index, row_spaces
 from lowbitc.backends.llvm.handlers import HANDLERS, Env
 from lowbitc.explain import muted, note, subject_of
 from lowbitc.ir.core import Region, Value
@@ -30,13 +30,9 @@ MAX_OUT = 256  # accumulator floats (rows of a x N): 16 AVX-512 registers
 def plan_axpy(r: Region) -> dict[int, Plan]:
     """Dots of this region (keyed by their result id) whose untransposed weight operand is a
     fusible tree over one codes load, with rows x N within MAX_OUT and f32 operands."""
-    defs = {res.id: op for op in r.ops for res in op.results}
-    uses = _uses(r)
-    order = {id(o): i for i, o in enumerate(r.ops)}
+    defs, uses, order, dots = region_index(r)
     plans: dict[int, Plan] = {}
-    for op in r.ops:
-        if op.opcode != "dot":
-            continue
+    for op in dots:
         a, b, acc = op.operands
         e = b.type
         if b.id not in defs or uses[b.id] != 1 or not isinstance(e, TileType) \

@@ -26,7 +26,7 @@ from lowbitc.backends.llvm import intdot
 from lowbitc.backends.llvm import rows as rows_packing
 from lowbitc.backends.llvm.emitter import Buf, Emitter
 from lowbitc.backends.llvm.fusion import _window_ok
-from lowbitc.backends.llvm.fusion_plan import _tree, _uses
+from lowbitc.backends.llvm.fusion_plan import _tree, region_index
 from lowbitc.backends.llvm.handlers import HANDLERS, Env
 from lowbitc.backends.llvm.lanes import row_sums
 from lowbitc.explain import note, subject_of
@@ -53,12 +53,10 @@ class BytePlan:
 def plan_byte_dots(r: Region) -> dict[int, BytePlan]:
     """Integer dots of this region (keyed by result id) whose u8 weight operand is a
     function of one load_codes' code alone."""
-    defs = {res.id: op for op in r.ops for res in op.results}
-    uses = _uses(r)
-    order = {id(o): i for i, o in enumerate(r.ops)}
+    defs, uses, order, dots = region_index(r)
     plans: dict[int, BytePlan] = {}
-    for op in r.ops:
-        if op.opcode != "dot" or op.results[0].type.dtype != "i32":
+    for op in dots:
+        if op.results[0].type.dtype != "i32":
             continue
         a, b, _ = op.operands
         tr = defs.get(b.id)

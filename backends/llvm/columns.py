@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from lowbitc.backends.llvm.emitter import Buf, lltype
 from lowbitc.backends.llvm.fusion import vector_at, vector_op
-from lowbitc.backends.llvm.fusion_plan import FUSIBLE, MAX_ROWS, _uses
+from lowbitc.backends.llvm.fusion_plan import FUSIBLE, MAX_ROWS, region_index
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view
 from lowbitc.explain import muted, note, subject_of
@@ -65,13 +65,9 @@ def _column_codes(op: Op, defs: dict[int, Op], uses: dict[int, int]) -> list[Op]
 def plan_columns(r: Region) -> dict[int, ColumnPlan]:
     """Dots of this region (keyed by their result id) whose weights are codes of a transposed
     word tile under elementwise ops, with at most MAX_ROWS rows of `a`."""
-    defs = {res.id: op for op in r.ops for res in op.results}
-    uses = _uses(r)
-    order = {id(o): i for i, o in enumerate(r.ops)}
+    defs, uses, order, dots = region_index(r)
     plans: dict[int, ColumnPlan] = {}
-    for op in r.ops:
-        if op.opcode != "dot":
-            continue
+    for op in dots:
         a, b, acc = op.operands
         tr = defs.get(b.id)
         if tr is None or tr.opcode != "transpose" or tr.attrs.perm != (1, 0) or uses[b.id] != 1:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from lowbitc.backends.llvm import fused_view
 from lowbitc.backends.llvm.decode import code_tables
@@ -51,6 +52,22 @@ class Plan:
     factor: float = 1.0
 
 
+class RegionIndex(NamedTuple):
+    """What the dot planners look up in one region: the op defining each value id, how often
+    each value is used (nested regions included), each op's position (by id(op)), its dots."""
+
+    defs: dict[int, Op]
+    uses: dict[int, int]
+    order: dict[int, int]
+    dots: tuple[Op, ...]
+
+
+def region_index(r: Region) -> RegionIndex:
+    return RegionIndex({res.id: op for op in r.ops for res in op.results}, _uses(r),
+                       {id(o): i for i, o in enumerate(r.ops)},
+                       tuple(op for op in r.ops if op.opcode == "dot"))
+
+
 def _uses(r: Region) -> dict[int, int]:
     counts: dict[int, int] = {}
 
@@ -69,11 +86,10 @@ def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS,
     """Dots of this region (keyed by their result id) whose weight operand can be fused, with
     at most `max_rows` rows of `a` (None: any; backends/llvm/panel.py takes the larger ones).
     Each dot left out is noted (lowbitc.explain) with the reason."""
-    defs = {res.id: op for op in r.ops for res in op.results}
-    uses = _uses(r)
+    defs, uses, _, dots = region_index(r)
     plans: dict[int, Plan] = {}
-    for op in r.ops:
-        if op.opcode != "dot" or op.results[0].id in skip:  # (planned elsewhere: columns.py)
+    for op in dots:
+        if op.results[0].id in skip:  # (planned elsewhere: columns.py)
             continue
         found = _dot_tree(op, defs, uses, max_rows)
         if found is None:
@@ -144,9 +160,7 @@ def _scaled(plan: Plan, defs: dict[int, Op]) -> tuple[Value | None, float]:
 def plan_store_fusion(r: Region) -> dict[int, Plan]:
     """Unmasked stores of this region (keyed by id(op)) whose value is a fusible tree over one
     aligned load_codes of the same shape: dequantize-to-memory without a materialised tile."""
-    defs = {res.id: op for op in r.ops for res in op.results}
-    uses = _uses(r)
-    order = {id(o): i for i, o in enumerate(r.ops)}
+    defs, uses, order, _ = region_index(r)
     plans: dict[int, Plan] = {}
     for op in r.ops:
         if op.opcode != "store" or op.attrs.masked or len(op.attrs.sizes) != 2:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from lowbitc.backends.llvm import microkernel
 from lowbitc.backends.llvm.emitter import Buf, Emitter, lltype
 from lowbitc.backends.llvm.fusion import _eval_tree, _window_ok, codes_at, emit_fused_dot
-from lowbitc.backends.llvm.fusion_plan import MAX_ROWS, Plan, W, _uses
+from lowbitc.backends.llvm.fusion_plan import MAX_ROWS, Plan, W, region_index
 from lowbitc.backends.llvm.handlers import HANDLERS, Env
 from lowbitc.explain import muted, note, subject_of
 from lowbitc.ir.core import Region
@@ -31,9 +31,7 @@ def defer_activations(r: Region, plans: dict[int, Plan]) -> dict[int, Plan]:
     """Add to each panel plan the unmasked 2-D `load` of its activation tile when the dot is
     that tile's only use: the panel path then reads the activations in place (no copy of the
     tile per K step); the fallback loads them."""
-    defs = {res.id: op for op in r.ops for res in op.results}
-    uses = _uses(r)
-    order = {id(o): i for i, o in enumerate(r.ops)}
+    defs, uses, order, _ = region_index(r)
     for plan in plans.values():
         a = plan.dot.operands[0]
         ld = defs.get(a.id)

@@ -46,13 +46,15 @@ def absmax_values(parts: dict, state: dict) -> np.ndarray:
 
 def code_format(quant_map: np.ndarray):
     """(lowbitc format, code -> lowbitc code) for bitsandbytes' 16 values: nf4 itself when it
-    matches, else a code book of the distinct values (FP4's +0/-0 become one code)."""
+    matches, else a code book of the distinct values (FP4's -0 and +0 stay two codes)."""
     nf4 = get_dtype("nf4")
     table = np.asarray(quant_map, np.float32)
     if np.array_equal(nf4.decode(np.arange(16, dtype=np.uint8)), table):
         return nf4, np.arange(16, dtype=np.uint8)
-    values = np.unique(table)
-    return codebook(values), np.searchsorted(values, table).astype(np.uint8)
+    values = np.unique(table.view(np.uint32)).view(np.float32)  # distinct bit patterns
+    values = values[np.lexsort((~np.signbit(values), values))]  # ascending, -0 before +0
+    index = {int(b): i for i, b in enumerate(values.view(np.uint32))}
+    return codebook(values), np.array([index[int(b)] for b in table.view(np.uint32)], np.uint8)
 
 
 def bnb_tensor(name: str, parts: dict) -> Imported:

@@ -225,13 +225,16 @@ class _Spec:
 
 
 def _matmul_kernel(backend: str, device: torch.device, fmt: str, adt: str, zp: bool,
-                   group: int, m: int, n: int, k: int, act: str):
-    """The kernel lowbitc.ops.matmul would pick (memoised per call signature)."""
-    key = ("matmul", backend, fmt, adt, zp, group, m, n, k, act)
+                   group: int, m: int, n: int, k: int, act: str, group_major: bool = False):
+    """The kernel lowbitc.ops.matmul would pick (memoised per call signature); with
+    `group_major`, as ops.matmul calls it: scales and zeros [G, N] on the CPU GEMV path."""
+    key = ("matmul", backend, fmt, adt, zp, group, m, n, k, act, group_major)
     k_ = _KERNELS.get(key)
     if k_ is not None:
         return k_
     name, params = lops.matmul_choice(m, n, k, _Spec(fmt, group, zp), adt, act, backend)
+    if group_major and name == "matmul" and backend == "llvm":
+        params = {**params, "GM": not params["EARLY"]}
     return _kernel(name, backend, device, key, lambda: params)
 
 
@@ -274,9 +277,10 @@ def matmul_into(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scales: 
 
 class BoundMatmul:
     """lowbitc::matmul's CPU kernel bound to one weight, for eager calls (no autograd, no
-    tracing): the checks, the kernel lookup and the weight's numpy views (or repacked words)
-    are done once per activation dtype and shape, so a call is the launch plus a fresh output
-    tensor. Bind again after writing the weight in place."""
+    tracing): the checks, the kernel lookup and the weight's numpy views (or repacked words,
+    and group-major scales on the GEMV path) are done once per activation dtype and shape, so
+    a call is the launch plus a fresh output tensor. Bind again after writing the weight (or
+    its scales) in place."""
 
     __slots__ = ("tensors", "_static", "_plans")
 
@@ -315,9 +319,13 @@ class BoundMatmul:
         plan = None
         if x.device.type == "cpu" and m and n and k:
             kern = _matmul_kernel("llvm", x.device, fmt, ACTIVATIONS[x.dtype],
-                                  zeros is not None, g, m, n, k, act)
-            plan = (kern, _kernel_weight(kern, weight, scales, zeros, fmt, g, k),
-                    _array(scales), _operand(zeros, "llvm", False), (m, n), g, k)
+                                  zeros is not None, g, m, n, k, act, group_major=True)
+            s, z = _array(scales), _operand(zeros, "llvm", False)
+            if kern.params.get("GM"):  # the GEMV path reads them group-major, as ops.matmul
+                s = np.ascontiguousarray(s.T)
+                z = z if zeros is None else np.ascontiguousarray(z.T)
+            plan = (kern, _kernel_weight(kern, weight, scales, zeros, fmt, g, k), s, z,
+                    (m, n), g, k)
         if len(self._plans) > 64:  # many batch shapes: keep the cache small
             self._plans.clear()
         self._plans[(x.dtype, x.shape)] = plan

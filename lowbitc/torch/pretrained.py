@@ -14,6 +14,7 @@ from torch import nn
 
 from lowbitc import interop
 from lowbitc.errors import UserArgumentError
+from lowbitc.interop.gguf_names import rename_for
 from lowbitc.offset import OffsetQTensor
 from lowbitc.quant import QTensor
 from lowbitc.torch.linear import KINDS, QuantLinear, _set_child
@@ -111,13 +112,14 @@ def load_pretrained_quantized(model: nn.Module, source, format: str | None = Non
                               strict: bool = True) -> nn.Module:
     """Load a GGUF / GPTQ / AWQ / compressed-tensors / bitsandbytes / HQQ checkpoint (a path
     or a state dict; `format` sniffed when None) into `model`, a float model of the same
-    architecture with the file's tensor names: each quantized weight replaces its nn.Linear by
-    a QuantLinear over the original bits; float tensors are copied into the parameters and
-    buffers of the same name. Every tensor is checked before the model is touched, so a bad
-    file leaves it as it was. With `strict`, a tensor the model has no place for is an error.
-    Returns `model`."""
-    tensors = interop.read(source, format)
+    architecture with the file's tensor names (or, in a GGUF file written from a Hugging Face
+    model, llama.cpp's names for them: lowbitc.interop.gguf_names): each quantized weight
+    replaces its nn.Linear by a QuantLinear over the original bits; float tensors are copied
+    into the parameters and buffers of the same name. Every tensor is checked before the model
+    is touched, so a bad file leaves it as it was. With `strict`, a tensor the model has no
+    place for is an error. Returns `model`."""
     params = dict(model.state_dict())
+    tensors = rename_for(interop.read(source, format), params)
     swaps, copies = [], []
     for name, t in tensors.items():
         if name.startswith("__"):
