@@ -37,6 +37,7 @@ from lowbitc.ir.opdefs import (
     ReduceAttrs,
     ShapeAttrs,
     SharedAttrs,
+    rounded_cast_problem,
 )
 from lowbitc.ir.types import TensorType, TileType, is_float, is_machine
 from lowbitc.layout import (
@@ -249,11 +250,12 @@ def _cast(ctx: Ctx, e: A.Call) -> Value:
 
 
 def _rounded_cast(ctx: Ctx, e: A.Call, a: dict, dt: str, mode: str) -> Value:
-    """cast(x, F, rounding=mode[, seed=s, index=i]): x a machine tile or scalar, F a format."""
+    """cast(x, F, rounding=mode[, seed=s, index=i]): x a machine tile or scalar, F a format,
+    u8, i8 (or, for f32 x, f16 or bf16)."""
     v = _value(ctx, a["x"], "x")
-    if is_machine(dt) or not is_machine(v.type.dtype):
-        raise DSLTypeError(f"cast(): rounding= applies to casts from a machine type to a "
-                           f"format such as u4 or f8e4m3fn, not {v.type.dtype} -> {dt}", e.loc)
+    why = rounded_cast_problem(v.type.dtype, dt)
+    if why:
+        raise DSLTypeError(f"cast(): {why}", e.loc)
     extra: list[Value] = []
     if mode == "stochastic":
         if "seed" not in a:

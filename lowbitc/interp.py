@@ -152,7 +152,8 @@ def _cast_rounded(ins: list, src: str, a) -> np.ndarray:
     if a.rounding == "stochastic":
         seed = int(ins[1]) & _U64
         index = np.broadcast_to(np.asarray(ins[2], np.int64), x.shape).reshape(-1)
-    return encode_rounded(format_of(a.dtype), x, a.rounding, seed, index)
+    codes = encode_rounded(format_of(a.dtype), x, a.rounding, seed, index)
+    return codes.view(_nd(a.dtype)) if is_machine(a.dtype) else codes  # u8, i8, f16, bf16
 
 
 def _eval_op(op: Op, env: dict, block: tuple[int, int, int], mem: dict) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_compiler_encode import probe_values
 from test_dtypes import ALL, Model, model_code, model_neighbours, probe
 
 import lowbitc
@@ -42,12 +43,16 @@ def model_round(model: Model, x: float, mode: str) -> int:
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("mode", DETERMINISTIC)
 def test_every_mode_matches_rational_model(name, mode):
-    """Every value, midpoint and the floats around them, both signs, saturating ends."""
+    """Every value, midpoint and the floats around them, both signs, saturating ends (and
+    every point the kernels are checked on, test_rounding_formats.py)."""
     fmt = lowbitc.dtype(name)
     model = Model(fmt)
+    kernel_points = probe_values(fmt)
     for ft in (np.float64, np.float32):
         x = probe(fmt, ft)
         x = np.concatenate([x, -x])
+        if ft is np.float32:
+            x = np.concatenate([x, kernel_points[np.isfinite(kernel_points)]])
         got = fmt.encode(x, rounding=mode)
         want = np.array([model_round(model, float(v), mode) for v in x])
         bad = np.flatnonzero(got != want)
@@ -115,14 +120,14 @@ def test_random_bits_are_word0_of_counter_index():
     assert abs(float(u.mean()) - 0.5) < 0.01
 
 
-def binade_points(name: str) -> np.ndarray:
+def binade_points(name: str, every: bool = False) -> np.ndarray:
     """A value inside every binade [2^e, 2^(e+1)) of a format (for bf16 every 24th binade and
-    both ends), one between 0 and the smallest value, and negatives of two of them."""
+    both ends unless `every`), one between 0 and the smallest value, and negatives of two."""
     fmt = lowbitc.dtype(name)
     t = fmt.values().astype(np.float64)
     v = np.unique(t[np.isfinite(t) & (t >= 0)])
     lo = v[:-1][np.unique(np.floor(np.log2(np.maximum(v[:-1], 1e-300))), return_index=True)[1]]
-    if name == "bf16":
+    if name == "bf16" and not every:  # (all of them: test_rounding_kernels, on the kernel)
         lo = np.concatenate([lo[:3], lo[3:-3:24], lo[-3:]])
     nxt = v[np.searchsorted(v, lo, side="right")]
     x = lo + np.random.default_rng(11).uniform(0.1, 0.9, lo.size) * (nxt - lo)

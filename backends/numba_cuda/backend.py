@@ -88,7 +88,7 @@ class Executable:
             if not isinstance(p.type, TensorType):
                 launch.append(_SCALAR[p.type.dtype](b.values[p.name]))
             elif isinstance(v, np.ndarray):
-                v = v.view(np.uint16) if p.name in self.bf16 else v  # (bind checked the dtype)
+                v = v.view(np.uint16) if p.type.dtype == "bf16" else v  # bf16 as its bits
                 bits = self.interleaved.get(p.name)
                 d = cuda.to_device(v if bits is None else HOST_WORDS.get(v, bits))
                 launch.append(d)

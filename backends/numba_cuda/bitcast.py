@@ -57,35 +57,10 @@ def f64_from_bits_py(x: int) -> np.float64:
     return _float_from_bits_py(x, np.float64, np.uint64)
 
 
-def _bf16_rne(u: int) -> int:
-    """f32 bits -> bf16 bits (the high half), round to nearest even; NaN stays NaN (quiet)."""
-    u = int(u) & 0xFFFFFFFF
-    if u & 0x7FFFFFFF > 0x7F800000:
-        return (u >> 16) | 0x40
-    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
-
-
-def bf16_round_py(x: float) -> np.float32:
-    """x rounded to bf16 (nearest even), as the f32 holding it: bf16 values live in f32
-    registers in generated kernels (every bf16 is an f32), stored as their 16 bits."""
-    return bf16_from_bits_py(_bf16_rne(u32_from_f32_py(np.float32(x))))
-
-
-def bf16_from_bits_py(x: int) -> np.float32:
-    """The bf16 whose bit pattern is the low 16 bits of x, as an f32."""
-    return f32_from_bits_py((int(x) & 0xFFFF) << 16)
-
-
-def u16_from_bf16_py(x: float) -> np.uint16:
-    """The bit pattern of bf16 x (an f32 holding a bf16 value: its high half)."""
-    return np.uint16(int(u32_from_f32_py(x)) >> 16)
-
-
 if SIMULATOR:
     f32_from_bits, i32_from_f32, u32_from_f32 = f32_from_bits_py, i32_from_f32_py, u32_from_f32_py
     u16_from_f16, f16_from_bits = u16_from_f16_py, f16_from_bits_py
     u64_from_f64, f64_from_bits = u64_from_f64_py, f64_from_bits_py
-    bf16_round, bf16_from_bits, u16_from_bf16 = bf16_round_py, bf16_from_bits_py, u16_from_bf16_py
 else:
     from llvmlite import ir
     from numba.cuda import types
@@ -148,45 +123,3 @@ else:
 
     u16_from_f16, f16_from_bits = _float_bits(types.float16, types.uint16)
     u64_from_f64, f64_from_bits = _float_bits(types.float64, types.uint64)
-
-    @intrinsic
-    def bf16_round(typingctx, x):  # noqa: ARG001
-        """x (any number) rounded to bf16, nearest even, as an f32 (see bf16_round_py)."""
-        if not isinstance(x, (types.Integer, types.Float)):
-            return None
-
-        def codegen(context, builder, signature, args):
-            i32 = ir.IntType(32)
-            f = context.cast(builder, args[0], x, types.float32)
-            u = builder.bitcast(f, i32)
-            lsb = builder.and_(builder.lshr(u, i32(16)), i32(1))
-            rne = builder.and_(builder.add(u, builder.add(lsb, i32(0x7FFF))), i32(0xFFFF0000))
-            nan = builder.icmp_unsigned(">", builder.and_(u, i32(0x7FFFFFFF)), i32(0x7F800000))
-            quiet = builder.and_(builder.or_(u, i32(0x400000)), i32(0xFFFF0000))
-            return builder.bitcast(builder.select(nan, quiet, rne), ir.FloatType())
-
-        return types.float32(x), codegen
-
-    @intrinsic
-    def bf16_from_bits(typingctx, x):  # noqa: ARG001
-        if not isinstance(x, types.Integer):
-            return None
-
-        def codegen(context, builder, signature, args):
-            i32 = ir.IntType(32)
-            u = context.cast(builder, args[0], x, types.uint32)
-            u = builder.shl(builder.and_(u, i32(0xFFFF)), i32(16))
-            return builder.bitcast(u, ir.FloatType())
-
-        return types.float32(x), codegen
-
-    @intrinsic
-    def u16_from_bf16(typingctx, x):  # noqa: ARG001
-        if x != types.float32:
-            return None
-
-        def codegen(context, builder, signature, args):
-            u = builder.lshr(builder.bitcast(args[0], ir.IntType(32)), ir.IntType(32)(16))
-            return builder.trunc(u, ir.IntType(16))
-
-        return types.uint16(x), codegen

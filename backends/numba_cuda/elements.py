@@ -54,8 +54,15 @@ _SYM = {"add": "+", "sub": "-", "mul": "*", "and": "&", "or": "|", "xor": "^",
 _COMPARE = ("lt", "le", "gt", "ge", "eq", "ne")
 
 
+def _no_bf16(op: Op) -> None:
+    if any(v.type.dtype == "bf16" for v in (*op.operands, *op.results)):
+        raise fail(op, "bf16 values are carried as their bits on the GPU: cast them to f32 "
+                   "for arithmetic and comparisons")
+
+
 @handles(*_SYM, "div", "rem", "min", "max", "pow")
 def _binary(ctx, op: Op, idx) -> str:
+    _no_bf16(op)
     a, b = ctx.operand(op, 0, idx), ctx.operand(op, 1, idx)
     dt = op.operands[0].type.dtype
     o = op.opcode
@@ -99,6 +106,7 @@ _MATH = {"exp": "math.exp({})", "log": "math.log({})", "sqrt": "math.sqrt({})",
 
 @handles("neg", "abs", "bnot", *_MATH)
 def _unary(ctx, op: Op, idx) -> str:
+    _no_bf16(op)
     a = ctx.operand(op, 0, idx)
     dt = op.operands[0].type.dtype
     o = op.opcode
@@ -135,6 +143,12 @@ def _cast(ctx, op: Op, idx) -> str:
     a = ctx.operand(op, 0, idx)
     if dst == src:
         return a
+    if src == "bf16":  # its bits are the top half of an f32
+        a, src = ctx.src.tmp(f"f32_from_bits(U32(U32({a}) << U32(16)))"), "f32"
+        if dst == src:
+            return a
+    if dst == "bf16":
+        return _to_bf16(ctx, a if src == "f32" else ctx.src.tmp(f"F32({a})"))
     if dst == "bool":
         return ctx.src.tmp(f"({a} != 0)")
     if is_float(src) and dst in _QUANTIZING:  # round to nearest even, saturate, NaN -> 0
@@ -147,15 +161,25 @@ def _cast(ctx, op: Op, idx) -> str:
 _QUANTIZING = {"i8": (-128, 127), "u8": (0, 255)}  # floats to these quantize (docs/dsl.md)
 
 
+def _to_bf16(ctx, f: str) -> str:
+    """bf16 bits of f32 `f`: round to nearest even (IEEE: overflow to inf), NaN quiet."""
+    u = ctx.src.tmp(f"U64(u32_from_f32({f}))")
+    r = f"U16(({u} + U64(0x7FFF) + (({u} >> U64(16)) & U64(1))) >> U64(16))"
+    return ctx.src.tmp(f"({r} if {f} == {f} else U16(({u} >> U64(16)) | U64(0x7FC0)))")
+
+
 _BITCAST = {("i32", "f32"): "f32_from_bits", ("u32", "f32"): "f32_from_bits",
-            ("f32", "i32"): "i32_from_f32", ("f32", "u32"): "u32_from_f32"}
+            ("f32", "i32"): "i32_from_f32", ("f32", "u32"): "u32_from_f32",
+            ("u16", "f16"): "f16_from_bits", ("f16", "u16"): "u16_from_f16",
+            ("u16", "bf16"): "U16", ("bf16", "u16"): "U16"}  # (bf16 is held as its bits)
 
 
 @handles("bitcast")
 def _bitcast(ctx, op: Op, idx) -> str:
     fn = _BITCAST.get((op.operands[0].type.dtype, op.attrs.dtype))
     if fn is None:
-        raise fail(op, f"bitcast to {op.attrs.dtype} is supported only between f32 and i32/u32")
+        raise fail(op, f"bitcast to {op.attrs.dtype} is supported only between f32 and i32/u32 "
+                   "and between u16 and f16/bf16")
     return ctx.src.tmp(f"{fn}({ctx.operand(op, 0, idx)})")
 
 
@@ -223,8 +247,6 @@ def _load(ctx, op: Op, idx) -> str:
         mshape = shape_of(op.operands[-1].type)
         mask = ctx.elem(op.operands[-1], ctx.bcast(idx, shape_of(op.results[0].type), mshape))
     R = rtype(op)
-    if op.operands[0].type.dtype == "bf16":  # bits in memory, the f32 holding them read
-        R = "bf16_from_bits"
     where = window_in_unit(ctx, starts, a.sizes, idx, t.dims)
     if where is not None:  # bounds checked once per unit; whole words loaded once
         val = (unit_codes(ctx, t, starts, where, ctx.unit.cols[idx[-1]]) if t.bits

@@ -57,7 +57,7 @@ KINDS = {
                 "U32(u16_from_f16({x}))"),
     "bf16": Kind(("bf16", "bf16", "f32"), 16, "mma_bf16",
                  (frag.mma_m16n8k16_a, frag.mma_m16n8k16_b, frag.mma_m16n8k16_c), 2, "F32",
-                 "U32(u16_from_bf16({x}))"),  # (bf16 values are f32 registers, source.py)
+                 "U32({x})"),  # (bf16 values are carried as their 16 bits, source.py)
     "s8": Kind(("i8", "i8", "i32"), 32, "mma_s8",
                (frag.mma_m16n8k32_a, frag.mma_m16n8k32_b, frag.mma_m16n8k32_c), 4, "I32",
                "U32(I32({x}) & I32(255))"),

@@ -21,7 +21,7 @@ from lowbitc.ir.types import is_machine, is_signed_int
 # machine types a view reads or writes on the GPU: bits, and for floats the bit-cast helpers
 # (bitcast.py) to and from an unsigned integer of their width
 _MACHINE_BITS = {"i8": 8, "u8": 8, "i16": 16, "u16": 16, "i32": 32, "u32": 32, "i64": 64,
-                 "u64": 64, "f16": 16, "f32": 32, "f64": 64}  # fmt: skip
+                 "u64": 64, "f16": 16, "bf16": 16, "f32": 32, "f64": 64}  # fmt: skip
 _FLOAT_BITS = {"f16": ("u16_from_f16", "f16_from_bits", "U16"),
                "f32": ("u32_from_f32", "f32_from_bits", "U32"),
                "f64": ("u64_from_f64", "f64_from_bits", "U64")}  # fmt: skip

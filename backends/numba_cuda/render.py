@@ -36,10 +36,8 @@ from lowbitc.backends.numba_cuda.source import (
     _dtype_of,
     f32_bits,
     kernel_name,
-    loaded,
     numba_type,
     size_of,
-    stored,
 )
 from lowbitc.backends.numba_cuda.statements import STATEMENTS
 from lowbitc.backends.numba_cuda.units import (
@@ -94,8 +92,7 @@ class Renderer:
         if buf is not None:
             self.reads.append((buf.name, tuple(idx)))
             at = self.addr(buf, idx)
-            name = self.src.tmp(f"({at} != 0)" if buf.dtype == "bool" else loaded(buf.dtype, at),
-                                "x")
+            name = self.src.tmp(f"({at} != 0)" if buf.dtype == "bool" else at, "x")
             self.memo[-1][key] = name
             return name
         op = self.lazy.get(v.id)
@@ -277,7 +274,7 @@ class Renderer:
             for name, at in self.reads[start:]:
                 read.add(name)
                 own[0] = own[0] and (name != buf.name or at == tuple(idx))
-            self.src.line(f"{self.addr(buf, idx)} = {stored(buf.dtype, x)}")
+            self.src.line(f"{self.addr(buf, idx)} = {SHARED_TYPE.get(buf.dtype, 'F32')}({x})")
 
         self.each(buf.shape, body, (v,))
         self.src.sync()

@@ -14,7 +14,7 @@ import re
 
 from lowbitc.backends.numba_cuda.buffers import Buf
 from lowbitc.backends.numba_cuda.elements import ELEMENT, reg_dtype, rtype, shape_of
-from lowbitc.backends.numba_cuda.source import SHARED_BYTES, SHARED_TYPE, loaded, stored
+from lowbitc.backends.numba_cuda.source import SHARED_BYTES, SHARED_TYPE
 from lowbitc.backends.numba_cuda.statements import STATEMENTS
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Kernel, Op, walk
@@ -101,7 +101,7 @@ def _load_shared(ctx, op: Op, idx) -> str:
     R = rtype(op)
     out = ctx.src.tmp(f"{R}(0)", "v")
     with ctx.src.block(f"if {' and '.join(conds)}:"):
-        ctx.src.line(f"{out} = {R}({loaded(buf.dtype, ctx.addr(buf, where))})")
+        ctx.src.line(f"{out} = {R}({ctx.addr(buf, where)})")
     return out
 
 
@@ -111,12 +111,13 @@ def _store_shared(ctx, op: Op) -> None:
     starts = [ctx.elem(v, ()) for v in op.operands[1 : 1 + n]]
     value = op.operands[1 + n]
     shape = tuple(s for s in op.attrs.sizes if s > 0)
+    ty = SHARED_TYPE[buf.dtype]
 
     def body(idx, e):
         where, conds = _coords(ctx, op, buf, starts, tuple(idx))
         with ctx.src.block(f"if {' and '.join(conds)}:"), ctx.scope():
             x = ctx.elem(value, ctx.bcast(tuple(idx), shape, shape_of(value.type)))
-            ctx.src.line(f"{ctx.addr(buf, where)} = {stored(buf.dtype, x)}")
+            ctx.src.line(f"{ctx.addr(buf, where)} = {ty}({x})")
 
     if shape:
         ctx.each(shape, body)

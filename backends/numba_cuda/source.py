@@ -25,18 +25,19 @@ NUMBA_TYPE = {
     "bool": "B1", "i8": "I8", "i16": "I16", "i32": "I32", "i64": "I64",
     "u8": "U8", "u16": "U16", "u32": "U32", "u64": "U64",
     "f16": "F16", "f32": "F32", "f64": "F64",
-    "bf16": "BF16",  # bf16 values live in f32 registers: BF16(x) rounds x to bf16 (bitcast.py)
+    "bf16": "U16",  # carried as its bits: loads, stores, casts, bitcasts and views only
 }
 # numba type names for kernel signatures (arrays and scalars)
 SIG_TYPE = {
     "bool": "boolean", "i8": "int8", "i16": "int16", "i32": "int32", "i64": "int64",
     "u8": "uint8", "u16": "uint16", "u32": "uint32", "u64": "uint64",
-    "f16": "float16", "f32": "float32", "f64": "float64", "bf16": "uint16",  # (bits)
+    "f16": "float16", "f32": "float32", "f64": "float64", "bf16": "uint16",
 }
 # shared-memory element type of a tile dtype (bool tiles are stored as bytes)
-SHARED_TYPE = {**NUMBA_TYPE, "bool": "U8", "bf16": "U16"}
+SHARED_TYPE = {**NUMBA_TYPE, "bool": "U8"}
 SHARED_BYTES = {"bool": 1, "i8": 1, "u8": 1, "i16": 2, "u16": 2, "f16": 2, "bf16": 2, "i32": 4,
-                "u32": 4, "f32": 4, "i64": 8, "u64": 8, "f64": 8}
+                "u32": 4,
+                "f32": 4, "i64": 8, "u64": 8, "f64": 8}
 
 HEADER = """\
 import math
@@ -49,7 +50,6 @@ from numba.cuda.types import float16 as F16, float32 as F32, float64 as F64
 from lowbitc.backends.numba_cuda.bitcast import f32_from_bits, i32_from_f32, u32_from_f32
 from lowbitc.backends.numba_cuda.bitcast import f16_from_bits, f64_from_bits, u16_from_f16
 from lowbitc.backends.numba_cuda.bitcast import u64_from_f64
-from lowbitc.backends.numba_cuda.bitcast import bf16_round as BF16, bf16_from_bits, u16_from_bf16
 from lowbitc.backends.numba_cuda.intrinsics import hfma2, ld_row_u32x4, lop3, pack_f16x2, prmt
 from lowbitc.backends.numba_cuda.intrinsics import ld_at, ld_at_u32x4, st_at_f16x8, st_row_f16x8
 """
@@ -62,20 +62,16 @@ def numba_type(dtype: str) -> str:
     return t
 
 
-def stored(dtype: str, x: str) -> str:
-    """The expression storing value x of `dtype` in memory (bf16 as its 16 bits)."""
-    return f"u16_from_bf16({x})" if dtype == "bf16" else f"{SHARED_TYPE.get(dtype, 'F32')}({x})"
-
-
-def loaded(dtype: str, x: str) -> str:
-    """The register value of memory element x of `dtype` (bf16 from its 16 bits)."""
-    return f"bf16_from_bits({x})" if dtype == "bf16" else x
-
-
 def literal(value: int | float | bool, dtype: str) -> str:
     """A typed literal: `F32(1.5)`, `I32(-3)`, `True`; exact for every finite float."""
     if dtype == "bool":
         return "True" if value else "False"
+    if dtype == "bf16":  # its bits: the f32's top half, rounded to nearest even
+        v = float(value)
+        if math.isnan(v):
+            return "U16(0x7FC0)"
+        b = struct.unpack("<I", struct.pack("<f", v))[0]
+        return f"U16({(b + 0x7FFF + ((b >> 16) & 1)) >> 16:#x})"
     t = numba_type(dtype)
     if is_float(dtype):
         v = float(value)

@@ -12,7 +12,7 @@ from lowbitc.backends.numba_cuda.elements import fail, shape_of
 from lowbitc.backends.numba_cuda.halves import store_pairs
 from lowbitc.backends.numba_cuda.mma_dot import mma_tiling, render_mma_dot
 from lowbitc.backends.numba_cuda.mma_stated import check_stated_layouts
-from lowbitc.backends.numba_cuda.source import literal, numba_type, stored
+from lowbitc.backends.numba_cuda.source import literal, numba_type
 from lowbitc.backends.numba_cuda.units import window_in_unit
 from lowbitc.ir.core import Op, Value
 from lowbitc.ir.types import TileType, is_float, numpy_dtype
@@ -67,7 +67,6 @@ def _store(ctx, op: Op) -> None:
     t, starts, value, shape = store_operands(ctx, op)
     if t.bits:
         raise fail(op, "stores to packed formats are not supported")
-    dtype = op.operands[0].type.dtype
 
     def body(idx, e):
         where = window_in_unit(ctx, starts, a.sizes, idx, t.dims)
@@ -78,7 +77,7 @@ def _store(ctx, op: Op) -> None:
         vidx = ctx.bcast(idx, shape, shape_of(value.type))
         conds = [c for c in conds if c != "True"]
         if ctx.unit is not None:  # in a unit, row values (scales) are shared by its elements
-            x = stored(dtype, ctx.elem(value, vidx)) if dtype == "bf16" else ctx.elem(value, vidx)
+            x = ctx.elem(value, vidx)
             if not conds:
                 ctx.src.line(f"{t.name}[{', '.join(where)}] = {x}")
                 return
@@ -87,10 +86,9 @@ def _store(ctx, op: Op) -> None:
             return
         with ctx.src.block(f"if {' and '.join(conds) or 'True'}:"), ctx.scope():
             x = ctx.elem(value, vidx)
-            x = stored(dtype, x) if dtype == "bf16" else x
             ctx.src.line(f"{t.name}[{', '.join(where)}] = {x}")
 
-    if shape and dtype != "bf16" and store_pairs(ctx, op, starts, body):
+    if shape and store_pairs(ctx, op, starts, body):
         return
     each_element(ctx, shape, body, (value,))
 

@@ -138,15 +138,29 @@ def _cast(ts, a):
     return (ScalarType(a.dtype),)
 
 
+ROUNDED_MACHINE_TARGETS = ("u8", "i8", "f16", "bf16")  # machine types a rounding mode reaches
+
+
+def rounded_cast_problem(src: str, dst: str) -> str | None:
+    """Why a cast src -> dst cannot take a rounding mode, or None: casts from a machine type
+    to a format, u8 or i8 can, and from f32 to f16 or bf16."""
+    if not is_machine(src) or (is_machine(dst) and dst not in ROUNDED_MACHINE_TARGETS):
+        return (f"rounding applies to casts from a machine type to a format such as u4 or "
+                f"f8e4m3fn, to u8, i8, or (from f32) to f16 or bf16, not {src} -> {dst}")
+    if dst in ("f16", "bf16") and src != "f32":
+        return f"a rounded cast to {dst} takes f32 values, got {src} (cast to f32 first)"
+    return None
+
+
 def _cast_op(ts, a):
     if a.rounding not in ROUNDINGS:
         raise _fail("cast", f"rounding must be one of {', '.join(ROUNDINGS)}, got {a.rounding!r}")
     want = 3 if a.rounding == "stochastic" else 1
     if len(ts) != want:
         raise _fail("cast", f"a {a.rounding} cast takes {want} operand(s), got {len(ts)}")
-    if a.rounding != "nearest_even" and (is_machine(a.dtype) or not is_machine(ts[0].dtype)):
-        raise _fail("cast", f"rounding={a.rounding} needs a cast from a machine type to a "
-                    f"format, got {ts[0].dtype} -> {a.dtype}")
+    why = rounded_cast_problem(ts[0].dtype, a.dtype) if a.rounding != "nearest_even" else None
+    if why:
+        raise _fail("cast", f"rounding={a.rounding}: {why}")
     if want == 3:
         seed, index = ts[1], ts[2]
         if seed != ScalarType("i64") or index.dtype != "i64":

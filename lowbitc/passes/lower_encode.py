@@ -20,6 +20,7 @@ Run after `bitpack`: decodes have become `load_codes` by then.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from lowbitc.ir.core import Op, Value
 from lowbitc.ir.opdefs import CastAttrs, CodesAttrs, ConstAttrs, LutAttrs
 from lowbitc.ir.types import TensorType, TileType, is_machine
 from lowbitc.passes.base import Defs, register, rewrite
+from lowbitc.passes.round_floats import rounded_bf16, rounded_f16
 from lowbitc.rounding import plan as rounding_plan
 from lowbitc.signature import format_bits
 
@@ -52,6 +54,7 @@ def _enc(fmt, x: float) -> int:
     return int(fmt.encode(np.array([x], np.float64))[0])
 
 
+@functools.cache
 def encode_plan(fmt, dtype: str, rounding: str = "nearest_even") -> EncodePlan:
     """The tables for encoding values compared as `dtype` ("f32" or "f64") in a rounding mode
     (stochastic: the "down" thresholds; see lowbitc.rounding)."""
@@ -59,16 +62,19 @@ def encode_plan(fmt, dtype: str, rounding: str = "nearest_even") -> EncodePlan:
     table = fmt.values().astype(np.float64)
     finite = table[np.isfinite(table)]
     values = np.unique(np.where(finite == 0, 0.0, finite))  # -0 and 0 are one value
-    codes = tuple(_enc(fmt, v) for v in values)
+    codes = tuple(int(c) for c in fmt.encode(values))  # (exact values: RNE is their own code)
     thresholds = []
     if rounding != "nearest_even":
         thresholds = [float(t) for t in rounding_plan(fmt, rounding, dtype).thresholds]
+    if rounding == "nearest_even" and len(values) > 1:
+        mids = (values[:-1] + values[1:]) / 2
+        mid_codes = fmt.encode(mids)
     for j in range(len(values) - 1 if rounding == "nearest_even" else 0):
-        mid = (values[j] + values[j + 1]) / 2
+        mid = mids[j]
         t = ft(mid)
         if float(t) < mid:  # not a `dtype` number: x >= (the next one up) means x > mid
             t = np.nextafter(t, ft(np.inf))
-        elif float(t) == mid and _enc(fmt, mid) == codes[j]:  # a tie that rounds down
+        elif float(t) == mid and mid_codes[j] == codes[j]:  # a tie that rounds down
             t = np.nextafter(t, ft(np.inf))  # (compared with codes[j]: 0 has two codes)
         thresholds.append(float(t))
     size = 1 << max(1, math.ceil(math.log2(len(values))))
@@ -176,8 +182,25 @@ def _codes_of(b: Builder, v: Value, defs: Defs) -> Value:
     return b.emit("codes", v, attrs=CastAttrs("i32"))
 
 
+def _rounded_machine_cast(b: Builder, op: Op) -> Value:
+    """cast(x, u8 | i8 | f16 | bf16, rounding=...) other than nearest_even: the 8-bit integers
+    through their format's codes (i8: two's complement), the 16-bit floats by round_floats."""
+    x, dst, mode, rnd = op.operands[0], op.attrs.dtype, op.attrs.rounding, op.operands[1:]
+    if dst == "bf16":
+        return rounded_bf16(b, x, mode, rnd)
+    if dst == "f16":
+        return rounded_f16(b, x, mode, rnd)
+    codes = encode_codes(b, x, format_of(dst), mode, rnd)
+    if dst == "i8":  # code c in 0..255 is the value c - 256 * (c >= 128)
+        k = lambda v: b.emit("const", attrs=ConstAttrs("i32", v))  # noqa: E731
+        codes = b.emit("sub", codes, b.emit("shl", b.emit("shr", codes, k(7)), k(8)))
+    return b.emit("cast", codes, attrs=CastAttrs(dst))
+
+
 def _rule(op: Op, b: Builder, defs: Defs):
     o = op.opcode
+    if o == "cast" and is_machine(op.attrs.dtype) and op.attrs.rounding != "nearest_even":
+        return (_rounded_machine_cast(b, op),)
     if o == "cast" and not is_machine(op.attrs.dtype) and is_machine(op.operands[0].type.dtype):
         fmt = format_of(op.attrs.dtype)
         codes = encode_codes(b, op.operands[0], fmt, op.attrs.rounding, op.operands[1:])

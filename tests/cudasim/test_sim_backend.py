@@ -191,20 +191,20 @@ def test_dot_register_tiles_match_interpreter(mb, nb):
 
 
 BF16_KERNEL = """kernel bfk(x: bf16[N], z: f32[N], y: bf16[N], s: f32[N]) threads 32 {
-  a = load(x[0 :+ 64])
-  b = cast(load(z[0 :+ 64]), bf16)
-  c = a * b + a
+  a = cast(load(x[0 :+ 64]), f32)
+  b = cast(cast(load(z[0 :+ 64]), bf16), f32)
+  c = cast(a * b + a, bf16)
   store(y[0 :+ 64], c)
-  store(s[0 :+ 64], cast(c, f32) * 0.5 + cast(a, f32))
+  store(s[0 :+ 64], cast(c, f32) * 0.5 + a)
 }
 """
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered")  # (the simulator's x * z -> inf)
 def test_bf16_tiles_match_the_interpreter_bit_for_bit():
-    """bf16 values on the GPU (f32 registers, 16-bit storage): loads from bfloat16 arrays,
-    casts from f32 and arithmetic round to nearest even (ties, subnormals, huge values that
-    overflow to inf), stores of bf16 bits; the same bits as the interpreter."""
+    """bf16 values on the GPU (carried as their bits): loads from bfloat16 arrays, casts to
+    f32 and back (round to nearest even: ties, subnormals, huge values that overflow to inf),
+    stores of bf16 bits; the same bits as the interpreter."""
     import ml_dtypes
 
     from lowbitc.compiler import compile as compile_kernel

@@ -40,14 +40,28 @@ def test_every_mode_matches_host_encode(name):
         assert np.array_equal(got, want), (name, mode, x[got != want][:5])
 
 
-@pytest.mark.parametrize("tiles", [{"BM": 1, "BK": 64}, {"BM": 4, "BK": 32}])
-def test_stochastic_chop_matches_host(tiles):
-    fmt = lowbitc.dtype("f8e4m3fn")
-    x = (np.random.default_rng(4).standard_normal((5, 40)) * 20).astype(np.float32)
-    k = lowbitc.compile(lowbitc.ops.kernel_path("chop"), backend="cuda", F=fmt, MODE=5,
-                        **tiles)
+STOCHASTIC = ["f4e2m1fn", "f6e3m2fn", "u4", "bf16", "f8e4m3fn"]
+
+
+def run_stochastic_chop(name: str, backend: str, x: np.ndarray, **tiles) -> np.ndarray:
+    k = lowbitc.compile(lowbitc.ops.kernel_path("chop"), backend=backend,
+                        F=lowbitc.dtype(name), MODE=5, **tiles)
     y = np.full_like(x, np.nan)
-    k(x, np.ones((1, 1), np.float32), y, 40, 77, np.float32(0), np.float32(np.inf),
+    k(x, np.ones((1, 1), np.float32), y, x.shape[1], 77, np.float32(0), np.float32(np.inf),
       np.float32(-np.inf), np.float32(np.inf))
+    return y
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+@pytest.mark.parametrize("tiles", [{"BM": 1, "BK": 64}, {"BM": 4, "BK": 32}])
+def test_stochastic_chop_same_as_cpu_backend_and_host(name, tiles):
+    """The simulator's stochastic codes equal the LLVM kernel's (another tiling) and the
+    host's, bit for bit."""
+    fmt = lowbitc.dtype(name)
+    scale = min(fmt.max, 1e30) / 3  # (bf16's max / 3 * a normal sample overflows f32)
+    x = (np.random.default_rng(4).standard_normal((5, 40)) * scale).astype(np.float32)
+    sim = run_stochastic_chop(name, "cuda", x, **tiles)
+    cpu = run_stochastic_chop(name, "llvm", x, BM=2, BK=16)
     want = fmt.decode(fmt.encode(x, rounding="stochastic", seed=77))
-    assert np.array_equal(y.view(np.uint32), want.view(np.uint32))
+    assert np.array_equal(sim.view(np.uint32), cpu.view(np.uint32)), (name, tiles)
+    assert np.array_equal(sim.view(np.uint32), want.view(np.uint32)), (name, tiles)
