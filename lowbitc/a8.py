@@ -7,15 +7,18 @@ quantized to i8 in an integer dot (VNNI). That holds for every unsigned, two's c
 and bipolar integer format of 1..8 bits (bipolar through SC = 1/2: the byte is the code) and
 for f4e2m1fn (values times 2 are -12..12), not for code books or wider floats: those keep f32
 activations.
-The activations are quantized per row and block of QB columns: the weight group, or its
-largest divisor of at most MAX_BLOCK that is a multiple of 32.
+The activations are quantized once per call (quantize_a8.lbk) per row and block of QB
+columns: the weight group, or its largest divisor of at most MAX_BLOCK that is a multiple of
+32; matmul_a8.lbk then multiplies the codes with every weight row.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from lowbitc.compiler import Kernel
 from lowbitc.errors import UserArgumentError
+from lowbitc.kernels import get_kernel
 
 ACTS = ("f32", "i8")  # what ops.matmul's `act` takes
 MAX_BLOCK = 128  # activation block: at most this many columns share one int8 scale
@@ -84,3 +87,18 @@ def params(wtype, group: int, zero_point: bool, M: int, act: str,
     bm = 1 if M == 1 else min(16, 1 << (M - 1).bit_length())
     return {"W": wtype, "SC": sc, "LO": lo, "ZP": bool(zero_point), "QB": block(group),
             "BM": bm, "BN": rows_tile(M, N)}
+
+
+def matmul(k: Kernel, x: np.ndarray, adt: str, w, scales: np.ndarray,
+           zeros: np.ndarray, y: np.ndarray, group: int) -> None:
+    """y = x @ w.T through matmul_a8 `k`: the activations quantized once (quantize_a8, per
+    row and block), then the integer dot with every weight row. scales and zeros (a [1, 1]
+    placeholder without zero points) come group-major, [G, N]."""
+    M, K = x.shape
+    bm, qb = k.params["BM"], k.params["QB"]
+    kb = -(-K // qb)
+    xq = np.empty((M, K), np.int8)
+    xd = np.empty((kb, M), np.float32)
+    xs = np.empty((kb, M), np.float32)
+    get_kernel("quantize_a8", A=adt, BM=bm, QB=qb)(x, xq, xd, xs)
+    k(xq, xd, xs, w, scales, zeros, y, group)

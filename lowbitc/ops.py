@@ -109,7 +109,7 @@ def matmul_choice(M: int, N: int, K: int, qw, adt: str, act: str = "f32",
     if backend == "llvm":
         p = a8.params(qw.dtype, qw.group_size, qw.zeros is not None, M, act, N)
         if p is not None:
-            return "matmul_a8", {**p, "A": adt}
+            return "matmul_a8", p
     name = matmul_kernel_name(qw.dtype, adt, backend)
     if name == "matmul_mma":
         params = mma_params(M, qw.dtype, qw.group_size, qw.zeros is not None)
@@ -190,6 +190,13 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
             # are subtracted in the kernel
             params.update(GM=not params["EARLY"], OFF=offsets is not None)
         k = _remember(plan, get_kernel(name, backend, **params))
+    if k.name == "matmul_a8":  # scales and zeros group-major, activations quantized first
+        scales, zeros = qw.group_major
+        a8.matmul(k, x, adt, weight_storage(qw, k), scales,
+                  _NO_ZEROS if zeros is None else zeros, y, qw.group_size)
+        if qw.sparse is not None:
+            qw.sparse.matmul_add(x, y, backend)
+        return y
     gm = k.params.get("GM")
     scales, zeros = qw.group_major if gm else (qw.scales, qw.zeros)
     if offsets is not None:

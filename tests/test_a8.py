@@ -172,11 +172,23 @@ def test_a8_fused_matches_interpreter(fmt, zp):
     if fmt not in ("u8", "i8"):  # (those are bytes in memory order)
         assert k.packings["w"].name == "rows16"
     x = rng.standard_normal((M, K)).astype(np.float32)
-    zeros = qw.zeros if zp else np.zeros((1, 1), np.float32)
+    # the activations quantized once (quantize_a8): compiled and interpreted agree exactly
+    quant = ops.get_kernel("quantize_a8", A="f32", BM=params["BM"], QB=params["QB"])
+    kb = -(-K // params["QB"])
+    outs = []
+    for run in (quant, quant.interpret):
+        xq = np.zeros((M, K), np.int8)
+        xd, xs = np.zeros((kb, M), np.float32), np.zeros((kb, M), np.float32)
+        run(x, xq, xd, xs)
+        outs.append((xq, xd, xs))
+    for got, want in zip(outs[0], outs[1], strict=True):
+        np.testing.assert_array_equal(got, want)
+    scales, zeros = qw.group_major
+    zeros = zeros if zp else np.zeros((1, 1), np.float32)
     ys = []
     for run in (k, k.interpret):
         y = np.zeros((M, N), np.float32)
-        run(x, ops.weight_storage(qw, k), qw.scales, zeros, y, group, K=K)
+        run(*outs[1], ops.weight_storage(qw, k), scales, zeros, y, group, K=K)
         ys.append(y)
     np.testing.assert_allclose(ys[0], ys[1], rtol=1e-5, atol=1e-5 * np.abs(ys[1]).max())
 
