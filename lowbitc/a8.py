@@ -95,10 +95,16 @@ def matmul(k: Kernel, x: np.ndarray, adt: str, w, scales: np.ndarray,
     row and block), then the integer dot with every weight row. scales and zeros (a [1, 1]
     placeholder without zero points) come group-major, [G, N]."""
     M, K = x.shape
-    bm, qb = k.params["BM"], k.params["QB"]
-    kb = -(-K // qb)
+    quant = _QUANTIZERS.get((k, adt))
+    if quant is None:
+        quant = _QUANTIZERS[k, adt] = get_kernel("quantize_a8", A=adt, BM=k.params["BM"],
+                                                 QB=k.params["QB"])
+    kb = -(-K // k.params["QB"])
     xq = np.empty((M, K), np.int8)
     xd = np.empty((kb, M), np.float32)
     xs = np.empty((kb, M), np.float32)
-    get_kernel("quantize_a8", A=adt, BM=bm, QB=qb)(x, xq, xd, xs)
+    quant(x, xq, xd, xs)
     k(xq, xd, xs, w, scales, zeros, y, group)
+
+
+_QUANTIZERS: dict[tuple, Kernel] = {}  # (matmul_a8 kernel, activation dtype) -> quantize_a8
