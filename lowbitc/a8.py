@@ -66,11 +66,12 @@ def block(group: int) -> int:
     return 32
 
 
-def rows_tile(M: int, N: int) -> int:
-    """Weight rows per program: wide tiles share each quantized activation block (256 when
-    several activation rows do), a divisor of N where one exists, so that every window is
+def rows_tile(M: int, N: int, bits: int = 4) -> int:
+    """Weight rows per program: wide tiles share each activation block's broadcasts and the
+    per-block f32 corrections (256 rows; 128 for bytes in memory order, whose 16 rows per
+    block are separate streams), a divisor of N where one exists, so that every window is
     whole 16-row blocks (the fused byte dot's condition)."""
-    widest = 128 if M == 1 else 256
+    widest = 128 if bits == 8 and M == 1 else 256
     for bn in (256, 128, 64, 32, 16):
         if bn <= widest and N % bn == 0:
             return bn
@@ -86,7 +87,7 @@ def params(wtype, group: int, zero_point: bool, M: int, act: str,
     sc, lo = m
     bm = 1 if M == 1 else min(16, 1 << (M - 1).bit_length())
     return {"W": wtype, "SC": sc, "LO": lo, "ZP": bool(zero_point), "QB": block(group),
-            "BM": bm, "BN": rows_tile(M, N)}
+            "BM": bm, "BN": rows_tile(M, N, wtype.bits)}
 
 
 def matmul(k: Kernel, x: np.ndarray, adt: str, w, scales: np.ndarray,
