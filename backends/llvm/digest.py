@@ -1,6 +1,7 @@
-"""A content digest of host arrays fast enough to check on every call (`lowbitc.repack.
+"""A content digest of host arrays fast enough to check on every call (`lowbitc.repack_cache.
 WordsCache`): a kernel that reads a weight in a layout-specific packing keeps the transformed
-words while the canonical array's digest is unchanged.
+words while the canonical array's digest is unchanged (digested whole per call where its pages
+cannot be watched, else only the segments holding a written page).
 
 The digest of a chunk of 8-byte words x_i is sum_i x_i * k_i mod 2^64 with odd keys
 k_i = 2*i*G + 1 (G the 64-bit golden ratio): any change of one word changes it (an odd key is
