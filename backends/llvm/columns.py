@@ -255,16 +255,31 @@ def _fast(env: Env, plan: ColumnPlan, abuf: Buf, out: Buf, t, starts: list[str])
             old = em.val(f"load {vf}, ptr {p}, align 4")
             em.emit(f"store {vf} {em.val(f'fadd {vf} {old}, {accs[i]}')}, ptr {p}, align 4")
 
-    sums = []
-    if plan.fold is not None:  # sum over the window of each row of `a`
-        for i in range(m):
-            def add(k: str, acc: list[str], i: int = i) -> list[str]:
-                ai = em.val(f"add i64 {i * abuf.strides[0]}, {k}")
-                x = convert(em, em.load_elem(abuf, ai), abuf.dtype, "f32")
-                return [em.val(f"fadd float {acc[0]}, {x}")]
-            sums += em.loop("0", str(bkw * per), None, carried=[("float", "0.0")],
-                            body_carried=add)
+    sums = [_row_sum(em, abuf, i, bkw * per) for i in range(m)] if plan.fold else []
     em.loop("0", str(bn // L), chunk)
+
+
+def _row_sum(em, abuf: Buf, i: int, count: int) -> str:
+    """sum(a[i, 0 : count]) as a float: 16 lanes at a time (a row of `a` is contiguous), the
+    lanes summed once at the end; the scalar remainder after."""
+    vf = f"<{L} x float>"
+    base = i * abuf.strides[0]
+
+    def vadd(k: str, acc: list[str]) -> list[str]:
+        x = vector_at(em, abuf, em.val(f"add i64 {base}, {em.val(f'mul i64 {k}, {L}')}"), 1, L)
+        return [em.val(f"fadd {vf} {acc[0]}, {convert(em, x, abuf.dtype, 'f32', L)}")]
+
+    def add(k: str, acc: list[str]) -> list[str]:
+        x = convert(em, em.load_elem(abuf, em.val(f"add i64 {base}, {k}")), abuf.dtype, "f32")
+        return [em.val(f"fadd float {acc[0]}, {x}")]
+
+    em.declare(f"declare float @llvm.vector.reduce.fadd.v{L}f32(float, {vf})")
+    lanes = em.loop("0", str(count // L), None, carried=[(vf, "zeroinitializer")],
+                    body_carried=vadd)[0]
+    total = em.val(f"call reassoc float @llvm.vector.reduce.fadd.v{L}f32(float 0.0, "
+                   f"{vf} {lanes})")
+    return em.loop(str(count // L * L), str(count), None, carried=[("float", total)],
+                   body_carried=add)[0]
 
 
 def _eval(env: Env, plan: ColumnPlan, codes: str, k: str, c: str,
