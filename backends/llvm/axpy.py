@@ -80,6 +80,8 @@ def emit_axpy(env: Env, plan: Plan, generic_dot) -> None:
             "lanes form (one table permute per 16 codes; scales and zero points per word "
             "lane fold into the weights)" if lanes else "32 codes of a row per step"),
             "windows at the tensor's edges take the generic dot", loc=op.loc)
+        note("load", weights, f"fused into the dot at {op.loc}: never materialised",
+             loc=codes.loc)
         (_fused_lanes if lanes else _fused)(env, plan, abuf, out, t, starts)
         em.br(done)
     em.start_block(slow)

@@ -201,6 +201,8 @@ RESHAPING = {"view": "view", "reshape": "reshape", "transpose": "transpose",
 def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value, moved: bool = False):
     """E's fusible ops and its one load_codes, or why not (a line). Values may be shared
     inside E (a decode reuses the magnitude bits), but none of them may be used outside it.
+    Other codes loads of a smaller tile than E (zero points, one per column) are leaves,
+    loaded before the consumer and broadcast like scales.
     `moved`: a tree without codes that views, reshapes or transposes loaded data is a
     fallback too (its reason names those ops), not a plain float operand."""
     seen: dict[int, Op] = {}
@@ -233,6 +235,11 @@ def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value, moved: bool = 
                 + ": only elementwise ops over one 2-D load of codes (or u8/i8 bytes) fuse")
     if not codes:
         return NO_CODES
+    if len(codes) > 1:  # codes of a smaller tile (zero points along N) are leaves
+        full = {k: o for k, o in codes.items()
+                if fused_view.kept(o.attrs.sizes) == getattr(root.type, "shape", None)}
+        if len(full) == 1:
+            codes = full
     if len(codes) > 1:
         return (f"E reads {len(codes)} loads of codes ("
                 + ", ".join(str(o.loc) for o in codes.values()) + "); a fused E reads one")
