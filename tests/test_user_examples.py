@@ -146,6 +146,10 @@ def test_awq_checkpoint_layout():
     args = [x, _awq_pack(q), _awq_pack(zeros), scales, np.zeros((m, n), np.float32)]
     _both(k, args, 4, want)
     _torch_check(k, ["y"], args[:4], want)
+    text = k.explain()  # codes along N, the zero points a leaf: the row-axpy dot
+    dots = [ln for ln in text.splitlines() if ": dot " in ln]
+    assert dots and all("fused row-axpy dot" in ln for ln in dots)
+    assert text.endswith("0 fallbacks")
 
 
 def test_bnb_nf4_with_double_quantized_absmax():
