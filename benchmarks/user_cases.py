@@ -129,7 +129,7 @@ def _gemv_gguf(name: str, fmt: str, block: int, zero_point: bool):
         w_hat = gguf.quants.dequantize(raw, qtype)
         k = lowbitc.compile(_examples() / f"gguf_{name.lower()}_gemv.lbk",
                             BM=min(m, 8) if m <= 8 else 16)
-        blocks = raw.reshape(n, n // block, -1)
+        blocks = raw if block == 256 else raw.reshape(n, n // block, -1)  # as the kernel reads
         return (k, [x, blocks], x.astype(np.float64) @ w_hat.astype(np.float64).T,
                 quantize(w, fmt, 32, zero_point=zero_point))
     return case

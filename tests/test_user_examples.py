@@ -107,11 +107,11 @@ def test_gguf_blocks_read_as_stored(fmt, source):
     k = lowbitc.compile(USER / f"gguf_{fmt.lower()}_gemv.lbk")
     x = RNG.standard_normal((m, kk)).astype(np.float32)
     want = x.astype(np.float64) @ w_hat.T
-    stored = raw if fmt == "Q8_0" else raw.reshape(n, kk // block, per)  # the same bytes
+    stored = raw if fmt in ("Q8_0", "Q4_K") else raw.reshape(n, kk // block, per)  # same bytes
     args = [x, stored, np.zeros((m, n), np.float32)]
     _both(k, args, 2, want)
     _torch_check(k, ["y"], args[:2], want)
-    if fmt == "Q8_0":  # read as stored, and fused: the dot decodes the bytes in registers
+    if fmt in ("Q8_0", "Q4_K"):  # read as stored, fused: the dot decodes bytes in registers
         dots = [ln for ln in k.explain().splitlines() if ": dot " in ln]
         assert dots and all("fused register dot (bytes" in ln for ln in dots)
 
