@@ -108,7 +108,7 @@ def _gemv_awq(n: int, m: int, w: np.ndarray, x: np.ndarray):
     scales = qw.scales.astype(np.float16)
     w_hat = (qw.codes.astype(np.float64) - np.repeat(zeros, 128, 1)) * np.repeat(
         scales.astype(np.float64), 128, 1)
-    bm = min(m, 8)  # the row-axpy dot keeps BM x BN <= 256 accumulators in registers
+    bm = min(m, 8)  # the untransposed dot keeps BM x BN <= 256 accumulators in registers
     k = lowbitc.compile(_examples() / "awq_gemv.lbk", BM=bm, BN=256 // bm)
     args = [x, awq_pack(np.ascontiguousarray(qw.codes.T)), awq_pack(np.ascontiguousarray(
         zeros.T)), np.ascontiguousarray(scales.T)]
