@@ -10,6 +10,7 @@ reconstruction has the least squared error (`group_errors`); ties go to the earl
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,8 @@ from lowbitc.dtypes import Format
 from lowbitc.dtypes import dtype as get_dtype
 from lowbitc.errors import UserArgumentError
 from lowbitc.outliers import Sparse
+from lowbitc.packing import pack
+from lowbitc.repack import PackedWords
 
 MAX_MEMBERS = 4
 
@@ -65,6 +68,42 @@ class TableQTensor:
         if self.sparse is not None:
             v[self.sparse.rows, self.sparse.indices] += self.sparse.values.astype(np.float32)
         return v
+
+    @functools.cached_property
+    def member_formats(self) -> tuple[Format, ...] | None:
+        """The member formats when every table is a named format's values (what the compiled
+        kernel, lowbitc/kernels/matmul_mix.lbk, decodes); None for fitted tables."""
+        if not self.names or len(self.names) != len(self.tables):
+            return None
+        try:
+            members = tuple(get_dtype(n) for n in self.names)
+        except (UserArgumentError, KeyError, ValueError):
+            return None
+        same = all(f.bits == self.bits and np.array_equal(t, f.values())
+                   for f, t in zip(members, self.tables))
+        return members if same else None
+
+    @functools.cached_property
+    def group_major(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """scales, zeros (or None) float32 and table indices uint8, each transposed to
+        group-major [G, N] as the kernel reads them (made once, cached, never saved)."""
+        zeros = None if self.zeros is None else np.ascontiguousarray(self.zeros.T)
+        return (np.ascontiguousarray(self.scales.T), zeros,
+                np.ascontiguousarray(self.index.T).astype(np.uint8))
+
+    @functools.cached_property
+    def packed(self) -> np.ndarray:
+        """Canonical packed codes, uint32 [N, ceil(K * bits / 32)] (lowbitc.packing)."""
+        return pack(self.codes, self.bits)
+
+    def packed_as(self, packing) -> PackedWords:
+        """The codes in a kernel's packing (cached, as QTensor.packed_as)."""
+        cache = self.__dict__.setdefault("_repacked", {})
+        words = cache.get(packing)
+        if words is None:
+            words = cache[packing] = PackedWords(packing.from_codes(self.codes), packing,
+                                                 self.shape[1])
+        return words
 
     def bits_per_weight(self, scale_bits: int = 32) -> float:
         """Storage per weight: codes, scales, zeros, table indices, tables and outliers."""
