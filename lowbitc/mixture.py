@@ -10,6 +10,7 @@ reconstruction has the least squared error (`group_errors`); ties go to the earl
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -104,6 +105,23 @@ class TableQTensor:
             words = cache[packing] = PackedWords(packing.from_codes(self.codes), packing,
                                                  self.shape[1])
         return words
+
+    def replica(self) -> TableQTensor:
+        """The same weight in fresh memory for what the kernel reads (packed words, scales,
+        zeros, indices and the packings made so far), as QTensor.replica."""
+        def copy(a):
+            return None if a is None else a.copy()
+
+        twin = dataclasses.replace(self, scales=self.scales.copy(), zeros=copy(self.zeros),
+                                   index=self.index.copy(), sparse=copy(self.sparse))
+        for name in ("packed", "group_major"):
+            if name in self.__dict__:
+                v = self.__dict__[name]
+                twin.__dict__[name] = tuple(map(copy, v)) if isinstance(v, tuple) else v.copy()
+        twin.__dict__["_repacked"] = {
+            p: PackedWords(w.words.copy(), w.packing, w.count)
+            for p, w in self.__dict__.get("_repacked", {}).items()}
+        return twin
 
     def bits_per_weight(self, scale_bits: int = 32) -> float:
         """Storage per weight: codes, scales, zeros, table indices, tables and outliers."""

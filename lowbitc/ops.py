@@ -208,6 +208,16 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
     return y
 
 
+def mix_params(qw: TableQTensor, M: int, adt: str) -> dict:
+    """matmul_mix's parameters for a mixture of named formats (members padded to 4)."""
+    members, g = qw.member_formats, qw.group_size
+    params = {f"W{i}": f for i, f in enumerate(members + (members[0],) * (4 - len(members)))}
+    params.update(T=len(members), A=adt, ZP=qw.zeros is not None,
+                  BM=1 if M == 1 else 2 if M == 2 else 4 if M <= 4 else 8, BN=64,
+                  BK=128 if g % 128 == 0 else 64 if g % 64 == 0 else 32)
+    return params
+
+
 def _table_matmul(x: np.ndarray, qw: TableQTensor, y: np.ndarray, adt: str,
                   backend: str) -> np.ndarray:
     """A per-group mixture of named formats with few activation rows runs matmul_mix.lbk on
@@ -221,13 +231,7 @@ def _table_matmul(x: np.ndarray, qw: TableQTensor, y: np.ndarray, adt: str,
         plan = ("matmul_mix", backend, members, adt, qw.zeros is not None, qw.group_size, M)
         k = _plan(plan)
         if k is None:
-            g = qw.group_size
-            padded = members + (members[0],) * (4 - len(members))
-            params = {f"W{i}": f for i, f in enumerate(padded)}
-            params.update(T=len(members), A=adt, ZP=qw.zeros is not None,
-                          BM=1 if M == 1 else 2 if M == 2 else 4 if M <= 4 else 8, BN=64,
-                          BK=128 if g % 128 == 0 else 64 if g % 64 == 0 else 32)
-            k = _remember(plan, get_kernel("matmul_mix", backend, **params))
+            k = _remember(plan, get_kernel("matmul_mix", backend, **mix_params(qw, M, adt)))
         scales, zeros, index = qw.group_major
         packing = k.packings.get("w")
         words = qw.packed if packing is None else qw.packed_as(packing)
