@@ -21,7 +21,7 @@ from lowbitc.dtypes import dtype as get_dtype
 from lowbitc.errors import UserArgumentError
 from lowbitc.outliers import Sparse
 from lowbitc.packing import pack
-from lowbitc.repack import PackedWords
+from lowbitc.repack import PackedWords, cached_packing
 
 MAX_MEMBERS = 4
 
@@ -99,12 +99,7 @@ class TableQTensor:
 
     def packed_as(self, packing) -> PackedWords:
         """The codes in a kernel's packing (cached, as QTensor.packed_as)."""
-        cache = self.__dict__.setdefault("_repacked", {})
-        words = cache.get(packing)
-        if words is None:
-            words = cache[packing] = PackedWords(packing.from_codes(self.codes), packing,
-                                                 self.shape[1])
-        return words
+        return cached_packing(self, self.codes, packing)
 
     def replica(self) -> TableQTensor:
         """The same weight in fresh memory for what the kernel reads (packed words, scales,
