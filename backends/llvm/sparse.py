@@ -17,7 +17,13 @@ import threading
 import numpy as np
 
 from lowbitc.backends.llvm import native
-from lowbitc.backends.llvm.launch import ArgPacker, ArrayArg, GridLauncher, ScalarArg
+from lowbitc.backends.llvm.launch import (
+    ArgPacker,
+    ArrayArg,
+    GridLauncher,
+    ScalarArg,
+    block_range_ir,
+)
 
 ROWS = 64  # output rows per block of the grid
 _NAME = "lowbitc_csr_add"
@@ -40,29 +46,19 @@ entry:
   %M = load i64, ptr %pm
   %K = load i64, ptr %pk
   %N = load i64, ptr %pn
-  br label %block
-block:
-  %b = phi i64 [ %begin, %entry ], [ %b.next, %rows.done ]
-  %more = icmp slt i64 %b, %end
-  br i1 %more, label %body, label %exit
-body:
-  %r0 = mul i64 %b, {ROWS}
-  %r1.0 = add i64 %r0, {ROWS}
-  %short = icmp slt i64 %N, %r1.0
-  %r1 = select i1 %short, i64 %N, i64 %r1.0
-  br label %row
+{block_range_ir(ROWS, "%N", "rows.done")}  br label %row
 row:
-  %r = phi i64 [ %r0, %body ], [ %r.next, %m.done ]
-  %rmore = icmp slt i64 %r, %r1
+  %r = phi i64 [ %lo, %body ], [ %r.next, %m.done ]
+  %rmore = icmp slt i64 %r, %hi
   br i1 %rmore, label %rbody, label %rows.done
 rbody:
   %plo = getelementptr i32, ptr %indptr, i64 %r
-  %lo.32 = load i32, ptr %plo
-  %lo = sext i32 %lo.32 to i64
+  %jlo.32 = load i32, ptr %plo
+  %jlo = sext i32 %jlo.32 to i64
   %phi.p = getelementptr i32, ptr %plo, i64 1
-  %hi.32 = load i32, ptr %phi.p
-  %hi = sext i32 %hi.32 to i64
-  %empty = icmp sge i64 %lo, %hi
+  %jhi.32 = load i32, ptr %phi.p
+  %jhi = sext i32 %jhi.32 to i64
+  %empty = icmp sge i64 %jlo, %jhi
   br i1 %empty, label %m.done, label %mloop
 mloop:
   %m = phi i64 [ 0, %rbody ], [ %m.next, %vtail ]
@@ -73,10 +69,10 @@ mbody:
   %xrow = getelementptr float, ptr %x, i64 %xo
   br label %vloop
 vloop:
-  %j = phi i64 [ %lo, %mbody ], [ %j.next, %vbody ]
+  %j = phi i64 [ %jlo, %mbody ], [ %j.next, %vbody ]
   %acc = phi {_V} [ zeroinitializer, %mbody ], [ %acc.next, %vbody ]
   %j.next = add i64 %j, 16
-  %full = icmp sle i64 %j.next, %hi
+  %full = icmp sle i64 %j.next, %jhi
   br i1 %full, label %vbody, label %vtail
 vbody:
   %pi = getelementptr i32, ptr %indices, i64 %j
@@ -88,7 +84,7 @@ vbody:
   %acc.next = call {_V} @llvm.fma.v16f32({_V} %v, {_V} %xv, {_V} %acc)
   br label %vloop
 vtail:
-  %left.64 = sub i64 %hi, %j
+  %left.64 = sub i64 %jhi, %j
   %left = trunc i64 %left.64 to i32
   %left.1 = insertelement {_I} poison, i32 %left, i64 0
   %left.v = shufflevector {_I} %left.1, {_I} poison, {_I} zeroinitializer
