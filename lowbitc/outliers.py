@@ -63,7 +63,8 @@ class Sparse:
 
     def matmul_add(self, x: np.ndarray, y: np.ndarray, backend: str = "llvm") -> np.ndarray:
         """y[M, N] += x[M, K] @ self.T in float32 (the second pass of ops.matmul): on the
-        CPU native code on the kernels' thread pool, 16 entries per gather and FMA."""
+        CPU native code on the kernels' thread pool, 16 entries per gather and FMA, f16 values
+        widened as they load."""
         if not self.nnz:
             return y
         # deliberate lazy imports: numba-cuda loads only for the CUDA backend, llvmlite only
@@ -72,10 +73,8 @@ class Sparse:
             from lowbitc.backends.numba_cuda import sparse  # noqa: PLC0415
             return sparse.matmul_add(self, x, y)
         from lowbitc.backends.llvm.sparse import csr_matmul_add  # noqa: PLC0415
-        values = self.__dict__.get("_f32")
-        if values is None:  # converted once per weight, not per call
-            values = self.__dict__["_f32"] = np.ascontiguousarray(self.values, np.float32)
-        csr_matmul_add(np.ascontiguousarray(x, np.float32), self.indptr, self.indices, values, y)
+        csr_matmul_add(np.ascontiguousarray(x, np.float32), self.indptr, self.indices,
+                       self.values, y)
         return y
 
     def copy(self) -> Sparse:

@@ -46,9 +46,10 @@ def test_dense_plus_sparse_is_the_dequantized_sum(fmt, zp, outliers):
     (3, 70, 300, None),  # several activation rows, a last block of 6 rows
     (2, 5, 7, [0, 0, 0, 0, 0]),  # no entries at all
 ])
-def test_native_sparse_pass_adds_every_entry(m, n, k, counts):
-    """The CPU pass (backends/llvm/sparse.py) against a float64 product, rows holding 0 to K
-    entries, with y's previous contents kept."""
+@pytest.mark.parametrize("value_dtype", [np.float16, np.float32])
+def test_native_sparse_pass_adds_every_entry(m, n, k, counts, value_dtype):
+    """The CPU pass (backends/llvm/sparse.py, f16 values widened in the kernel) against a
+    float64 product, rows holding 0 to K entries, with y's previous contents kept."""
     rng = np.random.default_rng(5)
     if counts is None:
         counts = rng.integers(0, k // 3, n)
@@ -59,7 +60,7 @@ def test_native_sparse_pass_adds_every_entry(m, n, k, counts):
     rows, cols = np.nonzero(d)
     indptr = np.zeros(n + 1, np.int32)
     np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-    sp = Sparse((n, k), indptr, cols.astype(np.int32), d[rows, cols].astype(np.float16))
+    sp = Sparse((n, k), indptr, cols.astype(np.int32), d[rows, cols].astype(value_dtype))
     x = rng.standard_normal((m, k)).astype(np.float32)
     y = rng.standard_normal((m, n)).astype(np.float32)
     expect = y.astype(np.float64) + x.astype(np.float64) @ sp.to_dense().astype(np.float64).T

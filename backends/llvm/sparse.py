@@ -3,11 +3,11 @@ matmul's output on the CPU: y[m, n] += sum_j values[j] * x[m, indices[j]] over r
 entries, in native code on the kernels' thread pool.
 
 Blocks of ROWS output rows are the grid; per row and activation row, the entries go 16 at a
-time (two aligned loads and one gather of the activations, an FMA; the last up to 15 with
-masked loads) into one vector accumulator, summed once per output. The pass after a GEMV reads
-nnz * 8 bytes (an f32 value and an int32 index per entry): with 0.5% outliers 0.6% of an f32
-weight's bytes, so it should cost a few per cent of the dense GEMV, where numba's scalar loop
-on one thread cost a third (issue 18).
+time (two loads and one gather of the activations, an FMA; the last up to 15 with masked
+loads) into one vector accumulator, summed once per output. f16 values (the default) are
+widened as they load, so the pass reads 6 bytes per entry (8 for f32 values): with 0.5%
+outliers under 1% of an f32 weight's bytes. It replaces numba's scalar loop on one thread,
+which cost a third of a 4096 x 4096 u3 GEMV (issue 18).
 """
 
 from __future__ import annotations
@@ -26,21 +26,28 @@ from lowbitc.backends.llvm.launch import (
 )
 
 ROWS = 64  # output rows per block of the grid
-_NAME = "lowbitc_csr_add"
+_NAME = "lowbitc_csr_add_{}"  # per value type: f16, f32
+_VALUE = {"f16": ("half", np.float16), "f32": ("float", np.float32)}
 _V = "<16 x float>"
 _I = "<16 x i32>"
 _M = "<16 x i1>"
 _GATHER = "llvm.masked.gather.v16f32.v16p0"
 
 
-def _ir() -> str:
+def _ir(name: str, vt: str) -> str:
+    """The pass for values of LLVM type `vt` (half values widen as they load)."""
+    size = {"half": 2, "float": 4}[vt]
+    vv = f"<16 x {vt}>"
+    suffix = {"half": "f16", "float": "f32"}[vt]
+    load = f"llvm.masked.load.v16{suffix}.p0"
+    widen = "fpext" if vt == "half" else "bitcast"
     lanes = ", ".join(f"i32 {q}" for q in range(16))
     true = ", ".join(["i1 true"] * 16)
     args = "\n".join(
         f"  %a{i} = getelementptr ptr, ptr %args, i64 {i}\n  %{n} = load ptr, ptr %a{i}"
         for i, n in enumerate(("x", "indptr", "indices", "values", "y", "pm", "pk", "pn")))
     return f"""
-define void @{_NAME}(ptr %args, i64 %begin, i64 %end) {{
+define void @{name}(ptr %args, i64 %begin, i64 %end) {{
 entry:
 {args}
   %M = load i64, ptr %pm
@@ -77,8 +84,9 @@ vloop:
 vbody:
   %pi = getelementptr i32, ptr %indices, i64 %j
   %idx = load {_I}, ptr %pi, align 4
-  %pv = getelementptr float, ptr %values, i64 %j
-  %v = load {_V}, ptr %pv, align 4
+  %pv = getelementptr {vt}, ptr %values, i64 %j
+  %v.raw = load {vv}, ptr %pv, align {size}
+  %v = {widen} {vv} %v.raw to {_V}
   %px = getelementptr float, ptr %xrow, {_I} %idx
   %xv = call {_V} @{_GATHER}(<16 x ptr> %px, i32 4, {_M} <{true}>, {_V} poison)
   %acc.next = call {_V} @llvm.fma.v16f32({_V} %v, {_V} %xv, {_V} %acc)
@@ -91,8 +99,9 @@ vtail:
   %mask = icmp slt {_I} <{lanes}>, %left.v
   %ti = getelementptr i32, ptr %indices, i64 %j
   %tidx = call {_I} @llvm.masked.load.v16i32.p0(ptr %ti, i32 4, {_M} %mask, {_I} zeroinitializer)
-  %tv.p = getelementptr float, ptr %values, i64 %j
-  %tv = call {_V} @llvm.masked.load.v16f32.p0(ptr %tv.p, i32 4, {_M} %mask, {_V} zeroinitializer)
+  %tv.p = getelementptr {vt}, ptr %values, i64 %j
+  %tv.raw = call {vv} @{load}(ptr %tv.p, i32 {size}, {_M} %mask, {vv} zeroinitializer)
+  %tv = {widen} {vv} %tv.raw to {_V}
   %tx.p = getelementptr float, ptr %xrow, {_I} %tidx
   %tx = call {_V} @{_GATHER}(<16 x ptr> %tx.p, i32 4, {_M} %mask, {_V} zeroinitializer)
   %sum.v = call {_V} @llvm.fma.v16f32({_V} %tv, {_V} %tx, {_V} %acc)
@@ -116,7 +125,7 @@ exit:
 }}
 
 declare {_V} @{_GATHER}(<16 x ptr>, i32, {_M}, {_V})
-declare {_V} @llvm.masked.load.v16f32.p0(ptr, i32, {_M}, {_V})
+declare {vv} @{load}(ptr, i32, {_M}, {vv})
 declare {_I} @llvm.masked.load.v16i32.p0(ptr, i32, {_M}, {_I})
 declare {_V} @llvm.fma.v16f32({_V}, {_V}, {_V})
 declare float @llvm.vector.reduce.fadd.v16f32(float, {_V})
@@ -124,16 +133,19 @@ declare float @llvm.vector.reduce.fadd.v16f32(float, {_V})
 
 
 class CsrAdd:
-    """`add(x, indptr, indices, values, y)`: y += x @ S.T for S in CSR by rows (f32 values)."""
+    """`add(x, indptr, indices, values, y)`: y += x @ S.T for S in CSR by rows, values of
+    `value_dtype` (f16 or f32)."""
 
-    def __init__(self):
-        module = native.module(_ir(), _NAME)
+    def __init__(self, value_dtype: str):
+        vt, npt = _VALUE[value_dtype]
+        name = _NAME.format(value_dtype)
+        module = native.module(_ir(name, vt), name)
         self._packer = ArgPacker([
             ArrayArg("x", np.float32, 2), ArrayArg("indptr", np.int32, 1),
-            ArrayArg("indices", np.int32, 1), ArrayArg("values", np.float32, 1),
+            ArrayArg("indices", np.int32, 1), ArrayArg("values", npt, 1),
             ArrayArg("y", np.float32, 2, output=True), ScalarArg("M", "i64"),
             ScalarArg("K", "i64"), ScalarArg("N", "i64")])
-        self._launch = GridLauncher(module.address(_NAME), 0, min_blocks_per_thread=4)
+        self._launch = GridLauncher(module.address(name), 0, min_blocks_per_thread=4)
         self._lock = threading.Lock()  # the launcher's grid size is per call
 
     def __call__(self, x: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
@@ -144,17 +156,17 @@ class CsrAdd:
                          -(-n // ROWS))
 
 
-_ADD: CsrAdd | None = None
+_ADD: dict[str, CsrAdd] = {}
 _ADD_LOCK = threading.Lock()
 
 
 def csr_matmul_add(x: np.ndarray, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
                    y: np.ndarray) -> None:
-    """y[M, N] += x[M, K] @ S.T, S [N, K] in CSR by rows with float32 values (C-contiguous
-    x and y, int32 indptr and indices); compiled on first use, then cached."""
-    global _ADD
-    if _ADD is None:
+    """y[M, N] += x[M, K] @ S.T, S [N, K] in CSR by rows with float16 or float32 values
+    (C-contiguous x and y, int32 indptr and indices); compiled on first use, then cached."""
+    dt = "f16" if values.dtype == np.float16 else "f32"
+    add = _ADD.get(dt)
+    if add is None:
         with _ADD_LOCK:
-            if _ADD is None:
-                _ADD = CsrAdd()
-    _ADD(x, indptr, indices, values, y)
+            add = _ADD.get(dt) or _ADD.setdefault(dt, CsrAdd(dt))
+    add(x, indptr, indices, values, y)
