@@ -158,10 +158,11 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
            out: np.ndarray | None = None, act: str = "f32") -> np.ndarray:
     """x[M, K] (float32, float16 or bfloat16) @ qw.dequantize().T -> float32 [M, N]
     (written to `out` if given). Outliers (`qw.sparse`) are a second pass over the output;
-    a TableQTensor (per-group or per-row tables) has no kernel yet and multiplies its
-    dequantized weights. `act="i8"` quantizes the activations to int8 in the kernel (per row
-    and block, lowbitc/a8.py) and multiplies integers (VNNI) for the formats that allow it on
-    the LLVM backend; other formats and backends keep exact f32 activations."""
+    a TableQTensor mixing named formats per group runs matmul_mix.lbk (LLVM, up to 8 rows);
+    fitted per-row tables multiply their dequantized weights. `act="i8"` quantizes the
+    activations to int8 in the kernel (per row and block, lowbitc/a8.py) and multiplies
+    integers (VNNI) for the formats that allow it on the LLVM backend; other formats and
+    backends keep exact f32 activations."""
     qw = _check_qtensor(qw)
     act = a8.check_act(act)
     if not isinstance(x, np.ndarray):
@@ -189,8 +190,7 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
     if M == 0 or N == 0:
         return y
     if isinstance(qw, TableQTensor):
-        np.matmul(x.astype(np.float32), qw.dequantize().T, out=y)
-        return y
+        return _table_matmul(x, qw, y, adt, backend)
     plan = ("matmul", backend, qw.dtype, adt, qw.zeros is not None, qw.group_size, M, N, K,
             act, offsets is not None)
     k = _plan(plan)
@@ -214,6 +214,40 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
         zeros = offsets.by_group if gm else offsets.offsets
     zeros = zeros if zeros is not None else _NO_ZEROS
     k(x, weight_storage(qw, k), scales, zeros, y, qw.group_size, K=K)
+    if qw.sparse is not None:
+        qw.sparse.matmul_add(x, y, backend)
+    return y
+
+
+def mix_params(qw: TableQTensor, M: int, adt: str) -> dict:
+    """matmul_mix's parameters for a mixture of named formats (members padded to 4)."""
+    members, g = qw.member_formats, qw.group_size
+    params = {f"W{i}": f for i, f in enumerate(members + (members[0],) * (4 - len(members)))}
+    params.update(T=len(members), A=adt, ZP=qw.zeros is not None,
+                  BM=1 if M == 1 else 2 if M == 2 else 4 if M <= 4 else 8, BN=64,
+                  BK=128 if g % 128 == 0 else 64 if g % 64 == 0 else 32)
+    return params
+
+
+def _table_matmul(x: np.ndarray, qw: TableQTensor, y: np.ndarray, adt: str,
+                  backend: str) -> np.ndarray:
+    """A per-group mixture of named formats with few activation rows runs matmul_mix.lbk on
+    the LLVM backend (each group decoded with its member's table); fitted tables, more rows
+    and other backends multiply the dequantized weights."""
+    M, K = x.shape
+    members = qw.member_formats
+    if backend != "llvm" or M > GEMM_ROWS or members is None:
+        np.matmul(x.astype(np.float32), qw.dequantize().T, out=y)
+    else:
+        plan = ("matmul_mix", backend, members, adt, qw.zeros is not None, qw.group_size, M)
+        k = _plan(plan)
+        if k is None:
+            k = _remember(plan, get_kernel("matmul_mix", backend, **mix_params(qw, M, adt)))
+        scales, zeros, index = qw.group_major
+        packing = k.packings.get("w")
+        words = qw.packed if packing is None else qw.packed_as(packing)
+        k(x, words, scales, zeros if zeros is not None else _NO_ZEROS, index, y,
+          qw.group_size, K=K)
     if qw.sparse is not None:
         qw.sparse.matmul_add(x, y, backend)
     return y
