@@ -106,7 +106,7 @@ def matmul_kernel_params(x: np.ndarray, qw: QTensor, act: str = "f32") -> dict:
         return ops.mix_params(qw, M, _activation_name(x))
     if act != "f32":
         return ops.matmul_choice(M, N, K, qw, _activation_name(x), act)[1]
-    params = ops.matmul_params(M, qw, _activation_name(x))
+    params = ops.matmul_params(M, qw, _activation_name(x), N=N)
     fixed = {n: params[n] for n in ("W", "A", "ZP", "EARLY")}
     params.update(ops.tuned_params("matmul", fixed, qw.group_size, {"M": M, "N": N, "K": K},
                                    "llvm"))

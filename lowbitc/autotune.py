@@ -173,7 +173,8 @@ def _op_target(op: str, shapes: object, wtype: Any, group: int, zero_point: bool
         raise UserArgumentError(f"group: expected a positive group size, got {group!r}")
     if op == "matmul":
         # ops' own choice for these operands: its tuned names are the default to beat
-        params = matmul_params(dims["M"], WeightSpec(fmt, group, () if zero_point else None), act)
+        params = matmul_params(dims["M"], WeightSpec(fmt, group, () if zero_point else None), act,
+                               N=dims.get("N", 0))
         tuned = _tuned_names(kernel_path(op))
         return Target(kernel_path(op), None, {n: v for n, v in params.items() if n not in tuned},
                       {"group": group}, dims, {n: v for n, v in params.items() if n in tuned},
