@@ -19,6 +19,7 @@ from lowbitc.interop.kquants import quantize_blocks
 from lowbitc.ir.types import numpy_dtype
 from lowbitc.memory import weight_bytes
 from lowbitc.methods import quantize
+from lowbitc.mixture import TableQTensor
 from lowbitc.quant import QTensor
 
 from .baselines import Baseline, torch_int4_gemv
@@ -72,9 +73,11 @@ def activations(M: int, K: int, seed: int = 1, dtype: str = "f32") -> np.ndarray
     return x if dtype == "f32" else x.astype(numpy_dtype(dtype))
 
 
-def quantized(w: np.ndarray, fmt: str, group_size: int, outliers: float = 0) -> QTensor:
-    """`w` quantized to `fmt`; unsigned integer formats get group-wise zero points."""
-    return quantize(w, fmt, group_size, zero_point=fmt.startswith("u"), outliers=outliers)
+def quantized(w: np.ndarray, fmt, group_size: int, outliers: float = 0) -> QTensor:
+    """`w` quantized to `fmt` (or a list of formats: a per-group mixture); unsigned integer
+    formats get group-wise zero points."""
+    zero_point = isinstance(fmt, list) or fmt.startswith("u")  # a mixture: its uint members
+    return quantize(w, fmt, group_size, zero_point=zero_point, outliers=outliers)
 
 
 def imported(w: np.ndarray, source: str, group_size: int) -> QTensor:
@@ -99,9 +102,11 @@ def matmul_kernel_params(x: np.ndarray, qw: QTensor, act: str = "f32") -> dict:
     """The tile parameters `ops.matmul` picks for this call: its defaults, then a stored
     `lowbitc.tune` winner (the persistent cache can change them; results record them)."""
     M, (N, K) = x.shape[0], qw.shape
+    if isinstance(qw, TableQTensor):
+        return ops.mix_params(qw, M, _activation_name(x))
     if act != "f32":
         return ops.matmul_choice(M, N, K, qw, _activation_name(x), act)[1]
-    params = ops.matmul_params(M, qw, _activation_name(x))
+    params = ops.matmul_params(M, qw, _activation_name(x), N=N)
     fixed = {n: params[n] for n in ("W", "A", "ZP", "EARLY")}
     params.update(ops.tuned_params("matmul", fixed, qw.group_size, {"M": M, "N": N, "K": K},
                                    "llvm"))

@@ -56,6 +56,7 @@ def _faster(x: float) -> Goal:
 GEMV_FORMATS = (
     "u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8", "f4e2m1fn", "f6e3m2fn", "f8e4m3fn", "nf4",
 )
+MIXTURE_MEMBERS = ("u4", "nf4", "f4e2m1fn", "i4")  # issue 18's 4-format mixture
 INTEROP_FORMATS = ("Q4_0", "Q4_K", "GPTQ4")  # GGUF types and a 4-bit GPTQ layer
 _GEMV_GOALS = {"u2": 6.0, "u3": 4.5, "u4": 4.0, "f4e2m1fn": 3.5}
 # issue 14: int8 activations, weights streaming from memory
@@ -81,6 +82,12 @@ ROWS: tuple[RowSpec, ...] = (
             f"ops.matmul M=1 {f} g64 + 0.5% outliers (CSR second pass) vs {f} without",
         )
         for f in ("u3", "u4")
+    ),
+    RowSpec(
+        "mixture_gemv_4fmt", "mixture", "u4", 1,
+        Goal("within 1.2x of its slowest member format", "speedup", ">=", 1 / 1.2),
+        f"ops.matmul M=1 g64 per-group mixture of {', '.join(MIXTURE_MEMBERS)} "
+        "(matmul_mix.lbk) vs the slowest member's own GEMV",
     ),
     RowSpec(
         "gemm_u4_M16", "gemm", "u4", 16, _faster(1.5),
@@ -127,7 +134,8 @@ ROWS: tuple[RowSpec, ...] = (
                  1 / 1.5),
             f"examples/user {which} kernel M={m} vs ops.matmul on a {fmt} QTensor",
         )
-        for which, fmt in (("b2_act", "b2"), ("q8_0", "i8"), ("gptq", "u4"))
+        for which, fmt in (("b2_act", "b2"), ("q8_0", "i8"), ("gptq", "u4"), ("awq", "u4"),
+                           ("q5_0", "u5"), ("q4_k", "u4"))
         for m in (1, 16)
     ),
     *(

@@ -20,7 +20,7 @@ from lowbitc.quant import QTensor
 
 from . import candidates as cand
 from .baselines import copy_baseline, numpy_gemm, read_baseline
-from .cases import GEMV_FORMATS, RowSpec
+from .cases import GEMV_FORMATS, MIXTURE_MEMBERS, RowSpec
 from .config import Config
 from .harness import interleaved_stats
 from .user_cases import USER_GEMV, user_case, user_gemv_case
@@ -31,9 +31,12 @@ __all__ = ["Binding", "Group", "copy_summary", "groups", "incache_summary", "mea
 MIB = 1 << 20
 
 
+SLOWEST = "slowest:"  # a baseline "slowest:a,b": whichever of a, b took longest (median)
+
+
 class Binding(NamedTuple):
-    """Row `spec` reads call `candidate` against `baseline` ("copy": the best copy bandwidth)
-    and records `extras` beside it."""
+    """Row `spec` reads call `candidate` against `baseline` ("copy": the best copy bandwidth;
+    SLOWEST + keys: the slowest of those calls in this run) and records `extras` beside it."""
 
     spec: RowSpec
     candidate: str
@@ -148,6 +151,21 @@ def _outliers_group(cfg: Config, specs: list[RowSpec]) -> Group:
             grp.add(key, lambda k=key, f=spec.fmt, o=share: _rotated(
                 cfg, k, x, cand.quantized(w, f, g, outliers=o)))
         grp.bindings.append(Binding(spec, kept, plain))
+    return grp
+
+
+def _mixture_group(cfg: Config, spec: RowSpec) -> Group:
+    """The per-group mixture's GEMV and each member format's own GEMV, interleaved; the row
+    reads the mixture against the slowest member (issue 18)."""
+    n, g = cfg.size, cfg.group_size
+    grp = Group(f"GEMV M=1, K=N={n}, a per-group mixture and its member formats")
+    w, x = cand.weights(n, n, cfg.seed), cand.activations(1, n, cfg.seed + 1)
+    members = [f"lowbitc_gemv_{f}_member" for f in MIXTURE_MEMBERS]
+    for key, f in zip(members, MIXTURE_MEMBERS):
+        grp.add(key, lambda k=key, f=f: _rotated(cfg, k, x, cand.quantized(w, f, g)))
+    key = "lowbitc_gemv_mixture_4fmt"
+    grp.add(key, lambda: _rotated(cfg, key, x, cand.quantized(w, list(MIXTURE_MEMBERS), g)))
+    grp.bindings.append(Binding(spec, key, SLOWEST + ",".join(members), tuple(members)))
     return grp
 
 
@@ -307,6 +325,8 @@ def groups(cfg: Config) -> Iterator[Callable[[], Group]]:
             yield lambda: incache_group(cfg, fmts)
     if by_kind.get("outliers"):
         yield lambda: _outliers_group(cfg, by_kind["outliers"])
+    for spec in by_kind.get("mixture", []):
+        yield lambda s=spec: _mixture_group(cfg, s)
     for spec in by_kind.get("gemm", []):
         yield lambda s=spec: _gemm_group(cfg, s)
     if by_kind.get("interop"):

@@ -16,7 +16,7 @@ from pathlib import Path
 from .cases import ROWS
 from .config import Config, quick_config
 from .environment import cpu_mhz, cpu_usage, git_state, thread_limits, usable_cpus, wait_for_load
-from .groups import copy_summary, groups, incache_summary, measure, read_summary
+from .groups import SLOWEST, copy_summary, groups, incache_summary, measure, read_summary
 from .harness import machine_info, write_json
 from .plot import plot_results
 from .report import make_row, summarize_rows
@@ -52,7 +52,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
             if any(k.startswith("read_") for k in stats):
                 read = read_summary(stats, grp.timed)
             for spec, key, base, extras in grp.bindings:
-                base_key = copy.get("best") if base == "copy" else base
+                base_key = copy.get("best") if base == "copy" else slowest(base, stats)
                 rows.append(make_row(spec, cfg, grp, stats, key, base_key, extras, load))
                 rows[-1]["cpu_usage"] = usage
                 log(f"[bench]   {spec.name}: {rows[-1]['status']}")
@@ -80,6 +80,14 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
         "summary": summarize_rows(rows),
         "elapsed_seconds": time.perf_counter() - started,
     }
+
+
+def slowest(base: str, stats: dict) -> str:
+    """`base`, or for SLOWEST + "a,b,..." the key among them with the longest median."""
+    if not base.startswith(SLOWEST):
+        return base
+    keys = [k for k in base[len(SLOWEST):].split(",") if k in stats]
+    return max(keys, key=lambda k: stats[k]["median"]) if keys else base
 
 
 def add_read_fractions(rows: list[dict], read: dict) -> None:

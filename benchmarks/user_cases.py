@@ -90,7 +90,54 @@ def _gemv_gptq(n: int, m: int, w: np.ndarray, x: np.ndarray):
     return k, args, x.astype(np.float64) @ w_hat.T, qw
 
 
-USER_KERNELS = {"b2_act": _gemv_b2, "q8_0": _gemv_q8_0, "gptq": _gemv_gptq}
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble s of an AWQ word holds column 8j + AWQ_ORDER[s]
+
+
+def awq_pack(v: np.ndarray) -> np.ndarray:
+    """AWQ's words of codes v [R, N] (packed along N in AWQ's nibble order): u32[R, N / 8]."""
+    r, n = v.shape
+    cols = v.reshape(r, n // 8, 8)[:, :, list(AWQ_ORDER)].astype(np.uint32)
+    return np.bitwise_or.reduce(cols << (4 * np.arange(8, dtype=np.uint32)), axis=2)
+
+
+def _gemv_awq(n: int, m: int, w: np.ndarray, x: np.ndarray):
+    """The AWQ checkpoint layout (codes and zero points N-packed in nibble order, f16 scales)
+    of a u4 QTensor with zero points and groups of 128, and that QTensor."""
+    qw = quantize(w, "u4", 128, zero_point=True)
+    zeros = np.clip(np.rint(qw.zeros), 0, 15).astype(np.uint8)
+    scales = qw.scales.astype(np.float16)
+    w_hat = (qw.codes.astype(np.float64) - np.repeat(zeros, 128, 1)) * np.repeat(
+        scales.astype(np.float64), 128, 1)
+    bm = min(m, 8)  # the untransposed dot keeps BM x BN <= 256 accumulators in registers
+    k = lowbitc.compile(_examples() / "awq_gemv.lbk", BM=bm, BN=256 // bm)
+    args = [x, awq_pack(np.ascontiguousarray(qw.codes.T)), awq_pack(np.ascontiguousarray(
+        zeros.T)), np.ascontiguousarray(scales.T)]
+    return k, args, x.astype(np.float64) @ w_hat.T, qw
+
+
+def _gemv_gguf(name: str, fmt: str, block: int, zero_point: bool):
+    """A GGUF block format's GEMV from its raw bytes viewed [N, K / block, bytes] (quantized
+    by the `gguf` package, or lowbitc's own K-quant encoder where gguf only reads the type),
+    checked against gguf's dequantize, and a QTensor of `fmt` with groups of 32."""
+    def case(n: int, m: int, w: np.ndarray, x: np.ndarray):
+        import gguf  # the test extra; a missing package skips the row
+
+        from lowbitc.interop.kquants import quantize_blocks
+
+        qtype = getattr(gguf.GGMLQuantizationType, name)
+        raw = quantize_blocks(w, name)
+        w_hat = gguf.quants.dequantize(raw, qtype)
+        k = lowbitc.compile(_examples() / f"gguf_{name.lower()}_gemv.lbk",
+                            BM=min(m, 8) if m <= 8 else 16)
+        blocks = raw if block == 256 else raw.reshape(n, n // block, -1)  # as the kernel reads
+        return (k, [x, blocks], x.astype(np.float64) @ w_hat.astype(np.float64).T,
+                quantize(w, fmt, 32, zero_point=zero_point))
+    return case
+
+
+USER_KERNELS = {"b2_act": _gemv_b2, "q8_0": _gemv_q8_0, "gptq": _gemv_gptq, "awq": _gemv_awq,
+                "q5_0": _gemv_gguf("Q5_0", "u5", 32, False),
+                "q4_k": _gemv_gguf("Q4_K", "u4", 256, True)}
 
 
 def user_case(name: str, which: str, n: int, m: int, seed: int):

@@ -9,9 +9,9 @@ weight bytes of the linear layers and of the whole model, and the forward time a
     python examples/minilm_quantize.py [--sentences 16] [--repeats 3] [--gptq] [--methods]
         [--act f32,i8] [--json out.json]
 
-`--methods` adds the accuracy methods of docs/quantization.md (HQQ, outliers, a format
-mixture, per-row fitted code books), with bits per weight including scales, zero points,
-table indices and outliers.
+`--methods` adds the accuracy methods of docs/quantization.md (HQQ, outliers, activation-aware
+input scales, a format mixture, per-row fitted code books), with bits per weight including
+scales, zero points, table indices, outliers and input scales.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ METHOD_ROWS = (
     ("u3 +0.5% GPTQ", "u3", 64, True, {"outliers": 0.005}),
     ("u3 +col:2 GPTQ", "u3", 64, True, {"outliers": "columns:2"}),
     ("u2 +1% GPTQ", "u2", 32, True, {"outliers": 0.01}),
+    ("u4 AWQ", "u4", 64, True, {"method": "awq"}),  # True: calibrate (statistics, no GPTQ)
+    ("u3 AWQ", "u3", 64, True, {"method": "awq"}),
     ("mix4", ["u4", "nf4", "f4e2m1", "i4"], 64, False, {}),
     ("rows3", lowbitc.codebook.fitter(3, per="row"), 64, False, {}),
 )
@@ -109,7 +111,8 @@ def weight_bytes(model: nn.Module) -> tuple[int, int]:
         if isinstance(m, QuantLinear):
             linear += sum(t.numel() * t.element_size()
                           for t in (m.qdata, m.scales, m.zeros, m.outlier_indptr,
-                                    m.outlier_indices, m.outlier_values) if t is not None)
+                                    m.outlier_indices, m.outlier_values, m.input_scale)
+                          if t is not None)
         elif isinstance(m, TableLinear):
             linear += round(m.bits_per_weight() * m.in_features * m.out_features / 8)
         elif isinstance(m, nn.Linear):

@@ -7,15 +7,18 @@ quantized to i8 in an integer dot (VNNI). That holds for every unsigned, two's c
 and bipolar integer format of 1..8 bits (bipolar through SC = 1/2: the byte is the code) and
 for f4e2m1fn (values times 2 are -12..12), not for code books or wider floats: those keep f32
 activations.
-The activations are quantized per row and block of QB columns: the weight group, or its
-largest divisor of at most MAX_BLOCK that is a multiple of 32.
+The activations are quantized once per call (quantize_a8.lbk) per row and block of QB
+columns: the weight group, or its largest divisor of at most MAX_BLOCK that is a multiple of
+32; matmul_a8.lbk then multiplies the codes with every weight row.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from lowbitc.compiler import Kernel
 from lowbitc.errors import UserArgumentError
+from lowbitc.kernels import get_kernel
 
 ACTS = ("f32", "i8")  # what ops.matmul's `act` takes
 MAX_BLOCK = 128  # activation block: at most this many columns share one int8 scale
@@ -63,11 +66,12 @@ def block(group: int) -> int:
     return 32
 
 
-def rows_tile(M: int, N: int) -> int:
-    """Weight rows per program: wide tiles share each quantized activation block (256 when
-    several activation rows do), a divisor of N where one exists, so that every window is
+def rows_tile(M: int, N: int, bits: int = 4) -> int:
+    """Weight rows per program: wide tiles share each activation block's broadcasts and the
+    per-block f32 corrections (256 rows; 128 for bytes in memory order, whose 16 rows per
+    block are separate streams), a divisor of N where one exists, so that every window is
     whole 16-row blocks (the fused byte dot's condition)."""
-    widest = 128 if M == 1 else 256
+    widest = 128 if bits == 8 and M == 1 else 256
     for bn in (256, 128, 64, 32, 16):
         if bn <= widest and N % bn == 0:
             return bn
@@ -83,4 +87,25 @@ def params(wtype, group: int, zero_point: bool, M: int, act: str,
     sc, lo = m
     bm = 1 if M == 1 else min(16, 1 << (M - 1).bit_length())
     return {"W": wtype, "SC": sc, "LO": lo, "ZP": bool(zero_point), "QB": block(group),
-            "BM": bm, "BN": rows_tile(M, N)}
+            "BM": bm, "BN": rows_tile(M, N, wtype.bits)}
+
+
+def matmul(k: Kernel, x: np.ndarray, adt: str, w, scales: np.ndarray,
+           zeros: np.ndarray, y: np.ndarray, group: int) -> None:
+    """y = x @ w.T through matmul_a8 `k`: the activations quantized once (quantize_a8, per
+    row and block), then the integer dot with every weight row. scales and zeros (a [1, 1]
+    placeholder without zero points) come group-major, [G, N]."""
+    M, K = x.shape
+    quant = _QUANTIZERS.get((k, adt))
+    if quant is None:
+        quant = _QUANTIZERS[k, adt] = get_kernel("quantize_a8", A=adt, BM=k.params["BM"],
+                                                 QB=k.params["QB"])
+    kb = -(-K // k.params["QB"])
+    xq = np.empty((M, K), np.int8)
+    xd = np.empty((kb, M), np.float32)
+    xs = np.empty((kb, M), np.float32)
+    quant(x, xq, xd, xs)
+    k(xq, xd, xs, w, scales, zeros, y, group)
+
+
+_QUANTIZERS: dict[tuple, Kernel] = {}  # (matmul_a8 kernel, activation dtype) -> quantize_a8

@@ -184,7 +184,7 @@ def _op_target(op: str, shapes: object, wtype: Any, group: int, zero_point: bool
         name = matmul_kernel_name(fmt, act, backend)
         params = (mma_params(dims["M"], fmt, group, zero_point, act) if name == "matmul_mma"
                   else matmul_params(dims["M"], WeightSpec(fmt, group, () if zero_point else None),
-                                     act))
+                                     act, N=dims.get("N", 0)))
         tuned = _tuned_names(kernel_path(name))
         return Target(kernel_path(name), None, {n: v for n, v in params.items() if n not in tuned},
                       {"group": group}, dims, {n: v for n, v in params.items() if n in tuned},

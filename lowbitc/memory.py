@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lowbitc.mixture import TableQTensor
 from lowbitc.ops import weight_storage
 from lowbitc.quant import QTensor
 
@@ -47,6 +48,8 @@ def weight_bytes(qw: QTensor) -> int:
     """Bytes a kernel reads for the weight: its storage, scales, zero points and outliers."""
     zeros = 0 if qw.zeros is None else qw.zeros.nbytes
     sparse = 0 if qw.sparse is None else qw.sparse.nbytes
+    if isinstance(qw, TableQTensor):  # packed codes and a byte per group's table index
+        return int(qw.packed.nbytes + qw.scales.nbytes + zeros + sparse + qw.index.size)
     return int(weight_storage(qw).nbytes + qw.scales.nbytes + zeros + sparse)
 
 

@@ -10,6 +10,8 @@ reconstruction has the least squared error (`group_errors`); ties go to the earl
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +20,8 @@ from lowbitc.dtypes import Format
 from lowbitc.dtypes import dtype as get_dtype
 from lowbitc.errors import UserArgumentError
 from lowbitc.outliers import Sparse
+from lowbitc.packing import pack
+from lowbitc.repack import PackedWords, cached_packing
 
 MAX_MEMBERS = 4
 
@@ -65,6 +69,54 @@ class TableQTensor:
         if self.sparse is not None:
             v[self.sparse.rows, self.sparse.indices] += self.sparse.values.astype(np.float32)
         return v
+
+    @functools.cached_property
+    def member_formats(self) -> tuple[Format, ...] | None:
+        """The member formats when every table is a named format's values (what the compiled
+        kernel, lowbitc/kernels/matmul_mix.lbk, decodes); None for fitted tables."""
+        if not self.names or len(self.names) != len(self.tables):
+            return None
+        try:
+            members = tuple(get_dtype(n) for n in self.names)
+        except (UserArgumentError, KeyError, ValueError):
+            return None
+        same = all(f.bits == self.bits and np.array_equal(t, f.values())
+                   for f, t in zip(members, self.tables))
+        return members if same else None
+
+    @functools.cached_property
+    def group_major(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """scales, zeros (or None) float32 and table indices uint8, each transposed to
+        group-major [G, N] as the kernel reads them (made once, cached, never saved)."""
+        zeros = None if self.zeros is None else np.ascontiguousarray(self.zeros.T)
+        return (np.ascontiguousarray(self.scales.T), zeros,
+                np.ascontiguousarray(self.index.T).astype(np.uint8))
+
+    @functools.cached_property
+    def packed(self) -> np.ndarray:
+        """Canonical packed codes, uint32 [N, ceil(K * bits / 32)] (lowbitc.packing)."""
+        return pack(self.codes, self.bits)
+
+    def packed_as(self, packing) -> PackedWords:
+        """The codes in a kernel's packing (cached, as QTensor.packed_as)."""
+        return cached_packing(self, self.codes, packing)
+
+    def replica(self) -> TableQTensor:
+        """The same weight in fresh memory for what the kernel reads (packed words, scales,
+        zeros, indices and the packings made so far), as QTensor.replica."""
+        def copy(a):
+            return None if a is None else a.copy()
+
+        twin = dataclasses.replace(self, scales=self.scales.copy(), zeros=copy(self.zeros),
+                                   index=self.index.copy(), sparse=copy(self.sparse))
+        for name in ("packed", "group_major"):
+            if name in self.__dict__:
+                v = self.__dict__[name]
+                twin.__dict__[name] = tuple(map(copy, v)) if isinstance(v, tuple) else v.copy()
+        twin.__dict__["_repacked"] = {
+            p: PackedWords(w.words.copy(), w.packing, w.count)
+            for p, w in self.__dict__.get("_repacked", {}).items()}
+        return twin
 
     def bits_per_weight(self, scale_bits: int = 32) -> float:
         """Storage per weight: codes, scales, zeros, table indices, tables and outliers."""

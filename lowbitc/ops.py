@@ -25,6 +25,7 @@ from lowbitc.kv.attention import attention_decode as kv_attention_decode
 from lowbitc.mixture import TableQTensor
 from lowbitc.mma_plan import MMA_ACTIVATIONS, mma_format, mma_params
 from lowbitc.offset import OffsetQTensor, finish_dequantize, permute_input, subtract_offsets
+from lowbitc.passes.bitpack_lanes import planes_format
 from lowbitc.quant import QTensor
 from lowbitc.tuned import tuned_config
 
@@ -74,9 +75,14 @@ def matmul_fixed(wtype, act: str, zero_point: bool, M: int = 1) -> dict:
     return {"W": wtype, "A": act, "ZP": bool(zero_point), "EARLY": early}
 
 
-def matmul_params(M: int, qw: QTensor, act: str, backend: str = "llvm") -> dict:
+PLANES_BN = 256  # GEMV rows per block for the planes packing's formats (<= 3-bit integers)
+
+
+def matmul_params(M: int, qw: QTensor, act: str, backend: str = "llvm", N: int = 0) -> dict:
     """Default tile parameters by problem shape (GEMV for M = 1, GEMM tiles otherwise); the
-    LLVM backend's GEMM path (M > 8) takes tall row tiles, other backends keep 8 x 32."""
+    LLVM backend's GEMM path (M > 8) takes tall row tiles, other backends keep 8 x 32; a GEMV
+    of a <= 3-bit integer format over N rows, a multiple of PLANES_BN, takes that many rows
+    per block."""
     # up to 8 rows share each decoded weight vector in registers (the backend's fused dot)
     bm = 1 if M == 1 else 2 if M == 2 else 4 if M <= 4 else 8
     g = qw.group_size
@@ -84,7 +90,12 @@ def matmul_params(M: int, qw: QTensor, act: str, backend: str = "llvm") -> dict:
     # a multiple of 32 so the backend can decode whole words in registers
     bk = 128 if g % 128 == 0 else 64 if g % 64 == 0 else 32
     bn = 64
-    if M > GEMM_ROWS and backend == "llvm":
+    if M <= GEMM_ROWS and backend == "llvm" and N and N % PLANES_BN == 0 and \
+            planes_format(qw.dtype.values(), qw.dtype.bits):
+        # the planes dot builds its tables of partial activation sums once per block and
+        # K window: wider blocks share them (u2 GEMV 1.3x less work in cache than BN = 64)
+        bn = PLANES_BN
+    elif M > GEMM_ROWS and backend == "llvm":
         bm = gemm_rows(M)
         bn = 128 if bm >= 64 else 64  # tall row tiles amortise their activation loads wider
     elif M > GEMM_ROWS:
@@ -111,13 +122,13 @@ def matmul_choice(M: int, N: int, K: int, qw, adt: str, act: str = "f32",
     if backend == "llvm":
         p = a8.params(qw.dtype, qw.group_size, qw.zeros is not None, M, act, N)
         if p is not None:
-            return "matmul_a8", {**p, "A": adt}
+            return "matmul_a8", p
     name = matmul_kernel_name(qw.dtype, adt, backend)
     if name == "matmul_mma":
         params = mma_params(M, qw.dtype, qw.group_size, qw.zeros is not None, adt)
         fixed = {n: params[n] for n in ("W", "A", "ZP", "TH")}
     else:
-        params = matmul_params(M, qw, adt, backend)
+        params = matmul_params(M, qw, adt, backend, N)
         fixed = {n: params[n] for n in ("W", "A", "ZP", "EARLY")}
     params.update(tuned_params(name, fixed, qw.group_size, {"M": M, "N": N, "K": K}, backend))
     return name, params
@@ -163,10 +174,11 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
            out: np.ndarray | None = None, act: str = "f32") -> np.ndarray:
     """x[M, K] (float32, float16 or bfloat16) @ qw.dequantize().T -> float32 [M, N]
     (written to `out` if given). Outliers (`qw.sparse`) are a second pass over the output;
-    a TableQTensor (per-group or per-row tables) has no kernel yet and multiplies its
-    dequantized weights. `act="i8"` quantizes the activations to int8 in the kernel (per row
-    and block, lowbitc/a8.py) and multiplies integers (VNNI) for the formats that allow it on
-    the LLVM backend; other formats and backends keep exact f32 activations."""
+    a TableQTensor mixing named formats per group runs matmul_mix.lbk (LLVM, up to 8 rows);
+    fitted per-row tables multiply their dequantized weights. `act="i8"` quantizes the
+    activations to int8 in the kernel (per row and block, lowbitc/a8.py) and multiplies
+    integers (VNNI) for the formats that allow it on the LLVM backend; other formats and
+    backends keep exact f32 activations."""
     qw = _check_qtensor(qw)
     act = a8.check_act(act)
     if not isinstance(x, np.ndarray):
@@ -194,8 +206,7 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
     if M == 0 or N == 0:
         return y
     if isinstance(qw, TableQTensor):
-        np.matmul(x.astype(np.float32), qw.dequantize().T, out=y)
-        return y
+        return _table_matmul(x, qw, y, adt, backend)
     plan = ("matmul", backend, qw.dtype, adt, qw.zeros is not None, qw.group_size, M, N, K,
             act, offsets is not None)
     k = _plan(plan)
@@ -206,12 +217,53 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
             # are subtracted in the kernel
             params.update(GM=not params["EARLY"], OFF=offsets is not None)
         k = _remember(plan, get_kernel(name, backend, **params))
+    if k.name == "matmul_a8":  # scales and zeros group-major, activations quantized first
+        scales, zeros = qw.group_major
+        a8.matmul(k, x, adt, weight_storage(qw, k), scales,
+                  _NO_ZEROS if zeros is None else zeros, y, qw.group_size)
+        if qw.sparse is not None:
+            qw.sparse.matmul_add(x, y, backend)
+        return y
     gm = k.params.get("GM")
     scales, zeros = qw.group_major if gm else (qw.scales, qw.zeros)
     if offsets is not None:
         zeros = offsets.by_group if gm else offsets.offsets
     zeros = zeros if zeros is not None else _NO_ZEROS
     launch_matmul(k, x, weight_storage(qw, k), scales, zeros, y, qw.group_size, K)
+    if qw.sparse is not None:
+        qw.sparse.matmul_add(x, y, backend)
+    return y
+
+
+def mix_params(qw: TableQTensor, M: int, adt: str) -> dict:
+    """matmul_mix's parameters for a mixture of named formats (members padded to 4)."""
+    members, g = qw.member_formats, qw.group_size
+    params = {f"W{i}": f for i, f in enumerate(members + (members[0],) * (4 - len(members)))}
+    params.update(T=len(members), A=adt, ZP=qw.zeros is not None,
+                  BM=1 if M == 1 else 2 if M == 2 else 4 if M <= 4 else 8, BN=64,
+                  BK=128 if g % 128 == 0 else 64 if g % 64 == 0 else 32)
+    return params
+
+
+def _table_matmul(x: np.ndarray, qw: TableQTensor, y: np.ndarray, adt: str,
+                  backend: str) -> np.ndarray:
+    """A per-group mixture of named formats with few activation rows runs matmul_mix.lbk on
+    the LLVM backend (each group decoded with its member's table); fitted tables, more rows
+    and other backends multiply the dequantized weights."""
+    M, K = x.shape
+    members = qw.member_formats
+    if backend != "llvm" or M > GEMM_ROWS or members is None:
+        np.matmul(x.astype(np.float32), qw.dequantize().T, out=y)
+    else:
+        plan = ("matmul_mix", backend, members, adt, qw.zeros is not None, qw.group_size, M)
+        k = _plan(plan)
+        if k is None:
+            k = _remember(plan, get_kernel("matmul_mix", backend, **mix_params(qw, M, adt)))
+        scales, zeros, index = qw.group_major
+        packing = k.packings.get("w")
+        words = qw.packed if packing is None else qw.packed_as(packing)
+        k(x, words, scales, zeros if zeros is not None else _NO_ZEROS, index, y,
+          qw.group_size, K=K)
     if qw.sparse is not None:
         qw.sparse.matmul_add(x, y, backend)
     return y

@@ -26,7 +26,7 @@ from lowbitc.errors import UserArgumentError
 from lowbitc.outliers import Sparse
 from lowbitc.packing import pack, unpack
 from lowbitc.quant_errors import _affine_sums, _compiled, _errors
-from lowbitc.repack import PackedWords, Packing
+from lowbitc.repack import PackedWords, Packing, cached_packing
 
 # Search grids: clipping ratios (of the largest magnitude, or of the half range), then a
 # finer grid in units of the coarse step around the best. Non-uniform formats (floats, code
@@ -91,12 +91,7 @@ class QTensor:
     def packed_as(self, packing: Packing) -> PackedWords:
         """The codes in a kernel's layout-specific packing (`Kernel.packings`), transformed
         once and cached on this QTensor (never saved in its file)."""
-        cache = self.__dict__.setdefault("_repacked", {})
-        words = cache.get(packing)
-        if words is None:
-            words = cache[packing] = PackedWords(packing.from_codes(self.codes), packing,
-                                                 self.shape[1])
-        return words
+        return cached_packing(self, self.codes, packing)
 
     @functools.cached_property
     def group_major(self) -> tuple[np.ndarray, np.ndarray | None]:

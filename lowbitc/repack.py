@@ -284,3 +284,13 @@ class PackedWords:
     words: np.ndarray
     packing: Packing
     count: int
+
+
+def cached_packing(holder, codes: np.ndarray, packing: Packing) -> PackedWords:
+    """`codes` [N, K] in `packing`, transformed once and cached on `holder` (a QTensor or
+    TableQTensor: in its `_repacked` dict, never saved in its file)."""
+    cache = holder.__dict__.setdefault("_repacked", {})
+    words = cache.get(packing)
+    if words is None:
+        words = cache[packing] = PackedWords(packing.from_codes(codes), packing, codes.shape[1])
+    return words

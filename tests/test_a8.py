@@ -118,7 +118,8 @@ def test_formats_that_take_int8_activations():
     assert a8.byte_map(lowbitc.dtype("f4e2m1fn")) == (2.0, -12.0)
     assert [a8.block(g) for g in (32, 48, 64, 128, 256, 96 * 4)] == [32, 48, 64, 128, 128, 128]
     assert [a8.rows_tile(m, n) for m, n in ((1, 4096), (16, 4096), (16, 384), (3, 80))] == \
-        [128, 256, 128, 16]
+        [256, 256, 128, 16]
+    assert [a8.rows_tile(m, 4096, 8) for m in (1, 16)] == [128, 256]  # bytes in memory order
 
 
 def a8_bound(x: np.ndarray, w_hat: np.ndarray, qb: int) -> np.ndarray:
@@ -172,11 +173,23 @@ def test_a8_fused_matches_interpreter(fmt, zp):
     if fmt not in ("u8", "i8"):  # (those are bytes in memory order)
         assert k.packings["w"].name == "rows16"
     x = rng.standard_normal((M, K)).astype(np.float32)
-    zeros = qw.zeros if zp else np.zeros((1, 1), np.float32)
+    # the activations quantized once (quantize_a8): compiled and interpreted agree exactly
+    quant = ops.get_kernel("quantize_a8", A="f32", BM=params["BM"], QB=params["QB"])
+    kb = -(-K // params["QB"])
+    outs = []
+    for run in (quant, quant.interpret):
+        xq = np.zeros((M, K), np.int8)
+        xd, xs = np.zeros((kb, M), np.float32), np.zeros((kb, M), np.float32)
+        run(x, xq, xd, xs)
+        outs.append((xq, xd, xs))
+    for got, want in zip(outs[0], outs[1], strict=True):
+        np.testing.assert_array_equal(got, want)
+    scales, zeros = qw.group_major
+    zeros = zeros if zp else np.zeros((1, 1), np.float32)
     ys = []
     for run in (k, k.interpret):
         y = np.zeros((M, N), np.float32)
-        run(x, ops.weight_storage(qw, k), qw.scales, zeros, y, group, K=K)
+        run(*outs[1], ops.weight_storage(qw, k), scales, zeros, y, group, K=K)
         ys.append(y)
     np.testing.assert_allclose(ys[0], ys[1], rtol=1e-5, atol=1e-5 * np.abs(ys[1]).max())
 

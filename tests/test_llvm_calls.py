@@ -53,3 +53,29 @@ def test_dequantize_of_one_bit_codes_beside_a_float_tensor_of_the_same_shape(nam
     qw = lowbitc.quantize(rng.standard_normal((37, 200)).astype(np.float32), name, 64)
     got = lowbitc.ops.dequantize(qw)
     assert np.array_equal(got.view(np.uint32), qw.dequantize().view(np.uint32))
+
+
+ROWSUM = """
+kernel rowsum[ROW: int = 1](s: f32[G, N], y: f32[1, N]) grid (cdiv(N, 64)) {
+  acc = zeros(f32, [64])
+  for g in range(0, G) {
+    r = g
+    if ROW == 0 { r = 0 }
+    acc = acc + load(s[r, block.x * 64 :+ 64])
+  }
+  store(y[0, block.x * 64 :+ 64], acc)
+}
+"""
+
+
+@pytest.mark.parametrize("row", [1, 0])
+def test_a_row_window_at_the_loop_counter_prefetches_rows_ahead(row):
+    """A window of row `g` of a 2-D tensor in a loop over g (the GEMV's group-major scales)
+    prefetches its row iterations ahead (4 lines of 64 bytes here); a fixed row does not.
+    The rows past the tensor's end are prefetched too, which never faults."""
+    k = lowbitc.compile(ROWSUM, ROW=row)
+    s = np.random.default_rng(0).standard_normal((5, 200)).astype(np.float32)
+    y = np.zeros((1, 200), np.float32)
+    k(s, y)
+    np.testing.assert_allclose(y[0], s.sum(0) if row else 5 * s[0], rtol=1e-6, atol=1e-6)
+    assert k.text("llvm").count("call void @llvm.prefetch") == (4 if row else 0)

@@ -6,6 +6,7 @@ import pytest
 
 import lowbitc
 from lowbitc import ops
+from lowbitc.backends.llvm import decode
 from lowbitc.errors import UserArgumentError
 from lowbitc.ir.types import numpy_dtype
 from lowbitc.quant import quantize
@@ -50,6 +51,37 @@ def test_matmul_every_format(name, m):
 def test_matmul_m3_and_other_groups(name):
     for n, k, g in [(5, 33, 7), (64, 256, 128), (3, 1, 1)]:
         _check_matmul(_qw(name, n=n, k=k, group=g), 3)
+
+
+@pytest.mark.parametrize("name", ["u1", "u2", "i3", "b2", "u4"])
+def test_gemv_blocks_of_256_rows_for_the_planes_formats(name):
+    """A GEMV of a <= 3-bit integer format over N a multiple of ops.PLANES_BN rows takes
+    blocks of that many (its tables of activation sums are shared by more rows); other
+    formats and other N keep 64; the results are exact either way."""
+    for n, m in [(512, 1), (512, 4), (320, 1)]:
+        qw = _qw(name, n=n, k=300, group=64)
+        bn = ops.matmul_params(m, qw, "f32", N=n)["BN"]
+        wide = name != "u4" and n % ops.PLANES_BN == 0
+        assert bn == (ops.PLANES_BN if wide else 64)
+        _check_matmul(qw, m)
+    assert ops.matmul_params(1, _qw(name, n=512), "f32")["BN"] == 64  # N unknown
+
+
+def test_gemv_blocks_of_256_rows_without_avx512(monkeypatch):
+    """Without AVX-512 the planes formats' GEMV reads the same words with the rows dot, and
+    the 256-row blocks stay exact (the kernel compiled afresh: the IR differs)."""
+    monkeypatch.setenv("LOWBITC_NO_CACHE", "1")
+    monkeypatch.setattr(decode, "permutes", lambda: False)
+    qw = _qw("u2", n=512, k=300, group=64)
+    params = ops.matmul_params(1, qw, "f32", N=512)
+    k = lowbitc.compile(ops.kernel_path("matmul"), **params, GM=True, OFF=False)
+    assert params["BN"] == ops.PLANES_BN and "avx512" not in k.text("llvm")
+    x = np.random.default_rng(1).standard_normal((1, 300)).astype(np.float32)
+    y = np.zeros((1, 512), np.float32)
+    s, z = qw.group_major
+    k(x, ops.weight_storage(qw, k), s, z, y, qw.group_size, K=300)
+    ref = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
+    assert np.abs(y - ref).max() / np.abs(ref).max() < 2e-5
 
 
 @pytest.mark.parametrize("act", [np.float16, "bf16"])

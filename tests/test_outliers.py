@@ -8,7 +8,7 @@ from cuda_checks import assemble_without_spills, needs_toolchain, run_simulator_
 import lowbitc
 from lowbitc import ops
 from lowbitc.errors import UserArgumentError
-from lowbitc.outliers import outlier_mask
+from lowbitc.outliers import Sparse, outlier_mask
 from lowbitc.quant import load
 
 
@@ -39,6 +39,33 @@ def test_dense_plus_sparse_is_the_dequantized_sum(fmt, zp, outliers):
     x = np.random.default_rng(1).standard_normal((3, w.shape[1])).astype(np.float32)
     np.testing.assert_allclose(ops.matmul(x, qw), x @ expect.T, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(ops.dequantize(qw), expect)
+
+
+@pytest.mark.parametrize("m,n,k,counts", [
+    (1, 130, 40, [0, 1, 15, 16, 17, 31, 32, 33, 40]),  # the 16-entry steps and their tails
+    (3, 70, 300, None),  # several activation rows, a last block of 6 rows
+    (2, 5, 7, [0, 0, 0, 0, 0]),  # no entries at all
+])
+@pytest.mark.parametrize("value_dtype", [np.float16, np.float32])
+def test_native_sparse_pass_adds_every_entry(m, n, k, counts, value_dtype):
+    """The CPU pass (backends/llvm/sparse.py, f16 values widened in the kernel) against a
+    float64 product, rows holding 0 to K entries, with y's previous contents kept."""
+    rng = np.random.default_rng(5)
+    if counts is None:
+        counts = rng.integers(0, k // 3, n)
+    counts = np.resize(np.asarray(counts), n)
+    d = np.zeros((n, k), np.float32)
+    for r, c in enumerate(counts):
+        d[r, rng.choice(k, c, replace=False)] = rng.standard_normal(c)
+    rows, cols = np.nonzero(d)
+    indptr = np.zeros(n + 1, np.int32)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    sp = Sparse((n, k), indptr, cols.astype(np.int32), d[rows, cols].astype(value_dtype))
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    y = rng.standard_normal((m, n)).astype(np.float32)
+    expect = y.astype(np.float64) + x.astype(np.float64) @ sp.to_dense().astype(np.float64).T
+    assert sp.matmul_add(x, y) is y
+    np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-5)
 
 
 def test_fraction_keeps_the_largest_magnitudes_and_columns_keep_whole_columns():

@@ -2,6 +2,9 @@
 array and reused while its contents are unchanged (issue 15); `Kernel.prepare` does it ahead."""
 
 import gc
+import platform
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +15,8 @@ from lowbitc.backends.llvm.digest import CHUNK, WORDS, digest
 from lowbitc.benchmarks.user_cases import USER_GEMV
 from lowbitc.errors import UserArgumentError
 from lowbitc.repack import PackedWords
-from lowbitc.repack_cache import WordsCache, blake2_digest
+from lowbitc.repack_cache import SEGMENT, WordsCache, blake2_digest
+from lowbitc.write_watch import WATCH
 
 GEMV = USER_GEMV  # the natural user GEMV of the DSL tour (also the repack_* bench rows)
 RNG = np.random.default_rng(15)
@@ -121,3 +125,79 @@ def test_prepare_names_the_bad_argument():
         k.prepare("w", canon, count=200)
     with pytest.raises(UserArgumentError, match="words: expected the canonical uint32"):
         k.prepare("w", canon.astype(np.int64))
+
+
+def _tracking() -> bool:
+    """Page-table write tracking needs Linux >= 6.7 on x86_64 with userfaultfd allowed;
+    elsewhere the cache falls back to the digest and these tests are skipped."""
+    if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
+        return False
+    major, minor = (int(v) for v in re.match(r"(\d+)\.(\d+)", platform.release()).groups())
+    if (major, minor) < (6, 7):
+        return False
+    # a kernel that has it may still refuse userfaultfd (a container's seccomp profile, or
+    # vm.unprivileged_userfaultfd without UFFD_USER_MODE_ONLY): then the digest path runs
+    return WATCH.available()
+
+
+needs_tracking = pytest.mark.skipif(not _tracking(), reason="no page-table write tracking")
+
+
+@needs_tracking
+def test_large_words_skip_the_digest_and_every_write_is_seen(tmp_path):
+    k = lowbitc.compile(GEMV, W=dtype("u4"))
+    n, kk = 1024, 4096  # 2 MiB of words: tracked by the page tables, 8 segments
+    codes = RNG.integers(0, 16, (n, kk), dtype=np.uint8)
+    canon = pack(codes, 4)
+    x = RNG.standard_normal((1, kk)).astype(np.float32)
+
+    def call() -> np.ndarray:
+        y = np.zeros((1, n), np.float32)
+        k(x, canon, y)
+        return y
+
+    def check() -> None:
+        c = lowbitc.unpack(canon, 4, kk).reshape(n, kk)
+        want = x.astype(np.float64) @ dtype("u4").decode(c).astype(np.float64).T
+        np.testing.assert_allclose(call(), want, rtol=1e-5, atol=1e-3)
+
+    check()
+    assert WORDS.watched(canon)
+    t, d = WORDS.transforms, WORDS.digests
+    for _ in range(3):
+        call()
+    # no transform, and at most the two edge segments digested (their pages may be shared
+    # with neighbouring heap allocations, which were written), never the whole array
+    assert WORDS.transforms == t and WORDS.digests <= d + 2
+    assert canon.nbytes == 8 * SEGMENT
+    flat = canon.reshape(-1)
+    for i, bit in [(0, 0), (flat.size // 2 + 3, 17), (flat.size - 1, 31)]:
+        flat[i] ^= np.uint32(1 << bit)  # one bit, first, middle and last page
+        check()
+    assert WORDS.transforms == t + 3
+    canon[7:9] = canon[7:9].copy()  # written with the same contents: compared, kept
+    call()
+    assert WORDS.transforms == t + 3
+    f = tmp_path / "words.bin"
+    f.write_bytes(np.full(1000, 0x12345678, np.uint32).tobytes())
+    with open(f, "rb") as fh:  # written by the OS (read() into the buffer)
+        assert fh.readinto(memoryview(canon.reshape(-1)[5000:6000]).cast("B")) == 4000
+    check()
+    assert WORDS.transforms == t + 4
+
+
+@needs_tracking
+def test_overlapping_watched_arrays_each_see_a_write():
+    base = np.ones(1 << 18, np.uint32)
+    view = base[1 << 16 :]
+    wb, wv = WATCH.watch(base), WATCH.watch(view)
+    assert wb is not None and wv is not None
+    assert not WATCH.written(wb) and not WATCH.written(wv)
+    base[-1] = 5  # a page both hold: the first ask re-protects it, the second still sees it
+    assert WATCH.written(wb) and WATCH.written(wv)
+    assert not WATCH.written(wb) and not WATCH.written(wv)
+    base[0] = 5  # a page only the base holds
+    assert not WATCH.written(wv) and WATCH.written(wb)
+    WATCH.forget(wv)
+    WATCH.forget(wb)
+    assert WATCH.watch(np.ones(16, np.uint32)) is None  # small arrays are digested instead

@@ -14,6 +14,7 @@ import pytest
 
 import lowbitc
 from lowbitc import dtype, pack
+from lowbitc.benchmarks.user_cases import awq_pack
 
 USER = Path(__file__).resolve().parents[1] / "examples" / "user"
 RNG = np.random.default_rng(1515)
@@ -81,22 +82,36 @@ def test_dequantize_to_half(w, t):
     _torch_check(k, ["y"], args[:3] + [kk], want, tol=0.0)
 
 
-@pytest.mark.parametrize("fmt", ["Q8_0", "Q4_0"])
-def test_gguf_blocks_read_as_stored(fmt):
+@pytest.mark.parametrize("fmt, source", [("Q8_0", "gguf"), ("Q4_0", "gguf"), ("Q5_0", "gguf"),
+                                         ("Q5_0", "random"), ("Q4_K", "lowbitc"),
+                                         ("Q4_K", "random")])
+def test_gguf_blocks_read_as_stored(fmt, source):
+    """The raw blocks (quantized by gguf, by lowbitc's K-quant encoder where gguf only reads
+    the type, or random bytes with finite f16 scales: every bit pattern of the packed
+    scales, mins and high bits) against gguf's own dequantize."""
     gguf = pytest.importorskip("gguf", reason="the GGUF oracle is the gguf package")
+    from lowbitc.interop.kquants import quantize_blocks
+
     qtype = getattr(gguf.GGMLQuantizationType, fmt)
-    n, kk, m = 40, 256, 2
-    raw = gguf.quants.quantize(RNG.standard_normal((n, kk)).astype(np.float32), qtype)
+    block, per = gguf.constants.GGML_QUANT_SIZES[qtype]  # weights, bytes per block
+    n, kk, m = 40, 512, 2
+    if source == "random":
+        raw = RNG.integers(0, 256, (n * kk // block, per), dtype=np.uint8)
+        halves = 2 if fmt == "Q4_K" else 1  # d (and dmin) lead the block
+        raw[:, : 2 * halves] = (RNG.random((raw.shape[0], halves)) * 0.05).astype(
+            np.float16).view(np.uint8)
+        raw = raw.reshape(n, -1)
+    else:
+        raw = quantize_blocks(RNG.standard_normal((n, kk)).astype(np.float32), fmt)
     w_hat = gguf.quants.dequantize(raw, qtype).astype(np.float64)
-    per = raw.shape[1] // (kk // 32)  # bytes per block
     k = lowbitc.compile(USER / f"gguf_{fmt.lower()}_gemv.lbk")
     x = RNG.standard_normal((m, kk)).astype(np.float32)
     want = x.astype(np.float64) @ w_hat.T
-    stored = raw if fmt == "Q8_0" else raw.reshape(n, kk // 32, per)  # the same bytes
+    stored = raw if fmt in ("Q8_0", "Q4_K") else raw.reshape(n, kk // block, per)  # same bytes
     args = [x, stored, np.zeros((m, n), np.float32)]
     _both(k, args, 2, want)
     _torch_check(k, ["y"], args[:2], want)
-    if fmt == "Q8_0":  # read as stored, and fused: the dot decodes the bytes in registers
+    if fmt in ("Q8_0", "Q4_K"):  # read as stored, fused: the dot decodes bytes in registers
         dots = [ln for ln in k.explain().splitlines() if ": dot " in ln]
         assert dots and all("fused register dot (bytes" in ln for ln in dots)
 
@@ -122,16 +137,6 @@ def test_gptq_checkpoint_layout(zoff):
     assert dots and all("fused column dot" in ln for ln in dots)  # K-packed words, fused
 
 
-AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble s of a word holds column 8j + AWQ_ORDER[s]
-
-
-def _awq_pack(v: np.ndarray) -> np.ndarray:
-    """AutoAWQ's packing of 4-bit values [R, N] along N: [R, N / 8] uint32 words."""
-    r, n = v.shape
-    cols = v.reshape(r, n // 8, 8)[:, :, list(AWQ_ORDER)].astype(np.uint32)
-    return np.bitwise_or.reduce(cols << (4 * np.arange(8, dtype=np.uint32)), axis=2)
-
-
 def test_awq_checkpoint_layout():
     n, kk, gs, m = 64, 256, 128, 2
     g = kk // gs
@@ -143,9 +148,13 @@ def test_awq_checkpoint_layout():
     k = lowbitc.compile(USER / "awq_gemv.lbk", GS=gs)
     x = RNG.standard_normal((m, kk)).astype(np.float32)
     want = x.astype(np.float64) @ w.T
-    args = [x, _awq_pack(q), _awq_pack(zeros), scales, np.zeros((m, n), np.float32)]
+    args = [x, awq_pack(q), awq_pack(zeros), scales, np.zeros((m, n), np.float32)]
     _both(k, args, 4, want)
     _torch_check(k, ["y"], args[:4], want)
+    text = k.explain()  # codes along N, the zero points a leaf: the untransposed dot
+    dots = [ln for ln in text.splitlines() if ": dot " in ln]
+    assert dots and all("fused untransposed dot" in ln for ln in dots)
+    assert text.endswith("0 fallbacks")
 
 
 def test_bnb_nf4_with_double_quantized_absmax():

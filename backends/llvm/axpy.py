@@ -15,16 +15,18 @@ from __future__ import annotations
 import numpy as np
 
 from lowbitc.backends.llvm import decode, fused_leaves, fused_view
+from lowbitc.backends.llvm.columns import row_sum
 from lowbitc.backends.llvm.decode import code_tables
 from lowbitc.backends.llvm.emitter import Buf
 from lowbitc.backends.llvm.fusion import _eval_tree, codes_at
-from lowbitc.backends.llvm.fusion_plan import Plan, W, _tree, region_index, row_spaces
+from lowbitc.backends.llvm.fusion_plan import Plan, W, _tree, fold, region_index, row_spaces
 from lowbitc.backends.llvm.handlers import HANDLERS, Env
 from lowbitc.explain import muted, note, subject_of
 from lowbitc.ir.core import Region, Value
 from lowbitc.ir.types import TileType, is_float
 
 MAX_OUT = 256  # accumulator floats (rows of a x N): 16 AVX-512 registers
+AHEAD = 32  # rows of the codes window prefetched ahead
 
 
 def plan_axpy(r: Region) -> dict[int, Plan]:
@@ -48,9 +50,10 @@ def plan_axpy(r: Region) -> dict[int, Plan]:
                 and fused_view.viewable(codes)):
             continue
         tree = sorted(tree, key=lambda o: order[id(o)])
-        plans[op.results[0].id] = Plan(op, None, codes, tree,
-                                       sorted(tree + [codes], key=lambda o: order[id(o)]), b,
-                                       code_tables(tree, codes, b, defs))
+        plan = Plan(op, None, codes, tree, sorted(tree + [codes], key=lambda o: order[id(o)]),
+                    b, code_tables(tree, codes, b, defs))
+        plan.fold = fold(tree, b, 0)
+        plans[op.results[0].id] = plan
     return plans
 
 
@@ -80,6 +83,8 @@ def emit_axpy(env: Env, plan: Plan, generic_dot) -> None:
             "lanes form (one table permute per 16 codes; scales and zero points per word "
             "lane fold into the weights)" if lanes else "32 codes of a row per step"),
             "windows at the tensor's edges take the generic dot", loc=op.loc)
+        note("load", weights, f"fused into the dot at {op.loc}: never materialised",
+             loc=codes.loc)
         (_fused_lanes if lanes else _fused)(env, plan, abuf, out, t, starts)
         em.br(done)
     em.start_block(slow)
@@ -112,10 +117,12 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
 
     def step(k: str, accs: list[str]) -> list[str]:
         row = em.val(f"add i64 {starts[0]}, {k}")
+        _prefetch_ahead(em, plan, t, starts, row, AHEAD, n_cols)
         nxt = list(accs)
         splats = _column(em, abuf, k, W)
         for c in range(chunks):
-            w = _eval_tree(env, plan, codes_at(em, plan, t, starts, row, str(c)), k, str(c))
+            w = _eval_tree(env, plan, codes_at(em, plan, t, starts, row, str(c)), k, str(c),
+                           plan.fold[0] if plan.fold else None)
             for i in range(m):
                 prod = em.val(f"fmul reassoc contract {va} {splats[i]}, {w}")
                 j = i * chunks + c
@@ -124,6 +131,18 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
 
     accs = em.loop("0", str(k_rows), None, carried=[(va, "zeroinitializer")] * (m * chunks),
                    body_carried=step)
+    if plan.fold is not None:  # acc = V * (sum a*Y - U * sum a), once per window
+        _, u, v = plan.fold
+        shape = (k_rows, n_cols)
+        for i in range(m):
+            sa = em.val(f"insertelement {va} poison, float {row_sum(em, abuf, i, k_rows)}, "
+                        "i64 0")
+            sa = em.val(f"shufflevector {va} {sa}, {va} poison, <{W} x i32> zeroinitializer")
+            for c in range(chunks):
+                uv, vv = (fused_leaves.leaf(env, x, shape, "0", str(c)) for x in (u, v))
+                j = i * chunks + c
+                shifted = em.val(f"fsub {va} {accs[j]}, {em.val(f'fmul {va} {uv}, {sa}')}")
+                accs[j] = em.val(f"fmul {va} {vv}, {shifted}")
     for i in range(m):
         for c in range(chunks):
             p = em.gep(out, em.flat_index([str(i), str(c * W)], out.shape))
@@ -158,6 +177,24 @@ def affine(plan: Plan) -> tuple[Value, Value | None, Value | None] | None:
             and op.operands[0].id in made:
         y, u = bare(op.operands[0]), op.operands[1]
     return (y, u, s) if y.id in plan.tables else None
+
+
+def _prefetch_ahead(em, plan: Plan, t, starts: list[str], row: str, ahead: int,
+                    n_cols: int) -> None:
+    """Prefetch the window's bytes of row + `ahead` (the rows are a whole tensor row apart, a
+    stride the hardware prefetchers lose track of, as in fusion._prefetch_next and
+    columns.py), one prefetch per 64 bytes."""
+    em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
+    n = em.val(f"mul i64 {em.val(f'add i64 {row}, {ahead}')}, {t.strides[0]}")
+    if plan.codes.opcode == "load":  # bytes
+        bits, elem, first = 8, "i8", starts[1]
+    else:  # words: 32 codes are `bits` words
+        bits, elem = plan.codes.attrs.bits, "i32"
+        first = em.val(f"mul i64 {em.val(f'lshr i64 {starts[1]}, 5')}, {bits}")
+    base = em.val(f"getelementptr {elem}, ptr {t.ptr}, i64 {em.val(f'add i64 {n}, {first}')}")
+    for off in range(0, max(1, n_cols * bits // 8), 64):
+        p = em.val(f"getelementptr i8, ptr {base}, i64 {off}")
+        em.emit(f"call void @llvm.prefetch.p0(ptr {p}, i32 0, i32 3, i32 1)")
 
 
 def _by_lanes(plan: Plan, abuf: Buf) -> bool:

@@ -160,6 +160,7 @@ def _for(env: Env, op: Op) -> None:
             em.copy(init, b)
             bufs[j] = b
     sc = [(j, lltype(r.type.dtype), inits[j]) for j, r in enumerate(op.results) if j not in bufs]
+    env.steps[body.args[0].id] = step  # loads of row `counter` prefetch rows ahead (ops_memory)
 
     def run(i: str, phis: list[str]) -> list[str]:
         vals: list = []

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from lowbitc.backends.llvm.emitter import Buf, lltype
 from lowbitc.backends.llvm.fusion import vector_at, vector_op
-from lowbitc.backends.llvm.fusion_plan import FUSIBLE, MAX_ROWS, region_index
+from lowbitc.backends.llvm.fusion_plan import FUSIBLE, MAX_ROWS, _derived, fold, region_index
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view
 from lowbitc.explain import muted, note, subject_of
@@ -85,28 +85,8 @@ def plan_columns(r: Region) -> dict[int, ColumnPlan]:
         deferred = sorted(tree + chain + [tr], key=lambda o: order[id(o)])
         plans[op.results[0].id] = ColumnPlan(op, chain[0], chain[3], tree, deferred, e,
                                              format_bits(chain[2].attrs.dtype),
-                                             _fold(tree, e))
+                                             fold(tree, e, -1))
     return plans
-
-
-def _k_invariant(v: Value) -> bool:
-    return not isinstance(v.type, TileType) or v.type.shape[-1] == 1
-
-
-def _fold(tree: list[Op], root: Value) -> tuple[Value, Value, Value] | None:
-    """(Y, U, V) when E = (Y - U) * V (either order of the product) with U and V leaves of E
-    that are constant along K and float, else None."""
-    made = {op.results[0].id: op for op in tree}
-    mul = made.get(root.id)
-    if mul is None or mul.opcode != "mul" or root.type.dtype != "f32":
-        return None
-    for x, v in (mul.operands, mul.operands[::-1]):
-        sub = made.get(x.id)
-        if (sub is not None and sub.opcode == "sub" and v.id not in made and _k_invariant(v)
-                and sub.operands[0].type.dtype == "f32"
-                and sub.operands[1].id not in made and _k_invariant(sub.operands[1])):
-            return sub.operands[0], sub.operands[1], v
-    return None
 
 
 def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value):
@@ -130,17 +110,7 @@ def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value):
         stack.extend(op.operands)
     if len(chains) != 1:
         return None
-    # ops of E that do not depend on the codes (a zero point plus a constant, ...) are leaves,
-    # computed once on their small tiles before the dot rather than per code
-    derived, grew = {chains[0][3].results[0].id}, True
-    while grew:
-        grew = False
-        for op in seen.values():
-            r = op.results[0].id
-            if r not in derived and any(v.id in derived for v in op.operands):
-                derived.add(r)
-                grew = True
-    seen = {k: op for k, op in seen.items() if op.results[0].id in derived}
+    seen = _derived(seen, chains[0][3])
     inside: dict[int, int] = {}
     for op in seen.values():
         for v in op.operands:
@@ -255,16 +225,33 @@ def _fast(env: Env, plan: ColumnPlan, abuf: Buf, out: Buf, t, starts: list[str])
             old = em.val(f"load {vf}, ptr {p}, align 4")
             em.emit(f"store {vf} {em.val(f'fadd {vf} {old}, {accs[i]}')}, ptr {p}, align 4")
 
-    sums = []
-    if plan.fold is not None:  # sum over the window of each row of `a`
-        for i in range(m):
-            def add(k: str, acc: list[str], i: int = i) -> list[str]:
-                ai = em.val(f"add i64 {i * abuf.strides[0]}, {k}")
-                x = convert(em, em.load_elem(abuf, ai), abuf.dtype, "f32")
-                return [em.val(f"fadd float {acc[0]}, {x}")]
-            sums += em.loop("0", str(bkw * per), None, carried=[("float", "0.0")],
-                            body_carried=add)
+    sums = [row_sum(em, abuf, i, bkw * per) for i in range(m)] if plan.fold else []
     em.loop("0", str(bn // L), chunk)
+
+
+def row_sum(em, abuf: Buf, i: int, count: int) -> str:
+    """sum(a[i, 0 : count]) as a float: 16 lanes at a time where a row of `a` is contiguous,
+    the lanes summed once at the end; the rest element by element."""
+    vf = f"<{L} x float>"
+    base = i * abuf.strides[0]
+    vectors = count // L if abuf.strides[-1] == 1 else 0
+
+    def vadd(k: str, acc: list[str]) -> list[str]:
+        x = vector_at(em, abuf, em.val(f"add i64 {base}, {em.val(f'mul i64 {k}, {L}')}"), 1, L)
+        return [em.val(f"fadd {vf} {acc[0]}, {convert(em, x, abuf.dtype, 'f32', L)}")]
+
+    def add(k: str, acc: list[str]) -> list[str]:
+        at = em.val(f"add i64 {base}, {em.val(f'mul i64 {k}, {abuf.strides[-1]}')}")
+        x = convert(em, em.load_elem(abuf, at), abuf.dtype, "f32")
+        return [em.val(f"fadd float {acc[0]}, {x}")]
+
+    em.declare(f"declare float @llvm.vector.reduce.fadd.v{L}f32(float, {vf})")
+    lanes = em.loop("0", str(vectors), None, carried=[(vf, "zeroinitializer")],
+                    body_carried=vadd)[0]
+    total = em.val(f"call reassoc float @llvm.vector.reduce.fadd.v{L}f32(float 0.0, "
+                   f"{vf} {lanes})")
+    return em.loop(str(vectors * L), str(count), None, carried=[("float", total)],
+                   body_carried=add)[0]
 
 
 def _eval(env: Env, plan: ColumnPlan, codes: str, k: str, c: str,

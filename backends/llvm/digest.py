@@ -1,6 +1,7 @@
-"""A content digest of host arrays fast enough to check on every call (`lowbitc.repack.
+"""A content digest of host arrays fast enough to check on every call (`lowbitc.repack_cache.
 WordsCache`): a kernel that reads a weight in a layout-specific packing keeps the transformed
-words while the canonical array's digest is unchanged.
+words while the canonical array's digest is unchanged (digested whole per call where its pages
+cannot be watched, else only the segments holding a written page).
 
 The digest of a chunk of 8-byte words x_i is sum_i x_i * k_i mod 2^64 with odd keys
 k_i = 2*i*G + 1 (G the 64-bit golden ratio): any change of one word changes it (an odd key is
@@ -17,7 +18,13 @@ import threading
 import numpy as np
 
 from lowbitc.backends.llvm import native
-from lowbitc.backends.llvm.launch import ArgPacker, ArrayArg, GridLauncher, ScalarArg
+from lowbitc.backends.llvm.launch import (
+    ArgPacker,
+    ArrayArg,
+    GridLauncher,
+    ScalarArg,
+    block_range_ir,
+)
 from lowbitc.repack_cache import WordsCache
 
 CHUNK = 1 << 13  # 8-byte words per block (64 KiB)
@@ -44,17 +51,7 @@ entry:
   %a2 = getelementptr ptr, ptr %args, i64 2
   %p.total = load ptr, ptr %a2
   %total = load i64, ptr %p.total
-  br label %block
-block:
-  %b = phi i64 [ %begin, %entry ], [ %b.next, %tail.done ]
-  %more = icmp slt i64 %b, %end
-  br i1 %more, label %body, label %exit
-body:
-  %lo = mul i64 %b, {CHUNK}
-  %hi.0 = add i64 %lo, {CHUNK}
-  %short = icmp slt i64 %total, %hi.0
-  %hi = select i1 %short, i64 %total, i64 %hi.0
-  %n = sub i64 %hi, %lo
+{block_range_ir(CHUNK, "%total", "tail.done")}  %n = sub i64 %hi, %lo
   %nv = and i64 %n, -8
   %base = getelementptr i64, ptr %p.data, i64 %lo
   br label %vloop

@@ -50,6 +50,7 @@ class Plan:
     # E = core * 2^k (a constant): the register dot sums core * a and scales each sum once
     core: Value | None = None
     factor: float = 1.0
+    fold: tuple[Value, Value, Value] | None = None  # (Y, U, V): see `fold`
 
 
 class RegionIndex(NamedTuple):
@@ -190,6 +191,41 @@ def plan_store_fusion(r: Region) -> dict[int, Plan]:
     return plans
 
 
+def _derived(seen: dict[int, Op], codes: Op) -> dict[int, Op]:
+    """The ops of `seen` that depend on the codes; the others (a zero point's cast, a scale
+    times a constant) are leaves, computed once on their small tiles before the consumer
+    rather than per code."""
+    derived, grew = {codes.results[0].id}, True
+    while grew:
+        grew = False
+        for op in seen.values():
+            r = op.results[0].id
+            if r not in derived and any(v.id in derived for v in op.operands):
+                derived.add(r)
+                grew = True
+    return {k: op for k, op in seen.items() if op.results[0].id in derived}
+
+
+def fold(tree: list[Op], root: Value, k_axis: int) -> tuple[Value, Value, Value] | None:
+    """(Y, U, V) when E = (Y - U) * V (either order of the product) with U and V float leaves
+    of E constant along its K axis `k_axis`, else None: a dot then sums a * Y only and applies
+    V * (sum - U * sum(a)) once per window (the zero-point fold)."""
+    def k_invariant(v: Value) -> bool:
+        return not isinstance(v.type, TileType) or v.type.shape[k_axis] == 1
+
+    made = {op.results[0].id: op for op in tree}
+    mul = made.get(root.id)
+    if mul is None or mul.opcode != "mul" or root.type.dtype != "f32":
+        return None
+    for x, v in (mul.operands, mul.operands[::-1]):
+        sub = made.get(x.id)
+        if (sub is not None and sub.opcode == "sub" and v.id not in made and k_invariant(v)
+                and sub.operands[0].type.dtype == "f32"
+                and sub.operands[1].id not in made and k_invariant(sub.operands[1])):
+            return sub.operands[0], sub.operands[1], v
+    return None
+
+
 NO_CODES = "E reads no packed codes"
 
 
@@ -201,6 +237,8 @@ RESHAPING = {"view": "view", "reshape": "reshape", "transpose": "transpose",
 def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value, moved: bool = False):
     """E's fusible ops and its one load_codes, or why not (a line). Values may be shared
     inside E (a decode reuses the magnitude bits), but none of them may be used outside it.
+    Other codes loads of a smaller tile than E (zero points, one per column) are leaves,
+    loaded before the consumer and broadcast like scales.
     `moved`: a tree without codes that views, reshapes or transposes loaded data is a
     fallback too (its reason names those ops), not a plain float operand."""
     seen: dict[int, Op] = {}
@@ -233,9 +271,15 @@ def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value, moved: bool = 
                 + ": only elementwise ops over one 2-D load of codes (or u8/i8 bytes) fuse")
     if not codes:
         return NO_CODES
+    if len(codes) > 1:  # codes of a smaller tile (zero points along N) are leaves
+        full = {k: o for k, o in codes.items()
+                if fused_view.kept(o.attrs.sizes) == getattr(root.type, "shape", None)}
+        if len(full) == 1:
+            codes = full
     if len(codes) > 1:
         return (f"E reads {len(codes)} loads of codes ("
                 + ", ".join(str(o.loc) for o in codes.values()) + "); a fused E reads one")
+    seen = _derived(seen, next(iter(codes.values())))
     inside: dict[int, int] = {}
     for op in seen.values():
         for v in op.operands:

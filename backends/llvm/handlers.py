@@ -82,6 +82,7 @@ class Env:
         self.tiles: dict[int, Buf] = {}
         self.tensors: dict[int, TensorArg] = {}
         self.block: tuple[str, str, str] = ("0", "0", "0")
+        self.steps: dict[int, str] = {}  # a for loop's counter (value id) -> its step
 
     def get(self, v: Value):
         for table in (self.scalars, self.tiles, self.tensors):

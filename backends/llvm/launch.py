@@ -32,6 +32,7 @@ __all__ = [
     "GridLauncher",
     "ScalarArg",
     "num_threads",
+    "block_range_ir",
     "pack_args",
     "split_blocks",
 ]
@@ -232,6 +233,24 @@ def pack_args(signature: Sequence[Param], values: Sequence[object]) -> ctypes.Ar
     bad argument. Keep the result (its `.keep` holds the buffers) until the call returns.
     """
     return ArgPacker(signature)(values)
+
+
+def block_range_ir(unit: int, total: str, back: str) -> str:
+    """Hand-written IR of the calling convention's loop over blocks [%begin, %end), entered
+    from %entry and re-entered from label `back` (which ends `%b.next = add i64 %b, 1` and
+    `br label %block`): %b the block and [%lo, %hi) its `unit` items clamped to `total`; it
+    falls through into the block's body and leaves to %exit."""
+    return f"""  br label %block
+block:
+  %b = phi i64 [ %begin, %entry ], [ %b.next, %{back} ]
+  %more = icmp slt i64 %b, %end
+  br i1 %more, label %body, label %exit
+body:
+  %lo = mul i64 %b, {unit}
+  %hi.0 = add i64 %lo, {unit}
+  %short = icmp slt i64 {total}, %hi.0
+  %hi = select i1 %short, i64 {total}, i64 %hi.0
+"""
 
 
 def num_threads() -> int:

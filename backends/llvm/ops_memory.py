@@ -114,6 +114,8 @@ def _dense_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, gen
     nbytes = ncols * {"i8": 1, "i16": 2, "i32": 4, "i64": 8, "half": 2, "bfloat": 2,
                       "float": 4, "double": 8}[MEMTYPE[out.dtype]]
 
+    _prefetch_rows_ahead(env, op, t, starts, nbytes)
+
     def row(idx: list[str]) -> None:
         src = _row_start(env, t, starts, sizes, idx, _origin(env, op))
         dst = em.gep(out, em.flat_index(list(idx) + ["0"], out.shape) if rows else "0")
@@ -145,6 +147,31 @@ def _dense_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, gen
     generic()
     em.br(done)
     em.start_block(done)
+
+
+ROWS_AHEAD = 2  # loop iterations ahead whose row a row window prefetches (0: none)
+PREFETCH_LINES = 16  # at most this many 64-byte lines (1 KiB) per row window
+
+
+def _prefetch_rows_ahead(env: Env, op: Op, t: TensorArg, starts: list, nbytes: int) -> None:
+    """A window of one row of a 2-D tensor whose row is an enclosing for loop's counter (the
+    GEMV's per-group scales and zero points, read group-major): prefetch the row that
+    iteration counter + ROWS_AHEAD * step will read. Consecutive rows are a whole row apart
+    (pages, for N of thousands), which the hardware prefetchers do not follow, so each
+    iteration's first read would otherwise wait for memory. A prefetch never faults."""
+    sizes = op.attrs.sizes
+    step = env.steps.get(op.operands[1].id)
+    if not ROWS_AHEAD or step is None or len(sizes) != 2 or sizes[0] != 0 or not sizes[1]:
+        return
+    em = env.em
+    src = _row_start(env, t, starts, sizes, [], _origin(env, op))
+    ahead = em.val(f"mul i64 {em.val(f'mul i64 {step}, {t.strides[0]}')}, "
+                   f"{ROWS_AHEAD * (nbytes // sizes[1])}")
+    first = em.val(f"getelementptr i8, ptr {src}, i64 {ahead}")
+    em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
+    for line in range(0, min(nbytes, 64 * PREFETCH_LINES), 64):
+        q = em.val(f"getelementptr i8, ptr {first}, i64 {line}")
+        em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 3, i32 1)")
 
 
 LANES_GATHER = 16  # elements per gather of a strided 1-D window

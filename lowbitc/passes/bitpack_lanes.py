@@ -41,6 +41,12 @@ PLANES_MAX_BITS = 3
 _FUSIBLE = ELEMENTWISE | {"cast", "bitcast", "where", "lut"}
 
 
+def planes_format(values, bits: int) -> bool:
+    """Whether a weight of these code values (every code's, in order) takes the planes
+    packing in a GEMV: at most PLANES_MAX_BITS bits and affine in the code bits."""
+    return bits <= PLANES_MAX_BITS and affine_bits(values, bits) is not None
+
+
 def _dots_fed(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> list[tuple[Op, int]] | None:
     """The (dot, operand position) pairs value v reaches through elementwise ops and a
     transpose, or None when it reaches anything else."""
@@ -170,9 +176,9 @@ def choose(k: Kernel) -> dict[int, Packing | RowsPacking]:
             op.attrs.sizes[0] % LANES == 0 and tree is not None
             for (op, _), tree in zip(loads, trees, strict=True)
         ):
-            affine = bits <= PLANES_MAX_BITS and all(
+            affine = all(
                 (vals := _weight_values(op, tree, order, defs, users)) is not None
-                and affine_bits(vals, bits) is not None
+                and planes_format(vals, bits)
                 for (op, _), tree in zip(loads, trees, strict=True))
             out[p.id] = PlanesPacking(bits) if affine else RowsPacking(bits)
             note("param", p.name, f"{out[p.id].name} packing",

@@ -150,6 +150,18 @@ def _via_half(b: Builder, c: Value, fmt) -> Value:
     return b.emit("mul", v, k(float(2.0 ** (15 - fmt.bias)), "f32"))
 
 
+def _same_codes(v: Value, defs: Defs) -> Value:
+    """The tile whose codes `v` holds: through views between formats of one width (the same
+    bits read as another format's codes, as matmul_mix.lbk decodes one load with each member
+    format), so every decode of those codes reads the one load."""
+    d = defs.of(v)
+    while (d is not None and d.opcode == "view" and not is_machine(d.operands[0].type.dtype)
+           and format_of(d.operands[0].type.dtype).bits == format_of(v.type.dtype).bits):
+        v = d.operands[0]
+        d = defs.of(v)
+    return v
+
+
 def _rule(op: Op, b: Builder, defs: Defs, half: bool = False):
     if op.opcode != "cast":
         return None
@@ -160,7 +172,7 @@ def _rule(op: Op, b: Builder, defs: Defs, half: bool = False):
     if not is_machine(dst):
         return None  # encoding (quantizing) stays a cast; backends say if they support it
     fmt = format_of(src.type.dtype)
-    c = b.emit("codes", src, attrs=CastAttrs("i32"))
+    c = b.emit("codes", _same_codes(src, defs), attrs=CastAttrs("i32"))
     v = decode_codes(b, c, fmt, half)
     if dst != "f32":
         v = b.emit("cast", v, attrs=CastAttrs(dst))

@@ -20,10 +20,13 @@ from lowbitc.quant import QTensor, quantize
 
 
 def collect_hessians(model: nn.Module, names: Iterable[str],
-                     calibrate: Callable[[nn.Module], object]) -> dict[str, torch.Tensor]:
+                     calibrate: Callable[[nn.Module], object],
+                     abs_means: dict | None = None) -> dict[str, torch.Tensor]:
     """Run `calibrate(model)` with hooks on the named nn.Linear layers; returns, per name, the
-    mean of x^T x over every input row seen (float64 [K, K])."""
+    mean of x^T x over every input row seen (float64 [K, K]). A dict `abs_means` also gets,
+    per name, the mean |x| of each input column (float64 numpy [K]; lowbitc.awq)."""
     sums: dict[str, list] = {}
+    absolute: dict[str, torch.Tensor] = {}
     handles = []
 
     def hook(name):
@@ -32,6 +35,8 @@ def collect_hessians(model: nn.Module, names: Iterable[str],
             h, n = sums.get(name, (None, 0))
             xtx = x.T @ x
             sums[name] = (xtx if h is None else h + xtx, n + x.shape[0])
+            if abs_means is not None:
+                absolute[name] = absolute.get(name, 0) + x.abs().sum(0)
         return record
 
     try:
@@ -45,6 +50,9 @@ def collect_hessians(model: nn.Module, names: Iterable[str],
     missing = [n for n in names if n not in sums]
     if missing:
         raise UserArgumentError(f"calibration: the calibration run never reached {missing}")
+    if abs_means is not None:
+        abs_means.update({name: (absolute[name] / max(n, 1)).numpy()
+                          for name, (_, n) in sums.items()})
     return {name: h / max(n, 1) for name, (h, n) in sums.items()}
 
 

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from lowbitc import formats
+from lowbitc import awq, formats
 from lowbitc.a8 import check_act
 from lowbitc.codebook_fit import RowCodebooks
 from lowbitc.dtypes import Format
@@ -73,7 +73,8 @@ class QuantLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, dtype: str | Format,
                  group_size: int = 128, bias: bool = True, zero_point: bool = False,
                  scale_dtype: str = "f32", device: torch.device | str | None = None,
-                 outliers: int = 0, outlier_dtype: str = "f16", act: str = "f32"):
+                 outliers: int = 0, outlier_dtype: str = "f16", act: str = "f32",
+                 input_scale: bool = False):
         super().__init__()
         self.act = check_act(act)
         fmt = _format(dtype)
@@ -98,14 +99,19 @@ class QuantLinear(nn.Module):
                                ("outlier_values", outliers, vdt)):
             self.register_buffer(name, torch.zeros(size, dtype=dt, device=device)
                                  if outliers else None)
+        # activation-aware input scaling (lowbitc.awq): the layer computes (x / s) @ W_q^T
+        self.register_buffer("input_scale", torch.ones(self.in_features, dtype=torch.float32,
+                                                       device=device) if input_scale else None)
         self._qtensor: QTensor | None = None
         self._bound: tops.BoundMatmul | None = None
 
     # ------------------------------------------------------------ construction
     @classmethod
     def from_qtensor(cls, qw: QTensor, bias: torch.Tensor | None = None,
-                     act: str = "f32") -> QuantLinear:
-        """Wrap an existing QTensor (its storage is shared, not copied)."""
+                     act: str = "f32", input_scale: np.ndarray | None = None) -> QuantLinear:
+        """Wrap an existing QTensor (its storage is shared, not copied). `input_scale` [K]:
+        the layer divides its input by it, y = (x / input_scale) @ qw.dequantize().T + bias
+        (lowbitc.awq)."""
         if not isinstance(qw, QTensor):
             raise UserArgumentError(f"qw: expected a lowbitc QTensor, got {type(qw).__name__}")
         n, k = qw.shape
@@ -121,6 +127,12 @@ class QuantLinear(nn.Module):
         if bias is not None:
             m.bias = nn.Parameter(bias.detach().to(torch.float32).reshape(n).clone(),
                                   requires_grad=bias.requires_grad)
+        if input_scale is not None:
+            scale = np.asarray(input_scale, np.float32)
+            if scale.shape != (k,) or not (np.isfinite(scale).all() and (scale > 0).all()):
+                raise UserArgumentError(f"input_scale: expected {k} positive finite values, got "
+                                        f"shape {scale.shape}")
+            m.input_scale = torch.from_numpy(scale.copy())
         m._qtensor = qw
         return m
 
@@ -149,7 +161,7 @@ class QuantLinear(nn.Module):
         return cls(config["in_features"], config["out_features"], fmt, config["group_size"],
                    config["bias"], config["zero_point"], config["scale_dtype"], device,
                    config.get("outliers", 0), config.get("outlier_dtype", "f16"),
-                   config.get("act", "f32"))
+                   config.get("act", "f32"), config.get("input_scale", False))
 
     def config(self) -> dict:
         """Everything besides the tensors needed to rebuild this module (JSON-friendly)."""
@@ -160,6 +172,7 @@ class QuantLinear(nn.Module):
                 "bias": self.bias is not None, "act": self.act,
                 "codebook": None if table is None else [float(v) for v in table],
                 "outliers": 0 if self.outlier_values is None else self.outlier_values.numel(),
+                "input_scale": self.input_scale is not None,
                 "outlier_dtype": "f32" if getattr(self.outlier_values, "dtype", None)
                 == torch.float32 else "f16"}
 
@@ -206,6 +219,8 @@ class QuantLinear(nn.Module):
                                     f"got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, k)
+        if self.input_scale is not None:  # one f32 division per activation element
+            x2 = x2.to(torch.float32) / self.input_scale
         if not x2.is_contiguous():
             x2 = x2.contiguous()
         if _eager(x2):
@@ -240,7 +255,8 @@ class QuantLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         """Moves follow `fn`; scales and zeros stay float32 (model.half() must not round them)."""
-        keep = {n: self._buffers[n] for n in ("scales", "zeros") if self._buffers[n] is not None}
+        keep = {n: self._buffers[n] for n in ("scales", "zeros", "input_scale")
+                if self._buffers[n] is not None}
         super()._apply(fn, recurse)
         for n, old in keep.items():
             if self._buffers[n].dtype != torch.float32:
@@ -255,6 +271,7 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         zp = ", zero_point=True" if self.zeros is not None else ""
         act = f", act={self.act!r}" if self.act != "f32" else ""
+        act += ", input_scale=True" if self.input_scale is not None else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, dtype={self.format.name}, "
                 f"group_size={self.group_size}{zp}{act}")
@@ -292,20 +309,28 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
     `dtype` may also be a function (weight [N, K], column weights [K] or None) -> dtype, e.g.
     `lowbitc.codebook.fitter(3, per="row")`, called per layer. `act="i8"`: the layers quantize
     their activations to int8 (QuantLinear's `act`; TableLinear layers keep f32).
+    `method="awq"` (needs `calibrate`, one format, no outliers): activation-aware input
+    scaling before round-to-nearest, alpha searched per layer (lowbitc.awq); each layer keeps
+    its input scale [in_features] (32 bits per input column) and divides its input by it.
     """
     check_act(act)
+    awq_scales = awq.check(calibrate, dtype, outliers) if method == "awq" else None
     drop = _skipper(skip)
     targets = [(name, m) for name, m in model.named_modules()
                if isinstance(m, nn.Linear)
                and not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear)
                and name and not drop(name, m)]
-    hessians = (collect_hessians(model, [name for name, _ in targets], calibrate)
+    hessians = (collect_hessians(model, [name for name, _ in targets], calibrate, awq_scales)
                 if calibrate is not None else {})
     for name, m in targets:
         h = hessians.get(name)
-        new = _quantized(m, dtype, group_size, zero_point, scale_dtype, h,
-                         {"outliers": outliers, "method": method,
-                          "outlier_dtype": outlier_dtype}, act)
+        if awq_scales is not None:
+            new = _awq_quantized(m, dtype, group_size, zero_point, scale_dtype, h,
+                                 awq_scales[name], act)
+        else:
+            new = _quantized(m, dtype, group_size, zero_point, scale_dtype, h,
+                             {"outliers": outliers, "method": method,
+                              "outlier_dtype": outlier_dtype}, act)
         _set_child(model, name, new.to(m.weight.device))
     return len(targets)
 
@@ -330,6 +355,17 @@ def _quantized(m: nn.Linear, dtype, group_size, zero_point, scale_dtype, hessian
         qw = gptq_quantize(m.weight, hessian, fmt, group_size, zp, scale_dtype, mask=mask,
                            outlier_dtype=options["outlier_dtype"])
     return QuantLinear.from_qtensor(qw, m.bias, act)
+
+
+def _awq_quantized(m: nn.Linear, dtype, group_size, zero_point, scale_dtype, hessian,
+                   abs_mean: np.ndarray, act: str) -> QuantLinear:
+    """One layer with activation-aware input scales (lowbitc.awq)."""
+    w = m.weight.detach().to("cpu", torch.float32).numpy()
+    fmt = _format(dtype)
+    zp = fmt.kind == "uint" if zero_point is None else zero_point
+    qw, scale, _ = awq.scaled_quantize(w, abs_mean, hessian.numpy(), fmt, group_size, zp,
+                                       scale_dtype)
+    return QuantLinear.from_qtensor(qw, m.bias, act, input_scale=scale)
 
 
 def save_quantized(model: nn.Module, path: str) -> None:

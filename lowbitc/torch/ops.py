@@ -12,10 +12,8 @@ make the ops traceable by torch.compile; matmul has a gradient for its activatio
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable
 
-import ml_dtypes
 import numpy as np
 import torch
 
@@ -23,9 +21,12 @@ from lowbitc import a8, formats
 from lowbitc import ops as lops
 from lowbitc.errors import BackendError, LowbitcError, UserArgumentError
 from lowbitc.ir.types import is_machine
-from lowbitc.packing import unpack
 from lowbitc.quant import QTensor
 from lowbitc.signature import words_for
+from lowbitc.torch.views import array as _array
+from lowbitc.torch.views import group_major as _group_major
+from lowbitc.torch.views import kernel_weight as _kernel_weight
+from lowbitc.torch.views import weight_array as _weight_array
 
 ACTIVATIONS = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 _MACHINE_STORAGE = {"u8": torch.uint8, "i8": torch.int8}
@@ -65,56 +66,14 @@ def weight_tensor(qw: QTensor) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
-def _array(t: torch.Tensor) -> np.ndarray:
-    """A numpy view of a contiguous CPU tensor (no copy); int32 words read as uint32."""
-    if t.requires_grad:
-        t = t.detach()
-    if t.dtype is torch.bfloat16:
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    a = t.numpy()
-    return a.view(np.uint32) if a.dtype == np.int32 else a
-
-
-_VIEWS: dict[int, tuple] = {}  # id(tensor) -> (weakref, data_ptr, numpy view)
-
-
-def _weight_array(t: torch.Tensor) -> np.ndarray:
-    """`_array` memoised per weight tensor: a fresh numpy view of a torch tensor costs
-    10-20 us inside a kernel call here, and weights stay put across calls."""
-    hit = _VIEWS.get(id(t))
-    if hit is not None and hit[0]() is t and hit[1] == t.data_ptr():
-        return hit[2]
-    a = _array(t)
-    key = id(t)
-    _VIEWS[key] = (weakref.ref(t, lambda _, key=key: _VIEWS.pop(key, None)), t.data_ptr(), a)
-    return a
-
-
-_REPACKED: dict[int, tuple] = {}  # id(weight) -> (weakref, data_ptr, version, packing, words)
-
-
-def _kernel_weight(kern, weight: torch.Tensor, scales: torch.Tensor,
-                   zeros: torch.Tensor | None, fmt: str, group_size: int, k: int):
-    """`weight` as `kern` reads it: the canonical words, or, for a kernel compiled with a
-    layout-specific packing of its `w`, the words in that packing, transformed once per weight
-    tensor and in-place version (the kernel would otherwise transform them on every call)."""
-    packing = getattr(kern, "packings", {}).get("w")
-    if packing is None:
-        return _weight_array(weight)
-    version = 0 if weight.is_inference() else weight._version  # inference tensors have none
-    state = (weight.data_ptr(), version, packing)
-    hit = _REPACKED.get(id(weight))
-    if hit is not None and hit[0]() is weight and hit[1:4] == state:
-        return hit[4]
-    n = weight.shape[0]
-    codes = unpack(_array(weight), formats.lookup(fmt).bits, k)
-    qw = QTensor(formats.lookup(fmt), (n, k), group_size, codes, _array(scales),
-                 None if zeros is None else _array(zeros))
-    words = qw.packed_as(packing)
-    key = id(weight)
-    _REPACKED[key] = (weakref.ref(weight, lambda _, key=key: _REPACKED.pop(key, None)), *state,
-                      words)
-    return words
+def _launch(kern, x: np.ndarray, adt: str, w, s: np.ndarray, z: np.ndarray, y: np.ndarray,
+            group_size: int, k: int) -> None:
+    """Run a CPU matmul kernel on numpy arrays: matmul_a8 through lowbitc.a8 (activations
+    quantized first; s and z group-major), any other directly."""
+    if kern.name == "matmul_a8":
+        a8.matmul(kern, x, adt, w, s, z, y, group_size)
+    else:
+        kern(x, w, s, z, y, group_size, K=k)
 
 
 # ---------------------------------------------------------------- argument checks
@@ -276,13 +235,20 @@ def matmul_into(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scales: 
     backend = _backend(x.device)
     kern = _matmul_kernel(backend, x.device, fmt, ACTIVATIONS[x.dtype], zeros is not None,
                           group_size, m, n, k, act)
-    w = (_kernel_weight(kern, weight, scales, zeros, fmt, group_size, k) if backend == "llvm"
-         else _operand(weight, backend))
+    if backend == "llvm":
+        a8_path = kern.name == "matmul_a8"  # scales and zeros group-major (memoised)
+        s = _group_major(scales) if a8_path else _operand(scales, backend)
+        z = _group_major(zeros) if a8_path else _operand(zeros, backend)
+        _launch(kern, _array(x), ACTIVATIONS[x.dtype],
+                _kernel_weight(kern, weight, scales, zeros, fmt, group_size, k), s, z,
+                _array(y), group_size, k)
+        return
     sk = kern.params.get("SK", 1)  # split-K: partial sums in a device workspace, then summed
     ws = (None if sk == 1 else
           _operand(torch.empty((sk * m, n), dtype=torch.float32, device=y.device), backend, False))
-    lops.launch_matmul(kern, _operand(x, backend, False), w, _operand(scales, backend),
-                       _operand(zeros, backend), _operand(y, backend, False), group_size, k, ws)
+    lops.launch_matmul(kern, _operand(x, backend, False), _operand(weight, backend),
+                       _operand(scales, backend), _operand(zeros, backend),
+                       _operand(y, backend, False), group_size, k, ws)
 
 
 class BoundMatmul:
@@ -311,7 +277,7 @@ class BoundMatmul:
         kern, w, s, z, shape, g, k = plan
         y = torch.empty(shape, dtype=torch.float32)
         out = y.numpy()
-        kern(_array(x), w, s, z, out, g, K=k)
+        _launch(kern, _array(x), ACTIVATIONS[x.dtype], w, s, z, out, g, k)
         if bias is not None:
             if bias.dtype is torch.float32:
                 # in numpy: torch's add wakes its OpenMP threads, whose spinning afterwards
@@ -331,7 +297,8 @@ class BoundMatmul:
             kern = _matmul_kernel("llvm", x.device, fmt, ACTIVATIONS[x.dtype],
                                   zeros is not None, g, m, n, k, act, group_major=True)
             s, z = _array(scales), _operand(zeros, "llvm", False)
-            if kern.params.get("GM"):  # the GEMV path reads them group-major, as ops.matmul
+            if kern.params.get("GM") or kern.name == "matmul_a8":
+                # the GEMV and A8 paths read them group-major, as ops.matmul
                 s = np.ascontiguousarray(s.T)
                 z = z if zeros is None else np.ascontiguousarray(z.T)
             plan = (kern, _kernel_weight(kern, weight, scales, zeros, fmt, g, k), s, z,

@@ -1,13 +1,15 @@
 """TableLinear: an nn.Linear whose weight is a lowbitc TableQTensor (a per-group choice of
-format, or one fitted code book per row; lowbitc.mixture). No fused kernel reads per-group
-tables yet: the forward dequantizes the weight once (kept while the buffers are unchanged)
-and multiplies in float32, so it shows these methods' accuracy, not their speed."""
+format, or one fitted code book per row; lowbitc.mixture). A mixture of named formats runs
+up to 8 rows (inference on the CPU) in the compiled kernel, matmul_mix.lbk, which decodes
+each group with its member's table; more rows, autograd and fitted per-row code books
+multiply the weight dequantized once (float32)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from lowbitc import ops
 from lowbitc.mixture import TableQTensor
 
 
@@ -23,8 +25,18 @@ class TableLinear(nn.Module):
         self.register_buffer("weight", torch.from_numpy(qw.dequantize()), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.nn.functional.linear(x.to(torch.float32), self.weight, self.bias)
-        return y.to(x.dtype)
+        """Up to GEMM_ROWS rows of a mixture of named formats (on the CPU, no autograd) run
+        the compiled kernel (lowbitc.ops.matmul, matmul_mix.lbk); others the dense weight."""
+        x2 = x.reshape(-1, self.in_features)
+        if (x2.shape[0] <= ops.GEMM_ROWS and self.qweight.member_formats is not None
+                and x.device.type == "cpu" and not torch.is_grad_enabled()):
+            xs = x2.detach().to(torch.float32).contiguous().numpy()
+            y = torch.from_numpy(ops.matmul(xs, self.qweight))
+            if self.bias is not None:
+                y = y + self.bias
+        else:
+            y = torch.nn.functional.linear(x2.to(torch.float32), self.weight, self.bias)
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def bits_per_weight(self) -> float:
         return self.qweight.bits_per_weight()

@@ -1,0 +1,86 @@
+"""Numpy views of torch tensors as lowbitc's CPU kernels read them, memoised per tensor: the
+plain view, a weight's words in a kernel's packing, scales and zero points group-major (what
+matmul_a8 reads). A memo is keyed by the tensor's identity, data pointer and in-place version,
+so writing a buffer in place (load_state_dict) is seen."""
+
+from __future__ import annotations
+
+import weakref
+
+import ml_dtypes
+import numpy as np
+import torch
+
+from lowbitc import formats
+from lowbitc.packing import unpack
+from lowbitc.quant import QTensor
+
+NO_ZEROS = np.zeros((1, 1), np.float32)  # what a kernel's z takes without zero points
+
+
+def array(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a contiguous CPU tensor (no copy); int32 words read as uint32."""
+    if t.requires_grad:
+        t = t.detach()
+    if t.dtype is torch.bfloat16:
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    a = t.numpy()
+    return a.view(np.uint32) if a.dtype == np.int32 else a
+
+
+_VIEWS: dict[int, tuple] = {}  # id(tensor) -> (weakref, data_ptr, numpy view)
+
+
+def weight_array(t: torch.Tensor) -> np.ndarray:
+    """`array` memoised per weight tensor: a fresh numpy view of a torch tensor costs
+    10-20 us inside a kernel call here, and weights stay put across calls."""
+    hit = _VIEWS.get(id(t))
+    if hit is not None and hit[0]() is t and hit[1] == t.data_ptr():
+        return hit[2]
+    a = array(t)
+    key = id(t)
+    _VIEWS[key] = (weakref.ref(t, lambda _, key=key: _VIEWS.pop(key, None)), t.data_ptr(), a)
+    return a
+
+
+_REPACKED: dict[int, tuple] = {}  # id(weight) -> (weakref, data_ptr, version, packing, words)
+_GROUP_MAJOR: dict[int, tuple] = {}  # id(scales or zeros) -> (weakref, state, [G, N] copy)
+
+
+def kernel_weight(kern, weight: torch.Tensor, scales: torch.Tensor,
+                  zeros: torch.Tensor | None, fmt: str, group_size: int, k: int):
+    """`weight` as `kern` reads it: the canonical words, or, for a kernel compiled with a
+    layout-specific packing of its `w`, the words in that packing, transformed once per weight
+    tensor and in-place version (the kernel would otherwise transform them on every call)."""
+    packing = getattr(kern, "packings", {}).get("w")
+    if packing is None:
+        return weight_array(weight)
+    version = 0 if weight.is_inference() else weight._version  # inference tensors have none
+    state = (weight.data_ptr(), version, packing)
+    hit = _REPACKED.get(id(weight))
+    if hit is not None and hit[0]() is weight and hit[1:4] == state:
+        return hit[4]
+    n = weight.shape[0]
+    codes = unpack(array(weight), formats.lookup(fmt).bits, k)
+    qw = QTensor(formats.lookup(fmt), (n, k), group_size, codes, array(scales),
+                 None if zeros is None else array(zeros))
+    words = qw.packed_as(packing)
+    key = id(weight)
+    _REPACKED[key] = (weakref.ref(weight, lambda _, key=key: _REPACKED.pop(key, None)), *state,
+                      words)
+    return words
+
+
+def group_major(t: torch.Tensor | None) -> np.ndarray:
+    """Scales or zero points [N, G] transposed to [G, N] (what matmul_a8 reads), made once per
+    tensor and in-place version; the zero-point placeholder for None."""
+    if t is None:
+        return NO_ZEROS
+    state = (t.data_ptr(), 0 if t.is_inference() else t._version)
+    hit = _GROUP_MAJOR.get(id(t))
+    if hit is not None and hit[0]() is t and hit[1] == state:
+        return hit[2]
+    a = np.ascontiguousarray(array(t).T)
+    key = id(t)
+    _GROUP_MAJOR[key] = (weakref.ref(t, lambda _, key=key: _GROUP_MAJOR.pop(key, None)), state, a)
+    return a
