@@ -223,7 +223,7 @@ def _k_loop(ctx, tiling: Tiling, opa, opb, accs, inside: bool, packed=None) -> N
     src.line(f"{ks} = 0")
     bound = str(tiling.K)
     if packed is not None and packed.steady:  # rolled: one iteration is the steady state
-        bound = src.tmp(f"I64(opaque(U32({tiling.K})))", "kn")
+        bound = packed.k_bound(tiling.K)
     with src.block(f"while {ks} < {bound}:"), ctx.scope():
         a, la, va, abase, lda = opa
         b, lb, vb, bbase, ldb = opb

@@ -92,9 +92,10 @@ def mma_packings(k: Kernel, threads: int, mma_tiling) -> dict[int, MmaPacking]:
 
 def unroll(bits: int, k_window: int) -> int:
     """K steps per loop iteration: enough that the narrowest plane fills 16-byte chunks, at
-    most what the window holds."""
+    most half the window (the K loop stays a loop of at least two iterations: its body is the
+    steady state that `lowbitc emit --format stats` counts)."""
     u = max(1, 4 // min(MmaPacking(bits).planes)[0])
-    while u > 1 and (k_window // 16) % u:
+    while u > 1 and (k_window // 16) % (2 * u):
         u //= 2
     return u
 
@@ -121,6 +122,13 @@ class PackedB:
             f"{self.s0} % {TILE_N} == 0 and {self.s1} % {16 * self.unroll} == 0 and "
             f"0 <= {self.s0} and {self.s0} + {self.bn} <= {t.name}.shape[0] * {TILE_N} and "
             f"0 <= {self.s1} and {self.s1} + {self.bk} <= {t.name}.shape[1] // {2 * b}", "full")
+
+    def k_bound(self, k_window: int) -> str:
+        """`k_window`, computed from the words' shape (equal in the steady state, where the
+        window lies inside them) so that neither LLVM nor ptxas knows the trip count and
+        the K loop stays rolled: its body is the steady state `emit --format stats` counts."""
+        return self.src.tmp(f"min({k_window}, {self.t.name}.shape[1] // {2 * self.pk.bits} - "
+                            f"{self.s1})", "kn")
 
     def setup(self, n_base: str) -> None:
         """Per-plane word bases of this thread (row of its 64-column tile, lane * 4)."""
