@@ -30,6 +30,7 @@ from lowbitc.cache import CacheKey, CacheWarning, default_cache
 from lowbitc.errors import DSLNameError, LowbitcError, UserArgumentError
 from lowbitc.formats import register as register_format
 from lowbitc.repack import PackedWords, Packing
+from lowbitc.repack_mma import MmaPacking
 
 if TYPE_CHECKING:
     from lowbitc.dsl import ast as A
@@ -183,6 +184,8 @@ def _parse_ir(text: str) -> IRKernel:
 
 def _canonical(a: object, packing: Packing | None) -> object:
     if isinstance(a, PackedWords) and packing is not None and a.packing == packing:
+        if isinstance(a.packing, MmaPacking):  # its words pad the rows to tiles
+            return a.packing.to_canonical(a.words, a.count, a.rows)
         return a.packing.to_canonical(a.words, a.count)
     return a
 

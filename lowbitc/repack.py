@@ -284,6 +284,7 @@ class PackedWords:
     words: np.ndarray
     packing: Packing
     count: int
+    rows: int | None = None  # rows of the weight (packings whose words do not keep them)
 
 
 def cached_packing(holder, codes: np.ndarray, packing: Packing) -> PackedWords:
@@ -292,5 +293,6 @@ def cached_packing(holder, codes: np.ndarray, packing: Packing) -> PackedWords:
     cache = holder.__dict__.setdefault("_repacked", {})
     words = cache.get(packing)
     if words is None:
-        words = cache[packing] = PackedWords(packing.from_codes(codes), packing, codes.shape[1])
+        words = cache[packing] = PackedWords(packing.from_codes(codes), packing, codes.shape[1],
+                                             codes.shape[0])
     return words

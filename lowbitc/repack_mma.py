@@ -13,8 +13,11 @@ warp-wide 128-bit loads: load j gives lane l four words holding its codes c = j*
 `backends/numba_cuda/interleave.order` (even codes, then odd) when `interleaved`, so codes 2m
 and 2m+1 (one f16x2 register of the fragment) land 16 bits apart and one LOP3 (after a shift)
 moves the pair into an f16x2 register; otherwise in order.
-Tiles are stored N-tile-major, K-tile next (a warp owning 64 columns streams along K), planes
-in order inside a tile, then loads, lanes, words: see `mma_code_index`.
+A row of words holds one N tile (64 output features) along all of K, plane by plane (plane
+major: all K tiles of the widest plane, then the next plane), so that within a plane a lane's
+words for K step `k16` sit at a fixed stride (2p words per code of K) from one base per lane:
+one address increment per plane serves every K step. Inside a plane: K tiles, then loads,
+lanes, words: see `mma_code_index`.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def mma_code_index(n, k, k_total: int, bits: int, interleaved: bool = True):
       kf, kk = divmod(kl, 16); t = (kk % 8) // 2; i = (kk & 1) + 2*(kk // 8)
       lane = 4*g + t; c = (kf*8 + nf)*4 + i
       per plane p: j, rest = divmod(c, 128/p); w, cw = divmod(rest, 32/p); s = slot of cw
-      word = (tn*KT + tk)*128*bits + 128*shift_p + (j*32 + lane)*4 + w;  bit = s*p
+      word = tn*KT*128*bits + KT*128*shift_p + tk*128*p + (j*32 + lane)*4 + w;  bit = s*p
     with KT = ceil(k_total / 64) and s the position of cw in `word_order(p, interleaved)`.
     """
     bits = _check_bits(bits)
@@ -75,14 +78,15 @@ def mma_code_index(n, k, k_total: int, bits: int, interleaved: bool = True):
     kf, kk = np.divmod(kl, 16)
     t, i = (kk % 8) // 2, (kk & 1) + 2 * (kk // 8)
     lane, c = 4 * g + t, (kf * 8 + nf) * 4 + i
-    tile = (tn * k_tiles + tk) * (CODES_PER_LANE * bits)
+    row = tn * k_tiles * (CODES_PER_LANE * bits)
     out, shift = [], 0
     for p in plane_widths(bits):
         per_word = 32 // p
         j, rest = np.divmod(c, CODES_PER_LANE // p)
         w, cw = np.divmod(rest, per_word)
         slot = np.argsort(word_order(p, interleaved))[cw]
-        out.append((tile + CODES_PER_LANE * shift + (j * WARP + lane) * 4 + w, slot * p))
+        plane = row + k_tiles * CODES_PER_LANE * shift + tk * CODES_PER_LANE * p
+        out.append((plane + (j * WARP + lane) * 4 + w, slot * p))
         shift += p
     return out
 
@@ -92,7 +96,7 @@ class MmaPacking:
     """The mma packing of `bits`-bit codes (name "mma64x64", or "mma64x64n" not interleaved).
 
     Words are uint32 [ceil(N/64), ceil(K/64) * 128 * bits]: row r holds output features
-    64r .. 64r+63 along all of K, tile after tile.
+    64r .. 64r+63 along all of K, plane after plane (each plane tile after tile).
     """
 
     bits: int
@@ -148,8 +152,8 @@ class MmaPacking:
             v = v.reshape(nt, kt, WARP, p, 4, per_word).transpose(0, 1, 3, 2, 4, 5)
             v = v[..., word_order(p, self.interleaved)]  # slot s holds code order[s]
             v = v << (np.arange(per_word, dtype=np.uint32) * np.uint32(p))
-            parts.append(np.bitwise_or.reduce(v, axis=-1).reshape(nt, kt, -1))
-        return np.concatenate(parts, axis=2).reshape(nt, kt * self.tile_words)
+            parts.append(np.bitwise_or.reduce(v, axis=-1).reshape(nt, -1))
+        return np.concatenate(parts, axis=1)
 
     def to_codes(self, words: np.ndarray, count: int, rows: int | None = None) -> np.ndarray:
         """Inverse of `from_codes`: words -> uint8 codes [rows, count] (rows defaults to the
@@ -160,18 +164,17 @@ class MmaPacking:
         if words.shape != (nt, kt * self.tile_words):
             raise UserArgumentError(f"mma packing: words of {count} codes per row must have shape"
                                     f" (N/64, {kt * self.tile_words}), got {words.shape}")
-        tiles = words.reshape(nt, kt, self.tile_words)
         lanes = np.zeros((nt, kt, WARP, CODES_PER_LANE), np.uint32)
         first = 0
         for p, shift in self.planes:
             per_word = 32 // p
-            w = tiles[:, :, first : first + CODES_PER_LANE * p].reshape(nt, kt, p, WARP, 4, 1)
+            w = words[:, first : first + kt * CODES_PER_LANE * p].reshape(nt, kt, p, WARP, 4, 1)
             v = (w >> (np.arange(per_word, dtype=np.uint32) * np.uint32(p))) & np.uint32(
                 (1 << p) - 1)
             codes = np.empty_like(v)
             codes[..., word_order(p, self.interleaved)] = v
             lanes |= codes.transpose(0, 1, 3, 2, 4, 5).reshape(lanes.shape) << np.uint32(shift)
-            first += CODES_PER_LANE * p
+            first += kt * CODES_PER_LANE * p
         x = lanes.reshape(nt, kt, 8, 4, 4, 8, 2, 2)  # tn tk g t kf nf h e
         x = x.transpose(0, 5, 2, 1, 4, 6, 3, 7).reshape(nt * TILE_N, kt * TILE_K)
         rows = nt * TILE_N if rows is None else int(rows)
@@ -182,7 +185,7 @@ class MmaPacking:
         words = np.asarray(words, np.uint32)
         return self.from_codes(unpack(words, self.bits, count).reshape(words.shape[0], count))
 
-    def to_canonical(self, words: np.ndarray, count: int, rows: int) -> np.ndarray:
+    def to_canonical(self, words: np.ndarray, count: int, rows: int | None = None) -> np.ndarray:
         return pack(self.to_codes(words, count, rows), self.bits)
 
 

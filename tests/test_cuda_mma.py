@@ -17,11 +17,13 @@ import lowbitc
 from lowbitc import ops
 from lowbitc.backends.numba_cuda import mma_dot
 from lowbitc.backends.numba_cuda.backend import BACKEND
+from lowbitc.backends.numba_cuda.mma_packed import fits
 from lowbitc.cli import main
 from lowbitc.errors import BackendError
 from lowbitc.layout.banks import ldmatrix_access
 from lowbitc.layout.mma import ldmatrix_dst
 from lowbitc.quant import quantize
+from lowbitc.repack_mma import MmaPacking
 
 
 @pytest.mark.parametrize("M,N,threads", [(16, 32, 128), (64, 32, 128), (32, 64, 64),
@@ -134,35 +136,43 @@ def test_mma_matmul_sass_has_hmma_and_ldsm_and_no_spills(w, arch, capsys):
     st = _stats(w, arch, capsys)
     assert st["spill_bytes"] == 0 and st["stack_bytes"] == 0
     loop = st["mma_loop"]
-    # A by ldmatrix; u4's B decoded in registers (LOP3 + HFMA2 per f16x2 pair), u3's from
-    # shared memory by ldmatrix (its codes straddle words)
-    assert loop["hmma"] >= 8 and loop["sass_mix"].get("LDSM", 0) >= 1, loop
-    if w == "u4":
-        assert loop["sass_mix"].get("HFMA2", 0) >= 8 and loop["sass_mix"].get("STS", 0) < 20
+    # A by ldmatrix; B (u4, and u3 by bit planes) decoded in registers from the mma packing:
+    # one HFMA2 per f16x2 register, no shared-memory round trip
+    mix = loop["sass_mix"]
+    assert loop["hmma"] >= 8 and mix.get("LDSM", 0) >= 1, loop
+    assert mix.get("HFMA2", 0) == 2 * loop["hmma"] and "STS" not in mix and "LDS" not in mix
     assert loop["non_hmma_per_hmma"] == round((loop["instructions"] - loop["hmma"])
                                               / loop["hmma"], 2)
 
 
-# Best achieved non-HMMA per HMMA in the steady-state K loop at the shipped defaults (BM=16,
-# BN=64, one warp owning 16 x 64), with a little slack for ptxas scheduling. NOT yet issue
-# 13's goal (u4 <= 8, every other width <= 16): a regression guard on the way there. u3 (odd:
-# its decoded tile still goes through shared memory) is far from it.
-ACHIEVED = {("u4", "sm_80"): 13.5, ("u4", "sm_90"): 15.0, ("u3", "sm_80"): 80.0,
-            ("u3", "sm_90"): 80.0}
+# Achieved non-HMMA per HMMA in the steady-state K loop at `lowbitc emit`'s defaults (BM=16,
+# BN=64 on one warp, BK=64; weights from the mma packing), rounded up by ~0.5 for ptxas
+# scheduling; issue 13's goal is u4 <= 8 and every other width <= 16 (docs/cuda.md has the
+# table). u4 and one odd width by default, every width under -m slow.
+ACHIEVED = {"u4": (6.12, 6.62), "u3": (10.81, 11.44)}
+ACHIEVED_SLOW = {"u1": (6.88, 7.12), "u2": (6.25, 6.5), "u5": (10.62, 11.0),
+                 "u6": (10.75, 10.81), "u7": (14.94, 15.5)}
+ARCHS = ("sm_80", "sm_90")
+
+
+def _bound_cases():
+    fast = [(w, a, ACHIEVED[w][i]) for w in ACHIEVED for i, a in enumerate(ARCHS)]
+    slow = [pytest.param(w, a, got[i], marks=pytest.mark.slow)
+            for w, got in ACHIEVED_SLOW.items() for i, a in enumerate(ARCHS)]
+    return fast + slow
 
 
 @pytest.mark.cuda_toolchain
 @needs_toolchain
-@pytest.mark.parametrize("w,arch", sorted(ACHIEVED))
-def test_mma_loop_non_hmma_per_hmma_bound(w, arch, capsys):
-    """The steady-state loop has no bounds checks (the inside-tile version of the K loop) and
-    8 HMMA per K step per warp; the bound is the best achieved, not the issue's goal."""
+@pytest.mark.parametrize("w,arch,achieved", _bound_cases())
+def test_mma_loop_non_hmma_per_hmma_bound(w, arch, achieved, capsys):
+    """The steady-state loop has no bounds checks (the inside-tile version of the K loop), at
+    least 8 HMMA, and at most the achieved non-HMMA per HMMA (+0.5), within the issue's goal."""
     st = _stats(w, arch, capsys)
     loop = st["mma_loop"]
     assert st["spill_bytes"] == 0 and loop["hmma"] >= 8, loop
-    if w == "u4":  # no bounds checks: only the loop's own exit test
-        assert loop["nested_loops"] == 0 and loop["sass_mix"].get("ISETP", 0) <= 2, loop
-    assert loop["non_hmma_per_hmma"] <= ACHIEVED[w, arch], loop
+    assert loop["nested_loops"] == 0 and loop["sass_mix"].get("ISETP", 0) <= 2, loop
+    assert loop["non_hmma_per_hmma"] <= min(achieved + 0.5, 8 if w == "u4" else 16), loop
 
 
 @pytest.mark.cuda_toolchain
@@ -179,19 +189,31 @@ def test_simulator_suite():
 
 
 def test_weights_decode_into_b_registers():
-    """u4 (interleaved) and u2 codes reach the B fragment from one word per register: the
-    codes OR'ed into 1024's mantissas and one HFMA2, no shared tile for the weights; u3 (codes
-    straddle words) keeps the shared tile and ldmatrix; i4 adds the affine HFMA2."""
-    for w, direct in (("u4", True), ("u2", True), ("i4", True), ("u3", False)):
+    """Weights of every width (u3 by bit planes) reach the B fragment from the mma packing's
+    128-bit loads: per f16x2 register one LOP3 per plane (codes into 1024's mantissas) and one
+    HFMA2, no shared tile for the weights; i4's sign flip rides in the LOP3's constant."""
+    for w in ("u4", "u2", "i4", "u3", "u7"):
         src = _rendered(w)
-        assert ("hfma2(" in src and "ldmatrix_x2(" not in src) == direct, w
-    assert "U32(0x64006400), 0xEA)" in _rendered("u4")  # interleaved: one lop3 per pair
+        assert "hfma2(" in src and "ldmatrix_x2(" not in src and "ld_at_u32x4(" in src, w
+    assert "U32(0x64006400), 0x6a)" in _rendered("u4")  # one lop3 per pair
+    assert "U32(0x64086408), 0x6a)" in _rendered("i4")  # two's complement: flip the sign bit
     # two K loops: the unchecked steady state when the codes tile is inside, the checked edge
     src = _rendered("u4")
     fast = src[src.index("if full"):src.index("else:", src.index("if full"))]
     slow = src[src.index("else:", src.index("if full")):]
-    assert "ld_at(" in fast and "0 <= g" not in fast and "0 <= g" in slow
-    assert "^ U32(0x80008)" in _rendered("i4")  # two's complement: flip the sign bit
+    assert "ld_at_u32x4(" in fast and "0 <= g" not in fast and "0 <= g" in slow
+
+
+@pytest.mark.parametrize("params,packed", [({}, True), ({"W": "u3"}, True),
+                                           ({"BM": 64, "BN": 32, "TH": 128}, False)])
+def test_mma_packing_is_chosen_from_the_b_layout(params, packed):
+    """The compiler reads w in MmaPacking when each warp's B fragments are one 64-column tile of
+    it (BM 16: one warp, 16 x 64); a 4-warp tiling of 32 columns keeps the canonical words."""
+    k = ops.get_kernel("matmul_mma", "cuda", **{"W": "u4", **params})
+    bits = int(str(params.get("W", "u4"))[1:])
+    assert k.packings == ({"w": MmaPacking(bits)} if packed else {})
+    t = mma_dot.Tiling(16, 64, 64, 1, 1)
+    assert fits(t, t.layouts()[1]) and not fits(mma_dot.Tiling(16, 64, 64, 1, 2), t.layouts()[1])
 
 
 def test_mma_path_choice_on_the_host():

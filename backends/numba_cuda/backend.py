@@ -15,12 +15,16 @@ import numpy as np
 from lowbitc.backends.numba_cuda import toolchain
 from lowbitc.backends.numba_cuda.halves import UNITS, steady_state
 from lowbitc.backends.numba_cuda.interleave import HOST_WORDS, device_words, interleaved_params
+from lowbitc.backends.numba_cuda.mma_dot import mma_tiling
+from lowbitc.backends.numba_cuda.mma_packed import mma_packings
 from lowbitc.backends.numba_cuda.render import Rendered, render
 from lowbitc.errors import UserArgumentError
 from lowbitc.interp import grid_of_bound
 from lowbitc.ir.core import Kernel, walk
 from lowbitc.ir.types import TensorType, numpy_dtype
 from lowbitc.passes import magic_convert  # noqa: F401  (registers magic-convert)
+from lowbitc.repack import PackedWords
+from lowbitc.repack_cache import WORDS
 from lowbitc.signature import bind
 
 # the CPU pipeline plus the magic-number code conversion
@@ -68,8 +72,12 @@ class Executable:
         self.outputs = {p.name for p in k.params if p.id in stored}
         self.bf16 = {p.name for p in k.params
                      if isinstance(p.type, TensorType) and p.type.dtype == "bf16"}
+        mma = mma_packings(k, threads, mma_tiling)
+        self.mma = {p.name: mma[p.id] for p in k.params if p.id in mma}
         order = interleaved_params(k)
-        self.interleaved = {p.name: order[p.id] for p in k.params if p.id in order}
+        self.interleaved = {p.name: order[p.id] for p in k.params
+                            if p.id in order and p.id not in mma}
+        self.abi = _Abi(self.mma)
 
     def __call__(self, *args, **kwargs) -> None:
         from numba import cuda
@@ -80,7 +88,14 @@ class Executable:
         dims = {n: v for n, v in kwargs.items() if n not in names}
         checked = {n: _shape_proxy(v, n in self.bf16) if _is_device(v) else v
                    for n, v in given.items()}
+        for n in self.mma:
+            if isinstance(given.get(n), PackedWords):
+                checked[n] = _packed_proxy(n, given[n], self.mma[n])
         b = bind(self.k, (), checked | dims)
+        for p in self.k.params:
+            if p.name in self.mma:
+                given[p.name] = _mma_words(given[p.name], self.mma[p.name],
+                                           b.dims.get(str(p.type.shape[1]), p.type.shape[1]))
         gx, gy, gz = grid_of_bound(self.k, b)
         launch, copies = [], []
         for p in self.k.params:
@@ -114,6 +129,39 @@ class Executable:
                                      name=self.rendered.name)
         raise UserArgumentError(f"stage: the cuda backend emits ir, lowered, python or ptx, "
                                 f"got {stage!r}")
+
+
+@dataclass(frozen=True)
+class _Abi:
+    """What `Kernel.packings` reads: the params this kernel reads in the mma packing."""
+
+    mma: dict
+
+    def packings(self) -> dict:
+        return dict(self.mma)
+
+
+def _packed_proxy(name: str, a: PackedWords, packing) -> np.ndarray:
+    """A canonical-shaped stand-in for binding dims from words already in the mma packing."""
+    if a.packing != packing or a.rows is None:
+        raise UserArgumentError(f"argument {name!r}: expected PackedWords in {packing.name} with"
+                                f" rows (QTensor.packed_as), got {a.packing} rows={a.rows}")
+    cols = -(-a.count * packing.bits // 32)
+    return np.lib.stride_tricks.as_strided(np.zeros(1, np.uint32), (a.rows, cols), (4 * cols, 4))
+
+
+def _mma_words(a, packing, count: int):
+    """The words of a param read in the mma packing: PackedWords as given, canonical host words
+    transformed once and cached while unchanged (`repack_cache.WORDS`), device words through
+    the host (transformed on every call: pass PackedWords to avoid it)."""
+    if isinstance(a, PackedWords):
+        return a.words
+    if isinstance(a, np.ndarray):
+        return WORDS.get(packing, np.ascontiguousarray(a), int(count))
+    host = a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
+    from numba import cuda
+
+    return cuda.to_device(packing.from_canonical(np.asarray(host, np.uint32), int(count)))
 
 
 @dataclass(frozen=True)

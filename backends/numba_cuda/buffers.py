@@ -33,9 +33,11 @@ class Buf:
 @dataclass(frozen=True)
 class TensorRef:
     """A kernel tensor argument: array name, extents (expressions), bits if packed, and
-    whether its words are in the backend's interleaved order (`interleave`)."""
+    whether its words are in the backend's interleaved order (`interleave`) or in the mma
+    packing (`mma`: the `lowbitc.repack_mma.MmaPacking`, `mma_packed`)."""
 
     name: str
     dims: tuple[str, ...]
     bits: int
     interleaved: bool = False
+    mma: object = None

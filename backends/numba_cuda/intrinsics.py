@@ -110,7 +110,12 @@ def pack_f16x2_py(lo: float, hi: float) -> np.uint32:
     return np.uint32(halves.view(np.uint32)[0])
 
 
+def opaque_py(x: int) -> np.uint32:
+    return np.uint32(x)
+
+
 if SIMULATOR:
+    opaque = opaque_py
     pack_f16x2 = pack_f16x2_py
     prmt, hfma2, lop3 = prmt_py, hfma2_py, lop3_py
     ld_u32x4, st_u32x4 = ld_u32x4_py, st_u32x4_py
@@ -157,6 +162,18 @@ else:
         return sig, codegen
 
     prmt = _asm3("prmt", "prmt.b32 $0, $1, $2, $3;")
+
+    @intrinsic
+    def opaque(typingctx, x):  # noqa: ARG001
+        """x unchanged, hidden from LLVM (one MOV, usually folded by ptxas): a loop bound that
+        keeps a loop rolled (the mma K loop, whose per-iteration count `emit --format stats`
+        reports)."""
+        sig = types.uint32(types.uint32)
+
+        def codegen(context, builder, signature, args):
+            return _asm(builder, "mov.b32 $0, $1;", list(args))
+
+        return sig, codegen
     hfma2 = _asm3("hfma2", "fma.rn.f16x2 $0, $1, $2, $3;")
 
     @intrinsic

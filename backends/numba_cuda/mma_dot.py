@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lowbitc.backends.numba_cuda.mma_weights import codes_by_word, inside_condition
+from lowbitc.backends.numba_cuda.mma_packed import PackedB
+from lowbitc.backends.numba_cuda.mma_weights import codes_by_word, inside_condition, word_leaf
 from lowbitc.layout import mma as frag
 from lowbitc.layout.tv import TVLayout, local, replicated, spatial
 
@@ -183,8 +184,10 @@ def render_mma_dot(ctx, op, tiling: Tiling, out) -> None:
             idx = _at(src, (cr, cc), lc(0, v))
             accs.append((idx, src.tmp(f"{kind.acc}({ctx.elem(c, idx)})", "acc")))
         opa, opb = (a, la, va, (ar, ac), lda), (b, lb, vb, (br, bc), ldb)
-        full = inside_condition(ctx, b)
-        if full is None:
+        full = None if _mma_packed(ctx, b) else inside_condition(ctx, b)
+        if _mma_packed(ctx, b):
+            _packed_k_loops(ctx, tiling, opa, opb, accs)
+        elif full is None:
             _k_loop(ctx, tiling, opa, opb, accs, False)
         else:  # the steady state without bounds checks; edge tiles keep them
             with src.block(f"if {full}:"):
@@ -195,26 +198,53 @@ def render_mma_dot(ctx, op, tiling: Tiling, out) -> None:
             src.line(f"{ctx.addr(out, idx)} = {name}")
 
 
-def _k_loop(ctx, tiling: Tiling, opa, opb, accs, inside: bool) -> None:
+def _mma_packed(ctx, b) -> bool:
+    """B is read from a param in the mma packing (`mma_packed.mma_packings`)."""
+    found = word_leaf(ctx, b, any_width=True)
+    return found is not None and found[1].mma is not None
+
+
+def _packed_k_loops(ctx, tiling: Tiling, opa, opb, accs) -> None:
+    """B from the mma packing: the steady K loop (aligned window inside the words: 128-bit
+    loads, `unroll` K steps per iteration) and the edge loop (code by code, checked)."""
+    src, b, bbase = ctx.src, opb[0], opb[3]
+    steady = PackedB(ctx, b, tiling, True)
+    with src.block(f"if {steady.condition()}:"):
+        steady.setup(bbase[1])
+        _k_loop(ctx, tiling, opa, opb, accs, False, steady)
+    with src.block("else:"):
+        _k_loop(ctx, tiling, opa, opb, accs, False, PackedB(ctx, b, tiling, False))
+
+
+def _k_loop(ctx, tiling: Tiling, opa, opb, accs, inside: bool, packed=None) -> None:
     """The K loop: per K step the fragments of A and B, then TM x TN mma. `inside`: B's
-    codes tile is known to lie inside its tensor (`inside_condition`)."""
+    codes tile is known to lie inside its tensor (`inside_condition`); `packed`: B read
+    from the mma packing (`mma_packed.PackedB`, `packed.unroll` K steps per iteration)."""
     src, kind = ctx.src, tiling.kind
     ks = src.fresh("ks")
+    steps = packed.unroll if packed is not None else 1
     src.line(f"{ks} = 0")
-    with src.block(f"while {ks} < {tiling.K}:"), ctx.scope():
+    bound = str(tiling.K)
+    if packed is not None and packed.steady:  # rolled: one iteration is the steady state
+        bound = packed.k_bound(tiling.K)
+    with src.block(f"while {ks} < {bound}:"), ctx.scope():
         a, la, va, abase, lda = opa
         b, lb, vb, bbase, ldb = opb
-        afrag = [_fragment(ctx, a, la, kind, t, va, abase, ks, 1, lda)
-                 for t in range(tiling.TM)]
-        bfrag = [_fragment(ctx, b, lb, kind, t, vb, bbase, ks, 0, ldb, inside)
-                 for t in range(tiling.TN)]
-        for i in range(tiling.TM):
-            for j in range(tiling.TN):
-                tile = accs[(i * tiling.TN + j) * 4:(i * tiling.TN + j + 1) * 4]
-                names = ", ".join(n for _, n in tile)
-                args = ", ".join(afrag[i] + bfrag[j]) + ", " + names
-                src.line(f"{names} = {kind.fn}({args})")
-        src.line(f"{ks} += {kind.k}")
+        if packed is not None and packed.steady:
+            packed.load(ks)
+        for u in range(steps):
+            ku = f"({ks} + {kind.k * u})" if u else ks
+            afrag = [_fragment(ctx, a, la, kind, t, va, abase, ku, 1, lda)
+                     for t in range(tiling.TM)]
+            bfrag = [_fragment(ctx, b, lb, kind, t, vb, bbase, ku, 0, ldb, inside, (packed, u))
+                     for t in range(tiling.TN)]
+            for i in range(tiling.TM):
+                for j in range(tiling.TN):
+                    tile = accs[(i * tiling.TN + j) * 4:(i * tiling.TN + j + 1) * 4]
+                    names = ", ".join(n for _, n in tile)
+                    args = ", ".join(afrag[i] + bfrag[j]) + ", " + names
+                    src.line(f"{names} = {kind.fn}({args})")
+        src.line(f"{ks} += {kind.k * steps}")
 
 
 def _at(src, base: tuple[str, str], off: tuple[int, int], k: str = "", kdim: int = -1):
@@ -227,10 +257,11 @@ def _at(src, base: tuple[str, str], off: tuple[int, int], k: str = "", kdim: int
 
 
 def _fragment(ctx, v, tv: TVLayout, kind: Kind, t: int, per_tile: int, base, ks: str,
-              kdim: int, rows, inside: bool = False) -> list[str]:
+              kdim: int, rows, inside: bool = False, packed=(None, 0)) -> list[str]:
     """Tile t's registers of operand v (as uint32): one ldmatrix when `rows` (from
     `ldmatrix_rows`) says the buffer allows it, else element reads (`inside`: weights read
-    by word without bounds checks, `codes_by_word`)."""
+    by word without bounds checks, `codes_by_word`; `packed`: (PackedB, K step of the
+    iteration) for weights in the mma packing)."""
     nregs = per_tile // kind.per_reg
     if rows is not None:
         buf, index, offsets, kstride = rows
@@ -243,7 +274,9 @@ def _fragment(ctx, v, tv: TVLayout, kind: Kind, t: int, per_tile: int, base, ks:
         first = t * per_tile + kind.per_reg * r
         idxs = [_at(ctx.src, base, tv(0, first + h), ks, kdim) for h in range(kind.per_reg)]
         direct = None
-        if kdim == 0:
+        if kdim == 0 and packed[0] is not None:
+            direct = packed[0].register(idxs, packed[1], t, r)
+        elif kdim == 0:
             offs = [tv(0, first + h) for h in range(kind.per_reg)]
             k0 = (base[0], offs[0][0]) if inside else None
             direct = codes_by_word(ctx, v, offs, idxs, k0, ks)

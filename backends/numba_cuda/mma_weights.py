@@ -15,15 +15,15 @@ from lowbitc.backends.numba_cuda.halves_plan import _code_values
 from lowbitc.backends.numba_cuda.source import numba_type
 
 
-def word_leaf(ctx, v):
+def word_leaf(ctx, v, any_width: bool = False):
     """(leaf, tensor) when v is `transpose` of an elementwise chain over one load_codes
-    (`plan.codes_leaf`) kept out of shared memory, else None."""
+    (`plan.codes_leaf`, of any width with `any_width`) kept out of shared memory, else None."""
     from lowbitc.backends.numba_cuda.plan import codes_leaf
 
     op = ctx.lazy.get(v.id)
     if op is None or op.opcode != "transpose" or tuple(op.attrs.perm) != (1, 0):
         return None
-    leaf = codes_leaf(op.operands[0], ctx.lazy)
+    leaf = codes_leaf(op.operands[0], ctx.lazy, any_width)
     if leaf is None or ctx.bufs.get(leaf.results[0].id) is not None:
         return None
     t = ctx.tensor(leaf.operands[0])

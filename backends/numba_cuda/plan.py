@@ -32,9 +32,9 @@ class Plan:
     uses: Counter
 
 
-def codes_leaf(v, defs: dict):
-    """The one unmasked `load_codes` of 1, 2, 4 or 8-bit codes that v's elementwise chain reads
-    (and nothing else from memory), else None."""
+def codes_leaf(v, defs: dict, any_width: bool = False):
+    """The one unmasked `load_codes` of 1, 2, 4 or 8-bit codes (any width with `any_width`)
+    that v's elementwise chain reads (and nothing else from memory), else None."""
     leaf, todo, seen = None, [v], set()
     while todo:
         x = todo.pop()
@@ -43,7 +43,7 @@ def codes_leaf(v, defs: dict):
             continue
         seen.add(x.id)
         if d.opcode == "load_codes":
-            if leaf is not None or d.attrs.masked or 32 % max(d.attrs.bits, 1):
+            if leaf is not None or d.attrs.masked or (32 % max(d.attrs.bits, 1) and not any_width):
                 return None
             leaf = d
         elif d.opcode in ("load", "load_shared", "dot", "reduce", "for", "if"):
@@ -52,9 +52,10 @@ def codes_leaf(v, defs: dict):
     return leaf
 
 
-def make_plan(k: Kernel, threads: int = 0) -> Plan:
+def make_plan(k: Kernel, threads: int = 0, packed: frozenset[int] = frozenset()) -> Plan:
     """`threads`: the block size, which decides whether a dot runs on tensor cores; the weight
-    operand of such a dot (`codes_leaf`) is then decoded in registers, not in shared memory."""
+    operand of such a dot (`codes_leaf`, or any width read from a param in `packed`, the mma
+    packing) is then decoded in registers, not in shared memory."""
     defs: dict[int, Op] = {}
     region_args: set[int] = set()
     stored: set[int] = set()
@@ -71,7 +72,9 @@ def make_plan(k: Kernel, threads: int = 0) -> Plan:
     for op in walk(k.body.ops):
         if op.opcode == "dot":
             for v in op.operands[:2]:
-                if threads and v is op.operands[1] and codes_leaf(v, defs) is not None:
+                leaf = codes_leaf(v, defs, any_width=True)
+                if threads and v is op.operands[1] and leaf is not None and (
+                        32 % leaf.attrs.bits == 0 or leaf.operands[0].id in packed):
                     from lowbitc.backends.numba_cuda.mma_dot import mma_tiling
 
                     if mma_tiling(op, threads) is not None:

@@ -23,7 +23,8 @@ from lowbitc.backends.numba_cuda.elements import ELEMENT, fail, reg_dtype, shape
 from lowbitc.backends.numba_cuda.interleave import interleaved_params
 from lowbitc.backends.numba_cuda.intrinsics import SIMULATOR
 from lowbitc.backends.numba_cuda.mma_banks import accumulator_layouts
-from lowbitc.backends.numba_cuda.mma_dot import MMA_IMPORT
+from lowbitc.backends.numba_cuda.mma_dot import MMA_IMPORT, mma_tiling
+from lowbitc.backends.numba_cuda.mma_packed import mma_packings
 from lowbitc.backends.numba_cuda.plan import make_plan
 from lowbitc.backends.numba_cuda.shared import check_shared_memory, swizzled
 from lowbitc.backends.numba_cuda.source import (
@@ -64,7 +65,8 @@ class Renderer:
         self.threads = threads
         self.hoist: tuple[int, int, frozenset[str], dict] | None = None
         self.unit: Unit | None = None
-        self.plan = make_plan(k, threads)
+        self.mma_packed = mma_packings(k, threads, mma_tiling)
+        self.plan = make_plan(k, threads, frozenset(self.mma_packed))
         self.src = Source()
         self.scalars: dict[int, str] = {}
         self.bufs: dict[int, Buf] = {}
@@ -351,15 +353,16 @@ class Renderer:
         elem = SIG_TYPE.get(t.dtype, "uint32") if bits == 0 else "uint32"
         if bits == 0 and t.dtype not in SIG_TYPE:
             raise BackendError(f"cuda: tensor {p.name} of {t} is not supported", self.k.loc)
+        mma = self.mma_packed.get(p.id)
         self.tensors[p.id] = TensorRef(a, tuple(str(d) for d in t.shape), bits,
-                                       p.id in interleaved_params(self.k))
+                                       mma is None and p.id in interleaved_params(self.k), mma)
         return f"{elem}[{', '.join([':'] * (rank - 1) + ['::1'])}]"
 
     def _bind_dims(self) -> None:
         dim_of = {d.name: self.scalars[d.id] for d in self.k.dims}
         for vid, t in list(self.tensors.items()):
             dims = tuple(dim_of.get(d, d) for d in t.dims)
-            self.tensors[vid] = TensorRef(t.name, dims, t.bits, t.interleaved)
+            self.tensors[vid] = TensorRef(t.name, dims, t.bits, t.interleaved, t.mma)
 
     def _assemble(self, name: str, args: list[str], sig: list[str]) -> Rendered:
         top = ["    tid = I64(U32(cuda.threadIdx.x))", f"    nthr = {self.threads}"]
