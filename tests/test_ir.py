@@ -30,6 +30,8 @@ CONFIGS = [
     (SHIPPED / "matmul.lbk", {"W": "i8"}),
     (SHIPPED / "matmul_a8.lbk", {"W": "u4"}),
     (SHIPPED / "matmul_a8.lbk", {"W": "f4e2m1fn", "SC": 2.0, "LO": -12.0, "ZP": True}),
+    (SHIPPED / "matmul_mix.lbk", {}),
+    (SHIPPED / "matmul_mix.lbk", {"T": 2, "ZP": True, "A": "f16"}),
     (SHIPPED / "quantize_a8.lbk", {}),
     (SHIPPED / "quantize_a8.lbk", {"A": "bf16", "BM": 16, "QB": 64}),
     (SHIPPED / "dequantize.lbk", {"W": "u4"}),
