@@ -316,6 +316,10 @@ def _reduce_or_elementwise(kind: str) -> Callable:
 def _elementwise2(ctx: Ctx, opcode: str, e: A.Call) -> object:
     a, b = ctx.eval(e.args[0]), ctx.eval(e.args[1])
     if not isinstance(a, Value) and not isinstance(b, Value):
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b)):
+            shown = [repr(v) if len(repr(v)) <= 40 else type(v).__name__ for v in (a, b)]
+            raise DSLTypeError(f"{opcode}(a, b) takes two numbers or tiles, got {shown[0]} "
+                               f"and {shown[1]}", e.loc)
         return {"min": min, "max": max}[opcode](a, b)
     x, y = _unify(ctx, a, b, e.loc)
     return ctx.b.emit(opcode, x, y, loc=e.loc)

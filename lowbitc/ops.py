@@ -25,8 +25,8 @@ from lowbitc.kv.attention import attention_decode as kv_attention_decode
 from lowbitc.mixture import TableQTensor
 from lowbitc.mma_plan import MMA_ACTIVATIONS, mma_format, mma_params
 from lowbitc.offset import OffsetQTensor, finish_dequantize, permute_input, subtract_offsets
-from lowbitc.passes.bitpack_lanes import planes_format
 from lowbitc.quant import QTensor
+from lowbitc.repack import planes_format
 from lowbitc.tuned import tuned_config
 
 _ACTIVATIONS = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}

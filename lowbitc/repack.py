@@ -245,6 +245,18 @@ class PlanesPacking(RowsPacking):
         return tuple((1, j, j) for j in range(self.bits))
 
 
+# up to this width, a weight affine in the code bits (integer formats) goes bit plane by bit
+# plane: one table permute and add per plane and 4 codes, against one per code above
+PLANES_MAX_BITS = 3
+
+
+def planes_format(values, bits: int) -> bool:
+    """Whether a weight of these code values (every code's, in order) takes the planes
+    packing in a GEMV: at most PLANES_MAX_BITS bits and affine in the code bits. Here, not
+    in passes/bitpack_lanes.py, so that ops.py's cache-hit path imports no compiler pass."""
+    return bits <= PLANES_MAX_BITS and affine_bits(values, bits) is not None
+
+
 def affine_bits(values: np.ndarray, bits: int) -> tuple[float, list[float]] | None:
     """(a, [c_j]) with value(q) = a + sum_j c_j * bit_j(q) exactly for every code q (the
     integer formats: unsigned, two's complement, bipolar), or None."""

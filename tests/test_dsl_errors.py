@@ -53,6 +53,11 @@ CASES = {
 <string>:1:10: DSLNameError: unknown format 'q7'
     kernel k(x: q7[N], y: f32[N]) {
              ^"""),
+    "min-of-a-dtype": (
+        DSLTypeError, K2.format("store(y[0 :+ 4], min(f32, [4]))"), {}, """
+<string>:2:20: DSLTypeError: min(a, b) takes two numbers or tiles, got Format(name='f32') and (4,)
+      store(y[0 :+ 4], min(f32, [4]))
+                       ^"""),
     "unknown-block-axis": (
         DSLNameError, K2.format("store(y[block.w :+ 4], load(x[0 :+ 4]))"), {}, """
 <string>:2:11: DSLNameError: block has x, y and z, not 'w'
@@ -254,3 +259,12 @@ def test_wrong_kernel_arguments_fail_before_native_code():
         assert isinstance(info.value, ValueError)
     with pytest.raises(UserArgumentError, match="has no parameter or dim 'Q'"):
         k(words, y, Q=3)
+
+
+def test_a_format_tile_carried_out_of_a_run_time_if_is_a_located_error():
+    source = ("kernel k(x: f32[N], y: f32[N]) {\n  t = load(x[0 :+ 4])\n  q = cast(t, u4)\n"
+              "  if N == 4 { q = cast(t * 2.0, u4) }\n  store(y[0 :+ 4], cast(q, f32))\n}\n")
+    with pytest.raises(LowbitcError, match=r"<string>:4:3: .*tile<u4\[4\]> cannot be carried "
+                                           r"out of a run-time if"):
+        compile(source)
+

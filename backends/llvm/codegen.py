@@ -148,6 +148,7 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
 
 
 def _for(env: Env, op: Op) -> None:
+    _carried_tiles_supported(op, "loop")
     em = env.em
     lo, hi, step = (env.get(v) for v in op.operands[:3])
     inits = [env.get(v) for v in op.operands[3:]]
@@ -187,7 +188,19 @@ def _for(env: Env, op: Op) -> None:
         env.bind(r, bufs[j] if j in bufs else next(it))
 
 
+def _carried_tiles_supported(op: Op, what: str) -> None:
+    """Tiles a run-time `if` or loop carries live in buffers of a machine type; a tile of a
+    format's codes (a cast to f8e4m3fn, u4, ...) has none on this backend."""
+    for r in op.results:
+        if isinstance(r.type, TileType) and r.type.dtype not in MEMTYPE:
+            raise BackendError(f"llvm: a {r.type} cannot be carried out of a run-time {what} "
+                               f"(its condition or bounds are known only when the kernel runs); "
+                               f"cast it to f32 inside the {what}, or make the condition a "
+                               f"compile-time parameter", op.loc)
+
+
 def _if(env: Env, op: Op) -> None:
+    _carried_tiles_supported(op, "if")
     em = env.em
     cond = env.get(op.operands[0])
     then_l, else_l, end_l = em.label("then"), em.label("else"), em.label("endif")

@@ -27,7 +27,13 @@ from lowbitc.ir.core import Kernel, Op, Value, walk
 from lowbitc.ir.opdefs import ELEMENTWISE
 from lowbitc.ir.types import TensorType, TileType, is_machine, numpy_dtype
 from lowbitc.passes.base import register, rewrite
-from lowbitc.repack import LANES, Packing, PlanesPacking, RowsPacking, affine_bits
+from lowbitc.repack import (
+    LANES,
+    Packing,
+    PlanesPacking,
+    RowsPacking,
+    planes_format,
+)
 from lowbitc.signature import format_bits
 
 # rows of `a` up to which the LLVM backend's fused dot decodes weights in registers (its
@@ -35,16 +41,7 @@ from lowbitc.signature import format_bits
 MAX_ROWS = 8
 MAX_STEP = 128  # codes per step: one 512-bit vector of a 4-bit plane
 ROWS_MAX_BITS = 4  # the rows packing's decode is one 16-entry permute per vector
-# up to this width, a weight affine in the code bits (integer formats) goes bit plane by bit
-# plane: one table permute and add per plane and 4 codes, against one per code above
-PLANES_MAX_BITS = 3
 _FUSIBLE = ELEMENTWISE | {"cast", "bitcast", "where", "lut"}
-
-
-def planes_format(values, bits: int) -> bool:
-    """Whether a weight of these code values (every code's, in order) takes the planes
-    packing in a GEMV: at most PLANES_MAX_BITS bits and affine in the code bits."""
-    return bits <= PLANES_MAX_BITS and affine_bits(values, bits) is not None
 
 
 def _dots_fed(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> list[tuple[Op, int]] | None:
