@@ -108,7 +108,11 @@ class _Lowering:
                         shape.append(d.value)
                         continue
                     if d.id in self.env and not isinstance(self.env[d.id], Value):
-                        shape.append(self._static(d))
+                        size = self._static(d)
+                        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                            raise DSLTypeError(f"dim {d.id} of {p.name} must be a "
+                                               f"non-negative int, got {_show(size)}", d.loc)
+                        shape.append(size)
                         continue
                     if d.id not in dims:
                         dims[d.id] = self.b.value(ScalarType("i64"), d.id)

@@ -99,13 +99,15 @@ def test_unmutated_token_streams_still_compile():
             compile(join(tokens(text)), kernel=name)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(mutated())
 def test_mutated_kernels_fail_only_with_lowbitc_errors(source):
     compile_or_reject(source)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(mutated(VALUE_EDITS), st.sampled_from(FORMATS))
 def test_kernels_with_changed_numbers_and_names_fail_only_with_lowbitc_errors(source, wtype):
     params = {"W": wtype} if "W: dtype" in source else {}

@@ -58,6 +58,12 @@ CASES = {
 <string>:2:20: DSLTypeError: min(a, b) takes two numbers or tiles, got Format(name='f32') and (4,)
       store(y[0 :+ 4], min(f32, [4]))
                        ^"""),
+    "dim-named-by-a-dtype-param": (
+        DSLTypeError, "kernel k[W: dtype = u4](x: W[W, N], y: f32[N]) {\n"
+        "  store(y[0 :+ 4], 1.0)\n}\n", {}, """
+<string>:1:30: DSLTypeError: dim W of x must be a non-negative int, got u4
+    kernel k[W: dtype = u4](x: W[W, N], y: f32[N]) {
+                                 ^"""),
     "unknown-block-axis": (
         DSLNameError, K2.format("store(y[block.w :+ 4], load(x[0 :+ 4]))"), {}, """
 <string>:2:11: DSLNameError: block has x, y and z, not 'w'
