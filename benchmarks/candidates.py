@@ -24,6 +24,7 @@ from lowbitc.quant import QTensor
 
 from .baselines import Baseline, torch_int4_gemv
 from .harness import in_turn
+from .peer_ggml import ggml_gemm
 
 __all__ = [
     "MATMUL_TOLERANCE",
@@ -31,6 +32,7 @@ __all__ = [
     "activations",
     "dequant_case",
     "from_baseline",
+    "ggml_case",
     "matmul_case",
     "quantized",
     "torch_case",
@@ -211,4 +213,22 @@ def torch_case(K: int, N: int, group_size: int, M: int = 1, copies: int = 1) -> 
     got = b.fn().float().numpy()
     t = from_baseline(b, weight_bytes=N * K / 2 + sz.numel() * 2)
     t.check = _compare(got, ref, TORCH_TOLERANCE)
+    return t
+
+
+def ggml_case(w: np.ndarray, x: np.ndarray, qtype: str, copies: int = 1) -> Timed | None:
+    """llama.cpp's mul_mat on w quantized by ggml to `qtype` (benchmarks.peer_ggml), checked
+    against x @ W.T with W its blocks dequantized by the gguf package (ggml rounds x to
+    8 bits per block: A8_TOLERANCE); None without ggml-python."""
+    b = ggml_gemm(w, x, qtype, copies=copies)
+    if b is None:
+        return None
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    got = b.data["y"]()
+    deq = dequantize(b.data["words"], getattr(GGMLQuantizationType, qtype.upper()))
+    ref = x.astype(np.float64) @ deq.reshape(w.shape).astype(np.float64).T
+    t = from_baseline(b, weight_bytes=b.data["weight_bytes"])
+    t.check = _compare(got, ref, A8_TOLERANCE)
     return t

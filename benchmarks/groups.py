@@ -23,6 +23,7 @@ from .baselines import copy_baseline, numpy_gemm, read_baseline
 from .cases import GEMV_FORMATS, MIXTURE_MEMBERS, RowSpec
 from .config import Config
 from .harness import interleaved_stats
+from .peer_ggml import GGML_TYPES
 from .user_cases import USER_GEMV, user_case, user_gemv_case
 
 __all__ = ["Binding", "Group", "copy_summary", "groups", "incache_summary", "measure",
@@ -30,6 +31,10 @@ __all__ = ["Binding", "Group", "copy_summary", "groups", "incache_summary", "mea
 
 MIB = 1 << 20
 
+
+# llama.cpp's types recorded beside an A8 row of the same bits per weight (q4_K and q2_K as
+# llama.cpp's repacked CPU path runs them; q4_0 the simplest block format; q8_0 beside u8)
+GGML_PEERS = {"u4": ("q4_K", "q4_0"), "u2": ("q2_K",), "u8": ("q8_0",)}
 
 SLOWEST = "slowest:"  # a baseline "slowest:a,b": whichever of a, b took longest (median)
 
@@ -105,7 +110,12 @@ def _a8_group(cfg: Config, specs: list[RowSpec]) -> Group:
     for spec in specs:
         key = f"lowbitc_a8_{spec.fmt}_M{m}"
         one = _streamed(cfg, grp, key, x, lambda f=spec.fmt: qw(f), act="i8")
-        extras = (torch_key, *one) if spec.fmt == "u4" else one
+        peers = tuple(f"ggml_{t}_M{m}" for t in GGML_PEERS.get(spec.fmt, ()))
+        for t, peer in zip(GGML_PEERS.get(spec.fmt, ()), peers, strict=True):
+            grp.add(peer, lambda t=t: cand.ggml_case(
+                        w, x, t, cfg.copies(n * n * GGML_TYPES[t][1] / 8)),
+                    missing="ggml-python is not installed (the `bench` extra)")
+        extras = (torch_key, *peers, *one) if spec.fmt == "u4" else (*peers, *one)
         grp.bindings.append(Binding(spec, key, base, extras))
     return grp
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 from .cases import RowSpec
 
-__all__ = ["format_markdown", "format_table", "make_row", "summarize_rows"]
+__all__ = ["format_markdown", "format_table", "make_row", "peer_lines", "summarize_rows"]
 
 
 def _rates(t, median: float) -> dict:
@@ -125,7 +125,29 @@ def format_table(results: dict) -> str:
     for r in results["rows"]:
         if r["status"] != "pass":
             text.append(f"  {r['name']}: {r['reason']}")
-    return "\n".join(text)
+    return "\n".join(text + peer_lines(results))
+
+
+PEERS = ("ggml_", "torch_")  # other engines' calls recorded beside a row (extras)
+
+
+def peer_lines(results: dict) -> list[str]:
+    """One line per row that recorded other engines' calls: their medians and speedups over
+    the row's baseline, beside lowbitc's (a skipped peer says why)."""
+    out = []
+    for r in results["rows"]:
+        peers = [e for e in r.get("extra", []) if e["name"].startswith(PEERS)
+                 and e["name"] != r.get("baseline", {}).get("name")]
+        if not peers or "baseline_time" not in r:
+            continue
+        base = r["baseline_time"]["median"]
+        cells = [f"lowbitc {_seconds(r['time']['median'])} ({r['ratio']:.2f}x)"]
+        for e in peers:
+            t = e.get("time", {}).get("median")
+            cells.append(f"{e['name']} {_seconds(t)} ({base / t:.2f}x)" if t else
+                         f"{e['name']} {e.get('status', 'not timed')}: {e.get('reason', '')}")
+        out.append(f"  peers {r['name']} vs {r['baseline']['name']}: " + ", ".join(cells))
+    return out
 
 
 _COMPACT = (0, 1, 3, 4, 5, 6, 7, 8, 9)  # the columns a README table keeps (no p10-p90)

@@ -11,7 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from benchmarks import baselines, harness  # noqa: E402
+from benchmarks import baselines, harness, peer_ggml  # noqa: E402
+from benchmarks import candidates as cand  # noqa: E402
+from benchmarks.peer_ggml import GGML_TYPES  # noqa: E402
 
 
 def _counter():
@@ -115,3 +117,32 @@ def test_torch_int4_baseline_matches_its_dequantized_weights():
     torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
     with pytest.raises(ValueError, match="multiple of group_size"):
         baselines.torch_int4_gemv(200, 48)
+
+
+@pytest.mark.parametrize("qtype", ["q4_K", "q4_0", "q8_0", "q2_K"])
+def test_ggml_peer_computes_x_wt_with_its_own_blocks(qtype):
+    """llama.cpp's mul_mat (ggml-python, the bench extra) on ggml-quantized weights equals
+    x @ W.T with those blocks dequantized by gguf, to int8 activation rounding; q4 types run
+    from the repacked buffer; every weight of the rotation gives the same result."""
+    pytest.importorskip("ggml", reason="ggml-python (the bench extra) is not installed")
+    w = cand.weights(64, 512, seed=3)
+    x = cand.activations(5, 512, seed=4)
+    t = cand.ggml_case(w, x, qtype, copies=2)
+    assert t.check["ok"], t.check
+    assert 0 < t.check["max_rel_error"] <= cand.A8_TOLERANCE
+    assert t.info["repacked"] == (qtype in ("q4_K", "q4_0"))
+    assert t.weight_bytes == 64 * 512 * GGML_TYPES[qtype][1] / 8
+    first = t.fn()  # the rotation's two weights
+    second = t.fn()
+    assert first == second == 0  # GGML_STATUS_SUCCESS
+    # the check can fail: another weight's blocks are far from this product
+    b = peer_ggml.ggml_gemm(w, x, qtype)
+    other = np.asarray(b.data["y"](), dtype=np.float64)
+    wrong = x.astype(np.float64) @ (w[::-1].astype(np.float64)).T
+    assert not cand._compare(other, wrong, cand.A8_TOLERANCE)["ok"]
+
+
+def test_ggml_peer_rejects_an_unknown_type():
+    pytest.importorskip("ggml", reason="ggml-python (the bench extra) is not installed")
+    with pytest.raises(ValueError, match="qtype: expected one of"):
+        peer_ggml.ggml_gemm(np.zeros((8, 256), np.float32), np.zeros((1, 256), np.float32), "q5_1")

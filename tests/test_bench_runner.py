@@ -74,7 +74,7 @@ def test_quick_run_writes_json_and_png(quick_run):
 
 @pytest.mark.slow
 def test_quick_run_rows_are_complete(quick_run):
-    _, out = quick_run
+    done, out = quick_run
     results = json.loads((out / "cpu-quick.json").read_text())
     for r in results["rows"]:
         assert r["status"] in STATUSES
@@ -108,6 +108,16 @@ def test_quick_run_rows_are_complete(quick_run):
             assert r["read_bandwidth_fraction"] == pytest.approx(want)
         else:
             assert "read_bandwidth_fraction" not in r
+    # llama.cpp's kernels beside the W*A8 rows (the bench extra, installed with the tests)
+    for r in results["rows"]:
+        want = groups.GGML_PEERS.get(r["format"], ()) if r["kind"] == "a8" else ()
+        peers = {e["name"]: e for e in r["extra"] if e["name"].startswith("ggml_")}
+        assert sorted(peers) == sorted(f"ggml_{t}_M{r['M']}" for t in want), r["name"]
+        for e in peers.values():
+            assert e["check"]["ok"] and e["time"]["median"] > 0, e
+            assert e["info"]["weights_in_turn"] > 1
+        if peers:
+            assert f"peers {r['name']} vs numpy_fp32_M{r['M']}" in done.stdout
     dequant = next(r for r in results["rows"] if r["name"] == "dequant_u3")
     assert dequant["lowbitc"]["check"]["max_abs_error"] == 0.0  # bit-exact
     assert dequant["baseline"]["name"].startswith("copy_")
