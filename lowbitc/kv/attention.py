@@ -33,7 +33,7 @@ def _segments(cache: QuantKVCache) -> list[tuple[dict, list, int]]:
     params = {"WK": "f32", "WV": "f32", "QUANT": False, "KZP": False, "VZP": False,
               "G": FLOAT_TILE, "VG": cache.head_dim}
     for k, v in cache.float_segments():
-        segs.append((params, [k, none, dummy, v, dummy, dummy], len(k)))
+        segs.append((params, [k, none, dummy, v, dummy, dummy], k.shape[1]))
     return segs
 
 
@@ -76,8 +76,8 @@ def attention_decode(q, cache: QuantKVCache, scale: float | None = None,
         slot += -(-n // split)
     y, lse = np.empty((hq, d), np.float32), np.empty(hq, np.float32)
     get_kernel("attention", backend, kernel="attention_combine", D=d)(m, l, o, y, lse)
-    if cache.mixed and len(cache.window_keys()):
+    if cache.mixed and cache.window_keys().shape[1]:
         # MiKV: the window tokens' attention probabilities add to their importance
-        keys = np.repeat(cache.window_keys(), qh, axis=1)  # [tokens, hq, d]
-        cache.observe(np.exp(np.einsum("hd,thd->ht", qa, keys) * scale - lse[:, None]))
+        keys = np.repeat(cache.window_keys(), qh, axis=0)  # [hq, tokens, d]
+        cache.observe(np.exp(np.einsum("hd,htd->ht", qa, keys) * scale - lse[:, None]))
     return y.reshape(shape)

@@ -69,8 +69,9 @@ class QuantKVCache:
         self.heads = self.batch * self.num_heads  # the kernels' head axis: (sequence, head)
         self.stores: list[PackedStore] = []
         self._active: dict[str, PackedStore] = {}
-        shape = (0, self.heads, self.head_dim)
-        # f32 tokens: the window (newest last) and, for MiKV, each class's partial group
+        shape = (self.heads, 0, self.head_dim)
+        # f32 tokens, head-major as the pages: the window (newest last) and, for MiKV, each
+        # class's partial group
         self._window = [np.zeros(shape, _F32), np.zeros(shape, _F32)]
         self._score = np.zeros(0, _F32)
         self._pos = np.zeros(0, np.int64)
@@ -85,13 +86,13 @@ class QuantKVCache:
 
     # ------------------------------------------------------------------ appending
     def _tokens(self, x: object, arg: str) -> np.ndarray:
-        """[tokens, heads, dim] (or [batch, tokens, heads, dim]) -> [tokens, batch*heads, dim]."""
+        """[tokens, heads, dim] (or [batch, tokens, heads, dim]) -> [batch*heads, tokens, dim]."""
         a = _as_array(x, arg)
         want = (self.num_heads, self.head_dim)
         if self.batch == 1 and a.ndim == 3 and a.shape[1:] == want:
-            return a
+            return a.transpose(1, 0, 2)
         if a.ndim == 4 and a.shape[0] == self.batch and a.shape[2:] == want:
-            return a.transpose(1, 0, 2, 3).reshape(a.shape[1], self.heads, self.head_dim)
+            return a.transpose(0, 2, 1, 3).reshape(self.heads, a.shape[1], self.head_dim)
         shape = (f"[tokens, {want[0]}, {want[1]}]" if self.batch == 1
                  else f"[{self.batch}, tokens, {want[0]}, {want[1]}]")
         raise UserArgumentError(f"{arg}: expected shape {shape}, got {a.shape}")
@@ -102,13 +103,13 @@ class QuantKVCache:
         k, v = self._tokens(K, "K"), self._tokens(V, "V")
         if k.shape != v.shape:
             raise UserArgumentError(f"V: expected the shape of K {K.shape}, got {V.shape}")
-        t = k.shape[0]
+        t = k.shape[1]
         score = np.zeros(t, _F32)
         if importance is not None:
             score = _as_array(importance, "importance").reshape(-1)
             if score.shape != (t,):
                 raise UserArgumentError(f"importance: expected shape ({t},), got {score.shape}")
-        self._window = [np.concatenate([w, x]) for w, x in zip(self._window, (k, v))]
+        self._window = [np.concatenate([w, x], axis=1) for w, x in zip(self._window, (k, v))]
         self._score = np.concatenate([self._score, score])
         self._pos = np.concatenate([self._pos, np.arange(self.length, self.length + t)])
         self.length += t
@@ -123,9 +124,9 @@ class QuantKVCache:
 
     def _retire(self, count: int, pad: bool = False) -> None:
         """The oldest `count` window tokens go to the packed pages."""
-        k, v = (w[:count] for w in self._window)
+        k, v = (w[:, :count] for w in self._window)
         score, pos = self._score[:count], self._pos[:count]
-        self._window = [np.ascontiguousarray(w[count:]) for w in self._window]
+        self._window = [np.ascontiguousarray(w[:, count:]) for w in self._window]
         self._score, self._pos = self._score[count:].copy(), self._pos[count:].copy()
         if not self.mixed:
             self._quantize("low", k, v, pos, pad)
@@ -135,10 +136,11 @@ class QuantKVCache:
         high[np.argsort(-score, kind="stable")[:top]] = True
         for cls, pick in (("high", high), ("low", ~high)):
             sk, sv, sp = self._staged[cls]
-            sk, sv, sp = (np.concatenate([a, b[pick]]) for a, b in ((sk, k), (sv, v), (sp, pos)))
+            sk, sv = (np.concatenate([a, b[:, pick]], axis=1) for a, b in ((sk, k), (sv, v)))
+            sp = np.concatenate([sp, pos[pick]])
             whole = len(sp) if pad else len(sp) // self.group * self.group
-            self._quantize(cls, sk[:whole], sv[:whole], sp[:whole], pad)
-            self._staged[cls] = (sk[whole:].copy(), sv[whole:].copy(), sp[whole:].copy())
+            self._quantize(cls, sk[:, :whole], sv[:, :whole], sp[:whole], pad)
+            self._staged[cls] = (sk[:, whole:].copy(), sv[:, whole:].copy(), sp[whole:].copy())
 
     def _quantize(self, cls: str, k: np.ndarray, v: np.ndarray, pos: np.ndarray,
                   pad: bool) -> None:
@@ -168,29 +170,31 @@ class QuantKVCache:
 
     # ------------------------------------------------------------------ reading
     def float_segments(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The float32 tokens (window, then MiKV's partial groups) as (K, V) pairs."""
+        """The float32 tokens (window, then MiKV's partial groups) as (K, V) pairs, each
+        [heads, tokens, head_dim]."""
         segs = [tuple(self._window)]
         segs += [(sk, sv) for sk, sv, _ in self._staged.values()]
-        return [s for s in segs if len(s[0])]
+        return [s for s in segs if s[0].shape[1]]
 
     def window_keys(self) -> np.ndarray:
+        """The window's keys [heads, tokens, head_dim]."""
         return self._window[0]
 
     def dequantize(self) -> tuple[np.ndarray, np.ndarray]:
         """Every token's keys and values in float32, in append order: [tokens, heads, head_dim]
         (with batch: [batch, tokens, heads, head_dim]); quantized tokens as attention sees them."""
         parts = [s.dequantize() for s in self.stores] + self.float_segments()
-        k = np.concatenate([p[0] for p in parts] or [self._window[0]])
-        v = np.concatenate([p[1] for p in parts] or [self._window[1]])
+        k = np.concatenate([p[0] for p in parts] or [self._window[0]], axis=1)
+        v = np.concatenate([p[1] for p in parts] or [self._window[1]], axis=1)
         if self.mixed:
             pos = np.concatenate([np.concatenate(self._store_pos[id(s)]) for s in self.stores]
                                  + [self._pos] + [sp for _, _, sp in self._staged.values()])
             order = np.argsort(pos, kind="stable")
-            k, v = k[order], v[order]
+            k, v = k[:, order], v[:, order]
         if self.batch > 1:
-            shape = (len(k), self.batch, self.num_heads, self.head_dim)
-            return tuple(x.reshape(shape).transpose(1, 0, 2, 3).copy() for x in (k, v))
-        return k, v
+            shape = (self.batch, self.num_heads, k.shape[1], self.head_dim)
+            return tuple(x.reshape(shape).transpose(0, 2, 1, 3).copy() for x in (k, v))
+        return tuple(x.transpose(1, 0, 2).copy() for x in (k, v))
 
     def nbytes(self) -> int:
         """Bytes the cached tokens take: codes and scales of the packed pages, the float32

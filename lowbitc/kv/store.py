@@ -1,7 +1,8 @@
 """Packed pages of a quantized KV cache: one (key format, value format) pair.
 
-Token-major pages, each (token, head) row of head_dim codes one LSB-first bit stream in uint32
-words (u8/i8: plain bytes), written in place by the `kv_quantize.lbk` kernels. Keys carry a
+Head-major pages `[heads, tokens, ...]`, each (head, token) row of head_dim codes one LSB-first
+bit stream in uint32 words (u8/i8: plain bytes), written in place by the `kv_quantize.lbk`
+kernels: attention reads one head's run of tokens as one contiguous stream. Keys carry a
 scale (and zero point) per channel and group of `group` tokens (KIVI), values one per token and
 group of `group_v` channels. Zero points exist for formats without negative values (unsigned
 integers: min-max scaling); the others scale symmetrically by max |x|.
@@ -21,7 +22,6 @@ from lowbitc.packing import unpack
 from lowbitc.signature import words_for
 
 _NONE = np.zeros((1, 1, 1), np.float32)  # the kernels' stand-in for absent zero points
-HEAD_MAJOR = ("ks", "kz", "vs", "vz")  # [heads, groups or tokens, ...]: codes are token-major
 
 
 def has_zero_point(fmt) -> bool:
@@ -36,20 +36,20 @@ def quantize_params(fmt) -> dict:
             "QMIN": float(fmt.min), "QMAX": float(fmt.max)}
 
 
-def code_array(fmt, tokens: int, heads: int, dim: int) -> np.ndarray:
-    """Zeroed storage for `tokens` rows of codes of `fmt`."""
+def code_array(fmt, heads: int, tokens: int, dim: int) -> np.ndarray:
+    """Zeroed storage for `tokens` rows of codes of `fmt` per head."""
     if is_machine(fmt.name):
-        return np.zeros((tokens, heads, dim), numpy_dtype(fmt.name))
-    return np.zeros((tokens, heads, words_for(dim, fmt.bits)), np.uint32)
+        return np.zeros((heads, tokens, dim), numpy_dtype(fmt.name))
+    return np.zeros((heads, tokens, words_for(dim, fmt.bits)), np.uint32)
 
 
 def decode_codes(fmt, words: np.ndarray, dim: int) -> np.ndarray:
-    """f32 values of stored codes [T, H, *] (before scales)."""
-    t, h = words.shape[:2]
+    """f32 values of stored codes [H, T, *] (before scales)."""
+    h, t = words.shape[:2]
     if is_machine(fmt.name):
         return words.astype(np.float32)
-    codes = unpack(words.reshape(t * h, -1), fmt.bits, dim)
-    return fmt.decode(codes).reshape(t, h, dim)
+    codes = unpack(words.reshape(h * t, -1), fmt.bits, dim)
+    return fmt.decode(codes).reshape(h, t, dim)
 
 
 @dataclass
@@ -73,19 +73,18 @@ class PackedStore:
     def _allocate(self, cap: int) -> dict:
         h, d = self.heads, self.dim
         kzp, vzp = has_zero_point(self.fmt_k), has_zero_point(self.fmt_v)
-        return {
-            "k": code_array(self.fmt_k, cap, h, d),
-            # scales head-major: a head's run of groups (of tokens) is contiguous for attention
+        return {  # all head-major: a head's run of tokens (or groups) is contiguous
+            "k": code_array(self.fmt_k, h, cap, d),
             "ks": np.zeros((h, cap // self.group, d), np.float32),
             "kz": np.zeros((h, cap // self.group, d), np.float32) if kzp else None,
-            "v": code_array(self.fmt_v, cap, h, d),
+            "v": code_array(self.fmt_v, h, cap, d),
             "vs": np.zeros((h, cap, d // self.group_v), np.float32),
             "vz": np.zeros((h, cap, d // self.group_v), np.float32) if vzp else None,
         }
 
     @property
     def cap(self) -> int:
-        return self.arrays["k"].shape[0]
+        return self.arrays["k"].shape[1]
 
     def _reserve(self, tokens: int) -> None:
         """Pages for `tokens` tokens, growing by doubling (amortised copies)."""
@@ -94,23 +93,19 @@ class PackedStore:
         want = max(tokens, 2 * self.cap, 4 * self.group)
         grown = self._allocate(-(-want // self.group) * self.group)
         for name, a in self.arrays.items():
-            if a is None:
-                continue
-            if name in HEAD_MAJOR:
+            if a is not None:
                 grown[name][:, :a.shape[1]] = a
-            else:
-                grown[name][:a.shape[0]] = a
         self.arrays = grown
 
     def append(self, k: np.ndarray, v: np.ndarray) -> None:
-        """Quantize f32 tokens [t, heads, dim] into the pages (t a multiple of `group`, or any
+        """Quantize f32 tokens [heads, t, dim] into the pages (t a multiple of `group`, or any
         t with the last key group padded by repeating the last token: the store is sealed)."""
-        t = k.shape[0]
+        t = k.shape[1]
         if t == 0:
             return
         pad = -t % self.group
         if pad:
-            k = np.concatenate([k, np.repeat(k[-1:], pad, axis=0)])
+            k = np.concatenate([k, np.repeat(k[:, -1:], pad, axis=1)], axis=1)
             self.sealed = True
         self._reserve(self.n + t + pad)
         a = self.arrays
@@ -125,26 +120,26 @@ class PackedStore:
         self.n += t
 
     def dequantize(self) -> tuple[np.ndarray, np.ndarray]:
-        """The stored tokens' f32 keys and values [n, heads, dim] (exactly what attention reads)."""
+        """The stored tokens' f32 keys and values [heads, n, dim] (exactly what attention
+        reads)."""
         a, n, g = self.arrays, self.n, self.group
-        k = decode_codes(self.fmt_k, a["k"][:n], self.dim)
+        k = decode_codes(self.fmt_k, a["k"][:, :n], self.dim)
         groups = np.arange(n) // g
         if a["kz"] is not None:
-            k = k - a["kz"][:, groups].transpose(1, 0, 2)
-        k = k * a["ks"][:, groups].transpose(1, 0, 2)
-        v = decode_codes(self.fmt_v, a["v"][:n], self.dim).reshape(n, self.heads, -1,
-                                                                   self.group_v)
+            k = k - a["kz"][:, groups]
+        k = k * a["ks"][:, groups]
+        v = decode_codes(self.fmt_v, a["v"][:, :n], self.dim).reshape(self.heads, n, -1,
+                                                                      self.group_v)
         if a["vz"] is not None:
-            v = v - a["vz"][:, :n].transpose(1, 0, 2)[..., None]
-        v = v * a["vs"][:, :n].transpose(1, 0, 2)[..., None]
-        return k.astype(np.float32), v.reshape(n, self.heads, self.dim).astype(np.float32)
+            v = v - a["vz"][:, :n, :, None]
+        v = v * a["vs"][:, :n, :, None]
+        return k.astype(np.float32), v.reshape(self.heads, n, self.dim).astype(np.float32)
 
     def nbytes(self) -> int:
         """Bytes of the stored tokens: codes (whole words per row) and scales, zero points."""
         a, n = self.arrays, self.n
         groups = -(-n // self.group)
-        per_token = sum((a[x][:, :1] if x in HEAD_MAJOR else a[x][:1]).nbytes
-                        for x in ("k", "v", "vs", "vz") if a[x] is not None)
+        per_token = sum(a[x][:, :1].nbytes for x in ("k", "v", "vs", "vz") if a[x] is not None)
         per_group = sum(a[x][:, :1].nbytes for x in ("ks", "kz") if a[x] is not None)
         return n * per_token + groups * per_group
 
