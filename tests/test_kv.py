@@ -163,6 +163,45 @@ def test_batched_cache_and_flush():
         np.testing.assert_allclose(got[i], sdpa(q[i], kd[i], vd[i]), atol=2e-5)
 
 
+@pytest.mark.parametrize("fk, fv, extra", CASES, ids=["u2", "u4", "f8e4m3fn", "mixed"])
+def test_a_batch_of_sequences_of_different_lengths(fk, fv, extra):
+    """One call over a list of caches of lengths 1, 17, 1000 (GQA 8:2): each sequence's output
+    is SDPA over its own dequantized cache, and the same as attention over it alone."""
+    d, kv_heads, heads = 64, 2, 8
+    caches = []
+    for n in (1, 17, 1000):
+        c = QuantKVCache(num_heads=kv_heads, head_dim=d, dtype_k=fk, dtype_v=fv, group=32,
+                         residual=64, **extra)
+        c.append(tokens(n, kv_heads, d), tokens(n, kv_heads, d))
+        caches.append(c)
+    q = RNG.standard_normal((3, heads, d)).astype(np.float32) * 2
+    got = ops.attention_decode(q, caches)
+    assert got.shape == q.shape and got.dtype == np.float32
+    for b, c in enumerate(caches):
+        k, v = c.dequantize()
+        np.testing.assert_allclose(got[b], sdpa(q[b], k, v), rtol=0,
+                                   atol=2e-5 * max(1.0, np.abs(v).max()))
+    np.testing.assert_allclose(got[2], ops.attention_decode(q[2], caches[2]), atol=1e-6)
+
+
+def test_batch_of_caches_errors():
+    a = QuantKVCache(num_heads=2, head_dim=32)
+    a.append(np.ones((3, 2, 32), np.float32), np.ones((3, 2, 32), np.float32))
+    q = np.zeros((2, 2, 32), np.float32)
+    with pytest.raises(UserArgumentError, match="cache: expected at least one cached token, "
+                                                "got an empty cache at position 1"):
+        ops.attention_decode(q, [a, QuantKVCache(num_heads=2, head_dim=32)])
+    b = QuantKVCache(num_heads=4, head_dim=32)
+    b.append(np.ones((3, 4, 32), np.float32), np.ones((3, 4, 32), np.float32))
+    with pytest.raises(UserArgumentError, match="2 heads of 32 on 'llvm', got 1 sequence.s. "
+                                                "of 4 heads of 32 on 'llvm' at position 1"):
+        ops.attention_decode(q, [a, b])
+    with pytest.raises(UserArgumentError, match=r"q: expected shape \[2, heads, 32\]"):
+        ops.attention_decode(q[0], [a, a])
+    with pytest.raises(UserArgumentError, match="non-empty list"):
+        ops.attention_decode(q, [])
+
+
 def test_errors_name_the_argument():
     with pytest.raises(UserArgumentError, match="dtype_k: expected a 1..8-bit"):
         QuantKVCache(num_heads=2, head_dim=32, dtype_k="f32")
