@@ -41,4 +41,4 @@ def test_kv_kernels_assemble_without_spills(file, kernel, params, arch):
 
 @pytest.mark.cudasim
 def test_kv_simulator_suite_in_its_own_process():
-    run_simulator_suite("test_sim_kv.py", passed=4)
+    run_simulator_suite("test_sim_kv.py", passed=5)

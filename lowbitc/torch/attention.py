@@ -1,4 +1,5 @@
-"""`torch.ops.lowbitc.attention_decode` over a `lowbitc.kv.QuantKVCache`, and an attention
+"""`torch.ops.lowbitc.attention_decode` over a `lowbitc.kv.QuantKVCache` (and
+`attention_decode_batch` over a list of them: sequences of different lengths), and an attention
 forward (Hugging Face transformers' attention-interface signature) whose keys and values go
 through a quantized cache.
 
@@ -23,6 +24,7 @@ from lowbitc.kv import attention_decode as kv_attention_decode
 
 _LIB = torch.library.Library("lowbitc", "FRAGMENT")
 _LIB.define("attention_decode(Tensor q, int cache, float? scale=None) -> Tensor")
+_LIB.define("attention_decode_batch(Tensor q, int[] caches, float? scale=None) -> Tensor")
 _CACHES: weakref.WeakValueDictionary[int, QuantKVCache] = weakref.WeakValueDictionary()
 _HANDLES = itertools.count(1)
 
@@ -48,18 +50,32 @@ def _cache(handle: int) -> QuantKVCache:
     return cache
 
 
-def _check_q(q: torch.Tensor) -> None:
-    if not isinstance(q, torch.Tensor) or q.dim() not in (2, 3) or not q.is_floating_point():
-        raise UserArgumentError(f"lowbitc::attention_decode: q: expected a float tensor "
-                                f"[heads, head_dim] or [batch, heads, head_dim], got "
+def _check_q(q: torch.Tensor, batch: int | None = None) -> None:
+    dims = (2, 3) if batch is None else (3,)
+    if not isinstance(q, torch.Tensor) or q.dim() not in dims or not q.is_floating_point() \
+            or (batch is not None and q.shape[0] != batch):
+        op = "attention_decode" if batch is None else "attention_decode_batch"
+        want = ("[heads, head_dim] or [batch, heads, head_dim]" if batch is None
+                else f"[{batch}, heads, head_dim] (one sequence per cache)")
+        raise UserArgumentError(f"lowbitc::{op}: q: expected a float tensor {want}, got "
                                 f"{getattr(q, 'shape', type(q).__name__)}")
+
+
+def _run(q: torch.Tensor, cache, scale: float | None, backend: str | None) -> torch.Tensor:
+    y = kv_attention_decode(q.detach().cpu().float().numpy(), cache, scale, backend)
+    return torch.from_numpy(y).to(q.device)
 
 
 def _attention_decode_impl(q: torch.Tensor, cache: int, scale: float | None = None,
                            backend: str | None = None):
     _check_q(q)
-    y = kv_attention_decode(q.detach().cpu().float().numpy(), _cache(cache), scale, backend)
-    return torch.from_numpy(y).to(q.device)
+    return _run(q, _cache(cache), scale, backend)
+
+
+def _attention_decode_batch_impl(q: torch.Tensor, caches: list[int], scale: float | None = None,
+                                 backend: str | None = None):
+    _check_q(q, len(caches))
+    return _run(q, [_cache(c) for c in caches], scale, backend)
 
 
 def _attention_decode_cuda(q: torch.Tensor, cache: int, scale: float | None = None):
@@ -67,8 +83,14 @@ def _attention_decode_cuda(q: torch.Tensor, cache: int, scale: float | None = No
     return _attention_decode_impl(q, cache, scale, backend="cuda")
 
 
+def _attention_decode_batch_cuda(q: torch.Tensor, caches: list[int], scale: float | None = None):
+    return _attention_decode_batch_impl(q, caches, scale, backend="cuda")
+
+
 _LIB.impl("attention_decode", _attention_decode_impl, "CPU")
 _LIB.impl("attention_decode", _attention_decode_cuda, "CUDA")
+_LIB.impl("attention_decode_batch", _attention_decode_batch_impl, "CPU")
+_LIB.impl("attention_decode_batch", _attention_decode_batch_cuda, "CUDA")
 
 
 @torch.library.register_fake("lowbitc::attention_decode")
@@ -77,9 +99,20 @@ def _attention_decode_fake(q, cache, scale=None):
     return q.new_empty(q.shape, dtype=torch.float32)
 
 
-def attention_decode(q: torch.Tensor, cache: QuantKVCache,
+@torch.library.register_fake("lowbitc::attention_decode_batch")
+def _attention_decode_batch_fake(q, caches, scale=None):
+    _check_q(q, len(caches))
+    return q.new_empty(q.shape, dtype=torch.float32)
+
+
+def attention_decode(q: torch.Tensor, cache: QuantKVCache | list[QuantKVCache],
                      scale: float | None = None) -> torch.Tensor:
-    """torch.ops.lowbitc.attention_decode(q, cache_handle(cache), scale)."""
+    """torch.ops.lowbitc.attention_decode(q, cache_handle(cache), scale); for a list of
+    caches (sequences of any lengths, q [len(cache), heads, head_dim])
+    torch.ops.lowbitc.attention_decode_batch(q, [cache_handle(c) for c in cache], scale)."""
+    if isinstance(cache, (list, tuple)):
+        return torch.ops.lowbitc.attention_decode_batch(q, [cache_handle(c) for c in cache],
+                                                        scale)
     return torch.ops.lowbitc.attention_decode(q, cache_handle(cache), scale)
 
 

@@ -46,6 +46,23 @@ def test_cache_and_attention_on_the_gpu(fk, fv, group_v, extra):
     np.testing.assert_allclose(ops.attention_decode(q, gpu), _sdpa(q, kd, vd), atol=2e-5)
 
 
+def test_a_batch_of_sequences_of_different_lengths_on_the_gpu():
+    """One attention_decode over caches of 1, 17 and 40 tokens (GQA 4:2) on the CUDA
+    backend: each sequence's output is SDPA over its own dequantized cache."""
+    caches = []
+    for n in (1, 17, 40):
+        c = QuantKVCache(num_heads=2, head_dim=32, dtype_k="u4", dtype_v="u2", group=8,
+                         group_v=16, residual=4, backend="cuda")
+        k, v = RNG.standard_normal((2, n, 2, 32)).astype(np.float32)
+        c.append(k, v)
+        caches.append(c)
+    q = RNG.standard_normal((3, 4, 32)).astype(np.float32)
+    got = ops.attention_decode(q, caches)
+    for b, c in enumerate(caches):
+        kd, vd = c.dequantize()
+        np.testing.assert_allclose(got[b], _sdpa(q[b], kd, vd), atol=2e-5)
+
+
 def test_the_torch_op_runs_cuda_tensors_on_the_cuda_backend(monkeypatch):
     """torch.ops.lowbitc.attention_decode has a CUDA kernel, and it launches the cache's
     kernels on the CUDA backend (called directly: this torch has no CUDA tensors)."""
@@ -62,7 +79,19 @@ def test_the_torch_op_runs_cuda_tensors_on_the_cuda_backend(monkeypatch):
     monkeypatch.setattr(kv_attention, "get_kernel",
                         lambda *a, **kw: backends.append(a[1]) or real(*a, **kw))
     q = torch.from_numpy(RNG.standard_normal((4, 32)).astype(np.float32))
-    handle = torch_attention.cache_handle(cache)
+    cache_handle = torch_attention.cache_handle
+    handle = cache_handle(cache)
     y = torch_attention._attention_decode_cuda(q, handle)
     assert backends and set(backends) == {"cuda"}
     np.testing.assert_allclose(y.numpy(), ops.attention_decode(q.numpy(), cache), atol=2e-5)
+    # the batch op too (sequences of different lengths)
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("lowbitc::attention_decode_batch",
+                                                          "CUDA")
+    short = QuantKVCache(num_heads=2, head_dim=32, group=8, residual=4)
+    short.append(k[:, :3], v[:, :3])
+    backends.clear()
+    qb = torch.from_numpy(RNG.standard_normal((2, 4, 32)).astype(np.float32))
+    yb = torch_attention._attention_decode_batch_cuda(qb, [handle, cache_handle(short)])
+    assert backends and set(backends) == {"cuda"}
+    np.testing.assert_allclose(yb.numpy(), ops.attention_decode(qb.numpy(), [cache, short]),
+                               atol=2e-5)
