@@ -12,12 +12,14 @@ baselines the issue names, measured interleaved in one run:
 Default rows: 32768 tokens, 8 heads of 128, u4 keys and values (KIVI: keys per channel over
 32 tokens, the newest 128 tokens float32), values per token over groups of 32 channels, and
 over all 128 (one scale per token, which folds into the softmax weights); the top-level
-`goals` of the JSON are the default configuration's (groups of 32). Ratios are per
-round (each round times all three back to back) and the medians and minima of the ratios
-are reported, with the load average: other processes share the 2 cores. The process CPU
-time of each (all threads) is reported too: with the cores oversubscribed, wall time
-mostly measures waiting. Run:
-`python -m benchmarks.bench_kv [--tokens 32768] [--rounds 15]`.
+`goals` of the JSON are the default configuration's (groups of 32). A mixed row runs one
+call over a batch of sequences of different lengths (`--mixed`, default 16384, 8192, 1000
+and 17 tokens; a cache each), against copying their bytes and one SDPA call per sequence.
+Ratios are per round (each round times all three back to back) and the medians and minima
+of the ratios are reported, with the load average: other processes share the 2 cores. The
+process CPU time of each (all threads) is reported too: with the cores oversubscribed, wall
+time mostly measures waiting. Run:
+`python -m benchmarks.bench_kv [--tokens 32768] [--rounds 15] [--mixed 16384 8192 1000 17]`.
 """
 
 from __future__ import annotations
@@ -38,8 +40,7 @@ from lowbitc.kv import QuantKVCache
 RESULTS = Path(__file__).parent / "results" / "kv.json"
 
 
-def bench(tokens: int, heads: int, dim: int, fmt: str, rounds: int, group_v: int) -> dict:
-    rng = np.random.default_rng(0)
+def _cache(rng, tokens: int, heads: int, dim: int, fmt: str, group_v: int) -> QuantKVCache:
     cache = QuantKVCache(num_heads=heads, head_dim=dim, dtype_k=fmt, dtype_v=fmt,
                          group_v=group_v)
     chunk = 4096
@@ -47,17 +48,29 @@ def bench(tokens: int, heads: int, dim: int, fmt: str, rounds: int, group_v: int
         n = min(chunk, tokens - t)
         cache.append(rng.standard_normal((n, heads, dim), np.float32),
                      rng.standard_normal((n, heads, dim), np.float32))
-    q = rng.standard_normal((heads, dim)).astype(np.float32)
-    nbytes = cache.nbytes()
+    return cache
+
+
+def bench(lengths: list[int], heads: int, dim: int, fmt: str, rounds: int,
+          group_v: int) -> dict:
+    """One row: decode attention over one cache per length (a batch of sequences of those
+    lengths in one call when there are several) against copying the caches' bytes and SDPA
+    over f32 caches of the same lengths (one call per sequence)."""
+    rng = np.random.default_rng(0)
+    caches = [_cache(rng, n, heads, dim, fmt, group_v) for n in lengths]
+    batch = caches if len(caches) > 1 else caches[0]
+    q = rng.standard_normal((len(caches), heads, dim) if len(caches) > 1 else (heads, dim))
+    q = q.astype(np.float32)
+    nbytes = sum(c.nbytes() for c in caches)
     src = np.ones(nbytes // 4, np.float32)
     dst = np.empty_like(src)
-    kf = torch.randn(1, heads, tokens, dim)
-    vf = torch.randn(1, heads, tokens, dim)
-    qt = torch.from_numpy(q).reshape(1, heads, 1, dim)
+    kvs = [(torch.randn(1, heads, n, dim), torch.randn(1, heads, n, dim)) for n in lengths]
+    qt = torch.randn(1, heads, 1, dim)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
     runs = {
-        "attention": lambda: ops.attention_decode(q, cache),
+        "attention": lambda: ops.attention_decode(q, batch),
         "copy": lambda: np.copyto(dst, src),
-        "sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(qt, kf, vf),
+        "sdpa": lambda: [sdpa(qt, kf, vf) for kf, vf in kvs],
     }
     for f in runs.values():  # warm-up: compile, page in
         f()
@@ -72,10 +85,12 @@ def bench(tokens: int, heads: int, dim: int, fmt: str, rounds: int, group_v: int
     vs_copy = [a / c for a, c in zip(times["attention"], times["copy"])]
     vs_sdpa = [a / s for a, s in zip(times["attention"], times["sdpa"])]
     med = {n: statistics.median(v) * 1e3 for n, v in times.items()}
+    tokens = sum(lengths)
     return {
-        "tokens": tokens, "heads": heads, "head_dim": dim, "dtype_k": fmt, "dtype_v": fmt,
-        "group": cache.group, "group_v": group_v, "residual": cache.residual,
-        "cache_bytes": nbytes, "f32_cache_bytes": 2 * tokens * heads * dim * 4,
+        "tokens": tokens, "lengths": lengths, "heads": heads, "head_dim": dim, "dtype_k": fmt,
+        "dtype_v": fmt, "group": caches[0].group, "group_v": group_v,
+        "residual": caches[0].residual, "cache_bytes": nbytes,
+        "f32_cache_bytes": 2 * tokens * heads * dim * 4,
         "ms_median": {n: round(v, 3) for n, v in med.items()},
         "ms_min": {n: round(min(v) * 1e3, 3) for n, v in times.items()},
         "cpu_ms_median": {n: round(statistics.median(v) * 1e3, 3) for n, v in cpu.items()},
@@ -100,15 +115,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--group-v", type=int, nargs="+", default=[32, 128],
                     help="value groups (channels) to run: KIVI's 32, and per token")
+    ap.add_argument("--mixed", type=int, nargs="*", default=[16384, 8192, 1000, 17],
+                    help="lengths of the mixed batch row (default groups; none: no row)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
-    rows = [bench(args.tokens, args.heads, args.dim, args.format, args.rounds, g)
+    rows = [bench([args.tokens], args.heads, args.dim, args.format, args.rounds, g)
             for g in args.group_v]
-    for row in rows:
-        print(row)
     # the issue's goals are judged on the cache's default configuration (KIVI's groups)
     default = QuantKVCache(num_heads=args.heads, head_dim=args.dim).group_v
-    judged = [r for r in rows if r["group_v"] == default]
+    if args.mixed:
+        rows.append(bench(args.mixed, args.heads, args.dim, args.format, args.rounds, default))
+    for row in rows:
+        print(row)
+    judged = [r for r in rows if r["group_v"] == default and len(r["lengths"]) == 1]
     out = {"machine": machine_info(), "default_group_v": default, "rows": rows}
     if judged:
         out["goals"] = judged[0]["goals"]
