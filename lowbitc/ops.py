@@ -346,5 +346,6 @@ def attention_decode(q, cache, scale: float | None = None,
                      backend: str | None = None) -> np.ndarray:
     """Decode attention of one new query token per sequence over a `lowbitc.kv.QuantKVCache`
     (`lowbitc.kv.attention_decode`): q [heads, head_dim] (or [batch, heads, head_dim]) ->
-    softmax(q K^T / sqrt(head_dim)) V, float32, computed from the packed cache."""
+    softmax(q K^T / sqrt(head_dim)) V, float32, computed from the packed cache. `cache` may
+    be a list of B caches (sequences of different lengths) with q [B, heads, head_dim]."""
     return kv_attention_decode(q, cache, scale, backend)
