@@ -519,6 +519,24 @@ def test_odd_shapes_one_row_one_column_and_tiles_larger_than_tensors():
             check(k, [x, np.zeros((m, n), np.float32)], {1: np.sqrt(np.abs(x))}, exact=True)
 
 
+@pytest.mark.parametrize("n", [16, 48])
+def test_row_reductions_of_whole_vectors(n):
+    """max, min and sum along rows of a multiple of 16 f32 (the LLVM backend's vector tree):
+    the same as numpy, including rows whose extreme is in the last lane or is -3e38."""
+    src = f"""kernel k(x: f32[3, {n}], y: f32[3, 3]) {{
+  a = load(x[0 :+ 3, 0 :+ {n}])
+  store(y[0, 0 :+ 3], max(a, axis=1))
+  store(y[1, 0 :+ 3], min(a, axis=1))
+  store(y[2, 0 :+ 3], sum(a, axis=1))
+}}"""
+    x = np.random.default_rng(n).uniform(-2.0, 2.0, (3, n)).astype(np.float32)  # (own stream)
+    x[0, -1] = 9.0
+    x[1, :] = -3.0e38
+    x[2, n // 2] = -7.0
+    want = np.stack([x.max(1), x.min(1), x.astype(np.float64).sum(1)]).astype(np.float32)
+    check(src, [x, np.zeros((3, 3), np.float32)], {1: want}, rtol=1e-5, atol=1e-5)
+
+
 def test_bf16_arithmetic_reductions_and_dot_compute_in_f32_and_round():
     # bf16 values are held as their bits in the LLVM backend; every op goes through f32
     src = """kernel k(a: bf16[4, 8], b: bf16[8, 4], s: bf16[4], y: bf16[4, 4], m: f32[4, 4]) {
