@@ -1,9 +1,10 @@
 """PyTorch integration: `torch.ops.lowbitc.matmul` / `torch.ops.lowbitc.dequantize` /
-`torch.ops.lowbitc.attention_decode` (registered on import), `QuantLinear`, `quantize_`,
-`register_kernel` (any compiled kernel as an op), quantized-model save/load (see
-docs/torch.md), attention over a quantized KV cache (docs/kv.md), `load_pretrained_quantized`
-for other tools' checkpoints (docs/interop.md) and fake quantization for training:
-`torch.ops.lowbitc.fake_quantize`, `FakeQuantLinear`, `stochastic_round_` (docs/rounding.md)."""
+`torch.ops.lowbitc.attention_decode` / `attention_decode_batch` (registered on import),
+`QuantLinear`, `quantize_`, `register_kernel` (any compiled kernel as an op), quantized-model
+save/load (see docs/torch.md), attention over a quantized KV cache (docs/kv.md),
+`load_pretrained_quantized` for other tools' checkpoints (docs/interop.md) and fake
+quantization for training: `torch.ops.lowbitc.fake_quantize`, `FakeQuantLinear`,
+`stochastic_round_` (docs/rounding.md)."""
 
 from lowbitc.torch import ops  # noqa: F401  (registers the torch.library ops)
 from lowbitc.torch.attention import attention_decode, cache_handle, quantized_kv_attention
