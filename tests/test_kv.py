@@ -123,6 +123,11 @@ def test_nbytes_is_the_formats_bits_plus_scales_with_no_hidden_copy():
     spare = sum(s.allocated() - s.nbytes() for s in cache.stores)
     assert cache.allocated_nbytes() == cache.nbytes() + spare
     assert spare <= max(s.allocated() for s in cache.stores) / 2 + 1
+    # head-major pages: one head's tokens (codes, scales) are one contiguous run
+    store = cache.stores[0]
+    for name, a in store.arrays.items():
+        assert a.shape[:2] == (h, store.cap // (g if name in ("ks", "kz") else 1)), name
+        assert a.flags.c_contiguous, name
 
 
 def test_mikv_keeps_the_tokens_that_mattered_at_the_higher_width():
