@@ -44,43 +44,79 @@ def codes_at(em: Emitter, plan: Plan, t, starts: list[str], n: str, c: str) -> s
     return unpack32(em, em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}"), bits)
 
 
+def with_fallback(env: Env, dot: Op, deferred: list[Op], generic_dot, fast,
+                  name: str = "fused") -> None:
+    """The skeleton every fused dot shares; binds the dot's result buffer (a copy of its
+    accumulator). `fast(abuf, out)` notes the path taken and emits, in the current block, the
+    fast path's window check: it returns (ok, body), body() emitting the fast path where ok
+    holds, or None where no fast path applies. Other windows run the deferred ops and
+    `generic_dot(em, a, b, out)`. abuf is None when a deferred op computes `a`."""
+    em = env.em
+    a, b, acc = dot.operands
+    out = env.result_buf(dot)
+    em.copy(env.get(acc), out)
+    late = any(d.results and d.results[0] is a for d in deferred)
+    chosen = fast(None if late else env.get(a), out)
+    quick, slow, done = em.label(name), em.label("unfused"), em.label("dotted")
+    if chosen is None:
+        em.br(slow)
+    else:
+        ok, body = chosen
+        em.emit(f"br i1 {ok}, label %{quick}, label %{slow}")
+        em.start_block(quick)
+        body()
+        em.br(done)
+    em.start_block(slow)
+    with muted():  # the runtime fallback of the path just noted
+        for d in deferred:
+            HANDLERS[d.opcode](env, d)
+        generic_dot(env.em, env.get(a), env.get(b), out)
+    em.br(done)
+    em.start_block(done)
+
+
+def note_fused(dot: Op, load: Op, path: str, edges: str = "the generic dot") -> None:
+    """Explain's lines for a fused dot and the weight load it reads in registers."""
+    weights = subject_of(load.operands[0])
+    note("dot", weights, path, f"windows at the tensor's edges take {edges}", loc=dot.loc)
+    note("load", weights, f"fused into the dot at {dot.loc}: never materialised", loc=load.loc)
+
+
 def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
     """The fused fast path with a runtime fallback; binds the dot's result buffer.
     `fast_path(env, plan, a, out, codes, starts)` emits the fused code (default: the
     register-resident dot of up to MAX_ROWS rows; panel.py passes the panel's)."""
     em = env.em
     op = plan.dot
-    a, _, acc = op.operands
-    out = env.result_buf(op)
-    em.copy(env.get(acc), out)
-    abuf = env.get(a)
     codes = plan.codes
     t = env.get(codes.operands[0])
     starts = [env.get(v) for v in codes.operands[1:3]]
-    fast, slow, done = em.label("fused"), em.label("unfused"), em.label("dotted")
     by_rows = isinstance(t.packing, RowsPacking)
     weights = subject_of(codes.operands[0])
-    if len(codes.attrs.sizes) != 2:  # a 2-D window of a higher-rank tensor: canonical only
-        if t.packing is not None or fast_path is not None or not isinstance(abuf, Buf) \
-                or not abuf.contiguous:
-            em.br(slow)
-        else:
+
+    def choose(abuf, out):
+        nonlocal t, starts, fast_path
+        contiguous = isinstance(abuf, Buf) and abuf.contiguous
+        if len(codes.attrs.sizes) != 2:  # a 2-D window of a higher-rank tensor: canonical only
+            if t.packing is not None or fast_path is not None or not contiguous:
+                return None
             t, starts, ok = fused_view.view(env, codes, t)
-            em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
-            em.start_block(fast)
             lanes = lanes_dot.applies(plan, abuf)
             note("dot", weights, "fused register dot over a 2-D window, " + (
                 "lanes form (one table permute per 16 codes)" if lanes
                 else "32 codes of a row per step"),
                 "windows at the tensor's edges take the generic dot", loc=op.loc)
             fused = lanes_dot.emit if lanes else _fused
-            fused(env, plan, abuf, out, t, starts)
-            em.br(done)
-    elif by_rows and (fast_path is not None or plan.root.id not in plan.tables):
-        em.br(slow)  # the rows packing's fused dot takes weights that are a table of the code
-        note("dot", weights, "generic dot", f"{t.packing.name} words with a weight that is "
-             "not a function of the code alone", fallback=True, loc=op.loc)
-    elif isinstance(abuf, Buf) and abuf.contiguous:
+            return ok, lambda: fused(env, plan, abuf, out, t, starts)
+        if by_rows and (fast_path is not None or plan.root.id not in plan.tables):
+            # the rows packing's fused dot takes weights that are a table of the code
+            note("dot", weights, "generic dot", f"{t.packing.name} words with a weight that "
+                 "is not a function of the code alone", fallback=True, loc=op.loc)
+            return None
+        if not contiguous:
+            note("dot", weights, "generic dot", "the activation tile is not contiguous",
+                 fallback=True, loc=op.loc)
+            return None
         if by_rows:
             ok = rows_packing.window_ok(em, t, starts, codes.attrs.sizes)
             planes = _planes_dot(plan, t.packing)
@@ -100,21 +136,9 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
             path = f"fused register dot ({t.packing.name} vector unpack)"
         note("dot", weights, path, "windows at the tensor's edges take the generic dot",
              loc=op.loc)
-        em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
-        em.start_block(fast)
-        (fast_path or _fused)(env, plan, abuf, out, t, starts)
-        em.br(done)
-    else:
-        em.br(slow)
-        note("dot", weights, "generic dot", "the activation tile is not contiguous",
-             fallback=True, loc=op.loc)
-    em.start_block(slow)
-    with muted():  # the runtime fallback of the path just noted
-        for d in plan.deferred:
-            HANDLERS[d.opcode](env, d)
-        generic_dot(em, abuf, env.get(plan.transpose.results[0]), out)
-    em.br(done)
-    em.start_block(done)
+        return ok, lambda: (fast_path or _fused)(env, plan, abuf, out, t, starts)
+
+    with_fallback(env, op, plan.deferred, generic_dot, choose)
 
 
 def _planes_dot(plan: Plan, packing) -> bool:
