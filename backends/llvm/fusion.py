@@ -11,16 +11,18 @@ row of `a` (<= MAX_ROWS); other windows run the deferred ops and the generic dot
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from lowbitc.backends.llvm import decode, fused_leaves, fused_view, lanes_dot
+from lowbitc.backends.llvm import byte_window, decode, fused_leaves, fused_view, lanes_dot
 from lowbitc.backends.llvm import lanes as lanes_packing
 from lowbitc.backends.llvm import rows as rows_packing
 from lowbitc.backends.llvm.decode import gather, lookup
 from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
 from lowbitc.backends.llvm.fused_leaves import vector_at as vector_at  # (columns.py)
 from lowbitc.backends.llvm.fusion_plan import Plan, W, acc_lanes, row_spaces
-from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert, vtype
+from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg, convert, vtype
 from lowbitc.backends.llvm.lanes import ROWS, row_sums
 from lowbitc.backends.llvm.ops_elementwise import scalar_op
 from lowbitc.backends.llvm.ops_memory import lut_global, unpack32
@@ -31,7 +33,11 @@ from lowbitc.repack import PlanesPacking, RowsPacking, affine_bits
 
 def codes_at(em: Emitter, plan: Plan, t, starts: list[str], n: str, c: str) -> str:
     """Codes starts[1] + 32c .. + 31 of row n in the canonical packing (<32 x i32>), or the
-    bytes of a u8/i8 tensor (<32 x i8>): what _eval_tree takes as its codes."""
+    bytes of a u8/i8 tensor (<32 x i8>), or of a byte window (its `window` view: <32 x i32>):
+    what _eval_tree takes as its codes."""
+    if plan.chain:
+        p = byte_window.address(em, plan.codes, t.ptr, "0", t.strides, n, c)
+        return unpack32(em, p, byte_window.bits(plan.codes), align=1)
     if plan.codes.opcode == "load":
         i = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {starts[1]}")
         i = em.val(f"add i64 {i}, {em.val(f'mul i64 {c}, {W}')}")
@@ -89,14 +95,26 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
     em = env.em
     op = plan.dot
     codes = plan.codes
-    t = env.get(codes.operands[0])
-    starts = [env.get(v) for v in codes.operands[1:3]]
+    src = plan.chain[0] if plan.chain else codes
+    t = env.get(src.operands[0])
+    starts = [env.get(v) for v in src.operands[1:3]]
     by_rows = isinstance(t.packing, RowsPacking)
-    weights = subject_of(codes.operands[0])
+    weights = subject_of(src.operands[0])
 
     def choose(abuf, out):
         nonlocal t, starts, fast_path
         contiguous = isinstance(abuf, Buf) and abuf.contiguous
+        if plan.chain and not contiguous:
+            note("dot", weights, "generic dot", "the activation tile is not contiguous",
+                 fallback=True, loc=op.loc)
+            return None
+        if plan.chain:  # codes of a byte window: any byte offset
+            t, starts, ok = window(env, plan)
+            note("dot", weights, "panel microkernel, byte-window codes decoded into the panel"
+                 if fast_path else "fused register dot (codes of a byte window unpacked in "
+                 "registers, 32 per step)", "windows at the tensor's edges take the generic "
+                 "dot", loc=op.loc)
+            return ok, lambda: (fast_path or _fused)(env, plan, abuf, out, t, starts)
         if len(codes.attrs.sizes) != 2:  # a 2-D window of a higher-rank tensor: canonical only
             if t.packing is not None or fast_path is not None or not contiguous:
                 return None
@@ -139,6 +157,34 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
         return ok, lambda: (fast_path or _fused)(env, plan, abuf, out, t, starts)
 
     with_fallback(env, op, plan.deferred, generic_dot, choose)
+
+
+def window(env: Env, plan: Plan) -> tuple[TensorArg, list[str], str]:
+    """(tensor, starts, ok) of a plan's codes window for codes_at: for a byte window
+    (byte_window.py) the bytes from the window's first one, rows its stride apart, starts 0;
+    else the codes tensor and the window's starts. ok: the window is inside the tensor (and,
+    for packed words, starts on a 32-code step)."""
+    em = env.em
+    if not plan.chain:
+        t = env.get(plan.codes.operands[0])
+        starts = [env.get(v) for v in plan.codes.operands[1:3]]
+        return t, starts, _window_ok(em, t, starts, plan.codes.attrs.sizes,
+                                     aligned=plan.codes.opcode == "load_codes")
+    views, ok = {}, "true"
+    for codes in [plan.codes, *(o for o in plan.tree if o.opcode == "codes")]:
+        ld = plan.chain[0] if codes is plan.codes else _window_load(plan, codes)
+        t, starts, origin, strides = byte_window.source(env, ld)
+        ok = em.val(f"and i1 {ok}, {_window_ok(em, t, starts, ld.attrs.sizes, aligned=False)}")
+        ptr = em.val(f"getelementptr inbounds i8, ptr {t.ptr}, i64 {origin}")
+        views[codes.results[0].id] = replace(t, ptr=ptr, strides=strides)
+    plan.bases = views
+    return views[plan.codes.results[0].id], ["0", "0"], ok
+
+
+def _window_load(plan: Plan, codes: Op) -> Op:
+    """The load under another byte window's codes op of the tree (deferred with the plan)."""
+    view = next(d for d in plan.deferred if d.results and d.results[0] is codes.operands[0])
+    return next(d for d in plan.deferred if d.results and d.results[0] is view.operands[0])
 
 
 def _planes_dot(plan: Plan, packing) -> bool:
@@ -240,6 +286,14 @@ def _prefetch_next(em: Emitter, plan: Plan, t, starts: list[str], n: str, bk: in
                    lanes_base: str | None = None) -> None:
     """Prefetch row n's codes two K windows ahead (two steps of the grid's K loop later)."""
     em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
+    if plan.chain:  # a byte window: the row's window (codes and the bytes between them)
+        step, nbytes = byte_window.span(em, plan.codes, t.strides)
+        first = byte_window.address(em, plan.codes, t.ptr, "0", t.strides, n, "0")
+        ahead = em.val(f"getelementptr i8, ptr {first}, i64 {em.val(f'mul i64 {step}, 2')}")
+        for line in range(0, nbytes + 64, 64):
+            q = em.val(f"getelementptr i8, ptr {ahead}, i64 {line}")
+            em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 3, i32 1)")
+        return
     if lanes_base is not None:
         nbytes = bk * plan.codes.attrs.bits // 8
         first = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {lanes_base}")
@@ -260,7 +314,7 @@ def _prefetch_next(em: Emitter, plan: Plan, t, starts: list[str], n: str, bk: in
 def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     em = env.em
     m = abuf.shape[0]
-    bn, bk = fused_view.kept(plan.codes.attrs.sizes)
+    bn, bk = plan.root.type.shape
     lanes = acc_lanes(m)
     va = f"<{lanes} x float>"
     zero = "zeroinitializer"
@@ -358,14 +412,33 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
             _retype(em, codes, plan.codes.attrs.dtype)}
     leaves: dict[tuple, str] = {}
     spaces = row_spaces(plan.tree, plan.root)  # a dict: the plan checked it
+    perms = _lane_perms(plan)
+    permuted: dict[tuple, str] = {(): codes}
     for op in plan.tree:
         rid = op.results[0].id
         table = plan.tables.get(rid)
         if table is not None:  # a function of the code alone: one in-register lookup
-            vals[rid] = lookup(em, codes, table, op.results[0].type.dtype)
+            p = perms.get(rid, ())
+            if p not in permuted:  # codes in the lanes' order (LLVM folds it into the unpack)
+                t = vtype("i32", W)
+                mask = ", ".join(f"i32 {q}" for q in p)
+                permuted[p] = em.val(f"shufflevector {t} {codes}, {t} poison, "
+                                     f"<{W} x i32> <{mask}>")
+            vals[rid] = lookup(em, permuted[p], table, op.results[0].type.dtype)
             continue
         if op.opcode == "reshape":  # a row regrouping: the same lanes
             vals[rid] = vals[op.operands[0].id]
+            continue
+        if op.opcode == "codes":  # another byte window's codes (a high-bit plane)
+            p = byte_window.address(em, op, plan.bases[rid].ptr, "0", plan.bases[rid].strides,
+                                    j, c)
+            vals[rid] = unpack32(em, p, byte_window.bits(op), align=1)
+            continue
+        if op.opcode == "transpose":  # K positions permuted inside each step of 32
+            mask = ", ".join(f"i32 {q}" for q in byte_window.step_shuffle(op))
+            t = vtype(op.results[0].type.dtype, W)
+            vals[rid] = em.val(f"shufflevector {t} {vals[op.operands[0].id]}, {t} poison, "
+                               f"<{W} x i32> <{mask}>")
             continue
         args = []
         for v in op.operands:
@@ -378,6 +451,20 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
                 args.append(vals[v.id])
         vals[rid] = vector_op(env, op, args)
     return vals[root.id]
+
+
+def _lane_perms(plan: Plan) -> dict[int, tuple[int, ...]]:
+    """For the values of E under transposes inside a step (byte windows), the codes' lane
+    each lane reads (values with none: absent)."""
+    perms: dict[int, tuple[int, ...]] = {}
+    for op in plan.tree:
+        below = next((perms[v.id] for v in op.operands if v.id in perms), None)
+        if op.opcode == "transpose":
+            step = byte_window.step_shuffle(op)
+            below = tuple(below[q] for q in step) if below else step
+        if below:
+            perms[op.results[0].id] = below
+    return perms
 
 
 def _retype(em: Emitter, codes: str, dtype: str) -> str:

@@ -19,6 +19,7 @@ from lowbitc.backends.llvm.fusion import (
     _window_ok,
     codes_at,
     emit_fused_dot,
+    window,
     with_fallback,
 )
 from lowbitc.backends.llvm.fusion_plan import MAX_ROWS, Plan, W, region_index
@@ -53,7 +54,8 @@ def _panel_plan(plan: Plan, a: TileType) -> bool:
     """Whether the plan's dot takes the panel (more rows than the register-resident fused dot
     serves; float activations; a decoded f32 tile wide enough for the microkernel)."""
     return (a.shape[0] > MAX_ROWS and a.dtype in microkernel.FLOATS
-            and len(plan.codes.attrs.sizes) == 2 and plan.root.type.dtype == "f32"
+            and (plan.chain or len(plan.codes.attrs.sizes) == 2)
+            and plan.root.type.dtype == "f32"
             and plan.root.type.shape[0] >= microkernel.host_vector()[0] // 2)
 
 
@@ -88,14 +90,12 @@ def _emit_in_place(env: Env, plan: Plan, generic_dot) -> None:
     em = env.em
     a = plan.dot.operands[0]
     ld = next(d for d in plan.deferred if d.results and d.results[0] is a)
-    t = env.get(plan.codes.operands[0])
-    starts = [env.get(v) for v in plan.codes.operands[1:3]]
     x = env.get(ld.operands[0])
     xs = [env.get(v) for v in ld.operands[1:3]]
 
     def choose(_, out):
-        ok = em.val(f"and i1 {_window_ok(em, t, starts, plan.codes.attrs.sizes)}, "
-                    f"{_window_ok(em, x, xs, ld.attrs.sizes, aligned=False)}")
+        t, starts, ok = window(env, plan)
+        ok = em.val(f"and i1 {ok}, {_window_ok(em, x, xs, ld.attrs.sizes, aligned=False)}")
 
         def body() -> None:
             off = em.val(f"add i64 {em.val(f'mul i64 {xs[0]}, {x.strides[0]}')}, {xs[1]}")
@@ -117,7 +117,7 @@ def _panel(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
     em.br(start)
     em.start_block(start)
     lanes = microkernel.host_vector()[0]
-    bn, bk = plan.codes.attrs.sizes
+    bn, bk = plan.root.type.shape
     npad = -(-bn // lanes) * lanes
     panel = em.alloc("f32", (bk, npad))
     if npad != bn:  # the padding columns are read by the microkernel: keep them finite
@@ -133,7 +133,7 @@ def _decode_panel(env: Env, plan: Plan, t, starts: list[str], panel: str, npad: 
     """panel[k][j] = E[j, k]: blocks of `lanes` rows x 32 codes decoded in registers and
     transposed; rows past the last whole block are stored lane by lane."""
     em = env.em
-    bn, bk = plan.codes.attrs.sizes
+    bn, bk = plan.root.type.shape
 
     def decoded(j: str, c: str) -> str:
         n = em.val(f"add i64 {starts[0]}, {j}")
