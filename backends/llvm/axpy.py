@@ -107,7 +107,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
         nxt = list(accs)
         splats = _column(em, abuf, k, W)
         for c in range(chunks):
-            w = _eval_tree(env, plan, codes_at(em, plan, t, starts, row, str(c)), k, str(c),
+            w = _eval_tree(env, plan, codes_at(env, plan, t, starts, row, str(c)), k, str(c),
                            plan.fold[0] if plan.fold else None)
             for i in range(m):
                 prod = em.val(f"fmul reassoc contract {va} {splats[i]}, {w}")

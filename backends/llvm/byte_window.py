@@ -16,35 +16,61 @@ from __future__ import annotations
 import math
 
 from lowbitc.ir.core import Op
+from lowbitc.ir.opdefs import ELEMENTWISE
 from lowbitc.ir.types import TileType
 from lowbitc.signature import format_bits
 
 W = 32  # codes per step of the fused paths
 
 
-def chain(op: Op, defs: dict[int, Op], uses: dict[int, int]) -> tuple[Op, Op] | None:
-    """(load, view) when `op` is `codes(view(load(bytes), F))`: an unmasked load of u8 bytes
-    whose window keeps every dim, viewed as a format F of 1, 2, 4 or 8 bits whose rows are
-    whole steps of 32 codes; None otherwise."""
+def chain(op: Op, defs: dict[int, Op], uses: dict[int, int]) -> tuple[Op, ...] | None:
+    """(load, view, *byte ops) when `op` is `codes(view(B, F))` with B an unmasked load of
+    u8 bytes whose window keeps every dim, or elementwise u8 ops over one such load and
+    scalar constants (a nibble swap: `(b << 4) | (b >> 4)`, evaluated on the bytes in
+    registers), none of their values used elsewhere, F a format of 1, 2, 4 or 8 bits whose
+    rows are whole steps of 32 codes; None otherwise. The byte ops come operands first."""
     if op.opcode != "codes" or uses.get(op.operands[0].id) != 1:
         return None
     view = defs.get(op.operands[0].id)
-    if view is None or view.opcode != "view":
-        return None
-    ld = defs.get(view.operands[0].id)
     t = op.results[0].type
-    if (ld is None or ld.opcode != "load" or ld.attrs.masked or uses.get(ld.results[0].id) != 1
-            or ld.results[0].type.dtype != "u8" or not isinstance(t, TileType)
-            or len(t.shape) < 2 or 0 in ld.attrs.sizes
-            or len(ld.attrs.sizes) != len(t.shape)):
+    if view is None or view.opcode != "view" or not isinstance(t, TileType) or len(t.shape) < 2:
+        return None
+    loads: list[Op] = []
+    ops: list[Op] = []
+    inside: dict[int, int] = {}
+
+    def walk(v) -> bool:
+        d = defs.get(v.id)
+        if not isinstance(v.type, TileType):
+            return d is not None and d.opcode == "const"
+        if d is None or v.type.dtype != "u8":
+            return False
+        inside[v.id] = inside.get(v.id, 0) + 1
+        if d.opcode == "load":
+            if d not in loads:
+                loads.append(d)
+            return True
+        if d.opcode not in ELEMENTWISE:
+            return False
+        if d in ops:
+            return True
+        ok = all(walk(u) for u in d.operands)
+        ops.append(d)
+        return ok
+
+    if not walk(view.operands[0]) or len(loads) != 1 \
+            or any(uses.get(k) != n for k, n in inside.items()):
+        return None
+    ld = loads[0]
+    if (ld.attrs.masked or 0 in ld.attrs.sizes or len(ld.attrs.sizes) != len(t.shape)):
         return None
     try:
-        bits = format_bits(view.attrs.dtype)
+        width = format_bits(view.attrs.dtype)
     except (KeyError, ValueError):
         return None
-    if 8 % bits or t.shape[-1] % W:
+    if 8 % width or t.shape[-1] % W:
         return None
-    return ld, view
+    return (ld, view, *ops)
 
 
 def bits(codes: Op) -> int:

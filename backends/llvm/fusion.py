@@ -26,18 +26,19 @@ from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg, convert, vt
 from lowbitc.backends.llvm.lanes import ROWS, row_sums
 from lowbitc.backends.llvm.ops_elementwise import scalar_op
 from lowbitc.backends.llvm.ops_memory import lut_global, unpack32
+from lowbitc.backends.llvm.windows import unpack_words
 from lowbitc.explain import muted, note, subject_of
 from lowbitc.ir.core import Op, Value
 from lowbitc.repack import PlanesPacking, RowsPacking, affine_bits
 
 
-def codes_at(em: Emitter, plan: Plan, t, starts: list[str], n: str, c: str) -> str:
+def codes_at(env: Env, plan: Plan, t, starts: list[str], n: str, c: str) -> str:
     """Codes starts[1] + 32c .. + 31 of row n in the canonical packing (<32 x i32>), or the
     bytes of a u8/i8 tensor (<32 x i8>), or of a byte window (its `window` view: <32 x i32>):
     what _eval_tree takes as its codes."""
+    em = env.em
     if plan.chain:
-        p = byte_window.address(em, plan.codes, t.ptr, "0", t.strides, n, c)
-        return unpack32(em, p, byte_window.bits(plan.codes), align=1)
+        return window_codes(env, plan, plan.codes, t, n, c)
     if plan.codes.opcode == "load":
         i = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {starts[1]}")
         i = em.val(f"add i64 {i}, {em.val(f'mul i64 {c}, {W}')}")
@@ -172,7 +173,7 @@ def window(env: Env, plan: Plan) -> tuple[TensorArg, list[str], str]:
                                      aligned=plan.codes.opcode == "load_codes")
     views, ok = {}, "true"
     for codes in [plan.codes, *(o for o in plan.tree if o.opcode == "codes")]:
-        ld = plan.chain[0] if codes is plan.codes else _window_load(plan, codes)
+        ld = plan.windows[codes.results[0].id][0]
         t, starts, origin, strides = byte_window.source(env, ld)
         ok = em.val(f"and i1 {ok}, {_window_ok(em, t, starts, ld.attrs.sizes, aligned=False)}")
         ptr = em.val(f"getelementptr inbounds i8, ptr {t.ptr}, i64 {origin}")
@@ -181,10 +182,25 @@ def window(env: Env, plan: Plan) -> tuple[TensorArg, list[str], str]:
     return views[plan.codes.results[0].id], ["0", "0"], ok
 
 
-def _window_load(plan: Plan, codes: Op) -> Op:
-    """The load under another byte window's codes op of the tree (deferred with the plan)."""
-    view = next(d for d in plan.deferred if d.results and d.results[0] is codes.operands[0])
-    return next(d for d in plan.deferred if d.results and d.results[0] is view.operands[0])
+def window_codes(env: Env, plan: Plan, codes: Op, t: TensorArg, j: str, c: str) -> str:
+    """Codes 32c .. 32c + 31 of row j of a byte window (`t`: its bytes from the window's
+    first one) as <32 x i32>: one short load, the byte ops of its chain on the bytes in
+    registers, the unpack."""
+    em = env.em
+    p = byte_window.address(em, codes, t.ptr, "0", t.strides, j, c)
+    bits = byte_window.bits(codes)
+    ld, view, *ops = plan.windows[codes.results[0].id]
+    if not ops:
+        return unpack32(em, p, bits, align=1)
+    n = W * bits // 8
+    vals = {ld.results[0].id: em.val(f"load <{n} x i8>, ptr {p}, align 1")}
+    for op in ops:
+        args = [vals[u.id] if u.id in vals else fused_leaves.splat(em, env.get(u), "u8", n)
+                for u in op.operands]
+        vals[op.results[0].id] = vector_op(env, op, args, n)
+    b = vals[view.operands[0].id]
+    return unpack_words(em, b if bits == 8 else em.val(f"bitcast <{n} x i8> {b} to "
+                                                       f"<{bits} x i32>"), bits)
 
 
 def _planes_dot(plan: Plan, packing) -> bool:
@@ -233,7 +249,7 @@ def emit_fused_store(env: Env, plan: Plan) -> None:
             dbase = em.val(f"add i64 {drow}, {dst_starts[1]}")
 
             def step(c: str) -> None:
-                w = _eval_tree(env, plan, codes_at(em, plan, t, cst, n, c), j, c)
+                w = _eval_tree(env, plan, codes_at(env, plan, t, cst, n, c), j, c)
                 di = em.val(f"add i64 {dbase}, {em.val(f'mul i64 {c}, {W}')}")
                 q = em.val(f"getelementptr inbounds {lltype(dt)}, ptr {dst.ptr}, i64 {di}")
                 how = "align 64, !nontemporal !{i32 1}" if streaming else "align 4"
@@ -335,7 +351,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
         def unpack(c: str) -> str:
             if t.packing is not None:  # c is a constant here (the steps are unrolled)
                 return lanes_packing.unpack_lanes(em, t.ptr, base, t.packing, int(c), clean)
-            return codes_at(em, plan, t, starts, n, c)
+            return codes_at(env, plan, t, starts, n, c)
 
         def step(c: str, accs: list[str]) -> list[str]:
             w = _eval_tree(env, plan, unpack(c), j, c, plan.core)
@@ -430,9 +446,7 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
             vals[rid] = vals[op.operands[0].id]
             continue
         if op.opcode == "codes":  # another byte window's codes (a high-bit plane)
-            p = byte_window.address(em, op, plan.bases[rid].ptr, "0", plan.bases[rid].strides,
-                                    j, c)
-            vals[rid] = unpack32(em, p, byte_window.bits(op), align=1)
+            vals[rid] = window_codes(env, plan, op, plan.bases[rid], j, c)
             continue
         if op.opcode == "transpose":  # K positions permuted inside each step of 32
             mask = ", ".join(f"i32 {q}" for q in byte_window.step_shuffle(op))

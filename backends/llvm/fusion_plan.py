@@ -53,7 +53,10 @@ class Plan:
     fold: tuple[Value, Value, Value] | None = None  # (Y, U, V): see `fold`
     # codes of a byte window (byte_window.py): the (load, view) the codes leaf reads through
     chain: tuple[Op, ...] = ()
-    # the other byte windows' codes ops of the tree -> their window (fusion.window binds it)
+    # every byte window's codes (the plan's and others in the tree): result id -> its chain
+    windows: dict[int, tuple[Op, ...]] = field(default_factory=dict)
+    # the byte windows' codes result id -> their tensor from the window's first byte
+    # (fusion.window binds it)
     bases: dict = field(default_factory=dict)
 
 
@@ -106,12 +109,13 @@ def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS,
         tr, tree, codes = found
         order = {id(o): i for i, o in enumerate(r.ops)}
         tree = sorted(tree, key=lambda o: order[id(o)])  # program order: operands first
-        chain = byte_window.chain(codes, defs, uses) or ()
-        aux = [d for o in tree if o.opcode == "codes" for d in byte_window.chain(o, defs, uses)]
+        windows = {o.results[0].id: byte_window.chain(o, defs, uses)
+                   for o in (codes, *tree) if o.opcode == "codes"}
+        moved = [d for c in windows.values() for d in c]
         plan = Plan(op, tr, codes, tree,
-                    sorted([*tree, *chain, *aux, codes, tr], key=lambda o: order[id(o)]),
+                    sorted([*tree, *moved, codes, tr], key=lambda o: order[id(o)]),
                     tr.operands[0], code_tables(tree, codes, tr.operands[0], defs),
-                    chain=tuple(chain))
+                    chain=windows.get(codes.results[0].id, ()), windows=windows)
         plan.core, plan.factor = _scaled(plan, defs)
         plans[op.results[0].id] = plan
     return plans

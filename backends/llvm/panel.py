@@ -137,7 +137,7 @@ def _decode_panel(env: Env, plan: Plan, t, starts: list[str], panel: str, npad: 
 
     def decoded(j: str, c: str) -> str:
         n = em.val(f"add i64 {starts[0]}, {j}")
-        return _eval_tree(env, plan, codes_at(em, plan, t, starts, n, c), j, c)
+        return _eval_tree(env, plan, codes_at(env, plan, t, starts, n, c), j, c)
 
     def block(jb: str) -> None:
         j0 = em.val(f"mul i64 {jb}, {lanes}")
