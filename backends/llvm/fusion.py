@@ -11,22 +11,21 @@ row of `a` (<= MAX_ROWS); other windows run the deferred ops and the generic dot
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from lowbitc.backends.llvm import byte_window, decode, fused_leaves, fused_view, lanes_dot
 from lowbitc.backends.llvm import lanes as lanes_packing
 from lowbitc.backends.llvm import rows as rows_packing
-from lowbitc.backends.llvm.decode import gather, lookup
+from lowbitc.backends.llvm.decode import lookup
 from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
 from lowbitc.backends.llvm.fused_leaves import vector_at as vector_at  # (columns.py)
+from lowbitc.backends.llvm.fused_leaves import vector_op as vector_op  # (columns.py)
+from lowbitc.backends.llvm.fused_view import window_ok as _window_ok
+from lowbitc.backends.llvm.fused_windows import lane_perms, window, window_codes
 from lowbitc.backends.llvm.fusion_plan import Plan, W, acc_lanes, row_spaces
-from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg, convert, vtype
+from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert, vtype
 from lowbitc.backends.llvm.lanes import ROWS, row_sums
-from lowbitc.backends.llvm.ops_elementwise import scalar_op
-from lowbitc.backends.llvm.ops_memory import lut_global, unpack32
-from lowbitc.backends.llvm.windows import unpack_words
+from lowbitc.backends.llvm.ops_memory import unpack32
 from lowbitc.explain import muted, note, subject_of
 from lowbitc.ir.core import Op, Value
 from lowbitc.repack import PlanesPacking, RowsPacking, affine_bits
@@ -160,49 +159,6 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
     with_fallback(env, op, plan.deferred, generic_dot, choose)
 
 
-def window(env: Env, plan: Plan) -> tuple[TensorArg, list[str], str]:
-    """(tensor, starts, ok) of a plan's codes window for codes_at: for a byte window
-    (byte_window.py) the bytes from the window's first one, rows its stride apart, starts 0;
-    else the codes tensor and the window's starts. ok: the window is inside the tensor (and,
-    for packed words, starts on a 32-code step)."""
-    em = env.em
-    if not plan.chain:
-        t = env.get(plan.codes.operands[0])
-        starts = [env.get(v) for v in plan.codes.operands[1:3]]
-        return t, starts, _window_ok(em, t, starts, plan.codes.attrs.sizes,
-                                     aligned=plan.codes.opcode == "load_codes")
-    views, ok = {}, "true"
-    for codes in [plan.codes, *(o for o in plan.tree if o.opcode == "codes")]:
-        ld = plan.windows[codes.results[0].id][0]
-        t, starts, origin, strides = byte_window.source(env, ld)
-        ok = em.val(f"and i1 {ok}, {_window_ok(em, t, starts, ld.attrs.sizes, aligned=False)}")
-        ptr = em.val(f"getelementptr inbounds i8, ptr {t.ptr}, i64 {origin}")
-        views[codes.results[0].id] = replace(t, ptr=ptr, strides=strides)
-    plan.bases = views
-    return views[plan.codes.results[0].id], ["0", "0"], ok
-
-
-def window_codes(env: Env, plan: Plan, codes: Op, t: TensorArg, j: str, c: str) -> str:
-    """Codes 32c .. 32c + 31 of row j of a byte window (`t`: its bytes from the window's
-    first one) as <32 x i32>: one short load, the byte ops of its chain on the bytes in
-    registers, the unpack."""
-    em = env.em
-    p = byte_window.address(em, codes, t.ptr, "0", t.strides, j, c)
-    bits = byte_window.bits(codes)
-    ld, view, *ops = plan.windows[codes.results[0].id]
-    if not ops:
-        return unpack32(em, p, bits, align=1)
-    n = W * bits // 8
-    vals = {ld.results[0].id: em.val(f"load <{n} x i8>, ptr {p}, align 1")}
-    for op in ops:
-        args = [vals[u.id] if u.id in vals else fused_leaves.splat(em, env.get(u), "u8", n)
-                for u in op.operands]
-        vals[op.results[0].id] = vector_op(env, op, args, n)
-    b = vals[view.operands[0].id]
-    return unpack_words(em, b if bits == 8 else em.val(f"bitcast <{n} x i8> {b} to "
-                                                       f"<{bits} x i32>"), bits)
-
-
 def _planes_dot(plan: Plan, packing) -> bool:
     """Whether the planes packing's table dot applies: AVX-512 permutes and an f32 weight
     affine in the code bits (else the rows dot, which reads any rows-like packing)."""
@@ -210,92 +166,6 @@ def _planes_dot(plan: Plan, packing) -> bool:
             and plan.root.type.dtype == "f32"
             and affine_bits(np.asarray(plan.tables[plan.root.id]).view(np.float32),
                             packing.bits) is not None)
-
-
-def emit_fused_store(env: Env, plan: Plan) -> None:
-    """Dequantize straight to memory for aligned, in-bounds windows; otherwise the deferred
-    ops and the generic store."""
-    em = env.em
-    op = plan.dot
-    codes = plan.codes
-    t = env.get(codes.operands[0])
-    cst = [env.get(v) for v in codes.operands[1:3]]
-    dst = env.get(op.operands[0])
-    dst_starts = [env.get(v) for v in op.operands[1:3]]
-    bn, bk = plan.root.type.shape
-    note("store", subject_of(op.operands[0]), "fused dequantize-to-memory (32 codes per vector"
-         f"{', streaming stores' if decode.permutes() else ''})",
-         "unaligned windows or windows at the edges store element by element", loc=op.loc)
-    fast, slow, done = em.label("dqfused"), em.label("dqgeneric"), em.label("dqstored")
-    ok = em.val(f"and i1 {_window_ok(em, t, cst, codes.attrs.sizes)}, "
-                f"{_window_ok(em, dst, dst_starts, op.attrs.sizes, aligned=False)}")
-    em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
-    em.start_block(fast)
-    dt = plan.root.type.dtype
-    et = vtype(dt, W)
-    # rows that start on a cache line take streaming stores (no read-for-ownership of the
-    # output: half the memory traffic)
-    stream = decode.permutes() and W * _BYTES.get(dt, 0) % 64 == 0
-    if stream:
-        nt, plain = em.label("dqstream"), em.label("dqplain")
-        em.emit(f"br i1 {_lines_aligned(em, dst, dst_starts, _BYTES[dt])}, label %{nt}, "
-                f"label %{plain}")
-        em.start_block(nt)
-
-    def rows(streaming: bool) -> None:
-        def row(j: str) -> None:
-            n = em.val(f"add i64 {cst[0]}, {j}")
-            drow = em.val(f"mul i64 {em.val(f'add i64 {dst_starts[0]}, {j}')}, {dst.strides[0]}")
-            dbase = em.val(f"add i64 {drow}, {dst_starts[1]}")
-
-            def step(c: str) -> None:
-                w = _eval_tree(env, plan, codes_at(env, plan, t, cst, n, c), j, c)
-                di = em.val(f"add i64 {dbase}, {em.val(f'mul i64 {c}, {W}')}")
-                q = em.val(f"getelementptr inbounds {lltype(dt)}, ptr {dst.ptr}, i64 {di}")
-                how = "align 64, !nontemporal !{i32 1}" if streaming else "align 4"
-                em.emit(f"store {et} {w}, ptr {q}, {how}")
-            em.loop("0", str(bk // W), step)
-
-        em.loop("0", str(bn), row)
-        if streaming:  # the kernel ends with one sfence (codegen), not one per block
-            em.declare(SFENCE)
-        em.br(done)
-
-    if stream:
-        rows(True)
-        em.start_block(plain)
-    rows(False)
-    em.start_block(slow)
-    with muted():
-        for d in plan.deferred:
-            HANDLERS[d.opcode](env, d)
-        HANDLERS["store"](env, op)
-    em.br(done)
-    em.start_block(done)
-
-
-_BYTES = {"f32": 4, "i32": 4, "u32": 4, "f16": 2, "bf16": 2}
-SFENCE = "declare void @llvm.x86.sse.sfence()"  # declared by kernels with streaming stores
-
-
-def _lines_aligned(em: Emitter, dst, starts: list[str], nbytes: int) -> str:
-    """Whether every row of the window starts on a 64-byte line (base, row stride, column)."""
-    base = em.val(f"ptrtoint ptr {dst.ptr} to i64")
-    first = em.val(f"add i64 {em.val(f'mul i64 {starts[0]}, {dst.strides[0]}')}, {starts[1]}")
-    addr = em.val(f"add i64 {base}, {em.val(f'mul i64 {first}, {nbytes}')}")
-    both = em.val(f"or i64 {addr}, {em.val(f'mul i64 {dst.strides[0]}, {nbytes}')}")
-    return em.val(f"icmp eq i64 {em.val(f'and i64 {both}, 63')}, 0")
-
-
-def _window_ok(em: Emitter, t, starts: list[str], sizes, aligned: bool = True) -> str:
-    ok = em.val(f"icmp eq i64 {em.val(f'and i64 {starts[1]}, {W - 1}')}, 0") if aligned \
-        else "true"
-    for st, sz, dim in zip(starts, sizes, t.dims):
-        end = em.val(f"add i64 {st}, {sz}")
-        inb = em.val(f"and i1 {em.val(f'icmp sle i64 {end}, {dim}')}, "
-                     f"{em.val(f'icmp sge i64 {st}, 0')}")
-        ok = em.val(f"and i1 {ok}, {inb}")
-    return ok
 
 
 def _prefetch_next(em: Emitter, plan: Plan, t, starts: list[str], n: str, bk: int,
@@ -428,7 +298,7 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
             _retype(em, codes, plan.codes.attrs.dtype)}
     leaves: dict[tuple, str] = {}
     spaces = row_spaces(plan.tree, plan.root)  # a dict: the plan checked it
-    perms = _lane_perms(plan)
+    perms = lane_perms(plan)
     permuted: dict[tuple, str] = {(): codes}
     for op in plan.tree:
         rid = op.results[0].id
@@ -467,37 +337,5 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
     return vals[root.id]
 
 
-def _lane_perms(plan: Plan) -> dict[int, tuple[int, ...]]:
-    """For the values of E under transposes inside a step (byte windows), the codes' lane
-    each lane reads (values with none: absent)."""
-    perms: dict[int, tuple[int, ...]] = {}
-    for op in plan.tree:
-        below = next((perms[v.id] for v in op.operands if v.id in perms), None)
-        if op.opcode == "transpose":
-            step = byte_window.step_shuffle(op)
-            below = tuple(below[q] for q in step) if below else step
-        if below:
-            perms[op.results[0].id] = below
-    return perms
-
-
 def _retype(em: Emitter, codes: str, dtype: str) -> str:
     return codes if dtype in ("i32", "u32") else convert(em, codes, "u32", dtype, W)
-
-
-def vector_op(env: Env, op: Op, args: list[str], width: int = W) -> str:
-    """One op of E on <width x ...> vectors (its operands already evaluated)."""
-    em = env.em
-    src = op.operands[0].type.dtype
-    o = op.opcode
-    if o == "cast":
-        return convert(em, args[0], src, op.attrs.dtype, width)
-    if o == "bitcast":
-        return em.val(f"bitcast {vtype(src, width)} {args[0]} to {vtype(op.attrs.dtype, width)}")
-    if o == "where":
-        t = vtype(op.results[0].type.dtype, width)
-        return em.val(f"select {vtype('bool', width)} {args[0]}, {t} {args[1]}, {t} {args[2]}")
-    if o == "lut":
-        name, et = lut_global(em, op)
-        return gather(em, name, et, convert(em, args[0], src, "i64", width))
-    return scalar_op(em, o, src, args, width)
