@@ -37,15 +37,26 @@ def window(env: Env, plan: Plan) -> tuple[TensorArg, list[str], str]:
     return views[plan.codes.results[0].id], ["0", "0"], ok
 
 
-def window_codes(env: Env, plan: Plan, codes: Op, t: TensorArg, j: str, c: str) -> str:
+def planar(order: tuple[int, ...], bits: int) -> bool:
+    """Whether lane l of a step reads the code at position per * (l % n) + l // n (per codes
+    in each of n bytes): the step's codes by planes of one code per byte (GGUF's element
+    order: a block's low nibbles, then its high ones)."""
+    per = 8 // bits
+    n = W // per
+    return bits < 8 and order == tuple(per * (q % n) + q // n for q in range(W))
+
+
+def window_codes(env: Env, plan: Plan, codes: Op, t: TensorArg, j: str, c: str,
+                 order: tuple[int, ...] = ()) -> str:
     """Codes 32c .. 32c + 31 of row j of a byte window (`t`: its bytes from the window's
     first one) as <32 x i32>: one short load, the byte ops of its chain on the bytes in
-    registers, the unpack."""
+    registers, the unpack. `order`, if `planar`: the codes in that lane order, each plane
+    one widening of the bytes, a shift and a mask."""
     em = env.em
     p = byte_window.address(em, codes, t.ptr, "0", t.strides, j, c)
     bits = byte_window.bits(codes)
     ld, view, *ops = plan.windows[codes.results[0].id]
-    if not ops:
+    if not ops and not order:
         return unpack32(em, p, bits, align=1)
     n = W * bits // 8
     vals = {ld.results[0].id: em.val(f"load <{n} x i8>, ptr {p}, align 1")}
@@ -54,8 +65,29 @@ def window_codes(env: Env, plan: Plan, codes: Op, t: TensorArg, j: str, c: str) 
                 for u in op.operands]
         vals[op.results[0].id] = vector_op(env, op, args, n)
     b = vals[view.operands[0].id]
+    if order:
+        return _planes(em, b, bits)
     return unpack_words(em, b if bits == 8 else em.val(f"bitcast <{n} x i8> {b} to "
                                                        f"<{bits} x i32>"), bits)
+
+
+def _planes(em, b: str, bits: int) -> str:
+    """<32 x i32> of n bytes `b` by planes: lanes q * n .. q * n + n - 1 hold bits
+    q * bits .. of each byte."""
+    n = W * bits // 8
+    vt = f"<{n} x i32>"
+    wide = em.val(f"zext <{n} x i8> {b} to {vt}")
+    parts = []
+    for q in range(8 // bits):
+        sh = em.val(f"lshr {vt} {wide}, <{', '.join([f'i32 {q * bits}'] * n)}>") if q else wide
+        parts.append(em.val(f"and {vt} {sh}, <{', '.join([f'i32 {(1 << bits) - 1}'] * n)}>"))
+    while len(parts) > 1:  # concatenate pairwise
+        size = W // len(parts)
+        both = ", ".join(f"i32 {i}" for i in range(2 * size))
+        parts = [em.val(f"shufflevector <{size} x i32> {parts[i]}, <{size} x i32> "
+                        f"{parts[i + 1]}, <{2 * size} x i32> <{both}>")
+                 for i in range(0, len(parts), 2)]
+    return parts[0]
 
 
 def lane_perms(plan: Plan) -> dict[int, tuple[int, ...]]:

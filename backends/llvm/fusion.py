@@ -21,7 +21,7 @@ from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
 from lowbitc.backends.llvm.fused_leaves import vector_at as vector_at  # (columns.py)
 from lowbitc.backends.llvm.fused_leaves import vector_op as vector_op  # (columns.py)
 from lowbitc.backends.llvm.fused_view import window_ok as _window_ok
-from lowbitc.backends.llvm.fused_windows import lane_perms, window, window_codes
+from lowbitc.backends.llvm.fused_windows import lane_perms, planar, window, window_codes
 from lowbitc.backends.llvm.fusion_plan import Plan, W, acc_lanes, row_spaces
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert, vtype
 from lowbitc.backends.llvm.lanes import ROWS, row_sums
@@ -305,6 +305,9 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
         table = plan.tables.get(rid)
         if table is not None:  # a function of the code alone: one in-register lookup
             p = perms.get(rid, ())
+            if p not in permuted and plan.chain and planar(p, byte_window.bits(plan.codes)):
+                permuted[p] = window_codes(env, plan, plan.codes,
+                                           plan.bases[plan.codes.results[0].id], j, c, p)
             if p not in permuted:  # codes in the lanes' order (LLVM folds it into the unpack)
                 t = vtype("i32", W)
                 mask = ", ".join(f"i32 {q}" for q in p)
