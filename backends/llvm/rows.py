@@ -289,7 +289,8 @@ def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
                     part = em.val(f"call {F16} @llvm.x86.avx512.permvar.sf.512({F16} {table}, "
                                   f"{V16} {idx})")
                     c = mi * per_row + j * chains + g % chains
-                    nxt[c] = em.val(f"fadd reassoc contract {F16} {nxt[c]}, {part}")
+                    # nsz: the first step's add to the zeroed accumulator folds away
+                    nxt[c] = em.val(f"fadd reassoc nsz contract {F16} {nxt[c]}, {part}")
         return nxt
 
     def combine(accs: list[str], mi: int) -> str:
