@@ -26,7 +26,7 @@ from lowbitc.mixture import TableQTensor
 from lowbitc.mma_plan import MMA_ACTIVATIONS, mma_format, mma_params
 from lowbitc.offset import OffsetQTensor, finish_dequantize, permute_input, subtract_offsets
 from lowbitc.quant import QTensor
-from lowbitc.repack import ROWS_MAX_BITS, planes_format
+from lowbitc.repack import planes_format
 from lowbitc.tuned import tuned_config
 
 _ACTIVATIONS = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
@@ -76,14 +76,13 @@ def matmul_fixed(wtype, act: str, zero_point: bool, M: int = 1) -> dict:
 
 
 PLANES_BN = 256  # GEMV rows per block for the planes packing's formats (<= 3-bit integers)
-ROWS_BN = 128  # GEMV rows per block for the other <= 4-bit formats (the rows packing)
 
 
 def matmul_params(M: int, qw: QTensor, act: str, backend: str = "llvm", N: int = 0) -> dict:
     """Default tile parameters by problem shape (GEMV for M = 1, GEMM tiles otherwise); the
     LLVM backend's GEMM path (M > 8) takes tall row tiles, other backends keep 8 x 32; a GEMV
     of a <= 3-bit integer format over N rows, a multiple of PLANES_BN, takes that many rows
-    per block, else one of a <= 4-bit format over a multiple of ROWS_BN rows that many."""
+    per block."""
     # up to 8 rows share each decoded weight vector in registers (the backend's fused dot)
     bm = 1 if M == 1 else 2 if M == 2 else 4 if M <= 4 else 8
     g = qw.group_size
@@ -96,12 +95,6 @@ def matmul_params(M: int, qw: QTensor, act: str, backend: str = "llvm", N: int =
         # the planes dot builds its tables of partial activation sums once per block and
         # K window: wider blocks share them (u2 GEMV 1.3x less work in cache than BN = 64)
         bn = PLANES_BN
-    elif M <= GEMM_ROWS and backend == "llvm" and N and N % ROWS_BN == 0 and \
-            qw.dtype.bits <= ROWS_MAX_BITS:
-        # each block's 16-row streams of the rows packing are prefetched two K windows
-        # ahead: more rows per block keep more of them in flight while the weights come
-        # from DRAM (u4 GEMV, 4096^2 from DRAM: 5-15 % faster than 64 rows; same in cache)
-        bn = ROWS_BN
     elif M > GEMM_ROWS and backend == "llvm":
         bm = gemm_rows(M)
         bn = 128 if bm >= 64 else 64  # tall row tiles amortise their activation loads wider

@@ -33,7 +33,6 @@ from lowbitc.errors import UserArgumentError
 from lowbitc.packing import pack, unpack
 
 LANES = 16  # i32 lanes of a 512-bit vector
-ROWS_MAX_BITS = 4  # widths the rows packing takes: its decode is one 16-entry permute per vector
 _NAME = re.compile(r"lanes(\d+)x(\d+)")
 
 

@@ -53,23 +53,16 @@ def test_matmul_m3_and_other_groups(name):
         _check_matmul(_qw(name, n=n, k=k, group=g), 3)
 
 
-@pytest.mark.parametrize("name", ["u1", "u2", "i3", "b2", "u4", "nf4", "f4e2m1fn", "u5"])
-def test_gemv_blocks_of_wide_rows_for_the_planes_and_rows_formats(name):
+@pytest.mark.parametrize("name", ["u1", "u2", "i3", "b2", "u4"])
+def test_gemv_blocks_of_256_rows_for_the_planes_formats(name):
     """A GEMV of a <= 3-bit integer format over N a multiple of ops.PLANES_BN rows takes
-    blocks of that many (its tables of activation sums are shared by more rows), another
-    <= 4-bit format over a multiple of ops.ROWS_BN rows blocks of ROWS_BN (more of the rows
-    packing's streams prefetched at once); other formats and other N keep 64; the results
-    are exact either way."""
-    planes = name in ("u1", "u2", "i3", "b2")
-    for n, m in [(512, 1), (512, 4), (320, 1), (384, 1)]:
+    blocks of that many (its tables of activation sums are shared by more rows); other
+    formats and other N keep 64; the results are exact either way."""
+    for n, m in [(512, 1), (512, 4), (320, 1)]:
         qw = _qw(name, n=n, k=300, group=64)
         bn = ops.matmul_params(m, qw, "f32", N=n)["BN"]
-        if planes and n % ops.PLANES_BN == 0:
-            assert bn == ops.PLANES_BN
-        elif qw.dtype.bits <= 4 and n % ops.ROWS_BN == 0:
-            assert bn == ops.ROWS_BN
-        else:
-            assert bn == 64
+        wide = name != "u4" and n % ops.PLANES_BN == 0
+        assert bn == (ops.PLANES_BN if wide else 64)
         _check_matmul(qw, m)
     assert ops.matmul_params(1, _qw(name, n=512), "f32")["BN"] == 64  # N unknown
 

@@ -29,7 +29,6 @@ from lowbitc.ir.types import TensorType, TileType, is_machine, numpy_dtype
 from lowbitc.passes.base import register, rewrite
 from lowbitc.repack import (
     LANES,
-    ROWS_MAX_BITS,
     Packing,
     PlanesPacking,
     RowsPacking,
@@ -41,6 +40,7 @@ from lowbitc.signature import format_bits
 # MAX_ROWS); dots with more rows decode into a panel that reads the canonical packing
 MAX_ROWS = 8
 MAX_STEP = 128  # codes per step: one 512-bit vector of a 4-bit plane
+ROWS_MAX_BITS = 4  # the rows packing's decode is one 16-entry permute per vector
 _FUSIBLE = ELEMENTWISE | {"cast", "bitcast", "where", "lut"}
 
 
