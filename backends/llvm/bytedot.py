@@ -7,8 +7,8 @@ vectors (one i32 word per row); byte j of a word holds `8 / p` codes of width p,
 and one mask give four codes per row (bytes of each i32 lane) and one `vpdpbusd` adds their
 products with four activations broadcast to all 16 lanes: 16 outputs per accumulator, no
 horizontal sums. The four codes of a byte extraction are not consecutive along k: the
-activations are permuted once per call to match (a constant shuffle per 32 of them), and
-each dword of them stored repeated over the 16 lanes, which vpdpbusd reads as its operand. A plane
+activations are permuted to match (a constant shuffle per 32 of them, per window) and
+vpdpbusd reads each dword of them broadcast to the 16 lanes (`{1to16}`). A plane
 above the first lands at its place in the byte by the same shift, so planes sum in the same
 accumulator. E(code) = code ^ X (unsigned integers, two's complement through the bias 2^(b-1),
 bipolar) xors the words first; a single 1-, 2- or 4-bit plane may instead look E up in a
