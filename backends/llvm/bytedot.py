@@ -159,29 +159,32 @@ def _rep(byte: int) -> str:
 
 
 def _broadcasts(em: Emitter, abuf: Buf, widths: set[int]) -> dict[int, Buf]:
-    """Per plane width, the activations' dwords in that plane's extraction order, each
-    repeated over 16 lanes ([m, k / 4, 16] i32): vpdpbusd then reads its activations as one
-    aligned load (no shuffle per instruction), once per 16-row block."""
+    """Per plane width, the activations' bytes in that plane's extraction order ([m, k] i8,
+    one shuffle per 32): vpdpbusd reads each dword of them broadcast to its 16 lanes
+    (`{1to16}`, a memory operand: no register shuffle per instruction). The buffer escapes
+    into an empty asm barrier, so that LLVM does not forward the stores into per-dword
+    register broadcasts."""
     m, k = abuf.shape
     out = {}
     for p in sorted(widths):
-        buf = em.alloc("i32", [m, k // 4, LANES])
+        buf = em.alloc("i8", [m, k])
         mask = "<" + ", ".join(f"i32 {i}" for i in _order(p)) + ">"
         for i in range(m):
             for c in range(k // 32):
                 src = em.gep(abuf, str(i * abuf.strides[0] + 32 * c))
                 v = em.val(f"load <32 x i8>, ptr {src}, align 1")
                 v = em.val(f"shufflevector <32 x i8> {v}, <32 x i8> poison, <32 x i32> {mask}")
-                v = em.val(f"bitcast <32 x i8> {v} to <8 x i32>")
-                for d in range(8):
-                    x = em.val(f"extractelement <8 x i32> {v}, i64 {d}")
-                    ins = em.val(f"insertelement {V16} poison, i32 {x}, i64 0")
-                    bx = em.val(f"shufflevector {V16} {ins}, {V16} poison, "
-                                f"<{LANES} x i32> zeroinitializer")
-                    at = str(((i * k // 4) + 8 * c + d) * LANES)
-                    em.emit(f"store {V16} {bx}, ptr {em.gep(buf, at)}, align 64")
+                em.emit(f"store <32 x i8> {v}, ptr {em.gep(buf, str(i * k + 32 * c))}, align 32")
+        em.emit(f'call void asm sideeffect "", "r,~{{memory}}"(ptr {buf.ptr})')
         out[p] = buf
     return out
+
+
+def _broadcast_dword(em: Emitter, buf: Buf, at: str) -> str:
+    """The i32 at byte `at` of `buf` in all 16 lanes (one `{1to16}` operand)."""
+    x = em.val(f"load i32, ptr {em.gep(buf, at)}, align 4")
+    ins = em.val(f"insertelement {V16} poison, i32 {x}, i64 0")
+    return em.val(f"shufflevector {V16} {ins}, {V16} poison, <{LANES} x i32> zeroinitializer")
 
 
 def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
@@ -224,9 +227,7 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
                         v = _extract(em, word, e * p, shift, p, table)
                         for i in range(m):
                             d = i * k // 4 + w * (8 // p) + e  # the dword, k0 / 4 further
-                            off = em.val(f"mul i64 {em.val(f'add i64 {k0}, {4 * d}')}, "
-                                         f"{LANES // 4}")
-                            bx = em.val(f"load {V16}, ptr {em.gep(xp, off)}, align 64")
+                            bx = _broadcast_dword(em, xp, em.val(f"add i64 {k0}, {4 * d}"))
                             c = i * chains + n % chains
                             nxt[c] = _dpbusd(em, nxt[c], v, bx)
                         n += 1
