@@ -117,8 +117,8 @@ def test_formats_that_take_int8_activations():
     assert a8.byte_map(lowbitc.dtype("b3")) == (0.5, -3.5)
     assert a8.byte_map(lowbitc.dtype("f4e2m1fn")) == (2.0, -12.0)
     assert [a8.block(g) for g in (32, 48, 64, 128, 256, 96 * 4)] == [32, 48, 64, 128, 128, 128]
-    assert [a8.rows_tile(m, n) for m, n in ((1, 4096), (1, 40), (16, 4096), (16, 384), (3, 80))] == \
-        [32, 32, 256, 128, 16]
+    shapes = ((1, 4096), (1, 40), (16, 4096), (16, 384), (3, 80))
+    assert [a8.rows_tile(m, n) for m, n in shapes] == [32, 32, 256, 128, 16]
     assert [a8.rows_tile(m, 4096, 8) for m in (1, 16)] == [128, 256]  # bytes in memory order
 
 

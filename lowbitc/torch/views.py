@@ -16,7 +16,6 @@ from lowbitc.packing import unpack
 from lowbitc.quant import QTensor
 
 
-
 def array(t: torch.Tensor) -> np.ndarray:
     """A numpy view of a contiguous CPU tensor (no copy); int32 words read as uint32."""
     if t.requires_grad:
