@@ -71,10 +71,10 @@ def rows_tile(M: int, N: int, bits: int = 4) -> int:
     whole 16-row blocks (the fused byte dot's condition). A GEMV takes 32 rows: a program
     then reads its codes (16-row blocks, K contiguous) and its tile-major scales as two
     sequential streams, which the hardware prefetchers follow at the memory's speed (16
-    blocks' windows in turn, 32 KB apart, ran at half of it); bytes in memory order (u8,
-    16 rows per block as separate streams) take 128. Several activation rows take 256: wide
-    tiles share each block's broadcasts and f32 corrections."""
-    widest = (128 if bits == 8 else 32) if M == 1 else 256
+    blocks' windows in turn, 32 KB apart, ran at half of it); bytes in memory order (u8/i8,
+    each row a stream of its own) take 16, the fewest streams. Several activation rows take
+    256: wide tiles share each block's broadcasts and f32 corrections."""
+    widest = (16 if bits == 8 else 32) if M == 1 else 256
     for bn in (256, 128, 64, 32, 16):
         if bn <= widest and N % bn == 0:
             return bn
