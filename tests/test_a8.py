@@ -196,6 +196,18 @@ def test_a8_fused_matches_interpreter(fmt, zp, N, M):
     np.testing.assert_allclose(ys[0], ys[1], rtol=1e-5, atol=1e-5 * np.abs(ys[1]).max())
 
 
+@pytest.mark.parametrize("fmt, zp, M", [("u4", True, 1), ("f4e2m1fn", False, 1),
+                                        ("f4e2m1fn", False, 16), ("b3", False, 1),
+                                        ("i4", False, 16), ("u2", True, 16)])
+def test_a8_kernels_take_the_fused_byte_dot(fmt, zp, M):
+    """The shipped kernel's dot fuses the weights' decode for every byte map (SC and LO
+    constants are shared with the scale code outside the activation-block loop)."""
+    qw = lowbitc.quantize(np.ones((64, 256), np.float32), fmt, 128, zero_point=zp)
+    name, params = ops.matmul_choice(M, 4096, 4096, qw, "f32", "i8")
+    text = ops.get_kernel(name, **params).explain()
+    assert "dot w: fused integer byte dot" in text, text
+
+
 def test_tile_major_scales():
     """[N, G] -> [cdiv(N, bn), G, bn]: every value at its tile, group and row; rows past N
     zero; cached per tile width and copied by QTensor.replica."""

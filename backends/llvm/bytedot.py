@@ -50,9 +50,10 @@ class BytePlan:
     xor: int | None  # E(code) = code ^ xor, else None (a table lookup)
 
 
-def plan_byte_dots(r: Region) -> dict[int, BytePlan]:
+def plan_byte_dots(r: Region, consts: dict[int, Op] | None = None) -> dict[int, BytePlan]:
     """Integer dots of this region (keyed by result id) whose u8 weight operand is a
-    function of one load_codes' code alone."""
+    function of one load_codes' code alone; `consts`: scalar constants of enclosing regions
+    that E may read (a constant shared with code outside the loop)."""
     defs, uses, order, dots = region_index(r)
     plans: dict[int, BytePlan] = {}
     for op in dots:
@@ -73,7 +74,7 @@ def plan_byte_dots(r: Region) -> dict[int, BytePlan]:
                 or e.type.shape[1] % (32 if codes.opcode == "load_codes" else 64)):
             continue
         tree = sorted(tree, key=lambda o: order[id(o)])
-        table = _table(tree, codes, e, defs)
+        table = _table(tree, codes, e, {**(consts or {}), **defs})
         if table is None:
             continue
         n = np.arange(len(table))
