@@ -98,7 +98,7 @@ def tile_major(a: np.ndarray | None, bn: int) -> np.ndarray:
     group's values for its rows, [cdiv(N, bn), G, bn] float32 (rows past N read 0); a
     [1, 1, 1] placeholder for None."""
     if a is None:
-        return np.zeros((1, 1, 1), np.float32)
+        return _NO_ZEROS
     n, g = a.shape
     nt = -(-n // bn)
     out = np.zeros((nt * bn, g), np.float32)
@@ -135,3 +135,4 @@ def matmul(k: Kernel, x: np.ndarray, adt: str, w, scales: np.ndarray,
 
 
 _QUANTIZERS: dict[tuple, Kernel] = {}  # (matmul_a8 kernel, activation dtype) -> quantize_a8
+_NO_ZEROS = np.zeros((1, 1, 1), np.float32)  # matmul_a8's z without zero points (never read)

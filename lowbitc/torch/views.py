@@ -42,7 +42,7 @@ def weight_array(t: torch.Tensor) -> np.ndarray:
 
 
 _REPACKED: dict[int, tuple] = {}  # id(weight) -> (weakref, data_ptr, version, packing, words)
-_TILE_MAJOR: dict[int, tuple] = {}  # id(scales or zeros) -> (weakref, state, tile-major copy)
+_TILE_MAJOR: dict[tuple, tuple] = {}  # (id(scales or zeros), tile) -> (weakref, state, copy)
 
 
 def kernel_weight(kern, weight: torch.Tensor, scales: torch.Tensor,
@@ -75,11 +75,11 @@ def tile_major(t: torch.Tensor | None, bn: int) -> np.ndarray:
     zero-point placeholder for None."""
     if t is None:
         return a8.tile_major(None, bn)
-    state = (t.data_ptr(), 0 if t.is_inference() else t._version, bn)
-    hit = _TILE_MAJOR.get(id(t))
+    state = (t.data_ptr(), 0 if t.is_inference() else t._version)
+    key = (id(t), bn)  # GEMV and GEMM tiles differ: both kept
+    hit = _TILE_MAJOR.get(key)
     if hit is not None and hit[0]() is t and hit[1] == state:
         return hit[2]
     a = a8.tile_major(array(t), bn)
-    key = id(t)
     _TILE_MAJOR[key] = (weakref.ref(t, lambda _, key=key: _TILE_MAJOR.pop(key, None)), state, a)
     return a
