@@ -136,6 +136,7 @@ def _gemv_gguf(name: str, fmt: str, block: int, zero_point: bool):
 
 
 USER_KERNELS = {"b2_act": _gemv_b2, "q8_0": _gemv_q8_0, "gptq": _gemv_gptq, "awq": _gemv_awq,
+                "q4_0": _gemv_gguf("Q4_0", "u4", 32, False),
                 "q5_0": _gemv_gguf("Q5_0", "u5", 32, False),
                 "q4_k": _gemv_gguf("Q4_K", "u4", 256, True)}
 

@@ -132,3 +132,54 @@ def test_the_docs_performance_example_is_the_explain_output():
     said = " ".join(re.search(r"gives\n`(<string>:5:11: dot: FALLBACK.*?)`", part, re.S)
                     .group(1).split())
     assert said in lowbitc.compile(masked, W=dtype("b2")).explain().splitlines()[3]
+
+
+USER = Path(__file__).resolve().parents[1] / "examples" / "user"
+ABSQ = "nf4_absq"  # bitsandbytes' second-level code book stands in as 256 sorted values
+EXAMPLES = {  # examples/user kernel -> (compile-time params, its weight parameters)
+    "gptq_gemv": ({}, ("qweight", "qzeros")), "awq_gemv": ({}, ("qweight", "qzeros")),
+    "gemv_b2_act": ({}, ("w",)), "gguf_q8_0_gemv": ({}, ("blocks",)),
+    "gguf_q4_0_gemv": ({}, ("blocks",)), "gguf_q5_0_gemv": ({}, ("blocks",)),
+    "gguf_q4_k_gemv": ({}, ("blocks",)), "bnb_nf4_gemv": ({"Q": ABSQ}, ("codes",)),
+    "dequant_half": ({"W": "u4"}, ("w",)),
+}
+
+
+@pytest.mark.parametrize("m", [1, 16])
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_every_user_example_names_a_fused_path(name, m):
+    """Every dot of examples/user and every load of its weights takes a fused or vectorized
+    path, at one row of activations and at 16 (the block rows the bench compiles with: the
+    column and untransposed dots keep at most 8 rows in registers)."""
+    given, weights = EXAMPLES[name]
+    params = {k: lowbitc.codebook(np.linspace(-1, 1, 256).astype(np.float32), name=v)
+              if k == "Q" else dtype(v) for k, v in given.items()}
+    src = (USER / f"{name}.lbk").read_text()
+    if "BM: int" not in src and m != 1:
+        pytest.skip("no rows of activations")
+    if "BM: int" in src:
+        params["BM"] = min(m, 8) if name in ("gptq_gemv", "awq_gemv") else m
+        if name == "awq_gemv":
+            params["BN"] = 256 // params["BM"]
+    text = lowbitc.compile(USER / f"{name}.lbk", **params).explain()
+    dots = _lines(text, "dot")
+    assert all("FALLBACK" not in d and ("fused" in d or "panel microkernel" in d)
+               for d in dots), text
+    loads = [ln for ln in _lines(text, "load") if any(f"load {w}:" in ln for w in weights)]
+    assert loads and not any("FALLBACK" in ln for ln in loads), text
+    # the one fallback left: bnb's per-block absmax, 8-bit codes read one by one
+    assert all("load absq" in ln for ln in text.splitlines() if "FALLBACK" in ln), text
+
+
+@pytest.mark.parametrize("name", ["gguf_q4_0_gemv", "gguf_q5_0_gemv", "bnb_nf4_gemv"])
+def test_byte_window_codes_take_the_fused_dot(name):
+    params = {"Q": lowbitc.codebook(np.linspace(-1, 1, 256).astype(np.float32), name=ABSQ)} \
+        if "nf4" in name else {}
+    text = lowbitc.compile(USER / f"{name}.lbk", **params).explain()
+    (dot,) = _lines(text, "dot")
+    assert "fused register dot (codes of a byte window unpacked in registers" in dot, text
+    # the code bytes (and Q5_0's high bits) are read in the dot, never materialised
+    fused = [ln for ln in _lines(text, "load") if "fused into the dot" in ln]
+    assert len(fused) == (2 if "q5_0" in name else 1), text
+    panel = lowbitc.compile(USER / f"{name}.lbk", BM=16, **params).explain()
+    assert "panel microkernel, weights decoded into the panel" in _lines(panel, "dot")[0]

@@ -111,9 +111,32 @@ def test_gguf_blocks_read_as_stored(fmt, source):
     args = [x, stored, np.zeros((m, n), np.float32)]
     _both(k, args, 2, want)
     _torch_check(k, ["y"], args[:2], want)
+    dots = [ln for ln in k.explain().splitlines() if ": dot " in ln]
     if fmt in ("Q8_0", "Q4_K"):  # read as stored, fused: the dot decodes bytes in registers
-        dots = [ln for ln in k.explain().splitlines() if ": dot " in ln]
         assert dots and all("fused register dot (bytes" in ln for ln in dots)
+    else:  # codes viewed out of the blocks' bytes: unpacked in registers in the dot
+        assert dots and all("codes of a byte window" in ln for ln in dots)
+
+
+@pytest.mark.parametrize("bm", [4, 16])
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q5_0"])
+def test_gguf_byte_windows_with_rows_and_edges(fmt, bm):
+    """The byte-window fused paths with several rows of activations (the register dot at
+    BM = 4, the panel at 16, M not a multiple of BM) and a K whose last window of blocks is
+    partial (KB = 15, NBK = 4: the generic dot), against gguf's dequantize."""
+    gguf = pytest.importorskip("gguf", reason="the GGUF oracle is the gguf package")
+    from lowbitc.interop.kquants import quantize_blocks
+
+    qtype = getattr(gguf.GGMLQuantizationType, fmt)
+    n, kk, m = 40, 480, bm + 3
+    raw = quantize_blocks(RNG.standard_normal((n, kk)).astype(np.float32), fmt)
+    w_hat = gguf.quants.dequantize(raw, qtype).astype(np.float64)
+    k = lowbitc.compile(USER / f"gguf_{fmt.lower()}_gemv.lbk", BM=bm)
+    assert "byte window" in k.explain() or "panel microkernel" in k.explain()
+    x = RNG.standard_normal((m, kk)).astype(np.float32)
+    y = np.zeros((m, n), np.float32)
+    k(x, raw.reshape(n, kk // 32, -1), y)
+    _close(y, x.astype(np.float64) @ w_hat.T)
 
 
 @pytest.mark.parametrize("zoff", [1, 0])
@@ -179,6 +202,9 @@ def test_bnb_nf4_with_double_quantized_absmax():
         run(*args[:5], y, KB=kb)
         _close(y, want)
     _torch_check(k, ["y"], args[:5] + [kb], want)
+    # the nibble swap runs on the bytes in registers: the dot is fused
+    assert "codes of a byte window" in [ln for ln in k.explain().splitlines()
+                                        if ": dot " in ln][0]
 
 
 @pytest.mark.parametrize("weight, ref", [

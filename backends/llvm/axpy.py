@@ -18,10 +18,10 @@ from lowbitc.backends.llvm import decode, fused_leaves, fused_view
 from lowbitc.backends.llvm.columns import row_sum
 from lowbitc.backends.llvm.decode import code_tables
 from lowbitc.backends.llvm.emitter import Buf
-from lowbitc.backends.llvm.fusion import _eval_tree, codes_at
+from lowbitc.backends.llvm.fusion import _eval_tree, codes_at, note_fused, with_fallback
 from lowbitc.backends.llvm.fusion_plan import Plan, W, _tree, fold, region_index, row_spaces
-from lowbitc.backends.llvm.handlers import HANDLERS, Env
-from lowbitc.explain import muted, note, subject_of
+from lowbitc.backends.llvm.handlers import Env
+from lowbitc.explain import note, subject_of
 from lowbitc.ir.core import Region, Value
 from lowbitc.ir.types import TileType, is_float
 
@@ -60,40 +60,26 @@ def plan_axpy(r: Region) -> dict[int, Plan]:
 def emit_axpy(env: Env, plan: Plan, generic_dot) -> None:
     """The fused path with a runtime fallback (deferred ops, generic dot); binds the dot's
     result buffer."""
-    em = env.em
     op = plan.dot
-    a, b, acc = op.operands
-    out = env.result_buf(op)
-    em.copy(env.get(acc), out)
-    abuf = env.get(a)
     codes = plan.codes
     t = env.get(codes.operands[0])
-    fast, slow, done = em.label("axpy"), em.label("unfused"), em.label("dotted")
     weights = subject_of(codes.operands[0])
-    if t.packing is not None or not isinstance(abuf, Buf):
-        em.br(slow)
-        note("dot", weights, "generic dot", "the codes are repacked" if t.packing is not None
-             else "the activation tile is not in memory", fallback=True, loc=op.loc)
-    else:
-        t, starts, ok = fused_view.view(env, codes, t)
-        em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
-        em.start_block(fast)
+
+    def choose(abuf, out):
+        if t.packing is not None or not isinstance(abuf, Buf):
+            note("dot", weights, "generic dot", "the codes are repacked"
+                 if t.packing is not None else "the activation tile is not in memory",
+                 fallback=True, loc=op.loc)
+            return None
+        view, starts, ok = fused_view.view(env, codes, t)
         lanes = _by_lanes(plan, abuf)
-        note("dot", weights, "fused untransposed dot: " + (
+        note_fused(op, codes, "fused untransposed dot: " + (
             "lanes form (one table permute per 16 codes; scales and zero points per word "
-            "lane fold into the weights)" if lanes else "32 codes of a row per step"),
-            "windows at the tensor's edges take the generic dot", loc=op.loc)
-        note("load", weights, f"fused into the dot at {op.loc}: never materialised",
-             loc=codes.loc)
-        (_fused_lanes if lanes else _fused)(env, plan, abuf, out, t, starts)
-        em.br(done)
-    em.start_block(slow)
-    with muted():  # the runtime fallback of the path just noted
-        for d in plan.deferred:
-            HANDLERS[d.opcode](env, d)
-        generic_dot(em, abuf, env.get(b), out)
-    em.br(done)
-    em.start_block(done)
+            "lane fold into the weights)" if lanes else "32 codes of a row per step"))
+        return ok, lambda: (_fused_lanes if lanes else _fused)(env, plan, abuf, out, view,
+                                                                 starts)
+
+    with_fallback(env, op, plan.deferred, generic_dot, choose, "axpy")
 
 
 def _column(em, abuf: Buf, k: str, width: int) -> list[str]:
@@ -121,7 +107,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
         nxt = list(accs)
         splats = _column(em, abuf, k, W)
         for c in range(chunks):
-            w = _eval_tree(env, plan, codes_at(em, plan, t, starts, row, str(c)), k, str(c),
+            w = _eval_tree(env, plan, codes_at(env, plan, t, starts, row, str(c)), k, str(c),
                            plan.fold[0] if plan.fold else None)
             for i in range(m):
                 prod = em.val(f"fmul reassoc contract {va} {splats[i]}, {w}")

@@ -25,11 +25,10 @@ import numpy as np
 from lowbitc.backends.llvm import intdot
 from lowbitc.backends.llvm import rows as rows_packing
 from lowbitc.backends.llvm.emitter import Buf, Emitter
-from lowbitc.backends.llvm.fusion import _window_ok
+from lowbitc.backends.llvm.fusion import _window_ok, note_fused, with_fallback
 from lowbitc.backends.llvm.fusion_plan import _tree, region_index
-from lowbitc.backends.llvm.handlers import HANDLERS, Env
+from lowbitc.backends.llvm.handlers import Env
 from lowbitc.backends.llvm.lanes import row_sums
-from lowbitc.explain import note, subject_of
 from lowbitc.ir.core import Op, Region
 from lowbitc.ir.types import TileType
 from lowbitc.passes.bitpack_lanes import code_values
@@ -104,42 +103,25 @@ def emit_byte_dot(env: Env, plan: BytePlan) -> None:
     """The fused path for windows of whole 16-row blocks in the rows packing, else the
     deferred ops and the generic integer dot; binds the dot's result buffer."""
     em = env.em
-    a, _, acc = plan.dot.operands
-    out = env.result_buf(plan.dot)
-    em.copy(env.get(acc), out)
-    abuf = env.get(a)
     t = env.get(plan.codes.operands[0])
     starts = [env.get(v) for v in plan.codes.operands[1:3]]
-    note("dot", subject_of(plan.codes.operands[0]), "fused integer byte dot (codes widened to "
-         "bytes, vpdpbusd over 16 rows per vector)", "windows at the tensor's edges take the "
-         "generic integer dot", loc=plan.dot.loc)
-    note("load", subject_of(plan.codes.operands[0]), f"fused into the dot at {plan.dot.loc}: "
-         "never materialised", loc=plan.codes.loc)
-    fast, slow, done = em.label("bytedot"), em.label("bytegeneric"), em.label("bytedotted")
+    note_fused(plan.dot, plan.codes, "fused integer byte dot (codes widened to bytes, vpdpbusd "
+               "over 16 rows per vector)", "the generic integer dot")
     sizes = plan.codes.attrs.sizes
     t.ensure_strides(em)  # here: the branches below both use them
-    if not (applies() and isinstance(abuf, Buf) and abuf.contiguous):
-        em.br(slow)
-    elif plan.codes.opcode == "load":  # u8/i8 weights, rows in memory order
-        em.emit(f"br i1 {_window_ok(em, t, starts, sizes, aligned=False)}, label %{fast}, "
-                f"label %{slow}")
-        em.start_block(fast)
-        _fused_bytes(em, plan, abuf, out, t, starts)
-        em.br(done)
-    elif type(t.packing) is RowsPacking:
-        ok = rows_packing.window_ok(em, t, starts, sizes)
-        em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
-        em.start_block(fast)
-        _fused(em, plan, abuf, out, t, starts)
-        em.br(done)
-    else:
-        em.br(slow)
-    em.start_block(slow)
-    for d in plan.deferred:
-        HANDLERS[d.opcode](env, d)
-    intdot.emit_dot(em, abuf, env.get(plan.transpose.results[0]), out)
-    em.br(done)
-    em.start_block(done)
+
+    def choose(abuf, out):
+        if not (applies() and isinstance(abuf, Buf) and abuf.contiguous):
+            return None
+        if plan.codes.opcode == "load":  # u8/i8 weights, rows in memory order
+            ok = _window_ok(em, t, starts, sizes, aligned=False)
+            return ok, lambda: _fused_bytes(em, plan, abuf, out, t, starts)
+        if type(t.packing) is RowsPacking:
+            ok = rows_packing.window_ok(em, t, starts, sizes)
+            return ok, lambda: _fused(em, plan, abuf, out, t, starts)
+        return None
+
+    with_fallback(env, plan.dot, plan.deferred, intdot.emit_dot, choose, "bytedot")
 
 
 def _order(p: int) -> list[int]:

@@ -23,7 +23,7 @@ from lowbitc.backends.llvm.axpy import emit_axpy, plan_axpy
 from lowbitc.backends.llvm.bytedot import emit_byte_dot, plan_byte_dots
 from lowbitc.backends.llvm.columns import emit_column_dot, plan_columns
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
-from lowbitc.backends.llvm.fusion import SFENCE, emit_fused_store
+from lowbitc.backends.llvm.fused_store import SFENCE, emit_fused_store
 from lowbitc.backends.llvm.fusion_plan import plan_fusion, plan_store_fusion
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg
 from lowbitc.backends.llvm.ops_tiles import dot_into

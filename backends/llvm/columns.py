@@ -16,11 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lowbitc.backends.llvm.emitter import Buf, lltype
-from lowbitc.backends.llvm.fusion import vector_at, vector_op
+from lowbitc.backends.llvm.fusion import (
+    _window_ok,
+    note_fused,
+    vector_at,
+    vector_op,
+    with_fallback,
+)
 from lowbitc.backends.llvm.fusion_plan import FUSIBLE, MAX_ROWS, _derived, fold, region_index
-from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert
+from lowbitc.backends.llvm.handlers import Env, convert
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view
-from lowbitc.explain import muted, note, subject_of
 from lowbitc.ir.core import Op, Region, Value
 from lowbitc.ir.types import TileType, is_float, is_machine
 from lowbitc.signature import format_bits
@@ -124,40 +129,18 @@ def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value):
 
 def emit_column_dot(env: Env, plan: ColumnPlan, generic_dot) -> None:
     em = env.em
-    op = plan.dot
-    a, b, acc = op.operands
-    out = env.result_buf(op)
-    em.copy(env.get(acc), out)
-    abuf = env.get(a)
     t = env.get(plan.load.operands[0])
     starts = [env.get(v) for v in plan.load.operands[1:3]]
-    bkw, bn = plan.load.attrs.sizes
-    note("dot", subject_of(plan.load.operands[0]), "fused column dot (codes of a transposed "
-         "word tile, 16 outputs per vector)", "windows at the tensor's edges take the generic "
-         "dot", loc=op.loc)
-    note("load", subject_of(plan.load.operands[0]), f"fused into the dot at {op.loc}: never "
-         "materialised", loc=plan.load.loc)
-    fast, slow, done = em.label("colfused"), em.label("colgeneric"), em.label("coldone")
-    ok = "true"
-    for st, sz, dim in zip(starts, (bkw, bn), t.dims):
-        end = em.val(f"add i64 {st}, {sz}")
-        inb = em.val(f"and i1 {em.val(f'icmp sle i64 {end}, {dim}')}, "
-                     f"{em.val(f'icmp sge i64 {st}, 0')}")
-        ok = em.val(f"and i1 {ok}, {inb}")
-    if isinstance(abuf, Buf) and abuf.contiguous:
-        em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
-        em.start_block(fast)
-        _fast(env, plan, abuf, out, t, starts)
-        em.br(done)
-    else:
-        em.br(slow)
-    em.start_block(slow)
-    with muted():
-        for d in plan.deferred:
-            HANDLERS[d.opcode](env, d)
-        generic_dot(em, abuf, env.get(b), out)
-    em.br(done)
-    em.start_block(done)
+    note_fused(plan.dot, plan.load, "fused column dot (codes of a transposed word tile, 16 "
+               "outputs per vector)")
+
+    def choose(abuf, out):
+        if not (isinstance(abuf, Buf) and abuf.contiguous):
+            return None
+        ok = _window_ok(em, t, starts, plan.load.attrs.sizes, aligned=False)
+        return ok, lambda: _fast(env, plan, abuf, out, t, starts)
+
+    with_fallback(env, plan.dot, plan.deferred, generic_dot, choose, "colfused")
 
 
 def _fast(env: Env, plan: ColumnPlan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:

@@ -16,6 +16,7 @@ from functools import cache
 import llvmlite.binding as llvm
 import numpy as np
 
+from lowbitc.backends.llvm import byte_window
 from lowbitc.backends.llvm.emitter import Emitter
 from lowbitc.interp import evaluate
 from lowbitc.ir.core import Op, Value
@@ -69,7 +70,8 @@ def code_tables(
     that depend only on `codes` and constants and are used by the rest of the tree or are
     its root; {} when the codes are too wide or nothing is code-only."""
     src = codes.results[0]
-    bits = codes.attrs.bits if codes.opcode == "load_codes" else 8  # or u8/i8 bytes
+    bits = (codes.attrs.bits if codes.opcode == "load_codes"  # or a byte window's, or bytes
+            else byte_window.bits(codes) if codes.opcode == "codes" else 8)
     if bits > MAX_BITS:
         return {}
     pure: dict[int, Op] = {}
@@ -84,14 +86,20 @@ def code_tables(
         consts[v.id] = d
         return True
 
+    moved: dict[int, int] = {}  # a byte window's lanes regrouped or permuted: the same values
     for op in tree:
-        if op.opcode in EXACT and len(op.results) == 1 and all(known(v) for v in op.operands):
+        if (codes.opcode == "codes" and op.opcode in ("reshape", "transpose")
+                and known(op.operands[0])):
+            moved[op.results[0].id] = op.operands[0].id
+            pure[op.results[0].id] = op
+        elif op.opcode in EXACT and len(op.results) == 1 and all(known(v) for v in op.operands):
             pure[op.results[0].id] = op
     used = {v.id for op in tree if op.results[0].id not in pure for v in op.operands}
     wanted = [
         rid
         for rid, op in pure.items()
         if (rid in used or rid == root.id) and op.results[0].type.dtype in WORD
+        and rid not in moved
     ]
     if bits > 5:
         # a 64-entry lookup (two vpermi2d and a select) costs more than converting the code
@@ -100,7 +108,12 @@ def code_tables(
     if not wanted:
         return {}
     env = {src.id: np.arange(1 << bits).astype(numpy_dtype(src.type.dtype))}
-    evaluate(list(consts.values()) + list(pure.values()), env)
+    evaluate(list(consts.values()), env)
+    for rid, op in pure.items():
+        if rid in moved:
+            env[rid] = env[moved[rid]]
+        else:
+            evaluate([op], env)
     return {
         rid: np.asarray(env[rid])
         .astype(WORD[pure[rid].results[0].type.dtype])

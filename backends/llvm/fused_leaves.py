@@ -16,10 +16,12 @@ from __future__ import annotations
 import math
 from functools import cache
 
+from lowbitc.backends.llvm.decode import gather
 from lowbitc.backends.llvm.emitter import Buf, Emitter, lltype
-from lowbitc.backends.llvm.handlers import Env, vtype
-from lowbitc.backends.llvm.ops_elementwise import broadcast_view
-from lowbitc.ir.core import Value
+from lowbitc.backends.llvm.handlers import Env, convert, vtype
+from lowbitc.backends.llvm.ops_elementwise import broadcast_view, scalar_op
+from lowbitc.backends.llvm.ops_memory import lut_global
+from lowbitc.ir.core import Op, Value
 from lowbitc.ir.types import TileType
 
 W = 32  # lanes of a fused step (fusion_plan.W)
@@ -162,3 +164,21 @@ def vector_at(em: Emitter, bv: Buf, index: str, step: int, width: int) -> str:
         vec = em.val(f"insertelement {vtype(dt, width)} {vec}, {lltype(dt)} "
                      f"{em.load_elem(bv, li)}, i64 {lane}")
     return vec
+
+
+def vector_op(env: Env, op: Op, args: list[str], width: int = W) -> str:
+    """One op of E on <width x ...> vectors (its operands already evaluated)."""
+    em = env.em
+    src = op.operands[0].type.dtype
+    o = op.opcode
+    if o == "cast":
+        return convert(em, args[0], src, op.attrs.dtype, width)
+    if o == "bitcast":
+        return em.val(f"bitcast {vtype(src, width)} {args[0]} to {vtype(op.attrs.dtype, width)}")
+    if o == "where":
+        t = vtype(op.results[0].type.dtype, width)
+        return em.val(f"select {vtype('bool', width)} {args[0]}, {t} {args[1]}, {t} {args[2]}")
+    if o == "lut":
+        name, et = lut_global(em, op)
+        return gather(em, name, et, convert(em, args[0], src, "i64", width))
+    return scalar_op(em, o, src, args, width)

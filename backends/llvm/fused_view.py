@@ -55,3 +55,15 @@ def view(env: Env, codes: Op, t: TensorArg) -> tuple[TensorArg, list[str], str]:
     ptr = em.val(f"getelementptr inbounds {elem}, ptr {t.ptr}, i64 {origin}")
     v = replace(t, ptr=ptr, dims=[str(sizes[row]), t.dims[-1]], strides=[strides[row], "1"])
     return v, ["0", starts[-1]], ok
+
+
+def window_ok(em, t, starts: list[str], sizes, aligned: bool = True) -> str:
+    """Whether a window lies inside the tensor (and, `aligned`, starts on a 32-code step)."""
+    ok = em.val(f"icmp eq i64 {em.val(f'and i64 {starts[1]}, {W - 1}')}, 0") if aligned \
+        else "true"
+    for st, sz, dim in zip(starts, sizes, t.dims):
+        end = em.val(f"add i64 {st}, {sz}")
+        inb = em.val(f"and i1 {em.val(f'icmp sle i64 {end}, {dim}')}, "
+                     f"{em.val(f'icmp sge i64 {st}, 0')}")
+        ok = em.val(f"and i1 {ok}, {inb}")
+    return ok

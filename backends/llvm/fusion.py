@@ -13,25 +13,31 @@ from __future__ import annotations
 
 import numpy as np
 
-from lowbitc.backends.llvm import decode, fused_leaves, fused_view, lanes_dot
+from lowbitc.backends.llvm import byte_window, decode, fused_leaves, fused_view, lanes_dot
 from lowbitc.backends.llvm import lanes as lanes_packing
 from lowbitc.backends.llvm import rows as rows_packing
-from lowbitc.backends.llvm.decode import gather, lookup
+from lowbitc.backends.llvm.decode import lookup
 from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
 from lowbitc.backends.llvm.fused_leaves import vector_at as vector_at  # (columns.py)
+from lowbitc.backends.llvm.fused_leaves import vector_op as vector_op  # (columns.py)
+from lowbitc.backends.llvm.fused_view import window_ok as _window_ok
+from lowbitc.backends.llvm.fused_windows import lane_perms, planar, window, window_codes
 from lowbitc.backends.llvm.fusion_plan import Plan, W, acc_lanes, row_spaces
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert, vtype
 from lowbitc.backends.llvm.lanes import ROWS, row_sums
-from lowbitc.backends.llvm.ops_elementwise import scalar_op
-from lowbitc.backends.llvm.ops_memory import lut_global, unpack32
+from lowbitc.backends.llvm.ops_memory import unpack32
 from lowbitc.explain import muted, note, subject_of
 from lowbitc.ir.core import Op, Value
 from lowbitc.repack import PlanesPacking, RowsPacking, affine_bits
 
 
-def codes_at(em: Emitter, plan: Plan, t, starts: list[str], n: str, c: str) -> str:
+def codes_at(env: Env, plan: Plan, t, starts: list[str], n: str, c: str) -> str:
     """Codes starts[1] + 32c .. + 31 of row n in the canonical packing (<32 x i32>), or the
-    bytes of a u8/i8 tensor (<32 x i8>): what _eval_tree takes as its codes."""
+    bytes of a u8/i8 tensor (<32 x i8>), or of a byte window (its `window` view: <32 x i32>):
+    what _eval_tree takes as its codes."""
+    em = env.em
+    if plan.chain:
+        return window_codes(env, plan, plan.codes, t, n, c)
     if plan.codes.opcode == "load":
         i = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {starts[1]}")
         i = em.val(f"add i64 {i}, {em.val(f'mul i64 {c}, {W}')}")
@@ -44,43 +50,91 @@ def codes_at(em: Emitter, plan: Plan, t, starts: list[str], n: str, c: str) -> s
     return unpack32(em, em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}"), bits)
 
 
+def with_fallback(env: Env, dot: Op, deferred: list[Op], generic_dot, fast,
+                  name: str = "fused") -> None:
+    """The skeleton every fused dot shares; binds the dot's result buffer (a copy of its
+    accumulator). `fast(abuf, out)` notes the path taken and emits, in the current block, the
+    fast path's window check: it returns (ok, body), body() emitting the fast path where ok
+    holds, or None where no fast path applies. Other windows run the deferred ops and
+    `generic_dot(em, a, b, out)`. abuf is None when a deferred op computes `a`."""
+    em = env.em
+    a, b, acc = dot.operands
+    out = env.result_buf(dot)
+    em.copy(env.get(acc), out)
+    late = any(d.results and d.results[0] is a for d in deferred)
+    chosen = fast(None if late else env.get(a), out)
+    quick, slow, done = em.label(name), em.label("unfused"), em.label("dotted")
+    if chosen is None:
+        em.br(slow)
+    else:
+        ok, body = chosen
+        em.emit(f"br i1 {ok}, label %{quick}, label %{slow}")
+        em.start_block(quick)
+        body()
+        em.br(done)
+    em.start_block(slow)
+    with muted():  # the runtime fallback of the path just noted
+        for d in deferred:
+            HANDLERS[d.opcode](env, d)
+        generic_dot(env.em, env.get(a), env.get(b), out)
+    em.br(done)
+    em.start_block(done)
+
+
+def note_fused(dot: Op, load: Op, path: str, edges: str = "the generic dot") -> None:
+    """Explain's lines for a fused dot and the weight load it reads in registers."""
+    weights = subject_of(load.operands[0])
+    note("dot", weights, path, f"windows at the tensor's edges take {edges}", loc=dot.loc)
+    note("load", weights, f"fused into the dot at {dot.loc}: never materialised", loc=load.loc)
+
+
 def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
     """The fused fast path with a runtime fallback; binds the dot's result buffer.
     `fast_path(env, plan, a, out, codes, starts)` emits the fused code (default: the
     register-resident dot of up to MAX_ROWS rows; panel.py passes the panel's)."""
     em = env.em
     op = plan.dot
-    a, _, acc = op.operands
-    out = env.result_buf(op)
-    em.copy(env.get(acc), out)
-    abuf = env.get(a)
     codes = plan.codes
-    t = env.get(codes.operands[0])
-    starts = [env.get(v) for v in codes.operands[1:3]]
-    fast, slow, done = em.label("fused"), em.label("unfused"), em.label("dotted")
+    src = plan.chain[0] if plan.chain else codes
+    t = env.get(src.operands[0])
+    starts = [env.get(v) for v in src.operands[1:3]]
     by_rows = isinstance(t.packing, RowsPacking)
-    weights = subject_of(codes.operands[0])
-    if len(codes.attrs.sizes) != 2:  # a 2-D window of a higher-rank tensor: canonical only
-        if t.packing is not None or fast_path is not None or not isinstance(abuf, Buf) \
-                or not abuf.contiguous:
-            em.br(slow)
-        else:
+    weights = subject_of(src.operands[0])
+
+    def choose(abuf, out):
+        nonlocal t, starts, fast_path
+        contiguous = isinstance(abuf, Buf) and abuf.contiguous
+        if plan.chain and not contiguous:
+            note("dot", weights, "generic dot", "the activation tile is not contiguous",
+                 fallback=True, loc=op.loc)
+            return None
+        if plan.chain:  # codes of a byte window: any byte offset
+            t, starts, ok = window(env, plan)
+            note("dot", weights, "panel microkernel, byte-window codes decoded into the panel"
+                 if fast_path else "fused register dot (codes of a byte window unpacked in "
+                 "registers, 32 per step)", "windows at the tensor's edges take the generic "
+                 "dot", loc=op.loc)
+            return ok, lambda: (fast_path or _fused)(env, plan, abuf, out, t, starts)
+        if len(codes.attrs.sizes) != 2:  # a 2-D window of a higher-rank tensor: canonical only
+            if t.packing is not None or fast_path is not None or not contiguous:
+                return None
             t, starts, ok = fused_view.view(env, codes, t)
-            em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
-            em.start_block(fast)
             lanes = lanes_dot.applies(plan, abuf)
             note("dot", weights, "fused register dot over a 2-D window, " + (
                 "lanes form (one table permute per 16 codes)" if lanes
                 else "32 codes of a row per step"),
                 "windows at the tensor's edges take the generic dot", loc=op.loc)
             fused = lanes_dot.emit if lanes else _fused
-            fused(env, plan, abuf, out, t, starts)
-            em.br(done)
-    elif by_rows and (fast_path is not None or plan.root.id not in plan.tables):
-        em.br(slow)  # the rows packing's fused dot takes weights that are a table of the code
-        note("dot", weights, "generic dot", f"{t.packing.name} words with a weight that is "
-             "not a function of the code alone", fallback=True, loc=op.loc)
-    elif isinstance(abuf, Buf) and abuf.contiguous:
+            return ok, lambda: fused(env, plan, abuf, out, t, starts)
+        if by_rows and (fast_path is not None or plan.root.id not in plan.tables):
+            # the rows packing's fused dot takes weights that are a table of the code
+            note("dot", weights, "generic dot", f"{t.packing.name} words with a weight that "
+                 "is not a function of the code alone", fallback=True, loc=op.loc)
+            return None
+        if not contiguous:
+            note("dot", weights, "generic dot", "the activation tile is not contiguous",
+                 fallback=True, loc=op.loc)
+            return None
         if by_rows:
             ok = rows_packing.window_ok(em, t, starts, codes.attrs.sizes)
             planes = _planes_dot(plan, t.packing)
@@ -100,21 +154,9 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
             path = f"fused register dot ({t.packing.name} vector unpack)"
         note("dot", weights, path, "windows at the tensor's edges take the generic dot",
              loc=op.loc)
-        em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
-        em.start_block(fast)
-        (fast_path or _fused)(env, plan, abuf, out, t, starts)
-        em.br(done)
-    else:
-        em.br(slow)
-        note("dot", weights, "generic dot", "the activation tile is not contiguous",
-             fallback=True, loc=op.loc)
-    em.start_block(slow)
-    with muted():  # the runtime fallback of the path just noted
-        for d in plan.deferred:
-            HANDLERS[d.opcode](env, d)
-        generic_dot(em, abuf, env.get(plan.transpose.results[0]), out)
-    em.br(done)
-    em.start_block(done)
+        return ok, lambda: (fast_path or _fused)(env, plan, abuf, out, t, starts)
+
+    with_fallback(env, op, plan.deferred, generic_dot, choose)
 
 
 def _planes_dot(plan: Plan, packing) -> bool:
@@ -126,96 +168,18 @@ def _planes_dot(plan: Plan, packing) -> bool:
                             packing.bits) is not None)
 
 
-def emit_fused_store(env: Env, plan: Plan) -> None:
-    """Dequantize straight to memory for aligned, in-bounds windows; otherwise the deferred
-    ops and the generic store."""
-    em = env.em
-    op = plan.dot
-    codes = plan.codes
-    t = env.get(codes.operands[0])
-    cst = [env.get(v) for v in codes.operands[1:3]]
-    dst = env.get(op.operands[0])
-    dst_starts = [env.get(v) for v in op.operands[1:3]]
-    bn, bk = plan.root.type.shape
-    note("store", subject_of(op.operands[0]), "fused dequantize-to-memory (32 codes per vector"
-         f"{', streaming stores' if decode.permutes() else ''})",
-         "unaligned windows or windows at the edges store element by element", loc=op.loc)
-    fast, slow, done = em.label("dqfused"), em.label("dqgeneric"), em.label("dqstored")
-    ok = em.val(f"and i1 {_window_ok(em, t, cst, codes.attrs.sizes)}, "
-                f"{_window_ok(em, dst, dst_starts, op.attrs.sizes, aligned=False)}")
-    em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
-    em.start_block(fast)
-    dt = plan.root.type.dtype
-    et = vtype(dt, W)
-    # rows that start on a cache line take streaming stores (no read-for-ownership of the
-    # output: half the memory traffic)
-    stream = decode.permutes() and W * _BYTES.get(dt, 0) % 64 == 0
-    if stream:
-        nt, plain = em.label("dqstream"), em.label("dqplain")
-        em.emit(f"br i1 {_lines_aligned(em, dst, dst_starts, _BYTES[dt])}, label %{nt}, "
-                f"label %{plain}")
-        em.start_block(nt)
-
-    def rows(streaming: bool) -> None:
-        def row(j: str) -> None:
-            n = em.val(f"add i64 {cst[0]}, {j}")
-            drow = em.val(f"mul i64 {em.val(f'add i64 {dst_starts[0]}, {j}')}, {dst.strides[0]}")
-            dbase = em.val(f"add i64 {drow}, {dst_starts[1]}")
-
-            def step(c: str) -> None:
-                w = _eval_tree(env, plan, codes_at(em, plan, t, cst, n, c), j, c)
-                di = em.val(f"add i64 {dbase}, {em.val(f'mul i64 {c}, {W}')}")
-                q = em.val(f"getelementptr inbounds {lltype(dt)}, ptr {dst.ptr}, i64 {di}")
-                how = "align 64, !nontemporal !{i32 1}" if streaming else "align 4"
-                em.emit(f"store {et} {w}, ptr {q}, {how}")
-            em.loop("0", str(bk // W), step)
-
-        em.loop("0", str(bn), row)
-        if streaming:  # the kernel ends with one sfence (codegen), not one per block
-            em.declare(SFENCE)
-        em.br(done)
-
-    if stream:
-        rows(True)
-        em.start_block(plain)
-    rows(False)
-    em.start_block(slow)
-    with muted():
-        for d in plan.deferred:
-            HANDLERS[d.opcode](env, d)
-        HANDLERS["store"](env, op)
-    em.br(done)
-    em.start_block(done)
-
-
-_BYTES = {"f32": 4, "i32": 4, "u32": 4, "f16": 2, "bf16": 2}
-SFENCE = "declare void @llvm.x86.sse.sfence()"  # declared by kernels with streaming stores
-
-
-def _lines_aligned(em: Emitter, dst, starts: list[str], nbytes: int) -> str:
-    """Whether every row of the window starts on a 64-byte line (base, row stride, column)."""
-    base = em.val(f"ptrtoint ptr {dst.ptr} to i64")
-    first = em.val(f"add i64 {em.val(f'mul i64 {starts[0]}, {dst.strides[0]}')}, {starts[1]}")
-    addr = em.val(f"add i64 {base}, {em.val(f'mul i64 {first}, {nbytes}')}")
-    both = em.val(f"or i64 {addr}, {em.val(f'mul i64 {dst.strides[0]}, {nbytes}')}")
-    return em.val(f"icmp eq i64 {em.val(f'and i64 {both}, 63')}, 0")
-
-
-def _window_ok(em: Emitter, t, starts: list[str], sizes, aligned: bool = True) -> str:
-    ok = em.val(f"icmp eq i64 {em.val(f'and i64 {starts[1]}, {W - 1}')}, 0") if aligned \
-        else "true"
-    for st, sz, dim in zip(starts, sizes, t.dims):
-        end = em.val(f"add i64 {st}, {sz}")
-        inb = em.val(f"and i1 {em.val(f'icmp sle i64 {end}, {dim}')}, "
-                     f"{em.val(f'icmp sge i64 {st}, 0')}")
-        ok = em.val(f"and i1 {ok}, {inb}")
-    return ok
-
-
 def _prefetch_next(em: Emitter, plan: Plan, t, starts: list[str], n: str, bk: int,
                    lanes_base: str | None = None) -> None:
     """Prefetch row n's codes two K windows ahead (two steps of the grid's K loop later)."""
     em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
+    if plan.chain:  # a byte window: the row's window (codes and the bytes between them)
+        step, nbytes = byte_window.span(em, plan.codes, t.strides)
+        first = byte_window.address(em, plan.codes, t.ptr, "0", t.strides, n, "0")
+        ahead = em.val(f"getelementptr i8, ptr {first}, i64 {em.val(f'mul i64 {step}, 2')}")
+        for line in range(0, nbytes + 64, 64):
+            q = em.val(f"getelementptr i8, ptr {ahead}, i64 {line}")
+            em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 3, i32 1)")
+        return
     if lanes_base is not None:
         nbytes = bk * plan.codes.attrs.bits // 8
         first = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {lanes_base}")
@@ -236,7 +200,7 @@ def _prefetch_next(em: Emitter, plan: Plan, t, starts: list[str], n: str, bk: in
 def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     em = env.em
     m = abuf.shape[0]
-    bn, bk = fused_view.kept(plan.codes.attrs.sizes)
+    bn, bk = plan.root.type.shape
     lanes = acc_lanes(m)
     va = f"<{lanes} x float>"
     zero = "zeroinitializer"
@@ -257,7 +221,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
         def unpack(c: str) -> str:
             if t.packing is not None:  # c is a constant here (the steps are unrolled)
                 return lanes_packing.unpack_lanes(em, t.ptr, base, t.packing, int(c), clean)
-            return codes_at(em, plan, t, starts, n, c)
+            return codes_at(env, plan, t, starts, n, c)
 
         def step(c: str, accs: list[str]) -> list[str]:
             w = _eval_tree(env, plan, unpack(c), j, c, plan.core)
@@ -334,14 +298,34 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
             _retype(em, codes, plan.codes.attrs.dtype)}
     leaves: dict[tuple, str] = {}
     spaces = row_spaces(plan.tree, plan.root)  # a dict: the plan checked it
+    perms = lane_perms(plan)
+    permuted: dict[tuple, str] = {(): codes}
     for op in plan.tree:
         rid = op.results[0].id
         table = plan.tables.get(rid)
         if table is not None:  # a function of the code alone: one in-register lookup
-            vals[rid] = lookup(em, codes, table, op.results[0].type.dtype)
+            p = perms.get(rid, ())
+            if p not in permuted and plan.chain and planar(p, byte_window.bits(plan.codes)):
+                permuted[p] = window_codes(env, plan, plan.codes,
+                                           plan.bases[plan.codes.results[0].id], j, c, p)
+            if p not in permuted:  # codes in the lanes' order (LLVM folds it into the unpack)
+                t = vtype("i32", W)
+                mask = ", ".join(f"i32 {q}" for q in p)
+                permuted[p] = em.val(f"shufflevector {t} {codes}, {t} poison, "
+                                     f"<{W} x i32> <{mask}>")
+            vals[rid] = lookup(em, permuted[p], table, op.results[0].type.dtype)
             continue
         if op.opcode == "reshape":  # a row regrouping: the same lanes
             vals[rid] = vals[op.operands[0].id]
+            continue
+        if op.opcode == "codes":  # another byte window's codes (a high-bit plane)
+            vals[rid] = window_codes(env, plan, op, plan.bases[rid], j, c)
+            continue
+        if op.opcode == "transpose":  # K positions permuted inside each step of 32
+            mask = ", ".join(f"i32 {q}" for q in byte_window.step_shuffle(op))
+            t = vtype(op.results[0].type.dtype, W)
+            vals[rid] = em.val(f"shufflevector {t} {vals[op.operands[0].id]}, {t} poison, "
+                               f"<{W} x i32> <{mask}>")
             continue
         args = []
         for v in op.operands:
@@ -358,21 +342,3 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
 
 def _retype(em: Emitter, codes: str, dtype: str) -> str:
     return codes if dtype in ("i32", "u32") else convert(em, codes, "u32", dtype, W)
-
-
-def vector_op(env: Env, op: Op, args: list[str], width: int = W) -> str:
-    """One op of E on <width x ...> vectors (its operands already evaluated)."""
-    em = env.em
-    src = op.operands[0].type.dtype
-    o = op.opcode
-    if o == "cast":
-        return convert(em, args[0], src, op.attrs.dtype, width)
-    if o == "bitcast":
-        return em.val(f"bitcast {vtype(src, width)} {args[0]} to {vtype(op.attrs.dtype, width)}")
-    if o == "where":
-        t = vtype(op.results[0].type.dtype, width)
-        return em.val(f"select {vtype('bool', width)} {args[0]}, {t} {args[1]}, {t} {args[2]}")
-    if o == "lut":
-        name, et = lut_global(em, op)
-        return gather(em, name, et, convert(em, args[0], src, "i64", width))
-    return scalar_op(em, o, src, args, width)

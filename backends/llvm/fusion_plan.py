@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from lowbitc.backends.llvm import fused_view
+from lowbitc.backends.llvm import byte_window, fused_view
 from lowbitc.backends.llvm.decode import code_tables
 from lowbitc.explain import note
 from lowbitc.ir.core import Op, Region, Value
@@ -51,6 +51,13 @@ class Plan:
     core: Value | None = None
     factor: float = 1.0
     fold: tuple[Value, Value, Value] | None = None  # (Y, U, V): see `fold`
+    # codes of a byte window (byte_window.py): the (load, view) the codes leaf reads through
+    chain: tuple[Op, ...] = ()
+    # every byte window's codes (the plan's and others in the tree): result id -> its chain
+    windows: dict[int, tuple[Op, ...]] = field(default_factory=dict)
+    # the byte windows' codes result id -> their tensor from the window's first byte
+    # (fusion.window binds it)
+    bases: dict = field(default_factory=dict)
 
 
 class RegionIndex(NamedTuple):
@@ -102,8 +109,13 @@ def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS,
         tr, tree, codes = found
         order = {id(o): i for i, o in enumerate(r.ops)}
         tree = sorted(tree, key=lambda o: order[id(o)])  # program order: operands first
-        plan = Plan(op, tr, codes, tree, sorted(tree + [codes, tr], key=lambda o: order[id(o)]),
-                    tr.operands[0], code_tables(tree, codes, tr.operands[0], defs))
+        windows = {o.results[0].id: byte_window.chain(o, defs, uses)
+                   for o in (codes, *tree) if o.opcode == "codes"}
+        moved = [d for c in windows.values() for d in c]
+        plan = Plan(op, tr, codes, tree,
+                    sorted([*tree, *moved, codes, tr], key=lambda o: order[id(o)]),
+                    tr.operands[0], code_tables(tree, codes, tr.operands[0], defs),
+                    chain=windows.get(codes.results[0].id, ()), windows=windows)
         plan.core, plan.factor = _scaled(plan, defs)
         plans[op.results[0].id] = plan
     return plans
@@ -114,7 +126,7 @@ def _dot_tree(op: Op, defs: dict[int, Op], uses: dict[int, int], max_rows: int |
     a, b, acc = op.operands
     tr = defs.get(b.id)
     transposed = tr is not None and tr.opcode == "transpose" and tr.attrs.perm == (1, 0)
-    found = _tree(defs, uses, tr.operands[0] if transposed else b, moved=True)
+    found = _tree(defs, uses, tr.operands[0] if transposed else b, moved=True, windows=True)
     if found == NO_CODES:
         return None  # a dot of tiles of machine types: nothing to fuse
     if not transposed:
@@ -133,6 +145,11 @@ def _dot_tree(op: Op, defs: dict[int, Op], uses: dict[int, int], max_rows: int |
         return f"more than {max_rows} rows of a"
     if acc.type.dtype != "f32":
         return f"the accumulator is {acc.type.dtype}, not f32"
+    if codes.opcode == "codes":  # a byte window's codes, its K part regrouped into E's rows
+        if not byte_window.fits(codes, e.shape):
+            return (f"the byte window viewed as codes at {codes.loc} is not E's rows with "
+                    "its K part regrouped")
+        return tr, tree, codes
     if codes.attrs.masked:
         return f"the codes load at {codes.loc} is masked (a mask= or data-dependent select)"
     if not fused_view.viewable(codes) or fused_view.kept(codes.attrs.sizes) != e.shape:
@@ -195,7 +212,9 @@ def _derived(seen: dict[int, Op], codes: Op) -> dict[int, Op]:
     """The ops of `seen` that depend on the codes; the others (a zero point's cast, a scale
     times a constant) are leaves, computed once on their small tiles before the consumer
     rather than per code."""
-    derived, grew = {codes.results[0].id}, True
+    derived = {codes.results[0].id} | {o.results[0].id for o in seen.values()
+                                        if o.opcode == "codes"}  # other byte windows
+    grew = True
     while grew:
         grew = False
         for op in seen.values():
@@ -234,13 +253,15 @@ RESHAPING = {"view": "view", "reshape": "reshape", "transpose": "transpose",
              "broadcast": "broadcast", "codes": "a view of words as codes"}
 
 
-def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value, moved: bool = False):
+def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value, moved: bool = False,
+          windows: bool = False):
     """E's fusible ops and its one load_codes, or why not (a line). Values may be shared
     inside E (a decode reuses the magnitude bits), but none of them may be used outside it.
     Other codes loads of a smaller tile than E (zero points, one per column) are leaves,
     loaded before the consumer and broadcast like scales.
     `moved`: a tree without codes that views, reshapes or transposes loaded data is a
-    fallback too (its reason names those ops), not a plain float operand."""
+    fallback too (its reason names those ops), not a plain float operand.
+    `windows`: codes viewed out of a window of bytes (byte_window.py) are a codes leaf too."""
     seen: dict[int, Op] = {}
     codes: dict[int, Op] = {}
     movers: list[Op] = []
@@ -251,11 +272,14 @@ def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value, moved: bool = 
         op = defs.get(v.id)
         if op is None or not isinstance(v.type, TileType):
             continue  # a parameter, region argument or scalar: a leaf
-        if reads_codes(op):
+        if reads_codes(op) or (windows and byte_window.chain(op, defs, uses)):
             codes[id(op)] = op
             continue
-        if regroups_rows(op) and _codes_below(defs, op.operands[0], below):
-            seen[id(op)] = op  # the codes' rows split into groups (or merged back): fused
+        if (regroups_rows(op) or (windows and byte_window.step_shuffle(op))) \
+                and _codes_below(defs, op.operands[0], below):
+            # the codes' rows split into groups (or merged back), or their K positions
+            # permuted inside each step of 32: fused
+            seen[id(op)] = op
             stack.extend(op.operands)
             continue
         if op.opcode in RESHAPING and op not in movers and (
@@ -273,9 +297,16 @@ def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value, moved: bool = 
         return NO_CODES
     if len(codes) > 1:  # codes of a smaller tile (zero points along N) are leaves
         full = {k: o for k, o in codes.items()
-                if fused_view.kept(o.attrs.sizes) == getattr(root.type, "shape", None)}
+                if _tile_shape(o) == getattr(root.type, "shape", None)}
         if len(full) == 1:
             codes = full
+    if len(codes) > 1 and windows and all(byte_window.chain(o, defs, uses)
+                                          for o in codes.values()):
+        # several byte windows (a block's low bits and its high-bit plane): the widest is
+        # the plan's codes, the others are read in the tree (fusion._eval_tree)
+        first = max(codes.values(), key=byte_window.bits)
+        seen.update({k: o for k, o in codes.items() if o is not first})
+        codes = {id(first): first}
     if len(codes) > 1:
         return (f"E reads {len(codes)} loads of codes ("
                 + ", ".join(str(o.loc) for o in codes.values()) + "); a fused E reads one")
@@ -294,6 +325,11 @@ def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value, moved: bool = 
     return list(seen.values()), next(iter(codes.values()))
 
 
+def _tile_shape(codes: Op) -> tuple[int, ...]:
+    sizes = getattr(codes.attrs, "sizes", None)
+    return fused_view.kept(sizes) if sizes is not None else codes.results[0].type.shape
+
+
 def regroups_rows(op: Op) -> bool:
     """A reshape that keeps the first dim (the codes' rows) and regroups the rest, as a
     per-group scale needs (`reshape(c, [N, K / g, g])` and back to [N, K]): row-major, so a
@@ -310,8 +346,9 @@ def _codes_below(defs: dict[int, Op], v: Value, memo: dict[int, bool]) -> bool:
     if v.id not in memo:
         op = defs.get(v.id)
         memo[v.id] = op is not None and isinstance(v.type, TileType) and (
-            reads_codes(op) or ((op.opcode in FUSIBLE or regroups_rows(op))
-                                and any(_codes_below(defs, u, memo) for u in op.operands)))
+            reads_codes(op) or op.opcode == "codes"
+            or ((op.opcode in FUSIBLE or regroups_rows(op) or byte_window.step_shuffle(op))
+                and any(_codes_below(defs, u, memo) for u in op.operands)))
     return memo[v.id]
 
 
@@ -330,7 +367,7 @@ def row_spaces(tree: list[Op], root: Value) -> dict[int, tuple[int, ...]] | str:
         for u in op.operands:
             if u.id not in ops:
                 continue
-            s = tuple(u.type.shape) if op.opcode == "reshape" else space[v.id]
+            s = tuple(u.type.shape) if op.opcode in ("reshape", "transpose") else space[v.id]
             if space.setdefault(u.id, s) != s:
                 return (f"the value of {ops[u.id].opcode} at {ops[u.id].loc} is read at two "
                         "shapes inside E")

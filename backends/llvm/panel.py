@@ -14,10 +14,17 @@ from __future__ import annotations
 
 from lowbitc.backends.llvm import microkernel
 from lowbitc.backends.llvm.emitter import Buf, Emitter, lltype
-from lowbitc.backends.llvm.fusion import _eval_tree, _window_ok, codes_at, emit_fused_dot
+from lowbitc.backends.llvm.fusion import (
+    _eval_tree,
+    _window_ok,
+    codes_at,
+    emit_fused_dot,
+    window,
+    with_fallback,
+)
 from lowbitc.backends.llvm.fusion_plan import MAX_ROWS, Plan, W, region_index
 from lowbitc.backends.llvm.handlers import HANDLERS, Env
-from lowbitc.explain import muted, note, subject_of
+from lowbitc.explain import note, subject_of
 from lowbitc.ir.core import Region
 from lowbitc.ir.types import TileType
 
@@ -47,7 +54,8 @@ def _panel_plan(plan: Plan, a: TileType) -> bool:
     """Whether the plan's dot takes the panel (more rows than the register-resident fused dot
     serves; float activations; a decoded f32 tile wide enough for the microkernel)."""
     return (a.shape[0] > MAX_ROWS and a.dtype in microkernel.FLOATS
-            and len(plan.codes.attrs.sizes) == 2 and plan.root.type.dtype == "f32"
+            and (plan.chain or len(plan.codes.attrs.sizes) == 2)
+            and plan.root.type.dtype == "f32"
             and plan.root.type.shape[0] >= microkernel.host_vector()[0] // 2)
 
 
@@ -80,32 +88,25 @@ def _emit_in_place(env: Env, plan: Plan, generic_dot) -> None:
     (weights aligned, activations in bounds) allow it; otherwise the deferred ops (the
     activation load among them) and the generic dot."""
     em = env.em
-    op = plan.dot
-    a, b, acc = op.operands
+    a = plan.dot.operands[0]
     ld = next(d for d in plan.deferred if d.results and d.results[0] is a)
-    out = env.result_buf(op)
-    em.copy(env.get(acc), out)
-    t = env.get(plan.codes.operands[0])
-    starts = [env.get(v) for v in plan.codes.operands[1:3]]
     x = env.get(ld.operands[0])
     xs = [env.get(v) for v in ld.operands[1:3]]
-    fast, slow, done = em.label("fused"), em.label("unfused"), em.label("dotted")
-    ok = em.val(f"and i1 {_window_ok(em, t, starts, plan.codes.attrs.sizes)}, "
-                f"{_window_ok(em, x, xs, ld.attrs.sizes, aligned=False)}")
-    em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
-    em.start_block(fast)
-    off = em.val(f"add i64 {em.val(f'mul i64 {xs[0]}, {x.strides[0]}')}, {xs[1]}")
-    ptr = em.val(f"getelementptr inbounds {lltype(a.type.dtype)}, ptr {x.ptr}, i64 {off}")
-    # the window in place: its row stride is the tensor's (an LLVM operand)
-    _panel(env, plan, Buf(ptr, a.type.dtype, a.type.shape, (x.strides[0], 1)), out, t, starts)
-    em.br(done)
-    em.start_block(slow)
-    with muted():
-        for d in plan.deferred:
-            HANDLERS[d.opcode](env, d)
-        generic_dot(em, env.get(a), env.get(b), out)
-    em.br(done)
-    em.start_block(done)
+
+    def choose(_, out):
+        t, starts, ok = window(env, plan)
+        ok = em.val(f"and i1 {ok}, {_window_ok(em, x, xs, ld.attrs.sizes, aligned=False)}")
+
+        def body() -> None:
+            off = em.val(f"add i64 {em.val(f'mul i64 {xs[0]}, {x.strides[0]}')}, {xs[1]}")
+            ptr = em.val(f"getelementptr inbounds {lltype(a.type.dtype)}, ptr {x.ptr}, "
+                         f"i64 {off}")
+            # the window in place: its row stride is the tensor's (an LLVM operand)
+            _panel(env, plan, Buf(ptr, a.type.dtype, a.type.shape, (x.strides[0], 1)), out, t,
+                   starts)
+        return ok, body
+
+    with_fallback(env, plan.dot, plan.deferred, generic_dot, choose)
 
 
 def _panel(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
@@ -116,7 +117,7 @@ def _panel(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
     em.br(start)
     em.start_block(start)
     lanes = microkernel.host_vector()[0]
-    bn, bk = plan.codes.attrs.sizes
+    bn, bk = plan.root.type.shape
     npad = -(-bn // lanes) * lanes
     panel = em.alloc("f32", (bk, npad))
     if npad != bn:  # the padding columns are read by the microkernel: keep them finite
@@ -132,11 +133,11 @@ def _decode_panel(env: Env, plan: Plan, t, starts: list[str], panel: str, npad: 
     """panel[k][j] = E[j, k]: blocks of `lanes` rows x 32 codes decoded in registers and
     transposed; rows past the last whole block are stored lane by lane."""
     em = env.em
-    bn, bk = plan.codes.attrs.sizes
+    bn, bk = plan.root.type.shape
 
     def decoded(j: str, c: str) -> str:
         n = em.val(f"add i64 {starts[0]}, {j}")
-        return _eval_tree(env, plan, codes_at(em, plan, t, starts, n, c), j, c)
+        return _eval_tree(env, plan, codes_at(env, plan, t, starts, n, c), j, c)
 
     def block(jb: str) -> None:
         j0 = em.val(f"mul i64 {jb}, {lanes}")

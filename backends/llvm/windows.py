@@ -121,15 +121,20 @@ def _vec(items) -> str:
     return "<" + ", ".join(f"i32 {v}" for v in items) + ">"
 
 
-def unpack32(em, ptr: str, bits: int) -> str:
+def unpack32(em, ptr: str, bits: int, align: int = 4) -> str:
     """32 codes of `bits` each from the `bits` words at ptr, as a <32 x i32> vector: one
     vector load, two constant shuffles and a funnel shift (codes may straddle words); 8-bit
     codes are bytes in order: a byte load widened (`vpmovzxbd`, or narrower lanes when LLVM
     sees that the decode needs no more)."""
     if bits == 8:
-        v = em.val(f"load <32 x i8>, ptr {ptr}, align 4")
-        return em.val(f"zext <32 x i8> {v} to <32 x i32>")
-    words = em.val(f"load <{bits} x i32>, ptr {ptr}, align 4")
+        return unpack_words(em, em.val(f"load <32 x i8>, ptr {ptr}, align {align}"), bits)
+    return unpack_words(em, em.val(f"load <{bits} x i32>, ptr {ptr}, align {align}"), bits)
+
+
+def unpack_words(em, words: str, bits: int) -> str:
+    """unpack32 of words already in registers (<bits x i32>; for 8 bits <32 x i8>)."""
+    if bits == 8:
+        return em.val(f"zext <32 x i8> {words} to <32 x i32>")
     lo_idx = [(j * bits) >> 5 for j in range(32)]
     hi_idx = [min(i + 1, bits - 1) for i in lo_idx]
     shifts = [(j * bits) & 31 for j in range(32)]
