@@ -67,11 +67,14 @@ def block(group: int) -> int:
 
 
 def rows_tile(M: int, N: int, bits: int = 4) -> int:
-    """Weight rows per program: wide tiles share each activation block's broadcasts and the
-    per-block f32 corrections (256 rows; 128 for bytes in memory order, whose 16 rows per
-    block are separate streams), a divisor of N where one exists, so that every window is
-    whole 16-row blocks (the fused byte dot's condition)."""
-    widest = 128 if bits == 8 and M == 1 else 256
+    """Weight rows per program, a divisor of N where one exists, so that every window is
+    whole 16-row blocks (the fused byte dot's condition). A GEMV takes 32 rows: a program
+    then reads its codes (16-row blocks, K contiguous) and its tile-major scales as two
+    sequential streams, which the hardware prefetchers follow at the memory's speed (16
+    blocks' windows in turn, 32 KB apart, ran at half of it); bytes in memory order (u8/i8,
+    each row a stream of its own) take 16, the fewest streams. Several activation rows take
+    256: wide tiles share each block's broadcasts and f32 corrections."""
+    widest = (16 if bits == 8 else 32) if M == 1 else 256
     for bn in (256, 128, 64, 32, 16):
         if bn <= widest and N % bn == 0:
             return bn
@@ -90,11 +93,34 @@ def params(wtype, group: int, zero_point: bool, M: int, act: str,
             "BM": bm, "BN": rows_tile(M, N, wtype.bits)}
 
 
+def tile_major(a: np.ndarray | None, bn: int) -> np.ndarray:
+    """Scales or zero points [N, G] as matmul_a8 reads them: per tile of `bn` rows, every
+    group's values for its rows, [cdiv(N, bn), G, bn] float32 (rows past N read 0); a
+    [1, 1, 1] placeholder for None."""
+    if a is None:
+        return _NO_ZEROS
+    n, g = a.shape
+    nt = -(-n // bn)
+    out = np.zeros((nt * bn, g), np.float32)
+    out[:n] = a
+    return np.ascontiguousarray(out.reshape(nt, bn, g).transpose(0, 2, 1))
+
+
+def tile_scales(qw, bn: int) -> tuple[np.ndarray, np.ndarray]:
+    """qw's scales and zero points tile-major for tiles of `bn` rows, made once per tile
+    width and cached on qw (QTensor.replica copies them)."""
+    cache = qw.__dict__.setdefault("_tile_major", {})
+    hit = cache.get(bn)
+    if hit is None:
+        hit = cache[bn] = (tile_major(qw.scales, bn), tile_major(qw.zeros, bn))
+    return hit
+
+
 def matmul(k: Kernel, x: np.ndarray, adt: str, w, scales: np.ndarray,
            zeros: np.ndarray, y: np.ndarray, group: int) -> None:
     """y = x @ w.T through matmul_a8 `k`: the activations quantized once (quantize_a8, per
-    row and block), then the integer dot with every weight row. scales and zeros (a [1, 1]
-    placeholder without zero points) come group-major, [G, N]."""
+    row and block), then the integer dot with every weight row. scales and zeros (a
+    [1, 1, 1] placeholder without zero points) come tile-major (`tile_major`)."""
     M, K = x.shape
     quant = _QUANTIZERS.get((k, adt))
     if quant is None:
@@ -109,3 +135,4 @@ def matmul(k: Kernel, x: np.ndarray, adt: str, w, scales: np.ndarray,
 
 
 _QUANTIZERS: dict[tuple, Kernel] = {}  # (matmul_a8 kernel, activation dtype) -> quantize_a8
+_NO_ZEROS = np.zeros((1, 1, 1), np.float32)  # matmul_a8's z without zero points (never read)

@@ -217,10 +217,9 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
             # are subtracted in the kernel
             params.update(GM=not params["EARLY"], OFF=offsets is not None)
         k = _remember(plan, get_kernel(name, backend, **params))
-    if k.name == "matmul_a8":  # scales and zeros group-major, activations quantized first
-        scales, zeros = qw.group_major
-        a8.matmul(k, x, adt, weight_storage(qw, k), scales,
-                  _NO_ZEROS if zeros is None else zeros, y, qw.group_size)
+    if k.name == "matmul_a8":  # scales and zeros tile-major, activations quantized first
+        scales, zeros = a8.tile_scales(qw, k.params["BN"])
+        a8.matmul(k, x, adt, weight_storage(qw, k), scales, zeros, y, qw.group_size)
         if qw.sparse is not None:
             qw.sparse.matmul_add(x, y, backend)
         return y

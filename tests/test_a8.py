@@ -117,9 +117,9 @@ def test_formats_that_take_int8_activations():
     assert a8.byte_map(lowbitc.dtype("b3")) == (0.5, -3.5)
     assert a8.byte_map(lowbitc.dtype("f4e2m1fn")) == (2.0, -12.0)
     assert [a8.block(g) for g in (32, 48, 64, 128, 256, 96 * 4)] == [32, 48, 64, 128, 128, 128]
-    assert [a8.rows_tile(m, n) for m, n in ((1, 4096), (16, 4096), (16, 384), (3, 80))] == \
-        [256, 256, 128, 16]
-    assert [a8.rows_tile(m, 4096, 8) for m in (1, 16)] == [128, 256]  # bytes in memory order
+    shapes = ((1, 4096), (1, 40), (16, 4096), (16, 384), (3, 80))
+    assert [a8.rows_tile(m, n) for m, n in shapes] == [32, 32, 256, 128, 16]
+    assert [a8.rows_tile(m, 4096, 8) for m in (1, 16)] == [16, 256]  # bytes in memory order
 
 
 def a8_bound(x: np.ndarray, w_hat: np.ndarray, qb: int) -> np.ndarray:
@@ -157,14 +157,17 @@ def test_a8_matmul_within_the_int8_bound(fmt):
         assert M > 1 or err.max() > 0 or fmt in ("u1", "b1")
 
 
-@pytest.mark.parametrize("fmt, zp", [("u4", True), ("i3", False), ("b2", False),
-                                     ("f4e2m1fn", False), ("u6", False), ("u8", True),
-                                     ("i8", False)])
-def test_a8_fused_matches_interpreter(fmt, zp):
+@pytest.mark.parametrize("fmt, zp, N, M", [("u4", True, 80, 2), ("i3", False, 80, 2),
+                                           ("b2", False, 80, 2), ("f4e2m1fn", False, 80, 2),
+                                           ("u6", False, 80, 2), ("u8", True, 80, 2),
+                                           ("i8", False, 80, 2), ("u4", True, 40, 1),
+                                           ("u2", True, 96, 1)])
+def test_a8_fused_matches_interpreter(fmt, zp, N, M):
     """The compiled kernel (fused byte dot on whole 16-row windows, the generic integer dot
-    at the edge) agrees with the interpreter to f32 rounding."""
+    at the edge) agrees with the interpreter to f32 rounding; N = 40 at M = 1 has a partial
+    last tile (32-row tiles: tile-major scales padded)."""
     rng = np.random.default_rng(4)
-    N, K, M, group = 80, 256, 2, 128
+    K, group = 256, 128
     qw = lowbitc.quantize(rng.standard_normal((N, K)).astype(np.float32), fmt, group,
                           zero_point=zp)
     name, params = ops.matmul_choice(M, N, K, qw, "f32", "i8")
@@ -184,14 +187,46 @@ def test_a8_fused_matches_interpreter(fmt, zp):
         outs.append((xq, xd, xs))
     for got, want in zip(outs[0], outs[1], strict=True):
         np.testing.assert_array_equal(got, want)
-    scales, zeros = qw.group_major
-    zeros = zeros if zp else np.zeros((1, 1), np.float32)
+    scales, zeros = a8.tile_scales(qw, params["BN"])
     ys = []
     for run in (k, k.interpret):
         y = np.zeros((M, N), np.float32)
         run(*outs[1], ops.weight_storage(qw, k), scales, zeros, y, group, K=K)
         ys.append(y)
     np.testing.assert_allclose(ys[0], ys[1], rtol=1e-5, atol=1e-5 * np.abs(ys[1]).max())
+
+
+@pytest.mark.parametrize("fmt, zp, M", [("u4", True, 1), ("f4e2m1fn", False, 1),
+                                        ("f4e2m1fn", False, 16), ("b3", False, 1),
+                                        ("i4", False, 16), ("u2", True, 16)])
+def test_a8_kernels_take_the_fused_byte_dot(fmt, zp, M):
+    """The shipped kernel's dot fuses the weights' decode for every byte map (SC and LO
+    constants are shared with the scale code outside the activation-block loop)."""
+    qw = lowbitc.quantize(np.ones((64, 256), np.float32), fmt, 128, zero_point=zp)
+    name, params = ops.matmul_choice(M, 4096, 4096, qw, "f32", "i8")
+    text = ops.get_kernel(name, **params).explain()
+    assert "dot w: fused integer byte dot" in text, text
+
+
+def test_tile_major_scales():
+    """[N, G] -> [cdiv(N, bn), G, bn]: every value at its tile, group and row; rows past N
+    zero; cached per tile width and copied by QTensor.replica."""
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((40, 3)).astype(np.float32)
+    t = a8.tile_major(a, 16)
+    assert t.shape == (3, 3, 16) and t.flags.c_contiguous
+    n, g = np.meshgrid(np.arange(40), np.arange(3), indexing="ij")
+    np.testing.assert_array_equal(t[n // 16, g, n % 16], a)
+    assert not t[2, :, 8:].any()
+    assert a8.tile_major(None, 32).shape == (1, 1, 1)
+    qw = lowbitc.quantize(rng.standard_normal((32, 64)).astype(np.float32), "u4", 32,
+                          zero_point=True)
+    s, z = a8.tile_scales(qw, 16)
+    assert a8.tile_scales(qw, 16)[0] is s
+    np.testing.assert_array_equal(z, a8.tile_major(qw.zeros, 16))
+    twin = qw.replica()
+    s2, _ = a8.tile_scales(twin, 16)
+    assert s2 is not s and np.array_equal(s2, s)
 
 
 def test_a8_other_formats_keep_f32_activations():

@@ -7,8 +7,8 @@ vectors (one i32 word per row); byte j of a word holds `8 / p` codes of width p,
 and one mask give four codes per row (bytes of each i32 lane) and one `vpdpbusd` adds their
 products with four activations broadcast to all 16 lanes: 16 outputs per accumulator, no
 horizontal sums. The four codes of a byte extraction are not consecutive along k: the
-activations are permuted once per call to match (a constant shuffle per 32 of them), and
-each dword of them stored repeated over the 16 lanes, which vpdpbusd reads as its operand. A plane
+activations are permuted to match (a constant shuffle per 32 of them, per window) and
+vpdpbusd reads each dword of them broadcast to the 16 lanes (`{1to16}`). A plane
 above the first lands at its place in the byte by the same shift, so planes sum in the same
 accumulator. E(code) = code ^ X (unsigned integers, two's complement through the bias 2^(b-1),
 bipolar) xors the words first; a single 1-, 2- or 4-bit plane may instead look E up in a
@@ -49,9 +49,10 @@ class BytePlan:
     xor: int | None  # E(code) = code ^ xor, else None (a table lookup)
 
 
-def plan_byte_dots(r: Region) -> dict[int, BytePlan]:
+def plan_byte_dots(r: Region, consts: dict[int, Op] | None = None) -> dict[int, BytePlan]:
     """Integer dots of this region (keyed by result id) whose u8 weight operand is a
-    function of one load_codes' code alone."""
+    function of one load_codes' code alone; `consts`: scalar constants of enclosing regions
+    that E may read (a constant shared with code outside the loop)."""
     defs, uses, order, dots = region_index(r)
     plans: dict[int, BytePlan] = {}
     for op in dots:
@@ -72,7 +73,7 @@ def plan_byte_dots(r: Region) -> dict[int, BytePlan]:
                 or e.type.shape[1] % (32 if codes.opcode == "load_codes" else 64)):
             continue
         tree = sorted(tree, key=lambda o: order[id(o)])
-        table = _table(tree, codes, e, defs)
+        table = _table(tree, codes, e, {**(consts or {}), **defs})
         if table is None:
             continue
         n = np.arange(len(table))
@@ -141,29 +142,32 @@ def _rep(byte: int) -> str:
 
 
 def _broadcasts(em: Emitter, abuf: Buf, widths: set[int]) -> dict[int, Buf]:
-    """Per plane width, the activations' dwords in that plane's extraction order, each
-    repeated over 16 lanes ([m, k / 4, 16] i32): vpdpbusd then reads its activations as one
-    aligned load (no shuffle per instruction), once per 16-row block."""
+    """Per plane width, the activations' bytes in that plane's extraction order ([m, k] i8,
+    one shuffle per 32): vpdpbusd reads each dword of them broadcast to its 16 lanes
+    (`{1to16}`, a memory operand: no register shuffle per instruction). The buffer escapes
+    into an empty asm barrier, so that LLVM does not forward the stores into per-dword
+    register broadcasts."""
     m, k = abuf.shape
     out = {}
     for p in sorted(widths):
-        buf = em.alloc("i32", [m, k // 4, LANES])
+        buf = em.alloc("i8", [m, k])
         mask = "<" + ", ".join(f"i32 {i}" for i in _order(p)) + ">"
         for i in range(m):
             for c in range(k // 32):
                 src = em.gep(abuf, str(i * abuf.strides[0] + 32 * c))
                 v = em.val(f"load <32 x i8>, ptr {src}, align 1")
                 v = em.val(f"shufflevector <32 x i8> {v}, <32 x i8> poison, <32 x i32> {mask}")
-                v = em.val(f"bitcast <32 x i8> {v} to <8 x i32>")
-                for d in range(8):
-                    x = em.val(f"extractelement <8 x i32> {v}, i64 {d}")
-                    ins = em.val(f"insertelement {V16} poison, i32 {x}, i64 0")
-                    bx = em.val(f"shufflevector {V16} {ins}, {V16} poison, "
-                                f"<{LANES} x i32> zeroinitializer")
-                    at = str(((i * k // 4) + 8 * c + d) * LANES)
-                    em.emit(f"store {V16} {bx}, ptr {em.gep(buf, at)}, align 64")
+                em.emit(f"store <32 x i8> {v}, ptr {em.gep(buf, str(i * k + 32 * c))}, align 32")
+        em.emit(f'call void asm sideeffect "", "r,~{{memory}}"(ptr {buf.ptr})')
         out[p] = buf
     return out
+
+
+def _broadcast_dword(em: Emitter, buf: Buf, at: str) -> str:
+    """The i32 at byte `at` of `buf` in all 16 lanes (one `{1to16}` operand)."""
+    x = em.val(f"load i32, ptr {em.gep(buf, at)}, align 4")
+    ins = em.val(f"insertelement {V16} poison, i32 {x}, i64 0")
+    return em.val(f"shufflevector {V16} {ins}, {V16} poison, <{LANES} x i32> zeroinitializer")
 
 
 def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
@@ -206,9 +210,7 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
                         v = _extract(em, word, e * p, shift, p, table)
                         for i in range(m):
                             d = i * k // 4 + w * (8 // p) + e  # the dword, k0 / 4 further
-                            off = em.val(f"mul i64 {em.val(f'add i64 {k0}, {4 * d}')}, "
-                                         f"{LANES // 4}")
-                            bx = em.val(f"load {V16}, ptr {em.gep(xp, off)}, align 64")
+                            bx = _broadcast_dword(em, xp, em.val(f"add i64 {k0}, {4 * d}"))
                             c = i * chains + n % chains
                             nxt[c] = _dpbusd(em, nxt[c], v, bx)
                         n += 1

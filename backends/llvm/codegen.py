@@ -110,7 +110,8 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
     axpys = {k: p for k, p in plan_axpy(r).items() if k not in cols}  # untransposed weights
     plans = defer_activations(r, plan_fusion(r, max_rows=None, skip=frozenset(cols) | set(axpys)))
     stores = plan_store_fusion(r)
-    bytes_ = plan_byte_dots(r)
+    env.consts.update((op.results[0].id, op) for op in r.ops if op.opcode == "const")
+    bytes_ = plan_byte_dots(r, env.consts)
     deferred = {id(d) for p in (*plans.values(), *stores.values(), *cols.values(),
                                 *axpys.values(), *bytes_.values()) for d in p.deferred}
     for p in (*plans.values(), *stores.values(), *axpys.values()):

@@ -24,8 +24,8 @@ from lowbitc.ir.types import is_machine
 from lowbitc.quant import QTensor
 from lowbitc.signature import words_for
 from lowbitc.torch.views import array as _array
-from lowbitc.torch.views import group_major as _group_major
 from lowbitc.torch.views import kernel_weight as _kernel_weight
+from lowbitc.torch.views import tile_major as _tile_major
 from lowbitc.torch.views import weight_array as _weight_array
 
 ACTIVATIONS = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
@@ -69,7 +69,7 @@ def weight_tensor(qw: QTensor) -> torch.Tensor:
 def _launch(kern, x: np.ndarray, adt: str, w, s: np.ndarray, z: np.ndarray, y: np.ndarray,
             group_size: int, k: int) -> None:
     """Run a CPU matmul kernel on numpy arrays: matmul_a8 through lowbitc.a8 (activations
-    quantized first; s and z group-major), any other directly."""
+    quantized first; s and z tile-major), any other directly."""
     if kern.name == "matmul_a8":
         a8.matmul(kern, x, adt, w, s, z, y, group_size)
     else:
@@ -236,9 +236,9 @@ def matmul_into(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scales: 
     kern = _matmul_kernel(backend, x.device, fmt, ACTIVATIONS[x.dtype], zeros is not None,
                           group_size, m, n, k, act)
     if backend == "llvm":
-        a8_path = kern.name == "matmul_a8"  # scales and zeros group-major (memoised)
-        s = _group_major(scales) if a8_path else _operand(scales, backend)
-        z = _group_major(zeros) if a8_path else _operand(zeros, backend)
+        bn = kern.params["BN"] if kern.name == "matmul_a8" else 0  # tile-major (memoised)
+        s = _tile_major(scales, bn) if bn else _operand(scales, backend)
+        z = _tile_major(zeros, bn) if bn else _operand(zeros, backend)
         _launch(kern, _array(x), ACTIVATIONS[x.dtype],
                 _kernel_weight(kern, weight, scales, zeros, fmt, group_size, k), s, z,
                 _array(y), group_size, k)
@@ -297,8 +297,10 @@ class BoundMatmul:
             kern = _matmul_kernel("llvm", x.device, fmt, ACTIVATIONS[x.dtype],
                                   zeros is not None, g, m, n, k, act, group_major=True)
             s, z = _array(scales), _operand(zeros, "llvm", False)
-            if kern.params.get("GM") or kern.name == "matmul_a8":
-                # the GEMV and A8 paths read them group-major, as ops.matmul
+            if kern.name == "matmul_a8":  # tile-major, as ops.matmul
+                s = a8.tile_major(s, kern.params["BN"])
+                z = a8.tile_major(None if zeros is None else z, kern.params["BN"])
+            elif kern.params.get("GM"):  # the GEMV path reads them group-major
                 s = np.ascontiguousarray(s.T)
                 z = z if zeros is None else np.ascontiguousarray(z.T)
             plan = (kern, _kernel_weight(kern, weight, scales, zeros, fmt, g, k), s, z,

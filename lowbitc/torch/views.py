@@ -1,5 +1,5 @@
 """Numpy views of torch tensors as lowbitc's CPU kernels read them, memoised per tensor: the
-plain view, a weight's words in a kernel's packing, scales and zero points group-major (what
+plain view, a weight's words in a kernel's packing, scales and zero points tile-major (what
 matmul_a8 reads). A memo is keyed by the tensor's identity, data pointer and in-place version,
 so writing a buffer in place (load_state_dict) is seen."""
 
@@ -11,11 +11,9 @@ import ml_dtypes
 import numpy as np
 import torch
 
-from lowbitc import formats
+from lowbitc import a8, formats
 from lowbitc.packing import unpack
 from lowbitc.quant import QTensor
-
-NO_ZEROS = np.zeros((1, 1), np.float32)  # what a kernel's z takes without zero points
 
 
 def array(t: torch.Tensor) -> np.ndarray:
@@ -44,7 +42,7 @@ def weight_array(t: torch.Tensor) -> np.ndarray:
 
 
 _REPACKED: dict[int, tuple] = {}  # id(weight) -> (weakref, data_ptr, version, packing, words)
-_GROUP_MAJOR: dict[int, tuple] = {}  # id(scales or zeros) -> (weakref, state, [G, N] copy)
+_TILE_MAJOR: dict[tuple, tuple] = {}  # (id(scales or zeros), tile) -> (weakref, state, copy)
 
 
 def kernel_weight(kern, weight: torch.Tensor, scales: torch.Tensor,
@@ -71,16 +69,17 @@ def kernel_weight(kern, weight: torch.Tensor, scales: torch.Tensor,
     return words
 
 
-def group_major(t: torch.Tensor | None) -> np.ndarray:
-    """Scales or zero points [N, G] transposed to [G, N] (what matmul_a8 reads), made once per
-    tensor and in-place version; the zero-point placeholder for None."""
+def tile_major(t: torch.Tensor | None, bn: int) -> np.ndarray:
+    """Scales or zero points [N, G] tile-major for tiles of `bn` rows (lowbitc.a8.tile_major:
+    what matmul_a8 reads), made once per tensor, tile width and in-place version; the
+    zero-point placeholder for None."""
     if t is None:
-        return NO_ZEROS
+        return a8.tile_major(None, bn)
     state = (t.data_ptr(), 0 if t.is_inference() else t._version)
-    hit = _GROUP_MAJOR.get(id(t))
+    key = (id(t), bn)  # GEMV and GEMM tiles differ: both kept
+    hit = _TILE_MAJOR.get(key)
     if hit is not None and hit[0]() is t and hit[1] == state:
         return hit[2]
-    a = np.ascontiguousarray(array(t).T)
-    key = id(t)
-    _GROUP_MAJOR[key] = (weakref.ref(t, lambda _, key=key: _GROUP_MAJOR.pop(key, None)), state, a)
+    a = a8.tile_major(array(t), bn)
+    _TILE_MAJOR[key] = (weakref.ref(t, lambda _, key=key: _TILE_MAJOR.pop(key, None)), state, a)
     return a
