@@ -159,8 +159,8 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
         else:
             ok = lanes_packing.window_ok(em, t, starts, codes.attrs.sizes, t.packing)
             path = f"fused register dot ({t.packing.name} vector unpack)"
-        note("dot", weights, path, "windows at the tensor's edges take the generic dot",
-             loc=op.loc)
+        note("dot", weights, path + (row_tables.describe(plan) if fast_path is None else ""),
+             "windows at the tensor's edges take the generic dot", loc=op.loc)
         return ok, lambda: (fast_path or _fused)(env, plan, abuf, out, t, starts)
 
     with_fallback(env, op, plan.deferred, generic_dot, choose)
@@ -301,7 +301,7 @@ def _vload(em: Emitter, buf: Buf, index: str, width: int = W) -> str:
 def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
                root: Value | None = None, rows: dict[int, list[str]] | None = None) -> str:
     """E (or its value `root`) for row j, codes c*W .. c*W+W-1, as a <W x T> vector; `rows`:
-    row j's tables (row_tables.emit), looked up instead of evaluating their values."""
+    row j's tables (row_tables.by_row), looked up instead of evaluating their values."""
     root = root or plan.root
     em = env.em
     leaf = plan.codes.results[0]

@@ -99,6 +99,12 @@ def _kind(v: Value, src: int, tables: dict, rows: set[int], inside: set[int],
     return "leaf" if len(own) == len(shape) and own[-1] == 1 else None
 
 
+def describe(plan) -> str:
+    """What explain adds to a fused dot's path ("" without row tables)."""
+    return ", the decode a table per row (one permute per 16 codes)" \
+        if plan.row_tables.wanted else ""
+
+
 def by_row(env: Env, plan, evaluate: Callable[[Env, Op, list[str], int], str]
            ) -> Callable[[str], dict[int, list[str]]] | None:
     """`tables(j)`: row j's tables, for each wanted value of plan.row_tables its <16 x i32>
