@@ -17,7 +17,7 @@ The row's table is made one of two ways:
   (one byte load and one vector load).
 - evaluated: otherwise, E's row-table ops run once per row on the vector of all codes with
   the row's leaf values splatted.
-AVX-512 only (without its permutes, the tree is evaluated per code).
+AVX-512 and codes of up to 5 bits only (otherwise the tree is evaluated per code).
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ from lowbitc.ir.types import TileType, numpy_dtype
 
 OPS = decode.EXACT - {"lut"}  # elementwise ops evaluated on the table's lanes as on a code's
 LANES = 16  # entries per permute register
+# up to 32 entries: one permute per 16 codes (64 take two and a select, more than the
+# conversion and arithmetic they would replace; decode.code_tables)
+MAX_BITS = 5
 SOURCES = {"bool": 2, "u8": 256, "i8": 256}  # row tiles a table is tabulated over: values
 MAX_WORDS = 1 << 13  # words of one tabulated table (32 KiB)
 
@@ -62,7 +65,7 @@ def find(tree: list[Op], codes: Op, root: Value, tables: dict,
     """E's row-table values (tree in program order, `tables` its code tables, `spaces` the
     shape each value is computed in: fusion_plan.row_spaces); NONE when nothing is one."""
     if (not decode.permutes() or codes.opcode != "load_codes"
-            or _bits(codes) > decode.MAX_BITS or isinstance(spaces, str)):
+            or _bits(codes) > MAX_BITS or isinstance(spaces, str)):
         return NONE
     shape = tuple(root.type.shape)
     src = codes.results[0].id
