@@ -215,7 +215,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
     # E is one table permute of the codes: they need not be masked to their width
     clean = not ((plan.root.id in plan.tables or plan.root.id in plan.row_tables.wanted)
                  and decode.permutes())
-    tables = row_tables.by_row(env, plan, vector_op)  # row j -> its tables (row_tables.py)
+    tables = row_tables.by_row(env, plan)  # row j -> its tables (row_tables.py)
 
     def sums(j: str) -> list[str]:
         """Row j's vector accumulators, one per row of `a`."""

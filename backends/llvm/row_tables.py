@@ -29,7 +29,7 @@ import numpy as np
 
 from lowbitc.backends.llvm import decode
 from lowbitc.backends.llvm.emitter import Buf
-from lowbitc.backends.llvm.fused_leaves import splat
+from lowbitc.backends.llvm.fused_leaves import splat, vector_op
 from lowbitc.backends.llvm.handlers import Env, convert, vtype
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view
 from lowbitc.interp import evaluate as interpret
@@ -65,8 +65,9 @@ def find(tree: list[Op], codes: Op, root: Value, tables: dict,
     """E's row-table values (tree in program order, `tables` its code tables, `spaces` the
     shape each value is computed in: fusion_plan.row_spaces); NONE when nothing is one."""
     if (not decode.permutes() or codes.opcode != "load_codes"
-            or _bits(codes) > MAX_BITS or isinstance(spaces, str)):
-        return NONE
+            or _bits(codes) > MAX_BITS or isinstance(spaces, str)
+            or any(op.opcode in ("transpose", "codes") for op in tree)):
+        return NONE  # (byte windows read codes in another lane order: fused_windows.py)
     shape = tuple(root.type.shape)
     src = codes.results[0].id
     inside = {op.results[0].id for op in tree}
@@ -108,12 +109,9 @@ def describe(plan) -> str:
         if plan.row_tables.wanted else ""
 
 
-def by_row(env: Env, plan, evaluate: Callable[[Env, Op, list[str], int], str]
-           ) -> Callable[[str], dict[int, list[str]]] | None:
+def by_row(env: Env, plan) -> Callable[[str], dict[int, list[str]]] | None:
     """`tables(j)`: row j's tables, for each wanted value of plan.row_tables its <16 x i32>
-    registers (2^bits entries, repeated to 16); None when E has no row tables.
-    `evaluate(env, op, args, width)` emits one op of E on <width x ...> vectors
-    (fusion.vector_op)."""
+    registers (2^bits entries, repeated to 16); None when E has no row tables."""
     if not plan.row_tables.wanted:
         return None
     found = _source(env.defs, plan)
@@ -121,7 +119,7 @@ def by_row(env: Env, plan, evaluate: Callable[[Env, Op, list[str], int], str]
         source, made = found
         names = {rid: _constant(env, t) for rid, t in made.items()}
         return lambda j: _load(env, plan, source, names, j)
-    return lambda j: _evaluate(env, plan, j, evaluate)
+    return lambda j: _evaluate(env, plan, j)
 
 
 def _width(plan) -> int:
@@ -256,7 +254,7 @@ def _load(env: Env, plan, source: Value, names: dict[int, str], j: str
     return out
 
 
-def _evaluate(env: Env, plan, j: str, evaluate) -> dict[int, list[str]]:
+def _evaluate(env: Env, plan, j: str) -> dict[int, list[str]]:
     """Row j's tables evaluated at run time on the vector of all codes."""
     em = env.em
     bits = _bits(plan.codes)
@@ -277,7 +275,7 @@ def _evaluate(env: Env, plan, j: str, evaluate) -> dict[int, list[str]]:
             continue
         args = [vals[v.id] if v.id in vals else _leaf(env, v, shape, j, n)
                 for v in op.operands]
-        vals[rid] = evaluate(env, op, args, n)
+        vals[rid] = vector_op(env, op, args, n)
     out = {}
     for rid in plan.row_tables.wanted:
         words = vals[rid]
