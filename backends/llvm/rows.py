@@ -177,10 +177,13 @@ def _prefetch(em: Emitter, t, base: str, lines: int) -> None:
 
 
 def _sum(em: Emitter, vecs: list[str]) -> str:
-    total = vecs[0]
-    for v in vecs[1:]:
-        total = em.val(f"fadd reassoc contract {F16} {total}, {v}")
-    return total
+    """The sum of the vectors as a balanced tree: a block's tail (its accumulators summed
+    before the next block can retire) waits log2(n) dependent adds, not n - 1."""
+    while len(vecs) > 1:
+        pairs = [em.val(f"fadd reassoc contract {F16} {vecs[i]}, {vecs[i + 1]}")
+                 for i in range(0, len(vecs) - 1, 2)]
+        vecs = pairs + vecs[len(vecs) - len(vecs) % 2:]
+    return vecs[0]
 
 
 def _activation(em: Emitter, abuf: Buf, mi: int, k0: str, i: int) -> str:
@@ -286,15 +289,17 @@ def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
                     part = em.val(f"call {F16} @llvm.x86.avx512.permvar.sf.512({F16} {table}, "
                                   f"{V16} {idx})")
                     c = mi * per_row + j * chains + g % chains
-                    nxt[c] = em.val(f"fadd reassoc contract {F16} {nxt[c]}, {part}")
+                    # nsz: the first step's add to the zeroed accumulator folds away
+                    nxt[c] = em.val(f"fadd reassoc nsz contract {F16} {nxt[c]}, {part}")
         return nxt
 
     def combine(accs: list[str], mi: int) -> str:
-        total = None
+        terms = []  # the planes' sums times their coefficients (1 needs no multiply), summed
         for j in range(bits):
-            part = em.val(f"fmul {F16} {_sum(em, accs[j * chains:(j + 1) * chains])}, "
-                          f"{_fvec([coef[j]] * LANES)}")
-            total = part if total is None else em.val(f"fadd {F16} {total}, {part}")
+            part = _sum(em, accs[j * chains:(j + 1) * chains])
+            terms.append(part if coef[j] == 1 else
+                         em.val(f"fmul {F16} {part}, {_fvec([coef[j]] * LANES)}"))
+        total = _sum(em, terms)
         if a:
             sx = em.val(f"extractelement {F16} {sums[mi]}, i64 {LANES - 1}")
             ins = em.val(f"insertelement {F16} poison, float {sx}, i64 0")
