@@ -238,8 +238,11 @@ def mix_params(qw: TableQTensor, M: int, adt: str) -> dict:
     """matmul_mix's parameters for a mixture of named formats (members padded to 4)."""
     members, g = qw.member_formats, qw.group_size
     params = {f"W{i}": f for i, f in enumerate(members + (members[0],) * (4 - len(members)))}
+    # 128 rows a block where there are enough: the row-table dot's per-window work (the
+    # group's scales and indices, the output tile) is spread over more rows
     params.update(T=len(members), A=adt, ZP=qw.zeros is not None,
-                  BM=1 if M == 1 else 2 if M == 2 else 4 if M <= 4 else 8, BN=64,
+                  BM=1 if M == 1 else 2 if M == 2 else 4 if M <= 4 else 8,
+                  BN=128 if qw.shape[0] >= 2048 else 64,
                   BK=128 if g % 128 == 0 else 64 if g % 64 == 0 else 32)
     return params
 
