@@ -54,6 +54,19 @@ def hfma2_py(a: int, b: int, c: int) -> np.uint32:
     return np.uint32(res.view(np.uint32)[0])
 
 
+def hfma2_bf16_py(a: int, b: int, c: int) -> np.uint32:
+    """PTX fma.rn.bf16x2: a*b+c per 16-bit half (bf16), one rounding (exact in float64 first;
+    subnormals kept, as the PTX instruction keeps them)."""
+    import ml_dtypes
+
+    def halves(x):
+        return np.array([int(x) & _U32], np.uint32).view(ml_dtypes.bfloat16).astype(np.float64)
+
+    with np.errstate(over="ignore"):
+        res = (halves(a) * halves(b) + halves(c)).astype(ml_dtypes.bfloat16)
+    return np.uint32(res.view(np.uint32)[0])
+
+
 def ld_u32x4_py(words: np.ndarray, i: int) -> tuple[np.uint32, ...]:
     """Four consecutive uint32 from index i (a multiple of 4): one 128-bit load on the GPU."""
     i = int(i)
@@ -117,7 +130,7 @@ def opaque_py(x: int) -> np.uint32:
 if SIMULATOR:
     opaque = opaque_py
     pack_f16x2 = pack_f16x2_py
-    prmt, hfma2, lop3 = prmt_py, hfma2_py, lop3_py
+    prmt, hfma2, hfma2_bf16, lop3 = prmt_py, hfma2_py, hfma2_bf16_py, lop3_py
     ld_u32x4, st_u32x4 = ld_u32x4_py, st_u32x4_py
     ld_row_u32x4, st_row_f16x8 = ld_row_u32x4_py, st_row_f16x8_py
     ld_at, ld_at_u32x4, st_at_f16x8 = ld_at_py, ld_at_u32x4_py, st_at_f16x8_py
@@ -175,6 +188,7 @@ else:
 
         return sig, codegen
     hfma2 = _asm3("hfma2", "fma.rn.f16x2 $0, $1, $2, $3;")
+    hfma2_bf16 = _asm3("hfma2_bf16", "fma.rn.bf16x2 $0, $1, $2, $3;")
 
     @intrinsic
     def lop3(typingctx, a, b, c, lut):  # noqa: ARG001
