@@ -41,11 +41,14 @@ CUDA_DEQUANT_BN = {"f16": 256}
 def weight_storage(qw: QTensor, k: Kernel | None = None, param: str = "w"):
     """What a kernel's weight parameter takes: the canonical packed words, or for u8/i8
     (which are also machine types) the codes as a plain byte array; for a kernel `k` that
-    reads `param` in a layout-specific packing, the words in it (cached on the QTensor)."""
+    reads `param` in a layout-specific packing (u8/i8 included), the words in it (cached on
+    the QTensor)."""
+    packing = k.packings.get(param) if k is not None else None
+    if packing is not None:
+        return qw.packed_as(packing)
     if is_machine(qw.dtype.name):
         return np.ascontiguousarray(qw.codes).view(numpy_dtype(qw.dtype.name))
-    packing = k.packings.get(param) if k is not None else None
-    return qw.packed if packing is None else qw.packed_as(packing)
+    return qw.packed
 
 
 def _check_qtensor(qw: object) -> QTensor:

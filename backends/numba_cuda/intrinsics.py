@@ -123,13 +123,22 @@ def pack_f16x2_py(lo: float, hi: float) -> np.uint32:
     return np.uint32(halves.view(np.uint32)[0])
 
 
+def pack_bf16x2_py(lo: float, hi: float) -> np.uint32:
+    """PTX cvt.rn.bf16x2.f32: two f32 rounded to bf16, `lo` in the low half."""
+    import ml_dtypes
+
+    with np.errstate(over="ignore"):
+        halves = np.array([lo, hi], dtype=np.float32).astype(ml_dtypes.bfloat16)
+    return np.uint32(halves.view(np.uint32)[0])
+
+
 def opaque_py(x: int) -> np.uint32:
     return np.uint32(x)
 
 
 if SIMULATOR:
     opaque = opaque_py
-    pack_f16x2 = pack_f16x2_py
+    pack_f16x2, pack_bf16x2 = pack_f16x2_py, pack_bf16x2_py
     prmt, hfma2, hfma2_bf16, lop3 = prmt_py, hfma2_py, hfma2_bf16_py, lop3_py
     ld_u32x4, st_u32x4 = ld_u32x4_py, st_u32x4_py
     ld_row_u32x4, st_row_f16x8 = ld_row_u32x4_py, st_row_f16x8_py
@@ -170,6 +179,19 @@ else:
             f32 = ir.FloatType()
             fnty = ir.FunctionType(_I32, [f32, f32])
             asm = ir.InlineAsm(fnty, "cvt.rn.f16x2.f32 $0, $1, $2;", "=r,f,f")
+            return builder.call(asm, [args[1], args[0]])
+
+        return sig, codegen
+
+    @intrinsic
+    def pack_bf16x2(typingctx, lo, hi):  # noqa: ARG001
+        """One F2FP: two f32 rounded to a bf16x2 pair (`lo` in the low half)."""
+        sig = types.uint32(types.float32, types.float32)
+
+        def codegen(context, builder, signature, args):
+            f32 = ir.FloatType()
+            fnty = ir.FunctionType(_I32, [f32, f32])
+            asm = ir.InlineAsm(fnty, "cvt.rn.bf16x2.f32 $0, $1, $2;", "=r,f,f")
             return builder.call(asm, [args[1], args[0]])
 
         return sig, codegen

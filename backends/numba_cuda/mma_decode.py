@@ -183,9 +183,18 @@ class TableRegisters:
     """Source of the `table` recipe for one PackedB iteration: per word its selectors, per
     half-word the lo/hi byte lookups, per code pair its register (cached)."""
 
-    def __init__(self, src, table: Table, dst: Dest):
+    def __init__(self, src, table: Table, dst: Dest, size: str):
+        """Emits the 8 table registers (where the K loop starts). They are XOR'ed with a zero
+        ptxas cannot see (`size`, a tensor's extent, shifted down 40 bits): as immediates it
+        rematerialises them in the loop, one IMAD per use."""
         self.src, self.t, self.dst = src, table, dst
-        self.pools = None
+        zero = src.tmp(f"U32(({size}) >> 40)", "tz")
+        self.pools = [[src.tmp(f"U32({x:#x}) ^ {zero}", "tr") for x in pool]
+                      for pool in (table.lo, table.hi)]
+        self.start()
+
+    def start(self) -> None:
+        """A new loop iteration: new words."""
         self.selectors: dict[str, tuple[str, str, str, str]] = {}
         self.regs: dict[tuple[str, int], str] = {}
 
@@ -210,8 +219,8 @@ class TableRegisters:
                                     src.tmp(f"{top} >> U32(16)", "tt"))
         sel, top = self.selectors[word][2 * half:2 * half + 2]
         out = []
-        for pool in (self.t.lo, self.t.hi):
-            a = src.tmp(f"prmt(U32({pool[0]:#x}), U32({pool[1]:#x}), {sel})", "tp")
-            b = src.tmp(f"prmt(U32({pool[2]:#x}), U32({pool[3]:#x}), {sel})", "tp")
+        for pool in self.pools:
+            a = src.tmp(f"prmt({pool[0]}, {pool[1]}, {sel})", "tp")
+            b = src.tmp(f"prmt({pool[2]}, {pool[3]}, {sel})", "tp")
             out.append(src.tmp(f"prmt({a}, {b}, {top})", "tp"))
         return out[0], out[1]

@@ -37,7 +37,7 @@ from lowbitc.backends.numba_cuda.mma_decode import (
     wants_table,
 )
 from lowbitc.backends.numba_cuda.mma_weights import _affine_values, word_leaf
-from lowbitc.backends.numba_cuda.plan import codes_leaf
+from lowbitc.backends.numba_cuda.plan import BYTE_CODES, codes_leaf
 from lowbitc.backends.numba_cuda.source import numba_type
 from lowbitc.formats import lookup
 from lowbitc.ir.core import Kernel, walk
@@ -53,7 +53,7 @@ def packed_leaf(v, defs: dict):
     d = defs.get(v.id)
     if d is None or d.opcode != "transpose" or tuple(d.attrs.perm) != (1, 0):
         return None
-    return codes_leaf(d.operands[0], defs, any_width=True)
+    return codes_leaf(d.operands[0], defs, any_width=True, machine=True)
 
 
 def fits(tiling, lb) -> bool:
@@ -82,15 +82,16 @@ def mma_packings(k: Kernel, threads: int, mma_tiling) -> dict[int, MmaPacking]:
             defs[r.id] = op
         for v in op.operands:
             readers[v.id].append(op)
-    params = {p.id: p for p in k.params
-              if isinstance(p.type, TensorType) and not is_machine(p.type.dtype)}
+    params = {p.id: p for p in k.params if isinstance(p.type, TensorType)
+              and (not is_machine(p.type.dtype) or p.type.dtype in BYTE_CODES)}
     leaves = defaultdict(set)
     for op in walk(k.body.ops):
         if op.opcode != "dot":
             continue
         tiling = mma_tiling(op, threads)
         leaf = None if tiling is None else packed_leaf(op.operands[1], defs)
-        if leaf is None or leaf.operands[0].id not in params or leaf.attrs.packing:
+        if (leaf is None or leaf.operands[0].id not in params
+                or getattr(leaf.attrs, "packing", None)):
             continue
         if tuple(leaf.attrs.sizes) == (tiling.N, tiling.K) and fits(tiling, tiling.layouts()[1]):
             leaves[leaf.operands[0].id].add(id(leaf))
@@ -130,9 +131,12 @@ class PackedB:
         self.dst = DESTS[tiling.kind.dtypes[0]]
         root = ctx.lazy[v.id].operands[0]
         self.affine = self.float = self.table = None
+        self.wide = None
         if steady and self.pk.interleaved:
             self.affine = _affine_values(ctx, self.leaf, root, self.dst.name)
-            if self.affine is None:
+            if self.affine is not None and self.pk.bits > self.dst.mantissa:
+                self.wide, self.affine = self.affine, None  # 8 bits into bf16: by f32
+            if self.affine is None and self.wide is None:
                 values = _code_values(ctx, self.leaf, root)
                 self.float = float_recipe(values, self.pk.bits, self.dst)
         elif steady and self.pk.planes == ((4, 0),):
@@ -164,14 +168,16 @@ class PackedB:
         self.bases = [row if shift == 0 else
                       src.tmp(f"{row} + I64({name}.shape[1] // {self.pk.bits} * {shift})", "pb")
                       for _, shift in self.pk.planes]
+        if self.table is not None:  # table registers set once, before the K loop
+            self.lookups = TableRegisters(src, self.table, self.dst, f"{name}.shape[1]")
 
     def load(self, ks: str) -> None:
         """This iteration's words of every plane (`unroll` K steps from window offset ks)."""
         src, name, u = self.src, self.t.name, self.unroll
         kabs = src.tmp(f"I64({self.s1} + {ks})", "kq")
         self.words, self.shifted = [], {}
-        if self.table is not None:
-            self.lookups = TableRegisters(src, self.table, self.dst)
+        if self.lookups is not None:
+            self.lookups.start()
         for (p, _), base in zip(self.pk.planes, self.bases, strict=True):
             if u * p % 4 == 0:
                 at = src.tmp(f"{base} + {kabs} * {2 * p}", "pa")
@@ -197,6 +203,8 @@ class PackedB:
         c = (u * 8 + tile) * 4 + 2 * reg  # the lane's code index in the iteration
         if self.affine is not None:
             return self._affine_register(c)
+        if self.wide is not None:
+            return self._wide_register(c)
         if self.float is not None:
             return self._float_register(c)
         if self.table is not None:
@@ -275,14 +283,46 @@ class PackedB:
         else:
             _, T, consts = best
         magic = _pair(dst.magic)
-        m = f"U32({magic ^ _pair(flip << T):#x})" if flip else f"U32({magic:#x})"
-        m = self._place(c, [(0, b, T)], m, XOR_AND)
+        if self.pk.planes == ((8, 0),) and T == 0 and not flip and not dst.magic & 0xFF:
+            # whole bytes under the magic's high byte: one PRMT (Marlin's 8-bit recipe)
+            word, bit = self._source(0, c)
+            sel = bit // 8 | 4 << 4 | (bit // 8 + 2) << 8 | 4 << 12
+            m = self.src.tmp(f"prmt({word}, U32({(dst.magic >> 8) * 0x01010101:#x}), "
+                             f"U32({sel:#x}))", "m")
+        else:
+            m = f"U32({magic ^ _pair(flip << T):#x})" if flip else f"U32({magic:#x})"
+            m = self._place(c, [(0, b, T)], m, XOR_AND)
         a, k = consts
         h = self.src.tmp(f"{dst.fma}({m}, U32({dst.pair(a):#x}), U32({dst.pair(k):#x}))", "h")
         if best is None:
             h = self.src.tmp(f"{dst.fma}({h}, U32({dst.pair(alpha):#x}), "
                              f"U32({dst.pair(beta):#x}))", "h")
         return h
+
+    def _wide_register(self, c: int) -> str:
+        """8-bit affine codes into bf16 (7 mantissa bits): each code under the f32 magic 2^23
+        by one PRMT, one FADD (or FFMA) each, and one F2FP packing the pair (Marlin's bf16
+        path for 8 bits); two's complement codes flip their sign bits first (per word)."""
+        alpha, beta, flip = self.wide
+        word, bit = self._source(0, c)
+        if flip:
+            key = (word, "flip")
+            if key not in self.shifted:
+                self.shifted[key] = self.src.tmp(f"{word} ^ U32(0x80808080)", "pf")
+            word = self.shifted[key]
+        shift = float(np.float32(beta - 8388608.0 * alpha))
+        halves = []
+        for b in (bit // 8, bit // 8 + 2):
+            f = self.src.tmp(f"f32_from_bits(prmt({word}, U32(0x4b000000), "
+                             f"U32({b | 0x7540:#x})))", "f")
+            if (alpha, beta) == (1.0, 0.0):
+                halves.append(self.src.tmp(f"F32({f} - F32(8388608.0))", "f"))
+            elif shift == beta - 8388608.0 * alpha:
+                halves.append(self.src.tmp(f"F32({f} * F32({alpha!r}) + F32({shift!r}))", "f"))
+            else:
+                v = self.src.tmp(f"F32({f} - F32(8388608.0))", "f")
+                halves.append(self.src.tmp(f"F32({v} * F32({alpha!r}) + F32({beta!r}))", "f"))
+        return self.src.tmp(f"pack_bf16x2({halves[0]}, {halves[1]})", "h")
 
     def _float_register(self, c: int) -> str:
         """`mma_decode.Float`: sign / exponent / mantissa runs placed, then 2^scale."""

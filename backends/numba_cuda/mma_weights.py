@@ -24,7 +24,7 @@ def word_leaf(ctx, v, any_width: bool = False):
     op = ctx.lazy.get(v.id)
     if op is None or op.opcode != "transpose" or tuple(op.attrs.perm) != (1, 0):
         return None
-    leaf = codes_leaf(op.operands[0], ctx.lazy, any_width)
+    leaf = codes_leaf(op.operands[0], ctx.lazy, any_width, machine=any_width)
     if leaf is None or ctx.bufs.get(leaf.results[0].id) is not None:
         return None
     t = ctx.tensor(leaf.operands[0])
