@@ -91,8 +91,10 @@ class Float:
 
 @dataclass(frozen=True)
 class Table:
-    """The 16 values' bytes: lo[e] and hi[e] of entry e, four per uint32 (pools of PRMT)."""
+    """The 2^bits values' bytes: lo[e] and hi[e] of entry e, four per uint32 (PRMT pools;
+    entries past 2^bits are 0)."""
 
+    bits: int
     lo: tuple[int, int, int, int]
     hi: tuple[int, int, int, int]
 
@@ -133,46 +135,136 @@ def float_recipe(values: np.ndarray, bits: int, dst: Dest) -> Float | None:
     return None
 
 
-def table_recipe(values: np.ndarray, dst: Dest) -> Table | None:
-    """Table of 16 values rounded once to `dst` (every value finite there), checked for every
-    code by running the PRMT sequence of `table_registers` (twins)."""
-    if values.size != 16:
+def table_recipe(values: np.ndarray, bits: int, planes, dst: Dest) -> Table | None:
+    """Table of the values (one per code, at most 16) rounded once to `dst` (every value
+    finite there), checked for every code at every position of 8 codes and every field
+    offset of `planes` ((width, first code bit) per plane) by running `table_registers` on
+    the twins."""
+    if values.size != 1 << bits or bits > 4:
         return None
     with np.errstate(over="ignore"):
         rounded = values.astype(dst.np_type)
     if not np.all(np.isfinite(rounded)):
         return None
-    b = rounded.view(np.uint16).astype(np.int64)
-    t = Table(tuple(int(sum((b[4 * r + e] & 0xFF) << 8 * e for e in range(4))) for r in range(4)),
+    b = np.zeros(16, np.int64)
+    b[:values.size] = rounded.view(np.uint16)
+    t = Table(bits, tuple(int(sum((b[4 * r + e] & 0xFF) << 8 * e for e in range(4)))
+                          for r in range(4)),
               tuple(int(sum((b[4 * r + e] >> 8) << 8 * e for e in range(4))) for r in range(4)))
-    for c0 in range(16):
-        for c1 in range(16):
-            word = c0 | c1 << 4 | c1 << 8 | c0 << 12
-            regs = _table_py(t, word)
-            want = [b[c0] | b[c1] << 16, b[c1] | b[c0] << 16]
-            if [int(r) for r in regs] != want:
+    run = _Run()
+    for v in range(1 << bits):
+        codes = [(v + j) % (1 << bits) for j in range(8)]
+        for g in range(4):  # the group of 8 codes in its words: every bit offset of a plane
+            fields = []
+            for p, shift in planes:
+                at = 8 * g * p % 32
+                word = sum(((c >> shift) & ((1 << p) - 1)) << (at + j * p)
+                           for j, c in enumerate(codes))
+                fields.append((p, shift, word, at))
+            regs = table_registers(run, t, dict(enumerate(t.lo + t.hi)), fields)
+            if regs != [int(b[codes[k]] | b[codes[k + 1]] << 16) for k in range(0, 8, 2)]:
                 return None
     return t
 
 
-def _table_py(t: Table, word: int) -> tuple[int, int]:
-    """The two registers of the 4 codes in the low 16 bits of `word` (twins of the PRMT
-    sequence `table_registers` emits)."""
-    sel = int(lop3_py(word, 0x77777777, 0, OR_AND))
-    top = int(lop3_py(word >> 1, 0x44444444, TOP_SELECT, OR_AND))
-    lo = prmt_py(prmt_py(t.lo[0], t.lo[1], sel), prmt_py(t.lo[2], t.lo[3], sel), top)
-    hi = prmt_py(prmt_py(t.hi[0], t.hi[1], sel), prmt_py(t.hi[2], t.hi[3], sel), top)
-    return prmt_py(lo, hi, LO_HI[0]), prmt_py(lo, hi, LO_HI[1])
+class _Run:
+    """The twins of the instructions `table_registers` uses (ints in, ints out)."""
+
+    def prmt(self, a, b, sel):
+        return int(prmt_py(a, b, sel))
+
+    def lop3(self, a, b, c, lut):
+        return int(lop3_py(a, b, c, lut))
+
+    def shr(self, a, n):
+        return (a & 0xFFFFFFFF) >> n
+
+    def shl(self, a, n):
+        return (a << n) & 0xFFFFFFFF
+
+
+class _Emit:
+    """The same instructions as source lines (names in, names out)."""
+
+    def __init__(self, src):
+        self.src = src
+
+    @staticmethod
+    def _v(x) -> str:
+        return f"U32({x:#x})" if isinstance(x, int) else x
+
+    def prmt(self, a, b, sel):
+        return self.src.tmp(f"prmt({self._v(a)}, {self._v(b)}, {self._v(sel)})", "tp")
+
+    def lop3(self, a, b, c, lut):
+        return self.src.tmp(f"lop3({self._v(a)}, {self._v(b)}, {self._v(c)}, {lut:#x})", "tl")
+
+    def shr(self, a, n):
+        return self.src.tmp(f"{self._v(a)} >> U32({n})", "ts")
+
+    def shl(self, a, n):
+        return self.src.tmp(f"{self._v(a)} << U32({n})", "ts")
+
+
+OR_THEN_AND = 0xA8  # lop3 LUT of (a | b) & c
+
+
+def _spread(B, p: int, word, at: int, shift: int):
+    """The 8 p-bit fields at bit `at` of `word` (p = 1 or 2) spread to nibbles 0..7, their bits
+    at `shift` of each nibble (bit moves, then masks: PRMT for bytes, LOP3 for the rest)."""
+    x = B.prmt(word, 0, at // 8 | 4 << 4 | (at // 8 + 1) << 8 | 4 << 12 if p == 2
+               else at // 8 | 0x4440)
+    if p == 2:  # 8 codes in 2 bytes -> 2 codes per byte -> 1 per nibble
+        x = B.lop3(x, B.shl(x, 4), 0x0F0F0F0F, OR_THEN_AND)
+        steps = [(2, 0x33333333)]
+    else:  # 8 bits -> two nibbles of 4 -> 2 bits per byte -> 1 per nibble
+        x = B.lop3(x, B.shl(x, 12), 0x000F000F, OR_THEN_AND)
+        x = B.lop3(x, B.shl(x, 6), 0x03030303, OR_THEN_AND)
+        steps = [(3, 0x11111111)]
+    for n, mask in steps:
+        lo = B.shl(x, shift) if shift else x
+        x = B.lop3(lo, B.shl(x, n + shift), mask << shift, OR_THEN_AND)
+    return x
+
+
+def table_registers(B, t: Table, pools, fields) -> list:
+    """The 4 registers of 8 codes (nibble order) from their `fields` ((width, first code
+    bit, word, bit of the first code) per plane), through builder B (`_Run` or `_Emit`):
+    index nibbles (the 4-bit plane masked, narrower planes spread), then per 4 codes PRMT
+    from the pools (entries 0-7, and 8-15 chosen by the top bit for 4 bits) and two PRMT
+    interleaving lo and hi bytes."""
+    top = None
+    if t.bits == 4:
+        _, _, word, _ = fields[0]
+        sel = B.lop3(word, 0x77777777, 0, OR_AND)
+        top = B.lop3(B.shr(word, 1), 0x44444444, TOP_SELECT, OR_AND)
+    else:
+        sel = None
+        for p, shift, word, at in fields:
+            x = _spread(B, p, word, at, shift)
+            sel = x if sel is None else B.lop3(x, 0x77777777, sel, OR_AND)
+    out = []
+    for half in (0, 1):
+        s = sel if half == 0 else B.shr(sel, 16)
+        tp = None if top is None else (top if half == 0 else B.shr(top, 16))
+        lh = []
+        for r in (0, 4):  # lo bytes, hi bytes
+            x = B.prmt(pools[r], pools[r + 1], s)
+            if tp is not None:
+                x = B.prmt(x, B.prmt(pools[r + 2], pools[r + 3], s), tp)
+            lh.append(x)
+        out += [B.prmt(lh[0], lh[1], LO_HI[k]) for k in (0, 1)]
+    return out
 
 
 def wants_table(values: np.ndarray, bits: int) -> bool:
     """Whether a format of these code values is decoded by `table` in f16 (so its mma packing
-    keeps codes in order inside a word): 4 bits, neither affine nor a float layout."""
+    keeps codes in order inside a word): at most 4 bits, neither affine nor a float layout."""
     values = np.asarray(values, np.float64)
-    if bits != 4 or values.size != 16:
+    if bits > 4 or values.size != 1 << bits:
         return False
-    codes = np.arange(16)
-    for flip in (0, 8):
+    codes = np.arange(values.size)
+    for flip in (0, values.size // 2):
         g = values[codes ^ flip]
         if np.array_equal(values, (g[1] - g[0]) * (codes ^ flip) + g[0]):
             return False
@@ -180,47 +272,27 @@ def wants_table(values: np.ndarray, bits: int) -> bool:
 
 
 class TableRegisters:
-    """Source of the `table` recipe for one PackedB iteration: per word its selectors, per
-    half-word the lo/hi byte lookups, per code pair its register (cached)."""
+    """The `table` recipe's source for PackedB: the table registers once before the K loop,
+    then per iteration and group of 8 codes their 4 registers (`table_registers`, cached)."""
 
-    def __init__(self, src, table: Table, dst: Dest, size: str):
-        """Emits the 8 table registers (where the K loop starts). They are XOR'ed with a zero
-        ptxas cannot see (`size`, a tensor's extent, shifted down 40 bits): as immediates it
-        rematerialises them in the loop, one IMAD per use."""
-        self.src, self.t, self.dst = src, table, dst
+    def __init__(self, src, table: Table, size: str):
+        """Emits the 8 table registers. They are XOR'ed with a zero ptxas cannot see (`size`,
+        a tensor's extent, shifted down 40 bits): as immediates it rematerialises them in
+        the loop, one IMAD per use."""
+        self.src, self.t = src, table
         zero = src.tmp(f"U32(({size}) >> 40)", "tz")
-        self.pools = [[src.tmp(f"U32({x:#x}) ^ {zero}", "tr") for x in pool]
-                      for pool in (table.lo, table.hi)]
+        used = range(4) if table.bits == 4 else range(2)
+        self.pools = {r + 4 * h: src.tmp(f"U32({pool[r]:#x}) ^ {zero}", "tr")
+                      for h, pool in enumerate((table.lo, table.hi)) for r in used}
         self.start()
 
     def start(self) -> None:
         """A new loop iteration: new words."""
-        self.selectors: dict[str, tuple[str, str, str, str]] = {}
-        self.regs: dict[tuple[str, int], str] = {}
+        self.groups: dict[tuple, list[str]] = {}
 
-    def register(self, word: str, nibble: int) -> str:
-        """The register of the codes at nibbles `nibble`, `nibble` + 1 (nibble even)."""
-        key = (word, nibble)
-        if key not in self.regs:
-            half, j = divmod(nibble, 4)
-            lo, hi = self._lookup(word, half)
-            for k in (0, 1):
-                self.regs[(word, 4 * half + 2 * k)] = self.src.tmp(
-                    f"prmt({lo}, {hi}, U32({LO_HI[k]:#x}))", "tb")
-        return self.regs[key]
-
-    def _lookup(self, word: str, half: int) -> tuple[str, str]:
-        src = self.src
-        if word not in self.selectors:
-            sel = src.tmp(f"lop3({word}, U32(0x77777777), U32(0), {OR_AND:#x})", "ts")
-            top = src.tmp(f"lop3({word} >> U32(1), U32(0x44444444), U32({TOP_SELECT:#x}), "
-                          f"{OR_AND:#x})", "tt")
-            self.selectors[word] = (sel, top, src.tmp(f"{sel} >> U32(16)", "ts"),
-                                    src.tmp(f"{top} >> U32(16)", "tt"))
-        sel, top = self.selectors[word][2 * half:2 * half + 2]
-        out = []
-        for pool in self.pools:
-            a = src.tmp(f"prmt({pool[0]}, {pool[1]}, {sel})", "tp")
-            b = src.tmp(f"prmt({pool[2]}, {pool[3]}, {sel})", "tp")
-            out.append(src.tmp(f"prmt({a}, {b}, {top})", "tp"))
-        return out[0], out[1]
+    def register(self, fields: list[tuple[int, int, str, int]], k: int) -> str:
+        """Register k (0..3) of the 8 codes in `fields` (see `table_registers`)."""
+        key = tuple(fields)
+        if key not in self.groups:
+            self.groups[key] = table_registers(_Emit(self.src), self.t, self.pools, fields)
+        return self.groups[key][k]

@@ -139,8 +139,9 @@ class PackedB:
             if self.affine is None and self.wide is None:
                 values = _code_values(ctx, self.leaf, root)
                 self.float = float_recipe(values, self.pk.bits, self.dst)
-        elif steady and self.pk.planes == ((4, 0),):
-            self.table = table_recipe(_code_values(ctx, self.leaf, root), self.dst)
+        elif steady:
+            values = _code_values(ctx, self.leaf, root)
+            self.table = table_recipe(values, self.pk.bits, self.pk.planes, self.dst)
         self.words: list[list[str]] = []
         self.shifted: dict[tuple[str, int], str] = {}
         self.lookups = None
@@ -169,7 +170,7 @@ class PackedB:
                       src.tmp(f"{row} + I64({name}.shape[1] // {self.pk.bits} * {shift})", "pb")
                       for _, shift in self.pk.planes]
         if self.table is not None:  # table registers set once, before the K loop
-            self.lookups = TableRegisters(src, self.table, self.dst, f"{name}.shape[1]")
+            self.lookups = TableRegisters(src, self.table, f"{name}.shape[1]")
 
     def load(self, ks: str) -> None:
         """This iteration's words of every plane (`unroll` K steps from window offset ks)."""
@@ -207,9 +208,11 @@ class PackedB:
             return self._wide_register(c)
         if self.float is not None:
             return self._float_register(c)
-        if self.table is not None:
-            word, bit = self._source(0, c)
-            return self.lookups.register(word, bit // 4)
+        if self.table is not None:  # 8 codes at a time, in order in each plane's word
+            g = c - c % 8
+            fields = [(p, shift, *self._source(q, g))
+                      for q, (p, shift) in enumerate(self.pk.planes)]
+            return self.lookups.register(fields, c % 8 // 2)
         for h, (k, n) in enumerate(idxs):
             self._seed(n, k, self._code(c, h))
         return None
