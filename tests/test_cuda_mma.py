@@ -185,7 +185,7 @@ def test_i8_dot_assembles_to_imma_without_spills(arch):
 
 
 def test_simulator_suite():
-    run_simulator_suite("test_sim_mma.py", passed=41)
+    run_simulator_suite("test_sim_mma.py", passed=57)
 
 
 def test_weights_decode_into_b_registers():
@@ -202,6 +202,29 @@ def test_weights_decode_into_b_registers():
     fast = src[src.index("if full"):src.index("else:", src.index("if full"))]
     slow = src[src.index("else:", src.index("if full")):]
     assert "ld_at_u32x4(" in fast and "0 <= g" not in fast and "0 <= g" in slow
+
+
+BOOK = lowbitc.codebook([-1.5, -0.5, 0.0, 0.25, 0.5, 1.0, 1.000244140625, 2.0], name="mmabook")
+# (format, activations) -> what the steady loop's B registers are made of (mma_decode.py)
+RECIPES = {("u4", "bf16"): "hfma2_bf16(", ("u8", "f16"): "prmt(", ("u8", "bf16"): "pack_bf16x2(",
+           ("f4e2m1fn", "f16"): "hfma2(", ("f8e5m2", "f16"): "lop3(", ("nf4", "f16"): "prmt(",
+           ("mmabook", "bf16"): "prmt(", ("f6e3m2fn", "bf16"): "hfma2_bf16(",
+           ("f8e4m3fn", "f16"): "hfma2(", ("i2", "bf16"): "hfma2_bf16(",
+           ("f6e2m3fn", "f16"): "hfma2(", ("nf4", "bf16"): "prmt(", ("b3", "bf16"): "hfma2_bf16("}
+FAST_RECIPES = {("u4", "bf16"), ("u8", "f16"), ("f4e2m1fn", "f16"), ("mmabook", "bf16")}
+
+
+@pytest.mark.parametrize("w,act", [
+    (w, a) if (w, a) in FAST_RECIPES else pytest.param(w, a, marks=pytest.mark.slow)
+    for w, a in RECIPES])
+def test_every_format_decodes_in_registers_without_per_element_code(w, act):
+    """The steady K loop (the mma packing's 128-bit loads) builds every B register from its
+    words by the format's recipe (affine magic, f32 magic for 8 bits into bf16, float fields,
+    table registers): no code is handed to the element-wise decode (`PackedB._seed`)."""
+    src = _rendered(BOOK if w == "mmabook" else w, A=act)
+    fast = src[src.index("if full"):src.index("else:", src.index("if full"))]
+    assert "ld_at_u32x4(" in fast and RECIPES[w, act] in fast and "mma_" in fast, (w, act)
+    assert not re.search(r"\bv\d+ = ", fast), (w, act)  # no element-wise codes
 
 
 @pytest.mark.parametrize("params,packed", [({}, True), ({"W": "u3"}, True),
@@ -229,9 +252,8 @@ def test_mma_path_choice_on_the_host():
 @needs_toolchain
 @pytest.mark.parametrize("arch", ["sm_80"])  # (sm_90: the f16 tests; one arch keeps CI short)
 def test_bf16_activations_assemble_to_hmma_without_spills(arch, capsys):
-    """`emit matmul -D A=bf16` is matmul_mma with mma .bf16 (HMMA in the K loop, no spills).
-    (Its weights are decoded element by element: the f16 path's LOP3 + HFMA2 recipe has no
-    bf16 twin yet, so the loop is longer than f16's.)"""
+    """`emit matmul -D A=bf16` is matmul_mma with mma .bf16 (HMMA in the K loop, no spills),
+    its weights decoded by the bf16 magic 128 (LOP3 + HFMA2.BF16)."""
     assert "mma_bf16(" in _rendered("u4", A="bf16")
     st = _stats("u4", arch, capsys, "bf16")
     assert st["spill_bytes"] == 0 and st["stack_bytes"] == 0
