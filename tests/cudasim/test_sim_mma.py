@@ -52,8 +52,8 @@ CASES = [
     ("u4", 16, 72, 160, 64, True), ("i4", 5, 70, 96, 32, False),
     # the mma packing's f16 decodes over every code (64 x 128 weights): u8 by PRMT, the
     # float formats by field placement, nf4 and the code book by table registers
-    ("u8", 5, 64, 128, 64, False), ("f8e4m3fn", 16, 64, 128, 64, False),
-    ("f8e5m2", 5, 64, 128, 64, True), ("f6e3m2fn", 1, 64, 128, 64, False),
+    ("u8", 5, 64, 128, 64, True), ("f8e4m3fn", 16, 64, 128, 64, False),
+    ("f8e5m2", 5, 64, 128, 64, False), ("f6e3m2fn", 1, 64, 128, 64, False),
     ("nf4", 5, 64, 128, 64, False), ("mmabook", 5, 64, 128, 64, False),
 ]
 
