@@ -170,32 +170,25 @@ else:
         impl.__name__ = name
         return intrinsic(impl)
 
-    @intrinsic
-    def pack_f16x2(typingctx, lo, hi):  # noqa: ARG001
-        """One F2FP: two f32 rounded to an f16x2 pair (`lo` in the low half)."""
-        sig = types.uint32(types.float32, types.float32)
+    def _pack2(name: str, ty: str):
+        """One F2FP: two f32 rounded to a `ty`x2 pair (`lo` in the low half)."""
 
-        def codegen(context, builder, signature, args):
-            f32 = ir.FloatType()
-            fnty = ir.FunctionType(_I32, [f32, f32])
-            asm = ir.InlineAsm(fnty, "cvt.rn.f16x2.f32 $0, $1, $2;", "=r,f,f")
-            return builder.call(asm, [args[1], args[0]])
+        def impl(typingctx, lo, hi):  # noqa: ARG001
+            sig = types.uint32(types.float32, types.float32)
 
-        return sig, codegen
+            def codegen(context, builder, signature, args):
+                f32 = ir.FloatType()
+                fnty = ir.FunctionType(_I32, [f32, f32])
+                asm = ir.InlineAsm(fnty, f"cvt.rn.{ty}x2.f32 $0, $1, $2;", "=r,f,f")
+                return builder.call(asm, [args[1], args[0]])
 
-    @intrinsic
-    def pack_bf16x2(typingctx, lo, hi):  # noqa: ARG001
-        """One F2FP: two f32 rounded to a bf16x2 pair (`lo` in the low half)."""
-        sig = types.uint32(types.float32, types.float32)
+            return sig, codegen
 
-        def codegen(context, builder, signature, args):
-            f32 = ir.FloatType()
-            fnty = ir.FunctionType(_I32, [f32, f32])
-            asm = ir.InlineAsm(fnty, "cvt.rn.bf16x2.f32 $0, $1, $2;", "=r,f,f")
-            return builder.call(asm, [args[1], args[0]])
+        impl.__name__ = name
+        return intrinsic(impl)
 
-        return sig, codegen
-
+    pack_f16x2 = _pack2("pack_f16x2", "f16")
+    pack_bf16x2 = _pack2("pack_bf16x2", "bf16")
     prmt = _asm3("prmt", "prmt.b32 $0, $1, $2, $3;")
 
     @intrinsic
