@@ -74,7 +74,8 @@ class Executable:
                      if isinstance(p.type, TensorType) and p.type.dtype == "bf16"}
         mma = mma_packings(k, threads, mma_tiling)
         self.mma = {p.name: mma[p.id] for p in k.params if p.id in mma}
-        self.bytes = {p.name for p in k.params if p.id in mma and is_machine(p.type.dtype)}
+        self.bytes = {p.name: numpy_dtype(p.type.dtype) for p in k.params
+                      if p.id in mma and is_machine(p.type.dtype)}
         order = interleaved_params(k)
         self.interleaved = {p.name: order[p.id] for p in k.params
                             if p.id in order and p.id not in mma}
@@ -91,7 +92,7 @@ class Executable:
                    for n, v in given.items()}
         for n in self.mma:
             if isinstance(given.get(n), PackedWords):
-                checked[n] = _packed_proxy(n, given[n], self.mma[n], n in self.bytes)
+                checked[n] = _packed_proxy(n, given[n], self.mma[n], self.bytes.get(n))
         b = bind(self.k, (), checked | dims)
         for p in self.k.params:
             if p.name in self.mma:
@@ -142,14 +143,14 @@ class _Abi:
         return dict(self.mma)
 
 
-def _packed_proxy(name: str, a: PackedWords, packing, codes: bool) -> np.ndarray:
+def _packed_proxy(name: str, a: PackedWords, packing, codes=None) -> np.ndarray:
     """A canonical-shaped stand-in for binding dims from words already in the mma packing
-    (`codes`: a u8/i8 param, whose canonical form is its codes, one byte each)."""
+    (`codes`: the numpy dtype of a u8/i8 param, whose canonical form is its codes)."""
     if a.packing != packing or a.rows is None:
         raise UserArgumentError(f"argument {name!r}: expected PackedWords in {packing.name} with"
                                 f" rows (QTensor.packed_as), got {a.packing} rows={a.rows}")
-    if codes:
-        return np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), (a.rows, a.count),
+    if codes is not None:
+        return np.lib.stride_tricks.as_strided(np.zeros(1, codes), (a.rows, a.count),
                                                (a.count, 1))
     cols = -(-a.count * packing.bits // 32)
     return np.lib.stride_tricks.as_strided(np.zeros(1, np.uint32), (a.rows, cols), (4 * cols, 4))
