@@ -145,7 +145,6 @@ class PackedB:
         self.words: list[list[str]] = []
         self.shifted: dict[tuple[str, int], str] = {}
         self.lookups = None
-        self.magics: dict[int, str] = {}
 
     def condition(self) -> str:
         """Block-uniform: the window is aligned to the packing's tiles and inside its words."""
@@ -172,15 +171,6 @@ class PackedB:
                       for _, shift in self.pk.planes]
         if self.table is not None:  # table registers set once, before the K loop
             self.lookups = TableRegisters(src, self.table, f"{name}.shape[1]")
-        if self.affine is not None and self.dst.name == "bf16":  # the magic numbers in
-            # registers: as immediates ptxas rematerialises one per register (the LOP3's
-            # third source is a register); f16 keeps its measured immediates
-            zero = src.tmp(f"U32(({name}.shape[1]) >> 40)", "tz")
-            flip, b = self.affine[2], self.pk.bits
-            self.magics = {
-                x: src.tmp(f"U32({x:#x}) ^ {zero}", "mg")
-                for x in dict.fromkeys(_pair(self.dst.magic) ^ _pair(flip << T)
-                                       for T in range(self.dst.mantissa - b + 1))}
 
     def load(self, ks: str) -> None:
         """This iteration's words of every plane (`unroll` K steps from window offset ks)."""
@@ -303,7 +293,7 @@ class PackedB:
             m = self.src.tmp(f"prmt({word}, U32({(dst.magic >> 8) * 0x01010101:#x}), "
                              f"U32({sel:#x}))", "m")
         else:
-            m = self.magics.get(magic ^ _pair(flip << T), f"U32({magic ^ _pair(flip << T):#x})")
+            m = f"U32({magic ^ _pair(flip << T):#x})" if flip else f"U32({magic:#x})"
             m = self._place(c, [(0, b, T)], m, XOR_AND)
         a, k = consts
         h = self.src.tmp(f"{dst.fma}({m}, U32({dst.pair(a):#x}), U32({dst.pair(k):#x}))", "h")
