@@ -24,13 +24,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lowbitc.backends.numba_cuda.buffers import swizzle_expr
 from lowbitc.backends.numba_cuda.mma_packed import PackedB
 from lowbitc.backends.numba_cuda.mma_weights import codes_by_word, inside_condition, word_leaf
 from lowbitc.layout import mma as frag
 from lowbitc.layout.tv import TVLayout, local, replicated, spatial
 
 MMA_IMPORT = ("from lowbitc.backends.numba_cuda.tensorcore import ldmatrix_x2, ldmatrix_x4, "
-              "mma_bf16, mma_f16, mma_s8")
+              "mma_bf16, mma_f16, mma_s8\n"
+              "from lowbitc.backends.numba_cuda.tensorcore import aligned16, cp_async16_zfill, "
+              "cp_async_commit, cp_async_wait")
 MMA_M, MMA_N = 16, 8
 
 
@@ -266,8 +269,10 @@ def _fragment(ctx, v, tv: TVLayout, kind: Kind, t: int, per_tile: int, base, ks:
     if rows is not None:
         buf, index, offsets, kstride = rows
         at = f"{index} + {offsets[t]}" if offsets[t] else index
-        words = ctx.src.tmp(f"ldmatrix_x{nregs}({buf.name}, U32({at} + {ks} * {kstride}))",
-                            "lm")
+        at = swizzle_expr(ctx.src, f"{at} + {ks} * {kstride}", buf.swizzle)
+        if buf.base:
+            at = f"{buf.base} + {at}"
+        words = ctx.src.tmp(f"ldmatrix_x{nregs}({buf.name}, U32({at}))", "lm")
         return [f"{words}[{r}]" for r in range(nregs)]
     regs = []
     for r in range(nregs):
@@ -294,8 +299,8 @@ def shared_source(ctx, v):
             return None
         buf, transposed = ctx.bufs.get(op.operands[0].id), True
     if (buf is None or buf.dtype not in ("f16", "bf16") or len(buf.shape) != 2
-            or buf.swizzle is not None):
-        return None
+            or (buf.swizzle is not None and buf.swizzle[1] < 3)):
+        return None  # (a swizzle moving whole 8-half rows keeps ldmatrix's 16-byte rows)
     return (buf, transposed) if buf.strides()[0] % 8 == 0 else None
 
 

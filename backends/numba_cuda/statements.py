@@ -12,6 +12,7 @@ from lowbitc.backends.numba_cuda.elements import fail, shape_of
 from lowbitc.backends.numba_cuda.halves import store_pairs
 from lowbitc.backends.numba_cuda.mma_dot import mma_tiling, render_mma_dot
 from lowbitc.backends.numba_cuda.mma_stated import check_stated_layouts
+from lowbitc.backends.numba_cuda.pipeline import Pipeline, staged_loads
 from lowbitc.backends.numba_cuda.source import literal, numba_type
 from lowbitc.backends.numba_cuda.units import window_in_unit
 from lowbitc.ir.core import Op, Value
@@ -259,12 +260,20 @@ def _for(ctx, op: Op) -> None:
             ctx.src.line(f"{x} = {ctx.elem(init, ())}")
         else:
             ctx.write(x, init)
+    staged = staged_loads(ctx, op)
+    pipe = Pipeline(ctx, op, staged, lo, hi, step) if staged else None
+    if pipe is not None:  # activation tiles in flight (pipeline.py)
+        pipe.prologue()
     i = ctx.src.fresh("i")
     ctx.src.line(f"{i} = {lo}")
     with ctx.src.block(f"while {i} < {hi}:"):
+        if pipe is not None:
+            pipe.advance(i)
         outs = ctx.region(op.regions[0], (i, *carried))
         update(ctx, carried, outs)
         ctx.src.line(f"{i} += {step}")
+    if pipe is not None:
+        pipe.drain()
     for r, x in zip(op.results, carried, strict=False):
         ctx.bind(r, x)
 
