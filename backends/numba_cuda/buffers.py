@@ -43,6 +43,15 @@ def swizzle_expr(src, offset: str, sw: tuple[int, int, int] | None) -> str:
     return f"({off} ^ {moved})"
 
 
+def swizzle_offset(off: int, sw: tuple[int, int, int] | None) -> int:
+    """CuTe's Swizzle<bits, base, shift> of an element offset (as `swizzle_expr` emits)."""
+    if sw is None:
+        return off
+    bits, base, shift = sw
+    yyy = ((1 << bits) - 1) << (base + shift)
+    return off ^ ((off & yyy) >> shift)
+
+
 @dataclass(frozen=True)
 class TensorRef:
     """A kernel tensor argument: array name, extents (expressions), bits if packed, and

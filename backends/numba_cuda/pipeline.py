@@ -30,8 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-from lowbitc.backends.numba_cuda.buffers import Buf, swizzle_expr
-from lowbitc.backends.numba_cuda.mma_banks import swizzle_offset
+from lowbitc.backends.numba_cuda.buffers import Buf, swizzle_expr, swizzle_offset
 from lowbitc.backends.numba_cuda.mma_dot import Tiling, mma_tiling
 from lowbitc.ir.core import Op, Value, walk
 from lowbitc.ir.types import ScalarType, TensorType
