@@ -28,13 +28,19 @@ def launch(dispatcher, grid: tuple[int, int, int], threads: int, args: list,
 def allow_dynamic_shared(cufunc, nbytes: int) -> None:
     """Let `cufunc` (numba-cuda's CudaPythonFunction) launch with `nbytes` of dynamic shared
     memory; a located error when its device's architecture cannot."""
-    from numba.cuda.cudadrv.driver import binding, driver
-
     major, minor = cufunc.device.compute_capability
     arch = f"sm_{major}{minor}"
     limit = DYNAMIC_SHARED_LIMIT.get(arch, 48 * 1024)
     if nbytes > limit:
         raise BackendError(f"cuda: the kernel needs {nbytes} bytes of shared memory per block, "
                            f"more than the {limit} bytes {arch} allows; use smaller tiles")
+    set_max_dynamic_shared(cufunc.handle, cufunc.device.id, int(nbytes))
+
+
+def set_max_dynamic_shared(handle, device: int, nbytes: int) -> None:
+    """cuKernelSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes), as
+    numba-cuda's own `set_shared_memory_carveout` sets its attribute."""
+    from numba.cuda.cudadrv.driver import binding, driver
+
     attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    driver.cuKernelSetAttribute(attr, int(nbytes), cufunc.handle, cufunc.device.id)
+    driver.cuKernelSetAttribute(attr, nbytes, handle, device)

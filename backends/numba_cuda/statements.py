@@ -13,7 +13,8 @@ from lowbitc.backends.numba_cuda.halves import store_pairs
 from lowbitc.backends.numba_cuda.mma_dot import mma_tiling, render_mma_dot
 from lowbitc.backends.numba_cuda.mma_stated import check_stated_layouts
 from lowbitc.backends.numba_cuda.pipeline import Pipeline, staged_loads
-from lowbitc.backends.numba_cuda.source import literal, numba_type
+from lowbitc.backends.numba_cuda.reduce_order import rotation
+from lowbitc.backends.numba_cuda.source import literal, numba_type, size_of
 from lowbitc.backends.numba_cuda.units import window_in_unit
 from lowbitc.ir.core import Op, Value
 from lowbitc.ir.types import TileType, is_float, numpy_dtype
@@ -219,13 +220,21 @@ def _reduce(ctx, op: Op) -> None:
     if dt == "bool":
         raise fail(op, "reductions of bool tiles are not supported")
     R = numba_type(dt)
+    outputs = size_of(shape_of(res.type)) if isinstance(res.type, TileType) else 1
+    per, rot = rotation(ctx, src, ax, outputs)  # conflict-free walk (reduce_order.py)
 
     def compute(idx: tuple[str, ...]) -> str:
         acc = ctx.src.tmp(_identity(kind, dt), "acc")
         r = ctx.src.fresh("r")
+        row = idx[0] if per == 1 else f"{idx[0]} // {per}"
+        start = ctx.src.tmp(f"({row} * {rot}) % {n}", "r0") if rot else ""
         ctx.src.line(f"{r} = 0")
         with ctx.src.block(f"while {r} < {n}:"), ctx.scope():
-            x = ctx.elem(src, idx[:ax] + (r,) + idx[ax:])
+            at = r
+            if rot:
+                at = ctx.src.tmp(f"{r} + {start}", "rc")
+                ctx.src.line(f"{at} = {at} - {n} if {at} >= {n} else {at}")
+            x = ctx.elem(src, idx[:ax] + (at,) + idx[ax:])
             expr = f"{acc} + {x}" if kind == "sum" else f"{kind}({acc}, {x})"
             ctx.src.line(f"{acc} = {R}({expr})")
             ctx.src.line(f"{r} += 1")
