@@ -226,8 +226,10 @@ def _reduce(ctx, op: Op) -> None:
     def compute(idx: tuple[str, ...]) -> str:
         acc = ctx.src.tmp(_identity(kind, dt), "acc")
         r = ctx.src.fresh("r")
-        row = idx[0] if per == 1 else f"{idx[0]} // {per}"
-        start = ctx.src.tmp(f"({row} * {rot}) % {n}", "r0") if rot else ""
+        start = ""
+        if rot:  # (a row reduction of a 2-D tile: idx is the output row)
+            row = idx[0] if per == 1 else f"{idx[0]} // {per}"
+            start = ctx.src.tmp(f"({row} * {rot}) % {n}", "r0")
         ctx.src.line(f"{r} = 0")
         with ctx.src.block(f"while {r} < {n}:"), ctx.scope():
             at = r
