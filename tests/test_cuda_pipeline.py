@@ -59,8 +59,32 @@ def test_stage_swizzle_is_conflict_free_for_copies_and_ldmatrix(bm, bk, threads)
         assert sw is not None and not pipeline._ldmatrix_free(bk, t, None, threads)
 
 
+_RULE = """kernel k(x: f16[M, K], w: f16[N, K], y: f32[M, N])
+  threads 32
+{
+  acc = zeros(f32, [16, 8])
+  off = 0
+  for k in range(0, K, 16) {
+    a = load(x[0 :+ 16, START :+ 16])
+    acc = dot(a, transpose(load(w[0 :+ 8, k :+ 16])), acc)
+    off = off + 16
+  }
+  store(y[0 :+ 16, 0 :+ 8], acc)
+}
+"""
+
+
 def test_loads_that_stay_off_the_pipeline():
-    """f32 activations take the SIMT dot: no staged load, no cp.async."""
+    """A user kernel's A tile at the loop index is staged (a rule, not a kernel name); at a
+    loop-carried offset (unknown for a later iteration) it is not; f32 activations take the
+    SIMT dot: no staged load, no cp.async."""
+    from lowbitc import compile as compile_kernel
+
+    def source(start):
+        return compile_kernel(_RULE.replace("START", start), backend="cuda").text("python")
+
+    assert "cp_async16_zfill(" in source("k") and "mma_f16(" in source("k")
+    assert "cp_async16_zfill(" not in source("off") and "mma_f16(" in source("off")
     assert "cp_async16_zfill(" not in ops.get_kernel("matmul", "cuda", W="u4").text("python")
     src = _kernel(A="bf16").text("python")
     assert src.count("cp_async16_zfill(") == pipeline.STAGES  # bf16 bits: the same copies

@@ -6,7 +6,8 @@ A `load` at the top level of a `for` body is staged when it reads a 2-D window o
 bf16 kernel tensor, the plan keeps it in shared memory, it is the A operand of a dot on tensor
 cores, its rows are whole 16-byte chunks (BK % 8 == 0), it is unmasked or masked by an edge
 mask `arange(BK) + k < lim` (or `<=`) along its columns, and its window starts and mask bounds
-are scalars of the loop index and values defined before the loop. The loop then runs as
+are scalars of the loop index and values defined before the loop (not loop-carried ones), and
+the kernel never stores to that tensor. The loop then runs as
 
     prologue: fill stages 0 .. S-2 (iterations lo, lo + step, ...), commit after each
     each iteration j:  wait_group(S - 2); syncthreads
@@ -58,7 +59,10 @@ def staged_loads(ctx, for_op: Op) -> list[Staged]:
     """The loads of `for_op`'s body that take the pipeline (module doc)."""
     body = for_op.regions[0]
     local = {r.id: op for op in body.ops for r in op.results}
-    params = {p.id for p in ctx.k.params}
+    carried = {a.id for a in body.args[1:]}  # unknown for a later iteration
+    stored = {op.operands[0].id for op in walk(ctx.k.body.ops)
+              if op.opcode in ("store", "store_codes")}
+    params = {p.id for p in ctx.k.params} - stored  # (a copy ahead must not pass a store)
     out = []
     for op in body.ops:
         res = op.results[0] if op.results else None
@@ -78,7 +82,7 @@ def staged_loads(ctx, for_op: Op) -> list[Staged]:
         limit = _edge_mask(op.operands[-1], bk, ctx.defs) if op.attrs.masked else None
         if op.attrs.masked and limit is None:
             continue
-        ops = _slice(op.operands[1:], local)
+        ops = _slice(op.operands[1:], local, carried)
         sw = stage_swizzle(bm, bk, tiling, ctx.threads)
         if ops is None or sw is False:
             continue
@@ -108,12 +112,15 @@ def _edge_mask(m: Value, bk: int, defs: dict):
     return k, lim, d.opcode == "le"
 
 
-def _slice(values, local: dict) -> tuple[Op, ...] | None:
-    """The body ops (in body order) that `values` depend on; None if one reads memory or has
-    effects (it could not be recomputed for a later iteration)."""
+def _slice(values, local: dict, carried: set[int]) -> tuple[Op, ...] | None:
+    """The body ops (in body order) that `values` depend on; None if one reads memory, has
+    effects or reads a loop-carried value (it could not be recomputed for a later
+    iteration)."""
     need, todo = set(), list(values)
     while todo:
         v = todo.pop()
+        if v.id in carried:
+            return None
         d = local.get(v.id)
         if d is None or id(d) in need:
             continue
