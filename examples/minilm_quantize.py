@@ -45,6 +45,10 @@ GPTQ_FORMATS = (("u4", 64, True),)
 # (label, dtype, group size, GPTQ?, quantize_ keywords): docs/quantization.md's rows
 METHOD_ROWS = (
     ("u4 HQQ", "u4", 64, False, {"method": "hqq"}),
+    # True with method="hqq": calibrate for the Hessian diagonal (weights HQQ's fit), no GPTQ
+    ("u4 HQQ cal", "u4", 64, True, {"method": "hqq"}),
+    ("u3 +0.5% HQQ cal", "u3", 64, True, {"outliers": 0.005, "method": "hqq"}),
+    ("u2 +1% HQQ cal", "u2", 32, True, {"outliers": 0.01, "method": "hqq"}),
     ("u3 +0.5% out", "u3", 64, False, {"outliers": 0.005}),
     ("u3 +0.5% GPTQ", "u3", 64, True, {"outliers": 0.005}),
     ("u3 +col:2 GPTQ", "u3", 64, True, {"outliers": "columns:2"}),
@@ -56,7 +60,8 @@ METHOD_ROWS = (
 )
 METHOD_LABELS = {row[0] for row in METHOD_ROWS}
 GOALS = {"u8": 0.999, "u4": 0.97, "u3": 0.90, "u4 HQQ": 0.975, "u3 +0.5% out": 0.95,
-         "u2 +1% GPTQ": 0.90, "rows3": 0.95}
+         "u2 +1% GPTQ": 0.90, "rows3": 0.95, "u4 HQQ cal": 0.975, "u3 +0.5% HQQ cal": 0.95,
+         "u2 +1% HQQ cal": 0.90}
 # GPTQ's calibration text: deliberately not the sentences the embeddings are compared on
 CALIBRATION = (
     "A quick brown fox jumps over the lazy dog.",

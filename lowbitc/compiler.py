@@ -150,8 +150,12 @@ class Kernel:
         # transformed back; any other PackedWords is an argument error, as for the native code
         packed = self.packings
         names = [p.name for p in self.ir.params] + [""] * max(0, len(args) - len(self.ir.params))
-        args = tuple(_canonical(a, packed.get(n)) for n, a in zip(names, args))
-        run(self.ir, *args, **{n: _canonical(a, packed.get(n)) for n, a in kwargs.items()})
+        codes = {p.name: np.int8 if p.type.dtype == "i8" else np.uint8  # u8/i8: bytes
+                 for p in self.ir.params
+                 if getattr(p.type, "shape", None) is not None and p.type.dtype in ("u8", "i8")}
+        args = tuple(_canonical(a, packed.get(n), codes.get(n)) for n, a in zip(names, args))
+        run(self.ir, *args,
+            **{n: _canonical(a, packed.get(n), codes.get(n)) for n, a in kwargs.items()})
 
     def explain(self) -> str:
         """Per packed parameter the packing chosen, and per `dot`, `load` and `store` the path
@@ -182,8 +186,12 @@ def _parse_ir(text: str) -> IRKernel:
     return parse(text, "<cached ir>")
 
 
-def _canonical(a: object, packing: Packing | None) -> object:
+def _canonical(a: object, packing: Packing | None, codes=None) -> object:
+    """`a` as the interpreter reads it: canonical words, or for a u8/i8 param its codes
+    (`codes`: their numpy dtype)."""
     if isinstance(a, PackedWords) and packing is not None and a.packing == packing:
+        if codes is not None:
+            return a.packing.to_codes(a.words, a.count, a.rows).view(codes)
         if isinstance(a.packing, MmaPacking):  # its words pad the rows to tiles
             return a.packing.to_canonical(a.words, a.count, a.rows)
         return a.packing.to_canonical(a.words, a.count)

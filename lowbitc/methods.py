@@ -33,25 +33,66 @@ def quantize(w, dtype, group_size: int, zero_point: bool = False, scale_dtype: s
         raise UserArgumentError(f"method: expected one of {METHODS}, got {method!r}")
     w = quant._check_weight(w)
     mask = out.outlier_mask(w, outliers, column_weights)
+    single = not isinstance(dtype, RowCodebooks | list | tuple)
+    cw = None if column_weights is None else np.asarray(column_weights, np.float64).ravel()
+    if method == "hqq" and mask is not None and single \
+            and out.check_outliers(outliers)[0] == "fraction":
+        mask = _reselect(w, mask, cw, dtype, group_size, zero_point, scale_dtype)
     dense_w = w if mask is None else out.split(w, mask)
+    weights = _fit_weights(w.shape, cw, mask) if method == "hqq" else None
     if isinstance(dtype, RowCodebooks):
         qt = mixture.row_tables(dense_w, dtype.tables, dtype.bits)
     elif isinstance(dtype, list | tuple):
         members = mixture.check_members(dtype)
         parts = [_one(dense_w, f, group_size, zero_point and f.kind == "uint", scale_dtype,
-                      method) for f in members]
+                      method, weights) for f in members]
         qt = mixture.assemble(dense_w, members, parts)
     else:
-        qt = _one(dense_w, dtype, group_size, zero_point, scale_dtype, method)
+        qt = _one(dense_w, dtype, group_size, zero_point, scale_dtype, method, weights)
     if mask is not None:
         sparse = out.residual(w, qt.dequantize(), mask, outlier_dtype)
         qt = dataclasses.replace(qt, sparse=sparse)
     return qt
 
 
-def _one(w, dtype, group_size, zero_point, scale_dtype, method) -> quant.QTensor:
+def _one(w, dtype, group_size, zero_point, scale_dtype, method, weights=None) -> quant.QTensor:
     qt = quant.quantize(w, dtype, group_size, zero_point, scale_dtype)
-    return hqq_requantize(qt, w) if method == "hqq" else qt
+    return hqq_requantize(qt, w, weights) if method == "hqq" else qt
+
+
+def _fit_weights(shape, cw: np.ndarray | None, mask: np.ndarray | None) -> np.ndarray | None:
+    """HQQ's per-weight error weights [N, K]: the column weights (or 1), 0 at outliers."""
+    if cw is None and mask is None:
+        return None
+    d = np.ones(shape) if cw is None else np.broadcast_to(cw, shape).copy()
+    if mask is not None:
+        d[mask] = 0.0
+    return d
+
+
+def _reselect(w, mask, cw, dtype, group_size, zero_point, scale_dtype) -> np.ndarray:
+    """SpQR's choice of outliers for a budget of mask.sum() weights: fit the groups without a
+    first choice (`mask`, by weighted magnitude), then keep the weights with the largest
+    weighted squared error against that grid (ties: any)."""
+    fitted = _one(out.split(w, mask), dtype, group_size, zero_point, scale_dtype, "hqq",
+                  _fit_weights(w.shape, cw, mask))
+    err = np.square(w.astype(np.float64) - requantized(fitted, w).dequantize())
+    if cw is not None:
+        err = err * cw
+    count = int(mask.sum())
+    flat = err.ravel()
+    keep = np.zeros(flat.size, bool)
+    keep[np.argpartition(flat, flat.size - count)[flat.size - count:]] = True
+    return keep.reshape(w.shape)
+
+
+def requantized(qt: quant.QTensor, w: np.ndarray) -> quant.QTensor:
+    """`qt`'s scales and zeros applied to `w` (the codes rounding w gives under them)."""
+    g, k = qt.group_size, qt.shape[1]
+    y = w / np.repeat(qt.scales, g, axis=1)[:, :k]
+    if qt.zeros is not None:
+        y = y + np.repeat(qt.zeros, g, axis=1)[:, :k]
+    return dataclasses.replace(qt, codes=qt.dtype.encode(y))
 
 
 def groups(w: np.ndarray, g: int) -> np.ndarray:
@@ -65,8 +106,10 @@ def groups(w: np.ndarray, g: int) -> np.ndarray:
     return w.reshape(-1, g)
 
 
-def hqq_requantize(qt: quant.QTensor, w: np.ndarray) -> quant.QTensor:
-    """`qt` with HQQ-refined scales (and zeros) and the codes they give (lowbitc.hqq)."""
+def hqq_requantize(qt: quant.QTensor, w: np.ndarray, weights: np.ndarray | None = None
+                   ) -> quant.QTensor:
+    """`qt` with HQQ-refined scales (and zeros) and the codes they give (lowbitc.hqq);
+    `weights` [N, K] weigh each weight's squared error."""
     n, k = qt.shape
     g = qt.group_size
     if k % g:  # the partial last group keeps the search's result
@@ -77,14 +120,15 @@ def hqq_requantize(qt: quant.QTensor, w: np.ndarray) -> quant.QTensor:
                              np.ascontiguousarray(qt.scales[:, :-1]),
                              None if qt.zeros is None else
                              np.ascontiguousarray(qt.zeros[:, :-1]), qt.scale_dtype)
-        head = hqq_requantize(head, w[:, :full])
+        head = hqq_requantize(head, w[:, :full], None if weights is None else weights[:, :full])
         scales = np.concatenate([head.scales, qt.scales[:, -1:]], axis=1)
         zeros = None if qt.zeros is None else np.concatenate([head.zeros, qt.zeros[:, -1:]], 1)
         codes = np.concatenate([head.codes, qt.codes[:, full:]], axis=1)
         return dataclasses.replace(qt, codes=codes, scales=scales, zeros=zeros)
     sfmt = quant.get_dtype(qt.scale_dtype)
     s, z = hqq.refine(qt.dtype, lambda s: quant._round_scale(s, sfmt), groups(w, g),
-                      qt.scales.ravel(), None if qt.zeros is None else qt.zeros.ravel())
+                      qt.scales.ravel(), None if qt.zeros is None else qt.zeros.ravel(),
+                      weights=None if weights is None else groups(weights, g))
     scales = s.reshape(n, -1).astype(np.float32)
     y = w / np.repeat(scales, g, axis=1)
     zeros = None

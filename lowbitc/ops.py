@@ -41,11 +41,14 @@ CUDA_DEQUANT_BN = {"f16": 256}
 def weight_storage(qw: QTensor, k: Kernel | None = None, param: str = "w"):
     """What a kernel's weight parameter takes: the canonical packed words, or for u8/i8
     (which are also machine types) the codes as a plain byte array; for a kernel `k` that
-    reads `param` in a layout-specific packing, the words in it (cached on the QTensor)."""
+    reads `param` in a layout-specific packing (u8/i8 included), the words in it (cached on
+    the QTensor)."""
+    packing = k.packings.get(param) if k is not None else None
+    if packing is not None:
+        return qw.packed_as(packing)
     if is_machine(qw.dtype.name):
         return np.ascontiguousarray(qw.codes).view(numpy_dtype(qw.dtype.name))
-    packing = k.packings.get(param) if k is not None else None
-    return qw.packed if packing is None else qw.packed_as(packing)
+    return qw.packed
 
 
 def _check_qtensor(qw: object) -> QTensor:
@@ -238,8 +241,11 @@ def mix_params(qw: TableQTensor, M: int, adt: str) -> dict:
     """matmul_mix's parameters for a mixture of named formats (members padded to 4)."""
     members, g = qw.member_formats, qw.group_size
     params = {f"W{i}": f for i, f in enumerate(members + (members[0],) * (4 - len(members)))}
+    # 128 rows a block where there are enough: the row-table dot's per-window work (the
+    # group's scales and indices, the output tile) is spread over more rows
     params.update(T=len(members), A=adt, ZP=qw.zeros is not None,
-                  BM=1 if M == 1 else 2 if M == 2 else 4 if M <= 4 else 8, BN=64,
+                  BM=1 if M == 1 else 2 if M == 2 else 4 if M <= 4 else 8,
+                  BN=128 if qw.shape[0] >= 2048 else 64,
                   BK=128 if g % 128 == 0 else 64 if g % 64 == 0 else 32)
     return params
 

@@ -84,6 +84,9 @@ def test_bit_linear_expressions():
     assert mma_dot.bit_linear([0, 1, 2], "tid") is None
 
 
+BOOK = lowbitc.codebook([-1.5, -0.5, 0.0, 0.25, 0.5, 1.0, 1.000244140625, 2.0], name="mmabook")
+
+
 def _rendered(w="u4", **params):
     k = ops.get_kernel("matmul_mma", "cuda", W=w, **params)
     return k.text("python")
@@ -166,33 +169,59 @@ def test_mma_matmul_sass_has_hmma_and_ldsm_and_no_spills(w, arch, capsys):
 
 
 # Achieved non-HMMA per HMMA in the steady-state K loop at `lowbitc emit`'s defaults (BM=16,
-# BN=64 on one warp, BK=64; weights from the mma packing), rounded up by ~0.5 for ptxas
-# scheduling; issue 13's goal is u4 <= 8 and every other width <= 16 (docs/cuda.md has the
-# table). u4 and one odd width by default, every width under -m slow.
-ACHIEVED = {"u4": (6.12, 6.62), "u3": (10.81, 11.44)}
-ACHIEVED_SLOW = {"u1": (6.88, 7.12), "u2": (6.25, 6.5), "u5": (10.62, 11.0),
-                 "u6": (10.75, 10.81), "u7": (14.94, 15.5)}
+# BN=64 on one warp, BK=64; weights from the mma packing), (format, activations) ->
+# (sm_80, sm_90), each checked at +0.5 for ptxas scheduling; issue 13's goal is u4 <= 8 and
+# every other width <= 16 (docs/cuda.md has the table). u4 and u3 on both archs and one float
+# format on sm_80 by default, every format, arch and activation type under -m slow.
+ACHIEVED = {
+    ("u1", "f16"): (6.88, 7.12), ("u1", "bf16"): (6.75, None), ("u2", "f16"): (6.25, 6.5),
+    ("u2", "bf16"): (None, None), ("u3", "f16"): (10.81, 11.44), ("u3", "bf16"): (None, None),
+    ("u4", "f16"): (6.12, 6.62), ("u4", "bf16"): (None, 7.25), ("u5", "f16"): (10.62, 11.0),
+    ("u5", "bf16"): (None, None), ("u6", "f16"): (10.75, 10.81), ("u6", "bf16"): (None, None),
+    ("u7", "f16"): (15.06, 15.5), ("u7", "bf16"): (15.94, 15.94), ("u8", "f16"): (5.69, 5.88),
+    ("u8", "bf16"): (12.38, 12.88), ("i2", "f16"): (6.62, None), ("i2", "bf16"): (None, None),
+    ("i4", "f16"): (6.25, None), ("i4", "bf16"): (None, None), ("b1", "f16"): (7.12, None),
+    ("b1", "bf16"): (None, None), ("b3", "f16"): (10.75, None), ("b3", "bf16"): (10.62, None),
+    ("f4e2m1fn", "f16"): (11.75, 12.12), ("f4e2m1fn", "bf16"): (11.75, 12.12),
+    ("f6e3m2fn", "f16"): (None, 13.5), ("f6e3m2fn", "bf16"): (None, None),
+    ("f6e2m3fn", "f16"): (15.62, 15.75), ("f6e2m3fn", "bf16"): (None, None),
+    ("f8e4m3fn", "f16"): (11.38, 11.75), ("f8e4m3fn", "bf16"): (11.38, 11.75),
+    ("f8e5m2", "f16"): (6.56, 6.75), ("f8e5m2", "bf16"): (None, None),
+    ("nf4", "f16"): (12.88, 13.25), ("nf4", "bf16"): (12.75, 13.25),
+    ("mmabook", "f16"): (13.56, None), ("mmabook", "bf16"): (13.56, None),
+}
+FAST = {("u4", "f16", "sm_80"), ("u4", "f16", "sm_90"), ("u3", "f16", "sm_80"),
+        ("u3", "f16", "sm_90"), ("f4e2m1fn", "f16", "sm_80")}
 ARCHS = ("sm_80", "sm_90")
 
 
 def _bound_cases():
-    fast = [(w, a, ACHIEVED[w][i]) for w in ACHIEVED for i, a in enumerate(ARCHS)]
-    slow = [pytest.param(w, a, got[i], marks=pytest.mark.slow)
-            for w, got in ACHIEVED_SLOW.items() for i, a in enumerate(ARCHS)]
-    return fast + slow
+    out = []
+    for (w, act), got in ACHIEVED.items():
+        for arch, achieved in zip(ARCHS, got, strict=True):
+            marks = () if (w, act, arch) in FAST else (pytest.mark.slow,)
+            out.append(pytest.param(w, act, arch, achieved, marks=marks,
+                                    id=f"{w}-{act}-{arch}"))
+    return out
 
 
 @pytest.mark.cuda_toolchain
 @needs_toolchain
-@pytest.mark.parametrize("w,arch,achieved", _bound_cases())
-def test_mma_loop_non_hmma_per_hmma_bound(w, arch, achieved, capsys):
+@pytest.mark.parametrize("w,act,arch,achieved", _bound_cases())
+def test_mma_loop_non_hmma_per_hmma_bound(w, act, arch, achieved, capsys):
     """The steady-state loop has no bounds checks (the inside-tile version of the K loop), at
-    least 8 HMMA, and at most the achieved non-HMMA per HMMA (+0.5), within the issue's goal."""
-    st = _stats(w, arch, capsys)
+    least 8 HMMA, and at most the achieved non-HMMA per HMMA (+0.5), within the issue's goal
+    (`achieved` None: measured for docs/cuda.md's table only at the goal)."""
+    from lowbitc import formats
+
+    formats.register(BOOK)  # `--wtype mmabook`
+    st = _stats(w, arch, capsys, act)
     loop = st["mma_loop"]
+    goal = 8 if w == "u4" else 16
     assert st["spill_bytes"] == 0 and loop["hmma"] >= 8, loop
     assert loop["nested_loops"] == 0 and loop["sass_mix"].get("ISETP", 0) <= 2, loop
-    assert loop["non_hmma_per_hmma"] <= min(achieved + 0.5, 8 if w == "u4" else 16), loop
+    assert loop["non_hmma_per_hmma"] <= min(goal, goal if achieved is None else achieved + 0.5), \
+        loop
 
 
 @pytest.mark.cuda_toolchain
@@ -205,7 +234,7 @@ def test_i8_dot_assembles_to_imma_without_spills(arch):
 
 
 def test_simulator_suite():
-    run_simulator_suite("test_sim_mma.py", passed=41)
+    run_simulator_suite("test_sim_mma.py", passed=59)
 
 
 def test_weights_decode_into_b_registers():
@@ -222,6 +251,28 @@ def test_weights_decode_into_b_registers():
     fast = src[src.index("if full"):src.index("else:", src.index("if full"))]
     slow = src[src.index("else:", src.index("if full")):]
     assert "ld_at_u32x4(" in fast and "0 <= g" not in fast and "0 <= g" in slow
+
+
+# (format, activations) -> what the steady loop's B registers are made of (mma_decode.py)
+RECIPES = {("u4", "bf16"): "hfma2_bf16(", ("u8", "f16"): "prmt(", ("u8", "bf16"): "pack_bf16x2(",
+           ("f4e2m1fn", "f16"): "hfma2(", ("f8e5m2", "f16"): "lop3(", ("nf4", "f16"): "prmt(",
+           ("mmabook", "bf16"): "prmt(", ("f6e3m2fn", "bf16"): "hfma2_bf16(",
+           ("f8e4m3fn", "f16"): "hfma2(", ("i2", "bf16"): "hfma2_bf16(",
+           ("f6e2m3fn", "f16"): "hfma2(", ("nf4", "bf16"): "prmt(", ("b3", "bf16"): "hfma2_bf16("}
+FAST_RECIPES = {("u4", "bf16"), ("u8", "f16"), ("f4e2m1fn", "f16"), ("mmabook", "bf16")}
+
+
+@pytest.mark.parametrize("w,act", [
+    (w, a) if (w, a) in FAST_RECIPES else pytest.param(w, a, marks=pytest.mark.slow)
+    for w, a in RECIPES])
+def test_every_format_decodes_in_registers_without_per_element_code(w, act):
+    """The steady K loop (the mma packing's 128-bit loads) builds every B register from its
+    words by the format's recipe (affine magic, f32 magic for 8 bits into bf16, float fields,
+    table registers): no code is handed to the element-wise decode (`PackedB._seed`)."""
+    src = _rendered(BOOK if w == "mmabook" else w, A=act)
+    fast = src[src.index("if full"):src.index("else:", src.index("if full"))]
+    assert "ld_at_u32x4(" in fast and RECIPES[w, act] in fast and "mma_" in fast, (w, act)
+    assert not re.search(r"\bv\d+ = ", fast), (w, act)  # no element-wise codes
 
 
 @pytest.mark.parametrize("params,packed", [({}, True), ({"W": "u3"}, True),
@@ -249,9 +300,8 @@ def test_mma_path_choice_on_the_host():
 @needs_toolchain
 @pytest.mark.parametrize("arch", ["sm_80"])  # (sm_90: the f16 tests; one arch keeps CI short)
 def test_bf16_activations_assemble_to_hmma_without_spills(arch, capsys):
-    """`emit matmul -D A=bf16` is matmul_mma with mma .bf16 (HMMA in the K loop, no spills).
-    (Its weights are decoded element by element: the f16 path's LOP3 + HFMA2 recipe has no
-    bf16 twin yet, so the loop is longer than f16's.)"""
+    """`emit matmul -D A=bf16` is matmul_mma with mma .bf16 (HMMA in the K loop, no spills),
+    its weights decoded by the bf16 magic 128 (LOP3 + HFMA2.BF16)."""
     assert "mma_bf16(" in _rendered("u4", A="bf16")
     st = _stats("u4", arch, capsys, "bf16")
     assert st["spill_bytes"] == 0 and st["stack_bytes"] == 0

@@ -6,9 +6,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+from cuda_checks import assemble_without_spills, needs_toolchain, run_simulator_suite
 
 import lowbitc
 from lowbitc import ops
+from lowbitc.commands import emit
+from lowbitc.commands.compile import compile_file
 from lowbitc.mixture import TableQTensor
 
 
@@ -78,3 +81,21 @@ def test_table_linear_uses_the_kernel_for_few_rows():
     np.testing.assert_array_equal(y.reshape(6, 64).numpy(), want)
     w = torch.from_numpy(layer.qweight.dequantize())
     torch.testing.assert_close(y, x @ w.T + layer.bias, rtol=1e-5, atol=1e-5)
+
+
+
+@needs_toolchain
+@pytest.mark.cuda_toolchain
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_mixture_kernel_ptx_assembles_without_spills(arch):
+    (k, _), = compile_file(str(ops.kernel_path("matmul_mix")), None,
+                           {"W0": "u4", "W1": "nf4", "W2": "f4e2m1fn", "W3": "i4", "ZP": True},
+                           backend="cuda")
+    ptx = emit.cuda_text(k, "ptx", arch)
+    assert ptx.count(".entry") == 1
+    assemble_without_spills(ptx, arch)  # (it asserts no spills)
+
+
+@needs_toolchain
+def test_mixture_kernel_in_the_cuda_simulator():
+    run_simulator_suite("test_sim_mixture.py", passed=1)

@@ -102,3 +102,44 @@ def test_hqq_never_loses_to_round_to_nearest(fmt, zp):
     if zp:
         y = y + np.repeat(b.zeros[:, :3], 64, axis=1)
     np.testing.assert_array_equal(b.codes[:, :192], b.dtype.encode(y))
+
+
+def _weighted_error(w, q, d):
+    return float((d * np.square(w.astype(np.float64) - q)).sum())
+
+
+def test_weighted_hqq_lowers_the_weighted_error():
+    """Column weights 10^3 on a few columns (as activation outliers give): HQQ weighted by
+    them fits those columns; unweighted quantizers do not know of them."""
+    w = _weight(k=256)
+    d = np.ones(256)
+    d[np.random.default_rng(1).choice(256, 12, replace=False)] = 1e3
+    plain = lowbitc.quantize(w, "u3", 64, zero_point=True).dequantize()
+    unweighted = lowbitc.quantize(w, "u3", 64, zero_point=True, method="hqq").dequantize()
+    weighted = lowbitc.quantize(w, "u3", 64, zero_point=True, method="hqq",
+                                column_weights=d).dequantize()
+    e = [_weighted_error(w, q, d) for q in (plain, unweighted, weighted)]
+    assert e[2] < 0.8 * min(e[:2]), e
+    # the weights do not change what is stored: an ordinary QTensor of u3 codes
+    q = lowbitc.quantize(w, "u3", 64, zero_point=True, method="hqq", column_weights=d)
+    assert q.codes.max() <= 7 and q.scales.shape == (24, 4)
+
+
+def test_hqq_outliers_by_weighted_error_beat_largest_weights(monkeypatch):
+    """method="hqq" with outliers: the kept weights are those the dense grid fits worst
+    (SpQR's choice), so the weighted error is below keeping the largest w^2 * d (with the
+    same weighted HQQ fit, and with round-to-nearest); dense + sparse is still exactly the
+    dequantized weight, with the budget's count."""
+    w = _weight(k=256)
+    d = np.random.default_rng(2).lognormal(0, 1.5, 256)
+    kw = {"zero_point": True, "outliers": 0.02, "column_weights": d}
+    a = lowbitc.quantize(w, "u3", 64, **kw)
+    b = lowbitc.quantize(w, "u3", 64, method="hqq", **kw)
+    monkeypatch.setattr(lowbitc.methods, "_reselect", lambda w, mask, *args: mask)
+    c = lowbitc.quantize(w, "u3", 64, method="hqq", **kw)
+    assert a.sparse.nnz == b.sparse.nnz == c.sparse.nnz == round(0.02 * w.size)
+    eb = _weighted_error(w, b.dequantize(), d)
+    assert eb < 0.9 * _weighted_error(w, c.dequantize(), d)
+    assert eb < 0.8 * _weighted_error(w, a.dequantize(), d)
+    dense = lowbitc.quant.QTensor(b.dtype, b.shape, 64, b.codes, b.scales, b.zeros)
+    np.testing.assert_array_equal(b.dequantize(), dense.dequantize() + b.sparse.to_dense())

@@ -51,3 +51,24 @@ def test_quantize_mixture_and_row_code_books():
         assert isinstance(m[0], TableLinear)
         w = torch.from_numpy(m[0].qweight.dequantize())
         torch.testing.assert_close(m[0](x), x @ w.T + m[0].bias, rtol=1e-5, atol=1e-5)
+
+
+def test_quantize_hqq_with_calibration_weighs_by_the_hessian_diagonal():
+    """quantize_(calibrate=, method="hqq"): no GPTQ; each layer is lowbitc.quantize's HQQ
+    weighted by its inputs' mean x^2 (the Hessian's diagonal), outliers included."""
+    from lowbitc.torch.gptq import collect_hessians  # noqa: PLC0415
+
+    torch.manual_seed(1)
+    x = torch.randn(64, 96) * torch.linspace(0.1, 3, 96)
+
+    def calibrate(mod):
+        mod(x)
+
+    m = _model()
+    h = collect_hessians(m, ["0"], calibrate)["0"]
+    w = m[0].weight.detach().numpy().copy()
+    quantize_(m, "u3", 32, calibrate=calibrate, outliers=0.01, method="hqq")
+    want = lowbitc.quantize(w, "u3", 32, zero_point=True, outliers=0.01, method="hqq",
+                            column_weights=torch.diagonal(h).numpy())
+    np.testing.assert_array_equal(m[0].qweight.dequantize(), want.dequantize())
+    assert m[0].qweight.sparse.nnz == round(0.01 * 96 * 64)

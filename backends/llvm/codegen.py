@@ -30,7 +30,7 @@ from lowbitc.backends.llvm.ops_tiles import dot_into
 from lowbitc.backends.llvm.panel import defer_activations, emit_planned_dot
 from lowbitc.errors import BackendError
 from lowbitc.explain import note, subject_of
-from lowbitc.ir.core import Kernel, Op, Region
+from lowbitc.ir.core import Kernel, Op, Region, walk
 from lowbitc.ir.types import ScalarType, TensorType, TileType, is_machine
 from lowbitc.repack import parse as parse_packing
 
@@ -54,6 +54,7 @@ def render(k: Kernel) -> Rendered:
     name = _name_ok(f"lbk_{k.name}")
     em = Emitter()
     env = Env(em)
+    env.defs = {r.id: op for op in walk(k.body.ops) for r in op.results}
     nargs = len(k.params) + len(k.dims)
     for i, v in enumerate(k.params + k.dims):
         p = em.val(f"getelementptr inbounds ptr, ptr %args, i64 {i}", "pa")

@@ -165,7 +165,13 @@ def lookup_words(em: Emitter, codes: str, table: np.ndarray) -> str:
         return em.val(f"or <{W} x i32> {mag}, {sign}")
     n = max(16, len(table))
     t = np.resize(table, n)
-    regs = [_const(t[i : i + 16]) for i in range(0, n, 16)]
+    return permute_words(em, codes, [_const(t[i : i + 16]) for i in range(0, n, 16)])
+
+
+def permute_words(em: Emitter, codes: str, regs: list[str]) -> str:
+    """regs[codes] for a <W x i32> vector of codes: 1, 2 or 4 <16 x i32> table registers
+    (constants, or a table made at run time: row_tables.py), one permute per 16 codes and
+    register pair."""
     v16 = "<16 x i32>"
     em.declare(f"declare {v16} @llvm.x86.avx512.permvar.si.512({v16}, {v16})")
     em.declare(f"declare {v16} @llvm.x86.avx512.vpermi2var.d.512({v16}, {v16}, {v16})")

@@ -13,7 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from lowbitc.backends.llvm import byte_window, decode, fused_leaves, fused_view, lanes_dot
+from lowbitc.backends.llvm import (
+    byte_window,
+    decode,
+    fused_leaves,
+    fused_view,
+    lanes_dot,
+    row_tables,
+)
 from lowbitc.backends.llvm import lanes as lanes_packing
 from lowbitc.backends.llvm import rows as rows_packing
 from lowbitc.backends.llvm.decode import lookup
@@ -152,8 +159,8 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
         else:
             ok = lanes_packing.window_ok(em, t, starts, codes.attrs.sizes, t.packing)
             path = f"fused register dot ({t.packing.name} vector unpack)"
-        note("dot", weights, path, "windows at the tensor's edges take the generic dot",
-             loc=op.loc)
+        note("dot", weights, path + (row_tables.describe(plan) if fast_path is None else ""),
+             "windows at the tensor's edges take the generic dot", loc=op.loc)
         return ok, lambda: (fast_path or _fused)(env, plan, abuf, out, t, starts)
 
     with_fallback(env, op, plan.deferred, generic_dot, choose)
@@ -206,7 +213,9 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
     zero = "zeroinitializer"
 
     # E is one table permute of the codes: they need not be masked to their width
-    clean = not (plan.root.id in plan.tables and decode.permutes())
+    clean = not ((plan.root.id in plan.tables or plan.root.id in plan.row_tables.wanted)
+                 and decode.permutes())
+    tables = row_tables.by_row(env, plan)  # row j -> its tables (row_tables.py)
 
     def sums(j: str) -> list[str]:
         """Row j's vector accumulators, one per row of `a`."""
@@ -217,6 +226,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
         # a row's next windows are read only after the block's other rows (measured one thread,
         # 4096^2: u5-u7 and f8 GEMV 1.4-2x faster, u8 1.1-1.6x)
         _prefetch_next(em, plan, t, starts, n, bk, base if t.packing is not None else None)
+        rows = tables(j) if tables else None
 
         def unpack(c: str) -> str:
             if t.packing is not None:  # c is a constant here (the steps are unrolled)
@@ -224,7 +234,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
             return codes_at(env, plan, t, starts, n, c)
 
         def step(c: str, accs: list[str]) -> list[str]:
-            w = _eval_tree(env, plan, unpack(c), j, c, plan.core)
+            w = _eval_tree(env, plan, unpack(c), j, c, plan.core, rows)
             k0 = em.val(f"mul i64 {c}, {W}")
             nxt = list(accs)
             for part in range(W // lanes):  # lanes of the accumulator hold k mod `lanes`
@@ -289,8 +299,9 @@ def _vload(em: Emitter, buf: Buf, index: str, width: int = W) -> str:
 
 
 def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
-               root: Value | None = None) -> str:
-    """E (or its value `root`) for row j, codes c*W .. c*W+W-1, as a <W x T> vector."""
+               root: Value | None = None, rows: dict[int, list[str]] | None = None) -> str:
+    """E (or its value `root`) for row j, codes c*W .. c*W+W-1, as a <W x T> vector; `rows`:
+    row j's tables (row_tables.by_row), looked up instead of evaluating their values."""
     root = root or plan.root
     em = env.em
     leaf = plan.codes.results[0]
@@ -314,6 +325,11 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
                 permuted[p] = em.val(f"shufflevector {t} {codes}, {t} poison, "
                                      f"<{W} x i32> <{mask}>")
             vals[rid] = lookup(em, permuted[p], table, op.results[0].type.dtype)
+            continue
+        if rows and rid in rows:  # a function of the code and row j's leaves
+            words = decode.permute_words(em, codes, rows[rid])
+            vals[rid] = em.val(f"bitcast <{W} x i32> {words} to <{W} x float>") \
+                if op.results[0].type.dtype == "f32" else words
             continue
         if op.opcode == "reshape":  # a row regrouping: the same lanes
             vals[rid] = vals[op.operands[0].id]

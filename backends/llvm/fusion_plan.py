@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from lowbitc.backends.llvm import byte_window, fused_view
+from lowbitc.backends.llvm import byte_window, fused_view, row_tables
 from lowbitc.backends.llvm.decode import code_tables
 from lowbitc.explain import note
 from lowbitc.ir.core import Op, Region, Value
@@ -58,6 +58,8 @@ class Plan:
     # the byte windows' codes result id -> their tensor from the window's first byte
     # (fusion.window binds it)
     bases: dict = field(default_factory=dict)
+    # values of E that are a function of the code and of per-row leaves (row_tables.py)
+    row_tables: row_tables.RowTables = row_tables.NONE
 
 
 class RegionIndex(NamedTuple):
@@ -116,6 +118,8 @@ def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS,
                     sorted([*tree, *moved, codes, tr], key=lambda o: order[id(o)]),
                     tr.operands[0], code_tables(tree, codes, tr.operands[0], defs),
                     chain=windows.get(codes.results[0].id, ()), windows=windows)
+        plan.row_tables = row_tables.find(tree, codes, plan.root, plan.tables,
+                                          row_spaces(tree, plan.root))
         plan.core, plan.factor = _scaled(plan, defs)
         plans[op.results[0].id] = plan
     return plans
@@ -163,7 +167,8 @@ def _scaled(plan: Plan, defs: dict[int, Op]) -> tuple[Value | None, float]:
     lower_formats) and core is not a table lookup anyway, else (None, 1.0). Scaling the dot's
     sums instead of every weight is exact unless a product leaves f32's normal range."""
     op = defs.get(plan.root.id)
-    if op is None or op.opcode != "mul" or plan.root.id in plan.tables:
+    if (op is None or op.opcode != "mul" or plan.root.id in plan.tables
+            or plan.root.id in plan.row_tables.wanted):
         return None, 1.0
     for core, k in (op.operands, op.operands[::-1]):
         kd = defs.get(k.id)

@@ -84,6 +84,7 @@ class Env:
         self.block: tuple[str, str, str] = ("0", "0", "0")
         self.steps: dict[int, str] = {}  # a for loop's counter (value id) -> its step
         self.consts: dict[int, Op] = {}  # scalar constants of the regions emitted so far
+        self.defs: dict[int, Op] = {}  # the op defining each value of the kernel (codegen)
 
     def get(self, v: Value):
         for table in (self.scalars, self.tiles, self.tensors):

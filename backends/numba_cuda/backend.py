@@ -22,7 +22,7 @@ from lowbitc.backends.numba_cuda.render import Rendered, render
 from lowbitc.errors import UserArgumentError
 from lowbitc.interp import grid_of_bound
 from lowbitc.ir.core import Kernel, walk
-from lowbitc.ir.types import TensorType, numpy_dtype
+from lowbitc.ir.types import TensorType, is_machine, numpy_dtype
 from lowbitc.passes import magic_convert  # noqa: F401  (registers magic-convert)
 from lowbitc.repack import PackedWords
 from lowbitc.repack_cache import WORDS
@@ -75,6 +75,8 @@ class Executable:
                      if isinstance(p.type, TensorType) and p.type.dtype == "bf16"}
         mma = mma_packings(k, threads, mma_tiling)
         self.mma = {p.name: mma[p.id] for p in k.params if p.id in mma}
+        self.bytes = {p.name: numpy_dtype(p.type.dtype) for p in k.params
+                      if p.id in mma and is_machine(p.type.dtype)}
         order = interleaved_params(k)
         self.interleaved = {p.name: order[p.id] for p in k.params
                             if p.id in order and p.id not in mma}
@@ -91,7 +93,7 @@ class Executable:
                    for n, v in given.items()}
         for n in self.mma:
             if isinstance(given.get(n), PackedWords):
-                checked[n] = _packed_proxy(n, given[n], self.mma[n])
+                checked[n] = _packed_proxy(n, given[n], self.mma[n], self.bytes.get(n))
         b = bind(self.k, (), checked | dims)
         for p in self.k.params:
             if p.name in self.mma:
@@ -142,11 +144,15 @@ class _Abi:
         return dict(self.mma)
 
 
-def _packed_proxy(name: str, a: PackedWords, packing) -> np.ndarray:
-    """A canonical-shaped stand-in for binding dims from words already in the mma packing."""
+def _packed_proxy(name: str, a: PackedWords, packing, codes=None) -> np.ndarray:
+    """A canonical-shaped stand-in for binding dims from words already in the mma packing
+    (`codes`: the numpy dtype of a u8/i8 param, whose canonical form is its codes)."""
     if a.packing != packing or a.rows is None:
         raise UserArgumentError(f"argument {name!r}: expected PackedWords in {packing.name} with"
                                 f" rows (QTensor.packed_as), got {a.packing} rows={a.rows}")
+    if codes is not None:
+        return np.lib.stride_tricks.as_strided(np.zeros(1, codes), (a.rows, a.count),
+                                               (a.count, 1))
     cols = -(-a.count * packing.bits // 32)
     return np.lib.stride_tricks.as_strided(np.zeros(1, np.uint32), (a.rows, cols), (4 * cols, 4))
 
@@ -154,14 +160,18 @@ def _packed_proxy(name: str, a: PackedWords, packing) -> np.ndarray:
 def _mma_words(a, packing, count: int):
     """The words of a param read in the mma packing: PackedWords as given, canonical host words
     transformed once and cached while unchanged (`repack_cache.WORDS`), device words through
-    the host (transformed on every call: pass PackedWords to avoid it)."""
+    the host (transformed on every call: pass PackedWords to avoid it). u8/i8 codes (one byte
+    each) are transformed on every call too."""
     if isinstance(a, PackedWords):
         return a.words
-    if isinstance(a, np.ndarray):
+    if isinstance(a, np.ndarray) and a.dtype.itemsize != 1:
         return WORDS.get(packing, np.ascontiguousarray(a), int(count))
-    host = a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
+    host = a if isinstance(a, np.ndarray) else (
+        a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a))
     from numba import cuda
 
+    if host.dtype.itemsize == 1:  # u8/i8 codes
+        return cuda.to_device(packing.from_codes(np.ascontiguousarray(host).view(np.uint8)))
     return cuda.to_device(packing.from_canonical(np.asarray(host, np.uint32), int(count)))
 
 

@@ -54,6 +54,19 @@ def hfma2_py(a: int, b: int, c: int) -> np.uint32:
     return np.uint32(res.view(np.uint32)[0])
 
 
+def hfma2_bf16_py(a: int, b: int, c: int) -> np.uint32:
+    """PTX fma.rn.bf16x2: a*b+c per 16-bit half (bf16), one rounding (exact in float64 first;
+    subnormals kept, as the PTX instruction keeps them)."""
+    import ml_dtypes
+
+    def halves(x):
+        return np.array([int(x) & _U32], np.uint32).view(ml_dtypes.bfloat16).astype(np.float64)
+
+    with np.errstate(over="ignore"):
+        res = (halves(a) * halves(b) + halves(c)).astype(ml_dtypes.bfloat16)
+    return np.uint32(res.view(np.uint32)[0])
+
+
 def ld_u32x4_py(words: np.ndarray, i: int) -> tuple[np.uint32, ...]:
     """Four consecutive uint32 from index i (a multiple of 4): one 128-bit load on the GPU."""
     i = int(i)
@@ -110,14 +123,23 @@ def pack_f16x2_py(lo: float, hi: float) -> np.uint32:
     return np.uint32(halves.view(np.uint32)[0])
 
 
+def pack_bf16x2_py(lo: float, hi: float) -> np.uint32:
+    """PTX cvt.rn.bf16x2.f32: two f32 rounded to bf16, `lo` in the low half."""
+    import ml_dtypes
+
+    with np.errstate(over="ignore"):
+        halves = np.array([lo, hi], dtype=np.float32).astype(ml_dtypes.bfloat16)
+    return np.uint32(halves.view(np.uint32)[0])
+
+
 def opaque_py(x: int) -> np.uint32:
     return np.uint32(x)
 
 
 if SIMULATOR:
     opaque = opaque_py
-    pack_f16x2 = pack_f16x2_py
-    prmt, hfma2, lop3 = prmt_py, hfma2_py, lop3_py
+    pack_f16x2, pack_bf16x2 = pack_f16x2_py, pack_bf16x2_py
+    prmt, hfma2, hfma2_bf16, lop3 = prmt_py, hfma2_py, hfma2_bf16_py, lop3_py
     ld_u32x4, st_u32x4 = ld_u32x4_py, st_u32x4_py
     ld_row_u32x4, st_row_f16x8 = ld_row_u32x4_py, st_row_f16x8_py
     ld_at, ld_at_u32x4, st_at_f16x8 = ld_at_py, ld_at_u32x4_py, st_at_f16x8_py
@@ -148,19 +170,25 @@ else:
         impl.__name__ = name
         return intrinsic(impl)
 
-    @intrinsic
-    def pack_f16x2(typingctx, lo, hi):  # noqa: ARG001
-        """One F2FP: two f32 rounded to an f16x2 pair (`lo` in the low half)."""
-        sig = types.uint32(types.float32, types.float32)
+    def _pack2(name: str, ty: str):
+        """One F2FP: two f32 rounded to a `ty`x2 pair (`lo` in the low half)."""
 
-        def codegen(context, builder, signature, args):
-            f32 = ir.FloatType()
-            fnty = ir.FunctionType(_I32, [f32, f32])
-            asm = ir.InlineAsm(fnty, "cvt.rn.f16x2.f32 $0, $1, $2;", "=r,f,f")
-            return builder.call(asm, [args[1], args[0]])
+        def impl(typingctx, lo, hi):  # noqa: ARG001
+            sig = types.uint32(types.float32, types.float32)
 
-        return sig, codegen
+            def codegen(context, builder, signature, args):
+                f32 = ir.FloatType()
+                fnty = ir.FunctionType(_I32, [f32, f32])
+                asm = ir.InlineAsm(fnty, f"cvt.rn.{ty}x2.f32 $0, $1, $2;", "=r,f,f")
+                return builder.call(asm, [args[1], args[0]])
 
+            return sig, codegen
+
+        impl.__name__ = name
+        return intrinsic(impl)
+
+    pack_f16x2 = _pack2("pack_f16x2", "f16")
+    pack_bf16x2 = _pack2("pack_bf16x2", "bf16")
     prmt = _asm3("prmt", "prmt.b32 $0, $1, $2, $3;")
 
     @intrinsic
@@ -175,6 +203,7 @@ else:
 
         return sig, codegen
     hfma2 = _asm3("hfma2", "fma.rn.f16x2 $0, $1, $2, $3;")
+    hfma2_bf16 = _asm3("hfma2_bf16", "fma.rn.bf16x2 $0, $1, $2, $3;")
 
     @intrinsic
     def lop3(typingctx, a, b, c, lut):  # noqa: ARG001

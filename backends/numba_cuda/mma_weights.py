@@ -12,6 +12,7 @@ import numpy as np
 from lowbitc.backends.numba_cuda.elements import reg_dtype
 from lowbitc.backends.numba_cuda.halves import ONE_PAIR
 from lowbitc.backends.numba_cuda.halves_plan import _code_values
+from lowbitc.backends.numba_cuda.mma_decode import DESTS
 from lowbitc.backends.numba_cuda.source import numba_type
 
 
@@ -23,7 +24,7 @@ def word_leaf(ctx, v, any_width: bool = False):
     op = ctx.lazy.get(v.id)
     if op is None or op.opcode != "transpose" or tuple(op.attrs.perm) != (1, 0):
         return None
-    leaf = codes_leaf(op.operands[0], ctx.lazy, any_width)
+    leaf = codes_leaf(op.operands[0], ctx.lazy, any_width, machine=any_width)
     if leaf is None or ctx.bufs.get(leaf.results[0].id) is not None:
         return None
     t = ctx.tensor(leaf.operands[0])
@@ -140,20 +141,21 @@ def _f16x2(x: float) -> int:
     return h | h << 16
 
 
-def _affine_values(ctx, leaf, root) -> tuple[float, float, int] | None:
-    """(alpha, beta, flip) when root's f16 value is alpha * (code ^ flip) + beta for every
-    code (flip 0, or the sign bit for two's complement codes), both constants and every value
-    exact in f16; else None."""
-    if root.type.dtype != "f16":
+def _affine_values(ctx, leaf, root, dtype: str = "f16") -> tuple[float, float, int] | None:
+    """(alpha, beta, flip) when root's value (of `dtype`, f16 or bf16) is alpha * (code ^ flip)
+    + beta for every code (flip 0, or the sign bit for two's complement codes), both constants
+    and every value exact in `dtype`; else None."""
+    if root.type.dtype != dtype:
         return None
     values = _code_values(ctx, leaf, root)
+    exact = DESTS[dtype].exact
     codes = np.arange(values.size)
     for flip in (0, values.size // 2):
         flipped = (codes ^ flip).astype(np.float64)
         lo, hi = int(np.argmin(flipped)), int(np.argmax(flipped))
         beta = float(values[lo])
         alpha = float(values[hi] - values[lo]) / max(flipped[hi], 1.0)
-        exact = all(float(np.float16(x)) == x for x in (alpha, beta, *values))
-        if exact and np.array_equal(values, alpha * flipped + beta):
+        if (all(exact(x) for x in (alpha, beta, *values))
+                and np.array_equal(values, alpha * flipped + beta)):
             return alpha, beta, flip
     return None

@@ -22,6 +22,7 @@ from lowbitc.ir.types import TileType
 
 VIEWS = frozenset({"reshape", "transpose", "broadcast"})
 BUFFER_RESULTS = frozenset({"dot", "reduce", "for", "if"})
+BYTE_CODES = ("u8", "i8")  # machine types whose loads are codes (`codes_leaf(machine=True)`)
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,10 @@ class Plan:
     uses: Counter
 
 
-def codes_leaf(v, defs: dict, any_width: bool = False):
+def codes_leaf(v, defs: dict, any_width: bool = False, machine: bool = False):
     """The one unmasked `load_codes` of 1, 2, 4 or 8-bit codes (any width with `any_width`)
-    that v's elementwise chain reads (and nothing else from memory), else None."""
+    that v's elementwise chain reads (and nothing else from memory), else None. `machine`:
+    an unmasked `load` of u8/i8 codes (machine types, read as bytes) counts as one too."""
     leaf, todo, seen = None, [v], set()
     while todo:
         x = todo.pop()
@@ -42,8 +44,10 @@ def codes_leaf(v, defs: dict, any_width: bool = False):
         if x.id in seen or d is None:
             continue
         seen.add(x.id)
-        if d.opcode == "load_codes":
-            if leaf is not None or d.attrs.masked or (32 % max(d.attrs.bits, 1) and not any_width):
+        if d.opcode == "load_codes" or (machine and d.opcode == "load"
+                                        and d.operands[0].type.dtype in BYTE_CODES):
+            if leaf is not None or d.attrs.masked or (
+                    d.opcode == "load_codes" and 32 % max(d.attrs.bits, 1) and not any_width):
                 return None
             leaf = d
         elif d.opcode in ("load", "load_shared", "dot", "reduce", "for", "if"):
@@ -72,9 +76,10 @@ def make_plan(k: Kernel, threads: int = 0, packed: frozenset[int] = frozenset())
     for op in walk(k.body.ops):
         if op.opcode == "dot":
             for v in op.operands[:2]:
-                leaf = codes_leaf(v, defs, any_width=True)
+                leaf = codes_leaf(v, defs, any_width=True, machine=True)
                 if threads and v is op.operands[1] and leaf is not None and (
-                        32 % leaf.attrs.bits == 0 or leaf.operands[0].id in packed):
+                        leaf.operands[0].id in packed
+                        or (leaf.opcode == "load_codes" and 32 % leaf.attrs.bits == 0)):
                     from lowbitc.backends.numba_cuda.mma_dot import mma_tiling
 
                     if mma_tiling(op, threads) is not None:

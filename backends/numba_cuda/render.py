@@ -363,11 +363,11 @@ class Renderer:
     def _tensor_param(self, p: Value, a: str) -> str:
         t = p.type
         rank = len(t.shape)
-        bits = 0 if is_machine(t.dtype) else format_bits(t.dtype)
+        mma = self.mma_packed.get(p.id)  # u8/i8 in the mma packing are words too
+        bits = 0 if is_machine(t.dtype) and mma is None else format_bits(t.dtype)
         elem = SIG_TYPE.get(t.dtype, "uint32") if bits == 0 else "uint32"
         if bits == 0 and t.dtype not in SIG_TYPE:
             raise BackendError(f"cuda: tensor {p.name} of {t} is not supported", self.k.loc)
-        mma = self.mma_packed.get(p.id)
         self.tensors[p.id] = TensorRef(a, tuple(str(d) for d in t.shape), bits,
                                        mma is None and p.id in interleaved_params(self.k), mma)
         return f"{elem}[{', '.join([':'] * (rank - 1) + ['::1'])}]"

@@ -51,7 +51,7 @@ from lowbitc.backends.numba_cuda.bitcast import f32_from_bits, i32_from_f32, u32
 from lowbitc.backends.numba_cuda.bitcast import f16_from_bits, f64_from_bits, u16_from_f16
 from lowbitc.backends.numba_cuda.bitcast import u64_from_f64
 from lowbitc.backends.numba_cuda.intrinsics import hfma2, ld_row_u32x4, lop3, pack_f16x2, prmt
-from lowbitc.backends.numba_cuda.intrinsics import opaque
+from lowbitc.backends.numba_cuda.intrinsics import hfma2_bf16, opaque, pack_bf16x2
 from lowbitc.backends.numba_cuda.intrinsics import ld_at, ld_at_u32x4, st_at_f16x8, st_row_f16x8
 """
 

@@ -13,6 +13,7 @@ on hosts without F16C); bf16 is computed in f32, so it counts 32 bits.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from lowbitc.errors import LoweringError
@@ -32,8 +33,8 @@ def innermost_extent(t: TileType) -> int:
     mode there); the whole row without a layout."""
     if not t.shape:
         return 1
-    if not t.layout:
-        return t.shape[-1]
+    if not t.layout:  # row-major: a column tile ([N, 1]) is one contiguous run
+        return t.shape[-1] if t.shape[-1] > 1 else math.prod(t.shape)
     tv = parse_layout(t.layout)
     modes = tv.dim_modes[-1]
     return tv.mode_shape[modes[-1]] if modes else 1

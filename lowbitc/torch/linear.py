@@ -312,6 +312,8 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
     `method="awq"` (needs `calibrate`, one format, no outliers): activation-aware input
     scaling before round-to-nearest, alpha searched per layer (lowbitc.awq); each layer keeps
     its input scale [in_features] (32 bits per input column) and divides its input by it.
+    `method="hqq"` with `calibrate`: no GPTQ; HQQ's fit weighted by each input column's mean
+    x^2 (the Hessian's diagonal), outliers chosen by that weighted error (lowbitc.methods).
     """
     check_act(act)
     awq_scales = awq.check(calibrate, dtype, outliers) if method == "awq" else None
@@ -348,8 +350,8 @@ def _quantized(m: nn.Linear, dtype, group_size, zero_point, scale_dtype, hessian
         return TableLinear(qw, m.bias)
     fmt = _format(dtype)
     zp = fmt.kind == "uint" if zero_point is None else zero_point
-    if hessian is None:
-        qw = quantize(w, fmt, group_size, zp, scale_dtype, **options)
+    if hessian is None or options["method"] == "hqq":  # HQQ weighted by diag(H), no GPTQ
+        qw = quantize(w, fmt, group_size, zp, scale_dtype, column_weights=diag, **options)
     else:
         mask = outlier_mask(w, options["outliers"], diag)
         qw = gptq_quantize(m.weight, hessian, fmt, group_size, zp, scale_dtype, mask=mask,

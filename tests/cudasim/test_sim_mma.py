@@ -50,6 +50,12 @@ CASES = [
     ("mmabook", 1, 4, 40, 32, False),
     # N past one 64-wide block: the first block's whole tiles take the unchecked K loop
     ("u4", 16, 72, 160, 64, True), ("i4", 5, 70, 96, 32, False),
+    # the mma packing's f16 decodes over every code (64 x 128 weights): u8 by PRMT, the
+    # float formats by field placement, nf4 and the code book by table registers
+    ("u8", 5, 64, 128, 64, True), ("f8e4m3fn", 16, 64, 128, 64, False),
+    ("f8e5m2", 5, 64, 128, 64, False), ("f6e3m2fn", 1, 64, 128, 64, False),
+    ("nf4", 5, 64, 128, 64, False), ("mmabook", 5, 64, 128, 64, False),
+    ("i8", 5, 64, 128, 64, False),
 ]
 
 
@@ -96,6 +102,13 @@ BF16_CASES = [
     ("u4", 5, 11, 80, 32, True), ("u8", 16, 5, 33, 32, True), ("nf4", 5, 6, 130, 128, False),
     ("mmabook", 1, 4, 40, 32, False), ("f8e4m3fn", 33, 9, 45, 32, False),
     ("i4", 5, 70, 96, 32, False),
+    # M <= 16: the mma packing's bf16 decodes (magic 128, f32 magic for 8 bits, float fields,
+    # tables); every code of these formats occurs in a 64 x 128 weight
+    ("u3", 5, 64, 128, 64, True), ("b3", 1, 64, 128, 64, False), ("i2", 16, 64, 128, 64, False),
+    ("f4e2m1fn", 5, 64, 128, 64, False), ("f6e3m2fn", 5, 64, 128, 64, False),
+    ("f6e2m3fn", 5, 64, 128, 64, False), ("f8e4m3fn", 5, 64, 128, 64, False),
+    ("f8e5m2", 5, 64, 128, 64, False), ("u8", 5, 64, 128, 64, False),
+    ("mmabook", 5, 64, 128, 64, False), ("i8", 5, 64, 128, 64, False),
 ]
 
 
@@ -174,8 +187,9 @@ def test_i8_dot_runs_on_s8_tensor_cores_exactly(m, n, k):
 
 
 # (format, activations, M, zero points, params): four warps (BM 64, 128 threads) and one
-# (BM 16); u8's decoded tile is staged in shared memory and read by ldmatrix
-TRACED = [("u4", "bf16", 33, False, {"TH": 128}), ("u8", "f16", 5, False, {}),
+# (BM 16); u8 on four warps at BM 16 keeps canonical bytes (each warp 16 of the 64 columns:
+# not the mma packing), its decoded tile staged in shared memory and read by ldmatrix
+TRACED = [("u4", "bf16", 33, False, {"TH": 128}), ("u8", "f16", 5, False, {"TH": 128}),
           ("u4", "f16", 16, True, {})]
 
 

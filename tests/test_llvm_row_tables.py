@@ -1,0 +1,84 @@
+"""Row tables in the LLVM backend's fused dot (backends/llvm/row_tables.py): a decode that is
+a function of the code and of values constant along K (one per row) -- a per-group choice of
+format, a per-row offset -- is made once per row and looked up with one permute per 16
+codes, tabulated at compile time over a u8/i8/bool row source or evaluated per row otherwise.
+Each form against the reference interpreter and against numpy."""
+
+import numpy as np
+import pytest
+
+import lowbitc
+from lowbitc.backends.llvm import decode
+from lowbitc.compiler import compile
+from lowbitc.interp import run
+from lowbitc.kernels import get_kernel
+from lowbitc.packing import pack
+
+# E picks per row among two decodes of the same codes (the index t tabulates the table); OFF
+# also subtracts a float per row (no small-integer source: the row's table is evaluated)
+ROW_GEMV = """
+kernel row_gemv[W: dtype = u4, V: dtype = nf4, S: dtype = u8, K: int = 128,
+                OFF: bool = false](x: f32[2, K], w: W[N, K], t: S[N], r: f32[N], y: f32[2, N])
+  grid (cdiv(N, 16))
+{
+  n = block.x * 16
+  c = load(w[n :+ 16, :])
+  tb = reshape(cast(load(t[n :+ 16]), i32), [16, 1])
+  e = where(tb == 1, cast(view(c, V), f32), cast(c, f32))
+  e = where(tb == 2, cast(c, f32) * 0.5, e)
+  if OFF { e = e - reshape(load(r[n :+ 16]), [16, 1]) }
+  store(y[:, n :+ 16], dot(load(x[:, :]), transpose(e)))
+}
+"""
+
+
+def _decode(fmt: str, codes: np.ndarray) -> np.ndarray:
+    return lowbitc.dtype(fmt).decode(codes).astype(np.float32)
+
+
+@pytest.mark.parametrize("w,v,s,off", [
+    ("u4", "nf4", "u8", False),  # tabulated over the u8 index: one register per row
+    ("u4", "f4e2m1fn", "i8", True),  # a float per row: evaluated per row
+    ("u5", "f5e2m2", "u8", False),  # 32 entries: two registers per row
+    ("u5", "i5", "u8", True),
+    ("u3", "i3", "u8", False),  # 8 entries repeated to 16
+])
+def test_row_tables_match_the_interpreter_and_numpy(w, v, s, off):
+    rng = np.random.default_rng(0)
+    n, k = 48, 128
+    bits = lowbitc.dtype(w).bits
+    codes = rng.integers(0, 2 ** bits, (n, k)).astype(np.uint8)
+    words = pack(codes, bits)
+    t = rng.integers(0, 4, n).astype(np.uint8)  # 3 means neither: the plain cast
+    if s == "i8":
+        t = (t.astype(np.int8) - 1).astype(np.int8)  # -1 .. 2
+    r = rng.standard_normal(n).astype(np.float32)
+    x = rng.standard_normal((2, k)).astype(np.float32)
+    kern = compile(ROW_GEMV, W=w, V=v, S=s, OFF=off)
+    if decode.permutes():
+        assert "a table per row" in kern.explain()
+        # a float per row cannot be tabulated at compile time: evaluated per row instead
+        assert ("@rowtab" in kern.text("llvm")) == (not off)
+    y = np.zeros((2, n), np.float32)
+    kern(x, words, t, r, y)
+    want = np.zeros((2, n), np.float32)
+    run(kern.ir, x, words, t, r, want)
+    ti = t.astype(np.int64)[:, None]
+    e = np.where(ti == 1, _decode(v, codes), codes.astype(np.float32))
+    e = np.where(ti == 2, codes.astype(np.float32) * np.float32(0.5), e)
+    if off:
+        e = e - r[:, None]
+    # f32 sums in another order: within a few ulps of the sum of magnitudes
+    tol = 4e-6 * float((np.abs(x) @ np.abs(e).T).max())
+    np.testing.assert_allclose(y, want, rtol=0, atol=tol)
+    np.testing.assert_allclose(y, x.astype(np.float64) @ e.T.astype(np.float64), rtol=0,
+                               atol=tol)
+
+
+def test_the_mixture_kernel_takes_row_tables():
+    k = get_kernel("matmul_mix", "llvm", W0="u4", W1="nf4", W2="f4e2m1fn",
+                                   W3="i4", T=4, ZP=True, BM=1, BN=128, BK=64)
+    text = k.explain()
+    assert "0 fallbacks" in text
+    if decode.permutes():
+        assert "a table per row (one permute per 16 codes)" in text
