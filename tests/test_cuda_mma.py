@@ -192,6 +192,12 @@ ACHIEVED = {
 }
 FAST = {("u4", "f16", "sm_80"), ("u4", "f16", "sm_90"), ("u3", "f16", "sm_80"),
         ("u3", "f16", "sm_90"), ("f4e2m1fn", "f16", "sm_80")}
+# the default run's slow cells (CI): one of each decode family, the tightest cells; every
+# other cell (about 20 s of emit + ptxas each) is a `sweep`, run with -m slow or -m sweep
+SLOW = {("u1", "f16", "sm_80"), ("u7", "f16", "sm_90"), ("u7", "bf16", "sm_80"),
+        ("u8", "f16", "sm_80"), ("u8", "bf16", "sm_90"), ("nf4", "f16", "sm_90"),
+        ("f6e2m3fn", "f16", "sm_80"), ("f8e4m3fn", "bf16", "sm_80"),
+        ("mmabook", "f16", "sm_80"), ("u4", "bf16", "sm_90")}
 ARCHS = ("sm_80", "sm_90")
 
 
@@ -199,7 +205,9 @@ def _bound_cases():
     out = []
     for (w, act), got in ACHIEVED.items():
         for arch, achieved in zip(ARCHS, got, strict=True):
-            marks = () if (w, act, arch) in FAST else (pytest.mark.slow,)
+            cell = (w, act, arch)
+            marks = (() if cell in FAST else (pytest.mark.slow,) if cell in SLOW
+                     else (pytest.mark.slow, pytest.mark.sweep))
             out.append(pytest.param(w, act, arch, achieved, marks=marks,
                                     id=f"{w}-{act}-{arch}"))
     return out
