@@ -49,3 +49,11 @@ def pytest_collection_modifyitems(config, items):
     if reason:
         for item in gpu:
             item.add_marker(pytest.mark.skip(reason=f"gpu: {reason}"))
+    # `sweep`: every cell of a table (e.g. each format x arch x activation SASS bound); run
+    # only when asked for with -m (`-m slow` or `-m sweep`), so the suite's default run (CI)
+    # keeps its representative cells and its time
+    if not config.getoption("markexpr", ""):
+        for item in items:
+            if item.get_closest_marker("sweep") is not None:
+                item.add_marker(pytest.mark.skip(
+                    reason="sweep: run with -m slow or -m sweep (every cell of the table)"))

@@ -105,13 +105,17 @@ def test_encoding_cast_and_bf16_are_clear_errors():
 
 
 def test_shared_memory_limit_is_checked():
-    big = """kernel k(a: f32[M, K], b: f32[K, N], y: f32[M, N]) {
-  acc = dot(load(a[0 :+ 128, 0 :+ 64]), load(b[0 :+ 64, 0 :+ 128]), zeros(f32, [128, 128]))
-  store(y[0 :+ 128, 0 :+ 128], acc)
+    """Past 48 KiB the tiles go to dynamic shared memory (launch.py); past the largest
+    arch's dynamic limit (227 KiB) rendering fails with a located error."""
+    src = """kernel k(a: f32[M, K], b: f32[K, N], y: f32[M, N]) {
+  acc = dot(load(a[0 :+ S, 0 :+ 64]), load(b[0 :+ 64, 0 :+ S]), zeros(f32, [S, S]))
+  store(y[0 :+ S, 0 :+ S], acc)
 }
 """
+    r = BACKEND.rendered(_lowered(src.replace("S", "128")))
+    assert 48 * 1024 < r.dynamic_bytes == r.shared_bytes and "cuda.shared.array(0, F32)" in r.source
     with pytest.raises(BackendError, match="shared memory"):
-        BACKEND.emit(_lowered(big))
+        BACKEND.emit(_lowered(src.replace("S", "256")))
 
 
 # ---------------------------------------------------------------- PTX through `lowbitc emit`

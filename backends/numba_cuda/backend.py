@@ -15,6 +15,7 @@ import numpy as np
 from lowbitc.backends.numba_cuda import toolchain
 from lowbitc.backends.numba_cuda.halves import UNITS, steady_state
 from lowbitc.backends.numba_cuda.interleave import HOST_WORDS, device_words, interleaved_params
+from lowbitc.backends.numba_cuda.launch import launch as run
 from lowbitc.backends.numba_cuda.mma_dot import mma_tiling
 from lowbitc.backends.numba_cuda.mma_packed import mma_packings
 from lowbitc.backends.numba_cuda.render import Rendered, render
@@ -119,7 +120,7 @@ class Executable:
         launch += [np.int64(b.dims[d.name]) for d in self.k.dims]
         if gx * gy * gz == 0:
             return
-        self.kernel[(gx, gy, gz), self.threads](*launch)
+        run(self.kernel, (gx, gy, gz), self.threads, launch, self.rendered.dynamic_bytes)
         for d, host in copies:
             d.copy_to_host(host)
 

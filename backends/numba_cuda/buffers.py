@@ -17,6 +17,7 @@ class Buf:
     shape: tuple[int, ...]
     row: int = 0
     swizzle: tuple[int, int, int] | None = None  # a shared tile's Swizzle<bits, base, shift>
+    base: str = ""  # element offset of the tile in `name` (a name: a pipeline stage), "" for 0
 
     def strides(self) -> tuple[int, ...]:
         out = [1] * len(self.shape)
@@ -28,6 +29,27 @@ class Buf:
     @property
     def size(self) -> int:
         return self.shape[0] * self.strides()[0] if self.shape else 1
+
+
+def swizzle_expr(src, offset: str, sw: tuple[int, int, int] | None) -> str:
+    """offset ^ ((offset & yyy_mask) >> shift), CuTe's Swizzle<bits, base, shift> (`offset`
+    itself without one)."""
+    if sw is None:
+        return offset
+    bits, base, shift = sw
+    yyy = ((1 << bits) - 1) << (base + max(0, shift))
+    off = src.tmp(offset, "o")
+    moved = f"(({off} & {yyy}) >> {shift})" if shift >= 0 else f"(({off} & {yyy}) << {-shift})"
+    return f"({off} ^ {moved})"
+
+
+def swizzle_offset(off: int, sw: tuple[int, int, int] | None) -> int:
+    """CuTe's Swizzle<bits, base, shift> of an element offset (as `swizzle_expr` emits)."""
+    if sw is None:
+        return off
+    bits, base, shift = sw
+    yyy = ((1 << bits) - 1) << (base + shift)
+    return off ^ ((off & yyy) >> shift)
 
 
 @dataclass(frozen=True)

@@ -18,20 +18,12 @@ from __future__ import annotations
 
 from functools import cache
 
+from lowbitc.backends.numba_cuda.buffers import swizzle_offset
 from lowbitc.backends.numba_cuda.mma_dot import Tiling, mma_tiling
 from lowbitc.ir.core import Kernel, walk
 from lowbitc.layout.banks import WARP, warp_access
 
 SWIZZLES = [(0, 0, 1)] + [(b, m, s) for b in (1, 2, 3) for m in (0, 1, 2) for s in range(1, 9)]
-
-
-def swizzle_offset(off: int, sw: tuple[int, int, int] | None) -> int:
-    """CuTe's Swizzle<bits, base, shift> of an element offset (as `shared.swizzled` emits)."""
-    if sw is None:
-        return off
-    bits, base, shift = sw
-    yyy = ((1 << bits) - 1) << (base + shift)
-    return off ^ ((off & yyy) >> shift)
 
 
 def conflict_free(tiling: Tiling, row: int, sw, elem_bytes: int = 4) -> bool:

@@ -24,13 +24,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lowbitc.backends.numba_cuda.buffers import swizzle_expr, swizzle_offset
 from lowbitc.backends.numba_cuda.mma_packed import PackedB
 from lowbitc.backends.numba_cuda.mma_weights import codes_by_word, inside_condition, word_leaf
 from lowbitc.layout import mma as frag
 from lowbitc.layout.tv import TVLayout, local, replicated, spatial
 
 MMA_IMPORT = ("from lowbitc.backends.numba_cuda.tensorcore import ldmatrix_x2, ldmatrix_x4, "
-              "mma_bf16, mma_f16, mma_s8")
+              "mma_bf16, mma_f16, mma_s8\n"
+              "from lowbitc.backends.numba_cuda.tensorcore import aligned16, cp_async16_zfill, "
+              "cp_async_commit, cp_async_wait")
 MMA_M, MMA_N = 16, 8
 
 
@@ -264,10 +267,14 @@ def _fragment(ctx, v, tv: TVLayout, kind: Kind, t: int, per_tile: int, base, ks:
     iteration) for weights in the mma packing)."""
     nregs = per_tile // kind.per_reg
     if rows is not None:
-        buf, index, offsets, kstride = rows
-        at = f"{index} + {offsets[t]}" if offsets[t] else index
-        words = ctx.src.tmp(f"ldmatrix_x{nregs}({buf.name}, U32({at} + {ks} * {kstride}))",
-                            "lm")
+        buf, index, offsets, kstride, starts = rows
+        if starts is not None:  # the swizzled row of k = ks: the tile's k = 0 row ^ ks
+            at = f"{starts[t]} ^ ({ks} * {kstride})"
+        else:
+            at = f"{index} + {offsets[t]}" if offsets[t] else index
+            at = swizzle_expr(ctx.src, f"{at} + {ks} * {kstride}", buf.swizzle)
+            at = f"{buf.base} + {at}" if buf.base else at
+        words = ctx.src.tmp(f"ldmatrix_x{nregs}({buf.name}, U32({at}))", "lm")
         return [f"{words}[{r}]" for r in range(nregs)]
     regs = []
     for r in range(nregs):
@@ -294,8 +301,8 @@ def shared_source(ctx, v):
             return None
         buf, transposed = ctx.bufs.get(op.operands[0].id), True
     if (buf is None or buf.dtype not in ("f16", "bf16") or len(buf.shape) != 2
-            or buf.swizzle is not None):
-        return None
+            or (buf.swizzle is not None and buf.swizzle[1] < 3)):
+        return None  # (a swizzle moving whole 8-half rows keeps ldmatrix's 16-byte rows)
     return (buf, transposed) if buf.strides()[0] % 8 == 0 else None
 
 
@@ -336,7 +343,29 @@ def ldmatrix_rows(ctx, v, tv: TVLayout, tiles: int, per_tile: int, threads: int,
                             for tid in range(threads) for t in range(tiles)):
         return None
     kstride = 1 if (1 - kdim if transposed else kdim) == 1 else stride  # elements per k
-    return buf, ctx.src.tmp(index, "li"), offsets, kstride
+    index = ctx.src.tmp(index, "li")
+    if buf.swizzle is None:
+        return buf, index, offsets, kstride, None
+    ks_steps = range(0, v.type.shape[kdim], 16 if kstride == 1 else 1)
+    if not _xor_steps(buf, [supplied(tid, t) for tid in range(threads) for t in range(tiles)],
+                      [k * kstride for k in ks_steps]):
+        return buf, index, offsets, kstride, None  # (the swizzle per k step)
+    starts = []
+    for t in range(tiles):
+        at = swizzle_expr(ctx.src, f"{index} + {offsets[t]}" if offsets[t] else index,
+                          buf.swizzle)
+        starts.append(ctx.src.tmp(f"{buf.base} + {at}" if buf.base else at, "ls"))
+    return buf, index, offsets, kstride, starts
+
+
+def _xor_steps(buf, rows: list[int], steps: list[int]) -> bool:
+    """Every row's swizzled offset at k step d is its offset at k = 0 xor d (so one LOP3 per
+    ldmatrix), also after a stage base that is a multiple of the power-of-two tile size."""
+    size = buf.shape[0] * buf.strides()[0]
+    if size & (size - 1) or any(d >= size for d in steps):
+        return False
+    return all(swizzle_offset(r + d, buf.swizzle) == swizzle_offset(r, buf.swizzle) ^ d
+               for r in rows for d in steps)
 
 
 def bit_linear(values: list[int], name: str) -> str | None:

@@ -26,7 +26,11 @@ from lowbitc.backends.numba_cuda.mma_banks import accumulator_layouts
 from lowbitc.backends.numba_cuda.mma_dot import MMA_IMPORT, mma_tiling
 from lowbitc.backends.numba_cuda.mma_packed import mma_packings
 from lowbitc.backends.numba_cuda.plan import make_plan
-from lowbitc.backends.numba_cuda.shared import check_shared_memory, swizzled
+from lowbitc.backends.numba_cuda.shared import (
+    DYNAMIC_SHARED_LIMIT,
+    check_shared_memory,
+    swizzled,
+)
 from lowbitc.backends.numba_cuda.source import (
     HEADER,
     SHARED_BYTES,
@@ -49,11 +53,16 @@ from lowbitc.backends.numba_cuda.units import (
     unit_width,
 )
 from lowbitc.errors import BackendError
-from lowbitc.ir.core import Kernel, Op, Region, Value
+from lowbitc.ir.core import Kernel, Op, Region, Value, walk
 from lowbitc.ir.types import ScalarType, TensorType, is_machine
 from lowbitc.signature import format_bits
 
-MAX_SHARED = 48 * 1024  # static shared memory per block
+MAX_SHARED = 48 * 1024  # static shared memory per block; beyond it, dynamic (shared.py)
+MAX_DYNAMIC = max(DYNAMIC_SHARED_LIMIT.values())
+
+
+def _round16(n: int) -> int:
+    return -(-n // 16) * 16
 SCALAR_PARAMS = ("i64", "i32", "f32", "f64")
 
 
@@ -79,6 +88,8 @@ class Renderer:
         self.word_tables: dict[tuple[int, ...], str] = {}
         self.uses_mma = False
         self.acc_layouts = accumulator_layouts(k, threads)  # mma accumulators' (row, swizzle)
+        self.defs = {r.id: op for op in walk(k.body.ops) for r in op.results}
+        self.staged: dict[int, Buf] = {}  # load -> its pipeline stage this iteration (pipeline)
 
     # ------------------------------------------------------------ values
 
@@ -146,9 +157,10 @@ class Renderer:
         terms = [i if st == 1 else f"{i} * {st}"
                  for i, d, st in zip(idx, buf.shape, buf.strides(), strict=True)
                  if d != 1 and i != "0"]
+        off = ' + '.join(terms) or '0'
         if buf.swizzle is not None:
-            return f"{buf.name}[{swizzled(self, ' + '.join(terms) or '0', buf.swizzle)}]"
-        return f"{buf.name}[{' + '.join(terms) or '0'}]"
+            off = swizzled(self, off, buf.swizzle)
+        return f"{buf.name}[{buf.base} + {off}]" if buf.base else f"{buf.name}[{off}]"
 
     def linear(self, idx: tuple[str, ...], shape: tuple[int, ...]) -> str:
         terms, stride = [], 1
@@ -319,6 +331,8 @@ class Renderer:
         if isinstance(res.type, ScalarType):
             with self.scope():
                 self.scalars[res.id] = self.src.tmp(ELEMENT[op.opcode](self, op, ()), "s")
+        elif res.id in self.staged:  # copied by the loop's pipeline (pipeline.py)
+            self.bufs[res.id] = self.staged[res.id]
         elif res.id in self.plan.materialize:
             self.materialize(op)
         else:
@@ -366,14 +380,14 @@ class Renderer:
 
     def _assemble(self, name: str, args: list[str], sig: list[str]) -> Rendered:
         top = ["    tid = I64(U32(cuda.threadIdx.x))", f"    nthr = {self.threads}"]
-        total = 0
-        for buf, size, ty in self.shared:
-            align = "" if SIMULATOR or ty not in ("F16", "U16") else ", 16"  # ldmatrix: 16 B
-            top.append(f"    {buf} = cuda.shared.array({size}, {ty}{align})")
-            total += size * SHARED_BYTES.get(_dtype_of(ty), 4)
-        if total > MAX_SHARED:
+        total = sum(_round16(size * SHARED_BYTES.get(_dtype_of(ty), 4))
+                    for _, size, ty in self.shared)
+        if total > MAX_DYNAMIC:
             raise BackendError(f"cuda: kernel {self.k.name} needs {total} bytes of shared "
-                               f"memory (limit {MAX_SHARED}); use smaller tiles", self.k.loc)
+                               f"memory (limit {MAX_DYNAMIC} on any arch); use smaller tiles",
+                               self.k.loc)
+        dynamic = total if total > MAX_SHARED else 0
+        top += self._dynamic_arrays() if dynamic else self._static_arrays()
         tables = []
         for values, lut in self.luts.items():
             words = ", ".join(f"{w:#x}" for w in f32_bits(values))
@@ -387,7 +401,28 @@ class Renderer:
         header = HEADER + (MMA_IMPORT + "\n" if self.uses_mma else "")
         text = "\n".join([header, *tables, "", "", f"def {name}({', '.join(args)}):", *top,
                           *self.src.lines, "    return", ""])
-        return Rendered(name, text, f"void({', '.join(sig)})", total)
+        return Rendered(name, text, f"void({', '.join(sig)})", total, dynamic)
+
+    def _static_arrays(self) -> list[str]:
+        out = []
+        for buf, size, ty in self.shared:
+            align = "" if SIMULATOR or ty not in ("F16", "U16") else ", 16"  # ldmatrix: 16 B
+            out.append(f"    {buf} = cuda.shared.array({size}, {ty}{align})")
+        return out
+
+    def _dynamic_arrays(self) -> list[str]:
+        """Every shared tile as a slice of the dynamic shared memory (one array per element
+        type, all aliasing the launch's allocation), each at a 16-byte aligned offset."""
+        out, seen, at = [], set(), 0
+        for buf, size, ty in self.shared:
+            width = SHARED_BYTES.get(_dtype_of(ty), 4)
+            if ty not in seen:
+                seen.add(ty)
+                out.append(f"    dyn_{ty} = cuda.shared.array(0, {ty})")
+            first = at // width
+            out.append(f"    {buf} = dyn_{ty}[{first}:{first + size}]")
+            at += _round16(size * width)
+        return out
 
 
 def render(k: Kernel, threads: int = 128) -> Rendered:

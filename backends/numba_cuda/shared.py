@@ -3,16 +3,17 @@ through its swizzle when the tile's layout has one), `load_shared` a lazy per-el
 `store_shared` a loop over the window strided by the block's threads, `sync` a
 `cuda.syncthreads()`. Kernels order their own accesses with `sync()`, as in CUDA.
 
-Shared memory is limited per block: numba-cuda declares shared arrays statically, and static
-shared memory is 48 KiB per block on every architecture (the larger carve-outs of sm_80+
-need dynamic shared memory), so that is the limit `check_shared_memory` enforces.
+Shared memory is limited per block: static shared memory is 48 KiB per block on every
+architecture; the larger carve-outs (sm_80: 163 KiB, sm_90: 227 KiB) are dynamic shared memory
+only, which a kernel opts into at launch (`DYNAMIC_SHARED_LIMIT`, `render._assemble`,
+`backend.launch`). `check_shared_memory` enforces the static limit on `alloc_shared` tiles.
 """
 
 from __future__ import annotations
 
 import re
 
-from lowbitc.backends.numba_cuda.buffers import Buf
+from lowbitc.backends.numba_cuda.buffers import Buf, swizzle_expr
 from lowbitc.backends.numba_cuda.elements import ELEMENT, reg_dtype, rtype, shape_of
 from lowbitc.backends.numba_cuda.source import SHARED_BYTES, SHARED_TYPE
 from lowbitc.backends.numba_cuda.statements import STATEMENTS
@@ -23,6 +24,12 @@ from lowbitc.ir.core import Kernel, Op, walk
 STATIC_SHARED_LIMIT = {
     arch: 48 * 1024
     for arch in ("sm_70", "sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120")
+}
+# dynamic shared memory per block (bytes) a kernel may opt into (CUDA programming guide,
+# "Compute capabilities": 228/100/164/... KiB per SM minus 1 KiB reserved per block)
+DYNAMIC_SHARED_LIMIT = {
+    "sm_70": 96 * 1024, "sm_75": 64 * 1024, "sm_80": 163 * 1024, "sm_86": 99 * 1024,
+    "sm_89": 99 * 1024, "sm_90": 227 * 1024, "sm_100": 227 * 1024, "sm_120": 99 * 1024,
 }
 _SWIZZLE = re.compile(r"Sw<(\d+),(\d+),(-?\d+)>")
 
@@ -39,11 +46,7 @@ def swizzle_of(layout: str) -> tuple[int, int, int] | None:
 
 def swizzled(ctx, offset: str, sw: tuple[int, int, int]) -> str:
     """offset ^ ((offset & yyy_mask) >> shift), CuTe's Swizzle<bits, base, shift>."""
-    bits, base, shift = sw
-    yyy = ((1 << bits) - 1) << (base + max(0, shift))
-    off = ctx.src.tmp(offset, "o")
-    moved = f"(({off} & {yyy}) >> {shift})" if shift >= 0 else f"(({off} & {yyy}) << {-shift})"
-    return f"{off} ^ {moved}"
+    return swizzle_expr(ctx.src, offset, sw)
 
 
 def tile_bytes(op: Op) -> int:

@@ -138,12 +138,14 @@ class Source:
 @dataclass(frozen=True)
 class Rendered:
     """Generated source, its function name, the numba signature for offline compilation,
-    and the static shared memory the kernel uses."""
+    the shared memory the kernel uses, and how much of it is dynamic (launch-time: 0 when
+    every tile is a static array, else all of it, `shared.DYNAMIC_SHARED_LIMIT`)."""
 
     name: str
     source: str
     signature: str
     shared_bytes: int
+    dynamic_bytes: int = 0
 
 
 def kernel_name(k: Kernel) -> str:

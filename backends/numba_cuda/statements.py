@@ -12,7 +12,9 @@ from lowbitc.backends.numba_cuda.elements import fail, shape_of
 from lowbitc.backends.numba_cuda.halves import store_pairs
 from lowbitc.backends.numba_cuda.mma_dot import mma_tiling, render_mma_dot
 from lowbitc.backends.numba_cuda.mma_stated import check_stated_layouts
-from lowbitc.backends.numba_cuda.source import literal, numba_type
+from lowbitc.backends.numba_cuda.pipeline import Pipeline, staged_loads
+from lowbitc.backends.numba_cuda.reduce_order import rotation
+from lowbitc.backends.numba_cuda.source import literal, numba_type, size_of
 from lowbitc.backends.numba_cuda.units import window_in_unit
 from lowbitc.ir.core import Op, Value
 from lowbitc.ir.types import TileType, is_float, numpy_dtype
@@ -218,13 +220,23 @@ def _reduce(ctx, op: Op) -> None:
     if dt == "bool":
         raise fail(op, "reductions of bool tiles are not supported")
     R = numba_type(dt)
+    outputs = size_of(shape_of(res.type)) if isinstance(res.type, TileType) else 1
+    per, rot = rotation(ctx, src, ax, outputs)  # conflict-free walk (reduce_order.py)
 
     def compute(idx: tuple[str, ...]) -> str:
         acc = ctx.src.tmp(_identity(kind, dt), "acc")
         r = ctx.src.fresh("r")
+        start = ""
+        if rot:  # (a row reduction of a 2-D tile: idx is the output row)
+            row = idx[0] if per == 1 else f"{idx[0]} // {per}"
+            start = ctx.src.tmp(f"({row} * {rot}) % {n}", "r0")
         ctx.src.line(f"{r} = 0")
         with ctx.src.block(f"while {r} < {n}:"), ctx.scope():
-            x = ctx.elem(src, idx[:ax] + (r,) + idx[ax:])
+            at = r
+            if rot:
+                at = ctx.src.tmp(f"{r} + {start}", "rc")
+                ctx.src.line(f"{at} = {at} - {n} if {at} >= {n} else {at}")
+            x = ctx.elem(src, idx[:ax] + (at,) + idx[ax:])
             expr = f"{acc} + {x}" if kind == "sum" else f"{kind}({acc}, {x})"
             ctx.src.line(f"{acc} = {R}({expr})")
             ctx.src.line(f"{r} += 1")
@@ -259,12 +271,20 @@ def _for(ctx, op: Op) -> None:
             ctx.src.line(f"{x} = {ctx.elem(init, ())}")
         else:
             ctx.write(x, init)
+    staged = staged_loads(ctx, op)
+    pipe = Pipeline(ctx, op, staged, lo, hi, step) if staged else None
+    if pipe is not None:  # activation tiles in flight (pipeline.py)
+        pipe.prologue()
     i = ctx.src.fresh("i")
     ctx.src.line(f"{i} = {lo}")
     with ctx.src.block(f"while {i} < {hi}:"):
+        if pipe is not None:
+            pipe.advance(i)
         outs = ctx.region(op.regions[0], (i, *carried))
         update(ctx, carried, outs)
         ctx.src.line(f"{i} += {step}")
+    if pipe is not None:
+        pipe.drain()
     for r, x in zip(op.results, carried, strict=False):
         ctx.bind(r, x)
 

@@ -15,7 +15,11 @@ int32. Fragment ownership: lowbitc/layout/mma.py.
 - `cp_async16(smem, i, gmem, j)`: 16 bytes global -> shared (.cg, L2 only);
   `cp_async16_zfill(smem, i, gmem, j, src_bytes)` copies `src_bytes` (0..16) and zero-fills the
   rest; `cp_async_commit()`, `cp_async_wait(n)` (n a literal: wait until at most n groups are
-  pending). The simulator twins copy synchronously, so commit and wait are no-ops there.
+  pending). The simulator twins defer each copy until a `cp_async_wait` needs its group
+  (the latest moment the ISA allows), so a kernel that reads a stage before waiting for it
+  reads stale data there too.
+- `aligned16(arr)`: the array's first element is 16-byte aligned (cp.async's precondition,
+  checked once per block).
 
 Traps (docs TOOLCHAIN): only mma is side-effect free (ldmatrix and cp.async are marked as
 having side effects so LLVM does not hoist or merge them); mma and ldmatrix calls are
@@ -31,7 +35,7 @@ from lowbitc.backends.numba_cuda.intrinsics import SIMULATOR
 __all__ = [
     "SIMULATOR", "mma_f16", "mma_bf16", "mma_s8", "ldmatrix_x4", "ldmatrix_x4_trans",
     "ldmatrix_x2", "ldmatrix_x2_trans", "cp_async16", "cp_async16_zfill", "cp_async_commit",
-    "cp_async_wait",
+    "cp_async_wait", "aligned16",
 ]
 
 MMA_F16 = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
@@ -43,8 +47,13 @@ if SIMULATOR:
     mma_f16, mma_bf16, mma_s8 = warpsim.mma_f16_py, warpsim.mma_bf16_py, warpsim.mma_s8_py
     ldmatrix_x4, ldmatrix_x4_trans = warpsim.ldmatrix_x4_py, warpsim.ldmatrix_x4_trans_py
     ldmatrix_x2, ldmatrix_x2_trans = warpsim.ldmatrix_x2_py, warpsim.ldmatrix_x2_trans_py
-    cp_async16, cp_async16_zfill = warpsim.cp_async16_py, warpsim.cp_async16_zfill_py
+    cp_async16 = warpsim.cp_async16_py
+
+    def cp_async16_zfill(smem, smem_index, gmem, gmem_index, src_bytes):  # (looked up per call:
+        warpsim.cp_async16_zfill_py(smem, smem_index, gmem, gmem_index, src_bytes)  # bank_trace)
+
     cp_async_commit, cp_async_wait = warpsim.cp_async_commit_py, warpsim.cp_async_wait_py
+    aligned16 = warpsim.aligned16_py
 else:
     from llvmlite import ir
     from numba.cuda import types
@@ -186,5 +195,19 @@ else:
         def codegen(context, builder, signature, args):
             _void_asm(builder, text, "~{memory}", [])
             return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def aligned16(typingctx, arr):  # noqa: ARG001
+        """The address of arr's first element is a multiple of 16 bytes."""
+        if not _is_array(arr):
+            return None
+        sig = types.boolean(arr)
+
+        def codegen(context, builder, signature, args):
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            low = builder.and_(builder.ptrtoint(data, _I64), ir.Constant(_I64, 15))
+            return builder.icmp_unsigned("==", low, ir.Constant(_I64, 0))
 
         return sig, codegen

@@ -259,11 +259,21 @@ def ldmatrix_x2_trans_py(smem, index):
     return _ldmatrix(smem, index, 2, True)
 
 
+_ASYNC = threading.local()  # per simulated thread: copies not yet committed, committed groups
+
+
+def _async_state():
+    if not hasattr(_ASYNC, "groups"):
+        _ASYNC.open, _ASYNC.groups = [], []
+    return _ASYNC
+
+
 def cp_async16_zfill_py(smem, smem_index, gmem, gmem_index, src_bytes) -> None:
     """cp.async.cg 16 bytes with src-size `src_bytes` (0..16): bytes beyond it are zero.
 
-    The twin copies at once (synchronously): a later cp_async_wait has nothing to wait for,
-    which is one legal schedule of the asynchronous copy.
+    The twin checks the addresses now and copies when a `cp_async_wait` needs the copy's
+    group (the latest moment the ISA allows), so reading a stage before waiting for it, or
+    before the barrier after the wait, reads stale data in the simulator as on a GPU.
     """
     dst, src = _bytes_of(smem), _bytes_of(gmem)
     d = int(smem_index) * host_array(smem).dtype.itemsize
@@ -273,18 +283,31 @@ def cp_async16_zfill_py(smem, smem_index, gmem, gmem_index, src_bytes) -> None:
         raise BackendError(f"cp.async: need 16-byte aligned addresses inside the arrays and "
                            f"0 <= src_bytes <= 16 (shared byte {d} of {dst.size}, global byte "
                            f"{s} of {src.size}, src_bytes {n})")
-    dst[d : d + 16] = 0
-    dst[d : d + n] = src[s : s + n]
+    _async_state().open.append((dst, d, src, s, n))
 
 
 def cp_async16_py(smem, smem_index, gmem, gmem_index) -> None:
-    """cp.async.cg 16 bytes global -> shared; the twin copies synchronously."""
+    """cp.async.cg 16 bytes global -> shared (deferred like `cp_async16_zfill_py`)."""
     cp_async16_zfill_py(smem, smem_index, gmem, gmem_index, 16)
 
 
 def cp_async_commit_py() -> None:
-    """cp.async.commit_group: nothing to group in the twin (its copies are already done)."""
+    """cp.async.commit_group: this thread's copies since the last commit form one group."""
+    state = _async_state()
+    state.groups.append(state.open)
+    state.open = []
 
 
-def cp_async_wait_py(n) -> None:  # noqa: ARG001
-    """cp.async.wait_group n: nothing to wait for in the twin (its copies are synchronous)."""
+def cp_async_wait_py(n) -> None:
+    """cp.async.wait_group n: complete this thread's oldest groups until at most n are
+    pending (the copies are done here, in issue order)."""
+    state = _async_state()
+    while len(state.groups) > int(n):
+        for dst, d, src, s, size in state.groups.pop(0):
+            dst[d : d + 16] = 0
+            dst[d : d + size] = src[s : s + size]
+
+
+def aligned16_py(arr) -> bool:
+    """The array's first element is 16-byte aligned (in host memory, as the twins see it)."""
+    return host_array(arr).ctypes.data % 16 == 0
