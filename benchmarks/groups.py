@@ -110,9 +110,10 @@ def _a8_group(cfg: Config, specs: list[RowSpec]) -> Group:
     for spec in specs:
         key = f"lowbitc_a8_{spec.fmt}_M{m}"
         one = _streamed(cfg, grp, key, x, lambda f=spec.fmt: qw(f), act="i8")
-        peers = tuple(f"ggml_{t}_M{m}" for t in GGML_PEERS.get(spec.fmt, ()))
-        for t, peer in zip(GGML_PEERS.get(spec.fmt, ()), peers, strict=True):
-            grp.add(peer, lambda t=t: cand.ggml_case(
+        peers = []
+        for t in GGML_PEERS.get(spec.fmt, ()):
+            peers.append(f"ggml_{t}_M{m}")
+            grp.add(peers[-1], lambda t=t: cand.ggml_case(
                         w, x, t, cfg.copies(n * n * GGML_TYPES[t][1] / 8)),
                     missing="ggml-python is not installed (the `bench` extra)")
         extras = (torch_key, *peers, *one) if spec.fmt == "u4" else (*peers, *one)

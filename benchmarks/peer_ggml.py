@@ -76,19 +76,24 @@ def _upload(tensor, data: np.ndarray) -> None:
     ggml.ggml_backend_tensor_set(tensor, data.ctypes.data_as(ctypes.c_void_p), 0, data.nbytes)
 
 
-def _weight(be: _Backend, kind: int, w: np.ndarray, repack: bool):
-    """w [N, K] quantized by ggml into a tensor of its own buffer (repacked when asked)."""
+def _quantize(kind: int, w: np.ndarray) -> np.ndarray:
+    """w [N, K] as ggml's blocks of type `kind` (ggml_quantize_chunk), one row after another."""
     n, k = w.shape
-    ctx = _context(1, graph=False)
-    t = ggml.ggml_new_tensor_2d(ctx, kind, k, n)
-    buf = ggml.ggml_backend_alloc_ctx_tensors_from_buft(ctx, be.repack if repack else be.cpu)
     src = np.ascontiguousarray(w, dtype=np.float32)
     q = np.empty(ggml.ggml_row_size(kind, k) * n, dtype=np.uint8)
     ggml.ggml_quantize_chunk(kind, src.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
                              q.ctypes.data_as(ctypes.c_void_p), 0, n, k, None)
+    return q
+
+
+def _weight(be: _Backend, kind: int, q: np.ndarray, n: int, k: int, repack: bool):
+    """A [N, K] tensor of type `kind` in a buffer of its own (repacked when asked), holding q."""
+    ctx = _context(1, graph=False)
+    t = ggml.ggml_new_tensor_2d(ctx, kind, k, n)
+    buf = ggml.ggml_backend_alloc_ctx_tensors_from_buft(ctx, be.repack if repack else be.cpu)
     _upload(t, q)
     be.keep += [ctx, buf]
-    return t, q
+    return t
 
 
 def ggml_gemm(w: np.ndarray, x: np.ndarray, qtype: str, copies: int = 1,
@@ -108,10 +113,10 @@ def ggml_gemm(w: np.ndarray, x: np.ndarray, qtype: str, copies: int = 1,
     m, k = x.shape
     n = w.shape[0]
     xs = np.ascontiguousarray(x, dtype=np.float32)
-    calls, outs, words = [], [], []
+    q = _quantize(kind, w)  # every copy holds the same blocks in a buffer of its own
+    calls, outs = [], []
     for _ in range(copies):
-        wt, q = _weight(be, kind, w, repack)
-        words = words or [q]
+        wt = _weight(be, kind, q, n, k, repack)
         ctx = _context(3, graph=True)
         xt = ggml.ggml_new_tensor_2d(ctx, ggml.GGML_TYPE_F32, k, m)
         yt = ggml.ggml_mul_mat(ctx, wt, xt)
@@ -133,9 +138,9 @@ def ggml_gemm(w: np.ndarray, x: np.ndarray, qtype: str, copies: int = 1,
         name=f"ggml_{qtype}_M{m}",
         fn=in_turn(calls),
         flops=2.0 * m * n * k,
-        bytes_moved=words[0].nbytes + 4.0 * (m * k + m * n),
+        bytes_moved=q.nbytes + 4.0 * (m * k + m * n),
         info={"M": m, "K": k, "N": n, "type": qtype, "repacked": repack,
               "buffer": "CPU_REPACK" if repack else "CPU", "threads": threads,
               "weights_in_turn": copies, "ggml_python": getattr(ggml, "__version__", "?")},
-        data={"y": first_output, "words": words[0], "weight_bytes": words[0].nbytes},
+        data={"y": first_output, "words": q, "weight_bytes": q.nbytes},
     )
