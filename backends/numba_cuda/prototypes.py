@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lowbitc.backends.numba_cuda.recipes import byte_window
+from lowbitc.backends.numba_cuda.recipes import prmt_pair
 from lowbitc.errors import UserArgumentError
 
 CHUNK = 128  # codes per loop iteration and thread
@@ -113,23 +113,12 @@ def _u_pairs(bits: int, interleaved: bool) -> list[tuple[str, tuple[int, int]]]:
 
 def _shifted_pair(p_lo: int, p_hi: int, bits: int) -> tuple[str, tuple[int, int]]:
     """A pair whose codes come from w or v (v = w >> 4 across words): one prmt, one lop3."""
-    for lo in (byte_window(p_lo, bits, "w"), byte_window(p_lo - 4, bits, "v")):
-        for hi in (byte_window(p_hi, bits, "w"), byte_window(p_hi - 4, bits, "v")):
-            if lo is None or hi is None:
-                continue
-            regs = list(dict.fromkeys(reg for reg, _ in lo[0] + hi[0]))
-            if len(regs) > 2:
-                continue
-            slot = {reg: 4 * k for k, reg in enumerate(regs)}
-            lo_n = [slot[r] + j for r, j in lo[0]]
-            hi_n = [slot[r] + j for r, j in hi[0]]
-            nib = [lo_n[0], lo_n[-1], hi_n[0], hi_n[-1]]
-            sel = sum(n << 4 * k for k, n in enumerate(nib))
-            mask = (1 << bits) - 1
-            m = mask << lo[1] | mask << (16 + hi[1])
-            magic = (25 - lo[1]) << 10 | (25 - hi[1]) << 26
-            window = f"prmt({regs[0]}, {regs[-1]}, U({sel:#x}))"
-            return f"lop3({window}, U({m:#x}), U({magic:#x}), 0xEA)", (lo[1], hi[1])
+    found = prmt_pair(p_lo, p_hi, bits, ("w", "v"))
+    if found is not None:
+        window, m, (o_lo, o_hi), _ = found
+        magic = (25 - o_lo) << 10 | (25 - o_hi) << 26
+        window = window.replace("U32(", "U(")  # these prototypes name the cast U
+        return f"lop3({window}, U({m:#x}), U({magic:#x}), 0xEA)", (o_lo, o_hi)
     lo_val, hi_val = _funnel(p_lo, bits), _funnel(p_hi, bits)  # rare: shift both to bit 0
     return f"({lo_val} | ({hi_val} << U(16)) | U(0x64006400))", (0, 0)
 

@@ -111,7 +111,7 @@ def byte_window(pos: int, bits: int, stream: str) -> tuple[list[tuple[str, int]]
     return [(f"{stream}{i // 4}", i % 4) for i in needed], pos % 8
 
 
-def _prmt_pair(p_lo: int, p_hi: int, bits: int, streams: tuple[str, ...]):
+def prmt_pair(p_lo: int, p_hi: int, bits: int, streams: tuple[str, ...]):
     """(prmt expression, mask, offsets) bringing codes at p_lo / p_hi into the two halves,
     from at most two registers of `streams` ("w" words, "v" = words shifted down 4 bits)."""
     shift = {"w": 0, "v": 4}
@@ -168,7 +168,7 @@ def magic_pairs(
             x = f"prmt(w{i}, U32(0x64646464), U32({sel:#x}))"
             out.append((x if not flip else f"({x} ^ U32({flip * 0x10001:#x}))", (0, 0)))
             continue
-        found = _prmt_pair(p_lo, p_hi, bits, ("w",)) or _prmt_pair(p_lo, p_hi, bits, ("w", "v"))
+        found = prmt_pair(p_lo, p_hi, bits, ("w",)) or prmt_pair(p_lo, p_hi, bits, ("w", "v"))
         if found is None:  # rare: shift both codes to bit 0
             x = f"({_funnel(p_lo, bits)} | ({_funnel(p_hi, bits)} << U32(16)))"
             k_bits = (25 << 10 | flip) * 0x10001
