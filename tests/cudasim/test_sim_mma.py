@@ -141,6 +141,31 @@ def test_mma_matmul_bf16_activations(name, m, n, k, group, zp):
         np.testing.assert_array_equal(dev, y)
 
 
+# every format of the acceptance list at M = 33 (the BM 32 tile, four warps on a GPU), f16 and
+# bf16 activations in turn, zero points on every third unsigned format; N, K ragged, K % group
+# != 0 (a partial last group)
+M33_FORMATS = ["u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8", "i2", "i4", "b1", "b3", "f4e2m1fn",
+               "f6e3m2fn", "f6e2m3fn", "f8e4m3fn", "f8e5m2", "nf4", "mmabook"]
+
+
+@pytest.mark.parametrize("i,name", list(enumerate(M33_FORMATS)))
+def test_every_format_at_m33(i, name):
+    import ml_dtypes
+
+    act = "f16" if i % 2 == 0 else "bf16"
+    zp = i % 3 == 0 and name.startswith("u")
+    n, k, group = 21, 150, 64
+    qw = _qw(name, n, k, group, zp)
+    x = np.random.default_rng(3).standard_normal((33, k))
+    x = x.astype(np.float16 if act == "f16" else ml_dtypes.bfloat16)
+    name_, params = ops.matmul_choice(33, n, k, qw, act, backend="cuda")
+    assert name_ == "matmul_mma" and params["BM"] > 16 and params["A"] == act
+    y = ops.matmul(x, qw, backend="cuda")
+    err = np.abs(y - x.astype(np.float64) @ qw.dequantize().astype(np.float64).T)
+    unit = 2.0**-11 if act == "f16" else 2.0**-8
+    assert np.all(err <= _budget(x, qw, name in ROUNDED, unit)), (name, act, err.max())
+
+
 def test_formats_beyond_f16_keep_the_simt_kernel():
     qw = _qw("f8e8m0fnu", 3, 64, 32, False)
     assert ops.matmul_choice(2, 3, 64, qw, "f16", backend="cuda")[0] == "matmul"
