@@ -31,6 +31,7 @@ from lowbitc.ir.opdefs import (
     ArangeAttrs,
     CastAttrs,
     FullAttrs,
+    GatherAttrs,
     LayoutAttrs,
     MemAttrs,
     PermAttrs,
@@ -84,6 +85,9 @@ def _window_arg(ctx: Ctx, e: A.Expr, fname: str) -> Window:
     if not isinstance(w, Window):
         raise DSLTypeError(f"{fname}() takes a tensor slice such as x[i :+ 16, :] or a shared "
                            f"tile, got {_kind(w)}", e.loc)
+    if w.gather_axis is not None and (fname != "load" or w.shared):
+        raise DSLTypeError(f"{fname}() cannot take an index tile (only load() of a tensor "
+                           "gathers)", e.loc)
     return w
 
 
@@ -96,9 +100,25 @@ def _load(ctx: Ctx, e: A.Call) -> Value:
 
 
 def _emit_load(ctx: Ctx, w: Window, mask: Value | None, layout: str, loc: SourceLoc) -> Value:
+    if w.gather_axis is not None:
+        return _emit_gather(ctx, w, mask, layout, loc)
     operands = w.operands(ctx) + ([mask] if mask is not None else [])
     attrs = MemAttrs(w.sizes, layout, mask is not None)
     return ctx.b.emit("load_shared" if w.shared else "load", *operands, attrs=attrs, loc=loc)
+
+
+def _emit_gather(ctx: Ctx, w: Window, mask: Value | None, layout: str,
+                 loc: SourceLoc) -> Value:
+    """load(t[idx, ...]) with idx a 1-D integer tile: the rows idx[i] of t (numpy's t[idx])."""
+    dt = w.tensor.type.dtype
+    if not is_machine(dt):
+        raise DSLTypeError(f"a gather reads a tensor of a machine type, not {dt} codes: declare "
+                           "the packed words (u32) and view() the gathered tile", loc)
+    if mask is not None or layout:
+        raise DSLTypeError("a gather (a load with an index tile) takes no mask= or layout=",
+                           loc)
+    return ctx.b.emit("gather", *w.operands(ctx), attrs=GatherAttrs(w.gather_axis, w.sizes),
+                      loc=loc)
 
 
 def _store(ctx: Ctx, e: A.Call) -> None:

@@ -59,7 +59,8 @@ def is_shared(v: object) -> bool:
 @dataclass(frozen=True)
 class Window:
     """`tensor[items]` (or `shared_tile[items]`): per dim a start (int or i64 value) and a
-    size (0 = single index)."""
+    size (0 = single index). At most one start may be a 1-D integer tile (a gather: that dim
+    takes the tile's rows, its size the tile's length)."""
 
     tensor: Value
     starts: tuple[object, ...]
@@ -79,9 +80,17 @@ class Window:
         starts, sizes = [], []
         for item, dim in zip(e.items, shape):
             start, size = _item(ctx, item, dim)
+            if _is_index_tile(start) and any(_is_index_tile(s) for s in starts):
+                raise DSLTypeError("at most one subscript may be an index tile (a gather)",
+                                   item.loc)
             starts.append(start)
             sizes.append(size)
         return Window(t, tuple(starts), tuple(sizes), e.loc)
+
+    @property
+    def gather_axis(self) -> int | None:
+        """The dim indexed by an integer tile (a gather), or None."""
+        return next((d for d, s in enumerate(self.starts) if _is_index_tile(s)), None)
 
     @staticmethod
     def whole(t: Value, loc: SourceLoc) -> Window:
@@ -97,7 +106,16 @@ class Window:
         return is_shared(self.tensor)
 
     def operands(self, ctx: Ctx) -> list[Value]:
+        """The tensor and its starts (a gather: the tensor, the index tile, the other starts)."""
+        g = self.gather_axis
+        if g is not None:
+            return [self.tensor, self.starts[g]] + [ctx.materialize(s, "i64", self.loc)
+                                                    for d, s in enumerate(self.starts) if d != g]
         return [self.tensor] + [ctx.materialize(s, "i64", self.loc) for s in self.starts]
+
+
+def _is_index_tile(v: object) -> bool:
+    return isinstance(v, Value) and isinstance(v.type, TileType)
 
 
 def _item(ctx: Ctx, item: object, dim: int | str) -> tuple[object, int]:
@@ -112,17 +130,23 @@ def _item(ctx: Ctx, item: object, dim: int | str) -> tuple[object, int]:
             raise DSLTypeError(f"slice size must be a compile-time int >= 1, got {_kind(size)}"
                                if not isinstance(size, int) else
                                f"slice size must be >= 1, got {size}", item.size.loc)
-        return _index(ctx, item.start), size
+        return _index(ctx, item.start, tile=False), size
     if isinstance(item, A.SliceRange):
         lo, hi = ctx.eval(item.start), ctx.eval(item.stop)
         if not (isinstance(lo, int) and isinstance(hi, int)) or hi <= lo:
             raise DSLTypeError("'a : b' needs compile-time ints with b > a; use 'a :+ n'", item.loc)
         return lo, hi - lo
-    return _index(ctx, item), 0
+    v = _index(ctx, item, tile=True)
+    return (v, v.type.shape[0]) if _is_index_tile(v) else (v, 0)
 
 
-def _index(ctx: Ctx, e: A.Expr) -> object:
+def _index(ctx: Ctx, e: A.Expr, tile: bool) -> object:
     v = ctx.eval(e)
+    if tile and isinstance(v, Value) and isinstance(v.type, TileType) and v.type.space == "reg":
+        if len(v.type.shape) != 1 or not is_int(v.type.dtype):
+            raise DSLTypeError(f"an index tile (a gather) must be a 1-D integer tile, got "
+                               f"{v.type}", e.loc)
+        return v
     if isinstance(v, Value) and v.type != ScalarType("i64"):
         raise DSLTypeError(f"indices must be i64 scalars, got {v.type}", e.loc)
     if not isinstance(v, (int, Value)) or isinstance(v, bool):

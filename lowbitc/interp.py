@@ -219,6 +219,19 @@ def _eval_op(op: Op, env: dict, block: tuple[int, int, int], mem: dict) -> None:
             out = np.where(mask, arr[idx], 0)[keep]
             if a.masked:
                 out = np.where(ins[-1], out, 0)
+        elif o == "gather":  # the window along a.axis takes the index tile's rows
+            arr = mem[op.operands[0].id]
+            rows = np.asarray(ins[1], np.int64)
+            others = iter(int(x) for x in ins[2:])
+            starts = [0 if d == a.axis else next(others) for d in range(arr.ndim)]
+            sizes = tuple(1 if d == a.axis else s for d, s in enumerate(a.sizes))
+            parts = []
+            for r in rows:
+                starts[a.axis] = int(r)
+                idx, mask, keep = _window(arr, starts, sizes)
+                parts.append(np.where(mask, arr[idx], 0))
+            out = np.concatenate(parts, axis=a.axis)[
+                tuple(slice(None) if s else 0 for s in a.sizes)]
         elif o in ("store", "store_shared", "store_codes"):
             arr = mem[op.operands[0].id]
             value = ins[-1 - a.masked]

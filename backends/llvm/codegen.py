@@ -15,6 +15,7 @@ from lowbitc.abi import packed_params
 from lowbitc.backends.llvm import (  # noqa: F401  (fill HANDLERS)
     ops_elementwise,
     ops_encode,
+    ops_gather,
     ops_memory,
     ops_random,
     ops_shared,

@@ -90,6 +90,16 @@ class MemAttrs(Attrs):
 
 
 @dataclass(frozen=True, slots=True)
+class GatherAttrs(Attrs):
+    """`gather`: a `load` whose index along `axis` is an integer tile (operand 1) rather than
+    a start: `sizes` as a load's, with sizes[axis] the index tile's length. Rows whose index is
+    outside the tensor read 0, as every window past an edge does."""
+
+    axis: int
+    sizes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class CodesAttrs(Attrs):
     """`load_codes`: a window of a packed tensor, unpacked to integer codes of `bits` each."""
 

@@ -22,6 +22,7 @@ from lowbitc.ir.attrs import (
     ConstAttrs,
     ForAttrs,
     FullAttrs,
+    GatherAttrs,
     LayoutAttrs,
     LutAttrs,
     MemAttrs,
@@ -295,6 +296,22 @@ def _loader(op: str) -> Infer:
 _load = _loader("load")
 
 
+def _gather(ts, a):
+    """tensor, index tile [R], then one i64 start per other dim: a window whose `axis` takes the
+    index tile's rows (numpy's t[idx, i :+ n]: R in that dim's place)."""
+    t, idx = ts[0], ts[1]
+    if not isinstance(t, TensorType):
+        raise _fail("gather", f"first operand must be a tensor, got {t}")
+    if not (isinstance(idx, TileType) and len(idx.shape) == 1 and is_int(idx.dtype)):
+        raise _fail("gather", f"the index must be a 1-D integer tile, got {idx}")
+    if not 0 <= a.axis < len(t.shape) or a.sizes[a.axis] != idx.shape[0]:
+        raise _fail("gather", f"axis {a.axis} of {t} does not take an index of {idx}")
+    shape = _window(t, a.sizes, len(ts) - 1, "gather")
+    if any(x != ScalarType("i64") for x in ts[2:]):
+        raise _fail("gather", "the other dims' starts must be i64 scalars")
+    return (TileType(t.dtype, shape, "reg"),)
+
+
 def _load_codes(ts, a):
     nstarts = len(ts) - 1 - a.masked - _linear(ts, a, "load_codes")
     shape = _window(ts[0], a.sizes, nstarts, "load_codes")
@@ -419,6 +436,7 @@ _def("reduce", ReduceAttrs, _reduce)
 _def("dot", Attrs, _dot)
 _def("load", MemAttrs, _load)
 _def("load_codes", CodesAttrs, _load_codes)
+_def("gather", GatherAttrs, _gather)
 _def("store", MemAttrs, _store)
 _def("lut", LutAttrs, _lut)
 _def("relayout", LayoutAttrs, _relayout)

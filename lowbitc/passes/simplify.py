@@ -9,7 +9,7 @@ from lowbitc.passes.base import register
 
 # never removed or merged
 EFFECTS = frozenset({"store", "yield", "for", "if", "store_shared", "store_codes", "sync"})
-_NO_CSE = EFFECTS | {"load", "load_codes", "load_shared", "alloc_shared"}
+_NO_CSE = EFFECTS | {"load", "load_codes", "load_shared", "gather", "alloc_shared"}
 
 
 @register("cse")
