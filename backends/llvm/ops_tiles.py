@@ -63,6 +63,8 @@ def _view(env: Env, op: Op) -> None:
     row_bytes = src.shape[-1] * {"i8": 1, "i16": 2, "i32": 4, "i64": 8, "half": 2, "bfloat": 2,
                                  "float": 4, "double": 8}[MEMTYPE[src.dtype]]
     ncols = rt.shape[-1]
+    if _unpack_words(em, src, out, bits):
+        return
 
     def one(idx: list[str]) -> None:
         row = em.flat_index(idx[:-1], rt.shape[:-1]) if len(rt.shape) > 1 else "0"
@@ -81,6 +83,37 @@ def _view(env: Env, op: Op) -> None:
         em.store_elem(out, em.flat_index(idx, rt.shape), code)
 
     em.nest(rt.shape[:-1] + (ncols,), one)
+
+
+VIEW_LANES = 16
+
+
+def _unpack_words(em, src: Buf, out: Buf, bits: int) -> bool:
+    """Codes of 2, 4 or 8 bits out of rows of whole u32/i32 words (N-packed zero points, a
+    gather of packed rows): per 16 codes one load of 16 * bits / 32 words, a shuffle, a shift
+    and a mask. False (nothing emitted) for other tiles."""
+    if src.dtype not in ("u32", "i32") or bits not in (2, 4, 8) \
+            or out.shape[-1] % VIEW_LANES or out.shape[-1] * bits != src.shape[-1] * 32:
+        return False
+    nw = VIEW_LANES * bits // 32  # words per 16 codes
+    rows = out.size // out.shape[-1]
+    vi = f"<{VIEW_LANES} x i32>"
+    pick = ", ".join(f"i32 {lane * bits // 32}" for lane in range(VIEW_LANES))
+    shifts = ", ".join(f"i32 {lane * bits % 32}" for lane in range(VIEW_LANES))
+    mask = f"splat (i32 {(1 << bits) - 1})"
+
+    def chunk(i: str) -> None:  # chunk i of all rows' codes (rows are whole chunks)
+        p = em.val(f"getelementptr inbounds i32, ptr {src.ptr}, i64 "
+                   f"{em.val(f'mul i64 {i}, {nw}')}")
+        w = em.val(f"load <{nw} x i32>, ptr {p}, align 4")
+        spread = em.val(f"shufflevector <{nw} x i32> {w}, <{nw} x i32> poison, "
+                        f"<{VIEW_LANES} x i32> <{pick}>")
+        codes = em.val(f"and {vi} {em.val(f'lshr {vi} {spread}, <{shifts}>')}, {mask}")
+        q = em.gep(out, em.val(f"mul i64 {i}, {VIEW_LANES}"))
+        em.emit(f"store {vi} {codes}, ptr {q}, align 4")
+
+    em.loop("0", str(rows * out.shape[-1] // VIEW_LANES), chunk)
+    return True
 
 
 def _byte_ptr(em, src: Buf, index: str) -> str:
