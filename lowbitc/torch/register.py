@@ -18,6 +18,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from lowbitc.compiler import Kernel
@@ -147,7 +148,9 @@ class _Runner:
         if backend != "llvm":
             return cuda_array(t)
         if output or name not in kernel.packings or t.is_inference():
-            return _array(t)  # (an inference tensor has no version: the words cache checks)
+            a = _array(t)  # (an inference tensor has no version: the words cache checks)
+            dt = next(p.type.dtype for p in kernel.ir.params if p.name == name)
+            return a.view(np.int32) if dt == "i32" else a  # (_array reads int32 as words)
         key, state = id(t), (t.data_ptr(), t._version)
         hit = self._prepared.get(key)
         if hit is not None and hit[0]() is t and hit[1] == state:

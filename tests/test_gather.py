@@ -1,0 +1,181 @@
+"""Gathers (`load(t[idx, ...])` with idx a 1-D integer tile) and the GPTQ act-order user kernel
+built on them: the rows idx[i] of t, 0 for an index outside the tensor, natively and in the
+interpreter; the kernel against GPTQ's published definition, lowbitc.interop's act-order
+import (an OffsetQTensor with a column order) and as a torch op under torch.compile."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lowbitc
+from lowbitc import ops, pack
+from lowbitc.errors import DSLTypeError
+from lowbitc.interop import gptq
+from lowbitc.ir.types import numpy_dtype
+from lowbitc.offset import OffsetQTensor
+
+USER = Path(__file__).resolve().parents[1] / "examples" / "user"
+RNG = np.random.default_rng(1516)
+
+ROWS = """
+kernel rows[BK: int = 8, BN: int = 32](gi: I[K], s: T[G, N], y: T[K, N])
+  grid (cdiv(K, BK), cdiv(N, BN))
+{
+  g = load(gi[block.x * BK :+ BK])
+  store(y[block.x * BK :+ BK, block.y * BN :+ BN], load(s[g, block.y * BN :+ BN]))
+}
+"""
+
+
+def _rows_want(gi, s):
+    inside = (gi >= 0) & (gi < s.shape[0])
+    return np.where(inside[:, None], s[np.clip(gi, 0, s.shape[0] - 1)], 0).astype(s.dtype)
+
+
+@pytest.mark.parametrize("idx, t", [("i32", "f16"), ("i64", "f32"), ("u8", "u32"),
+                                    ("i8", "f32")])
+@pytest.mark.parametrize("shape", [(16, 4, 64), (13, 5, 40)])  # edges: partial tiles along K, N
+def test_gather_rows(idx, t, shape):
+    k, g, n = shape
+    kern = lowbitc.compile(ROWS.replace("I[", f"{idx}[").replace("T[", f"{t}["))
+    lo = 0 if idx.startswith("u") else -2
+    gi = RNG.integers(lo, g + 2, k).astype(numpy_dtype(idx))  # some outside the tensor
+    s = (RNG.random((g, n)) * 100).astype(numpy_dtype(t))
+    for run in (kern, kern.interpret):
+        y = np.full((k, n), 7, s.dtype)
+        run(gi, s, y)
+        assert np.array_equal(y, _rows_want(gi.astype(np.int64), s))
+    assert "load s: row gather" in kern.explain()
+
+
+def test_gather_dropped_and_inner_dims():
+    src = """
+kernel cols(gi: i32[4], s: f32[R, C, D], y: f32[4, 3], v: f32[2, 4])
+{
+  g = load(gi[0 :+ 4])
+  store(y[0 :+ 4, 0 :+ 3], load(s[g, 1, 0 :+ 3]))        # the middle dim indexed: dropped
+  store(v[0 :+ 2, 0 :+ 4], load(s[0, 0 :+ 2, g]))        # gathered along the last dim
+}
+"""
+    kern = lowbitc.compile(src)
+    gi = np.array([2, 0, 5, 1], np.int32)
+    s = RNG.standard_normal((3, 2, 4)).astype(np.float32)
+    want_y = np.where((gi < 3)[:, None], s[np.clip(gi, 0, 2), 1, :3], 0)
+    want_v = np.where((gi < 4)[None, :], s[0][:, np.clip(gi, 0, 3)], 0)
+    for run in (kern, kern.interpret):
+        y, v = np.zeros((4, 3), np.float32), np.zeros((2, 4), np.float32)
+        run(gi, s, y, v)
+        assert np.array_equal(y, want_y) and np.array_equal(v, want_v)
+    assert "FALLBACK" in kern.explain()  # gathered along the last dim: element by element
+
+
+@pytest.mark.parametrize("src, message", [
+    ("g = load(gi[0 :+ 4])\n  store(y[g, 0 :+ 4], load(s[0 :+ 4, 0 :+ 4]))",
+     "store() cannot take an index tile"),
+    ("g = load(gi[0 :+ 4])\n  store(y[0 :+ 4, 0 :+ 4], load(s[g, g]))",
+     "at most one subscript may be an index tile"),
+    ("g = reshape(load(gi[0 :+ 4]), [2, 2])\n  store(y[0 :+ 4, 0 :+ 4], load(s[g, 0 :+ 4]))",
+     "must be a 1-D integer tile"),
+    ("g = load(gi[0 :+ 4])\n  store(y[0 :+ 4, 0 :+ 4], load(s[g, 0 :+ 4], mask=g > 0))",
+     "takes no mask="),
+    ("g = load(gi[0 :+ 4])\n  store(y[0 :+ 4, 0 :+ 8], cast(load(c[g, 0 :+ 8]), f32))",
+     "a gather reads a tensor of a machine type"),
+])
+def test_gather_errors(src, message):
+    text = ("kernel bad(gi: i32[4], s: f32[4, 4], c: u4[4, 8], y: f32[4, 8]) {\n  "
+            + src + "\n}\n")
+    with pytest.raises(DSLTypeError, match=re.escape(message)) as e:
+        lowbitc.compile(text)
+    assert "<string>:" in str(e.value)  # located
+
+
+def gptq_act_layer(n, kk, gs, act_order, seed=0, zoff=1):
+    """A GPTQ 4-bit layer as its checkpoint stores it, from GPTQ's published definition:
+    qweight int32 [K/8, N] (K-packed), qzeros int32 [G, N/8] (N-packed, stored minus 1 in v1),
+    scales f16 [G, N], g_idx int32 [K] (act-order: the groups of the Hessian order, permuted)."""
+    rng = np.random.default_rng(seed)
+    g = kk // gs
+    q = rng.integers(0, 16, (kk, n), dtype=np.uint8)
+    z = rng.integers(zoff, 16, (g, n), dtype=np.uint8)
+    s = rng.uniform(0.001, 0.02, (g, n)).astype(np.float16)
+    g_idx = np.arange(kk) // gs
+    if act_order:
+        g_idx = g_idx[rng.permutation(kk)]
+    w = (q.astype(np.float64) - z[g_idx]) * s.astype(np.float64)[g_idx]  # [K, N]
+    parts = {"qweight": pack(np.ascontiguousarray(q.T), 4).T.copy().view(np.int32),
+             "qzeros": pack(z - zoff, 4).view(np.int32), "scales": s,
+             "g_idx": g_idx.astype(np.int32)}
+    return parts, w
+
+
+def _args(parts, x, m, n):
+    return [x, parts["qweight"].view(np.uint32), parts["qzeros"].view(np.uint32),
+            parts["scales"], parts["g_idx"], np.zeros((m, n), np.float32)]
+
+
+@pytest.mark.parametrize("act_order", [True, False])
+@pytest.mark.parametrize("bm", [1, 8])
+def test_gptq_act_order_kernel(act_order, bm):
+    n, kk, gs, m = 64, 512, 128, bm + 1
+    parts, w = gptq_act_layer(n, kk, gs, act_order, seed=bm)
+    k = lowbitc.compile(USER / "gptq_act_gemv.lbk", BM=bm)
+    x = RNG.standard_normal((m, kk)).astype(np.float32)
+    want = x.astype(np.float64) @ w
+    scale = np.abs(want).max()
+    for run in (k, k.interpret):
+        args = _args(parts, x, m, n)
+        run(*args)
+        assert np.abs(args[-1] - want).max() / scale < 2e-6
+    # lowbitc's own import of the same checkpoint: an OffsetQTensor with the column order
+    t = gptq.gptq_tensor("l", parts)
+    assert isinstance(t.weight, OffsetQTensor) == act_order
+    assert np.abs(ops.matmul(x, t.weight) - args[-1]).max() / scale < 2e-6
+    text = k.explain()
+    dots = [ln for ln in text.splitlines() if ": dot " in ln]
+    assert dots and all("fused column dot" in ln for ln in dots)  # at most 8 rows of x
+    for name in ("qzeros", "scales"):  # the group rows: vector copies along N
+        assert f"load {name}: row gather" in text
+    assert text.endswith("0 fallbacks")
+
+
+def test_gptq_act_order_groups_outside_read_zero():
+    """A g_idx entry outside 0 .. G - 1 reads zero scales (that row contributes nothing)."""
+    n, kk, gs = 32, 256, 64
+    parts, w = gptq_act_layer(n, kk, gs, True, seed=3)
+    bad = parts["g_idx"].copy()
+    bad[[3, 100]] = [-1, kk // gs]
+    parts["g_idx"] = bad
+    w[[3, 100]] = 0.0
+    k = lowbitc.compile(USER / "gptq_act_gemv.lbk")
+    x = RNG.standard_normal((1, kk)).astype(np.float32)
+    for run in (k, k.interpret):
+        args = _args(parts, x, 1, n)
+        run(*args)
+        want = x.astype(np.float64) @ w
+        assert np.abs(args[-1] - want).max() / np.abs(want).max() < 2e-6
+
+
+def test_gptq_act_order_torch_compile():
+    torch = pytest.importorskip("torch", reason="register_kernel needs PyTorch")
+    from lowbitc.torch import register_kernel
+
+    n, kk, gs, m = 64, 256, 64, 3
+    parts, w = gptq_act_layer(n, kk, gs, True, seed=5)
+    k = lowbitc.compile(USER / "gptq_act_gemv.lbk", BM=4)
+    x = RNG.standard_normal((m, kk)).astype(np.float32)
+    args = _args(parts, x, m, n)
+    k(*args)
+    op = register_kernel(k, "lbuser::gptq_act_gemv", outputs=["y"])
+    targs = [torch.from_numpy(parts["qweight"]), torch.from_numpy(parts["qzeros"]),
+             torch.from_numpy(parts["scales"]), torch.from_numpy(parts["g_idx"])]
+    xt = torch.from_numpy(x)
+    torch._dynamo.reset()
+    f = torch.compile(lambda a, *p: op(a, *p) * 1.0, fullgraph=True)
+    got = f(xt, *targs).numpy()
+    assert np.array_equal(got, args[-1])  # the same kernel on the same memory: bit-identical
+    want = x.astype(np.float64) @ w
+    assert np.abs(got - want).max() / np.abs(want).max() < 2e-6
