@@ -90,6 +90,25 @@ def _gemv_gptq(n: int, m: int, w: np.ndarray, x: np.ndarray):
     return k, args, x.astype(np.float64) @ w_hat.T, qw
 
 
+def _gemv_gptq_act(n: int, m: int, w: np.ndarray, x: np.ndarray):
+    """The GPTQ act-order layout of a u4 QTensor with zero points and groups of 128: its
+    columns stored in a random order (as GPTQ's desc_act leaves them: each input row k of
+    qweight keeps its group's scales and zero points, g_idx[k] says which), and that QTensor
+    (the same code, scale and zero-point bytes)."""
+    qw = quantize(w, "u4", 128, zero_point=True)
+    zeros = np.clip(np.rint(qw.zeros), 1, 15).astype(np.uint8)
+    scales = qw.scales.astype(np.float16)
+    perm = np.random.default_rng(n + m).permutation(n)  # stored row k is column perm[k]
+    g_idx = (perm // 128).astype(np.int32)
+    codes = np.ascontiguousarray(qw.codes[:, perm])
+    qweight = np.ascontiguousarray(pack(codes, 4).T)  # [K/8, N]
+    w_hat = (codes.astype(np.float64) - zeros[:, g_idx]) * scales.astype(np.float64)[:, g_idx]
+    k = lowbitc.compile(_examples() / "gptq_act_gemv.lbk", BM=min(m, 8))
+    args = [np.ascontiguousarray(x[:, perm]), qweight,
+            pack(np.ascontiguousarray(zeros.T) - 1, 4), np.ascontiguousarray(scales.T), g_idx]
+    return k, args, args[0].astype(np.float64) @ w_hat.T, qw
+
+
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble s of an AWQ word holds column 8j + AWQ_ORDER[s]
 
 
@@ -135,7 +154,8 @@ def _gemv_gguf(name: str, fmt: str, block: int, zero_point: bool):
     return case
 
 
-USER_KERNELS = {"b2_act": _gemv_b2, "q8_0": _gemv_q8_0, "gptq": _gemv_gptq, "awq": _gemv_awq,
+USER_KERNELS = {"b2_act": _gemv_b2, "q8_0": _gemv_q8_0, "gptq": _gemv_gptq,
+                "gptq_act": _gemv_gptq_act, "awq": _gemv_awq,
                 "q4_0": _gemv_gguf("Q4_0", "u4", 32, False),
                 "q5_0": _gemv_gguf("Q5_0", "u5", 32, False),
                 "q4_k": _gemv_gguf("Q4_K", "u4", 256, True)}

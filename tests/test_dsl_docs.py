@@ -78,6 +78,13 @@ def _sem_masks():
     return [x, np.full(10, -1.0, f32)], {1: y}, {}
 
 
+def _sem_gather():
+    x = RNG.standard_normal((3, 8)).astype(f32)
+    idx = np.array([2, 0, 9, 2], np.int32)
+    want = np.stack([x[2], x[0], np.zeros(8, f32), x[2]])
+    return [x, idx, np.zeros((4, 8), f32)], {2: want}, {}
+
+
 def _sem_dequant():
     codes = RNG.integers(0, 16, (3, 10)).astype(np.uint8)
     s = RNG.uniform(0.5, 1.5, 3).astype(f32)
@@ -163,7 +170,7 @@ def _sem_shared():
 CHECKS = {"sem_quantize": _sem_quantize, "sem_shared": _sem_shared,
           "sem_rounding": _sem_rounding,
           "sem_layouts": _sem_layouts, "sem_broadcast": _sem_broadcast, "sem_edges": _sem_edges,
-          "sem_masks": _sem_masks,
+          "sem_masks": _sem_masks, "sem_gather": _sem_gather,
           "sem_dequant": _sem_dequant, "sem_casts": _sem_casts, "sem_loops": _sem_loops,
           "sem_cparams": _sem_cparams, "sem_funcs": _sem_funcs, "sem_dot": _sem_dot,
           "gemv": _perf_gemv}
