@@ -85,9 +85,8 @@ def _window_arg(ctx: Ctx, e: A.Expr, fname: str) -> Window:
     if not isinstance(w, Window):
         raise DSLTypeError(f"{fname}() takes a tensor slice such as x[i :+ 16, :] or a shared "
                            f"tile, got {_kind(w)}", e.loc)
-    if w.gather_axis is not None and (fname != "load" or w.shared):
-        raise DSLTypeError(f"{fname}() cannot take an index tile (only load() of a tensor "
-                           "gathers)", e.loc)
+    if w.gather_axis is not None and fname != "load":
+        raise DSLTypeError(f"{fname}() cannot take an index tile (only load() gathers)", e.loc)
     return w
 
 

@@ -118,11 +118,11 @@ def _args(parts, x, m, n):
 
 
 @pytest.mark.parametrize("act_order", [True, False])
-@pytest.mark.parametrize("bm", [1, 8])
-def test_gptq_act_order_kernel(act_order, bm):
-    n, kk, gs, m = 64, 512, 128, bm + 1
+@pytest.mark.parametrize("bm, gc", [(1, 64), (8, 3)])  # GC 3: two passes over K (G = 4)
+def test_gptq_act_order_kernel(act_order, bm, gc):
+    n, kk, gs, m = 72, 512, 128, bm + 1  # N = 72: a partial BN tile (the generic dot)
     parts, w = gptq_act_layer(n, kk, gs, act_order, seed=bm)
-    k = lowbitc.compile(USER / "gptq_act_gemv.lbk", BM=bm)
+    k = lowbitc.compile(USER / "gptq_act_gemv.lbk", BM=bm, GC=gc)
     x = RNG.standard_normal((m, kk)).astype(np.float32)
     want = x.astype(np.float64) @ w
     scale = np.abs(want).max()
@@ -137,13 +137,14 @@ def test_gptq_act_order_kernel(act_order, bm):
     text = k.explain()
     dots = [ln for ln in text.splitlines() if ": dot " in ln]
     assert dots and all("fused column dot" in ln for ln in dots)  # at most 8 rows of x
-    for name in ("qzeros", "scales"):  # the group rows: vector copies along N
-        assert f"load {name}: row gather" in text
+    for name in ("qzeros", "scales"):  # decoded once per program and pass
+        assert f"load {name}: row copies" in text
+    assert text.count(": load: row gather") == 2  # the rows of each K step: vector copies
     assert text.endswith("0 fallbacks")
 
 
 def test_gptq_act_order_groups_outside_read_zero():
-    """A g_idx entry outside 0 .. G - 1 reads zero scales (that row contributes nothing)."""
+    """A g_idx entry outside 0 .. G - 1 is in no pass's rows: it adds nothing."""
     n, kk, gs = 32, 256, 64
     parts, w = gptq_act_layer(n, kk, gs, True, seed=3)
     bad = parts["g_idx"].copy()

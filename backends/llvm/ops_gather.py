@@ -1,16 +1,17 @@
 """LLVM handler for `gather`: a load whose index along one dim is an integer tile
-(`load(s[g, n :+ BN])` with `g = load(g_idx[k :+ BK])`): each index row is a window of the
-other dims, copied as rows of the last dim (vector moves) when it lies inside the tensor, read
-element by element (0 outside the tensor) at the edges."""
+(`load(s[g, n :+ BN])` with `g = load(g_idx[k :+ BK])`), from a tensor or a shared tile:
+each index row is a window of the other dims, copied as rows of the last dim (vector moves)
+when it lies inside the tensor, read element by element (0 outside the tensor) at the
+edges."""
 
 from __future__ import annotations
 
-from lowbitc.backends.llvm.emitter import MEMTYPE
-from lowbitc.backends.llvm.handlers import Env, const_literal, convert, handles
+from lowbitc.backends.llvm.emitter import MEMTYPE, Buf
+from lowbitc.backends.llvm.handlers import Env, TensorArg, const_literal, convert, handles
 from lowbitc.backends.llvm.windows import _in_bounds, _read, _row_start, _window_index
 from lowbitc.explain import note, subject_of
 from lowbitc.ir.core import Op
-from lowbitc.ir.types import is_signed_int
+from lowbitc.ir.types import TensorType, is_signed_int
 
 BYTES = {"i8": 1, "i16": 2, "i32": 4, "i64": 8, "half": 2, "bfloat": 2, "float": 4, "double": 8}
 
@@ -37,6 +38,9 @@ def gather_starts(env: Env, op: Op, row: str) -> tuple[list[str], tuple[int, ...
 def _gather(env: Env, op: Op) -> None:
     em = env.em
     t = env.get(op.operands[0])
+    if isinstance(t, Buf):  # a shared tile: addressed as a tensor of static dims
+        t = TensorArg(t.ptr, TensorType(t.dtype, t.shape), [str(d) for d in t.shape],
+                      [str(s) for s in t.strides])
     t.ensure_strides(em)
     out = env.result_buf(op)
     ax, sizes = op.attrs.axis, op.attrs.sizes

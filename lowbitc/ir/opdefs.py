@@ -300,13 +300,14 @@ def _gather(ts, a):
     """tensor, index tile [R], then one i64 start per other dim: a window whose `axis` takes the
     index tile's rows (numpy's t[idx, i :+ n]: R in that dim's place)."""
     t, idx = ts[0], ts[1]
-    if not isinstance(t, TensorType):
-        raise _fail("gather", f"first operand must be a tensor, got {t}")
+    if not (isinstance(t, TensorType) or isinstance(t, TileType) and t.space == "shared"):
+        raise _fail("gather", f"first operand must be a tensor or a shared tile, got {t}")
     if not (isinstance(idx, TileType) and len(idx.shape) == 1 and is_int(idx.dtype)):
         raise _fail("gather", f"the index must be a 1-D integer tile, got {idx}")
     if not 0 <= a.axis < len(t.shape) or a.sizes[a.axis] != idx.shape[0]:
         raise _fail("gather", f"axis {a.axis} of {t} does not take an index of {idx}")
-    shape = _window(t, a.sizes, len(ts) - 1, "gather")
+    shape = _window(t, a.sizes, len(ts) - 1,
+                    "gather_shared" if isinstance(t, TileType) else "gather")
     if any(x != ScalarType("i64") for x in ts[2:]):
         raise _fail("gather", "the other dims' starts must be i64 scalars")
     return (TileType(t.dtype, shape, "reg"),)
@@ -453,7 +454,7 @@ _def("philox", VecAttrs, _philox)
 _def("store_codes", CodesAttrs, _store_codes)
 
 # the only ops that take a shared tile (memory, not a value) as an operand: their first
-SHARED_OPERAND = frozenset({"load_shared", "store_shared"})
+SHARED_OPERAND = frozenset({"load_shared", "store_shared", "gather"})
 
 
 def check_shared_operands(opcode: str, types: tuple[Type, ...]) -> None:
