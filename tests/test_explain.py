@@ -138,6 +138,7 @@ USER = Path(__file__).resolve().parents[1] / "examples" / "user"
 ABSQ = "nf4_absq"  # bitsandbytes' second-level code book stands in as 256 sorted values
 EXAMPLES = {  # examples/user kernel -> (compile-time params, its weight parameters)
     "gptq_gemv": ({}, ("qweight", "qzeros")), "awq_gemv": ({}, ("qweight", "qzeros")),
+    "gptq_act_gemv": ({}, ("qweight", "qzeros", "scales")),
     "gemv_b2_act": ({}, ("w",)), "gguf_q8_0_gemv": ({}, ("blocks",)),
     "gguf_q4_0_gemv": ({}, ("blocks",)), "gguf_q5_0_gemv": ({}, ("blocks",)),
     "gguf_q4_k_gemv": ({}, ("blocks",)), "bnb_nf4_gemv": ({"Q": ABSQ}, ("codes",)),
@@ -158,7 +159,7 @@ def test_every_user_example_names_a_fused_path(name, m):
     if "BM: int" not in src and m != 1:
         pytest.skip("no rows of activations")
     if "BM: int" in src:
-        params["BM"] = min(m, 8) if name in ("gptq_gemv", "awq_gemv") else m
+        params["BM"] = min(m, 8) if name in ("gptq_gemv", "gptq_act_gemv", "awq_gemv") else m
         if name == "awq_gemv":
             params["BN"] = 256 // params["BM"]
     text = lowbitc.compile(USER / f"{name}.lbk", **params).explain()
