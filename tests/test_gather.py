@@ -180,3 +180,25 @@ def test_gptq_act_order_torch_compile():
     assert np.array_equal(got, args[-1])  # the same kernel on the same memory: bit-identical
     want = x.astype(np.float64) @ w
     assert np.abs(got - want).max() / np.abs(want).max() < 2e-6
+
+
+@pytest.mark.parametrize("src_t", ["u32", "i32"])
+@pytest.mark.parametrize("fmt, words", [("u2", 2), ("u4", 4), ("i4", 2), ("u8", 8), ("u4", 1),
+                                        ("u3", 3)])
+def test_view_of_word_tiles(src_t, fmt, words):
+    """view(words, F) of a register tile (the gathered zero-point words' decode): 16 codes per
+    shuffle, shift and mask where a row is whole 16-code chunks, else code by code."""
+    bits = int(fmt[1:])
+    cols = words * 32 // bits
+    kern = lowbitc.compile(f"""
+kernel v(w: {src_t}[3, {words}], y: f32[3, {cols}]) {{
+  store(y[0 :+ 3, 0 :+ {cols}], cast(view(load(w[0 :+ 3, 0 :+ {words}]), {fmt}), f32))
+}}
+""")
+    w = RNG.integers(0, 2**32, (3, words), dtype=np.uint32).view(numpy_dtype(src_t))
+    codes = lowbitc.unpack(w.view(np.uint32), bits, cols)
+    want = lowbitc.dtype(fmt).decode(codes)
+    for run in (kern, kern.interpret):
+        y = np.zeros((3, cols), np.float32)
+        run(w, y)
+        assert np.array_equal(y, want)
