@@ -15,6 +15,8 @@ import lowbitc
 from lowbitc import ops, pack
 from lowbitc.errors import DSLTypeError
 from lowbitc.interop import gptq
+from lowbitc.ir.parser import parse
+from lowbitc.ir.printer import print_kernel
 from lowbitc.ir.types import numpy_dtype
 from lowbitc.offset import OffsetQTensor
 
@@ -134,6 +136,8 @@ def test_gptq_act_order_kernel(act_order, bm, gc):
     t = gptq.gptq_tensor("l", parts)
     assert isinstance(t.weight, OffsetQTensor) == act_order
     assert np.abs(ops.matmul(x, t.weight) - args[-1]).max() / scale < 2e-6
+    for ir in (k.ir, k.lowered):  # gathers print and parse back
+        assert print_kernel(parse(print_kernel(ir))) == print_kernel(ir)
     text = k.explain()
     dots = [ln for ln in text.splitlines() if ": dot " in ln]
     assert dots and all("fused column dot" in ln for ln in dots)  # at most 8 rows of x
