@@ -143,7 +143,8 @@ def test_gptq_act_order_kernel(act_order, bm, gc):
     assert dots and all("fused column dot" in ln for ln in dots)  # at most 8 rows of x
     for name in ("qzeros", "scales"):  # decoded once per program and pass
         assert f"load {name}: row copies" in text
-    assert text.count(": load: row gather") == 2  # the rows of each K step: vector copies
+    # the rows of each K step's groups: read in the dot, one vector per row and 16 outputs
+    assert text.count(": load: row gather fused into the dot") == 2
     assert text.endswith("0 fallbacks")
 
 
@@ -206,3 +207,26 @@ kernel v(w: {src_t}[3, {words}], y: f32[3, {cols}]) {{
         y = np.zeros((3, cols), np.float32)
         run(w, y)
         assert np.array_equal(y, want)
+
+
+def test_gathered_leaf_from_a_tensor_in_the_column_dot():
+    """Scale rows gathered straight from the f16 tensor (no table) are read in the fused
+    column dot too, a row outside the tensor as zeros; a window of them past N's edge (N = 40)
+    takes the generic dot."""
+    src = (USER / "gptq_act_gemv.lbk").read_text().replace(
+        "transpose(load(st[g, 0 :+ BN]))",
+        "cast(transpose(load(scales[load(g_idx[k :+ BK]), n0 :+ BN])), f32)")
+    n, kk, gs = 40, 256, 64
+    parts, w = gptq_act_layer(n, kk, gs, True, seed=7)
+    bad = parts["g_idx"].copy()
+    bad[5] = 99  # outside: zero scales for that input row
+    parts["g_idx"] = bad
+    w[5] = 0.0
+    k = lowbitc.compile(src, BN=16)
+    assert "load scales: row gather fused into the dot" in k.explain()
+    x = RNG.standard_normal((2, kk)).astype(np.float32)
+    want = x.astype(np.float64) @ w
+    for run in (k, k.interpret):
+        args = _args(parts, x, 2, n)
+        run(*args)
+        assert np.abs(args[-1] - want).max() / np.abs(want).max() < 2e-6

@@ -13,9 +13,9 @@ rows of `a`. Other windows run the deferred ops and the generic dot.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from lowbitc.backends.llvm.emitter import Buf, lltype
+from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
 from lowbitc.backends.llvm.fusion import (
     _window_ok,
     note_fused,
@@ -24,10 +24,12 @@ from lowbitc.backends.llvm.fusion import (
     with_fallback,
 )
 from lowbitc.backends.llvm.fusion_plan import FUSIBLE, MAX_ROWS, _derived, fold, region_index
-from lowbitc.backends.llvm.handlers import Env, convert
+from lowbitc.backends.llvm.handlers import Env, TensorArg, convert
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view
+from lowbitc.backends.llvm.ops_gather import index_row
+from lowbitc.explain import note, subject_of
 from lowbitc.ir.core import Op, Region, Value
-from lowbitc.ir.types import TileType, is_float, is_machine
+from lowbitc.ir.types import TensorType, TileType, is_float, is_machine
 from lowbitc.signature import format_bits
 
 L = 16  # lanes along N
@@ -46,6 +48,9 @@ class ColumnPlan:
     # E = (Y - U) * V with U, V constant along K ([BN, 1] tiles or scalars): the dot sums
     # a * Y only and applies V * (sum - U * sum(a)) once per window (the zero-point fold)
     fold: tuple[Value, Value, Value] | None = None
+    # leaves [cast](transpose(gather(t, idx, n))) [BN, BK]: column k read as row idx[k] of
+    # t (one vector per 16 outputs), no gathered tile (leaf id -> [cast?, transpose, gather])
+    gathered: dict[int, list[Op]] = field(default_factory=dict)
 
 
 def _column_codes(op: Op, defs: dict[int, Op], uses: dict[int, int]) -> list[Op] | None:
@@ -87,11 +92,40 @@ def plan_columns(r: Region) -> dict[int, ColumnPlan]:
                 and e.type.shape[0] % L == 0 and chain[3].results[0].type.shape == e.type.shape):
             continue
         tree = sorted(tree, key=lambda o: order[id(o)])
-        deferred = sorted(tree + chain + [tr], key=lambda o: order[id(o)])
+        gathered = _gathered_leaves(tree, defs, uses, e.type.shape)
+        extra = [o for ops in gathered.values() for o in ops]
+        deferred = sorted(tree + chain + [tr] + extra, key=lambda o: order[id(o)])
         plans[op.results[0].id] = ColumnPlan(op, chain[0], chain[3], tree, deferred, e,
                                              format_bits(chain[2].attrs.dtype),
-                                             fold(tree, e, -1))
+                                             fold(tree, e, -1),
+                                             gathered)
     return plans
+
+
+def _gathered_leaves(tree: list[Op], defs: dict[int, Op], uses: dict[int, int],
+                     shape) -> dict[int, list[Op]]:
+    """E's leaves transpose(gather(t, idx, n)) (or a cast of one) of shape [BN, BK], gathered
+    along the rows of a 2-D tensor or shared tile, used once: {leaf id: [cast?, transpose,
+    gather]}."""
+    found = {}
+    for op in tree:
+        for v in op.operands:
+            ops, x = [], v
+            while (d := defs.get(x.id)) is not None and uses[x.id] == 1 and len(ops) < 3:
+                ops.append(d)
+                if d.opcode == "gather" or d.opcode not in ("cast", "transpose"):
+                    break
+                x = d.operands[0]
+            kinds = [o.opcode for o in ops]
+            if kinds not in (["transpose", "gather"], ["cast", "transpose", "gather"]) \
+                    or tuple(v.type.shape) != tuple(shape) or ops[-2].attrs.perm != (1, 0) \
+                    or len(ops[0].operands) != 1:  # (not a stochastic cast)
+                continue
+            g = ops[-1]
+            if (g.attrs.axis == 0 and len(g.attrs.sizes) == 2 and g.attrs.sizes[1] > 0
+                    and lltype(g.results[0].type.dtype) in ("float", "half", "i32")):
+                found[v.id] = ops
+    return found
 
 
 def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value):
@@ -133,11 +167,21 @@ def emit_column_dot(env: Env, plan: ColumnPlan, generic_dot) -> None:
     starts = [env.get(v) for v in plan.load.operands[1:3]]
     note_fused(plan.dot, plan.load, "fused column dot (codes of a transposed word tile, 16 "
                "outputs per vector)")
+    for ops in plan.gathered.values():
+        note("load", subject_of(ops[-1].operands[0]), f"row gather fused into the dot at "
+             f"{plan.dot.loc}: one vector of row idx[k] per 16 outputs", loc=ops[-1].loc)
 
     def choose(abuf, out):
         if not (isinstance(abuf, Buf) and abuf.contiguous):
             return None
         ok = _window_ok(em, t, starts, plan.load.attrs.sizes, aligned=False)
+        for ops in plan.gathered.values():  # the gathered rows' window along N
+            g = ops[-1]
+            src, n0 = _source(env, g), env.get(g.operands[2])
+            end = em.val(f"add i64 {n0}, {g.attrs.sizes[1]}")
+            inside = em.val(f"and i1 {em.val(f'icmp sge i64 {n0}, 0')}, "
+                            f"{em.val(f'icmp sle i64 {end}, {src.dims[1]}')}")
+            ok = em.val(f"and i1 {ok}, {inside}")
         return ok, lambda: _fast(env, plan, abuf, out, t, starts)
 
     with_fallback(env, plan.dot, plan.deferred, generic_dot, choose, "colfused")
@@ -249,7 +293,7 @@ def _eval(env: Env, plan: ColumnPlan, codes: str, k: str, c: str,
         args = []
         for v in op.operands:
             if v.id not in vals:
-                vals[v.id] = _leaf(env, v, shape, k, c)
+                vals[v.id] = _leaf(env, v, shape, k, c, plan.gathered)
             args.append(vals[v.id])
         vals[op.results[0].id] = vector_op(env, op, args, L)
         if root is not None and op.results[0].id == root.id:
@@ -257,8 +301,40 @@ def _eval(env: Env, plan: ColumnPlan, codes: str, k: str, c: str,
     return vals[(root or plan.root).id]
 
 
-def _leaf(env: Env, v: Value, shape, k: str, c: str) -> str:
+def _source(env: Env, g: Op) -> TensorArg:
+    """The gather's tensor, or its shared tile addressed as one."""
+    t = env.get(g.operands[0])
+    if isinstance(t, Buf):
+        t = TensorArg(t.ptr, TensorType(t.dtype, t.shape), [str(d) for d in t.shape],
+                      [str(st) for st in t.strides])
+    t.ensure_strides(env.em)
+    return t
+
+
+def _gathered(env: Env, ops: list[Op], k: str, c: str) -> str:
+    """Column k, outputs 16c .. 16c + 15 of [cast](transpose(gather)): row idx[k] of the
+    source from column n0 + 16c (zeros for a row outside it)."""
     em = env.em
+    g = ops[-1]
+    t = _source(env, g)
+    row = index_row(env, g, k)
+    ok = em.val(f"icmp ult i64 {row}, {t.dims[0]}")
+    row = em.val(f"select i1 {ok}, i64 {row}, i64 0")
+    col = em.val(f"add i64 {env.get(g.operands[2])}, {em.val(f'mul i64 {c}, {L}')}")
+    at = em.val(f"add i64 {em.val(f'mul i64 {row}, {t.strides[0]}')}, {col}")
+    vt = f"<{L} x {lltype(g.results[0].type.dtype)}>"
+    p = em.val(f"getelementptr inbounds {MEMTYPE[t.type.dtype]}, ptr {t.ptr}, i64 {at}")
+    v = em.val(f"load {vt}, ptr {p}, align 2")
+    v = em.val(f"select i1 {ok}, {vt} {v}, {vt} zeroinitializer")
+    if ops[0].opcode == "cast":
+        v = convert(em, v, g.results[0].type.dtype, ops[0].attrs.dtype, L)
+    return v
+
+
+def _leaf(env: Env, v: Value, shape, k: str, c: str, gathered: dict | None = None) -> str:
+    em = env.em
+    if gathered and v.id in gathered:
+        return _gathered(env, gathered[v.id], k, c)
     x = env.get(v)
     dt = v.type.dtype
     t = lltype(dt)
