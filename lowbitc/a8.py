@@ -93,34 +93,47 @@ def params(wtype, group: int, zero_point: bool, M: int, act: str,
             "BM": bm, "BN": rows_tile(M, N, wtype.bits)}
 
 
-def tile_major(a: np.ndarray | None, bn: int) -> np.ndarray:
-    """Scales or zero points [N, G] as matmul_a8 reads them: per tile of `bn` rows, every
-    group's values for its rows, [cdiv(N, bn), G, bn] float32 (rows past N read 0); a
-    [1, 1, 1] placeholder for None."""
-    if a is None:
-        return _NO_ZEROS
-    n, g = a.shape
+def tile_major(scales: np.ndarray, bn: int, zeros: np.ndarray | None = None) -> np.ndarray:
+    """Scales and zero points [N, G] as matmul_a8 reads them, in one array: per tile of `bn`
+    rows and group, the tile's `bn` scales, then (with zero points) its `bn` zero points,
+    [cdiv(N, bn), G, bn or 2 bn] float32 (rows past N read 0). A program reads them as one
+    stream beside its codes'."""
+    n, g = scales.shape
     nt = -(-n // bn)
-    out = np.zeros((nt * bn, g), np.float32)
-    out[:n] = a
-    return np.ascontiguousarray(out.reshape(nt, bn, g).transpose(0, 2, 1))
+    parts = (scales,) if zeros is None else (scales, zeros)
+    out = np.zeros((nt, g, len(parts), bn), np.float32)
+    for i, a in enumerate(parts):
+        rows = np.zeros((nt * bn, g), np.float32)
+        rows[:n] = a
+        out[:, :, i, :] = rows.reshape(nt, bn, g).transpose(0, 2, 1)
+    return out.reshape(nt, g, len(parts) * bn)
 
 
-def tile_scales(qw, bn: int) -> tuple[np.ndarray, np.ndarray]:
-    """qw's scales and zero points tile-major for tiles of `bn` rows, made once per tile
-    width and cached on qw (QTensor.replica copies them)."""
+def from_tile_major(sz: np.ndarray, n: int, zero_point: bool) -> tuple[np.ndarray,
+                                                                        np.ndarray | None]:
+    """tile_major's inverse: (scales, zeros or None), each [n, G]."""
+    nt, g, width = sz.shape
+    parts = 2 if zero_point else 1
+    bn = width // parts
+    a = sz.reshape(nt, g, parts, bn).transpose(2, 0, 3, 1).reshape(parts, nt * bn, g)[:, :n]
+    return a[0].copy(), (a[1].copy() if zero_point else None)
+
+
+def tile_scales(qw, bn: int) -> np.ndarray:
+    """qw's scales and zero points tile-major (`tile_major`) for tiles of `bn` rows, made
+    once per tile width and cached on qw (QTensor.replica copies them)."""
     cache = qw.__dict__.setdefault("_tile_major", {})
     hit = cache.get(bn)
     if hit is None:
-        hit = cache[bn] = (tile_major(qw.scales, bn), tile_major(qw.zeros, bn))
+        hit = cache[bn] = tile_major(qw.scales, bn, qw.zeros)
     return hit
 
 
-def matmul(k: Kernel, x: np.ndarray, adt: str, w, scales: np.ndarray,
-           zeros: np.ndarray, y: np.ndarray, group: int) -> None:
+def matmul(k: Kernel, x: np.ndarray, adt: str, w, sz: np.ndarray, y: np.ndarray,
+           group: int) -> None:
     """y = x @ w.T through matmul_a8 `k`: the activations quantized once (quantize_a8, per
-    row and block), then the integer dot with every weight row. scales and zeros (a
-    [1, 1, 1] placeholder without zero points) come tile-major (`tile_major`)."""
+    row and block), then the integer dot with every weight row. sz: the scales and zero
+    points tile-major (`tile_major`)."""
     M, K = x.shape
     quant = _QUANTIZERS.get((k, adt))
     if quant is None:
@@ -131,8 +144,7 @@ def matmul(k: Kernel, x: np.ndarray, adt: str, w, scales: np.ndarray,
     xd = np.empty((kb, M), np.float32)
     xs = np.empty((kb, M), np.float32)
     quant(x, xq, xd, xs)
-    k(xq, xd, xs, w, scales, zeros, y, group)
+    k(xq, xd, xs, w, sz, y, group)
 
 
 _QUANTIZERS: dict[tuple, Kernel] = {}  # (matmul_a8 kernel, activation dtype) -> quantize_a8
-_NO_ZEROS = np.zeros((1, 1, 1), np.float32)  # matmul_a8's z without zero points (never read)

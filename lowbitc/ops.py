@@ -221,8 +221,8 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
             params.update(GM=not params["EARLY"], OFF=offsets is not None)
         k = _remember(plan, get_kernel(name, backend, **params))
     if k.name == "matmul_a8":  # scales and zeros tile-major, activations quantized first
-        scales, zeros = a8.tile_scales(qw, k.params["BN"])
-        a8.matmul(k, x, adt, weight_storage(qw, k), scales, zeros, y, qw.group_size)
+        sz = a8.tile_scales(qw, k.params["BN"])
+        a8.matmul(k, x, adt, weight_storage(qw, k), sz, y, qw.group_size)
         if qw.sparse is not None:
             qw.sparse.matmul_add(x, y, backend)
         return y

@@ -116,8 +116,7 @@ class QTensor:
             twin.__dict__["group_major"] = tuple(
                 None if a is None else a.copy() for a in self.group_major)
         twin.__dict__["_tile_major"] = {  # lowbitc.a8.tile_scales
-            bn: tuple(a.copy() for a in arrays)
-            for bn, arrays in self.__dict__.get("_tile_major", {}).items()}
+            bn: sz.copy() for bn, sz in self.__dict__.get("_tile_major", {}).items()}
         twin.__dict__["_repacked"] = {
             p: PackedWords(w.words.copy(), w.packing, w.count)
             for p, w in self.__dict__.get("_repacked", {}).items()}

@@ -187,11 +187,11 @@ def test_a8_fused_matches_interpreter(fmt, zp, N, M):
         outs.append((xq, xd, xs))
     for got, want in zip(outs[0], outs[1], strict=True):
         np.testing.assert_array_equal(got, want)
-    scales, zeros = a8.tile_scales(qw, params["BN"])
+    sz = a8.tile_scales(qw, params["BN"])
     ys = []
     for run in (k, k.interpret):
         y = np.zeros((M, N), np.float32)
-        run(*outs[1], ops.weight_storage(qw, k), scales, zeros, y, group, K=K)
+        run(*outs[1], ops.weight_storage(qw, k), sz, y, group, K=K)
         ys.append(y)
     np.testing.assert_allclose(ys[0], ys[1], rtol=1e-5, atol=1e-5 * np.abs(ys[1]).max())
 
@@ -208,25 +208,35 @@ def test_a8_kernels_take_the_fused_byte_dot(fmt, zp, M):
     assert "dot w: fused integer byte dot" in text, text
 
 
-def test_tile_major_scales():
-    """[N, G] -> [cdiv(N, bn), G, bn]: every value at its tile, group and row; rows past N
-    zero; cached per tile width and copied by QTensor.replica."""
+@pytest.mark.parametrize("zp", [False, True])
+def test_tile_major_scales(zp):
+    """[N, G] scales (and zero points) -> [cdiv(N, bn), G, bn (2 bn)]: every value at its
+    tile, group and row, zero points after the tile's scales; rows past N zero; the inverse
+    gives them back; cached per tile width and copied by QTensor.replica."""
     rng = np.random.default_rng(7)
     a = rng.standard_normal((40, 3)).astype(np.float32)
-    t = a8.tile_major(a, 16)
-    assert t.shape == (3, 3, 16) and t.flags.c_contiguous
+    z = rng.standard_normal((40, 3)).astype(np.float32) if zp else None
+    t = a8.tile_major(a, 16, z)
+    assert t.shape == (3, 3, 32 if zp else 16) and t.flags.c_contiguous
     n, g = np.meshgrid(np.arange(40), np.arange(3), indexing="ij")
     np.testing.assert_array_equal(t[n // 16, g, n % 16], a)
-    assert not t[2, :, 8:].any()
-    assert a8.tile_major(None, 32).shape == (1, 1, 1)
+    if zp:
+        np.testing.assert_array_equal(t[n // 16, g, 16 + n % 16], z)
+        assert not t[2, :, 24:].any()
+    assert not t[2, :, 8:16].any()
+    back_s, back_z = a8.from_tile_major(t, 40, zp)
+    np.testing.assert_array_equal(back_s, a)
+    assert (back_z is None) == (not zp)
+    if zp:
+        np.testing.assert_array_equal(back_z, z)
     qw = lowbitc.quantize(rng.standard_normal((32, 64)).astype(np.float32), "u4", 32,
-                          zero_point=True)
-    s, z = a8.tile_scales(qw, 16)
-    assert a8.tile_scales(qw, 16)[0] is s
-    np.testing.assert_array_equal(z, a8.tile_major(qw.zeros, 16))
+                          zero_point=zp)
+    sz = a8.tile_scales(qw, 16)
+    assert a8.tile_scales(qw, 16) is sz
+    np.testing.assert_array_equal(sz, a8.tile_major(qw.scales, 16, qw.zeros))
     twin = qw.replica()
-    s2, _ = a8.tile_scales(twin, 16)
-    assert s2 is not s and np.array_equal(s2, s)
+    sz2 = a8.tile_scales(twin, 16)
+    assert sz2 is not sz and np.array_equal(sz2, sz)
 
 
 def test_a8_other_formats_keep_f32_activations():

@@ -66,12 +66,12 @@ def weight_tensor(qw: QTensor) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
-def _launch(kern, x: np.ndarray, adt: str, w, s: np.ndarray, z: np.ndarray, y: np.ndarray,
+def _launch(kern, x: np.ndarray, adt: str, w, s: np.ndarray, z: np.ndarray | None, y: np.ndarray,
             group_size: int, k: int) -> None:
     """Run a CPU matmul kernel on numpy arrays: matmul_a8 through lowbitc.a8 (activations
-    quantized first; s and z tile-major), any other directly."""
+    quantized first; s: scales and zero points tile-major, z unused), any other directly."""
     if kern.name == "matmul_a8":
-        a8.matmul(kern, x, adt, w, s, z, y, group_size)
+        a8.matmul(kern, x, adt, w, s, y, group_size)  # s: scales and zeros tile-major
     else:
         kern(x, w, s, z, y, group_size, K=k)
 
@@ -237,8 +237,8 @@ def matmul_into(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scales: 
                           group_size, m, n, k, act)
     if backend == "llvm":
         bn = kern.params["BN"] if kern.name == "matmul_a8" else 0  # tile-major (memoised)
-        s = _tile_major(scales, bn) if bn else _operand(scales, backend)
-        z = _tile_major(zeros, bn) if bn else _operand(zeros, backend)
+        s = _tile_major(scales, zeros, bn) if bn else _operand(scales, backend)
+        z = None if bn else _operand(zeros, backend)
         _launch(kern, _array(x), ACTIVATIONS[x.dtype],
                 _kernel_weight(kern, weight, scales, zeros, fmt, group_size, k), s, z,
                 _array(y), group_size, k)
@@ -298,8 +298,8 @@ class BoundMatmul:
                                   zeros is not None, g, m, n, k, act, group_major=True)
             s, z = _array(scales), _operand(zeros, "llvm", False)
             if kern.name == "matmul_a8":  # tile-major, as ops.matmul
-                s = a8.tile_major(s, kern.params["BN"])
-                z = a8.tile_major(None if zeros is None else z, kern.params["BN"])
+                s = a8.tile_major(s, kern.params["BN"], None if zeros is None else z)
+                z = None
             elif kern.params.get("GM"):  # the GEMV path reads them group-major
                 s = np.ascontiguousarray(s.T)
                 z = z if zeros is None else np.ascontiguousarray(z.T)

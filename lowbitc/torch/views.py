@@ -42,7 +42,7 @@ def weight_array(t: torch.Tensor) -> np.ndarray:
 
 
 _REPACKED: dict[int, tuple] = {}  # id(weight) -> (weakref, data_ptr, version, packing, words)
-_TILE_MAJOR: dict[tuple, tuple] = {}  # (id(scales or zeros), tile) -> (weakref, state, copy)
+_TILE_MAJOR: dict[tuple, tuple] = {}  # (id(scales), tile) -> (weakref, state, copy)
 
 
 def kernel_weight(kern, weight: torch.Tensor, scales: torch.Tensor,
@@ -69,17 +69,17 @@ def kernel_weight(kern, weight: torch.Tensor, scales: torch.Tensor,
     return words
 
 
-def tile_major(t: torch.Tensor | None, bn: int) -> np.ndarray:
-    """Scales or zero points [N, G] tile-major for tiles of `bn` rows (lowbitc.a8.tile_major:
-    what matmul_a8 reads), made once per tensor, tile width and in-place version; the
-    zero-point placeholder for None."""
-    if t is None:
-        return a8.tile_major(None, bn)
-    state = (t.data_ptr(), 0 if t.is_inference() else t._version)
-    key = (id(t), bn)  # GEMV and GEMM tiles differ: both kept
+def tile_major(scales: torch.Tensor, zeros: torch.Tensor | None, bn: int) -> np.ndarray:
+    """Scales and zero points [N, G] tile-major for tiles of `bn` rows, in one array
+    (lowbitc.a8.tile_major: what matmul_a8 reads), made once per tensor pair, tile width and
+    in-place versions."""
+    state = tuple((id(t), t.data_ptr(), 0 if t.is_inference() else t._version)
+                  for t in (scales, zeros) if t is not None)
+    key = (id(scales), bn)  # GEMV and GEMM tiles differ: both kept
     hit = _TILE_MAJOR.get(key)
-    if hit is not None and hit[0]() is t and hit[1] == state:
+    if hit is not None and hit[0]() is scales and hit[1] == state:
         return hit[2]
-    a = a8.tile_major(array(t), bn)
-    _TILE_MAJOR[key] = (weakref.ref(t, lambda _, key=key: _TILE_MAJOR.pop(key, None)), state, a)
+    a = a8.tile_major(array(scales), bn, None if zeros is None else array(zeros))
+    _TILE_MAJOR[key] = (weakref.ref(scales, lambda _, key=key: _TILE_MAJOR.pop(key, None)),
+                        state, a)
     return a
