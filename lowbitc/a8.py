@@ -19,6 +19,7 @@ import numpy as np
 from lowbitc.compiler import Kernel
 from lowbitc.errors import UserArgumentError
 from lowbitc.kernels import get_kernel
+from lowbitc.repack import PackedWords
 
 ACTS = ("f32", "i8")  # what ops.matmul's `act` takes
 MAX_BLOCK = 128  # activation block: at most this many columns share one int8 scale
@@ -144,7 +145,7 @@ def matmul(k: Kernel, x: np.ndarray, adt: str, w, sz: np.ndarray, y: np.ndarray,
     xd = np.empty((kb, M), np.float32)
     xs = np.empty((kb, M), np.float32)
     quant(x, xq, xd, xs)
-    k(xq, xd, xs, w, sz, y, group)
+    k(xq, xd, xs, w, sz, y, group, KW=w.count if isinstance(w, PackedWords) else K)
 
 
 _QUANTIZERS: dict[tuple, Kernel] = {}  # (matmul_a8 kernel, activation dtype) -> quantize_a8

@@ -191,7 +191,7 @@ def test_a8_fused_matches_interpreter(fmt, zp, N, M):
     ys = []
     for run in (k, k.interpret):
         y = np.zeros((M, N), np.float32)
-        run(*outs[1], ops.weight_storage(qw, k), sz, y, group, K=K)
+        run(*outs[1], ops.weight_storage(qw, k), sz, y, group, K=K, KW=K)
         ys.append(y)
     np.testing.assert_allclose(ys[0], ys[1], rtol=1e-5, atol=1e-5 * np.abs(ys[1]).max())
 
