@@ -14,12 +14,14 @@ columns: the weight group, or its largest divisor of at most MAX_BLOCK that is a
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from lowbitc.compiler import Kernel
 from lowbitc.errors import UserArgumentError
 from lowbitc.kernels import get_kernel
-from lowbitc.repack import PackedWords
+from lowbitc.repack import LANES, PackedWords, RowsPacking
 
 ACTS = ("f32", "i8")  # what ops.matmul's `act` takes
 MAX_BLOCK = 128  # activation block: at most this many columns share one int8 scale
@@ -82,16 +84,97 @@ def rows_tile(M: int, N: int, bits: int = 4) -> int:
     return widest
 
 
+def inline_shape(bits: int, zero_point: bool) -> tuple[int, int]:
+    """(P, E) of the inline GEMV packing (`inline_pack`): the scales and zero points of P
+    groups (one f32 word per row each) fill E extra steps of the rows packing (`bits` words
+    per row each) exactly: P (1 + zero_point) = E bits = their least common multiple."""
+    per = 2 if zero_point else 1
+    lcm = math.lcm(bits, per)
+    return lcm // per, lcm // bits
+
+
 def params(wtype, group: int, zero_point: bool, M: int, act: str,
-           N: int = 4096) -> dict | None:
-    """matmul_a8's parameters for this weight and shape, or None for the f32 path."""
+           N: int = 4096, inline: bool = True) -> dict | None:
+    """matmul_a8's parameters for this weight and shape, or None for the f32 path. A GEMV
+    of codes in the rows packing (not u8/i8 bytes) whose group is whole steps reads the
+    inline packing (P, XK; `inline_pack`) in 16-row programs unless `inline` is False."""
     m = byte_map(wtype) if act == "i8" else None
     if m is None:
         return None
     sc, lo = m
     bm = 1 if M == 1 else min(16, 1 << (M - 1).bit_length())
-    return {"W": wtype, "SC": sc, "LO": lo, "ZP": bool(zero_point), "QB": block(group),
-            "BM": bm, "BN": rows_tile(M, N, wtype.bits)}
+    out = {"W": wtype, "SC": sc, "LO": lo, "ZP": bool(zero_point), "QB": block(group),
+           "BM": bm, "BN": rows_tile(M, N, wtype.bits)}
+    if inline and M == 1 and wtype.bits < 8 and group % 32 == 0:
+        p, e = inline_shape(wtype.bits, zero_point)
+        out.update(BN=LANES, P=p, XK=32 * e)
+    return out
+
+
+def inline_pack(qw) -> tuple[PackedWords, np.ndarray]:
+    """qw in the inline GEMV packing, (w, sz) as matmul_a8 takes them with its `params`
+    P and XK: the rows packing (16 rows per vector, K contiguous per 16-row block; rows
+    padded to whole blocks with code 0) of the codes with 32 E extra columns after every P
+    groups (the last run padded to whole groups), whose words hold, per group of the run in
+    turn, the block's 16 scales then (with zero points) its 16 zero points; sz is the same
+    memory as float32 [blocks, runs, words of a run per block]. A 16-row program reads its
+    codes, scales and zero points as one sequential stream (llama.cpp's repacked q4_0 keeps
+    8 rows' blocks and scales in one stream likewise). Made once and cached on qw
+    (QTensor.replica copies it); `from_inline` is the inverse."""
+    cache = qw.__dict__.setdefault("_tile_major", {})
+    hit = cache.get("inline")
+    if hit is None:
+        hit = cache["inline"] = _inline(qw.codes, qw.scales, qw.zeros, qw.dtype.bits,
+                                        qw.group_size)
+    return hit
+
+
+def _inline(codes, scales, zeros, bits: int, group: int) -> tuple[PackedWords, np.ndarray]:
+    n, k = codes.shape
+    g = scales.shape[1]
+    p, e = inline_shape(bits, zeros is not None)
+    runs, nb = -(-g // p), -(-n // LANES)
+    ext = np.zeros((nb * LANES, runs, p * group + 32 * e), np.uint8)
+    c = np.zeros((n, runs * p * group), np.uint8)
+    c[:, :k] = codes
+    ext[:n, :, : p * group] = c.reshape(n, runs, p * group)
+    count = runs * (p * group + 32 * e)
+    packing = RowsPacking(bits)
+    words = packing.from_codes(ext.reshape(nb * LANES, count))
+    run_words = (p * group // 32 + e) * bits * LANES
+    sz = words.reshape(-1).view(np.float32).reshape(nb, runs, run_words)
+    per = [scales] if zeros is None else [scales, zeros]
+    vals = np.zeros((len(per), nb * LANES, runs * p), np.float32)
+    for i, a in enumerate(per):
+        vals[i, :n, :g] = a
+    # [kind, block, lane, run, group of run] -> [block, run, group of run, kind, lane]
+    vals = vals.reshape(len(per), nb, LANES, runs, p).transpose(1, 3, 4, 0, 2)
+    sz[:, :, run_words - p * len(per) * LANES:] = vals.reshape(nb, runs, -1)
+    return PackedWords(words, packing, count), sz
+
+
+def from_inline(w: PackedWords, n: int, k: int, group: int, zero_point: bool):
+    """inline_pack's inverse: (codes [n, k] uint8, scales [n, G], zeros [n, G] or None)."""
+    bits = w.packing.bits
+    p, e = inline_shape(bits, zero_point)
+    g = -(-k // group)
+    runs = -(-g // p)
+    per = 2 if zero_point else 1
+    ext = w.packing.to_codes(w.words, w.count).reshape(-1, runs, p * group + 32 * e)
+    codes = ext[:n, :, : p * group].reshape(n, -1)[:, :k].copy()
+    run_words = (p * group // 32 + e) * bits * LANES
+    sz = w.words.reshape(-1).view(np.float32).reshape(-1, runs, run_words)
+    vals = sz[:, :, run_words - p * per * LANES:].reshape(-1, runs, p, per, LANES)
+    vals = vals.transpose(3, 0, 4, 1, 2).reshape(per, -1, runs * p)[:, :n, :g]
+    return codes, vals[0].copy(), (vals[1].copy() if zero_point else None)
+
+
+def operands(qw, k: Kernel, storage) -> tuple[object, np.ndarray]:
+    """(w, sz) for matmul_a8 `k` on qw: the inline packing where k reads it (XK > 0), else
+    `storage(qw, k)` (the weight in k's packing) and the scales tile-major."""
+    if k.params.get("XK"):
+        return inline_pack(qw)
+    return storage(qw, k), tile_scales(qw, k.params["BN"])
 
 
 def tile_major(scales: np.ndarray, bn: int, zeros: np.ndarray | None = None) -> np.ndarray:

@@ -221,8 +221,8 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
             params.update(GM=not params["EARLY"], OFF=offsets is not None)
         k = _remember(plan, get_kernel(name, backend, **params))
     if k.name == "matmul_a8":  # scales and zeros tile-major, activations quantized first
-        sz = a8.tile_scales(qw, k.params["BN"])
-        a8.matmul(k, x, adt, weight_storage(qw, k), sz, y, qw.group_size)
+        w, sz = a8.operands(qw, k, weight_storage)
+        a8.matmul(k, x, adt, w, sz, y, qw.group_size)
         if qw.sparse is not None:
             qw.sparse.matmul_add(x, y, backend)
         return y

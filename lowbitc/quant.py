@@ -115,8 +115,8 @@ class QTensor:
         if "group_major" in self.__dict__:
             twin.__dict__["group_major"] = tuple(
                 None if a is None else a.copy() for a in self.group_major)
-        twin.__dict__["_tile_major"] = {  # lowbitc.a8.tile_scales
-            bn: sz.copy() for bn, sz in self.__dict__.get("_tile_major", {}).items()}
+        twin.__dict__["_tile_major"] = {  # lowbitc.a8.tile_scales and inline_pack
+            key: _copied(v) for key, v in self.__dict__.get("_tile_major", {}).items()}
         twin.__dict__["_repacked"] = {
             p: PackedWords(w.words.copy(), w.packing, w.count)
             for p, w in self.__dict__.get("_repacked", {}).items()}
@@ -153,6 +153,17 @@ class QTensor:
         if self.dtype.kind == "codebook":
             meta["codebook"] = json.dumps(list(self.dtype.table))
         save_file(tensors, str(path), metadata=meta)
+
+
+def _copied(v):
+    """A copy of a cached matmul_a8 operand (lowbitc.a8): tile-major scales, or the inline
+    packing's (PackedWords, its words as floats) over one fresh copy of the words."""
+    if isinstance(v, np.ndarray):
+        return v.copy()
+    w, sz = v
+    words = w.words.copy()
+    return PackedWords(words, w.packing, w.count), words.reshape(-1).view(np.float32).reshape(
+        sz.shape)
 
 
 def load(path) -> QTensor:

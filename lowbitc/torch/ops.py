@@ -192,6 +192,8 @@ def _matmul_kernel(backend: str, device: torch.device, fmt: str, adt: str, zp: b
     if k_ is not None:
         return k_
     name, params = lops.matmul_choice(m, n, k, _Spec(fmt, group, zp), adt, act, backend)
+    if name == "matmul_a8":  # scales tile-major here (lowbitc.a8.inline_pack: QTensors only)
+        params = a8.params(formats.lookup(fmt), group, zp, m, act, n, inline=False)
     if group_major and name == "matmul" and backend == "llvm":
         params = {**params, "GM": not params["EARLY"]}
     return _kernel(name, backend, device, key, lambda: params)
