@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import lowbitc
-from lowbitc import a8, ops
+from lowbitc import a8, formats, ops
 from lowbitc.backends.llvm import intdot
 from lowbitc.compiler import compile
 from lowbitc.errors import DSLTypeError, UserArgumentError
@@ -165,7 +165,7 @@ def test_a8_matmul_within_the_int8_bound(fmt):
 def test_a8_fused_matches_interpreter(fmt, zp, N, M):
     """The compiled kernel (fused byte dot on whole 16-row windows, the generic integer dot
     at the edge) agrees with the interpreter to f32 rounding; N = 40 at M = 1 has a partial
-    last tile (32-row tiles: tile-major scales padded)."""
+    last block (the inline packing pads it to 16 rows)."""
     rng = np.random.default_rng(4)
     K, group = 256, 128
     qw = lowbitc.quantize(rng.standard_normal((N, K)).astype(np.float32), fmt, group,
@@ -187,11 +187,12 @@ def test_a8_fused_matches_interpreter(fmt, zp, N, M):
         outs.append((xq, xd, xs))
     for got, want in zip(outs[0], outs[1], strict=True):
         np.testing.assert_array_equal(got, want)
-    sz = a8.tile_scales(qw, params["BN"])
+    w, sz = a8.operands(qw, k, ops.weight_storage)  # the inline packing at M = 1
+    assert bool(params.get("XK")) == (M == 1)
     ys = []
     for run in (k, k.interpret):
         y = np.zeros((M, N), np.float32)
-        run(*outs[1], ops.weight_storage(qw, k), sz, y, group, K=K, KW=K)
+        run(*outs[1], w, sz, y, group, K=K, KW=w.count if M == 1 else K)
         ys.append(y)
     np.testing.assert_allclose(ys[0], ys[1], rtol=1e-5, atol=1e-5 * np.abs(ys[1]).max())
 
@@ -206,6 +207,64 @@ def test_a8_kernels_take_the_fused_byte_dot(fmt, zp, M):
     name, params = ops.matmul_choice(M, 4096, 4096, qw, "f32", "i8")
     text = ops.get_kernel(name, **params).explain()
     assert "dot w: fused integer byte dot" in text, text
+
+
+@pytest.mark.parametrize("fmt, zp, N, K, group", [
+    ("u4", True, 40, 300, 64),  # ragged N and K, a partial last group, runs of 2 groups
+    ("u4", False, 64, 256, 128),  # runs of 4 groups, the last one short
+    ("u3", True, 48, 520, 64),  # two bit planes: 3 groups in 2 extra steps
+    ("u2", True, 33, 200, 32),
+    ("f4e2m1fn", False, 20, 160, 32),  # through the int8 table
+    ("b1", False, 17, 96, 32)])
+def test_inline_packing(fmt, zp, N, K, group):
+    """The inline GEMV packing: the inverse gives codes, scales and zero points back; every
+    scale sits in the words right after its run of groups; M = 1 through it equals the
+    tile-major kernel bit for bit (the same sums in the same order); a replica owns its
+    copy; M > 1 keeps tile-major scales."""
+    rng = np.random.default_rng(11)
+    qw = lowbitc.quantize(rng.standard_normal((N, K)).astype(np.float32), fmt, group,
+                          zero_point=zp)
+    w, sz = a8.inline_pack(qw)
+    assert a8.inline_pack(qw)[0] is w
+    codes, scales, zeros = a8.from_inline(w, N, K, group, zp)
+    np.testing.assert_array_equal(codes, qw.codes)
+    np.testing.assert_array_equal(scales, qw.scales)
+    if zp:
+        np.testing.assert_array_equal(zeros, qw.zeros)
+    else:
+        assert zeros is None
+    p, e = a8.inline_shape(qw.dtype.bits, zp)
+    assert p * (2 if zp else 1) == e * qw.dtype.bits
+    assert np.shares_memory(sz, w.words) and sz.shape[0] == -(-N // 16)
+    # block 0, run 0: its first group's scale for row 0 right after the run's codes
+    per = 2 if zp else 1
+    assert sz[0, 0, sz.shape[2] - p * per * 16] == qw.scales[0, 0]
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    y = ops.matmul(x, qw, act="i8")
+    tile = a8.params(qw.dtype, group, zp, 1, "i8", N, inline=False)
+    k = ops.get_kernel("matmul_a8", **tile)
+    want = np.zeros((1, N), np.float32)
+    a8.matmul(k, x, "f32", ops.weight_storage(qw, k), a8.tile_scales(qw, tile["BN"]), want,
+              group)
+    np.testing.assert_array_equal(y, want)
+    twin = qw.replica()
+    w2, sz2 = a8.inline_pack(twin)
+    assert not np.shares_memory(w2.words, w.words) and np.shares_memory(sz2, w2.words)
+    np.testing.assert_array_equal(ops.matmul(x, twin, act="i8"), y)
+    x3 = rng.standard_normal((3, K)).astype(np.float32)
+    y3 = ops.matmul(x3, qw, act="i8")
+    np.testing.assert_array_equal(y3[1], ops.matmul(x3[1:2], qw, act="i8")[0])
+    assert "XK" not in a8.params(qw.dtype, group, zp, 3, "i8", N)
+
+
+def test_inline_packing_applies_to_gemvs_of_rows_packed_codes():
+    """M = 1, codes in the rows packing (not u8/i8 bytes), whole-step groups."""
+    u4, u8 = formats.lookup("u4"), formats.lookup("u8")
+    assert a8.params(u4, 128, True, 1, "i8")["XK"] == 32
+    assert a8.params(u4, 128, True, 1, "i8")["BN"] == 16
+    assert "XK" not in a8.params(u8, 128, True, 1, "i8")
+    assert "XK" not in a8.params(u4, 48, True, 1, "i8")
+    assert "XK" not in a8.params(u4, 128, True, 1, "i8", inline=False)
 
 
 @pytest.mark.parametrize("zp", [False, True])
