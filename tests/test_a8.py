@@ -240,17 +240,24 @@ def test_inline_packing(fmt, zp, N, K, group):
     if qw.scales.shape[1] > p:
         assert sz[0, 1, 0] == qw.scales[0, p] and sz[0, 1, 1] == qw.scales[1, p]
     x = rng.standard_normal((1, K)).astype(np.float32)
-    y = ops.matmul(x, qw, act="i8")
     tile = a8.params(qw.dtype, group, zp, 1, "i8", N, inline=False)
     k = ops.get_kernel("matmul_a8", **tile)
     want = np.zeros((1, N), np.float32)
     a8.matmul(k, x, "f32", ops.weight_storage(qw, k), a8.tile_scales(qw, tile["BN"]), want,
               group)
+    k = ops.get_kernel("matmul_a8", **{**tile, "BN": 16, "P": p, "XK": 32 * e})
+    y = np.zeros((1, N), np.float32)
+    a8.matmul(k, x, "f32", w, sz, y, group)
     np.testing.assert_array_equal(y, want)
+    # ops.matmul takes it for one bit plane (u3's two keep tile-major)
+    np.testing.assert_array_equal(ops.matmul(x, qw, act="i8"), want)
+    assert ("XK" in a8.params(qw.dtype, group, zp, 1, "i8", N)) == (fmt != "u3")
     twin = qw.replica()
     w2, sz2 = a8.inline_pack(twin)
     assert not np.shares_memory(w2.words, w.words) and np.shares_memory(sz2, w2.words)
-    np.testing.assert_array_equal(ops.matmul(x, twin, act="i8"), y)
+    y2 = np.zeros((1, N), np.float32)
+    a8.matmul(k, x, "f32", w2, sz2, y2, group)
+    np.testing.assert_array_equal(y2, want)
     x3 = rng.standard_normal((3, K)).astype(np.float32)
     y3 = ops.matmul(x3, qw, act="i8")
     np.testing.assert_array_equal(y3[1], ops.matmul(x3[1:2], qw, act="i8")[0])
@@ -265,6 +272,7 @@ def test_inline_packing_applies_to_gemvs_of_rows_packed_codes():
     assert "XK" not in a8.params(u8, 128, True, 1, "i8")
     assert "XK" not in a8.params(u4, 48, True, 1, "i8")
     assert "XK" not in a8.params(u4, 128, True, 1, "i8", inline=False)
+    assert "XK" not in a8.params(formats.lookup("u3"), 128, True, 1, "i8")  # two planes
 
 
 @pytest.mark.parametrize("zp", [False, True])
