@@ -37,6 +37,7 @@ from lowbitc.repack import LANES, RowsPacking
 V16 = f"<{LANES} x i32>"
 B64 = "<64 x i8>"
 CHAINS = 4  # independent vpdpbusd chains per block of 16 rows (latency x ports)
+PREFETCH_BYTES = 4096  # one stream per program: ask this far ahead (~ DRAM latency x rate)
 
 
 @dataclass
@@ -188,7 +189,12 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
         n0 = em.val(f"add i64 {starts[0]}, {em.val(f'mul i64 {r}, {LANES}')}")
         base = em.val(f"add i64 {em.val(f'mul i64 {n0}, {t.words}')}, "
                       f"{em.val(f'mul i64 {first_step}, {bits * LANES}')}")
-        rows_packing._prefetch(em, t, base, (bk // 32) * bits)
+        lines = (bk // 32) * bits
+        # a window of one block (the inline GEMV packing: one stream) asks for the lines
+        # PREFETCH_BYTES ahead; wider windows PREFETCH_WINDOWS ahead in each block
+        ahead = (max(rows_packing.PREFETCH_WINDOWS, -(-PREFETCH_BYTES // (64 * lines)))
+                 if bn == LANES else rows_packing.PREFETCH_WINDOWS)
+        rows_packing._prefetch(em, t, base, lines, ahead)
 
         def step(s: str, accs: list[str]) -> list[str]:
             wbase = em.val(f"add i64 {base}, {em.val(f'mul i64 {s}, {bits * LANES}')}")
