@@ -125,7 +125,7 @@ def inline_pack(qw) -> tuple[PackedWords, np.ndarray]:
     8 rows' blocks and scales in one stream likewise). The scales come before their codes:
     the line a run's first group reads them from follows the previous run's codes, which
     the software prefetch ran ahead of (after them, it missed once per run: 1.7x slower
-    streaming from DRAM in one thread). Made once and cached on qw
+    streaming from DRAM in one thread, measured under load). Made once and cached on qw
     (QTensor.replica copies it); `from_inline` is the inverse."""
     cache = qw.__dict__.setdefault("_tile_major", {})
     hit = cache.get("inline")
