@@ -25,6 +25,7 @@ from lowbitc.repack import LANES, PackedWords, RowsPacking, planes
 
 ACTS = ("f32", "i8")  # what ops.matmul's `act` takes
 MAX_BLOCK = 128  # activation block: at most this many columns share one int8 scale
+INLINE = True  # GEMVs of one-plane codes read the inline packing (`params`; False: tile-major)
 # (SC candidates in order of preference: a byte that is the code itself or the code with bits
 # flipped first, since the fused byte dot reads those with no table)
 _SCALES = (1.0, 0.5, 2.0)
@@ -94,13 +95,13 @@ def inline_shape(bits: int, zero_point: bool) -> tuple[int, int]:
 
 
 def params(wtype, group: int, zero_point: bool, M: int, act: str,
-           N: int = 4096, inline: bool = True) -> dict | None:
+           N: int = 4096, inline: bool | None = None) -> dict | None:
     """matmul_a8's parameters for this weight and shape, or None for the f32 path. A GEMV
     of codes in the rows packing of one bit plane (1, 2 or 4 bits; not u8/i8 bytes) whose
     group is whole steps reads the inline packing (P, XK; `inline_pack`) in 16-row programs
-    unless `inline` is False. Codes of several planes (u3: 2 + 1) keep 32-row tiles: the
-    byte dot permutes a window's activations once per plane and tile, which 16-row tiles
-    pay twice as often (u3 in cache: 1.3x slower, against 1.05x for one plane)."""
+    unless `inline` (default INLINE) is False. Codes of several planes (u3: 2 + 1) keep
+    32-row tiles: the byte dot permutes a window's activations once per plane and tile,
+    which 16-row tiles pay twice as often (u3 in cache: 1.3x slower, one plane 1.0-1.2x)."""
     m = byte_map(wtype) if act == "i8" else None
     if m is None:
         return None
@@ -108,6 +109,7 @@ def params(wtype, group: int, zero_point: bool, M: int, act: str,
     bm = 1 if M == 1 else min(16, 1 << (M - 1).bit_length())
     out = {"W": wtype, "SC": sc, "LO": lo, "ZP": bool(zero_point), "QB": block(group),
            "BM": bm, "BN": rows_tile(M, N, wtype.bits)}
+    inline = INLINE if inline is None else inline
     if inline and M == 1 and len(planes(wtype.bits)) == 1 and wtype.bits < 8 and group % 32 == 0:
         p, e = inline_shape(wtype.bits, zero_point)
         out.update(BN=LANES, P=p, XK=32 * e)

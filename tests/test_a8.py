@@ -264,8 +264,9 @@ def test_inline_packing(fmt, zp, N, K, group):
     assert "XK" not in a8.params(qw.dtype, group, zp, 3, "i8", N)
 
 
-def test_inline_packing_applies_to_gemvs_of_rows_packed_codes():
-    """M = 1, codes in the rows packing (not u8/i8 bytes), whole-step groups."""
+def test_inline_packing_applies_to_gemvs_of_rows_packed_codes(monkeypatch):
+    """M = 1, codes of one bit plane in the rows packing (not u8/i8 bytes), whole-step
+    groups; a8.INLINE = False turns it off."""
     u4, u8 = formats.lookup("u4"), formats.lookup("u8")
     assert a8.params(u4, 128, True, 1, "i8")["XK"] == 32
     assert a8.params(u4, 128, True, 1, "i8")["BN"] == 16
@@ -273,6 +274,8 @@ def test_inline_packing_applies_to_gemvs_of_rows_packed_codes():
     assert "XK" not in a8.params(u4, 48, True, 1, "i8")
     assert "XK" not in a8.params(u4, 128, True, 1, "i8", inline=False)
     assert "XK" not in a8.params(formats.lookup("u3"), 128, True, 1, "i8")  # two planes
+    monkeypatch.setattr(a8, "INLINE", False)
+    assert "XK" not in a8.params(u4, 128, True, 1, "i8")
 
 
 @pytest.mark.parametrize("zp", [False, True])
