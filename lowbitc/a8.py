@@ -126,9 +126,9 @@ def inline_pack(qw) -> tuple[PackedWords, np.ndarray]:
     codes, scales and zero points as one sequential stream (llama.cpp's repacked q4_0 keeps
     8 rows' blocks and scales in one stream likewise). The scales come before their codes:
     the line a run's first group reads them from follows the previous run's codes, which
-    the software prefetch ran ahead of (after them, it missed once per run: 1.7x slower
-    streaming from DRAM in one thread, measured under load). Made once and cached on qw
-    (QTensor.replica copies it); `from_inline` is the inverse."""
+    the software prefetch ran ahead of (after them, it missed once per run: u2 1.7x, u4
+    1.2x slower streaming from DRAM in one thread, measured under load). Made once and
+    cached on qw (QTensor.replica copies it); `from_inline` is the inverse."""
     cache = qw.__dict__.setdefault("_tile_major", {})
     hit = cache.get("inline")
     if hit is None:
