@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from lowbitc.compiler import Kernel
+from lowbitc.dtypes import dtype
 from lowbitc.errors import UserArgumentError
 from lowbitc.kernels import get_kernel
 from lowbitc.repack import LANES, PackedWords, RowsPacking, planes
@@ -97,9 +98,11 @@ def inline_shape(bits: int, zero_point: bool) -> tuple[int, int]:
 def params(wtype, group: int, zero_point: bool, M: int, act: str,
            N: int = 4096, inline: bool | None = None) -> dict | None:
     """matmul_a8's parameters for this weight and shape, or None for the f32 path. A GEMV
-    of codes in the rows packing of one bit plane (1, 2 or 4 bits; not u8/i8 bytes) whose
-    group is whole steps reads the inline packing (P, XK; `inline_pack`) in 16-row programs
-    unless `inline` (default INLINE) is False. Codes of several planes (u3: 2 + 1) keep
+    of codes in the rows packing of one bit plane (1, 2, 4 or 8 bits) whose group is whole
+    steps reads the inline packing (P, XK; `inline_pack`) in 16-row programs unless `inline`
+    (default INLINE) is False; u8/i8 codes, a machine type the kernel would read as bytes in
+    memory order, are then given as W = b8 (same bytes, a packed format) with RB = -LO: the
+    kernel's byte is the code plus RB, mod 256. Codes of several planes (u3: 2 + 1) keep
     32-row tiles: the byte dot permutes a window's activations once per plane and tile,
     which 16-row tiles pay twice as often (u3 in cache: 1.3x slower, one plane 1.0-1.2x)."""
     m = byte_map(wtype) if act == "i8" else None
@@ -110,9 +113,11 @@ def params(wtype, group: int, zero_point: bool, M: int, act: str,
     out = {"W": wtype, "SC": sc, "LO": lo, "ZP": bool(zero_point), "QB": block(group),
            "BM": bm, "BN": rows_tile(M, N, wtype.bits)}
     inline = INLINE if inline is None else inline
-    if inline and M == 1 and len(planes(wtype.bits)) == 1 and wtype.bits < 8 and group % 32 == 0:
+    if inline and M == 1 and len(planes(wtype.bits)) == 1 and group % 32 == 0:
         p, e = inline_shape(wtype.bits, zero_point)
         out.update(BN=LANES, P=p, XK=32 * e)
+        if wtype.bits == 8 and sc == 1.0:  # u8/i8 (machine bytes): their codes as b8
+            out.update(W=dtype("b8"), RB=float(-lo))
     return out
 
 

@@ -151,8 +151,10 @@ def choose(k: Kernel) -> dict[int, Packing | RowsPacking]:
                                       and _feeds_int_dot(op.results[0].id, users)
                                       for op, _ in loads)
         # 8-bit codes keep the canonical packing: bytes in order, which a widening byte load
-        # (`vpmovzxbd`) reads as cheaply as one plane's shift and mask
-        why = ("8-bit codes: bytes in order are read as fast" if format_bits(t.dtype) == 8
+        # (`vpmovzxbd`) reads as cheaply as one plane's shift and mask; those of integer dots
+        # take the rows packing (16 rows' 4 bytes per vector: vpdpbusd's operand)
+        why = ("8-bit codes: bytes in order are read as fast"
+               if format_bits(t.dtype) == 8 and not int_dot
                else "not read by the kernel" if not loads
                else next(filter(None, (_blocker(op, pos, users, int_dot)
                                        for op, pos in loads)), ""))
