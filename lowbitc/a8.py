@@ -117,7 +117,7 @@ def params(wtype, group: int, zero_point: bool, M: int, act: str,
         p, e = inline_shape(wtype.bits, zero_point)
         out.update(BN=LANES, P=p, XK=32 * e)
         if wtype.bits == 8 and sc == 1.0:  # u8/i8 (machine bytes): their codes as b8
-            out.update(W=dtype("b8"), RB=float(-lo))
+            out.update(W=dtype("b8"), RB=0.0 - lo)
     return out
 
 

@@ -215,7 +215,10 @@ def test_a8_kernels_take_the_fused_byte_dot(fmt, zp, M):
     ("u3", True, 48, 520, 64),  # two bit planes: 3 groups in 2 extra steps
     ("u2", True, 33, 200, 32),
     ("f4e2m1fn", False, 20, 160, 32),  # through the int8 table
-    ("b1", False, 17, 96, 32)])
+    ("b1", False, 17, 96, 32),
+    ("u8", True, 40, 200, 64),  # bytes as b8 in the rows packing: ragged N, K, last group
+    ("i8", False, 33, 520, 128),  # 8 groups per run; the byte is the code ^ 0x80
+    ("b8", False, 16, 96, 32)])
 def test_inline_packing(fmt, zp, N, K, group):
     """The inline GEMV packing: the inverse gives codes, scales and zero points back; every
     scale sits in the words right after its run of groups; M = 1 through it equals the
@@ -245,10 +248,18 @@ def test_inline_packing(fmt, zp, N, K, group):
     want = np.zeros((1, N), np.float32)
     a8.matmul(k, x, "f32", ops.weight_storage(qw, k), a8.tile_scales(qw, tile["BN"]), want,
               group)
-    k = ops.get_kernel("matmul_a8", **{**tile, "BN": 16, "P": p, "XK": 32 * e})
+    inline = a8.params(qw.dtype, group, zp, 1, "i8", N, inline=True)
+    if fmt == "u3":  # ops does not choose it (two planes) but the kernel reads it
+        inline = {**tile, "BN": 16, "P": p, "XK": 32 * e}
+    assert inline["BN"] == 16 and (inline["P"], inline["XK"]) == (p, 32 * e)
+    k = ops.get_kernel("matmul_a8", **inline)
     y = np.zeros((1, N), np.float32)
     a8.matmul(k, x, "f32", w, sz, y, group)
     np.testing.assert_array_equal(y, want)
+    if qw.dtype.bits == 8:  # 16 rows' 4 bytes per vector: vpdpbusd's weight operand
+        step = w.words.reshape(-1, 8 * (w.count // 32), 16)[0, 8 * e]  # run 0's first codes
+        np.testing.assert_array_equal(step.view(np.uint8).reshape(16, 4)[:min(N, 16)],
+                                      qw.codes[:16, :4])
     # ops.matmul takes it for one bit plane (u3's two keep tile-major)
     np.testing.assert_array_equal(ops.matmul(x, qw, act="i8"), want)
     assert ("XK" in a8.params(qw.dtype, group, zp, 1, "i8", N)) == (fmt != "u3")
@@ -265,12 +276,15 @@ def test_inline_packing(fmt, zp, N, K, group):
 
 
 def test_inline_packing_applies_to_gemvs_of_rows_packed_codes(monkeypatch):
-    """M = 1, codes of one bit plane in the rows packing (not u8/i8 bytes), whole-step
+    """M = 1, codes of one bit plane in the rows packing (u8/i8 given as b8), whole-step
     groups; a8.INLINE = False turns it off."""
     u4, u8 = formats.lookup("u4"), formats.lookup("u8")
     assert a8.params(u4, 128, True, 1, "i8")["XK"] == 32
     assert a8.params(u4, 128, True, 1, "i8")["BN"] == 16
-    assert "XK" not in a8.params(u8, 128, True, 1, "i8")
+    assert a8.params(u8, 128, True, 1, "i8")["XK"] == 32  # as b8, the byte = code + RB
+    assert a8.params(u8, 128, True, 1, "i8")["W"].name == "b8"
+    assert a8.params(formats.lookup("i8"), 128, False, 1, "i8")["RB"] == 128
+    assert "RB" not in a8.params(u8, 128, True, 1, "i8", inline=False)
     assert "XK" not in a8.params(u4, 48, True, 1, "i8")
     assert "XK" not in a8.params(u4, 128, True, 1, "i8", inline=False)
     assert "XK" not in a8.params(formats.lookup("u3"), 128, True, 1, "i8")  # two planes
