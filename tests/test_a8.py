@@ -13,6 +13,7 @@ from lowbitc import a8, formats, ops
 from lowbitc.backends.llvm import intdot
 from lowbitc.compiler import compile
 from lowbitc.errors import DSLTypeError, UserArgumentError
+from lowbitc.repack import RowsPacking
 
 DOT = """
 kernel idot[A: dtype = i8, B: dtype = u8, M: int = 3, N: int = 5, K: int = 100](
@@ -257,6 +258,8 @@ def test_inline_packing(fmt, zp, N, K, group):
     a8.matmul(k, x, "f32", w, sz, y, group)
     np.testing.assert_array_equal(y, want)
     if qw.dtype.bits == 8:  # 16 rows' 4 bytes per vector: vpdpbusd's weight operand
+        assert k.packings == {"w": RowsPacking(8)}
+        assert "dot w: fused integer byte dot" in k.explain()
         step = w.words.reshape(-1, 8 * (w.count // 32), 16)[0, 8 * e]  # run 0's first codes
         np.testing.assert_array_equal(step.view(np.uint8).reshape(16, 4)[:min(N, 16)],
                                       qw.codes[:16, :4])
