@@ -74,6 +74,10 @@ def _load_common(env: Env, op: Op, t: TensorArg) -> None:
         note("load", name, "vectorized unpack (32 codes from whole words)",
              "unaligned windows or windows at the edges read element by element", loc=op.loc)
         _packed_fast_path(env, op, t, starts, out, generic)
+    elif t.packed and op.attrs.bits == 8 and not op.attrs.masked:
+        note("load", name, "byte reads (8-bit codes are the words' bytes in order)",
+             "windows at the edges read element by element", loc=op.loc)
+        _byte_codes_fast_path(env, op, t, starts, out, generic)
     elif not t.packed and t.type.dtype != "bool":
         note("load", name, "row copies" if op.attrs.sizes[-1] else "strided reads",
              "windows at the edges read element by element", loc=op.loc)
@@ -258,6 +262,40 @@ def _packed_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, ge
                 out, em.flat_index(idx, out.shape),
                 em.val(f"select i1 {em.at(mv, idx)}, {lltype(dt)} "
                        f"{em.load_elem(out, em.flat_index(idx, out.shape))}, {lltype(dt)} {zero}")))
+    em.br(done)
+    em.start_block(slow)
+    generic()
+    em.br(done)
+    em.start_block(done)
+
+
+def _byte_codes_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf,
+                          generic) -> None:
+    """In-bounds windows of 8-bit codes in canonical words (a code book's per-block scale
+    codes, any window width): code k of a row is byte k of its words, so each tile row is
+    one short byte load, widened."""
+    em = env.em
+    sizes = op.attrs.sizes
+    fast, slow, done = em.label("bytes"), em.label("slow"), em.label("read")
+    em.emit(f"br i1 {_in_bounds(em, t, starts, sizes)}, label %{fast}, label %{slow}")
+    em.start_block(fast)
+    rows, ncols, dt = out.shape[:-1], out.shape[-1], out.dtype
+    vt = lltype(dt)
+
+    def row(idx: list[str]) -> None:
+        row0 = _row_offset(env, t, starts, sizes, idx, _origin(env, op), "0")
+        at = em.val(f"add i64 {em.val(f'mul i64 {row0}, 4')}, {starts[-1]}")
+        p = em.val(f"getelementptr inbounds i8, ptr {t.ptr}, i64 {at}")
+        b = em.val(f"load <{ncols} x i8>, ptr {p}, align 1")
+        widen = "uitofp" if is_float(dt) else "zext" if vt != "i8" else None
+        v = em.val(f"{widen} <{ncols} x i8> {b} to <{ncols} x {vt}>") if widen else b
+        q = em.gep(out, em.flat_index(list(idx) + ["0"], out.shape) if rows else "0")
+        em.emit(f"store <{ncols} x {vt}> {v}, ptr {q}, align 4")
+
+    if rows:
+        em.nest(rows, row)
+    else:
+        row([])
     em.br(done)
     em.start_block(slow)
     generic()
