@@ -135,7 +135,8 @@ ROWS: tuple[RowSpec, ...] = (
             f"examples/user {which} kernel M={m} vs ops.matmul on a {fmt} QTensor",
         )
         for which, fmt in (("b2_act", "b2"), ("q8_0", "i8"), ("gptq", "u4"), ("gptq_act", "u4"),
-                           ("awq", "u4"), ("q4_0", "u4"), ("q5_0", "u5"), ("q4_k", "u4"))
+                           ("awq", "u4"), ("q4_0", "u4"), ("q5_0", "u5"), ("q4_k", "u4"),
+                           ("nf4", "nf4"))
         for m in (1, 16)
     ),
     *(

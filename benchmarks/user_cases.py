@@ -154,23 +154,47 @@ def _gemv_gguf(name: str, fmt: str, block: int, zero_point: bool):
     return case
 
 
+def _gemv_nf4(n: int, m: int, w: np.ndarray, x: np.ndarray):
+    """bitsandbytes-style NF4 (high nibble first, blocks of 64) with the absmax double
+    quantized (u8 codes of a 256-value map, an f32 scale per 256 blocks, an offset), and the
+    nf4 QTensor with groups of 64 it was made from (the same codes; f32 absmax)."""
+    qw = quantize(w, "nf4", 64)
+    kb = n // 64
+    absmax = qw.scales.astype(np.float64)
+    offset = float(absmax.mean())
+    code2 = np.linspace(-1, 1, 256)  # a sorted 8-bit map standing in for bitsandbytes' code2
+    r = (absmax - offset).reshape(-1, 256)
+    absmax2 = np.abs(r).max(axis=1).astype(np.float32)
+    absq = np.clip(np.rint((r / absmax2[:, None] + 1) * 127.5), 0, 255).astype(np.uint8)
+    q = lowbitc.codebook(code2.astype(np.float32), name="bench_absq")
+    amax = (q.decode(absq).astype(np.float64) * absmax2[:, None]).reshape(n, kb) \
+        + np.float32(offset)
+    w_hat = lowbitc.dtype("nf4").decode(qw.codes).astype(np.float64) * np.repeat(amax, 64, 1)
+    stored = ((qw.codes[:, 0::2] << 4) | qw.codes[:, 1::2]).astype(np.uint8)
+    k = lowbitc.compile(_examples() / "bnb_nf4_gemv.lbk", Q=q, R=256 // kb, BM=m,
+                        BN=max(16, 256 // kb))  # a tile holds whole groups of 256 blocks
+    args = [x, stored, pack(absq.reshape(n, kb), 8), absmax2, np.float32(offset)]
+    return k, args, x.astype(np.float64) @ w_hat.T, qw, {"KB": kb}
+
+
 USER_KERNELS = {"b2_act": _gemv_b2, "q8_0": _gemv_q8_0, "gptq": _gemv_gptq,
                 "gptq_act": _gemv_gptq_act, "awq": _gemv_awq,
                 "q4_0": _gemv_gguf("Q4_0", "u4", 32, False),
                 "q5_0": _gemv_gguf("Q5_0", "u5", 32, False),
-                "q4_k": _gemv_gguf("Q4_K", "u4", 256, True)}
+                "q4_k": _gemv_gguf("Q4_K", "u4", 256, True), "nf4": _gemv_nf4}
 
 
 def user_case(name: str, which: str, n: int, m: int, seed: int):
     """(the example kernel's Timed call, its baseline QTensor) at N = K = n, M = m."""
     w = cand.weights(n, n, seed)
     x = cand.activations(m, n, seed + 1)
-    k, args, ref, qw = USER_KERNELS[which](n, m, w, x)
+    k, args, ref, qw, *dims = USER_KERNELS[which](n, m, w, x)
     y = np.zeros((m, n), np.float32)
     full = [*args, y]
+    kw = dims[0] if dims else {}  # dims only a packed argument has
 
     def run() -> np.ndarray:
-        k(*full)
+        k(*full, **kw)
         return y
 
     got, first = cand._first_call(run)
