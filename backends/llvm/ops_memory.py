@@ -8,6 +8,8 @@ from lowbitc.backends.llvm.handlers import Env, TensorArg, const_literal, conver
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view, elementwise
 from lowbitc.backends.llvm.windows import (
     _apply_mask,
+    _byte_codes_fast_path,
+    _each_row,
     _in_bounds,
     _linear,
     _masked,
@@ -269,40 +271,6 @@ def _packed_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, ge
     em.start_block(done)
 
 
-def _byte_codes_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf,
-                          generic) -> None:
-    """In-bounds windows of 8-bit codes in canonical words (a code book's per-block scale
-    codes, any window width): code k of a row is byte k of its words, so each tile row is
-    one short byte load, widened."""
-    em = env.em
-    sizes = op.attrs.sizes
-    fast, slow, done = em.label("bytes"), em.label("slow"), em.label("read")
-    em.emit(f"br i1 {_in_bounds(em, t, starts, sizes)}, label %{fast}, label %{slow}")
-    em.start_block(fast)
-    rows, ncols, dt = out.shape[:-1], out.shape[-1], out.dtype
-    vt = lltype(dt)
-
-    def row(idx: list[str]) -> None:
-        row0 = _row_offset(env, t, starts, sizes, idx, _origin(env, op), "0")
-        at = em.val(f"add i64 {em.val(f'mul i64 {row0}, 4')}, {starts[-1]}")
-        p = em.val(f"getelementptr inbounds i8, ptr {t.ptr}, i64 {at}")
-        b = em.val(f"load <{ncols} x i8>, ptr {p}, align 1")
-        widen = "uitofp" if is_float(dt) else "zext" if vt != "i8" else None
-        v = em.val(f"{widen} <{ncols} x i8> {b} to <{ncols} x {vt}>") if widen else b
-        q = em.gep(out, em.flat_index(list(idx) + ["0"], out.shape) if rows else "0")
-        em.emit(f"store <{ncols} x {vt}> {v}, ptr {q}, align 4")
-
-    if rows:
-        em.nest(rows, row)
-    else:
-        row([])
-    em.br(done)
-    em.start_block(slow)
-    generic()
-    em.br(done)
-    em.start_block(done)
-
-
 @handles("store")
 def _store(env: Env, op: Op) -> None:
     em = env.em
@@ -398,10 +366,7 @@ def _store_rows_fast_path(env: Env, op: Op, t: TensorArg, starts: list, val: Buf
             em.declare(f"declare void @{fn}({vt}, ptr, i32, <{ncols} x i1>)")
             em.emit(f"call void @{fn}({vt} {v}, ptr {dst}, i32 4, <{ncols} x i1> {mv})")
 
-        if rows:
-            em.nest(rows, row)
-        else:
-            row([])
+        _each_row(em, rows, row)
         em.br(done)
     em.start_block(slow)
     em.nest(shape, generic_body)

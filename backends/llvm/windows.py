@@ -11,6 +11,7 @@ from lowbitc.backends.llvm.lanes import read_lanes
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view
 from lowbitc.backends.llvm.rows import read as rows_read
 from lowbitc.ir.core import Op
+from lowbitc.ir.types import is_float
 from lowbitc.repack import RowsPacking
 
 
@@ -190,3 +191,42 @@ def _read_packed(env: Env, t: TensorArg, idx: list[str], bits: int, dt: str) -> 
         shifted = em.val(f"lshr i64 {both}, {sh}")
         code = em.val(f"trunc i64 {em.val(f'and i64 {shifted}, {mask}')} to i32")
     return convert(em, code, "u32", dt) if dt not in ("i32", "u32") else code
+
+
+def _byte_codes_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf,
+                          generic) -> None:
+    """In-bounds windows of 8-bit codes in canonical words (a code book's per-block scale
+    codes, any window width): code k of a row is byte k of its words, so each tile row is
+    one short byte load, widened."""
+    em = env.em
+    sizes = op.attrs.sizes
+    fast, slow, done = em.label("bytes"), em.label("slow"), em.label("read")
+    em.emit(f"br i1 {_in_bounds(em, t, starts, sizes)}, label %{fast}, label %{slow}")
+    em.start_block(fast)
+    rows, ncols, dt = out.shape[:-1], out.shape[-1], out.dtype
+    vt = lltype(dt)
+
+    def row(idx: list[str]) -> None:
+        row0 = _row_offset(env, t, starts, sizes, idx, _origin(env, op), "0")
+        at = em.val(f"add i64 {em.val(f'mul i64 {row0}, 4')}, {starts[-1]}")
+        p = em.val(f"getelementptr inbounds i8, ptr {t.ptr}, i64 {at}")
+        b = em.val(f"load <{ncols} x i8>, ptr {p}, align 1")
+        widen = "uitofp" if is_float(dt) else "zext" if vt != "i8" else None
+        v = em.val(f"{widen} <{ncols} x i8> {b} to <{ncols} x {vt}>") if widen else b
+        q = em.gep(out, em.flat_index(list(idx) + ["0"], out.shape) if rows else "0")
+        em.emit(f"store <{ncols} x {vt}> {v}, ptr {q}, align 4")
+
+    _each_row(em, rows, row)
+    em.br(done)
+    em.start_block(slow)
+    generic()
+    em.br(done)
+    em.start_block(done)
+
+
+def _each_row(em, rows: tuple[int, ...], row) -> None:
+    """`row(idx)` for every tile row (idx the leading indices; [] for a 1-D tile)."""
+    if rows:
+        em.nest(rows, row)
+    else:
+        row([])
