@@ -20,8 +20,10 @@ from lowbitc.backends.numba_cuda.backend import BACKEND
 from lowbitc.backends.numba_cuda.mma_packed import fits
 from lowbitc.cli import main
 from lowbitc.errors import BackendError
+from lowbitc.ir import walk
 from lowbitc.layout.banks import ldmatrix_access
 from lowbitc.layout.mma import ldmatrix_dst
+from lowbitc.mma_plan import mma_params
 from lowbitc.quant import quantize
 from lowbitc.repack_mma import MmaPacking
 
@@ -284,16 +286,34 @@ def test_every_format_decodes_in_registers_without_per_element_code(w, act):
     assert not re.search(r"\bv\d+ = ", fast), (w, act)  # no element-wise codes
 
 
-@pytest.mark.parametrize("params,packed", [({}, True), ({"W": "u3"}, True),
-                                           ({"BM": 64, "BN": 32, "TH": 128}, False)])
+@pytest.mark.parametrize("params,packed", [
+    ({}, True), ({"W": "u3"}, True), ({"BM": 64, "BN": 32, "TH": 128}, False),
+    ({"BM": 32, "BN": 256, "TH": 128}, True), ({"W": "u3", "BM": 64, "BN": 128, "TH": 128}, True)])
 def test_mma_packing_is_chosen_from_the_b_layout(params, packed):
     """The compiler reads w in MmaPacking when each warp's B fragments are one 64-column tile of
-    it (BM 16: one warp, 16 x 64); a 4-warp tiling of 32 columns keeps the canonical words."""
+    it (BM 16: one warp, 16 x 64; BM 32: four warps side by side, 32 x 64 each; BM 64: two by
+    two); a 4-warp tiling of 32 columns keeps the canonical words."""
     k = ops.get_kernel("matmul_mma", "cuda", **{"W": "u4", **params})
     bits = int(str(params.get("W", "u4"))[1:])
     assert k.packings == ({"w": MmaPacking(bits)} if packed else {})
     t = mma_dot.Tiling(16, 64, 64, 1, 1)
     assert fits(t, t.layouts()[1]) and not fits(mma_dot.Tiling(16, 64, 64, 1, 2), t.layouts()[1])
+    for tm, tn, wm, wn in ((2, 8, 1, 4), (2, 8, 2, 2), (1, 8, 4, 1)):  # warps own whole tiles
+        t = mma_dot.Tiling(16 * tm * wm, 8 * tn * wn, 64, wm, wn)
+        assert fits(t, t.layouts()[1]), t
+
+
+def test_warp_tiling_prefers_warp_tiles_of_whole_packing_tiles():
+    """The squarest warp tile wins; of two as square the wider one (64 x 128 on four warps: 2 x 2
+    warps of 32 x 64, not 1 x 4 of 64 x 32), and mma_params' tiles get whole 64-column tiles."""
+    dot = ops.get_kernel("matmul_mma", "cuda", W="u4", BM=64, BN=128, TH=128).lowered
+    op = next(o for o in walk(dot.body.ops) if o.opcode == "dot")
+    t = mma_dot.mma_tiling(op, 128)
+    assert (t.WM, t.WN, t.TM, t.TN) == (2, 2, 2, 8)
+    for m, bm in ((20, 32), (33, 64), (4096, 64)):  # the shipped tiles at M > 16: the packing
+        p = mma_params(m, "u4", 128, False)
+        assert p["BM"] == bm and p["TH"] == 128
+        assert ops.get_kernel("matmul_mma", "cuda", **p).packings == {"w": MmaPacking(4)}
 
 
 def test_mma_path_choice_on_the_host():

@@ -6,13 +6,16 @@ Which thread holds which element is not written here: the operands' thread-value
 are the fragments of `lowbitc.layout.mma` composed (Kronecker product) with the block's
 warp tiling,
 
-    C [M, N]  = local(TM, TN) * spatial(WM, WN)             * mma_c   (warp w = wi * WN + wj)
-    A [M, k]  = local(TM, 1)  * spatial(WM, 1) * repl(WN)    * mma_a   (one K step of k)
-    B [k, N]  = local(1, TN)  * repl(WM) * spatial(1, WN)    * mma_b
+    C [M, N]  = spatial(WM, WN)            * local(TM, TN) * mma_c   (warp w = wi * WN + wj)
+    A [M, k]  = spatial(WM, 1) * repl(WN)  * local(TM, 1)  * mma_a   (one K step of k)
+    B [k, N]  = repl(WM) * spatial(1, WN)  * local(1, TN)  * mma_b
+
+(each warp owns one contiguous TM*16 x TN*8 block of the output, as CUTLASS's warp tiles)
 
 and the renderer turns each layout into the thread's base coordinate (an expression of the
 thread id, from the layout's spatial modes) plus a constant offset per register (its local
-modes). The warp grid is the squarest WM x WN that divides the tile grid.
+modes). The warp grid is the squarest WM x WN that divides the tile grid (of two as
+square, the one with wider warp tiles).
 
 The dot is taken off this path (the SIMT dot of `statements.py` runs instead) when the
 operands are not both f16 or both bf16 (f32 accumulator) or both i8 (i32 accumulator),
@@ -90,9 +93,9 @@ class Tiling:
     def layouts(self) -> tuple[TVLayout, TVLayout, TVLayout]:
         """(A per K step, B per K step, C) thread-value layouts of the block."""
         fa, fb, fc = self.kind.layouts()
-        a = local(self.TM, 1) * spatial(self.WM, 1) * replicated(self.WN, 2) * fa
-        b = local(1, self.TN) * replicated(self.WM, 2) * spatial(1, self.WN) * fb
-        c = local(self.TM, self.TN) * spatial(self.WM, self.WN) * fc
+        a = spatial(self.WM, 1) * replicated(self.WN, 2) * local(self.TM, 1) * fa
+        b = replicated(self.WM, 2) * spatial(1, self.WN) * local(1, self.TN) * fb
+        c = spatial(self.WM, self.WN) * local(self.TM, self.TN) * fc
         return a, b, c
 
 
@@ -115,7 +118,9 @@ def mma_tiling(op, threads: int) -> Tiling | None:
         wn = warps // wm
         if warps % wm or tm % wm or tn % wn:
             continue
-        score = abs(tm // wm * MMA_M - tn // wn * MMA_N)  # squarest warp tile: fewest loads
+        # squarest warp tile (fewest loads); of two as square, the wider: more of a warp's
+        # B values are one contiguous run of columns (the mma packing's 64-column tiles)
+        score = (abs(tm // wm * MMA_M - tn // wn * MMA_N), -(tn // wn))
         if best is None or score < best[0]:
             best = (score, wm, wn)
     return None if best is None else Tiling(M, N, K, best[1], best[2], kind)

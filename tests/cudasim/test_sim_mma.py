@@ -211,6 +211,39 @@ def test_i8_dot_runs_on_s8_tensor_cores_exactly(m, n, k):
     np.testing.assert_array_equal(y, x.astype(np.int64) @ w.astype(np.int64).T)
 
 
+# M > 16: four warps, each owning 32 rows of one 64-column tile (BM 32: BN 256; BM 64: BN
+# 128), so the weight takes the mma packing (128-bit loads into B registers) as at BM 16;
+# N and K ragged, zero points, f16 and bf16
+FOUR_WARPS = [
+    ("u4", "f16", 33, 200, 300, 64, True), ("u3", "f16", 64, 130, 192, 64, True),
+    ("f4e2m1fn", "f16", 33, 70, 160, 32, False), ("u4", "bf16", 64, 90, 136, 128, True),
+    ("u3", "bf16", 20, 270, 96, 32, False),
+]
+
+
+@pytest.mark.parametrize("name,act,m,n,k,group,zp", FOUR_WARPS)
+def test_mma_packing_on_four_warps(name, act, m, n, k, group, zp):
+    """At BM 32 / 64 the weight is read from the mma packing (not staged canonical words):
+    against float64 numpy within the module docstring's bound and against the interpreter."""
+    import ml_dtypes
+
+    qw = _qw(name, n, k, group, zp)
+    dt = np.float16 if act == "f16" else ml_dtypes.bfloat16
+    x = np.random.default_rng(4).standard_normal((m, k)).astype(dt)
+    name_, params = ops.matmul_choice(m, n, k, qw, act, backend="cuda")
+    assert name_ == "matmul_mma" and params["BM"] > 16 and params["TH"] == 128, params
+    kern = ops.get_kernel("matmul_mma", "cuda", **params)
+    assert type(kern.packings.get("w")).__name__ == "MmaPacking", kern.packings
+    y = ops.matmul(x, qw, backend="cuda")
+    exact = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
+    unit = 2.0**-11 if act == "f16" else 2.0**-8
+    assert np.all(np.abs(y - exact) <= _budget(x, qw, name in ROUNDED, unit)), name
+    want = np.zeros((m, n), np.float32)
+    zeros = qw.zeros if zp else np.zeros((1, 1), np.float32)
+    kern.interpret(x, ops.weight_storage(qw, kern), qw.scales, zeros, want, group, K=k)
+    assert np.all(np.abs(y - want) <= _budget(x, qw, False)), name
+
+
 # (format, activations, M, zero points, params): four warps (BM 64, 128 threads) and one
 # (BM 16); u8 on four warps at BM 16 keeps canonical bytes (each warp 16 of the 64 columns:
 # not the mma packing), its decoded tile staged in shared memory and read by ldmatrix
