@@ -169,8 +169,10 @@ def _register(ctx, v, kind: Kind, idxs: list) -> str:
     return ctx.src.tmp(" | ".join(parts), "w")
 
 
-def render_mma_dot(ctx, op, tiling: Tiling, out) -> None:
-    """Emit the dot: accumulators in registers, one mma per 16 x 8 tile per K step."""
+def render_mma_dot(ctx, op, tiling: Tiling, out, frag=None) -> None:
+    """Emit the dot: accumulators in registers, one mma per 16 x 8 tile per K step; written
+    to the shared tile `out` after, or with `frag` (mma_registers.Frag) left in registers:
+    element frag.idxs[v] of the result is accumulator v."""
     a, b, c = op.operands
     la, lb, lc = tiling.layouts()
     for tv in (la, lb, lc):
@@ -189,7 +191,7 @@ def render_mma_dot(ctx, op, tiling: Tiling, out) -> None:
 
         accs = []
         for v in range(lc.num_values):
-            idx = _at(src, (cr, cc), lc(0, v))
+            idx = _at(src, (cr, cc), lc(0, v)) if frag is None else frag.idxs[v]
             accs.append((idx, src.tmp(f"{kind.acc}({ctx.elem(c, idx)})", "acc")))
         opa, opb = (a, la, va, (ar, ac), lda), (b, lb, vb, (br, bc), ldb)
         full = None if _mma_packed(ctx, b) else inside_condition(ctx, b)
@@ -202,6 +204,9 @@ def render_mma_dot(ctx, op, tiling: Tiling, out) -> None:
                 _k_loop(ctx, tiling, opa, opb, accs, True)
             with src.block("else:"):
                 _k_loop(ctx, tiling, opa, opb, accs, False)
+        if frag is not None:
+            frag.bind(ctx, op.results[0], [name for _, name in accs])
+            return
         for idx, name in accs:
             src.line(f"{ctx.addr(out, idx)} = {name}")
 

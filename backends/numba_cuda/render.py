@@ -25,6 +25,7 @@ from lowbitc.backends.numba_cuda.intrinsics import SIMULATOR
 from lowbitc.backends.numba_cuda.mma_banks import accumulator_layouts
 from lowbitc.backends.numba_cuda.mma_dot import MMA_IMPORT, mma_tiling
 from lowbitc.backends.numba_cuda.mma_packed import mma_packings
+from lowbitc.backends.numba_cuda.mma_registers import Frag, register_carried
 from lowbitc.backends.numba_cuda.plan import make_plan
 from lowbitc.backends.numba_cuda.shared import (
     DYNAMIC_SHARED_LIMIT,
@@ -90,6 +91,8 @@ class Renderer:
         self.acc_layouts = accumulator_layouts(k, threads)  # mma accumulators' (row, swizzle)
         self.defs = {r.id: op for op in walk(k.body.ops) for r in op.results}
         self.staged: dict[int, Buf] = {}  # load -> its pipeline stage this iteration (pipeline)
+        self.register_carried = register_carried(k, threads)  # for -> tiles kept in registers
+        self.frag_dots: dict = {}  # id(dot) -> the Frag its result stays in (mma_registers)
 
     # ------------------------------------------------------------ values
 
@@ -303,7 +306,9 @@ class Renderer:
         self.bufs[v.id] = buf
 
     def bind(self, v: Value, x) -> None:
-        if isinstance(x, Buf):
+        if isinstance(x, Frag):
+            x.bind(self, v)
+        elif isinstance(x, Buf):
             self.bufs[v.id] = x
         else:
             self.scalars[v.id] = x

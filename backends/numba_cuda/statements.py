@@ -11,6 +11,7 @@ from lowbitc.backends.numba_cuda.buffers import TensorRef
 from lowbitc.backends.numba_cuda.elements import fail, shape_of
 from lowbitc.backends.numba_cuda.halves import store_pairs
 from lowbitc.backends.numba_cuda.mma_dot import mma_tiling, render_mma_dot
+from lowbitc.backends.numba_cuda.mma_registers import Frag
 from lowbitc.backends.numba_cuda.mma_stated import check_stated_layouts
 from lowbitc.backends.numba_cuda.pipeline import Pipeline, staged_loads
 from lowbitc.backends.numba_cuda.reduce_order import rotation
@@ -109,6 +110,11 @@ def _dot(ctx, op: Op) -> None:
     M, N = res.type.shape
     K = a.type.shape[1]
     R = numba_type(res.type.dtype)
+    frag = ctx.frag_dots.get(id(op))
+    if frag is not None:  # the result stays in C fragment registers (mma_registers)
+        ctx.src.sync()
+        render_mma_dot(ctx, op, frag.carried.tiling, None, frag)
+        return
     cbuf = ctx.bufs.get(c.id)
     inplace = cbuf is not None and ctx.plan.uses[c.id] == 1 and cbuf.shape == (M, N)
     out = cbuf if inplace else ctx.alloc(res.type.dtype, (M, N))
@@ -257,16 +263,23 @@ def _reduce(ctx, op: Op) -> None:
 # ---------------------------------------------------------------- control flow
 
 
-def _targets(ctx, results: tuple[Value, ...]) -> list:
-    return [ctx.alloc(r.type.dtype, r.type.shape) if isinstance(r.type, TileType)
-            else ctx.src.fresh("c") for r in results]
+def _targets(ctx, results: tuple[Value, ...], skip=()) -> list:
+    return [None if i in skip else ctx.alloc(r.type.dtype, r.type.shape)
+            if isinstance(r.type, TileType) else ctx.src.fresh("c")
+            for i, r in enumerate(results)]
 
 
 @handles("for")
 def _for(ctx, op: Op) -> None:
     lo, hi, step = (ctx.elem(v, ()) for v in op.operands[:3])
-    carried = _targets(ctx, op.results)
+    in_registers = ctx.register_carried.get(id(op), ())  # accumulators (mma_registers)
+    carried = _targets(ctx, op.results, {c.index for c in in_registers})
+    for c in in_registers:
+        carried[c.index] = Frag(ctx, c, op.operands[3 + c.index])
+        ctx.frag_dots.update(dict.fromkeys(c.dots, carried[c.index]))
     for x, init in zip(carried, op.operands[3:], strict=False):
+        if isinstance(x, Frag):
+            continue
         if isinstance(x, str):
             ctx.src.line(f"{x} = {ctx.elem(init, ())}")
         else:
@@ -286,7 +299,10 @@ def _for(ctx, op: Op) -> None:
     if pipe is not None:
         pipe.drain()
     for r, x in zip(op.results, carried, strict=False):
-        ctx.bind(r, x)
+        if isinstance(x, Frag):
+            x.spill(ctx, r)
+        else:
+            ctx.bind(r, x)
 
 
 @handles("if")
@@ -311,12 +327,15 @@ def update(ctx, carried: list, outs: list[Value]) -> None:
     A buffer is updated in place when its new value reads only itself at the same element
     and no buffer already updated; otherwise every new value goes to a staging buffer first.
     """
+    for x, v in zip(carried, outs, strict=False):
+        if isinstance(x, Frag):
+            x.update(ctx, v)
     news = [(x, ctx.src.tmp(ctx.elem(v, ()), "n")) for x, v in zip(carried, outs, strict=False)
             if isinstance(x, str)]
     for x, n in news:
         ctx.src.line(f"{x} = {n}")
     pairs = [(x, v) for x, v in zip(carried, outs, strict=False)
-             if not isinstance(x, str) and ctx.bufs.get(v.id) is not x]
+             if not isinstance(x, (str, Frag)) and ctx.bufs.get(v.id) is not x]
     start = len(ctx.src.lines)
     written: set[str] = set()
     for buf, v in pairs:
