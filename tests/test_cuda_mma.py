@@ -398,3 +398,29 @@ def test_split_k_is_a_tune_choice_of_the_mma_matmul():
     ops.get_kernel("splitk_sum", "llvm", SK=3)(p, y)
     want = (p[0:5] + p[5:10]) + p[10:15]
     np.testing.assert_array_equal(y, want)
+
+
+def test_accumulators_stay_in_registers_across_k_tiles():
+    """The rule of mma_registers on the IR: matmul_mma's carried `acc` (updated by
+    `acc + (part - xsum z) * s` from a dot's result) stays in C fragment registers, so the
+    loop writes no f32 tile to shared memory; the only f32 [BM, BN] tile is the one the
+    registers are written to once after the loop. In examples/tc_gemm.lbk the inner loop's
+    `part = dot(a, b, part)` stays in registers, the outer `acc` (updated from a loop's
+    result, not a dot's) keeps its shared tile."""
+    from lowbitc.backends.numba_cuda.mma_registers import register_carried
+
+    k = ops.get_kernel("matmul_mma", "cuda", W="u4", BM=64, BN=128, TH=128, ZP=True)
+    [(_, [c])] = register_carried(k.lowered, 128).items()
+    assert c.index == 0 and (c.tiling.WM, c.tiling.WN) == (2, 2) and len(c.dots) == 1
+    src = k.text("python")
+    body = src[src.index("while i"):src.index("cp_async_wait(0)")]
+    assert re.search(r"\bfr\d+ = n\d+", body)  # (C fragment stores: `sb[(o ^ swizzle)] = acc`)
+    assert not re.search(r"sb\d+\[\(o\d+ \^[^\]]*\] = acc\d+", body)
+    assert len(re.findall(r"dyn_F32\[\d+:\d+\]", src)) == 2  # the row sums and the epilogue
+    tc = lowbitc.compile(str(Path(__file__).parent.parent / "examples" / "tc_gemm.lbk"),
+                         backend="cuda")
+    found = register_carried(tc.lowered, 128)
+    assert [[c.index for c in cs] for cs in found.values()] == [[0]]
+    inner = next(op for op in walk(tc.lowered.body.ops) if op.opcode == "for"
+                 and any(o.opcode == "dot" for o in op.regions[0].ops))
+    assert id(inner) in found

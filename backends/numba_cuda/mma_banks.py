@@ -2,17 +2,18 @@
 conflicts (evaluated with `lowbitc.layout.banks`, not assumed).
 
 A loop-carried f32 tile that a `dot` on tensor cores accumulates into lives in shared memory
-between K tiles; each thread reads and writes its C fragment registers there one 4-byte value
-at a time: lane (g, t) = (lane // 4, lane % 4) touches row g (or g + 8), column 2t (+ 1) of
-each 16 x 8 tile. With a plain row stride S the 32 lanes hit banks g S + 2t (mod 32), which
-no S makes distinct (2t is even: the 8 rows must supply 4 even and 4 odd offsets spaced by 8,
-which an arithmetic progression g S cannot). A row padding of 8 words plus the swizzle
-Swizzle<1, 0, 5> (bit 5 of the element offset flips bit 0) does it, and keeps a warp's row-wise
-sweep (32 consecutive elements of a row, the generic elementwise loops) conflict-free too.
-`accumulator_layout` finds the smallest such (padding, swizzle) for a tiling by search, checking
-every register of every warp and the row sweeps; `accumulator_layouts` lists, per f32 tile shape
-of a kernel's mma dots, the layout its shared buffers take (`Renderer.alloc`).
-"""
+between K tiles (unless it stays in registers, `mma_registers.py`: then the tile its
+registers are written to after the loop does); each thread reads and writes its C fragment
+registers there one 4-byte value at a time: lane (g, t) = (lane // 4, lane % 4) touches row
+g (or g + 8), column 2t (+ 1) of each 16 x 8 tile. With a plain row stride S the 32 lanes
+hit banks g S + 2t (mod 32), which no S makes distinct (2t is even: the 8 rows must supply 4
+even and 4 odd offsets spaced by 8, which an arithmetic progression g S cannot). A row
+padding of 8 words plus the swizzle Swizzle<1, 0, 5> (bit 5 of the element offset flips bit
+0) does it, and keeps a warp's row-wise sweep (32 consecutive elements of a row, the generic
+elementwise loops) conflict-free too. `accumulator_layout` finds the smallest such (padding,
+swizzle) for a tiling by search, checking every register of every warp and the row sweeps;
+`accumulator_layouts` lists, per f32 tile shape of a kernel's mma dots, the layout its
+shared buffers take (`Renderer.alloc`)."""
 
 from __future__ import annotations
 
