@@ -103,7 +103,16 @@ class Frag:
         base = tuple(src.tmp(e, "fc") for e in thread_coords(lc, "tid"))
         self.carried = carried
         self.shape = lc.shape
-        self.idxs = [_at(src, base, lc(0, v)) for v in range(lc.num_values)]
+        names: dict[tuple[int, int], str] = {}  # one name per (dim, offset): registers of
+        # a row or column share its index, so its scale or zero point is read once
+
+        def at(d: int, off: int) -> str:
+            if (d, off) not in names:
+                names[d, off] = _at(src, (base[d],), (off,))[0]
+            return names[d, off]
+
+        self.idxs = [tuple(at(d, o) for d, o in enumerate(lc(0, v)))
+                     for v in range(lc.num_values)]
         with ctx.scope():
             self.names = [src.tmp(f"F32({ctx.elem(init, idx)})", "fr") for idx in self.idxs]
 
