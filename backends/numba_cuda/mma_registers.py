@@ -1,18 +1,18 @@
 """Accumulators in registers across K tiles: a loop-carried tile that only mma C fragments and
 elementwise ops at the same element ever touch stays in each thread's C fragment registers.
 
-The rule (`register_carried`, on the IR, no kernel names): a `for` carries a 2-D tile T whose
-new value is a chain of elementwise ops (`ELEMENTWISE`, `where`, `cast`) of T's shape over
-T itself, results of tensor-core dots of T's shape (into any accumulator, T or a chain value
-included: `acc = dot(a, b, acc)`, or `part = dot(a, b, zeros)` then `acc = acc + part * s`)
-and values of other shapes or from outside the loop (broadcast scale rows, zero-point
+The rule (`register_carried`, on the IR, no kernel names): a `for` carries a 2-D tile T
+whose new value is a chain of elementwise ops (`ELEMENTWISE`, `where`, `cast`) of T's shape
+over T itself, results of tensor-core dots of T's shape (into any accumulator, T or a chain
+value included: `acc = dot(a, b, acc)`, or `part = dot(a, b, zeros)` then `acc = acc + part
+* s`) and values of other shapes or from outside the loop (broadcast scale rows, zero-point
 columns: read by index as anywhere); every such dot has the same warp tiling, and neither T
 nor any chain value is read by anything but the chain and the loop's `yield`. Then each
 thread holds, for register v of the tiling's C layout, element `lc(tid, v)` of T, of the dot
-results and of the chain, as one f32 local: the dot keeps its accumulators (no shared tile,
-no barrier pair per K tile), the yield computes the chain per register, and after the loop
-the registers are written once to a shared tile (conflict-free: `mma_banks`) that the
-epilogue (the store) reads as before.
+results and of the chain, as one local (f32; i32 for .s8 dots): the dot keeps its
+accumulators (no shared tile, no barrier pair per K tile), the yield computes the chain per
+register, and after the loop the registers are written once to a shared tile (conflict-free:
+`mma_banks`) that the epilogue (the store) reads as before.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lowbitc.backends.numba_cuda.mma_dot import Tiling, _at, mma_tiling, thread_coords
+from lowbitc.backends.numba_cuda.source import numba_type
 from lowbitc.ir.core import Kernel, Op, Value, walk
 from lowbitc.ir.opdefs import ELEMENTWISE
 from lowbitc.ir.types import TileType
@@ -102,7 +103,7 @@ class Frag:
         lc = carried.tiling.layouts()[2]
         base = tuple(src.tmp(e, "fc") for e in thread_coords(lc, "tid"))
         self.carried = carried
-        self.shape = lc.shape
+        self.R = numba_type(init.type.dtype)  # f32 (mma .f16/.bf16) or i32 (.s8)
         names: dict[tuple[int, int], str] = {}  # one name per (dim, offset): registers of
         # a row or column share its index, so its scale or zero point is read once
 
@@ -114,7 +115,7 @@ class Frag:
         self.idxs = [tuple(at(d, o) for d, o in enumerate(lc(0, v)))
                      for v in range(lc.num_values)]
         with ctx.scope():
-            self.names = [src.tmp(f"F32({ctx.elem(init, idx)})", "fr") for idx in self.idxs]
+            self.names = [src.tmp(f"{self.R}({ctx.elem(init, idx)})", "fr") for idx in self.idxs]
 
     def bind(self, ctx, v: Value, names=None) -> None:
         """Element idxs[i] of v is names[i] (this frag's registers by default)."""
@@ -124,7 +125,7 @@ class Frag:
     def update(self, ctx, new: Value) -> None:
         """The next iteration's registers: the chain per register, then the assignments."""
         with ctx.scope():
-            news = [ctx.src.tmp(f"F32({ctx.elem(new, idx)})", "n") for idx in self.idxs]
+            news = [ctx.src.tmp(f"{self.R}({ctx.elem(new, idx)})", "n") for idx in self.idxs]
         for name, n in zip(self.names, news, strict=True):
             ctx.src.line(f"{name} = {n}")
 
