@@ -107,6 +107,6 @@ def test_quantlinear_gemv_reads_scales_group_major(fmt, group, zp):
     with torch.no_grad():
         y = q(x)
     (plan,) = q._matmul()._plans.values()
-    assert plan[0].params.get("GM") and plan[2].shape == (-(-200 // group), 77)
+    assert plan[2].params.get("GM") and plan[3].shape == (-(-200 // group), 77)
     want = ops.matmul(x.numpy(), q.qweight) + lin.bias.detach().numpy()
     assert np.array_equal(y.numpy(), want)

@@ -261,13 +261,14 @@ class BoundMatmul:
     activation dtype and shape, so a call is the launches (`Kernel.bind`) plus a fresh output
     tensor. Bind again after writing the weight (or its scales) in place."""
 
-    __slots__ = ("tensors", "_static", "_plans")
+    __slots__ = ("tensors", "_static", "_plans", "_bias")
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                  fmt: str, group_size: int, k: int, act: str = "f32"):
         self.tensors = (weight, scales, zeros)
         self._static = (fmt, group_size, k, a8.check_act(act))
         self._plans: dict[tuple, tuple | None] = {}
+        self._bias: tuple | None = None  # (the last f32 bias tensor, its numpy view)
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [M, K] (a contiguous CPU tensor) @ W_hat.T (+ bias [N]) -> float32 [M, N]."""
@@ -277,7 +278,7 @@ class BoundMatmul:
         if plan is None:  # an empty dimension, a CUDA tensor: the op's own function
             y = matmul_impl(x, *self.tensors, *self._static)
             return y if bias is None else y.add_(bias.detach())
-        run, shape = plan
+        run, shape = plan[:2]
         y = torch.empty(shape, dtype=torch.float32)  # 64-byte aligned, unlike numpy's
         out = y.numpy()
         run(_array(x), out)
@@ -285,7 +286,10 @@ class BoundMatmul:
             if bias.dtype is torch.float32:
                 # in numpy: torch's add wakes its OpenMP threads, whose spinning afterwards
                 # slows the next kernel's own threads (u4 M=16 4096^2: 7 -> 13 ms)
-                np.add(out, _array(bias), out=out)
+                seen = self._bias
+                if seen is None or seen[0] is not bias:  # a view per bias tensor, kept
+                    seen = self._bias = (bias, _array(bias))
+                np.add(out, seen[1], out=out)
             else:
                 y.add_(bias.detach())
         return y
@@ -312,7 +316,7 @@ class BoundMatmul:
                     s = np.ascontiguousarray(s.T)
                     z = z if zeros is None else np.ascontiguousarray(z.T)
                 run = kern.bind(xa, w, s, z, y, g, K=k, free=("x", "y"))
-            plan = (run, (m, n))
+            plan = (run, (m, n), kern, s)  # (the kernel and scales as read: for tests)
         if len(self._plans) > 64:  # many batch shapes: keep the cache small
             self._plans.clear()
         self._plans[(x.dtype, x.shape)] = plan
