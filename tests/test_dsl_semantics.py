@@ -547,7 +547,8 @@ def test_row_sums_of_i32_whole_vectors(n):
     x = np.random.default_rng(n).integers(-128, 128, (5, n)).astype(np.int8)
     x[1, :] = -128
     x[2, -1] = 127
-    check(src, [x, np.zeros(5, np.int32)], {1: x.astype(np.int32).sum(1, dtype=np.int32)}, exact=True)
+    want = x.astype(np.int32).sum(1, dtype=np.int32)
+    check(src, [x, np.zeros(5, np.int32)], {1: want}, exact=True)
 
 
 def test_bf16_arithmetic_reductions_and_dot_compute_in_f32_and_round():
