@@ -216,9 +216,12 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
     if k is None:
         name, params = matmul_choice(M, N, K, qw, adt, act, backend)
         if name == "matmul" and backend == "llvm":
-            # the GEMV path reads scales and zeros group-major (QTensor.group_major); offsets
-            # are subtracted in the kernel
-            params.update(GM=not params["EARLY"], OFF=offsets is not None)
+            # the GEMV path reads scales and zeros tile-major (one contiguous run per
+            # program: a8.tile_scales), or group-major (QTensor.group_major) beside offsets,
+            # which are subtracted in the kernel
+            gemv = not params["EARLY"]
+            params.update(GM=gemv, TM=gemv and offsets is None and N % params["BN"] == 0,
+                          OFF=offsets is not None)
         k = _remember(plan, get_kernel(name, backend, **params))
     if k.name == "matmul_a8":  # scales and zeros tile-major, activations quantized first
         w, sz = a8.operands(qw, k, weight_storage)
@@ -226,15 +229,26 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
         if qw.sparse is not None:
             qw.sparse.matmul_add(x, y, backend)
         return y
-    gm = k.params.get("GM")
-    scales, zeros = qw.group_major if gm else (qw.scales, qw.zeros)
-    if offsets is not None:
-        zeros = offsets.by_group if gm else offsets.offsets
-    zeros = zeros if zeros is not None else _NO_ZEROS
+    scales, zeros = _gemv_scales(qw, k, offsets)
     launch_matmul(k, x, weight_storage(qw, k), scales, zeros, y, qw.group_size, K)
     if qw.sparse is not None:
         qw.sparse.matmul_add(x, y, backend)
     return y
+
+
+def _gemv_scales(qw: QTensor, k: Kernel, offsets: OffsetQTensor | None):
+    """qw's scales and zero points (or the offsets) as matmul kernel `k` reads them:
+    tile-major viewed as [G, N] (TM: a8.tile_scales), group-major [G, N] (GM) or as stored
+    [N, G]; a [1, 1] placeholder for no zero points."""
+    if k.params.get("TM"):
+        scales, zeros = a8.tile_scales(qw, k.params["BN"])
+        shape = qw.scales.shape[::-1]
+        return scales.reshape(shape), _NO_ZEROS if qw.zeros is None else zeros.reshape(shape)
+    gm = k.params.get("GM")
+    scales, zeros = qw.group_major if gm else (qw.scales, qw.zeros)
+    if offsets is not None:
+        zeros = offsets.by_group if gm else offsets.offsets
+    return scales, zeros if zeros is not None else _NO_ZEROS
 
 
 def mix_params(qw: TableQTensor, M: int, adt: str) -> dict:
