@@ -7,7 +7,6 @@ import pytest
 
 import lowbitc
 from lowbitc import a8, ops
-from lowbitc.offset import OffsetQTensor
 from lowbitc.ops import get_kernel, matmul_choice, weight_storage
 
 _NONE = np.zeros((1, 1), np.float32)
@@ -71,19 +70,6 @@ def test_ops_takes_tile_major_where_the_tiles_divide_n():
         x = rng.standard_normal((1, 64)).astype(np.float32)
         ref = x.astype(np.float64) @ qw.dequantize().T.astype(np.float64)
         assert np.allclose(ops.matmul(x, qw), ref, rtol=1e-4, atol=1e-4)
-
-
-def test_offsets_keep_group_major():
-    rng = np.random.default_rng(0)
-    base = lowbitc.quantize(rng.standard_normal((128, 64)).astype(np.float32), "u4", 32)
-    qw = OffsetQTensor(base.dtype, base.shape, 32, base.codes, base.scales,
-                       offsets=rng.uniform(-1, 1, (128, 2)).astype(np.float32))
-    x = rng.standard_normal((1, 64)).astype(np.float32)
-    y = ops.matmul(x, qw)
-    ref = x.astype(np.float64) @ qw.dequantize().T.astype(np.float64)
-    assert np.allclose(y, ref, rtol=1e-4, atol=1e-4)
-    k = ops._PLANS[("matmul", "llvm", qw.dtype, "f32", False, 32, 1, 128, 64, "f32", True)]
-    assert k.params["GM"] and k.params["OFF"] and not k.params["TM"]
 
 
 def test_tile_major_view_and_its_inverse():
