@@ -79,6 +79,9 @@ def matmul_fixed(wtype, act: str, zero_point: bool, M: int = 1) -> dict:
 
 
 PLANES_BN = 256  # GEMV rows per block for the planes packing's formats (<= 3-bit integers)
+# GEMV tiles up to this many rows read their scales tile-major (matmul TM); wider ones read a
+# group-major row of >= 1 KB per group, which measured no slower (docs/performance.md)
+TILE_MAJOR_BN = 128
 
 
 def matmul_params(M: int, qw: QTensor, act: str, backend: str = "llvm", N: int = 0) -> dict:
@@ -219,9 +222,9 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
             # the GEMV path reads scales and zeros tile-major (one contiguous run per
             # program: a8.tile_scales), or group-major (QTensor.group_major) beside offsets,
             # which are subtracted in the kernel
-            gemv = not params["EARLY"]
-            params.update(GM=gemv, TM=gemv and offsets is None and N % params["BN"] == 0,
-                          OFF=offsets is not None)
+            gemv, bn = not params["EARLY"], params["BN"]
+            params.update(GM=gemv, TM=gemv and offsets is None and N % bn == 0 and
+                          bn <= TILE_MAJOR_BN, OFF=offsets is not None)
         k = _remember(plan, get_kernel(name, backend, **params))
     if k.name == "matmul_a8":  # scales and zeros tile-major, activations quantized first
         w, sz = a8.operands(qw, k, weight_storage)

@@ -58,6 +58,7 @@ def _kernel_of(qw, m: int = 1):
 
 
 def test_ops_takes_tile_major_where_the_tiles_divide_n():
+    """Tile-major where BN divides N and the tile is at most TILE_MAJOR_BN rows."""
     rng = np.random.default_rng(1)
     whole = lowbitc.quantize(rng.standard_normal((192, 64)).astype(np.float32), "u4", 32,
                              zero_point=True)
@@ -66,6 +67,9 @@ def test_ops_takes_tile_major_where_the_tiles_divide_n():
     assert _kernel_of(whole).params["TM"]
     assert not _kernel_of(ragged).params["TM"] and _kernel_of(ragged).params["GM"]
     assert not _kernel_of(whole, 16).params.get("TM")  # the GEMM path reads [N, G]
+    planes = lowbitc.quantize(rng.standard_normal((512, 64)).astype(np.float32), "u2", 32)
+    assert _kernel_of(planes).params["BN"] > ops.TILE_MAJOR_BN
+    assert not _kernel_of(planes).params["TM"]  # 1 KB group-major rows: kept
     for qw in (whole, ragged):
         x = rng.standard_normal((1, 64)).astype(np.float32)
         ref = x.astype(np.float64) @ qw.dequantize().T.astype(np.float64)
