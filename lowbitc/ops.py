@@ -241,12 +241,10 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
 
 def _gemv_scales(qw: QTensor, k: Kernel, offsets: OffsetQTensor | None):
     """qw's scales and zero points (or the offsets) as matmul kernel `k` reads them:
-    tile-major viewed as [G, N] (TM: a8.tile_scales), group-major [G, N] (GM) or as stored
-    [N, G]; a [1, 1] placeholder for no zero points."""
-    if k.params.get("TM"):
-        scales, zeros = a8.tile_scales(qw, k.params["BN"])
-        shape = qw.scales.shape[::-1]
-        return scales.reshape(shape), _NO_ZEROS if qw.zeros is None else zeros.reshape(shape)
+    both tile-major in one array viewed as [P * G, N] (TM: a8.tile_scales), group-major
+    [G, N] (GM) or as stored [N, G]; a [1, 1] placeholder for no zero points."""
+    if k.params.get("TM"):  # scales and zero points in one array, z unread
+        return a8.tile_scales(qw, k.params["BN"]).reshape(-1, qw.shape[0]), _NO_ZEROS
     gm = k.params.get("GM")
     scales, zeros = qw.group_major if gm else (qw.scales, qw.zeros)
     if offsets is not None:

@@ -1,6 +1,7 @@
 """Tile-major scales and zero points on the CPU GEMV path (matmul TM, docs/performance.md):
-lowbitc.a8.tile_major's [N / BN, G, BN] viewed as [G, N], so a program reads its scales as
-one contiguous run; the same operations in the same order as the group-major reads (GM)."""
+lowbitc.a8.tile_major's [N / BN, G, P * BN] (scales, then zero points) viewed as [P * G, N],
+so a program reads them as one sequential stream; the same operations in the same order as
+the group-major reads (GM)."""
 
 import numpy as np
 import pytest
@@ -16,13 +17,12 @@ def _run(qw, x, tm: bool) -> tuple[np.ndarray, dict]:
     m, (n, k) = x.shape[0], qw.shape
     _, params = matmul_choice(m, n, k, qw, "f32", "llvm")
     kern = get_kernel("matmul", "llvm", **{**params, "GM": True, "TM": tm})
-    if tm:
-        s, z = (a.reshape(qw.scales.shape[::-1]) if a.size > 1 else a.reshape(1, 1)
-                for a in a8.tile_scales(qw, params["BN"]))
+    if tm:  # scales and zero points in one array; z is not read
+        s, z = a8.tile_scales(qw, params["BN"]).reshape(-1, n), None
     else:
         s, z = qw.group_major
     y = np.empty((m, n), np.float32)
-    kern(x, weight_storage(qw, kern), s, z if qw.zeros is not None else _NONE, y,
+    kern(x, weight_storage(qw, kern), s, z if z is not None else _NONE, y,
          qw.group_size, K=k)
     return y, kern.params
 
@@ -77,21 +77,21 @@ def test_ops_takes_tile_major_where_the_tiles_divide_n():
 
 
 def test_tile_major_view_and_its_inverse():
-    """Tile t's values for group g are the BN floats from flat index (t * G + g) * BN of
-    the [G, N] view; reshaping back and transposing restores [N, G]."""
+    """In the [P * G, N] view, tile t's run for group g starts at flat index
+    (t * G + g) * P * BN: its BN scales, then its BN zero points; a8.from_tile_major inverts."""
     rng = np.random.default_rng(2)
     qw = lowbitc.quantize(rng.standard_normal((96, 100)).astype(np.float32), "u4", 32,
                           zero_point=True)
     n, g, bn = 96, 4, 32
-    s, z = a8.tile_scales(qw, bn)
-    flat = s.reshape(g, n).ravel()
+    sz = a8.tile_scales(qw, bn)
+    flat = sz.reshape(-1, n).ravel()
     for t in range(n // bn):
         for j in range(g):
-            at = (t * g + j) * bn
+            at = (t * g + j) * 2 * bn
             assert np.array_equal(flat[at:at + bn], qw.scales[t * bn:(t + 1) * bn, j])
-    back = s.reshape(n // bn, g, bn).transpose(0, 2, 1).reshape(n, g)
-    assert np.array_equal(back, qw.scales)
-    assert np.array_equal(z.reshape(n // bn, g, bn).transpose(0, 2, 1).reshape(n, g), qw.zeros)
+            assert np.array_equal(flat[at + bn:at + 2 * bn], qw.zeros[t * bn:(t + 1) * bn, j])
+    s, z = a8.from_tile_major(sz, n, True)
+    assert np.array_equal(s, qw.scales) and np.array_equal(z, qw.zeros)
 
 
 def test_tile_major_cached_and_replicated():
@@ -101,11 +101,11 @@ def test_tile_major_cached_and_replicated():
     x = rng.standard_normal((1, 64)).astype(np.float32)
     y = ops.matmul(x, qw)
     bn = _kernel_of(qw).params["BN"]
-    s, z = qw.__dict__["_tile_major"][bn]
-    assert a8.tile_scales(qw, bn)[0] is s  # made once per tile width
+    sz = qw.__dict__["_tile_major"][bn]
+    assert a8.tile_scales(qw, bn) is sz  # made once per tile width
     twin = qw.replica()
-    ts, tz = twin.__dict__["_tile_major"][bn]
-    assert ts is not s and np.array_equal(ts, s) and np.array_equal(tz, z)
+    tsz = twin.__dict__["_tile_major"][bn]
+    assert tsz is not sz and np.array_equal(tsz, sz)
     assert np.array_equal(ops.matmul(x, twin), y)
 
 
@@ -115,7 +115,7 @@ def test_tile_major_scales_of_the_wrong_orientation_name_s():
     qw = lowbitc.quantize(rng.standard_normal((128, 96)).astype(np.float32), "u4", 32)
     x = rng.standard_normal((1, 96)).astype(np.float32)
     kern = get_kernel("matmul", "llvm", W="u4", BM=1, BN=64, GM=True, TM=True)
-    s = a8.tile_scales(qw, 64)[0].reshape(3, 128)
+    s = a8.tile_scales(qw, 64).reshape(3, 128)
     y = np.empty((1, 128), np.float32)
     kern(x, weight_storage(qw, kern), s, _NONE, y, 32, K=96)
     assert np.allclose(y, x @ qw.dequantize().T, rtol=1e-5, atol=1e-5)
