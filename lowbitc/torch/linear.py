@@ -320,8 +320,13 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
     its input scale [in_features] (32 bits per input column) and divides its input by it.
     `method="hqq"` with `calibrate`: no GPTQ; HQQ's fit weighted by each input column's mean
     x^2 (the Hessian's diagonal), outliers chosen by that weighted error (lowbitc.methods).
+    `method="hqq-gptq"` (needs `calibrate`): that grid, then GPTQ's feedback with act-order
+    onto it (lowbitc.gptq); with per-row code books, GPTQ onto each row's table.
     """
     check_act(act)
+    if method == "hqq-gptq" and calibrate is None:
+        raise UserArgumentError("calibrate: method='hqq-gptq' needs calibration data "
+                                "(calibrate=f running the float model), got None")
     awq_scales = awq.check(calibrate, dtype, outliers) if method == "awq" else None
     drop = _skipper(skip)
     targets = [(name, m) for name, m in model.named_modules()
@@ -350,13 +355,15 @@ def _quantized(m: nn.Linear, dtype, group_size, zero_point, scale_dtype, hessian
     diag = None if hessian is None else torch.diagonal(hessian).numpy()
     if callable(dtype) and not isinstance(dtype, Format | str):
         dtype = dtype(w, diag)
+    if options["method"] == "hqq-gptq":  # lowbitc.gptq's feedback onto weighted HQQ's grid
+        options = {**options, "hessian": hessian}
     if isinstance(dtype, list | tuple | RowCodebooks):
         zp = True if zero_point is None else zero_point
         qw = quantize(w, dtype, group_size, zp, scale_dtype, column_weights=diag, **options)
         return TableLinear(qw, m.bias)
     fmt = _format(dtype)
     zp = fmt.kind == "uint" if zero_point is None else zero_point
-    if hessian is None or options["method"] == "hqq":  # HQQ weighted by diag(H), no GPTQ
+    if hessian is None or options["method"] != "rtn":  # HQQ weighted by diag(H) (+ GPTQ)
         qw = quantize(w, fmt, group_size, zp, scale_dtype, column_weights=diag, **options)
     else:
         mask = outlier_mask(w, options["outliers"], diag)
