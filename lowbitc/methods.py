@@ -20,7 +20,7 @@ METHODS = ("rtn", "hqq", "hqq-gptq")
 
 def quantize(w, dtype, group_size: int, zero_point: bool = False, scale_dtype: str = "f32",
              outliers=None, method: str = "rtn", outlier_dtype: str = "f16",
-             column_weights=None, hessian=None):
+             column_weights=None, hessian=None, damp: float = gptq.DAMP):
     """Quantize float weight `w[N, K]` group-wise along K (see lowbitc.quant).
 
     `dtype`: a format, a list of up to 4 same-width formats (per-group choice: a
@@ -30,7 +30,8 @@ def quantize(w, dtype, group_size: int, zero_point: bool = False, scale_dtype: s
     the inputs) ranks the columns. `method`: "rtn" (the MSE scale search), "hqq", or
     "hqq-gptq": the grid of "hqq" (weighted by `column_weights`, default diag(hessian)), then
     GPTQ's error feedback with act-order onto it (lowbitc.gptq; one format or per-row code
-    books), which needs `hessian` [K, K] (mean x^T x of the layer's inputs).
+    books), which needs `hessian` [K, K] (mean x^T x of the layer's inputs); `damp` times
+    the mean of its diagonal is added to the diagonal before it is inverted.
     """
     if method not in METHODS:
         raise UserArgumentError(f"method: expected one of {METHODS}, got {method!r}")
@@ -65,7 +66,7 @@ def quantize(w, dtype, group_size: int, zero_point: bool = False, scale_dtype: s
     if h is not None:
         column = (gptq.table_column(dtype.tables) if isinstance(dtype, RowCodebooks) else
                   gptq.affine_column(qt.dtype, qt.scales, qt.zeros, qt.group_size))
-        codes, kept = gptq.feedback(w, h, column, mask=mask)
+        codes, kept = gptq.feedback(w, h, column, damp, mask=mask)
         qt = dataclasses.replace(qt, codes=codes)
     if mask is not None:
         sparse = out.residual(kept, qt.dequantize(), mask, outlier_dtype)

@@ -53,10 +53,10 @@ def test_feedback_matches_the_sequential_reference(act_order):
     qt = lowbitc.quantize(w, "u3", 8, zero_point=True)
     column = gptq.affine_column(qt.dtype, qt.scales, qt.zeros, 8)
     mask = np.random.default_rng(3).random(w.shape) < 0.05
-    codes, kept = gptq.feedback(w, h, column, block=7, act_order=act_order, mask=mask)
+    codes, kept = gptq.feedback(w, h, column, 0.05, block=7, act_order=act_order, mask=mask)
     order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(w.shape[1])
-    ref = _reference(w, h, column, 0.01, order, mask)
-    assert (codes != ref).mean() < 0.002  # float64 rounding ties may differ in a code or so
+    ref = _reference(w, h, column, 0.05, order, mask)
+    assert (codes != ref).sum() <= 1  # float64 rounding ties may differ in a code
     assert (kept[~mask] == 0).all() and (kept[mask] != 0).any()
 
 
@@ -76,7 +76,8 @@ def _output_error(w, h, q):
 
 def test_hqq_gptq_with_outliers_is_dense_plus_sparse_and_lowers_the_output_error():
     w, h = _layer()
-    q = lowbitc.quantize(w, "u3", 8, True, outliers=0.02, method="hqq-gptq", hessian=h)
+    q = lowbitc.quantize(w, "u3", 8, True, outliers=0.02, method="hqq-gptq", hessian=h,
+                         damp=0.01)
     plain = lowbitc.quantize(w, "u3", 8, True, outliers=0.02, method="hqq",
                              column_weights=np.diag(h))
     dense = q.dtype.decode(q.codes)
@@ -90,7 +91,7 @@ def test_hqq_gptq_with_outliers_is_dense_plus_sparse_and_lowers_the_output_error
 def test_row_code_books_with_gptq_lower_the_output_error():
     w, h = _layer()
     book = lowbitc.codebook.fit(w, 2, np.diag(h), per="row")
-    q = lowbitc.quantize(w, book, 8, method="hqq-gptq", hessian=h)
+    q = lowbitc.quantize(w, book, 8, method="hqq-gptq", hessian=h, damp=0.01)
     plain = lowbitc.quantize(w, book, 8)
     assert set(np.unique(q.dequantize()[0])) <= set(book.tables[0])
     assert _output_error(w, h, q) < 0.8 * _output_error(w, h, plain)
@@ -104,6 +105,8 @@ def test_hqq_gptq_bad_input_names_the_argument():
         lowbitc.quantize(w, "u3", 8, method="hqq-gptq", hessian=h[:-1])
     with pytest.raises(UserArgumentError, match="hessian"):
         lowbitc.quantize(w, ["u4", "nf4"], 8, method="hqq-gptq", hessian=h)
+    with pytest.raises(UserArgumentError, match="damp"):
+        lowbitc.quantize(w, "u3", 8, method="hqq-gptq", hessian=h, damp=-0.1)
     with pytest.raises(UserArgumentError, match="calibrate"):
         quantize_(nn.Sequential(nn.Linear(40, 16)), "u3", 8, method="hqq-gptq")
 

@@ -25,6 +25,7 @@ from lowbitc.dtypes import Format
 from lowbitc.dtypes import codebook as make_codebook
 from lowbitc.dtypes import dtype as lookup_dtype
 from lowbitc.errors import UserArgumentError
+from lowbitc.gptq import DAMP
 from lowbitc.methods import quantize
 from lowbitc.outliers import Sparse, outlier_mask
 from lowbitc.packing import unpack
@@ -303,7 +304,8 @@ def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
 def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
               zero_point: bool | None = None, scale_dtype: str = "f32",
               calibrate: Callable[[nn.Module], object] | None = None, outliers=None,
-              method: str = "rtn", outlier_dtype: str = "f16", act: str = "f32") -> int:
+              method: str = "rtn", outlier_dtype: str = "f16", act: str = "f32",
+              damp: float = DAMP) -> int:
     """Replace every nn.Linear in `model` (in place) by a QuantLinear; returns how many.
 
     `skip` is a callable (qualified name, module) -> bool, or fnmatch patterns of names to
@@ -321,7 +323,8 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
     `method="hqq"` with `calibrate`: no GPTQ; HQQ's fit weighted by each input column's mean
     x^2 (the Hessian's diagonal), outliers chosen by that weighted error (lowbitc.methods).
     `method="hqq-gptq"` (needs `calibrate`): that grid, then GPTQ's feedback with act-order
-    onto it (lowbitc.gptq); with per-row code books, GPTQ onto each row's table.
+    onto it (lowbitc.gptq; `damp`: its damping); with per-row code books, GPTQ onto each
+    row's table.
     """
     check_act(act)
     if method == "hqq-gptq" and calibrate is None:
@@ -343,20 +346,20 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
         else:
             new = _quantized(m, dtype, group_size, zero_point, scale_dtype, h,
                              {"outliers": outliers, "method": method,
-                              "outlier_dtype": outlier_dtype}, act)
+                              "outlier_dtype": outlier_dtype}, act, damp)
         _set_child(model, name, new.to(m.weight.device))
     return len(targets)
 
 
 def _quantized(m: nn.Linear, dtype, group_size, zero_point, scale_dtype, hessian,
-               options: dict, act: str = "f32") -> nn.Module:
+               options: dict, act: str = "f32", damp: float = DAMP) -> nn.Module:
     """One layer's replacement: GPTQ when there is a Hessian and one format, else quantize."""
     w = m.weight.detach().to("cpu", torch.float32).numpy()
     diag = None if hessian is None else torch.diagonal(hessian).numpy()
     if callable(dtype) and not isinstance(dtype, Format | str):
         dtype = dtype(w, diag)
     if options["method"] == "hqq-gptq":  # lowbitc.gptq's feedback onto weighted HQQ's grid
-        options = {**options, "hessian": hessian}
+        options = {**options, "hessian": hessian, "damp": damp}
     if isinstance(dtype, list | tuple | RowCodebooks):
         zp = True if zero_point is None else zero_point
         qw = quantize(w, dtype, group_size, zp, scale_dtype, column_weights=diag, **options)
