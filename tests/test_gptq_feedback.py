@@ -11,6 +11,7 @@ from lowbitc import gptq
 from lowbitc.errors import UserArgumentError
 from lowbitc.methods import requantized
 from lowbitc.torch import QuantLinear, quantize_
+from lowbitc.torch.tables import TableLinear
 
 
 def _layer(n=16, k=40, seed=0):
@@ -121,3 +122,14 @@ def test_quantize_hqq_gptq_calibrates_each_layer():
     assert model[0].outlier_values is not None
     cos = nn.functional.cosine_similarity(model(x), ref, dim=-1)
     assert cos.min() > 0.99
+
+
+def test_quantize_hqq_gptq_onto_per_row_code_books():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(40, 24))
+    x = torch.randn(64, 40)
+    ref = model(x)
+    quantize_(model, lowbitc.codebook.fitter(4, per="row"), 8, calibrate=lambda m: m(x),
+              method="hqq-gptq")
+    assert isinstance(model[0], TableLinear)
+    assert nn.functional.cosine_similarity(model(x), ref, dim=-1).min() > 0.99
