@@ -211,25 +211,30 @@ def test_i8_dot_runs_on_s8_tensor_cores_exactly(m, n, k):
     np.testing.assert_array_equal(y, x.astype(np.int64) @ w.astype(np.int64).T)
 
 
-# (format, activations, M, zero points, params): four warps (BM 64, 128 threads) and one
+# (format, activations, M, N, zero points, params): four warps (BM 64, 128 threads) and one
 # (BM 16); u8 on four warps at BM 16 keeps canonical bytes (each warp 16 of the 64 columns:
-# not the mma packing), its decoded tile staged in shared memory and read by ldmatrix
-TRACED = [("u4", "bf16", 33, False, {"TH": 128}), ("u8", "f16", 5, False, {"TH": 128}),
-          ("u4", "f16", 16, True, {})]
+# not the mma packing), its decoded tile staged in shared memory and read by ldmatrix; the
+# odd widths on four warps at BM 32 / 64 (the canonical path: their decoded [32, 64] tile
+# written by the unit loop, 16-byte stores, then read by ldmatrix_x2)
+TRACED = [("u4", "bf16", 33, 64, False, {"TH": 128}), ("u8", "f16", 5, 64, False, {"TH": 128}),
+          ("u4", "f16", 16, 64, True, {}), ("u3", "f16", 33, 32, False, {"TH": 128}),
+          ("u5", "f16", 20, 32, False, {"TH": 128}), ("u6", "bf16", 20, 32, False, {"TH": 128}),
+          ("u7", "f16", 20, 32, True, {"TH": 128})]
 
 
-@pytest.mark.parametrize("name,act,m,zp,extra", TRACED)
-def test_every_shared_access_is_free_of_bank_conflicts(name, act, m, zp, extra):
+@pytest.mark.parametrize("name,act,m,n,zp,extra", TRACED)
+def test_every_shared_access_is_free_of_bank_conflicts(name, act, m, n, zp, extra):
     """Every shared-memory access the generated kernel makes (stores, loads, ldmatrix rows,
     the pipeline's cp.async chunks into its swizzled stages), recorded per simulated thread
     with its byte address and grouped per warp (backends/numba_cuda/bank_trace.py), takes one
     wavefront per phase (layout.banks); with zero points sum(a, axis=1) reads the stage from
-    rotated start columns (reduce_order.py; it was 2-way before)."""
+    rotated start columns (reduce_order.py; it was 2-way before); the odd widths' decoded
+    tiles go out in 16-byte stores (units.vector_store; two-byte stores were 4-way)."""
     import ml_dtypes
 
     from lowbitc.backends.numba_cuda.bank_trace import conflicts
 
-    n, k, group = 64, 128, 64
+    k, group = 128, 64
     qw = _qw(name, n, k, group, zp)
     dt = np.float16 if act == "f16" else ml_dtypes.bfloat16
     x = np.random.default_rng(3).standard_normal((m, k)).astype(dt)
@@ -241,6 +246,8 @@ def test_every_shared_access_is_free_of_bank_conflicts(name, act, m, zp, extra):
                                         group, K=k))
     kinds = {a.kind for a in every}
     assert {"load", "store", "ldmatrix.x4", "cp.async"} <= kinds and len(every) > 100, kinds
+    if name in ("u3", "u5", "u6", "u7"):  # the staged tile: 16-byte stores, ldmatrix_x2 reads
+        assert {(a.kind, a.width) for a in every} >= {("store", 16), ("ldmatrix.x2", 16)}
     assert not bad, [(a.text, a.report) for a in bad[:3]]
     exact = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
     assert np.all(np.abs(y - exact) <= _budget(x, qw, False, 2.0**-8))  # (traced = correct)
