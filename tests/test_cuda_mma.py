@@ -364,14 +364,18 @@ def test_stated_mma_layouts_are_checked_against_the_fragments():
 
 def test_split_k_is_a_tune_choice_of_the_mma_matmul():
     """`lowbitc.tune("matmul", ..., backend="cuda", act="f16")` searches matmul_mma (what
-    ops.matmul runs), whose space has SK; its fixed names are those ops looks the winner up by.
-    splitk_sum adds the slices in order s = 0, 1, ...: bit for bit the sequential f32 sum."""
+    ops.matmul runs), whose space has SK and the pipeline depth ST (declared default 3); its
+    fixed names are those ops looks the winner up by. splitk_sum adds the slices in order
+    s = 0, 1, ...: bit for bit the sequential f32 sum."""
     from lowbitc import autotune
 
     t = autotune._op_target("matmul", (5, 512, 8192), "u4", 128, False, "f16", "cuda")
     assert t.source_or_path.endswith("matmul_mma.lbk") and set(t.fixed) == {"W", "A", "ZP", "TH"}
-    space, _ = autotune.space_of(t)
-    assert "SK" in space.names and {p["SK"] for p in space.points(t.dims)} == {1, 2, 4}
+    space, declared = autotune.space_of(t)
+    points = list(space.points(t.dims))
+    assert "SK" in space.names and {p["SK"] for p in points} == {1, 2, 4}
+    assert "ST" in space.names and {p["ST"] for p in points} == {2, 3, 4}
+    assert declared["ST"] == 3
     rng = np.random.default_rng(0)
     p = rng.standard_normal((3 * 5, 70)).astype(np.float32)
     y = np.zeros((5, 70), np.float32)

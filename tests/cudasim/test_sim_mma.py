@@ -300,3 +300,20 @@ def test_the_tuner_times_split_k_with_both_passes():
     t = autotune._op_target("matmul", (5, 40, 256), "u4", 64, True, "f16", "cuda")
     run = autotune.Candidate(t, "cuda")({"BM": 16, "BN": 32, "BK": 64, "SK": 2})
     run()
+
+
+@pytest.mark.parametrize("st,name,m", [(2, "u4", 5), (4, "u3", 20)])
+def test_pipeline_depths_match_numpy(st, name, m):
+    """ST (the K loop's `stages=`, a tune choice) 2 and 4: the cp.async pipeline with 1 and 3
+    fills ahead over 5 K tiles of 32 (a partial last group), against float64 numpy within the
+    one-pass bound (the depth changes when a tile arrives, not what is summed)."""
+    n, k, group = 9, 150, 32
+    qw = _qw(name, n, k, group, True)
+    x = np.random.default_rng(6).standard_normal((m, k)).astype(np.float16)
+    params = {**ops.matmul_choice(m, n, k, qw, "f16", backend="cuda")[1], "ST": st}
+    kern = ops.get_kernel("matmul_mma", "cuda", **params)
+    assert kern.text("python").count("cp_async_commit()") == st
+    y = np.full((m, n), np.nan, np.float32)
+    ops.launch_matmul(kern, x, ops.weight_storage(qw, kern), qw.scales, qw.zeros, y, group, k)
+    exact = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
+    assert np.all(np.abs(y - exact) <= _budget(x, qw, False)), (name, np.abs(y - exact).max())
