@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lowbitc.split_k import TARGET, default_split_k
+
 F16_MAX = 65504.0
 F16_TINY = 2.0**-24
 # threads per block: 4 warps on a GPU for BM > 16; one warp at BM 16 and in the simulator
@@ -39,15 +41,20 @@ def simulator() -> bool:
 MMA_ACTIVATIONS = ("f16", "bf16")  # activation dtypes with an mma kind (m16n8k16 .f16/.bf16)
 
 
-def mma_params(M: int, wtype, group: int, zero_point: bool, act: str = "f16") -> dict:
+def mma_params(M: int, wtype, group: int, zero_point: bool, act: str = "f16", N: int = 0,
+               K: int = 0, arch: str = TARGET) -> dict:
     """Tiles of matmul_mma: 16 x 8 x 16 multiples; BK the largest of 128/64/32/16 dividing the
     group (the rest of a K tile past the group would be masked away); BM 16 (M <= 16), 32, 64;
     at BM 16 one warp owning 16 x 64 outputs (8 mma per A fragment and K step: the fragment's
     ldmatrix and the loop's address arithmetic spread over 8 HMMA), else BN 32 on 4 warps
-    (wider tiles there exceed 48 KiB of shared memory for the formats staged in it)."""
+    (wider tiles there exceed 48 KiB of shared memory for the formats staged in it).
+    SK (split-K) by `split_k.default_split_k` when N and K are given (small M, large K, few
+    output tiles for `arch`'s SM count), else 1."""
     bk = next(b for b in (128, 64, 32, 16) if group % b == 0 or b == 16)
     bm = 16 if M <= 16 else 32 if M <= 32 else 64
     threads = MMA_SIM_THREADS if simulator() or bm == 16 else MMA_THREADS
     bn = 64 if bm == 16 else 32
-    return {"W": wtype, "A": act, "ZP": bool(zero_point), "BM": bm, "BN": bn, "BK": bk,
-            "TH": threads}
+    params = {"W": wtype, "A": act, "ZP": bool(zero_point), "BM": bm, "BN": bn, "BK": bk,
+              "TH": threads}
+    params["SK"] = default_split_k(M, N, K, group, params["BM"], params["BN"], params["BK"], arch)
+    return params

@@ -131,7 +131,7 @@ def matmul_choice(M: int, N: int, K: int, qw, adt: str, act: str = "f32",
             return "matmul_a8", p
     name = matmul_kernel_name(qw.dtype, adt, backend)
     if name == "matmul_mma":
-        params = mma_params(M, qw.dtype, qw.group_size, qw.zeros is not None, adt)
+        params = mma_params(M, qw.dtype, qw.group_size, qw.zeros is not None, adt, N, K)
         fixed = {n: params[n] for n in ("W", "A", "ZP", "TH")}
     else:
         params = matmul_params(M, qw, adt, backend, N)

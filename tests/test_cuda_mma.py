@@ -243,7 +243,7 @@ def test_i8_dot_assembles_to_imma_without_spills(arch):
 
 
 def test_simulator_suite():
-    run_simulator_suite("test_sim_mma.py", passed=82)
+    run_simulator_suite("test_sim_mma.py", passed=86)
 
 
 def test_weights_decode_into_b_registers():

@@ -317,3 +317,17 @@ def test_pipeline_depths_match_numpy(st, name, m):
     ops.launch_matmul(kern, x, ops.weight_storage(qw, kern), qw.scales, qw.zeros, y, group, k)
     exact = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
     assert np.all(np.abs(y - exact) <= _budget(x, qw, False)), (name, np.abs(y - exact).max())
+
+
+@pytest.mark.parametrize("name,m,k,want", [("u4", 1, 512, 2), ("u3", 5, 1024, 4)])
+def test_default_split_k_matches_numpy(name, m, k, want):
+    """The default split-K (lowbitc/split_k.py: one block of output tiles, K of 16 and 32
+    groups of 32 on the A100 table) picks SK > 1 and ops.matmul's result, both passes, is
+    within the one-pass bound of float64 numpy."""
+    n, group = 9, 32
+    qw = _qw(name, n, k, group, True)
+    x = np.random.default_rng(7).standard_normal((m, k)).astype(np.float16)
+    assert ops.matmul_choice(m, n, k, qw, "f16", backend="cuda")[1]["SK"] == want
+    y = ops.matmul(x, qw, backend="cuda")
+    exact = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
+    assert np.all(np.abs(y - exact) <= _budget(x, qw, False)), (name, np.abs(y - exact).max())
