@@ -20,7 +20,7 @@ from lowbitc.backends.numba_cuda.backend import BACKEND
 from lowbitc.backends.numba_cuda.mma_packed import fits
 from lowbitc.cli import main
 from lowbitc.errors import BackendError
-from lowbitc.layout.banks import ldmatrix_access
+from lowbitc.layout.banks import ldmatrix_access, warp_access
 from lowbitc.layout.mma import ldmatrix_dst
 from lowbitc.quant import quantize
 from lowbitc.repack_mma import MmaPacking
@@ -134,6 +134,30 @@ def test_ldmatrix_rows_are_free_of_bank_conflicts(params):
                     assert all(0 <= r and r + 8 <= int(sizes[buf]) for r in rows)
                     assert ldmatrix_access([2 * r for r in rows], int(num)).conflicts == 0
     assert ldmatrix_dst()(5, 1) == (1, 3)  # lane 5 holds row 1, halves 2 and 3 of a matrix
+
+
+@pytest.mark.parametrize("w,act", [("u3", "f16"), ("u5", "f16"), ("u6", "bf16"),
+                                   ("u7", "f16")])
+def test_decoded_weight_tile_stores_are_free_of_bank_conflicts(w, act):
+    """The odd widths on 4 warps (BM 32: the canonical path) write their decoded [32, 64]
+    weight tile by the unit loop in 16-byte stores: each store's element index, evaluated for
+    every lane of every warp and unit iteration, is 16-byte aligned inside the tile and takes
+    one wavefront per 8 lanes (layout.banks); two-byte stores were 4-way (docs/cuda.md)."""
+    src = _rendered(w, A=act, BM=32, BN=32, BK=64, TH=128)
+    calls = re.findall(r"st_at_f16x8\((sb\d+), U32\(0\), U32\(0\), U32\((.+?)\), I64\(0\)", src)
+    assert len(calls) >= 2 and "ldmatrix_x2(" in src  # units of 16 or 32 columns
+    ev = _evaluator(src)
+    for buf, expr in calls:
+        size = int(re.search(rf"{buf} = cuda\.shared\.array\((\d+)", src).group(1))
+        row = re.match(r"(q\d+) \* ", expr).group(1)  # the unit's row: e // units per row
+        e = re.search(rf"\b{row} = (e\d+) // ", src).group(1)
+        units = int(re.search(rf"while {e} < (\d+):", src).group(1))
+        for first in range(0, units, 128):
+            for warp in range(4):
+                lanes = range(first + 32 * warp, first + 32 * warp + 32)
+                at = [2 * ev(expr, {e: q}) if q < units else None for q in lanes]
+                assert all(a % 16 == 0 and 0 <= a < 2 * size for a in at if a is not None)
+                assert warp_access(at, 16).conflicts == 0, (w, at)
 
 
 @pytest.mark.parametrize("w,act,want", [("u4", "f16", "matmul_mma"), ("u4", "f32", "matmul"),
