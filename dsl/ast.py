@@ -183,7 +183,9 @@ class AugAssign(Node):
 
 @dataclass(frozen=True, slots=True)
 class For(Node):
-    """`for var in range(start, stop, step) {body}`; unroll is True for `static_range`."""
+    """`for var in range(start, stop, step) {body}`; unroll is True for `static_range`;
+    `stages` the `stages=` of `range` (pipeline depth for a backend that stages the loop's
+    loads, a compile-time int), None when not given."""
 
     var: str
     start: Expr
@@ -191,6 +193,7 @@ class For(Node):
     step: Expr
     unroll: bool
     body: tuple[Stmt, ...]
+    stages: Expr | None = None
 
 
 @dataclass(frozen=True, slots=True)

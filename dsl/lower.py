@@ -209,9 +209,19 @@ class _Lowering:
             outs = [self._carried_out(n, a, s.loc) for n, a in zip(carried, args)]
             self.b.op("yield", outs)
         self.env = saved
-        loop = self.b.op("for", bounds + inits, ForAttrs(False),
+        loop = self.b.op("for", bounds + inits, ForAttrs(False, self._stages(s)),
                          [Region((iv, *args), tuple(ops))], loc=s.loc)
         self.env.update(zip(carried, loop.results))
+
+    def _stages(self, s: A.For) -> int:
+        """The loop's `stages=` (0 when not given): a compile-time int of at least 2."""
+        if s.stages is None:
+            return 0
+        n = self._static(s.stages)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise DSLTypeError(f"stages= must be a compile-time int >= 2 (the pipeline's depth), "
+                               f"got {_show(n)}", s.stages.loc)
+        return n
 
     def _carry_value(self, name: str, loc: SourceLoc) -> Value:
         v = self.env[name]

@@ -118,6 +118,8 @@ def _stmt(s: ast.Node) -> list[str]:
         fn = "static_range" if s.unroll else "range"
         args = (_items((s.stop,)) if _is_default_range(s)
                 else _items((s.start, s.stop, s.step)))
+        if s.stages is not None:
+            args += f", stages={expr_source(s.stages)}"
         return _join_block(f"for {s.var} in {fn}({args})", s.body)
     if isinstance(s, ast.If):
         lines = _join_block(f"if {expr_source(s.cond)}", s.then)

@@ -206,16 +206,20 @@ class ToAst(Transformer_NonRecursive):
         if rng not in _RANGES:
             raise self.error(f"expected 'range' or 'static_range' after 'in', found '{rng}'",
                              self.tok_loc(rng))
-        if kwargs:
-            raise self.error(f"{rng}() takes no keyword arguments", kwargs[0][1].loc)
+        stages = None
+        for name, value in kwargs:  # range(..., stages=S): a software pipeline's depth
+            if name != "stages" or _RANGES[rng]:
+                raise self.error(f"{rng}() takes no keyword argument {name!r}"
+                                 + ("" if _RANGES[rng] else " (only stages=)"), value.loc)
+            stages = value
         if not 1 <= len(args) <= 3:
             raise self.error(f"{rng}() takes 1 to 3 arguments, got {len(args)}",
                              self.tok_loc(rng))
         zero, one = ast.Int(0, loc=loc), ast.Int(1, loc=loc)
         start, stop, step = ((zero, args[0], one) if len(args) == 1 else
                              (args[0], args[1], one) if len(args) == 2 else tuple(args))
-        return self._stmt(ast.For(str(var), start, stop, step, _RANGES[rng], body, loc=loc),
-                          body)
+        return self._stmt(ast.For(str(var), start, stop, step, _RANGES[rng], body, stages,
+                                  loc=loc), body)
 
     @v_args(meta=True)
     def if_(self, meta, children):

@@ -49,6 +49,9 @@ METHOD_ROWS = (
     ("u4 HQQ cal", "u4", 64, True, {"method": "hqq"}),
     ("u3 +0.5% HQQ cal", "u3", 64, True, {"outliers": 0.005, "method": "hqq"}),
     ("u2 +1% HQQ cal", "u2", 32, True, {"outliers": 0.01, "method": "hqq"}),
+    # GPTQ with act-order onto the calibrated HQQ grid (lowbitc.gptq)
+    ("u3 +0.5% HQQ-GPTQ", "u3", 64, True, {"outliers": 0.005, "method": "hqq-gptq"}),
+    ("u2 +1% HQQ-GPTQ", "u2", 32, True, {"outliers": 0.01, "method": "hqq-gptq"}),
     ("u3 +0.5% out", "u3", 64, False, {"outliers": 0.005}),
     ("u3 +0.5% GPTQ", "u3", 64, True, {"outliers": 0.005}),
     ("u3 +col:2 GPTQ", "u3", 64, True, {"outliers": "columns:2"}),
@@ -57,11 +60,14 @@ METHOD_ROWS = (
     ("u3 AWQ", "u3", 64, True, {"method": "awq"}),
     ("mix4", ["u4", "nf4", "f4e2m1", "i4"], 64, False, {}),
     ("rows3", lowbitc.codebook.fitter(3, per="row"), 64, False, {}),
+    # weighted by the Hessian diagonal, then GPTQ onto each row's table
+    ("rows3 GPTQ", lowbitc.codebook.fitter(3, per="row"), 64, True, {"method": "hqq-gptq"}),
 )
 METHOD_LABELS = {row[0] for row in METHOD_ROWS}
 GOALS = {"u8": 0.999, "u4": 0.97, "u3": 0.90, "u4 HQQ": 0.975, "u3 +0.5% out": 0.95,
          "u2 +1% GPTQ": 0.90, "rows3": 0.95, "u4 HQQ cal": 0.975, "u3 +0.5% HQQ cal": 0.95,
-         "u2 +1% HQQ cal": 0.90}
+         "u2 +1% HQQ cal": 0.90, "u3 +0.5% HQQ-GPTQ": 0.95, "u2 +1% HQQ-GPTQ": 0.90,
+         "rows3 GPTQ": 0.95}
 # GPTQ's calibration text: deliberately not the sentences the embeddings are compared on
 CALIBRATION = (
     "A quick brown fox jumps over the lazy dog.",

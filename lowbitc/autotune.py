@@ -182,7 +182,8 @@ def _op_target(op: str, shapes: object, wtype: Any, group: int, zero_point: bool
         # ops' own choice for these operands (matmul_mma on cuda for f16/bf16 activations):
         # its tuned names are the default to beat
         name = matmul_kernel_name(fmt, act, backend)
-        params = (mma_params(dims["M"], fmt, group, zero_point, act) if name == "matmul_mma"
+        params = (mma_params(dims["M"], fmt, group, zero_point, act, dims["N"], dims["K"])
+                  if name == "matmul_mma"
                   else matmul_params(dims["M"], WeightSpec(fmt, group, () if zero_point else None),
                                      act, N=dims.get("N", 0)))
         tuned = _tuned_names(kernel_path(name))

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -108,6 +109,27 @@ class Kernel:
 
     def __call__(self, *args, **kwargs) -> None:
         self._exe(*args, **kwargs)
+
+    def bind(self, *args, free: tuple[str, ...] = (), **kwargs) -> Callable[..., None]:
+        """This call with its arguments checked once: the result takes new arrays for the
+        parameters named in `free` (in that order; same dtypes and shapes) and launches with
+        everything else as bound, skipping the per-call checks and packing on the LLVM
+        backend (other backends: an ordinary call with the arrays substituted)."""
+        prepare = getattr(self._exe, "prepare", None)
+        if prepare is not None:
+            return prepare(args, kwargs, tuple(free))
+        names = [p.name for p in self.ir.params]
+        unknown = [n for n in free if n not in names]
+        if unknown:
+            raise UserArgumentError(f"free: kernel {self.name} has no parameter {unknown[0]!r}")
+        slots = [names.index(n) for n in free]
+
+        def launch(*arrays) -> None:
+            a = list(args)
+            for i, v in zip(slots, arrays, strict=True):
+                a[i] = v
+            self(*a, **kwargs)
+        return launch
 
     @cached_property
     def packings(self) -> dict[str, Packing]:

@@ -10,28 +10,41 @@ import dataclasses
 
 import numpy as np
 
-from lowbitc import hqq, mixture, quant
+from lowbitc import gptq, hqq, mixture, quant
 from lowbitc import outliers as out
 from lowbitc.codebook_fit import RowCodebooks
 from lowbitc.errors import UserArgumentError
 
-METHODS = ("rtn", "hqq")
+METHODS = ("rtn", "hqq", "hqq-gptq")
 
 
 def quantize(w, dtype, group_size: int, zero_point: bool = False, scale_dtype: str = "f32",
              outliers=None, method: str = "rtn", outlier_dtype: str = "f16",
-             column_weights=None):
+             column_weights=None, hessian=None, damp: float = gptq.DAMP):
     """Quantize float weight `w[N, K]` group-wise along K (see lowbitc.quant).
 
     `dtype`: a format, a list of up to 4 same-width formats (per-group choice: a
     TableQTensor), or `RowCodebooks` from `lowbitc.codebook.fit(..., per="row")`.
     `outliers`: a fraction in [0, 0.1] of the largest weights, or "columns:C", kept in
     `outlier_dtype` (f16/f32) beside the dense part; `column_weights` [K] (e.g. mean x^2 of
-    the inputs) ranks the columns. `method`: "rtn" (the MSE scale search) or "hqq".
+    the inputs) ranks the columns. `method`: "rtn" (the MSE scale search), "hqq", or
+    "hqq-gptq": the grid of "hqq" (weighted by `column_weights`, default diag(hessian)), then
+    GPTQ's error feedback with act-order onto it (lowbitc.gptq; one format or per-row code
+    books), which needs `hessian` [K, K] (mean x^T x of the layer's inputs); `damp` times
+    the mean of its diagonal is added to the diagonal before it is inverted.
     """
     if method not in METHODS:
         raise UserArgumentError(f"method: expected one of {METHODS}, got {method!r}")
     w = quant._check_weight(w)
+    h = None
+    if method == "hqq-gptq":
+        if hessian is None or isinstance(dtype, list | tuple):
+            raise UserArgumentError("hessian: method='hqq-gptq' needs the layer's Hessian "
+                                    "[K, K] and one format or RowCodebooks, got "
+                                    f"hessian={type(hessian).__name__}, dtype={dtype!r}")
+        h = gptq.check_hessian(hessian, w.shape[1])
+        column_weights = np.diag(h) if column_weights is None else column_weights
+        method = "hqq"
     mask = out.outlier_mask(w, outliers, column_weights)
     single = not isinstance(dtype, RowCodebooks | list | tuple)
     cw = None if column_weights is None else np.asarray(column_weights, np.float64).ravel()
@@ -49,8 +62,14 @@ def quantize(w, dtype, group_size: int, zero_point: bool = False, scale_dtype: s
         qt = mixture.assemble(dense_w, members, parts)
     else:
         qt = _one(dense_w, dtype, group_size, zero_point, scale_dtype, method, weights)
+    kept = w
+    if h is not None:
+        column = (gptq.table_column(dtype.tables) if isinstance(dtype, RowCodebooks) else
+                  gptq.affine_column(qt.dtype, qt.scales, qt.zeros, qt.group_size))
+        codes, kept = gptq.feedback(w, h, column, damp, mask=mask)
+        qt = dataclasses.replace(qt, codes=codes)
     if mask is not None:
-        sparse = out.residual(w, qt.dequantize(), mask, outlier_dtype)
+        sparse = out.residual(kept, qt.dequantize(), mask, outlier_dtype)
         qt = dataclasses.replace(qt, sparse=sparse)
     return qt
 

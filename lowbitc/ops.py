@@ -79,6 +79,9 @@ def matmul_fixed(wtype, act: str, zero_point: bool, M: int = 1) -> dict:
 
 
 PLANES_BN = 256  # GEMV rows per block for the planes packing's formats (<= 3-bit integers)
+# GEMV tiles up to this many rows read their scales tile-major (matmul TM); wider ones read a
+# group-major row of >= 1 KB per group, which measured no slower (docs/performance.md)
+TILE_MAJOR_BN = 128
 
 
 def matmul_params(M: int, qw: QTensor, act: str, backend: str = "llvm", N: int = 0) -> dict:
@@ -128,7 +131,7 @@ def matmul_choice(M: int, N: int, K: int, qw, adt: str, act: str = "f32",
             return "matmul_a8", p
     name = matmul_kernel_name(qw.dtype, adt, backend)
     if name == "matmul_mma":
-        params = mma_params(M, qw.dtype, qw.group_size, qw.zeros is not None, adt)
+        params = mma_params(M, qw.dtype, qw.group_size, qw.zeros is not None, adt, N, K)
         fixed = {n: params[n] for n in ("W", "A", "ZP", "TH")}
     else:
         params = matmul_params(M, qw, adt, backend, N)
@@ -216,9 +219,12 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
     if k is None:
         name, params = matmul_choice(M, N, K, qw, adt, act, backend)
         if name == "matmul" and backend == "llvm":
-            # the GEMV path reads scales and zeros group-major (QTensor.group_major); offsets
-            # are subtracted in the kernel
-            params.update(GM=not params["EARLY"], OFF=offsets is not None)
+            # the GEMV path reads scales and zeros tile-major (one contiguous run per
+            # program: a8.tile_scales), or group-major (QTensor.group_major) beside offsets,
+            # which are subtracted in the kernel
+            gemv, bn = not params["EARLY"], params["BN"]
+            params.update(GM=gemv, TM=gemv and offsets is None and N % bn == 0 and
+                          bn <= TILE_MAJOR_BN, OFF=offsets is not None)
         k = _remember(plan, get_kernel(name, backend, **params))
     if k.name == "matmul_a8":  # scales and zeros tile-major, activations quantized first
         w, sz = a8.operands(qw, k, weight_storage)
@@ -226,15 +232,24 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
         if qw.sparse is not None:
             qw.sparse.matmul_add(x, y, backend)
         return y
-    gm = k.params.get("GM")
-    scales, zeros = qw.group_major if gm else (qw.scales, qw.zeros)
-    if offsets is not None:
-        zeros = offsets.by_group if gm else offsets.offsets
-    zeros = zeros if zeros is not None else _NO_ZEROS
+    scales, zeros = _gemv_scales(qw, k, offsets)
     launch_matmul(k, x, weight_storage(qw, k), scales, zeros, y, qw.group_size, K)
     if qw.sparse is not None:
         qw.sparse.matmul_add(x, y, backend)
     return y
+
+
+def _gemv_scales(qw: QTensor, k: Kernel, offsets: OffsetQTensor | None):
+    """qw's scales and zero points (or the offsets) as matmul kernel `k` reads them:
+    both tile-major in one array viewed as [P * G, N] (TM: a8.tile_scales), group-major
+    [G, N] (GM) or as stored [N, G]; a [1, 1] placeholder for no zero points."""
+    if k.params.get("TM"):  # scales and zero points in one array, z unread
+        return a8.tile_scales(qw, k.params["BN"]).reshape(-1, qw.shape[0]), _NO_ZEROS
+    gm = k.params.get("GM")
+    scales, zeros = qw.group_major if gm else (qw.scales, qw.zeros)
+    if offsets is not None:
+        zeros = offsets.by_group if gm else offsets.offsets
+    return scales, zeros if zeros is not None else _NO_ZEROS
 
 
 def mix_params(qw: TableQTensor, M: int, adt: str) -> dict:

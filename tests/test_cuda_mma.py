@@ -21,7 +21,7 @@ from lowbitc.backends.numba_cuda.mma_packed import fits
 from lowbitc.cli import main
 from lowbitc.errors import BackendError
 from lowbitc.ir import walk
-from lowbitc.layout.banks import ldmatrix_access
+from lowbitc.layout.banks import ldmatrix_access, warp_access
 from lowbitc.layout.mma import ldmatrix_dst
 from lowbitc.mma_plan import mma_params
 from lowbitc.quant import quantize
@@ -138,6 +138,30 @@ def test_ldmatrix_rows_are_free_of_bank_conflicts(params):
     assert ldmatrix_dst()(5, 1) == (1, 3)  # lane 5 holds row 1, halves 2 and 3 of a matrix
 
 
+@pytest.mark.parametrize("w,act", [("u3", "f16"), ("u5", "f16"), ("u6", "bf16"),
+                                   ("u7", "f16")])
+def test_decoded_weight_tile_stores_are_free_of_bank_conflicts(w, act):
+    """The odd widths on 4 warps (BM 32: the canonical path) write their decoded [32, 64]
+    weight tile by the unit loop in 16-byte stores: each store's element index, evaluated for
+    every lane of every warp and unit iteration, is 16-byte aligned inside the tile and takes
+    one wavefront per 8 lanes (layout.banks); two-byte stores were 4-way (docs/cuda.md)."""
+    src = _rendered(w, A=act, BM=32, BN=32, BK=64, TH=128)
+    calls = re.findall(r"st_at_f16x8\((sb\d+), U32\(0\), U32\(0\), U32\((.+?)\), I64\(0\)", src)
+    assert len(calls) >= 2 and "ldmatrix_x2(" in src  # units of 16 or 32 columns
+    ev = _evaluator(src)
+    for buf, expr in calls:
+        size = int(re.search(rf"{buf} = cuda\.shared\.array\((\d+)", src).group(1))
+        row = re.match(r"(q\d+) \* ", expr).group(1)  # the unit's row: e // units per row
+        e = re.search(rf"\b{row} = (e\d+) // ", src).group(1)
+        units = int(re.search(rf"while {e} < (\d+):", src).group(1))
+        for first in range(0, units, 128):
+            for warp in range(4):
+                lanes = range(first + 32 * warp, first + 32 * warp + 32)
+                at = [2 * ev(expr, {e: q}) if q < units else None for q in lanes]
+                assert all(a % 16 == 0 and 0 <= a < 2 * size for a in at if a is not None)
+                assert warp_access(at, 16).conflicts == 0, (w, at)
+
+
 @pytest.mark.parametrize("w,act,want", [("u4", "f16", "matmul_mma"), ("u4", "f32", "matmul"),
                                          ("f8e8m0fnu", "f16", "matmul")])
 def test_emit_matmul_is_the_kernel_ops_runs(w, act, want, capsys):
@@ -245,7 +269,7 @@ def test_i8_dot_assembles_to_imma_without_spills(arch):
 
 
 def test_simulator_suite():
-    run_simulator_suite("test_sim_mma.py", passed=83)
+    run_simulator_suite("test_sim_mma.py", passed=92)
 
 
 def test_weights_decode_into_b_registers():
@@ -384,14 +408,18 @@ def test_stated_mma_layouts_are_checked_against_the_fragments():
 
 def test_split_k_is_a_tune_choice_of_the_mma_matmul():
     """`lowbitc.tune("matmul", ..., backend="cuda", act="f16")` searches matmul_mma (what
-    ops.matmul runs), whose space has SK; its fixed names are those ops looks the winner up by.
-    splitk_sum adds the slices in order s = 0, 1, ...: bit for bit the sequential f32 sum."""
+    ops.matmul runs), whose space has SK and the pipeline depth ST (declared default 3); its
+    fixed names are those ops looks the winner up by. splitk_sum adds the slices in order
+    s = 0, 1, ...: bit for bit the sequential f32 sum."""
     from lowbitc import autotune
 
     t = autotune._op_target("matmul", (5, 512, 8192), "u4", 128, False, "f16", "cuda")
     assert t.source_or_path.endswith("matmul_mma.lbk") and set(t.fixed) == {"W", "A", "ZP", "TH"}
-    space, _ = autotune.space_of(t)
-    assert "SK" in space.names and {p["SK"] for p in space.points(t.dims)} == {1, 2, 4}
+    space, declared = autotune.space_of(t)
+    points = list(space.points(t.dims))
+    assert "SK" in space.names and {p["SK"] for p in points} == {1, 2, 4}
+    assert "ST" in space.names and {p["ST"] for p in points} == {2, 3, 4}
+    assert declared["ST"] == 3
     rng = np.random.default_rng(0)
     p = rng.standard_normal((3 * 5, 70)).astype(np.float32)
     y = np.zeros((5, 70), np.float32)

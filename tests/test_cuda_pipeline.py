@@ -118,6 +118,42 @@ def test_pipelined_kernel_assembles_to_ldgsts_and_depbar(arch):
     assert asm.shared_bytes == 0
 
 
+@pytest.mark.parametrize("st", [2, 4])
+def test_pipeline_depth_is_the_loops_stages(st):
+    """matmul_mma's ST (`range(..., stages=ST)`, a tune choice): ST - 1 committed fills
+    before the loop, wait_group(ST - 2) at the top of each iteration, the fill ST - 1 ahead,
+    ST stage tiles in one shared buffer; shared memory grows by one stage tile per stage."""
+    src = _kernel(ST=st).text("python")
+    assert src.count("cp_async_commit()") == st and f"cp_async_wait({st - 2})" in src
+    assert re.search(rf"\(\(st\d+ \+ {st - 1}\) % {st}\)", src)  # the stage ST - 1 ahead
+    fills = re.findall(r"cp_async16_zfill\((sp\d+),", src)
+    assert len(fills) == st and len(set(fills)) == 1
+    tile = 16 * 64  # BM x BK halves at the defaults
+    assert re.search(rf"{fills[0]} = cuda\.shared\.array\({st * tile}, F16", src)
+    r3, rs = render(_kernel().lowered, 32), render(_kernel(ST=st).lowered, 32)
+    assert rs.shared_bytes - r3.shared_bytes == 2 * tile * (st - 3)
+
+
+def test_pipeline_depth_must_be_two_or_more():
+    from lowbitc.errors import DSLTypeError
+
+    with pytest.raises(DSLTypeError, match=r"stages= must be a compile-time int >= 2"):
+        _kernel(ST=1)
+
+
+@pytest.mark.cuda_toolchain
+@needs_toolchain
+@pytest.mark.parametrize("st", [pytest.param(2, marks=(pytest.mark.slow, pytest.mark.sweep)), 4])
+def test_pipeline_depths_assemble_without_spills(st):
+    """ptxas (sm_80, the 4-warp dynamic-shared tile): ST - 1 LDGDEPBAR-committed fills ahead,
+    HMMA, 0 spills, for the tune's other depths (3: the test above)."""
+    k = _kernel(BM=64, BN=32, BK=128, TH=128, ST=st)
+    asm = assemble_without_spills(BACKEND.ptx(k.lowered, "sm_80"), "sm_80")
+    mix = T.sass_mix(asm.cubin)
+    assert mix.get("LDGSTS", 0) >= st and mix.get("LDGDEPBAR", 0) >= st, mix
+    assert mix.get("HMMA", 0) >= 8 and mix.get("DEPBAR", 0) >= 2, mix
+
+
 class _Cufunc:
     def __init__(self, cc):
         self.handle = "h"

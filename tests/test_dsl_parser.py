@@ -145,6 +145,16 @@ def test_samples_parse_and_round_trip(name):
     assert to_source(again) == to_source(module)
 
 
+def test_range_stages_parse_and_round_trip():
+    """`range(..., stages=S)` (a pipeline depth for the CUDA backend) keeps its expression;
+    to_source writes it back."""
+    (loop,) = kernel_body("for t in range(a, b, stages=ST) { }")
+    assert loop.stages == ast.Name("ST") and not loop.unroll
+    module = parse("kernel k[ST: int = 3]() {\n  for t in range(4, stages=ST) {\n  }\n}")
+    assert "range(4, stages=ST)" in to_source(module)
+    assert strip(parse(to_source(module))) == strip(module)
+
+
 def test_matmul_header():
     (k,) = strip(parse(MATMUL)).kernels
     assert k.name == "matmul"
@@ -458,7 +468,10 @@ def test_golden_syntax_errors(source, message):
     ("kernel k[B: str]() {}", "compile-time parameter 'B' has kind 'str'; expected one of "
                               "dtype, int, float, bool"),
     ("kernel k() { for i in range() { } }", "range() takes 1 to 3 arguments, got 0"),
-    ("kernel k() { for i in range(n, step=2) { } }", "range() takes no keyword arguments"),
+    ("kernel k() { for i in range(n, step=2) { } }",
+     "range() takes no keyword argument 'step' (only stages=)"),
+    ("kernel k() { for i in static_range(4, stages=2) { } }",
+     "static_range() takes no keyword argument 'stages'"),
     ("kernel k() { f(a=1, 2) }", "positional argument after a keyword argument"),
     ("kernel k() { f(a=1, a=2) }", "keyword argument 'a' given twice"),
     ("kernel k[x: int](x: f32) {}", "duplicate parameter 'x'"),

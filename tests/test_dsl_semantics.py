@@ -537,6 +537,20 @@ def test_row_reductions_of_whole_vectors(n):
     check(src, [x, np.zeros((3, 3), np.float32)], {1: want}, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("n", [16, 64])
+def test_row_sums_of_i32_whole_vectors(n):
+    """i32 sums along rows of a multiple of 16 (the vector tree: no gathers across rows),
+    of int8 codes widened as quantize_a8 does, equal numpy's exactly."""
+    src = f"""kernel k(x: i8[5, {n}], y: i32[5]) {{
+  store(y[0 :+ 5], sum(cast(load(x[0 :+ 5, 0 :+ {n}]), i32), axis=1))
+}}"""
+    x = np.random.default_rng(n).integers(-128, 128, (5, n)).astype(np.int8)
+    x[1, :] = -128
+    x[2, -1] = 127
+    want = x.astype(np.int32).sum(1, dtype=np.int32)
+    check(src, [x, np.zeros(5, np.int32)], {1: want}, exact=True)
+
+
 def test_bf16_arithmetic_reductions_and_dot_compute_in_f32_and_round():
     # bf16 values are held as their bits in the LLVM backend; every op goes through f32
     src = """kernel k(a: bf16[4, 8], b: bf16[8, 4], s: bf16[4], y: bf16[4, 4], m: f32[4, 4]) {

@@ -61,13 +61,17 @@ def test_row_sums_in_vectors(n):
     assert np.allclose(y, x.sum(axis=1, dtype=np.float64), rtol=1e-5, atol=1e-5)
 
 
-def test_offset_replica_keeps_what_the_kernel_reads():
+@pytest.mark.parametrize("n", [32, 128])
+def test_offset_replica_keeps_what_the_kernel_reads(n):
+    """Offsets stay group-major (OFF without TM) also where the row tiles divide N."""
     rng = np.random.default_rng(0)
-    base = lowbitc.quantize(rng.standard_normal((32, 64)).astype(np.float32), "u4", 32)
+    base = lowbitc.quantize(rng.standard_normal((n, 64)).astype(np.float32), "u4", 32)
     qw = OffsetQTensor(base.dtype, base.shape, 32, base.codes, base.scales,
-                       offsets=rng.uniform(-1, 1, (32, 2)).astype(np.float32))
+                       offsets=rng.uniform(-1, 1, (n, 2)).astype(np.float32))
     x = rng.standard_normal((1, 64)).astype(np.float32)
     y = ops.matmul(x, qw)  # packs the codes and makes the group-major copies
+    k = ops._PLANS[("matmul", "llvm", qw.dtype, "f32", False, 32, 1, n, 64, "f32", True)]
+    assert k.params["GM"] and k.params["OFF"] and not k.params["TM"]
     twin = qw.replica()
     packed = qw.base.__dict__["_repacked"]
     assert packed and twin.base.__dict__["_repacked"].keys() == packed.keys()
@@ -107,6 +111,6 @@ def test_quantlinear_gemv_reads_scales_group_major(fmt, group, zp):
     with torch.no_grad():
         y = q(x)
     (plan,) = q._matmul()._plans.values()
-    assert plan[0].params.get("GM") and plan[2].shape == (-(-200 // group), 77)
+    assert plan[2].params.get("GM") and plan[3].shape == (-(-200 // group), 77)
     want = ops.matmul(x.numpy(), q.qweight) + lin.bias.detach().numpy()
     assert np.array_equal(y.numpy(), want)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import lowbitc
+from lowbitc.errors import UserArgumentError
 
 FILL = """
 kernel fill(y: f32[N], step: int, v: f32) grid (cdiv(N, step)) {
@@ -79,3 +80,40 @@ def test_a_row_window_at_the_loop_counter_prefetches_rows_ahead(row):
     k(s, y)
     np.testing.assert_allclose(y[0], s.sum(0) if row else 5 * s[0], rtol=1e-6, atol=1e-6)
     assert k.text("llvm").count("call void @llvm.prefetch") == (4 if row else 0)
+
+
+AXPY = """
+kernel axpy(x: f32[M, 40], y: f32[M, 40], a: f32) grid (M) {
+  i = block.x
+  store(y[i :+ 1, 0 :+ 40], load(x[i :+ 1, 0 :+ 40]) * a + load(y[i :+ 1, 0 :+ 40]))
+}
+"""
+
+
+def test_a_bound_call_takes_new_free_arrays_and_keeps_the_rest():
+    """Kernel.bind checks and packs once: each call puts in the free arrays (any contents,
+    the same shapes), keeps the bound ones and the scalars; a wrong array is refused with
+    the parameter's name before any native code runs."""
+    k = lowbitc.compile(AXPY)
+    rng = np.random.default_rng(0)
+    x0, y0 = (rng.standard_normal((9, 40)).astype(np.float32) for _ in range(2))
+    run = k.bind(x0, y0, 0.5, free=("y",))
+    for _ in range(3):
+        y = rng.standard_normal((9, 40)).astype(np.float32)
+        want = x0 * np.float32(0.5) + y
+        run(y)
+        np.testing.assert_array_equal(y, want)
+    run2 = k.bind(x0, y0, 2.0, free=("x", "y"))
+    x, y = np.ones((9, 40), np.float32), np.zeros((9, 40), np.float32)
+    run2(x, y)
+    np.testing.assert_array_equal(y, np.full((9, 40), 2.0, np.float32))
+    with pytest.raises(UserArgumentError, match=r"'y'.*shape \(9, 40\)"):
+        run(np.zeros((8, 40), np.float32))
+    with pytest.raises(UserArgumentError, match="'y'.*float32"):
+        run(np.zeros((9, 40), np.float64))
+    with pytest.raises(UserArgumentError, match="'y'.*C-contiguous"):
+        run(np.zeros((40, 9), np.float32).T)
+    with pytest.raises(UserArgumentError, match="expected 2 arrays"):
+        run2(x)
+    with pytest.raises(UserArgumentError, match="'a' is not an array parameter"):
+        k.bind(x0, y0, 0.5, free=("a",))

@@ -172,6 +172,21 @@ def test_quantlinear_qweight_and_non_contiguous_input():
         q(torch.randn(3, 36))
 
 
+def test_eager_path_follows_bias_replaced_or_written_in_place():
+    """The eager call keeps a numpy view of the bias: a bias written in place or replaced by
+    another tensor is the one added (int8 activations too: both kernels bound once)."""
+    for act in ("f32", "i8"):
+        q = lt.QuantLinear.from_linear(linear(seed=4), "u4", G, act=act)
+        x = torch.randn(5, K)
+        with torch.no_grad():
+            plain = q(x) - q.bias
+            q.bias.add_(1.5)
+            torch.testing.assert_close(q(x), plain + q.bias)
+            q.bias = torch.nn.Parameter(torch.full_like(q.bias, -2.0))
+            torch.testing.assert_close(q(x), plain - 2.0)
+            torch.testing.assert_close(q(x.reshape(1, 5, K)), (plain - 2.0).reshape(1, 5, -1))
+
+
 def test_eager_path_follows_replaced_buffers_and_copies():
     """Eager inference binds the kernel to the weight buffers; replacing one rebinds, and a
     used module still deep-copies and pickles (the binding is not part of its state)."""

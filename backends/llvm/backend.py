@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING
 from lowbitc.abi import ABI, grid_of
 from lowbitc.backends.llvm import native
 from lowbitc.backends.llvm.digest import WORDS
-from lowbitc.backends.llvm.launch import ArgPacker, ArrayArg, GridLauncher, ScalarArg
+from lowbitc.backends.llvm.launch import (
+    ArgPacker,
+    ArrayArg,
+    GridLauncher,
+    PreparedLaunch,
+    ScalarArg,
+)
+from lowbitc.errors import UserArgumentError
 from lowbitc.ir.types import TensorType
 from lowbitc.signature import Binder, storage_dtype
 
@@ -61,6 +68,11 @@ class Executable:
         self._grids: dict[tuple, tuple[int, int, int]] = {}
 
     def __call__(self, *args, **kwargs) -> None:
+        packed, nblocks = self._pack(args, kwargs)
+        self.launcher(packed, nblocks)
+
+    def _pack(self, args: tuple, kwargs: dict):
+        """(the packed `void*[]`, grid blocks) of a call: arguments bound and checked."""
         b = self.binder(args, kwargs)
         scalars, dims = self._grid_of
         key = (*[b.values[n] for n in scalars], *[b.dims[n] for n in dims])
@@ -70,8 +82,22 @@ class Executable:
             if len(self._grids) < GRIDS_KEPT:
                 self._grids[key] = g
         gx, gy, gz = g
-        packed = self.packer(b.ordered(self.abi) + [gx, gy])
-        self.launcher(packed, gx * gy * gz)
+        return self.packer(b.ordered(self.abi) + [gx, gy]), gx * gy * gz
+
+    def prepare(self, args: tuple, kwargs: dict, free: tuple[str, ...]) -> PreparedLaunch:
+        """This call, checked and packed once; the returned launch takes new arrays for the
+        parameters named in `free` (array parameters in the kernel's own storage, not
+        repacked words) and reuses everything else."""
+        packed, nblocks = self._pack(args, kwargs)
+        sig = self.packer.signature
+        slots = []
+        for name in free:
+            i = next((i for i, p in enumerate(sig) if p.name == name), None)
+            if i is None or not isinstance(sig[i], ArrayArg) or name in self.binder.packings:
+                raise UserArgumentError(f"free: {name!r} is not an array parameter of "
+                                        f"{self.abi.name} passed as is")
+            slots.append((i, sig[i], packed.keep[i].shape))
+        return PreparedLaunch(packed, slots, self.launcher, nblocks)
 
     def _grid(self, b) -> tuple[int, int, int]:
         if self.grid is not None:

@@ -184,9 +184,12 @@ def _reduce_rows(env: Env, op: Op, src: Buf, out: Buf, out_shape, init: str, fn:
 
     def one(idx: list[str]) -> None:
         base = em.offset(list(idx) + ["0"], src.shape, src.strides)
-        if fn == "add" and dt == "f32" and n % ROW_SUM_LANES == 0 and n <= ROW_SUM_MAX:
-            em.store_elem(out, em.flat_index(idx, out_shape) if out_shape else "0",
-                          _row_sum_vectors(em, src, base, n))
+        if (dt == "f32" or dt == "i32" and fn == "add") and n % ROW_SUM_LANES == 0 \
+                and n <= ROW_SUM_MAX:
+            r = _row_reduce_vectors(em, src, base, n, fn)
+            if fn != "add":  # as the element chain: max(init, ...) (an all-NaN row: init)
+                r = scalar_op(em, fn, dt, [init, r])
+            em.store_elem(out, em.flat_index(idx, out_shape) if out_shape else "0", r)
             return
 
         def step(p: str, acc: list[str]) -> list[str]:
@@ -205,24 +208,46 @@ def _reduce_rows(env: Env, op: Op, src: Buf, out: Buf, out_shape, init: str, fn:
         env.bind(op.results[0], em.load_elem(out, "0"))
 
 
-ROW_SUM_LANES = 16  # f32 row sums of a static length, a multiple of this, up to
-ROW_SUM_MAX = 512  # this: straight-line vector loads and adds (LLVM leaves the scalar loop a
-# chain of dependent adds, ~4 cycles an element: the sum of a 32-wide activation group that
-# zero points need cost as much as the group's dot)
+ROW_SUM_LANES = 16  # f32 row sums, maxima and minima and i32 row sums of a static length,
+ROW_SUM_MAX = 512  # a multiple of this, up to this: straight-line vector loads and a tree
+# of adds (or maxnum/minnum); LLVM leaves the scalar loop a chain of dependent adds, ~4
+# cycles an element (the sum of a 32-wide activation group that zero points need cost as
+# much as the group's dot), never vectorises a maxnum chain (the int8 activations' absmax)
+# and turns an i32 row sum over a tile's rows into gathers
+_VECTOR_REDUCE = {"add": "fadd", "max": "fmax", "min": "fmin"}
 
 
-def _row_sum_vectors(em, src: Buf, base: str, n: int) -> str:
-    """sum(src[base : base + n]) for f32: n / 16 vector loads, a tree of adds, one horizontal
-    reduction."""
+def _row_reduce_vectors(em, src: Buf, base: str, n: int, fn: str) -> str:
+    """fn (add, max or min) over src[base : base + n] for f32 (or add for i32): n / 16 vector
+    loads, a tree of `fn`, one horizontal reduction (max/min: maxnum/minnum, NaN only where
+    every value is)."""
+    if src.dtype == "i32":
+        v = f"<{ROW_SUM_LANES} x i32>"
+        parts = [em.val(f"load {v}, ptr {em.gep(src, em.val(f'add i64 {base}, {i}'))}, "
+                        "align 4") for i in range(0, n, ROW_SUM_LANES)]
+        while len(parts) > 1:
+            parts = [em.val(f"add {v} {a}, {b}") for a, b in zip(parts[::2], parts[1::2])] \
+                + parts[len(parts) - len(parts) % 2:]
+        name = f"llvm.vector.reduce.add.v{ROW_SUM_LANES}i32"
+        em.declare(f"declare i32 @{name}({v})")
+        return em.val(f"call i32 @{name}({v} {parts[0]})")
     v = f"<{ROW_SUM_LANES} x float>"
     parts = [em.val(f"load {v}, ptr {em.gep(src, em.val(f'add i64 {base}, {i}'))}, align 4")
              for i in range(0, n, ROW_SUM_LANES)]
+
+    def join(a: str, b: str) -> str:
+        if fn == "add":
+            return em.val(f"fadd reassoc {v} {a}, {b}")
+        return scalar_op(em, fn, "f32", [a, b], ROW_SUM_LANES)
     while len(parts) > 1:
-        parts = [em.val(f"fadd reassoc {v} {a}, {b}") for a, b in zip(parts[::2], parts[1::2])] \
+        parts = [join(a, b) for a, b in zip(parts[::2], parts[1::2])] \
             + parts[len(parts) - len(parts) % 2:]
-    em.declare(f"declare float @llvm.vector.reduce.fadd.v{ROW_SUM_LANES}f32(float, {v})")
-    return em.val(f"call reassoc float @llvm.vector.reduce.fadd.v{ROW_SUM_LANES}f32("
-                  f"float -0.0, {v} {parts[0]})")
+    name = f"llvm.vector.reduce.{_VECTOR_REDUCE[fn]}.v{ROW_SUM_LANES}f32"
+    if fn == "add":
+        em.declare(f"declare float @{name}(float, {v})")
+        return em.val(f"call reassoc float @{name}(float -0.0, {v} {parts[0]})")
+    em.declare(f"declare float @{name}({v})")
+    return em.val(f"call float @{name}({v} {parts[0]})")
 
 
 @handles("dot")

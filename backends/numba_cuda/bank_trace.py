@@ -81,27 +81,37 @@ class _Shared(np.ndarray):
 
     def _note(self, kind: str, key) -> None:
         rec = _Shared.recorder
-        if rec is None or not isinstance(key, (int, np.integer)):
-            return
+        if isinstance(key, tuple) and len(key) == 1:
+            key = key[0]
         size = self.dtype.itemsize
-        rec.record(kind, int(key) * size, size)
+        if rec is None:
+            return
+        if isinstance(key, (int, np.integer)):
+            rec.record(kind, int(key) * size, size)
+        elif (isinstance(key, slice) and key.step is None and key.start is not None
+              and key.stop is not None and (key.stop - key.start) * size in (4, 8, 16)):
+            rec.record(kind, int(key.start) * size, (int(key.stop) - int(key.start)) * size)
+            # (a vector access: st_at_f16x8 into a shared tile)
 
     def __getitem__(self, key):
         self._note("load", key)
-        return super().__getitem__(key)
+        with _inside():  # (numpy's own reads of a slice are not the kernel's)
+            return super().__getitem__(key)
 
     def __setitem__(self, key, value):
         self._note("store", key)
-        super().__setitem__(key, value)
+        with _inside():
+            super().__setitem__(key, value)
 
 
 @contextmanager
 def _inside() -> Iterator[None]:
+    was = getattr(_LOCAL, "inside", False)
     _LOCAL.inside = True
     try:
         yield
     finally:
-        _LOCAL.inside = False
+        _LOCAL.inside = was
 
 
 @contextmanager

@@ -111,9 +111,10 @@ def ld_at_u32x4_py(a: np.ndarray, i: int, n: int, j: int, k: int) -> tuple[np.ui
 
 
 def st_at_f16x8_py(a, i: int, n: int, j: int, k: int, p: int, q: int, r: int, s: int) -> None:
-    """Store four f16x2 pairs as halves from flat element i * n + j + k (in one row)."""
+    """Store four f16x2 pairs as halves from flat element i * n + j + k (in one row) of an f16
+    array (or uint16: bf16 bits)."""
     *row, c = _flat(a, i, n, j, k)
-    a[(*row, slice(c, c + 8))] = np.array([p, q, r, s], np.uint32).view(np.float16)
+    a[(*row, slice(c, c + 8))] = np.array([p, q, r, s], np.uint32).view(a.dtype)
 
 
 def pack_f16x2_py(lo: float, hi: float) -> np.uint32:
@@ -354,8 +355,9 @@ else:
 
     @intrinsic
     def st_at_f16x8(typingctx, a, i, n, j, k, p, q, r, s):  # noqa: ARG001
-        """Store 8 halves (four f16x2 pairs) from flat element i * n + j + k (one STG.E.128)."""
-        if not _is_flat(a, (types.float16,)):
+        """Store 8 halves (four f16x2 pairs) from flat element i * n + j + k (one STG.E.128,
+        or STS.128 into shared memory); uint16 arrays hold bf16 bits."""
+        if not _is_flat(a, (types.float16, types.uint16)):
             return None
         u32 = types.uint32
         sig = types.void(a, *_AT, u32, u32, u32, u32)

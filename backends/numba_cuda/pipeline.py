@@ -1,6 +1,7 @@
 """Operands in flight: the activation tile of a K loop copied global -> shared by 16-byte
-`cp.async` in a software pipeline of `STAGES` stages, into a swizzled tile that `ldmatrix`
-reads. Derived from the kernel, not from its name:
+`cp.async` in a software pipeline of S stages (the loop's `range(..., stages=S)`, else
+`STAGES`), into a swizzled tile that `ldmatrix` reads. Derived from the kernel, not from its
+name:
 
 A `load` at the top level of a `for` body is staged when it reads a 2-D window of an f16 or
 bf16 kernel tensor, the plan keeps it in shared memory, it is the A operand of a dot on tensor
@@ -37,7 +38,7 @@ from lowbitc.ir.core import Op, Value, walk
 from lowbitc.ir.types import ScalarType, TensorType
 from lowbitc.layout.banks import WARP, ldmatrix_access, warp_access
 
-STAGES = 3  # stages of the activation pipeline (cp.async groups in flight: STAGES - 1)
+STAGES = 3  # default stages of the activation pipeline (cp.async groups in flight: S - 1)
 CHUNK = 8  # halves per 16-byte copy
 _NOT_PURE = frozenset({"load", "load_codes", "load_shared", "dot", "reduce", "for", "if",
                        "store", "store_shared", "store_codes", "alloc_shared", "sync"})
@@ -181,13 +182,14 @@ class Pipeline:
     def __init__(self, ctx, for_op: Op, staged: list[Staged], lo: str, hi: str, step: str):
         self.ctx, self.op, self.staged = ctx, for_op, staged
         self.lo, self.hi, self.step = lo, hi, step
+        self.stages = for_op.attrs.stages or STAGES
         src = ctx.src
         self.bufs = []
         for s in staged:
             bm, bk = s.load.attrs.sizes
             dtype = s.load.operands[0].type.dtype
             name = src.fresh("sp")
-            ctx.shared.append((name, STAGES * bm * bk, "F16" if dtype == "f16" else "U16"))
+            ctx.shared.append((name, self.stages * bm * bk, "F16" if dtype == "f16" else "U16"))
             self.bufs.append((name, dtype, bm, bk))
         self.aligned = []
         for s in staged:  # block-uniform: cp.async needs 16-byte aligned rows
@@ -199,7 +201,7 @@ class Pipeline:
 
     def prologue(self) -> None:
         src = self.ctx.src
-        for s in range(STAGES - 1):
+        for s in range(self.stages - 1):
             it = src.tmp(f"{self.lo} + {s} * {self.step}", "it")
             with src.block(f"if {it} < {self.hi}:"):
                 self._fill(str(s), it)
@@ -209,15 +211,15 @@ class Pipeline:
     def advance(self, i: str) -> None:
         """Top of an iteration: wait for its stage, fill the stage S - 1 ahead, bind the
         loads to this iteration's stage."""
-        ctx, src = self.ctx, self.ctx.src
-        src.line(f"cp_async_wait({STAGES - 2})")
+        ctx, src, S = self.ctx, self.ctx.src, self.stages
+        src.line(f"cp_async_wait({S - 2})")
         src.synced = False
         src.sync()
-        it = src.tmp(f"{i} + {STAGES - 1} * {self.step}", "it")
+        it = src.tmp(f"{i} + {S - 1} * {self.step}", "it")
         with src.block(f"if {it} < {self.hi}:"):
-            self._fill(f"({self.j} + {STAGES - 1}) % {STAGES}", it)
+            self._fill(f"({self.j} + {S - 1}) % {S}", it)
         src.line("cp_async_commit()")
-        stage = src.tmp(f"{self.j} % {STAGES}", "sg")
+        stage = src.tmp(f"{self.j} % {S}", "sg")
         src.line(f"{self.j} += 1")
         for s, (name, dtype, bm, bk) in zip(self.staged, self.bufs, strict=True):
             base = src.tmp(f"{stage} * {bm * bk}", "so")

@@ -52,6 +52,7 @@ from lowbitc.backends.numba_cuda.units import (
     unit_edge_mask,
     unit_loop,
     unit_width,
+    vector_store,
 )
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Kernel, Op, Region, Value, walk
@@ -157,13 +158,17 @@ class Renderer:
 
     def addr(self, buf: Buf, idx: tuple[str, ...]) -> str:
         """`name[offset]` of element idx of a shared buffer."""
+        return f"{buf.name}[{self.offset(buf, idx)}]"
+
+    def offset(self, buf: Buf, idx: tuple[str, ...]) -> str:
+        """The element offset of idx in buf's flat array (its base and swizzle applied)."""
         terms = [i if st == 1 else f"{i} * {st}"
                  for i, d, st in zip(idx, buf.shape, buf.strides(), strict=True)
                  if d != 1 and i != "0"]
         off = ' + '.join(terms) or '0'
         if buf.swizzle is not None:
             off = swizzled(self, off, buf.swizzle)
-        return f"{buf.name}[{buf.base} + {off}]" if buf.base else f"{buf.name}[{off}]"
+        return f"{buf.base} + {off}" if buf.base else off
 
     def linear(self, idx: tuple[str, ...], shape: tuple[int, ...]) -> str:
         terms, stride = [], 1
@@ -291,6 +296,8 @@ class Renderer:
             for name, at in self.reads[start:]:
                 read.add(name)
                 own[0] = own[0] and (name != buf.name or at == tuple(idx))
+            if vector_store(self, buf, idx, x):
+                return
             self.src.line(f"{self.addr(buf, idx)} = {SHARED_TYPE.get(buf.dtype, 'F32')}({x})")
 
         self.each(buf.shape, body, (v,))

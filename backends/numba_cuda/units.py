@@ -9,6 +9,13 @@ row), each unit loads its words once and every code is a constant shift and mask
 bounds checks vanish from the elements (masks still apply). Otherwise the unit falls back to
 the generic per-element code. The handlers of `load`, `load_codes` and `store` ask
 `window_in_unit` whether they may take the fast path.
+
+A unit written to an f16/bf16 shared tile (a decoded weight tile that `ldmatrix` reads) goes
+out as one 16-byte store per 8 columns (`vector_store`), not 8 two-byte stores: with rows a
+multiple of 8 halves apart, a two-byte store at one column by 32 lanes on different rows can
+reach only 8 distinct banks (the row stride moves whole 16-byte chunks), a 4-way conflict
+whatever the padding or unit order; 16-byte stores take one wavefront per 8 lanes when the 8
+lanes' chunks cover the 32 banks (checked per warp in the simulator, `bank_trace`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ class Unit:
     conds: list[str] = field(default_factory=list)
     prologue: list[str] = field(default_factory=list)
     words: dict[tuple, str] = field(default_factory=dict)
+    halves: list[str] = field(default_factory=list)  # bits of a 16-byte store being gathered
 
 
 def unit_width(bits: list[int]) -> int:
@@ -113,6 +121,38 @@ def unit_codes(ctx, t, starts: list[str], where: list[str], col: int) -> str:
     if o + b > 32:
         x = f"({x} | ({word(k + 1)} << U32({32 - o})))"
     return x if o + b == 32 else f"({x} & U32({mask:#x}))"
+
+
+VECTOR = 8  # halves per 16-byte shared store
+
+
+def vector_store(ctx, buf, idx: tuple[str, ...], x: str) -> bool:
+    """In a unit's fast path, element idx (value x) of an f16/bf16 shared tile joins the
+    16-byte store of its 8 columns, emitted at the 8th (see the module doc); False (store it
+    alone) off a unit, or when the chunk would not be 16 bytes inside one row: units of a
+    multiple of 8 columns, rows a multiple of 8 halves apart, no stage base, and a swizzle
+    (if any) that moves whole 8-half chunks."""
+    u = ctx.unit
+    if (u is None or buf.dtype not in ("f16", "bf16") or not idx or idx[-1] not in u.cols
+            or u.p % VECTOR or buf.base or any(s % VECTOR for s in buf.strides()[:-1])
+            or (buf.swizzle is not None and buf.swizzle[1] < 3)):
+        return False
+    j = u.cols[idx[-1]]
+    src = ctx.src
+    if j % VECTOR == 0:
+        u.halves = []
+    if len(u.halves) != j % VECTOR:
+        raise AssertionError("unit columns rendered out of order")
+    bits = f"U32(u16_from_f16(F16({x})))" if buf.dtype == "f16" else f"U32(U16({x}))"
+    u.halves.append(src.tmp(bits, "hb"))
+    if len(u.halves) == VECTOR:
+        h = u.halves
+        words = [src.tmp(f"{h[i]} | ({h[i + 1]} << U32(16))", "hw") for i in range(0, VECTOR, 2)]
+        first = next(n for n, c in u.cols.items() if c == j - VECTOR + 1)
+        off = ctx.offset(buf, (*idx[:-1], first))
+        src.line(f"st_at_f16x8({buf.name}, U32(0), U32(0), U32({off}), I64(0), "
+                 f"{', '.join(words)})")
+    return True
 
 
 def unit_loop(ctx, shape: tuple[int, ...], p: int, body) -> None:

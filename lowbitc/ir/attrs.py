@@ -113,7 +113,11 @@ class CodesAttrs(Attrs):
 
 @dataclass(frozen=True, slots=True)
 class ForAttrs(Attrs):
+    """`stages`: the software pipeline depth `range(..., stages=S)` asks of a backend that
+    stages the loop's loads (the CUDA backend's cp.async pipeline), 0 for its default."""
+
     unroll: bool = False
+    stages: int = late(0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from torch import nn
 
 from lowbitc.dtypes import Format
 from lowbitc.errors import UserArgumentError
+from lowbitc.gptq import inverse_factor
 from lowbitc.outliers import residual
 from lowbitc.quant import QTensor, quantize
 
@@ -56,15 +57,6 @@ def collect_hessians(model: nn.Module, names: Iterable[str],
     return {name: h / max(n, 1) for name, (h, n) in sums.items()}
 
 
-def _inverse_hessian_factor(h: np.ndarray, damp: float) -> np.ndarray:
-    """Upper Cholesky factor of H^-1 after damping (the form GPTQ's updates use)."""
-    h = h.copy()
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    h[np.diag_indices_from(h)] += damp * np.mean(np.diag(h))
-    return np.linalg.cholesky(np.linalg.inv(h)).T
-
-
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: Format, group_size: int,
                   zero_point: bool = False, scale_dtype: str = "f32", damp: float = 0.01,
                   block: int = 128, mask: np.ndarray | None = None,
@@ -78,7 +70,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: Format, grou
     if tuple(hessian.shape) != (k, k):
         raise UserArgumentError(f"hessian: expected shape {(k, k)}, got {tuple(hessian.shape)}")
     h = hessian.detach().to("cpu", torch.float64).numpy()
-    u = _inverse_hessian_factor(h, damp).astype(np.float32)
+    u = inverse_factor(h, damp, np.arange(h.shape[0])).astype(np.float32)
     w[:, np.diag(h) == 0] = 0
     g = group_size
     codes = np.zeros((n, k), np.uint8)

@@ -25,6 +25,7 @@ from lowbitc.dtypes import Format
 from lowbitc.dtypes import codebook as make_codebook
 from lowbitc.dtypes import dtype as lookup_dtype
 from lowbitc.errors import UserArgumentError
+from lowbitc.gptq import DAMP
 from lowbitc.methods import quantize
 from lowbitc.outliers import Sparse, outlier_mask
 from lowbitc.packing import unpack
@@ -219,6 +220,12 @@ class QuantLinear(nn.Module):
                                     f"got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, k)
+        b = self._buffers  # (read directly: nn.Module's attribute lookup costs ~0.4 us each)
+        if (b["input_scale"] is None and b["outlier_values"] is None
+                and x.dtype is torch.float32 and x2.is_contiguous() and _eager(x2)):
+            # the common eager call, nothing before or after the kernel
+            y = self._matmul()(x2, self._parameters.get("bias"))
+            return y.view(*lead, self.out_features)
         if self.input_scale is not None:  # one f32 division per activation element
             x2 = x2.to(torch.float32) / self.input_scale
         if not x2.is_contiguous():
@@ -297,7 +304,8 @@ def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
 def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
               zero_point: bool | None = None, scale_dtype: str = "f32",
               calibrate: Callable[[nn.Module], object] | None = None, outliers=None,
-              method: str = "rtn", outlier_dtype: str = "f16", act: str = "f32") -> int:
+              method: str = "rtn", outlier_dtype: str = "f16", act: str = "f32",
+              damp: float = DAMP) -> int:
     """Replace every nn.Linear in `model` (in place) by a QuantLinear; returns how many.
 
     `skip` is a callable (qualified name, module) -> bool, or fnmatch patterns of names to
@@ -314,8 +322,14 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
     its input scale [in_features] (32 bits per input column) and divides its input by it.
     `method="hqq"` with `calibrate`: no GPTQ; HQQ's fit weighted by each input column's mean
     x^2 (the Hessian's diagonal), outliers chosen by that weighted error (lowbitc.methods).
+    `method="hqq-gptq"` (needs `calibrate`): that grid, then GPTQ's feedback with act-order
+    onto it (lowbitc.gptq; `damp`: its damping); with per-row code books, GPTQ onto each
+    row's table.
     """
     check_act(act)
+    if method == "hqq-gptq" and calibrate is None:
+        raise UserArgumentError("calibrate: method='hqq-gptq' needs calibration data "
+                                "(calibrate=f running the float model), got None")
     awq_scales = awq.check(calibrate, dtype, outliers) if method == "awq" else None
     drop = _skipper(skip)
     targets = [(name, m) for name, m in model.named_modules()
@@ -332,25 +346,27 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
         else:
             new = _quantized(m, dtype, group_size, zero_point, scale_dtype, h,
                              {"outliers": outliers, "method": method,
-                              "outlier_dtype": outlier_dtype}, act)
+                              "outlier_dtype": outlier_dtype}, act, damp)
         _set_child(model, name, new.to(m.weight.device))
     return len(targets)
 
 
 def _quantized(m: nn.Linear, dtype, group_size, zero_point, scale_dtype, hessian,
-               options: dict, act: str = "f32") -> nn.Module:
+               options: dict, act: str = "f32", damp: float = DAMP) -> nn.Module:
     """One layer's replacement: GPTQ when there is a Hessian and one format, else quantize."""
     w = m.weight.detach().to("cpu", torch.float32).numpy()
     diag = None if hessian is None else torch.diagonal(hessian).numpy()
     if callable(dtype) and not isinstance(dtype, Format | str):
         dtype = dtype(w, diag)
+    if options["method"] == "hqq-gptq":  # lowbitc.gptq's feedback onto weighted HQQ's grid
+        options = {**options, "hessian": hessian, "damp": damp}
     if isinstance(dtype, list | tuple | RowCodebooks):
         zp = True if zero_point is None else zero_point
         qw = quantize(w, dtype, group_size, zp, scale_dtype, column_weights=diag, **options)
         return TableLinear(qw, m.bias)
     fmt = _format(dtype)
     zp = fmt.kind == "uint" if zero_point is None else zero_point
-    if hessian is None or options["method"] == "hqq":  # HQQ weighted by diag(H), no GPTQ
+    if hessian is None or options["method"] != "rtn":  # HQQ weighted by diag(H) (+ GPTQ)
         qw = quantize(w, fmt, group_size, zp, scale_dtype, column_weights=diag, **options)
     else:
         mask = outlier_mask(w, options["outliers"], diag)

@@ -22,6 +22,7 @@ from lowbitc import ops as lops
 from lowbitc.errors import BackendError, LowbitcError, UserArgumentError
 from lowbitc.ir.types import is_machine
 from lowbitc.quant import QTensor
+from lowbitc.repack import PackedWords
 from lowbitc.signature import words_for
 from lowbitc.torch.views import array as _array
 from lowbitc.torch.views import kernel_weight as _kernel_weight
@@ -255,18 +256,19 @@ def matmul_into(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scales: 
 
 class BoundMatmul:
     """lowbitc::matmul's CPU kernel bound to one weight, for eager calls (no autograd, no
-    tracing): the checks, the kernel lookup and the weight's numpy views (or repacked words,
-    and group-major scales on the GEMV path) are done once per activation dtype and shape, so
-    a call is the launch plus a fresh output tensor. Bind again after writing the weight (or
-    its scales) in place."""
+    tracing): the checks, the kernel lookup, the weight's numpy views (or repacked words,
+    and group-major or tile-major scales) and the kernels' packed arguments are made once per
+    activation dtype and shape, so a call is the launches (`Kernel.bind`) plus a fresh output
+    tensor. Bind again after writing the weight (or its scales) in place."""
 
-    __slots__ = ("tensors", "_static", "_plans")
+    __slots__ = ("tensors", "_static", "_plans", "_bias")
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                  fmt: str, group_size: int, k: int, act: str = "f32"):
         self.tensors = (weight, scales, zeros)
         self._static = (fmt, group_size, k, a8.check_act(act))
         self._plans: dict[tuple, tuple | None] = {}
+        self._bias: tuple | None = None  # (the last f32 bias tensor, its numpy view)
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [M, K] (a contiguous CPU tensor) @ W_hat.T (+ bias [N]) -> float32 [M, N]."""
@@ -276,15 +278,18 @@ class BoundMatmul:
         if plan is None:  # an empty dimension, a CUDA tensor: the op's own function
             y = matmul_impl(x, *self.tensors, *self._static)
             return y if bias is None else y.add_(bias.detach())
-        kern, w, s, z, shape, g, k = plan
-        y = torch.empty(shape, dtype=torch.float32)
+        run, shape = plan[:2]
+        y = torch.empty(shape, dtype=torch.float32)  # 64-byte aligned, unlike numpy's
         out = y.numpy()
-        _launch(kern, _array(x), ACTIVATIONS[x.dtype], w, s, z, out, g, k)
+        run(_array(x), out)
         if bias is not None:
             if bias.dtype is torch.float32:
                 # in numpy: torch's add wakes its OpenMP threads, whose spinning afterwards
                 # slows the next kernel's own threads (u4 M=16 4096^2: 7 -> 13 ms)
-                np.add(out, _array(bias), out=out)
+                seen = self._bias
+                if seen is None or seen[0] is not bias:  # a view per bias tensor, kept
+                    seen = self._bias = (bias, _array(bias))
+                np.add(out, seen[1], out=out)
             else:
                 y.add_(bias.detach())
         return y
@@ -296,21 +301,49 @@ class BoundMatmul:
         m = x.shape[0]
         plan = None
         if x.device.type == "cpu" and m and n and k:
-            kern = _matmul_kernel("llvm", x.device, fmt, ACTIVATIONS[x.dtype],
-                                  zeros is not None, g, m, n, k, act, group_major=True)
+            adt = ACTIVATIONS[x.dtype]
+            kern = _matmul_kernel("llvm", x.device, fmt, adt, zeros is not None, g, m, n, k,
+                                  act, group_major=True)
             s, z = _array(scales), _operand(zeros, "llvm", False)
+            w = _kernel_weight(kern, weight, scales, zeros, fmt, g, k)
+            xa = np.empty((m, k), _array(x[:0]).dtype)  # placeholders for the free arrays
+            y = np.empty((m, n), np.float32)
             if kern.name == "matmul_a8":  # tile-major, as ops.matmul
-                s = a8.tile_major(s, kern.params["BN"], None if zeros is None else z)
-                z = None
-            elif kern.params.get("GM"):  # the GEMV path reads them group-major
-                s = np.ascontiguousarray(s.T)
-                z = z if zeros is None else np.ascontiguousarray(z.T)
-            plan = (kern, _kernel_weight(kern, weight, scales, zeros, fmt, g, k), s, z,
-                    (m, n), g, k)
+                sz = a8.tile_major(s, kern.params["BN"], None if zeros is None else z)
+                run = _a8_launch(kern, adt, xa, w, sz, y, g)
+            else:
+                if kern.params.get("GM"):  # the GEMV path reads them group-major
+                    s = np.ascontiguousarray(s.T)
+                    z = z if zeros is None else np.ascontiguousarray(z.T)
+                run = kern.bind(xa, w, s, z, y, g, K=k, free=("x", "y"))
+            plan = (run, (m, n), kern, s)  # (the kernel and scales as read: for tests)
         if len(self._plans) > 64:  # many batch shapes: keep the cache small
             self._plans.clear()
         self._plans[(x.dtype, x.shape)] = plan
         return plan
+
+
+def _a8_launch(kern, adt: str, x: np.ndarray, w, sz: np.ndarray, y: np.ndarray,
+               group: int) -> Callable[[np.ndarray, np.ndarray], None]:
+    """run(x, y) doing what lowbitc.a8.matmul does, with both kernels' arguments bound once
+    (the activations quantized into fresh buffers, then the integer dot; sz: scales and
+    zero points tile-major)."""
+    m, k = x.shape
+    kb = -(-k // kern.params["QB"])
+    quant = lops.get_kernel("quantize_a8", "llvm", A=adt, BM=kern.params["BM"],
+                            QB=kern.params["QB"])
+    bufs = (np.empty((m, k), np.int8), np.empty((kb, m), np.float32),
+            np.empty((kb, m), np.float32))
+    qrun = quant.bind(x, *bufs, free=("x", "xq", "xd", "xs"))
+    kw = w.count if isinstance(w, PackedWords) else k
+    mrun = kern.bind(*bufs, w, sz, y, group, KW=kw, free=("xq", "xd", "xs", "y"))
+    empty, i8, f32 = np.empty, np.int8, np.float32
+
+    def run(xa: np.ndarray, out: np.ndarray) -> None:
+        xq, xd, xs = empty((m, k), i8), empty((kb, m), f32), empty((kb, m), f32)
+        qrun(xa, xq, xd, xs)
+        mrun(xq, xd, xs, out)
+    return run
 
 
 # ---------------------------------------------------------------- lowbitc::matmul

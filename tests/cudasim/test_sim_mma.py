@@ -244,25 +244,33 @@ def test_mma_packing_on_four_warps(name, act, m, n, k, group, zp):
     assert np.all(np.abs(y - want) <= _budget(x, qw, False)), name
 
 
-# (format, activations, M, zero points, params): four warps (BM 64, 128 threads) and one
+# (format, activations, M, N, zero points, params): four warps (BM 64, 128 threads) and one
 # (BM 16); u8 on four warps at BM 16 keeps canonical bytes (each warp 16 of the 64 columns:
-# not the mma packing), its decoded tile staged in shared memory and read by ldmatrix
-TRACED = [("u4", "bf16", 33, False, {"TH": 128}), ("u8", "f16", 5, False, {"TH": 128}),
-          ("u4", "f16", 16, True, {})]
+# not the mma packing), its decoded tile staged in shared memory and read by ldmatrix; the
+# odd widths on four warps at BM 32 / 64 (the canonical path: their decoded [32, 64] tile
+# written by the unit loop, 16-byte stores, then read by ldmatrix_x2)
+TRACED = [("u4", "bf16", 33, 64, False, {"TH": 128}), ("u8", "f16", 5, 64, False, {"TH": 128}),
+          ("u4", "f16", 16, 64, True, {}), ("u4", "f16", 33, 200, True, {}),
+          # BN 32 (a tune choice) keeps the canonical words staged in shared memory at BM > 16
+          ("u3", "f16", 33, 32, False, {"TH": 128, "BN": 32}),
+          ("u5", "f16", 20, 32, False, {"TH": 128, "BN": 32}),
+          ("u6", "bf16", 20, 32, False, {"TH": 128, "BN": 32}),
+          ("u7", "f16", 20, 32, True, {"TH": 128, "BN": 32})]
 
 
-@pytest.mark.parametrize("name,act,m,zp,extra", TRACED)
-def test_every_shared_access_is_free_of_bank_conflicts(name, act, m, zp, extra):
+@pytest.mark.parametrize("name,act,m,n,zp,extra", TRACED)
+def test_every_shared_access_is_free_of_bank_conflicts(name, act, m, n, zp, extra):
     """Every shared-memory access the generated kernel makes (stores, loads, ldmatrix rows,
     the pipeline's cp.async chunks into its swizzled stages), recorded per simulated thread
     with its byte address and grouped per warp (backends/numba_cuda/bank_trace.py), takes one
     wavefront per phase (layout.banks); with zero points sum(a, axis=1) reads the stage from
-    rotated start columns (reduce_order.py; it was 2-way before)."""
+    rotated start columns (reduce_order.py; it was 2-way before); the odd widths' decoded
+    tiles go out in 16-byte stores (units.vector_store; two-byte stores were 4-way)."""
     import ml_dtypes
 
     from lowbitc.backends.numba_cuda.bank_trace import conflicts
 
-    n, k, group = 64, 128, 64
+    k, group = 128, 64
     qw = _qw(name, n, k, group, zp)
     dt = np.float16 if act == "f16" else ml_dtypes.bfloat16
     x = np.random.default_rng(3).standard_normal((m, k)).astype(dt)
@@ -274,6 +282,8 @@ def test_every_shared_access_is_free_of_bank_conflicts(name, act, m, zp, extra):
                                         group, K=k))
     kinds = {a.kind for a in every}
     assert {"load", "store", "ldmatrix.x4", "cp.async"} <= kinds and len(every) > 100, kinds
+    if name in ("u3", "u5", "u6", "u7"):  # the staged tile: 16-byte stores, ldmatrix_x2 reads
+        assert {(a.kind, a.width) for a in every} >= {("store", 16), ("ldmatrix.x2", 16)}
     assert not bad, [(a.text, a.report) for a in bad[:3]]
     exact = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
     assert np.all(np.abs(y - exact) <= _budget(x, qw, False, 2.0**-8))  # (traced = correct)
@@ -326,3 +336,34 @@ def test_the_tuner_times_split_k_with_both_passes():
     t = autotune._op_target("matmul", (5, 40, 256), "u4", 64, True, "f16", "cuda")
     run = autotune.Candidate(t, "cuda")({"BM": 16, "BN": 32, "BK": 64, "SK": 2})
     run()
+
+
+@pytest.mark.parametrize("st,name,m", [(2, "u4", 5), (4, "u3", 20)])
+def test_pipeline_depths_match_numpy(st, name, m):
+    """ST (the K loop's `stages=`, a tune choice) 2 and 4: the cp.async pipeline with 1 and 3
+    fills ahead over 5 K tiles of 32 (a partial last group), against float64 numpy within the
+    one-pass bound (the depth changes when a tile arrives, not what is summed)."""
+    n, k, group = 9, 150, 32
+    qw = _qw(name, n, k, group, True)
+    x = np.random.default_rng(6).standard_normal((m, k)).astype(np.float16)
+    params = {**ops.matmul_choice(m, n, k, qw, "f16", backend="cuda")[1], "ST": st}
+    kern = ops.get_kernel("matmul_mma", "cuda", **params)
+    assert kern.text("python").count("cp_async_commit()") == st
+    y = np.full((m, n), np.nan, np.float32)
+    ops.launch_matmul(kern, x, ops.weight_storage(qw, kern), qw.scales, qw.zeros, y, group, k)
+    exact = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
+    assert np.all(np.abs(y - exact) <= _budget(x, qw, False)), (name, np.abs(y - exact).max())
+
+
+@pytest.mark.parametrize("name,m,k,want", [("u4", 1, 512, 2), ("u3", 5, 1024, 4)])
+def test_default_split_k_matches_numpy(name, m, k, want):
+    """The default split-K (lowbitc/split_k.py: one block of output tiles, K of 16 and 32
+    groups of 32 on the A100 table) picks SK > 1 and ops.matmul's result, both passes, is
+    within the one-pass bound of float64 numpy."""
+    n, group = 9, 32
+    qw = _qw(name, n, k, group, True)
+    x = np.random.default_rng(7).standard_normal((m, k)).astype(np.float16)
+    assert ops.matmul_choice(m, n, k, qw, "f16", backend="cuda")[1]["SK"] == want
+    y = ops.matmul(x, qw, backend="cuda")
+    exact = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
+    assert np.all(np.abs(y - exact) <= _budget(x, qw, False)), (name, np.abs(y - exact).max())
