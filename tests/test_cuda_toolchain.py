@@ -4,6 +4,7 @@ nvJitLink + ptxas (no spills, SASS per weight), and the simulator suite in its o
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -165,11 +166,30 @@ def test_every_width_assembles_without_spills(fmt, bits, order, arch):
     _check_kernel(fmt, bits, order, arch)
 
 
+def _run_elsewhere(sim_dir: Path) -> set[str]:
+    """The simulator files another test module runs in a process of its own (the modules that
+    call run_simulator_suite name their file)."""
+    names: set[str] = set()
+    for f in Path(__file__).parent.glob("test_*.py"):
+        text = f.read_text()
+        if f.name != Path(__file__).name and "run_simulator_suite(" in text:
+            names |= set(re.findall(r"test_sim_[a-z0-9_]+\.py", text))
+    missing = sorted(n for n in names if not (sim_dir / n).exists())
+    assert not missing, f"tests name simulator files that do not exist: {missing}"
+    return names
+
+
 @pytest.mark.cudasim
 def test_simulator_suite_in_its_own_process():
+    """Every file of tests/cudasim runs once: those no other module runs (run_simulator_suite)
+    run here, in a simulator process of their own (running the whole directory here ran
+    every other file twice)."""
     pytest.importorskip("numba.cuda")
     sim_dir = Path(__file__).parent / "cudasim"
-    proc = T.run_in_simulator(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(sim_dir)])
+    rest = sorted(str(f) for f in sim_dir.glob("test_sim_*.py")
+                  if f.name not in _run_elsewhere(sim_dir))
+    assert rest, "every simulator file is run by another module: nothing left to run here"
+    proc = T.run_in_simulator(["-m", "pytest", "-q", "-p", "no:cacheprovider", *rest])
     report = proc.stdout[-6000:] + proc.stderr[-3000:]
     assert proc.returncode == 0, report
     assert " passed" in proc.stdout and "failed" not in proc.stdout, report
