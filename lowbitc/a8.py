@@ -232,16 +232,25 @@ def matmul(k: Kernel, x: np.ndarray, adt: str, w, sz: np.ndarray, y: np.ndarray,
     row and block), then the integer dot with every weight row. sz: the scales and zero
     points tile-major (`tile_major`)."""
     M, K = x.shape
+    xq, xd, xs = act_buffers(k, M, K)
+    quantizer(k, adt)(x, xq, xd, xs)
+    k(xq, xd, xs, w, sz, y, group, KW=w.count if isinstance(w, PackedWords) else K)
+
+
+def quantizer(k: Kernel, adt: str) -> Kernel:
+    """The quantize_a8 kernel that feeds matmul_a8 `k` with `adt` activations (memoised)."""
     quant = _QUANTIZERS.get((k, adt))
     if quant is None:
         quant = _QUANTIZERS[k, adt] = get_kernel("quantize_a8", A=adt, BM=k.params["BM"],
                                                  QB=k.params["QB"])
+    return quant
+
+
+def act_buffers(k: Kernel, M: int, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fresh (codes int8 [M, K], block scales and block sums f32 [K / QB, M]) for `k`."""
     kb = -(-K // k.params["QB"])
-    xq = np.empty((M, K), np.int8)
-    xd = np.empty((kb, M), np.float32)
-    xs = np.empty((kb, M), np.float32)
-    quant(x, xq, xd, xs)
-    k(xq, xd, xs, w, sz, y, group, KW=w.count if isinstance(w, PackedWords) else K)
+    return (np.empty((M, K), np.int8), np.empty((kb, M), np.float32),
+            np.empty((kb, M), np.float32))
 
 
 _QUANTIZERS: dict[tuple, Kernel] = {}  # (matmul_a8 kernel, activation dtype) -> quantize_a8

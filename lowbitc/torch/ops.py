@@ -329,18 +329,13 @@ def _a8_launch(kern, adt: str, x: np.ndarray, w, sz: np.ndarray, y: np.ndarray,
     (the activations quantized into fresh buffers, then the integer dot; sz: scales and
     zero points tile-major)."""
     m, k = x.shape
-    kb = -(-k // kern.params["QB"])
-    quant = lops.get_kernel("quantize_a8", "llvm", A=adt, BM=kern.params["BM"],
-                            QB=kern.params["QB"])
-    bufs = (np.empty((m, k), np.int8), np.empty((kb, m), np.float32),
-            np.empty((kb, m), np.float32))
-    qrun = quant.bind(x, *bufs, free=("x", "xq", "xd", "xs"))
+    bufs = a8.act_buffers(kern, m, k)
+    qrun = a8.quantizer(kern, adt).bind(x, *bufs, free=("x", "xq", "xd", "xs"))
     kw = w.count if isinstance(w, PackedWords) else k
     mrun = kern.bind(*bufs, w, sz, y, group, KW=kw, free=("xq", "xd", "xs", "y"))
-    empty, i8, f32 = np.empty, np.int8, np.float32
 
     def run(xa: np.ndarray, out: np.ndarray) -> None:
-        xq, xd, xs = empty((m, k), i8), empty((kb, m), f32), empty((kb, m), f32)
+        xq, xd, xs = a8.act_buffers(kern, m, k)
         qrun(xa, xq, xd, xs)
         mrun(xq, xd, xs, out)
     return run
