@@ -118,6 +118,7 @@ class _Runner:
         self.sig = sig
         self._cuda: Kernel | None = None
         self._prepared: dict[int, tuple] = {}  # id(tensor) -> (weakref, ptr, version, words)
+        self._i32 = {p.name for p in sig.kernel.ir.params if p.type.dtype == "i32"}
 
     def __call__(self, *args):
         sig = self.sig
@@ -149,8 +150,7 @@ class _Runner:
             return cuda_array(t)
         if output or name not in kernel.packings or t.is_inference():
             a = _array(t)  # (an inference tensor has no version: the words cache checks)
-            dt = next(p.type.dtype for p in kernel.ir.params if p.name == name)
-            return a.view(np.int32) if dt == "i32" else a  # (_array reads int32 as words)
+            return a.view(np.int32) if name in self._i32 else a  # (_array reads int32 as words)
         key, state = id(t), (t.data_ptr(), t._version)
         hit = self._prepared.get(key)
         if hit is not None and hit[0]() is t and hit[1] == state:
