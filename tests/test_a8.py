@@ -5,12 +5,14 @@ implies, against the interpreter and with its fused byte dot."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 import lowbitc
 from lowbitc import a8, formats, ops
-from lowbitc.backends.llvm import intdot
+from lowbitc.backends.llvm import bytedot, intdot
 from lowbitc.compiler import compile
 from lowbitc.errors import DSLTypeError, UserArgumentError
 from lowbitc.repack import RowsPacking
@@ -293,6 +295,19 @@ def test_inline_packing_applies_to_gemvs_of_rows_packed_codes(monkeypatch):
     assert "XK" not in a8.params(formats.lookup("u3"), 128, True, 1, "i8")  # two planes
     monkeypatch.setattr(a8, "INLINE", False)
     assert "XK" not in a8.params(u4, 128, True, 1, "i8")
+
+
+@pytest.mark.skipif(not bytedot.applies(), reason="the fused byte dot needs AVX-512 VNNI")
+@pytest.mark.parametrize("fmt", ["u4", "u2"])
+def test_inline_gemv_prefetch_distance(fmt):
+    """An inline GEMV program (one stream) asks for its codes PREFETCH_BYTES ahead, 4-bit
+    codes PREFETCH_BYTES_BY_BITS[4] (8 KB): the nearest prefetch of the assembly is there."""
+    p = a8.params(formats.lookup(fmt), 128, True, 1, "i8", 256)
+    text = ops.get_kernel("matmul_a8", **p).text("asm")
+    offsets = [int(v) for v in re.findall(r"prefetcht0\s+(-?\d+)\(", text)]
+    bits = formats.lookup(fmt).bits
+    assert min(offsets) == bytedot.PREFETCH_BYTES_BY_BITS.get(bits, bytedot.PREFETCH_BYTES)
+    assert bytedot.PREFETCH_BYTES_BY_BITS.get(4) == 8192 and bytedot.PREFETCH_BYTES == 4096
 
 
 @pytest.mark.parametrize("zp", [False, True])
