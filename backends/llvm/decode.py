@@ -214,16 +214,17 @@ def gather_words(em: Emitter, codes: str, table: np.ndarray) -> str:
     return gather(em, name, "i32", em.val(f"zext <{W} x i32> {codes} to <{W} x i64>"))
 
 
-def gather(em: Emitter, name: str, et: str, idx: str) -> str:
-    """<W x et> loaded from table `name` at the <W x i64> indices `idx`."""
+def gather(em: Emitter, name: str, et: str, idx: str, width: int = W) -> str:
+    """<width x et> loaded from table `name` at the <width x i64> indices `idx`."""
     sfx = {"float": "f32", "double": "f64", "half": "f16"}.get(et, et)
-    ptrs = em.val(f"getelementptr inbounds {et}, ptr {name}, <{W} x i64> {idx}")
+    vt = f"<{width} x {et}>"
+    ptrs = em.val(f"getelementptr inbounds {et}, ptr {name}, <{width} x i64> {idx}")
     em.declare(
-        f"declare <{W} x {et}> @llvm.masked.gather.v{W}{sfx}.v{W}p0"
-        f"(<{W} x ptr>, i32, <{W} x i1>, <{W} x {et}>)"
+        f"declare {vt} @llvm.masked.gather.v{width}{sfx}.v{width}p0"
+        f"(<{width} x ptr>, i32, <{width} x i1>, {vt})"
     )
-    true = "<" + ", ".join(["i1 true"] * W) + ">"
+    true = "<" + ", ".join(["i1 true"] * width) + ">"
     return em.val(
-        f"call <{W} x {et}> @llvm.masked.gather.v{W}{sfx}.v{W}p0(<{W} x ptr> "
-        f"{ptrs}, i32 4, <{W} x i1> {true}, <{W} x {et}> poison)"
+        f"call {vt} @llvm.masked.gather.v{width}{sfx}.v{width}p0(<{width} x ptr> "
+        f"{ptrs}, i32 4, <{width} x i1> {true}, {vt} poison)"
     )

@@ -273,7 +273,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
             accs = [zero] * m
             for c in range(bk // W):
                 accs = step(str(c), accs)
-        if plan.core is None:
+        if plan.core is None or plan.factor == 1.0:
             return accs
         k = fused_leaves.splat(em, float_literal(plan.factor, "f32"), "f32")
         if lanes != W:
@@ -281,12 +281,20 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
                        f"<{lanes} x i32> zeroinitializer")
         return [em.val(f"fmul {va} {a}, {k}") for a in accs]
 
+    def scale(j: str) -> str | None:  # row j's scale S (Plan.scale) as a float
+        if plan.scale is None:
+            return None
+        v = fused_leaves.leaf_at(env, plan.scale, tuple(plan.root.type.shape), j, [0])
+        return em.val(f"extractelement <1 x float> {v}, i64 0")
+
     def row(j: str) -> None:
         accs = sums(j)
         em.declare(f"declare float @llvm.vector.reduce.fadd.v{lanes}f32(float, {va})")
+        sj = scale(j)
         for i in range(m):
             s = em.val(f"call reassoc float @llvm.vector.reduce.fadd.v{lanes}f32(float "
                        f"{float_literal(-0.0, 'f32')}, {va} {accs[i]})")
+            s = em.val(f"fmul float {s}, {sj}") if sj else s
             oi = em.flat_index([str(i), j], out.shape)
             em.store_elem(out, oi, em.val(f"fadd float {em.load_elem(out, oi)}, {s}"))
 
@@ -294,8 +302,13 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
         j0 = em.val(f"mul i64 {g}, {ROWS}")
         accs = [sums(em.val(f"add i64 {j0}, {r}")) for r in range(ROWS)]
         vt = f"<{ROWS} x float>"
+        sv = "poison" if plan.scale is not None else None
+        for r in range(ROWS if sv else 0):
+            sv = em.val(f"insertelement {vt} {sv}, float {scale(em.val(f'add i64 {j0}, {r}'))}"
+                        f", i64 {r}")
         for i in range(m):
             total = row_sums(em, [a[i] for a in accs], lanes)
+            total = em.val(f"fmul {vt} {total}, {sv}") if sv else total
             p = em.gep(out, em.flat_index([str(i), j0], out.shape))
             old = em.val(f"load {vt}, ptr {p}, align 4")
             em.emit(f"store {vt} {em.val(f'fadd {vt} {old}, {total}')}, ptr {p}, align 4")

@@ -50,6 +50,9 @@ class Plan:
     # E = core * 2^k (a constant): the register dot sums core * a and scales each sum once
     core: Value | None = None
     factor: float = 1.0
+    # E = core * S, S an f32 leaf constant along K (a row's scale): each row's sum is scaled
+    # once per window instead of every weight (the register dot; others evaluate E)
+    scale: Value | None = None
     fold: tuple[Value, Value, Value] | None = None  # (Y, U, V): see `fold`
     # codes of a byte window (byte_window.py): the (load, view) the codes leaf reads through
     chain: tuple[Op, ...] = ()
@@ -121,6 +124,8 @@ def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS,
         plan.row_tables = row_tables.find(tree, codes, plan.root, plan.tables,
                                           row_spaces(tree, plan.root))
         plan.core, plan.factor = _scaled(plan, defs)
+        if plan.core is None:
+            plan.core, plan.scale = _row_scaled(plan, defs)
         plans[op.results[0].id] = plan
     return plans
 
@@ -178,6 +183,21 @@ def _scaled(plan: Plan, defs: dict[int, Op]) -> tuple[Value | None, float]:
             if mant == 0.5 and math.isfinite(kd.attrs.value):
                 return core, kd.attrs.value
     return None, 1.0
+
+
+def _row_scaled(plan: Plan, defs: dict[int, Op]) -> tuple[Value | None, Value | None]:
+    """(core, S) when E = core * S (either order) with S an f32 leaf of E constant along K
+    (one per row, or a scalar), else (None, None)."""
+    op = defs.get(plan.root.id)
+    if (op is None or op.opcode != "mul" or plan.root.type.dtype != "f32"
+            or plan.root.id in plan.tables or plan.root.id in plan.row_tables.wanted):
+        return None, None
+    inside = {o.results[0].id for o in plan.tree}
+    for core, s in (op.operands, op.operands[::-1]):
+        if (s.id not in inside and s.type.dtype == "f32"
+                and (not isinstance(s.type, TileType) or s.type.shape[-1] == 1)):
+            return core, s
+    return None, None
 
 
 def plan_store_fusion(r: Region) -> dict[int, Plan]:
