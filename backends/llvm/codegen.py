@@ -16,6 +16,7 @@ from lowbitc.backends.llvm import (  # noqa: F401  (fill HANDLERS)
     ops_elementwise,
     ops_encode,
     ops_gather,
+    ops_lut,
     ops_memory,
     ops_random,
     ops_shared,

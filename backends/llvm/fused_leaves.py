@@ -20,7 +20,7 @@ from lowbitc.backends.llvm.decode import gather
 from lowbitc.backends.llvm.emitter import Buf, Emitter, lltype
 from lowbitc.backends.llvm.handlers import Env, convert, vtype
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view, scalar_op
-from lowbitc.backends.llvm.ops_memory import lut_global
+from lowbitc.backends.llvm.ops_lut import lut_global
 from lowbitc.ir.core import Op, Value
 from lowbitc.ir.types import TileType
 

@@ -119,8 +119,8 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
             t, starts, ok = window(env, plan)
             note("dot", weights, "panel microkernel, byte-window codes decoded into the panel"
                  if fast_path else "fused register dot (codes of a byte window unpacked in "
-                 "registers, 32 per step)", "windows at the tensor's edges take the generic "
-                 "dot", loc=op.loc)
+                 "registers, 32 per step)" + _scaled_note(plan),
+                 "windows at the tensor's edges take the generic dot", loc=op.loc)
             return ok, lambda: (fast_path or _fused)(env, plan, abuf, out, t, starts)
         if len(codes.attrs.sizes) != 2:  # a 2-D window of a higher-rank tensor: canonical only
             if t.packing is not None or fast_path is not None or not contiguous:
@@ -129,7 +129,7 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
             lanes = lanes_dot.applies(plan, abuf)
             note("dot", weights, "fused register dot over a 2-D window, " + (
                 "lanes form (one table permute per 16 codes)" if lanes
-                else "32 codes of a row per step"),
+                else "32 codes of a row per step" + _scaled_note(plan)),
                 "windows at the tensor's edges take the generic dot", loc=op.loc)
             fused = lanes_dot.emit if lanes else _fused
             return ok, lambda: fused(env, plan, abuf, out, t, starts)
@@ -159,11 +159,17 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
         else:
             ok = lanes_packing.window_ok(em, t, starts, codes.attrs.sizes, t.packing)
             path = f"fused register dot ({t.packing.name} vector unpack)"
-        note("dot", weights, path + (row_tables.describe(plan) if fast_path is None else ""),
+        note("dot", weights, path + (row_tables.describe(plan) + _scaled_note(plan)
+                                     if fast_path is None else ""),
              "windows at the tensor's edges take the generic dot", loc=op.loc)
         return ok, lambda: (fast_path or _fused)(env, plan, abuf, out, t, starts)
 
     with_fallback(env, op, plan.deferred, generic_dot, choose)
+
+
+def _scaled_note(plan: Plan) -> str:
+    """What explain adds to the register dot's path when E = core * S (Plan.scale)."""
+    return ", each row's sum scaled once by its row scale" if plan.scale is not None else ""
 
 
 def _planes_dot(plan: Plan, packing) -> bool:

@@ -1,12 +1,11 @@
 """LLVM handlers for global memory: load, load_codes, store (masked windows, packed codes and
-their fast paths) and lookup tables; tile ops are in ops_tiles."""
+their fast paths); lookup tables are ops_lut's, tile ops ops_tiles'."""
 
 from __future__ import annotations
 
-from lowbitc.backends.llvm.decode import gather
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
-from lowbitc.backends.llvm.handlers import Env, TensorArg, const_literal, convert, handles
-from lowbitc.backends.llvm.ops_elementwise import broadcast_view, elementwise
+from lowbitc.backends.llvm.handlers import Env, TensorArg, const_literal, handles
+from lowbitc.backends.llvm.ops_elementwise import broadcast_view
 from lowbitc.backends.llvm.windows import (
     _apply_mask,
     _byte_codes_fast_path,
@@ -377,47 +376,3 @@ def _store_rows_fast_path(env: Env, op: Op, t: TensorArg, starts: list, val: Buf
 
 def _vsfx(et: str) -> str:
     return {"float": "f32", "double": "f64", "half": "f16", "bfloat": "bf16"}.get(et, et)
-
-
-def lut_global(em, op: Op) -> tuple[str, str]:
-    """A private constant table for a `lut` op: (its name, its element type)."""
-    dt = op.attrs.dtype
-    t = MEMTYPE[dt]
-    name = f"@lut{len(em.globals)}"
-    items = ", ".join(f"{t} {const_literal(em, v, dt)}" for v in op.attrs.values)
-    em.globals.append(f"{name} = private unnamed_addr constant [{len(op.attrs.values)} x {t}] "
-                      f"[{items}], align 64")
-    return name, t
-
-
-# a contiguous tile of codes is looked up this many at a time (one vector gather: a [16, 1]
-# tile of per-row scale codes took 16 scalar loads and inserts per K step)
-LUT_LANES = 16
-
-
-@handles("lut")
-def _lut(env: Env, op: Op) -> None:
-    em = env.em
-    name, t = lut_global(em, op)
-    src_dt = op.operands[0].type.dtype
-    codes, res = env.get(op.operands[0]), op.results[0].type
-    if (isinstance(res, TileType) and isinstance(codes, Buf) and codes.contiguous
-            and codes.shape == res.shape and codes.size % LUT_LANES == 0
-            and t in ("float", "i32")):
-        out = env.result_buf(op)
-
-        def chunk(i: str) -> None:
-            vi = f"<{LUT_LANES} x {lltype(src_dt)}>"
-            idx = em.val(f"load {vi}, ptr {em.gep(codes, i)}, align 4")
-            idx = convert(em, idx, src_dt, "i64", LUT_LANES) if src_dt != "i64" else idx
-            v = gather(em, name, t, idx, LUT_LANES)
-            em.emit(f"store <{LUT_LANES} x {t}> {v}, ptr {em.gep(out, i)}, align 4")
-        em.loop("0", str(codes.size), chunk, step=str(LUT_LANES))
-        return
-
-    def fn(xs: list[str]) -> str:
-        i = convert(em, xs[0], src_dt, "i64") if src_dt != "i64" else xs[0]
-        p = em.val(f"getelementptr inbounds {t}, ptr {name}, i64 {i}", "p")
-        return em.val(f"load {t}, ptr {p}")
-
-    elementwise(env, op, fn)
