@@ -236,6 +236,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
     clean = not ((plan.root.id in plan.tables or plan.root.id in plan.row_tables.wanted)
                  and decode.permutes())
     tables = row_tables.by_row(env, plan)  # row j -> its tables (row_tables.py)
+    order = plane_order(plan)
 
     def sums(j: str) -> list[str]:
         """Row j's vector accumulators, one per row of `a`."""
@@ -251,10 +252,12 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
         def unpack(c: str) -> str:
             if t.packing is not None:  # c is a constant here (the steps are unrolled)
                 return lanes_packing.unpack_lanes(em, t.ptr, base, t.packing, int(c), clean)
+            if order:
+                return window_codes(env, plan, plan.codes, t, n, c, order)
             return codes_at(env, plan, t, starts, n, c)
 
         def step(c: str, accs: list[str]) -> list[str]:
-            w = _eval_tree(env, plan, unpack(c), j, c, plan.core, rows)
+            w = _eval_tree(env, plan, unpack(c), j, c, plan.core, rows, order)
             k0 = em.val(f"mul i64 {c}, {W}")
             nxt = list(accs)
             for part in range(W // lanes):  # lanes of the accumulator hold k mod `lanes`
@@ -267,7 +270,9 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
                 for i in range(m):
                     ai = em.val(f"add i64 {em.val(f'mul i64 {i}, {abuf.strides[0]}')}, "
                                 f"{em.val(f'add i64 {k0}, {part * lanes}')}")
-                    av = _vload(em, abuf, ai, lanes)
+                    av = _vload(em, abuf, ai, lanes) if not order else \
+                        _lanes_of(em, _vload(em, abuf, em.val(f"sub i64 {ai}, {part * lanes}"),
+                                             W), order[part * lanes:(part + 1) * lanes])
                     prod = em.val(f"fmul reassoc contract {va} {av}, {ws}")
                     nxt[i] = em.val(f"fadd reassoc contract {va} {nxt[i]}, {prod}")
             return nxt
@@ -331,10 +336,32 @@ def _vload(em: Emitter, buf: Buf, index: str, width: int = W) -> str:
     return convert(em, v, buf.dtype, "f32", width) if buf.dtype != "f32" else v
 
 
+def plane_order(plan: Plan) -> tuple[int, ...]:
+    """The lane order the register dot reads a byte window's sub-byte codes in: by planes
+    (fused_windows.planar: one widening, a shift per plane), the activations permuted alike
+    (a dot's sum does not depend on the order of K), where E has no in-step transposes and
+    no other window; () otherwise (codes in K order)."""
+    if not plan.chain or any(op.opcode in ("transpose", "codes") for op in plan.tree):
+        return ()
+    bits = byte_window.bits(plan.codes)
+    if bits >= 8 or 8 % bits:
+        return ()
+    per, n = 8 // bits, W * bits // 8
+    return tuple(per * (q % n) + q // n for q in range(W))
+
+
+def _lanes_of(em: Emitter, v: str, order: tuple[int, ...]) -> str:
+    """<len(order) x T> of the <W x T> vector v's lanes `order`."""
+    return em.val(f"shufflevector {vtype('f32', W)} {v}, {vtype('f32', W)} poison, "
+                  f"<{len(order)} x i32> <{', '.join(f'i32 {q}' for q in order)}>")
+
+
 def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
-               root: Value | None = None, rows: dict[int, list[str]] | None = None) -> str:
+               root: Value | None = None, rows: dict[int, list[str]] | None = None,
+               order: tuple[int, ...] = ()) -> str:
     """E (or its value `root`) for row j, codes c*W .. c*W+W-1, as a <W x T> vector; `rows`:
-    row j's tables (row_tables.by_row), looked up instead of evaluating their values."""
+    row j's tables (row_tables.by_row), looked up instead of evaluating their values;
+    `order` (plane_order): the codes' lane order, in which every leaf is read too."""
     root = root or plan.root
     em = env.em
     leaf = plan.codes.results[0]
@@ -382,6 +409,11 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
                 key = (v.id, spaces[rid])
                 if key not in leaves:
                     leaves[key] = fused_leaves.leaf(env, v, spaces[rid], j, c)
+                    if order:  # (a leaf constant along K: LLVM drops the shuffle)
+                        t = vtype(v.type.dtype, W)
+                        mask = ", ".join(f"i32 {q}" for q in order)
+                        leaves[key] = em.val(f"shufflevector {t} {leaves[key]}, {t} poison, "
+                                             f"<{W} x i32> <{mask}>")
                 args.append(leaves[key])
             else:
                 args.append(vals[v.id])
