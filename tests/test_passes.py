@@ -217,7 +217,7 @@ CSE_SRC = """kernel c(x: f32[N], y: f32[N]) {
 }"""
 
 
-def test_cse_merges_pure_ops_but_never_loads_or_inner_results():
+def test_cse_merges_pure_ops_but_never_wide_loads_or_inner_results():
     k = ir(CSE_SRC)
     after = run_pipeline(k, ["cse"])
     before_ops, after_ops = opcodes(k), opcodes(after)
@@ -229,6 +229,40 @@ def test_cse_merges_pure_ops_but_never_loads_or_inner_results():
     m = mul.split(" = ")[0].strip()
     assert any(f"= add {m}, {m} :" in x for x in lines)  # p + q became m + m
     assert after_ops.count("const") < before_ops.count("const")
+
+
+# loads of one element per row: merged within a region up to the next write; wide windows never
+ROW_LOADS = """kernel r(x: f32[N, K], y: f32[N, K]) {
+  a = load(x[0 :+ 8, 0 :+ 1])
+  b = load(x[0 :+ 8, 0 :+ 1])
+  w1 = load(x[0 :+ 8, 0 :+ 4])
+  w2 = load(x[0 :+ 8, 0 :+ 4])
+  store(y[0 :+ 8, 0 :+ 1], a + b + 1.0)
+  c = load(x[0 :+ 8, 0 :+ 1])
+  for i in range(0, 2) {
+    d = load(x[0 :+ 8, 0 :+ 1])
+    e = load(x[0 :+ 8, 0 :+ 1])
+    store(y[0 :+ 8, 0 :+ 1], d + e)
+  }
+  store(y[0 :+ 8, 4 :+ 4], w1 + w2 + c)
+}"""
+
+
+def test_cse_merges_row_loads_up_to_a_write():
+    k = ir(ROW_LOADS)
+    after = run_pipeline(k, ["cse"])
+    # a and b merged; w1, w2 wide; c after a store; d and e merged, not with the outer ones
+    assert opcodes(k).count("load") == 7 and opcodes(after).count("load") == 5
+    # y the same array as x: every load after a store sees it
+    for kern in (k, after):
+        xy = np.arange(8 * 8, dtype=np.float32).reshape(8, 8)
+        run(kern, xy, xy)
+        if kern is k:
+            want = xy
+    np.testing.assert_array_equal(xy, want)
+    x0 = np.arange(8 * 8, dtype=np.float32).reshape(8, 8)
+    c = 2 * x0[:, 0] + 1
+    assert np.array_equal(want[:, 0], 4 * c) and np.array_equal(want[:, 4], 2 * x0[:, 0] + c)
 
 
 def test_dce_drops_unused_pure_ops_and_keeps_effects():
