@@ -1,6 +1,7 @@
 """The fused register dot's row scale (backends/llvm/fusion_plan.py `_row_scaled`): a weight
-E = core * S with S an f32 leaf constant along K (a row's scale, or a scalar) sums core * a
-and scales each row's sum once per window; and `lut` over a contiguous tile (a row's 8-bit
+E = core * S + T with S, T f32 leaves constant along K (a row's scale and offset, or scalars)
+sums core * a, scales each row's sum once per window and adds T times the activations' sum;
+and `lut` over a contiguous tile (a row's 8-bit
 scale code looked up in a 256-entry code book) read by vector gathers. Each against the
 reference interpreter and numpy, with explain saying which form ran."""
 
@@ -12,7 +13,8 @@ from lowbitc.compiler import compile
 from lowbitc.interp import run
 
 # E = decode(codes) * S; S per row and per K step of 64 (loaded, or looked up in a code book
-# Q from 8-bit codes), or a scalar parameter; MODE 3: S per 32 columns (varies along K)
+# Q from 8-bit codes), or a scalar parameter; MODE 3: S per 32 columns (varies along K);
+# MODES 4-6: E = core * S +- T with T per row or scalar; MODE 7: T - core * S (not fused so)
 ROW_SCALE = """
 kernel scaled[MODE: int = 0, Q: dtype = u8, BM: int = 1](
     x: f32[M, K], w: u8[N, KH], s: f32[N, KB], sq: Q[N, KB], c: f32[N, KB2], t: f32,
@@ -27,6 +29,10 @@ kernel scaled[MODE: int = 0, Q: dtype = u8, BM: int = 1](
     if MODE == 0 { e = q * load(s[n0 :+ 16, kb :+ 1]) }
     if MODE == 1 { e = (cast(load(sq[n0 :+ 16, kb :+ 1]), f32) + 0.25) * q }
     if MODE == 2 { e = q * t }
+    if MODE == 4 { e = q * load(s[n0 :+ 16, kb :+ 1]) - load(c[n0 :+ 16, kb :+ 1]) }
+    if MODE == 5 { e = load(c[n0 :+ 16, kb :+ 1]) + t * q }
+    if MODE == 6 { e = load(s[n0 :+ 16, kb :+ 1]) * q + t }
+    if MODE == 7 { e = load(c[n0 :+ 16, kb :+ 1]) - q * t }
     if MODE == 3 {
       e = reshape(reshape(q, [16, 2, 32]) * reshape(load(c[n0 :+ 16, 2 * kb :+ 2]),
                                                    [16, 2, 1]), [16, 64])
@@ -51,13 +57,17 @@ def _case(mode: int, m: int, n: int = 48, k: int = 256, seed: int = 0):
     x = rng.standard_normal((m, k)).astype(np.float32)
     w = lowbitc.dtype("nf4").decode(codes).astype(np.float64)
     scale = {0: np.repeat(s, 64, 1), 1: np.repeat(BOOK.decode(sq) + 0.25, 64, 1),
-             2: np.full((n, k), t), 3: np.repeat(c, 32, 1)}[mode]
-    ref = x.astype(np.float64) @ (w * scale).T
+             2: np.full((n, k), t), 3: np.repeat(c, 32, 1), 4: np.repeat(s, 64, 1),
+             5: np.full((n, k), t), 6: np.repeat(s, 64, 1), 7: np.full((n, k), -t)}.get(mode)
+    offset = {4: -np.repeat(c[:, : k // 64], 64, 1), 5: np.repeat(c[:, : k // 64], 64, 1),
+              6: np.full((n, k), t), 7: np.repeat(c[:, : k // 64], 64, 1)}.get(mode, 0.0)
+    ref = x.astype(np.float64) @ (w * scale + offset).T
     words = lowbitc.pack(sq, 8)
     return [x, stored, s, words, c, t], ref
 
 
-@pytest.mark.parametrize("mode,m", [(0, 1), (1, 1), (2, 1), (3, 1), (0, 3), (1, 2)])
+@pytest.mark.parametrize("mode,m", [(0, 1), (1, 1), (2, 1), (3, 1), (0, 3), (1, 2), (4, 1),
+                                    (4, 3), (5, 1), (6, 2), (7, 1)])
 def test_row_scaled_dot_matches_the_interpreter_and_numpy(mode, m):
     args, ref = _case(mode, m)
     y = np.zeros(ref.shape, np.float32)
@@ -71,7 +81,9 @@ def test_row_scaled_dot_matches_the_interpreter_and_numpy(mode, m):
     assert "fused register dot" in text
     # a scale per row (loaded, looked up or a scalar) is applied to the row's sums; one that
     # varies along K (MODE 3) is not a row scale: the weights are scaled one by one
-    assert ("each row's sum scaled once by its row scale" in text) == (mode != 3)
+    assert ("each row's sum scaled once by its row scale" in text) == (mode not in (3, 7))
+    # E = core * S + T: T times the sum of the activations (T - core * S is not that form)
+    assert ("row offset times the activations' sum" in text) == (mode in (4, 5, 6))
 
 
 def test_row_scale_edges_take_the_generic_dot():

@@ -169,7 +169,11 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
 
 def _scaled_note(plan: Plan) -> str:
     """What explain adds to the register dot's path when E = core * S (Plan.scale)."""
-    return ", each row's sum scaled once by its row scale" if plan.scale is not None else ""
+    if plan.scale is None:
+        return ""
+    return ", each row's sum scaled once by its row scale" + (
+        " and its row offset times the activations' sum added" if plan.offset is not None
+        else "")
 
 
 def _planes_dot(plan: Plan, packing) -> bool:
@@ -292,20 +296,25 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
                        f"<{lanes} x i32> zeroinitializer")
         return [em.val(f"fmul {va} {a}, {k}") for a in accs]
 
-    def scale(j: str) -> str | None:  # row j's scale S (Plan.scale) as a float
-        if plan.scale is None:
+    def row_leaf(v: Value | None, j: str) -> str | None:  # row j's S or T (Plan) as a float
+        if v is None:
             return None
-        v = fused_leaves.leaf_at(env, plan.scale, tuple(plan.root.type.shape), j, [0])
-        return em.val(f"extractelement <1 x float> {v}, i64 0")
+        x = fused_leaves.leaf_at(env, v, tuple(plan.root.type.shape), j, [0])
+        return em.val(f"extractelement <1 x float> {x}, i64 0")
+
+    # E = core * S + sign * T: T's share of a row's dot is T * sign * (the sum of a's row)
+    asums = [_row_sum(em, abuf, i, bk, plan.offset_sign) for i in range(m)] \
+        if plan.offset is not None else []
 
     def row(j: str) -> None:
         accs = sums(j)
         em.declare(f"declare float @llvm.vector.reduce.fadd.v{lanes}f32(float, {va})")
-        sj = scale(j)
+        sj, tj = row_leaf(plan.scale, j), row_leaf(plan.offset, j)
         for i in range(m):
             s = em.val(f"call reassoc float @llvm.vector.reduce.fadd.v{lanes}f32(float "
                        f"{float_literal(-0.0, 'f32')}, {va} {accs[i]})")
             s = em.val(f"fmul float {s}, {sj}") if sj else s
+            s = em.val(f"fadd float {s}, {em.val(f'fmul float {tj}, {asums[i]}')}") if tj else s
             oi = em.flat_index([str(i), j], out.shape)
             em.store_elem(out, oi, em.val(f"fadd float {em.load_elem(out, oi)}, {s}"))
 
@@ -313,13 +322,22 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
         j0 = em.val(f"mul i64 {g}, {ROWS}")
         accs = [sums(em.val(f"add i64 {j0}, {r}")) for r in range(ROWS)]
         vt = f"<{ROWS} x float>"
-        sv = "poison" if plan.scale is not None else None
-        for r in range(ROWS if sv else 0):
-            sv = em.val(f"insertelement {vt} {sv}, float {scale(em.val(f'add i64 {j0}, {r}'))}"
-                        f", i64 {r}")
+
+        def per_row(v: Value | None) -> str | None:  # <ROWS x float> of S or T
+            vec = None if v is None else "poison"
+            for r in range(ROWS if vec else 0):
+                x = row_leaf(v, em.val(f"add i64 {j0}, {r}"))
+                vec = em.val(f"insertelement {vt} {vec}, float {x}, i64 {r}")
+            return vec
+        sv, tv = per_row(plan.scale), per_row(plan.offset)
         for i in range(m):
             total = row_sums(em, [a[i] for a in accs], lanes)
             total = em.val(f"fmul {vt} {total}, {sv}") if sv else total
+            if tv:
+                ai = em.val(f"insertelement {vt} poison, float {asums[i]}, i64 0")
+                ai = em.val(f"shufflevector {vt} {ai}, {vt} poison, <{ROWS} x i32> "
+                            "zeroinitializer")
+                total = em.val(f"fadd {vt} {total}, {em.val(f'fmul {vt} {tv}, {ai}')}")
             p = em.gep(out, em.flat_index([str(i), j0], out.shape))
             old = em.val(f"load {vt}, ptr {p}, align 4")
             em.emit(f"store {vt} {em.val(f'fadd {vt} {old}, {total}')}, ptr {p}, align 4")
@@ -328,6 +346,19 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
         em.loop("0", str(bn // ROWS), rows)
     else:
         em.loop("0", str(bn), row)
+
+
+def _row_sum(em: Emitter, abuf: Buf, i: int, bk: int, sign: float) -> str:
+    """sign * the sum of row i's bk activations (a float)."""
+    em.declare(f"declare float @llvm.vector.reduce.fadd.v{W}f32(float, <{W} x float>)")
+    total = "zeroinitializer"
+    for c in range(bk // W):
+        v = _vload(em, abuf, em.val(f"add i64 {em.val(f'mul i64 {i}, {abuf.strides[0]}')}, "
+                                    f"{c * W}"))
+        total = em.val(f"fadd reassoc <{W} x float> {total}, {v}")
+    s = em.val(f"call reassoc float @llvm.vector.reduce.fadd.v{W}f32(float "
+               f"{float_literal(-0.0, 'f32')}, <{W} x float> {total})")
+    return em.val(f"fmul float {s}, {float_literal(sign, 'f32')}")
 
 
 def _vload(em: Emitter, buf: Buf, index: str, width: int = W) -> str:

@@ -50,9 +50,12 @@ class Plan:
     # E = core * 2^k (a constant): the register dot sums core * a and scales each sum once
     core: Value | None = None
     factor: float = 1.0
-    # E = core * S, S an f32 leaf constant along K (a row's scale): each row's sum is scaled
-    # once per window instead of every weight (the register dot; others evaluate E)
+    # E = core * S (+ or - T), S and T f32 leaves constant along K (a row's scale and offset):
+    # each row's sum is scaled once per window, T times the sum of the activations added,
+    # instead of every weight (the register dot; others evaluate E); offset_sign: +1 or -1
     scale: Value | None = None
+    offset: Value | None = None
+    offset_sign: float = 1.0
     fold: tuple[Value, Value, Value] | None = None  # (Y, U, V): see `fold`
     # codes of a byte window (byte_window.py): the (load, view) the codes leaf reads through
     chain: tuple[Op, ...] = ()
@@ -125,7 +128,7 @@ def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS,
                                           row_spaces(tree, plan.root))
         plan.core, plan.factor = _scaled(plan, defs)
         if plan.core is None:
-            plan.core, plan.scale = _row_scaled(plan, defs)
+            plan.core, plan.scale, plan.offset, plan.offset_sign = _row_scaled(plan, defs)
         plans[op.results[0].id] = plan
     return plans
 
@@ -185,19 +188,36 @@ def _scaled(plan: Plan, defs: dict[int, Op]) -> tuple[Value | None, float]:
     return None, 1.0
 
 
-def _row_scaled(plan: Plan, defs: dict[int, Op]) -> tuple[Value | None, Value | None]:
-    """(core, S) when E = core * S (either order) with S an f32 leaf of E constant along K
-    (one per row, or a scalar), else (None, None)."""
+def _row_scaled(plan: Plan, defs: dict[int, Op]) -> tuple:
+    """(core, S, T, sign) when E = core * S + sign * T (either order of the product; T absent:
+    None) with S and T f32 leaves of E constant along K (one per row, or scalars) and
+    core * S used by nothing else in E, else (None, None, None, 1.0)."""
+    none = (None, None, None, 1.0)
     op = defs.get(plan.root.id)
-    if (op is None or op.opcode != "mul" or plan.root.type.dtype != "f32"
-            or plan.root.id in plan.tables or plan.root.id in plan.row_tables.wanted):
-        return None, None
-    inside = {o.results[0].id for o in plan.tree}
+    if (op is None or plan.root.type.dtype != "f32" or plan.root.id in plan.tables
+            or plan.root.id in plan.row_tables.wanted):
+        return none
+    inside = {o.results[0].id: o for o in plan.tree}
+
+    def row_leaf(v: Value) -> bool:
+        return (v.id not in inside and v.type.dtype == "f32"
+                and (not isinstance(v.type, TileType) or v.type.shape[-1] == 1))
+
+    offset, sign = None, 1.0
+    if op.opcode in ("add", "sub"):
+        p, t = op.operands
+        if op.opcode == "add" and row_leaf(p):
+            p, t = t, p
+        used = sum(u.id == p.id for o in plan.tree for u in o.operands)
+        if not row_leaf(t) or p.id not in inside or used != 1:
+            return none
+        op, offset, sign = inside[p.id], t, -1.0 if op.opcode == "sub" else 1.0
+    if op.opcode != "mul" or op.results[0].type.shape != plan.root.type.shape:
+        return none
     for core, s in (op.operands, op.operands[::-1]):
-        if (s.id not in inside and s.type.dtype == "f32"
-                and (not isinstance(s.type, TileType) or s.type.shape[-1] == 1)):
-            return core, s
-    return None, None
+        if row_leaf(s):
+            return core, s, offset, sign
+    return none
 
 
 def plan_store_fusion(r: Region) -> dict[int, Plan]:
