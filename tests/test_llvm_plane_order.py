@@ -1,5 +1,5 @@
 """The register dot over a byte window's sub-byte codes reads them by planes (backends/llvm/
-fusion.py `plane_order`: lane q * n + i holds code per * i + q of the step's n bytes) and
+fused_windows.py `plane_order`: lane q * n + i holds code per * i + q of the step's n bytes) and
 permutes the activations and every leaf that varies along K alike. Each width that divides
 8, leaves constant and varying along K, 1 to 5 rows of activations, against numpy and the
 reference interpreter."""
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import lowbitc
-from lowbitc.backends.llvm.fusion import plane_order
+from lowbitc.backends.llvm.fused_windows import plane_order
 from lowbitc.backends.llvm.fusion_plan import W
 from lowbitc.compiler import compile
 from lowbitc.interp import run

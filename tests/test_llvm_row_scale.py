@@ -1,4 +1,4 @@
-"""The fused register dot's row scale (backends/llvm/fusion_plan.py `_row_scaled`): a weight
+"""The fused register dot's row scale (backends/llvm/row_scale.py): a weight
 E = core * S + T with S, T f32 leaves constant along K (a row's scale and offset, or scalars)
 sums core * a, scales each row's sum once per window and adds T times the activations' sum;
 and `lut` over a contiguous tile (a row's 8-bit

@@ -168,7 +168,7 @@ def affine(plan: Plan) -> tuple[Value, Value | None, Value | None] | None:
 def _prefetch_ahead(em, plan: Plan, t, starts: list[str], row: str, ahead: int,
                     n_cols: int) -> None:
     """Prefetch the window's bytes of row + `ahead` (the rows are a whole tensor row apart, a
-    stride the hardware prefetchers lose track of, as in fusion._prefetch_next and
+    stride the hardware prefetchers lose track of, as in prefetch.next_windows and
     columns.py), one prefetch per 64 bytes."""
     em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
     n = em.val(f"mul i64 {em.val(f'add i64 {row}, {ahead}')}, {t.strides[0]}")

@@ -208,7 +208,7 @@ def _fast(env: Env, plan: ColumnPlan, abuf: Buf, out: Buf, t, starts: list[str])
             p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}")
             words = em.val(f"load {vi}, ptr {p}, align 4")
             # word rows are a row of N apart: prefetch this row two K windows ahead (the
-            # hardware prefetchers lose track of such strides, as in fusion._prefetch_next)
+            # hardware prefetchers lose track of such strides, as in prefetch.next_windows)
             em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
             ahead = em.val(f"getelementptr i32, ptr {p}, i64 "
                            f"{em.val(f'mul i64 {t.strides[0]}, {2 * bkw}')}")

@@ -1,16 +1,18 @@
 """The fused dots' side of byte windows (byte_window.py): each window's bytes from its first
 one and the check that it lies inside its tensor, 32 codes of a row unpacked in registers
-(after the chain's byte ops), and the codes' lane order under in-step transposes."""
+(after the chain's byte ops), the codes' lane order under in-step transposes, and the plane
+order the register dot reads sub-byte codes in."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 from lowbitc.backends.llvm import byte_window
+from lowbitc.backends.llvm.emitter import Emitter
 from lowbitc.backends.llvm.fused_leaves import splat, vector_op
 from lowbitc.backends.llvm.fused_view import window_ok
 from lowbitc.backends.llvm.fusion_plan import Plan, W
-from lowbitc.backends.llvm.handlers import Env, TensorArg
+from lowbitc.backends.llvm.handlers import Env, TensorArg, vtype
 from lowbitc.backends.llvm.windows import unpack32, unpack_words
 from lowbitc.ir.core import Op
 
@@ -102,3 +104,23 @@ def lane_perms(plan: Plan) -> dict[int, tuple[int, ...]]:
         if below:
             perms[op.results[0].id] = below
     return perms
+
+
+def plane_order(plan: Plan) -> tuple[int, ...]:
+    """The lane order the register dot reads a byte window's sub-byte codes in: by planes
+    (fused_windows.planar: one widening, a shift per plane), the activations permuted alike
+    (a dot's sum does not depend on the order of K), where E has no in-step transposes and
+    no other window; () otherwise (codes in K order)."""
+    if not plan.chain or any(op.opcode in ("transpose", "codes") for op in plan.tree):
+        return ()
+    bits = byte_window.bits(plan.codes)
+    if bits >= 8 or 8 % bits:
+        return ()
+    per, n = 8 // bits, W * bits // 8
+    return tuple(per * (q % n) + q // n for q in range(W))
+
+
+def lanes_of(em: Emitter, v: str, order: tuple[int, ...]) -> str:
+    """<len(order) x T> of the <W x T> vector v's lanes `order`."""
+    return em.val(f"shufflevector {vtype('f32', W)} {v}, {vtype('f32', W)} poison, "
+                  f"<{len(order)} x i32> <{', '.join(f'i32 {q}' for q in order)}>")

@@ -19,6 +19,8 @@ from lowbitc.backends.llvm import (
     fused_leaves,
     fused_view,
     lanes_dot,
+    prefetch,
+    row_scale,
     row_tables,
 )
 from lowbitc.backends.llvm import lanes as lanes_packing
@@ -28,7 +30,14 @@ from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
 from lowbitc.backends.llvm.fused_leaves import vector_at as vector_at  # (columns.py)
 from lowbitc.backends.llvm.fused_leaves import vector_op as vector_op  # (columns.py)
 from lowbitc.backends.llvm.fused_view import window_ok as _window_ok
-from lowbitc.backends.llvm.fused_windows import lane_perms, planar, window, window_codes
+from lowbitc.backends.llvm.fused_windows import (
+    lane_perms,
+    lanes_of,
+    planar,
+    plane_order,
+    window,
+    window_codes,
+)
 from lowbitc.backends.llvm.fusion_plan import Plan, W, acc_lanes, row_spaces
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert, vtype
 from lowbitc.backends.llvm.lanes import ROWS, row_sums
@@ -119,7 +128,7 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
             t, starts, ok = window(env, plan)
             note("dot", weights, "panel microkernel, byte-window codes decoded into the panel"
                  if fast_path else "fused register dot (codes of a byte window unpacked in "
-                 "registers, 32 per step)" + _scaled_note(plan),
+                 "registers, 32 per step)" + row_scale.note(plan),
                  "windows at the tensor's edges take the generic dot", loc=op.loc)
             return ok, lambda: (fast_path or _fused)(env, plan, abuf, out, t, starts)
         if len(codes.attrs.sizes) != 2:  # a 2-D window of a higher-rank tensor: canonical only
@@ -129,7 +138,7 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
             lanes = lanes_dot.applies(plan, abuf)
             note("dot", weights, "fused register dot over a 2-D window, " + (
                 "lanes form (one table permute per 16 codes)" if lanes
-                else "32 codes of a row per step" + _scaled_note(plan)),
+                else "32 codes of a row per step" + row_scale.note(plan)),
                 "windows at the tensor's edges take the generic dot", loc=op.loc)
             fused = lanes_dot.emit if lanes else _fused
             return ok, lambda: fused(env, plan, abuf, out, t, starts)
@@ -159,21 +168,12 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
         else:
             ok = lanes_packing.window_ok(em, t, starts, codes.attrs.sizes, t.packing)
             path = f"fused register dot ({t.packing.name} vector unpack)"
-        note("dot", weights, path + (row_tables.describe(plan) + _scaled_note(plan)
+        note("dot", weights, path + (row_tables.describe(plan) + row_scale.note(plan)
                                      if fast_path is None else ""),
              "windows at the tensor's edges take the generic dot", loc=op.loc)
         return ok, lambda: (fast_path or _fused)(env, plan, abuf, out, t, starts)
 
     with_fallback(env, op, plan.deferred, generic_dot, choose)
-
-
-def _scaled_note(plan: Plan) -> str:
-    """What explain adds to the register dot's path when E = core * S (Plan.scale)."""
-    if plan.scale is None:
-        return ""
-    return ", each row's sum scaled once by its row scale" + (
-        " and its row offset times the activations' sum added" if plan.offset is not None
-        else "")
 
 
 def _planes_dot(plan: Plan, packing) -> bool:
@@ -183,49 +183,6 @@ def _planes_dot(plan: Plan, packing) -> bool:
             and plan.root.type.dtype == "f32"
             and affine_bits(np.asarray(plan.tables[plan.root.id]).view(np.float32),
                             packing.bits) is not None)
-
-
-# Bytes read from memory order (u8 weights, byte windows) are prefetched at least this far
-# ahead of a row's window, over at least two lines: two K windows of a GGUF block (18-34
-# bytes) are closer than a DRAM latency at these rates (measured streaming, 2 threads, Zen 5:
-# Q5_0 1.25x, Q4_K 1.15x faster than two windows ahead).
-AHEAD_BYTES = 192
-
-
-def _prefetch_next(em: Emitter, plan: Plan, t, starts: list[str], n: str, bk: int,
-                   lanes_base: str | None = None) -> None:
-    """Prefetch row n's codes two K windows ahead (two steps of the grid's K loop later), or
-    AHEAD_BYTES where that is further."""
-    em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
-    if plan.chain:  # a byte window: the row's window (codes and the bytes between them)
-        step, nbytes = byte_window.span(em, plan.codes, t.strides)
-        first = byte_window.address(em, plan.codes, t.ptr, "0", t.strides, n, "0")
-        em.declare("declare i64 @llvm.smax.i64(i64, i64)")
-        dist = em.val(f"call i64 @llvm.smax.i64(i64 {em.val(f'mul i64 {step}, 2')}, "
-                      f"i64 {AHEAD_BYTES})")
-        ahead = em.val(f"getelementptr i8, ptr {first}, i64 {dist}")
-        for line in range(0, nbytes + 64, 64):
-            q = em.val(f"getelementptr i8, ptr {ahead}, i64 {line}")
-            em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 3, i32 1)")
-        return
-    if lanes_base is not None:
-        nbytes = bk * plan.codes.attrs.bits // 8
-        ahead, first = 2 * nbytes, em.val(f"getelementptr inbounds i32, ptr {t.ptr}, "
-                                          f"i64 {lanes_base}")
-    elif plan.codes.opcode == "load":  # bytes: AHEAD_BYTES on, two lines at least
-        nbytes, ahead = max(bk, 128), max(2 * bk, AHEAD_BYTES)
-        i = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {starts[1]}")
-        first = em.val(f"getelementptr inbounds i8, ptr {t.ptr}, i64 {i}")
-    else:
-        bits = plan.codes.attrs.bits
-        nbytes = bk * bits // 8
-        ahead = 2 * nbytes
-        w0 = em.val(f"mul i64 {em.val(f'lshr i64 {starts[1]}, 5')}, {bits}")
-        i = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {w0}")
-        first = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {i}")
-    for line in range(0, nbytes, 64):
-        q = em.val(f"getelementptr i8, ptr {first}, i64 {ahead + line}")
-        em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 3, i32 1)")
 
 
 def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
@@ -250,7 +207,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
         # the window's rows are pages apart: the hardware prefetchers lose track of them, and
         # a row's next windows are read only after the block's other rows (measured one thread,
         # 4096^2: u5-u7 and f8 GEMV 1.4-2x faster, u8 1.1-1.6x)
-        _prefetch_next(em, plan, t, starts, n, bk, base if t.packing is not None else None)
+        prefetch.next_windows(em, plan, t, starts, n, bk, base if t.packing is not None else None)
         rows = tables(j) if tables else None
 
         def unpack(c: str) -> str:
@@ -275,7 +232,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
                     ai = em.val(f"add i64 {em.val(f'mul i64 {i}, {abuf.strides[0]}')}, "
                                 f"{em.val(f'add i64 {k0}, {part * lanes}')}")
                     av = _vload(em, abuf, ai, lanes) if not order else \
-                        _lanes_of(em, _vload(em, abuf, em.val(f"sub i64 {ai}, {part * lanes}"),
+                        lanes_of(em, _vload(em, abuf, em.val(f"sub i64 {ai}, {part * lanes}"),
                                              W), order[part * lanes:(part + 1) * lanes])
                     prod = em.val(f"fmul reassoc contract {va} {av}, {ws}")
                     nxt[i] = em.val(f"fadd reassoc contract {va} {nxt[i]}, {prod}")
@@ -303,7 +260,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
         return em.val(f"extractelement <1 x float> {x}, i64 0")
 
     # E = core * S + sign * T: T's share of a row's dot is T * sign * (the sum of a's row)
-    asums = [_row_sum(em, abuf, i, bk, plan.offset_sign) for i in range(m)] \
+    asums = [row_scale.row_sum(em, abuf, i, bk, plan.offset_sign) for i in range(m)] \
         if plan.offset is not None else []
 
     def row(j: str) -> None:
@@ -348,43 +305,10 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
         em.loop("0", str(bn), row)
 
 
-def _row_sum(em: Emitter, abuf: Buf, i: int, bk: int, sign: float) -> str:
-    """sign * the sum of row i's bk activations (a float)."""
-    em.declare(f"declare float @llvm.vector.reduce.fadd.v{W}f32(float, <{W} x float>)")
-    total = "zeroinitializer"
-    for c in range(bk // W):
-        v = _vload(em, abuf, em.val(f"add i64 {em.val(f'mul i64 {i}, {abuf.strides[0]}')}, "
-                                    f"{c * W}"))
-        total = em.val(f"fadd reassoc <{W} x float> {total}, {v}")
-    s = em.val(f"call reassoc float @llvm.vector.reduce.fadd.v{W}f32(float "
-               f"{float_literal(-0.0, 'f32')}, <{W} x float> {total})")
-    return em.val(f"fmul float {s}, {float_literal(sign, 'f32')}")
-
-
 def _vload(em: Emitter, buf: Buf, index: str, width: int = W) -> str:
     p = em.gep(buf, index)
     v = em.val(f"load <{width} x {lltype(buf.dtype)}>, ptr {p}, align 4")
     return convert(em, v, buf.dtype, "f32", width) if buf.dtype != "f32" else v
-
-
-def plane_order(plan: Plan) -> tuple[int, ...]:
-    """The lane order the register dot reads a byte window's sub-byte codes in: by planes
-    (fused_windows.planar: one widening, a shift per plane), the activations permuted alike
-    (a dot's sum does not depend on the order of K), where E has no in-step transposes and
-    no other window; () otherwise (codes in K order)."""
-    if not plan.chain or any(op.opcode in ("transpose", "codes") for op in plan.tree):
-        return ()
-    bits = byte_window.bits(plan.codes)
-    if bits >= 8 or 8 % bits:
-        return ()
-    per, n = 8 // bits, W * bits // 8
-    return tuple(per * (q % n) + q // n for q in range(W))
-
-
-def _lanes_of(em: Emitter, v: str, order: tuple[int, ...]) -> str:
-    """<len(order) x T> of the <W x T> vector v's lanes `order`."""
-    return em.val(f"shufflevector {vtype('f32', W)} {v}, {vtype('f32', W)} poison, "
-                  f"<{len(order)} x i32> <{', '.join(f'i32 {q}' for q in order)}>")
 
 
 def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,

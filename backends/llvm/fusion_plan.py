@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from lowbitc.backends.llvm import byte_window, fused_view, row_tables
+from lowbitc.backends.llvm import byte_window, fused_view, row_scale, row_tables
 from lowbitc.backends.llvm.decode import code_tables
 from lowbitc.explain import note
 from lowbitc.ir.core import Op, Region, Value
@@ -128,7 +128,7 @@ def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS,
                                           row_spaces(tree, plan.root))
         plan.core, plan.factor = _scaled(plan, defs)
         if plan.core is None:
-            plan.core, plan.scale, plan.offset, plan.offset_sign = _row_scaled(plan, defs)
+            plan.core, plan.scale, plan.offset, plan.offset_sign = row_scale.find(plan, defs)
         plans[op.results[0].id] = plan
     return plans
 
@@ -186,38 +186,6 @@ def _scaled(plan: Plan, defs: dict[int, Op]) -> tuple[Value | None, float]:
             if mant == 0.5 and math.isfinite(kd.attrs.value):
                 return core, kd.attrs.value
     return None, 1.0
-
-
-def _row_scaled(plan: Plan, defs: dict[int, Op]) -> tuple:
-    """(core, S, T, sign) when E = core * S + sign * T (either order of the product; T absent:
-    None) with S and T f32 leaves of E constant along K (one per row, or scalars) and
-    core * S used by nothing else in E, else (None, None, None, 1.0)."""
-    none = (None, None, None, 1.0)
-    op = defs.get(plan.root.id)
-    if (op is None or plan.root.type.dtype != "f32" or plan.root.id in plan.tables
-            or plan.root.id in plan.row_tables.wanted):
-        return none
-    inside = {o.results[0].id: o for o in plan.tree}
-
-    def row_leaf(v: Value) -> bool:
-        return (v.id not in inside and v.type.dtype == "f32"
-                and (not isinstance(v.type, TileType) or v.type.shape[-1] == 1))
-
-    offset, sign = None, 1.0
-    if op.opcode in ("add", "sub"):
-        p, t = op.operands
-        if op.opcode == "add" and row_leaf(p):
-            p, t = t, p
-        used = sum(u.id == p.id for o in plan.tree for u in o.operands)
-        if not row_leaf(t) or p.id not in inside or used != 1:
-            return none
-        op, offset, sign = inside[p.id], t, -1.0 if op.opcode == "sub" else 1.0
-    if op.opcode != "mul" or op.results[0].type.shape != plan.root.type.shape:
-        return none
-    for core, s in (op.operands, op.operands[::-1]):
-        if row_leaf(s):
-            return core, s, offset, sign
-    return none
 
 
 def plan_store_fusion(r: Region) -> dict[int, Plan]:

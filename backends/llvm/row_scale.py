@@ -1,0 +1,68 @@
+"""The register dot's row scale and offset (fusion.py `_fused`): a weight E = core * S + T
+with S and T f32 leaves constant along K (a row's scale and offset: a block's d, or d * sc
+and dmin * mn of GGUF K-quants, an absmax looked up from its 8-bit code) sums core * a only;
+each row's sum is scaled by S once per window and T times the sum of the activations added,
+instead of a multiply (and an add) per weight."""
+
+from __future__ import annotations
+
+from lowbitc.backends.llvm.byte_window import W
+from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
+from lowbitc.backends.llvm.handlers import convert
+from lowbitc.ir.core import Op, Value
+from lowbitc.ir.types import TileType
+
+
+def find(plan, defs: dict[int, Op]) -> tuple:
+    """(core, S, T, sign) when E = core * S + sign * T (either order of the product; T absent:
+    None) with S and T f32 leaves of E constant along K (one per row, or scalars) and
+    core * S used by nothing else in E, else (None, None, None, 1.0)."""
+    none = (None, None, None, 1.0)
+    op = defs.get(plan.root.id)
+    if (op is None or plan.root.type.dtype != "f32" or plan.root.id in plan.tables
+            or plan.root.id in plan.row_tables.wanted):
+        return none
+    inside = {o.results[0].id: o for o in plan.tree}
+
+    def row_leaf(v: Value) -> bool:
+        return (v.id not in inside and v.type.dtype == "f32"
+                and (not isinstance(v.type, TileType) or v.type.shape[-1] == 1))
+
+    offset, sign = None, 1.0
+    if op.opcode in ("add", "sub"):
+        p, t = op.operands
+        if op.opcode == "add" and row_leaf(p):
+            p, t = t, p
+        used = sum(u.id == p.id for o in plan.tree for u in o.operands)
+        if not row_leaf(t) or p.id not in inside or used != 1:
+            return none
+        op, offset, sign = inside[p.id], t, -1.0 if op.opcode == "sub" else 1.0
+    if op.opcode != "mul" or op.results[0].type.shape != plan.root.type.shape:
+        return none
+    for core, s in (op.operands, op.operands[::-1]):
+        if row_leaf(s):
+            return core, s, offset, sign
+    return none
+
+
+def note(plan) -> str:
+    """What explain adds to the register dot's path when E = core * S (Plan.scale)."""
+    if plan.scale is None:
+        return ""
+    return ", each row's sum scaled once by its row scale" + (
+        " and its row offset times the activations' sum added" if plan.offset is not None
+        else "")
+
+
+def row_sum(em: Emitter, abuf: Buf, i: int, bk: int, sign: float) -> str:
+    """sign * the sum of row i's bk activations (a float)."""
+    em.declare(f"declare float @llvm.vector.reduce.fadd.v{W}f32(float, <{W} x float>)")
+    total = "zeroinitializer"
+    for c in range(bk // W):
+        at = em.val(f"add i64 {em.val(f'mul i64 {i}, {abuf.strides[0]}')}, {c * W}")
+        v = em.val(f"load <{W} x {lltype(abuf.dtype)}>, ptr {em.gep(abuf, at)}, align 4")
+        v = convert(em, v, abuf.dtype, "f32", W) if abuf.dtype != "f32" else v
+        total = em.val(f"fadd reassoc <{W} x float> {total}, {v}")
+    s = em.val(f"call reassoc float @llvm.vector.reduce.fadd.v{W}f32(float "
+               f"{float_literal(-0.0, 'f32')}, <{W} x float> {total})")
+    return em.val(f"fmul float {s}, {float_literal(sign, 'f32')}")
