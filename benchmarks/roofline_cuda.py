@@ -11,13 +11,13 @@ Model (one pass over every operand, activations reused from L2 across column blo
 - tensor cores: mma.m16n8k16 works on 16-row tiles, so 2*ceil(M/16)*16*N*K flops at the
   published dense f16 peak;
 - issue: ceil(M/16)*(N/8)*(K/16) HMMA, each with `r` other instructions of the steady-state
-  loop at a 16-row M tile, issued one warp instruction per clock by each of the SM's 4
-  schedulers. `r` is measured by `lowbitc emit ... --format stats` when that kernel has HMMA;
-  until then the column shows the issue's acceptance bound (u4 <= 8, other widths <= 16),
-  labelled as a bound, not a measurement. For M > 16 a warp reuses each decoded B fragment
-  over R = min(ceil(M/16), 4) row tiles (a 64-row warp tile), so the weight-side part of `r`
-  is paid once per R HMMA: r_eff = r / R + 1/8 (one ldmatrix.x4 of A per 16x16 A fragment,
-  shared by the warp tile's >= 8 column fragments). At M <= 16, r_eff = r.
+  K loop, issued one warp instruction per clock by each of the SM's 4 schedulers. `r` is
+  measured per M on the tile `ops.matmul` picks for that M (`lowbitc.mma_plan.mma_params`:
+  BM 16 on one warp for M <= 16, BM 32 / 64 on four warps above), by `lowbitc emit matmul -D
+  A=f16 -D BM=.. -D BN=.. -D TH=.. --backend cuda --format stats`. Without the toolchain the
+  column shows the issue's acceptance bound (u4 <= 8, other widths <= 16) at a 16-row tile,
+  amortised over R = min(ceil(M/16), 4) row tiles for M > 16 (r / R + 1/8), labelled
+  `bound`, not a measurement.
 """
 
 from __future__ import annotations
@@ -64,16 +64,19 @@ def hmma_count(m: int, n: int, k: int) -> int:
 
 
 def effective_ratio(r: float, m: int) -> float:
-    """Non-HMMA per HMMA at M rows, from `r` measured at a 16-row tile (module docstring)."""
+    """Non-HMMA per HMMA at M rows from a bound `r` at a 16-row tile (module docstring); a
+    measured `r` is taken on M's own tile instead."""
     tiles = min(math.ceil(m / 16), WARP_M_TILES)
     return r if tiles == 1 else r / tiles + 1 / 8
 
 
-def bounds(gpu: dict, m: int, n: int, k: int, fmt: str, r: float) -> dict:
-    """Seconds bound by bandwidth, tensor-core peak and instruction issue; the max predicts."""
+def bounds(gpu: dict, m: int, n: int, k: int, fmt: str, r: float, on_tile: bool = False
+           ) -> dict:
+    """Seconds bound by bandwidth, tensor-core peak and instruction issue; the max predicts.
+    `r`: non-HMMA per HMMA measured on M's own tile (`on_tile`), or at a 16-row tile."""
     bw = bytes_moved(m, n, k, fmt) / gpu["bandwidth"]
     tc = 2 * math.ceil(m / 16) * 16 * n * k / gpu["tensor_f16"]
-    r_eff = effective_ratio(r, m)
+    r_eff = r if on_tile else effective_ratio(r, m)
     issue = hmma_count(m, n, k) * (1 + r_eff) / (SCHEDULERS * gpu["sms"] * gpu["clock"])
     f16 = (2 * n * k + 2 * m * k + 4 * m * n) / gpu["bandwidth"]  # an f16 weight, same model
     return {"bytes": bytes_moved(m, n, k, fmt), "r_eff": r_eff, "bandwidth_s": bw, "tensor_s": tc,
@@ -93,11 +96,27 @@ def ratio_from_stats(stats: dict) -> float | None:
     return (loop["instructions"] - hmma) / hmma if hmma else None
 
 
-def measured_ratio(fmt: str, arch: str) -> float | None:
-    """`r` from `lowbitc emit matmul -D A=f16 --backend cuda --format stats` (the tensor-core
-    kernel ops.matmul runs for f16 activations), None if no HMMA."""
+def tile(m: int, n: int, fmt: str) -> tuple[int, int, int]:
+    """(BM, BN, TH) of the tensor-core kernel ops.matmul runs at M rows (N = K = n, group
+    128, f16 activations; untuned defaults)."""
+    from lowbitc.dtypes import dtype
+    from lowbitc.mma_plan import mma_params
+
+    p = mma_params(m, dtype(fmt), GROUP, zero_points(fmt), "f16", n, n)
+    return p["BM"], p["BN"], p["TH"]
+
+
+def measured_ratio(fmt: str, arch: str, bm_bn_th: tuple[int, int, int] | None = None
+                   ) -> float | None:
+    """`r` from `lowbitc emit matmul -D A=f16 [-D BM= -D BN= -D TH=] --backend cuda --format
+    stats` (the tensor-core kernel ops.matmul runs for f16 activations), None if no HMMA."""
+    tiles = [] if bm_bn_th is None else [
+        f"{k}={v}" for k, v in zip(("BM", "BN", "TH"), bm_bn_th, strict=True)]
+    defs = ["-D", "A=f16", "-D", f"ZP={'true' if zero_points(fmt) else 'false'}"]
+    for d in tiles:
+        defs += ["-D", d]
     proc = subprocess.run(
-        [sys.executable, "-m", "lowbitc.cli", "emit", "matmul", "-D", "A=f16", "--wtype", fmt,
+        [sys.executable, "-m", "lowbitc.cli", "emit", "matmul", *defs, "--wtype", fmt,
          "--backend", "cuda", "--arch", arch, "--format", "stats"], capture_output=True,
         text=True)
     if proc.returncode != 0:
@@ -105,25 +124,33 @@ def measured_ratio(fmt: str, arch: str) -> float | None:
     return ratio_from_stats(json.loads(proc.stdout))
 
 
-def table(ratios: dict[tuple[str, str], float | None]) -> tuple[str, list[dict]]:
-    """The markdown table (times in us) and its rows."""
-    head = ("| GPU | M | N=K | format | MB moved | bandwidth | tensor | issue (r_eff) | "
-            "*predicted* | f16 bound | x f16 |")
-    lines = [head, "|" + "---|" * 11]
+def table(ratios: dict[tuple, float | None]) -> tuple[str, list[dict]]:
+    """The markdown table (times in us) and its rows. `ratios`: `r` keyed (format, arch,
+    (BM, BN, TH)) as measured on that tile, or (format, arch) at a 16-row tile."""
+    head = ("| GPU | M | N=K | format | tile BMxBN | MB moved | bandwidth | tensor | "
+            "issue (r_eff) | *predicted* | f16 bound | x f16 |")
+    lines = [head, "|" + "---|" * 12]
     rows = []
     for gname, gpu in GPUS.items():
         for n in SIZES:
             for fmt in FORMATS:
-                measured = ratios.get((fmt, gpu["arch"]))
-                r = measured if measured is not None else ACCEPTANCE_BOUND.get(fmt, 16)
-                tag = "" if measured is not None else " bound"
                 for m in MS:
-                    b = bounds(gpu, m, n, n, fmt, r)
+                    bm, bn, th = tile(m, n, fmt)
+                    r = ratios.get((fmt, gpu["arch"], (bm, bn, th)))
+                    on_tile = r is not None
+                    if r is None:
+                        r = ratios.get((fmt, gpu["arch"]))
+                    measured = r is not None
+                    if r is None:
+                        r = ACCEPTANCE_BOUND.get(fmt, 16)
+                    tag = "" if measured else " bound"
+                    b = bounds(gpu, m, n, n, fmt, r, on_tile)
                     rows.append({"gpu": gname, "M": m, "N": n, "K": n, "format": fmt,
-                                 "r": r, "r_measured": measured is not None, **b})
+                                 "tile": [bm, bn, th], "r": r, "r_measured": measured,
+                                 "r_on_tile": on_tile, **b})
                     us = {k: v * 1e6 for k, v in b.items() if k.endswith("_s")}
                     lines.append(
-                        f"| {gname} | {m} | {n} | {fmt} | {b['bytes'] / 1e6:.1f} | "
+                        f"| {gname} | {m} | {n} | {fmt} | {bm}x{bn} | {b['bytes'] / 1e6:.1f} | "
                         f"{us['bandwidth_s']:.1f} | {us['tensor_s']:.1f} | "
                         f"{us['issue_s']:.1f} ({b['r_eff']:.2f}{tag}) | "
                         f"*{us['predicted_s']:.1f}* | "
@@ -138,15 +165,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not run `lowbitc emit ... --format stats` (use the bounds)")
     ap.add_argument("--json", help="also write the rows as JSON here")
     args = ap.parse_args(argv)
-    ratios: dict[tuple[str, str], float | None] = {}
+    ratios: dict[tuple, float | None] = {}
     if not args.no_stats:
+        tiles = sorted({tile(m, n, f) for m in MS for n in SIZES for f in FORMATS})
         for fmt in FORMATS:
             for gpu in GPUS.values():
-                ratios[(fmt, gpu["arch"])] = measured_ratio(fmt, gpu["arch"])
-                if ratios[(fmt, gpu["arch"])] is None and fmt == "u4":
-                    break  # no HMMA in the shipped kernel yet: the rest would say the same
-            if all(v is None for v in ratios.values()):
-                break
+                for t in tiles:
+                    ratios[(fmt, gpu["arch"], t)] = measured_ratio(fmt, gpu["arch"], t)
     text, rows = table(ratios)
     print(text)
     if args.json:

@@ -51,3 +51,16 @@ def test_table_labels_bounds_and_predictions():
     assert all(r["r_measured"] and r["r"] == 7.0 for r in u4)
     assert all(not r["r_measured"] for r in rows if r["gpu"] == "H100")
     assert "bound)" in text
+
+
+def test_a_ratio_measured_on_the_tile_of_m_is_taken_as_is():
+    big = R.tile(4096, 4096, "u4")
+    assert big[0] > 16 and R.tile(1, 4096, "u4")[0] == 16  # four warps above M = 16
+    text, rows = R.table({("u4", "sm_80", big): 3.25, ("u4", "sm_80"): 6.0})
+    a100 = {(r["M"], r["N"]): r for r in rows if r["format"] == "u4" and r["gpu"] == "A100"}
+    assert a100[(4096, 4096)]["r_on_tile"] and a100[(4096, 4096)]["r_eff"] == 3.25
+    # M <= 16 has no figure on its tile: the 16-row one, not amortised
+    assert not a100[(1, 4096)]["r_on_tile"] and a100[(1, 4096)]["r_eff"] == 6.0
+    hmma = R.hmma_count(4096, 4096, 4096)
+    assert math.isclose(a100[(4096, 4096)]["issue_s"], hmma * 4.25 / (4 * 108 * 1.41e9))
+    assert f"| A100 | 4096 | 4096 | u4 | {big[0]}x{big[1]} |" in text
