@@ -265,19 +265,22 @@ def _repack_group(cfg: Config, specs: list[RowSpec]) -> Group:
 
 
 def _user_group(cfg: Config, spec: RowSpec) -> Group:
-    """An examples/user kernel and ops.matmul on a QTensor of the same format and bytes."""
+    """An examples/user kernel and ops.matmul on a QTensor of the same format and bytes, each
+    rotating through the same number of copies of its weights (from DRAM, cfg.copies)."""
     which = spec.name[len("user_"):].rsplit("_M", 1)[0]
     grp = Group(f"user kernel {which}, M={spec.M}, K=N={cfg.size}")
     key, base = f"{spec.name}_kernel", f"{spec.name}_ops_matmul"
     made: dict = {}
 
     def kernel() -> cand.Timed:
-        made["t"], made["qw"], made["x"] = user_case(key, which, cfg.size, spec.M, cfg.seed)
-        return made["t"]
+        t, made["qw"], made["x"] = user_case(key, which, cfg.size, spec.M, cfg.seed,
+                                             cfg.copies)
+        made["copies"] = t.info["weights_in_turn"]  # the baseline rotates as many
+        return t
 
     grp.add(key, kernel)
     if "qw" in made:
-        grp.add(base, lambda: cand.matmul_case(base, made["x"], made["qw"]))
+        grp.add(base, lambda: cand.matmul_case(base, made["x"], made["qw"], made["copies"]))
     grp.bindings.append(Binding(spec, key, base))
     return grp
 

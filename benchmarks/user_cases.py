@@ -4,6 +4,8 @@ call with the words prepared once (`Kernel.prepare`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import numpy as np
 import lowbitc
 from lowbitc import pack
 from lowbitc.quant import quantize
+from lowbitc.repack import PackedWords
 
 from . import candidates as cand
 
@@ -184,24 +187,50 @@ USER_KERNELS = {"b2_act": _gemv_b2, "q8_0": _gemv_q8_0, "gptq": _gemv_gptq,
                 "q4_k": _gemv_gguf("Q4_K", "u4", 256, True), "nf4": _gemv_nf4}
 
 
-def user_case(name: str, which: str, n: int, m: int, seed: int):
-    """(the example kernel's Timed call, its baseline QTensor) at N = K = n, M = m."""
+def _replica(a: object) -> object:
+    """A copy of a kernel argument in new memory (arrays, PackedWords); scalars as they are."""
+    if isinstance(a, np.ndarray):
+        return a.copy()
+    if isinstance(a, PackedWords):
+        return replace(a, words=a.words.copy())
+    return a
+
+
+def _nbytes(a: object) -> int:
+    if isinstance(a, PackedWords):
+        return a.words.nbytes
+    return a.nbytes if isinstance(a, np.ndarray) else 0
+
+
+def user_case(name: str, which: str, n: int, m: int, seed: int,
+              copies: Callable[[float], int] = lambda _: 1):
+    """(the example kernel's Timed call, its baseline QTensor) at N = K = n, M = m; with
+    `copies(weight bytes)` > 1 each call reads the next of that many copies of the weight
+    arguments (from DRAM, as a model's layers are; Timed.info["weights_in_turn"] says how
+    many, for the baseline to rotate as many)."""
     w = cand.weights(n, n, seed)
     x = cand.activations(m, n, seed + 1)
     k, args, ref, qw, *dims = USER_KERNELS[which](n, m, w, x)
     y = np.zeros((m, n), np.float32)
-    full = [*args, y]
+    wbytes = sum(_nbytes(a) for a in args[1:])
+    calls = [[*args, y]] + [[args[0], *(_replica(a) for a in args[1:]), y]
+                            for _ in range(copies(wbytes) - 1)]
     kw = dims[0] if dims else {}  # dims only a packed argument has
 
-    def run() -> np.ndarray:
-        k(*full, **kw)
-        return y
+    def call(full: list) -> Callable[[], np.ndarray]:
+        def run() -> np.ndarray:
+            k(*full, **kw)
+            return y
+        return run
 
-    got, first = cand._first_call(run)
-    wbytes = sum(a.nbytes for a in args[1:] if isinstance(a, np.ndarray))
-    t = cand.Timed(name=name, fn=run, flops=2.0 * m * n * n, bytes_moved=wbytes + x.nbytes,
-                   weight_bytes=wbytes, check=cand._compare(got, ref, 1e-3),
-                   info={"first_call_seconds": first,
+    runs = [call(full) for full in calls]
+    got, first = cand._first_call(runs[0])
+    for r in runs[1:]:
+        r()  # (a first call per copy: any words transform happens here, not in the timing)
+    t = cand.Timed(name=name, fn=cand.in_turn(runs), flops=2.0 * m * n * n,
+                   bytes_moved=wbytes + x.nbytes, weight_bytes=wbytes,
+                   check=cand._compare(got, ref, 1e-3),
+                   info={"first_call_seconds": first, "weights_in_turn": len(calls),
                          "kernel_params": cand._json_params({"W": qw.dtype.name,
                                                              **k.params})})
     return t, qw, x
