@@ -9,9 +9,10 @@ quantization for training: `torch.ops.lowbitc.fake_quantize`, `FakeQuantLinear`,
 from lowbitc.torch import ops  # noqa: F401  (registers the torch.library ops)
 from lowbitc.torch.attention import attention_decode, cache_handle, quantized_kv_attention
 from lowbitc.torch.fake_quant import FakeQuantLinear, fake_quantize, stochastic_round_
-from lowbitc.torch.linear import QuantLinear, load_quantized, quantize_, save_quantized
+from lowbitc.torch.linear import QuantLinear, load_quantized, save_quantized
 from lowbitc.torch.ops import DeviceError
 from lowbitc.torch.pretrained import OffsetQuantLinear, load_pretrained_quantized
+from lowbitc.torch.quantize_model import quantize_
 from lowbitc.torch.register import register_kernel
 
 __all__ = ["DeviceError", "FakeQuantLinear", "OffsetQuantLinear", "QuantLinear",

@@ -1,6 +1,6 @@
-"""QuantLinear: an nn.Linear whose weight is a lowbitc QTensor, `quantize_` to swap a model's
-linear layers in place, and safetensors save/load that rebuilds a quantized model without
-quantizing again.
+"""QuantLinear: an nn.Linear whose weight is a lowbitc QTensor, and safetensors save/load that
+rebuilds a quantized model without quantizing again (`quantize_`, which swaps a model's
+linear layers in place, is lowbitc.torch.quantize_model).
 
 The weight lives in buffers (`qdata`: kernel storage, `scales`, optional `zeros`), so the
 module moves between devices and its state_dict holds exactly what the kernels read.
@@ -8,9 +8,7 @@ module moves between devices and its state_dict holds exactly what the kernels r
 
 from __future__ import annotations
 
-import fnmatch
 import json
-from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -18,27 +16,22 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from lowbitc import awq, formats
+from lowbitc import formats
 from lowbitc.a8 import check_act
-from lowbitc.codebook_fit import RowCodebooks
 from lowbitc.dtypes import Format
 from lowbitc.dtypes import codebook as make_codebook
 from lowbitc.dtypes import dtype as lookup_dtype
 from lowbitc.errors import UserArgumentError
-from lowbitc.gptq import DAMP
 from lowbitc.methods import quantize
-from lowbitc.outliers import Sparse, outlier_mask
+from lowbitc.outliers import Sparse
 from lowbitc.packing import unpack
 from lowbitc.quant import QTensor
 from lowbitc.torch import ops as tops
-from lowbitc.torch.gptq import collect_hessians, gptq_quantize
-from lowbitc.torch.tables import TableLinear
 
 META_KEY = "lowbitc.quantized"  # safetensors metadata: JSON {module name: QuantLinear config}
 # QuantLinear subclasses by their config's "kind" (registered where they are defined), so
 # load_quantized rebuilds the class save_quantized saw
 KINDS: dict[str, type] = {}
-Skip = Callable[[str, nn.Module], bool] | Iterable[str] | None
 
 
 def _format(fmt: str | Format) -> Format:
@@ -285,105 +278,9 @@ class QuantLinear(nn.Module):
 
 
 # ---------------------------------------------------------------- whole models
-def _skipper(skip: Skip) -> Callable[[str, nn.Module], bool]:
-    if skip is None:
-        return lambda name, mod: False
-    if callable(skip):
-        return skip
-    if isinstance(skip, str):
-        skip = [skip]
-    patterns = list(skip)
-    return lambda name, mod: any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
 def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-
-
-def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
-              zero_point: bool | None = None, scale_dtype: str = "f32",
-              calibrate: Callable[[nn.Module], object] | None = None, outliers=None,
-              method: str = "rtn", outlier_dtype: str = "f16", act: str = "f32",
-              damp: float = DAMP) -> int:
-    """Replace every nn.Linear in `model` (in place) by a QuantLinear; returns how many.
-
-    `skip` is a callable (qualified name, module) -> bool, or fnmatch patterns of names to
-    leave alone. Linear layers whose weight other modules read directly (the out_proj of
-    nn.MultiheadAttention) are always left alone. With `calibrate` (a function that runs the
-    float model on sample inputs), weights are quantized with GPTQ on the inputs' statistics
-    instead of round-to-nearest; see lowbitc.torch.gptq. `dtype`, `outliers` and `method` are
-    lowbitc.quantize's (a list of formats or per-row code books give TableLinear layers);
-    `dtype` may also be a function (weight [N, K], column weights [K] or None) -> dtype, e.g.
-    `lowbitc.codebook.fitter(3, per="row")`, called per layer. `act="i8"`: the layers quantize
-    their activations to int8 (QuantLinear's `act`; TableLinear layers keep f32).
-    `method="awq"` (needs `calibrate`, one format, no outliers): activation-aware input
-    scaling before round-to-nearest, alpha searched per layer (lowbitc.awq); each layer keeps
-    its input scale [in_features] (32 bits per input column) and divides its input by it.
-    `method="hqq"` with `calibrate`: no GPTQ; HQQ's fit weighted by each input column's mean
-    x^2 (the Hessian's diagonal), outliers chosen by that weighted error (lowbitc.methods).
-    `method="hqq-gptq"` (needs `calibrate`): that grid, then GPTQ's feedback with act-order
-    onto it (lowbitc.gptq; `damp`: its damping); with per-row code books, GPTQ onto each
-    row's table.
-    """
-    check_act(act)
-    if method == "hqq-gptq" and calibrate is None:
-        raise UserArgumentError("calibrate: method='hqq-gptq' needs calibration data "
-                                "(calibrate=f running the float model), got None")
-    awq_scales = awq.check(calibrate, dtype, outliers) if method == "awq" else None
-    drop = _skipper(skip)
-    targets = [(name, m) for name, m in model.named_modules()
-               if isinstance(m, nn.Linear)
-               and not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear)
-               and name and not drop(name, m)]
-    hessians = (collect_hessians(model, [name for name, _ in targets], calibrate, awq_scales)
-                if calibrate is not None else {})
-    for name, m in targets:
-        h = hessians.get(name)
-        if awq_scales is not None:
-            new = _awq_quantized(m, dtype, group_size, zero_point, scale_dtype, h,
-                                 awq_scales[name], act)
-        else:
-            new = _quantized(m, dtype, group_size, zero_point, scale_dtype, h,
-                             {"outliers": outliers, "method": method,
-                              "outlier_dtype": outlier_dtype}, act, damp)
-        _set_child(model, name, new.to(m.weight.device))
-    return len(targets)
-
-
-def _quantized(m: nn.Linear, dtype, group_size, zero_point, scale_dtype, hessian,
-               options: dict, act: str = "f32", damp: float = DAMP) -> nn.Module:
-    """One layer's replacement: GPTQ when there is a Hessian and one format, else quantize."""
-    w = m.weight.detach().to("cpu", torch.float32).numpy()
-    diag = None if hessian is None else torch.diagonal(hessian).numpy()
-    if callable(dtype) and not isinstance(dtype, Format | str):
-        dtype = dtype(w, diag)
-    if options["method"] == "hqq-gptq":  # lowbitc.gptq's feedback onto weighted HQQ's grid
-        options = {**options, "hessian": hessian, "damp": damp}
-    if isinstance(dtype, list | tuple | RowCodebooks):
-        zp = True if zero_point is None else zero_point
-        qw = quantize(w, dtype, group_size, zp, scale_dtype, column_weights=diag, **options)
-        return TableLinear(qw, m.bias)
-    fmt = _format(dtype)
-    zp = fmt.kind == "uint" if zero_point is None else zero_point
-    if hessian is None or options["method"] != "rtn":  # HQQ weighted by diag(H) (+ GPTQ)
-        qw = quantize(w, fmt, group_size, zp, scale_dtype, column_weights=diag, **options)
-    else:
-        mask = outlier_mask(w, options["outliers"], diag)
-        qw = gptq_quantize(m.weight, hessian, fmt, group_size, zp, scale_dtype, mask=mask,
-                           outlier_dtype=options["outlier_dtype"])
-    return QuantLinear.from_qtensor(qw, m.bias, act)
-
-
-def _awq_quantized(m: nn.Linear, dtype, group_size, zero_point, scale_dtype, hessian,
-                   abs_mean: np.ndarray, act: str) -> QuantLinear:
-    """One layer with activation-aware input scales (lowbitc.awq)."""
-    w = m.weight.detach().to("cpu", torch.float32).numpy()
-    fmt = _format(dtype)
-    zp = fmt.kind == "uint" if zero_point is None else zero_point
-    qw, scale, _ = awq.scaled_quantize(w, abs_mean, hessian.numpy(), fmt, group_size, zp,
-                                       scale_dtype)
-    return QuantLinear.from_qtensor(qw, m.bias, act, input_scale=scale)
 
 
 def save_quantized(model: nn.Module, path: str) -> None:
