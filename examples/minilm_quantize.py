@@ -175,11 +175,11 @@ def synthetic_calibration(tokenizer, count: int = 16, length: int = 24,
                           seed: int = 0) -> Callable[[nn.Module], None]:
     """A `calibrate` function that needs no text: `count` sequences of `length` token ids drawn
     uniformly from the vocabulary's ordinary tokens (not [PAD], [unused..], [CLS]...), each
-    framed by the tokenizer's special tokens, as data-free quantization's synthetic inputs."""
+    framed by [CLS] ... [SEP] as BERT expects, as data-free quantization's synthetic inputs."""
     vocab = sorted(i for t, i in tokenizer.get_vocab().items() if not t.startswith("["))
     rng = np.random.default_rng(seed)
-    seqs = [tokenizer.build_inputs_with_special_tokens(
-        [int(i) for i in rng.choice(vocab, length)]) for _ in range(count)]
+    seqs = [[tokenizer.cls_token_id, *(int(i) for i in rng.choice(vocab, length)),
+             tokenizer.sep_token_id] for _ in range(count)]
 
     def calibrate(m: nn.Module) -> None:
         for ids in seqs:

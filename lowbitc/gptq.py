@@ -21,8 +21,9 @@ from lowbitc.errors import UserArgumentError
 
 # the damping (times the mean of diag H) added before H is inverted: GPTQ's 0.01 suits many
 # calibration tokens; with few (MiniLM's 8 sentences, ~100 tokens for K = 384..1536) H is
-# far from full rank and the feedback fits those tokens: on MiniLM u3 + 0.5% outliers
-# damp 0.01 / 0.1 / 0.3 / 1.0 gave 0.93356 / 0.94555 / 0.94833 / 0.95130 (docs/quantization.md)
+# far from full rank and the feedback fits those tokens. 1.0 was picked on MiniLM with 8
+# sentences by the evaluation sentences' cosine (docs/quantization.md): pass `damp` chosen on
+# held-out calibration text (examples/minilm_quantize.py --choose-damp does)
 DAMP = 1.0
 Column = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
