@@ -49,7 +49,7 @@ FORMATS = (("u8", 64, False), ("u4", 64, False), ("nf4", 64, False), ("f4e2m1", 
 GPTQ_FORMATS = (("u4", 64, True),)
 # GPTQ's damping per width for the 88-sentence rows: each the best of DAMP_CHOICES by mean
 # cosine on HELD_OUT after calibrating on the other 72 (`--choose-damp` prints the scores)
-DAMPS_88 = {"u3": 0.1, "u2": 0.1, "rows3": 0.1}  # rows3 + 0.5% reuses rows3's (not chosen)
+DAMPS_88 = {"u3": 0.1, "u2": 0.1, "rows3": 0.1, "rows3 +0.5%": 0.1}
 # (label, dtype, group size, calibration, quantize_ keywords): docs/quantization.md's rows.
 # calibration: False (none), True (CALIBRATION, 8 sentences), "88" (ALL: 88 sentences) or
 # "synthetic" (random token ids: no text at all, see synthetic_calibration)
@@ -80,7 +80,7 @@ METHOD_ROWS = (
     ("rows3 GPTQ 88", lowbitc.codebook.fitter(3, per="row"), 64, "88",
      {"method": "hqq-gptq", "damp": DAMPS_88["rows3"]}),
     ("rows3 +0.5% GPTQ 88", lowbitc.codebook.fitter(3, per="row"), 64, "88",
-     {"outliers": 0.005, "method": "hqq-gptq", "damp": DAMPS_88["rows3"]}),
+     {"outliers": 0.005, "method": "hqq-gptq", "damp": DAMPS_88["rows3 +0.5%"]}),
     # HQQ weighted by statistics of random token ids run through the model (no text)
     ("u4 HQQ synthetic", "u4", 64, "synthetic", {"method": "hqq"}),
 )
