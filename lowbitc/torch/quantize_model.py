@@ -38,7 +38,6 @@ def _skipper(skip: Skip) -> Callable[[str, nn.Module], bool]:
     return lambda name, mod: any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-
 def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
               zero_point: bool | None = None, scale_dtype: str = "f32",
               calibrate: Callable[[nn.Module], object] | None = None, outliers=None,
