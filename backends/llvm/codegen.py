@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from lowbitc.abi import packed_params
 from lowbitc.backends.llvm import (  # noqa: F401  (fill HANDLERS)
+    carry,
     ops_elementwise,
     ops_encode,
     ops_gather,
@@ -166,6 +167,8 @@ def _for(env: Env, op: Op) -> None:
             bufs[j] = b
     sc = [(j, lltype(r.type.dtype), inits[j]) for j, r in enumerate(op.results) if j not in bufs]
     env.steps[body.args[0].id] = step  # loads of row `counter` prefetch rows ahead (ops_memory)
+    carries = carry.carried_dots(em, op)  # dots whose lane sums wait for the loop's end
+    env.carries.update(carries)
 
     def run(i: str, phis: list[str]) -> list[str]:
         vals: list = []
@@ -187,6 +190,9 @@ def _for(env: Env, op: Op) -> None:
 
     phis = em.loop(lo, hi, None, step=step, carried=[(t, init) for _, t, init in sc],
                    body_carried=run)
+    for j, y in enumerate(body.ops[-1].operands):
+        if y.id in carries:
+            carry.finish(em, env.carries.pop(y.id), bufs[j])
     it = iter(phis)
     for j, r in enumerate(op.results):
         env.bind(r, bufs[j] if j in bufs else next(it))

@@ -15,6 +15,7 @@ import numpy as np
 
 from lowbitc.backends.llvm import (
     byte_window,
+    carry,
     decode,
     fused_leaves,
     fused_view,
@@ -128,7 +129,7 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
             t, starts, ok = window(env, plan)
             note("dot", weights, "panel microkernel, byte-window codes decoded into the panel"
                  if fast_path else "fused register dot (codes of a byte window unpacked in "
-                 "registers, 32 per step)" + row_scale.note(plan),
+                 "registers, 32 per step)" + _sums_note(env, plan),
                  "windows at the tensor's edges take the generic dot", loc=op.loc)
             return ok, lambda: (fast_path or _fused)(env, plan, abuf, out, t, starts)
         if len(codes.attrs.sizes) != 2:  # a 2-D window of a higher-rank tensor: canonical only
@@ -138,7 +139,7 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
             lanes = lanes_dot.applies(plan, abuf)
             note("dot", weights, "fused register dot over a 2-D window, " + (
                 "lanes form (one table permute per 16 codes)" if lanes
-                else "32 codes of a row per step" + row_scale.note(plan)),
+                else "32 codes of a row per step" + _sums_note(env, plan)),
                 "windows at the tensor's edges take the generic dot", loc=op.loc)
             fused = lanes_dot.emit if lanes else _fused
             return ok, lambda: fused(env, plan, abuf, out, t, starts)
@@ -168,12 +169,17 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
         else:
             ok = lanes_packing.window_ok(em, t, starts, codes.attrs.sizes, t.packing)
             path = f"fused register dot ({t.packing.name} vector unpack)"
-        note("dot", weights, path + (row_tables.describe(plan) + row_scale.note(plan)
+        note("dot", weights, path + (row_tables.describe(plan) + _sums_note(env, plan)
                                      if fast_path is None else ""),
              "windows at the tensor's edges take the generic dot", loc=op.loc)
         return ok, lambda: (fast_path or _fused)(env, plan, abuf, out, t, starts)
 
     with_fallback(env, op, plan.deferred, generic_dot, choose)
+
+
+def _sums_note(env: Env, plan: Plan) -> str:
+    """How _fused finishes each row's sums (explain)."""
+    return row_scale.note(plan) + carry.note(env, plan.dot)
 
 
 def _planes_dot(plan: Plan, packing) -> bool:
@@ -299,10 +305,36 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
             old = em.val(f"load {vt}, ptr {p}, align 4")
             em.emit(f"store {vt} {em.val(f'fadd {vt} {old}, {total}')}, ptr {p}, align 4")
 
-    if m <= 2 and bn % ROWS == 0:
+    c = env.carries.get(plan.dot.results[0].id)
+    if c is not None:  # the lane sums wait for the loop's end (carry.py)
+        em.loop("0", str(bn // ROWS) if bn % ROWS == 0 else str(bn),
+                lambda g: _carried(env, plan, c, g, sums, row_leaf, asums, out,
+                                   ROWS if bn % ROWS == 0 else 1, lanes))
+    elif m <= 2 and bn % ROWS == 0:
         em.loop("0", str(bn // ROWS), rows)
     else:
         em.loop("0", str(bn), row)
+
+
+def _carried(env: Env, plan: Plan, c, g: str, sums, row_leaf, asums: list[str], out: Buf,
+             group: int, lanes: int) -> None:
+    """Rows g*group .. +group-1: each row's vector sums (times its S) into the carried
+    partials; T's share (T * the sum of a's row) into out."""
+    em = env.em
+    va = f"<{lanes} x float>"
+    j0 = em.val(f"mul i64 {g}, {group}")
+    rows = [em.val(f"add i64 {j0}, {r}") for r in range(group)]
+    accs = [sums(j) for j in rows]  # (independent chains first)
+    for j, acc in zip(rows, accs):
+        sj, tj = row_leaf(plan.scale, j), row_leaf(plan.offset, j)
+        if sj:
+            sj = fused_leaves.splat(em, sj, "f32", lanes)
+        for i, v in enumerate(acc):
+            carry.add(em, c, str(i), j, em.val(f"fmul {va} {v}, {sj}") if sj else v, lanes)
+            if tj:
+                oi = em.flat_index([str(i), j], out.shape)
+                s = em.val(f"fmul float {tj}, {asums[i]}")
+                em.store_elem(out, oi, em.val(f"fadd float {em.load_elem(out, oi)}, {s}"))
 
 
 def _vload(em: Emitter, buf: Buf, index: str, width: int = W) -> str:

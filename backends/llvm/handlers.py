@@ -85,6 +85,7 @@ class Env:
         self.steps: dict[int, str] = {}  # a for loop's counter (value id) -> its step
         self.consts: dict[int, Op] = {}  # scalar constants of the regions emitted so far
         self.defs: dict[int, Op] = {}  # the op defining each value of the kernel (codegen)
+        self.carries: dict = {}  # a loop's carried dot (result id) -> its partials (carry.py)
 
     def get(self, v: Value):
         for table in (self.scalars, self.tiles, self.tensors):

@@ -1,0 +1,96 @@
+"""Vector partial sums carried across a user's K loop.
+
+`for k ... { acc = dot(a, transpose(E), acc) }`, where nothing else in the loop reads acc:
+the fused register dot (fusion._fused) adds each step's vector accumulators into a buffer of
+lane partial sums (one vector per output) instead of summing them horizontally per window;
+after the loop each output's lanes are summed once and added to the loop's result. The
+generic dot of edge windows still adds into acc: the two parts sum to the same dot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lowbitc.backends.llvm.emitter import Buf, Emitter
+from lowbitc.ir.core import Op, Region
+from lowbitc.ir.types import TileType
+
+LANES = 32  # the widest accumulator of the fused dot (fusion_plan.acc_lanes)
+
+
+@dataclass
+class Carry:
+    """A carried dot's partials: [M, N, LANES] f32, zeroed before the loop; `lanes` is set
+    (the accumulator width) by the fused dot that adds into them, None if none did."""
+
+    partials: Buf
+    lanes: int | None = None
+
+
+def _uses(r: Region, vid: int) -> int:
+    n = 0
+    for op in r.ops:
+        n += sum(v.id == vid for v in op.operands)
+        for sub in op.regions:
+            n += _uses(sub, vid)
+    return n
+
+
+def carried_dots(em: Emitter, loop: Op) -> dict[int, Carry]:
+    """The carried f32 tiles of `loop` updated only by one dot in its body (its accumulator,
+    read nowhere else; its result yielded and read nowhere else): that dot's result id -> its
+    zeroed partials, emitted before the loop."""
+    body = loop.regions[0]
+    out: dict[int, Carry] = {}
+    yields = body.ops[-1].operands if body.ops and body.ops[-1].opcode == "yield" else ()
+    for j, y in enumerate(yields):
+        arg = body.args[1 + j]
+        t = loop.results[j].type
+        if not isinstance(t, TileType) or t.dtype != "f32" or len(t.shape) != 2:
+            continue
+        dot = next((op for op in body.ops if op.opcode == "dot" and op.results[0].id == y.id), None)
+        if dot is None or dot.operands[2].id != arg.id or _uses(body, arg.id) != 1 \
+                or _uses(body, y.id) != 1:
+            continue
+        m, n = t.shape
+        p = em.alloc("f32", (m, n, LANES))
+        em.declare("declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)")
+        em.emit(f"call void @llvm.memset.p0.i64(ptr align 64 {p.ptr}, i8 0, "
+                f"i64 {4 * m * n * LANES}, i1 false)")
+        out[dot.results[0].id] = Carry(p)
+    return out
+
+
+def note(env, dot: Op) -> str:
+    """Explain's words for a fused dot whose lane sums are carried (else "")."""
+    if dot.results[0].id not in env.carries:
+        return ""
+    return "; lane sums carried across the loop, reduced once after it"
+
+
+def add(em: Emitter, c: Carry, i: str, j: str, vec: str, lanes: int) -> None:
+    """partials[i, j, :lanes] += vec (a <lanes x float>)."""
+    c.lanes = lanes
+    vt = f"<{lanes} x float>"
+    p = em.gep(c.partials, em.flat_index([str(i), j, "0"], c.partials.shape))
+    old = em.val(f"load {vt}, ptr {p}, align 4")
+    em.emit(f"store {vt} {em.val(f'fadd reassoc contract {vt} {old}, {vec}')}, ptr {p}, "
+            "align 4")
+
+
+def finish(em: Emitter, c: Carry, acc: Buf) -> None:
+    """acc[i, j] += the lane sum of partials[i, j] (after the loop), if a fused dot used them."""
+    if c.lanes is None:
+        return
+    vt = f"<{c.lanes} x float>"
+    em.declare(f"declare float @llvm.vector.reduce.fadd.v{c.lanes}f32(float, {vt})")
+    m, n, _ = c.partials.shape
+
+    def one(idx: list[str]) -> None:
+        p = em.gep(c.partials, em.flat_index([*idx, "0"], c.partials.shape))
+        s = em.val(f"call reassoc float @llvm.vector.reduce.fadd.v{c.lanes}f32(float -0.0, "
+                   f"{vt} {em.val(f'load {vt}, ptr {p}, align 4')})")
+        oi = em.flat_index(idx, acc.shape)
+        em.store_elem(acc, oi, em.val(f"fadd float {em.load_elem(acc, oi)}, {s}"))
+
+    em.nest((m, n), one)
