@@ -37,27 +37,35 @@ def _uses(r: Region, vid: int) -> int:
 
 
 def carried_dots(em: Emitter, loop: Op) -> dict[int, Carry]:
-    """The carried f32 tiles of `loop` updated only by one dot in its body (its accumulator,
-    read nowhere else; its result yielded and read nowhere else): that dot's result id -> its
-    zeroed partials, emitted before the loop."""
+    """The carried f32 tiles of `loop` updated only by a chain of dots in its body (the first
+    adds into the carried tile, each next one into the previous result, the last one's result
+    is yielded; each read nowhere else): each such dot's result id -> the tile's partials,
+    zeroed before the loop (emitted here)."""
     body = loop.regions[0]
     out: dict[int, Carry] = {}
+    dots = {op.results[0].id: op for op in body.ops if op.opcode == "dot"}
     yields = body.ops[-1].operands if body.ops and body.ops[-1].opcode == "yield" else ()
     for j, y in enumerate(yields):
         arg = body.args[1 + j]
         t = loop.results[j].type
         if not isinstance(t, TileType) or t.dtype != "f32" or len(t.shape) != 2:
             continue
-        dot = next((op for op in body.ops if op.opcode == "dot" and op.results[0].id == y.id), None)
-        if dot is None or dot.operands[2].id != arg.id or _uses(body, arg.id) != 1 \
-                or _uses(body, y.id) != 1:
+        chain, v = [], y  # dots, last first, each adding into the previous one's result
+        while v.id != arg.id and _uses(body, v.id) == 1:
+            dot = dots.get(v.id)
+            if dot is None:
+                break
+            chain.append(dot)
+            v = dot.operands[2]
+        if not chain or v.id != arg.id or _uses(body, arg.id) != 1:
             continue
         m, n = t.shape
         p = em.alloc("f32", (m, n, LANES))
         em.declare("declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)")
         em.emit(f"call void @llvm.memset.p0.i64(ptr align 64 {p.ptr}, i8 0, "
                 f"i64 {4 * m * n * LANES}, i1 false)")
-        out[dot.results[0].id] = Carry(p)
+        c = Carry(p)
+        out.update((d.results[0].id, c) for d in chain)
     return out
 
 
@@ -68,14 +76,19 @@ def note(env, dot: Op) -> str:
     return "; lane sums carried across the loop, reduced once after it"
 
 
-def add(em: Emitter, c: Carry, i: str, j: str, vec: str, lanes: int) -> None:
-    """partials[i, j, :lanes] += vec (a <lanes x float>)."""
+def add(em: Emitter, c: Carry, i: str, j: str, vec: str, lanes: int,
+        scale: str | None = None) -> None:
+    """partials[i, j, :lanes] += vec (a <lanes x float>), times `scale` (a vector) if given."""
     c.lanes = lanes
     vt = f"<{lanes} x float>"
     p = em.gep(c.partials, em.flat_index([str(i), j, "0"], c.partials.shape))
     old = em.val(f"load {vt}, ptr {p}, align 4")
-    em.emit(f"store {vt} {em.val(f'fadd reassoc contract {vt} {old}, {vec}')}, ptr {p}, "
-            "align 4")
+    if scale is not None:
+        em.declare(f"declare {vt} @llvm.fma.v{lanes}f32({vt}, {vt}, {vt})")
+        new = em.val(f"call {vt} @llvm.fma.v{lanes}f32({vt} {vec}, {vt} {scale}, {vt} {old})")
+    else:
+        new = em.val(f"fadd reassoc contract {vt} {old}, {vec}")
+    em.emit(f"store {vt} {new}, ptr {p}, align 4")
 
 
 def finish(em: Emitter, c: Carry, acc: Buf) -> None:

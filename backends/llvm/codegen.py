@@ -192,7 +192,9 @@ def _for(env: Env, op: Op) -> None:
                    body_carried=run)
     for j, y in enumerate(body.ops[-1].operands):
         if y.id in carries:
-            carry.finish(em, env.carries.pop(y.id), bufs[j])
+            carry.finish(em, carries[y.id], bufs[j])
+    for d in carries:
+        del env.carries[d]
     it = iter(phis)
     for j, r in enumerate(op.results):
         env.bind(r, bufs[j] if j in bufs else next(it))
