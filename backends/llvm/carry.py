@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lowbitc.backends.llvm.emitter import Buf, Emitter
+from lowbitc.backends.llvm.fused_leaves import splat
 from lowbitc.ir.core import Op, Region
 from lowbitc.ir.types import TileType
 
@@ -107,3 +108,31 @@ def finish(em: Emitter, c: Carry, acc: Buf) -> None:
         em.store_elem(acc, oi, em.val(f"fadd float {em.load_elem(acc, oi)}, {s}"))
 
     em.nest((m, n), one)
+
+
+def add_rows(em: Emitter, plan, c: Carry, g: str, sums, row_leaf, asums: list[str], out: Buf,
+             group: int, lanes: int) -> None:
+    """Rows g*group .. +group-1: each row's vector sums (times its S) into the carried
+    partials; T's share (T * the sum of a's row) into out (fusion._fused: `sums(j)` row j's
+    vector sums per row of a, `row_leaf(v, j)` row j's S or T, `asums` the rows of a summed)."""
+    half = min(lanes, 16)  # a 32-lane accumulator's halves are added first: one zmm a row
+    va = f"<{half} x float>"
+    j0 = em.val(f"mul i64 {g}, {group}")
+    rows = [em.val(f"add i64 {j0}, {r}") for r in range(group)]
+    accs = [sums(j) for j in rows]  # (independent chains first)
+    for j, acc in zip(rows, accs):
+        sj, tj = row_leaf(plan.scale, j), row_leaf(plan.offset, j)
+        if sj:
+            sj = splat(em, sj, "f32", half)
+        for i, v in enumerate(acc):
+            if half < lanes:
+                lo, hi = (em.val(f"shufflevector <{lanes} x float> {v}, <{lanes} x float> "
+                                 f"poison, <{half} x i32> <"
+                                 + ", ".join(f"i32 {h * half + q}" for q in range(half)) + ">")
+                          for h in (0, 1))
+                v = em.val(f"fadd reassoc {va} {lo}, {hi}")
+            add(em, c, str(i), j, v, half, sj)
+            if tj:
+                oi = em.flat_index([str(i), j], out.shape)
+                s = em.val(f"fmul float {tj}, {asums[i]}")
+                em.store_elem(out, oi, em.val(f"fadd float {em.load_elem(out, oi)}, {s}"))

@@ -308,40 +308,12 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
     c = env.carries.get(plan.dot.results[0].id)
     if c is not None:  # the lane sums wait for the loop's end (carry.py)
         em.loop("0", str(bn // ROWS) if bn % ROWS == 0 else str(bn),
-                lambda g: _carried(env, plan, c, g, sums, row_leaf, asums, out,
-                                   ROWS if bn % ROWS == 0 else 1, lanes))
+                lambda g: carry.add_rows(em, plan, c, g, sums, row_leaf, asums, out,
+                                         ROWS if bn % ROWS == 0 else 1, lanes))
     elif m <= 2 and bn % ROWS == 0:
         em.loop("0", str(bn // ROWS), rows)
     else:
         em.loop("0", str(bn), row)
-
-
-def _carried(env: Env, plan: Plan, c, g: str, sums, row_leaf, asums: list[str], out: Buf,
-             group: int, lanes: int) -> None:
-    """Rows g*group .. +group-1: each row's vector sums (times its S) into the carried
-    partials; T's share (T * the sum of a's row) into out."""
-    em = env.em
-    half = min(lanes, 16)  # a 32-lane accumulator's halves are added first: one zmm a row
-    va = f"<{half} x float>"
-    j0 = em.val(f"mul i64 {g}, {group}")
-    rows = [em.val(f"add i64 {j0}, {r}") for r in range(group)]
-    accs = [sums(j) for j in rows]  # (independent chains first)
-    for j, acc in zip(rows, accs):
-        sj, tj = row_leaf(plan.scale, j), row_leaf(plan.offset, j)
-        if sj:
-            sj = fused_leaves.splat(em, sj, "f32", half)
-        for i, v in enumerate(acc):
-            if half < lanes:
-                lo, hi = (em.val(f"shufflevector <{lanes} x float> {v}, <{lanes} x float> "
-                                 f"poison, <{half} x i32> <"
-                                 + ", ".join(f"i32 {h * half + q}" for q in range(half)) + ">")
-                          for h in (0, 1))
-                v = em.val(f"fadd reassoc {va} {lo}, {hi}")
-            carry.add(em, c, str(i), j, v, half, sj)
-            if tj:
-                oi = em.flat_index([str(i), j], out.shape)
-                s = em.val(f"fmul float {tj}, {asums[i]}")
-                em.store_elem(out, oi, em.val(f"fadd float {em.load_elem(out, oi)}, {s}"))
 
 
 def _vload(em: Emitter, buf: Buf, index: str, width: int = W) -> str:
