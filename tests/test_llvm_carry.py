@@ -5,6 +5,8 @@ multiple of the tile, K ending inside a window: the generic dot adds into acc me
 M = 1-3 and 5, chains of dots, two carried tiles, a nested loop; and loops that read acc
 (not carried: explain says which ran)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from lowbitc.compiler import compile
 from lowbitc.interp import run
 
 CARRIED = "lane sums carried across the loop"
+USER = Path(__file__).resolve().parents[1] / "examples" / "user"
 
 # MODE 0: one dot; 1: two dots a step (the second adds into the first's result, with a row
 # offset); 2: acc scaled inside the loop (read: not carried); 3: two carried tiles;
@@ -136,3 +139,12 @@ def test_chains_two_tiles_and_nested_loops_are_carried(mode, m):
 def test_a_loop_reading_acc_is_not_carried(mode):
     text = _check(mode, 2, 40, 352)
     assert "fused register dot" in text and CARRIED not in text, text
+
+
+@pytest.mark.parametrize("name,carried", [("gguf_q4_k_gemv", True), ("gguf_q4_0_gemv", True),
+                                          ("gguf_q8_0_gemv", False)])
+def test_steps_of_fewer_than_64_weights_sum_per_window(name, carried):
+    """GGUF Q8_0's loop steps over 32 weights (one dot): carrying measured slower there."""
+    text = compile(USER / f"{name}.lbk").explain()
+    dots = [ln for ln in text.splitlines() if ": dot" in ln]
+    assert dots and all((CARRIED in ln) == carried for ln in dots), text

@@ -17,6 +17,11 @@ from lowbitc.ir.core import Op, Region
 from lowbitc.ir.types import TileType
 
 LANES = 32  # the widest accumulator of the fused dot (fusion_plan.acc_lanes)
+# K per loop step (over the chain's dots) from which carrying wins: a row's partials cost a
+# load, an fma and a store a step, a joint horizontal sum about as much for 32 weights (one
+# thread, 4096^2, M = 1: GGUF Q8_0's 32 a step 6% slower carried; NF4's 64 6%, Q4_0's 128 8%,
+# Q4_K's 2 x 32 17% faster)
+MIN_STEP = 64
 
 
 @dataclass
@@ -40,8 +45,8 @@ def _uses(r: Region, vid: int) -> int:
 def carried_dots(em: Emitter, loop: Op) -> dict[int, Carry]:
     """The carried f32 tiles of `loop` updated only by a chain of dots in its body (the first
     adds into the carried tile, each next one into the previous result, the last one's result
-    is yielded; each read nowhere else): each such dot's result id -> the tile's partials,
-    zeroed before the loop (emitted here)."""
+    is yielded; each read nowhere else; MIN_STEP of K a step at least): each such dot's
+    result id -> the tile's partials, zeroed before the loop (emitted here)."""
     body = loop.regions[0]
     out: dict[int, Carry] = {}
     dots = {op.results[0].id: op for op in body.ops if op.opcode == "dot"}
@@ -58,7 +63,8 @@ def carried_dots(em: Emitter, loop: Op) -> dict[int, Carry]:
                 break
             chain.append(dot)
             v = dot.operands[2]
-        if not chain or v.id != arg.id or _uses(body, arg.id) != 1:
+        if not chain or v.id != arg.id or _uses(body, arg.id) != 1 \
+                or sum(d.operands[0].type.shape[1] for d in chain) < MIN_STEP:
             continue
         m, n = t.shape
         p = em.alloc("f32", (m, n, LANES))
