@@ -148,3 +148,17 @@ def test_steps_of_fewer_than_64_weights_sum_per_window(name, carried):
     text = compile(USER / f"{name}.lbk").explain()
     dots = [ln for ln in text.splitlines() if ": dot" in ln]
     assert dots and all((CARRIED in ln) == carried for ln in dots), text
+
+
+
+def test_output_tiles_past_the_partials_budget_are_not_carried(monkeypatch):
+    """Partials cost 128 bytes per output: a tile past carry.MAX_PARTIALS (here lowered below
+    one [4, 16] tile) keeps the per-window horizontal sums, and stays correct."""
+    from lowbitc.backends.llvm import carry
+
+    monkeypatch.setenv("LOWBITC_NO_CACHE", "1")  # (compiled anew under the lowered budget)
+    monkeypatch.setattr(carry, "MAX_PARTIALS", 4 * 4 * 16 * carry.LANES - 4)
+    text = _check(0, 4, 40, 352)
+    assert "fused register dot" in text and CARRIED not in text, text
+    monkeypatch.setattr(carry, "MAX_PARTIALS", 4 * 4 * 16 * carry.LANES)
+    assert CARRIED in _check(0, 4, 40, 352)

@@ -22,6 +22,7 @@ LANES = 32  # the widest accumulator of the fused dot (fusion_plan.acc_lanes)
 # thread, 4096^2, M = 1: GGUF Q8_0's 32 a step 6% slower carried; NF4's 64 6%, Q4_0's 128 8%,
 # Q4_K's 2 x 32 17% faster)
 MIN_STEP = 64
+MAX_PARTIALS = 1 << 17  # bytes of partials per carried tile (a stack buffer of each program)
 
 
 @dataclass
@@ -67,6 +68,8 @@ def carried_dots(em: Emitter, loop: Op) -> dict[int, Carry]:
                 or sum(d.operands[0].type.shape[1] for d in chain) < MIN_STEP:
             continue
         m, n = t.shape
+        if 4 * m * n * LANES > MAX_PARTIALS:
+            continue  # (a big output tile: its partials would not stay in L1 nor on the stack)
         p = em.alloc("f32", (m, n, LANES))
         em.declare("declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)")
         em.emit(f"call void @llvm.memset.p0.i64(ptr align 64 {p.ptr}, i8 0, "
