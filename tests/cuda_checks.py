@@ -23,11 +23,14 @@ def assemble_without_spills(ptx: str, arch: str):
     return asm
 
 
-def run_simulator_suite(name: str, passed: int | None = None) -> None:
-    """pytest tests/cudasim/NAME under NUMBA_ENABLE_CUDASIM=1 in a fresh process: it must
-    pass (`passed` tests exactly, when given) and leave this process off the simulator."""
+def run_simulator_suite(name: str, passed: int | None = None, *args: str,
+                        timeout: float = 900) -> None:
+    """pytest tests/cudasim/NAME (with pytest's `args`, e.g. "-m", "sweep") under
+    NUMBA_ENABLE_CUDASIM=1 in a fresh process: it must pass (`passed` tests exactly, when
+    given) and leave this process off the simulator."""
     pytest.importorskip("numba.cuda")
-    proc = T.run_in_simulator(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(SIM_DIR / name)])
+    proc = T.run_in_simulator(["-m", "pytest", "-q", "-p", "no:cacheprovider", *args,
+                               str(SIM_DIR / name)], timeout=timeout)
     report = proc.stdout[-6000:] + proc.stderr[-3000:]
     assert proc.returncode == 0, report
     got = re.search(r"(\d+) passed", proc.stdout)

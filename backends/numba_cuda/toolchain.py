@@ -157,12 +157,9 @@ def ptx_for(
     cc = _cc(arch)
     pyfunc = _as_pyfunc(kernel, name)
     from cuda.core import Linker, LinkerOptions, ObjectCode
-    from numba import cuda
 
     with _offline_device(cc):
-        codes, _ = cuda.compile_all(
-            pyfunc, signature, device=False, abi="numba", cc=cc, output="ltoir", fastmath=fastmath
-        )
+        codes = _ltoir(_library(pyfunc, signature, fastmath, cc), cc)
     objects = [ObjectCode.from_ltoir(c) if isinstance(c, bytes) else c for c in codes]
     options = LinkerOptions(arch=arch, link_time_optimization=True, ptx=True)
     linker = Linker(*objects, options=options)
@@ -174,6 +171,51 @@ def ptx_for(
     if ".entry" not in text:
         raise BackendError(f"nvJitLink produced PTX without a .entry for {pyfunc.__name__}")
     return text
+
+
+# numba-cuda (0.30) reads the compute capability while typing and lowering a kernel only at
+# these thresholds (nvvmutils: atomics at 6.0; mathimpl: tanh.approx under fastmath at 7.5;
+# its Device.supports_* are not read offline): archs on the same side of each get the same
+# LLVM IR, which NVVM then compiles per arch (sm_80 and sm_90 alike)
+_NUMBA_CC_THRESHOLDS = ((6, 0), (7, 5))
+
+
+def _numba_features(cc: tuple[int, int]) -> tuple[bool, ...]:
+    return tuple(cc >= t for t in _NUMBA_CC_THRESHOLDS)
+
+
+_LIBRARIES: dict[tuple, Any] = {}  # (kernel, signature, fastmath, features) -> library
+
+
+def _library(pyfunc, signature, fastmath: bool, cc: tuple[int, int]):
+    """numba-cuda's code library (typed, lowered to LLVM IR: nearly all of a compile's time) of
+    a kernel, shared by the archs of one `_numba_features` class (sm_80 and sm_90 alike): the
+    first of them asked for compiles it. The 16 last libraries are kept."""
+    key = (pyfunc, signature, fastmath, _numba_features(cc))
+    if key not in _LIBRARIES:
+        from numba.cuda.compiler import _compile_pyfunc_with_fixup
+
+        while len(_LIBRARIES) >= 16:
+            del _LIBRARIES[next(iter(_LIBRARIES))]
+        _LIBRARIES[key], _ = _compile_pyfunc_with_fixup(
+            pyfunc, signature, device=False, fastmath=fastmath, cc=cc, abi="numba", lto=True)
+    return _LIBRARIES[key]
+
+
+def _ltoir(lib, cc: tuple[int, int]) -> list:
+    """The kernel's LTO-IR for `cc` and the code it links (C++ shims compiled by NVRTC for
+    `cc`), as numba-cuda's compile_all(output="ltoir") returns them."""
+    from numba.cuda.cudadrv import nvrtc
+    from numba.cuda.cudadrv.linkable_code import LinkableCode
+
+    codes = [lib.get_ltoir(cc=cc)]
+    for path_or_obj in lib._linking_files:
+        obj = LinkableCode.from_path_or_obj(path_or_obj)
+        if obj.kind == "cu":
+            codes.append(nvrtc.compile(obj.data, obj.name, cc, ltoir=True)[0])
+        else:
+            codes.append(obj)
+    return codes
 
 
 @dataclass(frozen=True)
