@@ -1,7 +1,12 @@
 """`dot` on tensor cores (backends/numba_cuda/mma_dot.py): the fragment layouts composed with
 the warp tiling, the ldmatrix rows and their bank conflicts (evaluated from the generated
 source), the shipped kernel's SASS through `lowbitc emit` (HMMA and LDSM present, no spills),
-and the simulator suite (tests/cudasim/test_sim_mma.py) in a process of its own."""
+and the simulator suite (tests/cudasim/test_sim_mma.py) in a process of its own.
+
+CI runs a representative part (the SASS cells the acceptance names, the simulator's default
+cases); the whole table and matrix are `sweep`s: `python -m pytest tests/test_cuda_mma.py -m
+"sweep or not sweep"` (-k non_hmma_per_hmma_bound: every SASS cell; -k simulator: every
+simulator case). docs/cuda.md ("Tensor cores") lists what each part covers."""
 
 from __future__ import annotations
 
@@ -280,7 +285,17 @@ def test_i8_dot_assembles_to_imma_without_spills(arch):
 
 
 def test_simulator_suite():
-    run_simulator_suite("test_sim_mma.py", passed=92)
+    """The default cases of tests/cudasim/test_sim_mma.py (each code path once)."""
+    run_simulator_suite("test_sim_mma.py", passed=24)
+
+
+@pytest.mark.slow
+@pytest.mark.sweep
+def test_simulator_sweep():
+    """The rest of the acceptance matrix (test_sim_mma.py's `sweep` cases: every format at M
+    33, the other four-warp and traced tiles, ...); with test_simulator_suite every case
+    (`-m "sweep or not sweep" -k simulator`). About 10 minutes of simulation."""
+    run_simulator_suite("test_sim_mma.py", 68, "-m", "sweep", timeout=3600)
 
 
 def test_weights_decode_into_b_registers():

@@ -20,6 +20,14 @@ stands. Every other format's code values (integers up to 255, floats of at most 
 bits) are exact in bf16.
 
 Run only in a process with NUMBA_ENABLE_CUDASIM=1 (tests/test_cuda_mma.py starts one).
+
+The default run keeps a set of cases that together take every code path once (each decode
+family, one four-warp tile, f16 and bf16, zero points, ragged N/K, a partial last group,
+split-K, a pipeline depth, the bank trace of a staged and a packing tile); every other case of
+the acceptance matrix is marked `sweep` (tests/conftest.py skips those unless -m is given).
+The whole matrix: `NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cudasim/test_sim_mma.py -m
+"sweep or not sweep"`, or `python -m pytest tests/test_cuda_mma.py -m "sweep or not sweep" -k
+simulator` (test_simulator_suite runs the default cases, test_simulator_sweep the others).
 """
 
 import os
@@ -59,6 +67,22 @@ CASES = [
 ]
 
 
+def _split(cases, default):
+    """`cases` for parametrize, those not in `default` marked `sweep` (run with -m)."""
+    assert all(d in cases for d in default), default
+    return [c if c in default else pytest.param(*c, marks=pytest.mark.sweep) for c in cases]
+
+
+# the default run's cases: magic u1/u2/u4 (M 1, 5, 16; zero points; ragged N/K; partial
+# groups; the unchecked K loop past one 64-wide block), u3's bit planes, b1, and every code
+# of u8 (PRMT), f8e4m3fn (float fields), nf4 (table) and i8
+DEFAULT = [("u1", 5, 9, 70, 32, False), ("u2", 1, 33, 96, 32, True), ("u3", 16, 7, 45, 32, True),
+           ("u4", 5, 11, 80, 32, True), ("b1", 5, 9, 45, 32, False),
+           ("u4", 16, 72, 160, 64, True), ("u8", 5, 64, 128, 64, True),
+           ("f8e4m3fn", 16, 64, 128, 64, False), ("nf4", 5, 64, 128, 64, False),
+           ("i8", 5, 64, 128, 64, False)]
+
+
 def _qw(name, n, k, group, zp, seed=0):
     w = np.random.default_rng(seed).standard_normal((n, k)).astype(np.float32)
     return quantize(w, BOOK if name == "mmabook" else name, group, zero_point=zp)
@@ -79,7 +103,7 @@ def _budget(x, qw, rounded: bool, unit: float = 2.0**-11) -> np.ndarray:
     return rel * mass + 1e-30
 
 
-@pytest.mark.parametrize("name,m,n,k,group,zp", CASES)
+@pytest.mark.parametrize("name,m,n,k,group,zp", _split(CASES, DEFAULT))
 def test_mma_matmul_matches_numpy_and_interpreter(name, m, n, k, group, zp):
     qw = _qw(name, n, k, group, zp)
     x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float16)
@@ -112,7 +136,13 @@ BF16_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,m,n,k,group,zp", BF16_CASES)
+# by default: u4 (zero points, partial group, the bf16 bits on the device), and every code of
+# u8 (f32 magic for 8 bits) and the code book (table registers)
+BF16_DEFAULT = [("u4", 5, 11, 80, 32, True), ("u8", 5, 64, 128, 64, False),
+                ("mmabook", 5, 64, 128, 64, False)]
+
+
+@pytest.mark.parametrize("name,m,n,k,group,zp", _split(BF16_CASES, BF16_DEFAULT))
 def test_mma_matmul_bf16_activations(name, m, n, k, group, zp):
     """bf16 x takes mma .bf16 (the same kernel, A=bf16): against float64 numpy within the
     module docstring's bf16 bound, and against the interpreter within the f32-sum part."""
@@ -148,7 +178,7 @@ M33_FORMATS = ["u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8", "i2", "i4", "b1",
                "f6e3m2fn", "f6e2m3fn", "f8e4m3fn", "f8e5m2", "nf4", "mmabook"]
 
 
-@pytest.mark.parametrize("i,name", list(enumerate(M33_FORMATS)))
+@pytest.mark.parametrize("i,name", _split(list(enumerate(M33_FORMATS)), []))
 def test_every_format_at_m33(i, name):
     import ml_dtypes
 
@@ -221,7 +251,8 @@ FOUR_WARPS = [
 ]
 
 
-@pytest.mark.parametrize("name,act,m,n,k,group,zp", FOUR_WARPS)
+@pytest.mark.parametrize("name,act,m,n,k,group,zp",
+                         _split(FOUR_WARPS, [("u4", "bf16", 64, 90, 136, 128, True)]))
 def test_mma_packing_on_four_warps(name, act, m, n, k, group, zp):
     """At BM 32 / 64 the weight is read from the mma packing (not staged canonical words):
     against float64 numpy within the module docstring's bound and against the interpreter."""
@@ -258,7 +289,8 @@ TRACED = [("u4", "bf16", 33, 64, False, {"TH": 128}), ("u8", "f16", 5, 64, False
           ("u7", "f16", 20, 32, True, {"TH": 128, "BN": 32})]
 
 
-@pytest.mark.parametrize("name,act,m,n,zp,extra", TRACED)
+@pytest.mark.parametrize("name,act,m,n,zp,extra", _split(TRACED, [
+    ("u4", "f16", 16, 64, True, {}), ("u7", "f16", 20, 32, True, {"TH": 128, "BN": 32})]))
 def test_every_shared_access_is_free_of_bank_conflicts(name, act, m, n, zp, extra):
     """Every shared-memory access the generated kernel makes (stores, loads, ldmatrix rows,
     the pipeline's cp.async chunks into its swizzled stages), recorded per simulated thread
@@ -311,8 +343,9 @@ def test_stated_fragment_layouts_run_on_tensor_cores():
 
 
 # u3: SK = 4 > its 3 groups, an empty split adds zeros
-@pytest.mark.parametrize("name,m,n,k,group,zp,sk", [
-    ("u4", 5, 40, 300, 32, True, 2), ("u3", 1, 6, 70, 32, True, 4)])
+@pytest.mark.parametrize("name,m,n,k,group,zp,sk", _split([
+    ("u4", 5, 40, 300, 32, True, 2), ("u3", 1, 6, 70, 32, True, 4)],
+    [("u3", 1, 6, 70, 32, True, 4)]))
 def test_split_k_partial_sums_reduced_in_order(name, m, n, k, group, zp, sk):
     """Split-K (SK > 1): each split's groups into its slice of the workspace, splitk_sum adds
     the slices in order; the same bound against numpy as one pass (each split is the one-pass
@@ -328,6 +361,7 @@ def test_split_k_partial_sums_reduced_in_order(name, m, n, k, group, zp, sk):
     assert np.all(np.abs(y - exact) <= _budget(x, qw, False)), (name, np.abs(y - exact).max())
 
 
+@pytest.mark.sweep
 def test_the_tuner_times_split_k_with_both_passes():
     """A split-K point of `tune("matmul", backend="cuda")`: the tuner's candidate runs both
     passes and its result check (against numpy) passes."""
@@ -338,7 +372,7 @@ def test_the_tuner_times_split_k_with_both_passes():
     run()
 
 
-@pytest.mark.parametrize("st,name,m", [(2, "u4", 5), (4, "u3", 20)])
+@pytest.mark.parametrize("st,name,m", _split([(2, "u4", 5), (4, "u3", 20)], [(2, "u4", 5)]))
 def test_pipeline_depths_match_numpy(st, name, m):
     """ST (the K loop's `stages=`, a tune choice) 2 and 4: the cp.async pipeline with 1 and 3
     fills ahead over 5 K tiles of 32 (a partial last group), against float64 numpy within the
@@ -355,7 +389,8 @@ def test_pipeline_depths_match_numpy(st, name, m):
     assert np.all(np.abs(y - exact) <= _budget(x, qw, False)), (name, np.abs(y - exact).max())
 
 
-@pytest.mark.parametrize("name,m,k,want", [("u4", 1, 512, 2), ("u3", 5, 1024, 4)])
+@pytest.mark.parametrize("name,m,k,want", _split([("u4", 1, 512, 2), ("u3", 5, 1024, 4)],
+                                                  [("u4", 1, 512, 2)]))
 def test_default_split_k_matches_numpy(name, m, k, want):
     """The default split-K (lowbitc/split_k.py: one block of output tiles, K of 16 and 32
     groups of 32 on the A100 table) picks SK > 1 and ops.matmul's result, both passes, is
