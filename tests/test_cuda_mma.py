@@ -179,7 +179,7 @@ def test_emit_matmul_is_the_kernel_ops_runs(w, act, want, capsys):
     assert capsys.readouterr().out.startswith(f"kernel @{want}(")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stats_text(w: str, arch: str, act: str) -> str:
     """`lowbitc emit matmul --format stats` of one (format, arch, activations) cell, run once
     per session: the tests reading the same cell share it (one numba compile and ptxas run;
