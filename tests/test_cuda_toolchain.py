@@ -128,6 +128,39 @@ def test_source_and_arch_arguments_are_checked():
         T.assemble(".version 9.0", "sm_81")
 
 
+@needs_toolchain
+@pytest.mark.cuda_toolchain
+def test_archs_share_the_numba_library_and_get_their_own_ptx():
+    """ptx_for types and lowers a kernel once (numba-cuda's library) for the archs numba-cuda
+    does not tell apart (sm_80, sm_90): sm_90's PTX from sm_80's library is the PTX numba's
+    own compile_all gives at sm_90."""
+    from cuda.core import Linker, LinkerOptions, ObjectCode
+    from numba import cuda
+
+    spec = P.DequantSpec("u", 4, 256, 128, "interleaved")
+    src = P.dequant_source(spec)
+    T._LIBRARIES.clear()
+    assert ".target sm_80" in T.ptx_for(src, P.SIGNATURE, "sm_80", name=spec.name)
+    shared = T.ptx_for(src, P.SIGNATURE, "sm_90", name=spec.name)
+    assert len(T._LIBRARIES) == 1 and T._numba_features((8, 0)) == T._numba_features((9, 0))
+    with T._offline_device((9, 0)):
+        codes, _ = cuda.compile_all(T.load_source(src, spec.name), P.SIGNATURE, device=False,
+                                    abi="numba", cc=(9, 0), output="ltoir")
+    objects = [ObjectCode.from_ltoir(c) if isinstance(c, bytes) else c for c in codes]
+    linker = Linker(*objects, options=LinkerOptions(arch="sm_90", link_time_optimization=True,
+                                                    ptx=True))
+    own = linker.link("ptx").code
+    linker.close()
+    own = (own.decode() if isinstance(own, bytes) else str(own)).rstrip("\0")
+    assert _unnamed(shared) == _unnamed(own) and ".target sm_90" in shared
+
+
+def _unnamed(ptx: str) -> str:
+    """PTX without the names numba makes unique per compile (the mangled entry's ABI tag and
+    the shared-array counter)."""
+    return re.sub(r"_cudapy_smem_\d+", "smem", re.sub(r"\b_Z\w+", "entry", ptx))
+
+
 # Figures per width (sm_80): the innermost loop dequantizes P.CHUNK weights per iteration.
 GOALS = {("u", 4, "interleaved"): 1.5}
 FAST = [("u", 4, "canonical"), ("u", 4, "interleaved"), ("u", 3, "canonical"),
