@@ -167,8 +167,11 @@ def _for(env: Env, op: Op) -> None:
             bufs[j] = b
     sc = [(j, lltype(r.type.dtype), inits[j]) for j, r in enumerate(op.results) if j not in bufs]
     env.steps[body.args[0].id] = step  # loads of row `counter` prefetch rows ahead (ops_memory)
-    carries = carry.carried_dots(em, op)  # dots whose lane sums wait for the loop's end
+    # dots whose lane sums wait for the loop's end (a loop inside another one is entered once
+    # per outer step: its partials would be zeroed and reduced as often, not carried)
+    carries = {} if env.loops else carry.carried_dots(em, op)
     env.carries.update(carries)
+    env.loops += 1
 
     def run(i: str, phis: list[str]) -> list[str]:
         vals: list = []
@@ -190,6 +193,7 @@ def _for(env: Env, op: Op) -> None:
 
     phis = em.loop(lo, hi, None, step=step, carried=[(t, init) for _, t, init in sc],
                    body_carried=run)
+    env.loops -= 1
     for j, y in enumerate(body.ops[-1].operands):
         if y.id in carries:
             carry.finish(em, carries[y.id], bufs[j])

@@ -86,6 +86,7 @@ class Env:
         self.consts: dict[int, Op] = {}  # scalar constants of the regions emitted so far
         self.defs: dict[int, Op] = {}  # the op defining each value of the kernel (codegen)
         self.carries: dict = {}  # a loop's carried dot (result id) -> its partials (carry.py)
+        self.loops = 0  # for loops being emitted around the current op
 
     def get(self, v: Value):
         for table in (self.scalars, self.tiles, self.tensors):
