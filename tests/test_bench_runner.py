@@ -253,3 +253,9 @@ def test_bench_reruns_itself_once_with_blas_threads_sleeping():
     # run as `python -c ...` it reaches the same CLI with the same arguments
     assert "from lowbitc.cli import main" in again[2]
     assert bench.blas_sleep_argv(argv, dict(bench.BLAS_SLEEP)) is None
+    # OpenBLAS's and GNU OpenMP's (ggml, torch) workers both told to sleep soon; a value the
+    # user set is kept, and one missing still re-runs
+    assert set(bench.BLAS_SLEEP) == {"OPENBLAS_THREAD_TIMEOUT", "GOMP_SPINCOUNT"}
+    assert bench.blas_sleep_argv(argv, {"OPENBLAS_THREAD_TIMEOUT": "4"}) is not None
+    env = bench.blas_sleep_env({"GOMP_SPINCOUNT": "7", "PATH": "/bin"})
+    assert env == {"OPENBLAS_THREAD_TIMEOUT": "4", "GOMP_SPINCOUNT": "7", "PATH": "/bin"}

@@ -71,9 +71,14 @@ def command_line(args: argparse.Namespace) -> str:
 
 # OpenBLAS's worker threads spin for ~0.1-0.2 s after each sgemm; in interleaved rounds that
 # spinning takes the CPU from whatever runs next (measured: lowbitc's M=16 GEMM 2x slower right
-# after a numpy call, numpy's own time unchanged). A timeout of 4 makes them sleep at once. It must
-# be set before numpy loads, so the command re-runs itself once with it set.
-BLAS_SLEEP = {"OPENBLAS_THREAD_TIMEOUT": "4"}
+# after a numpy call, numpy's own time unchanged). A timeout of 4 makes them sleep at once.
+# GNU OpenMP's (ggml's and torch's CPU pools) spin as long by default: with llama.cpp's q4_0 in
+# the rotation lowbitc's int8 GEMV took 364-527 us (u4) instead of 282-313; a spin count of
+# 30000 keeps their threads awake between their own back-to-back calls (ggml q4_0 227-280 us
+# against 242-271 at the default, torch int4 alike) and lets them sleep before the next
+# candidate's (session 8, Zen 5, 3 alternating runs). Both are read when the libraries load, so
+# the command re-runs itself once with them set (a value the user set is kept).
+BLAS_SLEEP = {"OPENBLAS_THREAD_TIMEOUT": "4", "GOMP_SPINCOUNT": "30000"}
 
 
 def blas_sleep_argv(argv: list[str], env: dict) -> list[str] | None:
@@ -84,11 +89,16 @@ def blas_sleep_argv(argv: list[str], env: dict) -> list[str] | None:
             *argv[1:]]
 
 
+def blas_sleep_env(env) -> dict:
+    """`env` with BLAS_SLEEP's variables added where it does not set them."""
+    return {**BLAS_SLEEP, **env}
+
+
 def run(args: argparse.Namespace) -> int:
     again = blas_sleep_argv(sys.argv, os.environ)
     if again is not None and sys.argv[1:2] == ["bench"]:
         sys.stdout.flush()
-        os.execve(sys.executable, again, {**os.environ, **BLAS_SLEEP})
+        os.execve(sys.executable, again, blas_sleep_env(os.environ))
     from lowbitc.benchmarks import runner  # noqa: PLC0415 - lazy: it imports torch (~2 s)
     from lowbitc.benchmarks.report import format_table  # noqa: PLC0415
 
