@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from lowbitc.backends.llvm.emitter import Buf, Emitter
 from lowbitc.backends.llvm.fused_leaves import splat
-from lowbitc.ir.core import Op, Region
+from lowbitc.backends.llvm.fusion_plan import region_index
+from lowbitc.ir.core import Op
 from lowbitc.ir.types import TileType
 
 LANES = 32  # the widest accumulator of the fused dot (fusion_plan.acc_lanes)
@@ -37,15 +38,6 @@ class Carry:
     lanes: int | None = None
 
 
-def _uses(r: Region, vid: int) -> int:
-    n = 0
-    for op in r.ops:
-        n += sum(v.id == vid for v in op.operands)
-        for sub in op.regions:
-            n += _uses(sub, vid)
-    return n
-
-
 def carried_dots(em: Emitter, loop: Op) -> dict[int, Carry]:
     """The carried f32 tiles of `loop` updated only by a chain of dots in its body (the first
     adds into the carried tile, each next one into the previous result, the last one's result
@@ -53,7 +45,8 @@ def carried_dots(em: Emitter, loop: Op) -> dict[int, Carry]:
     result id -> the tile's partials, zeroed before the loop (emitted here)."""
     body = loop.regions[0]
     out: dict[int, Carry] = {}
-    dots = {op.results[0].id: op for op in body.ops if op.opcode == "dot"}
+    index = region_index(body)  # (uses count nested regions too)
+    dots = {op.results[0].id: op for op in index.dots}
     yields = body.ops[-1].operands if body.ops and body.ops[-1].opcode == "yield" else ()
     for j, y in enumerate(yields):
         arg = body.args[1 + j]
@@ -61,13 +54,13 @@ def carried_dots(em: Emitter, loop: Op) -> dict[int, Carry]:
         if not isinstance(t, TileType) or t.dtype != "f32" or len(t.shape) != 2:
             continue
         chain, v = [], y  # dots, last first, each adding into the previous one's result
-        while v.id != arg.id and _uses(body, v.id) == 1:
+        while v.id != arg.id and index.uses.get(v.id, 0) == 1:
             dot = dots.get(v.id)
             if dot is None:
                 break
             chain.append(dot)
             v = dot.operands[2]
-        if not chain or v.id != arg.id or _uses(body, arg.id) != 1 \
+        if not chain or v.id != arg.id or index.uses.get(arg.id, 0) != 1 \
                 or sum(d.operands[0].type.shape[1] for d in chain) < MIN_STEP:
             continue
         m, n = t.shape

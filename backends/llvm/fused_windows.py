@@ -120,7 +120,8 @@ def plane_order(plan: Plan) -> tuple[int, ...]:
     return tuple(per * (q % n) + q // n for q in range(W))
 
 
-def lanes_of(em: Emitter, v: str, order: tuple[int, ...]) -> str:
-    """<len(order) x T> of the <W x T> vector v's lanes `order`."""
-    return em.val(f"shufflevector {vtype('f32', W)} {v}, {vtype('f32', W)} poison, "
+def lanes_of(em: Emitter, v: str, order: tuple[int, ...], dtype: str = "f32") -> str:
+    """<len(order) x T> of the <W x T> vector v's lanes `order` (T: `dtype`)."""
+    t = vtype(dtype, W)
+    return em.val(f"shufflevector {t} {v}, {t} poison, "
                   f"<{len(order)} x i32> <{', '.join(f'i32 {q}' for q in order)}>")

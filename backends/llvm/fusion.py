@@ -376,10 +376,7 @@ def _eval_tree(env: Env, plan: Plan, codes: str, j: str, c: str,
                 if key not in leaves:
                     leaves[key] = fused_leaves.leaf(env, v, spaces[rid], j, c)
                     if order:  # (a leaf constant along K: LLVM drops the shuffle)
-                        t = vtype(v.type.dtype, W)
-                        mask = ", ".join(f"i32 {q}" for q in order)
-                        leaves[key] = em.val(f"shufflevector {t} {leaves[key]}, {t} poison, "
-                                             f"<{W} x i32> <{mask}>")
+                        leaves[key] = lanes_of(em, leaves[key], order, v.type.dtype)
                 args.append(leaves[key])
             else:
                 args.append(vals[v.id])
