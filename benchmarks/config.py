@@ -20,6 +20,10 @@ class Config:
     small: int = 256  # K = N of the per-call overhead row
     group_size: int = 128
     rounds: int = 40
+    # every sample loops one candidate's calls for at least this long (rotating through its
+    # weight copies): a burst, as a model's layers call one engine in turn. Single calls right
+    # after another library's measure its thread pool handing over the CPU, not the kernel
+    burst_ms: float = 5.0
     threads: int = 0  # 0: every usable CPU
     copy_mib: int = 128  # bytes copied by the copy-bandwidth baseline (src size)
     read_mib: int = 512  # bytes the read-bandwidth baseline streams (issue 14: >= 512 MiB)
@@ -43,6 +47,9 @@ class Config:
         if not 1 <= small < big:
             raise UserArgumentError(f"incache_sizes: expected (big, small) with big > small "
                                     f">= 1, got {self.incache_sizes}")
+        if not 0 <= self.burst_ms <= 1000:
+            raise UserArgumentError(f"burst_ms: expected milliseconds in [0, 1000], "
+                                    f"got {self.burst_ms}")
         if self.stream < 0 or self.max_copies < 1:
             raise UserArgumentError(f"stream, max_copies: expected >= 0 and >= 1, got "
                                     f"{self.stream}, {self.max_copies}")

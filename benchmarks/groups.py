@@ -359,10 +359,11 @@ def groups(cfg: Config) -> Iterator[Callable[[], Group]]:
         yield lambda s=spec: _small_group(cfg, s)
 
 
-def measure(grp: Group, rounds: int) -> dict:
-    """Time every correct call of the group in the same interleaved rounds."""
+def measure(grp: Group, rounds: int, burst_ms: float = 5.0) -> dict:
+    """Time every correct call of the group in the same interleaved rounds, each sample a
+    burst of at least `burst_ms` of one candidate's calls."""
     fns = {k: t.fn for k, t in grp.timed.items() if t.correct}
-    stats = interleaved_stats(fns, rounds) if fns else {}
+    stats = interleaved_stats(fns, rounds, min_run=burst_ms / 1e3) if fns else {}
     return stats
 
 

@@ -53,14 +53,14 @@ def in_turn(fns: list[Callable[[], object]]) -> Callable[[], object]:
     return call
 
 
-def _calls_per_run(fn: Callable[[], object]) -> int:
-    """How many calls make one timed run last about `_MIN_RUN_SECONDS`."""
+def _calls_per_run(fn: Callable[[], object], min_seconds: float = _MIN_RUN_SECONDS) -> int:
+    """How many calls make one timed run last about `min_seconds`."""
     start = time.perf_counter()
     fn()
     once = time.perf_counter() - start
-    if once >= _MIN_RUN_SECONDS:
+    if once >= min_seconds:
         return 1
-    return min(10_000, math.ceil(_MIN_RUN_SECONDS / max(once, 1e-8)))
+    return min(10_000, math.ceil(min_seconds / max(once, 1e-8)))
 
 
 def _run(fn: Callable[[], object], number: int) -> float:
@@ -96,21 +96,26 @@ def timeit(
 
 
 def interleaved_stats(
-    candidates: Mapping[str, Callable[[], object]], rounds: int = 30, *, warmup: int = 2
+    candidates: Mapping[str, Callable[[], object]], rounds: int = 30, *, warmup: int = 2,
+    min_run: float = _MIN_RUN_SECONDS,
 ) -> dict[str, dict]:
     """Time every candidate once per round, rotating the order, so noise hits all alike.
 
-    Returns per-name statistics as `timeit` does (median/p10/p90/runs/number).
+    Each timed run (one sample) loops a candidate's calls for at least `min_run` seconds: a
+    burst of consecutive calls, as a model's layers call one engine in turn. Returns per-name
+    statistics as `timeit` does (median/p10/p90/runs/number).
     """
     if not candidates:
         raise ValueError("interleaved: no candidates")
     if rounds < 1:
         raise ValueError(f"interleaved: rounds must be >= 1, got {rounds}")
+    if min_run < 0:
+        raise ValueError(f"interleaved: min_run must be >= 0 seconds, got {min_run}")
     names = list(candidates)
     for name in names:
         for _ in range(warmup):
             candidates[name]()
-    numbers = {name: _calls_per_run(candidates[name]) for name in names}
+    numbers = {name: _calls_per_run(candidates[name], min_run) for name in names}
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         shift = r % len(names)

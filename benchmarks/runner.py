@@ -44,7 +44,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
             log(f"[bench] {grp.title}: {len(grp.timed)} calls x {cfg.rounds} rounds")
             load = list(os.getloadavg())
             with cpu_usage() as usage:
-                stats = measure(grp, cfg.rounds)
+                stats = measure(grp, cfg.rounds, cfg.burst_ms)
             if grp.kind == "incache":
                 incache = incache_summary(grp, stats, cfg, clock)
             if any(k.startswith("copy_") for k in stats):

@@ -53,6 +53,34 @@ def test_interleaved_calls_every_candidate_in_every_round():
         assert order.count(name) == 2 + 4 * stats[name]["number"]
 
 
+def test_interleaved_samples_are_bursts_of_at_least_min_run():
+    clock = {"t": 0.0}
+
+    def fake_time() -> float:
+        return clock["t"]
+
+    def call(cost: float):
+        def run() -> None:
+            clock["t"] += cost
+        return run
+
+    cands = {"fast": call(1e-4), "slow": call(3e-3)}
+    real = harness.time.perf_counter
+    harness.time.perf_counter = fake_time
+    try:
+        stats = harness.interleaved_stats(cands, rounds=3, warmup=0, min_run=5e-3)
+        single = harness.interleaved_stats(cands, rounds=3, warmup=0, min_run=0.0)
+    finally:
+        harness.time.perf_counter = real
+    # a 5 ms burst is 50 calls of 0.1 ms and 2 calls of 3 ms; per-call medians unchanged
+    assert (stats["fast"]["number"], stats["slow"]["number"]) == (50, 2)
+    assert stats["fast"]["median"] == pytest.approx(1e-4)
+    assert stats["slow"]["median"] == pytest.approx(3e-3)
+    assert single["fast"]["number"] == single["slow"]["number"] == 1
+    with pytest.raises(ValueError, match="min_run"):
+        harness.interleaved_stats(cands, rounds=1, min_run=-1.0)
+
+
 def test_summarize_percentiles():
     s = harness.summarize([float(i) for i in range(1, 102)])
     assert (s["p10"], s["median"], s["p90"], s["runs"]) == (11.0, 51.0, 91.0, 101)

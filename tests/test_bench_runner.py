@@ -242,6 +242,19 @@ def test_config_rejects_bad_values():
         runner.Config(size=0)
     with pytest.raises(UserArgumentError, match="threads"):
         runner.Config(threads=-1)
+    with pytest.raises(UserArgumentError, match="burst_ms"):
+        runner.Config(burst_ms=-1.0)
+
+
+def test_bench_burst_option_reaches_the_config_and_the_command_line():
+    from lowbitc.cli import build_parser
+    from lowbitc.commands import bench
+
+    args = build_parser(["bench"]).parse_args(["bench", "--burst-ms", "0", "--rows", "gemv_u4"])
+    assert bench.config_from_args(args).burst_ms == 0.0
+    assert "--burst-ms 0.0" in bench.command_line(args)
+    args = build_parser(["bench"]).parse_args(["bench", "--rows", "gemv_u4"])
+    assert bench.config_from_args(args).burst_ms == runner.Config().burst_ms == 5.0
 
 
 def test_bench_reruns_itself_once_with_blas_threads_sleeping():

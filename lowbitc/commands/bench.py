@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="K = N of the GEMV/GEMM/dequant rows (default 4096; 512 with --quick)")
     p.add_argument("--rounds", type=int, default=None,
                    help="interleaved rounds per group (default 40; 5 with --quick)")
+    p.add_argument("--burst-ms", type=float, default=None, metavar="MS",
+                   help="each sample loops one candidate's calls for at least MS milliseconds "
+                        "(default 5; 0: single calls, each right after another candidate's)")
     p.add_argument("--copy-mib", type=int, default=None,
                    help="MiB copied by the copy-bandwidth baseline (default 128; 16 with --quick)")
     p.add_argument("--stream", type=float, default=None, metavar="F",
@@ -52,7 +55,7 @@ def config_from_args(args: argparse.Namespace) -> runner.Config:
 
     overrides = {"rows": select_rows(args.rows), "threads": args.threads,
                  "wait_load": args.wait_load, "wait_seconds": args.wait_seconds}
-    for name in ("size", "rounds", "copy_mib", "read_mib", "stream"):
+    for name in ("size", "rounds", "copy_mib", "read_mib", "stream", "burst_ms"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     return runner.quick_config(**overrides) if args.quick else runner.Config(**overrides)
@@ -61,10 +64,10 @@ def config_from_args(args: argparse.Namespace) -> runner.Config:
 def command_line(args: argparse.Namespace) -> str:
     """The `lowbitc bench` command that reproduces this run (options given, in order)."""
     words = ["lowbitc", "bench"] + (["--quick"] if args.quick else [])
-    for name in ("rows", "out", "threads", "size", "rounds", "copy_mib", "read_mib", "stream",
-                 "wait_load"):
+    for name in ("rows", "out", "threads", "size", "rounds", "burst_ms", "copy_mib", "read_mib",
+                 "stream", "wait_load"):
         value = getattr(args, name)
-        if value not in (None, 0, 0.0) or (name == "stream" and value is not None):
+        if value not in (None, 0, 0.0) or (name in ("stream", "burst_ms") and value is not None):
             words += [f"--{name.replace('_', '-')}", str(value)]
     return shlex.join(words)
 
