@@ -209,6 +209,10 @@ def _check_weight(w) -> np.ndarray:
 
 
 def _check_args(fmt_arg, group_size, zero_point, scale_dtype) -> tuple[Format, Format]:
+    if isinstance(fmt_arg, list | tuple):
+        raise TypeError(f"dtype: expected one format here, got a {type(fmt_arg).__name__} "
+                        f"{list(fmt_arg)!r}; a per-group mixture of formats is "
+                        "lowbitc.quantize(w, [...], group_size)")
     fmt = get_dtype(fmt_arg)
     if fmt.bits > 8:
         raise UserArgumentError(f"dtype: expected a 1-8-bit format, got {fmt.name}")

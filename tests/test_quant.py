@@ -213,6 +213,10 @@ def test_bad_inputs():
         lowbitc.quantize(w, "u4", 8, scale_dtype="u8")
     with pytest.raises(ValueError, match="dtype"):
         lowbitc.quantize(w, "u9", 8)
+    # the module-level quantizer takes one format; it points a list at lowbitc.quantize
+    from lowbitc import quant
+    with pytest.raises(TypeError, match=r"dtype: expected one format .*\['u4', 'nf4'\].*mixture"):
+        quant.quantize(w, ["u4", "nf4"], 8)
     with pytest.raises(ValueError, match="dtype: expected a 1-8-bit"):
         lowbitc.quantize(w, "f16", 8)
     q = lowbitc.quantize(w, "u4", 8)
