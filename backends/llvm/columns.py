@@ -34,6 +34,8 @@ from lowbitc.signature import format_bits
 
 L = 16  # lanes along N
 CHAINS = 8  # accumulators in flight (FMA latency x ports), shared by the rows of `a`
+ROW_CHUNKS = 4  # 16-output chunks a pass down the word rows reads (4 x 64 bytes of a row)
+PREFETCH_ROWS = 16  # word rows a prefetch runs ahead, at least
 
 
 @dataclass
@@ -192,68 +194,102 @@ def _fast(env: Env, plan: ColumnPlan, abuf: Buf, out: Buf, t, starts: list[str])
     m = abuf.shape[0]
     bkw, bn = plan.load.attrs.sizes
     per = 32 // plan.bits
-    vf, vi = f"<{L} x float>", f"<{L} x i32>"
-    mask = "<" + ", ".join([f"i32 {(1 << plan.bits) - 1}"] * L) + ">"
+    vf = f"<{L} x float>"
+    chunks = bn // L
+    # chunks of 16 outputs that share one pass down the word rows: a row's adjacent words are
+    # read together (one run of the row per pass instead of one cache line per pass, and the
+    # per-column work of gathered leaves done once per pass), as many as keep the
+    # accumulators in registers
+    span = max(1, min(chunks, ROW_CHUNKS // m))
+    # independent accumulators per row of `a` and chunk (by code slot), so the FMAs do not
+    # wait on each other's latency; summed once per window
+    chains = max(1, min(per, CHAINS // (m * span)))
+    sums = [row_sum(em, abuf, i, bkw * per) for i in range(m)] if plan.fold else []
 
-    # independent accumulators per row of `a` (by code slot), so the FMAs do not wait on each
-    # other's latency; summed once per chunk
-    chains = max(1, min(per, CHAINS // m))
-
-    def chunk(c: str) -> None:
-        col = em.val(f"add i64 {starts[1]}, {em.val(f'mul i64 {c}, {L}')}")
+    def group(first: str, count: int) -> None:
+        cs = [em.val(f"add i64 {first}, {j}") for j in range(count)]
 
         def step(jj: str, accs: list[str]) -> list[str]:
             row = em.val(f"add i64 {starts[0]}, {jj}")
-            wi = em.val(f"add i64 {em.val(f'mul i64 {row}, {t.strides[0]}')}, {col}")
-            p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}")
-            words = em.val(f"load {vi}, ptr {p}, align 4")
-            # word rows are a row of N apart: prefetch this row two K windows ahead (the
-            # hardware prefetchers lose track of such strides, as in prefetch.next_windows)
-            em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
-            ahead = em.val(f"getelementptr i32, ptr {p}, i64 "
-                           f"{em.val(f'mul i64 {t.strides[0]}, {2 * bkw}')}")
-            em.emit(f"call void @llvm.prefetch.p0(ptr {ahead}, i32 0, i32 3, i32 1)")
+            base = em.val(f"mul i64 {row}, {t.strides[0]}")
+            words = [_word_row(em, t, base, em.val(f"add i64 {starts[1]}, "
+                                                    f"{em.val(f'mul i64 {c}, {L}')}"), bkw)
+                     for c in cs]
+            rows: dict = {}  # gathered rows of this step, shared by its chunks
             nxt = list(accs)
             for s in range(per):
-                sh = "<" + ", ".join([f"i32 {s * plan.bits}"] * L) + ">"
-                codes = em.val(f"and {vi} {em.val(f'lshr {vi} {words}, {sh}')}, {mask}")
                 k = em.val(f"add i64 {em.val(f'mul i64 {jj}, {per}')}, {s}")
-                w = _eval(env, plan, codes, k, c, plan.fold[0] if plan.fold else None)
-                for i in range(m):
-                    ai = em.val(f"add i64 {em.val(f'mul i64 {i}, {abuf.strides[0]}')}, {k}")
-                    av = convert(em, em.load_elem(abuf, ai), abuf.dtype, "f32")
-                    ins = em.val(f"insertelement {vf} poison, float {av}, i64 0")
-                    splat = em.val(f"shufflevector {vf} {ins}, {vf} poison, <{L} x i32> "
-                                   "zeroinitializer")
-                    prod = em.val(f"fmul contract {vf} {splat}, {w}")
-                    a_ = i * chains + s % chains
-                    nxt[a_] = em.val(f"fadd contract {vf} {nxt[a_]}, {prod}")
+                splats = [_splat_a(em, abuf, i, k) for i in range(m)]
+                for j, c in enumerate(cs):
+                    w = _eval(env, plan, _slot(em, words[j], s, plan.bits), k, c,
+                              plan.fold[0] if plan.fold else None, rows)
+                    for i in range(m):
+                        a_ = (i * count + j) * chains + s % chains
+                        prod = em.val(f"fmul contract {vf} {splats[i]}, {w}")
+                        nxt[a_] = em.val(f"fadd contract {vf} {nxt[a_]}, {prod}")
             return nxt
 
-        parts = em.loop("0", str(bkw), None, carried=[(vf, "zeroinitializer")] * (m * chains),
+        parts = em.loop("0", str(bkw), None,
+                        carried=[(vf, "zeroinitializer")] * (m * count * chains),
                         body_carried=step)
-        accs = []
-        for i in range(m):
-            total = parts[i * chains]
-            for q in range(1, chains):
-                total = em.val(f"fadd {vf} {total}, {parts[i * chains + q]}")
-            accs.append(total)
-        if plan.fold is not None:  # acc = V * (sum a*Y - U * sum a)
-            _, u, v = plan.fold
-            uv, vv = (_leaf(env, x, plan.root.type.shape, "0", c) for x in (u, v))
+        for j, c in enumerate(cs):
+            accs = []
             for i in range(m):
-                sa = em.val(f"insertelement {vf} poison, float {sums[i]}, i64 0")
-                sa = em.val(f"shufflevector {vf} {sa}, {vf} poison, <{L} x i32> zeroinitializer")
-                shifted = em.val(f"fsub {vf} {accs[i]}, {em.val(f'fmul {vf} {uv}, {sa}')}")
-                accs[i] = em.val(f"fmul {vf} {vv}, {shifted}")
-        for i in range(m):
-            p = em.gep(out, em.val(f"add i64 {i * out.shape[1]}, "
-                                   f"{em.val(f'mul i64 {c}, {L}')}"))
-            old = em.val(f"load {vf}, ptr {p}, align 4")
-            em.emit(f"store {vf} {em.val(f'fadd {vf} {old}, {accs[i]}')}, ptr {p}, align 4")
+                at = (i * count + j) * chains
+                total = parts[at]
+                for q in range(1, chains):
+                    total = em.val(f"fadd {vf} {total}, {parts[at + q]}")
+                accs.append(total)
+            if plan.fold is not None:  # acc = V * (sum a*Y - U * sum a)
+                _, u, v = plan.fold
+                uv, vv = (_leaf(env, x, plan.root.type.shape, "0", c) for x in (u, v))
+                for i in range(m):
+                    sa = _splat(em, sums[i])
+                    shifted = em.val(f"fsub {vf} {accs[i]}, {em.val(f'fmul {vf} {uv}, {sa}')}")
+                    accs[i] = em.val(f"fmul {vf} {vv}, {shifted}")
+            for i in range(m):
+                p = em.gep(out, em.val(f"add i64 {i * out.shape[1]}, "
+                                       f"{em.val(f'mul i64 {c}, {L}')}"))
+                old = em.val(f"load {vf}, ptr {p}, align 4")
+                em.emit(f"store {vf} {em.val(f'fadd {vf} {old}, {accs[i]}')}, ptr {p}, align 4")
 
-    sums = [row_sum(em, abuf, i, bkw * per) for i in range(m)] if plan.fold else []
-    em.loop("0", str(bn // L), chunk)
+    full, rest = divmod(chunks, span)
+    em.loop("0", str(full), lambda g: group(em.val(f"mul i64 {g}, {span}"), span))
+    if rest:
+        group(str(full * span), rest)
+
+
+def _word_row(em, t, base: str, col: str, bkw: int) -> str:
+    """The <16 x i32> words at (row, col) (`base` the row's offset), with a prefetch of the
+    same words PREFETCH_ROWS rows (at least two K windows) ahead: word rows are a row of N
+    apart, a stride the hardware prefetchers lose track of (as in prefetch.next_windows)."""
+    p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {em.val(f'add i64 {base}, {col}')}")
+    words = em.val(f"load <{L} x i32>, ptr {p}, align 4")
+    em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
+    ahead = em.val(f"getelementptr i32, ptr {p}, i64 "
+                   f"{em.val(f'mul i64 {t.strides[0]}, {max(2 * bkw, PREFETCH_ROWS)}')}")
+    em.emit(f"call void @llvm.prefetch.p0(ptr {ahead}, i32 0, i32 3, i32 1)")
+    return words
+
+
+def _slot(em, words: str, s: int, bits: int) -> str:
+    """Code slot s of 16 words (bits s*bits .. s*bits + bits - 1) as <16 x i32>."""
+    vi = f"<{L} x i32>"
+    sh = "<" + ", ".join([f"i32 {s * bits}"] * L) + ">"
+    mask = "<" + ", ".join([f"i32 {(1 << bits) - 1}"] * L) + ">"
+    return em.val(f"and {vi} {em.val(f'lshr {vi} {words}, {sh}')}, {mask}")
+
+
+def _splat(em, x: str, t: str = "float") -> str:
+    ins = em.val(f"insertelement <{L} x {t}> poison, {t} {x}, i64 0")
+    return em.val(f"shufflevector <{L} x {t}> {ins}, <{L} x {t}> poison, <{L} x i32> "
+                  "zeroinitializer")
+
+
+def _splat_a(em, abuf: Buf, i: int, k: str) -> str:
+    """a[i, k] as f32 in 16 lanes."""
+    ai = em.val(f"add i64 {em.val(f'mul i64 {i}, {abuf.strides[0]}')}, {k}")
+    return _splat(em, convert(em, em.load_elem(abuf, ai), abuf.dtype, "f32"))
 
 
 def row_sum(em, abuf: Buf, i: int, count: int) -> str:
@@ -282,9 +318,9 @@ def row_sum(em, abuf: Buf, i: int, count: int) -> str:
 
 
 def _eval(env: Env, plan: ColumnPlan, codes: str, k: str, c: str,
-          root: Value | None = None) -> str:
+          root: Value | None = None, rows: dict | None = None) -> str:
     """E[16c .. 16c + 15, k] (or E's value `root`) as a <16 x T> vector (column k of E, 16
-    rows along N)."""
+    rows along N); `rows` keeps the gathered rows' offsets of column k for the other chunks."""
     em = env.em
     vals = {plan.codes.results[0].id: codes if plan.codes.results[0].type.dtype in ("i32", "u32")
             else convert(em, codes, "u32", plan.codes.results[0].type.dtype, L)}
@@ -293,7 +329,7 @@ def _eval(env: Env, plan: ColumnPlan, codes: str, k: str, c: str,
         args = []
         for v in op.operands:
             if v.id not in vals:
-                vals[v.id] = _leaf(env, v, shape, k, c, plan.gathered)
+                vals[v.id] = _leaf(env, v, shape, k, c, plan.gathered, rows)
             args.append(vals[v.id])
         vals[op.results[0].id] = vector_op(env, op, args, L)
         if root is not None and op.results[0].id == root.id:
@@ -311,30 +347,45 @@ def _source(env: Env, g: Op) -> TensorArg:
     return t
 
 
-def _gathered(env: Env, ops: list[Op], k: str, c: str) -> str:
+def _gathered(env: Env, ops: list[Op], k: str, c: str, rows: dict | None = None) -> str:
     """Column k, outputs 16c .. 16c + 15 of [cast](transpose(gather)): row idx[k] of the
-    source from column n0 + 16c (zeros for a row outside it)."""
+    source from column n0 + 16c (zeros for a row outside it: one masked load, no branch).
+    The row's offset and mask depend on k only: kept in `rows` for the other chunks."""
     em = env.em
     g = ops[-1]
     t = _source(env, g)
-    row = index_row(env, g, k)
-    ok = em.val(f"icmp ult i64 {row}, {t.dims[0]}")
-    row = em.val(f"select i1 {ok}, i64 {row}, i64 0")
-    col = em.val(f"add i64 {env.get(g.operands[2])}, {em.val(f'mul i64 {c}, {L}')}")
-    at = em.val(f"add i64 {em.val(f'mul i64 {row}, {t.strides[0]}')}, {col}")
-    vt = f"<{L} x {lltype(g.results[0].type.dtype)}>"
+    key = (id(g), k)
+    found = rows.get(key) if rows is not None else None
+    if found is None:
+        row = index_row(env, g, k)
+        ok = em.val(f"icmp ult i64 {row}, {t.dims[0]}")
+        row = em.val(f"select i1 {ok}, i64 {row}, i64 0")
+        at = em.val(f"add i64 {em.val(f'mul i64 {row}, {t.strides[0]}')}, "
+                    f"{env.get(g.operands[2])}")
+        found = at, _splat(em, ok, "i1")
+        if rows is not None:
+            rows[key] = found
+    at, mask = found
+    at = em.val(f"add i64 {at}, {em.val(f'mul i64 {c}, {L}')}")
+    et = lltype(g.results[0].type.dtype)
+    vt = f"<{L} x {et}>"
     p = em.val(f"getelementptr inbounds {MEMTYPE[t.type.dtype]}, ptr {t.ptr}, i64 {at}")
-    v = em.val(f"load {vt}, ptr {p}, align 2")
-    v = em.val(f"select i1 {ok}, {vt} {v}, {vt} zeroinitializer")
+    fn = f"llvm.masked.load.v{L}{_SUFFIX[et]}.p0"
+    em.declare(f"declare {vt} @{fn}(ptr, i32, <{L} x i1>, {vt})")
+    v = em.val(f"call {vt} @{fn}(ptr {p}, i32 2, <{L} x i1> {mask}, {vt} zeroinitializer)")
     if ops[0].opcode == "cast":
         v = convert(em, v, g.results[0].type.dtype, ops[0].attrs.dtype, L)
     return v
 
 
-def _leaf(env: Env, v: Value, shape, k: str, c: str, gathered: dict | None = None) -> str:
+_SUFFIX = {"float": "f32", "half": "f16", "i32": "i32"}
+
+
+def _leaf(env: Env, v: Value, shape, k: str, c: str, gathered: dict | None = None,
+          rows: dict | None = None) -> str:
     em = env.em
     if gathered and v.id in gathered:
-        return _gathered(env, gathered[v.id], k, c)
+        return _gathered(env, gathered[v.id], k, c, rows)
     x = env.get(v)
     dt = v.type.dtype
     t = lltype(dt)
