@@ -13,6 +13,7 @@ import pytest
 
 import lowbitc
 from lowbitc import ops, pack
+from lowbitc.backends.llvm import decode
 from lowbitc.errors import DSLTypeError
 from lowbitc.interop import gptq
 from lowbitc.ir.parser import parse
@@ -230,3 +231,66 @@ def test_gathered_leaf_from_a_tensor_in_the_column_dot():
         args = _args(parts, x, 2, n)
         run(*args)
         assert np.abs(args[-1] - want).max() / np.abs(want).max() < 2e-6
+
+
+@pytest.mark.parametrize("bm, bn, m", [(1, 80, 1), (2, 48, 3), (3, 32, 2), (1, 64, 2)])
+def test_gptq_act_order_passes_over_word_rows(bm, bn, m):
+    """A pass down the word rows reads up to 4 chunks of 16 outputs (4 // BM of them): BN = 80
+    at BM 1 (a pass of 4 and one of 1), 48 at BM 2 (2 and 1), 32 at BM 3 (one each); N = 200
+    leaves a partial tile (the generic dot), M a partial row block; g_idx permuted, one entry
+    outside the groups (zeros)."""
+    n, kk, gs = 200, 256, 64
+    parts, w = gptq_act_layer(n, kk, gs, True, seed=bn + m)
+    parts["g_idx"] = parts["g_idx"].copy()
+    parts["g_idx"][7] = kk // gs
+    w[7] = 0.0
+    k = lowbitc.compile(USER / "gptq_act_gemv.lbk", BM=bm, BN=bn)
+    assert ("decoded by one table permute" in k.explain()) == decode.permutes()
+    x = RNG.standard_normal((m, kk)).astype(np.float32)
+    want = x.astype(np.float64) @ w
+    for run in (k, k.interpret):
+        args = _args(parts, x, m, n)
+        run(*args)
+        assert np.abs(args[-1] - want).max() / np.abs(want).max() < 2e-6
+
+
+COLUMN_CODES = """
+kernel colw[F: dtype, P: int, BM: int = 2, BN: int = 48, BK: int = 64](
+    x: f32[M, K], w: u32[KW, N], y: f32[M, N])
+  grid (cdiv(M, BM), cdiv(N, BN))
+{
+  m0 = block.x * BM
+  n0 = block.y * BN
+  acc = zeros(f32, [BM, BN])
+  for k in range(0, K, BK) {
+    a = load(x[m0 :+ BM, k :+ BK])
+    q = cast(view(transpose(load(w[k / P :+ BK / P, n0 :+ BN])), F), f32)
+    acc = dot(a, transpose(q * 0.5 - 1.0), acc)
+  }
+  store(y[m0 :+ BM, n0 :+ BN], acc)
+}
+"""
+
+
+@pytest.mark.parametrize("fmt", ["u1", "u2", "i4", "u4", "f4e2m1fn"])
+def test_column_dot_codes_of_every_width(fmt):
+    """Every code of a format packed along K, decoded by one permute of a 16-entry table
+    (with AVX-512; a 1- or 2-bit code's table repeated: the permute reads the next codes'
+    bits too); against numpy and the interpreter."""
+    bits = int(lowbitc.dtype(fmt).bits)
+    per = 32 // bits
+    n, kk, m = 96, 256, 3
+    k = lowbitc.compile(COLUMN_CODES, F=fmt, P=per)
+    dots = [ln for ln in k.explain().splitlines() if ": dot " in ln]
+    assert dots and "fused column dot" in dots[0]
+    assert ("decoded by one table permute" in dots[0]) == decode.permutes()
+    q = RNG.integers(0, 1 << bits, (kk, n), dtype=np.uint8)
+    q[: 1 << bits, 0] = np.arange(1 << bits)  # every code
+    wv = lowbitc.dtype(fmt).decode(q).astype(np.float64) * 0.5 - 1.0
+    x = RNG.standard_normal((m, kk)).astype(np.float32)
+    want = x.astype(np.float64) @ wv
+    words = np.ascontiguousarray(pack(np.ascontiguousarray(q.T), bits).T)
+    for run in (k, k.interpret):
+        y = np.zeros((m, n), np.float32)
+        run(x, words, y)
+        assert np.abs(y - want).max() / np.abs(want).max() < 2e-6

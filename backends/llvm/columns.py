@@ -6,16 +6,23 @@ Pattern: `dot(a, transpose(E), acc)` where E [BN, BK] is a tree of elementwise o
 `codes(view(transpose(load(words[j :+ BK / per, n :+ BN])), F))` (F a format of `bits` bits,
 per = 32 / bits codes per word) plus leaves computed elsewhere (scales, zero points). For an
 in-bounds window with BN a multiple of 16, every word row is one 16-lane vector load per 16
-outputs; code s of each word is one shift and mask, E is evaluated on 16-lane vectors along N,
+outputs; code s of each word is one shift and mask (E's values that depend on a code of at
+most 4 bits only: a shift and one table permute), E is evaluated on 16-lane vectors along N,
 and the products accumulate in registers along N (no horizontal sums), for up to MAX_ROWS
-rows of `a`. Other windows run the deferred ops and the generic dot.
+rows of `a`. A pass down the word rows reads up to ROW_CHUNKS adjacent chunks of 16 outputs
+(a run of each row instead of one cache line; leaves gathered by row, column k's row found
+once for them). Other windows run the deferred ops and the generic dot.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
+import numpy as np
+
+from lowbitc.backends.llvm import decode
+from lowbitc.backends.llvm.column_leaves import gathered_leaves, leaf, source, splat
+from lowbitc.backends.llvm.emitter import Buf
 from lowbitc.backends.llvm.fusion import (
     _window_ok,
     note_fused,
@@ -24,12 +31,10 @@ from lowbitc.backends.llvm.fusion import (
     with_fallback,
 )
 from lowbitc.backends.llvm.fusion_plan import FUSIBLE, MAX_ROWS, _derived, fold, region_index
-from lowbitc.backends.llvm.handlers import Env, TensorArg, convert
-from lowbitc.backends.llvm.ops_elementwise import broadcast_view
-from lowbitc.backends.llvm.ops_gather import index_row
+from lowbitc.backends.llvm.handlers import Env, convert
 from lowbitc.explain import note, subject_of
 from lowbitc.ir.core import Op, Region, Value
-from lowbitc.ir.types import TensorType, TileType, is_float, is_machine
+from lowbitc.ir.types import TileType, is_float, is_machine
 from lowbitc.signature import format_bits
 
 L = 16  # lanes along N
@@ -53,6 +58,9 @@ class ColumnPlan:
     # leaves [cast](transpose(gather(t, idx, n))) [BN, BK]: column k read as row idx[k] of
     # t (one vector per 16 outputs), no gathered tile (leaf id -> [cast?, transpose, gather])
     gathered: dict[int, list[Op]] = field(default_factory=dict)
+    # E's values that depend on the code only (<= 4 bits: one 16-entry table permute of the
+    # shifted words, which reads each lane's low 4 bits, so the codes need no mask)
+    tables: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def _column_codes(op: Op, defs: dict[int, Op], uses: dict[int, int]) -> list[Op] | None:
@@ -94,40 +102,21 @@ def plan_columns(r: Region) -> dict[int, ColumnPlan]:
                 and e.type.shape[0] % L == 0 and chain[3].results[0].type.shape == e.type.shape):
             continue
         tree = sorted(tree, key=lambda o: order[id(o)])
-        gathered = _gathered_leaves(tree, defs, uses, e.type.shape)
+        gathered = gathered_leaves(tree, defs, uses, e.type.shape)
         extra = [o for ops in gathered.values() for o in ops]
         deferred = sorted(tree + chain + [tr] + extra, key=lambda o: order[id(o)])
         plans[op.results[0].id] = ColumnPlan(op, chain[0], chain[3], tree, deferred, e,
                                              format_bits(chain[2].attrs.dtype),
                                              fold(tree, e, -1),
-                                             gathered)
+                                             gathered, _tables(tree, chain[3], e, defs))
     return plans
 
 
-def _gathered_leaves(tree: list[Op], defs: dict[int, Op], uses: dict[int, int],
-                     shape) -> dict[int, list[Op]]:
-    """E's leaves transpose(gather(t, idx, n)) (or a cast of one) of shape [BN, BK], gathered
-    along the rows of a 2-D tensor or shared tile, used once: {leaf id: [cast?, transpose,
-    gather]}."""
-    found = {}
-    for op in tree:
-        for v in op.operands:
-            ops, x = [], v
-            while (d := defs.get(x.id)) is not None and uses[x.id] == 1 and len(ops) < 3:
-                ops.append(d)
-                if d.opcode == "gather" or d.opcode not in ("cast", "transpose"):
-                    break
-                x = d.operands[0]
-            kinds = [o.opcode for o in ops]
-            if kinds not in (["transpose", "gather"], ["cast", "transpose", "gather"]) \
-                    or tuple(v.type.shape) != tuple(shape) or ops[-2].attrs.perm != (1, 0) \
-                    or len(ops[0].operands) != 1:  # (not a stochastic cast)
-                continue
-            g = ops[-1]
-            if (g.attrs.axis == 0 and len(g.attrs.sizes) == 2 and g.attrs.sizes[1] > 0
-                    and lltype(g.results[0].type.dtype) in ("float", "half", "i32")):
-                found[v.id] = ops
-    return found
+def _tables(tree: list[Op], codes: Op, root: Value, defs: dict[int, Op]) -> dict:
+    """decode.code_tables for codes of at most 4 bits on a host with 16-lane permutes."""
+    if not decode.permutes() or format_bits(codes.operands[0].type.dtype) > 4:
+        return {}
+    return decode.code_tables(tree, codes, root, defs)
 
 
 def _tree(defs: dict[int, Op], uses: dict[int, int], root: Value):
@@ -168,7 +157,7 @@ def emit_column_dot(env: Env, plan: ColumnPlan, generic_dot) -> None:
     t = env.get(plan.load.operands[0])
     starts = [env.get(v) for v in plan.load.operands[1:3]]
     note_fused(plan.dot, plan.load, "fused column dot (codes of a transposed word tile, 16 "
-               "outputs per vector)")
+               f"outputs per vector{', decoded by one table permute' if plan.tables else ''})")
     for ops in plan.gathered.values():
         note("load", subject_of(ops[-1].operands[0]), f"row gather fused into the dot at "
              f"{plan.dot.loc}: one vector of row idx[k] per 16 outputs", loc=ops[-1].loc)
@@ -179,7 +168,7 @@ def emit_column_dot(env: Env, plan: ColumnPlan, generic_dot) -> None:
         ok = _window_ok(em, t, starts, plan.load.attrs.sizes, aligned=False)
         for ops in plan.gathered.values():  # the gathered rows' window along N
             g = ops[-1]
-            src, n0 = _source(env, g), env.get(g.operands[2])
+            src, n0 = source(env, g), env.get(g.operands[2])
             end = em.val(f"add i64 {n0}, {g.attrs.sizes[1]}")
             inside = em.val(f"and i1 {em.val(f'icmp sge i64 {n0}, 0')}, "
                             f"{em.val(f'icmp sle i64 {end}, {src.dims[1]}')}")
@@ -221,7 +210,7 @@ def _fast(env: Env, plan: ColumnPlan, abuf: Buf, out: Buf, t, starts: list[str])
                 k = em.val(f"add i64 {em.val(f'mul i64 {jj}, {per}')}, {s}")
                 splats = [_splat_a(em, abuf, i, k) for i in range(m)]
                 for j, c in enumerate(cs):
-                    w = _eval(env, plan, _slot(em, words[j], s, plan.bits), k, c,
+                    w = _eval(env, plan, words[j], s, k, c,
                               plan.fold[0] if plan.fold else None, rows)
                     for i in range(m):
                         a_ = (i * count + j) * chains + s % chains
@@ -242,9 +231,9 @@ def _fast(env: Env, plan: ColumnPlan, abuf: Buf, out: Buf, t, starts: list[str])
                 accs.append(total)
             if plan.fold is not None:  # acc = V * (sum a*Y - U * sum a)
                 _, u, v = plan.fold
-                uv, vv = (_leaf(env, x, plan.root.type.shape, "0", c) for x in (u, v))
+                uv, vv = (leaf(env, x, plan.root.type.shape, "0", c) for x in (u, v))
                 for i in range(m):
-                    sa = _splat(em, sums[i])
+                    sa = splat(em, sums[i])
                     shifted = em.val(f"fsub {vf} {accs[i]}, {em.val(f'fmul {vf} {uv}, {sa}')}")
                     accs[i] = em.val(f"fmul {vf} {vv}, {shifted}")
             for i in range(m):
@@ -272,24 +261,10 @@ def _word_row(em, t, base: str, col: str, bkw: int) -> str:
     return words
 
 
-def _slot(em, words: str, s: int, bits: int) -> str:
-    """Code slot s of 16 words (bits s*bits .. s*bits + bits - 1) as <16 x i32>."""
-    vi = f"<{L} x i32>"
-    sh = "<" + ", ".join([f"i32 {s * bits}"] * L) + ">"
-    mask = "<" + ", ".join([f"i32 {(1 << bits) - 1}"] * L) + ">"
-    return em.val(f"and {vi} {em.val(f'lshr {vi} {words}, {sh}')}, {mask}")
-
-
-def _splat(em, x: str, t: str = "float") -> str:
-    ins = em.val(f"insertelement <{L} x {t}> poison, {t} {x}, i64 0")
-    return em.val(f"shufflevector <{L} x {t}> {ins}, <{L} x {t}> poison, <{L} x i32> "
-                  "zeroinitializer")
-
-
 def _splat_a(em, abuf: Buf, i: int, k: str) -> str:
     """a[i, k] as f32 in 16 lanes."""
     ai = em.val(f"add i64 {em.val(f'mul i64 {i}, {abuf.strides[0]}')}, {k}")
-    return _splat(em, convert(em, em.load_elem(abuf, ai), abuf.dtype, "f32"))
+    return splat(em, convert(em, em.load_elem(abuf, ai), abuf.dtype, "f32"))
 
 
 def row_sum(em, abuf: Buf, i: int, count: int) -> str:
@@ -317,19 +292,28 @@ def row_sum(em, abuf: Buf, i: int, count: int) -> str:
                    body_carried=add)[0]
 
 
-def _eval(env: Env, plan: ColumnPlan, codes: str, k: str, c: str,
+def _eval(env: Env, plan: ColumnPlan, words: str, s: int, k: str, c: str,
           root: Value | None = None, rows: dict | None = None) -> str:
     """E[16c .. 16c + 15, k] (or E's value `root`) as a <16 x T> vector (column k of E, 16
-    rows along N); `rows` keeps the gathered rows' offsets of column k for the other chunks."""
+    rows along N) from code slot s of the 16 `words`; `rows` keeps the gathered rows' offsets
+    of column k for the other chunks."""
     em = env.em
-    vals = {plan.codes.results[0].id: codes if plan.codes.results[0].type.dtype in ("i32", "u32")
+    vi = f"<{L} x i32>"
+    shifted = em.val(f"lshr {vi} {words}, splat (i32 {s * plan.bits})") if s else words
+    codes = em.val(f"and {vi} {shifted}, splat (i32 {(1 << plan.bits) - 1})")
+    cid = plan.codes.results[0].id
+    vals = {cid: codes if plan.codes.results[0].type.dtype in ("i32", "u32")
             else convert(em, codes, "u32", plan.codes.results[0].type.dtype, L)}
+    for rid, table in plan.tables.items():  # (the mask and ops only they read: dead code)
+        vals[rid] = _lookup(em, shifted, table, _dtype_of(plan, rid))
     shape = plan.root.type.shape
     for op in plan.tree:
+        if op.results[0].id in vals:
+            continue
         args = []
         for v in op.operands:
             if v.id not in vals:
-                vals[v.id] = _leaf(env, v, shape, k, c, plan.gathered, rows)
+                vals[v.id] = leaf(env, v, shape, k, c, plan.gathered, rows)
             args.append(vals[v.id])
         vals[op.results[0].id] = vector_op(env, op, args, L)
         if root is not None and op.results[0].id == root.id:
@@ -337,64 +321,15 @@ def _eval(env: Env, plan: ColumnPlan, codes: str, k: str, c: str,
     return vals[(root or plan.root).id]
 
 
-def _source(env: Env, g: Op) -> TensorArg:
-    """The gather's tensor, or its shared tile addressed as one."""
-    t = env.get(g.operands[0])
-    if isinstance(t, Buf):
-        t = TensorArg(t.ptr, TensorType(t.dtype, t.shape), [str(d) for d in t.shape],
-                      [str(st) for st in t.strides])
-    t.ensure_strides(env.em)
-    return t
+def _lookup(em, idx: str, table: np.ndarray, dtype: str) -> str:
+    """table[idx & 15] for <16 x i32> idx: one permute (a table of 2^b < 16 entries repeated
+    to 16 reads the low b bits alike)."""
+    i16 = f"<{L} x i32>"
+    tab = "<" + ", ".join(f"i32 {int(w)}" for w in np.resize(table, L).view(np.int32)) + ">"
+    em.declare(f"declare {i16} @llvm.x86.avx512.permvar.si.512({i16}, {i16})")
+    w = em.val(f"call {i16} @llvm.x86.avx512.permvar.si.512({i16} {tab}, {i16} {idx})")
+    return em.val(f"bitcast {i16} {w} to <{L} x float>") if dtype == "f32" else w
 
 
-def _gathered(env: Env, ops: list[Op], k: str, c: str, rows: dict | None = None) -> str:
-    """Column k, outputs 16c .. 16c + 15 of [cast](transpose(gather)): row idx[k] of the
-    source from column n0 + 16c (zeros for a row outside it: one masked load, no branch).
-    The row's offset and mask depend on k only: kept in `rows` for the other chunks."""
-    em = env.em
-    g = ops[-1]
-    t = _source(env, g)
-    key = (id(g), k)
-    found = rows.get(key) if rows is not None else None
-    if found is None:
-        row = index_row(env, g, k)
-        ok = em.val(f"icmp ult i64 {row}, {t.dims[0]}")
-        row = em.val(f"select i1 {ok}, i64 {row}, i64 0")
-        at = em.val(f"add i64 {em.val(f'mul i64 {row}, {t.strides[0]}')}, "
-                    f"{env.get(g.operands[2])}")
-        found = at, _splat(em, ok, "i1")
-        if rows is not None:
-            rows[key] = found
-    at, mask = found
-    at = em.val(f"add i64 {at}, {em.val(f'mul i64 {c}, {L}')}")
-    et = lltype(g.results[0].type.dtype)
-    vt = f"<{L} x {et}>"
-    p = em.val(f"getelementptr inbounds {MEMTYPE[t.type.dtype]}, ptr {t.ptr}, i64 {at}")
-    fn = f"llvm.masked.load.v{L}{_SUFFIX[et]}.p0"
-    em.declare(f"declare {vt} @{fn}(ptr, i32, <{L} x i1>, {vt})")
-    v = em.val(f"call {vt} @{fn}(ptr {p}, i32 2, <{L} x i1> {mask}, {vt} zeroinitializer)")
-    if ops[0].opcode == "cast":
-        v = convert(em, v, g.results[0].type.dtype, ops[0].attrs.dtype, L)
-    return v
-
-
-_SUFFIX = {"float": "f32", "half": "f16", "i32": "i32"}
-
-
-def _leaf(env: Env, v: Value, shape, k: str, c: str, gathered: dict | None = None,
-          rows: dict | None = None) -> str:
-    em = env.em
-    if gathered and v.id in gathered:
-        return _gathered(env, gathered[v.id], k, c, rows)
-    x = env.get(v)
-    dt = v.type.dtype
-    t = lltype(dt)
-    if not isinstance(x, Buf):
-        ins = em.val(f"insertelement <{L} x {t}> poison, {t} {x}, i64 0")
-        return em.val(f"shufflevector <{L} x {t}> {ins}, <{L} x {t}> poison, <{L} x i32> "
-                      "zeroinitializer")
-    bv = broadcast_view(x, tuple(shape))
-    sn, sk = bv.strides
-    n0 = em.val(f"mul i64 {c}, {L}")
-    base = em.val(f"add i64 {em.val(f'mul i64 {n0}, {sn}')}, {em.val(f'mul i64 {k}, {sk}')}")
-    return vector_at(em, bv, base, sn, L)
+def _dtype_of(plan: ColumnPlan, rid: int) -> str:
+    return next(op.results[0].type.dtype for op in plan.tree if op.results[0].id == rid)

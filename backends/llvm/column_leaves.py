@@ -1,0 +1,111 @@
+"""The column dot's leaves (columns.py): values of E read per input row k and 16 outputs, as
+<16 x T> vectors -- a [BN, 1] or [BN, BK] tile or a scalar, or a row gathered along N
+(`transpose(load(st[g, n :+ BN]))` with g an index tile along K: GPTQ act-order's scale and
+zero-point rows), read in place: row g[k] of the source, no gathered tile made."""
+
+from __future__ import annotations
+
+from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
+from lowbitc.backends.llvm.fusion import vector_at
+from lowbitc.backends.llvm.handlers import Env, TensorArg, convert
+from lowbitc.backends.llvm.ops_elementwise import broadcast_view
+from lowbitc.backends.llvm.ops_gather import index_row
+from lowbitc.ir.core import Op, Value
+from lowbitc.ir.types import TensorType
+
+L = 16  # lanes along N
+
+
+def gathered_leaves(tree: list[Op], defs: dict[int, Op], uses: dict[int, int],
+                     shape) -> dict[int, list[Op]]:
+    """E's leaves transpose(gather(t, idx, n)) (or a cast of one) of shape [BN, BK], gathered
+    along the rows of a 2-D tensor or shared tile, used once: {leaf id: [cast?, transpose,
+    gather]}."""
+    found = {}
+    for op in tree:
+        for v in op.operands:
+            ops, x = [], v
+            while (d := defs.get(x.id)) is not None and uses[x.id] == 1 and len(ops) < 3:
+                ops.append(d)
+                if d.opcode == "gather" or d.opcode not in ("cast", "transpose"):
+                    break
+                x = d.operands[0]
+            kinds = [o.opcode for o in ops]
+            if kinds not in (["transpose", "gather"], ["cast", "transpose", "gather"]) \
+                    or tuple(v.type.shape) != tuple(shape) or ops[-2].attrs.perm != (1, 0) \
+                    or len(ops[0].operands) != 1:  # (not a stochastic cast)
+                continue
+            g = ops[-1]
+            if (g.attrs.axis == 0 and len(g.attrs.sizes) == 2 and g.attrs.sizes[1] > 0
+                    and lltype(g.results[0].type.dtype) in ("float", "half", "i32")):
+                found[v.id] = ops
+    return found
+
+
+def source(env: Env, g: Op) -> TensorArg:
+    """The gather's tensor, or its shared tile addressed as one."""
+    t = env.get(g.operands[0])
+    if isinstance(t, Buf):
+        t = TensorArg(t.ptr, TensorType(t.dtype, t.shape), [str(d) for d in t.shape],
+                      [str(st) for st in t.strides])
+    t.ensure_strides(env.em)
+    return t
+
+
+def _gathered(env: Env, ops: list[Op], k: str, c: str, rows: dict | None = None) -> str:
+    """Column k, outputs 16c .. 16c + 15 of [cast](transpose(gather)): row idx[k] of the
+    source from column n0 + 16c (zeros for a row outside it: one masked load, no branch).
+    The row's offset and mask depend on k only: kept in `rows` for the other chunks."""
+    em = env.em
+    g = ops[-1]
+    t = source(env, g)
+    key = (id(g), k)
+    found = rows.get(key) if rows is not None else None
+    if found is None:
+        row = index_row(env, g, k)
+        ok = em.val(f"icmp ult i64 {row}, {t.dims[0]}")
+        row = em.val(f"select i1 {ok}, i64 {row}, i64 0")
+        at = em.val(f"add i64 {em.val(f'mul i64 {row}, {t.strides[0]}')}, "
+                    f"{env.get(g.operands[2])}")
+        found = at, splat(em, ok, "i1")
+        if rows is not None:
+            rows[key] = found
+    at, mask = found
+    at = em.val(f"add i64 {at}, {em.val(f'mul i64 {c}, {L}')}")
+    et = lltype(g.results[0].type.dtype)
+    vt = f"<{L} x {et}>"
+    p = em.val(f"getelementptr inbounds {MEMTYPE[t.type.dtype]}, ptr {t.ptr}, i64 {at}")
+    fn = f"llvm.masked.load.v{L}{_SUFFIX[et]}.p0"
+    em.declare(f"declare {vt} @{fn}(ptr, i32, <{L} x i1>, {vt})")
+    v = em.val(f"call {vt} @{fn}(ptr {p}, i32 2, <{L} x i1> {mask}, {vt} zeroinitializer)")
+    if ops[0].opcode == "cast":
+        v = convert(em, v, g.results[0].type.dtype, ops[0].attrs.dtype, L)
+    return v
+
+
+_SUFFIX = {"float": "f32", "half": "f16", "i32": "i32"}
+
+
+def leaf(env: Env, v: Value, shape, k: str, c: str, gathered: dict | None = None,
+          rows: dict | None = None) -> str:
+    em = env.em
+    if gathered and v.id in gathered:
+        return _gathered(env, gathered[v.id], k, c, rows)
+    x = env.get(v)
+    dt = v.type.dtype
+    t = lltype(dt)
+    if not isinstance(x, Buf):
+        ins = em.val(f"insertelement <{L} x {t}> poison, {t} {x}, i64 0")
+        return em.val(f"shufflevector <{L} x {t}> {ins}, <{L} x {t}> poison, <{L} x i32> "
+                      "zeroinitializer")
+    bv = broadcast_view(x, tuple(shape))
+    sn, sk = bv.strides
+    n0 = em.val(f"mul i64 {c}, {L}")
+    base = em.val(f"add i64 {em.val(f'mul i64 {n0}, {sn}')}, {em.val(f'mul i64 {k}, {sk}')}")
+    return vector_at(em, bv, base, sn, L)
+def splat(em, x: str, t: str = "float") -> str:
+    ins = em.val(f"insertelement <{L} x {t}> poison, {t} {x}, i64 0")
+    return em.val(f"shufflevector <{L} x {t}> {ins}, <{L} x {t}> poison, <{L} x i32> "
+                  "zeroinitializer")
+
+
