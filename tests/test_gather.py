@@ -245,7 +245,9 @@ def test_gptq_act_order_passes_over_word_rows(bm, bn, m):
     parts["g_idx"][7] = kk // gs
     w[7] = 0.0
     k = lowbitc.compile(USER / "gptq_act_gemv.lbk", BM=bm, BN=bn)
-    assert ("decoded by one table permute" in k.explain()) == decode.permutes()
+    text = k.explain()
+    assert ("decoded by one table permute" in text) == decode.permutes()
+    assert "one FMA with a table of -(U * V) made before the loop" in text
     x = RNG.standard_normal((m, kk)).astype(np.float32)
     want = x.astype(np.float64) @ w
     for run in (k, k.interpret):
@@ -294,3 +296,24 @@ def test_column_dot_codes_of_every_width(fmt):
         y = np.zeros((m, n), np.float32)
         run(x, words, y)
         assert np.abs(y - want).max() / np.abs(want).max() < 2e-6
+
+
+def test_gptq_act_order_table_only_for_tiles_the_loop_keeps():
+    """The (Y - U) * V product table is made before the K loop only when the loop writes
+    neither gathered tile: a loop that stores into the zero-point tile (the same values) reads
+    U and V per weight; both are correct."""
+    src = (USER / "gptq_act_gemv.lbk").read_text().replace(
+        "      acc = dot(a, transpose(w), acc)\n",
+        "      acc = dot(a, transpose(w), acc)\n"
+        "      store(zt[0 :+ 1, 0 :+ BN], load(zt[0 :+ 1, 0 :+ BN]))\n")
+    n, kk, gs, m = 64, 256, 64, 2
+    parts, w = gptq_act_layer(n, kk, gs, True, seed=11)
+    x = RNG.standard_normal((m, kk)).astype(np.float32)
+    want = x.astype(np.float64) @ w
+    for source, table in ((src, False), (USER / "gptq_act_gemv.lbk", True)):
+        k = lowbitc.compile(source, BM=2)
+        assert ("a table of -(U * V)" in k.explain()) == table
+        for run in (k, k.interpret):
+            args = _args(parts, x, m, n)
+            run(*args)
+            assert np.abs(args[-1] - want).max() / np.abs(want).max() < 2e-6

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from lowbitc.abi import packed_params
 from lowbitc.backends.llvm import (  # noqa: F401  (fill HANDLERS)
     carry,
+    column_tables,
     ops_elementwise,
     ops_encode,
     ops_gather,
@@ -191,6 +192,7 @@ def _for(env: Env, op: Op) -> None:
             em.copy(staged.get(j, outs[j]), b)
         return [outs[j] for j, _, _ in sc]
 
+    column_tables.prepare(env, op)  # (Y - U) * V tables of the body's column dots
     phis = em.loop(lo, hi, None, step=step, carried=[(t, init) for _, t, init in sc],
                    body_carried=run)
     env.loops -= 1

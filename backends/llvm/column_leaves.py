@@ -59,31 +59,40 @@ def _gathered(env: Env, ops: list[Op], k: str, c: str, rows: dict | None = None)
     em = env.em
     g = ops[-1]
     t = source(env, g)
-    key = (id(g), k)
-    found = rows.get(key) if rows is not None else None
-    if found is None:
-        row = index_row(env, g, k)
-        ok = em.val(f"icmp ult i64 {row}, {t.dims[0]}")
-        row = em.val(f"select i1 {ok}, i64 {row}, i64 0")
-        at = em.val(f"add i64 {em.val(f'mul i64 {row}, {t.strides[0]}')}, "
-                    f"{env.get(g.operands[2])}")
-        found = at, splat(em, ok, "i1")
-        if rows is not None:
-            rows[key] = found
-    at, mask = found
-    at = em.val(f"add i64 {at}, {em.val(f'mul i64 {c}, {L}')}")
-    et = lltype(g.results[0].type.dtype)
-    vt = f"<{L} x {et}>"
-    p = em.val(f"getelementptr inbounds {MEMTYPE[t.type.dtype]}, ptr {t.ptr}, i64 {at}")
-    fn = f"llvm.masked.load.v{L}{_SUFFIX[et]}.p0"
-    em.declare(f"declare {vt} @{fn}(ptr, i32, <{L} x i1>, {vt})")
-    v = em.val(f"call {vt} @{fn}(ptr {p}, i32 2, <{L} x i1> {mask}, {vt} zeroinitializer)")
+    row, mask = gathered_row(env, g, k, rows)
+    col = em.val(f"add i64 {env.get(g.operands[2])}, {em.val(f'mul i64 {c}, {L}')}")
+    at = em.val(f"add i64 {em.val(f'mul i64 {row}, {t.strides[0]}')}, {col}")
+    v = masked_load(em, t.ptr, MEMTYPE[t.type.dtype], at, lltype(g.results[0].type.dtype), mask)
     if ops[0].opcode == "cast":
         v = convert(em, v, g.results[0].type.dtype, ops[0].attrs.dtype, L)
     return v
 
 
 _SUFFIX = {"float": "f32", "half": "f16", "i32": "i32"}
+
+
+def gathered_row(env: Env, g: Op, k: str, rows: dict | None) -> tuple[str, str]:
+    """(row idx[k] of the gather's source, clamped to 0 outside it; the <16 x i1> mask that
+    reads zeros there), kept in `rows` for the other chunks and leaves of the same index."""
+    em = env.em
+    key = (g.operands[1].id, k, source(env, g).dims[0])
+    found = rows.get(key) if rows is not None else None
+    if found is None:
+        row = index_row(env, g, k)
+        ok = em.val(f"icmp ult i64 {row}, {source(env, g).dims[0]}")
+        found = em.val(f"select i1 {ok}, i64 {row}, i64 0"), splat(em, ok, "i1")
+        if rows is not None:
+            rows[key] = found
+    return found
+
+
+def masked_load(em, ptr: str, mt: str, at: str, et: str, mask: str) -> str:
+    """<16 x et> at element `at` of `ptr` (elements of type mt), zeros where `mask` is off."""
+    vt = f"<{L} x {et}>"
+    p = em.val(f"getelementptr inbounds {mt}, ptr {ptr}, i64 {at}")
+    fn = f"llvm.masked.load.v{L}{_SUFFIX[et]}.p0"
+    em.declare(f"declare {vt} @{fn}(ptr, i32, <{L} x i1>, {vt})")
+    return em.val(f"call {vt} @{fn}(ptr {p}, i32 2, <{L} x i1> {mask}, {vt} zeroinitializer)")
 
 
 def leaf(env: Env, v: Value, shape, k: str, c: str, gathered: dict | None = None,

@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lowbitc.backends.llvm import decode
-from lowbitc.backends.llvm.column_leaves import gathered_leaves, leaf, source, splat
+from lowbitc.backends.llvm.column_leaves import (
+    gathered_leaves,
+    gathered_row,
+    leaf,
+    masked_load,
+    source,
+    splat,
+)
 from lowbitc.backends.llvm.emitter import Buf
 from lowbitc.backends.llvm.fusion import (
     _window_ok,
@@ -39,6 +46,7 @@ from lowbitc.signature import format_bits
 
 L = 16  # lanes along N
 CHAINS = 8  # accumulators in flight (FMA latency x ports), shared by the rows of `a`
+PAIRED = ", (Y - U) * V one FMA with a table of -(U * V) made before the loop"
 ROW_CHUNKS = 4  # 16-output chunks a pass down the word rows reads (4 x 64 bytes of a row)
 PREFETCH_ROWS = 16  # word rows a prefetch runs ahead, at least
 
@@ -61,6 +69,9 @@ class ColumnPlan:
     # E's values that depend on the code only (<= 4 bits: one 16-entry table permute of the
     # shifted words, which reads each lane's low 4 bits, so the codes need no mask)
     tables: dict[int, np.ndarray] = field(default_factory=dict)
+    # E = (Y - U) * V with U, V rows gathered with one index (f32): (Y, U, V); a table of
+    # -(U * V) made before the loop turns E into one FMA (column_tables.py)
+    pair: tuple[Value, Value, Value] | None = None
 
 
 def _column_codes(op: Op, defs: dict[int, Op], uses: dict[int, int]) -> list[Op] | None:
@@ -108,8 +119,27 @@ def plan_columns(r: Region) -> dict[int, ColumnPlan]:
         plans[op.results[0].id] = ColumnPlan(op, chain[0], chain[3], tree, deferred, e,
                                              format_bits(chain[2].attrs.dtype),
                                              fold(tree, e, -1),
-                                             gathered, _tables(tree, chain[3], e, defs))
+                                             gathered, _tables(tree, chain[3], e, defs),
+                                             _pair(tree, e, gathered))
     return plans
+
+
+def _pair(tree: list[Op], root: Value, gathered: dict[int, list[Op]]):
+    """(Y, U, V) when E = (Y - U) * V (either order of the product), U and V f32 leaves
+    gathered with the same index tile, else None."""
+    made = {op.results[0].id: op for op in tree}
+    mul = made.get(root.id)
+    if mul is None or mul.opcode != "mul" or root.type.dtype != "f32":
+        return None
+    for x, v in (mul.operands, mul.operands[::-1]):
+        sub = made.get(x.id)
+        if sub is None or sub.opcode != "sub" or sub.operands[0].type.dtype != "f32":
+            continue
+        u = sub.operands[1]
+        if (u.id in gathered and v.id in gathered and u.type.dtype == v.type.dtype == "f32"
+                and gathered[u.id][-1].operands[1].id == gathered[v.id][-1].operands[1].id):
+            return sub.operands[0], u, v
+    return None
 
 
 def _tables(tree: list[Op], codes: Op, root: Value, defs: dict[int, Op]) -> dict:
@@ -157,7 +187,8 @@ def emit_column_dot(env: Env, plan: ColumnPlan, generic_dot) -> None:
     t = env.get(plan.load.operands[0])
     starts = [env.get(v) for v in plan.load.operands[1:3]]
     note_fused(plan.dot, plan.load, "fused column dot (codes of a transposed word tile, 16 "
-               f"outputs per vector{', decoded by one table permute' if plan.tables else ''})")
+               f"outputs per vector{', decoded by one table permute' if plan.tables else ''}"
+               f"{PAIRED if plan.dot.results[0].id in env.col_tables else ''})")
     for ops in plan.gathered.values():
         note("load", subject_of(ops[-1].operands[0]), f"row gather fused into the dot at "
              f"{plan.dot.loc}: one vector of row idx[k] per 16 outputs", loc=ops[-1].loc)
@@ -194,6 +225,7 @@ def _fast(env: Env, plan: ColumnPlan, abuf: Buf, out: Buf, t, starts: list[str])
     # wait on each other's latency; summed once per window
     chains = max(1, min(per, CHAINS // (m * span)))
     sums = [row_sum(em, abuf, i, bkw * per) for i in range(m)] if plan.fold else []
+    table = env.col_tables.get(plan.dot.results[0].id)
 
     def group(first: str, count: int) -> None:
         cs = [em.val(f"add i64 {first}, {j}") for j in range(count)]
@@ -210,8 +242,9 @@ def _fast(env: Env, plan: ColumnPlan, abuf: Buf, out: Buf, t, starts: list[str])
                 k = em.val(f"add i64 {em.val(f'mul i64 {jj}, {per}')}, {s}")
                 splats = [_splat_a(em, abuf, i, k) for i in range(m)]
                 for j, c in enumerate(cs):
-                    w = _eval(env, plan, words[j], s, k, c,
-                              plan.fold[0] if plan.fold else None, rows)
+                    w = (_paired(env, plan, table, words[j], s, k, c, rows) if table
+                         else _eval(env, plan, words[j], s, k, c,
+                                    plan.fold[0] if plan.fold else None, rows))
                     for i in range(m):
                         a_ = (i * count + j) * chains + s % chains
                         prod = em.val(f"fmul contract {vf} {splats[i]}, {w}")
@@ -308,6 +341,8 @@ def _eval(env: Env, plan: ColumnPlan, words: str, s: int, k: str, c: str,
         vals[rid] = _lookup(em, shifted, table, _dtype_of(plan, rid))
     shape = plan.root.type.shape
     for op in plan.tree:
+        if root is not None and root.id in vals:
+            break
         if op.results[0].id in vals:
             continue
         args = []
@@ -319,6 +354,24 @@ def _eval(env: Env, plan: ColumnPlan, words: str, s: int, k: str, c: str,
         if root is not None and op.results[0].id == root.id:
             break  # (program order: what follows is not needed)
     return vals[(root or plan.root).id]
+
+
+def _paired(env: Env, plan: ColumnPlan, table, words: str, s: int, k: str, c: str,
+            rows: dict) -> str:
+    """E = (Y - U) * V as fma(Y, V, T), T = -(U * V) read from the loop's product table
+    with V's row and mask (zeros outside the tiles, as V)."""
+    em = env.em
+    y, _, v = plan.pair
+    yv = _eval(env, plan, words, s, k, c, y, rows)
+    vv = leaf(env, v, plan.root.type.shape, k, c, plan.gathered, rows)
+    row, mask = gathered_row(env, plan.gathered[v.id][-1], k, rows)
+    bn = table.table.shape[1]
+    at = em.val(f"add i64 {em.val(f'mul i64 {row}, {bn}')}, {em.val(f'mul i64 {c}, {L}')}")
+    tv = masked_load(em, table.table.ptr, "float", at, "float", mask)
+    em.declare(f"declare <{L} x float> @llvm.fma.v{L}f32(<{L} x float>, <{L} x float>, "
+               f"<{L} x float>)")
+    return em.val(f"call <{L} x float> @llvm.fma.v{L}f32(<{L} x float> {yv}, "
+                  f"<{L} x float> {vv}, <{L} x float> {tv})")
 
 
 def _lookup(em, idx: str, table: np.ndarray, dtype: str) -> str:

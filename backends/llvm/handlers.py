@@ -86,6 +86,7 @@ class Env:
         self.consts: dict[int, Op] = {}  # scalar constants of the regions emitted so far
         self.defs: dict[int, Op] = {}  # the op defining each value of the kernel (codegen)
         self.carries: dict = {}  # a loop's carried dot (result id) -> its partials (carry.py)
+        self.col_tables: dict = {}  # a column dot (result id) -> its product table
         self.loops = 0  # for loops being emitted around the current op
 
     def get(self, v: Value):
