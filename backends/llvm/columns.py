@@ -37,7 +37,14 @@ from lowbitc.backends.llvm.fusion import (
     vector_op,
     with_fallback,
 )
-from lowbitc.backends.llvm.fusion_plan import FUSIBLE, MAX_ROWS, _derived, fold, region_index
+from lowbitc.backends.llvm.fusion_plan import (
+    FUSIBLE,
+    MAX_ROWS,
+    _derived,
+    difference_times,
+    fold,
+    region_index,
+)
 from lowbitc.backends.llvm.handlers import Env, convert
 from lowbitc.explain import note, subject_of
 from lowbitc.ir.core import Op, Region, Value
@@ -127,19 +134,11 @@ def plan_columns(r: Region) -> dict[int, ColumnPlan]:
 def _pair(tree: list[Op], root: Value, gathered: dict[int, list[Op]]):
     """(Y, U, V) when E = (Y - U) * V (either order of the product), U and V f32 leaves
     gathered with the same index tile, else None."""
-    made = {op.results[0].id: op for op in tree}
-    mul = made.get(root.id)
-    if mul is None or mul.opcode != "mul" or root.type.dtype != "f32":
+    found = difference_times(tree, root, lambda v: v.id in gathered and v.type.dtype == "f32")
+    if found is None or (gathered[found[1].id][-1].operands[1].id
+                         != gathered[found[2].id][-1].operands[1].id):
         return None
-    for x, v in (mul.operands, mul.operands[::-1]):
-        sub = made.get(x.id)
-        if sub is None or sub.opcode != "sub" or sub.operands[0].type.dtype != "f32":
-            continue
-        u = sub.operands[1]
-        if (u.id in gathered and v.id in gathered and u.type.dtype == v.type.dtype == "f32"
-                and gathered[u.id][-1].operands[1].id == gathered[v.id][-1].operands[1].id):
-            return sub.operands[0], u, v
-    return None
+    return found
 
 
 def _tables(tree: list[Op], codes: Op, root: Value, defs: dict[int, Op]) -> dict:

@@ -5,6 +5,7 @@ plan_store_fusion, and the constants those paths are built around."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -245,15 +246,22 @@ def fold(tree: list[Op], root: Value, k_axis: int) -> tuple[Value, Value, Value]
     def k_invariant(v: Value) -> bool:
         return not isinstance(v.type, TileType) or v.type.shape[k_axis] == 1
 
+    return difference_times(tree, root, k_invariant)
+
+
+def difference_times(tree: list[Op], root: Value,
+                     leaf_ok: Callable[[Value], bool]) -> tuple[Value, Value, Value] | None:
+    """(Y, U, V) when the f32 E = (Y - U) * V (either order of the product), Y f32, U and V
+    leaves of E (not made by `tree`) that `leaf_ok` accepts, else None."""
     made = {op.results[0].id: op for op in tree}
     mul = made.get(root.id)
     if mul is None or mul.opcode != "mul" or root.type.dtype != "f32":
         return None
     for x, v in (mul.operands, mul.operands[::-1]):
         sub = made.get(x.id)
-        if (sub is not None and sub.opcode == "sub" and v.id not in made and k_invariant(v)
+        if (sub is not None and sub.opcode == "sub" and v.id not in made and leaf_ok(v)
                 and sub.operands[0].type.dtype == "f32"
-                and sub.operands[1].id not in made and k_invariant(sub.operands[1])):
+                and sub.operands[1].id not in made and leaf_ok(sub.operands[1])):
             return sub.operands[0], sub.operands[1], v
     return None
 
