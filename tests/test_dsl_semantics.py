@@ -310,6 +310,30 @@ def test_loads_and_stores_are_masked_at_the_edges():
               {1: x * 2 + 1, 2: o})
 
 
+@pytest.mark.parametrize("dt", ["f32", "f16", "u32", "i8"])
+def test_windows_whose_rows_run_past_the_end(dt):
+    """A 2-D window whose columns lie inside and whose rows run past the last row: the rows
+    inside copied, the rest zeros (with and without a mask); a window starting above the
+    first row or with columns outside reads element by element; every answer equal to
+    numpy's and the interpreter's."""
+    src = f"""kernel k(x: {dt}[R, C], y: {dt}[8, 16], z: {dt}[8, 16], r0: int, c0: int) {{
+  store(y[0 :+ 8, 0 :+ 16], load(x[r0 :+ 8, c0 :+ 16]))
+  store(z[0 :+ 8, 0 :+ 16], load(x[r0 :+ 8, c0 :+ 16], mask=arange(16) % 3 != 1))
+}}"""
+    k = compile(src)
+    npdt = {"f32": np.float32, "f16": np.float16, "u32": np.uint32, "i8": np.int8}[dt]
+    x = RNG.integers(1, 100, (11, 40)).astype(npdt)
+    keep = np.arange(16) % 3 != 1
+    for r0, c0 in ((0, 0), (5, 3), (10, 24), (11, 0), (-2, 4), (6, 30)):
+        want = np.zeros((8, 16), npdt)
+        rows = [r for r in range(r0, r0 + 8) if 0 <= r < 11]
+        cols = [c for c in range(c0, c0 + 16) if 0 <= c < 40]
+        for r in rows:
+            want[r - r0, [c - c0 for c in cols]] = x[r, cols]
+        check(k, [x, np.full((8, 16), 7, npdt), np.full((8, 16), 7, npdt), r0, c0],
+              {1: want, 2: np.where(keep, want, 0).astype(npdt)}, exact=True)
+
+
 def test_explicit_masks_on_load_and_store():
     src = """kernel k(x: f32[N], y: f32[N], lim: f32) {
   keep = arange(16) % 3 != 0

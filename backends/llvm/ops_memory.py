@@ -20,6 +20,7 @@ from lowbitc.backends.llvm.windows import (
     _row_offset,
     _row_start,
     _window_index,
+    row_edges,
     unpack32,
 )
 from lowbitc.errors import BackendError
@@ -82,6 +83,8 @@ def _load_common(env: Env, op: Op, t: TensorArg) -> None:
         _byte_codes_fast_path(env, op, t, starts, out, generic)
     elif not t.packed and t.type.dtype != "bool":
         note("load", name, "row copies" if op.attrs.sizes[-1] else "strided reads",
+             "rows past the tensor's end zeros; other windows at the edges read element by "
+             "element" if len(op.attrs.sizes) == 2 and all(op.attrs.sizes) else
              "windows at the edges read element by element", loc=op.loc)
         _dense_fast_path(env, op, t, starts, out, generic)
     else:
@@ -150,7 +153,10 @@ def _dense_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, gen
         _apply_mask(env, op, out)
     em.br(done)
     em.start_block(slow)
-    generic()
+    if len(sizes) == 2 and all(sizes) and len(out.shape) == 2:
+        row_edges(env, op, t, starts, out, nbytes, generic)  # rows past the end: zeros
+    else:
+        generic()
     em.br(done)
     em.start_block(done)
 

@@ -230,3 +230,42 @@ def _each_row(em, rows: tuple[int, ...], row) -> None:
         em.nest(rows, row)
     else:
         row([])
+
+
+def row_edges(env: Env, op: Op, t: TensorArg, starts: list, out, nbytes: int, generic) -> None:
+    """A 2-D window whose columns lie inside the tensor and whose rows start inside it but may
+    run past its last row (a tile of groups past G, of rows past M): the rows inside are one
+    copy each, the others zeros (then the mask, if any); any other window `generic()`."""
+    em = env.em
+    sizes = op.attrs.sizes
+    end = em.val(f"add i64 {starts[1]}, {sizes[1]}")
+    ok = em.val(f"and i1 {em.val(f'icmp sge i64 {starts[1]}, 0')}, "
+                f"{em.val(f'icmp sle i64 {end}, {t.dims[1]}')}")
+    ok = em.val(f"and i1 {ok}, {em.val(f'icmp sge i64 {starts[0]}, 0')}")
+    rows, other, done = em.label("rowedge"), em.label("edgeel"), em.label("edged")
+    em.emit(f"br i1 {ok}, label %{rows}, label %{other}")
+    em.start_block(rows)
+    em.declare("declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)")
+    origin = _origin(env, op)
+
+    def row(i: str) -> None:
+        copy, zero, joined = em.label("rowin"), em.label("rowout"), em.label("rowdone")
+        inside = em.val(f"icmp slt i64 {em.val(f'add i64 {starts[0]}, {i}')}, {t.dims[0]}")
+        dst = em.gep(out, em.val(f"mul i64 {i}, {out.shape[1]}"))
+        em.emit(f"br i1 {inside}, label %{copy}, label %{zero}")
+        em.start_block(copy)
+        em.memcpy(dst, _row_start(env, t, starts, sizes, [i], origin), nbytes, 1)
+        em.br(joined)
+        em.start_block(zero)
+        em.emit(f"call void @llvm.memset.p0.i64(ptr {dst}, i8 0, i64 {nbytes}, i1 false)")
+        em.br(joined)
+        em.start_block(joined)
+
+    em.loop("0", str(out.shape[0]), row)
+    if op.attrs.masked:
+        _apply_mask(env, op, out)
+    em.br(done)
+    em.start_block(other)
+    generic()
+    em.br(done)
+    em.start_block(done)
