@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from benchmarks import baselines, harness, peer_ggml  # noqa: E402
 from benchmarks import candidates as cand  # noqa: E402
 from benchmarks.peer_ggml import GGML_TYPES  # noqa: E402
+from benchmarks.stream_read import BLOCK  # noqa: E402
 
 
 def _counter():
@@ -115,10 +116,12 @@ def test_copy_baseline_copies_every_byte():
 
 
 def test_read_baseline_reads_every_byte_once():
-    for threads in (1, 2, 3):
-        base = baselines.read_baseline(nbytes=1 << 16, threads=threads)
-        assert base.fn() == (1 << 16) // 8  # dot(ones, ones) over every slice
-        assert base.bytes_moved == 1 << 16 and base.name == f"read_{threads}t"
+    for threads, nbytes in ((1, 1 << 16), (2, 5 << 17), (3, (3 << 20) + 8 * 13)):
+        base = baselines.read_baseline(nbytes=nbytes, threads=threads)
+        words = np.arange(nbytes // 8, dtype=np.uint64)
+        blocks = [np.bitwise_xor.reduce(words[i:i + BLOCK]) for i in range(0, words.size, BLOCK)]
+        np.testing.assert_array_equal(base.fn(), blocks)  # every word read, in its block
+        assert base.bytes_moved == nbytes and base.name == f"read_{threads}t"
     with pytest.raises(ValueError, match="read_baseline"):
         baselines.read_baseline(nbytes=100)
 
