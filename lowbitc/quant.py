@@ -26,7 +26,7 @@ from lowbitc.errors import UserArgumentError
 from lowbitc.outliers import Sparse
 from lowbitc.packing import pack, unpack
 from lowbitc.quant_errors import _affine_sums, _compiled, _errors
-from lowbitc.repack import PackedWords, Packing, cached_packing
+from lowbitc.repack import PackedWords, Packing, aligned_copy, cached_packing
 
 # Search grids: clipping ratios (of the largest magnitude, or of the half range), then a
 # finer grid in units of the coarse step around the best. Non-uniform formats (floats, code
@@ -118,7 +118,7 @@ class QTensor:
         twin.__dict__["_tile_major"] = {  # lowbitc.a8.tile_scales and inline_pack
             key: _copied(v) for key, v in self.__dict__.get("_tile_major", {}).items()}
         twin.__dict__["_repacked"] = {
-            p: PackedWords(w.words.copy(), w.packing, w.count)
+            p: PackedWords(aligned_copy(w.words), w.packing, w.count)
             for p, w in self.__dict__.get("_repacked", {}).items()}
         return twin
 
@@ -161,7 +161,7 @@ def _copied(v):
     if isinstance(v, np.ndarray):
         return v.copy()
     w, sz = v
-    words = w.words.copy()
+    words = aligned_copy(w.words)
     return PackedWords(words, w.packing, w.count), words.reshape(-1).view(np.float32).reshape(
         sz.shape)
 

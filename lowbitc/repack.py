@@ -230,6 +230,15 @@ def _aligned_words(count: int) -> np.ndarray:
     return raw[first : first + count * 4].view(np.uint32)
 
 
+def aligned_copy(words: np.ndarray) -> np.ndarray:
+    """A copy of uint32 `words` (any shape) starting on a 64-byte line, as the packings make
+    them: a plain numpy copy of a large array starts 16 bytes past one (glibc's mmap'd
+    chunks), so every 64-byte vector load of it would straddle two lines."""
+    out = _aligned_words(words.size).reshape(words.shape)
+    out[...] = words
+    return out
+
+
 @dataclass(frozen=True)
 class PlanesPacking(RowsPacking):
     """The rows packing with every code bit in a plane of its own ("planes16"): bit j of the

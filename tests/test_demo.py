@@ -12,6 +12,7 @@ from lowbitc import ops
 from lowbitc.cli import main
 from lowbitc.memory import copies_for, llc_bytes, time_in_turn
 from lowbitc.quant import quantize
+from lowbitc.repack import aligned_copy
 
 
 def test_demo_checks_and_times_a_streaming_row_per_format(capsys):
@@ -63,5 +64,17 @@ def test_a_replica_is_the_same_weight_in_fresh_memory():
     u8 = quantize(rng.standard_normal((8, 96)).astype(np.float32), "u8", 32, zero_point=True)
     assert not np.shares_memory(u8.codes, u8.replica().codes)  # read as bytes: copied
     for p, words in qw.__dict__["_repacked"].items():
-        assert not np.shares_memory(words.words, twin.packed_as(p).words)
+        copy = twin.packed_as(p).words
+        assert not np.shares_memory(words.words, copy) and np.array_equal(words.words, copy)
+        assert copy.ctypes.data % 64 == 0  # on a line, as the packing made it
     np.testing.assert_array_equal(ops.matmul(x, twin), y)
+    a8 = quantize(rng.standard_normal((4096, 256)).astype(np.float32), "u4", 128, True)
+    ops.matmul(rng.standard_normal((1, 256)).astype(np.float32), a8, act="i8")  # inline: 0.6 MB
+    for twin in [a8.replica() for _ in range(8)]:  # a plain copy would start 16 bytes in
+        (w, sz), = twin.__dict__["_tile_major"].values()
+        assert w.words.ctypes.data % 64 == 0 and np.shares_memory(w.words, sz)
+    src = np.arange(1 << 12, dtype=np.uint32)
+    for skip in range(16):  # any start: the copy is on a line, equal, of the same shape
+        copy = aligned_copy(src[skip:skip + 2048].reshape(64, 32))
+        assert copy.ctypes.data % 64 == 0 and copy.shape == (64, 32)
+        assert np.array_equal(copy.reshape(-1), src[skip:skip + 2048])
