@@ -38,11 +38,9 @@ V16 = f"<{LANES} x i32>"
 B64 = "<64 x i8>"
 CHAINS = 4  # independent vpdpbusd chains per block of 16 rows (latency x ports)
 PREFETCH_BYTES = 4096  # one stream per program: ask this far ahead (~ DRAM latency x rate)
-# ... except for codes of these widths, 0 = no software prefetch (measured on Zen 5,
-# docs/performance.md: 4-bit codes 4-9% faster 8 KB ahead than 4 KB, u2 and u8 were not,
-# nor 12 or 16 KB for u4; 2-bit codes 9-17% faster with none: the hardware prefetchers
-# follow their stream, and the prefetches cost time in cache too)
-PREFETCH_BYTES_BY_BITS = {2: 0, 4: 8192}
+# ... except for codes of these widths (measured on Zen 5, docs/performance.md: 4-bit codes
+# 4-9% faster 8 KB ahead than 4 KB; u2 and u8 were not, nor 12 or 16 KB for u4)
+PREFETCH_BYTES_BY_BITS = {4: 8192}
 
 
 @dataclass
@@ -196,13 +194,11 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
                       f"{em.val(f'mul i64 {first_step}, {bits * LANES}')}")
         lines = (bk // 32) * bits
         # a window of one block (the inline GEMV packing: one stream) asks for the lines
-        # PREFETCH_BYTES (by code width; 0: none) ahead; wider windows PREFETCH_WINDOWS
-        # ahead in each
-        far = PREFETCH_BYTES_BY_BITS.get(bits, PREFETCH_BYTES) if bn == LANES else -1
-        if far:
-            ahead = (max(rows_packing.PREFETCH_WINDOWS, -(-far // (64 * lines))) if far > 0
-                     else rows_packing.PREFETCH_WINDOWS)
-            rows_packing._prefetch(em, t, base, lines, ahead)
+        # PREFETCH_BYTES (by code width) ahead; wider windows PREFETCH_WINDOWS ahead in each
+        far = PREFETCH_BYTES_BY_BITS.get(bits, PREFETCH_BYTES)
+        ahead = (max(rows_packing.PREFETCH_WINDOWS, -(-far // (64 * lines)))
+                 if bn == LANES else rows_packing.PREFETCH_WINDOWS)
+        rows_packing._prefetch(em, t, base, lines, ahead)
 
         def step(s: str, accs: list[str]) -> list[str]:
             wbase = em.val(f"add i64 {base}, {em.val(f'mul i64 {s}, {bits * LANES}')}")
