@@ -102,11 +102,13 @@ declare i64 @llvm.vector.reduce.add.v8i64(<8 x i64>)
 class Digest:
     """`digest(array) -> bytes`: the per-chunk digests of a C-contiguous array's bytes."""
 
-    def __init__(self):
+    def __init__(self, threads: int | None = None):
+        """threads: the pool threads a call runs on (default: the kernels' `num_threads()`)."""
         module = native.module(_ir(), _NAME)
         self._packer = ArgPacker([ArrayArg("data", np.uint64, 1), ArrayArg("out", np.uint64, 1,
                                   output=True), ScalarArg("total", "i64")])
-        self._launch = GridLauncher(module.address(_NAME), 0, min_blocks_per_thread=4)
+        self._launch = GridLauncher(module.address(_NAME), 0, threads=threads,
+                                    min_blocks_per_thread=4)
         self._lock = threading.Lock()  # the launcher's grid size is per call
 
     def __call__(self, array: np.ndarray) -> bytes:
