@@ -43,6 +43,16 @@ PREFETCH_BYTES = 4096  # one stream per program: ask this far ahead (~ DRAM late
 PREFETCH_BYTES_BY_BITS = {4: 8192}
 
 
+def inline_extra_lines(bits: int) -> int:
+    """Lines a 16-row window of `bits`-bit codes prefetches beyond its own: in the inline
+    GEMV packing (lowbitc.a8.inline_pack) an extra step of scales and zero points (E * bits
+    = lcm(bits, 1 or 2) lines: at most max(bits, 2)) sits between some windows, so windows
+    asking only for their own lines D bytes ahead leave those lines unasked (11 % of a u4
+    stream with zero points, 20 % of u2's), each a demand miss; asking for max(bits, 2) more
+    covers every line of the stream."""
+    return max(bits, 2)
+
+
 @dataclass
 class BytePlan:
     dot: Op
@@ -194,11 +204,14 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
                       f"{em.val(f'mul i64 {first_step}, {bits * LANES}')}")
         lines = (bk // 32) * bits
         # a window of one block (the inline GEMV packing: one stream) asks for the lines
-        # PREFETCH_BYTES (by code width) ahead; wider windows PREFETCH_WINDOWS ahead in each
-        far = PREFETCH_BYTES_BY_BITS.get(bits, PREFETCH_BYTES)
-        ahead = (max(rows_packing.PREFETCH_WINDOWS, -(-far // (64 * lines)))
-                 if bn == LANES else rows_packing.PREFETCH_WINDOWS)
-        rows_packing._prefetch(em, t, base, lines, ahead)
+        # PREFETCH_BYTES (by code width) ahead, and for the extra step's lines after them
+        # (inline_extra_lines); wider windows PREFETCH_WINDOWS ahead in each
+        if bn == LANES:
+            far = PREFETCH_BYTES_BY_BITS.get(bits, PREFETCH_BYTES)
+            ahead = max(rows_packing.PREFETCH_WINDOWS, -(-far // (64 * lines)))
+            rows_packing._prefetch(em, t, base, lines, ahead, inline_extra_lines(bits))
+        else:
+            rows_packing._prefetch(em, t, base, lines)
 
         def step(s: str, accs: list[str]) -> list[str]:
             wbase = em.val(f"add i64 {base}, {em.val(f'mul i64 {s}, {bits * LANES}')}")

@@ -164,13 +164,15 @@ def _window_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], per_row: i
 PREFETCH_WINDOWS = 2  # windows ahead whose words a block asks for
 
 
-def _prefetch(em: Emitter, t, base: str, lines: int, windows: int = PREFETCH_WINDOWS) -> None:
+def _prefetch(em: Emitter, t, base: str, lines: int, windows: int = PREFETCH_WINDOWS,
+              extra: int = 0) -> None:
     """Prefetch the block's words `windows` windows further along K (a window's words
-    are `lines` consecutive 64-byte lines; a prefetch past the tensor does not fault): the
-    blocks of a launch are 16 rows x K apart, too far for the hardware prefetchers."""
+    are `lines` consecutive 64-byte lines, and `extra` lines after them; a prefetch past the
+    tensor does not fault): the blocks of a launch are 16 rows x K apart, too far for the
+    hardware prefetchers."""
     em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
     ahead = em.val(f"add i64 {base}, {windows * lines * LANES}")
-    for line in range(lines):
+    for line in range(lines + extra):
         at = em.val(f"add i64 {ahead}, {line * LANES}")
         q = em.val(f"getelementptr i32, ptr {t.ptr}, i64 {at}")
         em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 3, i32 1)")
