@@ -121,7 +121,7 @@ def test_read_baseline_reads_every_byte_once():
         words = base.data["words"]
         before = base.fn()
         assert words.nbytes == nbytes and before == digest(words)
-        words[-1] += 1  # the last word is read too (each word changes the digest: tests/test_repack_cache.py)
+        words[-1] += 1  # the last word is read too (and every word: test_repack_cache.py)
         assert base.fn() != before
         assert base.bytes_moved == nbytes and base.name == f"read_{threads}t"
     with pytest.raises(ValueError, match="read_baseline"):
