@@ -300,8 +300,8 @@ def test_inline_packing_applies_to_gemvs_of_rows_packed_codes(monkeypatch):
 @pytest.mark.skipif(not bytedot.applies(), reason="the fused byte dot needs AVX-512 VNNI")
 @pytest.mark.parametrize("fmt", ["u4", "u2", "u8", "u1"])
 def test_inline_gemv_prefetch_distance(fmt):
-    """An inline GEMV program (one stream) asks for its codes PREFETCH_BYTES ahead (4-bit
-    codes PREFETCH_BYTES_BY_BITS[4], 8 KB), every line of its window and the extra step's
+    """An inline GEMV program (one stream) asks for its codes PREFETCH_BYTES ahead (2- and
+    4-bit codes PREFETCH_BYTES_BY_BITS, 8 KB), every line of its window and the extra step's
     lines after it: the assembly's prefetches are that run of lines."""
     p = a8.params(formats.lookup(fmt), 128, True, 1, "i8", 256)
     text = ops.get_kernel("matmul_a8", **p).text("asm")
@@ -310,7 +310,8 @@ def test_inline_gemv_prefetch_distance(fmt):
     far = bytedot.PREFETCH_BYTES_BY_BITS.get(bits, bytedot.PREFETCH_BYTES)
     lines = p["QB"] * bits // 32 + bytedot.inline_extra_lines(bits)  # 16 rows x QB codes
     assert offsets == list(range(far, far + 64 * lines, 64))
-    assert bytedot.PREFETCH_BYTES_BY_BITS.get(4) == 8192 and bytedot.PREFETCH_BYTES == 4096
+    assert bytedot.PREFETCH_BYTES_BY_BITS == {2: 8192, 4: 8192}
+    assert bytedot.PREFETCH_BYTES == 4096
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])

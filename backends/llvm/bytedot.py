@@ -39,8 +39,9 @@ B64 = "<64 x i8>"
 CHAINS = 4  # independent vpdpbusd chains per block of 16 rows (latency x ports)
 PREFETCH_BYTES = 4096  # one stream per program: ask this far ahead (~ DRAM latency x rate)
 # ... except for codes of these widths (measured on Zen 5, docs/performance.md: 4-bit codes
-# 4-9% faster 8 KB ahead than 4 KB; u2 and u8 were not, nor 12 or 16 KB for u4)
-PREFETCH_BYTES_BY_BITS = {4: 8192}
+# 4-9% faster 8 KB ahead than 4 KB, not 12 or 16 KB; 2-bit codes, once every line of the
+# stream was asked for (inline_extra_lines), 10-13% faster 8 KB ahead)
+PREFETCH_BYTES_BY_BITS = {2: 8192, 4: 8192}
 
 
 def inline_extra_lines(bits: int) -> int:
