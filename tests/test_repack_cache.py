@@ -143,7 +143,6 @@ def _tracking() -> bool:
 needs_tracking = pytest.mark.skipif(not _tracking(), reason="no page-table write tracking")
 
 
-@needs_tracking
 def _own_pages(a: np.ndarray) -> np.ndarray:
     """A copy of `a` on pages of its own, a page of nothing either side: an array that shares
     an edge page with a neighbour (where the heap reuses earlier tests' memory) sees the
@@ -156,6 +155,7 @@ def _own_pages(a: np.ndarray) -> np.ndarray:
     return out
 
 
+@needs_tracking
 def test_large_words_skip_the_digest_and_every_write_is_seen(tmp_path):
     k = lowbitc.compile(GEMV, W=dtype("u4"))
     n, kk = 1024, 4096  # 2 MiB of words: tracked by the page tables, 8 segments
