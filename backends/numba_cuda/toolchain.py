@@ -22,7 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from lowbitc.backends.numba_cuda import sass
+from lowbitc.backends.numba_cuda import numba_passes, sass
 from lowbitc.cache.fsutil import default_cache_dir, ensure_private_dir
 from lowbitc.errors import BackendError, UserArgumentError
 
@@ -190,15 +190,19 @@ _LIBRARIES: dict[tuple, Any] = {}  # (kernel, signature, fastmath, features) -> 
 def _library(pyfunc, signature, fastmath: bool, cc: tuple[int, int]):
     """numba-cuda's code library (typed, lowered to LLVM IR: nearly all of a compile's time) of
     a kernel, shared by the archs of one `_numba_features` class (sm_80 and sm_90 alike): the
-    first of them asked for compiles it. The 16 last libraries are kept."""
+    first of them asked for compiles it, with numba_passes' stand-ins for the analyses whose
+    cost grows with blocks x variables (the same IR, in about half the time for an mma
+    kernel). The 16 last libraries are kept."""
     key = (pyfunc, signature, fastmath, _numba_features(cc))
     if key not in _LIBRARIES:
         from numba.cuda.compiler import _compile_pyfunc_with_fixup
 
         while len(_LIBRARIES) >= 16:
             del _LIBRARIES[next(iter(_LIBRARIES))]
-        _LIBRARIES[key], _ = _compile_pyfunc_with_fixup(
-            pyfunc, signature, device=False, fastmath=fastmath, cc=cc, abi="numba", lto=True)
+        with numba_passes.faster_analyses():
+            _LIBRARIES[key], _ = _compile_pyfunc_with_fixup(
+                pyfunc, signature, device=False, fastmath=fastmath, cc=cc, abi="numba",
+                lto=True)
     return _LIBRARIES[key]
 
 
