@@ -3,6 +3,7 @@ nvJitLink + ptxas (no spills, SASS per weight), and the simulator suite in its o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -159,6 +160,73 @@ def _unnamed(ptx: str) -> str:
     """PTX without the names numba makes unique per compile (the mangled entry's ABI tag and
     the shared-array counter)."""
     return re.sub(r"_cudapy_smem_\d+", "smem", re.sub(r"\b_Z\w+", "entry", ptx))
+
+
+BRANCHY = """from numba import cuda
+from numba.cuda.types import int64 as I64, float32 as F32
+
+
+def branchy(y, x, n, m):
+    tid = I64(cuda.threadIdx.x)
+    a0 = F32(0.0)
+    a1 = F32(0.0)
+    i = tid
+    while i < n:
+        g = i * 3
+        v = F32(0)
+        if 0 <= g < n and 0 <= i < m:
+            v = x[g]
+        q = (I64(0) if m == 0 else I64(abs(g) // abs(m)) * (1 if (g < 0) == (m < 0) else -1))
+        a0 = a0 + v * F32(q)
+        if i % 2 == 0 and q > 1:
+            a1, a0 = a0, a1 - v
+        i += 32
+    j = 0
+    while j < 4:
+        k = 0
+        while k < j:
+            a1 += F32(k)
+            k += 1
+        j += 1
+    if tid < y.shape[0]:
+        y[tid] = a0 + a1
+"""
+
+
+@needs_toolchain
+@pytest.mark.cuda_toolchain
+def test_faster_numba_analyses_lower_to_the_same_llvm_ir(monkeypatch):
+    """numba_passes' stand-ins (which ptx_for swaps in) give the LLVM IR numba-cuda's own
+    analyses give, on a kernel with nested loops, short-circuit conditions, conditional
+    expressions and variables assigned in several blocks; numba's liveness map and the
+    stand-in's agree on every call of the plain compile."""
+    from numba.cuda.compiler import _compile_pyfunc_with_fixup
+    from numba.cuda.core import analysis, ir_utils
+
+    from lowbitc.backends.numba_cuda import numba_passes
+
+    sig = "void(float32[::1], float32[::1], int64, int64)"
+    real, calls = analysis.compute_live_map, []
+
+    def both(*args):
+        want = real(*args)
+        assert numba_passes.compute_live_map(*args) == want
+        calls.append(len(want))
+        return want
+
+    def llvm_ir(faster: bool) -> str:
+        with numba_passes.faster_analyses() if faster else contextlib.nullcontext():
+            lib, _ = _compile_pyfunc_with_fixup(T.load_source(BRANCHY, "branchy"), sig,
+                                                device=False, cc=(8, 0), abi="numba", lto=True)
+        return re.sub(r"(\$|B2v|_smem_)\d+", r"\1N", lib.get_llvm_str())
+
+    fast = llvm_ir(True)
+    with monkeypatch.context() as m:
+        m.setattr(analysis, "compute_live_map", both)
+        m.setattr(ir_utils, "compute_live_map", both)
+        plain = llvm_ir(False)
+    assert calls and max(calls) >= 10  # blocks
+    assert fast == plain and "branchy" in fast
 
 
 # Figures per width (sm_80): the innermost loop dequantizes P.CHUNK weights per iteration.
