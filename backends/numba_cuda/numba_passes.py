@@ -1,5 +1,5 @@
-"""Faster, result-identical stand-ins for three numba-cuda analyses, used while `ptx_for`
-types and lowers a kernel.
+"""Faster, result-identical stand-ins for numba-cuda analyses, used while `ptx_for` types and
+lowers a kernel.
 
 A tensor-core kernel's generated source is long straight-line code (about 9000 numba IR
 statements in 600 blocks; 150 variables assigned more than once: the C fragments, the
@@ -11,11 +11,13 @@ whose cost grows with blocks x variables:
   the blocks share one or a few scopes;
 - `ssa._run_ssa` walks every statement of the function twice for each variable assigned more
   than once, though only the blocks that mention it change.
-The stand-ins compute the same fix points (liveness in reverse block order: the least fix
-point of the same monotone equations, reached in a few sweeps), define the variables once per
-distinct scope, and hand a block to the SSA rewrite only when it mentions the variable being
-renamed (any other block comes back with the same statements). Tests compare the LLVM IR a
-kernel lowers to with and without them (tests/test_cuda_toolchain.py).
+The stand-ins compute the same fix points on bit sets (liveness in reverse block order: the
+least fix point of the same monotone equations, reached in a few sweeps), define the
+variables once per distinct scope, and hand a block to the SSA rewrite only when it mentions
+the variable being renamed (any other block comes back with the same statements). Typing
+resolves the same call signatures thousands of times: `_memo_call_types` answers repeats.
+Tests compare the LLVM IR a kernel lowers to with and without them
+(tests/test_cuda_toolchain.py).
 """
 
 from __future__ import annotations
@@ -154,9 +156,38 @@ _PATCHES = (("analysis", "compute_live_map", compute_live_map),
 
 
 @contextlib.contextmanager
+def _memo_call_types() -> Iterator[None]:
+    """While active, a function type's `get_call_type` answers a repeated (function, typing
+    context, argument types) with the signature it resolved the first time (an mma kernel
+    types about 14500 calls, 11500 of them repeats: `I64(int64)`, `U32(uint32)`, ...)."""
+    from numba.core.types import functions
+
+    real = functions.BaseFunction.get_call_type
+    memo: dict = {}
+
+    def get_call_type(self, context, args, kws):
+        key = (id(self), id(context), tuple(args), tuple(sorted(kws.items())))
+        try:
+            got = memo.get(key)
+        except TypeError:  # an unhashable argument type
+            return real(self, context, args, kws)
+        if got is None or got[0] is not self or got[1] is not context:
+            sig = real(self, context, args, kws)
+            memo[key] = got = (self, context, sig)  # (keeps the ids alive)
+        return got[2]
+
+    functions.BaseFunction.get_call_type = get_call_type
+    try:
+        yield
+    finally:
+        functions.BaseFunction.get_call_type = real
+
+
+@contextlib.contextmanager
 def faster_analyses() -> Iterator[None]:
-    """Swap the stand-ins into numba-cuda's modules for the duration (the compile lock is
-    held by the caller's compile; they are restored after). A no-op if any name moved."""
+    """Swap the stand-ins into numba-cuda's modules for the duration, and memoize call typing
+    (`_memo_call_types`); the caller's compile holds numba's compile lock; all are restored
+    after. A no-op if any name moved."""
     import importlib
 
     mods = {m: importlib.import_module(f"numba.cuda.core.{m}") for m, _, _ in _PATCHES}
@@ -167,7 +198,8 @@ def faster_analyses() -> Iterator[None]:
     for m, n, f in _PATCHES:
         setattr(mods[m], n, f)
     try:
-        yield
+        with _memo_call_types():
+            yield
     finally:
         for mod, n, f in saved:
             setattr(mod, n, f)
