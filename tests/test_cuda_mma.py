@@ -240,7 +240,8 @@ ACHIEVED = {
 # The default run (CI) checks the cells issue 13's acceptance names, u4 and one odd width (u3)
 # on both archs, and u4 with bf16 activations on sm_80 (the bf16 magic decode; the cell
 # test_bf16_activations_assemble_to_hmma_without_spills assembles anyway). Every other cell
-# (a numba compile of its own: about 40 s each on a quiet CI core) is a `sweep`, run with
+# (a numba compile of its own: 6-9 s of CPU each with toolchain's numba_passes, 23-45 s
+# without) is a `sweep`, run with
 # -m slow or -m sweep: `pytest tests/test_cuda_mma.py -m "sweep or not sweep" -k
 # non_hmma_per_hmma_bound` (docs/cuda.md).
 FAST = {("u4", "f16", "sm_80"), ("u4", "f16", "sm_90"), ("u3", "f16", "sm_80"),
