@@ -458,6 +458,27 @@ def test_split_k_is_a_tune_choice_of_the_mma_matmul():
     np.testing.assert_array_equal(y, want)
 
 
+@pytest.mark.parametrize("w", ["u4", "u3"])
+def test_bn_256_is_a_tune_choice_on_four_warps(w):
+    """matmul_mma's tune space has Marlin's BN 256 where the block has four warps (ops' tile
+    at M 17-32, BM 32 x BN 256, is now a point of it), not on one warp (M <= 16: 128
+    accumulator registers a thread); its largest point keeps the mma packing and fits sm_80's
+    and sm_90's dynamic shared memory."""
+    from lowbitc import autotune
+    from lowbitc.backends.numba_cuda.shared import DYNAMIC_SHARED_LIMIT
+
+    for m, th, bns in ((5, 32, {32, 64, 128}), (20, 128, {32, 64, 128, 256})):
+        t = autotune._op_target("matmul", (m, 512, 8192), w, 128, False, "f16", "cuda")
+        space, declared = autotune.space_of(t)
+        assert t.fixed["TH"] == th and {p["BN"] for p in space.points(t.dims)} == bns
+    default = {**declared, **t.default}
+    assert default["BN"] == 256 and space.find({n: default[n] for n in space.names})
+    k = ops.get_kernel("matmul_mma", "cuda", W=w, BM=64, BN=256, BK=128, ST=4, TH=128)
+    assert k.packings == {"w": MmaPacking(int(w[1:]))}
+    nbytes = BACKEND.rendered(k.lowered).dynamic_bytes
+    assert 48 * 1024 < nbytes <= min(DYNAMIC_SHARED_LIMIT[a] for a in ("sm_80", "sm_90"))
+
+
 def test_accumulators_stay_in_registers_across_k_tiles():
     """The rule of mma_registers on the IR: matmul_mma's carried `acc` (updated by
     `acc + (part - xsum z) * s` from a dot's result) stays in C fragment registers, so the
