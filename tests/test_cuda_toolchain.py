@@ -227,6 +227,10 @@ def test_faster_numba_analyses_lower_to_the_same_llvm_ir(monkeypatch):
         plain = llvm_ir(False)
     assert calls and max(calls) >= 10  # blocks
     assert fast == plain and "branchy" in fast
+    from numba.core.types import functions  # numba's own analyses are back after the swap
+
+    assert analysis.compute_live_map is real and ir_utils.compute_live_map is real
+    assert functions.BaseFunction.get_call_type.__module__ == functions.__name__
 
 
 # Figures per width (sm_80): the innermost loop dequantizes P.CHUNK weights per iteration.

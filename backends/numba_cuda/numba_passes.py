@@ -23,6 +23,7 @@ Tests compare the LLVM IR a kernel lowers to with and without them
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 
@@ -183,23 +184,28 @@ def _memo_call_types() -> Iterator[None]:
         functions.BaseFunction.get_call_type = real
 
 
+_SWAP = threading.RLock()  # one swap at a time: a second thread would save the stand-ins as
+# the originals and leave them installed
+
+
 @contextlib.contextmanager
 def faster_analyses() -> Iterator[None]:
     """Swap the stand-ins into numba-cuda's modules for the duration, and memoize call typing
-    (`_memo_call_types`); the caller's compile holds numba's compile lock; all are restored
-    after. A no-op if any name moved."""
+    (`_memo_call_types`); all are restored after. Compiles under it run one at a time (as
+    numba's own compile lock runs them). A no-op if any name moved."""
     import importlib
 
     mods = {m: importlib.import_module(f"numba.cuda.core.{m}") for m, _, _ in _PATCHES}
     if not all(hasattr(mods[m], n) for m, n, _ in _PATCHES):
         yield
         return
-    saved = [(mods[m], n, getattr(mods[m], n)) for m, n, _ in _PATCHES]
-    for m, n, f in _PATCHES:
-        setattr(mods[m], n, f)
-    try:
-        with _memo_call_types():
-            yield
-    finally:
-        for mod, n, f in saved:
-            setattr(mod, n, f)
+    with _SWAP:
+        saved = [(mods[m], n, getattr(mods[m], n)) for m, n, _ in _PATCHES]
+        for m, n, f in _PATCHES:
+            setattr(mods[m], n, f)
+        try:
+            with _memo_call_types():
+                yield
+        finally:
+            for mod, n, f in saved:
+                setattr(mod, n, f)
