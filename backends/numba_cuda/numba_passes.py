@@ -3,27 +3,30 @@ lowers a kernel.
 
 A tensor-core kernel's generated source is long straight-line code (about 9000 numba IR
 statements in 600 blocks; 150 variables assigned more than once: the C fragments, the
-register-carried accumulators). numba-cuda 0.30 spends most of such a compile in three places
-whose cost grows with blocks x variables:
+register-carried accumulators). numba-cuda 0.30 spends most of such a compile in places whose
+cost grows with blocks x variables or variables x block length:
 - `analysis.compute_live_map` iterates its backward liveness fix point over the blocks in
   forward order: about 110 sweeps over all blocks per call, nine calls per compile;
 - `ir_utils.fixup_var_define_in_scope` checks every used variable once per block although
   the blocks share one or a few scopes;
 - `ssa._run_ssa` walks every statement of the function twice for each variable assigned more
-  than once, though only the blocks that mention it change.
+  than once, though only the blocks that mention it change;
+- `lowering.Lower._find_singly_assigned_variable` scans a variable's block once per variable
+  (the steady K loop is one block of thousands of statements).
 The stand-ins compute the same fix points on bit sets (liveness in reverse block order: the
 least fix point of the same monotone equations, reached in a few sweeps), define the
 variables once per distinct scope, and hand a block to the SSA rewrite only when it mentions
-the variable being renamed (any other block comes back with the same statements). Typing
-resolves the same call signatures thousands of times: `_memo_call_types` answers repeats.
-Tests compare the LLVM IR a kernel lowers to with and without them
-(tests/test_cuda_toolchain.py).
+the variable being renamed (any other block comes back with the same statements), and count
+each block's assignments once. Typing resolves the same call signatures thousands of times:
+`_memo_call_types` answers repeats. Tests compare the LLVM IR a kernel lowers to with and
+without them (tests/test_cuda_toolchain.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 
 
@@ -149,11 +152,45 @@ def _run_ssa(blocks):
     return blocks
 
 
+def _find_singly_assigned_variable(self) -> None:
+    """numba's `Lower._find_singly_assigned_variable`: the variables assigned once, in one
+    block, used only there (kept out of allocas). numba counts a candidate's assignments by
+    scanning its block once per candidate; this counts each block's assignments once."""
+    from numba.cuda.core import analysis, ir
+
+    sav = set()
+    if not self.func_ir.func_id.is_generator:
+        blocks = self.func_ir.blocks
+        use_defs = analysis.compute_use_defs(blocks)
+        alloca_vars = analysis.must_use_alloca(blocks)
+        assigned_in: dict = defaultdict(set)
+        for blk, names in use_defs.defmap.items():
+            for name in names:
+                assigned_in[name].add(blk)
+        used_in: dict = defaultdict(set)
+        for blk, names in use_defs.usemap.items():
+            for name in names:
+                used_in[name].add(blk)
+        counts: dict = {}
+        for name, where in assigned_in.items():
+            if name in alloca_vars or len(where) != 1 or used_in[name]:
+                continue
+            [blk] = where
+            if blk not in counts:
+                counts[blk] = Counter(stmt.target.name
+                                      for stmt in self.blocks[blk].find_insts(ir.assign_types))
+            if counts[blk][name] == 1:
+                sav.add(name)
+    self._singly_assigned_vars = sav
+    self._blk_local_varmap = {}
+
+
 _PATCHES = (("analysis", "compute_live_map", compute_live_map),
             ("ir_utils", "compute_live_map", compute_live_map),
             ("ir_utils", "fixup_var_define_in_scope", fixup_var_define_in_scope),
             ("untyped_passes", "fixup_var_define_in_scope", fixup_var_define_in_scope),
-            ("ssa", "_run_ssa", _run_ssa))
+            ("ssa", "_run_ssa", _run_ssa),
+            ("lowering.Lower", "_find_singly_assigned_variable", _find_singly_assigned_variable))
 
 
 @contextlib.contextmanager
@@ -184,6 +221,14 @@ def _memo_call_types() -> Iterator[None]:
         functions.BaseFunction.get_call_type = real
 
 
+def _resolve(importlib, where: str):
+    """numba.cuda.core.<module>, or a class of numba.cuda.<module> ("lowering.Lower")."""
+    if "." in where:
+        module, cls = where.split(".")
+        return getattr(importlib.import_module(f"numba.cuda.{module}"), cls)
+    return importlib.import_module(f"numba.cuda.core.{where}")
+
+
 _SWAP = threading.RLock()  # one swap at a time: a second thread would save the stand-ins as
 # the originals and leave them installed
 
@@ -195,7 +240,7 @@ def faster_analyses() -> Iterator[None]:
     numba's own compile lock runs them). A no-op if any name moved."""
     import importlib
 
-    mods = {m: importlib.import_module(f"numba.cuda.core.{m}") for m, _, _ in _PATCHES}
+    mods = {m: _resolve(importlib, m) for m, _, _ in _PATCHES}
     if not all(hasattr(mods[m], n) for m, n, _ in _PATCHES):
         yield
         return
