@@ -458,8 +458,7 @@ def test_split_k_is_a_tune_choice_of_the_mma_matmul():
     np.testing.assert_array_equal(y, want)
 
 
-@pytest.mark.parametrize("w", ["u4", "u3"])
-def test_bn_256_is_a_tune_choice_on_four_warps(w):
+def test_bn_256_is_a_tune_choice_on_four_warps():
     """matmul_mma's tune space has Marlin's BN 256 where the block has four warps (ops' tile
     at M 17-32, BM 32 x BN 256, is now a point of it), not on one warp (M <= 16: 128
     accumulator registers a thread); its largest point keeps the mma packing and fits sm_80's
@@ -467,14 +466,19 @@ def test_bn_256_is_a_tune_choice_on_four_warps(w):
     from lowbitc import autotune
     from lowbitc.backends.numba_cuda.shared import DYNAMIC_SHARED_LIMIT
 
-    for m, th, bns in ((5, 32, {32, 64, 128}), (20, 128, {32, 64, 128, 256})):
-        t = autotune._op_target("matmul", (m, 512, 8192), w, 128, False, "f16", "cuda")
+    for m, th in ((5, 32), (20, 128)):
+        t = autotune._op_target("matmul", (m, 512, 8192), "u4", 128, False, "f16", "cuda")
         space, declared = autotune.space_of(t)
-        assert t.fixed["TH"] == th and {p["BN"] for p in space.points(t.dims)} == bns
-    default = {**declared, **t.default}
-    assert default["BN"] == 256 and space.find({n: default[n] for n in space.names})
-    k = ops.get_kernel("matmul_mma", "cuda", W=w, BM=64, BN=256, BK=128, ST=4, TH=128)
-    assert k.packings == {"w": MmaPacking(int(w[1:]))}
+        assert t.fixed["TH"] == th and 256 in space.choices["BN"]
+        point = {**declared, **t.default}
+        point = space.find({n: point[n] for n in space.names})
+        assert point is not None and space.rejected_by(point, t.dims) is None  # ops' tile
+        for bn in (128, 256):
+            rule = space.rejected_by({**point, "BN": bn}, t.dims)
+            assert (rule is None) == (bn < 256 or th == 128), (m, bn, rule)
+    assert point["BN"] == 256
+    k = ops.get_kernel("matmul_mma", "cuda", W="u3", BM=64, BN=256, BK=128, ST=4, TH=128)
+    assert k.packings == {"w": MmaPacking(3)}
     nbytes = BACKEND.rendered(k.lowered).dynamic_bytes
     assert 48 * 1024 < nbytes <= min(DYNAMIC_SHARED_LIMIT[a] for a in ("sm_80", "sm_90"))
 
