@@ -39,13 +39,19 @@ def check_hessian(hessian, k: int) -> np.ndarray:
     return h
 
 
-def inverse_factor(h: np.ndarray, damp: float, order: np.ndarray) -> np.ndarray:
-    """Upper Cholesky factor of the damped H^-1 in `order` (float64), as GPTQ's updates use:
-    dead inputs (diag 0) get 1 on the diagonal, then damp * mean(diag) is added to it."""
-    h = h[np.ix_(order, order)].copy()
+def damped(h: np.ndarray, damp: float) -> np.ndarray:
+    """H as GPTQ inverts it: dead inputs (diag 0) get 1 on the diagonal, then damp *
+    mean(diag) is added to it (a float64 copy)."""
+    h = np.array(h, np.float64)
     diag = np.diag(h).copy()
     diag[diag == 0] = 1.0
     h[np.diag_indices_from(h)] = diag + damp * np.mean(diag)
+    return h
+
+
+def inverse_factor(h: np.ndarray, damp: float, order: np.ndarray) -> np.ndarray:
+    """Upper Cholesky factor of the damped H^-1 in `order` (float64), as GPTQ's updates use."""
+    h = damped(h[np.ix_(order, order)], damp)
     return np.linalg.cholesky(np.linalg.inv(h)).T
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from lowbitc import gptq, hqq, mixture, quant
 from lowbitc import outliers as out
+from lowbitc import refit as lsq
 from lowbitc.codebook_fit import RowCodebooks
 from lowbitc.errors import UserArgumentError
 
@@ -20,7 +21,7 @@ METHODS = ("rtn", "hqq", "hqq-gptq")
 
 def quantize(w, dtype, group_size: int, zero_point: bool = False, scale_dtype: str = "f32",
              outliers=None, method: str = "rtn", outlier_dtype: str = "f16",
-             column_weights=None, hessian=None, damp: float = gptq.DAMP):
+             column_weights=None, hessian=None, damp: float = gptq.DAMP, refit: int = 0):
     """Quantize float weight `w[N, K]` group-wise along K (see lowbitc.quant).
 
     `dtype`: a format, a list of up to 4 same-width formats (per-group choice: a
@@ -31,11 +32,15 @@ def quantize(w, dtype, group_size: int, zero_point: bool = False, scale_dtype: s
     "hqq-gptq": the grid of "hqq" (weighted by `column_weights`, default diag(hessian)), then
     GPTQ's error feedback with act-order onto it (lowbitc.gptq; one format or per-row code
     books), which needs `hessian` [K, K] (mean x^T x of the layer's inputs); `damp` times
-    the mean of its diagonal is added to the diagonal before it is inverted.
+    the mean of its diagonal is added to the diagonal before it is inverted. `refit=R`
+    (hqq-gptq only): R rounds of a least-squares refit of the grid (scales and zeros, or
+    the row code books) and the outliers' values under the damped H with the codes fixed
+    (lowbitc.refit), GPTQ rerunning onto each refitted grid but the last.
     """
     if method not in METHODS:
         raise UserArgumentError(f"method: expected one of {METHODS}, got {method!r}")
     w = quant._check_weight(w)
+    _check_refit(refit, method)
     h = None
     if method == "hqq-gptq":
         if hessian is None or isinstance(dtype, list | tuple):
@@ -64,14 +69,32 @@ def quantize(w, dtype, group_size: int, zero_point: bool = False, scale_dtype: s
         qt = _one(dense_w, dtype, group_size, zero_point, scale_dtype, method, weights)
     kept = w
     if h is not None:
-        column = (gptq.table_column(dtype.tables) if isinstance(dtype, RowCodebooks) else
-                  gptq.affine_column(qt.dtype, qt.scales, qt.zeros, qt.group_size))
-        codes, kept = gptq.feedback(w, h, column, damp, mask=mask)
+        codes, kept = gptq.feedback(w, h, _column(qt), damp, mask=mask)
         qt = dataclasses.replace(qt, codes=codes)
+        for r in range(refit):
+            qt, kept = lsq.refit(qt, w, h, damp, mask, kept)
+            if r + 1 < refit:
+                codes, kept = gptq.feedback(w, h, _column(qt), damp, mask=mask)
+                qt = dataclasses.replace(qt, codes=codes)
     if mask is not None:
         sparse = out.residual(kept, qt.dequantize(), mask, outlier_dtype)
         qt = dataclasses.replace(qt, sparse=sparse)
     return qt
+
+
+def _column(qt) -> gptq.Column:
+    """GPTQ's rounding onto `qt`'s grid (one format's groups or per-row tables)."""
+    if isinstance(qt, mixture.TableQTensor):
+        return gptq.table_column(qt.tables)
+    return gptq.affine_column(qt.dtype, qt.scales, qt.zeros, qt.group_size)
+
+
+def _check_refit(refit, method: str) -> None:
+    if isinstance(refit, bool) or not isinstance(refit, int | np.integer) or refit < 0:
+        raise UserArgumentError(f"refit: expected an int >= 0 (rounds), got {refit!r}")
+    if refit and method != "hqq-gptq":
+        raise UserArgumentError(f"refit: needs method='hqq-gptq' (the layer's Hessian), got "
+                                f"method={method!r}")
 
 
 def _one(w, dtype, group_size, zero_point, scale_dtype, method, weights=None) -> quant.QTensor:

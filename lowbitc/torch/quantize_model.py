@@ -42,7 +42,7 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
               zero_point: bool | None = None, scale_dtype: str = "f32",
               calibrate: Callable[[nn.Module], object] | None = None, outliers=None,
               method: str = "rtn", outlier_dtype: str = "f16", act: str = "f32",
-              damp: float = DAMP) -> int:
+              damp: float = DAMP, refit: int = 0) -> int:
     """Replace every nn.Linear in `model` (in place) by a QuantLinear; returns how many.
 
     `skip` is a callable (qualified name, module) -> bool, or fnmatch patterns of names to
@@ -61,9 +61,13 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
     x^2 (the Hessian's diagonal), outliers chosen by that weighted error (lowbitc.methods).
     `method="hqq-gptq"` (needs `calibrate`): that grid, then GPTQ's feedback with act-order
     onto it (lowbitc.gptq; `damp`: its damping); with per-row code books, GPTQ onto each
-    row's table.
+    row's table. `refit` (hqq-gptq): rounds of a least-squares refit of that grid under the
+    layer's Hessian (lowbitc.quantize's `refit`).
     """
     check_act(act)
+    if refit and method != "hqq-gptq":
+        raise UserArgumentError(f"refit: needs method='hqq-gptq' (the layer's Hessian), got "
+                                f"method={method!r}")
     if method == "hqq-gptq" and calibrate is None:
         raise UserArgumentError("calibrate: method='hqq-gptq' needs calibration data "
                                 "(calibrate=f running the float model), got None")
@@ -83,20 +87,21 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
         else:
             new = _quantized(m, dtype, group_size, zero_point, scale_dtype, h,
                              {"outliers": outliers, "method": method,
-                              "outlier_dtype": outlier_dtype}, act, damp)
+                              "outlier_dtype": outlier_dtype}, act, damp, refit)
         _set_child(model, name, new.to(m.weight.device))
     return len(targets)
 
 
 def _quantized(m: nn.Linear, dtype, group_size, zero_point, scale_dtype, hessian,
-               options: dict, act: str = "f32", damp: float = DAMP) -> nn.Module:
+               options: dict, act: str = "f32", damp: float = DAMP, refit: int = 0
+               ) -> nn.Module:
     """One layer's replacement: GPTQ when there is a Hessian and one format, else quantize."""
     w = m.weight.detach().to("cpu", torch.float32).numpy()
     diag = None if hessian is None else torch.diagonal(hessian).numpy()
     if callable(dtype) and not isinstance(dtype, Format | str):
         dtype = dtype(w, diag)
     if options["method"] == "hqq-gptq":  # lowbitc.gptq's feedback onto weighted HQQ's grid
-        options = {**options, "hessian": hessian, "damp": damp}
+        options = {**options, "hessian": hessian, "damp": damp, "refit": refit}
     if isinstance(dtype, list | tuple | RowCodebooks):
         zp = True if zero_point is None else zero_point
         qw = quantize(w, dtype, group_size, zp, scale_dtype, column_weights=diag, **options)
