@@ -50,6 +50,11 @@ GPTQ_FORMATS = (("u4", 64, True),)
 # GPTQ's damping per width for the 88-sentence rows: each the best of DAMP_CHOICES by mean
 # cosine on HELD_OUT after calibrating on the other 72 (`--choose-damp` prints the scores)
 DAMPS_88 = {"u3": 0.1, "u2": 0.1, "rows3": 0.1, "rows3 +0.5%": 0.1}
+# rounds of the least-squares grid refit (quantize's `refit`) for the "refit" rows: the best
+# by mean cosine on HELD_OUT after calibrating on the other 72 at the damp above, of u2
+# 1/2/3/5 (0.92405/0.92698/0.92727/0.92263) and rows 1/2/3/5/8/12 (0.95889/0.96011/0.96090/
+# 0.96196/0.96299/0.96351; 0 rounds: 0.91809 and 0.95739)
+REFITS_88 = {"u2": 3, "rows3": 12}
 # (label, dtype, group size, calibration, quantize_ keywords): docs/quantization.md's rows.
 # calibration: False (none), True (CALIBRATION, 8 sentences), "88" (ALL: 88 sentences) or
 # "synthetic" (random token ids: no text at all, see synthetic_calibration)
@@ -81,6 +86,12 @@ METHOD_ROWS = (
      {"method": "hqq-gptq", "damp": DAMPS_88["rows3"]}),
     ("rows3 +0.5% GPTQ 88", lowbitc.codebook.fitter(3, per="row"), 64, "88",
      {"outliers": 0.005, "method": "hqq-gptq", "damp": DAMPS_88["rows3 +0.5%"]}),
+    # the same, each grid then refitted by least squares under the Hessian (`refit`)
+    ("u2 +1% HQQ-GPTQ 88 refit", "u2", 32, "88",
+     {"outliers": 0.01, "method": "hqq-gptq", "damp": DAMPS_88["u2"],
+      "refit": REFITS_88["u2"]}),
+    ("rows3 GPTQ 88 refit", lowbitc.codebook.fitter(3, per="row"), 64, "88",
+     {"method": "hqq-gptq", "damp": DAMPS_88["rows3"], "refit": REFITS_88["rows3"]}),
     # HQQ weighted by statistics of random token ids run through the model (no text)
     ("u4 HQQ synthetic", "u4", 64, "synthetic", {"method": "hqq"}),
 )
@@ -90,7 +101,8 @@ GOALS = {"u8": 0.999, "u4": 0.97, "u3": 0.90, "u4 HQQ": 0.975, "u3 +0.5% out": 0
          "u2 +1% GPTQ": 0.90, "rows3": 0.95, "u4 HQQ cal": 0.975, "u3 +0.5% HQQ cal": 0.95,
          "u2 +1% HQQ cal": 0.90, "u3 +0.5% HQQ-GPTQ": 0.95, "u2 +1% HQQ-GPTQ": 0.90,
          "rows3 GPTQ": 0.95, "u3 +0.5% HQQ-GPTQ 88": 0.95, "u2 +1% HQQ-GPTQ 88": 0.90,
-         "rows3 GPTQ 88": 0.95, "rows3 +0.5% GPTQ 88": 0.95, "u4 HQQ synthetic": 0.975}
+         "rows3 GPTQ 88": 0.95, "rows3 +0.5% GPTQ 88": 0.95, "u4 HQQ synthetic": 0.975,
+         "u2 +1% HQQ-GPTQ 88 refit": 0.90, "rows3 GPTQ 88 refit": 0.95}
 SENTENCES = (
     "The cat sits outside on the warm stone steps.",
     "A man is playing the guitar in the park.",
