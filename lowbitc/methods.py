@@ -40,7 +40,7 @@ def quantize(w, dtype, group_size: int, zero_point: bool = False, scale_dtype: s
     if method not in METHODS:
         raise UserArgumentError(f"method: expected one of {METHODS}, got {method!r}")
     w = quant._check_weight(w)
-    _check_refit(refit, method)
+    check_refit(refit, method)
     h = None
     if method == "hqq-gptq":
         if hessian is None or isinstance(dtype, list | tuple):
@@ -89,7 +89,8 @@ def _column(qt) -> gptq.Column:
     return gptq.affine_column(qt.dtype, qt.scales, qt.zeros, qt.group_size)
 
 
-def _check_refit(refit, method: str) -> None:
+def check_refit(refit, method: str) -> None:
+    """UserArgumentError unless `refit` is a round count that `method` can run."""
     if isinstance(refit, bool) or not isinstance(refit, int | np.integer) or refit < 0:
         raise UserArgumentError(f"refit: expected an int >= 0 (rounds), got {refit!r}")
     if refit and method != "hqq-gptq":

@@ -18,7 +18,7 @@ from lowbitc.codebook_fit import RowCodebooks
 from lowbitc.dtypes import Format
 from lowbitc.errors import UserArgumentError
 from lowbitc.gptq import DAMP
-from lowbitc.methods import quantize
+from lowbitc.methods import check_refit, quantize
 from lowbitc.outliers import outlier_mask
 from lowbitc.torch.gptq import collect_hessians, gptq_quantize
 from lowbitc.torch.linear import QuantLinear, _format, _set_child
@@ -65,9 +65,7 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
     layer's Hessian (lowbitc.quantize's `refit`).
     """
     check_act(act)
-    if refit and method != "hqq-gptq":
-        raise UserArgumentError(f"refit: needs method='hqq-gptq' (the layer's Hessian), got "
-                                f"method={method!r}")
+    check_refit(refit, method)
     if method == "hqq-gptq" and calibrate is None:
         raise UserArgumentError("calibrate: method='hqq-gptq' needs calibration data "
                                 "(calibrate=f running the float model), got None")
