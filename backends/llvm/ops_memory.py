@@ -163,6 +163,11 @@ def _dense_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, gen
 
 ROWS_AHEAD = 2  # loop iterations ahead whose row a row window prefetches (0: none)
 PREFETCH_LINES = 16  # at most this many 64-byte lines (1 KiB) per row window
+# bytes past its start that a row window read in a loop, its row not the loop's counter,
+# prefetches (0: none): matmul TM's tile-major scale/zero-point run, one sequential stream
+# per program that the hardware prefetchers pick up too late (u4 GEMV streamed, 2 threads,
+# 0.86x the time; 2-8 KB within noise of each other, docs/performance.md)
+RUN_AHEAD = 4096
 
 
 def _prefetch_rows_ahead(env: Env, op: Op, t: TensorArg, starts: list, nbytes: int) -> None:
@@ -170,15 +175,22 @@ def _prefetch_rows_ahead(env: Env, op: Op, t: TensorArg, starts: list, nbytes: i
     GEMV's per-group scales and zero points, read group-major): prefetch the row that
     iteration counter + ROWS_AHEAD * step will read. Consecutive rows are a whole row apart
     (pages, for N of thousands), which the hardware prefetchers do not follow, so each
-    iteration's first read would otherwise wait for memory. A prefetch never faults."""
+    iteration's first read would otherwise wait for memory. Another row in a loop is taken
+    as a run read in memory order (tile-major scales): RUN_AHEAD bytes past it. A prefetch
+    never faults."""
     sizes = op.attrs.sizes
     step = env.steps.get(op.operands[1].id)
-    if not ROWS_AHEAD or step is None or len(sizes) != 2 or sizes[0] != 0 or not sizes[1]:
+    if len(sizes) != 2 or sizes[0] != 0 or not sizes[1] or not env.loops:
         return
     em = env.em
     src = _row_start(env, t, starts, sizes, [], _origin(env, op))
-    ahead = em.val(f"mul i64 {em.val(f'mul i64 {step}, {t.strides[0]}')}, "
-                   f"{ROWS_AHEAD * (nbytes // sizes[1])}")
+    if step is None and RUN_AHEAD:
+        ahead = str(RUN_AHEAD)
+    elif step is not None and ROWS_AHEAD:
+        ahead = em.val(f"mul i64 {em.val(f'mul i64 {step}, {t.strides[0]}')}, "
+                       f"{ROWS_AHEAD * (nbytes // sizes[1])}")
+    else:
+        return
     first = em.val(f"getelementptr i8, ptr {src}, i64 {ahead}")
     em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
     for line in range(0, min(nbytes, 64 * PREFETCH_LINES), 64):
