@@ -9,7 +9,7 @@ import numpy as np
 
 from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
 from lowbitc.errors import BackendError
-from lowbitc.ir.core import Op, Value
+from lowbitc.ir.core import Op, Value, walk
 from lowbitc.ir.types import (
     TensorType,
     TileType,
@@ -100,6 +100,23 @@ class Env:
             self.tiles[v.id] = x
         else:
             self.scalars[v.id] = x
+
+    def on_counter(self, v: Value) -> bool:
+        """Whether v depends on a for loop's counter (its defining ops walked back through
+        self.defs, an op with regions through every op inside them)."""
+        stack, seen = [v], set()
+        while stack:
+            v = stack.pop()
+            if v.id in self.steps:
+                return True
+            op = self.defs.get(v.id)
+            if v.id in seen or op is None:
+                continue
+            seen.add(v.id)
+            stack.extend(op.operands)
+            for r in op.regions:
+                stack.extend(u for inner in walk(r.ops) for u in inner.operands)
+        return False
 
     def result_buf(self, op: Op) -> Buf:
         t = op.results[0].type
