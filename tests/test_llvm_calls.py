@@ -3,10 +3,14 @@ follows the arguments of the call."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 import lowbitc
+from lowbitc import ops
+from lowbitc.backends.llvm import ops_memory
 from lowbitc.errors import UserArgumentError
 
 FILL = """
@@ -61,25 +65,58 @@ kernel rowsum[ROW: int = 1](s: f32[G, N], y: f32[1, N]) grid (cdiv(N, 64)) {
   acc = zeros(f32, [64])
   for g in range(0, G) {
     r = g
+    c = block.x * 64
     if ROW == 0 { r = 0 }
-    acc = acc + load(s[r, block.x * 64 :+ 64])
+    if ROW == 2 {  # a tile-major run: program x's G windows of 64 back to back
+      at = (block.x * G + g) * 64
+      r = at / N
+      c = at % N
+    }
+    acc = acc + load(s[r, c :+ 64])
   }
   store(y[0, block.x * 64 :+ 64], acc)
 }
 """
 
 
-@pytest.mark.parametrize("row", [1, 0])
+@pytest.mark.parametrize("row", [1, 0, 2])
 def test_a_row_window_at_the_loop_counter_prefetches_rows_ahead(row):
     """A window of row `g` of a 2-D tensor in a loop over g (the GEMV's group-major scales)
-    prefetches its row iterations ahead (4 lines of 64 bytes here); a fixed row does not.
-    The rows past the tensor's end are prefetched too, which never faults."""
+    prefetches its row iterations ahead (4 lines of 64 bytes here); a fixed row does not; a
+    row that moves with g otherwise (matmul TM's tile-major run) asks for the 4 lines
+    RUN_AHEAD bytes past it. The rows past the tensor's end are prefetched too, which never
+    faults."""
     k = lowbitc.compile(ROWSUM, ROW=row)
-    s = np.random.default_rng(0).standard_normal((5, 200)).astype(np.float32)
-    y = np.zeros((1, 200), np.float32)
+    s = np.random.default_rng(0).standard_normal((5, 256)).astype(np.float32)
+    y = np.zeros((1, 256), np.float32)
     k(s, y)
-    np.testing.assert_allclose(y[0], s.sum(0) if row else 5 * s[0], rtol=1e-6, atol=1e-6)
-    assert k.text("llvm").count("call void @llvm.prefetch") == (4 if row else 0)
+    want = {1: s.sum(0), 0: 5 * s[0], 2: s.reshape(4, 5, 64).sum(1).reshape(-1)}[row]
+    np.testing.assert_allclose(y[0], want, rtol=1e-5, atol=1e-5)
+    text = k.text("llvm")
+    assert text.count("call void @llvm.prefetch") == (0 if row == 0 else 4)
+    assert (f"i64 {ops_memory.RUN_AHEAD}" in text) == (row == 2)
+
+
+@pytest.mark.parametrize("fmt", ["u4", "u8", "f4e2m1fn"])
+def test_tile_major_gemv_prefetches_its_scale_run(fmt):
+    """ops.matmul's f32 GEMV with tile-major scales (TM): besides its codes, each program's
+    scale (and zero-point) windows ask for the lines RUN_AHEAD bytes on, so the lines of the
+    run (one sequential stream per thread, tile after tile) are all asked for past the
+    first RUN_AHEAD bytes (without it the stream waited for memory: docs/performance.md)."""
+    q = lowbitc.quantize(np.ones((256, 256), np.float32), fmt, 128,
+                         zero_point=fmt.startswith("u"))
+    _, p = ops.matmul_choice(1, 4096, 4096, q, "f32")
+    p.update(GM=True, TM=True)
+    text = ops.get_kernel("matmul", **p).text("asm")
+    far = ops_memory.RUN_AHEAD
+    offsets = {int(v) for v in re.findall(r"prefetcht0\s+(-?\d+)\(", text)}
+    window = 4 * p["BN"]  # bytes of one group's scales (and as many of its zero points)
+    assert set(range(far, far + window, 64)) <= offsets
+    loads = 2 if q.zeros is not None else 1
+    starts = [t * 32 * loads * window + (g * loads + j) * window  # 32 groups a program
+              for t in range(4) for g in range(32) for j in range(loads)]
+    asked = {(s + far + line) // 64 for s in starts for line in range(0, window, 64)}
+    assert set(range(far // 64, starts[-1] // 64 + window // 64)) <= asked
 
 
 AXPY = """
