@@ -175,16 +175,16 @@ def _prefetch_rows_ahead(env: Env, op: Op, t: TensorArg, starts: list, nbytes: i
     GEMV's per-group scales and zero points, read group-major): prefetch the row that
     iteration counter + ROWS_AHEAD * step will read. Consecutive rows are a whole row apart
     (pages, for N of thousands), which the hardware prefetchers do not follow, so each
-    iteration's first read would otherwise wait for memory. Another row that moves with a
-    loop's counter is taken as a run read in memory order (tile-major scales): RUN_AHEAD
-    bytes past it. A prefetch never faults."""
+    iteration's first read would otherwise wait for memory. Another row of a line or more
+    that moves with a loop's counter is taken as a run read in memory order (tile-major
+    scales): RUN_AHEAD bytes past it. A prefetch never faults."""
     sizes = op.attrs.sizes
     step = env.steps.get(op.operands[1].id)
     if len(sizes) != 2 or sizes[0] != 0 or not sizes[1] or not env.loops:
         return
     em = env.em
     src = _row_start(env, t, starts, sizes, [], _origin(env, op))
-    if step is None and RUN_AHEAD and env.on_counter(op.operands[1]):
+    if step is None and RUN_AHEAD and nbytes >= 64 and env.on_counter(op.operands[1]):
         ahead = str(RUN_AHEAD)
     elif step is not None and ROWS_AHEAD:
         ahead = em.val(f"mul i64 {em.val(f'mul i64 {step}, {t.strides[0]}')}, "
