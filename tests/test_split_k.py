@@ -1,6 +1,7 @@
 """The default split-K of the tensor-core matmul (lowbitc/split_k.py): which shapes split and
 how far, per target GPU, and that ops and tune start from it (results: the simulator suite,
-tests/cudasim/test_sim_mma.py::test_default_split_k_matches_numpy)."""
+tests/cudasim/test_sim_mma.py::test_default_split_k_matches_numpy, a `sweep`; the split-K
+kernel runs by default in test_split_k_partial_sums_reduced_in_order)."""
 
 import pytest
 
