@@ -175,7 +175,7 @@ def _gemv_nf4(n: int, m: int, w: np.ndarray, x: np.ndarray):
     w_hat = lowbitc.dtype("nf4").decode(qw.codes).astype(np.float64) * np.repeat(amax, 64, 1)
     stored = ((qw.codes[:, 0::2] << 4) | qw.codes[:, 1::2]).astype(np.uint8)
     k = lowbitc.compile(_examples() / "bnb_nf4_gemv.lbk", Q=q, R=256 // kb, BM=m,
-                        BN=max(16, 256 // kb))  # a tile holds whole groups of 256 blocks
+                        BN=max(32, 256 // kb))  # a tile holds whole groups of 256 blocks
     args = [x, stored, pack(absq.reshape(n, kb), 8), absmax2, np.float32(offset)]
     return k, args, x.astype(np.float64) @ w_hat.T, qw, {"KB": kb}
 
