@@ -6,6 +6,7 @@ zero-point rows), read in place: row g[k] of the source, no gathered tile made."
 from __future__ import annotations
 
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
+from lowbitc.backends.llvm.fused_leaves import splat
 from lowbitc.backends.llvm.fusion import vector_at
 from lowbitc.backends.llvm.handlers import Env, TensorArg, convert
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view
@@ -80,7 +81,7 @@ def gathered_row(env: Env, g: Op, k: str, rows: dict | None) -> tuple[str, str]:
     if found is None:
         row = index_row(env, g, k)
         ok = em.val(f"icmp ult i64 {row}, {source(env, g).dims[0]}")
-        found = em.val(f"select i1 {ok}, i64 {row}, i64 0"), splat(em, ok, "i1")
+        found = em.val(f"select i1 {ok}, i64 {row}, i64 0"), splat(em, ok, "bool", L)
         if rows is not None:
             rows[key] = found
     return found
@@ -101,20 +102,10 @@ def leaf(env: Env, v: Value, shape, k: str, c: str, gathered: dict | None = None
     if gathered and v.id in gathered:
         return _gathered(env, gathered[v.id], k, c, rows)
     x = env.get(v)
-    dt = v.type.dtype
-    t = lltype(dt)
     if not isinstance(x, Buf):
-        ins = em.val(f"insertelement <{L} x {t}> poison, {t} {x}, i64 0")
-        return em.val(f"shufflevector <{L} x {t}> {ins}, <{L} x {t}> poison, <{L} x i32> "
-                      "zeroinitializer")
+        return splat(em, x, v.type.dtype, L)
     bv = broadcast_view(x, tuple(shape))
     sn, sk = bv.strides
     n0 = em.val(f"mul i64 {c}, {L}")
     base = em.val(f"add i64 {em.val(f'mul i64 {n0}, {sn}')}, {em.val(f'mul i64 {k}, {sk}')}")
     return vector_at(em, bv, base, sn, L)
-def splat(em, x: str, t: str = "float") -> str:
-    ins = em.val(f"insertelement <{L} x {t}> poison, {t} {x}, i64 0")
-    return em.val(f"shufflevector <{L} x {t}> {ins}, <{L} x {t}> poison, <{L} x i32> "
-                  "zeroinitializer")
-
-

@@ -34,15 +34,15 @@ def prepare(env: Env, loop: Op) -> None:
         leaves = [plan.gathered[v.id] for v in plan.pair[1:]]
         srcs = [env.tiles.get(ops[-1].operands[0].id) for ops in leaves]
         starts = [ops[-1].operands[2] for ops in leaves]
-        bn = plan.root.type.shape[0]
+        bn, n0 = plan.root.type.shape[0], _before(env, starts[0])
         if (any(s is None or len(s.shape) != 2 for s in srcs)
                 or srcs[0].shape[0] != srcs[1].shape[0]
                 or srcs[0].shape[0] * bn * 4 > MAX_TABLE_BYTES
-                or starts[0].id != starts[1].id or _before(env, starts[0]) is None
+                or starts[0].id != starts[1].id or n0 is None
                 or _written(body, {ops[-1].operands[0].id for ops in leaves})):
             continue
         env.col_tables[plan.dot.results[0].id] = ProductTable(
-            _build(env, plan, leaves, srcs, _before(env, starts[0])))
+            _build(env, plan, leaves, srcs, n0))
 
 
 def _before(env: Env, v: Value) -> str | None:

@@ -22,14 +22,15 @@ import numpy as np
 
 from lowbitc.backends.llvm import decode
 from lowbitc.backends.llvm.column_leaves import (
+    L,
     gathered_leaves,
     gathered_row,
     leaf,
     masked_load,
     source,
-    splat,
 )
 from lowbitc.backends.llvm.emitter import Buf
+from lowbitc.backends.llvm.fused_leaves import splat
 from lowbitc.backends.llvm.fusion import (
     _window_ok,
     note_fused,
@@ -51,7 +52,6 @@ from lowbitc.ir.core import Op, Region, Value
 from lowbitc.ir.types import TileType, is_float, is_machine
 from lowbitc.signature import format_bits
 
-L = 16  # lanes along N
 CHAINS = 8  # accumulators in flight (FMA latency x ports), shared by the rows of `a`
 PAIRED = ", (Y - U) * V one FMA with a table of -(U * V) made before the loop"
 ROW_CHUNKS = 4  # 16-output chunks a pass down the word rows reads (4 x 64 bytes of a row)
@@ -265,7 +265,7 @@ def _fast(env: Env, plan: ColumnPlan, abuf: Buf, out: Buf, t, starts: list[str])
                 _, u, v = plan.fold
                 uv, vv = (leaf(env, x, plan.root.type.shape, "0", c) for x in (u, v))
                 for i in range(m):
-                    sa = splat(em, sums[i])
+                    sa = splat(em, sums[i], "f32", L)
                     shifted = em.val(f"fsub {vf} {accs[i]}, {em.val(f'fmul {vf} {uv}, {sa}')}")
                     accs[i] = em.val(f"fmul {vf} {vv}, {shifted}")
             for i in range(m):
@@ -296,7 +296,7 @@ def _word_row(em, t, base: str, col: str, bkw: int) -> str:
 def _splat_a(em, abuf: Buf, i: int, k: str) -> str:
     """a[i, k] as f32 in 16 lanes."""
     ai = em.val(f"add i64 {em.val(f'mul i64 {i}, {abuf.strides[0]}')}, {k}")
-    return splat(em, convert(em, em.load_elem(abuf, ai), abuf.dtype, "f32"))
+    return splat(em, convert(em, em.load_elem(abuf, ai), abuf.dtype, "f32"), "f32", L)
 
 
 def row_sum(em, abuf: Buf, i: int, count: int) -> str:
