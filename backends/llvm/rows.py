@@ -139,10 +139,14 @@ def _window_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], per_row: i
         # word 0 of the window's first step in this block (whole blocks: 16 lanes)
         base = em.val(f"add i64 {em.val(f'mul i64 {n0}, {t.words}')}, "
                       f"{em.val(f'mul i64 {first_step}, {bits * LANES}')}")
-        _prefetch(em, t, base, (bk // 32) * bits)
+        spread = (bk // 32) * bits > BURST_LINES
+        if not spread:
+            _prefetch(em, t, base, (bk // 32) * bits)
 
         def step(s: str, accs: list[str]) -> list[str]:
             wbase = em.val(f"add i64 {base}, {em.val(f'mul i64 {s}, {bits * LANES}')}")
+            if spread:  # the step's own lines, as far ahead (in steps of `bits` lines)
+                _prefetch(em, t, wbase, bits, PREFETCH_WINDOWS * (bk // 32))
 
             def words_at(j: int) -> str:
                 return em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 "
@@ -162,6 +166,11 @@ def _window_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], per_row: i
 
 
 PREFETCH_WINDOWS = 2  # windows ahead whose words a block asks for
+# A block's window of more lines than this asks for them step by step, each step for its own
+# `bits` lines, rather than all at the window's start: a burst of 12-32 prefetches stalled
+# the loads behind it (u3/u4 GEMV streamed from DRAM, one thread: 0.87x/0.77-0.89x the time,
+# in cache 0.95-0.98x; u8 and u1 the same); u2's 8-line windows measured 0.93-1.12x spread.
+BURST_LINES = 8
 
 
 def _prefetch(em: Emitter, t, base: str, lines: int, windows: int = PREFETCH_WINDOWS,
