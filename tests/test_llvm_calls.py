@@ -10,7 +10,7 @@ import pytest
 
 import lowbitc
 from lowbitc import ops
-from lowbitc.backends.llvm import ops_memory
+from lowbitc.backends.llvm import ops_memory, rows
 from lowbitc.errors import UserArgumentError
 
 FILL = """
@@ -117,6 +117,37 @@ def test_tile_major_gemv_prefetches_its_scale_run(fmt):
               for t in range(4) for g in range(32) for j in range(loads)]
     asked = {(s + far + line) // 64 for s in starts for line in range(0, window, 64)}
     assert set(range(far // 64, starts[-1] // 64 + window // 64)) <= asked
+
+
+@pytest.mark.parametrize("fmt", ["u2", "u3", "u4", "f4e2m1fn"])
+def test_gemv_code_windows_ask_for_each_line_they_load(fmt):
+    """The rows and planes dots of ops.matmul's f32 GEMV prefetch a 16-row block's codes
+    rows.PREFETCH_WINDOWS windows ahead: a window of more than rows.BURST_LINES lines (u3: 12,
+    u4: 16) asks in each K step for that step's own lines (a burst of them at the window's
+    start stalled the loads behind it: docs/performance.md), a narrower one (u2: 8) for all of
+    them at once. Either way every code line the loop loads is asked for exactly that far
+    ahead in the same loop body, so a block's stream is covered past its first windows."""
+    q = lowbitc.quantize(np.ones((256, 256), np.float32), fmt, 128,
+                         zero_point=fmt.startswith("u"))
+    _, p = ops.matmul_choice(1, 4096, 4096, q, "f32")
+    p.update(GM=True, TM=p["BN"] <= ops.TILE_MAJOR_BN)
+    text = ops.get_kernel("matmul", **p).text("asm")
+    bits = q.dtype.bits
+    lines = p["BK"] // 32 * bits  # a block's window of codes
+    far = rows.PREFETCH_WINDOWS * lines * 64
+    checked = 0
+    for block in re.split(r"\n(?=\.?\w+:)", text):  # basic blocks
+        asked: dict[str, list[int]] = {}
+        for off, at in re.findall(r"prefetcht0\s+(-?\d*)\(([^)]*)\)", block):
+            asked.setdefault(at, []).append(int(off or 0))
+        for at, offsets in asked.items():
+            loads = [int(o or 0) for o in
+                     re.findall(rf"vmovdqu64\s+(-?\d*)\({re.escape(at)}\), %zmm", block)]
+            if loads:  # the code loads of a step (u2: of a whole unrolled window)
+                assert sorted(o - far for o in offsets) == sorted(loads)
+                assert len(loads) == (bits if lines > rows.BURST_LINES else lines)
+                checked += 1
+    assert checked >= 1
 
 
 AXPY = """

@@ -167,9 +167,9 @@ def _window_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], per_row: i
 
 PREFETCH_WINDOWS = 2  # windows ahead whose words a block asks for
 # A block's window of more lines than this asks for them step by step, each step for its own
-# `bits` lines, rather than all at the window's start: a burst of 12-32 prefetches stalled
-# the loads behind it (u3/u4 GEMV streamed from DRAM, one thread: 0.87x/0.77-0.89x the time,
-# in cache 0.95-0.98x; u8 and u1 the same); u2's 8-line windows measured 0.93-1.12x spread.
+# `bits` lines as far ahead, not all at the window's start: the burst of 16 prefetches
+# stalled the loads behind it (4-bit GEMVs streamed from DRAM, one thread's CPU time: 0.77-0.89x
+# the time; u3's 12 lines the same either way); u2's 8 lines measured 0.94-1.12x spread.
 BURST_LINES = 8
 
 
