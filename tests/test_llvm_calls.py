@@ -10,7 +10,7 @@ import pytest
 
 import lowbitc
 from lowbitc import ops
-from lowbitc.backends.llvm import ops_memory, rows
+from lowbitc.backends.llvm import decode, ops_memory, rows
 from lowbitc.errors import UserArgumentError
 
 FILL = """
@@ -119,6 +119,7 @@ def test_tile_major_gemv_prefetches_its_scale_run(fmt):
     assert set(range(far // 64, starts[-1] // 64 + window // 64)) <= asked
 
 
+@pytest.mark.skipif(not decode.permutes(), reason="reads AVX-512 assembly (one zmm load a line)")
 @pytest.mark.parametrize("fmt", ["u2", "u3", "u4", "f4e2m1fn"])
 def test_gemv_code_windows_ask_for_each_line_they_load(fmt):
     """The rows and planes dots of ops.matmul's f32 GEMV prefetch a 16-row block's codes

@@ -169,7 +169,7 @@ PREFETCH_WINDOWS = 2  # windows ahead whose words a block asks for
 # A block's window of more lines than this asks for them step by step, each step for its own
 # `bits` lines as far ahead, not all at the window's start: the burst of 16 prefetches
 # stalled the loads behind it (4-bit GEMVs streamed from DRAM, one thread's CPU time: 0.77-0.89x
-# the time; u3's 12 lines the same either way); u2's 8 lines measured 0.94-1.12x spread.
+# the time; u3's 12 lines the same either way); u2's 8 lines measured 0.99-1.12x spread.
 BURST_LINES = 8
 
 
