@@ -94,6 +94,8 @@ METHOD_ROWS = (
      {"method": "hqq-gptq", "damp": DAMPS_88["rows3"], "refit": REFITS_88["rows3"]}),
     # HQQ weighted by statistics of random token ids run through the model (no text)
     ("u4 HQQ synthetic", "u4", 64, "synthetic", {"method": "hqq"}),
+    # HQQ weighted by input moments computed from the model's parameters (no text, no run)
+    ("u4 HQQ analytic", "u4", 64, False, {"method": "hqq", "moments": "analytic"}),
 )
 METHOD_LABELS = {row[0] for row in METHOD_ROWS}
 DAMP_CHOICES = (0.01, 0.1, 1.0)
@@ -102,6 +104,7 @@ GOALS = {"u8": 0.999, "u4": 0.97, "u3": 0.90, "u4 HQQ": 0.975, "u3 +0.5% out": 0
          "u2 +1% HQQ cal": 0.90, "u3 +0.5% HQQ-GPTQ": 0.95, "u2 +1% HQQ-GPTQ": 0.90,
          "rows3 GPTQ": 0.95, "u3 +0.5% HQQ-GPTQ 88": 0.95, "u2 +1% HQQ-GPTQ 88": 0.90,
          "rows3 GPTQ 88": 0.95, "rows3 +0.5% GPTQ 88": 0.95, "u4 HQQ synthetic": 0.975,
+         "u4 HQQ analytic": 0.975,
          "u2 +1% HQQ-GPTQ 88 refit": 0.90, "rows3 GPTQ 88 refit": 0.95}
 SENTENCES = (
     "The cat sits outside on the warm stone steps.",

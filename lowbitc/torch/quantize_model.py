@@ -22,6 +22,7 @@ from lowbitc.methods import check_refit, quantize
 from lowbitc.outliers import outlier_mask
 from lowbitc.torch.gptq import collect_hessians, gptq_quantize
 from lowbitc.torch.linear import QuantLinear, _format, _set_child
+from lowbitc.torch.moments import check_moments, input_moments
 from lowbitc.torch.tables import TableLinear
 
 Skip = Callable[[str, nn.Module], bool] | Iterable[str] | None
@@ -42,7 +43,7 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
               zero_point: bool | None = None, scale_dtype: str = "f32",
               calibrate: Callable[[nn.Module], object] | None = None, outliers=None,
               method: str = "rtn", outlier_dtype: str = "f16", act: str = "f32",
-              damp: float = DAMP, refit: int = 0) -> int:
+              damp: float = DAMP, refit: int = 0, moments: str | None = None) -> int:
     """Replace every nn.Linear in `model` (in place) by a QuantLinear; returns how many.
 
     `skip` is a callable (qualified name, module) -> bool, or fnmatch patterns of names to
@@ -62,10 +63,14 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
     `method="hqq-gptq"` (needs `calibrate`): that grid, then GPTQ's feedback with act-order
     onto it (lowbitc.gptq; `damp`: its damping); with per-row code books, GPTQ onto each
     row's table. `refit` (hqq-gptq): rounds of a least-squares refit of that grid under the
-    layer's Hessian (lowbitc.quantize's `refit`).
+    layer's Hessian (lowbitc.quantize's `refit`). `moments="analytic"` (method="hqq", no
+    `calibrate`): HQQ's fit weighted by each input column's E[x^2] computed from the model's
+    own parameters, no data (lowbitc.torch.moments; post-LayerNorm encoders such as BERT;
+    layers outside its blocks are fitted unweighted).
     """
     check_act(act)
     check_refit(refit, method)
+    check_moments(moments, method, calibrate)
     if method == "hqq-gptq" and calibrate is None:
         raise UserArgumentError("calibrate: method='hqq-gptq' needs calibration data "
                                 "(calibrate=f running the float model), got None")
@@ -77,6 +82,7 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
                and name and not drop(name, m)]
     hessians = (collect_hessians(model, [name for name, _ in targets], calibrate, awq_scales)
                 if calibrate is not None else {})
+    diags = input_moments(model) if moments is not None else {}
     for name, m in targets:
         h = hessians.get(name)
         if awq_scales is not None:
@@ -85,17 +91,19 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
         else:
             new = _quantized(m, dtype, group_size, zero_point, scale_dtype, h,
                              {"outliers": outliers, "method": method,
-                              "outlier_dtype": outlier_dtype}, act, damp, refit)
+                              "outlier_dtype": outlier_dtype}, act, damp, refit,
+                             diags.get(name))
         _set_child(model, name, new.to(m.weight.device))
     return len(targets)
 
 
 def _quantized(m: nn.Linear, dtype, group_size, zero_point, scale_dtype, hessian,
-               options: dict, act: str = "f32", damp: float = DAMP, refit: int = 0
-               ) -> nn.Module:
-    """One layer's replacement: GPTQ when there is a Hessian and one format, else quantize."""
+               options: dict, act: str = "f32", damp: float = DAMP, refit: int = 0,
+               diag: np.ndarray | None = None) -> nn.Module:
+    """One layer's replacement: GPTQ when there is a Hessian and one format, else quantize;
+    `diag`: column weights when there is no Hessian (data-free moments)."""
     w = m.weight.detach().to("cpu", torch.float32).numpy()
-    diag = None if hessian is None else torch.diagonal(hessian).numpy()
+    diag = diag if hessian is None else torch.diagonal(hessian).numpy()
     if callable(dtype) and not isinstance(dtype, Format | str):
         dtype = dtype(w, diag)
     if options["method"] == "hqq-gptq":  # lowbitc.gptq's feedback onto weighted HQQ's grid
