@@ -34,11 +34,11 @@ def _bert(seed: int = 0, pooler: bool = False):
     return model
 
 
-def _population_moments(model) -> dict[str, np.ndarray]:
-    """E[x^2] of each linear layer's input over every (token, position) as a one-token
-    sequence (a token attends only to itself, as the analytic moments assume)."""
-    ids = torch.arange(VOCAB).repeat(POSITIONS)[:, None]
-    pos = torch.arange(POSITIONS).repeat_interleave(VOCAB)[:, None]
+def _population_moments(model, length: int) -> dict[str, np.ndarray]:
+    """E[x^2] of each linear layer's input over every (token, position < length) as a
+    one-token sequence (a token attends only to itself, as the analytic moments assume)."""
+    ids = torch.arange(VOCAB).repeat(length)[:, None]
+    pos = torch.arange(length).repeat_interleave(VOCAB)[:, None]
     stats = {}
 
     def hook(name):
@@ -56,10 +56,11 @@ def _population_moments(model) -> dict[str, np.ndarray]:
     return stats
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_moments_match_the_population_the_model_sees(seed):
+@pytest.mark.parametrize("seed, length", [(0, None), (1, 3)])
+def test_moments_match_the_population_the_model_sees(seed, length):
     model = _bert(seed)
-    analytic, exact = input_moments(model), _population_moments(model)
+    analytic = input_moments(model, length)
+    exact = _population_moments(model, length or POSITIONS)
     assert set(analytic) == set(exact) and len(exact) == 12
     for name, e in exact.items():
         a = analytic[name]
@@ -79,9 +80,9 @@ def test_moments_match_the_population_the_model_sees(seed):
 def test_quantize_hqq_analytic_weighs_each_layer_by_its_moments():
     model = _bert(pooler=True)
     float_model = copy.deepcopy(model)
-    d = input_moments(model)
+    d = input_moments(model, 5)
     x = torch.randint(0, VOCAB, (2, 5))
-    assert quantize_(model, "u4", 32, method="hqq", moments="analytic") == 13
+    assert quantize_(model, "u4", 32, method="hqq", moments="analytic:5") == 13
     for name, m in float_model.named_modules():
         if not isinstance(m, torch.nn.Linear):
             continue
@@ -106,7 +107,9 @@ def test_quantize_hqq_analytic_weighs_each_layer_by_its_moments():
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    ({"method": "hqq", "moments": "montecarlo"}, ["moments", "'analytic'", "montecarlo"]),
+    ({"method": "hqq", "moments": "montecarlo"}, ["moments", "'analytic:L'", "montecarlo"]),
+    ({"method": "hqq", "moments": "analytic:0"}, ["moments", "L > 0", "'analytic:0'"]),
+    ({"method": "hqq", "moments": 16}, ["moments", "'analytic'", "got 16"]),
     ({"moments": "analytic"}, ["moments", "method='hqq'", "'rtn'"]),
     ({"method": "hqq", "moments": "analytic", "calibrate": lambda m: None},
      ["moments", "without calibration", "a function"]),

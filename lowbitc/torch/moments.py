@@ -27,9 +27,9 @@ from torch import nn
 
 from lowbitc.errors import UserArgumentError
 
-POSITIONS = 16  # rows of the position table propagated (evenly spaced, first row included)
+LENGTH = 16  # the sequence length whose positions are averaged over (docs/quantization.md)
+SAMPLES = 16  # position rows propagated (evenly spaced, the first included)
 NODES = 64  # Gauss-Hermite nodes of the activation's moments
-MOMENTS = ("analytic",)
 
 
 @dataclass(frozen=True)
@@ -48,22 +48,33 @@ class Encoder:
     blocks: tuple[Block, ...]
 
 
-def check_moments(moments, method: str, calibrate) -> None:
-    """UserArgumentError unless `moments` is None or a kind this method can use."""
+def check_moments(moments, method: str, calibrate) -> int | None:
+    """The sequence length `moments` asks for ("analytic": LENGTH, "analytic:L": L), None
+    for None; UserArgumentError for anything else or a method that cannot use it."""
     if moments is None:
-        return
-    if moments not in MOMENTS:
-        raise UserArgumentError(f"moments: expected one of {MOMENTS} or None, got {moments!r}")
+        return None
+    kind, _, length = moments.partition(":") if isinstance(moments, str) else ("", "", "")
+    if kind != "analytic" or not (length == "" or length.isdigit() and int(length) > 0):
+        raise UserArgumentError(f"moments: expected 'analytic', 'analytic:L' (L > 0 tokens) "
+                                f"or None, got {moments!r}")
     if method != "hqq" or calibrate is not None:
         raise UserArgumentError(f"moments: {moments!r} weights method='hqq' without "
                                 f"calibration, got method={method!r}, calibrate="
                                 f"{'None' if calibrate is None else 'a function'}")
+    return int(length) if length else LENGTH
 
 
-def input_moments(model: nn.Module, positions: int = POSITIONS) -> dict[str, np.ndarray]:
-    """{qualified name of a block's nn.Linear: E[x^2] of its input columns [in_features]}."""
+def input_moments(model: nn.Module, length: int | None = LENGTH, samples: int = SAMPLES
+                  ) -> dict[str, np.ndarray]:
+    """{qualified name of a block's nn.Linear: E[x^2] of its input columns [in_features]}
+    for sequences of `length` tokens (None: the position table's size); `samples` position
+    rows of the first `length`, evenly spaced, are propagated."""
     enc = find_encoder(model)
-    rows = _rows(enc.tables[1].num_embeddings, positions) if len(enc.tables) > 1 else [None]
+    if len(enc.tables) > 1:
+        count = enc.tables[1].num_embeddings
+        rows = _rows(count if length is None else min(length, count), samples)
+    else:
+        rows = [None]
     total: dict[str, np.ndarray] = {}
     for row in rows:
         for name, d in _propagate(enc, row).items():

@@ -70,7 +70,7 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
     """
     check_act(act)
     check_refit(refit, method)
-    check_moments(moments, method, calibrate)
+    length = check_moments(moments, method, calibrate)
     if method == "hqq-gptq" and calibrate is None:
         raise UserArgumentError("calibrate: method='hqq-gptq' needs calibration data "
                                 "(calibrate=f running the float model), got None")
@@ -82,7 +82,7 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
                and name and not drop(name, m)]
     hessians = (collect_hessians(model, [name for name, _ in targets], calibrate, awq_scales)
                 if calibrate is not None else {})
-    diags = input_moments(model) if moments is not None else {}
+    diags = input_moments(model, length) if length is not None else {}
     for name, m in targets:
         h = hessians.get(name)
         if awq_scales is not None:
