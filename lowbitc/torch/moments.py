@@ -155,15 +155,18 @@ def _layer_norm(mean, cov, norm: nn.LayerNorm) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _activation(act: nn.Module, mean, var):
-    """E[a(h)], E[a(h)^2] and E[a'(h)] for h ~ N(mean, var) per channel (Gauss-Hermite)."""
+    """E[a(h)], E[a(h)^2] and E[a'(h)] for h ~ N(mean, var) per channel (Gauss-Hermite;
+    the slope by Stein's lemma, E[a(h) (h - mean)] / var, exact for kinks like ReLU's)."""
     x, w = np.polynomial.hermite_e.hermegauss(NODES)
     w = w / w.sum()
     sd = np.sqrt(np.maximum(var, 0))
-    h = torch.from_numpy(mean[:, None] + sd[:, None] * x[None]).requires_grad_(True)
-    a = act(h)
-    (grad,) = torch.autograd.grad(a.sum(), h)
-    a, grad = a.detach().numpy(), grad.numpy()
-    return a @ w, (a * a) @ w, grad @ w
+    with torch.no_grad():
+        a = act(torch.from_numpy(mean[:, None] + sd[:, None] * x[None])).numpy()
+    at = torch.from_numpy(mean).requires_grad_(True)  # channels with no spread: a'(mean)
+    (slope,) = torch.autograd.grad(act(at).sum(), at)
+    wide = sd > 1e-6
+    slope = np.where(wide, (a * x) @ w / np.where(wide, sd, 1), slope.numpy())
+    return a @ w, (a * a) @ w, slope
 
 
 def _diag(w: np.ndarray, cov: np.ndarray) -> np.ndarray:
