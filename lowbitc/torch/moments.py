@@ -14,7 +14,8 @@ measurements on MiniLM.
 The structure is found by module types, not names: an embedding stage (a module with
 nn.Embedding tables and a nn.LayerNorm) and a nn.ModuleList of post-LayerNorm blocks (BERT's
 order: four square nn.Linear q, k, v, o; a LayerNorm; the FFN's up and down nn.Linear around
-one parameter-free activation module; a LayerNorm). Anything else raises UserArgumentError.
+one parameter-free activation module; a LayerNorm). Anything else raises UserArgumentError;
+the order of operations is assumed (post-LayerNorm), not read from the modules.
 """
 
 from __future__ import annotations
