@@ -125,29 +125,34 @@ def _rows(count: int, samples: int) -> list[int]:
     return sorted({int(r) for r in np.linspace(0, count - 1, min(samples, count))})
 
 
-def _param(t: torch.Tensor | None, n: int, fill: float) -> np.ndarray:
-    return np.full(n, fill) if t is None else t.detach().to("cpu", torch.float64).numpy()
+def _array(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+def _optional(t: torch.Tensor | None, n: int, fill: float) -> np.ndarray:
+    """An optional parameter (a bias, a LayerNorm's gain) or its neutral value."""
+    return np.full(n, fill) if t is None else _array(t)
 
 
 def _linear(m: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
-    return _param(m.weight, 0, 0), _param(m.bias, m.out_features, 0.0)
+    return _array(m.weight), _optional(m.bias, m.out_features, 0.0)
 
 
 def _embedded(enc: Encoder, row: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance of the summed embeddings: the token table over all its rows, the
     position table at `row`, any other table at row 0."""
-    tokens = _param(enc.tables[0].weight, 0, 0)
+    tokens = _array(enc.tables[0].weight)
     mean = tokens.mean(axis=0)
     for i, t in enumerate(enc.tables[1:]):
-        mean = mean + _param(t.weight[row if i == 0 else 0], 0, 0)
+        mean = mean + _array(t.weight[row if i == 0 else 0])
     return mean, np.cov(tokens.T, bias=True)
 
 
 def _layer_norm(mean, cov, norm: nn.LayerNorm) -> tuple[np.ndarray, np.ndarray]:
     """Moments of LayerNorm(u) for u ~ (mean, cov), dividing by the expected scale."""
     n = len(mean)
-    g = _param(norm.weight, n, 1.0)
-    b = _param(norm.bias, n, 0.0)
+    g = _optional(norm.weight, n, 1.0)
+    b = _optional(norm.bias, n, 0.0)
     centred = mean - mean.mean()
     c = cov - cov.mean(axis=0, keepdims=True)
     c = c - c.mean(axis=1, keepdims=True)

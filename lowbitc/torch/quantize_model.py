@@ -63,10 +63,11 @@ def quantize_(model: nn.Module, dtype, group_size: int = 128, skip: Skip = None,
     `method="hqq-gptq"` (needs `calibrate`): that grid, then GPTQ's feedback with act-order
     onto it (lowbitc.gptq; `damp`: its damping); with per-row code books, GPTQ onto each
     row's table. `refit` (hqq-gptq): rounds of a least-squares refit of that grid under the
-    layer's Hessian (lowbitc.quantize's `refit`). `moments="analytic"` (method="hqq", no
-    `calibrate`): HQQ's fit weighted by each input column's E[x^2] computed from the model's
-    own parameters, no data (lowbitc.torch.moments; post-LayerNorm encoders such as BERT;
-    layers outside its blocks are fitted unweighted).
+    layer's Hessian (lowbitc.quantize's `refit`). `moments="analytic"` or "analytic:L"
+    (method="hqq", no `calibrate`): HQQ's fit weighted by each input column's E[x^2]
+    computed from the model's own parameters for sequences of L tokens (default 16), no data
+    (lowbitc.torch.moments; post-LayerNorm encoders such as BERT; layers outside its blocks
+    are fitted unweighted).
     """
     check_act(act)
     check_refit(refit, method)
