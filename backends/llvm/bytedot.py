@@ -18,8 +18,10 @@ of intdot.py); other hosts and windows take the generic path.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import llvmlite.binding as llvm
 import numpy as np
 
 from lowbitc.backends.llvm import intdot
@@ -190,7 +192,9 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
     m, k = abuf.shape
     bn, bk = plan.codes.attrs.sizes
     bits = packing.bits
-    xs = _broadcasts(em, abuf, {p for p, _, _ in packing.planes})
+    merged = merges(packing)
+    xs = _broadcasts(em, abuf, {packing.planes[0][0]} if merged else
+                     {p for p, _, _ in packing.planes})
     chains = max(1, CHAINS // m)
     first_step, steps = rows_packing.window_steps(em, t, starts, bk)
     table = None
@@ -219,19 +223,34 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
             k0 = em.val(f"mul i64 {s}, 32")
             nxt = list(accs)
             n = 0
-            for p, shift, first in packing.planes:
+            loaded: dict[tuple[int, int], str] = {}
+
+            def load(plane: int, w: int) -> str:
+                if (plane, w) not in loaded:
+                    loaded[plane, w] = _load_word(plane, w)
+                return loaded[plane, w]
+
+            def _load_word(plane: int, w: int) -> str:
+                p, shift, first = packing.planes[plane]
+                q = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 "
+                           f"{em.val(f'add i64 {wbase}, {(first + w) * LANES}')}")
+                # (align 4: a copy of the words, QTensor.replica, may start off a line)
+                word = em.val(f"load {V16}, ptr {q}, align 4")
+                if plan.xor:
+                    x = (plan.xor >> shift) & ((1 << p) - 1)
+                    rep = sum(x << (p * i) for i in range(32 // p))
+                    word = em.val(f"xor {V16} {word}, splat (i32 {_i32(rep)})")
+                return word
+
+            for plane, (p, shift, _) in enumerate(packing.planes[:1] if merged
+                                                  else packing.planes):
                 xp = xs[p]
                 for w in range(p):
-                    q = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 "
-                               f"{em.val(f'add i64 {wbase}, {(first + w) * LANES}')}")
-                    # (align 4: a copy of the words, QTensor.replica, may start off a line)
-                    word = em.val(f"load {V16}, ptr {q}, align 4")
-                    if plan.xor:
-                        x = (plan.xor >> shift) & ((1 << p) - 1)
-                        rep = sum(x << (p * i) for i in range(32 // p))
-                        word = em.val(f"xor {V16} {word}, splat (i32 {_i32(rep)})")
+                    word = load(plane, w)
                     for e in range(8 // p):
                         v = _extract(em, word, e * p, shift, p, table)
+                        if merged:
+                            v = _merge_planes(em, packing, v, w, e, load)
                         for i in range(m):
                             d = i * k // 4 + w * (8 // p) + e  # the dword, k0 / 4 further
                             bx = _broadcast_dword(em, xp, em.val(f"add i64 {k0}, {4 * d}"))
@@ -293,6 +312,54 @@ def _fused_bytes(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: li
             em.emit(f"store {V16} {em.val(f'add {V16} {old}, {total}')}, ptr {p_}, align 4")
 
     em.loop("0", str(bn // LANES), block)
+
+
+def merges(packing: RowsPacking) -> bool:
+    """Whether the planes of several (u3 = 2 + 1, u5-u7) are gathered into the widest one's
+    bytes (`_merge_planes`): one vpdpbusd per four codes of every plane, where one per plane
+    would add each plane's products on its own (u3: 16 vpdpbusd per step instead of 8, and
+    a second permutation of the activations). Needs AVX-512 VBMI (vpmultishiftqb)."""
+    widths = [p for p, _, _ in packing.planes]
+    return len(widths) > 1 and widths[0] == max(widths) and _vbmi()
+
+
+@functools.cache
+def _vbmi() -> bool:
+    return bool(llvm.get_host_cpu_features().get("avx512vbmi", False))
+
+
+def merge_source(p0: int, w: int, e: int, p: int, shift: int) -> tuple[int, list[int]]:
+    """For extraction `e` of word `w` of the widest plane (width p0; byte j of each i32 lane
+    then holds code (32/p0) w + (8/p0) j + e), the word of the plane of width `p` holding
+    those codes' bits, and the vpmultishiftqb control (one byte per byte of a 64-bit pair
+    of lanes) that lands each code's bits at bit `shift` of its byte."""
+    words = set()
+    ctl = []
+    for b in range(8):
+        half, j = divmod(b, 4)
+        c = (32 // p0) * w + (8 // p0) * j + e
+        word, at = divmod(c, 32 // p)
+        words.add(word)
+        ctl.append((32 * half + p * at - shift) % 64)
+    (word,) = words
+    return word, ctl
+
+
+def _merge_planes(em: Emitter, packing: RowsPacking, v: str, w: int, e: int, load) -> str:
+    """v (codes of the widest plane, extraction e of its word w) with the bits of the same
+    codes in every other plane or-ed in at their place: one vpmultishiftqb and mask each."""
+    p0 = packing.planes[0][0]
+    name = "llvm.x86.avx512.pmultishift.qb.512"
+    em.declare(f"declare {B64} @{name}({B64}, {B64})")
+    for plane, (p, shift, _) in enumerate(packing.planes[1:], 1):
+        word, ctl = merge_source(p0, w, e, p, shift)
+        ctl_v = "<" + ", ".join(f"i8 {c}" for c in ctl * 8) + ">"
+        src = em.val(f"bitcast {V16} {load(plane, word)} to {B64}")
+        got = em.val(f"call {B64} @{name}({B64} {ctl_v}, {B64} {src})")
+        got = em.val(f"and {V16} {em.val(f'bitcast {B64} {got} to {V16}')}, "
+                     f"{_rep(((1 << p) - 1) << shift)}")
+        v = em.val(f"or {V16} {v}, {got}")
+    return v
 
 
 def _extract(em: Emitter, word: str, at: int, shift: int, p: int, table: str | None) -> str:
