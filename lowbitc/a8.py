@@ -77,9 +77,11 @@ def rows_tile(M: int, N: int, bits: int = 4) -> int:
     then reads its codes (16-row blocks, K contiguous) and its tile-major scales as two
     sequential streams, which the hardware prefetchers follow at the memory's speed (16
     blocks' windows in turn, 32 KB apart, ran at half of it); bytes in memory order (u8/i8,
-    each row a stream of its own) take 16, the fewest streams. Several activation rows take
-    256: wide tiles share each block's broadcasts and f32 corrections."""
-    widest = (16 if bits == 8 else 32) if M == 1 else 256
+    each row a stream of its own) and 3-bit codes take 16, the fewest streams (u3 streamed
+    from DRAM: 0.90-0.94x the time of 32 rows in one thread, though 1.1x in cache; u5 and
+    u6 the same either way: docs/a8.md). Several activation rows take 256: wide tiles share
+    each block's broadcasts and f32 corrections."""
+    widest = (16 if bits in (3, 8) else 32) if M == 1 else 256
     for bn in (256, 128, 64, 32, 16):
         if bn <= widest and N % bn == 0:
             return bn
@@ -103,8 +105,8 @@ def params(wtype, group: int, zero_point: bool, M: int, act: str,
     (default INLINE) is False; u8/i8 codes, a machine type the kernel would read as bytes in
     memory order, are then given as W = b8 (same bytes, a packed format) with RB = -LO: the
     kernel's byte is the code plus RB, mod 256. Codes of several planes (u3: 2 + 1) keep
-    32-row tiles: the byte dot permutes a window's activations once per plane and tile,
-    which 16-row tiles pay twice as often (u3 in cache: 1.3x slower, one plane 1.0-1.2x)."""
+    32-row tiles: 16-row inline programs were slower for them (docs/a8.md: 1.16x in cache,
+    1.08-1.2x streamed, with the planes put together in one dot)."""
     m = byte_map(wtype) if act == "i8" else None
     if m is None:
         return None

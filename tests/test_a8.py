@@ -123,6 +123,7 @@ def test_formats_that_take_int8_activations():
     shapes = ((1, 4096), (1, 40), (16, 4096), (16, 384), (3, 80))
     assert [a8.rows_tile(m, n) for m, n in shapes] == [32, 32, 256, 128, 16]
     assert [a8.rows_tile(m, 4096, 8) for m in (1, 16)] == [16, 256]  # bytes in memory order
+    assert [a8.rows_tile(m, 4096, 3) for m in (1, 16)] == [16, 256]  # u3: one code stream
 
 
 def a8_bound(x: np.ndarray, w_hat: np.ndarray, qb: int) -> np.ndarray:
