@@ -18,14 +18,13 @@ of intdot.py); other hosts and windows take the generic path.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
-import llvmlite.binding as llvm
 import numpy as np
 
-from lowbitc.backends.llvm import intdot
+from lowbitc.backends.llvm import byte_planes, intdot
 from lowbitc.backends.llvm import rows as rows_packing
+from lowbitc.backends.llvm.byte_planes import i32, rep_byte
 from lowbitc.backends.llvm.emitter import Buf, Emitter
 from lowbitc.backends.llvm.fusion import _window_ok, note_fused, with_fallback
 from lowbitc.backends.llvm.fusion_plan import _tree, region_index
@@ -44,6 +43,7 @@ PREFETCH_BYTES = 4096  # one stream per program: ask this far ahead (~ DRAM late
 # 4-9% faster 8 KB ahead than 4 KB, not 12 or 16 KB; 2-bit codes, once every line of the
 # stream was asked for (inline_extra_lines), 10-13% faster 8 KB ahead)
 PREFETCH_BYTES_BY_BITS = {2: 8192, 4: 8192}
+WHOLE_WINDOWS = True  # some windows of whole steps run a constant-trip step loop (`unrolls`)
 
 
 def inline_extra_lines(bits: int) -> int:
@@ -148,16 +148,6 @@ def _order(p: int) -> list[int]:
             for j in range(4)]
 
 
-def _i32(v: int) -> int:
-    """A 32-bit pattern as the signed literal LLVM prints."""
-    return v - (1 << 32) if v >= 1 << 31 else v
-
-
-def _rep(byte: int) -> str:
-    """A <16 x i32> constant with `byte` in each of its 64 bytes."""
-    return f"splat (i32 {_i32(byte * 0x01010101)})"
-
-
 def _broadcasts(em: Emitter, abuf: Buf, widths: set[int]) -> dict[int, Buf]:
     """Per plane width, the activations' bytes in that plane's extraction order ([m, k] i8,
     one shuffle per 32): vpdpbusd reads each dword of them broadcast to its 16 lanes
@@ -192,7 +182,7 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
     m, k = abuf.shape
     bn, bk = plan.codes.attrs.sizes
     bits = packing.bits
-    merged = merges(packing)
+    merged = byte_planes.merges(packing)
     xs = _broadcasts(em, abuf, {packing.planes[0][0]} if merged else
                      {p for p, _, _ in packing.planes})
     chains = max(1, CHAINS // m)
@@ -239,7 +229,7 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
                 if plan.xor:
                     x = (plan.xor >> shift) & ((1 << p) - 1)
                     rep = sum(x << (p * i) for i in range(32 // p))
-                    word = em.val(f"xor {V16} {word}, splat (i32 {_i32(rep)})")
+                    word = em.val(f"xor {V16} {word}, splat (i32 {i32(rep)})")
                 return word
 
             for plane, (p, shift, _) in enumerate(packing.planes[:1] if merged
@@ -250,7 +240,7 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
                     for e in range(8 // p):
                         v = _extract(em, word, e * p, shift, p, table)
                         if merged:
-                            v = _merge_planes(em, packing, v, w, e, load)
+                            v = byte_planes.merge_planes(em, packing, v, w, e, load)
                         for i in range(m):
                             d = i * k // 4 + w * (8 // p) + e  # the dword, k0 / 4 further
                             bx = _broadcast_dword(em, xp, em.val(f"add i64 {k0}, {4 * d}"))
@@ -259,8 +249,11 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
                         n += 1
             return nxt
 
-        accs = em.loop("0", steps, None, carried=[(V16, "zeroinitializer")] * (m * chains),
-                       body_carried=step)
+        carried = [(V16, "zeroinitializer")] * (m * chains)
+        if unrolls(m, bits, table is not None):
+            accs = _whole_or_not(em, steps, bk // 32, carried, step)
+        else:
+            accs = em.loop("0", steps, None, carried=carried, body_carried=step)
         col = em.val(f"mul i64 {r}, {LANES}")
         for i in range(m):
             total = accs[i * chains]
@@ -273,13 +266,37 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
     em.loop("0", str(bn // LANES), block)
 
 
+def unrolls(m: int, bits: int, table: bool) -> bool:
+    """Whether a window's steps run as a constant-trip loop (LLVM unrolls it whole) where the
+    window holds all of them: for one activation row (a GEMV) and codes of 1-3 bits or looked
+    up in a table. Measured on Zen 5 (docs/performance.md, session 10): u2 0.89x, u3 0.95x,
+    f4e2m1fn 0.94x the time streamed, u1 and u8 the same, u4 1.07-1.11x slower streamed, so
+    plain 4-bit codes keep the loop."""
+    return WHOLE_WINDOWS and m == 1 and (bits < 4 or table)
+
+
+def _whole_or_not(em: Emitter, steps: str, full: int, carried, step) -> list[str]:
+    """The step loop with a constant trip count where the window holds `full` steps (all but
+    a K tail), so that LLVM unrolls it whole; else the counted loop."""
+    whole, part, join = em.label("whole"), em.label("part"), em.label("joined")
+    em.emit(f"br i1 {em.val(f'icmp eq i64 {steps}, {full}')}, label %{whole}, label %{part}")
+    ends = []
+    for name, hi in ((whole, str(full)), (part, steps)):
+        em.start_block(name)
+        ends.append((em.loop("0", hi, None, carried=carried, body_carried=step), em.block))
+        em.br(join)
+    em.start_block(join)
+    return [em.val(f"phi {t} [ {a}, %{ends[0][1]} ], [ {b}, %{ends[1][1]} ]")
+            for (t, _), a, b in zip(carried, ends[0][0], ends[1][0], strict=True)]
+
+
 def _fused_bytes(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     """Byte weights in memory order (u8/i8 tensors): per weight row and activation row, one
     vpdpbusd per 64 bytes into a vector of partial sums; 16 weight rows' vectors then fold
     into one vector of their 16 sums (lanes.row_sums)."""
     m, k = abuf.shape
     bn, bk = plan.codes.attrs.sizes
-    flip = _i32((plan.xor or 0) * 0x01010101)
+    flip = i32((plan.xor or 0) * 0x01010101)
 
     def block(r: str) -> None:
         n0 = em.val(f"add i64 {starts[0]}, {em.val(f'mul i64 {r}, {LANES}')}")
@@ -314,54 +331,6 @@ def _fused_bytes(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: li
     em.loop("0", str(bn // LANES), block)
 
 
-def merges(packing: RowsPacking) -> bool:
-    """Whether the planes of several (u3 = 2 + 1, u5-u7) are gathered into the widest one's
-    bytes (`_merge_planes`): one vpdpbusd per four codes of every plane, where one per plane
-    would add each plane's products on its own (u3: 16 vpdpbusd per step instead of 8, and
-    a second permutation of the activations). Needs AVX-512 VBMI (vpmultishiftqb)."""
-    widths = [p for p, _, _ in packing.planes]
-    return len(widths) > 1 and widths[0] == max(widths) and _vbmi()
-
-
-@functools.cache
-def _vbmi() -> bool:
-    return bool(llvm.get_host_cpu_features().get("avx512vbmi", False))
-
-
-def merge_source(p0: int, w: int, e: int, p: int, shift: int) -> tuple[int, list[int]]:
-    """For extraction `e` of word `w` of the widest plane (width p0; byte j of each i32 lane
-    then holds code (32/p0) w + (8/p0) j + e), the word of the plane of width `p` holding
-    those codes' bits, and the vpmultishiftqb control (one byte per byte of a 64-bit pair
-    of lanes) that lands each code's bits at bit `shift` of its byte."""
-    words = set()
-    ctl = []
-    for b in range(8):
-        half, j = divmod(b, 4)
-        c = (32 // p0) * w + (8 // p0) * j + e
-        word, at = divmod(c, 32 // p)
-        words.add(word)
-        ctl.append((32 * half + p * at - shift) % 64)
-    (word,) = words
-    return word, ctl
-
-
-def _merge_planes(em: Emitter, packing: RowsPacking, v: str, w: int, e: int, load) -> str:
-    """v (codes of the widest plane, extraction e of its word w) with the bits of the same
-    codes in every other plane or-ed in at their place: one vpmultishiftqb and mask each."""
-    p0 = packing.planes[0][0]
-    name = "llvm.x86.avx512.pmultishift.qb.512"
-    em.declare(f"declare {B64} @{name}({B64}, {B64})")
-    for plane, (p, shift, _) in enumerate(packing.planes[1:], 1):
-        word, ctl = merge_source(p0, w, e, p, shift)
-        ctl_v = "<" + ", ".join(f"i8 {c}" for c in ctl * 8) + ">"
-        src = em.val(f"bitcast {V16} {load(plane, word)} to {B64}")
-        got = em.val(f"call {B64} @{name}({B64} {ctl_v}, {B64} {src})")
-        got = em.val(f"and {V16} {em.val(f'bitcast {B64} {got} to {V16}')}, "
-                     f"{_rep(((1 << p) - 1) << shift)}")
-        v = em.val(f"or {V16} {v}, {got}")
-    return v
-
-
 def _extract(em: Emitter, word: str, at: int, shift: int, p: int, table: str | None) -> str:
     """The byte codes at bit `at` of every byte, moved to bit `shift` (their plane's place in
     the code) and masked; with a table, looked up instead."""
@@ -371,7 +340,7 @@ def _extract(em: Emitter, word: str, at: int, shift: int, p: int, table: str | N
         v = em.val(f"lshr {V16} {v}, splat (i32 {amount})")
     elif amount < 0:
         v = em.val(f"shl {V16} {v}, splat (i32 {-amount})")
-    v = em.val(f"and {V16} {v}, {_rep(((1 << p) - 1) << shift)}")
+    v = em.val(f"and {V16} {v}, {rep_byte(((1 << p) - 1) << shift)}")
     if table is None:
         return v
     b = em.val(f"bitcast {V16} {v} to {B64}")
