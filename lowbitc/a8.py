@@ -105,8 +105,8 @@ def params(wtype, group: int, zero_point: bool, M: int, act: str,
     (default INLINE) is False; u8/i8 codes, a machine type the kernel would read as bytes in
     memory order, are then given as W = b8 (same bytes, a packed format) with RB = -LO: the
     kernel's byte is the code plus RB, mod 256. Codes of several planes (u3: 2 + 1) keep
-    32-row tiles: 16-row inline programs were slower for them (docs/a8.md: 1.16x in cache,
-    1.08-1.2x streamed, with the planes put together in one dot)."""
+    tile-major scales (`rows_tile`): inline programs were slower for them (docs/a8.md: 1.16x
+    in cache, 1.08-1.35x streamed, with the planes put together in one dot)."""
     m = byte_map(wtype) if act == "i8" else None
     if m is None:
         return None
