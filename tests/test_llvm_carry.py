@@ -15,6 +15,7 @@ from lowbitc.compiler import compile
 from lowbitc.interp import run
 
 CARRIED = "lane sums carried across the loop"
+JOINED = "one row loop with the chained dot reading the same codes window"
 USER = Path(__file__).resolve().parents[1] / "examples" / "user"
 
 # MODE 0: one dot; 1: two dots a step (the second adds into the first's result, with a row
@@ -134,6 +135,8 @@ def test_chains_and_two_tiles_are_carried(mode, m):
     text = _check(mode, m, 40, 352)
     dots = [ln for ln in text.splitlines() if ": dot" in ln]
     assert dots and all(CARRIED in ln for ln in dots), text
+    # MODE 1's two dots read one codes window: their rows run in one loop (carry.plan_joins)
+    assert all((JOINED in ln) == (mode == 1) for ln in dots), text
 
 
 @pytest.mark.parametrize("mode", [2, 4, 5])

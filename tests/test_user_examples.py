@@ -104,7 +104,9 @@ def test_gguf_blocks_read_as_stored(fmt, source):
     else:
         raw = quantize_blocks(RNG.standard_normal((n, kk)).astype(np.float32), fmt)
     w_hat = gguf.quants.dequantize(raw, qtype).astype(np.float64)
-    k = lowbitc.compile(USER / f"gguf_{fmt.lower()}_gemv.lbk")
+    # (Q4_K's default BN = 64 would put all 40 rows in one edge tile: 16 runs the fast path)
+    k = lowbitc.compile(USER / f"gguf_{fmt.lower()}_gemv.lbk", **({"BN": 16} if fmt == "Q4_K"
+                                                                   else {}))
     x = RNG.standard_normal((m, kk)).astype(np.float32)
     want = x.astype(np.float64) @ w_hat.T
     stored = raw if fmt in ("Q8_0", "Q4_K") else raw.reshape(n, kk // block, per)  # same bytes
@@ -137,6 +139,27 @@ def test_gguf_byte_windows_with_rows_and_edges(fmt, bm):
     y = np.zeros((m, n), np.float32)
     k(x, raw.reshape(n, kk // 32, -1), y)
     _close(y, x.astype(np.float64) @ w_hat.T)
+
+
+@pytest.mark.parametrize("bm, m", [(1, 1), (2, 2), (3, 3), (2, 5)])
+def test_gguf_q4_k_header_window_and_joined_dots(bm, m):
+    """Q4_K's block header read as one row window (column_merge.py) and its two nibble dots
+    in one row loop (carry.plan_joins), M = 1-3 and 5 (BM not dividing it), rows past the
+    last tile (N = 40, BN = 16), three super-blocks, against gguf's dequantize and the
+    interpreter."""
+    gguf = pytest.importorskip("gguf", reason="the GGUF oracle is the gguf package")
+    from lowbitc.interop.kquants import quantize_blocks
+
+    n, kk = 40, 768
+    raw = quantize_blocks(RNG.standard_normal((n, kk)).astype(np.float32), "Q4_K")
+    w_hat = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_K).astype(np.float64)
+    k = lowbitc.compile(USER / "gguf_q4_k_gemv.lbk", BM=bm, BN=16)
+    text = k.explain()
+    assert text.count("one row window for 6 column loads") == 3, text  # the scale bytes
+    assert text.count("one row window for 2 column loads") == 2, text  # d and dmin
+    assert text.count("one row loop with the chained dot") == 2, text
+    x = RNG.standard_normal((m, kk)).astype(np.float32)
+    _both(k, [x, raw, np.zeros((m, n), np.float32)], 2, x.astype(np.float64) @ w_hat.T)
 
 
 @pytest.mark.parametrize("zoff", [1, 0])

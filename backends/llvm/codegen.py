@@ -25,6 +25,7 @@ from lowbitc.backends.llvm import (  # noqa: F401  (fill HANDLERS)
 )
 from lowbitc.backends.llvm.axpy import emit_axpy, plan_axpy
 from lowbitc.backends.llvm.bytedot import emit_byte_dot, plan_byte_dots
+from lowbitc.backends.llvm.column_merge import emit_member, plan_windows
 from lowbitc.backends.llvm.columns import emit_column_dot, plan_columns
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, Emitter, lltype
 from lowbitc.backends.llvm.fused_store import SFENCE, emit_fused_store
@@ -125,10 +126,16 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
                 note("load", subject_of(d.operands[0]),
                      f"fused into the {p.dot.opcode} at {p.dot.loc}: never materialised",
                      loc=d.loc)
+    windows = plan_windows(env, r, deferred)
+    env.joins.update(carry.plan_joins(r, plans, env.carries))
     for op in r.ops:
         if id(op) in deferred:
             continue
+        if id(op) in windows:
+            emit_member(env, op, windows[id(op)])
+            continue
         if op.opcode == "yield":
+            _no_waiting(env)
             return [env.get(v) for v in op.operands]
         if op.opcode == "dot" and op.results[0].id in bytes_:
             emit_byte_dot(env, bytes_[op.results[0].id])
@@ -150,7 +157,14 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
                 types = ", ".join(str(v.type) for v in op.operands)
                 raise BackendError(f"llvm backend: no handler for op {op.opcode}({types})", op.loc)
             h(env, op)
+    _no_waiting(env)
     return []
+
+
+def _no_waiting(env: Env) -> None:
+    if env.joined:  # a joined dot's rows never ran: its contribution would be lost
+        raise BackendError("llvm: a fused dot joined to a later one was not emitted "
+                           "(a compiler bug)")
 
 
 def _for(env: Env, op: Op) -> None:

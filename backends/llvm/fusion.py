@@ -79,7 +79,7 @@ def with_fallback(env: Env, dot: Op, deferred: list[Op], generic_dot, fast,
     out = env.result_buf(dot)
     em.copy(env.get(acc), out)
     late = any(d.results and d.results[0] is a for d in deferred)
-    chosen = fast(None if late else env.get(a), out)
+    chosen = carry.joined_fast(env, dot, fast(None if late else env.get(a), out), out)
     quick, slow, done = em.label(name), em.label("unfused"), em.label("dotted")
     if chosen is None:
         em.br(slow)
@@ -172,6 +172,8 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
         note("dot", weights, path + (row_tables.describe(plan) + _sums_note(env, plan)
                                      if fast_path is None else ""),
              "windows at the tensor's edges take the generic dot", loc=op.loc)
+        if fast_path is None and op.results[0].id in env.carries:
+            return ok, carry.RowsBody(lambda: _fused(env, plan, abuf, out, t, starts))
         return ok, lambda: (fast_path or _fused)(env, plan, abuf, out, t, starts)
 
     with_fallback(env, op, plan.deferred, generic_dot, choose)
@@ -191,11 +193,16 @@ def _planes_dot(plan: Plan, packing) -> bool:
                             packing.bits) is not None)
 
 
+ONE_STEP_LANES = 16  # accumulator lanes of a dot of one step (W codes) a row
+
+
 def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     em = env.em
     m = abuf.shape[0]
     bn, bk = plan.root.type.shape
-    lanes = acc_lanes(m)
+    # one step of W codes a row: its two halves' products chain in one 16-lane accumulator
+    # (no add of the halves after it); more steps keep acc_lanes' independent chains
+    lanes = min(acc_lanes(m), ONE_STEP_LANES) if bk == W else acc_lanes(m)
     va = f"<{lanes} x float>"
     zero = "zeroinitializer"
 
@@ -213,7 +220,9 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
         # the window's rows are pages apart: the hardware prefetchers lose track of them, and
         # a row's next windows are read only after the block's other rows (measured one thread,
         # 4096^2: u5-u7 and f8 GEMV 1.4-2x faster, u8 1.1-1.6x)
-        prefetch.next_windows(em, plan, t, starts, n, bk, base if t.packing is not None else None)
+        if plan.prefetch:
+            prefetch.next_windows(em, plan, t, starts, n, bk,
+                                  base if t.packing is not None else None)
         rows = tables(j) if tables else None
 
         def unpack(c: str) -> str:
@@ -307,9 +316,12 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
 
     c = env.carries.get(plan.dot.results[0].id)
     if c is not None:  # the lane sums wait for the loop's end (carry.py)
-        em.loop("0", str(bn // ROWS) if bn % ROWS == 0 else str(bn),
-                lambda g: carry.add_rows(em, plan, c, g, sums, row_leaf, asums, out,
-                                         ROWS if bn % ROWS == 0 else 1, lanes))
+        group = ROWS if bn % ROWS == 0 else 1
+        rows_ = carry.Rows(plan, c, sums, row_leaf, asums, bn, group, lanes)
+        if env.collect is not None:  # a dot joined to a later one: its rows run in that loop
+            env.collect.append(rows_)
+            return
+        carry.emit_rows(em, [rows_], out)
     elif m <= 2 and bn % ROWS == 0:
         em.loop("0", str(bn // ROWS), rows)
     else:

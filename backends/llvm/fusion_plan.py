@@ -67,6 +67,8 @@ class Plan:
     bases: dict = field(default_factory=dict)
     # values of E that are a function of the code and of per-row leaves (row_tables.py)
     row_tables: row_tables.RowTables = row_tables.NONE
+    # False: an earlier dot joined to this one (carry.plan_joins) prefetches the same window
+    prefetch: bool = True
 
 
 class RegionIndex(NamedTuple):

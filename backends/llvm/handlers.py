@@ -87,6 +87,11 @@ class Env:
         self.defs: dict[int, Op] = {}  # the op defining each value of the kernel (codegen)
         self.carries: dict = {}  # a loop's carried dot (result id) -> its partials (carry.py)
         self.col_tables: dict = {}  # a column dot (result id) -> its product table
+        # carried fused dots whose rows run in a later dot's loop (carry.plan_joins): first
+        # result id -> second's; waiting fast paths by the later dot; Rows being collected
+        self.joins: dict[int, int] = {}
+        self.joined: dict = {}
+        self.collect: list | None = None
         self.loops = 0  # for loops being emitted around the current op
 
     def get(self, v: Value):
