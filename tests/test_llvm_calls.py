@@ -10,7 +10,7 @@ import pytest
 
 import lowbitc
 from lowbitc import ops
-from lowbitc.backends.llvm import decode, ops_memory, rows
+from lowbitc.backends.llvm import decode, ops_memory, prefetch, rows
 from lowbitc.errors import UserArgumentError
 
 FILL = """
@@ -82,10 +82,10 @@ kernel rowsum[ROW: int = 1](s: f32[G, N], y: f32[1, N]) grid (cdiv(N, 64)) {
 @pytest.mark.parametrize("row", [1, 0, 2])
 def test_a_row_window_at_the_loop_counter_prefetches_rows_ahead(row):
     """A window of row `g` of a 2-D tensor in a loop over g (the GEMV's group-major scales)
-    prefetches its row iterations ahead (4 lines of 64 bytes here); a fixed row does not; a
-    row that moves with g otherwise (matmul TM's tile-major run) asks for the 4 lines
-    RUN_AHEAD bytes past it. The rows past the tensor's end are prefetched too, which never
-    faults."""
+    prefetches its row iterations ahead (4 lines of 64 bytes here, and the run's last byte:
+    the fifth line of an array that starts inside one); a fixed row does not; a row that
+    moves with g otherwise (matmul TM's tile-major run) asks for the same RUN_AHEAD bytes past
+    it. The rows past the tensor's end are prefetched too, which never faults."""
     k = lowbitc.compile(ROWSUM, ROW=row)
     s = np.random.default_rng(0).standard_normal((5, 256)).astype(np.float32)
     y = np.zeros((1, 256), np.float32)
@@ -93,8 +93,18 @@ def test_a_row_window_at_the_loop_counter_prefetches_rows_ahead(row):
     want = {1: s.sum(0), 0: 5 * s[0], 2: s.reshape(4, 5, 64).sum(1).reshape(-1)}[row]
     np.testing.assert_allclose(y[0], want, rtol=1e-5, atol=1e-5)
     text = k.text("llvm")
-    assert text.count("call void @llvm.prefetch") == (0 if row == 0 else 4)
+    assert text.count("call void @llvm.prefetch") == (0 if row == 0 else 5)
     assert (f"i64 {ops_memory.RUN_AHEAD}" in text) == (row == 2)
+
+
+@pytest.mark.parametrize("nbytes", [1, 16, 63, 64, 65, 128, 256, 1024])
+def test_a_prefetched_run_covers_its_lines_at_any_start(nbytes):
+    """The lines of prefetch.run_offsets, from any start within a line, are exactly the lines
+    the run's bytes lie in (a numpy array starts 16 bytes past a line; the run's last line was
+    left to a demand miss)."""
+    for start in range(64):
+        lines = {(start + off) // 64 for off in prefetch.run_offsets(nbytes)}
+        assert lines == set(range(start // 64, (start + nbytes - 1) // 64 + 1))
 
 
 @pytest.mark.parametrize("fmt", ["u4", "u8", "f4e2m1fn"])

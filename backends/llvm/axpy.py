@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lowbitc.backends.llvm import decode, fused_leaves, fused_view
+from lowbitc.backends.llvm import decode, fused_leaves, fused_view, prefetch
 from lowbitc.backends.llvm.columns import row_sum
 from lowbitc.backends.llvm.decode import code_tables
 from lowbitc.backends.llvm.emitter import Buf
@@ -169,8 +169,7 @@ def _prefetch_ahead(em, plan: Plan, t, starts: list[str], row: str, ahead: int,
                     n_cols: int) -> None:
     """Prefetch the window's bytes of row + `ahead` (the rows are a whole tensor row apart, a
     stride the hardware prefetchers lose track of, as in prefetch.next_windows and
-    columns.py), one prefetch per 64 bytes."""
-    em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
+    columns.py)."""
     n = em.val(f"mul i64 {em.val(f'add i64 {row}, {ahead}')}, {t.strides[0]}")
     if plan.codes.opcode == "load":  # bytes
         bits, elem, first = 8, "i8", starts[1]
@@ -178,9 +177,7 @@ def _prefetch_ahead(em, plan: Plan, t, starts: list[str], row: str, ahead: int,
         bits, elem = plan.codes.attrs.bits, "i32"
         first = em.val(f"mul i64 {em.val(f'lshr i64 {starts[1]}, 5')}, {bits}")
     base = em.val(f"getelementptr {elem}, ptr {t.ptr}, i64 {em.val(f'add i64 {n}, {first}')}")
-    for off in range(0, max(1, n_cols * bits // 8), 64):
-        p = em.val(f"getelementptr i8, ptr {base}, i64 {off}")
-        em.emit(f"call void @llvm.prefetch.p0(ptr {p}, i32 0, i32 3, i32 1)")
+    prefetch.run_ahead(em, base, max(1, n_cols * bits // 8))
 
 
 def _by_lanes(plan: Plan, abuf: Buf) -> bool:

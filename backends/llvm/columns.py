@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lowbitc.backends.llvm import decode
+from lowbitc.backends.llvm import decode, prefetch
 from lowbitc.backends.llvm.column_leaves import (
     L,
     gathered_leaves,
@@ -232,9 +232,9 @@ def _fast(env: Env, plan: ColumnPlan, abuf: Buf, out: Buf, t, starts: list[str])
         def step(jj: str, accs: list[str]) -> list[str]:
             row = em.val(f"add i64 {starts[0]}, {jj}")
             base = em.val(f"mul i64 {row}, {t.strides[0]}")
-            words = [_word_row(em, t, base, em.val(f"add i64 {starts[1]}, "
-                                                    f"{em.val(f'mul i64 {c}, {L}')}"), bkw)
-                     for c in cs]
+            cols = [em.val(f"add i64 {starts[1]}, {em.val(f'mul i64 {c}, {L}')}") for c in cs]
+            words = [_word_row(em, t, base, col) for col in cols]
+            _prefetch_run(em, t, base, cols[0], bkw, count)
             rows: dict = {}  # gathered rows of this step, shared by its chunks
             nxt = list(accs)
             for s in range(per):
@@ -280,17 +280,20 @@ def _fast(env: Env, plan: ColumnPlan, abuf: Buf, out: Buf, t, starts: list[str])
         group(str(full * span), rest)
 
 
-def _word_row(em, t, base: str, col: str, bkw: int) -> str:
-    """The <16 x i32> words at (row, col) (`base` the row's offset), with a prefetch of the
-    same words PREFETCH_ROWS rows (at least two K windows) ahead: word rows are a row of N
-    apart, a stride the hardware prefetchers lose track of (as in prefetch.next_windows)."""
+def _word_row(em, t, base: str, col: str) -> str:
+    """The <16 x i32> words at (row, col) (`base` the row's offset)."""
     p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {em.val(f'add i64 {base}, {col}')}")
-    words = em.val(f"load <{L} x i32>, ptr {p}, align 4")
-    em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
+    return em.val(f"load <{L} x i32>, ptr {p}, align 4")
+
+
+def _prefetch_run(em, t, base: str, col: str, bkw: int, count: int) -> None:
+    """Prefetch the run of `count` 16-word vectors at (row, col) PREFETCH_ROWS rows (at least
+    two K windows) ahead: word rows are a row of N apart, a stride the hardware prefetchers
+    lose track of (as in prefetch.next_windows)."""
+    p = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {em.val(f'add i64 {base}, {col}')}")
     ahead = em.val(f"getelementptr i32, ptr {p}, i64 "
                    f"{em.val(f'mul i64 {t.strides[0]}, {max(2 * bkw, PREFETCH_ROWS)}')}")
-    em.emit(f"call void @llvm.prefetch.p0(ptr {ahead}, i32 0, i32 3, i32 1)")
-    return words
+    prefetch.run_ahead(em, ahead, count * L * 4)
 
 
 def _splat_a(em, abuf: Buf, i: int, k: str) -> str:

@@ -3,6 +3,7 @@ their fast paths); lookup tables are ops_lut's, tile ops ops_tiles'."""
 
 from __future__ import annotations
 
+from lowbitc.backends.llvm import prefetch
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
 from lowbitc.backends.llvm.handlers import Env, TensorArg, const_literal, handles
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view
@@ -192,10 +193,7 @@ def _prefetch_rows_ahead(env: Env, op: Op, t: TensorArg, starts: list, nbytes: i
     else:
         return
     first = em.val(f"getelementptr i8, ptr {src}, i64 {ahead}")
-    em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
-    for line in range(0, min(nbytes, 64 * PREFETCH_LINES), 64):
-        q = em.val(f"getelementptr i8, ptr {first}, i64 {line}")
-        em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 3, i32 1)")
+    prefetch.run_ahead(em, first, min(nbytes, 64 * PREFETCH_LINES))
 
 
 LANES_GATHER = 16  # elements per gather of a strided 1-D window

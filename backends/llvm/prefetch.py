@@ -14,6 +14,23 @@ from lowbitc.backends.llvm.fusion_plan import Plan
 AHEAD_BYTES = 192
 
 
+def run_offsets(nbytes: int) -> list[int]:
+    """Byte offsets whose lines cover a run of `nbytes` at any start: one per 64 bytes and the
+    run's last byte, whose line a run that starts inside a line also spans (a plain numpy
+    array starts 16 bytes past one)."""
+    return [*range(0, nbytes, 64), nbytes - 1]
+
+
+def run_ahead(em: Emitter, first: str, nbytes: int) -> None:
+    """Prefetch the `nbytes` bytes at pointer `first` (run_offsets: without the last line, a
+    run of an unaligned array's row was a demand miss from DRAM per row, 1.2-1.6x the time of
+    the same GEMV on aligned copies, one thread, streamed)."""
+    em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
+    for off in run_offsets(nbytes):
+        q = em.val(f"getelementptr i8, ptr {first}, i64 {off}")
+        em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 3, i32 1)")
+
+
 def next_windows(em: Emitter, plan: Plan, t, starts: list[str], n: str, bk: int,
                    lanes_base: str | None = None) -> None:
     """Prefetch row n's codes two K windows ahead (two steps of the grid's K loop later), or
@@ -45,6 +62,4 @@ def next_windows(em: Emitter, plan: Plan, t, starts: list[str], n: str, bk: int,
         w0 = em.val(f"mul i64 {em.val(f'lshr i64 {starts[1]}, 5')}, {bits}")
         i = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {w0}")
         first = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {i}")
-    for line in range(0, nbytes, 64):
-        q = em.val(f"getelementptr i8, ptr {first}, i64 {ahead + line}")
-        em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 3, i32 1)")
+    run_ahead(em, em.val(f"getelementptr i8, ptr {first}, i64 {ahead}"), nbytes)
