@@ -13,7 +13,7 @@ import numpy as np
 import lowbitc
 from lowbitc import pack
 from lowbitc.quant import quantize
-from lowbitc.repack import PackedWords
+from lowbitc.repack import PackedWords, aligned_copy
 
 from . import candidates as cand
 
@@ -188,11 +188,14 @@ USER_KERNELS = {"b2_act": _gemv_b2, "q8_0": _gemv_q8_0, "gptq": _gemv_gptq,
 
 
 def _replica(a: object) -> object:
-    """A copy of a kernel argument in new memory (arrays, PackedWords); scalars as they are."""
+    """A copy of a kernel argument in new memory (arrays, PackedWords) starting on a 64-byte
+    line, as QTensor.replica's words do (a plain copy starts 16 bytes past one, or at any
+    16-byte step on the heap: a GEMV over it ran up to 1.6x slower, a mixture that changed
+    from run to run); scalars as they are."""
     if isinstance(a, np.ndarray):
-        return a.copy()
+        return aligned_copy(a)
     if isinstance(a, PackedWords):
-        return replace(a, words=a.words.copy())
+        return replace(a, words=aligned_copy(a.words))
     return a
 
 
@@ -213,8 +216,7 @@ def user_case(name: str, which: str, n: int, m: int, seed: int,
     k, args, ref, qw, *dims = USER_KERNELS[which](n, m, w, x)
     y = np.zeros((m, n), np.float32)
     wbytes = sum(_nbytes(a) for a in args[1:])
-    calls = [[*args, y]] + [[args[0], *(_replica(a) for a in args[1:]), y]
-                            for _ in range(copies(wbytes) - 1)]
+    calls = [[args[0], *(_replica(a) for a in args[1:]), y] for _ in range(copies(wbytes))]
     kw = dims[0] if dims else {}  # dims only a packed argument has
 
     def call(full: list) -> Callable[[], np.ndarray]:

@@ -230,12 +230,14 @@ def _aligned_words(count: int) -> np.ndarray:
     return raw[first : first + count * 4].view(np.uint32)
 
 
-def aligned_copy(words: np.ndarray) -> np.ndarray:
-    """A copy of uint32 `words` (any shape) starting on a 64-byte line, as the packings make
-    them: a plain numpy copy of a large array starts 16 bytes past one (glibc's mmap'd
-    chunks), so every 64-byte vector load of it would straddle two lines."""
-    out = _aligned_words(words.size).reshape(words.shape)
-    out[...] = words
+def aligned_copy(a: np.ndarray) -> np.ndarray:
+    """A copy of array `a` (any shape and dtype) starting on a 64-byte line, as the packings
+    make their words: a plain numpy copy of a large array starts 16 bytes past one (glibc's
+    mmap'd chunks), so every 64-byte vector load of it would straddle two lines."""
+    raw = np.empty(a.nbytes + 64, np.uint8)
+    first = -raw.ctypes.data % 64
+    out = raw[first : first + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
     return out
 
 
