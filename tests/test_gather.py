@@ -237,13 +237,14 @@ def test_gathered_leaf_from_a_tensor_in_the_column_dot():
 def test_gptq_act_order_passes_over_word_rows(bm, bn, m):
     """A pass down the word rows reads up to 4 chunks of 16 outputs (4 // BM of them): BN = 80
     at BM 1 (a pass of 4 and one of 1), 48 at BM 2 (2 and 1), 32 at BM 3 (one each); N = 200
-    leaves a partial tile (the generic dot), M a partial row block; g_idx permuted, one entry
-    outside the groups (zeros)."""
+    leaves a partial tile (the generic dot), M a partial row block; g_idx permuted, entries
+    outside the groups (zeros): past G inside the tiles, negative, and past the tiles' rows
+    (the product table's row of zeros)."""
     n, kk, gs = 200, 256, 64
     parts, w = gptq_act_layer(n, kk, gs, True, seed=bn + m)
     parts["g_idx"] = parts["g_idx"].copy()
-    parts["g_idx"][7] = kk // gs
-    w[7] = 0.0
+    parts["g_idx"][[7, 9, 11]] = [kk // gs, -1, 1000]
+    w[[7, 9, 11]] = 0.0
     k = lowbitc.compile(USER / "gptq_act_gemv.lbk", BM=bm, BN=bn)
     text = k.explain()
     assert ("decoded by one table permute" in text) == decode.permutes()

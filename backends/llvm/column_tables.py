@@ -2,8 +2,10 @@
 E = (Y - U) * V whose U and V are rows gathered with one index from tiles the loop does not
 write (GPTQ act-order's zero-point and scale tiles, `load(zt[g, 0 :+ BN])` and
 `load(st[g, 0 :+ BN])`) is fma(Y, V, T) with T = -(U * V) over every row of the tiles and
-the dot's columns: one FMA per weight instead of a subtract and a multiply, T's row read
-beside V's with the same row and mask."""
+the dot's columns: one FMA per weight instead of a subtract and a multiply. Row r of the
+table holds V's row r (after its cast) and T's side by side, and one row of zeros follows
+the tiles' rows: an index outside the tiles reads that row (as the gather reads zeros), so
+a column's rows are two plain loads at one offset, no mask."""
 
 from __future__ import annotations
 
@@ -13,14 +15,28 @@ from lowbitc.backends.llvm.column_leaves import L
 from lowbitc.backends.llvm.columns import ColumnPlan, plan_columns
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
 from lowbitc.backends.llvm.handlers import Env, convert
+from lowbitc.backends.llvm.ops_gather import index_row
 from lowbitc.ir.core import Op, Region, Value
 
-MAX_TABLE_BYTES = 64 * 1024  # a table per dot lives on the stack
+MAX_TABLE_BYTES = 96 * 1024  # a table per dot lives on the stack
 
 
 @dataclass(frozen=True)
 class ProductTable:
-    table: Buf  # [rows, BN] f32: -(U * V)
+    table: Buf  # [rows + 1, 2 BN] f32: row r = V[r, :], -(U * V)[r, :]; row `rows` zeros
+    rows: int  # the tiles' rows (an index outside them reads row `rows`)
+
+    def row(self, env: Env, g: Op, k: str, cache: dict) -> str:
+        """The offset of idx[k]'s row (g the gather of V), the zero row outside the tiles;
+        kept in `cache` for the other chunks of column k."""
+        key = ("table", g.operands[1].id, k)
+        if key not in cache:
+            em = env.em
+            r = index_row(env, g, k)
+            inside = em.val(f"icmp ult i64 {r}, {self.rows}")
+            r = em.val(f"select i1 {inside}, i64 {r}, i64 {self.rows}")
+            cache[key] = em.val(f"mul i64 {r}, {self.table.shape[1]}")
+        return cache[key]
 
 
 def prepare(env: Env, loop: Op) -> None:
@@ -37,12 +53,12 @@ def prepare(env: Env, loop: Op) -> None:
         bn, n0 = plan.root.type.shape[0], _before(env, starts[0])
         if (any(s is None or len(s.shape) != 2 for s in srcs)
                 or srcs[0].shape[0] != srcs[1].shape[0]
-                or srcs[0].shape[0] * bn * 4 > MAX_TABLE_BYTES
+                or (srcs[0].shape[0] + 1) * 2 * bn * 4 > MAX_TABLE_BYTES
                 or starts[0].id != starts[1].id or n0 is None
                 or _written(body, {ops[-1].operands[0].id for ops in leaves})):
             continue
         env.col_tables[plan.dot.results[0].id] = ProductTable(
-            _build(env, plan, leaves, srcs, n0))
+            _build(env, plan, leaves, srcs, n0), srcs[0].shape[0])
 
 
 def _before(env: Env, v: Value) -> str | None:
@@ -66,12 +82,13 @@ def _written(r: Region, ids: set[int]) -> bool:
 
 
 def _build(env: Env, plan: ColumnPlan, leaves: list[list[Op]], srcs: list[Buf], n0: str) -> Buf:
-    """T[r, j] = -(U'[r, n0 + j] * V'[r, n0 + j]) (U', V' the sources through the leaves'
-    casts), made where the columns n0 .. n0 + BN - 1 lie inside both sources (the only
-    windows the fused path takes)."""
+    """Row r: V'[r, n0 + j] then T[r, j] = -(U'[r, n0 + j] * V'[r, n0 + j]) (U', V' the
+    sources through the leaves' casts), and a last row of zeros; made where the columns
+    n0 .. n0 + BN - 1 lie inside both sources (the only windows the fused path takes)."""
     em = env.em
     rows, bn = srcs[0].shape[0], plan.root.type.shape[0]
-    table = em.alloc("f32", (rows, bn))
+    vf = f"<{L} x float>"
+    table = em.alloc("f32", (rows + 1, 2 * bn))
     end = em.val(f"add i64 {n0}, {bn}")
     ok = em.val(f"icmp sge i64 {n0}, 0")
     for s in srcs:
@@ -79,6 +96,10 @@ def _build(env: Env, plan: ColumnPlan, leaves: list[list[Op]], srcs: list[Buf], 
     make, done = em.label("ptable"), em.label("ptabled")
     em.emit(f"br i1 {ok}, label %{make}, label %{done}")
     em.start_block(make)
+
+    def store(r: str, j: int, v: str) -> None:
+        q = em.gep(table, em.val(f"add i64 {em.val(f'mul i64 {r}, {2 * bn}')}, {j}"))
+        em.emit(f"store {vf} {v}, ptr {q}, align 4")
 
     def row(r: str) -> None:
         for c in range(bn // L):
@@ -92,12 +113,12 @@ def _build(env: Env, plan: ColumnPlan, leaves: list[list[Op]], srcs: list[Buf], 
                 if ops[0].opcode == "cast":
                     v = convert(em, v, g.results[0].type.dtype, ops[0].attrs.dtype, L)
                 vals.append(v)
-            prod = em.val(f"fmul <{L} x float> {vals[0]}, {vals[1]}")
-            q = em.gep(table, em.val(f"add i64 {em.val(f'mul i64 {r}, {bn}')}, {c * L}"))
-            em.emit(f"store <{L} x float> {em.val(f'fneg <{L} x float> {prod}')}, ptr {q}, "
-                    "align 4")
+            store(r, c * L, vals[1])
+            store(r, bn + c * L, em.val(f"fneg {vf} {em.val(f'fmul {vf} {vals[0]}, {vals[1]}')}"))
 
     em.loop("0", str(rows), row)
+    for j in range(0, 2 * bn, L):
+        store(str(rows), j, "zeroinitializer")
     em.br(done)
     em.start_block(done)
     return table

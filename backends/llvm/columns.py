@@ -24,9 +24,7 @@ from lowbitc.backends.llvm import decode, prefetch
 from lowbitc.backends.llvm.column_leaves import (
     L,
     gathered_leaves,
-    gathered_row,
     leaf,
-    masked_load,
     source,
 )
 from lowbitc.backends.llvm.emitter import Buf
@@ -360,20 +358,18 @@ def _eval(env: Env, plan: ColumnPlan, words: str, s: int, k: str, c: str,
 
 def _paired(env: Env, plan: ColumnPlan, table, words: str, s: int, k: str, c: str,
             rows: dict) -> str:
-    """E = (Y - U) * V as fma(Y, V, T), T = -(U * V) read from the loop's product table
-    with V's row and mask (zeros outside the tiles, as V)."""
+    """E = (Y - U) * V as fma(Y, V, T): V and T = -(U * V) read from the loop's product
+    table at idx[k]'s row (its row of zeros outside the tiles, as the gathers read)."""
     em = env.em
+    vf = f"<{L} x float>"
     y, _, v = plan.pair
     yv = _eval(env, plan, words, s, k, c, y, rows)
-    vv = leaf(env, v, plan.root.type.shape, k, c, plan.gathered, rows)
-    row, mask = gathered_row(env, plan.gathered[v.id][-1], k, rows)
-    bn = table.table.shape[1]
-    at = em.val(f"add i64 {em.val(f'mul i64 {row}, {bn}')}, {em.val(f'mul i64 {c}, {L}')}")
-    tv = masked_load(em, table.table.ptr, "float", at, "float", mask)
-    em.declare(f"declare <{L} x float> @llvm.fma.v{L}f32(<{L} x float>, <{L} x float>, "
-               f"<{L} x float>)")
-    return em.val(f"call <{L} x float> @llvm.fma.v{L}f32(<{L} x float> {yv}, "
-                  f"<{L} x float> {vv}, <{L} x float> {tv})")
+    at = em.val(f"add i64 {table.row(env, plan.gathered[v.id][-1], k, rows)}, "
+                f"{em.val(f'mul i64 {c}, {L}')}")
+    vv, tv = (em.val(f"load {vf}, ptr {em.gep(table.table, em.val(f'add i64 {at}, {j}'))}, "
+                     "align 4") for j in (0, table.table.shape[1] // 2))
+    em.declare(f"declare {vf} @llvm.fma.v{L}f32({vf}, {vf}, {vf})")
+    return em.val(f"call {vf} @llvm.fma.v{L}f32({vf} {yv}, {vf} {vv}, {vf} {tv})")
 
 
 def _lookup(em, idx: str, table: np.ndarray, dtype: str) -> str:
