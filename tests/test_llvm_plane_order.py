@@ -77,3 +77,59 @@ def test_plane_ordered_dot_matches_numpy_and_the_interpreter(fmt, leaf, m):
     interp = np.zeros_like(y)
     run(kern.ir, x, raw, s, interp)
     np.testing.assert_allclose(y, interp, rtol=1e-4, atol=1e-3)
+
+
+# bytes whose codes a byte op moves (ROT: rotate left by S bits; XOR: flip the low code's bits,
+# which does more than move codes) before they are viewed as F codes, times a row scale
+MOVED = """
+kernel moved[F: dtype, BITS: int, S: int, XOR: int = 0, BM: int = 1](
+    x: f32[M, K], w: u8[N, KB], s: f32[N, K], y: f32[M, N]) grid (cdiv(N, 16))
+{
+  n0 = block.x * 16
+  acc = zeros(f32, [BM, 16])
+  for k in range(0, K, 64) {
+    a = load(x[0 :+ BM, k :+ 64])
+    b = load(w[n0 :+ 16, k * BITS / 8 :+ 8 * BITS])
+    q = cast(view(((b << S) | (b >> (8 - S))) ^ XOR, F), f32) * load(s[n0 :+ 16, k :+ 1])
+    acc = dot(a, transpose(q), acc)
+  }
+  store(y[0 :+ BM, n0 :+ 16], acc)
+}
+"""
+
+
+@pytest.mark.parametrize("fmt,shift,xor,m", [
+    ("nf4", 4, 0, 1), ("u4", 4, 0, 3), ("u2", 2, 0, 1), ("u2", 6, 0, 2), ("u1", 1, 0, 1),
+    ("u1", 5, 0, 2), ("u4", 4, 15, 1),
+])
+def test_codes_moved_within_bytes_read_in_the_lane_order(fmt, shift, xor, m):
+    """Byte ops that only move codes within each byte (bitsandbytes' nibble swap, any rotate)
+    are read as a lane order (fused_windows.byte_moves: the bytes as loaded, the activations
+    permuted alike); an op that changes codes (xor) is evaluated on the bytes. Every code of
+    each width, against numpy and the interpreter."""
+    rng = np.random.default_rng(2)
+    n, k = 40, 256
+    bits = lowbitc.dtype(fmt).bits
+    raw = rng.integers(0, 256, (n, k * bits // 8)).astype(np.uint8)
+    raw[:8, :32] = np.arange(256, dtype=np.uint8).reshape(8, 32)  # every byte
+    moved = (((raw << shift) | (raw >> (8 - shift))) ^ xor).astype(np.uint8)
+    codes = _codes(moved, bits, k)
+    s = rng.uniform(0.5, 2, (n, k)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = lowbitc.dtype(fmt).decode(codes).astype(np.float64) * np.repeat(s[:, ::64], 64, 1)
+    ref = x.astype(np.float64) @ w.T
+    kern = compile(MOVED, F=fmt, BITS=bits, S=shift, XOR=xor, BM=m)
+    assert "codes of a byte window unpacked in registers" in kern.explain()
+    y = np.zeros((m, n), np.float32)
+    kern(x, raw, s, y)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-3)
+    interp = np.zeros_like(y)
+    run(kern.ir, x, raw, s, interp)
+    np.testing.assert_allclose(y, interp, rtol=1e-4, atol=1e-3)
+
+
+def _codes(raw: np.ndarray, bits: int, k: int) -> np.ndarray:
+    """The codes of bytes `raw` [N, k * bits / 8], the first code of a byte in its low bits."""
+    per = 8 // bits
+    planes = [(raw >> (p * bits)) & ((1 << bits) - 1) for p in range(per)]
+    return np.stack(planes, axis=-1).reshape(raw.shape[0], k)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from lowbitc.backends.llvm import byte_window
 from lowbitc.backends.llvm.emitter import Emitter
 from lowbitc.backends.llvm.fused_leaves import splat, vector_op
@@ -14,7 +16,9 @@ from lowbitc.backends.llvm.fused_view import window_ok
 from lowbitc.backends.llvm.fusion_plan import Plan, W
 from lowbitc.backends.llvm.handlers import Env, TensorArg, vtype
 from lowbitc.backends.llvm.windows import unpack32, unpack_words
+from lowbitc.interp import evaluate
 from lowbitc.ir.core import Op
+from lowbitc.ir.types import TileType
 
 
 def window(env: Env, plan: Plan) -> tuple[TensorArg, list[str], str]:
@@ -62,6 +66,10 @@ def window_codes(env: Env, plan: Plan, codes: Op, t: TensorArg, j: str, c: str,
         return unpack32(em, p, bits, align=1)
     n = W * bits // 8
     vals = {ld.results[0].id: em.val(f"load <{n} x i8>, ptr {p}, align 1")}
+    if (order and codes is plan.codes and byte_moves(plan, env.defs)
+            and order == plane_order(plan, env.defs)):
+        ops = []  # plane_order put the codes' moves in the lane order: the bytes as loaded
+        vals[view.operands[0].id] = vals[ld.results[0].id]
     for op in ops:
         args = [vals[u.id] if u.id in vals else splat(em, env.get(u), "u8", n)
                 for u in op.operands]
@@ -106,18 +114,45 @@ def lane_perms(plan: Plan) -> dict[int, tuple[int, ...]]:
     return perms
 
 
-def plane_order(plan: Plan) -> tuple[int, ...]:
+def plane_order(plan: Plan, defs: dict[int, Op] | None = None) -> tuple[int, ...]:
     """The lane order the register dot reads a byte window's sub-byte codes in: by planes
     (fused_windows.planar: one widening, a shift per plane), the activations permuted alike
     (a dot's sum does not depend on the order of K), where E has no in-step transposes and
-    no other window; () otherwise (codes in K order)."""
+    no other window; () otherwise (codes in K order). Byte ops that only move the codes
+    within each byte (byte_moves; `defs` gives their constants) are read as that order."""
     if not plan.chain or any(op.opcode in ("transpose", "codes") for op in plan.tree):
         return ()
     bits = byte_window.bits(plan.codes)
     if bits >= 8 or 8 % bits:
         return ()
     per, n = 8 // bits, W * bits // 8
-    return tuple(per * (q % n) + q // n for q in range(W))
+    moves = (byte_moves(plan, defs) if defs is not None else None) or tuple(range(per))
+    plane = {r: p for p, r in enumerate(moves)}  # the code position plane r of a byte holds
+    return tuple(per * (q % n) + plane[q // n] for q in range(W))
+
+
+def byte_moves(plan: Plan, defs: dict[int, Op]) -> tuple[int, ...] | None:
+    """(r_0, .., r_{per-1}) when the byte ops of the plan's chain only move codes within each
+    byte (bitsandbytes' nibble swap `(b << 4) | (b >> 4)`): code p of a byte after them is
+    code r_p of the byte loaded, for all 256 bytes (run by the reference interpreter); None
+    when there are no byte ops, or they do more than move codes."""
+    ld, view, *ops = plan.chain
+    bits = byte_window.bits(plan.codes)
+    if not ops or bits >= 8 or 8 % bits:
+        return None
+    consts = {u.id: defs.get(u.id) for op in ops for u in op.operands
+              if not isinstance(u.type, TileType)}
+    if any(d is None or d.opcode != "const" for d in consts.values()):
+        return None
+    b = np.arange(256, dtype=np.uint8)
+    out = evaluate([*consts.values(), *ops], {ld.results[0].id: b})[view.operands[0].id]
+    mask, moves = (1 << bits) - 1, []
+    for p in range(8 // bits):
+        code = (np.asarray(out).astype(np.int64) >> (p * bits)) & mask
+        moves.append(next((r for r in range(8 // bits)
+                           if np.array_equal(code, (b.astype(np.int64) >> (r * bits)) & mask)),
+                          None))
+    return tuple(moves) if None not in moves and len(set(moves)) == len(moves) else None
 
 
 def lanes_of(em: Emitter, v: str, order: tuple[int, ...], dtype: str = "f32") -> str:

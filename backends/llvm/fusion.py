@@ -210,7 +210,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
     clean = not ((plan.root.id in plan.tables or plan.root.id in plan.row_tables.wanted)
                  and decode.permutes())
     tables = row_tables.by_row(env, plan)  # row j -> its tables (row_tables.py)
-    order = plane_order(plan)
+    order = plane_order(plan, env.defs)
 
     def sums(j: str) -> list[str]:
         """Row j's vector accumulators, one per row of `a`."""
