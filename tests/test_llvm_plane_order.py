@@ -133,3 +133,20 @@ def _codes(raw: np.ndarray, bits: int, k: int) -> np.ndarray:
     per = 8 // bits
     planes = [(raw >> (p * bits)) & ((1 << bits) - 1) for p in range(per)]
     return np.stack(planes, axis=-1).reshape(raw.shape[0], k)
+
+
+def test_a_narrow_byte_window_prefetches_its_last_byte():
+    """A 2-D byte window of a line or less (32 bytes of u4 codes) asks for one prefetch per row
+    and window, at its last byte: windows lie back to back along the row, so the last bytes
+    of successive windows, from any start, reach every line the windows read."""
+    lines = compile(PLANES, F="u4", BITS=4).text("llvm").splitlines()
+    asks = [i for i, ln in enumerate(lines) if "call void @llvm.prefetch" in ln]
+    assert asks and all(lines[i - 1].endswith(", i64 31") for i in asks)  # one per row
+    for nbytes in (8, 16, 32, 48, 64):
+        for start in range(64):
+            asked = set()
+            for i in range(40):
+                first = start + i * nbytes
+                asked.add((first + nbytes - 1) // 64)
+                assert set(range(first // 64, (first + nbytes - 1) // 64 + 1)) <= asked | {
+                    first // 64} if i == 0 else asked
