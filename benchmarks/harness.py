@@ -103,7 +103,9 @@ def interleaved_stats(
 
     Each timed run (one sample) loops a candidate's calls for at least `min_run` seconds: a
     burst of consecutive calls, as a model's layers call one engine in turn. Returns per-name
-    statistics as `timeit` does (median/p10/p90/runs/number).
+    statistics as `timeit` does (median/p10/p90/runs/number) and `cpu_per_wall`, the median
+    over samples of the process's CPU seconds per wall second (all threads): about how many
+    threads worked, e.g. ~1 for a two-thread kernel whose work one thread did.
     """
     if not candidates:
         raise ValueError("interleaved: no candidates")
@@ -117,11 +119,16 @@ def interleaved_stats(
             candidates[name]()
     numbers = {name: _calls_per_run(candidates[name], min_run) for name in names}
     samples: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
+            start = time.process_time()
             samples[name].append(_run(candidates[name], numbers[name]))
-    return {name: {**summarize(samples[name]), "number": numbers[name]} for name in names}
+            wall = samples[name][-1] * numbers[name]
+            cpu[name].append((time.process_time() - start) / wall if wall > 0 else 0.0)
+    return {name: {**summarize(samples[name]), "number": numbers[name],
+                   "cpu_per_wall": float(np.median(cpu[name]))} for name in names}
 
 
 def interleaved(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +180,16 @@ def test_ggml_peer_rejects_an_unknown_type():
     pytest.importorskip("ggml", reason="ggml-python (the bench extra) is not installed")
     with pytest.raises(ValueError, match="qtype: expected one of"):
         peer_ggml.ggml_gemm(np.zeros((8, 256), np.float32), np.zeros((1, 256), np.float32), "q5_1")
+
+
+def test_interleaved_reports_the_cpu_per_wall_second():
+    """cpu_per_wall: the process's CPU time over the wall time of a candidate's samples; a
+    call that spins uses its wall time, one that sleeps almost none."""
+    def spin():
+        start = time.perf_counter()
+        while time.perf_counter() - start < 1e-3:
+            pass
+
+    stats = harness.interleaved_stats({"spin": spin, "nap": lambda: time.sleep(1e-3)},
+                                      rounds=3, warmup=0)
+    assert stats["nap"]["cpu_per_wall"] < 0.1 < stats["spin"]["cpu_per_wall"]
