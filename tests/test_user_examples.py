@@ -125,7 +125,7 @@ def test_gguf_blocks_read_as_stored(fmt, source):
 def test_gguf_byte_windows_with_rows_and_edges(fmt, bm):
     """The byte-window fused paths with several rows of activations (the register dot at
     BM = 4, the panel at 16, M not a multiple of BM) and a K whose last window of blocks is
-    partial (KB = 15, NBK = 4: the generic dot), against gguf's dequantize."""
+    partial (KB = 15, not a multiple of NBK: the generic dot), against gguf's dequantize."""
     gguf = pytest.importorskip("gguf", reason="the GGUF oracle is the gguf package")
     from lowbitc.interop.kquants import quantize_blocks
 
