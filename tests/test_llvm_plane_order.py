@@ -69,9 +69,13 @@ def test_plane_ordered_dot_matches_numpy_and_the_interpreter(fmt, leaf, m):
     w = {0: w, 1: w * np.repeat(s[:, ::64], 64, 1), 2: w - s,
          3: w * s[0][None, :]}[leaf]
     ref = x.astype(np.float64) @ w.T
-    kern = compile(PLANES, F=fmt, BITS=bits, LEAF=leaf, BM=m)
+    _check(compile(PLANES, F=fmt, BITS=bits, LEAF=leaf, BM=m), x, raw, s, ref)
+
+
+def _check(kern, x, raw, s, ref) -> None:
+    """The fused byte-window dot `kern(x, raw, s, y)` against `ref` and the interpreter."""
     assert "codes of a byte window unpacked in registers" in kern.explain()
-    y = np.zeros((m, n), np.float32)
+    y = np.zeros(ref.shape, np.float32)
     kern(x, raw, s, y)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-3)
     interp = np.zeros_like(y)
@@ -118,14 +122,7 @@ def test_codes_moved_within_bytes_read_in_the_lane_order(fmt, shift, xor, m):
     x = rng.standard_normal((m, k)).astype(np.float32)
     w = lowbitc.dtype(fmt).decode(codes).astype(np.float64) * np.repeat(s[:, ::64], 64, 1)
     ref = x.astype(np.float64) @ w.T
-    kern = compile(MOVED, F=fmt, BITS=bits, S=shift, XOR=xor, BM=m)
-    assert "codes of a byte window unpacked in registers" in kern.explain()
-    y = np.zeros((m, n), np.float32)
-    kern(x, raw, s, y)
-    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-3)
-    interp = np.zeros_like(y)
-    run(kern.ir, x, raw, s, interp)
-    np.testing.assert_allclose(y, interp, rtol=1e-4, atol=1e-3)
+    _check(compile(MOVED, F=fmt, BITS=bits, S=shift, XOR=xor, BM=m), x, raw, s, ref)
 
 
 def _codes(raw: np.ndarray, bits: int, k: int) -> np.ndarray:
