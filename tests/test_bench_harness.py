@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -182,14 +181,22 @@ def test_ggml_peer_rejects_an_unknown_type():
         peer_ggml.ggml_gemm(np.zeros((8, 256), np.float32), np.zeros((1, 256), np.float32), "q5_1")
 
 
-def test_interleaved_reports_the_cpu_per_wall_second():
-    """cpu_per_wall: the process's CPU time over the wall time of a candidate's samples; a
-    call that spins uses its wall time, one that sleeps almost none."""
-    def spin():
-        start = time.perf_counter()
-        while time.perf_counter() - start < 1e-3:
-            pass
+def test_interleaved_reports_the_cpu_per_wall_second(monkeypatch):
+    """cpu_per_wall: the process's CPU time over the wall time of a candidate's samples (a
+    clock that advances 1 ms per call; a call that spins on two threads uses 2 ms of CPU,
+    one that sleeps none)."""
+    clock = {"wall": 0.0, "cpu": 0.0}
 
-    stats = harness.interleaved_stats({"spin": spin, "nap": lambda: time.sleep(1e-3)},
-                                      rounds=3, warmup=0)
-    assert stats["nap"]["cpu_per_wall"] < 0.1 < stats["spin"]["cpu_per_wall"]
+    def call(cpu: float):
+        def run():
+            clock["wall"] += 1e-3
+            clock["cpu"] += cpu
+        return run
+
+    fake = type("Clock", (), {"perf_counter": staticmethod(lambda: clock["wall"]),
+                              "process_time": staticmethod(lambda: clock["cpu"])})
+    monkeypatch.setattr(harness, "time", fake)
+    stats = harness.interleaved_stats({"two": call(2e-3), "nap": call(0.0)}, rounds=3,
+                                      warmup=0)
+    assert stats["two"]["cpu_per_wall"] == pytest.approx(2.0)
+    assert stats["nap"]["cpu_per_wall"] == 0.0
