@@ -81,7 +81,8 @@ CHILD = textwrap.dedent("""
 """)
 # what a compile-cache hit (loading and calling the kernel) must not import
 NOT_ON_A_HIT = ("lark", "networkx", "numba", "ml_dtypes", "importlib.metadata", "lowbitc.dsl",
-                "lowbitc.passes", "lowbitc.interp", "lowbitc.ir.opdefs", "lowbitc.ir.parser",
+                "lowbitc.passes", "lowbitc.interp", "lowbitc.ir.opdefs", "lowbitc.ir.type_rules",
+                "lowbitc.ir.memory_rules", "lowbitc.ir.parser",
                 "lowbitc.ir.printer", "lowbitc.ir.builder", "lowbitc.ir.core",
                 "lowbitc.backends.llvm.codegen")
 if linker() is not None:  # the kernel is a shared library: neither MCJIT nor llvmlite

@@ -13,6 +13,9 @@ from lowbitc.compiler import load, pick_kernel
 from lowbitc.dsl.lower import lower_kernel
 from lowbitc.errors import DSLSyntaxError, LowbitcError, VerifyError
 from lowbitc.ir import Kernel, parse, print_kernel, verify, walk
+from lowbitc.ir.memory_rules import MEMORY_RULES
+from lowbitc.ir.opdefs import OPS
+from lowbitc.ir.type_rules import VALUE_RULES
 from lowbitc.passes import CPU_PIPELINE, PASSES, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,6 +219,13 @@ def test_codes_are_not_arithmetic():
         verify(parse(text))
     assert str(info.value) == ("t.lbk:9:3: VerifyError: add: arithmetic on u4 codes needs a "
                                "cast to a machine type first")
+
+
+def test_every_opcode_has_one_type_rule():
+    """The op table pairs each opcode's attributes with exactly one rule (values or memory)."""
+    assert not set(VALUE_RULES) & set(MEMORY_RULES)
+    assert set(OPS) == set(VALUE_RULES) | set(MEMORY_RULES)
+    assert all(OPS[n].infer is rule for n, rule in {**VALUE_RULES, **MEMORY_RULES}.items())
 
 
 def test_kernel_level_invariants():
