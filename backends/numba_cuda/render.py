@@ -5,7 +5,8 @@ is lazy (computed per element where consumed, see `elements`) or a buffer in sha
 (see `plan`). Each consumer is a loop over its elements strided by the thread count
 (`e = tid; while e < size: ...; e += nthr`), with `cuda.syncthreads()` around every loop that
 writes shared memory. Scalars are plain locals, uniform across the block. The launch grid is
-evaluated on the host (the grid region is not rendered).
+evaluated on the host (the grid region is not rendered). The parameters, shared arrays and
+constant tables around the body are `assemble`'s.
 """
 
 from __future__ import annotations
@@ -18,30 +19,24 @@ from lowbitc.backends.numba_cuda import (
     random,  # noqa: F401  (philox)
     reinterpret,  # noqa: F401  (view)
 )
+from lowbitc.backends.numba_cuda.assemble import (  # noqa: F401  (re-exported)
+    MAX_DYNAMIC,
+    MAX_SHARED,
+    SCALAR_PARAMS,
+    KernelAssembly,
+)
 from lowbitc.backends.numba_cuda.buffers import Buf, TensorRef
 from lowbitc.backends.numba_cuda.elements import ELEMENT, fail, reg_dtype, shape_of
-from lowbitc.backends.numba_cuda.interleave import interleaved_params
-from lowbitc.backends.numba_cuda.intrinsics import SIMULATOR
 from lowbitc.backends.numba_cuda.mma_banks import accumulator_layouts
-from lowbitc.backends.numba_cuda.mma_dot import MMA_IMPORT, mma_tiling
+from lowbitc.backends.numba_cuda.mma_dot import mma_tiling
 from lowbitc.backends.numba_cuda.mma_packed import mma_packings
 from lowbitc.backends.numba_cuda.mma_registers import Frag, register_carried
 from lowbitc.backends.numba_cuda.plan import make_plan
-from lowbitc.backends.numba_cuda.shared import (
-    DYNAMIC_SHARED_LIMIT,
-    check_shared_memory,
-    swizzled,
-)
+from lowbitc.backends.numba_cuda.shared import check_shared_memory, swizzled
 from lowbitc.backends.numba_cuda.source import (
-    HEADER,
-    SHARED_BYTES,
     SHARED_TYPE,
-    SIG_TYPE,
     Rendered,
     Source,
-    _dtype_of,
-    f32_bits,
-    kernel_name,
     numba_type,
     size_of,
 )
@@ -56,19 +51,10 @@ from lowbitc.backends.numba_cuda.units import (
 )
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Kernel, Op, Region, Value, walk
-from lowbitc.ir.types import ScalarType, TensorType, is_machine
-from lowbitc.signature import format_bits
-
-MAX_SHARED = 48 * 1024  # static shared memory per block; beyond it, dynamic (shared.py)
-MAX_DYNAMIC = max(DYNAMIC_SHARED_LIMIT.values())
+from lowbitc.ir.types import ScalarType
 
 
-def _round16(n: int) -> int:
-    return -(-n // 16) * 16
-SCALAR_PARAMS = ("i64", "i32", "f32", "f64")
-
-
-class Renderer:
+class Renderer(KernelAssembly):
     """State while rendering one kernel; handlers in `elements`/`statements` call into it."""
 
     def __init__(self, k: Kernel, threads: int):
@@ -349,93 +335,6 @@ class Renderer:
             self.materialize(op)
         else:
             self.lazy[res.id] = op
-
-    # ------------------------------------------------------------ kernel
-
-    def render(self) -> Rendered:
-        k = self.k
-        name = kernel_name(k)
-        args, sig = [], []
-        for i, p in enumerate(k.params + k.dims):
-            a = f"a{i}"
-            args.append(a)
-            if isinstance(p.type, TensorType):
-                sig.append(self._tensor_param(p, a))
-            else:
-                dt = p.type.dtype
-                if dt not in SCALAR_PARAMS:
-                    raise BackendError(f"cuda: scalar parameter {p.name} of type {dt} is not "
-                                       "supported (use i64, i32, f32 or f64)", k.loc)
-                self.scalars[p.id] = self.src.tmp(f"{numba_type(dt)}({a})", "p")
-                sig.append(SIG_TYPE[dt])
-        self._bind_dims()
-        self.region(k.body)
-        return self._assemble(name, args, sig)
-
-    def _tensor_param(self, p: Value, a: str) -> str:
-        t = p.type
-        rank = len(t.shape)
-        mma = self.mma_packed.get(p.id)  # u8/i8 in the mma packing are words too
-        bits = 0 if is_machine(t.dtype) and mma is None else format_bits(t.dtype)
-        elem = SIG_TYPE.get(t.dtype, "uint32") if bits == 0 else "uint32"
-        if bits == 0 and t.dtype not in SIG_TYPE:
-            raise BackendError(f"cuda: tensor {p.name} of {t} is not supported", self.k.loc)
-        self.tensors[p.id] = TensorRef(a, tuple(str(d) for d in t.shape), bits,
-                                       mma is None and p.id in interleaved_params(self.k), mma)
-        return f"{elem}[{', '.join([':'] * (rank - 1) + ['::1'])}]"
-
-    def _bind_dims(self) -> None:
-        dim_of = {d.name: self.scalars[d.id] for d in self.k.dims}
-        for vid, t in list(self.tensors.items()):
-            dims = tuple(dim_of.get(d, d) for d in t.dims)
-            self.tensors[vid] = TensorRef(t.name, dims, t.bits, t.interleaved, t.mma)
-
-    def _assemble(self, name: str, args: list[str], sig: list[str]) -> Rendered:
-        top = ["    tid = I64(U32(cuda.threadIdx.x))", f"    nthr = {self.threads}"]
-        total = sum(_round16(size * SHARED_BYTES.get(_dtype_of(ty), 4))
-                    for _, size, ty in self.shared)
-        if total > MAX_DYNAMIC:
-            raise BackendError(f"cuda: kernel {self.k.name} needs {total} bytes of shared "
-                               f"memory (limit {MAX_DYNAMIC} on any arch); use smaller tiles",
-                               self.k.loc)
-        dynamic = total if total > MAX_SHARED else 0
-        top += self._dynamic_arrays() if dynamic else self._static_arrays()
-        tables = []
-        for values, lut in self.luts.items():
-            words = ", ".join(f"{w:#x}" for w in f32_bits(values))
-            tables.append(f"_{lut.upper()} = np.array([{words}], dtype=np.uint32)"
-                          f".view(np.float32)")
-            top.append(f"    {lut} = cuda.const.array_like(_{lut.upper()})")
-        for words, table in self.word_tables.items():
-            tables.append(f"_{table.upper()} = np.array([{', '.join(f'{w:#x}' for w in words)}], "
-                          "dtype=np.uint32)")
-            top.append(f"    {table} = cuda.const.array_like(_{table.upper()})")
-        header = HEADER + (MMA_IMPORT + "\n" if self.uses_mma else "")
-        text = "\n".join([header, *tables, "", "", f"def {name}({', '.join(args)}):", *top,
-                          *self.src.lines, "    return", ""])
-        return Rendered(name, text, f"void({', '.join(sig)})", total, dynamic)
-
-    def _static_arrays(self) -> list[str]:
-        out = []
-        for buf, size, ty in self.shared:
-            align = "" if SIMULATOR or ty not in ("F16", "U16") else ", 16"  # ldmatrix: 16 B
-            out.append(f"    {buf} = cuda.shared.array({size}, {ty}{align})")
-        return out
-
-    def _dynamic_arrays(self) -> list[str]:
-        """Every shared tile as a slice of the dynamic shared memory (one array per element
-        type, all aliasing the launch's allocation), each at a 16-byte aligned offset."""
-        out, seen, at = [], set(), 0
-        for buf, size, ty in self.shared:
-            width = SHARED_BYTES.get(_dtype_of(ty), 4)
-            if ty not in seen:
-                seen.add(ty)
-                out.append(f"    dyn_{ty} = cuda.shared.array(0, {ty})")
-            first = at // width
-            out.append(f"    {buf} = dyn_{ty}[{first}:{first + size}]")
-            at += _round16(size * width)
-        return out
-
 
 def render(k: Kernel, threads: int = 128) -> Rendered:
     """numba-cuda source of the kernel for blocks of `threads` threads (see the module
