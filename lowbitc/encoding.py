@@ -1,4 +1,4 @@
-"""How the format classes of lowbitc.dtypes round: floats to nearest even by bit arithmetic,
+"""How the format classes of lowbitc.format_types round: floats to nearest even by bit arithmetic,
 f32/f16 through numpy's casts, large arrays through value tables; and the checks of encode's
 input (float values, NaN)."""
 
@@ -12,7 +12,7 @@ import numpy as np
 from lowbitc.errors import UserArgumentError
 
 if TYPE_CHECKING:  # annotations only: the format classes call into this module
-    from lowbitc.dtypes import FloatFormat, Format
+    from lowbitc.format_types import FloatFormat, Format
 
 
 def _round_float(fmt: FloatFormat, x: np.ndarray) -> np.ndarray:
