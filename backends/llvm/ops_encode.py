@@ -16,7 +16,7 @@ from lowbitc.backends.llvm import ops_tiles  # noqa: F401  (registers "view", wr
 from lowbitc.backends.llvm.emitter import Buf
 from lowbitc.backends.llvm.handlers import HANDLERS, Env, TensorArg, handles
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view
-from lowbitc.backends.llvm.windows import _in_bounds, _masked, _offset, _window_index
+from lowbitc.backends.llvm.windows import element_offset, in_bounds, masked, window_index
 from lowbitc.errors import BackendError
 from lowbitc.ir.core import Op
 from lowbitc.ir.types import is_machine
@@ -38,7 +38,8 @@ def _put_code(env: Env, t: TensorArg, idx: list[str], code: str, bits: int) -> N
     """Write one code (i32) at element idx (clamped, in bounds) of a packed tensor."""
     em = env.em
     bitpos = em.val(f"mul i64 {idx[-1]}, {bits}")
-    word = em.val(f"add i64 {_offset(env, t, idx[:-1] + ['0'])}, {em.val(f'lshr i64 {bitpos}, 5')}")
+    row = element_offset(env, t, idx[:-1] + ["0"])
+    word = em.val(f"add i64 {row}, {em.val(f'lshr i64 {bitpos}, 5')}")
     sh = em.val(f"and i64 {bitpos}, 31")
     c = em.val(f"zext i32 {em.val(f'and i32 {code}, {(1 << bits) - 1}')} to i64")
     val = em.val(f"shl i64 {c}, {sh}")
@@ -70,8 +71,8 @@ def _store_codes(env: Env, op: Op) -> None:
     shape = tuple(s for s in a.sizes if s > 0)
 
     def element(idx: list[str]) -> None:
-        clamped, ok = _window_index(env, op, t, starts, a.sizes, idx, True)
-        ok = _masked(env, op, ok, idx, shape)
+        clamped, ok = window_index(env, op, t, starts, a.sizes, idx, True)
+        ok = masked(env, op, ok, idx, shape)
         code = em.at(broadcast_view(val, shape), idx) if isinstance(val, Buf) else val
         yes, no = em.label("put"), em.label("skip")
         em.emit(f"br i1 {ok}, label %{yes}, label %{no}")
@@ -100,7 +101,7 @@ def _aligned_fast_path(env: Env, op: Op, t: TensorArg, starts: list, val: Buf, g
     em = env.em
     sizes, bits = op.attrs.sizes, op.attrs.bits
     aligned = em.val(f"icmp eq i64 {em.val(f'and i64 {starts[-1]}, 31')}, 0")
-    ok = em.val(f"and i1 {aligned}, {_in_bounds(em, t, starts, sizes)}")
+    ok = em.val(f"and i1 {aligned}, {in_bounds(em, t, starts, sizes)}")
     fast, slow, done = em.label("pfast"), em.label("pslow"), em.label("packed")
     em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
     em.start_block(fast)
@@ -113,7 +114,7 @@ def _aligned_fast_path(env: Env, op: Op, t: TensorArg, starts: list, val: Buf, g
             for st, sz in zip(starts[:-1], sizes[:-1])
         ]
         first = em.val(f"mul i64 {em.val(f'lshr i64 {starts[-1]}, 5')}, {bits}")
-        base = em.val(f"add i64 {_offset(env, t, tidx + ['0'])}, {first}")
+        base = em.val(f"add i64 {element_offset(env, t, tidx + ['0'])}, {first}")
         vbase = em.flat_index(list(idx) + ["0"], val.shape) if rows else "0"
 
         def group(g: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf
 from lowbitc.backends.llvm.handlers import Env, TensorArg, const_literal, convert, handles
-from lowbitc.backends.llvm.windows import _in_bounds, _read, _row_start, _window_index
+from lowbitc.backends.llvm.windows import in_bounds, read_element, row_start, window_index
 from lowbitc.explain import note, subject_of
 from lowbitc.ir.core import Op
 from lowbitc.ir.types import TensorType, is_signed_int
@@ -64,9 +64,9 @@ def _gather(env: Env, op: Op) -> None:
         starts, wsizes = gather_starts(env, op, index_row(env, op, i))
 
         def element(idx: list[str]) -> None:
-            clamped, ok = _window_index(env, op, t, starts, wsizes, idx, False)
+            clamped, ok = window_index(env, op, t, starts, wsizes, idx, False)
             v = em.val(f"select i1 {ok}, {MEMTYPE[dt] if dt != 'bool' else 'i1'} "
-                       f"{_read(env, t, clamped)}, {MEMTYPE[dt] if dt != 'bool' else 'i1'} "
+                       f"{read_element(env, t, clamped)}, {MEMTYPE[dt] if dt != 'bool' else 'i1'} "
                        f"{zero}")
             full = idx[:pos] + [i] + idx[pos:]
             em.store_elem(out, em.flat_index(full, out.shape), v)
@@ -75,12 +75,12 @@ def _gather(env: Env, op: Op) -> None:
             em.nest(sub, element)
             return
         fast, slow, done = em.label("ginb"), em.label("gedge"), em.label("gdone")
-        em.emit(f"br i1 {_in_bounds(em, t, starts, wsizes)}, label %{fast}, label %{slow}")
+        em.emit(f"br i1 {in_bounds(em, t, starts, wsizes)}, label %{fast}, label %{slow}")
         em.start_block(fast)
         nbytes = sub[-1] * BYTES[MEMTYPE[dt]]
 
         def row(idx: list[str]) -> None:
-            src = _row_start(env, t, starts, wsizes, idx)
+            src = row_start(env, t, starts, wsizes, idx)
             base = em.val(f"mul i64 {i}, {sub_size}")
             at = em.val(f"add i64 {base}, {em.flat_index(list(idx) + ['0'], sub)}")
             em.memcpy(em.gep(out, at), src, nbytes, 1)

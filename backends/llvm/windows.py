@@ -15,8 +15,8 @@ from lowbitc.ir.types import is_float
 from lowbitc.repack import RowsPacking
 
 
-def _window_index(env: Env, op: Op, t: TensorArg, starts: list, sizes, idx: list[str],
-                  packed_last: bool):
+def window_index(env: Env, op: Op, t: TensorArg, starts: list, sizes, idx: list[str],
+                 packed_last: bool):
     """Per tensor dim: the index of this tile element, clamped, plus the all-in-bounds flag."""
     em = env.em
     it = iter(idx)
@@ -29,7 +29,8 @@ def _window_index(env: Env, op: Op, t: TensorArg, starts: list, sizes, idx: list
     return clamped, ok
 
 
-def _offset(env: Env, t: TensorArg, idx: list[str]) -> str:
+def element_offset(env: Env, t: TensorArg, idx: list[str]) -> str:
+    """The flat element offset of tensor index `idx` (its strides applied)."""
     em = env.em
     off = None
     for x, s in zip(idx, t.strides):
@@ -38,7 +39,8 @@ def _offset(env: Env, t: TensorArg, idx: list[str]) -> str:
     return off or "0"
 
 
-def _masked(env: Env, op: Op, ok: str, idx: list[str], shape) -> str:
+def masked(env: Env, op: Op, ok: str, idx: list[str], shape) -> str:
+    """`ok` and, when the op is masked, its mask's element `idx`."""
     if not op.attrs.masked:
         return ok
     m = env.get(op.operands[-1])
@@ -50,7 +52,8 @@ def _masked(env: Env, op: Op, ok: str, idx: list[str], shape) -> str:
     return em.val(f"and i1 {ok}, {mv}")
 
 
-def _in_bounds(em, t: TensorArg, starts: list, sizes) -> str:
+def in_bounds(em, t: TensorArg, starts: list, sizes) -> str:
+    """An i1: the whole window (`starts`, `sizes`) lies inside the tensor."""
     ok = "true"
     for st, sz, dim in zip(starts, sizes, t.dims):
         end = em.val(f"add i64 {st}, {max(sz, 1)}")
@@ -91,11 +94,11 @@ def _row_offset(env: Env, t: TensorArg, starts: list, sizes, idx: list[str],
         return off
     tidx = [st if sz == 0 else em.val(f"add i64 {st}, {next(it)}")
             for st, sz in zip(starts[:-1], sizes[:-1])] + [last]
-    return _offset(env, t, tidx)
+    return element_offset(env, t, tidx)
 
 
-def _row_start(env: Env, t: TensorArg, starts: list, sizes, idx: list[str],
-               origin: str | None = None) -> str:
+def row_start(env: Env, t: TensorArg, starts: list, sizes, idx: list[str],
+              origin: str | None = None) -> str:
     """Address of the first element of tile row `idx` (leading tile indices) in the tensor."""
     off = _row_offset(env, t, starts, sizes, idx, origin, starts[-1])
     return env.em.val(f"getelementptr inbounds {MEMTYPE[t.type.dtype]}, ptr {t.ptr}, i64 {off}")
@@ -152,10 +155,11 @@ def unpack_words(em, words: str, bits: int) -> str:
     return em.val(f"and <32 x i32> {v}, {_vec([(1 << bits) - 1] * 32)}")
 
 
-def _read(env: Env, t: TensorArg, idx: list[str]) -> str:
+def read_element(env: Env, t: TensorArg, idx: list[str]) -> str:
+    """Element `idx` of an unpacked tensor (bool as i1)."""
     em = env.em
     p = em.val(f"getelementptr inbounds {MEMTYPE[t.type.dtype]}, ptr {t.ptr}, "
-               f"i64 {_offset(env, t, idx)}", "p")
+               f"i64 {element_offset(env, t, idx)}", "p")
     v = em.val(f"load {MEMTYPE[t.type.dtype]}, ptr {p}")
     return em.val(f"trunc i8 {v} to i1") if t.type.dtype == "bool" else v
 
@@ -171,7 +175,7 @@ def _read_packed(env: Env, t: TensorArg, idx: list[str], bits: int, dt: str) -> 
     bitpos = em.val(f"mul i64 {idx[-1]}, {bits}")
     word = em.val(f"lshr i64 {bitpos}, 5")
     sh = em.val(f"and i64 {bitpos}, 31")
-    base = _offset(env, t, idx[:-1] + ["0"])
+    base = element_offset(env, t, idx[:-1] + ["0"])
     wi = em.val(f"add i64 {base}, {word}")
     lo = em.val(f"load i32, ptr {em.val(f'getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}')}")
     mask = (1 << bits) - 1
@@ -201,7 +205,7 @@ def _byte_codes_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf
     em = env.em
     sizes = op.attrs.sizes
     fast, slow, done = em.label("bytes"), em.label("slow"), em.label("read")
-    em.emit(f"br i1 {_in_bounds(em, t, starts, sizes)}, label %{fast}, label %{slow}")
+    em.emit(f"br i1 {in_bounds(em, t, starts, sizes)}, label %{fast}, label %{slow}")
     em.start_block(fast)
     rows, ncols, dt = out.shape[:-1], out.shape[-1], out.dtype
     vt = lltype(dt)
@@ -254,7 +258,7 @@ def row_edges(env: Env, op: Op, t: TensorArg, starts: list, out, nbytes: int, ge
         dst = em.gep(out, em.val(f"mul i64 {i}, {out.shape[1]}"))
         em.emit(f"br i1 {inside}, label %{copy}, label %{zero}")
         em.start_block(copy)
-        em.memcpy(dst, _row_start(env, t, starts, sizes, [i], origin), nbytes, 1)
+        em.memcpy(dst, row_start(env, t, starts, sizes, [i], origin), nbytes, 1)
         em.br(joined)
         em.start_block(zero)
         em.emit(f"call void @llvm.memset.p0.i64(ptr {dst}, i8 0, i64 {nbytes}, i1 false)")
@@ -269,3 +273,8 @@ def row_edges(env: Env, op: Op, t: TensorArg, starts: list, out, nbytes: int, ge
     generic()
     em.br(done)
     em.start_block(done)
+
+
+# the old names, which ops_memory.py still imports (until its next change moves it to the above)
+_window_index, _offset, _masked = window_index, element_offset, masked
+_in_bounds, _read, _row_start = in_bounds, read_element, row_start
