@@ -23,6 +23,7 @@ from lowbitc.backends.llvm import (
     prefetch,
     row_scale,
     row_tables,
+    rows_index,
 )
 from lowbitc.backends.llvm import lanes as lanes_packing
 from lowbitc.backends.llvm import rows as rows_packing
@@ -143,7 +144,9 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
                 "windows at the tensor's edges take the generic dot", loc=op.loc)
             fused = lanes_dot.emit if lanes else _fused
             return ok, lambda: fused(env, plan, abuf, out, t, starts)
-        if by_rows and (fast_path is not None or plan.root.id not in plan.tables):
+        indexed = by_rows and fast_path is None and rows_index.plan_of(env, plan)
+        if by_rows and (fast_path is not None or plan.root.id not in plan.tables
+                        and not indexed):
             # the rows packing's fused dot takes weights that are a table of the code
             note("dot", weights, "generic dot", f"{t.packing.name} words with a weight that "
                  "is not a function of the code alone", fallback=True, loc=op.loc)
@@ -152,7 +155,11 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
             note("dot", weights, "generic dot", "the activation tile is not contiguous",
                  fallback=True, loc=op.loc)
             return None
-        if by_rows:
+        if indexed:  # a table of the code and a small per-row index (rows_index.py)
+            ok = rows_packing.window_ok(em, t, starts, codes.attrs.sizes)
+            fast_path = rows_index.fused_dot
+            path = rows_index.describe(indexed[1], t.packing.bits)
+        elif by_rows:
             ok = rows_packing.window_ok(em, t, starts, codes.attrs.sizes)
             planes = _planes_dot(plan, t.packing)
             fast_path = rows_packing.fused_planes_dot if planes else rows_packing.fused_dot

@@ -114,7 +114,7 @@ def by_row(env: Env, plan) -> Callable[[str], dict[int, list[str]]] | None:
     registers (2^bits entries, repeated to 16); None when E has no row tables."""
     if not plan.row_tables.wanted:
         return None
-    found = _source(env.defs, plan)
+    found = tabulated(env.defs, plan)
     if found is not None:
         source, made = found
         names = {rid: _constant(env, t) for rid, t in made.items()}
@@ -156,7 +156,7 @@ def _const(v: Value, defs: dict[int, Op]) -> bool:
     return not isinstance(v.type, TileType) and d is not None and d.opcode == "const"
 
 
-def _source(defs: dict[int, Op], plan):
+def tabulated(defs: dict[int, Op], plan):
     """(S, {wanted id: uint32 table [values of S, width]}) when every leaf of the row tables
     is a constant or computed from one small-integer tile S of the window's rows; else None."""
     rows = plan.root.type.shape[0]
@@ -171,7 +171,7 @@ def _source(defs: dict[int, Op], plan):
         values = [v] + [op.operands[[isinstance(u.type, TileType) for u in op.operands]
                                     .index(True)] for op in ops]
         chains.append((ops, {u.id: (i, u) for i, u in enumerate(values)
-                             if u.type.dtype in SOURCES and _row_dim(u, rows) is not None}))
+                             if u.type.dtype in SOURCES and row_dim(u, rows) is not None}))
     common = set.intersection(*(set(c) for _, c in chains)) if chains else set()
     if not common:
         return None
@@ -187,7 +187,7 @@ def _source(defs: dict[int, Op], plan):
     return source, _tabulate(plan, source, consts, steps, n)
 
 
-def _row_dim(v: Value, rows: int) -> int | None:
+def row_dim(v: Value, rows: int) -> int | None:
     """The dim of tile v that runs along the window's rows (v holds one value per row)."""
     shape = v.type.shape
     if int(np.prod(shape)) != rows:
@@ -239,7 +239,7 @@ def _load(env: Env, plan, source: Value, names: dict[int, str], j: str
     em = env.em
     n = _width(plan)
     buf = env.get(source)
-    dim = _row_dim(source, plan.root.type.shape[0])
+    dim = row_dim(source, plan.root.type.shape[0])
     s = em.load_elem(buf, em.val(f"mul i64 {j}, {buf.strides[dim]}"))
     index = em.val(f"zext {vtype(source.type.dtype)} {s} to i64")
     first = em.val(f"mul i64 {index}, {n}")

@@ -122,12 +122,12 @@ def window_steps(em: Emitter, t, starts: list[str], bk: int) -> tuple[str, str]:
 
 
 def _window_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], per_row: int,
-                body, combine) -> None:
+                body, combine, setup=None) -> None:
     """The loops of the rows and planes dots: per 16-row block of the window, a loop over
     the steps inside the row carrying `per_row` <16 x float> accumulators per row of `a`
     (`body(words_at, k0, accs) -> accs`, words_at(j) the address of the step's j-th 16-word
     vector, k0 the step's first code in the window), then out[i, block] += combine(row i's
-    accumulators)."""
+    accumulators; `setup(r)`, when given, runs first in block r's code)."""
     em = env.em
     m = abuf.shape[0]
     bn, bk = plan.codes.attrs.sizes
@@ -139,6 +139,8 @@ def _window_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], per_row: i
         # word 0 of the window's first step in this block (whole blocks: 16 lanes)
         base = em.val(f"add i64 {em.val(f'mul i64 {n0}, {t.words}')}, "
                       f"{em.val(f'mul i64 {first_step}, {bits * LANES}')}")
+        if setup is not None:
+            setup(r)
         spread = (bk // 32) * bits > BURST_LINES
         if not spread:
             _prefetch(em, t, base, (bk // 32) * bits)

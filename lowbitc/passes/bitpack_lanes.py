@@ -26,6 +26,7 @@ from lowbitc.interp import evaluate
 from lowbitc.ir.core import Kernel, Op, Value, walk
 from lowbitc.ir.opdefs import ELEMENTWISE
 from lowbitc.ir.types import TensorType, TileType, is_machine, numpy_dtype
+from lowbitc.passes import row_index
 from lowbitc.passes.base import register, rewrite
 from lowbitc.repack import (
     LANES,
@@ -80,9 +81,8 @@ def _feeds_int_dot(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> bool:
     return bool(dots) and all(pos == 1 and d.results[0].type.dtype == "i32" for d, pos in dots)
 
 
-def _code_ops(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> list[Op] | None:
-    """The ops between value v and the dot, if none takes a tile operand that is not itself
-    computed from v (the dot's weight is then a function of the code alone), else None."""
+def _derived_ops(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> list[Op]:
+    """The ops between value v and the dot (those computed from v)."""
     derived, stack, ops = {v_id}, [v_id], []
     while stack:
         for op, _ in users.get(stack.pop(), []):
@@ -90,9 +90,27 @@ def _code_ops(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> list[Op] | N
                 ops.append(op)
                 derived.update(r.id for r in op.results)
                 stack.extend(r.id for r in op.results)
+    return ops
+
+
+def _code_ops(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> list[Op] | None:
+    """The ops between value v and the dot, if none takes a tile operand that is not itself
+    computed from v (the dot's weight is then a function of the code alone), else None."""
+    ops = _derived_ops(v_id, users)
+    derived = {v_id} | {r.id for op in ops for r in op.results}
     if all(o.id in derived or not isinstance(o.type, TileType) for op in ops for o in op.operands):
         return ops
     return None
+
+
+def _row_indexed(load: Op, order: dict[int, int], defs: dict[int, Op],
+                 users: dict[int, list[tuple[Op, int]]]) -> bool:
+    """Whether the dot's weight is a function of the code and of a small index per row that
+    takes few tables (row_index.py: a mixture of formats' table index)."""
+    ops = sorted(_derived_ops(load.results[0].id, users), key=lambda o: order[id(o)])
+    roots = [r for op in ops for r in op.results
+             if any(u.opcode == "transpose" for u, _ in users.get(r.id, []))]
+    return len(roots) == 1 and row_index.tables(load, ops, roots[0], defs) is not None
 
 
 def code_values(src: Value, bits: int, ops: list[Op], root: Value,
@@ -184,6 +202,13 @@ def choose(k: Kernel) -> dict[int, Packing | RowsPacking]:
                  "a weight affine in the code bits: table dot over bit planes" if affine else
                  "a function of the code alone, whole 16-row blocks: 16 rows per vector",
                  loc=where)
+            continue
+        if all(op.attrs.sizes[0] % LANES == 0 and _row_indexed(op, order, defs, users)
+               for op, _ in loads):
+            out[p.id] = RowsPacking(bits)
+            note("param", p.name, f"{out[p.id].name} packing",
+                 "a function of the code and of a small index per row (one table over both), "
+                 "whole 16-row blocks: 16 rows per vector", loc=where)
             continue
         step = math.gcd(MAX_STEP, *(op.attrs.sizes[1] for op, _ in loads))
         out[p.id] = Packing(bits, step)
