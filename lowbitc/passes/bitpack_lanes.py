@@ -104,9 +104,14 @@ def _code_ops(v_id: int, users: dict[int, list[tuple[Op, int]]]) -> list[Op] | N
 
 
 def _row_indexed(load: Op, order: dict[int, int], defs: dict[int, Op],
-                 users: dict[int, list[tuple[Op, int]]]) -> bool:
+                 users: dict[int, list[tuple[Op, int]]], min_rows: int = row_index.MIN_ROWS
+                 ) -> bool:
     """Whether the dot's weight is a function of the code and of a small index per row that
-    takes few tables (row_index.py: a mixture of formats' table index)."""
+    takes few tables (row_index.py: a mixture of formats' table index), for dots of at least
+    `min_rows` rows of `a`."""
+    dots = _dots_fed(load.results[0].id, users)
+    if not dots or any(d.operands[0].type.shape[0] < min_rows for d, _ in dots):
+        return False
     ops = sorted(_derived_ops(load.results[0].id, users), key=lambda o: order[id(o)])
     roots = [r for op in ops for r in op.results
              if any(u.opcode == "transpose" for u, _ in users.get(r.id, []))]
@@ -214,8 +219,12 @@ def choose(k: Kernel) -> dict[int, Packing | RowsPacking]:
         out[p.id] = Packing(bits, step)
         note("param", p.name, f"{out[p.id].name} packing",
              f"{bits}-bit codes" if bits > ROWS_MAX_BITS else
-             "the weight takes tile operands besides the codes (scales, zero points)"
-             if any(tree is None for tree in trees) else "windows of rows not whole 16-row blocks",
+             "windows of rows not whole 16-row blocks"
+             if all(tree is not None for tree in trees) else
+             "a function of the code and of a small index per row, with fewer than "
+             f"{row_index.MIN_ROWS} rows of a: a table per row, looked up with one permute"
+             if all(_row_indexed(op, order, defs, users, 1) for op, _ in loads) else
+             "the weight takes tile operands besides the codes (scales, zero points)",
              loc=where)
     return out
 
