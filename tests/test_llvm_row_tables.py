@@ -17,8 +17,8 @@ from lowbitc.packing import pack
 # E picks per row among two decodes of the same codes (the index t tabulates the table); OFF
 # also subtracts a float per row (no small-integer source: the row's table is evaluated)
 ROW_GEMV = """
-kernel row_gemv[W: dtype = u4, V: dtype = nf4, S: dtype = u8, K: int = 128,
-                OFF: bool = false](x: f32[2, K], w: W[N, K], t: S[N], r: f32[N], y: f32[2, N])
+kernel row_gemv[W: dtype = u4, V: dtype = nf4, S: dtype = u8, K: int = 128, R: int = 2,
+                OFF: bool = false](x: f32[R, K], w: W[N, K], t: S[N], r: f32[N], y: f32[R, N])
   grid (cdiv(N, 16))
 {
   n = block.x * 16
@@ -39,11 +39,13 @@ def _decode(fmt: str, codes: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("w,v,s,off", [
     ("u4", "nf4", "u8", False),  # tabulated over the u8 index: one register per row
     ("u4", "f4e2m1fn", "i8", True),  # a float per row: evaluated per row
+    ("u4", "f4e2m1fn", "i8", False),  # -1 reads as 0 (the byte 255 clamped to 0's table)
     ("u5", "f5e2m2", "u8", False),  # 32 entries: two registers per row
     ("u5", "i5", "u8", True),
     ("u3", "i3", "u8", False),  # 8 entries repeated to 16
 ])
-def test_row_tables_match_the_interpreter_and_numpy(w, v, s, off):
+@pytest.mark.parametrize("rows", [1, 2])
+def test_row_tables_match_the_interpreter_and_numpy(w, v, s, off, rows):
     rng = np.random.default_rng(0)
     n, k = 48, 128
     bits = lowbitc.dtype(w).bits
@@ -53,15 +55,18 @@ def test_row_tables_match_the_interpreter_and_numpy(w, v, s, off):
     if s == "i8":
         t = (t.astype(np.int8) - 1).astype(np.int8)  # -1 .. 2
     r = rng.standard_normal(n).astype(np.float32)
-    x = rng.standard_normal((2, k)).astype(np.float32)
-    kern = compile(ROW_GEMV, W=w, V=v, S=s, OFF=off)
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    kern = compile(ROW_GEMV, W=w, V=v, S=s, OFF=off, R=rows)
+    shared = rows >= 2 and not off and bits <= 4  # the rows packing's table over (index, code)
     if decode.permutes():
-        assert "a table per row" in kern.explain()
+        text = kern.explain()
+        assert ("a table per row" in text) == (not shared)
+        assert ("over (row index, code)" in text) == shared
         # a float per row cannot be tabulated at compile time: evaluated per row instead
-        assert ("@rowtab" in kern.text("llvm")) == (not off)
-    y = np.zeros((2, n), np.float32)
+        assert ("@rowtab" in kern.text("llvm")) == (not off and not shared)
+    y = np.zeros((rows, n), np.float32)
     kern(x, words, t, r, y)
-    want = np.zeros((2, n), np.float32)
+    want = np.zeros((rows, n), np.float32)
     run(kern.ir, x, words, t, r, want)
     ti = t.astype(np.int64)[:, None]
     e = np.where(ti == 1, _decode(v, codes), codes.astype(np.float32))

@@ -10,9 +10,12 @@ from cuda_checks import assemble_without_spills, needs_toolchain, run_simulator_
 
 import lowbitc
 from lowbitc import ops
+from lowbitc.backends.llvm import decode
 from lowbitc.commands import emit
 from lowbitc.commands.compile import compile_file
+from lowbitc.kernels import get_kernel
 from lowbitc.mixture import TableQTensor
+from lowbitc.repack import RowsPacking
 
 
 def _mixture(n, k, members, group, zero_point=True, seed=0, outliers=None):
@@ -99,3 +102,33 @@ def test_mixture_kernel_ptx_assembles_without_spills(arch):
 @needs_toolchain
 def test_mixture_kernel_in_the_cuda_simulator():
     run_simulator_suite("test_sim_mixture.py", passed=1)
+
+
+@pytest.mark.parametrize("members", [
+    ["u4", "nf4", "f4e2m1fn", "i4"],  # 64 entries over (index, code): two permutes, a select
+    ["nf4", "f4e2m1fn"],  # 32 entries: one permute
+    ["u3", "i3", "f3e1m1"],  # 3-bit codes, 24 entries
+])
+def test_mixture_decodes_every_index_and_code_exactly(members):
+    """Every (table index, code) pair, N not a multiple of 16 (the last rows take the generic
+    dot), 1-8 rows of x: one-hot rows make each output one weight, (v - z) * s in f32, which
+    must equal the dequantized weight bit for bit (from 2 rows, the rows16 packing's shared
+    table over (index, code): backends/llvm/rows_index.py)."""
+    n, k, g = 50, 128, 32
+    qt, _ = _mixture(n, k, members, g)
+    # code (row + column) mod 2^bits: every code in every group of 32; every index in each row
+    codes = ((np.arange(n)[:, None] + np.arange(k)) % (1 << qt.bits)).astype(np.uint8)
+    index = ((np.arange(n)[:, None] + np.arange(k // g)) % len(members)).astype(np.int32)
+    qt = dataclasses.replace(qt, codes=codes, index=index)
+    want = qt.dequantize()
+    if decode.permutes():
+        kern = get_kernel("matmul_mix", "llvm", **ops.mix_params(qt, 2, "f32"))
+        assert isinstance(kern.packings["w"], RowsPacking)
+        assert "over (row index, code)" in kern.explain()
+    for m in range(1, 9):
+        for k0 in range(0, k, m):
+            cols = np.arange(k0, min(k0 + m, k))
+            x = np.zeros((m, k), np.float32)
+            x[np.arange(len(cols)), cols] = 1.0
+            y = ops.matmul(x, qt)
+            np.testing.assert_array_equal(y[:len(cols)], want[:, cols].T, err_msg=f"M={m}")
