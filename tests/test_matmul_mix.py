@@ -114,7 +114,7 @@ def test_mixture_decodes_every_index_and_code_exactly(members):
     dot), 1-8 rows of x: one-hot rows make each output one weight, (v - z) * s in f32, which
     must equal the dequantized weight bit for bit (from 2 rows, the rows16 packing's shared
     table over (index, code): backends/llvm/rows_index.py)."""
-    n, k, g = 50, 128, 32
+    n, k, g = 146, 128, 32  # two whole windows of 64 rows, then 18 rows
     qt, _ = _mixture(n, k, members, g)
     # code (row + column) mod 2^bits: every code in every group of 32; every index in each row
     codes = ((np.arange(n)[:, None] + np.arange(k)) % (1 << qt.bits)).astype(np.uint8)
