@@ -87,3 +87,22 @@ def test_the_mixture_kernel_takes_row_tables():
     assert "0 fallbacks" in text
     if decode.permutes():
         assert "a table per row (one permute per 16 codes)" in text
+
+
+def test_index_values_fold_to_the_first_distinct_tables():
+    """row_index.indexed: index values from D on all read one table r0 < D; D * 2^bits <= 64."""
+    from lowbitc.passes.row_index import indexed
+
+    rng = np.random.default_rng(1)
+    five = rng.standard_normal((5, 16)).astype(np.float32)
+    rows = np.concatenate([five[:4], np.repeat(five[:1], 252, axis=0)])  # 4.. read index 0
+    d, r0, table = indexed(rows, 4)
+    assert (d, r0) == (4, 0) and np.array_equal(table, five[:4].reshape(-1))
+    rows[4:] = five[2]  # 4.. read index 2
+    assert indexed(rows, 4)[:2] == (4, 2)
+    rows[4] = five[4]  # a fifth table: 80 entries
+    assert indexed(rows, 4) is None
+    d, r0, table = indexed(np.resize(rows[:, :8], (256, 8)), 3)  # 8 entries a table: 40
+    assert d == 5 and table.size == 40
+    assert indexed(np.stack([five[0], five[0]]), 4)[:2] == (1, 0)  # a bool, one table
+    assert indexed(five[:2], 4)[0] == 2
