@@ -35,13 +35,13 @@ from lowbitc.backends.llvm.ops_elementwise import broadcast_view
 from lowbitc.interp import evaluate as interpret
 from lowbitc.ir.core import Op, Value
 from lowbitc.ir.types import TileType, numpy_dtype
+from lowbitc.passes.row_index import SOURCES  # row tiles a table is tabulated over: values
 
 OPS = decode.EXACT - {"lut"}  # elementwise ops evaluated on the table's lanes as on a code's
 LANES = 16  # entries per permute register
 # up to 32 entries: one permute per 16 codes (64 take two and a select, more than the
 # conversion and arithmetic they would replace; decode.code_tables)
 MAX_BITS = 5
-SOURCES = {"bool": 2, "u8": 256, "i8": 256}  # row tiles a table is tabulated over: values
 MAX_WORDS = 1 << 13  # words of one tabulated table (32 KiB)
 
 
