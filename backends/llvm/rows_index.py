@@ -6,12 +6,13 @@ The row tables over every value of the index S (256 for a byte) hold few distinc
 the mixture, indices 0..T-1 name the members and every other value decodes as index 0. With
 S clamped to the first D values (S >= D reads as the row r0 < D they all equal), the D
 tables of 2^bits entries are one shared table over (S << bits | code): up to 64 words, four
-registers. Per block of 16 rows and window, the 16 rows' indices are one byte load, clamped,
-shifted into place; then per code and 16 rows, one vpternlogd (the code's low bits or'ed
-into the row's base), a permute per register pair (vpermi2ps: 32 entries each) and, for more
-than 32 entries, a select on the rows' bit 5, fixed per window. The accumulators hold 16
-rows' outputs each, as in rows.fused_dot: no horizontal sums.
-"""
+registers (lowbitc/passes/row_index.py, whose `tables` made the bitpack-lanes pass choose
+this packing). Per block of 16 rows and window, the 16 rows' indices are one 16-byte load,
+clamped and shifted into place; then per code and 16 rows, one vpternlogd (the code's low
+bits or'ed into the row's base), a vpermi2d per 32 entries and, above 32 entries, a select on
+the rows' bit 5, fixed per window (one vpermd and nothing else for 16 entries). The
+accumulators hold 16 rows' outputs each, as in rows.fused_dot: no horizontal sums. Chosen
+from 2 rows of `a` (row_index.MIN_ROWS): with one, the lanes packing's table per row wins."""
 
 from __future__ import annotations
 
