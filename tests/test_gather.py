@@ -248,13 +248,42 @@ def test_gptq_act_order_passes_over_word_rows(bm, bn, m):
     k = lowbitc.compile(USER / "gptq_act_gemv.lbk", BM=bm, BN=bn)
     text = k.explain()
     assert ("decoded by one table permute" in text) == decode.permutes()
-    assert "one FMA with a table of -(U * V) made before the loop" in text
+    waits = "Y * V with a table of -(U * V) made before the loop, added once after it" in text
+    assert waits == (bm * bn <= 64)  # one pass down the rows: the -(U * V) term after the loop
+    assert ("one FMA with a table of -(U * V) made before the loop" in text) != waits
     x = RNG.standard_normal((m, kk)).astype(np.float32)
     want = x.astype(np.float64) @ w
     for run in (k, k.interpret):
         args = _args(parts, x, m, n)
         run(*args)
         assert np.abs(args[-1] - want).max() / np.abs(want).max() < 2e-6
+
+
+@pytest.mark.parametrize("bm, bn, m", [(1, 64, 3), (2, 32, 1), (4, 16, 2), (1, 32, 2)])
+def test_gptq_act_order_zero_term_after_the_loop(bm, bn, m):
+    """One pass down the word rows reads the dot's BM x BN outputs (BM * BN <= 64): the
+    -(U * V) term is added once after the K loop from sums of x per table row, against
+    numpy and the interpreter at M 1-3, with two passes over the groups (GC 3: the sums start
+    again each pass), g_idx entries outside the groups and a partial N tile; a kernel whose
+    accumulator is also read in the loop keeps the term in it (both correct)."""
+    n, kk, gs = 72, 512, 128
+    parts, w = gptq_act_layer(n, kk, gs, True, seed=bn + m)
+    parts["g_idx"] = parts["g_idx"].copy()
+    parts["g_idx"][[5, 17, 40]] = [kk // gs, -1, 1000]
+    w[[5, 17, 40]] = 0.0
+    read = (USER / "gptq_act_gemv.lbk").read_text().replace(
+        "      acc = dot(a, transpose(w), acc)\n",
+        "      acc = dot(a, transpose(w), acc)\n"
+        "      store(y[m0 :+ BM, n0 :+ BN], acc)\n")
+    x = RNG.standard_normal((m, kk)).astype(np.float32)
+    want = x.astype(np.float64) @ w
+    for source, waits in ((USER / "gptq_act_gemv.lbk", True), (read, False)):
+        k = lowbitc.compile(source, BM=bm, BN=bn, GC=3)
+        assert ("added once after it (sums of a per table row)" in k.explain()) == waits
+        for run in (k, k.interpret):
+            args = _args(parts, x, m, n)
+            run(*args)
+            assert np.abs(args[-1] - want).max() / np.abs(want).max() < 2e-6
 
 
 COLUMN_CODES = """

@@ -210,6 +210,7 @@ def _for(env: Env, op: Op) -> None:
     phis = em.loop(lo, hi, None, step=step, carried=[(t, init) for _, t, init in sc],
                    body_carried=run)
     env.loops -= 1
+    column_tables.finish(env, op, bufs)
     for j, y in enumerate(body.ops[-1].operands):
         if y.id in carries:
             carry.finish(em, carries[y.id], bufs[j])

@@ -5,26 +5,39 @@ write (GPTQ act-order's zero-point and scale tiles, `load(zt[g, 0 :+ BN])` and
 the dot's columns: one FMA per weight instead of a subtract and a multiply. Row r of the
 table holds V's row r (after its cast) and T's side by side, and one row of zeros follows
 the tiles' rows: an index outside the tiles reads that row (as the gather reads zeros), so
-a column's rows are two plain loads at one offset, no mask."""
+a column's rows are two plain loads at one offset, no mask.
+
+Where the dot's accumulator only carries it across the loop (acc = dot(a, E, acc) yielded
+as is) and one pass down the word rows reads all of the dot's outputs (BM * BN <= 64), the T
+term leaves the loop: the dot adds a * (Y * V) and sums each row of `a` per
+table row (S[i, r] = sum of a[i, k] over the k whose index reads row r); after the loop the
+accumulator gains S @ T once (T's rows times the sums), not a T row per input row."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from lowbitc.backends.llvm.column_leaves import L
-from lowbitc.backends.llvm.columns import ColumnPlan, plan_columns
+from lowbitc.backends.llvm.columns import ROW_CHUNKS, ColumnPlan, plan_columns
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
+from lowbitc.backends.llvm.fused_leaves import splat
 from lowbitc.backends.llvm.handlers import Env, convert
 from lowbitc.backends.llvm.ops_gather import index_row
 from lowbitc.ir.core import Op, Region, Value
 
 MAX_TABLE_BYTES = 96 * 1024  # a table per dot lives on the stack
+SUM_COPIES = 4  # copies of the per-row sums of `a`, added to in turn
 
 
 @dataclass(frozen=True)
 class ProductTable:
     table: Buf  # [rows + 1, 2 BN] f32: row r = V[r, :], -(U * V)[r, :]; row `rows` zeros
     rows: int  # the tiles' rows (an index outside them reads row `rows`)
+    made: str = "true"  # i1: the table was made (the dot's columns lie inside the tiles)
+    # [M, rows + 1] f32 per-row sums of `a` when T is added after the loop (else None), and
+    # the loop result that accumulator is
+    sums: Buf | None = None
+    result: int = -1
 
     def row(self, env: Env, g: Op, k: str, cache: dict) -> str:
         """The offset of idx[k]'s row (g the gather of V), the zero row outside the tiles;
@@ -35,8 +48,25 @@ class ProductTable:
             r = index_row(env, g, k)
             inside = em.val(f"icmp ult i64 {r}, {self.rows}")
             r = em.val(f"select i1 {inside}, i64 {r}, i64 {self.rows}")
+            cache[("index", key)] = r
             cache[key] = em.val(f"mul i64 {r}, {self.table.shape[1]}")
         return cache[key]
+
+    @property
+    def copies(self) -> int:
+        return SUM_COPIES
+
+    def add_sum(self, env: Env, g: Op, abuf: Buf, k: str, cache: dict, copy: int) -> None:
+        """S[copy, i, row of idx[k]] += a[i, k] for every row i of `a` (k's copy taken in
+        turn: a run of k reading one row makes SUM_COPIES chains of adds, not one)."""
+        em = env.em
+        self.row(env, g, k, cache)
+        r = cache[("index", ("table", g.operands[1].id, k))]
+        for i in range(abuf.shape[0]):
+            a = convert(em, em.load_elem(abuf, em.val(f"add i64 {i * abuf.strides[0]}, {k}")),
+                        abuf.dtype, "f32")
+            at = em.val(f"add i64 {r}, {(copy * abuf.shape[0] + i) * (self.rows + 1)}")
+            em.store_elem(self.sums, at, em.val(f"fadd float {em.load_elem(self.sums, at)}, {a}"))
 
 
 def prepare(env: Env, loop: Op) -> None:
@@ -57,8 +87,81 @@ def prepare(env: Env, loop: Op) -> None:
                 or starts[0].id != starts[1].id or n0 is None
                 or _written(body, {ops[-1].operands[0].id for ops in leaves})):
             continue
-        env.col_tables[plan.dot.results[0].id] = ProductTable(
-            _build(env, plan, leaves, srcs, n0), srcs[0].shape[0])
+        table, made = _build(env, plan, leaves, srcs, n0)
+        rows, j = srcs[0].shape[0], _carried_acc(loop, plan.dot)
+        sums = None
+        m = plan.dot.operands[0].type.shape[0]
+        if j >= 0 and m * (bn // L) <= ROW_CHUNKS:
+            sums = _zeroed(env.em, (SUM_COPIES * m, rows + 1))
+        env.col_tables[plan.dot.results[0].id] = ProductTable(table, rows, made, sums, j)
+
+
+def finish(env: Env, loop: Op, bufs: dict) -> None:
+    """After `loop`: each of its accumulators whose T term waited gains S @ T."""
+    em = env.em
+    for plan in plan_columns(loop.regions[0]).values():
+        pt = env.col_tables.get(plan.dot.results[0].id)
+        if pt is None or pt.sums is None:
+            continue
+        add, done = em.label("tsum"), em.label("tsumd")
+        em.emit(f"br i1 {pt.made}, label %{add}, label %{done}")
+        em.start_block(add)
+        for i in range(pt.sums.shape[0] // SUM_COPIES):
+            for c in range(0, pt.table.shape[1] // 2, L):
+                _add_terms(em, pt, bufs[pt.result], i, c)
+        em.br(done)
+        em.start_block(done)
+
+
+def _add_terms(em, pt: ProductTable, out: Buf, i: int, c: int) -> None:
+    """out[i, c :+ 16] += sum over the table's rows r of S[i, r] * T[r, c :+ 16]."""
+    vf = f"<{L} x float>"
+    width = pt.table.shape[1]
+    em.declare(f"declare {vf} @llvm.fma.v{L}f32({vf}, {vf}, {vf})")
+
+    def row(r: str, acc: list[str]) -> list[str]:
+        m = pt.sums.shape[0] // SUM_COPIES
+        parts = [em.load_elem(pt.sums, em.val(f"add i64 {r}, {(q * m + i) * (pt.rows + 1)}"))
+                 for q in range(SUM_COPIES)]
+        total = parts[0]
+        for x in parts[1:]:
+            total = em.val(f"fadd float {total}, {x}")
+        s = splat(em, total, "f32", L)
+        at = em.val(f"add i64 {em.val(f'mul i64 {r}, {width}')}, {width // 2 + c}")
+        t = em.val(f"load {vf}, ptr {em.gep(pt.table, at)}, align 4")
+        return [em.val(f"call {vf} @llvm.fma.v{L}f32({vf} {s}, {vf} {t}, {vf} {acc[0]})")]
+
+    total = em.loop("0", str(pt.rows), None, carried=[(vf, "zeroinitializer")],
+                    body_carried=row)[0]
+    p = em.gep(out, str(i * out.strides[0] + c))
+    old = em.val(f"load {vf}, ptr {p}, align 4")
+    em.emit(f"store {vf} {em.val(f'fadd {vf} {old}, {total}')}, ptr {p}, align 4")
+
+
+def _zeroed(em, shape: tuple[int, int]) -> Buf:
+    buf = em.alloc("f32", shape)
+    em.loop("0", str(buf.size), lambda i: em.store_elem(buf, i, "0.0"))
+    return buf
+
+
+def _carried_acc(loop: Op, dot: Op) -> int:
+    """The loop result that `dot`'s accumulator is, when the loop only carries it through the
+    dot (acc = dot(a, E, acc) at the body's top level, yielded as is); else -1."""
+    body = loop.regions[0]
+    acc, res = dot.operands[2], dot.results[0]
+    if dot not in body.ops:
+        return -1
+    ys = body.ops[-1].operands
+    for j, y in enumerate(ys):
+        if y is res and j + 1 < len(body.args) and body.args[j + 1] is acc:
+            if _uses(body, acc.id) == 1 and _uses(body, res.id) == 1:
+                return j
+    return -1
+
+
+def _uses(r: Region, vid: int) -> int:
+    return sum(sum(v.id == vid for v in op.operands) + sum(_uses(sub, vid) for sub in op.regions)
+               for op in r.ops)
 
 
 def _before(env: Env, v: Value) -> str | None:
@@ -81,7 +184,8 @@ def _written(r: Region, ids: set[int]) -> bool:
     return False
 
 
-def _build(env: Env, plan: ColumnPlan, leaves: list[list[Op]], srcs: list[Buf], n0: str) -> Buf:
+def _build(env: Env, plan: ColumnPlan, leaves: list[list[Op]], srcs: list[Buf],
+           n0: str) -> tuple[Buf, str]:
     """Row r: V'[r, n0 + j] then T[r, j] = -(U'[r, n0 + j] * V'[r, n0 + j]) (U', V' the
     sources through the leaves' casts), and a last row of zeros; made where the columns
     n0 .. n0 + BN - 1 lie inside both sources (the only windows the fused path takes)."""
@@ -121,4 +225,4 @@ def _build(env: Env, plan: ColumnPlan, leaves: list[list[Op]], srcs: list[Buf], 
         store(str(rows), j, "zeroinitializer")
     em.br(done)
     em.start_block(done)
-    return table
+    return table, ok

@@ -52,6 +52,8 @@ from lowbitc.signature import format_bits
 
 CHAINS = 8  # accumulators in flight (FMA latency x ports), shared by the rows of `a`
 PAIRED = ", (Y - U) * V one FMA with a table of -(U * V) made before the loop"
+WAITS = (", (Y - U) * V as Y * V with a table of -(U * V) made before the loop, added once "
+         "after it (sums of a per table row)")
 ROW_CHUNKS = 4  # 16-output chunks a pass down the word rows reads (4 x 64 bytes of a row)
 PREFETCH_ROWS = 16  # word rows a prefetch runs ahead, at least
 
@@ -185,7 +187,7 @@ def emit_column_dot(env: Env, plan: ColumnPlan, generic_dot) -> None:
     starts = [env.get(v) for v in plan.load.operands[1:3]]
     note_fused(plan.dot, plan.load, "fused column dot (codes of a transposed word tile, 16 "
                f"outputs per vector{', decoded by one table permute' if plan.tables else ''}"
-               f"{PAIRED if plan.dot.results[0].id in env.col_tables else ''})")
+               f"{_paired_note(env.col_tables.get(plan.dot.results[0].id))})")
     for ops in plan.gathered.values():
         note("load", subject_of(ops[-1].operands[0]), f"row gather fused into the dot at "
              f"{plan.dot.loc}: one vector of row idx[k] per 16 outputs", loc=ops[-1].loc)
@@ -206,6 +208,10 @@ def emit_column_dot(env: Env, plan: ColumnPlan, generic_dot) -> None:
     with_fallback(env, plan.dot, plan.deferred, generic_dot, choose, "colfused")
 
 
+def _paired_note(table) -> str:
+    return "" if table is None else PAIRED if table.sums is None else WAITS
+
+
 def _fast(env: Env, plan: ColumnPlan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     em = env.em
     m = abuf.shape[0]
@@ -223,6 +229,8 @@ def _fast(env: Env, plan: ColumnPlan, abuf: Buf, out: Buf, t, starts: list[str])
     chains = max(1, min(per, CHAINS // (m * span)))
     sums = [row_sum(em, abuf, i, bkw * per) for i in range(m)] if plan.fold else []
     table = env.col_tables.get(plan.dot.results[0].id)
+    # T after the loop (one pass down the rows, column_tables.prepare): the sums of `a` in it
+    g_v = plan.gathered[plan.pair[2].id][-1] if table and table.sums else None
 
     def group(first: str, count: int) -> None:
         cs = [em.val(f"add i64 {first}, {j}") for j in range(count)]
@@ -246,6 +254,8 @@ def _fast(env: Env, plan: ColumnPlan, abuf: Buf, out: Buf, t, starts: list[str])
                         a_ = (i * count + j) * chains + s % chains
                         prod = em.val(f"fmul contract {vf} {splats[i]}, {w}")
                         nxt[a_] = em.val(f"fadd contract {vf} {nxt[a_]}, {prod}")
+                if g_v is not None:
+                    table.add_sum(env, g_v, abuf, k, rows, s % table.copies)
             return nxt
 
         parts = em.loop("0", str(bkw), None,
@@ -368,6 +378,8 @@ def _paired(env: Env, plan: ColumnPlan, table, words: str, s: int, k: str, c: st
                 f"{em.val(f'mul i64 {c}, {L}')}")
     vv, tv = (em.val(f"load {vf}, ptr {em.gep(table.table, em.val(f'add i64 {at}, {j}'))}, "
                      "align 4") for j in (0, table.table.shape[1] // 2))
+    if table.sums is not None:  # T waits for the loop's end (column_tables.finish)
+        return em.val(f"fmul {vf} {yv}, {vv}")
     em.declare(f"declare {vf} @llvm.fma.v{L}f32({vf}, {vf}, {vf})")
     return em.val(f"call {vf} @llvm.fma.v{L}f32({vf} {yv}, {vf} {vv}, {vf} {tv})")
 
