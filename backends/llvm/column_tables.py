@@ -52,14 +52,12 @@ class ProductTable:
             cache[key] = em.val(f"mul i64 {r}, {self.table.shape[1]}")
         return cache[key]
 
-    @property
-    def copies(self) -> int:
-        return SUM_COPIES
-
-    def add_sum(self, env: Env, g: Op, abuf: Buf, k: str, cache: dict, copy: int) -> None:
-        """S[copy, i, row of idx[k]] += a[i, k] for every row i of `a` (k's copy taken in
-        turn: a run of k reading one row makes SUM_COPIES chains of adds, not one)."""
+    def add_sum(self, env: Env, g: Op, abuf: Buf, k: str, cache: dict, slot: int) -> None:
+        """S[copy, i, row of idx[k]] += a[i, k] for every row i of `a`, copy = slot mod
+        SUM_COPIES (taken in turn: a run of k reading one row makes SUM_COPIES chains of
+        adds, not one)."""
         em = env.em
+        copy = slot % SUM_COPIES
         self.row(env, g, k, cache)
         r = cache[("index", ("table", g.operands[1].id, k))]
         for i in range(abuf.shape[0]):
@@ -72,7 +70,8 @@ class ProductTable:
 def prepare(env: Env, loop: Op) -> None:
     """Before `loop` is emitted: the tables of its body's column dots whose (Y - U) * V reads U
     and V gathered from tiles the loop does not write, at a column start fixed before it
-    (env.col_tables: dot result id -> ProductTable)."""
+    (env.col_tables: dot result id -> ProductTable), and the zeroed sums of `a` of those whose
+    T term waits for the loop's end (finish)."""
     body = loop.regions[0]
     for plan in plan_columns(body).values():
         if plan.pair is None:

@@ -255,7 +255,7 @@ def _fast(env: Env, plan: ColumnPlan, abuf: Buf, out: Buf, t, starts: list[str])
                         prod = em.val(f"fmul contract {vf} {splats[i]}, {w}")
                         nxt[a_] = em.val(f"fadd contract {vf} {nxt[a_]}, {prod}")
                 if g_v is not None:
-                    table.add_sum(env, g_v, abuf, k, rows, s % table.copies)
+                    table.add_sum(env, g_v, abuf, k, rows, s)
             return nxt
 
         parts = em.loop("0", str(bkw), None,
