@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from lowbitc.backends.llvm.emitter import MEMTYPE, _bytes
 from lowbitc.backends.llvm.handlers import Env
-from lowbitc.backends.llvm.windows import _in_bounds, _linear, _origin, _read, _row_start
+from lowbitc.backends.llvm.windows import _linear, _origin, in_bounds, read_element, row_start
 from lowbitc.explain import note, subject_of
 from lowbitc.ir.core import Op, Region, Value
 from lowbitc.ir.types import ScalarType, TileType
@@ -158,11 +158,11 @@ def _read_rows(env: Env, op: Op, t, w: Window, offset: int) -> str:
         origin = em.val(f"sub i64 {origin}, {offset}")
     sizes = (rows, w.span)
     fast, slow, done = em.label("winb"), em.label("wedge"), em.label("wread")
-    em.emit(f"br i1 {_in_bounds(em, t, starts, sizes)}, label %{fast}, label %{slow}")
+    em.emit(f"br i1 {in_bounds(em, t, starts, sizes)}, label %{fast}, label %{slow}")
     em.start_block(fast)
     vecs = []
     for r in range(rows):
-        p = _row_start(env, t, starts, sizes, [str(r)], origin)
+        p = row_start(env, t, starts, sizes, [str(r)], origin)
         if w.span == w.lanes:
             vecs.append(em.val(f"load {vt}, ptr {p}, align 1"))
         else:
@@ -184,7 +184,7 @@ def _read_rows(env: Env, op: Op, t, w: Window, offset: int) -> str:
                     f"{em.val(f'icmp ult i64 {x[1]}, {t.dims[1]}')}")
         safe = [em.val(f"select i1 {ok}, i64 {v}, i64 0") for v in x]
         zero = "0.0" if et in ("half", "bfloat", "float", "double") else "0"
-        v = em.val(f"select i1 {ok}, {et} {_read(env, t, safe)}, {et} {zero}")
+        v = em.val(f"select i1 {ok}, {et} {read_element(env, t, safe)}, {et} {zero}")
         em.store_elem(buf, em.flat_index([r, c], buf.shape), v)
 
     em.nest((rows, w.span), element)

@@ -11,18 +11,18 @@ from lowbitc.backends.llvm.windows import (
     _apply_mask,
     _byte_codes_fast_path,
     _each_row,
-    _in_bounds,
     _linear,
-    _masked,
-    _offset,
     _origin,
-    _read,
     _read_packed,
     _row_offset,
-    _row_start,
-    _window_index,
+    element_offset,
+    in_bounds,
+    masked,
+    read_element,
     row_edges,
+    row_start,
     unpack32,
+    window_index,
 )
 from lowbitc.errors import BackendError
 from lowbitc.explain import note, subject_of
@@ -55,10 +55,10 @@ def _load_common(env: Env, op: Op, t: TensorArg) -> None:
     zero = const_literal(em, 0, dt) if dt != "bool" else "false"
 
     def element(idx: list[str]) -> str:
-        clamped, ok = _window_index(env, op, t, starts, op.attrs.sizes, idx, t.packed)
-        ok = _masked(env, op, ok, idx, shape)
+        clamped, ok = window_index(env, op, t, starts, op.attrs.sizes, idx, t.packed)
+        ok = masked(env, op, ok, idx, shape)
         v = _read_packed(env, t, clamped, op.attrs.bits, dt) if t.packed else \
-            _read(env, t, clamped)
+            read_element(env, t, clamped)
         return em.val(f"select i1 {ok}, {lltype(dt)} {v}, {lltype(dt)} {zero}")
 
     if not shape:
@@ -118,7 +118,7 @@ def _dense_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, gen
     em = env.em
     sizes = op.attrs.sizes
     fast, slow, done = em.label("inb"), em.label("edge"), em.label("loaded")
-    em.emit(f"br i1 {_in_bounds(em, t, starts, sizes)}, label %{fast}, label %{slow}")
+    em.emit(f"br i1 {in_bounds(em, t, starts, sizes)}, label %{fast}, label %{slow}")
     em.start_block(fast)
     rows, ncols = out.shape[:-1], out.shape[-1]
     nbytes = ncols * {"i8": 1, "i16": 2, "i32": 4, "i64": 8, "half": 2, "bfloat": 2,
@@ -127,7 +127,7 @@ def _dense_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, gen
     _prefetch_rows_ahead(env, op, t, starts, nbytes)
 
     def row(idx: list[str]) -> None:
-        src = _row_start(env, t, starts, sizes, idx, _origin(env, op))
+        src = row_start(env, t, starts, sizes, idx, _origin(env, op))
         dst = em.gep(out, em.flat_index(list(idx) + ["0"], out.shape) if rows else "0")
         em.memcpy(dst, src, nbytes, 4)
 
@@ -135,7 +135,7 @@ def _dense_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, gen
         it = iter(idx)
         tidx = [st if sz == 0 else em.val(f"add i64 {st}, {next(it)}")
                 for st, sz in zip(starts, sizes)]
-        em.store_elem(out, em.flat_index(idx, out.shape), _read(env, t, tidx))
+        em.store_elem(out, em.flat_index(idx, out.shape), read_element(env, t, tidx))
 
     sliced = [d for d, sz in enumerate(sizes) if sz]
     if (sizes[-1] == 0 and len(sliced) == 1 and out.size >= LANES_GATHER
@@ -144,7 +144,7 @@ def _dense_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, gen
     elif sizes[-1] == 0:
         em.nest(out.shape, element)
     elif len(rows) == 1 and rows[0] > 1:
-        _rows_or_block(env, rows[0], nbytes, row, lambda i: _row_start(
+        _rows_or_block(env, rows[0], nbytes, row, lambda i: row_start(
             env, t, starts, sizes, [i], _origin(env, op)), em.gep(out, "0"))
     elif rows:
         em.nest(rows, row)
@@ -184,7 +184,7 @@ def _prefetch_rows_ahead(env: Env, op: Op, t: TensorArg, starts: list, nbytes: i
     if len(sizes) != 2 or sizes[0] != 0 or not sizes[1] or not env.loops:
         return
     em = env.em
-    src = _row_start(env, t, starts, sizes, [], _origin(env, op))
+    src = row_start(env, t, starts, sizes, [], _origin(env, op))
     if step is None and RUN_AHEAD and nbytes >= 64 and env.on_counter(op.operands[1]):
         ahead = str(RUN_AHEAD)
     elif step is not None and ROWS_AHEAD:
@@ -206,7 +206,7 @@ def _gather_column(env: Env, t: TensorArg, starts: list, dim: int, out: Buf) -> 
     n = out.size
     et = MEMTYPE[out.dtype]
     v = f"<{LANES_GATHER} x {et}>"
-    base = _offset(env, t, list(starts))
+    base = element_offset(env, t, list(starts))
     stride = t.strides[dim]
     lanes = "<" + ", ".join(f"i64 {i}" for i in range(LANES_GATHER)) + ">"
     ins = em.val(f"insertelement <{LANES_GATHER} x i64> poison, i64 {stride}, i64 0")
@@ -238,7 +238,7 @@ def _packed_fast_path(env: Env, op: Op, t: TensorArg, starts: list, out: Buf, ge
     em = env.em
     sizes, bits = op.attrs.sizes, op.attrs.bits
     aligned = em.val(f"icmp eq i64 {em.val(f'and i64 {starts[-1]}, 31')}, 0")
-    ok = em.val(f"and i1 {aligned}, {_in_bounds(em, t, starts, sizes)}")
+    ok = em.val(f"and i1 {aligned}, {in_bounds(em, t, starts, sizes)}")
     fast, slow, done = em.label("fast"), em.label("slow"), em.label("unpacked")
     em.emit(f"br i1 {ok}, label %{fast}, label %{slow}")
     em.start_block(fast)
@@ -300,8 +300,8 @@ def _store(env: Env, op: Op) -> None:
     shape = tuple(s for s in op.attrs.sizes if s > 0)
 
     def body(idx: list[str]) -> None:
-        clamped, ok = _window_index(env, op, t, starts, op.attrs.sizes, idx, False)
-        ok = _masked(env, op, ok, idx, shape)
+        clamped, ok = window_index(env, op, t, starts, op.attrs.sizes, idx, False)
+        ok = masked(env, op, ok, idx, shape)
         if isinstance(val, Buf):
             v = em.at(broadcast_view(val, shape), idx)
         else:
@@ -310,7 +310,7 @@ def _store(env: Env, op: Op) -> None:
         em.emit(f"br i1 {ok}, label %{yes}, label %{no}")
         em.start_block(yes)
         p = em.val(f"getelementptr inbounds {MEMTYPE[t.type.dtype]}, ptr {t.ptr}, "
-                   f"i64 {_offset(env, t, clamped)}", "p")
+                   f"i64 {element_offset(env, t, clamped)}", "p")
         if t.type.dtype == "bool":
             v = em.val(f"zext i1 {v} to i8")
         em.emit(f"store {MEMTYPE[t.type.dtype]} {v}, ptr {p}")
@@ -342,7 +342,7 @@ def _store_rows_fast_path(env: Env, op: Op, t: TensorArg, starts: list, val: Buf
     em = env.em
     sizes = op.attrs.sizes
     fast, slow, done = em.label("stinb"), em.label("stedge"), em.label("stored")
-    em.emit(f"br i1 {_in_bounds(em, t, starts, sizes)}, label %{fast}, label %{slow}")
+    em.emit(f"br i1 {in_bounds(em, t, starts, sizes)}, label %{fast}, label %{slow}")
     em.start_block(fast)
     rows, ncols = shape[:-1], shape[-1]
     # rows move as bits: 16-bit floats as i16 (vectors of half would be legalised through
@@ -358,7 +358,7 @@ def _store_rows_fast_path(env: Env, op: Op, t: TensorArg, starts: list, val: Buf
             mask = "unusable"
     if mask != "unusable":
         def row(idx: list[str]) -> None:
-            dst = _row_start(env, t, starts, sizes, idx, _origin(env, op))
+            dst = row_start(env, t, starts, sizes, idx, _origin(env, op))
             src = em.gep(val, em.flat_index(list(idx) + ["0"], shape) if rows else "0")
             v = em.val(f"load {vt}, ptr {src}, align 4")
             if mask is None:

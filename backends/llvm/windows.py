@@ -274,7 +274,3 @@ def row_edges(env: Env, op: Op, t: TensorArg, starts: list, out, nbytes: int, ge
     em.br(done)
     em.start_block(done)
 
-
-# the old names, which ops_memory.py still imports (until its next change moves it to the above)
-_window_index, _offset, _masked = window_index, element_offset, masked
-_in_bounds, _read, _row_start = in_bounds, read_element, row_start
