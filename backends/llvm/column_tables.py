@@ -21,6 +21,7 @@ from lowbitc.backends.llvm.column_leaves import L
 from lowbitc.backends.llvm.columns import ROW_CHUNKS, ColumnPlan, plan_columns
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
 from lowbitc.backends.llvm.fused_leaves import splat
+from lowbitc.backends.llvm.fusion_plan import region_index
 from lowbitc.backends.llvm.handlers import Env, convert
 from lowbitc.backends.llvm.ops_gather import index_row
 from lowbitc.ir.core import Op, Region, Value
@@ -83,7 +84,8 @@ def prepare(env: Env, loop: Op) -> None:
         srcs = [env.tiles.get(ops[-1].operands[0].id) for ops in leaves]
         starts = [ops[-1].operands[2] for ops in leaves]
         bn, n0 = plan.root.type.shape[0], _before(env, starts[0])
-        if (plan.dot.operands[0].type.shape[0] > MAX_A_ROWS
+        m = plan.dot.operands[0].type.shape[0]
+        if (m > MAX_A_ROWS
                 or any(s is None or len(s.shape) != 2 for s in srcs)
                 or srcs[0].shape[0] != srcs[1].shape[0]
                 or (srcs[0].shape[0] + 1) * 2 * bn * 4 > MAX_TABLE_BYTES
@@ -93,7 +95,6 @@ def prepare(env: Env, loop: Op) -> None:
         table, made = _build(env, plan, leaves, srcs, n0)
         rows, j = srcs[0].shape[0], _carried_acc(loop, plan.dot)
         sums = None
-        m = plan.dot.operands[0].type.shape[0]
         if j >= 0 and m * (bn // L) <= ROW_CHUNKS:
             sums = _zeroed(env.em, (SUM_COPIES * m, rows + 1))
         env.col_tables[plan.dot.results[0].id] = ProductTable(table, rows, made, sums, j)
@@ -154,17 +155,12 @@ def _carried_acc(loop: Op, dot: Op) -> int:
     acc, res = dot.operands[2], dot.results[0]
     if dot not in body.ops:
         return -1
-    ys = body.ops[-1].operands
-    for j, y in enumerate(ys):
+    uses = region_index(body).uses
+    for j, y in enumerate(body.ops[-1].operands):
         if y is res and j + 1 < len(body.args) and body.args[j + 1] is acc:
-            if _uses(body, acc.id) == 1 and _uses(body, res.id) == 1:
+            if uses.get(acc.id) == 1 and uses.get(res.id) == 1:
                 return j
     return -1
-
-
-def _uses(r: Region, vid: int) -> int:
-    return sum(sum(v.id == vid for v in op.operands) + sum(_uses(sub, vid) for sub in op.regions)
-               for op in r.ops)
 
 
 def _before(env: Env, v: Value) -> str | None:

@@ -25,8 +25,14 @@ def run_ahead(em: Emitter, first: str, nbytes: int) -> None:
     """Prefetch the `nbytes` bytes at pointer `first` (run_offsets: without the last line, a
     run of an unaligned array's row was a demand miss from DRAM per row, 1.2-1.6x the time of
     the same GEMV on aligned copies, one thread, streamed)."""
+    at_offsets(em, first, run_offsets(nbytes))
+
+
+def at_offsets(em: Emitter, first: str, offsets) -> None:
+    """Prefetch (for reading, into every cache level) the lines of the bytes at pointer
+    `first` plus each of `offsets`."""
     em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
-    for off in run_offsets(nbytes):
+    for off in offsets:
         q = em.val(f"getelementptr i8, ptr {first}, i64 {off}")
         em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 3, i32 1)")
 
@@ -49,9 +55,7 @@ def next_windows(em: Emitter, plan: Plan, t, starts: list[str], n: str, bk: int,
             # the last bytes of successive windows reach every line of the row (NF4 user
             # GEMV, M = 1, one thread: 0.96x the time of two prefetches per window)
             lines = [nbytes - 1]
-        for line in lines:
-            q = em.val(f"getelementptr i8, ptr {ahead}, i64 {line}")
-            em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 3, i32 1)")
+        at_offsets(em, ahead, lines)
         return
     if lanes_base is not None:
         nbytes = bk * plan.codes.attrs.bits // 8
