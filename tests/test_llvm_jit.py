@@ -317,6 +317,28 @@ def test_launch_in_a_forked_child(count_address):
     assert (counts == 1).all()
 
 
+def test_native_workers_run_off_the_launching_cpu(count_address):
+    """Each worker may run only on its own CPU other than the launcher's (pool._place); with
+    more workers than other CPUs, on any allowed CPU."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not pool.available() or len(allowed) < 2:
+        pytest.skip("needs the native pool and two usable CPUs")
+    the_pool = pool.NativePool()
+    counts = np.zeros(64, np.int64)
+    packed = ArgPacker(COUNT_SIG)((counts,))
+    assert the_pool.run(count_address, packed, 64, 2, 2)
+    cpu, workers = the_pool._placed
+    assert workers == 1 and cpu in allowed
+    (mask,) = [os.sched_getaffinity(the_pool._worker_tid(i)) for i in range(workers)]
+    assert mask == {min(set(allowed) - {cpu})}
+    many = len(allowed) + 1
+    assert the_pool.run(count_address, packed, 64, many + 1, many + 1)
+    assert the_pool._placed[1] == many
+    for i in range(many):
+        assert os.sched_getaffinity(the_pool._worker_tid(i)) == set(allowed)
+    np.testing.assert_array_equal(counts, 2)
+
+
 def test_pool_kind_env(monkeypatch):
     monkeypatch.setenv("LOWBITC_THREAD_POOL", "python")
     assert pool.pool_kind() == "python"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lowbitc.backends.llvm import byte_planes, intdot
+from lowbitc.backends.llvm import byte_planes, intdot, target
 from lowbitc.backends.llvm import rows as rows_packing
 from lowbitc.backends.llvm.byte_planes import i32, rep_byte
 from lowbitc.backends.llvm.emitter import Buf, Emitter
@@ -308,7 +308,7 @@ def _fused_bytes(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: li
             for line in range(0, bk, 64):
                 q = em.val(f"getelementptr i8, ptr {t.ptr}, i64 {ahead}")
                 q = em.val(f"getelementptr i8, ptr {q}, i64 {line}")
-                em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 3, i32 1)")
+                em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 {target.prefetch_locality('bytes')}, i32 1)")
         for i in range(m):
             sums = []
             for j in range(LANES):

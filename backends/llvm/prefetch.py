@@ -3,7 +3,7 @@ which the hardware prefetchers lose track of, so each row's next windows are fet
 
 from __future__ import annotations
 
-from lowbitc.backends.llvm import byte_window
+from lowbitc.backends.llvm import byte_window, target
 from lowbitc.backends.llvm.emitter import Emitter
 from lowbitc.backends.llvm.fusion_plan import Plan
 
@@ -34,7 +34,7 @@ def at_offsets(em: Emitter, first: str, offsets) -> None:
     em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
     for off in offsets:
         q = em.val(f"getelementptr i8, ptr {first}, i64 {off}")
-        em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 3, i32 1)")
+        em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 {target.prefetch_locality('runs')}, i32 1)")
 
 
 def next_windows(em: Emitter, plan: Plan, t, starts: list[str], n: str, bk: int,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lowbitc.backends.llvm import decode, lanes
+from lowbitc.backends.llvm import decode, lanes, target
 from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal
 from lowbitc.backends.llvm.handlers import convert
 from lowbitc.repack import LANES, PlanesPacking, RowsPacking, affine_bits
@@ -186,7 +186,7 @@ def _prefetch(em: Emitter, t, base: str, lines: int, windows: int = PREFETCH_WIN
     for line in range(lines + extra):
         at = em.val(f"add i64 {ahead}, {line * LANES}")
         q = em.val(f"getelementptr i32, ptr {t.ptr}, i64 {at}")
-        em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 3, i32 1)")
+        em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 {target.prefetch_locality('rows')}, i32 1)")
 
 
 def _sum(em: Emitter, vecs: list[str]) -> str:
