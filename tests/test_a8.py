@@ -306,7 +306,7 @@ def test_inline_gemv_prefetch_distance(fmt):
     lines after it: the assembly's prefetches are that run of lines."""
     p = a8.params(formats.lookup(fmt), 128, True, 1, "i8", 256)
     text = ops.get_kernel("matmul_a8", **p).text("asm")
-    offsets = sorted(int(v) for v in re.findall(r"prefetcht0\s+(-?\d+)\(", text))
+    offsets = sorted(int(v) for v in re.findall(r"prefetcht[0-2]\s+(-?\d+)\(", text))
     bits = formats.lookup(fmt).bits
     far = bytedot.PREFETCH_BYTES_BY_BITS.get(bits, bytedot.PREFETCH_BYTES)
     lines = p["QB"] * bits // 32 + bytedot.inline_extra_lines(bits)  # 16 rows x QB codes

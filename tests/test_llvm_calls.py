@@ -119,7 +119,7 @@ def test_tile_major_gemv_prefetches_its_scale_run(fmt):
     p.update(GM=True, TM=True)
     text = ops.get_kernel("matmul", **p).text("asm")
     far = ops_memory.RUN_AHEAD
-    offsets = {int(v) for v in re.findall(r"prefetcht0\s+(-?\d+)\(", text)}
+    offsets = {int(v) for v in re.findall(r"prefetcht[0-2]\s+(-?\d+)\(", text)}
     window = 4 * p["BN"]  # bytes of one group's scales (and as many of its zero points)
     assert set(range(far, far + window, 64)) <= offsets
     loads = 2 if q.zeros is not None else 1
@@ -149,7 +149,7 @@ def test_gemv_code_windows_ask_for_each_line_they_load(fmt):
     checked = 0
     for block in re.split(r"\n(?=\.?\w+:)", text):  # basic blocks
         asked: dict[str, list[int]] = {}
-        for off, at in re.findall(r"prefetcht0\s+(-?\d*)\(([^)]*)\)", block):
+        for off, at in re.findall(r"prefetcht[0-2]\s+(-?\d*)\(([^)]*)\)", block):
             asked.setdefault(at, []).append(int(off or 0))
         for at, offsets in asked.items():
             loads = [int(o or 0) for o in
