@@ -227,8 +227,7 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
                           bn <= TILE_MAJOR_BN, OFF=offsets is not None)
         k = _remember(plan, get_kernel(name, backend, **params))
     if k.name == "matmul_a8":  # scales and zeros tile-major, activations quantized first
-        w, sz = a8.operands(qw, k, weight_storage)
-        a8.matmul(k, x, adt, w, sz, y, qw.group_size)
+        a8.call(qw, k, x, adt, y, weight_storage)
         if qw.sparse is not None:
             qw.sparse.matmul_add(x, y, backend)
         return y

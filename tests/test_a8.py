@@ -281,6 +281,32 @@ def test_inline_packing(fmt, zp, N, K, group):
     assert "XK" not in a8.params(qw.dtype, group, zp, 3, "i8", N)
 
 
+def test_a8_launches_bound_once_per_weight():
+    """ops.matmul binds a GEMV's two launches (the quantizer's, the dot's) once per weight and
+    activation dtype (a8.call), more rows per call: the same result as a8.matmul; a replica
+    binds its own (its launches read its arrays, not the original's)."""
+    rng = np.random.default_rng(5)
+    qw = lowbitc.quantize(rng.standard_normal((64, 256)).astype(np.float32), "u4", 128,
+                          zero_point=True)
+    for x in (rng.standard_normal((1, 256)).astype(np.float32),
+              rng.standard_normal((3, 256)).astype(np.float16)):
+        y = ops.matmul(x, qw, act="i8")
+        adt = "f16" if x.dtype == np.float16 else "f32"
+        k = ops._plan(("matmul", "llvm", qw.dtype, adt, True, 128, len(x), 64, 256, "i8",
+                       False))
+        want = np.zeros_like(y)
+        a8.matmul(k, x, adt, *a8.operands(qw, k, ops.weight_storage), want, 128)
+        np.testing.assert_array_equal(y, want)
+        np.testing.assert_array_equal(ops.matmul(x, qw, act="i8"), want)
+    assert len(qw.__dict__["_a8_runs"]) == 1  # the GEMV's
+    twin = qw.replica()
+    assert "_a8_runs" not in twin.__dict__
+    w, sz = a8.inline_pack(twin)
+    w.words[:] = 0  # codes, scales and zero points of the twin only
+    np.testing.assert_array_equal(ops.matmul(x[:1], twin, act="i8"), 0)
+    assert np.abs(ops.matmul(x[:1], qw, act="i8")).max() > 0
+
+
 def test_inline_packing_applies_to_gemvs_of_rows_packed_codes(monkeypatch):
     """M = 1, codes of one bit plane in the rows packing (u8/i8 given as b8), whole-step
     groups; a8.INLINE = False turns it off."""

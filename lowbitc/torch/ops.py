@@ -21,7 +21,6 @@ from lowbitc import a8, formats
 from lowbitc import ops as lops
 from lowbitc.errors import BackendError, LowbitcError
 from lowbitc.quant import QTensor
-from lowbitc.repack import PackedWords
 from lowbitc.torch.checks import (  # noqa: F401  (re-exported: lowbitc.torch.ops.check_matmul, ...)
     ACTIVATIONS,
     check_matmul,
@@ -237,7 +236,7 @@ class BoundMatmul:
             y = np.empty((m, n), np.float32)
             if kern.name == "matmul_a8":  # tile-major, as ops.matmul
                 sz = a8.tile_major(s, kern.params["BN"], None if zeros is None else z)
-                run = _a8_launch(kern, adt, xa, w, sz, y, g)
+                run = a8.bound(kern, adt, xa, w, sz, y, g)
             else:
                 if kern.params.get("GM"):  # the GEMV path reads them group-major
                     s = np.ascontiguousarray(s.T)
@@ -248,24 +247,6 @@ class BoundMatmul:
             self._plans.clear()
         self._plans[(x.dtype, x.shape)] = plan
         return plan
-
-
-def _a8_launch(kern, adt: str, x: np.ndarray, w, sz: np.ndarray, y: np.ndarray,
-               group: int) -> Callable[[np.ndarray, np.ndarray], None]:
-    """run(x, y) doing what lowbitc.a8.matmul does, with both kernels' arguments bound once
-    (the activations quantized into fresh buffers, then the integer dot; sz: scales and
-    zero points tile-major)."""
-    m, k = x.shape
-    bufs = a8.act_buffers(kern, m, k)
-    qrun = a8.quantizer(kern, adt).bind(x, *bufs, free=("x", "xq", "xd", "xs"))
-    kw = w.count if isinstance(w, PackedWords) else k
-    mrun = kern.bind(*bufs, w, sz, y, group, KW=kw, free=("xq", "xd", "xs", "y"))
-
-    def run(xa: np.ndarray, out: np.ndarray) -> None:
-        xq, xd, xs = a8.act_buffers(kern, m, k)
-        qrun(xa, xq, xd, xs)
-        mrun(xq, xd, xs, out)
-    return run
 
 
 # ---------------------------------------------------------------- lowbitc::matmul
