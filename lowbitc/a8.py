@@ -28,6 +28,7 @@ from lowbitc.repack import LANES, PackedWords, RowsPacking, planes
 ACTS = ("f32", "i8")  # what ops.matmul's `act` takes
 MAX_BLOCK = 128  # activation block: at most this many columns share one int8 scale
 INLINE = True  # GEMVs of one-plane codes read the inline packing (`params`; False: tile-major)
+GEMM_TILE = (4, 64)  # (BM, BN) at most, for several activation rows (`params`, `rows_tile`)
 # (SC candidates in order of preference: a byte that is the code itself or the code with bits
 # flipped first, since the fused byte dot reads those with no table)
 _SCALES = (1.0, 0.5, 2.0)
@@ -80,9 +81,11 @@ def rows_tile(M: int, N: int, bits: int = 4) -> int:
     blocks' windows in turn, 32 KB apart, ran at half of it); bytes in memory order (u8/i8,
     each row a stream of its own) and 3-bit codes take 16, the fewest streams (u3 streamed
     from DRAM: 0.90-0.94x the time of 32 rows in one thread, though 1.1x in cache; u5 and
-    u6 the same either way: docs/a8.md). Several activation rows take 256: wide tiles share
-    each block's broadcasts and f32 corrections."""
-    widest = (16 if bits in (3, 8) else 32) if M == 1 else 256
+    u6 the same either way: docs/a8.md). Several activation rows take GEMM_TILE's 64: a
+    4 x 64 tile's i32 sums and f32 accumulators stay in registers, where 16 x 256 (the
+    default before session 11) spilled them and copied its [16, 256] accumulator through
+    memcpy every block (docs/performance.md: 0.52-0.65x the time at M = 240 and 15)."""
+    widest = (16 if bits in (3, 8) else 32) if M == 1 else GEMM_TILE[1]
     for bn in (256, 128, 64, 32, 16):
         if bn <= widest and N % bn == 0:
             return bn
@@ -112,7 +115,7 @@ def params(wtype, group: int, zero_point: bool, M: int, act: str,
     if m is None:
         return None
     sc, lo = m
-    bm = 1 if M == 1 else min(16, 1 << (M - 1).bit_length())
+    bm = 1 if M == 1 else min(GEMM_TILE[0], 1 << (M - 1).bit_length())
     out = {"W": wtype, "SC": sc, "LO": lo, "ZP": bool(zero_point), "QB": block(group),
            "BM": bm, "BN": rows_tile(M, N, wtype.bits)}
     inline = INLINE if inline is None else inline
