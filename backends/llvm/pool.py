@@ -327,7 +327,9 @@ class NativePool:
         self._placed = (cpu, workers)
         try:
             allowed = sorted(os.sched_getaffinity(0))
-            others = [c for c in allowed if c != cpu]
+            # the CPUs after the launcher's, in turn: processes launching from different
+            # CPUs place their workers on different ones
+            others = [c for c in allowed if c > cpu] + [c for c in allowed if c < cpu]
             if workers > len(others):  # more threads than CPUs: let the kernel share them
                 masks = [set(allowed)] * workers
             else:
