@@ -27,6 +27,7 @@ from lowbitc.ir.types import TileType, is_float
 
 MAX_OUT = 256  # accumulator floats (rows of a x N): 16 AVX-512 registers
 AHEAD = 32  # rows of the codes window prefetched ahead
+FOLD_LANES = True  # the lanes form for E = (Y - U) * V with a zero-point fold (plan.fold)
 
 
 def plan_axpy(r: Region) -> dict[int, Plan]:
@@ -74,10 +75,12 @@ def emit_axpy(env: Env, plan: Plan, generic_dot) -> None:
         view, starts, ok = fused_view.view(env, codes, t)
         lanes = _by_lanes(plan, abuf)
         note_fused(op, codes, "fused untransposed dot: " + (
-            "lanes form (one table permute per 16 codes; scales and zero points per word "
-            "lane fold into the weights)" if lanes else "32 codes of a row per step"))
-        return ok, lambda: (_fused_lanes if lanes else _fused)(env, plan, abuf, out, view,
-                                                                 starts)
+            "lanes form (one table permute per 16 codes; " + (
+                "zero points and scales applied once per window)" if lanes and lanes[3] else
+                "scales and zero points per word lane fold into the weights)")
+            if lanes else "32 codes of a row per step"))
+        return ok, lambda: _fused_lanes(env, plan, abuf, out, view, starts, lanes) \
+            if lanes else _fused(env, plan, abuf, out, view, starts)
 
     with_fallback(env, op, plan.deferred, generic_dot, choose, "axpy")
 
@@ -117,7 +120,19 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
 
     accs = em.loop("0", str(k_rows), None, carried=[(va, "zeroinitializer")] * (m * chunks),
                    body_carried=step)
-    if plan.fold is not None:  # acc = V * (sum a*Y - U * sum a), once per window
+    _finish(env, plan, abuf, out, accs, plan.fold is not None)
+
+
+def _finish(env: Env, plan: Plan, abuf: Buf, out: Buf, accs: list[str], folded: bool) -> None:
+    """Adds the accumulators (row i's columns 32c .. 32c + 31 at i * chunks + c, in column
+    order) to `out`, first applying the zero-point fold when `folded`."""
+    em = env.em
+    accs = list(accs)
+    m = abuf.shape[0]
+    k_rows, n_cols = fused_view.kept(plan.codes.attrs.sizes)
+    chunks = n_cols // W
+    va = f"<{W} x float>"
+    if folded:  # acc = V * (sum a*Y - U * sum a), once per window
         _, u, v = plan.fold
         shape = (k_rows, n_cols)
         for i in range(m):
@@ -180,22 +195,29 @@ def _prefetch_ahead(em, plan: Plan, t, starts: list[str], row: str, ahead: int,
     prefetch.run_ahead(em, base, max(1, n_cols * bits // 8))
 
 
-def _by_lanes(plan: Plan, abuf: Buf) -> bool:
-    """Whether the lanes form applies: AVX-512, E affine in a table of codes of 1, 2 or 4
-    bits with U and V the same for the 32 / bits codes of each word, rows of whole 512-bit
-    registers, and every accumulator in a register."""
+def _by_lanes(plan: Plan, abuf: Buf) -> tuple[Value, Value | None, Value | None, bool] | None:
+    """(Y, U, V, folded) when the lanes form applies: AVX-512, codes of 1, 2 or 4 bits in rows
+    of whole 512-bit registers, every accumulator in a register, and E affine in a table Y of
+    the codes with U and V the same for the 32 / bits codes of each word (the loop applies
+    them), or else (FOLD_LANES) E = (Y - U) * V with the zero-point fold (plan.fold: U and V
+    applied once per window, after the loop; then U = V = None and folded); else None."""
     codes = plan.codes
-    split = affine(plan)
-    if codes.opcode != "load_codes" or split is None or not decode.permutes():
-        return False
+    if codes.opcode != "load_codes" or not decode.permutes():
+        return None
     bits = codes.attrs.bits
     n_cols = fused_view.kept(codes.attrs.sizes)[1]
-    regs = abuf.shape[0] * n_cols // 16
+    if bits not in (1, 2, 4) or n_cols * bits % 512 or abuf.shape[0] * n_cols // 16 > 16:
+        return None
+    split = affine(plan)
     spaces = row_spaces(plan.tree, plan.root)
     users = _users(plan)
-    return bits in (1, 2, 4) and n_cols * bits % 512 == 0 and regs <= 16 and all(
-        fused_leaves.word_invariant(v, spaces[users[v.id]], 32 // bits)
-        for v in split[1:] if v is not None)
+    if split is not None and all(
+            fused_leaves.word_invariant(v, spaces[users[v.id]], 32 // bits)
+            for v in split[1:] if v is not None):
+        return (*split, False)
+    if FOLD_LANES and plan.fold is not None and plan.fold[0].id in plan.tables:
+        return plan.fold[0], None, None, True
+    return None
 
 
 def _users(plan: Plan) -> dict[int, int]:
@@ -203,7 +225,8 @@ def _users(plan: Plan) -> dict[int, int]:
     return {v.id: op.results[0].id for op in plan.tree for v in op.operands}
 
 
-def _fused_lanes(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
+def _fused_lanes(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str],
+                 lanes: tuple[Value, Value | None, Value | None, bool]) -> None:
     """The lanes form: a register of 16 words holds codes at P = 32 / bits positions per word;
     shifting it right by `bits * pos` puts position pos of every word in the low bits, which a
     16-entry permute of E's table (repeated to 16, so the bits above the code do not matter)
@@ -217,7 +240,7 @@ def _fused_lanes(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]
     per = 32 // bits  # codes per word
     regs = n_cols * bits // 512  # 16-word registers per row
     v16, i16 = "<16 x float>", "<16 x i32>"
-    y, u, s = affine(plan)
+    y, u, s, folded = lanes
     spaces, users = row_spaces(plan.tree, plan.root), _users(plan)
     table = np.resize(np.asarray(plan.tables[y.id], np.uint32), 16)
     tab = "<" + ", ".join(f"i32 {int(np.int32(w))}" for w in table) + ">"
@@ -233,6 +256,7 @@ def _fused_lanes(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]
     def step(k: str, carried: list[str]) -> list[str]:
         accs, zaccs = carried[:len(carried) - zs], carried[len(carried) - zs:]
         n = em.val(f"add i64 {starts[0]}, {k}")
+        _prefetch_ahead(em, plan, t, starts, n, AHEAD, n_cols)
         row = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {first}")
         cols = _column(em, abuf, k, 16)
         nxt, nz = list(accs), list(zaccs)
@@ -269,6 +293,7 @@ def _fused_lanes(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]
     wide = 16 * per
     vw = f"<{wide} x float>"
     order = ", ".join(f"i32 {(c % per) * 16 + c // per}" for c in range(wide))
+    chunks = []  # row i's columns 32c .. 32c + 31 at i * n_cols / 32 + c
     for i in range(m):
         for z in range(regs):
             vs = accs[(i * regs + z) * per:(i * regs + z + 1) * per]
@@ -278,6 +303,8 @@ def _fused_lanes(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]
                 vs = [em.val(f"shufflevector <{n // 2} x float> {vs[q]}, <{n // 2} x float> "
                              f"{vs[q + 1]}, <{n} x i32> <{lanes}>") for q in range(0, len(vs), 2)]
             cols = em.val(f"shufflevector {vw} {vs[0]}, {vw} poison, <{wide} x i32> <{order}>")
-            q = em.gep(out, em.flat_index([str(i), str(z * wide)], out.shape))
-            old = em.val(f"load {vw}, ptr {q}, align 4")
-            em.emit(f"store {vw} {em.val(f'fadd {vw} {old}, {cols}')}, ptr {q}, align 4")
+            for c in range(0, wide, W):
+                lanes = ", ".join(f"i32 {c + q}" for q in range(W))
+                chunks.append(em.val(f"shufflevector {vw} {cols}, {vw} poison, "
+                                     f"<{W} x i32> <{lanes}>"))
+    _finish(env, plan, abuf, out, chunks, folded)
