@@ -226,7 +226,7 @@ def _users(plan: Plan) -> dict[int, int]:
 
 
 def _fused_lanes(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str],
-                 lanes: tuple[Value, Value | None, Value | None, bool]) -> None:
+                 form: tuple[Value, Value | None, Value | None, bool]) -> None:
     """The lanes form: a register of 16 words holds codes at P = 32 / bits positions per word;
     shifting it right by `bits * pos` puts position pos of every word in the low bits, which a
     16-entry permute of E's table (repeated to 16, so the bits above the code do not matter)
@@ -240,7 +240,7 @@ def _fused_lanes(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]
     per = 32 // bits  # codes per word
     regs = n_cols * bits // 512  # 16-word registers per row
     v16, i16 = "<16 x float>", "<16 x i32>"
-    y, u, s, folded = lanes
+    y, u, s, folded = form  # (_by_lanes)
     spaces, users = row_spaces(plan.tree, plan.root), _users(plan)
     table = np.resize(np.asarray(plan.tables[y.id], np.uint32), 16)
     tab = "<" + ", ".join(f"i32 {int(np.int32(w))}" for w in table) + ">"
