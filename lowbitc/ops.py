@@ -251,16 +251,24 @@ def _gemv_scales(qw: QTensor, k: Kernel, offsets: OffsetQTensor | None):
     return scales, zeros if zeros is not None else _NO_ZEROS
 
 
+# the GEMV's one K loop over all groups (matmul_mix.lbk FLAT): each row's lane sums carried
+# across groups, scaled per group in registers, reduced once (Zen 4, one thread, 4096^2:
+# ~0.87x the nested loops' time streamed, ~0.8x in cache; docs/performance.md)
+MIX_FLAT = True
+
+
 def mix_params(qw: TableQTensor, M: int, adt: str) -> dict:
     """matmul_mix's parameters for a mixture of named formats (members padded to 4)."""
     members, g = qw.member_formats, qw.group_size
     params = {f"W{i}": f for i, f in enumerate(members + (members[0],) * (4 - len(members)))}
+    bk = 128 if g % 128 == 0 else 64 if g % 64 == 0 else 32
+    flat = MIX_FLAT and M == 1 and g % bk == 0
     # 128 rows a block where there are enough: the row-table dot's per-window work (the
-    # group's scales and indices, the output tile) is spread over more rows
+    # group's scales and indices, the output tile) is spread over more rows; the flat GEMV
+    # carries 64 rows' lane sums
     params.update(T=len(members), A=adt, ZP=qw.zeros is not None,
                   BM=1 if M == 1 else 2 if M == 2 else 4 if M <= 4 else 8,
-                  BN=128 if qw.shape[0] >= 2048 else 64,
-                  BK=128 if g % 128 == 0 else 64 if g % 64 == 0 else 32)
+                  BN=128 if qw.shape[0] >= 2048 and not flat else 64, BK=bk, FLAT=flat)
     return params
 
 

@@ -168,12 +168,18 @@ def test_output_tiles_past_the_partials_budget_are_not_carried(monkeypatch):
     assert CARRIED in _check(0, 4, 40, 352)
 
 
-def test_the_mixture_gemv_inner_group_loop_is_not_carried():
-    """matmul_mix.lbk's K loop runs inside its loop over groups (one or two steps an entry):
-    carried, its partials were zeroed and reduced per group (the GEMV 1.65x slower)."""
+def test_the_mixture_gemv_carries_its_flat_loop_not_the_inner_group_loop():
+    """matmul_mix.lbk's nested K loop runs inside its loop over groups (one or two steps an
+    entry): carried, its partials were zeroed and reduced per group (the GEMV 1.65x slower).
+    The GEMV's flat loop (FLAT) carries each row's lane sums across groups instead, the
+    group's scale applied per row and window."""
     from lowbitc import ops
 
     w = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
     q = lowbitc.quantize(w, ["u4", "nf4", "f4e2m1fn", "i4"], 128, zero_point=True)
-    text = ops.get_kernel("matmul_mix", "llvm", **ops.mix_params(q, 1, "f32")).explain()
+    params = ops.mix_params(q, 1, "f32")
+    assert params["FLAT"]
+    text = ops.get_kernel("matmul_mix", "llvm", **params).explain()
+    assert CARRIED in text and "each row's sum scaled once by its row scale" in text, text
+    text = ops.get_kernel("matmul_mix", "llvm", **{**params, "FLAT": False}).explain()
     assert "fused register dot" in text and CARRIED not in text, text

@@ -39,6 +39,12 @@ def reads_codes(op: Op) -> bool:
         and len(op.attrs.sizes) == 2)
 
 
+# E = core * S (+ T) whose core is a row table (row_tables.py): S and T left to the row scale
+# (each row's sum scaled once per window, carried sums stay carried), the row table core's
+# (matmul_mix.lbk's flat GEMV: ~0.9x the nested loops' time at M = 1, docs/performance.md)
+SCALE_OUTSIDE_TABLES = True
+
+
 @dataclass
 class Plan:
     dot: Op  # the consumer: a dot (weights transposed) or a store
@@ -130,6 +136,11 @@ def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS,
         plan.row_tables = row_tables.find(tree, codes, plan.root, plan.tables,
                                           row_spaces(tree, plan.root))
         plan.core, plan.factor = _scaled(plan, defs)
+        if plan.core is None and SCALE_OUTSIDE_TABLES and plan.row_tables.wanted:
+            tables, plan.row_tables = plan.row_tables, row_tables.NONE
+            found = row_scale.find(plan, defs)
+            plan.row_tables = tables if found[0] is None else row_tables.find(
+                tree, codes, found[0], plan.tables, row_spaces(tree, found[0]))
         if plan.core is None:
             plan.core, plan.scale, plan.offset, plan.offset_sign = row_scale.find(plan, defs)
         plans[op.results[0].id] = plan

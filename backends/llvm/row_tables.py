@@ -22,6 +22,7 @@ AVX-512 and codes of up to 5 bits only (otherwise the tree is evaluated per code
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -119,7 +120,47 @@ def by_row(env: Env, plan) -> Callable[[str], dict[int, list[str]]] | None:
         source, made = found
         names = {rid: _constant(env, t) for rid, t in made.items()}
         return lambda j: _load(env, plan, source, names, j)
+    split = _split(env.defs, plan)
+    if split is not None:
+        first, (source, made) = split
+        names = {rid: _constant(env, t) for rid, t in made.items()}
+        return lambda j: _evaluate(env, plan, j, _load(env, first, source, names, j))
     return lambda j: _evaluate(env, plan, j)
+
+
+def _split(defs: dict[int, Op], plan):
+    """(the plan of E's first row tables, what `tabulated` gives for them) when the row
+    tables that read no leaf computed at run time (the mixture's member decodes, selected by
+    the table index) tabulate and the rest (a zero point subtracted) can be evaluated on them
+    per row: one register of table a row; else None."""
+    if _width(plan) != LANES:
+        return None
+    late: set[int] = set()
+    for v in _leaves(plan):
+        if not isinstance(v.type, TileType):
+            if not _const(v, defs):
+                late.add(v.id)
+            continue
+        ops = _chain(v, defs)
+        values = [v] + [op.operands[[isinstance(u.type, TileType) for u in op.operands]
+                                    .index(True)] for op in ops]
+        if not any(u.type.dtype in SOURCES for u in values):
+            late.add(v.id)
+    first: set[int] = set()
+    for op in plan.tree:
+        rid = op.results[0].id
+        if rid in plan.row_tables.ops and not any(
+                v.id in late or (v.id in plan.row_tables.ops and v.id not in first)
+                for v in op.operands):
+            first.add(rid)
+    rest = [op for op in plan.tree
+            if op.results[0].id in plan.row_tables.ops and op.results[0].id not in first]
+    wanted = {v.id for op in rest for v in op.operands if v.id in first}
+    if not late or not rest or not wanted:
+        return None
+    sub = dataclasses.replace(plan, row_tables=RowTables(frozenset(first), frozenset(wanted)))
+    found = tabulated(defs, sub)
+    return None if found is None else (sub, found)
 
 
 def _width(plan) -> int:
@@ -254,8 +295,10 @@ def _load(env: Env, plan, source: Value, names: dict[int, str], j: str
     return out
 
 
-def _evaluate(env: Env, plan, j: str) -> dict[int, list[str]]:
-    """Row j's tables evaluated at run time on the vector of all codes."""
+def _evaluate(env: Env, plan, j: str, known: dict[int, list[str]] | None = None
+              ) -> dict[int, list[str]]:
+    """Row j's tables evaluated at run time on the vector of all codes (from `known` row
+    tables' registers, one each, on)."""
     em = env.em
     bits = _bits(plan.codes)
     n = _width(plan)
@@ -268,10 +311,13 @@ def _evaluate(env: Env, plan, j: str) -> dict[int, list[str]]:
         words = _words(np.resize(np.asarray(table, np.uint32), n))
         vals[rid] = em.val(f"bitcast <{n} x i32> {words} to {vtype(dt, n)}") \
             if dt == "f32" else words
+    for rid, (words,) in (known or {}).items():
+        vals[rid] = em.val(f"bitcast <{n} x i32> {words} to <{n} x float>") \
+            if _dtype_of(plan, rid) == "f32" else words
     shape = tuple(plan.root.type.shape)
     for op in plan.tree:
         rid = op.results[0].id
-        if rid not in plan.row_tables.ops:
+        if rid not in plan.row_tables.ops or rid in vals:
             continue
         args = [vals[v.id] if v.id in vals else _leaf(env, v, shape, j, n)
                 for v in op.operands]
