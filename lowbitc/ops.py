@@ -253,7 +253,7 @@ def _gemv_scales(qw: QTensor, k: Kernel, offsets: OffsetQTensor | None):
 
 # the GEMV's one K loop over all groups (matmul_mix.lbk FLAT): each row's lane sums carried
 # across groups, scaled per group in registers, reduced once (Zen 4, one thread, 4096^2:
-# ~0.87x the nested loops' time streamed, ~0.8x in cache; docs/performance.md)
+# 0.93x the nested loops' time streamed, 0.89x in cache; docs/performance.md)
 MIX_FLAT = True
 
 

@@ -39,9 +39,10 @@ def reads_codes(op: Op) -> bool:
         and len(op.attrs.sizes) == 2)
 
 
-# E = core * S (+ T) whose core is a row table (row_tables.py): S and T left to the row scale
-# (each row's sum scaled once per window, carried sums stay carried), the row table core's
-# (matmul_mix.lbk's flat GEMV: ~0.9x the nested loops' time at M = 1, docs/performance.md)
+# E = core * S (+ T) that is a row table (row_tables.py) whole: the row table is made of core
+# only and S, T go to the row scale (each row's sum scaled once per window, so a carried sum
+# stays carried; matmul_mix.lbk's flat GEMV, M = 1: 0.93x the nested loops' time streamed,
+# docs/performance.md)
 SCALE_OUTSIDE_TABLES = True
 
 
