@@ -101,6 +101,14 @@ class QTensor:
         zeros = None if self.zeros is None else np.ascontiguousarray(self.zeros.T)
         return np.ascontiguousarray(self.scales.T), zeros
 
+    def __getstate__(self) -> dict:
+        """Pickling and copy.deepcopy leave out the bound launches of lowbitc.a8.call
+        (`_a8_runs`: ctypes objects bound to this tensor's arrays); a copy binds its own on
+        its first int8-activation GEMV."""
+        state = dict(self.__dict__)
+        state.pop("_a8_runs", None)
+        return state
+
     def replica(self) -> QTensor:
         """The same weight in fresh memory for what kernels read: scales, zero points and every
         packing made so far copied (codes too for u8/i8, which kernels read as bytes; other

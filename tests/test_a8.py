@@ -5,6 +5,8 @@ implies, against the interpreter and with its fused byte dot."""
 
 from __future__ import annotations
 
+import copy
+import pickle
 import re
 
 import numpy as np
@@ -305,6 +307,20 @@ def test_a8_launches_bound_once_per_weight():
     w.words[:] = 0  # codes, scales and zero points of the twin only
     np.testing.assert_array_equal(ops.matmul(x[:1], twin, act="i8"), 0)
     assert np.abs(ops.matmul(x[:1], qw, act="i8")).max() > 0
+
+
+def test_a8_bound_launches_are_not_copied_or_pickled():
+    """A QTensor that ran an int8 GEMV (a8.call cached its bound launches) still deep-copies
+    and pickles; the copy binds its own launches and gives the same result."""
+    rng = np.random.default_rng(6)
+    qw = lowbitc.quantize(rng.standard_normal((64, 256)).astype(np.float32), "u4", 128,
+                          zero_point=True)
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    y = ops.matmul(x, qw, act="i8")
+    assert "_a8_runs" in qw.__dict__
+    for twin in (copy.deepcopy(qw), pickle.loads(pickle.dumps(qw))):
+        assert "_a8_runs" not in twin.__dict__
+        np.testing.assert_array_equal(ops.matmul(x, twin, act="i8"), y)
 
 
 def test_inline_packing_applies_to_gemvs_of_rows_packed_codes(monkeypatch):
