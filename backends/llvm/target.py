@@ -16,7 +16,6 @@ def host_vector_bits() -> int:
     return 256 if features.get("avx", False) else 128
 
 
-
 # Software prefetch locality (llvm.prefetch's third operand: 3 = prefetcht0, into every level;
 # 2 = prefetcht1, into L2 and below), per kind of stream and by LLVM's host CPU name:
 #   "rows"  windows of the rows packing (rows._prefetch: the f32 GEMV, and the int8 dot's
@@ -24,8 +23,9 @@ def host_vector_bits() -> int:
 #   "bytes" rows of bytes in memory order (bytedot's byte-row dot),
 #   "runs"  byte runs of other layouts (prefetch.py: user kernels' columns, byte windows).
 # Zen 5's distances were tuned with prefetcht0 (prefetcht1 was 1.09x slower there); on Zen 4
-# prefetcht0 ... (docs/performance.md).
-PREFETCH_LOCALITY_BY_CPU: dict[str, dict[str, int]] = {"znver4": {"rows": 2, "bytes": 2, "runs": 2}}
+# prefetcht1 made the streamed GEMVs 15-30% faster (docs/performance.md, session 11).
+PREFETCH_LOCALITY_BY_CPU: dict[str, dict[str, int]] = {
+    "znver4": {"rows": 2, "bytes": 2, "runs": 2}}
 PREFETCH_LOCALITY: dict[str, int] = {}  # overrides the host's, per stream (experiments)
 
 
