@@ -185,6 +185,12 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
     activations to int8 in the kernel (per row and block, lowbitc/a8.py) and multiplies
     integers (VNNI) for the formats that allow it on the LLVM backend; other formats and
     backends keep exact f32 activations."""
+    fast = _bound_gemv(x, qw, backend, out, act)
+    if fast is not None:
+        y = _line_aligned((1, qw.shape[0]), _F32) if out is None else out
+        fast(x, y)
+        return y
+    fast_key = (backend, act, getattr(x, "shape", None), getattr(x, "dtype", None))
     qw = _check_qtensor(qw)
     act = a8.check_act(act)
     if not isinstance(x, np.ndarray):
@@ -227,15 +233,45 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
                           bn <= TILE_MAJOR_BN, OFF=offsets is not None)
         k = _remember(plan, get_kernel(name, backend, **params))
     if k.name == "matmul_a8":  # scales and zeros tile-major, activations quantized first
-        a8.call(qw, k, x, adt, y, weight_storage)
+        run = a8.call(qw, k, x, adt, y, weight_storage)
         if qw.sparse is not None:
             qw.sparse.matmul_add(x, y, backend)
+        elif run is not None and offsets is None:
+            _remember_gemv(qw, fast_key, plan, k, run)
         return y
     scales, zeros = _gemv_scales(qw, k, offsets)
     launch_matmul(k, x, weight_storage(qw, k), scales, zeros, y, qw.group_size, K)
     if qw.sparse is not None:
         qw.sparse.matmul_add(x, y, backend)
     return y
+
+
+def _bound_gemv(x, qw, backend: str, out, act: str):
+    """The bound int8 GEMV (a8.call's) that an earlier call with the same backend, act, x
+    shape and dtype took on this weight, when x and `out` need no conversion or check the
+    launch does not make; else None, and `matmul` takes its full path. A model decoding
+    calls each layer's GEMV with one signature: this skips the ~3 us (more when the weight
+    stream has left Python's objects out of cache) of checks, plan lookup and dispatch."""
+    runs = getattr(qw, "_a8_fast", None)
+    if runs is None or type(x) is not np.ndarray:
+        return None
+    hit = runs.get((backend, act, x.shape, x.dtype, tuned.GENERATION))
+    if hit is None or _PLANS.get(hit[0]) is not hit[1] or not x.flags.c_contiguous:
+        return None  # (a plan forgotten or replaced: the full path chooses again)
+    if out is not None and not (type(out) is np.ndarray and out.dtype == _F32
+                                and out.shape == (1, qw.shape[0]) and out.flags.c_contiguous
+                                and out.flags.writeable):
+        return None
+    return hit[2]
+
+
+def _remember_gemv(qw: QTensor, key: tuple, plan: tuple, k: Kernel, run) -> None:
+    """Keep `run` (a8.call's bound GEMV with kernel `k`, the plan of `plan`) for
+    `_bound_gemv` on qw (a few signatures)."""
+    runs = qw.__dict__.setdefault("_a8_fast", {})
+    if len(runs) >= a8.MAX_RUNS:
+        runs.clear()
+    runs[(*key, tuned.GENERATION)] = (plan, k, run)
 
 
 def _gemv_scales(qw: QTensor, k: Kernel, offsets: OffsetQTensor | None):

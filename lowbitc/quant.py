@@ -103,10 +103,11 @@ class QTensor:
 
     def __getstate__(self) -> dict:
         """Pickling and copy.deepcopy leave out the bound launches of lowbitc.a8.call
-        (`_a8_runs`: ctypes objects bound to this tensor's arrays); a copy binds its own on
-        its first int8-activation GEMV."""
+        (`_a8_runs`, and ops.matmul's `_a8_fast` of the same launches: ctypes objects bound
+        to this tensor's arrays); a copy binds its own on its first int8-activation GEMV."""
         state = dict(self.__dict__)
         state.pop("_a8_runs", None)
+        state.pop("_a8_fast", None)
         return state
 
     def replica(self) -> QTensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import pickle
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -309,6 +310,97 @@ def test_a8_launches_bound_once_per_weight():
     assert np.abs(ops.matmul(x[:1], qw, act="i8")).max() > 0
 
 
+@pytest.mark.parametrize("m", [1, 40])
+def test_a8_bound_chain_and_its_fallback_give_the_launches_result(m):
+    """a8.bound runs the quantizer and the dot as one native call (LaunchChain) on buffers of
+    its own; while another call is inside it (its lock held) a call quantizes into fresh
+    buffers through two launches: both give a8.matmul's result bit for bit, for a GEMV and
+    for 40 rows (the quantizer then a grid of its own over the pool)."""
+    rng = np.random.default_rng(7)
+    qw = lowbitc.quantize(rng.standard_normal((96, 512)).astype(np.float32), "u4", 128,
+                          zero_point=True)
+    x = rng.standard_normal((m, 512)).astype(np.float32)
+    k = ops.get_kernel("matmul_a8", **a8.params(qw.dtype, 128, True, m, "i8", 96))
+    want = np.zeros((m, 96), np.float32)
+    a8.matmul(k, x, "f32", *a8.operands(qw, k, ops.weight_storage), want, 128)
+    run = a8.bound(k, "f32", np.empty_like(x), *a8.operands(qw, k, ops.weight_storage),
+                   np.empty_like(want), 128)
+    cells = {n: c.cell_contents for n, c in zip(run.__code__.co_freevars, run.__closure__)}
+    chain, fresh = cells["chain"], cells["fresh"]
+    spare = dict(zip(fresh.__code__.co_freevars, fresh.__closure__))["spare"].cell_contents
+    assert type(chain).__name__ == "LaunchChain"
+    spares = []
+    for busy in (False, True, False):
+        y = np.full_like(want, np.nan)
+        if busy:
+            assert chain._busy.acquire(blocking=False)
+        try:
+            run(x, y)
+        finally:
+            if busy:
+                chain._busy.release()
+        np.testing.assert_array_equal(y, want)
+        spares.append(len(spare))
+    assert spares == [0, 1, 1]  # the fresh-buffer launches: bound on the first contention
+    assert chain.try_call(x, y) and np.array_equal(y, want)
+
+
+def test_a8_bound_gemv_from_many_threads():
+    """Threads calling one weight's bound GEMV at once (each call either through the chain
+    or, while it is busy, through fresh buffers) all get the single-threaded result."""
+    rng = np.random.default_rng(8)
+    qw = lowbitc.quantize(rng.standard_normal((128, 1024)).astype(np.float32), "u4", 128,
+                          zero_point=True)
+    xs = [rng.standard_normal((1, 1024)).astype(np.float32) for _ in range(4)]
+    want = [ops.matmul(x, qw, act="i8").copy() for x in xs]
+    errors = []
+
+    def work(i: int) -> None:
+        for _ in range(50):
+            if not np.array_equal(ops.matmul(xs[i], qw, act="i8"), want[i]):
+                errors.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_ops_matmul_gemv_fast_path_follows_the_plan():
+    """A second int8 GEMV with the same signature takes the launch bound by the first
+    (ops._bound_gemv) and gives the same result, into `out` too; a plan forgotten or
+    replaced (ops._PLANS), another act, a non-contiguous x or a wrong `out` take the full
+    path (which checks and converts)."""
+    rng = np.random.default_rng(9)
+    qw = lowbitc.quantize(rng.standard_normal((64, 256)).astype(np.float32), "u4", 128,
+                          zero_point=True)
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    y = ops.matmul(x, qw, act="i8")
+    assert ops._bound_gemv(x, qw, "llvm", None, "i8") is not None
+    np.testing.assert_array_equal(ops.matmul(x, qw, act="i8"), y)
+    out = np.empty((1, 64), np.float32)
+    assert ops.matmul(x, qw, act="i8", out=out) is out
+    np.testing.assert_array_equal(out, y)
+    assert ops._bound_gemv(x, qw, "llvm", None, "f32") is None
+    wide = np.zeros((1, 512), np.float32)
+    wide[:, ::2] = x
+    assert ops._bound_gemv(wide[:, ::2], qw, "llvm", None, "i8") is None
+    np.testing.assert_array_equal(ops.matmul(wide[:, ::2], qw, act="i8"), y)
+    with pytest.raises(UserArgumentError, match="out: expected"):
+        ops.matmul(x, qw, act="i8", out=np.empty((1, 63), np.float32))
+    ops._PLANS.clear()  # forgotten: the full path plans (and binds) again
+    assert ops._bound_gemv(x, qw, "llvm", None, "i8") is None
+    np.testing.assert_array_equal(ops.matmul(x, qw, act="i8"), y)
+    assert ops._bound_gemv(x, qw, "llvm", None, "i8") is not None
+    plan = next(key for key in ops._PLANS if key[-2] == "i8" and key[6] == 1)
+    ops._PLANS[plan] = ops.get_kernel("matmul_a8", **a8.params(qw.dtype, 128, True, 1, "i8",
+                                                                 64, inline=False))
+    assert ops._bound_gemv(x, qw, "llvm", None, "i8") is None  # replaced: not the old launch
+    np.testing.assert_array_equal(ops.matmul(x, qw, act="i8"), y)
+
+
 def test_a8_bound_launches_are_not_copied_or_pickled():
     """A QTensor that ran an int8 GEMV (a8.call cached its bound launches) still deep-copies
     and pickles; the copy binds its own launches and gives the same result."""
@@ -317,9 +409,9 @@ def test_a8_bound_launches_are_not_copied_or_pickled():
                           zero_point=True)
     x = rng.standard_normal((1, 256)).astype(np.float32)
     y = ops.matmul(x, qw, act="i8")
-    assert "_a8_runs" in qw.__dict__
+    assert "_a8_runs" in qw.__dict__ and "_a8_fast" in qw.__dict__
     for twin in (copy.deepcopy(qw), pickle.loads(pickle.dumps(qw))):
-        assert "_a8_runs" not in twin.__dict__
+        assert "_a8_runs" not in twin.__dict__ and "_a8_fast" not in twin.__dict__
         np.testing.assert_array_equal(ops.matmul(x, twin, act="i8"), y)
 
 

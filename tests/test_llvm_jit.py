@@ -298,6 +298,31 @@ def test_every_block_runs_exactly_once_over_many_launches(count_address, kind, t
     assert the_pool.workers >= 1 if threads is None else the_pool.workers == threads - 1
 
 
+def test_run2_runs_both_launches_once_each(count_address):
+    """NativePool.run2: the first launch's blocks, then the second's, each exactly once,
+    inline (one part) or over the pool (that the second reads the first's results is
+    test_a8.py::test_a8_bound_chain_and_its_fallback_give_the_launches_result)."""
+    if not pool.available():
+        pytest.skip("no native pool on this platform")
+    the_pool = pool.NativePool()
+    rng = np.random.default_rng(4)
+    a, b = np.zeros(300, np.int64), np.zeros(300, np.int64)
+    pa, pb = ArgPacker(COUNT_SIG)((a,)), ArgPacker(COUNT_SIG)((b,))
+    want_a, want_b = np.zeros_like(a), np.zeros_like(b)
+    for _ in range(200):
+        n1, n2 = (int(v) for v in rng.integers(1, 300, 2))
+        p1, p2 = (int(v) for v in rng.integers(1, 9, 2))
+        assert the_pool.run2((count_address, pa, n1, p1, 2), (count_address, pb, n2, p2, 2))
+        want_a[:n1] += 1
+        want_b[:n2] += 1
+    np.testing.assert_array_equal(a, want_a)
+    np.testing.assert_array_equal(b, want_b)
+    same = np.zeros(64, np.int64)  # one array, both launches: every block counted twice
+    ps = ArgPacker(COUNT_SIG)((same,))
+    assert the_pool.run2((count_address, ps, 64, 4, 2), (count_address, ps, 64, 1, 2))
+    np.testing.assert_array_equal(same, 2)
+
+
 def test_launch_in_a_forked_child(count_address):
     if not hasattr(os, "fork"):
         pytest.skip("no fork on this platform")

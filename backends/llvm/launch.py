@@ -17,6 +17,7 @@ import ctypes
 import os
 import platform
 import struct
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ __all__ = [
     "ArgPacker",
     "ArrayArg",
     "GridLauncher",
+    "LaunchChain",
     "PreparedLaunch",
     "ScalarArg",
     "num_threads",
@@ -308,8 +310,12 @@ class GridLauncher:
         if isinstance(nblocks, bool) or not isinstance(nblocks, (int, np.integer)) or nblocks < 0:
             raise UserArgumentError(f"nblocks: expected an integer >= 0, got {nblocks!r}")
         self.nblocks = int(nblocks)
+        self._parts = self.parts(self.nblocks)
+
+    def parts(self, nblocks: int) -> int:
+        """How many ranges a grid of `nblocks` blocks is cut into (1: run on the caller)."""
         parts = PARTS_PER_THREAD * self.threads if self.threads > 1 else 1
-        self._parts = max(1, min(parts, self.nblocks // self.min_blocks_per_thread))
+        return max(1, min(parts, nblocks // self.min_blocks_per_thread))
 
     def __call__(self, args: ctypes.Array, nblocks: int | None = None) -> None:
         """Run every block once on `args` (from `pack_args`); `nblocks` resizes the grid."""
@@ -345,6 +351,11 @@ class PreparedLaunch:
                                     f"got {len(arrays)}")
         # a copy per call: scalar slots still point into the template, which stays unchanged
         packed = self._type.from_buffer_copy(self._template)
+        self._fill(packed, arrays)
+        self._launcher(packed, self._nblocks)
+
+    def _fill(self, packed: ctypes.Array, arrays: Sequence[np.ndarray]) -> None:
+        """Put the free arrays' addresses into `packed`, each checked as prepared."""
         for (i, param, dtype, shape), a in zip(self._free, arrays):
             if not (type(a) is np.ndarray and a.dtype == dtype and a.shape == shape
                     and a.flags.c_contiguous and (not param.output or a.flags.writeable)):
@@ -352,4 +363,46 @@ class PreparedLaunch:
                 raise UserArgumentError(f"argument {param.name!r}: expected shape {shape} "
                                         f"(as prepared), got {getattr(a, 'shape', None)}")
             packed[i] = _data_address(a)
-        self._launcher(packed, self._nblocks)
+
+    def then(self, second: PreparedLaunch) -> LaunchChain:
+        """This launch and `second` after it, as one call (`LaunchChain`)."""
+        return LaunchChain(self, second)
+
+    def job(self, packed: ctypes.Array) -> tuple:
+        """(fn address, packed, blocks, parts, threads): this launch on `packed` as the
+        pool's run2 takes it."""
+        la = self._launcher
+        return (la.address, packed, self._nblocks, la.parts(self._nblocks), la.threads)
+
+
+class LaunchChain:
+    """Two prepared launches run as one native call, `second` after `first` (e.g. quantize
+    the activations, then the GEMV that reads them): a call takes `first`'s free arrays, then
+    `second`'s, writes their addresses into packed arguments of its own and makes one ctypes
+    call (~8 us less than the two launches, whose Python work between the kernels also
+    leaves the memory idle). One call at a time uses a chain: `try_call` is False, nothing
+    run, while another thread is inside it."""
+
+    __slots__ = ("_first", "_second", "_packed", "_split", "_jobs", "_busy")
+
+    def __init__(self, first: PreparedLaunch, second: PreparedLaunch):
+        self._first, self._second = first, second  # (they keep the bound arrays alive)
+        self._packed = tuple(p._type.from_buffer_copy(p._template) for p in (first, second))
+        self._split = len(first._free)
+        self._jobs = (first.job(self._packed[0]), second.job(self._packed[1]))
+        self._busy = threading.Lock()
+
+    def try_call(self, *arrays: np.ndarray) -> bool:
+        if not self._busy.acquire(blocking=False):
+            return False
+        try:
+            (first, second), k = self._packed, self._split
+            self._first._fill(first, arrays[:k])
+            self._second._fill(second, arrays[k:])
+            pool = get_pool()
+            if pool.kind != "native" or not pool.run2(*self._jobs):
+                self._first._launcher(first, self._first._nblocks)
+                self._second._launcher(second, self._second._nblocks)
+        finally:
+            self._busy.release()
+        return True

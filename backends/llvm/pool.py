@@ -216,6 +216,30 @@ yield:
 done:
   ret void
 }}
+
+; two launches in one call (e.g. quantize the activations, then the GEMV that reads them):
+; each runs inline when it has one part, else over the pool as lowbitc_pool_launch does
+define void @lowbitc_pool_launch2(ptr %f1, ptr %a1, i64 %n1, i64 %p1, i64 %h1,
+                                  ptr %f2, ptr %a2, i64 %n2, i64 %p2, i64 %h2) {{
+entry:
+  %one1 = icmp ule i64 %p1, 1
+  br i1 %one1, label %inline1, label %pool1
+inline1:
+  call void %f1(ptr %a1, i64 0, i64 %n1)
+  br label %second
+pool1:
+  call void @lowbitc_pool_launch(ptr %f1, ptr %a1, i64 %n1, i64 %p1, i64 %h1)
+  br label %second
+second:
+  %one2 = icmp ule i64 %p2, 1
+  br i1 %one2, label %inline2, label %pool2
+inline2:
+  call void %f2(ptr %a2, i64 0, i64 %n2)
+  ret void
+pool2:
+  call void @lowbitc_pool_launch(ptr %f2, ptr %a2, i64 %n2, i64 %p2, i64 %h2)
+  ret void
+}}
 """
 
 # Pin each worker off the launching thread's CPU (NativePool._place); False leaves placement
@@ -237,6 +261,8 @@ _getcpu = _libc_getcpu()
 KERNEL_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 _LAUNCH = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                            ctypes.c_int64)
+_LAUNCH2 = ctypes.CFUNCTYPE(None, *(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                     ctypes.c_int64, ctypes.c_int64) * 2)
 _GROW = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64)
 _WORKERS = ctypes.CFUNCTYPE(ctypes.c_int64)
 _TID = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
@@ -274,12 +300,14 @@ class NativePool:
     def __init__(self) -> None:
         module = _pool_module()
         self.launch = _LAUNCH(module.address("lowbitc_pool_launch"))
+        self._launch2 = _LAUNCH2(module.address("lowbitc_pool_launch2"))
         self._grow = _GROW(module.address("lowbitc_pool_grow"))
         self._workers = _WORKERS(module.address("lowbitc_pool_workers"))
         self._tid = _TID(module.address("lowbitc_pool_tid"))
         self.busy = threading.Lock()
         self._module = module
         self._placed: tuple[int, int] | None = None  # (caller's CPU, workers) last placed
+        self._have = 0  # workers started (they never exit)
 
     @property
     def workers(self) -> int:
@@ -293,6 +321,7 @@ class NativePool:
             if err:
                 raise BackendError(f"cannot start thread-pool workers: pthread_create error {err}")
             have = self._workers()
+        self._have = have
         return have
 
     def run(self, fn_address: int, args: ctypes.Array, nblocks: int, nparts: int,
@@ -312,6 +341,25 @@ class NativePool:
             self.busy.release()
         return True
 
+    def run2(self, first: tuple, second: tuple) -> bool:
+        """Two launches in one native call, `second` after `first`: each (fn_address, args,
+        nblocks, nparts, threads) as `run` takes them, a launch of one part run inline. False
+        (nothing run) if busy."""
+        if not self.busy.acquire(blocking=False):
+            return False
+        try:
+            fn1, args1, n1, p1, t1 = first
+            fn2, args2, n2, p2, t2 = second
+            p1, p2 = max(1, min(p1, n1)), max(1, min(p2, n2))
+            h1, h2 = min(t1, p1) - 1, min(t2, p2) - 1
+            want = max(h1, h2)
+            have = self._have if want <= self._have else self._ensure_workers(want)
+            if have and PLACE_WORKERS:
+                self._place(have)
+            self._launch2(fn1, args1, n1, p1, min(h1, have), fn2, args2, n2, p2, min(h2, have))
+        finally:
+            self.busy.release()
+        return True
 
     def _place(self, workers: int) -> None:
         """Keep the workers off the launching thread's CPU: each worker may run only on its
