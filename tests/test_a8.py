@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import lowbitc
-from lowbitc import a8, formats, ops
-from lowbitc.backends.llvm import bytedot, intdot
+from lowbitc import a8, formats, kernels, ops
+from lowbitc.backends.llvm import bytedot, intdot, target
 from lowbitc.compiler import compile
 from lowbitc.errors import DSLTypeError, UserArgumentError
 from lowbitc.repack import RowsPacking
@@ -432,12 +432,29 @@ def test_inline_packing_applies_to_gemvs_of_rows_packed_codes(monkeypatch):
     assert "XK" not in a8.params(u4, 128, True, 1, "i8")
 
 
+@pytest.fixture
+def inline_prefetch(monkeypatch):
+    """Set target.INLINE_PREFETCH (the host's default otherwise) for kernels compiled in
+    memory only: the persistent cache's key does not see it."""
+    monkeypatch.setenv("LOWBITC_NO_CACHE", "1")
+
+    def use(on: bool) -> None:
+        monkeypatch.setattr(target, "INLINE_PREFETCH", on)
+        kernels._KERNELS.clear()
+        ops._PLANS.clear()
+    yield use
+    kernels._KERNELS.clear()
+    ops._PLANS.clear()
+
+
 @pytest.mark.skipif(not bytedot.applies(), reason="the fused byte dot needs AVX-512 VNNI")
 @pytest.mark.parametrize("fmt", ["u4", "u2", "u8", "u1"])
-def test_inline_gemv_prefetch_distance(fmt):
+def test_inline_gemv_prefetch_distance(fmt, inline_prefetch):
     """An inline GEMV program (one stream) asks for its codes PREFETCH_BYTES ahead (2- and
     4-bit codes PREFETCH_BYTES_BY_BITS, 8 KB), every line of its window and the extra step's
-    lines after it: the assembly's prefetches are that run of lines."""
+    lines after it: the assembly's prefetches are that run of lines. Where the host does
+    without (target.INLINE_PREFETCH_BY_CPU: Zen 4) it has none, and the same results."""
+    inline_prefetch(True)
     p = a8.params(formats.lookup(fmt), 128, True, 1, "i8", 256)
     text = ops.get_kernel("matmul_a8", **p).text("asm")
     offsets = sorted(int(v) for v in re.findall(r"prefetcht[0-2]\s+(-?\d+)\(", text))
@@ -447,6 +464,15 @@ def test_inline_gemv_prefetch_distance(fmt):
     assert offsets == list(range(far, far + 64 * lines, 64))
     assert bytedot.PREFETCH_BYTES_BY_BITS == {2: 8192, 4: 8192}
     assert bytedot.PREFETCH_BYTES == 4096
+    rng = np.random.default_rng(bits)
+    qw = lowbitc.quantize(rng.standard_normal((64, 256)).astype(np.float32), fmt, 128,
+                          zero_point=True)
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    y = ops.matmul(x, qw, act="i8")
+    inline_prefetch(False)
+    assert "prefetch" not in ops.get_kernel("matmul_a8", **p).text("asm")
+    np.testing.assert_array_equal(ops.matmul(x, qw.replica(), act="i8"), y)
+    assert target.INLINE_PREFETCH_BY_CPU == {"znver4": False}
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])

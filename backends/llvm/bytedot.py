@@ -202,9 +202,10 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
         # PREFETCH_BYTES (by code width) ahead, and for the extra step's lines after them
         # (inline_extra_lines); wider windows PREFETCH_WINDOWS ahead in each
         if bn == LANES:
-            far = PREFETCH_BYTES_BY_BITS.get(bits, PREFETCH_BYTES)
-            ahead = max(rows_packing.PREFETCH_WINDOWS, -(-far // (64 * lines)))
-            rows_packing._prefetch(em, t, base, lines, ahead, inline_extra_lines(bits))
+            if target.inline_prefetch():  # (not on hosts whose hardware does better alone)
+                far = PREFETCH_BYTES_BY_BITS.get(bits, PREFETCH_BYTES)
+                ahead = max(rows_packing.PREFETCH_WINDOWS, -(-far // (64 * lines)))
+                rows_packing._prefetch(em, t, base, lines, ahead, inline_extra_lines(bits))
         else:
             rows_packing._prefetch(em, t, base, lines)
 

@@ -39,3 +39,19 @@ def prefetch_locality(stream: str) -> int:
     if stream in PREFETCH_LOCALITY:
         return PREFETCH_LOCALITY[stream]
     return _host_prefetch_locality().get(stream, 3)
+
+
+# Whether the int8 dot's inline GEMV (one sequential stream per 16-row program, bytedot.py)
+# asks for its codes ahead in software, by LLVM's host CPU name (default yes). On Zen 4 the
+# hardware prefetchers alone ran it 9-12 % faster streamed (u4, u8; 2 threads), as llama.cpp's
+# repacked GEMVs, which prefetch nothing (docs/performance.md, session 12); Zen 5's 4-9 %
+# gain from 8 KB ahead stays.
+INLINE_PREFETCH_BY_CPU: dict[str, bool] = {"znver4": False}
+INLINE_PREFETCH: bool | None = None  # overrides the host's (experiments)
+
+
+def inline_prefetch() -> bool:
+    """Whether this host's inline GEMV windows prefetch their stream in software (above)."""
+    if INLINE_PREFETCH is not None:
+        return INLINE_PREFETCH
+    return INLINE_PREFETCH_BY_CPU.get(llvm.get_host_cpu_name(), True)
