@@ -471,6 +471,9 @@ def test_inline_gemv_prefetch_distance(fmt, inline_prefetch):
     y = ops.matmul(x, qw, act="i8")
     inline_prefetch(False)
     assert "prefetch" not in ops.get_kernel("matmul_a8", **p).text("asm")
+    u3 = a8.params(formats.lookup("u3"), 128, True, 1, "i8", 256)  # tile-major 16-row tiles
+    assert u3["BN"] == 16 and "XK" not in u3
+    assert "prefetcht" in ops.get_kernel("matmul_a8", **u3).text("asm")  # keeps its own
     np.testing.assert_array_equal(ops.matmul(x, qw.replica(), act="i8"), y)
     assert target.INLINE_PREFETCH_BY_CPU == {"znver4": False}
 

@@ -202,7 +202,10 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
         # PREFETCH_BYTES (by code width) ahead, and for the extra step's lines after them
         # (inline_extra_lines); wider windows PREFETCH_WINDOWS ahead in each
         if bn == LANES:
-            if target.inline_prefetch():  # (not on hosts whose hardware does better alone)
+            # one bit plane in 16-row programs is the inline GEMV packing, whose one stream
+            # some hosts' hardware prefetchers follow better alone; u3's two planes run
+            # tile-major 16-row tiles (a code stream and a scale stream): they keep it
+            if len(packing.planes) > 1 or target.inline_prefetch():
                 far = PREFETCH_BYTES_BY_BITS.get(bits, PREFETCH_BYTES)
                 ahead = max(rows_packing.PREFETCH_WINDOWS, -(-far // (64 * lines)))
                 rows_packing._prefetch(em, t, base, lines, ahead, inline_extra_lines(bits))
