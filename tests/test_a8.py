@@ -345,6 +345,26 @@ def test_a8_bound_chain_and_its_fallback_give_the_launches_result(m):
     assert chain.try_call(x, y) and np.array_equal(y, want)
 
 
+def test_a8_bound_chain_on_the_python_pool(monkeypatch):
+    """With the portable Python pool (no native run2) a bound run's chain launches its two
+    kernels one after the other: the same result."""
+    from lowbitc.backends.llvm import pool
+
+    rng = np.random.default_rng(10)
+    qw = lowbitc.quantize(rng.standard_normal((96, 512)).astype(np.float32), "u4", 128,
+                          zero_point=True)
+    x = rng.standard_normal((40, 512)).astype(np.float32)
+    k = ops.get_kernel("matmul_a8", **a8.params(qw.dtype, 128, True, 40, "i8", 96))
+    want = np.zeros((40, 96), np.float32)
+    a8.matmul(k, x, "f32", *a8.operands(qw, k, ops.weight_storage), want, 128)
+    monkeypatch.setattr(pool, "_POOL", pool.PythonPool())
+    run = a8.bound(k, "f32", np.empty_like(x), *a8.operands(qw, k, ops.weight_storage),
+                   np.empty_like(want), 128)
+    y = np.full_like(want, np.nan)
+    run(x, y)
+    np.testing.assert_array_equal(y, want)
+
+
 def test_a8_bound_gemv_from_many_threads():
     """Threads calling one weight's bound GEMV at once (each call either through the chain
     or, while it is busy, through fresh buffers) all get the single-threaded result."""
