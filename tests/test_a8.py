@@ -343,6 +343,10 @@ def test_a8_bound_chain_and_its_fallback_give_the_launches_result(m):
         spares.append(len(spare))
     assert spares == [0, 1, 1]  # the fresh-buffer launches: bound on the first contention
     assert chain.try_call(x, y) and np.array_equal(y, want)
+    with pytest.raises(UserArgumentError, match=r"expected 2 arrays \(x, y\), got 1"):
+        chain.try_call(x)
+    with pytest.raises(UserArgumentError, match="argument 'y'"):
+        chain.try_call(x, y[:, :5].copy())
 
 
 def test_a8_bound_chain_on_the_python_pool(monkeypatch):

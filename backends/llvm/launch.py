@@ -393,6 +393,12 @@ class LaunchChain:
         self._busy = threading.Lock()
 
     def try_call(self, *arrays: np.ndarray) -> bool:
+        """Run both launches on `arrays` (first's free arrays, then second's, each checked
+        as prepared); False, nothing run, while another thread is inside this chain."""
+        want = self._split + len(self._second._free)
+        if len(arrays) != want:
+            names = ", ".join(p.name for _, p, _, _ in (*self._first._free, *self._second._free))
+            raise UserArgumentError(f"expected {want} arrays ({names}), got {len(arrays)}")
         if not self._busy.acquire(blocking=False):
             return False
         try:
