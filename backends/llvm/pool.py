@@ -279,6 +279,13 @@ def split_blocks(nblocks: int, parts: int) -> list[tuple[int, int]]:
     return [(nblocks * p // parts, nblocks * (p + 1) // parts) for p in range(parts)]
 
 
+def _cut(nblocks: int, nparts: int, threads: int | None) -> tuple[int, int]:
+    """(parts, helper workers) of a launch: 1..nblocks parts, and one thread per part (at
+    most `threads`, the caller one of them)."""
+    nparts = max(1, min(nparts, nblocks))
+    return nparts, min(nparts if threads is None else threads, nparts) - 1
+
+
 def _pool_module():
     """The pool's machine code, from the persistent compile cache when there is one (a shared
     library where a linker is found: then no llvmlite)."""
@@ -314,7 +321,10 @@ class NativePool:
         return int(self._workers())
 
     def _ensure_workers(self, n: int) -> int:
+        """At least min(n, MAX_WORKERS) workers started (they never exit); returns how many."""
         n = min(n, MAX_WORKERS)
+        if n <= self._have:
+            return self._have
         have = self._workers()
         if n > have:
             err = self._grow(n)
@@ -324,6 +334,13 @@ class NativePool:
         self._have = have
         return have
 
+    def _ready(self, helpers: int) -> int:
+        """Start and place the workers a launch with `helpers` of them needs; how many run."""
+        have = self._ensure_workers(helpers)
+        if have and PLACE_WORKERS:
+            self._place(have)
+        return have
+
     def run(self, fn_address: int, args: ctypes.Array, nblocks: int, nparts: int,
             threads: int | None = None) -> bool:
         """Run `nparts` ranges of the grid on `threads` threads (default one per part; the
@@ -331,11 +348,8 @@ class NativePool:
         if not self.busy.acquire(blocking=False):
             return False
         try:
-            nparts = max(1, min(nparts, nblocks))
-            helpers = min(nparts if threads is None else threads, nparts) - 1
-            have = self._ensure_workers(helpers)
-            if have and PLACE_WORKERS:
-                self._place(have)
+            nparts, helpers = _cut(nblocks, nparts, threads)
+            have = self._ready(helpers)
             self.launch(fn_address, args, nblocks, nparts, min(helpers, have))
         finally:
             self.busy.release()
@@ -350,12 +364,8 @@ class NativePool:
         try:
             fn1, args1, n1, p1, t1 = first
             fn2, args2, n2, p2, t2 = second
-            p1, p2 = max(1, min(p1, n1)), max(1, min(p2, n2))
-            h1, h2 = min(t1, p1) - 1, min(t2, p2) - 1
-            want = max(h1, h2)
-            have = self._have if want <= self._have else self._ensure_workers(want)
-            if have and PLACE_WORKERS:
-                self._place(have)
+            (p1, h1), (p2, h2) = _cut(n1, p1, t1), _cut(n2, p2, t2)
+            have = self._ready(max(h1, h2))
             self._launch2(fn1, args1, n1, p1, min(h1, have), fn2, args2, n2, p2, min(h2, have))
         finally:
             self.busy.release()
