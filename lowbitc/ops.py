@@ -190,7 +190,6 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
         y = _line_aligned((1, qw.shape[0]), _F32) if out is None else out
         fast(x, y)
         return y
-    fast_key = (backend, act, getattr(x, "shape", None), getattr(x, "dtype", None))
     qw = _check_qtensor(qw)
     act = a8.check_act(act)
     if not isinstance(x, np.ndarray):
@@ -237,7 +236,7 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
         if qw.sparse is not None:
             qw.sparse.matmul_add(x, y, backend)
         elif run is not None and offsets is None:
-            _remember_gemv(qw, fast_key, plan, k, run)
+            _remember_gemv(qw, _gemv_key(backend, act, x), plan, k, run)
         return y
     scales, zeros = _gemv_scales(qw, k, offsets)
     launch_matmul(k, x, weight_storage(qw, k), scales, zeros, y, qw.group_size, K)
@@ -255,7 +254,7 @@ def _bound_gemv(x, qw, backend: str, out, act: str):
     runs = getattr(qw, "_a8_fast", None)
     if runs is None or type(x) is not np.ndarray:
         return None
-    hit = runs.get((backend, act, x.shape, x.dtype, tuned.GENERATION))
+    hit = runs.get(_gemv_key(backend, act, x))
     if hit is None or _PLANS.get(hit[0]) is not hit[1] or not x.flags.c_contiguous:
         return None  # (a plan forgotten or replaced: the full path chooses again)
     if out is not None and not (type(out) is np.ndarray and out.dtype == _F32
@@ -265,13 +264,18 @@ def _bound_gemv(x, qw, backend: str, out, act: str):
     return hit[2]
 
 
+def _gemv_key(backend: str, act: str, x: np.ndarray) -> tuple:
+    """What a bound GEMV kept for `_bound_gemv` is found by (with the tuning generation)."""
+    return backend, act, x.shape, x.dtype, tuned.GENERATION
+
+
 def _remember_gemv(qw: QTensor, key: tuple, plan: tuple, k: Kernel, run) -> None:
-    """Keep `run` (a8.call's bound GEMV with kernel `k`, the plan of `plan`) for
-    `_bound_gemv` on qw (a few signatures)."""
+    """Keep `run` (a8.call's bound GEMV with kernel `k`, the plan of `plan`) under `key`
+    (`_gemv_key`) for `_bound_gemv` on qw (a few signatures)."""
     runs = qw.__dict__.setdefault("_a8_fast", {})
     if len(runs) >= a8.MAX_RUNS:
         runs.clear()
-    runs[(*key, tuned.GENERATION)] = (plan, k, run)
+    runs[key] = (plan, k, run)
 
 
 def _gemv_scales(qw: QTensor, k: Kernel, offsets: OffsetQTensor | None):
