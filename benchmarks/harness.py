@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import random
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -97,9 +98,14 @@ def timeit(
 
 def interleaved_stats(
     candidates: Mapping[str, Callable[[], object]], rounds: int = 30, *, warmup: int = 2,
-    min_run: float = _MIN_RUN_SECONDS,
+    min_run: float = _MIN_RUN_SECONDS, seed: int = 0,
 ) -> dict[str, dict]:
-    """Time every candidate once per round, rotating the order, so noise hits all alike.
+    """Time every candidate once per round, in a new order each round, so noise hits all alike.
+
+    The order is a random permutation per round (`seed`: the same orders every run), not a
+    rotation: a rotation keeps each candidate's predecessor fixed, and what one library leaves
+    behind (its pool's threads spinning down, its first call's host state) then always lands
+    on the same next candidate.
 
     Each timed run (one sample) loops a candidate's calls for at least `min_run` seconds: a
     burst of consecutive calls, as a model's layers call one engine in turn. Returns per-name
@@ -120,9 +126,9 @@ def interleaved_stats(
     numbers = {name: _calls_per_run(candidates[name], min_run) for name in names}
     samples: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+    order = random.Random(seed)
+    for _ in range(rounds):
+        for name in order.sample(names, len(names)):
             start = time.process_time()
             samples[name].append(_run(candidates[name], numbers[name]))
             wall = samples[name][-1] * numbers[name]
@@ -134,7 +140,7 @@ def interleaved_stats(
 def interleaved(
     candidates: Mapping[str, Callable[[], object]], rounds: int = 30, *, warmup: int = 2
 ) -> dict[str, float]:
-    """Median seconds per call of each candidate, all measured in the same rotating rounds."""
+    """Median seconds per call of each candidate, all measured in the same interleaved rounds (a new order each round)."""
     stats = interleaved_stats(candidates, rounds, warmup=warmup)
     return {name: s["median"] for name, s in stats.items()}
 

@@ -1,7 +1,7 @@
 """The CPU benchmark runner behind `lowbitc bench`: every row of issue 5's table in one process.
 
 Rows are measured in groups (`groups.py`); inside a group every lowbitc call and its baselines
-run in the same rotating rounds (`harness.interleaved_stats`), so a busy machine slows all of
+run in the same interleaved rounds (`harness.interleaved_stats`), so a busy machine slows all of
 them alike. `run` returns one JSON-ready dict; `write_results` writes it with a PNG plot.
 """
 

@@ -54,6 +54,26 @@ def test_interleaved_calls_every_candidate_in_every_round():
         assert order.count(name) == 2 + 4 * stats[name]["number"]
 
 
+def test_interleaved_order_changes_each_candidates_predecessor():
+    """A rotation would keep every candidate's predecessor fixed (what one library leaves
+    behind would always land on the same next one); the rounds' orders vary it, the same
+    orders in every run of a seed."""
+    def orders(seed: int) -> list[list[str]]:
+        calls: list[str] = []
+        cands = {name: (lambda n=name: calls.append(n)) for name in "abcd"}
+        stats = harness.interleaved_stats(cands, rounds=24, warmup=0, min_run=0.0, seed=seed)
+        assert all(s["number"] == 1 and s["runs"] == 24 for s in stats.values())
+        runs = calls[4:]  # after each candidate's calibration call, one call per sample
+        return [runs[i:i + 4] for i in range(0, len(runs), 4)]
+
+    rounds = orders(0)
+    assert all(sorted(r) == list("abcd") for r in rounds)
+    for name in "abcd":
+        before = {r[r.index(name) - 1] for r in rounds if r.index(name) > 0}
+        assert len(before) == 3, (name, before)  # every other candidate precedes it sometimes
+    assert orders(0) == rounds and orders(1) != rounds
+
+
 def test_interleaved_samples_are_bursts_of_at_least_min_run():
     clock = {"t": 0.0}
 
