@@ -471,7 +471,58 @@ def inline_prefetch(monkeypatch):
     ops._PLANS.clear()
 
 
-@pytest.mark.skipif(not bytedot.applies(), reason="the fused byte dot needs AVX-512 VNNI")
+@pytest.fixture
+def fused_recipe(monkeypatch):
+    """Set bytedot.RECIPE for kernels compiled in memory only (the persistent cache's key
+    does not see it); skips a recipe this host cannot run."""
+    monkeypatch.setenv("LOWBITC_NO_CACHE", "1")
+    host = bytedot.recipe()
+    runs = bytedot.RECIPES[bytedot.RECIPES.index(host):] if host else ()
+
+    def use(recipe: str | None) -> None:
+        if recipe is not None and recipe not in runs:
+            pytest.skip(f"this host runs the fused recipes {runs}, not {recipe}")
+        monkeypatch.setattr(bytedot, "RECIPE", recipe)
+        kernels._KERNELS.clear()
+        ops._PLANS.clear()
+    yield use
+    kernels._KERNELS.clear()
+    ops._PLANS.clear()
+
+
+# what each recipe's kernels hold (and do not; the generic dot at a window's edge keeps the
+# host's own instructions)
+RECIPE_ASM = {"vnni512": (r"vpdpbusd\s+[^\n]*zmm", "vpmaddubsw"),
+              "vnni256": (r"vpdpbusd\s+[^\n]*ymm", "vpmaddubsw"),
+              "avx2": ("vpmaddubsw", None)}  # (LLVM may join the halves on AVX-512 hosts)
+
+
+@pytest.mark.parametrize("recipe", bytedot.RECIPES)
+@pytest.mark.parametrize("fmt, M", [("u4", 1), ("u3", 1), ("u8", 1), ("f4e2m1fn", 1),
+                                    ("b2", 3), ("u8", 3), ("i4", 16), ("u7", 1)])
+def test_fused_dot_recipes_agree(fmt, M, recipe, fused_recipe):
+    """The fused byte dot gives the same sums, bit for bit, with each host's instructions:
+    AVX-512 VNNI on 16 lanes, 256-bit vpdpbusd (AVX-VNNI) or AVX2's vpmaddubsw + vpmaddwd on
+    two halves (u8's bytes above 127 split so no pair sum saturates); a u8 window of 255s
+    against activations of -127 is the saturating case."""
+    rng = np.random.default_rng(7)
+    N, K = 48, 384
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    w[:16, :128] = np.where(np.arange(128) % 2, 3.0, 2.9)  # codes at the top of the range
+    qw = lowbitc.quantize(w, fmt, 128, zero_point=fmt[0] == "u")
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    x[:, :128] = -np.abs(x[:, :128]).max() * (1 + np.arange(128) % 2)  # -127s in int8
+    fused_recipe(None)
+    want = ops.matmul(x, qw, act="i8")
+    fused_recipe(recipe)
+    name, params = ops.matmul_choice(M, N, K, qw, "f32", "i8")
+    text = ops.get_kernel(name, **params).text("asm")
+    has, lacks = RECIPE_ASM[recipe]
+    assert re.search(has, text) and not (lacks and re.search(lacks, text)), recipe
+    np.testing.assert_array_equal(ops.matmul(x, qw.replica(), act="i8"), want)
+
+
+@pytest.mark.skipif(not bytedot.applies(), reason="the fused byte dot needs AVX2")
 @pytest.mark.parametrize("fmt", ["u4", "u2", "u8", "u1"])
 def test_inline_gemv_prefetch_distance(fmt, inline_prefetch):
     """An inline GEMV program (one stream) asks for its codes PREFETCH_BYTES ahead (2- and

@@ -90,7 +90,7 @@ def test_merged_planes_are_bit_identical(monkeypatch, fmt, zp, M):
     assert len(re.findall("vpdpbusd", old)) > len(re.findall("vpdpbusd", asm))
 
 
-@pytest.mark.skipif(not bytedot.applies(), reason="the fused byte dot needs AVX-512 VNNI")
+@pytest.mark.skipif(not bytedot.applies(), reason="the fused byte dot needs AVX2")
 @pytest.mark.parametrize("fmt, zp, group", [("u2", True, 64), ("u3", True, 64),
                                             ("f4e2m1fn", False, 128), ("u1", False, 32),
                                             ("u4", True, 64)])

@@ -12,12 +12,16 @@ vpdpbusd reads each dword of them broadcast to the 16 lanes (`{1to16}`). A plane
 above the first lands at its place in the byte by the same shift, so planes sum in the same
 accumulator. E(code) = code ^ X (unsigned integers, two's complement through the bias 2^(b-1),
 bipolar) xors the words first; a single 1-, 2- or 4-bit plane may instead look E up in a
-16-byte table (`vpshufb`: f4e2m1fn times two plus 12). Needs AVX-512 VNNI (the widest recipe
-of intdot.py); other hosts and windows take the generic path.
+16-byte table (`vpshufb`: f4e2m1fn times two plus 12). The 16 lanes are one zmm register
+with AVX-512 VNNI; on hosts without it (`recipe`) two ymm halves, each adding its products
+with a 256-bit vpdpbusd (AVX-VNNI) or, on AVX2 alone, `vpmaddubsw` then `vpmaddwd` by ones
+(exact while E <= 127, every format of up to 7 bits; 8-bit bytes are split into their low 7
+bits and the top one, each part's pair sums in 16 bits). Hosts without AVX2 and other windows take the generic path.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +48,11 @@ PREFETCH_BYTES = 4096  # one stream per program: ask this far ahead (~ DRAM late
 # stream was asked for (inline_extra_lines), 10-13% faster 8 KB ahead)
 PREFETCH_BYTES_BY_BITS = {2: 8192, 4: 8192}
 WHOLE_WINDOWS = True  # some windows of whole steps run a constant-trip step loop (`unrolls`)
+# How the fused dot adds four byte products to each of its 16 i32 lanes, widest first:
+# "vnni512" one 512-bit vpdpbusd; "vnni256" two 256-bit ones (AVX-VNNI, or AVX-512 VL);
+# "avx2" per 256-bit half vpmaddubsw + vpmaddwd by ones (`_dpbusd`).
+RECIPES = ("vnni512", "vnni256", "avx2")
+RECIPE: str | None = None  # overrides the host's (tests, A/B timings; any the host can run)
 
 
 def inline_extra_lines(bits: int) -> int:
@@ -111,9 +120,23 @@ def _table(tree: list[Op], codes: Op, root, defs: dict) -> np.ndarray | None:
 
 
 def applies() -> bool:
-    """Whether this host has the 64-byte vpdpbusd the fused path is written with."""
+    """Whether this host runs the fused path (a recipe of RECIPES)."""
+    return recipe() is not None
+
+
+@functools.cache
+def _host_recipe() -> str | None:
     dots = intdot.host_int_dots()
-    return bool(dots) and dots[0].step == 64 and dots[0].emit is intdot._vnni
+    if dots and dots[0].step == 64 and dots[0].emit is intdot._vnni:
+        return "vnni512"
+    if any(d.step == 32 and d.emit is intdot._vnni for d in dots):
+        return "vnni256"
+    return "avx2" if any(d.emit is intdot._maddwd for d in dots) else None
+
+
+def recipe() -> str | None:
+    """The fused dot's instructions on this host (RECIPES), or None where it does not apply."""
+    return RECIPE if RECIPE is not None else _host_recipe()
 
 
 def emit_byte_dot(env: Env, plan: BytePlan) -> None:
@@ -191,7 +214,7 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
     if plan.xor is None:  # a 16-byte table, repeated in each 128-bit lane for vpshufb
         vals = [int(plan.table[i % len(plan.table)]) for i in range(16)] * 4
         table = "<" + ", ".join(f"i8 {v}" for v in vals) + ">"
-        em.declare(f"declare {B64} @llvm.x86.avx512.pshuf.b.512({B64}, {B64})")
+    wide = int(plan.table.max()) > 127  # bytes vpmaddubsw would saturate on (`_dpbusd`)
 
     def block(r: str) -> None:
         n0 = em.val(f"add i64 {starts[0]}, {em.val(f'mul i64 {r}, {LANES}')}")
@@ -249,7 +272,7 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
                             d = i * k // 4 + w * (8 // p) + e  # the dword, k0 / 4 further
                             bx = _broadcast_dword(em, xp, em.val(f"add i64 {k0}, {4 * d}"))
                             c = i * chains + n % chains
-                            nxt[c] = _dpbusd(em, nxt[c], v, bx)
+                            nxt[c] = _dpbusd(em, nxt[c], v, bx, wide)
                         n += 1
             return nxt
 
@@ -325,7 +348,7 @@ def _fused_bytes(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: li
                     if flip:
                         w = em.val(f"xor {V16} {w}, splat (i32 {flip})")
                     x = em.val(f"load {V16}, ptr {em.gep(abuf, str(i * k + 64 * c))}, align 1")
-                    acc = _dpbusd(em, acc, w, x)
+                    acc = _dpbusd(em, acc, w, x, wide=True)
                 sums.append(acc)
             total = row_sums(em, sums, LANES, "i32")
             p_ = em.gep(out, em.flat_index([str(i), col], out.shape))
@@ -348,11 +371,63 @@ def _extract(em: Emitter, word: str, at: int, shift: int, p: int, table: str | N
     if table is None:
         return v
     b = em.val(f"bitcast {V16} {v} to {B64}")
-    looked = em.val(f"call {B64} @llvm.x86.avx512.pshuf.b.512({B64} {table}, {B64} {b})")
+    if recipe() == "vnni512":
+        em.declare(f"declare {B64} @llvm.x86.avx512.pshuf.b.512({B64}, {B64})")
+        looked = em.val(f"call {B64} @llvm.x86.avx512.pshuf.b.512({B64} {table}, {B64} {b})")
+    else:  # vpshufb looks up within each 128-bit lane: the table repeats in every one
+        b32 = "<32 x i8>"
+        em.declare(f"declare {b32} @llvm.x86.avx2.pshuf.b({b32}, {b32})")
+        t32 = _half(em, table, B64, 0)
+        looked = _join(em, [em.val(f"call {b32} @llvm.x86.avx2.pshuf.b({b32} {t32}, "
+                                   f"{b32} {_half(em, b, B64, h)})") for h in (0, 1)], b32)
     return em.val(f"bitcast {B64} {looked} to {V16}")
 
 
-def _dpbusd(em: Emitter, acc: str, u: str, s: str) -> str:
-    """acc + vpdpbusd(u, s) on <16 x i32> operands."""
-    em.declare(f"declare {V16} @llvm.x86.avx512.vpdpbusd.512({V16}, {V16}, {V16})")
-    return em.val(f"call {V16} @llvm.x86.avx512.vpdpbusd.512({V16} {acc}, {V16} {u}, {V16} {s})")
+def _half(em: Emitter, v: str, ty: str, h: int) -> str:
+    """Half `h` (0: low) of vector `v` of type `ty` ("<2n x T>")."""
+    n, elem = ty[1:-1].split(" x ")
+    n = int(n) // 2
+    idx = "<" + ", ".join(f"i32 {h * n + i}" for i in range(n)) + ">"
+    return em.val(f"shufflevector {ty} {v}, {ty} poison, <{n} x i32> {idx}")
+
+
+def _join(em: Emitter, halves: list[str], ty: str) -> str:
+    """Two vectors of type `ty` ("<n x T>") as one of 2n."""
+    n = int(ty[1:-1].split(" x ")[0])
+    idx = "<" + ", ".join(f"i32 {i}" for i in range(2 * n)) + ">"
+    return em.val(f"shufflevector {ty} {halves[0]}, {ty} {halves[1]}, <{2 * n} x i32> {idx}")
+
+
+def _dpbusd(em: Emitter, acc: str, u: str, s: str, wide: bool = False) -> str:
+    """acc + vpdpbusd(u, s) on <16 x i32> operands (four u8 x i8 products per lane), with this
+    host's recipe; `wide`: u may hold bytes above 127 (vpmaddubsw would saturate its pair
+    sums: each byte is taken as its low 7 bits plus 128 times its top bit)."""
+    how = recipe()
+    if how == "vnni512":
+        em.declare(f"declare {V16} @llvm.x86.avx512.vpdpbusd.512({V16}, {V16}, {V16})")
+        return em.val(f"call {V16} @llvm.x86.avx512.vpdpbusd.512({V16} {acc}, {V16} {u}, "
+                      f"{V16} {s})")
+    v8, b32, w16 = "<8 x i32>", "<32 x i8>", "<16 x i16>"
+    out = []
+    for h in (0, 1):
+        a, uh, sh = (_half(em, v, V16, h) for v in (acc, u, s))
+        if how == "vnni256":
+            em.declare(f"declare {v8} @llvm.x86.avx512.vpdpbusd.256({v8}, {v8}, {v8})")
+            out.append(em.val(f"call {v8} @llvm.x86.avx512.vpdpbusd.256({v8} {a}, {v8} {uh}, "
+                              f"{v8} {sh})"))
+            continue
+        em.declare(f"declare {w16} @llvm.x86.avx2.pmadd.ub.sw({b32}, {b32})")
+        em.declare(f"declare {v8} @llvm.x86.avx2.pmadd.wd({w16}, {w16})")
+        sb = em.val(f"bitcast {v8} {sh} to {b32}")
+        # u = lo + 128 hi per byte when wide: each part's pair sums fit 16 bits
+        parts = ([(em.val(f"and {v8} {uh}, splat (i32 {i32(0x7F7F7F7F)})"), 1),
+                  (em.val(f"and {v8} {em.val(f'lshr {v8} {uh}, splat (i32 7)')}, "
+                          f"splat (i32 {0x01010101})"), 128)] if wide else [(uh, 1)])
+        for part, weight in parts:
+            ub = em.val(f"bitcast {v8} {part} to {b32}")
+            pairs = em.val(f"call {w16} @llvm.x86.avx2.pmadd.ub.sw({b32} {ub}, {b32} {sb})")
+            quads = em.val(f"call {v8} @llvm.x86.avx2.pmadd.wd({w16} {pairs}, "
+                           f"{w16} splat (i16 {weight}))")
+            a = em.val(f"add {v8} {a}, {quads}")
+        out.append(a)
+    return _join(em, out, v8)
