@@ -457,13 +457,13 @@ def test_inline_packing_applies_to_gemvs_of_rows_packed_codes(monkeypatch):
 
 
 @pytest.fixture
-def inline_prefetch(monkeypatch):
-    """Set target.INLINE_PREFETCH (the host's default otherwise) for kernels compiled in
-    memory only: the persistent cache's key does not see it."""
+def compile_with(monkeypatch):
+    """Set a backend constant (module, name, value) for kernels compiled from then on, in
+    memory only: the persistent cache's key does not see such constants."""
     monkeypatch.setenv("LOWBITC_NO_CACHE", "1")
 
-    def use(on: bool) -> None:
-        monkeypatch.setattr(target, "INLINE_PREFETCH", on)
+    def use(module, name: str, value) -> None:
+        monkeypatch.setattr(module, name, value)
         kernels._KERNELS.clear()
         ops._PLANS.clear()
     yield use
@@ -472,22 +472,22 @@ def inline_prefetch(monkeypatch):
 
 
 @pytest.fixture
-def fused_recipe(monkeypatch):
-    """Set bytedot.RECIPE for kernels compiled in memory only (the persistent cache's key
-    does not see it); skips a recipe this host cannot run."""
-    monkeypatch.setenv("LOWBITC_NO_CACHE", "1")
+def inline_prefetch(compile_with):
+    """Set target.INLINE_PREFETCH (the host's default otherwise)."""
+    return lambda on: compile_with(target, "INLINE_PREFETCH", on)
+
+
+@pytest.fixture
+def fused_recipe(compile_with):
+    """Set bytedot.RECIPE (None: the host's); skips a recipe this host cannot run."""
     host = bytedot.recipe()
     runs = bytedot.RECIPES[bytedot.RECIPES.index(host):] if host else ()
 
     def use(recipe: str | None) -> None:
         if recipe is not None and recipe not in runs:
             pytest.skip(f"this host runs the fused recipes {runs}, not {recipe}")
-        monkeypatch.setattr(bytedot, "RECIPE", recipe)
-        kernels._KERNELS.clear()
-        ops._PLANS.clear()
-    yield use
-    kernels._KERNELS.clear()
-    ops._PLANS.clear()
+        compile_with(bytedot, "RECIPE", recipe)
+    return use
 
 
 # what each recipe's kernels hold (and do not; the generic dot at a window's edge keeps the
