@@ -18,8 +18,10 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import llvmlite.binding as llvm
 import numpy as np
+
+from lowbitc.backends.llvm import target
+from lowbitc.cache.host import real_host
 
 __all__ = ["in_turn", "interleaved", "interleaved_stats", "machine_info", "summarize", "timeit",
            "write_json"]
@@ -182,11 +184,16 @@ def _numpy_blas() -> dict:
 
 
 def _llvm_host() -> dict:
-    features = llvm.get_host_cpu_features()
-    return {
-        "cpu": llvm.get_host_cpu_name(),
-        "vector_features": sorted(k for k, on in features.items() if on and "avx" in k),
+    """The CPU lowbitc compiled for (LLVM's name, its AVX features) and, when
+    LOWBITC_TARGET_CPU named another one, this host's ("host_cpu")."""
+    info = {
+        "cpu": target.cpu_name(),
+        "vector_features": sorted(k for k, on in target.cpu_features().items()
+                                  if on and "avx" in k),
     }
+    if real_host().cpu != info["cpu"]:
+        info["host_cpu"] = real_host().cpu
+    return info
 
 
 def _git_commit() -> str | None:

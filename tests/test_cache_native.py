@@ -162,23 +162,18 @@ def test_the_host_record_answers_as_llvm_does_and_is_rewritten_when_bad(cache_di
     if fp is None:
         pytest.skip("no /proc/cpuinfo: every process asks LLVM")
     truth = cache_host.query_llvm()
-    cache_host.llvm_host.cache_clear()
-    try:
-        assert cache_host.llvm_host() == truth
-        path = cache_host.record_path(fp)
-        record = json.loads(path.read_text())
-        assert record["host"]["cpu"] == truth.cpu and record["fingerprint"] == fp
-        # a record is believed only with its checksum: an edited one is replaced by LLVM's word
-        record["host"]["cpu"] = "some-other-cpu"
-        path.write_text(json.dumps(record))
-        assert cache_host._read_record(path, fp) is None
-        cache_host.llvm_host.cache_clear()
-        assert cache_host.llvm_host() == truth
-        assert json.loads(path.read_text())["host"]["cpu"] == truth.cpu
-        # a record under another fingerprint (another CPU or llvmlite) is not this host's
-        assert cache_host._read_record(path, "0" * 64) is None
-    finally:
-        cache_host.llvm_host.cache_clear()
+    assert cache_host.real_host() == truth  # (llvm_host: LOWBITC_TARGET_CPU applied to it)
+    path = cache_host.record_path(fp)
+    record = json.loads(path.read_text())
+    assert record["host"]["cpu"] == truth.cpu and record["fingerprint"] == fp
+    # a record is believed only with its checksum: an edited one is replaced by LLVM's word
+    record["host"]["cpu"] = "some-other-cpu"
+    path.write_text(json.dumps(record))
+    assert cache_host._read_record(path, fp) is None
+    assert cache_host.real_host() == truth
+    assert json.loads(path.read_text())["host"]["cpu"] == truth.cpu
+    # a record under another fingerprint (another CPU or llvmlite) is not this host's
+    assert cache_host._read_record(path, "0" * 64) is None
 
 
 def test_the_fingerprint_follows_the_cpu_description():

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import functools
 
-import llvmlite.binding as llvm
-
 from lowbitc.backends.llvm.emitter import Emitter
+from lowbitc.backends.llvm.target import cpu_features
 from lowbitc.repack import RowsPacking
 
 V16 = "<16 x i32>"
@@ -31,7 +30,7 @@ def merges(packing: RowsPacking) -> bool:
 
 @functools.cache
 def _vbmi() -> bool:
-    return bool(llvm.get_host_cpu_features().get("avx512vbmi", False))
+    return bool(cpu_features().get("avx512vbmi", False))
 
 
 def merge_source(p0: int, w: int, e: int, p: int, shift: int) -> tuple[int, list[int]]:

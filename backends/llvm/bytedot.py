@@ -34,6 +34,7 @@ from lowbitc.backends.llvm.fusion import _window_ok, note_fused, with_fallback
 from lowbitc.backends.llvm.fusion_plan import _tree, region_index
 from lowbitc.backends.llvm.handlers import Env
 from lowbitc.backends.llvm.lanes import row_sums
+from lowbitc.explain import note, subject_of
 from lowbitc.ir.core import Op, Region
 from lowbitc.ir.types import TileType
 from lowbitc.passes.bitpack_lanes import code_values
@@ -145,8 +146,12 @@ def emit_byte_dot(env: Env, plan: BytePlan) -> None:
     em = env.em
     t = env.get(plan.codes.operands[0])
     starts = [env.get(v) for v in plan.codes.operands[1:3]]
-    note_fused(plan.dot, plan.codes, "fused integer byte dot (codes widened to bytes, vpdpbusd "
-               "over 16 rows per vector)", "the generic integer dot")
+    if applies():
+        note_fused(plan.dot, plan.codes, "fused integer byte dot (codes widened to bytes, "
+                   "vpdpbusd over 16 rows per vector)", "the generic integer dot")
+    else:
+        note("dot", subject_of(plan.codes.operands[0]), "generic integer dot", "the fused byte "
+             "dot needs AVX-512 VNNI: a 64-byte vpdpbusd", fallback=True, loc=plan.dot.loc)
     sizes = plan.codes.attrs.sizes
     t.ensure_strides(em)  # here: the branches below both use them
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from functools import cache
 
-import llvmlite.binding as llvm
 import numpy as np
 
 from lowbitc.backends.llvm import byte_window
 from lowbitc.backends.llvm.emitter import Emitter
+from lowbitc.backends.llvm.target import cpu_features
 from lowbitc.interp import evaluate
 from lowbitc.ir.core import Op, Value
 from lowbitc.ir.types import TileType, numpy_dtype
@@ -60,7 +60,7 @@ WORD = {"f32": np.float32, "i32": np.int32, "u32": np.uint32}  # dtypes a table 
 @cache
 def permutes() -> bool:
     """Whether the host has AVX-512 (vpermd/vpermi2d on 16 lanes)."""
-    return bool(llvm.get_host_cpu_features().get("avx512f", False))
+    return bool(cpu_features().get("avx512f", False))
 
 
 def code_tables(

@@ -17,9 +17,8 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import llvmlite.binding as llvm
-
 from lowbitc.backends.llvm.emitter import Buf, Emitter
+from lowbitc.backends.llvm.target import cpu_features
 
 BYTES = ("u8", "i8")
 
@@ -77,7 +76,7 @@ def _has(features: dict, need: str | None) -> bool:
 @functools.cache
 def host_int_dots() -> tuple[IntDot, ...]:
     """The recipes this host runs, widest first (one per step)."""
-    features = llvm.get_host_cpu_features()
+    features = cpu_features()
     chosen: dict[int, IntDot] = {}
     for r in INT_DOTS:
         if _has(features, r.feature) and r.step not in chosen:

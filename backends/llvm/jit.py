@@ -1,8 +1,9 @@
 """MCJIT runtime for the LLVM CPU backend: LLVM IR text -> optimized host machine code.
 
-One host `TargetMachine` (host CPU name and features, opt level 3) serves every module. A
-compiled module keeps its execution engine alive in a module-level registry, so the function
-addresses it hands out stay valid for the life of the process. Object code is captured from
+One `TargetMachine` (the target CPU's name and features from target.py: the host's, or the
+CPU LOWBITC_TARGET_CPU names; opt level 3) serves every module. A compiled module keeps its
+execution engine alive in a module-level registry, so the function addresses it hands out
+stay valid for the life of the process. Object code is captured from
 MCJIT itself and can be reloaded into a fresh engine (the persistent compile cache's path).
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import llvmlite
 import llvmlite.binding as llvm
 
+from lowbitc.backends.llvm.target import cpu_feature_string, cpu_name
 from lowbitc.errors import BackendError
 
 __all__ = [
@@ -65,8 +67,8 @@ def _target_machine() -> llvm.TargetMachine:
             llvm.initialize_all_asmprinters()
             target = llvm.Target.from_triple(llvm.get_process_triple())
             _TARGET_MACHINE = target.create_target_machine(
-                cpu=llvm.get_host_cpu_name(),
-                features=llvm.get_host_cpu_features().flatten(),
+                cpu=cpu_name(),
+                features=cpu_feature_string(),
                 opt=3,
                 jit=True,
             )
@@ -81,8 +83,8 @@ def _pic_target_machine() -> llvm.TargetMachine:
             jit_tm = _target_machine()
             target = llvm.Target.from_triple(jit_tm.triple)
             _PIC_TARGET_MACHINE = target.create_target_machine(
-                cpu=llvm.get_host_cpu_name(),
-                features=llvm.get_host_cpu_features().flatten(),
+                cpu=cpu_name(),
+                features=cpu_feature_string(),
                 opt=3,
                 reloc="pic",
                 codemodel="default",
@@ -93,10 +95,9 @@ def _pic_target_machine() -> llvm.TargetMachine:
 def host_target_id() -> str:
     """A key naming the code this machine's JIT produces: triple, CPU, sorted features, LLVM."""
     _target_machine()
-    features = llvm.get_host_cpu_features().flatten(sort=True)
     version = ".".join(map(str, llvm.llvm_version_info))
     return (
-        f"{llvm.get_process_triple()}:{llvm.get_host_cpu_name()}:{features}"
+        f"{llvm.get_process_triple()}:{cpu_name()}:{cpu_feature_string()}"
         f":llvm{version}:llvmlite{llvmlite.__version__}"
     )
 

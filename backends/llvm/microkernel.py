@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import functools
 
-import llvmlite.binding as llvm
-
 from lowbitc.backends.llvm.emitter import Buf, Emitter, lltype
 from lowbitc.backends.llvm.handlers import convert
+from lowbitc.backends.llvm.target import cpu_features
 
 FLOATS = ("f32", "f16", "bf16")
 MIN_ROWS = 2  # fewer rows of `a` gain nothing from register blocking over the generic dot
@@ -25,7 +24,7 @@ MIN_ROWS = 2  # fewer rows of `a` gain nothing from register blocking over the g
 @functools.cache
 def host_vector() -> tuple[int, int]:
     """(f32 lanes per vector register, number of vector registers) of this host."""
-    if llvm.get_host_cpu_features().get("avx512f"):
+    if cpu_features().get("avx512f"):
         return 16, 32
     return 8, 16
 

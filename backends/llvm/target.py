@@ -1,16 +1,36 @@
-"""Facts about the host CPU that passes take as options (the vectorize pass's vector bits)."""
+"""Facts about the CPU the backend compiles for (the host, or the one LOWBITC_TARGET_CPU
+names: lowbitc.cache.host.llvm_host) that passes take as options (the vectorize pass's vector
+bits) and the emitters read (features, per-CPU tables)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
+from types import MappingProxyType
 
-import llvmlite.binding as llvm
+from lowbitc.cache.host import llvm_host
+
+
+def cpu_name() -> str:
+    """LLVM's name of the target CPU ("znver4")."""
+    return llvm_host().cpu
+
+
+def cpu_feature_string() -> str:
+    """The target's features as LLVM's target machines take them ("+avx2,-avx512f,...")."""
+    return llvm_host().features
+
+
+@cache
+def cpu_features() -> Mapping[str, bool]:
+    """The target's features, name -> on (as llvmlite's FeatureMap)."""
+    return MappingProxyType({f[1:]: f[0] == "+" for f in cpu_feature_string().split(",") if f})
 
 
 @cache
 def host_vector_bits() -> int:
-    """Bits of the host's widest vector registers: 512 with AVX-512, 256 with AVX, else 128."""
-    features = llvm.get_host_cpu_features()
+    """Bits of the target's widest vector registers: 512 with AVX-512, 256 with AVX, else 128."""
+    features = cpu_features()
     if features.get("avx512f", False):
         return 512
     return 256 if features.get("avx", False) else 128
@@ -31,7 +51,7 @@ PREFETCH_LOCALITY: dict[str, int] = {}  # overrides the host's, per stream (expe
 
 @cache
 def _host_prefetch_locality() -> dict[str, int]:
-    return PREFETCH_LOCALITY_BY_CPU.get(llvm.get_host_cpu_name(), {})
+    return PREFETCH_LOCALITY_BY_CPU.get(cpu_name(), {})
 
 
 def prefetch_locality(stream: str) -> int:
@@ -54,4 +74,4 @@ def inline_prefetch() -> bool:
     """Whether this host's inline GEMV windows prefetch their stream in software (above)."""
     if INLINE_PREFETCH is not None:
         return INLINE_PREFETCH
-    return INLINE_PREFETCH_BY_CPU.get(llvm.get_host_cpu_name(), True)
+    return INLINE_PREFETCH_BY_CPU.get(cpu_name(), True)

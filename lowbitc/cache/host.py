@@ -7,6 +7,10 @@ model, stepping, flags) and the llvmlite install (version, path, size, mtime and
 shared library). A changed CPU or llvmlite changes the fingerprint, so LLVM is asked again. A
 record that fails its checksum is ignored and rewritten; a host without /proc/cpuinfo, or with
 the cache turned off, asks LLVM every time.
+
+`LOWBITC_TARGET_CPU` names a CPU to compile for instead (a subset of this host's, so the code
+still runs here): the host's features less those that CPU lacks (TARGET_CPUS), applied after
+the record is read, so the record keeps the real host and cache keys separate the two.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lowbitc.cache.fsutil import atomic_write, default_cache_dir, ensure_private_dir
-from lowbitc.errors import CacheError
+from lowbitc.errors import CacheError, UserArgumentError
 
 # /proc/cpuinfo fields that vary between cores or over time and do not change what LLVM sees
 _VOLATILE = frozenset({
@@ -122,10 +126,9 @@ def record_path(fp: str) -> Path | None:
     return root / "hosts" / f"{fp}.json"
 
 
-@functools.lru_cache(maxsize=1)
-def llvm_host() -> LLVMHost:
+def real_host() -> LLVMHost:
     """LLVM's view of this host: from the record for this host's fingerprint, else from LLVM
-    (and then recorded)."""
+    (and then recorded). Not cached: `llvm_host` is."""
     fp = fingerprint()
     path = record_path(fp) if fp is not None else None
     if path is None:
@@ -137,3 +140,44 @@ def llvm_host() -> LLVMHost:
         with contextlib.suppress(OSError):  # a read-only cache only costs asking LLVM again
             atomic_write(path, json.dumps(record, sort_keys=True).encode())
     return host
+
+
+# Prefixes of the LLVM feature names of AVX-512 and of the vector extensions after it
+# (AVX-VNNI and AVX-IFMA came with Alder Lake; AMX and AVX10 later).
+_NO_AVX512 = ("avx512", "amx", "avx10", "avxvnni", "avxifma", "avxneconvert", "evex512")
+# and of what LLVM also uses on 256-bit vectors that older CPUs lack
+_NO_GFNI = (*_NO_AVX512, "gfni")
+_NO_VAES = (*_NO_GFNI, "vaes", "vpclmulqdq")
+# Named CPUs the backend can target (LOWBITC_TARGET_CPU) by LLVM CPU name -> the prefixes of
+# the host features it lacks. CPUs with AVX-512 keep the host's features: only the name
+# changes (the per-CPU tables in backends/llvm/target.py and LLVM's scheduling model).
+TARGET_CPUS: dict[str, tuple[str, ...]] = {
+    "haswell": _NO_VAES, "broadwell": _NO_VAES, "skylake": _NO_VAES,
+    "znver1": _NO_VAES, "znver2": _NO_VAES, "znver3": _NO_GFNI,
+    # Alder Lake has AVX-VNNI, not its int8/int16 forms
+    "alderlake": ("avx512", "amx", "avx10", "avxvnniint", "avxifma", "avxneconvert", "evex512"),
+    "znver4": (), "znver5": (), "skylake-avx512": (), "cascadelake": (), "icelake-server": (),
+    "sapphirerapids": (), "emeraldrapids": (), "graniterapids": (),
+}  # fmt: skip
+
+
+def for_target(host: LLVMHost, cpu: str) -> LLVMHost:
+    """`host` as compiled for the named CPU `cpu` ("" = `host` itself): its name, and every
+    feature of `host` whose name starts with a prefix the CPU lacks turned off."""
+    if not cpu:
+        return host
+    if cpu not in TARGET_CPUS:
+        raise UserArgumentError(
+            f"LOWBITC_TARGET_CPU: expected one of {', '.join(sorted(TARGET_CPUS))} (or unset "
+            f"for this host), got {cpu!r}")
+    lacks = TARGET_CPUS[cpu]
+    features = ",".join(f"-{f[1:]}" if f[1:].startswith(lacks) else f
+                        for f in host.features.split(",") if f)
+    return LLVMHost(cpu=cpu, features=features, llvm=host.llvm)
+
+
+@functools.lru_cache(maxsize=1)
+def llvm_host() -> LLVMHost:
+    """The CPU the backend compiles for: this host (`real_host`), or the CPU named by
+    LOWBITC_TARGET_CPU with the features it lacks turned off (`for_target`)."""
+    return for_target(real_host(), os.environ.get("LOWBITC_TARGET_CPU", "").strip())
