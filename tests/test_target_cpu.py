@@ -85,7 +85,7 @@ from lowbitc.backends.llvm import bytedot, intdot, microkernel, target
 assert target.cpu_name() == "znver3", target.cpu_name()
 assert target.host_vector_bits() == 256 and microkernel.host_vector() == (8, 16)
 assert [r.name for r in intdot.host_int_dots()] == ["vpmaddwd-256"]
-assert not bytedot.applies()
+assert bytedot.recipe() == "avx2"  # the fused byte dot on two ymm halves
 
 def bound(x, w_hat, qb):
     # tests/test_a8.py's a8_bound: f32 rounding of the sums, plus (int8 activations in
@@ -109,15 +109,18 @@ for fmt in ("u4", "u3", "u8"):
             err = np.abs(y - x.astype(np.float64) @ w_hat.T)
             b = bound(x, w_hat, 64 if act == "i8" else 0)
             assert (err <= b).all(), (fmt, act, M, float((err / b).max()))
-zmm = [name for name, k in kernels._KERNELS.items() if "%zmm" in k.text("asm")]
+asm = {name: k.text("asm") for name, k in kernels._KERNELS.items()}
+zmm = [name for name, text in asm.items() if "%zmm" in text]
 assert not zmm, zmm
+assert any("vpmaddubsw" in text for text in asm.values())
 print("ok", len(kernels._KERNELS))
 """
 
 
 def test_znver3_runs_the_avx2_paths_end_to_end(tmp_path):
     """u4, u3 and u8 weights with f32 and int8 activations at M = 1 and 5, compiled for Zen 3
-    in a fresh process and cache: the AVX2 recipes, no zmm register, numpy's results."""
+    in a fresh process and cache: the AVX2 recipes (the fused byte dot's vpmaddubsw), no zmm
+    register, numpy's results."""
     env = {**os.environ, "LOWBITC_TARGET_CPU": "znver3", "LOWBITC_CACHE_DIR": str(tmp_path)}
     env.pop("LOWBITC_NO_CACHE", None)
     done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,

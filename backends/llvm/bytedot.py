@@ -151,7 +151,7 @@ def emit_byte_dot(env: Env, plan: BytePlan) -> None:
                    "vpdpbusd over 16 rows per vector)", "the generic integer dot")
     else:
         note("dot", subject_of(plan.codes.operands[0]), "generic integer dot", "the fused byte "
-             "dot needs AVX-512 VNNI: a 64-byte vpdpbusd", fallback=True, loc=plan.dot.loc)
+             "dot needs AVX2", fallback=True, loc=plan.dot.loc)
     sizes = plan.codes.attrs.sizes
     t.ensure_strides(em)  # here: the branches below both use them
 
