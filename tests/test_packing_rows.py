@@ -180,16 +180,25 @@ def test_fused_rows_dot_is_vector_code(monkeypatch):
         assert "@llvm.x86.avx512.pternlog.d.512" in text and "permvar.si.512" in text
 
 
-def test_without_avx512_rows_codes_are_masked_for_the_gather(monkeypatch):
+CB3 = lowbitc.codebook([-1.5, -0.25, 0.0, 0.125, 0.5, 0.75, 1.0, 3.0], name="cb_rows3")
+
+
+@pytest.mark.parametrize("fmt, avx2, lookup", [
+    ("u3", True, "sitofp <32 x i32>"),  # an integer format: the codes converted
+    (CB3, True, "@llvm.x86.avx2.permd"),  # vpermd, 8 entries
+    (CB3, False, "@dtab"),  # a gather from a constant table
+])
+def test_without_avx512_rows_codes_are_masked_for_the_lookup(monkeypatch, fmt, avx2, lookup):
     monkeypatch.setenv("LOWBITC_NO_CACHE", "1")
     monkeypatch.setattr(decode, "permutes", lambda: False)
-    k = lowbitc.compile(USER_GEMV.replace("M", "1"), W=dtype("u3"))
+    monkeypatch.setattr(decode, "cpu_features", lambda: {"avx2": avx2})
+    k = lowbitc.compile(USER_GEMV.replace("M", "1"), W=dtype(fmt))
     text = k.text("llvm")
-    assert "avx512" not in text and "@dtab" in text and " and <16 x i32>" in text
+    assert "avx512" not in text and lookup in text and " and <16 x i32>" in text
     rng = np.random.default_rng(9)
     codes = rng.integers(0, 8, (48, 130), dtype=np.uint8)
     x = rng.standard_normal((1, 130)).astype(np.float32)
     y = np.zeros((1, 48), np.float32)
     k(x, pack(codes, 3), y)
-    ref = x.astype(np.float64) @ dtype("u3").decode(codes).astype(np.float64).T
+    ref = x.astype(np.float64) @ dtype(fmt).decode(codes).astype(np.float64).T
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4)

@@ -6,7 +6,10 @@ compile time by the reference interpreter, for every code, into a table. Such a 
 looked up with vector permutes -- one `vpermd` per 16 lanes for up to 16 entries, one
 `vpermi2d` for 32, two and a select for 64 -- so decoding any small float, code book or
 integer format costs about one instruction per 16 codes, whatever arithmetic its lowering
-spelled. Without AVX-512 the lookup is a gather from a constant table (same values).
+spelled. With AVX2 alone a constant table is looked up the same way 8 lanes at a time: one
+`vpermd` per 8 entries and a select per further code bit (`avx2_words`), and a table of
+code + b (an integer format) is the code converted; without AVX2 the lookup is a gather from
+a constant table (same values).
 """
 
 from __future__ import annotations
@@ -130,10 +133,39 @@ def _converts(op: Op, src: Value) -> bool:
 
 def lookup(em: Emitter, codes: str, table: np.ndarray, dtype: str) -> str:
     """table[codes] for a <W x i32> vector of codes in range, as a <W x dtype> vector."""
-    words = lookup_words(em, codes, table) if permutes() else gather_words(em, codes, table)
+    affine = None if permutes() or dtype != "f32" else _integers(table)
+    if affine is not None:  # an integer format's values: the codes converted (vcvtdq2ps)
+        flip, offset = affine
+        if flip:
+            codes = em.val(f"xor <{W} x i32> {codes}, splat (i32 {flip})")
+        vals = em.val(f"sitofp <{W} x i32> {codes} to <{W} x float>")
+        if offset:
+            vals = em.val(f"fadd <{W} x float> {vals}, splat (float {offset!r})")
+        return vals
+    if permutes():
+        words = lookup_words(em, codes, table)
+    elif cpu_features().get("avx2", False):
+        words = avx2_words(em, codes, table)
+    else:
+        words = gather_words(em, codes, table)
     if dtype == "f32":
         return em.val(f"bitcast <{W} x i32> {words} to <{W} x float>")
     return words
+
+
+def _integers(table: np.ndarray) -> tuple[int, float] | None:
+    """(x, b) when the f32 table (bit patterns) holds (code ^ x) + b for every code, exactly
+    (unsigned integers x = 0, two's complement x = 2^(bits-1)); else None. Without AVX-512
+    permutes converting the code is one instruction per 8 lanes where the lookup takes a
+    vpermd per 8 entries and a select per further code bit."""
+    vals = table.view(np.float32)
+    codes = np.arange(len(vals))
+    for x in (0, len(vals) // 2):
+        b = vals[x]  # the value of code x, whose (code ^ x) is 0
+        want = (codes ^ x).astype(np.float32) + b
+        if np.array_equal(want.view(np.uint32), table):
+            return x, float(b)
+    return None
 
 
 def _const(words) -> str:
@@ -166,6 +198,41 @@ def lookup_words(em: Emitter, codes: str, table: np.ndarray) -> str:
     n = max(16, len(table))
     t = np.resize(table, n)
     return permute_words(em, codes, [_const(t[i : i + 16]) for i in range(0, n, 16)])
+
+
+def avx2_words(em: Emitter, codes: str, table: np.ndarray) -> str:
+    """The AVX2 lookup of codes in range: per 8 lanes one `vpermd` per 8 entries (it reads each
+    index's low 3 bits), then the code's bits 3, 4, .. choose among them (selects); a
+    sign-split 64-entry table as lookup_words."""
+    if len(table) == 64 and _sign_split(table):
+        mag = avx2_words(em, codes, table[:32])
+        sign = em.val(f"shl <{W} x i32> {codes}, {_const([26] * W)}")
+        sign = em.val(f"and <{W} x i32> {sign}, {_const([SIGN] * W)}")
+        return em.val(f"or <{W} x i32> {mag}, {sign}")
+    v8 = "<8 x i32>"
+    em.declare(f"declare {v8} @llvm.x86.avx2.permd({v8}, {v8})")
+    t = np.resize(table, max(8, len(table)))
+    parts = []
+    for h in range(0, W, 8):
+        idx = em.val(f"shufflevector <{W} x i32> {codes}, <{W} x i32> poison, <8 x i32> "
+                     f"{_lanes(8, h)}")
+        level = [em.val(f"call {v8} @llvm.x86.avx2.permd({v8} {_const(t[i:i + 8])}, {v8} {idx})")
+                 for i in range(0, len(t), 8)]
+        bit = 3
+        while len(level) > 1:
+            on = em.val(f"and {v8} {idx}, {_const([1 << bit] * 8)}")
+            on = em.val(f"icmp ne {v8} {on}, zeroinitializer")
+            level = [em.val(f"select <8 x i1> {on}, {v8} {level[i + 1]}, {v8} {level[i]}")
+                     for i in range(0, len(level), 2)]
+            bit += 1
+        parts.append(level[0])
+    width = 8
+    while len(parts) > 1:  # join the 8-lane parts back into W lanes
+        parts = [em.val(f"shufflevector <{width} x i32> {parts[i]}, <{width} x i32> "
+                        f"{parts[i + 1]}, <{2 * width} x i32> {_lanes(2 * width, 0)}")
+                 for i in range(0, len(parts), 2)]
+        width *= 2
+    return parts[0]
 
 
 def permute_words(em: Emitter, codes: str, regs: list[str]) -> str:
