@@ -257,7 +257,7 @@ TABLE_CODES = 4  # codes whose bits index one 16-entry table of partial activati
 
 def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     """The planes packing's dot for a weight affine in the code bits, w(q) = a + sum_j c_j
-    bit_j(q) (AVX-512): per row of `a` and 4 activations, a table T[e] = sum_i bit_i(e)
+    bit_j(q) (AVX-512, or AVX2: decode.permute16f): per row of `a` and 4 activations, a table T[e] = sum_i bit_i(e)
     x[k + i] of the 16 partial sums; then per bit plane, each nibble of 4 codes' bit j picks
     its partial sum with one permute, added into plane j's accumulator: 3 operations per bit
     plane and 64 weights. out += sum_j c_j acc_j + a sum_k x (window_ok held)."""
@@ -269,7 +269,6 @@ def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
     a, coef = affine_bits(np.asarray(plan.tables[plan.root.id]).view(np.float32), bits)
     groups = bk // TABLE_CODES
     tab = em.alloc("f32", (m, groups, LANES))
-    em.declare(f"declare {F16} @llvm.x86.avx512.permvar.sf.512({F16}, {V16})")
     sums = []  # per row of `a`: lane 15 of the summed tables is the window's sum of x
     for mi in range(m):
         def build(g: str, carried: list[str], mi: int = mi) -> list[str]:
@@ -299,8 +298,7 @@ def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
                 for mi in range(m):
                     at = em.val(f"mul i64 {em.val(f'add i64 {g0}, {mi * groups + g}')}, {LANES}")
                     table = em.val(f"load {F16}, ptr {em.gep(tab, at)}, align 64")
-                    part = em.val(f"call {F16} @llvm.x86.avx512.permvar.sf.512({F16} {table}, "
-                                  f"{V16} {idx})")
+                    part = decode.permute16f(em, table, idx)
                     c = mi * per_row + j * chains + g % chains
                     # nsz: the first step's add to the zeroed accumulator folds away
                     nxt[c] = em.val(f"fadd reassoc nsz contract {F16} {nxt[c]}, {part}")
