@@ -67,15 +67,20 @@ def test_gemv_blocks_of_256_rows_for_the_planes_formats(name):
     assert ops.matmul_params(1, _qw(name, n=512), "f32")["BN"] == 64  # N unknown
 
 
-def test_gemv_blocks_of_256_rows_without_avx512(monkeypatch):
-    """Without AVX-512 the planes formats' GEMV reads the same words with the rows dot, and
-    the 256-row blocks stay exact (the kernel compiled afresh: the IR differs)."""
+@pytest.mark.parametrize("avx2", [True, False])
+def test_gemv_blocks_of_256_rows_without_avx512(monkeypatch, avx2):
+    """Without AVX-512 the planes formats' GEMV reads the same words with the table dot on
+    AVX2's 8-lane permutes, or without AVX2 with the rows dot, and the 256-row blocks stay
+    exact (the kernel compiled afresh: the IR differs)."""
     monkeypatch.setenv("LOWBITC_NO_CACHE", "1")
     monkeypatch.setattr(decode, "permutes", lambda: False)
+    monkeypatch.setattr(decode, "cpu_features", lambda: {"avx2": avx2})
     qw = _qw("u2", n=512, k=300, group=64)
     params = ops.matmul_params(1, qw, "f32", N=512)
     k = lowbitc.compile(ops.kernel_path("matmul"), **params, GM=True, OFF=False)
-    assert params["BN"] == ops.PLANES_BN and "avx512" not in k.text("llvm")
+    text = k.text("llvm")
+    assert params["BN"] == ops.PLANES_BN and "avx512" not in text
+    assert ("@llvm.x86.avx2.permps" in text) == avx2
     x = np.random.default_rng(1).standard_normal((1, 300)).astype(np.float32)
     y = np.zeros((1, 512), np.float32)
     s, z = qw.group_major

@@ -230,10 +230,12 @@ def lookup_words(em: Emitter, codes: str, table: np.ndarray) -> str:
 def avx2_words(em: Emitter, codes: str, table: np.ndarray) -> str:
     """The AVX2 lookup of codes in range: per 8 lanes one `vpermd` per 8 entries (it reads each
     index's low 3 bits), then the code's bits 3, 4, .. choose among them (selects); a
-    sign-split 64-entry table as lookup_words."""
-    if len(table) == 64 and _sign_split(table):
-        mag = avx2_words(em, codes, table[:32])
-        sign = em.val(f"shl <{W} x i32> {codes}, {_const([26] * W)}")
+    sign-split table of 16 or more entries (every (e, m) float) looks up its magnitudes and
+    moves the code's top bit to the sign, as lookup_words does for 64."""
+    if len(table) >= 16 and _sign_split(table):
+        mag = avx2_words(em, codes, table[:len(table) // 2])
+        top = 33 - len(table).bit_length()  # the code's top bit to bit 31
+        sign = em.val(f"shl <{W} x i32> {codes}, {_const([top] * W)}")
         sign = em.val(f"and <{W} x i32> {sign}, {_const([SIGN] * W)}")
         return em.val(f"or <{W} x i32> {mag}, {sign}")
     v8 = "<8 x i32>"
