@@ -19,7 +19,7 @@ from functools import cache
 import numpy as np
 
 from lowbitc.backends.llvm import byte_window
-from lowbitc.backends.llvm.emitter import Emitter
+from lowbitc.backends.llvm.emitter import Emitter, float_literal
 from lowbitc.backends.llvm.target import cpu_features
 from lowbitc.interp import evaluate
 from lowbitc.ir.core import Op, Value
@@ -167,7 +167,8 @@ def lookup(em: Emitter, codes: str, table: np.ndarray, dtype: str) -> str:
             codes = em.val(f"xor <{W} x i32> {codes}, splat (i32 {flip})")
         vals = em.val(f"sitofp <{W} x i32> {codes} to <{W} x float>")
         if offset:
-            vals = em.val(f"fadd <{W} x float> {vals}, splat (float {offset!r})")
+            vals = em.val(f"fadd <{W} x float> {vals}, splat (float "
+                          f"{float_literal(offset, 'f32')})")
         return vals
     if permutes():
         words = lookup_words(em, codes, table)
