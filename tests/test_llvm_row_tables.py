@@ -45,7 +45,14 @@ def _decode(fmt: str, codes: np.ndarray) -> np.ndarray:
     ("u3", "i3", "u8", False),  # 8 entries repeated to 16
 ])
 @pytest.mark.parametrize("rows", [1, 2])
-def test_row_tables_match_the_interpreter_and_numpy(w, v, s, off, rows):
+@pytest.mark.parametrize("avx2", [False, True])
+def test_row_tables_match_the_interpreter_and_numpy(w, v, s, off, rows, avx2, monkeypatch):
+    """(avx2: as on a host with AVX2 and no AVX-512: each row's tables looked up 8 entries a
+    vpermd, decode._avx2_permute)"""
+    if avx2:
+        monkeypatch.setenv("LOWBITC_NO_CACHE", "1")  # the IR differs
+        monkeypatch.setattr(decode, "permutes", lambda: False)
+        monkeypatch.setattr(decode, "cpu_features", lambda: {"avx2": True})
     rng = np.random.default_rng(0)
     n, k = 48, 128
     bits = lowbitc.dtype(w).bits
@@ -58,6 +65,12 @@ def test_row_tables_match_the_interpreter_and_numpy(w, v, s, off, rows):
     x = rng.standard_normal((rows, k)).astype(np.float32)
     kern = compile(ROW_GEMV, W=w, V=v, S=s, OFF=off, R=rows)
     shared = rows >= 2 and not off and bits <= 4  # the rows packing's table over (index, code)
+    if avx2:
+        text, said = kern.text("llvm"), kern.explain()
+        assert "avx512" not in text and "@llvm.x86.avx2.permd" in text
+        assert "0 fallbacks" in said
+        assert ("a table per row (AVX2" in said) == (not shared)
+        assert ("over (row index, code): AVX2" in said) == shared
     if decode.permutes():
         text = kern.explain()
         assert ("a table per row" in text) == (not shared)
@@ -86,8 +99,8 @@ def test_the_mixture_kernel_takes_row_tables():
                                    W3="i4", T=4, ZP=True, BM=1, BN=128, BK=64)
     text = k.explain()
     assert "0 fallbacks" in text
-    if decode.permutes():
-        assert "a table per row (one permute per 16 codes)" in text
+    assert "a table per row (" + ("one permute per 16 codes" if decode.permutes() else "AVX2") \
+        in text
 
 
 def test_index_values_fold_to_the_first_distinct_tables():

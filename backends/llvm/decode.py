@@ -239,15 +239,22 @@ def avx2_words(em: Emitter, codes: str, table: np.ndarray) -> str:
         sign = em.val(f"shl <{W} x i32> {codes}, {_const([top] * W)}")
         sign = em.val(f"and <{W} x i32> {sign}, {_const([SIGN] * W)}")
         return em.val(f"or <{W} x i32> {mag}, {sign}")
+    t = np.resize(table, max(8, len(table)))
+    return _avx2_permute(em, codes, [_const(t[i:i + 8]) for i in range(0, len(t), 8)])
+
+
+def _avx2_permute(em: Emitter, codes: str, parts: list[str], n: int = W) -> str:
+    """parts[codes >> 3][codes & 7] for a <n x i32> vector of codes in range, `parts` 1, 2, 4
+    or 8 <8 x i32> tables of 8 entries: per 8 lanes one `vpermd` per part (it reads each
+    index's low 3 bits), then the code's bits 3, 4, .. choose among them (selects)."""
     v8 = "<8 x i32>"
     em.declare(f"declare {v8} @llvm.x86.avx2.permd({v8}, {v8})")
-    t = np.resize(table, max(8, len(table)))
-    parts = []
-    for h in range(0, W, 8):
-        idx = em.val(f"shufflevector <{W} x i32> {codes}, <{W} x i32> poison, <8 x i32> "
+    out = []
+    for h in range(0, n, 8):
+        idx = em.val(f"shufflevector <{n} x i32> {codes}, <{n} x i32> poison, <8 x i32> "
                      f"{_lanes(8, h)}")
-        level = [em.val(f"call {v8} @llvm.x86.avx2.permd({v8} {_const(t[i:i + 8])}, {v8} {idx})")
-                 for i in range(0, len(t), 8)]
+        level = [em.val(f"call {v8} @llvm.x86.avx2.permd({v8} {part}, {v8} {idx})")
+                 for part in parts]
         bit = 3
         while len(level) > 1:
             on = em.val(f"and {v8} {idx}, {_const([1 << bit] * 8)}")
@@ -255,21 +262,26 @@ def avx2_words(em: Emitter, codes: str, table: np.ndarray) -> str:
             level = [em.val(f"select <8 x i1> {on}, {v8} {level[i + 1]}, {v8} {level[i]}")
                      for i in range(0, len(level), 2)]
             bit += 1
-        parts.append(level[0])
+        out.append(level[0])
     width = 8
-    while len(parts) > 1:  # join the 8-lane parts back into W lanes
-        parts = [em.val(f"shufflevector <{width} x i32> {parts[i]}, <{width} x i32> "
-                        f"{parts[i + 1]}, <{2 * width} x i32> {_lanes(2 * width, 0)}")
-                 for i in range(0, len(parts), 2)]
+    while len(out) > 1:  # join the 8-lane parts back into W lanes
+        out = [em.val(f"shufflevector <{width} x i32> {out[i]}, <{width} x i32> "
+                      f"{out[i + 1]}, <{2 * width} x i32> {_lanes(2 * width, 0)}")
+               for i in range(0, len(out), 2)]
         width *= 2
-    return parts[0]
+    return out[0]
 
 
 def permute_words(em: Emitter, codes: str, regs: list[str]) -> str:
     """regs[codes] for a <W x i32> vector of codes: 1, 2 or 4 <16 x i32> table registers
     (constants, or a table made at run time: row_tables.py), one permute per 16 codes and
-    register pair."""
+    register pair; with AVX2 alone (codes in range) each register's two 8-entry halves
+    (`_avx2_permute`)."""
     v16 = "<16 x i32>"
+    if not permutes():
+        return _avx2_permute(em, codes, [
+            em.val(f"shufflevector {v16} {r}, {v16} poison, <8 x i32> {_lanes(8, h)}")
+            for r in regs for h in (0, 8)])
     em.declare(f"declare {v16} @llvm.x86.avx512.permvar.si.512({v16}, {v16})")
     em.declare(f"declare {v16} @llvm.x86.avx512.vpermi2var.d.512({v16}, {v16}, {v16})")
 

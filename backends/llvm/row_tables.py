@@ -65,7 +65,7 @@ def find(tree: list[Op], codes: Op, root: Value, tables: dict,
          spaces: dict[int, tuple[int, ...]] | str) -> RowTables:
     """E's row-table values (tree in program order, `tables` its code tables, `spaces` the
     shape each value is computed in: fusion_plan.row_spaces); NONE when nothing is one."""
-    if (not decode.permutes() or codes.opcode != "load_codes"
+    if (not (decode.permutes() or decode.avx2()) or codes.opcode != "load_codes"
             or _bits(codes) > MAX_BITS or isinstance(spaces, str)
             or any(op.opcode in ("transpose", "codes") for op in tree)):
         return NONE  # (byte windows read codes in another lane order: fused_windows.py)
@@ -106,8 +106,10 @@ def _kind(v: Value, src: int, tables: dict, rows: set[int], inside: set[int],
 
 def describe(plan) -> str:
     """What explain adds to a fused dot's path ("" without row tables)."""
-    return ", the decode a table per row (one permute per 16 codes)" \
-        if plan.row_tables.wanted else ""
+    if not plan.row_tables.wanted:
+        return ""
+    return (", the decode a table per row (one permute per 16 codes)" if decode.permutes()
+            else ", the decode a table per row (AVX2: a permute per 8 entries and 8 codes)")
 
 
 def by_row(env: Env, plan) -> Callable[[str], dict[int, list[str]]] | None:

@@ -38,7 +38,7 @@ from lowbitc.repack import LANES
 def plan_of(env, plan):
     """(source, D, r0, table) when the rows packing's indexed dot applies to the plan (its
     weight one f32 row table tabulated over a byte-sized index of the rows), else None."""
-    if (not decode.permutes() or plan.row_tables.wanted != {plan.root.id}
+    if (not (decode.permutes() or decode.avx2()) or plan.row_tables.wanted != {plan.root.id}
             or plan.root.type.dtype != "f32" or plan.codes.opcode != "load_codes"
             or plan.codes.attrs.bits > MAX_BITS):
         return None
@@ -65,8 +65,13 @@ def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
                                                          .bit_length()))
     regs = [_vector(words[i:i + LANES]) for i in range(0, len(words), LANES)]
     em.declare(f"declare {F16} @llvm.fma.v16f32({F16}, {F16}, {F16})")
-    em.declare(f"declare {V16} @llvm.x86.avx512.permvar.si.512({V16}, {V16})")
-    em.declare(f"declare {V16} @llvm.x86.avx512.vpermi2var.d.512({V16}, {V16}, {V16})")
+    wide = decode.permutes()  # else AVX2: 8-entry permutes of the registers' halves
+    if wide:
+        em.declare(f"declare {V16} @llvm.x86.avx512.permvar.si.512({V16}, {V16})")
+        em.declare(f"declare {V16} @llvm.x86.avx512.vpermi2var.d.512({V16}, {V16}, {V16})")
+    halves = [em.val(f"shufflevector {V16} {r}, {V16} poison, <8 x i32> "
+                     f"<{', '.join(f'i32 {h + q}' for q in range(8))}>")
+              for r in regs for h in (0, 8)] if not wide else []
     state = {}
 
     def setup(r: str) -> None:
@@ -76,10 +81,13 @@ def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
         inside = em.val(f"icmp ult {V16} {index}, {_splat(count)}")
         index = em.val(f"select <{LANES} x i1> {inside}, {V16} {index}, {V16} {_splat(r0)}")
         state["base"] = em.val(f"shl {V16} {index}, {_splat(bits)}")
-        if len(regs) == 4:
+        if len(regs) == 4 and wide:
             state["high"] = em.val(f"icmp uge {V16} {index}, {_splat(32 >> bits)}")
 
     def lookup(code: str) -> str:
+        if not wide:  # the whole index (the code's bits below the row's base), in range
+            idx = _select_bits(em, _splat((1 << bits) - 1), code, state["base"])
+            return decode._avx2_permute(em, idx, halves, LANES)
         if len(regs) == 1:
             return em.val(f"call {V16} @llvm.x86.avx512.permvar.si.512({V16} {regs[0]}, "
                           f"{V16} {code})")
@@ -134,5 +142,6 @@ def describe(count: int, bits: int) -> str:
     entries = count << bits
     return (f"rows16 fused register dot (16 rows per vector), the decode one table of "
             f"{entries} entries over (row index, code): "
-            + ("one permute" if entries <= 16 else "a permute" if entries <= 32
-               else "two permutes and a select") + " per 16 codes")
+            + (("one permute" if entries <= 16 else "a permute" if entries <= 32
+                else "two permutes and a select") + " per 16 codes" if decode.permutes()
+               else f"AVX2, {max(1, entries // 8)} permutes and selects per 8 codes"))
