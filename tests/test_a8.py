@@ -210,13 +210,15 @@ def test_a8_fused_matches_interpreter(fmt, zp, N, M):
 def test_a8_kernels_take_the_fused_byte_dot(fmt, zp, M):
     """The shipped kernel's dot fuses the weights' decode for every byte map (SC and LO
     constants are shared with the scale code outside the activation-block loop); without
-    AVX-512 VNNI, explain says it does not."""
+    AVX2, explain says it does not. The float dots' planner says nothing of an integer dot
+    (it said "FALLBACK ... E is not a float tile" beside the fused byte dot)."""
     qw = lowbitc.quantize(np.ones((64, 256), np.float32), fmt, 128, zero_point=zp)
     name, params = ops.matmul_choice(M, 4096, 4096, qw, "f32", "i8")
     text = ops.get_kernel(name, **params).explain()
     want = ("dot w: fused integer byte dot" if bytedot.applies() else "dot w: FALLBACK generic "
             "integer dot (the fused byte dot needs AVX2)")
     assert want in text, text
+    assert ("0 fallbacks" in text) == bytedot.applies(), text
 
 
 @pytest.mark.parametrize("fmt, zp, N, K, group", [

@@ -165,6 +165,8 @@ def _dot_tree(op: Op, defs: dict[int, Op], uses: dict[int, int], max_rows: int |
     tree, codes = found
     e = tr.operands[0].type
     if not (isinstance(e, TileType) and is_float(e.dtype)):
+        if acc.type.dtype == "i32":
+            return None  # an integer dot: bytedot.py's to fuse, and to explain
         return "E is not a float tile"
     if e.shape[1] % W:
         return f"the K window ({e.shape[1]}) is not a multiple of {W}"
