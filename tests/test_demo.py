@@ -29,6 +29,8 @@ def test_demo_checks_and_times_a_streaming_row_per_format(capsys):
         bits = float(row.group(1))  # codes plus f32 scales (and zero points) per 128
         assert bits == {"u3": 3 + 64 / 128, "f8e4m3fn": 8 + 32 / 128, "nf4": 4 + 32 / 128}[f]
     assert "3 copies" in part2 and "one weight" in part2
+    from lowbitc.backends.llvm import target
+    assert f"code compiled for {target.cpu_name()}" in part1.splitlines()[0]
 
 
 def test_llc_size_comes_from_sysfs(tmp_path):

@@ -104,6 +104,17 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _target() -> str:
+    """The CPU the kernels are compiled for, as LLVM names it (LOWBITC_TARGET_CPU's, if set)."""
+    from lowbitc.backends.llvm import target
+    from lowbitc.cache.host import real_host
+
+    named = target.cpu_name()
+    if named != real_host().cpu:
+        return f"code compiled for {named} (LOWBITC_TARGET_CPU; this host is {real_host().cpu})"
+    return f"code compiled for {named}"
+
+
 def run(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
     names = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -111,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
         get_dtype(name)  # unknown names fail before any work
     start = time.perf_counter()
     n = args.check_n
-    print(f"lowbitc demo: LLVM CPU backend on {_cpu_model()}, {os.cpu_count()} CPUs")
+    print(f"lowbitc demo: LLVM CPU backend on {_cpu_model()}, {os.cpu_count()} CPUs, "
+          f"{_target()}")
     print(f"\n1. Correctness: {n} x {n} weights quantized per format, group {args.group}: "
           "ops.dequantize\n   against QTensor.dequantize, ops.matmul (M = 1, 16) against numpy")
     print(f"{'format':<10} {'dequant':>10} {'matmul err':>12} {'quant. error':>14}")
