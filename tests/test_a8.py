@@ -508,15 +508,16 @@ RECIPE_ASM = {"vnni512": (r"vpdpbusd\s+[^\n]*zmm", "vpmaddubsw"),
 def test_fused_dot_recipes_agree(fmt, M, recipe, fused_recipe):
     """The fused byte dot gives the same sums, bit for bit, with each host's instructions:
     AVX-512 VNNI on 16 lanes, 256-bit vpdpbusd (AVX-VNNI) or AVX2's vpmaddubsw + vpmaddwd on
-    two halves (u8's bytes above 127 split so no pair sum saturates); a u8 window of 255s
-    against activations of -127 is the saturating case."""
+    two halves (u8's bytes above 127 split so no pair sum saturates; AVX2's 16-bit sums of
+    pair sums bounded by E's largest value); weights at the top of their range against
+    activations of -127 are the overflowing case."""
     rng = np.random.default_rng(7)
     N, K = 48, 384
     w = rng.standard_normal((N, K)).astype(np.float32)
     w[:16, :128] = np.where(np.arange(128) % 2, 3.0, 2.9)  # codes at the top of the range
     qw = lowbitc.quantize(w, fmt, 128, zero_point=fmt[0] == "u")
     x = rng.standard_normal((M, K)).astype(np.float32)
-    x[:, :128] = -np.abs(x[:, :128]).max() * (1 + np.arange(128) % 2)  # -127s in int8
+    x[:, :128] = -np.abs(x).max()  # -127s in int8: the largest pair sums
     fused_recipe(None)
     want = ops.matmul(x, qw, act="i8")
     fused_recipe(recipe)

@@ -54,6 +54,7 @@ WHOLE_WINDOWS = True  # some windows of whole steps run a constant-trip step loo
 # "avx2" per 256-bit half vpmaddubsw + vpmaddwd by ones (`_dpbusd`).
 RECIPES = ("vnni512", "vnni256", "avx2")
 RECIPE: str | None = None  # overrides the host's (tests, A/B timings; any the host can run)
+PAIR_SUMS = True  # "avx2": add a step's pair sums in 16 bits before widening (`_fused`)
 
 
 def inline_extra_lines(bits: int) -> int:
@@ -220,6 +221,10 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
         vals = [int(plan.table[i % len(plan.table)]) for i in range(16)] * 4
         table = "<" + ", ".join(f"i8 {v}" for v in vals) + ">"
     wide = int(plan.table.max()) > 127  # bytes vpmaddubsw would saturate on (`_dpbusd`)
+    # AVX2: a step's vpmaddubsw pair sums (each at most 2 x E x 128 in size) add in 16 bits,
+    # this many at a time, before one vpmaddwd widens them (llama.cpp's AVX2 q4 dots do so)
+    pairs = (32767 // (256 * max(1, int(plan.table.max())))
+             if PAIR_SUMS and not wide and recipe() == "avx2" else 0)
 
     def block(r: str) -> None:
         n0 = em.val(f"add i64 {starts[0]}, {em.val(f'mul i64 {r}, {LANES}')}")
@@ -246,6 +251,15 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
             nxt = list(accs)
             n = 0
             loaded: dict[tuple[int, int], str] = {}
+            pending: list[list[str]] = [[] for _ in range(m)]  # 16-bit pair sums per row
+            flushed = [0] * m
+
+            def flush(i: int) -> None:
+                if pending[i]:
+                    c = i * chains + flushed[i] % chains
+                    nxt[c] = _widen_add(em, nxt[c], _add16(em, pending[i]))
+                    pending[i].clear()
+                    flushed[i] += 1
 
             def load(plane: int, w: int) -> str:
                 if (plane, w) not in loaded:
@@ -276,9 +290,16 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
                         for i in range(m):
                             d = i * k // 4 + w * (8 // p) + e  # the dword, k0 / 4 further
                             bx = _broadcast_dword(em, xp, em.val(f"add i64 {k0}, {4 * d}"))
+                            if pairs > 1:
+                                pending[i].append(_pair_sums(em, v, bx))
+                                if len(pending[i]) == pairs:
+                                    flush(i)
+                                continue
                             c = i * chains + n % chains
                             nxt[c] = _dpbusd(em, nxt[c], v, bx, wide)
                         n += 1
+            for i in range(m):
+                flush(i)
             return nxt
 
         carried = [(V16, "zeroinitializer")] * (m * chains)
@@ -401,6 +422,41 @@ def _join(em: Emitter, halves: list[str], ty: str) -> str:
     n = int(ty[1:-1].split(" x ")[0])
     idx = "<" + ", ".join(f"i32 {i}" for i in range(2 * n)) + ">"
     return em.val(f"shufflevector {ty} {halves[0]}, {ty} {halves[1]}, <{2 * n} x i32> {idx}")
+
+
+W16 = "<32 x i16>"
+
+
+def _pair_sums(em: Emitter, u: str, s: str) -> str:
+    """vpmaddubsw(u, s) on both ymm halves of <16 x i32> operands: <32 x i16> sums of two u8 x
+    i8 products (u <= 127, or the sums saturate)."""
+    b32, w16 = "<32 x i8>", "<16 x i16>"
+    em.declare(f"declare {w16} @llvm.x86.avx2.pmadd.ub.sw({b32}, {b32})")
+    halves = []
+    for h in (0, 1):
+        ub, sb = (em.val(f"bitcast <8 x i32> {_half(em, v, V16, h)} to {b32}") for v in (u, s))
+        halves.append(em.val(f"call {w16} @llvm.x86.avx2.pmadd.ub.sw({b32} {ub}, {b32} {sb})"))
+    return _join(em, halves, w16)
+
+
+def _add16(em: Emitter, sums: list[str]) -> str:
+    """The 16-bit sum of <32 x i16> vectors, as a balanced tree (the caller bounds it)."""
+    while len(sums) > 1:
+        sums = [em.val(f"add {W16} {sums[i]}, {sums[i + 1]}") if i + 1 < len(sums)
+                else sums[i] for i in range(0, len(sums), 2)]
+    return sums[0]
+
+
+def _widen_add(em: Emitter, acc: str, sums: str) -> str:
+    """acc + vpmaddwd(sums, 1): each i32 lane of <16 x i32> acc gains its two 16-bit sums."""
+    v8, w16 = "<8 x i32>", "<16 x i16>"
+    em.declare(f"declare {v8} @llvm.x86.avx2.pmadd.wd({w16}, {w16})")
+    out = []
+    for h in (0, 1):
+        quads = em.val(f"call {v8} @llvm.x86.avx2.pmadd.wd({w16} {_half(em, sums, W16, h)}, "
+                       f"{w16} splat (i16 1))")
+        out.append(em.val(f"add {v8} {_half(em, acc, V16, h)}, {quads}"))
+    return _join(em, out, v8)
 
 
 def _dpbusd(em: Emitter, acc: str, u: str, s: str, wide: bool = False) -> str:
