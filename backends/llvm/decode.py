@@ -65,28 +65,6 @@ def avx2() -> bool:
     return bool(cpu_features().get("avx2", False))
 
 
-def permute16f(em: Emitter, table: str, idx: str) -> str:
-    """table[idx & 15] for a <16 x float> table and <16 x i32> indices (their low 4 bits):
-    one vpermps with AVX-512; with AVX2 per 8 lanes the table's two halves permuted (vpermps
-    reads 3 bits) and bit 3 choosing between them."""
-    f16, v16 = "<16 x float>", "<16 x i32>"
-    if permutes():
-        em.declare(f"declare {f16} @llvm.x86.avx512.permvar.sf.512({f16}, {v16})")
-        return em.val(f"call {f16} @llvm.x86.avx512.permvar.sf.512({f16} {table}, {v16} {idx})")
-    f8, v8 = "<8 x float>", "<8 x i32>"
-    em.declare(f"declare {f8} @llvm.x86.avx2.permps({f8}, {v8})")
-    low, high = (em.val(f"shufflevector {f16} {table}, {f16} poison, <8 x i32> {_lanes(8, h)}")
-                 for h in (0, 8))
-    parts = []
-    for h in (0, 8):
-        i = em.val(f"shufflevector {v16} {idx}, {v16} poison, <8 x i32> {_lanes(8, h)}")
-        lo = em.val(f"call {f8} @llvm.x86.avx2.permps({f8} {low}, {v8} {i})")
-        hi = em.val(f"call {f8} @llvm.x86.avx2.permps({f8} {high}, {v8} {i})")
-        on = em.val(f"icmp ne {v8} {em.val(f'and {v8} {i}, splat (i32 8)')}, zeroinitializer")
-        parts.append(em.val(f"select <8 x i1> {on}, {f8} {hi}, {f8} {lo}"))
-    return em.val(f"shufflevector {f8} {parts[0]}, {f8} {parts[1]}, <16 x i32> {_lanes(16, 0)}")
-
-
 @cache
 def permutes() -> bool:
     """Whether the host has AVX-512 (vpermd/vpermi2d on 16 lanes)."""

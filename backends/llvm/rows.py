@@ -257,10 +257,13 @@ TABLE_CODES = 4  # codes whose bits index one 16-entry table of partial activati
 
 def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     """The planes packing's dot for a weight affine in the code bits, w(q) = a + sum_j c_j
-    bit_j(q) (AVX-512, or AVX2: decode.permute16f): per row of `a` and 4 activations, a table T[e] = sum_i bit_i(e)
-    x[k + i] of the 16 partial sums; then per bit plane, each nibble of 4 codes' bit j picks
-    its partial sum with one permute, added into plane j's accumulator: 3 operations per bit
-    plane and 64 weights. out += sum_j c_j acc_j + a sum_k x (window_ok held)."""
+    bit_j(q) (AVX-512; AVX2: `_planes_dot_avx2`): per row of `a` and 4 activations, a table
+    T[e] = sum_i bit_i(e) x[k + i] of the 16 partial sums; then per bit plane, each nibble of 4
+    codes' bit j picks its partial sum with one permute, added into plane j's accumulator: 3
+    operations per bit plane and 64 weights. out += sum_j c_j acc_j + a sum_k x (window_ok
+    held)."""
+    if not decode.permutes():
+        return _planes_dot_avx2(env, plan, abuf, out, t, starts)
     em = env.em
     packing: PlanesPacking = t.packing
     bits = packing.bits
@@ -269,6 +272,7 @@ def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
     a, coef = affine_bits(np.asarray(plan.tables[plan.root.id]).view(np.float32), bits)
     groups = bk // TABLE_CODES
     tab = em.alloc("f32", (m, groups, LANES))
+    em.declare(f"declare {F16} @llvm.x86.avx512.permvar.sf.512({F16}, {V16})")
     sums = []  # per row of `a`: lane 15 of the summed tables is the window's sum of x
     for mi in range(m):
         def build(g: str, carried: list[str], mi: int = mi) -> list[str]:
@@ -298,29 +302,112 @@ def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
                 for mi in range(m):
                     at = em.val(f"mul i64 {em.val(f'add i64 {g0}, {mi * groups + g}')}, {LANES}")
                     table = em.val(f"load {F16}, ptr {em.gep(tab, at)}, align 64")
-                    part = decode.permute16f(em, table, idx)
+                    part = em.val(f"call {F16} @llvm.x86.avx512.permvar.sf.512({F16} "
+                                  f"{table}, {V16} {idx})")
                     c = mi * per_row + j * chains + g % chains
                     # nsz: the first step's add to the zeroed accumulator folds away
                     nxt[c] = em.val(f"fadd reassoc nsz contract {F16} {nxt[c]}, {part}")
         return nxt
 
     def combine(accs: list[str], mi: int) -> str:
-        terms = []  # the planes' sums times their coefficients (1 needs no multiply), summed
-        for j in range(bits):
-            part = _sum(em, accs[j * chains:(j + 1) * chains])
-            terms.append(part if coef[j] == 1 else
-                         em.val(f"fmul {F16} {part}, {_fvec([coef[j]] * LANES)}"))
-        total = _sum(em, terms)
-        if a:
-            sx = em.val(f"extractelement {F16} {sums[mi]}, i64 {LANES - 1}")
-            ins = em.val(f"insertelement {F16} poison, float {sx}, i64 0")
-            sxv = em.val(f"shufflevector {F16} {ins}, {F16} poison, <{LANES} x i32> "
-                         "zeroinitializer")
-            offset = em.val(f"fmul {F16} {sxv}, {_fvec([a] * LANES)}")
-            total = em.val(f"fadd {F16} {total}, {offset}")
-        return total
+        return _combine(em, accs, mi, bits, chains, coef, a,
+                        em.val(f"extractelement {F16} {sums[mi]}, i64 {LANES - 1}") if a
+                        else None)
 
     _window_dot(env, plan, abuf, out, t, starts, per_row, body, combine)
+
+
+AVX2_TABLE_CODES = 3  # AVX2: codes per 8-entry table (one vpermps per 8 rows)
+
+
+def _planes_dot_avx2(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
+    """fused_planes_dot with AVX2's 8-lane vpermps: per row of `a` and 3 activations a table
+    of the 8 partial sums (a step's 32 codes: ten groups of 3 and one of 2), each 3 codes'
+    bit j picking its sum with one vpermps per 8 rows (it reads the low 3 bits: no mask)."""
+    em = env.em
+    packing: PlanesPacking = t.packing
+    bits = packing.bits
+    m = abuf.shape[0]
+    bk = plan.codes.attrs.sizes[1]
+    a, coef = affine_bits(np.asarray(plan.tables[plan.root.id]).view(np.float32), bits)
+    tc = AVX2_TABLE_CODES
+    per = -(-32 // tc)  # tables per step of 32 codes
+    f8, v8 = "<8 x float>", "<8 x i32>"
+    em.declare(f"declare {f8} @llvm.x86.avx2.permps({f8}, {v8})")
+    steps = bk // 32
+    tab = em.alloc("f32", (m, steps * per, 8))
+    sums = []  # per row of `a`: lane 7 of the summed tables is the window's sum of x
+    for mi in range(m):
+        def build(s: str, carried: list[str], mi: int = mi) -> list[str]:
+            total = carried[0]
+            for g in range(per):
+                k = em.val(f"add i64 {em.val(f'mul i64 {s}, 32')}, {g * tc}")
+                table = None
+                for i in range(min(tc, 32 - g * tc)):
+                    bit = "<" + ", ".join(f"float {float_literal(float(e >> i & 1), 'f32')}"
+                                          for e in range(8)) + ">"
+                    x = _activation(em, abuf, mi, k, i)
+                    x8 = em.val(f"shufflevector {F16} {x}, {F16} poison, <8 x i32> "
+                                "zeroinitializer")
+                    term = em.val(f"fmul contract {f8} {x8}, {bit}")
+                    table = term if table is None else \
+                        em.val(f"fadd contract {f8} {table}, {term}")
+                row = em.val(f"add i64 {em.val(f'mul i64 {s}, {per}')}, {mi * steps * per + g}")
+                em.emit(f"store {f8} {table}, ptr {em.gep(tab, em.val(f'mul i64 {row}, 8'))}, "
+                        "align 32")
+                total = em.val(f"fadd {f8} {total}, {table}")
+            return [total]
+        sums += em.loop("0", str(steps), None, carried=[(f8, "zeroinitializer")],
+                        body_carried=build)
+    chains = max(1, CHAINS // (m * bits))
+    per_row = bits * chains
+
+    def body(words_at, k0: str, accs: list[str]) -> list[str]:
+        words = [em.val(f"load {V16}, ptr {words_at(j)}, align 4") for j in range(bits)]
+        s0 = em.val(f"mul i64 {em.val(f'udiv i64 {k0}, 32')}, {per}")
+        nxt = list(accs)
+        for g in range(per):
+            for j in range(bits):
+                idx = words[j] if g == 0 else \
+                    em.val(f"lshr {V16} {words[j]}, {_splat(g * tc)}")
+                halves = [em.val(f"shufflevector {V16} {idx}, {V16} poison, <8 x i32> "
+                                 f"<{', '.join(f'i32 {h + q}' for q in range(8))}>")
+                          for h in (0, 8)]
+                for mi in range(m):
+                    row = em.val(f"add i64 {s0}, {mi * steps * per + g}")
+                    table = em.val(f"load {f8}, ptr {em.gep(tab, em.val(f'mul i64 {row}, 8'))}, "
+                                   "align 32")
+                    got = [em.val(f"call {f8} @llvm.x86.avx2.permps({f8} {table}, {v8} {h})")
+                           for h in halves]
+                    part = em.val(f"shufflevector {f8} {got[0]}, {f8} {got[1]}, <16 x i32> "
+                                  f"<{', '.join(f'i32 {q}' for q in range(16))}>")
+                    c = mi * per_row + j * chains + g % chains
+                    nxt[c] = em.val(f"fadd reassoc nsz contract {F16} {nxt[c]}, {part}")
+        return nxt
+
+    def combine(accs: list[str], mi: int) -> str:
+        return _combine(em, accs, mi, bits, chains, coef, a,
+                        em.val(f"extractelement {f8} {sums[mi]}, i64 7") if a else None)
+
+    _window_dot(env, plan, abuf, out, t, starts, per_row, body, combine)
+
+
+def _combine(em: Emitter, accs: list[str], mi: int, bits: int, chains: int, coef, a: float,
+             sx: str | None) -> str:
+    """The planes dot's row total: the planes' sums times their coefficients (1 needs no
+    multiply), plus a times the window's sum of x (`sx`, a float) when a != 0."""
+    terms = []
+    for j in range(bits):
+        part = _sum(em, accs[j * chains:(j + 1) * chains])
+        terms.append(part if coef[j] == 1 else
+                     em.val(f"fmul {F16} {part}, {_fvec([coef[j]] * LANES)}"))
+    total = _sum(em, terms)
+    if a:
+        ins = em.val(f"insertelement {F16} poison, float {sx}, i64 0")
+        sxv = em.val(f"shufflevector {F16} {ins}, {F16} poison, <{LANES} x i32> "
+                     "zeroinitializer")
+        total = em.val(f"fadd {F16} {total}, {em.val(f'fmul {F16} {sxv}, {_fvec([a] * LANES)}')}")
+    return total
 
 
 def _fvec(values) -> str:
