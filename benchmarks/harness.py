@@ -142,7 +142,8 @@ def interleaved_stats(
 def interleaved(
     candidates: Mapping[str, Callable[[], object]], rounds: int = 30, *, warmup: int = 2
 ) -> dict[str, float]:
-    """Median seconds per call of each candidate, all measured in the same interleaved rounds (a new order each round)."""
+    """Median seconds per call of each candidate, all measured in the same interleaved rounds
+    (a new order each round)."""
     stats = interleaved_stats(candidates, rounds, warmup=warmup)
     return {name: s["median"] for name, s in stats.items()}
 
@@ -191,8 +192,9 @@ def _llvm_host() -> dict:
         "vector_features": sorted(k for k, on in target.cpu_features().items()
                                   if on and "avx" in k),
     }
-    if real_host().cpu != info["cpu"]:
-        info["host_cpu"] = real_host().cpu
+    host = real_host().cpu
+    if host != info["cpu"]:
+        info["host_cpu"] = host
     return info
 
 

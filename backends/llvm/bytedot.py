@@ -16,7 +16,8 @@ bipolar) xors the words first; a single 1-, 2- or 4-bit plane may instead look E
 with AVX-512 VNNI; on hosts without it (`recipe`) two ymm halves, each adding its products
 with a 256-bit vpdpbusd (AVX-VNNI) or, on AVX2 alone, `vpmaddubsw` then `vpmaddwd` by ones
 (exact while E <= 127, every format of up to 7 bits; 8-bit bytes are split into their low 7
-bits and the top one, each part's pair sums in 16 bits). Hosts without AVX2 and other windows take the generic path.
+bits and the top one, each part's pair sums in 16 bits). Hosts without AVX2 and other windows
+take the generic path.
 """
 
 from __future__ import annotations

@@ -310,7 +310,7 @@ def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
         return nxt
 
     def combine(accs: list[str], mi: int) -> str:
-        return _combine(em, accs, mi, bits, chains, coef, a,
+        return _combine(em, accs, bits, chains, coef, a,
                         em.val(f"extractelement {F16} {sums[mi]}, i64 {LANES - 1}") if a
                         else None)
 
@@ -386,13 +386,13 @@ def _planes_dot_avx2(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
         return nxt
 
     def combine(accs: list[str], mi: int) -> str:
-        return _combine(em, accs, mi, bits, chains, coef, a,
+        return _combine(em, accs, bits, chains, coef, a,
                         em.val(f"extractelement {f8} {sums[mi]}, i64 7") if a else None)
 
     _window_dot(env, plan, abuf, out, t, starts, per_row, body, combine)
 
 
-def _combine(em: Emitter, accs: list[str], mi: int, bits: int, chains: int, coef, a: float,
+def _combine(em: Emitter, accs: list[str], bits: int, chains: int, coef, a: float,
              sx: str | None) -> str:
     """The planes dot's row total: the planes' sums times their coefficients (1 needs no
     multiply), plus a times the window's sum of x (`sx`, a float) when a != 0."""

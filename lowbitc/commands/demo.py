@@ -109,9 +109,9 @@ def _target() -> str:
     from lowbitc.backends.llvm import target
     from lowbitc.cache.host import real_host
 
-    named = target.cpu_name()
-    if named != real_host().cpu:
-        return f"code compiled for {named} (LOWBITC_TARGET_CPU; this host is {real_host().cpu})"
+    named, host = target.cpu_name(), real_host().cpu
+    if named != host:
+        return f"code compiled for {named} (LOWBITC_TARGET_CPU; this host is {host})"
     return f"code compiled for {named}"
 
 
