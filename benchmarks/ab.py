@@ -16,7 +16,9 @@ cache is off while they compile (its key does not see the snippets' constants). 
 
 The snippets see the modules `target`, `rows`, `bytedot`, `prefetch`, `fusion` (of
 lowbitc.backends.llvm) and `a8`; they run in order and what one sets stays set for the
-variants after it (so each sets everything it changes, or the changed variant comes last). A format list joined by '+' makes a per-group mixture.
+variants after it (so each sets everything it changes, or the changed variant comes last).
+A format list joined by '+' makes a per-group mixture; an interop format (Q4_0, Q4_K,
+GPTQ4) is another tool's tensor read as lowbitc does.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from benchmarks.cases import INTEROP_FORMATS
 from lowbitc.memory import copies_for
 
 
@@ -59,7 +62,10 @@ def run(fmt: str, variants: list[tuple[str, str]], act: str = "f32", m: int = 1,
     scope = {"target": target, "rows": rows, "bytedot": bytedot, "prefetch": prefetch,
              "fusion": fusion, "a8": a8}
     w, x = cand.weights(n, n, 0), cand.activations(m, n, 1)
-    qw = cand.quantized(w, fmt.split("+") if "+" in fmt else fmt, group)
+    if fmt in INTEROP_FORMATS:
+        qw = cand.imported(w, fmt, group)
+    else:
+        qw = cand.quantized(w, fmt.split("+") if "+" in fmt else fmt, group)
     copies = copies or max(2, min(64, copies_for(cand.weight_bytes(qw))))
     weights = [qw] + [qw.replica() for _ in range(copies - 1)]
     plans, outs, digests = {}, {}, {}
@@ -122,7 +128,8 @@ def run(fmt: str, variants: list[tuple[str, str]], act: str = "f32", m: int = 1,
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("format", help="weight format, or formats joined by '+' (a mixture)")
+    ap.add_argument("format", help="weight format, formats joined by '+' (a mixture), or an "
+                    "interop format (Q4_0, Q4_K, GPTQ4)")
     ap.add_argument("variants", nargs="+", help="'name:python snippet', the first the base")
     ap.add_argument("--act", default="f32", choices=("f32", "i8"))
     ap.add_argument("--M", type=int, default=1)

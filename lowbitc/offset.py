@@ -70,7 +70,21 @@ class OffsetQTensor(QTensor):
         twin.__dict__["base"] = t  # the same arrays as twin's
         if "by_group" in self.__dict__:
             twin.__dict__["by_group"] = self.by_group.copy()
+        twin.__dict__["_tile_offsets"] = {
+            key: v.copy() for key, v in self.__dict__.get("_tile_offsets", {}).items()}
         return twin
+
+    def tile_scales(self, bn: int) -> np.ndarray:
+        """The scales and offsets tile-major for tiles of `bn` rows (lowbitc.a8.tile_major
+        with the offsets in the zero points' place: what the CPU GEMV reads as one stream),
+        made once per tile width and cached here (replica copies them)."""
+        cache = self.__dict__.setdefault("_tile_offsets", {})
+        hit = cache.get(bn)
+        if hit is None:
+            from lowbitc.a8 import tile_major  # (a8 imports the compiler)
+
+            hit = cache[bn] = tile_major(self.scales, bn, self.offsets)
+        return hit
 
     def dequantize(self) -> np.ndarray:
         """float32 [N, K], bit-exact with the formula in the module docstring."""

@@ -224,12 +224,12 @@ def matmul(x: np.ndarray, qw: QTensor, backend: str = "llvm",
     if k is None:
         name, params = matmul_choice(M, N, K, qw, adt, act, backend)
         if name == "matmul" and backend == "llvm":
-            # the GEMV path reads scales and zeros tile-major (one contiguous run per
-            # program: a8.tile_scales), or group-major (QTensor.group_major) beside offsets,
-            # which are subtracted in the kernel
+            # the GEMV path reads scales and zeros (or offsets, subtracted in the kernel)
+            # tile-major, one contiguous run per program (a8.tile_scales,
+            # OffsetQTensor.tile_scales), or group-major (QTensor.group_major)
             gemv, bn = not params["EARLY"], params["BN"]
-            params.update(GM=gemv, TM=gemv and offsets is None and N % bn == 0 and
-                          bn <= TILE_MAJOR_BN, OFF=offsets is not None)
+            params.update(GM=gemv, TM=gemv and N % bn == 0 and bn <= TILE_MAJOR_BN,
+                          OFF=offsets is not None)
         k = _remember(plan, get_kernel(name, backend, **params))
     if k.name == "matmul_a8":  # scales and zeros tile-major, activations quantized first
         run = a8.call(qw, k, x, adt, y, weight_storage)
@@ -280,10 +280,13 @@ def _remember_gemv(qw: QTensor, key: tuple, plan: tuple, k: Kernel, run) -> None
 
 def _gemv_scales(qw: QTensor, k: Kernel, offsets: OffsetQTensor | None):
     """qw's scales and zero points (or the offsets) as matmul kernel `k` reads them:
-    both tile-major in one array viewed as [P * G, N] (TM: a8.tile_scales), group-major
+    both tile-major in one array viewed as [P * G, N] (TM: a8.tile_scales or the offsets'
+    OffsetQTensor.tile_scales), group-major
     [G, N] (GM) or as stored [N, G]; a [1, 1] placeholder for no zero points."""
-    if k.params.get("TM"):  # scales and zero points in one array, z unread
-        return a8.tile_scales(qw, k.params["BN"]).reshape(-1, qw.shape[0]), _NO_ZEROS
+    if k.params.get("TM"):  # scales and zero points (or offsets) in one array, z unread
+        sz = a8.tile_scales(qw, k.params["BN"]) if offsets is None else \
+            offsets.tile_scales(k.params["BN"])
+        return sz.reshape(-1, qw.shape[0]), _NO_ZEROS
     gm = k.params.get("GM")
     scales, zeros = qw.group_major if gm else (qw.scales, qw.zeros)
     if offsets is not None:

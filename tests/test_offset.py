@@ -71,3 +71,28 @@ def test_replica_keeps_offsets_and_order():
     assert np.array_equal(twin.dequantize(), qw.dequantize())
     x = np.ones((1, 200), np.float32)
     assert np.allclose(ops.matmul(x, twin), ops.matmul(x, qw), rtol=1e-6, atol=1e-6)
+
+
+def test_gemv_reads_scales_and_offsets_tile_major():
+    """A GEMV over whole row tiles reads the scales and offsets as one tile-major stream
+    (matmul TM with OFF), cached on the tensor and copied by replica; results as the formula."""
+    qw = make(n=128, k=256, perm=False)
+    x = np.random.default_rng(1).standard_normal((1, 256)).astype(np.float32)
+    want = formula(qw)
+    ref = x.astype(np.float64) @ want.T.astype(np.float64)
+    tol = 1e-5 * (np.abs(x) @ np.abs(want).T + np.abs(x) @ np.repeat(
+        np.abs(qw.offsets), 32, 1).T) + 1e-6
+    ops._PLANS.clear()
+    y = ops.matmul(x, qw)
+    assert np.all(np.abs(y - ref) <= tol)
+    (k,) = [k for key, k in ops._PLANS.items() if key[0] == "matmul" and key[6] == 1]
+    assert k.params["TM"] and k.params["OFF"]
+    bn = k.params["BN"]
+    sz = qw.tile_scales(bn)
+    assert sz.shape == (128 // bn, 8, 2 * bn)
+    assert np.array_equal(sz[1, 3, :bn], qw.scales[bn:2 * bn, 3])
+    assert np.array_equal(sz[1, 3, bn:], qw.offsets[bn:2 * bn, 3])
+    twin = qw.replica()
+    assert np.array_equal(twin.tile_scales(bn), sz) and twin.tile_scales(bn) is not sz
+    twin.offsets[:] = 0  # a replica's arrays are its own: the original's results stand
+    assert np.array_equal(ops.matmul(x, qw), y)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -171,6 +173,21 @@ def test_matmul_on_rows_packed_weights(w, m):
         ref = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
         y = ops.matmul(x, qw)
         np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.skipif(not decode.permutes(), reason="reads AVX-512 assembly")
+def test_small_windows_broadcast_activations_from_memory():
+    """A GEMV window of 32 activations (groups of 32: GGUF, MX) stays in memory: each FMA
+    takes its activation as a `{1to16}` operand, not extracted and spread by shuffles on the
+    ports the decode's permutes need (rows.ACTIVATIONS_IN_MEMORY)."""
+    qw = lowbitc.quantize(np.ones((64, 256), np.float32), "u4", 32, zero_point=True)
+    params = {**ops.matmul_params(1, qw, "f32", N=4096), "GM": True, "TM": True}
+    assert params["BK"] == 32
+    text = ops.get_kernel("matmul", **params).text("asm")
+    # 16 rows a vector, 64 rows a program: 128 FMAs, 32 activations x 4 blocks of rows
+    # (LLVM reads a few as pairs, one 8-byte load spread twice)
+    assert len(re.findall(r"vfmadd\w+\s+-?\w*\(%\w+\)\{1to16\}", text)) >= 96
+    assert "vshuff64x2" not in text
 
 
 def test_fused_rows_dot_is_vector_code(monkeypatch):

@@ -181,8 +181,8 @@ def _order(p: int) -> list[int]:
 def _broadcasts(em: Emitter, abuf: Buf, widths: set[int]) -> dict[int, Buf]:
     """Per plane width, the activations' bytes in that plane's extraction order ([m, k] i8,
     one shuffle per 32): vpdpbusd reads each dword of them broadcast to its 16 lanes
-    (`{1to16}`, a memory operand: no register shuffle per instruction). The buffer escapes
-    into an empty asm barrier, so that LLVM does not forward the stores into per-dword
+    (`{1to16}`, a memory operand: no register shuffle per instruction). The buffer stays in
+    memory (Emitter.keep_in_memory), so that LLVM does not forward the stores into per-dword
     register broadcasts."""
     m, k = abuf.shape
     out = {}
@@ -195,7 +195,7 @@ def _broadcasts(em: Emitter, abuf: Buf, widths: set[int]) -> dict[int, Buf]:
                 v = em.val(f"load <32 x i8>, ptr {src}, align 1")
                 v = em.val(f"shufflevector <32 x i8> {v}, <32 x i8> poison, <32 x i32> {mask}")
                 em.emit(f"store <32 x i8> {v}, ptr {em.gep(buf, str(i * k + 32 * c))}, align 32")
-        em.emit(f'call void asm sideeffect "", "r,~{{memory}}"(ptr {buf.ptr})')
+        em.keep_in_memory(buf)
         out[p] = buf
     return out
 

@@ -135,6 +135,12 @@ class Emitter:
             f"getelementptr inbounds {MEMTYPE[buf.dtype]}, ptr {buf.ptr}, i64 {index}", "p"
         )
 
+    def keep_in_memory(self, buf: Buf) -> None:
+        """Escape `buf` into an empty asm barrier: LLVM keeps it in memory and does not
+        forward its stores into the loads after this point (which stay loads, and become
+        instructions' memory operands: broadcasts from memory, not register shuffles)."""
+        self.emit(f'call void asm sideeffect "", "r,~{{memory}}"(ptr {buf.ptr})')
+
     def load_elem(self, buf: Buf, index: str) -> str:
         p = self.gep(buf, index)
         v = self.val(f"load {MEMTYPE[buf.dtype]}, ptr {p}")

@@ -217,6 +217,8 @@ def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     clean = not (decode.permutes() and len(table) <= 16)
     chains = max(1, CHAINS // m)
     em.declare(f"declare {F16} @llvm.fma.v16f32({F16}, {F16}, {F16})")
+    if ACTIVATIONS_IN_MEMORY:
+        em.keep_in_memory(abuf)
 
     def body(words_at, k0: str, accs: list[str]) -> list[str]:
         words = [em.val(f"load {V16}, ptr {words_at(j)}, align 4") for j in range(packing.bits)]
@@ -240,6 +242,12 @@ def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
         return nxt
 
     _window_dot(env, plan, abuf, out, t, starts, chains, body, lambda accs, mi: _sum(em, accs))
+
+
+# The activations' tile stays in memory, so each FMA broadcasts its activation from there
+# (`{1to16}`, a load port): a tile of <= 32 floats held in registers costs a shuffle or two
+# per broadcast, on the ports the decode's permutes need (u4 GEMV, groups of 32).
+ACTIVATIONS_IN_MEMORY = True
 
 
 def _splat_elem(em: Emitter, buf: Buf, index: str) -> str:
