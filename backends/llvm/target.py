@@ -65,8 +65,10 @@ def prefetch_locality(stream: str) -> int:
 # asks for its codes ahead in software, by LLVM's host CPU name (default yes). On Zen 4 the
 # hardware prefetchers alone ran it 9-12 % faster streamed (u4, u8; 2 threads), as llama.cpp's
 # repacked GEMVs, which prefetch nothing (docs/performance.md, session 12); Zen 5's 4-9 %
-# gain from 8 KB ahead stays.
-INLINE_PREFETCH_BY_CPU: dict[str, bool] = {"znver4": False}
+# gain from 8 KB ahead stays. Zen 3 (AVX2): code compiled for it ran on Zen 4 0.52x (u8),
+# 0.81x (u4), 0.94x (u2) the time streamed without the prefetch, in cache 0.65x / 0.95x /
+# 1.0x (session 14); not yet measured on a Zen 3.
+INLINE_PREFETCH_BY_CPU: dict[str, bool] = {"znver4": False, "znver3": False}
 INLINE_PREFETCH: bool | None = None  # overrides the host's (experiments)
 
 
