@@ -190,6 +190,29 @@ def test_small_windows_broadcast_activations_from_memory():
     assert "vshuff64x2" not in text
 
 
+def test_avx2_rows_dot_carries_fewer_chains(monkeypatch):
+    """With 8-lane vectors each <16 x float> chain is two of AVX2's 16 registers: the rows
+    dot carries CHAINS_AVX2 of them (8 spilled), and its results stand."""
+    from lowbitc.backends.llvm import rows
+
+    monkeypatch.setenv("LOWBITC_NO_CACHE", "1")
+    monkeypatch.setattr(decode, "permutes", lambda: False)
+    monkeypatch.setattr(decode, "cpu_features", lambda: {"avx2": True})
+    assert rows.chains_of_16() == rows.CHAINS_AVX2 == 4
+    k = lowbitc.compile(USER_GEMV.replace("M", "1"), W=dtype("f4e2m1fn"))
+    text = k.text("llvm")
+    assert "avx512" not in text
+    # the step loop's carried accumulators: one phi each
+    assert text.count("phi <16 x float>") == rows.CHAINS_AVX2
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 16, (48, 130), dtype=np.uint8)
+    x = rng.standard_normal((1, 130)).astype(np.float32)
+    y = np.zeros((1, 48), np.float32)
+    k(x, pack(codes, 4), y)
+    ref = x.astype(np.float64) @ dtype("f4e2m1fn").decode(codes).astype(np.float64).T
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4)
+
+
 def test_fused_rows_dot_is_vector_code(monkeypatch):
     text = _gemv("f3e1m1").text("llvm")  # 3 bits in planes of 2 + 1, a table of floats
     assert "@llvm.fma.v16f32" in text

@@ -21,7 +21,6 @@ import numpy as np
 from lowbitc.backends.llvm import decode, row_tables
 from lowbitc.backends.llvm.emitter import Buf
 from lowbitc.backends.llvm.rows import (
-    CHAINS,
     F16,
     V16,
     _activation,
@@ -30,6 +29,7 @@ from lowbitc.backends.llvm.rows import (
     _splat,
     _sum,
     _window_dot,
+    chains_of_16,
 )
 from lowbitc.passes.row_index import MAX_BITS, indexed
 from lowbitc.repack import LANES
@@ -60,7 +60,7 @@ def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     source, count, r0, table = plan_of(env, plan)
     bits = t.packing.bits
     m = abuf.shape[0]
-    chains = max(1, CHAINS // m)
+    chains = max(1, chains_of_16() // m)
     words = np.resize(np.asarray(table, np.uint32), max(LANES, 1 << (len(table) - 1)
                                                          .bit_length()))
     regs = [_vector(words[i:i + LANES]) for i in range(0, len(words), LANES)]
