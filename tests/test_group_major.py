@@ -63,7 +63,8 @@ def test_row_sums_in_vectors(n):
 
 @pytest.mark.parametrize("n", [32, 128])
 def test_offset_replica_keeps_what_the_kernel_reads(n):
-    """Offsets stay group-major (OFF without TM) also where the row tiles divide N."""
+    """Offsets read group-major (OFF, GM) where the row tiles do not divide N, tile-major
+    beside the scales (TM) where they do; a replica copies what the kernel reads."""
     rng = np.random.default_rng(0)
     base = lowbitc.quantize(rng.standard_normal((n, 64)).astype(np.float32), "u4", 32)
     qw = OffsetQTensor(base.dtype, base.shape, 32, base.codes, base.scales,
@@ -71,11 +72,16 @@ def test_offset_replica_keeps_what_the_kernel_reads(n):
     x = rng.standard_normal((1, 64)).astype(np.float32)
     y = ops.matmul(x, qw)  # packs the codes and makes the group-major copies
     k = ops._PLANS[("matmul", "llvm", qw.dtype, "f32", False, 32, 1, n, 64, "f32", True)]
-    assert k.params["GM"] and k.params["OFF"] and not k.params["TM"]
+    tm = n % k.params["BN"] == 0
+    assert k.params["GM"] and k.params["OFF"] and k.params["TM"] == tm
     twin = qw.replica()
     packed = qw.base.__dict__["_repacked"]
     assert packed and twin.base.__dict__["_repacked"].keys() == packed.keys()
-    assert twin.by_group is not qw.by_group and np.array_equal(twin.by_group, qw.by_group)
+    if tm:
+        (bn, sz), = qw.__dict__["_tile_offsets"].items()
+        assert twin.tile_scales(bn) is not sz and np.array_equal(twin.tile_scales(bn), sz)
+    else:
+        assert twin.by_group is not qw.by_group and np.array_equal(twin.by_group, qw.by_group)
     assert twin.base.scales is twin.scales
     assert np.array_equal(ops.matmul(x, twin), y)
     ref = x.astype(np.float64) @ qw.dequantize().T.astype(np.float64)

@@ -110,10 +110,17 @@ def test_without_avx512_tables_are_vpermd_or_a_gather_with_the_same_values(fmt_n
     assert lookup in text and ("@dtab" in text + dot) == (lookup == "@dtab")
     if avx2 and "@llvm.x86.avx2.permps" in dot:
         return  # a weight affine in the code bits: the planes' table dot (vpermps)
-    # a gather reads memory at its indices, vpermd their low 3 bits: the codes are masked to
-    # their width first (only a 16-lane permute, which reads the low 4 bits, may take them
-    # unmasked)
-    assert lookup in dot and " and <16 x i32>" in dot
+    # a gather reads memory at its indices and a conversion converts every bit: those codes
+    # are masked to their width first; vpermd reads the low 3 bits and each select a blend
+    # of the index shifted to put its bit at bit 31 (decode.avx2_permute): those take them
+    # unmasked (decode.reads_low_bits)
+    assert lookup in dot
+    masked = lookup != "@llvm.x86.avx2.permd"
+    assert decode.reads_low_bits(values.view(np.uint32), "f32") != masked
+    if masked:
+        assert " and <16 x i32>" in dot
+    elif fmt.bits == 4:  # one plane of the rows packing: nothing else masks
+        assert " and <16 x i32>" not in dot
 
 
 def test_codebook_decodes_through_a_table():
@@ -153,8 +160,8 @@ def test_6_bit_float_tables_split_off_the_sign():
     def bits(name: str) -> np.ndarray:
         return lowbitc.dtype(name).decode(np.arange(64, dtype=np.uint8)).view(np.uint32)
 
-    assert decode._sign_split(bits("f6e3m2fn")) and decode._sign_split(bits("f6e2m3fn"))
-    assert not decode._sign_split(bits("i6"))  # two's complement: -32 .. -1 above
+    assert decode.sign_split(bits("f6e3m2fn")) and decode.sign_split(bits("f6e2m3fn"))
+    assert not decode.sign_split(bits("i6"))  # two's complement: -32 .. -1 above
     text = _gemv_every_code("f6e3m2fn")
     if decode.permutes():
         assert "vpermi2var" in text and "icmp ugt <16 x i32>" not in text

@@ -48,7 +48,7 @@ def _decode(fmt: str, codes: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("avx2", [False, True])
 def test_row_tables_match_the_interpreter_and_numpy(w, v, s, off, rows, avx2, monkeypatch):
     """(avx2: as on a host with AVX2 and no AVX-512: each row's tables looked up 8 entries a
-    vpermd, decode._avx2_permute)"""
+    vpermd, decode.avx2_permute)"""
     if avx2:
         monkeypatch.setenv("LOWBITC_NO_CACHE", "1")  # the IR differs
         monkeypatch.setattr(decode, "permutes", lambda: False)

@@ -213,6 +213,34 @@ def test_avx2_rows_dot_carries_fewer_chains(monkeypatch):
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("fmt", ["f4e2m1fn", "f4e3m0", "f4e1m2"])
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_avx2_sign_magnitude_tables_take_the_activations_sign(monkeypatch, fmt, m):
+    """On AVX2 a 4-bit sign-magnitude float format looks up its 8 magnitudes (no sign moved
+    in) and blends a or -a by the code's top bit; more rows of `a` (or SIGNED_MAGNITUDES
+    off) take the generic lookup. Results as the formula either way."""
+    from lowbitc.backends.llvm import rows
+
+    monkeypatch.setenv("LOWBITC_NO_CACHE", "1")
+    monkeypatch.setattr(decode, "permutes", lambda: False)
+    monkeypatch.setattr(decode, "cpu_features", lambda: {"avx2": True})
+    rng = np.random.default_rng(m)
+    codes = rng.integers(0, 16, (48, 200), dtype=np.uint8)
+    x = rng.standard_normal((m, 200)).astype(np.float32)
+    ref = x.astype(np.float64) @ dtype(fmt).decode(codes).astype(np.float64).T
+    for on in (True, False):
+        monkeypatch.setattr(rows, "SIGNED_MAGNITUDES", on)
+        k = lowbitc.compile(USER_GEMV.replace("M", str(m)), W=dtype(fmt))
+        text = k.text("llvm")
+        signed = on and m <= 2
+        assert ("fneg <8 x float>" in text) == signed
+        # (the generic lookup of 8 magnitudes has no select to blend; it ors the sign in)
+        assert ("call <8 x float> @llvm.x86.avx.blendv.ps.256" in text) == signed
+        y = np.zeros((m, 48), np.float32)
+        k(x, pack(codes, 4), y)
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4)
+
+
 def test_fused_rows_dot_is_vector_code(monkeypatch):
     text = _gemv("f3e1m1").text("llvm")  # 3 bits in planes of 2 + 1, a table of floats
     assert "@llvm.fma.v16f32" in text

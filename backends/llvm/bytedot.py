@@ -355,14 +355,13 @@ def _fused_bytes(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: li
     def block(r: str) -> None:
         n0 = em.val(f"add i64 {starts[0]}, {em.val(f'mul i64 {r}, {LANES}')}")
         col = em.val(f"mul i64 {r}, {LANES}")
-        em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
         for j in range(LANES):  # each row's bytes two K windows ahead (rows are pages apart)
             row = em.val(f"mul i64 {em.val(f'add i64 {n0}, {j}')}, {t.strides[0]}")
             ahead = em.val(f"add i64 {row}, {em.val(f'add i64 {starts[1]}, {2 * bk}')}")
             for line in range(0, bk, 64):
                 q = em.val(f"getelementptr i8, ptr {t.ptr}, i64 {ahead}")
                 q = em.val(f"getelementptr i8, ptr {q}, i64 {line}")
-                em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 {target.prefetch_locality('bytes')}, i32 1)")
+                em.prefetch(q, target.prefetch_locality("bytes"))
         for i in range(m):
             sums = []
             for j in range(LANES):
@@ -404,25 +403,10 @@ def _extract(em: Emitter, word: str, at: int, shift: int, p: int, table: str | N
     else:  # vpshufb looks up within each 128-bit lane: the table repeats in every one
         b32 = "<32 x i8>"
         em.declare(f"declare {b32} @llvm.x86.avx2.pshuf.b({b32}, {b32})")
-        t32 = _half(em, table, B64, 0)
-        looked = _join(em, [em.val(f"call {b32} @llvm.x86.avx2.pshuf.b({b32} {t32}, "
-                                   f"{b32} {_half(em, b, B64, h)})") for h in (0, 1)], b32)
+        t32 = em.part(table, B64, 0, 32)
+        looked = em.concat([em.val(f"call {b32} @llvm.x86.avx2.pshuf.b({b32} {t32}, {b32} "
+                                   f"{em.part(b, B64, h, 32)})") for h in (0, 32)], b32)
     return em.val(f"bitcast {B64} {looked} to {V16}")
-
-
-def _half(em: Emitter, v: str, ty: str, h: int) -> str:
-    """Half `h` (0: low) of vector `v` of type `ty` ("<2n x T>")."""
-    n, elem = ty[1:-1].split(" x ")
-    n = int(n) // 2
-    idx = "<" + ", ".join(f"i32 {h * n + i}" for i in range(n)) + ">"
-    return em.val(f"shufflevector {ty} {v}, {ty} poison, <{n} x i32> {idx}")
-
-
-def _join(em: Emitter, halves: list[str], ty: str) -> str:
-    """Two vectors of type `ty` ("<n x T>") as one of 2n."""
-    n = int(ty[1:-1].split(" x ")[0])
-    idx = "<" + ", ".join(f"i32 {i}" for i in range(2 * n)) + ">"
-    return em.val(f"shufflevector {ty} {halves[0]}, {ty} {halves[1]}, <{2 * n} x i32> {idx}")
 
 
 W16 = "<32 x i16>"
@@ -433,11 +417,11 @@ def _pair_sums(em: Emitter, u: str, s: str) -> str:
     i8 products (u <= 127, or the sums saturate)."""
     b32, w16 = "<32 x i8>", "<16 x i16>"
     em.declare(f"declare {w16} @llvm.x86.avx2.pmadd.ub.sw({b32}, {b32})")
-    halves = []
-    for h in (0, 1):
-        ub, sb = (em.val(f"bitcast <8 x i32> {_half(em, v, V16, h)} to {b32}") for v in (u, s))
-        halves.append(em.val(f"call {w16} @llvm.x86.avx2.pmadd.ub.sw({b32} {ub}, {b32} {sb})"))
-    return _join(em, halves, w16)
+    sums = []
+    for h in (0, 8):
+        ub, sb = (em.val(f"bitcast <8 x i32> {em.part(v, V16, h, 8)} to {b32}") for v in (u, s))
+        sums.append(em.val(f"call {w16} @llvm.x86.avx2.pmadd.ub.sw({b32} {ub}, {b32} {sb})"))
+    return em.concat(sums, w16)
 
 
 def _add16(em: Emitter, sums: list[str]) -> str:
@@ -454,10 +438,10 @@ def _widen_add(em: Emitter, acc: str, sums: str) -> str:
     em.declare(f"declare {v8} @llvm.x86.avx2.pmadd.wd({w16}, {w16})")
     out = []
     for h in (0, 1):
-        quads = em.val(f"call {v8} @llvm.x86.avx2.pmadd.wd({w16} {_half(em, sums, W16, h)}, "
+        quads = em.val(f"call {v8} @llvm.x86.avx2.pmadd.wd({w16} {em.part(sums, W16, 16 * h, 16)}, "
                        f"{w16} splat (i16 1))")
-        out.append(em.val(f"add {v8} {_half(em, acc, V16, h)}, {quads}"))
-    return _join(em, out, v8)
+        out.append(em.val(f"add {v8} {em.part(acc, V16, 8 * h, 8)}, {quads}"))
+    return em.concat(out, v8)
 
 
 def _dpbusd(em: Emitter, acc: str, u: str, s: str, wide: bool = False) -> str:
@@ -471,8 +455,8 @@ def _dpbusd(em: Emitter, acc: str, u: str, s: str, wide: bool = False) -> str:
                       f"{V16} {s})")
     v8, b32, w16 = "<8 x i32>", "<32 x i8>", "<16 x i16>"
     out = []
-    for h in (0, 1):
-        a, uh, sh = (_half(em, v, V16, h) for v in (acc, u, s))
+    for h in (0, 8):
+        a, uh, sh = (em.part(v, V16, h, 8) for v in (acc, u, s))
         if how == "vnni256":
             em.declare(f"declare {v8} @llvm.x86.avx512.vpdpbusd.256({v8}, {v8}, {v8})")
             out.append(em.val(f"call {v8} @llvm.x86.avx512.vpdpbusd.256({v8} {a}, {v8} {uh}, "
@@ -492,4 +476,4 @@ def _dpbusd(em: Emitter, acc: str, u: str, s: str, wide: bool = False) -> str:
                            f"{w16} splat (i16 {weight}))")
             a = em.val(f"add {v8} {a}, {quads}")
         out.append(a)
-    return _join(em, out, v8)
+    return em.concat(out, v8)

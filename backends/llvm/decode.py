@@ -159,6 +159,18 @@ def lookup(em: Emitter, codes: str, table: np.ndarray, dtype: str) -> str:
     return words
 
 
+def reads_low_bits(table: np.ndarray, dtype: str) -> bool:
+    """Whether `lookup` reads only each code's own low bits, so the codes may carry other
+    bits above theirs (no mask first): AVX-512 tables of up to 16 entries (one permute); with
+    AVX2 alone, lookups by permutes and blends (avx2_permute, a sign-split table's shifted
+    sign), not the integer conversion nor a gather."""
+    if permutes():
+        return len(table) <= 16
+    if not avx2() or not BLEND_SELECTS:
+        return False
+    return dtype != "f32" or _integers(table) is None
+
+
 def _integers(table: np.ndarray) -> tuple[int, float] | None:
     """(x, b) when the f32 table (bit patterns) holds (code ^ x) + b for every code, exactly
     (unsigned integers x = 0, two's complement x = 2^(bits-1)); else None. Without AVX-512
@@ -174,18 +186,14 @@ def _integers(table: np.ndarray) -> tuple[int, float] | None:
     return None
 
 
-def _const(words) -> str:
+def const_words(words) -> str:
     return "<" + ", ".join(f"i32 {int(np.int32(np.uint32(w)))}" for w in words) + ">"
-
-
-def _lanes(n: int, first: int) -> str:
-    return "<" + ", ".join(f"i32 {first + i}" for i in range(n)) + ">"
 
 
 SIGN = np.uint32(0x80000000)
 
 
-def _sign_split(table: np.ndarray) -> bool:
+def sign_split(table: np.ndarray) -> bool:
     """Whether the table's upper half is its lower half with the sign bit set (a sign-magnitude
     code whose top bit is the value's sign, as every (e, m) float)."""
     lo, hi = np.split(table.astype(np.uint32), 2)
@@ -196,14 +204,14 @@ def lookup_words(em: Emitter, codes: str, table: np.ndarray) -> str:
     """The permute lookup (AVX-512): tables of <= 16 entries repeat to 16 (the permute reads
     each index's low 4 bits); 32 entries take two registers, 64 a select on bit 5, or (a
     sign-split table, 6-bit floats) a 32-entry lookup with the code's bit 5 moved to bit 31."""
-    if len(table) == 64 and _sign_split(table):
+    if len(table) == 64 and sign_split(table):
         mag = lookup_words(em, codes, table[:32])
-        sign = em.val(f"shl <{W} x i32> {codes}, {_const([26] * W)}")
-        sign = em.val(f"and <{W} x i32> {sign}, {_const([SIGN] * W)}")
+        sign = em.val(f"shl <{W} x i32> {codes}, {const_words([26] * W)}")
+        sign = em.val(f"and <{W} x i32> {sign}, {const_words([SIGN] * W)}")
         return em.val(f"or <{W} x i32> {mag}, {sign}")
     n = max(16, len(table))
     t = np.resize(table, n)
-    return permute_words(em, codes, [_const(t[i : i + 16]) for i in range(0, n, 16)])
+    return permute_words(em, codes, [const_words(t[i : i + 16]) for i in range(0, n, 16)])
 
 
 def avx2_words(em: Emitter, codes: str, table: np.ndarray) -> str:
@@ -211,55 +219,63 @@ def avx2_words(em: Emitter, codes: str, table: np.ndarray) -> str:
     index's low 3 bits), then the code's bits 3, 4, .. choose among them (selects); a
     sign-split table of 16 or more entries (every (e, m) float) looks up its magnitudes and
     moves the code's top bit to the sign, as lookup_words does for 64."""
-    if len(table) >= 16 and _sign_split(table):
+    if len(table) >= 16 and sign_split(table):
         mag = avx2_words(em, codes, table[:len(table) // 2])
         top = 33 - len(table).bit_length()  # the code's top bit to bit 31
-        sign = em.val(f"shl <{W} x i32> {codes}, {_const([top] * W)}")
-        sign = em.val(f"and <{W} x i32> {sign}, {_const([SIGN] * W)}")
+        sign = em.val(f"shl <{W} x i32> {codes}, {const_words([top] * W)}")
+        sign = em.val(f"and <{W} x i32> {sign}, {const_words([SIGN] * W)}")
         return em.val(f"or <{W} x i32> {mag}, {sign}")
     t = np.resize(table, max(8, len(table)))
-    return _avx2_permute(em, codes, [_const(t[i:i + 8]) for i in range(0, len(t), 8)])
+    return avx2_permute(em, codes, [const_words(t[i:i + 8]) for i in range(0, len(t), 8)])
 
 
-def _avx2_permute(em: Emitter, codes: str, parts: list[str], n: int = W) -> str:
-    """parts[codes >> 3][codes & 7] for a <n x i32> vector of codes in range, `parts` 1, 2, 4
-    or 8 <8 x i32> tables of 8 entries: per 8 lanes one `vpermd` per part (it reads each
-    index's low 3 bits), then the code's bits 3, 4, .. choose among them (selects)."""
-    v8 = "<8 x i32>"
+BLEND_SELECTS = True  # avx2_permute's selects as vblendvps on the index shifted (below)
+
+
+def avx2_permute(em: Emitter, codes: str, parts: list[str], n: int = W) -> str:
+    """parts[codes >> 3][codes & 7] for a <n x i32> vector of codes, `parts` 1, 2, 4 or 8
+    <8 x i32> tables of 8 entries: per 8 lanes one `vpermd` per part (it reads each index's
+    low 3 bits), then the code's bits 3, 4, .. choose among them, each a `vblendvps` reading
+    the index shifted left to put that bit at bit 31 (bits above the code's shift out: the
+    codes may carry other bits above theirs); a mask, compare and select where
+    BLEND_SELECTS is off (codes in range)."""
+    v8, f8 = "<8 x i32>", "<8 x float>"
     em.declare(f"declare {v8} @llvm.x86.avx2.permd({v8}, {v8})")
+    if len(parts) > 1 and BLEND_SELECTS:
+        em.declare(f"declare {f8} @llvm.x86.avx.blendv.ps.256({f8}, {f8}, {f8})")
     out = []
     for h in range(0, n, 8):
-        idx = em.val(f"shufflevector <{n} x i32> {codes}, <{n} x i32> poison, <8 x i32> "
-                     f"{_lanes(8, h)}")
+        idx = em.part(codes, f"<{n} x i32>", h, 8)
         level = [em.val(f"call {v8} @llvm.x86.avx2.permd({v8} {part}, {v8} {idx})")
                  for part in parts]
         bit = 3
         while len(level) > 1:
-            on = em.val(f"and {v8} {idx}, {_const([1 << bit] * 8)}")
-            on = em.val(f"icmp ne {v8} {on}, zeroinitializer")
-            level = [em.val(f"select <8 x i1> {on}, {v8} {level[i + 1]}, {v8} {level[i]}")
-                     for i in range(0, len(level), 2)]
+            if BLEND_SELECTS:
+                top = em.val(f"shl {v8} {idx}, {const_words([31 - bit] * 8)}")
+                mask = em.val(f"bitcast {v8} {top} to {f8}")
+                pairs = [[em.val(f"bitcast {v8} {v} to {f8}") for v in level[i:i + 2]]
+                         for i in range(0, len(level), 2)]
+                level = [em.val(f"bitcast {f8} " + em.val(
+                    f"call {f8} @llvm.x86.avx.blendv.ps.256({f8} {lo}, {f8} {hi}, {f8} {mask})")
+                    + f" to {v8}") for lo, hi in pairs]
+            else:
+                on = em.val(f"and {v8} {idx}, {const_words([1 << bit] * 8)}")
+                on = em.val(f"icmp ne {v8} {on}, zeroinitializer")
+                level = [em.val(f"select <8 x i1> {on}, {v8} {level[i + 1]}, {v8} {level[i]}")
+                         for i in range(0, len(level), 2)]
             bit += 1
         out.append(level[0])
-    width = 8
-    while len(out) > 1:  # join the 8-lane parts back into W lanes
-        out = [em.val(f"shufflevector <{width} x i32> {out[i]}, <{width} x i32> "
-                      f"{out[i + 1]}, <{2 * width} x i32> {_lanes(2 * width, 0)}")
-               for i in range(0, len(out), 2)]
-        width *= 2
-    return out[0]
+    return em.concat(out, v8)  # the 8-lane parts back into n lanes
 
 
 def permute_words(em: Emitter, codes: str, regs: list[str]) -> str:
     """regs[codes] for a <W x i32> vector of codes: 1, 2 or 4 <16 x i32> table registers
     (constants, or a table made at run time: row_tables.py), one permute per 16 codes and
     register pair; with AVX2 alone (codes in range) each register's two 8-entry halves
-    (`_avx2_permute`)."""
+    (`avx2_permute`)."""
     v16 = "<16 x i32>"
     if not permutes():
-        return _avx2_permute(em, codes, [
-            em.val(f"shufflevector {v16} {r}, {v16} poison, <8 x i32> {_lanes(8, h)}")
-            for r in regs for h in (0, 8)])
+        return avx2_permute(em, codes, [h for r in regs for h in em.halves(r, v16)])
     em.declare(f"declare {v16} @llvm.x86.avx512.permvar.si.512({v16}, {v16})")
     em.declare(f"declare {v16} @llvm.x86.avx512.vpermi2var.d.512({v16}, {v16}, {v16})")
 
@@ -280,15 +296,7 @@ def permute_words(em: Emitter, codes: str, regs: list[str]) -> str:
         high = em.val(f"icmp ugt {v16} {idx}, <{', '.join(['i32 31'] * 16)}>")
         return em.val(f"select <16 x i1> {high}, {v16} {parts[1]}, {v16} {parts[0]}")
 
-    halves = [
-        half(
-            em.val(
-                f"shufflevector <{W} x i32> {codes}, <{W} x i32> poison, <16 x i32> {_lanes(16, h)}"
-            )
-        )
-        for h in range(0, W, 16)
-    ]
-    return em.val(f"shufflevector {v16} {halves[0]}, {v16} {halves[1]}, <{W} x i32> {_lanes(W, 0)}")
+    return em.concat([half(idx) for idx in em.halves(codes, f"<{W} x i32>")], v16)
 
 
 def gather_words(em: Emitter, codes: str, table: np.ndarray) -> str:

@@ -135,6 +135,36 @@ class Emitter:
             f"getelementptr inbounds {MEMTYPE[buf.dtype]}, ptr {buf.ptr}, i64 {index}", "p"
         )
 
+    # ---------------------------------------------------------------- vector parts
+    def part(self, v: str, ty: str, first: int, n: int) -> str:
+        """Lanes first .. first + n - 1 of vector `v` of type `ty` ("<N x T>"), as <n x T>."""
+        idx = "<" + ", ".join(f"i32 {first + i}" for i in range(n)) + ">"
+        return self.val(f"shufflevector {ty} {v}, {ty} poison, <{n} x i32> {idx}")
+
+    def halves(self, v: str, ty: str) -> list[str]:
+        """The low and high halves of vector `v` of type `ty` ("<2n x T>")."""
+        n = int(ty[1:-1].split(" x ")[0]) // 2
+        return [self.part(v, ty, h * n, n) for h in (0, 1)]
+
+    def concat(self, parts: list[str], ty: str) -> str:
+        """Vectors of type `ty` ("<n x T>"), a power of two of them, as one vector in order
+        (the inverse of `part`: 8-lane halves of AVX2 back into 16 or 32 lanes)."""
+        n, elem = ty[1:-1].split(" x ")
+        width = int(n)
+        while len(parts) > 1:
+            idx = "<" + ", ".join(f"i32 {i}" for i in range(2 * width)) + ">"
+            parts = [self.val(f"shufflevector <{width} x {elem}> {parts[i]}, <{width} x {elem}> "
+                              f"{parts[i + 1]}, <{2 * width} x i32> {idx}")
+                     for i in range(0, len(parts), 2)]
+            width *= 2
+        return parts[0]
+
+    def prefetch(self, ptr: str, locality: int) -> None:
+        """A software prefetch for reading of the line at `ptr` (llvm.prefetch's locality:
+        3 = every cache level, 2 = L2 and below; target.prefetch_locality picks it)."""
+        self.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
+        self.emit(f"call void @llvm.prefetch.p0(ptr {ptr}, i32 0, i32 {locality}, i32 1)")
+
     def keep_in_memory(self, buf: Buf) -> None:
         """Escape `buf` into an empty asm barrier: LLVM keeps it in memory and does not
         forward its stores into the loads after this point (which stay loads, and become

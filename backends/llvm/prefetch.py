@@ -31,17 +31,15 @@ def run_ahead(em: Emitter, first: str, nbytes: int) -> None:
 def at_offsets(em: Emitter, first: str, offsets) -> None:
     """Prefetch (for reading, into every cache level) the lines of the bytes at pointer
     `first` plus each of `offsets`."""
-    em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
     for off in offsets:
         q = em.val(f"getelementptr i8, ptr {first}, i64 {off}")
-        em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 {target.prefetch_locality('runs')}, i32 1)")
+        em.prefetch(q, target.prefetch_locality("runs"))
 
 
 def next_windows(em: Emitter, plan: Plan, t, starts: list[str], n: str, bk: int,
                    lanes_base: str | None = None) -> None:
     """Prefetch row n's codes two K windows ahead (two steps of the grid's K loop later), or
     AHEAD_BYTES where that is further."""
-    em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
     if plan.chain:  # a byte window: the row's window (codes and the bytes between them)
         step, nbytes = byte_window.span(em, plan.codes, t.strides)
         first = byte_window.address(em, plan.codes, t.ptr, "0", t.strides, n, "0")

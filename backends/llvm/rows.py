@@ -31,6 +31,7 @@ def chains_of_16() -> int:
     return CHAINS if decode.permutes() else CHAINS_AVX2
 V16 = f"<{LANES} x i32>"
 F16 = f"<{LANES} x float>"
+F8 = "<8 x float>"
 
 
 def _splat(v: int) -> str:
@@ -189,12 +190,11 @@ def _prefetch(em: Emitter, t, base: str, lines: int, windows: int = PREFETCH_WIN
     are `lines` consecutive 64-byte lines, and `extra` lines after them; a prefetch past the
     tensor does not fault): the blocks of a launch are 16 rows x K apart, too far for the
     hardware prefetchers."""
-    em.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
     ahead = em.val(f"add i64 {base}, {windows * lines * LANES}")
     for line in range(lines + extra):
         at = em.val(f"add i64 {ahead}, {line * LANES}")
         q = em.val(f"getelementptr i32, ptr {t.ptr}, i64 {at}")
-        em.emit(f"call void @llvm.prefetch.p0(ptr {q}, i32 0, i32 {target.prefetch_locality('rows')}, i32 1)")
+        em.prefetch(q, target.prefetch_locality("rows"))
 
 
 def _sum(em: Emitter, vecs: list[str]) -> str:
@@ -222,11 +222,16 @@ def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     m = abuf.shape[0]
     table = plan.tables[plan.root.id]
     dtype = plan.root.type.dtype
-    clean = not (decode.permutes() and len(table) <= 16)
+    clean = not decode.reads_low_bits(table, dtype)
     chains = max(1, chains_of_16() // m)
     em.declare(f"declare {F16} @llvm.fma.v16f32({F16}, {F16}, {F16})")
     if ACTIVATIONS_IN_MEMORY:
         em.keep_in_memory(abuf)
+    if signed_magnitudes(packing, table, dtype, m):
+        _window_dot(env, plan, abuf, out, t, starts, chains,
+                    _signed_body(em, abuf, table, chains, _negated(em, abuf)),
+                    lambda accs, mi: _sum(em, accs))
+        return
 
     def body(words_at, k0: str, accs: list[str]) -> list[str]:
         words = [em.val(f"load {V16}, ptr {words_at(j)}, align 4") for j in range(packing.bits)]
@@ -250,6 +255,64 @@ def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
         return nxt
 
     _window_dot(env, plan, abuf, out, t, starts, chains, body, lambda accs, mi: _sum(em, accs))
+
+
+SIGNED_MAGNITUDES = True  # AVX2: sign-split 4-bit tables through the activations' signs
+
+
+def signed_magnitudes(packing: RowsPacking, table: np.ndarray, dtype: str, m: int) -> bool:
+    """Whether the AVX2 rows dot looks up a 4-bit sign-magnitude float table (f4e2m1fn, every
+    (e, m) of 4 bits) as its 8 magnitudes and takes each code's sign as the activation's
+    (`_signed_body`): AVX2 without AVX-512, one 4-bit plane, f32 values, few rows of `a`."""
+    return (SIGNED_MAGNITUDES and not decode.permutes() and decode.avx2() and dtype == "f32"
+            and packing.planes == ((4, 0, 0),) and len(table) == 16
+            and decode.sign_split(table) and m <= 2)
+
+
+def _negated(em: Emitter, abuf: Buf) -> Buf:
+    """-a in a buffer of its own (kept in memory: its elements broadcast from there)."""
+    m, k = abuf.shape
+    neg = em.alloc("f32", [m, k])
+    for i in range(m):
+        for c in range(0, k, 8):
+            src = em.gep(abuf, str(i * abuf.strides[0] + c))
+            v = em.val(f"load <8 x float>, ptr {src}, align 4")
+            v = em.val(f"fneg <8 x float> {v}")
+            em.emit(f"store <8 x float> {v}, ptr {em.gep(neg, str(i * k + c))}, align 4")
+    em.keep_in_memory(neg)
+    return neg
+
+
+def _signed_body(em: Emitter, abuf: Buf, table: np.ndarray, chains: int, neg: Buf):
+    """The step of a sign-split 4-bit table on AVX2: |E(code)| from the 8 magnitudes (one
+    vpermd per 8 rows reads the code's low 3 bits straight from its word), times a or -a as
+    the code's top bit says (vblendvps reads bit 31 of the word shifted once; a and -a
+    broadcast from memory): per code at most two shifts, a permute and a blend before the
+    FMA, where the generic lookup moves, masks and ors the sign in."""
+    mags = [decode.const_words(table[:8])]
+    em.declare(f"declare {F8} @llvm.x86.avx.blendv.ps.256({F8}, {F8}, {F8})")
+
+    def body(words_at, k0: str, accs: list[str]) -> list[str]:
+        words = [em.val(f"load {V16}, ptr {words_at(j)}, align 4") for j in range(4)]
+        nxt = list(accs)
+        for i in range(32):
+            w, pos = words[i // 8], i % 8
+            idx = w if pos == 0 else em.val(f"lshr {V16} {w}, {_splat(4 * pos)}")
+            top = w if pos == 7 else em.val(f"shl {V16} {w}, {_splat(28 - 4 * pos)}")
+            signs = em.halves(em.val(f"bitcast {V16} {top} to {F16}"), F16)
+            mag = decode.avx2_permute(em, idx, mags, LANES)
+            wv = em.val(f"bitcast {V16} {mag} to {F16}")
+            for mi in range(len(accs) // chains):
+                x = em.halves(_activation(em, abuf, mi, k0, i), F16)
+                nx = em.halves(_activation(em, neg, mi, k0, i), F16)
+                xs = em.concat([em.val(f"call {F8} @llvm.x86.avx.blendv.ps.256({F8} {x[h]}, "
+                                       f"{F8} {nx[h]}, {F8} {signs[h]})") for h in (0, 1)], F8)
+                c = mi * chains + i % chains
+                nxt[c] = em.val(f"call reassoc contract {F16} @llvm.fma.v16f32({F16} {wv}, "
+                                f"{F16} {xs}, {F16} {nxt[c]})")
+        return nxt
+
+    return body
 
 
 # The activations' tile stays in memory, so each FMA broadcasts its activation from there
@@ -375,7 +438,7 @@ def _planes_dot_avx2(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
             return [total]
         sums += em.loop("0", str(steps), None, carried=[(f8, "zeroinitializer")],
                         body_carried=build)
-    chains = max(1, CHAINS // (m * bits))
+    chains = max(1, chains_of_16() // (m * bits))
     per_row = bits * chains
 
     def body(words_at, k0: str, accs: list[str]) -> list[str]:
@@ -386,17 +449,14 @@ def _planes_dot_avx2(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
             for j in range(bits):
                 idx = words[j] if g == 0 else \
                     em.val(f"lshr {V16} {words[j]}, {_splat(g * tc)}")
-                halves = [em.val(f"shufflevector {V16} {idx}, {V16} poison, <8 x i32> "
-                                 f"<{', '.join(f'i32 {h + q}' for q in range(8))}>")
-                          for h in (0, 8)]
+                halves = em.halves(idx, V16)
                 for mi in range(m):
                     row = em.val(f"add i64 {s0}, {mi * steps * per + g}")
                     table = em.val(f"load {f8}, ptr {em.gep(tab, em.val(f'mul i64 {row}, 8'))}, "
                                    "align 32")
                     got = [em.val(f"call {f8} @llvm.x86.avx2.permps({f8} {table}, {v8} {h})")
                            for h in halves]
-                    part = em.val(f"shufflevector {f8} {got[0]}, {f8} {got[1]}, <16 x i32> "
-                                  f"<{', '.join(f'i32 {q}' for q in range(16))}>")
+                    part = em.concat(got, f8)
                     c = mi * per_row + j * chains + g % chains
                     nxt[c] = em.val(f"fadd reassoc nsz contract {F16} {nxt[c]}, {part}")
         return nxt

@@ -69,9 +69,7 @@ def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     if wide:
         em.declare(f"declare {V16} @llvm.x86.avx512.permvar.si.512({V16}, {V16})")
         em.declare(f"declare {V16} @llvm.x86.avx512.vpermi2var.d.512({V16}, {V16}, {V16})")
-    halves = [em.val(f"shufflevector {V16} {r}, {V16} poison, <8 x i32> "
-                     f"<{', '.join(f'i32 {h + q}' for q in range(8))}>")
-              for r in regs for h in (0, 8)] if not wide else []
+    halves = [h for r in regs for h in em.halves(r, V16)] if not wide else []
     state = {}
 
     def setup(r: str) -> None:
@@ -87,7 +85,7 @@ def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     def lookup(code: str) -> str:
         if not wide:  # the whole index (the code's bits below the row's base), in range
             idx = _select_bits(em, _splat((1 << bits) - 1), code, state["base"])
-            return decode._avx2_permute(em, idx, halves, LANES)
+            return decode.avx2_permute(em, idx, halves, LANES)
         if len(regs) == 1:
             return em.val(f"call {V16} @llvm.x86.avx512.permvar.si.512({V16} {regs[0]}, "
                           f"{V16} {code})")

@@ -137,7 +137,28 @@ def opaque_py(x: int) -> np.uint32:
     return np.uint32(x)
 
 
+def one_atomic_lock() -> None:
+    """Make the simulator's atomics atomic with respect to each other. numba-cuda's simulator
+    (numba/cuda/simulator/kernelapi.py) guards each kind of atomic with a lock of its own
+    (`andlock`, `orlock`, ...), so an `atomic.and_` and an `atomic.or_` on one word can
+    interleave and lose an update; a GPU's cannot. The kernels store sub-word codes as an
+    and_ clearing their bits, then an or_ setting them (encode.py's packed stores), so two
+    threads writing neighbouring codes could leave a stale bit (seen as a flipped sign bit
+    of an f8 code, about one simulator run in ten). One lock for every kind restores it."""
+    from numba.cuda.simulator import kernelapi
+
+    shared = kernelapi.addlock  # (each atomic takes its lock once and calls no other)
+    for name in ATOMIC_LOCKS:
+        if hasattr(kernelapi, name):
+            setattr(kernelapi, name, shared)
+
+
+ATOMIC_LOCKS = ("addlock", "sublock", "andlock", "orlock", "xorlock", "maxlock", "minlock",
+                "compare_and_swaplock", "caslock", "inclock", "declock", "exchlock")
+
+
 if SIMULATOR:
+    one_atomic_lock()
     opaque = opaque_py
     pack_f16x2, pack_bf16x2 = pack_f16x2_py, pack_bf16x2_py
     prmt, hfma2, hfma2_bf16, lop3 = prmt_py, hfma2_py, hfma2_bf16_py, lop3_py

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+from numba import cuda
 
 import lowbitc
 from lowbitc import ops
@@ -221,3 +222,25 @@ def test_bf16_tiles_match_the_interpreter_bit_for_bit():
         k.interpret(x, z, want["y"], want["s"])
     assert np.array_equal(got["y"].view(np.uint16), want["y"].view(np.uint16))
     assert np.array_equal(got["s"].view(np.uint32), want["s"].view(np.uint32))
+
+
+def test_simulator_atomics_share_one_lock():
+    """The simulator's atomics of every kind exclude each other (intrinsics.one_atomic_lock):
+    a code's and_ (clear) and a neighbour's or_ (set) on one word lose no update, and threads
+    setting their own bits of shared words with that pair leave every bit set."""
+    from numba.cuda.simulator import kernelapi
+
+    from lowbitc.backends.numba_cuda.intrinsics import ATOMIC_LOCKS
+
+    assert len({id(getattr(kernelapi, n)) for n in ATOMIC_LOCKS}) == 1
+
+    @cuda.jit
+    def set_bits(words):
+        t = cuda.threadIdx.x
+        for _ in range(50):
+            cuda.atomic.and_(words, t % 2, np.uint32(~(np.uint32(1) << np.uint32(t // 2))))
+            cuda.atomic.or_(words, t % 2, np.uint32(1) << np.uint32(t // 2))
+
+    words = np.zeros(2, np.uint32)
+    set_bits[1, 64](words)
+    assert list(words) == [0xFFFFFFFF, 0xFFFFFFFF]
