@@ -331,112 +331,81 @@ def _splat_elem(em: Emitter, buf: Buf, index: str) -> str:
 
 
 
-TABLE_CODES = 4  # codes whose bits index one 16-entry table of partial activation sums
+TABLE_CODES = 4  # AVX-512: codes whose bits index one 16-entry table of partial sums
+AVX2_TABLE_CODES = 3  # AVX2: codes per 8-entry table (one vpermps per 8 rows)
 
 
 def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     """The planes packing's dot for a weight affine in the code bits, w(q) = a + sum_j c_j
-    bit_j(q) (AVX-512; AVX2: `_planes_dot_avx2`): per row of `a` and 4 activations, a table
-    T[e] = sum_i bit_i(e) x[k + i] of the 16 partial sums; then per bit plane, each nibble of 4
-    codes' bit j picks its partial sum with one permute, added into plane j's accumulator: 3
-    operations per bit plane and 64 weights. out += sum_j c_j acc_j + a sum_k x (window_ok
-    held)."""
-    if not decode.permutes():
-        return _planes_dot_avx2(env, plan, abuf, out, t, starts)
+    bit_j(q): per row of `a` and `tc` activations a table T[e] = sum_i bit_i(e) x[k + i] of
+    the 2^tc partial sums; then per bit plane, each `tc` codes' bit j picks its partial sum
+    with one permute, added into plane j's accumulator. out += sum_j c_j acc_j + a sum_k x
+    (window_ok held). AVX-512: 16-entry tables of 4 codes, one permute per 16 rows (3
+    operations per bit plane and 64 weights); AVX2: 8-entry tables of 3 codes (a step's 32
+    codes in ten groups of 3 and one of 2), one vpermps per 8 rows, reading the low 3 bits of
+    the shifted word (no mask)."""
     em = env.em
     packing: PlanesPacking = t.packing
     bits = packing.bits
     m = abuf.shape[0]
     bk = plan.codes.attrs.sizes[1]
     a, coef = affine_bits(np.asarray(plan.tables[plan.root.id]).view(np.float32), bits)
-    groups = bk // TABLE_CODES
-    tab = em.alloc("f32", (m, groups, LANES))
-    em.declare(f"declare {F16} @llvm.x86.avx512.permvar.sf.512({F16}, {V16})")
-    sums = []  # per row of `a`: lane 15 of the summed tables is the window's sum of x
-    for mi in range(m):
-        def build(g: str, carried: list[str], mi: int = mi) -> list[str]:
-            k = em.val(f"mul i64 {g}, {TABLE_CODES}")
-            table = None
-            for i in range(TABLE_CODES):
-                bit = _fvec([float(e >> i & 1) for e in range(LANES)])
-                term = em.val(f"fmul contract {F16} {_activation(em, abuf, mi, k, i)}, {bit}")
-                table = term if table is None else \
-                    em.val(f"fadd contract {F16} {table}, {term}")
-            at = em.val(f"mul i64 {em.val(f'add i64 {g}, {mi * groups}')}, {LANES}")
-            em.emit(f"store {F16} {table}, ptr {em.gep(tab, at)}, align 64")
-            return [em.val(f"fadd {F16} {carried[0]}, {table}")]
-        sums += em.loop("0", str(groups), None, carried=[(F16, "zeroinitializer")],
-                        body_carried=build)
-    chains = max(1, CHAINS // (m * bits))
-    per_row = bits * chains
-
-    def body(words_at, k0: str, accs: list[str]) -> list[str]:
-        words = [em.val(f"load {V16}, ptr {words_at(j)}, align 4") for j in range(bits)]
-        g0 = em.val(f"udiv i64 {k0}, {TABLE_CODES}")
-        nxt = list(accs)
-        for g in range(32 // TABLE_CODES):
-            for j in range(bits):
-                idx = words[j] if g == 0 else \
-                    em.val(f"lshr {V16} {words[j]}, {_splat(g * TABLE_CODES)}")
-                for mi in range(m):
-                    at = em.val(f"mul i64 {em.val(f'add i64 {g0}, {mi * groups + g}')}, {LANES}")
-                    table = em.val(f"load {F16}, ptr {em.gep(tab, at)}, align 64")
-                    part = em.val(f"call {F16} @llvm.x86.avx512.permvar.sf.512({F16} "
-                                  f"{table}, {V16} {idx})")
-                    c = mi * per_row + j * chains + g % chains
-                    # nsz: the first step's add to the zeroed accumulator folds away
-                    nxt[c] = em.val(f"fadd reassoc nsz contract {F16} {nxt[c]}, {part}")
-        return nxt
-
-    def combine(accs: list[str], mi: int) -> str:
-        return _combine(em, accs, bits, chains, coef, a,
-                        em.val(f"extractelement {F16} {sums[mi]}, i64 {LANES - 1}") if a
-                        else None)
-
-    _window_dot(env, plan, abuf, out, t, starts, per_row, body, combine)
-
-
-AVX2_TABLE_CODES = 3  # AVX2: codes per 8-entry table (one vpermps per 8 rows)
-
-
-def _planes_dot_avx2(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
-    """fused_planes_dot with AVX2's 8-lane vpermps: per row of `a` and 3 activations a table
-    of the 8 partial sums (a step's 32 codes: ten groups of 3 and one of 2), each 3 codes'
-    bit j picking its sum with one vpermps per 8 rows (it reads the low 3 bits: no mask)."""
-    em = env.em
-    packing: PlanesPacking = t.packing
-    bits = packing.bits
-    m = abuf.shape[0]
-    bk = plan.codes.attrs.sizes[1]
-    a, coef = affine_bits(np.asarray(plan.tables[plan.root.id]).view(np.float32), bits)
-    tc = AVX2_TABLE_CODES
+    wide = decode.permutes()
+    tc = TABLE_CODES if wide else AVX2_TABLE_CODES
+    n = 1 << tc  # a table's entries
+    ft = f"<{n} x float>"
     per = -(-32 // tc)  # tables per step of 32 codes
-    f8, v8 = "<8 x float>", "<8 x i32>"
-    em.declare(f"declare {f8} @llvm.x86.avx2.permps({f8}, {v8})")
     steps = bk // 32
-    tab = em.alloc("f32", (m, steps * per, 8))
-    sums = []  # per row of `a`: lane 7 of the summed tables is the window's sum of x
+    tab = em.alloc("f32", (m, steps * per, n))
+    if wide:
+        em.declare(f"declare {F16} @llvm.x86.avx512.permvar.sf.512({F16}, {V16})")
+
+        def lookup(table: str, idx: str) -> str:
+            return em.val(f"call {F16} @llvm.x86.avx512.permvar.sf.512({F16} {table}, "
+                          f"{V16} {idx})")
+    else:
+        em.declare(f"declare {ft} @llvm.x86.avx2.permps({ft}, <8 x i32>)")
+
+        def lookup(table: str, idx: str) -> str:
+            return em.concat([em.val(f"call {ft} @llvm.x86.avx2.permps({ft} {table}, "
+                                     f"<8 x i32> {h})") for h in em.halves(idx, V16)], ft)
+
+    def table_at(mi: int, row: str) -> str:
+        """The address of table `row` (step * per + group) of a's row mi."""
+        at = em.val(f"add i64 {row}, {mi * steps * per}")
+        return em.gep(tab, em.val(f"mul i64 {at}, {n}"))
+
+    def make(mi: int, k: str, count: int, row: str) -> str:
+        """Table T of a's row mi over the `count` activations from k, stored at `row`."""
+        table = None
+        for i in range(count):
+            x = _activation(em, abuf, mi, k, i)
+            if n != LANES:
+                x = em.val(f"shufflevector {F16} {x}, {F16} poison, <{n} x i32> "
+                           "zeroinitializer")
+            term = em.val(f"fmul contract {ft} {x}, {_fvec([e >> i & 1 for e in range(n)])}")
+            table = term if table is None else em.val(f"fadd contract {ft} {table}, {term}")
+        em.emit(f"store {ft} {table}, ptr {table_at(mi, row)}, align {4 * n}")
+        return table
+
+    sums = []  # per row of `a`: the last lane of the summed tables is the window's sum of x
     for mi in range(m):
-        def build(s: str, carried: list[str], mi: int = mi) -> list[str]:
-            total = carried[0]
-            for g in range(per):
-                k = em.val(f"add i64 {em.val(f'mul i64 {s}, 32')}, {g * tc}")
-                table = None
-                for i in range(min(tc, 32 - g * tc)):
-                    bit = "<" + ", ".join(f"float {float_literal(float(e >> i & 1), 'f32')}"
-                                          for e in range(8)) + ">"
-                    x = _activation(em, abuf, mi, k, i)
-                    x8 = em.val(f"shufflevector {F16} {x}, {F16} poison, <8 x i32> "
-                                "zeroinitializer")
-                    term = em.val(f"fmul contract {f8} {x8}, {bit}")
-                    table = term if table is None else \
-                        em.val(f"fadd contract {f8} {table}, {term}")
-                row = em.val(f"add i64 {em.val(f'mul i64 {s}, {per}')}, {mi * steps * per + g}")
-                em.emit(f"store {f8} {table}, ptr {em.gep(tab, em.val(f'mul i64 {row}, 8'))}, "
-                        "align 32")
-                total = em.val(f"fadd {f8} {total}, {table}")
-            return [total]
-        sums += em.loop("0", str(steps), None, carried=[(f8, "zeroinitializer")],
+        if 32 % tc == 0:  # one table a loop step
+            def build(g: str, carried: list[str], mi: int = mi) -> list[str]:
+                table = make(mi, em.val(f"mul i64 {g}, {tc}"), tc, g)
+                return [em.val(f"fadd {ft} {carried[0]}, {table}")]
+            count = steps * per
+        else:  # a step's tables a loop step (its last group of codes is shorter)
+            def build(s: str, carried: list[str], mi: int = mi) -> list[str]:
+                total = carried[0]
+                for g in range(per):
+                    k = em.val(f"add i64 {em.val(f'mul i64 {s}, 32')}, {g * tc}")
+                    row = em.val(f"add i64 {em.val(f'mul i64 {s}, {per}')}, {g}")
+                    total = em.val(f"fadd {ft} {total}, "
+                                   f"{make(mi, k, min(tc, 32 - g * tc), row)}")
+                return [total]
+            count = steps
+        sums += em.loop("0", str(count), None, carried=[(ft, "zeroinitializer")],
                         body_carried=build)
     chains = max(1, chains_of_16() // (m * bits))
     per_row = bits * chains
@@ -449,21 +418,17 @@ def _planes_dot_avx2(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
             for j in range(bits):
                 idx = words[j] if g == 0 else \
                     em.val(f"lshr {V16} {words[j]}, {_splat(g * tc)}")
-                halves = em.halves(idx, V16)
                 for mi in range(m):
-                    row = em.val(f"add i64 {s0}, {mi * steps * per + g}")
-                    table = em.val(f"load {f8}, ptr {em.gep(tab, em.val(f'mul i64 {row}, 8'))}, "
-                                   "align 32")
-                    got = [em.val(f"call {f8} @llvm.x86.avx2.permps({f8} {table}, {v8} {h})")
-                           for h in halves]
-                    part = em.concat(got, f8)
+                    at = table_at(mi, em.val(f"add i64 {s0}, {g}"))
+                    part = lookup(em.val(f"load {ft}, ptr {at}, align {4 * n}"), idx)
                     c = mi * per_row + j * chains + g % chains
+                    # nsz: the first step's add to the zeroed accumulator folds away
                     nxt[c] = em.val(f"fadd reassoc nsz contract {F16} {nxt[c]}, {part}")
         return nxt
 
     def combine(accs: list[str], mi: int) -> str:
         return _combine(em, accs, bits, chains, coef, a,
-                        em.val(f"extractelement {f8} {sums[mi]}, i64 7") if a else None)
+                        em.val(f"extractelement {ft} {sums[mi]}, i64 {n - 1}") if a else None)
 
     _window_dot(env, plan, abuf, out, t, starts, per_row, body, combine)
 
