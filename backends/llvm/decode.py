@@ -61,8 +61,15 @@ WORD = {"f32": np.float32, "i32": np.int32, "u32": np.uint32}  # dtypes a table 
 
 
 def avx2() -> bool:
-    """Whether the target has AVX2 (vpermd/vpermps on 8 lanes)."""
+    """Whether the target has AVX2 (vpermd/vpermps on 8 lanes). Not cached, as `permutes`
+    is: tests swap `cpu_features` to build the AVX2 forms on an AVX-512 host."""
     return bool(cpu_features().get("avx2", False))
+
+
+def table_permutes() -> bool:
+    """Whether tables can be looked up by register permutes at all: 16 lanes (AVX-512) or
+    8 (AVX2); else gathers."""
+    return permutes() or avx2()
 
 
 @cache

@@ -194,7 +194,7 @@ def _sums_note(env: Env, plan: Plan) -> str:
 def _planes_dot(plan: Plan, packing) -> bool:
     """Whether the planes packing's table dot applies: AVX-512 (or AVX2) permutes and an f32
     weight affine in the code bits (else the rows dot, which reads any rows-like packing)."""
-    return (isinstance(packing, PlanesPacking) and (decode.permutes() or decode.avx2())
+    return (isinstance(packing, PlanesPacking) and decode.table_permutes()
             and plan.root.type.dtype == "f32"
             and affine_bits(np.asarray(plan.tables[plan.root.id]).view(np.float32),
                             packing.bits) is not None)

@@ -65,7 +65,7 @@ def find(tree: list[Op], codes: Op, root: Value, tables: dict,
          spaces: dict[int, tuple[int, ...]] | str) -> RowTables:
     """E's row-table values (tree in program order, `tables` its code tables, `spaces` the
     shape each value is computed in: fusion_plan.row_spaces); NONE when nothing is one."""
-    if (not (decode.permutes() or decode.avx2()) or codes.opcode != "load_codes"
+    if (not decode.table_permutes() or codes.opcode != "load_codes"
             or _bits(codes) > MAX_BITS or isinstance(spaces, str)
             or any(op.opcode in ("transpose", "codes") for op in tree)):
         return NONE  # (byte windows read codes in another lane order: fused_windows.py)

@@ -38,7 +38,7 @@ from lowbitc.repack import LANES
 def plan_of(env, plan):
     """(source, D, r0, table) when the rows packing's indexed dot applies to the plan (its
     weight one f32 row table tabulated over a byte-sized index of the rows), else None."""
-    if (not (decode.permutes() or decode.avx2()) or plan.row_tables.wanted != {plan.root.id}
+    if (not decode.table_permutes() or plan.row_tables.wanted != {plan.root.id}
             or plan.root.type.dtype != "f32" or plan.codes.opcode != "load_codes"
             or plan.codes.attrs.bits > MAX_BITS):
         return None
