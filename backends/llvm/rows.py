@@ -24,14 +24,14 @@ CHAINS = 8  # independent FMA chains per block of 16 rows (FMA latency x ports)
 # ... with 8-lane vectors (AVX2), where each chain is two of the 16 ymm registers: 8 chains
 # spilled; 4 ran the rows dot 1.04-1.06x faster (Zen 3's code on Zen 4, f4e2m1fn and u4)
 CHAINS_AVX2 = 4
+V16 = f"<{LANES} x i32>"
+F16 = f"<{LANES} x float>"
+F8 = "<8 x float>"
 
 
 def chains_of_16() -> int:
     """Independent FMA chains of <16 x float> a dot may carry on this host."""
     return CHAINS if decode.permutes() else CHAINS_AVX2
-V16 = f"<{LANES} x i32>"
-F16 = f"<{LANES} x float>"
-F8 = "<8 x float>"
 
 
 def _splat(v: int) -> str:
