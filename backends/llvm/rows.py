@@ -427,28 +427,24 @@ def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
         return nxt
 
     def combine(accs: list[str], mi: int) -> str:
-        return _combine(em, accs, bits, chains, coef, a,
-                        em.val(f"extractelement {ft} {sums[mi]}, i64 {n - 1}") if a else None)
+        """Row mi's total: the planes' sums times their coefficients (1 needs no multiply),
+        plus a times the window's sum of x (the summed tables' last lane) when a != 0."""
+        sx = em.val(f"extractelement {ft} {sums[mi]}, i64 {n - 1}") if a else None
+        terms = []
+        for j in range(bits):
+            part = _sum(em, accs[j * chains:(j + 1) * chains])
+            terms.append(part if coef[j] == 1 else
+                         em.val(f"fmul {F16} {part}, {_fvec([coef[j]] * LANES)}"))
+        total = _sum(em, terms)
+        if a:
+            ins = em.val(f"insertelement {F16} poison, float {sx}, i64 0")
+            sxv = em.val(f"shufflevector {F16} {ins}, {F16} poison, <{LANES} x i32> "
+                         "zeroinitializer")
+            total = em.val(f"fadd {F16} {total}, "
+                           f"{em.val(f'fmul {F16} {sxv}, {_fvec([a] * LANES)}')}")
+        return total
 
     _window_dot(env, plan, abuf, out, t, starts, per_row, body, combine)
-
-
-def _combine(em: Emitter, accs: list[str], bits: int, chains: int, coef, a: float,
-             sx: str | None) -> str:
-    """The planes dot's row total: the planes' sums times their coefficients (1 needs no
-    multiply), plus a times the window's sum of x (`sx`, a float) when a != 0."""
-    terms = []
-    for j in range(bits):
-        part = _sum(em, accs[j * chains:(j + 1) * chains])
-        terms.append(part if coef[j] == 1 else
-                     em.val(f"fmul {F16} {part}, {_fvec([coef[j]] * LANES)}"))
-    total = _sum(em, terms)
-    if a:
-        ins = em.val(f"insertelement {F16} poison, float {sx}, i64 0")
-        sxv = em.val(f"shufflevector {F16} {ins}, {F16} poison, <{LANES} x i32> "
-                     "zeroinitializer")
-        total = em.val(f"fadd {F16} {total}, {em.val(f'fmul {F16} {sxv}, {_fvec([a] * LANES)}')}")
-    return total
 
 
 def _fvec(values) -> str:
