@@ -190,14 +190,20 @@ def test_small_windows_broadcast_activations_from_memory():
     assert "vshuff64x2" not in text
 
 
-def test_avx2_rows_dot_carries_fewer_chains(monkeypatch):
+@pytest.fixture
+def avx2_host(monkeypatch):
+    """Build the AVX2 forms (no AVX-512) on any host; never serve the other build."""
+    monkeypatch.setenv("LOWBITC_NO_CACHE", "1")
+    monkeypatch.setattr(decode, "permutes", lambda: False)
+    monkeypatch.setattr(decode, "cpu_features", lambda: {"avx2": True})
+
+
+@pytest.mark.usefixtures("avx2_host")
+def test_avx2_rows_dot_carries_fewer_chains():
     """With 8-lane vectors each <16 x float> chain is two of AVX2's 16 registers: the rows
     dot carries CHAINS_AVX2 of them (8 spilled), and its results stand."""
     from lowbitc.backends.llvm import rows
 
-    monkeypatch.setenv("LOWBITC_NO_CACHE", "1")
-    monkeypatch.setattr(decode, "permutes", lambda: False)
-    monkeypatch.setattr(decode, "cpu_features", lambda: {"avx2": True})
     assert rows.chains_of_16() == rows.CHAINS_AVX2 == 4
     k = lowbitc.compile(USER_GEMV.replace("M", "1"), W=dtype("f4e2m1fn"))
     text = k.text("llvm")
@@ -215,15 +221,13 @@ def test_avx2_rows_dot_carries_fewer_chains(monkeypatch):
 
 @pytest.mark.parametrize("fmt", ["f4e2m1fn", "f4e3m0", "f4e1m2"])
 @pytest.mark.parametrize("m", [1, 2, 3])
+@pytest.mark.usefixtures("avx2_host")
 def test_avx2_sign_magnitude_tables_take_the_activations_sign(monkeypatch, fmt, m):
     """On AVX2 a 4-bit sign-magnitude float format looks up its 8 magnitudes (no sign moved
     in) and blends a or -a by the code's top bit; more rows of `a` (or SIGNED_MAGNITUDES
     off) take the generic lookup. Results as the formula either way."""
     from lowbitc.backends.llvm import rows
 
-    monkeypatch.setenv("LOWBITC_NO_CACHE", "1")
-    monkeypatch.setattr(decode, "permutes", lambda: False)
-    monkeypatch.setattr(decode, "cpu_features", lambda: {"avx2": True})
     rng = np.random.default_rng(m)
     codes = rng.integers(0, 16, (48, 200), dtype=np.uint8)
     x = rng.standard_normal((m, 200)).astype(np.float32)
@@ -241,6 +245,38 @@ def test_avx2_sign_magnitude_tables_take_the_activations_sign(monkeypatch, fmt, 
         np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("fmt", ["u4", "i4"])
+@pytest.mark.parametrize("m", [1, 2, 3])
+@pytest.mark.usefixtures("avx2_host")
+def test_avx2_integer_codes_are_converted_in_place(monkeypatch, fmt, m):
+    """On AVX2 a 4-bit integer format's code j of a word is masked where it lies, converted
+    (q 2^4j) and multiplied by the activation times 2^-4j; a signed format's offset is added
+    as b sum(a) once a window. More rows of `a` (or CODES_IN_PLACE off) shift each code down
+    first. Results as the formula either way, also for activations whose scaled copies are
+    subnormal and for a window past K (200 columns; the offset's sum covers the padding)."""
+    from lowbitc.backends.llvm import rows
+
+    rng = np.random.default_rng(m)
+    codes = rng.integers(0, 16, (48, 200), dtype=np.uint8)
+    x = rng.standard_normal((m, 200)).astype(np.float32)
+    x[0, :40] *= np.float32(1e-28)  # times 2^-24 (code 6 of a word): below 2^-126
+    x[-1, 100:] *= np.float32(1e30)
+    ref = x.astype(np.float64) @ dtype(fmt).decode(codes).astype(np.float64).T
+    for on in (True, False):
+        monkeypatch.setattr(rows, "CODES_IN_PLACE", on)
+        k = lowbitc.compile(USER_GEMV.replace("M", str(m)), W=dtype(fmt))
+        text = k.text("llvm")
+        in_place = on and m <= 2
+        # the masks in place, 0xF0 (code 1) ... 0xF000000 (code 6), on 16 lanes
+        assert all((f"i32 {0xF << 4 * j}, i32 {0xF << 4 * j}" in text) == in_place
+                   for j in range(1, 7))
+        y = np.zeros((m, 48), np.float32)
+        k(x, pack(codes, 4), y)
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4 * np.abs(ref).max())
+        small = x[:1, :40].astype(np.float64) @ dtype(fmt).decode(codes[:, :40]).T
+        assert np.abs(small).max() < 1e-25  # (the tiny terms alone: within 2^-121 each)
+
+
 def test_fused_rows_dot_is_vector_code(monkeypatch):
     text = _gemv("f3e1m1").text("llvm")  # 3 bits in planes of 2 + 1, a table of floats
     assert "@llvm.fma.v16f32" in text
@@ -252,7 +288,7 @@ CB3 = lowbitc.codebook([-1.5, -0.25, 0.0, 0.125, 0.5, 0.75, 1.0, 3.0], name="cb_
 
 
 @pytest.mark.parametrize("fmt, avx2, lookup", [
-    ("u4", True, "sitofp <32 x i32>"),  # an integer format: the codes converted
+    ("u4", True, "sitofp <16 x i32>"),  # an integer format: the codes converted in place
     ("u3", True, "@llvm.x86.avx2.permps"),  # the planes' table dot, 16 sums per two vpermps
     ("u3", False, "sitofp <32 x i32>"),  # (without AVX2 the rows dot)
     (CB3, True, "@llvm.x86.avx2.permd"),  # vpermd, 8 entries

@@ -145,7 +145,7 @@ def _converts(op: Op, src: Value) -> bool:
 
 def lookup(em: Emitter, codes: str, table: np.ndarray, dtype: str) -> str:
     """table[codes] for a <W x i32> vector of codes in range, as a <W x dtype> vector."""
-    affine = None if permutes() or dtype != "f32" else _integers(table)
+    affine = None if permutes() or dtype != "f32" else integers(table)
     if affine is not None:  # an integer format's values: the codes converted (vcvtdq2ps)
         flip, offset = affine
         if flip:
@@ -175,10 +175,10 @@ def reads_low_bits(table: np.ndarray, dtype: str) -> bool:
         return len(table) <= 16
     if not avx2() or not BLEND_SELECTS:
         return False
-    return dtype != "f32" or _integers(table) is None
+    return dtype != "f32" or integers(table) is None
 
 
-def _integers(table: np.ndarray) -> tuple[int, float] | None:
+def integers(table: np.ndarray) -> tuple[int, float] | None:
     """(x, b) when the f32 table (bit patterns) holds (code ^ x) + b for every code, exactly
     (unsigned integers x = 0, two's complement x = 2^(bits-1)); else None. Without AVX-512
     permutes converting the code is one instruction per 8 lanes where the lookup takes a
