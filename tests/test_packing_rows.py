@@ -304,6 +304,8 @@ def test_without_avx512_rows_codes_are_masked_for_the_lookup(monkeypatch, fmt, a
     # a gather reads memory at its indices, vpermd their low 3 bits: the codes are masked
     # (the table dot's permutes read the low 3 bits and test bit 3 themselves)
     assert " and <16 x i32>" in text or "permps" in lookup
+    # (and shifts its words by vpmulhuw where the 3 bits lie within a 16-bit half)
+    assert ("@llvm.x86.avx2.pmulhu.w" in text) == ("permps" in lookup)
     bits = dtype(fmt).bits
     rng = np.random.default_rng(9)
     codes = rng.integers(0, 1 << bits, (48, 130), dtype=np.uint8)

@@ -518,10 +518,15 @@ def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
         words = [em.val(f"load {V16}, ptr {words_at(j)}, align 4") for j in range(bits)]
         s0 = em.val(f"mul i64 {em.val(f'udiv i64 {k0}, 32')}, {per}")
         nxt = list(accs)
+        highs: dict[str, str] = {}  # AVX2: each word shifted by 16, once
         for g in range(per):
             for j in range(bits):
-                idx = words[j] if g == 0 else \
-                    em.val(f"lshr {V16} {words[j]}, {_splat(g * tc)}")
+                if g == 0:
+                    idx = words[j]
+                elif MUL_SHIFTS and not wide:
+                    idx = _shifted(em, words[j], g * tc, highs)
+                else:
+                    idx = em.val(f"lshr {V16} {words[j]}, {_splat(g * tc)}")
                 for mi in range(m):
                     at = table_at(mi, em.val(f"add i64 {s0}, {g}"))
                     part = lookup(em.val(f"load {ft}, ptr {at}, align {4 * n}"), idx)
@@ -549,6 +554,34 @@ def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
         return total
 
     _window_dot(env, plan, abuf, out, t, starts, per_row, body, combine)
+
+
+# AVX2: the planes dot's shifted indices by vpmulhuw (a multiply port) where that can (Zen 3's
+# permutes and shifts share two ports; llvm-mca -mcpu=znver3, u2 / u3 loop: 51 -> 44 / 75 ->
+# 67 cycles a step; Zen 3's code on Zen 4, one thread: u2 0.93x, u3 0.95-1.0x the time)
+MUL_SHIFTS = True
+
+
+def _shifted(em: Emitter, w: str, k: int, highs: dict[str, str]) -> str:
+    """w >> k in each lane's low 3 bits (the rest any bits): vpmulhuw by 2^(16 - k) shifts
+    each 16-bit half (a multiply port, where vpsrld takes the permutes' ports); bits 16 and
+    up from the word shifted by 16 once; a group across bit 16 by a shift."""
+    if k + 3 > 16 and k < 16:
+        return em.val(f"lshr {V16} {w}, {_splat(k)}")
+    if k >= 16:
+        if w not in highs:
+            highs[w] = em.val(f"lshr {V16} {w}, {_splat(16)}")
+        w, k = highs[w], k - 16
+        if k == 0:
+            return w
+    em.declare("declare <16 x i16> @llvm.x86.avx2.pmulhu.w(<16 x i16>, <16 x i16>)")
+    m = "<" + ", ".join([f"i16 {1 << (16 - k)}"] * 16) + ">"
+    parts = []
+    for h in em.halves(w, V16):
+        x = em.val(f"bitcast <8 x i32> {h} to <16 x i16>")
+        y = em.val(f"call <16 x i16> @llvm.x86.avx2.pmulhu.w(<16 x i16> {x}, <16 x i16> {m})")
+        parts.append(em.val(f"bitcast <16 x i16> {y} to <8 x i32>"))
+    return em.concat(parts, "<8 x i32>")
 
 
 def _fvec(values) -> str:
