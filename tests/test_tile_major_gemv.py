@@ -67,10 +67,11 @@ def test_ops_takes_tile_major_where_the_tiles_divide_n():
     assert _kernel_of(whole).params["TM"]
     assert not _kernel_of(ragged).params["TM"] and _kernel_of(ragged).params["GM"]
     assert not _kernel_of(whole, 16).params.get("TM")  # the GEMM path reads [N, G]
-    planes = lowbitc.quantize(rng.standard_normal((512, 64)).astype(np.float32), "u2", 32)
-    assert _kernel_of(planes).params["BN"] > ops.TILE_MAJOR_BN
-    assert not _kernel_of(planes).params["TM"]  # 1 KB group-major rows: kept
-    for qw in (whole, ragged):
+    planes = lowbitc.quantize(rng.standard_normal((512, 64)).astype(np.float32), "u2", 32,
+                              zero_point=True)
+    assert _kernel_of(planes).params["BN"] == ops.PLANES_BN <= ops.TILE_MAJOR_BN
+    assert _kernel_of(planes).params["TM"]  # the planes packing's 256-row tiles too
+    for qw in (whole, ragged, planes):
         x = rng.standard_normal((1, 64)).astype(np.float32)
         ref = x.astype(np.float64) @ qw.dequantize().T.astype(np.float64)
         assert np.allclose(ops.matmul(x, qw), ref, rtol=1e-4, atol=1e-4)
