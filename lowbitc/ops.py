@@ -79,6 +79,17 @@ def matmul_fixed(wtype, act: str, zero_point: bool, M: int = 1) -> dict:
 
 
 PLANES_BN = 256  # GEMV rows per block for the planes packing's formats (<= 3-bit integers)
+# ... on hosts without AVX-512: their table dot's step costs more beside the tables it shares,
+# and half the code streams per program read faster (Zen 3's code on Zen 4, streamed, 2
+# threads: u1 / u2 / u3 0.94 / 0.97 / 0.93x the time of 256; docs/performance.md)
+PLANES_BN_AVX2 = 128
+
+
+def planes_bn() -> int:
+    """GEMV rows per block for the planes packing's formats on this host."""
+    from lowbitc.backends.llvm import decode
+
+    return PLANES_BN if decode.permutes() else PLANES_BN_AVX2
 # GEMV tiles up to this many rows read their scales tile-major (matmul TM): every GEMV tile
 # now, the planes packing's 256 rows included (with the run prefetched, streamed u1 / u2 / u3
 # 0.91 / 0.94 / 0.94x the time of their 1 KB group-major rows; docs/performance.md)
@@ -88,7 +99,7 @@ TILE_MAJOR_BN = 256
 def matmul_params(M: int, qw: QTensor, act: str, backend: str = "llvm", N: int = 0) -> dict:
     """Default tile parameters by problem shape (GEMV for M = 1, GEMM tiles otherwise); the
     LLVM backend's GEMM path (M > 8) takes tall row tiles, other backends keep 8 x 32; a GEMV
-    of a <= 3-bit integer format over N rows, a multiple of PLANES_BN, takes that many rows
+    of a <= 3-bit integer format over N rows, a multiple of planes_bn(), takes that many rows
     per block."""
     # up to 8 rows share each decoded weight vector in registers (the backend's fused dot)
     bm = 1 if M == 1 else 2 if M == 2 else 4 if M <= 4 else 8
@@ -97,11 +108,11 @@ def matmul_params(M: int, qw: QTensor, act: str, backend: str = "llvm", N: int =
     # a multiple of 32 so the backend can decode whole words in registers
     bk = 128 if g % 128 == 0 else 64 if g % 64 == 0 else 32
     bn = 64
-    if M <= GEMM_ROWS and backend == "llvm" and N and N % PLANES_BN == 0 and \
+    if M <= GEMM_ROWS and backend == "llvm" and N and N % planes_bn() == 0 and \
             planes_format(qw.dtype.values(), qw.dtype.bits):
         # the planes dot builds its tables of partial activation sums once per block and
         # K window: wider blocks share them (u2 GEMV 1.3x less work in cache than BN = 64)
-        bn = PLANES_BN
+        bn = planes_bn()
     elif M > GEMM_ROWS and backend == "llvm":
         bm = gemm_rows(M)
         bn = 128 if bm >= 64 else 64  # tall row tiles amortise their activation loads wider

@@ -55,23 +55,23 @@ def test_matmul_m3_and_other_groups(name):
 
 @pytest.mark.parametrize("name", ["u1", "u2", "i3", "b2", "u4"])
 def test_gemv_blocks_of_256_rows_for_the_planes_formats(name):
-    """A GEMV of a <= 3-bit integer format over N a multiple of ops.PLANES_BN rows takes
+    """A GEMV of a <= 3-bit integer format over N a multiple of ops.planes_bn() rows takes
     blocks of that many (its tables of activation sums are shared by more rows); other
     formats and other N keep 64; the results are exact either way."""
     for n, m in [(512, 1), (512, 4), (320, 1)]:
         qw = _qw(name, n=n, k=300, group=64)
         bn = ops.matmul_params(m, qw, "f32", N=n)["BN"]
-        wide = name != "u4" and n % ops.PLANES_BN == 0
-        assert bn == (ops.PLANES_BN if wide else 64)
+        wide = name != "u4" and n % ops.planes_bn() == 0
+        assert bn == (ops.planes_bn() if wide else 64)
         _check_matmul(qw, m)
     assert ops.matmul_params(1, _qw(name, n=512), "f32")["BN"] == 64  # N unknown
 
 
 @pytest.mark.parametrize("avx2", [True, False])
-def test_gemv_blocks_of_256_rows_without_avx512(monkeypatch, avx2):
+def test_gemv_blocks_of_128_rows_without_avx512(monkeypatch, avx2):
     """Without AVX-512 the planes formats' GEMV reads the same words with the table dot on
-    AVX2's 8-lane permutes, or without AVX2 with the rows dot, and the 256-row blocks stay
-    exact (the kernel compiled afresh: the IR differs)."""
+    AVX2's 8-lane permutes, or without AVX2 with the rows dot, in blocks of
+    ops.PLANES_BN_AVX2 rows, exact (the kernel compiled afresh: the IR differs)."""
     monkeypatch.setenv("LOWBITC_NO_CACHE", "1")
     monkeypatch.setattr(decode, "permutes", lambda: False)
     monkeypatch.setattr(decode, "cpu_features", lambda: {"avx2": avx2})
@@ -79,7 +79,7 @@ def test_gemv_blocks_of_256_rows_without_avx512(monkeypatch, avx2):
     params = ops.matmul_params(1, qw, "f32", N=512)
     k = lowbitc.compile(ops.kernel_path("matmul"), **params, GM=True, OFF=False)
     text = k.text("llvm")
-    assert params["BN"] == ops.PLANES_BN and "avx512" not in text
+    assert params["BN"] == ops.PLANES_BN_AVX2 and "avx512" not in text
     assert ("@llvm.x86.avx2.permps" in text) == avx2
     x = np.random.default_rng(1).standard_normal((1, 300)).astype(np.float32)
     y = np.zeros((1, 512), np.float32)

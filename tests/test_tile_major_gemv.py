@@ -69,7 +69,7 @@ def test_ops_takes_tile_major_where_the_tiles_divide_n():
     assert not _kernel_of(whole, 16).params.get("TM")  # the GEMM path reads [N, G]
     planes = lowbitc.quantize(rng.standard_normal((512, 64)).astype(np.float32), "u2", 32,
                               zero_point=True)
-    assert _kernel_of(planes).params["BN"] == ops.PLANES_BN <= ops.TILE_MAJOR_BN
+    assert _kernel_of(planes).params["BN"] == ops.planes_bn() <= ops.TILE_MAJOR_BN
     assert _kernel_of(planes).params["TM"]  # the planes packing's 256-row tiles too
     for qw in (whole, ragged, planes):
         x = rng.standard_normal((1, 64)).astype(np.float32)
