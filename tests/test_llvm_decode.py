@@ -116,7 +116,7 @@ def test_without_avx512_tables_are_vpermd_or_a_gather_with_the_same_values(fmt_n
     # of the index shifted to put its bit at bit 31 (decode.avx2_permute): those take them
     # unmasked (decode.reads_low_bits)
     # (with AVX2 a 4-bit integer format's codes are converted where they lie in their word,
-    # 16 lanes at a time: rows.codes_in_place)
+    # 16 lanes at a time: rows_avx2.codes_in_place)
     assert lookup in dot or avx2 and integers and fmt.bits == 4 and "sitofp <16 x i32>" in dot
     masked = lookup != "@llvm.x86.avx2.permd"
     assert decode.reads_low_bits(values.view(np.uint32), "f32") != masked

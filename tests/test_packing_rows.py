@@ -226,14 +226,14 @@ def test_avx2_sign_magnitude_tables_take_the_activations_sign(monkeypatch, fmt, 
     """On AVX2 a 4-bit sign-magnitude float format looks up its 8 magnitudes (no sign moved
     in) and blends a or -a by the code's top bit; more rows of `a` (or SIGNED_MAGNITUDES
     off) take the generic lookup. Results as the formula either way."""
-    from lowbitc.backends.llvm import rows
+    from lowbitc.backends.llvm import rows_avx2
 
     rng = np.random.default_rng(m)
     codes = rng.integers(0, 16, (48, 200), dtype=np.uint8)
     x = rng.standard_normal((m, 200)).astype(np.float32)
     ref = x.astype(np.float64) @ dtype(fmt).decode(codes).astype(np.float64).T
     for on in (True, False):
-        monkeypatch.setattr(rows, "SIGNED_MAGNITUDES", on)
+        monkeypatch.setattr(rows_avx2, "SIGNED_MAGNITUDES", on)
         k = lowbitc.compile(USER_GEMV.replace("M", str(m)), W=dtype(fmt))
         text = k.text("llvm")
         signed = on and m <= 2
@@ -254,7 +254,7 @@ def test_avx2_integer_codes_are_converted_in_place(monkeypatch, fmt, m):
     as b sum(a) once a window. More rows of `a` (or CODES_IN_PLACE off) shift each code down
     first. Results as the formula either way, also for activations whose scaled copies are
     subnormal and for a window past K (200 columns; the offset's sum covers the padding)."""
-    from lowbitc.backends.llvm import rows
+    from lowbitc.backends.llvm import rows_avx2
 
     rng = np.random.default_rng(m)
     codes = rng.integers(0, 16, (48, 200), dtype=np.uint8)
@@ -263,7 +263,7 @@ def test_avx2_integer_codes_are_converted_in_place(monkeypatch, fmt, m):
     x[-1, 100:] *= np.float32(1e30)
     ref = x.astype(np.float64) @ dtype(fmt).decode(codes).astype(np.float64).T
     for on in (True, False):
-        monkeypatch.setattr(rows, "CODES_IN_PLACE", on)
+        monkeypatch.setattr(rows_avx2, "CODES_IN_PLACE", on)
         k = lowbitc.compile(USER_GEMV.replace("M", str(m)), W=dtype(fmt))
         text = k.text("llvm")
         in_place = on and m <= 2

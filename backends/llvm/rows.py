@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lowbitc.backends.llvm import decode, lanes, target
+from lowbitc.backends.llvm import decode, lanes, rows_avx2, target
 from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal
 from lowbitc.backends.llvm.handlers import convert
 from lowbitc.repack import LANES, PlanesPacking, RowsPacking, affine_bits
@@ -227,24 +227,7 @@ def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
     em.declare(f"declare {F16} @llvm.fma.v16f32({F16}, {F16}, {F16})")
     if ACTIVATIONS_IN_MEMORY:
         em.keep_in_memory(abuf)
-    if signed_magnitudes(packing, table, dtype, m):
-        _window_dot(env, plan, abuf, out, t, starts, chains,
-                    _signed_body(em, abuf, table, chains, _negated(em, abuf)),
-                    lambda accs, mi: _sum(em, accs))
-        return
-    if codes_in_place(packing, table, dtype, abuf):
-        p = packing.planes[0][0]
-        offset = decode.integers(table)[1]
-        steps = window_steps(em, t, starts, plan.codes.attrs.sizes[1])[1]
-        shifts = [_offset_sum(em, abuf, mi, steps, offset) for mi in range(m)] if offset \
-            else None
-
-        def combine(accs: list[str], mi: int) -> str:
-            total = _sum(em, accs)
-            return em.val(f"fadd {F16} {total}, {shifts[mi]}") if shifts else total
-        _window_dot(env, plan, abuf, out, t, starts, chains,
-                    _in_place_body(em, packing, table, chains, _place_scaled(em, abuf, p)),
-                    combine)
+    if rows_avx2.dot(env, plan, abuf, out, t, starts, chains):
         return
 
     def body(words_at, k0: str, accs: list[str]) -> list[str]:
@@ -269,154 +252,6 @@ def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
         return nxt
 
     _window_dot(env, plan, abuf, out, t, starts, chains, body, lambda accs, mi: _sum(em, accs))
-
-
-SIGNED_MAGNITUDES = True  # AVX2: sign-split 4-bit tables through the activations' signs
-
-
-def signed_magnitudes(packing: RowsPacking, table: np.ndarray, dtype: str, m: int) -> bool:
-    """Whether the AVX2 rows dot looks up a 4-bit sign-magnitude float table (f4e2m1fn, every
-    (e, m) of 4 bits) as its 8 magnitudes and takes each code's sign as the activation's
-    (`_signed_body`): AVX2 without AVX-512, one 4-bit plane, f32 values, few rows of `a`."""
-    return (SIGNED_MAGNITUDES and not decode.permutes() and decode.avx2() and dtype == "f32"
-            and packing.planes == ((4, 0, 0),) and len(table) == 16
-            and decode.sign_split(table) and m <= 2)
-
-
-def _negated(em: Emitter, abuf: Buf) -> Buf:
-    """-a in a buffer of its own (kept in memory: its elements broadcast from there)."""
-    return _copy_of(em, abuf, lambda v, c: em.val(f"fneg {F8} {v}"))
-
-
-def _copy_of(em: Emitter, abuf: Buf, f) -> Buf:
-    """f(a[i, c:c + 8], c) for every row i and 8 columns c, in a buffer of its own kept in
-    memory (a window's activations transformed once, broadcast from there in the dot)."""
-    m, k = abuf.shape
-    out = em.alloc("f32", [m, k])
-    for i in range(m):
-        for c in range(0, k, 8):
-            src = em.gep(abuf, str(i * abuf.strides[0] + c))
-            v = f(em.val(f"load {F8}, ptr {src}, align 4"), c)
-            em.emit(f"store {F8} {v}, ptr {em.gep(out, str(i * k + c))}, align 4")
-    em.keep_in_memory(out)
-    return out
-
-
-def _signed_body(em: Emitter, abuf: Buf, table: np.ndarray, chains: int, neg: Buf):
-    """The step of a sign-split 4-bit table on AVX2: |E(code)| from the 8 magnitudes (one
-    vpermd per 8 rows reads the code's low 3 bits straight from its word), times a or -a as
-    the code's top bit says (vblendvps reads bit 31 of the word shifted once; a and -a
-    broadcast from memory): per code at most two shifts, a permute and a blend before the
-    FMA, where the generic lookup moves, masks and ors the sign in."""
-    mags = [decode.const_words(table[:8])]
-    em.declare(f"declare {F8} @llvm.x86.avx.blendv.ps.256({F8}, {F8}, {F8})")
-
-    def body(words_at, k0: str, accs: list[str]) -> list[str]:
-        words = [em.val(f"load {V16}, ptr {words_at(j)}, align 4") for j in range(4)]
-        nxt = list(accs)
-        for i in range(32):
-            w, pos = words[i // 8], i % 8
-            idx = w if pos == 0 else em.val(f"lshr {V16} {w}, {_splat(4 * pos)}")
-            top = w if pos == 7 else em.val(f"shl {V16} {w}, {_splat(28 - 4 * pos)}")
-            signs = em.halves(em.val(f"bitcast {V16} {top} to {F16}"), F16)
-            mag = decode.avx2_permute(em, idx, mags, LANES)
-            wv = em.val(f"bitcast {V16} {mag} to {F16}")
-            for mi in range(len(accs) // chains):
-                x = em.halves(_activation(em, abuf, mi, k0, i), F16)
-                nx = em.halves(_activation(em, neg, mi, k0, i), F16)
-                xs = em.concat([em.val(f"call {F8} @llvm.x86.avx.blendv.ps.256({F8} {x[h]}, "
-                                       f"{F8} {nx[h]}, {F8} {signs[h]})") for h in (0, 1)], F8)
-                c = mi * chains + i % chains
-                nxt[c] = em.val(f"call reassoc contract {F16} @llvm.fma.v16f32({F16} {wv}, "
-                                f"{F16} {xs}, {F16} {nxt[c]})")
-        return nxt
-
-    return body
-
-
-CODES_IN_PLACE = True  # AVX2: integer codes converted where they lie in their word
-
-
-def codes_in_place(packing: RowsPacking, table: np.ndarray, dtype: str, abuf: Buf) -> bool:
-    """Whether the AVX2 rows dot converts each integer code where it lies in its word
-    (`_in_place_body`): AVX2 without AVX-512, one plane of codes, a table of integers
-    (decode.lookup converts the code), f32 activations and values, at most 2 rows of `a`
-    (with 3 or 4 the FMAs set the time: 1.02-1.04x it, Zen 3's code on Zen 4)."""
-    return (CODES_IN_PLACE and not decode.permutes() and decode.avx2() and dtype == "f32"
-            and abuf.dtype == "f32" and abuf.shape[0] <= 2 and len(packing.planes) == 1
-            and decode.integers(table) is not None)
-
-
-def _place_scaled(em: Emitter, abuf: Buf, p: int) -> Buf:
-    """a[:, k] times 2^-(p * (k % per)) (per = 32 / p codes in a word), the last code of a
-    word's times 1, in a buffer of its own kept in memory. Powers of two: exact products
-    (unless one falls below 2^-126, a term under 2^-121 of the dot)."""
-    per = 32 // p
-
-    def scaled(v: str, c: int) -> str:
-        sc = [2.0 ** -(p * ((c + j) % per)) if (c + j) % per < per - 1 else 1.0
-              for j in range(8)]
-        return em.val(f"fmul {F8} {v}, {_fvec(sc)}")
-    return _copy_of(em, abuf, scaled)
-
-
-def _offset_sum(em: Emitter, abuf: Buf, mi: int, steps: str, offset: float) -> str:
-    """<16 x float> of offset x the sum of a[mi, :32 steps] (the codes the dot reads,
-    padding included): the term b sum(a) of a table (q ^ flip) + b, added once a window."""
-    base = em.gep(abuf, str(mi * abuf.strides[0]))
-
-    def step(s: str, carried: list[str]) -> list[str]:
-        total = carried[0]
-        for c in range(0, 32, 8):
-            k = em.val(f"add i64 {em.val(f'mul i64 {s}, 32')}, {c}")
-            at = em.val(f"getelementptr inbounds float, ptr {base}, i64 {k}")
-            total = em.val(f"fadd {F8} {total}, {em.val(f'load {F8}, ptr {at}, align 4')}")
-        return [total]
-
-    total = em.loop("0", steps, None, carried=[(F8, "zeroinitializer")], body_carried=step)[0]
-    total = em.val(f"call float @llvm.vector.reduce.fadd.v8f32(float 0.0, {F8} {total})")
-    em.declare("declare float @llvm.vector.reduce.fadd.v8f32(float, <8 x float>)")
-    total = em.val(f"fmul float {total}, {float_literal(offset, 'f32')}")
-    ins = em.val(f"insertelement {F16} poison, float {total}, i64 0")
-    return em.val(f"shufflevector {F16} {ins}, {F16} poison, <{LANES} x i32> zeroinitializer")
-
-
-def _in_place_body(em: Emitter, packing: RowsPacking, table: np.ndarray, chains: int,
-                   scaled: Buf):
-    """The step of an integer format in one plane of p bits on AVX2: code j of a word is
-    (word & (2^p - 1) << pj), converted as it lies (q 2^pj, exact: at most p significant
-    bits) and multiplied by the activation times 2^-pj (`_place_scaled`); the word's last
-    code is the word shifted down. Per code a mask (or a shift), a conversion and the FMA,
-    where reading the code down to bit 0 first costs a shift and a mask. The table's offset
-    b (E(q) = (q ^ flip) + b) is not added here: `_offset_sum` adds b sum(a) per window."""
-    p = packing.planes[0][0]
-    per = 32 // p
-    flip = decode.integers(table)[0]
-    code_mask = (1 << p) - 1
-
-    def body(words_at, k0: str, accs: list[str]) -> list[str]:
-        words = [em.val(f"load {V16}, ptr {words_at(j)}, align 4") for j in range(p)]
-        if flip:  # every code's (code ^ flip), in one xor per word
-            pattern = sum(flip << (p * j) for j in range(per)) & 0xFFFFFFFF
-            words = [em.val(f"xor {V16} {w}, {_splat(int(np.int32(np.uint32(pattern))))}")
-                     for w in words]
-        nxt = list(accs)
-        for i in range(32):
-            w, j = words[i // per], i % per
-            if j == per - 1:
-                v = em.val(f"lshr {V16} {w}, {_splat(32 - p)}")
-            else:
-                mask = int(np.int32(np.uint32(code_mask << (p * j))))
-                v = em.val(f"and {V16} {w}, {_splat(mask)}")
-            vals = em.val(f"sitofp {V16} {v} to {F16}")
-            for mi in range(len(accs) // chains):
-                c = mi * chains + i % chains
-                nxt[c] = em.val(f"call reassoc contract {F16} @llvm.fma.v16f32({F16} {vals}, "
-                                f"{F16} {_activation(em, scaled, mi, k0, i)}, {F16} "
-                                f"{nxt[c]})")
-        return nxt
-
-    return body
 
 
 # The activations' tile stays in memory, so each FMA broadcasts its activation from there
@@ -523,8 +358,8 @@ def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
             for j in range(bits):
                 if g == 0:
                     idx = words[j]
-                elif MUL_SHIFTS and not wide:
-                    idx = _shifted(em, words[j], g * tc, highs)
+                elif rows_avx2.MUL_SHIFTS and not wide:
+                    idx = rows_avx2.shifted(em, words[j], g * tc, highs)
                 else:
                     idx = em.val(f"lshr {V16} {words[j]}, {_splat(g * tc)}")
                 for mi in range(m):
@@ -554,34 +389,6 @@ def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
         return total
 
     _window_dot(env, plan, abuf, out, t, starts, per_row, body, combine)
-
-
-# AVX2: the planes dot's shifted indices by vpmulhuw (a multiply port) where that can (Zen 3's
-# permutes and shifts share two ports; llvm-mca -mcpu=znver3, u2 / u3 loop: 51 -> 44 / 75 ->
-# 67 cycles a step; Zen 3's code on Zen 4, one thread: u2 0.93x, u3 0.95-1.0x the time)
-MUL_SHIFTS = True
-
-
-def _shifted(em: Emitter, w: str, k: int, highs: dict[str, str]) -> str:
-    """w >> k in each lane's low 3 bits (the rest any bits): vpmulhuw by 2^(16 - k) shifts
-    each 16-bit half (a multiply port, where vpsrld takes the permutes' ports); bits 16 and
-    up from the word shifted by 16 once; a group across bit 16 by a shift."""
-    if k + 3 > 16 and k < 16:
-        return em.val(f"lshr {V16} {w}, {_splat(k)}")
-    if k >= 16:
-        if w not in highs:
-            highs[w] = em.val(f"lshr {V16} {w}, {_splat(16)}")
-        w, k = highs[w], k - 16
-        if k == 0:
-            return w
-    em.declare("declare <16 x i16> @llvm.x86.avx2.pmulhu.w(<16 x i16>, <16 x i16>)")
-    m = "<" + ", ".join([f"i16 {1 << (16 - k)}"] * 16) + ">"
-    parts = []
-    for h in em.halves(w, V16):
-        x = em.val(f"bitcast <8 x i32> {h} to <16 x i16>")
-        y = em.val(f"call <16 x i16> @llvm.x86.avx2.pmulhu.w(<16 x i16> {x}, <16 x i16> {m})")
-        parts.append(em.val(f"bitcast <16 x i16> {y} to <8 x i32>"))
-    return em.concat(parts, "<8 x i32>")
 
 
 def _fvec(values) -> str:
