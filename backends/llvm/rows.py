@@ -7,7 +7,8 @@ and step of 32 codes, `bits` aligned 64-byte loads; per code position one shift 
 one table permute and, per row of `a`, one FMA with the activation broadcast from memory.
 The accumulators hold 16 outputs each, so no horizontal sum is needed; several independent
 accumulators per row of `a` hide the FMA latency. `read` is the scalar read of one code (the
-generic paths), `window_ok` tells when a window takes the vector path.
+generic paths), `window_ok` tells when a window takes the vector path. Hosts with AVX2 but no
+AVX-512 take the forms of rows_avx2.py where they apply.
 """
 
 from __future__ import annotations
