@@ -33,7 +33,7 @@ def dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], chains: int) -> bo
     m = abuf.shape[0]
     table = plan.tables[plan.root.id]
     dtype = plan.root.type.dtype
-    if signed_magnitudes(packing, table, dtype, m):
+    if signed_magnitudes(packing, table, dtype, abuf):
         rows._window_dot(env, plan, abuf, out, t, starts, chains,
                          _signed_body(em, abuf, table, chains, _negated(em, abuf)),
                          lambda accs, mi: rows._sum(em, accs))
@@ -57,13 +57,14 @@ def dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], chains: int) -> bo
 SIGNED_MAGNITUDES = True  # AVX2: sign-split 4-bit tables through the activations' signs
 
 
-def signed_magnitudes(packing: RowsPacking, table: np.ndarray, dtype: str, m: int) -> bool:
+def signed_magnitudes(packing: RowsPacking, table: np.ndarray, dtype: str, abuf: Buf) -> bool:
     """Whether the AVX2 rows dot looks up a 4-bit sign-magnitude float table (f4e2m1fn, every
     (e, m) of 4 bits) as its 8 magnitudes and takes each code's sign as the activation's
-    (`_signed_body`): AVX2 without AVX-512, one 4-bit plane, f32 values, few rows of `a`."""
+    (`_signed_body`): AVX2 without AVX-512, one 4-bit plane, f32 values and activations (their
+    negated copy is f32), at most 2 rows of `a`."""
     return (SIGNED_MAGNITUDES and not decode.permutes() and decode.avx2() and dtype == "f32"
-            and packing.planes == ((4, 0, 0),) and len(table) == 16
-            and decode.sign_split(table) and m <= 2)
+            and abuf.dtype == "f32" and abuf.shape[0] <= 2 and packing.planes == ((4, 0, 0),)
+            and len(table) == 16 and decode.sign_split(table))
 
 
 def _negated(em: Emitter, abuf: Buf) -> Buf:
