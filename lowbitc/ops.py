@@ -90,6 +90,8 @@ def planes_bn() -> int:
     from lowbitc.backends.llvm import decode
 
     return PLANES_BN if decode.permutes() else PLANES_BN_AVX2
+
+
 # GEMV tiles up to this many rows read their scales tile-major (matmul TM): every GEMV tile
 # now, the planes packing's 256 rows included (with the run prefetched, streamed u1 / u2 / u3
 # 0.91 / 0.94 / 0.94x the time of their 1 KB group-major rows; docs/performance.md)

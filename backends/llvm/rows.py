@@ -266,6 +266,11 @@ def _splat_elem(em: Emitter, buf: Buf, index: str) -> str:
     v = em.load_elem(buf, index)
     if buf.dtype != "f32":
         v = convert(em, v, buf.dtype, "f32")
+    return _broadcast(em, v)
+
+
+def _broadcast(em: Emitter, v: str) -> str:
+    """<16 x float> of the float v in every lane."""
     ins = em.val(f"insertelement {F16} poison, float {v}, i64 0")
     return em.val(f"shufflevector {F16} {ins}, {F16} poison, <{LANES} x i32> zeroinitializer")
 
@@ -382,11 +387,8 @@ def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
                          em.val(f"fmul {F16} {part}, {_fvec([coef[j]] * LANES)}"))
         total = _sum(em, terms)
         if a:
-            ins = em.val(f"insertelement {F16} poison, float {sx}, i64 0")
-            sxv = em.val(f"shufflevector {F16} {ins}, {F16} poison, <{LANES} x i32> "
-                         "zeroinitializer")
             total = em.val(f"fadd {F16} {total}, "
-                           f"{em.val(f'fmul {F16} {sxv}, {_fvec([a] * LANES)}')}")
+                           f"{em.val(f'fmul {F16} {_broadcast(em, sx)}, {_fvec([a] * LANES)}')}")
         return total
 
     _window_dot(env, plan, abuf, out, t, starts, per_row, body, combine)

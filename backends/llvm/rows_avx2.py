@@ -41,15 +41,15 @@ def dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], chains: int) -> bo
     if not codes_in_place(packing, table, dtype, abuf):
         return False
     p = packing.planes[0][0]
-    offset = decode.integers(table)[1]
+    flip, offset = decode.integers(table)
     steps = rows.window_steps(em, t, starts, plan.codes.attrs.sizes[1])[1]
-    shifts = [_offset_sum(em, abuf, mi, steps, offset) for mi in range(m)] if offset else None
+    offsets = [_offset_sum(em, abuf, mi, steps, offset) for mi in range(m)] if offset else None
 
     def combine(accs: list[str], mi: int) -> str:
         total = rows._sum(em, accs)
-        return em.val(f"fadd {F16} {total}, {shifts[mi]}") if shifts else total
+        return em.val(f"fadd {F16} {total}, {offsets[mi]}") if offsets else total
     rows._window_dot(env, plan, abuf, out, t, starts, chains,
-                     _in_place_body(em, packing, table, chains, _place_scaled(em, abuf, p)),
+                     _in_place_body(em, packing, flip, chains, _place_scaled(em, abuf, p)),
                      combine)
     return True
 
@@ -62,9 +62,15 @@ def signed_magnitudes(packing: RowsPacking, table: np.ndarray, dtype: str, abuf:
     (e, m) of 4 bits) as its 8 magnitudes and takes each code's sign as the activation's
     (`_signed_body`): AVX2 without AVX-512, one 4-bit plane, f32 values and activations (their
     negated copy is f32), at most 2 rows of `a`."""
-    return (SIGNED_MAGNITUDES and not decode.permutes() and decode.avx2() and dtype == "f32"
-            and abuf.dtype == "f32" and abuf.shape[0] <= 2 and packing.planes == ((4, 0, 0),)
-            and len(table) == 16 and decode.sign_split(table))
+    return (SIGNED_MAGNITUDES and _avx2_f32_gemv(dtype, abuf)
+            and packing.planes == ((4, 0, 0),) and len(table) == 16 and decode.sign_split(table))
+
+
+def _avx2_f32_gemv(dtype: str, abuf: Buf) -> bool:
+    """What both forms need: AVX2 without AVX-512, f32 values and activations (their copies
+    are f32), at most 2 rows of `a` (with 3 or 4 the FMAs set the time)."""
+    return (not decode.permutes() and decode.avx2() and dtype == "f32" and abuf.dtype == "f32"
+            and abuf.shape[0] <= 2)
 
 
 def _negated(em: Emitter, abuf: Buf) -> Buf:
@@ -126,8 +132,7 @@ def codes_in_place(packing: RowsPacking, table: np.ndarray, dtype: str, abuf: Bu
     (`_in_place_body`): AVX2 without AVX-512, one plane of codes, a table of integers
     (decode.lookup converts the code), f32 activations and values, at most 2 rows of `a`
     (with 3 or 4 the FMAs set the time: 1.02-1.04x it, Zen 3's code on Zen 4)."""
-    return (CODES_IN_PLACE and not decode.permutes() and decode.avx2() and dtype == "f32"
-            and abuf.dtype == "f32" and abuf.shape[0] <= 2 and len(packing.planes) == 1
+    return (CODES_IN_PLACE and _avx2_f32_gemv(dtype, abuf) and len(packing.planes) == 1
             and decode.integers(table) is not None)
 
 
@@ -160,13 +165,10 @@ def _offset_sum(em: Emitter, abuf: Buf, mi: int, steps: str, offset: float) -> s
     total = em.loop("0", steps, None, carried=[(F8, "zeroinitializer")], body_carried=step)[0]
     total = em.val(f"call float @llvm.vector.reduce.fadd.v8f32(float 0.0, {F8} {total})")
     em.declare("declare float @llvm.vector.reduce.fadd.v8f32(float, <8 x float>)")
-    total = em.val(f"fmul float {total}, {float_literal(offset, 'f32')}")
-    ins = em.val(f"insertelement {F16} poison, float {total}, i64 0")
-    return em.val(f"shufflevector {F16} {ins}, {F16} poison, <{LANES} x i32> zeroinitializer")
+    return rows._broadcast(em, em.val(f"fmul float {total}, {float_literal(offset, 'f32')}"))
 
 
-def _in_place_body(em: Emitter, packing: RowsPacking, table: np.ndarray, chains: int,
-                   scaled: Buf):
+def _in_place_body(em: Emitter, packing: RowsPacking, flip: int, chains: int, scaled: Buf):
     """The step of an integer format in one plane of p bits on AVX2: code j of a word is
     (word & (2^p - 1) << pj), converted as it lies (q 2^pj, exact: at most p significant
     bits) and multiplied by the activation times 2^-pj (`_place_scaled`); the word's last
@@ -175,7 +177,6 @@ def _in_place_body(em: Emitter, packing: RowsPacking, table: np.ndarray, chains:
     b (E(q) = (q ^ flip) + b) is not added here: `_offset_sum` adds b sum(a) per window."""
     p = packing.planes[0][0]
     per = 32 // p
-    flip = decode.integers(table)[0]
     code_mask = (1 << p) - 1
 
     def body(words_at, k0: str, accs: list[str]) -> list[str]:
@@ -201,7 +202,6 @@ def _in_place_body(em: Emitter, packing: RowsPacking, table: np.ndarray, chains:
         return nxt
 
     return body
-
 
 
 # AVX2: the planes dot's shifted indices by vpmulhuw (a multiply port) where that can (Zen 3's
