@@ -1,7 +1,8 @@
 """The fused register dot's row scale (backends/llvm/row_scale.py): a weight
 E = core * S + T with S, T f32 leaves constant along K (a row's scale and offset, or scalars)
 sums core * a, scales each row's sum once per window and adds T times the activations' sum;
-and `lut` over a contiguous tile (a row's 8-bit
+a scale constant along each step of 32 codes but not the window (a step scale) scales each
+step's sum, with one or two rows of `a`; and `lut` over a contiguous tile (a row's 8-bit
 scale code looked up in a 256-entry code book) read by vector gathers. Each against the
 reference interpreter and numpy, with explain saying which form ran."""
 
@@ -66,8 +67,8 @@ def _case(mode: int, m: int, n: int = 48, k: int = 256, seed: int = 0):
     return [x, stored, s, words, c, t], ref
 
 
-@pytest.mark.parametrize("mode,m", [(0, 1), (1, 1), (2, 1), (3, 1), (0, 3), (1, 2), (4, 1),
-                                    (4, 3), (5, 1), (6, 2), (7, 1)])
+@pytest.mark.parametrize("mode,m", [(0, 1), (1, 1), (2, 1), (3, 1), (3, 2), (3, 3), (0, 3),
+                                    (1, 2), (4, 1), (4, 3), (5, 1), (6, 2), (7, 1)])
 def test_row_scaled_dot_matches_the_interpreter_and_numpy(mode, m):
     args, ref = _case(mode, m)
     y = np.zeros(ref.shape, np.float32)
@@ -80,8 +81,10 @@ def test_row_scaled_dot_matches_the_interpreter_and_numpy(mode, m):
     text = kern.explain()
     assert "fused register dot" in text
     # a scale per row (loaded, looked up or a scalar) is applied to the row's sums; one that
-    # varies along K (MODE 3) is not a row scale: the weights are scaled one by one
+    # varies along K (MODE 3) is not a row scale: constant along each step of 32 codes, it
+    # scales each step's sum (one or two rows of a), else the weights one by one
     assert ("each row's sum scaled once by its row scale" in text) == (mode not in (3, 7))
+    assert ("each step's sum scaled once by its step scale" in text) == (mode == 3 and m <= 2)
     # E = core * S + T: T times the sum of the activations (T - core * S is not that form)
     assert ("row offset times the activations' sum" in text) == (mode in (4, 5, 6))
 

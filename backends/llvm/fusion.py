@@ -208,8 +208,10 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
     m = abuf.shape[0]
     bn, bk = plan.root.type.shape
     # one step of W codes a row: its two halves' products chain in one 16-lane accumulator
-    # (no add of the halves after it); more steps keep acc_lanes' independent chains
-    lanes = min(acc_lanes(m), ONE_STEP_LANES) if bk == W else acc_lanes(m)
+    # (no add of the halves after it); more steps keep acc_lanes' independent chains; a step
+    # scale multiplies each step's sum in one vector of at most 16 lanes
+    stepped = plan.step_scale is not None
+    lanes = min(acc_lanes(m), ONE_STEP_LANES) if bk == W or stepped else acc_lanes(m)
     va = f"<{lanes} x float>"
     zero = "zeroinitializer"
 
@@ -243,6 +245,11 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
             w = _eval_tree(env, plan, unpack(c), j, c, plan.core, rows, order)
             k0 = em.val(f"mul i64 {c}, {W}")
             nxt = list(accs)
+            if stepped:  # this step's products summed apart, then scaled once
+                s = fused_leaves.leaf(env, plan.step_scale, plan.step_space, j, c)
+                s = em.val(f"shufflevector <{W} x float> {s}, <{W} x float> poison, "
+                           f"<{lanes} x i32> zeroinitializer")
+                parts = [None] * m
             for part in range(W // lanes):  # lanes of the accumulator hold k mod `lanes`
                 if lanes == W:
                     ws = w
@@ -257,7 +264,14 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
                         lanes_of(em, _vload(em, abuf, em.val(f"sub i64 {ai}, {part * lanes}"),
                                              W), order[part * lanes:(part + 1) * lanes])
                     prod = em.val(f"fmul reassoc contract {va} {av}, {ws}")
-                    nxt[i] = em.val(f"fadd reassoc contract {va} {nxt[i]}, {prod}")
+                    if stepped:
+                        parts[i] = prod if parts[i] is None else \
+                            em.val(f"fadd reassoc contract {va} {parts[i]}, {prod}")
+                    else:
+                        nxt[i] = em.val(f"fadd reassoc contract {va} {nxt[i]}, {prod}")
+            for i in range(m if stepped else 0):
+                scaled = em.val(f"fmul reassoc contract {va} {parts[i]}, {s}")
+                nxt[i] = em.val(f"fadd reassoc contract {va} {nxt[i]}, {scaled}")
             return nxt
 
         if t.packing is None:
