@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import lowbitc
-from lowbitc.backends.llvm import decode
+from lowbitc.backends.llvm import decode, row_tables
 from lowbitc.compiler import compile
 from lowbitc.interp import run
 from lowbitc.kernels import get_kernel
@@ -34,6 +34,20 @@ kernel row_gemv[W: dtype = u4, V: dtype = nf4, S: dtype = u8, K: int = 128, R: i
 
 def _decode(fmt: str, codes: np.ndarray) -> np.ndarray:
     return lowbitc.dtype(fmt).decode(codes).astype(np.float32)
+
+
+def _close(y, x, v: str, codes, t, r, off: bool) -> float:
+    """Assert y = x @ E.T of ROW_GEMV's E (numpy, float64) within a few ulps of the sum of
+    magnitudes (f32 sums in another order); that tolerance."""
+    ti = t.astype(np.int64)[:, None]
+    e = np.where(ti == 1, _decode(v, codes), codes.astype(np.float32))
+    e = np.where(ti == 2, codes.astype(np.float32) * np.float32(0.5), e)
+    if off:
+        e = e - r[:, None]
+    tol = 4e-6 * float((np.abs(x) @ np.abs(e).T).max())
+    np.testing.assert_allclose(y, x.astype(np.float64) @ e.T.astype(np.float64), rtol=0,
+                               atol=tol)
+    return tol
 
 
 @pytest.mark.parametrize("w,v,s,off", [
@@ -82,16 +96,7 @@ def test_row_tables_match_the_interpreter_and_numpy(w, v, s, off, rows, avx2, mo
     kern(x, words, t, r, y)
     want = np.zeros((rows, n), np.float32)
     run(kern.ir, x, words, t, r, want)
-    ti = t.astype(np.int64)[:, None]
-    e = np.where(ti == 1, _decode(v, codes), codes.astype(np.float32))
-    e = np.where(ti == 2, codes.astype(np.float32) * np.float32(0.5), e)
-    if off:
-        e = e - r[:, None]
-    # f32 sums in another order: within a few ulps of the sum of magnitudes
-    tol = 4e-6 * float((np.abs(x) @ np.abs(e).T).max())
-    np.testing.assert_allclose(y, want, rtol=0, atol=tol)
-    np.testing.assert_allclose(y, x.astype(np.float64) @ e.T.astype(np.float64), rtol=0,
-                               atol=tol)
+    np.testing.assert_allclose(y, want, rtol=0, atol=_close(y, x, v, codes, t, r, off))
 
 
 def test_the_mixture_kernel_takes_row_tables():
@@ -120,3 +125,36 @@ def test_index_values_fold_to_the_first_distinct_tables():
     assert d == 5 and table.size == 40
     assert indexed(np.stack([five[0], five[0]]), 4)[:2] == (1, 0)  # a bool, one table
     assert indexed(five[:2], 4)[0] == 2
+
+
+@pytest.mark.parametrize("w,v,s,off", [
+    ("u4", "nf4", "u8", False),  # tabulated over the u8 index
+    ("u4", "f4e2m1fn", "i8", True),  # a float per row: evaluated per row
+    ("u5", "i5", "u8", True),  # 32 entries: two registers per row
+])
+def test_the_gemm_panel_looks_up_row_tables(w, v, s, off, monkeypatch):
+    """16 rows of `a` take the GEMM panel (microkernel.py): its decode looks E up in each row's
+    table (row_tables.of_panel), with the same results bit for bit as E evaluated per code
+    (row_tables.PANEL off)."""
+    monkeypatch.setenv("LOWBITC_NO_CACHE", "1")  # (PANEL is not part of the cache key)
+    rng = np.random.default_rng(1)
+    n, k, rows = 48, 128, 16
+    bits = lowbitc.dtype(w).bits
+    codes = rng.integers(0, 2 ** bits, (n, k)).astype(np.uint8)
+    t = rng.integers(0, 4, n).astype(np.uint8)
+    if s == "i8":
+        t = (t.astype(np.int8) - 1).astype(np.int8)
+    r = rng.standard_normal(n).astype(np.float32)
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    args = [x, pack(codes, bits), t, r]
+    got = {}
+    for on in (True, False):
+        monkeypatch.setattr(row_tables, "PANEL", on)
+        kern = compile(ROW_GEMV, W=w, V=v, S=s, OFF=off, R=rows)
+        said = kern.explain()
+        assert "panel microkernel" in said and "0 fallbacks" in said
+        assert ("the decode a table per row" in said) == (on and decode.permutes())
+        got[on] = np.zeros((rows, n), np.float32)
+        kern(*args, got[on])
+    np.testing.assert_array_equal(got[True], got[False])
+    _close(got[True], x, v, codes, t, r, off)

@@ -169,7 +169,8 @@ def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:
             # bytes (u8/i8) are addressed directly: any K start; packed words need 32-code steps
             ok = _window_ok(em, t, starts, codes.attrs.sizes,
                             aligned=codes.opcode == "load_codes")
-            path = "panel microkernel, weights decoded into the panel" if fast_path \
+            path = ("panel microkernel, weights decoded into the panel"
+                    + row_tables.panel_note(plan)) if fast_path \
                 else "fused register dot (bytes widened in registers)" \
                 if codes.opcode == "load" else \
                 "fused register dot (canonical words unpacked in registers)"

@@ -85,6 +85,9 @@ class Plan:
     # the byte windows' codes result id -> their tensor from the window's first byte
     # (fusion.window binds it)
     bases: dict = field(default_factory=dict)
+    # the row tables of E whole, as found before the register dot moved a row scale out of
+    # them (SCALE_OUTSIDE_TABLES): what the panel decode looks up (panel.py)
+    whole_tables: row_tables.RowTables = row_tables.NONE
     # values of E that are a function of the code and of per-row leaves (row_tables.py)
     row_tables: row_tables.RowTables = row_tables.NONE
     # False: an earlier dot joined to this one (carry.plan_joins) prefetches the same window
@@ -149,6 +152,7 @@ def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS,
                     chain=windows.get(codes.results[0].id, ()), windows=windows)
         plan.row_tables = row_tables.find(tree, codes, plan.root, plan.tables,
                                           row_spaces(tree, plan.root))
+        plan.whole_tables = plan.row_tables
         plan.core, plan.factor = _scaled(plan, defs)
         if plan.core is None and SCALE_OUTSIDE_TABLES and plan.row_tables.wanted:
             tables, plan.row_tables = plan.row_tables, row_tables.NONE

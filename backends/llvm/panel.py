@@ -12,7 +12,9 @@ materialised. Other windows run the deferred ops and the generic dot.
 
 from __future__ import annotations
 
-from lowbitc.backends.llvm import microkernel
+from dataclasses import replace
+
+from lowbitc.backends.llvm import microkernel, row_tables
 from lowbitc.backends.llvm.emitter import Buf, Emitter, lltype
 from lowbitc.backends.llvm.fusion import (
     _eval_tree,
@@ -76,7 +78,7 @@ def emit_planned_dot(env: Env, plan: Plan, generic_dot) -> None:
         HANDLERS["dot"](env, plan.dot)
     elif any(d.results and d.results[0] is a for d in plan.deferred):
         note("dot", subject_of(plan.codes.operands[0]), "panel microkernel, weights decoded "
-             "into the panel, activations read in place",
+             "into the panel" + row_tables.panel_note(plan) + ", activations read in place",
              "windows at the tensor's edges take the generic dot", loc=plan.dot.loc)
         _emit_in_place(env, plan, generic_dot)
     else:
@@ -135,15 +137,19 @@ def _decode_panel(env: Env, plan: Plan, t, starts: list[str], panel: str, npad: 
     em = env.em
     bn, bk = plan.root.type.shape
 
-    def decoded(j: str, c: str) -> str:
+    tables = row_tables.by_row(env, replace(plan, row_tables=row_tables.of_panel(plan)))
+
+    def decoded(j: str, c: str, rows: dict | None = None) -> str:
         n = em.val(f"add i64 {starts[0]}, {j}")
-        return _eval_tree(env, plan, codes_at(env, plan, t, starts, n, c), j, c)
+        return _eval_tree(env, plan, codes_at(env, plan, t, starts, n, c), j, c, rows=rows)
 
     def block(jb: str) -> None:
         j0 = em.val(f"mul i64 {jb}, {lanes}")
+        js = [em.val(f"add i64 {j0}, {r}") for r in range(lanes)]
+        made = [tables(j) for j in js] if tables else [None] * lanes
 
         def chunk(c: str) -> None:
-            rows = [decoded(em.val(f"add i64 {j0}, {r}"), c) for r in range(lanes)]
+            rows = [decoded(j, c, m) for j, m in zip(js, made)]
             for h in range(W // lanes):  # each lanes x lanes square of the lanes x 32 block
                 sel = ", ".join(f"i32 {h * lanes + q}" for q in range(lanes))
                 part = [em.val(f"shufflevector <{W} x float> {r}, <{W} x float> poison, "

@@ -104,6 +104,28 @@ def _kind(v: Value, src: int, tables: dict, rows: set[int], inside: set[int],
     return "leaf" if len(own) == len(shape) and own[-1] == 1 else None
 
 
+# the GEMM panel's decode (panel.py) looks E up in a table per row and window when E is a
+# function of the code and per-row leaves (a code table minus the row's zero point times its
+# scale: one permute per 16 codes instead of a permute, a subtract and a multiply). u4 with
+# zero points, M = 16, Zen 4, 2 threads: 0.955-0.97x the time, M = 128 0.98x; nf4 and u3
+# 0.99-1.0x. Each weight is rounded once, as before: the results are bit for bit the same.
+# AVX-512 only: compiled for Zen 3 (AVX2, 8-entry permutes and selects) the u4 GEMM ran
+# 0.99-1.01x the time on Zen 4 (no gain measured).
+PANEL = True
+
+
+def of_panel(plan) -> RowTables:
+    """The row tables the panel decode looks up: E's, as found before the register dot moved
+    a row scale out of them (Plan.whole_tables); NONE when it has none, without AVX-512 or
+    with PANEL off."""
+    return plan.whole_tables if PANEL and decode.permutes() else NONE
+
+
+def panel_note(plan) -> str:
+    """What explain adds to the panel's path when it looks up row tables."""
+    return describe(dataclasses.replace(plan, row_tables=of_panel(plan)))
+
+
 def describe(plan) -> str:
     """What explain adds to a fused dot's path ("" without row tables)."""
     if not plan.row_tables.wanted:
