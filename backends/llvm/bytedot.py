@@ -242,9 +242,9 @@ def _fused(em: Emitter, plan: BytePlan, abuf: Buf, out: Buf, t, starts: list[str
             if len(packing.planes) > 1 or target.inline_prefetch():
                 far = PREFETCH_BYTES_BY_BITS.get(bits, PREFETCH_BYTES)
                 ahead = max(rows_packing.PREFETCH_WINDOWS, -(-far // (64 * lines)))
-                rows_packing._prefetch(em, t, base, lines, ahead, inline_extra_lines(bits))
+                rows_packing.prefetch_windows(em, t, base, lines, ahead, inline_extra_lines(bits))
         else:
-            rows_packing._prefetch(em, t, base, lines)
+            rows_packing.prefetch_windows(em, t, base, lines)
 
         def step(s: str, accs: list[str]) -> list[str]:
             wbase = em.val(f"add i64 {base}, {em.val(f'mul i64 {s}, {bits * LANES}')}")

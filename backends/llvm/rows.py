@@ -35,7 +35,7 @@ def chains_of_16() -> int:
     return CHAINS if decode.permutes() else CHAINS_AVX2
 
 
-def _splat(v: int) -> str:
+def splat(v: int) -> str:
     return "<" + ", ".join([f"i32 {v}"] * LANES) + ">"
 
 
@@ -82,18 +82,18 @@ def read(em: Emitter, t, idx: list[str], packing: RowsPacking) -> str:
     return code
 
 
-def _select_bits(em: Emitter, mask: str, a: str, b: str) -> str:
+def select_bits(em: Emitter, mask: str, a: str, b: str) -> str:
     """(a & mask) | (b & ~mask): one vpternlogd with AVX-512 (LLVM splits the and/or form)."""
     if decode.permutes():
         em.declare(f"declare {V16} @llvm.x86.avx512.pternlog.d.512({V16}, {V16}, {V16}, i32)")
         return em.val(f"call {V16} @llvm.x86.avx512.pternlog.d.512({V16} {a}, {V16} {b}, "
                       f"{V16} {mask}, i32 {TERNARY_SELECT})")
     low = em.val(f"and {V16} {a}, {mask}")
-    inverse = em.val(f"xor {V16} {mask}, {_splat(-1)}")
+    inverse = em.val(f"xor {V16} {mask}, {splat(-1)}")
     return em.val(f"or {V16} {low}, {em.val(f'and {V16} {b}, {inverse}')}")
 
 
-def _codes(em: Emitter, words: list[str], packing: RowsPacking, i: int, clean: bool) -> str:
+def codes(em: Emitter, words: list[str], packing: RowsPacking, i: int, clean: bool) -> str:
     """Code i (0..31) of the step for the 16 rows, as <16 x i32>, from the step's words.
     With `clean` False the code may carry other codes' bits above its own (for a consumer
     that reads only the low 4 bits: a 16-entry table permute)."""
@@ -104,18 +104,18 @@ def _codes(em: Emitter, words: list[str], packing: RowsPacking, i: int, clean: b
         w = words[first + i // per]
         amount = (i % per) * p - shift  # move the plane's bits to their place in the code
         if amount > 0:
-            v = em.val(f"lshr {V16} {w}, {_splat(amount)}")
+            v = em.val(f"lshr {V16} {w}, {splat(amount)}")
         elif amount < 0:
-            v = em.val(f"shl {V16} {w}, {_splat(-amount)}")
+            v = em.val(f"shl {V16} {w}, {splat(-amount)}")
         else:
             v = w
         top = (i % per) * p + p == 32 and amount >= 0
         if code is None:
             code = v
         else:  # the bits below this plane from the code so far, the rest from v: one select
-            code = _select_bits(em, _splat((1 << shift) - 1), code, v)
+            code = select_bits(em, splat((1 << shift) - 1), code, v)
     if clean and not top:
-        code = em.val(f"and {V16} {code}, {_splat((1 << packing.bits) - 1)}")
+        code = em.val(f"and {V16} {code}, {splat((1 << packing.bits) - 1)}")
     return code
 
 
@@ -131,7 +131,7 @@ def window_steps(em: Emitter, t, starts: list[str], bk: int) -> tuple[str, str]:
     return first_step, steps
 
 
-def _window_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], per_row: int,
+def window_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], per_row: int,
                 body, combine, setup=None) -> None:
     """The loops of the rows and planes dots: per 16-row block of the window, a loop over
     the steps inside the row carrying `per_row` <16 x float> accumulators per row of `a`
@@ -153,12 +153,12 @@ def _window_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], per_row: i
             setup(r)
         spread = (bk // 32) * bits > BURST_LINES
         if not spread:
-            _prefetch(em, t, base, (bk // 32) * bits)
+            prefetch_windows(em, t, base, (bk // 32) * bits)
 
         def step(s: str, accs: list[str]) -> list[str]:
             wbase = em.val(f"add i64 {base}, {em.val(f'mul i64 {s}, {bits * LANES}')}")
             if spread:  # the step's own lines, as far ahead (in steps of `bits` lines)
-                _prefetch(em, t, wbase, bits, PREFETCH_WINDOWS * (bk // 32))
+                prefetch_windows(em, t, wbase, bits, PREFETCH_WINDOWS * (bk // 32))
 
             def words_at(j: int) -> str:
                 return em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 "
@@ -185,7 +185,7 @@ PREFETCH_WINDOWS = 2  # windows ahead whose words a block asks for
 BURST_LINES = 8
 
 
-def _prefetch(em: Emitter, t, base: str, lines: int, windows: int = PREFETCH_WINDOWS,
+def prefetch_windows(em: Emitter, t, base: str, lines: int, windows: int = PREFETCH_WINDOWS,
               extra: int = 0) -> None:
     """Prefetch the block's words `windows` windows further along K (a window's words
     are `lines` consecutive 64-byte lines, and `extra` lines after them; a prefetch past the
@@ -198,7 +198,7 @@ def _prefetch(em: Emitter, t, base: str, lines: int, windows: int = PREFETCH_WIN
         em.prefetch(q, target.prefetch_locality("rows"))
 
 
-def _sum(em: Emitter, vecs: list[str]) -> str:
+def lane_sum(em: Emitter, vecs: list[str]) -> str:
     """The sum of the vectors as a balanced tree: a block's tail (its accumulators summed
     before the next block can retire) waits log2(n) dependent adds, not n - 1."""
     while len(vecs) > 1:
@@ -208,7 +208,7 @@ def _sum(em: Emitter, vecs: list[str]) -> str:
     return vecs[0]
 
 
-def _activation(em: Emitter, abuf: Buf, mi: int, k0: str, i: int) -> str:
+def activation(em: Emitter, abuf: Buf, mi: int, k0: str, i: int) -> str:
     """<16 x float> of a[mi, k0 + i] (one broadcast load)."""
     kk = em.val(f"add i64 {k0}, {i}")
     return _splat_elem(em, abuf, em.val(f"add i64 {em.val(f'mul i64 {mi}, {abuf.strides[0]}')}, "
@@ -235,8 +235,8 @@ def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
         words = [em.val(f"load {V16}, ptr {words_at(j)}, align 4") for j in range(packing.bits)]
         nxt = list(accs)
         for i in range(0, 32, 2):
-            pair = em.val(f"shufflevector {V16} {_codes(em, words, packing, i, clean)}, "
-                          f"{V16} {_codes(em, words, packing, i + 1, clean)}, <32 x i32> "
+            pair = em.val(f"shufflevector {V16} {codes(em, words, packing, i, clean)}, "
+                          f"{V16} {codes(em, words, packing, i + 1, clean)}, <32 x i32> "
                           "<" + ", ".join(f"i32 {q}" for q in range(32)) + ">")
             vals = decode.lookup(em, pair, table, dtype)
             if dtype != "f32":
@@ -248,11 +248,11 @@ def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
                 for mi in range(m):
                     c = mi * chains + (i + h) % chains
                     nxt[c] = em.val(f"call reassoc contract {F16} @llvm.fma.v16f32({F16} {wv}, "
-                                    f"{F16} {_activation(em, abuf, mi, k0, i + h)}, {F16} "
+                                    f"{F16} {activation(em, abuf, mi, k0, i + h)}, {F16} "
                                     f"{nxt[c]})")
         return nxt
 
-    _window_dot(env, plan, abuf, out, t, starts, chains, body, lambda accs, mi: _sum(em, accs))
+    window_dot(env, plan, abuf, out, t, starts, chains, body, lambda accs, mi: lane_sum(em, accs))
 
 
 # The activations' tile stays in memory, so each FMA broadcasts its activation from there
@@ -266,10 +266,10 @@ def _splat_elem(em: Emitter, buf: Buf, index: str) -> str:
     v = em.load_elem(buf, index)
     if buf.dtype != "f32":
         v = convert(em, v, buf.dtype, "f32")
-    return _broadcast(em, v)
+    return broadcast(em, v)
 
 
-def _broadcast(em: Emitter, v: str) -> str:
+def broadcast(em: Emitter, v: str) -> str:
     """<16 x float> of the float v in every lane."""
     ins = em.val(f"insertelement {F16} poison, float {v}, i64 0")
     return em.val(f"shufflevector {F16} {ins}, {F16} poison, <{LANES} x i32> zeroinitializer")
@@ -324,11 +324,11 @@ def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
         """Table T of a's row mi over the `count` activations from k, stored at `row`."""
         table = None
         for i in range(count):
-            x = _activation(em, abuf, mi, k, i)
+            x = activation(em, abuf, mi, k, i)
             if n != LANES:
                 x = em.val(f"shufflevector {F16} {x}, {F16} poison, <{n} x i32> "
                            "zeroinitializer")
-            term = em.val(f"fmul contract {ft} {x}, {_fvec([e >> i & 1 for e in range(n)])}")
+            term = em.val(f"fmul contract {ft} {x}, {fvec([e >> i & 1 for e in range(n)])}")
             table = term if table is None else em.val(f"fadd contract {ft} {table}, {term}")
         em.emit(f"store {ft} {table}, ptr {table_at(mi, row)}, align {4 * n}")
         return table
@@ -367,7 +367,7 @@ def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
                 elif rows_avx2.MUL_SHIFTS and not wide:
                     idx = rows_avx2.shifted(em, words[j], g * tc, highs)
                 else:
-                    idx = em.val(f"lshr {V16} {words[j]}, {_splat(g * tc)}")
+                    idx = em.val(f"lshr {V16} {words[j]}, {splat(g * tc)}")
                 for mi in range(m):
                     at = table_at(mi, em.val(f"add i64 {s0}, {g}"))
                     part = lookup(em.val(f"load {ft}, ptr {at}, align {4 * n}"), idx)
@@ -382,18 +382,18 @@ def fused_planes_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> No
         sx = em.val(f"extractelement {ft} {sums[mi]}, i64 {n - 1}") if a else None
         terms = []
         for j in range(bits):
-            part = _sum(em, accs[j * chains:(j + 1) * chains])
+            part = lane_sum(em, accs[j * chains:(j + 1) * chains])
             terms.append(part if coef[j] == 1 else
-                         em.val(f"fmul {F16} {part}, {_fvec([coef[j]] * LANES)}"))
-        total = _sum(em, terms)
+                         em.val(f"fmul {F16} {part}, {fvec([coef[j]] * LANES)}"))
+        total = lane_sum(em, terms)
         if a:
             total = em.val(f"fadd {F16} {total}, "
-                           f"{em.val(f'fmul {F16} {_broadcast(em, sx)}, {_fvec([a] * LANES)}')}")
+                           f"{em.val(f'fmul {F16} {broadcast(em, sx)}, {fvec([a] * LANES)}')}")
         return total
 
-    _window_dot(env, plan, abuf, out, t, starts, per_row, body, combine)
+    window_dot(env, plan, abuf, out, t, starts, per_row, body, combine)
 
 
-def _fvec(values) -> str:
+def fvec(values) -> str:
     return "<" + ", ".join(f"float {float_literal(float(np.float32(v)), 'f32')}"
                            for v in values) + ">"

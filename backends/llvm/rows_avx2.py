@@ -34,9 +34,9 @@ def dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], chains: int) -> bo
     table = plan.tables[plan.root.id]
     dtype = plan.root.type.dtype
     if signed_magnitudes(packing, table, dtype, abuf):
-        rows._window_dot(env, plan, abuf, out, t, starts, chains,
+        rows.window_dot(env, plan, abuf, out, t, starts, chains,
                          _signed_body(em, abuf, table, chains, _negated(em, abuf)),
-                         lambda accs, mi: rows._sum(em, accs))
+                         lambda accs, mi: rows.lane_sum(em, accs))
         return True
     if not codes_in_place(packing, table, dtype, abuf):
         return False
@@ -46,9 +46,9 @@ def dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], chains: int) -> bo
     offsets = [_offset_sum(em, abuf, mi, steps, offset) for mi in range(m)] if offset else None
 
     def combine(accs: list[str], mi: int) -> str:
-        total = rows._sum(em, accs)
+        total = rows.lane_sum(em, accs)
         return em.val(f"fadd {F16} {total}, {offsets[mi]}") if offsets else total
-    rows._window_dot(env, plan, abuf, out, t, starts, chains,
+    rows.window_dot(env, plan, abuf, out, t, starts, chains,
                      _in_place_body(em, packing, flip, chains, _place_scaled(em, abuf, p)),
                      combine)
     return True
@@ -106,14 +106,14 @@ def _signed_body(em: Emitter, abuf: Buf, table: np.ndarray, chains: int, neg: Bu
         nxt = list(accs)
         for i in range(32):
             w, pos = words[i // 8], i % 8
-            idx = w if pos == 0 else em.val(f"lshr {V16} {w}, {rows._splat(4 * pos)}")
-            top = w if pos == 7 else em.val(f"shl {V16} {w}, {rows._splat(28 - 4 * pos)}")
+            idx = w if pos == 0 else em.val(f"lshr {V16} {w}, {rows.splat(4 * pos)}")
+            top = w if pos == 7 else em.val(f"shl {V16} {w}, {rows.splat(28 - 4 * pos)}")
             signs = em.halves(em.val(f"bitcast {V16} {top} to {F16}"), F16)
             mag = decode.avx2_permute(em, idx, mags, LANES)
             wv = em.val(f"bitcast {V16} {mag} to {F16}")
             for mi in range(len(accs) // chains):
-                x = em.halves(rows._activation(em, abuf, mi, k0, i), F16)
-                nx = em.halves(rows._activation(em, neg, mi, k0, i), F16)
+                x = em.halves(rows.activation(em, abuf, mi, k0, i), F16)
+                nx = em.halves(rows.activation(em, neg, mi, k0, i), F16)
                 xs = em.concat([em.val(f"call {F8} @llvm.x86.avx.blendv.ps.256({F8} {x[h]}, "
                                        f"{F8} {nx[h]}, {F8} {signs[h]})") for h in (0, 1)], F8)
                 c = mi * chains + i % chains
@@ -145,7 +145,7 @@ def _place_scaled(em: Emitter, abuf: Buf, p: int) -> Buf:
     def scaled(v: str, c: int) -> str:
         sc = [2.0 ** -(p * ((c + j) % per)) if (c + j) % per < per - 1 else 1.0
               for j in range(8)]
-        return em.val(f"fmul {F8} {v}, {rows._fvec(sc)}")
+        return em.val(f"fmul {F8} {v}, {rows.fvec(sc)}")
     return _copy_of(em, abuf, scaled)
 
 
@@ -165,7 +165,7 @@ def _offset_sum(em: Emitter, abuf: Buf, mi: int, steps: str, offset: float) -> s
     total = em.loop("0", steps, None, carried=[(F8, "zeroinitializer")], body_carried=step)[0]
     total = em.val(f"call float @llvm.vector.reduce.fadd.v8f32(float 0.0, {F8} {total})")
     em.declare("declare float @llvm.vector.reduce.fadd.v8f32(float, <8 x float>)")
-    return rows._broadcast(em, em.val(f"fmul float {total}, {float_literal(offset, 'f32')}"))
+    return rows.broadcast(em, em.val(f"fmul float {total}, {float_literal(offset, 'f32')}"))
 
 
 def _in_place_body(em: Emitter, packing: RowsPacking, flip: int, chains: int, scaled: Buf):
@@ -183,21 +183,21 @@ def _in_place_body(em: Emitter, packing: RowsPacking, flip: int, chains: int, sc
         words = [em.val(f"load {V16}, ptr {words_at(j)}, align 4") for j in range(p)]
         if flip:  # every code's (code ^ flip), in one xor per word
             pattern = sum(flip << (p * j) for j in range(per)) & 0xFFFFFFFF
-            words = [em.val(f"xor {V16} {w}, {rows._splat(int(np.int32(np.uint32(pattern))))}")
+            words = [em.val(f"xor {V16} {w}, {rows.splat(int(np.int32(np.uint32(pattern))))}")
                      for w in words]
         nxt = list(accs)
         for i in range(32):
             w, j = words[i // per], i % per
             if j == per - 1:
-                v = em.val(f"lshr {V16} {w}, {rows._splat(32 - p)}")
+                v = em.val(f"lshr {V16} {w}, {rows.splat(32 - p)}")
             else:
                 mask = int(np.int32(np.uint32(code_mask << (p * j))))
-                v = em.val(f"and {V16} {w}, {rows._splat(mask)}")
+                v = em.val(f"and {V16} {w}, {rows.splat(mask)}")
             vals = em.val(f"sitofp {V16} {v} to {F16}")
             for mi in range(len(accs) // chains):
                 c = mi * chains + i % chains
                 nxt[c] = em.val(f"call reassoc contract {F16} @llvm.fma.v16f32({F16} {vals}, "
-                                f"{F16} {rows._activation(em, scaled, mi, k0, i)}, {F16} "
+                                f"{F16} {rows.activation(em, scaled, mi, k0, i)}, {F16} "
                                 f"{nxt[c]})")
         return nxt
 
@@ -215,10 +215,10 @@ def shifted(em: Emitter, w: str, k: int, highs: dict[str, str]) -> str:
     each 16-bit half (a multiply port, where vpsrld takes the permutes' ports); bits 16 and
     up from the word shifted by 16 once; a group across bit 16 by a shift."""
     if k + 3 > 16 and k < 16:
-        return em.val(f"lshr {V16} {w}, {rows._splat(k)}")
+        return em.val(f"lshr {V16} {w}, {rows.splat(k)}")
     if k >= 16:
         if w not in highs:
-            highs[w] = em.val(f"lshr {V16} {w}, {rows._splat(16)}")
+            highs[w] = em.val(f"lshr {V16} {w}, {rows.splat(16)}")
         w, k = highs[w], k - 16
         if k == 0:
             return w

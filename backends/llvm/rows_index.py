@@ -23,13 +23,13 @@ from lowbitc.backends.llvm.emitter import Buf
 from lowbitc.backends.llvm.rows import (
     F16,
     V16,
-    _activation,
-    _codes,
-    _select_bits,
-    _splat,
-    _sum,
-    _window_dot,
+    activation,
     chains_of_16,
+    codes,
+    lane_sum,
+    select_bits,
+    splat,
+    window_dot,
 )
 from lowbitc.passes.row_index import MAX_BITS, indexed
 from lowbitc.repack import LANES
@@ -76,20 +76,20 @@ def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
         """The block's rows' table bases (S << bits) and, for 4 registers, their bit 5."""
         index = _indices(env, source, plan.root.type.shape[0],
                          em.val(f"mul i64 {r}, {LANES}"))
-        inside = em.val(f"icmp ult {V16} {index}, {_splat(count)}")
-        index = em.val(f"select <{LANES} x i1> {inside}, {V16} {index}, {V16} {_splat(r0)}")
-        state["base"] = em.val(f"shl {V16} {index}, {_splat(bits)}")
+        inside = em.val(f"icmp ult {V16} {index}, {splat(count)}")
+        index = em.val(f"select <{LANES} x i1> {inside}, {V16} {index}, {V16} {splat(r0)}")
+        state["base"] = em.val(f"shl {V16} {index}, {splat(bits)}")
         if len(regs) == 4 and wide:
-            state["high"] = em.val(f"icmp uge {V16} {index}, {_splat(32 >> bits)}")
+            state["high"] = em.val(f"icmp uge {V16} {index}, {splat(32 >> bits)}")
 
     def lookup(code: str) -> str:
         if not wide:  # the whole index (the code's bits below the row's base), in range
-            idx = _select_bits(em, _splat((1 << bits) - 1), code, state["base"])
+            idx = select_bits(em, splat((1 << bits) - 1), code, state["base"])
             return decode.avx2_permute(em, idx, halves, LANES)
         if len(regs) == 1:
             return em.val(f"call {V16} @llvm.x86.avx512.permvar.si.512({V16} {regs[0]}, "
                           f"{V16} {code})")
-        idx = _select_bits(em, _splat((1 << bits) - 1), code, state["base"])
+        idx = select_bits(em, splat((1 << bits) - 1), code, state["base"])
         parts = [em.val(f"call {V16} @llvm.x86.avx512.vpermi2var.d.512({V16} {regs[i]}, "
                         f"{V16} {idx}, {V16} {regs[i + 1]})") for i in range(0, len(regs), 2)]
         if len(parts) == 1:
@@ -101,16 +101,16 @@ def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
         loaded = [em.val(f"load {V16}, ptr {words_at(j)}, align 4") for j in range(bits)]
         nxt = list(accs)
         for i in range(32):
-            w = lookup(_codes(em, loaded, t.packing, i, False))
+            w = lookup(codes(em, loaded, t.packing, i, False))
             wv = em.val(f"bitcast {V16} {w} to {F16}")
             for mi in range(m):
                 c = mi * chains + i % chains
                 nxt[c] = em.val(f"call reassoc contract {F16} @llvm.fma.v16f32({F16} {wv}, "
-                                f"{F16} {_activation(em, abuf, mi, k0, i)}, {F16} {nxt[c]})")
+                                f"{F16} {activation(em, abuf, mi, k0, i)}, {F16} {nxt[c]})")
         return nxt
 
-    _window_dot(env, plan, abuf, out, t, starts, chains, body,
-                lambda accs, mi: _sum(em, accs), setup=setup)
+    window_dot(env, plan, abuf, out, t, starts, chains, body,
+                lambda accs, mi: lane_sum(em, accs), setup=setup)
 
 
 def _indices(env, source, rows: int, first: str) -> str:

@@ -38,7 +38,7 @@ def host_vector_bits() -> int:
 
 # Software prefetch locality (llvm.prefetch's third operand: 3 = prefetcht0, into every level;
 # 2 = prefetcht1, into L2 and below), per kind of stream and by LLVM's host CPU name:
-#   "rows"  windows of the rows packing (rows._prefetch: the f32 GEMV, and the int8 dot's
+#   "rows"  windows of the rows packing (rows.prefetch_windows: the f32 GEMV, and the int8 dot's
 #           inline GEMV packing),
 #   "bytes" rows of bytes in memory order (bytedot's byte-row dot),
 #   "runs"  byte runs of other layouts (prefetch.py: user kernels' columns, byte windows).
