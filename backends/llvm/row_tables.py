@@ -108,7 +108,8 @@ def _kind(v: Value, src: int, tables: dict, rows: set[int], inside: set[int],
 # function of the code and per-row leaves (a code table minus the row's zero point times its
 # scale: one permute per 16 codes instead of a permute, a subtract and a multiply). u4 with
 # zero points, M = 16, Zen 4, 2 threads: 0.955-0.97x the time, M = 128 0.98x; nf4, u3, u5
-# (two registers a row) and i4 0.96-1.01x. Each weight is rounded once, as before: the results are bit for bit the same.
+# (two registers a row) and i4 0.96-1.01x. Each weight is rounded once, as before: the
+# results are bit for bit the same.
 # AVX-512 only: compiled for Zen 3 (AVX2, 8-entry permutes and selects) the u4 GEMM ran
 # 0.99-1.01x the time on Zen 4 (no gain measured).
 PANEL = True
