@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import lowbitc
-from lowbitc.backends.llvm import ops_lut
+from lowbitc.backends.llvm import target
 from lowbitc.compiler import compile
 from lowbitc.interp import run
 
@@ -112,9 +112,9 @@ kernel lut_tile[Q: dtype](c: Q[N, KB], y: f32[N, KB]) grid (cdiv(N, 16)) {
 @pytest.mark.parametrize("n", [32, 40])
 def test_lut_of_a_tile_reads_every_code(n, gathers, monkeypatch):
     """Every one of the 256 codes of a [16, 1] tile's lookup (vector gathers, or a load per
-    element where the host's gathers are slow: ops_lut.lut_gathers), and the edge tile
+    element where the host's gathers are slow: target.lut_gathers), and the edge tile
     (masked load, element-wise lookup)."""
-    monkeypatch.setattr(ops_lut, "LUT_GATHERS", gathers)
+    monkeypatch.setattr(target, "LUT_GATHERS", gathers)
     monkeypatch.setenv("LOWBITC_NO_CACHE", "1")  # (the flag is not part of the cache key)
     codes = (np.arange(n * 8) % 256).astype(np.uint8).reshape(n, 8)
     codes[: n // 2] = codes[: n // 2, ::-1]

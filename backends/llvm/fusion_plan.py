@@ -150,8 +150,8 @@ def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS,
                     sorted([*tree, *moved, codes, tr], key=lambda o: order[id(o)]),
                     tr.operands[0], code_tables(tree, codes, tr.operands[0], defs),
                     chain=windows.get(codes.results[0].id, ()), windows=windows)
-        plan.row_tables = row_tables.find(tree, codes, plan.root, plan.tables,
-                                          row_spaces(tree, plan.root))
+        spaces = row_spaces(tree, plan.root)
+        plan.row_tables = row_tables.find(tree, codes, plan.root, plan.tables, spaces)
         plan.whole_tables = plan.row_tables
         plan.core, plan.factor = _scaled(plan, defs)
         if plan.core is None and SCALE_OUTSIDE_TABLES and plan.row_tables.wanted:
@@ -162,8 +162,7 @@ def plan_fusion(r: Region, max_rows: int | None = MAX_ROWS,
         if plan.core is None:
             plan.core, plan.scale, plan.offset, plan.offset_sign = row_scale.find(plan, defs)
         if plan.core is None and STEP_SCALE and op.operands[0].type.shape[0] <= STEP_SCALE_ROWS:
-            plan.core, plan.step_scale, plan.step_space = row_scale.step(
-                plan, defs, row_spaces(tree, plan.root))
+            plan.core, plan.step_scale, plan.step_space = row_scale.step(plan, defs, spaces)
         plans[op.results[0].id] = plan
     return plans
 

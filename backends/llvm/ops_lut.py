@@ -7,7 +7,7 @@ from lowbitc.backends.llvm.decode import gather
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
 from lowbitc.backends.llvm.handlers import Env, const_literal, convert, handles
 from lowbitc.backends.llvm.ops_elementwise import elementwise
-from lowbitc.backends.llvm.target import cpu_name
+from lowbitc.backends.llvm.target import lut_gathers
 from lowbitc.ir.core import Op
 from lowbitc.ir.types import TileType
 
@@ -24,21 +24,9 @@ def lut_global(em, op: Op) -> tuple[str, str]:
 
 
 # a contiguous tile of codes is looked up this many at a time (one vector gather: a [16, 1]
-# tile of per-row scale codes took 16 scalar loads and inserts per K step)
+# tile of per-row scale codes took 16 scalar loads and inserts per K step), on hosts whose
+# gathers pay (target.lut_gathers)
 LUT_LANES = 16
-# whether those lookups are vector gathers, by LLVM's host CPU name (default yes): Zen 4's
-# gathers are microcoded; there a scalar load per element ran the bitsandbytes NF4 user GEMV
-# (a [32, 1] tile of 8-bit absmax codes looked up in a 256-entry code book every 64 codes of a
-# row) 0.91x the time in cache, 0.96x streamed (M = 1, 2 threads, interleaved)
-LUT_GATHERS_BY_CPU: dict[str, bool] = {"znver4": False}
-LUT_GATHERS: bool | None = None  # overrides the host's (experiments)
-
-
-def lut_gathers() -> bool:
-    """Whether `lut` of a contiguous tile reads the table by vector gathers on this host."""
-    if LUT_GATHERS is not None:
-        return LUT_GATHERS
-    return LUT_GATHERS_BY_CPU.get(cpu_name(), True)
 
 
 @handles("lut")

@@ -72,8 +72,26 @@ INLINE_PREFETCH_BY_CPU: dict[str, bool] = {"znver4": False, "znver3": False}
 INLINE_PREFETCH: bool | None = None  # overrides the host's (experiments)
 
 
+def _host_choice(override: bool | None, by_cpu: Mapping[str, bool]) -> bool:
+    """`override` when set, else this host's entry of `by_cpu` (by LLVM's CPU name), else
+    yes."""
+    return override if override is not None else by_cpu.get(cpu_name(), True)
+
+
 def inline_prefetch() -> bool:
     """Whether this host's inline GEMV windows prefetch their stream in software (above)."""
-    if INLINE_PREFETCH is not None:
-        return INLINE_PREFETCH
-    return INLINE_PREFETCH_BY_CPU.get(cpu_name(), True)
+    return _host_choice(INLINE_PREFETCH, INLINE_PREFETCH_BY_CPU)
+
+
+# Whether `lut` of a contiguous tile (ops_lut.py) reads the table by vector gathers, by LLVM's
+# host CPU name (default yes). Zen 4's gathers are microcoded: there a scalar load per element
+# ran the bitsandbytes NF4 user GEMV (a [32, 1] tile of 8-bit absmax codes looked up in a
+# 256-entry code book every 64 codes of a row) 0.91x the time in cache, 0.96x streamed (M = 1,
+# 2 threads, interleaved; session 16).
+LUT_GATHERS_BY_CPU: dict[str, bool] = {"znver4": False}
+LUT_GATHERS: bool | None = None  # overrides the host's (experiments)
+
+
+def lut_gathers() -> bool:
+    """Whether this host's tile lookups are vector gathers (above)."""
+    return _host_choice(LUT_GATHERS, LUT_GATHERS_BY_CPU)
