@@ -11,6 +11,12 @@ l of every sub-vector with a shift and a mask, never a cross-lane shuffle:
   n = T*p/2 words; lane l uses word l % n, slot (l // n)*T + t (bit slot*p);
 - otherwise lane l's codes fill whole words: word 16*(t // s) + l, slot t % s (s = 32 // p).
 
+`Packing(bits, step, tile)` with `tile` > 0 stores the same steps block by block: within a
+block of `tile` consecutive rows (the last block of a tensor may have fewer, L), step s of
+row r is at word block*tile*wpr + (s*L + r % tile)*step_words, so a window of a block's rows
+is one contiguous run of memory (one stream for the hardware prefetchers, not a stream per
+row).
+
 `RowsPacking(bits)`, "rows" packing ("rows16"): 16 consecutive rows share every vector, one
 row per lane, so a dot with few activation rows accumulates 16 outputs per vector with no
 horizontal sums. Rows are cut into steps of 32 codes (the last padded with code 0); a step
@@ -33,7 +39,7 @@ from lowbitc.errors import UserArgumentError
 from lowbitc.packing import pack, unpack
 
 LANES = 16  # i32 lanes of a 512-bit vector
-_NAME = re.compile(r"lanes(\d+)x(\d+)")
+_NAME = re.compile(r"lanes(\d+)x(\d+)(?:t(\d+))?")
 
 
 def planes(bits: int) -> tuple[int, ...]:
@@ -74,6 +80,7 @@ class Packing:
 
     bits: int
     step: int = 128
+    tile: int = 0  # rows a block whose steps interleave (0: each row's steps in turn)
 
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= 8 or self.step % 32 or not 32 <= self.step <= 512:
@@ -81,11 +88,14 @@ class Packing:
                 f"packing: expected bits in 1..8 and a step multiple of 32 "
                 f"in 32..512, got bits={self.bits}, step={self.step}"
             )
+        if self.tile < 0 or self.tile & (self.tile - 1):
+            raise UserArgumentError(
+                f"packing: expected a tile of 0 or a power of two rows, got {self.tile}")
 
     @property
     def name(self) -> str:
         """The packing's name as the IR records it (`load_codes {packing=...}`)."""
-        return f"lanes{LANES}x{self.step}"
+        return f"lanes{LANES}x{self.step}" + (f"t{self.tile}" if self.tile else "")
 
     @cached_property
     def planes(self) -> tuple[Plane, ...]:
@@ -116,13 +126,29 @@ class Packing:
             dst = out[:, :, pl.offset : pl.offset + pl.words]
             for s in range(pl.slots.shape[1]):
                 dst |= v[:, :, pl.slots[:, s]] << np.uint32(s * pl.width)
-        return out.reshape(n, steps * self.step_words)
+        return self._tiled(out, n, steps, inverse=False)
+
+    def _tiled(self, words: np.ndarray, n: int, steps: int, inverse: bool) -> np.ndarray:
+        """Words [N, steps, step_words] (row by row) -> [N, words_per_row] in this packing's
+        order; `inverse`: the other way."""
+        sw = self.step_words
+        if not self.tile:
+            return words.reshape(n, steps * sw) if not inverse else words.reshape(n, steps, sw)
+        out = np.empty((n, steps * sw), np.uint32)
+        for b in range(0, n, self.tile):
+            rows = min(self.tile, n - b)
+            if inverse:
+                src = words[b:b + rows].reshape(steps, rows, sw)
+                out[b:b + rows] = src.transpose(1, 0, 2).reshape(rows, steps * sw)
+            else:
+                out[b:b + rows] = words[b:b + rows].transpose(1, 0, 2).reshape(rows, steps * sw)
+        return out if not inverse else out.reshape(n, steps, sw)
 
     def to_codes(self, words: np.ndarray, count: int) -> np.ndarray:
         """Inverse of `from_codes`: words [N, words_per_row(count)] -> uint8 codes [N, count]."""
         n = words.shape[0]
         steps = -(-count // self.step)
-        w = np.asarray(words, np.uint32).reshape(n, steps, self.step_words)
+        w = self._tiled(np.asarray(words, np.uint32), n, steps, inverse=True)
         c = np.zeros((n, steps, self.step), np.uint32)
         for pl in self.planes:
             src = w[:, :, pl.offset : pl.offset + pl.words]
@@ -294,9 +320,9 @@ def parse(name: str, bits: int) -> Packing | RowsPacking | None:
     m = _NAME.fullmatch(name)
     if m is None or int(m.group(1)) != LANES:
         raise UserArgumentError(
-            f"packing: expected '', 'rows{LANES}', 'planes{LANES}' or 'lanes{LANES}xSTEP', "
+            f"packing: expected '', 'rows{LANES}', 'planes{LANES}' or 'lanes{LANES}xSTEP[tROWS]', "
             f"got {name!r}")
-    return Packing(bits, int(m.group(2)))
+    return Packing(bits, int(m.group(2)), int(m.group(3) or 0))
 
 
 @dataclass(frozen=True, eq=False)

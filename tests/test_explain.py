@@ -80,7 +80,7 @@ def test_two_code_loads_in_one_weight_are_named():
 @pytest.mark.parametrize("w, path", [
     ("b2", "fused planes16 table dot over bit planes"),
     ("u4", "rows16 fused register dot"),
-    ("u5", "fused register dot (lanes16x64 vector unpack)"),
+    ("u5", "fused register dot (lanes16x64t32 vector unpack)"),
     ("u8", "fused register dot (bytes widened in registers)"),
     ("f8e4m3fn", "fused register dot (canonical words unpacked in registers)"),
 ])

@@ -81,12 +81,38 @@ def test_code_positions_follow_the_documented_formula():
     assert words[0, 8 + lane % 4] == 1 << ((lane // 4) * 8 + t)
 
 
+@pytest.mark.parametrize("tile", [4, 16, 64])
+def test_blocks_of_rows_hold_each_window_in_one_run(tile):
+    """In blocks of `tile` rows (the last of a tensor shorter), step s of row r is at word
+    block * tile * wpr + (s * L + r % tile) * step_words: a window of a block's rows is one
+    run of memory; the transforms round-trip for partial blocks and partial steps."""
+    rng = np.random.default_rng(tile)
+    for bits in (3, 4, 5):
+        n, k = 2 * tile + 3, 3 * 64 + 17  # two whole blocks and one of 3 rows
+        codes = rng.integers(0, 1 << bits, (n, k), dtype=np.uint8)
+        flat, tiled = Packing(bits, 64), Packing(bits, 64, tile)
+        a, b = flat.from_codes(codes), tiled.from_codes(codes)
+        assert b.shape == a.shape and tiled.words_per_row(k) == flat.words_per_row(k)
+        sw, wpr = flat.step_words, flat.words_per_row(k)
+        for r in range(n):
+            first, rows = r - r % tile, min(tile, n - (r - r % tile))
+            for s in range(-(-k // 64)):
+                at = first * wpr + (s * rows + r % tile) * sw
+                assert np.array_equal(b.ravel()[at:at + sw], a[r, s * sw:(s + 1) * sw])
+        assert np.array_equal(tiled.to_codes(b, k), codes)
+        assert np.array_equal(tiled.to_canonical(b, k), pack(codes, bits))
+
+
 def test_bad_packings_are_rejected():
     with pytest.raises(UserArgumentError, match="step"):
         Packing(4, 48)
+    with pytest.raises(UserArgumentError, match="tile of 0 or a power of two rows, got 12"):
+        Packing(4, 64, 12)
     with pytest.raises(UserArgumentError, match="packing"):
         parse("zigzag", 4)
     assert parse("", 4) is None and parse("lanes16x64", 3) == Packing(3, 64)
+    assert parse("lanes16x128t64", 5) == Packing(5, 128, 64)
+    assert Packing(5, 128, 64).name == "lanes16x128t64"
 
 
 def _gemv_kernel(w: str, bm: int, zp: bool = True, bk: int = 128):
@@ -99,11 +125,12 @@ def test_pass_chooses_lanes_for_gemv_weights_only():
     # (codes of <= 4 bits that feed the dot as a table of the code take the rows packing:
     # tests/test_packing_rows.py)
     k = _gemv_kernel("u5", 1)
-    assert k.packings == {"w": Packing(5, 128)}
+    # steps of 128 codes (BK), stored in blocks of 64 rows (BN): a window is one run
+    assert k.packings == {"w": Packing(5, 128, 64)}
     loads = [op for op in walk(k.lowered.body.ops) if op.opcode == "load_codes"]
-    assert loads and all(op.attrs.packing == "lanes16x128" for op in loads)
-    assert 'packing="lanes16x128"' in k.text("lowered")
-    assert _gemv_kernel("u5", 1, bk=64).packings == {"w": Packing(5, 64)}
+    assert loads and all(op.attrs.packing == "lanes16x128t64" for op in loads)
+    assert 'packing="lanes16x128t64"' in k.text("lowered")
+    assert _gemv_kernel("u5", 1, bk=64).packings == {"w": Packing(5, 64, 64)}
     # the GEMM panel (more rows than the register-resident dot) and dequantize stay canonical
     assert (
         ops.get_kernel(
@@ -132,7 +159,7 @@ kernel gemv[W: dtype](x: f32[1, K], w: W[N, K], y: f32[1, N]) grid (cdiv(N, 8)) 
 @pytest.mark.parametrize("w", ["u3", "i5", "f4e2m1fn"])
 def test_user_kernel_gets_the_packing_and_takes_both_forms(w):
     k = lowbitc.compile(USER_GEMV, W=dtype(w))
-    assert k.packings == {"w": Packing(dtype(w).bits, 64)}
+    assert k.packings == {"w": Packing(dtype(w).bits, 64, 8)}  # blocks of the window's 8 rows
     rng = np.random.default_rng(3)
     n, kk = 37, 200  # a partial row block and a partial last step
     codes = rng.integers(0, 1 << dtype(w).bits, (n, kk), dtype=np.uint8)

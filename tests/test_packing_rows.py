@@ -110,11 +110,11 @@ def test_pass_chooses_rows_for_narrow_code_only_gemv_weights():
         k = _gemv(w)
         assert k.packings == {"w": PlanesPacking(dtype(w).bits)}, w
         assert 'packing="planes16"' in k.text("lowered")
-    assert _gemv("u5").packings == {"w": Packing(5, 128)}  # wider codes keep the lanes
+    assert _gemv("u5").packings == {"w": Packing(5, 128, 64)}  # wider codes keep the lanes
     # a weight scaled per row inside the dot (EARLY) is not a function of the code alone
-    assert _gemv("u4", 4, early=True).packings == {"w": Packing(4, 128)}
+    assert _gemv("u4", 4, early=True).packings == {"w": Packing(4, 128, 64)}
     # windows that do not cover whole 16-row blocks keep the lanes packing
-    assert _gemv("u4", bn=8).packings == {"w": Packing(4, 128)}
+    assert _gemv("u4", bn=8).packings == {"w": Packing(4, 128, 8)}
 
 
 USER_GEMV = """

@@ -227,17 +227,20 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
         n = em.val(f"add i64 {starts[0]}, {j}")
         if t.packing is not None:
             base = lanes_packing.row_start(em, t, n, starts[1], t.packing)
+            stride = lanes_packing.next_step(em, t, n, t.packing)
         # the window's rows are pages apart: the hardware prefetchers lose track of them, and
         # a row's next windows are read only after the block's other rows (measured one thread,
         # 4096^2: u5-u7 and f8 GEMV 1.4-2x faster, u8 1.1-1.6x)
         if plan.prefetch:
             prefetch.next_windows(em, plan, t, starts, n, bk,
-                                  base if t.packing is not None else None)
+                                  base if t.packing is not None else None,
+                                  stride if t.packing is not None else None)
         rows = tables(j) if tables else None
 
         def unpack(c: str) -> str:
             if t.packing is not None:  # c is a constant here (the steps are unrolled)
-                return lanes_packing.unpack_lanes(em, t.ptr, base, t.packing, int(c), clean)
+                return lanes_packing.unpack_lanes(em, t.ptr, base, t.packing, int(c), clean,
+                                                  stride)
             if order:
                 return window_codes(env, plan, plan.codes, t, n, c, order)
             return codes_at(env, plan, t, starts, n, c)

@@ -12,6 +12,7 @@ from lowbitc.backends.llvm.fusion_plan import Plan
 # bytes) are closer than a DRAM latency at these rates (measured streaming, 2 threads, Zen 5:
 # Q5_0 1.25x, Q4_K 1.15x faster than two windows ahead).
 AHEAD_BYTES = 192
+LANES_AHEAD = 2  # K windows ahead for codes in the lanes packing (1-4 measured alike)
 
 
 def run_offsets(nbytes: int) -> list[int]:
@@ -37,7 +38,7 @@ def at_offsets(em: Emitter, first: str, offsets) -> None:
 
 
 def next_windows(em: Emitter, plan: Plan, t, starts: list[str], n: str, bk: int,
-                   lanes_base: str | None = None) -> None:
+                   lanes_base: str | None = None, lanes_stride: str | None = None) -> None:
     """Prefetch row n's codes two K windows ahead (two steps of the grid's K loop later), or
     AHEAD_BYTES where that is further."""
     if plan.chain:  # a byte window: the row's window (codes and the bytes between them)
@@ -57,8 +58,11 @@ def next_windows(em: Emitter, plan: Plan, t, starts: list[str], n: str, bk: int,
         return
     if lanes_base is not None:
         nbytes = bk * plan.codes.attrs.bits // 8
-        ahead, first = 2 * nbytes, em.val(f"getelementptr inbounds i32, ptr {t.ptr}, "
-                                          f"i64 {lanes_base}")
+        first = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {lanes_base}")
+        ahead = LANES_AHEAD * nbytes
+        if t.packing.tile:  # a row's next windows are a block's windows apart
+            steps = bk // t.packing.step
+            ahead = em.val(f"mul i64 {lanes_stride}, {4 * steps * LANES_AHEAD}")
     elif plan.codes.opcode == "load":  # bytes: AHEAD_BYTES on, two lines at least
         nbytes, ahead = max(bk, 128), max(2 * bk, AHEAD_BYTES)
         i = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {starts[1]}")

@@ -37,6 +37,14 @@ from lowbitc.repack import (
 )
 from lowbitc.signature import format_bits
 
+# The lanes packing stores its steps in blocks of rows, the rows of a window (BN, or the
+# largest power of two dividing it; at most MAX_TILE), so that a window is one run of memory:
+# one stream per thread, not a stream per row 2 KB apart (Zen 4, 2 threads, streamed: the
+# u4/nf4/f4e2m1fn/i4 mixture GEMV 0.87x, u5 0.89x, f6e3m2fn 0.85x the time of row by row;
+# docs/performance.md). LANES_TILE, if set, overrides the choice (experiments; 0: row by row).
+LANES_TILE: int | None = None
+MAX_TILE = 128
+
 # rows of `a` up to which the LLVM backend's fused dot decodes weights in registers (its
 # MAX_ROWS); dots with more rows decode into a panel that reads the canonical packing
 MAX_ROWS = 8
@@ -216,7 +224,9 @@ def choose(k: Kernel) -> dict[int, Packing | RowsPacking]:
                  "whole 16-row blocks: 16 rows per vector", loc=where)
             continue
         step = math.gcd(MAX_STEP, *(op.attrs.sizes[1] for op, _ in loads))
-        out[p.id] = Packing(bits, step)
+        rows = math.gcd(*(op.attrs.sizes[0] for op, _ in loads))
+        tile = LANES_TILE if LANES_TILE is not None else min(rows & -rows, MAX_TILE)
+        out[p.id] = Packing(bits, step, tile if tile > 1 else 0)
         note("param", p.name, f"{out[p.id].name} packing",
              f"{bits}-bit codes" if bits > ROWS_MAX_BITS else
              "windows of rows not whole 16-row blocks"
