@@ -28,11 +28,10 @@ from lowbitc.backends.llvm.column_leaves import (
     source,
 )
 from lowbitc.backends.llvm.emitter import Buf
-from lowbitc.backends.llvm.fused_leaves import splat
+from lowbitc.backends.llvm.fused_leaves import row_sum, splat
 from lowbitc.backends.llvm.fusion import (
     _window_ok,
     note_fused,
-    vector_at,
     vector_op,
     with_fallback,
 )
@@ -308,31 +307,6 @@ def _splat_a(em, abuf: Buf, i: int, k: str) -> str:
     """a[i, k] as f32 in 16 lanes."""
     ai = em.val(f"add i64 {em.val(f'mul i64 {i}, {abuf.strides[0]}')}, {k}")
     return splat(em, convert(em, em.load_elem(abuf, ai), abuf.dtype, "f32"), "f32", L)
-
-
-def row_sum(em, abuf: Buf, i: int, count: int) -> str:
-    """sum(a[i, 0 : count]) as a float: 16 lanes at a time where a row of `a` is contiguous,
-    the lanes summed once at the end; the rest element by element."""
-    vf = f"<{L} x float>"
-    base = i * abuf.strides[0]
-    vectors = count // L if abuf.strides[-1] == 1 else 0
-
-    def vadd(k: str, acc: list[str]) -> list[str]:
-        x = vector_at(em, abuf, em.val(f"add i64 {base}, {em.val(f'mul i64 {k}, {L}')}"), 1, L)
-        return [em.val(f"fadd {vf} {acc[0]}, {convert(em, x, abuf.dtype, 'f32', L)}")]
-
-    def add(k: str, acc: list[str]) -> list[str]:
-        at = em.val(f"add i64 {base}, {em.val(f'mul i64 {k}, {abuf.strides[-1]}')}")
-        x = convert(em, em.load_elem(abuf, at), abuf.dtype, "f32")
-        return [em.val(f"fadd float {acc[0]}, {x}")]
-
-    em.declare(f"declare float @llvm.vector.reduce.fadd.v{L}f32(float, {vf})")
-    lanes = em.loop("0", str(vectors), None, carried=[(vf, "zeroinitializer")],
-                    body_carried=vadd)[0]
-    total = em.val(f"call reassoc float @llvm.vector.reduce.fadd.v{L}f32(float 0.0, "
-                   f"{vf} {lanes})")
-    return em.loop(str(vectors * L), str(count), None, carried=[("float", total)],
-                   body_carried=add)[0]
 
 
 def _eval(env: Env, plan: ColumnPlan, words: str, s: int, k: str, c: str,

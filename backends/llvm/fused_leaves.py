@@ -166,6 +166,36 @@ def vector_at(em: Emitter, bv: Buf, index: str, step: int, width: int) -> str:
     return vec
 
 
+def row_sum(em: Emitter, abuf: Buf, i: int, count: int | str, lanes: int = W) -> str:
+    """sum(a[i, 0 : count]) as a float (`count` a constant or a run-time i64): `lanes` at a
+    time where a row of `a` is contiguous, summed across lanes once at the end; the rest
+    element by element."""
+    vf = f"<{lanes} x float>"
+    base = i * abuf.strides[0]
+    contiguous = abuf.strides[-1] == 1
+    if isinstance(count, int):
+        vectors = str(count // lanes if contiguous else 0)
+    else:
+        vectors = em.val(f"udiv i64 {count}, {lanes}") if contiguous else "0"
+
+    def vadd(k: str, acc: list[str]) -> list[str]:
+        x = vector_at(em, abuf, em.val(f"add i64 {base}, {em.val(f'mul i64 {k}, {lanes}')}"),
+                      1, lanes)
+        return [em.val(f"fadd reassoc {vf} {acc[0]}, {convert(em, x, abuf.dtype, 'f32', lanes)}")]
+
+    def add(k: str, acc: list[str]) -> list[str]:
+        at = em.val(f"add i64 {base}, {em.val(f'mul i64 {k}, {abuf.strides[-1]}')}")
+        x = convert(em, em.load_elem(abuf, at), abuf.dtype, "f32")
+        return [em.val(f"fadd float {acc[0]}, {x}")]
+
+    em.declare(f"declare float @llvm.vector.reduce.fadd.v{lanes}f32(float, {vf})")
+    total = em.loop("0", vectors, None, carried=[(vf, "zeroinitializer")], body_carried=vadd)[0]
+    total = em.val(f"call reassoc float @llvm.vector.reduce.fadd.v{lanes}f32(float -0.0, "
+                   f"{vf} {total})")
+    done = em.val(f"mul i64 {vectors}, {lanes}")
+    return em.loop(done, str(count), None, carried=[("float", total)], body_carried=add)[0]
+
+
 def vector_op(env: Env, op: Op, args: list[str], width: int = W) -> str:
     """One op of E on <width x ...> vectors (its operands already evaluated)."""
     em = env.em

@@ -300,7 +300,8 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
         return em.val(f"extractelement <1 x float> {x}, i64 0")
 
     # E = core * S + sign * T: T's share of a row's dot is T * sign * (the sum of a's row)
-    asums = [row_scale.row_sum(em, abuf, i, bk, plan.offset_sign) for i in range(m)] \
+    asums = [em.val(f"fmul float {fused_leaves.row_sum(em, abuf, i, bk)}, "
+                    f"{float_literal(plan.offset_sign, 'f32')}") for i in range(m)] \
         if plan.offset is not None else []
 
     def row(j: str) -> None:

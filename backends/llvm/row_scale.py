@@ -12,9 +12,7 @@ a step instead of a multiply per 16 weights)."""
 from __future__ import annotations
 
 from lowbitc.backends.llvm.byte_window import W
-from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
 from lowbitc.backends.llvm.fused_leaves import word_invariant
-from lowbitc.backends.llvm.handlers import convert
 from lowbitc.ir.core import Op, Value
 from lowbitc.ir.types import TileType
 
@@ -84,16 +82,3 @@ def note(plan) -> str:
         " and its row offset times the activations' sum added" if plan.offset is not None
         else "")
 
-
-def row_sum(em: Emitter, abuf: Buf, i: int, bk: int, sign: float) -> str:
-    """sign * the sum of row i's bk activations (a float)."""
-    em.declare(f"declare float @llvm.vector.reduce.fadd.v{W}f32(float, <{W} x float>)")
-    total = "zeroinitializer"
-    for c in range(bk // W):
-        at = em.val(f"add i64 {em.val(f'mul i64 {i}, {abuf.strides[0]}')}, {c * W}")
-        v = em.val(f"load <{W} x {lltype(abuf.dtype)}>, ptr {em.gep(abuf, at)}, align 4")
-        v = convert(em, v, abuf.dtype, "f32", W) if abuf.dtype != "f32" else v
-        total = em.val(f"fadd reassoc <{W} x float> {total}, {v}")
-    s = em.val(f"call reassoc float @llvm.vector.reduce.fadd.v{W}f32(float "
-               f"{float_literal(-0.0, 'f32')}, <{W} x float> {total})")
-    return em.val(f"fmul float {s}, {float_literal(sign, 'f32')}")

@@ -18,6 +18,7 @@ import numpy as np
 
 from lowbitc.backends.llvm import decode, rows
 from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal
+from lowbitc.backends.llvm.fused_leaves import row_sum
 from lowbitc.repack import LANES, RowsPacking
 
 V16 = f"<{LANES} x i32>"
@@ -152,19 +153,7 @@ def _place_scaled(em: Emitter, abuf: Buf, p: int) -> Buf:
 def _offset_sum(em: Emitter, abuf: Buf, mi: int, steps: str, offset: float) -> str:
     """<16 x float> of offset x the sum of a[mi, :32 steps] (the codes the dot reads,
     padding included): the term b sum(a) of a table (q ^ flip) + b, added once a window."""
-    base = em.gep(abuf, str(mi * abuf.strides[0]))
-
-    def step(s: str, carried: list[str]) -> list[str]:
-        total = carried[0]
-        for c in range(0, 32, 8):
-            k = em.val(f"add i64 {em.val(f'mul i64 {s}, 32')}, {c}")
-            at = em.val(f"getelementptr inbounds float, ptr {base}, i64 {k}")
-            total = em.val(f"fadd {F8} {total}, {em.val(f'load {F8}, ptr {at}, align 4')}")
-        return [total]
-
-    total = em.loop("0", steps, None, carried=[(F8, "zeroinitializer")], body_carried=step)[0]
-    total = em.val(f"call float @llvm.vector.reduce.fadd.v8f32(float 0.0, {F8} {total})")
-    em.declare("declare float @llvm.vector.reduce.fadd.v8f32(float, <8 x float>)")
+    total = row_sum(em, abuf, mi, em.val(f"mul i64 {steps}, 32"), 8)
     return rows.broadcast(em, em.val(f"fmul float {total}, {float_literal(offset, 'f32')}"))
 
 
