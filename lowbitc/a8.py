@@ -225,10 +225,17 @@ def from_tile_major(sz: np.ndarray, n: int, zero_point: bool) -> tuple[np.ndarra
 def tile_scales(qw, bn: int) -> np.ndarray:
     """qw's scales and zero points tile-major (`tile_major`) for tiles of `bn` rows, made
     once per tile width and cached on qw (QTensor.replica copies them)."""
-    cache = qw.__dict__.setdefault("_tile_major", {})
+    return cached_tile_major(qw, "_tile_major", bn, qw.scales, qw.zeros)
+
+
+def cached_tile_major(holder, slot: str, bn: int, scales: np.ndarray,
+                      zeros: np.ndarray | None) -> np.ndarray:
+    """tile_major(scales, bn, zeros), made once per tile width and kept in holder's `slot`
+    dict (a QTensor's zero points, an OffsetQTensor's offsets in their place)."""
+    cache = holder.__dict__.setdefault(slot, {})
     hit = cache.get(bn)
     if hit is None:
-        hit = cache[bn] = tile_major(qw.scales, bn, qw.zeros)
+        hit = cache[bn] = tile_major(scales, bn, zeros)
     return hit
 
 

@@ -78,13 +78,9 @@ class OffsetQTensor(QTensor):
         """The scales and offsets tile-major for tiles of `bn` rows (lowbitc.a8.tile_major
         with the offsets in the zero points' place: what the CPU GEMV reads as one stream),
         made once per tile width and cached here (replica copies them)."""
-        cache = self.__dict__.setdefault("_tile_offsets", {})
-        hit = cache.get(bn)
-        if hit is None:
-            from lowbitc.a8 import tile_major  # (a8 imports the compiler)
+        from lowbitc.a8 import cached_tile_major  # (a8 imports the compiler)
 
-            hit = cache[bn] = tile_major(self.scales, bn, self.offsets)
-        return hit
+        return cached_tile_major(self, "_tile_offsets", bn, self.scales, self.offsets)
 
     def dequantize(self) -> np.ndarray:
         """float32 [N, K], bit-exact with the formula in the module docstring."""
