@@ -21,7 +21,7 @@ from lowbitc.dtypes import dtype as get_dtype
 from lowbitc.errors import UserArgumentError
 from lowbitc.outliers import Sparse
 from lowbitc.packing import pack
-from lowbitc.repack import PackedWords, cached_packing
+from lowbitc.repack import PackedWords, aligned_copy, cached_packing
 
 MAX_MEMBERS = 4
 
@@ -114,7 +114,7 @@ class TableQTensor:
                 v = self.__dict__[name]
                 twin.__dict__[name] = tuple(map(copy, v)) if isinstance(v, tuple) else v.copy()
         twin.__dict__["_repacked"] = {
-            p: PackedWords(w.words.copy(), w.packing, w.count)
+            p: PackedWords(aligned_copy(w.words), w.packing, w.count)
             for p, w in self.__dict__.get("_repacked", {}).items()}
         return twin
 

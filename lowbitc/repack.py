@@ -132,9 +132,15 @@ class Packing:
         """Words [N, steps, step_words] (row by row) -> [N, words_per_row] in this packing's
         order; `inverse`: the other way."""
         sw = self.step_words
+        if inverse and not self.tile:
+            return words.reshape(n, steps, sw)
+        # the words start on a 64-byte line, as the other packings' do (a step of 16 words one
+        # line, not two; Zen 4 ran the mixture and u5 GEMVs alike either way, interleaved)
+        out = _aligned_words(n * steps * sw).reshape(n, steps * sw) if not inverse else \
+            np.empty((n, steps * sw), np.uint32)
         if not self.tile:
-            return words.reshape(n, steps * sw) if not inverse else words.reshape(n, steps, sw)
-        out = np.empty((n, steps * sw), np.uint32)
+            out[...] = words.reshape(n, steps * sw)
+            return out
         for b in range(0, n, self.tile):
             rows = min(self.tile, n - b)
             if inverse:

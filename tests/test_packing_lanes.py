@@ -93,6 +93,7 @@ def test_blocks_of_rows_hold_each_window_in_one_run(tile):
         flat, tiled = Packing(bits, 64), Packing(bits, 64, tile)
         a, b = flat.from_codes(codes), tiled.from_codes(codes)
         assert b.shape == a.shape and tiled.words_per_row(k) == flat.words_per_row(k)
+        assert a.ctypes.data % 64 == 0 and b.ctypes.data % 64 == 0  # on a line, as rows16
         sw, wpr = flat.step_words, flat.words_per_row(k)
         for r in range(n):
             first, rows = r - r % tile, min(tile, n - (r - r % tile))
