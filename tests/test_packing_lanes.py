@@ -212,6 +212,28 @@ def test_matmul_on_lanes_packed_weights(w, m):
         np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("w", ["u5", "f6e3m2fn"])
+def test_windows_of_two_steps_in_blocks_of_rows(w):
+    """BK = 256: a window takes two steps of 128 codes of each row, a block's steps apart in
+    the packing's blocks of 64 rows; N = 100 leaves a last block of 36 rows."""
+    k = _gemv_kernel(w, 1, zp=w.startswith("u"), bk=256)
+    assert k.packings == {"w": Packing(dtype(w).bits, 128, 64)}
+    rng = np.random.default_rng(5)
+    n, kk = 100, 640
+    codes = rng.integers(0, 1 << dtype(w).bits, (n, kk), dtype=np.uint8)
+    scales = (rng.random((n, kk // 128)) + 0.5).astype(np.float32)
+    zeros = rng.integers(0, 1 << dtype(w).bits, (n, kk // 128)).astype(np.float32)
+    x = rng.standard_normal((1, kk)).astype(np.float32)
+    v = dtype(w).decode(codes).astype(np.float64)
+    if w.startswith("u"):
+        v = v - np.repeat(zeros, 128, 1)
+    ref = x.astype(np.float64) @ (v * np.repeat(scales, 128, 1)).T
+    y = np.zeros((1, n), np.float32)
+    k(x, pack(codes, dtype(w).bits), scales, zeros if w.startswith("u") else
+      np.zeros((1, 1), np.float32), y, 128)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
 def test_docs_packing_examples_run():
     text = (Path(__file__).resolve().parents[1] / "docs" / "packing.md").read_text()
     snippets = re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)

@@ -60,9 +60,12 @@ def next_windows(em: Emitter, plan: Plan, t, starts: list[str], n: str, bk: int,
         nbytes = bk * plan.codes.attrs.bits // 8
         first = em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {lanes_base}")
         ahead = LANES_AHEAD * nbytes
-        if t.packing.tile:  # a row's next windows are a block's windows apart
-            steps = bk // t.packing.step
-            ahead = em.val(f"mul i64 {lanes_stride}, {4 * steps * LANES_AHEAD}")
+        if t.packing.tile:  # the row's steps are a block's steps apart: each step a run
+            steps, sw = bk // t.packing.step, 4 * t.packing.step_words
+            for s in range(steps):
+                at = em.val(f"mul i64 {lanes_stride}, {4 * (steps * LANES_AHEAD + s)}")
+                run_ahead(em, em.val(f"getelementptr i8, ptr {first}, i64 {at}"), sw)
+            return
     elif plan.codes.opcode == "load":  # bytes: AHEAD_BYTES on, two lines at least
         nbytes, ahead = max(bk, 128), max(2 * bk, AHEAD_BYTES)
         i = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {starts[1]}")
