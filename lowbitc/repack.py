@@ -120,7 +120,10 @@ class Packing:
         steps = -(-k // self.step)
         c = np.zeros((n, steps, self.step), np.uint32)
         c.reshape(n, steps * self.step)[:, :k] = codes
-        out = np.zeros((n, steps, self.step_words), np.uint32)
+        # the words start on a 64-byte line, as the other packings' do (a step of 16 words one
+        # line, not two; Zen 4 ran the mixture and u5 GEMVs alike either way, interleaved)
+        out = _aligned_words(n * steps * self.step_words).reshape(n, steps, self.step_words)
+        out[...] = 0
         for pl in self.planes:
             v = (c >> np.uint32(pl.shift)) & np.uint32((1 << pl.width) - 1)
             dst = out[:, :, pl.offset : pl.offset + pl.words]
@@ -132,15 +135,10 @@ class Packing:
         """Words [N, steps, step_words] (row by row) -> [N, words_per_row] in this packing's
         order; `inverse`: the other way."""
         sw = self.step_words
-        if inverse and not self.tile:
-            return words.reshape(n, steps, sw)
-        # the words start on a 64-byte line, as the other packings' do (a step of 16 words one
-        # line, not two; Zen 4 ran the mixture and u5 GEMVs alike either way, interleaved)
-        out = _aligned_words(n * steps * sw).reshape(n, steps * sw) if not inverse else \
-            np.empty((n, steps * sw), np.uint32)
         if not self.tile:
-            out[...] = words.reshape(n, steps * sw)
-            return out
+            return words.reshape(n, steps, sw) if inverse else words.reshape(n, steps * sw)
+        out = np.empty((n, steps * sw), np.uint32) if inverse else \
+            _aligned_words(n * steps * sw).reshape(n, steps * sw)
         for b in range(0, n, self.tile):
             rows = min(self.tile, n - b)
             if inverse:

@@ -6,8 +6,7 @@ zero-point rows), read in place: row g[k] of the source, no gathered tile made."
 from __future__ import annotations
 
 from lowbitc.backends.llvm.emitter import MEMTYPE, Buf, lltype
-from lowbitc.backends.llvm.fused_leaves import splat
-from lowbitc.backends.llvm.fusion import vector_at
+from lowbitc.backends.llvm.fused_leaves import splat, vector_at
 from lowbitc.backends.llvm.handlers import Env, TensorArg, convert
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view
 from lowbitc.backends.llvm.ops_gather import index_row

@@ -29,7 +29,6 @@ from lowbitc.backends.llvm import lanes as lanes_packing
 from lowbitc.backends.llvm import rows as rows_packing
 from lowbitc.backends.llvm.decode import lookup
 from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
-from lowbitc.backends.llvm.fused_leaves import vector_at as vector_at  # (columns.py)
 from lowbitc.backends.llvm.fused_leaves import vector_op as vector_op  # (columns.py)
 from lowbitc.backends.llvm.fused_view import window_ok as _window_ok
 from lowbitc.backends.llvm.fused_windows import (
@@ -226,8 +225,7 @@ def _fused(env: Env, plan: Plan, abuf: Buf, out: Buf, t, starts: list[str]) -> N
         """Row j's vector accumulators, one per row of `a`."""
         n = em.val(f"add i64 {starts[0]}, {j}")
         if t.packing is not None:
-            base = lanes_packing.row_start(em, t, n, starts[1], t.packing)
-            stride = lanes_packing.next_step(em, t, n, t.packing)
+            base, stride = lanes_packing.row_start(em, t, n, starts[1], t.packing)
         # the window's rows are pages apart: the hardware prefetchers lose track of them, and
         # a row's next windows are read only after the block's other rows (measured one thread,
         # 4096^2: u5-u7 and f8 GEMV 1.4-2x faster, u8 1.1-1.6x)

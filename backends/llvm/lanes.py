@@ -91,7 +91,7 @@ def unpack_lanes(
     """Codes 32*unit .. 32*unit+31 of the window whose row's first step starts at word `row`
     (a step-aligned window), as <32 x i32>; with `clean` False, a one-plane code of < 4 bits
     may carry other codes' bits above it (for a consumer that reads only the low 4 bits).
-    `stride`: words from one step of the row to its next (`next_step`; step_words if None)."""
+    `stride`: words from one step of the row to its next (`row_start`; step_words if None)."""
     per_step = packing.step // 32
     base = row
     if unit // per_step:
@@ -105,40 +105,29 @@ def unpack_lanes(
     )
 
 
-def row_start(em: Emitter, t, n: str, k0: str, packing: Packing) -> str:
-    """Word index of the step holding code k0 (a multiple of the step) in row n."""
+def row_start(em: Emitter, t, n: str, k0: str, packing: Packing) -> tuple[str, str]:
+    """(word index of the step holding code k0 (a multiple of the step) in row n, words from
+    that step of the row to its next)."""
     return step_word(em, t, n, em.val(f"udiv i64 {k0}, {packing.step}"), packing)
 
 
-def step_word(em: Emitter, t, n: str, s: str, packing: Packing) -> str:
-    """Word index of step `s` of row n: n * wpr + s * step_words, or in a packing of row
-    blocks (`packing.tile` rows, the last block L <= tile of them) the block's first word
-    plus (s * L + n % tile) * step_words."""
+def step_word(em: Emitter, t, n: str, s: str, packing: Packing) -> tuple[str, str]:
+    """(word index of step `s` of row n, words from it to the row's next step): n * wpr +
+    s * step_words and step_words, or in a packing of row blocks (`packing.tile` rows, the
+    last block L <= tile of them) the block's first word plus (s * L + n % tile) *
+    step_words and L * step_words."""
     sw = packing.step_words
     if not packing.tile:
         return em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, "
-                      f"{em.val(f'mul i64 {s}, {sw}')}")
-    first, rows = _block(em, t, n, packing)
-    at = em.val(f"add i64 {em.val(f'mul i64 {s}, {rows}')}, "
-                f"{em.val(f'and i64 {n}, {packing.tile - 1}')}")
-    return em.val(f"add i64 {em.val(f'mul i64 {first}, {t.strides[0]}')}, "
-                  f"{em.val(f'mul i64 {at}, {sw}')}")
-
-
-def next_step(em: Emitter, t, n: str, packing: Packing) -> str:
-    """Words from a step of row n to the row's next step."""
-    if not packing.tile:
-        return str(packing.step_words)
-    return em.val(f"mul i64 {_block(em, t, n, packing)[1]}, {packing.step_words}")
-
-
-def _block(em: Emitter, t, n: str, packing: Packing) -> tuple[str, str]:
-    """(first row, rows) of row n's block in a packing of row blocks."""
+                      f"{em.val(f'mul i64 {s}, {sw}')}"), str(sw)
     first = em.val(f"and i64 {n}, {-packing.tile}")
     em.declare("declare i64 @llvm.smin.i64(i64, i64)")
     rows = em.val(f"call i64 @llvm.smin.i64(i64 {packing.tile}, "
                   f"i64 {em.val(f'sub i64 {t.dims[0]}, {first}')})")
-    return first, rows
+    at = em.val(f"add i64 {em.val(f'mul i64 {s}, {rows}')}, "
+                f"{em.val(f'and i64 {n}, {packing.tile - 1}')}")
+    return (em.val(f"add i64 {em.val(f'mul i64 {first}, {t.strides[0]}')}, "
+                   f"{em.val(f'mul i64 {at}, {sw}')}"), em.val(f"mul i64 {rows}, {sw}"))
 
 
 def window_ok(em: Emitter, t, starts: list[str], sizes, packing, rows: str = "") -> str:
@@ -162,7 +151,7 @@ def read_lanes(em: Emitter, t, idx: list[str], packing: Packing) -> str:
     k = idx[1]
     tt = em.val(f"lshr i64 {em.val(f'urem i64 {k}, {packing.step}')}, 4")
     lane = em.val(f"and i64 {k}, {LANES - 1}")
-    base = step_word(em, t, idx[0], em.val(f"udiv i64 {k}, {packing.step}"), packing)
+    base = step_word(em, t, idx[0], em.val(f"udiv i64 {k}, {packing.step}"), packing)[0]
     tcount = packing.step // LANES
     code = "0"
     for pl in packing.planes:

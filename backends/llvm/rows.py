@@ -132,7 +132,7 @@ def window_steps(em: Emitter, t, starts: list[str], bk: int) -> tuple[str, str]:
 
 
 def window_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str], per_row: int,
-                body, combine, setup=None) -> None:
+               body, combine, setup=None) -> None:
     """The loops of the rows and planes dots: per 16-row block of the window, a loop over
     the steps inside the row carrying `per_row` <16 x float> accumulators per row of `a`
     (`body(words_at, k0, accs) -> accs`, words_at(j) the address of the step's j-th 16-word
@@ -186,7 +186,7 @@ BURST_LINES = 8
 
 
 def prefetch_windows(em: Emitter, t, base: str, lines: int, windows: int = PREFETCH_WINDOWS,
-              extra: int = 0) -> None:
+                     extra: int = 0) -> None:
     """Prefetch the block's words `windows` windows further along K (a window's words
     are `lines` consecutive 64-byte lines, and `extra` lines after them; a prefetch past the
     tensor does not fault): the blocks of a launch are 16 rows x K apart, too far for the

@@ -110,7 +110,7 @@ def fused_dot(env, plan, abuf: Buf, out: Buf, t, starts: list[str]) -> None:
         return nxt
 
     window_dot(env, plan, abuf, out, t, starts, chains, body,
-                lambda accs, mi: lane_sum(em, accs), setup=setup)
+               lambda accs, mi: lane_sum(em, accs), setup=setup)
 
 
 def _indices(env, source, rows: int, first: str) -> str:
