@@ -27,3 +27,22 @@ def test_variants_are_timed_and_compared():
 def test_a_variant_needs_a_name():
     with pytest.raises(SystemExit):
         ab.main(["u4", "no colon here"])
+
+
+def test_user_kernel_variants_take_their_parameters():
+    from benchmarks import ab_user
+
+    res = ab_user.run("gptq_act", [("base", "pass"), ("gc4", "params['GC'] = 4")], n=256,
+                      rounds=2, burst_ms=0.5, copies=2)
+    base, gc4 = res["variants"]["base"], res["variants"]["gc4"]
+    assert base["streamed_ratio"] == 1.0 and gc4["streamed"] > 0 and gc4["in_cache"] > 0
+    assert gc4["params"]["GC"] == 4 and base["params"].get("GC", 64) == 64  # the snippet's
+    assert gc4["vs_matmul"] > 0
+    assert gc4["max_abs_diff"] < 1e-3  # the same sums, in passes of 4 groups
+
+
+def test_user_kernel_must_be_known():
+    from benchmarks import ab_user
+
+    with pytest.raises(ValueError, match="expected one of"):
+        ab_user.run("no_such_kernel", [("base", "pass")], n=256, rounds=1)
