@@ -30,7 +30,8 @@ def run(which: str, variants: list[tuple[str, str]], m: int = 1, n: int = 4096,
     "in_cache_ratio" (median per-round ratio to the first variant), "vs_matmul" (median
     per-round ratio of ops.matmul's streamed time to the variant's: the bench row's
     figure), "max_abs_diff", "params" (the kernel's compile parameters)}}; `copies` of the
-    weight arguments are streamed (0: >= 4x the last-level cache). Run it in a process of its own: the snippets' settings stay."""
+    weight arguments are streamed (0: >= 4x the last-level cache). Run it in a process of its
+    own: the snippets' settings stay."""
     import lowbitc
     from lowbitc import a8, ops
     from lowbitc.backends.llvm import bytedot, fusion, prefetch, rows, target

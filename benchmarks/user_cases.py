@@ -106,7 +106,10 @@ def _gemv_gptq_act(n: int, m: int, w: np.ndarray, x: np.ndarray):
     codes = np.ascontiguousarray(qw.codes[:, perm])
     qweight = np.ascontiguousarray(pack(codes, 4).T)  # [K/8, N]
     w_hat = (codes.astype(np.float64) - zeros[:, g_idx]) * scales.astype(np.float64)[:, g_idx]
-    k = lowbitc.compile(_examples() / "gptq_act_gemv.lbk", BM=min(m, 8))
+    # GC: the checkpoint's group count rounded up to a power of two, as the example asks
+    # (one pass over K; rows of the shared tiles past G would be decoded for nothing)
+    gc = max(8, 1 << (zeros.shape[1] - 1).bit_length())
+    k = lowbitc.compile(_examples() / "gptq_act_gemv.lbk", BM=min(m, 8), GC=gc)
     args = [np.ascontiguousarray(x[:, perm]), qweight,
             pack(np.ascontiguousarray(zeros.T) - 1, 4), np.ascontiguousarray(scales.T), g_idx]
     return k, args, args[0].astype(np.float64) @ w_hat.T, qw

@@ -169,3 +169,48 @@ def test_cuda_shared_memory_limit_names_the_tile():
     ) as err:
         render(k.lowered)
     assert err.value.loc.line == 3
+
+
+STAGING = """
+kernel stage[BN: int = 8, GC: int = 4](s: f16[G, N], z: f32[G, N], y: f32[G, N])
+  grid (cdiv(G, GC), cdiv(N, BN))
+{
+  st = shared(f32, [GC, BN])
+  zt = shared(f32, [GC, BN])
+  g0 = block.x * GC
+  n0 = block.y * BN
+  store(st[0 :+ GC, 0 :+ BN], cast(load(s[g0 :+ GC, n0 :+ BN]), f32))  # rows past G: 0
+  store(zt[0 :+ GC, 0 :+ BN], load(z[g0 :+ GC, n0 :+ BN]) + 1.0)
+  # a row broadcast of the tile being written: must read row 0 as it was
+  store(zt[0 :+ GC, 0 :+ BN], load(zt[0 :+ 1, 0 :+ BN]) * load(st[0 :+ GC, 0 :+ BN]))
+  store(y[g0 :+ GC, n0 :+ BN], load(zt[0 :+ GC, 0 :+ BN]) - load(st[0 :+ GC, 0 :+ BN]))
+}
+"""
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_whole_tile_stores_build_the_tile_in_place(in_place, monkeypatch):
+    # store(st, cast(load(s), f32)): the cast writes the shared tile itself (the CPU backend's
+    # plan_in_place), with the same results as a tile built, then copied
+    from lowbitc.backends.llvm import ops_shared
+
+    monkeypatch.setenv("LOWBITC_NO_CACHE", "1")
+    monkeypatch.setattr(ops_shared, "IN_PLACE", in_place)
+    planned = []
+    plan = ops_shared.plan_in_place
+    monkeypatch.setattr(ops_shared, "plan_in_place",
+                        lambda r, defs: planned.extend(plan(r, defs).values()) or plan(r, defs))
+    k = lowbitc.compile(STAGING)
+    k.text("llvm")
+    assert [p.opcode for p in planned] == (["cast", "add", "mul"] if in_place else [])
+    rng = np.random.default_rng(3)
+    s = rng.standard_normal((10, 20)).astype(np.float16)
+    z = rng.standard_normal((10, 20)).astype(np.float32)
+    y = np.full((10, 20), np.nan, np.float32)
+    k(s, z, y)
+    want = np.full_like(y, np.nan)
+    k.interpret(s, z, want)
+    assert np.array_equal(y, want)
+    sf = s.astype(np.float32)
+    row0 = (z[0::4] + 1)[np.arange(10) // 4]  # each block's first row of zt
+    assert np.allclose(y, row0 * sf - sf, rtol=1e-6)

@@ -127,12 +127,17 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
                      f"fused into the {p.dot.opcode} at {p.dot.loc}: never materialised",
                      loc=d.loc)
     windows = plan_windows(env, r, deferred)
+    stores_of = {id(o): o for o in r.ops if o.opcode == "store_shared"}
+    in_place = {id(p): stores_of[k] for k, p in ops_shared.plan_in_place(r, env.defs).items()}
+    written: set[int] = set()  # store_shared ops whose producer wrote the shared tile
     env.joins.update(carry.plan_joins(r, plans, env.carries))
     for op in r.ops:
         if id(op) in deferred:
             continue
         if id(op) in windows:
             emit_member(env, op, windows[id(op)])
+            continue
+        if id(op) in written:
             continue
         if op.opcode == "yield":
             _no_waiting(env)
@@ -156,9 +161,30 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
             if h is None:
                 types = ", ".join(str(v.type) for v in op.operands)
                 raise BackendError(f"llvm backend: no handler for op {op.opcode}({types})", op.loc)
-            h(env, op)
+            if id(op) in in_place:
+                _in_place(env, op, in_place[id(op)], h, written)
+            else:
+                h(env, op)
     _no_waiting(env)
     return []
+
+
+def _in_place(env: Env, op: Op, store: Op, h, written: set[int]) -> None:
+    """Run `op`'s handler with its result built in the shared tile that `store` writes whole
+    (ops_shared.plan_in_place); the store is then skipped, unless the handler made its result
+    otherwise (a view) or an operand is that tile (a row broadcast of it would read rows
+    already written)."""
+    dest = env.get(store.operands[0])
+    v = op.results[0]
+    if any(isinstance(x, Buf) and x.ptr == dest.ptr
+           for x in (env.get(u) for u in op.operands if u.id not in env.tensors)):
+        h(env, op)
+        return
+    env.dest[v.id] = dest
+    h(env, op)
+    env.dest.pop(v.id, None)
+    if env.tiles.get(v.id) is dest:
+        written.add(id(store))
 
 
 def _no_waiting(env: Env) -> None:

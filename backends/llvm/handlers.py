@@ -93,6 +93,8 @@ class Env:
         self.joined: dict = {}
         self.collect: list | None = None
         self.loops = 0  # for loops being emitted around the current op
+        # results to be built in place in a shared tile (ops_shared.plan_in_place): id -> Buf
+        self.dest: dict[int, Buf] = {}
 
     def get(self, v: Value):
         for table in (self.scalars, self.tiles, self.tensors):
@@ -126,7 +128,7 @@ class Env:
     def result_buf(self, op: Op) -> Buf:
         t = op.results[0].type
         assert isinstance(t, TileType)
-        b = self.em.alloc(t.dtype, t.shape)
+        b = self.dest.pop(op.results[0].id, None) or self.em.alloc(t.dtype, t.shape)
         self.tiles[op.results[0].id] = b
         return b
 

@@ -10,10 +10,50 @@ past the tile like tensor windows: loads read 0 there and stores drop those elem
 from __future__ import annotations
 
 from lowbitc.backends.llvm.emitter import Buf, lltype
+from lowbitc.backends.llvm.fusion_plan import region_index
 from lowbitc.backends.llvm.handlers import Env, const_literal, handles
 from lowbitc.backends.llvm.ops_elementwise import broadcast_view
-from lowbitc.ir.core import Op
+from lowbitc.ir.core import Op, Region
 from lowbitc.ir.types import TileType, is_machine
+
+# Ops that write every element of a fresh result buffer (Env.result_buf) and nothing else: a
+# whole-tile store_shared right after one of them has it write the shared tile instead
+IN_PLACE_PRODUCERS = frozenset({
+    "load", "cast", "bitcast", "where", "add", "sub", "mul", "div", "rem", "min", "max", "pow",
+    "and", "or", "xor", "shl", "shr", "neg", "abs", "bnot", "exp", "log", "sqrt", "rsqrt",
+    "tanh", "sin", "cos", "floor", "erf", "sigmoid"})
+IN_PLACE = True  # experiments: False copies every stored tile
+
+
+def plan_in_place(r: Region, defs: dict[int, Op]) -> dict[int, Op]:
+    """{id(store_shared): its value's producer} for stores of a whole shared tile (window at
+    0, the tile's shape and element type) whose value is used by nothing else and made by the
+    op just before (constants aside, so no other op sees the tile in between) by one of
+    IN_PLACE_PRODUCERS: that op builds its result in the shared tile, and the store has
+    nothing left to copy (a staging prologue, `store_shared(st, cast(load(s), f32))`, writes
+    the tile once instead of twice); `defs`: the kernel's defining ops by result id."""
+    if not IN_PLACE:
+        return {}
+    uses = region_index(r).uses
+    plans: dict[int, Op] = {}
+    prev: Op | None = None
+    for op in r.ops:
+        if op.opcode == "const":
+            continue
+        if op.opcode == "store_shared" and prev is not None:
+            tile, val = op.operands[0].type, op.operands[-1]
+            n = len(tile.shape) if isinstance(tile, TileType) else -1
+            starts = op.operands[1:1 + n]
+            if (prev.opcode in IN_PLACE_PRODUCERS and prev.results and prev.results[0] is val
+                    and uses.get(val.id) == 1 and isinstance(val.type, TileType)
+                    and val.type.shape == tile.shape and tuple(op.attrs.sizes) == tile.shape
+                    and val.type.dtype == tile.dtype and is_machine(tile.dtype)
+                    and not getattr(op.attrs, "masked", False)
+                    and all(v.id in defs and defs[v.id].opcode == "const"
+                            and defs[v.id].attrs.value == 0 for v in starts)):
+                plans[id(op)] = prev
+        prev = op
+    return plans
 
 
 def storage(dtype: str) -> str:
