@@ -203,6 +203,7 @@ def test_whole_tile_stores_build_the_tile_in_place(in_place, monkeypatch):
     k = lowbitc.compile(STAGING)
     k.text("llvm")
     assert [p.opcode for p in planned] == (["cast", "add", "mul"] if in_place else [])
+    assert ("built in place by the cast" in k.explain()) == in_place
     rng = np.random.default_rng(3)
     s = rng.standard_normal((10, 20)).astype(np.float16)
     z = rng.standard_normal((10, 20)).astype(np.float32)

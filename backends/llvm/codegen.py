@@ -185,6 +185,8 @@ def _in_place(env: Env, op: Op, store: Op, h, written: set[int]) -> None:
     env.dest.pop(v.id, None)
     if env.tiles.get(v.id) is dest:
         written.add(id(store))
+        note("store", "", f"the shared tile built in place by the {op.opcode} at {op.loc} (no "
+             "copy)", loc=store.loc)
 
 
 def _no_waiting(env: Env) -> None:
