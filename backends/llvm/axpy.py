@@ -17,8 +17,9 @@ import numpy as np
 from lowbitc.backends.llvm import decode, fused_leaves, fused_view, prefetch
 from lowbitc.backends.llvm.decode import code_tables
 from lowbitc.backends.llvm.emitter import Buf
+from lowbitc.backends.llvm.fallback import note_fused, with_fallback
 from lowbitc.backends.llvm.fused_leaves import row_sum
-from lowbitc.backends.llvm.fusion import _eval_tree, codes_at, note_fused, with_fallback
+from lowbitc.backends.llvm.fusion import _eval_tree, codes_at
 from lowbitc.backends.llvm.fusion_plan import Plan, W, _tree, fold, region_index, row_spaces
 from lowbitc.backends.llvm.handlers import Env
 from lowbitc.explain import note, subject_of

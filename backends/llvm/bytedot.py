@@ -31,7 +31,8 @@ from lowbitc.backends.llvm import byte_planes, intdot, target
 from lowbitc.backends.llvm import rows as rows_packing
 from lowbitc.backends.llvm.byte_planes import i32, rep_byte
 from lowbitc.backends.llvm.emitter import Buf, Emitter
-from lowbitc.backends.llvm.fusion import _window_ok, note_fused, with_fallback
+from lowbitc.backends.llvm.fallback import note_fused, with_fallback
+from lowbitc.backends.llvm.fusion import _window_ok
 from lowbitc.backends.llvm.fusion_plan import _tree, region_index
 from lowbitc.backends.llvm.handlers import Env
 from lowbitc.backends.llvm.lanes import row_sums

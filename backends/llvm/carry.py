@@ -190,7 +190,7 @@ class RowsBody:
 
 
 def joined_fast(env, dot: Op, chosen, out: Buf):
-    """A fused dot's (ok, fast path) as fusion.with_fallback takes it, with plan_joins' joins:
+    """A fused dot's (ok, fast path) as fallback.with_fallback takes it, with plan_joins' joins:
     the first dot of a pair leaves its rows to the second (its fast path emits nothing), the
     second runs both in one loop where the first's window held (the same window: the same
     condition, so the second's own is not checked); a dot taking no carried fast path runs

@@ -28,13 +28,9 @@ from lowbitc.backends.llvm.column_leaves import (
     source,
 )
 from lowbitc.backends.llvm.emitter import Buf
+from lowbitc.backends.llvm.fallback import note_fused, with_fallback
 from lowbitc.backends.llvm.fused_leaves import row_sum, splat
-from lowbitc.backends.llvm.fusion import (
-    _window_ok,
-    note_fused,
-    vector_op,
-    with_fallback,
-)
+from lowbitc.backends.llvm.fusion import _window_ok, vector_op
 from lowbitc.backends.llvm.fusion_plan import (
     FUSIBLE,
     MAX_ROWS,

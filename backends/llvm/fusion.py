@@ -29,6 +29,7 @@ from lowbitc.backends.llvm import lanes as lanes_packing
 from lowbitc.backends.llvm import rows as rows_packing
 from lowbitc.backends.llvm.decode import lookup
 from lowbitc.backends.llvm.emitter import Buf, Emitter, float_literal, lltype
+from lowbitc.backends.llvm.fallback import with_fallback
 from lowbitc.backends.llvm.fused_leaves import vector_op as vector_op  # (columns.py)
 from lowbitc.backends.llvm.fused_view import window_ok as _window_ok
 from lowbitc.backends.llvm.fused_windows import (
@@ -40,11 +41,11 @@ from lowbitc.backends.llvm.fused_windows import (
     window_codes,
 )
 from lowbitc.backends.llvm.fusion_plan import Plan, W, acc_lanes, row_spaces
-from lowbitc.backends.llvm.handlers import HANDLERS, Env, convert, vtype
+from lowbitc.backends.llvm.handlers import Env, convert, vtype
 from lowbitc.backends.llvm.lanes import ROWS, row_sums
 from lowbitc.backends.llvm.ops_memory import unpack32
-from lowbitc.explain import muted, note, subject_of
-from lowbitc.ir.core import Op, Value
+from lowbitc.explain import note, subject_of
+from lowbitc.ir.core import Value
 from lowbitc.repack import PlanesPacking, RowsPacking, affine_bits
 
 
@@ -65,58 +66,6 @@ def codes_at(env: Env, plan: Plan, t, starts: list[str], n: str, c: str) -> str:
     row = em.val(f"add i64 {em.val(f'mul i64 {n}, {t.strides[0]}')}, {first}")
     wi = em.val(f"add i64 {row}, {em.val(f'mul i64 {c}, {bits}')}")
     return unpack32(em, em.val(f"getelementptr inbounds i32, ptr {t.ptr}, i64 {wi}"), bits)
-
-
-# The runtime fallback dots into a buffer of its own, copied into the result at its end: the
-# result buffer is then only read and written at constant offsets (once LLVM unrolls the
-# one-trip loops), so it lives in registers, and the ops after a fused dot (an int8 GEMV's
-# per-block convert and scale) read it there, not from a 64-byte store just made (Zen 4,
-# W*A8 GEMVs in cache: u4 / u3 0.95x, u8 0.935x the time; f32 GEMVs the same)
-SLOW_APART = True
-
-
-def with_fallback(env: Env, dot: Op, deferred: list[Op], generic_dot, fast,
-                  name: str = "fused") -> None:
-    """The skeleton every fused dot shares; binds the dot's result buffer (a copy of its
-    accumulator). `fast(abuf, out)` notes the path taken and emits, in the current block, the
-    fast path's window check: it returns (ok, body), body() emitting the fast path where ok
-    holds, or None where no fast path applies. Other windows run the deferred ops and
-    `generic_dot(em, a, b, out)`. abuf is None when a deferred op computes `a`."""
-    em = env.em
-    a, b, acc = dot.operands
-    out = env.result_buf(dot)
-    em.copy(env.get(acc), out)
-    late = any(d.results and d.results[0] is a for d in deferred)
-    chosen = carry.joined_fast(env, dot, fast(None if late else env.get(a), out), out)
-    quick, slow, done = em.label(name), em.label("unfused"), em.label("dotted")
-    if chosen is None:
-        em.br(slow)
-    else:
-        ok, body = chosen
-        em.emit(f"br i1 {ok}, label %{quick}, label %{slow}")
-        em.start_block(quick)
-        body()
-        em.br(done)
-    em.start_block(slow)
-    with muted():  # the runtime fallback of the path just noted
-        for d in deferred:
-            HANDLERS[d.opcode](env, d)
-        if SLOW_APART:
-            apart = em.alloc(out.dtype, out.shape)
-            em.copy(out, apart)
-            generic_dot(env.em, env.get(a), env.get(b), apart)
-            em.copy(apart, out)
-        else:
-            generic_dot(env.em, env.get(a), env.get(b), out)
-    em.br(done)
-    em.start_block(done)
-
-
-def note_fused(dot: Op, load: Op, path: str, edges: str = "the generic dot") -> None:
-    """Explain's lines for a fused dot and the weight load it reads in registers."""
-    weights = subject_of(load.operands[0])
-    note("dot", weights, path, f"windows at the tensor's edges take {edges}", loc=dot.loc)
-    note("load", weights, f"fused into the dot at {dot.loc}: never materialised", loc=load.loc)
 
 
 def emit_fused_dot(env: Env, plan: Plan, generic_dot, fast_path=None) -> None:

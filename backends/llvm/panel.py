@@ -16,13 +16,13 @@ from dataclasses import replace
 
 from lowbitc.backends.llvm import microkernel, row_tables
 from lowbitc.backends.llvm.emitter import Buf, Emitter, lltype
+from lowbitc.backends.llvm.fallback import with_fallback
 from lowbitc.backends.llvm.fusion import (
     _eval_tree,
     _window_ok,
     codes_at,
     emit_fused_dot,
     window,
-    with_fallback,
 )
 from lowbitc.backends.llvm.fusion_plan import MAX_ROWS, Plan, W, region_index
 from lowbitc.backends.llvm.handlers import HANDLERS, Env
