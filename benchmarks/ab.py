@@ -24,11 +24,12 @@ GPTQ4) is another tool's tensor read as lowbitc does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -47,6 +48,57 @@ def _burst(fn: Callable[[], object], ms: float) -> float:
             return t / n
 
 
+def snippet_scope() -> dict:
+    """The modules a variant's snippet sees by name."""
+    from lowbitc import a8
+    from lowbitc.backends.llvm import bytedot, fusion, prefetch, rows, target
+
+    return {"target": target, "rows": rows, "bytedot": bytedot, "prefetch": prefetch,
+            "fusion": fusion, "a8": a8}
+
+
+@contextlib.contextmanager
+def no_cache() -> Iterator[None]:
+    """The persistent kernel cache off inside the block (its key does not see the snippets),
+    LOWBITC_NO_CACHE as it was after it."""
+    old = os.environ.get("LOWBITC_NO_CACHE")
+    os.environ["LOWBITC_NO_CACHE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("LOWBITC_NO_CACHE", None)
+        else:
+            os.environ["LOWBITC_NO_CACHE"] = old
+
+
+def weight_copies(nbytes: int, copies: int = 0) -> int:
+    """`copies`, or (0) as many copies of a weight of `nbytes` as total >= 4x the LLC."""
+    return copies or max(2, min(64, copies_for(nbytes)))
+
+
+def case(fmt: str, group: int, m: int, n: int):
+    """(the weight [n, n] as `fmt` quantizes it, activations [m, n]); `fmt` may be formats
+    joined by '+' (a mixture) or an interop format."""
+    from benchmarks import candidates as cand
+
+    w, x = cand.weights(n, n, 0), cand.activations(m, n, 1)
+    if fmt in INTEROP_FORMATS:
+        return cand.imported(w, fmt, group), x
+    return cand.quantized(w, fmt.split("+") if "+" in fmt else fmt, group), x
+
+
+def parse_variants(ap: argparse.ArgumentParser, texts: list[str]) -> list[tuple[str, str]]:
+    """[(name, snippet)] of 'name:python snippet' arguments (ap.error on anything else)."""
+    variants = []
+    for v in texts:
+        name, sep, code = v.partition(":")
+        if not sep or not name:
+            ap.error(f"variant: expected 'name:python snippet', got {v!r}")
+        variants.append((name, code))
+    return variants
+
+
 def run(fmt: str, variants: list[tuple[str, str]], act: str = "f32", m: int = 1,
         n: int = 4096, group: int = 128, rounds: int = 30, burst_ms: float = 5.0,
         copies: int = 0) -> dict:
@@ -56,22 +108,14 @@ def run(fmt: str, variants: list[tuple[str, str]], act: str = "f32", m: int = 1,
     LLVM IR: equal digests, equal code)}}. The snippets' settings stay in place afterwards:
     run it in a process of its own (the kernels it compiled are forgotten on return)."""
     from benchmarks import candidates as cand
-    from lowbitc import a8, kernels, ops
-    from lowbitc.backends.llvm import bytedot, fusion, prefetch, rows, target
+    from lowbitc import kernels, ops
 
-    scope = {"target": target, "rows": rows, "bytedot": bytedot, "prefetch": prefetch,
-             "fusion": fusion, "a8": a8}
-    w, x = cand.weights(n, n, 0), cand.activations(m, n, 1)
-    if fmt in INTEROP_FORMATS:
-        qw = cand.imported(w, fmt, group)
-    else:
-        qw = cand.quantized(w, fmt.split("+") if "+" in fmt else fmt, group)
-    copies = copies or max(2, min(64, copies_for(cand.weight_bytes(qw))))
+    scope = snippet_scope()
+    qw, x = case(fmt, group, m, n)
+    copies = weight_copies(cand.weight_bytes(qw), copies)
     weights = [qw] + [qw.replica() for _ in range(copies - 1)]
     plans, outs, digests = {}, {}, {}
-    old_env = os.environ.get("LOWBITC_NO_CACHE")
-    os.environ["LOWBITC_NO_CACHE"] = "1"  # the cache's key does not see the snippets
-    try:
+    with no_cache():
         for name, code in variants:
             ops._PLANS.clear()
             kernels._KERNELS.clear()
@@ -80,11 +124,6 @@ def run(fmt: str, variants: list[tuple[str, str]], act: str = "f32", m: int = 1,
             plans[name] = dict(ops._PLANS)
             text = "".join(k.text("llvm") for k in plans[name].values())
             digests[name] = hashlib.sha256(text.encode()).hexdigest()[:16]
-    finally:
-        if old_env is None:
-            os.environ.pop("LOWBITC_NO_CACHE", None)
-        else:
-            os.environ["LOWBITC_NO_CACHE"] = old_env
     for name in plans:
         ops._PLANS.clear()
         ops._PLANS.update(plans[name])
@@ -139,12 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--copies", type=int, default=0, help="weight copies (0: >= 4x the LLC)")
     args = ap.parse_args(argv)
-    variants = []
-    for v in args.variants:
-        name, sep, code = v.partition(":")
-        if not sep or not name:
-            ap.error(f"variant: expected 'name:python snippet', got {v!r}")
-        variants.append((name, code))
+    variants = parse_variants(ap, args.variants)
     os.environ["LOWBITC_NUM_THREADS"] = str(args.threads)
     res = run(args.format, variants, args.act, args.M, args.N, args.group, args.rounds,
               copies=args.copies)

@@ -19,9 +19,8 @@ import statistics
 import numpy as np
 
 from benchmarks import candidates as cand
-from benchmarks.ab import _burst
+from benchmarks.ab import _burst, no_cache, parse_variants, snippet_scope, weight_copies
 from benchmarks.user_cases import USER_KERNELS, user_case
-from lowbitc.memory import copies_for
 
 
 def run(which: str, variants: list[tuple[str, str]], m: int = 1, n: int = 4096,
@@ -33,21 +32,18 @@ def run(which: str, variants: list[tuple[str, str]], m: int = 1, n: int = 4096,
     weight arguments are streamed (0: >= 4x the last-level cache). Run it in a process of its
     own: the snippets' settings stay."""
     import lowbitc
-    from lowbitc import a8, ops
-    from lowbitc.backends.llvm import bytedot, fusion, prefetch, rows, target
+    from lowbitc import ops
 
     if which not in USER_KERNELS:
         raise ValueError(f"which: expected one of {sorted(USER_KERNELS)}, got {which!r}")
     compile_ = lowbitc.compile
-    scope: dict = {"target": target, "rows": rows, "bytedot": bytedot, "prefetch": prefetch,
-                   "fusion": fusion, "a8": a8}
+    scope = snippet_scope()
     runs, outs, params = {}, {}, {}
 
     def count(nbytes: int) -> int:
-        return copies or max(2, min(64, copies_for(nbytes)))
+        return weight_copies(nbytes, copies)
 
-    os.environ["LOWBITC_NO_CACHE"] = "1"  # the cache's key does not see the snippets
-    try:
+    with no_cache():
         for name, code in variants:
             scope["params"], scope["source"] = {}, None
             exec(code, scope)  # noqa: S102 - the caller's own experiment
@@ -65,8 +61,6 @@ def run(which: str, variants: list[tuple[str, str]], m: int = 1, n: int = 4096,
             runs[name] = (timed.fn, cached.fn)
             params[name] = timed.info["kernel_params"]
             outs[name] = np.array(cached.fn(), copy=True)
-    finally:
-        os.environ.pop("LOWBITC_NO_CACHE", None)
     weights = [qw] + [qw.replica() for _ in range(count(cand.weight_bytes(qw)) - 1)]
 
     def matmul_streamed():
@@ -107,12 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=30)
     args = ap.parse_args(argv)
-    variants = []
-    for v in args.variants:
-        name, sep, code = v.partition(":")
-        if not sep or not name:
-            ap.error(f"variant: expected 'name:python snippet', got {v!r}")
-        variants.append((name, code))
+    variants = parse_variants(ap, args.variants)
     os.environ["LOWBITC_NUM_THREADS"] = str(args.threads)
     res = run(args.kernel, variants, args.M, args.N, args.rounds)
     print(f"user {res['kernel']} M={res['M']} N=K={res['N']} threads={args.threads} "

@@ -28,11 +28,10 @@ CODE_BYTES = 65536  # bytes of the kernel's code read back (its function and wha
 
 
 def _ops_case(fmt: str, act: str, group: int, m: int) -> tuple[object, Callable[[], object]]:
-    from benchmarks import candidates as cand
+    from benchmarks.ab import case
     from lowbitc import ops
 
-    w, x = cand.weights(4096, 4096, 0), cand.activations(m, 4096, 1)
-    qw = cand.quantized(w, fmt.split("+") if "+" in fmt else fmt, group)
+    qw, x = case(fmt, group, m, 4096)
     ops._PLANS.clear()
     ops.matmul(x, qw, act=act)
     kernel = list(ops._PLANS.values())[-1]  # the matmul itself (after any quantize_a8)
@@ -131,8 +130,8 @@ def profile(kernel, call: Callable[[], object], seconds: float, out: str) -> dic
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("ops", "user"), help="ops.matmul or a user kernel")
-    ap.add_argument("name", help="ops: a format (formats joined by '+': a mixture); user: a "
-                    "kernel of benchmarks.user_cases.USER_KERNELS")
+    ap.add_argument("name", help="ops: a format (formats joined by '+': a mixture, or an "
+                    "interop format); user: a kernel of benchmarks.user_cases.USER_KERNELS")
     ap.add_argument("--act", default="f32", choices=("f32", "i8"))
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--M", type=int, default=1)

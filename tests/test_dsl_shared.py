@@ -196,10 +196,15 @@ def test_whole_tile_stores_build_the_tile_in_place(in_place, monkeypatch):
 
     monkeypatch.setenv("LOWBITC_NO_CACHE", "1")
     monkeypatch.setattr(ops_shared, "IN_PLACE", in_place)
-    planned = []
+    planned = []  # the producers of the stores planned in place
     plan = ops_shared.plan_in_place
-    monkeypatch.setattr(ops_shared, "plan_in_place",
-                        lambda r, defs: planned.extend(plan(r, defs).values()) or plan(r, defs))
+
+    def spy(r, defs):
+        found = plan(r, defs)
+        planned.extend(op for op in r.ops if id(op) in found)
+        return found
+
+    monkeypatch.setattr(ops_shared, "plan_in_place", spy)
     k = lowbitc.compile(STAGING)
     k.text("llvm")
     assert [p.opcode for p in planned] == (["cast", "add", "mul"] if in_place else [])

@@ -127,8 +127,7 @@ def emit_region(env: Env, r: Region, args: tuple = ()) -> list:
                      f"fused into the {p.dot.opcode} at {p.dot.loc}: never materialised",
                      loc=d.loc)
     windows = plan_windows(env, r, deferred)
-    stores_of = {id(o): o for o in r.ops if o.opcode == "store_shared"}
-    in_place = {id(p): stores_of[k] for k, p in ops_shared.plan_in_place(r, env.defs).items()}
+    in_place = ops_shared.plan_in_place(r, env.defs)
     written: set[int] = set()  # store_shared ops whose producer wrote the shared tile
     env.joins.update(carry.plan_joins(r, plans, env.carries))
     for op in r.ops:

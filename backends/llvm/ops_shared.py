@@ -26,9 +26,9 @@ IN_PLACE = True  # experiments: False copies every stored tile
 
 
 def plan_in_place(r: Region, defs: dict[int, Op]) -> dict[int, Op]:
-    """{id(store_shared): its value's producer} for stores of a whole shared tile (window at
-    0, the tile's shape and element type) whose value is used by nothing else and made by the
-    op just before (constants aside, so no other op sees the tile in between) by one of
+    """{id(producer): the store_shared of its value} for stores of a whole shared tile
+    (window at 0, the tile's shape and element type) whose value is used by nothing else and
+    made by the op just before (constants aside, so no other op sees the tile in between) by one of
     IN_PLACE_PRODUCERS: that op builds its result in the shared tile, and the store has
     nothing left to copy (a staging prologue, `store_shared(st, cast(load(s), f32))`, writes
     the tile once instead of twice); `defs`: the kernel's defining ops by result id."""
@@ -48,10 +48,10 @@ def plan_in_place(r: Region, defs: dict[int, Op]) -> dict[int, Op]:
                     and uses.get(val.id) == 1 and isinstance(val.type, TileType)
                     and val.type.shape == tile.shape and tuple(op.attrs.sizes) == tile.shape
                     and val.type.dtype == tile.dtype and is_machine(tile.dtype)
-                    and not getattr(op.attrs, "masked", False)
+                    and not op.attrs.masked
                     and all(v.id in defs and defs[v.id].opcode == "const"
                             and defs[v.id].attrs.value == 0 for v in starts)):
-                plans[id(op)] = prev
+                plans[id(prev)] = op
         prev = op
     return plans
 
